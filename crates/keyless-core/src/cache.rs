@@ -1,0 +1,512 @@
+//! The credential cache: pre-warm, serve from cache, refresh ahead, single-flight, backoff with
+//! full jitter, and keep serving a still-valid credential while refreshes fail (SPEC section 3).
+//!
+//! Every key has one background *driver* task, the only caller of `Exchange::exchange` for that
+//! key: single-flight is structural. Requests read the driver's published [`Slot`]; they wait for
+//! an exchange only when nothing valid is cached.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder as _, ExponentialBuilder};
+use rand::Rng as _;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::clock::{SharedClock, instant_at};
+use crate::exchange::{ErrorClass, Exchange, ExchangeError, Expiring, Issued};
+use crate::metrics::{Lookup, Metrics};
+use crate::task::AbortOnDrop;
+use crate::token::SubjectToken;
+use crate::watcher::TokenSource;
+
+/// Timing and bounds of a cache. Validated where the config is parsed.
+#[derive(Debug, Clone)]
+pub struct CachePolicy {
+    /// Start refreshing when this fraction of a credential's lifetime has passed (0 < f < 1).
+    pub refresh_at: f64,
+    /// First retry delay after a failed exchange (full jitter: a random delay up to this).
+    pub retry_min: Duration,
+    /// Cap of the retry delay; also the retry period of terminal errors.
+    pub retry_max: Duration,
+    /// How long one exchange may take before it counts as a retryable failure.
+    pub exchange_timeout: Duration,
+    /// How long a request waits for an exchange when nothing valid is cached.
+    pub request_wait: Duration,
+    /// Most distinct keys held (scope sets, audiences, resources); the least recently used
+    /// non-configured key is dropped first.
+    pub max_entries: usize,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        Self {
+            refresh_at: 0.5,
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
+            exchange_timeout: Duration::from_secs(30),
+            request_wait: Duration::from_secs(10),
+            max_entries: 64,
+        }
+    }
+}
+
+/// What a driver publishes about its key.
+struct Slot<C> {
+    credential: Option<Arc<Expiring<C>>>,
+    error: Option<ExchangeError>,
+    /// Completed exchange attempts (each attempt includes its one re-read retry).
+    attempts: u64,
+    in_flight: bool,
+    /// When the driver will try again after a failure.
+    next_attempt: Option<Instant>,
+}
+
+impl<C> Slot<C> {
+    fn valid(&self, now: SystemTime) -> Option<&Arc<Expiring<C>>> {
+        self.credential.as_ref().filter(|c| c.is_valid_at(now))
+    }
+}
+
+/// Signals between requests and a key's driver.
+#[derive(Debug, Default)]
+struct Control {
+    wake: Notify,
+    pinned: AtomicBool,
+    /// A request asked for this key since the driver's last exchange.
+    used: AtomicBool,
+    /// Recency for LRU eviction (a global lookup sequence number).
+    last_used: AtomicU64,
+}
+
+struct Entry<C> {
+    slot: watch::Receiver<Slot<C>>,
+    control: Arc<Control>,
+    _driver: AbortOnDrop,
+}
+
+struct Shared<E: Exchange> {
+    exchange: E,
+    tokens: TokenSource,
+    policy: CachePolicy,
+    clock: SharedClock,
+    metrics: Metrics,
+}
+
+type Entries<E> = HashMap<<E as Exchange>::Key, Arc<Entry<<E as Exchange>::Credential>>>;
+
+struct CacheInner<E: Exchange> {
+    shared: Arc<Shared<E>>,
+    entries: RwLock<Entries<E>>,
+    lookups: AtomicU64,
+}
+
+/// Credentials of one exchange (one configured identity), per key. Cheap to clone.
+pub struct CredentialCache<E: Exchange> {
+    inner: Arc<CacheInner<E>>,
+}
+
+impl<E: Exchange> Clone for CredentialCache<E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<E: Exchange> Debug for CredentialCache<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialCache")
+            .field("provider", &self.inner.shared.exchange.provider())
+            .finish()
+    }
+}
+
+impl<E: Exchange> CredentialCache<E> {
+    pub fn new(
+        exchange: E,
+        tokens: TokenSource,
+        policy: CachePolicy,
+        clock: SharedClock,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            inner: Arc::new(CacheInner {
+                shared: Arc::new(Shared {
+                    exchange,
+                    tokens,
+                    policy,
+                    clock,
+                    metrics,
+                }),
+                entries: RwLock::new(HashMap::new()),
+                lookups: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn exchange(&self) -> &E {
+        &self.inner.shared.exchange
+    }
+
+    pub fn tokens(&self) -> &TokenSource {
+        &self.inner.shared.tokens
+    }
+
+    /// Makes `key` part of this identity's configuration: exchanged now (pre-warm), refreshed
+    /// ahead for as long as the cache lives, never evicted, and counted by readiness.
+    pub fn pin(&self, key: E::Key) {
+        self.entry(&key)
+            .control
+            .pinned
+            .store(true, Ordering::Relaxed);
+    }
+
+    /// A valid credential for `key`: from cache without waiting when one is held; otherwise after
+    /// the key's next exchange (at most `request_wait`). The error says why nothing is available.
+    pub async fn get(&self, key: &E::Key) -> Result<Arc<Expiring<E::Credential>>, ExchangeError> {
+        let shared = &self.inner.shared;
+        let provider = shared.exchange.provider();
+        let entry = self.entry(key);
+        entry.control.used.store(true, Ordering::Relaxed);
+        let now = shared.clock.now();
+        if let Some(credential) = entry.slot.borrow().valid(now) {
+            shared.metrics.record_lookup(provider, Lookup::Hit);
+            // A key that went quiet stops refreshing; this use wakes it (the request is served now).
+            entry.control.wake.notify_waiters();
+            return Ok(credential.clone());
+        }
+        let result = self.wait_for_exchange(&entry).await;
+        shared.metrics.record_lookup(
+            provider,
+            if result.is_ok() {
+                Lookup::Miss
+            } else {
+                Lookup::Error
+            },
+        );
+        result
+    }
+
+    async fn wait_for_exchange(
+        &self,
+        entry: &Entry<E::Credential>,
+    ) -> Result<Arc<Expiring<E::Credential>>, ExchangeError> {
+        let shared = &self.inner.shared;
+        let wait = shared.policy.request_wait;
+        let mut slot = entry.slot.clone();
+        let seen = {
+            let s = slot.borrow_and_update();
+            let retry_is_far =
+                !s.in_flight && s.next_attempt.is_some_and(|at| at > Instant::now() + wait);
+            if let (true, Some(err)) = (retry_is_far, &s.error) {
+                return Err(err.clone());
+            }
+            s.attempts
+        };
+        entry.control.wake.notify_waiters();
+        let clock = shared.clock.clone();
+        let outcome = tokio::time::timeout(
+            wait,
+            slot.wait_for(|s| s.attempts > seen || s.valid(clock.now()).is_some()),
+        )
+        .await;
+        let s = entry.slot.borrow();
+        if let Some(credential) = s.valid(clock.now()) {
+            return Ok(credential.clone());
+        }
+        Err(match (&s.error, outcome) {
+            (Some(err), Ok(_)) => err.clone(),
+            (last, _) => {
+                let provider = shared.exchange.provider();
+                let mut err = ExchangeError::retryable(format!(
+                    "no {provider} credential yet: the exchange did not finish within {}",
+                    humantime::format_duration(wait)
+                ));
+                if let Some(last) = last {
+                    err = err.with_hint(format!("the previous attempt failed: {last}"));
+                }
+                err
+            }
+        })
+    }
+
+    fn entry(&self, key: &E::Key) -> Arc<Entry<E::Credential>> {
+        let seq = self.inner.lookups.fetch_add(1, Ordering::Relaxed);
+        let found = self
+            .inner
+            .entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned();
+        let entry = match found {
+            Some(entry) => entry,
+            None => {
+                let mut entries = self
+                    .inner
+                    .entries
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if let Some(entry) = entries.get(key) {
+                    entry.clone()
+                } else {
+                    if entries.len() >= self.inner.shared.policy.max_entries {
+                        evict_least_recently_used(&mut entries);
+                    }
+                    let entry = Arc::new(spawn_driver(self.inner.shared.clone(), key.clone()));
+                    entries.insert(key.clone(), entry.clone());
+                    entry
+                }
+            }
+        };
+        entry.control.last_used.store(seq, Ordering::Relaxed);
+        entry
+    }
+
+    /// The state of every configured (pinned) key, for readiness and `keyless check`.
+    pub fn statuses(&self) -> Vec<IdentityStatus> {
+        let shared = &self.inner.shared;
+        let now = shared.clock.now();
+        let entries = self
+            .inner
+            .entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<IdentityStatus> = entries
+            .iter()
+            .filter(|(_, e)| e.control.pinned.load(Ordering::Relaxed))
+            .map(|(key, e)| {
+                let s = e.slot.borrow();
+                IdentityStatus {
+                    provider: shared.exchange.provider(),
+                    identity: shared.exchange.identity(key),
+                    key: format!("{key:?}"),
+                    valid_until: s.valid(now).map(|c| c.expires_at),
+                    last_error: s.error.clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.identity, &a.key).cmp(&(&b.identity, &b.key)));
+        out
+    }
+}
+
+fn evict_least_recently_used<K: Clone + Eq + std::hash::Hash, C>(
+    entries: &mut HashMap<K, Arc<Entry<C>>>,
+) {
+    let victim = entries
+        .iter()
+        .filter(|(_, e)| !e.control.pinned.load(Ordering::Relaxed))
+        .min_by_key(|(_, e)| e.control.last_used.load(Ordering::Relaxed))
+        .map(|(k, _)| k.clone());
+    if let Some(k) = victim {
+        entries.remove(&k);
+    }
+}
+
+/// Whether one configured identity holds a valid credential, and if not, why.
+#[derive(Debug, Clone)]
+pub struct IdentityStatus {
+    pub provider: &'static str,
+    pub identity: String,
+    pub key: String,
+    pub valid_until: Option<SystemTime>,
+    pub last_error: Option<ExchangeError>,
+}
+
+impl IdentityStatus {
+    pub fn ready(&self) -> bool {
+        self.valid_until.is_some()
+    }
+}
+
+/// Anything whose configured identities count for `/readyz`.
+pub trait Readiness: Send + Sync {
+    fn statuses(&self) -> Vec<IdentityStatus>;
+}
+
+impl<E: Exchange> Readiness for CredentialCache<E> {
+    fn statuses(&self) -> Vec<IdentityStatus> {
+        CredentialCache::statuses(self)
+    }
+}
+
+fn spawn_driver<E: Exchange>(shared: Arc<Shared<E>>, key: E::Key) -> Entry<E::Credential> {
+    let (tx, rx) = watch::channel(Slot {
+        credential: None,
+        error: None,
+        attempts: 0,
+        in_flight: true,
+        next_attempt: None,
+    });
+    let control = Arc::new(Control::default());
+    let task = tokio::spawn(drive(shared, key, tx, control.clone()));
+    Entry {
+        slot: rx,
+        control,
+        _driver: AbortOnDrop::new(task),
+    }
+}
+
+/// Full jitter over an exponential schedule: a uniformly random delay in [0, min(cap, base * 2^n)]
+/// (backon's own jitter only adds to the delay, which keeps synchronized clients synchronized).
+struct RetryDelays {
+    schedule: backon::ExponentialBackoff,
+    cap: Duration,
+}
+
+impl RetryDelays {
+    fn new(policy: &CachePolicy) -> Self {
+        Self {
+            schedule: ExponentialBuilder::new()
+                .with_min_delay(policy.retry_min)
+                .with_max_delay(policy.retry_max)
+                .without_max_times()
+                .build(),
+            cap: policy.retry_max,
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let ceiling = self.schedule.next().unwrap_or(self.cap);
+        ceiling.mul_f64(rand::rng().random::<f64>())
+    }
+}
+
+async fn drive<E: Exchange>(
+    shared: Arc<Shared<E>>,
+    key: E::Key,
+    tx: watch::Sender<Slot<E::Credential>>,
+    control: Arc<Control>,
+) {
+    let policy = &shared.policy;
+    let clock = shared.clock.clone();
+    let mut tokens = shared.tokens.subscribe();
+    let mut delays = RetryDelays::new(policy);
+    loop {
+        control.used.store(false, Ordering::Relaxed);
+        tx.send_modify(|s| {
+            s.in_flight = true;
+            s.next_attempt = None;
+        });
+        match attempt(&shared, &key).await {
+            Ok(issued) => {
+                delays = RetryDelays::new(policy);
+                let credential = Arc::new(issued.credential);
+                let obtained = clock.now();
+                let lifetime = credential
+                    .expires_at
+                    .duration_since(obtained)
+                    .unwrap_or(Duration::ZERO);
+                let refresh_at = obtained + lifetime.mul_f64(policy.refresh_at);
+                tx.send_modify(|s| {
+                    s.credential = Some(credential);
+                    s.error = None;
+                    s.attempts += 1;
+                    s.in_flight = false;
+                });
+                tokio::time::sleep_until(instant_at(clock.as_ref(), refresh_at)).await;
+            }
+            Err(err) => {
+                let delay = match err.class {
+                    ErrorClass::Terminal => policy.retry_max,
+                    ErrorClass::Retryable | ErrorClass::RereadToken => delays.next_delay(),
+                };
+                let next = Instant::now() + delay;
+                tx.send_modify(|s| {
+                    s.error = Some(err);
+                    s.attempts += 1;
+                    s.in_flight = false;
+                    s.next_attempt = Some(next);
+                });
+                // A new token may fix what failed: try it at once rather than after the backoff.
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => {}
+                    changed = tokens.changed() => if changed.is_err() {
+                        tokio::time::sleep_until(next).await;
+                    },
+                }
+            }
+        }
+        // A key nobody configured and nobody asked for since the last exchange goes quiet until
+        // it is asked for again (unused ID-token audiences must not cost upstream calls forever).
+        if !control.pinned.load(Ordering::Relaxed) && !control.used.load(Ordering::Relaxed) {
+            let woken = control.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if !control.used.load(Ordering::Relaxed) {
+                woken.await;
+            }
+        }
+    }
+}
+
+/// One exchange, and on a token-rejected error one retry with a freshly read token.
+async fn attempt<E: Exchange>(
+    shared: &Shared<E>,
+    key: &E::Key,
+) -> Result<Issued<E::Credential>, ExchangeError> {
+    let token = shared.tokens.current().map_err(|e| {
+        ExchangeError::retryable(e.to_string()).with_code("SubjectTokenUnavailable")
+    })?;
+    match exchange_once(shared, key, &token).await {
+        Err(e) if e.class == ErrorClass::RereadToken => {
+            let fresh = shared.tokens.reread().await.map_err(|te| {
+                ExchangeError::retryable(te.to_string()).with_code("SubjectTokenUnavailable")
+            })?;
+            exchange_once(shared, key, &fresh).await
+        }
+        other => other,
+    }
+}
+
+async fn exchange_once<E: Exchange>(
+    shared: &Shared<E>,
+    key: &E::Key,
+    token: &SubjectToken,
+) -> Result<Issued<E::Credential>, ExchangeError> {
+    let provider = shared.exchange.provider();
+    let identity = shared.exchange.identity(key);
+    let subject = token.claims().sub.as_deref().unwrap_or("<no sub claim>");
+    let started = Instant::now();
+    let timeout = shared.policy.exchange_timeout;
+    let result = match tokio::time::timeout(timeout, shared.exchange.exchange(key, token)).await {
+        Ok(r) => r,
+        Err(_) => Err(ExchangeError::retryable(format!(
+            "the {provider} token service did not answer within {}",
+            humantime::format_duration(timeout)
+        ))),
+    };
+    let elapsed = started.elapsed();
+    match &result {
+        Ok(issued) => {
+            let expires = humantime::format_rfc3339_seconds(issued.credential.expires_at);
+            info!(provider, %identity, subject, ?key, outcome = "success", %expires,
+                duration_ms = elapsed.as_millis() as u64, request_id = issued.request_id.as_deref().unwrap_or("-"),
+                "exchange");
+            shared
+                .metrics
+                .record_exchange(provider, &identity, "success", elapsed.as_secs_f64());
+            shared
+                .metrics
+                .set_credential_expiry(provider, &identity, issued.credential.expires_at);
+        }
+        Err(e) => {
+            warn!(provider, %identity, subject, ?key, outcome = e.class.label(), error = %e,
+                duration_ms = elapsed.as_millis() as u64, request_id = e.request_id.as_deref().unwrap_or("-"),
+                "exchange");
+            shared.metrics.record_exchange(
+                provider,
+                &identity,
+                e.class.label(),
+                elapsed.as_secs_f64(),
+            );
+        }
+    }
+    result
+}

@@ -1,0 +1,142 @@
+//! The `Exchange` trait each cloud adapter implements, and how its failures are classified.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::time::SystemTime;
+
+use crate::token::SubjectToken;
+
+/// A value that stops being valid at a wall-clock instant set by the cloud.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiring<T> {
+    pub value: T,
+    pub expires_at: SystemTime,
+}
+
+impl<T> Expiring<T> {
+    pub fn new(value: T, expires_at: SystemTime) -> Self {
+        Self { value, expires_at }
+    }
+
+    pub fn is_valid_at(&self, now: SystemTime) -> bool {
+        now < self.expires_at
+    }
+}
+
+/// What a successful exchange produced.
+#[derive(Debug, Clone)]
+pub struct Issued<C> {
+    pub credential: Expiring<C>,
+    /// The upstream's request id, for the exchange log line.
+    pub request_id: Option<String>,
+}
+
+impl<C> Issued<C> {
+    pub fn new(credential: Expiring<C>) -> Self {
+        Self {
+            credential,
+            request_id: None,
+        }
+    }
+
+    pub fn with_request_id(mut self, id: Option<String>) -> Self {
+        self.request_id = id;
+        self
+    }
+}
+
+/// How the cache should react to a failed exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transient (5xx, throttling, timeouts, the IdP unreachable): retry with backoff.
+    Retryable,
+    /// The cloud rejected the token as invalid or expired: re-read the token file, retry once.
+    RereadToken,
+    /// Will not succeed until configuration or the token changes (access denied, bad audience...).
+    Terminal,
+}
+
+impl ErrorClass {
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorClass::Retryable => "retryable_error",
+            ErrorClass::RereadToken => "token_rejected",
+            ErrorClass::Terminal => "terminal_error",
+        }
+    }
+}
+
+/// A failed exchange. `message` says what failed; `hint` says what to do. Neither may contain a
+/// token or key (adapters build them from claims and upstream error codes, never from secrets).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}{}", hint.as_ref().map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+pub struct ExchangeError {
+    pub class: ErrorClass,
+    /// The cloud's error code (`InvalidIdentityToken`, `invalid_grant`, `AADSTS70021`...), if any.
+    pub code: Option<String>,
+    pub message: String,
+    pub hint: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl ExchangeError {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            code: None,
+            message: message.into(),
+            hint: None,
+            request_id: None,
+        }
+    }
+
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Retryable, message)
+    }
+
+    pub fn reread_token(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::RereadToken, message)
+    }
+
+    pub fn terminal(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Terminal, message)
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn with_request_id(mut self, id: Option<String>) -> Self {
+        self.request_id = id;
+        self
+    }
+}
+
+/// One cloud's token exchange: subject token in, short-lived credential out.
+///
+/// `Key` names what is being asked for within one configured identity (a scope set, an ID-token
+/// audience, an Azure resource); an adapter with one credential per identity uses `()`.
+pub trait Exchange: Send + Sync + 'static {
+    type Key: Clone + Eq + Hash + Debug + Send + Sync + 'static;
+    type Credential: Clone + Send + Sync + 'static;
+
+    /// `aws`, `gcp` or `azure`: the `provider` label of logs and metrics.
+    fn provider(&self) -> &'static str;
+
+    /// The identity a key belongs to (role ARN, service-account e-mail, client id): the `identity`
+    /// label of logs and metrics. Must not be secret.
+    fn identity(&self, key: &Self::Key) -> String;
+
+    fn exchange(
+        &self,
+        key: &Self::Key,
+        token: &SubjectToken,
+    ) -> impl Future<Output = Result<Issued<Self::Credential>, ExchangeError>> + Send;
+}
