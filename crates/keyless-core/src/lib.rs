@@ -6,6 +6,7 @@
 //! - [`Secret`], [`Clock`](clock::Clock), [`Metrics`].
 #![forbid(unsafe_code)]
 
+pub mod appenv;
 pub mod cache;
 pub mod clock;
 mod context;
@@ -14,8 +15,10 @@ pub mod metrics;
 mod secret;
 mod task;
 pub mod token;
+pub mod upstream;
 pub mod watcher;
 
+pub use appenv::{AppEnvValue, AppEnvVar};
 pub use cache::{CachePolicy, CredentialCache, IdentityStatus, Readiness};
 pub use context::Context;
 pub use exchange::{ErrorClass, Exchange, ExchangeError, Expiring, Issued};
