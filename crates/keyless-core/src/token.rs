@@ -256,6 +256,14 @@ mod tests {
     }
 
     #[test]
+    fn permission_denied_says_to_set_fs_group() {
+        let err = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = TokenError::from_io(PathBuf::from("/var/run/secrets/tokens/aws"), &err);
+        assert!(matches!(e, TokenError::PermissionDenied { .. }));
+        assert!(e.to_string().contains("fsGroup"), "{e}");
+    }
+
+    #[test]
     fn debug_does_not_show_the_token() {
         let raw = jwt(r#"{"sub":"x"}"#);
         let t = SubjectToken::parse(&raw).expect("valid token");

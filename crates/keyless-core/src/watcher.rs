@@ -115,7 +115,8 @@ impl TokenSource {
         }
     }
 
-    /// A source that always holds `token` (tests, and tokens passed in by value).
+    /// A source whose token is set by the caller ([`TokenSource::set`]) instead of read from a
+    /// file (tests, and tokens passed in by value).
     pub fn fixed(token: SubjectToken) -> Self {
         let state = Arc::new(State {
             token: watch::channel(Some(Arc::new(token))).0,
@@ -129,6 +130,15 @@ impl TokenSource {
                 _task: None,
             }),
         }
+    }
+
+    /// Replaces the held token as if the file had been rotated.
+    pub fn set(&self, token: SubjectToken) {
+        self.inner.state.token.send_if_modified(|held| {
+            let changed = held.as_deref() != Some(&token);
+            *held = Some(Arc::new(token));
+            changed
+        });
     }
 
     pub fn path(&self) -> &Path {
@@ -293,6 +303,7 @@ async fn run(
     let (events_tx, mut events) = mpsc::unbounded_channel::<bool>();
     let mut dir_watch: Option<DirWatch> = None;
     let mut watch_error_reported = false;
+    let mut pending: Option<Instant> = None;
     loop {
         if !dir_watch.as_ref().is_some_and(DirWatch::is_current) {
             dir_watch = match DirWatch::new(&dir, events_tx.clone()) {
@@ -314,27 +325,29 @@ async fn run(
                 }
             };
         }
-        let next_poll = reader.next_poll(&options, &clock);
+        // A burst of directory events schedules one read `debounce` after its first event (not
+        // after its last: a rotation storm must not starve reads). Explicit re-reads never wait.
+        let next_read = match pending {
+            Some(at) => at.min(reader.next_poll(&options, &clock)),
+            None => reader.next_poll(&options, &clock),
+        };
         tokio::select! {
             Some(watch_failed) = events.recv() => {
                 if watch_failed {
                     debug!(dir = %dir.display(), "directory watch reported an error; recreating it");
                     dir_watch = None;
                 }
-                // Let the AtomicWriter finish its burst, then read once.
-                tokio::time::sleep(options.debounce).await;
-                while let Ok(failed) = events.try_recv() {
-                    if failed {
-                        dir_watch = None;
-                    }
-                }
-                reader.read().await;
+                pending.get_or_insert_with(|| Instant::now() + options.debounce);
             }
             Some(done) = rereads.recv() => {
+                pending = None;
                 reader.read().await;
                 let _ = done.send(());
             }
-            () = tokio::time::sleep_until(next_poll) => reader.read().await,
+            () = tokio::time::sleep_until(next_read) => {
+                pending = None;
+                reader.read().await;
+            }
         }
     }
 }
