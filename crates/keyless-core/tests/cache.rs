@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use keyless_core::clock::{Clock, SharedClock, TokioClock};
+use keyless_core::clock::{SharedClock, TokioClock};
 use keyless_core::{
     CachePolicy, CredentialCache, ErrorClass, Exchange, ExchangeError, Expiring, Issued, Metrics,
     SubjectToken, TokenSource,
