@@ -1,0 +1,126 @@
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+use keyless_emulator::Cloud;
+
+#[tokio::test]
+async fn discovery_names_the_issuer_and_its_jwks() {
+    let env = common::start().await;
+    let discovery = env.get_json("/.well-known/openid-configuration").await;
+    assert_eq!(discovery["issuer"], env.emulator.url());
+    assert_eq!(discovery["jwks_uri"], env.url("/openid/v1/jwks"));
+    let jwks = env.get_json("/openid/v1/jwks").await;
+    assert_eq!(jwks["keys"][0]["kty"], "RSA");
+    assert_eq!(jwks["keys"][0]["alg"], "RS256");
+}
+
+#[tokio::test]
+async fn projected_tokens_carry_kubelet_claims_and_verify_against_the_jwks() {
+    let env = common::start().await;
+    let jwks = env.get_json("/openid/v1/jwks").await;
+    let ids = env.emulator.identities().clone();
+    for (cloud, aud) in [
+        (Cloud::Aws, ids.aws_audience().to_owned()),
+        (Cloud::Gcp, ids.gcp_audience()),
+        (Cloud::Azure, ids.azure_audience().to_owned()),
+    ] {
+        let token = env.projected(cloud);
+        let claims = common::verify_with_jwks(&token, &jwks, &aud, &env.emulator.url());
+        assert_eq!(claims["aud"], serde_json::json!([aud]), "aud is an array, like the kubelet's");
+        assert_eq!(claims["sub"], ids.subject());
+        assert_eq!(claims["kubernetes.io"]["namespace"], "default");
+        assert_eq!(claims["kubernetes.io"]["serviceaccount"]["name"], "keyless-dev");
+        assert!(claims["kubernetes.io"]["pod"]["uid"].is_string());
+        let (iat, exp) = (claims["iat"].as_i64().unwrap(), claims["exp"].as_i64().unwrap());
+        assert_eq!(exp - iat, 3600);
+        assert_eq!(claims["nbf"], claims["iat"]);
+    }
+}
+
+fn assert_atomic_writer_layout(dir: &Path) -> std::path::PathBuf {
+    assert_eq!(std::fs::read_link(dir.join("token")).unwrap(), Path::new("..data/token"));
+    let data = std::fs::read_link(dir.join("..data")).unwrap();
+    let name = data.to_str().unwrap();
+    // ..YYYY_MM_DD_HH_MM_SS.nnnnnnnnn
+    assert_eq!(name.len(), 31, "{name}");
+    assert!(name.starts_with("..") && name.as_bytes()[21] == b'.', "{name}");
+    let payload = dir.join(&data).join("token");
+    assert_eq!(std::fs::metadata(&payload).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!dir.join("..data_tmp").exists());
+    let entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(entries.len(), 3, "token, ..data and one timestamped dir: {entries:?}");
+    data
+}
+
+#[tokio::test]
+async fn rotation_follows_the_atomic_writer_layout_and_removes_the_old_dir() {
+    let env = common::start().await;
+    let dir = env.emulator.token_path(Cloud::Aws).parent().unwrap().to_owned();
+    let first_dir = assert_atomic_writer_layout(&dir);
+    let first = env.projected(Cloud::Aws);
+    assert!(!first.ends_with('\n') && first.split('.').count() == 3);
+
+    let response = env.client.post(env.url("/_emulator/rotate")).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+
+    let second_dir = assert_atomic_writer_layout(&dir);
+    assert_ne!(first_dir, second_dir);
+    assert!(!dir.join(&first_dir).exists(), "the old timestamped dir is removed");
+    let second = env.projected(Cloud::Aws);
+    assert_ne!(first, second);
+    assert!(!second.ends_with('\n'));
+}
+
+#[tokio::test]
+async fn projector_rotates_on_its_period() {
+    let env = common::start_with(|c| c.rotate_every = Duration::from_millis(100)).await;
+    let first = env.projected(Cloud::Gcp);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while env.projected(Cloud::Gcp) == first {
+        assert!(tokio::time::Instant::now() < deadline, "no rotation within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn rust_api_rotation_replaces_every_token() {
+    let env = common::start().await;
+    let before: Vec<String> = Cloud::ALL.iter().map(|c| env.projected(*c)).collect();
+    env.emulator.rotate_tokens().await.unwrap();
+    for (cloud, old) in Cloud::ALL.iter().zip(before) {
+        assert_ne!(env.projected(*cloud), old, "{cloud:?}");
+    }
+}
+
+#[tokio::test]
+async fn ca_pem_is_written_and_the_server_speaks_tls_with_it() {
+    let env = common::start().await;
+    let pem = std::fs::read_to_string(env.emulator.ca_pem_path()).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    let url = format!("https://localhost:{}/openid/v1/jwks", env.emulator.local_addr().port());
+    assert!(env.client.get(url).send().await.unwrap().status().is_success(), "the leaf covers localhost");
+}
+
+#[tokio::test]
+async fn start_reports_a_port_in_use() {
+    let env = common::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = keyless_emulator::EmulatorConfig::new(state.path());
+    config.listen = env.emulator.local_addr();
+    let error = keyless_emulator::start(config).await.unwrap_err();
+    assert!(error.to_string().contains("port"), "{error}");
+}
+
+#[tokio::test]
+async fn shutdown_stops_serving() {
+    let env = common::start().await;
+    let url = env.url("/openid/v1/jwks");
+    let common::TestEnv { emulator, client, .. } = env;
+    emulator.shutdown().await;
+    assert!(client.get(url).send().await.is_err());
+}
