@@ -1,0 +1,276 @@
+//! The `[gcp]` section, and the settings it resolves to once merged with an `external_account`
+//! credential file and the defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::ConfigError;
+use crate::external_account::ExternalAccount;
+use crate::identity::{PoolProvider, ScopeSet, is_project_number, validate_email, validate_project_id};
+
+/// The `[gcp]` section of the config file. Every key is optional where `credentials_file` (an
+/// `external_account` JSON) provides it; explicit keys win over the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The projected service-account token (audience: the provider, see `audience`).
+    pub token_file: Option<PathBuf>,
+    /// The workload identity pool provider:
+    /// `//iam.googleapis.com/projects/NUM/locations/global/workloadIdentityPools/POOL/providers/PROV`.
+    pub audience: Option<String>,
+    /// Service account to impersonate; without it the federated token is served directly.
+    pub service_account: Option<String>,
+    /// Served on `project/project-id` and given to apps as `GOOGLE_CLOUD_PROJECT`.
+    pub project_id: Option<String>,
+    /// Served on `project/numeric-project-id`; default: the project number in `audience`.
+    pub project_number: Option<ProjectNumber>,
+    /// Default scopes of served access tokens (default: cloud-platform).
+    pub scopes: Option<Vec<String>>,
+    /// Lifetime of impersonated access tokens (default 1h; more needs `allow_long_lifetime`).
+    #[serde(default, with = "humantime_serde")]
+    pub token_lifetime: Option<Duration>,
+    /// Allows `token_lifetime` up to 12h (needs the org policy
+    /// `constraints/iam.allowServiceAccountCredentialLifetimeExtension`).
+    #[serde(default)]
+    pub allow_long_lifetime: bool,
+    /// Service accounts in the impersonation chain, each granting token creation on the next.
+    pub delegates: Option<Vec<String>>,
+    /// ID-token audiences fetched at start-up and kept fresh (others are fetched on first use).
+    #[serde(default)]
+    pub id_token_audiences: Vec<String>,
+    /// STS endpoint (default `https://sts.googleapis.com`).
+    pub sts_endpoint: Option<String>,
+    /// IAM Credentials endpoint (default `https://iamcredentials.googleapis.com`).
+    pub iam_endpoint: Option<String>,
+    /// Extra PEM roots for STS and IAM (TLS-intercepting proxies, the emulator).
+    pub ca_file: Option<PathBuf>,
+    /// Google `external_account` credential JSON providing the settings above.
+    pub credentials_file: Option<PathBuf>,
+    /// Served on `universe/universe-domain` (default `googleapis.com`).
+    pub universe_domain: Option<String>,
+}
+
+/// A numeric project id, written in TOML as a string or an integer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ProjectNumber {
+    Number(u64),
+    Text(String),
+}
+
+impl ProjectNumber {
+    fn as_string(&self) -> String {
+        match self {
+            Self::Number(n) => n.to_string(),
+            Self::Text(s) => s.trim().to_owned(),
+        }
+    }
+}
+
+pub(crate) const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+const MAX_LONG_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+const MIN_LIFETIME: Duration = Duration::from_secs(60);
+const MAX_AUDIENCE_LEN: usize = 2048;
+
+impl Config {
+    /// Zero config from `GOOGLE_APPLICATION_CREDENTIALS` naming an `external_account` file, with
+    /// the project id from `GOOGLE_CLOUD_PROJECT` or `CLOUDSDK_CORE_PROJECT`. `Ok(None)` without
+    /// `GOOGLE_APPLICATION_CREDENTIALS`; an error when it names another kind of credential.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Config>, ConfigError> {
+        let non_empty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let Some(path) = non_empty("GOOGLE_APPLICATION_CREDENTIALS") else {
+            return Ok(None);
+        };
+        let path = PathBuf::from(path);
+        ExternalAccount::load("GOOGLE_APPLICATION_CREDENTIALS", &path)?;
+        Ok(Some(Config {
+            credentials_file: Some(path),
+            project_id: non_empty("GOOGLE_CLOUD_PROJECT").or_else(|| non_empty("CLOUDSDK_CORE_PROJECT")),
+            ..Config::default()
+        }))
+    }
+
+    /// Merges the section with its credential file and the defaults, validating every value.
+    pub(crate) fn resolve(&self) -> Result<Settings, ConfigError> {
+        let file = match &self.credentials_file {
+            Some(path) => ExternalAccount::load("gcp.credentials_file", path)?,
+            None => ExternalAccount::default(),
+        };
+        let token_file = self.token_file.clone().or(file.token_file).ok_or(ConfigError::Missing {
+            key: "gcp.token_file",
+            fix: "set it to the projected service-account token whose audience is the pool provider \
+                  (or give a credentials_file whose credential_source.file names it)",
+        })?;
+        let audience = self.audience.clone().or(file.audience).ok_or(ConfigError::Missing {
+            key: "gcp.audience",
+            fix: "set it to the workload identity pool provider, \
+                  //iam.googleapis.com/projects/NUM/locations/global/workloadIdentityPools/POOL/providers/PROV",
+        })?;
+        let provider = PoolProvider::parse("gcp.audience", audience.trim())?;
+        let subject_token_type = file.subject_token_type.unwrap_or_else(|| JWT_TOKEN_TYPE.to_owned());
+        if subject_token_type != JWT_TOKEN_TYPE && subject_token_type != ID_TOKEN_TYPE {
+            return Err(ConfigError::invalid(
+                "gcp.credentials_file",
+                format!(
+                    "subject_token_type {subject_token_type:?} is not a JWT type: a projected token needs \
+                     {JWT_TOKEN_TYPE:?} (or {ID_TOKEN_TYPE:?})"
+                ),
+            ));
+        }
+        let universe_domain =
+            self.universe_domain.clone().or(file.universe_domain).unwrap_or_else(|| "googleapis.com".to_owned());
+        if universe_domain.is_empty()
+            || universe_domain.bytes().any(|b| !(b.is_ascii_alphanumeric() || b"-.".contains(&b)))
+        {
+            return Err(ConfigError::invalid(
+                "gcp.universe_domain",
+                format!("{universe_domain:?} is not a domain name"),
+            ));
+        }
+        let service_account = self.service_account.clone().or(file.service_account);
+        if let Some(email) = &service_account {
+            validate_email("gcp.service_account", email)?;
+        }
+        if let Some(id) = &self.project_id {
+            validate_project_id("gcp.project_id", id)?;
+        }
+        let project_number = match &self.project_number {
+            Some(n) => {
+                let n = n.as_string();
+                if !is_project_number(&n) {
+                    return Err(ConfigError::invalid(
+                        "gcp.project_number",
+                        format!("{n:?} is not a project number (digits only)"),
+                    ));
+                }
+                n
+            }
+            None => provider.project_number().to_owned(),
+        };
+        let scopes = match &self.scopes {
+            Some(list) => ScopeSet::new(list).map_err(|m| ConfigError::invalid("gcp.scopes", m))?,
+            None => ScopeSet::cloud_platform(),
+        };
+        let token_lifetime = self.token_lifetime.or(file.token_lifetime).unwrap_or(DEFAULT_LIFETIME);
+        validate_lifetime(token_lifetime, self.allow_long_lifetime)?;
+        let delegates = self.delegates.iter().flatten().map(|d| delegate_resource(d)).collect::<Result<Vec<_>, _>>()?;
+        let id_token_audiences = self.id_token_audiences.clone();
+        for audience in &id_token_audiences {
+            validate_id_token_audience(audience).map_err(|m| ConfigError::invalid("gcp.id_token_audiences", m))?;
+        }
+        if service_account.is_none() {
+            let without_account = |key: &str, what: &str| {
+                ConfigError::invalid(
+                    key,
+                    format!("{what} needs gcp.service_account: set the service account to impersonate"),
+                )
+            };
+            if !id_token_audiences.is_empty() {
+                return Err(without_account("gcp.id_token_audiences", "an ID token"));
+            }
+            if !delegates.is_empty() {
+                return Err(without_account("gcp.delegates", "a delegation chain"));
+            }
+        }
+        let endpoint = |key: &str, explicit: &Option<String>, from_file: Option<String>, default_host: &str| {
+            let value =
+                explicit.clone().or(from_file).unwrap_or_else(|| format!("https://{default_host}.{universe_domain}"));
+            keyless_core::upstream::endpoint(key, &value)
+        };
+        let sts_endpoint = endpoint("gcp.sts_endpoint", &self.sts_endpoint, file.sts_endpoint, "sts")?;
+        let iam_endpoint = endpoint("gcp.iam_endpoint", &self.iam_endpoint, file.iam_endpoint, "iamcredentials")?;
+        let ca_pem =
+            self.ca_file.as_deref().map(|path| keyless_core::upstream::ca_bundle("gcp.ca_file", path)).transpose()?;
+        Ok(Settings {
+            token_file,
+            provider,
+            subject_token_type,
+            service_account,
+            project_id: self.project_id.clone(),
+            project_number,
+            scopes,
+            token_lifetime,
+            delegates,
+            id_token_audiences,
+            sts_endpoint,
+            iam_endpoint,
+            ca_pem,
+            universe_domain,
+        })
+    }
+}
+
+/// The validated section.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) token_file: PathBuf,
+    pub(crate) provider: PoolProvider,
+    pub(crate) subject_token_type: String,
+    pub(crate) service_account: Option<String>,
+    pub(crate) project_id: Option<String>,
+    pub(crate) project_number: String,
+    pub(crate) scopes: ScopeSet,
+    pub(crate) token_lifetime: Duration,
+    /// As IAM wants them: `projects/-/serviceAccounts/EMAIL`.
+    pub(crate) delegates: Vec<String>,
+    pub(crate) id_token_audiences: Vec<String>,
+    pub(crate) sts_endpoint: Url,
+    pub(crate) iam_endpoint: Url,
+    pub(crate) ca_pem: Option<Vec<u8>>,
+    pub(crate) universe_domain: String,
+}
+
+fn validate_lifetime(lifetime: Duration, allow_long: bool) -> Result<(), ConfigError> {
+    let max = if allow_long { MAX_LONG_LIFETIME } else { MAX_LIFETIME };
+    let problem = if lifetime.subsec_nanos() != 0 {
+        Some("must be whole seconds".to_owned())
+    } else if lifetime < MIN_LIFETIME {
+        Some(format!("must be at least {}", humantime::format_duration(MIN_LIFETIME)))
+    } else if lifetime > max {
+        Some(if allow_long {
+            format!("must be at most {}", humantime::format_duration(max))
+        } else {
+            "IAM issues tokens for at most 1h unless the org policy constraints/iam.allowServiceAccountCredentialLifetimeExtension \
+             lists the service account; with that policy, set gcp.allow_long_lifetime = true (up to 12h)"
+                .to_owned()
+        })
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => {
+            Err(ConfigError::invalid("gcp.token_lifetime", format!("{} {p}", humantime::format_duration(lifetime))))
+        }
+        None => Ok(()),
+    }
+}
+
+/// A delegate as an e-mail or `projects/-/serviceAccounts/EMAIL`, in the second form.
+fn delegate_resource(delegate: &str) -> Result<String, ConfigError> {
+    let email = delegate.strip_prefix("projects/-/serviceAccounts/").unwrap_or(delegate);
+    validate_email("gcp.delegates", email)?;
+    Ok(format!("projects/-/serviceAccounts/{email}"))
+}
+
+/// An ID-token audience, as configured or as asked for on the metadata server.
+pub(crate) fn validate_id_token_audience(audience: &str) -> Result<(), String> {
+    if audience.is_empty() {
+        Err("the audience is empty".to_owned())
+    } else if audience.len() > MAX_AUDIENCE_LEN {
+        Err(format!("the audience is longer than {MAX_AUDIENCE_LEN} characters"))
+    } else if audience.chars().any(char::is_control) {
+        Err("the audience contains control characters".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,337 @@
+//! The GCP exchange: STS token exchange (protocols.md 3.1), then, with a service account,
+//! IAM Credentials `generateAccessToken` / `generateIdToken` (3.2).
+
+use std::time::{Duration, SystemTime};
+
+use keyless_core::clock::SharedClock;
+use keyless_core::{Exchange, ExchangeError, Expiring, Issued, Secret, SubjectToken};
+use serde::Deserialize;
+use serde_json::json;
+use url::Url;
+
+use crate::ConfigError;
+use crate::config::Settings;
+use crate::identity::{PoolProvider, ScopeSet};
+use crate::rejection::{self, Attempt, IamCall};
+
+/// What one cached token is for.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum TokenKey {
+    /// An access token for a set of scopes.
+    AccessToken(ScopeSet),
+    /// An ID token for an audience (needs a service account). The metadata server's `format`
+    /// is not part of the key: IAM issues the same token for both formats, since a federated
+    /// identity has no instance for the `google.compute_engine` claims of `full`.
+    IdToken { audience: String },
+}
+
+const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Per upstream request; under the cache's exchange timeout (30 s by default), which covers the
+/// STS and the IAM request of one exchange together.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest upstream response read (token responses are a few KiB).
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug)]
+struct Impersonation {
+    iam_endpoint: Url,
+    email: String,
+    delegates: Vec<String>,
+    lifetime: Duration,
+}
+
+#[derive(Debug)]
+pub(crate) struct GcpExchange {
+    http: reqwest::Client,
+    sts_endpoint: Url,
+    provider: PoolProvider,
+    subject_token_type: String,
+    impersonation: Option<Impersonation>,
+    clock: SharedClock,
+}
+
+impl GcpExchange {
+    pub(crate) fn new(settings: &Settings, clock: SharedClock) -> Result<Self, ConfigError> {
+        Ok(Self {
+            http: http_client(settings.ca_pem.as_deref())?,
+            sts_endpoint: settings.sts_endpoint.clone(),
+            provider: settings.provider.clone(),
+            subject_token_type: settings.subject_token_type.clone(),
+            impersonation: settings.service_account.as_ref().map(|email| Impersonation {
+                iam_endpoint: settings.iam_endpoint.clone(),
+                email: email.clone(),
+                delegates: settings.delegates.clone(),
+                lifetime: settings.token_lifetime,
+            }),
+            clock,
+        })
+    }
+
+    fn attempt<'a>(&'a self, token: &'a SubjectToken) -> Attempt<'a> {
+        Attempt {
+            provider: &self.provider,
+            claims: token.claims(),
+            now: self.clock.now(),
+            service_account: self.impersonation.as_ref().map(|i| i.email.as_str()),
+            delegates: self.impersonation.as_ref().map_or(&[], |i| i.delegates.as_slice()),
+        }
+    }
+
+    /// STS: the subject token for a federated access token with `scopes`.
+    async fn federated_token(
+        &self,
+        token: &SubjectToken,
+        scopes: &ScopeSet,
+    ) -> Result<Expiring<Secret<String>>, ExchangeError> {
+        let started = self.clock.now();
+        let scope = scopes.space_separated();
+        let form = [
+            ("grant_type", GRANT_TYPE),
+            ("audience", self.provider.audience()),
+            ("scope", scope.as_str()),
+            ("requested_token_type", ACCESS_TOKEN_TYPE),
+            ("subject_token", token.secret().expose().as_str()),
+            ("subject_token_type", self.subject_token_type.as_str()),
+        ];
+        let response = self
+            .http
+            .post(join(&self.sts_endpoint, "/v1/token")?)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| rejection::transport("STS", &e))?;
+        let status = response.status();
+        let body = read_limited("STS", response).await?;
+        if !status.is_success() {
+            return Err(rejection::sts(status, &body, &self.attempt(token)));
+        }
+        let parsed: StsResponse = serde_json::from_slice(&body)
+            .map_err(|_| ExchangeError::retryable("STS answered 200 with a body that is not a token response"))?;
+        let lifetime = parsed
+            .expires_in
+            .and_then(|e| e.seconds())
+            .ok_or_else(|| ExchangeError::retryable("STS answered without a usable expires_in"))?;
+        expiring(parsed.access_token, started + lifetime, started)
+    }
+
+    async fn generate_access_token(
+        &self,
+        imp: &Impersonation,
+        federated: &Secret<String>,
+        scopes: &ScopeSet,
+        token: &SubjectToken,
+    ) -> Result<Expiring<Secret<String>>, ExchangeError> {
+        let mut body = json!({
+            "scope": scopes.iter().collect::<Vec<_>>(),
+            "lifetime": format!("{}s", imp.lifetime.as_secs()),
+        });
+        if !imp.delegates.is_empty() {
+            body["delegates"] = json!(imp.delegates);
+        }
+        let answer = self.iam_call(imp, IamCall::AccessToken, federated, &body, token).await?;
+        let parsed: AccessTokenResponse = serde_json::from_slice(&answer)
+            .map_err(|_| ExchangeError::retryable("IAM generateAccessToken answered 200 with an unexpected body"))?;
+        let expires_at = humantime::parse_rfc3339_weak(&parsed.expire_time).map_err(|_| {
+            ExchangeError::retryable(format!(
+                "IAM generateAccessToken answered an expireTime that is not RFC 3339: {:?}",
+                parsed.expire_time
+            ))
+        })?;
+        expiring(parsed.access_token, expires_at, self.clock.now())
+    }
+
+    async fn generate_id_token(
+        &self,
+        imp: &Impersonation,
+        federated: &Secret<String>,
+        audience: &str,
+        token: &SubjectToken,
+    ) -> Result<Expiring<Secret<String>>, ExchangeError> {
+        let mut body = json!({ "audience": audience, "includeEmail": true });
+        if !imp.delegates.is_empty() {
+            body["delegates"] = json!(imp.delegates);
+        }
+        let answer = self.iam_call(imp, IamCall::IdToken, federated, &body, token).await?;
+        let parsed: IdTokenResponse = serde_json::from_slice(&answer)
+            .map_err(|_| ExchangeError::retryable("IAM generateIdToken answered 200 with an unexpected body"))?;
+        // The answer carries no expiry; the JWT's own `exp` is it.
+        let exp = SubjectToken::parse(&parsed.token).ok().and_then(|jwt| jwt.claims().exp).ok_or_else(|| {
+            ExchangeError::retryable("IAM generateIdToken answered a token that is not a JWT with exp")
+        })?;
+        expiring(parsed.token, exp, self.clock.now())
+    }
+
+    async fn iam_call(
+        &self,
+        imp: &Impersonation,
+        call: IamCall,
+        federated: &Secret<String>,
+        body: &serde_json::Value,
+        token: &SubjectToken,
+    ) -> Result<Vec<u8>, ExchangeError> {
+        let method = match call {
+            IamCall::AccessToken => "generateAccessToken",
+            IamCall::IdToken => "generateIdToken",
+        };
+        let path = format!("/v1/projects/-/serviceAccounts/{}:{method}", imp.email);
+        let response = self
+            .http
+            .post(join(&imp.iam_endpoint, &path)?)
+            .bearer_auth(federated.expose())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| rejection::transport("IAM Credentials", &e))?;
+        let status = response.status();
+        let answer = read_limited("IAM Credentials", response).await?;
+        if status.is_success() { Ok(answer) } else { Err(rejection::iam(call, status, &answer, &self.attempt(token))) }
+    }
+
+    fn need_impersonation(&self) -> Result<&Impersonation, ExchangeError> {
+        self.impersonation.as_ref().ok_or_else(|| {
+            ExchangeError::terminal("an ID token needs a service account to impersonate")
+                .with_hint("set gcp.service_account")
+        })
+    }
+}
+
+impl Exchange for GcpExchange {
+    type Key = TokenKey;
+    type Credential = Secret<String>;
+
+    fn provider(&self) -> &'static str {
+        "gcp"
+    }
+
+    fn identity(&self, _key: &TokenKey) -> String {
+        match &self.impersonation {
+            Some(imp) => imp.email.clone(),
+            None => self.provider.audience().to_owned(),
+        }
+    }
+
+    async fn exchange(&self, key: &TokenKey, token: &SubjectToken) -> Result<Issued<Secret<String>>, ExchangeError> {
+        let credential = match (key, &self.impersonation) {
+            (TokenKey::AccessToken(scopes), None) => self.federated_token(token, scopes).await?,
+            (TokenKey::AccessToken(scopes), Some(imp)) => {
+                // IAM Credentials itself needs cloud-platform; the requested scopes go on the
+                // impersonated token (as google-auth's external_account does).
+                let federated = self.federated_token(token, &ScopeSet::cloud_platform()).await?;
+                self.generate_access_token(imp, &federated.value, scopes, token).await?
+            }
+            (TokenKey::IdToken { audience }, _) => {
+                let imp = self.need_impersonation()?;
+                let federated = self.federated_token(token, &ScopeSet::cloud_platform()).await?;
+                self.generate_id_token(imp, &federated.value, audience, token).await?
+            }
+        };
+        Ok(Issued::new(credential))
+    }
+}
+
+fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, ConfigError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        // A redirect would carry the subject token or the federated bearer token elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("keyless/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = ca_pem {
+        let roots = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| ConfigError::invalid("gcp.ca_file", format!("is not a PEM bundle: {e}")))?;
+        builder = builder.tls_certs_merge(roots);
+    }
+    builder.build().map_err(|e| ConfigError::HttpClient(e.to_string()))
+}
+
+fn join(base: &Url, path: &str) -> Result<Url, ExchangeError> {
+    let joined = format!("{}{path}", base.as_str().trim_end_matches('/'));
+    Url::parse(&joined).map_err(|e| ExchangeError::terminal(format!("bad upstream URL {joined:?}: {e}")))
+}
+
+async fn read_limited(service: &str, mut response: reqwest::Response) -> Result<Vec<u8>, ExchangeError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| rejection::transport(service, &e))? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(ExchangeError::retryable(format!("{service} answered with more than {MAX_BODY} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A token that is still valid now (an already-expired answer would make the cache refresh in
+/// a tight loop).
+fn expiring(token: String, expires_at: SystemTime, now: SystemTime) -> Result<Expiring<Secret<String>>, ExchangeError> {
+    if expires_at <= now {
+        return Err(ExchangeError::retryable(format!(
+            "the token service answered a token that expired at {}: check the clock of this machine",
+            humantime::format_rfc3339_seconds(expires_at)
+        )));
+    }
+    Ok(Expiring::new(Secret::new(token), expires_at))
+}
+
+#[derive(Deserialize)]
+struct StsResponse {
+    access_token: String,
+    expires_in: Option<ExpiresIn>,
+}
+
+/// STS sends `expires_in` as a number or as a string of digits (protocols.md 3.1).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ExpiresIn {
+    Number(serde_json::Number),
+    Text(String),
+}
+
+impl ExpiresIn {
+    fn seconds(&self) -> Option<Duration> {
+        let secs = match self {
+            Self::Number(n) => n.as_f64()?,
+            Self::Text(s) => s.trim().parse::<f64>().ok()?,
+        };
+        (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs.floor()))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AccessTokenResponse {
+    access_token: String,
+    expire_time: String,
+}
+
+#[derive(Deserialize)]
+struct IdTokenResponse {
+    token: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_in_may_be_a_number_or_a_string() {
+        let parse = |s: &str| serde_json::from_str::<ExpiresIn>(s).ok().and_then(|e| e.seconds());
+        assert_eq!(parse("3599"), Some(Duration::from_secs(3599)));
+        assert_eq!(parse("\"3599\""), Some(Duration::from_secs(3599)));
+        assert_eq!(parse("3599.7"), Some(Duration::from_secs(3599)));
+        assert_eq!(parse("0"), None);
+        assert_eq!(parse("\"soon\""), None);
+    }
+
+    #[test]
+    fn joins_paths_onto_endpoints_with_or_without_a_path() {
+        let base = Url::parse("https://sts.googleapis.com").expect("url");
+        assert_eq!(
+            join(&base, "/v1/token").map(String::from).ok().as_deref(),
+            Some("https://sts.googleapis.com/v1/token")
+        );
+        let base = Url::parse("http://127.0.0.1:9/gcp").expect("url");
+        assert_eq!(join(&base, "/v1/token").map(String::from).ok().as_deref(), Some("http://127.0.0.1:9/gcp/v1/token"));
+    }
+}

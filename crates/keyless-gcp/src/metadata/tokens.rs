@@ -1,0 +1,89 @@
+//! `.../token` and `.../identity`: served from the credential cache, never waiting on upstream
+//! while a valid token is held.
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use keyless_core::clock::until;
+use keyless_core::{ErrorClass, ExchangeError};
+use serde::Serialize;
+
+use super::query::Query;
+use super::{MetadataServer, json_response, text};
+use crate::config::validate_id_token_audience;
+use crate::exchange::TokenKey;
+use crate::identity::ScopeSet;
+
+#[derive(Serialize)]
+struct AccessTokenBody<'a> {
+    access_token: &'a str,
+    /// Integer seconds the cached token has left, not its original lifetime (protocols.md 3.3
+    /// traps: Rust google-cloud-auth requires an integer and disables itself on a parse error).
+    expires_in: u64,
+    token_type: &'static str,
+}
+
+/// `token[?scopes=a,b]`.
+pub(super) async fn access_token(server: &MetadataServer, query: &Query) -> Response {
+    let requested: Vec<&str> =
+        query.all("scopes").flat_map(|v| v.split(',')).filter(|s| !s.trim().is_empty()).collect();
+    let scopes = if requested.is_empty() {
+        server.default_scopes.clone()
+    } else {
+        match ScopeSet::new(requested) {
+            Ok(set) => set,
+            Err(reason) => {
+                return text(StatusCode::BAD_REQUEST, format!("Invalid scopes: {reason}.\n"));
+            }
+        }
+    };
+    match server.cache.get(&TokenKey::AccessToken(scopes)).await {
+        Ok(token) => {
+            let body = AccessTokenBody {
+                access_token: token.value.expose(),
+                expires_in: until(server.clock.as_ref(), token.expires_at).as_secs(),
+                token_type: "Bearer",
+            };
+            match serde_json::to_value(&body) {
+                Ok(json) => json_response(StatusCode::OK, &json),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "Cannot encode the token.\n"),
+            }
+        }
+        Err(err) => exchange_failure(&err),
+    }
+}
+
+/// `identity?audience=X[&format=standard|full][&licenses=...]`.
+pub(super) async fn identity(server: &MetadataServer, query: &Query) -> Response {
+    let Some(audience) = query.get("audience").filter(|a| !a.is_empty()) else {
+        return text(StatusCode::BAD_REQUEST, "non-empty audience parameter required\n");
+    };
+    if let Err(reason) = validate_id_token_audience(audience) {
+        return text(StatusCode::BAD_REQUEST, format!("Invalid audience: {reason}.\n"));
+    }
+    if !matches!(query.get("format"), None | Some("standard" | "full")) {
+        return text(StatusCode::BAD_REQUEST, "Invalid format: expected standard or full.\n");
+    }
+    if !server.can_impersonate {
+        return text(
+            StatusCode::NOT_FOUND,
+            "keyless: no ID token available: ID tokens are issued for a service account, and none is configured; \
+             set gcp.service_account (a service account the workload identity may impersonate) to enable this \
+             endpoint.\n",
+        );
+    }
+    let key = TokenKey::IdToken { audience: audience.to_owned() };
+    match server.cache.get(&key).await {
+        Ok(token) => text(StatusCode::OK, token.value.expose().clone()),
+        Err(err) => exchange_failure(&err),
+    }
+}
+
+/// Nothing valid is cached: the exchange's message and hint (never a secret). Transient
+/// failures are 503, which every client retries; a refusal by Google is 502.
+fn exchange_failure(err: &ExchangeError) -> Response {
+    let status = match err.class {
+        ErrorClass::Retryable | ErrorClass::RereadToken => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorClass::Terminal => StatusCode::BAD_GATEWAY,
+    };
+    text(status, format!("keyless: no Google credential available: {err}\n"))
+}
