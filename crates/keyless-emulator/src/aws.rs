@@ -65,7 +65,11 @@ impl StsError {
     }
 
     fn invalid_client_token() -> Self {
-        Self::new(StatusCode::FORBIDDEN, "InvalidClientTokenId", "The security token included in the request is invalid.")
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "InvalidClientTokenId",
+            "The security token included in the request is invalid.",
+        )
     }
 }
 
@@ -254,9 +258,9 @@ fn validate_assume_role(params: &HashMap<String, String>) -> Result<Duration, St
 fn token_error(rejection: TokenRejection, claims: Option<&SubjectClaims>) -> StsError {
     let invalid = |message: String| StsError::new(StatusCode::BAD_REQUEST, "InvalidIdentityToken", message);
     match rejection {
-        TokenRejection::Malformed => {
-            invalid("The ID Token provided is not a valid JWT. (You may see this error if you sent an Access Token)".into())
-        }
+        TokenRejection::Malformed => invalid(
+            "The ID Token provided is not a valid JWT. (You may see this error if you sent an Access Token)".into(),
+        ),
         TokenRejection::UntrustedIssuer => invalid(format!(
             "No OpenIDConnect provider found in your account for {}",
             claims.map(|c| c.iss.as_str()).unwrap_or("")
@@ -373,7 +377,9 @@ fn get_caller_identity(state: &SharedState, request: &ReceivedRequest<'_>) -> Re
         )));
     }
     if !auth.signed_headers.split(';').any(|h| h == "host") {
-        return Err(StsError::signature_mismatch("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."));
+        return Err(StsError::signature_mismatch(
+            "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
+        ));
     }
     if signed_at + MAX_SKEW < now {
         return Err(StsError::signature_mismatch(format!(

@@ -176,9 +176,8 @@ fn issue(state: &SharedState, tenant: &str, body: &[u8], now: SystemTime) -> Res
             ));
         }
     };
-    let known_resource = resource.starts_with("https://")
-        || resource.starts_with("api://")
-        || uuid::Uuid::parse_str(resource).is_ok();
+    let known_resource =
+        resource.starts_with("https://") || resource.starts_with("api://") || uuid::Uuid::parse_str(resource).is_ok();
     if !known_resource {
         return Err(EntraError::bad_request(
             "invalid_resource",
@@ -224,7 +223,12 @@ fn issue(state: &SharedState, tenant: &str, body: &[u8], now: SystemTime) -> Res
         ));
     }
     state.issuer.check_signature(assertion).map_err(|_| {
-        EntraError::new(StatusCode::UNAUTHORIZED, "invalid_client", 700_027, "Client assertion failed signature validation.")
+        EntraError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700_027,
+            "Client assertion failed signature validation.",
+        )
     })?;
     if let Err(TokenRejection::Expired { .. } | TokenRejection::NotYetValid { .. }) = claims.check_validity(now) {
         let iso = |secs: i64| clock::rfc3339_seconds(clock::from_unix(secs));

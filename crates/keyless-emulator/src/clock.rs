@@ -49,14 +49,7 @@ pub(crate) fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     let as_u32 = |v: i64| u32::try_from(v).unwrap_or(0);
-    (
-        year,
-        as_u32(month),
-        as_u32(day),
-        as_u32(rem / 3600),
-        as_u32(rem % 3600 / 60),
-        as_u32(rem % 60),
-    )
+    (year, as_u32(month), as_u32(day), as_u32(rem / 3600), as_u32(rem % 3600 / 60), as_u32(rem % 60))
 }
 
 /// Unix timestamp of a civil date and time (UTC).
@@ -89,9 +82,7 @@ pub(crate) fn parse_amz_date(s: &str) -> Option<SystemTime> {
         return None;
     }
     let days = days_from_civil(i64::from(year), month, day);
-    Some(from_unix(
-        days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second),
-    ))
+    Some(from_unix(days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second)))
 }
 
 /// Formats a time the way SigV4 does: `20150830T123600Z`.
@@ -114,6 +105,7 @@ pub(crate) fn atomic_writer_dir_name(t: SystemTime) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -53,9 +53,10 @@ impl FromStr for Service {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|service| service.name() == s).ok_or_else(|| {
-            format!("unknown service {s:?}; expected one of aws-sts, gcp-sts, gcp-iam, azure-token")
-        })
+        Self::ALL
+            .into_iter()
+            .find(|service| service.name() == s)
+            .ok_or_else(|| format!("unknown service {s:?}; expected one of aws-sts, gcp-sts, gcp-iam, azure-token"))
     }
 }
 
@@ -198,7 +199,11 @@ impl Gate {
             tokio::time::sleep(latency).await;
         }
         if let Some(fault) = &fault {
-            tracing::info!(service = service.name(), status = fault.status.as_u16(), "answering with an injected fault");
+            tracing::info!(
+                service = service.name(),
+                status = fault.status.as_u16(),
+                "answering with an injected fault"
+            );
         }
         fault
     }
@@ -314,6 +319,7 @@ pub(crate) async fn identities(State(state): State<SharedState>) -> Json<serde_j
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -35,7 +35,9 @@ pub enum EmulatorError {
     },
 
     /// Generating a TLS certificate or a signing key failed.
-    #[error("generating the emulator's {what} failed: {reason}; this is a bug or a broken crypto library, please report it")]
+    #[error(
+        "generating the emulator's {what} failed: {reason}; this is a bug or a broken crypto library, please report it"
+    )]
     KeyGeneration {
         /// Which key or certificate.
         what: &'static str,
@@ -44,7 +46,9 @@ pub enum EmulatorError {
     },
 
     /// Writing a projected token failed.
-    #[error("writing the projected token into {path} failed: {source}; check free space and permissions of the state directory")]
+    #[error(
+        "writing the projected token into {path} failed: {source}; check free space and permissions of the state directory"
+    )]
     Projector {
         /// The token directory.
         path: PathBuf,

@@ -18,7 +18,8 @@ use crate::{SharedState, clock, ids};
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-const SUBJECT_TOKEN_TYPES: [&str; 2] = ["urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"];
+const SUBJECT_TOKEN_TYPES: [&str; 2] =
+    ["urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"];
 const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 /// Scopes that let a token call the IAM Credentials API.
 const IAM_SCOPES: [&str; 2] = [CLOUD_PLATFORM, "https://www.googleapis.com/auth/iam"];
@@ -60,12 +61,25 @@ fn google_status(status: StatusCode) -> &'static str {
 }
 
 /// A Google API error: `{"error":{"code","message","status"}}`.
-fn google_error(status: StatusCode, google_status: &str, message: impl Into<String>) -> Response {
-    tracing::info!(status = status.as_u16(), google_status, "gcp iam: rejected");
-    let body = serde_json::json!({
-        "error": { "code": status.as_u16(), "message": message.into(), "status": google_status }
-    });
-    (status, Json(body)).into_response()
+#[derive(Debug)]
+struct GoogleError {
+    status: StatusCode,
+    status_name: String,
+    message: String,
+}
+
+fn google_error(status: StatusCode, status_name: &str, message: impl Into<String>) -> GoogleError {
+    GoogleError { status, status_name: status_name.to_owned(), message: message.into() }
+}
+
+impl IntoResponse for GoogleError {
+    fn into_response(self) -> Response {
+        tracing::info!(status = self.status.as_u16(), google_status = %self.status_name, "gcp iam: rejected");
+        let body = serde_json::json!({
+            "error": { "code": self.status.as_u16(), "message": self.message, "status": self.status_name }
+        });
+        (self.status, Json(body)).into_response()
+    }
 }
 
 fn form_or_json(headers: &HeaderMap, body: &[u8]) -> Option<HashMap<String, String>> {
@@ -236,7 +250,7 @@ fn parse_lifetime(raw: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(secs.parse::<f64>().ok()?).ok()
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GoogleError> {
     serde_json::from_slice(body).map_err(|e| {
         google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", format!("Invalid JSON payload received. {e}"))
     })
@@ -250,19 +264,23 @@ pub(crate) async fn iam_credentials(
     body: Bytes,
 ) -> Response {
     let Some((email, method)) = target.rsplit_once(':') else {
-        return google_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Requested entity was not found.");
+        return google_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Requested entity was not found.").into_response();
     };
     let permission = match method {
         "generateAccessToken" => "iam.serviceAccounts.getAccessToken",
         "generateIdToken" => "iam.serviceAccounts.getOpenIdToken",
-        _ => return google_error(StatusCode::NOT_FOUND, "NOT_FOUND", format!("Method not found: {method}.")),
+        _ => {
+            return google_error(StatusCode::NOT_FOUND, "NOT_FOUND", format!("Method not found: {method}."))
+                .into_response();
+        }
     };
     if let Some(fault) = state.gate.enter(Service::GcpIam).await {
         let status = fault.code.clone().unwrap_or_else(|| google_status(fault.status).to_owned());
-        return google_error(fault.status, &status, fault.message());
+        return google_error(fault.status, &status, fault.message()).into_response();
     }
     match impersonate(&state, &project, email, method, permission, &headers, &body) {
-        Ok(response) | Err(response) => response,
+        Ok(response) => response,
+        Err(error) => error.into_response(),
     }
 }
 
@@ -274,7 +292,7 @@ fn impersonate(
     permission: &str,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Response, Response> {
+) -> Result<Response, GoogleError> {
     let now = clock::now();
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -342,7 +360,7 @@ fn generate_access_token(
     email: &str,
     request: GenerateAccessTokenRequest,
     now: std::time::SystemTime,
-) -> Result<Response, Response> {
+) -> Result<Response, GoogleError> {
     let invalid = |m: String| google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", m);
     if request.scope.is_empty() {
         return Err(invalid("Scope required.".into()));
@@ -380,7 +398,7 @@ fn generate_id_token(
     email: &str,
     request: &GenerateIdTokenRequest,
     now: std::time::SystemTime,
-) -> Result<Response, Response> {
+) -> Result<Response, GoogleError> {
     if request.audience.is_empty() {
         return Err(google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "Invalid audience: must not be empty."));
     }
@@ -396,9 +414,10 @@ fn generate_id_token(
         iss: "https://accounts.google.com",
         sub: &unique_id,
     };
-    let token = state.google_key.sign(HeaderStyle::Google, &claims).map_err(|e| {
-        google_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string())
-    })?;
+    let token = state
+        .google_key
+        .sign(HeaderStyle::Google, &claims)
+        .map_err(|e| google_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()))?;
     tracing::info!("gcp iam: issued an ID token");
     Ok(Json(serde_json::json!({ "token": token })).into_response())
 }
@@ -442,6 +461,7 @@ pub(crate) async fn certs(State(state): State<SharedState>) -> Json<serde_json::
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

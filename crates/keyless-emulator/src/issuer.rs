@@ -189,7 +189,8 @@ impl SubjectClaims {
     /// string `iss`, `sub`, `aud` (string or array) and numeric `exp`.
     pub(crate) fn peek(token: &str) -> Result<Self, TokenRejection> {
         let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenRejection::Malformed);
         };
@@ -258,6 +259,7 @@ pub(crate) async fn issuer_jwks(State(state): State<SharedState>) -> Json<serde_
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -102,6 +102,7 @@ pub(crate) fn jwks(keys: &[&RsaKey]) -> serde_json::Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

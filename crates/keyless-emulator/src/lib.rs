@@ -248,10 +248,10 @@ pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
         generate_key("Google ID-token signing key"),
         generate_key("Entra access-token signing key")
     );
-    let issuer = Arc::new(issuer.map_err(|e| EmulatorError::KeyGeneration {
-        what: "OIDC issuer signing key",
-        reason: e.to_string(),
-    })??);
+    let issuer = Arc::new(
+        issuer
+            .map_err(|e| EmulatorError::KeyGeneration { what: "OIDC issuer signing key", reason: e.to_string() })??,
+    );
     let tls = tls::generate(Some(local_addr.ip()))?;
     let ca_pem_path = state_dir.join("ca.pem");
     fs::write(&ca_pem_path, &tls.ca_pem).map_err(state_error)?;
@@ -277,7 +277,8 @@ pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config);
-    let server = tokio::spawn(server::serve(listener, acceptor, server::router(Arc::clone(&shared)), shutdown_rx.clone()));
+    let server =
+        tokio::spawn(server::serve(listener, acceptor, server::router(Arc::clone(&shared)), shutdown_rx.clone()));
     let projector = tokio::spawn(projector.run(config.rotate_every, shutdown_rx));
     tracing::info!(%url, state_dir = %state_dir.display(), "keyless emulator listening");
     Ok(Emulator { shared, local_addr, url, state_dir, ca_pem_path, shutdown, server, projector })

@@ -38,7 +38,12 @@ pub(crate) struct Projector {
 }
 
 impl Projector {
-    pub(crate) fn new(issuer: Arc<Issuer>, tokens_dir: &Path, audiences: [(Cloud, String); 3], lifetime: Duration) -> Self {
+    pub(crate) fn new(
+        issuer: Arc<Issuer>,
+        tokens_dir: &Path,
+        audiences: [(Cloud, String); 3],
+        lifetime: Duration,
+    ) -> Self {
         let projections = audiences
             .into_iter()
             .map(|(cloud, audience)| Projection { cloud, dir: tokens_dir.join(cloud.dir_name()), audience })
@@ -82,9 +87,12 @@ impl Projector {
 }
 
 /// The kubelet's AtomicWriter, for one file, in its order:
-/// 1. create `..YYYY_MM_DD_HH_MM_SS.nnnnnnnnn` beside the files; 2. write the payload into it;
-/// 3. create the user-visible symlink `token -> ..data/token` if missing; 4. create
-/// `..data_tmp -> ..YYYY...`; 5. rename `..data_tmp` to `..data` (atomic); 6. remove the old dir.
+/// 1. create `..YYYY_MM_DD_HH_MM_SS.nnnnnnnnn` beside the files;
+/// 2. write the payload into it;
+/// 3. create the user-visible symlink `token -> ..data/token` if missing;
+/// 4. create `..data_tmp -> ..YYYY...`;
+/// 5. rename `..data_tmp` to `..data` (atomic);
+/// 6. remove the old dir.
 pub(crate) fn atomic_write(dir: &Path, file_name: &str, payload: &[u8], now: SystemTime) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let data_link = dir.join(DATA_LINK);
@@ -140,6 +148,7 @@ pub(crate) fn atomic_write(dir: &Path, file_name: &str, payload: &[u8], now: Sys
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

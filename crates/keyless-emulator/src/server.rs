@@ -101,9 +101,8 @@ pub(crate) async fn serve(
                     return;
                 }
             };
-            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-                router.clone().oneshot(request)
-            });
+            let service =
+                hyper::service::service_fn(move |request: hyper::Request<Incoming>| router.clone().oneshot(request));
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)

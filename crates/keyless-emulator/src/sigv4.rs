@@ -44,7 +44,11 @@ impl Authorization {
                 Some(("Credential", v)) => credential = Some(v),
                 Some(("SignedHeaders", v)) => signed_headers = Some(v),
                 Some(("Signature", v)) => signature = Some(v),
-                _ => return Err(format!("'{part}' not a valid key=value pair (missing equal-sign) in Authorization header")),
+                _ => {
+                    return Err(format!(
+                        "'{part}' not a valid key=value pair (missing equal-sign) in Authorization header"
+                    ));
+                }
             }
         }
         let missing = |name: &str| format!("Authorization header requires '{name}' parameter.");
@@ -208,6 +212,7 @@ pub(crate) fn expected_signature(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -217,14 +222,8 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("host", "example.amazonaws.com".parse().unwrap());
         headers.insert("x-amz-date", "20150830T123600Z".parse().unwrap());
-        let request = ReceivedRequest {
-            method: "GET",
-            path: "/",
-            query: None,
-            headers: &headers,
-            authority: None,
-            body: b"",
-        };
+        let request =
+            ReceivedRequest { method: "GET", path: "/", query: None, headers: &headers, authority: None, body: b"" };
         let auth = Authorization::parse(
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, \
              SignedHeaders=host;x-amz-date, \

@@ -48,9 +48,9 @@ async fn sts_issues_credentials_for_the_projected_token() {
     assert_eq!(response.status(), 200);
     assert!(response.headers().contains_key("x-amzn-requestid"));
     let body = response.text().await.unwrap();
-    assert!(body.starts_with(
-        "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">"
-    ));
+    assert!(
+        body.starts_with("<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">")
+    );
     let key = xml_text(&body, "AccessKeyId").unwrap();
     assert!(key.starts_with("ASIA") && key.len() == 20, "{key}");
     assert_eq!(xml_text(&body, "SecretAccessKey").unwrap().len(), 40);
@@ -140,10 +140,7 @@ async fn sts_denies_an_untrusted_subject() {
     let token = env.mint("sts.amazonaws.com", |c| c.sub = Some("system:serviceaccount:other:intruder".into()));
     let (status, body) = assume_role(&env, ROLE, &token, &[]).await;
     assert_error(status, &body, 403, "AccessDenied");
-    assert_eq!(
-        xml_text(&body, "Message").as_deref(),
-        Some("Not authorized to perform sts:AssumeRoleWithWebIdentity")
-    );
+    assert_eq!(xml_text(&body, "Message").as_deref(), Some("Not authorized to perform sts:AssumeRoleWithWebIdentity"));
 }
 
 #[tokio::test]

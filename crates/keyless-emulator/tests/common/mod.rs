@@ -22,10 +22,8 @@ pub async fn start_with(configure: impl FnOnce(&mut EmulatorConfig)) -> TestEnv 
     configure(&mut config);
     let emulator = keyless_emulator::start(config).await.unwrap();
     let pem = std::fs::read(emulator.ca_pem_path()).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
-        .build()
-        .unwrap();
+    let client =
+        reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()]).build().unwrap();
     TestEnv { emulator, client, _state: state }
 }
 

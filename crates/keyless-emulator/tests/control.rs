@@ -1,0 +1,165 @@
+//! Fault injection and call counters, through the Rust API and the `/_emulator/` HTTP API.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestEnv, xml_text};
+use http::StatusCode;
+use keyless_emulator::{Cloud, Counters, Fault, MintClaims, Service};
+use serde_json::{Value, json};
+
+async fn assume_role(env: &TestEnv) -> (u16, String) {
+    let token = env.projected(Cloud::Aws);
+    let form = [
+        ("Action", "AssumeRoleWithWebIdentity"),
+        ("Version", "2011-06-15"),
+        ("RoleArn", "arn:aws:iam::123456789012:role/keyless-dev"),
+        ("RoleSessionName", "faults"),
+        ("WebIdentityToken", token.as_str()),
+    ];
+    let response = env.client.post(env.url("/")).form(&form).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn azure_token(env: &TestEnv) -> (u16, Value) {
+    let ids = env.emulator.identities().clone();
+    let assertion = env.projected(Cloud::Azure);
+    let form = [
+        ("client_id", ids.azure_client_id.as_str()),
+        ("scope", "https://vault.azure.net/.default"),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", assertion.as_str()),
+        ("grant_type", "client_credentials"),
+    ];
+    let url = env.url(&format!("/{}/oauth2/v2.0/token", ids.azure_tenant_id));
+    let response = env.client.post(url).form(&form).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+async fn post_json(env: &TestEnv, path: &str, body: Value) -> reqwest::Response {
+    env.client.post(env.url(path)).json(&body).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn injected_aws_faults_fail_the_next_calls_in_the_native_format_and_are_counted() {
+    let env = common::start().await;
+    let fault = json!({"service": "aws-sts", "fail_next": 2, "status": 400, "code": "IDPCommunicationError"});
+    assert_eq!(post_json(&env, "/_emulator/faults", fault).await.status(), 204);
+    for _ in 0..2 {
+        let (status, body) = assume_role(&env).await;
+        assert_eq!(status, 400);
+        assert_eq!(xml_text(&body, "Code").unwrap(), "IDPCommunicationError");
+        assert_eq!(xml_text(&body, "Type").unwrap(), "Sender");
+    }
+    assert_eq!(assume_role(&env).await.0, 200, "only the next two calls fail");
+    assert_eq!(env.emulator.counters().aws_sts, 3, "faulted calls are counted too");
+}
+
+#[tokio::test]
+async fn injected_azure_fault_renders_the_aadsts_code() {
+    let env = common::start().await;
+    env.emulator.faults().fail_next(
+        Service::AzureToken,
+        1,
+        Fault::new(StatusCode::BAD_REQUEST).with_code("AADSTS700024"),
+    );
+    let (status, body) = azure_token(&env).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_client");
+    assert_eq!(body["error_codes"], json!([700024]));
+    assert!(body["error_description"].as_str().unwrap().starts_with("AADSTS700024: "));
+    assert_eq!(azure_token(&env).await.0, 200);
+}
+
+#[tokio::test]
+async fn injected_server_errors_use_each_services_format() {
+    let env = common::start().await;
+    let faults = env.emulator.faults();
+    for service in Service::ALL {
+        faults.fail_next(service, 1, Fault::new(StatusCode::SERVICE_UNAVAILABLE));
+    }
+    let (status, body) = assume_role(&env).await;
+    assert_eq!((status, xml_text(&body, "Code").unwrap()), (503, "ServiceUnavailable".to_owned()));
+    assert_eq!(xml_text(&body, "Type").unwrap(), "Receiver");
+
+    let response = env.client.post(env.url("/v1/token")).form(&[("grant_type", "x")]).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+
+    let url = env.url("/v1/projects/-/serviceAccounts/a@b.iam.gserviceaccount.com:generateAccessToken");
+    let response = env.client.post(url).json(&json!({})).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["status"], "UNAVAILABLE");
+    assert_eq!(body["error"]["code"], 503);
+
+    let (status, body) = azure_token(&env).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert_eq!(env.emulator.counters(), Counters { aws_sts: 1, gcp_sts: 1, gcp_iam: 1, azure_token: 1 });
+}
+
+#[tokio::test]
+async fn latency_delays_every_call_until_cleared() {
+    let env = common::start().await;
+    let fault = json!({"service": "aws-sts", "latency_ms": 300});
+    assert_eq!(post_json(&env, "/_emulator/faults", fault).await.status(), 204);
+    let started = tokio::time::Instant::now();
+    assert_eq!(assume_role(&env).await.0, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let response = env.client.delete(env.url("/_emulator/faults/aws-sts")).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    env.emulator.faults().fail_next(Service::GcpSts, 5, Fault::new(StatusCode::BAD_GATEWAY));
+    assert_eq!(env.client.delete(env.url("/_emulator/faults")).send().await.unwrap().status(), 204);
+    let response = env.client.post(env.url("/v1/token")).form(&[("grant_type", "x")]).send().await.unwrap();
+    assert_eq!(response.status(), 400, "cleared faults no longer fire");
+}
+
+#[tokio::test]
+async fn counters_over_http_match_the_rust_api() {
+    let env = common::start().await;
+    assume_role(&env).await;
+    azure_token(&env).await;
+    let counters: Counters = env.client.get(env.url("/_emulator/counters")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(counters, env.emulator.counters());
+    let raw = env.get_json("/_emulator/counters").await;
+    assert_eq!(raw, json!({"aws-sts": 1, "gcp-sts": 0, "gcp-iam": 0, "azure-token": 1}));
+}
+
+#[tokio::test]
+async fn control_api_rejects_an_unknown_service_and_non_error_status() {
+    let env = common::start().await;
+    let response = post_json(&env, "/_emulator/faults", json!({"service": "aws-s3", "fail_next": 1})).await;
+    assert_eq!(response.status(), 400);
+    let response =
+        post_json(&env, "/_emulator/faults", json!({"service": "aws-sts", "fail_next": 1, "status": 200})).await;
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn mint_over_http_signs_what_the_test_asks_for() {
+    let env = common::start().await;
+    let claims = json!({"aud": ["sts.amazonaws.com"], "sub": "system:serviceaccount:x:y", "exp_offset_secs": -5});
+    let response = post_json(&env, "/_emulator/mint", claims).await;
+    assert_eq!(response.status(), 200);
+    let token = response.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+    let payload: Value = {
+        use base64::Engine as _;
+        let part = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    };
+    assert_eq!(payload["sub"], "system:serviceaccount:x:y");
+    assert_eq!(payload["iss"], env.emulator.url());
+    assert!(payload["exp"].as_i64().unwrap() < payload["iat"].as_i64().unwrap());
+    let same_shape = env.emulator.mint(MintClaims::new("sts.amazonaws.com"));
+    assert_eq!(same_shape.split('.').count(), 3);
+
+    let identities = env.get_json("/_emulator/identities").await;
+    assert_eq!(identities["subject"], "system:serviceaccount:default:keyless-dev");
+    assert_eq!(identities["audiences"]["gcp"], env.emulator.identities().gcp_audience());
+}
