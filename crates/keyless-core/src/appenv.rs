@@ -20,17 +20,11 @@ pub enum AppEnvValue {
 
 impl AppEnvVar {
     pub fn plain(name: impl Into<String>, value: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            value: AppEnvValue::Plain(value.into()),
-        }
+        Self { name: name.into(), value: AppEnvValue::Plain(value.into()) }
     }
 
     pub fn secret(name: impl Into<String>, value: Secret<String>) -> Self {
-        Self {
-            name: name.into(),
-            value: AppEnvValue::Secret(value),
-        }
+        Self { name: name.into(), value: AppEnvValue::Secret(value) }
     }
 
     /// The value as written to the env file (the one place a secret value is meant to go).

@@ -112,37 +112,21 @@ pub struct CredentialCache<E: Exchange> {
 
 impl<E: Exchange> Clone for CredentialCache<E> {
     fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-        }
+        Self { inner: self.inner.clone() }
     }
 }
 
 impl<E: Exchange> Debug for CredentialCache<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CredentialCache")
-            .field("provider", &self.inner.shared.exchange.provider())
-            .finish()
+        f.debug_struct("CredentialCache").field("provider", &self.inner.shared.exchange.provider()).finish()
     }
 }
 
 impl<E: Exchange> CredentialCache<E> {
-    pub fn new(
-        exchange: E,
-        tokens: TokenSource,
-        policy: CachePolicy,
-        clock: SharedClock,
-        metrics: Metrics,
-    ) -> Self {
+    pub fn new(exchange: E, tokens: TokenSource, policy: CachePolicy, clock: SharedClock, metrics: Metrics) -> Self {
         Self {
             inner: Arc::new(CacheInner {
-                shared: Arc::new(Shared {
-                    exchange,
-                    tokens,
-                    policy,
-                    clock,
-                    metrics,
-                }),
+                shared: Arc::new(Shared { exchange, tokens, policy, clock, metrics }),
                 entries: RwLock::new(HashMap::new()),
                 lookups: AtomicU64::new(0),
             }),
@@ -160,10 +144,7 @@ impl<E: Exchange> CredentialCache<E> {
     /// Makes `key` part of this identity's configuration: exchanged now (pre-warm), refreshed
     /// ahead for as long as the cache lives, never evicted, and counted by readiness.
     pub fn pin(&self, key: E::Key) {
-        self.entry(&key)
-            .control
-            .pinned
-            .store(true, Ordering::Relaxed);
+        self.entry(&key).control.pinned.store(true, Ordering::Relaxed);
     }
 
     /// A valid credential for `key`: from cache without waiting when one is held; otherwise after
@@ -181,14 +162,7 @@ impl<E: Exchange> CredentialCache<E> {
             return Ok(credential.clone());
         }
         let result = self.wait_for_exchange(&entry).await;
-        shared.metrics.record_lookup(
-            provider,
-            if result.is_ok() {
-                Lookup::Miss
-            } else {
-                Lookup::Error
-            },
-        );
+        shared.metrics.record_lookup(provider, if result.is_ok() { Lookup::Miss } else { Lookup::Error });
         result
     }
 
@@ -201,8 +175,7 @@ impl<E: Exchange> CredentialCache<E> {
         let mut slot = entry.slot.clone();
         let seen = {
             let s = slot.borrow_and_update();
-            let retry_is_far =
-                !s.in_flight && s.next_attempt.is_some_and(|at| at > Instant::now() + wait);
+            let retry_is_far = !s.in_flight && s.next_attempt.is_some_and(|at| at > Instant::now() + wait);
             if let (true, Some(err)) = (retry_is_far, &s.error) {
                 return Err(err.clone());
             }
@@ -210,11 +183,8 @@ impl<E: Exchange> CredentialCache<E> {
         };
         entry.control.wake.notify_waiters();
         let clock = shared.clock.clone();
-        let outcome = tokio::time::timeout(
-            wait,
-            slot.wait_for(|s| s.attempts > seen || s.valid(clock.now()).is_some()),
-        )
-        .await;
+        let outcome =
+            tokio::time::timeout(wait, slot.wait_for(|s| s.attempts > seen || s.valid(clock.now()).is_some())).await;
         let s = entry.slot.borrow();
         if let Some(credential) = s.valid(clock.now()) {
             return Ok(credential.clone());
@@ -237,21 +207,11 @@ impl<E: Exchange> CredentialCache<E> {
 
     fn entry(&self, key: &E::Key) -> Arc<Entry<E::Credential>> {
         let seq = self.inner.lookups.fetch_add(1, Ordering::Relaxed);
-        let found = self
-            .inner
-            .entries
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .cloned();
+        let found = self.inner.entries.read().unwrap_or_else(PoisonError::into_inner).get(key).cloned();
         let entry = match found {
             Some(entry) => entry,
             None => {
-                let mut entries = self
-                    .inner
-                    .entries
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let mut entries = self.inner.entries.write().unwrap_or_else(PoisonError::into_inner);
                 if let Some(entry) = entries.get(key) {
                     entry.clone()
                 } else {
@@ -272,11 +232,7 @@ impl<E: Exchange> CredentialCache<E> {
     pub fn statuses(&self) -> Vec<IdentityStatus> {
         let shared = &self.inner.shared;
         let now = shared.clock.now();
-        let entries = self
-            .inner
-            .entries
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let entries = self.inner.entries.read().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<IdentityStatus> = entries
             .iter()
             .filter(|(_, e)| e.control.pinned.load(Ordering::Relaxed))
@@ -296,9 +252,7 @@ impl<E: Exchange> CredentialCache<E> {
     }
 }
 
-fn evict_least_recently_used<K: Clone + Eq + std::hash::Hash, C>(
-    entries: &mut HashMap<K, Arc<Entry<C>>>,
-) {
+fn evict_least_recently_used<K: Clone + Eq + std::hash::Hash, C>(entries: &mut HashMap<K, Arc<Entry<C>>>) {
     let victim = entries
         .iter()
         .filter(|(_, e)| !e.control.pinned.load(Ordering::Relaxed))
@@ -337,20 +291,11 @@ impl<E: Exchange> Readiness for CredentialCache<E> {
 }
 
 fn spawn_driver<E: Exchange>(shared: Arc<Shared<E>>, key: E::Key) -> Entry<E::Credential> {
-    let (tx, rx) = watch::channel(Slot {
-        credential: None,
-        error: None,
-        attempts: 0,
-        in_flight: true,
-        next_attempt: None,
-    });
+    let (tx, rx) =
+        watch::channel(Slot { credential: None, error: None, attempts: 0, in_flight: true, next_attempt: None });
     let control = Arc::new(Control::default());
     let task = tokio::spawn(drive(shared, key, tx, control.clone()));
-    Entry {
-        slot: rx,
-        control,
-        _driver: AbortOnDrop::new(task),
-    }
+    Entry { slot: rx, control, _driver: AbortOnDrop::new(task) }
 }
 
 /// Full jitter over an exponential schedule: a uniformly random delay in [0, min(cap, base * 2^n)]
@@ -399,10 +344,7 @@ async fn drive<E: Exchange>(
                 delays = RetryDelays::new(policy);
                 let credential = Arc::new(issued.credential);
                 let obtained = clock.now();
-                let lifetime = credential
-                    .expires_at
-                    .duration_since(obtained)
-                    .unwrap_or(Duration::ZERO);
+                let lifetime = credential.expires_at.duration_since(obtained).unwrap_or(Duration::ZERO);
                 let refresh_at = obtained + lifetime.mul_f64(policy.refresh_at);
                 tx.send_modify(|s| {
                     s.credential = Some(credential);
@@ -447,18 +389,18 @@ async fn drive<E: Exchange>(
 }
 
 /// One exchange, and on a token-rejected error one retry with a freshly read token.
-async fn attempt<E: Exchange>(
-    shared: &Shared<E>,
-    key: &E::Key,
-) -> Result<Issued<E::Credential>, ExchangeError> {
-    let token = shared.tokens.current().map_err(|e| {
-        ExchangeError::retryable(e.to_string()).with_code("SubjectTokenUnavailable")
-    })?;
+async fn attempt<E: Exchange>(shared: &Shared<E>, key: &E::Key) -> Result<Issued<E::Credential>, ExchangeError> {
+    let token = shared
+        .tokens
+        .current()
+        .map_err(|e| ExchangeError::retryable(e.to_string()).with_code("SubjectTokenUnavailable"))?;
     match exchange_once(shared, key, &token).await {
         Err(e) if e.class == ErrorClass::RereadToken => {
-            let fresh = shared.tokens.reread().await.map_err(|te| {
-                ExchangeError::retryable(te.to_string()).with_code("SubjectTokenUnavailable")
-            })?;
+            let fresh = shared
+                .tokens
+                .reread()
+                .await
+                .map_err(|te| ExchangeError::retryable(te.to_string()).with_code("SubjectTokenUnavailable"))?;
             exchange_once(shared, key, &fresh).await
         }
         other => other,
@@ -489,23 +431,14 @@ async fn exchange_once<E: Exchange>(
             info!(provider, %identity, subject, ?key, outcome = "success", %expires,
                 duration_ms = elapsed.as_millis() as u64, request_id = issued.request_id.as_deref().unwrap_or("-"),
                 "exchange");
-            shared
-                .metrics
-                .record_exchange(provider, &identity, "success", elapsed.as_secs_f64());
-            shared
-                .metrics
-                .set_credential_expiry(provider, &identity, issued.credential.expires_at);
+            shared.metrics.record_exchange(provider, &identity, "success", elapsed.as_secs_f64());
+            shared.metrics.set_credential_expiry(provider, &identity, issued.credential.expires_at);
         }
         Err(e) => {
             warn!(provider, %identity, subject, ?key, outcome = e.class.label(), error = %e,
                 duration_ms = elapsed.as_millis() as u64, request_id = e.request_id.as_deref().unwrap_or("-"),
                 "exchange");
-            shared.metrics.record_exchange(
-                provider,
-                &identity,
-                e.class.label(),
-                elapsed.as_secs_f64(),
-            );
+            shared.metrics.record_exchange(provider, &identity, e.class.label(), elapsed.as_secs_f64());
         }
     }
     result

@@ -34,10 +34,7 @@ pub struct TokioClock {
 
 impl TokioClock {
     pub fn new(anchor_wall: SystemTime) -> Self {
-        Self {
-            anchor_wall,
-            anchor: tokio::time::Instant::now(),
-        }
+        Self { anchor_wall, anchor: tokio::time::Instant::now() }
     }
 }
 
@@ -59,9 +56,7 @@ pub fn instant_at(clock: &dyn Clock, at: SystemTime) -> tokio::time::Instant {
 
 /// Seconds since the Unix epoch, for metrics and wire formats.
 pub fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -75,10 +70,7 @@ mod tests {
         assert_eq!(clock.now(), start);
         tokio::time::advance(Duration::from_secs(90)).await;
         assert_eq!(clock.now(), start + Duration::from_secs(90));
-        assert_eq!(
-            until(&clock, start + Duration::from_secs(100)),
-            Duration::from_secs(10)
-        );
+        assert_eq!(until(&clock, start + Duration::from_secs(100)), Duration::from_secs(10));
         assert_eq!(until(&clock, start), Duration::ZERO);
     }
 }

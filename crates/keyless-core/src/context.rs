@@ -24,19 +24,8 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(
-        clock: SharedClock,
-        metrics: Metrics,
-        cache_policy: CachePolicy,
-        watch_options: WatchOptions,
-    ) -> Self {
-        Self {
-            clock,
-            metrics,
-            cache_policy,
-            watch_options,
-            sources: Arc::default(),
-        }
+    pub fn new(clock: SharedClock, metrics: Metrics, cache_policy: CachePolicy, watch_options: WatchOptions) -> Self {
+        Self { clock, metrics, cache_policy, watch_options, sources: Arc::default() }
     }
 
     /// The token source for `path`, shared with every other user of the same file (SPEC 3.1: one
@@ -47,25 +36,14 @@ impl Context {
         if let Some(source) = sources.get(&key) {
             return source.clone();
         }
-        let source = TokenSource::open(
-            key.clone(),
-            self.watch_options.clone(),
-            self.clock.clone(),
-            self.metrics.clone(),
-        )
-        .await;
+        let source =
+            TokenSource::open(key.clone(), self.watch_options.clone(), self.clock.clone(), self.metrics.clone()).await;
         sources.insert(key, source.clone());
         source
     }
 
     /// A credential cache over `exchange` with this context's clock, metrics and policy.
     pub fn cache<E: Exchange>(&self, exchange: E, tokens: TokenSource) -> CredentialCache<E> {
-        CredentialCache::new(
-            exchange,
-            tokens,
-            self.cache_policy.clone(),
-            self.clock.clone(),
-            self.metrics.clone(),
-        )
+        CredentialCache::new(exchange, tokens, self.cache_policy.clone(), self.clock.clone(), self.metrics.clone())
     }
 }

@@ -34,10 +34,7 @@ pub struct Issued<C> {
 
 impl<C> Issued<C> {
     pub fn new(credential: Expiring<C>) -> Self {
-        Self {
-            credential,
-            request_id: None,
-        }
+        Self { credential, request_id: None }
     }
 
     pub fn with_request_id(mut self, id: Option<String>) -> Self {
@@ -82,13 +79,7 @@ pub struct ExchangeError {
 
 impl ExchangeError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        Self {
-            class,
-            code: None,
-            message: message.into(),
-            hint: None,
-            request_id: None,
-        }
+        Self { class, code: None, message: message.into(), hint: None, request_id: None }
     }
 
     pub fn retryable(message: impl Into<String>) -> Self {

@@ -28,7 +28,7 @@ struct ProviderLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     provider: &'static str,
-    route: &'static str,
+    route: String,
     status: u16,
 }
 
@@ -93,9 +93,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let exchanges = Family::<ExchangeLabels, Counter>::default();
         let exchange_duration = Family::<ProviderLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ])
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
         });
         let requests = Family::<RequestLabels, Counter>::default();
         let lookups = Family::<LookupLabels, Counter>::default();
@@ -111,11 +109,7 @@ impl Metrics {
             "Duration of token exchanges with a cloud's token service",
             exchange_duration.clone(),
         );
-        registry.register(
-            "keyless_requests",
-            "Requests served on the credential listener",
-            requests.clone(),
-        );
+        registry.register("keyless_requests", "Requests served on the credential listener", requests.clone());
         registry.register(
             "keyless_cache_lookups",
             "Credential cache lookups by result (hit, miss, error)",
@@ -142,63 +136,29 @@ impl Metrics {
         }
     }
 
-    pub fn record_exchange(
-        &self,
-        provider: &'static str,
-        identity: &str,
-        outcome: &'static str,
-        seconds: f64,
-    ) {
-        self.exchanges
-            .get_or_create(&ExchangeLabels {
-                provider,
-                identity: identity.to_owned(),
-                outcome,
-            })
-            .inc();
-        self.exchange_duration
-            .get_or_create(&ProviderLabels { provider })
-            .observe(seconds);
+    pub fn record_exchange(&self, provider: &'static str, identity: &str, outcome: &'static str, seconds: f64) {
+        self.exchanges.get_or_create(&ExchangeLabels { provider, identity: identity.to_owned(), outcome }).inc();
+        self.exchange_duration.get_or_create(&ProviderLabels { provider }).observe(seconds);
     }
 
-    pub fn record_request(&self, provider: &'static str, route: &'static str, status: u16) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                provider,
-                route,
-                status,
-            })
-            .inc();
+    /// `route` must come from a bounded set (a route template, not the request path).
+    pub fn record_request(&self, provider: &'static str, route: &str, status: u16) {
+        self.requests.get_or_create(&RequestLabels { provider, route: route.to_owned(), status }).inc();
     }
 
     pub fn record_lookup(&self, provider: &'static str, result: Lookup) {
-        self.lookups
-            .get_or_create(&LookupLabels {
-                provider,
-                result: result.label(),
-            })
-            .inc();
+        self.lookups.get_or_create(&LookupLabels { provider, result: result.label() }).inc();
     }
 
-    pub fn set_credential_expiry(
-        &self,
-        provider: &'static str,
-        identity: &str,
-        expiry: SystemTime,
-    ) {
+    pub fn set_credential_expiry(&self, provider: &'static str, identity: &str, expiry: SystemTime) {
         self.credential_expiry
-            .get_or_create(&IdentityLabels {
-                provider,
-                identity: identity.to_owned(),
-            })
+            .get_or_create(&IdentityLabels { provider, identity: identity.to_owned() })
             .set(i64::try_from(unix_seconds(expiry)).unwrap_or(i64::MAX));
     }
 
     pub fn set_subject_token_expiry(&self, path: &str, expiry: SystemTime) {
         self.subject_token_expiry
-            .get_or_create(&PathLabels {
-                path: path.to_owned(),
-            })
+            .get_or_create(&PathLabels { path: path.to_owned() })
             .set(i64::try_from(unix_seconds(expiry)).unwrap_or(i64::MAX));
     }
 

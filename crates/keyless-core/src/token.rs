@@ -28,13 +28,7 @@ impl fmt::Display for Claims {
     /// `iss=... sub=... aud=[...] exp=...`: what an error hint shows of the token (never the token).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "<none>".to_owned());
-        write!(
-            f,
-            "iss={} sub={} aud=[{}]",
-            or_none(&self.iss),
-            or_none(&self.sub),
-            self.aud.join(",")
-        )?;
+        write!(f, "iss={} sub={} aud=[{}]", or_none(&self.iss), or_none(&self.sub), self.aud.join(","))?;
         if let Some(exp) = self.exp {
             write!(f, " exp={}", humantime::format_rfc3339_seconds(exp))?;
         }
@@ -51,9 +45,7 @@ pub struct SubjectToken {
 
 impl fmt::Debug for SubjectToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SubjectToken")
-            .field("claims", &self.claims)
-            .finish_non_exhaustive()
+        f.debug_struct("SubjectToken").field("claims", &self.claims).finish_non_exhaustive()
     }
 }
 
@@ -67,26 +59,19 @@ impl SubjectToken {
         }
         let segments: Vec<&str> = raw.split('.').collect();
         if segments.len() != 3 || segments.iter().any(|s| s.is_empty()) {
-            return Err(TokenShapeError::NotAJwt {
-                segments: segments.len(),
-            });
+            return Err(TokenShapeError::NotAJwt { segments: segments.len() });
         }
         let decode = |s: &str| URL_SAFE_NO_PAD.decode(s.trim_end_matches('='));
-        let header =
-            decode(segments[0]).map_err(|_| TokenShapeError::NotBase64Url { part: "header" })?;
-        let payload =
-            decode(segments[1]).map_err(|_| TokenShapeError::NotBase64Url { part: "payload" })?;
+        let header = decode(segments[0]).map_err(|_| TokenShapeError::NotBase64Url { part: "header" })?;
+        let payload = decode(segments[1]).map_err(|_| TokenShapeError::NotBase64Url { part: "payload" })?;
         if decode(segments[2]).is_err() {
             return Err(TokenShapeError::NotBase64Url { part: "signature" });
         }
         serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&header)
             .map_err(|_| TokenShapeError::NotJson { part: "header" })?;
-        let wire: WireClaims = serde_json::from_slice(&payload)
-            .map_err(|_| TokenShapeError::NotJson { part: "payload" })?;
-        Ok(Self {
-            raw: Secret::new(raw.to_owned()),
-            claims: wire.into(),
-        })
+        let wire: WireClaims =
+            serde_json::from_slice(&payload).map_err(|_| TokenShapeError::NotJson { part: "payload" })?;
+        Ok(Self { raw: Secret::new(raw.to_owned()), claims: wire.into() })
     }
 
     pub fn secret(&self) -> &Secret<String> {
@@ -129,13 +114,7 @@ impl From<WireClaims> for Claims {
             Audience::Many(v) => v,
             Audience::None => Vec::new(),
         };
-        Self {
-            iss: w.iss,
-            sub: w.sub,
-            aud,
-            exp: epoch(w.exp),
-            iat: epoch(w.iat),
-        }
+        Self { iss: w.iss, sub: w.sub, aud, exp: epoch(w.exp), iat: epoch(w.iat) }
     }
 }
 
@@ -171,10 +150,7 @@ pub enum TokenError {
         "subject token file {path} does not hold a projected service-account token: {shape}. It should contain \
          exactly one JWT written by the kubelet (projected volume source serviceAccountToken)"
     )]
-    Malformed {
-        path: PathBuf,
-        shape: TokenShapeError,
-    },
+    Malformed { path: PathBuf, shape: TokenShapeError },
 }
 
 impl TokenError {
@@ -182,10 +158,7 @@ impl TokenError {
         match err.kind() {
             std::io::ErrorKind::NotFound => Self::Missing { path },
             std::io::ErrorKind::PermissionDenied => Self::PermissionDenied { path },
-            _ => Self::Unreadable {
-                path,
-                reason: err.to_string(),
-            },
+            _ => Self::Unreadable { path, reason: err.to_string() },
         }
     }
 }
@@ -196,12 +169,7 @@ mod tests {
 
     fn jwt(payload: &str) -> String {
         let enc = |s: &str| URL_SAFE_NO_PAD.encode(s);
-        format!(
-            "{}.{}.{}",
-            enc(r#"{"alg":"RS256","kid":"k"}"#),
-            enc(payload),
-            enc("sig")
-        )
+        format!("{}.{}.{}", enc(r#"{"alg":"RS256","kid":"k"}"#), enc(payload), enc("sig"))
     }
 
     #[test]
@@ -210,21 +178,11 @@ mod tests {
             r#"{"iss":"https://k8s","sub":"system:serviceaccount:ns:sa","aud":["sts.amazonaws.com"],"exp":1700000000,"iat":1699996400}"#,
         ))
         .expect("valid token");
-        assert_eq!(
-            t.claims().sub.as_deref(),
-            Some("system:serviceaccount:ns:sa")
-        );
+        assert_eq!(t.claims().sub.as_deref(), Some("system:serviceaccount:ns:sa"));
         assert_eq!(t.claims().aud, vec!["sts.amazonaws.com".to_owned()]);
-        assert_eq!(
-            t.claims().exp,
-            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
-        );
-        let t = SubjectToken::parse(&jwt(r#"{"aud":"api://AzureADTokenExchange"}"#))
-            .expect("valid token");
-        assert_eq!(
-            t.claims().aud,
-            vec!["api://AzureADTokenExchange".to_owned()]
-        );
+        assert_eq!(t.claims().exp, Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
+        let t = SubjectToken::parse(&jwt(r#"{"aud":"api://AzureADTokenExchange"}"#)).expect("valid token");
+        assert_eq!(t.claims().aud, vec!["api://AzureADTokenExchange".to_owned()]);
     }
 
     #[test]
@@ -237,18 +195,9 @@ mod tests {
     #[test]
     fn rejects_what_is_not_a_jwt() {
         assert_eq!(SubjectToken::parse(" \n"), Err(TokenShapeError::Empty));
-        assert_eq!(
-            SubjectToken::parse("garbage"),
-            Err(TokenShapeError::NotAJwt { segments: 1 })
-        );
-        assert_eq!(
-            SubjectToken::parse("a.b"),
-            Err(TokenShapeError::NotAJwt { segments: 2 })
-        );
-        assert_eq!(
-            SubjectToken::parse("!!.e30.c2ln"),
-            Err(TokenShapeError::NotBase64Url { part: "header" })
-        );
+        assert_eq!(SubjectToken::parse("garbage"), Err(TokenShapeError::NotAJwt { segments: 1 }));
+        assert_eq!(SubjectToken::parse("a.b"), Err(TokenShapeError::NotAJwt { segments: 2 }));
+        assert_eq!(SubjectToken::parse("!!.e30.c2ln"), Err(TokenShapeError::NotBase64Url { part: "header" }));
         assert_eq!(
             SubjectToken::parse(&format!("{}.e30.c2ln", URL_SAFE_NO_PAD.encode("[]"))),
             Err(TokenShapeError::NotJson { part: "header" })

@@ -8,31 +8,17 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamError {
     #[error("{key} = {value:?} is not a URL: {reason}")]
-    NotAUrl {
-        key: String,
-        value: String,
-        reason: String,
-    },
+    NotAUrl { key: String, value: String, reason: String },
     #[error(
         "{key} = {value:?} uses plain http to a host that is not loopback: credentials would cross the network \
          unencrypted; use https (plain http is accepted only for 127.0.0.0/8, ::1 and localhost)"
     )]
     PlainHttp { key: String, value: String },
     #[error("{key} = {value:?} has scheme {scheme:?}: use https")]
-    Scheme {
-        key: String,
-        value: String,
-        scheme: String,
-    },
+    Scheme { key: String, value: String, scheme: String },
     #[error("{key} = {path:?} cannot be read: {reason}")]
-    CaFile {
-        key: String,
-        path: PathBuf,
-        reason: String,
-    },
-    #[error(
-        "{key} = {path:?} holds no PEM certificate (expected one or more -----BEGIN CERTIFICATE----- blocks)"
-    )]
+    CaFile { key: String, path: PathBuf, reason: String },
+    #[error("{key} = {path:?} holds no PEM certificate (expected one or more -----BEGIN CERTIFICATE----- blocks)")]
     CaFileEmpty { key: String, path: PathBuf },
 }
 
@@ -48,15 +34,8 @@ pub fn endpoint(key: &str, value: &str) -> Result<url::Url, UpstreamError> {
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback_host(&url) => Ok(url),
-        "http" => Err(UpstreamError::PlainHttp {
-            key: key.to_owned(),
-            value: value.to_owned(),
-        }),
-        other => Err(UpstreamError::Scheme {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            scheme: other.to_owned(),
-        }),
+        "http" => Err(UpstreamError::PlainHttp { key: key.to_owned(), value: value.to_owned() }),
+        other => Err(UpstreamError::Scheme { key: key.to_owned(), value: value.to_owned(), scheme: other.to_owned() }),
     }
 }
 
@@ -78,10 +57,7 @@ pub fn ca_bundle(key: &str, path: &Path) -> Result<Vec<u8>, UpstreamError> {
         reason: e.to_string(),
     })?;
     if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-        return Err(UpstreamError::CaFileEmpty {
-            key: key.to_owned(),
-            path: path.to_owned(),
-        });
+        return Err(UpstreamError::CaFileEmpty { key: key.to_owned(), path: path.to_owned() });
     }
     Ok(pem)
 }
@@ -93,10 +69,7 @@ mod tests {
     #[test]
     fn https_anywhere_http_only_on_loopback() {
         assert_eq!(
-            endpoint("k", "https://sts.amazonaws.com/")
-                .map(|u| u.to_string())
-                .ok()
-                .as_deref(),
+            endpoint("k", "https://sts.amazonaws.com/").map(|u| u.to_string()).ok().as_deref(),
             Some("https://sts.amazonaws.com/")
         );
         assert!(endpoint("k", "http://127.0.0.1:5000").is_ok());
@@ -104,13 +77,7 @@ mod tests {
         assert!(endpoint("k", "http://localhost:5000").is_ok());
         let err = endpoint("aws.sts_endpoint", "http://10.0.0.1").expect_err("plain http off-host");
         assert!(err.to_string().contains("aws.sts_endpoint"));
-        assert!(matches!(
-            endpoint("k", "ftp://x"),
-            Err(UpstreamError::Scheme { .. })
-        ));
-        assert!(matches!(
-            endpoint("k", "not a url"),
-            Err(UpstreamError::NotAUrl { .. })
-        ));
+        assert!(matches!(endpoint("k", "ftp://x"), Err(UpstreamError::Scheme { .. })));
+        assert!(matches!(endpoint("k", "not a url"), Err(UpstreamError::NotAUrl { .. })));
     }
 }

@@ -53,17 +53,11 @@ struct State {
 
 impl State {
     fn last_error(&self) -> Option<TokenError> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn set_error(&self, e: Option<TokenError>) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = e;
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = e;
     }
 }
 
@@ -85,51 +79,21 @@ pub struct TokenSource {
 impl TokenSource {
     /// Reads `path` once and starts watching it. Never fails: if the first read fails, the error is
     /// kept (see [`TokenSource::current`]) and the watcher keeps trying.
-    pub async fn open(
-        path: impl Into<PathBuf>,
-        options: WatchOptions,
-        clock: SharedClock,
-        metrics: Metrics,
-    ) -> Self {
+    pub async fn open(path: impl Into<PathBuf>, options: WatchOptions, clock: SharedClock, metrics: Metrics) -> Self {
         let path = path.into();
-        let state = Arc::new(State {
-            token: watch::channel(None).0,
-            last_error: Mutex::new(None),
-        });
-        let mut reader = Reader {
-            path: path.clone(),
-            state: state.clone(),
-            metrics,
-            reported: None,
-        };
+        let state = Arc::new(State { token: watch::channel(None).0, last_error: Mutex::new(None) });
+        let mut reader = Reader { path: path.clone(), state: state.clone(), metrics, reported: None };
         reader.read().await;
         let (tx, rx) = mpsc::channel(16);
         let task = tokio::spawn(run(reader, options, clock, rx));
-        Self {
-            inner: Arc::new(Inner {
-                path,
-                state,
-                rereads: Some(tx),
-                _task: Some(AbortOnDrop::new(task)),
-            }),
-        }
+        Self { inner: Arc::new(Inner { path, state, rereads: Some(tx), _task: Some(AbortOnDrop::new(task)) }) }
     }
 
     /// A source whose token is set by the caller ([`TokenSource::set`]) instead of read from a
     /// file (tests, and tokens passed in by value).
     pub fn fixed(token: SubjectToken) -> Self {
-        let state = Arc::new(State {
-            token: watch::channel(Some(Arc::new(token))).0,
-            last_error: Mutex::new(None),
-        });
-        Self {
-            inner: Arc::new(Inner {
-                path: PathBuf::new(),
-                state,
-                rereads: None,
-                _task: None,
-            }),
-        }
+        let state = Arc::new(State { token: watch::channel(Some(Arc::new(token))).0, last_error: Mutex::new(None) });
+        Self { inner: Arc::new(Inner { path: PathBuf::new(), state, rereads: None, _task: None }) }
     }
 
     /// Replaces the held token as if the file had been rotated.
@@ -150,13 +114,7 @@ impl TokenSource {
         if let Some(token) = self.inner.state.token.borrow().clone() {
             return Ok(token);
         }
-        Err(self
-            .inner
-            .state
-            .last_error()
-            .unwrap_or_else(|| TokenError::Missing {
-                path: self.inner.path.clone(),
-            }))
+        Err(self.inner.state.last_error().unwrap_or_else(|| TokenError::Missing { path: self.inner.path.clone() }))
     }
 
     /// The error of the most recent read, if it failed (the last good token may still be held).
@@ -194,12 +152,8 @@ struct Reader {
 impl Reader {
     async fn read(&mut self) {
         let result = match tokio::fs::read(&self.path).await {
-            Ok(bytes) => SubjectToken::parse(&String::from_utf8_lossy(&bytes)).map_err(|shape| {
-                TokenError::Malformed {
-                    path: self.path.clone(),
-                    shape,
-                }
-            }),
+            Ok(bytes) => SubjectToken::parse(&String::from_utf8_lossy(&bytes))
+                .map_err(|shape| TokenError::Malformed { path: self.path.clone(), shape }),
             Err(e) => Err(TokenError::from_io(self.path.clone(), &e)),
         };
         match result {
@@ -219,8 +173,7 @@ impl Reader {
                     let claims = token.claims();
                     info!(path = %self.path.display(), %claims, "subject token loaded");
                     if let Some(exp) = claims.exp {
-                        self.metrics
-                            .set_subject_token_expiry(&self.path.to_string_lossy(), exp);
+                        self.metrics.set_subject_token_expiry(&self.path.to_string_lossy(), exp);
                     }
                 }
             }
@@ -237,22 +190,10 @@ impl Reader {
 
     fn next_poll(&self, options: &WatchOptions, clock: &SharedClock) -> Instant {
         let regular = Instant::now() + options.poll_interval;
-        let exp = self
-            .state
-            .token
-            .borrow()
-            .as_ref()
-            .and_then(|t| t.claims().exp);
+        let exp = self.state.token.borrow().as_ref().and_then(|t| t.claims().exp);
         let Some(exp) = exp else { return regular };
-        let near = instant_at(
-            clock.as_ref(),
-            exp.checked_sub(options.reread_before_exp).unwrap_or(exp),
-        );
-        if near > Instant::now() {
-            regular.min(near)
-        } else {
-            regular.min(Instant::now() + options.near_exp_interval)
-        }
+        let near = instant_at(clock.as_ref(), exp.checked_sub(options.reread_before_exp).unwrap_or(exp));
+        if near > Instant::now() { regular.min(near) } else { regular.min(Instant::now() + options.near_exp_interval) }
     }
 }
 
@@ -272,17 +213,12 @@ fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
 impl DirWatch {
     fn new(dir: &Path, events: mpsc::UnboundedSender<bool>) -> notify::Result<Self> {
         let identity = dir_identity(dir);
-        let mut watcher =
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                // `true` = the watch itself failed and must be recreated.
-                let _ = events.send(res.is_err());
-            })?;
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // `true` = the watch itself failed and must be recreated.
+            let _ = events.send(res.is_err());
+        })?;
         watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
-        Ok(Self {
-            _watcher: watcher,
-            dir: dir.to_owned(),
-            identity,
-        })
+        Ok(Self { _watcher: watcher, dir: dir.to_owned(), identity })
     }
 
     fn is_current(&self) -> bool {

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use keyless_core::clock::{SharedClock, TokioClock};
 use keyless_core::{
-    CachePolicy, CredentialCache, ErrorClass, Exchange, ExchangeError, Expiring, Issued, Metrics,
-    SubjectToken, TokenSource,
+    CachePolicy, CredentialCache, ErrorClass, Exchange, ExchangeError, Expiring, Issued, Metrics, SubjectToken,
+    TokenSource,
 };
 use tokio::sync::watch;
 
@@ -51,26 +51,16 @@ impl Exchange for Scripted {
         "test-identity".to_owned()
     }
 
-    async fn exchange(
-        &self,
-        _key: &Self::Key,
-        token: &SubjectToken,
-    ) -> Result<Issued<usize>, ExchangeError> {
+    async fn exchange(&self, _key: &Self::Key, token: &SubjectToken) -> Result<Issued<usize>, ExchangeError> {
         let n = {
             let mut calls = self.calls.lock().unwrap();
-            calls.push(Call {
-                at: self.clock.now(),
-                sub: token.claims().sub.clone(),
-            });
+            calls.push(Call { at: self.clock.now(), sub: token.claims().sub.clone() });
             calls.len()
         };
         self.count.send_replace(n);
         tokio::time::sleep(self.latency).await;
         (self.script)(n, token)?;
-        Ok(Issued::new(Expiring::new(
-            n,
-            self.clock.now() + self.lifetime,
-        )))
+        Ok(Issued::new(Expiring::new(n, self.clock.now() + self.lifetime)))
     }
 }
 
@@ -100,20 +90,8 @@ impl Harness {
             count: count_tx,
         };
         let tokens = TokenSource::fixed(token("pod-a"));
-        let cache = CredentialCache::new(
-            exchange,
-            tokens.clone(),
-            policy,
-            clock.clone(),
-            Metrics::new(),
-        );
-        Self {
-            cache,
-            clock,
-            calls,
-            count,
-            tokens,
-        }
+        let cache = CredentialCache::new(exchange, tokens.clone(), policy, clock.clone(), Metrics::new());
+        Self { cache, clock, calls, count, tokens }
     }
 
     fn calls(&self) -> Vec<Call> {
@@ -150,10 +128,7 @@ async fn refresh_starts_at_half_the_lifetime_by_default() {
 
 #[tokio::test(start_paused = true)]
 async fn refresh_starts_at_the_configured_fraction() {
-    let policy = CachePolicy {
-        refresh_at: 0.8,
-        ..CachePolicy::default()
-    };
+    let policy = CachePolicy { refresh_at: 0.8, ..CachePolicy::default() };
     let mut h = Harness::new(policy, Duration::ZERO, ok);
     h.cache.pin("k");
     h.wait_for_calls(3).await;
@@ -180,11 +155,7 @@ async fn a_thousand_concurrent_cold_lookups_cause_exactly_one_exchange() {
 #[tokio::test(start_paused = true)]
 async fn serves_the_valid_credential_to_its_end_while_upstream_fails_then_a_clear_error() {
     let h = Harness::new(CachePolicy::default(), Duration::ZERO, |n, _| {
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(ExchangeError::retryable("token service answered 503"))
-        }
+        if n == 1 { Ok(()) } else { Err(ExchangeError::retryable("token service answered 503")) }
     });
     h.cache.pin("k");
     assert_eq!(h.cache.get(&"k").await.unwrap().value, 1);
@@ -200,10 +171,7 @@ async fn serves_the_valid_credential_to_its_end_while_upstream_fails_then_a_clea
     tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(59)).await;
     assert_eq!(h.cache.get(&"k").await.unwrap().value, 1);
     let refreshes = h.calls().len();
-    assert!(
-        refreshes > 10,
-        "refresh was retried with backoff, {refreshes} calls"
-    );
+    assert!(refreshes > 10, "refresh was retried with backoff, {refreshes} calls");
 
     tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(2)).await;
     let err = h.cache.get(&"k").await.unwrap_err();
@@ -215,11 +183,7 @@ async fn serves_the_valid_credential_to_its_end_while_upstream_fails_then_a_clea
 #[tokio::test(start_paused = true)]
 async fn recovers_by_itself_when_the_upstream_comes_back() {
     let h = Harness::new(CachePolicy::default(), Duration::ZERO, |n, _| {
-        if n <= 5 {
-            Err(ExchangeError::retryable("token service answered 503"))
-        } else {
-            Ok(())
-        }
+        if n <= 5 { Err(ExchangeError::retryable("token service answered 503")) } else { Ok(()) }
     });
     h.cache.pin("k");
     let mut rx_ready = false;
@@ -239,19 +203,10 @@ async fn a_rejected_token_is_re_read_from_the_file_and_retried_once() {
     let dir = tempfile::tempdir().unwrap();
     common::atomic_write(dir.path(), &common::jwt("stale", start() + 2 * HOUR), 0);
     // Events and polls are slowed to an hour: only the cache's explicit re-read can see the new file.
-    let options = keyless_core::WatchOptions {
-        debounce: HOUR,
-        poll_interval: HOUR,
-        ..keyless_core::WatchOptions::default()
-    };
+    let options =
+        keyless_core::WatchOptions { debounce: HOUR, poll_interval: HOUR, ..keyless_core::WatchOptions::default() };
     let clock: SharedClock = Arc::new(keyless_core::clock::SystemClock);
-    let tokens = TokenSource::open(
-        dir.path().join("token"),
-        options,
-        clock.clone(),
-        Metrics::new(),
-    )
-    .await;
+    let tokens = TokenSource::open(dir.path().join("token"), options, clock.clone(), Metrics::new()).await;
     let calls = Arc::new(Mutex::new(Vec::new()));
     let dir_path = dir.path().to_owned();
     let exchange = Scripted {
@@ -262,53 +217,32 @@ async fn a_rejected_token_is_re_read_from_the_file_and_retried_once() {
             if token.claims().sub.as_deref() == Some("stale") {
                 // The kubelet rotated while the cloud was looking at the old token.
                 common::atomic_write(&dir_path, &common::jwt("fresh", start() + 2 * HOUR), 1);
-                return Err(ExchangeError::reread_token(
-                    "InvalidIdentityToken: token expired",
-                ));
+                return Err(ExchangeError::reread_token("InvalidIdentityToken: token expired"));
             }
             Ok(())
         }),
         calls: calls.clone(),
         count: watch::channel(0).0,
     };
-    let cache = CredentialCache::new(
-        exchange,
-        tokens,
-        CachePolicy::default(),
-        clock,
-        Metrics::new(),
-    );
+    let cache = CredentialCache::new(exchange, tokens, CachePolicy::default(), clock, Metrics::new());
     assert_eq!(cache.get(&"k").await.unwrap().value, 2);
-    let subs: Vec<_> = calls
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|c| c.sub.clone().unwrap())
-        .collect();
+    let subs: Vec<_> = calls.lock().unwrap().iter().map(|c| c.sub.clone().unwrap()).collect();
     assert_eq!(subs, ["stale", "fresh"]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_terminal_error_is_answered_at_once_and_not_retried_per_request() {
     let h = Harness::new(CachePolicy::default(), Duration::ZERO, |_, _| {
-        Err(ExchangeError::terminal("AccessDenied: not authorized")
-            .with_hint("check the trust policy"))
+        Err(ExchangeError::terminal("AccessDenied: not authorized").with_hint("check the trust policy"))
     });
     let err = h.cache.get(&"k").await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Terminal);
-    assert!(
-        err.to_string().contains("hint: check the trust policy"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("hint: check the trust policy"), "{err}");
     let before = h.clock.now();
     for _ in 0..50 {
         assert!(h.cache.get(&"k").await.is_err());
     }
-    assert_eq!(
-        h.clock.now(),
-        before,
-        "requests waited for a retry that is far away"
-    );
+    assert_eq!(h.clock.now(), before, "requests waited for a retry that is far away");
     assert_eq!(h.calls().len(), 1);
 }
 
@@ -327,10 +261,7 @@ async fn a_rotated_token_does_not_discard_valid_credentials_and_is_used_next() {
 
 #[tokio::test(start_paused = true)]
 async fn evicts_the_least_recently_used_key_when_full() {
-    let policy = CachePolicy {
-        max_entries: 2,
-        ..CachePolicy::default()
-    };
+    let policy = CachePolicy { max_entries: 2, ..CachePolicy::default() };
     let h = Harness::new(policy, Duration::ZERO, ok);
     h.cache.get(&"a").await.unwrap();
     h.cache.get(&"b").await.unwrap();
@@ -360,15 +291,9 @@ async fn a_key_nobody_asks_for_stops_refreshing_until_asked_again() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_upstream_times_out_as_a_retryable_failure() {
-    let policy = CachePolicy {
-        exchange_timeout: Duration::from_secs(5),
-        ..CachePolicy::default()
-    };
+    let policy = CachePolicy { exchange_timeout: Duration::from_secs(5), ..CachePolicy::default() };
     let h = Harness::new(policy, Duration::from_secs(60), ok);
     let err = h.cache.get(&"k").await.unwrap_err();
     assert_eq!(err.class, ErrorClass::Retryable);
-    assert!(
-        err.to_string().contains("did not answer within 5s"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("did not answer within 5s"), "{err}");
 }

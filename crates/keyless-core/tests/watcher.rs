@@ -30,22 +30,13 @@ fn in_an_hour() -> SystemTime {
 }
 
 async fn open(dir: &std::path::Path, options: WatchOptions) -> TokenSource {
-    TokenSource::open(
-        dir.join("token"),
-        options,
-        Arc::new(SystemClock),
-        Metrics::new(),
-    )
-    .await
+    TokenSource::open(dir.join("token"), options, Arc::new(SystemClock), Metrics::new()).await
 }
 
 async fn wait_until_held(source: &TokenSource, expected: &str) {
     let mut rx = source.subscribe();
-    let held = tokio::time::timeout(
-        WAIT,
-        rx.wait_for(|t| t.as_ref().is_some_and(|t| t.secret().expose() == expected)),
-    )
-    .await;
+    let held =
+        tokio::time::timeout(WAIT, rx.wait_for(|t| t.as_ref().is_some_and(|t| t.secret().expose() == expected))).await;
     assert!(held.is_ok(), "the source never held the newest token");
 }
 
@@ -80,27 +71,15 @@ async fn keeps_the_last_good_token_when_the_file_is_deleted_emptied_or_garbage()
 
     common::overwrite(dir.path(), "");
     assert_eq!(source.reread().await.unwrap().secret().expose(), &good);
-    assert!(matches!(
-        source.last_error(),
-        Some(TokenError::Malformed {
-            shape: TokenShapeError::Empty,
-            ..
-        })
-    ));
+    assert!(matches!(source.last_error(), Some(TokenError::Malformed { shape: TokenShapeError::Empty, .. })));
 
     common::overwrite(dir.path(), "this is not a token");
     assert_eq!(source.reread().await.unwrap().secret().expose(), &good);
-    assert!(matches!(
-        source.last_error(),
-        Some(TokenError::Malformed { .. })
-    ));
+    assert!(matches!(source.last_error(), Some(TokenError::Malformed { .. })));
 
     std::fs::remove_file(dir.path().join("token")).unwrap();
     assert_eq!(source.reread().await.unwrap().secret().expose(), &good);
-    assert!(matches!(
-        source.last_error(),
-        Some(TokenError::Missing { .. })
-    ));
+    assert!(matches!(source.last_error(), Some(TokenError::Missing { .. })));
 
     let next = common::jwt("next", in_an_hour());
     common::atomic_write(dir.path(), &next, 1);
@@ -141,11 +120,7 @@ async fn a_broken_file_is_logged_once_not_on_every_read() {
         source.reread().await.unwrap();
     }
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert_eq!(
-        logs.matches("subject token file unusable").count(),
-        1,
-        "{logs}"
-    );
+    assert_eq!(logs.matches("subject token file unusable").count(), 1, "{logs}");
     assert!(!logs.contains(&good), "the token itself was logged");
 }
 
@@ -155,11 +130,7 @@ async fn starts_without_a_token_and_picks_it_up_when_the_kubelet_writes_it() {
     let source = open(dir.path(), options()).await;
     let err = source.current().unwrap_err();
     assert!(matches!(err, TokenError::Missing { .. }));
-    assert!(
-        err.to_string()
-            .contains("projected serviceAccountToken volume"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("projected serviceAccountToken volume"), "{err}");
 
     let token = common::jwt("late", in_an_hour());
     common::atomic_write(dir.path(), &token, 0);
@@ -173,10 +144,7 @@ async fn watches_a_directory_that_was_removed_and_recreated() {
     std::fs::create_dir(&dir).unwrap();
     let first = common::jwt("first", in_an_hour());
     common::atomic_write(&dir, &first, 0);
-    let options = WatchOptions {
-        poll_interval: Duration::from_millis(20),
-        ..options()
-    };
+    let options = WatchOptions { poll_interval: Duration::from_millis(20), ..options() };
     let source = open(&dir, options).await;
 
     std::fs::remove_dir_all(&dir).unwrap();

@@ -9,10 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// A JWT-shaped token with the given `sub` and `exp` (the signature is not checked by keyless).
 pub fn jwt(sub: &str, exp: SystemTime) -> String {
-    let exp = exp
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
+    let exp = exp.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
     let enc = |s: &str| URL_SAFE_NO_PAD.encode(s);
     format!(
         "{}.{}.{}",

@@ -1,0 +1,347 @@
+//! Configuration: flags, then the TOML file, then `KEYLESS_*` env vars, then the clouds' own env
+//! vars (SPEC section 4), earlier sources winning. Unknown keys are errors that name the key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keyless_core::{CachePolicy, WatchOptions};
+use serde::Deserialize;
+
+/// Top-level keys; a `KEYLESS_<KEY>` env var sets one, `KEYLESS_<SECTION>__<KEY>` a section's key.
+const TOP_LEVEL_KEYS: &[&str] = &["listen", "admin_listen", "allow_non_loopback", "log", "log_format"];
+const SECTIONS: &[&str] = &["cache", "token", "aws", "gcp", "azure"];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where credentials are served. Loopback only unless `allow_non_loopback`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics` (on all interfaces: kubelet probes use the pod IP).
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+    /// Log filter (`info`, `keyless=debug`...); `RUST_LOG` is used when this is not set.
+    pub log: Option<String>,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    #[serde(default)]
+    pub cache: CacheSection,
+    #[serde(default)]
+    pub token: TokenSection,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[cache]`: refresh and retry timing shared by every provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    #[serde(default = "default_refresh_at")]
+    pub refresh_at: f64,
+    #[serde(default = "default_retry_min", with = "humantime_serde")]
+    pub retry_min: Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+    #[serde(default = "default_exchange_timeout", with = "humantime_serde")]
+    pub exchange_timeout: Duration,
+    #[serde(default = "default_request_wait", with = "humantime_serde")]
+    pub request_wait: Duration,
+    #[serde(default = "default_max_entries")]
+    pub max_entries: usize,
+}
+
+/// `[token]`: how projected token files are watched.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(default = "default_debounce", with = "humantime_serde")]
+    pub debounce: Duration,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9811))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9812))
+}
+fn default_refresh_at() -> f64 {
+    CachePolicy::default().refresh_at
+}
+fn default_retry_min() -> Duration {
+    CachePolicy::default().retry_min
+}
+fn default_retry_max() -> Duration {
+    CachePolicy::default().retry_max
+}
+fn default_exchange_timeout() -> Duration {
+    CachePolicy::default().exchange_timeout
+}
+fn default_request_wait() -> Duration {
+    CachePolicy::default().request_wait
+}
+fn default_max_entries() -> usize {
+    CachePolicy::default().max_entries
+}
+fn default_poll_interval() -> Duration {
+    WatchOptions::default().poll_interval
+}
+fn default_debounce() -> Duration {
+    WatchOptions::default().debounce
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self {
+            refresh_at: default_refresh_at(),
+            retry_min: default_retry_min(),
+            retry_max: default_retry_max(),
+            exchange_timeout: default_exchange_timeout(),
+            request_wait: default_request_wait(),
+            max_entries: default_max_entries(),
+        }
+    }
+}
+
+impl Default for TokenSection {
+    fn default() -> Self {
+        Self { poll_interval: default_poll_interval(), debounce: default_debounce() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("{key} = {value}: {reason}")]
+    Value { key: &'static str, value: String, reason: String },
+}
+
+/// Command-line overrides (the highest-precedence source).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// The `KEYLESS_*` variables that are settings. Others (like the `KEYLESS_AWS_ROLE_ARN` that
+/// `keyless dev` writes for apps) are not ours to reject: they are skipped with a warning.
+pub fn settings_from_env(env: &HashMap<String, String>) -> (HashMap<String, String>, Vec<String>) {
+    let mut settings = HashMap::new();
+    let mut skipped = Vec::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("KEYLESS_") else { continue };
+        if rest == "CONFIG" {
+            continue;
+        }
+        let key = rest.to_ascii_lowercase();
+        let known = match key.split_once("__") {
+            Some((section, _)) => SECTIONS.contains(&section),
+            None => TOP_LEVEL_KEYS.contains(&key.as_str()),
+        };
+        if known {
+            settings.insert(name.clone(), value.clone());
+        } else {
+            skipped.push(name.clone());
+        }
+    }
+    skipped.sort();
+    (settings, skipped)
+}
+
+/// Loads the config: file (if any) over `KEYLESS_*` env settings, then flags.
+pub fn load<T: for<'de> Deserialize<'de>>(
+    file: Option<&Path>,
+    env_settings: HashMap<String, String>,
+) -> Result<T, ConfigError> {
+    let mut builder = config::Config::builder().add_source(
+        config::Environment::with_prefix("KEYLESS").prefix_separator("_").separator("__").source(Some(env_settings)),
+    );
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            reason: format!("{e} (pass an existing file with --config, or omit --config)"),
+        })?;
+        // Parse with `toml` first: its errors carry line and column.
+        toml::from_str::<toml::Table>(&text)
+            .map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })?;
+        builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+    }
+    let merged = builder.build().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    merged.try_deserialize().map_err(|e| ConfigError::Invalid(explain(&e.to_string())))
+}
+
+/// Turns serde's wording into one that says where to look.
+fn explain(message: &str) -> String {
+    if message.contains("unknown field") {
+        format!("{message} (check the spelling; docs/configuration.md lists every key)")
+    } else {
+        message.to_owned()
+    }
+}
+
+impl Config {
+    /// Applies flags and checks what serde cannot.
+    pub fn finish(mut self, overrides: &Overrides) -> Result<Self, ConfigError> {
+        if let Some(listen) = overrides.listen {
+            self.listen = listen;
+        }
+        if let Some(admin) = overrides.admin_listen {
+            self.admin_listen = admin;
+        }
+        if !self.listen.ip().is_loopback() && !self.allow_non_loopback {
+            return Err(ConfigError::Value {
+                key: "listen",
+                value: self.listen.to_string(),
+                reason: "not a loopback address: credentials would be served to anything that can reach this \
+                         address. Use 127.0.0.1 (the pod's containers share it), or set allow_non_loopback = true \
+                         if you really mean it"
+                    .to_owned(),
+            });
+        }
+        let c = &self.cache;
+        if !(c.refresh_at > 0.0 && c.refresh_at < 1.0) {
+            return Err(ConfigError::Value {
+                key: "cache.refresh_at",
+                value: c.refresh_at.to_string(),
+                reason: "must be a fraction of the credential lifetime between 0 and 1 (default 0.5)".to_owned(),
+            });
+        }
+        if c.retry_min.is_zero() || c.retry_min > c.retry_max {
+            return Err(ConfigError::Value {
+                key: "cache.retry_min",
+                value: humantime::format_duration(c.retry_min).to_string(),
+                reason: format!(
+                    "must be above zero and at most cache.retry_max ({})",
+                    humantime::format_duration(c.retry_max)
+                ),
+            });
+        }
+        if c.max_entries == 0 {
+            return Err(ConfigError::Value {
+                key: "cache.max_entries",
+                value: "0".to_owned(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        Ok(self)
+    }
+
+    pub fn cache_policy(&self) -> CachePolicy {
+        let c = &self.cache;
+        CachePolicy {
+            refresh_at: c.refresh_at,
+            retry_min: c.retry_min,
+            retry_max: c.retry_max,
+            exchange_timeout: c.exchange_timeout,
+            request_wait: c.request_wait,
+            max_entries: c.max_entries,
+        }
+    }
+
+    pub fn watch_options(&self) -> WatchOptions {
+        WatchOptions {
+            poll_interval: self.token.poll_interval,
+            debounce: self.token.debounce,
+            ..WatchOptions::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn load_str(toml: &str, env_pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyless.toml");
+        std::fs::write(&path, toml).unwrap();
+        let (settings, _) = settings_from_env(&env(env_pairs));
+        load::<Config>(Some(&path), settings)?.finish(&Overrides::default())
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = load_str("listne = \"127.0.0.1:1\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("listne"), "{err}");
+        let err = load_str("[cache]\nrefresh_after = 0.5\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("refresh_after"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_human_and_bad_ones_are_named() {
+        let c = load_str("[cache]\nretry_max = \"2m\"\n", &[]).unwrap();
+        assert_eq!(c.cache.retry_max, Duration::from_secs(120));
+        let err = load_str("[cache]\nretry_max = \"soon\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("retry_max") && err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn the_file_wins_over_keyless_env_vars() {
+        let c = load_str(
+            "listen = \"127.0.0.1:7000\"\n",
+            &[("KEYLESS_LISTEN", "127.0.0.1:7001"), ("KEYLESS_ADMIN_LISTEN", "127.0.0.1:7002")],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:7002".parse().unwrap());
+    }
+
+    #[test]
+    fn env_settings_reach_sections_and_are_typed() {
+        let c = load_str(
+            "",
+            &[
+                ("KEYLESS_CACHE__REFRESH_AT", "0.75"),
+                ("KEYLESS_CACHE__MAX_ENTRIES", "8"),
+                ("KEYLESS_ALLOW_NON_LOOPBACK", "true"),
+            ],
+        )
+        .unwrap();
+        assert!((c.cache.refresh_at - 0.75).abs() < f64::EPSILON);
+        assert_eq!(c.cache.max_entries, 8);
+        assert!(c.allow_non_loopback);
+    }
+
+    #[test]
+    fn app_env_vars_that_are_not_settings_are_skipped() {
+        let (settings, skipped) = settings_from_env(&env(&[
+            ("KEYLESS_AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+            ("KEYLESS_LOG", "debug"),
+            ("KEYLESS_CONFIG", "/etc/keyless.toml"),
+        ]));
+        assert_eq!(settings.len(), 1);
+        assert_eq!(skipped, vec!["KEYLESS_AWS_ROLE_ARN".to_owned()]);
+    }
+
+    #[test]
+    fn a_non_loopback_listener_is_refused_unless_allowed() {
+        let err = load_str("listen = \"0.0.0.0:9811\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("listen = 0.0.0.0:9811") && err.contains("allow_non_loopback"), "{err}");
+        assert!(load_str("listen = \"0.0.0.0:9811\"\nallow_non_loopback = true\n", &[]).is_ok());
+    }
+
+    #[test]
+    fn refresh_fraction_must_be_inside_the_lifetime() {
+        let err = load_str("[cache]\nrefresh_at = 1.5\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("cache.refresh_at"), "{err}");
+    }
+}

@@ -1,0 +1,173 @@
+//! `keyless dev` and `keyless emulate`: the local emulation of the three clouds, alone or with
+//! the sidecar configured against it in one process.
+//!
+//! The sidecar's configuration is generated as TOML and parsed by the same code as a user's file,
+//! so `keyless dev` exercises the real configuration path.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use keyless_core::clock::SystemClock;
+use keyless_core::{AppEnvVar, Context, Metrics};
+use keyless_emulator::{Cloud, Emulator, EmulatorConfig};
+use tracing::info;
+
+use crate::config::{self, Config, Overrides};
+use crate::providers;
+use crate::serve::{self, Sidecar};
+
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub env_file: PathBuf,
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub emulator_listen: SocketAddr,
+}
+
+/// `keyless emulate`: the emulator and projector until SIGTERM/Ctrl-C.
+pub async fn emulate(listen: SocketAddr, state_dir: PathBuf) -> Result<(), String> {
+    let emulator = start_emulator(listen, &state_dir).await?;
+    info!(url = %emulator.url(), ca = %emulator.ca_pem_path().display(), "emulator ready");
+    serve::termination().await;
+    emulator.shutdown().await;
+    Ok(())
+}
+
+async fn start_emulator(listen: SocketAddr, state_dir: &Path) -> Result<Emulator, String> {
+    let mut config = EmulatorConfig::new(state_dir);
+    config.listen = listen;
+    keyless_emulator::start(config).await.map_err(|e| format!("cannot start the emulator: {e}"))
+}
+
+/// The sidecar's configuration for the emulator: one section per adapter, endpoints and CA of the
+/// emulator, tokens from its projector.
+fn sidecar_toml(emulator: &Emulator, opts: &DevOptions) -> String {
+    let ids = emulator.identities();
+    let url = emulator.url();
+    let ca = toml_str(&emulator.ca_pem_path().to_string_lossy());
+    let token = |cloud| toml_str(&emulator.token_path(cloud).to_string_lossy());
+    let _ = (ids, &url, &ca, token(Cloud::Aws));
+    format!(
+        "listen = {listen}\nadmin_listen = {admin}\n",
+        listen = toml_str(&opts.listen.to_string()),
+        admin = toml_str(&opts.admin_listen.to_string()),
+    )
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// `keyless dev`: emulator, projector and sidecar in one process; writes the app's env file.
+pub async fn dev(opts: DevOptions) -> Result<(), String> {
+    std::fs::create_dir_all(&opts.state_dir)
+        .map_err(|e| format!("cannot create the state dir {}: {e}", opts.state_dir.display()))?;
+    let emulator = start_emulator(opts.emulator_listen, &opts.state_dir).await?;
+    let bundle = write_ca_bundle(&opts.state_dir, emulator.ca_pem_path())?;
+
+    let config_path = opts.state_dir.join("keyless.toml");
+    std::fs::write(&config_path, sidecar_toml(&emulator, &opts))
+        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    let config: Config = config::load(Some(&config_path), Default::default())
+        .and_then(|c: Config| c.finish(&Overrides::default()))
+        .map_err(|e| e.to_string())?;
+    let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
+    let started = providers::start_all(&config, &ctx).await.map_err(|e| e.to_string())?;
+    let sidecar =
+        Sidecar::bind(config.listen, config.admin_listen, started, &ctx, true).await.map_err(|e| e.to_string())?;
+
+    let mut env = sidecar.app_env();
+    env.extend(emulator_env(&emulator, &bundle, sidecar.admin_addr()));
+    write_env_file(&opts.env_file, &env)?;
+    print_env(&opts.env_file, &env);
+    let gate = sidecar.gate();
+    let serving = tokio::spawn(sidecar.run(serve::termination()));
+    // The env file is in place: /readyz may turn green once every identity holds a credential.
+    gate.store(true, Ordering::Release);
+    let result = serving.await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+    emulator.shutdown().await;
+    result
+}
+
+/// What an app needs besides each provider's own variables: where the emulated clouds are, the
+/// CA bundle, and the identities the emulator trusts.
+fn emulator_env(emulator: &Emulator, bundle: &Path, admin: SocketAddr) -> Vec<AppEnvVar> {
+    let ids = emulator.identities();
+    let bundle = bundle.to_string_lossy().into_owned();
+    let ca = emulator.ca_pem_path().to_string_lossy().into_owned();
+    let admin_host = if admin.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], admin.port())) } else { admin };
+    vec![
+        AppEnvVar::plain("AWS_ENDPOINT_URL_STS", emulator.url()),
+        // Go and OpenSSL use these files instead of the system store: system CAs plus the emulator's.
+        AppEnvVar::plain("AWS_CA_BUNDLE", &bundle),
+        AppEnvVar::plain("REQUESTS_CA_BUNDLE", &bundle),
+        AppEnvVar::plain("SSL_CERT_FILE", &bundle),
+        // Node adds this file to its built-in store (it ignores SSL_CERT_FILE).
+        AppEnvVar::plain("NODE_EXTRA_CA_CERTS", &ca),
+        AppEnvVar::plain("KEYLESS_EMULATOR_URL", emulator.url()),
+        AppEnvVar::plain("KEYLESS_EMULATOR_CA", &ca),
+        AppEnvVar::plain("KEYLESS_ADMIN_URL", format!("http://{admin_host}")),
+        AppEnvVar::plain("KEYLESS_AWS_ROLE_ARN", &ids.aws_role_arn),
+        AppEnvVar::plain("KEYLESS_GCP_SERVICE_ACCOUNT", &ids.gcp_service_account),
+        AppEnvVar::plain("KEYLESS_GCP_PROJECT_ID", &ids.gcp_project_id),
+        AppEnvVar::plain("KEYLESS_AZURE_CLIENT_ID", &ids.azure_client_id),
+        AppEnvVar::plain("KEYLESS_AZURE_TENANT_ID", &ids.azure_tenant_id),
+    ]
+}
+
+/// The system's CA bundle plus the emulator's CA, so an app that points SSL_CERT_FILE at it can
+/// still reach everything else it talks to.
+fn write_ca_bundle(state_dir: &Path, emulator_ca: &Path) -> Result<PathBuf, String> {
+    let mut bundle = Vec::new();
+    let probe = openssl_probe::probe();
+    match probe.cert_file.as_deref().map(std::fs::read) {
+        Some(Ok(system)) => {
+            bundle.extend_from_slice(&system);
+            if !bundle.ends_with(b"\n") {
+                bundle.push(b'\n');
+            }
+        }
+        _ => tracing::warn!(
+            "no system CA bundle found: the app's SSL_CERT_FILE will trust only the emulator \
+             (install your distribution's ca-certificates package)"
+        ),
+    }
+    bundle.extend_from_slice(
+        &std::fs::read(emulator_ca).map_err(|e| format!("cannot read {}: {e}", emulator_ca.display()))?,
+    );
+    let path = state_dir.join("ca-bundle.pem");
+    std::fs::write(&path, bundle).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// `KEY=VALUE` lines, no quotes, no `export`, written atomically with mode 0600 (it holds the
+/// authorization secrets).
+fn write_env_file(path: &Path, env: &[AppEnvVar]) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("cannot write the env file {}: {e}", path.display());
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(fail)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(fail)?
+    };
+    for var in env {
+        writeln!(file, "{}={}", var.name, var.file_value()).map_err(fail)?;
+    }
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+#[allow(clippy::print_stdout)] // the env is the command's output
+fn print_env(path: &Path, env: &[AppEnvVar]) {
+    println!("# keyless dev: app environment written to {} (secret values redacted here)", path.display());
+    for var in env {
+        println!("{var}");
+    }
+    let _ = std::io::stdout().flush();
+}

@@ -1,0 +1,158 @@
+//! The `keyless` binary: CLI, configuration, composition of the cloud adapters, listeners,
+//! logging and signals. No protocol logic lives here (see ARCHITECTURE.md).
+#![forbid(unsafe_code)]
+
+mod admin;
+mod config;
+mod dev;
+mod logging;
+mod providers;
+mod serve;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use keyless_core::clock::SystemClock;
+use keyless_core::{Context, Metrics};
+use tracing::{error, warn};
+
+use crate::config::{Config, Overrides};
+use crate::serve::Sidecar;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyless",
+    version,
+    about = "Short-lived AWS, Google Cloud and Azure credentials for a pod, from its projected service-account token, served on localhost in each cloud's native format"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Serve {
+        /// TOML config file (see docs/configuration.md).
+        #[arg(long, env = "KEYLESS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Credential listener address (loopback unless allow_non_loopback) [default: 127.0.0.1:9811].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Admin listener address for /healthz, /readyz, /metrics [default: 0.0.0.0:9812].
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Run the emulated clouds, the token projector and the sidecar in one process, and write
+    /// the app's environment to --env-file.
+    Dev {
+        /// Where to write the app's env file (KEY=VALUE lines, mode 0600).
+        #[arg(long, default_value = ".keyless-dev/app.env")]
+        env_file: PathBuf,
+        /// Emulator state: CA, CA bundle, projected tokens, generated sidecar config.
+        #[arg(long, default_value = ".keyless-dev")]
+        state_dir: PathBuf,
+        /// Credential listener.
+        #[arg(long, default_value = "127.0.0.1:9811")]
+        listen: SocketAddr,
+        /// Admin listener (/healthz, /readyz, /metrics).
+        #[arg(long, default_value = "127.0.0.1:9812")]
+        admin_listen: SocketAddr,
+        /// The emulated clouds' HTTPS listener.
+        #[arg(long, default_value = "127.0.0.1:9813")]
+        emulator_listen: SocketAddr,
+    },
+    /// Run the emulated clouds and the token projector alone (for docker compose).
+    Emulate {
+        /// The emulated clouds' HTTPS listener.
+        #[arg(long, default_value = "127.0.0.1:9813")]
+        listen: SocketAddr,
+        /// Where the CA and the projected tokens are written.
+        #[arg(long, default_value = ".keyless-emulator")]
+        state_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    // One crypto provider for every TLS client in the process (aws-lc-rs; see Cargo.toml).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command {
+        Command::Serve { config, listen, admin_listen } => {
+            runtime.block_on(serve(config, Overrides { listen, admin_listen }))
+        }
+        Command::Dev { env_file, state_dir, listen, admin_listen, emulator_listen } => {
+            let options = dev::DevOptions { env_file, state_dir, listen, admin_listen, emulator_listen };
+            runtime.block_on(run_logged(dev::dev(options)))
+        }
+        Command::Emulate { listen, state_dir } => runtime.block_on(run_logged(dev::emulate(listen, state_dir))),
+    }
+}
+
+#[allow(clippy::print_stderr)] // before logging exists, stderr is the only channel
+fn fail(message: &str) -> ExitCode {
+    eprintln!("keyless: {message}");
+    ExitCode::FAILURE
+}
+
+/// Runs a command with logging from `KEYLESS_LOG` / `RUST_LOG` (these commands take no config file).
+async fn run_logged(command: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let filter = std::env::var("KEYLESS_LOG").ok();
+    if let Err(e) = logging::init(filter.as_deref(), config::LogFormat::Text) {
+        return fail(&e);
+    }
+    match command.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            fail(&e)
+        }
+    }
+}
+
+fn load_config(file: Option<&std::path::Path>, overrides: &Overrides) -> Result<(Config, Vec<String>), String> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let (settings, skipped) = config::settings_from_env(&env);
+    let config: Config = config::load(file, settings).map_err(|e| e.to_string())?;
+    let config = config.finish(overrides).map_err(|e| e.to_string())?;
+    Ok((config, skipped))
+}
+
+async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
+    let (config, skipped) = match load_config(file.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = logging::init(config.log.as_deref(), config.log_format) {
+        return fail(&e);
+    }
+    for name in skipped {
+        warn!(variable = %name, "ignoring an environment variable that is not a keyless setting \
+            (settings are KEYLESS_<KEY>, or KEYLESS_<SECTION>__<KEY> for a section's key)");
+    }
+    let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
+    let providers = match providers::start_all(&config, &ctx).await {
+        Ok(p) => p,
+        Err(e) => {
+            error!("{e}");
+            return fail(&e.to_string());
+        }
+    };
+    let sidecar = match Sidecar::bind(config.listen, config.admin_listen, providers, &ctx, false).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    match sidecar.run(serve::termination()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
