@@ -163,3 +163,13 @@ async fn mint_over_http_signs_what_the_test_asks_for() {
     assert_eq!(identities["subject"], "system:serviceaccount:default:keyless-dev");
     assert_eq!(identities["audiences"]["gcp"], env.emulator.identities().gcp_audience());
 }
+
+#[tokio::test]
+async fn oversized_request_bodies_are_refused() {
+    let env = common::start().await;
+    let huge = "a".repeat(100 * 1024);
+    let response =
+        env.client.post(env.url("/")).body(format!("Action=GetCallerIdentity&x={huge}")).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(env.emulator.counters(), Counters::default());
+}

@@ -124,3 +124,13 @@ async fn shutdown_stops_serving() {
     emulator.shutdown().await;
     assert!(client.get(url).send().await.is_err());
 }
+
+#[tokio::test]
+async fn start_reports_an_unusable_state_dir() {
+    let parent = tempfile::tempdir().unwrap();
+    let file = parent.path().join("not-a-dir");
+    std::fs::write(&file, b"").unwrap();
+    let error = keyless_emulator::start(keyless_emulator::EmulatorConfig::new(file.join("state"))).await.unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("state directory") && message.contains("writable"), "{message}");
+}
