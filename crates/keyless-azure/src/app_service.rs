@@ -1,0 +1,73 @@
+//! The App Service managed-identity endpoint (protocols.md 4.3): `IDENTITY_ENDPOINT` +
+//! `IDENTITY_HEADER`, the one route every Azure SDK honours, Rust's `azure_identity` included
+//! (its IMDS route is hard-wired to 169.254.169.254).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keyless_core::clock::unix_seconds;
+
+use crate::serve::{Refusal, Serving, TokenQuery, no_store, refuse_body};
+
+/// The one api-version of the `IDENTITY_ENDPOINT` protocol; the 2017 one (`MSI_ENDPOINT`,
+/// `secret` header, date-string `expires_on`) broke .NET and Java clients and is not served.
+const API_VERSION: &str = "2019-08-01";
+
+pub(crate) async fn token(
+    State(serving): State<Arc<Serving>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match answer(&serving, &headers, query.as_deref()).await {
+        Ok(response) => response,
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+async fn answer(serving: &Serving, headers: &HeaderMap, query: Option<&str>) -> Result<Response, Refusal> {
+    match headers.get("x-identity-header") {
+        None => {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "X-IDENTITY-HEADER is required: send the value of IDENTITY_HEADER",
+            ));
+        }
+        // Constant time: the header is the endpoint's only guard (SPEC 6).
+        Some(given) if !serving.identity_header.matches(given.as_bytes()) => {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "X-IDENTITY-HEADER does not match IDENTITY_HEADER",
+            ));
+        }
+        Some(_) => {}
+    }
+    refuse_body(headers)?;
+    let query = TokenQuery::parse(query)?;
+    match query.api_version.as_deref() {
+        Some(API_VERSION) => {}
+        None | Some("") => {
+            return Err(Refusal::bad_request(format!(
+                "Required query variable 'api-version' is missing: use {API_VERSION}"
+            )));
+        }
+        Some(other) => {
+            return Err(Refusal::bad_request(format!("api-version {other} is not supported: use {API_VERSION}")));
+        }
+    }
+    let (key, token) = serving.token(&query).await?;
+    // `expires_on` is integer epoch seconds *as a JSON string*: Rust's azure_identity refuses a
+    // number, and the 2017 date-string form broke .NET and Java (protocols.md 4.3 traps).
+    let body = serde_json::json!({
+        "access_token": token.value.token.expose(),
+        "expires_on": unix_seconds(token.expires_at).to_string(),
+        "resource": key.scope.resource(),
+        "token_type": "Bearer",
+        "client_id": key.client_id.as_str(),
+    });
+    Ok((no_store(), Json(body)).into_response())
+}

@@ -1,0 +1,233 @@
+//! The exchange: Entra ID v2 client-credentials grant with the projected service-account token as
+//! the client assertion (protocols.md 4.1).
+//!
+//! Why `reqwest` and not `azure_identity`'s `ClientAssertionCredential` (checked against
+//! azure_identity 1.0.0): the credential keeps its own token cache (`cache.rs`: a token is returned
+//! from it until 5 minutes before expiry), so the refresh-ahead of keyless' `CredentialCache` at
+//! half the lifetime would get the *same* token back: refreshes would be hidden from our cache and
+//! a rotated subject token would not be used until then. It also stamps expiry with
+//! `OffsetDateTime::now_utc()`, bypassing the injected clock, and wraps Entra's error into a
+//! generic `Credential` error, where the AADSTS code survives only as a comma-joined string inside
+//! a nested error. A plain POST meets every requirement: custom authority host and CA, our
+//! classification, our timeouts, no cache but ours.
+
+use std::error::Error as _;
+use std::time::{Duration, SystemTime};
+
+use keyless_core::clock::SharedClock;
+use keyless_core::{Exchange, ExchangeError, Expiring, Issued, Secret, SubjectToken};
+
+use crate::aadsts::{self, Attempt};
+use crate::identity::{ClientId, Scope, TenantId};
+
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Largest token-endpoint response read (access tokens are a few KiB).
+const MAX_RESPONSE: usize = 256 * 1024;
+
+/// What is asked for within one provider: an app (client id) and the scope of one resource.
+/// Tenant and authority are fixed per provider, so this is the (authority, tenant, client id,
+/// scope) key of protocols.md 4.1.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenKey {
+    pub client_id: ClientId,
+    pub scope: Scope,
+}
+
+/// An Entra ID access token, as cached and served.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub token: Secret<String>,
+    /// When keyless asked for it (served as `not_before`).
+    pub issued_at: SystemTime,
+    /// The end of Entra's extended lifetime (`ext_expires_in`), for IMDS' `ext_expires_in`.
+    pub ext_expires_at: SystemTime,
+}
+
+/// Client-credentials exchanges against one authority and tenant.
+#[derive(Debug)]
+pub struct EntraExchange {
+    http: reqwest::Client,
+    authority: String,
+    tenant: TenantId,
+    token_url: url::Url,
+    clock: SharedClock,
+}
+
+impl EntraExchange {
+    /// `authority` is already validated and has no trailing slash.
+    pub fn new(
+        http: reqwest::Client,
+        authority: &url::Url,
+        tenant: TenantId,
+        clock: SharedClock,
+    ) -> Result<Self, url::ParseError> {
+        // `url::Url` renders a bare host with a trailing slash: trim before joining (protocols.md 4.1).
+        let authority = authority.as_str().trim_end_matches('/').to_owned();
+        let token_url = url::Url::parse(&format!("{authority}/{tenant}/oauth2/v2.0/token"))?;
+        Ok(Self { http, authority, tenant, token_url, clock })
+    }
+
+    pub fn token_url(&self) -> &url::Url {
+        &self.token_url
+    }
+
+    fn unreachable(&self, err: &reqwest::Error) -> ExchangeError {
+        let mut reason = err.to_string();
+        let mut source = err.source();
+        while let Some(cause) = source {
+            reason.push_str(": ");
+            reason.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        let error =
+            ExchangeError::retryable(format!("could not get an answer from Entra ID at {}: {reason}", self.token_url))
+                .with_code("EntraUnreachable");
+        if reason.contains("certificate") {
+            error.with_hint(
+                "the TLS certificate of the authority host is not trusted: if a TLS-intercepting proxy \
+                 or the keyless emulator sits in between, set azure.ca_file to its CA bundle",
+            )
+        } else {
+            error
+        }
+    }
+}
+
+impl Exchange for EntraExchange {
+    type Key = TokenKey;
+    type Credential = AccessToken;
+
+    fn provider(&self) -> &'static str {
+        "azure"
+    }
+
+    fn identity(&self, key: &TokenKey) -> String {
+        key.client_id.to_string()
+    }
+
+    async fn exchange(&self, key: &TokenKey, token: &SubjectToken) -> Result<Issued<AccessToken>, ExchangeError> {
+        // Expiry counts from before the request, so it never overstates the token's life.
+        let asked_at = self.clock.now();
+        let form = [
+            ("client_id", key.client_id.as_str()),
+            ("scope", key.scope.as_str()),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", token.secret().expose().as_str()),
+            ("grant_type", "client_credentials"),
+        ];
+        let mut response = self
+            .http
+            .post(self.token_url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        let request_id = response.headers().get("x-ms-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
+            if body.len() + chunk.len() > MAX_RESPONSE {
+                return Err(ExchangeError::retryable(format!(
+                    "Entra ID at {} answered with more than {MAX_RESPONSE} bytes",
+                    self.token_url
+                ))
+                .with_request_id(request_id));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            return Err(aadsts::classify(
+                status.as_u16(),
+                &body,
+                request_id,
+                Attempt {
+                    authority: &self.authority,
+                    tenant: &self.tenant,
+                    client_id: &key.client_id,
+                    scope: &key.scope,
+                    claims: token.claims(),
+                },
+            ));
+        }
+        let granted = Granted::parse(&body).map_err(|what| {
+            ExchangeError::retryable(format!(
+                "Entra ID at {} answered HTTP {status} without a usable token: {what}",
+                self.token_url
+            ))
+            .with_request_id(request_id.clone())
+        })?;
+        let expires_at = asked_at + granted.expires_in;
+        let credential = AccessToken {
+            token: granted.access_token,
+            issued_at: asked_at,
+            ext_expires_at: asked_at + granted.ext_expires_in.max(granted.expires_in),
+        };
+        Ok(Issued::new(Expiring::new(credential, expires_at)).with_request_id(request_id))
+    }
+}
+
+/// A success body `{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token"}`.
+struct Granted {
+    access_token: Secret<String>,
+    expires_in: Duration,
+    ext_expires_in: Duration,
+}
+
+impl Granted {
+    /// Picks the fields by hand: serde's messages could quote a value, and a value here may be
+    /// the token. The error names the field only.
+    fn parse(body: &[u8]) -> Result<Self, &'static str> {
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| "the body is not JSON")?;
+        let access_token = value
+            .get("access_token")
+            .and_then(serde_json::Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or("access_token is missing")?;
+        let expires_in = seconds(value.get("expires_in"))
+            .filter(|d| !d.is_zero())
+            .ok_or("expires_in is missing or not a positive number")?;
+        Ok(Self {
+            access_token: Secret::new(access_token.to_owned()),
+            expires_in,
+            ext_expires_in: seconds(value.get("ext_expires_in")).unwrap_or(expires_in),
+        })
+    }
+}
+
+/// `3599` or `"3599"` (Entra sends numbers; some proxies and ADFS send strings).
+fn seconds(value: Option<&serde_json::Value>) -> Option<Duration> {
+    match value? {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_numeric_and_string_lifetimes() {
+        let g =
+            Granted::parse(br#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":"7200","access_token":"t"}"#)
+                .map_err(str::to_owned)
+                .expect("granted");
+        assert_eq!(g.expires_in, Duration::from_secs(3599));
+        assert_eq!(g.ext_expires_in, Duration::from_secs(7200));
+        assert_eq!(g.access_token.expose(), "t");
+    }
+
+    #[test]
+    fn malformed_success_names_the_field_but_never_a_value() {
+        let secret_looking = br#"{"access_token":"eyJsecret","expires_in":"soon"}"#;
+        let what = Granted::parse(secret_looking).err().expect("refused");
+        assert!(what.contains("expires_in"));
+        assert!(!what.contains("eyJ"));
+        assert!(Granted::parse(br#"{"expires_in":10}"#).is_err());
+        assert!(Granted::parse(b"<html>").is_err());
+    }
+}

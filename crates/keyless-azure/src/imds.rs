@@ -1,0 +1,95 @@
+//! The Azure IMDS managed-identity token endpoint (protocols.md 4.2), for clients that honour
+//! `AZURE_POD_IDENTITY_AUTHORITY_HOST` (Python azure-identity, Node msal-node).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use keyless_core::clock::{unix_seconds, until};
+
+use crate::serve::{Refusal, Serving, TokenQuery, no_store, refuse_body};
+
+pub(crate) const PATH: &str = "/metadata/identity/oauth2/token";
+/// msal-node lower-cases the URL and appends a `/` before the query (protocols.md 4.2 trap).
+pub(crate) const PATH_SLASH: &str = "/metadata/identity/oauth2/token/";
+
+/// The oldest api-version of the identity endpoint; every later dated version is accepted.
+const OLDEST_API_VERSION: &str = "2018-02-01";
+
+pub(crate) async fn token(
+    State(serving): State<Arc<Serving>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match answer(&serving, &headers, query.as_deref()).await {
+        Ok(response) => response,
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+async fn answer(serving: &Serving, headers: &HeaderMap, query: Option<&str>) -> Result<Response, Refusal> {
+    // Checked first: Python's credential chain probes without the header and must get exactly
+    // this 400 (any answer means "IMDS is available"), as real IMDS gives it.
+    let metadata = headers.get("metadata").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    if !metadata {
+        return Err(Refusal::bad_request("Required metadata header not specified"));
+    }
+    // Real IMDS refuses proxied requests; so does keyless (SSRF through a forwarding proxy).
+    if headers.contains_key("x-forwarded-for") {
+        return Err(Refusal::bad_request("requests carrying X-Forwarded-For are refused by the metadata endpoint"));
+    }
+    refuse_body(headers)?;
+    let query = TokenQuery::parse(query)?;
+    match query.api_version.as_deref() {
+        None | Some("") => {
+            return Err(Refusal::bad_request("Required query variable 'api-version' is missing"));
+        }
+        Some(version) if !is_supported_version(version) => {
+            return Err(Refusal::bad_request(format!(
+                "api-version {version} is not supported: use {OLDEST_API_VERSION} or later"
+            )));
+        }
+        Some(_) => {}
+    }
+    let (key, token) = serving.token(&query).await?;
+    let clock = serving.clock.as_ref();
+    // Every field a JSON string, as IMDS sends them (protocols.md 4.2); `expires_in` is what is
+    // left of the cached token, not its original lifetime.
+    let body = serde_json::json!({
+        "access_token": token.value.token.expose(),
+        "client_id": key.client_id.as_str(),
+        "expires_in": until(clock, token.expires_at).as_secs().to_string(),
+        "expires_on": unix_seconds(token.expires_at).to_string(),
+        "ext_expires_in": until(clock, token.value.ext_expires_at).as_secs().to_string(),
+        "not_before": unix_seconds(token.value.issued_at).to_string(),
+        "resource": key.scope.resource(),
+        "token_type": "Bearer",
+    });
+    Ok((no_store(), Json(body)).into_response())
+}
+
+/// `YYYY-MM-DD` (with an optional `-preview` style suffix), not older than the first version.
+fn is_supported_version(version: &str) -> bool {
+    let date = version.get(..10).unwrap_or_default();
+    let shaped = date.len() == 10
+        && date.char_indices().all(|(i, c)| if i == 4 || i == 7 { c == '-' } else { c.is_ascii_digit() });
+    let suffix_ok = version[date.len()..].is_empty() || version[date.len()..].starts_with('-');
+    shaped && suffix_ok && date >= OLDEST_API_VERSION
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_dated_versions_from_2018_02_01() {
+        for v in ["2018-02-01", "2019-08-01", "2021-12-13", "2025-01-01-preview"] {
+            assert!(is_supported_version(v), "{v}");
+        }
+        for v in ["2017-09-01", "latest", "2019-8-1", "2019-08-01x", ""] {
+            assert!(!is_supported_version(v), "{v}");
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! What the IMDS and App Service endpoints share: the token request's query, identity selection,
+//! the cache lookup, and the `{"error","error_description"}` answers (protocols.md 4.2, 4.3).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keyless_core::clock::SharedClock;
+use keyless_core::{CredentialCache, ErrorClass, ExchangeError, Expiring, Secret};
+
+use crate::entra::{AccessToken, EntraExchange, TokenKey};
+use crate::identity::{ClientId, Scope};
+
+/// Longest query string accepted: a resource, an api-version and one identity selector fit well
+/// within it, and nothing legitimate is longer.
+const MAX_QUERY: usize = 4096;
+
+/// Query parameters that select a user-assigned identity. Only `client_id` names an app keyless
+/// knows; the others name Azure objects keyless has no map for.
+const SELECTORS: [&str; 5] = ["client_id", "object_id", "principal_id", "msi_res_id", "mi_res_id"];
+
+/// Shared by the handlers of both endpoints.
+#[derive(Debug)]
+pub(crate) struct Serving {
+    pub cache: CredentialCache<EntraExchange>,
+    /// The primary client id first: it answers requests that name no identity.
+    pub clients: Vec<ClientId>,
+    pub identity_header: Secret<String>,
+    pub clock: SharedClock,
+}
+
+/// A refused or failed request, answered as `{"error","error_description"}`.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+        Self { status, error, description: description.into() }
+    }
+
+    pub fn bad_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    /// A failed exchange, in the native format, with the exchange's message and hint.
+    fn exchange_failed(err: &ExchangeError) -> Self {
+        let description = match &err.code {
+            Some(code) => format!("{code}: {err}"),
+            None => err.to_string(),
+        };
+        let (status, error) = match (err.class, err.code.as_deref()) {
+            // The resource asked for is the problem: 400 like IMDS' own `invalid_resource`.
+            (ErrorClass::Terminal, Some("AADSTS70011" | "AADSTS500011")) => {
+                (StatusCode::BAD_REQUEST, "invalid_resource")
+            }
+            // Not 400: Python and Rust read a 400 as "identity not assigned" and drop the body;
+            // a 403 surfaces our hint at once instead of after ~70 s of 5xx retries.
+            (ErrorClass::Terminal, _) => (StatusCode::FORBIDDEN, "unauthorized_client"),
+            (ErrorClass::Retryable | ErrorClass::RereadToken, _) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+            }
+        };
+        Self::new(status, error, description)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": self.error,
+            "error_description": self.description,
+        });
+        (self.status, no_store(), Json(body)).into_response()
+    }
+}
+
+/// Token responses must not be kept by anything between keyless and the app.
+pub(crate) fn no_store() -> [(header::HeaderName, &'static str); 1] {
+    [(header::CACHE_CONTROL, "no-store")]
+}
+
+/// The parameters both endpoints take.
+#[derive(Debug, Default)]
+pub(crate) struct TokenQuery {
+    pub api_version: Option<String>,
+    pub resource: Option<String>,
+    /// The one identity selector given, as (parameter, value).
+    selector: Option<(&'static str, String)>,
+}
+
+impl TokenQuery {
+    pub fn parse(raw: Option<&str>) -> Result<Self, Refusal> {
+        let raw = raw.unwrap_or_default();
+        if raw.len() > MAX_QUERY {
+            return Err(Refusal::bad_request(format!("the query string is longer than {MAX_QUERY} bytes")));
+        }
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(raw).map_err(|_| Refusal::bad_request("the query string is not URL-encoded"))?;
+        let mut query = Self::default();
+        for (name, value) in pairs {
+            // An empty selector is what clients send for "no user-assigned identity".
+            let value = value.trim().to_owned();
+            let slot = match name.as_str() {
+                "api-version" => &mut query.api_version,
+                "resource" => &mut query.resource,
+                _ => match SELECTORS.iter().find(|s| **s == name) {
+                    Some(selector) if !value.is_empty() => {
+                        if let Some((first, _)) = &query.selector {
+                            return Err(Refusal::bad_request(format!(
+                                "both {first} and {selector} were given: name the identity once, \
+                                 with client_id"
+                            )));
+                        }
+                        query.selector = Some((selector, value));
+                        continue;
+                    }
+                    _ => continue,
+                },
+            };
+            if slot.replace(value).is_some() {
+                return Err(Refusal::bad_request(format!("query parameter {name} was given twice")));
+            }
+        }
+        Ok(query)
+    }
+
+    /// The `resource` as a scope, or why there is none.
+    pub fn scope(&self) -> Result<Scope, Refusal> {
+        match self.resource.as_deref() {
+            None | Some("") => Err(Refusal::bad_request("Required query variable 'resource' is missing")),
+            Some(resource) => Scope::for_resource(resource).map_err(Refusal::bad_request),
+        }
+    }
+}
+
+impl Serving {
+    /// The configured client the request names (the primary one when it names none).
+    pub fn select(&self, query: &TokenQuery) -> Result<&ClientId, Refusal> {
+        let known = || self.clients.iter().map(ClientId::as_str).collect::<Vec<_>>().join(", ");
+        match &query.selector {
+            None => self.clients.first().ok_or_else(|| Refusal::bad_request("Identity not found")),
+            Some(("client_id", requested)) => self.clients.iter().find(|c| c.is_named_by(requested)).ok_or_else(|| {
+                Refusal::bad_request(format!(
+                    "Identity not found: client_id {requested} is not served by keyless \
+                         (served: {}); add it to azure.additional_client_ids",
+                    known()
+                ))
+            }),
+            Some((param, _)) => Err(Refusal::bad_request(format!(
+                "Identity not found: keyless selects identities by client_id only and cannot map \
+                 {param} to an app; ask with client_id (served: {})",
+                known()
+            ))),
+        }
+    }
+
+    /// A valid token for the request: from cache without waiting when one is held.
+    pub async fn token(&self, query: &TokenQuery) -> Result<(TokenKey, Arc<Expiring<AccessToken>>), Refusal> {
+        let key = TokenKey { client_id: self.select(query)?.clone(), scope: query.scope()? };
+        let token = self.cache.get(&key).await.map_err(|e| Refusal::exchange_failed(&e))?;
+        Ok((key, token))
+    }
+}
+
+/// Token endpoints take no body (SPEC 6: bounded everything).
+pub(crate) fn refuse_body(headers: &HeaderMap) -> Result<(), Refusal> {
+    let has_length = headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    if has_length || headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(Refusal::bad_request("this endpoint takes no request body"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_resource_version_and_one_selector() {
+        let q = TokenQuery::parse(Some(
+            "api-version=2019-08-01&resource=https%3A%2F%2Fvault.azure.net&client_id=abc&object_id=",
+        ))
+        .expect("valid");
+        assert_eq!(q.api_version.as_deref(), Some("2019-08-01"));
+        assert_eq!(q.resource.as_deref(), Some("https://vault.azure.net"));
+        assert_eq!(q.selector, Some(("client_id", "abc".to_owned())));
+    }
+
+    #[test]
+    fn refuses_duplicates_two_selectors_and_oversized_queries() {
+        assert!(TokenQuery::parse(Some("resource=a&resource=b")).is_err());
+        assert!(TokenQuery::parse(Some("client_id=a&mi_res_id=b")).is_err());
+        assert!(TokenQuery::parse(Some(&"a".repeat(MAX_QUERY + 1))).is_err());
+    }
+
+    #[test]
+    fn missing_resource_is_the_imds_message() {
+        let refusal =
+            TokenQuery::parse(Some("api-version=2018-02-01")).expect("valid").scope().expect_err("no resource");
+        assert_eq!(refusal.status, StatusCode::BAD_REQUEST);
+        assert!(refusal.description.contains("'resource' is missing"));
+    }
+}

@@ -1,0 +1,170 @@
+//! The IMDS token endpoint over real HTTP, rule by rule (protocols.md 4.2).
+
+mod common;
+
+use common::{ARM, Harness, IMDS_PATH, fast_policy, json};
+use serde_json::{Value, json};
+
+async fn get(h: &Harness, path_and_query: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut request = h.http.get(h.url(path_and_query));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    json(request.send().await.expect("answers")).await
+}
+
+const METADATA: (&str, &str) = ("Metadata", "true");
+
+fn query(resource: &str) -> String {
+    format!("{IMDS_PATH}?api-version=2018-02-01&resource={}", urlencode(resource))
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn probe_without_metadata_header_gets_the_imds_400() {
+    let h = Harness::start().await;
+    for headers in [&[][..], &[("Metadata", "false")][..]] {
+        let (status, body) = get(&h, &query(ARM), headers).await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            body,
+            json!({"error":"invalid_request","error_description":"Required metadata header not specified"})
+        );
+    }
+    // Python's probe sends no resource either.
+    let (status, _) = get(&h, &format!("{IMDS_PATH}?api-version=2018-02-01"), &[]).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn success_has_every_field_as_a_json_string() {
+    let h = Harness::start().await;
+    let (status, body) = get(&h, &query(ARM), &[METADATA]).await;
+    assert_eq!(status, 200, "{body}");
+    let fields = [
+        "access_token",
+        "client_id",
+        "expires_in",
+        "expires_on",
+        "ext_expires_in",
+        "not_before",
+        "resource",
+        "token_type",
+    ];
+    let object = body.as_object().expect("object");
+    assert_eq!(object.len(), fields.len(), "{body}");
+    for field in fields {
+        assert!(body[field].is_string(), "{field} must be a string: {body}");
+    }
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["client_id"], h.emulator.identities().azure_client_id);
+    let number = |f: &str| body[f].as_str().and_then(|s| s.parse::<u64>().ok()).expect(f);
+    let expires_in = number("expires_in");
+    assert!(expires_in > 3000 && expires_in <= 3599, "{expires_in}");
+    assert!(number("expires_on") > number("not_before"));
+    assert!(number("ext_expires_in") >= expires_in);
+}
+
+#[tokio::test]
+async fn resource_is_served_back_exactly_as_asked_with_or_without_trailing_slash() {
+    let h = Harness::start().await;
+    for resource in ["https://management.azure.com", ARM] {
+        let (status, body) = get(&h, &query(resource), &[METADATA]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["resource"], resource);
+    }
+}
+
+#[tokio::test]
+async fn path_with_a_trailing_slash_is_served_for_msal_node() {
+    let h = Harness::start().await;
+    let (status, body) =
+        get(&h, &format!("{IMDS_PATH}/?api-version=2019-08-01&resource={}", urlencode(ARM)), &[METADATA]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["resource"], ARM);
+}
+
+#[tokio::test]
+async fn missing_resource_or_api_version_is_a_400_in_the_imds_shape() {
+    let h = Harness::start().await;
+    let cases = [
+        (format!("{IMDS_PATH}?api-version=2018-02-01"), "'resource' is missing"),
+        (format!("{IMDS_PATH}?resource={}", urlencode(ARM)), "'api-version' is missing"),
+        (format!("{IMDS_PATH}?api-version=2017-09-01&resource={}", urlencode(ARM)), "not supported"),
+        (
+            format!("{IMDS_PATH}?api-version=2018-02-01&resource={}", urlencode("https://vault.azure.net/.default")),
+            "drop the trailing /.default",
+        ),
+    ];
+    for (path, needle) in cases {
+        let (status, body) = get(&h, &path, &[METADATA]).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"], "invalid_request");
+        let description = body["error_description"].as_str().expect("description");
+        assert!(description.contains(needle), "{path}: {description}");
+    }
+}
+
+#[tokio::test]
+async fn client_id_selects_a_configured_identity_case_insensitively() {
+    let h = Harness::start().await;
+    let client_id = h.emulator.identities().azure_client_id.to_uppercase();
+    let path = format!("{}&client_id={client_id}", query(ARM));
+    let (status, body) = get(&h, &path, &[METADATA]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["client_id"], h.emulator.identities().azure_client_id);
+}
+
+#[tokio::test]
+async fn unknown_or_unmappable_identities_are_refused_with_a_clear_400() {
+    let h = Harness::start().await;
+    let cases = [
+        ("client_id=00000000-0000-0000-0000-000000000000", "add it to azure.additional_client_ids"),
+        ("object_id=00000000-0000-0000-0000-000000000000", "cannot map object_id"),
+        ("msi_res_id=/subscriptions/x/resourcegroups/y", "cannot map msi_res_id"),
+        ("mi_res_id=/subscriptions/x/resourcegroups/y", "cannot map mi_res_id"),
+    ];
+    for (selector, needle) in cases {
+        let path = format!("{}&{selector}", query(ARM));
+        let (status, body) = get(&h, &path, &[METADATA]).await;
+        assert_eq!(status, 400, "{selector}: {body}");
+        assert_eq!(body["error"], "invalid_request");
+        let description = body["error_description"].as_str().expect("description");
+        assert!(description.starts_with("Identity not found"), "{description}");
+        assert!(description.contains(needle), "{description}");
+    }
+}
+
+#[tokio::test]
+async fn an_additional_client_id_is_exchanged_for_itself() {
+    // The emulator trusts only its dev client: the second one reaches Entra and is refused
+    // there, which proves the request's client_id picked it.
+    let other = "11111111-2222-4333-8444-555555555555";
+    let h = Harness::start_with(fast_policy(), |_, c| {
+        c.additional_client_ids = vec![other.to_owned()];
+        // Pre-warming the second client would fail for the same reason.
+        c.resources = Some(Vec::new());
+    })
+    .await;
+    let path = format!("{}&client_id={other}", query(ARM));
+    let (status, body) = get(&h, &path, &[METADATA]).await;
+    assert_eq!(status, 403, "{body}");
+    let description = body["error_description"].as_str().expect("description");
+    assert!(description.starts_with("AADSTS700016"), "{description}");
+    assert!(description.contains(&format!("no application with client id {other}")));
+}
+
+#[tokio::test]
+async fn forwarded_requests_bodies_and_other_methods_are_refused() {
+    let h = Harness::start().await;
+    let (status, _) = get(&h, &query(ARM), &[METADATA, ("X-Forwarded-For", "10.0.0.1")]).await;
+    assert_eq!(status, 400);
+    let with_body =
+        h.http.get(h.url(&query(ARM))).header("Metadata", "true").body("unexpected").send().await.expect("answers");
+    assert_eq!(with_body.status(), 400);
+    let post = h.http.post(h.url(&query(ARM))).header("Metadata", "true").send().await.expect("answers");
+    assert_eq!(post.status(), 405);
+}
