@@ -1,0 +1,69 @@
+//! The `aws-sdk-sts` client keyless exchanges with: no credentials (AssumeRoleWithWebIdentity is
+//! unsigned), aws-lc TLS trusting the system roots plus `ca_file`, explicit timeouts, and no SDK
+//! retries (the core cache retries with backoff and keeps serving while it does).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use aws_sdk_sts::config::retry::RetryConfig;
+use aws_sdk_sts::config::timeout::TimeoutConfig;
+use aws_sdk_sts::config::{BehaviorVersion, Region};
+use aws_smithy_http_client::proxy::ProxyConfig;
+use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
+use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore};
+use aws_smithy_http_client::{Connector, ConnectorBuilder};
+use aws_smithy_runtime_api::client::http::{SharedHttpClient, SharedHttpConnector, http_client_fn};
+
+use crate::error::ConfigError;
+use crate::settings::Settings;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const READ_TIMEOUT: Duration = Duration::from_secs(15);
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// An STS client for `settings`' region, endpoint and CA certificates.
+pub(crate) fn sts_client(settings: &Settings) -> Result<aws_sdk_sts::Client, ConfigError> {
+    let http = https_client(&settings.ca_certs)?;
+    let mut config = aws_sdk_sts::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(settings.region.clone()))
+        .http_client(http)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+                .operation_timeout(OPERATION_TIMEOUT)
+                .build(),
+        );
+    if let Some(endpoint) = &settings.sts_endpoint {
+        config = config.endpoint_url(endpoint.as_str().trim_end_matches('/'));
+    }
+    Ok(aws_sdk_sts::Client::from_conf(config.build()))
+}
+
+fn https_client(ca_certs: &[String]) -> Result<SharedHttpClient, ConfigError> {
+    let trust = ca_certs.iter().fold(TrustStore::default(), |trust, pem| trust.with_pem_certificate(pem.as_bytes()));
+    let tls = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|e| ConfigError::invalid("ca_file", e.to_string()))?;
+    // One connector (one connection pool) for the client's life: the settings passed in are the
+    // client's fixed timeouts, the same on every call.
+    let connector: Arc<OnceLock<SharedHttpConnector>> = Arc::default();
+    Ok(http_client_fn(move |settings, components| {
+        connector
+            .get_or_init(|| {
+                let mut builder = ConnectorBuilder::default()
+                    .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+                    .tls_context(tls.clone());
+                builder.set_connector_settings(Some(settings.clone()));
+                builder.set_sleep_impl(components.sleep_impl());
+                // As the SDK's own default client does: honour HTTPS_PROXY / NO_PROXY.
+                builder.set_proxy_config(Some(ProxyConfig::from_env()));
+                let connector: Connector = builder.build();
+                SharedHttpConnector::new(connector)
+            })
+            .clone()
+    }))
+}

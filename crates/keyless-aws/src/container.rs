@@ -1,0 +1,136 @@
+//! The container-credentials endpoint (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, protocols.md 2.2) and
+//! the `Authorization` value clients must present to it.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use keyless_core::Secret;
+use rand::Rng as _;
+
+use crate::error::ConfigError;
+use crate::serve::{Served, error_json};
+
+/// The `Authorization` value of the endpoint, and the file apps read it from (if any).
+#[derive(Debug, Clone)]
+pub(crate) struct ContainerAuth {
+    pub(crate) token: Secret<String>,
+    pub(crate) file: Option<PathBuf>,
+}
+
+/// Longest value accepted: it travels as one HTTP header.
+const MAX_TOKEN_LEN: usize = 4096;
+
+impl ContainerAuth {
+    /// The configured value, else the file's content; when the file does not exist it is created
+    /// (mode 0600) with the value or a random one; with neither, a random value held in memory.
+    pub(crate) fn resolve(token: Option<Secret<String>>, file: Option<PathBuf>) -> Result<Self, ConfigError> {
+        if let Some(t) = &token {
+            check_value(t.expose()).map_err(|m| ConfigError::invalid("authorization_token", m))?;
+        }
+        let Some(path) = file else {
+            let token = token.unwrap_or_else(generate);
+            return Ok(Self { token, file: None });
+        };
+        let token = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let content =
+                    String::from_utf8(bytes).map_err(|_| ConfigError::token_file(&path, "is not UTF-8 text"))?;
+                check_value(&content).map_err(|m| ConfigError::token_file(&path, m))?;
+                let content = Secret::new(content);
+                if token.as_ref().is_some_and(|t| t != &content) {
+                    return Err(ConfigError::token_file(
+                        &path,
+                        "holds a different value than aws.authorization_token: SDKs that read the file and SDKs that \
+                         read the value would disagree; set only one of them",
+                    ));
+                }
+                content
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let token = token.unwrap_or_else(generate);
+                write_new(&path, &token)?;
+                token
+            }
+            Err(e) => return Err(ConfigError::token_file(&path, e.to_string())),
+        };
+        Ok(Self { token, file: Some(path) })
+    }
+}
+
+/// A header-safe value. A trailing newline is the classic mistake (`echo` instead of `printf`):
+/// botocore raises on CR/LF, Rust rejects the header, Node throws (protocols.md 2.2 traps).
+fn check_value(value: &str) -> Result<(), String> {
+    if value.ends_with('\n') || value.ends_with('\r') {
+        return Err(
+            "ends with a newline, which every AWS SDK rejects in the Authorization header; write it without one \
+             (printf '%s' \"$TOKEN\" > FILE)"
+                .to_owned(),
+        );
+    }
+    if value.is_empty() || value.len() > MAX_TOKEN_LEN {
+        return Err(format!("must be 1 to {MAX_TOKEN_LEN} characters long"));
+    }
+    if value.starts_with(' ') || value.ends_with(' ') || !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(
+            "must be printable ASCII without leading or trailing spaces (it is sent as an HTTP header)".to_owned()
+        );
+    }
+    Ok(())
+}
+
+/// 256 random bits, base64url: unguessable and header-safe.
+fn generate() -> Secret<String> {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill(&mut bytes);
+    Secret::new(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Creates `path` with `token` and nothing else: no trailing newline, mode 0600, never replacing
+/// a file that appeared in the meantime.
+fn write_new(path: &Path, token: &Secret<String>) -> Result<(), ConfigError> {
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
+        ConfigError::token_file(
+            path,
+            format!("cannot be created ({e}): its directory must exist and be writable by keyless"),
+        )
+    })?;
+    file.write_all(token.expose().as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| ConfigError::token_file(path, format!("cannot be written: {e}")))
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ContainerState {
+    pub(crate) served: Served,
+    pub(crate) auth: ContainerAuth,
+}
+
+/// `GET` with `Authorization: <token>` -> the credential JSON of protocols.md 2.2.
+pub(crate) async fn credentials(State(state): State<ContainerState>, headers: HeaderMap) -> Response {
+    let Some(given) = headers.get(header::AUTHORIZATION) else {
+        return error_json(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "missing Authorization header: set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE (or \
+             AWS_CONTAINER_AUTHORIZATION_TOKEN) to what keyless was configured with",
+        );
+    };
+    if !state.auth.token.matches(given.as_bytes()) {
+        return error_json(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "the Authorization header does not match keyless's authorization token",
+        );
+    }
+    match state.served.credential().await {
+        Ok(c) => Json(c.value.container_json(state.served.role.as_str())).into_response(),
+        Err(response) => response,
+    }
+}

@@ -1,0 +1,251 @@
+//! The exchange: STS `AssumeRoleWithWebIdentity` with the subject token, and the classification
+//! of its failures (protocols.md 2.1) with hints that show what the token actually claims.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata as _, SdkError};
+use aws_sdk_sts::operation::RequestId as _;
+use aws_sdk_sts::operation::assume_role_with_web_identity::{
+    AssumeRoleWithWebIdentityError, AssumeRoleWithWebIdentityOutput,
+};
+use aws_sdk_sts::types::PolicyDescriptorType;
+use keyless_core::clock::SharedClock;
+use keyless_core::token::Claims;
+use keyless_core::{Exchange, ExchangeError, Expiring, Issued, Secret, SubjectToken};
+
+use crate::client::sts_client;
+use crate::credentials::AwsCredentials;
+use crate::error::ConfigError;
+use crate::settings::{RoleArn, RoleSessionName, Settings};
+
+type StsError = SdkError<AssumeRoleWithWebIdentityError, aws_smithy_runtime_api::client::orchestrator::HttpResponse>;
+
+/// AssumeRoleWithWebIdentity for one role. One credential per role: `Key = ()`.
+#[derive(Debug)]
+pub struct StsExchange {
+    client: aws_sdk_sts::Client,
+    role: RoleArn,
+    session_name: RoleSessionName,
+    duration: Duration,
+    policy: Option<String>,
+    policy_arns: Vec<String>,
+    region: String,
+    /// Where requests go, for messages: the override, or the regional endpoint.
+    endpoint: String,
+    clock: SharedClock,
+}
+
+impl StsExchange {
+    pub(crate) fn new(settings: &Settings, clock: SharedClock) -> Result<Self, ConfigError> {
+        let endpoint = settings.sts_endpoint.as_ref().map_or_else(
+            || format!("the regional STS endpoint of {}", settings.region),
+            |url| url.as_str().trim_end_matches('/').to_owned(),
+        );
+        Ok(Self {
+            client: sts_client(settings)?,
+            role: settings.role.clone(),
+            session_name: settings.session_name.clone(),
+            duration: settings.duration,
+            policy: settings.policy.clone(),
+            policy_arns: settings.policy_arns.clone(),
+            region: settings.region.clone(),
+            endpoint,
+            clock,
+        })
+    }
+
+    async fn call(&self, token: &SubjectToken) -> Result<AssumeRoleWithWebIdentityOutput, StsError> {
+        let policy_arns = self.policy_arns.iter().map(|arn| PolicyDescriptorType::builder().arn(arn).build()).collect();
+        self.client
+            .assume_role_with_web_identity()
+            .role_arn(self.role.as_str())
+            .role_session_name(self.session_name.as_str())
+            .web_identity_token(token.secret().expose())
+            .duration_seconds(i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX))
+            .set_policy(self.policy.clone())
+            .set_policy_arns(Some(policy_arns).filter(|v: &Vec<_>| !v.is_empty()))
+            .send()
+            .await
+    }
+
+    fn credentials(&self, out: &AssumeRoleWithWebIdentityOutput) -> Result<Expiring<AwsCredentials>, ExchangeError> {
+        let malformed = |what: &str| {
+            ExchangeError::retryable(format!("STS answered AssumeRoleWithWebIdentity for {} without {what}", self.role))
+        };
+        let creds = out.credentials().ok_or_else(|| malformed("Credentials"))?;
+        let expiration = SystemTime::try_from(*creds.expiration()).map_err(|_| malformed("a usable Expiration"))?;
+        let now = self.clock.now();
+        if expiration <= now {
+            return Err(ExchangeError::retryable(format!(
+                "STS issued credentials for {} that expired at {}, before now: is this host's clock right?",
+                self.role,
+                humantime::format_rfc3339_seconds(expiration)
+            )));
+        }
+        let assumed_role_arn = out.assumed_role_user().map(|u| u.arn().to_owned());
+        let account_id = assumed_role_arn
+            .as_deref()
+            .and_then(|arn| arn.split(':').nth(4))
+            .filter(|a| !a.is_empty())
+            .unwrap_or(self.role.account())
+            .to_owned();
+        Ok(Expiring::new(
+            AwsCredentials {
+                access_key_id: creds.access_key_id().to_owned(),
+                secret_access_key: Secret::new(creds.secret_access_key().to_owned()),
+                session_token: Secret::new(creds.session_token().to_owned()),
+                expiration,
+                last_updated: now,
+                assumed_role_arn,
+                account_id,
+            },
+            expiration,
+        ))
+    }
+
+    /// What went wrong, and what to check (never the token: only its claims).
+    fn classify(&self, err: &StsError, claims: &Claims) -> ExchangeError {
+        let role = &self.role;
+        match err {
+            SdkError::ServiceError(service) => {
+                let status = service.raw().status().as_u16();
+                let code = err.code().unwrap_or("Unknown").to_owned();
+                let text = err.message().unwrap_or("no message");
+                let message =
+                    format!("STS AssumeRoleWithWebIdentity for {role} failed with HTTP {status} {code}: {text}");
+                let e = match code.as_str() {
+                    "InvalidIdentityToken" | "ExpiredTokenException" | "ExpiredToken" => {
+                        ExchangeError::reread_token(message)
+                    }
+                    "IDPCommunicationError" => ExchangeError::retryable(message),
+                    code if is_throttling(code) => ExchangeError::retryable(message),
+                    _ if status >= 500 || status == 429 => ExchangeError::retryable(message),
+                    _ => ExchangeError::terminal(message),
+                };
+                let e = e.with_code(code.clone());
+                match self.hint(&code, status, claims) {
+                    Some(hint) => e.with_hint(hint),
+                    None => e,
+                }
+            }
+            SdkError::TimeoutError(_) => ExchangeError::retryable(format!(
+                "STS at {} did not answer AssumeRoleWithWebIdentity for {role} in time",
+                self.endpoint
+            ))
+            .with_code("Timeout"),
+            SdkError::DispatchFailure(_) => ExchangeError::retryable(format!(
+                "could not reach STS at {} for {role}: {}",
+                self.endpoint,
+                DisplayErrorContext(err)
+            ))
+            .with_code("DispatchFailure")
+            .with_hint(
+                "check DNS, egress network policy and HTTPS_PROXY/NO_PROXY; behind a TLS-intercepting proxy or \
+                 with a private CA, set aws.ca_file to a PEM bundle of the CA",
+            ),
+            SdkError::ResponseError(_) => ExchangeError::retryable(format!(
+                "STS at {} sent a response keyless could not read: {}",
+                self.endpoint,
+                DisplayErrorContext(err)
+            ))
+            .with_code("ResponseError")
+            .with_hint("is aws.sts_endpoint an STS endpoint (not a proxy's error page)?"),
+            _ => ExchangeError::terminal(format!(
+                "could not build the AssumeRoleWithWebIdentity request for {role}: {}",
+                DisplayErrorContext(err)
+            ))
+            .with_code("ConstructionFailure"),
+        }
+    }
+
+    fn hint(&self, code: &str, status: u16, claims: &Claims) -> Option<String> {
+        let role = &self.role;
+        let issuer = claims
+            .iss
+            .as_deref()
+            .map(|i| i.trim_start_matches("https://").trim_end_matches('/'))
+            .unwrap_or("<no iss claim>");
+        let sub = claims.sub.as_deref().unwrap_or("<no sub claim>");
+        let aud = if claims.aud.is_empty() { "<no aud claim>".to_owned() } else { claims.aud.join(",") };
+        let trust = format!(
+            "check the trust policy of {role}: Principal.Federated arn:{}:iam::{}:oidc-provider/{issuer}, Action \
+             sts:AssumeRoleWithWebIdentity, Condition StringEquals \"{issuer}:sub\": \"{sub}\" and \"{issuer}:aud\": \
+             \"{aud}\"; and that the OIDC provider {issuer} is registered in IAM with client id (audience) {aud}",
+            role.partition(),
+            role.account(),
+        );
+        Some(match code {
+            "AccessDenied" | "IDPRejectedClaim" => {
+                format!("the token claims sub={sub} aud={aud} iss={issuer}: {trust}")
+            }
+            "InvalidIdentityToken" => format!(
+                "STS could not validate the token ({claims}): check that IAM has an OIDC provider for {issuer} whose \
+                 audiences include {aud}, that {issuer}/.well-known/openid-configuration and its JWKS are reachable \
+                 from AWS, and that aws.token_file is the projected token (keyless re-reads it and retries)"
+            ),
+            "ExpiredTokenException" | "ExpiredToken" => format!(
+                "the token has expired ({claims}): aws.token_file must be the kubelet-projected token, which is \
+                 rotated; a copied token file goes stale"
+            ),
+            "IDPCommunicationError" => format!(
+                "AWS could not reach the issuer {issuer} to fetch its signing keys; it is retried. If it persists, \
+                 check that the issuer's discovery document and JWKS are publicly reachable"
+            ),
+            "MalformedPolicyDocument" => {
+                "STS rejected aws.policy: fix the session policy document (or remove it)".to_owned()
+            }
+            "PackedPolicyTooLarge" => {
+                "aws.policy and aws.policy_arns together are too large: shorten the policy or list fewer ARNs"
+                    .to_owned()
+            }
+            "RegionDisabledException" => format!(
+                "STS is not activated in {} for account {}: activate the region in the IAM account settings, or set \
+                 aws.region to an active region",
+                self.region,
+                role.account()
+            ),
+            "ValidationError" | "InvalidParameterValue" | "InvalidParameterCombination" => format!(
+                "STS rejected a request parameter: check aws.role_arn, aws.session_name and aws.duration ({}), which \
+                 must not exceed the role's maximum session duration",
+                humantime::format_duration(self.duration)
+            ),
+            code if status >= 500 || status == 429 || is_throttling(code) => {
+                "STS is failing or throttling; keyless retries with backoff and keeps serving the current credential"
+                    .to_owned()
+            }
+            _ => return None,
+        })
+    }
+}
+
+fn is_throttling(code: &str) -> bool {
+    matches!(code, "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException")
+}
+
+impl Exchange for StsExchange {
+    type Key = ();
+    type Credential = AwsCredentials;
+
+    fn provider(&self) -> &'static str {
+        "aws"
+    }
+
+    fn identity(&self, _key: &()) -> String {
+        self.role.to_string()
+    }
+
+    async fn exchange(&self, _key: &(), token: &SubjectToken) -> Result<Issued<AwsCredentials>, ExchangeError> {
+        match self.call(token).await {
+            Ok(out) => {
+                let request_id = out.request_id().map(str::to_owned);
+                self.credentials(&out)
+                    .map(|c| Issued::new(c).with_request_id(request_id.clone()))
+                    .map_err(|e| e.with_request_id(request_id))
+            }
+            Err(err) => {
+                let request_id = err.request_id().map(str::to_owned);
+                Err(self.classify(&err, token.claims()).with_request_id(request_id))
+            }
+        }
+    }
+}

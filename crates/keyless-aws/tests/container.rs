@@ -1,0 +1,221 @@
+//! The container-credentials endpoint on a real loopback port, driven by raw HTTP and by the Rust
+//! SDK's ECS provider (protocols.md 2.2).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::Command;
+
+use aws_config::ecs::EcsCredentialsProvider;
+use aws_sdk_sts::config::SharedCredentialsProvider;
+use keyless_aws::{Config, Provider};
+use keyless_core::{AppEnvValue, CachePolicy};
+
+/// Marker env var: set only in the child process that runs [`ecs_provider_child`].
+const CHILD: &str = "KEYLESS_AWS_TEST_ECS_CHILD";
+
+#[tokio::test]
+async fn the_rust_sdk_ecs_provider_loads_credentials_that_sign_get_caller_identity() {
+    let env = common::emulator().await;
+    let ctx = common::context(CachePolicy::default());
+    let provider = Provider::start(env.config(), &ctx).await.unwrap();
+    common::ready(&provider).await;
+    let addr = common::serve(&provider).await;
+    let result = env.path("child-result");
+    // aws-config reads the container-credentials variables from the process env only (its
+    // env injection is crate-private): run the SDK in a child with exactly the app_env.
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    child
+        .args(["--exact", "ecs_provider_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD, &result)
+        .env("KEYLESS_TEST_EMULATOR_URL", env.emulator.url())
+        .env("KEYLESS_TEST_EMULATOR_CA", env.emulator.ca_pem_path())
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
+    for var in provider.app_env(addr) {
+        child.env(&var.name, var.file_value());
+    }
+    // The emulator and keyless run on this test's runtime: wait for the child off that thread.
+    let output = tokio::task::spawn_blocking(move || child.output()).await.unwrap().unwrap();
+    assert!(output.status.success(), "child failed: {}", String::from_utf8_lossy(&output.stderr));
+    let arn = std::fs::read_to_string(&result).expect("the child wrote its result");
+    assert_eq!(arn, "arn:aws:sts::123456789012:assumed-role/keyless-dev/keyless-test");
+}
+
+/// Runs only as the child of the test above.
+#[tokio::test]
+async fn ecs_provider_child() {
+    let Ok(result) = std::env::var(CHILD) else { return };
+    let env = ChildEnv {
+        url: std::env::var("KEYLESS_TEST_EMULATOR_URL").unwrap(),
+        ca: std::env::var("KEYLESS_TEST_EMULATOR_CA").unwrap(),
+    };
+    let credentials = SharedCredentialsProvider::new(EcsCredentialsProvider::builder().build());
+    let client = env.sts_client(credentials);
+    let identity = client.get_caller_identity().send().await.expect("GetCallerIdentity");
+    std::fs::write(result, identity.arn().unwrap()).unwrap();
+}
+
+struct ChildEnv {
+    url: String,
+    ca: String,
+}
+
+impl ChildEnv {
+    fn sts_client(&self, credentials: SharedCredentialsProvider) -> aws_sdk_sts::Client {
+        use aws_sdk_sts::config::{BehaviorVersion, Region};
+        use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
+        use aws_smithy_http_client::tls::{Provider as Tls, TlsContext, TrustStore};
+        let pem = std::fs::read(&self.ca).unwrap();
+        let tls =
+            TlsContext::builder().with_trust_store(TrustStore::empty().with_pem_certificate(pem)).build().unwrap();
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Tls::Rustls(CryptoMode::AwsLc))
+            .tls_context(tls)
+            .build_https();
+        let config = aws_sdk_sts::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-central-1"))
+            .endpoint_url(&self.url)
+            .http_client(http)
+            .credentials_provider(credentials)
+            .build();
+        aws_sdk_sts::Client::from_conf(config)
+    }
+}
+
+#[tokio::test]
+async fn the_endpoint_requires_the_exact_authorization_token() {
+    let env = common::emulator().await;
+    let ctx = common::context(CachePolicy::default());
+    let provider = Provider::start(env.config(), &ctx).await.unwrap();
+    common::ready(&provider).await;
+    let addr = common::serve(&provider).await;
+    let url = format!("http://{addr}/v1/credentials");
+    let http = common::http();
+    let token = std::fs::read_to_string(env.path("auth-token")).unwrap();
+
+    let missing = http.get(&url).send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert!(body["Code"].is_string() && body["Message"].is_string(), "{body}");
+
+    for wrong in [format!("{token}x"), token[..token.len() - 1].to_owned(), format!("Bearer {token}")] {
+        let response = http.get(&url).header("Authorization", wrong).send().await.unwrap();
+        assert_eq!(response.status(), 403);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["Code"], "AccessDenied");
+    }
+
+    let ok = http.get(&url).header("Authorization", &token).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["content-type"], "application/json");
+    let body: serde_json::Value = ok.json().await.unwrap();
+    let keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys.len(), 6, "{keys:?}");
+    for key in ["AccessKeyId", "SecretAccessKey", "Token", "Expiration", "AccountId", "RoleArn"] {
+        assert!(body[key].is_string(), "{key} is a string: {body}");
+    }
+    assert!(common::is_whole_second_utc(body["Expiration"].as_str().unwrap()), "{body}");
+    assert_eq!(body["AccountId"], "123456789012");
+    assert_eq!(body["RoleArn"], env.role_arn().as_str());
+
+    let post = http.post(&url).header("Authorization", &token).send().await.unwrap();
+    assert_eq!(post.status(), 405, "GET only");
+    let with_body = http.get(&url).header("Authorization", &token).body("x").send().await.unwrap();
+    assert_eq!(with_body.status(), 413, "no request body accepted");
+}
+
+#[tokio::test]
+async fn nothing_valid_gives_the_native_error_body_with_the_exchange_hint() {
+    let env = common::emulator().await;
+    let mut config = env.config();
+    config.role_arn = "arn:aws:iam::123456789012:role/not-trusted".to_owned();
+    let ctx = common::context(common::fast_retries());
+    let provider = Provider::start(config, &ctx).await.unwrap();
+    let addr = common::serve(&provider).await;
+    let token = std::fs::read_to_string(env.path("auth-token")).unwrap();
+    let response = common::http()
+        .get(format!("http://{addr}/v1/credentials"))
+        .header("Authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500, "terminal: needs a fix, not a retry");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["Code"], "AccessDenied");
+    let message = body["Message"].as_str().unwrap();
+    assert!(message.contains("system:serviceaccount:default:keyless-dev"), "{message}");
+    assert!(message.contains("role/not-trusted"), "{message}");
+}
+
+#[tokio::test]
+async fn a_generated_token_file_is_private_and_has_no_trailing_newline() {
+    let env = common::emulator().await;
+    let ctx = common::context(CachePolicy::default());
+    let provider = Provider::start(env.config(), &ctx).await.unwrap();
+    let path = env.path("auth-token");
+    let content = std::fs::read(&path).unwrap();
+    assert!(!content.ends_with(b"\n") && !content.ends_with(b"\r"), "no trailing newline");
+    assert!(content.len() >= 43, "256 random bits");
+    assert!(content.iter().all(|b| b.is_ascii_graphic()));
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // The file and the value handed to apps are the same token.
+    let addr = "127.0.0.1:9811".parse().unwrap();
+    let app_env = provider.app_env(addr);
+    let value = |name: &str| app_env.iter().find(|v| v.name == name).map(|v| v.file_value().to_owned());
+    assert_eq!(value("AWS_CONTAINER_AUTHORIZATION_TOKEN").unwrap().as_bytes(), content.as_slice());
+    assert_eq!(value("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE").unwrap(), path.display().to_string());
+
+    // A restart reads the same file rather than replacing it.
+    let again = Provider::start(env.config(), &ctx).await.unwrap();
+    let value_again = again.app_env(addr).into_iter().find(|v| v.name == "AWS_CONTAINER_AUTHORIZATION_TOKEN").unwrap();
+    assert_eq!(value_again.file_value().as_bytes(), content.as_slice());
+}
+
+#[tokio::test]
+async fn app_env_points_sdks_at_loopback_and_redacts_the_token_when_shown() {
+    let env = common::emulator().await;
+    let ctx = common::context(CachePolicy::default());
+    let provider = Provider::start(env.config(), &ctx).await.unwrap();
+    let app_env = provider.app_env("0.0.0.0:9811".parse().unwrap());
+    let value = |name: &str| app_env.iter().find(|v| v.name == name).map(|v| v.file_value().to_owned());
+    assert_eq!(value("AWS_CONTAINER_CREDENTIALS_FULL_URI").unwrap(), "http://127.0.0.1:9811/v1/credentials");
+    assert_eq!(value("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap(), "http://127.0.0.1:9811");
+    assert_eq!(value("AWS_REGION").unwrap(), "eu-central-1");
+    assert_eq!(value("AWS_DEFAULT_REGION").unwrap(), "eu-central-1");
+    assert!(value("AWS_ROLE_ARN").is_none(), "SDKs would try web identity themselves");
+    let token = app_env.iter().find(|v| v.name == "AWS_CONTAINER_AUTHORIZATION_TOKEN").unwrap();
+    assert!(matches!(token.value, AppEnvValue::Secret(_)));
+    assert!(!token.to_string().contains(token.file_value()));
+}
+
+#[tokio::test]
+async fn a_token_file_with_a_trailing_newline_is_refused_at_start() {
+    let env = common::emulator().await;
+    let path = env.path("hand-written-token");
+    std::fs::write(&path, "abcdefghijklmnop\n").unwrap();
+    let mut config = env.config();
+    config.authorization_token_file = Some(path);
+    let ctx = common::context(CachePolicy::default());
+    let err = Provider::start(config, &ctx).await.expect_err("a newline breaks every SDK");
+    let shown = err.to_string();
+    assert!(shown.starts_with("aws.authorization_token_file"), "{shown}");
+    assert!(shown.contains("newline"), "{shown}");
+    assert!(!shown.contains("abcdefghijklmnop"), "the value is never shown: {shown}");
+}
+
+#[tokio::test]
+async fn a_configured_value_is_written_to_a_missing_token_file() {
+    let env = common::emulator().await;
+    let mut config: Config = env.config();
+    config.authorization_token = Some(keyless_core::Secret::new("configured-value-123".to_owned()));
+    let ctx = common::context(CachePolicy::default());
+    Provider::start(config.clone(), &ctx).await.unwrap();
+    assert_eq!(std::fs::read_to_string(env.path("auth-token")).unwrap(), "configured-value-123");
+    config.authorization_token = Some(keyless_core::Secret::new("another-value-456".to_owned()));
+    let err = Provider::start(config, &ctx).await.expect_err("file and value disagree");
+    assert!(!err.to_string().contains("another-value-456"), "{err}");
+}

@@ -1,0 +1,183 @@
+//! The exchange against the emulated STS: success, the re-read path, hints, and storms.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use keyless_aws::{AwsCredentials, Provider, credential_process_json, fetch_once};
+use keyless_core::{CachePolicy, ErrorClass};
+use keyless_emulator::{Fault, Service};
+
+#[tokio::test]
+async fn exchanges_the_projected_token_for_role_credentials() {
+    let env = common::emulator().await;
+    let ctx = common::context(CachePolicy::default());
+    let provider = Provider::start(env.config(), &ctx).await.unwrap();
+    let cred = provider.cache().get(&()).await.expect("credential");
+    let c = &cred.value;
+    assert!(c.access_key_id.starts_with("ASIA"));
+    assert_eq!(c.assumed_role_arn.as_deref(), Some("arn:aws:sts::123456789012:assumed-role/keyless-dev/keyless-test"));
+    assert_eq!(c.account_id, "123456789012");
+    let lifetime = c.expiration.duration_since(c.last_updated).unwrap();
+    assert!(lifetime > Duration::from_secs(3500) && lifetime <= Duration::from_secs(3600), "{lifetime:?}");
+    assert_eq!(cred.expires_at, c.expiration);
+    let statuses = provider.readiness()[0].statuses();
+    assert!(statuses.iter().all(|s| s.ready()), "{statuses:?}");
+    assert_eq!(env.emulator.counters().aws_sts, 1, "pre-warm and get share one exchange");
+}
+
+#[tokio::test]
+async fn an_invalid_identity_token_answer_rereads_the_token_and_retries_once() {
+    let env = common::emulator().await;
+    env.emulator.faults().fail_next(
+        Service::AwsSts,
+        1,
+        Fault::new(StatusCode::BAD_REQUEST).with_code("InvalidIdentityToken"),
+    );
+    let ctx = common::context(common::fast_retries());
+    let provider = Provider::start(env.config(), &ctx).await.unwrap();
+    let cred = provider.cache().get(&()).await.expect("the retry with the re-read token succeeds");
+    assert!(cred.value.access_key_id.starts_with("ASIA"));
+    assert_eq!(env.emulator.counters().aws_sts, 2, "one rejected call, one retry");
+}
+
+#[tokio::test]
+async fn access_denied_is_terminal_and_its_hint_shows_the_tokens_actual_sub() {
+    let env = common::emulator().await;
+    let mut config = env.config();
+    config.token_file = env.minted_token_file("other-sa-token", |c| {
+        c.sub = Some("system:serviceaccount:payments:api".to_owned());
+    });
+    let ctx = common::context(common::fast_retries());
+    let provider = Provider::start(config, &ctx).await.unwrap();
+    let err = provider.cache().get(&()).await.expect_err("the trust policy refuses this subject");
+    assert_eq!(err.class, ErrorClass::Terminal);
+    assert_eq!(err.code.as_deref(), Some("AccessDenied"));
+    assert!(err.request_id.is_some(), "the upstream request id is kept");
+    let hint = err.hint.clone().expect("a hint");
+    let issuer = env.emulator.url().trim_start_matches("https://").to_owned();
+    assert!(hint.contains("sub=system:serviceaccount:payments:api"), "{hint}");
+    assert!(hint.contains("aud=sts.amazonaws.com"), "{hint}");
+    assert!(hint.contains(&format!("\"{issuer}:sub\": \"system:serviceaccount:payments:api\"")), "{hint}");
+    assert!(hint.contains(&format!("oidc-provider/{issuer}")), "{hint}");
+    assert!(hint.contains(&env.role_arn()), "{hint}");
+    let statuses = provider.readiness()[0].statuses();
+    assert!(statuses.iter().all(|s| !s.ready()), "readiness is red");
+}
+
+#[tokio::test]
+async fn a_wrong_audience_is_reported_with_the_tokens_audience() {
+    let env = common::emulator().await;
+    let mut config = env.config();
+    config.token_file = env.minted_token_file("wrong-aud-token", |c| c.aud = vec!["api://AzureADTokenExchange".into()]);
+    let ctx = common::context(common::fast_retries());
+    let err = fetch_once(&config, &ctx).await.expect_err("the OIDC provider does not list this audience");
+    let shown = err.to_string();
+    assert!(shown.contains("InvalidIdentityToken"), "{shown}");
+    assert!(shown.contains("aud=[api://AzureADTokenExchange]"), "{shown}");
+    assert_eq!(env.emulator.counters().aws_sts, 2, "re-read once, then give up");
+}
+
+#[tokio::test]
+async fn a_5xx_storm_is_retried_while_the_valid_credential_keeps_being_served() {
+    let env = common::emulator().await;
+    // Refresh almost at once (0.1% of the 15-minute lifetime) so the storm hits a refresh.
+    let policy = CachePolicy { refresh_at: 0.001, ..common::fast_retries() };
+    let ctx = common::context(policy);
+    let mut config = env.config();
+    config.duration = Duration::from_secs(900);
+    let provider = Provider::start(config, &ctx).await.unwrap();
+    let first = provider.cache().get(&()).await.expect("pre-warmed");
+    const STORM: u64 = 8;
+    env.emulator.faults().fail_next(Service::AwsSts, STORM as u32, Fault::new(StatusCode::SERVICE_UNAVAILABLE));
+    let addr = common::serve(&provider).await;
+    let token = std::fs::read_to_string(env.path("auth-token")).unwrap();
+    let http = common::http();
+    let url = format!("http://{addr}/v1/credentials");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut served_during_storm = 0;
+    while env.emulator.counters().aws_sts <= STORM {
+        assert!(tokio::time::Instant::now() < deadline, "the storm was not retried through");
+        let response = http.get(&url).header("Authorization", &token).send().await.unwrap();
+        assert_eq!(response.status(), 200, "served while STS fails");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["AccessKeyId"], first.value.access_key_id.as_str());
+        served_during_storm += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(served_during_storm > 0);
+    let fresh = loop {
+        assert!(tokio::time::Instant::now() < deadline, "no fresh credential after the storm");
+        let cred = provider.cache().get(&()).await.expect("valid throughout");
+        if cred.value.access_key_id != first.value.access_key_id {
+            break cred;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(fresh.expires_at > first.expires_at);
+}
+
+#[tokio::test]
+async fn sts_error_codes_are_classified_per_protocol_with_hints() {
+    let env = common::emulator().await;
+    let ctx = common::context(common::fast_retries());
+    let cases = [
+        (StatusCode::BAD_REQUEST, "IDPCommunicationError", ErrorClass::Retryable),
+        (StatusCode::BAD_REQUEST, "Throttling", ErrorClass::Retryable),
+        (StatusCode::BAD_GATEWAY, "InternalFailure", ErrorClass::Retryable),
+        (StatusCode::BAD_REQUEST, "ExpiredTokenException", ErrorClass::RereadToken),
+        (StatusCode::FORBIDDEN, "IDPRejectedClaim", ErrorClass::Terminal),
+        (StatusCode::BAD_REQUEST, "MalformedPolicyDocument", ErrorClass::Terminal),
+        (StatusCode::BAD_REQUEST, "PackedPolicyTooLarge", ErrorClass::Terminal),
+        (StatusCode::FORBIDDEN, "RegionDisabledException", ErrorClass::Terminal),
+        (StatusCode::BAD_REQUEST, "ValidationError", ErrorClass::Terminal),
+    ];
+    for (status, code, class) in cases {
+        // Two failures: fetch_once re-reads and retries once on the token-rejected class.
+        env.emulator.faults().fail_next(Service::AwsSts, 2, Fault::new(status).with_code(code));
+        let err = fetch_once(&env.config(), &ctx).await.expect_err(code);
+        env.emulator.faults().clear(Service::AwsSts);
+        let keyless_aws::ConfigError::Exchange(err) = err else { panic!("{code}: {err}") };
+        assert_eq!((err.code.as_deref(), err.class), (Some(code), class), "{err}");
+        assert!(err.hint.is_some(), "{code} has a hint");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_sts_is_retryable_with_a_network_hint() {
+    let env = common::emulator().await;
+    let mut config = env.config();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    config.sts_endpoint = Some(format!("https://{closed}"));
+    let ctx = common::context(common::fast_retries());
+    let err = fetch_once(&config, &ctx).await.expect_err("nothing listens there");
+    let keyless_aws::ConfigError::Exchange(err) = err else { panic!("{err}") };
+    assert_eq!(err.class, ErrorClass::Retryable);
+    assert!(err.hint.as_deref().unwrap_or_default().contains("aws.ca_file"), "{err}");
+}
+
+#[tokio::test]
+async fn fetch_once_prints_credential_process_json() {
+    let env = common::emulator().await;
+    let ctx = common::context(CachePolicy::default());
+    let issued = fetch_once(&env.config(), &ctx).await.expect("exchange");
+    assert!(issued.request_id.is_some());
+    let json: serde_json::Value = serde_json::from_str(&credential_process_json(&issued.credential.value)).unwrap();
+    assert_eq!(json["Version"], 1);
+    assert_eq!(json["AccountId"], "123456789012");
+    assert!(common::is_whole_second_utc(json["Expiration"].as_str().unwrap()), "{json}");
+    let parsed: AwsCredentials = AwsCredentials::from_container_json(
+        &serde_json::json!({
+            "AccessKeyId": json["AccessKeyId"],
+            "SecretAccessKey": json["SecretAccessKey"],
+            "Token": json["SessionToken"],
+            "Expiration": json["Expiration"],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    assert_eq!(parsed.access_key_id, issued.credential.value.access_key_id);
+}
