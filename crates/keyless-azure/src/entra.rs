@@ -72,7 +72,17 @@ impl EntraExchange {
         &self.token_url
     }
 
-    fn unreachable(&self, err: &reqwest::Error) -> ExchangeError {
+    /// A transport failure (connect, TLS, timeout, reset): retryable, with the cause chain.
+    fn unreachable(&self, err: reqwest::Error) -> ExchangeError {
+        let what = if err.is_timeout() {
+            "timed out"
+        } else if err.is_connect() {
+            "could not connect"
+        } else {
+            "failed"
+        };
+        // The URL is named once, in our own words.
+        let err = err.without_url();
         let mut reason = err.to_string();
         let mut source = err.source();
         while let Some(cause) = source {
@@ -81,7 +91,7 @@ impl EntraExchange {
             source = cause.source();
         }
         let error =
-            ExchangeError::retryable(format!("could not get an answer from Entra ID at {}: {reason}", self.token_url))
+            ExchangeError::retryable(format!("the token request to Entra ID at {} {what}: {reason}", self.token_url))
                 .with_code("EntraUnreachable");
         if reason.contains("certificate") {
             error.with_hint(
@@ -123,11 +133,11 @@ impl Exchange for EntraExchange {
             .form(&form)
             .send()
             .await
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|e| self.unreachable(e))?;
         let status = response.status();
         let request_id = response.headers().get("x-ms-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(e))? {
             if body.len() + chunk.len() > MAX_RESPONSE {
                 return Err(ExchangeError::retryable(format!(
                     "Entra ID at {} answered with more than {MAX_RESPONSE} bytes",

@@ -129,3 +129,40 @@ async fn server_errors_are_retried_while_the_cached_token_keeps_being_served() {
     assert!(h.exchanges() - before > u64::from(storm), "the refresh was retried");
     assert!(served > 1);
 }
+
+#[tokio::test]
+async fn a_slow_entra_times_out_as_retryable_and_recovers() {
+    let policy = CachePolicy {
+        exchange_timeout: Duration::from_millis(300),
+        request_wait: Duration::from_secs(2),
+        ..fast_policy()
+    };
+    let h = Harness::start_with(policy, |_, c| c.resources = Some(Vec::new())).await;
+    h.emulator.faults().set_latency(Service::AzureToken, Duration::from_secs(5));
+    let (status, body) = json(h.imds(ARM).await).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable");
+    h.emulator.faults().clear(Service::AzureToken);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = json(h.imds(ARM).await).await;
+        if status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+    }
+}
+
+#[tokio::test]
+async fn an_untrusted_authority_certificate_points_at_ca_file() {
+    let h = Harness::start_with(fast_policy(), |_, c| {
+        c.ca_file = None;
+        c.resources = Some(Vec::new());
+    })
+    .await;
+    let (status, body) = json(h.imds(ARM).await).await;
+    assert_eq!(status, 503, "{body}");
+    let description = body["error_description"].as_str().expect("description");
+    assert!(description.starts_with("EntraUnreachable"), "{description}");
+    assert!(description.contains("set azure.ca_file"), "{description}");
+}
