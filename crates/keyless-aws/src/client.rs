@@ -23,7 +23,12 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// An STS client for `settings`' region, endpoint and CA certificates.
 pub(crate) fn sts_client(settings: &Settings) -> Result<aws_sdk_sts::Client, ConfigError> {
-    let http = https_client(&settings.ca_certs)?;
+    // A loopback endpoint (the emulator, moto, a local proxy) is never reached through HTTPS_PROXY.
+    let proxy = match settings.sts_endpoint.as_ref() {
+        Some(url) if is_loopback(url) => ProxyConfig::disabled(),
+        _ => ProxyConfig::from_env(),
+    };
+    let http = https_client(&settings.ca_certs, proxy)?;
     let mut config = aws_sdk_sts::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(settings.region.clone()))
@@ -42,7 +47,16 @@ pub(crate) fn sts_client(settings: &Settings) -> Result<aws_sdk_sts::Client, Con
     Ok(aws_sdk_sts::Client::from_conf(config.build()))
 }
 
-fn https_client(ca_certs: &[String]) -> Result<SharedHttpClient, ConfigError> {
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn https_client(ca_certs: &[String], proxy: ProxyConfig) -> Result<SharedHttpClient, ConfigError> {
     let trust = ca_certs.iter().fold(TrustStore::default(), |trust, pem| trust.with_pem_certificate(pem.as_bytes()));
     let tls = TlsContext::builder()
         .with_trust_store(trust)
@@ -60,7 +74,7 @@ fn https_client(ca_certs: &[String]) -> Result<SharedHttpClient, ConfigError> {
                 builder.set_connector_settings(Some(settings.clone()));
                 builder.set_sleep_impl(components.sleep_impl());
                 // As the SDK's own default client does: honour HTTPS_PROXY / NO_PROXY.
-                builder.set_proxy_config(Some(ProxyConfig::from_env()));
+                builder.set_proxy_config(Some(proxy.clone()));
                 let connector: Connector = builder.build();
                 SharedHttpConnector::new(connector)
             })

@@ -181,3 +181,42 @@ async fn fetch_once_prints_credential_process_json() {
     .unwrap();
     assert_eq!(parsed.access_key_id, issued.credential.value.access_key_id);
 }
+
+/// Marker env var: set only in the child process that runs [`proxied_fetch_child`].
+const PROXY_CHILD: &str = "KEYLESS_AWS_TEST_PROXY_CHILD";
+
+#[tokio::test]
+async fn a_loopback_sts_endpoint_is_reached_directly_even_with_https_proxy_set() {
+    let env = common::emulator().await;
+    let result = env.path("child-result");
+    let dead_proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // The proxy settings come from the process env only: run the exchange in a child process.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
+        .args(["--exact", "proxied_fetch_child", "--nocapture", "--test-threads=1"])
+        .env(PROXY_CHILD, &result)
+        .env("HTTPS_PROXY", format!("http://{dead_proxy}"))
+        .env("https_proxy", format!("http://{dead_proxy}"))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env("KEYLESS_TEST_TOKEN_FILE", env.emulator.token_path(keyless_emulator::Cloud::Aws))
+        .env("KEYLESS_TEST_ROLE_ARN", env.role_arn())
+        .env("KEYLESS_TEST_EMULATOR_URL", env.emulator.url())
+        .env("KEYLESS_TEST_EMULATOR_CA", env.emulator.ca_pem_path());
+    let output = tokio::task::spawn_blocking(move || child.output()).await.unwrap().unwrap();
+    assert!(output.status.success(), "child failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::read_to_string(&result).unwrap(), "ok");
+}
+
+/// Runs only as the child of the test above.
+#[tokio::test]
+async fn proxied_fetch_child() {
+    let Ok(result) = std::env::var(PROXY_CHILD) else { return };
+    let var = |k: &str| std::env::var(k).unwrap();
+    let mut config = keyless_aws::Config::new(var("KEYLESS_TEST_TOKEN_FILE"), var("KEYLESS_TEST_ROLE_ARN"));
+    config.sts_endpoint = Some(var("KEYLESS_TEST_EMULATOR_URL"));
+    config.ca_file = Some(var("KEYLESS_TEST_EMULATOR_CA").into());
+    let issued = fetch_once(&config, &common::context(CachePolicy::default())).await.expect("exchange");
+    assert!(issued.credential.value.access_key_id.starts_with("ASIA"));
+    std::fs::write(result, "ok").unwrap();
+}
