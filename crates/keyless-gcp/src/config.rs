@@ -26,7 +26,9 @@ pub struct Config {
     /// Served on `project/project-id` and given to apps as `GOOGLE_CLOUD_PROJECT`.
     pub project_id: Option<String>,
     /// Served on `project/numeric-project-id`; default: the project number in `audience`.
-    pub project_number: Option<ProjectNumber>,
+    /// TOML may write it as a string or an integer.
+    #[serde(default, deserialize_with = "string_or_integer")]
+    pub project_number: Option<String>,
     /// Default scopes of served access tokens (default: cloud-platform).
     pub scopes: Option<Vec<String>>,
     /// Lifetime of impersonated access tokens (default 1h; more needs `allow_long_lifetime`).
@@ -54,20 +56,18 @@ pub struct Config {
 }
 
 /// A numeric project id, written in TOML as a string or an integer.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Deserialize)]
 #[serde(untagged)]
-pub enum ProjectNumber {
-    Number(u64),
-    Text(String),
+enum StringOrInteger {
+    Integer(u64),
+    String(String),
 }
 
-impl ProjectNumber {
-    fn as_string(&self) -> String {
-        match self {
-            Self::Number(n) => n.to_string(),
-            Self::Text(s) => s.trim().to_owned(),
-        }
-    }
+fn string_or_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<StringOrInteger>::deserialize(d)?.map(|v| match v {
+        StringOrInteger::Integer(n) => n.to_string(),
+        StringOrInteger::String(s) => s,
+    }))
 }
 
 pub(crate) const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
@@ -142,7 +142,7 @@ impl Config {
         }
         let project_number = match &self.project_number {
             Some(n) => {
-                let n = n.as_string();
+                let n = n.trim().to_owned();
                 if !is_project_number(&n) {
                     return Err(ConfigError::invalid(
                         "gcp.project_number",

@@ -45,6 +45,14 @@ impl Provider {
             project_number: settings.project_number.clone(),
             universe_domain: settings.universe_domain.clone(),
         };
+        tracing::info!(
+            audience = settings.provider.audience(),
+            service_account = settings.service_account.as_deref().unwrap_or("-"),
+            token_file = %settings.token_file.display(),
+            sts = %settings.sts_endpoint,
+            iam = %settings.iam_endpoint,
+            "gcp provider configured"
+        );
         let metadata = Arc::new(MetadataServer::new(
             &description,
             cache.clone(),

@@ -135,6 +135,14 @@ async fn an_unknown_pool_provider_is_reported_with_its_parts() {
 }
 
 #[tokio::test]
+async fn an_untrusted_upstream_certificate_points_at_ca_file() {
+    let h = Harness::start(|c| c.ca_file = None).await;
+    let (status, body) = h.token("").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.as_str().unwrap().contains("gcp.ca_file"), "{body}");
+}
+
+#[tokio::test]
 async fn sts_5xx_at_start_up_are_retried_until_a_token_is_served() {
     let h = Harness::start(|c| c.service_account = None).await;
     // Once the pre-warm is done, ask for a key nobody has asked for yet.
