@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use common::{Harness, Options};
-use keyless_emulator::{Fault, Service};
+use keyless_emulator::{Cloud, Fault, MintClaims, Service};
 
 const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 const READ_ONLY: &str = "https://www.googleapis.com/auth/devstorage.read_only";
 
 #[tokio::test]
 async fn serves_an_impersonated_access_token_that_tokeninfo_accepts() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let token = h.access_token("").await;
     let (status, info) = h.tokeninfo(&token).await;
     assert_eq!(status, 200, "{info}");
@@ -27,7 +27,7 @@ async fn serves_an_impersonated_access_token_that_tokeninfo_accepts() {
 
 #[tokio::test]
 async fn serves_the_federated_token_directly_without_a_service_account() {
-    let h = Harness::start(|c| c.service_account = None).await;
+    let h = Harness::start(|c, _| c.service_account = None).await;
     let token = h.access_token("").await;
     let (status, info) = h.tokeninfo(&token).await;
     assert_eq!(status, 200, "{info}");
@@ -42,7 +42,7 @@ async fn serves_the_federated_token_directly_without_a_service_account() {
 
 #[tokio::test]
 async fn other_scopes_get_their_own_token_and_scope_order_does_not_matter() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let default = h.access_token("").await;
     let read_only = h.access_token(&format!("?scopes={READ_ONLY},{CLOUD_PLATFORM}")).await;
     assert_ne!(default, read_only);
@@ -58,7 +58,7 @@ async fn other_scopes_get_their_own_token_and_scope_order_does_not_matter() {
 
 #[tokio::test]
 async fn id_token_verifies_against_the_emulator_certs_with_the_requested_audience() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let audience = "https://backend.example.com/api";
     let response = h
         .get(&format!("/computeMetadata/v1/instance/service-accounts/default/identity?audience={audience}&format=full"))
@@ -72,7 +72,7 @@ async fn id_token_verifies_against_the_emulator_certs_with_the_requested_audienc
 
 #[tokio::test]
 async fn configured_id_token_audiences_are_pre_warmed_and_count_for_readiness() {
-    let h = Harness::start(|c| c.id_token_audiences = vec!["https://warm.example".into()]).await;
+    let h = Harness::start(|c, _| c.id_token_audiences = vec!["https://warm.example".into()]).await;
     let statuses = h.provider.readiness()[0].statuses();
     assert_eq!(statuses.len(), 2, "{statuses:?}");
     // Requesting it now finds it cached or in flight: one generateIdToken, however many asks.
@@ -89,7 +89,7 @@ async fn configured_id_token_audiences_are_pre_warmed_and_count_for_readiness() 
 
 #[tokio::test]
 async fn identity_without_a_service_account_answers_404_saying_why() {
-    let h = Harness::start(|c| c.service_account = None).await;
+    let h = Harness::start(|c, _| c.service_account = None).await;
     let response =
         h.get("/computeMetadata/v1/instance/service-accounts/default/identity?audience=https://x.example").await;
     assert_eq!(response.status(), 404);
@@ -100,7 +100,8 @@ async fn identity_without_a_service_account_answers_404_saying_why() {
 
 #[tokio::test]
 async fn permission_denied_hint_names_the_exact_principal_member_to_grant() {
-    let h = Harness::start(|c| c.service_account = Some("stranger@keyless-dev.iam.gserviceaccount.com".into())).await;
+    let h =
+        Harness::start(|c, _| c.service_account = Some("stranger@keyless-dev.iam.gserviceaccount.com".into())).await;
     let (status, body) = h.token("").await;
     assert_eq!(status, 502, "{body}");
     let body = body.as_str().unwrap().to_owned();
@@ -121,7 +122,7 @@ async fn permission_denied_hint_names_the_exact_principal_member_to_grant() {
 
 #[tokio::test]
 async fn an_unknown_pool_provider_is_reported_with_its_parts() {
-    let h = Harness::start(|c| {
+    let h = Harness::start(|c, _| {
         c.audience = Some(
             "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/nope/providers/kubernetes"
                 .into(),
@@ -135,8 +136,56 @@ async fn an_unknown_pool_provider_is_reported_with_its_parts() {
 }
 
 #[tokio::test]
+async fn a_token_for_another_audience_is_refused_with_its_claims_in_the_hint() {
+    let h = Harness::start(|c, e| c.token_file = Some(e.token_path(Cloud::Aws))).await;
+    let (status, body) = h.token("").await;
+    assert_eq!(status, 502, "{body}");
+    let body = body.as_str().unwrap();
+    assert!(body.contains("invalid_grant"), "{body}");
+    assert!(body.contains("aud=[sts.amazonaws.com]"), "{body}");
+    assert!(body.contains("sub=system:serviceaccount:default:keyless-dev"), "{body}");
+    assert!(body.contains(&h.emulator.identities().gcp_audience()), "{body}");
+}
+
+/// Writes `token` the way the kubelet's AtomicWriter ends up doing: a rename over the file.
+fn replace_token(path: &std::path::Path, token: &str) {
+    let staging = path.with_extension("staging");
+    std::fs::write(&staging, token).unwrap();
+    std::fs::rename(&staging, path).unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_subject_token_is_re_read_and_the_rotated_one_used() {
+    let h = Harness::start(|c, e| {
+        let dir = e.state_dir().join("stale");
+        std::fs::create_dir_all(&dir).unwrap();
+        let expired = e.mint(MintClaims {
+            iat_offset_secs: -3700,
+            exp_offset_secs: -100,
+            ..MintClaims::new(e.identities().gcp_audience())
+        });
+        replace_token(&dir.join("token"), &expired);
+        c.token_file = Some(dir.join("token"));
+    })
+    .await;
+    let (status, body) = h.token("").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.as_str().unwrap().contains("expired"), "{body}");
+
+    let fresh = h.emulator.mint(MintClaims::new(h.emulator.identities().gcp_audience()));
+    replace_token(&h.emulator.state_dir().join("stale/token"), &fresh);
+    // The watcher publishes the new token and the cache tries it at once; a client retrying its
+    // 503s (as google-auth does) gets the token.
+    let mut answers = Vec::new();
+    while answers.last() != Some(&200) && answers.len() < 10 {
+        answers.push(h.token("").await.0);
+    }
+    assert_eq!(answers.last(), Some(&200), "{answers:?}");
+}
+
+#[tokio::test]
 async fn an_untrusted_upstream_certificate_points_at_ca_file() {
-    let h = Harness::start(|c| c.ca_file = None).await;
+    let h = Harness::start(|c, _| c.ca_file = None).await;
     let (status, body) = h.token("").await;
     assert_eq!(status, 502, "{body}");
     assert!(body.as_str().unwrap().contains("gcp.ca_file"), "{body}");
@@ -144,7 +193,7 @@ async fn an_untrusted_upstream_certificate_points_at_ca_file() {
 
 #[tokio::test]
 async fn sts_5xx_at_start_up_are_retried_until_a_token_is_served() {
-    let h = Harness::start(|c| c.service_account = None).await;
+    let h = Harness::start(|c, _| c.service_account = None).await;
     // Once the pre-warm is done, ask for a key nobody has asked for yet.
     h.access_token("").await;
     h.emulator.faults().fail_next(Service::GcpSts, 3, Fault::new(StatusCode::SERVICE_UNAVAILABLE));
@@ -166,7 +215,7 @@ async fn sts_5xx_at_start_up_are_retried_until_a_token_is_served() {
 
 #[tokio::test(start_paused = true)]
 async fn refresh_retries_5xx_while_the_valid_token_keeps_being_served() {
-    let h = Harness::start_with(Options::paused(), |_| {}).await;
+    let h = Harness::start_with(Options::paused(), |_, _| {}).await;
     let first = h.access_token("").await;
     let before = h.emulator.counters();
     h.emulator.faults().fail_next(Service::GcpSts, 3, Fault::new(StatusCode::BAD_GATEWAY));
@@ -187,7 +236,7 @@ async fn refresh_retries_5xx_while_the_valid_token_keeps_being_served() {
 
 #[tokio::test(start_paused = true)]
 async fn answers_503_with_the_reason_once_nothing_valid_remains() {
-    let h = Harness::start_with(Options::paused(), |_| {}).await;
+    let h = Harness::start_with(Options::paused(), |_, _| {}).await;
     h.access_token("").await;
     h.emulator.faults().fail_next(Service::GcpSts, u32::MAX, Fault::new(StatusCode::SERVICE_UNAVAILABLE));
     // Past the token's end (by keyless's clock): refreshes have failed all along.
@@ -222,7 +271,7 @@ async fn no_token_appears_in_trace_level_logs() {
         tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let h = Harness::start(|c| c.id_token_audiences = vec!["https://logs.example".into()]).await;
+    let h = Harness::start(|c, _| c.id_token_audiences = vec!["https://logs.example".into()]).await;
     let subject = std::fs::read_to_string(h.emulator.token_path(keyless_emulator::Cloud::Gcp)).unwrap();
     let access = h.access_token("").await;
     let other = h.access_token(&format!("?scopes={READ_ONLY}")).await;

@@ -22,7 +22,7 @@ fn content_type(response: &reqwest::Response) -> &str {
 
 #[tokio::test]
 async fn header_rules_and_the_flavor_on_every_response() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
 
     // The root probe answers without the request header (tools probe it bare).
     let root = h.http.get(h.url("/")).send().await.unwrap();
@@ -77,7 +77,7 @@ async fn header_rules_and_the_flavor_on_every_response() {
 
 #[tokio::test]
 async fn directories_without_their_slash_redirect_to_it() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     for (path, location) in [
         ("/computeMetadata", "/computeMetadata/"),
         ("/computeMetadata/v1", "/computeMetadata/v1/"),
@@ -96,7 +96,7 @@ async fn directories_without_their_slash_redirect_to_it() {
 
 #[tokio::test]
 async fn listings_values_and_their_content_types() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let text = |path: &'static str| {
         let h = &h;
         async move {
@@ -133,7 +133,7 @@ async fn listings_values_and_their_content_types() {
 
 #[tokio::test]
 async fn recursive_json_has_camel_case_keys() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let json_of = |path: &'static str| {
         let h = &h;
         async move {
@@ -165,7 +165,7 @@ async fn recursive_json_has_camel_case_keys() {
 
 #[tokio::test]
 async fn token_is_json_with_an_integer_expires_in_and_the_email_path_works() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let response = h.get(&format!("/computeMetadata/v1/instance/service-accounts/{SA}/token")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(content_type(&response), "application/json");
@@ -180,7 +180,7 @@ async fn token_is_json_with_an_integer_expires_in_and_the_email_path_works() {
 
 #[tokio::test(start_paused = true)]
 async fn expires_in_is_the_remaining_lifetime_and_decreases_with_time() {
-    let h = Harness::start_with(Options::paused(), |_| {}).await;
+    let h = Harness::start_with(Options::paused(), |_, _| {}).await;
     let (_, first) = h.token("").await;
     tokio::time::advance(Duration::from_secs(600)).await;
     let (_, later) = h.token("").await;
@@ -191,7 +191,7 @@ async fn expires_in_is_the_remaining_lifetime_and_decreases_with_time() {
 
 #[tokio::test]
 async fn identity_parameters_are_checked_and_a_raw_audience_is_tolerated() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let base = "/computeMetadata/v1/instance/service-accounts/default/identity";
     for query in ["", "?audience=", "?audience=x&format=weird"] {
         let response = h.get(&format!("{base}{query}")).await;
@@ -209,7 +209,7 @@ async fn identity_parameters_are_checked_and_a_raw_audience_is_tolerated() {
 
 #[tokio::test]
 async fn invalid_scopes_are_a_bad_request() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let many: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
     let (status, _) = h.token(&format!("?scopes={}", many.join(","))).await;
     assert_eq!(status, 400);
@@ -217,7 +217,7 @@ async fn invalid_scopes_are_a_bad_request() {
 
 #[tokio::test]
 async fn app_env_points_every_client_at_the_listener() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let listen: std::net::SocketAddr = "0.0.0.0:9811".parse().unwrap();
     let env: Vec<String> = h.provider.app_env(listen).iter().map(ToString::to_string).collect();
     assert_eq!(

@@ -70,15 +70,16 @@ pub fn dev_config(emulator: &Emulator) -> Config {
 }
 
 impl Harness {
-    pub async fn start(configure: impl FnOnce(&mut Config)) -> Self {
+    /// `configure` may change the section, and gets the emulator to mint tokens with.
+    pub async fn start(configure: impl FnOnce(&mut Config, &Emulator)) -> Self {
         Self::start_with(Options::default(), configure).await
     }
 
-    pub async fn start_with(options: Options, configure: impl FnOnce(&mut Config)) -> Self {
+    pub async fn start_with(options: Options, configure: impl FnOnce(&mut Config, &Emulator)) -> Self {
         let state = tempfile::tempdir().unwrap();
         let emulator = keyless_emulator::start(EmulatorConfig::new(state.path())).await.unwrap();
         let mut config = dev_config(&emulator);
-        configure(&mut config);
+        configure(&mut config, &emulator);
         let ctx = Context::new(options.clock, Metrics::new(), options.policy, WatchOptions::default());
         let provider = Provider::start(config, &ctx).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
