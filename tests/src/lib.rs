@@ -138,10 +138,7 @@ impl Dev {
     /// An HTTPS client that trusts the emulator's CA (for the emulator's control API).
     pub fn emulator_client(&self) -> reqwest::Client {
         let ca = std::fs::read(self.var("KEYLESS_EMULATOR_CA")).unwrap();
-        reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
-            .build()
-            .unwrap()
+        reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()]).build().unwrap()
     }
 
     /// `POST /_emulator/faults` with `body`.
@@ -157,27 +154,33 @@ impl Dev {
         self.emulator_client().get(url).send().await.unwrap().json().await.unwrap()
     }
 
-    /// Runs a Python snippet with exactly the app's environment (plus `extra`), like an
-    /// unmodified app would see it.
-    pub async fn python(&self, script: &str, extra: &[(&str, &str)]) -> Output {
-        let out = Command::new(python())
+    /// The app's environment without `names` (e.g. to steer an SDK to another provider).
+    pub fn env_without(&self, names: &[&str]) -> BTreeMap<String, String> {
+        self.env.iter().filter(|(k, _)| !names.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Runs a Python snippet with exactly `env` (and PATH, HOME), like an unmodified app.
+    pub async fn python_in(&self, script: &str, env: &BTreeMap<String, String>) -> Output {
+        Command::new(python())
             .arg("-c")
             .arg(script)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
-            .envs(&self.env)
-            .envs(extra.iter().copied())
+            .envs(env)
             .output()
             .await
-            .unwrap();
-        out
+            .unwrap()
     }
 
-    /// Runs a Python snippet and returns its stdout, failing the test with its stderr and
-    /// keyless's logs if it fails.
-    pub async fn python_ok(&self, script: &str, extra: &[(&str, &str)]) -> String {
-        let out = self.python(script, extra).await;
+    /// Runs a Python snippet with the app's environment; returns its stdout, failing the test
+    /// with its stderr and keyless's logs if it fails.
+    pub async fn python_ok(&self, script: &str) -> String {
+        self.python_ok_in(script, &self.env).await
+    }
+
+    pub async fn python_ok_in(&self, script: &str, env: &BTreeMap<String, String>) -> String {
+        let out = self.python_in(script, env).await;
         assert!(
             out.status.success(),
             "python failed:\n--- stderr\n{}\n--- keyless\n{}",
@@ -209,4 +212,69 @@ pub fn parse_env_file(text: &str) -> BTreeMap<String, String> {
             (k.to_owned(), v.to_owned())
         })
         .collect()
+}
+
+/// A free loopback port (bound and released: for processes that need a fixed port up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A JWT-shaped token (unsigned: for upstreams that do not verify, like moto).
+pub fn unsigned_jwt(sub: &str, aud: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let exp = std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_secs() + 3600;
+    format!(
+        "{}.{}.{}",
+        b64(r#"{"alg":"RS256","kid":"e2e"}"#),
+        b64(&format!(r#"{{"iss":"https://kubernetes.default.svc","sub":"{sub}","aud":["{aud}"],"exp":{exp}}}"#)),
+        b64("signature")
+    )
+}
+
+/// A `keyless serve` (or any keyless subcommand) child process with captured logs.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    pub log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Spawns `keyless ARGS` with exactly `env` (plus PATH).
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("keyless.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(keyless_bin())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Self { child, log_path, _dir: dir }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
+    pub async fn stop(mut self) -> std::process::ExitStatus {
+        terminate(&self.child);
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap().unwrap()
+    }
+}
+
+/// `GET url` status, or 599 when nothing answers.
+pub async fn status_of(url: &str) -> u16 {
+    reqwest::get(url).await.map(|r| r.status().as_u16()).unwrap_or(599)
 }

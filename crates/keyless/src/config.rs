@@ -32,6 +32,12 @@ pub struct Config {
     pub cache: CacheSection,
     #[serde(default)]
     pub token: TokenSection,
+    /// `[aws]`: STS AssumeRoleWithWebIdentity; container-credentials endpoint and IMDSv2.
+    pub aws: Option<keyless_aws::Config>,
+    /// `[azure]`: Entra ID workload identity; IMDS and App Service endpoints.
+    pub azure: Option<keyless_azure::Config>,
+    /// `[gcp]`: workload identity federation; the GCE metadata server.
+    pub gcp: Option<keyless_gcp::Config>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -238,6 +244,11 @@ impl Config {
             });
         }
         Ok(self)
+    }
+
+    /// Moves the provider sections out (they are consumed by the adapters).
+    pub fn take_sections(&mut self) -> crate::providers::Sections {
+        crate::providers::Sections { aws: self.aws.take(), azure: self.azure.take(), gcp: self.gcp.take() }
     }
 
     pub fn cache_policy(&self) -> CachePolicy {

@@ -47,14 +47,51 @@ async fn start_emulator(listen: SocketAddr, state_dir: &Path) -> Result<Emulator
 /// emulator, tokens from its projector.
 fn sidecar_toml(emulator: &Emulator, opts: &DevOptions) -> String {
     let ids = emulator.identities();
-    let url = emulator.url();
+    let url = toml_str(&emulator.url());
     let ca = toml_str(&emulator.ca_pem_path().to_string_lossy());
     let token = |cloud| toml_str(&emulator.token_path(cloud).to_string_lossy());
-    let _ = (ids, &url, &ca, token(Cloud::Aws));
     format!(
-        "listen = {listen}\nadmin_listen = {admin}\n",
+        r#"listen = {listen}
+admin_listen = {admin}
+
+[aws]
+token_file = {aws_token}
+role_arn = {role}
+region = "us-east-1"
+sts_endpoint = {url}
+ca_file = {ca}
+authorization_token_file = {auth_file}
+
+[gcp]
+token_file = {gcp_token}
+audience = {gcp_audience}
+service_account = {gcp_sa}
+project_id = {gcp_project}
+project_number = {gcp_number}
+sts_endpoint = {url}
+iam_endpoint = {url}
+ca_file = {ca}
+
+[azure]
+token_file = {azure_token}
+tenant_id = {tenant}
+client_id = {client}
+authority_host = {url}
+ca_file = {ca}
+"#,
         listen = toml_str(&opts.listen.to_string()),
         admin = toml_str(&opts.admin_listen.to_string()),
+        aws_token = token(Cloud::Aws),
+        role = toml_str(&ids.aws_role_arn),
+        auth_file = toml_str(&opts.state_dir.join("aws-container-authorization-token").to_string_lossy()),
+        gcp_token = token(Cloud::Gcp),
+        gcp_audience = toml_str(&ids.gcp_audience()),
+        gcp_sa = toml_str(&ids.gcp_service_account),
+        gcp_project = toml_str(&ids.gcp_project_id),
+        gcp_number = toml_str(&ids.gcp_project_number),
+        azure_token = token(Cloud::Azure),
+        tenant = toml_str(&ids.azure_tenant_id),
+        client = toml_str(&ids.azure_client_id),
     )
 }
 
@@ -63,20 +100,25 @@ fn toml_str(s: &str) -> String {
 }
 
 /// `keyless dev`: emulator, projector and sidecar in one process; writes the app's env file.
-pub async fn dev(opts: DevOptions) -> Result<(), String> {
+pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     std::fs::create_dir_all(&opts.state_dir)
         .map_err(|e| format!("cannot create the state dir {}: {e}", opts.state_dir.display()))?;
+    // The env file is read from other directories (apps, compose): every path in it is absolute.
+    opts.state_dir = std::path::absolute(&opts.state_dir)
+        .map_err(|e| format!("cannot resolve the state dir {}: {e}", opts.state_dir.display()))?;
     let emulator = start_emulator(opts.emulator_listen, &opts.state_dir).await?;
     let bundle = write_ca_bundle(&opts.state_dir, emulator.ca_pem_path())?;
 
     let config_path = opts.state_dir.join("keyless.toml");
     std::fs::write(&config_path, sidecar_toml(&emulator, &opts))
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
-    let config: Config = config::load(Some(&config_path), Default::default())
+    let mut config: Config = config::load(Some(&config_path), Default::default())
         .and_then(|c: Config| c.finish(&Overrides::default()))
         .map_err(|e| e.to_string())?;
     let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
-    let started = providers::start_all(&config, &ctx).await.map_err(|e| e.to_string())?;
+    // The emulated identities only: the host's own cloud env vars must not leak into dev.
+    let no_env = |_: &str| None;
+    let started = providers::start_all(config.take_sections(), &ctx, &no_env).await.map_err(|e| e.to_string())?;
     let sidecar =
         Sidecar::bind(config.listen, config.admin_listen, started, &ctx, true).await.map_err(|e| e.to_string())?;
 

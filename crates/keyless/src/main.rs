@@ -128,7 +128,7 @@ fn load_config(file: Option<&std::path::Path>, overrides: &Overrides) -> Result<
 }
 
 async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
-    let (config, skipped) = match load_config(file.as_deref(), &overrides) {
+    let (mut config, skipped) = match load_config(file.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
@@ -140,7 +140,8 @@ async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
             (settings are KEYLESS_<KEY>, or KEYLESS_<SECTION>__<KEY> for a section's key)");
     }
     let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
-    let providers = match providers::start_all(&config, &ctx).await {
+    let process_env = |name: &str| std::env::var(name).ok();
+    let providers = match providers::start_all(config.take_sections(), &ctx, &process_env).await {
         Ok(p) => p,
         Err(e) => {
             error!("{e}");

@@ -1,0 +1,82 @@
+//! `keyless dev`: the env file contract of SPEC section 4, readiness, clean shutdown.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use keyless_e2e::Dev;
+
+const REQUIRED: &[&str] = &[
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_CA_BUNDLE",
+    "GCE_METADATA_HOST",
+    "GCE_METADATA_IP",
+    "GCE_METADATA_ROOT",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+    "KEYLESS_EMULATOR_URL",
+    "KEYLESS_EMULATOR_CA",
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
+    "NODE_EXTRA_CA_CERTS",
+    "KEYLESS_AWS_ROLE_ARN",
+    "KEYLESS_GCP_SERVICE_ACCOUNT",
+    "KEYLESS_GCP_PROJECT_ID",
+    "KEYLESS_AZURE_CLIENT_ID",
+    "KEYLESS_AZURE_TENANT_ID",
+];
+
+#[tokio::test]
+async fn writes_the_app_env_file_that_spec_section_4_promises() {
+    let dev = Dev::start().await;
+    for key in REQUIRED {
+        assert!(dev.env.contains_key(*key), "{key} missing; have {:?}", dev.env.keys());
+    }
+    for (key, value) in &dev.env {
+        assert!(!value.is_empty(), "{key} is empty");
+        assert!(!value.starts_with('"') && !value.starts_with('\''), "{key} is quoted");
+        assert!(!key.starts_with("export "), "{key} has export");
+        if value.starts_with("http") {
+            assert!(!value.ends_with('/'), "{key}={value} ends in a slash");
+        }
+    }
+    let full_uri = dev.var("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+    assert!(full_uri.starts_with("http://127.0.0.1:"), "{full_uri}");
+    let imds = dev.var("AWS_EC2_METADATA_SERVICE_ENDPOINT");
+    assert_eq!(imds.matches('/').count(), 2, "IMDS endpoint must have no path: {imds}");
+    assert_eq!(dev.var("AWS_REGION"), dev.var("AWS_DEFAULT_REGION"));
+
+    let mode = std::fs::metadata(dev.dir.path().join("app.env")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the env file holds secrets");
+
+    // The bundle apps get in SSL_CERT_FILE trusts the emulator and the system's CAs alike.
+    let bundle = std::fs::read_to_string(dev.var("SSL_CERT_FILE")).unwrap();
+    let emulator_ca = std::fs::read_to_string(dev.var("KEYLESS_EMULATOR_CA")).unwrap();
+    assert!(bundle.contains(emulator_ca.trim()));
+    assert!(bundle.matches("BEGIN CERTIFICATE").count() > 1, "no system CA in the bundle");
+}
+
+#[tokio::test]
+async fn the_terminal_shows_the_env_with_secrets_redacted() {
+    let dev = Dev::start().await;
+    let printed = std::fs::read_to_string(&dev.stdout_path).unwrap();
+    for secret in ["AWS_CONTAINER_AUTHORIZATION_TOKEN", "IDENTITY_HEADER"] {
+        let value = dev.var(secret);
+        assert!(printed.contains(&format!("{secret}=")), "{secret} not shown");
+        assert!(!printed.contains(value), "{secret}'s value was printed");
+        assert!(!dev.logs().contains(value), "{secret}'s value was logged");
+    }
+    assert!(printed.contains(&format!("AWS_REGION={}", dev.var("AWS_REGION"))));
+}
+
+#[tokio::test]
+async fn stops_cleanly_on_sigterm() {
+    let dev = Dev::start().await;
+    let status = dev.stop().await;
+    assert!(status.success(), "exit status {status:?}");
+}
