@@ -188,3 +188,40 @@ async fn with_nothing_valid_clients_get_the_native_error_and_readiness_recovers(
     assert!(sidecar.stop().await.success());
     assert!(emulator.stop().await.success());
 }
+
+/// botocore's `credential_process` provider running `keyless credential-process`, both from the
+/// running sidecar's endpoint and from its own exchange with the config.
+#[tokio::test]
+async fn boto3_credential_process_from_the_endpoint_and_from_an_exchange() {
+    let dev = Dev::start().await;
+    let bin = keyless_e2e::keyless_bin();
+    let sidecar_config = dev.dir.path().join("state/keyless.toml");
+    for (name, command) in [
+        ("endpoint", format!("{} credential-process", bin.display())),
+        ("exchange", format!("{} credential-process --config {}", bin.display(), sidecar_config.display())),
+    ] {
+        let profile = dev.dir.path().join(format!("aws-config-{name}"));
+        std::fs::write(&profile, format!("[default]\ncredential_process = {command}\n")).unwrap();
+        let mut env = dev.env.clone();
+        env.insert("AWS_CONFIG_FILE".into(), profile.to_string_lossy().into_owned());
+        let out = dev.python_ok_in(WHOAMI, &env).await;
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "custom-process", "{name}: {out}");
+        assert!(lines[1].starts_with("arn:aws:sts::123456789012:assumed-role/keyless-dev/"), "{name}: {out}");
+    }
+}
+
+#[tokio::test]
+async fn credential_process_fails_with_the_reason_on_stderr() {
+    let out = tokio::process::Command::new(keyless_e2e::keyless_bin())
+        .arg("credential-process")
+        .env_clear()
+        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", format!("http://127.0.0.1:{}/v1/credentials", free_port()))
+        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", "x")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "stdout must hold only credentials");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the sidecar running?"));
+}

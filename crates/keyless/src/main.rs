@@ -4,6 +4,7 @@
 
 mod admin;
 mod config;
+mod credential_process;
 mod dev;
 mod logging;
 mod providers;
@@ -67,6 +68,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9813")]
         emulator_listen: SocketAddr,
     },
+    /// Print AWS credential_process JSON (Version 1) on stdout: from a running keyless's container
+    /// endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI + its token), or, with --config or the IRSA env
+    /// vars, from one STS exchange.
+    CredentialProcess {
+        /// Exchange from this config's [aws] section instead of asking a running keyless.
+        #[arg(long, env = "KEYLESS_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Run the emulated clouds and the token projector alone (for docker compose).
     Emulate {
         /// The emulated clouds' HTTPS listener.
@@ -94,6 +103,7 @@ fn main() -> ExitCode {
             let options = dev::DevOptions { env_file, state_dir, listen, admin_listen, emulator_listen };
             runtime.block_on(run_logged(dev::dev(options)))
         }
+        Command::CredentialProcess { config } => runtime.block_on(credential_process(config)),
         Command::Emulate { listen, state_dir } => runtime.block_on(run_logged(dev::emulate(listen, state_dir))),
     }
 }
@@ -102,6 +112,27 @@ fn main() -> ExitCode {
 fn fail(message: &str) -> ExitCode {
     eprintln!("keyless: {message}");
     ExitCode::FAILURE
+}
+
+/// `credential_process`: only the JSON on stdout (botocore parses it), the reason on stderr.
+#[allow(clippy::print_stdout)]
+async fn credential_process(config: Option<PathBuf>) -> ExitCode {
+    let filter = std::env::var("KEYLESS_LOG").unwrap_or_else(|_| "warn".to_owned());
+    if let Err(e) = logging::init(Some(&filter), config::LogFormat::Text) {
+        return fail(&e);
+    }
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let result = match credential_process::Source::choose(config, &env) {
+        Ok(source) => credential_process::run(source).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 /// Runs a command with logging from `KEYLESS_LOG` / `RUST_LOG` (these commands take no config file).
