@@ -31,21 +31,19 @@ impl Source {
             return Ok(Self::Exchange { config_file });
         }
         if let Some(url) = env("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
-            let authorization = match (
-                env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
-                env("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
-            ) {
-                (Some(file), _) => std::fs::read_to_string(&file)
-                    .map_err(|e| format!("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={file}: {e}"))?,
-                (None, Some(value)) => value,
-                (None, None) => {
-                    return Err(
+            let authorization =
+                match (env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"), env("AWS_CONTAINER_AUTHORIZATION_TOKEN")) {
+                    (Some(file), _) => std::fs::read_to_string(&file)
+                        .map_err(|e| format!("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={file}: {e}"))?,
+                    (None, Some(value)) => value,
+                    (None, None) => {
+                        return Err(
                         "AWS_CONTAINER_CREDENTIALS_FULL_URI is set but neither AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE \
                                 nor AWS_CONTAINER_AUTHORIZATION_TOKEN is: keyless's endpoint requires the token"
                             .to_owned(),
                     );
-                }
-            };
+                    }
+                };
             return Ok(Self::Endpoint { url, authorization: authorization.trim_end_matches(['\r', '\n']).to_owned() });
         }
         Ok(Self::Exchange { config_file: None })
