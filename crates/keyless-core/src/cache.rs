@@ -79,6 +79,8 @@ struct Control {
     pinned: AtomicBool,
     /// A request asked for this key since the driver's last exchange.
     used: AtomicBool,
+    /// The driver is waiting for a request before it refreshes again (a quiet, unconfigured key).
+    dormant: AtomicBool,
     /// Recency for LRU eviction (a global lookup sequence number).
     last_used: AtomicU64,
 }
@@ -153,12 +155,16 @@ impl<E: Exchange> CredentialCache<E> {
         let shared = &self.inner.shared;
         let provider = shared.exchange.provider();
         let entry = self.entry(key);
-        entry.control.used.store(true, Ordering::Relaxed);
+        // SeqCst with the driver's `dormant`/`used` pair: a store-then-load handshake on two
+        // variables, which weaker orderings could reorder into a lost wake-up.
+        entry.control.used.store(true, Ordering::SeqCst);
         let now = shared.clock.now();
         if let Some(credential) = entry.slot.borrow().valid(now) {
             shared.metrics.record_lookup(provider, Lookup::Hit);
             // A key that went quiet stops refreshing; this use wakes it (the request is served now).
-            entry.control.wake.notify_waiters();
+            if entry.control.dormant.load(Ordering::SeqCst) {
+                entry.control.wake.notify_waiters();
+            }
             return Ok(credential.clone());
         }
         let result = self.wait_for_exchange(&entry).await;
@@ -381,9 +387,11 @@ async fn drive<E: Exchange>(
             let woken = control.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if !control.used.load(Ordering::Relaxed) {
+            control.dormant.store(true, Ordering::SeqCst);
+            if !control.used.load(Ordering::SeqCst) {
                 woken.await;
             }
+            control.dormant.store(false, Ordering::SeqCst);
         }
     }
 }
