@@ -178,9 +178,9 @@ async fn an_unknown_client_id_is_a_clear_error_through_imds() {
     assert_eq!(entra_calls(&dev).await, before, "an unknown client id must not reach Entra ID");
 }
 
+/// msal's App Service route reads only `statusCode`/`message` of an error body: keyless gives them
+/// too, or Python would show "(invalid_scope) None, None" and lose the explanation.
 #[tokio::test]
-#[ignore = "bug: App Service errors are {error, error_description} but msal's App Service route reads \
-            {statusCode, message}: Python shows `(invalid_scope) None, None` and the hint is lost"]
 async fn an_unknown_client_id_is_a_clear_error_through_app_service() {
     let dev = Dev::start().await;
     let out = dev.python_ok(&unknown_client_script()).await;

@@ -23,7 +23,7 @@ pub(crate) async fn token(
 ) -> Response {
     match answer(&serving, &headers, query.as_deref()).await {
         Ok(response) => response,
-        Err(refusal) => refusal.into_response(),
+        Err(refusal) => refusal.into_app_service_response(),
     }
 }
 

@@ -7,6 +7,7 @@
 mod aadsts;
 mod app_service;
 mod config;
+pub mod diagnose;
 mod entra;
 mod identity;
 mod imds;

@@ -69,7 +69,23 @@ impl Refusal {
     }
 }
 
+impl Refusal {
+    /// The App Service shape: msal's App Service path reads only `statusCode` and `message` from
+    /// a body without a token (otherwise Python reports "(invalid_scope) None, None" and the
+    /// explanation is lost); `error`/`error_description` stay for every other client.
+    pub fn into_app_service_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": self.error,
+            "error_description": self.description,
+            "statusCode": self.status.as_u16(),
+            "message": self.description,
+        });
+        (self.status, no_store(), Json(body)).into_response()
+    }
+}
+
 impl IntoResponse for Refusal {
+    /// The IMDS shape, exactly as IMDS answers.
     fn into_response(self) -> Response {
         let body = serde_json::json!({
             "error": self.error,
