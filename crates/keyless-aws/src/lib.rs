@@ -13,6 +13,7 @@ mod client;
 mod config;
 mod container;
 mod credentials;
+pub mod diagnose;
 mod error;
 mod imds;
 mod serve;

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+pub mod diagnose;
 mod exchange;
 mod external_account;
 mod identity;

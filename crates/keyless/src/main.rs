@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod check;
 mod config;
 mod credential_process;
 mod dev;
@@ -76,6 +77,13 @@ enum Command {
         #[arg(long, env = "KEYLESS_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Check the configuration, each subject token and each exchange once; print what to fix and
+    /// the cloud-side bindings to create. Exit 1 on any problem.
+    Check {
+        /// TOML config file (see docs/configuration.md).
+        #[arg(long, env = "KEYLESS_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Run the emulated clouds and the token projector alone (for docker compose).
     Emulate {
         /// The emulated clouds' HTTPS listener.
@@ -104,6 +112,7 @@ fn main() -> ExitCode {
             runtime.block_on(run_logged(dev::dev(options)))
         }
         Command::CredentialProcess { config } => runtime.block_on(credential_process(config)),
+        Command::Check { config } => runtime.block_on(check::run(config)),
         Command::Emulate { listen, state_dir } => runtime.block_on(run_logged(dev::emulate(listen, state_dir))),
     }
 }

@@ -1,0 +1,171 @@
+//! What `keyless check` needs to know about Google Cloud: which audience the token must carry,
+//! one exchange per configured token without serving, and the IAM side of the federation (pool
+//! provider, principal, `roles/iam.workloadIdentityUser`) written out for the token found.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use keyless_core::{Claims, Context, Exchange as _, ExchangeError, SubjectToken};
+
+use crate::ConfigError;
+use crate::config::{Config, Settings};
+use crate::exchange::{GcpExchange, TokenKey};
+
+/// One exchange tried by `keyless check`.
+#[derive(Debug)]
+pub struct Attempt {
+    /// What was asked for (no secret).
+    pub what: String,
+    /// Until when the issued token is valid, or why none was issued.
+    pub result: Result<SystemTime, ExchangeError>,
+}
+
+/// The `[gcp]` section (or `external_account` file) as `keyless check` examines it: validated
+/// exactly as `keyless serve` validates it, without starting anything.
+#[derive(Debug)]
+pub struct Diagnosis {
+    settings: Settings,
+    exchange: GcpExchange,
+}
+
+impl Diagnosis {
+    pub fn new(config: &Config, ctx: &Context) -> Result<Self, ConfigError> {
+        let settings = config.resolve()?;
+        let exchange = GcpExchange::new(&settings, ctx.clock.clone())?;
+        Ok(Self { settings, exchange })
+    }
+
+    /// The identity, as the report's heading names it.
+    pub fn identity(&self) -> String {
+        let provider = self.settings.provider.audience();
+        match &self.settings.service_account {
+            Some(email) => format!("service account {email} through {provider}"),
+            None => format!("the federated identity of {provider} (no service account)"),
+        }
+    }
+
+    pub fn token_file(&self) -> &Path {
+        &self.settings.token_file
+    }
+
+    pub fn expected_audience(&self) -> &str {
+        self.settings.provider.audience()
+    }
+
+    /// Where the expected audience comes from on the cloud side.
+    pub fn audience_source(&self) -> &'static str {
+        "the pool provider's default allowed audience, its own full name (gcp.audience)"
+    }
+
+    /// A provider without explicit allowed audiences accepts its full name, with or without an
+    /// `https:` prefix.
+    pub fn accepts_audience(&self, aud: &[String]) -> bool {
+        let name = self.settings.provider.audience();
+        aud.iter().any(|a| a == name || a.strip_prefix("https:") == Some(name))
+    }
+
+    /// What to change when the token's audience is not the expected one.
+    pub fn audience_fix(&self, _claims: &Claims) -> String {
+        let p = &self.settings.provider;
+        format!(
+            "project the token for Google Cloud with audience {aud} (serviceAccountToken.audience in the pod's \
+             projected volume), or list the token's audience in the provider's allowed audiences (gcloud iam \
+             workload-identity-pools providers update-oidc {prov} --workload-identity-pool={pool} --location=global \
+             --project={num} --allowed-audiences=AUDIENCE)",
+            aud = p.audience(),
+            prov = p.provider(),
+            pool = p.pool(),
+            num = p.project_number(),
+        )
+    }
+
+    /// The default access token, then each configured ID-token audience, once each.
+    pub async fn exchange_once(&self, token: &SubjectToken) -> Vec<Attempt> {
+        let s = &self.settings;
+        let mut attempts = Vec::new();
+        let scopes = s.scopes.iter().collect::<Vec<_>>().join(" ");
+        let what = match &s.service_account {
+            Some(email) => format!("access token for {email} (STS, then IAM generateAccessToken; scopes {scopes})"),
+            None => format!("federated access token from STS (scopes {scopes})"),
+        };
+        let result = self.attempt(&TokenKey::AccessToken(s.scopes.clone()), token).await;
+        attempts.push(Attempt { what, result });
+        for audience in &s.id_token_audiences {
+            let result = self.attempt(&TokenKey::IdToken { audience: audience.clone() }, token).await;
+            attempts.push(Attempt { what: format!("ID token for audience {audience}"), result });
+        }
+        attempts
+    }
+
+    async fn attempt(&self, key: &TokenKey, token: &SubjectToken) -> Result<SystemTime, ExchangeError> {
+        match self.exchange.exchange(key, token).await {
+            Ok(issued) => Ok(issued.credential.expires_at),
+            // Errors without a code got no answer from Google at all (connect, TLS, timeout).
+            Err(e) if e.hint.is_none() && e.code.is_none() => Err(e.with_hint(format!(
+                "no usable answer from gcp.sts_endpoint ({}) or gcp.iam_endpoint ({}): check that they are reachable \
+                 from this pod (DNS, egress NetworkPolicy, HTTPS_PROXY/NO_PROXY) and are Google's endpoints",
+                self.settings.sts_endpoint.as_str().trim_end_matches('/'),
+                self.settings.iam_endpoint.as_str().trim_end_matches('/')
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What Google Cloud IAM must hold for a token with `claims` (placeholders without claims),
+    /// accepted with audience `audience`.
+    pub fn binding(&self, claims: Option<&Claims>, audience: &str) -> Vec<String> {
+        let s = &self.settings;
+        let p = &s.provider;
+        let iss = claims.and_then(|c| c.iss.clone()).unwrap_or_else(|| "ISSUER_URL".to_owned());
+        let sub = claims
+            .and_then(|c| c.sub.clone())
+            .unwrap_or_else(|| "system:serviceaccount:NAMESPACE:SERVICEACCOUNT".to_owned());
+        let member = p.principal(&sub);
+        let allowed = if self.accepts_audience(&[audience.to_owned()]) {
+            String::new()
+        } else {
+            format!(" --allowed-audiences={audience}")
+        };
+        let mut lines = vec![
+            format!(
+                "workload identity pool provider {prov} of pool {pool} (project {num}) trusting issuer {iss}, \
+                 mapping google.subject=assertion.sub:",
+                prov = p.provider(),
+                pool = p.pool(),
+                num = p.project_number(),
+            ),
+            format!(
+                "  gcloud iam workload-identity-pools providers create-oidc {prov} --workload-identity-pool={pool} \
+                 --location=global --project={num} --issuer-uri={iss} --attribute-mapping=google.subject=assertion.sub{allowed}",
+                prov = p.provider(),
+                pool = p.pool(),
+                num = p.project_number(),
+            ),
+            format!("the token's principal: {member}"),
+        ];
+        match &s.service_account {
+            Some(email) => {
+                lines.push(format!("roles/iam.workloadIdentityUser on {email} for that principal:"));
+                lines.push(format!(
+                    "  gcloud iam service-accounts add-iam-policy-binding {email} \
+                     --role=roles/iam.workloadIdentityUser --member=\"{member}\""
+                ));
+                if !s.delegates.is_empty() {
+                    lines.push(format!(
+                        "with delegates: roles/iam.serviceAccountTokenCreator for {email} on the first of {}, and for \
+                         each delegate on the next account of the chain",
+                        s.delegates.join(", ")
+                    ));
+                }
+            }
+            None => {
+                let project = s.project_id.as_deref().unwrap_or("PROJECT_ID");
+                lines.push("without gcp.service_account, grant the roles the app needs to that principal:".to_owned());
+                lines.push(format!(
+                    "  gcloud projects add-iam-policy-binding {project} --role=ROLE --member=\"{member}\""
+                ));
+            }
+        }
+        lines
+    }
+}

@@ -1,0 +1,347 @@
+//! `keyless check`: loads the configuration as `keyless serve` does, reads each provider's
+//! subject token, tries each exchange once and prints a report a human can act on: what is
+//! wrong, how to fix it, and the cloud-side binding the token needs.
+//!
+//! What each cloud expects (audience, binding, error hints) comes from the adapters' `diagnose`
+//! modules; this file only runs them in order and lays the answers out. It never prints a token
+//! or a credential: only claims, expiry times and the adapters' error messages, which never
+//! contain secrets.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use keyless_core::clock::SystemClock;
+use keyless_core::{Claims, Context, ExchangeError, Metrics, SubjectToken};
+
+use crate::config::{Config, Overrides};
+use crate::providers::{Sections, StartError};
+
+/// One provider's section, validated by its adapter.
+enum Diagnosis {
+    Aws(Box<keyless_aws::diagnose::Diagnosis>),
+    Gcp(Box<keyless_gcp::diagnose::Diagnosis>),
+    Azure(Box<keyless_azure::diagnose::Diagnosis>),
+}
+
+/// The adapters expose the same calls; this forwards one to whichever adapter `$d` is.
+macro_rules! each {
+    ($diagnosis:expr, $d:ident => $body:expr) => {
+        match $diagnosis {
+            Diagnosis::Aws($d) => $body,
+            Diagnosis::Gcp($d) => $body,
+            Diagnosis::Azure($d) => $body,
+        }
+    };
+}
+
+/// One exchange and its outcome.
+struct Attempt {
+    what: String,
+    result: Result<SystemTime, ExchangeError>,
+}
+
+impl Diagnosis {
+    async fn exchange_once(&self, token: &SubjectToken, limit: Duration) -> Vec<Attempt> {
+        let attempts = async {
+            each!(self, d => d.exchange_once(token).await.into_iter()
+                .map(|a| Attempt { what: a.what, result: a.result })
+                .collect::<Vec<_>>())
+        };
+        match tokio::time::timeout(limit, attempts).await {
+            Ok(attempts) => attempts,
+            Err(_) => vec![Attempt {
+                what: "the exchange".to_owned(),
+                result: Err(ExchangeError::retryable(format!(
+                    "did not finish within cache.exchange_timeout ({})",
+                    humantime::format_duration(limit)
+                ))
+                .with_hint("the token service is slow or unreachable from here: check egress and HTTPS_PROXY")),
+            }],
+        }
+    }
+}
+
+/// The report, printed as it is built; counts the problems.
+struct Report {
+    problems: Vec<String>,
+}
+
+/// Width of the label column.
+const LABEL: usize = 12;
+
+impl Report {
+    #[allow(clippy::print_stdout)] // the report is the command's output
+    fn line(&self, text: &str) {
+        println!("{text}");
+    }
+
+    fn item(&self, label: &str, text: &str) {
+        self.line(&format!("  {label:<LABEL$}{text}"));
+    }
+
+    /// A continuation line under the last item.
+    fn more(&self, text: &str) {
+        self.item("", text);
+    }
+
+    fn problem(&mut self, provider: &str, label: &str, text: &str, fix: Option<&str>) {
+        self.item(label, &format!("PROBLEM: {text}"));
+        if let Some(fix) = fix {
+            self.more(&format!("fix: {fix}"));
+        }
+        self.problems.push(format!("{provider} {label}"));
+    }
+}
+
+/// Runs the check; exit 0 when everything works, 1 on any problem.
+pub async fn run(file: Option<PathBuf>) -> ExitCode {
+    // Logs would interleave with the report: only on request.
+    if let Ok(filter) = std::env::var("KEYLESS_LOG")
+        && let Err(e) = crate::logging::init(Some(&filter), crate::config::LogFormat::Text)
+    {
+        return crate::fail(&e);
+    }
+    let mut report = Report { problems: Vec::new() };
+    match &file {
+        Some(path) => report.line(&format!("keyless check: {}", path.display())),
+        None => report.line("keyless check: no --config; KEYLESS_* and the clouds' environment variables"),
+    }
+    report.line("");
+    match crate::load_config(file.as_deref(), &Overrides::default()) {
+        Ok((config, skipped)) => check_config(&mut report, config, &skipped).await,
+        Err(e) => report.problem("keyless", "config", &e, None),
+    }
+    report.line("");
+    if report.problems.is_empty() {
+        report.line("result: ok: every configured identity got a credential");
+        ExitCode::SUCCESS
+    } else {
+        let n = report.problems.len();
+        report.line(&format!(
+            "result: {n} problem{} ({}): fix {}, then run keyless check again",
+            if n == 1 { "" } else { "s" },
+            report.problems.join(", "),
+            if n == 1 { "it" } else { "them" }
+        ));
+        ExitCode::from(1)
+    }
+}
+
+async fn check_config(report: &mut Report, mut config: Config, skipped: &[String]) {
+    report.item("config", &format!("ok: listen {}, admin_listen {}", config.listen, config.admin_listen));
+    for name in skipped {
+        report.more(&format!("note: {name} is not a keyless setting and is ignored"));
+    }
+    let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
+    let limit = config.cache.exchange_timeout;
+    let env = |name: &str| std::env::var(name).ok();
+    let sections = config.take_sections();
+    let mut any = false;
+    for (name, origin, diagnosis) in diagnose(sections, &ctx, &env) {
+        any = true;
+        report.line("");
+        match diagnosis {
+            Ok(d) => check_provider(report, name, origin, &d, &ctx, limit).await,
+            Err(e) => {
+                report.line(&format!("{name}:"));
+                report.problem(name, "config", &format!("{e} (from {origin})"), None);
+            }
+        }
+    }
+    if !any {
+        report.line("");
+        report.problem("keyless", "providers", &StartError::NothingConfigured.to_string(), None);
+    }
+}
+
+/// Each configured provider: its name, where its settings come from, and its validated
+/// diagnosis (or why the settings are invalid). Sections are chosen exactly as `serve` does.
+fn diagnose(
+    sections: Sections,
+    ctx: &Context,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<(&'static str, &'static str, Result<Diagnosis, String>)> {
+    const FILE: &str = "the config file and KEYLESS_* env vars";
+    let mut found = Vec::new();
+    let aws = match sections.aws {
+        Some(c) => Ok(Some((c, FILE))),
+        None => {
+            keyless_aws::Config::from_env(env).map(|c| c.map(|c| (c, "AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE")))
+        }
+    };
+    match aws {
+        Ok(Some((c, origin))) => found.push((
+            "aws",
+            origin,
+            keyless_aws::diagnose::Diagnosis::new(&c, ctx)
+                .map(|d| Diagnosis::Aws(Box::new(d)))
+                .map_err(|e| e.to_string()),
+        )),
+        Ok(None) => {}
+        Err(e) => found.push(("aws", "the AWS environment variables", Err(e.to_string()))),
+    }
+    let gcp = match sections.gcp {
+        Some(c) => Ok(Some((c, FILE))),
+        None => keyless_gcp::Config::from_env(env).map(|c| c.map(|c| (c, "GOOGLE_APPLICATION_CREDENTIALS"))),
+    };
+    match gcp {
+        Ok(Some((c, origin))) => found.push((
+            "gcp",
+            origin,
+            keyless_gcp::diagnose::Diagnosis::new(&c, ctx)
+                .map(|d| Diagnosis::Gcp(Box::new(d)))
+                .map_err(|e| e.to_string()),
+        )),
+        Ok(None) => {}
+        Err(e) => found.push(("gcp", "GOOGLE_APPLICATION_CREDENTIALS", Err(e.to_string()))),
+    }
+    let azure = match sections.azure {
+        Some(c) => Ok(Some((c, FILE))),
+        None => keyless_azure::Config::from_env(env)
+            .map(|c| c.map(|c| (c, "AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE"))),
+    };
+    match azure {
+        Ok(Some((c, origin))) => found.push((
+            "azure",
+            origin,
+            keyless_azure::diagnose::Diagnosis::new(&c, ctx)
+                .map(|d| Diagnosis::Azure(Box::new(d)))
+                .map_err(|e| e.to_string()),
+        )),
+        Ok(None) => {}
+        Err(e) => found.push(("azure", "the Azure workload identity environment variables", Err(e.to_string()))),
+    }
+    found
+}
+
+async fn check_provider(
+    report: &mut Report,
+    name: &'static str,
+    origin: &str,
+    d: &Diagnosis,
+    ctx: &Context,
+    limit: Duration,
+) {
+    report.line(&format!("{name}: {}", each!(d, d => d.identity())));
+    report.item("config", &format!("ok (from {origin})"));
+    let token_file = each!(d, d => d.token_file().to_owned());
+    report.item("token file", &token_file.display().to_string());
+    let token = match ctx.token_source(&token_file).await.current() {
+        Ok(token) => token,
+        Err(e) => {
+            report.problem(name, "token", &e.to_string(), None);
+            report.item("exchange", "not tried: there is no token to exchange");
+            print_binding(report, d, None, each!(d, d => d.expected_audience()));
+            return;
+        }
+    };
+    let claims = token.claims();
+    let now = ctx.clock.now();
+    report.item("claims", &describe_claims(claims, now));
+    check_claims(report, name, claims, now, &token_file);
+
+    let attempts = d.exchange_once(&token, limit).await;
+    let all_ok = attempts.iter().all(|a| a.result.is_ok());
+    let expected = each!(d, d => d.expected_audience()).to_owned();
+    let source = each!(d, d => d.audience_source());
+    let binding_audience = if each!(d, d => d.accepts_audience(&claims.aud)) {
+        report.item("audience", &format!("ok: the token has {expected}, {source}"));
+        expected.clone()
+    } else if all_ok && !claims.aud.is_empty() {
+        report.item(
+            "audience",
+            &format!(
+                "note: the token has [{}], not {expected} ({source}), and the cloud accepted it",
+                claims.aud.join(", ")
+            ),
+        );
+        claims.aud[0].clone()
+    } else {
+        let has =
+            if claims.aud.is_empty() { "no aud claim".to_owned() } else { format!("[{}]", claims.aud.join(", ")) };
+        let fix = each!(d, d => d.audience_fix(claims));
+        report.problem(
+            name,
+            "audience",
+            &format!("{name} expects {expected}, {source}; the token has {has}"),
+            Some(&fix),
+        );
+        expected.clone()
+    };
+    for attempt in &attempts {
+        match &attempt.result {
+            Ok(expires_at) => report
+                .item("exchange", &format!("ok: {}: valid until {}", attempt.what, describe_time(*expires_at, now))),
+            Err(e) => {
+                let code = e.code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
+                report.item("exchange", &format!("PROBLEM: {} failed{code}", attempt.what));
+                report.more(&e.message);
+                if let Some(hint) = &e.hint {
+                    report.more(&format!("fix: {hint}"));
+                }
+                report.problems.push(format!("{name} exchange"));
+            }
+        }
+    }
+    print_binding(report, d, Some(claims), &binding_audience);
+}
+
+/// Problems the claims show before any cloud is asked.
+fn check_claims(report: &mut Report, name: &str, claims: &Claims, now: SystemTime, token_file: &Path) {
+    if let Some(exp) = claims.exp.filter(|exp| *exp <= now) {
+        report.problem(
+            name,
+            "expiry",
+            &format!("the token expired at {}", describe_time(exp, now)),
+            Some(&format!(
+                "{} must be the token the kubelet projects (a serviceAccountToken volume source), which it rotates \
+                 before expiry; a copied token goes stale. If it is projected, check the node's clock",
+                token_file.display()
+            )),
+        );
+    }
+    if claims.iss.is_none() || claims.sub.is_none() {
+        report.problem(
+            name,
+            "claims",
+            "the token has no iss or no sub claim: it is not a Kubernetes service-account token",
+            Some("point token_file at a projected serviceAccountToken volume"),
+        );
+    }
+}
+
+fn print_binding(report: &Report, d: &Diagnosis, claims: Option<&Claims>, audience: &str) {
+    let intro = match claims {
+        Some(_) => "what the cloud must hold for this token:",
+        None => "what the cloud must hold (placeholders in capitals: the token could not be read):",
+    };
+    report.item("binding", intro);
+    for line in each!(d, d => d.binding(claims, audience)) {
+        report.more(&format!("  {line}"));
+    }
+}
+
+fn describe_claims(claims: &Claims, now: SystemTime) -> String {
+    let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "<none>".to_owned());
+    let mut text = format!("iss={} sub={} aud=[{}]", or_none(&claims.iss), or_none(&claims.sub), claims.aud.join(", "));
+    match claims.exp {
+        Some(exp) => {
+            let _ = write!(text, " exp={}", describe_time(exp, now));
+        }
+        None => text.push_str(" exp=<none>"),
+    }
+    text
+}
+
+/// `2026-11-22T14:41:07Z (in 59m 58s)` or `(... ago)`, to the second.
+fn describe_time(t: SystemTime, now: SystemTime) -> String {
+    let stamp = humantime::format_rfc3339_seconds(t);
+    let whole = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
+    match t.duration_since(now) {
+        Ok(left) => format!("{stamp} (in {})", whole(left)),
+        Err(e) => format!("{stamp} ({} ago)", whole(e.duration())),
+    }
+}

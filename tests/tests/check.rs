@@ -1,0 +1,416 @@
+//! `keyless check` against the emulator that `keyless emulate` runs: a working setup passes, and
+//! each common misconfiguration exits 1 with a report that names the problem, the fix and the
+//! cloud-side binding to create, without ever printing a token.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keyless_e2e::{Process, STARTUP_DEADLINE, free_port, keyless_bin};
+use serde_json::{Value, json};
+
+/// A running `keyless emulate` and a directory for configs and token files.
+struct Emulator {
+    _process: Process,
+    dir: tempfile::TempDir,
+    url: String,
+    ids: Value,
+}
+
+impl Emulator {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let state = dir.path().join("state");
+        let process = Process::spawn(&["emulate", "--listen", &listen, "--state-dir", state.to_str().unwrap()], &[]);
+        let url = format!("https://{listen}");
+        let ca = state.join("ca.pem");
+        // Polls until the emulator answers (its CA appears before it serves), up to a deadline.
+        let give_up = tokio::time::Instant::now() + STARTUP_DEADLINE;
+        let ids = loop {
+            if let Some(ids) = identities(&ca, &url).await {
+                break ids;
+            }
+            assert!(tokio::time::Instant::now() < give_up, "keyless emulate did not answer:\n{}", process.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Self { _process: process, dir, url, ids }
+    }
+
+    fn id(&self, name: &str) -> String {
+        self.ids[name].as_str().unwrap().to_owned()
+    }
+
+    fn audience(&self, cloud: &str) -> String {
+        self.ids["audiences"][cloud].as_str().unwrap().to_owned()
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("state/ca.pem")
+    }
+
+    /// The projected token the emulator's kubelet-like projector keeps fresh.
+    fn projected(&self, cloud: &str) -> PathBuf {
+        self.dir.path().join("state/tokens").join(cloud).join("token")
+    }
+
+    /// A token signed by the emulator's issuer with `claims` (see the emulator's MintClaims),
+    /// written to a file of its own.
+    async fn minted(&self, name: &str, claims: Value) -> (PathBuf, String) {
+        let pem = std::fs::read(self.ca()).unwrap();
+        let r = client_trusting(&pem).unwrap().post(format!("{}/_emulator/mint", self.url)).json(&claims).send().await;
+        let token = r.unwrap().json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+        (self.write(name, &token), token)
+    }
+
+    fn write(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// `[aws]` trusting the emulator's CA (`ca = None`: no ca_file).
+    fn aws(&self, token: &Path, endpoint: &str, ca: Option<&Path>) -> String {
+        format!(
+            "[aws]\ntoken_file = {}\nrole_arn = {}\nsts_endpoint = {}\n{}",
+            q(token.to_str().unwrap()),
+            q(&self.id("aws_role_arn")),
+            q(endpoint),
+            ca_line(ca)
+        )
+    }
+
+    fn gcp(&self, token: &Path, endpoint: &str, ca: Option<&Path>) -> String {
+        format!(
+            "[gcp]\ntoken_file = {}\naudience = {}\nservice_account = {}\nsts_endpoint = {e}\niam_endpoint = {e}\n{}",
+            q(token.to_str().unwrap()),
+            q(&self.audience("gcp")),
+            q(&self.id("gcp_service_account")),
+            ca_line(ca),
+            e = q(endpoint),
+        )
+    }
+
+    fn azure(&self, token: &Path, endpoint: &str, ca: Option<&Path>) -> String {
+        format!(
+            "[azure]\ntoken_file = {}\ntenant_id = {}\nclient_id = {}\nauthority_host = {}\n{}",
+            q(token.to_str().unwrap()),
+            q(&self.id("azure_tenant_id")),
+            q(&self.id("azure_client_id")),
+            q(endpoint),
+            ca_line(ca)
+        )
+    }
+
+    /// The three sections as `keyless dev` would write them: everything works.
+    fn working(&self) -> String {
+        let ca = self.ca();
+        [
+            self.aws(&self.projected("aws"), &self.url, Some(&ca)),
+            self.gcp(&self.projected("gcp"), &self.url, Some(&ca)),
+            self.azure(&self.projected("azure"), &self.url, Some(&ca)),
+        ]
+        .join("\n")
+    }
+
+    /// Runs `keyless check --config FILE` with `toml` as the file.
+    async fn check(&self, toml: &str) -> Checked {
+        let path = self.write("keyless.toml", toml);
+        check(&["--config", path.to_str().unwrap()]).await
+    }
+}
+
+/// `GET /_emulator/identities`, once the CA is written and the emulator answers.
+async fn identities(ca: &Path, url: &str) -> Option<Value> {
+    let client = client_trusting(&std::fs::read(ca).ok()?)?;
+    let response = client.get(format!("{url}/_emulator/identities")).send().await.ok()?;
+    response.error_for_status().ok()?.json().await.ok()
+}
+
+fn client_trusting(pem: &[u8]) -> Option<reqwest::Client> {
+    let cert = reqwest::Certificate::from_pem(pem).ok()?;
+    reqwest::Client::builder().tls_certs_only([cert]).timeout(Duration::from_secs(5)).build().ok()
+}
+
+fn q(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+fn ca_line(ca: Option<&Path>) -> String {
+    ca.map(|p| format!("ca_file = {}\n", q(p.to_str().unwrap()))).unwrap_or_default()
+}
+
+/// What `keyless check` printed and how it exited.
+#[derive(Debug)]
+struct Checked {
+    code: Option<i32>,
+    report: String,
+}
+
+impl Checked {
+    /// Exit 1, and every needle in the report.
+    fn fails_with(&self, needles: &[&str]) {
+        assert_eq!(self.code, Some(1), "expected exit 1:\n{}", self.report);
+        self.says(needles);
+    }
+
+    fn says(&self, needles: &[&str]) {
+        for needle in needles {
+            assert!(self.report.contains(needle), "the report lacks {needle:?}:\n{}", self.report);
+        }
+        // JWTs (subject tokens, Entra access tokens, Google ID tokens) all start with eyJ.
+        assert!(!self.report.contains("eyJ"), "the report shows a token:\n{}", self.report);
+    }
+}
+
+/// `keyless check ARGS` with no environment but PATH: no cloud env vars from this machine.
+async fn check(args: &[&str]) -> Checked {
+    let out = tokio::process::Command::new(keyless_bin())
+        .arg("check")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .await
+        .unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Checked { code: out.status.code(), report }
+}
+
+#[tokio::test]
+async fn a_working_setup_exits_0_and_prints_each_clouds_binding() {
+    let emu = Emulator::start().await;
+    let checked = emu.check(&emu.working()).await;
+    assert_eq!(checked.code, Some(0), "{}", checked.report);
+    let issuer = emu.id("issuer");
+    let host = issuer.trim_start_matches("https://");
+    let sub = emu.id("subject");
+    checked.says(&[
+        "result: ok",
+        "ok: the token has sts.amazonaws.com",
+        "ok: the token has api://AzureADTokenExchange",
+        &format!("ok: the token has {}", emu.audience("gcp")),
+        // AWS: the OIDC provider and the trust policy condition on ISSUER_HOST:sub and :aud.
+        &format!("\"Federated\": \"arn:aws:iam::123456789012:oidc-provider/{host}\""),
+        &format!("\"{host}:sub\": \"{sub}\""),
+        &format!("\"{host}:aud\": \"sts.amazonaws.com\""),
+        // GCP: the principal member and its roles/iam.workloadIdentityUser binding.
+        &format!(
+            "--role=roles/iam.workloadIdentityUser --member=\"principal://iam.googleapis.com/projects/123456789012/\
+             locations/global/workloadIdentityPools/keyless-dev/subject/{sub}\""
+        ),
+        // Azure: the federated credential's issuer, subject and audience.
+        &format!("issuer {issuer}, subject {sub}, audience api://AzureADTokenExchange"),
+    ]);
+    assert!(!checked.report.contains("PROBLEM"), "{}", checked.report);
+    for cloud in ["aws", "gcp", "azure"] {
+        let token = std::fs::read_to_string(emu.projected(cloud)).unwrap();
+        assert!(!checked.report.contains(token.trim()), "the {cloud} token was printed");
+    }
+}
+
+#[tokio::test]
+async fn aws_with_a_token_for_another_audience_names_sts_amazonaws_com() {
+    let emu = Emulator::start().await;
+    let (token, _) = emu.minted("token", json!({"aud": [emu.audience("azure")]})).await;
+    let checked = emu.check(&emu.aws(&token, &emu.url, Some(&emu.ca()))).await;
+    checked.fails_with(&[
+        "aws expects sts.amazonaws.com",
+        "the token has [api://AzureADTokenExchange]",
+        "fix: project the token for AWS with audience sts.amazonaws.com",
+        "(InvalidIdentityToken)",
+        "result: 2 problems (aws audience, aws exchange)",
+    ]);
+}
+
+#[tokio::test]
+async fn gcp_with_a_token_for_another_audience_names_the_pool_provider() {
+    let emu = Emulator::start().await;
+    let (token, _) = emu.minted("token", json!({"aud": ["sts.amazonaws.com"]})).await;
+    let checked = emu.check(&emu.gcp(&token, &emu.url, Some(&emu.ca()))).await;
+    let provider = emu.audience("gcp");
+    checked.fails_with(&[
+        &format!("gcp expects {provider}"),
+        "the token has [sts.amazonaws.com]",
+        &format!("fix: project the token for Google Cloud with audience {provider}"),
+        "(invalid_grant)",
+    ]);
+}
+
+#[tokio::test]
+async fn azure_with_a_token_for_another_audience_names_api_azureadtokenexchange() {
+    let emu = Emulator::start().await;
+    let (token, _) = emu.minted("token", json!({"aud": ["sts.amazonaws.com"]})).await;
+    let checked = emu.check(&emu.azure(&token, &emu.url, Some(&emu.ca()))).await;
+    checked.fails_with(&[
+        "azure expects api://AzureADTokenExchange",
+        "fix: project the token for Azure with audience api://AzureADTokenExchange",
+        "(AADSTS70021)",
+    ]);
+}
+
+/// The pod's service account is not the one the clouds trust: each report spells out the
+/// binding for the subject the token actually has.
+#[tokio::test]
+async fn a_subject_without_a_binding_gets_the_exact_binding_to_create() {
+    let emu = Emulator::start().await;
+    let sub = "system:serviceaccount:payments:api";
+    let (aws, _) = emu.minted("aws", json!({"aud": ["sts.amazonaws.com"], "sub": sub})).await;
+    let (gcp, _) = emu.minted("gcp", json!({"aud": [emu.audience("gcp")], "sub": sub})).await;
+    let (azure, _) = emu.minted("azure", json!({"aud": [emu.audience("azure")], "sub": sub})).await;
+    let ca = emu.ca();
+    let config = [
+        emu.aws(&aws, &emu.url, Some(&ca)),
+        emu.gcp(&gcp, &emu.url, Some(&ca)),
+        emu.azure(&azure, &emu.url, Some(&ca)),
+    ]
+    .join("\n");
+    let checked = emu.check(&config).await;
+    let issuer = emu.id("issuer");
+    let host = issuer.trim_start_matches("https://");
+    checked.fails_with(&[
+        "(AccessDenied)",
+        &format!("\"{host}:sub\": \"{sub}\""),
+        "(PERMISSION_DENIED)",
+        &format!(
+            "gcloud iam service-accounts add-iam-policy-binding {} --role=roles/iam.workloadIdentityUser \
+             --member=\"principal://iam.googleapis.com/projects/123456789012/locations/global/\
+             workloadIdentityPools/keyless-dev/subject/{sub}\"",
+            emu.id("gcp_service_account")
+        ),
+        "(AADSTS70021)",
+        &format!("\"issuer\":\"{issuer}\",\"subject\":\"{sub}\",\"audiences\":[\"api://AzureADTokenExchange\"]"),
+        "result: 3 problems (aws exchange, gcp exchange, azure exchange)",
+    ]);
+}
+
+#[tokio::test]
+async fn a_missing_token_file_says_to_mount_the_projected_volume() {
+    let emu = Emulator::start().await;
+    let missing = emu.dir.path().join("no-such-dir/token");
+    let checked = emu.check(&emu.aws(&missing, &emu.url, Some(&emu.ca()))).await;
+    checked.fails_with(&[
+        "does not exist",
+        "projected serviceAccountToken volume",
+        "not tried: there is no token to exchange",
+        // The binding is still shown, with placeholders for what only the token could tell.
+        "\"ISSUER_HOST/PATH:sub\": \"system:serviceaccount:NAMESPACE:SERVICEACCOUNT\"",
+    ]);
+}
+
+#[tokio::test]
+async fn an_unreadable_token_file_is_reported_with_its_path() {
+    let emu = Emulator::start().await;
+    // A directory where the file should be: unreadable for any user, root included.
+    let dir = emu.dir.path().join("token-dir");
+    std::fs::create_dir(&dir).unwrap();
+    let checked = emu.check(&emu.gcp(&dir, &emu.url, Some(&emu.ca()))).await;
+    checked.fails_with(&[&format!("subject token file {} could not be read", dir.display()), "gcp token"]);
+}
+
+#[tokio::test]
+async fn a_garbage_token_file_is_not_a_projected_token() {
+    let emu = Emulator::start().await;
+    let garbage = emu.write("token", "this is not a JWT\n");
+    let checked = emu.check(&emu.azure(&garbage, &emu.url, Some(&emu.ca()))).await;
+    checked.fails_with(&["does not hold a projected service-account token", "not a JWT", "azure token"]);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_named_and_every_cloud_refuses_it() {
+    let emu = Emulator::start().await;
+    let expired = |aud: String| json!({"aud": [aud], "iat_offset_secs": -7200, "exp_offset_secs": -60});
+    let (aws, _) = emu.minted("aws", expired(emu.audience("aws"))).await;
+    let (gcp, _) = emu.minted("gcp", expired(emu.audience("gcp"))).await;
+    let (azure, _) = emu.minted("azure", expired(emu.audience("azure"))).await;
+    let ca = emu.ca();
+    let config = [
+        emu.aws(&aws, &emu.url, Some(&ca)),
+        emu.gcp(&gcp, &emu.url, Some(&ca)),
+        emu.azure(&azure, &emu.url, Some(&ca)),
+    ]
+    .join("\n");
+    let checked = emu.check(&config).await;
+    checked.fails_with(&[
+        "PROBLEM: the token expired at",
+        "must be the token the kubelet projects",
+        "(ExpiredTokenException)",
+        "(invalid_grant)",
+        "(AADSTS700024)",
+        "aws expiry, aws exchange, gcp expiry, gcp exchange, azure expiry, azure exchange",
+    ]);
+}
+
+#[tokio::test]
+async fn an_unknown_key_is_named_with_where_to_look() {
+    let emu = Emulator::start().await;
+    let config = emu.working().replace("role_arn =", "role =");
+    let checked = emu.check(&config).await;
+    checked.fails_with(&["unknown field `role`", "docs/configuration.md", "keyless config"]);
+}
+
+#[tokio::test]
+async fn unreachable_endpoints_say_what_to_check() {
+    let emu = Emulator::start().await;
+    // A port nothing listens on.
+    let closed = format!("https://127.0.0.1:{}", free_port());
+    let ca = emu.ca();
+    let config = [
+        emu.aws(&emu.projected("aws"), &closed, Some(&ca)),
+        emu.gcp(&emu.projected("gcp"), &closed, Some(&ca)),
+        emu.azure(&emu.projected("azure"), &closed, Some(&ca)),
+    ]
+    .join("\n");
+    let checked = emu.check(&config).await;
+    checked.fails_with(&[
+        &format!("could not reach STS at {closed}"),
+        "fix: check DNS, egress network policy and HTTPS_PROXY/NO_PROXY",
+        &format!("no usable answer from gcp.sts_endpoint ({closed})"),
+        &format!("check that azure.authority_host ({closed}) is reachable from this pod"),
+        "result: 3 problems (aws exchange, gcp exchange, azure exchange)",
+    ]);
+}
+
+#[tokio::test]
+async fn a_ca_file_that_holds_no_certificate_is_a_config_problem() {
+    let emu = Emulator::start().await;
+    let not_pem = emu.write("ca.pem", "not a certificate\n");
+    let config = [
+        emu.aws(&emu.projected("aws"), &emu.url, Some(&not_pem)),
+        emu.gcp(&emu.projected("gcp"), &emu.url, Some(&not_pem)),
+        emu.azure(&emu.projected("azure"), &emu.url, Some(&not_pem)),
+    ]
+    .join("\n");
+    let checked = emu.check(&config).await;
+    checked.fails_with(&[
+        "aws.ca_file = ",
+        "gcp.ca_file = ",
+        "azure.ca_file = ",
+        "holds no PEM certificate",
+        "result: 3 problems (aws config, gcp config, azure config)",
+    ]);
+}
+
+#[tokio::test]
+async fn without_the_ca_file_the_untrusted_endpoint_points_at_ca_file() {
+    let emu = Emulator::start().await;
+    let config = [
+        emu.aws(&emu.projected("aws"), &emu.url, None),
+        emu.gcp(&emu.projected("gcp"), &emu.url, None),
+        emu.azure(&emu.projected("azure"), &emu.url, None),
+    ]
+    .join("\n");
+    let checked = emu.check(&config).await;
+    checked.fails_with(&[
+        "set aws.ca_file to a PEM bundle",
+        "set gcp.ca_file to its CA bundle",
+        "set azure.ca_file to its CA bundle",
+        "result: 3 problems (aws exchange, gcp exchange, azure exchange)",
+    ]);
+}
+
+#[tokio::test]
+async fn nothing_configured_says_how_to_configure_a_provider() {
+    let checked = check(&[]).await;
+    checked.fails_with(&["no cloud provider is configured", "add an [aws], [gcp] or [azure] section"]);
+}
