@@ -64,6 +64,9 @@ struct Slot<C> {
     in_flight: bool,
     /// When the driver will try again after a failure.
     next_attempt: Option<Instant>,
+    /// After a retryable failure, a waiting request may bring the retry forward to this instant
+    /// (one `retry_min` after the failure: demand speeds recovery without hammering upstream).
+    on_demand_after: Option<Instant>,
 }
 
 impl<C> Slot<C> {
@@ -181,7 +184,8 @@ impl<E: Exchange> CredentialCache<E> {
         let mut slot = entry.slot.clone();
         let seen = {
             let s = slot.borrow_and_update();
-            let retry_is_far = !s.in_flight && s.next_attempt.is_some_and(|at| at > Instant::now() + wait);
+            let retry_at = s.next_attempt.map(|at| s.on_demand_after.map_or(at, |d| d.min(at)));
+            let retry_is_far = !s.in_flight && retry_at.is_some_and(|at| at > Instant::now() + wait);
             if let (true, Some(err)) = (retry_is_far, &s.error) {
                 return Err(err.clone());
             }
@@ -297,8 +301,14 @@ impl<E: Exchange> Readiness for CredentialCache<E> {
 }
 
 fn spawn_driver<E: Exchange>(shared: Arc<Shared<E>>, key: E::Key) -> Entry<E::Credential> {
-    let (tx, rx) =
-        watch::channel(Slot { credential: None, error: None, attempts: 0, in_flight: true, next_attempt: None });
+    let (tx, rx) = watch::channel(Slot {
+        credential: None,
+        error: None,
+        attempts: 0,
+        in_flight: true,
+        next_attempt: None,
+        on_demand_after: None,
+    });
     let control = Arc::new(Control::default());
     let task = tokio::spawn(drive(shared, key, tx, control.clone()));
     Entry { slot: rx, control, _driver: AbortOnDrop::new(task) }
@@ -344,6 +354,7 @@ async fn drive<E: Exchange>(
         tx.send_modify(|s| {
             s.in_flight = true;
             s.next_attempt = None;
+            s.on_demand_after = None;
         });
         match attempt(&shared, &key).await {
             Ok(issued) => {
@@ -366,18 +377,30 @@ async fn drive<E: Exchange>(
                     ErrorClass::Retryable | ErrorClass::RereadToken => delays.next_delay(),
                 };
                 let next = Instant::now() + delay;
+                // Terminal errors wait for their period or a new token, whoever asks.
+                let on_demand = (err.class != ErrorClass::Terminal).then(|| Instant::now() + policy.retry_min);
+                // Listen before publishing: a request that reads the failure and then wakes us
+                // must not be missed.
+                let woken = control.wake.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
                 tx.send_modify(|s| {
                     s.error = Some(err);
                     s.attempts += 1;
                     s.in_flight = false;
                     s.next_attempt = Some(next);
+                    s.on_demand_after = on_demand;
                 });
-                // A new token may fix what failed: try it at once rather than after the backoff.
                 tokio::select! {
                     () = tokio::time::sleep_until(next) => {}
+                    // A new token may fix what failed: try it at once rather than after the backoff.
                     changed = tokens.changed() => if changed.is_err() {
                         tokio::time::sleep_until(next).await;
                     },
+                    // A request is waiting with nothing valid to serve: retry as soon as allowed.
+                    () = &mut woken, if on_demand.is_some() => {
+                        tokio::time::sleep_until(on_demand.unwrap_or(next).min(next)).await;
+                    }
                 }
             }
         }

@@ -297,3 +297,36 @@ async fn a_slow_upstream_times_out_as_a_retryable_failure() {
     assert_eq!(err.class, ErrorClass::Retryable);
     assert!(err.to_string().contains("did not answer within 5s"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_request_brings_a_far_retry_forward_once_the_upstream_is_back() {
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let up_in_script = up.clone();
+    let policy = CachePolicy {
+        retry_min: Duration::from_secs(1),
+        retry_max: HOUR,
+        request_wait: Duration::from_secs(5),
+        ..CachePolicy::default()
+    };
+    let mut h = Harness::new(policy, Duration::ZERO, move |_, _| {
+        if up_in_script.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(ExchangeError::retryable("token service answered 503"))
+        }
+    });
+    // Many failures: the scheduled retry drifts towards an hour away.
+    for _ in 0..12 {
+        assert!(h.cache.get(&"k").await.is_err());
+    }
+    let failures = h.calls().len();
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = h.clock.now();
+    let credential = h.cache.get(&"k").await.unwrap();
+    h.wait_for_calls(failures + 1).await;
+    assert!(
+        h.clock.now().duration_since(before).unwrap() <= Duration::from_secs(1),
+        "the request waited for the backoff"
+    );
+    assert_eq!(credential.value, failures + 1);
+}
