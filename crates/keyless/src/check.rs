@@ -78,8 +78,12 @@ impl Report {
         println!("{text}");
     }
 
+    /// `label` then `text`; further lines of `text` (TOML errors have several) stay in its column.
     fn item(&self, label: &str, text: &str) {
-        self.line(&format!("  {label:<LABEL$}{text}"));
+        for (i, line) in text.lines().enumerate() {
+            let label = if i == 0 { label } else { "" };
+            self.line(format!("  {label:<LABEL$}{line}").trim_end());
+        }
     }
 
     /// A continuation line under the last item.
