@@ -165,11 +165,17 @@ impl Checked {
 
 /// `keyless check ARGS` with no environment but PATH: no cloud env vars from this machine.
 async fn check(args: &[&str]) -> Checked {
+    check_with_env(args, &[]).await
+}
+
+/// `keyless check ARGS` with exactly `env` (and PATH).
+async fn check_with_env(args: &[&str], env: &[(&str, &str)]) -> Checked {
     let out = tokio::process::Command::new(keyless_bin())
         .arg("check")
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap();
@@ -413,4 +419,36 @@ async fn without_the_ca_file_the_untrusted_endpoint_points_at_ca_file() {
 async fn nothing_configured_says_how_to_configure_a_provider() {
     let checked = check(&[]).await;
     checked.fails_with(&["no cloud provider is configured", "add an [aws], [gcp] or [azure] section"]);
+}
+
+/// Zero config: the env vars the EKS and Azure workload-identity webhooks inject, loaded as
+/// `keyless serve` loads them; the system CA store (SSL_CERT_FILE) is what trusts the emulator.
+#[tokio::test]
+async fn webhook_env_vars_are_checked_like_a_config_file() {
+    let emu = Emulator::start().await;
+    let ca = emu.ca();
+    let (aws_token, azure_token) = (emu.projected("aws"), emu.projected("azure"));
+    let (role, client, tenant) = (emu.id("aws_role_arn"), emu.id("azure_client_id"), emu.id("azure_tenant_id"));
+    let env = [
+        ("AWS_ROLE_ARN", role.as_str()),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", aws_token.to_str().unwrap()),
+        ("AWS_ENDPOINT_URL_STS", emu.url.as_str()),
+        ("AWS_CA_BUNDLE", ca.to_str().unwrap()),
+        ("AZURE_FEDERATED_TOKEN_FILE", azure_token.to_str().unwrap()),
+        ("AZURE_CLIENT_ID", client.as_str()),
+        ("AZURE_TENANT_ID", tenant.as_str()),
+        ("AZURE_AUTHORITY_HOST", emu.url.as_str()),
+        ("SSL_CERT_FILE", ca.to_str().unwrap()),
+    ];
+    let checked = check_with_env(&[], &env).await;
+    assert_eq!(checked.code, Some(0), "{}", checked.report);
+    checked.says(&[
+        "ok (from AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE)",
+        "ok (from AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE)",
+        "result: ok",
+    ]);
+
+    // Half an IRSA setup is a problem that names the missing variable.
+    let checked = check_with_env(&[], &[("AWS_ROLE_ARN", role.as_str())]).await;
+    checked.fails_with(&["AWS_WEB_IDENTITY_TOKEN_FILE: AWS_ROLE_ARN is set but AWS_WEB_IDENTITY_TOKEN_FILE is not"]);
 }

@@ -143,3 +143,53 @@ impl Diagnosis {
         lines
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use keyless_core::clock::SystemClock;
+    use keyless_core::{CachePolicy, Metrics, WatchOptions};
+
+    use super::*;
+
+    fn diagnosis(authority: &str) -> Diagnosis {
+        let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), CachePolicy::default(), WatchOptions::default());
+        let config: Config = toml::from_str(&format!(
+            "token_file = \"/t\"\ntenant_id = \"tenant-1\"\nclient_id = \"client-1\"\n\
+             additional_client_ids = [\"client-2\"]\nauthority_host = \"{authority}\""
+        ))
+        .expect("valid section");
+        Diagnosis::new(&config, &ctx).expect("valid section")
+    }
+
+    #[test]
+    fn each_cloud_expects_its_own_token_exchange_audience() {
+        assert_eq!(diagnosis("https://login.microsoftonline.com").expected_audience(), "api://AzureADTokenExchange");
+        assert_eq!(
+            diagnosis("https://login.microsoftonline.us").expected_audience(),
+            "api://AzureADTokenExchangeUSGov"
+        );
+        assert_eq!(diagnosis("https://login.chinacloudapi.cn").expected_audience(), "api://AzureADTokenExchangeChina");
+    }
+
+    #[test]
+    fn every_client_id_gets_its_federated_credential() {
+        let claims = Claims {
+            iss: Some("https://issuer.example/".to_owned()),
+            sub: Some("system:serviceaccount:ns:app".to_owned()),
+            ..Claims::default()
+        };
+        let d = diagnosis("https://login.microsoftonline.com");
+        let lines = d.binding(Some(&claims), d.expected_audience()).join("\n");
+        for client in ["client-1", "client-2"] {
+            assert!(
+                lines.contains(&format!(
+                    "--id {client} --parameters '{{\"name\":\"keyless\",\"issuer\":\"https://issuer.example/\",\
+                     \"subject\":\"system:serviceaccount:ns:app\",\"audiences\":[\"api://AzureADTokenExchange\"]}}'"
+                )),
+                "{lines}"
+            );
+        }
+    }
+}

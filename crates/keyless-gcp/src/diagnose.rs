@@ -169,3 +169,62 @@ impl Diagnosis {
         lines
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use keyless_core::clock::SystemClock;
+    use keyless_core::{CachePolicy, Metrics, WatchOptions};
+
+    use super::*;
+
+    const PROVIDER: &str = "//iam.googleapis.com/projects/42/locations/global/workloadIdentityPools/pool/providers/k8s";
+
+    fn diagnosis(service_account: Option<&str>) -> Diagnosis {
+        let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), CachePolicy::default(), WatchOptions::default());
+        let config = Config {
+            token_file: Some("/t".into()),
+            audience: Some(PROVIDER.to_owned()),
+            service_account: service_account.map(str::to_owned),
+            project_id: Some("proj".to_owned()),
+            ..Config::default()
+        };
+        Diagnosis::new(&config, &ctx).expect("valid section")
+    }
+
+    fn claims() -> Claims {
+        Claims {
+            iss: Some("https://issuer.example".to_owned()),
+            sub: Some("system:serviceaccount:ns:app".to_owned()),
+            ..Claims::default()
+        }
+    }
+
+    #[test]
+    fn the_provider_name_is_accepted_with_or_without_https() {
+        let d = diagnosis(None);
+        assert!(d.accepts_audience(&[PROVIDER.to_owned()]));
+        assert!(d.accepts_audience(&[format!("https:{PROVIDER}")]));
+        assert!(!d.accepts_audience(&["sts.amazonaws.com".to_owned()]));
+    }
+
+    #[test]
+    fn without_a_service_account_the_principal_is_granted_roles_directly() {
+        let lines = diagnosis(None).binding(Some(&claims()), PROVIDER).join("\n");
+        let member = "principal://iam.googleapis.com/projects/42/locations/global/workloadIdentityPools/pool/subject/\
+                      system:serviceaccount:ns:app";
+        assert!(
+            lines.contains(&format!("gcloud projects add-iam-policy-binding proj --role=ROLE --member=\"{member}\""))
+        );
+        assert!(!lines.contains("workloadIdentityUser"), "{lines}");
+        assert!(lines.contains("--issuer-uri=https://issuer.example"), "{lines}");
+    }
+
+    #[test]
+    fn a_custom_audience_is_listed_in_the_providers_allowed_audiences() {
+        let lines = diagnosis(Some("app@proj.iam.gserviceaccount.com")).binding(Some(&claims()), "custom").join("\n");
+        assert!(lines.contains("--allowed-audiences=custom"), "{lines}");
+        assert!(lines.contains("--role=roles/iam.workloadIdentityUser"), "{lines}");
+    }
+}
