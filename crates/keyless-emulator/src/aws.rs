@@ -146,7 +146,10 @@ pub(crate) async fn sts(
     }
     let result = if action == "AssumeRoleWithWebIdentity" {
         match state.gate.enter(Service::AwsSts).await {
-            Some(fault) => Err(StsError::from_fault(fault)),
+            Some(fault) => match fault.malformed_response(Service::AwsSts) {
+                Some(garbage) => return garbage,
+                None => Err(StsError::from_fault(fault)),
+            },
             None => assume_role_with_web_identity(&state, &params),
         }
     } else {
@@ -282,7 +285,7 @@ fn token_error(rejection: TokenRejection, claims: Option<&SubjectClaims>) -> Sts
 }
 
 fn assume_role_with_web_identity(state: &SharedState, params: &HashMap<String, String>) -> Result<Response, StsError> {
-    let duration = validate_assume_role(params)?;
+    let duration = state.gate.faults.lifetime(Service::AwsSts, validate_assume_role(params)?);
     let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
     let (role_arn, session_name, token) = (get("RoleArn"), get("RoleSessionName"), get("WebIdentityToken"));
     let now = clock::now();

@@ -2,7 +2,7 @@
 //! the tenant's signing keys and its OpenID configuration.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -125,7 +125,10 @@ pub(crate) async fn token(
     // Entra echoes the client's request id as the correlation id.
     let correlation_id = headers.get("client-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let result = match state.gate.enter(Service::AzureToken).await {
-        Some(fault) => Err(EntraError::from_fault(fault)),
+        Some(fault) => match fault.malformed_response(Service::AzureToken) {
+            Some(garbage) => return garbage,
+            None => Err(EntraError::from_fault(fault)),
+        },
         None => issue(&state, &tenant, &body, clock::now()),
     };
     result.unwrap_or_else(|e| e.render(correlation_id.as_deref()))
@@ -248,12 +251,15 @@ fn issue(state: &SharedState, tenant: &str, body: &[u8], now: SystemTime) -> Res
     let issuer = format!("https://sts.windows.net/{tenant}/");
     let oid = ids::stable_uuid(&format!("service principal {client_id}"));
     let now_secs = clock::unix_secs(now);
+    let real = Duration::from_secs(EXPIRES_IN.unsigned_abs());
+    let expires_in =
+        i64::try_from(state.gate.faults.lifetime(Service::AzureToken, real).as_secs()).unwrap_or(EXPIRES_IN);
     let claims = AccessTokenClaims {
         aud: resource,
         iss: &issuer,
         iat: now_secs - 300,
         nbf: now_secs - 300,
-        exp: now_secs + EXPIRES_IN,
+        exp: now_secs + expires_in,
         aio: ids::random_token(48),
         appid: client_id,
         appidacr: "2",
@@ -274,8 +280,8 @@ fn issue(state: &SharedState, tenant: &str, body: &[u8], now: SystemTime) -> Res
     tracing::info!("azure token: issued an access token");
     Ok(Json(serde_json::json!({
         "token_type": "Bearer",
-        "expires_in": EXPIRES_IN,
-        "ext_expires_in": EXPIRES_IN,
+        "expires_in": expires_in,
+        "ext_expires_in": expires_in,
         "access_token": access_token,
     }))
     .into_response())

@@ -71,12 +71,20 @@ pub struct Fault {
     pub code: Option<String>,
     /// The error message; `None` says that the fault was injected.
     pub message: Option<String>,
+    /// Answer `200 OK` with the service's success content type and a body no client can parse
+    /// (cut off mid-document), instead of an error: a broken proxy or a truncated response.
+    pub malformed: bool,
 }
 
 impl Fault {
     /// A failure with `status` and the service's usual code for it.
     pub fn new(status: StatusCode) -> Self {
-        Self { status, code: None, message: None }
+        Self { status, code: None, message: None, malformed: false }
+    }
+
+    /// A `200 OK` whose body is cut off mid-document (see [`Fault::malformed`]).
+    pub fn malformed() -> Self {
+        Self { malformed: true, ..Self::new(StatusCode::OK) }
     }
 
     /// The same failure with a specific cloud error code.
@@ -84,6 +92,26 @@ impl Fault {
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
         self.code = Some(code.into());
         self
+    }
+
+    /// The garbage answer of a malformed fault, in `service`'s success content type.
+    pub(crate) fn malformed_response(&self, service: Service) -> Option<Response> {
+        if !self.malformed {
+            return None;
+        }
+        // Real responses cut off after their first field: syntactically broken, plausibly typed.
+        let (content_type, body) = match service {
+            Service::AwsSts => (
+                "text/xml",
+                "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  \
+                 <AssumeRoleWithWebIdentityResult>\n    <Credentials>\n      <AccessKeyId>ASIA",
+            ),
+            Service::GcpSts => ("application/json", "{\"access_token\": \"ya29.d.trunc"),
+            Service::GcpIam => ("application/json", "{\"accessToken\": \"ya29.c.trunc"),
+            Service::AzureToken => ("application/json", "{\"token_type\": \"Bearer\", \"expires_in\": 35"),
+        };
+        tracing::info!(service = service.name(), "answering with an injected malformed response");
+        Some((StatusCode::OK, [(axum::http::header::CONTENT_TYPE, content_type)], body).into_response())
     }
 
     /// The message, defaulting to one that says it was injected.
@@ -97,6 +125,8 @@ struct Plan {
     remaining: u32,
     fault: Option<Fault>,
     latency: Duration,
+    /// Cap on the lifetime of what the service issues (not a fault: [`Faults::clear`] keeps it).
+    lifetime: Option<Duration>,
 }
 
 /// Faults to inject, per service. Cheap to clone; clones share the same plans.
@@ -124,9 +154,21 @@ impl Faults {
         self.with_plan(service, |plan| plan.latency = latency);
     }
 
+    /// Caps the lifetime of the credentials `service` issues (`None` restores the real one), so a
+    /// test can watch a credential live and die in seconds. Like a role's MaxSessionDuration, it
+    /// is a setting of the service rather than a fault: clearing faults keeps it.
+    pub fn cap_lifetime(&self, service: Service, lifetime: Option<Duration>) {
+        self.with_plan(service, |plan| plan.lifetime = lifetime);
+    }
+
+    /// The lifetime of what `service` issues now: `real`, or less when capped.
+    pub(crate) fn lifetime(&self, service: Service, real: Duration) -> Duration {
+        self.with_plan(service, |plan| plan.lifetime.map_or(real, |cap| cap.min(real)))
+    }
+
     /// Removes pending failures and latency of `service`.
     pub fn clear(&self, service: Service) {
-        self.with_plan(service, |plan| *plan = Plan::default());
+        self.with_plan(service, |plan| *plan = Plan { lifetime: plan.lifetime, ..Plan::default() });
     }
 
     /// Removes every fault of every service.
@@ -198,7 +240,7 @@ impl Gate {
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        if let Some(fault) = &fault {
+        if let Some(fault) = fault.as_ref().filter(|f| !f.malformed) {
             tracing::info!(
                 service = service.name(),
                 status = fault.status.as_u16(),
@@ -230,6 +272,11 @@ pub(crate) struct FaultRequest {
     code: Option<String>,
     message: Option<String>,
     latency_ms: Option<u64>,
+    /// `fail_next` calls answer 200 with a cut-off body instead of an error.
+    #[serde(default)]
+    malformed: bool,
+    /// Caps the lifetime of issued credentials (0 removes the cap); kept when faults are cleared.
+    lifetime_secs: Option<u64>,
 }
 
 fn control_error(status: StatusCode, message: String) -> Response {
@@ -242,6 +289,9 @@ pub(crate) async fn inject_fault(State(state): State<SharedState>, Json(request)
         Ok(service) => service,
         Err(message) => return control_error(StatusCode::BAD_REQUEST, message),
     };
+    if request.malformed && request.status.is_some() {
+        return control_error(StatusCode::BAD_REQUEST, "a malformed fault answers 200: give no status".into());
+    }
     let status = match request.status.map(StatusCode::from_u16).transpose() {
         Ok(status) => status.unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
         Err(_) => return control_error(StatusCode::BAD_REQUEST, "status must be an HTTP status code".into()),
@@ -251,7 +301,15 @@ pub(crate) async fn inject_fault(State(state): State<SharedState>, Json(request)
     }
     let faults = &state.gate.faults;
     if request.fail_next > 0 {
-        faults.fail_next(service, request.fail_next, Fault { status, code: request.code, message: request.message });
+        let fault = if request.malformed {
+            Fault::malformed()
+        } else {
+            Fault { status, code: request.code, message: request.message, malformed: false }
+        };
+        faults.fail_next(service, request.fail_next, fault);
+    }
+    if let Some(secs) = request.lifetime_secs {
+        faults.cap_lifetime(service, (secs > 0).then(|| Duration::from_secs(secs)));
     }
     if let Some(ms) = request.latency_ms {
         faults.set_latency(service, Duration::from_millis(ms));
@@ -333,5 +391,25 @@ mod tests {
         assert!(gate.enter(Service::GcpSts).await.is_none());
         let counters = gate.counters();
         assert_eq!((counters.gcp_sts, counters.aws_sts, counters.azure_token), (3, 1, 0));
+    }
+
+    #[tokio::test]
+    async fn malformed_faults_are_consumed_and_lifetime_caps_outlive_clearing() {
+        let gate = Gate::default();
+        gate.faults.fail_next(Service::AwsSts, 1, Fault::malformed());
+        let fault = gate.enter(Service::AwsSts).await.unwrap();
+        let response = fault.malformed_response(Service::AwsSts).unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(gate.enter(Service::AwsSts).await.is_none());
+        assert!(Fault::new(StatusCode::BAD_GATEWAY).malformed_response(Service::AwsSts).is_none());
+
+        let hour = Duration::from_secs(3600);
+        gate.faults.cap_lifetime(Service::GcpSts, Some(Duration::from_secs(20)));
+        gate.faults.clear_all();
+        assert_eq!(gate.faults.lifetime(Service::GcpSts, hour), Duration::from_secs(20));
+        assert_eq!(gate.faults.lifetime(Service::GcpSts, Duration::from_secs(5)), Duration::from_secs(5));
+        assert_eq!(gate.faults.lifetime(Service::GcpIam, hour), hour);
+        gate.faults.cap_lifetime(Service::GcpSts, None);
+        assert_eq!(gate.faults.lifetime(Service::GcpSts, hour), hour);
     }
 }

@@ -109,6 +109,9 @@ fn form_or_json(headers: &HeaderMap, body: &[u8]) -> Option<HashMap<String, Stri
 /// `POST /v1/token`.
 pub(crate) async fn sts_token(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(fault) = state.gate.enter(Service::GcpSts).await {
+        if let Some(garbage) = fault.malformed_response(Service::GcpSts) {
+            return garbage;
+        }
         let default = if fault.status == StatusCode::SERVICE_UNAVAILABLE {
             "temporarily_unavailable"
         } else if fault.status.is_server_error() {
@@ -195,13 +198,14 @@ pub(crate) async fn sts_token(State(state): State<SharedState>, headers: HeaderM
     }
     let access_token = format!("ya29.d.{}", ids::random_token(96));
     let token = GcpToken::Federated { subject: claims.sub, scopes };
-    state.gcp_tokens.insert(access_token.clone(), now + TOKEN_LIFETIME, token, now);
+    let lifetime = state.gate.faults.lifetime(Service::GcpSts, TOKEN_LIFETIME);
+    state.gcp_tokens.insert(access_token.clone(), now + lifetime, token, now);
     tracing::info!("gcp sts: issued a federated token");
     Json(serde_json::json!({
         "access_token": access_token,
         "issued_token_type": ACCESS_TOKEN_TYPE,
         "token_type": "Bearer",
-        "expires_in": TOKEN_LIFETIME.as_secs(),
+        "expires_in": lifetime.as_secs(),
     }))
     .into_response()
 }
@@ -275,6 +279,9 @@ pub(crate) async fn iam_credentials(
         }
     };
     if let Some(fault) = state.gate.enter(Service::GcpIam).await {
+        if let Some(garbage) = fault.malformed_response(Service::GcpIam) {
+            return garbage;
+        }
         let status = fault.code.clone().unwrap_or_else(|| google_status(fault.status).to_owned());
         return google_error(fault.status, &status, fault.message()).into_response();
     }
@@ -382,7 +389,7 @@ fn generate_access_token(
         )));
     }
     let access_token = format!("ya29.c.{}", ids::random_token(120));
-    let expires = now + lifetime;
+    let expires = now + state.gate.faults.lifetime(Service::GcpIam, lifetime);
     let token = GcpToken::ServiceAccount { email: email.to_owned(), scopes: request.scope };
     state.gcp_tokens.insert(access_token.clone(), expires, token, now);
     tracing::info!("gcp iam: issued a service-account access token");

@@ -173,3 +173,58 @@ async fn oversized_request_bodies_are_refused() {
     assert_eq!(response.status(), 413);
     assert_eq!(env.emulator.counters(), Counters::default());
 }
+
+#[tokio::test]
+async fn malformed_faults_answer_200_with_a_cut_off_body_in_the_success_content_type() {
+    let env = common::start().await;
+    let fault = json!({"service": "aws-sts", "fail_next": 1, "malformed": true});
+    assert_eq!(post_json(&env, "/_emulator/faults", fault).await.status(), 204);
+    let (status, body) = assume_role(&env).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("<AssumeRoleWithWebIdentityResponse") && !body.contains("</Credentials>"), "{body}");
+    assert_eq!(assume_role(&env).await.0, 200);
+
+    let fault = json!({"service": "azure-token", "fail_next": 1, "malformed": true});
+    assert_eq!(post_json(&env, "/_emulator/faults", fault).await.status(), 204);
+    let ids = env.emulator.identities().clone();
+    let form = [
+        ("client_id", ids.azure_client_id.as_str()),
+        ("scope", "https://vault.azure.net/.default"),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", env.projected(Cloud::Azure).leak()),
+        ("grant_type", "client_credentials"),
+    ];
+    let url = env.url(&format!("/{}/oauth2/v2.0/token", ids.azure_tenant_id));
+    let response = env.client.post(url).form(&form).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let text = response.text().await.unwrap();
+    assert!(serde_json::from_str::<Value>(&text).is_err(), "not cut off: {text}");
+    assert_eq!(azure_token(&env).await.0, 200, "only the next call is malformed");
+
+    let both = json!({"service": "gcp-sts", "fail_next": 1, "malformed": true, "status": 500});
+    assert_eq!(post_json(&env, "/_emulator/faults", both).await.status(), 400, "a malformed answer has no status");
+}
+
+#[tokio::test]
+async fn a_lifetime_cap_shortens_issued_credentials_and_survives_clearing_faults() {
+    let env = common::start().await;
+    let cap = json!({"service": "azure-token", "lifetime_secs": 20});
+    assert_eq!(post_json(&env, "/_emulator/faults", cap).await.status(), 204);
+    assert_eq!(env.client.delete(env.url("/_emulator/faults")).send().await.unwrap().status(), 204);
+    let (status, body) = azure_token(&env).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expires_in"], 20, "{body}");
+
+    let cap = json!({"service": "aws-sts", "lifetime_secs": 30});
+    assert_eq!(post_json(&env, "/_emulator/faults", cap).await.status(), 204);
+    let (_, xml) = assume_role(&env).await;
+    let expiration = xml_text(&xml, "Expiration").unwrap();
+    let expiration = humantime::parse_rfc3339(&expiration).unwrap();
+    let left = expiration.duration_since(common::wall_clock()).unwrap_or_default();
+    assert!(left <= Duration::from_secs(30) && left >= Duration::from_secs(25), "{left:?}");
+
+    let uncap = json!({"service": "azure-token", "lifetime_secs": 0});
+    assert_eq!(post_json(&env, "/_emulator/faults", uncap).await.status(), 204);
+    assert_eq!(azure_token(&env).await.1["expires_in"], 3599);
+}

@@ -1,19 +1,31 @@
 //! `keyless serve`: the credential listener (every enabled adapter's routes on one loopback
 //! address) and the admin listener, with graceful shutdown.
+//!
+//! Each listener is a hyper HTTP/1.1 accept loop with bounds (SPEC section 6): a deadline for a
+//! request's headers (slowloris), a size bound on them (431), and a bounded number of connections
+//! where idle ones give way to new clients, so a connection flood cannot starve a real client.
 
+use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use keyless_core::{AppEnvVar, Context, Metrics};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tracing::info;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tower::ServiceExt as _;
+use tracing::{debug, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::providers::Native;
@@ -91,27 +103,21 @@ impl Sidecar {
         self.gate.clone()
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting and finishes in-flight requests.
+    /// Serves until `shutdown` resolves, then stops accepting, finishes in-flight requests (for at
+    /// most [`SHUTDOWN_GRACE`]) and closes idle connections.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
         info!(listen = %self.listen_addr(), admin = %self.admin_addr(), "keyless is serving");
-        let credentials = axum::serve(self.credentials, self.router).with_graceful_shutdown(stopped(stop_rx.clone()));
-        let admin = axum::serve(self.admin, self.admin_router).with_graceful_shutdown(stopped(stop_rx));
-        let credentials = tokio::spawn(async move { credentials.await });
-        let admin = tokio::spawn(async move { admin.await });
+        let credentials = Listener::new("credential listener", MAX_CONNECTIONS);
+        let admin = Listener::new("admin listener", MAX_ADMIN_CONNECTIONS);
+        let credentials = tokio::spawn(credentials.serve(self.credentials, self.router, stop_rx.clone()));
+        let admin = tokio::spawn(admin.serve(self.admin, self.admin_router, stop_rx));
         shutdown.await;
         info!("shutting down: finishing in-flight requests");
         self.gate.store(false, Ordering::Release);
         let _ = stop_tx.send(true);
         for server in [credentials, admin] {
-            match server.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(ServeError::Server(e)),
-                Err(e) => return Err(ServeError::Server(std::io::Error::other(e))),
-            }
+            server.await.map_err(|e| ServeError::Server(std::io::Error::other(e)))?;
         }
         Ok(())
     }
@@ -151,4 +157,251 @@ pub async fn termination() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// How long a client may take to send a request's headers. It also bounds how long a keep-alive
+/// connection may sit idle between requests (hyper starts the clock when it waits for a head):
+/// loopback clients send a request at once, so this only ever cuts off slow or stuck peers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) accepted; a larger one gets 431. Real clients
+/// send well under 2 KiB; the longest legitimate part is a GCE ID-token audience.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most header fields in one request (431 beyond).
+const MAX_HEADERS: usize = 64;
+/// Open connections per listener. At the limit a new connection displaces the oldest one that has
+/// no request in progress (idle keep-alive or still sending its headers), so a flood of silent or
+/// slow connections cannot lock out a real client; it waits only while every connection is busy.
+const MAX_CONNECTIONS: usize = 1024;
+const MAX_ADMIN_CONNECTIONS: usize = 128;
+/// In-flight requests may take up to `cache.request_wait` (10 s by default) when nothing is cached.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// Pause after an accept error such as EMFILE, so a full descriptor table does not spin the loop.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// One listener's connections: the bound on their number, and who may be displaced.
+struct Listener {
+    what: &'static str,
+    limit: usize,
+    next_id: AtomicU64,
+    open: Mutex<BTreeMap<u64, Arc<Connection>>>,
+    /// A connection closed or a request finished: the accept loop may find room, shutdown may end.
+    changed: Notify,
+    /// Set while at the limit, so an overload is logged once rather than once per connection.
+    saturated: AtomicBool,
+}
+
+/// What the accept loop knows about one open connection.
+#[derive(Default)]
+struct Connection {
+    /// Requests being handled or whose response is still being written.
+    in_request: AtomicUsize,
+    /// Asks the connection's task to close it (it has no request in progress).
+    displace: Notify,
+}
+
+/// Counts one request as in progress from the service call until its response body has been
+/// written (hyper drops the body then), or the connection died.
+struct InRequest {
+    listener: Arc<Listener>,
+    connection: Arc<Connection>,
+}
+
+impl InRequest {
+    fn new(listener: Arc<Listener>, connection: Arc<Connection>) -> Self {
+        connection.in_request.fetch_add(1, Ordering::SeqCst);
+        Self { listener, connection }
+    }
+}
+
+impl Drop for InRequest {
+    fn drop(&mut self) {
+        self.connection.in_request.fetch_sub(1, Ordering::SeqCst);
+        self.listener.changed.notify_waiters();
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is dropped.
+struct CountedBody {
+    inner: axum::body::Body,
+    _in_request: InRequest,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = <axum::body::Body as hyper::body::Body>::Data;
+    type Error = <axum::body::Body as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Listener {
+    fn new(what: &'static str, limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            what,
+            limit,
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(BTreeMap::new()),
+            changed: Notify::new(),
+            saturated: AtomicBool::new(false),
+        })
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Connection>>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admits a new connection: at once below the limit; at the limit by displacing the oldest
+    /// connection without a request in progress; `None` while every connection is busy.
+    fn admit(&self) -> Option<(u64, Arc<Connection>)> {
+        let mut open = self.open();
+        if open.len() >= self.limit {
+            if !self.saturated.swap(true, Ordering::Relaxed) {
+                warn!(
+                    listener = self.what,
+                    limit = self.limit,
+                    "connection limit reached: new connections displace the oldest idle ones"
+                );
+            }
+            let idle = open.iter().find(|(_, c)| c.in_request.load(Ordering::SeqCst) == 0).map(|(id, _)| *id);
+            let displaced = open.remove(&idle?)?;
+            displaced.displace.notify_one();
+            debug!(listener = self.what, "displaced the oldest idle connection");
+        } else if open.len() < self.limit / 2 {
+            self.saturated.store(false, Ordering::Relaxed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let connection = Arc::new(Connection::default());
+        open.insert(id, connection.clone());
+        Some((id, connection))
+    }
+
+    fn close(&self, id: u64) {
+        self.open().remove(&id);
+        self.changed.notify_waiters();
+    }
+
+    /// Accepts until `stop`, then waits (at most [`SHUTDOWN_GRACE`]) for open connections to end.
+    async fn serve(self: Arc<Self>, listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // EMFILE/ENFILE/ECONNABORTED: the listener itself is fine; try again shortly.
+                        warn!(listener = self.what, error = %e, "accepting a connection failed");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                },
+                () = stopped(&mut stop) => break,
+            };
+            let admitted = loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if let Some(admitted) = self.admit() {
+                    break Some(admitted);
+                }
+                tokio::select! {
+                    () = changed => {}
+                    () = stopped(&mut stop) => break None,
+                }
+            };
+            let Some((id, connection)) = admitted else { break };
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(self.clone().connection(id, connection, tcp, peer, router.clone(), stop.clone()));
+        }
+        // New connections are refused from here on.
+        drop(listener);
+        let drained = async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.open().is_empty() {
+                    break;
+                }
+                changed.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+            warn!(listener = self.what, grace = ?SHUTDOWN_GRACE, "requests still in progress after the shutdown grace period; closing them");
+        }
+    }
+
+    /// Serves one connection until the peer closes it, it is displaced, or shutdown closes it
+    /// (at once when idle, after its response when a request is in progress).
+    async fn connection(
+        self: Arc<Self>,
+        id: u64,
+        state: Arc<Connection>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        router: Router,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let (listener, counted) = (self.clone(), state.clone());
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let in_request = InRequest::new(listener.clone(), counted.clone());
+            let response = router.clone().oneshot(request);
+            async move {
+                let response = response.await?;
+                Ok::<_, Infallible>(response.map(|inner| CountedBody { inner, _in_request: in_request }))
+            }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .max_header_size(MAX_HEAD_BYTES)
+            .max_headers(MAX_HEADERS)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(tcp), service);
+        tokio::pin!(connection);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        debug!(listener = self.what, %peer, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                () = state.displace.notified(), if !closing => {
+                    // Chosen because it had no request in progress; nothing ran since (this task
+                    // alone polls the connection), so closing it cuts no response.
+                    if state.in_request.load(Ordering::SeqCst) == 0 {
+                        break;
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = stopped(&mut stop), if !closing => {
+                    if state.in_request.load(Ordering::SeqCst) == 0 {
+                        break;
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+        self.close(id);
+    }
+}
+
+/// Resolves once shutdown has begun (or the server is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
