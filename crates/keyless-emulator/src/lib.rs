@@ -58,6 +58,11 @@ pub struct EmulatorConfig {
     pub rotate_every: Duration,
     /// The identities every service trusts.
     pub identities: DevIdentities,
+    /// Names (DNS names or IP addresses) clients reach the emulator by besides loopback, e.g. the
+    /// service name in a compose file. Each is added to the TLS certificate's names; the first one
+    /// is the host of [`Emulator::url`], so of the OIDC issuer, since a token's `iss` must be a
+    /// URL its verifier can reach. Default: none (the URL is on loopback).
+    pub hostnames: Vec<String>,
 }
 
 impl EmulatorConfig {
@@ -70,6 +75,7 @@ impl EmulatorConfig {
             token_lifetime,
             rotate_every: token_lifetime.mul_f64(0.8),
             identities: DevIdentities::default(),
+            hostnames: Vec::new(),
         }
     }
 }
@@ -203,8 +209,14 @@ impl std::fmt::Debug for Emulator {
     }
 }
 
-/// The URL clients use: a wildcard listen address is reached through loopback.
-fn url_for(addr: SocketAddr) -> String {
+/// The URL clients use: on the first public host name when there is one; otherwise a wildcard
+/// listen address is reached through loopback.
+fn url_for(addr: SocketAddr, hostname: Option<&tls::HostName>) -> String {
+    match hostname {
+        Some(tls::HostName::Dns(name)) => return format!("https://{name}:{}", addr.port()),
+        Some(tls::HostName::Ip(ip)) => return url_for(SocketAddr::new(*ip, addr.port()), None),
+        None => {}
+    }
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -230,6 +242,7 @@ pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
             config.token_lifetime, config.rotate_every
         )));
     }
+    let hostnames = config.hostnames.iter().map(|name| tls::HostName::parse(name)).collect::<Result<Vec<_>, _>>()?;
     let state_dir = config.state_dir.clone();
     let state_error = |source| EmulatorError::StateDir { path: state_dir.clone(), source };
     fs::create_dir_all(&state_dir).map_err(state_error)?;
@@ -238,7 +251,7 @@ pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
         .await
         .map_err(|source| EmulatorError::Bind { addr: config.listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| EmulatorError::Bind { addr: config.listen, source })?;
-    let url = url_for(local_addr);
+    let url = url_for(local_addr, hostnames.first());
 
     let ids = config.identities;
     let (issuer_url, namespace, service_account) = (url.clone(), ids.namespace.clone(), ids.service_account.clone());
@@ -252,7 +265,7 @@ pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
         issuer
             .map_err(|e| EmulatorError::KeyGeneration { what: "OIDC issuer signing key", reason: e.to_string() })??,
     );
-    let tls = tls::generate(Some(local_addr.ip()))?;
+    let tls = tls::generate(Some(local_addr.ip()), &hostnames)?;
     let ca_pem_path = state_dir.join("ca.pem");
     fs::write(&ca_pem_path, &tls.ca_pem).map_err(state_error)?;
 
@@ -285,7 +298,8 @@ pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
 }
 
 impl Emulator {
-    /// `https://127.0.0.1:PORT` (no trailing slash): the base of every service and the OIDC issuer.
+    /// `https://127.0.0.1:PORT`, or `https://HOSTNAME:PORT` with [`EmulatorConfig::hostnames`] (no
+    /// trailing slash): the base of every service and the OIDC issuer.
     pub fn url(&self) -> String {
         self.url.clone()
     }

@@ -1,4 +1,5 @@
-//! A throwaway CA and a loopback server certificate, generated at every start.
+//! A throwaway CA and a server certificate for loopback (and any public host names), generated at
+//! every start.
 //!
 //! Strict verifiers are the point: Python 3.13's `VERIFY_X509_STRICT` wants a critical
 //! basicConstraints on the CA, key usage, an authority key identifier on the leaf and SANs (never
@@ -23,13 +24,51 @@ pub(crate) struct TlsMaterial {
     pub(crate) server_config: Arc<ServerConfig>,
 }
 
+/// A name clients reach the emulator by (`EmulatorConfig::hostnames`), validated once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HostName {
+    /// A DNS name, e.g. a compose service name.
+    Dns(String),
+    /// An IP address (IPv6 without brackets).
+    Ip(IpAddr),
+}
+
+impl HostName {
+    pub(crate) fn parse(name: &str) -> Result<Self, EmulatorError> {
+        if let Ok(ip) = name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            if ip.is_unspecified() {
+                return Err(EmulatorError::InvalidConfig(format!(
+                    "host name {name} is a wildcard address, which no client can connect to: \
+                     give the name or address clients use to reach the emulator"
+                )));
+            }
+            return Ok(Self::Ip(ip));
+        }
+        // RFC 1123 labels: what a certificate's dNSName and a URL's host both accept.
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(EmulatorError::InvalidConfig(format!(
+                "host name {name:?} is not a DNS name or an IP address: give a name like `emulator` or \
+                 `emulator.example.test` (letters, digits, `-` and dots; no scheme, port or path)"
+            )));
+        }
+        Ok(Self::Dns(name.to_ascii_lowercase()))
+    }
+}
+
 fn cert_error(reason: impl ToString) -> EmulatorError {
     EmulatorError::KeyGeneration { what: "TLS CA and server certificate", reason: reason.to_string() }
 }
 
-/// Generates the CA and a leaf for `127.0.0.1`, `::1`, `localhost` and `extra_ip` (the listen
-/// address when it is a specific non-loopback one).
-pub(crate) fn generate(extra_ip: Option<IpAddr>) -> Result<TlsMaterial, EmulatorError> {
+/// Generates the CA and a leaf for `127.0.0.1`, `::1`, `localhost`, `extra_ip` (the listen
+/// address when it is a specific non-loopback one) and `hostnames`.
+pub(crate) fn generate(extra_ip: Option<IpAddr>, hostnames: &[HostName]) -> Result<TlsMaterial, EmulatorError> {
     let ca_key = KeyPair::generate().map_err(cert_error)?;
     let mut ca_params = CertificateParams::default();
     ca_params.distinguished_name = DistinguishedName::new();
@@ -41,11 +80,19 @@ pub(crate) fn generate(extra_ip: Option<IpAddr>) -> Result<TlsMaterial, Emulator
     let ca = Issuer::new(ca_params, ca_key);
 
     let leaf_key = KeyPair::generate().map_err(cert_error)?;
-    let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned()]).map_err(cert_error)?;
-    leaf_params.distinguished_name = DistinguishedName::new();
-    leaf_params.distinguished_name.push(DnType::CommonName, "keyless emulator");
+    let mut dns_names = vec!["localhost".to_owned()];
     let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
     ips.extend(extra_ip.filter(|ip| !ip.is_loopback() && !ip.is_unspecified()));
+    for name in hostnames {
+        match name {
+            HostName::Dns(dns) if !dns_names.contains(dns) => dns_names.push(dns.clone()),
+            HostName::Ip(ip) if !ips.contains(ip) => ips.push(*ip),
+            _ => {}
+        }
+    }
+    let mut leaf_params = CertificateParams::new(dns_names).map_err(cert_error)?;
+    leaf_params.distinguished_name = DistinguishedName::new();
+    leaf_params.distinguished_name.push(DnType::CommonName, "keyless emulator");
     leaf_params.subject_alt_names.extend(ips.into_iter().map(SanType::IpAddress));
     leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

@@ -134,3 +134,55 @@ async fn start_reports_an_unusable_state_dir() {
     let message = error.to_string();
     assert!(message.contains("state directory") && message.contains("writable"), "{message}");
 }
+
+/// A compose service reaches the emulator by its service name: that name must be in the
+/// certificate and be the issuer, or the sidecar's TLS check and the token's `iss` both fail.
+#[tokio::test]
+async fn a_public_host_name_is_the_issuer_and_is_in_the_certificate() {
+    let env = common::start_with(|c| c.hostnames = vec!["Emulator.Test".to_owned()]).await;
+    let port = env.emulator.local_addr().port();
+    assert_eq!(env.emulator.url(), format!("https://emulator.test:{port}"));
+
+    let pem = std::fs::read(env.emulator.ca_pem_path()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+        .resolve("emulator.test", env.emulator.local_addr())
+        .build()
+        .unwrap();
+    let discovery: serde_json::Value = client
+        .get(format!("{}/.well-known/openid-configuration", env.emulator.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["issuer"], env.emulator.url());
+    assert_eq!(discovery["jwks_uri"], format!("https://emulator.test:{port}/openid/v1/jwks"));
+
+    let jwks: serde_json::Value =
+        client.get(format!("{}/openid/v1/jwks", env.emulator.url())).send().await.unwrap().json().await.unwrap();
+    let token = env.projected(Cloud::Aws);
+    let claims = common::verify_with_jwks(&token, &jwks, "sts.amazonaws.com", &env.emulator.url());
+    assert_eq!(claims["iss"], env.emulator.url());
+    // Loopback keeps working beside the public name.
+    let loopback = format!("https://127.0.0.1:{port}/openid/v1/jwks");
+    assert!(env.client.get(loopback).send().await.unwrap().status().is_success());
+}
+
+#[tokio::test]
+async fn an_ip_address_host_name_is_bracketed_in_urls_when_ipv6() {
+    let env = common::start_with(|c| c.hostnames = vec!["::1".to_owned()]).await;
+    assert_eq!(env.emulator.url(), format!("https://[::1]:{}", env.emulator.local_addr().port()));
+}
+
+#[tokio::test]
+async fn start_rejects_host_names_no_client_can_use() {
+    for bad in ["https://emulator", "emulator:9813", "", "0.0.0.0", "bad_name", "-x"] {
+        let state = tempfile::tempdir().unwrap();
+        let mut config = keyless_emulator::EmulatorConfig::new(state.path());
+        config.hostnames = vec![bad.to_owned()];
+        let error = keyless_emulator::start(config).await.unwrap_err();
+        assert!(error.to_string().contains("host name"), "{bad}: {error}");
+    }
+}

@@ -28,18 +28,21 @@ pub struct DevOptions {
     pub emulator_listen: SocketAddr,
 }
 
-/// `keyless emulate`: the emulator and projector until SIGTERM/Ctrl-C.
-pub async fn emulate(listen: SocketAddr, state_dir: PathBuf) -> Result<(), String> {
-    let emulator = start_emulator(listen, &state_dir).await?;
-    info!(url = %emulator.url(), ca = %emulator.ca_pem_path().display(), "emulator ready");
+/// `keyless emulate`: the emulator and projector until SIGTERM/Ctrl-C. `hostnames` are the names
+/// other containers reach it by (the first one is the issuer); apps get `STATE/ca-bundle.pem`.
+pub async fn emulate(listen: SocketAddr, state_dir: PathBuf, hostnames: Vec<String>) -> Result<(), String> {
+    let emulator = start_emulator(listen, &state_dir, hostnames).await?;
+    let bundle = write_ca_bundle(&state_dir, emulator.ca_pem_path())?;
+    info!(url = %emulator.url(), ca = %emulator.ca_pem_path().display(), ca_bundle = %bundle.display(), "emulator ready");
     serve::termination().await;
     emulator.shutdown().await;
     Ok(())
 }
 
-async fn start_emulator(listen: SocketAddr, state_dir: &Path) -> Result<Emulator, String> {
+async fn start_emulator(listen: SocketAddr, state_dir: &Path, hostnames: Vec<String>) -> Result<Emulator, String> {
     let mut config = EmulatorConfig::new(state_dir);
     config.listen = listen;
+    config.hostnames = hostnames;
     keyless_emulator::start(config).await.map_err(|e| format!("cannot start the emulator: {e}"))
 }
 
@@ -106,7 +109,7 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     // The env file is read from other directories (apps, compose): every path in it is absolute.
     opts.state_dir = std::path::absolute(&opts.state_dir)
         .map_err(|e| format!("cannot resolve the state dir {}: {e}", opts.state_dir.display()))?;
-    let emulator = start_emulator(opts.emulator_listen, &opts.state_dir).await?;
+    let emulator = start_emulator(opts.emulator_listen, &opts.state_dir, Vec::new()).await?;
     let bundle = write_ca_bundle(&opts.state_dir, emulator.ca_pem_path())?;
 
     let config_path = opts.state_dir.join("keyless.toml");

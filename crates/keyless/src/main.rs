@@ -8,6 +8,7 @@ mod config;
 mod credential_process;
 mod dev;
 mod logging;
+mod probe;
 mod providers;
 mod serve;
 
@@ -77,6 +78,18 @@ enum Command {
         #[arg(long, env = "KEYLESS_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Exit 0 when URL answers 2xx: a health check for containers without curl (e.g. compose's
+    /// `healthcheck` on /readyz).
+    Probe {
+        /// The URL to GET, e.g. http://127.0.0.1:9812/readyz.
+        url: String,
+        /// PEM CA certificates to trust (only these) for an https URL.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Check the configuration, each subject token and each exchange once; print what to fix and
     /// the cloud-side bindings to create. Exit 1 on any problem.
     Check {
@@ -89,9 +102,13 @@ enum Command {
         /// The emulated clouds' HTTPS listener.
         #[arg(long, default_value = "127.0.0.1:9813")]
         listen: SocketAddr,
-        /// Where the CA and the projected tokens are written.
+        /// Where the CA, the CA bundle for apps and the projected tokens are written.
         #[arg(long, default_value = ".keyless-emulator")]
         state_dir: PathBuf,
+        /// A name other hosts reach the emulator by (e.g. its compose service name): added to its
+        /// TLS certificate; the first one given is the host of its URLs and of the tokens' issuer.
+        #[arg(long = "hostname", value_name = "NAME")]
+        hostnames: Vec<String>,
     },
 }
 
@@ -113,7 +130,15 @@ fn main() -> ExitCode {
         }
         Command::CredentialProcess { config } => runtime.block_on(credential_process(config)),
         Command::Check { config } => runtime.block_on(check::run(config)),
-        Command::Emulate { listen, state_dir } => runtime.block_on(run_logged(dev::emulate(listen, state_dir))),
+        Command::Probe { url, ca_file, timeout } => {
+            match runtime.block_on(probe::probe(&url, ca_file.as_deref(), timeout)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Emulate { listen, state_dir, hostnames } => {
+            runtime.block_on(run_logged(dev::emulate(listen, state_dir, hostnames)))
+        }
     }
 }
 
