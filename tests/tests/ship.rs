@@ -512,8 +512,14 @@ fn kubernetes_pods_run_keyless_as_a_hardened_native_sidecar_wired_like_compose()
                 .find(|m| Path::new(str_of(&m["mountPath"])) == token_file.parent().unwrap())
                 .unwrap_or_else(|| panic!("{name}: nothing mounted at {}", token_file.display()));
             let volume = by_name(&pod["volumes"], str_of(&mount["name"]));
-            let projected = &volume["projected"]["sources"][0]["serviceAccountToken"];
-            assert_eq!(projected["path"], token_file.file_name().unwrap().to_str().unwrap(), "{name}");
+            let file_name = token_file.file_name().unwrap().to_str().unwrap();
+            let projected = volume["projected"]["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|source| &source["serviceAccountToken"])
+                .find(|token| token["path"] == file_name)
+                .unwrap_or_else(|| panic!("{name}: no projected token at {}", token_file.display()));
             let audience = match cloud.as_str() {
                 "aws" => "sts.amazonaws.com",
                 "azure" => "api://AzureADTokenExchange",
