@@ -84,3 +84,19 @@ fn nothing_configured_says_how_to_configure_a_provider() {
     assert!(!ok);
     assert!(stderr.contains("no cloud provider is configured") && stderr.contains("[aws]"), "{stderr}");
 }
+
+#[test]
+fn json_logs_are_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyless.toml");
+    std::fs::write(&path, "log_format = \"json\"\nlog = \"info\"\n").unwrap();
+    let out = keyless()
+        .args(["serve", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let json_lines: Vec<serde_json::Value> =
+        stderr.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!json_lines.is_empty(), "{stderr}");
+    assert!(json_lines.iter().any(|l| l["level"] == "ERROR"), "{stderr}");
+}
