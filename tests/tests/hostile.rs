@@ -1,0 +1,200 @@
+//! Hostile input on the credential listener (SPEC section 6, "bounded everything"): oversized
+//! request heads get 431 or a closed connection, slowloris connections are cut off at the header
+//! deadline, and a flood of idle connections beyond the limit is bounded; none of them keeps a
+//! normal client from being served quickly. Figures are printed for docs/reliability.md.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use keyless_e2e::{Dev, Tally, wait_until};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// keyless's bounds (crates/keyless/src/serve.rs).
+const MAX_CONNECTIONS: usize = 1024;
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+
+fn listen(dev: &Dev) -> SocketAddr {
+    dev.var("GCE_METADATA_HOST").parse().unwrap()
+}
+
+/// `n` normal requests for a cached token, each on a new connection (a pooled one would not show
+/// whether new clients get in); every one must succeed. Returns their latency figures.
+async fn normal_requests(listen: SocketAddr, n: usize) -> Tally {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut samples = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        let response =
+            http.get(format!("http://{listen}{TOKEN_PATH}")).header("Metadata-Flavor", "Google").send().await;
+        let took = started.elapsed();
+        let response = response.unwrap_or_else(|e| panic!("a normal client was not served: {e}"));
+        assert_eq!(response.status(), 200);
+        assert!(response.text().await.unwrap().contains("access_token"));
+        samples.push(keyless_e2e::Sample {
+            endpoint: keyless_e2e::Endpoint::GceToken,
+            sent: keyless_e2e::wall_clock(),
+            took,
+            outcome: Ok(keyless_e2e::wall_clock()),
+        });
+    }
+    Tally::of(&samples)
+}
+
+/// Sends `request` and reads the answer until the server closes (or 5 s pass).
+async fn raw(listen: SocketAddr, request: Vec<u8>) -> String {
+    let mut tcp = TcpStream::connect(listen).await.unwrap();
+    // The server may answer and close before all of an oversized head is written.
+    let _ = tcp.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Server-side established connections on `port` (from /proc/net/tcp: local port, state 01).
+fn established_on(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && fields[3] == "01"
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn oversized_request_heads_get_431_or_a_closed_connection_and_others_are_served() {
+    let dev = Dev::start().await;
+    let listen = listen(&dev);
+    let big_header = |size: usize| {
+        format!(
+            "GET {TOKEN_PATH} HTTP/1.1\r\nHost: {listen}\r\nMetadata-Flavor: Google\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(size)
+        )
+        .into_bytes()
+    };
+    let many_headers = {
+        let headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+        format!("GET {TOKEN_PATH} HTTP/1.1\r\nHost: {listen}\r\nMetadata-Flavor: Google\r\n{headers}\r\n").into_bytes()
+    };
+    assert!(raw(listen, many_headers).await.starts_with("HTTP/1.1 431"), "200 headers are not refused with 431");
+    let answer = raw(listen, big_header(20 * 1024)).await;
+    assert!(answer.starts_with("HTTP/1.1 431") || answer.is_empty(), "a 20 KiB header: {answer:.200}");
+    // Just under the bound is still a normal request.
+    assert!(raw(listen, big_header(12 * 1024)).await.starts_with("HTTP/1.1 200"));
+
+    // 100 clients sending 1 MiB heads while normal clients keep asking.
+    let attackers: Vec<_> = (0..100).map(|_| tokio::spawn(raw(listen, big_header(1024 * 1024)))).collect();
+    let normal = normal_requests(listen, 100).await;
+    let mut refused = 0;
+    for attacker in attackers {
+        let answer = attacker.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 431") || answer.is_empty(), "a 1 MiB head was answered: {answer:.200}");
+        refused += 1;
+    }
+    eprintln!(
+        "hostile: {refused} clients sending 1 MiB heads were refused (431 or closed); meanwhile normal clients: {normal}"
+    );
+    assert!(normal.max < Duration::from_secs(1), "normal clients were slowed down: {normal}");
+}
+
+#[tokio::test]
+async fn slowloris_connections_are_cut_at_the_header_deadline_and_do_not_starve_others() {
+    let dev = Dev::start().await;
+    let listen = listen(&dev);
+    const SLOW: usize = 200;
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        let mut tcp = TcpStream::connect(listen).await.unwrap();
+        tcp.write_all(format!("GET {TOKEN_PATH} HTTP/1.1\r\nHost: {listen}\r\n").as_bytes()).await.unwrap();
+        // One header line every 500 ms, never the blank line that ends the head: until cut off.
+        slow.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut buf = [0u8; 512];
+            loop {
+                tokio::select! {
+                    read = tcp.read(&mut buf) => match read {
+                        Ok(0) | Err(_) => return started.elapsed(),
+                        Ok(_) => {}
+                    },
+                    _ = tick.tick() => if tcp.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                        return started.elapsed();
+                    },
+                }
+            }
+        }));
+    }
+    let normal = normal_requests(listen, 50).await;
+    assert!(normal.max < Duration::from_secs(1), "normal clients waited behind slowloris connections: {normal}");
+    let open_meanwhile = slow.iter().filter(|t| !t.is_finished()).count();
+    assert_eq!(open_meanwhile, SLOW, "slowloris connections were cut before their deadline");
+
+    let slow_ref = &slow;
+    wait_until("every slowloris connection to be cut off", HEADER_READ_TIMEOUT * 3, || async move {
+        slow_ref.iter().all(|t| t.is_finished())
+    })
+    .await;
+    let mut cut_after = Vec::new();
+    for task in slow {
+        cut_after.push(task.await.unwrap());
+    }
+    let latest = cut_after.iter().max().unwrap();
+    let earliest = cut_after.iter().min().unwrap();
+    eprintln!(
+        "hostile: {SLOW} slowloris connections open; normal clients meanwhile: {normal}; the slow ones were cut \
+         after {:.1}-{:.1} s",
+        earliest.as_secs_f64(),
+        latest.as_secs_f64()
+    );
+    assert!(*earliest >= HEADER_READ_TIMEOUT - Duration::from_secs(1), "cut before the deadline: {earliest:?}");
+    assert!(*latest <= HEADER_READ_TIMEOUT + Duration::from_secs(10), "a slowloris connection lived {latest:?}");
+}
+
+#[tokio::test]
+async fn a_connection_flood_beyond_the_limit_is_bounded_and_new_clients_still_get_in() {
+    let dev = Dev::start().await;
+    let listen = listen(&dev);
+    const FLOOD: usize = 1500;
+    let mut flood = Vec::with_capacity(FLOOD);
+    let started = Instant::now();
+    for _ in 0..FLOOD {
+        flood.push(TcpStream::connect(listen).await.unwrap());
+    }
+    let connected_in = started.elapsed();
+    wait_until("keyless to shed the connections beyond its limit", Duration::from_secs(20), || async {
+        established_on(listen.port()) <= MAX_CONNECTIONS
+    })
+    .await;
+    let held = established_on(listen.port());
+    let normal = normal_requests(listen, 50).await;
+    assert_eq!(dev.readyz().await, 200, "the admin listener must not be affected");
+    let held_after = established_on(listen.port());
+    // The connections keyless displaced see the close.
+    let mut closed = 0;
+    for tcp in &mut flood {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut byte)).await {
+            closed += 1;
+        }
+    }
+    eprintln!(
+        "hostile: {FLOOD} idle connections opened in {:.2} s; keyless holds {held} (limit {MAX_CONNECTIONS}), \
+         {held_after} after 50 new clients, closed {closed} of the flood; normal clients meanwhile: {normal}",
+        connected_in.as_secs_f64()
+    );
+    assert!(held <= MAX_CONNECTIONS && held_after <= MAX_CONNECTIONS, "{held} / {held_after} connections held");
+    assert!(closed >= FLOOD - MAX_CONNECTIONS, "only {closed} flood connections were closed");
+    assert!(normal.max < Duration::from_secs(1), "new clients waited behind the flood: {normal}");
+}
