@@ -1,0 +1,138 @@
+//! `keyless-bench`: measures SPEC section 8's quality bars on this machine, by hand (`scripts/bench`),
+//! never as a timed test. It starts `keyless emulate` and `keyless serve` against it (two
+//! processes, so keyless's memory is its own), a bare hyper server per endpoint answering a body of
+//! the size keyless answers, and drives both with the same load generator in the same run.
+#![forbid(unsafe_code)]
+
+mod bare;
+mod bench;
+mod cold;
+mod endpoints;
+mod load;
+mod procs;
+mod report;
+mod stack;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(
+        "cannot run {path}: {source}; build it first (scripts/bench does: cargo build --release -p keyless) or pass --keyless"
+    )]
+    Spawn { path: PathBuf, source: std::io::Error },
+    #[error("{what} did not get ready within a minute or exited; its log: {}", log.display())]
+    NotReady { what: &'static str, log: PathBuf },
+    #[error("cannot reach {addr}: {source}")]
+    Connect { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Request(String),
+    #[error("the emulator's control API failed: {0}")]
+    Emulator(String),
+    #[error("cannot read {path}: {source} (the benchmark reads /proc: it runs on Linux only)")]
+    Proc { path: String, source: std::io::Error },
+    #[error("cannot use {}: {source}", path.display())]
+    File { path: PathBuf, source: std::io::Error },
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyless-bench",
+    about = "Load benchmark of keyless's cached-credential path against a bare hyper server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Internal>,
+    #[command(flatten)]
+    options: Options,
+}
+
+#[derive(Debug, Subcommand)]
+enum Internal {
+    /// The baseline server (started by the benchmark itself).
+    #[command(hide = true)]
+    BareServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        body_len: usize,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// The keyless binary to measure (a release build) [default: `keyless` beside this binary].
+    #[arg(long)]
+    keyless: Option<PathBuf>,
+    /// Concurrent keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Measured time of each run.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured load before each run.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Runs of each server on each endpoint, alternating which goes first.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Worker threads of the load generator.
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
+    /// Cold starts of `keyless serve` to measure (spawn to the first 200 of /readyz).
+    #[arg(long, default_value_t = 5)]
+    cold_starts: usize,
+    /// Concurrent first requests for a key nothing has asked for yet.
+    #[arg(long, default_value_t = 1000)]
+    cold_requests: usize,
+    /// Endpoints to load (all five when absent).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<endpoints::Endpoint>,
+    /// Record a `perf` CPU profile of each server during its first run on each endpoint, into
+    /// DIR/<endpoint>.{keyless,bare}.perf.data (needs `perf`; build with symbols to read them).
+    #[arg(long, value_name = "DIR")]
+    perf: Option<PathBuf>,
+    /// `perf record --call-graph` mode: `fp` (needs keyless built with frame pointers) or `dwarf`
+    /// (bigger files, also unwinds through libc).
+    #[arg(long, default_value = "fp", value_name = "MODE")]
+    perf_call_graph: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Internal::BareServer { listen, body_len }) = cli.command {
+        // The runtime keyless uses: multi-threaded, one worker per core.
+        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+        };
+        return match runtime.block_on(bare::serve(listen, body_len)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e.to_string()),
+        };
+    }
+    let options = cli.options;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.client_threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(bench::bench(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+#[allow(clippy::print_stderr)] // the reason the benchmark could not run
+fn fail(message: &str) -> ExitCode {
+    eprintln!("keyless-bench: {message}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,206 @@
+//! The processes under test: `keyless emulate` (the clouds, on loopback) and `keyless serve`
+//! configured against it, each its own process so keyless's memory is measured alone.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::BenchError;
+use crate::procs::free_port;
+
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+fn command(keyless: &Path, log: &Path) -> Result<Command, BenchError> {
+    let file_error = |e| BenchError::File { path: log.to_owned(), source: e };
+    let stdout = std::fs::File::create(log).map_err(file_error)?;
+    let stderr = stdout.try_clone().map_err(file_error)?;
+    let mut command = Command::new(keyless);
+    // Only what the bench sets: a KEYLESS_* or cloud variable of this shell must not change the run.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("KEYLESS_") || name == "RUST_LOG" {
+            command.env_remove(name);
+        }
+    }
+    command.stdin(Stdio::null()).stdout(stdout).stderr(stderr).kill_on_drop(true);
+    Ok(command)
+}
+
+fn spawn(mut command: Command, keyless: &Path) -> Result<Child, BenchError> {
+    command.spawn().map_err(|e| BenchError::Spawn { path: keyless.to_owned(), source: e })
+}
+
+/// A running `keyless emulate`.
+pub struct Emulator {
+    _child: Child,
+    pub url: String,
+    pub state_dir: PathBuf,
+    client: reqwest::Client,
+    pub identities: Value,
+}
+
+impl Emulator {
+    pub async fn start(keyless: &Path, dir: &Path) -> Result<Self, BenchError> {
+        let addr = free_port()?;
+        let state_dir = dir.join("emulator");
+        let log = dir.join("emulator.log");
+        let mut command = command(keyless, &log)?;
+        command.arg("emulate").arg("--listen").arg(addr.to_string()).arg("--state-dir").arg(&state_dir);
+        let mut child = spawn(command, keyless)?;
+        let url = format!("https://{addr}");
+        let ca_path = state_dir.join("ca.pem");
+        let give_up = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(client) = std::fs::read(&ca_path).ok().and_then(|pem| https_client(&pem)) {
+                let identities = client.get(format!("{url}/_emulator/identities")).send().await;
+                if let Ok(response) = identities.and_then(reqwest::Response::error_for_status) {
+                    let identities = response.json().await.map_err(|e| BenchError::Emulator(e.to_string()))?;
+                    return Ok(Self { _child: child, url, state_dir, client, identities });
+                }
+            }
+            if child.try_wait().ok().flatten().is_some() || Instant::now() > give_up {
+                return Err(BenchError::NotReady { what: "keyless emulate", log });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn identity(&self, name: &str) -> String {
+        self.identities.get(name).and_then(Value::as_str).unwrap_or_default().to_owned()
+    }
+
+    pub fn token_path(&self, cloud: &str) -> PathBuf {
+        self.state_dir.join("tokens").join(cloud).join("token")
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.state_dir.join("ca.pem")
+    }
+
+    /// Calls that reached each emulated service so far (`/_emulator/counters`).
+    pub async fn counters(&self) -> Result<Value, BenchError> {
+        let response = self
+            .client
+            .get(format!("{}/_emulator/counters", self.url))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| BenchError::Emulator(e.to_string()))?;
+        response.json().await.map_err(|e| BenchError::Emulator(e.to_string()))
+    }
+}
+
+fn https_client(ca_pem: &[u8]) -> Option<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(ca_pem).ok()?;
+    reqwest::Client::builder().tls_certs_only([ca]).no_proxy().build().ok()
+}
+
+/// `keyless serve`'s configuration for the emulator: the three clouds, every native endpoint.
+pub fn sidecar_toml(emulator: &Emulator, aws_authorization_file: &Path) -> String {
+    let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+    let path = |p: PathBuf| q(&p.to_string_lossy());
+    let url = q(&emulator.url);
+    let ca = path(emulator.ca_path());
+    format!(
+        "[aws]\ntoken_file = {}\nrole_arn = {}\nregion = \"us-east-1\"\nsts_endpoint = {url}\nca_file = {ca}\n\
+         authorization_token_file = {}\n\n\
+         [gcp]\ntoken_file = {}\naudience = {}\nservice_account = {}\nproject_id = {}\nproject_number = {}\n\
+         sts_endpoint = {url}\niam_endpoint = {url}\nca_file = {ca}\n\n\
+         [azure]\ntoken_file = {}\ntenant_id = {}\nclient_id = {}\nauthority_host = {url}\nca_file = {ca}\n",
+        path(emulator.token_path("aws")),
+        q(&emulator.identity("aws_role_arn")),
+        path(aws_authorization_file.to_owned()),
+        path(emulator.token_path("gcp")),
+        q(emulator.identities.pointer("/audiences/gcp").and_then(Value::as_str).unwrap_or_default()),
+        q(&emulator.identity("gcp_service_account")),
+        q(&emulator.identity("gcp_project_id")),
+        q(&emulator.identity("gcp_project_number")),
+        path(emulator.token_path("azure")),
+        q(&emulator.identity("azure_tenant_id")),
+        q(&emulator.identity("azure_client_id")),
+    )
+}
+
+/// A running `keyless serve`.
+pub struct Sidecar {
+    child: Child,
+    pub pid: u32,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    http: reqwest::Client,
+}
+
+impl Sidecar {
+    /// Spawns `keyless serve` and waits for `/readyz` to answer 200; returns it with the time
+    /// from spawn to that first 200 (polled every millisecond).
+    pub async fn start(
+        keyless: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<(Self, Duration), BenchError> {
+        let listen = free_port()?;
+        let admin = free_port()?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| BenchError::Request(e.to_string()))?;
+        let readyz = format!("http://{admin}/readyz");
+        let mut command = command(keyless, log)?;
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .envs(env.iter().copied());
+        let spawned = Instant::now();
+        let mut child = spawn(command, keyless)?;
+        let give_up = spawned + START_DEADLINE;
+        loop {
+            if let Ok(r) = http.get(&readyz).send().await
+                && r.status() == reqwest::StatusCode::OK
+            {
+                let ready_after = spawned.elapsed();
+                let pid =
+                    child.id().ok_or_else(|| BenchError::NotReady { what: "keyless serve", log: log.to_owned() })?;
+                return Ok((Self { child, pid, listen, admin, http }, ready_after));
+            }
+            if child.try_wait().ok().flatten().is_some() || Instant::now() > give_up {
+                return Err(BenchError::NotReady { what: "keyless serve", log: log.to_owned() });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// The sum of `keyless_exchanges_total` over every label set.
+    pub async fn exchanges(&self) -> Result<u64, BenchError> {
+        let text = self
+            .http
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| BenchError::Request(format!("GET /metrics: {e}")))?
+            .text()
+            .await
+            .map_err(|e| BenchError::Request(format!("GET /metrics: {e}")))?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("keyless_exchanges_total{"))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum::<f64>() as u64)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
