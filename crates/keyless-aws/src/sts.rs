@@ -76,10 +76,15 @@ impl StsExchange {
         let expiration = SystemTime::try_from(*creds.expiration()).map_err(|_| malformed("a usable Expiration"))?;
         let now = self.clock.now();
         if expiration <= now {
+            // humantime panics on instants before 1970, which a broken answer can carry (found by
+            // fuzz/upstream_responses).
+            let when = match expiration.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(_) => humantime::format_rfc3339_seconds(expiration).to_string(),
+                Err(_) => "a date before 1970".to_owned(),
+            };
             return Err(ExchangeError::retryable(format!(
-                "STS issued credentials for {} that expired at {}, before now: is this host's clock right?",
-                self.role,
-                humantime::format_rfc3339_seconds(expiration)
+                "STS issued credentials for {} that expired at {when}, before now: is this host's clock right?",
+                self.role
             )));
         }
         let assumed_role_arn = out.assumed_role_user().map(|u| u.arn().to_owned());
