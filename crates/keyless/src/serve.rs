@@ -405,3 +405,36 @@ impl Listener {
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_the_limit_a_new_connection_displaces_the_oldest_idle_one_and_never_a_busy_one() {
+        let listener = Listener::new("test", 2);
+        let (first, first_state) = listener.admit().unwrap();
+        let (_, second_state) = listener.admit().unwrap();
+        // The oldest is busy with a request: the second (idle) one gives way.
+        let _busy = InRequest::new(listener.clone(), first_state.clone());
+        let (_, third_state) = listener.admit().unwrap();
+        assert_eq!(listener.open().len(), 2);
+        assert!(listener.open().contains_key(&first), "a connection with a request in progress was displaced");
+        assert!(!Arc::ptr_eq(&second_state, &third_state));
+        // Every connection busy: the newcomer waits.
+        let _busy_too = InRequest::new(listener.clone(), third_state);
+        assert!(listener.admit().is_none());
+        drop(_busy);
+        assert!(listener.admit().is_some(), "a finished request makes its connection displaceable");
+    }
+
+    #[tokio::test]
+    async fn a_displaced_connection_is_told_to_close() {
+        let listener = Listener::new("test", 1);
+        let (_, idle) = listener.admit().unwrap();
+        let told = idle.displace.notified();
+        let _ = listener.admit().unwrap();
+        tokio::time::timeout(Duration::from_secs(1), told).await.unwrap();
+    }
+}
