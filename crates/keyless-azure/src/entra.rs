@@ -168,7 +168,9 @@ impl Exchange for EntraExchange {
             ))
             .with_request_id(request_id.clone())
         })?;
-        let expires_at = asked_at + granted.expires_in;
+        // Whole seconds, rounded down: `expires_on` is advertised in whole seconds, and keyless
+        // must stop serving the token no later than the second it advertised.
+        let expires_at = floor_to_second(asked_at + granted.expires_in);
         let credential = AccessToken {
             token: granted.access_token,
             issued_at: asked_at,
@@ -216,9 +218,23 @@ fn seconds(value: Option<&serde_json::Value>) -> Option<Duration> {
     .map(Duration::from_secs)
 }
 
+/// `t` without its fraction of a second.
+fn floor_to_second(t: SystemTime) -> SystemTime {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs()))
+        .unwrap_or(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `expires_on` is whole seconds: a token must not be served past the second it advertises.
+    #[test]
+    fn expiry_is_rounded_down_to_the_advertised_second() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_999);
+        assert_eq!(floor_to_second(t), SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    }
 
     #[test]
     fn parses_numeric_and_string_lifetimes() {
