@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::clock::{SharedClock, instant_at};
 use crate::exchange::{ErrorClass, Exchange, ExchangeError, Expiring, Issued};
-use crate::metrics::{Lookup, Metrics};
+use crate::metrics::{Lookup, LookupCounter, Metrics};
 use crate::task::AbortOnDrop;
 use crate::token::SubjectToken;
 use crate::watcher::TokenSource;
@@ -84,7 +84,7 @@ struct Control {
     used: AtomicBool,
     /// The driver is waiting for a request before it refreshes again (a quiet, unconfigured key).
     dormant: AtomicBool,
-    /// Recency for LRU eviction (a global lookup sequence number).
+    /// Recency for LRU eviction: the global sequence number of the last use (0: never used).
     last_used: AtomicU64,
 }
 
@@ -100,6 +100,8 @@ struct Shared<E: Exchange> {
     policy: CachePolicy,
     clock: SharedClock,
     metrics: Metrics,
+    /// `keyless_cache_lookups_total{result="hit"}`, found once (a hit is the hot path).
+    hits: OnceLock<LookupCounter>,
 }
 
 type Entries<E> = HashMap<<E as Exchange>::Key, Arc<Entry<<E as Exchange>::Credential>>>;
@@ -131,9 +133,10 @@ impl<E: Exchange> CredentialCache<E> {
     pub fn new(exchange: E, tokens: TokenSource, policy: CachePolicy, clock: SharedClock, metrics: Metrics) -> Self {
         Self {
             inner: Arc::new(CacheInner {
-                shared: Arc::new(Shared { exchange, tokens, policy, clock, metrics }),
+                shared: Arc::new(Shared { exchange, tokens, policy, clock, metrics, hits: OnceLock::new() }),
                 entries: RwLock::new(HashMap::new()),
-                lookups: AtomicU64::new(0),
+                // Above every new entry's 0, so an entry's first use always takes a fresh number.
+                lookups: AtomicU64::new(1),
             }),
         }
     }
@@ -159,11 +162,16 @@ impl<E: Exchange> CredentialCache<E> {
         let provider = shared.exchange.provider();
         let entry = self.entry(key);
         // SeqCst with the driver's `dormant`/`used` pair: a store-then-load handshake on two
-        // variables, which weaker orderings could reorder into a lost wake-up.
-        entry.control.used.store(true, Ordering::SeqCst);
+        // variables, which weaker orderings could reorder into a lost wake-up. The store is
+        // skipped while the flag is already set: a write per request to a line every core reads
+        // costs each of them a cache miss (docs/benchmarks.md). A stale `true` seen here could at
+        // worst let a key used this instant go quiet one refresh early; its next use wakes it.
+        if !entry.control.used.load(Ordering::SeqCst) {
+            entry.control.used.store(true, Ordering::SeqCst);
+        }
         let now = shared.clock.now();
         if let Some(credential) = entry.slot.borrow().valid(now) {
-            shared.metrics.record_lookup(provider, Lookup::Hit);
+            shared.hits.get_or_init(|| shared.metrics.lookup_counter(provider, Lookup::Hit)).inc();
             // A key that went quiet stops refreshing; this use wakes it (the request is served now).
             if entry.control.dormant.load(Ordering::SeqCst) {
                 entry.control.wake.notify_waiters();
@@ -216,7 +224,6 @@ impl<E: Exchange> CredentialCache<E> {
     }
 
     fn entry(&self, key: &E::Key) -> Arc<Entry<E::Credential>> {
-        let seq = self.inner.lookups.fetch_add(1, Ordering::Relaxed);
         let found = self.inner.entries.read().unwrap_or_else(PoisonError::into_inner).get(key).cloned();
         let entry = match found {
             Some(entry) => entry,
@@ -234,8 +241,18 @@ impl<E: Exchange> CredentialCache<E> {
                 }
             }
         };
-        entry.control.last_used.store(seq, Ordering::Relaxed);
+        self.touch(&entry.control);
         entry
+    }
+
+    /// Marks a key most recently used (LRU order). Using the key that already is changes
+    /// nothing, so a busy key's lookups write no shared counter.
+    fn touch(&self, control: &Control) {
+        let latest = self.inner.lookups.load(Ordering::Relaxed);
+        if control.last_used.load(Ordering::Relaxed) != latest {
+            let seq = self.inner.lookups.fetch_add(1, Ordering::Relaxed) + 1;
+            control.last_used.store(seq, Ordering::Relaxed);
+        }
     }
 
     /// The state of every configured (pinned) key, for readiness and `keyless check`.

@@ -1,7 +1,8 @@
 //! Prometheus metrics. The names are an interface (dashboards depend on them): SPEC section 7.
 //! Labels carry identities (role ARNs, e-mails, client ids) and paths, never a token or key.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -70,13 +71,34 @@ impl Lookup {
     }
 }
 
-/// All keyless metrics, cheap to clone (every family is shared).
+/// One `keyless_cache_lookups_total{provider,result}` series (clones share its value).
+#[derive(Clone, Debug)]
+pub struct LookupCounter(Counter);
+
+impl LookupCounter {
+    pub fn inc(&self) {
+        self.0.inc();
+    }
+}
+
+/// All keyless metrics, cheap to clone: one shared allocation (a clone is made per request).
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    registry: Arc<Registry>,
+    inner: Arc<Families>,
+}
+
+/// (provider, status) -> route -> the counter of `keyless_requests_total` with those labels.
+type RequestCounters = HashMap<(&'static str, u16), HashMap<String, Counter>>;
+
+#[derive(Debug)]
+struct Families {
+    registry: Registry,
     exchanges: Family<ExchangeLabels, Counter>,
     exchange_duration: Family<ProviderLabels, Histogram>,
     requests: Family<RequestLabels, Counter>,
+    /// `requests`' counters by (provider, status) then route, found without building an owned
+    /// label set: counting a request allocates nothing once its labels have been seen.
+    request_counters: RwLock<RequestCounters>,
     lookups: Family<LookupLabels, Counter>,
     credential_expiry: Family<IdentityLabels, Gauge>,
     subject_token_expiry: Family<PathLabels, Gauge>,
@@ -126,38 +148,61 @@ impl Metrics {
             subject_token_expiry.clone(),
         );
         Self {
-            registry: Arc::new(registry),
-            exchanges,
-            exchange_duration,
-            requests,
-            lookups,
-            credential_expiry,
-            subject_token_expiry,
+            inner: Arc::new(Families {
+                registry,
+                exchanges,
+                exchange_duration,
+                requests,
+                request_counters: RwLock::default(),
+                lookups,
+                credential_expiry,
+                subject_token_expiry,
+            }),
         }
     }
 
     pub fn record_exchange(&self, provider: &'static str, identity: &str, outcome: &'static str, seconds: f64) {
-        self.exchanges.get_or_create(&ExchangeLabels { provider, identity: identity.to_owned(), outcome }).inc();
-        self.exchange_duration.get_or_create(&ProviderLabels { provider }).observe(seconds);
+        let m = &self.inner;
+        m.exchanges.get_or_create(&ExchangeLabels { provider, identity: identity.to_owned(), outcome }).inc();
+        m.exchange_duration.get_or_create(&ProviderLabels { provider }).observe(seconds);
     }
 
     /// `route` must come from a bounded set (a route template, not the request path).
     pub fn record_request(&self, provider: &'static str, route: &str, status: u16) {
-        self.requests.get_or_create(&RequestLabels { provider, route: route.to_owned(), status }).inc();
+        let m = &self.inner;
+        let known = m.request_counters.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(counter) = known.get(&(provider, status)).and_then(|by_route| by_route.get(route)) {
+            counter.inc();
+            return;
+        }
+        drop(known);
+        // First request with these labels: a clone of a counter shares its value.
+        let counter = m.requests.get_or_create(&RequestLabels { provider, route: route.to_owned(), status }).clone();
+        counter.inc();
+        let mut known = m.request_counters.write().unwrap_or_else(PoisonError::into_inner);
+        known.entry((provider, status)).or_default().insert(route.to_owned(), counter);
     }
 
     pub fn record_lookup(&self, provider: &'static str, result: Lookup) {
-        self.lookups.get_or_create(&LookupLabels { provider, result: result.label() }).inc();
+        self.lookup_counter(provider, result).inc();
+    }
+
+    /// The counter of one `keyless_cache_lookups_total` series, for a caller that counts on a
+    /// hot path without looking the series up each time.
+    pub fn lookup_counter(&self, provider: &'static str, result: Lookup) -> LookupCounter {
+        LookupCounter(self.inner.lookups.get_or_create(&LookupLabels { provider, result: result.label() }).clone())
     }
 
     pub fn set_credential_expiry(&self, provider: &'static str, identity: &str, expiry: SystemTime) {
-        self.credential_expiry
+        self.inner
+            .credential_expiry
             .get_or_create(&IdentityLabels { provider, identity: identity.to_owned() })
             .set(i64::try_from(unix_seconds(expiry)).unwrap_or(i64::MAX));
     }
 
     pub fn set_subject_token_expiry(&self, path: &str, expiry: SystemTime) {
-        self.subject_token_expiry
+        self.inner
+            .subject_token_expiry
             .get_or_create(&PathLabels { path: path.to_owned() })
             .set(i64::try_from(unix_seconds(expiry)).unwrap_or(i64::MAX));
     }
@@ -166,7 +211,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
         out
     }
 }
@@ -195,5 +240,27 @@ mod tests {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
         assert!(text.contains(r#"status="200""#));
+    }
+
+    #[test]
+    fn requests_are_counted_per_label_set_across_clones() {
+        let m = Metrics::new();
+        let clone = m.clone();
+        for _ in 0..3 {
+            m.record_request("aws", "/v1/credentials", 200);
+        }
+        clone.record_request("aws", "/v1/credentials", 200);
+        clone.record_request("aws", "/v1/credentials", 403);
+        m.record_request("gcp", "/v1/credentials", 200);
+        let text = m.encode();
+        let count = |labels: &str| {
+            text.lines()
+                .find(|l| l.starts_with("keyless_requests_total{") && l.contains(labels))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(count(r#"provider="aws",route="/v1/credentials",status="200""#).as_deref(), Some("4"), "{text}");
+        assert_eq!(count(r#"provider="aws",route="/v1/credentials",status="403""#).as_deref(), Some("1"), "{text}");
+        assert_eq!(count(r#"provider="gcp",route="/v1/credentials",status="200""#).as_deref(), Some("1"), "{text}");
     }
 }
