@@ -4,24 +4,23 @@
 
 use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use keyless_core::clock::unix_seconds;
 
-use crate::serve::{Refusal, Serving, TokenQuery, no_store, refuse_body};
+use serde::Serialize;
+
+use crate::serve::{AsString, Refusal, Serving, TokenQuery, json_ok, refuse_body};
 
 /// The one api-version of the `IDENTITY_ENDPOINT` protocol; the 2017 one (`MSI_ENDPOINT`,
 /// `secret` header, date-string `expires_on`) broke .NET and Java clients and is not served.
 const API_VERSION: &str = "2019-08-01";
 
-pub(crate) async fn token(
-    State(serving): State<Arc<Serving>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Response {
-    match answer(&serving, &headers, query.as_deref()).await {
+/// The headers and query are read in place: the `HeaderMap` and `RawQuery` extractors would copy
+/// them on every request of this hot path (docs/benchmarks.md).
+pub(crate) async fn token(State(serving): State<Arc<Serving>>, request: Request) -> Response {
+    match answer(&serving, request.headers(), request.uri().query()).await {
         Ok(response) => response,
         Err(refusal) => refusal.into_app_service_response(),
     }
@@ -62,12 +61,22 @@ async fn answer(serving: &Serving, headers: &HeaderMap, query: Option<&str>) -> 
     let (key, token) = serving.token(&query).await?;
     // `expires_on` is integer epoch seconds *as a JSON string*: Rust's azure_identity refuses a
     // number, and the 2017 date-string form broke .NET and Java (protocols.md 4.3 traps).
-    let body = serde_json::json!({
-        "access_token": token.value.token.expose(),
-        "expires_on": unix_seconds(token.expires_at).to_string(),
-        "resource": key.scope.resource(),
-        "token_type": "Bearer",
-        "client_id": key.client_id.as_str(),
-    });
-    Ok((no_store(), Json(body)).into_response())
+    let body = AppServiceToken {
+        access_token: token.value.token.expose(),
+        client_id: key.client_id.as_str(),
+        expires_on: AsString(unix_seconds(token.expires_at)),
+        resource: key.scope.resource(),
+        token_type: "Bearer",
+    };
+    Ok(json_ok(&body, body.access_token.len()))
+}
+
+/// The App Service token body.
+#[derive(Serialize)]
+struct AppServiceToken<'a> {
+    access_token: &'a str,
+    client_id: &'a str,
+    expires_on: AsString,
+    resource: &'a str,
+    token_type: &'static str,
 }

@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use keyless_core::clock::{unix_seconds, until};
 
-use crate::serve::{Refusal, Serving, TokenQuery, no_store, refuse_body};
+use serde::Serialize;
+
+use crate::serve::{AsString, Refusal, Serving, TokenQuery, json_ok, refuse_body};
 
 pub(crate) const PATH: &str = "/metadata/identity/oauth2/token";
 /// msal-node lower-cases the URL and appends a `/` before the query (protocols.md 4.2 trap).
@@ -18,12 +19,10 @@ pub(crate) const PATH_SLASH: &str = "/metadata/identity/oauth2/token/";
 /// The oldest api-version of the identity endpoint; every later dated version is accepted.
 const OLDEST_API_VERSION: &str = "2018-02-01";
 
-pub(crate) async fn token(
-    State(serving): State<Arc<Serving>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Response {
-    match answer(&serving, &headers, query.as_deref()).await {
+/// The headers and query are read in place: the `HeaderMap` and `RawQuery` extractors would copy
+/// them on every request of this hot path (docs/benchmarks.md).
+pub(crate) async fn token(State(serving): State<Arc<Serving>>, request: Request) -> Response {
+    match answer(&serving, request.headers(), request.uri().query()).await {
         Ok(response) => response,
         Err(refusal) => refusal.into_response(),
     }
@@ -57,17 +56,30 @@ async fn answer(serving: &Serving, headers: &HeaderMap, query: Option<&str>) -> 
     let clock = serving.clock.as_ref();
     // Every field a JSON string, as IMDS sends them (protocols.md 4.2); `expires_in` is what is
     // left of the cached token, not its original lifetime.
-    let body = serde_json::json!({
-        "access_token": token.value.token.expose(),
-        "client_id": key.client_id.as_str(),
-        "expires_in": until(clock, token.expires_at).as_secs().to_string(),
-        "expires_on": unix_seconds(token.expires_at).to_string(),
-        "ext_expires_in": until(clock, token.value.ext_expires_at).as_secs().to_string(),
-        "not_before": unix_seconds(token.value.issued_at).to_string(),
-        "resource": key.scope.resource(),
-        "token_type": "Bearer",
-    });
-    Ok((no_store(), Json(body)).into_response())
+    let body = ImdsToken {
+        access_token: token.value.token.expose(),
+        client_id: key.client_id.as_str(),
+        expires_in: AsString(until(clock, token.expires_at).as_secs()),
+        expires_on: AsString(unix_seconds(token.expires_at)),
+        ext_expires_in: AsString(until(clock, token.value.ext_expires_at).as_secs()),
+        not_before: AsString(unix_seconds(token.value.issued_at)),
+        resource: key.scope.resource(),
+        token_type: "Bearer",
+    };
+    Ok(json_ok(&body, body.access_token.len()))
+}
+
+/// The IMDS token body; fields in the order IMDS sends them.
+#[derive(Serialize)]
+struct ImdsToken<'a> {
+    access_token: &'a str,
+    client_id: &'a str,
+    expires_in: AsString,
+    expires_on: AsString,
+    ext_expires_in: AsString,
+    not_before: AsString,
+    resource: &'a str,
+    token_type: &'static str,
 }
 
 /// `YYYY-MM-DD` (with an optional `-preview` style suffix), not older than the first version.

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyless_core::clock::SharedClock;
 use keyless_core::{CredentialCache, ErrorClass, ExchangeError, Expiring, Secret};
+use serde::{Serialize, Serializer};
 
 use crate::entra::{AccessToken, EntraExchange, TokenKey};
 use crate::identity::{ClientId, Scope};
@@ -92,6 +93,30 @@ impl IntoResponse for Refusal {
             "error_description": self.description,
         });
         (self.status, no_store(), Json(body)).into_response()
+    }
+}
+
+/// A number written as a JSON string (IMDS and App Service send them so; Rust's azure_identity
+/// refuses a number), formatted straight into the body.
+pub(crate) struct AsString(pub u64);
+
+impl Serialize for AsString {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// A token body: `application/json`, `no-store`, serialized once into a buffer sized for it
+/// (`token_len` is the access token's length, most of the body).
+pub(crate) fn json_ok(body: &impl Serialize, token_len: usize) -> Response {
+    let mut bytes = Vec::with_capacity(token_len + 512);
+    match serde_json::to_writer(&mut bytes, body) {
+        Ok(()) => {
+            (no_store(), [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response()
+        }
+        Err(_) => {
+            Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot encode the token").into_response()
+        }
     }
 }
 
