@@ -4,18 +4,18 @@
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keyless_core::Secret;
 use rand::Rng as _;
 
 use crate::error::ConfigError;
-use crate::serve::{Served, error_json};
+use crate::serve::{Served, error_json, json_bytes};
 
 /// The `Authorization` value of the endpoint, and the file apps read it from (if any).
 #[derive(Debug, Clone)]
@@ -113,8 +113,12 @@ pub(crate) struct ContainerState {
 }
 
 /// `GET` with `Authorization: <token>` -> the credential JSON of protocols.md 2.2.
-pub(crate) async fn credentials(State(state): State<ContainerState>, headers: HeaderMap) -> Response {
-    let Some(given) = headers.get(header::AUTHORIZATION) else {
+///
+/// The hot path of the endpoint: the state is shared (not cloned per request), the headers are
+/// read from the request (the `HeaderMap` extractor would copy them) and the body is the
+/// credential's pre-rendered JSON.
+pub(crate) async fn credentials(State(state): State<Arc<ContainerState>>, request: Request) -> Response {
+    let Some(given) = request.headers().get(header::AUTHORIZATION) else {
         return error_json(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
@@ -130,7 +134,7 @@ pub(crate) async fn credentials(State(state): State<ContainerState>, headers: He
         );
     }
     match state.served.credential().await {
-        Ok(c) => Json(c.value.container_json(state.served.role.as_str())).into_response(),
+        Ok(c) => json_bytes(c.value.container_body(state.served.role.as_str())),
         Err(response) => response,
     }
 }

@@ -34,7 +34,7 @@ pub use crate::sts::StsExchange;
 
 use crate::container::{ContainerAuth, ContainerState};
 use crate::imds::{ImdsSessions, ImdsState};
-use crate::serve::{Served, refuse_bodies};
+use crate::serve::{RefuseBodiesLayer, Served};
 use crate::settings::{Host, Settings};
 
 /// The AWS provider: one role's credential cache and the routes serving it.
@@ -88,13 +88,13 @@ impl Provider {
     pub fn router(&self) -> Router {
         let mut router = Router::new();
         if let Some((path, auth)) = &self.container {
-            let state = ContainerState { served: self.served.clone(), auth: auth.clone() };
+            let state = Arc::new(ContainerState { served: self.served.clone(), auth: auth.clone() });
             router = router.route(path, get(container::credentials).with_state(state));
         }
         if let Some(state) = &self.imds {
             router = router.merge(imds::router(state.clone()));
         }
-        router.layer(axum::middleware::from_fn(refuse_bodies))
+        router.layer(RefuseBodiesLayer)
     }
 
     /// The role's cache: ready when it holds a valid credential.

@@ -103,6 +103,7 @@ impl StsExchange {
                 last_updated: now,
                 assumed_role_arn,
                 account_id,
+                rendered: Default::default(),
             },
             expiration,
         ))

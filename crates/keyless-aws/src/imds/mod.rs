@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 pub(crate) use sessions::ImdsSessions;
 
 use crate::credentials::timestamp;
-use crate::serve::Served;
+use crate::serve::{Served, json_bytes};
 
 const TTL_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds");
 const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token");
@@ -45,7 +45,7 @@ pub(crate) fn router(state: ImdsState) -> Router {
         .route("/latest/meta-data/placement/region", get(region))
         .route("/latest/dynamic/instance-identity/document", get(identity_document))
         .route("/latest/{*path}", get(not_found))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
@@ -58,7 +58,7 @@ fn json_body(value: &serde_json::Value) -> Response {
 
 /// `PUT /latest/api/token`: a session token for the requested TTL, echoed in the TTL header
 /// (the Rust and Go SDKs fail without it).
-async fn open_session(State(state): State<ImdsState>, headers: HeaderMap) -> Response {
+async fn open_session(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> Response {
     // EC2 refuses a forwarded PUT: a proxy or SSRF relay must not obtain a session.
     if headers.contains_key(FORWARDED_FOR) {
         return text(StatusCode::FORBIDDEN, "Forbidden: X-Forwarded-For is not allowed on session token requests");
@@ -93,27 +93,29 @@ fn refusal(state: &ImdsState, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
-async fn role_list(State(state): State<ImdsState>, headers: HeaderMap) -> Response {
+async fn role_list(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> Response {
     if let Some(r) = refusal(&state, &headers) {
         return r;
     }
     text(StatusCode::OK, state.served.role.name())
 }
 
-async fn role_credentials(State(state): State<ImdsState>, Path(role): Path<String>, headers: HeaderMap) -> Response {
-    if let Some(r) = refusal(&state, &headers) {
+/// The hot path of IMDS: shared state, headers read in place (the `HeaderMap` extractor would
+/// copy them), the credential's pre-rendered JSON.
+async fn role_credentials(State(state): State<Arc<ImdsState>>, Path(role): Path<String>, request: Request) -> Response {
+    if let Some(r) = refusal(&state, request.headers()) {
         return r;
     }
     if role != state.served.role.name() {
         return text(StatusCode::NOT_FOUND, "Not Found");
     }
     match state.served.credential().await {
-        Ok(c) => json_body(&c.value.imds_json()),
+        Ok(c) => json_bytes(c.value.imds_body()),
         Err(response) => response,
     }
 }
 
-async fn iam_info(State(state): State<ImdsState>, headers: HeaderMap) -> Response {
+async fn iam_info(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> Response {
     if let Some(r) = refusal(&state, &headers) {
         return r;
     }
@@ -135,14 +137,14 @@ async fn iam_info(State(state): State<ImdsState>, headers: HeaderMap) -> Respons
     }))
 }
 
-async fn region(State(state): State<ImdsState>, headers: HeaderMap) -> Response {
+async fn region(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> Response {
     if let Some(r) = refusal(&state, &headers) {
         return r;
     }
     text(StatusCode::OK, state.served.region.clone())
 }
 
-async fn identity_document(State(state): State<ImdsState>, headers: HeaderMap) -> Response {
+async fn identity_document(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> Response {
     if let Some(r) = refusal(&state, &headers) {
         return r;
     }
@@ -153,7 +155,7 @@ async fn identity_document(State(state): State<ImdsState>, headers: HeaderMap) -
     }))
 }
 
-async fn not_found(State(state): State<ImdsState>, headers: HeaderMap) -> Response {
+async fn not_found(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> Response {
     if let Some(r) = refusal(&state, &headers) {
         return r;
     }
