@@ -11,19 +11,24 @@ mod query;
 mod tokens;
 mod tree;
 
+use std::borrow::Cow;
+use std::future::{Ready, ready};
 use std::sync::Arc;
+use std::task::Poll;
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::TryFutureExt as _;
+use futures_util::future::{Either, MapOk};
 use keyless_core::CredentialCache;
 use keyless_core::clock::SharedClock;
 use serde_json::Value as Json;
+use tower::{Layer, Service};
 
-use crate::exchange::GcpExchange;
+use crate::exchange::{GcpExchange, TokenKey};
 use crate::identity::ScopeSet;
 use query::Query;
 use tree::{Node, Value, flatten_text};
@@ -48,7 +53,8 @@ pub(crate) struct MetadataServer {
     tree: Node,
     cache: CredentialCache<GcpExchange>,
     clock: SharedClock,
-    default_scopes: ScopeSet,
+    /// The key of a `token` request without `scopes`, built once (the hot path clones nothing).
+    default_key: TokenKey,
     /// ID tokens need a service account to impersonate.
     can_impersonate: bool,
 }
@@ -61,7 +67,8 @@ impl MetadataServer {
         default_scopes: ScopeSet,
         can_impersonate: bool,
     ) -> Self {
-        Self { tree: build_tree(description), cache, clock, default_scopes, can_impersonate }
+        let default_key = TokenKey::AccessToken(default_scopes);
+        Self { tree: build_tree(description), cache, clock, default_key, can_impersonate }
     }
 }
 
@@ -97,32 +104,75 @@ pub(crate) fn router(server: Arc<MetadataServer>) -> Router {
         .route("/computeMetadata", get(serve))
         .route("/computeMetadata/", get(serve))
         .route("/computeMetadata/{*path}", get(serve))
-        .layer(middleware::from_fn(guard))
+        .layer(GuardLayer)
         .with_state(server)
 }
 
 /// The header and body rules, and `Metadata-Flavor: Google` on every response (errors and
 /// redirects included).
-async fn guard(request: Request, next: Next) -> Response {
+///
+/// A plain tower layer rather than `axum::middleware::from_fn`, which boxes a future and clones
+/// the inner service on every request: several allocations on the cached path (docs/benchmarks.md).
+#[derive(Debug, Clone, Copy)]
+struct GuardLayer;
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guard { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Guard<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, MapOk<S::Future, fn(Response) -> Response>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match refusal(&request) {
+            Some(refused) => Either::Left(ready(Ok(flavored(refused)))),
+            None => Either::Right(self.inner.call(request).map_ok(flavored as fn(Response) -> Response)),
+        }
+    }
+}
+
+/// The answer to a request the metadata server refuses, if it is one.
+fn refusal(request: &Request) -> Option<Response> {
     let headers = request.headers();
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
     let flavored = headers.get(FLAVOR).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Google"));
     let under_metadata = request.uri().path().starts_with("/computeMetadata");
-    let mut response = if headers.contains_key("x-forwarded-for") {
-        text(
+    if headers.contains_key("x-forwarded-for") {
+        Some(text(
             StatusCode::FORBIDDEN,
             "Request denied: X-Forwarded-For is present; the metadata server answers only direct local clients.\n",
-        )
+        ))
     } else if has_body {
-        text(StatusCode::BAD_REQUEST, "The metadata server accepts no request body.\n")
+        Some(text(StatusCode::BAD_REQUEST, "The metadata server accepts no request body.\n"))
     } else if under_metadata && !flavored {
-        text(StatusCode::FORBIDDEN, "Missing Metadata-Flavor:Google header.\n")
+        Some(text(StatusCode::FORBIDDEN, "Missing Metadata-Flavor:Google header.\n"))
     } else if request.uri().query().is_some_and(|q| q.len() > MAX_QUERY_LEN) {
-        text(StatusCode::BAD_REQUEST, "The query string is too long.\n")
+        Some(text(StatusCode::BAD_REQUEST, "The query string is too long.\n"))
     } else {
-        next.run(request).await
-    };
+        None
+    }
+}
+
+fn flavored(mut response: Response) -> Response {
     response.headers_mut().insert(FLAVOR, HeaderValue::from_static("Google"));
     response
 }
@@ -147,12 +197,13 @@ async fn serve(State(server): State<Arc<MetadataServer>>, uri: Uri) -> Response 
 async fn serve_v1(server: &MetadataServer, uri: &Uri, sub: &str, query: &Query) -> Response {
     let dir_request = sub.is_empty() || sub.ends_with('/');
     let trimmed = sub.strip_suffix('/').unwrap_or(sub);
-    let segments: Vec<String> = if trimmed.is_empty() {
+    // Borrowed unless a segment is percent-encoded: the token path allocates nothing here.
+    let segments: Vec<Cow<'_, str>> = if trimmed.is_empty() {
         Vec::new()
     } else {
-        trimmed.split('/').map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()).collect()
+        trimmed.split('/').map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy()).collect()
     };
-    if segments.iter().any(String::is_empty) {
+    if segments.iter().any(|s| s.is_empty()) {
         return not_found();
     }
     let alt = query.get("alt");
@@ -215,5 +266,10 @@ pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response {
 
 /// JSON with exactly `application/json` (no charset: google-auth compares the whole header).
 pub(crate) fn json_response(status: StatusCode, body: &Json) -> Response {
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.to_string()).into_response()
+    json_bytes(status, body.to_string().into_bytes())
+}
+
+/// [`json_response`] of an already serialized body.
+pub(crate) fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }

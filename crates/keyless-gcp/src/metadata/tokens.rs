@@ -8,7 +8,7 @@ use keyless_core::{ErrorClass, ExchangeError};
 use serde::Serialize;
 
 use super::query::Query;
-use super::{MetadataServer, json_response, text};
+use super::{MetadataServer, json_bytes, text};
 use crate::config::validate_id_token_audience;
 use crate::exchange::TokenKey;
 use crate::identity::ScopeSet;
@@ -26,25 +26,31 @@ struct AccessTokenBody<'a> {
 pub(super) async fn access_token(server: &MetadataServer, query: &Query) -> Response {
     let requested: Vec<&str> =
         query.all("scopes").flat_map(|v| v.split(',')).filter(|s| !s.trim().is_empty()).collect();
-    let scopes = if requested.is_empty() {
-        server.default_scopes.clone()
+    let requested_key;
+    let key = if requested.is_empty() {
+        &server.default_key
     } else {
         match ScopeSet::new(requested) {
-            Ok(set) => set,
+            Ok(set) => {
+                requested_key = TokenKey::AccessToken(set);
+                &requested_key
+            }
             Err(reason) => {
                 return text(StatusCode::BAD_REQUEST, format!("Invalid scopes: {reason}.\n"));
             }
         }
     };
-    match server.cache.get(&TokenKey::AccessToken(scopes)).await {
+    match server.cache.get(key).await {
         Ok(token) => {
             let body = AccessTokenBody {
                 access_token: token.value.expose(),
                 expires_in: until(server.clock.as_ref(), token.expires_at).as_secs(),
                 token_type: "Bearer",
             };
-            match serde_json::to_value(&body) {
-                Ok(json) => json_response(StatusCode::OK, &json),
+            // Serialized once into a buffer sized for it (no intermediate `Value`).
+            let mut bytes = Vec::with_capacity(body.access_token.len() + 96);
+            match serde_json::to_writer(&mut bytes, &body) {
+                Ok(()) => json_bytes(StatusCode::OK, bytes),
                 Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "Cannot encode the token.\n"),
             }
         }

@@ -57,9 +57,9 @@ impl Node {
         Self::Dir { children, literal_keys }
     }
 
-    pub(crate) fn lookup<'a>(&'a self, segments: &[String]) -> Option<&'a Node> {
+    pub(crate) fn lookup<'a, S: AsRef<str>>(&'a self, segments: &[S]) -> Option<&'a Node> {
         segments.iter().try_fold(self, |node, name| match node {
-            Node::Dir { children, .. } => children.iter().find(|(n, _)| n == name).map(|(_, c)| c),
+            Node::Dir { children, .. } => children.iter().find(|(n, _)| n == name.as_ref()).map(|(_, c)| c),
             _ => None,
         })
     }
