@@ -7,11 +7,8 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use keyless_core::clock::unix_seconds;
 
-use serde::Serialize;
-
-use crate::serve::{AsString, Refusal, Serving, TokenQuery, json_ok, refuse_body};
+use crate::serve::{Refusal, Serving, TokenQuery, body_fields, json_ok, refuse_body};
 
 /// The one api-version of the `IDENTITY_ENDPOINT` protocol; the 2017 one (`MSI_ENDPOINT`,
 /// `secret` header, date-string `expires_on`) broke .NET and Java clients and is not served.
@@ -59,24 +56,5 @@ async fn answer(serving: &Serving, headers: &HeaderMap, query: Option<&str>) -> 
         }
     }
     let (key, token) = serving.token(&query).await?;
-    // `expires_on` is integer epoch seconds *as a JSON string*: Rust's azure_identity refuses a
-    // number, and the 2017 date-string form broke .NET and Java (protocols.md 4.3 traps).
-    let body = AppServiceToken {
-        access_token: token.value.token.expose(),
-        client_id: key.client_id.as_str(),
-        expires_on: AsString(unix_seconds(token.expires_at)),
-        resource: key.scope.resource(),
-        token_type: "Bearer",
-    };
-    Ok(json_ok(&body, body.access_token.len()))
-}
-
-/// The App Service token body.
-#[derive(Serialize)]
-struct AppServiceToken<'a> {
-    access_token: &'a str,
-    client_id: &'a str,
-    expires_on: AsString,
-    resource: &'a str,
-    token_type: &'static str,
+    Ok(json_ok(token.value.rendered.app_service(&body_fields(&key, &token))))
 }

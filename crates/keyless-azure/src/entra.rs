@@ -19,6 +19,7 @@ use keyless_core::{Exchange, ExchangeError, Expiring, Issued, Secret, SubjectTok
 
 use crate::aadsts::{self, Attempt};
 use crate::identity::{ClientId, Scope, TenantId};
+use crate::rendered::Rendered;
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -42,6 +43,8 @@ pub struct AccessToken {
     pub issued_at: SystemTime,
     /// The end of Entra's extended lifetime (`ext_expires_in`), for IMDS' `ext_expires_in`.
     pub ext_expires_at: SystemTime,
+    /// Its served bodies, rendered on first use.
+    pub(crate) rendered: Rendered,
 }
 
 /// Client-credentials exchanges against one authority and tenant.
@@ -175,6 +178,7 @@ impl Exchange for EntraExchange {
             token: granted.access_token,
             issued_at: asked_at,
             ext_expires_at: asked_at + granted.ext_expires_in.max(granted.expires_in),
+            rendered: Rendered::default(),
         };
         Ok(Issued::new(Expiring::new(credential, expires_at)).with_request_id(request_id))
     }

@@ -6,11 +6,9 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use keyless_core::clock::{unix_seconds, until};
+use keyless_core::clock::until;
 
-use serde::Serialize;
-
-use crate::serve::{AsString, Refusal, Serving, TokenQuery, json_ok, refuse_body};
+use crate::serve::{Refusal, Serving, TokenQuery, body_fields, json_ok, refuse_body};
 
 pub(crate) const PATH: &str = "/metadata/identity/oauth2/token";
 /// msal-node lower-cases the URL and appends a `/` before the query (protocols.md 4.2 trap).
@@ -56,30 +54,12 @@ async fn answer(serving: &Serving, headers: &HeaderMap, query: Option<&str>) -> 
     let clock = serving.clock.as_ref();
     // Every field a JSON string, as IMDS sends them (protocols.md 4.2); `expires_in` is what is
     // left of the cached token, not its original lifetime.
-    let body = ImdsToken {
-        access_token: token.value.token.expose(),
-        client_id: key.client_id.as_str(),
-        expires_in: AsString(until(clock, token.expires_at).as_secs()),
-        expires_on: AsString(unix_seconds(token.expires_at)),
-        ext_expires_in: AsString(until(clock, token.value.ext_expires_at).as_secs()),
-        not_before: AsString(unix_seconds(token.value.issued_at)),
-        resource: key.scope.resource(),
-        token_type: "Bearer",
-    };
-    Ok(json_ok(&body, body.access_token.len()))
-}
-
-/// The IMDS token body; fields in the order IMDS sends them.
-#[derive(Serialize)]
-struct ImdsToken<'a> {
-    access_token: &'a str,
-    client_id: &'a str,
-    expires_in: AsString,
-    expires_on: AsString,
-    ext_expires_in: AsString,
-    not_before: AsString,
-    resource: &'a str,
-    token_type: &'static str,
+    let body = token.value.rendered.imds(
+        &body_fields(&key, &token),
+        until(clock, token.expires_at).as_secs(),
+        until(clock, token.value.ext_expires_at).as_secs(),
+    );
+    Ok(json_ok(body))
 }
 
 /// `YYYY-MM-DD` (with an optional `-preview` style suffix), not older than the first version.

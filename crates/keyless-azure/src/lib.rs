@@ -11,6 +11,7 @@ pub mod diagnose;
 mod entra;
 mod identity;
 mod imds;
+mod rendered;
 mod serve;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

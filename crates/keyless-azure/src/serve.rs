@@ -8,10 +8,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyless_core::clock::SharedClock;
 use keyless_core::{CredentialCache, ErrorClass, ExchangeError, Expiring, Secret};
-use serde::{Serialize, Serializer};
 
 use crate::entra::{AccessToken, EntraExchange, TokenKey};
 use crate::identity::{ClientId, Scope};
+use crate::rendered::Fields;
 
 /// Longest query string accepted: a resource, an api-version and one identity selector fit well
 /// within it, and nothing legitimate is longer.
@@ -96,27 +96,19 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// A number written as a JSON string (IMDS and App Service send them so; Rust's azure_identity
-/// refuses a number), formatted straight into the body.
-pub(crate) struct AsString(pub u64);
-
-impl Serialize for AsString {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0)
-    }
+/// A token body: `application/json`, `no-store`.
+pub(crate) fn json_ok(body: impl IntoResponse) -> Response {
+    (no_store(), [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
-/// A token body: `application/json`, `no-store`, serialized once into a buffer sized for it
-/// (`token_len` is the access token's length, most of the body).
-pub(crate) fn json_ok(body: &impl Serialize, token_len: usize) -> Response {
-    let mut bytes = Vec::with_capacity(token_len + 512);
-    match serde_json::to_writer(&mut bytes, body) {
-        Ok(()) => {
-            (no_store(), [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response()
-        }
-        Err(_) => {
-            Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot encode the token").into_response()
-        }
+/// What a token's body says besides IMDS' countdowns (see [`crate::rendered`]).
+pub(crate) fn body_fields<'a>(key: &'a TokenKey, token: &'a Expiring<AccessToken>) -> Fields<'a> {
+    Fields {
+        access_token: token.value.token.expose(),
+        client_id: key.client_id.as_str(),
+        expires_on: token.expires_at,
+        not_before: token.value.issued_at,
+        resource: key.scope.resource(),
     }
 }
 
@@ -140,13 +132,12 @@ impl TokenQuery {
         if raw.len() > MAX_QUERY {
             return Err(Refusal::bad_request(format!("the query string is longer than {MAX_QUERY} bytes")));
         }
-        let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_str(raw).map_err(|_| Refusal::bad_request("the query string is not URL-encoded"))?;
         let mut query = Self::default();
-        for (name, value) in pairs {
+        // Decoded in place (borrowed unless escaped); only the parameters kept are copied.
+        for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
             // An empty selector is what clients send for "no user-assigned identity".
             let value = value.trim().to_owned();
-            let slot = match name.as_str() {
+            let slot = match name.as_ref() {
                 "api-version" => &mut query.api_version,
                 "resource" => &mut query.resource,
                 _ => match SELECTORS.iter().find(|s| **s == name) {
