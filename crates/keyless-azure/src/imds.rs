@@ -2,11 +2,11 @@
 //! `AZURE_POD_IDENTITY_AUTHORITY_HOST` (Python azure-identity, Node msal-node).
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use keyless_core::clock::until;
 
 use crate::serve::{Refusal, Serving, TokenQuery, body_fields, json_ok, refuse_body};
 
@@ -51,14 +51,12 @@ async fn answer(serving: &Serving, headers: &HeaderMap, query: Option<&str>) -> 
         Some(_) => {}
     }
     let (key, token) = serving.token(&query).await?;
-    let clock = serving.clock.as_ref();
     // Every field a JSON string, as IMDS sends them (protocols.md 4.2); `expires_in` is what is
-    // left of the cached token, not its original lifetime.
-    let body = token.value.rendered.imds(
-        &body_fields(&key, &token),
-        until(clock, token.expires_at).as_secs(),
-        until(clock, token.value.ext_expires_at).as_secs(),
-    );
+    // left of the cached token, not its original lifetime. One clock read for both.
+    let now = serving.clock.now();
+    let left = |t: SystemTime| t.duration_since(now).unwrap_or_default().as_secs();
+    let body =
+        token.value.rendered.imds(&body_fields(&key, &token), left(token.expires_at), left(token.value.ext_expires_at));
     Ok(json_ok(body))
 }
 
