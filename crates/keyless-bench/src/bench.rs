@@ -43,9 +43,14 @@ pub async fn bench(opts: Options) -> Result<(), BenchError> {
     let starts = opts.cold_starts.max(1);
     for i in 0..starts {
         let log = dir.path().join(format!("keyless-{i}.log"));
-        let (sidecar, ready_after) = Sidecar::start(&keyless, &config, &env, &log).await?;
-        report::progress(&format!("cold start {}/{starts}: /readyz green after {}", i + 1, report::ms(ready_after)));
-        cold_starts.push(ready_after);
+        let (sidecar, cold) = Sidecar::start(&keyless, &config, &env, &log).await?;
+        report::progress(&format!(
+            "cold start {}/{starts}: listening after {}, /readyz green after {}",
+            i + 1,
+            report::ms(cold.serving),
+            report::ms(cold.ready)
+        ));
+        cold_starts.push(cold);
         if i + 1 < starts {
             sidecar.stop().await;
         } else {
@@ -56,6 +61,7 @@ pub async fn bench(opts: Options) -> Result<(), BenchError> {
     report::progress(&format!("keyless serve is PID {}", sidecar.pid));
     tokio::time::sleep(SETTLE).await;
     let idle = procs::memory(sidecar.pid)?;
+    let idle_mappings = procs::rss_by_mapping(sidecar.pid)?;
 
     let secrets = client_secrets(&emulator, &sidecar, &auth_file, &identity_header).await?;
     let selected: Vec<Endpoint> = if opts.only.is_empty() { Endpoint::ALL.to_vec() } else { opts.only.clone() };
@@ -126,6 +132,7 @@ pub async fn bench(opts: Options) -> Result<(), BenchError> {
     let results = Results {
         cold_starts,
         idle,
+        idle_mappings,
         after_load,
         peak_sampled_kib: peak_sampled.load(Ordering::Relaxed),
         after_herds,

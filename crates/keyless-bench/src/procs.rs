@@ -34,6 +34,32 @@ pub fn memory(pid: u32) -> Result<Memory, BenchError> {
     })
 }
 
+/// Resident KiB of `pid` per mapped file (`[heap]`, `[stack]`, `[anonymous]` for the others),
+/// largest first: what the RSS is made of.
+pub fn rss_by_mapping(pid: u32) -> Result<Vec<(String, u64)>, BenchError> {
+    let path = format!("/proc/{pid}/smaps");
+    let smaps = std::fs::read_to_string(&path).map_err(|e| BenchError::Proc { path: path.clone(), source: e })?;
+    let mut sums: Vec<(String, u64)> = Vec::new();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // A mapping's header: address perms offset dev inode [pathname].
+            current = fields.nth(4).map_or_else(|| "[anonymous]".to_owned(), str::to_owned);
+        } else if first == "Rss:" {
+            let kib = fields.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            match sums.iter_mut().find(|(name, _)| *name == current) {
+                Some((_, total)) => *total += kib,
+                None => sums.push((current.clone(), kib)),
+            }
+        }
+    }
+    sums.retain(|(_, kib)| *kib > 0);
+    sums.sort_by_key(|(_, kib)| std::cmp::Reverse(*kib));
+    Ok(sums)
+}
+
 /// User plus system CPU time `pid` has used so far.
 pub fn cpu_time(pid: u32, ticks_per_second: u64) -> Result<Duration, BenchError> {
     let path = format!("/proc/{pid}/stat");

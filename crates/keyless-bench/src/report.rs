@@ -10,6 +10,7 @@ use crate::Options;
 use crate::cold::Burst;
 use crate::endpoints::Endpoint;
 use crate::procs::{self, Memory};
+use crate::stack::ColdStart;
 
 /// SPEC section 8.
 const MIN_THROUGHPUT_RATIO: f64 = 0.8;
@@ -66,8 +67,10 @@ pub struct ColdRequests {
 
 #[derive(Debug)]
 pub struct Results {
-    pub cold_starts: Vec<Duration>,
+    pub cold_starts: Vec<ColdStart>,
     pub idle: Memory,
+    /// Resident KiB per mapping when idle, largest first.
+    pub idle_mappings: Vec<(String, u64)>,
     pub after_load: Memory,
     pub peak_sampled_kib: u64,
     pub after_herds: Memory,
@@ -190,6 +193,18 @@ pub fn print(opts: &Options, r: &Results) {
         verdict(idle <= MAX_IDLE_RSS_MIB)
     );
     println!(
+        "| of which anonymous / file-backed (binary, libc) | {:.1} / {:.1} MiB | |",
+        mib(r.idle.anon_kib),
+        mib(r.idle.file_kib)
+    );
+    let largest: Vec<String> = r
+        .idle_mappings
+        .iter()
+        .take(5)
+        .map(|(name, kib)| format!("{} {:.1}", name.rsplit('/').next().unwrap_or(name), mib(*kib)))
+        .collect();
+    println!("| idle RSS by mapping, largest first (MiB) | {} | |", largest.join(", "));
+    println!(
         "| peak RSS (VmHWM) after the load runs | {peak:.1} MiB | <= {MAX_PEAK_RSS_MIB} MiB {} |",
         verdict(peak <= MAX_PEAK_RSS_MIB)
     );
@@ -211,8 +226,9 @@ pub fn print(opts: &Options, r: &Results) {
     println!();
     println!("## Cold start of keyless serve (spawn to first 200 from /readyz; emulator already running)");
     println!();
-    let (median, text) = spread(r.cold_starts.iter().map(|d| d.as_secs_f64() * 1e3), 1);
-    let runs: Vec<String> = r.cold_starts.iter().map(|d| format!("{:.1}", d.as_secs_f64() * 1e3)).collect();
+    let (median, text) = spread(r.cold_starts.iter().map(|c| c.ready.as_secs_f64() * 1e3), 1);
+    let runs: Vec<String> = r.cold_starts.iter().map(|c| format!("{:.1}", c.ready.as_secs_f64() * 1e3)).collect();
+    let (_, listening) = spread(r.cold_starts.iter().map(|c| c.serving.as_secs_f64() * 1e3), 1);
     let cold_met = median <= MAX_COLD_START.as_secs_f64() * 1e3;
     all_met &= cold_met;
     println!(
@@ -221,6 +237,9 @@ pub fn print(opts: &Options, r: &Results) {
         runs.join(", "),
         MAX_COLD_START.as_millis(),
         verdict(cold_met)
+    );
+    println!(
+        "listening (first answer of /readyz, any status): median {listening} ms; the rest is the pre-warm exchanges"
     );
 
     if !r.herds.is_empty() {

@@ -126,6 +126,15 @@ pub fn sidecar_toml(emulator: &Emulator, aws_authorization_file: &Path) -> Strin
     )
 }
 
+/// Times from spawning `keyless serve`.
+#[derive(Debug, Clone, Copy)]
+pub struct ColdStart {
+    /// To the first answer of `/readyz`, whatever its status: the listeners are up.
+    pub serving: Duration,
+    /// To the first 200 of `/readyz`: every configured identity holds a credential.
+    pub ready: Duration,
+}
+
 /// A running `keyless serve`.
 pub struct Sidecar {
     child: Child,
@@ -136,14 +145,13 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Spawns `keyless serve` and waits for `/readyz` to answer 200; returns it with the time
-    /// from spawn to that first 200 (polled every millisecond).
+    /// Spawns `keyless serve` and waits for `/readyz` to answer 200 (polled every millisecond).
     pub async fn start(
         keyless: &Path,
         config: &Path,
         env: &[(&str, &str)],
         log: &Path,
-    ) -> Result<(Self, Duration), BenchError> {
+    ) -> Result<(Self, ColdStart), BenchError> {
         let listen = free_port()?;
         let admin = free_port()?;
         let http = reqwest::Client::builder()
@@ -165,14 +173,17 @@ impl Sidecar {
         let spawned = Instant::now();
         let mut child = spawn(command, keyless)?;
         let give_up = spawned + START_DEADLINE;
+        let mut serving = None;
         loop {
-            if let Ok(r) = http.get(&readyz).send().await
-                && r.status() == reqwest::StatusCode::OK
-            {
-                let ready_after = spawned.elapsed();
-                let pid =
-                    child.id().ok_or_else(|| BenchError::NotReady { what: "keyless serve", log: log.to_owned() })?;
-                return Ok((Self { child, pid, listen, admin, http }, ready_after));
+            if let Ok(r) = http.get(&readyz).send().await {
+                let serving = *serving.get_or_insert_with(|| spawned.elapsed());
+                if r.status() == reqwest::StatusCode::OK {
+                    let ready = spawned.elapsed();
+                    let pid = child
+                        .id()
+                        .ok_or_else(|| BenchError::NotReady { what: "keyless serve", log: log.to_owned() })?;
+                    return Ok((Self { child, pid, listen, admin, http }, ColdStart { serving, ready }));
+                }
             }
             if child.try_wait().ok().flatten().is_some() || Instant::now() > give_up {
                 return Err(BenchError::NotReady { what: "keyless serve", log: log.to_owned() });
