@@ -3,9 +3,8 @@
 //! trust policy) written out for the token actually found.
 
 use std::path::Path;
-use std::time::SystemTime;
 
-use keyless_core::{Claims, Context, Exchange as _, ExchangeError, SubjectToken};
+use keyless_core::{Claims, Context, Exchange as _, SubjectToken};
 
 use crate::config::Config;
 use crate::container::ContainerAuth;
@@ -16,14 +15,7 @@ use crate::sts::StsExchange;
 /// The audience IRSA projects and registers as the OIDC provider's client id.
 const AUDIENCE: &str = "sts.amazonaws.com";
 
-/// One exchange tried by `keyless check`.
-#[derive(Debug)]
-pub struct Attempt {
-    /// What was asked for (no secret).
-    pub what: String,
-    /// Until when the issued credential is valid, or why none was issued.
-    pub result: Result<SystemTime, ExchangeError>,
-}
+pub use keyless_core::Attempt;
 
 /// The `[aws]` section as `keyless check` examines it: validated exactly as `keyless serve`
 /// validates it, without creating files or starting anything.

@@ -3,21 +3,13 @@
 //! credential each app needs, written out for the token found.
 
 use std::path::Path;
-use std::time::SystemTime;
 
-use keyless_core::{Claims, Context, Exchange as _, ExchangeError, SubjectToken};
+use keyless_core::{Claims, Context, Exchange as _, SubjectToken};
 
 use crate::config::{Config, ConfigError, Settings};
 use crate::entra::{EntraExchange, TokenKey};
 
-/// One exchange tried by `keyless check`.
-#[derive(Debug)]
-pub struct Attempt {
-    /// What was asked for (no secret).
-    pub what: String,
-    /// Until when the issued token is valid, or why none was issued.
-    pub result: Result<SystemTime, ExchangeError>,
-}
+pub use keyless_core::Attempt;
 
 /// The `[azure]` section as `keyless check` examines it: validated exactly as `keyless serve`
 /// validates it, without starting anything.

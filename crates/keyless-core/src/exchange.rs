@@ -43,6 +43,14 @@ impl<C> Issued<C> {
     }
 }
 
+/// One exchange tried outside the cache (`keyless check`): what was asked for (no secret), and
+/// until when the issued credential is valid, or why none was issued.
+#[derive(Debug)]
+pub struct Attempt {
+    pub what: String,
+    pub result: Result<SystemTime, ExchangeError>,
+}
+
 /// How the cache should react to a failed exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {

@@ -21,7 +21,7 @@ pub mod watcher;
 pub use appenv::{AppEnvValue, AppEnvVar};
 pub use cache::{CachePolicy, CredentialCache, IdentityStatus, Readiness};
 pub use context::Context;
-pub use exchange::{ErrorClass, Exchange, ExchangeError, Expiring, Issued};
+pub use exchange::{Attempt, ErrorClass, Exchange, ExchangeError, Expiring, Issued};
 pub use metrics::Metrics;
 pub use secret::Secret;
 pub use task::AbortOnDrop;

@@ -11,14 +11,7 @@ use crate::ConfigError;
 use crate::config::{Config, Settings};
 use crate::exchange::{GcpExchange, TokenKey};
 
-/// One exchange tried by `keyless check`.
-#[derive(Debug)]
-pub struct Attempt {
-    /// What was asked for (no secret).
-    pub what: String,
-    /// Until when the issued token is valid, or why none was issued.
-    pub result: Result<SystemTime, ExchangeError>,
-}
+pub use keyless_core::Attempt;
 
 /// The `[gcp]` section (or `external_account` file) as `keyless check` examines it: validated
 /// exactly as `keyless serve` validates it, without starting anything.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use keyless_core::clock::SystemClock;
-use keyless_core::{Claims, Context, ExchangeError, Metrics, SubjectToken};
+use keyless_core::{Attempt, Claims, Context, ExchangeError, Metrics, SubjectToken};
 
 use crate::config::{Config, Overrides};
 use crate::providers::{Sections, StartError};
@@ -37,19 +37,9 @@ macro_rules! each {
     };
 }
 
-/// One exchange and its outcome.
-struct Attempt {
-    what: String,
-    result: Result<SystemTime, ExchangeError>,
-}
-
 impl Diagnosis {
     async fn exchange_once(&self, token: &SubjectToken, limit: Duration) -> Vec<Attempt> {
-        let attempts = async {
-            each!(self, d => d.exchange_once(token).await.into_iter()
-                .map(|a| Attempt { what: a.what, result: a.result })
-                .collect::<Vec<_>>())
-        };
+        let attempts = async { each!(self, d => d.exchange_once(token).await) };
         match tokio::time::timeout(limit, attempts).await {
             Ok(attempts) => attempts,
             Err(_) => vec![Attempt {
