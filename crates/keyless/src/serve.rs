@@ -130,9 +130,10 @@ async fn count_request(
     request: Request,
     next: Next,
 ) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    // `MatchedPath` is a shared string: cloning it does not copy the route on every request.
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
-    metrics.record_request(provider, &route, response.status().as_u16());
+    metrics.record_request(provider, route.as_ref().map_or("", MatchedPath::as_str), response.status().as_u16());
     response
 }
 
