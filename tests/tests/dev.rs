@@ -80,3 +80,42 @@ async fn stops_cleanly_on_sigterm() {
     let status = dev.stop().await;
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// `keyless_requests_total{provider,route,status}` counts every answered request once, under the
+/// provider that served it and the matched route template (not the raw path), with its status.
+#[tokio::test]
+async fn every_answered_request_is_counted_by_provider_route_and_status() {
+    let dev = Dev::start().await;
+    dev.wait_ready().await;
+    let http = reqwest::Client::new();
+    let gce = format!("http://{}", dev.var("GCE_METADATA_HOST"));
+    let token_path = "/computeMetadata/v1/instance/service-accounts/default/token";
+    for _ in 0..3 {
+        let ok = http.get(format!("{gce}{token_path}")).header("Metadata-Flavor", "Google").send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+    }
+    let refused = http.get(format!("{gce}{token_path}")).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let full_uri = dev.var("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+    let wrong = http.get(full_uri).header("Authorization", "not-the-token").send().await.unwrap();
+    assert_eq!(wrong.status(), 403);
+    let imds = format!("{gce}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net");
+    let no_header = http.get(imds).send().await.unwrap();
+    assert_eq!(no_header.status(), 400);
+
+    let metrics = reqwest::get(format!("{}/metrics", dev.admin_url())).await.unwrap().text().await.unwrap();
+    let count = |provider: &str, route: &str, status: u16| -> Option<u64> {
+        let labels = format!(r#"{{provider="{provider}",route="{route}",status="{status}"}}"#);
+        metrics
+            .lines()
+            .find(|l| l.starts_with("keyless_requests_total") && l.contains(&labels))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+    };
+    // http://127.0.0.1:PORT/path -> /path
+    let container_path = &format!("/{}", full_uri.splitn(4, '/').nth(3).unwrap());
+    assert_eq!(count("gcp", "/computeMetadata/{*path}", 200), Some(3), "{metrics}");
+    assert_eq!(count("gcp", "/computeMetadata/{*path}", 403), Some(1), "{metrics}");
+    assert_eq!(count("aws", container_path, 403), Some(1), "{metrics}");
+    assert_eq!(count("azure", "/metadata/identity/oauth2/token", 400), Some(1), "{metrics}");
+    assert_eq!(count("aws", container_path, 200), None, "a request that was not made is counted: {metrics}");
+}

@@ -5,6 +5,7 @@
 mod admin;
 mod check;
 mod config;
+mod counting;
 mod credential_process;
 mod dev;
 mod logging;

@@ -16,18 +16,16 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::Response;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use keyless_core::{AppEnvVar, Context, Metrics};
+use keyless_core::{AppEnvVar, Context};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
 use crate::admin::{self, AdminState};
+use crate::counting::CountRequests;
 use crate::providers::Native;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +69,7 @@ impl Sidecar {
         })?;
         let mut router = Router::new();
         for provider in &providers {
-            let counted = provider
-                .router()
-                .route_layer(middleware::from_fn_with_state((ctx.metrics.clone(), provider.name()), count_request));
+            let counted = provider.router().route_layer(CountRequests::new(ctx.metrics.clone(), provider.name()));
             router = router.merge(counted);
         }
         let gate = Arc::new(AtomicBool::new(!gated));
@@ -121,20 +117,6 @@ impl Sidecar {
         }
         Ok(())
     }
-}
-
-/// Counts `keyless_requests_total{provider,route,status}`; `route` is the matched route template,
-/// so the label set stays bounded whatever paths clients ask for.
-async fn count_request(
-    State((metrics, provider)): State<(Metrics, &'static str)>,
-    request: Request,
-    next: Next,
-) -> Response {
-    // `MatchedPath` is a shared string: cloning it does not copy the route on every request.
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
-    metrics.record_request(provider, route.as_ref().map_or("", MatchedPath::as_str), response.status().as_u16());
-    response
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
