@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::io::Write as _;
-use std::sync::OnceLock;
+use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use axum::body::Bytes;
@@ -14,10 +14,26 @@ use keyless_core::clock::unix_seconds;
 /// A token's bodies, filled on first use. Part of [`AccessToken`](crate::entra::AccessToken),
 /// so it lives and dies with the token; a token is cached under one key, so its client id and
 /// resource never change.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Rendered {
     app_service: OnceLock<Bytes>,
     imds: OnceLock<ImdsParts>,
+    /// The last IMDS body served, with its two countdowns: they change once a second, so a busy
+    /// client is served shared bytes rather than a new 1.6 KB body per request.
+    imds_latest: RwLock<Option<ImdsBody>>,
+}
+
+/// Derived data: a copy starts empty and renders again on first use.
+impl Clone for Rendered {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+struct ImdsBody {
+    expires_in: u64,
+    ext_expires_in: u64,
+    body: Bytes,
 }
 
 impl fmt::Debug for Rendered {
@@ -73,7 +89,21 @@ impl Rendered {
 
     /// The IMDS body (protocols.md 4.2): every field a JSON string; `expires_in` and
     /// `ext_expires_in` are what is left of the token now, not its original lifetime.
-    pub(crate) fn imds(&self, fields: &Fields<'_>, expires_in: u64, ext_expires_in: u64) -> Vec<u8> {
+    pub(crate) fn imds(&self, fields: &Fields<'_>, expires_in: u64, ext_expires_in: u64) -> Bytes {
+        let latest = self.imds_latest.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(latest) =
+            latest.as_ref().filter(|l| (l.expires_in, l.ext_expires_in) == (expires_in, ext_expires_in))
+        {
+            return latest.body.clone();
+        }
+        drop(latest);
+        let body = Bytes::from(self.render_imds(fields, expires_in, ext_expires_in));
+        let fresh = ImdsBody { expires_in, ext_expires_in, body: body.clone() };
+        *self.imds_latest.write().unwrap_or_else(PoisonError::into_inner) = Some(fresh);
+        body
+    }
+
+    fn render_imds(&self, fields: &Fields<'_>, expires_in: u64, ext_expires_in: u64) -> Vec<u8> {
         let parts = self.imds.get_or_init(|| ImdsParts {
             head: format!(
                 r#"{{"access_token":{},"client_id":{},"expires_in":""#,
@@ -125,8 +155,13 @@ mod tests {
     fn the_imds_body_has_every_field_as_a_string_with_the_countdowns_of_now() {
         let rendered = Rendered::default();
         for (expires_in, ext) in [(3599, 7199), (0, 9), (10, 100)] {
+            assert_eq!(
+                rendered.render_imds(&fields(), expires_in, ext).capacity(),
+                rendered.render_imds(&fields(), expires_in, ext).len()
+            );
             let body = rendered.imds(&fields(), expires_in, ext);
-            assert_eq!(body.len(), body.capacity());
+            let again = rendered.imds(&fields(), expires_in, ext);
+            assert_eq!(again.as_ptr(), body.as_ptr(), "the same countdowns are served from the same bytes");
             let parsed: Value = serde_json::from_slice(&body).expect("valid JSON");
             assert_eq!(
                 parsed,
