@@ -384,6 +384,13 @@ impl Emulator {
         self.client.get(format!("{}/_emulator/counters", self.url)).send().await.unwrap().json().await.unwrap()
     }
 
+    /// `POST /_emulator/mint`: a token signed by the emulator's issuer with `claims`.
+    pub async fn mint(&self, claims: serde_json::Value) -> String {
+        let r = self.client.post(format!("{}/_emulator/mint", self.url)).json(&claims).send().await.unwrap();
+        assert!(r.status().is_success(), "mint refused: {}", r.text().await.unwrap_or_default());
+        r.json::<serde_json::Value>().await.unwrap()["token"].as_str().unwrap().to_owned()
+    }
+
     pub async fn identities(&self) -> serde_json::Value {
         self.client.get(format!("{}/_emulator/identities", self.url)).send().await.unwrap().json().await.unwrap()
     }

@@ -4,14 +4,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use keyless_e2e::{Process, STARTUP_DEADLINE, free_port, keyless_bin};
+use keyless_e2e::{free_port, keyless_bin};
 use serde_json::{Value, json};
 
 /// A running `keyless emulate` and a directory for configs and token files.
 struct Emulator {
-    _process: Process,
+    shared: keyless_e2e::Emulator,
     dir: tempfile::TempDir,
     url: String,
     ids: Value,
@@ -19,22 +18,10 @@ struct Emulator {
 
 impl Emulator {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let listen = format!("127.0.0.1:{}", free_port());
-        let state = dir.path().join("state");
-        let process = Process::spawn(&["emulate", "--listen", &listen, "--state-dir", state.to_str().unwrap()], &[]);
-        let url = format!("https://{listen}");
-        let ca = state.join("ca.pem");
-        // Polls until the emulator answers (its CA appears before it serves), up to a deadline.
-        let give_up = tokio::time::Instant::now() + STARTUP_DEADLINE;
-        let ids = loop {
-            if let Some(ids) = identities(&ca, &url).await {
-                break ids;
-            }
-            assert!(tokio::time::Instant::now() < give_up, "keyless emulate did not answer:\n{}", process.logs());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        Self { _process: process, dir, url, ids }
+        let shared = keyless_e2e::Emulator::start().await;
+        let ids = shared.identities().await;
+        let url = shared.url.clone();
+        Self { shared, dir: tempfile::tempdir().unwrap(), url, ids }
     }
 
     fn id(&self, name: &str) -> String {
@@ -46,20 +33,18 @@ impl Emulator {
     }
 
     fn ca(&self) -> PathBuf {
-        self.dir.path().join("state/ca.pem")
+        self.shared.ca.clone()
     }
 
     /// The projected token the emulator's kubelet-like projector keeps fresh.
     fn projected(&self, cloud: &str) -> PathBuf {
-        self.dir.path().join("state/tokens").join(cloud).join("token")
+        self.shared.token_dir(cloud).join("token")
     }
 
     /// A token signed by the emulator's issuer with `claims` (see the emulator's MintClaims),
     /// written to a file of its own.
     async fn minted(&self, name: &str, claims: Value) -> (PathBuf, String) {
-        let pem = std::fs::read(self.ca()).unwrap();
-        let r = client_trusting(&pem).unwrap().post(format!("{}/_emulator/mint", self.url)).json(&claims).send().await;
-        let token = r.unwrap().json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+        let token = self.shared.mint(claims).await;
         (self.write(name, &token), token)
     }
 
@@ -118,18 +103,6 @@ impl Emulator {
         let path = self.write("keyless.toml", toml);
         check(&["--config", path.to_str().unwrap()]).await
     }
-}
-
-/// `GET /_emulator/identities`, once the CA is written and the emulator answers.
-async fn identities(ca: &Path, url: &str) -> Option<Value> {
-    let client = client_trusting(&std::fs::read(ca).ok()?)?;
-    let response = client.get(format!("{url}/_emulator/identities")).send().await.ok()?;
-    response.error_for_status().ok()?.json().await.ok()
-}
-
-fn client_trusting(pem: &[u8]) -> Option<reqwest::Client> {
-    let cert = reqwest::Certificate::from_pem(pem).ok()?;
-    reqwest::Client::builder().tls_certs_only([cert]).timeout(Duration::from_secs(5)).build().ok()
 }
 
 fn q(s: &str) -> String {
