@@ -243,10 +243,19 @@ pub struct Process {
 impl Process {
     /// Spawns `keyless ARGS` with exactly `env` (plus PATH).
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_as(None, args, env)
+    }
+
+    /// [`Process::spawn`] as user and group `uid` (needs root), like a container's `USER`.
+    pub fn spawn_as(uid: Option<u32>, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join("keyless.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(keyless_bin())
+        let mut command = Command::new(keyless_bin());
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        let child = command
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

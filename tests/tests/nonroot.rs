@@ -9,11 +9,8 @@
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
 
-use keyless_e2e::{Emulator, STARTUP_DEADLINE, free_port, keyless_bin, status_of, terminate, wait_until};
-use tokio::process::Command;
+use keyless_e2e::{Emulator, Process, STARTUP_DEADLINE, free_port, status_of, wait_until};
 
 /// The image's user and group (docker/Dockerfile).
 const IMAGE_UID: u32 = 65532;
@@ -86,22 +83,12 @@ authorization_token = "{AUTHORIZATION}"
     .unwrap();
     chmod(&config, 0o644);
 
-    let log_path = dir.path().join("keyless.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(keyless_bin())
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KEYLESS_LOG", "info")
-        .uid(IMAGE_UID)
-        .gid(IMAGE_UID)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let process = Process::spawn_as(
+        Some(IMAGE_UID),
+        &["serve", "--config", config.to_str().unwrap()],
+        &[("KEYLESS_LOG", "info")],
+    );
+    let logs = || process.logs();
     let readyz = format!("http://127.0.0.1:{admin}/readyz");
 
     wait_until("keyless to report the unreadable token", STARTUP_DEADLINE, || {
@@ -131,7 +118,7 @@ authorization_token = "{AUTHORIZATION}"
     let body: serde_json::Value = credentials.json().await.unwrap();
     assert!(body["AccessKeyId"].as_str().is_some_and(|k| !k.is_empty()), "{body}");
 
-    terminate(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
-    assert!(status.status.success(), "exit {:?}:\n{}", status.status, logs());
+    let logs = process.logs();
+    let status = process.stop().await;
+    assert!(status.success(), "exit {status:?}:\n{logs}");
 }
