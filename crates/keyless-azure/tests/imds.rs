@@ -139,13 +139,35 @@ async fn unknown_or_unmappable_identities_are_refused_with_a_clear_400() {
 }
 
 #[tokio::test]
-async fn an_additional_client_id_is_exchanged_for_itself() {
-    // The emulator trusts only its dev client: the second one reaches Entra and is refused
-    // there, which proves the request's client_id picked it.
+async fn an_additional_client_id_shares_the_token_file_and_gets_its_own_token() {
+    // The emulator trusts a second application for the same subject: one token file, two client
+    // ids, each request's client_id picks, each gets a token issued to itself.
+    let h = Harness::start_with(fast_policy(), |emulator, c| {
+        c.additional_client_ids = vec![emulator.identities().azure_second_client_id.clone()];
+    })
+    .await;
+    let (primary, second) = {
+        let ids = h.emulator.identities();
+        (ids.azure_client_id.clone(), ids.azure_second_client_id.clone())
+    };
+    for client_id in [&second, &primary] {
+        let path = format!("{}&client_id={client_id}", query(ARM));
+        let (status, body) = get(&h, &path, &[METADATA]).await;
+        assert_eq!(status, 200, "{client_id}: {body}");
+        assert_eq!(body["client_id"], client_id.as_str());
+        let claims = h.verify(body["access_token"].as_str().expect("token"), ARM, client_id).await;
+        assert_eq!(claims["appid"], client_id.as_str());
+    }
+}
+
+#[tokio::test]
+async fn an_additional_client_id_entra_does_not_know_is_refused_by_entra_with_the_hint() {
+    // An application without a federated credential: the request's client_id picked it (Entra
+    // refuses that one, not the primary), and the answer carries Entra's reason.
     let other = "11111111-2222-4333-8444-555555555555";
     let h = Harness::start_with(fast_policy(), |_, c| {
         c.additional_client_ids = vec![other.to_owned()];
-        // Pre-warming the second client would fail for the same reason.
+        // Pre-warming the unknown client would fail for the same reason.
         c.resources = Some(Vec::new());
     })
     .await;

@@ -153,7 +153,7 @@ fn issue(state: &SharedState, tenant: &str, body: &[u8], now: SystemTime) -> Res
         ));
     }
     let client_id = required("client_id")?;
-    if *client_id != ids.azure_client_id {
+    if !ids.is_azure_app(client_id) {
         return Err(EntraError::bad_request(
             "unauthorized_client",
             700_016,

@@ -373,6 +373,7 @@ pub(crate) async fn identities(State(state): State<SharedState>) -> Json<serde_j
         "gcp_service_account": ids.gcp_service_account,
         "azure_tenant_id": ids.azure_tenant_id,
         "azure_client_id": ids.azure_client_id,
+        "azure_second_client_id": ids.azure_second_client_id,
     }))
 }
 

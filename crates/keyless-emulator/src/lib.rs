@@ -106,6 +106,9 @@ pub struct DevIdentities {
     pub azure_tenant_id: String,
     /// Entra application (client) id with a federated credential for the dev subject.
     pub azure_client_id: String,
+    /// A second application with a federated credential for the same subject: one token file,
+    /// several client ids (a request's `client_id` picks).
+    pub azure_second_client_id: String,
 }
 
 impl Default for DevIdentities {
@@ -122,11 +125,17 @@ impl Default for DevIdentities {
             gcp_service_account: "keyless-dev@keyless-dev.iam.gserviceaccount.com".into(),
             azure_tenant_id: "7b3c5a9e-2f1d-4c6b-9a8e-1d2c3b4a5f60".into(),
             azure_client_id: "3f6e8d1c-9b2a-4e7f-8c5d-6a1b2c3d4e5f".into(),
+            azure_second_client_id: "8a2d4f6b-1c3e-4a5b-9d7f-0e1f2a3b4c5d".into(),
         }
     }
 }
 
 impl DevIdentities {
+    /// Whether `client_id` names an application that trusts the dev subject.
+    pub fn is_azure_app(&self, client_id: &str) -> bool {
+        client_id == self.azure_client_id || client_id == self.azure_second_client_id
+    }
+
     /// `system:serviceaccount:NAMESPACE:NAME`.
     pub fn subject(&self) -> String {
         format!("system:serviceaccount:{}:{}", self.namespace, self.service_account)
