@@ -41,6 +41,12 @@ pub fn python() -> PathBuf {
     path
 }
 
+/// The pinned Node SDK clients' `node_modules` (installed by `scripts/test` into `target/node` when
+/// the machine has Node.js >= 20), or `None`.
+pub fn node_modules() -> Option<PathBuf> {
+    std::env::var_os("KEYLESS_TEST_NODE_MODULES").map(PathBuf::from).filter(|p| p.is_dir())
+}
+
 /// Waits for `condition` to hold, checking every 20 ms until `deadline`; panics with `what`.
 pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
 where
@@ -188,6 +194,45 @@ impl Dev {
             self.logs()
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `tests/node/SCRIPT` with `args` and exactly `env` (and PATH, HOME, the Node clients);
+    /// returns its stdout, failing the test with its stderr and keyless's logs if it fails.
+    pub async fn node_ok_in(
+        &self,
+        node_modules: &Path,
+        script: &str,
+        args: &[&str],
+        env: &BTreeMap<String, String>,
+    ) -> String {
+        let out = Command::new("node")
+            .arg(workspace_root().join("tests/node").join(script))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("NODE_PATH", node_modules)
+            .envs(env)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "node {script} failed:\n--- stderr\n{}\n--- keyless\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `keyless_requests_total{provider,route,status}` now (0 when never counted).
+    pub async fn requests_counted(&self, provider: &str, route: &str, status: u16) -> u64 {
+        let metrics = reqwest::get(format!("{}/metrics", self.admin_url())).await.unwrap().text().await.unwrap();
+        let labels = format!(r#"{{provider="{provider}",route="{route}",status="{status}"}}"#);
+        metrics
+            .lines()
+            .find(|l| l.starts_with("keyless_requests_total") && l.contains(&labels))
+            .map_or(0, |l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
     }
 
     /// What keyless printed so far (stdout, then stderr).

@@ -103,19 +103,11 @@ async fn every_answered_request_is_counted_by_provider_route_and_status() {
     let no_header = http.get(imds).send().await.unwrap();
     assert_eq!(no_header.status(), 400);
 
-    let metrics = reqwest::get(format!("{}/metrics", dev.admin_url())).await.unwrap().text().await.unwrap();
-    let count = |provider: &str, route: &str, status: u16| -> Option<u64> {
-        let labels = format!(r#"{{provider="{provider}",route="{route}",status="{status}"}}"#);
-        metrics
-            .lines()
-            .find(|l| l.starts_with("keyless_requests_total") && l.contains(&labels))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
-    };
     // http://127.0.0.1:PORT/path -> /path
     let container_path = &format!("/{}", full_uri.splitn(4, '/').nth(3).unwrap());
-    assert_eq!(count("gcp", "/computeMetadata/{*path}", 200), Some(3), "{metrics}");
-    assert_eq!(count("gcp", "/computeMetadata/{*path}", 403), Some(1), "{metrics}");
-    assert_eq!(count("aws", container_path, 403), Some(1), "{metrics}");
-    assert_eq!(count("azure", "/metadata/identity/oauth2/token", 400), Some(1), "{metrics}");
-    assert_eq!(count("aws", container_path, 200), None, "a request that was not made is counted: {metrics}");
+    assert_eq!(dev.requests_counted("gcp", "/computeMetadata/{*path}", 200).await, 3);
+    assert_eq!(dev.requests_counted("gcp", "/computeMetadata/{*path}", 403).await, 1);
+    assert_eq!(dev.requests_counted("aws", container_path, 403).await, 1);
+    assert_eq!(dev.requests_counted("azure", "/metadata/identity/oauth2/token", 400).await, 1);
+    assert_eq!(dev.requests_counted("aws", container_path, 200).await, 0, "a request that was not made is counted");
 }
