@@ -1,6 +1,8 @@
 //! The Rust SDKs as unmodified apps against the real binary: aws-config's default chain (container
 //! endpoint, then IMDSv2) signing a GetCallerIdentity the emulator verifies, and azure_identity's
-//! ManagedIdentityCredential through the App Service endpoint (the only route Rust apps have).
+//! ManagedIdentityCredential through the App Service endpoint (the only route Rust apps have), and
+//! google-cloud-auth's application-default credentials, which fall back to the metadata server
+//! (found through `GCE_METADATA_HOST` alone) for an access token and an ID token.
 //!
 //! These SDKs read the process environment, which a test cannot set (edition 2024 makes
 //! `set_var` unsafe and unsafe code is forbidden), so each client runs in a child process: this
@@ -85,4 +87,50 @@ async fn child_azure_token() {
     let left = token.expires_on - azure_core::time::OffsetDateTime::now_utc();
     assert!(left > azure_core::time::Duration::minutes(30), "{left}");
     println!("azure token with more than 30 minutes left");
+}
+
+/// An ID-token audience with characters an encoder would change.
+const GOOGLE_AUDIENCE: &str = "https://example.com/rust?a=1&b=2";
+
+#[tokio::test]
+async fn google_cloud_auth_default_credentials_use_the_metadata_server_for_access_and_id_tokens() {
+    let dev = Dev::start().await;
+    let out = run_child(&dev, "child_google_tokens", &dev.env).await;
+    let account = dev.var("KEYLESS_GCP_SERVICE_ACCOUNT");
+    assert!(out.contains(&format!("tokeninfo 200 {account}")), "{out}");
+    assert!(out.contains(&format!("id token for {GOOGLE_AUDIENCE} verified, email {account}")), "{out}");
+}
+
+#[tokio::test]
+async fn child_google_tokens() {
+    if !is_child() {
+        return;
+    }
+    // Application-default credentials: no GOOGLE_APPLICATION_CREDENTIALS and no gcloud file in
+    // HOME, so the metadata server.
+    let credentials = google_cloud_auth::credentials::Builder::default().build_access_token_credentials().unwrap();
+    let token = credentials.access_token().await.unwrap();
+    let emulator = std::env::var("KEYLESS_EMULATOR_URL").unwrap();
+    let ca = std::fs::read(std::env::var("KEYLESS_EMULATOR_CA").unwrap()).unwrap();
+    let http =
+        reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()]).build().unwrap();
+    let info = http.get(format!("{emulator}/tokeninfo")).query(&[("access_token", &token.token)]).send().await.unwrap();
+    let status = info.status().as_u16();
+    let info: serde_json::Value = info.json().await.unwrap();
+    println!("tokeninfo {status} {}", info["email"].as_str().unwrap_or_default());
+
+    let id_token = google_cloud_auth::credentials::idtoken::Builder::new(GOOGLE_AUDIENCE)
+        .with_include_email()
+        .build()
+        .unwrap()
+        .id_token()
+        .await
+        .unwrap();
+    let claims = google_cloud_auth::credentials::idtoken::verifier::Builder::new([GOOGLE_AUDIENCE])
+        .with_jwks_url(format!("{emulator}/oauth2/v3/certs"))
+        .build()
+        .verify(&id_token)
+        .await
+        .unwrap();
+    println!("id token for {} verified, email {}", claims["aud"].as_str().unwrap(), claims["email"].as_str().unwrap());
 }
