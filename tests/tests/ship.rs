@@ -285,7 +285,7 @@ fn image_of(service: &Value) -> (Vec<String>, Vec<(String, String)>) {
     let image = str_of(&service["image"]);
     let dockerfile = |path: &str| std::fs::read_to_string(repo().join(path)).unwrap();
     let text = match image {
-        "keyless:dev" => dockerfile("docker/Dockerfile"),
+        "keyless:dev" | "keyless-dev:dev" => dockerfile("docker/Dockerfile"),
         "keyless-examples:dev" => dockerfile("examples/Dockerfile"),
         other => panic!("unknown image {other}: teach this test which Dockerfile builds it"),
     };
@@ -557,6 +557,21 @@ fn kubernetes_pods_run_keyless_as_a_hardened_native_sidecar_wired_like_compose()
 
 // ---------------------------------------------------------------------------------------------
 // docker/Dockerfile
+
+/// The sidecar image leaves the emulation out; the emulator service runs the dev image, built from
+/// the same Dockerfile with it in.
+#[test]
+fn the_sidecar_image_has_no_emulator_and_the_compose_emulator_runs_the_dev_image() {
+    let dockerfile = std::fs::read_to_string(repo().join("docker/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("ARG FEATURES=\"\""), "the sidecar build is the default");
+    assert!(dockerfile.contains(r#"--no-default-features --features "$FEATURES""#));
+    let compose = compose();
+    let services = services(&compose);
+    assert_eq!(str_of(&services["keyless"]["image"]), "keyless:dev");
+    assert!(services["keyless"]["build"].get("args").is_none(), "the sidecar is built without features");
+    assert_eq!(str_of(&services["emulator"]["image"]), "keyless-dev:dev");
+    assert_eq!(str_of(&services["emulator"]["build"]["args"]["FEATURES"]), "emulator");
+}
 
 #[test]
 fn dockerfile_puts_a_static_binary_on_scratch_with_a_numeric_user() {

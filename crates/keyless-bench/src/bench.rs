@@ -30,7 +30,7 @@ pub async fn bench(opts: Options) -> Result<(), BenchError> {
     let load_before = procs::load_average();
     report::header(&opts, &keyless, &load_before);
     let dir = tempfile::tempdir().map_err(|e| BenchError::File { path: std::env::temp_dir(), source: e })?;
-    let emulator = Emulator::start(&keyless, dir.path()).await?;
+    let emulator = Emulator::start(opts.emulator.as_deref().unwrap_or(&keyless), dir.path()).await?;
     let auth_file = dir.path().join("aws-authorization-token");
     let config = dir.path().join("keyless.toml");
     std::fs::write(&config, sidecar_toml(&emulator, &auth_file))

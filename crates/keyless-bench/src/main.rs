@@ -69,6 +69,10 @@ pub struct Options {
     /// The keyless binary to measure (a release build) [default: `keyless` beside this binary].
     #[arg(long)]
     keyless: Option<PathBuf>,
+    /// The keyless binary that runs `keyless emulate` [default: --keyless]. Give a full build here
+    /// to measure the image's sidecar build (built without the emulator) with --keyless.
+    #[arg(long)]
+    emulator: Option<PathBuf>,
     /// Concurrent keep-alive connections of the load generator.
     #[arg(long, default_value_t = 64)]
     connections: usize,

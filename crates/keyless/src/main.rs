@@ -1,12 +1,15 @@
 //! The `keyless` binary: CLI, configuration, composition of the cloud adapters, listeners,
 //! logging and signals. No protocol logic lives here (see ARCHITECTURE.md).
 #![forbid(unsafe_code)]
+// The sidecar build (no `emulator` feature) leaves the helpers only `keyless dev` uses unused.
+#![cfg_attr(not(feature = "emulator"), allow(dead_code))]
 
 mod admin;
 mod check;
 mod config;
 mod counting;
 mod credential_process;
+#[cfg(feature = "emulator")]
 mod dev;
 mod logging;
 mod probe;
@@ -125,10 +128,13 @@ fn main() -> ExitCode {
         Command::Serve { config, listen, admin_listen } => {
             runtime.block_on(serve(config, Overrides { listen, admin_listen }))
         }
+        #[cfg(feature = "emulator")]
         Command::Dev { env_file, state_dir, listen, admin_listen, emulator_listen } => {
             let options = dev::DevOptions { env_file, state_dir, listen, admin_listen, emulator_listen };
             runtime.block_on(run_logged(dev::dev(options)))
         }
+        #[cfg(not(feature = "emulator"))]
+        Command::Dev { .. } => fail(WITHOUT_EMULATOR),
         Command::CredentialProcess { config } => runtime.block_on(credential_process(config)),
         Command::Check { config } => runtime.block_on(check::run(config)),
         Command::Probe { url, ca_file, timeout } => {
@@ -137,11 +143,19 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        #[cfg(feature = "emulator")]
         Command::Emulate { listen, state_dir, hostnames } => {
             runtime.block_on(run_logged(dev::emulate(listen, state_dir, hostnames)))
         }
+        #[cfg(not(feature = "emulator"))]
+        Command::Emulate { .. } => fail(WITHOUT_EMULATOR),
     }
 }
+
+/// What `keyless dev` and `keyless emulate` say in a build without the emulator.
+#[cfg(not(feature = "emulator"))]
+const WITHOUT_EMULATOR: &str = "this keyless is the sidecar build, without the cloud emulation: run `keyless dev` and \
+     `keyless emulate` from the dev image (docker/Dockerfile target `dev`) or from a source build (`cargo run -p keyless -- dev`)";
 
 #[allow(clippy::print_stderr)] // before logging exists, stderr is the only channel
 fn fail(message: &str) -> ExitCode {
