@@ -187,9 +187,14 @@ impl Dev {
 
     pub async fn python_ok_in(&self, script: &str, env: &BTreeMap<String, String>) -> String {
         let out = self.python_in(script, env).await;
+        self.stdout_of_success("python", out)
+    }
+
+    /// A client's stdout, or the test fails with its stderr and keyless's logs.
+    fn stdout_of_success(&self, what: &str, out: Output) -> String {
         assert!(
             out.status.success(),
-            "python failed:\n--- stderr\n{}\n--- keyless\n{}",
+            "{what} failed:\n--- stderr\n{}\n--- keyless\n{}",
             String::from_utf8_lossy(&out.stderr),
             self.logs()
         );
@@ -216,13 +221,7 @@ impl Dev {
             .output()
             .await
             .unwrap();
-        assert!(
-            out.status.success(),
-            "node {script} failed:\n--- stderr\n{}\n--- keyless\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.logs()
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.stdout_of_success(&format!("node {script}"), out)
     }
 
     /// `keyless_requests_total{provider,route,status}` now (0 when never counted).

@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 struct Emulator {
     shared: keyless_e2e::Emulator,
     dir: tempfile::TempDir,
-    url: String,
     ids: Value,
 }
 
@@ -20,8 +19,7 @@ impl Emulator {
     async fn start() -> Self {
         let shared = keyless_e2e::Emulator::start().await;
         let ids = shared.identities().await;
-        let url = shared.url.clone();
-        Self { shared, dir: tempfile::tempdir().unwrap(), url, ids }
+        Self { shared, dir: tempfile::tempdir().unwrap(), ids }
     }
 
     fn id(&self, name: &str) -> String {
@@ -91,9 +89,9 @@ impl Emulator {
     fn working(&self) -> String {
         let ca = self.ca();
         [
-            self.aws(&self.projected("aws"), &self.url, Some(&ca)),
-            self.gcp(&self.projected("gcp"), &self.url, Some(&ca)),
-            self.azure(&self.projected("azure"), &self.url, Some(&ca)),
+            self.aws(&self.projected("aws"), &self.shared.url, Some(&ca)),
+            self.gcp(&self.projected("gcp"), &self.shared.url, Some(&ca)),
+            self.azure(&self.projected("azure"), &self.shared.url, Some(&ca)),
         ]
         .join("\n")
     }
@@ -192,7 +190,7 @@ async fn a_working_setup_exits_0_and_prints_each_clouds_binding() {
 async fn aws_with_a_token_for_another_audience_names_sts_amazonaws_com() {
     let emu = Emulator::start().await;
     let (token, _) = emu.minted("token", json!({"aud": [emu.audience("azure")]})).await;
-    let checked = emu.check(&emu.aws(&token, &emu.url, Some(&emu.ca()))).await;
+    let checked = emu.check(&emu.aws(&token, &emu.shared.url, Some(&emu.ca()))).await;
     checked.fails_with(&[
         "aws expects sts.amazonaws.com",
         "the token has [api://AzureADTokenExchange]",
@@ -206,7 +204,7 @@ async fn aws_with_a_token_for_another_audience_names_sts_amazonaws_com() {
 async fn gcp_with_a_token_for_another_audience_names_the_pool_provider() {
     let emu = Emulator::start().await;
     let (token, _) = emu.minted("token", json!({"aud": ["sts.amazonaws.com"]})).await;
-    let checked = emu.check(&emu.gcp(&token, &emu.url, Some(&emu.ca()))).await;
+    let checked = emu.check(&emu.gcp(&token, &emu.shared.url, Some(&emu.ca()))).await;
     let provider = emu.audience("gcp");
     checked.fails_with(&[
         &format!("gcp expects {provider}"),
@@ -220,7 +218,7 @@ async fn gcp_with_a_token_for_another_audience_names_the_pool_provider() {
 async fn azure_with_a_token_for_another_audience_names_api_azureadtokenexchange() {
     let emu = Emulator::start().await;
     let (token, _) = emu.minted("token", json!({"aud": ["sts.amazonaws.com"]})).await;
-    let checked = emu.check(&emu.azure(&token, &emu.url, Some(&emu.ca()))).await;
+    let checked = emu.check(&emu.azure(&token, &emu.shared.url, Some(&emu.ca()))).await;
     checked.fails_with(&[
         "azure expects api://AzureADTokenExchange",
         "fix: project the token for Azure with audience api://AzureADTokenExchange",
@@ -239,9 +237,9 @@ async fn a_subject_without_a_binding_gets_the_exact_binding_to_create() {
     let (azure, _) = emu.minted("azure", json!({"aud": [emu.audience("azure")], "sub": sub})).await;
     let ca = emu.ca();
     let config = [
-        emu.aws(&aws, &emu.url, Some(&ca)),
-        emu.gcp(&gcp, &emu.url, Some(&ca)),
-        emu.azure(&azure, &emu.url, Some(&ca)),
+        emu.aws(&aws, &emu.shared.url, Some(&ca)),
+        emu.gcp(&gcp, &emu.shared.url, Some(&ca)),
+        emu.azure(&azure, &emu.shared.url, Some(&ca)),
     ]
     .join("\n");
     let checked = emu.check(&config).await;
@@ -267,7 +265,7 @@ async fn a_subject_without_a_binding_gets_the_exact_binding_to_create() {
 async fn a_missing_token_file_says_to_mount_the_projected_volume() {
     let emu = Emulator::start().await;
     let missing = emu.dir.path().join("no-such-dir/token");
-    let checked = emu.check(&emu.aws(&missing, &emu.url, Some(&emu.ca()))).await;
+    let checked = emu.check(&emu.aws(&missing, &emu.shared.url, Some(&emu.ca()))).await;
     checked.fails_with(&[
         "does not exist",
         "projected serviceAccountToken volume",
@@ -283,7 +281,7 @@ async fn an_unreadable_token_file_is_reported_with_its_path() {
     // A directory where the file should be: unreadable for any user, root included.
     let dir = emu.dir.path().join("token-dir");
     std::fs::create_dir(&dir).unwrap();
-    let checked = emu.check(&emu.gcp(&dir, &emu.url, Some(&emu.ca()))).await;
+    let checked = emu.check(&emu.gcp(&dir, &emu.shared.url, Some(&emu.ca()))).await;
     checked.fails_with(&[&format!("subject token file {} could not be read", dir.display()), "gcp token"]);
 }
 
@@ -291,7 +289,7 @@ async fn an_unreadable_token_file_is_reported_with_its_path() {
 async fn a_garbage_token_file_is_not_a_projected_token() {
     let emu = Emulator::start().await;
     let garbage = emu.write("token", "this is not a JWT\n");
-    let checked = emu.check(&emu.azure(&garbage, &emu.url, Some(&emu.ca()))).await;
+    let checked = emu.check(&emu.azure(&garbage, &emu.shared.url, Some(&emu.ca()))).await;
     checked.fails_with(&["does not hold a projected service-account token", "not a JWT", "azure token"]);
 }
 
@@ -304,9 +302,9 @@ async fn an_expired_token_is_named_and_every_cloud_refuses_it() {
     let (azure, _) = emu.minted("azure", expired(emu.audience("azure"))).await;
     let ca = emu.ca();
     let config = [
-        emu.aws(&aws, &emu.url, Some(&ca)),
-        emu.gcp(&gcp, &emu.url, Some(&ca)),
-        emu.azure(&azure, &emu.url, Some(&ca)),
+        emu.aws(&aws, &emu.shared.url, Some(&ca)),
+        emu.gcp(&gcp, &emu.shared.url, Some(&ca)),
+        emu.azure(&azure, &emu.shared.url, Some(&ca)),
     ]
     .join("\n");
     let checked = emu.check(&config).await;
@@ -355,9 +353,9 @@ async fn a_ca_file_that_holds_no_certificate_is_a_config_problem() {
     let emu = Emulator::start().await;
     let not_pem = emu.write("ca.pem", "not a certificate\n");
     let config = [
-        emu.aws(&emu.projected("aws"), &emu.url, Some(&not_pem)),
-        emu.gcp(&emu.projected("gcp"), &emu.url, Some(&not_pem)),
-        emu.azure(&emu.projected("azure"), &emu.url, Some(&not_pem)),
+        emu.aws(&emu.projected("aws"), &emu.shared.url, Some(&not_pem)),
+        emu.gcp(&emu.projected("gcp"), &emu.shared.url, Some(&not_pem)),
+        emu.azure(&emu.projected("azure"), &emu.shared.url, Some(&not_pem)),
     ]
     .join("\n");
     let checked = emu.check(&config).await;
@@ -374,9 +372,9 @@ async fn a_ca_file_that_holds_no_certificate_is_a_config_problem() {
 async fn without_the_ca_file_the_untrusted_endpoint_points_at_ca_file() {
     let emu = Emulator::start().await;
     let config = [
-        emu.aws(&emu.projected("aws"), &emu.url, None),
-        emu.gcp(&emu.projected("gcp"), &emu.url, None),
-        emu.azure(&emu.projected("azure"), &emu.url, None),
+        emu.aws(&emu.projected("aws"), &emu.shared.url, None),
+        emu.gcp(&emu.projected("gcp"), &emu.shared.url, None),
+        emu.azure(&emu.projected("azure"), &emu.shared.url, None),
     ]
     .join("\n");
     let checked = emu.check(&config).await;
@@ -405,12 +403,12 @@ async fn webhook_env_vars_are_checked_like_a_config_file() {
     let env = [
         ("AWS_ROLE_ARN", role.as_str()),
         ("AWS_WEB_IDENTITY_TOKEN_FILE", aws_token.to_str().unwrap()),
-        ("AWS_ENDPOINT_URL_STS", emu.url.as_str()),
+        ("AWS_ENDPOINT_URL_STS", emu.shared.url.as_str()),
         ("AWS_CA_BUNDLE", ca.to_str().unwrap()),
         ("AZURE_FEDERATED_TOKEN_FILE", azure_token.to_str().unwrap()),
         ("AZURE_CLIENT_ID", client.as_str()),
         ("AZURE_TENANT_ID", tenant.as_str()),
-        ("AZURE_AUTHORITY_HOST", emu.url.as_str()),
+        ("AZURE_AUTHORITY_HOST", emu.shared.url.as_str()),
         ("SSL_CERT_FILE", ca.to_str().unwrap()),
     ];
     let checked = check_with_env(&[], &env).await;
