@@ -3,7 +3,6 @@
 //! retries (the core cache retries with backoff and keeps serving while it does).
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use aws_sdk_sts::config::retry::RetryConfig;
 use aws_sdk_sts::config::timeout::TimeoutConfig;
@@ -14,20 +13,21 @@ use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore};
 use aws_smithy_http_client::{Connector, ConnectorBuilder};
 use aws_smithy_runtime_api::client::http::{SharedHttpClient, SharedHttpConnector, http_client_fn};
 
+use keyless_core::CachePolicy;
+use keyless_provider::upstream;
+
 use crate::error::ConfigError;
 use crate::settings::Settings;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const READ_TIMEOUT: Duration = Duration::from_secs(15);
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(25);
-
-/// An STS client for `settings`' region, endpoint and CA certificates.
-pub(crate) fn sts_client(settings: &Settings) -> Result<aws_sdk_sts::Client, ConfigError> {
-    // A loopback endpoint (the emulator, moto, a local proxy) is never reached through HTTPS_PROXY.
+/// An STS client for `settings`' region, endpoint and CA certificates, with the upstream rules
+/// every provider follows (`keyless_provider::upstream`): timeouts from `cache.exchange_timeout`,
+/// no proxy for a loopback endpoint (the emulator, moto, a local proxy).
+pub(crate) fn sts_client(settings: &Settings, policy: &CachePolicy) -> Result<aws_sdk_sts::Client, ConfigError> {
     let proxy = match settings.sts_endpoint.as_ref() {
-        Some(url) if is_loopback(url) => ProxyConfig::disabled(),
+        Some(url) if upstream::is_loopback(url) => ProxyConfig::disabled(),
         _ => ProxyConfig::from_env(),
     };
+    let (connect, request) = upstream::timeouts(policy);
     let http = https_client(&settings.ca_certs, proxy)?;
     let mut config = aws_sdk_sts::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -35,25 +35,12 @@ pub(crate) fn sts_client(settings: &Settings) -> Result<aws_sdk_sts::Client, Con
         .http_client(http)
         .retry_config(RetryConfig::disabled())
         .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .read_timeout(READ_TIMEOUT)
-                .operation_timeout(OPERATION_TIMEOUT)
-                .build(),
+            TimeoutConfig::builder().connect_timeout(connect).read_timeout(request).operation_timeout(request).build(),
         );
     if let Some(endpoint) = &settings.sts_endpoint {
         config = config.endpoint_url(endpoint.as_str().trim_end_matches('/'));
     }
     Ok(aws_sdk_sts::Client::from_conf(config.build()))
-}
-
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
 }
 
 fn https_client(ca_certs: &[String], proxy: ProxyConfig) -> Result<SharedHttpClient, ConfigError> {

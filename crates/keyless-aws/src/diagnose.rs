@@ -4,31 +4,28 @@
 
 use std::path::Path;
 
-use keyless_core::{Claims, Context, Exchange as _, SubjectToken};
+use keyless_core::{Attempt, Claims, Context, Exchange as _, SubjectToken};
+use keyless_provider::{BoxFuture, Diagnosis};
 
-use crate::config::Config;
 use crate::container::ContainerAuth;
 use crate::error::ConfigError;
-use crate::settings::{Host, Settings};
+use crate::settings::Settings;
 use crate::sts::StsExchange;
 
 /// The audience IRSA projects and registers as the OIDC provider's client id.
 const AUDIENCE: &str = "sts.amazonaws.com";
 
-pub use keyless_core::Attempt;
-
-/// The `[aws]` section as `keyless check` examines it: validated exactly as `keyless serve`
-/// validates it, without creating files or starting anything.
+/// The `[aws]` section as `keyless check` examines it: the settings `keyless serve` would run
+/// with, without creating files or starting anything.
 #[derive(Debug)]
-pub struct Diagnosis {
+pub(crate) struct AwsDiagnosis {
     settings: Settings,
     exchange: StsExchange,
 }
 
-impl Diagnosis {
-    pub fn new(config: &Config, ctx: &Context) -> Result<Self, ConfigError> {
-        let settings = Settings::resolve(config, &Host::process())?;
-        let exchange = StsExchange::new(&settings, ctx.clock.clone())?;
+impl AwsDiagnosis {
+    pub(crate) fn new(settings: Settings, ctx: &Context) -> Result<Self, ConfigError> {
+        let exchange = StsExchange::new(&settings, ctx)?;
         if let Some(container) = &settings.container {
             // `serve` creates a missing authorization token file; `check` only validates.
             let file = container.token_file.clone().filter(|f| f.exists());
@@ -36,31 +33,30 @@ impl Diagnosis {
         }
         Ok(Self { settings, exchange })
     }
+}
 
-    /// The identity, as the report's heading names it.
-    pub fn identity(&self) -> String {
+impl Diagnosis for AwsDiagnosis {
+    fn identity(&self) -> String {
         format!("role {} (region {})", self.settings.role, self.settings.region)
     }
 
-    pub fn token_file(&self) -> &Path {
+    fn token_file(&self) -> &Path {
         &self.settings.token_file
     }
 
-    pub fn expected_audience(&self) -> &str {
+    fn expected_audience(&self) -> &str {
         AUDIENCE
     }
 
-    /// Where the expected audience comes from on the cloud side.
-    pub fn audience_source(&self) -> &'static str {
+    fn audience_source(&self) -> &'static str {
         "the client id registered on IAM's OIDC provider for the issuer, by convention (EKS IRSA)"
     }
 
-    pub fn accepts_audience(&self, aud: &[String]) -> bool {
+    fn accepts_audience(&self, aud: &[String]) -> bool {
         aud.iter().any(|a| a == AUDIENCE)
     }
 
-    /// What to change when the token's audience is not the expected one.
-    pub fn audience_fix(&self, claims: &Claims) -> String {
+    fn audience_fix(&self, claims: &Claims) -> String {
         let issuer = issuer_host(claims);
         format!(
             "project the token for AWS with audience {AUDIENCE} (serviceAccountToken.audience: {AUDIENCE} in the \
@@ -70,15 +66,17 @@ impl Diagnosis {
     }
 
     /// One `AssumeRoleWithWebIdentity` with `token`.
-    pub async fn exchange_once(&self, token: &SubjectToken) -> Vec<Attempt> {
-        let result = self.exchange.exchange(&(), token).await.map(|issued| issued.credential.expires_at);
-        let what = format!("AssumeRoleWithWebIdentity for {}", self.settings.role);
-        vec![Attempt { what, result }]
+    fn exchange_once<'a>(&'a self, token: &'a SubjectToken) -> BoxFuture<'a, Vec<Attempt>> {
+        Box::pin(async move {
+            let result = self.exchange.exchange(&(), token).await.map(|issued| issued.credential.expires_at);
+            let what = format!("AssumeRoleWithWebIdentity for {}", self.settings.role);
+            vec![Attempt { what, result }]
+        })
     }
 
     /// The IAM objects that must exist for a token with `claims` (placeholders without claims),
     /// accepted with audience `audience`.
-    pub fn binding(&self, claims: Option<&Claims>, audience: &str) -> Vec<String> {
+    fn binding(&self, claims: Option<&Claims>, audience: &str) -> Vec<String> {
         let role = &self.settings.role;
         let issuer = claims.map_or_else(|| "ISSUER_HOST/PATH".to_owned(), issuer_host);
         let sub = claims

@@ -1,31 +1,33 @@
-//! keyless-aws: the pod's projected token exchanged with STS `AssumeRoleWithWebIdentity`, and the
-//! temporary credentials served the way AWS SDKs look for them (protocols.md section 2):
+//! keyless-aws: the subject token exchanged with STS `AssumeRoleWithWebIdentity`, and the
+//! temporary credentials served the way AWS SDKs look for them (docs/protocols.md section 2):
 //!
 //! - the container-credentials endpoint (`AWS_CONTAINER_CREDENTIALS_FULL_URI`),
 //! - an IMDSv2 emulation at the listener root (`AWS_EC2_METADATA_SERVICE_ENDPOINT`),
 //! - `credential_process` JSON ([`credential_process_json`], [`fetch_once`]).
 //!
-//! Everything served comes from the core [`CredentialCache`]: pre-warmed at start, refreshed
-//! ahead, and never waited on while a valid credential is held.
+//! [`Aws`] implements the provider contract of `keyless-provider`. Everything served comes from
+//! the core [`CredentialCache`]: pre-warmed at start, refreshed ahead, and never waited on while
+//! a valid credential is held.
 #![forbid(unsafe_code)]
 
 mod client;
 mod config;
 mod container;
 mod credentials;
-pub mod diagnose;
+mod diagnose;
 mod error;
 mod imds;
 mod serve;
 mod settings;
 mod sts;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::Router;
 use axum::routing::get;
 use keyless_core::{AppEnvVar, Context, CredentialCache, ErrorClass, Issued, Readiness};
+use keyless_provider::{
+    AppHost, BoxFuture, Configured, Diagnosis, Env, NativeRoute, ProviderError, RouteClaim, Rules, Started,
+};
 
 pub use crate::config::Config;
 pub use crate::credentials::{AwsCredentials, credential_process_json, timestamp};
@@ -34,28 +36,90 @@ pub use crate::sts::StsExchange;
 
 use crate::container::{ContainerAuth, ContainerState};
 use crate::imds::{ImdsSessions, ImdsState};
-use crate::serve::{RefuseBodiesLayer, Served};
+use crate::serve::{AwsErrors, Served};
 use crate::settings::{Host, Settings};
 
-/// The AWS provider: one role's credential cache and the routes serving it.
+/// The AWS provider (`[aws]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Aws;
+
+impl keyless_provider::Provider for Aws {
+    const NAME: &'static str = "aws";
+    const ENV_ORIGIN: &'static str = "AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE";
+    type Config = Config;
+
+    fn from_env(env: Env<'_>) -> Result<Option<Config>, ProviderError> {
+        Ok(Config::from_env(env)?)
+    }
+
+    fn configure(config: Config, _ctx: &Context) -> Result<Box<dyn Configured>, ProviderError> {
+        Ok(Box::new(AwsConfigured { settings: Settings::resolve(&config, &Host::process())? }))
+    }
+}
+
+/// A validated `[aws]` section.
 #[derive(Debug)]
-pub struct Provider {
+struct AwsConfigured {
+    settings: Settings,
+}
+
+impl Configured for AwsConfigured {
+    fn identity(&self) -> String {
+        format!("role {} (region {})", self.settings.role, self.settings.region)
+    }
+
+    fn routes(&self) -> Vec<RouteClaim> {
+        claims(&self.settings)
+    }
+
+    fn diagnosis(&self, ctx: &Context) -> Result<Box<dyn Diagnosis>, ProviderError> {
+        Ok(Box::new(diagnose::AwsDiagnosis::new(self.settings.clone(), ctx)?))
+    }
+
+    fn start<'a>(self: Box<Self>, ctx: &'a Context) -> BoxFuture<'a, Result<Box<dyn Started>, ProviderError>> {
+        Box::pin(async move {
+            let running: Box<dyn Started> = Box::new(Running::start(self.settings, ctx).await?);
+            Ok(running)
+        })
+    }
+}
+
+/// The container path and the IMDS routes, as [`Running::routes`] serves them.
+fn claims(settings: &Settings) -> Vec<RouteClaim> {
+    let mut claims = Vec::new();
+    if let Some(container) = &settings.container {
+        claims.push(RouteClaim::new(container.path.clone(), "aws.container_path"));
+    }
+    if settings.imds.is_some() {
+        claims.extend(imds::ROUTES.iter().map(|route| RouteClaim::new(*route, "aws.imds")));
+    }
+    claims
+}
+
+/// Validates `config` and starts the provider: [`Aws`]'s `configure` then `start`, for callers
+/// that hold the concrete type (tests).
+pub async fn start(config: Config, ctx: &Context) -> Result<Running, ConfigError> {
+    Running::start(Settings::resolve(&config, &Host::process())?, ctx).await
+}
+
+/// The running AWS provider: one role's credential cache and the routes serving it.
+#[derive(Debug)]
+pub struct Running {
     served: Served,
-    container: Option<(String, ContainerAuth)>,
+    settings: Settings,
+    container: Option<Arc<ContainerState>>,
     imds: Option<ImdsState>,
 }
 
-impl Provider {
-    /// Validates `config` (errors name the key and the fix), creates the authorization token file
-    /// if needed, builds the STS client and the cache, and pins the role (pre-warm). Does not
-    /// wait for the exchange.
-    pub async fn start(config: Config, ctx: &Context) -> Result<Provider, ConfigError> {
-        let settings = Settings::resolve(&config, &Host::process())?;
-        let exchange = StsExchange::new(&settings, ctx.clock.clone())?;
+impl Running {
+    /// Creates the authorization token file if needed, builds the STS client and the cache, and
+    /// pins the role (pre-warm). Does not wait for the exchange.
+    async fn start(settings: Settings, ctx: &Context) -> Result<Running, ConfigError> {
+        let exchange = StsExchange::new(&settings, ctx)?;
         let container = settings
             .container
             .as_ref()
-            .map(|c| ContainerAuth::resolve(c.token.clone(), c.token_file.clone()).map(|auth| (c.path.clone(), auth)))
+            .map(|c| ContainerAuth::resolve(c.token.clone(), c.token_file.clone()))
             .transpose()?;
         let tokens = ctx.token_source(&settings.token_file).await;
         let cache = ctx.cache(exchange, tokens);
@@ -66,6 +130,7 @@ impl Provider {
             region: settings.region.clone(),
             account_id: settings.account_id.clone(),
         };
+        let container = container.map(|auth| Arc::new(ContainerState { served: served.clone(), auth }));
         let imds = settings.imds.as_ref().map(|imds| ImdsState {
             served: served.clone(),
             sessions: Arc::new(ImdsSessions::new(imds.max_sessions, imds.session_ttl_max)),
@@ -76,48 +141,50 @@ impl Provider {
             role = %settings.role,
             session_name = settings.session_name.as_str(),
             region = %settings.region,
-            container = container.as_ref().map(|(path, _)| path.as_str()).unwrap_or("off"),
+            container = settings.container.as_ref().map(|c| c.path.as_str()).unwrap_or("off"),
             imds = if imds.is_some() { "on" } else { "off" },
             "aws provider started"
         );
-        Ok(Provider { served, container, imds })
+        Ok(Running { served, settings, container, imds })
     }
 
-    /// The container-credentials endpoint (at `container_path`) and the IMDSv2 routes (under
-    /// `/latest/`), as configured. No route accepts a request body.
-    pub fn router(&self) -> Router {
-        let mut router = Router::new();
-        if let Some((path, auth)) = &self.container {
-            let state = Arc::new(ContainerState { served: self.served.clone(), auth: auth.clone() });
-            router = router.route(path, get(container::credentials).with_state(state));
-        }
-        if let Some(state) = &self.imds {
-            router = router.merge(imds::router(state.clone()));
-        }
-        router.layer(RefuseBodiesLayer)
-    }
-
-    /// The role's cache: ready when it holds a valid credential.
-    pub fn readiness(&self) -> Vec<Arc<dyn Readiness>> {
-        vec![Arc::new(self.served.cache.clone())]
-    }
-
-    /// The credential cache (for `keyless check` and tests).
+    /// The credential cache (tests).
     pub fn cache(&self) -> &CredentialCache<StsExchange> {
         &self.served.cache
     }
+}
 
-    /// What an app needs to reach this provider through keyless at `listen`. `AWS_ROLE_ARN` is
-    /// deliberately absent: with it, SDKs would try web identity themselves.
-    pub fn app_env(&self, listen: SocketAddr) -> Vec<AppEnvVar> {
-        let base = format!("http://{}", app_host(listen));
+impl Started for Running {
+    fn routes(&self) -> Vec<NativeRoute> {
+        let mut routes = Vec::new();
+        if let (Some(state), Some(settings)) = (&self.container, &self.settings.container) {
+            routes.push(NativeRoute::new(settings.path.clone(), get(container::credentials).with_state(state.clone())));
+        }
+        if let Some(state) = &self.imds {
+            routes.extend(imds::routes(state.clone()));
+        }
+        routes
+    }
+
+    fn rules(&self) -> Rules {
+        Rules::credentials(AwsErrors)
+    }
+
+    /// The role's cache: ready when it holds a valid credential.
+    fn readiness(&self) -> Vec<Arc<dyn Readiness>> {
+        vec![Arc::new(self.served.cache.clone())]
+    }
+
+    /// `AWS_ROLE_ARN` is deliberately absent: with it, SDKs would try web identity themselves.
+    fn app_env(&self, app: &AppHost) -> Vec<AppEnvVar> {
+        let base = app.http_base();
         let mut env = Vec::new();
-        if let Some((path, auth)) = &self.container {
-            env.push(AppEnvVar::plain("AWS_CONTAINER_CREDENTIALS_FULL_URI", format!("{base}{path}")));
+        if let (Some(state), Some(settings)) = (&self.container, &self.settings.container) {
+            env.push(AppEnvVar::plain("AWS_CONTAINER_CREDENTIALS_FULL_URI", format!("{base}{}", settings.path)));
             // The same token as a value and as a file: some SDKs read only one of them
-            // (protocols.md 2.2 traps).
-            env.push(AppEnvVar::secret("AWS_CONTAINER_AUTHORIZATION_TOKEN", auth.token.clone()));
-            if let Some(file) = auth.file.as_ref().filter(|f| f.exists()) {
+            // (docs/protocols.md 2.2 traps).
+            env.push(AppEnvVar::secret("AWS_CONTAINER_AUTHORIZATION_TOKEN", state.auth.token.clone()));
+            if let Some(file) = state.auth.file.as_ref().filter(|f| f.exists()) {
                 env.push(AppEnvVar::plain("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", file.display().to_string()));
             }
         }
@@ -131,25 +198,13 @@ impl Provider {
     }
 }
 
-/// `127.0.0.1` whenever it reaches the listener: Node's `fromContainerMetadata` accepts only
-/// `127.0.0.1` and `localhost` (protocols.md 2.2).
-fn app_host(listen: SocketAddr) -> String {
-    let port = listen.port();
-    match listen.ip() {
-        ip if ip.is_unspecified() || ip.is_loopback() && ip.is_ipv4() => {
-            format!("{}:{port}", Ipv4Addr::LOCALHOST)
-        }
-        IpAddr::V6(ip) => format!("[{ip}]:{port}"),
-        IpAddr::V4(ip) => format!("{ip}:{port}"),
-    }
-}
-
 /// One exchange from `config`, without serving (`keyless credential-process`): reads the token,
-/// calls STS, and on an invalid-token answer re-reads the token and tries once more.
+/// calls STS, and on an invalid-token answer re-reads the token and tries once more, as the
+/// cache does.
 pub async fn fetch_once(config: &Config, ctx: &Context) -> Result<Issued<AwsCredentials>, ConfigError> {
     use keyless_core::Exchange as _;
     let settings = Settings::resolve(config, &Host::process())?;
-    let exchange = StsExchange::new(&settings, ctx.clock.clone())?;
+    let exchange = StsExchange::new(&settings, ctx)?;
     let tokens = ctx.token_source(&settings.token_file).await;
     let token = tokens.current()?;
     match exchange.exchange(&(), &token).await {
@@ -158,5 +213,34 @@ pub async fn fetch_once(config: &Config, ctx: &Context) -> Result<Issued<AwsCred
             Ok(exchange.exchange(&(), &fresh).await?)
         }
         other => Ok(other?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(change: impl FnOnce(&mut Config)) -> Settings {
+        let mut config = Config::new("/t", "arn:aws:iam::123456789012:role/app");
+        change(&mut config);
+        let host = Host { env: &|_| None, hostname_file: None };
+        Settings::resolve(&config, &host).expect("valid")
+    }
+
+    #[test]
+    fn claims_follow_the_configured_endpoints() {
+        let all = claims(&settings(|_| {}));
+        assert!(all.iter().any(|c| c.route == "/v1/credentials" && c.key == "aws.container_path"));
+        assert!(all.iter().any(|c| c.route == "/latest/{*path}" && c.key == "aws.imds"));
+        assert_eq!(keyless_provider::routes::check(&all), Ok(()));
+        assert!(claims(&settings(|c| c.imds = false)).iter().all(|c| c.key != "aws.imds"));
+        assert!(claims(&settings(|c| c.container_credentials = false)).iter().all(|c| c.key == "aws.imds"));
+    }
+
+    #[test]
+    fn a_container_path_under_the_imds_routes_collides() {
+        let err = keyless_provider::routes::check(&claims(&settings(|c| c.container_path = "/latest/creds".into())))
+            .expect_err("collision");
+        assert!(err.to_string().contains("aws.container_path") && err.to_string().contains("aws.imds"), "{err}");
     }
 }

@@ -1,18 +1,14 @@
 //! What the container-credentials and IMDS routes share: the cache they serve from, and the native
-//! error body `{"Code","Message"}` (protocols.md 2.2).
+//! error body `{"Code","Message"}` (docs/protocols.md 2.2).
 
-use std::future::{Ready, ready};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::Json;
-use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::future::Either;
 use keyless_core::{CredentialCache, ErrorClass, ExchangeError, Expiring};
+use keyless_provider::{NativeErrors, Violation};
 use serde_json::json;
-use tower::{Layer, Service};
 
 use crate::credentials::AwsCredentials;
 use crate::settings::RoleArn;
@@ -53,50 +49,17 @@ fn unavailable(err: &ExchangeError) -> Response {
     error_json(status, err.code.as_deref().unwrap_or("CredentialsUnavailable"), &err.to_string())
 }
 
-/// No route of this provider takes a request body (SPEC section 6: none accepted where none is
-/// expected), so a declared one is refused before any handler runs.
-///
-/// A plain tower layer rather than `axum::middleware::from_fn`, which boxes a future and clones
-/// the inner service on every request: several allocations on the cached path (docs/benchmarks.md).
+/// The shared request rules' refusals in AWS's shapes: IMDS answers text, the container
+/// endpoint `{"Code","Message"}` (docs/protocols.md 2.2, 2.3).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct RefuseBodiesLayer;
+pub(crate) struct AwsErrors;
 
-impl<S> Layer<S> for RefuseBodiesLayer {
-    type Service = RefuseBodies<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RefuseBodies { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct RefuseBodies<S> {
-    inner: S,
-}
-
-impl<S> Service<Request> for RefuseBodies<S>
-where
-    S: Service<Request, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let headers = request.headers();
-        let declared = headers.contains_key(header::TRANSFER_ENCODING)
-            || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
-        if declared {
-            return Either::Left(ready(Ok(error_json(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestBodyNotAccepted",
-                "this endpoint takes no request body",
-            ))));
+impl NativeErrors for AwsErrors {
+    fn refuse(&self, path: &str, violation: &Violation) -> Response {
+        if path.starts_with("/latest/") {
+            crate::imds::text(violation.status(), format!("{}: {}", violation.code(), violation.message()))
+        } else {
+            error_json(violation.status(), violation.code(), &violation.message())
         }
-        Either::Right(self.inner.call(request))
     }
 }

@@ -297,27 +297,10 @@ fn validate_policy_arns(arns: &[String]) -> Result<Vec<String>, ConfigError> {
         .collect()
 }
 
-/// Paths the other providers and the IMDS emulation serve on the same listener.
-const TAKEN_PREFIXES: [&str; 3] = ["/latest", "/computeMetadata", "/metadata"];
-
+/// A plain path; whether it collides with another endpoint is checked over every provider's
+/// routes by the binary (`keyless_provider::routes::check`).
 fn validate_container_path(path: &str) -> Result<String, ConfigError> {
-    let well_formed = path.starts_with('/')
-        && path.len() > 1
-        && path.len() <= 256
-        && path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b))
-        && !path.contains("//");
-    if !well_formed {
-        return Err(ConfigError::invalid(
-            "container_path",
-            format!("{path:?} is not a plain absolute URL path (e.g. /v1/credentials)"),
-        ));
-    }
-    if let Some(prefix) = TAKEN_PREFIXES.iter().find(|p| path.starts_with(**p)) {
-        return Err(ConfigError::invalid(
-            "container_path",
-            format!("{path:?} is under {prefix}, which another metadata emulation serves"),
-        ));
-    }
+    keyless_provider::routes::plain_path(path).map_err(|m| ConfigError::invalid("container_path", m))?;
     Ok(path.to_owned())
 }
 

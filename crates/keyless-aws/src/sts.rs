@@ -11,7 +11,9 @@ use aws_sdk_sts::operation::assume_role_with_web_identity::{
 use aws_sdk_sts::types::PolicyDescriptorType;
 use keyless_core::clock::SharedClock;
 use keyless_core::token::Claims;
-use keyless_core::{Exchange, ExchangeError, Expiring, Issued, Secret, SubjectToken};
+use keyless_core::{Context, Exchange, ExchangeError, Expiring, Issued, Secret, SubjectToken};
+use keyless_provider::Provider as _;
+use keyless_provider::upstream::{is_transient_status, transport_error};
 
 use crate::client::sts_client;
 use crate::credentials::AwsCredentials;
@@ -36,13 +38,13 @@ pub struct StsExchange {
 }
 
 impl StsExchange {
-    pub(crate) fn new(settings: &Settings, clock: SharedClock) -> Result<Self, ConfigError> {
+    pub(crate) fn new(settings: &Settings, ctx: &Context) -> Result<Self, ConfigError> {
         let endpoint = settings.sts_endpoint.as_ref().map_or_else(
             || format!("the regional STS endpoint of {}", settings.region),
             |url| url.as_str().trim_end_matches('/').to_owned(),
         );
         Ok(Self {
-            client: sts_client(settings)?,
+            client: sts_client(settings, &ctx.cache_policy)?,
             role: settings.role.clone(),
             session_name: settings.session_name.clone(),
             duration: settings.duration,
@@ -50,7 +52,7 @@ impl StsExchange {
             policy_arns: settings.policy_arns.clone(),
             region: settings.region.clone(),
             endpoint,
-            clock,
+            clock: ctx.clock.clone(),
         })
     }
 
@@ -125,7 +127,7 @@ impl StsExchange {
                     }
                     "IDPCommunicationError" => ExchangeError::retryable(message),
                     code if is_throttling(code) => ExchangeError::retryable(message),
-                    _ if status >= 500 || status == 429 => ExchangeError::retryable(message),
+                    _ if is_transient_status(status) => ExchangeError::retryable(message),
                     _ => ExchangeError::terminal(message),
                 };
                 let e = e.with_code(code.clone());
@@ -134,20 +136,10 @@ impl StsExchange {
                     None => e,
                 }
             }
-            SdkError::TimeoutError(_) => ExchangeError::retryable(format!(
-                "STS at {} did not answer AssumeRoleWithWebIdentity for {role} in time",
-                self.endpoint
-            ))
-            .with_code("Timeout"),
-            SdkError::DispatchFailure(_) => ExchangeError::retryable(format!(
-                "could not reach STS at {} for {role}: {}",
-                self.endpoint,
-                DisplayErrorContext(err)
-            ))
-            .with_code("DispatchFailure")
-            .with_hint(
-                "check DNS, egress network policy and HTTPS_PROXY/NO_PROXY; behind a TLS-intercepting proxy or \
-                 with a private CA, set aws.ca_file to a PEM bundle of the CA",
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => transport_error(
+                &format!("STS at {} (AssumeRoleWithWebIdentity for {role})", self.endpoint),
+                "aws.ca_file",
+                err,
             ),
             SdkError::ResponseError(_) => ExchangeError::retryable(format!(
                 "STS at {} sent a response keyless could not read: {}",
@@ -215,7 +207,7 @@ impl StsExchange {
                  must not exceed the role's maximum session duration",
                 humantime::format_duration(self.duration)
             ),
-            code if status >= 500 || status == 429 || is_throttling(code) => {
+            code if is_transient_status(status) || is_throttling(code) => {
                 "STS is failing or throttling; keyless retries with backoff and keeps serving the current credential"
                     .to_owned()
             }
@@ -233,7 +225,7 @@ impl Exchange for StsExchange {
     type Credential = AwsCredentials;
 
     fn provider(&self) -> &'static str {
-        "aws"
+        crate::Aws::NAME
     }
 
     fn identity(&self, _key: &()) -> String {

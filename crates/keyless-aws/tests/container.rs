@@ -10,8 +10,9 @@ use std::process::Command;
 
 use aws_config::ecs::EcsCredentialsProvider;
 use aws_sdk_sts::config::SharedCredentialsProvider;
-use keyless_aws::{Config, Provider};
+use keyless_aws::Config;
 use keyless_core::{AppEnvValue, CachePolicy};
+use keyless_provider::Started as _;
 
 /// Marker env var: set only in the child process that runs [`ecs_provider_child`].
 const CHILD: &str = "KEYLESS_AWS_TEST_ECS_CHILD";
@@ -20,7 +21,7 @@ const CHILD: &str = "KEYLESS_AWS_TEST_ECS_CHILD";
 async fn the_rust_sdk_ecs_provider_loads_credentials_that_sign_get_caller_identity() {
     let env = common::emulator().await;
     let ctx = common::context(CachePolicy::default());
-    let provider = Provider::start(env.config(), &ctx).await.unwrap();
+    let provider = keyless_aws::start(env.config(), &ctx).await.unwrap();
     common::ready(&provider).await;
     let addr = common::serve(&provider).await;
     let result = env.path("child-result");
@@ -33,7 +34,7 @@ async fn the_rust_sdk_ecs_provider_loads_credentials_that_sign_get_caller_identi
         .env("KEYLESS_TEST_EMULATOR_URL", env.emulator.url())
         .env("KEYLESS_TEST_EMULATOR_CA", env.emulator.ca_pem_path())
         .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
-    for var in provider.app_env(addr) {
+    for var in provider.app_env(&keyless_provider::AppHost::for_listener(addr)) {
         child.env(&var.name, var.file_value());
     }
     // The emulator and keyless run on this test's runtime: wait for the child off that thread.
@@ -89,7 +90,7 @@ impl ChildEnv {
 async fn the_endpoint_requires_the_exact_authorization_token() {
     let env = common::emulator().await;
     let ctx = common::context(CachePolicy::default());
-    let provider = Provider::start(env.config(), &ctx).await.unwrap();
+    let provider = keyless_aws::start(env.config(), &ctx).await.unwrap();
     common::ready(&provider).await;
     let addr = common::serve(&provider).await;
     let url = format!("http://{addr}/v1/credentials");
@@ -124,7 +125,10 @@ async fn the_endpoint_requires_the_exact_authorization_token() {
     let post = http.post(&url).header("Authorization", &token).send().await.unwrap();
     assert_eq!(post.status(), 405, "GET only");
     let with_body = http.get(&url).header("Authorization", &token).body("x").send().await.unwrap();
-    assert_eq!(with_body.status(), 413, "no request body accepted");
+    // 400 on every provider's routes (the shared request rules); AWS answered 413 before.
+    assert_eq!(with_body.status(), 400, "no request body accepted");
+    let refusal: serde_json::Value = with_body.json().await.unwrap();
+    assert_eq!(refusal["Code"], "RequestBodyNotAccepted", "{refusal}");
 }
 
 #[tokio::test]
@@ -133,7 +137,7 @@ async fn nothing_valid_gives_the_native_error_body_with_the_exchange_hint() {
     let mut config = env.config();
     config.role_arn = "arn:aws:iam::123456789012:role/not-trusted".to_owned();
     let ctx = common::context(common::fast_retries());
-    let provider = Provider::start(config, &ctx).await.unwrap();
+    let provider = keyless_aws::start(config, &ctx).await.unwrap();
     let addr = common::serve(&provider).await;
     let token = std::fs::read_to_string(env.path("auth-token")).unwrap();
     let response = common::http()
@@ -154,7 +158,7 @@ async fn nothing_valid_gives_the_native_error_body_with_the_exchange_hint() {
 async fn a_generated_token_file_is_private_and_has_no_trailing_newline() {
     let env = common::emulator().await;
     let ctx = common::context(CachePolicy::default());
-    let provider = Provider::start(env.config(), &ctx).await.unwrap();
+    let provider = keyless_aws::start(env.config(), &ctx).await.unwrap();
     let path = env.path("auth-token");
     let content = std::fs::read(&path).unwrap();
     assert!(!content.ends_with(b"\n") && !content.ends_with(b"\r"), "no trailing newline");
@@ -164,14 +168,18 @@ async fn a_generated_token_file_is_private_and_has_no_trailing_newline() {
 
     // The file and the value handed to apps are the same token.
     let addr = "127.0.0.1:9811".parse().unwrap();
-    let app_env = provider.app_env(addr);
+    let app_env = provider.app_env(&keyless_provider::AppHost::for_listener(addr));
     let value = |name: &str| app_env.iter().find(|v| v.name == name).map(|v| v.file_value().to_owned());
     assert_eq!(value("AWS_CONTAINER_AUTHORIZATION_TOKEN").unwrap().as_bytes(), content.as_slice());
     assert_eq!(value("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE").unwrap(), path.display().to_string());
 
     // A restart reads the same file rather than replacing it.
-    let again = Provider::start(env.config(), &ctx).await.unwrap();
-    let value_again = again.app_env(addr).into_iter().find(|v| v.name == "AWS_CONTAINER_AUTHORIZATION_TOKEN").unwrap();
+    let again = keyless_aws::start(env.config(), &ctx).await.unwrap();
+    let value_again = again
+        .app_env(&keyless_provider::AppHost::for_listener(addr))
+        .into_iter()
+        .find(|v| v.name == "AWS_CONTAINER_AUTHORIZATION_TOKEN")
+        .unwrap();
     assert_eq!(value_again.file_value().as_bytes(), content.as_slice());
 }
 
@@ -179,8 +187,8 @@ async fn a_generated_token_file_is_private_and_has_no_trailing_newline() {
 async fn app_env_points_sdks_at_loopback_and_redacts_the_token_when_shown() {
     let env = common::emulator().await;
     let ctx = common::context(CachePolicy::default());
-    let provider = Provider::start(env.config(), &ctx).await.unwrap();
-    let app_env = provider.app_env("0.0.0.0:9811".parse().unwrap());
+    let provider = keyless_aws::start(env.config(), &ctx).await.unwrap();
+    let app_env = provider.app_env(&keyless_provider::AppHost::for_listener("0.0.0.0:9811".parse().unwrap()));
     let value = |name: &str| app_env.iter().find(|v| v.name == name).map(|v| v.file_value().to_owned());
     assert_eq!(value("AWS_CONTAINER_CREDENTIALS_FULL_URI").unwrap(), "http://127.0.0.1:9811/v1/credentials");
     assert_eq!(value("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap(), "http://127.0.0.1:9811");
@@ -200,7 +208,7 @@ async fn a_token_file_with_a_trailing_newline_is_refused_at_start() {
     let mut config = env.config();
     config.authorization_token_file = Some(path);
     let ctx = common::context(CachePolicy::default());
-    let err = Provider::start(config, &ctx).await.expect_err("a newline breaks every SDK");
+    let err = keyless_aws::start(config, &ctx).await.expect_err("a newline breaks every SDK");
     let shown = err.to_string();
     assert!(shown.starts_with("aws.authorization_token_file"), "{shown}");
     assert!(shown.contains("newline"), "{shown}");
@@ -213,9 +221,9 @@ async fn a_configured_value_is_written_to_a_missing_token_file() {
     let mut config: Config = env.config();
     config.authorization_token = Some(keyless_core::Secret::new("configured-value-123".to_owned()));
     let ctx = common::context(CachePolicy::default());
-    Provider::start(config.clone(), &ctx).await.unwrap();
+    keyless_aws::start(config.clone(), &ctx).await.unwrap();
     assert_eq!(std::fs::read_to_string(env.path("auth-token")).unwrap(), "configured-value-123");
     config.authorization_token = Some(keyless_core::Secret::new("another-value-456".to_owned()));
-    let err = Provider::start(config, &ctx).await.expect_err("file and value disagree");
+    let err = keyless_aws::start(config, &ctx).await.expect_err("file and value disagree");
     assert!(!err.to_string().contains("another-value-456"), "{err}");
 }

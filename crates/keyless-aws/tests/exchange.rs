@@ -7,15 +7,16 @@ mod common;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use keyless_aws::{AwsCredentials, Provider, credential_process_json, fetch_once};
+use keyless_aws::{AwsCredentials, credential_process_json, fetch_once};
 use keyless_core::{CachePolicy, ErrorClass};
 use keyless_emulator::{Fault, Service};
+use keyless_provider::Started as _;
 
 #[tokio::test]
 async fn exchanges_the_projected_token_for_role_credentials() {
     let env = common::emulator().await;
     let ctx = common::context(CachePolicy::default());
-    let provider = Provider::start(env.config(), &ctx).await.unwrap();
+    let provider = keyless_aws::start(env.config(), &ctx).await.unwrap();
     let cred = provider.cache().get(&()).await.expect("credential");
     let c = &cred.value;
     assert!(c.access_key_id.starts_with("ASIA"));
@@ -38,7 +39,7 @@ async fn an_invalid_identity_token_answer_rereads_the_token_and_retries_once() {
         Fault::new(StatusCode::BAD_REQUEST).with_code("InvalidIdentityToken"),
     );
     let ctx = common::context(common::fast_retries());
-    let provider = Provider::start(env.config(), &ctx).await.unwrap();
+    let provider = keyless_aws::start(env.config(), &ctx).await.unwrap();
     let cred = provider.cache().get(&()).await.expect("the retry with the re-read token succeeds");
     assert!(cred.value.access_key_id.starts_with("ASIA"));
     assert_eq!(env.emulator.counters().aws_sts, 2, "one rejected call, one retry");
@@ -52,7 +53,7 @@ async fn access_denied_is_terminal_and_its_hint_shows_the_tokens_actual_sub() {
         c.sub = Some("system:serviceaccount:payments:api".to_owned());
     });
     let ctx = common::context(common::fast_retries());
-    let provider = Provider::start(config, &ctx).await.unwrap();
+    let provider = keyless_aws::start(config, &ctx).await.unwrap();
     let err = provider.cache().get(&()).await.expect_err("the trust policy refuses this subject");
     assert_eq!(err.class, ErrorClass::Terminal);
     assert_eq!(err.code.as_deref(), Some("AccessDenied"));
@@ -89,7 +90,7 @@ async fn a_5xx_storm_is_retried_while_the_valid_credential_keeps_being_served() 
     let ctx = common::context(policy);
     let mut config = env.config();
     config.duration = Duration::from_secs(900);
-    let provider = Provider::start(config, &ctx).await.unwrap();
+    let provider = keyless_aws::start(config, &ctx).await.unwrap();
     let first = provider.cache().get(&()).await.expect("pre-warmed");
     const STORM: u64 = 8;
     env.emulator.faults().fail_next(Service::AwsSts, STORM as u32, Fault::new(StatusCode::SERVICE_UNAVAILABLE));
@@ -156,7 +157,8 @@ async fn an_unreachable_sts_is_retryable_with_a_network_hint() {
     let err = fetch_once(&config, &ctx).await.expect_err("nothing listens there");
     let keyless_aws::ConfigError::Exchange(err) = err else { panic!("{err}") };
     assert_eq!(err.class, ErrorClass::Retryable);
-    assert!(err.hint.as_deref().unwrap_or_default().contains("aws.ca_file"), "{err}");
+    assert_eq!(err.code.as_deref(), Some("UpstreamUnreachable"), "{err}");
+    assert!(err.hint.as_deref().unwrap_or_default().contains("HTTPS_PROXY"), "{err}");
 }
 
 #[tokio::test]

@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 use aws_config::imds;
 use aws_config::imds::credentials::ImdsCredentialsProvider;
 use aws_sdk_sts::config::SharedCredentialsProvider;
-use keyless_aws::Provider;
+use keyless_aws::Running as Provider;
 use keyless_core::CachePolicy;
+use keyless_provider::Started as _;
 
 const TTL: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN: &str = "x-aws-ec2-metadata-token";
@@ -21,7 +22,7 @@ async fn serving(configure: impl FnOnce(&mut keyless_aws::Config)) -> (common::T
     let mut config = env.config();
     configure(&mut config);
     let ctx = common::context(CachePolicy::default());
-    let provider = Provider::start(config, &ctx).await.unwrap();
+    let provider = keyless_aws::start(config, &ctx).await.unwrap();
     common::ready(&provider).await;
     let addr = common::serve(&provider).await;
     (env, provider, addr)
@@ -144,5 +145,10 @@ async fn imds_can_be_turned_off_leaving_the_container_endpoint() {
     let response =
         common::http().put(format!("http://{addr}/latest/api/token")).header(TTL, "60").send().await.unwrap();
     assert_eq!(response.status(), 404);
-    assert!(provider.app_env(addr).iter().all(|v| v.name != "AWS_EC2_METADATA_SERVICE_ENDPOINT"));
+    assert!(
+        provider
+            .app_env(&keyless_provider::AppHost::for_listener(addr))
+            .iter()
+            .all(|v| v.name != "AWS_EC2_METADATA_SERVICE_ENDPOINT")
+    );
 }

@@ -8,7 +8,6 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use keyless_aws::Provider;
 use keyless_core::CachePolicy;
 use keyless_emulator::Cloud;
 
@@ -38,7 +37,7 @@ async fn trace_logs_of_an_exchange_and_its_serving_hold_no_secret() {
 
     let env = common::emulator().await;
     let ctx = common::context(CachePolicy::default());
-    let provider = Provider::start(env.config(), &ctx).await.unwrap();
+    let provider = keyless_aws::start(env.config(), &ctx).await.unwrap();
     let cred = provider.cache().get(&()).await.expect("credential");
     let addr = common::serve(&provider).await;
     let auth = std::fs::read_to_string(env.path("auth-token")).unwrap();

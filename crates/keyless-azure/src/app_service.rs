@@ -8,7 +8,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
-use crate::serve::{Refusal, Serving, TokenQuery, body_fields, json_ok, refuse_body};
+use crate::serve::{Refusal, Serving, TokenQuery, body_fields, json_ok};
 
 /// The one api-version of the `IDENTITY_ENDPOINT` protocol; the 2017 one (`MSI_ENDPOINT`,
 /// `secret` header, date-string `expires_on`) broke .NET and Java clients and is not served.
@@ -42,7 +42,6 @@ async fn answer(serving: &Serving, headers: &HeaderMap, query: Option<&str>) -> 
         }
         Some(_) => {}
     }
-    refuse_body(headers)?;
     let query = TokenQuery::parse(query)?;
     match query.api_version.as_deref() {
         Some(API_VERSION) => {}

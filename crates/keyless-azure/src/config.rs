@@ -13,10 +13,6 @@ use crate::identity::{ClientId, Scope, TenantId};
 pub const PUBLIC_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 pub const DEFAULT_APP_SERVICE_PATH: &str = "/msi/token";
 
-/// Paths the other providers and the IMDS route own; the App Service path must stay clear of them
-/// so the binary can merge every router onto one listener.
-const RESERVED_PREFIXES: [&str; 3] = ["/metadata/", "/computeMetadata/", "/latest/"];
-
 /// The `[azure]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,7 +185,7 @@ impl Config {
 }
 
 /// A validated configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub token_file: PathBuf,
     pub tenant: TenantId,
@@ -231,30 +227,10 @@ fn resource_manager(authority: &url::Url) -> &'static str {
     }
 }
 
+/// A plain path; whether it collides with another endpoint is checked over every provider's
+/// routes by the binary (`keyless_provider::routes::check`).
 fn validate_app_service_path(path: &str) -> Result<(), ConfigError> {
-    let key = "azure.app_service_path";
-    let well_formed = path.len() > 1
-        && path.starts_with('/')
-        && !path.contains("//")
-        && path.chars().all(|c| c.is_ascii_alphanumeric() || "/-._~".contains(c));
-    if !well_formed {
-        return Err(ConfigError::invalid(
-            key,
-            format!(
-                "{path:?} is not a plain URL path: use something like {DEFAULT_APP_SERVICE_PATH} \
-                 (letters, digits, '/', '-', '.', '_', '~')"
-            ),
-        ));
-    }
-    if let Some(prefix) = RESERVED_PREFIXES.iter().find(|p| path.starts_with(*p) || path == p.trim_end_matches('/')) {
-        return Err(ConfigError::invalid(
-            key,
-            format!(
-                "{path:?} is under {prefix}, which the metadata endpoints use: pick another path, e.g. {DEFAULT_APP_SERVICE_PATH}"
-            ),
-        ));
-    }
-    Ok(())
+    keyless_provider::routes::plain_path(path).map_err(|m| ConfigError::invalid("azure.app_service_path", m))
 }
 
 fn validate_identity_header(value: &str) -> Result<(), ConfigError> {

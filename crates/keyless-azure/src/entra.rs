@@ -11,20 +11,19 @@
 //! a nested error. A plain POST meets every requirement: custom authority host and CA, our
 //! classification, our timeouts, no cache but ours.
 
-use std::error::Error as _;
 use std::time::{Duration, SystemTime};
 
 use keyless_core::clock::SharedClock;
 use keyless_core::{Exchange, ExchangeError, Expiring, Issued, Secret, SubjectToken};
+use keyless_provider::Provider as _;
+use keyless_provider::upstream::{read_bounded, transport_error};
 
 use crate::aadsts::{self, Attempt};
 use crate::identity::{ClientId, Scope, TenantId};
 use crate::rendered::Rendered;
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-/// Largest token-endpoint response read (access tokens are a few KiB).
-const MAX_RESPONSE: usize = 256 * 1024;
+const CA_KEY: &str = "azure.ca_file";
 
 /// What is asked for within one provider: an app (client id) and the scope of one resource.
 /// Tenant and authority are fixed per provider, so this is the (authority, tenant, client id,
@@ -71,39 +70,9 @@ impl EntraExchange {
         Ok(Self { http, authority, tenant, token_url, clock })
     }
 
-    pub fn token_url(&self) -> &url::Url {
-        &self.token_url
-    }
-
-    /// A transport failure (connect, TLS, timeout, reset): retryable, with the cause chain.
-    fn unreachable(&self, err: reqwest::Error) -> ExchangeError {
-        let what = if err.is_timeout() {
-            "timed out"
-        } else if err.is_connect() {
-            "could not connect"
-        } else {
-            "failed"
-        };
-        // The URL is named once, in our own words.
-        let err = err.without_url();
-        let mut reason = err.to_string();
-        let mut source = err.source();
-        while let Some(cause) = source {
-            reason.push_str(": ");
-            reason.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        let error =
-            ExchangeError::retryable(format!("the token request to Entra ID at {} {what}: {reason}", self.token_url))
-                .with_code("EntraUnreachable");
-        if reason.contains("certificate") {
-            error.with_hint(
-                "the TLS certificate of the authority host is not trusted: if a TLS-intercepting proxy \
-                 or the keyless emulator sits in between, set azure.ca_file to its CA bundle",
-            )
-        } else {
-            error
-        }
+    /// The token endpoint as errors name it.
+    fn service(&self) -> String {
+        format!("Entra ID at {}", self.token_url)
     }
 }
 
@@ -112,7 +81,7 @@ impl Exchange for EntraExchange {
     type Credential = AccessToken;
 
     fn provider(&self) -> &'static str {
-        "azure"
+        crate::Azure::NAME
     }
 
     fn identity(&self, key: &TokenKey) -> String {
@@ -129,27 +98,18 @@ impl Exchange for EntraExchange {
             ("client_assertion", token.secret().expose().as_str()),
             ("grant_type", "client_credentials"),
         ];
-        let mut response = self
+        let response = self
             .http
             .post(self.token_url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&form)
             .send()
             .await
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(|e| transport_error(&self.service(), CA_KEY, &e.without_url()))?;
         let status = response.status();
         let request_id = response.headers().get("x-ms-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(e))? {
-            if body.len() + chunk.len() > MAX_RESPONSE {
-                return Err(ExchangeError::retryable(format!(
-                    "Entra ID at {} answered with more than {MAX_RESPONSE} bytes",
-                    self.token_url
-                ))
-                .with_request_id(request_id));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body =
+            read_bounded(&self.service(), CA_KEY, response).await.map_err(|e| e.with_request_id(request_id.clone()))?;
         if !status.is_success() {
             return Err(aadsts::classify(
                 status.as_u16(),

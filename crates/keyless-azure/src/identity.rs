@@ -29,10 +29,6 @@ impl TenantId {
             ))
         }
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl fmt::Display for TenantId {

@@ -8,7 +8,7 @@ use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
-use crate::serve::{Refusal, Serving, TokenQuery, body_fields, json_ok, refuse_body};
+use crate::serve::{Refusal, Serving, TokenQuery, body_fields, json_ok};
 
 pub(crate) const PATH: &str = "/metadata/identity/oauth2/token";
 /// msal-node lower-cases the URL and appends a `/` before the query (protocols.md 4.2 trap).
@@ -33,11 +33,6 @@ async fn answer(serving: &Serving, headers: &HeaderMap, query: Option<&str>) -> 
     if !metadata {
         return Err(Refusal::bad_request("Required metadata header not specified"));
     }
-    // Real IMDS refuses proxied requests; so does keyless (SSRF through a forwarding proxy).
-    if headers.contains_key("x-forwarded-for") {
-        return Err(Refusal::bad_request("requests carrying X-Forwarded-For are refused by the metadata endpoint"));
-    }
-    refuse_body(headers)?;
     let query = TokenQuery::parse(query)?;
     match query.api_version.as_deref() {
         None | Some("") => {

@@ -1,70 +1,142 @@
-//! keyless-azure: the projected service-account token exchanged with Entra ID for access tokens
-//! (client-credentials grant, token as client assertion), served in the two managed-identity
-//! formats Azure SDKs read: IMDS (`AZURE_POD_IDENTITY_AUTHORITY_HOST`) and App Service
-//! (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`). Wire rules: `protocols.md` section 4.
+//! keyless-azure: the subject token exchanged with Entra ID for access tokens (client-credentials
+//! grant, token as client assertion), served in the two managed-identity formats Azure SDKs
+//! read: IMDS (`AZURE_POD_IDENTITY_AUTHORITY_HOST`) and App Service (`IDENTITY_ENDPOINT` +
+//! `IDENTITY_HEADER`). Wire rules: docs/protocols.md section 4. [`Azure`] implements the provider
+//! contract of `keyless-provider`.
 #![forbid(unsafe_code)]
 
 mod aadsts;
 mod app_service;
 mod config;
-pub mod diagnose;
+mod diagnose;
 mod entra;
 mod identity;
 mod imds;
 mod rendered;
 mod serve;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Router;
 use axum::routing::get;
-use keyless_core::{AppEnvVar, CachePolicy, Context, Readiness};
+use keyless_core::{AppEnvVar, Context, Readiness};
+use keyless_provider::{
+    AppHost, BoxFuture, Configured, Diagnosis, Env, NativeRoute, ProviderError, RouteClaim, Rules, Started,
+};
 
-pub use config::{Config, ConfigError, DEFAULT_APP_SERVICE_PATH, PUBLIC_AUTHORITY_HOST};
-pub use entra::{AccessToken, EntraExchange, TokenKey};
-pub use identity::{ClientId, Scope, TenantId};
+pub use config::{Config, ConfigError, DEFAULT_APP_SERVICE_PATH};
 
 use crate::config::Settings;
-use crate::serve::Serving;
+use crate::entra::{EntraExchange, TokenKey};
+use crate::serve::{AzureErrors, Serving};
 
-/// Longest wait for a TCP/TLS connection to the authority host, within the exchange timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The Azure provider (`[azure]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Azure;
 
-/// The Azure provider: one Entra ID exchange and cache for every client id sharing the token file.
+impl keyless_provider::Provider for Azure {
+    const NAME: &'static str = "azure";
+    const ENV_ORIGIN: &'static str = "AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE";
+    type Config = Config;
+
+    fn from_env(env: Env<'_>) -> Result<Option<Config>, ProviderError> {
+        Ok(Config::from_env(env)?)
+    }
+
+    fn configure(config: Config, ctx: &Context) -> Result<Box<dyn Configured>, ProviderError> {
+        Ok(Box::new(AzureConfigured { settings: validate(config, ctx)? }))
+    }
+}
+
+/// The section's own checks, then the one that depends on the cache's size.
+fn validate(config: Config, ctx: &Context) -> Result<Settings, ConfigError> {
+    let settings = config.validate()?;
+    let pinned = settings.clients.len() * settings.prewarm.len();
+    if pinned >= ctx.cache_policy.max_entries {
+        return Err(ConfigError::Invalid {
+            key: "azure.resources".to_owned(),
+            reason: format!(
+                "{} client ids x {} resources = {pinned} pre-warmed tokens, but the cache holds {} entries and needs \
+                 room for requested resources: list fewer resources or raise cache.max_entries",
+                settings.clients.len(),
+                settings.prewarm.len(),
+                ctx.cache_policy.max_entries
+            ),
+        });
+    }
+    Ok(settings)
+}
+
+/// The Entra exchange of `settings`: the one construction `serve` and `check` share.
+fn exchange(settings: &Settings, ctx: &Context) -> Result<EntraExchange, ConfigError> {
+    let http = keyless_provider::upstream::http_client(
+        settings.ca_pem.as_deref(),
+        "azure.ca_file",
+        &ctx.cache_policy,
+        &[&settings.authority],
+    )
+    .map_err(|e| ConfigError::HttpClient(e.to_string()))?;
+    EntraExchange::new(http, &settings.authority, settings.tenant.clone(), ctx.clock.clone()).map_err(|e| {
+        ConfigError::Invalid {
+            key: "azure.tenant_id".to_owned(),
+            reason: format!("does not make a token URL with azure.authority_host: {e}"),
+        }
+    })
+}
+
 #[derive(Debug)]
-pub struct Provider {
+struct AzureConfigured {
+    settings: Settings,
+}
+
+impl Configured for AzureConfigured {
+    fn identity(&self) -> String {
+        diagnose::identity(&self.settings)
+    }
+
+    fn routes(&self) -> Vec<RouteClaim> {
+        let mut claims = Vec::new();
+        if self.settings.imds {
+            claims.extend([imds::PATH, imds::PATH_SLASH].map(|path| RouteClaim::new(path, "azure.imds")));
+        }
+        if self.settings.app_service {
+            claims.push(RouteClaim::new(self.settings.app_service_path.clone(), "azure.app_service_path"));
+        }
+        claims
+    }
+
+    fn diagnosis(&self, ctx: &Context) -> Result<Box<dyn Diagnosis>, ProviderError> {
+        let exchange = exchange(&self.settings, ctx)?;
+        Ok(Box::new(diagnose::AzureDiagnosis::new(self.settings.clone(), exchange)))
+    }
+
+    fn start<'a>(self: Box<Self>, ctx: &'a Context) -> BoxFuture<'a, Result<Box<dyn Started>, ProviderError>> {
+        Box::pin(async move {
+            let running: Box<dyn Started> = Box::new(Running::start(self.settings, ctx).await?);
+            Ok(running)
+        })
+    }
+}
+
+/// Validates `config` and starts the provider ([`Azure`]'s `configure` then `start`), for
+/// callers that hold the concrete type (tests).
+pub async fn start(config: Config, ctx: &Context) -> Result<Running, ConfigError> {
+    Running::start(validate(config, ctx)?, ctx).await
+}
+
+/// The running Azure provider: one Entra ID exchange and cache for every client id sharing the
+/// token file.
+#[derive(Debug)]
+pub struct Running {
     serving: Arc<Serving>,
     imds: bool,
     app_service_path: Option<String>,
 }
 
-impl Provider {
-    /// Validates the config, builds the exchange and cache, and pins every (client id, pre-warm
-    /// resource) pair. Does not wait for the exchanges.
-    pub async fn start(config: Config, ctx: &Context) -> Result<Provider, ConfigError> {
-        let settings = config.validate()?;
-        let pinned = settings.clients.len() * settings.prewarm.len();
-        if pinned >= ctx.cache_policy.max_entries {
-            return Err(ConfigError::Invalid {
-                key: "azure.resources".to_owned(),
-                reason: format!(
-                    "{} client ids x {} resources = {pinned} pre-warmed tokens, but the cache holds \
-                     {} entries and needs room for requested resources: list fewer resources or \
-                     raise the cache's max_entries",
-                    settings.clients.len(),
-                    settings.prewarm.len(),
-                    ctx.cache_policy.max_entries
-                ),
-            });
-        }
-        let http = http_client(&settings, &ctx.cache_policy)?;
-        let exchange = EntraExchange::new(http, &settings.authority, settings.tenant.clone(), ctx.clock.clone())
-            .map_err(|e| ConfigError::Invalid {
-                key: "azure.tenant_id".to_owned(),
-                reason: format!("does not make a token URL with azure.authority_host: {e}"),
-            })?;
+impl Running {
+    /// Builds the exchange and cache, and pins every (client id, pre-warm resource) pair. Does
+    /// not wait for the exchanges.
+    async fn start(settings: Settings, ctx: &Context) -> Result<Running, ConfigError> {
+        let exchange = exchange(&settings, ctx)?;
         let tokens = ctx.token_source(&settings.token_file).await;
         let cache = ctx.cache(exchange, tokens);
         for client_id in &settings.clients {
@@ -73,27 +145,33 @@ impl Provider {
             }
         }
         let Settings { clients, identity_header, imds, app_service, app_service_path, .. } = settings;
-        Ok(Provider {
-            serving: Arc::new(Serving { cache, clients, identity_header, clock: ctx.clock.clone() }),
-            imds,
-            app_service_path: app_service.then_some(app_service_path),
-        })
+        let app_service_path = app_service.then_some(app_service_path);
+        let serving = Arc::new(Serving { cache, clients, identity_header, clock: ctx.clock.clone() });
+        Ok(Running { serving, imds, app_service_path })
     }
+}
 
+impl Started for Running {
     /// IMDS at `/metadata/identity/oauth2/token` (with and without a trailing slash) and App
     /// Service at `app_service_path`, as enabled.
-    pub fn router(&self) -> Router {
-        let mut router = Router::new();
+    fn routes(&self) -> Vec<NativeRoute> {
+        let mut routes = Vec::new();
         if self.imds {
-            router = router.route(imds::PATH, get(imds::token)).route(imds::PATH_SLASH, get(imds::token));
+            for path in [imds::PATH, imds::PATH_SLASH] {
+                routes.push(NativeRoute::new(path, get(imds::token).with_state(self.serving.clone())));
+            }
         }
         if let Some(path) = &self.app_service_path {
-            router = router.route(path, get(app_service::token));
+            routes.push(NativeRoute::new(path.clone(), get(app_service::token).with_state(self.serving.clone())));
         }
-        router.with_state(self.serving.clone())
+        routes
     }
 
-    pub fn readiness(&self) -> Vec<Arc<dyn Readiness>> {
+    fn rules(&self) -> Rules {
+        Rules::credentials(AzureErrors { app_service_path: self.app_service_path.clone() })
+    }
+
+    fn readiness(&self) -> Vec<Arc<dyn Readiness>> {
         vec![Arc::new(self.serving.cache.clone())]
     }
 
@@ -104,8 +182,8 @@ impl Provider {
     /// `IDENTITY_ENDPOINT` first, and where only `MSI_*` are set they select other protocols
     /// (Azure ML in Python and Rust: `secret` header, api-version 2017-09-01, date-string
     /// `expires_on`; Cloud Shell for `MSI_ENDPOINT` alone) that keyless does not serve.
-    pub fn app_env(&self, listen: SocketAddr) -> Vec<AppEnvVar> {
-        let base = format!("http://{}", SocketAddr::new(reachable(listen.ip()), listen.port()));
+    fn app_env(&self, app: &AppHost) -> Vec<AppEnvVar> {
+        let base = app.http_base();
         let mut vars = Vec::new();
         if let Some(path) = &self.app_service_path {
             vars.push(AppEnvVar::plain("IDENTITY_ENDPOINT", format!("{base}{path}")));
@@ -116,30 +194,4 @@ impl Provider {
         }
         vars
     }
-}
-
-/// The address an app in the same pod dials: loopback for a wildcard listener.
-fn reachable(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        other => other,
-    }
-}
-
-fn http_client(settings: &Settings, policy: &CachePolicy) -> Result<reqwest::Client, ConfigError> {
-    let mut builder = reqwest::Client::builder()
-        .timeout(policy.exchange_timeout)
-        .connect_timeout(CONNECT_TIMEOUT.min(policy.exchange_timeout))
-        // A redirect from the token endpoint would carry the client assertion elsewhere.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("keyless/", env!("CARGO_PKG_VERSION")));
-    if let Some(pem) = &settings.ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| ConfigError::Invalid {
-            key: "azure.ca_file".to_owned(),
-            reason: format!("holds a certificate that cannot be parsed: {e}"),
-        })?;
-        builder = builder.tls_certs_merge(certs);
-    }
-    builder.build().map_err(|e| ConfigError::HttpClient(e.to_string()))
 }

@@ -1,21 +1,18 @@
 //! What the IMDS and App Service endpoints share: the token request's query, identity selection,
-//! the cache lookup, and the `{"error","error_description"}` answers (protocols.md 4.2, 4.3).
+//! the cache lookup, and the `{"error","error_description"}` answers (docs/protocols.md 4.2, 4.3).
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyless_core::clock::SharedClock;
 use keyless_core::{CredentialCache, ErrorClass, ExchangeError, Expiring, Secret};
+use keyless_provider::{NativeErrors, Violation};
 
 use crate::entra::{AccessToken, EntraExchange, TokenKey};
 use crate::identity::{ClientId, Scope};
 use crate::rendered::Fields;
-
-/// Longest query string accepted: a resource, an api-version and one identity selector fit well
-/// within it, and nothing legitimate is longer.
-const MAX_QUERY: usize = 4096;
 
 /// Query parameters that select a user-assigned identity. Only `client_id` names an app keyless
 /// knows; the others name Azure objects keyless has no map for.
@@ -128,10 +125,8 @@ pub(crate) struct TokenQuery {
 
 impl TokenQuery {
     pub fn parse(raw: Option<&str>) -> Result<Self, Refusal> {
+        // Its length is bounded by the shared rules (`keyless_provider::guard`).
         let raw = raw.unwrap_or_default();
-        if raw.len() > MAX_QUERY {
-            return Err(Refusal::bad_request(format!("the query string is longer than {MAX_QUERY} bytes")));
-        }
         let mut query = Self::default();
         // Decoded in place (borrowed unless escaped); only the parameters kept are copied.
         for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
@@ -199,13 +194,26 @@ impl Serving {
     }
 }
 
-/// Token endpoints take no body (SPEC 6: bounded everything).
-pub(crate) fn refuse_body(headers: &HeaderMap) -> Result<(), Refusal> {
-    let has_length = headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
-    if has_length || headers.contains_key(header::TRANSFER_ENCODING) {
-        return Err(Refusal::bad_request("this endpoint takes no request body"));
+/// The shared rules' refusals in the shape of the endpoint asked: App Service's for its path,
+/// IMDS' otherwise.
+#[derive(Debug, Clone)]
+pub(crate) struct AzureErrors {
+    pub(crate) app_service_path: Option<String>,
+}
+
+impl NativeErrors for AzureErrors {
+    fn refuse(&self, path: &str, violation: &Violation) -> Response {
+        let error = match violation.status() {
+            StatusCode::FORBIDDEN => "forbidden",
+            _ => "invalid_request",
+        };
+        let refusal = Refusal::new(violation.status(), error, violation.message());
+        if self.app_service_path.as_deref() == Some(path) {
+            refusal.into_app_service_response()
+        } else {
+            refusal.into_response()
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -224,10 +232,9 @@ mod tests {
     }
 
     #[test]
-    fn refuses_duplicates_two_selectors_and_oversized_queries() {
+    fn refuses_duplicates_and_two_selectors() {
         assert!(TokenQuery::parse(Some("resource=a&resource=b")).is_err());
         assert!(TokenQuery::parse(Some("client_id=a&mi_res_id=b")).is_err());
-        assert!(TokenQuery::parse(Some(&"a".repeat(MAX_QUERY + 1))).is_err());
     }
 
     #[test]

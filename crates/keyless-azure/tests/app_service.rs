@@ -2,6 +2,7 @@
 
 mod common;
 
+use keyless_provider::Started as _;
 use std::net::SocketAddr;
 
 use common::{ARM, Harness, IDENTITY_HEADER, fast_policy, json};
@@ -81,7 +82,7 @@ async fn missing_resource_and_unknown_client_are_400() {
 #[tokio::test]
 async fn app_env_points_at_loopback_and_redacts_the_identity_header() {
     let h = Harness::start().await;
-    let vars = h.provider.app_env(SocketAddr::from(([0, 0, 0, 0], 9811)));
+    let vars = h.provider.app_env(&keyless_provider::AppHost::for_listener(SocketAddr::from(([0, 0, 0, 0], 9811))));
     let lines: Vec<String> = vars.iter().map(ToString::to_string).collect();
     assert_eq!(
         lines,
@@ -97,7 +98,7 @@ async fn app_env_points_at_loopback_and_redacts_the_identity_header() {
 #[tokio::test]
 async fn disabled_endpoints_are_neither_served_nor_advertised() {
     let h = Harness::start_with(fast_policy(), |_, c| c.imds = false).await;
-    let vars = h.provider.app_env(h.listen);
+    let vars = h.provider.app_env(&keyless_provider::AppHost::for_listener(h.listen));
     assert!(vars.iter().all(|v| v.name != "AZURE_POD_IDENTITY_AUTHORITY_HOST"));
     let imds = h.imds(ARM).await;
     assert_eq!(imds.status(), 404);

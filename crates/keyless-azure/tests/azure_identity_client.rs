@@ -6,6 +6,7 @@
 
 mod common;
 
+use keyless_provider::Started as _;
 use std::process::Command;
 
 use azure_core::credentials::TokenCredential;
@@ -33,7 +34,7 @@ async fn rust_managed_identity_credential_gets_a_token_that_verifies() {
         .env_remove("MSI_SECRET")
         .env_remove("IDENTITY_SERVER_THUMBPRINT")
         .env_remove("IMDS_ENDPOINT");
-    for var in h.provider.app_env(h.listen) {
+    for var in h.provider.app_env(&keyless_provider::AppHost::for_listener(h.listen)) {
         command.env(&var.name, var.file_value());
     }
     let output = tokio::task::spawn_blocking(move || command.output()).await.expect("joined").expect("child runs");

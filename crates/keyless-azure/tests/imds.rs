@@ -182,8 +182,10 @@ async fn an_additional_client_id_entra_does_not_know_is_refused_by_entra_with_th
 #[tokio::test]
 async fn forwarded_requests_bodies_and_other_methods_are_refused() {
     let h = Harness::start().await;
-    let (status, _) = get(&h, &query(ARM), &[METADATA, ("X-Forwarded-For", "10.0.0.1")]).await;
-    assert_eq!(status, 400);
+    // 403 on every provider's routes (the shared request rules follow the GCE metadata server).
+    let (status, body) = get(&h, &query(ARM), &[METADATA, ("X-Forwarded-For", "10.0.0.1")]).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "forbidden", "{body}");
     let with_body =
         h.http.get(h.url(&query(ARM))).header("Metadata", "true").body("unexpected").send().await.expect("answers");
     assert_eq!(with_body.status(), 400);

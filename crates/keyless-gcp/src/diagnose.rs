@@ -3,62 +3,63 @@
 //! provider, principal, `roles/iam.workloadIdentityUser`) written out for the token found.
 
 use std::path::Path;
-use std::time::SystemTime;
 
-use keyless_core::{Claims, Context, Exchange as _, ExchangeError, SubjectToken};
+use keyless_core::{Attempt, Claims, Context, Exchange as _, SubjectToken};
+use keyless_provider::{BoxFuture, Diagnosis};
 
 use crate::ConfigError;
-use crate::config::{Config, Settings};
+use crate::config::Settings;
 use crate::exchange::{GcpExchange, TokenKey};
 
-pub use keyless_core::Attempt;
+/// The heading of the identity in reports.
+pub(crate) fn identity(settings: &Settings) -> String {
+    let provider = settings.provider.audience();
+    match &settings.service_account {
+        Some(email) => format!("service account {email} through {provider}"),
+        None => format!("the federated identity of {provider} (no service account)"),
+    }
+}
 
-/// The `[gcp]` section (or `external_account` file) as `keyless check` examines it: validated
-/// exactly as `keyless serve` validates it, without starting anything.
+/// The `[gcp]` section (or `external_account` file) as `keyless check` examines it: the
+/// settings `keyless serve` would run with, without starting anything.
 #[derive(Debug)]
-pub struct Diagnosis {
+pub(crate) struct GcpDiagnosis {
     settings: Settings,
     exchange: GcpExchange,
 }
 
-impl Diagnosis {
-    pub fn new(config: &Config, ctx: &Context) -> Result<Self, ConfigError> {
-        let settings = config.resolve()?;
-        let exchange = GcpExchange::new(&settings, ctx.clock.clone())?;
+impl GcpDiagnosis {
+    pub(crate) fn new(settings: Settings, ctx: &Context) -> Result<Self, ConfigError> {
+        let exchange = GcpExchange::new(&settings, ctx)?;
         Ok(Self { settings, exchange })
     }
+}
 
-    /// The identity, as the report's heading names it.
-    pub fn identity(&self) -> String {
-        let provider = self.settings.provider.audience();
-        match &self.settings.service_account {
-            Some(email) => format!("service account {email} through {provider}"),
-            None => format!("the federated identity of {provider} (no service account)"),
-        }
+impl Diagnosis for GcpDiagnosis {
+    fn identity(&self) -> String {
+        identity(&self.settings)
     }
 
-    pub fn token_file(&self) -> &Path {
+    fn token_file(&self) -> &Path {
         &self.settings.token_file
     }
 
-    pub fn expected_audience(&self) -> &str {
+    fn expected_audience(&self) -> &str {
         self.settings.provider.audience()
     }
 
-    /// Where the expected audience comes from on the cloud side.
-    pub fn audience_source(&self) -> &'static str {
+    fn audience_source(&self) -> &'static str {
         "the pool provider's default allowed audience, its own full name (gcp.audience)"
     }
 
     /// A provider without explicit allowed audiences accepts its full name, with or without an
     /// `https:` prefix.
-    pub fn accepts_audience(&self, aud: &[String]) -> bool {
+    fn accepts_audience(&self, aud: &[String]) -> bool {
         let name = self.settings.provider.audience();
         aud.iter().any(|a| a == name || a.strip_prefix("https:") == Some(name))
     }
 
-    /// What to change when the token's audience is not the expected one.
-    pub fn audience_fix(&self, _claims: &Claims) -> String {
+    fn audience_fix(&self, _claims: &Claims) -> String {
         let p = &self.settings.provider;
         format!(
             "project the token for Google Cloud with audience {aud} (serviceAccountToken.audience in the pod's \
@@ -73,40 +74,32 @@ impl Diagnosis {
     }
 
     /// The default access token, then each configured ID-token audience, once each.
-    pub async fn exchange_once(&self, token: &SubjectToken) -> Vec<Attempt> {
-        let s = &self.settings;
-        let mut attempts = Vec::new();
-        let scopes = s.scopes.iter().collect::<Vec<_>>().join(" ");
-        let what = match &s.service_account {
-            Some(email) => format!("access token for {email} (STS, then IAM generateAccessToken; scopes {scopes})"),
-            None => format!("federated access token from STS (scopes {scopes})"),
-        };
-        let result = self.attempt(&TokenKey::AccessToken(s.scopes.clone()), token).await;
-        attempts.push(Attempt { what, result });
-        for audience in &s.id_token_audiences {
-            let result = self.attempt(&TokenKey::IdToken { audience: audience.clone() }, token).await;
-            attempts.push(Attempt { what: format!("ID token for audience {audience}"), result });
-        }
-        attempts
-    }
-
-    async fn attempt(&self, key: &TokenKey, token: &SubjectToken) -> Result<SystemTime, ExchangeError> {
-        match self.exchange.exchange(key, token).await {
-            Ok(issued) => Ok(issued.credential.expires_at),
-            // Errors without a code got no answer from Google at all (connect, TLS, timeout).
-            Err(e) if e.hint.is_none() && e.code.is_none() => Err(e.with_hint(format!(
-                "no usable answer from gcp.sts_endpoint ({}) or gcp.iam_endpoint ({}): check that they are reachable \
-                 from this pod (DNS, egress NetworkPolicy, HTTPS_PROXY/NO_PROXY) and are Google's endpoints",
-                self.settings.sts_endpoint.as_str().trim_end_matches('/'),
-                self.settings.iam_endpoint.as_str().trim_end_matches('/')
-            ))),
-            Err(e) => Err(e),
-        }
+    fn exchange_once<'a>(&'a self, token: &'a SubjectToken) -> BoxFuture<'a, Vec<Attempt>> {
+        Box::pin(async move {
+            let s = &self.settings;
+            let mut attempts = Vec::new();
+            let scopes = s.scopes.iter().collect::<Vec<_>>().join(" ");
+            let what = match &s.service_account {
+                Some(email) => {
+                    format!("access token for {email} (STS, then IAM generateAccessToken; scopes {scopes})")
+                }
+                None => format!("federated access token from STS (scopes {scopes})"),
+            };
+            let key = TokenKey::AccessToken(s.scopes.clone());
+            let result = self.exchange.exchange(&key, token).await.map(|issued| issued.credential.expires_at);
+            attempts.push(Attempt { what, result });
+            for audience in &s.id_token_audiences {
+                let key = TokenKey::IdToken { audience: audience.clone() };
+                let result = self.exchange.exchange(&key, token).await.map(|issued| issued.credential.expires_at);
+                attempts.push(Attempt { what: format!("ID token for audience {audience}"), result });
+            }
+            attempts
+        })
     }
 
     /// What Google Cloud IAM must hold for a token with `claims` (placeholders without claims),
     /// accepted with audience `audience`.
-    pub fn binding(&self, claims: Option<&Claims>, audience: &str) -> Vec<String> {
+    fn binding(&self, claims: Option<&Claims>, audience: &str) -> Vec<String> {
         let s = &self.settings;
         let p = &s.provider;
         let iss = claims.and_then(|c| c.iss.clone()).unwrap_or_else(|| "ISSUER_URL".to_owned());
@@ -170,11 +163,13 @@ mod tests {
     use keyless_core::clock::SystemClock;
     use keyless_core::{CachePolicy, Metrics, WatchOptions};
 
+    use crate::config::Config;
+
     use super::*;
 
     const PROVIDER: &str = "//iam.googleapis.com/projects/42/locations/global/workloadIdentityPools/pool/providers/k8s";
 
-    fn diagnosis(service_account: Option<&str>) -> Diagnosis {
+    fn diagnosis(service_account: Option<&str>) -> GcpDiagnosis {
         let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), CachePolicy::default(), WatchOptions::default());
         let config = Config {
             token_file: Some("/t".into()),
@@ -183,7 +178,7 @@ mod tests {
             project_id: Some("proj".to_owned()),
             ..Config::default()
         };
-        Diagnosis::new(&config, &ctx).expect("valid section")
+        GcpDiagnosis::new(config.resolve().expect("valid section"), &ctx).expect("valid section")
     }
 
     fn claims() -> Claims {

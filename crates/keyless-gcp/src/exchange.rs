@@ -4,7 +4,10 @@
 use std::time::{Duration, SystemTime};
 
 use keyless_core::clock::SharedClock;
-use keyless_core::{Exchange, ExchangeError, Expiring, Issued, Secret, SubjectToken};
+use keyless_core::{Context, Exchange, ExchangeError, Expiring, Issued, Secret, SubjectToken};
+use keyless_provider::Provider as _;
+use keyless_provider::body::{Countdowns, Rendered};
+use keyless_provider::upstream::{self, read_bounded, transport_error};
 use serde::Deserialize;
 use serde_json::json;
 use url::Url;
@@ -13,6 +16,22 @@ use crate::ConfigError;
 use crate::config::Settings;
 use crate::identity::{PoolProvider, ScopeSet};
 use crate::rejection::{self, Attempt, IamCall};
+
+/// A Google access or ID token as cached, with its bodies as served, rendered on first use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GcpToken {
+    pub(crate) token: Secret<String>,
+    /// `{"access_token","expires_in","token_type"}` around its one countdown.
+    pub(crate) access_body: Countdowns<1>,
+    /// The ID token as the `identity` endpoint's text body.
+    pub(crate) text_body: Rendered,
+}
+
+impl GcpToken {
+    fn new(token: String) -> Self {
+        Self { token: Secret::new(token), access_body: Countdowns::default(), text_body: Rendered::default() }
+    }
+}
 
 /// What one cached token is for.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -27,12 +46,7 @@ pub(crate) enum TokenKey {
 
 const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Per upstream request; under the cache's exchange timeout (30 s by default), which covers the
-/// STS and the IAM request of one exchange together.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// Largest upstream response read (token responses are a few KiB).
-const MAX_BODY: usize = 64 * 1024;
+const CA_KEY: &str = "gcp.ca_file";
 
 #[derive(Debug)]
 struct Impersonation {
@@ -53,9 +67,11 @@ pub(crate) struct GcpExchange {
 }
 
 impl GcpExchange {
-    pub(crate) fn new(settings: &Settings, clock: SharedClock) -> Result<Self, ConfigError> {
+    pub(crate) fn new(settings: &Settings, ctx: &Context) -> Result<Self, ConfigError> {
+        let endpoints = [&settings.sts_endpoint, &settings.iam_endpoint];
         Ok(Self {
-            http: http_client(settings.ca_pem.as_deref())?,
+            http: upstream::http_client(settings.ca_pem.as_deref(), CA_KEY, &ctx.cache_policy, &endpoints)
+                .map_err(|e| ConfigError::HttpClient(e.to_string()))?,
             sts_endpoint: settings.sts_endpoint.clone(),
             provider: settings.provider.clone(),
             subject_token_type: settings.subject_token_type.clone(),
@@ -65,7 +81,7 @@ impl GcpExchange {
                 delegates: settings.delegates.clone(),
                 lifetime: settings.token_lifetime,
             }),
-            clock,
+            clock: ctx.clock.clone(),
         })
     }
 
@@ -84,7 +100,7 @@ impl GcpExchange {
         &self,
         token: &SubjectToken,
         scopes: &ScopeSet,
-    ) -> Result<Expiring<Secret<String>>, ExchangeError> {
+    ) -> Result<Expiring<GcpToken>, ExchangeError> {
         let started = self.clock.now();
         let scope = scopes.space_separated();
         let form = [
@@ -101,9 +117,9 @@ impl GcpExchange {
             .form(&form)
             .send()
             .await
-            .map_err(|e| rejection::transport("STS", &e))?;
+            .map_err(|e| transport_error(&self.sts_name(), CA_KEY, &e))?;
         let status = response.status();
-        let body = read_limited("STS", response).await?;
+        let body = read_bounded(&self.sts_name(), CA_KEY, response).await?;
         if !status.is_success() {
             return Err(rejection::sts(status, &body, &self.attempt(token)));
         }
@@ -119,10 +135,10 @@ impl GcpExchange {
     async fn generate_access_token(
         &self,
         imp: &Impersonation,
-        federated: &Secret<String>,
+        federated: &GcpToken,
         scopes: &ScopeSet,
         token: &SubjectToken,
-    ) -> Result<Expiring<Secret<String>>, ExchangeError> {
+    ) -> Result<Expiring<GcpToken>, ExchangeError> {
         let mut body = json!({
             "scope": scopes.iter().collect::<Vec<_>>(),
             "lifetime": format!("{}s", imp.lifetime.as_secs()),
@@ -145,10 +161,10 @@ impl GcpExchange {
     async fn generate_id_token(
         &self,
         imp: &Impersonation,
-        federated: &Secret<String>,
+        federated: &GcpToken,
         audience: &str,
         token: &SubjectToken,
-    ) -> Result<Expiring<Secret<String>>, ExchangeError> {
+    ) -> Result<Expiring<GcpToken>, ExchangeError> {
         let mut body = json!({ "audience": audience, "includeEmail": true });
         if !imp.delegates.is_empty() {
             body["delegates"] = json!(imp.delegates);
@@ -167,7 +183,7 @@ impl GcpExchange {
         &self,
         imp: &Impersonation,
         call: IamCall,
-        federated: &Secret<String>,
+        federated: &GcpToken,
         body: &serde_json::Value,
         token: &SubjectToken,
     ) -> Result<Vec<u8>, ExchangeError> {
@@ -179,14 +195,19 @@ impl GcpExchange {
         let response = self
             .http
             .post(join(&imp.iam_endpoint, &path)?)
-            .bearer_auth(federated.expose())
+            .bearer_auth(federated.token.expose())
             .json(body)
             .send()
             .await
-            .map_err(|e| rejection::transport("IAM Credentials", &e))?;
+            .map_err(|e| transport_error(&iam_name(imp), CA_KEY, &e))?;
         let status = response.status();
-        let answer = read_limited("IAM Credentials", response).await?;
+        let answer = read_bounded(&iam_name(imp), CA_KEY, response).await?;
         if status.is_success() { Ok(answer) } else { Err(rejection::iam(call, status, &answer, &self.attempt(token))) }
+    }
+
+    /// STS as errors name it.
+    fn sts_name(&self) -> String {
+        format!("Google STS at {}", self.sts_endpoint.as_str().trim_end_matches('/'))
     }
 
     fn need_impersonation(&self) -> Result<&Impersonation, ExchangeError> {
@@ -199,10 +220,10 @@ impl GcpExchange {
 
 impl Exchange for GcpExchange {
     type Key = TokenKey;
-    type Credential = Secret<String>;
+    type Credential = GcpToken;
 
     fn provider(&self) -> &'static str {
-        "gcp"
+        crate::Gcp::NAME
     }
 
     fn identity(&self, _key: &TokenKey) -> String {
@@ -212,7 +233,7 @@ impl Exchange for GcpExchange {
         }
     }
 
-    async fn exchange(&self, key: &TokenKey, token: &SubjectToken) -> Result<Issued<Secret<String>>, ExchangeError> {
+    async fn exchange(&self, key: &TokenKey, token: &SubjectToken) -> Result<Issued<GcpToken>, ExchangeError> {
         let credential = match (key, &self.impersonation) {
             (TokenKey::AccessToken(scopes), None) => self.federated_token(token, scopes).await?,
             (TokenKey::AccessToken(scopes), Some(imp)) => {
@@ -231,19 +252,9 @@ impl Exchange for GcpExchange {
     }
 }
 
-fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, ConfigError> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        // A redirect would carry the subject token or the federated bearer token elsewhere.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("keyless/", env!("CARGO_PKG_VERSION")));
-    if let Some(pem) = ca_pem {
-        let roots = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| ConfigError::invalid("gcp.ca_file", format!("is not a PEM bundle: {e}")))?;
-        builder = builder.tls_certs_merge(roots);
-    }
-    builder.build().map_err(|e| ConfigError::HttpClient(e.to_string()))
+/// IAM Credentials as errors name it.
+fn iam_name(imp: &Impersonation) -> String {
+    format!("IAM Credentials at {}", imp.iam_endpoint.as_str().trim_end_matches('/'))
 }
 
 fn join(base: &Url, path: &str) -> Result<Url, ExchangeError> {
@@ -251,27 +262,16 @@ fn join(base: &Url, path: &str) -> Result<Url, ExchangeError> {
     Url::parse(&joined).map_err(|e| ExchangeError::terminal(format!("bad upstream URL {joined:?}: {e}")))
 }
 
-async fn read_limited(service: &str, mut response: reqwest::Response) -> Result<Vec<u8>, ExchangeError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| rejection::transport(service, &e))? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(ExchangeError::retryable(format!("{service} answered with more than {MAX_BODY} bytes")));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 /// A token that is still valid now (an already-expired answer would make the cache refresh in
 /// a tight loop).
-fn expiring(token: String, expires_at: SystemTime, now: SystemTime) -> Result<Expiring<Secret<String>>, ExchangeError> {
+fn expiring(token: String, expires_at: SystemTime, now: SystemTime) -> Result<Expiring<GcpToken>, ExchangeError> {
     if expires_at <= now {
         return Err(ExchangeError::retryable(format!(
             "the token service answered a token that expired at {}: check the clock of this machine",
             humantime::format_rfc3339_seconds(expires_at)
         )));
     }
-    Ok(Expiring::new(Secret::new(token), expires_at))
+    Ok(Expiring::new(GcpToken::new(token), expires_at))
 }
 
 #[derive(Deserialize)]

@@ -11,7 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
-pub mod diagnose;
+mod diagnose;
 mod exchange;
 mod external_account;
 mod identity;
@@ -20,7 +20,7 @@ mod provider;
 mod rejection;
 
 pub use config::Config;
-pub use provider::Provider;
+pub use provider::{Gcp, Running, start};
 
 /// Why the GCP section cannot be used. Every message names the key (`gcp.audience`, or the env
 /// var / credential file it came from) and says how to fix it.

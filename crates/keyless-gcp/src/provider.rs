@@ -1,29 +1,90 @@
-//! The provider the `keyless` binary composes: one exchange, one cache, the metadata routes.
+//! The provider contract for Google Cloud: one exchange, one cache, the metadata routes.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use axum::http::{HeaderName, HeaderValue};
 use keyless_core::{AppEnvVar, Context, CredentialCache, Readiness};
+use keyless_provider::{
+    AppHost, BoxFuture, Configured, Diagnosis, Env, NativeRoute, ProviderError, RouteClaim, Rules, Started,
+};
 
 use crate::ConfigError;
-use crate::config::Config;
+use crate::config::{Config, Settings};
+use crate::diagnose::{GcpDiagnosis, identity};
 use crate::exchange::{GcpExchange, TokenKey};
-use crate::metadata::{self, Description, MetadataServer};
+use crate::metadata::{self, Description, GcpErrors, MetadataServer};
+
+/// The Google Cloud provider (`[gcp]`, or Google's `external_account` credential file).
+#[derive(Debug, Clone, Copy)]
+pub struct Gcp;
+
+impl keyless_provider::Provider for Gcp {
+    const NAME: &'static str = "gcp";
+    const ENV_ORIGIN: &'static str = "GOOGLE_APPLICATION_CREDENTIALS";
+    type Config = Config;
+
+    fn from_env(env: Env<'_>) -> Result<Option<Config>, ProviderError> {
+        Ok(Config::from_env(env)?)
+    }
+
+    fn configure(config: Config, _ctx: &Context) -> Result<Box<dyn Configured>, ProviderError> {
+        Ok(Box::new(GcpConfigured { settings: config.resolve()? }))
+    }
+}
+
+#[derive(Debug)]
+struct GcpConfigured {
+    settings: Settings,
+}
+
+impl Configured for GcpConfigured {
+    fn identity(&self) -> String {
+        identity(&self.settings)
+    }
+
+    fn routes(&self) -> Vec<RouteClaim> {
+        metadata::ROUTES.iter().map(|route| RouteClaim::new(*route, "gcp")).collect()
+    }
+
+    fn diagnosis(&self, ctx: &Context) -> Result<Box<dyn Diagnosis>, ProviderError> {
+        Ok(Box::new(GcpDiagnosis::new(self.settings.clone(), ctx)?))
+    }
+
+    fn start<'a>(self: Box<Self>, ctx: &'a Context) -> BoxFuture<'a, Result<Box<dyn Started>, ProviderError>> {
+        Box::pin(async move {
+            let running: Box<dyn Started> = Box::new(Running::start(self.settings, ctx).await?);
+            Ok(running)
+        })
+    }
+}
+
+/// Validates `config` and starts the provider ([`Gcp`]'s `configure` then `start`), for callers
+/// that hold the concrete type (tests).
+pub async fn start(config: Config, ctx: &Context) -> Result<Running, ConfigError> {
+    Running::start(config.resolve()?, ctx).await
+}
 
 /// Google Cloud through keyless: STS (+ impersonation) behind the GCE metadata server.
 #[derive(Debug)]
-pub struct Provider {
+pub struct Running {
     cache: CredentialCache<GcpExchange>,
     metadata: Arc<MetadataServer>,
     project_id: Option<String>,
 }
 
-impl Provider {
-    /// Validates the config, builds the exchange and its cache, and pins the default scope set
-    /// and every configured ID-token audience (pre-warm). Does not wait for the exchanges.
-    pub async fn start(config: Config, ctx: &Context) -> Result<Provider, ConfigError> {
-        let settings = config.resolve()?;
-        let exchange = GcpExchange::new(&settings, ctx.clock.clone())?;
+/// Every response of the metadata server carries `Metadata-Flavor: Google`: Node rejects one
+/// without it and Python's ping looks for it (docs/protocols.md 3.3).
+static FLAVOR: [(HeaderName, HeaderValue); 1] =
+    [(HeaderName::from_static("metadata-flavor"), HeaderValue::from_static("Google"))];
+
+/// The names Google's clients use for the metadata server (accepted as `Host`).
+const HOST_NAMES: &[&str] = &["metadata.google.internal", "metadata"];
+
+impl Running {
+    /// Builds the exchange and its cache, and pins the default scope set and every configured
+    /// ID-token audience (pre-warm). Does not wait for the exchanges.
+    async fn start(settings: Settings, ctx: &Context) -> Result<Running, ConfigError> {
+        let exchange = GcpExchange::new(&settings, ctx)?;
         let tokens = ctx.token_source(&settings.token_file).await;
         let cache = ctx.cache(exchange, tokens);
         cache.pin(TokenKey::AccessToken(settings.scopes.clone()));
@@ -60,24 +121,29 @@ impl Provider {
             settings.scopes.clone(),
             settings.service_account.is_some(),
         ));
-        Ok(Provider { cache, metadata, project_id: settings.project_id })
+        Ok(Running { cache, metadata, project_id: settings.project_id })
     }
+}
 
+impl Started for Running {
     /// The GCE metadata server: `GET /` and everything under `/computeMetadata/`.
-    pub fn router(&self) -> axum::Router {
-        metadata::router(self.metadata.clone())
+    fn routes(&self) -> Vec<NativeRoute> {
+        metadata::routes(self.metadata.clone())
     }
 
-    pub fn readiness(&self) -> Vec<Arc<dyn Readiness>> {
+    fn rules(&self) -> Rules {
+        Rules { host_names: HOST_NAMES, response_headers: &FLAVOR, ..Rules::credentials(GcpErrors) }
+    }
+
+    fn readiness(&self) -> Vec<Arc<dyn Readiness>> {
         vec![Arc::new(self.cache.clone())]
     }
 
     /// `GCE_METADATA_HOST`/`_IP`/`_ROOT` as `127.0.0.1:PORT` (Python, Go, Node, gcloud each read a
     /// different one), `METADATA_SERVER_DETECTION=assume-present` (Node skips its probe), and
     /// `GOOGLE_CLOUD_PROJECT` when a project id is configured.
-    pub fn app_env(&self, listen: SocketAddr) -> Vec<AppEnvVar> {
-        let ip = if listen.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { listen.ip() };
-        let host = SocketAddr::new(ip, listen.port()).to_string();
+    fn app_env(&self, app: &AppHost) -> Vec<AppEnvVar> {
+        let host = app.authority();
         let mut env = vec![
             AppEnvVar::plain("GCE_METADATA_HOST", host.clone()),
             AppEnvVar::plain("GCE_METADATA_IP", host.clone()),

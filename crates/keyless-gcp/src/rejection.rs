@@ -41,25 +41,7 @@ fn clip(text: &str) -> String {
 }
 
 fn transient(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
-}
-
-/// A request that got no HTTP answer (connect, TLS, timeout).
-pub(crate) fn transport(service: &str, err: &reqwest::Error) -> ExchangeError {
-    let mut chain = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    if chain.contains("certificate") {
-        return ExchangeError::terminal(format!("TLS to {service} failed: {chain}")).with_hint(
-            "the server certificate is not trusted: if a TLS-intercepting proxy or a private endpoint is in the \
-             way, set gcp.ca_file to its CA bundle (PEM)",
-        );
-    }
-    ExchangeError::retryable(format!("{service} did not answer: {chain}"))
+    keyless_provider::upstream::is_transient_status(status.as_u16())
 }
 
 #[derive(Deserialize, Default)]

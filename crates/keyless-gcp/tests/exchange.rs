@@ -4,6 +4,7 @@
 
 mod common;
 
+use keyless_provider::Started as _;
 use std::time::Duration;
 
 use axum::http::StatusCode;

@@ -4,6 +4,7 @@
 
 mod common;
 
+use keyless_provider::Started as _;
 use std::time::Duration;
 
 use common::{Harness, Options};
@@ -219,7 +220,8 @@ async fn invalid_scopes_are_a_bad_request() {
 async fn app_env_points_every_client_at_the_listener() {
     let h = Harness::start(|_, _| {}).await;
     let listen: std::net::SocketAddr = "0.0.0.0:9811".parse().unwrap();
-    let env: Vec<String> = h.provider.app_env(listen).iter().map(ToString::to_string).collect();
+    let env: Vec<String> =
+        h.provider.app_env(&keyless_provider::AppHost::for_listener(listen)).iter().map(ToString::to_string).collect();
     assert_eq!(
         env,
         [

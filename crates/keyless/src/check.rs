@@ -15,42 +15,23 @@ use std::time::{Duration, SystemTime};
 
 use keyless_core::clock::SystemClock;
 use keyless_core::{Attempt, Claims, Context, ExchangeError, Metrics, SubjectToken};
+use keyless_provider::Diagnosis;
 
 use crate::config::{Config, Overrides};
-use crate::providers::{Sections, StartError};
+use crate::providers::{self, Origin, Sections, StartError};
 
-/// One provider's section, validated by its adapter.
-enum Diagnosis {
-    Aws(Box<keyless_aws::diagnose::Diagnosis>),
-    Gcp(Box<keyless_gcp::diagnose::Diagnosis>),
-    Azure(Box<keyless_azure::diagnose::Diagnosis>),
-}
-
-/// The adapters expose the same calls; this forwards one to whichever adapter `$d` is.
-macro_rules! each {
-    ($diagnosis:expr, $d:ident => $body:expr) => {
-        match $diagnosis {
-            Diagnosis::Aws($d) => $body,
-            Diagnosis::Gcp($d) => $body,
-            Diagnosis::Azure($d) => $body,
-        }
-    };
-}
-
-impl Diagnosis {
-    async fn exchange_once(&self, token: &SubjectToken, limit: Duration) -> Vec<Attempt> {
-        let attempts = async { each!(self, d => d.exchange_once(token).await) };
-        match tokio::time::timeout(limit, attempts).await {
-            Ok(attempts) => attempts,
-            Err(_) => vec![Attempt {
-                what: "the exchange".to_owned(),
-                result: Err(ExchangeError::retryable(format!(
-                    "did not finish within cache.exchange_timeout ({})",
-                    humantime::format_duration(limit)
-                ))
-                .with_hint("the token service is slow or unreachable from here: check egress and HTTPS_PROXY")),
-            }],
-        }
+/// One exchange per configured credential, bounded by `cache.exchange_timeout` as in `serve`.
+async fn exchange_once(d: &dyn Diagnosis, token: &SubjectToken, limit: Duration) -> Vec<Attempt> {
+    match tokio::time::timeout(limit, d.exchange_once(token)).await {
+        Ok(attempts) => attempts,
+        Err(_) => vec![Attempt {
+            what: "the exchange".to_owned(),
+            result: Err(ExchangeError::retryable(format!(
+                "did not finish within cache.exchange_timeout ({})",
+                humantime::format_duration(limit)
+            ))
+            .with_hint("the token service is slow or unreachable from here: check egress and HTTPS_PROXY")),
+        }],
     }
 }
 
@@ -105,7 +86,7 @@ pub async fn run(file: Option<PathBuf>) -> ExitCode {
     }
     report.line("");
     match crate::load_config(file.as_deref(), &Overrides::default()) {
-        Ok((config, skipped)) => check_config(&mut report, config, &skipped).await,
+        Ok((config, sections, skipped)) => check_config(&mut report, config, sections, &skipped).await,
         Err(e) => report.problem("keyless", "config", &e, None),
     }
     report.line("");
@@ -124,7 +105,7 @@ pub async fn run(file: Option<PathBuf>) -> ExitCode {
     }
 }
 
-async fn check_config(report: &mut Report, mut config: Config, skipped: &[String]) {
+async fn check_config(report: &mut Report, config: Config, sections: Sections, skipped: &[String]) {
     report.item("config", &format!("ok: listen {}, admin_listen {}", config.listen, config.admin_listen));
     for name in skipped {
         report.more(&format!("note: {name} is not a keyless setting and is ignored"));
@@ -132,103 +113,47 @@ async fn check_config(report: &mut Report, mut config: Config, skipped: &[String
     let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
     let limit = config.cache.exchange_timeout;
     let env = |name: &str| std::env::var(name).ok();
-    let sections = config.take_sections();
-    let mut any = false;
-    for (name, origin, diagnosis) in diagnose(sections, &ctx, &env) {
-        any = true;
+    let configured = providers::configure_all(sections, &ctx, &env);
+    if configured.is_empty() {
         report.line("");
-        match diagnosis {
-            Ok(d) => check_provider(report, name, origin, &d, &ctx, limit).await,
+        report.problem("keyless", "providers", &StartError::NothingConfigured.to_string(), None);
+        return;
+    }
+    // Exactly the check `serve` makes before it listens.
+    let valid = configured.iter().filter_map(|p| p.configured.as_ref().ok().map(|c| c.as_ref()));
+    if let Err(collision) = providers::check_routes(valid) {
+        report.problem("keyless", "routes", &collision.to_string(), None);
+    }
+    for p in configured {
+        report.line("");
+        match p.configured.and_then(|c| c.diagnosis(&ctx).map_err(|e| e.to_string())) {
+            Ok(d) => check_provider(report, p.name, p.origin, d.as_ref(), &ctx, limit).await,
             Err(e) => {
-                report.line(&format!("{name}:"));
-                report.problem(name, "config", &format!("{e} (from {origin})"), None);
+                report.line(&format!("{}:", p.name));
+                report.problem(p.name, "config", &format!("{e} (from {})", p.origin), None);
             }
         }
     }
-    if !any {
-        report.line("");
-        report.problem("keyless", "providers", &StartError::NothingConfigured.to_string(), None);
-    }
-}
-
-/// Each configured provider: its name, where its settings come from, and its validated
-/// diagnosis (or why the settings are invalid). Sections are chosen exactly as `serve` does.
-fn diagnose(
-    sections: Sections,
-    ctx: &Context,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Vec<(&'static str, &'static str, Result<Diagnosis, String>)> {
-    const FILE: &str = "the config file and KEYLESS_* env vars";
-    let mut found = Vec::new();
-    let aws = match sections.aws {
-        Some(c) => Ok(Some((c, FILE))),
-        None => {
-            keyless_aws::Config::from_env(env).map(|c| c.map(|c| (c, "AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE")))
-        }
-    };
-    match aws {
-        Ok(Some((c, origin))) => found.push((
-            "aws",
-            origin,
-            keyless_aws::diagnose::Diagnosis::new(&c, ctx)
-                .map(|d| Diagnosis::Aws(Box::new(d)))
-                .map_err(|e| e.to_string()),
-        )),
-        Ok(None) => {}
-        Err(e) => found.push(("aws", "the AWS environment variables", Err(e.to_string()))),
-    }
-    let gcp = match sections.gcp {
-        Some(c) => Ok(Some((c, FILE))),
-        None => keyless_gcp::Config::from_env(env).map(|c| c.map(|c| (c, "GOOGLE_APPLICATION_CREDENTIALS"))),
-    };
-    match gcp {
-        Ok(Some((c, origin))) => found.push((
-            "gcp",
-            origin,
-            keyless_gcp::diagnose::Diagnosis::new(&c, ctx)
-                .map(|d| Diagnosis::Gcp(Box::new(d)))
-                .map_err(|e| e.to_string()),
-        )),
-        Ok(None) => {}
-        Err(e) => found.push(("gcp", "GOOGLE_APPLICATION_CREDENTIALS", Err(e.to_string()))),
-    }
-    let azure = match sections.azure {
-        Some(c) => Ok(Some((c, FILE))),
-        None => keyless_azure::Config::from_env(env)
-            .map(|c| c.map(|c| (c, "AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE"))),
-    };
-    match azure {
-        Ok(Some((c, origin))) => found.push((
-            "azure",
-            origin,
-            keyless_azure::diagnose::Diagnosis::new(&c, ctx)
-                .map(|d| Diagnosis::Azure(Box::new(d)))
-                .map_err(|e| e.to_string()),
-        )),
-        Ok(None) => {}
-        Err(e) => found.push(("azure", "the Azure workload identity environment variables", Err(e.to_string()))),
-    }
-    found
 }
 
 async fn check_provider(
     report: &mut Report,
     name: &'static str,
-    origin: &str,
-    d: &Diagnosis,
+    origin: Origin,
+    d: &dyn Diagnosis,
     ctx: &Context,
     limit: Duration,
 ) {
-    report.line(&format!("{name}: {}", each!(d, d => d.identity())));
+    report.line(&format!("{name}: {}", d.identity()));
     report.item("config", &format!("ok (from {origin})"));
-    let token_file = each!(d, d => d.token_file().to_owned());
+    let token_file = d.token_file().to_owned();
     report.item("token file", &token_file.display().to_string());
     let token = match ctx.token_source(&token_file).await.current() {
         Ok(token) => token,
         Err(e) => {
             report.problem(name, "token", &e.to_string(), None);
             report.item("exchange", "not tried: there is no token to exchange");
-            print_binding(report, d, None, each!(d, d => d.expected_audience()));
+            print_binding(report, d, None, d.expected_audience());
             return;
         }
     };
@@ -237,11 +162,11 @@ async fn check_provider(
     report.item("claims", &describe_claims(claims, now));
     check_claims(report, name, claims, now, &token_file);
 
-    let attempts = d.exchange_once(&token, limit).await;
+    let attempts = exchange_once(d, &token, limit).await;
     let all_ok = attempts.iter().all(|a| a.result.is_ok());
-    let expected = each!(d, d => d.expected_audience()).to_owned();
-    let source = each!(d, d => d.audience_source());
-    let binding_audience = if each!(d, d => d.accepts_audience(&claims.aud)) {
+    let expected = d.expected_audience().to_owned();
+    let source = d.audience_source();
+    let binding_audience = if d.accepts_audience(&claims.aud) {
         report.item("audience", &format!("ok: the token has {expected}, {source}"));
         expected.clone()
     } else if all_ok && !claims.aud.is_empty() {
@@ -256,7 +181,7 @@ async fn check_provider(
     } else {
         let has =
             if claims.aud.is_empty() { "no aud claim".to_owned() } else { format!("[{}]", claims.aud.join(", ")) };
-        let fix = each!(d, d => d.audience_fix(claims));
+        let fix = d.audience_fix(claims);
         report.problem(
             name,
             "audience",
@@ -307,13 +232,13 @@ fn check_claims(report: &mut Report, name: &str, claims: &Claims, now: SystemTim
     }
 }
 
-fn print_binding(report: &Report, d: &Diagnosis, claims: Option<&Claims>, audience: &str) {
+fn print_binding(report: &Report, d: &dyn Diagnosis, claims: Option<&Claims>, audience: &str) {
     let intro = match claims {
         Some(_) => "what the cloud must hold for this token:",
         None => "what the cloud must hold (placeholders in capitals: the token could not be read):",
     };
     report.item("binding", intro);
-    for line in each!(d, d => d.binding(claims, audience)) {
+    for line in d.binding(claims, audience) {
         report.more(&format!("  {line}"));
     }
 }

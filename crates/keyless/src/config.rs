@@ -9,9 +9,12 @@ use std::time::Duration;
 use keyless_core::{CachePolicy, WatchOptions};
 use serde::Deserialize;
 
+use crate::providers::Sections;
+
 /// Top-level keys; a `KEYLESS_<KEY>` env var sets one, `KEYLESS_<SECTION>__<KEY>` a section's key.
 const TOP_LEVEL_KEYS: &[&str] = &["listen", "admin_listen", "allow_non_loopback", "log", "log_format"];
-const SECTIONS: &[&str] = &["cache", "token", "aws", "gcp", "azure"];
+/// The sections besides the providers' own (`crate::providers::names`).
+const SECTIONS: &[&str] = &["cache", "token"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,12 +35,8 @@ pub struct Config {
     pub cache: CacheSection,
     #[serde(default)]
     pub token: TokenSection,
-    /// `[aws]`: STS AssumeRoleWithWebIdentity; container-credentials endpoint and IMDSv2.
-    pub aws: Option<keyless_aws::Config>,
-    /// `[azure]`: Entra ID workload identity; IMDS and App Service endpoints.
-    pub azure: Option<keyless_azure::Config>,
-    /// `[gcp]`: workload identity federation; the GCE metadata server.
-    pub gcp: Option<keyless_gcp::Config>,
+    // The provider sections (`[aws]`, `[gcp]`, `[azure]`) are split off by `load` and
+    // deserialized by each provider (`crate::providers`).
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -155,7 +154,7 @@ pub fn settings_from_env(env: &HashMap<String, String>) -> (HashMap<String, Stri
         }
         let key = rest.to_ascii_lowercase();
         let known = match key.split_once("__") {
-            Some((section, _)) => SECTIONS.contains(&section),
+            Some((section, _)) => SECTIONS.contains(&section) || crate::providers::names().any(|p| p == section),
             None => TOP_LEVEL_KEYS.contains(&key.as_str()),
         };
         if known {
@@ -168,11 +167,10 @@ pub fn settings_from_env(env: &HashMap<String, String>) -> (HashMap<String, Stri
     (settings, skipped)
 }
 
-/// Loads the config: file (if any) over `KEYLESS_*` env settings, then flags.
-pub fn load<T: for<'de> Deserialize<'de>>(
-    file: Option<&Path>,
-    env_settings: HashMap<String, String>,
-) -> Result<T, ConfigError> {
+/// Loads the config: file (if any) over `KEYLESS_*` env settings. The provider sections are split
+/// off, for each provider to deserialize its own; the rest is keyless's [`Config`], where an
+/// unknown key (a misspelt section too) is an error naming it.
+pub fn load(file: Option<&Path>, env_settings: HashMap<String, String>) -> Result<(Config, Sections), ConfigError> {
     let mut builder = config::Config::builder().add_source(
         config::Environment::with_prefix("KEYLESS").prefix_separator("_").separator("__").source(Some(env_settings)),
     );
@@ -187,11 +185,22 @@ pub fn load<T: for<'de> Deserialize<'de>>(
         builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
     }
     let merged = builder.build().map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    merged.try_deserialize().map_err(|e| ConfigError::Invalid(explain(&e.to_string())))
+    let mut table: config::Map<String, config::Value> =
+        merged.try_deserialize().map_err(|e| ConfigError::Invalid(explain(&e.to_string())))?;
+    let mut sections = Sections::default();
+    for name in crate::providers::names() {
+        if let Some(section) = table.remove(name) {
+            sections.0.insert(name, section);
+        }
+    }
+    let config = config::Value::new(None, config::ValueKind::Table(table))
+        .try_deserialize()
+        .map_err(|e| ConfigError::Invalid(explain(&e.to_string())))?;
+    Ok((config, sections))
 }
 
 /// Turns serde's wording into one that says where to look.
-fn explain(message: &str) -> String {
+pub(crate) fn explain(message: &str) -> String {
     if message.contains("unknown field") {
         format!("{message} (check the spelling; docs/configuration.md lists every key)")
     } else {
@@ -246,11 +255,6 @@ impl Config {
         Ok(self)
     }
 
-    /// Moves the provider sections out (they are consumed by the adapters).
-    pub fn take_sections(&mut self) -> crate::providers::Sections {
-        crate::providers::Sections { aws: self.aws.take(), azure: self.azure.take(), gcp: self.gcp.take() }
-    }
-
     pub fn cache_policy(&self) -> CachePolicy {
         let c = &self.cache;
         CachePolicy {
@@ -286,7 +290,7 @@ mod tests {
         let path = dir.path().join("keyless.toml");
         std::fs::write(&path, toml).unwrap();
         let (settings, _) = settings_from_env(&env(env_pairs));
-        load::<Config>(Some(&path), settings)?.finish(&Overrides::default())
+        load(Some(&path), settings)?.0.finish(&Overrides::default())
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use keyless_core::clock::SystemClock;
 use keyless_core::{Context, Metrics};
 
-use crate::config::{self, Config};
+use crate::config;
 
 /// Where the credentials come from.
 #[derive(Debug)]
@@ -82,10 +82,13 @@ async fn from_endpoint(url: &str, authorization: &str) -> Result<String, String>
 async fn from_exchange(config_file: Option<&Path>) -> Result<String, String> {
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let (settings, _) = config::settings_from_env(&env);
-    let mut config: Config = config::load(config_file, settings).map_err(|e| e.to_string())?;
+    let (config, mut sections) = config::load(config_file, settings).map_err(|e| e.to_string())?;
     let process_env = |name: &str| std::env::var(name).ok();
-    let aws = match config.aws.take() {
-        Some(aws) => aws,
+    let section = sections.0.remove(<keyless_aws::Aws as keyless_provider::Provider>::NAME);
+    let aws = match section {
+        Some(section) => section
+            .try_deserialize::<keyless_aws::Config>()
+            .map_err(|e| config::explain(&format!("[aws] section: {e}")))?,
         None => keyless_aws::Config::from_env(&process_env).map_err(|e| e.to_string())?.ok_or_else(|| {
             "no AWS identity configured: pass --config with an [aws] section, set AWS_ROLE_ARN and \
              AWS_WEB_IDENTITY_TOKEN_FILE, or point AWS_CONTAINER_CREDENTIALS_FULL_URI at a running keyless"

@@ -115,13 +115,12 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     let config_path = opts.state_dir.join("keyless.toml");
     std::fs::write(&config_path, sidecar_toml(&emulator, &opts))
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
-    let mut config: Config = config::load(Some(&config_path), Default::default())
-        .and_then(|c: Config| c.finish(&Overrides::default()))
-        .map_err(|e| e.to_string())?;
+    let (config, sections) = config::load(Some(&config_path), Default::default()).map_err(|e| e.to_string())?;
+    let config: Config = config.finish(&Overrides::default()).map_err(|e| e.to_string())?;
     let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
     // The emulated identities only: the host's own cloud env vars must not leak into dev.
     let no_env = |_: &str| None;
-    let started = providers::start_all(config.take_sections(), &ctx, &no_env).await.map_err(|e| e.to_string())?;
+    let started = providers::start_all(sections, &ctx, &no_env).await.map_err(|e| e.to_string())?;
     let sidecar =
         Sidecar::bind(config.listen, config.admin_listen, started, &ctx, true).await.map_err(|e| e.to_string())?;
 

@@ -1,8 +1,6 @@
 //! The `keyless` binary: CLI, configuration, composition of the cloud adapters, listeners,
 //! logging and signals. No protocol logic lives here (see ARCHITECTURE.md).
 #![forbid(unsafe_code)]
-// The sidecar build (no `emulator` feature) leaves the helpers only `keyless dev` uses unused.
-#![cfg_attr(not(feature = "emulator"), allow(dead_code))]
 
 mod admin;
 mod check;
@@ -199,16 +197,21 @@ async fn run_logged(command: impl std::future::Future<Output = Result<(), String
     }
 }
 
-fn load_config(file: Option<&std::path::Path>, overrides: &Overrides) -> Result<(Config, Vec<String>), String> {
+/// The configuration (flags, file, `KEYLESS_*` env vars), the provider sections, and the
+/// `KEYLESS_*` variables that are not settings.
+fn load_config(
+    file: Option<&std::path::Path>,
+    overrides: &Overrides,
+) -> Result<(Config, providers::Sections, Vec<String>), String> {
     let env: HashMap<String, String> = std::env::vars().collect();
     let (settings, skipped) = config::settings_from_env(&env);
-    let config: Config = config::load(file, settings).map_err(|e| e.to_string())?;
+    let (config, sections) = config::load(file, settings).map_err(|e| e.to_string())?;
     let config = config.finish(overrides).map_err(|e| e.to_string())?;
-    Ok((config, skipped))
+    Ok((config, sections, skipped))
 }
 
 async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
-    let (mut config, skipped) = match load_config(file.as_deref(), &overrides) {
+    let (config, sections, skipped) = match load_config(file.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
@@ -221,7 +224,7 @@ async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
     }
     let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
     let process_env = |name: &str| std::env::var(name).ok();
-    let providers = match providers::start_all(config.take_sections(), &ctx, &process_env).await {
+    let providers = match providers::start_all(sections, &ctx, &process_env).await {
         Ok(p) => p,
         Err(e) => {
             error!("{e}");

@@ -1,53 +1,106 @@
-//! The enabled cloud adapters, behind one interface so the binary can compose them. Each adapter
-//! crate owns its protocol; this file only starts them from their config sections (or, when a
-//! section is absent, from the env vars a workload-identity webhook injects).
+//! The providers this binary serves, listed once ([`PROVIDERS`]), and their composition through
+//! the contract of `keyless-provider`: configure each from its config section (or, when the
+//! section is absent, from the env vars a workload-identity webhook injects), check their routes
+//! against each other before anything listens, start them, merge their routes.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 
 use axum::Router;
-use keyless_core::{AppEnvVar, Context, Readiness};
+use keyless_core::Context;
+use keyless_provider::{Configured, Env, Provider, RouteClaim, RouteCollision, Started};
 
-/// One started adapter, as the listener composition sees it.
-pub trait Native: Send + Sync {
+use crate::counting::CountRequests;
+
+/// One provider as the binary sees it: a name, and how to configure it. Implemented once, for
+/// every [`Provider`], by [`Entry`].
+pub trait Registered: Sync {
     fn name(&self) -> &'static str;
-    fn router(&self) -> Router;
-    fn readiness(&self) -> Vec<Arc<dyn Readiness>>;
-    fn app_env(&self, listen: SocketAddr) -> Vec<AppEnvVar>;
+    /// Configures the provider from its section, or from the environment when there is none.
+    /// `None`: neither is there, the provider is off.
+    fn configure(&self, section: Option<config::Value>, env: Env<'_>, ctx: &Context) -> Option<ProviderConfig>;
 }
 
-/// Every adapter exposes the same four calls; this forwards them.
-macro_rules! native {
-    ($wrapper:ident, $provider:ty, $name:literal) => {
-        struct $wrapper($provider);
+/// Adapts a [`Provider`] type to [`Registered`].
+struct Entry<P>(PhantomData<fn() -> P>);
 
-        impl Native for $wrapper {
-            fn name(&self) -> &'static str {
-                $name
+impl<P: Provider> Registered for Entry<P> {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn configure(&self, section: Option<config::Value>, env: Env<'_>, ctx: &Context) -> Option<ProviderConfig> {
+        let (origin, config) = match section {
+            Some(value) => {
+                let config = value
+                    .try_deserialize::<P::Config>()
+                    .map_err(|e| crate::config::explain(&format!("[{}] section: {e}", P::NAME)));
+                (Origin::File, config)
             }
-            fn router(&self) -> Router {
-                self.0.router()
-            }
-            fn readiness(&self) -> Vec<Arc<dyn Readiness>> {
-                self.0.readiness()
-            }
-            fn app_env(&self, listen: SocketAddr) -> Vec<AppEnvVar> {
-                self.0.app_env(listen)
-            }
+            None => match P::from_env(env) {
+                Ok(None) => return None,
+                Ok(Some(config)) => (Origin::Env(P::ENV_ORIGIN), Ok(config)),
+                Err(e) => (Origin::Env(P::ENV_ORIGIN), Err(e.to_string())),
+            },
+        };
+        let configured = config.and_then(|c| P::configure(c, ctx).map_err(|e| e.to_string()));
+        Some(ProviderConfig { name: P::NAME, origin, configured })
+    }
+}
+
+/// Every provider, in the order they are configured, started and reported. Adding a provider is
+/// one line here (ARCHITECTURE.md, "Adding a provider").
+pub const PROVIDERS: [&dyn Registered; 3] = [
+    &Entry::<keyless_aws::Aws>(PhantomData),
+    &Entry::<keyless_gcp::Gcp>(PhantomData),
+    &Entry::<keyless_azure::Azure>(PhantomData),
+];
+
+/// The names of the provider sections.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    PROVIDERS.iter().map(|p| p.name())
+}
+
+/// Where a provider's settings came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    File,
+    /// The env vars a workload-identity webhook sets, as named by the provider.
+    Env(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File => f.write_str("the config file and KEYLESS_* env vars"),
+            Origin::Env(vars) => f.write_str(vars),
         }
-    };
+    }
 }
 
-native!(Aws, keyless_aws::Provider, "aws");
-native!(Azure, keyless_azure::Provider, "azure");
-native!(Gcp, keyless_gcp::Provider, "gcp");
-
-/// The provider sections of the configuration.
+/// The provider sections of the configuration, by provider name (split off the rest of the
+/// config by `config::load`).
 #[derive(Debug, Default)]
-pub struct Sections {
-    pub aws: Option<keyless_aws::Config>,
-    pub azure: Option<keyless_azure::Config>,
-    pub gcp: Option<keyless_gcp::Config>,
+pub struct Sections(pub BTreeMap<&'static str, config::Value>);
+
+/// One provider's configuration outcome.
+pub struct ProviderConfig {
+    pub name: &'static str,
+    pub origin: Origin,
+    pub configured: Result<Box<dyn Configured>, String>,
+}
+
+/// Every provider whose section is present, or whose webhook env vars are set when it is absent
+/// (`env` reads the process environment; `keyless dev` passes one that reads nothing).
+pub fn configure_all(mut sections: Sections, ctx: &Context, env: Env<'_>) -> Vec<ProviderConfig> {
+    PROVIDERS.iter().filter_map(|p| p.configure(sections.0.remove(p.name()), env, ctx)).collect()
+}
+
+/// Every route every configured provider claims, checked as one set.
+pub fn check_routes<'a>(configured: impl IntoIterator<Item = &'a dyn Configured>) -> Result<(), RouteCollision> {
+    let claims: Vec<RouteClaim> = configured.into_iter().flat_map(|c| c.routes()).collect();
+    keyless_provider::routes::check(&claims)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,46 +112,68 @@ pub enum StartError {
          (an external_account file)"
     )]
     NothingConfigured,
+    #[error("{name} (from {origin}): {message}")]
+    Provider { name: &'static str, origin: Origin, message: String },
     #[error("{0}")]
-    Aws(#[from] keyless_aws::ConfigError),
-    #[error("{0}")]
-    Azure(#[from] keyless_azure::ConfigError),
-    #[error("{0}")]
-    Gcp(#[from] keyless_gcp::ConfigError),
+    Routes(#[from] RouteCollision),
 }
 
-/// Starts every adapter whose section is present, or whose webhook env vars are set when it is
-/// absent (`env` reads the process environment; `keyless dev` passes one that reads nothing).
-/// Pre-warm begins; nothing waits for it.
-pub async fn start_all(
-    sections: Sections,
-    ctx: &Context,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<Box<dyn Native>>, StartError> {
-    let mut started: Vec<Box<dyn Native>> = Vec::new();
-    let aws = match sections.aws {
-        Some(c) => Some(c),
-        None => keyless_aws::Config::from_env(env)?,
-    };
-    if let Some(config) = aws {
-        started.push(Box::new(Aws(keyless_aws::Provider::start(config, ctx).await?)));
+/// A started provider and its name.
+pub struct Running {
+    pub name: &'static str,
+    pub started: Box<dyn Started>,
+}
+
+/// Configures every provider, checks their routes, then starts them (pre-warm begins; nothing
+/// waits for it). Any configuration error stops everything before anything is started.
+pub async fn start_all(sections: Sections, ctx: &Context, env: Env<'_>) -> Result<Vec<Running>, StartError> {
+    let mut configured = Vec::new();
+    for p in configure_all(sections, ctx, env) {
+        match p.configured {
+            Ok(c) => configured.push((p.name, p.origin, c)),
+            Err(message) => return Err(StartError::Provider { name: p.name, origin: p.origin, message }),
+        }
     }
-    let azure = match sections.azure {
-        Some(c) => Some(c),
-        None => keyless_azure::Config::from_env(env)?,
-    };
-    if let Some(config) = azure {
-        started.push(Box::new(Azure(keyless_azure::Provider::start(config, ctx).await?)));
-    }
-    let gcp = match sections.gcp {
-        Some(c) => Some(c),
-        None => keyless_gcp::Config::from_env(env)?,
-    };
-    if let Some(config) = gcp {
-        started.push(Box::new(Gcp(keyless_gcp::Provider::start(config, ctx).await?)));
-    }
-    if started.is_empty() {
+    if configured.is_empty() {
         return Err(StartError::NothingConfigured);
     }
-    Ok(started)
+    check_routes(configured.iter().map(|(_, _, c)| c.as_ref()))?;
+    let mut running = Vec::new();
+    for (name, origin, c) in configured {
+        let started = c.start(ctx).await.map_err(|e| StartError::Provider { name, origin, message: e.to_string() })?;
+        running.push(Running { name, started });
+    }
+    Ok(running)
+}
+
+/// One router for the credential listener: each provider's routes behind the shared request rules
+/// and the request counter, merged. The routes were checked as claims before start; they are
+/// checked again as served (each provider's, then all together), so a provider serving other
+/// paths than it claimed is an error, not a panic in `Router::merge`.
+pub fn router(running: &[Running], metrics: &keyless_core::Metrics) -> Result<Router, RouteCollision> {
+    let served: Vec<RouteClaim> = running
+        .iter()
+        .flat_map(|p| p.started.routes().into_iter().map(|r| RouteClaim::new(r.path, format!("{} routes", p.name))))
+        .collect();
+    keyless_provider::routes::check_servable(&served)?;
+    let mut router = Router::new();
+    for provider in running {
+        let own = keyless_provider::router(provider.name, provider.started.as_ref())?
+            .route_layer(CountRequests::new(metrics.clone(), provider.name));
+        router = router.merge(own);
+    }
+    Ok(router)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_names_are_distinct_and_are_the_config_sections() {
+        let mut names: Vec<_> = names().collect();
+        assert_eq!(names, ["aws", "gcp", "azure"]);
+        names.dedup();
+        assert_eq!(names.len(), PROVIDERS.len());
+    }
 }

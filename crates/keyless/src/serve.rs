@@ -24,14 +24,18 @@ use tokio::sync::{Notify, watch};
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
+use keyless_provider::guard::GuardLayer;
+use keyless_provider::{AppHost, RouteCollision, Rules};
+
 use crate::admin::{self, AdminState};
-use crate::counting::CountRequests;
-use crate::providers::Native;
+use crate::providers::Running;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr} ({what}): {source}; pick a free address with {flag}")]
     Bind { addr: SocketAddr, what: &'static str, flag: &'static str, source: std::io::Error },
+    #[error("{0}")]
+    Routes(#[from] RouteCollision),
     #[error("{0}")]
     Server(std::io::Error),
 }
@@ -42,7 +46,7 @@ pub struct Sidecar {
     admin: TcpListener,
     router: Router,
     admin_router: Router,
-    providers: Vec<Box<dyn Native>>,
+    providers: Vec<Running>,
     gate: Arc<AtomicBool>,
 }
 
@@ -51,10 +55,12 @@ impl Sidecar {
     pub async fn bind(
         listen: SocketAddr,
         admin_listen: SocketAddr,
-        providers: Vec<Box<dyn Native>>,
+        providers: Vec<Running>,
         ctx: &Context,
         gated: bool,
     ) -> Result<Self, ServeError> {
+        // Routes first: a collision is a configuration error reported before anything listens.
+        let router = crate::providers::router(&providers, &ctx.metrics)?;
         let credentials = TcpListener::bind(listen).await.map_err(|source| ServeError::Bind {
             addr: listen,
             what: "credential listener",
@@ -67,17 +73,14 @@ impl Sidecar {
             flag: "--admin-listen",
             source,
         })?;
-        let mut router = Router::new();
-        for provider in &providers {
-            let counted = provider.router().route_layer(CountRequests::new(ctx.metrics.clone(), provider.name()));
-            router = router.merge(counted);
-        }
         let gate = Arc::new(AtomicBool::new(!gated));
         let admin_router = admin::router(AdminState {
-            readiness: providers.iter().flat_map(|p| p.readiness()).collect(),
+            readiness: providers.iter().flat_map(|p| p.started.readiness()).collect(),
             metrics: ctx.metrics.clone(),
             gate: gate.clone(),
-        });
+        })
+        // The Host rule (DNS rebinding) holds on the admin routes too.
+        .route_layer(GuardLayer::new(Rules::admin()));
         Ok(Self { credentials, admin, router, admin_router, providers, gate })
     }
 
@@ -91,8 +94,8 @@ impl Sidecar {
 
     /// The env vars an app needs to reach every enabled provider through this sidecar.
     pub fn app_env(&self) -> Vec<AppEnvVar> {
-        let listen = self.listen_addr();
-        self.providers.iter().flat_map(|p| p.app_env(listen)).collect()
+        let app = AppHost::for_listener(self.listen_addr());
+        self.providers.iter().flat_map(|p| p.started.app_env(&app)).collect()
     }
 
     pub fn gate(&self) -> Arc<AtomicBool> {

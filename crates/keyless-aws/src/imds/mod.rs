@@ -6,7 +6,6 @@ mod sessions;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,14 +15,28 @@ use sha2::{Digest as _, Sha256};
 
 pub(crate) use sessions::ImdsSessions;
 
+use keyless_provider::NativeRoute;
+
 use crate::credentials::timestamp;
 use crate::serve::{Served, json_bytes};
 
 const TTL_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds");
 const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token");
-const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// The TTL range EC2 accepts (the Rust SDK always asks for the maximum).
 const TTL_RANGE: std::ops::RangeInclusive<u64> = 1..=21_600;
+
+const TOKEN: &str = "/latest/api/token";
+const CREDENTIALS: &str = "/latest/meta-data/iam/security-credentials";
+const CREDENTIALS_SLASH: &str = "/latest/meta-data/iam/security-credentials/";
+const ROLE_CREDENTIALS: &str = "/latest/meta-data/iam/security-credentials/{role}";
+const INFO: &str = "/latest/meta-data/iam/info";
+const REGION: &str = "/latest/meta-data/placement/region";
+const DOCUMENT: &str = "/latest/dynamic/instance-identity/document";
+const EVERYTHING_ELSE: &str = "/latest/{*path}";
+
+/// Every route [`routes`] serves (the provider's claims).
+pub(crate) const ROUTES: [&str; 8] =
+    [TOKEN, CREDENTIALS, CREDENTIALS_SLASH, ROLE_CREDENTIALS, INFO, REGION, DOCUMENT, EVERYTHING_ELSE];
 
 #[derive(Debug, Clone)]
 pub(crate) struct ImdsState {
@@ -34,21 +47,21 @@ pub(crate) struct ImdsState {
     pub(crate) started: SystemTime,
 }
 
-pub(crate) fn router(state: ImdsState) -> Router {
-    const CREDS: &str = "/latest/meta-data/iam/security-credentials";
-    Router::new()
-        .route("/latest/api/token", put(open_session))
-        .route(CREDS, get(role_list))
-        .route(&format!("{CREDS}/"), get(role_list))
-        .route(&format!("{CREDS}/{{role}}"), get(role_credentials))
-        .route("/latest/meta-data/iam/info", get(iam_info))
-        .route("/latest/meta-data/placement/region", get(region))
-        .route("/latest/dynamic/instance-identity/document", get(identity_document))
-        .route("/latest/{*path}", get(not_found))
-        .with_state(Arc::new(state))
+pub(crate) fn routes(state: ImdsState) -> Vec<NativeRoute> {
+    let state = Arc::new(state);
+    vec![
+        NativeRoute::new(TOKEN, put(open_session).with_state(state.clone())),
+        NativeRoute::new(CREDENTIALS, get(role_list).with_state(state.clone())),
+        NativeRoute::new(CREDENTIALS_SLASH, get(role_list).with_state(state.clone())),
+        NativeRoute::new(ROLE_CREDENTIALS, get(role_credentials).with_state(state.clone())),
+        NativeRoute::new(INFO, get(iam_info).with_state(state.clone())),
+        NativeRoute::new(REGION, get(region).with_state(state.clone())),
+        NativeRoute::new(DOCUMENT, get(identity_document).with_state(state.clone())),
+        NativeRoute::new(EVERYTHING_ELSE, get(not_found).with_state(state)),
+    ]
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Response {
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body.into()).into_response()
 }
 
@@ -59,15 +72,9 @@ fn json_body(value: &serde_json::Value) -> Response {
 /// `PUT /latest/api/token`: a session token for the requested TTL, echoed in the TTL header
 /// (the Rust and Go SDKs fail without it).
 async fn open_session(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> Response {
-    // EC2 refuses a forwarded PUT: a proxy or SSRF relay must not obtain a session.
-    if headers.contains_key(FORWARDED_FOR) {
-        return text(StatusCode::FORBIDDEN, "Forbidden: X-Forwarded-For is not allowed on session token requests");
-    }
-    let ttl = headers
-        .get(TTL_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|t| TTL_RANGE.contains(t));
+    // A forwarded PUT (a proxy or SSRF relay must not obtain a session) is refused by the shared
+    // rules before this handler runs.
+    let ttl = headers.get(TTL_HEADER).and_then(|v| parse_ttl(v.as_bytes()));
     let Some(ttl) = ttl else {
         return text(
             StatusCode::BAD_REQUEST,
@@ -78,6 +85,14 @@ async fn open_session(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -
     let mut response = text(StatusCode::OK, token.expose().clone());
     response.headers_mut().insert(TTL_HEADER, HeaderValue::from(granted.as_secs()));
     response
+}
+
+/// A TTL as EC2 takes it: plain decimal digits within [`TTL_RANGE`], nothing else (no sign, no
+/// leading zero, no surrounding space: `+60`, `060` and ` 60` are refused).
+fn parse_ttl(value: &[u8]) -> Option<u64> {
+    let plain = !value.is_empty() && value.len() <= 5 && value[0] != b'0' && value.iter().all(u8::is_ascii_digit);
+    let ttl = std::str::from_utf8(value).ok().filter(|_| plain)?.parse::<u64>().ok()?;
+    TTL_RANGE.contains(&ttl).then_some(ttl)
 }
 
 /// The 401 for a request without a live session token; `None` when it may be answered. IMDSv1
@@ -160,4 +175,19 @@ async fn not_found(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> R
         return r;
     }
     text(StatusCode::NOT_FOUND, "Not Found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_are_plain_decimal_numbers_in_range() {
+        for (value, ttl) in [("1", Some(1)), ("60", Some(60)), ("21600", Some(21_600))] {
+            assert_eq!(parse_ttl(value.as_bytes()), ttl, "{value}");
+        }
+        for bad in ["", "0", "21601", "+60", "060", " 60", "60 ", "6e1", "-1", "99999999999999999999", "６０"] {
+            assert_eq!(parse_ttl(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use aws_sdk_sts::config::{BehaviorVersion, Region, SharedCredentialsProvider};
 use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
 use aws_smithy_http_client::tls::{Provider as TlsProvider, TlsContext, TrustStore};
-use keyless_aws::{Config, Provider};
+use keyless_aws::{Config, Running as Provider};
 use keyless_core::clock::SystemClock;
 use keyless_core::{CachePolicy, Context, Metrics, WatchOptions};
 use keyless_emulator::{Cloud, Emulator, EmulatorConfig, MintClaims};
@@ -89,7 +89,7 @@ impl TestEnv {
 pub async fn serve(provider: &Provider) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = provider.router();
+    let router = keyless_provider::router("aws", provider).unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     addr
 }

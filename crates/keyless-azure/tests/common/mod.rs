@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyless_azure::{Config, Provider};
+use keyless_azure::{Config, Running as Provider};
 use keyless_core::clock::SystemClock;
 use keyless_core::{AbortOnDrop, CachePolicy, Context, Metrics, WatchOptions};
 use keyless_emulator::{Cloud, Emulator, EmulatorConfig};
+use keyless_provider::Started as _;
 use serde_json::Value;
 
 pub const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
@@ -65,10 +66,10 @@ impl Harness {
         let mut config = dev_config(&emulator);
         tweak(&emulator, &mut config);
         let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), policy, WatchOptions::default());
-        let provider = Provider::start(config, &ctx).await.expect("provider starts");
+        let provider = keyless_azure::start(config, &ctx).await.expect("provider starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let listen = listener.local_addr().expect("local addr");
-        let router = provider.router();
+        let router = keyless_provider::router("azure", &provider).expect("routes");
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });

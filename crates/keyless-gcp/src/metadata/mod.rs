@@ -1,32 +1,26 @@
-//! The GCE metadata server (protocols.md 3.3): what google-auth, the Go, Node and Rust clients
-//! and gcloud read through `GCE_METADATA_HOST`.
+//! The GCE metadata server (docs/protocols.md 3.3): what google-auth, the Go, Node and Rust
+//! clients and gcloud read through `GCE_METADATA_HOST`.
 //!
-//! Rules every response follows: `Metadata-Flavor: Google` on all of them (Node rejects a
-//! response without it, and Python's ping looks for it); under `/computeMetadata/` the request
-//! must carry `Metadata-Flavor: Google`; any `X-Forwarded-For` is refused (a proxied request is
-//! not from this pod); `GET /` answers without the request header (real GCE does, and tools
-//! probe it bare).
+//! Rules of its own, besides the shared ones (`keyless_provider::guard`): under
+//! `/computeMetadata/` the request must carry `Metadata-Flavor: Google`; `GET /` answers without
+//! it (real GCE does, and tools probe it bare); every response carries `Metadata-Flavor: Google`
+//! (added by the shared guard from the provider's rules).
 
 mod query;
 mod tokens;
 mod tree;
 
 use std::borrow::Cow;
-use std::future::{Ready, ready};
 use std::sync::Arc;
-use std::task::Poll;
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::TryFutureExt as _;
-use futures_util::future::{Either, MapOk};
 use keyless_core::CredentialCache;
 use keyless_core::clock::SharedClock;
+use keyless_provider::{NativeErrors, NativeRoute, Violation};
 use serde_json::Value as Json;
-use tower::{Layer, Service};
 
 use crate::exchange::{GcpExchange, TokenKey};
 use crate::identity::ScopeSet;
@@ -34,8 +28,9 @@ use query::Query;
 use tree::{Node, Value, flatten_text};
 
 const FLAVOR: &str = "metadata-flavor";
-/// Longer queries are refused (the longest legitimate one is an ID-token audience).
-const MAX_QUERY_LEN: usize = 4096;
+
+/// Every route [`routes`] serves (the provider's claims).
+pub(crate) const ROUTES: [&str; 4] = ["/", "/computeMetadata", "/computeMetadata/", "/computeMetadata/{*path}"];
 
 /// What the metadata server describes: one service account (or the federated identity).
 #[derive(Debug, Clone)]
@@ -98,97 +93,40 @@ fn build_tree(d: &Description) -> Node {
     ])
 }
 
-pub(crate) fn router(server: Arc<MetadataServer>) -> Router {
-    Router::new()
-        .route("/", get(root))
-        .route("/computeMetadata", get(serve))
-        .route("/computeMetadata/", get(serve))
-        .route("/computeMetadata/{*path}", get(serve))
-        .layer(GuardLayer)
-        .with_state(server)
+pub(crate) fn routes(server: Arc<MetadataServer>) -> Vec<NativeRoute> {
+    let [root_path, rest @ ..] = ROUTES;
+    let mut routes = vec![NativeRoute::new(root_path, get(root))];
+    routes.extend(rest.iter().map(|path| NativeRoute::new(*path, get(serve).with_state(server.clone()))));
+    routes
 }
 
-/// The header and body rules, and `Metadata-Flavor: Google` on every response (errors and
-/// redirects included).
-///
-/// A plain tower layer rather than `axum::middleware::from_fn`, which boxes a future and clones
-/// the inner service on every request: several allocations on the cached path (docs/benchmarks.md).
+/// The shared rules' refusals as the metadata server words its own: text.
 #[derive(Debug, Clone, Copy)]
-struct GuardLayer;
+pub(crate) struct GcpErrors;
 
-impl<S> Layer<S> for GuardLayer {
-    type Service = Guard<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Guard { inner }
+impl NativeErrors for GcpErrors {
+    fn refuse(&self, _path: &str, violation: &Violation) -> Response {
+        text(violation.status(), format!("Request denied: {}.\n", violation.message()))
     }
-}
-
-#[derive(Debug, Clone)]
-struct Guard<S> {
-    inner: S,
-}
-
-impl<S> Service<Request> for Guard<S>
-where
-    S: Service<Request, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<Response, S::Error>>, MapOk<S::Future, fn(Response) -> Response>>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        match refusal(&request) {
-            Some(refused) => Either::Left(ready(Ok(flavored(refused)))),
-            None => Either::Right(self.inner.call(request).map_ok(flavored as fn(Response) -> Response)),
-        }
-    }
-}
-
-/// The answer to a request the metadata server refuses, if it is one.
-fn refusal(request: &Request) -> Option<Response> {
-    let headers = request.headers();
-    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
-        || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
-    let flavored = headers.get(FLAVOR).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Google"));
-    let under_metadata = request.uri().path().starts_with("/computeMetadata");
-    if headers.contains_key("x-forwarded-for") {
-        Some(text(
-            StatusCode::FORBIDDEN,
-            "Request denied: X-Forwarded-For is present; the metadata server answers only direct local clients.\n",
-        ))
-    } else if has_body {
-        Some(text(StatusCode::BAD_REQUEST, "The metadata server accepts no request body.\n"))
-    } else if under_metadata && !flavored {
-        Some(text(StatusCode::FORBIDDEN, "Missing Metadata-Flavor:Google header.\n"))
-    } else if request.uri().query().is_some_and(|q| q.len() > MAX_QUERY_LEN) {
-        Some(text(StatusCode::BAD_REQUEST, "The query string is too long.\n"))
-    } else {
-        None
-    }
-}
-
-fn flavored(mut response: Response) -> Response {
-    response.headers_mut().insert(FLAVOR, HeaderValue::from_static("Google"));
-    response
 }
 
 async fn root() -> Response {
     text(StatusCode::OK, "computeMetadata/\n")
 }
 
-async fn serve(State(server): State<Arc<MetadataServer>>, uri: Uri) -> Response {
+async fn serve(State(server): State<Arc<MetadataServer>>, request: Request) -> Response {
+    let flavored = request.headers().get(FLAVOR).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Google"));
+    if !flavored {
+        return text(StatusCode::FORBIDDEN, "Missing Metadata-Flavor:Google header.\n");
+    }
+    let uri = request.uri();
     let query = Query::parse(uri.query());
     let rest = uri.path().strip_prefix("/computeMetadata").unwrap_or("");
     match rest {
-        "" | "/v1" => redirect(&uri),
+        "" | "/v1" => redirect(uri),
         "/" => listing(&["v1/".to_owned()], &query),
         _ => match rest.strip_prefix("/v1/") {
-            Some(sub) => serve_v1(&server, &uri, sub, &query).await,
+            Some(sub) => serve_v1(&server, uri, sub, &query).await,
             None => not_found(),
         },
     }

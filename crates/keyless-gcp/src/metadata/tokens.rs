@@ -1,25 +1,34 @@
 //! `.../token` and `.../identity`: served from the credential cache, never waiting on upstream
 //! while a valid token is held.
 
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::body::Bytes;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use keyless_core::clock::until;
 use keyless_core::{ErrorClass, ExchangeError};
-use serde::Serialize;
+use keyless_provider::body::json_string;
 
 use super::query::Query;
-use super::{MetadataServer, json_bytes, text};
+use super::{MetadataServer, text};
 use crate::config::validate_id_token_audience;
-use crate::exchange::TokenKey;
+use crate::exchange::{GcpToken, TokenKey};
 use crate::identity::ScopeSet;
 
-#[derive(Serialize)]
-struct AccessTokenBody<'a> {
-    access_token: &'a str,
-    /// Integer seconds the cached token has left, not its original lifetime (protocols.md 3.3
-    /// traps: Rust google-cloud-auth requires an integer and disables itself on a parse error).
-    expires_in: u64,
-    token_type: &'static str,
+/// `{"access_token":...,"expires_in":N,"token_type":"Bearer"}`, rendered once per token around
+/// its countdown. `expires_in` is the integer seconds the cached token has left, not its original
+/// lifetime (docs/protocols.md 3.3 traps: Rust google-cloud-auth requires an integer and disables
+/// itself on a parse error).
+fn access_token_body(token: &GcpToken, expires_in: u64) -> Bytes {
+    token.access_body.get_or_render([expires_in], || {
+        vec![
+            format!(r#"{{"access_token":{},"expires_in":"#, json_string(token.token.expose())).into_bytes(),
+            br#","token_type":"Bearer"}"#.to_vec(),
+        ]
+    })
+}
+
+fn with_type(content_type: &'static str, body: Bytes) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
 }
 
 /// `token[?scopes=a,b]`.
@@ -42,17 +51,8 @@ pub(super) async fn access_token(server: &MetadataServer, query: &Query) -> Resp
     };
     match server.cache.get(key).await {
         Ok(token) => {
-            let body = AccessTokenBody {
-                access_token: token.value.expose(),
-                expires_in: until(server.clock.as_ref(), token.expires_at).as_secs(),
-                token_type: "Bearer",
-            };
-            // Serialized once into a buffer sized for it (no intermediate `Value`).
-            let mut bytes = Vec::with_capacity(body.access_token.len() + 96);
-            match serde_json::to_writer(&mut bytes, &body) {
-                Ok(()) => json_bytes(StatusCode::OK, bytes),
-                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "Cannot encode the token.\n"),
-            }
+            let expires_in = until(server.clock.as_ref(), token.expires_at).as_secs();
+            with_type("application/json", access_token_body(&token.value, expires_in))
         }
         Err(err) => exchange_failure(&err),
     }
@@ -79,7 +79,10 @@ pub(super) async fn identity(server: &MetadataServer, query: &Query) -> Response
     }
     let key = TokenKey::IdToken { audience: audience.to_owned() };
     match server.cache.get(&key).await {
-        Ok(token) => text(StatusCode::OK, token.value.expose().clone()),
+        Ok(token) => {
+            let body = token.value.text_body.get_or_render(|| token.value.token.expose().as_bytes().to_vec());
+            with_type("application/text", body)
+        }
         Err(err) => exchange_failure(&err),
     }
 }

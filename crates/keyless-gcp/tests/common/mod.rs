@@ -10,7 +10,7 @@ use std::time::Duration;
 use keyless_core::clock::{Clock, SharedClock, SystemClock, TokioClock};
 use keyless_core::{CachePolicy, Context, Metrics, WatchOptions};
 use keyless_emulator::{Cloud, Emulator, EmulatorConfig};
-use keyless_gcp::{Config, Provider};
+use keyless_gcp::{Config, Running as Provider};
 use serde_json::Value;
 
 pub struct Harness {
@@ -81,10 +81,10 @@ impl Harness {
         let mut config = dev_config(&emulator);
         configure(&mut config, &emulator);
         let ctx = Context::new(options.clock, Metrics::new(), options.policy, WatchOptions::default());
-        let provider = Provider::start(config, &ctx).await.unwrap();
+        let provider = keyless_gcp::start(config, &ctx).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = provider.router();
+        let router = keyless_provider::router("gcp", &provider).unwrap();
         let server = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
         });

@@ -1,0 +1,142 @@
+//! The provider contract: what each cloud adapter implements so the binary can configure, check,
+//! start and serve it without knowing which cloud it is.
+//!
+//! Three stages, each a value:
+//! 1. [`Provider`] (a type): its section name, the config type that section deserializes into,
+//!    zero config from a workload-identity webhook's env vars, and validation into...
+//! 2. [`Configured`]: validated settings, with nothing started and no file written. It declares
+//!    the routes it will claim (so the binary finds collisions before anything listens), builds
+//!    the [`Diagnosis`] that `keyless check` runs, and starts into...
+//! 3. [`Started`]: the exchange and its cache running (pre-warm begun), serving its native routes.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::routing::MethodRouter;
+use keyless_core::{AppEnvVar, Attempt, Claims, Context, Readiness, SubjectToken};
+use serde::de::DeserializeOwned;
+
+use crate::guard::Rules;
+use crate::listen::AppHost;
+use crate::routes::RouteClaim;
+
+/// A boxed, sendable future (the contract is object-safe: the binary holds `Box<dyn ...>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Reads one environment variable (`keyless dev` passes one that reads nothing).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Why a provider cannot be configured or started: the adapter's own error, whose message names
+/// the key (or env var) and the fix.
+pub struct ProviderError(Box<dyn std::error::Error + Send + Sync>);
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for ProviderError {
+    fn from(e: E) -> Self {
+        Self(Box::new(e))
+    }
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// One cloud. Implemented by a unit type per adapter crate; the binary lists these types once.
+pub trait Provider: 'static {
+    /// The config section (`[aws]`) and the `provider` label of logs and metrics: the one place
+    /// the name is written.
+    const NAME: &'static str;
+    /// What [`Provider::from_env`] reads, for reports: "AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE".
+    const ENV_ORIGIN: &'static str;
+    /// The section's settings as written (TOML or `KEYLESS_<NAME>__<KEY>` env vars).
+    type Config: DeserializeOwned + Send + 'static;
+
+    /// The section built from the env vars a workload-identity webhook injects, used when the
+    /// config has no section; `None` when those variables are absent.
+    fn from_env(env: Env<'_>) -> Result<Option<Self::Config>, ProviderError>;
+
+    /// Validates the section (errors name the key and the fix). Writes nothing, starts nothing.
+    fn configure(config: Self::Config, ctx: &Context) -> Result<Box<dyn Configured>, ProviderError>;
+}
+
+/// A validated provider, not started.
+pub trait Configured: Send + Sync {
+    /// The identity as a report heading names it ("role arn:aws:iam::1:role/app (region eu-west-1)").
+    fn identity(&self) -> String;
+
+    /// Every route [`Started::routes`] will serve, with the config key that sets its path.
+    fn routes(&self) -> Vec<RouteClaim>;
+
+    /// What `keyless check` examines: the same settings, one exchange, the cloud-side binding.
+    fn diagnosis(&self, ctx: &Context) -> Result<Box<dyn Diagnosis>, ProviderError>;
+
+    /// Builds the exchange and cache, pins the configured identities (pre-warm starts; nothing
+    /// waits for it) and performs what serving needs on disk (e.g. AWS's authorization token file).
+    fn start<'a>(self: Box<Self>, ctx: &'a Context) -> BoxFuture<'a, Result<Box<dyn Started>, ProviderError>>;
+}
+
+/// One native route: an axum path (the one declared by a [`RouteClaim`]) and its handlers, state
+/// attached.
+pub struct NativeRoute {
+    pub path: String,
+    pub handler: MethodRouter,
+}
+
+impl NativeRoute {
+    pub fn new(path: impl Into<String>, handler: MethodRouter) -> Self {
+        Self { path: path.into(), handler }
+    }
+}
+
+impl fmt::Debug for NativeRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NativeRoute").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// A running provider.
+pub trait Started: Send + Sync {
+    /// The native routes, exactly the paths [`Configured::routes`] claimed.
+    fn routes(&self) -> Vec<NativeRoute>;
+
+    /// How the shared request rules answer on these routes (native error shapes, the host names
+    /// the cloud's own clients use, headers every response carries).
+    fn rules(&self) -> Rules;
+
+    /// The caches whose pinned identities count for `/readyz`.
+    fn readiness(&self) -> Vec<Arc<dyn Readiness>>;
+
+    /// What an app needs to reach this provider through keyless at `app` (the `keyless dev` env
+    /// file, `keyless exec`'s environment).
+    fn app_env(&self, app: &AppHost) -> Vec<AppEnvVar>;
+}
+
+/// What `keyless check` asks of one provider. Never returns a secret: claims, audiences and
+/// upstream error messages only.
+pub trait Diagnosis: Send + Sync {
+    /// The heading of the provider's part of the report.
+    fn identity(&self) -> String;
+    /// The subject token file the exchange uses.
+    fn token_file(&self) -> &std::path::Path;
+    /// The audience the cloud expects on the subject token.
+    fn expected_audience(&self) -> &str;
+    /// Where that expectation comes from on the cloud side.
+    fn audience_source(&self) -> &'static str;
+    fn accepts_audience(&self, aud: &[String]) -> bool;
+    /// What to change when the token's audience is not the expected one.
+    fn audience_fix(&self, claims: &Claims) -> String;
+    /// One exchange per configured credential, outside any cache.
+    fn exchange_once<'a>(&'a self, token: &'a SubjectToken) -> BoxFuture<'a, Vec<Attempt>>;
+    /// The cloud-side objects a token with `claims` needs (placeholders without claims), accepted
+    /// with audience `audience`: one line each, ready to paste.
+    fn binding(&self, claims: Option<&Claims>, audience: &str) -> Vec<String>;
+}

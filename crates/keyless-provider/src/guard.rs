@@ -1,0 +1,423 @@
+//! The request rules every native route shares, applied once by one tower layer in front of each
+//! provider's routes (and, for `Host`, of the admin routes), answered in each route's native
+//! error shape (SPEC section 6; docs/reliability.md "hostile input" lists every case):
+//!
+//! | violation | status | why |
+//! |---|---|---|
+//! | `Host` not an IP literal, `localhost` or a name the cloud's own clients use | 403 | a DNS-rebinding web page sends its own name |
+//! | a security header given twice (`Host`, `Authorization`, `Metadata`, `Metadata-Flavor`, `X-IDENTITY-HEADER`, the IMDSv2 token and TTL headers) | 400 | first-wins would let a proxy or a confused client pick the value |
+//! | `X-Forwarded-For`, `Forwarded` or `X-Real-IP` present | 403 | the request came through a proxy: the GCE metadata server's rule, applied to every route |
+//! | a request body (`Content-Length` other than 0, or `Transfer-Encoding`) | 400 | no native route takes one |
+//! | a query string over 4 KiB | 400 | the longest legitimate one (an ID-token audience) is far shorter |
+//!
+//! The layer allocates nothing for an accepted request: its future wraps the route's own.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tower::{Layer, Service};
+
+/// Longest query string accepted.
+pub const MAX_QUERY: usize = 4096;
+
+/// The headers a request may carry at most once: each carries a credential, a client's claim to
+/// be local, or the target host.
+pub const SINGLE_HEADERS: [HeaderName; 7] = [
+    header::HOST,
+    header::AUTHORIZATION,
+    HeaderName::from_static("metadata"),
+    HeaderName::from_static("metadata-flavor"),
+    HeaderName::from_static("x-identity-header"),
+    HeaderName::from_static("x-aws-ec2-metadata-token"),
+    HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds"),
+];
+
+/// Headers a forwarding proxy adds.
+const FORWARDING_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+/// A request the shared rules refuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    HostNotAllowed,
+    DuplicateHeader(HeaderName),
+    Forwarded,
+    Body,
+    QueryTooLong,
+}
+
+impl Violation {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::HostNotAllowed | Self::Forwarded => StatusCode::FORBIDDEN,
+            Self::DuplicateHeader(_) | Self::Body | Self::QueryTooLong => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// What the client is told. Never echoes what the client sent (a rebinding page's host name
+    /// or a header value has no place in a response).
+    pub fn message(&self) -> Cow<'static, str> {
+        match self {
+            Self::HostNotAllowed => Cow::Borrowed(
+                "the Host header is not an IP address, localhost or a metadata server name: keyless answers only \
+                 requests addressed to it (DNS-rebinding protection)",
+            ),
+            Self::DuplicateHeader(name) => Cow::Owned(format!("the {name} header is given more than once")),
+            Self::Forwarded => Cow::Borrowed(
+                "the request carries X-Forwarded-For, Forwarded or X-Real-IP: keyless answers only direct local \
+                 clients, not requests relayed by a proxy",
+            ),
+            Self::Body => Cow::Borrowed("this endpoint takes no request body"),
+            Self::QueryTooLong => Cow::Borrowed("the query string is longer than 4096 bytes"),
+        }
+    }
+
+    /// A stable name, for native error codes and tests.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::HostNotAllowed => "HostNotAllowed",
+            Self::DuplicateHeader(_) => "DuplicateHeader",
+            Self::Forwarded => "ForwardedRequest",
+            Self::Body => "RequestBodyNotAccepted",
+            Self::QueryTooLong => "QueryTooLong",
+        }
+    }
+}
+
+/// Renders a refusal in the shape a route's clients parse (AWS `{"Code","Message"}`, the GCE
+/// metadata server's text, Entra's `{"error","error_description"}`...).
+pub trait NativeErrors: Send + Sync + 'static {
+    fn refuse(&self, path: &str, violation: &Violation) -> Response;
+}
+
+/// Plain-text refusals (the admin listener).
+#[derive(Debug, Clone, Copy)]
+pub struct PlainText;
+
+impl NativeErrors for PlainText {
+    fn refuse(&self, _path: &str, violation: &Violation) -> Response {
+        (violation.status(), format!("{}\n", violation.message())).into_response()
+    }
+}
+
+/// Which rules apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every rule: the credential routes.
+    Credentials,
+    /// Only `Host` (and a repeated `Host`): the admin routes, which kubelet probes and scrapers
+    /// reach through the pod IP.
+    Admin,
+}
+
+/// How the shared rules apply to one provider's routes.
+#[derive(Clone)]
+pub struct Rules {
+    pub scope: Scope,
+    pub errors: Arc<dyn NativeErrors>,
+    /// Host names the cloud's own clients use for its metadata server (`metadata.google.internal`),
+    /// accepted besides IP literals and `localhost`.
+    pub host_names: &'static [&'static str],
+    /// Headers every response of these routes carries (the GCE metadata server's
+    /// `Metadata-Flavor: Google`).
+    pub response_headers: &'static [(HeaderName, HeaderValue)],
+}
+
+impl std::fmt::Debug for Rules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rules")
+            .field("scope", &self.scope)
+            .field("host_names", &self.host_names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rules {
+    /// The credential-route rules with `errors` and nothing else.
+    pub fn credentials(errors: impl NativeErrors) -> Self {
+        Self { scope: Scope::Credentials, errors: Arc::new(errors), host_names: &[], response_headers: &[] }
+    }
+
+    /// The admin listener's rules.
+    pub fn admin() -> Self {
+        Self { scope: Scope::Admin, errors: Arc::new(PlainText), host_names: &[], response_headers: &[] }
+    }
+
+    /// The first rule `request` breaks, if any.
+    pub fn check(&self, request: &Request) -> Option<Violation> {
+        let headers = request.headers();
+        let host_ok = headers.get(header::HOST).is_none_or(|h| host_allowed(h.as_bytes(), self.host_names))
+            && request.uri().authority().is_none_or(|a| host_allowed(a.as_str().as_bytes(), self.host_names));
+        if !host_ok {
+            return Some(Violation::HostNotAllowed);
+        }
+        // A map whose every name appears once has as many keys as values: the usual case costs
+        // one comparison.
+        if headers.keys_len() != headers.len() {
+            let single = match self.scope {
+                Scope::Credentials => &SINGLE_HEADERS[..],
+                Scope::Admin => &SINGLE_HEADERS[..1],
+            };
+            if let Some(name) = single.iter().find(|name| headers.get_all(*name).iter().nth(1).is_some()) {
+                return Some(Violation::DuplicateHeader(name.clone()));
+            }
+        }
+        if self.scope == Scope::Admin {
+            return None;
+        }
+        if FORWARDING_HEADERS.iter().any(|name| headers.contains_key(name)) {
+            return Some(Violation::Forwarded);
+        }
+        if has_body(headers) {
+            return Some(Violation::Body);
+        }
+        if request.uri().query().is_some_and(|q| q.len() > MAX_QUERY) {
+            return Some(Violation::QueryTooLong);
+        }
+        None
+    }
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Whether a `Host` value (or a request target's authority) names keyless: an IP literal (any
+/// port), `localhost`, or one of `names`, case-insensitively, with an optional trailing dot.
+/// A web page can make its own name resolve to 127.0.0.1 (DNS rebinding), but a browser then
+/// still sends that name: refusing it is what keeps the page from reading credentials.
+pub fn host_allowed(value: &[u8], names: &[&str]) -> bool {
+    let Ok(host) = std::str::from_utf8(value) else { return false };
+    if let Some(rest) = host.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else { return false };
+        return ip.parse::<Ipv6Addr>().is_ok() && (after.is_empty() || after.strip_prefix(':').is_some_and(is_port));
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if is_port(port) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    if name.parse::<Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost") || names.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+fn is_port(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The layer applying [`Rules`] in front of a provider's routes.
+#[derive(Debug, Clone)]
+pub struct GuardLayer {
+    rules: Rules,
+}
+
+impl GuardLayer {
+    pub fn new(rules: Rules) -> Self {
+        Self { rules }
+    }
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guard { inner, rules: self.rules.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Guard<S> {
+    inner: S,
+    rules: Rules,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = GuardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let headers = self.rules.response_headers;
+        match self.rules.check(&request) {
+            Some(violation) => {
+                let response = self.rules.errors.refuse(request.uri().path(), &violation);
+                GuardFuture::Refused { response: Some(with_headers(response, headers)) }
+            }
+            None => GuardFuture::Accepted { inner: self.inner.call(request), headers },
+        }
+    }
+}
+
+fn with_headers(mut response: Response, headers: &[(HeaderName, HeaderValue)]) -> Response {
+    for (name, value) in headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+pin_project_lite::pin_project! {
+    /// The route's own future (with the response headers added), or the refusal.
+    #[project = GuardProjection]
+    pub enum GuardFuture<F> {
+        Accepted { #[pin] inner: F, headers: &'static [(HeaderName, HeaderValue)] },
+        Refused { response: Option<Response> },
+    }
+}
+
+impl<F, E> Future for GuardFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GuardProjection::Accepted { inner, headers } => {
+                let output = ready!(inner.poll(cx));
+                Poll::Ready(output.map(|response| with_headers(response, headers)))
+            }
+            GuardProjection::Refused { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                // Polled again after completion: answer something rather than panic.
+                None => Poll::Ready(Ok(StatusCode::INTERNAL_SERVER_ERROR.into_response())),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_that_name_keyless_are_allowed_and_others_refused() {
+        let names = ["metadata.google.internal", "metadata"];
+        let allowed = [
+            "127.0.0.1",
+            "127.0.0.1:9811",
+            "169.254.169.254",
+            "169.254.170.2:80",
+            "[::1]",
+            "[::1]:9811",
+            "[fd00:ec2::23]",
+            "localhost",
+            "LOCALHOST:80",
+            "localhost.",
+            "metadata.google.internal",
+            "Metadata.Google.Internal.:80",
+            "metadata",
+        ];
+        for host in allowed {
+            assert!(host_allowed(host.as_bytes(), &names), "{host} must be allowed");
+        }
+        let refused = [
+            "evil.example",
+            "evil.example:9811",
+            "127.0.0.1.nip.io",
+            "localhost.evil.example",
+            "metadata.google.internal.evil.example",
+            "foo.localhost",
+            "127.0.0.1:",
+            "127.0.0.1:99999x",
+            "127.0.0.1:123456",
+            "[::1",
+            "[not-an-ip]",
+            "[::1]x",
+            "user@127.0.0.1",
+            "",
+            "0x7f.1",
+        ];
+        for host in refused {
+            assert!(!host_allowed(host.as_bytes(), &names), "{host} must be refused");
+        }
+        assert!(!host_allowed("metadata".as_bytes(), &[]), "names are per provider");
+        assert!(!host_allowed(b"\xff\xfe", &names));
+    }
+
+    fn request(build: impl FnOnce(http::request::Builder) -> http::request::Builder) -> Request {
+        build(Request::builder().uri("/x")).body(axum::body::Body::empty()).expect("request")
+    }
+
+    #[test]
+    fn each_rule_is_found_and_the_admin_scope_checks_only_the_host() {
+        let credentials = Rules::credentials(PlainText);
+        let admin = Rules::admin();
+        let cases: Vec<(Request, Option<Violation>, Option<Violation>)> = vec![
+            (request(|r| r.header("host", "127.0.0.1:1")), None, None),
+            (request(|r| r), None, None),
+            (
+                request(|r| r.header("host", "evil.example")),
+                Some(Violation::HostNotAllowed),
+                Some(Violation::HostNotAllowed),
+            ),
+            (
+                request(|r| r.uri("http://evil.example/x").header("host", "127.0.0.1")),
+                Some(Violation::HostNotAllowed),
+                Some(Violation::HostNotAllowed),
+            ),
+            (
+                request(|r| r.header("host", "127.0.0.1").header("host", "evil.example")),
+                Some(Violation::DuplicateHeader(header::HOST)),
+                Some(Violation::DuplicateHeader(header::HOST)),
+            ),
+            (
+                request(|r| r.header("host", "127.0.0.1").header("host", "127.0.0.1")),
+                Some(Violation::DuplicateHeader(header::HOST)),
+                Some(Violation::DuplicateHeader(header::HOST)),
+            ),
+            (
+                request(|r| r.header("authorization", "a").header("authorization", "b")),
+                Some(Violation::DuplicateHeader(header::AUTHORIZATION)),
+                None,
+            ),
+            (
+                request(|r| r.header("metadata-flavor", "Google").header("Metadata-Flavor", "Google")),
+                Some(Violation::DuplicateHeader(HeaderName::from_static("metadata-flavor"))),
+                None,
+            ),
+            (request(|r| r.header("accept", "a").header("accept", "b")), None, None),
+            (request(|r| r.header("x-forwarded-for", "1.2.3.4")), Some(Violation::Forwarded), None),
+            (request(|r| r.header("forwarded", "for=1.2.3.4")), Some(Violation::Forwarded), None),
+            (request(|r| r.header("x-real-ip", "1.2.3.4")), Some(Violation::Forwarded), None),
+            (request(|r| r.header("content-length", "5")), Some(Violation::Body), None),
+            (request(|r| r.header("content-length", "0")), None, None),
+            (request(|r| r.header("transfer-encoding", "chunked")), Some(Violation::Body), None),
+            (request(|r| r.uri(format!("/x?{}", "a".repeat(MAX_QUERY + 1)))), Some(Violation::QueryTooLong), None),
+            (request(|r| r.uri(format!("/x?{}", "a".repeat(MAX_QUERY)))), None, None),
+        ];
+        for (request, for_credentials, for_admin) in cases {
+            let what = format!("{} {:?}", request.uri(), request.headers());
+            assert_eq!(credentials.check(&request), for_credentials, "credentials: {what}");
+            assert_eq!(admin.check(&request), for_admin, "admin: {what}");
+        }
+    }
+
+    #[test]
+    fn messages_never_echo_the_request() {
+        for v in [Violation::HostNotAllowed, Violation::Forwarded, Violation::Body, Violation::QueryTooLong] {
+            assert!(!v.message().contains("evil"));
+        }
+        assert!(Violation::DuplicateHeader(header::AUTHORIZATION).message().contains("authorization"));
+    }
+}

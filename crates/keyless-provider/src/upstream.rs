@@ -1,0 +1,221 @@
+//! Rules every call to a token service follows, whichever HTTP client makes it:
+//!
+//! - timeouts come from `cache.exchange_timeout` (connect: at most [`CONNECT_TIMEOUT`]);
+//! - redirects are never followed (one would carry the subject token or a bearer token elsewhere);
+//! - a loopback endpoint (the emulator, moto, a local proxy) is never reached through
+//!   `HTTPS_PROXY`; other endpoints honour `HTTPS_PROXY`/`NO_PROXY` as the clouds' SDKs do;
+//! - response bodies are read up to [`MAX_BODY`];
+//! - a failure without an HTTP answer is classified by [`transport_error`], and an HTTP status
+//!   as transient by [`is_transient_status`], the same way for every cloud.
+
+use std::error::Error;
+use std::time::Duration;
+
+use keyless_core::{CachePolicy, ExchangeError};
+
+/// Longest wait for a TCP/TLS connection, within the exchange timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest response body read from a token service. Token responses are a few KiB (an Entra
+/// token with many group claims is the largest); this bounds a misbehaving proxy.
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// The timeouts of one upstream request: connect, and the whole request.
+pub fn timeouts(policy: &CachePolicy) -> (Duration, Duration) {
+    (CONNECT_TIMEOUT.min(policy.exchange_timeout), policy.exchange_timeout)
+}
+
+/// Whether every endpoint is on loopback (then no proxy is used).
+pub fn all_loopback<'a>(endpoints: impl IntoIterator<Item = &'a url::Url>) -> bool {
+    endpoints.into_iter().all(is_loopback)
+}
+
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Why an HTTPS client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{key} holds a certificate that cannot be parsed: {reason}")]
+    CaFile { key: String, reason: String },
+    #[error("cannot build the HTTPS client for the token service: {0}")]
+    Build(String),
+}
+
+/// The reqwest client of a provider: the system roots plus `ca_pem` (named by config key
+/// `ca_key` in errors), the policy's timeouts, no redirects, no proxy when every endpoint is
+/// loopback.
+pub fn http_client(
+    ca_pem: Option<&[u8]>,
+    ca_key: &str,
+    policy: &CachePolicy,
+    endpoints: &[&url::Url],
+) -> Result<reqwest::Client, ClientError> {
+    let (connect, request) = timeouts(policy);
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(connect)
+        .timeout(request)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("keyless/", env!("CARGO_PKG_VERSION")));
+    if all_loopback(endpoints.iter().copied()) {
+        builder = builder.no_proxy();
+    }
+    if let Some(pem) = ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| ClientError::CaFile { key: ca_key.to_owned(), reason: e.to_string() })?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| ClientError::Build(e.to_string()))
+}
+
+/// Reads a response body up to [`MAX_BODY`] bytes. `service` names the token service in errors.
+pub async fn read_bounded(
+    service: &str,
+    ca_key: &str,
+    mut response: reqwest::Response,
+) -> Result<Vec<u8>, ExchangeError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(service, ca_key, &e))? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(ExchangeError::retryable(format!("{service} answered with more than {MAX_BODY} bytes"))
+                .with_code("UpstreamResponseTooLarge")
+                .with_hint("is the endpoint a token service, and not a proxy's error page?"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// HTTP statuses worth retrying: timeouts, throttling and server errors.
+pub fn is_transient_status(status: u16) -> bool {
+    status == 408 || status == 429 || (500..600).contains(&status)
+}
+
+/// A call that got no HTTP answer (DNS, connect, TLS, timeout, reset), classified the same for
+/// every cloud and every client library, from the error's whole cause chain:
+///
+/// - an untrusted or invalid server certificate is `Terminal` (code `UntrustedCertificate`): it
+///   does not pass without a change (`ca_file`, or the proxy in the way), so clients are told at
+///   once instead of retrying; the cache still retries it every `cache.retry_max`;
+/// - a timeout is `Retryable` (`UpstreamTimeout`);
+/// - anything else (refused, reset, DNS) is `Retryable` (`UpstreamUnreachable`) with the hint to
+///   check the network path.
+///
+/// `service` names the token service and where it is ("STS at https://sts.amazonaws.com").
+pub fn transport_error(service: &str, ca_key: &str, err: &(dyn Error + 'static)) -> ExchangeError {
+    let chain = cause_chain(err);
+    let lower = chain.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("invalid peer") {
+        return ExchangeError::terminal(format!("TLS to {service} failed: {chain}"))
+            .with_code("UntrustedCertificate")
+            .with_hint(format!(
+                "the server's certificate is not trusted: behind a TLS-intercepting proxy, or with a private \
+                 endpoint or the keyless emulator, set {ca_key} to a PEM bundle of its CA"
+            ));
+    }
+    if lower.contains("timed out") || lower.contains("timeout") || lower.contains("deadline") {
+        return ExchangeError::retryable(format!("{service} did not answer in time: {chain}"))
+            .with_code("UpstreamTimeout")
+            .with_hint("the token service is slow or unreachable; keyless retries with backoff");
+    }
+    ExchangeError::retryable(format!("could not reach {service}: {chain}")).with_code("UpstreamUnreachable").with_hint(
+        "check DNS, egress network policy and HTTPS_PROXY/NO_PROXY from this pod; keyless retries with backoff",
+    )
+}
+
+/// `err: cause: cause...`, each distinct message once (clients often repeat their cause).
+fn cause_chain(err: &(dyn Error + 'static)) -> String {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !chain.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
+        source = cause.source();
+    }
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use keyless_core::ErrorClass;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Chain(&'static str, Option<Box<Chain>>);
+
+    impl std::fmt::Display for Chain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl Error for Chain {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            self.1.as_deref().map(|c| c as &(dyn Error + 'static))
+        }
+    }
+
+    fn chain(outer: &'static str, inner: &'static str) -> Chain {
+        Chain(outer, Some(Box::new(Chain(inner, None))))
+    }
+
+    #[test]
+    fn transport_failures_are_classified_from_the_whole_chain() {
+        let cases = [
+            (
+                chain("error sending request", "invalid peer certificate: UnknownIssuer"),
+                ErrorClass::Terminal,
+                "UntrustedCertificate",
+            ),
+            (chain("dispatch failure", "io error: certificate expired"), ErrorClass::Terminal, "UntrustedCertificate"),
+            (chain("error sending request", "operation timed out"), ErrorClass::Retryable, "UpstreamTimeout"),
+            (
+                chain("dispatch failure", "Connection refused (os error 111)"),
+                ErrorClass::Retryable,
+                "UpstreamUnreachable",
+            ),
+            (chain("error sending request", "dns error: no record"), ErrorClass::Retryable, "UpstreamUnreachable"),
+        ];
+        for (err, class, code) in cases {
+            let e = transport_error("STS at https://sts.example", "aws.ca_file", &err);
+            assert_eq!((e.class, e.code.as_deref()), (class, Some(code)), "{err}");
+            assert!(e.message.contains("STS at https://sts.example"), "{}", e.message);
+        }
+        let e = transport_error("x", "gcp.ca_file", &chain("a", "bad certificate"));
+        assert!(e.hint.as_deref().is_some_and(|h| h.contains("gcp.ca_file")));
+    }
+
+    #[test]
+    fn transient_statuses() {
+        for s in [408, 429, 500, 502, 503, 504, 599] {
+            assert!(is_transient_status(s), "{s}");
+        }
+        for s in [200, 400, 401, 403, 404, 409, 600] {
+            assert!(!is_transient_status(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn timeouts_follow_the_exchange_timeout() {
+        let policy = CachePolicy { exchange_timeout: Duration::from_secs(2), ..CachePolicy::default() };
+        assert_eq!(timeouts(&policy), (Duration::from_secs(2), Duration::from_secs(2)));
+        assert_eq!(timeouts(&CachePolicy::default()).0, CONNECT_TIMEOUT);
+    }
+
+    #[test]
+    fn loopback_endpoints_are_recognised() {
+        let url = |s: &str| url::Url::parse(s).expect("url");
+        assert!(all_loopback([&url("https://127.0.0.1:1"), &url("https://localhost/x"), &url("http://[::1]:2")]));
+        assert!(!all_loopback([&url("https://127.0.0.1:1"), &url("https://sts.amazonaws.com")]));
+    }
+}
