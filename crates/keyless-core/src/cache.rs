@@ -4,6 +4,8 @@
 //! Every key has one background *driver* task, the only caller of `Exchange::exchange` for that
 //! key: single-flight is structural. Requests read the driver's published [`Slot`]; they wait for
 //! an exchange only when nothing valid is cached.
+//!
+//! No policy value can make instant arithmetic overflow: every deadline goes through [`after`].
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -17,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::clock::{SharedClock, instant_at};
+use crate::clock::SharedClock;
 use crate::exchange::{ErrorClass, Exchange, ExchangeError, Expiring, Issued};
 use crate::metrics::{Lookup, LookupCounter, Metrics};
 use crate::task::AbortOnDrop;
@@ -53,6 +55,23 @@ impl Default for CachePolicy {
             max_entries: 64,
         }
     }
+}
+
+/// Longer than anything a deadline can usefully mean: a longer duration is treated as this one,
+/// so a policy of `400000000000y` waits "forever" instead of overflowing an `Instant`.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `at + duration` without overflow: saturates to [`FOREVER`] after `at`. Instants count from
+/// boot, so that cannot overflow either; were it to, `at` is an answer and a panic is not.
+fn after(at: Instant, duration: Duration) -> Instant {
+    at.checked_add(duration.min(FOREVER)).unwrap_or(at)
+}
+
+/// The refresh point as a fraction of the lifetime. Config validation keeps it inside (0, 1); a
+/// policy built in code with anything else (NaN, 0, 7) gets the default, not a panic or a spin.
+fn refresh_fraction(policy: &CachePolicy) -> f64 {
+    let f = policy.refresh_at;
+    if f > 0.0 && f < 1.0 { f } else { CachePolicy::default().refresh_at }
 }
 
 /// What a driver publishes about its key.
@@ -189,11 +208,12 @@ impl<E: Exchange> CredentialCache<E> {
     ) -> Result<Arc<Expiring<E::Credential>>, ExchangeError> {
         let shared = &self.inner.shared;
         let wait = shared.policy.request_wait;
+        let deadline = after(Instant::now(), wait);
         let mut slot = entry.slot.clone();
         let seen = {
             let s = slot.borrow_and_update();
             let retry_at = s.next_attempt.map(|at| s.on_demand_after.map_or(at, |d| d.min(at)));
-            let retry_is_far = !s.in_flight && retry_at.is_some_and(|at| at > Instant::now() + wait);
+            let retry_is_far = !s.in_flight && retry_at.is_some_and(|at| at > deadline);
             if let (true, Some(err)) = (retry_is_far, &s.error) {
                 return Err(err.clone());
             }
@@ -202,7 +222,8 @@ impl<E: Exchange> CredentialCache<E> {
         entry.control.wake.notify_waiters();
         let clock = shared.clock.clone();
         let outcome =
-            tokio::time::timeout(wait, slot.wait_for(|s| s.attempts > seen || s.valid(clock.now()).is_some())).await;
+            tokio::time::timeout_at(deadline, slot.wait_for(|s| s.attempts > seen || s.valid(clock.now()).is_some()))
+                .await;
         let s = entry.slot.borrow();
         if let Some(credential) = s.valid(clock.now()) {
             return Ok(credential.clone());
@@ -352,7 +373,7 @@ impl RetryDelays {
 
     fn next_delay(&mut self) -> Duration {
         let ceiling = self.schedule.next().unwrap_or(self.cap);
-        ceiling.mul_f64(rand::rng().random::<f64>())
+        Duration::try_from_secs_f64(ceiling.as_secs_f64() * rand::rng().random::<f64>()).unwrap_or(ceiling)
     }
 }
 
@@ -377,25 +398,26 @@ async fn drive<E: Exchange>(
             Ok(issued) => {
                 delays = RetryDelays::new(policy);
                 let credential = Arc::new(issued.credential);
-                let obtained = clock.now();
-                let lifetime = credential.expires_at.duration_since(obtained).unwrap_or(Duration::ZERO);
-                let refresh_at = obtained + lifetime.mul_f64(policy.refresh_at);
+                let lifetime = credential.expires_at.duration_since(clock.now()).unwrap_or(Duration::ZERO);
+                let fraction = refresh_fraction(policy);
+                let refresh_in = Duration::try_from_secs_f64(lifetime.as_secs_f64() * fraction).unwrap_or(lifetime);
+                let refresh_at = after(Instant::now(), refresh_in);
                 tx.send_modify(|s| {
                     s.credential = Some(credential);
                     s.error = None;
                     s.attempts += 1;
                     s.in_flight = false;
                 });
-                tokio::time::sleep_until(instant_at(clock.as_ref(), refresh_at)).await;
+                tokio::time::sleep_until(refresh_at).await;
             }
             Err(err) => {
                 let delay = match err.class {
                     ErrorClass::Terminal => policy.retry_max,
                     ErrorClass::Retryable | ErrorClass::RereadToken => delays.next_delay(),
                 };
-                let next = Instant::now() + delay;
+                let next = after(Instant::now(), delay);
                 // Terminal errors wait for their period or a new token, whoever asks.
-                let on_demand = (err.class != ErrorClass::Terminal).then(|| Instant::now() + policy.retry_min);
+                let on_demand = (err.class != ErrorClass::Terminal).then(|| after(Instant::now(), policy.retry_min));
                 // Listen before publishing: a request that reads the failure and then wakes us
                 // must not be missed.
                 let woken = control.wake.notified();

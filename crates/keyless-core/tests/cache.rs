@@ -330,3 +330,42 @@ async fn a_waiting_request_brings_a_far_retry_forward_once_the_upstream_is_back(
     );
     assert_eq!(credential.value, failures + 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_wait_of_forever_waits_for_the_retry_instead_of_panicking() {
+    // What `request_wait = "400000000000y"` would build, were it not refused at load.
+    let policy = CachePolicy { request_wait: Duration::MAX, exchange_timeout: Duration::MAX, ..CachePolicy::default() };
+    let h = Harness::new(policy, Duration::ZERO, |n, _| {
+        if n == 1 { Err(ExchangeError::retryable("token service answered 503")) } else { Ok(()) }
+    });
+    assert!(h.cache.get(&"k").await.unwrap_err().to_string().contains("503"));
+    // A retry is scheduled: this request waits for it, however long it may wait.
+    assert_eq!(h.cache.get(&"k").await.unwrap().value, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_delays_of_forever_and_a_refresh_point_that_is_no_fraction_cannot_panic_the_driver() {
+    let policy = CachePolicy {
+        refresh_at: f64::NAN,
+        retry_min: Duration::MAX,
+        retry_max: Duration::MAX,
+        ..CachePolicy::default()
+    };
+    let mut h = Harness::new(policy, Duration::ZERO, |n, _| {
+        if n == 1 { Err(ExchangeError::retryable("token service answered 503")) } else { Ok(()) }
+    });
+    h.cache.pin("k");
+    assert!(h.cache.get(&"k").await.unwrap_err().to_string().contains("503"));
+    // The retry is "never": the next request is answered at once.
+    let before = h.clock.now();
+    assert!(h.cache.get(&"k").await.unwrap_err().to_string().contains("503"));
+    assert_eq!(h.clock.now(), before);
+    // The driver is alive: a new token makes it retry at once.
+    h.tokens.set(token("pod-b"));
+    h.wait_for_calls(2).await;
+    assert_eq!(h.cache.get(&"k").await.unwrap().value, 2);
+    // A refresh point that is not a fraction of the lifetime: the default one (half of it).
+    h.wait_for_calls(3).await;
+    let calls = h.calls();
+    assert_eq!(calls[2].at.duration_since(calls[1].at).unwrap(), HOUR / 2);
+}
