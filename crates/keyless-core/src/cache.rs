@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
@@ -121,6 +121,30 @@ struct Shared<E: Exchange> {
     metrics: Metrics,
     /// `keyless_cache_lookups_total{result="hit"}`, found once (a hit is the hot path).
     hits: OnceLock<LookupCounter>,
+    /// The identity and credential expiry of each configured key, for
+    /// `keyless_credential_expiry_timestamp_seconds`. Its lock also orders `pin` of an existing
+    /// key against that key's driver publishing a credential (neither misses the other).
+    configured_expiries: Mutex<HashMap<E::Key, (String, SystemTime)>>,
+}
+
+impl<E: Exchange> Shared<E> {
+    /// Records the expiry of the credential `key` now holds if `key` is configured, and sets its
+    /// identity's gauge to the earliest expiry among the identity's configured keys: what an alert
+    /// must see is the configured credential that expires first, never an ad-hoc key's.
+    fn publish_expiry(&self, key: &E::Key, control: &Control, expires_at: SystemTime) {
+        let mut expiries = self.configured_expiries.lock().unwrap_or_else(PoisonError::into_inner);
+        if control.pinned.load(Ordering::Relaxed) {
+            self.set_expiry(&mut expiries, key, expires_at);
+        }
+    }
+
+    fn set_expiry(&self, expiries: &mut HashMap<E::Key, (String, SystemTime)>, key: &E::Key, expires_at: SystemTime) {
+        let identity = self.exchange.identity(key);
+        expiries.insert(key.clone(), (identity.clone(), expires_at));
+        let earliest =
+            expiries.values().filter(|(other, _)| *other == identity).map(|(_, at)| *at).min().unwrap_or(expires_at);
+        self.metrics.set_credential_expiry(self.exchange.provider(), &identity, earliest);
+    }
 }
 
 type Entries<E> = HashMap<<E as Exchange>::Key, Arc<Entry<<E as Exchange>::Credential>>>;
@@ -152,7 +176,15 @@ impl<E: Exchange> CredentialCache<E> {
     pub fn new(exchange: E, tokens: TokenSource, policy: CachePolicy, clock: SharedClock, metrics: Metrics) -> Self {
         Self {
             inner: Arc::new(CacheInner {
-                shared: Arc::new(Shared { exchange, tokens, policy, clock, metrics, hits: OnceLock::new() }),
+                shared: Arc::new(Shared {
+                    exchange,
+                    tokens,
+                    policy,
+                    clock,
+                    metrics,
+                    hits: OnceLock::new(),
+                    configured_expiries: Mutex::default(),
+                }),
                 entries: RwLock::new(HashMap::new()),
                 // Above every new entry's 0, so an entry's first use always takes a fresh number.
                 lookups: AtomicU64::new(1),
@@ -171,7 +203,16 @@ impl<E: Exchange> CredentialCache<E> {
     /// Makes `key` part of this identity's configuration: exchanged now (pre-warm), refreshed
     /// ahead for as long as the cache lives, never evicted, and counted by readiness.
     pub fn pin(&self, key: E::Key) {
-        self.entry(&key).control.pinned.store(true, Ordering::Relaxed);
+        let entry = self.entry(&key);
+        let shared = &self.inner.shared;
+        // Under the expiries' lock: the driver publishing a credential at this moment either
+        // sees the key pinned or has published before we read its slot.
+        let mut expiries = shared.configured_expiries.lock().unwrap_or_else(PoisonError::into_inner);
+        entry.control.pinned.store(true, Ordering::Relaxed);
+        let held = entry.slot.borrow().credential.as_ref().map(|c| c.expires_at);
+        if let Some(expires_at) = held {
+            shared.set_expiry(&mut expiries, &key, expires_at);
+        }
     }
 
     /// A valid credential for `key`: from cache without waiting when one is held; otherwise after
@@ -398,7 +439,8 @@ async fn drive<E: Exchange>(
             Ok(issued) => {
                 delays = RetryDelays::new(policy);
                 let credential = Arc::new(issued.credential);
-                let lifetime = credential.expires_at.duration_since(clock.now()).unwrap_or(Duration::ZERO);
+                let expires_at = credential.expires_at;
+                let lifetime = expires_at.duration_since(clock.now()).unwrap_or(Duration::ZERO);
                 let fraction = refresh_fraction(policy);
                 let refresh_in = Duration::try_from_secs_f64(lifetime.as_secs_f64() * fraction).unwrap_or(lifetime);
                 let refresh_at = after(Instant::now(), refresh_in);
@@ -408,6 +450,7 @@ async fn drive<E: Exchange>(
                     s.attempts += 1;
                     s.in_flight = false;
                 });
+                shared.publish_expiry(&key, &control, expires_at);
                 tokio::time::sleep_until(refresh_at).await;
             }
             Err(err) => {
@@ -502,7 +545,6 @@ async fn exchange_once<E: Exchange>(
                 duration_ms = elapsed.as_millis() as u64, request_id = issued.request_id.as_deref().unwrap_or("-"),
                 "exchange");
             shared.metrics.record_exchange(provider, &identity, "success", elapsed.as_secs_f64());
-            shared.metrics.set_credential_expiry(provider, &identity, issued.credential.expires_at);
         }
         Err(e) => {
             warn!(provider, %identity, subject, ?key, outcome = e.class.label(), error = %e,

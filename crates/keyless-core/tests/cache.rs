@@ -1,5 +1,6 @@
 //! The credential cache under tokio's paused clock: refresh timing, single-flight, failures,
-//! rotation, eviction. The exchange is scripted: these are faults no real upstream produces on cue.
+//! rotation, eviction, the expiry gauge, absurd policies. The exchange is scripted: these are
+//! faults no real upstream produces on cue.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -23,16 +24,18 @@ fn start() -> SystemTime {
 #[derive(Debug, Clone)]
 struct Call {
     at: SystemTime,
+    key: &'static str,
     sub: Option<String>,
 }
 
 type Script = dyn Fn(usize, &SubjectToken) -> Result<(), ExchangeError> + Send + Sync;
 
 /// An exchange whose outcome per call is decided by `script(call_number, token)`; it issues
-/// credentials valid for `lifetime` whose value is the call number.
+/// credentials valid for `lifetime(key)` whose value is the call number. A key `id/name` belongs
+/// to identity `id`; any other key to `test-identity`.
 struct Scripted {
     clock: SharedClock,
-    lifetime: Duration,
+    lifetime: fn(&str) -> Duration,
     latency: Duration,
     script: Box<Script>,
     calls: Arc<Mutex<Vec<Call>>>,
@@ -47,20 +50,20 @@ impl Exchange for Scripted {
         "test"
     }
 
-    fn identity(&self, _key: &Self::Key) -> String {
-        "test-identity".to_owned()
+    fn identity(&self, key: &Self::Key) -> String {
+        key.split_once('/').map_or("test-identity", |(identity, _)| identity).to_owned()
     }
 
-    async fn exchange(&self, _key: &Self::Key, token: &SubjectToken) -> Result<Issued<usize>, ExchangeError> {
+    async fn exchange(&self, key: &Self::Key, token: &SubjectToken) -> Result<Issued<usize>, ExchangeError> {
         let n = {
             let mut calls = self.calls.lock().unwrap();
-            calls.push(Call { at: self.clock.now(), sub: token.claims().sub.clone() });
+            calls.push(Call { at: self.clock.now(), key, sub: token.claims().sub.clone() });
             calls.len()
         };
         self.count.send_replace(n);
         tokio::time::sleep(self.latency).await;
         (self.script)(n, token)?;
-        Ok(Issued::new(Expiring::new(n, self.clock.now() + self.lifetime)))
+        Ok(Issued::new(Expiring::new(n, self.clock.now() + (self.lifetime)(key))))
     }
 }
 
@@ -70,6 +73,7 @@ struct Harness {
     calls: Arc<Mutex<Vec<Call>>>,
     count: watch::Receiver<usize>,
     tokens: TokenSource,
+    metrics: Metrics,
 }
 
 impl Harness {
@@ -78,24 +82,48 @@ impl Harness {
         latency: Duration,
         script: impl Fn(usize, &SubjectToken) -> Result<(), ExchangeError> + Send + Sync + 'static,
     ) -> Self {
+        Self::with_lifetimes(policy, latency, script, |_| HOUR)
+    }
+
+    fn with_lifetimes(
+        policy: CachePolicy,
+        latency: Duration,
+        script: impl Fn(usize, &SubjectToken) -> Result<(), ExchangeError> + Send + Sync + 'static,
+        lifetime: fn(&str) -> Duration,
+    ) -> Self {
         let clock: SharedClock = Arc::new(TokioClock::new(start()));
         let calls = Arc::new(Mutex::new(Vec::new()));
         let (count_tx, count) = watch::channel(0);
         let exchange = Scripted {
             clock: clock.clone(),
-            lifetime: HOUR,
+            lifetime,
             latency,
             script: Box::new(script),
             calls: calls.clone(),
             count: count_tx,
         };
         let tokens = TokenSource::fixed(token("pod-a"));
-        let cache = CredentialCache::new(exchange, tokens.clone(), policy, clock.clone(), Metrics::new());
-        Self { cache, clock, calls, count, tokens }
+        let metrics = Metrics::new();
+        let cache = CredentialCache::new(exchange, tokens.clone(), policy, clock.clone(), metrics.clone());
+        Self { cache, clock, calls, count, tokens, metrics }
     }
 
     fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
+    }
+
+    /// The exchanges made for `key`.
+    fn calls_for(&self, key: &str) -> usize {
+        self.calls().iter().filter(|c| c.key == key).count()
+    }
+
+    /// `keyless_credential_expiry_timestamp_seconds` of `identity`, as `/metrics` shows it.
+    fn expiry_gauge(&self, identity: &str) -> Option<SystemTime> {
+        let series =
+            format!(r#"keyless_credential_expiry_timestamp_seconds{{provider="test",identity="{identity}"}} "#);
+        let text = self.metrics.encode();
+        let value = text.lines().find_map(|l| l.strip_prefix(&series))?;
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(value.parse().unwrap()))
     }
 
     /// Waits (letting paused time auto-advance to the next timer) until `n` exchanges happened.
@@ -211,7 +239,7 @@ async fn a_rejected_token_is_re_read_from_the_file_and_retried_once() {
     let dir_path = dir.path().to_owned();
     let exchange = Scripted {
         clock: clock.clone(),
-        lifetime: HOUR,
+        lifetime: |_| HOUR,
         latency: Duration::ZERO,
         script: Box::new(move |_, token| {
             if token.claims().sub.as_deref() == Some("stale") {
@@ -329,6 +357,43 @@ async fn a_waiting_request_brings_a_far_retry_forward_once_the_upstream_is_back(
         "the request waited for the backoff"
     );
     assert_eq!(credential.value, failures + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_expiry_gauge_ignores_keys_nobody_configured() {
+    let h = Harness::with_lifetimes(CachePolicy::default(), Duration::ZERO, ok, |key| {
+        if key == "sa/adhoc" { 2 * HOUR } else { HOUR }
+    });
+    h.cache.pin("sa/configured");
+    h.cache.get(&"sa/configured").await.unwrap();
+    assert_eq!(h.expiry_gauge("sa"), Some(start() + HOUR));
+    // An audience a client asked for, exchanged last and expiring later: the gauge does not move.
+    h.cache.get(&"sa/adhoc").await.unwrap();
+    assert_eq!(h.expiry_gauge("sa"), Some(start() + HOUR));
+    // Nor does an identity with no configured key get one.
+    h.cache.get(&"unconfigured/adhoc").await.unwrap();
+    assert_eq!(h.expiry_gauge("unconfigured"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_expiry_gauge_shows_the_earliest_of_an_identitys_configured_keys() {
+    const MINUTE: Duration = Duration::from_secs(60);
+    let h = Harness::with_lifetimes(CachePolicy::default(), Duration::ZERO, ok, |key| match key {
+        "sa/scopes" => 30 * MINUTE,
+        "sa/audience" => 100 * MINUTE,
+        _ => HOUR,
+    });
+    for key in ["sa/scopes", "sa/audience", "other/scopes"] {
+        h.cache.pin(key);
+        h.cache.get(&key).await.unwrap();
+    }
+    assert_eq!(h.expiry_gauge("sa"), Some(start() + 30 * MINUTE));
+    assert_eq!(h.expiry_gauge("other"), Some(start() + HOUR));
+    // At 50 min the audience is refreshed last (to 150 min); the scopes' token, refreshed at
+    // 45 min, expires first (75 min).
+    tokio::time::sleep(50 * MINUTE + Duration::from_secs(1)).await;
+    assert_eq!((h.calls_for("sa/scopes"), h.calls_for("sa/audience")), (4, 2));
+    assert_eq!(h.expiry_gauge("sa"), Some(start() + 75 * MINUTE));
 }
 
 #[tokio::test(start_paused = true)]
