@@ -5,6 +5,10 @@
 //! key: single-flight is structural. Requests read the driver's published [`Slot`]; they wait for
 //! an exchange only when nothing valid is cached.
 //!
+//! Exchanges of keys nobody configured (audiences, scopes, resources a local client asks for)
+//! spend from a per-cache [`budget::AdhocBudget`], so no client can make keyless call the clouds
+//! without limit (SPEC section 12). Only exchanges consult it, never a cache hit.
+//!
 //! No policy value can make instant arithmetic overflow: every deadline goes through [`after`].
 
 use std::collections::HashMap;
@@ -26,6 +30,9 @@ use crate::task::AbortOnDrop;
 use crate::token::SubjectToken;
 use crate::watcher::TokenSource;
 
+mod budget;
+use budget::{AdhocBudget, Spent};
+
 /// Timing and bounds of a cache. Validated where the config is parsed.
 #[derive(Debug, Clone)]
 pub struct CachePolicy {
@@ -42,6 +49,11 @@ pub struct CachePolicy {
     /// Most distinct keys held (scope sets, audiences, resources); the least recently used
     /// non-configured key is dropped first.
     pub max_entries: usize,
+    /// Exchanges of keys nobody configured (first exchanges, refreshes and retries alike) that may
+    /// happen at once; 0: only configured keys are ever exchanged.
+    pub adhoc_burst: u32,
+    /// After the burst, one more such exchange per this interval. Configured keys never wait.
+    pub adhoc_interval: Duration,
 }
 
 impl Default for CachePolicy {
@@ -53,6 +65,12 @@ impl Default for CachePolicy {
             exchange_timeout: Duration::from_secs(30),
             request_wait: Duration::from_secs(10),
             max_entries: 64,
+            // A real app asks for a handful of audiences, scope sets or resources (its services
+            // and APIs); 20 covers them all at start-up. One per 10 s (360 an hour) refreshes
+            // more one-hour keys than `max_entries` holds (each twice an hour at `refresh_at`
+            // 0.5), while a runaway client costs the cloud 6 exchanges a minute, not 100 a second.
+            adhoc_burst: 20,
+            adhoc_interval: Duration::from_secs(10),
         }
     }
 }
@@ -121,6 +139,7 @@ struct Shared<E: Exchange> {
     metrics: Metrics,
     /// `keyless_cache_lookups_total{result="hit"}`, found once (a hit is the hot path).
     hits: OnceLock<LookupCounter>,
+    adhoc: AdhocBudget,
     /// The identity and credential expiry of each configured key, for
     /// `keyless_credential_expiry_timestamp_seconds`. Its lock also orders `pin` of an existing
     /// key against that key's driver publishing a credential (neither misses the other).
@@ -177,6 +196,7 @@ impl<E: Exchange> CredentialCache<E> {
         Self {
             inner: Arc::new(CacheInner {
                 shared: Arc::new(Shared {
+                    adhoc: AdhocBudget::new(&policy),
                     exchange,
                     tokens,
                     policy,
@@ -203,7 +223,8 @@ impl<E: Exchange> CredentialCache<E> {
     /// Makes `key` part of this identity's configuration: exchanged now (pre-warm), refreshed
     /// ahead for as long as the cache lives, never evicted, and counted by readiness.
     pub fn pin(&self, key: E::Key) {
-        let entry = self.entry(&key);
+        // A configured key is never limited: `entry` does not refuse it.
+        let Ok(entry) = self.entry(&key, true) else { return };
         let shared = &self.inner.shared;
         // Under the expiries' lock: the driver publishing a credential at this moment either
         // sees the key pinned or has published before we read its slot.
@@ -220,7 +241,13 @@ impl<E: Exchange> CredentialCache<E> {
     pub async fn get(&self, key: &E::Key) -> Result<Arc<Expiring<E::Credential>>, ExchangeError> {
         let shared = &self.inner.shared;
         let provider = shared.exchange.provider();
-        let entry = self.entry(key);
+        let entry = match self.entry(key, false) {
+            Ok(entry) => entry,
+            Err(refused) => {
+                shared.metrics.record_lookup(provider, Lookup::Error);
+                return Err(refused);
+            }
+        };
         // SeqCst with the driver's `dormant`/`used` pair: a store-then-load handshake on two
         // variables, which weaker orderings could reorder into a lost wake-up. The store is
         // skipped while the flag is already set: a write per request to a line every core reads
@@ -250,21 +277,28 @@ impl<E: Exchange> CredentialCache<E> {
         let shared = &self.inner.shared;
         let wait = shared.policy.request_wait;
         let deadline = after(Instant::now(), wait);
+        // The driver will not try again before we give up: its error is the answer, now.
+        let retry_is_far = |s: &Slot<E::Credential>| {
+            let retry_at = s.next_attempt.map(|at| s.on_demand_after.map_or(at, |d| d.min(at)));
+            !s.in_flight && retry_at.is_some_and(|at| at > deadline)
+        };
         let mut slot = entry.slot.clone();
         let seen = {
             let s = slot.borrow_and_update();
-            let retry_at = s.next_attempt.map(|at| s.on_demand_after.map_or(at, |d| d.min(at)));
-            let retry_is_far = !s.in_flight && retry_at.is_some_and(|at| at > deadline);
-            if let (true, Some(err)) = (retry_is_far, &s.error) {
+            if let (true, Some(err)) = (retry_is_far(&s), &s.error) {
                 return Err(err.clone());
             }
             s.attempts
         };
         entry.control.wake.notify_waiters();
         let clock = shared.clock.clone();
-        let outcome =
-            tokio::time::timeout_at(deadline, slot.wait_for(|s| s.attempts > seen || s.valid(clock.now()).is_some()))
-                .await;
+        // Also done when the driver, woken by us, finds it must wait for the ad-hoc budget longer
+        // than we may wait.
+        let outcome = tokio::time::timeout_at(
+            deadline,
+            slot.wait_for(|s| s.attempts > seen || s.valid(clock.now()).is_some() || retry_is_far(s)),
+        )
+        .await;
         let s = entry.slot.borrow();
         if let Some(credential) = s.valid(clock.now()) {
             return Ok(credential.clone());
@@ -285,26 +319,46 @@ impl<E: Exchange> CredentialCache<E> {
         })
     }
 
-    fn entry(&self, key: &E::Key) -> Arc<Entry<E::Credential>> {
+    /// The entry of `key`, created with its driver if there is none. Creating one for a key
+    /// that is not `configured` spends from the ad-hoc budget first; when it is spent the key is
+    /// refused, and nothing is created or evicted.
+    fn entry(&self, key: &E::Key, configured: bool) -> Result<Arc<Entry<E::Credential>>, ExchangeError> {
         let found = self.inner.entries.read().unwrap_or_else(PoisonError::into_inner).get(key).cloned();
         let entry = match found {
             Some(entry) => entry,
             None => {
+                let shared = &self.inner.shared;
                 let mut entries = self.inner.entries.write().unwrap_or_else(PoisonError::into_inner);
                 if let Some(entry) = entries.get(key) {
                     entry.clone()
                 } else {
-                    if entries.len() >= self.inner.shared.policy.max_entries {
+                    if !configured {
+                        let now = Instant::now();
+                        shared.adhoc.try_take(now).map_err(|spent| self.refuse(key, &spent, now))?;
+                    }
+                    if entries.len() >= shared.policy.max_entries {
                         evict_least_recently_used(&mut entries);
                     }
-                    let entry = Arc::new(spawn_driver(self.inner.shared.clone(), key.clone()));
+                    let entry = Arc::new(spawn_driver(shared.clone(), key.clone(), configured));
                     entries.insert(key.clone(), entry.clone());
                     entry
                 }
             }
         };
         self.touch(&entry.control);
-        entry
+        Ok(entry)
+    }
+
+    fn refuse(&self, key: &E::Key, spent: &Spent, now: Instant) -> ExchangeError {
+        let shared = &self.inner.shared;
+        let provider = shared.exchange.provider();
+        let err = shared.adhoc.spent(provider, Some(spent.ready_at.saturating_duration_since(now)));
+        if spent.first {
+            let identity = shared.exchange.identity(key);
+            warn!(provider, %identity, ?key, outcome = "rate_limited", error = %err,
+                "exchange refused (further refusals and delays are not logged until the budget suffices again)");
+        }
+        err
     }
 
     /// Marks a key most recently used (LRU order). Using the key that already is changes
@@ -379,7 +433,7 @@ impl<E: Exchange> Readiness for CredentialCache<E> {
     }
 }
 
-fn spawn_driver<E: Exchange>(shared: Arc<Shared<E>>, key: E::Key) -> Entry<E::Credential> {
+fn spawn_driver<E: Exchange>(shared: Arc<Shared<E>>, key: E::Key, configured: bool) -> Entry<E::Credential> {
     let (tx, rx) = watch::channel(Slot {
         credential: None,
         error: None,
@@ -388,7 +442,8 @@ fn spawn_driver<E: Exchange>(shared: Arc<Shared<E>>, key: E::Key) -> Entry<E::Cr
         next_attempt: None,
         on_demand_after: None,
     });
-    let control = Arc::new(Control::default());
+    // Pinned before the driver can look: a configured key's first exchange spends no budget.
+    let control = Arc::new(Control { pinned: AtomicBool::new(configured), ..Control::default() });
     let task = tokio::spawn(drive(shared, key, tx, control.clone()));
     Entry { slot: rx, control, _driver: AbortOnDrop::new(task) }
 }
@@ -428,7 +483,12 @@ async fn drive<E: Exchange>(
     let clock = shared.clock.clone();
     let mut tokens = shared.tokens.subscribe();
     let mut delays = RetryDelays::new(policy);
+    // The first exchange of a key nobody configured was paid for when its entry was created.
+    let mut paid = true;
     loop {
+        if !std::mem::take(&mut paid) && !control.pinned.load(Ordering::Relaxed) {
+            wait_for_adhoc_budget(&shared, &key, &tx).await;
+        }
         control.used.store(false, Ordering::Relaxed);
         tx.send_modify(|s| {
             s.in_flight = true;
@@ -499,6 +559,33 @@ async fn drive<E: Exchange>(
             control.dormant.store(false, Ordering::SeqCst);
         }
     }
+}
+
+/// Waits for the ad-hoc budget's next token before a refresh or retry of a key nobody
+/// configured. Its still-valid credential is served meanwhile; a request finding nothing valid is
+/// told why at once when the wait outlasts `request_wait`.
+async fn wait_for_adhoc_budget<E: Exchange>(shared: &Shared<E>, key: &E::Key, tx: &watch::Sender<Slot<E::Credential>>) {
+    let now = Instant::now();
+    let Err(spent) = shared.adhoc.reserve(now) else { return };
+    let start_at = spent.ready_at;
+    let provider = shared.exchange.provider();
+    let mut err = shared.adhoc.spent(provider, None);
+    if spent.first {
+        let identity = shared.exchange.identity(key);
+        let wait = humantime::format_duration(Duration::from_secs(start_at.saturating_duration_since(now).as_secs()));
+        warn!(provider, %identity, ?key, outcome = "rate_limited", error = %err, %wait,
+            "exchange delayed (further delays and refusals are not logged until the budget suffices again)");
+    }
+    tx.send_modify(|s| {
+        if let Some(last) = s.error.take().filter(|e| e.code != err.code) {
+            err.message = format!("{}; the last exchange failed: {last}", err.message);
+        }
+        s.error = Some(err);
+        s.in_flight = false;
+        s.next_attempt = Some(start_at);
+        s.on_demand_after = None;
+    });
+    tokio::time::sleep_until(start_at).await;
 }
 
 /// One exchange, and on a token-rejected error one retry with a freshly read token.

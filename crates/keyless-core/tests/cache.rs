@@ -1,6 +1,6 @@
 //! The credential cache under tokio's paused clock: refresh timing, single-flight, failures,
-//! rotation, eviction, the expiry gauge, absurd policies. The exchange is scripted: these are
-//! faults no real upstream produces on cue.
+//! rotation, eviction, the ad-hoc exchange budget, the expiry gauge, absurd policies. The exchange
+//! is scripted: these are faults no real upstream produces on cue.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -359,6 +359,127 @@ async fn a_waiting_request_brings_a_far_retry_forward_once_the_upstream_is_back(
     assert_eq!(credential.value, failures + 1);
 }
 
+fn rate_limited(err: &ExchangeError) -> bool {
+    err.class == ErrorClass::Retryable && err.code.as_deref() == Some("KeylessRateLimited")
+}
+
+fn unavailable(_: usize, _: &SubjectToken) -> Result<(), ExchangeError> {
+    Err(ExchangeError::retryable("token service answered 503"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_keys_beyond_the_ad_hoc_burst_are_refused_at_once_and_leave_no_driver() {
+    let policy = CachePolicy {
+        adhoc_burst: 3,
+        adhoc_interval: Duration::from_secs(10),
+        max_entries: 3,
+        ..CachePolicy::default()
+    };
+    let h = Harness::new(policy, Duration::ZERO, ok);
+    let before = h.clock.now();
+    for key in ["aud-1", "aud-2", "aud-3"] {
+        h.cache.get(&key).await.unwrap();
+    }
+    for key in ["aud-4", "aud-5", "aud-6"] {
+        let err = h.cache.get(&key).await.unwrap_err();
+        assert!(rate_limited(&err), "{err:?}");
+        let text = err.to_string();
+        for says in ["keys that are not in its configuration to 3 at once, then one every 10s", "next can start in 10s"]
+        {
+            assert!(text.contains(says), "{says:?} missing from: {text}");
+        }
+        assert!(
+            text.contains("cache.adhoc_burst") && text.contains("gcp.id_token_audiences, azure.resources"),
+            "{text}"
+        );
+    }
+    assert_eq!(h.clock.now(), before, "a refused request waited");
+    assert_eq!(h.calls().len(), 3);
+    // Refused keys evicted nothing: the three admitted ones are still cached.
+    for key in ["aud-1", "aud-2", "aud-3"] {
+        h.cache.get(&key).await.unwrap();
+    }
+    assert_eq!(h.calls().len(), 3);
+
+    // One more new key per interval.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.cache.get(&"aud-4").await.unwrap().value, 4);
+    assert!(rate_limited(&h.cache.get(&"aud-5").await.unwrap_err()));
+
+    // No driver was left behind for a refused key: none of them is ever exchanged by itself.
+    tokio::time::sleep(5 * HOUR).await;
+    assert_eq!((h.calls_for("aud-5"), h.calls_for("aud-6")), (0, 0), "{:?}", h.calls());
+}
+
+#[tokio::test(start_paused = true)]
+async fn configured_keys_are_never_limited() {
+    let policy = CachePolicy { adhoc_burst: 0, ..CachePolicy::default() };
+    let mut h = Harness::new(policy, Duration::ZERO, ok);
+    for key in ["a", "b", "c"] {
+        h.cache.pin(key);
+    }
+    for key in ["a", "b", "c"] {
+        h.cache.get(&key).await.unwrap();
+    }
+    let err = h.cache.get(&"not-configured").await.unwrap_err();
+    assert!(rate_limited(&err) && err.to_string().contains("cache.adhoc_burst = 0"), "{err}");
+    // Their refreshes spend nothing either.
+    h.wait_for_calls(9).await;
+    assert_eq!(h.elapsed(h.calls()[8].at), HOUR);
+    assert_eq!(h.calls_for("not-configured"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ad_hoc_key_waits_for_the_budget_to_refresh_and_serves_its_credential_meanwhile() {
+    let policy = CachePolicy { adhoc_burst: 2, adhoc_interval: 2 * HOUR, ..CachePolicy::default() };
+    let mut h = Harness::new(policy, Duration::ZERO, ok);
+    assert_eq!(h.cache.get(&"a").await.unwrap().value, 1);
+    assert_eq!(h.cache.get(&"b").await.unwrap().value, 2);
+    // The budget is spent; "a" stays in use past its refresh point (30 min), "b" goes quiet.
+    tokio::time::sleep(Duration::from_secs(10 * 60)).await;
+    h.cache.get(&"a").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(21 * 60)).await;
+    for minute in 31..60 {
+        let before = h.clock.now();
+        assert_eq!(h.cache.get(&"a").await.unwrap().value, 1, "minute {minute}");
+        assert_eq!(h.clock.now(), before, "a cached lookup waited");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    assert_eq!(h.calls().len(), 2, "a refresh did not wait for the budget");
+
+    // Expired, with the next token an hour away: told why at once, not after request_wait.
+    tokio::time::sleep(Duration::from_secs(2 * 60)).await;
+    let before = h.clock.now();
+    let err = h.cache.get(&"a").await.unwrap_err();
+    assert!(rate_limited(&err) && err.to_string().contains("this key's next exchange waits for its turn"), "{err}");
+    // A quiet key woken by a request finds the budget spent too, and says so at once.
+    let err = h.cache.get(&"b").await.unwrap_err();
+    assert!(rate_limited(&err), "{err}");
+    assert_eq!(h.clock.now(), before, "a request waited for a budget that is far away");
+    assert!(rate_limited(&h.cache.get(&"c").await.unwrap_err()), "a new key took a waiting refresh's token");
+
+    // The reserved token arrives: "a" is refreshed then, and served again.
+    h.wait_for_calls(3).await;
+    assert_eq!((h.calls()[2].key, h.elapsed(h.calls()[2].at)), ("a", 2 * HOUR));
+    assert_eq!(h.cache.get(&"a").await.unwrap().value, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_of_an_ad_hoc_key_spend_the_budget_too() {
+    let policy = CachePolicy { adhoc_burst: 3, adhoc_interval: HOUR, ..CachePolicy::default() };
+    let h = Harness::new(policy, Duration::ZERO, unavailable);
+    let mut last = None;
+    // A client asking every second for ten minutes while the token service is down.
+    for _ in 0..600 {
+        last = h.cache.get(&"k").await.err();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(h.calls().len(), 3, "every attempt spends a token");
+    let last = last.unwrap();
+    assert!(rate_limited(&last), "{last:?}");
+    assert!(last.to_string().contains("the last exchange failed: token service answered 503"), "{last}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_expiry_gauge_ignores_keys_nobody_configured() {
     let h = Harness::with_lifetimes(CachePolicy::default(), Duration::ZERO, ok, |key| {
@@ -414,6 +535,8 @@ async fn retry_delays_of_forever_and_a_refresh_point_that_is_no_fraction_cannot_
         refresh_at: f64::NAN,
         retry_min: Duration::MAX,
         retry_max: Duration::MAX,
+        adhoc_burst: u32::MAX,
+        adhoc_interval: Duration::MAX,
         ..CachePolicy::default()
     };
     let mut h = Harness::new(policy, Duration::ZERO, |n, _| {
@@ -433,4 +556,17 @@ async fn retry_delays_of_forever_and_a_refresh_point_that_is_no_fraction_cannot_
     h.wait_for_calls(3).await;
     let calls = h.calls();
     assert_eq!(calls[2].at.duration_since(calls[1].at).unwrap(), HOUR / 2);
+    // An interval of "forever" with a burst of u32::MAX: new keys are still served.
+    for key in ["x", "y", "z"] {
+        h.cache.get(&key).await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interval_of_forever_refuses_new_keys_after_the_burst() {
+    let policy = CachePolicy { adhoc_burst: 1, adhoc_interval: Duration::MAX, ..CachePolicy::default() };
+    let h = Harness::new(policy, Duration::ZERO, ok);
+    h.cache.get(&"x").await.unwrap();
+    let err = h.cache.get(&"y").await.unwrap_err();
+    assert!(rate_limited(&err), "{err}");
 }
