@@ -85,6 +85,16 @@ fn after(at: Instant, duration: Duration) -> Instant {
     at.checked_add(duration.min(FOREVER)).unwrap_or(at)
 }
 
+/// A wall-clock instant for a log line. humantime prints only years 1970 to 9999: it panics
+/// before, and fails after, which a JSON log formatter turns into a panic; an upstream can send
+/// any expiry.
+fn loggable_time(at: SystemTime) -> String {
+    match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) if since.as_secs() < 253_402_300_800 => humantime::format_rfc3339_seconds(at).to_string(),
+        _ => format!("{at:?}"),
+    }
+}
+
 /// The refresh point as a fraction of the lifetime. Config validation keeps it inside (0, 1); a
 /// policy built in code with anything else (NaN, 0, 7) gets the default, not a panic or a spin.
 fn refresh_fraction(policy: &CachePolicy) -> f64 {
@@ -627,7 +637,7 @@ async fn exchange_once<E: Exchange>(
     let elapsed = started.elapsed();
     match &result {
         Ok(issued) => {
-            let expires = humantime::format_rfc3339_seconds(issued.credential.expires_at);
+            let expires = loggable_time(issued.credential.expires_at);
             info!(provider, %identity, subject, ?key, outcome = "success", %expires,
                 duration_ms = elapsed.as_millis() as u64, request_id = issued.request_id.as_deref().unwrap_or("-"),
                 "exchange");

@@ -570,3 +570,14 @@ async fn an_interval_of_forever_refuses_new_keys_after_the_burst() {
     let err = h.cache.get(&"y").await.unwrap_err();
     assert!(rate_limited(&err), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_expiry_past_year_9999_does_not_panic_the_json_exchange_log_line() {
+    let json_logs = tracing_subscriber::fmt().json().with_writer(std::io::sink).finish();
+    let _logging = tracing::subscriber::set_default(json_logs);
+    // What a broken token service (or a proxy) could answer: valid for ten thousand years.
+    let h = Harness::with_lifetimes(CachePolicy::default(), Duration::ZERO, ok, |_| {
+        Duration::from_secs(10_000 * 365 * 24 * 3600)
+    });
+    assert_eq!(h.cache.get(&"k").await.unwrap().value, 1);
+}
