@@ -4,11 +4,17 @@
 //! Every key has one background *driver* task, the only caller of `Exchange::exchange` for that
 //! key: single-flight is structural. Requests read the driver's published [`Slot`]; they wait for
 //! an exchange only when nothing valid is cached.
+//!
+//! Exchanges of keys nobody configured (audiences, scopes, resources a local client asks for)
+//! spend from a per-cache [`budget::AdhocBudget`], so no client can make keyless call the clouds
+//! without limit (SPEC section 12). Only exchanges consult it, never a cache hit.
+//!
+//! No policy value can make instant arithmetic overflow: every deadline goes through [`after`].
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
@@ -17,12 +23,15 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::clock::{SharedClock, instant_at};
+use crate::clock::SharedClock;
 use crate::exchange::{ErrorClass, Exchange, ExchangeError, Expiring, Issued};
 use crate::metrics::{Lookup, LookupCounter, Metrics};
 use crate::task::AbortOnDrop;
 use crate::token::SubjectToken;
 use crate::watcher::TokenSource;
+
+mod budget;
+use budget::{AdhocBudget, Spent};
 
 /// Timing and bounds of a cache. Validated where the config is parsed.
 #[derive(Debug, Clone)]
@@ -40,6 +49,11 @@ pub struct CachePolicy {
     /// Most distinct keys held (scope sets, audiences, resources); the least recently used
     /// non-configured key is dropped first.
     pub max_entries: usize,
+    /// Exchanges of keys nobody configured (first exchanges, refreshes and retries alike) that may
+    /// happen at once; 0: only configured keys are ever exchanged.
+    pub adhoc_burst: u32,
+    /// After the burst, one more such exchange per this interval. Configured keys never wait.
+    pub adhoc_interval: Duration,
 }
 
 impl Default for CachePolicy {
@@ -51,8 +65,41 @@ impl Default for CachePolicy {
             exchange_timeout: Duration::from_secs(30),
             request_wait: Duration::from_secs(10),
             max_entries: 64,
+            // A real app asks for a handful of audiences, scope sets or resources (its services
+            // and APIs); 20 covers them all at start-up. One per 10 s (360 an hour) refreshes
+            // more one-hour keys than `max_entries` holds (each twice an hour at `refresh_at`
+            // 0.5), while a runaway client costs the cloud 6 exchanges a minute, not 100 a second.
+            adhoc_burst: 20,
+            adhoc_interval: Duration::from_secs(10),
         }
     }
+}
+
+/// Longer than anything a deadline can usefully mean: a longer duration is treated as this one,
+/// so a policy of `400000000000y` waits "forever" instead of overflowing an `Instant`.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `at + duration` without overflow: saturates to [`FOREVER`] after `at`. Instants count from
+/// boot, so that cannot overflow either; were it to, `at` is an answer and a panic is not.
+fn after(at: Instant, duration: Duration) -> Instant {
+    at.checked_add(duration.min(FOREVER)).unwrap_or(at)
+}
+
+/// A wall-clock instant for a log line. humantime prints only years 1970 to 9999: it panics
+/// before, and fails after, which a JSON log formatter turns into a panic; an upstream can send
+/// any expiry.
+fn loggable_time(at: SystemTime) -> String {
+    match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) if since.as_secs() < 253_402_300_800 => humantime::format_rfc3339_seconds(at).to_string(),
+        _ => format!("{at:?}"),
+    }
+}
+
+/// The refresh point as a fraction of the lifetime. Config validation keeps it inside (0, 1); a
+/// policy built in code with anything else (NaN, 0, 7) gets the default, not a panic or a spin.
+fn refresh_fraction(policy: &CachePolicy) -> f64 {
+    let f = policy.refresh_at;
+    if f > 0.0 && f < 1.0 { f } else { CachePolicy::default().refresh_at }
 }
 
 /// What a driver publishes about its key.
@@ -102,6 +149,31 @@ struct Shared<E: Exchange> {
     metrics: Metrics,
     /// `keyless_cache_lookups_total{result="hit"}`, found once (a hit is the hot path).
     hits: OnceLock<LookupCounter>,
+    adhoc: AdhocBudget,
+    /// The identity and credential expiry of each configured key, for
+    /// `keyless_credential_expiry_timestamp_seconds`. Its lock also orders `pin` of an existing
+    /// key against that key's driver publishing a credential (neither misses the other).
+    configured_expiries: Mutex<HashMap<E::Key, (String, SystemTime)>>,
+}
+
+impl<E: Exchange> Shared<E> {
+    /// Records the expiry of the credential `key` now holds if `key` is configured, and sets its
+    /// identity's gauge to the earliest expiry among the identity's configured keys: what an alert
+    /// must see is the configured credential that expires first, never an ad-hoc key's.
+    fn publish_expiry(&self, key: &E::Key, control: &Control, expires_at: SystemTime) {
+        let mut expiries = self.configured_expiries.lock().unwrap_or_else(PoisonError::into_inner);
+        if control.pinned.load(Ordering::Relaxed) {
+            self.set_expiry(&mut expiries, key, expires_at);
+        }
+    }
+
+    fn set_expiry(&self, expiries: &mut HashMap<E::Key, (String, SystemTime)>, key: &E::Key, expires_at: SystemTime) {
+        let identity = self.exchange.identity(key);
+        expiries.insert(key.clone(), (identity.clone(), expires_at));
+        let earliest =
+            expiries.values().filter(|(other, _)| *other == identity).map(|(_, at)| *at).min().unwrap_or(expires_at);
+        self.metrics.set_credential_expiry(self.exchange.provider(), &identity, earliest);
+    }
 }
 
 type Entries<E> = HashMap<<E as Exchange>::Key, Arc<Entry<<E as Exchange>::Credential>>>;
@@ -133,7 +205,16 @@ impl<E: Exchange> CredentialCache<E> {
     pub fn new(exchange: E, tokens: TokenSource, policy: CachePolicy, clock: SharedClock, metrics: Metrics) -> Self {
         Self {
             inner: Arc::new(CacheInner {
-                shared: Arc::new(Shared { exchange, tokens, policy, clock, metrics, hits: OnceLock::new() }),
+                shared: Arc::new(Shared {
+                    adhoc: AdhocBudget::new(&policy),
+                    exchange,
+                    tokens,
+                    policy,
+                    clock,
+                    metrics,
+                    hits: OnceLock::new(),
+                    configured_expiries: Mutex::default(),
+                }),
                 entries: RwLock::new(HashMap::new()),
                 // Above every new entry's 0, so an entry's first use always takes a fresh number.
                 lookups: AtomicU64::new(1),
@@ -152,7 +233,17 @@ impl<E: Exchange> CredentialCache<E> {
     /// Makes `key` part of this identity's configuration: exchanged now (pre-warm), refreshed
     /// ahead for as long as the cache lives, never evicted, and counted by readiness.
     pub fn pin(&self, key: E::Key) {
-        self.entry(&key).control.pinned.store(true, Ordering::Relaxed);
+        // A configured key is never limited: `entry` does not refuse it.
+        let Ok(entry) = self.entry(&key, true) else { return };
+        let shared = &self.inner.shared;
+        // Under the expiries' lock: the driver publishing a credential at this moment either
+        // sees the key pinned or has published before we read its slot.
+        let mut expiries = shared.configured_expiries.lock().unwrap_or_else(PoisonError::into_inner);
+        entry.control.pinned.store(true, Ordering::Relaxed);
+        let held = entry.slot.borrow().credential.as_ref().map(|c| c.expires_at);
+        if let Some(expires_at) = held {
+            shared.set_expiry(&mut expiries, &key, expires_at);
+        }
     }
 
     /// A valid credential for `key`: from cache without waiting when one is held; otherwise after
@@ -160,7 +251,13 @@ impl<E: Exchange> CredentialCache<E> {
     pub async fn get(&self, key: &E::Key) -> Result<Arc<Expiring<E::Credential>>, ExchangeError> {
         let shared = &self.inner.shared;
         let provider = shared.exchange.provider();
-        let entry = self.entry(key);
+        let entry = match self.entry(key, false) {
+            Ok(entry) => entry,
+            Err(refused) => {
+                shared.metrics.record_lookup(provider, Lookup::Error);
+                return Err(refused);
+            }
+        };
         // SeqCst with the driver's `dormant`/`used` pair: a store-then-load handshake on two
         // variables, which weaker orderings could reorder into a lost wake-up. The store is
         // skipped while the flag is already set: a write per request to a line every core reads
@@ -189,20 +286,29 @@ impl<E: Exchange> CredentialCache<E> {
     ) -> Result<Arc<Expiring<E::Credential>>, ExchangeError> {
         let shared = &self.inner.shared;
         let wait = shared.policy.request_wait;
+        let deadline = after(Instant::now(), wait);
+        // The driver will not try again before we give up: its error is the answer, now.
+        let retry_is_far = |s: &Slot<E::Credential>| {
+            let retry_at = s.next_attempt.map(|at| s.on_demand_after.map_or(at, |d| d.min(at)));
+            !s.in_flight && retry_at.is_some_and(|at| at > deadline)
+        };
         let mut slot = entry.slot.clone();
         let seen = {
             let s = slot.borrow_and_update();
-            let retry_at = s.next_attempt.map(|at| s.on_demand_after.map_or(at, |d| d.min(at)));
-            let retry_is_far = !s.in_flight && retry_at.is_some_and(|at| at > Instant::now() + wait);
-            if let (true, Some(err)) = (retry_is_far, &s.error) {
+            if let (true, Some(err)) = (retry_is_far(&s), &s.error) {
                 return Err(err.clone());
             }
             s.attempts
         };
         entry.control.wake.notify_waiters();
         let clock = shared.clock.clone();
-        let outcome =
-            tokio::time::timeout(wait, slot.wait_for(|s| s.attempts > seen || s.valid(clock.now()).is_some())).await;
+        // Also done when the driver, woken by us, finds it must wait for the ad-hoc budget longer
+        // than we may wait.
+        let outcome = tokio::time::timeout_at(
+            deadline,
+            slot.wait_for(|s| s.attempts > seen || s.valid(clock.now()).is_some() || retry_is_far(s)),
+        )
+        .await;
         let s = entry.slot.borrow();
         if let Some(credential) = s.valid(clock.now()) {
             return Ok(credential.clone());
@@ -223,26 +329,46 @@ impl<E: Exchange> CredentialCache<E> {
         })
     }
 
-    fn entry(&self, key: &E::Key) -> Arc<Entry<E::Credential>> {
+    /// The entry of `key`, created with its driver if there is none. Creating one for a key
+    /// that is not `configured` spends from the ad-hoc budget first; when it is spent the key is
+    /// refused, and nothing is created or evicted.
+    fn entry(&self, key: &E::Key, configured: bool) -> Result<Arc<Entry<E::Credential>>, ExchangeError> {
         let found = self.inner.entries.read().unwrap_or_else(PoisonError::into_inner).get(key).cloned();
         let entry = match found {
             Some(entry) => entry,
             None => {
+                let shared = &self.inner.shared;
                 let mut entries = self.inner.entries.write().unwrap_or_else(PoisonError::into_inner);
                 if let Some(entry) = entries.get(key) {
                     entry.clone()
                 } else {
-                    if entries.len() >= self.inner.shared.policy.max_entries {
+                    if !configured {
+                        let now = Instant::now();
+                        shared.adhoc.try_take(now).map_err(|spent| self.refuse(key, &spent, now))?;
+                    }
+                    if entries.len() >= shared.policy.max_entries {
                         evict_least_recently_used(&mut entries);
                     }
-                    let entry = Arc::new(spawn_driver(self.inner.shared.clone(), key.clone()));
+                    let entry = Arc::new(spawn_driver(shared.clone(), key.clone(), configured));
                     entries.insert(key.clone(), entry.clone());
                     entry
                 }
             }
         };
         self.touch(&entry.control);
-        entry
+        Ok(entry)
+    }
+
+    fn refuse(&self, key: &E::Key, spent: &Spent, now: Instant) -> ExchangeError {
+        let shared = &self.inner.shared;
+        let provider = shared.exchange.provider();
+        let err = shared.adhoc.spent(provider, Some(spent.ready_at.saturating_duration_since(now)));
+        if spent.first {
+            let identity = shared.exchange.identity(key);
+            warn!(provider, %identity, ?key, outcome = "rate_limited", error = %err,
+                "exchange refused (further refusals and delays are not logged until the budget suffices again)");
+        }
+        err
     }
 
     /// Marks a key most recently used (LRU order). Using the key that already is changes
@@ -317,7 +443,7 @@ impl<E: Exchange> Readiness for CredentialCache<E> {
     }
 }
 
-fn spawn_driver<E: Exchange>(shared: Arc<Shared<E>>, key: E::Key) -> Entry<E::Credential> {
+fn spawn_driver<E: Exchange>(shared: Arc<Shared<E>>, key: E::Key, configured: bool) -> Entry<E::Credential> {
     let (tx, rx) = watch::channel(Slot {
         credential: None,
         error: None,
@@ -326,7 +452,8 @@ fn spawn_driver<E: Exchange>(shared: Arc<Shared<E>>, key: E::Key) -> Entry<E::Cr
         next_attempt: None,
         on_demand_after: None,
     });
-    let control = Arc::new(Control::default());
+    // Pinned before the driver can look: a configured key's first exchange spends no budget.
+    let control = Arc::new(Control { pinned: AtomicBool::new(configured), ..Control::default() });
     let task = tokio::spawn(drive(shared, key, tx, control.clone()));
     Entry { slot: rx, control, _driver: AbortOnDrop::new(task) }
 }
@@ -352,7 +479,7 @@ impl RetryDelays {
 
     fn next_delay(&mut self) -> Duration {
         let ceiling = self.schedule.next().unwrap_or(self.cap);
-        ceiling.mul_f64(rand::rng().random::<f64>())
+        Duration::try_from_secs_f64(ceiling.as_secs_f64() * rand::rng().random::<f64>()).unwrap_or(ceiling)
     }
 }
 
@@ -366,7 +493,12 @@ async fn drive<E: Exchange>(
     let clock = shared.clock.clone();
     let mut tokens = shared.tokens.subscribe();
     let mut delays = RetryDelays::new(policy);
+    // The first exchange of a key nobody configured was paid for when its entry was created.
+    let mut paid = true;
     loop {
+        if !std::mem::take(&mut paid) && !control.pinned.load(Ordering::Relaxed) {
+            wait_for_adhoc_budget(&shared, &key, &tx).await;
+        }
         control.used.store(false, Ordering::Relaxed);
         tx.send_modify(|s| {
             s.in_flight = true;
@@ -377,25 +509,28 @@ async fn drive<E: Exchange>(
             Ok(issued) => {
                 delays = RetryDelays::new(policy);
                 let credential = Arc::new(issued.credential);
-                let obtained = clock.now();
-                let lifetime = credential.expires_at.duration_since(obtained).unwrap_or(Duration::ZERO);
-                let refresh_at = obtained + lifetime.mul_f64(policy.refresh_at);
+                let expires_at = credential.expires_at;
+                let lifetime = expires_at.duration_since(clock.now()).unwrap_or(Duration::ZERO);
+                let fraction = refresh_fraction(policy);
+                let refresh_in = Duration::try_from_secs_f64(lifetime.as_secs_f64() * fraction).unwrap_or(lifetime);
+                let refresh_at = after(Instant::now(), refresh_in);
                 tx.send_modify(|s| {
                     s.credential = Some(credential);
                     s.error = None;
                     s.attempts += 1;
                     s.in_flight = false;
                 });
-                tokio::time::sleep_until(instant_at(clock.as_ref(), refresh_at)).await;
+                shared.publish_expiry(&key, &control, expires_at);
+                tokio::time::sleep_until(refresh_at).await;
             }
             Err(err) => {
                 let delay = match err.class {
                     ErrorClass::Terminal => policy.retry_max,
                     ErrorClass::Retryable | ErrorClass::RereadToken => delays.next_delay(),
                 };
-                let next = Instant::now() + delay;
+                let next = after(Instant::now(), delay);
                 // Terminal errors wait for their period or a new token, whoever asks.
-                let on_demand = (err.class != ErrorClass::Terminal).then(|| Instant::now() + policy.retry_min);
+                let on_demand = (err.class != ErrorClass::Terminal).then(|| after(Instant::now(), policy.retry_min));
                 // Listen before publishing: a request that reads the failure and then wakes us
                 // must not be missed.
                 let woken = control.wake.notified();
@@ -434,6 +569,33 @@ async fn drive<E: Exchange>(
             control.dormant.store(false, Ordering::SeqCst);
         }
     }
+}
+
+/// Waits for the ad-hoc budget's next token before a refresh or retry of a key nobody
+/// configured. Its still-valid credential is served meanwhile; a request finding nothing valid is
+/// told why at once when the wait outlasts `request_wait`.
+async fn wait_for_adhoc_budget<E: Exchange>(shared: &Shared<E>, key: &E::Key, tx: &watch::Sender<Slot<E::Credential>>) {
+    let now = Instant::now();
+    let Err(spent) = shared.adhoc.reserve(now) else { return };
+    let start_at = spent.ready_at;
+    let provider = shared.exchange.provider();
+    let mut err = shared.adhoc.spent(provider, None);
+    if spent.first {
+        let identity = shared.exchange.identity(key);
+        let wait = humantime::format_duration(Duration::from_secs(start_at.saturating_duration_since(now).as_secs()));
+        warn!(provider, %identity, ?key, outcome = "rate_limited", error = %err, %wait,
+            "exchange delayed (further delays and refusals are not logged until the budget suffices again)");
+    }
+    tx.send_modify(|s| {
+        if let Some(last) = s.error.take().filter(|e| e.code != err.code) {
+            err.message = format!("{}; the last exchange failed: {last}", err.message);
+        }
+        s.error = Some(err);
+        s.in_flight = false;
+        s.next_attempt = Some(start_at);
+        s.on_demand_after = None;
+    });
+    tokio::time::sleep_until(start_at).await;
 }
 
 /// One exchange, and on a token-rejected error one retry with a freshly read token.
@@ -475,12 +637,11 @@ async fn exchange_once<E: Exchange>(
     let elapsed = started.elapsed();
     match &result {
         Ok(issued) => {
-            let expires = humantime::format_rfc3339_seconds(issued.credential.expires_at);
+            let expires = loggable_time(issued.credential.expires_at);
             info!(provider, %identity, subject, ?key, outcome = "success", %expires,
                 duration_ms = elapsed.as_millis() as u64, request_id = issued.request_id.as_deref().unwrap_or("-"),
                 "exchange");
             shared.metrics.record_exchange(provider, &identity, "success", elapsed.as_secs_f64());
-            shared.metrics.set_credential_expiry(provider, &identity, issued.credential.expires_at);
         }
         Err(e) => {
             warn!(provider, %identity, subject, ?key, outcome = e.class.label(), error = %e,

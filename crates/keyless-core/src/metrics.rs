@@ -139,7 +139,7 @@ impl Metrics {
         );
         registry.register(
             "keyless_credential_expiry_timestamp_seconds",
-            "Expiry (Unix seconds) of the newest credential held per identity",
+            "Expiry (Unix seconds) of the configured credential that expires first, per identity",
             credential_expiry.clone(),
         );
         registry.register(
@@ -193,6 +193,8 @@ impl Metrics {
         LookupCounter(self.inner.lookups.get_or_create(&LookupLabels { provider, result: result.label() }).clone())
     }
 
+    /// `expiry`: the earliest among the identity's configured (pre-warmed) credentials; an ad-hoc
+    /// key's credential (an audience a client asked for) must not move it, or an alert would lie.
     pub fn set_credential_expiry(&self, provider: &'static str, identity: &str, expiry: SystemTime) {
         self.inner
             .credential_expiry

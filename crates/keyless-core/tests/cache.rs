@@ -1,5 +1,6 @@
 //! The credential cache under tokio's paused clock: refresh timing, single-flight, failures,
-//! rotation, eviction. The exchange is scripted: these are faults no real upstream produces on cue.
+//! rotation, eviction, the ad-hoc exchange budget, the expiry gauge, absurd policies. The exchange
+//! is scripted: these are faults no real upstream produces on cue.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -23,16 +24,18 @@ fn start() -> SystemTime {
 #[derive(Debug, Clone)]
 struct Call {
     at: SystemTime,
+    key: &'static str,
     sub: Option<String>,
 }
 
 type Script = dyn Fn(usize, &SubjectToken) -> Result<(), ExchangeError> + Send + Sync;
 
 /// An exchange whose outcome per call is decided by `script(call_number, token)`; it issues
-/// credentials valid for `lifetime` whose value is the call number.
+/// credentials valid for `lifetime(key)` whose value is the call number. A key `id/name` belongs
+/// to identity `id`; any other key to `test-identity`.
 struct Scripted {
     clock: SharedClock,
-    lifetime: Duration,
+    lifetime: fn(&str) -> Duration,
     latency: Duration,
     script: Box<Script>,
     calls: Arc<Mutex<Vec<Call>>>,
@@ -47,20 +50,20 @@ impl Exchange for Scripted {
         "test"
     }
 
-    fn identity(&self, _key: &Self::Key) -> String {
-        "test-identity".to_owned()
+    fn identity(&self, key: &Self::Key) -> String {
+        key.split_once('/').map_or("test-identity", |(identity, _)| identity).to_owned()
     }
 
-    async fn exchange(&self, _key: &Self::Key, token: &SubjectToken) -> Result<Issued<usize>, ExchangeError> {
+    async fn exchange(&self, key: &Self::Key, token: &SubjectToken) -> Result<Issued<usize>, ExchangeError> {
         let n = {
             let mut calls = self.calls.lock().unwrap();
-            calls.push(Call { at: self.clock.now(), sub: token.claims().sub.clone() });
+            calls.push(Call { at: self.clock.now(), key, sub: token.claims().sub.clone() });
             calls.len()
         };
         self.count.send_replace(n);
         tokio::time::sleep(self.latency).await;
         (self.script)(n, token)?;
-        Ok(Issued::new(Expiring::new(n, self.clock.now() + self.lifetime)))
+        Ok(Issued::new(Expiring::new(n, self.clock.now() + (self.lifetime)(key))))
     }
 }
 
@@ -70,6 +73,7 @@ struct Harness {
     calls: Arc<Mutex<Vec<Call>>>,
     count: watch::Receiver<usize>,
     tokens: TokenSource,
+    metrics: Metrics,
 }
 
 impl Harness {
@@ -78,24 +82,48 @@ impl Harness {
         latency: Duration,
         script: impl Fn(usize, &SubjectToken) -> Result<(), ExchangeError> + Send + Sync + 'static,
     ) -> Self {
+        Self::with_lifetimes(policy, latency, script, |_| HOUR)
+    }
+
+    fn with_lifetimes(
+        policy: CachePolicy,
+        latency: Duration,
+        script: impl Fn(usize, &SubjectToken) -> Result<(), ExchangeError> + Send + Sync + 'static,
+        lifetime: fn(&str) -> Duration,
+    ) -> Self {
         let clock: SharedClock = Arc::new(TokioClock::new(start()));
         let calls = Arc::new(Mutex::new(Vec::new()));
         let (count_tx, count) = watch::channel(0);
         let exchange = Scripted {
             clock: clock.clone(),
-            lifetime: HOUR,
+            lifetime,
             latency,
             script: Box::new(script),
             calls: calls.clone(),
             count: count_tx,
         };
         let tokens = TokenSource::fixed(token("pod-a"));
-        let cache = CredentialCache::new(exchange, tokens.clone(), policy, clock.clone(), Metrics::new());
-        Self { cache, clock, calls, count, tokens }
+        let metrics = Metrics::new();
+        let cache = CredentialCache::new(exchange, tokens.clone(), policy, clock.clone(), metrics.clone());
+        Self { cache, clock, calls, count, tokens, metrics }
     }
 
     fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
+    }
+
+    /// The exchanges made for `key`.
+    fn calls_for(&self, key: &str) -> usize {
+        self.calls().iter().filter(|c| c.key == key).count()
+    }
+
+    /// `keyless_credential_expiry_timestamp_seconds` of `identity`, as `/metrics` shows it.
+    fn expiry_gauge(&self, identity: &str) -> Option<SystemTime> {
+        let series =
+            format!(r#"keyless_credential_expiry_timestamp_seconds{{provider="test",identity="{identity}"}} "#);
+        let text = self.metrics.encode();
+        let value = text.lines().find_map(|l| l.strip_prefix(&series))?;
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(value.parse().unwrap()))
     }
 
     /// Waits (letting paused time auto-advance to the next timer) until `n` exchanges happened.
@@ -211,7 +239,7 @@ async fn a_rejected_token_is_re_read_from_the_file_and_retried_once() {
     let dir_path = dir.path().to_owned();
     let exchange = Scripted {
         clock: clock.clone(),
-        lifetime: HOUR,
+        lifetime: |_| HOUR,
         latency: Duration::ZERO,
         script: Box::new(move |_, token| {
             if token.claims().sub.as_deref() == Some("stale") {
@@ -329,4 +357,227 @@ async fn a_waiting_request_brings_a_far_retry_forward_once_the_upstream_is_back(
         "the request waited for the backoff"
     );
     assert_eq!(credential.value, failures + 1);
+}
+
+fn rate_limited(err: &ExchangeError) -> bool {
+    err.class == ErrorClass::Retryable && err.code.as_deref() == Some("KeylessRateLimited")
+}
+
+fn unavailable(_: usize, _: &SubjectToken) -> Result<(), ExchangeError> {
+    Err(ExchangeError::retryable("token service answered 503"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_keys_beyond_the_ad_hoc_burst_are_refused_at_once_and_leave_no_driver() {
+    let policy = CachePolicy {
+        adhoc_burst: 3,
+        adhoc_interval: Duration::from_secs(10),
+        max_entries: 3,
+        ..CachePolicy::default()
+    };
+    let h = Harness::new(policy, Duration::ZERO, ok);
+    let before = h.clock.now();
+    for key in ["aud-1", "aud-2", "aud-3"] {
+        h.cache.get(&key).await.unwrap();
+    }
+    for key in ["aud-4", "aud-5", "aud-6"] {
+        let err = h.cache.get(&key).await.unwrap_err();
+        assert!(rate_limited(&err), "{err:?}");
+        let text = err.to_string();
+        for says in ["keys that are not in its configuration to 3 at once, then one every 10s", "next can start in 10s"]
+        {
+            assert!(text.contains(says), "{says:?} missing from: {text}");
+        }
+        assert!(
+            text.contains("cache.adhoc_burst") && text.contains("gcp.id_token_audiences, azure.resources"),
+            "{text}"
+        );
+    }
+    assert_eq!(h.clock.now(), before, "a refused request waited");
+    assert_eq!(h.calls().len(), 3);
+    // Refused keys evicted nothing: the three admitted ones are still cached.
+    for key in ["aud-1", "aud-2", "aud-3"] {
+        h.cache.get(&key).await.unwrap();
+    }
+    assert_eq!(h.calls().len(), 3);
+
+    // One more new key per interval.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.cache.get(&"aud-4").await.unwrap().value, 4);
+    assert!(rate_limited(&h.cache.get(&"aud-5").await.unwrap_err()));
+
+    // No driver was left behind for a refused key: none of them is ever exchanged by itself.
+    tokio::time::sleep(5 * HOUR).await;
+    assert_eq!((h.calls_for("aud-5"), h.calls_for("aud-6")), (0, 0), "{:?}", h.calls());
+}
+
+#[tokio::test(start_paused = true)]
+async fn configured_keys_are_never_limited() {
+    let policy = CachePolicy { adhoc_burst: 0, ..CachePolicy::default() };
+    let mut h = Harness::new(policy, Duration::ZERO, ok);
+    for key in ["a", "b", "c"] {
+        h.cache.pin(key);
+    }
+    for key in ["a", "b", "c"] {
+        h.cache.get(&key).await.unwrap();
+    }
+    let err = h.cache.get(&"not-configured").await.unwrap_err();
+    assert!(rate_limited(&err) && err.to_string().contains("cache.adhoc_burst = 0"), "{err}");
+    // Their refreshes spend nothing either.
+    h.wait_for_calls(9).await;
+    assert_eq!(h.elapsed(h.calls()[8].at), HOUR);
+    assert_eq!(h.calls_for("not-configured"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ad_hoc_key_waits_for_the_budget_to_refresh_and_serves_its_credential_meanwhile() {
+    let policy = CachePolicy { adhoc_burst: 2, adhoc_interval: 2 * HOUR, ..CachePolicy::default() };
+    let mut h = Harness::new(policy, Duration::ZERO, ok);
+    assert_eq!(h.cache.get(&"a").await.unwrap().value, 1);
+    assert_eq!(h.cache.get(&"b").await.unwrap().value, 2);
+    // The budget is spent; "a" stays in use past its refresh point (30 min), "b" goes quiet.
+    tokio::time::sleep(Duration::from_secs(10 * 60)).await;
+    h.cache.get(&"a").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(21 * 60)).await;
+    for minute in 31..60 {
+        let before = h.clock.now();
+        assert_eq!(h.cache.get(&"a").await.unwrap().value, 1, "minute {minute}");
+        assert_eq!(h.clock.now(), before, "a cached lookup waited");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    assert_eq!(h.calls().len(), 2, "a refresh did not wait for the budget");
+
+    // Expired, with the next token an hour away: told why at once, not after request_wait.
+    tokio::time::sleep(Duration::from_secs(2 * 60)).await;
+    let before = h.clock.now();
+    let err = h.cache.get(&"a").await.unwrap_err();
+    assert!(rate_limited(&err) && err.to_string().contains("this key's next exchange waits for its turn"), "{err}");
+    // A quiet key woken by a request finds the budget spent too, and says so at once.
+    let err = h.cache.get(&"b").await.unwrap_err();
+    assert!(rate_limited(&err), "{err}");
+    assert_eq!(h.clock.now(), before, "a request waited for a budget that is far away");
+    assert!(rate_limited(&h.cache.get(&"c").await.unwrap_err()), "a new key took a waiting refresh's token");
+
+    // The reserved token arrives: "a" is refreshed then, and served again.
+    h.wait_for_calls(3).await;
+    assert_eq!((h.calls()[2].key, h.elapsed(h.calls()[2].at)), ("a", 2 * HOUR));
+    assert_eq!(h.cache.get(&"a").await.unwrap().value, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_of_an_ad_hoc_key_spend_the_budget_too() {
+    let policy = CachePolicy { adhoc_burst: 3, adhoc_interval: HOUR, ..CachePolicy::default() };
+    let h = Harness::new(policy, Duration::ZERO, unavailable);
+    let mut last = None;
+    // A client asking every second for ten minutes while the token service is down.
+    for _ in 0..600 {
+        last = h.cache.get(&"k").await.err();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(h.calls().len(), 3, "every attempt spends a token");
+    let last = last.unwrap();
+    assert!(rate_limited(&last), "{last:?}");
+    assert!(last.to_string().contains("the last exchange failed: token service answered 503"), "{last}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_expiry_gauge_ignores_keys_nobody_configured() {
+    let h = Harness::with_lifetimes(CachePolicy::default(), Duration::ZERO, ok, |key| {
+        if key == "sa/adhoc" { 2 * HOUR } else { HOUR }
+    });
+    h.cache.pin("sa/configured");
+    h.cache.get(&"sa/configured").await.unwrap();
+    assert_eq!(h.expiry_gauge("sa"), Some(start() + HOUR));
+    // An audience a client asked for, exchanged last and expiring later: the gauge does not move.
+    h.cache.get(&"sa/adhoc").await.unwrap();
+    assert_eq!(h.expiry_gauge("sa"), Some(start() + HOUR));
+    // Nor does an identity with no configured key get one.
+    h.cache.get(&"unconfigured/adhoc").await.unwrap();
+    assert_eq!(h.expiry_gauge("unconfigured"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_expiry_gauge_shows_the_earliest_of_an_identitys_configured_keys() {
+    const MINUTE: Duration = Duration::from_secs(60);
+    let h = Harness::with_lifetimes(CachePolicy::default(), Duration::ZERO, ok, |key| match key {
+        "sa/scopes" => 30 * MINUTE,
+        "sa/audience" => 100 * MINUTE,
+        _ => HOUR,
+    });
+    for key in ["sa/scopes", "sa/audience", "other/scopes"] {
+        h.cache.pin(key);
+        h.cache.get(&key).await.unwrap();
+    }
+    assert_eq!(h.expiry_gauge("sa"), Some(start() + 30 * MINUTE));
+    assert_eq!(h.expiry_gauge("other"), Some(start() + HOUR));
+    // At 50 min the audience is refreshed last (to 150 min); the scopes' token, refreshed at
+    // 45 min, expires first (75 min).
+    tokio::time::sleep(50 * MINUTE + Duration::from_secs(1)).await;
+    assert_eq!((h.calls_for("sa/scopes"), h.calls_for("sa/audience")), (4, 2));
+    assert_eq!(h.expiry_gauge("sa"), Some(start() + 75 * MINUTE));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_wait_of_forever_waits_for_the_retry_instead_of_panicking() {
+    // What `request_wait = "400000000000y"` would build, were it not refused at load.
+    let policy = CachePolicy { request_wait: Duration::MAX, exchange_timeout: Duration::MAX, ..CachePolicy::default() };
+    let h = Harness::new(policy, Duration::ZERO, |n, _| {
+        if n == 1 { Err(ExchangeError::retryable("token service answered 503")) } else { Ok(()) }
+    });
+    assert!(h.cache.get(&"k").await.unwrap_err().to_string().contains("503"));
+    // A retry is scheduled: this request waits for it, however long it may wait.
+    assert_eq!(h.cache.get(&"k").await.unwrap().value, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_delays_of_forever_and_a_refresh_point_that_is_no_fraction_cannot_panic_the_driver() {
+    let policy = CachePolicy {
+        refresh_at: f64::NAN,
+        retry_min: Duration::MAX,
+        retry_max: Duration::MAX,
+        adhoc_burst: u32::MAX,
+        adhoc_interval: Duration::MAX,
+        ..CachePolicy::default()
+    };
+    let mut h = Harness::new(policy, Duration::ZERO, |n, _| {
+        if n == 1 { Err(ExchangeError::retryable("token service answered 503")) } else { Ok(()) }
+    });
+    h.cache.pin("k");
+    assert!(h.cache.get(&"k").await.unwrap_err().to_string().contains("503"));
+    // The retry is "never": the next request is answered at once.
+    let before = h.clock.now();
+    assert!(h.cache.get(&"k").await.unwrap_err().to_string().contains("503"));
+    assert_eq!(h.clock.now(), before);
+    // The driver is alive: a new token makes it retry at once.
+    h.tokens.set(token("pod-b"));
+    h.wait_for_calls(2).await;
+    assert_eq!(h.cache.get(&"k").await.unwrap().value, 2);
+    // A refresh point that is not a fraction of the lifetime: the default one (half of it).
+    h.wait_for_calls(3).await;
+    let calls = h.calls();
+    assert_eq!(calls[2].at.duration_since(calls[1].at).unwrap(), HOUR / 2);
+    // An interval of "forever" with a burst of u32::MAX: new keys are still served.
+    for key in ["x", "y", "z"] {
+        h.cache.get(&key).await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interval_of_forever_refuses_new_keys_after_the_burst() {
+    let policy = CachePolicy { adhoc_burst: 1, adhoc_interval: Duration::MAX, ..CachePolicy::default() };
+    let h = Harness::new(policy, Duration::ZERO, ok);
+    h.cache.get(&"x").await.unwrap();
+    let err = h.cache.get(&"y").await.unwrap_err();
+    assert!(rate_limited(&err), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expiry_past_year_9999_does_not_panic_the_json_exchange_log_line() {
+    let json_logs = tracing_subscriber::fmt().json().with_writer(std::io::sink).finish();
+    let _logging = tracing::subscriber::set_default(json_logs);
+    // What a broken token service (or a proxy) could answer: valid for ten thousand years.
+    let h = Harness::with_lifetimes(CachePolicy::default(), Duration::ZERO, ok, |_| {
+        Duration::from_secs(10_000 * 365 * 24 * 3600)
+    });
+    assert_eq!(h.cache.get(&"k").await.unwrap().value, 1);
 }

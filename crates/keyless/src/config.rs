@@ -16,6 +16,12 @@ const TOP_LEVEL_KEYS: &[&str] = &["listen", "admin_listen", "allow_non_loopback"
 /// The sections besides the providers' own (`crate::providers::names`).
 const SECTIONS: &[&str] = &["cache", "token"];
 
+/// Bounds of `cache.adhoc_burst` and `cache.adhoc_interval`. A burst beyond this many exchanges
+/// is no limit any cloud's quota would notice; an interval beyond a day would let no refresh of
+/// an unconfigured key through before it expires.
+const MAX_ADHOC_BURST: u32 = 10_000;
+const MAX_ADHOC_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -63,6 +69,12 @@ pub struct CacheSection {
     pub request_wait: Duration,
     #[serde(default = "default_max_entries")]
     pub max_entries: usize,
+    /// Exchanges of keys nobody configured that may happen at once (0: none at all).
+    #[serde(default = "default_adhoc_burst")]
+    pub adhoc_burst: u32,
+    /// After the burst, one more such exchange per this interval.
+    #[serde(default = "default_adhoc_interval", with = "humantime_serde")]
+    pub adhoc_interval: Duration,
 }
 
 /// `[token]`: how projected token files are watched.
@@ -99,6 +111,12 @@ fn default_request_wait() -> Duration {
 fn default_max_entries() -> usize {
     CachePolicy::default().max_entries
 }
+fn default_adhoc_burst() -> u32 {
+    CachePolicy::default().adhoc_burst
+}
+fn default_adhoc_interval() -> Duration {
+    CachePolicy::default().adhoc_interval
+}
 fn default_poll_interval() -> Duration {
     WatchOptions::default().poll_interval
 }
@@ -115,6 +133,8 @@ impl Default for CacheSection {
             exchange_timeout: default_exchange_timeout(),
             request_wait: default_request_wait(),
             max_entries: default_max_entries(),
+            adhoc_burst: default_adhoc_burst(),
+            adhoc_interval: default_adhoc_interval(),
         }
     }
 }
@@ -252,6 +272,27 @@ impl Config {
                 reason: "must be at least 1".to_owned(),
             });
         }
+        if c.adhoc_burst > MAX_ADHOC_BURST {
+            return Err(ConfigError::Value {
+                key: "cache.adhoc_burst",
+                value: c.adhoc_burst.to_string(),
+                reason: format!(
+                    "must be at most {MAX_ADHOC_BURST} (0 exchanges only the configured keys; default {})",
+                    default_adhoc_burst()
+                ),
+            });
+        }
+        if c.adhoc_interval.is_zero() || c.adhoc_interval > MAX_ADHOC_INTERVAL {
+            return Err(ConfigError::Value {
+                key: "cache.adhoc_interval",
+                value: humantime::format_duration(c.adhoc_interval).to_string(),
+                reason: format!(
+                    "must be above zero and at most {} (default {})",
+                    humantime::format_duration(MAX_ADHOC_INTERVAL),
+                    humantime::format_duration(default_adhoc_interval())
+                ),
+            });
+        }
         Ok(self)
     }
 
@@ -264,6 +305,8 @@ impl Config {
             exchange_timeout: c.exchange_timeout,
             request_wait: c.request_wait,
             max_entries: c.max_entries,
+            adhoc_burst: c.adhoc_burst,
+            adhoc_interval: c.adhoc_interval,
         }
     }
 
@@ -358,5 +401,25 @@ mod tests {
     fn refresh_fraction_must_be_inside_the_lifetime() {
         let err = load_str("[cache]\nrefresh_at = 1.5\n", &[]).unwrap_err().to_string();
         assert!(err.contains("cache.refresh_at"), "{err}");
+    }
+
+    #[test]
+    fn the_ad_hoc_exchange_budget_is_configurable_and_bounded() {
+        let c = load_str("[cache]\nadhoc_burst = 5\nadhoc_interval = \"1m\"\n", &[]).unwrap();
+        let policy = c.cache_policy();
+        assert_eq!((policy.adhoc_burst, policy.adhoc_interval), (5, Duration::from_secs(60)));
+        let c = load_str("", &[("KEYLESS_CACHE__ADHOC_BURST", "0")]).unwrap();
+        assert_eq!(c.cache_policy().adhoc_burst, 0, "0: only configured keys");
+        let defaults = load_str("", &[]).unwrap().cache_policy();
+        assert_eq!((defaults.adhoc_burst, defaults.adhoc_interval), (20, Duration::from_secs(10)));
+
+        let err = load_str("[cache]\nadhoc_burst = 10001\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("cache.adhoc_burst = 10001") && err.contains("at most 10000"), "{err}");
+        for bad in ["0s", "2days"] {
+            let err = load_str(&format!("[cache]\nadhoc_interval = \"{bad}\"\n"), &[]).unwrap_err().to_string();
+            assert!(err.contains("cache.adhoc_interval") && err.contains("at most 1day"), "{err}");
+        }
+        let err = load_str("[cache]\nadhoc_burst = -1\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("adhoc_burst"), "{err}");
     }
 }
