@@ -323,7 +323,8 @@ async fn an_unknown_key_is_named_with_where_to_look() {
     let emu = Emulator::start().await;
     let config = emu.working().replace("role_arn =", "role =");
     let checked = emu.check(&config).await;
-    checked.fails_with(&["unknown field `role`", "docs/configuration.md", "keyless config"]);
+    // The section's own problem: the other providers are still checked.
+    checked.fails_with(&["unknown field `role`", "docs/configuration.md", "aws config", "gcp:", "azure:"]);
 }
 
 #[tokio::test]
@@ -340,10 +341,11 @@ async fn unreachable_endpoints_say_what_to_check() {
     .join("\n");
     let checked = emu.check(&config).await;
     checked.fails_with(&[
+        // One classification of transport failures for every provider (keyless_provider::upstream).
         &format!("could not reach STS at {closed}"),
+        &format!("could not reach Google STS at {closed}"),
+        &format!("could not reach Entra ID at {closed}/"),
         "fix: check DNS, egress network policy and HTTPS_PROXY/NO_PROXY",
-        &format!("no usable answer from gcp.sts_endpoint ({closed})"),
-        &format!("check that azure.authority_host ({closed}) is reachable from this pod"),
         "result: 3 problems (aws exchange, gcp exchange, azure exchange)",
     ]);
 }
@@ -380,8 +382,8 @@ async fn without_the_ca_file_the_untrusted_endpoint_points_at_ca_file() {
     let checked = emu.check(&config).await;
     checked.fails_with(&[
         "set aws.ca_file to a PEM bundle",
-        "set gcp.ca_file to its CA bundle",
-        "set azure.ca_file to its CA bundle",
+        "set gcp.ca_file to a PEM bundle",
+        "set azure.ca_file to a PEM bundle",
         "result: 3 problems (aws exchange, gcp exchange, azure exchange)",
     ]);
 }
