@@ -1,0 +1,161 @@
+//! What a hostile local process, web page or file can make the keyless binary do (SPEC section 6),
+//! each test a way in that is closed.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keyless_e2e::{Dev, STARTUP_DEADLINE, keyless_bin, wait_until};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::process::Command;
+
+/// What the fake endpoints answer: credentials that must never be printed as valid.
+const FAKE_CREDENTIALS: &str = r#"{"AccessKeyId":"ASIAFAKEFAKEFAKEFAKE","SecretAccessKey":"fake-secret-access-key-0000","Token":"fake-session-token-0000","Expiration":"2099-01-01T00:00:00Z"}"#;
+/// An authorization value a test hands to `keyless credential-process`.
+const AUTHORIZATION: &str = "hardening-container-authorization-5b7e21c9";
+
+/// A loopback HTTP server that records the head of every request it gets and answers each with
+/// `response` (a whole HTTP/1.1 response), closing the connection.
+struct Recorder {
+    addr: std::net::SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    connections: Arc<Mutex<usize>>,
+    probes: usize,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    async fn start(response: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (heads, connections) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(0)));
+        let (seen, counted) = (heads.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                *counted.lock().unwrap() += 1;
+                let (seen, response) = (seen.clone(), response.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
+                    let _ = tcp.write_all(response.as_bytes()).await;
+                    let _ = tcp.shutdown().await;
+                });
+            }
+        });
+        Self { addr, heads, connections, probes: 0, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// Connections a client that has exited made (not counting this method's own). They are in
+    /// the accept queue already: a connection of our own, made after them, is accepted after
+    /// them, so once it is counted they are too.
+    async fn connections(&mut self) -> usize {
+        self.probes += 1;
+        let before = *self.connections.lock().unwrap();
+        let _probe = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        wait_until("the recorder to accept its probe", STARTUP_DEADLINE, || {
+            let now = *self.connections.lock().unwrap();
+            async move { now > before }
+        })
+        .await;
+        *self.connections.lock().unwrap() - self.probes
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn http_response(status: &str, headers: &str, body: &str) -> String {
+    format!("HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+}
+
+/// `keyless credential-process` with exactly `env` (plus PATH): its output, within a deadline.
+async fn credential_process(env: &[(&str, &str)]) -> Output {
+    let child = Command::new(keyless_bin())
+        .arg("credential-process")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(30), child).await.expect("keyless credential-process hung").unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test]
+async fn credential_process_refuses_plain_http_to_a_remote_host_before_connecting() {
+    // A proxy on loopback would see any attempt: reqwest sends plain-http requests to it.
+    let mut proxy = Recorder::start(http_response("200 OK", "", FAKE_CREDENTIALS)).await;
+    let out = credential_process(&[
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://evil.example/x"),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN", AUTHORIZATION),
+        ("HTTP_PROXY", &proxy.url()),
+        ("http_proxy", &proxy.url()),
+    ])
+    .await;
+    let said = text(&out);
+    assert!(!out.status.success(), "printed credentials from a remote plain-http endpoint:\n{said}");
+    assert_eq!(proxy.connections().await, 0, "keyless connected before refusing: {:?}", proxy.heads());
+    assert!(said.contains("AWS_CONTAINER_CREDENTIALS_FULL_URI") && said.contains("loopback"), "{said}");
+    assert!(!said.contains(AUTHORIZATION), "{said}");
+}
+
+#[tokio::test]
+async fn credential_process_never_sends_the_authorization_through_a_proxy() {
+    let dev = Dev::start().await;
+    let mut proxy =
+        Recorder::start(http_response("200 OK", "Content-Type: application/json\r\n", FAKE_CREDENTIALS)).await;
+    let out = credential_process(&[
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", dev.var("AWS_CONTAINER_CREDENTIALS_FULL_URI")),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN", dev.var("AWS_CONTAINER_AUTHORIZATION_TOKEN")),
+        ("HTTP_PROXY", &proxy.url()),
+        ("http_proxy", &proxy.url()),
+        ("ALL_PROXY", &proxy.url()),
+    ])
+    .await;
+    let said = text(&out);
+    assert_eq!(proxy.connections().await, 0, "the proxy saw: {:?}", proxy.heads());
+    assert!(out.status.success(), "{said}\n--- keyless dev\n{}", dev.logs());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["Version"], 1);
+    assert_ne!(json["AccessKeyId"], "ASIAFAKEFAKEFAKEFAKE", "the proxy's credentials were printed");
+}
+
+#[tokio::test]
+async fn credential_process_follows_no_redirect() {
+    let mut elsewhere = Recorder::start(http_response("200 OK", "", FAKE_CREDENTIALS)).await;
+    let location = format!("Location: {}/v1/credentials\r\n", elsewhere.url());
+    let endpoint = Recorder::start(http_response("302 Found", &location, "")).await;
+    let out = credential_process(&[
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &format!("{}/v1/credentials", endpoint.url())),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN", AUTHORIZATION),
+    ])
+    .await;
+    let said = text(&out);
+    assert!(!out.status.success(), "followed a redirect and printed its credentials:\n{said}");
+    assert!(said.contains("redirect"), "{said}");
+    assert_eq!(endpoint.heads().len(), 1, "asked the endpoint more than once: {:?}", endpoint.heads());
+    assert_eq!(elsewhere.connections().await, 0, "the redirect target saw: {:?}", elsewhere.heads());
+}
