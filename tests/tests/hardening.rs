@@ -6,7 +6,7 @@ use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyless_e2e::{Dev, STARTUP_DEADLINE, keyless_bin, wait_until};
+use keyless_e2e::{Dev, Process, STARTUP_DEADLINE, keyless_bin, wait_until};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::Command;
 
@@ -158,4 +158,38 @@ async fn credential_process_follows_no_redirect() {
     assert!(said.contains("redirect"), "{said}");
     assert_eq!(endpoint.heads().len(), 1, "asked the endpoint more than once: {:?}", endpoint.heads());
     assert_eq!(elsewhere.connections().await, 0, "the redirect target saw: {:?}", elsewhere.heads());
+}
+
+/// `keyless ARGS` with the config `toml` (written to a fresh file): its exit status and output.
+async fn run_with_config(args: &[&str], toml: &str) -> (std::process::ExitStatus, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyless.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut argv = args.to_vec();
+    argv.extend(["--config", config.to_str().unwrap()]);
+    exit_of(Process::spawn(&argv, &[("KEYLESS_LOG", "debug")])).await
+}
+
+/// Waits for `process` to exit on its own: its status and what it printed.
+async fn exit_of(mut process: Process) -> (std::process::ExitStatus, String) {
+    wait_until("keyless to exit", STARTUP_DEADLINE, || {
+        let exited = process.has_exited();
+        async move { exited }
+    })
+    .await;
+    let said = process.logs();
+    (process.wait().await, said)
+}
+
+const AWS_SECTION: &str = "[aws]\ntoken_file = \"/nonexistent/keyless-token\"\n\
+    role_arn = \"arn:aws:iam::123456789012:role/app\"\nsts_endpoint = \"http://127.0.0.1:9\"\n";
+
+#[tokio::test]
+async fn serve_with_an_absurd_request_wait_exits_naming_the_key() {
+    let toml = format!("[cache]\nrequest_wait = \"400000000000y\"\n\n{AWS_SECTION}");
+    let (status, said) =
+        run_with_config(&["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], &toml).await;
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(said.contains("cache.request_wait"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
 }

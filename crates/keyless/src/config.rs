@@ -126,6 +126,14 @@ impl Default for TokenSection {
     }
 }
 
+/// The allowed ranges (inclusive) of the `[cache]` and `[token]` numbers (docs/configuration.md).
+const RETRY: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
+const EXCHANGE_TIMEOUT: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(300));
+const REQUEST_WAIT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(300));
+const POLL_INTERVAL: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+const DEBOUNCE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(10));
+const MAX_ENTRIES: std::ops::RangeInclusive<usize> = 1..=10_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path}: {reason}")]
@@ -226,21 +234,35 @@ impl Config {
                 reason: "must be a fraction of the credential lifetime between 0 and 1 (default 0.5)".to_owned(),
             });
         }
-        if c.retry_min.is_zero() || c.retry_min > c.retry_max {
-            return Err(ConfigError::Value {
-                key: "cache.retry_min",
-                value: humantime::format_duration(c.retry_min).to_string(),
-                reason: format!(
-                    "must be above zero and at most cache.retry_max ({})",
-                    humantime::format_duration(c.retry_max)
-                ),
-            });
+        // A timer computes `now + value`: an absurd duration would overflow and abort keyless.
+        // Within the bounds, every value still means something for a sidecar.
+        let t = &self.token;
+        for (key, value, (min, max)) in [
+            ("cache.retry_max", c.retry_max, RETRY),
+            ("cache.retry_min", c.retry_min, (RETRY.0, RETRY.1.min(c.retry_max))),
+            ("cache.exchange_timeout", c.exchange_timeout, EXCHANGE_TIMEOUT),
+            ("cache.request_wait", c.request_wait, REQUEST_WAIT),
+            ("token.poll_interval", t.poll_interval, POLL_INTERVAL),
+            ("token.debounce", t.debounce, DEBOUNCE),
+        ] {
+            if !(min..=max).contains(&value) {
+                let at_most_retry_max = if key == "cache.retry_min" { " (at most cache.retry_max)" } else { "" };
+                return Err(ConfigError::Value {
+                    key,
+                    value: humantime::format_duration(value).to_string(),
+                    reason: format!(
+                        "must be between {} and {}{at_most_retry_max}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                });
+            }
         }
-        if c.max_entries == 0 {
+        if !MAX_ENTRIES.contains(&c.max_entries) {
             return Err(ConfigError::Value {
                 key: "cache.max_entries",
-                value: "0".to_owned(),
-                reason: "must be at least 1".to_owned(),
+                value: c.max_entries.to_string(),
+                reason: format!("must be between {} and {}", MAX_ENTRIES.start(), MAX_ENTRIES.end()),
             });
         }
         Ok(self)
@@ -348,6 +370,35 @@ mod tests {
         let err = load_str("listen = \"0.0.0.0:9811\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("listen = 0.0.0.0:9811") && err.contains("allow_non_loopback"), "{err}");
         assert!(load_str("listen = \"0.0.0.0:9811\"\nallow_non_loopback = true\n", &[]).is_ok());
+    }
+
+    #[test]
+    fn every_duration_and_number_is_bounded_and_the_error_names_key_and_range() {
+        // (section, other keys, key, below the range or None, lowest, highest, above the range)
+        let table = [
+            ("cache", "", "retry_min", Some("9ms"), "10ms", "30s", "2h"),
+            ("cache", "retry_min = \"10ms\"", "retry_max", Some("9ms"), "10ms", "1h", "1h 1ms"),
+            ("cache", "", "exchange_timeout", Some("99ms"), "100ms", "5m", "400000000000y"),
+            ("cache", "", "request_wait", None, "0s", "5m", "400000000000y"),
+            ("cache", "", "max_entries", Some("0"), "1", "10000", "10001"),
+            ("token", "", "poll_interval", Some("999ms"), "1s", "1h", "400000000000y"),
+            ("token", "", "debounce", None, "0s", "10s", "10s 1ms"),
+        ];
+        for (section, others, key, below, lowest, highest, above) in table {
+            let toml = |value: &str| {
+                let value = if key == "max_entries" { value.to_owned() } else { format!("{value:?}") };
+                format!("[{section}]\n{others}\n{key} = {value}\n")
+            };
+            for ok in [lowest, highest] {
+                let loaded = load_str(&toml(ok), &[]);
+                assert!(loaded.is_ok(), "{section}.{key} = {ok}: {}", loaded.unwrap_err());
+            }
+            for bad in below.into_iter().chain([above]) {
+                let err = load_str(&toml(bad), &[]).unwrap_err().to_string();
+                let (named, range) = (format!("{section}.{key} = "), format!("must be between {lowest} and {highest}"));
+                assert!(err.starts_with(&named) && err.contains(&range), "{section}.{key} = {bad}: {err}");
+            }
+        }
     }
 
     #[test]
