@@ -125,8 +125,7 @@ async fn credential_process_refuses_plain_http_to_a_remote_host_before_connectin
 #[tokio::test]
 async fn credential_process_never_sends_the_authorization_through_a_proxy() {
     let dev = Dev::start().await;
-    let mut proxy =
-        Recorder::start(http_response("200 OK", "Content-Type: application/json\r\n", FAKE_CREDENTIALS)).await;
+    let mut proxy = Recorder::start(http_response("200 OK", "Content-Type: application/json\r\n", FAKE_CREDENTIALS)).await;
     let out = credential_process(&[
         ("AWS_CONTAINER_CREDENTIALS_FULL_URI", dev.var("AWS_CONTAINER_CREDENTIALS_FULL_URI")),
         ("AWS_CONTAINER_AUTHORIZATION_TOKEN", dev.var("AWS_CONTAINER_AUTHORIZATION_TOKEN")),
@@ -192,4 +191,25 @@ async fn serve_with_an_absurd_request_wait_exits_naming_the_key() {
     assert_eq!(status.code(), Some(1), "{said}");
     assert!(said.contains("cache.request_wait"), "{said}");
     assert!(!said.contains("panicked"), "{said}");
+}
+
+#[tokio::test]
+async fn a_toml_syntax_error_names_the_line_but_never_echoes_the_secret() {
+    let secret = "hardening-unterminated-secret-9d3f0a";
+    let configs = [
+        format!("{AWS_SECTION}authorization_token = \"{secret}\n"),
+        format!(
+            "[azure]\ntoken_file = \"/t\"\ntenant_id = \"contoso.onmicrosoft.com\"\n\
+             client_id = \"00000000-0000-0000-0000-000000000000\"\nidentity_header = \"{secret}\n"
+        ),
+    ];
+    for toml in &configs {
+        let line = toml.lines().position(|l| l.contains(secret)).unwrap() + 1;
+        for command in ["serve", "check"] {
+            let (status, said) = run_with_config(&[command], toml).await;
+            assert_eq!(status.code(), Some(1), "{command}: {said}");
+            assert!(!said.contains(&secret[..16]) && !said.contains(&secret[16..]), "{command} echoed it: {said}");
+            assert!(said.contains(&format!("line {line}")), "{command} does not name line {line}: {said}");
+        }
+    }
 }

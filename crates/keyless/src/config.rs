@@ -189,13 +189,47 @@ pub fn load<T: for<'de> Deserialize<'de>>(
             path: path.to_owned(),
             reason: format!("{e} (pass an existing file with --config, or omit --config)"),
         })?;
-        // Parse with `toml` first: its errors carry line and column.
+        // Parse with `toml` first: its errors carry the position.
         toml::from_str::<toml::Table>(&text)
-            .map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })?;
+            .map_err(|e| ConfigError::File { path: path.to_owned(), reason: syntax_error(&text, &e) })?;
         builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
     }
     let merged = builder.build().map_err(|e| ConfigError::Invalid(e.to_string()))?;
     merged.try_deserialize().map_err(|e| ConfigError::Invalid(explain(&e.to_string())))
+}
+
+/// A TOML syntax error by its position and, when it can be told, the key. Never the line itself
+/// (the `toml` crate's `Display` quotes it): an unterminated `authorization_token` or
+/// `identity_header` would put the secret in the error.
+fn syntax_error(text: &str, error: &toml::de::Error) -> String {
+    // The message says what was expected, not the text found.
+    let message = error.message().lines().next().unwrap_or_default();
+    let Some(at) = error.span().map(|span| span.start.min(text.len())) else {
+        return format!("TOML syntax error: {message}");
+    };
+    let before = text.get(..at).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    // The line's key, only if everything before the line is valid TOML: then the line does not
+    // start inside a string, and what precedes its `=` is a key, not part of a value.
+    let key = Some(&text[..line_start])
+        .filter(|prefix| toml::from_str::<toml::Table>(prefix).is_ok())
+        .and_then(|_| text[line_start..].lines().next()?.split_once('='))
+        .map(|(key, _)| key.trim())
+        .filter(|key| {
+            !key.is_empty() && key.len() <= 64 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+        });
+    // The section: the last of keyless's section headers before the line (no other name is shown).
+    let section = before.lines().rev().find_map(|l| l.trim().strip_prefix('[')?.strip_suffix(']')).map(str::trim);
+    let key = match (key, section.and_then(|s| SECTIONS.iter().find(|known| **known == s))) {
+        (Some(key), Some(section)) => format!(" (key {section}.{key})"),
+        (Some(key), None) if section.is_none() => format!(" (key {key})"),
+        _ => String::new(),
+    };
+    format!(
+        "TOML syntax error at line {line}, column {column}{key}: {message} (the line is not shown: it may hold a secret)"
+    )
 }
 
 /// Turns serde's wording into one that says where to look.
@@ -397,6 +431,35 @@ mod tests {
                 let err = load_str(&toml(bad), &[]).unwrap_err().to_string();
                 let (named, range) = (format!("{section}.{key} = "), format!("must be between {lowest} and {highest}"));
                 assert!(err.starts_with(&named) && err.contains(&range), "{section}.{key} = {bad}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_gives_its_position_and_key_but_never_the_line() {
+        let secret = "s3cret-in-the-config-4b1e9";
+        // (the config, the line of the error, the key it names)
+        let cases = [
+            (
+                format!("[aws]\nrole_arn = \"x\"\nauthorization_token = \"{secret}\n"),
+                3,
+                Some("aws.authorization_token"),
+            ),
+            (format!("[azure]\nidentity_header = '{secret}\n"), 2, Some("azure.identity_header")),
+            (format!("[azure]\nidentity_header = {secret}\n"), 2, Some("azure.identity_header")),
+            (format!("[aws]\nauthorization_token = \"\"\"{secret}\n"), 3, None),
+            (format!("[aws]\nauthorization_token = \"{secret}\\q\"\n"), 2, Some("aws.authorization_token")),
+            (format!("[aws]\nauthorization_token = \"{secret}\" trailing\n"), 2, Some("aws.authorization_token")),
+            (format!("[aws]\n{secret} x = 1\n"), 2, None),
+            (format!("[aws\nauthorization_token = \"{secret}\"\n"), 1, None),
+            (format!("[aws]\npolicy = \"\"\"\n[{secret}]\n{secret}=\\q\n\"\"\"\n"), 4, None),
+        ];
+        for (toml, line, key) in cases {
+            let err = load_str(&toml, &[]).unwrap_err().to_string();
+            assert!(!err.contains(&secret[..12]) && !err.contains(&secret[12..]), "echoed: {err}");
+            assert!(err.contains(&format!("line {line}, column ")), "{toml:?}: {err}");
+            if let Some(key) = key {
+                assert!(err.contains(&format!("(key {key})")), "{toml:?}: {err}");
             }
         }
     }
