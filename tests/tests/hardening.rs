@@ -2,6 +2,7 @@
 //! each test a way in that is closed.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -125,7 +126,8 @@ async fn credential_process_refuses_plain_http_to_a_remote_host_before_connectin
 #[tokio::test]
 async fn credential_process_never_sends_the_authorization_through_a_proxy() {
     let dev = Dev::start().await;
-    let mut proxy = Recorder::start(http_response("200 OK", "Content-Type: application/json\r\n", FAKE_CREDENTIALS)).await;
+    let mut proxy =
+        Recorder::start(http_response("200 OK", "Content-Type: application/json\r\n", FAKE_CREDENTIALS)).await;
     let out = credential_process(&[
         ("AWS_CONTAINER_CREDENTIALS_FULL_URI", dev.var("AWS_CONTAINER_CREDENTIALS_FULL_URI")),
         ("AWS_CONTAINER_AUTHORIZATION_TOKEN", dev.var("AWS_CONTAINER_AUTHORIZATION_TOKEN")),
@@ -212,4 +214,61 @@ async fn a_toml_syntax_error_names_the_line_but_never_echoes_the_secret() {
             assert!(said.contains(&format!("line {line}")), "{command} does not name line {line}: {said}");
         }
     }
+}
+
+#[tokio::test]
+async fn dev_writes_its_files_fresh_and_never_through_a_planted_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let (env_file, state) = (dir.path().join("app.env"), dir.path().join("state"));
+    std::fs::create_dir(&state).unwrap();
+    // A victim per file keyless dev or its emulator writes, reached through a planted symlink.
+    let planted =
+        [dir.path().join("app.tmp"), state.join("keyless.toml"), state.join("ca.pem"), state.join("ca-bundle.pem")];
+    let victims: Vec<_> = (0..planted.len()).map(|i| dir.path().join(format!("victim-{i}"))).collect();
+    for (link, victim) in planted.iter().zip(&victims) {
+        std::fs::write(victim, "untouched\n").unwrap();
+        std::os::unix::fs::symlink(victim, link).unwrap();
+    }
+    std::fs::write(&env_file, "OLD=1\n").unwrap();
+    std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let mut dev = Process::spawn(
+        &[
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--emulator-listen",
+            "127.0.0.1:0",
+            "--env-file",
+            env_file.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[("KEYLESS_LOG", "info")],
+    );
+    let mut exited = false;
+    wait_until("keyless dev to write its env file", STARTUP_DEADLINE, || {
+        exited = dev.has_exited();
+        let written = std::fs::read_to_string(&env_file).is_ok_and(|t| t.contains("KEYLESS_ADMIN_URL="));
+        async move { written || exited }
+    })
+    .await;
+    assert!(!exited, "keyless dev exited:\n{}", dev.logs());
+    for victim in &victims {
+        assert_eq!(std::fs::read_to_string(victim).unwrap(), "untouched\n", "{} was written through", victim.display());
+    }
+    let meta = std::fs::symlink_metadata(&env_file).unwrap();
+    assert!(meta.file_type().is_file(), "app.env is not a regular file");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "app.env keeps the old file's mode");
+    for written in ["keyless.toml", "ca.pem", "ca-bundle.pem"] {
+        assert!(std::fs::symlink_metadata(state.join(written)).unwrap().file_type().is_file(), "{written}");
+    }
+    // The temporary files were renamed into place, none left behind.
+    for d in [dir.path(), &state] {
+        let names: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(names.iter().all(|n| !n.to_string_lossy().starts_with('.')), "left behind: {names:?}");
+    }
+    assert!(dev.stop().await.success());
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use keyless_core::clock::SystemClock;
-use keyless_core::{AppEnvVar, Context, Metrics};
+use keyless_core::{AppEnvVar, Context, Metrics, files};
 use keyless_emulator::{Cloud, Emulator, EmulatorConfig};
 use tracing::info;
 
@@ -113,7 +113,7 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     let bundle = write_ca_bundle(&opts.state_dir, emulator.ca_pem_path())?;
 
     let config_path = opts.state_dir.join("keyless.toml");
-    std::fs::write(&config_path, sidecar_toml(&emulator, &opts))
+    files::write_atomically(&config_path, sidecar_toml(&emulator, &opts).as_bytes(), 0o600)
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let mut config: Config = config::load(Some(&config_path), Default::default())
         .and_then(|c: Config| c.finish(&Overrides::default()))
@@ -185,27 +185,22 @@ fn write_ca_bundle(state_dir: &Path, emulator_ca: &Path) -> Result<PathBuf, Stri
         &std::fs::read(emulator_ca).map_err(|e| format!("cannot read {}: {e}", emulator_ca.display()))?,
     );
     let path = state_dir.join("ca-bundle.pem");
-    std::fs::write(&path, bundle).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    files::write_atomically(&path, &bundle, 0o644).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
 }
 
 /// `KEY=VALUE` lines, no quotes, no `export`, written atomically with mode 0600 (it holds the
-/// authorization secrets).
+/// authorization secrets) through a fresh temporary file, never through one that could be planted.
 fn write_env_file(path: &Path, env: &[AppEnvVar]) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("cannot write the env file {}: {e}", path.display());
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(fail)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut file = {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(fail)?
-    };
+    let mut lines = String::new();
     for var in env {
-        writeln!(file, "{}={}", var.name, var.file_value()).map_err(fail)?;
+        lines.push_str(&format!("{}={}\n", var.name, var.file_value()));
     }
-    file.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
+    files::write_atomically(path, lines.as_bytes(), 0o600).map_err(fail)
 }
 
 #[allow(clippy::print_stdout)] // the env is the command's output
