@@ -272,3 +272,24 @@ async fn dev_writes_its_files_fresh_and_never_through_a_planted_symlink() {
     }
     assert!(dev.stop().await.success());
 }
+
+#[tokio::test]
+async fn emulate_off_loopback_needs_the_remote_control_flag() {
+    let state = tempfile::tempdir().unwrap();
+    let listen = format!("0.0.0.0:{}", keyless_e2e::free_port());
+    let args = ["emulate", "--listen", &listen, "--state-dir", state.path().to_str().unwrap()];
+    let (status, said) = exit_of(Process::spawn(&args, &[])).await;
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(said.contains("--allow-remote-control"), "{said}");
+
+    let mut allowed = Process::spawn(&[&args[..], &["--allow-remote-control"]].concat(), &[("KEYLESS_LOG", "info")]);
+    let mut exited = false;
+    wait_until("keyless emulate --allow-remote-control to be ready", STARTUP_DEADLINE, || {
+        exited = allowed.has_exited();
+        let ready = allowed.logs().contains("emulator ready");
+        async move { ready || exited }
+    })
+    .await;
+    assert!(!exited, "{}", allowed.logs());
+    assert!(allowed.stop().await.success());
+}

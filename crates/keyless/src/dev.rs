@@ -30,7 +30,20 @@ pub struct DevOptions {
 
 /// `keyless emulate`: the emulator and projector until SIGTERM/Ctrl-C. `hostnames` are the names
 /// other containers reach it by (the first one is the issuer); apps get `STATE/ca-bundle.pem`.
-pub async fn emulate(listen: SocketAddr, state_dir: PathBuf, hostnames: Vec<String>) -> Result<(), String> {
+pub async fn emulate(
+    listen: SocketAddr,
+    state_dir: PathBuf,
+    hostnames: Vec<String>,
+    allow_remote_control: bool,
+) -> Result<(), String> {
+    if !listen.ip().is_loopback() && !allow_remote_control {
+        return Err(format!(
+            "--listen {listen} is not a loopback address, and the emulator's control API (/_emulator/: it \
+             mints tokens the emulated clouds trust, injects faults) has no authentication: anything that \
+             reaches {listen} could use it. Listen on 127.0.0.1, or pass --allow-remote-control when other \
+             hosts must reach the emulator (as in docker/compose.yaml)"
+        ));
+    }
     let emulator = start_emulator(listen, &state_dir, hostnames).await?;
     let bundle = write_ca_bundle(&state_dir, emulator.ca_pem_path())?;
     info!(url = %emulator.url(), ca = %emulator.ca_pem_path().display(), ca_bundle = %bundle.display(), "emulator ready");
@@ -104,6 +117,14 @@ fn toml_str(s: &str) -> String {
 
 /// `keyless dev`: emulator, projector and sidecar in one process; writes the app's env file.
 pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
+    if !opts.emulator_listen.ip().is_loopback() {
+        return Err(format!(
+            "--emulator-listen {} is not a loopback address: the emulator's control API has no \
+             authentication (it mints tokens the emulated clouds trust). keyless dev keeps it on loopback; \
+             for an emulator other hosts reach, run keyless emulate --allow-remote-control",
+            opts.emulator_listen
+        ));
+    }
     std::fs::create_dir_all(&opts.state_dir)
         .map_err(|e| format!("cannot create the state dir {}: {e}", opts.state_dir.display()))?;
     // The env file is read from other directories (apps, compose): every path in it is absolute.
