@@ -293,3 +293,12 @@ async fn emulate_off_loopback_needs_the_remote_control_flag() {
     assert!(!exited, "{}", allowed.logs());
     assert!(allowed.stop().await.success());
 }
+
+#[tokio::test]
+async fn readyz_details_still_reach_a_loopback_peer() {
+    let dev = Dev::start().await;
+    let body = reqwest::get(format!("{}/readyz", dev.admin_url())).await.unwrap().text().await.unwrap();
+    assert!(body.contains(dev.var("KEYLESS_AWS_ROLE_ARN")), "{body}");
+    assert!(body.contains(dev.var("KEYLESS_GCP_SERVICE_ACCOUNT")), "{body}");
+    assert!(dev.stop().await.success());
+}
