@@ -144,3 +144,34 @@ fn ca_files_without_usable_certificates_are_refused() {
     let err = resolve(&c, &host(&[]), None).expect_err("garbage certificate");
     assert!(err.to_string().starts_with("aws.ca_file"), "{err}");
 }
+
+#[test]
+fn every_duration_and_number_is_bounded_and_the_error_names_key_and_range() {
+    let absurd = Duration::from_secs(400_000_000_000 * 31_557_600);
+    type Set = fn(&mut Config, u64);
+    // (key, set the value in seconds or units, lowest, highest, the range as the error gives it)
+    let table: [(&str, Set, u64, u64, &str); 3] = [
+        ("duration", |c, v| c.duration = Duration::from_secs(v), 900, 43_200, "15m to 12h"),
+        (
+            "imds_session_ttl_max",
+            |c, v| c.imds_session_ttl_max = Duration::from_secs(v),
+            1,
+            21_600,
+            "between 1s and 6h",
+        ),
+        ("imds_max_sessions", |c, v| c.imds_max_sessions = v as usize, 1, 65_536, "between 1 and 65536"),
+    ];
+    for (key, set, lowest, highest, range) in table {
+        for ok in [lowest, highest] {
+            let mut c = base();
+            set(&mut c, ok);
+            assert!(resolve(&c, &host(&[]), None).is_ok(), "aws.{key} = {ok}");
+        }
+        for bad in [lowest - 1, highest + 1, absurd.as_secs()] {
+            let mut c = base();
+            set(&mut c, bad);
+            let err = resolve(&c, &host(&[]), None).expect_err(key).to_string();
+            assert!(err.starts_with(&format!("aws.{key}:")) && err.contains(range), "aws.{key} = {bad}: {err}");
+        }
+    }
+}

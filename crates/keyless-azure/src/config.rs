@@ -233,16 +233,22 @@ fn validate_app_service_path(path: &str) -> Result<(), ConfigError> {
     keyless_provider::routes::plain_path(path).map_err(|m| ConfigError::invalid("azure.app_service_path", m))
 }
 
+/// Longest `identity_header`: far more than a secret needs, and a header the listener accepts
+/// (request heads are bounded) and that fits an env file line.
+const MAX_IDENTITY_HEADER_LEN: usize = 4096;
+
 fn validate_identity_header(value: &str) -> Result<(), ConfigError> {
-    let usable = value.len() >= 16 && value.bytes().all(|b| b.is_ascii_graphic());
+    let usable = (16..=MAX_IDENTITY_HEADER_LEN).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic());
     if usable {
         Ok(())
     } else {
         Err(ConfigError::invalid(
             "azure.identity_header",
-            "must be at least 16 printable ASCII characters without spaces (it is an HTTP header \
-             value and the only thing guarding the App Service endpoint); or remove it to have \
-             keyless generate one",
+            format!(
+                "must be 16 to {MAX_IDENTITY_HEADER_LEN} printable ASCII characters without spaces (it is an \
+                 HTTP header value and the only thing guarding the App Service endpoint); or remove it to have \
+                 keyless generate one"
+            ),
         ))
     }
 }

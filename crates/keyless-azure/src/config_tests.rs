@@ -124,6 +124,18 @@ fn a_weak_identity_header_is_refused_and_a_generated_one_is_fresh() {
 }
 
 #[test]
+fn the_identity_header_length_is_bounded_and_the_error_names_the_range() {
+    let header = |len: usize| Config { identity_header: Some(Secret::new("h".repeat(len))), ..minimal() };
+    for ok in [16, 4096] {
+        assert!(header(ok).validate().is_ok(), "{ok} characters");
+    }
+    for bad in [15, 4097, 1 << 20] {
+        let err = header(bad).validate().expect_err("out of range").to_string();
+        assert!(err.starts_with("azure.identity_header:") && err.contains("16 to 4096"), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn serving_nothing_is_refused() {
     let err = Config { imds: false, app_service: false, ..minimal() }.validate().expect_err("nothing served");
     assert!(err.to_string().contains("azure.imds"));

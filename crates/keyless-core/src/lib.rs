@@ -11,6 +11,7 @@ pub mod cache;
 pub mod clock;
 mod context;
 pub mod exchange;
+pub mod files;
 pub mod metrics;
 mod secret;
 mod task;

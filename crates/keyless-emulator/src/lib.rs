@@ -276,7 +276,8 @@ pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
     );
     let tls = tls::generate(Some(local_addr.ip()), &hostnames)?;
     let ca_pem_path = state_dir.join("ca.pem");
-    fs::write(&ca_pem_path, &tls.ca_pem).map_err(state_error)?;
+    // Public (apps in other containers read it), but never written through a planted symlink.
+    keyless_core::files::write_atomically(&ca_pem_path, tls.ca_pem.as_bytes(), 0o644).map_err(state_error)?;
 
     let audiences = [
         (Cloud::Aws, ids.aws_audience().to_owned()),

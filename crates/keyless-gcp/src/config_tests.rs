@@ -156,3 +156,19 @@ fn from_env_names_a_credential_type_it_cannot_use() {
     assert!(text.contains("\"authorized_user\""), "{text}");
     assert!(!text.contains("secret-value"), "{text}");
 }
+
+#[test]
+fn the_token_lifetime_is_bounded_and_the_error_names_the_range() {
+    let absurd = Duration::from_secs(400_000_000_000 * 31_557_600);
+    for (lifetime, long, range) in [
+        (Duration::from_secs(59), false, "at least 1m"),
+        (Duration::from_secs(3601), false, "at most 1h"),
+        (absurd, false, "at most 1h"),
+        (Duration::from_secs(12 * 3600 + 1), true, "at most 12h"),
+        (absurd, true, "at most 12h"),
+    ] {
+        let config = Config { token_lifetime: Some(lifetime), allow_long_lifetime: long, ..minimal() };
+        let err = config.resolve().expect_err("out of range").to_string();
+        assert!(err.starts_with("gcp.token_lifetime") && err.contains(range), "{err}");
+    }
+}

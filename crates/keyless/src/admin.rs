@@ -1,12 +1,22 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (every configured identity holds
-//! a valid credential), `/metrics` (Prometheus text). Kubelet probes reach it on the pod IP.
+//! a valid credential), `/metrics` (Prometheus text). Kubelet probes reach it on the pod IP, so it
+//! listens on every interface, unauthenticated: what it tells a peer that is not on loopback is
+//! only what a probe or a scraper needs.
+//!
+//! - `/readyz` answers such a peer with the status and a count; the details (role ARNs, e-mails,
+//!   client ids, cache keys, the last upstream error) go to loopback peers only, which is where
+//!   `kubectl exec` and `kubectl port-forward` arrive.
+//! - `/metrics` keeps its labels (SPEC section 7): identities (role ARNs, service-account e-mails,
+//!   client ids) are names, not secrets; holding one grants nothing without a token the cloud
+//!   trusts, and dashboards need them.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -28,14 +38,29 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// 200 when every configured identity holds a valid credential, else 503; the body lists each
-/// identity with its state and, when not ready, the last error with its hint.
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+/// 200 when every configured identity holds a valid credential, else 503. A loopback peer gets
+/// each identity with its state and, when not ready, the last error with its hint; any other peer
+/// (or one the listener did not name) gets the status and a count.
+async fn readyz(State(state): State<AdminState>, request: Request) -> impl IntoResponse {
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(peer)| *peer);
+    let local = peer.is_some_and(|p| p.ip().to_canonical().is_loopback());
     let statuses: Vec<_> = state.readiness.iter().flat_map(|r| r.statuses()).collect();
-    let mut ready = !statuses.is_empty() && state.gate.load(Ordering::Acquire);
+    let starting = !state.gate.load(Ordering::Acquire);
+    let held = statuses.iter().filter(|s| s.ready()).count();
+    let ready = !statuses.is_empty() && !starting && held == statuses.len();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    if !local {
+        let state = if ready { "ready" } else { "not ready" };
+        let starting = if starting && !statuses.is_empty() { ", still starting" } else { "" };
+        let body = format!(
+            "{state}: {held}/{} identities hold a valid credential{starting} (details: GET /readyz from inside \
+             the pod, e.g. kubectl exec or kubectl port-forward)\n",
+            statuses.len()
+        );
+        return (status, body);
+    }
     let mut body = String::new();
     for s in &statuses {
-        ready &= s.ready();
         match (s.valid_until, &s.last_error) {
             (Some(until), _) => {
                 let _ = writeln!(
@@ -57,13 +82,89 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
     if statuses.is_empty() {
         body.push_str("not ready: no identity configured\n");
-    } else if !state.gate.load(Ordering::Acquire) {
+    } else if starting {
         body.push_str("not ready: still starting\n");
     }
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, body)
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use keyless_core::{ExchangeError, IdentityStatus};
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    const ROLE: &str = "arn:aws:iam::123456789012:role/payments";
+    const EMAIL: &str = "reader@project.iam.gserviceaccount.com";
+    const UPSTREAM_ERROR: &str = "AccessDenied: not authorized to assume payments";
+
+    struct Identities;
+
+    impl Readiness for Identities {
+        fn statuses(&self) -> Vec<IdentityStatus> {
+            vec![
+                IdentityStatus {
+                    provider: "aws",
+                    identity: ROLE.to_owned(),
+                    key: "token /var/run/secrets/tokens/aws".to_owned(),
+                    valid_until: Some(UNIX_EPOCH + Duration::from_secs(4_000_000_000)),
+                    last_error: None,
+                },
+                IdentityStatus {
+                    provider: "gcp",
+                    identity: EMAIL.to_owned(),
+                    key: "AccessToken(ScopeSet([\"cloud-platform\"]))".to_owned(),
+                    valid_until: None,
+                    last_error: Some(ExchangeError::retryable(UPSTREAM_ERROR)),
+                },
+            ]
+        }
+    }
+
+    async fn readyz_from(peer: Option<&str>) -> (StatusCode, String) {
+        let router = router(AdminState {
+            readiness: vec![Arc::new(Identities)],
+            metrics: Metrics::new(),
+            gate: Arc::new(AtomicBool::new(true)),
+        });
+        let mut request = axum::http::Request::get("/readyz").body(axum::body::Body::empty()).unwrap();
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        }
+        let response = router.oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readyz_tells_a_peer_off_loopback_only_the_status_and_a_count() {
+        for peer in [Some("10.1.2.3:40000"), Some("[fd00::5]:40000"), None] {
+            let (status, body) = readyz_from(peer).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(body.starts_with("not ready: 1/2 identities hold a valid credential"), "{body}");
+            for detail in [ROLE, EMAIL, UPSTREAM_ERROR, "/var/run/secrets", "ScopeSet"] {
+                assert!(!body.contains(detail), "{peer:?} was told {detail}: {body}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn readyz_gives_a_loopback_peer_every_identity_and_its_last_error() {
+        for peer in ["127.0.0.1:40000", "[::1]:40000", "[::ffff:127.0.0.1]:40000"] {
+            let (status, body) = readyz_from(Some(peer)).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            for detail in [ROLE, EMAIL, UPSTREAM_ERROR] {
+                assert!(body.contains(detail), "{peer}: {body}");
+            }
+        }
+    }
 }

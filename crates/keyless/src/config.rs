@@ -145,6 +145,14 @@ impl Default for TokenSection {
     }
 }
 
+/// The allowed ranges (inclusive) of the `[cache]` and `[token]` numbers (docs/configuration.md).
+const RETRY: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
+const EXCHANGE_TIMEOUT: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(300));
+const REQUEST_WAIT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(300));
+const POLL_INTERVAL: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+const DEBOUNCE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(10));
+const MAX_ENTRIES: std::ops::RangeInclusive<usize> = 1..=10_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path}: {reason}")]
@@ -199,9 +207,9 @@ pub fn load(file: Option<&Path>, env_settings: HashMap<String, String>) -> Resul
             path: path.to_owned(),
             reason: format!("{e} (pass an existing file with --config, or omit --config)"),
         })?;
-        // Parse with `toml` first: its errors carry line and column.
+        // Parse with `toml` first: its errors carry the position.
         toml::from_str::<toml::Table>(&text)
-            .map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })?;
+            .map_err(|e| ConfigError::File { path: path.to_owned(), reason: syntax_error(&text, &e) })?;
         builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
     }
     let merged = builder.build().map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -217,6 +225,40 @@ pub fn load(file: Option<&Path>, env_settings: HashMap<String, String>) -> Resul
         .try_deserialize()
         .map_err(|e| ConfigError::Invalid(explain(&e.to_string())))?;
     Ok((config, sections))
+}
+
+/// A TOML syntax error by its position and, when it can be told, the key. Never the line itself
+/// (the `toml` crate's `Display` quotes it): an unterminated `authorization_token` or
+/// `identity_header` would put the secret in the error.
+fn syntax_error(text: &str, error: &toml::de::Error) -> String {
+    // The message says what was expected, not the text found.
+    let message = error.message().lines().next().unwrap_or_default();
+    let Some(at) = error.span().map(|span| span.start.min(text.len())) else {
+        return format!("TOML syntax error: {message}");
+    };
+    let before = text.get(..at).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    // The line's key, only if everything before the line is valid TOML: then the line does not
+    // start inside a string, and what precedes its `=` is a key, not part of a value.
+    let key = Some(&text[..line_start])
+        .filter(|prefix| toml::from_str::<toml::Table>(prefix).is_ok())
+        .and_then(|_| text[line_start..].lines().next()?.split_once('='))
+        .map(|(key, _)| key.trim())
+        .filter(|key| {
+            !key.is_empty() && key.len() <= 64 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+        });
+    // The section: the last of keyless's section headers before the line (no other name is shown).
+    let section = before.lines().rev().find_map(|l| l.trim().strip_prefix('[')?.strip_suffix(']')).map(str::trim);
+    let key = match (key, section.and_then(|s| SECTIONS.iter().find(|known| **known == s))) {
+        (Some(key), Some(section)) => format!(" (key {section}.{key})"),
+        (Some(key), None) if section.is_none() => format!(" (key {key})"),
+        _ => String::new(),
+    };
+    format!(
+        "TOML syntax error at line {line}, column {column}{key}: {message} (the line is not shown: it may hold a secret)"
+    )
 }
 
 /// Turns serde's wording into one that says where to look.
@@ -255,21 +297,35 @@ impl Config {
                 reason: "must be a fraction of the credential lifetime between 0 and 1 (default 0.5)".to_owned(),
             });
         }
-        if c.retry_min.is_zero() || c.retry_min > c.retry_max {
-            return Err(ConfigError::Value {
-                key: "cache.retry_min",
-                value: humantime::format_duration(c.retry_min).to_string(),
-                reason: format!(
-                    "must be above zero and at most cache.retry_max ({})",
-                    humantime::format_duration(c.retry_max)
-                ),
-            });
+        // A timer computes `now + value`: an absurd duration would overflow and abort keyless.
+        // Within the bounds, every value still means something for a sidecar.
+        let t = &self.token;
+        for (key, value, (min, max)) in [
+            ("cache.retry_max", c.retry_max, RETRY),
+            ("cache.retry_min", c.retry_min, (RETRY.0, RETRY.1.min(c.retry_max))),
+            ("cache.exchange_timeout", c.exchange_timeout, EXCHANGE_TIMEOUT),
+            ("cache.request_wait", c.request_wait, REQUEST_WAIT),
+            ("token.poll_interval", t.poll_interval, POLL_INTERVAL),
+            ("token.debounce", t.debounce, DEBOUNCE),
+        ] {
+            if !(min..=max).contains(&value) {
+                let at_most_retry_max = if key == "cache.retry_min" { " (at most cache.retry_max)" } else { "" };
+                return Err(ConfigError::Value {
+                    key,
+                    value: humantime::format_duration(value).to_string(),
+                    reason: format!(
+                        "must be between {} and {}{at_most_retry_max}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                });
+            }
         }
-        if c.max_entries == 0 {
+        if !MAX_ENTRIES.contains(&c.max_entries) {
             return Err(ConfigError::Value {
                 key: "cache.max_entries",
-                value: "0".to_owned(),
-                reason: "must be at least 1".to_owned(),
+                value: c.max_entries.to_string(),
+                reason: format!("must be between {} and {}", MAX_ENTRIES.start(), MAX_ENTRIES.end()),
             });
         }
         if c.adhoc_burst > MAX_ADHOC_BURST {
@@ -395,6 +451,64 @@ mod tests {
         let err = load_str("listen = \"0.0.0.0:9811\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("listen = 0.0.0.0:9811") && err.contains("allow_non_loopback"), "{err}");
         assert!(load_str("listen = \"0.0.0.0:9811\"\nallow_non_loopback = true\n", &[]).is_ok());
+    }
+
+    #[test]
+    fn every_duration_and_number_is_bounded_and_the_error_names_key_and_range() {
+        // (section, other keys, key, below the range or None, lowest, highest, above the range)
+        let table = [
+            ("cache", "", "retry_min", Some("9ms"), "10ms", "30s", "2h"),
+            ("cache", "retry_min = \"10ms\"", "retry_max", Some("9ms"), "10ms", "1h", "1h 1ms"),
+            ("cache", "", "exchange_timeout", Some("99ms"), "100ms", "5m", "400000000000y"),
+            ("cache", "", "request_wait", None, "0s", "5m", "400000000000y"),
+            ("cache", "", "max_entries", Some("0"), "1", "10000", "10001"),
+            ("token", "", "poll_interval", Some("999ms"), "1s", "1h", "400000000000y"),
+            ("token", "", "debounce", None, "0s", "10s", "10s 1ms"),
+        ];
+        for (section, others, key, below, lowest, highest, above) in table {
+            let toml = |value: &str| {
+                let value = if key == "max_entries" { value.to_owned() } else { format!("{value:?}") };
+                format!("[{section}]\n{others}\n{key} = {value}\n")
+            };
+            for ok in [lowest, highest] {
+                let loaded = load_str(&toml(ok), &[]);
+                assert!(loaded.is_ok(), "{section}.{key} = {ok}: {}", loaded.unwrap_err());
+            }
+            for bad in below.into_iter().chain([above]) {
+                let err = load_str(&toml(bad), &[]).unwrap_err().to_string();
+                let (named, range) = (format!("{section}.{key} = "), format!("must be between {lowest} and {highest}"));
+                assert!(err.starts_with(&named) && err.contains(&range), "{section}.{key} = {bad}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_gives_its_position_and_key_but_never_the_line() {
+        let secret = "s3cret-in-the-config-4b1e9";
+        // (the config, the line of the error, the key it names)
+        let cases = [
+            (
+                format!("[aws]\nrole_arn = \"x\"\nauthorization_token = \"{secret}\n"),
+                3,
+                Some("aws.authorization_token"),
+            ),
+            (format!("[azure]\nidentity_header = '{secret}\n"), 2, Some("azure.identity_header")),
+            (format!("[azure]\nidentity_header = {secret}\n"), 2, Some("azure.identity_header")),
+            (format!("[aws]\nauthorization_token = \"\"\"{secret}\n"), 3, None),
+            (format!("[aws]\nauthorization_token = \"{secret}\\q\"\n"), 2, Some("aws.authorization_token")),
+            (format!("[aws]\nauthorization_token = \"{secret}\" trailing\n"), 2, Some("aws.authorization_token")),
+            (format!("[aws]\n{secret} x = 1\n"), 2, None),
+            (format!("[aws\nauthorization_token = \"{secret}\"\n"), 1, None),
+            (format!("[aws]\npolicy = \"\"\"\n[{secret}]\n{secret}=\\q\n\"\"\"\n"), 4, None),
+        ];
+        for (toml, line, key) in cases {
+            let err = load_str(&toml, &[]).unwrap_err().to_string();
+            assert!(!err.contains(&secret[..12]) && !err.contains(&secret[12..]), "echoed: {err}");
+            assert!(err.contains(&format!("line {line}, column ")), "{toml:?}: {err}");
+            if let Some(key) = key {
+                assert!(err.contains(&format!("(key {key})")), "{toml:?}: {err}");
+            }
+        }
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! from a running keyless's container endpoint or by doing the exchange itself from config.
 //! The JSON shapes are keyless-aws's; this file only chooses the source and prints.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keyless_core::clock::SystemClock;
 use keyless_core::{Context, Metrics};
+use url::Url;
 
 use crate::config;
 
@@ -15,7 +17,7 @@ use crate::config;
 #[derive(Debug)]
 pub enum Source {
     /// `GET` a running keyless's container-credentials endpoint.
-    Endpoint { url: String, authorization: String },
+    Endpoint { url: Url, authorization: String },
     /// One STS exchange from the `[aws]` section (or the IRSA env vars).
     Exchange { config_file: Option<std::path::PathBuf> },
 }
@@ -31,6 +33,8 @@ impl Source {
             return Ok(Self::Exchange { config_file });
         }
         if let Some(url) = env("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+            // Checked before the token is even read: it must not go anywhere an SDK would not send it.
+            let url = container_endpoint(&url)?;
             let authorization =
                 match (env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"), env("AWS_CONTAINER_AUTHORIZATION_TOKEN")) {
                     (Some(file), _) => std::fs::read_to_string(&file)
@@ -58,21 +62,89 @@ pub async fn run(source: Source) -> Result<String, String> {
     }
 }
 
-async fn from_endpoint(url: &str, authorization: &str) -> Result<String, String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+/// The link-local hosts the AWS SDKs accept for a plain-http container endpoint: ECS (IPv4), EKS
+/// Pod Identity (IPv4 and IPv6) (protocols.md 2.2 and 8).
+const CONTAINER_HOSTS: [IpAddr; 3] = [
+    IpAddr::V4(Ipv4Addr::new(169, 254, 170, 2)),
+    IpAddr::V4(Ipv4Addr::new(169, 254, 170, 23)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)),
+];
+
+/// `AWS_CONTAINER_CREDENTIALS_FULL_URI` as the AWS SDKs accept it: https to any host, plain http
+/// only to loopback (127.0.0.0/8, ::1, `localhost`) or the ECS/EKS hosts, where the
+/// authorization value does not cross a network in clear.
+fn container_endpoint(value: &str) -> Result<Url, String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI={value} {why}: the authorization token would be sent there. \
+             Like the AWS SDKs, keyless credential-process allows https to any host and plain http only to \
+             loopback (127.0.0.0/8, [::1], localhost), 169.254.170.2, 169.254.170.23 and [fd00:ec2::23]; \
+             point it at the keyless sidecar (http://127.0.0.1:9811/v1/credentials)"
+        ))
+    };
+    let Ok(url) = Url::parse(value) else { return refuse("is not a URL") };
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_local_container_host(&url) => Ok(url),
+        "http" => refuse("is plain http to a host that is neither loopback nor an ECS/EKS container host"),
+        _ => refuse("is neither http nor https"),
+    }
+}
+
+fn is_local_container_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || CONTAINER_HOSTS.contains(&IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => ip.to_canonical().is_loopback() || CONTAINER_HOSTS.contains(&IpAddr::V6(ip)),
+        None => false,
+    }
+}
+
+/// The client for the container endpoint: no proxy for the local hosts (a proxy would see the
+/// authorization token and could answer credentials of its choosing), `localhost` resolved to
+/// loopback only, and no redirect followed (the token would be re-sent to the next hop).
+fn endpoint_client(url: &Url) -> Result<reqwest::Client, String> {
+    let mut builder =
+        reqwest::Client::builder().timeout(Duration::from_secs(10)).redirect(reqwest::redirect::Policy::none());
+    if is_local_container_host(url) {
+        builder = builder.no_proxy();
+        if let Some(url::Host::Domain(name)) = url.host() {
+            let port = url.port_or_known_default().unwrap_or(80);
+            let loopback =
+                [SocketAddr::from((Ipv4Addr::LOCALHOST, port)), SocketAddr::from((Ipv6Addr::LOCALHOST, port))];
+            builder = builder.resolve_to_addrs(name, &loopback);
+        }
+    }
+    builder.build().map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+/// Longest part of an error answer quoted back (an endpoint chooses what it answers).
+const MAX_QUOTED_BODY: usize = 512;
+
+async fn from_endpoint(url: &Url, authorization: &str) -> Result<String, String> {
+    let client = endpoint_client(url)?;
     let response = client
-        .get(url)
+        .get(url.clone())
         .header("Authorization", authorization)
         .send()
         .await
         .map_err(|e| format!("keyless at {url} did not answer: {e} (is the sidecar running?)"))?;
     let status = response.status();
+    if status.is_redirection() {
+        let to = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
+        return Err(format!(
+            "the endpoint at {url} answered {status}, a redirect to {to:?}: keyless credential-process follows no \
+             redirect (the authorization token would be sent on); set AWS_CONTAINER_CREDENTIALS_FULL_URI to the \
+             credentials endpoint itself"
+        ));
+    }
     let body = response.text().await.map_err(|e| format!("reading the answer of {url}: {e}"))?;
     if !status.is_success() {
-        return Err(format!("keyless at {url} answered {status}: {body}"));
+        let quoted: String = body.chars().take(MAX_QUOTED_BODY).collect();
+        return Err(format!("keyless at {url} answered {status}: {quoted}"));
     }
     let credentials = keyless_aws::AwsCredentials::from_container_json(&body)
         .map_err(|e| format!("keyless at {url} answered something that is not AWS credentials: {e}"))?;
@@ -98,4 +170,55 @@ async fn from_exchange(config_file: Option<&Path>) -> Result<String, String> {
     let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
     let issued = keyless_aws::fetch_once(&aws, &ctx).await.map_err(|e| e.to_string())?;
     Ok(keyless_aws::credential_process_json(&issued.credential.value))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_container_endpoint_follows_the_aws_sdks_host_rules() {
+        let allowed = [
+            "http://127.0.0.1:9811/v1/credentials",
+            "http://127.8.9.10/x",
+            "http://[::1]:9811/v1/credentials",
+            "http://[::ffff:127.0.0.1]/x",
+            "http://localhost:9811/v1/credentials",
+            "http://LOCALHOST/x",
+            "http://169.254.170.2/v2/credentials/abc",
+            "http://169.254.170.23/v1/credentials",
+            "http://[fd00:ec2::23]/v1/credentials",
+            "https://credentials.example.com/v1",
+        ];
+        for url in allowed {
+            assert!(container_endpoint(url).is_ok(), "{url} refused");
+        }
+        let refused = [
+            "http://evil.example/x",
+            "http://10.0.0.1/x",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://localhost.evil.example/x",
+            "http://127.0.0.1@evil.example/x",
+            "http://[fd00:ec2::254]/x",
+            "ftp://127.0.0.1/x",
+            "127.0.0.1:9811/v1/credentials",
+        ];
+        for url in refused {
+            let err = container_endpoint(url).unwrap_err();
+            assert!(err.starts_with(&format!("AWS_CONTAINER_CREDENTIALS_FULL_URI={url} ")), "{err}");
+            assert!(err.contains("loopback"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_refused_endpoint_is_refused_before_the_token_is_read() {
+        let env = |name: &str| match name {
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI" => Some("http://evil.example/x".to_owned()),
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE" => Some("/nonexistent/token".to_owned()),
+            _ => None,
+        };
+        let err = Source::choose(None, &env).unwrap_err();
+        assert!(err.contains("evil.example") && !err.contains("/nonexistent/token"), "{err}");
+    }
 }

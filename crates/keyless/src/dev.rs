@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use keyless_core::clock::SystemClock;
-use keyless_core::{AppEnvVar, Context, Metrics};
+use keyless_core::{AppEnvVar, Context, Metrics, files};
 use keyless_emulator::{Cloud, Emulator, EmulatorConfig};
 use tracing::info;
 
@@ -30,7 +30,20 @@ pub struct DevOptions {
 
 /// `keyless emulate`: the emulator and projector until SIGTERM/Ctrl-C. `hostnames` are the names
 /// other containers reach it by (the first one is the issuer); apps get `STATE/ca-bundle.pem`.
-pub async fn emulate(listen: SocketAddr, state_dir: PathBuf, hostnames: Vec<String>) -> Result<(), String> {
+pub async fn emulate(
+    listen: SocketAddr,
+    state_dir: PathBuf,
+    hostnames: Vec<String>,
+    allow_remote_control: bool,
+) -> Result<(), String> {
+    if !listen.ip().is_loopback() && !allow_remote_control {
+        return Err(format!(
+            "--listen {listen} is not a loopback address, and the emulator's control API (/_emulator/: it \
+             mints tokens the emulated clouds trust, injects faults) has no authentication: anything that \
+             reaches {listen} could use it. Listen on 127.0.0.1, or pass --allow-remote-control when other \
+             hosts must reach the emulator (as in docker/compose.yaml)"
+        ));
+    }
     let emulator = start_emulator(listen, &state_dir, hostnames).await?;
     let bundle = write_ca_bundle(&state_dir, emulator.ca_pem_path())?;
     info!(url = %emulator.url(), ca = %emulator.ca_pem_path().display(), ca_bundle = %bundle.display(), "emulator ready");
@@ -104,6 +117,14 @@ fn toml_str(s: &str) -> String {
 
 /// `keyless dev`: emulator, projector and sidecar in one process; writes the app's env file.
 pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
+    if !opts.emulator_listen.ip().is_loopback() {
+        return Err(format!(
+            "--emulator-listen {} is not a loopback address: the emulator's control API has no \
+             authentication (it mints tokens the emulated clouds trust). keyless dev keeps it on loopback; \
+             for an emulator other hosts reach, run keyless emulate --allow-remote-control",
+            opts.emulator_listen
+        ));
+    }
     std::fs::create_dir_all(&opts.state_dir)
         .map_err(|e| format!("cannot create the state dir {}: {e}", opts.state_dir.display()))?;
     // The env file is read from other directories (apps, compose): every path in it is absolute.
@@ -113,7 +134,7 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     let bundle = write_ca_bundle(&opts.state_dir, emulator.ca_pem_path())?;
 
     let config_path = opts.state_dir.join("keyless.toml");
-    std::fs::write(&config_path, sidecar_toml(&emulator, &opts))
+    files::write_atomically(&config_path, sidecar_toml(&emulator, &opts).as_bytes(), 0o600)
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let (config, sections) = config::load(Some(&config_path), Default::default()).map_err(|e| e.to_string())?;
     let config: Config = config.finish(&Overrides::default()).map_err(|e| e.to_string())?;
@@ -184,27 +205,22 @@ fn write_ca_bundle(state_dir: &Path, emulator_ca: &Path) -> Result<PathBuf, Stri
         &std::fs::read(emulator_ca).map_err(|e| format!("cannot read {}: {e}", emulator_ca.display()))?,
     );
     let path = state_dir.join("ca-bundle.pem");
-    std::fs::write(&path, bundle).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    files::write_atomically(&path, &bundle, 0o644).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
 }
 
 /// `KEY=VALUE` lines, no quotes, no `export`, written atomically with mode 0600 (it holds the
-/// authorization secrets).
+/// authorization secrets) through a fresh temporary file, never through one that could be planted.
 fn write_env_file(path: &Path, env: &[AppEnvVar]) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("cannot write the env file {}: {e}", path.display());
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(fail)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut file = {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(fail)?
-    };
+    let mut lines = String::new();
     for var in env {
-        writeln!(file, "{}={}", var.name, var.file_value()).map_err(fail)?;
+        lines.push_str(&format!("{}={}\n", var.name, var.file_value()));
     }
-    file.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
+    files::write_atomically(path, lines.as_bytes(), 0o600).map_err(fail)
 }
 
 #[allow(clippy::print_stdout)] // the env is the command's output

@@ -111,6 +111,10 @@ enum Command {
         /// TLS certificate; the first one given is the host of its URLs and of the tokens' issuer.
         #[arg(long = "hostname", value_name = "NAME")]
         hostnames: Vec<String>,
+        /// Allow a non-loopback --listen: the control API (/_emulator/, which mints tokens the
+        /// emulated clouds trust) has no authentication, so anything that reaches it may use it.
+        #[arg(long)]
+        allow_remote_control: bool,
     },
 }
 
@@ -142,8 +146,8 @@ fn main() -> ExitCode {
             }
         }
         #[cfg(feature = "emulator")]
-        Command::Emulate { listen, state_dir, hostnames } => {
-            runtime.block_on(run_logged(dev::emulate(listen, state_dir, hostnames)))
+        Command::Emulate { listen, state_dir, hostnames, allow_remote_control } => {
+            runtime.block_on(run_logged(dev::emulate(listen, state_dir, hostnames, allow_remote_control)))
         }
         #[cfg(not(feature = "emulator"))]
         Command::Emulate { .. } => fail(WITHOUT_EMULATOR),

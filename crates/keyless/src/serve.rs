@@ -339,8 +339,11 @@ impl Listener {
         mut stop: watch::Receiver<bool>,
     ) {
         let (listener, counted) = (self.clone(), state.clone());
-        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             let in_request = InRequest::new(listener.clone(), counted.clone());
+            // Who is asking (the admin listener tells a non-loopback peer less). The routers
+            // allocate the request's extensions anyway (axum's `MatchedPath`).
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             let response = router.clone().oneshot(request);
             async move {
                 let response = response.await?;
