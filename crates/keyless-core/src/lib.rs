@@ -12,6 +12,7 @@ pub mod clock;
 mod context;
 pub mod exchange;
 pub mod metrics;
+pub mod printable;
 mod regular_file;
 mod secret;
 mod task;

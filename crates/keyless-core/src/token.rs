@@ -12,9 +12,22 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
 use crate::Secret;
+use crate::printable::printable;
 
-/// The claims keyless looks at. Missing claims are `None`: a token without them is still passed
-/// to the cloud, which gives the authoritative answer.
+/// The longest claim value keyless keeps for display, in bytes (after escaping). Longer than any
+/// real `iss`, `sub` or `aud` (a Kubernetes `sub` is at most 339 bytes, a GitHub Actions `sub`
+/// about 420), short enough that a claim cannot flood a log line.
+pub const MAX_CLAIM_BYTES: usize = 1024;
+
+/// The most audiences keyless keeps (a real token has one, rarely a few).
+pub const MAX_AUDIENCES: usize = 16;
+
+/// The claims keyless looks at, made safe to print where they are built (from the token): control
+/// characters escaped and each value cut at [`MAX_CLAIM_BYTES`] (see [`printable`]), at most
+/// [`MAX_AUDIENCES`] audiences (then one last entry `…(+N more)`). So every log line, hint and
+/// report that shows a claim is safe; the raw token still goes to the cloud untouched. Missing
+/// claims are `None`: a token without them is still passed to the cloud, which gives the
+/// authoritative answer.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Claims {
     pub iss: Option<String>,
@@ -102,9 +115,15 @@ enum Audience {
     None,
 }
 
+/// 9999-12-31T23:59:59Z, the last second RFC 3339 (and humantime, which fails on later ones) can
+/// print. A later `exp` or `iat` is clamped to it: for keyless that is "never", and every consumer
+/// that prints the claim keeps working.
+const LAST_PRINTABLE_SECOND: f64 = 253_402_300_799.0;
+
 fn epoch(secs: Option<f64>) -> Option<SystemTime> {
     secs.filter(|s| s.is_finite() && *s >= 0.0)
-        .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs_f64(s)))
+        .and_then(|s| Duration::try_from_secs_f64(s.min(LAST_PRINTABLE_SECOND)).ok())
+        .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d))
 }
 
 impl From<WireClaims> for Claims {
@@ -114,8 +133,26 @@ impl From<WireClaims> for Claims {
             Audience::Many(v) => v,
             Audience::None => Vec::new(),
         };
-        Self { iss: w.iss, sub: w.sub, aud, exp: epoch(w.exp), iat: epoch(w.iat) }
+        Self {
+            iss: w.iss.as_deref().map(displayable),
+            sub: w.sub.as_deref().map(displayable),
+            aud: displayable_audiences(&aud),
+            exp: epoch(w.exp),
+            iat: epoch(w.iat),
+        }
     }
+}
+
+fn displayable(claim: &str) -> String {
+    printable(claim, MAX_CLAIM_BYTES).into_owned()
+}
+
+fn displayable_audiences(aud: &[String]) -> Vec<String> {
+    let mut kept: Vec<String> = aud.iter().take(MAX_AUDIENCES).map(|a| displayable(a)).collect();
+    if aud.len() > MAX_AUDIENCES {
+        kept.push(format!("…(+{} more)", aud.len() - MAX_AUDIENCES));
+    }
+    kept
 }
 
 /// Why content is not a usable JWT. Messages never include the content.
@@ -210,6 +247,51 @@ mod tests {
         let e = TokenError::from_io(PathBuf::from("/var/run/secrets/tokens/aws"), &err);
         assert!(matches!(e, TokenError::PermissionDenied { .. }));
         assert!(e.to_string().contains("fsGroup"), "{e}");
+    }
+
+    #[test]
+    fn claims_are_escaped_and_bounded_where_they_are_built() {
+        // JSON escapes: the claims hold a real newline, CR and ESC.
+        let forged = r"x\n2026-01-01T00:00:00Z  INFO keyless: forged\u001b[31m";
+        let long = "s".repeat(75_000);
+        let t =
+            SubjectToken::parse(&jwt(&format!(r#"{{"iss":"https://k8s\r","sub":"{forged}","aud":["a\n","{long}"]}}"#)))
+                .expect("valid token");
+        let claims = t.claims();
+        assert_eq!(claims.iss.as_deref(), Some(r"https://k8s\r"));
+        assert_eq!(claims.sub.as_deref(), Some(r"x\n2026-01-01T00:00:00Z  INFO keyless: forged\u{1b}[31m"));
+        assert_eq!(claims.aud[0], r"a\n");
+        assert_eq!(claims.aud[1], format!("{}…(+{} bytes)", "s".repeat(MAX_CLAIM_BYTES), 75_000 - MAX_CLAIM_BYTES));
+        let shown = claims.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert!(shown.len() < 3 * MAX_CLAIM_BYTES, "{} bytes", shown.len());
+        // The raw token is what the cloud gets: untouched.
+        assert!(t.secret().expose().len() > 75_000);
+    }
+
+    #[test]
+    fn audiences_beyond_the_bound_are_counted_not_kept() {
+        let many: Vec<String> = (0..1000).map(|i| format!("\"aud-{i}\"")).collect();
+        let t = SubjectToken::parse(&jwt(&format!(r#"{{"aud":[{}]}}"#, many.join(",")))).expect("valid token");
+        let aud = &t.claims().aud;
+        assert_eq!(aud.len(), MAX_AUDIENCES + 1);
+        assert_eq!(aud[0], "aud-0");
+        assert_eq!(aud[MAX_AUDIENCES], format!("…(+{} more)", 1000 - MAX_AUDIENCES));
+    }
+
+    #[test]
+    fn absurd_times_are_clamped_or_dropped_never_fatal() {
+        let at = |secs: u64| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        let last = at(253_402_300_799);
+        for (exp, expected) in [("1e300", last), ("1e12", last), ("-5", None), ("1700000000", at(1_700_000_000))] {
+            let t = SubjectToken::parse(&jwt(&format!(r#"{{"exp":{exp},"iat":{exp}}}"#))).expect("valid token");
+            assert_eq!(t.claims().exp, expected, "{exp}");
+            assert_eq!(t.claims().iat, expected, "{exp}");
+            // Printing must not fail (humantime refuses years after 9999; `to_string` would panic).
+            let _ = t.claims().to_string();
+        }
+        let t = SubjectToken::parse(&jwt(r#"{"exp":1e300}"#)).expect("valid token");
+        assert!(t.claims().to_string().ends_with("exp=9999-12-31T23:59:59Z"), "{}", t.claims());
     }
 
     #[test]
