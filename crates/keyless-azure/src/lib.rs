@@ -65,7 +65,7 @@ impl Provider {
                 key: "azure.tenant_id".to_owned(),
                 reason: format!("does not make a token URL with azure.authority_host: {e}"),
             })?;
-        let tokens = ctx.token_source(&settings.token_file).await;
+        let tokens = ctx.token_source(&keyless_core::SourceSpec::File(settings.token_file.clone())).await;
         let cache = ctx.cache(exchange, tokens);
         for client_id in &settings.clients {
             for scope in &settings.prewarm {

@@ -20,9 +20,9 @@ use tracing::{info, warn};
 use crate::clock::{SharedClock, instant_at};
 use crate::exchange::{ErrorClass, Exchange, ExchangeError, Expiring, Issued};
 use crate::metrics::{Lookup, LookupCounter, Metrics};
+use crate::source::TokenSource;
 use crate::task::AbortOnDrop;
 use crate::token::SubjectToken;
-use crate::watcher::TokenSource;
 
 /// Timing and bounds of a cache. Validated where the config is parsed.
 #[derive(Debug, Clone)]

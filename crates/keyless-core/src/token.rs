@@ -1,7 +1,7 @@
-//! The subject token: the pod's projected service-account JWT, and a peek at its claims.
+//! The subject token: the workload's OIDC JWT, and a peek at its claims.
 //!
 //! keyless never verifies the token (the clouds do); it reads the claims only to log who is asking,
-//! to know when the kubelet will have written a new one, and to explain failures.
+//! to know when a new one is due, and to explain failures.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,6 +13,14 @@ use serde::Deserialize;
 
 use crate::Secret;
 use crate::printable::printable;
+use crate::regular_file::RegularFileError;
+use crate::source::SourceId;
+
+/// The largest subject token keyless reads from any source, in bytes. A projected service-account
+/// token is about 1 KB (2 KB with every pod and node claim), a GitHub Actions token about the same;
+/// AWS STS refuses a `WebIdentityToken` over 20 000 characters, so nothing larger could ever be
+/// exchanged. 64 KiB leaves three times that margin and costs nothing to read.
+pub const MAX_SUBJECT_TOKEN_BYTES: u64 = 64 * 1024;
 
 /// The longest claim value keyless keeps for display, in bytes (after escaping). Longer than any
 /// real `iss`, `sub` or `aud` (a Kubernetes `sub` is at most 339 bytes, a GitHub Actions `sub`
@@ -168,7 +176,9 @@ pub enum TokenShapeError {
     NotJson { part: &'static str },
 }
 
-/// Why the token file could not give a token. Each variant's message says what to do.
+/// Why a source could not give a token. Each variant's message says what to do. The file variants
+/// carry the path and the Kubernetes fixes (fsGroup, the projected volume); the others carry the
+/// [`SourceId`] of the source that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error(
@@ -181,6 +191,16 @@ pub enum TokenError {
          mode 0600 for the pod's runAsUser; give the pod an fsGroup (or run keyless as the same UID)"
     )]
     PermissionDenied { path: PathBuf },
+    #[error(
+        "subject token file {path} could not be read: it is {kind}, not a regular file; keyless reads only \
+         regular files (or a symlink to one), so point token_file at the token itself"
+    )]
+    NotARegularFile { path: PathBuf, kind: &'static str },
+    #[error(
+        "subject token file {path} could not be read: it is larger than {limit} bytes, and a projected \
+         service-account token is about 1 KB; point token_file at the token itself"
+    )]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("subject token file {path} could not be read: {reason}")]
     Unreadable { path: PathBuf, reason: String },
     #[error(
@@ -188,14 +208,25 @@ pub enum TokenError {
          exactly one JWT written by the kubelet (projected volume source serviceAccountToken)"
     )]
     Malformed { path: PathBuf, shape: TokenShapeError },
+    #[error("no subject token from {from}: {reason}")]
+    Unavailable { from: SourceId, reason: String },
+    #[error("the subject token from {from} is unusable: {shape}")]
+    Invalid { from: SourceId, shape: TokenShapeError },
+    #[error("no subject token from {from}: it did not answer within {}", humantime::format_duration(*.after))]
+    TimedOut { from: SourceId, after: Duration },
 }
 
 impl TokenError {
-    pub(crate) fn from_io(path: PathBuf, err: &std::io::Error) -> Self {
-        match err.kind() {
-            std::io::ErrorKind::NotFound => Self::Missing { path },
-            std::io::ErrorKind::PermissionDenied => Self::PermissionDenied { path },
-            _ => Self::Unreadable { path, reason: err.to_string() },
+    /// The error of reading the token file at `path` with [`crate::read_regular_file`].
+    pub(crate) fn from_file_read(path: PathBuf, err: RegularFileError) -> Self {
+        match err {
+            RegularFileError::Io(e) => match e.kind() {
+                std::io::ErrorKind::NotFound => Self::Missing { path },
+                std::io::ErrorKind::PermissionDenied => Self::PermissionDenied { path },
+                _ => Self::Unreadable { path, reason: e.to_string() },
+            },
+            RegularFileError::NotRegular { kind } => Self::NotARegularFile { path, kind },
+            RegularFileError::TooLarge { limit } => Self::TooLarge { path, limit },
         }
     }
 }
@@ -244,9 +275,35 @@ mod tests {
     #[test]
     fn permission_denied_says_to_set_fs_group() {
         let err = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
-        let e = TokenError::from_io(PathBuf::from("/var/run/secrets/tokens/aws"), &err);
+        let e = TokenError::from_file_read(PathBuf::from("/var/run/secrets/tokens/aws"), err.into());
         assert!(matches!(e, TokenError::PermissionDenied { .. }));
         assert!(e.to_string().contains("fsGroup"), "{e}");
+    }
+
+    #[test]
+    fn only_file_errors_carry_kubernetes_fixes() {
+        let path = PathBuf::from("/var/run/secrets/tokens/aws");
+        let file_errors = [
+            TokenError::from_file_read(path.clone(), RegularFileError::NotRegular { kind: "a FIFO (named pipe)" }),
+            TokenError::from_file_read(path.clone(), RegularFileError::TooLarge { limit: MAX_SUBJECT_TOKEN_BYTES }),
+            TokenError::Malformed { path: path.clone(), shape: TokenShapeError::Empty },
+        ];
+        for e in file_errors {
+            assert!(e.to_string().starts_with("subject token file /var/run/secrets/tokens/aws "), "{e}");
+        }
+        let from = SourceId::new(crate::SourceKind::Fixed, "test");
+        let others = [
+            TokenError::Unavailable { from: from.clone(), reason: "HTTP 503".to_owned() },
+            TokenError::Invalid { from: from.clone(), shape: TokenShapeError::Empty },
+            TokenError::TimedOut { from, after: Duration::from_secs(10) },
+        ];
+        for e in others {
+            let shown = e.to_string();
+            assert!(shown.contains("from fixed test"), "{shown}");
+            for kubelet_hint in ["fsGroup", "kubelet", "serviceAccountToken", "token_file"] {
+                assert!(!shown.contains(kubelet_hint), "{shown}");
+            }
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ impl Provider {
     pub async fn start(config: Config, ctx: &Context) -> Result<Provider, ConfigError> {
         let settings = config.resolve()?;
         let exchange = GcpExchange::new(&settings, ctx.clock.clone())?;
-        let tokens = ctx.token_source(&settings.token_file).await;
+        let tokens = ctx.token_source(&keyless_core::SourceSpec::File(settings.token_file.clone())).await;
         let cache = ctx.cache(exchange, tokens);
         cache.pin(TokenKey::AccessToken(settings.scopes.clone()));
         for audience in &settings.id_token_audiences {
