@@ -1,5 +1,6 @@
 //! The file source against a faithful simulation of the kubelet's AtomicWriter and against hostile
-//! files (FIFOs, devices, huge files, forged claims), on a real filesystem with real inotify. Waits are on the source's own change notifications, bounded.
+//! files (a plain file, FIFOs, devices, huge files, forged claims), on a real filesystem with real
+//! inotify. Waits are on the source's own change notifications, bounded.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -167,6 +168,27 @@ async fn watches_a_directory_that_was_removed_and_recreated() {
     let third = common::jwt("third", in_an_hour());
     common::atomic_write(&dir, &third, 2);
     wait_until_held(&source, &third).await;
+}
+
+#[tokio::test]
+async fn a_plain_token_file_is_not_re_read_by_its_own_reads() {
+    let (_root, dir) = token_dir();
+    let path = dir.join("token");
+    std::fs::write(&path, common::jwt("plain", in_an_hour())).unwrap();
+    let source = open_file(&path, options(), Metrics::new()).await;
+    assert_eq!(source.reads(), 1);
+    // Each read opens the file, an event in the watched directory (with the kubelet's layout it
+    // happens in an unwatched subdirectory). When that counted, every read scheduled the next a
+    // debounce (5 ms here) later: about 50 reads in this window.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(source.reads(), 1, "the source kept reading an unchanged file");
+
+    // A real change is still seen, and read once.
+    let next = common::jwt("plain-2", in_an_hour());
+    replace_with(&path, |staged| std::fs::write(staged, &next).unwrap());
+    wait_until_held(&source, &next).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(source.reads(), 2, "one change, one read");
 }
 
 #[tokio::test]

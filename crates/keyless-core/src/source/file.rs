@@ -2,15 +2,16 @@
 //!
 //! The kubelet's AtomicWriter swaps a `..data` symlink to a new timestamped directory and deletes the
 //! old one (protocols.md section 1). A watch on the file itself follows the first inode and goes
-//! silent after the first rotation, so we watch the *directory*, treat every event as "maybe
-//! changed", and re-read through the `token` path.
+//! silent after the first rotation, so we watch the *directory*, treat every event that can change
+//! a file as "maybe changed", and re-read through the `token` path.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use notify::Watcher as _;
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, Watcher as _};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -86,6 +87,20 @@ impl TokenOrigin for FileOrigin {
     }
 }
 
+/// Whether a directory event can mean a file in it changed. keyless's own reads open the file
+/// (`IN_OPEN`); with a plain token file (not the kubelet's `..data` layout, whose reads happen in an
+/// unwatched subdirectory) that event lands in the watched directory, and counting it made every
+/// read schedule the next: about 7 reads a second, forever. Counted: create, modify (content,
+/// attributes: a chmod can fix EACCES; renames), close-after-write, remove, and anything notify
+/// cannot classify (including its "rescan": the kernel's event queue overflowed).
+fn may_change_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Other => true,
+    }
+}
+
 /// Directory events of the token's directory, coalesced. Recreates the watch when the directory
 /// was removed and recreated (the old watch is then silent), or when the watch reported an error.
 #[derive(Debug)]
@@ -150,7 +165,7 @@ struct DirWatch {
     _watcher: notify::RecommendedWatcher,
     dir: PathBuf,
     identity: (u64, u64),
-    /// Marked changed on every event: a burst coalesces into one.
+    /// Marked changed on every event that may change the token: a burst coalesces into one.
     signals: watch::Receiver<()>,
     failed: Arc<AtomicBool>,
 }
@@ -167,6 +182,7 @@ impl DirWatch {
         let failed = Arc::new(AtomicBool::new(false));
         let failed_in_callback = failed.clone();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(event) if !may_change_content(&event.kind) => {}
             Ok(_) => tx.send_replace(()),
             Err(_) => {
                 failed_in_callback.store(true, Ordering::Relaxed);
@@ -179,5 +195,36 @@ impl DirWatch {
 
     fn is_current(&self) -> bool {
         !self.failed.load(Ordering::Relaxed) && dir_identity(&self.dir) == Some(self.identity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind, RenameMode};
+
+    use super::*;
+
+    #[test]
+    fn only_events_that_can_change_a_file_count() {
+        let counted = [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Other,
+        ];
+        for kind in counted {
+            assert!(may_change_content(&kind), "{kind:?} must count");
+        }
+        let ignored = [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ];
+        for kind in ignored {
+            assert!(!may_change_content(&kind), "{kind:?} must not count");
+        }
     }
 }
