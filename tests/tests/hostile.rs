@@ -1,13 +1,17 @@
-//! Hostile input on the credential listener (SPEC section 6, "bounded everything"): oversized
+//! Hostile input (SPEC section 6, "bounded everything"). On the credential listener: oversized
 //! request heads get 431 or a closed connection, slowloris connections are cut off at the header
 //! deadline, and a flood of idle connections beyond the limit is bounded; none of them keeps a
-//! normal client from being served quickly. Figures are printed for docs/reliability.md.
+//! normal client from being served quickly. In the token file: a FIFO, `/dev/zero` or a huge file is
+//! reported while keyless keeps serving, with bounded memory, and still ends on SIGTERM; claims
+//! cannot forge log lines. Figures are printed for docs/reliability.md.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use keyless_e2e::{Dev, Tally, wait_until};
+use std::path::{Path, PathBuf};
+
+use keyless_e2e::{Dev, Process, STARTUP_DEADLINE, Tally, free_port, status_of, unsigned_jwt, wait_until};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -197,4 +201,176 @@ async fn a_connection_flood_beyond_the_limit_is_bounded_and_new_clients_still_ge
     assert!(held <= MAX_CONNECTIONS && held_after <= MAX_CONNECTIONS, "{held} / {held_after} connections held");
     assert!(closed >= FLOOD - MAX_CONNECTIONS, "only {closed} flood connections were closed");
     assert!(normal.max < Duration::from_secs(1), "new clients waited behind the flood: {normal}");
+}
+
+/// `keyless serve` with only AWS, its token at `token_file`, and an STS nobody listens on: the
+/// token source is what these tests watch, exchanges simply fail.
+struct TokenFileSidecar {
+    process: Process,
+    admin: String,
+    config: PathBuf,
+}
+
+impl TokenFileSidecar {
+    fn spawn(dir: &Path, token_file: &Path) -> Self {
+        let (listen, admin) = (free_port(), free_port());
+        let config = dir.join("keyless.toml");
+        let toml = format!(
+            "listen = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nlog = \"info\"\n\n[aws]\n\
+             token_file = {}\nrole_arn = \"arn:aws:iam::123456789012:role/app\"\nregion = \"us-east-1\"\n\
+             sts_endpoint = \"http://127.0.0.1:1\"\n",
+            serde_json::Value::String(token_file.to_str().unwrap().to_owned())
+        );
+        std::fs::write(&config, toml).unwrap();
+        let process = Process::spawn(&["serve", "--config", config.to_str().unwrap()], &[]);
+        Self { process, admin: format!("http://127.0.0.1:{admin}"), config }
+    }
+
+    async fn wait_healthy(&self) {
+        let url = format!("{}/healthz", self.admin);
+        wait_until("/healthz to answer", STARTUP_DEADLINE, || async { status_of(&url).await == 200 }).await;
+    }
+
+    async fn wait_logged(&self, what: &str) {
+        wait_until(&format!("keyless to log {what:?}"), STARTUP_DEADLINE, || {
+            let logged = self.process.logs().contains(what);
+            async move { logged }
+        })
+        .await;
+    }
+
+    /// Peak resident memory of the process (VmHWM), in MiB.
+    fn peak_rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid().unwrap())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib / 1024
+    }
+
+    /// SIGTERM; returns how long the process took to exit (panics after 10 s).
+    async fn terminate(mut self) -> Duration {
+        let started = Instant::now();
+        self.process.terminate();
+        let process = &mut self.process;
+        wait_until("keyless to exit after SIGTERM", Duration::from_secs(10), || {
+            let gone = process.has_exited();
+            async move { gone }
+        })
+        .await;
+        started.elapsed()
+    }
+}
+
+/// Puts `what` at `target` with one rename (staged in a sibling directory).
+fn replace_with(target: &Path, what: impl FnOnce(&Path)) {
+    let staging = tempfile::tempdir_in(target.parent().unwrap().parent().unwrap()).unwrap();
+    let staged = staging.path().join("staged");
+    what(&staged);
+    std::fs::rename(&staged, target).unwrap();
+}
+
+fn mkfifo(path: &Path) {
+    assert!(std::process::Command::new("mkfifo").arg(path).status().unwrap().success(), "mkfifo failed");
+}
+
+/// A token directory inside a scratch directory (so files can be staged beside it).
+fn token_dir() -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("tokens");
+    std::fs::create_dir(&dir).unwrap();
+    (root, dir)
+}
+
+const NOT_A_FIFO: &str = "is a FIFO (named pipe), not a regular file";
+
+#[tokio::test]
+async fn a_fifo_token_file_at_start_still_serves_healthz_and_sigterm_ends_it() {
+    let (root, dir) = token_dir();
+    let token = dir.join("token");
+    mkfifo(&token);
+    let sidecar = TokenFileSidecar::spawn(root.path(), &token);
+    sidecar.wait_healthy().await;
+    sidecar.wait_logged(NOT_A_FIFO).await;
+    let took = sidecar.terminate().await;
+    eprintln!("hostile: FIFO token file at start: /healthz answered, SIGTERM ended keyless in {took:.2?}");
+    assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
+}
+
+#[tokio::test]
+async fn a_fifo_swapped_in_at_run_time_is_reported_and_sigterm_still_ends_keyless() {
+    let (root, dir) = token_dir();
+    let token = dir.join("token");
+    std::fs::write(&token, unsigned_jwt("system:serviceaccount:ns:app", "sts.amazonaws.com")).unwrap();
+    let sidecar = TokenFileSidecar::spawn(root.path(), &token);
+    sidecar.wait_healthy().await;
+    sidecar.wait_logged("subject token loaded").await;
+    replace_with(&token, mkfifo);
+    sidecar.wait_logged(NOT_A_FIFO).await;
+    assert!(sidecar.process.logs().contains("keeping_last_good_token=true"), "{}", sidecar.process.logs());
+    let took = sidecar.terminate().await;
+    eprintln!("hostile: FIFO swapped in at run time: reported, SIGTERM ended keyless in {took:.2?}");
+    assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
+}
+
+#[tokio::test]
+async fn dev_zero_and_huge_token_files_are_reported_and_memory_stays_bounded() {
+    const BOUND_MIB: u64 = 200;
+    let (root, dir) = token_dir();
+    let token = dir.join("token");
+    std::fs::write(&token, unsigned_jwt("system:serviceaccount:ns:app", "sts.amazonaws.com")).unwrap();
+    let sidecar = TokenFileSidecar::spawn(root.path(), &token);
+    sidecar.wait_healthy().await;
+    sidecar.wait_logged("subject token loaded").await;
+    let before = sidecar.peak_rss_mib();
+
+    replace_with(&token, |p| std::os::unix::fs::symlink("/dev/zero", p).unwrap());
+    sidecar.wait_logged("is a character device, not a regular file").await;
+    let after_zero = sidecar.peak_rss_mib();
+
+    // Sparse: a gigabyte for a reader that trusts the file, nothing on disk.
+    replace_with(&token, |p| std::fs::File::create(p).unwrap().set_len(1 << 30).unwrap());
+    sidecar.wait_logged("is larger than 65536 bytes").await;
+    let after_huge = sidecar.peak_rss_mib();
+
+    assert_eq!(status_of(&format!("{}/healthz", sidecar.admin)).await, 200);
+    eprintln!(
+        "hostile: peak RSS {before} MiB before, {after_zero} MiB after a /dev/zero symlink, {after_huge} MiB after a \
+         1 GiB token file (bound {BOUND_MIB} MiB)"
+    );
+    assert!(after_huge < BOUND_MIB, "peak RSS {after_huge} MiB");
+    sidecar.terminate().await;
+}
+
+#[tokio::test]
+async fn claims_with_line_breaks_and_escapes_forge_no_log_line() {
+    let (root, dir) = token_dir();
+    let token = dir.join("token");
+    let forged = "2026-01-01T00:00:00.000000Z  INFO keyless: forged";
+    // JSON escapes: the claims hold real CR, LF and ESC characters.
+    let jwt = unsigned_jwt(&format!("app\\r\\n{forged}\\u001b[2K"), "sts.amazonaws.com");
+    std::fs::write(&token, &jwt).unwrap();
+    let sidecar = TokenFileSidecar::spawn(root.path(), &token);
+    sidecar.wait_logged("subject token loaded").await;
+    // The exchange log line carries the subject too.
+    sidecar.wait_logged("outcome=").await;
+    let logs = sidecar.process.logs();
+    let check = tokio::process::Command::new(keyless_e2e::keyless_bin())
+        .args(["check", "--config", sidecar.config.to_str().unwrap()])
+        .env_clear()
+        .output();
+    let check = tokio::time::timeout(STARTUP_DEADLINE, check).await.unwrap().unwrap();
+    sidecar.terminate().await;
+
+    let report = String::from_utf8_lossy(&check.stdout).into_owned() + &String::from_utf8_lossy(&check.stderr);
+    for (what, text) in [("the log", &logs), ("keyless check", &report)] {
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{what} holds a raw ESC or CR: {text:?}");
+        assert!(!text.lines().any(|l| l.starts_with(forged)), "{what} has a forged line:\n{text}");
+        assert!(
+            text.contains(&format!(r"app\r\n{forged}\u{{1b}}[2K")),
+            "{what} does not show the escaped sub:\n{text}"
+        );
+    }
 }

@@ -38,7 +38,8 @@ impl ContainerAuth {
             let token = token.unwrap_or_else(generate);
             return Ok(Self { token, file: None });
         };
-        let token = match std::fs::read(&path) {
+        // Bounded: a FIFO, a device or a huge file here must not hang or bloat the start.
+        let token = match keyless_core::read_regular_file(&path, MAX_TOKEN_LEN as u64) {
             Ok(bytes) => {
                 let content =
                     String::from_utf8(bytes).map_err(|_| ConfigError::token_file(&path, "is not UTF-8 text"))?;
@@ -53,7 +54,7 @@ impl ContainerAuth {
                 }
                 content
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(keyless_core::RegularFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 let token = token.unwrap_or_else(generate);
                 write_new(&path, &token)?;
                 token

@@ -227,3 +227,30 @@ async fn a_configured_value_is_written_to_a_missing_token_file() {
     let err = keyless_aws::start(config, &ctx).await.expect_err("file and value disagree");
     assert!(!err.to_string().contains("another-value-456"), "{err}");
 }
+
+#[tokio::test]
+async fn a_fifo_device_or_huge_token_file_is_refused_at_start_without_blocking() {
+    let env = common::emulator().await;
+    let fifo = env.path("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo failed");
+    let zero = env.path("zero");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let huge = env.path("huge");
+    // Sparse: a gigabyte for a reader that trusts the file, nothing on disk.
+    std::fs::File::create(&huge).unwrap().set_len(1 << 30).unwrap();
+    let ctx = common::context(CachePolicy::default());
+    for (path, expected) in [
+        (fifo, "is a FIFO (named pipe), not a regular file"),
+        (zero, "is a character device, not a regular file"),
+        (huge, "is larger than 4096 bytes"),
+    ] {
+        let mut config = env.config();
+        config.authorization_token_file = Some(path.clone());
+        let started = keyless_aws::start(config, &ctx);
+        let result = tokio::time::timeout(std::time::Duration::from_secs(10), started).await;
+        let err = result.unwrap_or_else(|_| panic!("reading {} blocked the start", path.display())).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.starts_with("aws.authorization_token_file"), "{shown}");
+        assert!(shown.ends_with(expected), "{shown}");
+    }
+}

@@ -26,9 +26,9 @@ use tracing::{info, warn};
 use crate::clock::SharedClock;
 use crate::exchange::{ErrorClass, Exchange, ExchangeError, Expiring, Issued};
 use crate::metrics::{Lookup, LookupCounter, Metrics};
+use crate::source::TokenSource;
 use crate::task::AbortOnDrop;
 use crate::token::SubjectToken;
-use crate::watcher::TokenSource;
 
 mod budget;
 use budget::{AdhocBudget, Spent};

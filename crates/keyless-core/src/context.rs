@@ -1,8 +1,7 @@
 //! What every adapter needs from the process around it: clock, metrics, cache policy, and one
-//! shared [`TokenSource`] per distinct token file.
+//! shared [`TokenSource`] per distinct source.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
@@ -11,7 +10,7 @@ use crate::cache::{CachePolicy, CredentialCache};
 use crate::clock::SharedClock;
 use crate::exchange::Exchange;
 use crate::metrics::Metrics;
-use crate::watcher::{TokenSource, WatchOptions};
+use crate::source::{SourceSpec, TokenSource, WatchOptions};
 
 /// Built once by the binary and handed to each adapter.
 #[derive(Debug, Clone)]
@@ -20,7 +19,7 @@ pub struct Context {
     pub metrics: Metrics,
     pub cache_policy: CachePolicy,
     pub watch_options: WatchOptions,
-    sources: Arc<Mutex<HashMap<PathBuf, TokenSource>>>,
+    sources: Arc<Mutex<HashMap<SourceSpec, TokenSource>>>,
 }
 
 impl Context {
@@ -28,16 +27,15 @@ impl Context {
         Self { clock, metrics, cache_policy, watch_options, sources: Arc::default() }
     }
 
-    /// The token source for `path`, shared with every other user of the same file (SPEC 3.1: one
-    /// source per distinct token path).
-    pub async fn token_source(&self, path: &Path) -> TokenSource {
-        let key = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    /// The token source `spec` describes, shared with every other user of the same spec (SPEC 3.1:
+    /// one source per distinct token path).
+    pub async fn token_source(&self, spec: &SourceSpec) -> TokenSource {
+        let key = spec.normalized();
         let mut sources = self.sources.lock().await;
         if let Some(source) = sources.get(&key) {
             return source.clone();
         }
-        let source =
-            TokenSource::open(key.clone(), self.watch_options.clone(), self.clock.clone(), self.metrics.clone()).await;
+        let source = TokenSource::open(&key, &self.watch_options, self.clock.clone(), self.metrics.clone()).await;
         sources.insert(key, source.clone());
         source
     }

@@ -1,6 +1,7 @@
 //! keyless-core: everything keyless does that does not depend on a cloud or an HTTP route.
 //!
-//! - [`TokenSource`]: the projected service-account token, surviving the kubelet's rotations;
+//! - [`TokenSource`]: the subject token from its source (a file surviving the kubelet's rotations;
+//!   [`TokenOrigin`] is the seam for other kinds), bounded and escaped where it is hostile;
 //! - [`Exchange`]: what a cloud adapter implements, with [`ExchangeError`] classification;
 //! - [`CredentialCache`]: pre-warm, refresh-ahead, single-flight, backoff, serve-while-valid;
 //! - [`Secret`], [`Clock`](clock::Clock), [`Metrics`].
@@ -13,18 +14,23 @@ mod context;
 pub mod exchange;
 pub mod files;
 pub mod metrics;
+pub mod printable;
+mod regular_file;
 mod secret;
+pub mod source;
 mod task;
 pub mod token;
 pub mod upstream;
-pub mod watcher;
 
 pub use appenv::{AppEnvValue, AppEnvVar};
 pub use cache::{CachePolicy, CredentialCache, IdentityStatus, Readiness};
 pub use context::Context;
 pub use exchange::{Attempt, ErrorClass, Exchange, ExchangeError, Expiring, Issued};
 pub use metrics::Metrics;
+pub use regular_file::{RegularFileError, read_regular_file};
 pub use secret::Secret;
+pub use source::{
+    ChangeFeed, NoChanges, Schedule, SourceId, SourceKind, SourceSpec, TokenOrigin, TokenSource, WatchOptions,
+};
 pub use task::AbortOnDrop;
-pub use token::{Claims, SubjectToken, TokenError, TokenShapeError};
-pub use watcher::{TokenSource, WatchOptions};
+pub use token::{Claims, MAX_SUBJECT_TOKEN_BYTES, SubjectToken, TokenError, TokenShapeError};

@@ -46,7 +46,8 @@ struct IdentityLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PathLabels {
+struct SourceLabels {
+    source: &'static str,
     path: String,
 }
 
@@ -101,7 +102,7 @@ struct Families {
     request_counters: RwLock<RequestCounters>,
     lookups: Family<LookupLabels, Counter>,
     credential_expiry: Family<IdentityLabels, Gauge>,
-    subject_token_expiry: Family<PathLabels, Gauge>,
+    subject_token_expiry: Family<SourceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -120,7 +121,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let lookups = Family::<LookupLabels, Counter>::default();
         let credential_expiry = Family::<IdentityLabels, Gauge>::default();
-        let subject_token_expiry = Family::<PathLabels, Gauge>::default();
+        let subject_token_expiry = Family::<SourceLabels, Gauge>::default();
         registry.register(
             "keyless_exchanges",
             "Token exchanges with a cloud's token service, by outcome",
@@ -144,7 +145,7 @@ impl Metrics {
         );
         registry.register(
             "keyless_subject_token_expiry_timestamp_seconds",
-            "The exp claim (Unix seconds) of the subject token now held, per token file",
+            "The exp claim (Unix seconds) of the subject token now held, per source (kind; path for a file)",
             subject_token_expiry.clone(),
         );
         Self {
@@ -202,10 +203,11 @@ impl Metrics {
             .set(i64::try_from(unix_seconds(expiry)).unwrap_or(i64::MAX));
     }
 
-    pub fn set_subject_token_expiry(&self, path: &str, expiry: SystemTime) {
+    /// `source` is the source's kind (`file`), `path` the file's path for a file source, else empty.
+    pub fn set_subject_token_expiry(&self, source: &'static str, path: &str, expiry: SystemTime) {
         self.inner
             .subject_token_expiry
-            .get_or_create(&PathLabels { path: path.to_owned() })
+            .get_or_create(&SourceLabels { source, path: path.to_owned() })
             .set(i64::try_from(unix_seconds(expiry)).unwrap_or(i64::MAX));
     }
 
@@ -229,7 +231,7 @@ mod tests {
         m.record_request("aws", "container", 200);
         m.record_lookup("aws", Lookup::Hit);
         m.set_credential_expiry("aws", "arn:aws:iam::1:role/r", SystemTime::UNIX_EPOCH);
-        m.set_subject_token_expiry("/var/run/token", SystemTime::UNIX_EPOCH);
+        m.set_subject_token_expiry("file", "/var/run/token", SystemTime::UNIX_EPOCH);
         let text = m.encode();
         for name in [
             "keyless_exchanges_total{",
@@ -242,6 +244,10 @@ mod tests {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
         assert!(text.contains(r#"status="200""#));
+        assert!(
+            text.contains(r#"keyless_subject_token_expiry_timestamp_seconds{source="file",path="/var/run/token"} 0"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -148,7 +148,7 @@ async fn check_provider(
     report.item("config", &format!("ok (from {origin})"));
     let token_file = d.token_file().to_owned();
     report.item("token file", &token_file.display().to_string());
-    let token = match ctx.token_source(&token_file).await.current() {
+    let token = match ctx.token_source(&keyless_core::SourceSpec::File(token_file.clone())).await.current() {
         Ok(token) => token,
         Err(e) => {
             report.problem(name, "token", &e.to_string(), None);

@@ -182,7 +182,7 @@ pub fn settings_from_env(env: &HashMap<String, String>) -> (HashMap<String, Stri
         }
         let key = rest.to_ascii_lowercase();
         let known = match key.split_once("__") {
-            Some((section, _)) => SECTIONS.contains(&section) || crate::providers::names().any(|p| p == section),
+            Some((section, _)) => SECTIONS.iter().copied().chain(crate::providers::names()).any(|s| s == section),
             None => TOP_LEVEL_KEYS.contains(&key.as_str()),
         };
         if known {
@@ -251,7 +251,8 @@ fn syntax_error(text: &str, error: &toml::de::Error) -> String {
         });
     // The section: the last of keyless's section headers before the line (no other name is shown).
     let section = before.lines().rev().find_map(|l| l.trim().strip_prefix('[')?.strip_suffix(']')).map(str::trim);
-    let key = match (key, section.and_then(|s| SECTIONS.iter().find(|known| **known == s))) {
+    let known = |s: &str| SECTIONS.iter().copied().chain(crate::providers::names()).find(|known| *known == s);
+    let key = match (key, section.and_then(known)) {
         (Some(key), Some(section)) => format!(" (key {section}.{key})"),
         (Some(key), None) if section.is_none() => format!(" (key {key})"),
         _ => String::new(),

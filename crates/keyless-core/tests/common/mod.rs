@@ -46,3 +46,46 @@ pub fn atomic_write(dir: &Path, payload: &str, generation: u64) {
 pub fn overwrite(dir: &Path, content: &str) {
     std::fs::write(dir.join("token"), content).unwrap();
 }
+
+/// Captures what keyless logs on this thread (a `#[tokio::test]` runs its spawned tasks on its own
+/// thread) at every level, in the text format. One global subscriber for the whole test binary:
+/// per-test `set_default` subscribers race on tracing's global callsite cache when tests run in
+/// parallel, and a callsite first hit elsewhere could stay disabled for this test.
+pub fn capture_logs() -> LogCapture {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(|| ThreadBuffer)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
+    CAPTURED.with_borrow_mut(Vec::clear);
+    LogCapture
+}
+
+thread_local! {
+    static CAPTURED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// This thread's captured log text.
+pub struct LogCapture;
+
+impl LogCapture {
+    pub fn text(&self) -> String {
+        CAPTURED.with_borrow(|bytes| String::from_utf8_lossy(bytes).into_owned())
+    }
+}
+
+struct ThreadBuffer;
+
+impl std::io::Write for ThreadBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURED.with_borrow_mut(|bytes| bytes.extend_from_slice(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
