@@ -193,18 +193,7 @@ impl Settings {
         }
         let policy = config.policy.as_deref().map(validate_policy).transpose()?;
         let policy_arns = validate_policy_arns(&config.policy_arns)?;
-        let region = config
-            .region
-            .clone()
-            .or_else(|| host.var("AWS_REGION"))
-            .or_else(|| host.var("AWS_DEFAULT_REGION"))
-            .unwrap_or_else(|| "us-east-1".to_owned());
-        let region = region.trim().to_owned();
-        let region_ok =
-            !region.is_empty() && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !region_ok {
-            return Err(ConfigError::invalid("region", format!("{region:?} is not a region name (e.g. us-east-1)")));
-        }
+        let region = region(config, host)?;
         let sts_endpoint =
             config.sts_endpoint.as_deref().map(|v| upstream::endpoint("aws.sts_endpoint", v)).transpose()?;
         let ca_certs = match &config.ca_file {
@@ -228,22 +217,7 @@ impl Settings {
                 })
             })
             .transpose()?;
-        let imds = config.imds.then_some(()).map(|()| ImdsSettings {
-            v1: config.imds_v1,
-            session_ttl_max: config.imds_session_ttl_max,
-            max_sessions: config.imds_max_sessions,
-        });
-        if let Some(imds) = &imds {
-            if !(Duration::from_secs(1)..=IMDS_TTL_MAX).contains(&imds.session_ttl_max) {
-                return Err(ConfigError::invalid(
-                    "imds_session_ttl_max",
-                    "must be between 1s and 6h (the IMDS token TTL range)",
-                ));
-            }
-            if !(1..=65_536).contains(&imds.max_sessions) {
-                return Err(ConfigError::invalid("imds_max_sessions", "must be between 1 and 65536"));
-            }
-        }
+        let imds = config.imds.then(|| imds_settings(config)).transpose()?;
         Ok(Self {
             token_file: config.token_file.clone(),
             role,
@@ -295,6 +269,41 @@ fn validate_policy_arns(arns: &[String]) -> Result<Vec<String>, ConfigError> {
             }
         })
         .collect()
+}
+
+/// `aws.region`, else `AWS_REGION`, else `AWS_DEFAULT_REGION`, else `us-east-1`.
+fn region(config: &Config, host: &Host<'_>) -> Result<String, ConfigError> {
+    let region = config
+        .region
+        .clone()
+        .or_else(|| host.var("AWS_REGION"))
+        .or_else(|| host.var("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".to_owned());
+    let region = region.trim().to_owned();
+    let region_ok =
+        !region.is_empty() && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !region_ok {
+        return Err(ConfigError::invalid("region", format!("{region:?} is not a region name (e.g. us-east-1)")));
+    }
+    Ok(region)
+}
+
+/// The IMDSv2 emulation's limits, checked against what EC2 allows.
+fn imds_settings(config: &Config) -> Result<ImdsSettings, ConfigError> {
+    if !(Duration::from_secs(1)..=IMDS_TTL_MAX).contains(&config.imds_session_ttl_max) {
+        return Err(ConfigError::invalid(
+            "imds_session_ttl_max",
+            "must be between 1s and 6h (the IMDS token TTL range)",
+        ));
+    }
+    if !(1..=65_536).contains(&config.imds_max_sessions) {
+        return Err(ConfigError::invalid("imds_max_sessions", "must be between 1 and 65536"));
+    }
+    Ok(ImdsSettings {
+        v1: config.imds_v1,
+        session_ttl_max: config.imds_session_ttl_max,
+        max_sessions: config.imds_max_sessions,
+    })
 }
 
 /// A plain path; whether it collides with another endpoint is checked over every provider's

@@ -2,7 +2,7 @@
 //! `GetCallerIdentity`, which checks the SigV4 signature made with credentials issued here.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -363,6 +363,29 @@ fn get_caller_identity(state: &SharedState, request: &ReceivedRequest<'_>) -> Re
             "The security token included in the request is expired",
         ));
     }
+    check_scope(&auth, amz_date, signed_at, now)?;
+    let mismatch = || {
+        StsError::signature_mismatch(
+            "The request signature we calculated does not match the signature you provided. Check your AWS Secret \
+             Access Key and signing method. Consult the service documentation for details.",
+        )
+    };
+    let canonical = sigv4::canonical_request(request, &auth.signed_headers).map_err(|_| mismatch())?;
+    let expected = sigv4::expected_signature(&session.secret_access_key, &auth, amz_date, &canonical);
+    if !bool::from(expected.as_bytes().ct_eq(auth.signature.as_bytes())) {
+        return Err(mismatch());
+    }
+    let result = format!(
+        "    {}\n    {}\n    {}\n",
+        element("Arn", &session.arn),
+        element("UserId", &session.user_id),
+        element("Account", &session.account)
+    );
+    Ok(success("GetCallerIdentity", &result))
+}
+
+/// What STS checks of a signature's scope and date before the signature itself.
+fn check_scope(auth: &Authorization, amz_date: &str, signed_at: SystemTime, now: SystemTime) -> Result<(), StsError> {
     if auth.service != "sts" {
         return Err(StsError::signature_mismatch("Credential should be scoped to correct service: 'sts'. "));
     }
@@ -398,22 +421,5 @@ fn get_caller_identity(state: &SharedState, request: &ReceivedRequest<'_>) -> Re
             clock::amz_date(now)
         )));
     }
-    let mismatch = || {
-        StsError::signature_mismatch(
-            "The request signature we calculated does not match the signature you provided. Check your AWS Secret \
-             Access Key and signing method. Consult the service documentation for details.",
-        )
-    };
-    let canonical = sigv4::canonical_request(request, &auth.signed_headers).map_err(|_| mismatch())?;
-    let expected = sigv4::expected_signature(&session.secret_access_key, &auth, amz_date, &canonical);
-    if !bool::from(expected.as_bytes().ct_eq(auth.signature.as_bytes())) {
-        return Err(mismatch());
-    }
-    let result = format!(
-        "    {}\n    {}\n    {}\n",
-        element("Arn", &session.arn),
-        element("UserId", &session.user_id),
-        element("Account", &session.account)
-    );
-    Ok(success("GetCallerIdentity", &result))
+    Ok(())
 }

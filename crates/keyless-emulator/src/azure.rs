@@ -135,36 +135,78 @@ pub(crate) async fn token(
 }
 
 fn issue(state: &SharedState, tenant: &str, body: &[u8], now: SystemTime) -> Result<Response, EntraError> {
-    let ids = &state.identities;
-    if tenant != ids.azure_tenant_id {
+    if tenant != state.identities.azure_tenant_id {
         return Err(tenant_not_found(tenant));
     }
     let mut params = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(body) {
         params.entry(k.into_owned()).or_insert_with(|| v.into_owned());
     }
-    let required = |name: &str| params.get(name).filter(|v| !v.is_empty()).ok_or_else(|| EntraError::missing(name));
-    let grant_type = required("grant_type")?;
-    if grant_type != "client_credentials" {
-        return Err(EntraError::bad_request(
-            "unsupported_grant_type",
-            70_003,
-            format!("The app requested an unsupported grant type '{grant_type}'."),
-        ));
+    let request = TokenRequest::parse(state, tenant, &params)?;
+    check_assertion(state, request.assertion, now)?;
+    let (access_token, expires_in) = mint_access_token(state, tenant, &request, now)?;
+    tracing::info!("azure token: issued an access token");
+    Ok(Json(serde_json::json!({
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "ext_expires_in": expires_in,
+        "access_token": access_token,
+    }))
+    .into_response())
+}
+
+/// A client-credentials request with a client assertion, as Entra validates its form.
+struct TokenRequest<'a> {
+    client_id: &'a str,
+    resource: &'a str,
+    assertion: &'a str,
+}
+
+impl<'a> TokenRequest<'a> {
+    fn parse(state: &SharedState, tenant: &str, params: &'a HashMap<String, String>) -> Result<Self, EntraError> {
+        let required = |name: &str| params.get(name).filter(|v| !v.is_empty()).ok_or_else(|| EntraError::missing(name));
+        let grant_type = required("grant_type")?;
+        if grant_type != "client_credentials" {
+            return Err(EntraError::bad_request(
+                "unsupported_grant_type",
+                70_003,
+                format!("The app requested an unsupported grant type '{grant_type}'."),
+            ));
+        }
+        let client_id = required("client_id")?;
+        if !state.identities.is_azure_app(client_id) {
+            return Err(EntraError::bad_request(
+                "unauthorized_client",
+                700_016,
+                format!(
+                    "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can \
+                     happen if the application has not been installed by the administrator of the tenant or \
+                     consented to by any user in the tenant. You may have sent your authentication request to the \
+                     wrong tenant."
+                ),
+            ));
+        }
+        let resource = resource_of(tenant, required("scope")?)?;
+        let assertion = params.get("client_assertion").filter(|v| !v.is_empty());
+        let (Some(assertion), Some(ASSERTION_TYPE)) =
+            (assertion, params.get("client_assertion_type").map(String::as_str))
+        else {
+            return Err(EntraError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7_000_216,
+                format!(
+                    "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant \
+                     type, with client_assertion_type '{ASSERTION_TYPE}'."
+                ),
+            ));
+        };
+        Ok(Self { client_id, resource, assertion })
     }
-    let client_id = required("client_id")?;
-    if !ids.is_azure_app(client_id) {
-        return Err(EntraError::bad_request(
-            "unauthorized_client",
-            700_016,
-            format!(
-                "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen \
-                 if the application has not been installed by the administrator of the tenant or consented to by any \
-                 user in the tenant. You may have sent your authentication request to the wrong tenant."
-            ),
-        ));
-    }
-    let scope = required("scope")?;
+}
+
+/// The resource of a client-credentials `scope` (`{resource}/.default`), if Entra knows it.
+fn resource_of<'a>(tenant: &str, scope: &'a str) -> Result<&'a str, EntraError> {
     let resource = match scope.strip_suffix(DEFAULT_SUFFIX) {
         Some(resource) if !resource.is_empty() && !scope.contains(' ') => resource,
         _ => {
@@ -192,22 +234,15 @@ fn issue(state: &SharedState, tenant: &str, body: &[u8], now: SystemTime) -> Res
             ),
         ));
     }
-    let assertion = params.get("client_assertion").filter(|v| !v.is_empty());
-    let (Some(assertion), Some(ASSERTION_TYPE)) = (assertion, params.get("client_assertion_type").map(String::as_str))
-    else {
-        return Err(EntraError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7_000_216,
-            format!(
-                "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant \
-                 type, with client_assertion_type '{ASSERTION_TYPE}'."
-            ),
-        ));
-    };
+    Ok(resource)
+}
+
+/// The app's federated identity credential: issuer, subject and audience must all match, the
+/// signature verify against the issuer's keys, and the assertion be within its validity.
+fn check_assertion(state: &SharedState, assertion: &str, now: SystemTime) -> Result<(), EntraError> {
+    let ids = &state.identities;
     let claims = SubjectClaims::peek(assertion)
         .map_err(|_| EntraError::bad_request("invalid_request", 50_027, "JWT token is invalid or malformed."))?;
-    // The app's federated identity credential: issuer, subject and audience must all match.
     let matches = claims.iss == state.issuer.url()
         && claims.sub == ids.subject()
         && claims.aud.iter().any(|a| a == ids.azure_audience());
@@ -248,22 +283,32 @@ fn issue(state: &SharedState, tenant: &str, body: &[u8], now: SystemTime) -> Res
             ),
         ));
     }
+    Ok(())
+}
+
+/// A signed v1 access token for the app and resource, and its lifetime in seconds.
+fn mint_access_token(
+    state: &SharedState,
+    tenant: &str,
+    request: &TokenRequest<'_>,
+    now: SystemTime,
+) -> Result<(String, i64), EntraError> {
     let issuer = format!("https://sts.windows.net/{tenant}/");
-    let oid = ids::stable_uuid(&format!("service principal {client_id}"));
+    let oid = ids::stable_uuid(&format!("service principal {}", request.client_id));
     let now_secs = clock::unix_secs(now);
     let real = Duration::from_secs(EXPIRES_IN.unsigned_abs());
     let expires_in =
         i64::try_from(state.gate.faults.lifetime(Service::AzureToken, real).as_secs()).unwrap_or(EXPIRES_IN);
     let claims = AccessTokenClaims {
-        aud: resource,
+        aud: request.resource,
         iss: &issuer,
         iat: now_secs - 300,
         nbf: now_secs - 300,
         exp: now_secs + expires_in,
         aio: ids::random_token(48),
-        appid: client_id,
+        appid: request.client_id,
         appidacr: "2",
-        azp: client_id,
+        azp: request.client_id,
         azpacr: "2",
         idp: &issuer,
         idtyp: "app",
@@ -277,14 +322,7 @@ fn issue(state: &SharedState, tenant: &str, body: &[u8], now: SystemTime) -> Res
     let access_token = state.entra_key.sign(HeaderStyle::Entra, &claims).map_err(|e| {
         EntraError::new(StatusCode::INTERNAL_SERVER_ERROR, "temporarily_unavailable", 90_033, e.to_string())
     })?;
-    tracing::info!("azure token: issued an access token");
-    Ok(Json(serde_json::json!({
-        "token_type": "Bearer",
-        "expires_in": expires_in,
-        "ext_expires_in": expires_in,
-        "access_token": access_token,
-    }))
-    .into_response())
+    Ok((access_token, expires_in))
 }
 
 /// `GET /{tenant}/discovery/v2.0/keys`.

@@ -2,7 +2,7 @@
 //! (`generateAccessToken`, `generateIdToken`), OAuth2 `tokeninfo` and the ID-token JWKS.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -121,93 +121,104 @@ pub(crate) async fn sts_token(State(state): State<SharedState>, headers: HeaderM
         };
         return oauth_error(fault.status, fault.code.as_deref().unwrap_or(default), fault.message());
     }
-    let bad = |error: &str, description: String| oauth_error(StatusCode::BAD_REQUEST, error, description);
     let Some(params) = form_or_json(&headers, &body) else {
-        return bad("invalid_request", "Request body is not valid JSON.".into());
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Request body is not valid JSON.");
     };
+    let now = clock::now();
+    match federated_subject(&state, &params, now) {
+        Ok(subject) => {
+            let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+            let mut scopes: Vec<String> = get("scope").split_whitespace().map(str::to_owned).collect();
+            if scopes.is_empty() {
+                scopes.push(CLOUD_PLATFORM.to_owned());
+            }
+            let access_token = format!("ya29.d.{}", ids::random_token(96));
+            let token = GcpToken::Federated { subject, scopes };
+            let lifetime = state.gate.faults.lifetime(Service::GcpSts, TOKEN_LIFETIME);
+            state.gcp_tokens.insert(access_token.clone(), now + lifetime, token, now);
+            tracing::info!("gcp sts: issued a federated token");
+            Json(serde_json::json!({
+                "access_token": access_token,
+                "issued_token_type": ACCESS_TOKEN_TYPE,
+                "token_type": "Bearer",
+                "expires_in": lifetime.as_secs(),
+            }))
+            .into_response()
+        }
+        Err((error, description)) => oauth_error(StatusCode::BAD_REQUEST, error, description),
+    }
+}
+
+/// Validates a token-exchange request as STS does (its form, then the subject token against the
+/// pool provider) and returns the federated subject, or the OAuth error and its description.
+fn federated_subject(
+    state: &SharedState,
+    params: &HashMap<String, String>,
+    now: SystemTime,
+) -> Result<String, (&'static str, String)> {
     let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
     if get("grant_type") != TOKEN_EXCHANGE {
-        return bad(
+        return Err((
             "unsupported_grant_type",
             format!("Invalid value for \"grant_type\". Supported values: [{TOKEN_EXCHANGE}]."),
-        );
+        ));
     }
-    let ids = &state.identities;
-    let provider = ids.gcp_audience();
+    let provider = state.identities.gcp_audience();
     if get("audience").is_empty() {
-        return bad("invalid_request", "The \"audience\" parameter is required.".into());
+        return Err(("invalid_request", "The \"audience\" parameter is required.".into()));
     }
     if get("audience") != provider {
-        return bad(
+        return Err((
             "invalid_target",
             "The target service indicated by the \"audience\" parameters is invalid. This might either be because \
              the pool or provider is disabled or deleted or because it doesn't exist."
                 .into(),
-        );
+        ));
     }
     if !SUBJECT_TOKEN_TYPES.contains(&get("subject_token_type")) {
-        return bad(
+        return Err((
             "invalid_request",
             format!("Invalid value for \"subject_token_type\". Supported values: {SUBJECT_TOKEN_TYPES:?}."),
-        );
+        ));
     }
     if get("requested_token_type") != ACCESS_TOKEN_TYPE {
-        return bad(
+        return Err((
             "invalid_request",
             format!("Invalid value for \"requested_token_type\". Supported values: [{ACCESS_TOKEN_TYPE}]."),
-        );
+        ));
     }
-    let now = clock::now();
-    let claims = match state.issuer.verify(get("subject_token"), now) {
-        Ok(claims) => claims,
-        Err(rejection) => {
-            let description = match rejection {
-                TokenRejection::Malformed => "Unable to parse the ID Token.".to_owned(),
-                TokenRejection::UntrustedIssuer => {
-                    "The issuer in ID Token does not match the issuer configured for the provider.".to_owned()
-                }
-                TokenRejection::BadSignature => "Invalid ID Token signature.".to_owned(),
-                TokenRejection::Expired { exp, now } => {
-                    format!("The ID Token expired at {exp}; the current time is {now}.")
-                }
-                TokenRejection::NotYetValid { nbf, .. } => format!("The ID Token is not valid before {nbf}."),
-            };
-            return bad("invalid_grant", description);
-        }
-    };
+    let claims = state.issuer.verify(get("subject_token"), now).map_err(|rejection| {
+        let description = match rejection {
+            TokenRejection::Malformed => "Unable to parse the ID Token.".to_owned(),
+            TokenRejection::UntrustedIssuer => {
+                "The issuer in ID Token does not match the issuer configured for the provider.".to_owned()
+            }
+            TokenRejection::BadSignature => "Invalid ID Token signature.".to_owned(),
+            TokenRejection::Expired { exp, now } => {
+                format!("The ID Token expired at {exp}; the current time is {now}.")
+            }
+            TokenRejection::NotYetValid { nbf, .. } => format!("The ID Token is not valid before {nbf}."),
+        };
+        ("invalid_grant", description)
+    })?;
     // Without explicit allowed audiences a provider accepts its full name, with or without `https:`.
     let allowed = [provider.clone(), format!("https:{provider}")];
     if !claims.aud.iter().any(|a| allowed.contains(a)) {
-        return bad(
+        return Err((
             "invalid_grant",
             format!(
                 "The audience in ID Token [{}] does not match the expected audience https:{provider}.",
                 claims.aud_display()
             ),
-        );
+        ));
     }
     if claims.sub.len() > MAX_SUBJECT_BYTES {
-        return bad(
+        return Err((
             "invalid_grant",
             format!("The size of mapped attribute google.subject exceeds the {MAX_SUBJECT_BYTES} bytes limit."),
-        );
+        ));
     }
-    let mut scopes: Vec<String> = get("scope").split_whitespace().map(str::to_owned).collect();
-    if scopes.is_empty() {
-        scopes.push(CLOUD_PLATFORM.to_owned());
-    }
-    let access_token = format!("ya29.d.{}", ids::random_token(96));
-    let token = GcpToken::Federated { subject: claims.sub, scopes };
-    let lifetime = state.gate.faults.lifetime(Service::GcpSts, TOKEN_LIFETIME);
-    state.gcp_tokens.insert(access_token.clone(), now + lifetime, token, now);
-    tracing::info!("gcp sts: issued a federated token");
-    Json(serde_json::json!({
-        "access_token": access_token,
-        "issued_token_type": ACCESS_TOKEN_TYPE,
-        "token_type": "Bearer",
-        "expires_in": lifetime.as_secs(),
-    }))
-    .into_response()
+    Ok(claims.sub)
 }
 
 #[derive(Debug, Deserialize)]

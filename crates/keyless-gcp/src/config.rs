@@ -113,26 +113,8 @@ impl Config {
                   //iam.googleapis.com/projects/NUM/locations/global/workloadIdentityPools/POOL/providers/PROV",
         })?;
         let provider = PoolProvider::parse("gcp.audience", audience.trim())?;
-        let subject_token_type = file.subject_token_type.unwrap_or_else(|| JWT_TOKEN_TYPE.to_owned());
-        if subject_token_type != JWT_TOKEN_TYPE && subject_token_type != ID_TOKEN_TYPE {
-            return Err(ConfigError::invalid(
-                "gcp.credentials_file",
-                format!(
-                    "subject_token_type {subject_token_type:?} is not a JWT type: a projected token needs \
-                     {JWT_TOKEN_TYPE:?} (or {ID_TOKEN_TYPE:?})"
-                ),
-            ));
-        }
-        let universe_domain =
-            self.universe_domain.clone().or(file.universe_domain).unwrap_or_else(|| "googleapis.com".to_owned());
-        if universe_domain.is_empty()
-            || universe_domain.bytes().any(|b| !(b.is_ascii_alphanumeric() || b"-.".contains(&b)))
-        {
-            return Err(ConfigError::invalid(
-                "gcp.universe_domain",
-                format!("{universe_domain:?} is not a domain name"),
-            ));
-        }
+        let subject_token_type = subject_token_type(file.subject_token_type)?;
+        let universe_domain = universe_domain(self.universe_domain.clone().or(file.universe_domain))?;
         let service_account = self.service_account.clone().or(file.service_account);
         if let Some(email) = &service_account {
             validate_email("gcp.service_account", email)?;
@@ -141,16 +123,7 @@ impl Config {
             validate_project_id("gcp.project_id", id)?;
         }
         let project_number = match &self.project_number {
-            Some(n) => {
-                let n = n.trim().to_owned();
-                if !is_project_number(&n) {
-                    return Err(ConfigError::invalid(
-                        "gcp.project_number",
-                        format!("{n:?} is not a project number (digits only)"),
-                    ));
-                }
-                n
-            }
+            Some(n) => project_number(n)?,
             None => provider.project_number().to_owned(),
         };
         let scopes = match &self.scopes {
@@ -165,18 +138,7 @@ impl Config {
             validate_id_token_audience(audience).map_err(|m| ConfigError::invalid("gcp.id_token_audiences", m))?;
         }
         if service_account.is_none() {
-            let without_account = |key: &str, what: &str| {
-                ConfigError::invalid(
-                    key,
-                    format!("{what} needs gcp.service_account: set the service account to impersonate"),
-                )
-            };
-            if !id_token_audiences.is_empty() {
-                return Err(without_account("gcp.id_token_audiences", "an ID token"));
-            }
-            if !delegates.is_empty() {
-                return Err(without_account("gcp.delegates", "a delegation chain"));
-            }
+            needs_no_impersonation(&id_token_audiences, &delegates)?;
         }
         let endpoint = |key: &str, explicit: &Option<String>, from_file: Option<String>, default_host: &str| {
             let value =
@@ -204,6 +166,51 @@ impl Config {
             universe_domain,
         })
     }
+}
+
+/// The `external_account` file's `subject_token_type`: a JWT type (a projected token is one).
+fn subject_token_type(from_file: Option<String>) -> Result<String, ConfigError> {
+    let subject_token_type = from_file.unwrap_or_else(|| JWT_TOKEN_TYPE.to_owned());
+    if subject_token_type != JWT_TOKEN_TYPE && subject_token_type != ID_TOKEN_TYPE {
+        return Err(ConfigError::invalid(
+            "gcp.credentials_file",
+            format!(
+                "subject_token_type {subject_token_type:?} is not a JWT type: a projected token needs \
+                 {JWT_TOKEN_TYPE:?} (or {ID_TOKEN_TYPE:?})"
+            ),
+        ));
+    }
+    Ok(subject_token_type)
+}
+
+fn universe_domain(configured: Option<String>) -> Result<String, ConfigError> {
+    let domain = configured.unwrap_or_else(|| "googleapis.com".to_owned());
+    if domain.is_empty() || domain.bytes().any(|b| !(b.is_ascii_alphanumeric() || b"-.".contains(&b))) {
+        return Err(ConfigError::invalid("gcp.universe_domain", format!("{domain:?} is not a domain name")));
+    }
+    Ok(domain)
+}
+
+fn project_number(configured: &str) -> Result<String, ConfigError> {
+    let n = configured.trim().to_owned();
+    if !is_project_number(&n) {
+        return Err(ConfigError::invalid("gcp.project_number", format!("{n:?} is not a project number (digits only)")));
+    }
+    Ok(n)
+}
+
+/// Without a service account there is nothing to impersonate: no ID tokens, no delegation chain.
+fn needs_no_impersonation(id_token_audiences: &[String], delegates: &[String]) -> Result<(), ConfigError> {
+    let without_account = |key: &str, what: &str| {
+        ConfigError::invalid(key, format!("{what} needs gcp.service_account: set the service account to impersonate"))
+    };
+    if !id_token_audiences.is_empty() {
+        return Err(without_account("gcp.id_token_audiences", "an ID token"));
+    }
+    if !delegates.is_empty() {
+        return Err(without_account("gcp.delegates", "a delegation chain"));
+    }
+    Ok(())
 }
 
 /// The validated section.
