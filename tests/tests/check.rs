@@ -425,3 +425,39 @@ async fn webhook_env_vars_are_checked_like_a_config_file() {
     let checked = check_with_env(&[], &[("AWS_ROLE_ARN", role.as_str())]).await;
     checked.fails_with(&["AWS_WEB_IDENTITY_TOKEN_FILE: AWS_ROLE_ARN is set but AWS_WEB_IDENTITY_TOKEN_FILE is not"]);
 }
+
+/// Two endpoints on one path: `keyless check` reports it naming both keys, and `keyless serve`
+/// exits with the same message before it listens (axum used to panic while merging the routes,
+/// and `panic = "abort"` ended the process without a word).
+#[tokio::test]
+async fn two_endpoints_on_one_path_are_a_configuration_error_naming_both_keys() {
+    let emu = Emulator::start().await;
+    let config = emu.working().replace("[aws]\n", "[aws]\ncontainer_path = \"/msi/token\"\n");
+    let checked = emu.check(&config).await;
+    checked.fails_with(&[
+        "route collision: aws.container_path (path /msi/token) and azure.app_service_path (path /msi/token)",
+        "keyless routes",
+    ]);
+
+    let path = emu.write("colliding.toml", &config);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::process::Command::new(keyless_bin())
+            .args(["serve", "--config", path.to_str().unwrap(), "--listen", &listen, "--admin-listen", &admin])
+            .env_remove("KEYLESS_CONFIG")
+            .output(),
+    )
+    .await
+    .expect("serve exits at once")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("aws.container_path") && stderr.contains("azure.app_service_path"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Nothing was listening: both ports are still free.
+    for addr in [&listen, &admin] {
+        assert!(std::net::TcpListener::bind(addr.as_str()).is_ok(), "{addr} was bound");
+    }
+}
