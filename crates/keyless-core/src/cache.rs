@@ -222,14 +222,6 @@ impl<E: Exchange> CredentialCache<E> {
         }
     }
 
-    pub fn exchange(&self) -> &E {
-        &self.inner.shared.exchange
-    }
-
-    pub fn tokens(&self) -> &TokenSource {
-        &self.inner.shared.tokens
-    }
-
     /// Makes `key` part of this identity's configuration: exchanged now (pre-warm), refreshed
     /// ahead for as long as the cache lives, never evicted, and counted by readiness.
     pub fn pin(&self, key: E::Key) {

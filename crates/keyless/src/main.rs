@@ -187,6 +187,7 @@ async fn credential_process(config: Option<PathBuf>) -> ExitCode {
 }
 
 /// Runs a command with logging from `KEYLESS_LOG` / `RUST_LOG` (these commands take no config file).
+#[cfg(feature = "emulator")]
 async fn run_logged(command: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     let filter = std::env::var("KEYLESS_LOG").ok();
     if let Err(e) = logging::init(filter.as_deref(), config::LogFormat::Text) {

@@ -93,11 +93,16 @@ impl Sidecar {
     }
 
     /// The env vars an app needs to reach every enabled provider through this sidecar.
+    #[cfg_attr(not(feature = "emulator"), expect(dead_code, reason = "keyless dev writes them to its env file"))]
     pub fn app_env(&self) -> Vec<AppEnvVar> {
         let app = AppHost::for_listener(self.listen_addr());
         self.providers.iter().flat_map(|p| p.started.app_env(&app)).collect()
     }
 
+    #[cfg_attr(
+        not(feature = "emulator"),
+        expect(dead_code, reason = "keyless dev opens it once the env file is written")
+    )]
     pub fn gate(&self) -> Arc<AtomicBool> {
         self.gate.clone()
     }
