@@ -461,3 +461,25 @@ async fn two_endpoints_on_one_path_are_a_configuration_error_naming_both_keys() 
         assert!(std::net::TcpListener::bind(addr.as_str()).is_ok(), "{addr} was bound");
     }
 }
+
+/// A token service slower than `cache.exchange_timeout`: every provider's own HTTP client gives
+/// up at that timeout and reports it the same way (it used to be 15-25 s hard-coded in AWS and
+/// GCP, whatever the setting).
+#[tokio::test]
+async fn every_provider_honours_the_exchange_timeout_and_reports_it_alike() {
+    let emu = Emulator::start().await;
+    emu.shared.fault_all(json!({ "latency_ms": 10_000 })).await;
+    let config = format!("[cache]\nexchange_timeout = \"1s\"\n\n{}", emu.working());
+    let started = tokio::time::Instant::now();
+    let checked = emu.check(&config).await;
+    emu.shared.clear_faults().await;
+    checked.fails_with(&[
+        "STS at ",
+        "Google STS at ",
+        "Entra ID at ",
+        "(UpstreamTimeout)",
+        "result: 3 problems (aws exchange, gcp exchange, azure exchange)",
+    ]);
+    assert_eq!(checked.report.matches("(UpstreamTimeout)").count(), 3, "{}", checked.report);
+    assert!(started.elapsed() < std::time::Duration::from_secs(9), "took {:?}", started.elapsed());
+}

@@ -20,9 +20,11 @@ use keyless_provider::Diagnosis;
 use crate::config::{Config, Overrides};
 use crate::providers::{self, Origin, Sections, StartError};
 
-/// One exchange per configured credential, bounded by `cache.exchange_timeout` as in `serve`.
+/// One exchange per configured credential. Each upstream request is bounded by
+/// `cache.exchange_timeout` in the provider's own client (`keyless_provider::upstream`), as in
+/// `serve`; this bounds the whole diagnosis (a GCP exchange is two requests) as a backstop.
 async fn exchange_once(d: &dyn Diagnosis, token: &SubjectToken, limit: Duration) -> Vec<Attempt> {
-    match tokio::time::timeout(limit, d.exchange_once(token)).await {
+    match tokio::time::timeout(limit.saturating_mul(3), d.exchange_once(token)).await {
         Ok(attempts) => attempts,
         Err(_) => vec![Attempt {
             what: "the exchange".to_owned(),
