@@ -1,7 +1,6 @@
 //! The credential STS issues, and the three JSON shapes it is served in (protocols.md 2.2-2.4).
 
 use std::fmt;
-use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use axum::body::Bytes;
@@ -26,23 +25,13 @@ pub struct AwsCredentials {
     pub(crate) rendered: Rendered,
 }
 
-/// The served JSON bodies of one credential. A credential is served unchanged for its whole life,
-/// thousands of times a second on a busy pod: rendering it once keeps the cached path free of
-/// JSON building (about a dozen allocations per request, measured: docs/benchmarks.md).
-#[derive(Clone, Default)]
+/// The served JSON bodies of one credential, rendered on first use (`keyless_provider::body`): a
+/// credential is served unchanged for its whole life, thousands of times a second on a busy pod.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub(crate) struct Rendered {
-    container: OnceLock<Bytes>,
-    imds: OnceLock<Bytes>,
+    container: keyless_provider::body::Rendered,
+    imds: keyless_provider::body::Rendered,
 }
-
-/// A cache of the credential's other fields, not part of its value.
-impl PartialEq for Rendered {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for Rendered {}
 
 impl fmt::Debug for AwsCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -67,12 +56,12 @@ pub fn timestamp(t: SystemTime) -> String {
 impl AwsCredentials {
     /// [`Self::container_json`] as served, rendered once: a credential belongs to one role.
     pub(crate) fn container_body(&self, role_arn: &str) -> Bytes {
-        self.rendered.container.get_or_init(|| Bytes::from(self.container_json(role_arn).to_string())).clone()
+        self.rendered.container.get_or_render(|| self.container_json(role_arn).to_string().into_bytes())
     }
 
     /// [`Self::imds_json`] as served, rendered once.
     pub(crate) fn imds_body(&self) -> Bytes {
-        self.rendered.imds.get_or_init(|| Bytes::from(self.imds_json().to_string())).clone()
+        self.rendered.imds.get_or_render(|| self.imds_json().to_string().into_bytes())
     }
 
     /// The container-credentials endpoint's body (protocols.md 2.2).
