@@ -1,7 +1,9 @@
-//! Request parsing of every native route, through the adapters' public routers: a fuzzed request
-//! line and headers go to the merged AWS, GCP and Azure routers, serving real cached credentials
-//! from an in-process emulator. Besides not panicking and answering in time, a 200 from a
-//! credential route must carry that route's required header.
+//! Request parsing of every native route, through the adapters' routers as the binary serves them
+//! (`keyless_provider::router`: the shared request rules in front of each provider's routes): a
+//! fuzzed request line and headers go to the merged AWS, GCP and Azure routers, serving real
+//! cached credentials from an in-process emulator. Besides not panicking and answering in time, a
+//! 200 from a credential route must carry that route's required header and break none of the
+//! shared rules (an allowed `Host`, no forwarding header, no security header twice).
 //!
 //! Input: `METHOD TARGET\nName: value\n...` (what hyper would hand over after parsing a head).
 #![no_main]
@@ -13,6 +15,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use keyless_emulator::{Cloud, Emulator, EmulatorConfig};
+use keyless_provider::Started as _;
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt as _;
 
@@ -53,9 +56,9 @@ async fn start() -> Harness {
         "authority_host": url, "ca_file": ca, "identity_header": IDENTITY_HEADER,
     }))
     .expect("azure config");
-    let aws = keyless_aws::Provider::start(aws, &ctx).await.expect("aws provider");
-    let gcp = keyless_gcp::Provider::start(gcp, &ctx).await.expect("gcp provider");
-    let azure = keyless_azure::Provider::start(azure, &ctx).await.expect("azure provider");
+    let aws = keyless_aws::start(aws, &ctx).await.expect("aws provider");
+    let gcp = keyless_gcp::start(gcp, &ctx).await.expect("gcp provider");
+    let azure = keyless_azure::start(azure, &ctx).await.expect("azure provider");
     let readiness: Vec<_> = [aws.readiness(), gcp.readiness(), azure.readiness()].concat();
     // Serve cached credentials, so that a fuzzed request reaches the answering code.
     for _ in 0..600 {
@@ -64,7 +67,10 @@ async fn start() -> Harness {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let router = Router::new().merge(aws.router()).merge(gcp.router()).merge(azure.router());
+    let router = Router::new()
+        .merge(keyless_provider::router("aws", &aws).expect("aws routes"))
+        .merge(keyless_provider::router("gcp", &gcp).expect("gcp routes"))
+        .merge(keyless_provider::router("azure", &azure).expect("azure routes"));
     Harness { router, _emulator: emulator, _state: state }
 }
 
@@ -110,7 +116,15 @@ fn check_authorized(path: &str, headers: &HeaderMap) {
     if path.starts_with("/latest/meta-data/iam/security-credentials/") && path.len() > 43 {
         assert!(headers.contains_key("x-aws-ec2-metadata-token"), "IMDS credentials without a session token");
     }
-    assert!(!headers.contains_key("x-forwarded-for") || !path.starts_with("/computeMetadata/"));
+    for name in ["x-forwarded-for", "forwarded", "x-real-ip"] {
+        assert!(!headers.contains_key(name), "a credential route answered a request relayed by a proxy ({name})");
+    }
+    for name in keyless_provider::guard::SINGLE_HEADERS {
+        assert!(headers.get_all(&name).iter().count() <= 1, "answered with {name} given twice");
+    }
+    if let Some(host) = headers.get("host") {
+        assert!(keyless_fuzz::names_keyless(host.as_bytes(), &["metadata.google.internal", "metadata"]), "answered Host {host:?}");
+    }
 }
 
 fuzz_target!(|data: &[u8]| {

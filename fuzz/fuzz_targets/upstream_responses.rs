@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use keyless_core::SubjectToken;
+use keyless_provider::{Diagnosis, Provider};
 use libfuzzer_sys::fuzz_target;
 
 const STATUSES: [u16; 8] = [200, 400, 401, 403, 404, 429, 500, 503];
@@ -37,10 +38,10 @@ struct Canned {
 
 struct Harness {
     canned: Arc<Mutex<Canned>>,
-    aws: keyless_aws::diagnose::Diagnosis,
-    gcp_direct: keyless_gcp::diagnose::Diagnosis,
-    gcp_impersonated: keyless_gcp::diagnose::Diagnosis,
-    azure: keyless_azure::diagnose::Diagnosis,
+    aws: Box<dyn Diagnosis>,
+    gcp_direct: Box<dyn Diagnosis>,
+    gcp_impersonated: Box<dyn Diagnosis>,
+    azure: Box<dyn Diagnosis>,
     aws_token: SubjectToken,
     gcp_token: SubjectToken,
     azure_token: SubjectToken,
@@ -55,6 +56,11 @@ async fn answer(State(canned): State<Arc<Mutex<Canned>>>, uri: Uri) -> Response 
     }
     let content_type = if canned.service == Service::AwsSts { "text/xml" } else { "application/json" };
     (canned.status, [(header::CONTENT_TYPE, content_type)], canned.body.clone()).into_response()
+}
+
+/// The diagnosis `keyless check` runs: the same exchange code as `keyless serve`, without a cache.
+fn diagnosis<P: Provider>(config: P::Config, ctx: &keyless_core::Context) -> Box<dyn Diagnosis> {
+    P::configure(config, ctx).expect("a valid section").diagnosis(ctx).expect("a diagnosis")
 }
 
 fn harness() -> &'static Harness {
@@ -92,11 +98,10 @@ async fn start() -> Harness {
     let token = |aud: &str| SubjectToken::parse(&keyless_fuzz::unsigned_jwt(aud)).expect("a JWT-shaped token");
     Harness {
         canned,
-        aws: keyless_aws::diagnose::Diagnosis::new(&aws, &ctx).expect("aws diagnosis"),
-        gcp_direct: keyless_gcp::diagnose::Diagnosis::new(&gcp(None), &ctx).expect("gcp diagnosis"),
-        gcp_impersonated: keyless_gcp::diagnose::Diagnosis::new(&gcp(Some("fuzz@fuzz.iam.gserviceaccount.com")), &ctx)
-            .expect("gcp diagnosis"),
-        azure: keyless_azure::diagnose::Diagnosis::new(&azure, &ctx).expect("azure diagnosis"),
+        aws: diagnosis::<keyless_aws::Aws>(aws, &ctx),
+        gcp_direct: diagnosis::<keyless_gcp::Gcp>(gcp(None), &ctx),
+        gcp_impersonated: diagnosis::<keyless_gcp::Gcp>(gcp(Some("fuzz@fuzz.iam.gserviceaccount.com")), &ctx),
+        azure: diagnosis::<keyless_azure::Azure>(azure, &ctx),
         aws_token: token("sts.amazonaws.com"),
         gcp_token: token(GCP_AUDIENCE),
         azure_token: token("api://AzureADTokenExchange"),
