@@ -1,0 +1,46 @@
+//! A started provider's routes served on a loopback port, as the binary serves them (behind the
+//! shared request rules), minus the other providers and the binary's own accept loop.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use keyless_core::AbortOnDrop;
+use keyless_provider::Started;
+
+use crate::wait::wait_until;
+
+/// A provider's router listening on `127.0.0.1`; dropping it stops serving.
+#[derive(Debug)]
+pub struct Served {
+    pub addr: SocketAddr,
+    _server: AbortOnDrop,
+}
+
+impl Served {
+    /// `http://{addr}{path_and_query}`.
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.addr)
+    }
+}
+
+/// Serves `provider`'s routes (named `name`, as in the binary's `PROVIDERS`) on a fresh port.
+pub async fn serve(name: &str, provider: &dyn Started) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let addr = listener.local_addr().expect("the bound address");
+    let router = keyless_provider::router(name, provider).expect("the provider's routes are servable");
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router).await.expect("serving on loopback");
+    });
+    Served { addr, _server: AbortOnDrop::new(server) }
+}
+
+/// Waits (at most 20 s) until every configured identity of `provider` holds a valid credential, as
+/// the binary's `/readyz` would report it.
+pub async fn wait_ready(provider: &dyn Started) {
+    let readiness = provider.readiness();
+    wait_until("the pre-warm to finish (every configured identity ready)", Duration::from_secs(20), || {
+        let ready = readiness.iter().all(|r| r.statuses().iter().all(|s| s.ready()));
+        async move { ready }
+    })
+    .await;
+}
