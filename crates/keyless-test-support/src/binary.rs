@@ -33,7 +33,8 @@ pub fn workspace_root() -> PathBuf {
 fn build() -> PathBuf {
     let test_exe = std::env::current_exe().expect("the test binary's path");
     // <target>/<profile dir>/deps/<test binary>
-    let profile_dir = test_exe.parent().and_then(Path::parent).expect("the test binary lives in <target>/<profile>/deps");
+    let profile_dir =
+        test_exe.parent().and_then(Path::parent).expect("the test binary lives in <target>/<profile>/deps");
     let target_dir = profile_dir.parent().expect("a target directory").join("e2e");
     let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => "dev",

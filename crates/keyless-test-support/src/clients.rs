@@ -10,11 +10,7 @@ use aws_smithy_http_client::tls::{Provider as TlsProvider, TlsContext, TrustStor
 /// For keyless's listeners: never through a proxy the machine may configure, never following a
 /// redirect (they are under test).
 pub fn loopback() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("an HTTP client")
+    reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().expect("an HTTP client")
 }
 
 /// HTTPS trusting only the certificates in `ca_pem` (the emulator's CA), never through a proxy.

@@ -20,7 +20,11 @@ pub fn paused_context(policy: CachePolicy) -> Context {
 
 /// Quick retries (20 to 200 ms), so failure stories finish in moments.
 pub fn fast_retries() -> CachePolicy {
-    CachePolicy { retry_min: Duration::from_millis(20), retry_max: Duration::from_millis(200), ..CachePolicy::default() }
+    CachePolicy {
+        retry_min: Duration::from_millis(20),
+        retry_max: Duration::from_millis(200),
+        ..CachePolicy::default()
+    }
 }
 
 /// `policy` with requests that wait as long as an exchange takes: on the paused clock a jump of

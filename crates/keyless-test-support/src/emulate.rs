@@ -108,8 +108,10 @@ impl EmulatorProcess {
         let state = tempfile::tempdir().expect("a temporary directory");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let state_dir = state.path().to_str().expect("a UTF-8 path");
-        let process =
-            Process::spawn(&["emulate", "--listen", &addr.to_string(), "--state-dir", state_dir], &[("KEYLESS_LOG", "info")]);
+        let process = Process::spawn(
+            &["emulate", "--listen", &addr.to_string(), "--state-dir", state_dir],
+            &[("KEYLESS_LOG", "info")],
+        );
         let ca = state.path().join("ca.pem");
         let tokens = ["aws", "gcp", "azure"].map(|cloud| state.path().join("tokens").join(cloud).join("token"));
         wait_until("the emulator's CA and tokens", STARTUP_DEADLINE, || {
