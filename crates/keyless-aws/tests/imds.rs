@@ -10,34 +10,42 @@ use std::net::SocketAddr;
 use aws_config::imds;
 use aws_config::imds::credentials::ImdsCredentialsProvider;
 use aws_sdk_sts::config::SharedCredentialsProvider;
+use common::AwsDev as _;
 use keyless_aws::Running as Provider;
 use keyless_core::CachePolicy;
 use keyless_provider::Started as _;
+use keyless_test_support::clients;
+use keyless_test_support::clock::is_whole_second_utc;
+use keyless_test_support::context::context;
+use keyless_test_support::emulator::EmulatorEnv;
+use keyless_test_support::serving::{Served, serve, wait_ready};
 
 const TTL: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN: &str = "x-aws-ec2-metadata-token";
 
-async fn serving(configure: impl FnOnce(&mut keyless_aws::Config)) -> (common::TestEnv, Provider, SocketAddr) {
-    let env = common::emulator().await;
+/// The dev configuration changed by `configure`, pre-warmed and served on loopback.
+async fn serving(configure: impl FnOnce(&mut keyless_aws::Config)) -> (EmulatorEnv, Served, Provider) {
+    let env = EmulatorEnv::start().await;
     let mut config = env.config();
     configure(&mut config);
-    let ctx = common::context(CachePolicy::default());
+    let ctx = context(CachePolicy::default());
     let provider = keyless_aws::start(config, &ctx).await.unwrap();
-    common::ready(&provider).await;
-    let addr = common::serve(&provider).await;
-    (env, provider, addr)
+    wait_ready(&provider).await;
+    let served = serve("aws", &provider).await;
+    (env, served, provider)
 }
 
 async fn session(addr: SocketAddr) -> String {
     let response =
-        common::http().put(format!("http://{addr}/latest/api/token")).header(TTL, "21600").send().await.unwrap();
+        clients::loopback().put(format!("http://{addr}/latest/api/token")).header(TTL, "21600").send().await.unwrap();
     assert_eq!(response.status(), 200);
     response.text().await.unwrap()
 }
 
 #[tokio::test]
 async fn the_rust_sdk_imds_provider_loads_credentials_that_sign_get_caller_identity() {
-    let (env, _provider, addr) = serving(|_| {}).await;
+    let (env, served, _provider) = serving(|_| {}).await;
+    let addr = served.addr;
     let client = imds::Client::builder().endpoint(format!("http://{addr}")).unwrap().build();
     let credentials = ImdsCredentialsProvider::builder().imds_client(client).build();
     let sts = env.sts_client(SharedCredentialsProvider::new(credentials));
@@ -48,8 +56,9 @@ async fn the_rust_sdk_imds_provider_loads_credentials_that_sign_get_caller_ident
 
 #[tokio::test]
 async fn session_tokens_follow_the_ttl_rules_and_echo_the_ttl() {
-    let (_env, _provider, addr) = serving(|_| {}).await;
-    let http = common::http();
+    let (_env, served, _provider) = serving(|_| {}).await;
+    let addr = served.addr;
+    let http = clients::loopback();
     let url = format!("http://{addr}/latest/api/token");
     let missing = http.put(&url).send().await.unwrap();
     assert_eq!(missing.status(), 400, "TTL header missing");
@@ -71,17 +80,19 @@ async fn session_tokens_follow_the_ttl_rules_and_echo_the_ttl() {
 
 #[tokio::test]
 async fn the_granted_ttl_is_capped_by_imds_session_ttl_max() {
-    let (_env, _provider, addr) = serving(|c| c.imds_session_ttl_max = std::time::Duration::from_secs(600)).await;
+    let (_env, served, _provider) = serving(|c| c.imds_session_ttl_max = std::time::Duration::from_secs(600)).await;
+    let addr = served.addr;
     let response =
-        common::http().put(format!("http://{addr}/latest/api/token")).header(TTL, "21600").send().await.unwrap();
+        clients::loopback().put(format!("http://{addr}/latest/api/token")).header(TTL, "21600").send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()[TTL], "600");
 }
 
 #[tokio::test]
 async fn credentials_need_a_live_session_and_imdsv1_is_refused() {
-    let (_env, _provider, addr) = serving(|_| {}).await;
-    let http = common::http();
+    let (_env, served, _provider) = serving(|_| {}).await;
+    let addr = served.addr;
+    let http = clients::loopback();
     let listing = format!("http://{addr}/latest/meta-data/iam/security-credentials/");
     assert_eq!(http.get(&listing).send().await.unwrap().status(), 401, "IMDSv1 refused");
     let bogus = http.get(&listing).header(TOKEN, "not-a-session").send().await.unwrap();
@@ -101,7 +112,7 @@ async fn credentials_need_a_live_session_and_imdsv1_is_refused() {
     }
     for key in ["Expiration", "LastUpdated"] {
         let value = body[key].as_str().unwrap();
-        assert!(common::is_whole_second_utc(value), "{key} = {value:?} must match %Y-%m-%dT%H:%M:%SZ");
+        assert!(is_whole_second_utc(value), "{key} = {value:?} must match %Y-%m-%dT%H:%M:%SZ");
     }
     let other = http.get(format!("{listing}some-other-role")).header(TOKEN, &token).send().await.unwrap();
     assert_eq!(other.status(), 404);
@@ -111,8 +122,9 @@ async fn credentials_need_a_live_session_and_imdsv1_is_refused() {
 
 #[tokio::test]
 async fn imdsv1_is_answered_only_when_enabled_and_bad_tokens_still_fail() {
-    let (_env, _provider, addr) = serving(|c| c.imds_v1 = true).await;
-    let http = common::http();
+    let (_env, served, _provider) = serving(|c| c.imds_v1 = true).await;
+    let addr = served.addr;
+    let http = clients::loopback();
     let listing = format!("http://{addr}/latest/meta-data/iam/security-credentials/");
     let v1 = http.get(&listing).send().await.unwrap();
     assert_eq!(v1.status(), 200);
@@ -123,8 +135,9 @@ async fn imdsv1_is_answered_only_when_enabled_and_bad_tokens_still_fail() {
 
 #[tokio::test]
 async fn region_identity_document_and_iam_info_are_served() {
-    let (_env, _provider, addr) = serving(|_| {}).await;
-    let http = common::http();
+    let (_env, served, _provider) = serving(|_| {}).await;
+    let addr = served.addr;
+    let http = clients::loopback();
     let token = session(addr).await;
     let get = |path: &str| http.get(format!("http://{addr}{path}")).header(TOKEN, &token).send();
     let region = get("/latest/meta-data/placement/region").await.unwrap();
@@ -136,14 +149,15 @@ async fn region_identity_document_and_iam_info_are_served() {
     let info: serde_json::Value = get("/latest/meta-data/iam/info").await.unwrap().json().await.unwrap();
     assert_eq!(info["Code"], "Success");
     assert_eq!(info["InstanceProfileArn"], "arn:aws:iam::123456789012:instance-profile/keyless-dev");
-    assert!(common::is_whole_second_utc(info["LastUpdated"].as_str().unwrap()), "{info}");
+    assert!(is_whole_second_utc(info["LastUpdated"].as_str().unwrap()), "{info}");
 }
 
 #[tokio::test]
 async fn imds_can_be_turned_off_leaving_the_container_endpoint() {
-    let (_env, provider, addr) = serving(|c| c.imds = false).await;
+    let (_env, served, provider) = serving(|c| c.imds = false).await;
+    let addr = served.addr;
     let response =
-        common::http().put(format!("http://{addr}/latest/api/token")).header(TTL, "60").send().await.unwrap();
+        clients::loopback().put(format!("http://{addr}/latest/api/token")).header(TTL, "60").send().await.unwrap();
     assert_eq!(response.status(), 404);
     assert!(
         provider
