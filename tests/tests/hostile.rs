@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyless_test_support::binary::keyless_bin;
@@ -249,6 +249,17 @@ fn in_an_hour() -> std::time::SystemTime {
     wall_clock() + Duration::from_secs(3600)
 }
 
+/// A [`token_file_sidecar`] that has loaded a good token, and its token file.
+async fn serving_a_good_token() -> (tempfile::TempDir, PathBuf, Sidecar) {
+    let (root, dir) = token_dir();
+    let token = dir.join("token");
+    std::fs::write(&token, unsigned_jwt("system:serviceaccount:ns:app", in_an_hour())).unwrap();
+    let sidecar = token_file_sidecar(&token);
+    wait_healthy(&sidecar).await;
+    sidecar.wait_logged("subject token loaded").await;
+    (root, token, sidecar)
+}
+
 const NOT_A_FIFO: &str = "is a FIFO (named pipe), not a regular file";
 
 #[tokio::test]
@@ -266,12 +277,7 @@ async fn a_fifo_token_file_at_start_still_serves_healthz_and_sigterm_ends_it() {
 
 #[tokio::test]
 async fn a_fifo_swapped_in_at_run_time_is_reported_and_sigterm_still_ends_keyless() {
-    let (_root, dir) = token_dir();
-    let token = dir.join("token");
-    std::fs::write(&token, unsigned_jwt("system:serviceaccount:ns:app", in_an_hour())).unwrap();
-    let sidecar = token_file_sidecar(&token);
-    wait_healthy(&sidecar).await;
-    sidecar.wait_logged("subject token loaded").await;
+    let (_root, token, sidecar) = serving_a_good_token().await;
     replace_with(&token, mkfifo);
     sidecar.wait_logged(NOT_A_FIFO).await;
     assert!(sidecar.logs().contains("keeping_last_good_token=true"), "{}", sidecar.logs());
@@ -283,12 +289,7 @@ async fn a_fifo_swapped_in_at_run_time_is_reported_and_sigterm_still_ends_keyles
 #[tokio::test]
 async fn dev_zero_and_huge_token_files_are_reported_and_memory_stays_bounded() {
     const BOUND_MIB: u64 = 200;
-    let (_root, dir) = token_dir();
-    let token = dir.join("token");
-    std::fs::write(&token, unsigned_jwt("system:serviceaccount:ns:app", in_an_hour())).unwrap();
-    let sidecar = token_file_sidecar(&token);
-    wait_healthy(&sidecar).await;
-    sidecar.wait_logged("subject token loaded").await;
+    let (_root, token, sidecar) = serving_a_good_token().await;
     let before = peak_rss_mib(&sidecar);
 
     replace_with(&token, |p| std::os::unix::fs::symlink("/dev/zero", p).unwrap());

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use aws_config::ecs::EcsCredentialsProvider;
 use aws_sdk_sts::config::SharedCredentialsProvider;
-use common::AwsDev as _;
+use common::{AwsDev as _, serving};
 use keyless_aws::Config;
 use keyless_core::{AppEnvValue, CachePolicy};
 use keyless_provider::Started as _;
@@ -20,21 +20,17 @@ use keyless_test_support::clock::is_whole_second_utc;
 use keyless_test_support::context::{context, fast_retries};
 use keyless_test_support::emulator::EmulatorEnv;
 use keyless_test_support::kubelet::mkfifo;
-use keyless_test_support::serving::{serve, wait_ready};
+use keyless_test_support::serving::serve;
 
 #[tokio::test]
 async fn the_rust_sdk_ecs_provider_loads_credentials_that_sign_get_caller_identity() {
-    let env = EmulatorEnv::start().await;
-    let ctx = context(CachePolicy::default());
-    let provider = keyless_aws::start(env.config(), &ctx).await.unwrap();
-    wait_ready(&provider).await;
-    let served = serve("aws", &provider).await;
+    let h = serving(|_| {}).await;
     // aws-config reads the container-credentials variables from the process env only (its
     // env injection is crate-private): run the SDK in a child with exactly the app_env.
-    let app_env = provider.app_env(&keyless_provider::AppHost::for_listener(served.addr));
+    let app_env = h.provider.app_env(&keyless_provider::AppHost::for_listener(h.served.addr));
     let stdout = ChildTest::new("ecs_provider_child")
-        .env("KEYLESS_TEST_EMULATOR_URL", env.emulator.url())
-        .env("KEYLESS_TEST_EMULATOR_CA", env.ca())
+        .env("KEYLESS_TEST_EMULATOR_URL", h.env.emulator.url())
+        .env("KEYLESS_TEST_EMULATOR_CA", h.env.ca())
         .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
         .envs(app_env.iter().map(|var| (&var.name, var.file_value())))
         .run(String::new)
@@ -57,15 +53,10 @@ async fn ecs_provider_child() {
 
 #[tokio::test]
 async fn the_endpoint_requires_the_exact_authorization_token() {
-    let env = EmulatorEnv::start().await;
-    let ctx = context(CachePolicy::default());
-    let provider = keyless_aws::start(env.config(), &ctx).await.unwrap();
-    wait_ready(&provider).await;
-    let served = serve("aws", &provider).await;
-    let addr = served.addr;
-    let url = format!("http://{addr}/v1/credentials");
+    let h = serving(|_| {}).await;
+    let url = h.url("/v1/credentials");
     let http = clients::loopback();
-    let token = std::fs::read_to_string(env.path("auth-token")).unwrap();
+    let token = std::fs::read_to_string(h.env.path("auth-token")).unwrap();
 
     let missing = http.get(&url).send().await.unwrap();
     assert_eq!(missing.status(), 401);
@@ -90,7 +81,7 @@ async fn the_endpoint_requires_the_exact_authorization_token() {
     }
     assert!(is_whole_second_utc(body["Expiration"].as_str().unwrap()), "{body}");
     assert_eq!(body["AccountId"], "123456789012");
-    assert_eq!(body["RoleArn"], env.role_arn().as_str());
+    assert_eq!(body["RoleArn"], h.env.role_arn().as_str());
 
     let post = http.post(&url).header("Authorization", &token).send().await.unwrap();
     assert_eq!(post.status(), 405, "GET only");

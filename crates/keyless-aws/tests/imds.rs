@@ -10,30 +10,13 @@ use std::net::SocketAddr;
 use aws_config::imds;
 use aws_config::imds::credentials::ImdsCredentialsProvider;
 use aws_sdk_sts::config::SharedCredentialsProvider;
-use common::AwsDev as _;
-use keyless_aws::Running as Provider;
-use keyless_core::CachePolicy;
+use common::{AwsDev as _, serving};
 use keyless_provider::Started as _;
 use keyless_test_support::clients;
 use keyless_test_support::clock::is_whole_second_utc;
-use keyless_test_support::context::context;
-use keyless_test_support::emulator::EmulatorEnv;
-use keyless_test_support::serving::{Served, serve, wait_ready};
 
 const TTL: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN: &str = "x-aws-ec2-metadata-token";
-
-/// The dev configuration changed by `configure`, pre-warmed and served on loopback.
-async fn serving(configure: impl FnOnce(&mut keyless_aws::Config)) -> (EmulatorEnv, Served, Provider) {
-    let env = EmulatorEnv::start().await;
-    let mut config = env.config();
-    configure(&mut config);
-    let ctx = context(CachePolicy::default());
-    let provider = keyless_aws::start(config, &ctx).await.unwrap();
-    wait_ready(&provider).await;
-    let served = serve("aws", &provider).await;
-    (env, served, provider)
-}
 
 async fn session(addr: SocketAddr) -> String {
     let response =
@@ -44,11 +27,11 @@ async fn session(addr: SocketAddr) -> String {
 
 #[tokio::test]
 async fn the_rust_sdk_imds_provider_loads_credentials_that_sign_get_caller_identity() {
-    let (env, served, _provider) = serving(|_| {}).await;
-    let addr = served.addr;
+    let h = serving(|_| {}).await;
+    let addr = h.served.addr;
     let client = imds::Client::builder().endpoint(format!("http://{addr}")).unwrap().build();
     let credentials = ImdsCredentialsProvider::builder().imds_client(client).build();
-    let sts = env.sts_client(SharedCredentialsProvider::new(credentials));
+    let sts = h.env.sts_client(SharedCredentialsProvider::new(credentials));
     let identity = sts.get_caller_identity().send().await.expect("GetCallerIdentity signed with IMDS credentials");
     assert_eq!(identity.arn(), Some("arn:aws:sts::123456789012:assumed-role/keyless-dev/keyless-test"));
     assert_eq!(identity.account(), Some("123456789012"));
@@ -56,8 +39,8 @@ async fn the_rust_sdk_imds_provider_loads_credentials_that_sign_get_caller_ident
 
 #[tokio::test]
 async fn session_tokens_follow_the_ttl_rules_and_echo_the_ttl() {
-    let (_env, served, _provider) = serving(|_| {}).await;
-    let addr = served.addr;
+    let h = serving(|_| {}).await;
+    let addr = h.served.addr;
     let http = clients::loopback();
     let url = format!("http://{addr}/latest/api/token");
     let missing = http.put(&url).send().await.unwrap();
@@ -80,8 +63,8 @@ async fn session_tokens_follow_the_ttl_rules_and_echo_the_ttl() {
 
 #[tokio::test]
 async fn the_granted_ttl_is_capped_by_imds_session_ttl_max() {
-    let (_env, served, _provider) = serving(|c| c.imds_session_ttl_max = std::time::Duration::from_secs(600)).await;
-    let addr = served.addr;
+    let h = serving(|c| c.imds_session_ttl_max = std::time::Duration::from_secs(600)).await;
+    let addr = h.served.addr;
     let response =
         clients::loopback().put(format!("http://{addr}/latest/api/token")).header(TTL, "21600").send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -90,8 +73,8 @@ async fn the_granted_ttl_is_capped_by_imds_session_ttl_max() {
 
 #[tokio::test]
 async fn credentials_need_a_live_session_and_imdsv1_is_refused() {
-    let (_env, served, _provider) = serving(|_| {}).await;
-    let addr = served.addr;
+    let h = serving(|_| {}).await;
+    let addr = h.served.addr;
     let http = clients::loopback();
     let listing = format!("http://{addr}/latest/meta-data/iam/security-credentials/");
     assert_eq!(http.get(&listing).send().await.unwrap().status(), 401, "IMDSv1 refused");
@@ -122,8 +105,8 @@ async fn credentials_need_a_live_session_and_imdsv1_is_refused() {
 
 #[tokio::test]
 async fn imdsv1_is_answered_only_when_enabled_and_bad_tokens_still_fail() {
-    let (_env, served, _provider) = serving(|c| c.imds_v1 = true).await;
-    let addr = served.addr;
+    let h = serving(|c| c.imds_v1 = true).await;
+    let addr = h.served.addr;
     let http = clients::loopback();
     let listing = format!("http://{addr}/latest/meta-data/iam/security-credentials/");
     let v1 = http.get(&listing).send().await.unwrap();
@@ -135,8 +118,8 @@ async fn imdsv1_is_answered_only_when_enabled_and_bad_tokens_still_fail() {
 
 #[tokio::test]
 async fn region_identity_document_and_iam_info_are_served() {
-    let (_env, served, _provider) = serving(|_| {}).await;
-    let addr = served.addr;
+    let h = serving(|_| {}).await;
+    let addr = h.served.addr;
     let http = clients::loopback();
     let token = session(addr).await;
     let get = |path: &str| http.get(format!("http://{addr}{path}")).header(TOKEN, &token).send();
@@ -154,13 +137,13 @@ async fn region_identity_document_and_iam_info_are_served() {
 
 #[tokio::test]
 async fn imds_can_be_turned_off_leaving_the_container_endpoint() {
-    let (_env, served, provider) = serving(|c| c.imds = false).await;
-    let addr = served.addr;
+    let h = serving(|c| c.imds = false).await;
+    let addr = h.served.addr;
     let response =
         clients::loopback().put(format!("http://{addr}/latest/api/token")).header(TTL, "60").send().await.unwrap();
     assert_eq!(response.status(), 404);
     assert!(
-        provider
+        h.provider
             .app_env(&keyless_provider::AppHost::for_listener(addr))
             .iter()
             .all(|v| v.name != "AWS_EC2_METADATA_SERVICE_ENDPOINT")

@@ -4,10 +4,13 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // shared by several test binaries
 
 use aws_sdk_sts::config::SharedCredentialsProvider;
-use keyless_aws::Config;
+use keyless_aws::{Config, Running as Provider};
+use keyless_core::CachePolicy;
 use keyless_emulator::Cloud;
 use keyless_test_support::clients;
+use keyless_test_support::context::context;
 use keyless_test_support::emulator::EmulatorEnv;
+use keyless_test_support::serving::{ProviderEnv, wait_ready};
 
 /// The region of the dev configuration.
 pub const REGION: &str = "eu-central-1";
@@ -45,4 +48,18 @@ impl AwsDev for EmulatorEnv {
     fn audience(&self) -> String {
         self.emulator.identities().aws_audience().to_owned()
     }
+}
+
+/// The dev configuration changed by `configure`, started on the real clock, pre-warmed, and
+/// served on loopback.
+pub async fn serving(configure: impl FnOnce(&mut Config)) -> ProviderEnv<Provider> {
+    let config = |env: &EmulatorEnv| {
+        let mut config = env.config();
+        configure(&mut config);
+        config
+    };
+    let ctx = context(CachePolicy::default());
+    let h = ProviderEnv::start("aws", ctx, config, |c, ctx| async move { keyless_aws::start(c, &ctx).await }).await;
+    wait_ready(&h.provider).await;
+    h
 }

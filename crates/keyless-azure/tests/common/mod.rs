@@ -6,11 +6,10 @@
 use keyless_azure::{Config, Running as Provider};
 use keyless_core::Context;
 use keyless_emulator::Cloud;
-use keyless_test_support::clients;
 use keyless_test_support::context::{context, fast_retries};
 use keyless_test_support::emulator::EmulatorEnv;
 use keyless_test_support::jwt::Jwks;
-use keyless_test_support::serving::{Served, serve, wait_ready};
+use keyless_test_support::serving::{ProviderEnv, wait_ready};
 use serde_json::Value;
 
 pub const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
@@ -18,11 +17,14 @@ pub const ARM: &str = "https://management.azure.com/";
 pub const IDENTITY_HEADER: &str = "test-identity-header-0123456789";
 
 /// The emulator, keyless-azure started against it, its routes on loopback.
-pub struct Harness {
-    pub env: EmulatorEnv,
-    pub provider: Provider,
-    pub served: Served,
-    pub http: reqwest::Client,
+pub struct Harness(ProviderEnv<Provider>);
+
+impl std::ops::Deref for Harness {
+    type Target = ProviderEnv<Provider>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 /// The emulator's dev identity, as `keyless dev` would configure it.
@@ -52,17 +54,16 @@ impl Harness {
     /// Starts the emulator, then the provider in `ctx` with the dev config changed by `tweak`, and
     /// waits until its pre-warmed tokens are held.
     pub async fn start_with(ctx: Context, tweak: impl FnOnce(&EmulatorEnv, &mut Config)) -> Self {
-        let env = EmulatorEnv::start().await;
-        let mut config = dev_config(&env);
-        tweak(&env, &mut config);
-        let provider = keyless_azure::start(config, &ctx).await.expect("provider starts");
-        let served = serve("azure", &provider).await;
-        wait_ready(&provider).await;
-        Self { env, provider, served, http: clients::loopback() }
-    }
-
-    pub fn url(&self, path_and_query: &str) -> String {
-        self.served.url(path_and_query)
+        let config = |env: &EmulatorEnv| {
+            let mut config = dev_config(env);
+            tweak(env, &mut config);
+            config
+        };
+        let started =
+            ProviderEnv::start("azure", ctx, config, |c, ctx| async move { keyless_azure::start(c, &ctx).await });
+        let harness = Self(started.await);
+        wait_ready(&harness.provider).await;
+        harness
     }
 
     /// `GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=R` with `Metadata: true`.

@@ -6,20 +6,21 @@
 use keyless_core::{CachePolicy, Context};
 use keyless_emulator::Cloud;
 use keyless_gcp::{Config, Running as Provider};
-use keyless_test_support::clients;
 use keyless_test_support::context::{context, fast_retries, patient, paused_context};
 use keyless_test_support::emulator::EmulatorEnv;
 use keyless_test_support::jwt::Jwks;
-use keyless_test_support::serving::{Served, serve};
+use keyless_test_support::serving::ProviderEnv;
 use serde_json::Value;
 
 /// The emulator, keyless-gcp started against it, the metadata server on loopback.
-pub struct Harness {
-    pub env: EmulatorEnv,
-    pub provider: Provider,
-    pub served: Served,
-    /// Plain HTTP to the metadata server; never follows redirects (they are under test).
-    pub http: reqwest::Client,
+pub struct Harness(ProviderEnv<Provider>);
+
+impl std::ops::Deref for Harness {
+    type Target = ProviderEnv<Provider>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 /// The `[gcp]` section `keyless dev` would write for this emulator, with the service account.
@@ -50,16 +51,13 @@ impl Harness {
 
     /// Starts the emulator, then the provider in `ctx` (without waiting for its pre-warm).
     pub async fn start_with(ctx: Context, configure: impl FnOnce(&mut Config, &EmulatorEnv)) -> Self {
-        let env = EmulatorEnv::start().await;
-        let mut config = dev_config(&env);
-        configure(&mut config, &env);
-        let provider = keyless_gcp::start(config, &ctx).await.unwrap();
-        let served = serve("gcp", &provider).await;
-        Self { env, provider, served, http: clients::loopback() }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        self.served.url(path)
+        let config = |env: &EmulatorEnv| {
+            let mut config = dev_config(env);
+            configure(&mut config, env);
+            config
+        };
+        let started = ProviderEnv::start("gcp", ctx, config, |c, ctx| async move { keyless_gcp::start(c, &ctx).await });
+        Self(started.await)
     }
 
     /// A GET as the Google clients send it (with `Metadata-Flavor: Google`).
