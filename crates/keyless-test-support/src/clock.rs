@@ -44,6 +44,7 @@ pub fn parse_rfc3339_utc(text: &str) -> Option<SystemTime> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

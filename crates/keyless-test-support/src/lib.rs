@@ -24,7 +24,6 @@
 //! - [`load`]: continuous load on the five native endpoints, and latency tallies.
 //! - [`metrics`], [`clock`], [`wait`]: `/metrics` text, wall-clock formats, bounded waits.
 #![forbid(unsafe_code)]
-#![allow(clippy::unwrap_used)]
 
 pub mod binary;
 pub mod child;

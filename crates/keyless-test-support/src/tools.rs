@@ -8,7 +8,7 @@
 #![allow(clippy::print_stderr)] // a skip says so where the test runner shows it
 
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::binary::workspace_root;
 
@@ -95,5 +95,5 @@ pub fn python() -> PathBuf {
 
 /// A command the test venv installs (`moto_server`, `check-jsonschema`, `kubernetes-validate`).
 pub fn venv_tool(name: &str) -> PathBuf {
-    python().parent().map(|bin| bin.join(name)).unwrap_or_else(|| Path::new(name).to_owned())
+    python().with_file_name(name)
 }
