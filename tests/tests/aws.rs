@@ -2,10 +2,18 @@
 //! verifies SigV4) and against moto, an independent STS implementation.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use keyless_e2e::{Dev, Process, free_port, python, status_of, unsigned_jwt, wait_until};
+use keyless_test_support::binary::keyless_bin;
+use keyless_test_support::clock::wall_clock;
+use keyless_test_support::dev::Dev;
+use keyless_test_support::emulate::EmulatorProcess;
+use keyless_test_support::jwt::unsigned_jwt;
+use keyless_test_support::process::free_port;
+use keyless_test_support::sdk::App;
+use keyless_test_support::sidecar::Sidecar;
+use keyless_test_support::tools::venv_tool;
+use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 
 /// Prints how botocore found its credentials, then who STS says we are.
 const WHOAMI: &str = r#"
@@ -42,7 +50,7 @@ async fn boto3_uses_imdsv2_with_v1_disabled() {
 #[tokio::test]
 async fn a_5xx_storm_at_sts_does_not_fail_a_single_client_request() {
     let dev = Dev::start().await;
-    dev.inject_fault(serde_json::json!({"service": "aws-sts", "fail_next": 1000, "status": 503})).await;
+    dev.emulator.fault(serde_json::json!({"service": "aws-sts", "fail_next": 1000, "status": 503})).await;
     let script = r#"
 import botocore.session
 for _ in range(20):
@@ -52,15 +60,14 @@ for _ in range(20):
 print("ok")
 "#;
     assert_eq!(dev.python_ok(script).await.trim(), "ok");
-    assert_eq!(dev.readyz().await, reqwest::StatusCode::OK);
+    assert_eq!(dev.readyz().await, 200);
 }
 
 /// Zero config from the env vars the EKS IRSA webhook injects, against moto's STS.
 #[tokio::test]
 async fn zero_config_from_irsa_env_vars_against_moto() {
     let moto_port = free_port();
-    let moto_bin = python().parent().unwrap().join("moto_server");
-    let mut moto = tokio::process::Command::new(&moto_bin)
+    let mut moto = tokio::process::Command::new(venv_tool("moto_server"))
         .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -68,47 +75,40 @@ async fn zero_config_from_irsa_env_vars_against_moto() {
         .spawn()
         .unwrap();
     let moto_url = format!("http://127.0.0.1:{moto_port}");
-    wait_until("moto to listen", Duration::from_secs(60), || async {
-        status_of(&format!("{moto_url}/moto-api/")).await < 500
+    let moto_api = format!("{moto_url}/moto-api/");
+    wait_until("moto to listen", STARTUP_DEADLINE, || async {
+        keyless_test_support::clients::status_of(&moto_api).await < 500
     })
     .await;
 
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, unsigned_jwt("system:serviceaccount:apps:billing", "sts.amazonaws.com")).unwrap();
-    let (listen, admin) = (free_port(), free_port());
+    let token = unsigned_jwt("system:serviceaccount:apps:billing", wall_clock() + Duration::from_secs(3600));
+    std::fs::write(&token_file, token).unwrap();
     let role = "arn:aws:iam::123456789012:role/billing";
-    let sidecar = Process::spawn(
-        &["serve", "--listen", &format!("127.0.0.1:{listen}"), "--admin-listen", &format!("127.0.0.1:{admin}")],
-        &[
-            ("AWS_ROLE_ARN", role),
-            ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.to_str().unwrap()),
-            ("AWS_REGION", "eu-west-1"),
-            ("AWS_ENDPOINT_URL_STS", &moto_url),
-            ("KEYLESS_LOG", "debug"),
-        ],
-    );
-    let readyz = format!("http://127.0.0.1:{admin}/readyz");
-    wait_until("keyless serve to turn ready", Duration::from_secs(60), || async { status_of(&readyz).await == 200 })
-        .await;
+    let sidecar = Sidecar::zero_config(&[
+        ("AWS_ROLE_ARN", role),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.to_str().unwrap()),
+        ("AWS_REGION", "eu-west-1"),
+        ("AWS_ENDPOINT_URL_STS", &moto_url),
+        ("KEYLESS_LOG", "debug"),
+    ]);
+    sidecar.wait_ready().await;
 
-    let env: BTreeMap<String, String> = [
-        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://127.0.0.1:{listen}")),
-        ("AWS_EC2_METADATA_V1_DISABLED", "true".to_owned()),
-        ("AWS_DEFAULT_REGION", "eu-west-1".to_owned()),
-        ("AWS_ENDPOINT_URL_STS", moto_url.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let out =
-        tokio::process::Command::new(python()).args(["-c", WHOAMI]).env_clear().envs(&env).output().await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), sidecar.logs());
+    let stdout = App::python(WHOAMI)
+        .vars(&[
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &sidecar.url("")),
+            ("AWS_EC2_METADATA_V1_DISABLED", "true"),
+            ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ("AWS_ENDPOINT_URL_STS", &moto_url),
+        ])
+        .home(dir.path())
+        .stdout_ok(|| sidecar.logs())
+        .await;
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "iam-role");
     assert!(lines[1].starts_with("arn:aws:sts::123456789012:assumed-role/billing/"), "{stdout}");
-    assert!(sidecar.stop().await.success());
+    assert!(sidecar.process.stop().await.success());
     let _ = moto.kill().await;
 }
 
@@ -116,64 +116,24 @@ async fn zero_config_from_irsa_env_vars_against_moto() {
 /// readiness is red; when STS comes back keyless recovers by itself.
 #[tokio::test]
 async fn with_nothing_valid_clients_get_the_native_error_and_readiness_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let emulator_port = free_port();
-    let emulator = Process::spawn(
-        &["emulate", "--listen", &format!("127.0.0.1:{emulator_port}"), "--state-dir", dir.path().to_str().unwrap()],
-        &[],
-    );
-    let ca = dir.path().join("ca.pem");
-    wait_until("the emulator's CA and tokens", Duration::from_secs(60), || {
-        let ready = ca.exists() && dir.path().join("tokens/aws/token").exists();
-        async move { ready }
-    })
-    .await;
-    let url = format!("https://127.0.0.1:{emulator_port}");
-    let client = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap()])
-        .build()
-        .unwrap();
-    wait_until("the emulator to answer", Duration::from_secs(60), || async {
-        client.get(format!("{url}/_emulator/counters")).send().await.is_ok()
-    })
-    .await;
+    let emulator = EmulatorProcess::start().await;
     let fault =
         serde_json::json!({"service": "aws-sts", "fail_next": 100000, "status": 400, "code": "IDPCommunicationError"});
-    client.post(format!("{url}/_emulator/faults")).json(&fault).send().await.unwrap().error_for_status().unwrap();
+    emulator.control.fault(fault).await;
 
-    let config = dir.path().join("keyless.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[aws]\ntoken_file = {:?}\nrole_arn = \"arn:aws:iam::123456789012:role/keyless-dev\"\nsts_endpoint = {url:?}\n\
-             ca_file = {:?}\nauthorization_token = \"e2e-authorization-token-value\"\n\n[cache]\nretry_max = \"1s\"\nrequest_wait = \"1s\"\n",
-            dir.path().join("tokens/aws/token"),
-            ca
-        ),
-    )
-    .unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let sidecar = Process::spawn(
-        &[
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{listen}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ],
-        &[],
+    let config = format!(
+        "[aws]\ntoken_file = {:?}\nrole_arn = \"arn:aws:iam::123456789012:role/keyless-dev\"\nsts_endpoint = {:?}\n\
+         ca_file = {:?}\nauthorization_token = \"e2e-authorization-token-value\"\n\n[cache]\nretry_max = \"1s\"\nrequest_wait = \"1s\"\n",
+        emulator.token_file("aws"),
+        emulator.url,
+        emulator.ca
     );
-    let readyz = format!("http://127.0.0.1:{admin}/readyz");
-    wait_until("keyless serve to answer /readyz", Duration::from_secs(60), || async {
-        status_of(&readyz).await != 599
-    })
-    .await;
-    assert_eq!(status_of(&readyz).await, 503);
+    let sidecar = Sidecar::spawn(&config, &[]);
+    wait_until("keyless serve to answer /readyz", STARTUP_DEADLINE, || async { sidecar.readyz().await != 599 }).await;
+    assert_eq!(sidecar.readyz().await, 503);
 
     let response = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{listen}/v1/credentials"))
+        .get(sidecar.url("/v1/credentials"))
         .header("Authorization", "e2e-authorization-token-value")
         .send()
         .await
@@ -182,10 +142,9 @@ async fn with_nothing_valid_clients_get_the_native_error_and_readiness_recovers(
     let body: serde_json::Value = response.json().await.unwrap();
     assert!(body["Code"].is_string() && body["Message"].as_str().unwrap().contains("IDPCommunicationError"), "{body}");
 
-    client.delete(format!("{url}/_emulator/faults")).send().await.unwrap().error_for_status().unwrap();
-    wait_until("readiness to recover by itself", Duration::from_secs(60), || async { status_of(&readyz).await == 200 })
-        .await;
-    assert!(sidecar.stop().await.success());
+    emulator.control.clear_faults().await;
+    wait_until("readiness to recover by itself", STARTUP_DEADLINE, || async { sidecar.readyz().await == 200 }).await;
+    assert!(sidecar.process.stop().await.success());
     assert!(emulator.stop().await.success());
 }
 
@@ -194,7 +153,7 @@ async fn with_nothing_valid_clients_get_the_native_error_and_readiness_recovers(
 #[tokio::test]
 async fn boto3_credential_process_from_the_endpoint_and_from_an_exchange() {
     let dev = Dev::start().await;
-    let bin = keyless_e2e::keyless_bin();
+    let bin = keyless_bin();
     let sidecar_config = dev.dir.path().join("state/keyless.toml");
     for (name, command) in [
         ("endpoint", format!("{} credential-process", bin.display())),
@@ -213,7 +172,7 @@ async fn boto3_credential_process_from_the_endpoint_and_from_an_exchange() {
 
 #[tokio::test]
 async fn credential_process_fails_with_the_reason_on_stderr() {
-    let out = tokio::process::Command::new(keyless_e2e::keyless_bin())
+    let out = tokio::process::Command::new(keyless_bin())
         .arg("credential-process")
         .env_clear()
         .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", format!("http://127.0.0.1:{}/v1/credentials", free_port()))

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use keyless_e2e::{Dev, wait_until};
+use keyless_test_support::dev::Dev;
+use keyless_test_support::metrics;
+use keyless_test_support::wait::wait_until;
 
 /// The resource every Azure SDK asks for first, and its scope as SDK callers write it.
 const MANAGEMENT: &str = "https://management.azure.com";
@@ -58,26 +60,13 @@ fn imds_env(dev: &Dev) -> BTreeMap<String, String> {
 
 /// Calls that reached the emulated Entra ID token endpoint (faulted ones included).
 async fn entra_calls(dev: &Dev) -> u64 {
-    dev.counters().await["azure-token"].as_u64().unwrap()
+    dev.emulator.counter("azure-token").await
 }
 
 /// Azure requests keyless answered with `result` (`hit`: from its cache; `miss`: after waiting
 /// for an exchange), from `keyless_cache_lookups_total`.
 async fn azure_lookups(dev: &Dev, result: &str) -> u64 {
-    let label = format!(r#"result="{result}""#);
-    let text = reqwest::get(format!("{}/metrics", dev.admin_url())).await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("keyless_cache_lookups_total{") && l.contains(r#"provider="azure""#) && l.contains(&label)
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
-        .sum()
-}
-
-/// `DELETE /_emulator/faults`: every fault and latency of every service removed.
-async fn clear_faults(dev: &Dev) {
-    let url = format!("{}/_emulator/faults", dev.var("KEYLESS_EMULATOR_URL"));
-    dev.emulator_client().delete(url).send().await.unwrap().error_for_status().unwrap();
+    metrics::sum(&dev.metrics().await, "keyless_cache_lookups_total", &[("provider", "azure"), ("result", result)])
 }
 
 /// A raw App Service token request, as every SDK sends it.
@@ -194,7 +183,7 @@ async fn an_unknown_client_id_is_a_clear_error_through_app_service() {
 async fn concurrent_first_requests_for_a_new_resource_make_one_exchange() {
     let dev = Dev::start().await;
     let resource = "https://storage.azure.com";
-    dev.inject_fault(serde_json::json!({"service": "azure-token", "latency_ms": 500})).await;
+    dev.emulator.fault(serde_json::json!({"service": "azure-token", "latency_ms": 500})).await;
     let before = entra_calls(&dev).await;
     let waited_before = azure_lookups(&dev, "miss").await;
 
@@ -228,7 +217,7 @@ async fn concurrent_first_requests_for_a_new_resource_make_one_exchange() {
     assert_eq!(tokens.len(), 1, "every client got the one token exchanged");
     let waited = azure_lookups(&dev, "miss").await - waited_before;
     assert!(waited > 1, "the requests overlapped the exchange: {waited} of 512 waited for it");
-    clear_faults(&dev).await;
+    dev.emulator.clear_faults().await;
 }
 
 /// Entra ID says the assertion is stale (AADSTS700024): keyless re-reads the token file and
@@ -237,10 +226,11 @@ async fn concurrent_first_requests_for_a_new_resource_make_one_exchange() {
 async fn a_stale_assertion_is_re_read_and_retried_and_the_client_succeeds() {
     let dev = Dev::start().await;
     let before = entra_calls(&dev).await;
-    dev.inject_fault(serde_json::json!({
-        "service": "azure-token", "fail_next": 1, "status": 400, "code": "AADSTS700024",
-    }))
-    .await;
+    dev.emulator
+        .fault(serde_json::json!({
+            "service": "azure-token", "fail_next": 1, "status": 400, "code": "AADSTS700024",
+        }))
+        .await;
     let body = r#"
 credential = ManagedIdentityCredential()
 claims = verify(credential.get_token("https://storage.azure.com/.default"), "https://storage.azure.com")
@@ -265,7 +255,7 @@ print(ManagedIdentityCredential().get_token("https://management.azure.com/.defau
     let calls = entra_calls(&dev).await;
     let hits = azure_lookups(&dev, "hit").await;
 
-    dev.inject_fault(serde_json::json!({"service": "azure-token", "fail_next": 100000, "status": 503})).await;
+    dev.emulator.fault(serde_json::json!({"service": "azure-token", "fail_next": 100000, "status": 503})).await;
     let storm = r#"
 tokens = set()
 for drop in ([], ["IDENTITY_ENDPOINT", "IDENTITY_HEADER"]):
@@ -283,7 +273,7 @@ for r, t in sorted(tokens):
     assert_eq!(out.trim(), format!("AppServiceCredential {cached}\nImdsCredential {cached}"));
     assert_eq!(azure_lookups(&dev, "hit").await - hits, 20, "every request answered from the cache");
     assert_eq!(entra_calls(&dev).await, calls, "no upstream call while the token is fresh");
-    clear_faults(&dev).await;
+    dev.emulator.clear_faults().await;
 }
 
 /// A resource nobody asked for yet, while Entra ID answers 503: the client gets the native
@@ -292,7 +282,7 @@ for r, t in sorted(tokens):
 async fn a_cold_resource_during_a_storm_gets_the_native_error_then_recovers() {
     let dev = Dev::start().await;
     let resource = "https://vault.azure.net";
-    dev.inject_fault(serde_json::json!({"service": "azure-token", "fail_next": 100000, "status": 503})).await;
+    dev.emulator.fault(serde_json::json!({"service": "azure-token", "fail_next": 100000, "status": 503})).await;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
 
     let started = tokio::time::Instant::now();
@@ -308,7 +298,7 @@ async fn a_cold_resource_during_a_storm_gets_the_native_error_then_recovers() {
     assert!(elapsed < Duration::from_secs(11), "answered after {elapsed:?}");
     assert!(entra_calls(&dev).await >= 1);
 
-    clear_faults(&dev).await;
+    dev.emulator.clear_faults().await;
     wait_until("the cold resource to be served once Entra ID is back", Duration::from_secs(60), || async {
         app_service_get(&dev, &client, resource).await.status() == reqwest::StatusCode::OK
     })

@@ -5,20 +5,22 @@
 
 use std::path::{Path, PathBuf};
 
-use keyless_e2e::{free_port, keyless_bin};
+use keyless_test_support::binary::keyless_bin;
+use keyless_test_support::emulate::EmulatorProcess;
+use keyless_test_support::process::free_port;
 use serde_json::{Value, json};
 
 /// A running `keyless emulate` and a directory for configs and token files.
 struct Emulator {
-    shared: keyless_e2e::Emulator,
+    shared: EmulatorProcess,
     dir: tempfile::TempDir,
     ids: Value,
 }
 
 impl Emulator {
     async fn start() -> Self {
-        let shared = keyless_e2e::Emulator::start().await;
-        let ids = shared.identities().await;
+        let shared = EmulatorProcess::start().await;
+        let ids = shared.control.identities().await;
         Self { shared, dir: tempfile::tempdir().unwrap(), ids }
     }
 
@@ -36,13 +38,13 @@ impl Emulator {
 
     /// The projected token the emulator's kubelet-like projector keeps fresh.
     fn projected(&self, cloud: &str) -> PathBuf {
-        self.shared.token_dir(cloud).join("token")
+        self.shared.token_file(cloud)
     }
 
     /// A token signed by the emulator's issuer with `claims` (see the emulator's MintClaims),
     /// written to a file of its own.
     async fn minted(&self, name: &str, claims: Value) -> (PathBuf, String) {
-        let token = self.shared.mint(claims).await;
+        let token = self.shared.control.mint(claims).await;
         (self.write(name, &token), token)
     }
 

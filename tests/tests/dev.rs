@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 
-use keyless_e2e::Dev;
+use keyless_test_support::dev::Dev;
 
 const REQUIRED: &[&str] = &[
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",

@@ -12,10 +12,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use keyless_e2e::{
-    CONTAINER_AUTHORIZATION, Emulator, Endpoint, IDENTITY_HEADER, Load, LoadReport, Proxy, ProxyMode, Sample, Sidecar,
-    Tally, assert_holds_no_secret, wait_until, wall_clock,
-};
+use keyless_test_support::clock::wall_clock;
+use keyless_test_support::emulate::EmulatorProcess;
+use keyless_test_support::load::{Endpoint, Load, LoadReport, Sample, Tally};
+use keyless_test_support::logs::assert_holds_no_secret;
+use keyless_test_support::proxy::{Proxy, ProxyMode};
+use keyless_test_support::sidecar::{CONTAINER_AUTHORIZATION, IDENTITY_HEADER, Sidecar};
+use keyless_test_support::wait::wait_until;
 use serde_json::json;
 
 /// Credential lifetime the emulator grants in these tests.
@@ -33,9 +36,9 @@ const PACE: Duration = Duration::from_millis(5);
 const PHASE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A running emulator whose services issue short-lived credentials.
-async fn short_lived_emulator() -> Emulator {
-    let emulator = Emulator::start().await;
-    emulator.fault_all(json!({ "lifetime_secs": LIFETIME_SECS })).await;
+async fn short_lived_emulator() -> EmulatorProcess {
+    let emulator = EmulatorProcess::start().await;
+    emulator.control.fault_all(json!({ "lifetime_secs": LIFETIME_SECS })).await;
     emulator
 }
 
@@ -114,8 +117,8 @@ fn assert_logs_hold_no_secret(sidecar: &Sidecar, report: &LoadReport, subject_to
     eprintln!("secrets: {} distinct secrets checked against {} bytes of trace log", secrets.len(), logs.len());
 }
 
-fn subject_tokens(emulator: &Emulator) -> Vec<String> {
-    PROVIDERS.iter().map(|cloud| std::fs::read_to_string(emulator.token_dir(cloud).join("token")).unwrap()).collect()
+fn subject_tokens(emulator: &EmulatorProcess) -> Vec<String> {
+    PROVIDERS.iter().map(|cloud| std::fs::read_to_string(emulator.token_file(cloud)).unwrap()).collect()
 }
 
 fn tail(logs: &str) -> &str {
@@ -127,11 +130,11 @@ fn tail(logs: &str) -> &str {
 /// of every provider, and then the upstream comes back.
 #[tokio::test]
 async fn every_endpoint_is_served_through_storms_timeouts_garbage_and_tls_failures() {
-    let (emulator, impostor) = tokio::join!(short_lived_emulator(), Emulator::start());
+    let (emulator, impostor) = tokio::join!(short_lived_emulator(), EmulatorProcess::start());
     // Same address family and port space, a CA keyless does not trust: a TLS-intercepting proxy
     // that nobody configured, or a spoofed endpoint.
     let proxy = Proxy::start(ProxyMode::Forward(emulator.addr)).await;
-    let sidecar = Sidecar::start(&emulator, &proxy.url(), FAST_CACHE, "trace").await;
+    let sidecar = Sidecar::all_clouds(&emulator, &proxy.url(), FAST_CACHE, "trace").await;
     let load = Load::start(&sidecar, 1, PACE);
     let test_started = wall_clock();
 
@@ -156,11 +159,11 @@ async fn every_endpoint_is_served_through_storms_timeouts_garbage_and_tls_failur
         let started = wall_clock();
         proxy.set(mode);
         if let Some(fault) = fault {
-            emulator.fault_all(fault).await;
+            emulator.control.fault_all(fault).await;
         }
         let during = wait_for_failed_refreshes(&sidecar, &before, 2, &format!("refreshes to fail: {name}")).await;
         proxy.set(ProxyMode::Forward(emulator.addr));
-        emulator.clear_faults().await;
+        emulator.control.clear_faults().await;
         wait_for_successful_refreshes(&sidecar, &during, &format!("refreshes to recover after: {name}")).await;
         let failed: u64 = PROVIDERS.iter().map(|p| during[p].1 - before[p].1).sum();
         windows.push((name, started, wall_clock(), failed));
@@ -191,10 +194,10 @@ async fn every_endpoint_is_served_through_storms_timeouts_garbage_and_tls_failur
 async fn each_credential_is_served_to_its_end_then_errors_are_native_and_recovery_is_automatic() {
     let emulator = short_lived_emulator().await;
     let cache = "retry_min = \"100ms\"\nretry_max = \"1s\"\nexchange_timeout = \"1s\"\nrequest_wait = \"1s\"";
-    let sidecar = Sidecar::start(&emulator, &emulator.url, cache, "trace").await;
+    let sidecar = Sidecar::all_clouds(&emulator, &emulator.url, cache, "trace").await;
     let load = Load::start(&sidecar, 1, PACE);
     let down = wall_clock();
-    emulator.fault_all(json!({"fail_next": 1_000_000, "status": 503})).await;
+    emulator.control.fault_all(json!({"fail_next": 1_000_000, "status": 503})).await;
 
     wait_until(
         "/readyz to turn red once the credentials expire",
@@ -208,7 +211,7 @@ async fn each_credential_is_served_to_its_end_then_errors_are_native_and_recover
     })
     .await;
     let up = wall_clock();
-    emulator.clear_faults().await;
+    emulator.control.clear_faults().await;
     wait_until("/readyz to recover by itself", PHASE_DEADLINE, || async { sidecar.readyz().await == 200 }).await;
     let green = wall_clock();
     wait_until("every endpoint to serve again", PHASE_DEADLINE, || async {
@@ -267,7 +270,7 @@ async fn each_credential_is_served_to_its_end_then_errors_are_native_and_recover
 #[tokio::test]
 async fn token_file_deleted_emptied_garbage_and_rotated_hundreds_of_times_under_load() {
     let emulator = short_lived_emulator().await;
-    let sidecar = Sidecar::start(&emulator, &emulator.url, FAST_CACHE, "trace").await;
+    let sidecar = Sidecar::all_clouds(&emulator, &emulator.url, FAST_CACHE, "trace").await;
     let load = Load::start(&sidecar, 1, PACE);
     let before = exchange_counts(&sidecar).await;
     let started = wall_clock();
@@ -277,10 +280,10 @@ async fn token_file_deleted_emptied_garbage_and_rotated_hundreds_of_times_under_
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     for step in 0..600 {
         tick.tick().await;
-        let token_files = PROVIDERS.map(|cloud| emulator.token_dir(cloud).join("token"));
+        let token_files = PROVIDERS.map(|cloud| emulator.token_file(cloud));
         match step % 6 {
             0 | 2 | 4 => {
-                emulator.rotate().await;
+                emulator.control.rotate().await;
                 rotations += 1;
                 seen_tokens.extend(token_files.iter().map(|f| std::fs::read_to_string(f).unwrap()));
             }
@@ -292,7 +295,7 @@ async fn token_file_deleted_emptied_garbage_and_rotated_hundreds_of_times_under_
         }
         corruptions += usize::from(step % 2 == 1);
     }
-    emulator.rotate().await;
+    emulator.control.rotate().await;
     let during = exchange_counts(&sidecar).await;
     wait_for_successful_refreshes(&sidecar, &during, "a refresh after the last rotation").await;
     let report = load.stop().await;
@@ -322,11 +325,11 @@ async fn token_file_deleted_emptied_garbage_and_rotated_hundreds_of_times_under_
 /// finishes the request with 200, and exits 0.
 #[tokio::test]
 async fn sigterm_mid_request_finishes_the_request_and_exits_cleanly() {
-    let emulator = Emulator::start().await;
+    let emulator = EmulatorProcess::start().await;
     let cache = "request_wait = \"10s\"";
-    let sidecar = Sidecar::start(&emulator, &emulator.url, cache, "debug").await;
-    emulator.fault(json!({"service": "gcp-sts", "latency_ms": 3000})).await;
-    let sts_calls = emulator.counters().await["gcp-sts"].as_u64().unwrap();
+    let sidecar = Sidecar::all_clouds(&emulator, &emulator.url, cache, "debug").await;
+    emulator.control.fault(json!({"service": "gcp-sts", "latency_ms": 3000})).await;
+    let sts_calls = emulator.control.counter("gcp-sts").await;
 
     // A scope set nobody asked for yet: the request has to wait for its exchange.
     let url = format!(
@@ -340,7 +343,7 @@ async fn sigterm_mid_request_finishes_the_request_and_exits_cleanly() {
         (response.status().as_u16(), response.text().await.unwrap())
     });
     wait_until("the exchange to reach the slow upstream", PHASE_DEADLINE, || async {
-        emulator.counters().await["gcp-sts"].as_u64().unwrap() > sts_calls
+        emulator.control.counter("gcp-sts").await > sts_calls
     })
     .await;
     sidecar.process.terminate();

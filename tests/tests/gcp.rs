@@ -3,10 +3,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
-use keyless_e2e::{Dev, Process, free_port, python, status_of, wait_until};
+use keyless_test_support::clients;
+use keyless_test_support::dev::Dev;
+use keyless_test_support::emulate::{ControlApi, EmulatorProcess};
+use keyless_test_support::jwt::claims_of;
+use keyless_test_support::sdk::App;
+use keyless_test_support::sidecar::Sidecar;
+use keyless_test_support::wait::wait_until;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -53,8 +58,7 @@ impl Metadata {
     }
 
     fn at(host: &str) -> Self {
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap();
-        Self { http, root: format!("http://{host}") }
+        Self { http: clients::loopback(), root: format!("http://{host}") }
     }
 
     /// `GET {root}{path}` with exactly `headers`.
@@ -82,29 +86,16 @@ impl Metadata {
 }
 
 /// The emulator's `(gcp-sts, gcp-iam)` call counters.
-async fn gcp_calls(dev: &Dev) -> (u64, u64) {
-    let counters = dev.counters().await;
-    (counters["gcp-sts"].as_u64().unwrap(), counters["gcp-iam"].as_u64().unwrap())
-}
-
-async fn clear_faults(dev: &Dev) {
-    let url = format!("{}/_emulator/faults", dev.var("KEYLESS_EMULATOR_URL"));
-    dev.emulator_client().delete(url).send().await.unwrap().error_for_status().unwrap();
+async fn gcp_calls(emulator: &ControlApi) -> (u64, u64) {
+    (emulator.counter("gcp-sts").await, emulator.counter("gcp-iam").await)
 }
 
 /// What the emulator says about an access token it issued (`GET /tokeninfo`).
 async fn tokeninfo(dev: &Dev, token: &str) -> Value {
-    let url = format!("{}/tokeninfo", dev.var("KEYLESS_EMULATOR_URL"));
-    let response = dev.emulator_client().get(url).query(&[("access_token", token)]).send().await.unwrap();
+    let url = dev.emulator.url("/tokeninfo");
+    let response = dev.emulator.client().get(url).query(&[("access_token", token)]).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK, "tokeninfo refused the token");
     response.json().await.unwrap()
-}
-
-/// The claims of a JWT, unverified (the Python tests verify signatures).
-fn jwt_claims(token: &str) -> Value {
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
 fn scope_set(spaced: &str) -> Vec<&str> {
@@ -212,7 +203,7 @@ except Exception as error:
     other_audience = "rejected: " + str(error)
 print(json.dumps({"token": credentials.token, "claims": claims, "other_audience": other_audience}))
 "#;
-    let before = gcp_calls(&dev).await;
+    let before = gcp_calls(&dev.emulator).await;
     let out = parse_json(&dev.python_ok_in(script, &with_vars(&dev.env, &[("E2E_AUDIENCE", audience)])).await);
     let claims = &out["claims"];
     assert_eq!(claims["aud"], audience, "{out}");
@@ -221,7 +212,7 @@ print(json.dumps({"token": credentials.token, "claims": claims, "other_audience"
     assert_eq!(claims["iss"], "https://accounts.google.com", "{out}");
     // The check above is a real one: the same token does not verify for another audience.
     assert_eq!(out["other_audience"], "rejected: Audience doesn't match", "{out}");
-    assert_eq!(gcp_calls(&dev).await, (before.0 + 1, before.1 + 1), "one exchange for the new audience");
+    assert_eq!(gcp_calls(&dev.emulator).await, (before.0 + 1, before.1 + 1), "one exchange for the new audience");
 
     // The audience's token is cached: the raw endpoint (either name of the account) serves the same one.
     let query = format!("identity?audience={audience}&format=full");
@@ -230,13 +221,13 @@ print(json.dumps({"token": credentials.token, "claims": claims, "other_audience"
         let reply = Metadata::of(&dev).get(&format!("instance/service-accounts/{account}/{query}")).await.ok();
         assert_eq!(reply.body, out["token"].as_str().unwrap(), "{account}");
     }
-    assert_eq!(gcp_calls(&dev).await, (before.0 + 1, before.1 + 1), "served from cache");
+    assert_eq!(gcp_calls(&dev.emulator).await, (before.0 + 1, before.1 + 1), "served from cache");
 }
 
 #[tokio::test]
 async fn other_scopes_get_their_own_tokens_once_per_scope_set() {
     let dev = Dev::start().await;
-    let before = gcp_calls(&dev).await;
+    let before = gcp_calls(&dev.emulator).await;
     // `scopes=` and `with_scopes` send `?scopes=a,b`; each set is refreshed several times, and the
     // second set is also asked for in the other order.
     let script = r#"
@@ -269,7 +260,7 @@ print(json.dumps({
     assert_eq!(only("both_reversed"), both, "the order of scopes does not make another token");
     assert!(default != read_only && read_only != both && default != both, "{out}");
     // Pre-warm already fetched the default scopes; each new set costs one STS and one IAM call.
-    assert_eq!(gcp_calls(&dev).await, (before.0 + 2, before.1 + 2));
+    assert_eq!(gcp_calls(&dev.emulator).await, (before.0 + 2, before.1 + 2));
 
     // The raw `?scopes=` query: concurrent first requests for a new set share one exchange.
     let metadata = Metadata::of(&dev);
@@ -284,7 +275,7 @@ print(json.dumps({
     let pubsub = replies[0].clone();
     assert!(![&default, &read_only, &both].contains(&&pubsub));
     assert_eq!(metadata.access_token(&format!("{TOKEN}?scopes={USERINFO},{READ_ONLY}")).await, both);
-    assert_eq!(gcp_calls(&dev).await, (before.0 + 3, before.1 + 3));
+    assert_eq!(gcp_calls(&dev.emulator).await, (before.0 + 3, before.1 + 3));
 
     // Each token carries its own scopes.
     for (token, scopes) in [
@@ -328,8 +319,7 @@ async fn the_root_answers_bare_and_metadata_paths_need_the_flavor_header_and_no_
 async fn project_and_universe_values_are_plain_text() {
     let dev = Dev::start().await;
     let metadata = Metadata::of(&dev);
-    let url = format!("{}/_emulator/identities", dev.var("KEYLESS_EMULATOR_URL"));
-    let identities: Value = dev.emulator_client().get(url).send().await.unwrap().json().await.unwrap();
+    let identities = dev.emulator.identities().await;
 
     assert_eq!(metadata.get("project/project-id").await.ok().body, dev.var("KEYLESS_GCP_PROJECT_ID"));
     let number = metadata.get("project/numeric-project-id").await.ok();
@@ -410,15 +400,15 @@ async fn identity_needs_an_audience_and_keeps_a_raw_one_whole() {
 
     let token = metadata.get(&format!("{identity}?audience=https://a.example")).await.ok().body;
     assert_eq!(token.split('.').count(), 3, "{token}");
-    assert_eq!(jwt_claims(&token)["aud"], "https://a.example");
-    assert_eq!(jwt_claims(&token)["email"], dev.var("KEYLESS_GCP_SERVICE_ACCOUNT"));
+    assert_eq!(claims_of(&token)["aud"], "https://a.example");
+    assert_eq!(claims_of(&token)["email"], dev.var("KEYLESS_GCP_SERVICE_ACCOUNT"));
     let full = metadata.get(&format!("{identity}?audience=https%3A%2F%2Fa.example&format=full&licenses=FALSE")).await;
     assert_eq!(full.ok().body, token, "one cached token per audience, whatever the format or encoding");
 
     // Node's gcp-metadata does not URL-encode the audience (protocols.md 3.3 traps).
     let raw = "https://b.example/run?x=1&y=2";
     let node_style = metadata.get(&format!("{identity}?audience={raw}&format=full")).await.ok().body;
-    assert_eq!(jwt_claims(&node_style)["aud"], raw);
+    assert_eq!(claims_of(&node_style)["aud"], raw);
 }
 
 /// google-auth, looping on refreshes (creating `E2E_STARTED_FILE` after the first one) until
@@ -463,12 +453,8 @@ print(json.dumps({"refreshes": refreshes, "tokens": sorted(tokens), "id_tokens":
 /// `keyless emulate` and a `keyless serve` against it whose access tokens live 60 s and are
 /// refreshed after 6 s, so that refreshes really happen (and fail) during a test.
 struct ShortLived {
-    emulator: Process,
-    sidecar: Process,
-    emulator_url: String,
-    emulator_http: reqwest::Client,
-    listen: u16,
-    readyz: String,
+    emulator: EmulatorProcess,
+    sidecar: Sidecar,
     dir: tempfile::TempDir,
 }
 
@@ -476,109 +462,38 @@ const STORM_AUDIENCE: &str = "https://storm.example";
 
 impl ShortLived {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        let emulator_port = free_port();
-        let emulator = Process::spawn(
-            &["emulate", "--listen", &format!("127.0.0.1:{emulator_port}"), "--state-dir", state.to_str().unwrap()],
-            &[],
-        );
-        let ca = state.join("ca.pem");
-        let token = state.join("tokens/gcp/token");
-        wait_until("the emulator's CA and tokens", Duration::from_secs(60), || {
-            let ready = ca.exists() && token.exists();
-            async move { ready }
-        })
-        .await;
-        let emulator_url = format!("https://127.0.0.1:{emulator_port}");
-        let emulator_http = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap()])
-            .no_proxy()
-            .build()
-            .unwrap();
-        let identities_url = format!("{emulator_url}/_emulator/identities");
-        wait_until("the emulator to answer", Duration::from_secs(60), || async {
-            emulator_http.get(&identities_url).send().await.is_ok()
-        })
-        .await;
-        let ids: Value = emulator_http.get(&identities_url).send().await.unwrap().json().await.unwrap();
-
-        let config = dir.path().join("keyless.toml");
+        let emulator = EmulatorProcess::start().await;
+        let ids = emulator.control.identities().await;
         let toml_str = |v: &str| Value::from(v).to_string();
-        std::fs::write(
-            &config,
-            format!(
-                "[gcp]\ntoken_file = {}\naudience = {}\nservice_account = {}\nproject_id = {}\n\
-                 sts_endpoint = {url}\niam_endpoint = {url}\nca_file = {}\ntoken_lifetime = \"60s\"\n\
-                 id_token_audiences = [{}]\n\n[cache]\nrefresh_at = 0.1\nretry_max = \"2s\"\n",
-                toml_str(token.to_str().unwrap()),
-                ids["audiences"]["gcp"],
-                ids["gcp_service_account"],
-                ids["gcp_project_id"],
-                toml_str(ca.to_str().unwrap()),
-                toml_str(STORM_AUDIENCE),
-                url = toml_str(&emulator_url),
-            ),
-        )
-        .unwrap();
-        let (listen, admin) = (free_port(), free_port());
-        let sidecar = Process::spawn(
-            &[
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{listen}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin}"),
-            ],
-            &[("KEYLESS_LOG", "debug")],
+        let config = format!(
+            "[gcp]\ntoken_file = {}\naudience = {}\nservice_account = {}\nproject_id = {}\n\
+             sts_endpoint = {url}\niam_endpoint = {url}\nca_file = {}\ntoken_lifetime = \"60s\"\n\
+             id_token_audiences = [{}]\n\n[cache]\nrefresh_at = 0.1\nretry_max = \"2s\"\n",
+            toml_str(emulator.token_file("gcp").to_str().unwrap()),
+            ids["audiences"]["gcp"],
+            ids["gcp_service_account"],
+            ids["gcp_project_id"],
+            toml_str(emulator.ca.to_str().unwrap()),
+            toml_str(STORM_AUDIENCE),
+            url = toml_str(&emulator.url),
         );
-        let readyz = format!("http://127.0.0.1:{admin}/readyz");
-        wait_until("keyless serve to turn ready", Duration::from_secs(60), || async {
-            status_of(&readyz).await == 200
-        })
-        .await;
-        Self { emulator, sidecar, emulator_url, emulator_http, listen, readyz, dir }
+        let sidecar = Sidecar::spawn(&config, &[("KEYLESS_LOG", "debug")]);
+        sidecar.wait_ready().await;
+        Self { emulator, sidecar, dir: tempfile::tempdir().unwrap() }
     }
 
     fn metadata(&self) -> Metadata {
-        Metadata::at(&format!("127.0.0.1:{}", self.listen))
-    }
-
-    async fn inject_fault(&self, body: Value) {
-        let url = format!("{}/_emulator/faults", self.emulator_url);
-        self.emulator_http.post(url).json(&body).send().await.unwrap().error_for_status().unwrap();
-    }
-
-    async fn clear_faults(&self) {
-        let url = format!("{}/_emulator/faults", self.emulator_url);
-        self.emulator_http.delete(url).send().await.unwrap().error_for_status().unwrap();
-    }
-
-    async fn gcp_calls(&self) -> (u64, u64) {
-        let url = format!("{}/_emulator/counters", self.emulator_url);
-        let counters: Value = self.emulator_http.get(url).send().await.unwrap().json().await.unwrap();
-        (counters["gcp-sts"].as_u64().unwrap(), counters["gcp-iam"].as_u64().unwrap())
+        Metadata::at(&self.sidecar.listen.to_string())
     }
 
     /// Starts a Python snippet in the background with the app's metadata-server env plus `extra`.
     fn spawn_python(&self, script: &str, extra: &[(&str, &str)]) -> tokio::process::Child {
-        let host = format!("127.0.0.1:{}", self.listen);
-        tokio::process::Command::new(python())
-            .arg("-c")
-            .arg(script)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
-            .env("GCE_METADATA_HOST", &host)
-            .env("GCE_METADATA_IP", &host)
-            .envs(extra.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
+        let host = self.sidecar.listen.to_string();
+        App::python(script)
+            .vars(&[("GCE_METADATA_HOST", &host), ("GCE_METADATA_IP", &host)])
+            .vars(extra)
+            .home(self.dir.path())
             .spawn()
-            .unwrap()
     }
 
     fn logs(&self) -> String {
@@ -586,7 +501,7 @@ impl ShortLived {
     }
 
     async fn stop(self) {
-        assert!(self.sidecar.stop().await.success());
+        assert!(self.sidecar.process.stop().await.success());
         assert!(self.emulator.stop().await.success());
     }
 }
@@ -598,10 +513,10 @@ impl ShortLived {
 async fn a_5xx_storm_at_sts_and_iam_does_not_fail_a_single_google_auth_refresh() {
     let env = ShortLived::start().await;
     let metadata = env.metadata();
-    let before = env.gcp_calls().await;
+    let before = gcp_calls(&env.emulator.control).await;
     // The first refresh attempts fail at STS; once those faults are used up, they fail at IAM.
-    env.inject_fault(json!({"service": "gcp-sts", "fail_next": 2, "status": 503})).await;
-    env.inject_fault(json!({"service": "gcp-iam", "fail_next": 100_000, "status": 500})).await;
+    env.emulator.control.fault(json!({"service": "gcp-sts", "fail_next": 2, "status": 503})).await;
+    env.emulator.control.fault(json!({"service": "gcp-iam", "fail_next": 100_000, "status": 500})).await;
     // Nothing can be issued from here on: this is the token served for the whole storm.
     let held = metadata.access_token(TOKEN).await;
 
@@ -619,15 +534,15 @@ async fn a_5xx_storm_at_sts_and_iam_does_not_fail_a_single_google_auth_refresh()
         async move { started }
     })
     .await;
-    let client_started = env.gcp_calls().await;
+    let client_started = gcp_calls(&env.emulator.control).await;
     // Two failed STS attempts, then failed IAM attempts, at least two of them while google-auth was
     // refreshing: the storm hit both services.
     wait_until("refreshes to fail at STS and then at IAM", Duration::from_secs(40), || async {
-        let (sts, iam) = env.gcp_calls().await;
+        let (sts, iam) = gcp_calls(&env.emulator.control).await;
         sts >= before.0 + 4 && iam >= before.1 + 2 && iam >= client_started.1 + 2
     })
     .await;
-    assert_eq!(status_of(&env.readyz).await, 200, "a valid credential is still held");
+    assert_eq!(env.sidecar.readyz().await, 200, "a valid credential is still held");
     std::fs::write(&stop_file, "").unwrap();
     let out = tokio::time::timeout(Duration::from_secs(60), client.wait_with_output()).await.unwrap().unwrap();
     assert!(out.status.success(), "google-auth failed:\n{}\n{}", String::from_utf8_lossy(&out.stderr), env.logs());
@@ -638,7 +553,7 @@ async fn a_5xx_storm_at_sts_and_iam_does_not_fail_a_single_google_auth_refresh()
     assert_eq!(report["retries"], 0, "google-auth never saw a 5xx: {report}");
 
     // Once the storm is over, the next refresh attempt replaces the token by itself.
-    env.clear_faults().await;
+    env.emulator.control.clear_faults().await;
     wait_until("a refreshed token to be served", Duration::from_secs(30), || async {
         metadata.access_token(TOKEN).await != held
     })
@@ -654,7 +569,7 @@ async fn a_cold_scope_set_gets_a_native_error_while_sts_fails_and_succeeds_once_
     let dev = Dev::start().await;
     let metadata = Metadata::of(&dev);
     let default = metadata.access_token(TOKEN).await;
-    dev.inject_fault(json!({"service": "gcp-sts", "fail_next": 100_000, "status": 503})).await;
+    dev.emulator.fault(json!({"service": "gcp-sts", "fail_next": 100_000, "status": 503})).await;
 
     let cold = format!("{TOKEN}?scopes={PUBSUB}");
     let started = tokio::time::Instant::now();
@@ -682,7 +597,7 @@ except exceptions.RefreshError as error:
     let out = tokio::time::timeout(Duration::from_secs(90), dev.python_ok_in(refresh, &env)).await.unwrap();
     assert!(out.starts_with("RefreshError") && out.contains(NO_CREDENTIAL), "{out}");
 
-    clear_faults(&dev).await;
+    dev.emulator.clear_faults().await;
     let token = metadata.access_token(&cold).await;
     assert!(token != default);
     assert_eq!(scope_set(tokeninfo(&dev, &token).await["scope"].as_str().unwrap()), [PUBSUB]);

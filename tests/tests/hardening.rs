@@ -7,7 +7,10 @@ use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyless_e2e::{Dev, Process, STARTUP_DEADLINE, keyless_bin, wait_until};
+use keyless_test_support::binary::keyless_bin;
+use keyless_test_support::dev::Dev;
+use keyless_test_support::process::{Process, free_port};
+use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::Command;
 
@@ -276,7 +279,7 @@ async fn dev_writes_its_files_fresh_and_never_through_a_planted_symlink() {
 #[tokio::test]
 async fn emulate_off_loopback_needs_the_remote_control_flag() {
     let state = tempfile::tempdir().unwrap();
-    let listen = format!("0.0.0.0:{}", keyless_e2e::free_port());
+    let listen = format!("0.0.0.0:{}", free_port());
     let args = ["emulate", "--listen", &listen, "--state-dir", state.path().to_str().unwrap()];
     let (status, said) = exit_of(Process::spawn(&args, &[])).await;
     assert_eq!(status.code(), Some(1), "{said}");

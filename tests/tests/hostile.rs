@@ -7,11 +7,18 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::path::{Path, PathBuf};
-
-use keyless_e2e::{Dev, Process, STARTUP_DEADLINE, Tally, free_port, status_of, unsigned_jwt, wait_until};
+use keyless_test_support::binary::keyless_bin;
+use keyless_test_support::clients::status_of;
+use keyless_test_support::clock::wall_clock;
+use keyless_test_support::dev::Dev;
+use keyless_test_support::jwt::unsigned_jwt;
+use keyless_test_support::kubelet::{mkfifo, replace_with, token_dir};
+use keyless_test_support::load::Tally;
+use keyless_test_support::sidecar::Sidecar;
+use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -34,7 +41,7 @@ async fn normal_requests(listen: SocketAddr, n: usize) -> Tally {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let mut samples = Vec::new();
+    let mut latencies = Vec::new();
     for _ in 0..n {
         let started = Instant::now();
         let response =
@@ -43,14 +50,9 @@ async fn normal_requests(listen: SocketAddr, n: usize) -> Tally {
         let response = response.unwrap_or_else(|e| panic!("a normal client was not served: {e}"));
         assert_eq!(response.status(), 200);
         assert!(response.text().await.unwrap().contains("access_token"));
-        samples.push(keyless_e2e::Sample {
-            endpoint: keyless_e2e::Endpoint::GceToken,
-            sent: keyless_e2e::wall_clock(),
-            took,
-            outcome: Ok(keyless_e2e::wall_clock()),
-        });
+        latencies.push((took, false));
     }
-    Tally::of(&samples)
+    Tally::of_latencies(latencies)
 }
 
 /// Sends `request` and reads the answer until the server closes (or 5 s pass).
@@ -205,112 +207,81 @@ async fn a_connection_flood_beyond_the_limit_is_bounded_and_new_clients_still_ge
 
 /// `keyless serve` with only AWS, its token at `token_file`, and an STS nobody listens on: the
 /// token source is what these tests watch, exchanges simply fail.
-struct TokenFileSidecar {
-    process: Process,
-    admin: String,
-    config: PathBuf,
+fn token_file_sidecar(token_file: &Path) -> Sidecar {
+    let toml = format!(
+        "log = \"info\"\n\n[aws]\ntoken_file = {}\nrole_arn = \"arn:aws:iam::123456789012:role/app\"\n\
+         region = \"us-east-1\"\nsts_endpoint = \"http://127.0.0.1:1\"\n",
+        serde_json::Value::String(token_file.to_str().unwrap().to_owned())
+    );
+    Sidecar::spawn(&toml, &[])
 }
 
-impl TokenFileSidecar {
-    fn spawn(dir: &Path, token_file: &Path) -> Self {
-        let (listen, admin) = (free_port(), free_port());
-        let config = dir.join("keyless.toml");
-        let toml = format!(
-            "listen = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nlog = \"info\"\n\n[aws]\n\
-             token_file = {}\nrole_arn = \"arn:aws:iam::123456789012:role/app\"\nregion = \"us-east-1\"\n\
-             sts_endpoint = \"http://127.0.0.1:1\"\n",
-            serde_json::Value::String(token_file.to_str().unwrap().to_owned())
-        );
-        std::fs::write(&config, toml).unwrap();
-        let process = Process::spawn(&["serve", "--config", config.to_str().unwrap()], &[]);
-        Self { process, admin: format!("http://127.0.0.1:{admin}"), config }
-    }
-
-    async fn wait_healthy(&self) {
-        let url = format!("{}/healthz", self.admin);
-        wait_until("/healthz to answer", STARTUP_DEADLINE, || async { status_of(&url).await == 200 }).await;
-    }
-
-    async fn wait_logged(&self, what: &str) {
-        wait_until(&format!("keyless to log {what:?}"), STARTUP_DEADLINE, || {
-            let logged = self.process.logs().contains(what);
-            async move { logged }
-        })
-        .await;
-    }
-
-    /// Peak resident memory of the process (VmHWM), in MiB.
-    fn peak_rss_mib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid().unwrap())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
-        kib / 1024
-    }
-
-    /// SIGTERM; returns how long the process took to exit (panics after 10 s).
-    async fn terminate(mut self) -> Duration {
-        let started = Instant::now();
-        self.process.terminate();
-        let process = &mut self.process;
-        wait_until("keyless to exit after SIGTERM", Duration::from_secs(10), || {
-            let gone = process.has_exited();
-            async move { gone }
-        })
-        .await;
-        started.elapsed()
-    }
+async fn wait_healthy(sidecar: &Sidecar) {
+    let url = sidecar.admin_url("/healthz");
+    wait_until("/healthz to answer", STARTUP_DEADLINE, || async { status_of(&url).await == 200 }).await;
 }
 
-/// Puts `what` at `target` with one rename (staged in a sibling directory).
-fn replace_with(target: &Path, what: impl FnOnce(&Path)) {
-    let staging = tempfile::tempdir_in(target.parent().unwrap().parent().unwrap()).unwrap();
-    let staged = staging.path().join("staged");
-    what(&staged);
-    std::fs::rename(&staged, target).unwrap();
+/// Peak resident memory of the process (VmHWM), in MiB.
+fn peak_rss_mib(sidecar: &Sidecar) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", sidecar.process.pid().unwrap())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024
 }
 
-fn mkfifo(path: &Path) {
-    assert!(std::process::Command::new("mkfifo").arg(path).status().unwrap().success(), "mkfifo failed");
+/// SIGTERM; returns how long the process took to exit (panics after 10 s).
+async fn terminate(mut sidecar: Sidecar) -> Duration {
+    let started = Instant::now();
+    sidecar.process.terminate();
+    let process = &mut sidecar.process;
+    wait_until("keyless to exit after SIGTERM", Duration::from_secs(10), || {
+        let gone = process.has_exited();
+        async move { gone }
+    })
+    .await;
+    started.elapsed()
 }
 
-/// A token directory inside a scratch directory (so files can be staged beside it).
-fn token_dir() -> (tempfile::TempDir, PathBuf) {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("tokens");
-    std::fs::create_dir(&dir).unwrap();
-    (root, dir)
+fn in_an_hour() -> std::time::SystemTime {
+    wall_clock() + Duration::from_secs(3600)
+}
+
+/// A [`token_file_sidecar`] that has loaded a good token, and its token file.
+async fn serving_a_good_token() -> (tempfile::TempDir, PathBuf, Sidecar) {
+    let (root, dir) = token_dir();
+    let token = dir.join("token");
+    std::fs::write(&token, unsigned_jwt("system:serviceaccount:ns:app", in_an_hour())).unwrap();
+    let sidecar = token_file_sidecar(&token);
+    wait_healthy(&sidecar).await;
+    sidecar.wait_logged("subject token loaded").await;
+    (root, token, sidecar)
 }
 
 const NOT_A_FIFO: &str = "is a FIFO (named pipe), not a regular file";
 
 #[tokio::test]
 async fn a_fifo_token_file_at_start_still_serves_healthz_and_sigterm_ends_it() {
-    let (root, dir) = token_dir();
+    let (_root, dir) = token_dir();
     let token = dir.join("token");
     mkfifo(&token);
-    let sidecar = TokenFileSidecar::spawn(root.path(), &token);
-    sidecar.wait_healthy().await;
+    let sidecar = token_file_sidecar(&token);
+    wait_healthy(&sidecar).await;
     sidecar.wait_logged(NOT_A_FIFO).await;
-    let took = sidecar.terminate().await;
+    let took = terminate(sidecar).await;
     eprintln!("hostile: FIFO token file at start: /healthz answered, SIGTERM ended keyless in {took:.2?}");
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
 }
 
 #[tokio::test]
 async fn a_fifo_swapped_in_at_run_time_is_reported_and_sigterm_still_ends_keyless() {
-    let (root, dir) = token_dir();
-    let token = dir.join("token");
-    std::fs::write(&token, unsigned_jwt("system:serviceaccount:ns:app", "sts.amazonaws.com")).unwrap();
-    let sidecar = TokenFileSidecar::spawn(root.path(), &token);
-    sidecar.wait_healthy().await;
-    sidecar.wait_logged("subject token loaded").await;
+    let (_root, token, sidecar) = serving_a_good_token().await;
     replace_with(&token, mkfifo);
     sidecar.wait_logged(NOT_A_FIFO).await;
-    assert!(sidecar.process.logs().contains("keeping_last_good_token=true"), "{}", sidecar.process.logs());
-    let took = sidecar.terminate().await;
+    assert!(sidecar.logs().contains("keeping_last_good_token=true"), "{}", sidecar.logs());
+    let took = terminate(sidecar).await;
     eprintln!("hostile: FIFO swapped in at run time: reported, SIGTERM ended keyless in {took:.2?}");
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
 }
@@ -318,51 +289,46 @@ async fn a_fifo_swapped_in_at_run_time_is_reported_and_sigterm_still_ends_keyles
 #[tokio::test]
 async fn dev_zero_and_huge_token_files_are_reported_and_memory_stays_bounded() {
     const BOUND_MIB: u64 = 200;
-    let (root, dir) = token_dir();
-    let token = dir.join("token");
-    std::fs::write(&token, unsigned_jwt("system:serviceaccount:ns:app", "sts.amazonaws.com")).unwrap();
-    let sidecar = TokenFileSidecar::spawn(root.path(), &token);
-    sidecar.wait_healthy().await;
-    sidecar.wait_logged("subject token loaded").await;
-    let before = sidecar.peak_rss_mib();
+    let (_root, token, sidecar) = serving_a_good_token().await;
+    let before = peak_rss_mib(&sidecar);
 
     replace_with(&token, |p| std::os::unix::fs::symlink("/dev/zero", p).unwrap());
     sidecar.wait_logged("is a character device, not a regular file").await;
-    let after_zero = sidecar.peak_rss_mib();
+    let after_zero = peak_rss_mib(&sidecar);
 
     // Sparse: a gigabyte for a reader that trusts the file, nothing on disk.
     replace_with(&token, |p| std::fs::File::create(p).unwrap().set_len(1 << 30).unwrap());
     sidecar.wait_logged("is larger than 65536 bytes").await;
-    let after_huge = sidecar.peak_rss_mib();
+    let after_huge = peak_rss_mib(&sidecar);
 
-    assert_eq!(status_of(&format!("{}/healthz", sidecar.admin)).await, 200);
+    assert_eq!(status_of(&sidecar.admin_url("/healthz")).await, 200);
     eprintln!(
         "hostile: peak RSS {before} MiB before, {after_zero} MiB after a /dev/zero symlink, {after_huge} MiB after a \
          1 GiB token file (bound {BOUND_MIB} MiB)"
     );
     assert!(after_huge < BOUND_MIB, "peak RSS {after_huge} MiB");
-    sidecar.terminate().await;
+    terminate(sidecar).await;
 }
 
 #[tokio::test]
 async fn claims_with_line_breaks_and_escapes_forge_no_log_line() {
-    let (root, dir) = token_dir();
+    let (_root, dir) = token_dir();
     let token = dir.join("token");
     let forged = "2026-01-01T00:00:00.000000Z  INFO keyless: forged";
     // JSON escapes: the claims hold real CR, LF and ESC characters.
-    let jwt = unsigned_jwt(&format!("app\\r\\n{forged}\\u001b[2K"), "sts.amazonaws.com");
+    let jwt = unsigned_jwt(&format!("app\\r\\n{forged}\\u001b[2K"), in_an_hour());
     std::fs::write(&token, &jwt).unwrap();
-    let sidecar = TokenFileSidecar::spawn(root.path(), &token);
+    let sidecar = token_file_sidecar(&token);
     sidecar.wait_logged("subject token loaded").await;
     // The exchange log line carries the subject too.
     sidecar.wait_logged("outcome=").await;
-    let logs = sidecar.process.logs();
-    let check = tokio::process::Command::new(keyless_e2e::keyless_bin())
-        .args(["check", "--config", sidecar.config.to_str().unwrap()])
+    let logs = sidecar.logs();
+    let check = tokio::process::Command::new(keyless_bin())
+        .args(["check", "--config", sidecar.config.as_ref().unwrap().to_str().unwrap()])
         .env_clear()
         .output();
     let check = tokio::time::timeout(STARTUP_DEADLINE, check).await.unwrap().unwrap();
-    sidecar.terminate().await;
+    terminate(sidecar).await;
 
     let report = String::from_utf8_lossy(&check.stdout).into_owned() + &String::from_utf8_lossy(&check.stderr);
     for (what, text) in [("the log", &logs), ("keyless check", &report)] {

@@ -4,42 +4,19 @@
 //! google-cloud-auth's application-default credentials, which fall back to the metadata server
 //! (found through `GCE_METADATA_HOST` alone) for an access token and an ID token.
 //!
-//! These SDKs read the process environment, which a test cannot set (edition 2024 makes
-//! `set_var` unsafe and unsafe code is forbidden), so each client runs in a child process: this
-//! test binary re-executed with the app's env, running one `child_*` test that does nothing
-//! unless the marker variable is set.
+//! These SDKs read the process environment, which a test cannot set, so each client runs in a
+//! child process (test-support's `child`): this test binary re-executed with exactly the app's
+//! env, running one ignored `child_*` test.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
 
-use keyless_e2e::Dev;
+use keyless_test_support::child::{ChildTest, expect_child};
+use keyless_test_support::dev::Dev;
 
-const CHILD_MARKER: &str = "KEYLESS_E2E_RUST_CHILD";
-
-/// Runs child test `name` with exactly `env`; returns its stdout.
+/// Runs child test `name` with exactly `env` (and PATH, HOME); returns its stdout.
 async fn run_child(dev: &Dev, name: &str, env: &BTreeMap<String, String>) -> String {
-    let out = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dev.dir.path())
-        .env(CHILD_MARKER, "1")
-        .envs(env)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "child {name} failed:\n{stdout}\n{}\n--- keyless\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        dev.logs()
-    );
-    stdout
-}
-
-fn is_child() -> bool {
-    std::env::var_os(CHILD_MARKER).is_some()
+    ChildTest::new(name).clean_env(dev.dir.path()).envs(env).run(|| dev.logs()).await
 }
 
 #[tokio::test]
@@ -58,10 +35,9 @@ async fn aws_config_default_chain_uses_the_container_endpoint_then_imds() {
 }
 
 #[tokio::test]
+#[ignore = "a child test: runs only when its parent re-executes this binary"]
 async fn child_aws_whoami() {
-    if !is_child() {
-        return;
-    }
+    expect_child("child_aws_whoami");
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let sts = aws_sdk_sts::Client::new(&config);
     let me = sts.get_caller_identity().send().await.unwrap();
@@ -76,11 +52,10 @@ async fn azure_identity_managed_identity_credential_uses_the_app_service_endpoin
 }
 
 #[tokio::test]
+#[ignore = "a child test: runs only when its parent re-executes this binary"]
 async fn child_azure_token() {
     use azure_core::credentials::TokenCredential as _;
-    if !is_child() {
-        return;
-    }
+    expect_child("child_azure_token");
     let credential = azure_identity::ManagedIdentityCredential::new(None).unwrap();
     let token = credential.get_token(&["https://management.azure.com/.default"], None).await.unwrap();
     assert!(!token.token.secret().is_empty());
@@ -102,10 +77,9 @@ async fn google_cloud_auth_default_credentials_use_the_metadata_server_for_acces
 }
 
 #[tokio::test]
+#[ignore = "a child test: runs only when its parent re-executes this binary"]
 async fn child_google_tokens() {
-    if !is_child() {
-        return;
-    }
+    expect_child("child_google_tokens");
     // Application-default credentials: no GOOGLE_APPLICATION_CREDENTIALS and no gcloud file in
     // HOME, so the metadata server.
     let credentials = google_cloud_auth::credentials::Builder::default().build_access_token_credentials().unwrap();

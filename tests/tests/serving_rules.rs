@@ -4,7 +4,8 @@
 //! served.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use keyless_e2e::{Dev, Endpoint};
+use keyless_test_support::dev::Dev;
+use keyless_test_support::load::Endpoint;
 use reqwest::header::{HOST, HeaderName};
 
 const ARM: &str = "https%3A%2F%2Fmanagement.azure.com%2F";

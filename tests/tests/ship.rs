@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use keyless_e2e::{STARTUP_DEADLINE, free_port, keyless_bin, python, terminate, wait_until};
+use keyless_test_support::binary::{keyless_bin, workspace_root};
+use keyless_test_support::process::{free_port, stop_child};
+use keyless_test_support::tools::{python, venv_tool};
+use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -23,12 +26,7 @@ const RUNTIME_USER: &str = "65532:65532";
 const OLDEST_KUBERNETES: &str = "1.29.0";
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
-
-/// A tool installed in the test venv from tests/requirements.txt.
-fn venv_tool(name: &str) -> PathBuf {
-    python().parent().unwrap().join(name)
+    workspace_root()
 }
 
 /// Runs a Python snippet of the test venv on `input`, returning the JSON it prints.
@@ -368,9 +366,8 @@ async fn the_compose_topology_runs_without_docker_and_every_example_app_succeeds
     assert!(String::from_utf8_lossy(&out.stderr).contains("answered 404"), "{}", String::from_utf8_lossy(&out.stderr));
 
     // `docker compose down`: SIGTERM, and a clean exit.
-    for (name, mut child) in topology.running.drain(..).rev() {
-        terminate(&child);
-        let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    for (name, child) in topology.running.drain(..).rev() {
+        let status = stop_child(child).await;
         assert!(status.success(), "{name} exited with {status} on SIGTERM:\n{logs}");
     }
 }

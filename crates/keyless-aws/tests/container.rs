@@ -6,96 +6,57 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::process::Command;
+use std::path::Path;
 
 use aws_config::ecs::EcsCredentialsProvider;
 use aws_sdk_sts::config::SharedCredentialsProvider;
+use common::{AwsDev as _, serving};
 use keyless_aws::Config;
 use keyless_core::{AppEnvValue, CachePolicy};
 use keyless_provider::Started as _;
-
-/// Marker env var: set only in the child process that runs [`ecs_provider_child`].
-const CHILD: &str = "KEYLESS_AWS_TEST_ECS_CHILD";
+use keyless_test_support::child::{ChildTest, child_env};
+use keyless_test_support::clients;
+use keyless_test_support::clock::is_whole_second_utc;
+use keyless_test_support::context::{context, fast_retries};
+use keyless_test_support::emulator::EmulatorEnv;
+use keyless_test_support::kubelet::mkfifo;
+use keyless_test_support::serving::serve;
 
 #[tokio::test]
 async fn the_rust_sdk_ecs_provider_loads_credentials_that_sign_get_caller_identity() {
-    let env = common::emulator().await;
-    let ctx = common::context(CachePolicy::default());
-    let provider = keyless_aws::start(env.config(), &ctx).await.unwrap();
-    common::ready(&provider).await;
-    let addr = common::serve(&provider).await;
-    let result = env.path("child-result");
+    let h = serving(|_| {}).await;
     // aws-config reads the container-credentials variables from the process env only (its
     // env injection is crate-private): run the SDK in a child with exactly the app_env.
-    let mut child = Command::new(std::env::current_exe().unwrap());
-    child
-        .args(["--exact", "ecs_provider_child", "--nocapture", "--test-threads=1"])
-        .env(CHILD, &result)
-        .env("KEYLESS_TEST_EMULATOR_URL", env.emulator.url())
-        .env("KEYLESS_TEST_EMULATOR_CA", env.emulator.ca_pem_path())
-        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
-    for var in provider.app_env(&keyless_provider::AppHost::for_listener(addr)) {
-        child.env(&var.name, var.file_value());
-    }
-    // The emulator and keyless run on this test's runtime: wait for the child off that thread.
-    let output = tokio::task::spawn_blocking(move || child.output()).await.unwrap().unwrap();
-    assert!(output.status.success(), "child failed: {}", String::from_utf8_lossy(&output.stderr));
-    let arn = std::fs::read_to_string(&result).expect("the child wrote its result");
-    assert_eq!(arn, "arn:aws:sts::123456789012:assumed-role/keyless-dev/keyless-test");
+    let app_env = h.provider.app_env(&keyless_provider::AppHost::for_listener(h.served.addr));
+    let stdout = ChildTest::new("ecs_provider_child")
+        .env("KEYLESS_TEST_EMULATOR_URL", h.env.emulator.url())
+        .env("KEYLESS_TEST_EMULATOR_CA", h.env.ca())
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .envs(app_env.iter().map(|var| (&var.name, var.file_value())))
+        .run(String::new)
+        .await;
+    assert!(stdout.contains("arn=arn:aws:sts::123456789012:assumed-role/keyless-dev/keyless-test\n"), "{stdout}");
 }
 
-/// Runs only as the child of the test above.
+/// The child of the test above: the SDK's ECS provider, configured by the env alone.
 #[tokio::test]
+#[ignore = "a child test: runs only when its parent re-executes this binary"]
+#[allow(clippy::print_stdout)] // the child's report to its parent
 async fn ecs_provider_child() {
-    let Ok(result) = std::env::var(CHILD) else { return };
-    let env = ChildEnv {
-        url: std::env::var("KEYLESS_TEST_EMULATOR_URL").unwrap(),
-        ca: std::env::var("KEYLESS_TEST_EMULATOR_CA").unwrap(),
-    };
+    let url = child_env("ecs_provider_child", "KEYLESS_TEST_EMULATOR_URL");
+    let ca = child_env("ecs_provider_child", "KEYLESS_TEST_EMULATOR_CA");
     let credentials = SharedCredentialsProvider::new(EcsCredentialsProvider::builder().build());
-    let client = env.sts_client(credentials);
+    let client = clients::aws_sts(&url, Path::new(&ca), common::REGION, Some(credentials));
     let identity = client.get_caller_identity().send().await.expect("GetCallerIdentity");
-    std::fs::write(result, identity.arn().unwrap()).unwrap();
-}
-
-struct ChildEnv {
-    url: String,
-    ca: String,
-}
-
-impl ChildEnv {
-    fn sts_client(&self, credentials: SharedCredentialsProvider) -> aws_sdk_sts::Client {
-        use aws_sdk_sts::config::{BehaviorVersion, Region};
-        use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
-        use aws_smithy_http_client::tls::{Provider as Tls, TlsContext, TrustStore};
-        let pem = std::fs::read(&self.ca).unwrap();
-        let tls =
-            TlsContext::builder().with_trust_store(TrustStore::empty().with_pem_certificate(pem)).build().unwrap();
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Tls::Rustls(CryptoMode::AwsLc))
-            .tls_context(tls)
-            .build_https();
-        let config = aws_sdk_sts::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("eu-central-1"))
-            .endpoint_url(&self.url)
-            .http_client(http)
-            .credentials_provider(credentials)
-            .build();
-        aws_sdk_sts::Client::from_conf(config)
-    }
+    println!("arn={}", identity.arn().unwrap());
 }
 
 #[tokio::test]
 async fn the_endpoint_requires_the_exact_authorization_token() {
-    let env = common::emulator().await;
-    let ctx = common::context(CachePolicy::default());
-    let provider = keyless_aws::start(env.config(), &ctx).await.unwrap();
-    common::ready(&provider).await;
-    let addr = common::serve(&provider).await;
-    let url = format!("http://{addr}/v1/credentials");
-    let http = common::http();
-    let token = std::fs::read_to_string(env.path("auth-token")).unwrap();
+    let h = serving(|_| {}).await;
+    let url = h.url("/v1/credentials");
+    let http = clients::loopback();
+    let token = std::fs::read_to_string(h.env.path("auth-token")).unwrap();
 
     let missing = http.get(&url).send().await.unwrap();
     assert_eq!(missing.status(), 401);
@@ -118,9 +79,9 @@ async fn the_endpoint_requires_the_exact_authorization_token() {
     for key in ["AccessKeyId", "SecretAccessKey", "Token", "Expiration", "AccountId", "RoleArn"] {
         assert!(body[key].is_string(), "{key} is a string: {body}");
     }
-    assert!(common::is_whole_second_utc(body["Expiration"].as_str().unwrap()), "{body}");
+    assert!(is_whole_second_utc(body["Expiration"].as_str().unwrap()), "{body}");
     assert_eq!(body["AccountId"], "123456789012");
-    assert_eq!(body["RoleArn"], env.role_arn().as_str());
+    assert_eq!(body["RoleArn"], h.env.role_arn().as_str());
 
     let post = http.post(&url).header("Authorization", &token).send().await.unwrap();
     assert_eq!(post.status(), 405, "GET only");
@@ -133,14 +94,15 @@ async fn the_endpoint_requires_the_exact_authorization_token() {
 
 #[tokio::test]
 async fn nothing_valid_gives_the_native_error_body_with_the_exchange_hint() {
-    let env = common::emulator().await;
+    let env = EmulatorEnv::start().await;
     let mut config = env.config();
     config.role_arn = "arn:aws:iam::123456789012:role/not-trusted".to_owned();
-    let ctx = common::context(common::fast_retries());
+    let ctx = context(fast_retries());
     let provider = keyless_aws::start(config, &ctx).await.unwrap();
-    let addr = common::serve(&provider).await;
+    let served = serve("aws", &provider).await;
+    let addr = served.addr;
     let token = std::fs::read_to_string(env.path("auth-token")).unwrap();
-    let response = common::http()
+    let response = clients::loopback()
         .get(format!("http://{addr}/v1/credentials"))
         .header("Authorization", &token)
         .send()
@@ -156,8 +118,8 @@ async fn nothing_valid_gives_the_native_error_body_with_the_exchange_hint() {
 
 #[tokio::test]
 async fn a_generated_token_file_is_private_and_has_no_trailing_newline() {
-    let env = common::emulator().await;
-    let ctx = common::context(CachePolicy::default());
+    let env = EmulatorEnv::start().await;
+    let ctx = context(CachePolicy::default());
     let provider = keyless_aws::start(env.config(), &ctx).await.unwrap();
     let path = env.path("auth-token");
     let content = std::fs::read(&path).unwrap();
@@ -185,8 +147,8 @@ async fn a_generated_token_file_is_private_and_has_no_trailing_newline() {
 
 #[tokio::test]
 async fn app_env_points_sdks_at_loopback_and_redacts_the_token_when_shown() {
-    let env = common::emulator().await;
-    let ctx = common::context(CachePolicy::default());
+    let env = EmulatorEnv::start().await;
+    let ctx = context(CachePolicy::default());
     let provider = keyless_aws::start(env.config(), &ctx).await.unwrap();
     let app_env = provider.app_env(&keyless_provider::AppHost::for_listener("0.0.0.0:9811".parse().unwrap()));
     let value = |name: &str| app_env.iter().find(|v| v.name == name).map(|v| v.file_value().to_owned());
@@ -202,12 +164,12 @@ async fn app_env_points_sdks_at_loopback_and_redacts_the_token_when_shown() {
 
 #[tokio::test]
 async fn a_token_file_with_a_trailing_newline_is_refused_at_start() {
-    let env = common::emulator().await;
+    let env = EmulatorEnv::start().await;
     let path = env.path("hand-written-token");
     std::fs::write(&path, "abcdefghijklmnop\n").unwrap();
     let mut config = env.config();
     config.authorization_token_file = Some(path);
-    let ctx = common::context(CachePolicy::default());
+    let ctx = context(CachePolicy::default());
     let err = keyless_aws::start(config, &ctx).await.expect_err("a newline breaks every SDK");
     let shown = err.to_string();
     assert!(shown.starts_with("aws.authorization_token_file"), "{shown}");
@@ -217,10 +179,10 @@ async fn a_token_file_with_a_trailing_newline_is_refused_at_start() {
 
 #[tokio::test]
 async fn a_configured_value_is_written_to_a_missing_token_file() {
-    let env = common::emulator().await;
+    let env = EmulatorEnv::start().await;
     let mut config: Config = env.config();
     config.authorization_token = Some(keyless_core::Secret::new("configured-value-123".to_owned()));
-    let ctx = common::context(CachePolicy::default());
+    let ctx = context(CachePolicy::default());
     keyless_aws::start(config.clone(), &ctx).await.unwrap();
     assert_eq!(std::fs::read_to_string(env.path("auth-token")).unwrap(), "configured-value-123");
     config.authorization_token = Some(keyless_core::Secret::new("another-value-456".to_owned()));
@@ -230,15 +192,15 @@ async fn a_configured_value_is_written_to_a_missing_token_file() {
 
 #[tokio::test]
 async fn a_fifo_device_or_huge_token_file_is_refused_at_start_without_blocking() {
-    let env = common::emulator().await;
+    let env = EmulatorEnv::start().await;
     let fifo = env.path("fifo");
-    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo failed");
+    mkfifo(&fifo);
     let zero = env.path("zero");
     std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
     let huge = env.path("huge");
     // Sparse: a gigabyte for a reader that trusts the file, nothing on disk.
     std::fs::File::create(&huge).unwrap().set_len(1 << 30).unwrap();
-    let ctx = common::context(CachePolicy::default());
+    let ctx = context(CachePolicy::default());
     for (path, expected) in [
         (fifo, "is a FIFO (named pipe), not a regular file"),
         (zero, "is a character device, not a regular file"),

@@ -10,37 +10,28 @@ use std::net::SocketAddr;
 use aws_config::imds;
 use aws_config::imds::credentials::ImdsCredentialsProvider;
 use aws_sdk_sts::config::SharedCredentialsProvider;
-use keyless_aws::Running as Provider;
-use keyless_core::CachePolicy;
+use common::{AwsDev as _, serving};
 use keyless_provider::Started as _;
+use keyless_test_support::clients;
+use keyless_test_support::clock::is_whole_second_utc;
 
 const TTL: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN: &str = "x-aws-ec2-metadata-token";
 
-async fn serving(configure: impl FnOnce(&mut keyless_aws::Config)) -> (common::TestEnv, Provider, SocketAddr) {
-    let env = common::emulator().await;
-    let mut config = env.config();
-    configure(&mut config);
-    let ctx = common::context(CachePolicy::default());
-    let provider = keyless_aws::start(config, &ctx).await.unwrap();
-    common::ready(&provider).await;
-    let addr = common::serve(&provider).await;
-    (env, provider, addr)
-}
-
 async fn session(addr: SocketAddr) -> String {
     let response =
-        common::http().put(format!("http://{addr}/latest/api/token")).header(TTL, "21600").send().await.unwrap();
+        clients::loopback().put(format!("http://{addr}/latest/api/token")).header(TTL, "21600").send().await.unwrap();
     assert_eq!(response.status(), 200);
     response.text().await.unwrap()
 }
 
 #[tokio::test]
 async fn the_rust_sdk_imds_provider_loads_credentials_that_sign_get_caller_identity() {
-    let (env, _provider, addr) = serving(|_| {}).await;
+    let h = serving(|_| {}).await;
+    let addr = h.served.addr;
     let client = imds::Client::builder().endpoint(format!("http://{addr}")).unwrap().build();
     let credentials = ImdsCredentialsProvider::builder().imds_client(client).build();
-    let sts = env.sts_client(SharedCredentialsProvider::new(credentials));
+    let sts = h.env.sts_client(SharedCredentialsProvider::new(credentials));
     let identity = sts.get_caller_identity().send().await.expect("GetCallerIdentity signed with IMDS credentials");
     assert_eq!(identity.arn(), Some("arn:aws:sts::123456789012:assumed-role/keyless-dev/keyless-test"));
     assert_eq!(identity.account(), Some("123456789012"));
@@ -48,8 +39,9 @@ async fn the_rust_sdk_imds_provider_loads_credentials_that_sign_get_caller_ident
 
 #[tokio::test]
 async fn session_tokens_follow_the_ttl_rules_and_echo_the_ttl() {
-    let (_env, _provider, addr) = serving(|_| {}).await;
-    let http = common::http();
+    let h = serving(|_| {}).await;
+    let addr = h.served.addr;
+    let http = clients::loopback();
     let url = format!("http://{addr}/latest/api/token");
     let missing = http.put(&url).send().await.unwrap();
     assert_eq!(missing.status(), 400, "TTL header missing");
@@ -71,17 +63,19 @@ async fn session_tokens_follow_the_ttl_rules_and_echo_the_ttl() {
 
 #[tokio::test]
 async fn the_granted_ttl_is_capped_by_imds_session_ttl_max() {
-    let (_env, _provider, addr) = serving(|c| c.imds_session_ttl_max = std::time::Duration::from_secs(600)).await;
+    let h = serving(|c| c.imds_session_ttl_max = std::time::Duration::from_secs(600)).await;
+    let addr = h.served.addr;
     let response =
-        common::http().put(format!("http://{addr}/latest/api/token")).header(TTL, "21600").send().await.unwrap();
+        clients::loopback().put(format!("http://{addr}/latest/api/token")).header(TTL, "21600").send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()[TTL], "600");
 }
 
 #[tokio::test]
 async fn credentials_need_a_live_session_and_imdsv1_is_refused() {
-    let (_env, _provider, addr) = serving(|_| {}).await;
-    let http = common::http();
+    let h = serving(|_| {}).await;
+    let addr = h.served.addr;
+    let http = clients::loopback();
     let listing = format!("http://{addr}/latest/meta-data/iam/security-credentials/");
     assert_eq!(http.get(&listing).send().await.unwrap().status(), 401, "IMDSv1 refused");
     let bogus = http.get(&listing).header(TOKEN, "not-a-session").send().await.unwrap();
@@ -101,7 +95,7 @@ async fn credentials_need_a_live_session_and_imdsv1_is_refused() {
     }
     for key in ["Expiration", "LastUpdated"] {
         let value = body[key].as_str().unwrap();
-        assert!(common::is_whole_second_utc(value), "{key} = {value:?} must match %Y-%m-%dT%H:%M:%SZ");
+        assert!(is_whole_second_utc(value), "{key} = {value:?} must match %Y-%m-%dT%H:%M:%SZ");
     }
     let other = http.get(format!("{listing}some-other-role")).header(TOKEN, &token).send().await.unwrap();
     assert_eq!(other.status(), 404);
@@ -111,8 +105,9 @@ async fn credentials_need_a_live_session_and_imdsv1_is_refused() {
 
 #[tokio::test]
 async fn imdsv1_is_answered_only_when_enabled_and_bad_tokens_still_fail() {
-    let (_env, _provider, addr) = serving(|c| c.imds_v1 = true).await;
-    let http = common::http();
+    let h = serving(|c| c.imds_v1 = true).await;
+    let addr = h.served.addr;
+    let http = clients::loopback();
     let listing = format!("http://{addr}/latest/meta-data/iam/security-credentials/");
     let v1 = http.get(&listing).send().await.unwrap();
     assert_eq!(v1.status(), 200);
@@ -123,8 +118,9 @@ async fn imdsv1_is_answered_only_when_enabled_and_bad_tokens_still_fail() {
 
 #[tokio::test]
 async fn region_identity_document_and_iam_info_are_served() {
-    let (_env, _provider, addr) = serving(|_| {}).await;
-    let http = common::http();
+    let h = serving(|_| {}).await;
+    let addr = h.served.addr;
+    let http = clients::loopback();
     let token = session(addr).await;
     let get = |path: &str| http.get(format!("http://{addr}{path}")).header(TOKEN, &token).send();
     let region = get("/latest/meta-data/placement/region").await.unwrap();
@@ -136,17 +132,18 @@ async fn region_identity_document_and_iam_info_are_served() {
     let info: serde_json::Value = get("/latest/meta-data/iam/info").await.unwrap().json().await.unwrap();
     assert_eq!(info["Code"], "Success");
     assert_eq!(info["InstanceProfileArn"], "arn:aws:iam::123456789012:instance-profile/keyless-dev");
-    assert!(common::is_whole_second_utc(info["LastUpdated"].as_str().unwrap()), "{info}");
+    assert!(is_whole_second_utc(info["LastUpdated"].as_str().unwrap()), "{info}");
 }
 
 #[tokio::test]
 async fn imds_can_be_turned_off_leaving_the_container_endpoint() {
-    let (_env, provider, addr) = serving(|c| c.imds = false).await;
+    let h = serving(|c| c.imds = false).await;
+    let addr = h.served.addr;
     let response =
-        common::http().put(format!("http://{addr}/latest/api/token")).header(TTL, "60").send().await.unwrap();
+        clients::loopback().put(format!("http://{addr}/latest/api/token")).header(TTL, "60").send().await.unwrap();
     assert_eq!(response.status(), 404);
     assert!(
-        provider
+        h.provider
             .app_env(&keyless_provider::AppHost::for_listener(addr))
             .iter()
             .all(|v| v.name != "AWS_EC2_METADATA_SERVICE_ENDPOINT")

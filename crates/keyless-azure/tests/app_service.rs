@@ -5,8 +5,9 @@ mod common;
 use keyless_provider::Started as _;
 use std::net::SocketAddr;
 
-use common::{ARM, Harness, IDENTITY_HEADER, fast_policy, json};
+use common::{ARM, Harness, IDENTITY_HEADER, json};
 use keyless_azure::DEFAULT_APP_SERVICE_PATH;
+use keyless_test_support::context::{context, fast_retries};
 
 fn app_service_url(h: &Harness, api_version: &str, resource: &str) -> String {
     let resource: String = url::form_urlencoded::byte_serialize(resource.as_bytes()).collect();
@@ -26,9 +27,9 @@ async fn success_has_expires_on_as_integer_seconds_in_a_string() {
     assert!(expires_on.parse::<u64>().is_ok(), "integer epoch seconds: {expires_on}");
     assert_eq!(body["resource"], "https://management.azure.com");
     assert_eq!(body["token_type"], "Bearer");
-    assert_eq!(body["client_id"], h.emulator.identities().azure_client_id);
+    assert_eq!(body["client_id"], h.env.emulator.identities().azure_client_id);
     let token = body["access_token"].as_str().expect("token");
-    h.verify(token, "https://management.azure.com", &h.emulator.identities().azure_client_id).await;
+    h.verify(token, "https://management.azure.com", &h.env.emulator.identities().azure_client_id).await;
 }
 
 #[tokio::test]
@@ -97,8 +98,8 @@ async fn app_env_points_at_loopback_and_redacts_the_identity_header() {
 
 #[tokio::test]
 async fn disabled_endpoints_are_neither_served_nor_advertised() {
-    let h = Harness::start_with(fast_policy(), |_, c| c.imds = false).await;
-    let vars = h.provider.app_env(&keyless_provider::AppHost::for_listener(h.listen));
+    let h = Harness::start_with(context(fast_retries()), |_, c| c.imds = false).await;
+    let vars = h.provider.app_env(&keyless_provider::AppHost::for_listener(h.served.addr));
     assert!(vars.iter().all(|v| v.name != "AZURE_POD_IDENTITY_AUTHORITY_HOST"));
     let imds = h.imds(ARM).await;
     assert_eq!(imds.status(), 404);

@@ -8,15 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{ARM, Harness, fast_policy, json, token_file};
+use common::{ARM, Harness, json};
 use futures_util::future::join_all;
 use keyless_core::CachePolicy;
 use keyless_emulator::{Fault, MintClaims, Service};
+use keyless_test_support::context::{context, fast_retries, patient, paused_context};
+use keyless_test_support::wait::wait_until;
 
 #[tokio::test]
 async fn exchanged_token_verifies_with_the_resource_as_audience_and_the_client_as_appid() {
     let h = Harness::start().await;
-    let client_id = h.emulator.identities().azure_client_id.clone();
+    let client_id = h.env.emulator.identities().azure_client_id.clone();
     for resource in [ARM, "https://management.azure.com", "https://vault.azure.net"] {
         let (status, body) = json(h.imds(resource).await).await;
         assert_eq!(status, 200, "{body}");
@@ -32,7 +34,7 @@ async fn prewarmed_resource_is_served_without_an_exchange() {
     let statuses = h.provider.readiness()[0].statuses();
     assert_eq!(statuses.len(), 1);
     assert!(statuses[0].ready());
-    assert_eq!(statuses[0].identity, h.emulator.identities().azure_client_id);
+    assert_eq!(statuses[0].identity, h.env.emulator.identities().azure_client_id);
     let before = h.exchanges();
     assert_eq!(before, 1, "the pre-warm exchange");
     assert_eq!(h.imds(ARM).await.status(), 200);
@@ -68,8 +70,8 @@ async fn stale_assertion_rereads_the_token_and_retries_at_once() {
         retry_max: Duration::from_secs(60),
         ..CachePolicy::default()
     };
-    let h = Harness::start_with(policy, |_, c| c.resources = Some(Vec::new())).await;
-    h.emulator.faults().fail_next(
+    let h = Harness::start_with(context(policy), |_, c| c.resources = Some(Vec::new())).await;
+    h.env.emulator.faults().fail_next(
         Service::AzureToken,
         1,
         Fault::new(StatusCode::BAD_REQUEST).with_code("AADSTS700024"),
@@ -82,10 +84,10 @@ async fn stale_assertion_rereads_the_token_and_retries_at_once() {
 
 #[tokio::test]
 async fn no_matching_federated_credential_hint_names_the_tokens_actual_claims() {
-    let h = Harness::start_with(fast_policy(), |emulator, config| {
+    let h = Harness::start_with(context(fast_retries()), |env, config| {
         let mut claims = MintClaims::new("api://AzureADTokenExchange");
         claims.sub = Some("system:serviceaccount:payments:api".to_owned());
-        config.token_file = token_file(emulator, "foreign-subject", &emulator.mint(claims));
+        config.token_file = env.write("foreign-subject", &env.emulator.mint(claims));
         config.resources = Some(Vec::new());
     })
     .await;
@@ -96,26 +98,26 @@ async fn no_matching_federated_credential_hint_names_the_tokens_actual_claims() 
     let expected = format!(
         "no federated identity credential on app {} matches issuer {}, subject \
          system:serviceaccount:payments:api, audience api://AzureADTokenExchange",
-        h.emulator.identities().azure_client_id,
-        h.emulator.url()
+        h.env.emulator.identities().azure_client_id,
+        h.env.emulator.url()
     );
     assert!(description.contains(&expected), "{description}");
 }
 
-#[tokio::test]
+/// On the paused clock: the refresh, its retries and their backoff run in virtual time.
+#[tokio::test(start_paused = true)]
 async fn server_errors_are_retried_while_the_cached_token_keeps_being_served() {
-    // Refresh after ~2 s of the emulator's 3599 s tokens, so a refresh happens during the test.
-    let policy = CachePolicy { refresh_at: 0.0005, ..fast_policy() };
-    let h = Harness::start_with(policy, |_, _| {}).await;
+    // Refresh after 360 s (10% of the emulator's 3599 s tokens), so a refresh meets the storm.
+    let policy = patient(CachePolicy { refresh_at: 0.1, ..fast_retries() });
+    let h = Harness::start_with(paused_context(policy), |_, _| {}).await;
     let (status, first) = json(h.imds(ARM).await).await;
     assert_eq!(status, 200);
     let first_token = first["access_token"].clone();
     let storm = 4;
-    h.emulator.faults().fail_next(Service::AzureToken, storm, Fault::new(StatusCode::SERVICE_UNAVAILABLE));
+    h.env.emulator.faults().fail_next(Service::AzureToken, storm, Fault::new(StatusCode::SERVICE_UNAVAILABLE));
     let before = h.exchanges();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    // Every request during the storm is answered with the still-valid token; the storm is over
-    // once the refresh got through (the failed attempts and one success).
+    // A request every second: each one during the storm is answered with the still-valid token;
+    // the storm is over once the refresh got through (the failed attempts and one success).
     let mut served = 0;
     loop {
         let (status, body) = json(h.imds(ARM).await).await;
@@ -124,39 +126,42 @@ async fn server_errors_are_retried_while_the_cached_token_keeps_being_served() {
         if body["access_token"] != first_token {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "refresh never succeeded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(served < 600, "the refresh never succeeded in 10 minutes");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    assert!(h.exchanges() - before > u64::from(storm), "the refresh was retried");
-    assert!(served > 1);
+    assert_eq!(h.exchanges() - before, u64::from(storm) + 1, "the refresh was retried through the storm");
+    assert!(served >= 300, "the storm met the refresh due at 360 s, not the start: {served} requests");
 }
 
+/// Real time: every attempt times out on a connection of its own, and tokio's paused clock
+/// advances to the next timer (this 300 ms timeout) whenever the runtime waits for a new
+/// connection's I/O, which would time out attempts that are not slow.
 #[tokio::test]
 async fn a_slow_entra_times_out_as_retryable_and_recovers() {
     let policy = CachePolicy {
         exchange_timeout: Duration::from_millis(300),
         request_wait: Duration::from_secs(2),
-        ..fast_policy()
+        ..fast_retries()
     };
-    let h = Harness::start_with(policy, |_, c| c.resources = Some(Vec::new())).await;
-    h.emulator.faults().set_latency(Service::AzureToken, Duration::from_secs(5));
+    let h = Harness::start_with(context(policy), |_, c| c.resources = Some(Vec::new())).await;
+    h.env.emulator.faults().set_latency(Service::AzureToken, Duration::from_secs(5));
+    let asked = tokio::time::Instant::now();
     let (status, body) = json(h.imds(ARM).await).await;
+    let waited = asked.elapsed();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "temporarily_unavailable");
-    h.emulator.faults().clear(Service::AzureToken);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, _) = json(h.imds(ARM).await).await;
-        if status == 200 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never recovered");
-    }
+    // Answered by the attempt that timed out, not at the end of request_wait.
+    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(2), "answered after {waited:?}");
+    h.env.emulator.faults().clear(Service::AzureToken);
+    wait_until("the token to be served once Entra ID is fast again", Duration::from_secs(10), || async {
+        json(h.imds(ARM).await).await.0 == 200
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn an_untrusted_authority_certificate_points_at_ca_file() {
-    let h = Harness::start_with(fast_policy(), |_, c| {
+    let h = Harness::start_with(context(fast_retries()), |_, c| {
         c.ca_file = None;
         c.resources = Some(Vec::new());
     })

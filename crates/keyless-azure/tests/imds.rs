@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{ARM, Harness, IMDS_PATH, fast_policy, json};
+use common::{ARM, Harness, IMDS_PATH, json};
+use keyless_test_support::context::{context, fast_retries};
 use serde_json::{Value, json};
 
 async fn get(h: &Harness, path_and_query: &str, headers: &[(&str, &str)]) -> (u16, Value) {
@@ -60,7 +61,7 @@ async fn success_has_every_field_as_a_json_string() {
         assert!(body[field].is_string(), "{field} must be a string: {body}");
     }
     assert_eq!(body["token_type"], "Bearer");
-    assert_eq!(body["client_id"], h.emulator.identities().azure_client_id);
+    assert_eq!(body["client_id"], h.env.emulator.identities().azure_client_id);
     let number = |f: &str| body[f].as_str().and_then(|s| s.parse::<u64>().ok()).expect(f);
     let expires_in = number("expires_in");
     assert!(expires_in > 3000 && expires_in <= 3599, "{expires_in}");
@@ -111,11 +112,11 @@ async fn missing_resource_or_api_version_is_a_400_in_the_imds_shape() {
 #[tokio::test]
 async fn client_id_selects_a_configured_identity_case_insensitively() {
     let h = Harness::start().await;
-    let client_id = h.emulator.identities().azure_client_id.to_uppercase();
+    let client_id = h.env.emulator.identities().azure_client_id.to_uppercase();
     let path = format!("{}&client_id={client_id}", query(ARM));
     let (status, body) = get(&h, &path, &[METADATA]).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["client_id"], h.emulator.identities().azure_client_id);
+    assert_eq!(body["client_id"], h.env.emulator.identities().azure_client_id);
 }
 
 #[tokio::test]
@@ -142,12 +143,12 @@ async fn unknown_or_unmappable_identities_are_refused_with_a_clear_400() {
 async fn an_additional_client_id_shares_the_token_file_and_gets_its_own_token() {
     // The emulator trusts a second application for the same subject: one token file, two client
     // ids, each request's client_id picks, each gets a token issued to itself.
-    let h = Harness::start_with(fast_policy(), |emulator, c| {
-        c.additional_client_ids = vec![emulator.identities().azure_second_client_id.clone()];
+    let h = Harness::start_with(context(fast_retries()), |env, c| {
+        c.additional_client_ids = vec![env.emulator.identities().azure_second_client_id.clone()];
     })
     .await;
     let (primary, second) = {
-        let ids = h.emulator.identities();
+        let ids = h.env.emulator.identities();
         (ids.azure_client_id.clone(), ids.azure_second_client_id.clone())
     };
     for client_id in [&second, &primary] {
@@ -165,7 +166,7 @@ async fn an_additional_client_id_entra_does_not_know_is_refused_by_entra_with_th
     // An application without a federated credential: the request's client_id picked it (Entra
     // refuses that one, not the primary), and the answer carries Entra's reason.
     let other = "11111111-2222-4333-8444-555555555555";
-    let h = Harness::start_with(fast_policy(), |_, c| {
+    let h = Harness::start_with(context(fast_retries()), |_, c| {
         c.additional_client_ids = vec![other.to_owned()];
         // Pre-warming the unknown client would fail for the same reason.
         c.resources = Some(Vec::new());

@@ -4,48 +4,19 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, PoisonError};
-
 use axum::http::StatusCode;
 use common::{ARM, Harness, IDENTITY_HEADER, json};
 use keyless_emulator::{Cloud, Fault, Service};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
-    }
-}
+use keyless_test_support::logs::{assert_holds_no_secret, capture_logs};
 
 #[tokio::test]
 async fn trace_logs_never_contain_a_token_or_the_identity_header() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = capture_logs();
 
     let h = Harness::start().await;
     let mut secrets = vec![
         IDENTITY_HEADER.to_owned(),
-        std::fs::read_to_string(h.emulator.token_path(Cloud::Azure)).expect("subject token").trim().to_owned(),
+        std::fs::read_to_string(h.env.emulator.token_path(Cloud::Azure)).expect("subject token").trim().to_owned(),
     ];
     let (_, imds) = json(h.imds("https://vault.azure.net").await).await;
     let (_, app_service) = json(h.app_service(ARM).await).await;
@@ -53,7 +24,11 @@ async fn trace_logs_never_contain_a_token_or_the_identity_header() {
         secrets.push(body["access_token"].as_str().expect("token").to_owned());
     }
     // Failure paths log too: a refused assertion and a retried outage.
-    h.emulator.faults().fail_next(Service::AzureToken, 1, Fault::new(StatusCode::BAD_REQUEST).with_code("AADSTS70021"));
+    h.env.emulator.faults().fail_next(
+        Service::AzureToken,
+        1,
+        Fault::new(StatusCode::BAD_REQUEST).with_code("AADSTS70021"),
+    );
     assert_eq!(h.imds("https://storage.azure.com/").await.status(), 403);
     let wrong = h
         .http
@@ -64,13 +39,8 @@ async fn trace_logs_never_contain_a_token_or_the_identity_header() {
         .expect("answers");
     assert_eq!(wrong.status(), 403);
 
-    let text = logs.text();
+    let text = logs.all_threads();
     assert!(text.contains("exchange"), "the exchanges were logged");
-    for secret in &secrets {
-        assert!(secret.len() > 20);
-        // A JWT's signature alone identifies it; check the whole and each part.
-        for part in std::iter::once(secret.as_str()).chain(secret.split('.').filter(|p| p.len() > 20)) {
-            assert!(!text.contains(part), "a secret reached the logs");
-        }
-    }
+    // Each secret whole and in parts (a JWT's signature alone identifies it).
+    assert_holds_no_secret(&text, &secrets, "the trace logs");
 }

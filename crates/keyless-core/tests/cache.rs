@@ -3,8 +3,6 @@
 //! is scripted: these are faults no real upstream produces on cue.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +11,8 @@ use keyless_core::{
     CachePolicy, CredentialCache, ErrorClass, Exchange, ExchangeError, Expiring, Issued, Metrics, SubjectToken,
     TokenSource,
 };
+use keyless_test_support::jwt::unsigned_jwt;
+use keyless_test_support::kubelet;
 use tokio::sync::watch;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -137,7 +137,7 @@ impl Harness {
 }
 
 fn token(sub: &str) -> SubjectToken {
-    SubjectToken::parse(&common::jwt(sub, start() + 2 * HOUR)).unwrap()
+    SubjectToken::parse(&unsigned_jwt(sub, start() + 2 * HOUR)).unwrap()
 }
 
 fn ok(_: usize, _: &SubjectToken) -> Result<(), ExchangeError> {
@@ -229,7 +229,7 @@ async fn recovers_by_itself_when_the_upstream_comes_back() {
 #[tokio::test]
 async fn a_rejected_token_is_re_read_from_the_file_and_retried_once() {
     let dir = tempfile::tempdir().unwrap();
-    common::atomic_write(dir.path(), &common::jwt("stale", start() + 2 * HOUR), 0);
+    kubelet::atomic_write(dir.path(), &unsigned_jwt("stale", start() + 2 * HOUR), 0);
     // Events and polls are slowed to an hour: only the cache's explicit re-read can see the new file.
     let options =
         keyless_core::WatchOptions { debounce: HOUR, poll_interval: HOUR, ..keyless_core::WatchOptions::default() };
@@ -245,7 +245,7 @@ async fn a_rejected_token_is_re_read_from_the_file_and_retried_once() {
         script: Box::new(move |_, token| {
             if token.claims().sub.as_deref() == Some("stale") {
                 // The kubelet rotated while the cloud was looking at the old token.
-                common::atomic_write(&dir_path, &common::jwt("fresh", start() + 2 * HOUR), 1);
+                kubelet::atomic_write(&dir_path, &unsigned_jwt("fresh", start() + 2 * HOUR), 1);
                 return Err(ExchangeError::reread_token("InvalidIdentityToken: token expired"));
             }
             Ok(())

@@ -3,9 +3,7 @@
 //! inotify. Waits are on the source's own change notifications, bounded.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +11,10 @@ use keyless_core::clock::SystemClock;
 use keyless_core::{
     MAX_SUBJECT_TOKEN_BYTES, Metrics, SourceSpec, TokenError, TokenShapeError, TokenSource, WatchOptions,
 };
+use keyless_test_support::clock::wall_clock;
+use keyless_test_support::jwt::unsigned_jwt;
+use keyless_test_support::kubelet::{self, mkfifo, replace_with, token_dir};
+use keyless_test_support::logs::capture_logs;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -27,9 +29,7 @@ fn options() -> WatchOptions {
 }
 
 fn in_an_hour() -> SystemTime {
-    #[allow(clippy::disallowed_methods)] // real filesystem, real time
-    let now = SystemTime::now();
-    now + Duration::from_secs(3600)
+    wall_clock() + Duration::from_secs(3600)
 }
 
 async fn open(dir: &Path, options: WatchOptions) -> TokenSource {
@@ -42,28 +42,6 @@ async fn open_file(path: &Path, options: WatchOptions, metrics: Metrics) -> Toke
     tokio::time::timeout(WAIT, opened).await.expect("opening the source blocked")
 }
 
-/// Puts `what` at `target` with one rename, so the watched directory sees one event. The staging
-/// directory is a sibling on the same filesystem.
-fn replace_with(target: &Path, what: impl FnOnce(&Path)) {
-    let staging = tempfile::tempdir_in(target.parent().unwrap().parent().unwrap()).unwrap();
-    let staged = staging.path().join("staged");
-    what(&staged);
-    std::fs::rename(&staged, target).unwrap();
-}
-
-fn mkfifo(path: &Path) {
-    let made = std::process::Command::new("mkfifo").arg(path).status().unwrap();
-    assert!(made.success(), "mkfifo failed");
-}
-
-/// A directory holding only the token's directory, so [`replace_with`] can stage beside it.
-fn token_dir() -> (tempfile::TempDir, PathBuf) {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("tokens");
-    std::fs::create_dir(&dir).unwrap();
-    (root, dir)
-}
-
 async fn wait_until_held(source: &TokenSource, expected: &str) {
     let mut rx = source.subscribe();
     let held =
@@ -74,14 +52,14 @@ async fn wait_until_held(source: &TokenSource, expected: &str) {
 #[tokio::test]
 async fn follows_a_thousand_atomic_writer_rotations() {
     let dir = tempfile::tempdir().unwrap();
-    let first = common::jwt("rotation-0", in_an_hour());
-    common::atomic_write(dir.path(), &first, 0);
+    let first = unsigned_jwt("rotation-0", in_an_hour());
+    kubelet::atomic_write(dir.path(), &first, 0);
     let source = open(dir.path(), options()).await;
     assert_eq!(source.current().unwrap().secret().expose(), &first);
 
     for generation in 1..=1000u64 {
-        let token = common::jwt(&format!("rotation-{generation}"), in_an_hour());
-        common::atomic_write(dir.path(), &token, generation);
+        let token = unsigned_jwt(&format!("rotation-{generation}"), in_an_hour());
+        kubelet::atomic_write(dir.path(), &token, generation);
         // Check after every rotation at first, then every 100: in between rotations come faster
         // than the debounce, as bursts do.
         if generation <= 20 || generation % 100 == 0 {
@@ -96,15 +74,15 @@ async fn follows_a_thousand_atomic_writer_rotations() {
 #[tokio::test]
 async fn keeps_the_last_good_token_when_the_file_is_deleted_emptied_or_garbage() {
     let dir = tempfile::tempdir().unwrap();
-    let good = common::jwt("good", in_an_hour());
-    common::atomic_write(dir.path(), &good, 0);
+    let good = unsigned_jwt("good", in_an_hour());
+    kubelet::atomic_write(dir.path(), &good, 0);
     let source = open(dir.path(), options()).await;
 
-    common::overwrite(dir.path(), "");
+    kubelet::overwrite(dir.path(), "");
     assert_eq!(source.reread().await.unwrap().secret().expose(), &good);
     assert!(matches!(source.last_error(), Some(TokenError::Malformed { shape: TokenShapeError::Empty, .. })));
 
-    common::overwrite(dir.path(), "this is not a token");
+    kubelet::overwrite(dir.path(), "this is not a token");
     assert_eq!(source.reread().await.unwrap().secret().expose(), &good);
     assert!(matches!(source.last_error(), Some(TokenError::Malformed { .. })));
 
@@ -112,21 +90,21 @@ async fn keeps_the_last_good_token_when_the_file_is_deleted_emptied_or_garbage()
     assert_eq!(source.reread().await.unwrap().secret().expose(), &good);
     assert!(matches!(source.last_error(), Some(TokenError::Missing { .. })));
 
-    let next = common::jwt("next", in_an_hour());
-    common::atomic_write(dir.path(), &next, 1);
+    let next = unsigned_jwt("next", in_an_hour());
+    kubelet::atomic_write(dir.path(), &next, 1);
     wait_until_held(&source, &next).await;
     assert_eq!(source.last_error(), None);
 }
 
 #[tokio::test]
 async fn a_broken_file_is_logged_once_not_on_every_read() {
-    let logs = common::capture_logs();
+    let logs = capture_logs();
 
     let dir = tempfile::tempdir().unwrap();
-    let good = common::jwt("good", in_an_hour());
-    common::atomic_write(dir.path(), &good, 0);
+    let good = unsigned_jwt("good", in_an_hour());
+    kubelet::atomic_write(dir.path(), &good, 0);
     let source = open(dir.path(), options()).await;
-    common::overwrite(dir.path(), "garbage");
+    kubelet::overwrite(dir.path(), "garbage");
     for _ in 0..25 {
         source.reread().await.unwrap();
     }
@@ -143,8 +121,8 @@ async fn starts_without_a_token_and_picks_it_up_when_the_kubelet_writes_it() {
     assert!(matches!(err, TokenError::Missing { .. }));
     assert!(err.to_string().contains("projected serviceAccountToken volume"), "{err}");
 
-    let token = common::jwt("late", in_an_hour());
-    common::atomic_write(dir.path(), &token, 0);
+    let token = unsigned_jwt("late", in_an_hour());
+    kubelet::atomic_write(dir.path(), &token, 0);
     wait_until_held(&source, &token).await;
 }
 
@@ -153,20 +131,20 @@ async fn watches_a_directory_that_was_removed_and_recreated() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("tokens");
     std::fs::create_dir(&dir).unwrap();
-    let first = common::jwt("first", in_an_hour());
-    common::atomic_write(&dir, &first, 0);
+    let first = unsigned_jwt("first", in_an_hour());
+    kubelet::atomic_write(&dir, &first, 0);
     let options = WatchOptions { poll_interval: Duration::from_millis(20), ..options() };
     let source = open(&dir, options).await;
 
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::create_dir(&dir).unwrap();
-    let second = common::jwt("second", in_an_hour());
-    common::atomic_write(&dir, &second, 1);
+    let second = unsigned_jwt("second", in_an_hour());
+    kubelet::atomic_write(&dir, &second, 1);
     wait_until_held(&source, &second).await;
 
     // And later rotations in the new directory keep being followed.
-    let third = common::jwt("third", in_an_hour());
-    common::atomic_write(&dir, &third, 2);
+    let third = unsigned_jwt("third", in_an_hour());
+    kubelet::atomic_write(&dir, &third, 2);
     wait_until_held(&source, &third).await;
 }
 
@@ -174,7 +152,7 @@ async fn watches_a_directory_that_was_removed_and_recreated() {
 async fn a_plain_token_file_is_not_re_read_by_its_own_reads() {
     let (_root, dir) = token_dir();
     let path = dir.join("token");
-    std::fs::write(&path, common::jwt("plain", in_an_hour())).unwrap();
+    std::fs::write(&path, unsigned_jwt("plain", in_an_hour())).unwrap();
     let source = open_file(&path, options(), Metrics::new()).await;
     assert_eq!(source.reads(), 1);
     // Each read opens the file, an event in the watched directory (with the kubelet's layout it
@@ -184,7 +162,7 @@ async fn a_plain_token_file_is_not_re_read_by_its_own_reads() {
     assert_eq!(source.reads(), 1, "the source kept reading an unchanged file");
 
     // A real change is still seen, and read once.
-    let next = common::jwt("plain-2", in_an_hour());
+    let next = unsigned_jwt("plain-2", in_an_hour());
     replace_with(&path, |staged| std::fs::write(staged, &next).unwrap());
     wait_until_held(&source, &next).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -202,7 +180,7 @@ async fn a_fifo_as_the_token_file_is_reported_without_blocking_and_replaced_late
     assert!(matches!(err, TokenError::NotARegularFile { kind: "a FIFO (named pipe)", .. }), "{err:?}");
     assert!(err.to_string().contains("not a regular file"), "{err}");
 
-    let token = common::jwt("after-the-fifo", in_an_hour());
+    let token = unsigned_jwt("after-the-fifo", in_an_hour());
     replace_with(&path, |staged| std::fs::write(staged, &token).unwrap());
     wait_until_held(&source, &token).await;
 }
@@ -211,7 +189,7 @@ async fn a_fifo_as_the_token_file_is_reported_without_blocking_and_replaced_late
 async fn hostile_files_swapped_in_are_reported_and_the_last_good_token_kept() {
     let (_root, dir) = token_dir();
     let path = dir.join("token");
-    let good = common::jwt("good", in_an_hour());
+    let good = unsigned_jwt("good", in_an_hour());
     std::fs::write(&path, &good).unwrap();
     let source = open_file(&path, options(), Metrics::new()).await;
 
@@ -234,7 +212,7 @@ async fn hostile_files_swapped_in_are_reported_and_the_last_good_token_kept() {
             "a JWT one byte over the limit",
             |p| {
                 let limit = usize::try_from(MAX_SUBJECT_TOKEN_BYTES).unwrap();
-                let huge = common::jwt(&"s".repeat(limit), in_an_hour());
+                let huge = unsigned_jwt(&"s".repeat(limit), in_an_hour());
                 std::fs::write(p, &huge.as_bytes()[..=limit]).unwrap();
             },
             |e| matches!(e, TokenError::TooLarge { .. }),
@@ -255,7 +233,7 @@ async fn hostile_files_swapped_in_are_reported_and_the_last_good_token_kept() {
 async fn the_expiry_metric_is_labelled_with_the_source_kind_and_path() {
     let (_root, dir) = token_dir();
     let path = dir.join("token");
-    std::fs::write(&path, common::jwt("metered", in_an_hour())).unwrap();
+    std::fs::write(&path, unsigned_jwt("metered", in_an_hour())).unwrap();
     let metrics = Metrics::new();
     let _source = open_file(&path, options(), metrics.clone()).await;
     let text = metrics.encode();
@@ -266,11 +244,11 @@ async fn the_expiry_metric_is_labelled_with_the_source_kind_and_path() {
 
 #[tokio::test]
 async fn claims_with_line_breaks_and_escapes_cannot_forge_log_lines() {
-    let logs = common::capture_logs();
+    let logs = capture_logs();
     let (_root, dir) = token_dir();
     let path = dir.join("token");
     let forged = "x\\n2026-01-01T00:00:00.000000Z  INFO keyless: forged line\\r\\u001b[2K";
-    std::fs::write(&path, common::jwt(forged, in_an_hour())).unwrap();
+    std::fs::write(&path, unsigned_jwt(forged, in_an_hour())).unwrap();
     let source = open_file(&path, options(), Metrics::new()).await;
     assert!(source.current().is_ok());
 

@@ -3,8 +3,6 @@
 //! last good token through failures and hangs, debounce change announcements.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -12,6 +10,8 @@ use keyless_core::clock::{SharedClock, TokioClock};
 use keyless_core::{
     ChangeFeed, Metrics, Schedule, SourceId, SourceKind, SubjectToken, TokenError, TokenOrigin, TokenSource,
 };
+use keyless_test_support::jwt::unsigned_jwt;
+use keyless_test_support::logs::capture_logs;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -79,7 +79,7 @@ impl TokenOrigin for Scripted {
         self.reads += 1;
         match (self.script)(self.reads) {
             Step::Token => {
-                let jwt = common::jwt(&format!("fetch-{}", self.reads), self.clock.now() + LIFETIME);
+                let jwt = unsigned_jwt(&format!("fetch-{}", self.reads), self.clock.now() + LIFETIME);
                 Ok(SubjectToken::parse(&jwt).unwrap())
             }
             Step::Fail => Err(TokenError::Unavailable { from: self.id.clone(), reason: "HTTP 503".to_owned() }),
@@ -155,7 +155,7 @@ async fn concurrent_rereads_share_one_read() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_fetch_keeps_the_last_good_token_and_is_retried_soon_logging_once() {
-    let logs = common::capture_logs();
+    let logs = capture_logs();
     let h = Harness::start(|n| if (2..=3).contains(&n) { Step::Fail } else { Step::Token }).await;
     let held = h.source.reread().await.unwrap();
     assert_eq!(held.claims().sub.as_deref(), Some("fetch-1"), "the last good token is kept");

@@ -3,35 +3,20 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use aws_sdk_sts::config::{BehaviorVersion, Credentials, Region};
-use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
-use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore};
-use common::TestEnv;
+use aws_sdk_sts::config::{Credentials, SharedCredentialsProvider};
 use keyless_emulator::Cloud;
+use keyless_test_support::clients;
+use keyless_test_support::clock::wall_clock;
+use keyless_test_support::emulator::EmulatorEnv;
 
-fn sdk_client(env: &TestEnv, credentials: Option<Credentials>) -> aws_sdk_sts::Client {
-    let pem = std::fs::read(env.emulator.ca_pem_path()).unwrap();
-    let tls = TlsContext::builder().with_trust_store(TrustStore::empty().with_pem_certificate(pem.as_slice())).build();
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-        .tls_context(tls.unwrap())
-        .build_https();
-    let mut config = aws_sdk_sts::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("eu-west-1"))
-        .endpoint_url(env.emulator.url())
-        .http_client(http_client);
-    if let Some(credentials) = credentials {
-        config = config.credentials_provider(credentials);
-    }
-    aws_sdk_sts::Client::from_conf(config.build())
+fn sdk_client(env: &EmulatorEnv, credentials: Option<Credentials>) -> aws_sdk_sts::Client {
+    let credentials = credentials.map(SharedCredentialsProvider::new);
+    clients::aws_sts(&env.emulator.url(), env.ca(), "eu-west-1", credentials)
 }
 
 #[tokio::test]
 async fn aws_sdk_assumes_the_role_and_its_credentials_pass_get_caller_identity() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let output = sdk_client(&env, None)
         .assume_role_with_web_identity()
         .role_arn("arn:aws:iam::123456789012:role/keyless-dev")
@@ -45,7 +30,7 @@ async fn aws_sdk_assumes_the_role_and_its_credentials_pass_get_caller_identity()
     let user = output.assumed_role_user().unwrap();
     assert_eq!(user.arn(), "arn:aws:sts::123456789012:assumed-role/keyless-dev/sdk");
     let issued = output.credentials().unwrap();
-    let expiry = issued.expiration().secs() - aws_smithy_types::DateTime::from(common::wall_clock()).secs();
+    let expiry = issued.expiration().secs() - aws_smithy_types::DateTime::from(wall_clock()).secs();
     assert!((3590..=3600).contains(&expiry), "{expiry}");
 
     let credentials = Credentials::new(
@@ -62,7 +47,7 @@ async fn aws_sdk_assumes_the_role_and_its_credentials_pass_get_caller_identity()
 
 #[tokio::test]
 async fn aws_sdk_surfaces_the_error_codes_it_classifies() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let expired = env.mint("sts.amazonaws.com", |c| c.exp_offset_secs = -10);
     let error = sdk_client(&env, None)
         .assume_role_with_web_identity()

@@ -11,8 +11,10 @@ use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
-use common::{TestEnv, xml_text};
+use common::xml_text;
 use keyless_emulator::Cloud;
+use keyless_test_support::clock::wall_clock;
+use keyless_test_support::emulator::EmulatorEnv;
 
 const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
 const BODY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
@@ -24,7 +26,7 @@ struct Issued {
     session_token: String,
 }
 
-async fn issue(env: &TestEnv) -> Issued {
+async fn issue(env: &EmulatorEnv) -> Issued {
     let token = env.projected(Cloud::Aws);
     let form = [
         ("Action", "AssumeRoleWithWebIdentity"),
@@ -66,7 +68,7 @@ fn sign_request(credentials: &Issued, method: &str, url: &str, body: &[u8], at: 
     instructions.headers().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 
-async fn send(env: &TestEnv, method: &str, url: &str, body: &str, headers: &[(String, String)]) -> (u16, String) {
+async fn send(env: &EmulatorEnv, method: &str, url: &str, body: &str, headers: &[(String, String)]) -> (u16, String) {
     let mut request = match method {
         "GET" => env.client.get(url),
         _ => env.client.post(url).body(body.to_owned()),
@@ -90,10 +92,10 @@ fn replace_header(headers: &mut [(String, String)], name: &str, value: String) {
 
 #[tokio::test]
 async fn get_caller_identity_accepts_a_request_signed_by_aws_sigv4() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let credentials = issue(&env).await;
     let url = env.url("/");
-    let headers = sign_request(&credentials, "POST", &url, BODY.as_bytes(), common::wall_clock());
+    let headers = sign_request(&credentials, "POST", &url, BODY.as_bytes(), wall_clock());
     let (status, body) = send(&env, "POST", &url, BODY, &headers).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with("<GetCallerIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">"));
@@ -105,10 +107,10 @@ async fn get_caller_identity_accepts_a_request_signed_by_aws_sigv4() {
 
 #[tokio::test]
 async fn get_caller_identity_accepts_the_get_query_style() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let credentials = issue(&env).await;
     let url = env.url(&format!("/?{BODY}"));
-    let headers = sign_request(&credentials, "GET", &url, b"", common::wall_clock());
+    let headers = sign_request(&credentials, "GET", &url, b"", wall_clock());
     let (status, body) = send(&env, "GET", &url, "", &headers).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("assumed-role/keyless-dev/sigv4-test"));
@@ -116,10 +118,10 @@ async fn get_caller_identity_accepts_the_get_query_style() {
 
 #[tokio::test]
 async fn get_caller_identity_rejects_a_tampered_signature() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let credentials = issue(&env).await;
     let url = env.url("/");
-    let mut headers = sign_request(&credentials, "POST", &url, BODY.as_bytes(), common::wall_clock());
+    let mut headers = sign_request(&credentials, "POST", &url, BODY.as_bytes(), wall_clock());
     let authorization = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("authorization")).unwrap().1.clone();
     let last = authorization.chars().last().unwrap();
     let flipped = if last == '0' { '1' } else { '0' };
@@ -131,11 +133,11 @@ async fn get_caller_identity_rejects_a_tampered_signature() {
 
 #[tokio::test]
 async fn get_caller_identity_rejects_a_signature_made_with_the_wrong_secret() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let mut credentials = issue(&env).await;
     credentials.secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into();
     let url = env.url("/");
-    let headers = sign_request(&credentials, "POST", &url, BODY.as_bytes(), common::wall_clock());
+    let headers = sign_request(&credentials, "POST", &url, BODY.as_bytes(), wall_clock());
     let (status, body) = send(&env, "POST", &url, BODY, &headers).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(xml_text(&body, "Code").unwrap(), "SignatureDoesNotMatch");
@@ -143,10 +145,10 @@ async fn get_caller_identity_rejects_a_signature_made_with_the_wrong_secret() {
 
 #[tokio::test]
 async fn get_caller_identity_rejects_a_body_changed_after_signing() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let credentials = issue(&env).await;
     let url = env.url("/");
-    let headers = sign_request(&credentials, "POST", &url, BODY.as_bytes(), common::wall_clock());
+    let headers = sign_request(&credentials, "POST", &url, BODY.as_bytes(), wall_clock());
     let (status, body) = send(&env, "POST", &url, "Action=GetCallerIdentity&Version=2011-06-15&x=1", &headers).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(xml_text(&body, "Code").unwrap(), "SignatureDoesNotMatch");
@@ -154,11 +156,11 @@ async fn get_caller_identity_rejects_a_body_changed_after_signing() {
 
 #[tokio::test]
 async fn get_caller_identity_rejects_an_unknown_access_key() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let mut credentials = issue(&env).await;
     credentials.access_key_id = "ASIAUNKNOWNUNKNOWN12".into();
     let url = env.url("/");
-    let headers = sign_request(&credentials, "POST", &url, BODY.as_bytes(), common::wall_clock());
+    let headers = sign_request(&credentials, "POST", &url, BODY.as_bytes(), wall_clock());
     let (status, body) = send(&env, "POST", &url, BODY, &headers).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(xml_text(&body, "Code").unwrap(), "InvalidClientTokenId");
@@ -166,12 +168,12 @@ async fn get_caller_identity_rejects_an_unknown_access_key() {
 
 #[tokio::test]
 async fn get_caller_identity_rejects_another_session_token() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let first = issue(&env).await;
     let second = issue(&env).await;
     let mixed = Issued { session_token: second.session_token, ..first };
     let url = env.url("/");
-    let headers = sign_request(&mixed, "POST", &url, BODY.as_bytes(), common::wall_clock());
+    let headers = sign_request(&mixed, "POST", &url, BODY.as_bytes(), wall_clock());
     let (status, body) = send(&env, "POST", &url, BODY, &headers).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(xml_text(&body, "Code").unwrap(), "InvalidClientTokenId");
@@ -179,10 +181,10 @@ async fn get_caller_identity_rejects_another_session_token() {
 
 #[tokio::test]
 async fn get_caller_identity_rejects_a_signature_older_than_fifteen_minutes() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let credentials = issue(&env).await;
     let url = env.url("/");
-    let at = common::wall_clock() - Duration::from_secs(20 * 60);
+    let at = wall_clock() - Duration::from_secs(20 * 60);
     let headers = sign_request(&credentials, "POST", &url, BODY.as_bytes(), at);
     let (status, body) = send(&env, "POST", &url, BODY, &headers).await;
     assert_eq!(status, 403, "{body}");
@@ -192,7 +194,7 @@ async fn get_caller_identity_rejects_a_signature_older_than_fifteen_minutes() {
 
 #[tokio::test]
 async fn get_caller_identity_requires_a_signature() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let (status, body) = send(&env, "POST", &env.url("/"), BODY, &[]).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(xml_text(&body, "Code").unwrap(), "MissingAuthenticationToken");

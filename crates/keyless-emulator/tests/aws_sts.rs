@@ -2,12 +2,13 @@
 
 mod common;
 
-use common::{TestEnv, xml_text};
+use common::xml_text;
 use keyless_emulator::Cloud;
+use keyless_test_support::emulator::EmulatorEnv;
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/keyless-dev";
 
-async fn assume_role(env: &TestEnv, role: &str, token: &str, extra: &[(&str, &str)]) -> (u16, String) {
+async fn assume_role(env: &EmulatorEnv, role: &str, token: &str, extra: &[(&str, &str)]) -> (u16, String) {
     let mut form = vec![
         ("Action", "AssumeRoleWithWebIdentity"),
         ("Version", "2011-06-15"),
@@ -30,7 +31,7 @@ fn assert_error(status: u16, body: &str, expected_status: u16, code: &str) {
 
 #[tokio::test]
 async fn sts_issues_credentials_for_the_projected_token() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let token = env.projected(Cloud::Aws);
     let response = env
         .client
@@ -69,7 +70,7 @@ async fn sts_issues_credentials_for_the_projected_token() {
 
 #[tokio::test]
 async fn sts_accepts_the_get_query_style() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let token = env.projected(Cloud::Aws);
     let response = env
         .client
@@ -91,7 +92,7 @@ async fn sts_accepts_the_get_query_style() {
 
 #[tokio::test]
 async fn sts_rejects_token_for_another_audience() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let token = env.mint("api://AzureADTokenExchange", |_| {});
     let (status, body) = assume_role(&env, ROLE, &token, &[]).await;
     assert_error(status, &body, 400, "InvalidIdentityToken");
@@ -100,7 +101,7 @@ async fn sts_rejects_token_for_another_audience() {
 
 #[tokio::test]
 async fn sts_rejects_an_expired_token() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let token = env.mint("sts.amazonaws.com", |c| {
         c.iat_offset_secs = -7200;
         c.exp_offset_secs = -60;
@@ -112,7 +113,7 @@ async fn sts_rejects_an_expired_token() {
 
 #[tokio::test]
 async fn sts_rejects_a_token_signed_by_another_key() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let token = env.mint("sts.amazonaws.com", |c| c.untrusted_key = true);
     let (status, body) = assume_role(&env, ROLE, &token, &[]).await;
     assert_error(status, &body, 400, "InvalidIdentityToken");
@@ -120,7 +121,7 @@ async fn sts_rejects_a_token_signed_by_another_key() {
 
 #[tokio::test]
 async fn sts_rejects_a_token_from_an_unknown_issuer() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let token = env.mint("sts.amazonaws.com", |c| c.iss = Some("https://elsewhere.example".into()));
     let (status, body) = assume_role(&env, ROLE, &token, &[]).await;
     assert_error(status, &body, 400, "InvalidIdentityToken");
@@ -129,14 +130,14 @@ async fn sts_rejects_a_token_from_an_unknown_issuer() {
 
 #[tokio::test]
 async fn sts_rejects_garbage_instead_of_a_jwt() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let (status, body) = assume_role(&env, ROLE, "not-a-jwt-at-all", &[]).await;
     assert_error(status, &body, 400, "InvalidIdentityToken");
 }
 
 #[tokio::test]
 async fn sts_denies_an_untrusted_subject() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let token = env.mint("sts.amazonaws.com", |c| c.sub = Some("system:serviceaccount:other:intruder".into()));
     let (status, body) = assume_role(&env, ROLE, &token, &[]).await;
     assert_error(status, &body, 403, "AccessDenied");
@@ -145,7 +146,7 @@ async fn sts_denies_an_untrusted_subject() {
 
 #[tokio::test]
 async fn sts_denies_an_unknown_role() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let token = env.projected(Cloud::Aws);
     let (status, body) = assume_role(&env, "arn:aws:iam::123456789012:role/someone-else", &token, &[]).await;
     assert_error(status, &body, 403, "AccessDenied");
@@ -153,7 +154,7 @@ async fn sts_denies_an_unknown_role() {
 
 #[tokio::test]
 async fn sts_validates_parameters_like_aws() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let token = env.projected(Cloud::Aws);
     let form = [
         ("Action", "AssumeRoleWithWebIdentity"),

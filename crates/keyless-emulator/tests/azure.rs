@@ -1,14 +1,13 @@
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::TestEnv;
 use keyless_emulator::Cloud;
+use keyless_test_support::emulator::EmulatorEnv;
+use keyless_test_support::jwt::Jwks;
 use serde_json::Value;
 
 const SCOPE: &str = "https://management.azure.com//.default";
 
-async fn token_request(env: &TestEnv, tenant: &str, client_id: &str, scope: &str, assertion: &str) -> (u16, Value) {
+async fn token_request(env: &EmulatorEnv, tenant: &str, client_id: &str, scope: &str, assertion: &str) -> (u16, Value) {
     let form = [
         ("client_id", client_id),
         ("scope", scope),
@@ -21,7 +20,7 @@ async fn token_request(env: &TestEnv, tenant: &str, client_id: &str, scope: &str
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-async fn dev_request(env: &TestEnv, assertion: &str) -> (u16, Value) {
+async fn dev_request(env: &EmulatorEnv, assertion: &str) -> (u16, Value) {
     let ids = env.emulator.identities().clone();
     token_request(env, &ids.azure_tenant_id, &ids.azure_client_id, SCOPE, assertion).await
 }
@@ -38,7 +37,7 @@ fn assert_aadsts(status: u16, body: &Value, expected_status: u16, error: &str, c
 
 #[tokio::test]
 async fn entra_issues_an_access_token_that_verifies_against_the_tenant_keys() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let ids = env.emulator.identities().clone();
     let (status, body) = dev_request(&env, &env.projected(Cloud::Azure)).await;
     assert_eq!(status, 200, "{body}");
@@ -50,7 +49,7 @@ async fn entra_issues_an_access_token_that_verifies_against_the_tenant_keys() {
     let issuer = format!("https://sts.windows.net/{tenant}/");
     let token = body["access_token"].as_str().unwrap();
     // The resource is the scope minus `/.default`, verbatim (trailing slash kept).
-    let claims = common::verify_with_jwks(token, &keys, "https://management.azure.com/", &issuer);
+    let claims = Jwks::from_json(&keys).verify(token, "https://management.azure.com/", &issuer);
     assert_eq!(claims["appid"], ids.azure_client_id);
     assert_eq!(claims["azp"], ids.azure_client_id);
     assert_eq!(claims["tid"], *tenant);
@@ -63,7 +62,7 @@ async fn entra_issues_an_access_token_that_verifies_against_the_tenant_keys() {
 
 #[tokio::test]
 async fn entra_rejects_an_assertion_for_another_audience_naming_its_claims() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let (status, body) = dev_request(&env, &env.projected(Cloud::Aws)).await;
     assert_aadsts(status, &body, 400, "invalid_request", 70021);
     let description = body["error_description"].as_str().unwrap();
@@ -74,7 +73,7 @@ async fn entra_rejects_an_assertion_for_another_audience_naming_its_claims() {
 
 #[tokio::test]
 async fn entra_rejects_an_untrusted_subject() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let token = env.mint("api://AzureADTokenExchange", |c| c.sub = Some("system:serviceaccount:x:y".into()));
     let (status, body) = dev_request(&env, &token).await;
     assert_aadsts(status, &body, 400, "invalid_request", 70021);
@@ -82,7 +81,7 @@ async fn entra_rejects_an_untrusted_subject() {
 
 #[tokio::test]
 async fn entra_rejects_an_expired_assertion() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let token = env.mint("api://AzureADTokenExchange", |c| {
         c.iat_offset_secs = -4000;
         c.exp_offset_secs = -400;
@@ -94,7 +93,7 @@ async fn entra_rejects_an_expired_assertion() {
 
 #[tokio::test]
 async fn entra_rejects_an_assertion_signed_by_another_key() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let token = env.mint("api://AzureADTokenExchange", |c| c.untrusted_key = true);
     let (status, body) = dev_request(&env, &token).await;
     assert_aadsts(status, &body, 401, "invalid_client", 700027);
@@ -102,7 +101,7 @@ async fn entra_rejects_an_assertion_signed_by_another_key() {
 
 #[tokio::test]
 async fn entra_rejects_unknown_tenant_unknown_client_and_bad_scope() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let ids = env.emulator.identities().clone();
     let assertion = env.projected(Cloud::Azure);
     let (status, body) =
@@ -119,7 +118,7 @@ async fn entra_rejects_unknown_tenant_unknown_client_and_bad_scope() {
 
 #[tokio::test]
 async fn entra_echoes_the_client_request_id_as_correlation_id() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let url = env.url("/00000000-0000-0000-0000-000000000000/oauth2/v2.0/token");
     let response = env
         .client

@@ -6,12 +6,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestEnv, xml_text};
+use common::xml_text;
 use http::StatusCode;
 use keyless_emulator::{Cloud, Counters, Fault, MintClaims, Service};
+use keyless_test_support::clock::wall_clock;
+use keyless_test_support::emulator::EmulatorEnv;
 use serde_json::{Value, json};
 
-async fn assume_role(env: &TestEnv) -> (u16, String) {
+async fn assume_role(env: &EmulatorEnv) -> (u16, String) {
     let token = env.projected(Cloud::Aws);
     let form = [
         ("Action", "AssumeRoleWithWebIdentity"),
@@ -24,7 +26,7 @@ async fn assume_role(env: &TestEnv) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-async fn azure_token(env: &TestEnv) -> (u16, Value) {
+async fn azure_token(env: &EmulatorEnv) -> (u16, Value) {
     let ids = env.emulator.identities().clone();
     let assertion = env.projected(Cloud::Azure);
     let form = [
@@ -39,13 +41,13 @@ async fn azure_token(env: &TestEnv) -> (u16, Value) {
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-async fn post_json(env: &TestEnv, path: &str, body: Value) -> reqwest::Response {
+async fn post_json(env: &EmulatorEnv, path: &str, body: Value) -> reqwest::Response {
     env.client.post(env.url(path)).json(&body).send().await.unwrap()
 }
 
 #[tokio::test]
 async fn injected_aws_faults_fail_the_next_calls_in_the_native_format_and_are_counted() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let fault = json!({"service": "aws-sts", "fail_next": 2, "status": 400, "code": "IDPCommunicationError"});
     assert_eq!(post_json(&env, "/_emulator/faults", fault).await.status(), 204);
     for _ in 0..2 {
@@ -60,7 +62,7 @@ async fn injected_aws_faults_fail_the_next_calls_in_the_native_format_and_are_co
 
 #[tokio::test]
 async fn injected_azure_fault_renders_the_aadsts_code() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     env.emulator.faults().fail_next(
         Service::AzureToken,
         1,
@@ -76,7 +78,7 @@ async fn injected_azure_fault_renders_the_aadsts_code() {
 
 #[tokio::test]
 async fn injected_server_errors_use_each_services_format() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let faults = env.emulator.faults();
     for service in Service::ALL {
         faults.fail_next(service, 1, Fault::new(StatusCode::SERVICE_UNAVAILABLE));
@@ -103,17 +105,26 @@ async fn injected_server_errors_use_each_services_format() {
     assert_eq!(env.emulator.counters(), Counters { aws_sts: 1, gcp_sts: 1, gcp_iam: 1, azure_token: 1 });
 }
 
-#[tokio::test]
+/// On the paused clock: the latency is exactly what was asked, and no real time passes.
+#[tokio::test(start_paused = true)]
 async fn latency_delays_every_call_until_cleared() {
-    let env = common::start().await;
-    let fault = json!({"service": "aws-sts", "latency_ms": 300});
+    let env = EmulatorEnv::start().await;
+    // Under the emulator's 60 s request timeout.
+    let latency = Duration::from_secs(30);
+    let fault = json!({"service": "aws-sts", "latency_ms": latency.as_millis()});
     assert_eq!(post_json(&env, "/_emulator/faults", fault).await.status(), 204);
-    let started = tokio::time::Instant::now();
-    assert_eq!(assume_role(&env).await.0, 200);
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    for _ in 0..2 {
+        let started = tokio::time::Instant::now();
+        assert_eq!(assume_role(&env).await.0, 200);
+        let took = started.elapsed();
+        assert!(took >= latency && took < latency + Duration::from_secs(1), "every call is delayed: {took:?}");
+    }
 
     let response = env.client.delete(env.url("/_emulator/faults/aws-sts")).send().await.unwrap();
     assert_eq!(response.status(), 204);
+    let started = tokio::time::Instant::now();
+    assert_eq!(assume_role(&env).await.0, 200);
+    assert!(started.elapsed() < Duration::from_secs(1), "the latency was cleared: {:?}", started.elapsed());
     env.emulator.faults().fail_next(Service::GcpSts, 5, Fault::new(StatusCode::BAD_GATEWAY));
     assert_eq!(env.client.delete(env.url("/_emulator/faults")).send().await.unwrap().status(), 204);
     let response = env.client.post(env.url("/v1/token")).form(&[("grant_type", "x")]).send().await.unwrap();
@@ -122,7 +133,7 @@ async fn latency_delays_every_call_until_cleared() {
 
 #[tokio::test]
 async fn counters_over_http_match_the_rust_api() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     assume_role(&env).await;
     azure_token(&env).await;
     let counters: Counters = env.client.get(env.url("/_emulator/counters")).send().await.unwrap().json().await.unwrap();
@@ -133,7 +144,7 @@ async fn counters_over_http_match_the_rust_api() {
 
 #[tokio::test]
 async fn control_api_rejects_an_unknown_service_and_non_error_status() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let response = post_json(&env, "/_emulator/faults", json!({"service": "aws-s3", "fail_next": 1})).await;
     assert_eq!(response.status(), 400);
     let response =
@@ -143,7 +154,7 @@ async fn control_api_rejects_an_unknown_service_and_non_error_status() {
 
 #[tokio::test]
 async fn mint_over_http_signs_what_the_test_asks_for() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let claims = json!({"aud": ["sts.amazonaws.com"], "sub": "system:serviceaccount:x:y", "exp_offset_secs": -5});
     let response = post_json(&env, "/_emulator/mint", claims).await;
     assert_eq!(response.status(), 200);
@@ -166,7 +177,7 @@ async fn mint_over_http_signs_what_the_test_asks_for() {
 
 #[tokio::test]
 async fn oversized_request_bodies_are_refused() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let huge = "a".repeat(100 * 1024);
     let response =
         env.client.post(env.url("/")).body(format!("Action=GetCallerIdentity&x={huge}")).send().await.unwrap();
@@ -176,7 +187,7 @@ async fn oversized_request_bodies_are_refused() {
 
 #[tokio::test]
 async fn malformed_faults_answer_200_with_a_cut_off_body_in_the_success_content_type() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let fault = json!({"service": "aws-sts", "fail_next": 1, "malformed": true});
     assert_eq!(post_json(&env, "/_emulator/faults", fault).await.status(), 204);
     let (status, body) = assume_role(&env).await;
@@ -208,7 +219,7 @@ async fn malformed_faults_answer_200_with_a_cut_off_body_in_the_success_content_
 
 #[tokio::test]
 async fn a_lifetime_cap_shortens_issued_credentials_and_survives_clearing_faults() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let cap = json!({"service": "azure-token", "lifetime_secs": 20});
     assert_eq!(post_json(&env, "/_emulator/faults", cap).await.status(), 204);
     assert_eq!(env.client.delete(env.url("/_emulator/faults")).send().await.unwrap().status(), 204);
@@ -221,7 +232,7 @@ async fn a_lifetime_cap_shortens_issued_credentials_and_survives_clearing_faults
     let (_, xml) = assume_role(&env).await;
     let expiration = xml_text(&xml, "Expiration").unwrap();
     let expiration = humantime::parse_rfc3339(&expiration).unwrap();
-    let left = expiration.duration_since(common::wall_clock()).unwrap_or_default();
+    let left = expiration.duration_since(wall_clock()).unwrap_or_default();
     assert!(left <= Duration::from_secs(30) && left >= Duration::from_secs(25), "{left:?}");
 
     let uncap = json!({"service": "azure-token", "lifetime_secs": 0});

@@ -1,14 +1,13 @@
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::TestEnv;
 use keyless_emulator::Cloud;
+use keyless_test_support::emulator::EmulatorEnv;
+use keyless_test_support::jwt::Jwks;
 use serde_json::{Value, json};
 
 const SA: &str = "keyless-dev@keyless-dev.iam.gserviceaccount.com";
 
-async fn exchange(env: &TestEnv, audience: &str, subject_token: &str) -> (u16, Value) {
+async fn exchange(env: &EmulatorEnv, audience: &str, subject_token: &str) -> (u16, Value) {
     let form = [
         ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
         ("audience", audience),
@@ -21,14 +20,14 @@ async fn exchange(env: &TestEnv, audience: &str, subject_token: &str) -> (u16, V
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-async fn federated_token(env: &TestEnv, subject_token: &str) -> String {
+async fn federated_token(env: &EmulatorEnv, subject_token: &str) -> String {
     let audience = env.emulator.identities().gcp_audience();
     let (status, body) = exchange(env, &audience, subject_token).await;
     assert_eq!(status, 200, "{body}");
     body["access_token"].as_str().unwrap().to_owned()
 }
 
-async fn iam(env: &TestEnv, email: &str, method: &str, bearer: &str, body: Value) -> (u16, Value) {
+async fn iam(env: &EmulatorEnv, email: &str, method: &str, bearer: &str, body: Value) -> (u16, Value) {
     let url = env.url(&format!("/v1/projects/-/serviceAccounts/{email}:{method}"));
     let response = env.client.post(url).bearer_auth(bearer).json(&body).send().await.unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
@@ -40,7 +39,7 @@ fn scope_body() -> Value {
 
 #[tokio::test]
 async fn sts_exchanges_the_projected_token_for_a_federated_token() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let audience = env.emulator.identities().gcp_audience();
     let (status, body) = exchange(&env, &audience, &env.projected(Cloud::Gcp)).await;
     assert_eq!(status, 200, "{body}");
@@ -53,7 +52,7 @@ async fn sts_exchanges_the_projected_token_for_a_federated_token() {
 
 #[tokio::test]
 async fn gcp_sts_rejects_token_for_another_audience() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let audience = env.emulator.identities().gcp_audience();
     let (status, body) = exchange(&env, &audience, &env.projected(Cloud::Aws)).await;
     assert_eq!(status, 400);
@@ -63,7 +62,7 @@ async fn gcp_sts_rejects_token_for_another_audience() {
 
 #[tokio::test]
 async fn gcp_sts_rejects_an_expired_token() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let audience = env.emulator.identities().gcp_audience();
     let token = env.mint(&audience, |c| c.exp_offset_secs = -1);
     let (status, body) = exchange(&env, &audience, &token).await;
@@ -72,7 +71,7 @@ async fn gcp_sts_rejects_an_expired_token() {
 
 #[tokio::test]
 async fn gcp_sts_rejects_a_token_signed_by_another_key() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let audience = env.emulator.identities().gcp_audience();
     let token = env.mint(&audience, |c| c.untrusted_key = true);
     let (status, body) = exchange(&env, &audience, &token).await;
@@ -81,7 +80,7 @@ async fn gcp_sts_rejects_a_token_signed_by_another_key() {
 
 #[tokio::test]
 async fn gcp_sts_rejects_an_unknown_provider() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let audience = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/nope/providers/nope";
     let (status, body) = exchange(&env, audience, &env.projected(Cloud::Gcp)).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
@@ -89,7 +88,7 @@ async fn gcp_sts_rejects_an_unknown_provider() {
 
 #[tokio::test]
 async fn iam_issues_an_access_token_for_the_dev_principal_and_tokeninfo_describes_it() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let federated = federated_token(&env, &env.projected(Cloud::Gcp)).await;
     let (status, body) = iam(&env, SA, "generateAccessToken", &federated, scope_body()).await;
     assert_eq!(status, 200, "{body}");
@@ -114,7 +113,7 @@ async fn iam_issues_an_access_token_for_the_dev_principal_and_tokeninfo_describe
 
 #[tokio::test]
 async fn iam_denies_an_untrusted_subject() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let audience = env.emulator.identities().gcp_audience();
     let token = env.mint(&audience, |c| c.sub = Some("system:serviceaccount:other:intruder".into()));
     let federated = federated_token(&env, &token).await;
@@ -132,7 +131,7 @@ async fn iam_denies_an_untrusted_subject() {
 
 #[tokio::test]
 async fn iam_denies_impersonating_another_service_account() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let federated = federated_token(&env, &env.projected(Cloud::Gcp)).await;
     let other = "admin@keyless-dev.iam.gserviceaccount.com";
     let (status, body) = iam(&env, other, "generateIdToken", &federated, json!({"audience": "x"})).await;
@@ -142,7 +141,7 @@ async fn iam_denies_impersonating_another_service_account() {
 
 #[tokio::test]
 async fn iam_rejects_an_unknown_bearer_token() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let (status, body) = iam(&env, SA, "generateAccessToken", "ya29.made-up", scope_body()).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["status"], "UNAUTHENTICATED");
@@ -150,7 +149,7 @@ async fn iam_rejects_an_unknown_bearer_token() {
 
 #[tokio::test]
 async fn iam_rejects_a_lifetime_over_one_hour_and_unknown_fields() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let federated = federated_token(&env, &env.projected(Cloud::Gcp)).await;
     let body = json!({"scope": ["https://www.googleapis.com/auth/cloud-platform"], "lifetime": "7200s"});
     let (status, response) = iam(&env, SA, "generateAccessToken", &federated, body).await;
@@ -162,14 +161,14 @@ async fn iam_rejects_a_lifetime_over_one_hour_and_unknown_fields() {
 
 #[tokio::test]
 async fn iam_id_tokens_verify_against_the_published_certs() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let federated = federated_token(&env, &env.projected(Cloud::Gcp)).await;
     let request = json!({"audience": "https://service.example", "includeEmail": true});
     let (status, body) = iam(&env, SA, "generateIdToken", &federated, request).await;
     assert_eq!(status, 200, "{body}");
     let certs = env.get_json("/oauth2/v3/certs").await;
     let token = body["token"].as_str().unwrap();
-    let claims = common::verify_with_jwks(token, &certs, "https://service.example", "https://accounts.google.com");
+    let claims = Jwks::from_json(&certs).verify(token, "https://service.example", "https://accounts.google.com");
     assert_eq!(claims["email"], SA);
     assert_eq!(claims["email_verified"], true);
     assert!(claims["sub"].as_str().unwrap().chars().all(|c| c.is_ascii_digit()));
@@ -178,9 +177,8 @@ async fn iam_id_tokens_verify_against_the_published_certs() {
 
     let request = json!({"audience": "https://service.example"});
     let (_, body) = iam(&env, SA, "generateIdToken", &federated, request).await;
-    let claims = common::verify_with_jwks(
+    let claims = Jwks::from_json(&certs).verify(
         body["token"].as_str().unwrap(),
-        &certs,
         "https://service.example",
         "https://accounts.google.com",
     );
@@ -189,7 +187,7 @@ async fn iam_id_tokens_verify_against_the_published_certs() {
 
 #[tokio::test]
 async fn tokeninfo_rejects_tokens_it_did_not_issue() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let response = env.client.get(env.url("/tokeninfo?access_token=ya29.nope")).send().await.unwrap();
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();

@@ -1,16 +1,17 @@
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
 use keyless_emulator::Cloud;
+use keyless_test_support::emulator::EmulatorEnv;
+use keyless_test_support::jwt::Jwks;
+use keyless_test_support::wait::wait_until;
 
 #[tokio::test]
 async fn discovery_names_the_issuer_and_its_jwks() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let discovery = env.get_json("/.well-known/openid-configuration").await;
     assert_eq!(discovery["issuer"], env.emulator.url());
     assert_eq!(discovery["jwks_uri"], env.url("/openid/v1/jwks"));
@@ -21,7 +22,7 @@ async fn discovery_names_the_issuer_and_its_jwks() {
 
 #[tokio::test]
 async fn projected_tokens_carry_kubelet_claims_and_verify_against_the_jwks() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let jwks = env.get_json("/openid/v1/jwks").await;
     let ids = env.emulator.identities().clone();
     for (cloud, aud) in [
@@ -30,7 +31,7 @@ async fn projected_tokens_carry_kubelet_claims_and_verify_against_the_jwks() {
         (Cloud::Azure, ids.azure_audience().to_owned()),
     ] {
         let token = env.projected(cloud);
-        let claims = common::verify_with_jwks(&token, &jwks, &aud, &env.emulator.url());
+        let claims = Jwks::from_json(&jwks).verify(&token, &aud, &env.emulator.url());
         assert_eq!(claims["aud"], serde_json::json!([aud]), "aud is an array, like the kubelet's");
         assert_eq!(claims["sub"], ids.subject());
         assert_eq!(claims["kubernetes.io"]["namespace"], "default");
@@ -59,7 +60,7 @@ fn assert_atomic_writer_layout(dir: &Path) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn rotation_follows_the_atomic_writer_layout_and_removes_the_old_dir() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let dir = env.emulator.token_path(Cloud::Aws).parent().unwrap().to_owned();
     let first_dir = assert_atomic_writer_layout(&dir);
     let first = env.projected(Cloud::Aws);
@@ -76,20 +77,24 @@ async fn rotation_follows_the_atomic_writer_layout_and_removes_the_old_dir() {
     assert!(!second.ends_with('\n'));
 }
 
-#[tokio::test]
+/// On the paused clock: not a rotation before the period, one as soon as it is over.
+#[tokio::test(start_paused = true)]
 async fn projector_rotates_on_its_period() {
-    let env = common::start_with(|c| c.rotate_every = Duration::from_millis(100)).await;
+    const PERIOD: Duration = Duration::from_secs(600);
+    let env = EmulatorEnv::start_with(|c| c.rotate_every = PERIOD).await;
     let first = env.projected(Cloud::Gcp);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while env.projected(Cloud::Gcp) == first {
-        assert!(tokio::time::Instant::now() < deadline, "no rotation within 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tokio::time::sleep(PERIOD - Duration::from_secs(1)).await;
+    assert_eq!(env.projected(Cloud::Gcp), first, "rotated before its period");
+    wait_until("the rotation at the end of the period", Duration::from_secs(2), || {
+        let rotated = env.projected(Cloud::Gcp) != first;
+        async move { rotated }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn rust_api_rotation_replaces_every_token() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let before: Vec<String> = Cloud::ALL.iter().map(|c| env.projected(*c)).collect();
     env.emulator.rotate_tokens().await.unwrap();
     for (cloud, old) in Cloud::ALL.iter().zip(before) {
@@ -99,7 +104,7 @@ async fn rust_api_rotation_replaces_every_token() {
 
 #[tokio::test]
 async fn ca_pem_is_written_and_the_server_speaks_tls_with_it() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let pem = std::fs::read_to_string(env.emulator.ca_pem_path()).unwrap();
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
     let url = format!("https://localhost:{}/openid/v1/jwks", env.emulator.local_addr().port());
@@ -108,7 +113,7 @@ async fn ca_pem_is_written_and_the_server_speaks_tls_with_it() {
 
 #[tokio::test]
 async fn start_reports_a_port_in_use() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let state = tempfile::tempdir().unwrap();
     let mut config = keyless_emulator::EmulatorConfig::new(state.path());
     config.listen = env.emulator.local_addr();
@@ -118,9 +123,9 @@ async fn start_reports_a_port_in_use() {
 
 #[tokio::test]
 async fn shutdown_stops_serving() {
-    let env = common::start().await;
+    let env = EmulatorEnv::start().await;
     let url = env.url("/openid/v1/jwks");
-    let common::TestEnv { emulator, client, .. } = env;
+    let EmulatorEnv { emulator, client, .. } = env;
     emulator.shutdown().await;
     assert!(client.get(url).send().await.is_err());
 }
@@ -139,7 +144,7 @@ async fn start_reports_an_unusable_state_dir() {
 /// certificate and be the issuer, or the sidecar's TLS check and the token's `iss` both fail.
 #[tokio::test]
 async fn a_public_host_name_is_the_issuer_and_is_in_the_certificate() {
-    let env = common::start_with(|c| c.hostnames = vec!["Emulator.Test".to_owned()]).await;
+    let env = EmulatorEnv::start_with(|c| c.hostnames = vec!["Emulator.Test".to_owned()]).await;
     let port = env.emulator.local_addr().port();
     assert_eq!(env.emulator.url(), format!("https://emulator.test:{port}"));
 
@@ -160,10 +165,9 @@ async fn a_public_host_name_is_the_issuer_and_is_in_the_certificate() {
     assert_eq!(discovery["issuer"], env.emulator.url());
     assert_eq!(discovery["jwks_uri"], format!("https://emulator.test:{port}/openid/v1/jwks"));
 
-    let jwks: serde_json::Value =
-        client.get(format!("{}/openid/v1/jwks", env.emulator.url())).send().await.unwrap().json().await.unwrap();
+    let jwks = Jwks::fetch(&client, &format!("{}/openid/v1/jwks", env.emulator.url())).await;
     let token = env.projected(Cloud::Aws);
-    let claims = common::verify_with_jwks(&token, &jwks, "sts.amazonaws.com", &env.emulator.url());
+    let claims = jwks.verify(&token, "sts.amazonaws.com", &env.emulator.url());
     assert_eq!(claims["iss"], env.emulator.url());
     // Loopback keeps working beside the public name.
     let loopback = format!("https://127.0.0.1:{port}/openid/v1/jwks");
@@ -172,7 +176,7 @@ async fn a_public_host_name_is_the_issuer_and_is_in_the_certificate() {
 
 #[tokio::test]
 async fn an_ip_address_host_name_is_bracketed_in_urls_when_ipv6() {
-    let env = common::start_with(|c| c.hostnames = vec!["::1".to_owned()]).await;
+    let env = EmulatorEnv::start_with(|c| c.hostnames = vec!["::1".to_owned()]).await;
     assert_eq!(env.emulator.url(), format!("https://[::1]:{}", env.emulator.local_addr().port()));
 }
 

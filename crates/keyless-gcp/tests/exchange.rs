@@ -8,8 +8,10 @@ use keyless_provider::Started as _;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{Harness, Options};
+use common::{Harness, paused};
 use keyless_emulator::{Cloud, Fault, MintClaims, Service};
+use keyless_test_support::kubelet;
+use keyless_test_support::logs::{assert_no_secret, capture_logs};
 
 const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 const READ_ONLY: &str = "https://www.googleapis.com/auth/devstorage.read_only";
@@ -20,9 +22,9 @@ async fn serves_an_impersonated_access_token_that_tokeninfo_accepts() {
     let token = h.access_token("").await;
     let (status, info) = h.tokeninfo(&token).await;
     assert_eq!(status, 200, "{info}");
-    assert_eq!(info["email"], h.emulator.identities().gcp_service_account);
+    assert_eq!(info["email"], h.env.emulator.identities().gcp_service_account);
     assert_eq!(info["scope"], CLOUD_PLATFORM);
-    let counters = h.emulator.counters();
+    let counters = h.env.emulator.counters();
     assert_eq!((counters.gcp_sts, counters.gcp_iam), (1, 1));
 }
 
@@ -32,9 +34,9 @@ async fn serves_the_federated_token_directly_without_a_service_account() {
     let token = h.access_token("").await;
     let (status, info) = h.tokeninfo(&token).await;
     assert_eq!(status, 200, "{info}");
-    assert_eq!(info["aud"], h.emulator.identities().gcp_audience());
+    assert_eq!(info["aud"], h.env.emulator.identities().gcp_audience());
     assert_eq!(info.get("email"), None);
-    let counters = h.emulator.counters();
+    let counters = h.env.emulator.counters();
     assert_eq!((counters.gcp_sts, counters.gcp_iam), (1, 0));
     // The federated identity is named like GKE's: PROJECT_ID.svc.id.goog.
     let email = h.get("/computeMetadata/v1/instance/service-accounts/default/email").await;
@@ -49,12 +51,12 @@ async fn other_scopes_get_their_own_token_and_scope_order_does_not_matter() {
     assert_ne!(default, read_only);
     let (_, info) = h.tokeninfo(&read_only).await;
     assert_eq!(info["scope"], format!("{CLOUD_PLATFORM} {READ_ONLY}"));
-    let counters = h.emulator.counters();
+    let counters = h.env.emulator.counters();
     assert_eq!((counters.gcp_sts, counters.gcp_iam), (2, 2));
 
     let reordered = h.access_token(&format!("?scopes={CLOUD_PLATFORM}&scopes={READ_ONLY}")).await;
     assert_eq!(reordered, read_only);
-    assert_eq!(h.emulator.counters().gcp_iam, 2);
+    assert_eq!(h.env.emulator.counters().gcp_iam, 2);
 }
 
 #[tokio::test]
@@ -68,7 +70,7 @@ async fn id_token_verifies_against_the_emulator_certs_with_the_requested_audienc
     let jwt = response.text().await.unwrap();
     let claims = h.verify_id_token(&jwt, audience).await;
     assert_eq!(claims["aud"], audience);
-    assert_eq!(claims["email"], h.emulator.identities().gcp_service_account);
+    assert_eq!(claims["email"], h.env.emulator.identities().gcp_service_account);
 }
 
 #[tokio::test]
@@ -85,7 +87,7 @@ async fn configured_id_token_audiences_are_pre_warmed_and_count_for_readiness() 
     let statuses = h.provider.readiness()[0].statuses();
     assert!(statuses.iter().all(|s| s.ready()), "{statuses:?}");
     // One STS + IAM pair per key: the default scope set and the audience.
-    assert_eq!(h.emulator.counters().gcp_iam, 2);
+    assert_eq!(h.env.emulator.counters().gcp_iam, 2);
 }
 
 #[tokio::test]
@@ -106,7 +108,7 @@ async fn permission_denied_hint_names_the_exact_principal_member_to_grant() {
     let (status, body) = h.token("").await;
     assert_eq!(status, 502, "{body}");
     let body = body.as_str().unwrap().to_owned();
-    let ids = h.emulator.identities();
+    let ids = h.env.emulator.identities();
     let member = format!(
         "principal://iam.googleapis.com/projects/{}/locations/global/workloadIdentityPools/{}/subject/{}",
         ids.gcp_project_number,
@@ -138,32 +140,29 @@ async fn an_unknown_pool_provider_is_reported_with_its_parts() {
 
 #[tokio::test]
 async fn a_token_for_another_audience_is_refused_with_its_claims_in_the_hint() {
-    let h = Harness::start(|c, e| c.token_file = Some(e.token_path(Cloud::Aws))).await;
+    let h = Harness::start(|c, e| c.token_file = Some(e.emulator.token_path(Cloud::Aws))).await;
     let (status, body) = h.token("").await;
     assert_eq!(status, 502, "{body}");
     let body = body.as_str().unwrap();
     assert!(body.contains("invalid_grant"), "{body}");
     assert!(body.contains("aud=[sts.amazonaws.com]"), "{body}");
     assert!(body.contains("sub=system:serviceaccount:default:keyless-dev"), "{body}");
-    assert!(body.contains(&h.emulator.identities().gcp_audience()), "{body}");
+    assert!(body.contains(&h.env.emulator.identities().gcp_audience()), "{body}");
 }
 
 /// Writes `token` the way the kubelet's AtomicWriter ends up doing: a rename over the file.
 fn replace_token(path: &std::path::Path, token: &str) {
-    let staging = path.with_extension("staging");
-    std::fs::write(&staging, token).unwrap();
-    std::fs::rename(&staging, path).unwrap();
+    kubelet::replace_with(path, |staged| std::fs::write(staged, token).unwrap());
 }
 
 #[tokio::test]
 async fn an_expired_subject_token_is_re_read_and_the_rotated_one_used() {
     let h = Harness::start(|c, e| {
-        let dir = e.state_dir().join("stale");
+        let dir = e.path("stale");
         std::fs::create_dir_all(&dir).unwrap();
-        let expired = e.mint(MintClaims {
-            iat_offset_secs: -3700,
-            exp_offset_secs: -100,
-            ..MintClaims::new(e.identities().gcp_audience())
+        let expired = e.mint(&e.emulator.identities().gcp_audience(), |claims| {
+            claims.iat_offset_secs = -3700;
+            claims.exp_offset_secs = -100;
         });
         replace_token(&dir.join("token"), &expired);
         c.token_file = Some(dir.join("token"));
@@ -173,8 +172,8 @@ async fn an_expired_subject_token_is_re_read_and_the_rotated_one_used() {
     assert_eq!(status, 503, "{body}");
     assert!(body.as_str().unwrap().contains("expired"), "{body}");
 
-    let fresh = h.emulator.mint(MintClaims::new(h.emulator.identities().gcp_audience()));
-    replace_token(&h.emulator.state_dir().join("stale/token"), &fresh);
+    let fresh = h.env.emulator.mint(MintClaims::new(h.env.emulator.identities().gcp_audience()));
+    replace_token(&h.env.path("stale/token"), &fresh);
     // The watcher publishes the new token and the cache tries it at once; a client retrying its
     // 503s (as google-auth does) gets the token.
     let mut answers = Vec::new();
@@ -192,13 +191,14 @@ async fn an_untrusted_upstream_certificate_points_at_ca_file() {
     assert!(body.as_str().unwrap().contains("gcp.ca_file"), "{body}");
 }
 
-#[tokio::test]
+/// On the paused clock: the retries' backoff in virtual time.
+#[tokio::test(start_paused = true)]
 async fn sts_5xx_at_start_up_are_retried_until_a_token_is_served() {
-    let h = Harness::start(|c, _| c.service_account = None).await;
+    let h = Harness::start_with(paused(), |c, _| c.service_account = None).await;
     // Once the pre-warm is done, ask for a key nobody has asked for yet.
     h.access_token("").await;
-    h.emulator.faults().fail_next(Service::GcpSts, 3, Fault::new(StatusCode::SERVICE_UNAVAILABLE));
-    let before = h.emulator.counters().gcp_sts;
+    h.env.emulator.faults().fail_next(Service::GcpSts, 3, Fault::new(StatusCode::SERVICE_UNAVAILABLE));
+    let before = h.env.emulator.counters().gcp_sts;
     // A cold request answers the attempt it waited for; clients retry 503 (google-auth 5 times).
     let mut answers = Vec::new();
     let token = loop {
@@ -211,15 +211,15 @@ async fn sts_5xx_at_start_up_are_retried_until_a_token_is_served() {
     };
     let token = token.unwrap_or_else(|| panic!("no token after {answers:?}"));
     assert_eq!(h.tokeninfo(&token).await.0, 200);
-    assert_eq!(h.emulator.counters().gcp_sts - before, 4);
+    assert_eq!(h.env.emulator.counters().gcp_sts - before, 4);
 }
 
 #[tokio::test(start_paused = true)]
 async fn refresh_retries_5xx_while_the_valid_token_keeps_being_served() {
-    let h = Harness::start_with(Options::paused(), |_, _| {}).await;
+    let h = Harness::start_with(paused(), |_, _| {}).await;
     let first = h.access_token("").await;
-    let before = h.emulator.counters();
-    h.emulator.faults().fail_next(Service::GcpSts, 3, Fault::new(StatusCode::BAD_GATEWAY));
+    let before = h.env.emulator.counters();
+    h.env.emulator.faults().fail_next(Service::GcpSts, 3, Fault::new(StatusCode::BAD_GATEWAY));
 
     // Past half of the hour-long lifetime: the refresh starts, and fails three times.
     tokio::time::advance(Duration::from_secs(31 * 60)).await;
@@ -227,7 +227,7 @@ async fn refresh_retries_5xx_while_the_valid_token_keeps_being_served() {
     // Virtual time: enough for the backoff schedule to run its course.
     tokio::time::sleep(Duration::from_secs(120)).await;
 
-    let after = h.emulator.counters();
+    let after = h.env.emulator.counters();
     assert_eq!(after.gcp_sts - before.gcp_sts, 4);
     assert_eq!(after.gcp_iam - before.gcp_iam, 1);
     let refreshed = h.access_token("").await;
@@ -237,9 +237,9 @@ async fn refresh_retries_5xx_while_the_valid_token_keeps_being_served() {
 
 #[tokio::test(start_paused = true)]
 async fn answers_503_with_the_reason_once_nothing_valid_remains() {
-    let h = Harness::start_with(Options::paused(), |_, _| {}).await;
+    let h = Harness::start_with(paused(), |_, _| {}).await;
     h.access_token("").await;
-    h.emulator.faults().fail_next(Service::GcpSts, u32::MAX, Fault::new(StatusCode::SERVICE_UNAVAILABLE));
+    h.env.emulator.faults().fail_next(Service::GcpSts, u32::MAX, Fault::new(StatusCode::SERVICE_UNAVAILABLE));
     // Past the token's end (by keyless's clock): refreshes have failed all along.
     tokio::time::advance(Duration::from_secs(61 * 60)).await;
     let (status, body) = h.token("").await;
@@ -249,31 +249,12 @@ async fn answers_503_with_the_reason_once_nothing_valid_remains() {
     assert!(!h.provider.readiness()[0].statuses()[0].ready());
 }
 
-/// Everything written by a trace-level subscriber.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn no_token_appears_in_trace_level_logs() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber =
-        tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let captured = capture_logs();
 
     let h = Harness::start(|c, _| c.id_token_audiences = vec!["https://logs.example".into()]).await;
-    let subject = std::fs::read_to_string(h.emulator.token_path(keyless_emulator::Cloud::Gcp)).unwrap();
+    let subject = std::fs::read_to_string(h.env.emulator.token_path(keyless_emulator::Cloud::Gcp)).unwrap();
     let access = h.access_token("").await;
     let other = h.access_token(&format!("?scopes={READ_ONLY}")).await;
     let id_token = h
@@ -283,10 +264,10 @@ async fn no_token_appears_in_trace_level_logs() {
         .await
         .unwrap();
     // A failing exchange logs its error and hint too.
-    h.emulator.faults().fail_next(Service::GcpIam, 1, Fault::new(StatusCode::FORBIDDEN));
+    h.env.emulator.faults().fail_next(Service::GcpIam, 1, Fault::new(StatusCode::FORBIDDEN));
     let _ = h.token("?scopes=https://www.googleapis.com/auth/iam").await;
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.all_threads();
     assert!(logs.contains("exchange"), "the exchanges were logged");
     for (name, secret) in [
         ("subject token", subject.trim()),
@@ -295,9 +276,7 @@ async fn no_token_appears_in_trace_level_logs() {
         ("ID token", id_token.as_str()),
     ] {
         assert!(secret.len() > 20, "{name} looks real");
-        assert!(!logs.contains(secret), "the {name} is in the logs");
-        // Not even its signature part.
-        let tail = &secret[secret.len() - 20..];
-        assert!(!logs.contains(tail), "part of the {name} is in the logs");
+        // The whole and its parts (a JWT's signature alone identifies it).
+        assert_no_secret(&logs, secret, &format!("the logs (the {name})"));
     }
 }

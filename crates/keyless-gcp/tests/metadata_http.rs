@@ -7,7 +7,7 @@ mod common;
 use keyless_provider::Started as _;
 use std::time::Duration;
 
-use common::{Harness, Options};
+use common::{Harness, paused};
 use serde_json::json;
 
 const SA: &str = "keyless-dev@keyless-dev.iam.gserviceaccount.com";
@@ -181,7 +181,7 @@ async fn token_is_json_with_an_integer_expires_in_and_the_email_path_works() {
 
 #[tokio::test(start_paused = true)]
 async fn expires_in_is_the_remaining_lifetime_and_decreases_with_time() {
-    let h = Harness::start_with(Options::paused(), |_, _| {}).await;
+    let h = Harness::start_with(paused(), |_, _| {}).await;
     let (_, first) = h.token("").await;
     tokio::time::advance(Duration::from_secs(600)).await;
     let (_, later) = h.token("").await;

@@ -1,43 +1,42 @@
-//! The test environment: the emulator, a provider against it served on a real loopback port,
-//! and helpers that read like the protocol (an IMDS call, an App Service call, a token check).
+//! What only the Azure adapter's tests need: the dev `[azure]` section, the provider served on
+//! loopback, requests as the protocol makes them (IMDS, App Service), and the checks of an Entra
+//! access token.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
-
 use keyless_azure::{Config, Running as Provider};
-use keyless_core::clock::SystemClock;
-use keyless_core::{AbortOnDrop, CachePolicy, Context, Metrics, WatchOptions};
-use keyless_emulator::{Cloud, Emulator, EmulatorConfig};
-use keyless_provider::Started as _;
+use keyless_core::Context;
+use keyless_emulator::Cloud;
+use keyless_test_support::context::{context, fast_retries};
+use keyless_test_support::emulator::EmulatorEnv;
+use keyless_test_support::jwt::Jwks;
+use keyless_test_support::serving::{ProviderEnv, wait_ready};
 use serde_json::Value;
 
 pub const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
 pub const ARM: &str = "https://management.azure.com/";
 pub const IDENTITY_HEADER: &str = "test-identity-header-0123456789";
 
-pub struct Harness {
-    pub emulator: Emulator,
-    pub provider: Provider,
-    pub ctx: Context,
-    pub listen: SocketAddr,
-    pub http: reqwest::Client,
-    _server: AbortOnDrop,
-    _state: tempfile::TempDir,
+/// The emulator, keyless-azure started against it, its routes on loopback.
+pub struct Harness(ProviderEnv<Provider>);
+
+impl std::ops::Deref for Harness {
+    type Target = ProviderEnv<Provider>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 /// The emulator's dev identity, as `keyless dev` would configure it.
-pub fn dev_config(emulator: &Emulator) -> Config {
-    let ids = emulator.identities();
+pub fn dev_config(env: &EmulatorEnv) -> Config {
+    let ids = env.emulator.identities();
     Config {
-        token_file: emulator.token_path(Cloud::Azure),
+        token_file: env.emulator.token_path(Cloud::Azure),
         tenant_id: ids.azure_tenant_id.clone(),
         client_id: ids.azure_client_id.clone(),
         additional_client_ids: Vec::new(),
-        authority_host: format!("{}/", emulator.url()),
-        ca_file: Some(emulator.ca_pem_path().to_owned()),
+        authority_host: format!("{}/", env.emulator.url()),
+        ca_file: Some(env.ca().to_owned()),
         resources: Some(vec![ARM.to_owned()]),
         imds: true,
         app_service: true,
@@ -46,58 +45,25 @@ pub fn dev_config(emulator: &Emulator) -> Config {
     }
 }
 
-pub fn fast_policy() -> CachePolicy {
-    CachePolicy {
-        retry_min: Duration::from_millis(20),
-        retry_max: Duration::from_millis(200),
-        ..CachePolicy::default()
-    }
-}
-
 impl Harness {
+    /// The dev configuration, quick retries, the real clock.
     pub async fn start() -> Self {
-        Self::start_with(fast_policy(), |_, _| {}).await
+        Self::start_with(context(fast_retries()), |_, _| {}).await
     }
 
-    /// Starts the emulator, then the provider with the dev config changed by `tweak`.
-    pub async fn start_with(policy: CachePolicy, tweak: impl FnOnce(&Emulator, &mut Config)) -> Self {
-        let state = tempfile::tempdir().expect("state dir");
-        let emulator = keyless_emulator::start(EmulatorConfig::new(state.path())).await.expect("emulator starts");
-        let mut config = dev_config(&emulator);
-        tweak(&emulator, &mut config);
-        let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), policy, WatchOptions::default());
-        let provider = keyless_azure::start(config, &ctx).await.expect("provider starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let listen = listener.local_addr().expect("local addr");
-        let router = keyless_provider::router("azure", &provider).expect("routes");
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        let harness = Self {
-            emulator,
-            provider,
-            ctx,
-            listen,
-            http: reqwest::Client::new(),
-            _server: AbortOnDrop::new(server),
-            _state: state,
+    /// Starts the emulator, then the provider in `ctx` with the dev config changed by `tweak`, and
+    /// waits until its pre-warmed tokens are held.
+    pub async fn start_with(ctx: Context, tweak: impl FnOnce(&EmulatorEnv, &mut Config)) -> Self {
+        let config = |env: &EmulatorEnv| {
+            let mut config = dev_config(env);
+            tweak(env, &mut config);
+            config
         };
-        harness.wait_ready().await;
+        let started =
+            ProviderEnv::start("azure", ctx, config, |c, ctx| async move { keyless_azure::start(c, &ctx).await });
+        let harness = Self(started.await);
+        wait_ready(&harness.provider).await;
         harness
-    }
-
-    /// Waits (bounded) until every pre-warmed token is held, as the binary's /readyz would.
-    pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let readiness = self.provider.readiness();
-        while !readiness.iter().all(|r| r.statuses().iter().all(|s| s.ready())) {
-            assert!(tokio::time::Instant::now() < deadline, "pre-warm never finished");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    pub fn url(&self, path_and_query: &str) -> String {
-        format!("http://{}{path_and_query}", self.listen)
     }
 
     /// `GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=R` with `Metadata: true`.
@@ -123,67 +89,33 @@ impl Harness {
     }
 
     pub fn exchanges(&self) -> u64 {
-        self.emulator.counters().azure_token
+        self.env.emulator.counters().azure_token
     }
 
-    /// Checks an access token against the emulator's Entra keys: signature, `aud` = `resource`
-    /// exactly, `appid` = `client_id`, `tid` = the tenant. Returns its claims.
+    /// Checks an access token against the emulator's Entra keys (see [`verify_access_token`]).
     pub async fn verify(&self, token: &str, resource: &str, client_id: &str) -> Value {
-        verify_access_token(
-            &self.emulator.url(),
-            self.emulator.ca_pem_path(),
-            &self.emulator.identities().azure_tenant_id,
-            token,
-            resource,
-            client_id,
-        )
-        .await
+        let tenant = &self.env.emulator.identities().azure_tenant_id;
+        verify_access_token(&self.env.client, &self.env.emulator.url(), tenant, token, resource, client_id).await
     }
 }
 
-/// Verifies an Entra access token with the JWKS at `{emulator}/{tenant}/discovery/v2.0/keys`.
+/// Verifies an Entra access token with the JWKS at `{emulator}/{tenant}/discovery/v2.0/keys`:
+/// signature, `aud` = `resource` exactly, `appid` = `client_id`, `tid` = the tenant. Returns its
+/// claims.
 pub async fn verify_access_token(
+    client: &reqwest::Client,
     emulator_url: &str,
-    ca_pem: &std::path::Path,
     tenant: &str,
     token: &str,
     resource: &str,
     client_id: &str,
 ) -> Value {
-    let ca = std::fs::read(ca_pem).expect("emulator CA");
-    let http = reqwest::Client::builder()
-        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).expect("CA parses"))
-        .build()
-        .expect("client");
-    let jwks: jsonwebtoken::jwk::JwkSet = http
-        .get(format!("{emulator_url}/{tenant}/discovery/v2.0/keys"))
-        .send()
-        .await
-        .expect("JWKS")
-        .json()
-        .await
-        .expect("JWKS JSON");
-    let header = jsonwebtoken::decode_header(token).expect("JWT header");
-    let kid = header.kid.expect("kid");
-    let jwk = jwks.find(&kid).expect("signing key published");
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("decoding key");
-    let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_audience(&[resource]);
-    validation.set_issuer(&[format!("https://sts.windows.net/{tenant}/")]);
-    let data = jsonwebtoken::decode::<Value>(token, &key, &validation).expect("token verifies");
-    let claims = data.claims;
+    let jwks = Jwks::fetch(client, &format!("{emulator_url}/{tenant}/discovery/v2.0/keys")).await;
+    let claims = jwks.verify(token, resource, &format!("https://sts.windows.net/{tenant}/"));
     assert_eq!(claims["aud"], resource, "aud is the resource asked for");
     assert_eq!(claims["appid"], client_id);
     assert_eq!(claims["tid"], tenant);
     claims
-}
-
-/// Writes `jwt` to a file of its own in the emulator's state dir and returns the path (for
-/// tokens the projector would never write).
-pub fn token_file(emulator: &Emulator, name: &str, jwt: &str) -> PathBuf {
-    let path = emulator.state_dir().join(name);
-    std::fs::write(&path, jwt).expect("write token");
-    path
 }
 
 pub async fn json(response: reqwest::Response) -> (u16, Value) {

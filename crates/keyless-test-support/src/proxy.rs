@@ -1,0 +1,55 @@
+//! A TCP relay between keyless and its upstream whose failures the test chooses.
+
+use std::net::SocketAddr;
+
+use keyless_core::AbortOnDrop;
+
+/// What the proxy does with a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Relays bytes to this address.
+    Forward(SocketAddr),
+    /// Accepts and closes at once (a proxy or load balancer that drops connections).
+    Close,
+}
+
+/// A TCP relay on loopback. Switching its mode cuts every open connection, so a pooled
+/// keep-alive connection cannot carry the old behaviour past the switch.
+#[derive(Debug)]
+pub struct Proxy {
+    pub addr: SocketAddr,
+    mode: tokio::sync::watch::Sender<ProxyMode>,
+    _task: AbortOnDrop,
+}
+
+impl Proxy {
+    pub async fn start(mode: ProxyMode) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let addr = listener.local_addr().expect("the bound address");
+        let (tx, rx) = tokio::sync::watch::channel(mode);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut rx = rx.clone();
+                let mode = *rx.borrow_and_update();
+                tokio::spawn(async move {
+                    let ProxyMode::Forward(to) = mode else { return };
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, mode: tx, _task: AbortOnDrop::new(task) }
+    }
+
+    pub fn set(&self, mode: ProxyMode) {
+        self.mode.send_replace(mode);
+    }
+
+    /// The upstream URL keyless is configured with.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+}

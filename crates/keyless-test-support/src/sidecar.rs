@@ -1,0 +1,182 @@
+//! `keyless serve` in its own process, on free ports, with the configuration a test writes.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+
+use crate::clients::{self, status_of};
+use crate::emulate::EmulatorProcess;
+use crate::metrics;
+use crate::process::{Process, free_port};
+use crate::wait::{STARTUP_DEADLINE, wait_until};
+
+/// Secrets the all-clouds sidecar is configured with (long enough for the log probes).
+pub const CONTAINER_AUTHORIZATION: &str = "e2e-faults-container-authorization-2f9c1b7d";
+pub const IDENTITY_HEADER: &str = "e2e-faults-identity-header-8a4e6c0f13d5";
+/// The resource the all-clouds sidecar pre-warms for Azure.
+pub const AZURE_RESOURCE: &str = "https://management.azure.com/";
+
+/// A running `keyless serve`.
+#[derive(Debug)]
+pub struct Sidecar {
+    pub process: Process,
+    /// The credential listener.
+    pub listen: SocketAddr,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: SocketAddr,
+    /// Its configuration file (absent for a zero-config sidecar).
+    pub config: Option<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// `keyless serve --config FILE` with `toml` as the file (listen addresses are given as flags)
+    /// and exactly `env`; does not wait for anything.
+    pub fn spawn(toml: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(None, Some(toml), env)
+    }
+
+    /// [`Sidecar::spawn`] as user and group `uid` (needs root); its config is readable by anyone.
+    pub fn spawn_as(uid: u32, toml: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(Some(uid), Some(toml), env)
+    }
+
+    /// `keyless serve` with no configuration file: what the workload-identity env vars in `env`
+    /// configure.
+    pub fn zero_config(env: &[(&str, &str)]) -> Self {
+        Self::launch(None, None, env)
+    }
+
+    fn launch(uid: Option<u32>, toml: Option<&str>, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (listen_arg, admin_arg) = (listen.to_string(), admin.to_string());
+        let mut args = vec!["serve", "--listen", &listen_arg, "--admin-listen", &admin_arg];
+        let config = toml.map(|toml| {
+            let path = dir.path().join("keyless.toml");
+            std::fs::write(&path, toml).expect("writing the config");
+            if uid.is_some() {
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+            }
+            path
+        });
+        let config_arg = config.as_ref().map(|p| p.to_str().expect("a UTF-8 path").to_owned());
+        if let Some(path) = &config_arg {
+            args.extend(["--config", path]);
+        }
+        let process = Process::spawn_as(uid, &args, env);
+        Self { process, listen, admin, config, _dir: dir }
+    }
+
+    /// `keyless serve` with all three providers against `upstream` (the emulator, or a proxy to it),
+    /// `cache` as the lines of its `[cache]` section, logging at `log`; waits until it is ready.
+    pub async fn all_clouds(emulator: &EmulatorProcess, upstream: &str, cache: &str, log: &str) -> Self {
+        let sidecar = Self::spawn(&all_clouds_config(emulator, upstream, cache, log).await, &[]);
+        sidecar.wait_ready().await;
+        sidecar
+    }
+
+    /// `http://{listen}{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    /// `http://{admin}{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// `/readyz`'s status (599: nothing answers).
+    pub async fn readyz(&self) -> u16 {
+        status_of(&self.admin_url("/readyz")).await
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_until("keyless serve to turn ready", STARTUP_DEADLINE, || async { self.readyz().await == 200 }).await;
+    }
+
+    /// Waits until keyless has logged `what`.
+    pub async fn wait_logged(&self, what: &str) {
+        wait_until(&format!("keyless to log {what:?}"), STARTUP_DEADLINE, || {
+            let logged = self.process.logs().contains(what);
+            async move { logged }
+        })
+        .await;
+    }
+
+    pub async fn metrics(&self) -> String {
+        let response = clients::loopback().get(self.admin_url("/metrics")).send().await.expect("/metrics answers");
+        response.text().await.expect("the metrics")
+    }
+
+    /// `keyless_exchanges_total` of `provider`, summed over identities: `(succeeded, failed)`.
+    pub async fn exchanges(&self, provider: &str) -> (u64, u64) {
+        let text = self.metrics().await;
+        let all = metrics::sum(&text, "keyless_exchanges_total", &[("provider", provider)]);
+        let ok = metrics::sum(&text, "keyless_exchanges_total", &[("provider", provider), ("outcome", "success")]);
+        (ok, all - ok)
+    }
+
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// The configuration of the all-clouds sidecar: every provider on the emulator's dev identities.
+async fn all_clouds_config(emulator: &EmulatorProcess, upstream: &str, cache: &str, log: &str) -> String {
+    let ids = emulator.control.identities().await;
+    let id = |key: &str| toml_string(ids[key].as_str().expect("a dev identity"));
+    let token = |cloud: &str| toml_string(emulator.token_file(cloud).to_str().expect("a UTF-8 path"));
+    let (upstream, ca) = (toml_string(upstream), toml_string(emulator.ca.to_str().expect("a UTF-8 path")));
+    format!(
+        r#"log = {log}
+
+[cache]
+{cache}
+
+[aws]
+token_file = {aws_token}
+role_arn = {role}
+region = "us-east-1"
+sts_endpoint = {upstream}
+ca_file = {ca}
+authorization_token = "{CONTAINER_AUTHORIZATION}"
+
+[gcp]
+token_file = {gcp_token}
+audience = {gcp_audience}
+service_account = {gcp_sa}
+project_id = {gcp_project}
+project_number = {gcp_number}
+sts_endpoint = {upstream}
+iam_endpoint = {upstream}
+ca_file = {ca}
+
+[azure]
+token_file = {azure_token}
+tenant_id = {tenant}
+client_id = {client}
+authority_host = {upstream}
+ca_file = {ca}
+resources = ["{AZURE_RESOURCE}"]
+identity_header = "{IDENTITY_HEADER}"
+"#,
+        log = toml_string(log),
+        aws_token = token("aws"),
+        role = id("aws_role_arn"),
+        gcp_token = token("gcp"),
+        gcp_audience = toml_string(ids["audiences"]["gcp"].as_str().expect("the GCP audience")),
+        gcp_sa = id("gcp_service_account"),
+        gcp_project = id("gcp_project_id"),
+        gcp_number = id("gcp_project_number"),
+        azure_token = token("azure"),
+        tenant = id("azure_tenant_id"),
+        client = id("azure_client_id"),
+    )
+}

@@ -1,0 +1,99 @@
+//! The tools some tests need beyond cargo: the pinned Python and Node SDK clients, root.
+//!
+//! One rule decides what a missing tool does to a test: under `CI=true` the test fails, saying
+//! what is missing and how `scripts/test` provides it; anywhere else it prints that it skipped and
+//! passes without testing. The Python clients are not optional anywhere: `scripts/test` installs
+//! them on any machine with python3, so a missing venv is a setup error and fails every test that
+//! needs it.
+#![allow(clippy::print_stderr)] // a skip says so where the test runner shows it
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+
+use crate::binary::workspace_root;
+
+/// A tool a test cannot run without.
+#[derive(Debug, Clone, Copy)]
+pub struct Missing {
+    /// What is missing.
+    pub what: &'static str,
+    /// How to get it.
+    pub fix: &'static str,
+}
+
+impl Missing {
+    fn fail(self) -> ! {
+        panic!("missing: {}. {}", self.what, self.fix)
+    }
+}
+
+/// Whether this is a CI run (`CI=true`, as CI services set it).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// `found`, or, when it is `None`: under `CI=true` a failure naming what is missing; elsewhere a
+/// printed skip and `None` (the test then returns).
+pub fn or_skip<T>(found: Option<T>, missing: Missing) -> Option<T> {
+    if found.is_none() {
+        if in_ci() {
+            missing.fail();
+        }
+        let test = std::thread::current().name().unwrap_or("a test").to_owned();
+        eprintln!("SKIPPED {test}: missing {} ({}). Under CI=true this fails.", missing.what, missing.fix);
+    }
+    found
+}
+
+/// The pinned Node SDK clients (`tests/node/package-lock.json`).
+#[derive(Debug, Clone)]
+pub struct NodeClients {
+    /// Their `node_modules`, for `NODE_PATH`.
+    pub modules: PathBuf,
+}
+
+/// The Node clients and a `node` to run them, or a skip (see [`or_skip`]).
+pub fn node_clients() -> Option<NodeClients> {
+    let modules = std::env::var_os("KEYLESS_TEST_NODE_MODULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/node/node_modules"));
+    let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    let found = (node && modules.is_dir()).then_some(NodeClients { modules });
+    or_skip(
+        found,
+        Missing {
+            what: "Node.js >= 20 with the pinned Node SDK clients",
+            fix: "scripts/test installs the clients into target/node when node and npm (Node.js >= 20) are on PATH",
+        },
+    )
+}
+
+/// Root, to start keyless as another user (the image's); or a skip (see [`or_skip`]).
+pub fn root() -> Option<()> {
+    // /proc/self belongs to the effective user of the process reading it.
+    let is_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    or_skip(
+        is_root.then_some(()),
+        Missing { what: "root", fix: "run the suite as root, as CI does (scripts/image needs it too)" },
+    )
+}
+
+/// The venv Python with the pinned SDK clients (`tests/requirements.txt`); required everywhere.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("KEYLESS_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/venv/bin/python"));
+    if !path.exists() {
+        Missing {
+            what: "the Python SDK clients (target/venv)",
+            fix: "run the suite with ./scripts/test, which installs tests/requirements.txt into target/venv",
+        }
+        .fail();
+    }
+    path
+}
+
+/// A command the test venv installs (`moto_server`, `check-jsonschema`, `kubernetes-validate`).
+pub fn venv_tool(name: &str) -> PathBuf {
+    python().with_file_name(name)
+}
