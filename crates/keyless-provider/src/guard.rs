@@ -154,7 +154,7 @@ impl Rules {
     }
 
     /// The first rule `request` breaks, if any.
-    pub fn check(&self, request: &Request) -> Option<Violation> {
+    pub fn check<B>(&self, request: &http::Request<B>) -> Option<Violation> {
         let headers = request.headers();
         let host_ok = headers.get(header::HOST).is_none_or(|h| host_allowed(h.as_bytes(), self.host_names))
             && request.uri().authority().is_none_or(|a| host_allowed(a.as_str().as_bytes(), self.host_names));

@@ -16,6 +16,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::Response;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use keyless_core::{AppEnvVar, Context};
@@ -24,8 +26,9 @@ use tokio::sync::{Notify, watch};
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
+use keyless_provider::dispatch::Answer;
 use keyless_provider::guard::GuardLayer;
-use keyless_provider::{AppHost, RouteCollision, Rules};
+use keyless_provider::{AppHost, RouteCollision, Routes, Rules};
 
 use crate::admin::{self, AdminState};
 use crate::providers::Running;
@@ -44,7 +47,7 @@ pub enum ServeError {
 pub struct Sidecar {
     credentials: TcpListener,
     admin: TcpListener,
-    router: Router,
+    routes: Routes,
     admin_router: Router,
     providers: Vec<Running>,
     gate: Arc<AtomicBool>,
@@ -60,7 +63,7 @@ impl Sidecar {
         gated: bool,
     ) -> Result<Self, ServeError> {
         // Routes first: a collision is a configuration error reported before anything listens.
-        let router = crate::providers::router(&providers, &ctx.metrics)?;
+        let routes = crate::providers::routes(&providers, &ctx.metrics)?;
         let credentials = TcpListener::bind(listen).await.map_err(|source| ServeError::Bind {
             addr: listen,
             what: "credential listener",
@@ -81,7 +84,7 @@ impl Sidecar {
         })
         // The Host rule (DNS rebinding) holds on the admin routes too.
         .route_layer(GuardLayer::new(Rules::admin()));
-        Ok(Self { credentials, admin, router, admin_router, providers, gate })
+        Ok(Self { credentials, admin, routes, admin_router, providers, gate })
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -109,7 +112,7 @@ impl Sidecar {
         info!(listen = %self.listen_addr(), admin = %self.admin_addr(), "keyless is serving");
         let credentials = Listener::new("credential listener", MAX_CONNECTIONS);
         let admin = Listener::new("admin listener", MAX_ADMIN_CONNECTIONS);
-        let credentials = tokio::spawn(credentials.serve(self.credentials, self.router, stop_rx.clone()));
+        let credentials = tokio::spawn(credentials.serve(self.credentials, self.routes, stop_rx.clone()));
         let admin = tokio::spawn(admin.serve(self.admin, self.admin_router, stop_rx));
         shutdown.await;
         info!("shutting down: finishing in-flight requests");
@@ -163,6 +166,26 @@ const MAX_ADMIN_CONNECTIONS: usize = 128;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// Pause after an accept error such as EMFILE, so a full descriptor table does not spin the loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// What a listener answers with: the credential routes, or the admin router.
+trait Respond: Clone + Send + Sync + 'static {
+    type Future: Future<Output = Result<Response, Infallible>> + Send + 'static;
+    fn respond(&self, request: hyper::Request<Incoming>) -> Self::Future;
+}
+
+impl Respond for Routes {
+    type Future = Answer;
+    fn respond(&self, request: hyper::Request<Incoming>) -> Answer {
+        self.serve(request)
+    }
+}
+
+impl Respond for Router {
+    type Future = tower::util::Oneshot<Router, hyper::Request<Incoming>>;
+    fn respond(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        self.clone().oneshot(request)
+    }
+}
 
 /// One listener's connections: the bound on their number, and who may be displaced.
 struct Listener {
@@ -279,7 +302,7 @@ impl Listener {
     }
 
     /// Accepts until `stop`, then waits (at most [`SHUTDOWN_GRACE`]) for open connections to end.
-    async fn serve(self: Arc<Self>, listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) {
+    async fn serve(self: Arc<Self>, listener: TcpListener, router: impl Respond, mut stop: watch::Receiver<bool>) {
         loop {
             let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -335,13 +358,13 @@ impl Listener {
         state: Arc<Connection>,
         tcp: TcpStream,
         peer: SocketAddr,
-        router: Router,
+        router: impl Respond,
         mut stop: watch::Receiver<bool>,
     ) {
         let (listener, counted) = (self.clone(), state.clone());
-        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_request = InRequest::new(listener.clone(), counted.clone());
-            let response = router.clone().oneshot(request);
+            let response = router.respond(request);
             async move {
                 let response = response.await?;
                 Ok::<_, Infallible>(response.map(|inner| CountedBody { inner, _in_request: in_request }))

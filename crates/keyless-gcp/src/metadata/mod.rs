@@ -13,13 +13,11 @@ mod tree;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use keyless_core::CredentialCache;
 use keyless_core::clock::SharedClock;
-use keyless_provider::{NativeErrors, NativeRoute, Violation};
+use keyless_provider::{Handler, NativeErrors, NativeRoute, Request, Violation};
 use serde_json::Value as Json;
 
 use crate::exchange::{GcpExchange, TokenKey};
@@ -95,8 +93,8 @@ fn build_tree(d: &Description) -> Node {
 
 pub(crate) fn routes(server: Arc<MetadataServer>) -> Vec<NativeRoute> {
     let [root_path, rest @ ..] = ROUTES;
-    let mut routes = vec![NativeRoute::new(root_path, get(root))];
-    routes.extend(rest.iter().map(|path| NativeRoute::new(*path, get(serve).with_state(server.clone()))));
+    let mut routes = vec![NativeRoute::get(root_path, Handler::new((), root))];
+    routes.extend(rest.iter().map(|path| NativeRoute::get(*path, Handler::new(server.clone(), serve))));
     routes
 }
 
@@ -110,11 +108,11 @@ impl NativeErrors for GcpErrors {
     }
 }
 
-async fn root() -> Response {
+async fn root((): (), _: Request) -> Response {
     text(StatusCode::OK, "computeMetadata/\n")
 }
 
-async fn serve(State(server): State<Arc<MetadataServer>>, request: Request) -> Response {
+async fn serve(server: Arc<MetadataServer>, request: Request) -> Response {
     let flavored = request.headers().get(FLAVOR).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Google"));
     if !flavored {
         return text(StatusCode::FORBIDDEN, "Missing Metadata-Flavor:Google header.\n");
