@@ -22,6 +22,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use keyless_core::{AppEnvVar, Context};
 use tokio::net::{TcpListener, TcpStream};
+use futures_util::task::AtomicWaker;
 use tokio::sync::{Notify, watch};
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
@@ -204,8 +205,33 @@ struct Listener {
 struct Connection {
     /// Requests being handled or whose response is still being written.
     in_request: AtomicUsize,
-    /// Asks the connection's task to close it (it has no request in progress).
-    displace: Notify,
+    /// The connection must close: it was displaced (it had no request in progress), or the
+    /// listener is shutting down.
+    closing: AtomicBool,
+    /// The connection's task, woken when `closing` is set. A flag and a waker rather than a
+    /// `Notify` or a `watch`: the task checks them each time it wakes, several times a request,
+    /// and those re-register under a lock every time (docs/benchmarks.md).
+    task: AtomicWaker,
+}
+
+impl Connection {
+    fn ask_to_close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.task.wake();
+    }
+
+    /// Resolves once the connection is asked to close.
+    fn close_asked(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if !self.closing.load(Ordering::SeqCst) {
+                self.task.register(cx.waker());
+                if !self.closing.load(Ordering::SeqCst) {
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(())
+        })
+    }
 }
 
 /// Counts one request as in progress from the service call until its response body has been
@@ -285,7 +311,7 @@ impl Listener {
             }
             let idle = open.iter().find(|(_, c)| c.in_request.load(Ordering::SeqCst) == 0).map(|(id, _)| *id);
             let displaced = open.remove(&idle?)?;
-            displaced.displace.notify_one();
+            displaced.ask_to_close();
             debug!(listener = self.what, "displaced the oldest idle connection");
         } else if open.len() < self.limit / 2 {
             self.saturated.store(false, Ordering::Relaxed);
@@ -330,10 +356,13 @@ impl Listener {
             };
             let Some((id, connection)) = admitted else { break };
             let _ = tcp.set_nodelay(true);
-            tokio::spawn(self.clone().connection(id, connection, tcp, peer, router.clone(), stop.clone()));
+            tokio::spawn(self.clone().connection(id, connection, tcp, peer, router.clone()));
         }
-        // New connections are refused from here on.
+        // New connections are refused from here on; open ones close, idle ones at once.
         drop(listener);
+        for connection in self.open().values() {
+            connection.ask_to_close();
+        }
         let drained = async {
             loop {
                 let changed = self.changed.notified();
@@ -359,7 +388,6 @@ impl Listener {
         tcp: TcpStream,
         peer: SocketAddr,
         router: impl Respond,
-        mut stop: watch::Receiver<bool>,
     ) {
         let (listener, counted) = (self.clone(), state.clone());
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
@@ -382,22 +410,17 @@ impl Listener {
         let mut closing = false;
         loop {
             tokio::select! {
+                biased;
                 result = connection.as_mut() => {
                     if let Err(e) = result {
                         debug!(listener = self.what, %peer, error = %e, "connection ended with an error");
                     }
                     break;
                 }
-                () = state.displace.notified(), if !closing => {
-                    // Chosen because it had no request in progress; nothing ran since (this task
-                    // alone polls the connection), so closing it cuts no response.
-                    if state.in_request.load(Ordering::SeqCst) == 0 {
-                        break;
-                    }
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                () = stopped(&mut stop), if !closing => {
+                () = state.close_asked(), if !closing => {
+                    // A displaced connection was chosen because it had no request in progress;
+                    // nothing ran since (this task alone polls the connection), so closing it
+                    // cuts no response. At shutdown, a request in progress is answered first.
                     if state.in_request.load(Ordering::SeqCst) == 0 {
                         break;
                     }
@@ -442,8 +465,15 @@ mod tests {
     async fn a_displaced_connection_is_told_to_close() {
         let listener = Listener::new("test", 1);
         let (_, idle) = listener.admit().unwrap();
-        let told = idle.displace.notified();
+        let waiting = tokio::spawn({
+            let idle = idle.clone();
+            async move { idle.close_asked().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
         let _ = listener.admit().unwrap();
-        tokio::time::timeout(Duration::from_secs(1), told).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap();
+        // Asked before it listens: it still hears it.
+        tokio::time::timeout(Duration::from_secs(1), idle.close_asked()).await.unwrap();
     }
 }
