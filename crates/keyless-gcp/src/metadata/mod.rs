@@ -13,7 +13,7 @@ mod tree;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use keyless_core::CredentialCache;
 use keyless_core::clock::SharedClock;
@@ -25,7 +25,7 @@ use crate::identity::ScopeSet;
 use query::Query;
 use tree::{Node, Value, flatten_text};
 
-const FLAVOR: &str = "metadata-flavor";
+const FLAVOR: HeaderName = HeaderName::from_static("metadata-flavor");
 
 /// Every route [`routes`] serves (the provider's claims).
 pub(crate) const ROUTES: [&str; 4] = ["/", "/computeMetadata", "/computeMetadata/", "/computeMetadata/{*path}"];
@@ -133,17 +133,14 @@ async fn serve(server: Arc<MetadataServer>, request: Request) -> Response {
 async fn serve_v1(server: &MetadataServer, uri: &Uri, sub: &str, query: &Query) -> Response {
     let dir_request = sub.is_empty() || sub.ends_with('/');
     let trimmed = sub.strip_suffix('/').unwrap_or(sub);
-    // Borrowed unless a segment is percent-encoded: the token path allocates nothing here.
-    let segments: Vec<Cow<'_, str>> = if trimmed.is_empty() {
-        Vec::new()
-    } else {
-        trimmed.split('/').map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy()).collect()
-    };
-    if segments.iter().any(|s| s.is_empty()) {
-        return not_found();
-    }
+    // Walked in place, decoded only when a segment is percent-encoded: the token path allocates
+    // nothing here. An empty segment (`a//b`) names nothing.
+    let escaped = trimmed.contains('%');
+    let segments = trimmed.split('/').filter(|_| !trimmed.is_empty()).map(|s| {
+        if escaped { percent_encoding::percent_decode_str(s).decode_utf8_lossy() } else { Cow::Borrowed(s) }
+    });
     let alt = query.get("alt");
-    match server.tree.lookup(&segments) {
+    match server.tree.lookup(segments) {
         None => not_found(),
         Some(node @ Node::Dir { .. }) => {
             if query.recursive() {
