@@ -470,11 +470,11 @@ async fn two_endpoints_on_one_path_are_a_configuration_error_naming_both_keys() 
 #[tokio::test]
 async fn every_provider_honours_the_exchange_timeout_and_reports_it_alike() {
     let emu = Emulator::start().await;
-    emu.shared.fault_all(json!({ "latency_ms": 10_000 })).await;
+    emu.shared.control.fault_all(json!({ "latency_ms": 10_000 })).await;
     let config = format!("[cache]\nexchange_timeout = \"1s\"\n\n{}", emu.working());
     let started = tokio::time::Instant::now();
     let checked = emu.check(&config).await;
-    emu.shared.clear_faults().await;
+    emu.shared.control.clear_faults().await;
     checked.fails_with(&[
         "STS at ",
         "Google STS at ",

@@ -6,12 +6,12 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keyless_core::Secret;
+use keyless_provider::Request;
 use rand::Rng as _;
 
 use crate::error::ConfigError;
@@ -116,9 +116,8 @@ pub(crate) struct ContainerState {
 /// `GET` with `Authorization: <token>` -> the credential JSON of protocols.md 2.2.
 ///
 /// The hot path of the endpoint: the state is shared (not cloned per request), the headers are
-/// read from the request (the `HeaderMap` extractor would copy them) and the body is the
-/// credential's pre-rendered JSON.
-pub(crate) async fn credentials(State(state): State<Arc<ContainerState>>, request: Request) -> Response {
+/// read in place and the body is the credential's pre-rendered JSON.
+pub(crate) async fn credentials(state: Arc<ContainerState>, request: Request) -> Response {
     let Some(given) = request.headers().get(header::AUTHORIZATION) else {
         return error_json(
             StatusCode::UNAUTHORIZED,

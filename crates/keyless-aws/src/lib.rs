@@ -23,10 +23,9 @@ mod sts;
 
 use std::sync::Arc;
 
-use axum::routing::get;
 use keyless_core::{AppEnvVar, Context, CredentialCache, ErrorClass, Issued, Readiness};
 use keyless_provider::{
-    AppHost, BoxFuture, Configured, Diagnosis, Env, NativeRoute, ProviderError, RouteClaim, Rules, Started,
+    AppHost, BoxFuture, Configured, Diagnosis, Env, Handler, NativeRoute, ProviderError, RouteClaim, Rules, Started,
 };
 
 pub use crate::config::Config;
@@ -158,7 +157,7 @@ impl Started for Running {
     fn routes(&self) -> Vec<NativeRoute> {
         let mut routes = Vec::new();
         if let (Some(state), Some(settings)) = (&self.container, &self.settings.container) {
-            routes.push(NativeRoute::new(settings.path.clone(), get(container::credentials).with_state(state.clone())));
+            routes.push(NativeRoute::get(settings.path.clone(), Handler::new(state.clone(), container::credentials)));
         }
         if let Some(state) = &self.imds {
             routes.extend(imds::routes(state.clone()));

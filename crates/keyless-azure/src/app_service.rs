@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use keyless_provider::Request;
 
 use crate::serve::{Refusal, Serving, TokenQuery, body_fields, json_ok};
 
@@ -14,9 +14,8 @@ use crate::serve::{Refusal, Serving, TokenQuery, body_fields, json_ok};
 /// `secret` header, date-string `expires_on`) broke .NET and Java clients and is not served.
 const API_VERSION: &str = "2019-08-01";
 
-/// The headers and query are read in place: the `HeaderMap` and `RawQuery` extractors would copy
-/// them on every request of this hot path (docs/benchmarks.md).
-pub(crate) async fn token(State(serving): State<Arc<Serving>>, request: Request) -> Response {
+/// The headers and query are read in place (docs/benchmarks.md: this is the hot path).
+pub(crate) async fn token(serving: Arc<Serving>, request: Request) -> Response {
     match answer(&serving, request.headers(), request.uri().query()).await {
         Ok(response) => response,
         Err(refusal) => refusal.into_app_service_response(),

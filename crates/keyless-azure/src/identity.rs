@@ -2,6 +2,7 @@
 //! resource, and the `/.default` scope a resource becomes (protocols.md 4.1).
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest resource accepted from config or a request. App ID URIs are short; the bound keeps a
 /// request from making keyless send arbitrary amounts of data upstream.
@@ -39,9 +40,9 @@ impl fmt::Display for TenantId {
 
 /// An application (client) id: the app registration's or user-assigned managed identity's GUID.
 /// Kept as configured; requests name it case-insensitively (GUIDs are, and msal-node lower-cases
-/// the whole URL it sends, protocols.md 4.2).
+/// the whole URL it sends, protocols.md 4.2). Shared: every token request's cache key holds one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ClientId(String);
+pub struct ClientId(Arc<str>);
 
 impl ClientId {
     pub fn parse(value: &str) -> Result<Self, String> {
@@ -49,7 +50,7 @@ impl ClientId {
         let valid =
             !value.is_empty() && value.len() <= 128 && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
         if valid {
-            Ok(Self(value.to_owned()))
+            Ok(Self(Arc::from(value)))
         } else {
             Err(format!(
                 "{value:?} is not a client id: use the Application (client) ID GUID of the app \
@@ -99,7 +100,10 @@ impl Scope {
                  (managed-identity endpoints take the resource, e.g. https://management.azure.com/)"
             ));
         }
-        Ok(Self(format!("{resource}{DEFAULT_SUFFIX}")))
+        let mut scope = String::with_capacity(resource.len() + DEFAULT_SUFFIX.len());
+        scope.push_str(resource);
+        scope.push_str(DEFAULT_SUFFIX);
+        Ok(Self(scope))
     }
 
     pub fn as_str(&self) -> &str {

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use keyless_provider::Request;
 
 use crate::serve::{Refusal, Serving, TokenQuery, body_fields, json_ok};
 
@@ -17,9 +17,8 @@ pub(crate) const PATH_SLASH: &str = "/metadata/identity/oauth2/token/";
 /// The oldest api-version of the identity endpoint; every later dated version is accepted.
 const OLDEST_API_VERSION: &str = "2018-02-01";
 
-/// The headers and query are read in place: the `HeaderMap` and `RawQuery` extractors would copy
-/// them on every request of this hot path (docs/benchmarks.md).
-pub(crate) async fn token(State(serving): State<Arc<Serving>>, request: Request) -> Response {
+/// The headers and query are read in place (docs/benchmarks.md: this is the hot path).
+pub(crate) async fn token(serving: Arc<Serving>, request: Request) -> Response {
     match answer(&serving, request.headers(), request.uri().query()).await {
         Ok(response) => response,
         Err(refusal) => refusal.into_response(),

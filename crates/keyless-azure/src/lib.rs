@@ -17,10 +17,9 @@ mod serve;
 
 use std::sync::Arc;
 
-use axum::routing::get;
 use keyless_core::{AppEnvVar, Context, Readiness};
 use keyless_provider::{
-    AppHost, BoxFuture, Configured, Diagnosis, Env, NativeRoute, ProviderError, RouteClaim, Rules, Started,
+    AppHost, BoxFuture, Configured, Diagnosis, Env, Handler, NativeRoute, ProviderError, RouteClaim, Rules, Started,
 };
 
 pub use config::{Config, ConfigError, DEFAULT_APP_SERVICE_PATH};
@@ -158,11 +157,11 @@ impl Started for Running {
         let mut routes = Vec::new();
         if self.imds {
             for path in [imds::PATH, imds::PATH_SLASH] {
-                routes.push(NativeRoute::new(path, get(imds::token).with_state(self.serving.clone())));
+                routes.push(NativeRoute::get(path, Handler::new(self.serving.clone(), imds::token)));
             }
         }
         if let Some(path) = &self.app_service_path {
-            routes.push(NativeRoute::new(path.clone(), get(app_service::token).with_state(self.serving.clone())));
+            routes.push(NativeRoute::get(path.clone(), Handler::new(self.serving.clone(), app_service::token)));
         }
         routes
     }

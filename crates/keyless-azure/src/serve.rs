@@ -1,6 +1,7 @@
 //! What the IMDS and App Service endpoints share: the token request's query, identity selection,
 //! the cache lookup, and the `{"error","error_description"}` answers (docs/protocols.md 4.2, 4.3).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::Json;
@@ -110,28 +111,28 @@ pub(crate) fn body_fields<'a>(key: &'a TokenKey, token: &'a Expiring<AccessToken
 }
 
 /// Token responses must not be kept by anything between keyless and the app.
-pub(crate) fn no_store() -> [(header::HeaderName, &'static str); 1] {
-    [(header::CACHE_CONTROL, "no-store")]
+pub(crate) fn no_store() -> [(header::HeaderName, HeaderValue); 1] {
+    [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))]
 }
 
-/// The parameters both endpoints take.
+/// The parameters both endpoints take, trimmed, borrowed from the query unless they had to be
+/// decoded (the hot path copies only an escaped value, such as the usual `resource`).
 #[derive(Debug, Default)]
-pub(crate) struct TokenQuery {
-    pub api_version: Option<String>,
-    pub resource: Option<String>,
+pub(crate) struct TokenQuery<'a> {
+    pub api_version: Option<Cow<'a, str>>,
+    pub resource: Option<Cow<'a, str>>,
     /// The one identity selector given, as (parameter, value).
-    selector: Option<(&'static str, String)>,
+    selector: Option<(&'static str, Cow<'a, str>)>,
 }
 
-impl TokenQuery {
-    pub fn parse(raw: Option<&str>) -> Result<Self, Refusal> {
+impl<'a> TokenQuery<'a> {
+    pub fn parse(raw: Option<&'a str>) -> Result<Self, Refusal> {
         // Its length is bounded by the shared rules (`keyless_provider::guard`).
         let raw = raw.unwrap_or_default();
         let mut query = Self::default();
-        // Decoded in place (borrowed unless escaped); only the parameters kept are copied.
-        for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+        for (name, value) in form_pairs(raw) {
             // An empty selector is what clients send for "no user-assigned identity".
-            let value = value.trim().to_owned();
+            let value = trimmed(value);
             let slot = match name.as_ref() {
                 "api-version" => &mut query.api_version,
                 "resource" => &mut query.resource,
@@ -165,9 +166,59 @@ impl TokenQuery {
     }
 }
 
+/// The name-value pairs of an `application/x-www-form-urlencoded` query, exactly as
+/// `url::form_urlencoded::parse` yields them (`&`-separated, empty pairs skipped, split at the
+/// first `=`, `+` as space, `%XX` decoded, invalid UTF-8 replaced), but borrowed when nothing
+/// needs decoding and decoded into one right-sized buffer otherwise: this is every token
+/// request's path, and that parser grew its buffer byte by byte.
+fn form_pairs(raw: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    raw.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (form_decode(name), form_decode(value))
+    })
+}
+
+fn form_decode(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    if !bytes.iter().any(|b| matches!(b, b'%' | b'+')) {
+        return Cow::Borrowed(text);
+    }
+    let hex = |i: usize| bytes.get(i).and_then(|b| char::from(*b).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => match (hex(i), hex(i + 1)) {
+                (Some(high), Some(low)) => {
+                    // Two hex digits: at most 0xff.
+                    out.push(u8::try_from(high * 16 + low).unwrap_or(b'%'));
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            other => out.push(other),
+        }
+    }
+    match String::from_utf8(out) {
+        Ok(decoded) => Cow::Owned(decoded),
+        Err(invalid) => Cow::Owned(String::from_utf8_lossy(invalid.as_bytes()).into_owned()),
+    }
+}
+
+/// `value` without surrounding whitespace, copied only if it was decoded and had some.
+fn trimmed(value: Cow<'_, str>) -> Cow<'_, str> {
+    match value {
+        Cow::Borrowed(value) => Cow::Borrowed(value.trim()),
+        Cow::Owned(value) if value.trim().len() == value.len() => Cow::Owned(value),
+        Cow::Owned(value) => Cow::Owned(value.trim().to_owned()),
+    }
+}
+
 impl Serving {
     /// The configured client the request names (the primary one when it names none).
-    pub fn select(&self, query: &TokenQuery) -> Result<&ClientId, Refusal> {
+    pub fn select(&self, query: &TokenQuery<'_>) -> Result<&ClientId, Refusal> {
         let known = || self.clients.iter().map(ClientId::as_str).collect::<Vec<_>>().join(", ");
         match &query.selector {
             None => self.clients.first().ok_or_else(|| Refusal::bad_request("Identity not found")),
@@ -187,7 +238,7 @@ impl Serving {
     }
 
     /// A valid token for the request: from cache without waiting when one is held.
-    pub async fn token(&self, query: &TokenQuery) -> Result<(TokenKey, Arc<Expiring<AccessToken>>), Refusal> {
+    pub async fn token(&self, query: &TokenQuery<'_>) -> Result<(TokenKey, Arc<Expiring<AccessToken>>), Refusal> {
         let key = TokenKey { client_id: self.select(query)?.clone(), scope: query.scope()? };
         let token = self.cache.get(&key).await.map_err(|e| Refusal::exchange_failed(&e))?;
         Ok((key, token))
@@ -228,7 +279,45 @@ mod tests {
         .expect("valid");
         assert_eq!(q.api_version.as_deref(), Some("2019-08-01"));
         assert_eq!(q.resource.as_deref(), Some("https://vault.azure.net"));
-        assert_eq!(q.selector, Some(("client_id", "abc".to_owned())));
+        assert_eq!(q.selector, Some(("client_id", Cow::Borrowed("abc"))));
+    }
+
+    #[test]
+    fn values_are_decoded_and_trimmed_and_borrowed_unless_decoded() {
+        let q = TokenQuery::parse(Some("api-version=%202019-08-01+&resource=+https://vault.azure.net &client_id=%20"))
+            .expect("valid");
+        assert_eq!(q.api_version.as_deref(), Some("2019-08-01"));
+        assert_eq!(q.resource.as_deref(), Some("https://vault.azure.net"));
+        assert_eq!(q.selector, None, "an empty selector names no identity");
+        let q = TokenQuery::parse(Some("resource=https://vault.azure.net&api-version=2019-08-01")).expect("valid");
+        assert!(matches!(q.resource, Some(Cow::Borrowed(_))) && matches!(q.api_version, Some(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn form_pairs_are_what_the_url_crate_parses() {
+        let queries = [
+            "",
+            "&",
+            "a",
+            "a=",
+            "=b",
+            "a=b&&c=d&",
+            "a=b=c",
+            "resource=https%3A%2F%2Fmanagement.azure.com&api-version=2018-02-01",
+            "x=1+2%2B3%20",
+            "bad=%&worse=%4&hex=%zz%41%4a%4A",
+            "utf8=%C3%A9%E2%9C%93&broken=%C3%28%ff",
+            "na%6De=v%61lue&plus+name=plus+value",
+            "%%41=%2",
+        ];
+        for query in queries {
+            let ours: Vec<(String, String)> =
+                form_pairs(query).map(|(n, v)| (n.into_owned(), v.into_owned())).collect();
+            let theirs: Vec<(String, String)> =
+                url::form_urlencoded::parse(query.as_bytes()).map(|(n, v)| (n.into_owned(), v.into_owned())).collect();
+            assert_eq!(ours, theirs, "{query:?}");
+        }
+        assert!(matches!(form_decode("plain-value"), Cow::Borrowed("plain-value")));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::endpoints::{self, ClientSecrets, Endpoint};
 use crate::load::{self, Run, Target};
 use crate::procs::{self, Memory};
 use crate::report::{self, ColdRequests, EndpointResult, Measured, Pair, Results};
-use crate::stack::{Emulator, Sidecar, sidecar_toml};
+use crate::stack::{Emulator, Launcher, Sidecar, sidecar_toml};
 use crate::{BenchError, Options};
 
 /// Time the idle process is left alone before its RSS is read.
@@ -43,7 +43,7 @@ pub async fn bench(opts: Options) -> Result<(), BenchError> {
     let starts = opts.cold_starts.max(1);
     for i in 0..starts {
         let log = dir.path().join(format!("keyless-{i}.log"));
-        let (sidecar, cold) = Sidecar::start(&keyless, &config, &env, &log).await?;
+        let (sidecar, cold) = Sidecar::start(&Launcher::default(), &keyless, &config, &env, &log).await?;
         report::progress(&format!(
             "cold start {}/{starts}: listening after {}, /readyz green after {}",
             i + 1,
@@ -69,7 +69,7 @@ pub async fn bench(opts: Options) -> Result<(), BenchError> {
     for endpoint in selected {
         let target = endpoints::target(endpoint, sidecar.listen, &secrets);
         let body_len = endpoints::body_len(&target).await?;
-        let bare = BareServer::start(body_len).await?;
+        let bare = BareServer::start(&Launcher::default(), body_len).await?;
         report::progress(&format!("{}: {body_len} bytes; bare server is PID {}", endpoint.label(), bare.pid));
         prepared.push((endpoint, target, body_len, bare));
     }
@@ -147,20 +147,20 @@ pub async fn bench(opts: Options) -> Result<(), BenchError> {
 }
 
 /// `keyless` beside this binary (both are built into `target/release` by scripts/bench).
-fn default_keyless() -> PathBuf {
+pub fn default_keyless() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|dir| dir.join("keyless")))
         .unwrap_or_else(|| PathBuf::from("target/release/keyless"))
 }
 
-fn random_hex() -> String {
+pub fn random_hex() -> String {
     let mut bytes = [0u8; 16];
     rand::rng().fill(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn client_secrets(
+pub async fn client_secrets(
     emulator: &Emulator,
     sidecar: &Sidecar,
     auth_file: &Path,
@@ -264,24 +264,25 @@ async fn herd(
 }
 
 /// A `keyless-bench bare-server` child answering `body_len` bytes.
-struct BareServer {
+pub struct BareServer {
     _child: Child,
-    pid: u32,
-    addr: std::net::SocketAddr,
+    pub pid: u32,
+    pub addr: std::net::SocketAddr,
 }
 
 impl BareServer {
-    async fn start(body_len: usize) -> Result<Self, BenchError> {
+    pub async fn start(launcher: &Launcher, body_len: usize) -> Result<Self, BenchError> {
         let exe = std::env::current_exe()
             .map_err(|e| BenchError::Spawn { path: PathBuf::from("keyless-bench"), source: e })?;
         let addr = procs::free_port()?;
-        let mut child = Command::new(&exe)
+        let mut child = launcher
+            .command(&exe)
             .args(["bare-server", "--listen", &addr.to_string(), "--body-len", &body_len.to_string()])
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| BenchError::Spawn { path: exe.clone(), source: e })?;
         let pid = child.id().ok_or_else(|| BenchError::Request("the bare server exited at once".into()))?;
-        let give_up = Instant::now() + Duration::from_secs(10);
+        let give_up = Instant::now() + launcher.deadline.unwrap_or(Duration::from_secs(10));
         while tokio::net::TcpStream::connect(addr).await.is_err() {
             if child.try_wait().ok().flatten().is_some() || Instant::now() > give_up {
                 return Err(BenchError::Request(format!("the bare server did not listen on {addr}")));

@@ -6,6 +6,7 @@
 
 mod bare;
 mod bench;
+mod callgrind;
 mod cold;
 mod endpoints;
 mod load;
@@ -47,13 +48,16 @@ pub enum BenchError {
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Internal>,
+    command: Option<Mode>,
     #[command(flatten)]
     options: Options,
 }
 
 #[derive(Debug, Subcommand)]
-enum Internal {
+enum Mode {
+    /// User-space instructions per request of keyless and of the bare server, counted by
+    /// valgrind's callgrind (deterministic where req/s is noisy); needs valgrind.
+    Callgrind(callgrind::CallgrindOptions),
     /// The baseline server (started by the benchmark itself).
     #[command(hide = true)]
     BareServer {
@@ -109,16 +113,30 @@ pub struct Options {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Internal::BareServer { listen, body_len }) = cli.command {
-        // The runtime keyless uses: multi-threaded, one worker per core.
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
-        };
-        return match runtime.block_on(bare::serve(listen, body_len)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e.to_string()),
-        };
+    match cli.command {
+        Some(Mode::BareServer { listen, body_len }) => {
+            // The runtime keyless uses: multi-threaded, one worker per core.
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+            };
+            return match runtime.block_on(bare::serve(listen, body_len)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            };
+        }
+        Some(Mode::Callgrind(options)) => {
+            // One connection at a time: the client needs one thread.
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+            };
+            return match runtime.block_on(callgrind::callgrind(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            };
+        }
+        None => {}
     }
     let options = cli.options;
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::Options;
+use crate::callgrind::CallgrindOptions;
 use crate::cold::Burst;
 use crate::endpoints::Endpoint;
 use crate::procs::{self, Memory};
@@ -18,6 +19,7 @@ const MAX_P99_RATIO: f64 = 1.5;
 const MAX_IDLE_RSS_MIB: f64 = 10.0;
 const MAX_PEAK_RSS_MIB: f64 = 25.0;
 const MAX_COLD_START: Duration = Duration::from_millis(100);
+const MAX_INSTRUCTION_RATIO: f64 = 2.0;
 
 #[derive(Debug, Clone)]
 pub struct Measured {
@@ -267,5 +269,52 @@ pub fn print(opts: &Options, r: &Results) {
     }
     println!();
     println!("load average before: {}; after: {}", r.load_before, r.load_after);
+    println!("{}", if all_met { "every target met" } else { "some targets missed: see **missed** above" });
+}
+
+/// One endpoint's instructions per request under callgrind.
+#[derive(Debug, Clone)]
+pub struct CallgrindResult {
+    pub endpoint: Endpoint,
+    pub body_len: usize,
+    pub keyless: f64,
+    pub bare: f64,
+}
+
+pub fn callgrind_header(opts: &CallgrindOptions, keyless: &Path, valgrind: &str) {
+    println!("# keyless-bench callgrind");
+    println!("machine: {}", procs::machine());
+    println!(
+        "keyless: {}; {valgrind}; {} requests counted per endpoint and server on one keep-alive connection, after {} warm-up requests",
+        keyless.display(),
+        opts.requests,
+        opts.warmup_requests
+    );
+    let _ = std::io::stdout().flush();
+}
+
+pub fn callgrind_table(opts: &CallgrindOptions, results: &[CallgrindResult]) {
+    println!();
+    println!(
+        "## User-space instructions per request (callgrind, {} keep-alive requests, after warm-up)",
+        opts.requests
+    );
+    println!();
+    println!("| endpoint | body | keyless instr/req | bare instr/req | ratio (<= {MAX_INSTRUCTION_RATIO:.1}) |");
+    println!("|---|---|---|---|---|");
+    let mut all_met = true;
+    for r in results {
+        let ratio = r.keyless / r.bare.max(1.0);
+        all_met &= ratio <= MAX_INSTRUCTION_RATIO;
+        println!(
+            "| {} | {} B | {:.0} | {:.0} | {ratio:.2} {} |",
+            r.endpoint.label(),
+            r.body_len,
+            r.keyless,
+            r.bare,
+            verdict(ratio <= MAX_INSTRUCTION_RATIO)
+        );
+    }
+    println!();
     println!("{}", if all_met { "every target met" } else { "some targets missed: see **missed** above" });
 }

@@ -15,11 +15,38 @@ use crate::procs::free_port;
 
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
-fn command(keyless: &Path, log: &Path) -> Result<Command, BenchError> {
+/// How a process under test is started: directly, or under a tool (valgrind) that runs it in the
+/// same process, so its PID is the program's.
+#[derive(Debug, Clone, Default)]
+pub struct Launcher {
+    /// The tool and its arguments, before the program's path; empty: run the program itself.
+    pub prefix: Vec<std::ffi::OsString>,
+    /// How long the program may take to get ready.
+    pub deadline: Option<Duration>,
+}
+
+impl Launcher {
+    pub fn command(&self, program: &Path) -> Command {
+        match self.prefix.split_first() {
+            None => Command::new(program),
+            Some((tool, args)) => {
+                let mut command = Command::new(tool);
+                command.args(args).arg(program);
+                command
+            }
+        }
+    }
+
+    fn deadline(&self) -> Duration {
+        self.deadline.unwrap_or(START_DEADLINE)
+    }
+}
+
+fn command(launcher: &Launcher, keyless: &Path, log: &Path) -> Result<Command, BenchError> {
     let file_error = |e| BenchError::File { path: log.to_owned(), source: e };
     let stdout = std::fs::File::create(log).map_err(file_error)?;
     let stderr = stdout.try_clone().map_err(file_error)?;
-    let mut command = Command::new(keyless);
+    let mut command = launcher.command(keyless);
     // Only what the bench sets: a KEYLESS_* or cloud variable of this shell must not change the run.
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy().into_owned();
@@ -49,7 +76,7 @@ impl Emulator {
         let addr = free_port()?;
         let state_dir = dir.join("emulator");
         let log = dir.join("emulator.log");
-        let mut command = command(keyless, &log)?;
+        let mut command = command(&Launcher::default(), keyless, &log)?;
         command.arg("emulate").arg("--listen").arg(addr.to_string()).arg("--state-dir").arg(&state_dir);
         let mut child = spawn(command, keyless)?;
         let url = format!("https://{addr}");
@@ -147,6 +174,7 @@ pub struct Sidecar {
 impl Sidecar {
     /// Spawns `keyless serve` and waits for `/readyz` to answer 200 (polled every millisecond).
     pub async fn start(
+        launcher: &Launcher,
         keyless: &Path,
         config: &Path,
         env: &[(&str, &str)],
@@ -160,7 +188,7 @@ impl Sidecar {
             .build()
             .map_err(|e| BenchError::Request(e.to_string()))?;
         let readyz = format!("http://{admin}/readyz");
-        let mut command = command(keyless, log)?;
+        let mut command = command(launcher, keyless, log)?;
         command
             .arg("serve")
             .arg("--config")
@@ -172,7 +200,7 @@ impl Sidecar {
             .envs(env.iter().copied());
         let spawned = Instant::now();
         let mut child = spawn(command, keyless)?;
-        let give_up = spawned + START_DEADLINE;
+        let give_up = spawned + launcher.deadline();
         let mut serving = None;
         loop {
             if let Ok(r) = http.get(&readyz).send().await {

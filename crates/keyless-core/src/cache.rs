@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use rand::Rng as _;
+use rustc_hash::FxBuildHasher;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -176,7 +177,10 @@ impl<E: Exchange> Shared<E> {
     }
 }
 
-type Entries<E> = HashMap<<E as Exchange>::Key, Arc<Entry<<E as Exchange>::Credential>>>;
+/// Hashed with FxHash, not SipHash: every request hashes its key here, and SipHash's resistance
+/// to collision flooding buys nothing for a map of at most `max_entries` keys (a flood of
+/// colliding keys costs at most one comparison per entry held).
+type Entries<E> = HashMap<<E as Exchange>::Key, Arc<Entry<<E as Exchange>::Credential>>, FxBuildHasher>;
 
 struct CacheInner<E: Exchange> {
     shared: Arc<Shared<E>>,
@@ -215,7 +219,7 @@ impl<E: Exchange> CredentialCache<E> {
                     hits: OnceLock::new(),
                     configured_expiries: Mutex::default(),
                 }),
-                entries: RwLock::new(HashMap::new()),
+                entries: RwLock::new(HashMap::default()),
                 // Above every new entry's 0, so an entry's first use always takes a fresh number.
                 lookups: AtomicU64::new(1),
             }),
@@ -397,7 +401,9 @@ impl<E: Exchange> CredentialCache<E> {
     }
 }
 
-fn evict_least_recently_used<K: Clone + Eq + std::hash::Hash, C>(entries: &mut HashMap<K, Arc<Entry<C>>>) {
+fn evict_least_recently_used<K: Clone + Eq + std::hash::Hash, C>(
+    entries: &mut HashMap<K, Arc<Entry<C>>, FxBuildHasher>,
+) {
     let victim = entries
         .iter()
         .filter(|(_, e)| !e.control.pinned.load(Ordering::Relaxed))

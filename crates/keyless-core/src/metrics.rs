@@ -2,7 +2,7 @@
 //! Labels carry identities (role ARNs, e-mails, client ids) and paths, never a token or key.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -184,6 +184,11 @@ impl Metrics {
         known.entry((provider, status)).or_default().insert(route.to_owned(), counter);
     }
 
+    /// `keyless_requests_total` of one route, for a caller that counts its requests on a hot path.
+    pub fn route_requests(&self, provider: &'static str, route: &str) -> RouteRequests {
+        RouteRequests { metrics: self.clone(), provider, route: route.to_owned(), ok: OnceLock::new() }
+    }
+
     pub fn record_lookup(&self, provider: &'static str, result: Lookup) {
         self.lookup_counter(provider, result).inc();
     }
@@ -217,6 +222,33 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
         out
+    }
+}
+
+/// The `keyless_requests_total` series of one route. A 200, what nearly every request gets, is
+/// counted by one atomic add (its series is found on first use); other statuses go through
+/// [`Metrics::record_request`]. Counts land in the same series either way.
+#[derive(Debug)]
+pub struct RouteRequests {
+    metrics: Metrics,
+    provider: &'static str,
+    route: String,
+    ok: OnceLock<Counter>,
+}
+
+impl RouteRequests {
+    pub fn record(&self, status: u16) {
+        if status != 200 {
+            self.metrics.record_request(self.provider, &self.route, status);
+            return;
+        }
+        let requests = &self.metrics.inner.requests;
+        self.ok
+            .get_or_init(|| {
+                let labels = RequestLabels { provider: self.provider, route: self.route.clone(), status };
+                requests.get_or_create(&labels).clone()
+            })
+            .inc();
     }
 }
 
@@ -270,5 +302,26 @@ mod tests {
         assert_eq!(count(r#"provider="aws",route="/v1/credentials",status="200""#).as_deref(), Some("4"), "{text}");
         assert_eq!(count(r#"provider="aws",route="/v1/credentials",status="403""#).as_deref(), Some("1"), "{text}");
         assert_eq!(count(r#"provider="gcp",route="/v1/credentials",status="200""#).as_deref(), Some("1"), "{text}");
+    }
+
+    #[test]
+    fn a_route_counter_counts_into_the_same_series_as_record_request() {
+        let m = Metrics::new();
+        let route = m.route_requests("aws", "/v1/credentials");
+        assert!(!m.encode().contains("keyless_requests_total{"), "no series before the first request");
+        route.record(200);
+        route.record(200);
+        route.record(403);
+        m.record_request("aws", "/v1/credentials", 200);
+        m.record_request("aws", "/v1/credentials", 403);
+        let text = m.encode();
+        let count = |labels: &str| {
+            text.lines()
+                .find(|l| l.starts_with("keyless_requests_total{") && l.contains(labels))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(count(r#"provider="aws",route="/v1/credentials",status="200""#).as_deref(), Some("3"), "{text}");
+        assert_eq!(count(r#"provider="aws",route="/v1/credentials",status="403""#).as_deref(), Some("2"), "{text}");
     }
 }

@@ -179,6 +179,20 @@ async fn token_is_json_with_an_integer_expires_in_and_the_email_path_works() {
     assert_eq!(h.access_token("").await, body["access_token"]);
 }
 
+#[tokio::test]
+async fn segments_are_percent_decoded_and_an_empty_one_names_nothing() {
+    let h = Harness::start(|_, _| {}).await;
+    let escaped = SA.replace('@', "%40");
+    let email = h.get(&format!("/computeMetadata/v1/instance/service-accounts/{escaped}/email")).await;
+    assert_eq!(email.status(), 200);
+    assert_eq!(email.text().await.unwrap(), SA);
+    let project = h.get("/computeMetadata/v1/project/project%2did").await;
+    assert_eq!(project.status(), 200);
+    for path in ["/computeMetadata/v1/instance//service-accounts/", "/computeMetadata/v1//project/project-id"] {
+        assert_eq!(h.get(path).await.status(), 404, "{path}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn expires_in_is_the_remaining_lifetime_and_decreases_with_time() {
     let h = Harness::start_with(paused(), |_, _| {}).await;

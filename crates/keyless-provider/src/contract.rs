@@ -14,10 +14,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::routing::MethodRouter;
 use keyless_core::{AppEnvVar, Attempt, Claims, Context, Readiness, SubjectToken};
 use serde::de::DeserializeOwned;
 
+use crate::dispatch::Handler;
 use crate::guard::Rules;
 use crate::listen::AppHost;
 use crate::routes::RouteClaim;
@@ -84,22 +84,37 @@ pub trait Configured: Send + Sync {
     fn start<'a>(self: Box<Self>, ctx: &'a Context) -> BoxFuture<'a, Result<Box<dyn Started>, ProviderError>>;
 }
 
-/// One native route: an axum path (the one declared by a [`RouteClaim`]) and its handlers, state
-/// attached.
+/// One native route: a path in axum's route syntax (the one declared by a [`RouteClaim`]), the
+/// method it answers and its handler, state attached. Any other method gets 405 with `Allow`.
 pub struct NativeRoute {
     pub path: String,
-    pub handler: MethodRouter,
+    pub method: RouteMethod,
+    pub handler: Handler,
+}
+
+/// The method a native route answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteMethod {
+    /// `GET`, and `HEAD` with the same headers and no body.
+    Get,
+    Put,
 }
 
 impl NativeRoute {
-    pub fn new(path: impl Into<String>, handler: MethodRouter) -> Self {
-        Self { path: path.into(), handler }
+    /// A `GET` (and `HEAD`) route.
+    pub fn get(path: impl Into<String>, handler: Handler) -> Self {
+        Self { path: path.into(), method: RouteMethod::Get, handler }
+    }
+
+    /// A `PUT` route.
+    pub fn put(path: impl Into<String>, handler: Handler) -> Self {
+        Self { path: path.into(), method: RouteMethod::Put, handler }
     }
 }
 
 impl fmt::Debug for NativeRoute {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NativeRoute").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("NativeRoute").field("path", &self.path).field("method", &self.method).finish_non_exhaustive()
     }
 }
 

@@ -14,13 +14,13 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tower::{Layer, Service};
 
@@ -154,7 +154,7 @@ impl Rules {
     }
 
     /// The first rule `request` breaks, if any.
-    pub fn check(&self, request: &Request) -> Option<Violation> {
+    pub fn check<B>(&self, request: &http::Request<B>) -> Option<Violation> {
         let headers = request.headers();
         let host_ok = headers.get(header::HOST).is_none_or(|h| host_allowed(h.as_bytes(), self.host_names))
             && request.uri().authority().is_none_or(|a| host_allowed(a.as_str().as_bytes(), self.host_names));
@@ -175,10 +175,21 @@ impl Rules {
         if self.scope == Scope::Admin {
             return None;
         }
-        if FORWARDING_HEADERS.iter().any(|name| headers.contains_key(name)) {
+        // One pass over the headers (a request has a handful) rather than a map lookup per name.
+        let (mut forwarded, mut transfer_encoding, mut content_length) = (false, false, None);
+        for (name, value) in headers {
+            if name == header::CONTENT_LENGTH {
+                content_length.get_or_insert(value);
+            } else if name == header::TRANSFER_ENCODING {
+                transfer_encoding = true;
+            } else if FORWARDING_HEADERS.contains(name) {
+                forwarded = true;
+            }
+        }
+        if forwarded {
             return Some(Violation::Forwarded);
         }
-        if has_body(headers) {
+        if transfer_encoding || content_length.is_some_and(|v| v.as_bytes() != b"0") {
             return Some(Violation::Body);
         }
         if request.uri().query().is_some_and(|q| q.len() > MAX_QUERY) {
@@ -188,35 +199,57 @@ impl Rules {
     }
 }
 
-fn has_body(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::TRANSFER_ENCODING)
-        || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
-}
-
 /// Whether a `Host` value (or a request target's authority) names keyless: an IP literal (any
 /// port), `localhost`, or one of `names`, case-insensitively, with an optional trailing dot.
 /// A web page can make its own name resolve to 127.0.0.1 (DNS rebinding), but a browser then
 /// still sends that name: refusing it is what keeps the page from reading credentials.
 pub fn host_allowed(value: &[u8], names: &[&str]) -> bool {
-    let Ok(host) = std::str::from_utf8(value) else { return false };
-    if let Some(rest) = host.strip_prefix('[') {
+    if let Some(rest) = value.strip_prefix(b"[") {
+        let Ok(rest) = std::str::from_utf8(rest) else { return false };
         let Some((ip, after)) = rest.split_once(']') else { return false };
-        return ip.parse::<Ipv6Addr>().is_ok() && (after.is_empty() || after.strip_prefix(':').is_some_and(is_port));
+        return ip.parse::<Ipv6Addr>().is_ok()
+            && (after.is_empty() || after.strip_prefix(':').is_some_and(|port| is_port(port.as_bytes())));
     }
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if is_port(port) => name,
+    // Bytes, not text: every request's `Host` goes through this. A byte that is not ASCII
+    // matches no IP literal and no name.
+    let name = match value.iter().rposition(|b| *b == b':') {
+        Some(colon) if is_port(&value[colon + 1..]) => &value[..colon],
         Some(_) => return false,
-        None => host,
+        None => value,
     };
-    if name.parse::<Ipv4Addr>().is_ok() {
+    if is_ipv4(name) {
         return true;
     }
-    let name = name.strip_suffix('.').unwrap_or(name);
-    name.eq_ignore_ascii_case("localhost") || names.iter().any(|n| name.eq_ignore_ascii_case(n))
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    name.eq_ignore_ascii_case(b"localhost") || names.iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
 }
 
-fn is_port(text: &str) -> bool {
-    !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit())
+/// Whether `text` is what `Ipv4Addr::from_str` accepts: four dot-separated decimal octets of one to
+/// three digits, at most 255, without a leading zero.
+fn is_ipv4(text: &[u8]) -> bool {
+    let (mut dots, mut digits, mut octet, mut leading_zero) = (0, 0, 0u32, false);
+    for &b in text {
+        if b.is_ascii_digit() {
+            if digits == 1 && leading_zero {
+                return false;
+            }
+            leading_zero = digits == 0 && b == b'0';
+            octet = octet * 10 + u32::from(b - b'0');
+            digits += 1;
+            if octet > 255 {
+                return false;
+            }
+        } else if b == b'.' && digits > 0 && dots < 3 {
+            (dots, digits, octet) = (dots + 1, 0, 0);
+        } else {
+            return false;
+        }
+    }
+    dots == 3 && digits > 0
+}
+
+fn is_port(text: &[u8]) -> bool {
+    !text.is_empty() && text.len() <= 5 && text.iter().all(u8::is_ascii_digit)
 }
 
 /// The layer applying [`Rules`] in front of a provider's routes.
@@ -410,6 +443,43 @@ mod tests {
             let what = format!("{} {:?}", request.uri(), request.headers());
             assert_eq!(credentials.check(&request), for_credentials, "credentials: {what}");
             assert_eq!(admin.check(&request), for_admin, "admin: {what}");
+        }
+    }
+
+    #[test]
+    fn ipv4_literals_are_exactly_what_the_standard_parser_accepts() {
+        let agrees = |text: &str| {
+            assert_eq!(is_ipv4(text.as_bytes()), text.parse::<std::net::Ipv4Addr>().is_ok(), "{text:?}");
+        };
+        // Every string of up to 6 characters over digits, dots and a letter.
+        let alphabet = ['0', '1', '2', '5', '6', '9', '.', 'a'];
+        let mut texts = vec![String::new()];
+        for _ in 0..6 {
+            texts = texts.iter().flat_map(|t| alphabet.iter().map(move |c| format!("{t}{c}"))).collect();
+            texts.iter().for_each(|t| agrees(t));
+        }
+        // Four pieces that are octets or nearly so, joined by dots or not.
+        let pieces = [
+            "0", "00", "01", "1", "9", "10", "99", "100", "199", "249", "250", "255", "256", "299", "999", "1000", "",
+            "x", "+1", "-1",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            usize::try_from(state % n as u64).unwrap_or(0)
+        };
+        for _ in 0..20_000 {
+            let count = 3 + next(3);
+            let text: Vec<&str> = (0..count).map(|_| pieces[next(pieces.len())]).collect();
+            agrees(&text.join("."));
+            agrees(&text.concat());
+        }
+        for text in
+            ["127.0.0.1", "255.255.255.255", "0.0.0.0", "1.2.3.04", "1.2.3.4.", ".1.2.3.4", "1..2.3", "１.2.3.4"]
+        {
+            agrees(text);
         }
     }
 

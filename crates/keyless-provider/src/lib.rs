@@ -6,6 +6,8 @@
 //!   [`Started`] (its native routes, readiness, the app's environment). The binary iterates
 //!   providers through this contract; it lists none of their methods by hand.
 //! - [`routes`]: route claims, checked for collisions before anything listens.
+//! - [`dispatch`]: the credential listener's request path: every provider's routes in one table,
+//!   each behind its provider's rules, with the request counter.
 //! - [`guard`]: the request rules of every native route (Host, forwarding headers, duplicated
 //!   security headers, request bodies, query length), answered in each route's native shape.
 //! - [`upstream`]: the HTTPS client rules of every token-service call (timeouts from
@@ -19,6 +21,7 @@
 
 pub mod body;
 mod contract;
+pub mod dispatch;
 pub mod guard;
 mod listen;
 pub mod routes;
@@ -26,19 +29,16 @@ pub mod upstream;
 
 use axum::Router;
 
-pub use contract::{BoxFuture, Configured, Diagnosis, Env, NativeRoute, Provider, ProviderError, Started};
+pub use contract::{BoxFuture, Configured, Diagnosis, Env, NativeRoute, Provider, ProviderError, RouteMethod, Started};
+pub use dispatch::{Handler, Request, Routes};
 pub use guard::{NativeErrors, Rules, Violation};
 pub use listen::AppHost;
 pub use routes::{RouteClaim, RouteCollision};
 
-/// One provider's native routes behind the shared request rules ([`guard`]), as the credential
-/// listener serves them. Its routes are checked first ([`routes::check_servable`]), so a
-/// provider serving a malformed or repeated path is an error, not a panic in axum.
-pub fn router(name: &str, started: &dyn Started) -> Result<Router, RouteCollision> {
-    let routes = started.routes();
-    let served: Vec<RouteClaim> =
-        routes.iter().map(|r| RouteClaim::new(r.path.clone(), format!("{name} routes"))).collect();
-    routes::check_servable(&served)?;
-    let router = routes.into_iter().fold(Router::new(), |router, route| router.route(&route.path, route.handler));
-    Ok(router.route_layer(guard::GuardLayer::new(started.rules())))
+/// One provider's native routes behind the shared request rules, as the credential listener
+/// serves them ([`Routes`]), as an axum `Router` (the adapters' tests serve it with
+/// `axum::serve`). Its routes are checked first, so a provider serving a malformed or repeated
+/// path is an error, not a panic.
+pub fn router(name: &'static str, started: &dyn Started) -> Result<Router, RouteCollision> {
+    Ok(Router::new().fallback_service(Routes::new([(name, started)], None)?))
 }

@@ -82,9 +82,9 @@ pub fn check(claims: &[RouteClaim]) -> Result<(), RouteCollision> {
     check_servable(claims)
 }
 
-/// Checks routes as axum's router will hold them: each well-formed, none twice, and all
-/// accepted together by matchit, the engine axum uses. What passes cannot make building or
-/// merging the router panic.
+/// Checks routes as the listener's route table ([`crate::Routes`]) will hold them: each
+/// well-formed, none twice, and all accepted together by matchit (the engine of that table and
+/// of axum's router). What passes cannot make building a router fail or panic.
 pub fn check_servable(routes: &[RouteClaim]) -> Result<(), RouteCollision> {
     let mut router = matchit::Router::new();
     for (i, claim) in routes.iter().enumerate() {

@@ -28,7 +28,7 @@ impl Served {
 }
 
 /// Serves `provider`'s routes (named `name`, as in the binary's `PROVIDERS`) on a fresh port.
-pub async fn serve(name: &str, provider: &dyn Started) -> Served {
+pub async fn serve(name: &'static str, provider: &dyn Started) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
     let addr = listener.local_addr().expect("the bound address");
     let router = keyless_provider::router(name, provider).expect("the provider's routes are servable");
@@ -65,7 +65,7 @@ impl<P: Started> ProviderEnv<P> {
     /// emulator, started in `ctx` by `start` (the adapter's `start`); serves its routes. Does not
     /// wait for the pre-warm: see [`wait_ready`].
     pub async fn start<C, E: Debug, F: Future<Output = Result<P, E>>>(
-        name: &str,
+        name: &'static str,
         ctx: Context,
         config: impl FnOnce(&EmulatorEnv) -> C,
         start: impl FnOnce(C, Context) -> F,

@@ -5,7 +5,6 @@
 mod admin;
 mod check;
 mod config;
-mod counting;
 mod credential_process;
 #[cfg(feature = "emulator")]
 mod dev;

@@ -7,11 +7,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 
-use axum::Router;
 use keyless_core::Context;
-use keyless_provider::{Configured, Env, Provider, RouteClaim, RouteCollision, Started};
-
-use crate::counting::CountRequests;
+use keyless_provider::{Configured, Env, Provider, RouteClaim, RouteCollision, Routes, Started};
 
 /// One provider as the binary sees it: a name, and how to configure it. Implemented once, for
 /// every [`Provider`], by [`Entry`].
@@ -146,23 +143,12 @@ pub async fn start_all(sections: Sections, ctx: &Context, env: Env<'_>) -> Resul
     Ok(running)
 }
 
-/// One router for the credential listener: each provider's routes behind the shared request rules
-/// and the request counter, merged. The routes were checked as claims before start; they are
-/// checked again as served (each provider's, then all together), so a provider serving other
-/// paths than it claimed is an error, not a panic in `Router::merge`.
-pub fn router(running: &[Running], metrics: &keyless_core::Metrics) -> Result<Router, RouteCollision> {
-    let served: Vec<RouteClaim> = running
-        .iter()
-        .flat_map(|p| p.started.routes().into_iter().map(|r| RouteClaim::new(r.path, format!("{} routes", p.name))))
-        .collect();
-    keyless_provider::routes::check_servable(&served)?;
-    let mut router = Router::new();
-    for provider in running {
-        let own = keyless_provider::router(provider.name, provider.started.as_ref())?
-            .route_layer(CountRequests::new(metrics.clone(), provider.name));
-        router = router.merge(own);
-    }
-    Ok(router)
+/// The credential listener's routes: each provider's behind its shared request rules, each
+/// answer counted in `keyless_requests_total`. The routes were checked as claims before start;
+/// they are checked again as served, so a provider serving other paths than it claimed is an
+/// error, not a panic.
+pub fn routes(running: &[Running], metrics: &keyless_core::Metrics) -> Result<Routes, RouteCollision> {
+    Routes::new(running.iter().map(|p| (p.name, p.started.as_ref())), Some(metrics))
 }
 
 #[cfg(test)]

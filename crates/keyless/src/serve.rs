@@ -16,6 +16,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::Response;
+use futures_util::task::AtomicWaker;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use keyless_core::{AppEnvVar, Context};
@@ -24,8 +27,9 @@ use tokio::sync::{Notify, watch};
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
+use keyless_provider::dispatch::Answer;
 use keyless_provider::guard::GuardLayer;
-use keyless_provider::{AppHost, RouteCollision, Rules};
+use keyless_provider::{AppHost, RouteCollision, Routes, Rules};
 
 use crate::admin::{self, AdminState};
 use crate::providers::Running;
@@ -44,7 +48,7 @@ pub enum ServeError {
 pub struct Sidecar {
     credentials: TcpListener,
     admin: TcpListener,
-    router: Router,
+    routes: Routes,
     admin_router: Router,
     providers: Vec<Running>,
     gate: Arc<AtomicBool>,
@@ -60,7 +64,7 @@ impl Sidecar {
         gated: bool,
     ) -> Result<Self, ServeError> {
         // Routes first: a collision is a configuration error reported before anything listens.
-        let router = crate::providers::router(&providers, &ctx.metrics)?;
+        let routes = crate::providers::routes(&providers, &ctx.metrics)?;
         let credentials = TcpListener::bind(listen).await.map_err(|source| ServeError::Bind {
             addr: listen,
             what: "credential listener",
@@ -81,7 +85,7 @@ impl Sidecar {
         })
         // The Host rule (DNS rebinding) holds on the admin routes too.
         .route_layer(GuardLayer::new(Rules::admin()));
-        Ok(Self { credentials, admin, router, admin_router, providers, gate })
+        Ok(Self { credentials, admin, routes, admin_router, providers, gate })
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -114,7 +118,7 @@ impl Sidecar {
         info!(listen = %self.listen_addr(), admin = %self.admin_addr(), "keyless is serving");
         let credentials = Listener::new("credential listener", MAX_CONNECTIONS);
         let admin = Listener::new("admin listener", MAX_ADMIN_CONNECTIONS);
-        let credentials = tokio::spawn(credentials.serve(self.credentials, self.router, stop_rx.clone()));
+        let credentials = tokio::spawn(credentials.serve(self.credentials, self.routes, stop_rx.clone()));
         let admin = tokio::spawn(admin.serve(self.admin, self.admin_router, stop_rx));
         shutdown.await;
         info!("shutting down: finishing in-flight requests");
@@ -169,6 +173,30 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// Pause after an accept error such as EMFILE, so a full descriptor table does not spin the loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// What a listener answers with: the credential routes, or the admin router.
+trait Respond: Clone + Send + Sync + 'static {
+    type Future: Future<Output = Result<Response, Infallible>> + Send + 'static;
+    /// Answers `request` from `peer`.
+    fn respond(&self, request: hyper::Request<Incoming>, peer: SocketAddr) -> Self::Future;
+}
+
+impl Respond for Routes {
+    type Future = Answer;
+    fn respond(&self, request: hyper::Request<Incoming>, _peer: SocketAddr) -> Answer {
+        self.serve(request)
+    }
+}
+
+impl Respond for Router {
+    type Future = tower::util::Oneshot<Router, hyper::Request<Incoming>>;
+    /// The admin listener: who is asking goes with the request (`/readyz` tells a peer off
+    /// loopback less).
+    fn respond(&self, mut request: hyper::Request<Incoming>, peer: SocketAddr) -> Self::Future {
+        request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        self.clone().oneshot(request)
+    }
+}
+
 /// One listener's connections: the bound on their number, and who may be displaced.
 struct Listener {
     what: &'static str,
@@ -186,8 +214,33 @@ struct Listener {
 struct Connection {
     /// Requests being handled or whose response is still being written.
     in_request: AtomicUsize,
-    /// Asks the connection's task to close it (it has no request in progress).
-    displace: Notify,
+    /// The connection must close: it was displaced (it had no request in progress), or the
+    /// listener is shutting down.
+    closing: AtomicBool,
+    /// The connection's task, woken when `closing` is set. A flag and a waker rather than a
+    /// `Notify` or a `watch`: the task checks them each time it wakes, several times a request,
+    /// and those re-register under a lock every time (docs/benchmarks.md).
+    task: AtomicWaker,
+}
+
+impl Connection {
+    fn ask_to_close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.task.wake();
+    }
+
+    /// Resolves once the connection is asked to close.
+    fn close_asked(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if !self.closing.load(Ordering::SeqCst) {
+                self.task.register(cx.waker());
+                if !self.closing.load(Ordering::SeqCst) {
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(())
+        })
+    }
 }
 
 /// Counts one request as in progress from the service call until its response body has been
@@ -267,7 +320,7 @@ impl Listener {
             }
             let idle = open.iter().find(|(_, c)| c.in_request.load(Ordering::SeqCst) == 0).map(|(id, _)| *id);
             let displaced = open.remove(&idle?)?;
-            displaced.displace.notify_one();
+            displaced.ask_to_close();
             debug!(listener = self.what, "displaced the oldest idle connection");
         } else if open.len() < self.limit / 2 {
             self.saturated.store(false, Ordering::Relaxed);
@@ -284,7 +337,7 @@ impl Listener {
     }
 
     /// Accepts until `stop`, then waits (at most [`SHUTDOWN_GRACE`]) for open connections to end.
-    async fn serve(self: Arc<Self>, listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) {
+    async fn serve(self: Arc<Self>, listener: TcpListener, router: impl Respond, mut stop: watch::Receiver<bool>) {
         loop {
             let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -312,10 +365,13 @@ impl Listener {
             };
             let Some((id, connection)) = admitted else { break };
             let _ = tcp.set_nodelay(true);
-            tokio::spawn(self.clone().connection(id, connection, tcp, peer, router.clone(), stop.clone()));
+            tokio::spawn(self.clone().connection(id, connection, tcp, peer, router.clone()));
         }
-        // New connections are refused from here on.
+        // New connections are refused from here on; open ones close, idle ones at once.
         drop(listener);
+        for connection in self.open().values() {
+            connection.ask_to_close();
+        }
         let drained = async {
             loop {
                 let changed = self.changed.notified();
@@ -340,16 +396,12 @@ impl Listener {
         state: Arc<Connection>,
         tcp: TcpStream,
         peer: SocketAddr,
-        router: Router,
-        mut stop: watch::Receiver<bool>,
+        router: impl Respond,
     ) {
         let (listener, counted) = (self.clone(), state.clone());
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_request = InRequest::new(listener.clone(), counted.clone());
-            // Who is asking (the admin listener tells a non-loopback peer less). The routers
-            // allocate the request's extensions anyway (axum's `MatchedPath`).
-            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-            let response = router.clone().oneshot(request);
+            let response = router.respond(request, peer);
             async move {
                 let response = response.await?;
                 Ok::<_, Infallible>(response.map(|inner| CountedBody { inner, _in_request: in_request }))
@@ -367,22 +419,17 @@ impl Listener {
         let mut closing = false;
         loop {
             tokio::select! {
+                biased;
                 result = connection.as_mut() => {
                     if let Err(e) = result {
                         debug!(listener = self.what, %peer, error = %e, "connection ended with an error");
                     }
                     break;
                 }
-                () = state.displace.notified(), if !closing => {
-                    // Chosen because it had no request in progress; nothing ran since (this task
-                    // alone polls the connection), so closing it cuts no response.
-                    if state.in_request.load(Ordering::SeqCst) == 0 {
-                        break;
-                    }
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                () = stopped(&mut stop), if !closing => {
+                () = state.close_asked(), if !closing => {
+                    // A displaced connection was chosen because it had no request in progress;
+                    // nothing ran since (this task alone polls the connection), so closing it
+                    // cuts no response. At shutdown, a request in progress is answered first.
                     if state.in_request.load(Ordering::SeqCst) == 0 {
                         break;
                     }
@@ -427,8 +474,15 @@ mod tests {
     async fn a_displaced_connection_is_told_to_close() {
         let listener = Listener::new("test", 1);
         let (_, idle) = listener.admit().unwrap();
-        let told = idle.displace.notified();
+        let waiting = tokio::spawn({
+            let idle = idle.clone();
+            async move { idle.close_asked().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
         let _ = listener.admit().unwrap();
-        tokio::time::timeout(Duration::from_secs(1), told).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap();
+        // Asked before it listens: it still hears it.
+        tokio::time::timeout(Duration::from_secs(1), idle.close_asked()).await.unwrap();
     }
 }

@@ -6,16 +6,14 @@ mod sessions;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 pub(crate) use sessions::ImdsSessions;
 
-use keyless_provider::NativeRoute;
+use keyless_provider::{Handler, NativeRoute, Request};
 
 use crate::credentials::timestamp;
 use crate::serve::{Served, json_bytes};
@@ -50,14 +48,14 @@ pub(crate) struct ImdsState {
 pub(crate) fn routes(state: ImdsState) -> Vec<NativeRoute> {
     let state = Arc::new(state);
     vec![
-        NativeRoute::new(TOKEN, put(open_session).with_state(state.clone())),
-        NativeRoute::new(CREDENTIALS, get(role_list).with_state(state.clone())),
-        NativeRoute::new(CREDENTIALS_SLASH, get(role_list).with_state(state.clone())),
-        NativeRoute::new(ROLE_CREDENTIALS, get(role_credentials).with_state(state.clone())),
-        NativeRoute::new(INFO, get(iam_info).with_state(state.clone())),
-        NativeRoute::new(REGION, get(region).with_state(state.clone())),
-        NativeRoute::new(DOCUMENT, get(identity_document).with_state(state.clone())),
-        NativeRoute::new(EVERYTHING_ELSE, get(not_found).with_state(state)),
+        NativeRoute::put(TOKEN, Handler::new(state.clone(), open_session)),
+        NativeRoute::get(CREDENTIALS, Handler::new(state.clone(), role_list)),
+        NativeRoute::get(CREDENTIALS_SLASH, Handler::new(state.clone(), role_list)),
+        NativeRoute::get(ROLE_CREDENTIALS, Handler::new(state.clone(), role_credentials)),
+        NativeRoute::get(INFO, Handler::new(state.clone(), iam_info)),
+        NativeRoute::get(REGION, Handler::new(state.clone(), region)),
+        NativeRoute::get(DOCUMENT, Handler::new(state.clone(), identity_document)),
+        NativeRoute::get(EVERYTHING_ELSE, Handler::new(state, not_found)),
     ]
 }
 
@@ -71,10 +69,10 @@ fn json_body(value: &serde_json::Value) -> Response {
 
 /// `PUT /latest/api/token`: a session token for the requested TTL, echoed in the TTL header
 /// (the Rust and Go SDKs fail without it).
-async fn open_session(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> Response {
+async fn open_session(state: Arc<ImdsState>, request: Request) -> Response {
     // A forwarded PUT (a proxy or SSRF relay must not obtain a session) is refused by the shared
     // rules before this handler runs.
-    let ttl = headers.get(TTL_HEADER).and_then(|v| parse_ttl(v.as_bytes()));
+    let ttl = request.headers().get(TTL_HEADER).and_then(|v| parse_ttl(v.as_bytes()));
     let Some(ttl) = ttl else {
         return text(
             StatusCode::BAD_REQUEST,
@@ -108,20 +106,19 @@ fn refusal(state: &ImdsState, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
-async fn role_list(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refusal(&state, &headers) {
+async fn role_list(state: Arc<ImdsState>, request: Request) -> Response {
+    if let Some(r) = refusal(&state, request.headers()) {
         return r;
     }
     text(StatusCode::OK, state.served.role.name())
 }
 
-/// The hot path of IMDS: shared state, headers read in place (the `HeaderMap` extractor would
-/// copy them), the credential's pre-rendered JSON.
-async fn role_credentials(State(state): State<Arc<ImdsState>>, Path(role): Path<String>, request: Request) -> Response {
+/// The hot path of IMDS: shared state, headers read in place, the credential's pre-rendered JSON.
+async fn role_credentials(state: Arc<ImdsState>, request: Request) -> Response {
     if let Some(r) = refusal(&state, request.headers()) {
         return r;
     }
-    if role != state.served.role.name() {
+    if !names_role(request.uri().path(), state.served.role.name()) {
         return text(StatusCode::NOT_FOUND, "Not Found");
     }
     match state.served.credential().await {
@@ -130,8 +127,15 @@ async fn role_credentials(State(state): State<Arc<ImdsState>>, Path(role): Path<
     }
 }
 
-async fn iam_info(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refusal(&state, &headers) {
+/// Whether `path` (a match of [`ROLE_CREDENTIALS`]) asks for `role`: its last segment,
+/// percent-decoded, is the role's name.
+fn names_role(path: &str, role: &str) -> bool {
+    let asked = path.strip_prefix(CREDENTIALS_SLASH).unwrap_or_default();
+    percent_encoding::percent_decode_str(asked).eq(role.bytes())
+}
+
+async fn iam_info(state: Arc<ImdsState>, request: Request) -> Response {
+    if let Some(r) = refusal(&state, request.headers()) {
         return r;
     }
     let role = &state.served.role;
@@ -152,15 +156,15 @@ async fn iam_info(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> Re
     }))
 }
 
-async fn region(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refusal(&state, &headers) {
+async fn region(state: Arc<ImdsState>, request: Request) -> Response {
+    if let Some(r) = refusal(&state, request.headers()) {
         return r;
     }
     text(StatusCode::OK, state.served.region.clone())
 }
 
-async fn identity_document(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refusal(&state, &headers) {
+async fn identity_document(state: Arc<ImdsState>, request: Request) -> Response {
+    if let Some(r) = refusal(&state, request.headers()) {
         return r;
     }
     json_body(&json!({
@@ -170,8 +174,8 @@ async fn identity_document(State(state): State<Arc<ImdsState>>, headers: HeaderM
     }))
 }
 
-async fn not_found(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refusal(&state, &headers) {
+async fn not_found(state: Arc<ImdsState>, request: Request) -> Response {
+    if let Some(r) = refusal(&state, request.headers()) {
         return r;
     }
     text(StatusCode::NOT_FOUND, "Not Found")
@@ -180,6 +184,17 @@ async fn not_found(State(state): State<Arc<ImdsState>>, headers: HeaderMap) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_role_is_the_last_segment_percent_decoded() {
+        let path = |role: &str| format!("{CREDENTIALS_SLASH}{role}");
+        assert!(names_role(&path("app"), "app"));
+        assert!(names_role(&path("app%2Bx"), "app+x"));
+        assert!(names_role(&path("%61pp"), "app"));
+        for other in ["ap", "appx", "App", "app%", "%ff", ""] {
+            assert!(!names_role(&path(other), "app"), "{other}");
+        }
+    }
 
     #[test]
     fn ttls_are_plain_decimal_numbers_in_range() {

@@ -13,13 +13,11 @@ mod tree;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use keyless_core::CredentialCache;
 use keyless_core::clock::SharedClock;
-use keyless_provider::{NativeErrors, NativeRoute, Violation};
+use keyless_provider::{Handler, NativeErrors, NativeRoute, Request, Violation};
 use serde_json::Value as Json;
 
 use crate::exchange::{GcpExchange, TokenKey};
@@ -27,7 +25,7 @@ use crate::identity::ScopeSet;
 use query::Query;
 use tree::{Node, Value, flatten_text};
 
-const FLAVOR: &str = "metadata-flavor";
+const FLAVOR: HeaderName = HeaderName::from_static("metadata-flavor");
 
 /// Every route [`routes`] serves (the provider's claims).
 pub(crate) const ROUTES: [&str; 4] = ["/", "/computeMetadata", "/computeMetadata/", "/computeMetadata/{*path}"];
@@ -95,8 +93,8 @@ fn build_tree(d: &Description) -> Node {
 
 pub(crate) fn routes(server: Arc<MetadataServer>) -> Vec<NativeRoute> {
     let [root_path, rest @ ..] = ROUTES;
-    let mut routes = vec![NativeRoute::new(root_path, get(root))];
-    routes.extend(rest.iter().map(|path| NativeRoute::new(*path, get(serve).with_state(server.clone()))));
+    let mut routes = vec![NativeRoute::get(root_path, Handler::new((), root))];
+    routes.extend(rest.iter().map(|path| NativeRoute::get(*path, Handler::new(server.clone(), serve))));
     routes
 }
 
@@ -110,11 +108,11 @@ impl NativeErrors for GcpErrors {
     }
 }
 
-async fn root() -> Response {
+async fn root((): (), _: Request) -> Response {
     text(StatusCode::OK, "computeMetadata/\n")
 }
 
-async fn serve(State(server): State<Arc<MetadataServer>>, request: Request) -> Response {
+async fn serve(server: Arc<MetadataServer>, request: Request) -> Response {
     let flavored = request.headers().get(FLAVOR).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Google"));
     if !flavored {
         return text(StatusCode::FORBIDDEN, "Missing Metadata-Flavor:Google header.\n");
@@ -135,17 +133,15 @@ async fn serve(State(server): State<Arc<MetadataServer>>, request: Request) -> R
 async fn serve_v1(server: &MetadataServer, uri: &Uri, sub: &str, query: &Query) -> Response {
     let dir_request = sub.is_empty() || sub.ends_with('/');
     let trimmed = sub.strip_suffix('/').unwrap_or(sub);
-    // Borrowed unless a segment is percent-encoded: the token path allocates nothing here.
-    let segments: Vec<Cow<'_, str>> = if trimmed.is_empty() {
-        Vec::new()
-    } else {
-        trimmed.split('/').map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy()).collect()
-    };
-    if segments.iter().any(|s| s.is_empty()) {
-        return not_found();
-    }
+    // Walked in place, decoded only when a segment is percent-encoded: the token path allocates
+    // nothing here. An empty segment (`a//b`) names nothing.
+    let escaped = trimmed.contains('%');
+    let segments = trimmed
+        .split('/')
+        .filter(|_| !trimmed.is_empty())
+        .map(|s| if escaped { percent_encoding::percent_decode_str(s).decode_utf8_lossy() } else { Cow::Borrowed(s) });
     let alt = query.get("alt");
-    match server.tree.lookup(&segments) {
+    match server.tree.lookup(segments) {
         None => not_found(),
         Some(node @ Node::Dir { .. }) => {
             if query.recursive() {

@@ -57,8 +57,9 @@ impl Node {
         Self::Dir { children, literal_keys }
     }
 
-    pub(crate) fn lookup<'a, S: AsRef<str>>(&'a self, segments: &[S]) -> Option<&'a Node> {
-        segments.iter().try_fold(self, |node, name| match node {
+    /// The node at `segments` (none for an empty segment: no name is empty).
+    pub(crate) fn lookup<S: AsRef<str>>(&self, segments: impl IntoIterator<Item = S>) -> Option<&Node> {
+        segments.into_iter().try_fold(self, |node, name| match node {
             Node::Dir { children, .. } => children.iter().find(|(n, _)| n == name.as_ref()).map(|(_, c)| c),
             _ => None,
         })
@@ -176,7 +177,8 @@ mod tests {
     #[test]
     fn listings_mark_directories_and_text_flattens_paths() {
         assert_eq!(tree().listing(), ["accounts/", "project/"]);
-        let project = tree().lookup(&["project".to_owned()]).map(Node::recursive_json).expect("project");
+        let project = tree().lookup(["project"]).map(Node::recursive_json).expect("project");
+        assert!(tree().lookup(["project", ""]).is_none() && tree().lookup(["", "project"]).is_none());
         assert_eq!(flatten_text(&project), "numericProjectId 42\nprojectId p\n");
         let scopes = Value::Lines(vec!["a".into(), "b".into()]);
         assert_eq!(scopes.text(), "a\nb\n");

@@ -1,0 +1,350 @@
+//! The credential listener's request path, the same for every provider: one route table over
+//! every provider's native routes (matchit, the engine axum's router uses); for a matched route,
+//! the provider's request rules ([`crate::guard`]), the route's method, its handler, then the
+//! provider's response headers and `keyless_requests_total{provider,route,status}`.
+//!
+//! This is the cached-credential path, benchmarked in instructions per request
+//! (docs/benchmarks.md): axum's `Router` with a `route_layer` per concern cloned and boxed a
+//! service per layer and allocated request extensions (matched path, URL parameters) on every
+//! request. Here a request costs one lookup, one reference count and one boxed handler future.
+//!
+//! What axum's router did, this keeps: a path no route matches gets an empty 404 (no rules, not
+//! counted); a method the route does not answer gets an empty 405 with `Allow`, after the rules
+//! and counted; `HEAD` on a `GET` route gets the `GET` response's headers with its
+//! `Content-Length` and no body.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use axum::body::{Body, HttpBody as _};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Method, StatusCode, header};
+use keyless_core::Metrics;
+use keyless_core::metrics::RouteRequests;
+
+use crate::contract::{BoxFuture, RouteMethod, Started};
+use crate::guard::Rules;
+use crate::routes::{self, RouteClaim, RouteCollision};
+
+/// What a handler is given: the request line and headers. No native route takes a body (the
+/// shared rules refuse one), so none is passed on.
+pub type Request = http::Request<()>;
+
+/// A route's handler with its state.
+#[derive(Clone)]
+pub struct Handler(Arc<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sync>);
+
+impl Handler {
+    /// `handler(state.clone(), request)` for each request (make `state` an `Arc`).
+    pub fn new<S, F, Fut>(state: S, handler: F) -> Self
+    where
+        S: Clone + Send + Sync + 'static,
+        F: Fn(S, Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
+        Self(Arc::new(move |request| Box::pin(handler(state.clone(), request))))
+    }
+
+    fn call(&self, request: Request) -> BoxFuture<'static, Response> {
+        (self.0)(request)
+    }
+}
+
+impl fmt::Debug for Handler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Handler")
+    }
+}
+
+impl RouteMethod {
+    fn answers(self, method: &Method) -> bool {
+        match self {
+            Self::Get => method == Method::GET || method == Method::HEAD,
+            Self::Put => method == Method::PUT,
+        }
+    }
+
+    /// The `Allow` header of a 405, as axum words it.
+    fn allow(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Self::Get => "GET,HEAD",
+            Self::Put => "PUT",
+        })
+    }
+}
+
+/// One served route: its method, handler, the rules of its provider and its request counter.
+struct Served {
+    method: RouteMethod,
+    handler: Handler,
+    rules: Rules,
+    requests: Option<RouteRequests>,
+}
+
+impl Served {
+    /// What every answer of the route gets, refusals and 405s included.
+    fn finish(&self, mut response: Response, head: bool) -> Response {
+        let headers = response.headers_mut();
+        for (name, value) in self.rules.response_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if head {
+            if !response.headers().contains_key(header::CONTENT_LENGTH)
+                && let Some(len) = response.body().size_hint().exact()
+            {
+                response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            *response.body_mut() = Body::empty();
+        }
+        if let Some(requests) = &self.requests {
+            requests.record(response.status().as_u16());
+        }
+        response
+    }
+}
+
+/// Every provider's native routes behind the shared rules: the credential listener's service.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Routes {
+    table: Arc<matchit::Router<Arc<Served>>>,
+}
+
+impl fmt::Debug for Routes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Routes")
+    }
+}
+
+impl Routes {
+    /// The routes of `providers` (each with its name, the `provider` label). Every route is
+    /// checked first ([`routes::check_servable`]), so a provider serving a malformed or repeated
+    /// path, or another's, is an error, never a panic. With `metrics`, each answer of a matched
+    /// route is counted in `keyless_requests_total` under the route as declared (a bounded set,
+    /// whatever paths clients ask for).
+    pub fn new<'a>(
+        providers: impl IntoIterator<Item = (&'static str, &'a dyn Started)>,
+        metrics: Option<&Metrics>,
+    ) -> Result<Self, RouteCollision> {
+        let mut claims = Vec::new();
+        let mut served = Vec::new();
+        for (name, started) in providers {
+            let rules = started.rules();
+            for route in started.routes() {
+                claims.push(RouteClaim::new(route.path.clone(), format!("{name} routes")));
+                let requests = metrics.map(|m| m.route_requests(name, &route.path));
+                let entry = Served { method: route.method, handler: route.handler, rules: rules.clone(), requests };
+                served.push((route.path, Arc::new(entry)));
+            }
+        }
+        routes::check_servable(&claims)?;
+        let mut table = matchit::Router::new();
+        for ((path, entry), claim) in served.into_iter().zip(&claims) {
+            table.insert(path, entry).map_err(|e| RouteCollision {
+                first: claim.clone(),
+                second: claim.clone(),
+                reason: format!("cannot be routed ({e})"),
+            })?;
+        }
+        Ok(Self { table: Arc::new(table) })
+    }
+
+    /// Answers `request` (its body is dropped unread: the rules refuse any).
+    pub fn serve<B>(&self, request: http::Request<B>) -> Answer {
+        let (parts, _body) = request.into_parts();
+        let Ok(found) = self.table.at(parts.uri.path()) else {
+            return Answer {
+                state: State::Ready(Some(StatusCode::NOT_FOUND.into_response())),
+                route: None,
+                head: false,
+            };
+        };
+        let route = found.value.clone();
+        let request = Request::from_parts(parts, ());
+        let head = request.method() == Method::HEAD;
+        let state = if let Some(violation) = route.rules.check(&request) {
+            State::Ready(Some(route.rules.errors.refuse(request.uri().path(), &violation)))
+        } else if route.method.answers(request.method()) {
+            State::Handling(route.handler.call(request))
+        } else {
+            let mut refused = StatusCode::METHOD_NOT_ALLOWED.into_response();
+            refused.headers_mut().insert(header::ALLOW, route.method.allow());
+            State::Ready(Some(refused))
+        };
+        Answer { state, route: Some(route), head }
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for Routes {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Answer {
+        self.serve(request)
+    }
+}
+
+enum State {
+    Ready(Option<Response>),
+    Handling(BoxFuture<'static, Response>),
+}
+
+/// The answer to one request.
+pub struct Answer {
+    state: State,
+    /// The matched route, until its answer is finished.
+    route: Option<Arc<Served>>,
+    head: bool,
+}
+
+impl fmt::Debug for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Answer")
+    }
+}
+
+impl Future for Answer {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let response = match &mut this.state {
+            State::Handling(future) => {
+                let response = ready!(future.as_mut().poll(cx));
+                this.state = State::Ready(None);
+                response
+            }
+            // Polled again after completion: answer something rather than panic.
+            State::Ready(response) => {
+                response.take().unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+            }
+        };
+        Poll::Ready(Ok(match this.route.take() {
+            Some(route) => route.finish(response, this.head),
+            None => response,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::to_bytes;
+    use http::HeaderName;
+
+    use super::*;
+    use crate::contract::NativeRoute;
+    use crate::guard::PlainText;
+    use crate::listen::AppHost;
+
+    /// Two routes: `GET /creds/{name}` answering the name, and `PUT /session`.
+    struct Fake;
+
+    static FLAVOR: [(HeaderName, HeaderValue); 1] =
+        [(HeaderName::from_static("x-flavor"), HeaderValue::from_static("fake"))];
+
+    impl Started for Fake {
+        fn routes(&self) -> Vec<NativeRoute> {
+            vec![
+                NativeRoute::get(
+                    "/creds/{name}",
+                    Handler::new(Arc::new("state"), |state: Arc<&str>, request: Request| async move {
+                        format!("{} {}", *state, request.uri().path()).into_response()
+                    }),
+                ),
+                NativeRoute::put("/session", Handler::new((), |(), _| async { "opened".into_response() })),
+            ]
+        }
+
+        fn rules(&self) -> Rules {
+            Rules { response_headers: &FLAVOR, ..Rules::credentials(PlainText) }
+        }
+
+        fn readiness(&self) -> Vec<Arc<dyn keyless_core::Readiness>> {
+            Vec::new()
+        }
+
+        fn app_env(&self, _app: &AppHost) -> Vec<keyless_core::AppEnvVar> {
+            Vec::new()
+        }
+    }
+
+    async fn ask(routes: &Routes, method: Method, uri: &str, host: &str) -> (StatusCode, http::HeaderMap, String) {
+        let request = http::Request::builder().method(method).uri(uri).header("host", host).body(()).expect("request");
+        let response = routes.serve(request).await.expect("infallible");
+        let (parts, body) = response.into_parts();
+        let body = to_bytes(body, usize::MAX).await.expect("body");
+        (parts.status, parts.headers, String::from_utf8(body.to_vec()).expect("text"))
+    }
+
+    fn count(metrics: &Metrics, labels: &str) -> Option<String> {
+        let text = metrics.encode();
+        text.lines()
+            .find(|l| l.starts_with("keyless_requests_total{") && l.contains(labels))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    }
+
+    #[tokio::test]
+    async fn a_matched_route_is_answered_behind_its_rules_and_counted_under_its_template() {
+        let metrics = Metrics::new();
+        let routes = Routes::new([("fake", &Fake as &dyn Started)], Some(&metrics)).expect("routes");
+
+        let (status, headers, body) = ask(&routes, Method::GET, "/creds/app", "127.0.0.1").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "state /creds/app"));
+        assert_eq!(headers.get("x-flavor").map(HeaderValue::as_bytes), Some(&b"fake"[..]));
+
+        let (status, headers, body) = ask(&routes, Method::GET, "/creds/app", "evil.example").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(headers.contains_key("x-flavor"), "refusals carry the provider's headers too");
+
+        let (status, headers, body) = ask(&routes, Method::POST, "/creds/app", "127.0.0.1").await;
+        assert_eq!((status, body.as_str()), (StatusCode::METHOD_NOT_ALLOWED, ""));
+        assert_eq!(headers.get(header::ALLOW).map(HeaderValue::as_bytes), Some(&b"GET,HEAD"[..]));
+        let (status, headers, _) = ask(&routes, Method::GET, "/session", "127.0.0.1").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(headers.get(header::ALLOW).map(HeaderValue::as_bytes), Some(&b"PUT"[..]));
+        let (status, _, body) = ask(&routes, Method::PUT, "/session", "127.0.0.1").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "opened"));
+
+        let route = r#"provider="fake",route="/creds/{name}""#;
+        assert_eq!(count(&metrics, &format!(r#"{route},status="200""#)).as_deref(), Some("1"));
+        assert_eq!(count(&metrics, &format!(r#"{route},status="403""#)).as_deref(), Some("1"));
+        assert_eq!(count(&metrics, &format!(r#"{route},status="405""#)).as_deref(), Some("1"));
+    }
+
+    #[tokio::test]
+    async fn head_gets_the_get_headers_and_length_without_a_body() {
+        let routes = Routes::new([("fake", &Fake as &dyn Started)], None).expect("routes");
+        let (status, headers, body) = ask(&routes, Method::HEAD, "/creds/app", "127.0.0.1").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, ""));
+        assert_eq!(headers.get(header::CONTENT_LENGTH).map(HeaderValue::as_bytes), Some(&b"16"[..]));
+        assert!(headers.contains_key("x-flavor"));
+    }
+
+    #[tokio::test]
+    async fn an_unmatched_path_is_an_empty_404_outside_every_rule_and_count() {
+        let metrics = Metrics::new();
+        let routes = Routes::new([("fake", &Fake as &dyn Started)], Some(&metrics)).expect("routes");
+        for host in ["127.0.0.1", "evil.example"] {
+            let (status, headers, body) = ask(&routes, Method::GET, "/elsewhere", host).await;
+            assert_eq!((status, body.as_str()), (StatusCode::NOT_FOUND, ""));
+            assert!(!headers.contains_key("x-flavor"));
+        }
+        assert!(!metrics.encode().contains("keyless_requests_total{"));
+    }
+
+    #[test]
+    fn two_providers_serving_one_path_is_an_error_naming_both() {
+        let err = Routes::new([("one", &Fake as &dyn Started), ("two", &Fake)], None).expect_err("collision");
+        assert!(err.to_string().contains("one routes") && err.to_string().contains("two routes"), "{err}");
+    }
+}
