@@ -99,7 +99,7 @@ fn header_is(headers: &HeaderMap, name: &str, expected: &str) -> bool {
     headers.get(name).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(expected.as_bytes()))
 }
 
-/// Security rules of SPEC section 6 that a 200 must respect.
+/// Security rules of the security rules, docs/reliability.md that a 200 must respect.
 fn check_authorized(path: &str, headers: &HeaderMap) {
     if path == "/v1/credentials" {
         assert_eq!(headers.get("authorization").map(|v| v.as_bytes()), Some(AUTHORIZATION.as_bytes()));

@@ -1,4 +1,4 @@
-//! `keyless dev`: the env file contract of SPEC section 4, readiness, clean shutdown.
+//! `keyless dev`: the env file contract of the interface, README and docs/configuration.md, readiness, clean shutdown.
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt as _;

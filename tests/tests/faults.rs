@@ -1,4 +1,4 @@
-//! The fault and load suite (SPEC section 8, "survives"): `keyless serve` under continuous raw-HTTP
+//! The fault and load suite (the quality bars, docs/benchmarks.md, "survives"): `keyless serve` under continuous raw-HTTP
 //! load on all five native endpoints while its upstream or its token file misbehaves. Zero client
 //! requests may fail while a valid credential exists; once nothing valid remains, clients get the
 //! native error and readiness turns red, and both recover by themselves with the upstream.

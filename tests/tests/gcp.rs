@@ -45,7 +45,7 @@ impl Reply {
 }
 
 /// The metadata server as a raw HTTP client sees it. Every reply it returns was checked for
-/// `Metadata-Flavor: Google` (protocols.md 3.3: Node rejects any response without it, errors included).
+/// `Metadata-Flavor: Google` (docs/protocols.md 3.3: Node rejects any response without it, errors included).
 #[derive(Clone)]
 struct Metadata {
     http: reqwest::Client,
@@ -168,7 +168,7 @@ print(json.dumps({
     let service_account = dev.var("KEYLESS_GCP_SERVICE_ACCOUNT");
     assert!(!out["token"].as_str().unwrap().is_empty(), "{out}");
     let seconds_left = out["seconds_left"].as_f64().unwrap();
-    // Served well over google-auth's 3m45s refresh margin (protocols.md section 5).
+    // Served well over google-auth's 3m45s refresh margin (docs/protocols.md section 5).
     assert!((1800.0..=3600.0).contains(&seconds_left), "{out}");
     assert_eq!(out["valid"], true, "{out}");
     assert_eq!(out["email"], service_account, "{out}");
@@ -405,7 +405,7 @@ async fn identity_needs_an_audience_and_keeps_a_raw_one_whole() {
     let full = metadata.get(&format!("{identity}?audience=https%3A%2F%2Fa.example&format=full&licenses=FALSE")).await;
     assert_eq!(full.ok().body, token, "one cached token per audience, whatever the format or encoding");
 
-    // Node's gcp-metadata does not URL-encode the audience (protocols.md 3.3 traps).
+    // Node's gcp-metadata does not URL-encode the audience (docs/protocols.md 3.3 traps).
     let raw = "https://b.example/run?x=1&y=2";
     let node_style = metadata.get(&format!("{identity}?audience={raw}&format=full")).await.ok().body;
     assert_eq!(claims_of(&node_style)["aud"], raw);

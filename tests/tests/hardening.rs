@@ -1,4 +1,4 @@
-//! What a hostile local process, web page or file can make the keyless binary do (SPEC section 6),
+//! What a hostile local process, web page or file can make the keyless binary do (the security rules, docs/reliability.md),
 //! each test a way in that is closed.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 

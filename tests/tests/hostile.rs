@@ -1,4 +1,4 @@
-//! Hostile input (SPEC section 6, "bounded everything"). On the credential listener: oversized
+//! Hostile input (the security rules, docs/reliability.md, "bounded everything"). On the credential listener: oversized
 //! request heads get 431 or a closed connection, slowloris connections are cut off at the header
 //! deadline, and a flood of idle connections beyond the limit is bounded; none of them keeps a
 //! normal client from being served quickly. In the token file: a FIFO, `/dev/zero` or a huge file is

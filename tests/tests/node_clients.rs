@@ -1,6 +1,6 @@
 //! Node.js SDK clients, unmodified, against `keyless dev`: the AWS SDK for JavaScript v3,
 //! google-auth-library and @azure/identity (msal-node), pinned in `tests/node/package-lock.json`.
-//! Each one has its own traps (protocols.md): `fromHttp` prefers the token file, the JS IMDS client
+//! Each one has its own traps (docs/protocols.md 2.2, 2.3, 3.3, 4.2): `fromHttp` prefers the token file, the JS IMDS client
 //! ignores any path, gcp-metadata wants `Metadata-Flavor` on every response and does not URL-encode
 //! an ID-token audience, msal-node asks IMDS for `.../token/` with a trailing slash, and Node trusts
 //! only `NODE_EXTRA_CA_CERTS` for the emulator. Which route served each client is read from

@@ -1,4 +1,4 @@
-//! SPEC section 6: no token, key or secret in any log line at any level. Runs every cloud's
+//! the security rules, docs/reliability.md: no token, key or secret in any log line at any level. Runs every cloud's
 //! client flow against `keyless dev` at trace level, collects every secret the clients received,
 //! and greps the whole log for each.
 #![allow(clippy::unwrap_used)]

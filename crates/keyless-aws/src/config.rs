@@ -1,5 +1,5 @@
 //! The `[aws]` configuration section, and its zero-config form built from the env vars the EKS
-//! IRSA webhook injects (protocols.md 2.1).
+//! IRSA webhook injects (docs/protocols.md 2.1).
 
 use std::path::PathBuf;
 use std::time::Duration;

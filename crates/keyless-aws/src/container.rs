@@ -1,4 +1,4 @@
-//! The container-credentials endpoint (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, protocols.md 2.2) and
+//! The container-credentials endpoint (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, docs/protocols.md 2.2) and
 //! the `Authorization` value clients must present to it.
 
 use std::io::Write as _;
@@ -66,7 +66,7 @@ impl ContainerAuth {
 }
 
 /// A header-safe value. A trailing newline is the classic mistake (`echo` instead of `printf`):
-/// botocore raises on CR/LF, Rust rejects the header, Node throws (protocols.md 2.2 traps).
+/// botocore raises on CR/LF, Rust rejects the header, Node throws (docs/protocols.md 2.2 traps).
 fn check_value(value: &str) -> Result<(), String> {
     if value.ends_with('\n') || value.ends_with('\r') {
         return Err(
@@ -113,7 +113,7 @@ pub(crate) struct ContainerState {
     pub(crate) auth: ContainerAuth,
 }
 
-/// `GET` with `Authorization: <token>` -> the credential JSON of protocols.md 2.2.
+/// `GET` with `Authorization: <token>` -> the credential JSON of docs/protocols.md 2.2.
 ///
 /// The hot path of the endpoint: the state is shared (not cloned per request), the headers are
 /// read in place and the body is the credential's pre-rendered JSON.

@@ -1,4 +1,4 @@
-//! The credential STS issues, and the three JSON shapes it is served in (protocols.md 2.2-2.4).
+//! The credential STS issues, and the three JSON shapes it is served in (docs/protocols.md 2.2-2.4).
 
 use std::fmt;
 use std::time::SystemTime;
@@ -48,7 +48,7 @@ impl fmt::Debug for AwsCredentials {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ`: UTC, upper-case `Z`, **no fractional seconds** (botocore's IMDS path
-/// matches `%Y-%m-%dT%H:%M:%SZ` exactly; Rust rejects `+00:00`: protocols.md 2.2, 2.3).
+/// matches `%Y-%m-%dT%H:%M:%SZ` exactly; Rust rejects `+00:00`: docs/protocols.md 2.2, 2.3).
 pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -64,7 +64,7 @@ impl AwsCredentials {
         self.rendered.imds.get_or_render(|| self.imds_json().to_string().into_bytes())
     }
 
-    /// The container-credentials endpoint's body (protocols.md 2.2).
+    /// The container-credentials endpoint's body (docs/protocols.md 2.2).
     pub(crate) fn container_json(&self, role_arn: &str) -> Value {
         json!({
             "AccessKeyId": self.access_key_id,
@@ -76,7 +76,7 @@ impl AwsCredentials {
         })
     }
 
-    /// IMDS `iam/security-credentials/ROLE` (protocols.md 2.3). `Code` must be exactly `Success`:
+    /// IMDS `iam/security-credentials/ROLE` (docs/protocols.md 2.3). `Code` must be exactly `Success` (2.2 traps):
     /// the Rust SDK's parser refuses anything else.
     pub(crate) fn imds_json(&self) -> Value {
         json!({
@@ -139,7 +139,7 @@ fn json_error_kind(e: &serde_json::Error) -> &'static str {
     }
 }
 
-/// The `credential_process` output (protocols.md 2.4): `Version` 1, `AccountId` when known.
+/// The `credential_process` output (docs/protocols.md 2.4): `Version` 1, `AccountId` when known.
 pub fn credential_process_json(cred: &AwsCredentials) -> String {
     let mut out = json!({
         "Version": 1,

@@ -27,7 +27,7 @@ pub(crate) struct RoleArn {
 impl RoleArn {
     pub(crate) fn parse(value: &str) -> Result<Self, String> {
         let fix = "expected arn:aws:iam::123456789012:role/NAME (the role's ARN from the IAM console)";
-        // protocols.md 2.1: RoleArn is 20-2048 characters.
+        // docs/protocols.md 2.1: RoleArn is 20-2048 characters.
         if !(20..=2048).contains(&value.len()) {
             return Err(format!("{value:?} must be 20 to 2048 characters long; {fix}"));
         }
@@ -78,7 +78,7 @@ impl fmt::Display for RoleArn {
     }
 }
 
-/// `RoleSessionName`: 2-64 characters of `[\w+=,.@-]` (protocols.md 2.1). It shows in CloudTrail
+/// `RoleSessionName`: 2-64 characters of `[\w+=,.@-]` (docs/protocols.md 2.1). It shows in CloudTrail
 /// as the assumed-role session, so the default names the pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RoleSessionName(String);
@@ -236,7 +236,7 @@ impl Settings {
 }
 
 fn validate_policy(policy: &str) -> Result<String, ConfigError> {
-    // protocols.md 2.1: Policy <= 2048 characters. A syntax error is caught here rather than as a
+    // docs/protocols.md 2.1: Policy <= 2048 characters. A syntax error is caught here rather than as a
     // MalformedPolicyDocument on every exchange.
     if policy.chars().count() > 2048 {
         return Err(ConfigError::invalid(

@@ -1,5 +1,5 @@
 //! The exchange: STS `AssumeRoleWithWebIdentity` with the subject token, and the classification
-//! of its failures (protocols.md 2.1) with hints that show what the token actually claims.
+//! of its failures (docs/protocols.md 2.1) with hints that show what the token actually claims.
 
 use std::time::{Duration, SystemTime};
 

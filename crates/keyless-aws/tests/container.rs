@@ -1,5 +1,5 @@
 //! The container-credentials endpoint on a real loopback port, driven by raw HTTP and by the Rust
-//! SDK's ECS provider (protocols.md 2.2).
+//! SDK's ECS provider (docs/protocols.md 2.2).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

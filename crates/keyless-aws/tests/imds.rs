@@ -1,5 +1,5 @@
 //! The IMDSv2 emulation on a real loopback port, driven by raw HTTP and by the Rust SDK's IMDS
-//! credentials provider (protocols.md 2.3).
+//! credentials provider (docs/protocols.md 2.3).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

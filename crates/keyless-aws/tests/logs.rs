@@ -1,4 +1,4 @@
-//! SPEC section 6: no token, key or secret in any log line at any level, the SDK's included (its
+//! the security rules, docs/reliability.md: no token, key or secret in any log line at any level, the SDK's included (its
 //! orchestrator logs every request and response with `Debug` at trace level).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,5 +1,5 @@
 //! Entra ID error responses (`{"error","error_description","error_codes":[..],"trace_id",
-//! "correlation_id"}`, protocols.md 4.1) turned into classified errors with actionable hints.
+//! "correlation_id"}`, docs/protocols.md 4.1) turned into classified errors with actionable hints.
 //!
 //! Hints are built from the subject token's *claims* and the configuration, never from the token.
 

@@ -1,4 +1,4 @@
-//! The App Service managed-identity endpoint (protocols.md 4.3): `IDENTITY_ENDPOINT` +
+//! The App Service managed-identity endpoint (docs/protocols.md 4.3): `IDENTITY_ENDPOINT` +
 //! `IDENTITY_HEADER`, the one route every Azure SDK honours, Rust's `azure_identity` included
 //! (its IMDS route is hard-wired to 169.254.169.254).
 
@@ -31,7 +31,7 @@ async fn answer(serving: &Serving, headers: &HeaderMap, query: Option<&str>) -> 
                 "X-IDENTITY-HEADER is required: send the value of IDENTITY_HEADER",
             ));
         }
-        // Constant time: the header is the endpoint's only guard (SPEC 6).
+        // Constant time: the header is the endpoint's only guard (the security rules, docs/reliability.md).
         Some(given) if !serving.identity_header.matches(given.as_bytes()) => {
             return Err(Refusal::new(
                 StatusCode::FORBIDDEN,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::identity::{ClientId, Scope, TenantId};
 
-/// Entra ID of the public cloud (protocols.md 4.1).
+/// Entra ID of the public cloud (docs/protocols.md 4.1).
 pub const PUBLIC_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 pub const DEFAULT_APP_SERVICE_PATH: &str = "/msi/token";
 

@@ -1,5 +1,5 @@
 //! The exchange: Entra ID v2 client-credentials grant with the projected service-account token as
-//! the client assertion (protocols.md 4.1).
+//! the client assertion (docs/protocols.md 4.1).
 //!
 //! Why `reqwest` and not `azure_identity`'s `ClientAssertionCredential` (checked against
 //! azure_identity 1.0.0): the credential keeps its own token cache (`cache.rs`: a token is returned
@@ -27,7 +27,7 @@ const CA_KEY: &str = "azure.ca_file";
 
 /// What is asked for within one provider: an app (client id) and the scope of one resource.
 /// Tenant and authority are fixed per provider, so this is the (authority, tenant, client id,
-/// scope) key of protocols.md 4.1.
+/// scope) key of docs/protocols.md 4.1.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TokenKey {
     pub client_id: ClientId,
@@ -64,7 +64,7 @@ impl EntraExchange {
         tenant: TenantId,
         clock: SharedClock,
     ) -> Result<Self, url::ParseError> {
-        // `url::Url` renders a bare host with a trailing slash: trim before joining (protocols.md 4.1).
+        // `url::Url` renders a bare host with a trailing slash: trim before joining (docs/protocols.md 4.1).
         let authority = authority.as_str().trim_end_matches('/').to_owned();
         let token_url = url::Url::parse(&format!("{authority}/{tenant}/oauth2/v2.0/token"))?;
         Ok(Self { http, authority, tenant, token_url, clock })

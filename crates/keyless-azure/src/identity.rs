@@ -1,5 +1,5 @@
 //! The names Entra ID deals in, each validated once where it is parsed: tenant, client id,
-//! resource, and the `/.default` scope a resource becomes (protocols.md 4.1).
+//! resource, and the `/.default` scope a resource becomes (docs/protocols.md 4.1).
 
 use std::fmt;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ impl fmt::Display for TenantId {
 
 /// An application (client) id: the app registration's or user-assigned managed identity's GUID.
 /// Kept as configured; requests name it case-insensitively (GUIDs are, and msal-node lower-cases
-/// the whole URL it sends, protocols.md 4.2). Shared: every token request's cache key holds one.
+/// the whole URL it sends, docs/protocols.md 4.2). Shared: every token request's cache key holds one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClientId(Arc<str>);
 
@@ -83,7 +83,7 @@ pub struct Scope(String);
 
 impl Scope {
     /// The scope of `resource`: `/.default` appended verbatim, so a trailing slash stays and
-    /// becomes `//.default` (protocols.md 4.1; Entra ID accepts both forms).
+    /// becomes `//.default` (docs/protocols.md 4.1).
     pub fn for_resource(resource: &str) -> Result<Self, String> {
         if resource.is_empty() {
             return Err("the resource is empty".to_owned());

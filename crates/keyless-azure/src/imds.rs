@@ -1,4 +1,4 @@
-//! The Azure IMDS managed-identity token endpoint (protocols.md 4.2), for clients that honour
+//! The Azure IMDS managed-identity token endpoint (docs/protocols.md 4.2), for clients that honour
 //! `AZURE_POD_IDENTITY_AUTHORITY_HOST` (Python azure-identity, Node msal-node).
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use keyless_provider::Request;
 use crate::serve::{Refusal, Serving, TokenQuery, body_fields, json_ok};
 
 pub(crate) const PATH: &str = "/metadata/identity/oauth2/token";
-/// msal-node lower-cases the URL and appends a `/` before the query (protocols.md 4.2 trap).
+/// msal-node lower-cases the URL and appends a `/` before the query (docs/protocols.md 4.2).
 pub(crate) const PATH_SLASH: &str = "/metadata/identity/oauth2/token/";
 
 /// The oldest api-version of the identity endpoint; every later dated version is accepted.
@@ -45,7 +45,7 @@ async fn answer(serving: &Serving, headers: &HeaderMap, query: Option<&str>) -> 
         Some(_) => {}
     }
     let (key, token) = serving.token(&query).await?;
-    // Every field a JSON string, as IMDS sends them (protocols.md 4.2); `expires_in` is what is
+    // Every field a JSON string, as IMDS sends them (docs/protocols.md 4.2); `expires_in` is what is
     // left of the cached token, not its original lifetime. One clock read for both.
     let now = serving.clock.now();
     let left = |t: SystemTime| t.duration_since(now).unwrap_or_default().as_secs();

@@ -30,7 +30,7 @@ pub(crate) struct Fields<'a> {
 }
 
 impl Rendered {
-    /// The App Service body (protocols.md 4.3): `expires_on` is integer epoch seconds *as a JSON
+    /// The App Service body (docs/protocols.md 4.3): `expires_on` is integer epoch seconds *as a JSON
     /// string* (Rust's azure_identity refuses a number; the 2017 date-string form broke .NET and
     /// Java).
     pub(crate) fn app_service(&self, fields: &Fields<'_>) -> Bytes {

@@ -1,5 +1,5 @@
 //! What the IMDS and App Service endpoints share: the token request's query, identity selection,
-//! the cache lookup, and the `{"error","error_description"}` answers (docs/protocols.md 4.2, 4.3).
+//! the cache lookup, and the `{"error","error_description"}` answers (docs/protocols.md 4.2; the App Service statuses: 4.3).
 
 use std::borrow::Cow;
 use std::sync::Arc;

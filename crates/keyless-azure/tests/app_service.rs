@@ -1,4 +1,4 @@
-//! The App Service token endpoint over real HTTP (protocols.md 4.3), and the env an app gets.
+//! The App Service token endpoint over real HTTP (docs/protocols.md 4.3), and the env an app gets.
 
 mod common;
 

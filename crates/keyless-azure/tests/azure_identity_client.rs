@@ -1,5 +1,5 @@
 //! The Rust SDK's own `ManagedIdentityCredential` through the App Service endpoint: the only
-//! route Rust apps have (its IMDS route is hard-wired to 169.254.169.254, protocols.md 4.3).
+//! route Rust apps have (its IMDS route is hard-wired to 169.254.169.254, docs/protocols.md 4.3).
 //!
 //! azure_identity reads `IDENTITY_ENDPOINT`/`IDENTITY_HEADER` from the process env only, so the
 //! client runs in a child process: this test binary re-executed with those vars set.

@@ -1,4 +1,4 @@
-//! The IMDS token endpoint over real HTTP, rule by rule (protocols.md 4.2).
+//! The IMDS token endpoint over real HTTP, rule by rule (docs/protocols.md 4.2).
 
 mod common;
 

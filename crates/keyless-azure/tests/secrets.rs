@@ -1,4 +1,4 @@
-//! SPEC 6: no token, key or secret in any log line at any level. Every log line of an exchange,
+//! the security rules, docs/reliability.md: no token, key or secret in any log line at any level. Every log line of an exchange,
 //! a refused request and a served token is captured at TRACE (keyless, reqwest, hyper, rustls)
 //! and searched for every secret the test saw.
 

@@ -1,4 +1,4 @@
-//! The five native endpoints, each asked exactly as its SDKs ask it (protocols.md), for the
+//! The five native endpoints, each asked exactly as its SDKs ask it (docs/protocols.md 2.2, 2.3, 3.3, 4.2, 4.3), for the
 //! credential keyless pre-warmed: the cached-credential path.
 
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! `keyless-bench`: measures SPEC section 8's quality bars on this machine, by hand (`scripts/bench`),
+//! `keyless-bench`: measures keyless's quality bars (docs/benchmarks.md) on this machine, by hand (`scripts/bench`),
 //! never as a timed test. It starts `keyless emulate` and `keyless serve` against it (two
 //! processes, so keyless's memory is its own), a bare hyper server per endpoint answering a body of
 //! the size keyless answers, and drives both with the same load generator in the same run.

@@ -13,7 +13,7 @@ use crate::endpoints::Endpoint;
 use crate::procs::{self, Memory};
 use crate::stack::ColdStart;
 
-/// SPEC section 8.
+/// the quality bars, docs/benchmarks.md.
 const MIN_THROUGHPUT_RATIO: f64 = 0.8;
 const MAX_P99_RATIO: f64 = 1.5;
 const MAX_IDLE_RSS_MIB: f64 = 10.0;

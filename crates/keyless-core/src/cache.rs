@@ -1,5 +1,5 @@
 //! The credential cache: pre-warm, serve from cache, refresh ahead, single-flight, backoff with
-//! full jitter, and keep serving a still-valid credential while refreshes fail (SPEC section 3).
+//! full jitter, and keep serving a still-valid credential while refreshes fail (the credential lifecycle, ARCHITECTURE.md).
 //!
 //! Every key has one background *driver* task, the only caller of `Exchange::exchange` for that
 //! key: single-flight is structural. Requests read the driver's published [`Slot`]; they wait for
@@ -7,7 +7,7 @@
 //!
 //! Exchanges of keys nobody configured (audiences, scopes, resources a local client asks for)
 //! spend from a per-cache [`budget::AdhocBudget`], so no client can make keyless call the clouds
-//! without limit (SPEC section 12). Only exchanges consult it, never a cache hit.
+//! without limit (fleet behaviour, docs/reliability.md). Only exchanges consult it, never a cache hit.
 //!
 //! No policy value can make instant arithmetic overflow: every deadline goes through [`after`].
 

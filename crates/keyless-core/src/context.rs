@@ -27,7 +27,7 @@ impl Context {
         Self { clock, metrics, cache_policy, watch_options, sources: Arc::default() }
     }
 
-    /// The token source `spec` describes, shared with every other user of the same spec (SPEC 3.1:
+    /// The token source `spec` describes, shared with every other user of the same spec (ARCHITECTURE.md:
     /// one source per distinct token path).
     pub async fn token_source(&self, spec: &SourceSpec) -> TokenSource {
         let key = spec.normalized();

@@ -1,4 +1,4 @@
-//! Files keyless creates (SPEC section 6: "created exclusively with its final mode, then renamed
+//! Files keyless creates (the security rules, docs/reliability.md: "created exclusively with its final mode, then renamed
 //! into place").
 //!
 //! A fixed temporary name (`app.tmp`) opened with create+truncate follows a symlink planted there

@@ -1,4 +1,4 @@
-//! Prometheus metrics. The names are an interface (dashboards depend on them): SPEC section 7.
+//! Prometheus metrics. The names are an interface (dashboards depend on them): the metrics interface, README.
 //! Labels carry identities (role ARNs, e-mails, client ids) and paths, never a token or key.
 
 use std::collections::HashMap;

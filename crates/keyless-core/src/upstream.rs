@@ -1,4 +1,4 @@
-//! Rules every adapter applies to the upstream endpoints it is configured with (SPEC section 6:
+//! Rules every adapter applies to the upstream endpoints it is configured with (the security rules, docs/reliability.md:
 //! upstream TLS only, except loopback endpoints named explicitly in config).
 
 use std::net::IpAddr;

@@ -15,7 +15,7 @@ use keyless_test_support::logs::capture_logs;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// GitHub Actions tokens live 5 minutes (protocols.md 6.1).
+/// GitHub Actions tokens live 5 minutes (docs/protocols.md 6.1).
 const LIFETIME: Duration = Duration::from_secs(300);
 
 fn start() -> SystemTime {

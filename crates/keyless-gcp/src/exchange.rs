@@ -1,4 +1,4 @@
-//! The GCP exchange: STS token exchange (protocols.md 3.1), then, with a service account,
+//! The GCP exchange: STS token exchange (docs/protocols.md 3.1), then, with a service account,
 //! IAM Credentials `generateAccessToken` / `generateIdToken` (3.2).
 
 use std::time::{Duration, SystemTime};
@@ -280,7 +280,7 @@ struct StsResponse {
     expires_in: Option<ExpiresIn>,
 }
 
-/// STS sends `expires_in` as a number or as a string of digits (protocols.md 3.1).
+/// STS sends `expires_in` as a number or as a string of digits (docs/protocols.md 3.1).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum ExpiresIn {

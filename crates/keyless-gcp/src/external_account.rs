@@ -1,5 +1,5 @@
 //! Google's `external_account` credential JSON (what `gcloud iam workload-identity-pools
-//! create-cred-config` writes, protocols.md 3.2) read as a source of the same settings as the
+//! create-cred-config` writes, docs/protocols.md 3.2) read as a source of the same settings as the
 //! `[gcp]` section.
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! keyless for Google Cloud.
 //!
-//! - Exchange (`reqwest`): the projected token goes to STS (`/v1/token`, protocols.md 3.1) for a
+//! - Exchange (`reqwest`): the projected token goes to STS (`/v1/token`, docs/protocols.md 3.1) for a
 //!   federated access token, optionally impersonating a service account through IAM Credentials
 //!   (`generateAccessToken` / `generateIdToken`, 3.2).
 //! - Serving: the GCE metadata server (3.3) that google-auth, the Go, Node and Rust clients and

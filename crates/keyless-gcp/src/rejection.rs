@@ -50,7 +50,7 @@ struct OAuthError {
     error_description: Option<String>,
 }
 
-/// A non-2xx answer of STS `/v1/token` (`{"error","error_description"}`, protocols.md 3.1).
+/// A non-2xx answer of STS `/v1/token` (`{"error","error_description"}`, docs/protocols.md 3.1).
 pub(crate) fn sts(status: StatusCode, body: &[u8], attempt: &Attempt<'_>) -> ExchangeError {
     let parsed: OAuthError = serde_json::from_slice(body).unwrap_or_default();
     let code = parsed.error.unwrap_or_else(|| status.as_u16().to_string());

@@ -1,4 +1,4 @@
-//! Raw HTTP against the metadata server: every path and header rule of protocols.md 3.3.
+//! Raw HTTP against the metadata server: every path and header rule of docs/protocols.md 3.3.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,6 +1,6 @@
 //! The request rules every native route shares, applied once by one tower layer in front of each
 //! provider's routes (and, for `Host`, of the admin routes), answered in each route's native
-//! error shape (SPEC section 6; docs/reliability.md "hostile input" lists every case):
+//! error shape (the security rules, docs/reliability.md; docs/reliability.md "hostile input" lists every case):
 //!
 //! | violation | status | why |
 //! |---|---|---|

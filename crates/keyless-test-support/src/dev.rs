@@ -145,7 +145,7 @@ impl Dev {
     }
 }
 
-/// Parses `KEY=VALUE` lines (the format SPEC section 4 fixes: no quotes, no export).
+/// Parses `KEY=VALUE` lines (the format the interface, README and docs/configuration.md fixes: no quotes, no export).
 pub fn parse_env_file(text: &str) -> BTreeMap<String, String> {
     text.lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))

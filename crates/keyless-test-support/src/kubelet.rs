@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 /// Writes `payload` as `dir/token` exactly as the kubelet's AtomicWriter does
-/// (protocols.md section 1): timestamped dir, payload, `token -> ..data/token` if missing,
+/// (docs/protocols.md section 1): timestamped dir, payload, `token -> ..data/token` if missing,
 /// `..data_tmp -> timestamped dir`, rename over `..data`, remove the old timestamped dir.
 pub fn atomic_write(dir: &Path, payload: &str, generation: u64) {
     use std::os::unix::fs::symlink;

@@ -6,7 +6,7 @@
 //! - `/readyz` answers such a peer with the status and a count; the details (role ARNs, e-mails,
 //!   client ids, cache keys, the last upstream error) go to loopback peers only, which is where
 //!   `kubectl exec` and `kubectl port-forward` arrive.
-//! - `/metrics` keeps its labels (SPEC section 7): identities (role ARNs, service-account e-mails,
+//! - `/metrics` keeps its labels (the metrics interface, README): identities (role ARNs, service-account e-mails,
 //!   client ids) are names, not secrets; holding one grants nothing without a token the cloud
 //!   trusts, and dashboards need them.
 

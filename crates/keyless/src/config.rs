@@ -1,5 +1,5 @@
 //! Configuration: flags, then the TOML file, then `KEYLESS_*` env vars, then the clouds' own env
-//! vars (SPEC section 4), earlier sources winning. Unknown keys are errors that name the key.
+//! vars (the interface, README and docs/configuration.md), earlier sources winning. Unknown keys are errors that name the key.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

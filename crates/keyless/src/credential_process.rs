@@ -1,4 +1,4 @@
-//! `keyless credential-process`: AWS `credential_process` JSON on stdout (protocols.md 2.4), either
+//! `keyless credential-process`: AWS `credential_process` JSON on stdout (docs/protocols.md 2.4), either
 //! from a running keyless's container endpoint or by doing the exchange itself from config.
 //! The JSON shapes are keyless-aws's; this file only chooses the source and prints.
 
@@ -63,7 +63,7 @@ pub async fn run(source: Source) -> Result<String, String> {
 }
 
 /// The link-local hosts the AWS SDKs accept for a plain-http container endpoint: ECS (IPv4), EKS
-/// Pod Identity (IPv4 and IPv6) (protocols.md 2.2 and 8).
+/// Pod Identity (IPv4 and IPv6) (docs/protocols.md 2.2 and 8).
 const CONTAINER_HOSTS: [IpAddr; 3] = [
     IpAddr::V4(Ipv4Addr::new(169, 254, 170, 2)),
     IpAddr::V4(Ipv4Addr::new(169, 254, 170, 23)),

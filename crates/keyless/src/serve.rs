@@ -1,7 +1,7 @@
 //! `keyless serve`: the credential listener (every enabled adapter's routes on one loopback
 //! address) and the admin listener, with graceful shutdown.
 //!
-//! Each listener is a hyper HTTP/1.1 accept loop with bounds (SPEC section 6): a deadline for a
+//! Each listener is a hyper HTTP/1.1 accept loop with bounds (the security rules, docs/reliability.md): a deadline for a
 //! request's headers (slowloris), a size bound on them (431), and a bounded number of connections
 //! where idle ones give way to new clients, so a connection flood cannot starve a real client.
 

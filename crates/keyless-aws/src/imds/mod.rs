@@ -1,4 +1,4 @@
-//! IMDSv2 emulation at the listener root (protocols.md 2.3): SDKs find it through
+//! IMDSv2 emulation at the listener root (docs/protocols.md 2.3): SDKs find it through
 //! `AWS_EC2_METADATA_SERVICE_ENDPOINT` (no path: the JS client ignores one, botocore appends to it).
 
 mod sessions;

@@ -1,4 +1,4 @@
-//! The budget of exchanges of keys nobody configured (SPEC section 12): a client asking for ever
+//! The budget of exchanges of keys nobody configured (fleet behaviour, docs/reliability.md): a client asking for ever
 //! new audiences, scopes or resources must not get the pod's identity throttled by the cloud.
 
 use std::sync::{Mutex, PoisonError};

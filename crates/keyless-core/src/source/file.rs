@@ -1,7 +1,7 @@
 //! The file source: a token file as the kubelet keeps rewriting it, or as a person wrote it.
 //!
 //! The kubelet's AtomicWriter swaps a `..data` symlink to a new timestamped directory and deletes the
-//! old one (protocols.md section 1). A watch on the file itself follows the first inode and goes
+//! old one (docs/protocols.md section 1). A watch on the file itself follows the first inode and goes
 //! silent after the first rotation, so we watch the *directory*, treat every event that can change
 //! a file as "maybe changed", and re-read through the `token` path.
 

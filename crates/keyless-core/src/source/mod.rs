@@ -109,7 +109,7 @@ impl fmt::Display for SourceId {
     }
 }
 
-/// Timing of the file source, configurable (`[token]`). The defaults follow protocols.md section 1.
+/// Timing of the file source, configurable (`[token]`). The defaults follow docs/protocols.md section 1.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
     /// Quiet time after a directory event before reading (the AtomicWriter emits a burst).

@@ -1,5 +1,5 @@
 //! Metadata-server query strings, parsed tolerantly: Node's gcp-metadata sends the ID-token
-//! `audience` without URL-encoding it (protocols.md 3.3 traps), so an audience such as
+//! `audience` without URL-encoding it (docs/protocols.md 3.3 traps), so an audience such as
 //! `https://svc.example/path?x=1&y=2` arrives raw and must not be cut at its own `&`.
 
 use std::borrow::Cow;
