@@ -1,4 +1,4 @@
-//! Instructions per request (the quality bars, docs/benchmarks.md), counted by valgrind's callgrind: deterministic on a
+//! Instructions per request, counted by valgrind's callgrind (keyless's quality bars, docs/benchmarks.md): deterministic on a
 //! shared machine, where req/s is not.
 //!
 //! `keyless serve` and, per endpoint, the bare server run under `valgrind --tool=callgrind
