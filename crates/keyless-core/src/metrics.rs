@@ -282,6 +282,14 @@ mod tests {
         );
     }
 
+    /// The value of the `keyless_requests_total` series whose labels contain `labels`.
+    fn requests_total(text: &str, labels: &str) -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with("keyless_requests_total{") && l.contains(labels))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    }
+
     #[test]
     fn requests_are_counted_per_label_set_across_clones() {
         let m = Metrics::new();
@@ -293,12 +301,7 @@ mod tests {
         clone.record_request("aws", "/v1/credentials", 403);
         m.record_request("gcp", "/v1/credentials", 200);
         let text = m.encode();
-        let count = |labels: &str| {
-            text.lines()
-                .find(|l| l.starts_with("keyless_requests_total{") && l.contains(labels))
-                .and_then(|l| l.rsplit(' ').next())
-                .map(str::to_owned)
-        };
+        let count = |labels: &str| requests_total(&text, labels);
         assert_eq!(count(r#"provider="aws",route="/v1/credentials",status="200""#).as_deref(), Some("4"), "{text}");
         assert_eq!(count(r#"provider="aws",route="/v1/credentials",status="403""#).as_deref(), Some("1"), "{text}");
         assert_eq!(count(r#"provider="gcp",route="/v1/credentials",status="200""#).as_deref(), Some("1"), "{text}");
@@ -315,12 +318,7 @@ mod tests {
         m.record_request("aws", "/v1/credentials", 200);
         m.record_request("aws", "/v1/credentials", 403);
         let text = m.encode();
-        let count = |labels: &str| {
-            text.lines()
-                .find(|l| l.starts_with("keyless_requests_total{") && l.contains(labels))
-                .and_then(|l| l.rsplit(' ').next())
-                .map(str::to_owned)
-        };
+        let count = |labels: &str| requests_total(&text, labels);
         assert_eq!(count(r#"provider="aws",route="/v1/credentials",status="200""#).as_deref(), Some("3"), "{text}");
         assert_eq!(count(r#"provider="aws",route="/v1/credentials",status="403""#).as_deref(), Some("2"), "{text}");
     }

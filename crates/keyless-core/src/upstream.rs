@@ -39,7 +39,8 @@ pub fn endpoint(key: &str, value: &str) -> Result<url::Url, UpstreamError> {
     }
 }
 
-fn is_loopback_host(url: &url::Url) -> bool {
+/// Whether `url`'s host is loopback (127.0.0.0/8, `::1`, `localhost`).
+pub fn is_loopback_host(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),

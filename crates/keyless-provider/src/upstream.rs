@@ -30,14 +30,7 @@ pub fn all_loopback<'a>(endpoints: impl IntoIterator<Item = &'a url::Url>) -> bo
     endpoints.into_iter().all(is_loopback)
 }
 
-pub fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
+pub use keyless_core::upstream::is_loopback_host as is_loopback;
 
 /// Why an HTTPS client could not be built.
 #[derive(Debug, thiserror::Error)]
