@@ -2,9 +2,7 @@
 //! exchange without serving, and the IAM side of the federation (OIDC provider and the role's
 //! trust policy) written out for the token actually found.
 
-use std::path::Path;
-
-use keyless_core::{Attempt, Claims, Context, Exchange as _, SubjectToken};
+use keyless_core::{Attempt, Claims, Context, Exchange as _, SourceSpec, SubjectToken};
 use keyless_provider::{BoxFuture, Diagnosis};
 
 use crate::container::ContainerAuth;
@@ -40,8 +38,8 @@ impl Diagnosis for AwsDiagnosis {
         format!("role {} (region {})", self.settings.role, self.settings.region)
     }
 
-    fn token_file(&self) -> &Path {
-        &self.settings.token_file
+    fn token_source(&self) -> SourceSpec {
+        self.settings.token_source()
     }
 
     fn expected_audience(&self) -> &str {

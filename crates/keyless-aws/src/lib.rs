@@ -120,7 +120,7 @@ impl Running {
             .as_ref()
             .map(|c| ContainerAuth::resolve(c.token.clone(), c.token_file.clone()))
             .transpose()?;
-        let tokens = ctx.token_source(&keyless_core::SourceSpec::File(settings.token_file.clone())).await;
+        let tokens = ctx.token_source(&settings.token_source()).await;
         let cache = ctx.cache(exchange, tokens);
         cache.pin(());
         let served = Served {
@@ -204,7 +204,7 @@ pub async fn fetch_once(config: &Config, ctx: &Context) -> Result<Issued<AwsCred
     use keyless_core::Exchange as _;
     let settings = Settings::resolve(config, &Host::process())?;
     let exchange = StsExchange::new(&settings, ctx)?;
-    let tokens = ctx.token_source(&keyless_core::SourceSpec::File(settings.token_file.clone())).await;
+    let tokens = ctx.token_source(&settings.token_source()).await;
     let token = tokens.current()?;
     match exchange.exchange(&(), &token).await {
         Err(e) if e.class == ErrorClass::RereadToken => {

@@ -149,6 +149,13 @@ pub(crate) struct Settings {
     pub(crate) imds: Option<ImdsSettings>,
 }
 
+impl Settings {
+    /// Where the subject token comes from: the one place the configured file becomes a source.
+    pub(crate) fn token_source(&self) -> keyless_core::SourceSpec {
+        keyless_core::SourceSpec::File(self.token_file.clone())
+    }
+}
+
 /// The process environment and host name, where the defaults come from.
 pub(crate) struct Host<'a> {
     pub(crate) env: &'a dyn Fn(&str) -> Option<String>,

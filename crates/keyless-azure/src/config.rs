@@ -200,6 +200,13 @@ pub(crate) struct Settings {
     pub identity_header: Secret<String>,
 }
 
+impl Settings {
+    /// Where the subject token comes from: the one place the configured file becomes a source.
+    pub(crate) fn token_source(&self) -> keyless_core::SourceSpec {
+        keyless_core::SourceSpec::File(self.token_file.clone())
+    }
+}
+
 fn parse_clients(primary: &str, additional: &[String]) -> Result<Vec<ClientId>, ConfigError> {
     let mut clients = vec![ClientId::parse(primary).map_err(|r| ConfigError::invalid("azure.client_id", r))?];
     for (i, raw) in additional.iter().enumerate() {

@@ -2,9 +2,7 @@
 //! exchange per (client id, pre-warmed resource) without serving, and the federated identity
 //! credential each app needs, written out for the token found.
 
-use std::path::Path;
-
-use keyless_core::{Attempt, Claims, Exchange as _, SubjectToken};
+use keyless_core::{Attempt, Claims, Exchange as _, SourceSpec, SubjectToken};
 use keyless_provider::{BoxFuture, Diagnosis};
 
 use crate::config::Settings;
@@ -44,8 +42,8 @@ impl Diagnosis for AzureDiagnosis {
         identity(&self.settings)
     }
 
-    fn token_file(&self) -> &Path {
-        &self.settings.token_file
+    fn token_source(&self) -> SourceSpec {
+        self.settings.token_source()
     }
 
     fn expected_audience(&self) -> &str {

@@ -136,7 +136,7 @@ impl Running {
     /// not wait for the exchanges.
     async fn start(settings: Settings, ctx: &Context) -> Result<Running, ConfigError> {
         let exchange = exchange(&settings, ctx)?;
-        let tokens = ctx.token_source(&keyless_core::SourceSpec::File(settings.token_file.clone())).await;
+        let tokens = ctx.token_source(&settings.token_source()).await;
         let cache = ctx.cache(exchange, tokens);
         for client_id in &settings.clients {
             for scope in &settings.prewarm {

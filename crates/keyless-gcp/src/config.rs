@@ -233,6 +233,13 @@ pub(crate) struct Settings {
     pub(crate) universe_domain: String,
 }
 
+impl Settings {
+    /// Where the subject token comes from: the one place the configured file becomes a source.
+    pub(crate) fn token_source(&self) -> keyless_core::SourceSpec {
+        keyless_core::SourceSpec::File(self.token_file.clone())
+    }
+}
+
 fn validate_lifetime(lifetime: Duration, allow_long: bool) -> Result<(), ConfigError> {
     let max = if allow_long { MAX_LONG_LIFETIME } else { MAX_LIFETIME };
     let problem = if lifetime.subsec_nanos() != 0 {

@@ -2,9 +2,7 @@
 //! one exchange per configured token without serving, and the IAM side of the federation (pool
 //! provider, principal, `roles/iam.workloadIdentityUser`) written out for the token found.
 
-use std::path::Path;
-
-use keyless_core::{Attempt, Claims, Context, Exchange as _, SubjectToken};
+use keyless_core::{Attempt, Claims, Context, Exchange as _, SourceSpec, SubjectToken};
 use keyless_provider::{BoxFuture, Diagnosis};
 
 use crate::ConfigError;
@@ -40,8 +38,8 @@ impl Diagnosis for GcpDiagnosis {
         identity(&self.settings)
     }
 
-    fn token_file(&self) -> &Path {
-        &self.settings.token_file
+    fn token_source(&self) -> SourceSpec {
+        self.settings.token_source()
     }
 
     fn expected_audience(&self) -> &str {

@@ -85,7 +85,7 @@ impl Running {
     /// ID-token audience (pre-warm). Does not wait for the exchanges.
     async fn start(settings: Settings, ctx: &Context) -> Result<Running, ConfigError> {
         let exchange = GcpExchange::new(&settings, ctx)?;
-        let tokens = ctx.token_source(&keyless_core::SourceSpec::File(settings.token_file.clone())).await;
+        let tokens = ctx.token_source(&settings.token_source()).await;
         let cache = ctx.cache(exchange, tokens);
         cache.pin(TokenKey::AccessToken(settings.scopes.clone()));
         for audience in &settings.id_token_audiences {

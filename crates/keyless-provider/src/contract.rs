@@ -140,8 +140,8 @@ pub trait Started: Send + Sync {
 pub trait Diagnosis: Send + Sync {
     /// The heading of the provider's part of the report.
     fn identity(&self) -> String;
-    /// The subject token file the exchange uses.
-    fn token_file(&self) -> &std::path::Path;
+    /// Where the exchange's subject token comes from.
+    fn token_source(&self) -> keyless_core::SourceSpec;
     /// The audience the cloud expects on the subject token.
     fn expected_audience(&self) -> &str;
     /// Where that expectation comes from on the cloud side.

@@ -8,13 +8,13 @@
 //! contain secrets.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use keyless_core::clock::SystemClock;
-use keyless_core::{Attempt, Claims, Context, ExchangeError, Metrics, SubjectToken};
+use keyless_core::{Attempt, Claims, Context, ExchangeError, Metrics, SourceSpec, SubjectToken};
 use keyless_provider::Diagnosis;
 
 use crate::config::{Config, Overrides};
@@ -148,9 +148,9 @@ async fn check_provider(
 ) {
     report.line(&format!("{name}: {}", d.identity()));
     report.item("config", &format!("ok (from {origin})"));
-    let token_file = d.token_file().to_owned();
-    report.item("token file", &token_file.display().to_string());
-    let token = match ctx.token_source(&keyless_core::SourceSpec::File(token_file.clone())).await.current() {
+    let source = d.token_source();
+    report.item("token", &source.to_string());
+    let token = match ctx.token_source(&source).await.current() {
         Ok(token) => token,
         Err(e) => {
             report.problem(name, "token", &e.to_string(), None);
@@ -162,7 +162,7 @@ async fn check_provider(
     let claims = token.claims();
     let now = ctx.clock.now();
     report.item("claims", &describe_claims(claims, now));
-    check_claims(report, name, claims, now, &token_file);
+    check_claims(report, name, claims, now, &source);
 
     let attempts = exchange_once(d, &token, limit).await;
     let all_ok = attempts.iter().all(|a| a.result.is_ok());
@@ -211,7 +211,8 @@ async fn check_provider(
 }
 
 /// Problems the claims show before any cloud is asked.
-fn check_claims(report: &mut Report, name: &str, claims: &Claims, now: SystemTime, token_file: &Path) {
+fn check_claims(report: &mut Report, name: &str, claims: &Claims, now: SystemTime, source: &SourceSpec) {
+    let SourceSpec::File(token_file) = source;
     if let Some(exp) = claims.exp.filter(|exp| *exp <= now) {
         report.problem(
             name,

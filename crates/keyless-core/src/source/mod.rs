@@ -34,6 +34,15 @@ pub enum SourceSpec {
     File(PathBuf),
 }
 
+impl std::fmt::Display for SourceSpec {
+    /// `file /var/run/secrets/tokens/aws`: what a report shows of the source (nothing secret).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "file {}", path.display()),
+        }
+    }
+}
+
 impl SourceSpec {
     /// The same spec in the form that compares equal for the same source (absolute paths).
     pub(crate) fn normalized(&self) -> Self {
