@@ -24,26 +24,49 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// How often keyless's RSS is sampled during the load runs.
 const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
+/// What both the load and the callgrind modes run keyless against: the emulator (from
+/// `emulator_bin`), the sidecar's config for it, where keyless writes the AWS authorization
+/// token, and the App Service identity header it is given.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub emulator: Emulator,
+    pub config: PathBuf,
+    pub auth_file: PathBuf,
+    pub identity_header: String,
+}
+
+impl Stack {
+    pub async fn prepare(emulator_bin: &Path) -> Result<Self, BenchError> {
+        let dir = tempfile::tempdir().map_err(|e| BenchError::File { path: std::env::temp_dir(), source: e })?;
+        let emulator = Emulator::start(emulator_bin, dir.path()).await?;
+        let auth_file = dir.path().join("aws-authorization-token");
+        let config = dir.path().join("keyless.toml");
+        std::fs::write(&config, sidecar_toml(&emulator, &auth_file))
+            .map_err(|e| BenchError::File { path: config.clone(), source: e })?;
+        Ok(Self { dir, emulator, config, auth_file, identity_header: random_hex() })
+    }
+
+    /// The environment `keyless serve` gets besides its config file.
+    pub fn env(&self) -> [(&'static str, &str); 1] {
+        [("KEYLESS_AZURE__IDENTITY_HEADER", self.identity_header.as_str())]
+    }
+}
+
 pub async fn bench(opts: Options) -> Result<(), BenchError> {
     let keyless = opts.keyless.clone().unwrap_or_else(default_keyless);
     let ticks = procs::ticks_per_second();
     let load_before = procs::load_average();
     report::header(&opts, &keyless, &load_before);
-    let dir = tempfile::tempdir().map_err(|e| BenchError::File { path: std::env::temp_dir(), source: e })?;
-    let emulator = Emulator::start(opts.emulator.as_deref().unwrap_or(&keyless), dir.path()).await?;
-    let auth_file = dir.path().join("aws-authorization-token");
-    let config = dir.path().join("keyless.toml");
-    std::fs::write(&config, sidecar_toml(&emulator, &auth_file))
-        .map_err(|e| BenchError::File { path: config.clone(), source: e })?;
-    let identity_header = random_hex();
-    let env = [("KEYLESS_AZURE__IDENTITY_HEADER", identity_header.as_str())];
+    let stack = Stack::prepare(opts.emulator.as_deref().unwrap_or(&keyless)).await?;
+    let Stack { dir, emulator, config, auth_file, identity_header } = &stack;
+    let env = stack.env();
 
     let mut cold_starts = Vec::new();
     let mut running = None;
     let starts = opts.cold_starts.max(1);
     for i in 0..starts {
         let log = dir.path().join(format!("keyless-{i}.log"));
-        let (sidecar, cold) = Sidecar::start(&Launcher::default(), &keyless, &config, &env, &log).await?;
+        let (sidecar, cold) = Sidecar::start(&Launcher::default(), &keyless, config, &env, &log).await?;
         report::progress(&format!(
             "cold start {}/{starts}: listening after {}, /readyz green after {}",
             i + 1,
@@ -63,7 +86,7 @@ pub async fn bench(opts: Options) -> Result<(), BenchError> {
     let idle = procs::memory(sidecar.pid)?;
     let idle_mappings = procs::rss_by_mapping(sidecar.pid)?;
 
-    let secrets = client_secrets(&emulator, &sidecar, &auth_file, &identity_header).await?;
+    let secrets = client_secrets(emulator, &sidecar, auth_file, identity_header).await?;
     let selected: Vec<Endpoint> = if opts.only.is_empty() { Endpoint::ALL.to_vec() } else { opts.only.clone() };
     let mut prepared = Vec::new();
     for endpoint in selected {
@@ -125,7 +148,7 @@ pub async fn bench(opts: Options) -> Result<(), BenchError> {
             ..endpoints::target(Endpoint::GceToken, sidecar.listen, &secrets)
         };
         for (label, target) in [("Azure IMDS, new resource", azure), ("GCE token, new scope set", gcp)] {
-            herds.push(herd(&emulator, &sidecar, label, &target, opts.cold_requests).await?);
+            herds.push(herd(emulator, &sidecar, label, &target, opts.cold_requests).await?);
         }
     }
     let after_herds = procs::memory(sidecar.pid)?;

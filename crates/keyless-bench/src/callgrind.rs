@@ -20,11 +20,11 @@ use hyper::StatusCode;
 use tokio::process::Command;
 
 use crate::BenchError;
-use crate::bench::{BareServer, client_secrets, default_keyless, random_hex};
+use crate::bench::{BareServer, Stack, client_secrets, default_keyless};
 use crate::endpoints::{self, Endpoint};
 use crate::load::{self, Target};
 use crate::report::{self, CallgrindResult};
-use crate::stack::{Emulator, Launcher, Sidecar, sidecar_toml};
+use crate::stack::{Launcher, Sidecar};
 
 /// Start-up under valgrind (uninstrumented) takes seconds; a loaded machine makes it minutes.
 const START_UNDER_VALGRIND: Duration = Duration::from_secs(600);
@@ -64,24 +64,19 @@ pub async fn callgrind(opts: CallgrindOptions) -> Result<(), BenchError> {
         std::fs::canonicalize(&opts.out_dir).map_err(|e| BenchError::File { path: opts.out_dir.clone(), source: e })?;
     report::callgrind_header(&opts, &keyless, &version);
 
-    let dir = tempfile::tempdir().map_err(|e| BenchError::File { path: std::env::temp_dir(), source: e })?;
-    let emulator = Emulator::start(opts.emulator.as_deref().unwrap_or(&keyless), dir.path()).await?;
-    let auth_file = dir.path().join("aws-authorization-token");
-    let config = dir.path().join("keyless.toml");
-    std::fs::write(&config, sidecar_toml(&emulator, &auth_file))
-        .map_err(|e| BenchError::File { path: config.clone(), source: e })?;
-    let identity_header = random_hex();
-    let env = [("KEYLESS_AZURE__IDENTITY_HEADER", identity_header.as_str())];
+    let stack = Stack::prepare(opts.emulator.as_deref().unwrap_or(&keyless)).await?;
+    let Stack { emulator, config, auth_file, identity_header, .. } = &stack;
+    let env = stack.env();
 
     let log = out_dir.join("keyless.log");
     let (sidecar, cold) =
-        Sidecar::start(&under_callgrind(&opts, &out_dir, "keyless"), &keyless, &config, &env, &log).await?;
+        Sidecar::start(&under_callgrind(&opts, &out_dir, "keyless"), &keyless, config, &env, &log).await?;
     report::progress(&format!(
         "keyless serve under callgrind is PID {}, ready after {} (uninstrumented)",
         sidecar.pid,
         report::ms(cold.ready)
     ));
-    let secrets = client_secrets(&emulator, &sidecar, &auth_file, &identity_header).await?;
+    let secrets = client_secrets(emulator, &sidecar, auth_file, identity_header).await?;
     let keyless_counter = Counter::new(sidecar.pid, &out_dir, "keyless");
     keyless_counter.control(&["--instr=on"]).await?;
 
