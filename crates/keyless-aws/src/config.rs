@@ -68,6 +68,9 @@ pub struct Config {
     /// The account apps are told about (IMDS identity document, `AccountId`); default: the role's.
     #[serde(default)]
     pub account_id: Option<String>,
+    /// Named roles beside the default one (`[[aws.roles]]`), on their own container paths.
+    #[serde(default)]
+    pub roles: Vec<crate::roles::RoleConfig>,
 }
 
 pub(crate) const DEFAULT_CONTAINER_PATH: &str = "/v1/credentials";
@@ -119,6 +122,7 @@ impl Config {
             imds_session_ttl_max: default_imds_session_ttl_max(),
             imds_max_sessions: default_imds_max_sessions(),
             account_id: None,
+            roles: Vec::new(),
         }
     }
 

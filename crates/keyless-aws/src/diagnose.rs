@@ -19,6 +19,8 @@ const AUDIENCE: &str = "sts.amazonaws.com";
 pub(crate) struct AwsDiagnosis {
     settings: Settings,
     exchange: StsExchange,
+    /// The named roles' exchanges, tried after the default's.
+    named: Vec<StsExchange>,
 }
 
 impl AwsDiagnosis {
@@ -29,13 +31,15 @@ impl AwsDiagnosis {
             let file = container.token_file.clone().filter(|f| f.exists());
             ContainerAuth::resolve(container.token.clone(), file)?;
         }
-        Ok(Self { settings, exchange })
+        let named =
+            settings.roles.iter().map(|r| StsExchange::for_role(&settings, r, ctx)).collect::<Result<_, _>>()?;
+        Ok(Self { settings, exchange, named })
     }
 }
 
 impl Diagnosis for AwsDiagnosis {
     fn identity(&self) -> String {
-        format!("role {} (region {})", self.settings.role, self.settings.region)
+        crate::identity_line(&self.settings)
     }
 
     fn token_source(&self) -> SourceSpec {
@@ -63,12 +67,16 @@ impl Diagnosis for AwsDiagnosis {
         )
     }
 
-    /// One `AssumeRoleWithWebIdentity` with `token`.
+    /// One `AssumeRoleWithWebIdentity` with `token` per role: the default, then each named one.
     fn exchange_once<'a>(&'a self, token: &'a SubjectToken) -> BoxFuture<'a, Vec<Attempt>> {
         Box::pin(async move {
-            let result = self.exchange.exchange(&(), token).await.map(|issued| issued.credential.expires_at);
-            let what = format!("AssumeRoleWithWebIdentity for {}", self.settings.role);
-            vec![Attempt { what, result }]
+            let mut attempts = Vec::with_capacity(1 + self.named.len());
+            for exchange in std::iter::once(&self.exchange).chain(&self.named) {
+                let result = exchange.exchange(&(), token).await.map(|issued| issued.credential.expires_at);
+                let what = format!("AssumeRoleWithWebIdentity for {}", exchange.identity(&()));
+                attempts.push(Attempt { what, result });
+            }
+            attempts
         })
     }
 

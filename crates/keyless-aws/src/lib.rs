@@ -17,6 +17,7 @@ mod credentials;
 mod diagnose;
 mod error;
 mod imds;
+mod roles;
 mod serve;
 mod settings;
 mod sts;
@@ -31,6 +32,7 @@ use keyless_provider::{
 pub use crate::config::Config;
 pub use crate::credentials::{AwsCredentials, credential_process_json, timestamp};
 pub use crate::error::ConfigError;
+pub use crate::roles::RoleConfig;
 pub use crate::sts::StsExchange;
 
 use crate::container::{ContainerAuth, ContainerState};
@@ -64,7 +66,7 @@ struct AwsConfigured {
 
 impl Configured for AwsConfigured {
     fn identity(&self) -> String {
-        format!("role {} (region {})", self.settings.role, self.settings.region)
+        identity_line(&self.settings)
     }
 
     fn routes(&self) -> Vec<RouteClaim> {
@@ -83,11 +85,24 @@ impl Configured for AwsConfigured {
     }
 }
 
-/// The container path and the IMDS routes, as [`Running::routes`] serves them.
+/// The default role, and the named ones by name (`keyless check`, the start-up heading).
+pub(crate) fn identity_line(settings: &Settings) -> String {
+    let mut line = format!("role {} (region {})", settings.role, settings.region);
+    for named in &settings.roles {
+        line.push_str(&format!("; role {} {} on {}", named.name, named.role, named.path));
+    }
+    line
+}
+
+/// The container paths (default and named roles) and the IMDS routes, as [`Running::routes`]
+/// serves them.
 fn claims(settings: &Settings) -> Vec<RouteClaim> {
     let mut claims = Vec::new();
     if let Some(container) = &settings.container {
         claims.push(RouteClaim::new(container.path.clone(), "aws.container_path"));
+        for named in &settings.roles {
+            claims.push(RouteClaim::new(named.path.clone(), format!("aws.roles[{}].container_path", named.name)));
+        }
     }
     if settings.imds.is_some() {
         claims.extend(imds::ROUTES.iter().map(|route| RouteClaim::new(*route, "aws.imds")));
@@ -108,6 +123,8 @@ pub struct Running {
     settings: Settings,
     container: Option<Arc<ContainerState>>,
     imds: Option<ImdsState>,
+    /// The named roles served on their container paths, each with its own cache.
+    named: Vec<(String, Arc<ContainerState>)>,
 }
 
 impl Running {
@@ -129,6 +146,10 @@ impl Running {
             region: settings.region.clone(),
             account_id: settings.account_id.clone(),
         };
+        let named = match &container {
+            Some(auth) => start_named(&settings, auth, ctx).await?,
+            None => Vec::new(),
+        };
         let container = container.map(|auth| Arc::new(ContainerState { served: served.clone(), auth }));
         let imds = settings.imds.as_ref().map(|imds| ImdsState {
             served: served.clone(),
@@ -142,9 +163,10 @@ impl Running {
             region = %settings.region,
             container = settings.container.as_ref().map(|c| c.path.as_str()).unwrap_or("off"),
             imds = if imds.is_some() { "on" } else { "off" },
+            named_roles = named.len(),
             "aws provider started"
         );
-        Ok(Running { served, settings, container, imds })
+        Ok(Running { served, settings, container, imds, named })
     }
 
     /// The credential cache (tests).
@@ -153,11 +175,38 @@ impl Running {
     }
 }
 
+/// One cache per named role, pinned (pre-warmed) like the default's, over the same token source,
+/// served with the default's authorization token.
+async fn start_named(
+    settings: &Settings,
+    auth: &ContainerAuth,
+    ctx: &Context,
+) -> Result<Vec<(String, Arc<ContainerState>)>, ConfigError> {
+    let mut named = Vec::with_capacity(settings.roles.len());
+    for role in &settings.roles {
+        let exchange = StsExchange::for_role(settings, role, ctx)?;
+        let cache = ctx.cache(exchange, ctx.token_source(&settings.token_source()).await);
+        cache.pin(());
+        let served = Served {
+            cache,
+            role: role.role.clone(),
+            region: settings.region.clone(),
+            account_id: role.role.account().to_owned(),
+        };
+        tracing::info!(name = role.name.as_str(), role = %role.role, path = role.path.as_str(), "aws named role");
+        named.push((role.path.clone(), Arc::new(ContainerState { served, auth: auth.clone() })));
+    }
+    Ok(named)
+}
+
 impl Started for Running {
     fn routes(&self) -> Vec<NativeRoute> {
         let mut routes = Vec::new();
         if let (Some(state), Some(settings)) = (&self.container, &self.settings.container) {
             routes.push(NativeRoute::get(settings.path.clone(), Handler::new(state.clone(), container::credentials)));
+        }
+        for (path, state) in &self.named {
+            routes.push(NativeRoute::get(path.clone(), Handler::new(state.clone(), container::credentials)));
         }
         if let Some(state) = &self.imds {
             routes.extend(imds::routes(state.clone()));
@@ -169,9 +218,12 @@ impl Started for Running {
         Rules::credentials(AwsErrors)
     }
 
-    /// The role's cache: ready when it holds a valid credential.
+    /// Every role's cache (the default and the named ones): ready when each holds a valid
+    /// credential; `/readyz` names each.
     fn readiness(&self) -> Vec<Arc<dyn Readiness>> {
-        vec![Arc::new(self.served.cache.clone())]
+        let mut caches: Vec<Arc<dyn Readiness>> = vec![Arc::new(self.served.cache.clone())];
+        caches.extend(self.named.iter().map(|(_, s)| Arc::new(s.served.cache.clone()) as Arc<dyn Readiness>));
+        caches
     }
 
     /// `AWS_ROLE_ARN` is deliberately absent: with it, SDKs would try web identity themselves.
@@ -201,9 +253,24 @@ impl Started for Running {
 /// calls STS, and on an invalid-token answer re-reads the token and tries once more, as the
 /// cache does.
 pub async fn fetch_once(config: &Config, ctx: &Context) -> Result<Issued<AwsCredentials>, ConfigError> {
+    fetch_role_once(config, None, ctx).await
+}
+
+/// [`fetch_once`] for the named role `role` (`[[aws.roles]]`), or the default role with `None`.
+pub async fn fetch_role_once(
+    config: &Config,
+    role: Option<&str>,
+    ctx: &Context,
+) -> Result<Issued<AwsCredentials>, ConfigError> {
     use keyless_core::Exchange as _;
     let settings = Settings::resolve(config, &Host::process())?;
-    let exchange = StsExchange::new(&settings, ctx)?;
+    let exchange = match role {
+        None => StsExchange::new(&settings, ctx)?,
+        Some(name) => {
+            let named = settings.roles.iter().find(|r| r.name == name).ok_or_else(|| unknown_role(&settings, name))?;
+            StsExchange::for_role(&settings, named, ctx)?
+        }
+    };
     let tokens = ctx.token_source(&settings.token_source()).await;
     let token = tokens.current()?;
     match exchange.exchange(&(), &token).await {
@@ -213,6 +280,18 @@ pub async fn fetch_once(config: &Config, ctx: &Context) -> Result<Issued<AwsCred
         }
         other => Ok(other?),
     }
+}
+
+fn unknown_role(settings: &Settings, name: &str) -> ConfigError {
+    let known: Vec<&str> = settings.roles.iter().map(|r| r.name.as_str()).collect();
+    ConfigError::invalid(
+        "roles",
+        format!(
+            "no role named {name:?} is configured (named roles: {}): add an [[aws.roles]] entry with name = {name:?}, \
+             or drop --role to use the default role",
+            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -234,6 +313,26 @@ mod tests {
         assert_eq!(keyless_provider::routes::check(&all), Ok(()));
         assert!(claims(&settings(|c| c.imds = false)).iter().all(|c| c.key != "aws.imds"));
         assert!(claims(&settings(|c| c.container_credentials = false)).iter().all(|c| c.key == "aws.imds"));
+    }
+
+    #[test]
+    fn named_roles_claim_their_paths_and_a_shared_path_collides() {
+        let named = |path: Option<&str>| {
+            settings(|c| {
+                let mut role = RoleConfig::new("writer", "arn:aws:iam::123456789012:role/writer");
+                role.container_path = path.map(str::to_owned);
+                c.roles = vec![role];
+            })
+        };
+        let all = claims(&named(None));
+        assert!(
+            all.iter()
+                .any(|c| c.route == "/v1/credentials/roles/writer" && c.key == "aws.roles[writer].container_path")
+        );
+        assert_eq!(keyless_provider::routes::check(&all), Ok(()));
+        let err = keyless_provider::routes::check(&claims(&named(Some("/v1/credentials")))).expect_err("collision");
+        assert!(err.to_string().contains("aws.roles[writer].container_path"), "{err}");
+        assert!(claims(&settings(|c| c.container_credentials = false)).iter().all(|c| !c.key.starts_with("aws.roles")));
     }
 
     #[test]

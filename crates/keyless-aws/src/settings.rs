@@ -147,6 +147,8 @@ pub(crate) struct Settings {
     pub(crate) account_id: String,
     pub(crate) container: Option<ContainerSettings>,
     pub(crate) imds: Option<ImdsSettings>,
+    /// The named roles (`[[aws.roles]]`), each with its own cache and container path.
+    pub(crate) roles: Vec<crate::roles::NamedRole>,
 }
 
 impl Settings {
@@ -189,15 +191,7 @@ impl Settings {
             Some(name) => RoleSessionName::parse(name.trim()).map_err(|m| ConfigError::invalid("session_name", m))?,
             None => RoleSessionName::from_host(host.var("HOSTNAME").or_else(|| host.hostname_file.clone()).as_deref()),
         };
-        if !(DURATION_MIN..=DURATION_MAX).contains(&config.duration) {
-            return Err(ConfigError::invalid(
-                "duration",
-                format!(
-                    "{} is outside what STS accepts: use 15m to 12h (and at most the role's maximum session duration)",
-                    humantime::format_duration(config.duration)
-                ),
-            ));
-        }
+        validate_duration(config.duration).map_err(|m| ConfigError::invalid("duration", m))?;
         let policy = config.policy.as_deref().map(validate_policy).transpose()?;
         let policy_arns = validate_policy_arns(&config.policy_arns)?;
         let region = region(config, host)?;
@@ -225,7 +219,7 @@ impl Settings {
             })
             .transpose()?;
         let imds = config.imds.then(|| imds_settings(config)).transpose()?;
-        Ok(Self {
+        let mut settings = Self {
             token_file: config.token_file.clone(),
             role,
             session_name,
@@ -238,11 +232,24 @@ impl Settings {
             account_id,
             container,
             imds,
-        })
+            roles: Vec::new(),
+        };
+        settings.roles = crate::roles::resolve(&config.roles, &settings, &config.container_path)?;
+        Ok(settings)
     }
 }
 
-fn validate_policy(policy: &str) -> Result<String, ConfigError> {
+pub(crate) fn validate_duration(duration: Duration) -> Result<(), String> {
+    if (DURATION_MIN..=DURATION_MAX).contains(&duration) {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is outside what STS accepts: use 15m to 12h (and at most the role's maximum session duration)",
+        humantime::format_duration(duration)
+    ))
+}
+
+pub(crate) fn validate_policy(policy: &str) -> Result<String, ConfigError> {
     // docs/protocols.md 2.1: Policy <= 2048 characters. A syntax error is caught here rather than as a
     // MalformedPolicyDocument on every exchange.
     if policy.chars().count() > 2048 {
@@ -256,7 +263,7 @@ fn validate_policy(policy: &str) -> Result<String, ConfigError> {
     Ok(policy.to_owned())
 }
 
-fn validate_policy_arns(arns: &[String]) -> Result<Vec<String>, ConfigError> {
+pub(crate) fn validate_policy_arns(arns: &[String]) -> Result<Vec<String>, ConfigError> {
     if arns.len() > 10 {
         return Err(ConfigError::invalid(
             "policy_arns",

@@ -35,6 +35,8 @@ pub struct StsExchange {
     /// Where requests go, for messages: the override, or the regional endpoint.
     endpoint: String,
     clock: SharedClock,
+    /// The `[[aws.roles]]` name of a named role (`None` for the default role).
+    name: Option<String>,
 }
 
 impl StsExchange {
@@ -53,7 +55,19 @@ impl StsExchange {
             region: settings.region.clone(),
             endpoint,
             clock: ctx.clock.clone(),
+            name: None,
         })
+    }
+
+    /// The exchange of the named role `named` (its settings over the default's).
+    pub(crate) fn for_role(
+        default: &Settings,
+        named: &crate::roles::NamedRole,
+        ctx: &Context,
+    ) -> Result<Self, ConfigError> {
+        let mut exchange = Self::new(&named.settings(default), ctx)?;
+        exchange.name = Some(named.name.clone());
+        Ok(exchange)
     }
 
     async fn call(&self, token: &SubjectToken) -> Result<AssumeRoleWithWebIdentityOutput, StsError> {
@@ -228,8 +242,13 @@ impl Exchange for StsExchange {
         crate::Aws::NAME
     }
 
+    /// The role ARN; a named role's is prefixed with its name, so `/readyz`, metrics and `check`
+    /// tell apart two names for one ARN.
     fn identity(&self, _key: &()) -> String {
-        self.role.to_string()
+        match &self.name {
+            Some(name) => format!("{name} ({})", self.role),
+            None => self.role.to_string(),
+        }
     }
 
     async fn exchange(&self, _key: &(), token: &SubjectToken) -> Result<Issued<AwsCredentials>, ExchangeError> {

@@ -18,8 +18,9 @@ use crate::config;
 pub enum Source {
     /// `GET` a running keyless's container-credentials endpoint.
     Endpoint { url: Url, authorization: String },
-    /// One STS exchange from the `[aws]` section (or the IRSA env vars).
-    Exchange { config_file: Option<std::path::PathBuf> },
+    /// One STS exchange from the `[aws]` section (or the IRSA env vars); with `role`, for that
+    /// `[[aws.roles]]` entry.
+    Exchange { config_file: Option<std::path::PathBuf>, role: Option<String> },
 }
 
 impl Source {
@@ -30,7 +31,7 @@ impl Source {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
         if config_file.is_some() {
-            return Ok(Self::Exchange { config_file });
+            return Ok(Self::Exchange { config_file, role: None });
         }
         if let Some(url) = env("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
             // Checked before the token is even read: it must not go anywhere an SDK would not send it.
@@ -50,7 +51,31 @@ impl Source {
                 };
             return Ok(Self::Endpoint { url, authorization: authorization.trim_end_matches(['\r', '\n']).to_owned() });
         }
-        Ok(Self::Exchange { config_file: None })
+        Ok(Self::Exchange { config_file: None, role: None })
+    }
+
+    /// The named role `role` (`--role NAME`) instead of the default one: its container path,
+    /// `{AWS_CONTAINER_CREDENTIALS_FULL_URI}/roles/NAME` (the default of `aws.roles[].container_path`),
+    /// or its own exchange.
+    pub fn for_role(self, role: Option<String>) -> Result<Self, String> {
+        let Some(role) = role else { return Ok(self) };
+        let valid = (1..=64).contains(&role.len())
+            && role.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            && !role.starts_with('.');
+        if !valid {
+            return Err(format!(
+                "--role {role:?} is not a role name: names are 1 to 64 letters, digits, '_', '.' or '-', as in \
+                 the name of an [[aws.roles]] entry"
+            ));
+        }
+        Ok(match self {
+            Self::Endpoint { mut url, authorization } => {
+                let path = format!("{}/roles/{role}", url.path().trim_end_matches('/'));
+                url.set_path(&path);
+                Self::Endpoint { url, authorization }
+            }
+            Self::Exchange { config_file, .. } => Self::Exchange { config_file, role: Some(role) },
+        })
     }
 }
 
@@ -58,7 +83,7 @@ impl Source {
 pub async fn run(source: Source) -> Result<String, String> {
     match source {
         Source::Endpoint { url, authorization } => from_endpoint(&url, &authorization).await,
-        Source::Exchange { config_file } => from_exchange(config_file.as_deref()).await,
+        Source::Exchange { config_file, role } => from_exchange(config_file.as_deref(), role.as_deref()).await,
     }
 }
 
@@ -151,7 +176,7 @@ async fn from_endpoint(url: &Url, authorization: &str) -> Result<String, String>
     Ok(keyless_aws::credential_process_json(&credentials))
 }
 
-async fn from_exchange(config_file: Option<&Path>) -> Result<String, String> {
+async fn from_exchange(config_file: Option<&Path>, role: Option<&str>) -> Result<String, String> {
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let (settings, _) = config::settings_from_env(&env);
     let (config, mut sections) = config::load(config_file, settings).map_err(|e| e.to_string())?;
@@ -168,7 +193,7 @@ async fn from_exchange(config_file: Option<&Path>) -> Result<String, String> {
         })?,
     };
     let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
-    let issued = keyless_aws::fetch_once(&aws, &ctx).await.map_err(|e| e.to_string())?;
+    let issued = keyless_aws::fetch_role_once(&aws, role, &ctx).await.map_err(|e| e.to_string())?;
     Ok(keyless_aws::credential_process_json(&issued.credential.value))
 }
 
@@ -208,6 +233,26 @@ mod tests {
             let err = container_endpoint(url).unwrap_err();
             assert!(err.starts_with(&format!("AWS_CONTAINER_CREDENTIALS_FULL_URI={url} ")), "{err}");
             assert!(err.contains("loopback"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_named_role_is_asked_for_under_the_container_path_or_exchanged_by_name() {
+        let endpoint = Source::Endpoint {
+            url: Url::parse("http://127.0.0.1:9811/v1/credentials").unwrap(),
+            authorization: "a".into(),
+        };
+        match endpoint.for_role(Some("writer".into())).unwrap() {
+            Source::Endpoint { url, .. } => {
+                assert_eq!(url.as_str(), "http://127.0.0.1:9811/v1/credentials/roles/writer")
+            }
+            other => panic!("{other:?}"),
+        }
+        let exchange = Source::Exchange { config_file: None, role: None }.for_role(Some("writer".into())).unwrap();
+        assert!(matches!(exchange, Source::Exchange { role: Some(r), .. } if r == "writer"));
+        for bad in ["../x", "a/b", "", "a?b", ".hidden"] {
+            let err = Source::Exchange { config_file: None, role: None }.for_role(Some(bad.into())).unwrap_err();
+            assert!(err.contains("--role"), "{err}");
         }
     }
 

@@ -78,6 +78,10 @@ enum Command {
         /// Exchange from this config's [aws] section instead of asking a running keyless.
         #[arg(long, env = "KEYLESS_CONFIG")]
         config: Option<PathBuf>,
+        /// A named role (`[[aws.roles]]` name) instead of the default role: asked for on its
+        /// container path (`.../roles/NAME` under AWS_CONTAINER_CREDENTIALS_FULL_URI) or exchanged.
+        #[arg(long, value_name = "NAME")]
+        role: Option<String>,
     },
     /// Exit 0 when URL answers 2xx: a health check for containers without curl (e.g. compose's
     /// `healthcheck` on /readyz).
@@ -136,7 +140,7 @@ fn main() -> ExitCode {
         }
         #[cfg(not(feature = "emulator"))]
         Command::Dev { .. } => fail(WITHOUT_EMULATOR),
-        Command::CredentialProcess { config } => runtime.block_on(credential_process(config)),
+        Command::CredentialProcess { config, role } => runtime.block_on(credential_process(config, role)),
         Command::Check { config } => runtime.block_on(check::run(config)),
         Command::Probe { url, ca_file, timeout } => {
             match runtime.block_on(probe::probe(&url, ca_file.as_deref(), timeout)) {
@@ -166,13 +170,13 @@ fn fail(message: &str) -> ExitCode {
 
 /// `credential_process`: only the JSON on stdout (botocore parses it), the reason on stderr.
 #[allow(clippy::print_stdout)]
-async fn credential_process(config: Option<PathBuf>) -> ExitCode {
+async fn credential_process(config: Option<PathBuf>, role: Option<String>) -> ExitCode {
     let filter = std::env::var("KEYLESS_LOG").unwrap_or_else(|_| "warn".to_owned());
     if let Err(e) = logging::init(Some(&filter), config::LogFormat::Text) {
         return fail(&e);
     }
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let result = match credential_process::Source::choose(config, &env) {
+    let result = match credential_process::Source::choose(config, &env).and_then(|s| s.for_role(role)) {
         Ok(source) => credential_process::run(source).await,
         Err(e) => Err(e),
     };
