@@ -53,6 +53,9 @@ pub struct Config {
     pub credentials_file: Option<PathBuf>,
     /// Served on `universe/universe-domain` (default `googleapis.com`).
     pub universe_domain: Option<String>,
+    /// Service accounts beside the default one (`[[gcp.service_accounts]]`), served by e-mail.
+    #[serde(default)]
+    pub service_accounts: Vec<crate::accounts::AccountConfig>,
 }
 
 /// A numeric project id, written in TOML as a string or an integer.
@@ -149,7 +152,7 @@ impl Config {
         let iam_endpoint = endpoint("gcp.iam_endpoint", &self.iam_endpoint, file.iam_endpoint, "iamcredentials")?;
         let ca_pem =
             self.ca_file.as_deref().map(|path| keyless_core::upstream::ca_bundle("gcp.ca_file", path)).transpose()?;
-        Ok(Settings {
+        let mut settings = Settings {
             token_file,
             provider,
             subject_token_type,
@@ -164,7 +167,10 @@ impl Config {
             iam_endpoint,
             ca_pem,
             universe_domain,
-        })
+            accounts: Vec::new(),
+        };
+        settings.accounts = crate::accounts::resolve(&self.service_accounts, &settings, self.allow_long_lifetime)?;
+        Ok(settings)
     }
 }
 
@@ -231,6 +237,8 @@ pub(crate) struct Settings {
     pub(crate) iam_endpoint: Url,
     pub(crate) ca_pem: Option<Vec<u8>>,
     pub(crate) universe_domain: String,
+    /// The extra service accounts (`[[gcp.service_accounts]]`), each with its own cache.
+    pub(crate) accounts: Vec<crate::accounts::Account>,
 }
 
 impl Settings {
@@ -241,6 +249,11 @@ impl Settings {
 }
 
 fn validate_lifetime(lifetime: Duration, allow_long: bool) -> Result<(), ConfigError> {
+    validate_lifetime_of("gcp.token_lifetime", lifetime, allow_long)
+}
+
+/// The lifetime rules of IAM's `generateAccessToken`, reported under `key`.
+pub(crate) fn validate_lifetime_of(key: &str, lifetime: Duration, allow_long: bool) -> Result<(), ConfigError> {
     let max = if allow_long { MAX_LONG_LIFETIME } else { MAX_LIFETIME };
     let problem = if lifetime.subsec_nanos() != 0 {
         Some("must be whole seconds".to_owned())
@@ -258,15 +271,13 @@ fn validate_lifetime(lifetime: Duration, allow_long: bool) -> Result<(), ConfigE
         None
     };
     match problem {
-        Some(p) => {
-            Err(ConfigError::invalid("gcp.token_lifetime", format!("{} {p}", humantime::format_duration(lifetime))))
-        }
+        Some(p) => Err(ConfigError::invalid(key, format!("{} {p}", humantime::format_duration(lifetime)))),
         None => Ok(()),
     }
 }
 
 /// A delegate as an e-mail or `projects/-/serviceAccounts/EMAIL`, in the second form.
-fn delegate_resource(delegate: &str) -> Result<String, ConfigError> {
+pub(crate) fn delegate_resource(delegate: &str) -> Result<String, ConfigError> {
     let email = delegate.strip_prefix("projects/-/serviceAccounts/").unwrap_or(delegate);
     validate_email("gcp.delegates", email)?;
     Ok(format!("projects/-/serviceAccounts/{email}"))

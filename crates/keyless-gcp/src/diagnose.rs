@@ -12,10 +12,35 @@ use crate::exchange::{GcpExchange, TokenKey};
 /// The heading of the identity in reports.
 pub(crate) fn identity(settings: &Settings) -> String {
     let provider = settings.provider.audience();
-    match &settings.service_account {
+    let mut line = match &settings.service_account {
         Some(email) => format!("service account {email} through {provider}"),
         None => format!("the federated identity of {provider} (no service account)"),
+    };
+    for account in &settings.accounts {
+        line.push_str(&format!("; service account {}", account.email));
     }
+    line
+}
+
+/// One account's access token (its default scopes), then each of its ID-token audiences.
+async fn account_attempts(s: &Settings, exchange: &GcpExchange, token: &SubjectToken) -> Vec<Attempt> {
+    let mut attempts = Vec::new();
+    let scopes = s.scopes.iter().collect::<Vec<_>>().join(" ");
+    let what = match &s.service_account {
+        Some(email) => {
+            format!("access token for {email} (STS, then IAM generateAccessToken; scopes {scopes})")
+        }
+        None => format!("federated access token from STS (scopes {scopes})"),
+    };
+    let key = TokenKey::AccessToken(s.scopes.clone());
+    let result = exchange.exchange(&key, token).await.map(|issued| issued.credential.expires_at);
+    attempts.push(Attempt { what, result });
+    for audience in &s.id_token_audiences {
+        let key = TokenKey::IdToken { audience: audience.clone() };
+        let result = exchange.exchange(&key, token).await.map(|issued| issued.credential.expires_at);
+        attempts.push(Attempt { what: format!("ID token for audience {audience}"), result });
+    }
+    attempts
 }
 
 /// The `[gcp]` section (or `external_account` file) as `keyless check` examines it: the
@@ -24,12 +49,22 @@ pub(crate) fn identity(settings: &Settings) -> String {
 pub(crate) struct GcpDiagnosis {
     settings: Settings,
     exchange: GcpExchange,
+    /// The extra service accounts' settings and exchanges, tried after the default's.
+    extra: Vec<(Settings, GcpExchange)>,
 }
 
 impl GcpDiagnosis {
     pub(crate) fn new(settings: Settings, ctx: &Context) -> Result<Self, ConfigError> {
         let exchange = GcpExchange::new(&settings, ctx)?;
-        Ok(Self { settings, exchange })
+        let extra = settings
+            .accounts
+            .iter()
+            .map(|a| {
+                let s = a.settings(&settings);
+                GcpExchange::new(&s, ctx).map(|e| (s, e))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { settings, exchange, extra })
     }
 }
 
@@ -71,25 +106,13 @@ impl Diagnosis for GcpDiagnosis {
         )
     }
 
-    /// The default access token, then each configured ID-token audience, once each.
+    /// Per account (the default, then each extra one): its access token, then each of its
+    /// ID-token audiences, once each.
     fn exchange_once<'a>(&'a self, token: &'a SubjectToken) -> BoxFuture<'a, Vec<Attempt>> {
         Box::pin(async move {
-            let s = &self.settings;
-            let mut attempts = Vec::new();
-            let scopes = s.scopes.iter().collect::<Vec<_>>().join(" ");
-            let what = match &s.service_account {
-                Some(email) => {
-                    format!("access token for {email} (STS, then IAM generateAccessToken; scopes {scopes})")
-                }
-                None => format!("federated access token from STS (scopes {scopes})"),
-            };
-            let key = TokenKey::AccessToken(s.scopes.clone());
-            let result = self.exchange.exchange(&key, token).await.map(|issued| issued.credential.expires_at);
-            attempts.push(Attempt { what, result });
-            for audience in &s.id_token_audiences {
-                let key = TokenKey::IdToken { audience: audience.clone() };
-                let result = self.exchange.exchange(&key, token).await.map(|issued| issued.credential.expires_at);
-                attempts.push(Attempt { what: format!("ID token for audience {audience}"), result });
+            let mut attempts = account_attempts(&self.settings, &self.exchange, token).await;
+            for (settings, exchange) in &self.extra {
+                attempts.extend(account_attempts(settings, exchange, token).await);
             }
             attempts
         })

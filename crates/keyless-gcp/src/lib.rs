@@ -10,6 +10,7 @@
 //! JSON, which carries the same settings.
 #![forbid(unsafe_code)]
 
+mod accounts;
 mod config;
 mod diagnose;
 mod exchange;
@@ -19,6 +20,7 @@ mod metadata;
 mod provider;
 mod rejection;
 
+pub use accounts::AccountConfig;
 pub use config::Config;
 pub use provider::{Gcp, Running, start};
 

@@ -12,7 +12,7 @@ use crate::ConfigError;
 use crate::config::{Config, Settings};
 use crate::diagnose::{GcpDiagnosis, identity};
 use crate::exchange::{GcpExchange, TokenKey};
-use crate::metadata::{self, Description, GcpErrors, MetadataServer};
+use crate::metadata::{self, AccountDescription, AccountTokens, Description, GcpErrors, MetadataServer};
 
 /// The Google Cloud provider (`[gcp]`, or Google's `external_account` credential file).
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +68,8 @@ pub async fn start(config: Config, ctx: &Context) -> Result<Running, ConfigError
 #[derive(Debug)]
 pub struct Running {
     cache: CredentialCache<GcpExchange>,
+    /// The extra service accounts' caches (`[[gcp.service_accounts]]`), for readiness.
+    extra: Vec<CredentialCache<GcpExchange>>,
     metadata: Arc<MetadataServer>,
     project_id: Option<String>,
 }
@@ -105,6 +107,14 @@ impl Running {
             project_id: settings.project_id.clone(),
             project_number: settings.project_number.clone(),
             universe_domain: settings.universe_domain.clone(),
+            extra: settings
+                .accounts
+                .iter()
+                .map(|a| AccountDescription {
+                    email: a.email.clone(),
+                    scopes: a.scopes.iter().map(str::to_owned).collect(),
+                })
+                .collect(),
         };
         tracing::info!(
             audience = settings.provider.audience(),
@@ -114,15 +124,29 @@ impl Running {
             iam = %settings.iam_endpoint,
             "gcp provider configured"
         );
-        let metadata = Arc::new(MetadataServer::new(
-            &description,
-            cache.clone(),
-            ctx.clock.clone(),
-            settings.scopes.clone(),
-            settings.service_account.is_some(),
-        ));
-        Ok(Running { cache, metadata, project_id: settings.project_id })
+        let mut accounts =
+            vec![AccountTokens::new(cache.clone(), settings.scopes.clone(), settings.service_account.is_some())];
+        let mut extra = Vec::with_capacity(settings.accounts.len());
+        for account in &settings.accounts {
+            let cache = start_account(&account.settings(&settings), ctx).await?;
+            tracing::info!(service_account = account.email.as_str(), "gcp service account configured");
+            accounts.push(AccountTokens::new(cache.clone(), account.scopes.clone(), true));
+            extra.push(cache);
+        }
+        let metadata = Arc::new(MetadataServer::new(&description, accounts, ctx.clock.clone()));
+        Ok(Running { cache, extra, metadata, project_id: settings.project_id })
     }
+}
+
+/// An extra service account's cache, its default scopes and ID-token audiences pinned
+/// (pre-warmed) like the default account's, over the same token source.
+async fn start_account(settings: &Settings, ctx: &Context) -> Result<CredentialCache<GcpExchange>, ConfigError> {
+    let cache = ctx.cache(GcpExchange::new(settings, ctx)?, ctx.token_source(&settings.token_source()).await);
+    cache.pin(TokenKey::AccessToken(settings.scopes.clone()));
+    for audience in &settings.id_token_audiences {
+        cache.pin(TokenKey::IdToken { audience: audience.clone() });
+    }
+    Ok(cache)
 }
 
 impl Started for Running {
@@ -135,8 +159,11 @@ impl Started for Running {
         Rules { host_names: HOST_NAMES, response_headers: &FLAVOR, ..Rules::credentials(GcpErrors) }
     }
 
+    /// Every account's cache: `/readyz` names each service account.
     fn readiness(&self) -> Vec<Arc<dyn Readiness>> {
-        vec![Arc::new(self.cache.clone())]
+        let mut caches: Vec<Arc<dyn Readiness>> = vec![Arc::new(self.cache.clone())];
+        caches.extend(self.extra.iter().map(|c| Arc::new(c.clone()) as Arc<dyn Readiness>));
+        caches
     }
 
     /// `GCE_METADATA_HOST`/`_IP`/`_ROOT` as `127.0.0.1:PORT` (Python, Go, Node, gcloud each read a

@@ -39,45 +39,69 @@ pub(crate) struct Description {
     pub(crate) project_id: Option<String>,
     pub(crate) project_number: String,
     pub(crate) universe_domain: String,
+    /// The extra service accounts (`[[gcp.service_accounts]]`), in the order of
+    /// [`MetadataServer::new`]'s accounts after the default.
+    pub(crate) extra: Vec<AccountDescription>,
+}
+
+/// An extra service account as the metadata server lists it: by e-mail, without an alias.
+#[derive(Debug, Clone)]
+pub(crate) struct AccountDescription {
+    pub(crate) email: String,
+    pub(crate) scopes: Vec<String>,
+}
+
+/// One service account's tokens: its cache and what a request without parameters asks for.
+#[derive(Debug)]
+pub(crate) struct AccountTokens {
+    pub(crate) cache: CredentialCache<GcpExchange>,
+    /// The key of a `token` request without `scopes`, built once (the hot path clones nothing).
+    pub(crate) default_key: TokenKey,
+    /// ID tokens need a service account to impersonate.
+    pub(crate) can_impersonate: bool,
+}
+
+impl AccountTokens {
+    pub(crate) fn new(cache: CredentialCache<GcpExchange>, default_scopes: ScopeSet, can_impersonate: bool) -> Self {
+        Self { cache, default_key: TokenKey::AccessToken(default_scopes), can_impersonate }
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct MetadataServer {
     tree: Node,
-    cache: CredentialCache<GcpExchange>,
+    /// The default account first, then the extra ones; the tree's token nodes index it.
+    accounts: Vec<AccountTokens>,
     clock: SharedClock,
-    /// The key of a `token` request without `scopes`, built once (the hot path clones nothing).
-    default_key: TokenKey,
-    /// ID tokens need a service account to impersonate.
-    can_impersonate: bool,
 }
 
 impl MetadataServer {
-    pub(crate) fn new(
-        description: &Description,
-        cache: CredentialCache<GcpExchange>,
-        clock: SharedClock,
-        default_scopes: ScopeSet,
-        can_impersonate: bool,
-    ) -> Self {
-        let default_key = TokenKey::AccessToken(default_scopes);
-        Self { tree: build_tree(description), cache, clock, default_key, can_impersonate }
+    /// `accounts`: the default account's tokens, then one per `description.extra` entry.
+    pub(crate) fn new(description: &Description, accounts: Vec<AccountTokens>, clock: SharedClock) -> Self {
+        Self { tree: build_tree(description), accounts, clock }
     }
 }
 
+/// An account's directory; `account` indexes [`MetadataServer::accounts`].
+fn account_dir(email: &str, aliases: Vec<String>, scopes: &[String], account: usize) -> Node {
+    Node::dir(vec![
+        ("aliases", Node::Value(Value::Lines(aliases))),
+        ("email", Node::Value(Value::Text(email.to_owned()))),
+        ("identity", Node::Identity(account)),
+        ("scopes", Node::Value(Value::Lines(scopes.to_vec()))),
+        ("token", Node::Token(account)),
+    ])
+}
+
 fn build_tree(d: &Description) -> Node {
-    let account = || {
-        Node::dir(vec![
-            ("aliases", Node::Value(Value::Lines(vec!["default".to_owned()]))),
-            ("email", Node::Value(Value::Text(d.email.clone()))),
-            ("identity", Node::Identity),
-            ("scopes", Node::Value(Value::Lines(d.scopes.clone()))),
-            ("token", Node::Token),
-        ])
-    };
+    let account = || account_dir(&d.email, vec!["default".to_owned()], &d.scopes, 0);
     let mut accounts = vec![("default", account())];
     if d.email != "default" {
         accounts.push((d.email.as_str(), account()));
+    }
+    // GCE lists every attached account by e-mail; only the default one has the alias.
+    for (i, extra) in d.extra.iter().enumerate() {
+        accounts.push((extra.email.as_str(), account_dir(&extra.email, Vec::new(), &extra.scopes, i + 1)));
     }
     let number = d.project_number.parse::<u64>().map_or_else(|_| Value::Text(d.project_number.clone()), Value::Number);
     let mut project = vec![("numeric-project-id", Node::Value(number))];
@@ -163,8 +187,8 @@ async fn serve_v1(server: &MetadataServer, uri: &Uri, sub: &str, query: &Query) 
             Some("json") => json_response(StatusCode::OK, &value.json()),
             _ => text(StatusCode::OK, value.text()),
         },
-        Some(Node::Token) => tokens::access_token(server, query).await,
-        Some(Node::Identity) => tokens::identity(server, query).await,
+        Some(Node::Token(account)) => tokens::access_token(server, &server.accounts[*account], query).await,
+        Some(Node::Identity(account)) => tokens::identity(&server.accounts[*account], query).await,
     }
 }
 

@@ -9,7 +9,7 @@ use keyless_core::{ErrorClass, ExchangeError};
 use keyless_provider::body::json_string;
 
 use super::query::Query;
-use super::{MetadataServer, text};
+use super::{AccountTokens, MetadataServer, text};
 use crate::config::validate_id_token_audience;
 use crate::exchange::{GcpToken, TokenKey};
 use crate::identity::ScopeSet;
@@ -32,12 +32,12 @@ fn with_type(content_type: &'static str, body: Bytes) -> Response {
 }
 
 /// `token[?scopes=a,b]`.
-pub(super) async fn access_token(server: &MetadataServer, query: &Query) -> Response {
+pub(super) async fn access_token(server: &MetadataServer, account: &AccountTokens, query: &Query) -> Response {
     let requested: Vec<&str> =
         query.all("scopes").flat_map(|v| v.split(',')).filter(|s| !s.trim().is_empty()).collect();
     let requested_key;
     let key = if requested.is_empty() {
-        &server.default_key
+        &account.default_key
     } else {
         match ScopeSet::new(requested) {
             Ok(set) => {
@@ -49,7 +49,7 @@ pub(super) async fn access_token(server: &MetadataServer, query: &Query) -> Resp
             }
         }
     };
-    match server.cache.get(key).await {
+    match account.cache.get(key).await {
         Ok(token) => {
             let expires_in = until(server.clock.as_ref(), token.expires_at).as_secs();
             with_type("application/json", access_token_body(&token.value, expires_in))
@@ -59,7 +59,7 @@ pub(super) async fn access_token(server: &MetadataServer, query: &Query) -> Resp
 }
 
 /// `identity?audience=X[&format=standard|full][&licenses=...]`.
-pub(super) async fn identity(server: &MetadataServer, query: &Query) -> Response {
+pub(super) async fn identity(account: &AccountTokens, query: &Query) -> Response {
     let Some(audience) = query.get("audience").filter(|a| !a.is_empty()) else {
         return text(StatusCode::BAD_REQUEST, "non-empty audience parameter required\n");
     };
@@ -69,7 +69,7 @@ pub(super) async fn identity(server: &MetadataServer, query: &Query) -> Response
     if !matches!(query.get("format"), None | Some("standard" | "full")) {
         return text(StatusCode::BAD_REQUEST, "Invalid format: expected standard or full.\n");
     }
-    if !server.can_impersonate {
+    if !account.can_impersonate {
         return text(
             StatusCode::NOT_FOUND,
             "keyless: no ID token available: ID tokens are issued for a service account, and none is configured; \
@@ -78,7 +78,7 @@ pub(super) async fn identity(server: &MetadataServer, query: &Query) -> Response
         );
     }
     let key = TokenKey::IdToken { audience: audience.to_owned() };
-    match server.cache.get(&key).await {
+    match account.cache.get(&key).await {
         Ok(token) => {
             let body = token.value.text_body.get_or_render(|| token.value.token.expose().as_bytes().to_vec());
             with_type("application/text", body)

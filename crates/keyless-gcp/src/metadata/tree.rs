@@ -39,10 +39,10 @@ pub(crate) enum Node {
         literal_keys: bool,
     },
     Value(Value),
-    /// `.../token`: an access token for the service account.
-    Token,
-    /// `.../identity`: an ID token for the service account.
-    Identity,
+    /// `.../token`: an access token for the service account (its index among the server's).
+    Token(usize),
+    /// `.../identity`: an ID token for the service account (its index among the server's).
+    Identity(usize),
 }
 
 impl Node {
@@ -85,7 +85,7 @@ impl Node {
             Node::Dir { children, literal_keys } => {
                 let mut map = Map::new();
                 for (name, child) in children {
-                    if matches!(child, Node::Token | Node::Identity) {
+                    if matches!(child, Node::Token(_) | Node::Identity(_)) {
                         continue;
                     }
                     let key = if *literal_keys { name.clone() } else { camel_case(name) };
@@ -94,7 +94,7 @@ impl Node {
                 Json::Object(map)
             }
             Node::Value(v) => v.json(),
-            Node::Token | Node::Identity => Json::Null,
+            Node::Token(_) | Node::Identity(_) => Json::Null,
         }
     }
 }
@@ -154,7 +154,7 @@ mod tests {
                         "my-sa@p.iam.gserviceaccount.com",
                         Node::dir(vec![
                             ("scopes", Node::Value(Value::Lines(vec!["a".into(), "b".into()]))),
-                            ("token", Node::Token),
+                            ("token", Node::Token(0)),
                         ]),
                     )],
                     true,
