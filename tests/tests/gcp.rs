@@ -338,8 +338,14 @@ async fn service_accounts_are_listed_and_reachable_as_default_and_by_email() {
     let metadata = Metadata::of(&dev);
     let email = dev.var("KEYLESS_GCP_SERVICE_ACCOUNT");
 
+    // `keyless dev` configures a second account too (`several_identities.rs`): listed by e-mail only.
+    let second = dev.var("KEYLESS_GCP_SECOND_SERVICE_ACCOUNT");
     let listing = metadata.get("instance/service-accounts/").await.ok();
-    assert_eq!(listing.body.lines().collect::<Vec<_>>(), ["default/", &format!("{email}/")]);
+    let mut names = listing.body.lines().collect::<Vec<_>>();
+    names.sort_unstable();
+    let mut expected = vec!["default/".to_owned(), format!("{email}/"), format!("{second}/")];
+    expected.sort_unstable();
+    assert_eq!(names, expected);
 
     let account = json!({"aliases": ["default"], "email": email, "scopes": [CLOUD_PLATFORM]});
     for name in ["default", email] {
@@ -350,7 +356,8 @@ async fn service_accounts_are_listed_and_reachable_as_default_and_by_email() {
         assert_eq!(metadata.get(&format!("{base}/?recursive=true")).await.ok().json(), account, "{name}");
     }
     let all = metadata.get("instance/service-accounts/?recursive=true").await.ok().json();
-    assert_eq!(all, json!({"default": account, email: account}));
+    let second_account = json!({"aliases": [], "email": second, "scopes": [CLOUD_PLATFORM]});
+    assert_eq!(all, json!({"default": account, email: account, second: second_account}));
 
     // Directories without their slash redirect to the slash form (Node probes `instance`).
     for dir in [

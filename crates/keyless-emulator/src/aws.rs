@@ -297,7 +297,7 @@ fn assume_role_with_web_identity(state: &SharedState, params: &HashMap<String, S
         return Err(StsError::new(StatusCode::BAD_REQUEST, "InvalidIdentityToken", "Incorrect token audience"));
     }
     // The role's trust policy: this provider, `aud` and `sub` of the dev service account.
-    if role_arn != ids.aws_role_arn || claims.sub != ids.subject() {
+    if !ids.is_aws_role(role_arn) || claims.sub != ids.subject() {
         return Err(StsError::new(
             StatusCode::FORBIDDEN,
             "AccessDenied",

@@ -353,8 +353,7 @@ fn impersonate(
     };
     // IAM policy of the dev service account: roles/iam.workloadIdentityUser for the dev principal.
     let allowed = matches!(&caller, GcpToken::Federated { subject, .. } if *subject == ids.subject())
-        && email == ids.gcp_service_account
-        && delegates.is_empty();
+        && ids.may_impersonate(email, &delegates);
     if !allowed {
         return Err(google_error(
             StatusCode::FORBIDDEN,

@@ -90,8 +90,10 @@ pub struct DevIdentities {
     pub service_account: String,
     /// AWS account that owns the role.
     pub aws_account_id: String,
-    /// The only role that may be assumed, by the dev subject only.
+    /// The role that may be assumed, by the dev subject only.
     pub aws_role_arn: String,
+    /// A second role with the same trust policy (several roles for one token: `[[aws.roles]]`).
+    pub aws_second_role_arn: String,
     /// Google project id.
     pub gcp_project_id: String,
     /// Google project number (used in the pool provider's name).
@@ -102,6 +104,9 @@ pub struct DevIdentities {
     pub gcp_provider: String,
     /// The service account the dev principal may impersonate.
     pub gcp_service_account: String,
+    /// A second service account the dev principal may impersonate, directly or through the
+    /// first one (which holds `roles/iam.serviceAccountTokenCreator` on it: a delegation chain).
+    pub gcp_second_service_account: String,
     /// Entra tenant id.
     pub azure_tenant_id: String,
     /// Entra application (client) id with a federated credential for the dev subject.
@@ -118,11 +123,13 @@ impl Default for DevIdentities {
             service_account: "keyless-dev".into(),
             aws_account_id: "123456789012".into(),
             aws_role_arn: "arn:aws:iam::123456789012:role/keyless-dev".into(),
+            aws_second_role_arn: "arn:aws:iam::123456789012:role/keyless-dev-writer".into(),
             gcp_project_id: "keyless-dev".into(),
             gcp_project_number: "123456789012".into(),
             gcp_pool: "keyless-dev".into(),
             gcp_provider: "kubernetes".into(),
             gcp_service_account: "keyless-dev@keyless-dev.iam.gserviceaccount.com".into(),
+            gcp_second_service_account: "keyless-deploy@keyless-dev.iam.gserviceaccount.com".into(),
             azure_tenant_id: "7b3c5a9e-2f1d-4c6b-9a8e-1d2c3b4a5f60".into(),
             azure_client_id: "3f6e8d1c-9b2a-4e7f-8c5d-6a1b2c3d4e5f".into(),
             azure_second_client_id: "8a2d4f6b-1c3e-4a5b-9d7f-0e1f2a3b4c5d".into(),
@@ -134,6 +141,22 @@ impl DevIdentities {
     /// Whether `client_id` names an application that trusts the dev subject.
     pub fn is_azure_app(&self, client_id: &str) -> bool {
         client_id == self.azure_client_id || client_id == self.azure_second_client_id
+    }
+
+    /// Whether `role_arn` names a role whose trust policy admits the dev subject.
+    pub fn is_aws_role(&self, role_arn: &str) -> bool {
+        role_arn == self.aws_role_arn || role_arn == self.aws_second_role_arn
+    }
+
+    /// Whether the dev principal may impersonate `email` through `delegates`: either service
+    /// account directly, or the second one through the first.
+    pub fn may_impersonate(&self, email: &str, delegates: &[String]) -> bool {
+        let first = format!("projects/-/serviceAccounts/{}", self.gcp_service_account);
+        match delegates {
+            [] => email == self.gcp_service_account || email == self.gcp_second_service_account,
+            [only] => *only == first && email == self.gcp_second_service_account,
+            _ => false,
+        }
     }
 
     /// `system:serviceaccount:NAMESPACE:NAME`.

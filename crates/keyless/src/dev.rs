@@ -78,6 +78,10 @@ sts_endpoint = {url}
 ca_file = {ca}
 authorization_token_file = {auth_file}
 
+[[aws.roles]]
+name = {second_role_name}
+role_arn = {second_role}
+
 [gcp]
 token_file = {gcp_token}
 audience = {gcp_audience}
@@ -88,10 +92,15 @@ sts_endpoint = {url}
 iam_endpoint = {url}
 ca_file = {ca}
 
+[[gcp.service_accounts]]
+email = {gcp_second_sa}
+delegates = [{gcp_sa}]
+
 [azure]
 token_file = {azure_token}
 tenant_id = {tenant}
 client_id = {client}
+additional_client_ids = [{second_client}]
 authority_host = {url}
 ca_file = {ca}
 "#,
@@ -99,6 +108,10 @@ ca_file = {ca}
         admin = toml_str(&opts.admin_listen.to_string()),
         aws_token = token(Cloud::Aws),
         role = toml_str(&ids.aws_role_arn),
+        second_role_name = toml_str(DEV_SECOND_ROLE_NAME),
+        second_role = toml_str(&ids.aws_second_role_arn),
+        gcp_second_sa = toml_str(&ids.gcp_second_service_account),
+        second_client = toml_str(&ids.azure_second_client_id),
         auth_file = toml_str(&opts.state_dir.join("aws-container-authorization-token").to_string_lossy()),
         gcp_token = token(Cloud::Gcp),
         gcp_audience = toml_str(&ids.gcp_audience()),
@@ -110,6 +123,9 @@ ca_file = {ca}
         client = toml_str(&ids.azure_client_id),
     )
 }
+
+/// The `[[aws.roles]]` name of the emulator's second role (`KEYLESS_AWS_SECOND_ROLE_NAME`).
+const DEV_SECOND_ROLE_NAME: &str = "writer";
 
 fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
@@ -181,6 +197,11 @@ fn emulator_env(emulator: &Emulator, bundle: &Path, admin: SocketAddr) -> Vec<Ap
         AppEnvVar::plain("KEYLESS_GCP_PROJECT_ID", &ids.gcp_project_id),
         AppEnvVar::plain("KEYLESS_AZURE_CLIENT_ID", &ids.azure_client_id),
         AppEnvVar::plain("KEYLESS_AZURE_TENANT_ID", &ids.azure_tenant_id),
+        // The second identity per cloud (env-file contract, docs/configuration.md).
+        AppEnvVar::plain("KEYLESS_AWS_SECOND_ROLE_NAME", DEV_SECOND_ROLE_NAME),
+        AppEnvVar::plain("KEYLESS_AWS_SECOND_ROLE_ARN", &ids.aws_second_role_arn),
+        AppEnvVar::plain("KEYLESS_GCP_SECOND_SERVICE_ACCOUNT", &ids.gcp_second_service_account),
+        AppEnvVar::plain("KEYLESS_AZURE_SECOND_CLIENT_ID", &ids.azure_second_client_id),
     ]
 }
 
