@@ -415,3 +415,32 @@ async fn duplicate_names_and_colliding_paths_are_configuration_errors_at_load() 
     .await;
     assert!(stderr.contains("b@p.iam.gserviceaccount.com is configured twice"), "{stderr}");
 }
+
+/// `keyless check` on the configuration `keyless dev` runs: one exchange per identity of each
+/// cloud, each named, all succeeding against the emulator.
+#[tokio::test]
+async fn check_reports_every_identity() {
+    let dev = Dev::start().await;
+    let config = dev.dir.path().join("state/keyless.toml");
+    let out = tokio::process::Command::new(keyless_bin())
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    let name = dev.var("KEYLESS_AWS_SECOND_ROLE_NAME");
+    for needle in [
+        format!("AssumeRoleWithWebIdentity for {}", dev.var("KEYLESS_AWS_ROLE_ARN")),
+        format!("AssumeRoleWithWebIdentity for {name} ({})", dev.var("KEYLESS_AWS_SECOND_ROLE_ARN")),
+        format!("role {name} {}", dev.var("KEYLESS_AWS_SECOND_ROLE_ARN")),
+        format!("access token for {}", dev.var("KEYLESS_GCP_SERVICE_ACCOUNT")),
+        format!("access token for {}", dev.var("KEYLESS_GCP_SECOND_SERVICE_ACCOUNT")),
+        format!("service account {}", dev.var("KEYLESS_GCP_SECOND_SERVICE_ACCOUNT")),
+        format!("access token for client {}", dev.var("KEYLESS_AZURE_SECOND_CLIENT_ID")),
+    ] {
+        assert!(report.contains(&needle), "{needle:?} missing:\n{report}");
+    }
+}
