@@ -187,8 +187,14 @@ async fn serve_v1(server: &MetadataServer, uri: &Uri, sub: &str, query: &Query) 
             Some("json") => json_response(StatusCode::OK, &value.json()),
             _ => text(StatusCode::OK, value.text()),
         },
-        Some(Node::Token(account)) => tokens::access_token(server, &server.accounts[*account], query).await,
-        Some(Node::Identity(account)) => tokens::identity(&server.accounts[*account], query).await,
+        Some(Node::Token(account)) => match server.accounts.get(*account) {
+            Some(account) => tokens::access_token(server, account, query).await,
+            None => not_found(),
+        },
+        Some(Node::Identity(account)) => match server.accounts.get(*account) {
+            Some(account) => tokens::identity(account, query).await,
+            None => not_found(),
+        },
     }
 }
 
