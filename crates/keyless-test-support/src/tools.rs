@@ -104,9 +104,9 @@ pub fn java_clients() -> Option<JavaClients> {
         .unwrap_or_else(|| workspace_root().join("target/java"));
     let java = std::process::Command::new("java").arg("-version").output().is_ok_and(|o| o.status.success());
     let jars = std::fs::read_to_string(dir.join("classpath.txt")).ok().filter(|_| dir.join("classes/keyless").is_dir());
-    let found = jars.filter(|_| java).map(|jars| JavaClients {
-        classpath: format!("{}:{}", dir.join("classes").display(), jars.trim()),
-    });
+    let found = jars
+        .filter(|_| java)
+        .map(|jars| JavaClients { classpath: format!("{}:{}", dir.join("classes").display(), jars.trim()) });
     or_skip(
         found,
         Missing {
