@@ -95,7 +95,9 @@ impl Configured for AzureConfigured {
     fn routes(&self) -> Vec<RouteClaim> {
         let mut claims = Vec::new();
         if self.settings.imds {
-            claims.extend([imds::PATH, imds::PATH_SLASH].map(|path| RouteClaim::new(path, "azure.imds")));
+            claims.extend(
+                [imds::PATH, imds::PATH_SLASH, imds::PATH_DOUBLE_SLASH].map(|path| RouteClaim::new(path, "azure.imds")),
+            );
         }
         if self.settings.app_service {
             claims.push(RouteClaim::new(self.settings.app_service_path.clone(), "azure.app_service_path"));
@@ -151,12 +153,13 @@ impl Running {
 }
 
 impl Started for Running {
-    /// IMDS at `/metadata/identity/oauth2/token` (with and without a trailing slash) and App
+    /// IMDS at `/metadata/identity/oauth2/token` (with and without a trailing slash, and with
+    /// MSAL4J's leading double slash) and App
     /// Service at `app_service_path`, as enabled.
     fn routes(&self) -> Vec<NativeRoute> {
         let mut routes = Vec::new();
         if self.imds {
-            for path in [imds::PATH, imds::PATH_SLASH] {
+            for path in [imds::PATH, imds::PATH_SLASH, imds::PATH_DOUBLE_SLASH] {
                 routes.push(NativeRoute::get(path, Handler::new(self.serving.clone(), imds::token)));
             }
         }

@@ -193,3 +193,19 @@ async fn forwarded_requests_bodies_and_other_methods_are_refused() {
     let post = h.http.post(h.url(&query(ARM))).header("Metadata", "true").send().await.expect("answers");
     assert_eq!(post.status(), 405);
 }
+
+#[tokio::test]
+async fn msal4js_double_slash_path_is_served_like_the_plain_one() {
+    // MSAL4J (azure-identity for Java) appends "/" + "/metadata/identity/oauth2/token" to
+    // AZURE_POD_IDENTITY_AUTHORITY_HOST (docs/protocols.md 8): without this route it got a 404.
+    let h = Harness::start().await;
+    let (status, body) = get(&h, &format!("/{}", query(ARM)), &[METADATA]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["resource"], ARM);
+    let client_id = h.env.emulator.identities().azure_client_id.clone();
+    h.verify(body["access_token"].as_str().expect("a token"), ARM, &client_id).await;
+    // Only that one extra slash: any other doubling is still not a route.
+    let other = h.url("/metadata//identity/oauth2/token?api-version=2018-02-01");
+    let response = h.http.get(other).header(METADATA.0, METADATA.1).send().await.expect("answers");
+    assert_eq!(response.status(), 404);
+}

@@ -12,7 +12,7 @@ use crate::emulate::ControlApi;
 use crate::metrics;
 use crate::process::stop_child;
 use crate::sdk::{App, stdout_of_success};
-use crate::tools::NodeClients;
+use crate::tools::{GoClients, JavaClients, NodeClients};
 use crate::wait::{STARTUP_DEADLINE, wait_until};
 
 /// A running `keyless dev` and the app env it wrote.
@@ -120,6 +120,40 @@ impl Dev {
         env: &BTreeMap<String, String>,
     ) -> String {
         App::node(clients, script, args).env(env).home(self.dir.path()).stdout_ok(|| self.logs()).await
+    }
+
+    /// `tests/go`'s `program args` with exactly `env` (and PATH, HOME): its output, success or not.
+    pub async fn go_in(
+        &self,
+        clients: &GoClients,
+        program: &str,
+        args: &[&str],
+        env: &BTreeMap<String, String>,
+    ) -> Output {
+        App::go(clients, program, args).env(env).home(self.dir.path()).output().await
+    }
+
+    /// [`Dev::go_in`]'s stdout, or the test fails with its stderr and keyless's logs.
+    pub async fn go_ok_in(
+        &self,
+        clients: &GoClients,
+        program: &str,
+        args: &[&str],
+        env: &BTreeMap<String, String>,
+    ) -> String {
+        App::go(clients, program, args).env(env).home(self.dir.path()).stdout_ok(|| self.logs()).await
+    }
+
+    /// `java keyless.CLASS args` with exactly `env` (and PATH, HOME): its stdout, or the test fails
+    /// with its stderr and keyless's logs.
+    pub async fn java_ok_in(
+        &self,
+        clients: &JavaClients,
+        class: &str,
+        args: &[&str],
+        env: &BTreeMap<String, String>,
+    ) -> String {
+        App::java(clients, class, args).env(env).home(self.dir.path()).stdout_ok(|| self.logs()).await
     }
 
     pub async fn metrics(&self) -> String {

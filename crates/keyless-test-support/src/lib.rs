@@ -19,7 +19,8 @@
 //! - [`sidecar`]: `keyless serve` on free ports with a test's configuration.
 //! - [`dev`]: `keyless dev` and the app env it writes.
 //! - [`proxy`]: a TCP relay whose failures the test chooses.
-//! - [`sdk`]: Python and Node SDK clients run as unmodified apps.
+//! - [`sdk`]: Python, Node, Go and Java SDK clients run as unmodified apps.
+//! - [`verify`]: proof that a credential an SDK client got is one the emulated cloud accepts.
 //! - [`tools`]: the tools some tests need; a missing one fails under `CI=true`, skips elsewhere.
 //! - [`load`]: continuous load on the five native endpoints, and latency tallies.
 //! - [`metrics`], [`clock`], [`wait`]: `/metrics` text, wall-clock formats, bounded waits.
@@ -44,4 +45,5 @@ pub mod sdk;
 pub mod serving;
 pub mod sidecar;
 pub mod tools;
+pub mod verify;
 pub mod wait;

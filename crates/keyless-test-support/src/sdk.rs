@@ -1,6 +1,7 @@
-//! SDK clients run as unmodified apps: a Python snippet (the venv's pinned clients) or a script of
-//! `tests/node/` (the pinned Node clients), with exactly the env a test gives them, plus PATH and
-//! a HOME of their own (no credentials or config of the machine's user).
+//! SDK clients run as unmodified apps: a Python snippet (the venv's pinned clients), a script of
+//! `tests/node/` (the pinned Node clients), a program of `tests/go/` or a class of `tests/java/`,
+//! with exactly the env a test gives them, plus PATH and a HOME of their own (no credentials or
+//! config of the machine's user).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::process::{Output, Stdio};
 use tokio::process::{Child, Command};
 
 use crate::binary::workspace_root;
-use crate::tools::{self, NodeClients};
+use crate::tools::{self, GoClients, JavaClients, NodeClients};
 
 /// A client process about to run.
 #[derive(Debug)]
@@ -33,6 +34,30 @@ impl App {
         let mut app = Self::new(command, format!("node {script}"));
         app.command.env("NODE_PATH", &clients.modules);
         app
+    }
+
+    /// `tests/go`'s `program args...` (built by scripts/test). Its HTTP(S)_PROXY is a closed
+    /// loopback port: Go never proxies loopback, so keyless is reached as usual, while a request
+    /// to any other host (a hard-coded 169.254.169.254) fails at once, naming its URL, and no
+    /// packet leaves the machine.
+    pub fn go(clients: &GoClients, program: &str, args: &[&str]) -> Self {
+        let mut command = Command::new(clients.bin.join(program));
+        command.args(args);
+        let mut app = Self::new(command, format!("go {program}"));
+        let proxy = format!("http://{}", closed_loopback_port());
+        app.command.env("HTTP_PROXY", &proxy).env("HTTPS_PROXY", &proxy);
+        app
+    }
+
+    /// `java keyless.{class} args...` with the pinned clients on the classpath (a quick-starting
+    /// JVM: client compiler only, serial GC).
+    pub fn java(clients: &JavaClients, class: &str, args: &[&str]) -> Self {
+        let mut command = Command::new("java");
+        command
+            .args(["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-cp", &clients.classpath])
+            .arg(format!("keyless.{class}"))
+            .args(args);
+        Self::new(command, format!("java {class}"))
     }
 
     fn new(mut command: Command, what: String) -> Self {
@@ -77,6 +102,12 @@ impl App {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", self.what))
     }
+}
+
+/// A loopback address nothing listens on (bound, then released).
+fn closed_loopback_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    listener.local_addr().expect("its address")
 }
 
 /// `out`'s stdout; if it failed, the test fails with its stderr and `context`.

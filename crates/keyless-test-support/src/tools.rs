@@ -1,4 +1,4 @@
-//! The tools some tests need beyond cargo: the pinned Python and Node SDK clients, root.
+//! The tools some tests need beyond cargo: the pinned Python, Node, Go and Java SDK clients, root.
 //!
 //! One rule decides what a missing tool does to a test: under `CI=true` the test fails, saying
 //! what is missing and how `scripts/test` provides it; anywhere else it prints that it skipped and
@@ -64,6 +64,54 @@ pub fn node_clients() -> Option<NodeClients> {
         Missing {
             what: "Node.js >= 20 with the pinned Node SDK clients",
             fix: "scripts/test installs the clients into target/node when node and npm (Node.js >= 20) are on PATH",
+        },
+    )
+}
+
+/// The pinned Go SDK clients (`tests/go`), built by `scripts/test`: one program per cloud.
+#[derive(Debug, Clone)]
+pub struct GoClients {
+    /// The directory holding the `aws`, `gcp` and `azure` programs.
+    pub bin: PathBuf,
+}
+
+/// The built Go clients, or a skip (see [`or_skip`]).
+pub fn go_clients() -> Option<GoClients> {
+    let bin = std::env::var_os("KEYLESS_TEST_GO_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/go/bin"));
+    let built = ["aws", "gcp", "azure"].iter().all(|program| bin.join(program).is_file());
+    or_skip(
+        built.then_some(GoClients { bin }),
+        Missing {
+            what: "the pinned Go SDK clients (target/go/bin)",
+            fix: "scripts/test builds tests/go into target/go/bin when go (>= 1.26) is on PATH",
+        },
+    )
+}
+
+/// The pinned Java SDK clients (`tests/java/pom.xml`), compiled by `scripts/test`.
+#[derive(Debug, Clone)]
+pub struct JavaClients {
+    /// Their classes and the resolved jars, for `java -cp`.
+    pub classpath: String,
+}
+
+/// The compiled Java clients and a `java` to run them, or a skip (see [`or_skip`]).
+pub fn java_clients() -> Option<JavaClients> {
+    let dir = std::env::var_os("KEYLESS_TEST_JAVA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/java"));
+    let java = std::process::Command::new("java").arg("-version").output().is_ok_and(|o| o.status.success());
+    let jars = std::fs::read_to_string(dir.join("classpath.txt")).ok().filter(|_| dir.join("classes/keyless").is_dir());
+    let found = jars
+        .filter(|_| java)
+        .map(|jars| JavaClients { classpath: format!("{}:{}", dir.join("classes").display(), jars.trim()) });
+    or_skip(
+        found,
+        Missing {
+            what: "Java (>= 17) with the pinned Java SDK clients (target/java)",
+            fix: "scripts/test compiles tests/java into target/java when java and mvn are on PATH",
         },
     )
 }

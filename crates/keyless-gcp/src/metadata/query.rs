@@ -31,8 +31,11 @@ impl Query {
         let pairs = raw_pairs
             .into_iter()
             .map(|(name, value)| {
-                // `+` is a space in form encoding, but a raw audience URL may hold a literal `+`.
-                let value = if name == "audience" { decode(&value) } else { decode(&value.replace('+', " ")) };
+                let value = if name == "audience" && is_raw(&value) {
+                    decode(&value)
+                } else {
+                    decode(&value.replace('+', " "))
+                };
                 (decode(name), value)
             })
             .collect();
@@ -53,6 +56,13 @@ impl Query {
     pub(crate) fn recursive(&self) -> bool {
         self.get("recursive").is_some_and(|v| v.eq_ignore_ascii_case("true"))
     }
+}
+
+/// `+` is a space in form encoding, but a raw audience URL (Node's) may hold a literal `+`. An
+/// audience with no percent-escape is raw; one with any was form-encoded (Go's `url.Values`
+/// writes `https%3A%2F%2F...` and a space as `+`: docs/protocols.md 8), so its `+` is a space.
+fn is_raw(audience: &str) -> bool {
+    !audience.contains('%')
 }
 
 fn decode(s: &str) -> String {
@@ -79,6 +89,15 @@ mod tests {
         assert_eq!(q.get("audience"), Some("https://svc.example/a?x=1&y=2+3"));
         assert_eq!(q.get("format"), Some("full"));
         assert_eq!(q.get("licenses"), Some("TRUE"));
+    }
+
+    #[test]
+    fn reads_a_plus_in_a_form_encoded_audience_as_a_space_and_an_encoded_plus_as_a_plus() {
+        // As Go's idtoken sends `https://example.com/run?service=a b&v=1` and `...?x=a+b`.
+        let q = Query::parse(Some("audience=https%3A%2F%2Fexample.com%2Frun%3Fservice%3Da+b%26v%3D1&format=full"));
+        assert_eq!(q.get("audience"), Some("https://example.com/run?service=a b&v=1"));
+        let q = Query::parse(Some("audience=https%3A%2F%2Fexample.com%2F%3Fx%3Da%2Bb&format=full"));
+        assert_eq!(q.get("audience"), Some("https://example.com/?x=a+b"));
     }
 
     #[test]
