@@ -17,7 +17,10 @@ pub use identity::{
     AZURE_IDENTITY_HEADER_SECRET, AZURE_TENANT_ID, AnnotationError, Annotations, GCP_PROJECT_ID, GCP_PROVIDER,
     GCP_SERVICE_ACCOUNT, Identities, Origin,
 };
-pub use pod::{INJECT_LABEL, INJECTED_ANNOTATION, Namespace, TemplateError, annotations_of, inject_template};
+pub use pod::{
+    INJECT_LABEL, INJECTED_ANNOTATION, Namespace, TemplateError, annotations_of, inject_pod_json, inject_template,
+    opted_in,
+};
 pub use sidecar::{CONTAINER, IDENTITY_HEADER_KEY};
 
 /// The sidecar image of this keyless version.

@@ -36,6 +36,16 @@ pub enum Namespace {
     Unknown,
 }
 
+/// The opt-in rule: the pod's label `keyless.dev/inject` (`"true"` in, `"false"` out), else the
+/// namespace's.
+pub fn opted_in(label: Option<&str>, namespace: Namespace) -> bool {
+    match label {
+        Some("true") => true,
+        Some("false") => false,
+        _ => namespace == Namespace::OptedIn,
+    }
+}
+
 /// Injects into `template` (a Pod, or a workload's `spec.template`).
 pub fn inject_template(
     template: &mut Value,
@@ -44,12 +54,7 @@ pub fn inject_template(
     options: &Options,
 ) -> Result<Outcome, TemplateError> {
     let label = string_at(template, &["metadata", "labels", INJECT_LABEL]);
-    let opted_in = match label.as_deref() {
-        Some("true") => true,
-        Some("false") => false,
-        _ => namespace == Namespace::OptedIn,
-    };
-    if !opted_in {
+    if !opted_in(label.as_deref(), namespace) {
         return Ok(Outcome::Skipped(Skip::NotOptedIn));
     }
     if template.get("spec").and_then(|s| s.get("hostNetwork")).and_then(Value::as_bool) == Some(true) {
@@ -269,4 +274,19 @@ fn list_mut<'a>(map: &'a mut Mapping, key: &str) -> &'a mut Vec<Value> {
         *slot = Value::Sequence(Vec::new());
     }
     slot.as_sequence_mut().expect("a list was just put there")
+}
+
+/// The injection on a Pod as JSON (an admission request's object): the injected pod and what was
+/// done. JSON goes through the YAML value losslessly (strings stay strings, integers integers).
+pub fn inject_pod_json(
+    pod: &serde_json::Value,
+    service_account: &Annotations,
+    namespace: Namespace,
+    options: &Options,
+) -> Result<(serde_json::Value, Outcome), TemplateError> {
+    let mut template = serde_yaml::to_value(pod).map_err(|e| field("", &format!("not a Kubernetes object: {e}")))?;
+    let outcome = inject_template(&mut template, service_account, namespace, options)?;
+    let injected =
+        serde_json::to_value(&template).map_err(|e| field("", &format!("cannot write the pod back as JSON: {e}")))?;
+    Ok((injected, outcome))
 }
