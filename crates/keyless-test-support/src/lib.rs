@@ -22,6 +22,7 @@
 //! - [`sdk`]: Python and Node SDK clients run as unmodified apps.
 //! - [`tools`]: the tools some tests need; a missing one fails under `CI=true`, skips elsewhere.
 //! - [`load`]: continuous load on the five native endpoints, and latency tallies.
+//! - [`kube`]: a real etcd + kube-apiserver on loopback (`scripts/kube`), kubectl, TokenRequest.
 //! - [`metrics`], [`clock`], [`wait`]: `/metrics` text, wall-clock formats, bounded waits.
 #![forbid(unsafe_code)]
 
@@ -34,6 +35,7 @@ pub mod dev;
 pub mod emulate;
 pub mod emulator;
 pub mod jwt;
+pub mod kube;
 pub mod kubelet;
 pub mod load;
 pub mod logs;
