@@ -23,6 +23,7 @@
 //! - [`tools`]: the tools some tests need; a missing one fails under `CI=true`, skips elsewhere.
 //! - [`load`]: continuous load on the five native endpoints, and latency tallies.
 //! - [`kube`]: a real etcd + kube-apiserver on loopback (`scripts/kube`), kubectl, TokenRequest.
+//! - [`podman`]: podman with the harness's runtime settings, pods, the sidecar and host images.
 //! - [`metrics`], [`clock`], [`wait`]: `/metrics` text, wall-clock formats, bounded waits.
 #![forbid(unsafe_code)]
 
@@ -40,6 +41,7 @@ pub mod kubelet;
 pub mod load;
 pub mod logs;
 pub mod metrics;
+pub mod podman;
 pub mod process;
 pub mod proxy;
 pub mod sdk;
