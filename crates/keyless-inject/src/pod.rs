@@ -290,3 +290,52 @@ pub fn inject_pod_json(
         serde_json::to_value(&template).map_err(|e| field("", &format!("cannot write the pod back as JSON: {e}")))?;
     Ok((injected, outcome))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::AWS_ROLE_ARN;
+
+    fn pod() -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "generateName": "web-", "labels": { INJECT_LABEL: "true" } },
+            "spec": { "containers": [{ "name": "app", "image": "app:1" }] },
+        })
+    }
+
+    fn account(role: &str) -> Annotations {
+        [(AWS_ROLE_ARN.to_owned(), role.to_owned())].into()
+    }
+
+    #[test]
+    fn a_reinvoked_webhook_changes_nothing_in_an_injected_pod() {
+        let options = Options::default();
+        let sa = account("arn:aws:iam::111122223333:role/a");
+        let (once, outcome) = inject_pod_json(&pod(), &sa, Namespace::Unknown, &options).expect("injects");
+        assert!(matches!(outcome, Outcome::Injected { .. }));
+        let (twice, _) = inject_pod_json(&once, &sa, Namespace::Unknown, &options).expect("injects again");
+        assert_eq!(once, twice);
+    }
+
+    #[test]
+    fn a_changed_service_account_re_injects_an_injected_pod() {
+        let options = Options::default();
+        let (once, _) =
+            inject_pod_json(&pod(), &account("arn:aws:iam::111122223333:role/a"), Namespace::Unknown, &options)
+                .expect("injects");
+        let b = account("arn:aws:iam::111122223333:role/b");
+        let (again, _) = inject_pod_json(&once, &b, Namespace::Unknown, &options).expect("re-injects");
+        let (fresh, _) = inject_pod_json(&pod(), &b, Namespace::Unknown, &options).expect("injects");
+        assert_eq!(again, fresh);
+    }
+
+    #[test]
+    fn a_namespace_opt_in_injects_unlabelled_pods_but_not_those_labelled_false() {
+        assert!(opted_in(None, Namespace::OptedIn));
+        assert!(!opted_in(Some("false"), Namespace::OptedIn));
+        assert!(!opted_in(None, Namespace::Unknown));
+        assert!(opted_in(Some("true"), Namespace::Unknown));
+    }
+}
