@@ -134,15 +134,12 @@ impl Podman {
         let hosts_file = dir.path().join("hosts");
         std::fs::write(&hosts_file, format!("127.0.0.1 localhost {}\n", hosts.join(" "))).expect("the hosts file");
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-        let name = format!("keyless-test-{}-{}", std::process::id(), uuid_like());
+        // The temporary directory's random name makes the pod's unique on the machine.
+        let unique = dir.path().file_name().expect("a directory name").to_string_lossy().replace('.', "");
+        let name = format!("keyless-test-{unique}");
         self.ok(&["pod", "create", "--name", &name, "--network", "none"]).await;
         Pod { name, hosts_file, conf: self.conf_dir.path().join("containers.conf"), _dir: dir }
     }
-}
-
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos());
-    format!("{:08x}", nanos.unwrap_or_default())
 }
 
 /// A podman pod: the shape of a Kubernetes pod (one network namespace, several containers).
