@@ -8,6 +8,7 @@ mod config;
 mod credential_process;
 #[cfg(feature = "emulator")]
 mod dev;
+#[cfg(feature = "inject")]
 mod inject;
 mod logging;
 mod probe;
@@ -101,6 +102,7 @@ enum Command {
         #[arg(long, env = "KEYLESS_CONFIG")]
         config: Option<PathBuf>,
     },
+    #[cfg(feature = "inject")]
     /// Inject keyless into the opted-in workloads of multi-document YAML (label keyless.dev/inject:
     /// "true"; identities from ServiceAccount annotations in the input) and write it to stdout.
     Inject {
@@ -157,6 +159,7 @@ fn main() -> ExitCode {
         Command::Dev { .. } => fail(WITHOUT_EMULATOR),
         Command::CredentialProcess { config } => runtime.block_on(credential_process(config)),
         Command::Check { config } => runtime.block_on(check::run(config)),
+        #[cfg(feature = "inject")]
         Command::Inject { file, options } => inject(file.as_deref(), &options),
         #[cfg(feature = "webhook")]
         Command::Webhook { args } => runtime.block_on(run_logged(webhook::run(args))),
@@ -208,6 +211,7 @@ async fn credential_process(config: Option<PathBuf>) -> ExitCode {
 }
 
 /// `inject`: the documents on stdout, what was done on stderr.
+#[cfg(feature = "inject")]
 #[allow(clippy::print_stdout, clippy::print_stderr)]
 fn inject(file: Option<&std::path::Path>, options: &inject::InjectArgs) -> ExitCode {
     match inject::run(file, options) {
