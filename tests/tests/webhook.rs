@@ -279,6 +279,12 @@ async fn the_webhook_injects_pods_stored_by_a_real_api_server_and_respects_the_f
     let stored = cluster.get_json(NAMESPACE, "pod", &name).await;
     assert_eq!(init_names(&stored), ["keyless"], "{stored}");
 
+    // A ServiceAccount created just before its pod (the creation race of controllers): read live
+    // when the watch cache has not seen it yet, so the pod is injected all the same.
+    service_account(&cluster, "fresh", json!({ "eks.amazonaws.com/role-arn": ROLE })).await;
+    create(&cluster, &pod("fresh", "fresh", opted_in())).await.unwrap_or_else(|e| panic!("{e}\n{}", context()));
+    assert_eq!(init_names(&cluster.get_json(NAMESPACE, "pod", "fresh").await), ["keyless"]);
+
     // A dry run gets the same injection and is not counted.
     let before = counter(&webhook.metrics().await, "keyless_webhook_injections_total");
     let dry = cluster.create_dry_run(&pod("dry", "billing", opted_in()).to_string()).await.unwrap();
