@@ -316,7 +316,7 @@ fn assume_role_with_web_identity(state: &SharedState, params: &HashMap<String, S
     };
     let access_key_id = ids::aws_temporary_access_key_id();
     let expiration = now + duration;
-    let provider = state.issuer.url().trim_start_matches("https://");
+    let provider = claims.iss.trim_start_matches("https://");
     let result = format!(
         "    {}\n    {}\n    <AssumedRoleUser>\n      {}\n      {}\n    </AssumedRoleUser>\n    <Credentials>\n      {}\n      {}\n      {}\n      {}\n    </Credentials>\n    {}\n",
         element("SubjectFromWebIdentityToken", &claims.sub),

@@ -243,7 +243,7 @@ fn check_assertion(state: &SharedState, assertion: &str, now: SystemTime) -> Res
     let ids = &state.identities;
     let claims = SubjectClaims::peek(assertion)
         .map_err(|_| EntraError::bad_request("invalid_request", 50_027, "JWT token is invalid or malformed."))?;
-    let matches = claims.iss == state.issuer.url()
+    let matches = state.issuer.trusts(&claims.iss)
         && claims.sub == ids.subject()
         && claims.aud.iter().any(|a| a == ids.azure_audience());
     if !matches {

@@ -355,6 +355,32 @@ pub(crate) async fn mint(State(state): State<SharedState>, Json(claims): Json<Mi
     }
 }
 
+/// `POST /_emulator/trusted-issuers`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TrustIssuerRequest {
+    /// The issuer URL (`iss` of its tokens), e.g. a Kubernetes API server's `--service-account-issuer`.
+    issuer: String,
+    /// The CA to trust when fetching its discovery document and JWKS (PEM); the system's roots if absent.
+    #[serde(default)]
+    ca_pem: Option<String>,
+}
+
+/// `POST /_emulator/trusted-issuers`: trusts a real cluster's service-account issuer through its
+/// discovery document and JWKS, as the clouds do (see `external.rs`).
+pub(crate) async fn trust_issuer(
+    State(state): State<SharedState>,
+    Json(request): Json<TrustIssuerRequest>,
+) -> Response {
+    if !request.issuer.starts_with("https://") {
+        return control_error(StatusCode::BAD_REQUEST, format!("issuer {:?} is not an https:// URL", request.issuer));
+    }
+    match state.issuer.external.register(&request.issuer, request.ca_pem.as_deref()).await {
+        Ok(keys) => Json(serde_json::json!({ "issuer": request.issuer, "keys": keys })).into_response(),
+        Err(message) => control_error(StatusCode::BAD_GATEWAY, message),
+    }
+}
+
 /// `GET /_emulator/identities`: what the emulator trusts, for scripts and compose files.
 pub(crate) async fn identities(State(state): State<SharedState>) -> Json<serde_json::Value> {
     let ids = &state.identities;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::SharedState;
 use crate::clock;
 use crate::error::EmulatorError;
+use crate::external::ExternalIssuers;
 use crate::keys::{HeaderStyle, RsaKey, jwks};
 
 /// Claims of a JWT for [`crate::Emulator::mint`] and `POST /_emulator/mint`: start from
@@ -95,6 +96,8 @@ pub(crate) struct Issuer {
     service_account: String,
     pod_uid: String,
     service_account_uid: String,
+    /// Issuers trusted besides this one (a real cluster's): `POST /_emulator/trusted-issuers`.
+    pub(crate) external: ExternalIssuers,
 }
 
 impl Issuer {
@@ -107,11 +110,17 @@ impl Issuer {
             service_account: service_account.to_owned(),
             pod_uid: uuid::Uuid::new_v4().to_string(),
             service_account_uid: uuid::Uuid::new_v4().to_string(),
+            external: ExternalIssuers::default(),
         })
     }
 
     pub(crate) fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Whether tokens of `iss` are accepted: this issuer's, or a registered external one's.
+    pub(crate) fn trusts(&self, iss: &str) -> bool {
+        iss == self.url || self.external.trusts(iss)
     }
 
     fn subject(&self) -> String {
@@ -145,7 +154,7 @@ impl Issuer {
     /// Audience and subject are for each cloud's own trust rule.
     pub(crate) fn verify(&self, token: &str, now: SystemTime) -> Result<SubjectClaims, TokenRejection> {
         let claims = SubjectClaims::peek(token)?;
-        if claims.iss != self.url {
+        if !self.trusts(&claims.iss) {
             return Err(TokenRejection::UntrustedIssuer);
         }
         self.check_signature(token)?;
@@ -153,8 +162,11 @@ impl Issuer {
         Ok(claims)
     }
 
+    /// Checks the signature against the keys of the token's issuer (this one's, or an external one's).
     pub(crate) fn check_signature(&self, token: &str) -> Result<(), TokenRejection> {
-        if self.key.signed(token) { Ok(()) } else { Err(TokenRejection::BadSignature) }
+        let iss = SubjectClaims::peek(token)?.iss;
+        let signed = if iss == self.url { self.key.signed(token) } else { self.external.signed(&iss, token) };
+        if signed { Ok(()) } else { Err(TokenRejection::BadSignature) }
     }
 }
 

@@ -17,6 +17,7 @@ mod azure;
 mod clock;
 mod control;
 mod error;
+mod external;
 mod gcp;
 mod ids;
 mod issuer;

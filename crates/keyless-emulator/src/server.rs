@@ -52,6 +52,7 @@ pub(crate) fn router(state: SharedState) -> Router {
         .route("/_emulator/rotate", post(control::rotate))
         .route("/_emulator/mint", post(control::mint))
         .route("/_emulator/identities", get(control::identities))
+        .route("/_emulator/trusted-issuers", post(control::trust_issuer))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .with_state(state)

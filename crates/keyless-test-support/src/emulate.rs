@@ -79,6 +79,21 @@ impl ControlApi {
         body["token"].as_str().expect("a token").to_owned()
     }
 
+    /// `POST /_emulator/trusted-issuers`: the emulator fetches `issuer`'s discovery document and
+    /// JWKS (trusting `ca_pem` for HTTPS) and accepts its tokens from then on, as the clouds do with
+    /// a registered OIDC provider.
+    pub async fn trust_issuer(&self, issuer: &str, ca_pem: &str) {
+        let body = serde_json::json!({ "issuer": issuer, "ca_pem": ca_pem });
+        let r = self
+            .client
+            .post(self.url("/_emulator/trusted-issuers"))
+            .json(&body)
+            .send()
+            .await
+            .expect("the emulator answers");
+        assert!(r.status().is_success(), "trusting {issuer} refused: {}", r.text().await.unwrap_or_default());
+    }
+
     /// The dev identities (`aws_role_arn`, `gcp_service_account`, `audiences`...).
     pub async fn identities(&self) -> Value {
         self.get_json("/_emulator/identities").await

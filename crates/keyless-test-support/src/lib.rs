@@ -23,6 +23,8 @@
 //! - [`verify`]: proof that a credential an SDK client got is one the emulated cloud accepts.
 //! - [`tools`]: the tools some tests need; a missing one fails under `CI=true`, skips elsewhere.
 //! - [`load`]: continuous load on the five native endpoints, and latency tallies.
+//! - [`kube`]: a real etcd + kube-apiserver on loopback (`scripts/kube`), kubectl, TokenRequest.
+//! - [`podman`]: podman with the harness's runtime settings, pods, the sidecar and host images.
 //! - [`metrics`], [`clock`], [`wait`]: `/metrics` text, wall-clock formats, bounded waits.
 #![forbid(unsafe_code)]
 
@@ -35,10 +37,12 @@ pub mod dev;
 pub mod emulate;
 pub mod emulator;
 pub mod jwt;
+pub mod kube;
 pub mod kubelet;
 pub mod load;
 pub mod logs;
 pub mod metrics;
+pub mod podman;
 pub mod process;
 pub mod proxy;
 pub mod sdk;

@@ -73,7 +73,21 @@ impl Sidecar {
     /// `keyless serve` with all three providers against `upstream` (the emulator, or a proxy to it),
     /// `cache` as the lines of its `[cache]` section, logging at `log`; waits until it is ready.
     pub async fn all_clouds(emulator: &EmulatorProcess, upstream: &str, cache: &str, log: &str) -> Self {
-        let sidecar = Self::spawn(&all_clouds_config(emulator, upstream, cache, log).await, &[]);
+        let projected = |cloud: &str| emulator.token_file(cloud);
+        let sidecar = Self::spawn(&all_clouds_config(emulator, upstream, cache, log, &projected).await, &[]);
+        sidecar.wait_ready().await;
+        sidecar
+    }
+
+    /// [`Sidecar::all_clouds`] reading each cloud's (`aws`, `gcp`, `azure`) token from
+    /// `token_file(cloud)` instead of the emulator's projector (e.g. a real API server's tokens).
+    pub async fn all_clouds_with_tokens(
+        emulator: &EmulatorProcess,
+        upstream: &str,
+        log: &str,
+        token_file: &dyn Fn(&str) -> PathBuf,
+    ) -> Self {
+        let sidecar = Self::spawn(&all_clouds_config(emulator, upstream, "", log, token_file).await, &[]);
         sidecar.wait_ready().await;
         sidecar
     }
@@ -129,10 +143,16 @@ fn toml_string(s: &str) -> String {
 }
 
 /// The configuration of the all-clouds sidecar: every provider on the emulator's dev identities.
-async fn all_clouds_config(emulator: &EmulatorProcess, upstream: &str, cache: &str, log: &str) -> String {
+async fn all_clouds_config(
+    emulator: &EmulatorProcess,
+    upstream: &str,
+    cache: &str,
+    log: &str,
+    token_file: &dyn Fn(&str) -> PathBuf,
+) -> String {
     let ids = emulator.control.identities().await;
     let id = |key: &str| toml_string(ids[key].as_str().expect("a dev identity"));
-    let token = |cloud: &str| toml_string(emulator.token_file(cloud).to_str().expect("a UTF-8 path"));
+    let token = |cloud: &str| toml_string(token_file(cloud).to_str().expect("a UTF-8 path"));
     let (upstream, ca) = (toml_string(upstream), toml_string(emulator.ca.to_str().expect("a UTF-8 path")));
     format!(
         r#"log = {log}

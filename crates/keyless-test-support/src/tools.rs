@@ -145,3 +145,21 @@ pub fn python() -> PathBuf {
 pub fn venv_tool(name: &str) -> PathBuf {
     python().with_file_name(name)
 }
+
+/// Helm, built once by `scripts/helm` (pinned, from the Go module proxy) into target/tools/bin;
+/// or a skip (see [`or_skip`]) where Go is missing.
+pub fn helm() -> Option<PathBuf> {
+    let output = std::process::Command::new(workspace_root().join("scripts/helm"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let found = output.map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    or_skip(
+        found,
+        Missing {
+            what: "helm (scripts/helm builds it with Go)",
+            fix: "install Go >= 1.24; scripts/helm then builds helm v3.22.0 from the Go module proxy",
+        },
+    )
+}

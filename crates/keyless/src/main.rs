@@ -8,10 +8,14 @@ mod config;
 mod credential_process;
 #[cfg(feature = "emulator")]
 mod dev;
+#[cfg(feature = "inject")]
+mod inject;
 mod logging;
 mod probe;
 mod providers;
 mod serve;
+#[cfg(feature = "webhook")]
+mod webhook;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -102,6 +106,23 @@ enum Command {
         #[arg(long, env = "KEYLESS_CONFIG")]
         config: Option<PathBuf>,
     },
+    #[cfg(feature = "inject")]
+    /// Inject keyless into the opted-in workloads of multi-document YAML (label keyless.dev/inject:
+    /// "true"; identities from ServiceAccount annotations in the input) and write it to stdout.
+    Inject {
+        /// The YAML to read; `-` or none: stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        options: inject::InjectArgs,
+    },
+    /// Run the mutating admission webhook that injects keyless into opted-in pods (AdmissionReview
+    /// v1 over TLS; docs/injection.md).
+    #[cfg(feature = "webhook")]
+    Webhook {
+        #[command(flatten)]
+        args: webhook::WebhookArgs,
+    },
     /// Run the emulated clouds and the token projector alone (for docker compose).
     Emulate {
         /// The emulated clouds' HTTPS listener.
@@ -142,6 +163,10 @@ fn main() -> ExitCode {
         Command::Dev { .. } => fail(WITHOUT_EMULATOR),
         Command::CredentialProcess { config, role } => runtime.block_on(credential_process(config, role)),
         Command::Check { config } => runtime.block_on(check::run(config)),
+        #[cfg(feature = "inject")]
+        Command::Inject { file, options } => inject(file.as_deref(), &options),
+        #[cfg(feature = "webhook")]
+        Command::Webhook { args } => runtime.block_on(run_logged(webhook::run(args))),
         Command::Probe { url, ca_file, timeout } => {
             match runtime.block_on(probe::probe(&url, ca_file.as_deref(), timeout)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -189,8 +214,24 @@ async fn credential_process(config: Option<PathBuf>, role: Option<String>) -> Ex
     }
 }
 
+/// `inject`: the documents on stdout, what was done on stderr.
+#[cfg(feature = "inject")]
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+fn inject(file: Option<&std::path::Path>, options: &inject::InjectArgs) -> ExitCode {
+    match inject::run(file, options) {
+        Ok(injected) => {
+            for note in &injected.notes {
+                eprintln!("keyless inject: {note}");
+            }
+            print!("{}", injected.yaml);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
 /// Runs a command with logging from `KEYLESS_LOG` / `RUST_LOG` (these commands take no config file).
-#[cfg(feature = "emulator")]
+#[cfg(any(feature = "emulator", feature = "webhook"))]
 async fn run_logged(command: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     let filter = std::env::var("KEYLESS_LOG").ok();
     if let Err(e) = logging::init(filter.as_deref(), config::LogFormat::Text) {

@@ -1,0 +1,122 @@
+//! The pod injection keyless's `inject` command and admission webhook share (docs/injection.md):
+//! from a pod template and its ServiceAccount's annotations, the native sidecar, one projected
+//! token per cloud audience, and the clouds' own variables on every app container.
+//!
+//! Architecture invariant: pure functions over Kubernetes objects as YAML values (unknown fields
+//! pass through untouched); no I/O, no Kubernetes client, no clock.
+#![forbid(unsafe_code)]
+
+mod documents;
+mod identity;
+mod pod;
+mod sidecar;
+
+pub use documents::{DocumentError, Injected, inject_documents};
+pub use identity::{
+    AWS_AUDIENCE, AWS_ROLE_ARN, AWS_STS_REGIONAL_ENDPOINTS, AWS_TOKEN_EXPIRATION, AZURE_CLIENT_ID,
+    AZURE_IDENTITY_HEADER_SECRET, AZURE_TENANT_ID, AnnotationError, Annotations, GCP_PROJECT_ID, GCP_PROVIDER,
+    GCP_SERVICE_ACCOUNT, Identities, Origin,
+};
+pub use pod::{
+    INJECT_LABEL, INJECTED_ANNOTATION, Namespace, TemplateError, annotations_of, inject_pod_json, inject_template,
+    opted_in,
+};
+pub use sidecar::{CONTAINER, IDENTITY_HEADER_KEY};
+
+/// The sidecar image of this keyless version.
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/keyless-dev/keyless:", env!("CARGO_PKG_VERSION"));
+
+/// What the injection needs besides the pod: the cluster-wide choices of the platform team.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub image: String,
+    pub image_pull_policy: Option<String>,
+    pub resources: Resources,
+    /// Told to keyless (`KEYLESS_AWS__REGION`) and to the apps (`AWS_REGION`, `AWS_DEFAULT_REGION`).
+    pub aws_region: Option<String>,
+    /// The Entra tenant of a pod whose annotations name a client but no tenant.
+    pub azure_tenant_id: Option<String>,
+    /// More `KEYLESS_*` (or proxy) variables for every sidecar, e.g. `KEYLESS_LOG_FORMAT=json`.
+    pub sidecar_env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            image: DEFAULT_IMAGE.to_owned(),
+            image_pull_policy: None,
+            resources: Resources::default(),
+            aws_region: None,
+            azure_tenant_id: None,
+            sidecar_env: Vec::new(),
+        }
+    }
+}
+
+/// The sidecar's requests and limit. The defaults are the examples' (examples/kubernetes/), from
+/// the measured idle and peak memory of the sidecar build (docs/benchmarks.md: 12.2 and 14.5 MiB).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_request: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self { cpu_request: "10m".to_owned(), memory_request: "16Mi".to_owned(), memory_limit: "64Mi".to_owned() }
+    }
+}
+
+/// What the injection did to one pod template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Injected { identities: Box<Identities>, warnings: Vec<String> },
+    Skipped(Skip),
+}
+
+/// Why a pod template was left as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    NotOptedIn,
+    /// A container named `keyless` that keyless did not inject: a hand-written setup.
+    KeylessContainer,
+    /// `127.0.0.1` is the node's: keyless would serve every pod on it.
+    HostNetwork,
+    /// Opted in, but no annotation names an identity keyless serves.
+    NoIdentity {
+        warnings: Vec<String>,
+    },
+}
+
+impl Skip {
+    /// The reason as a metric label value.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Skip::NotOptedIn => "not_opted_in",
+            Skip::KeylessContainer => "keyless_container",
+            Skip::HostNetwork => "host_network",
+            Skip::NoIdentity { .. } => "no_identity",
+        }
+    }
+
+    /// What to tell the user, for the skips they would not expect.
+    pub fn warning(&self) -> Option<String> {
+        match self {
+            Skip::NotOptedIn | Skip::KeylessContainer => None,
+            Skip::HostNetwork => Some(
+                "keyless not injected: the pod uses hostNetwork, where 127.0.0.1 is the node's and keyless would \
+                 serve this pod's credentials to every process on the node"
+                    .to_owned(),
+            ),
+            Skip::NoIdentity { warnings } => Some(match warnings.first() {
+                Some(w) => format!("keyless not injected: {w}"),
+                None => format!(
+                    "keyless not injected: opted in with {INJECT_LABEL}, but neither the pod nor its ServiceAccount \
+                     has an identity annotation ({AWS_ROLE_ARN}, {GCP_SERVICE_ACCOUNT} with {GCP_PROVIDER}, \
+                     {AZURE_CLIENT_ID})"
+                ),
+            }),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! What is injected for a set of identities: the native sidecar, its volumes, and each app
+//! container's environment. The same shape as the hand-written pods in examples/kubernetes/,
+//! configured through `KEYLESS_*` variables instead of a per-workload ConfigMap.
+
+use serde_yaml::{Mapping, Value};
+
+use crate::Options;
+use crate::identity::Identities;
+
+/// The container, volume and port names keyless claims in a pod.
+pub const CONTAINER: &str = "keyless";
+pub const TOKENS_VOLUME: &str = "keyless-tokens";
+pub const RUN_VOLUME: &str = "keyless-run";
+const ADMIN_PORT_NAME: &str = "keyless-admin";
+const ADMIN_PORT: i64 = 9812;
+/// Where the sidecar reads the projected tokens; only it mounts them.
+const TOKENS_DIR: &str = "/var/run/secrets/keyless";
+/// The memory `emptyDir` keyless writes the AWS container authorization token into; the app
+/// mounts it read-only.
+pub const RUN_DIR: &str = "/run/keyless";
+const AWS_AUTHORIZATION_TOKEN_FILE: &str = "/run/keyless/aws-container-authorization-token";
+const LISTEN: &str = "127.0.0.1:9811";
+/// The Secret key an Azure identity header Secret holds (`keyless.dev/azure-identity-header-secret`).
+pub const IDENTITY_HEADER_KEY: &str = "identity-header";
+
+/// An ordered mapping from literal pairs (the output keeps the order Kubernetes users read).
+pub(crate) fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    Value::Mapping(entries.into_iter().map(|(k, v)| (Value::from(k), v)).collect::<Mapping>())
+}
+
+fn list<const N: usize>(items: [Value; N]) -> Value {
+    Value::Sequence(items.into())
+}
+
+fn env_value(name: &str, value: &str) -> Value {
+    map([("name", name.into()), ("value", value.into())])
+}
+
+fn env_secret(name: &str, secret: &str, key: &str) -> Value {
+    let selector = map([("name", secret.into()), ("key", key.into())]);
+    map([("name", name.into()), ("valueFrom", map([("secretKeyRef", selector)]))])
+}
+
+/// The keyless container: a native sidecar (an init container with `restartPolicy: Always`)
+/// whose startup probe holds the app back until every identity holds a credential.
+pub(crate) fn container(identities: &Identities, options: &Options, run_as: Option<&Value>) -> Value {
+    let probe = |path: &str, period: i64| {
+        map([
+            ("httpGet", map([("path", path.into()), ("port", ADMIN_PORT_NAME.into())])),
+            ("periodSeconds", period.into()),
+        ])
+    };
+    let mut startup = probe("/readyz", 1);
+    if let Value::Mapping(m) = &mut startup {
+        m.insert("failureThreshold".into(), 120.into());
+    }
+    let mut container = map([
+        ("name", CONTAINER.into()),
+        ("image", options.image.as_str().into()),
+        ("args", list(["serve".into()])),
+        ("restartPolicy", "Always".into()),
+        ("ports", list([map([("name", ADMIN_PORT_NAME.into()), ("containerPort", ADMIN_PORT.into())])])),
+        ("env", Value::Sequence(sidecar_env(identities, options))),
+        ("startupProbe", startup),
+        ("readinessProbe", probe("/readyz", 10)),
+        ("livenessProbe", probe("/healthz", 10)),
+        ("resources", resources(options)),
+        ("securityContext", security_context(run_as)),
+        ("volumeMounts", Value::Sequence(sidecar_mounts(identities))),
+    ]);
+    if let (Some(policy), Value::Mapping(m)) = (&options.image_pull_policy, &mut container) {
+        m.insert("imagePullPolicy".into(), policy.as_str().into());
+    }
+    container
+}
+
+fn resources(options: &Options) -> Value {
+    let r = &options.resources;
+    map([
+        ("requests", map([("cpu", r.cpu_request.as_str().into()), ("memory", r.memory_request.as_str().into())])),
+        ("limits", map([("memory", r.memory_limit.as_str().into())])),
+    ])
+}
+
+/// The examples' hardened context, with the seccomp profile set on the container (the pod's is the
+/// user's). `run_as` is the app's user when the pod does not set one: the AWS authorization token
+/// file keyless writes is readable by its own user only.
+fn security_context(run_as: Option<&Value>) -> Value {
+    let mut context = map([
+        ("allowPrivilegeEscalation", false.into()),
+        ("readOnlyRootFilesystem", true.into()),
+        ("runAsNonRoot", true.into()),
+        ("capabilities", map([("drop", list(["ALL".into()]))])),
+        ("seccompProfile", map([("type", "RuntimeDefault".into())])),
+    ]);
+    if let (Some(user), Value::Mapping(m)) = (run_as, &mut context) {
+        m.insert("runAsUser".into(), user.clone());
+    }
+    context
+}
+
+fn sidecar_mounts(identities: &Identities) -> Vec<Value> {
+    let mut mounts =
+        vec![map([("name", TOKENS_VOLUME.into()), ("mountPath", TOKENS_DIR.into()), ("readOnly", true.into())])];
+    if identities.aws.is_some() {
+        mounts.push(map([("name", RUN_VOLUME.into()), ("mountPath", RUN_DIR.into())]));
+    }
+    mounts
+}
+
+/// keyless's configuration (docs/configuration.md: `KEYLESS_<SECTION>__<KEY>`), so no ConfigMap
+/// per workload is needed. Nothing secret: the AWS authorization token is a file keyless creates.
+fn sidecar_env(identities: &Identities, options: &Options) -> Vec<Value> {
+    let mut env = vec![env_value("KEYLESS_LISTEN", LISTEN)];
+    let token = |name: &str| format!("{TOKENS_DIR}/{name}");
+    if let Some(aws) = &identities.aws {
+        env.push(env_value("KEYLESS_AWS__TOKEN_FILE", &token("aws-token")));
+        env.push(env_value("KEYLESS_AWS__ROLE_ARN", &aws.role_arn));
+        env.push(env_value("KEYLESS_AWS__AUTHORIZATION_TOKEN_FILE", AWS_AUTHORIZATION_TOKEN_FILE));
+        if let Some(region) = &options.aws_region {
+            env.push(env_value("KEYLESS_AWS__REGION", region));
+        }
+        if let Some(endpoint) = &aws.sts_endpoint {
+            env.push(env_value("KEYLESS_AWS__STS_ENDPOINT", endpoint));
+        }
+    }
+    if let Some(gcp) = &identities.gcp {
+        env.push(env_value("KEYLESS_GCP__TOKEN_FILE", &token("gcp-token")));
+        env.push(env_value("KEYLESS_GCP__AUDIENCE", &gcp.provider));
+        env.push(env_value("KEYLESS_GCP__SERVICE_ACCOUNT", &gcp.service_account));
+        if let Some(project) = &gcp.project_id {
+            env.push(env_value("KEYLESS_GCP__PROJECT_ID", project));
+        }
+    }
+    if let Some(azure) = &identities.azure {
+        env.push(env_value("KEYLESS_AZURE__TOKEN_FILE", &token("azure-token")));
+        env.push(env_value("KEYLESS_AZURE__TENANT_ID", &azure.tenant_id));
+        env.push(env_value("KEYLESS_AZURE__CLIENT_ID", &azure.client_id));
+        match &azure.identity_header_secret {
+            Some(secret) => env.push(env_secret("KEYLESS_AZURE__IDENTITY_HEADER", secret, IDENTITY_HEADER_KEY)),
+            // Without a Secret there is no header to share without writing it into the spec: the
+            // App Service endpoint is off and every SDK but Rust's uses IMDS.
+            None => env.push(env_value("KEYLESS_AZURE__APP_SERVICE", "false")),
+        }
+    }
+    env.extend(options.sidecar_env.iter().map(|(name, value)| env_value(name, value)));
+    env
+}
+
+/// One projected volume: a `serviceAccountToken` per cloud audience, rotated by the kubelet.
+pub(crate) fn tokens_volume(identities: &Identities) -> Value {
+    let sources = identities
+        .tokens()
+        .into_iter()
+        .map(|(path, audience, expiration)| {
+            map([(
+                "serviceAccountToken",
+                map([("audience", audience.into()), ("expirationSeconds", expiration.into()), ("path", path.into())]),
+            )])
+        })
+        .collect();
+    map([("name", TOKENS_VOLUME.into()), ("projected", map([("sources", Value::Sequence(sources))]))])
+}
+
+pub(crate) fn run_volume() -> Value {
+    map([("name", RUN_VOLUME.into()), ("emptyDir", map([("medium", "Memory".into()), ("sizeLimit", "1Mi".into())]))])
+}
+
+pub(crate) fn app_mount() -> Value {
+    map([("name", RUN_VOLUME.into()), ("mountPath", RUN_DIR.into()), ("readOnly", true.into())])
+}
+
+/// Each configured cloud's native variables, pointing the SDKs at keyless (docs/configuration.md
+/// "What keyless gives the app"). Nothing keyless-specific.
+pub(crate) fn app_env(identities: &Identities, options: &Options) -> Vec<Value> {
+    let mut env = Vec::new();
+    if identities.aws.is_some() {
+        env.push(env_value("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:9811/v1/credentials"));
+        env.push(env_value("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", AWS_AUTHORIZATION_TOKEN_FILE));
+        if let Some(region) = &options.aws_region {
+            env.push(env_value("AWS_REGION", region));
+            env.push(env_value("AWS_DEFAULT_REGION", region));
+        }
+    }
+    if let Some(gcp) = &identities.gcp {
+        for name in ["GCE_METADATA_HOST", "GCE_METADATA_IP", "GCE_METADATA_ROOT"] {
+            env.push(env_value(name, LISTEN));
+        }
+        env.push(env_value("METADATA_SERVER_DETECTION", "assume-present"));
+        if let Some(project) = &gcp.project_id {
+            env.push(env_value("GOOGLE_CLOUD_PROJECT", project));
+        }
+    }
+    if let Some(azure) = &identities.azure {
+        env.push(env_value("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:9811"));
+        if let Some(secret) = &azure.identity_header_secret {
+            env.push(env_value("IDENTITY_ENDPOINT", "http://127.0.0.1:9811/msi/token"));
+            env.push(env_secret("IDENTITY_HEADER", secret, IDENTITY_HEADER_KEY));
+        }
+    }
+    env
+}
+
+/// The variables the IRSA and Azure workload identity webhooks inject that would make SDKs bypass
+/// keyless (web identity precedes the container and IMDS providers in their chains), with the
+/// value each webhook writes. Removed when keyless serves that cloud; a user's own value (any
+/// other) stays (docs/injection.md).
+pub(crate) const BYPASSING_WEBHOOK_ENV: &[(&str, &str, &str)] = &[
+    ("aws", "AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"),
+    ("azure", "AZURE_FEDERATED_TOKEN_FILE", "/var/run/secrets/azure/tokens/azure-identity-token"),
+];

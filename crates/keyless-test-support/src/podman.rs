@@ -1,0 +1,194 @@
+//! A real container engine: podman (Debian's package), with the runtime settings this kind of
+//! sandbox needs set for the harness only, through a `containers.conf` of its own
+//! (`CONTAINERS_CONF`): the `runc` runtime (crun cannot set up cgroups in a hybrid hierarchy), the
+//! `cgroupfs` manager (no systemd), and no default ulimits (raising RLIMIT_NOFILE is not permitted
+//! here). Nothing of the machine's podman configuration, nor `docker/compose.yaml`, changes.
+//!
+//! Images: the sidecar image that `scripts/image` builds ([`SIDECAR_IMAGE`]), and, since no base
+//! image can be pulled here, [`HOST_IMAGE`]: an empty root filesystem into which a container
+//! bind-mounts, read-only, the host's libraries and the test venv's Python, or the keyless binary
+//! under test (the emulation, which the sidecar image leaves out).
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::binary::{keyless_bin, workspace_root};
+use crate::tools::{self, Missing};
+
+/// The sidecar image, as `scripts/image` tags it.
+pub const SIDECAR_IMAGE: &str = "localhost/keyless:dev";
+/// The empty image the host's files are mounted into.
+pub const HOST_IMAGE: &str = "localhost/keyless-test-host:dev";
+/// How long one podman command may take (`scripts/image`'s release build has its own bound).
+const PODMAN_DEADLINE: Duration = Duration::from_secs(300);
+/// How long `scripts/image` may take (a cold static release build on 2 cores).
+const IMAGE_DEADLINE: Duration = Duration::from_secs(45 * 60);
+
+/// The harness's runtime settings (see the module documentation).
+const CONTAINERS_CONF: &str =
+    "[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n";
+
+/// podman with the harness's `containers.conf`.
+#[derive(Debug)]
+pub struct Podman {
+    conf_dir: tempfile::TempDir,
+}
+
+/// podman, runc and root; or a skip (a failure under `CI=true`, see [`tools::or_skip`]).
+pub fn podman() -> Option<Podman> {
+    let is_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let has = |tool: &str| std::process::Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+    let found = (is_root && has("podman") && has("runc")).then(|| {
+        let conf_dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(conf_dir.path().join("containers.conf"), CONTAINERS_CONF).expect("containers.conf");
+        Podman { conf_dir }
+    });
+    tools::or_skip(
+        found,
+        Missing {
+            what: "root with podman and runc",
+            fix: "apt-get install podman runc catatonit (scripts/test installs them when apt-get is there), and run as root",
+        },
+    )
+}
+
+impl Podman {
+    /// `podman ARGS` with the harness's configuration; output captured.
+    pub async fn run(&self, args: &[&str]) -> Output {
+        let mut command = Command::new("podman");
+        command
+            .args(args)
+            .env("CONTAINERS_CONF", self.conf_dir.path().join("containers.conf"))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        tokio::time::timeout(PODMAN_DEADLINE, command.output())
+            .await
+            .unwrap_or_else(|_| panic!("podman {args:?} did not finish in {PODMAN_DEADLINE:?}"))
+            .expect("running podman")
+    }
+
+    /// `podman ARGS`' stdout; fails the test with its stderr if it failed.
+    pub async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "podman {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Builds [`SIDECAR_IMAGE`] with `scripts/image` (warm after the first build: the release
+    /// build and the image layers are cached), one build at a time on the machine.
+    pub async fn build_sidecar_image(&self) {
+        let root = workspace_root();
+        let lock = root.join("target/image.lock");
+        let mut command = Command::new("flock");
+        command
+            .arg(&lock)
+            .arg(root.join("scripts/image"))
+            .current_dir(&root)
+            .env("CONTAINERS_CONF", self.conf_dir.path().join("containers.conf"))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(IMAGE_DEADLINE, command.output())
+            .await
+            .unwrap_or_else(|_| panic!("scripts/image did not finish in {IMAGE_DEADLINE:?}"))
+            .expect("running scripts/image");
+        assert!(
+            out.status.success(),
+            "scripts/image failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Builds [`HOST_IMAGE`]: an empty root (merged-/usr links, mount points, `hosts: files`).
+    pub async fn build_host_image(&self) {
+        let context = tempfile::tempdir().expect("a temporary directory");
+        let rootfs = context.path().join("rootfs");
+        for dir in ["usr", "etc", "tmp", "proc", "sys", "dev", "app"] {
+            std::fs::create_dir_all(rootfs.join(dir)).expect("a mount point");
+        }
+        for link in ["bin", "lib", "sbin"] {
+            std::os::unix::fs::symlink(format!("usr/{link}"), rootfs.join(link)).expect("a merged-/usr link");
+        }
+        std::os::unix::fs::symlink("usr/lib64", rootfs.join("lib64")).expect("the lib64 link");
+        std::fs::write(rootfs.join("etc/nsswitch.conf"), "hosts: files\n").expect("nsswitch.conf");
+        std::fs::write(context.path().join("Containerfile"), "FROM scratch\nCOPY rootfs/ /\n").expect("Containerfile");
+        let context = context.path().to_str().expect("a UTF-8 path");
+        self.ok(&["build", "--quiet", "--pull=never", "-t", HOST_IMAGE, context]).await;
+    }
+
+    /// A new pod, its own network namespace with loopback only (`--network none`), in which every
+    /// name of `hosts` resolves to 127.0.0.1; removed with its containers when dropped.
+    pub async fn pod(&self, hosts: &[&str]) -> Pod {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let hosts_file = dir.path().join("hosts");
+        std::fs::write(&hosts_file, format!("127.0.0.1 localhost {}\n", hosts.join(" "))).expect("the hosts file");
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        // The temporary directory's random name makes the pod's unique on the machine.
+        let unique = dir.path().file_name().expect("a directory name").to_string_lossy().replace('.', "");
+        let name = format!("keyless-test-{unique}");
+        self.ok(&["pod", "create", "--name", &name, "--network", "none"]).await;
+        Pod { name, hosts_file, conf: self.conf_dir.path().join("containers.conf"), _dir: dir }
+    }
+}
+
+/// A podman pod: the shape of a Kubernetes pod (one network namespace, several containers).
+#[derive(Debug)]
+pub struct Pod {
+    pub name: String,
+    hosts_file: PathBuf,
+    conf: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Pod {
+    /// The `podman run` options that put a container in this pod.
+    pub fn run_options(&self) -> Vec<String> {
+        vec!["--pod".into(), self.name.clone(), "-v".into(), format!("{}:/etc/hosts:ro", self.hosts_file.display())]
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("podman")
+            .args(["pod", "rm", "--force", "--time", "5", &self.name])
+            .env("CONTAINERS_CONF", &self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `-v` options that mount, read-only at the same paths, what a [`HOST_IMAGE`] container needs to
+/// run the test venv's Python and the keyless binary under test: the host's `/usr`, the Python
+/// installation the venv was made from, the venv, and the binary's directory.
+pub fn host_mounts() -> Vec<String> {
+    let python = tools::python();
+    let venv = python.parent().and_then(Path::parent).expect("the venv of target/venv/bin/python");
+    let prefix = std::process::Command::new(&python)
+        .args(["-c", "import sys; print(sys.base_prefix)"])
+        .output()
+        .expect("running the venv's python");
+    let prefix = String::from_utf8(prefix.stdout).expect("a UTF-8 path").trim().to_owned();
+    let binary_dir = keyless_bin().parent().expect("the binary's directory").to_path_buf();
+    let mut dirs = vec![PathBuf::from("/usr"), venv.to_path_buf(), binary_dir];
+    if !prefix.starts_with("/usr/") {
+        dirs.push(PathBuf::from(prefix));
+    }
+    dirs.iter().flat_map(|d| ["-v".to_owned(), format!("{0}:{0}:ro", d.display())]).collect()
+}
+
+/// The venv's `bin` directory (for a container's `PATH`, so that `python` is the venv's).
+pub fn venv_bin() -> PathBuf {
+    tools::python().parent().expect("the venv's bin directory").to_path_buf()
+}
