@@ -7,8 +7,14 @@
 //! token kept through failures, each distinct problem logged once. [`TokenSource`] is the cheap
 //! handle the cache and adapters hold; requests only ever read its watch channel.
 
+mod command;
+mod config;
 mod driver;
+mod env;
 mod file;
+mod github_actions;
+mod http;
+mod url_origin;
 
 use std::fmt;
 use std::future::Future;
@@ -25,13 +31,26 @@ use crate::printable::printable;
 use crate::task::AbortOnDrop;
 use crate::token::{SubjectToken, TokenError};
 
+pub use command::{ALLOW_COMMANDS_VAR, CommandFormat, CommandOrigin, CommandSpec, GOOGLE_ALLOW_EXECUTABLES_VAR};
+pub use config::{SourceConfig, SourceDefaults, detected, in_github_actions, require_command_opt_in};
+pub use env::EnvOrigin;
 pub use file::{DirChanges, FileOrigin};
+pub use github_actions::{ActionsEndpoint, GithubActionsOrigin, REQUEST_TOKEN_VAR, REQUEST_URL_VAR, with_audience};
+pub use url_origin::{TokenFormat, UrlOrigin, UrlSpec};
 
 /// Where a provider's subject token comes from, as configured. Equal specs share one source.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SourceSpec {
     /// A file someone keeps rewriting (the kubelet's projected service-account token).
     File(PathBuf),
+    /// GitHub Actions OIDC: a fresh 5-minute JWT for `audience` from the job's token endpoint.
+    GithubActions { audience: String, endpoint: ActionsEndpoint },
+    /// An environment variable of this process (GitLab CI `id_tokens:`).
+    Env(String),
+    /// A URL (GET; headers; the body or a JSON field).
+    Url(UrlSpec),
+    /// A program that prints the token (opt-in).
+    Command(CommandSpec),
 }
 
 impl std::fmt::Display for SourceSpec {
@@ -39,6 +58,10 @@ impl std::fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::File(path) => write!(f, "file {}", path.display()),
+            Self::GithubActions { audience, .. } => write!(f, "github-actions audience={audience}"),
+            Self::Env(var) => write!(f, "env {var}"),
+            Self::Url(spec) => write!(f, "url {}", spec.shown()),
+            Self::Command(spec) => write!(f, "command {}", spec.argv.first().map_or("", String::as_str)),
         }
     }
 }
@@ -48,6 +71,7 @@ impl SourceSpec {
     pub(crate) fn normalized(&self) -> Self {
         match self {
             Self::File(path) => Self::File(std::path::absolute(path).unwrap_or_else(|_| path.clone())),
+            other => other.clone(),
         }
     }
 }
@@ -56,6 +80,10 @@ impl SourceSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SourceKind {
     File,
+    GithubActions,
+    Env,
+    Url,
+    Command,
     /// A token handed in by value ([`TokenSource::fixed`]).
     Fixed,
 }
@@ -64,6 +92,10 @@ impl SourceKind {
     pub fn label(self) -> &'static str {
         match self {
             Self::File => "file",
+            Self::GithubActions => "github-actions",
+            Self::Env => "env",
+            Self::Url => "url",
+            Self::Command => "command",
             Self::Fixed => "fixed",
         }
     }
@@ -103,7 +135,7 @@ impl SourceId {
     pub fn path_label(&self) -> &str {
         match self.kind {
             SourceKind::File => &self.location,
-            SourceKind::Fixed => "",
+            _ => "",
         }
     }
 }
@@ -242,6 +274,16 @@ impl TokenSource {
     pub async fn open(spec: &SourceSpec, options: &WatchOptions, clock: SharedClock, metrics: Metrics) -> Self {
         match spec {
             SourceSpec::File(path) => Self::start(FileOrigin::new(path.clone(), options), clock, metrics).await,
+            SourceSpec::GithubActions { audience, endpoint } => {
+                let origin = GithubActionsOrigin::new(audience, endpoint, &|k| std::env::var(k).ok());
+                Self::start(origin, clock, metrics).await
+            }
+            SourceSpec::Env(var) => Self::start(EnvOrigin::new(var, &|k| std::env::var(k).ok()), clock, metrics).await,
+            SourceSpec::Url(spec) => Self::start(UrlOrigin::new(spec), clock, metrics).await,
+            SourceSpec::Command(spec) => {
+                let origin = CommandOrigin::new(spec.clone(), clock.clone());
+                Self::start(origin, clock, metrics).await
+            }
         }
     }
 
