@@ -18,6 +18,7 @@ mod identity;
 mod metadata;
 mod provider;
 mod rejection;
+mod sources;
 
 pub use config::Config;
 pub use provider::{Gcp, Running, start};

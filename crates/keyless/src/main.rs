@@ -8,6 +8,7 @@ mod config;
 mod credential_process;
 #[cfg(feature = "emulator")]
 mod dev;
+mod exec;
 mod logging;
 mod probe;
 mod providers;
@@ -98,6 +99,20 @@ enum Command {
         #[arg(long, env = "KEYLESS_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Run CMD with credentials: keyless in-process on ephemeral loopback ports, CMD started once
+    /// every configured identity holds a credential, with each cloud's native environment; exits
+    /// with CMD's status.
+    Exec {
+        /// TOML config file (see docs/configuration.md).
+        #[arg(long, env = "KEYLESS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Give up (without running CMD) if a credential is not ready by then.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        ready_timeout: std::time::Duration,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
     /// Run the emulated clouds and the token projector alone (for docker compose).
     Emulate {
         /// The emulated clouds' HTTPS listener.
@@ -138,6 +153,9 @@ fn main() -> ExitCode {
         Command::Dev { .. } => fail(WITHOUT_EMULATOR),
         Command::CredentialProcess { config } => runtime.block_on(credential_process(config)),
         Command::Check { config } => runtime.block_on(check::run(config)),
+        Command::Exec { config, ready_timeout, command } => {
+            runtime.block_on(exec::exec(exec::ExecOptions { config, ready_timeout, command }))
+        }
         Command::Probe { url, ca_file, timeout } => {
             match runtime.block_on(probe::probe(&url, ca_file.as_deref(), timeout)) {
                 Ok(()) => ExitCode::SUCCESS,
