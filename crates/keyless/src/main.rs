@@ -71,6 +71,11 @@ enum Command {
         /// The emulated clouds' HTTPS listener.
         #[arg(long, default_value = "127.0.0.1:9813")]
         emulator_listen: SocketAddr,
+        /// Where keyless takes its subject tokens from: the projected token files, or the
+        /// emulated GitHub Actions OIDC endpoint (as in a CI job).
+        #[cfg(feature = "emulator")]
+        #[arg(long, value_enum, default_value = "file")]
+        source: dev::DevSource,
     },
     /// Print AWS credential_process JSON (Version 1) on stdout: from a running keyless's container
     /// endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI + its token), or, with --config or the IRSA env
@@ -145,8 +150,8 @@ fn main() -> ExitCode {
             runtime.block_on(serve(config, Overrides { listen, admin_listen }))
         }
         #[cfg(feature = "emulator")]
-        Command::Dev { env_file, state_dir, listen, admin_listen, emulator_listen } => {
-            let options = dev::DevOptions { env_file, state_dir, listen, admin_listen, emulator_listen };
+        Command::Dev { env_file, state_dir, listen, admin_listen, emulator_listen, source } => {
+            let options = dev::DevOptions { env_file, state_dir, listen, admin_listen, emulator_listen, source };
             runtime.block_on(run_logged(dev::dev(options)))
         }
         #[cfg(not(feature = "emulator"))]
