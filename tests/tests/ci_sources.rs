@@ -8,9 +8,11 @@ use std::path::Path;
 use std::process::Output;
 
 use keyless_test_support::binary::keyless_bin;
+use keyless_test_support::clock::wall_clock;
 use keyless_test_support::dev::Dev;
 use keyless_test_support::emulate::EmulatorProcess;
-use keyless_test_support::sidecar::Sidecar;
+use keyless_test_support::load::Load;
+use keyless_test_support::sidecar::{AZURE_RESOURCE, CONTAINER_AUTHORIZATION, IDENTITY_HEADER, Sidecar};
 use keyless_test_support::tools;
 use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 
@@ -28,8 +30,6 @@ print("azure", bool(azure.token))
 "#;
 
 const ALL_CLOUDS_OK: &str = "aws True\ngcp keyless-dev True\nazure True\n";
-
-const AUTHORIZATION: &str = "ci-sources-container-authorization-5e1d";
 
 fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
@@ -51,11 +51,19 @@ fn actions_env(emulator: &EmulatorProcess) -> [(String, String); 2] {
 /// A configuration for the three emulated clouds whose sections take their tokens from the
 /// `source` inline tables given (AWS, GCP, Azure).
 async fn config(emulator: &EmulatorProcess, sources: [String; 3]) -> String {
+    config_with_cache(emulator, sources, "").await
+}
+
+/// [`config`] with `cache` as the `[cache]` section.
+async fn config_with_cache(emulator: &EmulatorProcess, sources: [String; 3], cache: &str) -> String {
     let ids = emulator.control.identities().await;
     let id = |key: &str| toml_string(ids[key].as_str().unwrap());
     let [aws, gcp, azure] = sources;
     format!(
         r#"log = "debug"
+
+[cache]
+{cache}
 
 [aws]
 source = {aws}
@@ -63,7 +71,7 @@ role_arn = {role}
 region = "us-east-1"
 sts_endpoint = {url}
 ca_file = {ca}
-authorization_token = "{AUTHORIZATION}"
+authorization_token = "{CONTAINER_AUTHORIZATION}"
 
 [gcp]
 source = {gcp}
@@ -80,7 +88,8 @@ tenant_id = {tenant}
 client_id = {client}
 authority_host = {url}
 ca_file = {ca}
-resources = ["https://management.azure.com/"]
+resources = ["{AZURE_RESOURCE}"]
+identity_header = "{IDENTITY_HEADER}"
 "#,
         role = id("aws_role_arn"),
         url = toml_string(&emulator.url),
@@ -289,14 +298,12 @@ async fn dev_with_github_actions_tokens_serves_the_three_sdks() {
 }
 
 async fn set_actions_fault(emulator: &EmulatorProcess, fault: &str) {
+    set_actions_endpoint(emulator, serde_json::json!({ "fault": fault })).await;
+}
+
+async fn set_actions_endpoint(emulator: &EmulatorProcess, settings: serde_json::Value) {
     let control = &emulator.control;
-    let r = control
-        .client()
-        .post(control.url("/_emulator/github-actions/fault"))
-        .json(&serde_json::json!({ "fault": fault }))
-        .send()
-        .await
-        .unwrap();
+    let r = control.client().post(control.url("/_emulator/github-actions/fault")).json(&settings).send().await.unwrap();
     assert!(r.status().is_success(), "{}", r.status());
 }
 
@@ -314,7 +321,7 @@ async fn a_failing_actions_endpoint_gives_native_errors_then_recovers() {
         let credentials = sidecar.url("/v1/credentials");
         let answer = std::sync::Mutex::new(String::new());
         wait_until(&format!("a native error while the endpoint is {fault}"), STARTUP_DEADLINE, || {
-            let request = client.get(&credentials).header("authorization", AUTHORIZATION).send();
+            let request = client.get(&credentials).header("authorization", CONTAINER_AUTHORIZATION).send();
             let answer = &answer;
             async move {
                 let Ok(response) = request.await else { return false };
@@ -338,4 +345,52 @@ async fn a_failing_actions_endpoint_gives_native_errors_then_recovers() {
         assert!(logs.contains("subject token source is usable again"), "{logs}");
         sidecar.process.stop().await;
     }
+}
+
+/// Refreshes as fast as the faults suite's: credentials are exchanged again every few seconds.
+const FAST_CACHE: &str = r#"refresh_at = 0.25
+retry_min = "100ms"
+retry_max = "1s"
+exchange_timeout = "2s"
+request_wait = "2s""#;
+
+/// GitHub's tokens live 5 minutes and keyless fetches a new one from 2 minutes before `exp`; here
+/// they live 30 s (so every fetch is already inside that window: a new token every 5 s) and the
+/// clouds' credentials 20 s, so in 45 s every provider exchanges several times, some of them with
+/// tokens minted after the first ones expired. About 1000 requests a second meanwhile: none fails.
+#[tokio::test]
+async fn expiring_actions_tokens_are_fetched_again_under_load_with_no_failed_request() {
+    let emulator = EmulatorProcess::start().await;
+    set_actions_endpoint(&emulator, serde_json::json!({ "token_lifetime_secs": 30 })).await;
+    emulator.control.fault_all(serde_json::json!({ "lifetime_secs": 20 })).await;
+    let env = actions_env(&emulator);
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let gh = github_actions_source(&emulator);
+    let sidecar =
+        Sidecar::spawn(&config_with_cache(&emulator, [gh.clone(), gh.clone(), gh], FAST_CACHE).await, &env_refs);
+    sidecar.wait_ready().await;
+    let mut before = Vec::new();
+    for provider in ["aws", "gcp", "azure"] {
+        before.push(sidecar.exchanges(provider).await);
+    }
+    let started = wall_clock();
+    let load = Load::start(&sidecar, 1, std::time::Duration::from_millis(5));
+    let past_expiry = started + std::time::Duration::from_secs(45);
+    wait_until("the first Actions tokens to expire, and more", std::time::Duration::from_secs(120), || async move {
+        wall_clock() >= past_expiry
+    })
+    .await;
+    let report = load.stop().await;
+    let failed: Vec<_> = report.samples.iter().filter(|s| s.outcome.is_err()).take(5).collect();
+    assert!(failed.is_empty(), "requests failed: {failed:?}");
+    assert!(report.samples.len() > 1000, "only {} requests", report.samples.len());
+    for (provider, (ok_before, failed_before)) in ["aws", "gcp", "azure"].into_iter().zip(before) {
+        let (ok, failed) = sidecar.exchanges(provider).await;
+        assert!(ok >= ok_before + 3, "{provider}: {ok_before} -> {ok} successful exchanges");
+        assert_eq!(failed, failed_before, "{provider}: an exchange failed (a stale subject token?)");
+    }
+    let logs = sidecar.logs();
+    let minted = logs.matches("subject token loaded source=github-actions audience=sts.amazonaws.com").count();
+    assert!(minted >= 5, "only {minted} AWS Actions tokens fetched in 45 s");
+    assert!(!logs.contains(env[1].1.as_str()), "the Actions request token was logged");
 }

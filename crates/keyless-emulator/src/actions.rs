@@ -49,7 +49,10 @@ pub enum ActionsFault {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FaultRequest {
+    #[serde(default)]
     fault: ActionsFault,
+    /// Lifetime of the tokens minted from now on (tests that watch tokens expire); absent: kept.
+    token_lifetime_secs: Option<u64>,
 }
 
 /// The Actions issuer: its key, the job's request token, the faults to play.
@@ -59,6 +62,7 @@ pub(crate) struct ActionsIssuer {
     key: RsaKey,
     request_token: String,
     fault: Mutex<ActionsFault>,
+    lifetime_secs: std::sync::atomic::AtomicU64,
 }
 
 /// GitHub's claims (docs.github.com OIDC reference), for a push to `main` of the dev repository.
@@ -104,6 +108,7 @@ impl ActionsIssuer {
             key: RsaKey::generate("GitHub Actions OIDC signing key")?,
             request_token: crate::ids::random_token(48),
             fault: Mutex::new(ActionsFault::None),
+            lifetime_secs: std::sync::atomic::AtomicU64::new(TOKEN_LIFETIME.as_secs()),
         })
     }
 
@@ -144,7 +149,7 @@ impl ActionsIssuer {
             runner_environment: "github-hosted",
             iss: &self.url,
             nbf: iat - 5,
-            exp: iat + TOKEN_LIFETIME.as_secs() as i64,
+            exp: iat.saturating_add_unsigned(self.lifetime_secs.load(std::sync::atomic::Ordering::Relaxed)),
             iat,
         };
         self.key.sign(HeaderStyle::Google, &claims)
@@ -271,9 +276,13 @@ pub(crate) async fn jwks_document(State(state): State<SharedState>) -> Json<serd
     Json(jwks(&[&state.actions.key]))
 }
 
-/// `POST /_emulator/github-actions/fault` `{"fault": "unauthorized"|"unavailable"|"garbage"|"hang"|"none"}`:
-/// every later request fails so until `none`.
+/// `POST /_emulator/github-actions/fault` `{"fault": "unauthorized"|"unavailable"|"garbage"|"hang"|"none",
+/// "token_lifetime_secs": N}`: every later request fails so until `none`; tokens live N seconds
+/// (default GitHub's 300).
 pub(crate) async fn set_fault(State(state): State<SharedState>, Json(request): Json<FaultRequest>) -> StatusCode {
     state.actions.set_fault(request.fault);
+    if let Some(secs) = request.token_lifetime_secs {
+        state.actions.lifetime_secs.store(secs.clamp(1, 3600), std::sync::atomic::Ordering::Relaxed);
+    }
     StatusCode::NO_CONTENT
 }
