@@ -394,3 +394,39 @@ async fn expiring_actions_tokens_are_fetched_again_under_load_with_no_failed_req
     assert!(minted >= 5, "only {minted} AWS Actions tokens fetched in 45 s");
     assert!(!logs.contains(env[1].1.as_str()), "the Actions request token was logged");
 }
+
+#[tokio::test]
+async fn check_shows_what_the_actions_source_fetched_and_the_exact_sub_to_trust() {
+    let emulator = EmulatorProcess::start().await;
+    let gh = github_actions_source(&emulator);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keyless.toml");
+    std::fs::write(&file, config(&emulator, [gh.clone(), gh.clone(), gh]).await).unwrap();
+    let env = actions_env(&emulator);
+    let out = tokio::process::Command::new(keyless_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&file)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .await
+        .unwrap();
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report}{}", text(&out.stderr));
+    let issuer = format!("{}/_github", emulator.url.trim_start_matches("https://"));
+    let sub = "repo:keyless-dev/app:ref:refs/heads/main";
+    for expected in [
+        "github-actions audience=sts.amazonaws.com".to_owned(),
+        "github-actions audience=api://AzureADTokenExchange".to_owned(),
+        format!("sub={sub}"),
+        "note: GitHub sets sub to repo:ORG/REPO".to_owned(),
+        // The AWS trust policy condition and the Entra federated credential, with this job's sub.
+        format!("\"{issuer}:sub\": \"{sub}\""),
+        sub.to_owned(),
+    ] {
+        assert!(report.contains(&expected), "{expected:?} missing from:\n{report}");
+    }
+    assert!(!report.contains(env[1].1.as_str()), "the request token was printed");
+}
