@@ -430,3 +430,34 @@ async fn check_shows_what_the_actions_source_fetched_and_the_exact_sub_to_trust(
     }
     assert!(!report.contains(env[1].1.as_str()), "the request token was printed");
 }
+
+/// A token endpoint that never answers: keyless still starts at once (it waits a few seconds for
+/// each first fetch, not for the fetch), answers with native errors naming the source, and
+/// recovers when the endpoint does. Before, three hung sources held the start for 3 x 16 s.
+#[tokio::test]
+async fn a_hung_actions_endpoint_holds_nothing_up_and_recovers() {
+    let emulator = EmulatorProcess::start().await;
+    set_actions_fault(&emulator, "hang").await;
+    let env = actions_env(&emulator);
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let gh = github_actions_source(&emulator);
+    let started = tokio::time::Instant::now();
+    let toml = config_with_cache(&emulator, [gh.clone(), gh.clone(), gh], FAST_CACHE).await;
+    let sidecar = Sidecar::spawn(&toml, &env_refs);
+    wait_until("/readyz to answer", STARTUP_DEADLINE, || async { sidecar.readyz().await == 503 }).await;
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(40), "keyless took {took:?} to listen");
+    let client = reqwest::Client::new();
+    let credentials = sidecar.url("/v1/credentials");
+    wait_until("a native error naming the source", STARTUP_DEADLINE, || {
+        let request = client.get(&credentials).header("authorization", CONTAINER_AUTHORIZATION).send();
+        async move {
+            let Ok(response) = request.await else { return false };
+            response.status().as_u16() >= 500
+                && response.text().await.unwrap_or_default().contains("no subject token from github-actions")
+        }
+    })
+    .await;
+    set_actions_fault(&emulator, "none").await;
+    sidecar.wait_ready().await;
+}

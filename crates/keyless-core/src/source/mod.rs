@@ -225,6 +225,13 @@ pub trait TokenOrigin: Send + 'static {
     /// time (the driver gives up after [`Schedule::read_timeout`], dropping this future). A fetching
     /// origin must fetch anew on every call: that is how a cloud's "token expired" gets a fresh one.
     fn read(&mut self) -> impl Future<Output = Result<SubjectToken, TokenError>> + Send;
+
+    /// How long [`TokenSource::start`] waits for the first read before returning (the read goes on
+    /// in the background). `None`: until it is done, as a local file's read is quick. A fetching
+    /// origin bounds it, so a hung endpoint delays nothing else's start.
+    fn first_read_wait(&self) -> Option<Duration> {
+        None
+    }
 }
 
 type Held = Option<Arc<SubjectToken>>;
@@ -249,6 +256,10 @@ impl State {
         *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = e;
     }
 }
+
+/// How long opening a fetching source waits for its first token before going on without it (the
+/// fetch continues; the cache exchanges as soon as it lands).
+const FIRST_FETCH_WAIT: Duration = Duration::from_secs(3);
 
 /// An explicit re-read: answered once the read it asked for is done.
 type RereadRequest = oneshot::Sender<()>;
@@ -290,10 +301,25 @@ impl TokenSource {
     /// Runs `origin` under the generic driver: reads it once, then keeps it fresh in the background.
     pub async fn start<O: TokenOrigin>(origin: O, clock: SharedClock, metrics: Metrics) -> Self {
         let id = origin.id().clone();
+        let first_read_wait = origin.first_read_wait();
         let state = State::new(None);
         let (tx, rx) = mpsc::channel(16);
-        let driver = driver::Driver::start(origin, state.clone(), clock, metrics).await;
-        let task = tokio::spawn(driver.run(rx));
+        let task = match first_read_wait {
+            None => {
+                let driver = driver::Driver::start(origin, state.clone(), clock, metrics).await;
+                tokio::spawn(driver.run(rx))
+            }
+            Some(limit) => {
+                let driver = driver::Driver::new(origin, state.clone(), clock, metrics);
+                let task = tokio::spawn(driver.run(rx));
+                // The first read is an explicit one: waited for at most `limit`, never repeated.
+                let (done_tx, done_rx) = oneshot::channel();
+                if tx.send(done_tx).await.is_ok() {
+                    let _ = tokio::time::timeout(limit, done_rx).await;
+                }
+                task
+            }
+        };
         Self { inner: Arc::new(Inner { id, state, rereads: Some(tx), _task: Some(AbortOnDrop::new(task)) }) }
     }
 

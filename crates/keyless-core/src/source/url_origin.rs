@@ -119,6 +119,10 @@ impl TokenOrigin for UrlOrigin {
         NoChanges
     }
 
+    fn first_read_wait(&self) -> Option<Duration> {
+        Some(super::FIRST_FETCH_WAIT)
+    }
+
     async fn read(&mut self) -> Result<SubjectToken, TokenError> {
         let unavailable = |reason: String| TokenError::Unavailable { from: self.id.clone(), reason };
         let (url, headers, client) = self.request.as_ref().map_err(|e| unavailable(e.clone()))?;
