@@ -14,8 +14,13 @@ use crate::error::ConfigError;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The projected service-account token (audience `sts.amazonaws.com` by convention).
+    /// The projected service-account token (audience `sts.amazonaws.com` by convention). May be
+    /// left out when `source` is set, or inside a GitHub Actions job (its OIDC endpoint is used).
+    #[serde(default)]
     pub token_file: PathBuf,
+    /// Where the subject token comes from instead of `token_file` (`[aws.source]`, docs/configuration.md).
+    #[serde(default)]
+    pub source: Option<keyless_core::SourceConfig>,
     /// The IAM role to assume: `arn:aws:iam::123456789012:role/NAME`.
     pub role_arn: String,
     /// `RoleSessionName` (`[\w+=,.@-]{2,64}`); default `keyless-<pod or host name>`.
@@ -105,6 +110,7 @@ impl Config {
     pub fn new(token_file: impl Into<PathBuf>, role_arn: impl Into<String>) -> Self {
         Self {
             token_file: token_file.into(),
+            source: None,
             role_arn: role_arn.into(),
             session_name: None,
             duration: default_duration(),

@@ -134,7 +134,8 @@ pub(crate) struct ContainerSettings {
 /// A validated `[aws]` section.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    pub(crate) token_file: PathBuf,
+    /// Where the subject token comes from: `token_file`, `[aws.source]`, or GitHub Actions.
+    pub(crate) source: keyless_core::SourceSpec,
     pub(crate) role: RoleArn,
     pub(crate) session_name: RoleSessionName,
     pub(crate) duration: Duration,
@@ -154,7 +155,7 @@ pub(crate) struct Settings {
 impl Settings {
     /// Where the subject token comes from: the one place the configured file becomes a source.
     pub(crate) fn token_source(&self) -> keyless_core::SourceSpec {
-        keyless_core::SourceSpec::File(self.token_file.clone())
+        self.source.clone()
     }
 }
 
@@ -180,12 +181,7 @@ const IMDS_TTL_MAX: Duration = Duration::from_secs(21_600);
 
 impl Settings {
     pub(crate) fn resolve(config: &Config, host: &Host<'_>) -> Result<Self, ConfigError> {
-        if config.token_file.as_os_str().is_empty() {
-            return Err(ConfigError::invalid(
-                "token_file",
-                "is empty: set it to the projected service-account token's path",
-            ));
-        }
+        let source = token_source(config, host)?;
         let role = RoleArn::parse(config.role_arn.trim()).map_err(|m| ConfigError::invalid("role_arn", m))?;
         let session_name = match &config.session_name {
             Some(name) => RoleSessionName::parse(name.trim()).map_err(|m| ConfigError::invalid("session_name", m))?,
@@ -220,7 +216,7 @@ impl Settings {
             .transpose()?;
         let imds = config.imds.then(|| imds_settings(config)).transpose()?;
         let mut settings = Self {
-            token_file: config.token_file.clone(),
+            source,
             role,
             session_name,
             duration: config.duration,
@@ -247,6 +243,27 @@ pub(crate) fn validate_duration(duration: Duration) -> Result<(), String> {
         "{} is outside what STS accepts: use 15m to 12h (and at most the role's maximum session duration)",
         humantime::format_duration(duration)
     ))
+}
+
+/// The audience GitHub Actions tokens are minted for by default (aws-actions/configure-aws-credentials').
+const GITHUB_ACTIONS_AUDIENCE: &str = "sts.amazonaws.com";
+
+/// `[aws.source]`, else `token_file`, else GitHub Actions inside a job.
+fn token_source(config: &Config, host: &Host<'_>) -> Result<keyless_core::SourceSpec, ConfigError> {
+    let defaults = keyless_core::SourceDefaults { audience: GITHUB_ACTIONS_AUDIENCE.to_owned() };
+    if let Some(source) = &config.source {
+        return source.resolve("aws.source", &defaults, host.env).map_err(|m| ConfigError::invalid("source", m));
+    }
+    if !config.token_file.as_os_str().is_empty() {
+        return Ok(keyless_core::SourceSpec::File(config.token_file.clone()));
+    }
+    keyless_core::source::detected(&defaults, host.env).ok_or_else(|| {
+        ConfigError::invalid(
+            "token_file",
+            "is empty: set it to the projected service-account token's path, or configure [aws.source] \
+             (docs/configuration.md: GitHub Actions, an environment variable, a URL, a command)",
+        )
+    })
 }
 
 pub(crate) fn validate_policy(policy: &str) -> Result<String, ConfigError> {

@@ -17,8 +17,13 @@ pub const DEFAULT_APP_SERVICE_PATH: &str = "/msi/token";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The projected service-account token (audience `api://AzureADTokenExchange`).
+    /// The projected service-account token (audience `api://AzureADTokenExchange`). May be left
+    /// out when `source` is set, or inside a GitHub Actions job (its OIDC endpoint is used).
+    #[serde(default)]
     pub token_file: PathBuf,
+    /// Where the subject token comes from instead of `token_file` (`[azure.source]`, docs/configuration.md).
+    #[serde(default)]
+    pub source: Option<keyless_core::SourceConfig>,
     /// Directory (tenant) id or verified domain.
     pub tenant_id: String,
     /// Application (client) id served when a request names none.
@@ -118,17 +123,19 @@ impl Config {
             app_service: true,
             app_service_path: default_app_service_path(),
             identity_header: None,
+            source: None,
         }))
     }
 
     /// Checks every key; the first problem found is reported with its key.
     pub(crate) fn validate(self) -> Result<Settings, ConfigError> {
-        if self.token_file.as_os_str().is_empty() {
-            return Err(ConfigError::invalid(
-                "azure.token_file",
-                "is empty: name the projected service-account token file (audience api://AzureADTokenExchange)",
-            ));
-        }
+        self.validate_in(&|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::validate`] with the process environment `env` (GitHub Actions detection, the
+    /// command sources' opt-in).
+    pub(crate) fn validate_in(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let source = self.token_source(env)?;
         let tenant = TenantId::parse(&self.tenant_id).map_err(|r| ConfigError::invalid("azure.tenant_id", r))?;
         let authority = upstream::endpoint("azure.authority_host", &self.authority_host)?;
         if authority.query().is_some() || authority.fragment().is_some() {
@@ -170,7 +177,7 @@ impl Config {
         };
         let ca_pem = self.ca_file.as_deref().map(|path| upstream::ca_bundle("azure.ca_file", path)).transpose()?;
         Ok(Settings {
-            token_file: self.token_file,
+            source,
             tenant,
             authority,
             ca_pem,
@@ -187,7 +194,8 @@ impl Config {
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    pub token_file: PathBuf,
+    /// Where the subject token comes from: `token_file`, `[azure.source]`, or GitHub Actions.
+    pub source: keyless_core::SourceSpec,
     pub tenant: TenantId,
     pub authority: url::Url,
     pub ca_pem: Option<Vec<u8>>,
@@ -203,7 +211,30 @@ pub(crate) struct Settings {
 impl Settings {
     /// Where the subject token comes from: the one place the configured file becomes a source.
     pub(crate) fn token_source(&self) -> keyless_core::SourceSpec {
-        keyless_core::SourceSpec::File(self.token_file.clone())
+        self.source.clone()
+    }
+}
+
+/// The audience Entra federated credentials expect (azure/login's default).
+const FEDERATION_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+impl Config {
+    /// `[azure.source]`, else `token_file`, else GitHub Actions inside a job.
+    fn token_source(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<keyless_core::SourceSpec, ConfigError> {
+        let defaults = keyless_core::SourceDefaults { audience: FEDERATION_AUDIENCE.to_owned() };
+        if let Some(source) = &self.source {
+            return source.resolve("azure.source", &defaults, env).map_err(|m| ConfigError::invalid("azure.source", m));
+        }
+        if !self.token_file.as_os_str().is_empty() {
+            return Ok(keyless_core::SourceSpec::File(self.token_file.clone()));
+        }
+        keyless_core::source::detected(&defaults, env).ok_or_else(|| {
+            ConfigError::invalid(
+                "azure.token_file",
+                "is empty: name the projected service-account token file (audience api://AzureADTokenExchange), or \
+                 configure [azure.source] (GitHub Actions, an environment variable, a URL, a command)",
+            )
+        })
     }
 }
 

@@ -30,7 +30,8 @@ pub use metrics::Metrics;
 pub use regular_file::{RegularFileError, read_regular_file};
 pub use secret::Secret;
 pub use source::{
-    ChangeFeed, NoChanges, Schedule, SourceId, SourceKind, SourceSpec, TokenOrigin, TokenSource, WatchOptions,
+    ChangeFeed, NoChanges, Schedule, SourceConfig, SourceDefaults, SourceId, SourceKind, SourceSpec, TokenOrigin,
+    TokenSource, WatchOptions,
 };
 pub use task::AbortOnDrop;
 pub use token::{Claims, MAX_SUBJECT_TOKEN_BYTES, SubjectToken, TokenError, TokenShapeError};

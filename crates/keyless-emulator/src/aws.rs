@@ -290,14 +290,14 @@ fn assume_role_with_web_identity(state: &SharedState, params: &HashMap<String, S
     let (role_arn, session_name, token) = (get("RoleArn"), get("RoleSessionName"), get("WebIdentityToken"));
     let now = clock::now();
     let peeked = SubjectClaims::peek(token).ok();
-    let claims = state.issuer.verify(token, now).map_err(|r| token_error(r, peeked.as_ref()))?;
+    let claims = crate::actions::verify_trusted(state, token, now).map_err(|r| token_error(r, peeked.as_ref()))?;
     let ids = &state.identities;
     // The OIDC provider registered for the issuer lists one client id (audience).
     if !claims.aud.iter().any(|a| a == ids.aws_audience()) {
         return Err(StsError::new(StatusCode::BAD_REQUEST, "InvalidIdentityToken", "Incorrect token audience"));
     }
     // The role's trust policy: this provider, `aud` and `sub` of the dev service account.
-    if !ids.is_aws_role(role_arn) || claims.sub != ids.subject() {
+    if !ids.is_aws_role(role_arn) || !ids.trusts_subject(&claims.sub) {
         return Err(StsError::new(
             StatusCode::FORBIDDEN,
             "AccessDenied",

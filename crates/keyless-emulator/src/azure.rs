@@ -243,8 +243,8 @@ fn check_assertion(state: &SharedState, assertion: &str, now: SystemTime) -> Res
     let ids = &state.identities;
     let claims = SubjectClaims::peek(assertion)
         .map_err(|_| EntraError::bad_request("invalid_request", 50_027, "JWT token is invalid or malformed."))?;
-    let matches = state.issuer.trusts(&claims.iss)
-        && claims.sub == ids.subject()
+    let matches = crate::actions::is_trusted_issuer(state, &claims.iss)
+        && ids.trusts_subject(&claims.sub)
         && claims.aud.iter().any(|a| a == ids.azure_audience());
     if !matches {
         return Err(EntraError::bad_request(
@@ -260,7 +260,7 @@ fn check_assertion(state: &SharedState, assertion: &str, now: SystemTime) -> Res
             ),
         ));
     }
-    state.issuer.check_signature(assertion).map_err(|_| {
+    crate::actions::signed_by_issuer(state, &claims.iss, assertion).then_some(()).ok_or_else(|| {
         EntraError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_client",

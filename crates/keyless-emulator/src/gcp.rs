@@ -187,7 +187,7 @@ fn federated_subject(
             format!("Invalid value for \"requested_token_type\". Supported values: [{ACCESS_TOKEN_TYPE}]."),
         ));
     }
-    let claims = state.issuer.verify(get("subject_token"), now).map_err(|rejection| {
+    let claims = crate::actions::verify_trusted(state, get("subject_token"), now).map_err(|rejection| {
         let description = match rejection {
             TokenRejection::Malformed => "Unable to parse the ID Token.".to_owned(),
             TokenRejection::UntrustedIssuer => {
@@ -352,7 +352,7 @@ fn impersonate(
         (request.delegates.clone(), AccessOrId::Id(request))
     };
     // IAM policy of the dev service account: roles/iam.workloadIdentityUser for the dev principal.
-    let allowed = matches!(&caller, GcpToken::Federated { subject, .. } if *subject == ids.subject())
+    let allowed = matches!(&caller, GcpToken::Federated { subject, .. } if ids.trusts_subject(subject))
         && ids.may_impersonate(email, &delegates);
     if !allowed {
         return Err(google_error(

@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+mod actions;
 mod aws;
 mod azure;
 mod clock;
@@ -37,6 +38,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use actions::ActionsFault;
 pub use control::{Counters, Fault, Faults, Service};
 pub use error::EmulatorError;
 pub use issuer::MintClaims;
@@ -47,6 +49,9 @@ use crate::projector::Projector;
 use crate::store::Issued;
 
 /// How to run the emulator. [`EmulatorConfig::new`] gives the defaults.
+/// Where the emulated GitHub Actions job's request token is written, below the state directory.
+const ACTIONS_REQUEST_TOKEN_FILE: &str = "github-actions-request-token";
+
 #[derive(Clone, Debug)]
 pub struct EmulatorConfig {
     /// Where to listen; port 0 picks a free port. Default `127.0.0.1:0`.
@@ -165,6 +170,12 @@ impl DevIdentities {
         format!("system:serviceaccount:{}:{}", self.namespace, self.service_account)
     }
 
+    /// Whether the dev identities trust `sub`: the dev service account, or the emulated GitHub
+    /// Actions job (its issuer is checked by the token's signature).
+    pub fn trusts_subject(&self, sub: &str) -> bool {
+        sub == self.subject() || sub == actions::ActionsIssuer::SUBJECT
+    }
+
     /// The audience of the AWS token: `sts.amazonaws.com`.
     pub fn aws_audience(&self) -> &str {
         "sts.amazonaws.com"
@@ -220,6 +231,8 @@ pub(crate) struct Shared {
     pub(crate) gcp_tokens: Issued<gcp::GcpToken>,
     pub(crate) gate: control::Gate,
     pub(crate) projector: Arc<Projector>,
+    /// GitHub Actions' OIDC token endpoint and issuer.
+    pub(crate) actions: Arc<actions::ActionsIssuer>,
 }
 
 pub(crate) type SharedState = Arc<Shared>;
@@ -312,6 +325,15 @@ pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
         Arc::new(Projector::new(Arc::clone(&issuer), &state_dir.join("tokens"), audiences, config.token_lifetime));
     projector.rotate().await?;
 
+    let actions_url = url.clone();
+    let actions =
+        tokio::task::spawn_blocking(move || actions::ActionsIssuer::new(&actions_url)).await.map_err(|e| {
+            EmulatorError::KeyGeneration { what: "GitHub Actions OIDC signing key", reason: e.to_string() }
+        })??;
+    let request_token_path = state_dir.join(ACTIONS_REQUEST_TOKEN_FILE);
+    // Secret: the job's request token mints tokens every emulated cloud trusts.
+    keyless_core::files::write_atomically(&request_token_path, actions.request_token().as_bytes(), 0o600)
+        .map_err(state_error)?;
     let shared = Arc::new(Shared {
         identities: ids,
         issuer,
@@ -321,6 +343,7 @@ pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
         gcp_tokens: Issued::new(),
         gate: control::Gate::default(),
         projector: Arc::clone(&projector),
+        actions: Arc::new(actions),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config);
@@ -368,6 +391,31 @@ impl Emulator {
     pub fn mint(&self, claims: MintClaims) -> String {
         #[allow(clippy::expect_used)] // our own fresh RSA key and plain claims: signing cannot fail
         self.shared.issuer.mint(&claims, clock::now()).expect("signing with the emulator's own key")
+    }
+
+    /// `ACTIONS_ID_TOKEN_REQUEST_URL` of the emulated GitHub Actions job (it already has a query).
+    pub fn github_actions_request_url(&self) -> String {
+        format!("{}{}?api-version=2.0", self.url, actions::REQUEST_PATH)
+    }
+
+    /// `STATE/github-actions-request-token` (mode 0600): `ACTIONS_ID_TOKEN_REQUEST_TOKEN`.
+    pub fn github_actions_request_token_path(&self) -> PathBuf {
+        self.state_dir.join(ACTIONS_REQUEST_TOKEN_FILE)
+    }
+
+    /// The issuer of the emulated GitHub Actions tokens (`URL/_github`).
+    pub fn github_actions_issuer(&self) -> String {
+        self.shared.actions.url().to_owned()
+    }
+
+    /// The `sub` of the emulated job's tokens, which every emulated cloud trusts.
+    pub fn github_actions_subject(&self) -> &'static str {
+        actions::ActionsIssuer::SUBJECT
+    }
+
+    /// Makes the Actions token endpoint misbehave (or behave again, with [`ActionsFault::None`]).
+    pub fn set_github_actions_fault(&self, fault: ActionsFault) {
+        self.shared.actions.set_fault(fault);
     }
 
     /// Fault injection, per service.

@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::{SharedState, aws, azure, control, gcp, issuer};
+use crate::{SharedState, actions, aws, azure, control, gcp, issuer};
 
 /// No request the emulator accepts comes close: tokens are at most 20 000 characters.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -45,6 +45,11 @@ pub(crate) fn router(state: SharedState) -> Router {
         .route("/{tenant}/oauth2/v2.0/token", post(azure::token))
         .route("/{tenant}/discovery/v2.0/keys", get(azure::keys))
         .route("/{tenant}/v2.0/.well-known/openid-configuration", get(azure::openid_configuration))
+        // GitHub Actions' OIDC token endpoint and issuer.
+        .route(actions::REQUEST_PATH, get(actions::id_token))
+        .route("/_github/.well-known/openid-configuration", get(actions::discovery))
+        .route("/_github/.well-known/jwks", get(actions::jwks_document))
+        .route("/_emulator/github-actions/fault", post(actions::set_fault))
         // Test controls.
         .route("/_emulator/counters", get(control::counters))
         .route("/_emulator/faults", post(control::inject_fault).delete(control::clear_faults))

@@ -56,6 +56,9 @@ pub struct Config {
     /// Service accounts beside the default one (`[[gcp.service_accounts]]`), served by e-mail.
     #[serde(default)]
     pub service_accounts: Vec<crate::accounts::AccountConfig>,
+    /// Where the subject token comes from instead of `token_file` (`[gcp.source]`, docs/configuration.md).
+    #[serde(default)]
+    pub source: Option<keyless_core::SourceConfig>,
 }
 
 /// A numeric project id, written in TOML as a string or an integer.
@@ -101,22 +104,24 @@ impl Config {
 
     /// Merges the section with its credential file and the defaults, validating every value.
     pub(crate) fn resolve(&self) -> Result<Settings, ConfigError> {
+        self.resolve_in(&|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::resolve`] with the process environment `env` (GitHub Actions detection, the
+    /// command sources' opt-in).
+    pub(crate) fn resolve_in(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
         let file = match &self.credentials_file {
             Some(path) => ExternalAccount::load("gcp.credentials_file", path)?,
             None => ExternalAccount::default(),
         };
-        let token_file = self.token_file.clone().or(file.token_file).ok_or(ConfigError::Missing {
-            key: "gcp.token_file",
-            fix: "set it to the projected service-account token whose audience is the pool provider \
-                  (or give a credentials_file whose credential_source.file names it)",
-        })?;
-        let audience = self.audience.clone().or(file.audience).ok_or(ConfigError::Missing {
+        let audience = self.audience.clone().or(file.audience.clone()).ok_or(ConfigError::Missing {
             key: "gcp.audience",
             fix: "set it to the workload identity pool provider, \
                   //iam.googleapis.com/projects/NUM/locations/global/workloadIdentityPools/POOL/providers/PROV",
         })?;
         let provider = PoolProvider::parse("gcp.audience", audience.trim())?;
-        let subject_token_type = subject_token_type(file.subject_token_type)?;
+        let subject_token_type = subject_token_type(file.subject_token_type.clone())?;
+        let source = crate::sources::token_source(self, &file, &audience, &subject_token_type, env)?;
         let universe_domain = universe_domain(self.universe_domain.clone().or(file.universe_domain))?;
         let service_account = self.service_account.clone().or(file.service_account);
         if let Some(email) = &service_account {
@@ -153,7 +158,7 @@ impl Config {
         let ca_pem =
             self.ca_file.as_deref().map(|path| keyless_core::upstream::ca_bundle("gcp.ca_file", path)).transpose()?;
         let mut settings = Settings {
-            token_file,
+            source,
             provider,
             subject_token_type,
             service_account,
@@ -222,7 +227,9 @@ fn needs_no_impersonation(id_token_audiences: &[String], delegates: &[String]) -
 /// The validated section.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    pub(crate) token_file: PathBuf,
+    /// Where the subject token comes from: `token_file`, `[gcp.source]`, the credential file's
+    /// url or executable, or GitHub Actions.
+    pub(crate) source: keyless_core::SourceSpec,
     pub(crate) provider: PoolProvider,
     pub(crate) subject_token_type: String,
     pub(crate) service_account: Option<String>,
@@ -244,7 +251,7 @@ pub(crate) struct Settings {
 impl Settings {
     /// Where the subject token comes from: the one place the configured file becomes a source.
     pub(crate) fn token_source(&self) -> keyless_core::SourceSpec {
-        keyless_core::SourceSpec::File(self.token_file.clone())
+        self.source.clone()
     }
 }
 

@@ -112,7 +112,7 @@ fn the_credentials_file_provides_settings_and_explicit_keys_win() {
     let file = credentials_file(EXTERNAL_ACCOUNT);
     let from_file =
         Config { credentials_file: Some(file.path().to_owned()), ..Config::default() }.resolve().expect("resolves");
-    assert_eq!(from_file.token_file, PathBuf::from("/from/file/token"));
+    assert_eq!(from_file.source, keyless_core::SourceSpec::File(PathBuf::from("/from/file/token")));
     assert_eq!(from_file.provider.project_number(), "999");
     assert_eq!(from_file.service_account.as_deref(), Some("file@p.iam.gserviceaccount.com"));
     assert_eq!(from_file.token_lifetime, Duration::from_secs(1200));
@@ -124,7 +124,7 @@ fn the_credentials_file_provides_settings_and_explicit_keys_win() {
     }
     .resolve()
     .expect("resolves");
-    assert_eq!(explicit.token_file, PathBuf::from("/var/run/secrets/gcp/token"));
+    assert_eq!(explicit.source, keyless_core::SourceSpec::File(PathBuf::from("/var/run/secrets/gcp/token")));
     assert_eq!(explicit.provider.audience(), AUDIENCE);
     assert_eq!(explicit.service_account.as_deref(), Some("explicit@p.iam.gserviceaccount.com"));
 }

@@ -22,7 +22,18 @@ pub(crate) struct ExternalAccount {
     pub(crate) iam_endpoint: Option<String>,
     pub(crate) token_lifetime: Option<Duration>,
     pub(crate) token_file: Option<PathBuf>,
+    /// `credential_source.url` (with `headers` and `format`): a URL source.
+    pub(crate) url_source: Option<keyless_core::source::UrlSpec>,
+    /// `credential_source.executable`: a command source (Google's JSON output), opt-in.
+    pub(crate) executable: Option<Executable>,
     pub(crate) universe_domain: Option<String>,
+}
+
+/// `credential_source.executable` (docs/protocols.md 6.3): the command is split on whitespace, no shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Executable {
+    pub(crate) command: Vec<String>,
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -46,6 +57,10 @@ struct Impersonation {
 #[derive(Deserialize)]
 struct CredentialSource {
     file: Option<PathBuf>,
+    url: Option<String>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    executable: Option<ExecutableSource>,
     format: Option<SourceFormat>,
 }
 
@@ -53,7 +68,18 @@ struct CredentialSource {
 struct SourceFormat {
     #[serde(rename = "type")]
     kind: Option<String>,
+    subject_token_field_name: Option<String>,
 }
+
+#[derive(Deserialize)]
+struct ExecutableSource {
+    command: Option<String>,
+    timeout_millis: Option<u64>,
+}
+
+/// google-auth's bounds for `timeout_millis` (pluggable.py).
+const EXECUTABLE_TIMEOUT_MILLIS: std::ops::RangeInclusive<u64> = 5_000..=120_000;
+const EXECUTABLE_DEFAULT_TIMEOUT_MILLIS: u64 = 30_000;
 
 /// Largest credential file read (real ones are under 2 KiB).
 const MAX_FILE_SIZE: u64 = 64 * 1024;
@@ -92,22 +118,7 @@ impl ExternalAccount {
             }
             None => return Err("has no \"type\"; expected \"external_account\"".to_owned()),
         }
-        let (token_file, format) = match file.credential_source {
-            Some(CredentialSource { file: Some(f), format }) => (f, format),
-            _ => {
-                return Err(
-                    "credential_source has no \"file\": keyless reads the subject token from a file (the projected \
-                     service-account token); url-, executable- and AWS-sourced credentials are not supported"
-                        .to_owned(),
-                );
-            }
-        };
-        if let Some(kind) = format.and_then(|f| f.kind).filter(|k| k != "text") {
-            return Err(format!(
-                "credential_source.format.type is {kind:?}: keyless reads the token file as text (a projected \
-                 token is a bare JWT); remove the format or set it to \"text\""
-            ));
-        }
+        let source = credential_source(file.credential_source)?;
         let sts_endpoint =
             file.token_url
                 .map(|url| {
@@ -133,9 +144,76 @@ impl ExternalAccount {
                 .service_account_impersonation
                 .and_then(|i| i.token_lifetime_seconds)
                 .map(Duration::from_secs),
-            token_file: Some(token_file),
+            token_file: source.file,
+            url_source: source.url,
+            executable: source.executable,
             universe_domain: file.universe_domain,
         })
+    }
+}
+
+/// Exactly one of `file`, `url`, `executable` (google-auth: "Ambiguous credential_source").
+#[derive(Default)]
+struct Sourced {
+    file: Option<PathBuf>,
+    url: Option<keyless_core::source::UrlSpec>,
+    executable: Option<Executable>,
+}
+
+fn credential_source(source: Option<CredentialSource>) -> Result<Sourced, String> {
+    let Some(source) = source else {
+        return Err("has no credential_source: keyless needs its file, url or executable".to_owned());
+    };
+    let kinds = [source.file.is_some(), source.url.is_some(), source.executable.is_some()];
+    match kinds.iter().filter(|k| **k).count() {
+        1 => {}
+        0 => {
+            return Err("credential_source has none of \"file\", \"url\", \"executable\": AWS-sourced \
+                        credentials are not supported"
+                .to_owned());
+        }
+        _ => return Err("credential_source is ambiguous: give exactly one of \"file\", \"url\", \"executable\"".into()),
+    }
+    let format = token_format(source.format)?;
+    if let Some(file) = source.file {
+        if format != keyless_core::source::TokenFormat::Text {
+            return Err("credential_source.format.type is \"json\": keyless reads a token file as text (a projected \
+                        token is a bare JWT); remove the format or set it to \"text\""
+                .to_owned());
+        }
+        return Ok(Sourced { file: Some(file), ..Sourced::default() });
+    }
+    if let Some(url) = source.url {
+        let spec =
+            keyless_core::source::UrlSpec { url, headers: source.headers.into_iter().collect(), format, ca_file: None };
+        spec.validate().map_err(|e| format!("credential_source.url: {e}"))?;
+        return Ok(Sourced { url: Some(spec), ..Sourced::default() });
+    }
+    let executable = source.executable.ok_or("credential_source has no executable")?;
+    let command: Vec<String> =
+        executable.command.as_deref().unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+    if command.is_empty() {
+        return Err("credential_source.executable.command is missing or empty".to_owned());
+    }
+    let millis = executable.timeout_millis.unwrap_or(EXECUTABLE_DEFAULT_TIMEOUT_MILLIS);
+    if !EXECUTABLE_TIMEOUT_MILLIS.contains(&millis) {
+        return Err(format!("credential_source.executable.timeout_millis {millis} is outside 5000..=120000"));
+    }
+    Ok(Sourced {
+        executable: Some(Executable { command, timeout: Duration::from_millis(millis) }),
+        ..Sourced::default()
+    })
+}
+
+fn token_format(format: Option<SourceFormat>) -> Result<keyless_core::source::TokenFormat, String> {
+    let Some(format) = format else {
+        return Ok(keyless_core::source::TokenFormat::Text);
+    };
+    match (format.kind.as_deref(), format.subject_token_field_name) {
+        (None | Some("text"), _) => Ok(keyless_core::source::TokenFormat::Text),
+        (Some("json"), Some(field)) if !field.is_empty() => Ok(keyless_core::source::TokenFormat::Json { field }),
+        (Some("json"), _) => Err("credential_source.format.type is \"json\" without subject_token_field_name".into()),
+        (Some(other), _) => Err(format!("credential_source.format.type {other:?} is neither \"text\" nor \"json\"")),
     }
 }
 
@@ -189,6 +267,8 @@ mod tests {
                 iam_endpoint: Some("https://iamcredentials.googleapis.com".to_owned()),
                 token_lifetime: Some(Duration::from_secs(1800)),
                 token_file: Some(PathBuf::from("/var/run/secrets/tokens/gcp-token")),
+                url_source: None,
+                executable: None,
                 universe_domain: Some("googleapis.com".to_owned()),
             }
         );
@@ -209,14 +289,38 @@ mod tests {
         assert!(!err.contains("secret-ish"), "{err}");
     }
 
-    #[test]
-    fn refuses_credential_sources_other_than_a_text_file() {
-        let url_sourced = FILE.replace(
+    fn with_source(source: &str) -> Result<ExternalAccount, String> {
+        ExternalAccount::parse(&FILE.replace(
             r#""credential_source": {"file": "/var/run/secrets/tokens/gcp-token", "format": {"type": "text"}}"#,
-            r#""credential_source": {"url": "http://169.254.169.254/token"}"#,
-        );
-        assert!(ExternalAccount::parse(&url_sourced).is_err());
-        let json_format = FILE.replace(r#"{"type": "text"}"#, r#"{"type": "json"}"#);
-        assert!(ExternalAccount::parse(&json_format).is_err());
+            &format!(r#""credential_source": {source}"#),
+        ))
+    }
+
+    #[test]
+    fn url_and_executable_sources_map_onto_keyless_sources() {
+        let url = with_source(
+            r#"{"url": "http://169.254.169.254/metadata/identity/oauth2/token?resource=x", "headers": {"Metadata": "True"},
+                "format": {"type": "json", "subject_token_field_name": "access_token"}}"#,
+        )
+        .expect("url-sourced");
+        let spec = url.url_source.expect("a URL source");
+        assert_eq!(spec.headers, [("Metadata".to_owned(), "True".to_owned())]);
+        assert_eq!(spec.format, keyless_core::source::TokenFormat::Json { field: "access_token".into() });
+        assert!(url.token_file.is_none());
+        let exec = with_source(r#"{"executable": {"command": "/usr/bin/get-token --aud x", "timeout_millis": 5000}}"#)
+            .expect("executable-sourced");
+        let exec = exec.executable.expect("an executable");
+        assert_eq!(exec.command, ["/usr/bin/get-token", "--aud", "x"]);
+        assert_eq!(exec.timeout, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn refuses_ambiguous_or_malformed_credential_sources() {
+        let both = with_source(r#"{"file": "/t", "url": "https://h/t"}"#).expect_err("ambiguous");
+        assert!(both.contains("ambiguous"), "{both}");
+        assert!(with_source(r#"{"url": "https://h/t", "format": {"type": "json"}}"#).is_err());
+        assert!(with_source(r#"{"executable": {"command": "x", "timeout_millis": 1000}}"#).is_err());
+        let json_file = FILE.replace(r#"{"type": "text"}"#, r#"{"type": "json", "subject_token_field_name": "t"}"#);
+        assert!(ExternalAccount::parse(&json_file).is_err());
     }
 }

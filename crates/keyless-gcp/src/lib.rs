@@ -19,6 +19,7 @@ mod identity;
 mod metadata;
 mod provider;
 mod rejection;
+mod sources;
 
 pub use accounts::AccountConfig;
 pub use config::Config;

@@ -119,7 +119,7 @@ impl Running {
         tracing::info!(
             audience = settings.provider.audience(),
             service_account = settings.service_account.as_deref().unwrap_or("-"),
-            token_file = %settings.token_file.display(),
+            source = %settings.source,
             sts = %settings.sts_endpoint,
             iam = %settings.iam_endpoint,
             "gcp provider configured"

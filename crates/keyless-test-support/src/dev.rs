@@ -36,6 +36,11 @@ impl Dev {
 
     /// [`Dev::start`] with `extra_env` in keyless's environment.
     pub async fn start_with(extra_env: &[(&str, &str)]) -> Self {
+        Self::start_with_args(&[], extra_env).await
+    }
+
+    /// [`Dev::start_with`] with `extra_args` given to `keyless dev` (e.g. `--source github-actions`).
+    pub async fn start_with_args(extra_args: &[&str], extra_env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let env_file = dir.path().join("app.env");
         let stdout_path = dir.path().join("stdout.log");
@@ -43,6 +48,7 @@ impl Dev {
         let mut child = Command::new(keyless_bin())
             .args(["dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--emulator-listen", "127.0.0.1:0"])
+            .args(extra_args)
             .arg("--env-file")
             .arg(&env_file)
             .arg("--state-dir")

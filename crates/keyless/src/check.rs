@@ -150,6 +150,9 @@ async fn check_provider(
     report.item("config", &format!("ok (from {origin})"));
     let source = d.token_source();
     report.item("token", &source.to_string());
+    if !matches!(source, SourceSpec::File(_)) {
+        report.more("fetched once for this check (nothing of the token itself is shown)");
+    }
     let token = match ctx.token_source(&source).await.current() {
         Ok(token) => token,
         Err(e) => {
@@ -212,26 +215,56 @@ async fn check_provider(
 
 /// Problems the claims show before any cloud is asked.
 fn check_claims(report: &mut Report, name: &str, claims: &Claims, now: SystemTime, source: &SourceSpec) {
-    let SourceSpec::File(token_file) = source;
     if let Some(exp) = claims.exp.filter(|exp| *exp <= now) {
         report.problem(
             name,
             "expiry",
             &format!("the token expired at {}", describe_time(exp, now)),
-            Some(&format!(
-                "{} must be the token the kubelet projects (a serviceAccountToken volume source), which it rotates \
-                 before expiry; a copied token goes stale. If it is projected, check the node's clock",
-                token_file.display()
-            )),
+            Some(&expiry_fix(source)),
         );
     }
     if claims.iss.is_none() || claims.sub.is_none() {
-        report.problem(
-            name,
-            "claims",
-            "the token has no iss or no sub claim: it is not a Kubernetes service-account token",
-            Some("point token_file at a projected serviceAccountToken volume"),
+        let (what, fix) = match source {
+            SourceSpec::File(_) => (
+                "it is not a Kubernetes service-account token",
+                "point token_file at a projected serviceAccountToken volume",
+            ),
+            _ => (
+                "the cloud cannot match it to a trust",
+                "the source must give an OIDC ID token (a JWT with iss and sub)",
+            ),
+        };
+        report.problem(name, "claims", &format!("the token has no iss or no sub claim: {what}"), Some(fix));
+    }
+    if let SourceSpec::GithubActions { .. } = source {
+        report.more(
+            "note: GitHub sets sub to repo:ORG/REPO:environment:NAME when the job names an environment, else \
+             repo:ORG/REPO:ref:refs/heads/BRANCH (tags: ref:refs/tags/TAG; pull requests: pull_request); the \
+             binding below trusts exactly this job's sub",
         );
+    }
+}
+
+/// How to get an unexpired token from `source`.
+fn expiry_fix(source: &SourceSpec) -> String {
+    match source {
+        SourceSpec::File(token_file) => format!(
+            "{} must be the token the kubelet projects (a serviceAccountToken volume source), which it rotates \
+             before expiry; a copied token goes stale. If it is projected, check the node's clock",
+            token_file.display()
+        ),
+        SourceSpec::GithubActions { .. } => {
+            "a GitHub Actions token lives 5 minutes and keyless fetches a new one for every read: check this \
+             machine's clock"
+                .to_owned()
+        }
+        SourceSpec::Env(var) => format!(
+            "the token in {var} is fixed for the process (GitLab id_tokens live as long as the job): run keyless in \
+             the job that received it"
+        ),
+        SourceSpec::Url(_) | SourceSpec::Command(_) => {
+            "the source returned an expired token: fix the service or program that issues it".to_owned()
+        }
     }
 }
 

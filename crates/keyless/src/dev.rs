@@ -26,6 +26,16 @@ pub struct DevOptions {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub emulator_listen: SocketAddr,
+    /// Where keyless takes its subject tokens from.
+    pub source: DevSource,
+}
+
+/// `keyless dev --source`: the projected token files, or the emulated GitHub Actions endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DevSource {
+    #[default]
+    File,
+    GithubActions,
 }
 
 /// `keyless emulate`: the emulator and projector until SIGTERM/Ctrl-C. `hostnames` are the names
@@ -47,6 +57,11 @@ pub async fn emulate(
     let emulator = start_emulator(listen, &state_dir, hostnames).await?;
     let bundle = write_ca_bundle(&state_dir, emulator.ca_pem_path())?;
     info!(url = %emulator.url(), ca = %emulator.ca_pem_path().display(), ca_bundle = %bundle.display(), "emulator ready");
+    info!(
+        request_url = %emulator.github_actions_request_url(),
+        request_token_file = %emulator.github_actions_request_token_path().display(),
+        "emulated GitHub Actions OIDC endpoint: ACTIONS_ID_TOKEN_REQUEST_URL and the content of ACTIONS_ID_TOKEN_REQUEST_TOKEN"
+    );
     serve::termination().await;
     emulator.shutdown().await;
     Ok(())
@@ -65,13 +80,13 @@ fn sidecar_toml(emulator: &Emulator, opts: &DevOptions) -> String {
     let ids = emulator.identities();
     let url = toml_str(&emulator.url());
     let ca = toml_str(&emulator.ca_pem_path().to_string_lossy());
-    let token = |cloud| toml_str(&emulator.token_path(cloud).to_string_lossy());
+    let token = |cloud| token_keys(emulator, opts.source, cloud);
     format!(
         r#"listen = {listen}
 admin_listen = {admin}
 
 [aws]
-token_file = {aws_token}
+{aws_token}
 role_arn = {role}
 region = "us-east-1"
 sts_endpoint = {url}
@@ -83,7 +98,7 @@ name = {second_role_name}
 role_arn = {second_role}
 
 [gcp]
-token_file = {gcp_token}
+{gcp_token}
 audience = {gcp_audience}
 service_account = {gcp_sa}
 project_id = {gcp_project}
@@ -97,7 +112,7 @@ email = {gcp_second_sa}
 delegates = [{gcp_sa}]
 
 [azure]
-token_file = {azure_token}
+{azure_token}
 tenant_id = {tenant}
 client_id = {client}
 additional_client_ids = [{second_client}]
@@ -126,6 +141,20 @@ ca_file = {ca}
 
 /// The `[[aws.roles]]` name of the emulator's second role (`KEYLESS_AWS_SECOND_ROLE_NAME`).
 const DEV_SECOND_ROLE_NAME: &str = "writer";
+
+/// The keys of a cloud section that say where its subject token comes from: the projected file,
+/// or a `source` inline table for the emulated GitHub Actions job (with each cloud's default audience).
+fn token_keys(emulator: &Emulator, source: DevSource, cloud: Cloud) -> String {
+    match source {
+        DevSource::File => format!("token_file = {}", toml_str(&emulator.token_path(cloud).to_string_lossy())),
+        DevSource::GithubActions => format!(
+            "source = {{ type = \"github-actions\", request_url = {}, request_token_file = {}, ca_file = {} }}",
+            toml_str(&emulator.github_actions_request_url()),
+            toml_str(&emulator.github_actions_request_token_path().to_string_lossy()),
+            toml_str(&emulator.ca_pem_path().to_string_lossy()),
+        ),
+    }
+}
 
 fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()

@@ -10,6 +10,7 @@ mod credential_process;
 mod dev;
 #[cfg(feature = "inject")]
 mod inject;
+mod exec;
 mod logging;
 mod probe;
 mod providers;
@@ -74,6 +75,11 @@ enum Command {
         /// The emulated clouds' HTTPS listener.
         #[arg(long, default_value = "127.0.0.1:9813")]
         emulator_listen: SocketAddr,
+        /// Where keyless takes its subject tokens from: the projected token files, or the
+        /// emulated GitHub Actions OIDC endpoint (as in a CI job).
+        #[cfg(feature = "emulator")]
+        #[arg(long, value_enum, default_value = "file")]
+        source: dev::DevSource,
     },
     /// Print AWS credential_process JSON (Version 1) on stdout: from a running keyless's container
     /// endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI + its token), or, with --config or the IRSA env
@@ -123,6 +129,20 @@ enum Command {
         #[command(flatten)]
         args: webhook::WebhookArgs,
     },
+    /// Run CMD with credentials: keyless in-process on ephemeral loopback ports, CMD started once
+    /// every configured identity holds a credential, with each cloud's native environment; exits
+    /// with CMD's status.
+    Exec {
+        /// TOML config file (see docs/configuration.md).
+        #[arg(long, env = "KEYLESS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Give up (without running CMD) if a credential is not ready by then.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        ready_timeout: std::time::Duration,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
     /// Run the emulated clouds and the token projector alone (for docker compose).
     Emulate {
         /// The emulated clouds' HTTPS listener.
@@ -155,8 +175,8 @@ fn main() -> ExitCode {
             runtime.block_on(serve(config, Overrides { listen, admin_listen }))
         }
         #[cfg(feature = "emulator")]
-        Command::Dev { env_file, state_dir, listen, admin_listen, emulator_listen } => {
-            let options = dev::DevOptions { env_file, state_dir, listen, admin_listen, emulator_listen };
+        Command::Dev { env_file, state_dir, listen, admin_listen, emulator_listen, source } => {
+            let options = dev::DevOptions { env_file, state_dir, listen, admin_listen, emulator_listen, source };
             runtime.block_on(run_logged(dev::dev(options)))
         }
         #[cfg(not(feature = "emulator"))]
@@ -167,6 +187,9 @@ fn main() -> ExitCode {
         Command::Inject { file, options } => inject(file.as_deref(), &options),
         #[cfg(feature = "webhook")]
         Command::Webhook { args } => runtime.block_on(run_logged(webhook::run(args))),
+        Command::Exec { config, ready_timeout, command } => {
+            runtime.block_on(exec::exec(exec::ExecOptions { config, ready_timeout, command }))
+        }
         Command::Probe { url, ca_file, timeout } => {
             match runtime.block_on(probe::probe(&url, ca_file.as_deref(), timeout)) {
                 Ok(()) => ExitCode::SUCCESS,

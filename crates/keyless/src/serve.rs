@@ -97,10 +97,14 @@ impl Sidecar {
     }
 
     /// The env vars an app needs to reach every enabled provider through this sidecar.
-    #[cfg_attr(not(feature = "emulator"), expect(dead_code, reason = "keyless dev writes them to its env file"))]
     pub fn app_env(&self) -> Vec<AppEnvVar> {
         let app = AppHost::for_listener(self.listen_addr());
         self.providers.iter().flat_map(|p| p.started.app_env(&app)).collect()
+    }
+
+    /// Every configured identity's readiness (what `/readyz` reports; `keyless exec` waits on it).
+    pub fn readiness(&self) -> Vec<Arc<dyn keyless_core::Readiness>> {
+        self.providers.iter().flat_map(|p| p.started.readiness()).collect()
     }
 
     #[cfg_attr(

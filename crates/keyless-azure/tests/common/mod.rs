@@ -42,6 +42,7 @@ pub fn dev_config(env: &EmulatorEnv) -> Config {
         app_service: true,
         app_service_path: keyless_azure::DEFAULT_APP_SERVICE_PATH.to_owned(),
         identity_header: Some(keyless_core::Secret::new(IDENTITY_HEADER.to_owned())),
+        source: None,
     }
 }
 

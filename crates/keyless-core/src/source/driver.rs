@@ -26,13 +26,17 @@ pub(super) struct Driver<O: TokenOrigin> {
 
 impl<O: TokenOrigin> Driver<O> {
     /// Starts the origin's change feed, then reads it once.
-    pub(super) async fn start(mut origin: O, state: Arc<State>, clock: SharedClock, metrics: Metrics) -> Self {
-        let changes = origin.changes();
-        let schedule = origin.schedule();
-        let mut driver =
-            Self { origin, changes, schedule, state, clock, metrics, reported: None, last_read: Instant::now() };
+    pub(super) async fn start(origin: O, state: Arc<State>, clock: SharedClock, metrics: Metrics) -> Self {
+        let mut driver = Self::new(origin, state, clock, metrics);
         driver.read().await;
         driver
+    }
+
+    /// Starts the origin's change feed without reading (the caller asks for the first read).
+    pub(super) fn new(mut origin: O, state: Arc<State>, clock: SharedClock, metrics: Metrics) -> Self {
+        let changes = origin.changes();
+        let schedule = origin.schedule();
+        Self { origin, changes, schedule, state, clock, metrics, reported: None, last_read: Instant::now() }
     }
 
     pub(super) async fn run(mut self, mut rereads: mpsc::Receiver<RereadRequest>) {

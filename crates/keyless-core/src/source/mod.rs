@@ -7,8 +7,14 @@
 //! token kept through failures, each distinct problem logged once. [`TokenSource`] is the cheap
 //! handle the cache and adapters hold; requests only ever read its watch channel.
 
+mod command;
+mod config;
 mod driver;
+mod env;
 mod file;
+mod github_actions;
+mod http;
+mod url_origin;
 
 use std::fmt;
 use std::future::Future;
@@ -25,13 +31,26 @@ use crate::printable::printable;
 use crate::task::AbortOnDrop;
 use crate::token::{SubjectToken, TokenError};
 
+pub use command::{ALLOW_COMMANDS_VAR, CommandFormat, CommandOrigin, CommandSpec, GOOGLE_ALLOW_EXECUTABLES_VAR};
+pub use config::{SourceConfig, SourceDefaults, detected, in_github_actions, require_command_opt_in};
+pub use env::EnvOrigin;
 pub use file::{DirChanges, FileOrigin};
+pub use github_actions::{ActionsEndpoint, GithubActionsOrigin, REQUEST_TOKEN_VAR, REQUEST_URL_VAR, with_audience};
+pub use url_origin::{TokenFormat, UrlOrigin, UrlSpec};
 
 /// Where a provider's subject token comes from, as configured. Equal specs share one source.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SourceSpec {
     /// A file someone keeps rewriting (the kubelet's projected service-account token).
     File(PathBuf),
+    /// GitHub Actions OIDC: a fresh 5-minute JWT for `audience` from the job's token endpoint.
+    GithubActions { audience: String, endpoint: ActionsEndpoint },
+    /// An environment variable of this process (GitLab CI `id_tokens:`).
+    Env(String),
+    /// A URL (GET; headers; the body or a JSON field).
+    Url(UrlSpec),
+    /// A program that prints the token (opt-in).
+    Command(CommandSpec),
 }
 
 impl std::fmt::Display for SourceSpec {
@@ -39,6 +58,10 @@ impl std::fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::File(path) => write!(f, "file {}", path.display()),
+            Self::GithubActions { audience, .. } => write!(f, "github-actions audience={audience}"),
+            Self::Env(var) => write!(f, "env {var}"),
+            Self::Url(spec) => write!(f, "url {}", spec.shown()),
+            Self::Command(spec) => write!(f, "command {}", spec.argv.first().map_or("", String::as_str)),
         }
     }
 }
@@ -48,6 +71,7 @@ impl SourceSpec {
     pub(crate) fn normalized(&self) -> Self {
         match self {
             Self::File(path) => Self::File(std::path::absolute(path).unwrap_or_else(|_| path.clone())),
+            other => other.clone(),
         }
     }
 }
@@ -56,6 +80,10 @@ impl SourceSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SourceKind {
     File,
+    GithubActions,
+    Env,
+    Url,
+    Command,
     /// A token handed in by value ([`TokenSource::fixed`]).
     Fixed,
 }
@@ -64,6 +92,10 @@ impl SourceKind {
     pub fn label(self) -> &'static str {
         match self {
             Self::File => "file",
+            Self::GithubActions => "github-actions",
+            Self::Env => "env",
+            Self::Url => "url",
+            Self::Command => "command",
             Self::Fixed => "fixed",
         }
     }
@@ -103,7 +135,7 @@ impl SourceId {
     pub fn path_label(&self) -> &str {
         match self.kind {
             SourceKind::File => &self.location,
-            SourceKind::Fixed => "",
+            _ => "",
         }
     }
 }
@@ -193,6 +225,13 @@ pub trait TokenOrigin: Send + 'static {
     /// time (the driver gives up after [`Schedule::read_timeout`], dropping this future). A fetching
     /// origin must fetch anew on every call: that is how a cloud's "token expired" gets a fresh one.
     fn read(&mut self) -> impl Future<Output = Result<SubjectToken, TokenError>> + Send;
+
+    /// How long [`TokenSource::start`] waits for the first read before returning (the read goes on
+    /// in the background). `None`: until it is done, as a local file's read is quick. A fetching
+    /// origin bounds it, so a hung endpoint delays nothing else's start.
+    fn first_read_wait(&self) -> Option<Duration> {
+        None
+    }
 }
 
 type Held = Option<Arc<SubjectToken>>;
@@ -218,6 +257,10 @@ impl State {
     }
 }
 
+/// How long opening a fetching source waits for its first token before going on without it (the
+/// fetch continues; the cache exchanges as soon as it lands).
+const FIRST_FETCH_WAIT: Duration = Duration::from_secs(3);
+
 /// An explicit re-read: answered once the read it asked for is done.
 type RereadRequest = oneshot::Sender<()>;
 
@@ -242,16 +285,41 @@ impl TokenSource {
     pub async fn open(spec: &SourceSpec, options: &WatchOptions, clock: SharedClock, metrics: Metrics) -> Self {
         match spec {
             SourceSpec::File(path) => Self::start(FileOrigin::new(path.clone(), options), clock, metrics).await,
+            SourceSpec::GithubActions { audience, endpoint } => {
+                let origin = GithubActionsOrigin::new(audience, endpoint, &|k| std::env::var(k).ok());
+                Self::start(origin, clock, metrics).await
+            }
+            SourceSpec::Env(var) => Self::start(EnvOrigin::new(var, &|k| std::env::var(k).ok()), clock, metrics).await,
+            SourceSpec::Url(spec) => Self::start(UrlOrigin::new(spec), clock, metrics).await,
+            SourceSpec::Command(spec) => {
+                let origin = CommandOrigin::new(spec.clone(), clock.clone());
+                Self::start(origin, clock, metrics).await
+            }
         }
     }
 
     /// Runs `origin` under the generic driver: reads it once, then keeps it fresh in the background.
     pub async fn start<O: TokenOrigin>(origin: O, clock: SharedClock, metrics: Metrics) -> Self {
         let id = origin.id().clone();
+        let first_read_wait = origin.first_read_wait();
         let state = State::new(None);
         let (tx, rx) = mpsc::channel(16);
-        let driver = driver::Driver::start(origin, state.clone(), clock, metrics).await;
-        let task = tokio::spawn(driver.run(rx));
+        let task = match first_read_wait {
+            None => {
+                let driver = driver::Driver::start(origin, state.clone(), clock, metrics).await;
+                tokio::spawn(driver.run(rx))
+            }
+            Some(limit) => {
+                let driver = driver::Driver::new(origin, state.clone(), clock, metrics);
+                let task = tokio::spawn(driver.run(rx));
+                // The first read is an explicit one: waited for at most `limit`, never repeated.
+                let (done_tx, done_rx) = oneshot::channel();
+                if tx.send(done_tx).await.is_ok() {
+                    let _ = tokio::time::timeout(limit, done_rx).await;
+                }
+                task
+            }
+        };
         Self { inner: Arc::new(Inner { id, state, rereads: Some(tx), _task: Some(AbortOnDrop::new(task)) }) }
     }
 

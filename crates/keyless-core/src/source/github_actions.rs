@@ -1,0 +1,199 @@
+//! The GitHub Actions OIDC source (docs/protocols.md 6.1): inside a job with
+//! `permissions: id-token: write`, `ACTIONS_ID_TOKEN_REQUEST_URL` + `ACTIONS_ID_TOKEN_REQUEST_TOKEN`
+//! mint a JWT for any audience. The JWT lives 5 minutes, so the driver fetches a new one 2 minutes
+//! before `exp`, and again whenever a cloud rejects one (every read is a fresh mint).
+//!
+//! Traps handled: the request URL already has a query (`api-version=...`), so the audience is *set*
+//! with a URL parser, never appended as `?audience=`; the request token lives for the whole job and
+//! is a [`Secret`]: it never reaches a log, an error or a file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::http::{self, FetchError};
+use super::{NoChanges, Schedule, SourceId, SourceKind, TokenOrigin};
+use crate::secret::Secret;
+use crate::token::{SubjectToken, TokenError};
+
+pub const REQUEST_URL_VAR: &str = "ACTIONS_ID_TOKEN_REQUEST_URL";
+pub const REQUEST_TOKEN_VAR: &str = "ACTIONS_ID_TOKEN_REQUEST_TOKEN";
+
+/// Where the request URL and token come from. By default the job's environment; `keyless dev`
+/// points at the emulator's endpoint with a file instead (no env var can carry it in-process).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ActionsEndpoint {
+    /// `None`: `ACTIONS_ID_TOKEN_REQUEST_URL`.
+    pub request_url: Option<String>,
+    /// `None`: `ACTIONS_ID_TOKEN_REQUEST_TOKEN`.
+    pub request_token_file: Option<PathBuf>,
+    /// Extra CA certificates for the endpoint (the emulator's).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Fetches a fresh GitHub Actions OIDC token for one audience on every read.
+#[derive(Debug)]
+pub struct GithubActionsOrigin {
+    id: SourceId,
+    /// The ready request, or why there cannot be one (reported on every read).
+    request: Result<Request, String>,
+}
+
+#[derive(Debug)]
+struct Request {
+    url: url::Url,
+    token: Secret<String>,
+    client: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct IdTokenResponse {
+    value: Option<String>,
+}
+
+impl GithubActionsOrigin {
+    /// The source for `audience`, with the endpoint from `endpoint` or the environment `env`.
+    pub fn new(audience: &str, endpoint: &ActionsEndpoint, env: &dyn Fn(&str) -> Option<String>) -> Self {
+        let id = SourceId::new(SourceKind::GithubActions, format!("audience={audience}"));
+        Self { id, request: Request::resolve(audience, endpoint, env) }
+    }
+}
+
+/// The error of a job whose token cannot be requested: the variables appear only with the permission.
+fn missing_permission(var: &str) -> String {
+    format!(
+        "{var} is not set: GitHub Actions sets {REQUEST_URL_VAR} and {REQUEST_TOKEN_VAR} only for jobs with \
+         `permissions: id-token: write`; add it to the workflow (or the job), or configure another token source"
+    )
+}
+
+impl Request {
+    fn resolve(
+        audience: &str,
+        endpoint: &ActionsEndpoint,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let non_empty = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+        let raw_url = non_empty(endpoint.request_url.clone().or_else(|| env(REQUEST_URL_VAR)))
+            .ok_or_else(|| missing_permission(REQUEST_URL_VAR))?;
+        let token = match &endpoint.request_token_file {
+            Some(path) => read_token_file(path)?,
+            None => non_empty(env(REQUEST_TOKEN_VAR)).ok_or_else(|| missing_permission(REQUEST_TOKEN_VAR))?,
+        };
+        let url = with_audience(&raw_url, audience)?;
+        let client = http::client(&url, endpoint.ca_file.as_ref())?;
+        Ok(Self { url, token: Secret::new(token.trim().to_owned()), client })
+    }
+}
+
+fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let bytes = crate::read_regular_file(path, 16 * 1024)
+        .map_err(|e| format!("cannot read the Actions request token file {}: {e}", path.display()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The request URL with its `audience` query parameter set to `audience` (replacing any), the
+/// rest of its query kept: `...?api-version=2.0&audience=sts.amazonaws.com`.
+pub fn with_audience(request_url: &str, audience: &str) -> Result<url::Url, String> {
+    let mut url = http::source_url(REQUEST_URL_VAR, request_url)?;
+    let kept: Vec<(String, String)> =
+        url.query_pairs().filter(|(k, _)| k != "audience").map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    {
+        let mut query = url.query_pairs_mut();
+        query.clear();
+        query.extend_pairs(kept);
+        if !audience.is_empty() {
+            query.append_pair("audience", audience);
+        }
+    }
+    Ok(url)
+}
+
+impl TokenOrigin for GithubActionsOrigin {
+    type Changes = NoChanges;
+
+    fn id(&self) -> &SourceId {
+        &self.id
+    }
+
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            debounce: Duration::ZERO,
+            // The exp-driven re-fetch does the work; this only backs it up.
+            poll: Duration::from_secs(240),
+            // A 5-minute token is replaced at 3 minutes, so the one held always has 2 minutes left.
+            before_exp: Duration::from_secs(120),
+            near_exp: Duration::from_secs(5),
+            after_failure: Duration::from_secs(5),
+            read_timeout: http::FETCH_TIMEOUT + Duration::from_secs(1),
+        }
+    }
+
+    fn changes(&mut self) -> NoChanges {
+        NoChanges
+    }
+
+    fn first_read_wait(&self) -> Option<Duration> {
+        Some(super::FIRST_FETCH_WAIT)
+    }
+
+    async fn read(&mut self) -> Result<SubjectToken, TokenError> {
+        let unavailable = |reason: String| TokenError::Unavailable { from: self.id.clone(), reason };
+        let request = self.request.as_ref().map_err(|e| unavailable(e.clone()))?;
+        let bearer = Secret::new(format!("Bearer {}", request.token.expose()));
+        let headers = [("authorization".to_owned(), bearer)];
+        let body = http::get(&request.client, &request.url, &headers).await.map_err(|e| {
+            let shown = http::display_url(&request.url);
+            unavailable(match e {
+                FetchError::Status(401 | 403, _) => format!(
+                    "the Actions token endpoint {shown} refused the request token ({e}): it is valid only while \
+                     its job runs, and only with `permissions: id-token: write`"
+                ),
+                e => format!("the Actions token endpoint {shown}: {e}"),
+            })
+        })?;
+        let value = serde_json::from_slice::<IdTokenResponse>(&body).ok().and_then(|r| r.value).ok_or_else(|| {
+            unavailable("the Actions token endpoint's answer has no ID token (expected JSON {\"value\": JWT})".into())
+        })?;
+        SubjectToken::parse(&value).map_err(|shape| TokenError::Invalid { from: self.id.clone(), shape })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audience_is_set_in_a_url_that_already_has_a_query() {
+        let url = with_audience("https://pipelines.example/x/idtoken?api-version=2.0", "sts.amazonaws.com")
+            .expect("a valid URL");
+        assert_eq!(url.as_str(), "https://pipelines.example/x/idtoken?api-version=2.0&audience=sts.amazonaws.com");
+        let google = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/gh";
+        let url = with_audience("https://pipelines.example/x/idtoken?audience=old&api-version=2.0", google)
+            .expect("a valid URL");
+        let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        assert_eq!(pairs, [("api-version".into(), "2.0".into()), ("audience".into(), google.to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn missing_variables_name_the_permission_to_add() {
+        let mut origin = GithubActionsOrigin::new("sts.amazonaws.com", &ActionsEndpoint::default(), &|_| None);
+        let err = origin.read().await.expect_err("no endpoint").to_string();
+        assert!(err.contains("permissions: id-token: write"), "{err}");
+        assert!(err.contains(REQUEST_URL_VAR), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_request_token_is_never_in_an_error() {
+        let env = |k: &str| match k {
+            REQUEST_URL_VAR => Some("http://127.0.0.1:9/idtoken?api-version=2.0".to_owned()),
+            REQUEST_TOKEN_VAR => Some("request-token-SECRET".to_owned()),
+            _ => None,
+        };
+        let mut origin = GithubActionsOrigin::new("aud", &ActionsEndpoint::default(), &env);
+        let err = origin.read().await.expect_err("nothing listens on port 9");
+        assert!(!err.to_string().contains("SECRET"), "{err}");
+        assert!(!format!("{origin:?}").contains("SECRET"));
+    }
+}

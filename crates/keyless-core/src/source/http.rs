@@ -1,0 +1,152 @@
+//! The bounded HTTP GET shared by the fetching sources (GitHub Actions, URL).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::printable::printable;
+use crate::secret::Secret;
+use crate::token::MAX_SUBJECT_TOKEN_BYTES;
+use crate::upstream;
+
+/// Longest wait for a connection, and for a whole fetch.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The largest response body read: a JSON wrapper around at most one subject token.
+const MAX_BODY_BYTES: usize = (MAX_SUBJECT_TOKEN_BYTES as usize) + 4096;
+
+/// How much of an error body is shown (escaped): enough for the service's message.
+const ERROR_EXCERPT_BYTES: usize = 300;
+
+/// One header of a request, its value secret (an `Authorization`, an API key).
+pub(super) type Header = (String, Secret<String>);
+
+/// A reqwest client: no redirects (one would carry the bearer token elsewhere), bounded time,
+/// no proxy for a loopback URL, `ca_file` added to the system roots.
+pub(super) fn client(url: &url::Url, ca_file: Option<&PathBuf>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(FETCH_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("keyless/", env!("CARGO_PKG_VERSION")));
+    if upstream::is_loopback_host(url) {
+        builder = builder.no_proxy();
+    }
+    if let Some(path) = ca_file {
+        let pem = upstream::ca_bundle("ca_file", path).map_err(|e| e.to_string())?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// Why a fetch gave no body. Never holds a header value or the URL's query.
+#[derive(Debug)]
+pub(super) enum FetchError {
+    /// No HTTP answer (DNS, connect, TLS, timeout).
+    Transport(String),
+    /// An answer other than 200: the status and an escaped excerpt of the body.
+    Status(u16, String),
+    TooLarge,
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Transport(e) => write!(f, "no answer: {e}"),
+            Self::Status(status, body) => write!(f, "it answered HTTP {status}: {body}"),
+            Self::TooLarge => write!(f, "it answered with more than {MAX_BODY_BYTES} bytes"),
+        }
+    }
+}
+
+/// `GET url` with `headers`; the body of a 200 answer, at most [`MAX_BODY_BYTES`].
+pub(super) async fn get(client: &reqwest::Client, url: &url::Url, headers: &[Header]) -> Result<Vec<u8>, FetchError> {
+    let mut request = client.get(url.clone());
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.expose().as_str());
+    }
+    let mut response = request.send().await.map_err(|e| FetchError::Transport(cause_chain(e)))?;
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| FetchError::Transport(cause_chain(e)))? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(FetchError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if status != 200 {
+        let text = String::from_utf8_lossy(&body);
+        return Err(FetchError::Status(status, printable(text.trim(), ERROR_EXCERPT_BYTES).into_owned()));
+    }
+    Ok(body)
+}
+
+/// The error and its causes, without the URL reqwest puts in its own message (its query may be
+/// secret).
+fn cause_chain(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `url` as shown in logs and reports: scheme, host, port and path; never the query or userinfo.
+pub(super) fn display_url(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+/// Parses a source's URL: https anywhere; plain http only to loopback or a link-local metadata
+/// address (169.254.0.0/16, fe80::/10: the clouds' instance metadata, as Google's url-sourced
+/// credentials use on Azure VMs).
+pub(super) fn source_url(key: &str, value: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(value.trim()).map_err(|e| format!("{key} is not a URL: {e}"))?;
+    let link_local = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_link_local(),
+        Some(url::Host::Ipv6(ip)) => (ip.segments()[0] & 0xffc0) == 0xfe80,
+        _ => false,
+    };
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if upstream::is_loopback_host(&url) || link_local => Ok(url),
+        "http" => Err(format!(
+            "{key} {} uses plain http to a host that is neither loopback nor link-local: the token would cross \
+             the network unencrypted; use https",
+            display_url(&url)
+        )),
+        other => Err(format!("{key} has scheme {other:?}: use https")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_url_is_https_or_local_http() {
+        assert!(source_url("k", "https://example.com/t").is_ok());
+        assert!(source_url("k", "http://127.0.0.1:8080/t").is_ok());
+        assert!(source_url("k", "http://169.254.169.254/metadata/identity").is_ok());
+        assert!(source_url("k", "http://[fe80::1]/t").is_ok());
+        assert!(source_url("k", "http://10.0.0.1/t").expect_err("off-host http").contains("plain http"));
+        assert!(source_url("k", "ftp://example.com/t").expect_err("ftp").contains("scheme"));
+    }
+
+    #[test]
+    fn a_displayed_url_has_no_query_and_no_credentials() {
+        let url = url::Url::parse("https://user:pw@host.example/p/idtoken?sig=SECRET&api-version=2.0").expect("a URL");
+        let shown = display_url(&url);
+        assert_eq!(shown, "https://host.example/p/idtoken");
+    }
+}
