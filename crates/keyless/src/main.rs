@@ -8,9 +8,9 @@ mod config;
 mod credential_process;
 #[cfg(feature = "emulator")]
 mod dev;
+mod exec;
 #[cfg(feature = "inject")]
 mod inject;
-mod exec;
 mod logging;
 mod probe;
 mod providers;
