@@ -41,6 +41,13 @@ async fn assume_role(emulator: &EmulatorProcess, role_arn: &str, token: &str) ->
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
+/// `POST /_emulator/trusted-issuers` with `body`: `(status, body)`.
+async fn register(emulator: &EmulatorProcess, body: &Value) -> (u16, String) {
+    let url = emulator.control.url("/_emulator/trusted-issuers");
+    let response = emulator.control.client().post(url).json(body).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
 /// The example app `examples/{name}` (an unmodified SDK app) with `env`; its stdout.
 async fn run_example(name: &str, env: &[(&str, &str)], home: &Path, context: impl FnOnce() -> String) -> String {
     let script = std::fs::read_to_string(workspace_root().join("examples").join(name)).unwrap();
@@ -62,6 +69,18 @@ async fn the_emulator_trusts_a_real_api_servers_issuer_only_once_registered_and_
     let (status, body) = assume_role(&emulator, role, &token).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("InvalidIdentityToken"), "{body}");
+
+    // Registration fails, saying why, when the discovery document names another issuer (as the
+    // clouds refuse it) or the issuer's certificate is not trusted.
+    let with_slash = format!("{}/", cluster.issuer());
+    let (status, body) =
+        register(&emulator, &serde_json::json!({ "issuer": with_slash, "ca_pem": cluster.ca_pem_text() })).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("names the issuer"), "{body}");
+    let (status, body) = register(&emulator, &serde_json::json!({ "issuer": cluster.issuer() })).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("/.well-known/openid-configuration"), "{body}");
+    assert_eq!(assume_role(&emulator, role, &token).await.0, 400, "nothing was registered");
 
     emulator.control.trust_issuer(cluster.issuer(), &cluster.ca_pem_text()).await;
     let (status, body) = assume_role(&emulator, role, &token).await;
