@@ -198,7 +198,7 @@ async fn check_provider(
                 .item("exchange", &format!("ok: {}: valid until {}", attempt.what, describe_time(*expires_at, now))),
             Err(e) => {
                 let code = e.code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
-                report.item("exchange", &format!("PROBLEM: {} failed{code}", attempt.what));
+                report.item("exchange", &format!("PROBLEM: {} failed{code}{}", attempt.what, throttled(e)));
                 report.more(&e.message);
                 if let Some(hint) = &e.hint {
                     report.more(&format!("fix: {hint}"));
@@ -208,6 +208,20 @@ async fn check_provider(
         }
     }
     print_binding(report, d, Some(claims), &binding_audience);
+}
+
+/// How a throttled exchange is told apart: nothing is wrong with the configuration, the token
+/// service is busy (docs/fleet.md).
+fn throttled(e: &ExchangeError) -> String {
+    if e.class != keyless_core::ErrorClass::Throttled {
+        return String::new();
+    }
+    match e.retry_after {
+        Some(wait) => {
+            format!(": throttled by the token service, which asks to retry after {}", humantime::format_duration(wait))
+        }
+        None => ": throttled by the token service".to_owned(),
+    }
 }
 
 /// Problems the claims show before any cloud is asked.
