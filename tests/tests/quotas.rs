@@ -49,7 +49,7 @@ async fn under_a_quota_keyless_is_throttled_honours_retry_after_and_no_request_f
     let before = emulator.control.counters().await;
 
     // Throttled, then refreshed again within the quota (twice), for every provider.
-    let phase = std::time::Instant::now();
+    let phase = tokio::time::Instant::now();
     wait_until("every provider to be throttled and to refresh twice since", Duration::from_secs(120), || async {
         let text = sidecar.metrics().await;
         PROVIDERS.iter().all(|p| outcome(&text, p, "throttled") >= 1)

@@ -13,14 +13,14 @@ use keyless_core::clock::{SharedClock, TokioClock};
 use keyless_core::{
     CachePolicy, CredentialCache, Exchange, ExchangeError, Expiring, Issued, Metrics, SubjectToken, TokenSource,
 };
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// How long an exchange takes (the clouds answer in tens of milliseconds).
 const LATENCY: Duration = Duration::from_millis(50);
-/// How often each pod's app asks for its credential.
-const APP_PERIOD: Duration = Duration::from_secs(60);
-/// How often readiness is looked at (a kubelet probe's period is seconds).
-const PROBE_PERIOD: Duration = Duration::from_secs(1);
+/// How often each pod's app asks for its credential (often enough to catch one served past its
+/// expiry: a 1 h credential refreshed at 30-50% of its lifetime has 30 minutes of retries left).
+const APP_PERIOD: Duration = Duration::from_secs(600);
 /// The width of the bins the steady-state peak is measured in.
 const BIN: usize = 10;
 
@@ -44,10 +44,13 @@ pub struct FleetOptions {
     /// Write exchanges per second (CSV per cloud) here, for scripts/fleet-plot.
     #[arg(long, value_name = "DIR")]
     pub csv: Option<PathBuf>,
+    /// The clouds whose throttling answers to simulate [default: all three].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub clouds: Vec<Cloud>,
 }
 
 /// Which cloud's answer over quota the token service gives (docs/protocols.md 9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Cloud {
     /// STS: 400 `Throttling`, no `Retry-After`.
     Aws,
@@ -135,11 +138,13 @@ impl TokenService {
     }
 }
 
-/// One pod's exchange with the shared token service.
+/// One pod's exchange with the shared token service. Its first success is the instant the pod
+/// turns ready (the cache publishes a credential as soon as it has one).
 struct PodExchange {
     service: Arc<TokenService>,
     clock: SharedClock,
     lifetime: Duration,
+    ready: Arc<Notify>,
 }
 
 impl Exchange for PodExchange {
@@ -157,6 +162,7 @@ impl Exchange for PodExchange {
     async fn exchange(&self, _key: &(), _token: &SubjectToken) -> Result<Issued<()>, ExchangeError> {
         tokio::time::sleep(LATENCY).await;
         self.service.call()?;
+        self.ready.notify_one();
         Ok(Issued::new(Expiring::new((), self.clock.now() + self.lifetime)))
     }
 }
@@ -217,13 +223,22 @@ async fn run(options: &FleetOptions, cloud: Cloud, schedule: Schedule) -> FleetR
     let mut pods = tokio::task::JoinSet::new();
     for i in 0..options.pods {
         let starts_at = start + options.rollout.mul_f64(i as f64 / options.pods.max(1) as f64);
-        let exchange = PodExchange { service: service.clone(), clock: clock.clone(), lifetime: options.lifetime };
+        let ready = Arc::new(Notify::new());
+        let exchange = PodExchange {
+            service: service.clone(),
+            clock: clock.clone(),
+            lifetime: options.lifetime,
+            ready: ready.clone(),
+        };
         let (tokens, clock, metrics, apps) = (tokens.clone(), clock.clone(), metrics.clone(), apps.clone());
         pods.spawn(async move {
             tokio::time::sleep_until(starts_at).await;
             let policy = schedule.policy(i as u64);
             let cache = CredentialCache::new(exchange, tokens, policy, clock.clone(), metrics);
-            pod(&cache, end, start, &apps, &clock).await;
+            cache.pin(());
+            ready.notified().await;
+            apps.ready.lock().unwrap_or_else(PoisonError::into_inner).push(Instant::now() - start);
+            app(&cache, end, &apps, &clock).await;
         });
     }
     tokio::time::sleep_until(end).await;
@@ -245,20 +260,8 @@ async fn run(options: &FleetOptions, cloud: Cloud, schedule: Schedule) -> FleetR
     }
 }
 
-/// One pod, started now: pre-warms its credential, is probed until ready, then its app asks
-/// for the credential every [`APP_PERIOD`] until `end`.
-async fn pod<E: Exchange<Key = ()>>(
-    cache: &CredentialCache<E>,
-    end: Instant,
-    rollout_start: Instant,
-    apps: &Apps,
-    clock: &SharedClock,
-) {
-    cache.pin(());
-    while !cache.statuses().iter().all(keyless_core::IdentityStatus::ready) {
-        tokio::time::sleep(PROBE_PERIOD).await;
-    }
-    apps.ready.lock().unwrap_or_else(PoisonError::into_inner).push(Instant::now() - rollout_start);
+/// A ready pod's app: asks for its credential every [`APP_PERIOD`] until `end`.
+async fn app<E: Exchange<Key = ()>>(cache: &CredentialCache<E>, end: Instant, apps: &Apps, clock: &SharedClock) {
     while Instant::now() < end {
         match cache.get(&()).await {
             Ok(credential) if !credential.is_valid_at(clock.now()) => {
