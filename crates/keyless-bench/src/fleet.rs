@@ -44,6 +44,9 @@ pub struct FleetOptions {
     /// Write exchanges per second (CSV per cloud) here, for scripts/fleet-plot.
     #[arg(long, value_name = "DIR")]
     pub csv: Option<PathBuf>,
+    /// The jittered schedule's `cache.refresh_jitter` [default: keyless's default].
+    #[arg(long)]
+    pub jitter: Option<f64>,
     /// The clouds whose throttling answers to simulate [default: all three].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub clouds: Vec<Cloud>,
@@ -91,9 +94,9 @@ impl Schedule {
         }
     }
 
-    fn policy(self, seed: u64) -> CachePolicy {
+    fn policy(self, seed: u64, jitter: Option<f64>) -> CachePolicy {
         let defaults = CachePolicy::default();
-        let jitter = if self == Self::Fixed { 0.0 } else { defaults.refresh_jitter };
+        let jitter = if self == Self::Fixed { 0.0 } else { jitter.unwrap_or(defaults.refresh_jitter) };
         CachePolicy { refresh_jitter: jitter, rng_seed: Some(seed), ..defaults }
     }
 }
@@ -220,6 +223,7 @@ async fn run(options: &FleetOptions, cloud: Cloud, schedule: Schedule) -> FleetR
     let apps = Arc::new(Apps::default());
     let tokens = TokenSource::fixed(subject_token(wall + options.duration * 2));
     let metrics = Metrics::new();
+    let jitter = options.jitter;
     let mut pods = tokio::task::JoinSet::new();
     for i in 0..options.pods {
         let starts_at = start + options.rollout.mul_f64(i as f64 / options.pods.max(1) as f64);
@@ -233,7 +237,7 @@ async fn run(options: &FleetOptions, cloud: Cloud, schedule: Schedule) -> FleetR
         let (tokens, clock, metrics, apps) = (tokens.clone(), clock.clone(), metrics.clone(), apps.clone());
         pods.spawn(async move {
             tokio::time::sleep_until(starts_at).await;
-            let policy = schedule.policy(i as u64);
+            let policy = schedule.policy(i as u64, jitter);
             let cache = CredentialCache::new(exchange, tokens, policy, clock.clone(), metrics);
             cache.pin(());
             ready.notified().await;

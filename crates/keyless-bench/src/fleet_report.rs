@@ -115,6 +115,7 @@ mod tests {
             duration: Duration::from_secs(2 * 3600),
             csv: None,
             clouds: Vec::new(),
+            jitter: None,
         }
     }
 
