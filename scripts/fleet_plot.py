@@ -52,7 +52,7 @@ def main(csv_dir, cloud, quota, out):
     fig, axes = plt.subplots(2, 1, figsize=(11, 6), sharex=True, sharey=True)
     for ax, values, title in (
         (axes[0], fixed, "today: every refresh at refresh_at (refresh_jitter = 0)"),
-        (axes[1], jittered, "new: refresh_jitter = 0.4 (the default)"),
+        (axes[1], jittered, "new: refresh_jitter = 0.6 (the default)"),
     ):
         smoothed = smooth(values)
         ax.plot(hours, smoothed, linewidth=0.7)

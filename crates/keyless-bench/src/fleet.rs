@@ -87,13 +87,6 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Fixed => "fixed (refresh_jitter = 0)",
-            Self::Jittered => "jittered (default)",
-        }
-    }
-
     fn policy(self, seed: u64, jitter: Option<f64>) -> CachePolicy {
         let defaults = CachePolicy::default();
         let jitter = if self == Self::Fixed { 0.0 } else { jitter.unwrap_or(defaults.refresh_jitter) };
@@ -183,7 +176,8 @@ struct Apps {
 #[derive(Debug, Clone)]
 pub struct FleetRun {
     pub cloud: Cloud,
-    pub schedule: Schedule,
+    /// The `refresh_jitter` the pods ran with (0: [`Schedule::Fixed`]).
+    pub jitter: f64,
     /// When the last pod was ready (`None`: some never were).
     pub all_ready: Option<Duration>,
     /// N / Q: no schedule can be faster.
@@ -252,7 +246,7 @@ async fn run(options: &FleetOptions, cloud: Cloud, schedule: Schedule) -> FleetR
     let steady_from = options.lifetime.mul_f64(3.0 * CachePolicy::default().refresh_at);
     FleetRun {
         cloud,
-        schedule,
+        jitter: schedule.policy(0, jitter).refresh_jitter,
         all_ready: (ready.len() == options.pods).then(|| ready.iter().copied().max().unwrap_or_default()),
         floor: Duration::from_secs_f64(options.pods as f64 / options.quota),
         calls: per_second.iter().map(|c| u64::from(c.0)).sum(),

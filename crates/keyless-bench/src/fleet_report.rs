@@ -59,9 +59,9 @@ fn row(run: &FleetRun) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
-        "| {} | {} | {ready} | {} | {} ({:.1}%){} | {:.2}{} | {}{} | {}",
+        "| {} | refresh_jitter = {} | {ready} | {} | {} ({:.1}%){} | {:.2}{} | {}{} | {}",
         run.cloud.name(),
-        run.schedule.name(),
+        run.jitter,
         run.calls,
         run.throttled,
         100.0 * run.throttled_share(),

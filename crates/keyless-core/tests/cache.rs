@@ -594,7 +594,12 @@ async fn refresh_times(policy: CachePolicy, keys: usize, cycles: usize) -> Vec<V
     for name in &names {
         h.cache.pin(name);
     }
-    h.wait_for_calls(keys * (cycles + 1)).await;
+    // Keys refreshing early may refresh again before the last one's first refresh.
+    let mut n = keys * (cycles + 1);
+    while names.iter().any(|name| h.calls_for(name) <= cycles) {
+        h.wait_for_calls(n).await;
+        n += 1;
+    }
     let calls = h.calls();
     names
         .iter()
@@ -604,11 +609,11 @@ async fn refresh_times(policy: CachePolicy, keys: usize, cycles: usize) -> Vec<V
 
 #[tokio::test(start_paused = true)]
 async fn refreshes_of_credentials_issued_together_spread_over_the_window_before_refresh_at() {
-    // Default: refresh_at 0.5, jitter 0.4: between 30% and 50% of the lifetime.
+    // Default: refresh_at 0.5, jitter 0.6: between 20% and 50% of the lifetime.
     let times = refresh_times(CachePolicy { rng_seed: Some(7), ..CachePolicy::default() }, 50, 1).await;
     let firsts: Vec<Duration> = times.iter().map(|t| t[1]).collect();
     for at in &firsts {
-        assert!((HOUR.mul_f64(0.3)..=HOUR / 2).contains(at), "refresh at {at:?}");
+        assert!((HOUR.mul_f64(0.2)..=HOUR / 2).contains(at), "refresh at {at:?}");
     }
     let (early, late) = (firsts.iter().min().unwrap(), firsts.iter().max().unwrap());
     assert!(*late - *early > HOUR / 10, "refreshes bunched between {early:?} and {late:?}");

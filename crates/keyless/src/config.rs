@@ -397,7 +397,7 @@ fn check_refresh_jitter(c: &CacheSection) -> Result<(), ConfigError> {
         value: c.refresh_jitter.to_string(),
         reason: format!(
             "must be at least 0 (no spreading) and below 1: refreshes spread over this share of the time to \
-             cache.refresh_at, just before it (default {}: between 30% and 50% of the lifetime)",
+             cache.refresh_at, just before it (default {}: between 20% and 50% of the lifetime)",
             default_refresh_jitter()
         ),
     })
@@ -567,7 +567,7 @@ mod tests {
 
     #[test]
     fn refresh_jitter_reaches_the_policy_and_is_range_checked() {
-        assert_eq!(load_str("", &[]).unwrap().cache_policy().refresh_jitter, 0.4);
+        assert_eq!(load_str("", &[]).unwrap().cache_policy().refresh_jitter, 0.6);
         let c = load_str("[cache]\nrefresh_jitter = 0\n", &[]).unwrap();
         assert_eq!(c.cache_policy().refresh_jitter, 0.0, "0: no spreading");
         let c = load_str("", &[("KEYLESS_CACHE__REFRESH_JITTER", "0.9")]).unwrap();
