@@ -579,6 +579,7 @@ async fn drive<E: Exchange>(
                 // than the service allows.
                 let on_demand = matches!(err.class, ErrorClass::Retryable | ErrorClass::RereadToken)
                     .then(|| after(Instant::now(), policy.retry_min));
+                let throttled = err.class == ErrorClass::Throttled;
                 // Listen before publishing: a request that reads the failure and then wakes us
                 // must not be missed.
                 let woken = control.wake.notified();
@@ -593,8 +594,9 @@ async fn drive<E: Exchange>(
                 });
                 tokio::select! {
                     () = tokio::time::sleep_until(next) => {}
-                    // A new token may fix what failed: try it at once rather than after the backoff.
-                    changed = tokens.changed() => if changed.is_err() {
+                    // A new token may fix what failed: try it at once rather than after the backoff
+                    // (not a throttled call: a new token does not lift the service's limit).
+                    changed = tokens.changed(), if !throttled => if changed.is_err() {
                         tokio::time::sleep_until(next).await;
                     },
                     // A request is waiting with nothing valid to serve: retry as soon as allowed.

@@ -693,3 +693,16 @@ async fn a_waiting_request_does_not_bring_a_throttled_retry_forward() {
     let status = &h.cache.statuses()[0];
     assert_eq!(status.last_error.as_ref().map(|e| e.class), Some(ErrorClass::Throttled));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_token_does_not_bring_a_throttled_retry_forward() {
+    let mut h = Harness::new(CachePolicy::default(), Duration::ZERO, throttled_for_a_minute);
+    h.cache.pin("k");
+    h.wait_for_calls(1).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    h.tokens.set(token("pod-b"));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.calls().len(), 1, "retried 20 s after a Retry-After of 60 s");
+    h.wait_for_calls(2).await;
+    assert!(h.elapsed(h.calls()[1].at) >= Duration::from_secs(60));
+}
