@@ -14,7 +14,7 @@ use keyless_test_support::sidecar::Sidecar;
 use keyless_test_support::wait::wait_until;
 use serde_json::json;
 
-/// Credentials live 30 s; refreshes start between 4.5 s and 7.5 s (refresh_at 0.25, the default
+/// Credentials live 30 s; refreshes start between 3 s and 7.5 s (refresh_at 0.25, the default
 /// jitter) and retry fast: without the quota every key would call its service every ~6 s.
 const LIFETIME_SECS: u64 = 30;
 const CACHE: &str = r#"refresh_at = 0.25
