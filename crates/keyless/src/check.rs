@@ -281,3 +281,19 @@ fn describe_time(t: SystemTime, now: SystemTime) -> String {
         Err(e) => format!("{stamp} ({} ago)", whole(e.duration())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_throttled_exchange_is_told_apart_from_a_configuration_problem() {
+        let with = ExchangeError::throttled("HTTP 429", Some(Duration::from_secs(60)));
+        assert_eq!(throttled(&with), ": throttled by the token service, which asks to retry after 1m");
+        let without = ExchangeError::throttled("Rate exceeded", None);
+        assert_eq!(throttled(&without), ": throttled by the token service");
+        assert_eq!(throttled(&ExchangeError::terminal("AccessDenied")), "");
+    }
+}
