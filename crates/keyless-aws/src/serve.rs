@@ -44,7 +44,7 @@ pub(crate) fn error_json(status: StatusCode, code: &str, message: &str) -> Respo
 fn unavailable(err: &ExchangeError) -> Response {
     let status = match err.class {
         ErrorClass::Terminal => StatusCode::INTERNAL_SERVER_ERROR,
-        ErrorClass::Retryable | ErrorClass::RereadToken => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorClass::Retryable | ErrorClass::Throttled | ErrorClass::RereadToken => StatusCode::SERVICE_UNAVAILABLE,
     };
     error_json(status, err.code.as_deref().unwrap_or("CredentialsUnavailable"), &err.to_string())
 }

@@ -13,7 +13,7 @@ use keyless_core::clock::SharedClock;
 use keyless_core::token::Claims;
 use keyless_core::{Context, Exchange, ExchangeError, Expiring, Issued, Secret, SubjectToken};
 use keyless_provider::Provider as _;
-use keyless_provider::upstream::{is_transient_status, transport_error};
+use keyless_provider::upstream::{is_transient_status, throttling, transport_error};
 
 use crate::client::sts_client;
 use crate::credentials::AwsCredentials;
@@ -140,15 +140,17 @@ impl StsExchange {
                         ExchangeError::reread_token(message)
                     }
                     "IDPCommunicationError" => ExchangeError::retryable(message),
-                    code if is_throttling(code) => ExchangeError::retryable(message),
                     _ if is_transient_status(status) => ExchangeError::retryable(message),
                     _ => ExchangeError::terminal(message),
                 };
                 let e = e.with_code(code.clone());
-                match self.hint(&code, status, claims) {
+                let e = match self.hint(&code, status, claims) {
                     Some(hint) => e.with_hint(hint),
                     None => e,
-                }
+                };
+                // STS throttles with HTTP 400 `Throttling` (docs/protocols.md 9).
+                let retry_after = service.raw().headers().get("retry-after");
+                throttling(e, status, retry_after, self.clock.now())
             }
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => transport_error(
                 &format!("STS at {} (AssumeRoleWithWebIdentity for {role})", self.endpoint),
@@ -221,17 +223,12 @@ impl StsExchange {
                  must not exceed the role's maximum session duration",
                 humantime::format_duration(self.duration)
             ),
-            code if is_transient_status(status) || is_throttling(code) => {
-                "STS is failing or throttling; keyless retries with backoff and keeps serving the current credential"
-                    .to_owned()
+            _ if is_transient_status(status) => {
+                "STS is failing; keyless retries with backoff and keeps serving the current credential".to_owned()
             }
             _ => return None,
         })
     }
-}
-
-fn is_throttling(code: &str) -> bool {
-    matches!(code, "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException")
 }
 
 impl Exchange for StsExchange {

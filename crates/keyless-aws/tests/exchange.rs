@@ -97,8 +97,8 @@ async fn a_wrong_audience_is_reported_with_the_tokens_audience() {
 #[tokio::test(start_paused = true)]
 async fn a_5xx_storm_is_retried_while_the_valid_credential_keeps_being_served() {
     let env = EmulatorEnv::start().await;
-    // Refresh after 90 s (10% of the 15-minute lifetime), so the storm hits a refresh.
-    let ctx = paused_context(patient(CachePolicy { refresh_at: 0.1, ..fast_retries() }));
+    // Refresh after 90 s (10% of the 15-minute lifetime, no jitter), so the storm hits a refresh.
+    let ctx = paused_context(patient(CachePolicy { refresh_at: 0.1, refresh_jitter: 0.0, ..fast_retries() }));
     let mut config = env.config();
     config.duration = Duration::from_secs(900);
     let provider = keyless_aws::start(config, &ctx).await.unwrap();
@@ -138,7 +138,7 @@ async fn sts_error_codes_are_classified_per_protocol_with_hints() {
     let ctx = context(fast_retries());
     let cases = [
         (StatusCode::BAD_REQUEST, "IDPCommunicationError", ErrorClass::Retryable),
-        (StatusCode::BAD_REQUEST, "Throttling", ErrorClass::Retryable),
+        (StatusCode::BAD_REQUEST, "Throttling", ErrorClass::Throttled),
         (StatusCode::BAD_GATEWAY, "InternalFailure", ErrorClass::Retryable),
         (StatusCode::BAD_REQUEST, "ExpiredTokenException", ErrorClass::RereadToken),
         (StatusCode::FORBIDDEN, "IDPRejectedClaim", ErrorClass::Terminal),

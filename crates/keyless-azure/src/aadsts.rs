@@ -272,4 +272,24 @@ mod tests {
         assert_eq!(err.code.as_deref(), Some("AADSTS700024"));
         assert_eq!(err.class, ErrorClass::RereadToken);
     }
+
+    /// Entra ID throttles with 429 and `Retry-After: 60`, the body perhaps plain text (docs/protocols.md
+    /// 9, from learn.microsoft.com "Throttling and service limits", MSAL client-and-server throttling).
+    #[test]
+    fn a_429_with_a_plain_text_body_is_throttled_with_its_retry_after() {
+        let f = Fixture::new();
+        for body in [
+            "Too Many Requests",
+            r#"{"error":"temporarily_unavailable","error_description":"AADSTS50196: The server terminated an operation because it encountered a client request loop."}"#,
+        ] {
+            let err = keyless_provider::upstream::throttling(
+                f.classify(429, body),
+                429,
+                Some("60"),
+                std::time::SystemTime::UNIX_EPOCH,
+            );
+            assert_eq!(err.class, ErrorClass::Throttled, "{body}");
+            assert_eq!(err.retry_after, Some(std::time::Duration::from_secs(60)));
+        }
+    }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use keyless_core::clock::SharedClock;
 use keyless_core::{Exchange, ExchangeError, Expiring, Issued, Secret, SubjectToken};
 use keyless_provider::Provider as _;
-use keyless_provider::upstream::{read_bounded, transport_error};
+use keyless_provider::upstream::{read_bounded, retry_after_header, throttling, transport_error};
 
 use crate::aadsts::{self, Attempt};
 use crate::identity::{ClientId, Scope, TenantId};
@@ -108,10 +108,11 @@ impl Exchange for EntraExchange {
             .map_err(|e| transport_error(&self.service(), CA_KEY, &e.without_url()))?;
         let status = response.status();
         let request_id = response.headers().get("x-ms-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let retry_after = retry_after_header(response.headers());
         let body =
             read_bounded(&self.service(), CA_KEY, response).await.map_err(|e| e.with_request_id(request_id.clone()))?;
         if !status.is_success() {
-            return Err(aadsts::classify(
+            let err = aadsts::classify(
                 status.as_u16(),
                 &body,
                 request_id,
@@ -122,7 +123,9 @@ impl Exchange for EntraExchange {
                     scope: &key.scope,
                     claims: token.claims(),
                 },
-            ));
+            );
+            // Entra throttles with 429 and `Retry-After`, its body perhaps not JSON (docs/protocols.md 9).
+            return Err(throttling(err, status.as_u16(), retry_after.as_deref(), self.clock.now()));
         }
         let granted = Granted::parse(&body).map_err(|what| {
             ExchangeError::retryable(format!(

@@ -60,7 +60,7 @@ impl Refusal {
             // Not 400: Python and Rust read a 400 as "identity not assigned" and drop the body;
             // a 403 surfaces our hint at once instead of after ~70 s of 5xx retries.
             (ErrorClass::Terminal, _) => (StatusCode::FORBIDDEN, "unauthorized_client"),
-            (ErrorClass::Retryable | ErrorClass::RereadToken, _) => {
+            (ErrorClass::Retryable | ErrorClass::Throttled | ErrorClass::RereadToken, _) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
             }
         };

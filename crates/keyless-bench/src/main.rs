@@ -9,6 +9,8 @@ mod bench;
 mod callgrind;
 mod cold;
 mod endpoints;
+mod fleet;
+mod fleet_report;
 mod load;
 mod procs;
 mod report;
@@ -58,6 +60,9 @@ enum Mode {
     /// User-space instructions per request of keyless and of the bare server, counted by
     /// valgrind's callgrind (deterministic where req/s is noisy); needs valgrind.
     Callgrind(callgrind::CallgrindOptions),
+    /// A rollout of many pods against token services with a quota (docs/fleet.md): the real
+    /// keyless-core cache per pod on tokio's paused clock, today's schedule and the jittered one.
+    Fleet(fleet::FleetOptions),
     /// The baseline server (started by the benchmark itself).
     #[command(hide = true)]
     BareServer {
@@ -132,6 +137,12 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
             };
             return match runtime.block_on(callgrind::callgrind(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            };
+        }
+        Some(Mode::Fleet(options)) => {
+            return match fleet_report::report(&options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e.to_string()),
             };

@@ -3,7 +3,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::token::SubjectToken;
 
@@ -54,8 +54,12 @@ pub struct Attempt {
 /// How the cache should react to a failed exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// Transient (5xx, throttling, timeouts, the IdP unreachable): retry with backoff.
+    /// Transient (5xx, timeouts, the IdP unreachable): retry with backoff.
     Retryable,
+    /// The token service said "too many requests" (HTTP 429, AWS `Throttling`, Google
+    /// `RESOURCE_EXHAUSTED`; docs/protocols.md 9): retry with backoff, never before its
+    /// `Retry-After`, and never brought forward by a waiting request.
+    Throttled,
     /// The cloud rejected the token as invalid or expired: re-read the token file, retry once.
     RereadToken,
     /// Will not succeed until configuration or the token changes (access denied, bad audience...).
@@ -66,6 +70,7 @@ impl ErrorClass {
     pub fn label(self) -> &'static str {
         match self {
             ErrorClass::Retryable => "retryable_error",
+            ErrorClass::Throttled => "throttled",
             ErrorClass::RereadToken => "token_rejected",
             ErrorClass::Terminal => "terminal_error",
         }
@@ -83,11 +88,18 @@ pub struct ExchangeError {
     pub message: String,
     pub hint: Option<String>,
     pub request_id: Option<String>,
+    /// The upstream's `Retry-After`: the next attempt waits at least this long.
+    pub retry_after: Option<Duration>,
 }
 
 impl ExchangeError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        Self { class, code: None, message: message.into(), hint: None, request_id: None }
+        Self { class, code: None, message: message.into(), hint: None, request_id: None, retry_after: None }
+    }
+
+    /// Throttled by the token service; `retry_after` is its `Retry-After`, if it sent one.
+    pub fn throttled(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        Self { retry_after, ..Self::new(ErrorClass::Throttled, message) }
     }
 
     pub fn retryable(message: impl Into<String>) -> Self {

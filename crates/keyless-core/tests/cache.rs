@@ -145,8 +145,8 @@ fn ok(_: usize, _: &SubjectToken) -> Result<(), ExchangeError> {
 }
 
 #[tokio::test(start_paused = true)]
-async fn refresh_starts_at_half_the_lifetime_by_default() {
-    let mut h = Harness::new(CachePolicy::default(), Duration::ZERO, ok);
+async fn without_jitter_refresh_starts_at_half_the_lifetime_by_default() {
+    let mut h = Harness::new(CachePolicy { refresh_jitter: 0.0, ..CachePolicy::default() }, Duration::ZERO, ok);
     h.cache.pin("k");
     h.wait_for_calls(2).await;
     let calls = h.calls();
@@ -155,8 +155,8 @@ async fn refresh_starts_at_half_the_lifetime_by_default() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn refresh_starts_at_the_configured_fraction() {
-    let policy = CachePolicy { refresh_at: 0.8, ..CachePolicy::default() };
+async fn without_jitter_refresh_starts_at_the_configured_fraction() {
+    let policy = CachePolicy { refresh_at: 0.8, refresh_jitter: 0.0, ..CachePolicy::default() };
     let mut h = Harness::new(policy, Duration::ZERO, ok);
     h.cache.pin("k");
     h.wait_for_calls(3).await;
@@ -414,7 +414,7 @@ async fn new_keys_beyond_the_ad_hoc_burst_are_refused_at_once_and_leave_no_drive
 
 #[tokio::test(start_paused = true)]
 async fn configured_keys_are_never_limited() {
-    let policy = CachePolicy { adhoc_burst: 0, ..CachePolicy::default() };
+    let policy = CachePolicy { adhoc_burst: 0, refresh_jitter: 0.0, ..CachePolicy::default() };
     let mut h = Harness::new(policy, Duration::ZERO, ok);
     for key in ["a", "b", "c"] {
         h.cache.pin(key);
@@ -500,7 +500,8 @@ async fn the_expiry_gauge_ignores_keys_nobody_configured() {
 #[tokio::test(start_paused = true)]
 async fn the_expiry_gauge_shows_the_earliest_of_an_identitys_configured_keys() {
     const MINUTE: Duration = Duration::from_secs(60);
-    let h = Harness::with_lifetimes(CachePolicy::default(), Duration::ZERO, ok, |key| match key {
+    let policy = CachePolicy { refresh_jitter: 0.0, ..CachePolicy::default() };
+    let h = Harness::with_lifetimes(policy, Duration::ZERO, ok, |key| match key {
         "sa/scopes" => 30 * MINUTE,
         "sa/audience" => 100 * MINUTE,
         _ => HOUR,
@@ -534,6 +535,7 @@ async fn a_request_wait_of_forever_waits_for_the_retry_instead_of_panicking() {
 async fn retry_delays_of_forever_and_a_refresh_point_that_is_no_fraction_cannot_panic_the_driver() {
     let policy = CachePolicy {
         refresh_at: f64::NAN,
+        refresh_jitter: f64::NAN,
         retry_min: Duration::MAX,
         retry_max: Duration::MAX,
         adhoc_burst: u32::MAX,
@@ -553,7 +555,8 @@ async fn retry_delays_of_forever_and_a_refresh_point_that_is_no_fraction_cannot_
     h.tokens.set(token("pod-b"));
     h.wait_for_calls(2).await;
     assert_eq!(h.cache.get(&"k").await.unwrap().value, 2);
-    // A refresh point that is not a fraction of the lifetime: the default one (half of it).
+    // A refresh point that is not a fraction of the lifetime: the default one (half of it), and
+    // a jitter that is not one: none.
     h.wait_for_calls(3).await;
     let calls = h.calls();
     assert_eq!(calls[2].at.duration_since(calls[1].at).unwrap(), HOUR / 2);
@@ -581,4 +584,125 @@ async fn an_expiry_past_year_9999_does_not_panic_the_json_exchange_log_line() {
         Duration::from_secs(10_000 * 365 * 24 * 3600)
     });
     assert_eq!(h.cache.get(&"k").await.unwrap().value, 1);
+}
+
+/// The instants (since start) of the exchanges of each of `keys` keys pinned at once, after
+/// `cycles` refreshes each.
+async fn refresh_times(policy: CachePolicy, keys: usize, cycles: usize) -> Vec<Vec<Duration>> {
+    let mut h = Harness::new(CachePolicy { max_entries: keys, ..policy }, Duration::ZERO, ok);
+    let names: Vec<&'static str> = (0..keys).map(|i| &*Box::leak(format!("k{i}").into_boxed_str())).collect();
+    for name in &names {
+        h.cache.pin(name);
+    }
+    // Keys refreshing early may refresh again before the last one's first refresh.
+    let mut n = keys * (cycles + 1);
+    while names.iter().any(|name| h.calls_for(name) <= cycles) {
+        h.wait_for_calls(n).await;
+        n += 1;
+    }
+    let calls = h.calls();
+    names
+        .iter()
+        .map(|name| calls.iter().filter(|c| c.key == *name).map(|c| h.elapsed(c.at)).take(cycles + 1).collect())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn refreshes_of_credentials_issued_together_spread_over_the_window_before_refresh_at() {
+    // Default: refresh_at 0.5, jitter 0.6: between 20% and 50% of the lifetime.
+    let times = refresh_times(CachePolicy { rng_seed: Some(7), ..CachePolicy::default() }, 50, 1).await;
+    let firsts: Vec<Duration> = times.iter().map(|t| t[1]).collect();
+    for at in &firsts {
+        assert!((HOUR.mul_f64(0.2)..=HOUR / 2).contains(at), "refresh at {at:?}");
+    }
+    let (early, late) = (firsts.iter().min().unwrap(), firsts.iter().max().unwrap());
+    assert!(*late - *early > HOUR / 10, "refreshes bunched between {early:?} and {late:?}");
+    let distinct: std::collections::HashSet<_> = firsts.iter().collect();
+    assert!(distinct.len() > 45, "only {} distinct refresh instants of 50", distinct.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_refresh_is_jittered_anew_and_never_later_than_refresh_at() {
+    let policy = CachePolicy { refresh_at: 0.8, refresh_jitter: 0.25, rng_seed: Some(1), ..CachePolicy::default() };
+    for key in refresh_times(policy, 5, 4).await {
+        for pair in key.windows(2) {
+            let interval = pair[1] - pair[0];
+            assert!((HOUR.mul_f64(0.6)..=HOUR.mul_f64(0.8)).contains(&interval), "refreshed after {interval:?}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_seed_gives_the_same_schedule() {
+    let policy = CachePolicy { rng_seed: Some(42), ..CachePolicy::default() };
+    let first = refresh_times(policy.clone(), 10, 2).await;
+    let again = refresh_times(policy, 10, 2).await;
+    let other = refresh_times(CachePolicy { rng_seed: Some(43), ..CachePolicy::default() }, 10, 2).await;
+    assert_eq!(first, again);
+    assert_ne!(first, other);
+}
+
+fn throttled_for_a_minute(n: usize, _: &SubjectToken) -> Result<(), ExchangeError> {
+    if n <= 2 {
+        Err(ExchangeError::throttled("HTTP 429 Too Many Requests", Some(Duration::from_secs(60))))
+    } else {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_exchange_is_retried_no_sooner_than_retry_after() {
+    let mut h = Harness::new(
+        CachePolicy { rng_seed: Some(3), ..CachePolicy::default() },
+        Duration::ZERO,
+        throttled_for_a_minute,
+    );
+    h.cache.pin("k");
+    h.wait_for_calls(3).await;
+    let at: Vec<Duration> = h.calls().iter().map(|c| h.elapsed(c.at)).collect();
+    for pair in at.windows(2) {
+        let gap = pair[1] - pair[0];
+        // The floor, plus at most the full-jitter backoff's ceiling (1 s, then 2 s).
+        assert!((Duration::from_secs(60)..=Duration::from_secs(62)).contains(&gap), "retried after {gap:?}");
+    }
+    assert!(h.cache.statuses()[0].ready());
+    let text = h.metrics.encode();
+    assert!(
+        text.contains(r#"keyless_exchanges_total{provider="test",identity="test-identity",outcome="throttled"} 2"#),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_request_does_not_bring_a_throttled_retry_forward() {
+    let h = Harness::new(
+        CachePolicy { request_wait: Duration::from_secs(5), ..CachePolicy::default() },
+        Duration::ZERO,
+        throttled_for_a_minute,
+    );
+    h.cache.pin("k");
+    let err = h.cache.get(&"k").await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Throttled);
+    assert_eq!(err.retry_after, Some(Duration::from_secs(60)));
+    // Requests keep coming; the retry stays a minute away, and is answered with the throttling at once.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(h.cache.get(&"k").await.unwrap_err().class, ErrorClass::Throttled);
+    }
+    assert_eq!(h.calls().len(), 1);
+    let status = &h.cache.statuses()[0];
+    assert_eq!(status.last_error.as_ref().map(|e| e.class), Some(ErrorClass::Throttled));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_token_does_not_bring_a_throttled_retry_forward() {
+    let mut h = Harness::new(CachePolicy::default(), Duration::ZERO, throttled_for_a_minute);
+    h.cache.pin("k");
+    h.wait_for_calls(1).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    h.tokens.set(token("pod-b"));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.calls().len(), 1, "retried 20 s after a Retry-After of 60 s");
+    h.wait_for_calls(2).await;
+    assert!(h.elapsed(h.calls()[1].at) >= Duration::from_secs(60));
 }

@@ -73,6 +73,12 @@ impl StsError {
     }
 }
 
+/// STS over quota: HTTP 400 `Throttling` "Rate exceeded", type Sender, no `Retry-After`
+/// (docs/protocols.md 9).
+pub(crate) fn throttled() -> Response {
+    StsError::new(StatusCode::BAD_REQUEST, "Throttling", "Rate exceeded").into_response()
+}
+
 fn element(name: &str, text: &str) -> String {
     format!("<{name}>{}</{name}>", quick_xml::escape::escape(text))
 }

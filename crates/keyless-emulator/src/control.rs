@@ -230,9 +230,15 @@ impl Counters {
 pub(crate) struct Gate {
     pub(crate) faults: Faults,
     calls: [AtomicU64; 4],
+    pub(crate) quotas: crate::quota::Quotas,
 }
 
 impl Gate {
+    /// Counts a call answered before its handler ran (over quota).
+    pub(crate) fn count(&self, service: Service) {
+        self.calls[service.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts the call, applies latency, and returns the fault to answer with, if any.
     pub(crate) async fn enter(&self, service: Service) -> Option<Fault> {
         self.calls[service.index()].fetch_add(1, Ordering::Relaxed);

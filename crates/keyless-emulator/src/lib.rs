@@ -24,6 +24,7 @@ mod ids;
 mod issuer;
 mod keys;
 mod projector;
+mod quota;
 mod server;
 mod sigv4;
 mod store;
@@ -42,6 +43,7 @@ pub use actions::ActionsFault;
 pub use control::{Counters, Fault, Faults, Service};
 pub use error::EmulatorError;
 pub use issuer::MintClaims;
+pub use quota::{Quota, Quotas};
 
 use crate::issuer::Issuer;
 use crate::keys::RsaKey;
@@ -421,6 +423,11 @@ impl Emulator {
     /// Fault injection, per service.
     pub fn faults(&self) -> &Faults {
         &self.shared.gate.faults
+    }
+
+    /// Per-service quotas (none by default): calls over one are throttled as the cloud does.
+    pub fn quotas(&self) -> &Quotas {
+        &self.shared.gate.quotas
     }
 
     /// A snapshot of the call counters.

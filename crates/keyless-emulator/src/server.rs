@@ -17,7 +17,8 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::{SharedState, actions, aws, azure, control, gcp, issuer};
+use crate::control::Service;
+use crate::{SharedState, actions, aws, azure, control, gcp, issuer, quota};
 
 /// No request the emulator accepts comes close: tokens are at most 20 000 characters.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -29,20 +30,26 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Every route, with the clouds' real paths.
 pub(crate) fn router(state: SharedState) -> Router {
+    // Each token service's calls over its quota are answered before its handler (`quota.rs`).
+    let over_quota =
+        |service: Service| axum::middleware::from_fn_with_state((Arc::clone(&state), service), quota::enforce);
     Router::new()
         // The cluster's OIDC issuer.
         .route("/.well-known/openid-configuration", get(issuer::discovery))
         .route("/openid/v1/jwks", get(issuer::issuer_jwks))
         // AWS STS (query API: POST form or GET query).
-        .route("/", post(aws::sts).get(aws::sts))
+        .route("/", post(aws::sts).get(aws::sts).route_layer(over_quota(Service::AwsSts)))
         // Google STS, IAM Credentials, OAuth2.
-        .route("/v1/token", post(gcp::sts_token))
-        .route("/v1/projects/{project}/serviceAccounts/{target}", post(gcp::iam_credentials))
+        .route("/v1/token", post(gcp::sts_token).route_layer(over_quota(Service::GcpSts)))
+        .route(
+            "/v1/projects/{project}/serviceAccounts/{target}",
+            post(gcp::iam_credentials).route_layer(over_quota(Service::GcpIam)),
+        )
         .route("/tokeninfo", get(gcp::tokeninfo))
         .route("/oauth2/v3/tokeninfo", get(gcp::tokeninfo))
         .route("/oauth2/v3/certs", get(gcp::certs))
         // Entra ID.
-        .route("/{tenant}/oauth2/v2.0/token", post(azure::token))
+        .route("/{tenant}/oauth2/v2.0/token", post(azure::token).route_layer(over_quota(Service::AzureToken)))
         .route("/{tenant}/discovery/v2.0/keys", get(azure::keys))
         .route("/{tenant}/v2.0/.well-known/openid-configuration", get(azure::openid_configuration))
         // GitHub Actions' OIDC token endpoint and issuer.
@@ -58,6 +65,7 @@ pub(crate) fn router(state: SharedState) -> Router {
         .route("/_emulator/mint", post(control::mint))
         .route("/_emulator/identities", get(control::identities))
         .route("/_emulator/trusted-issuers", post(control::trust_issuer))
+        .route("/_emulator/quotas", get(quota::quotas).post(quota::set_quota))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .with_state(state)

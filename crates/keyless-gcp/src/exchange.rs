@@ -7,7 +7,7 @@ use keyless_core::clock::SharedClock;
 use keyless_core::{Context, Exchange, ExchangeError, Expiring, Issued, Secret, SubjectToken};
 use keyless_provider::Provider as _;
 use keyless_provider::body::{Countdowns, Rendered};
-use keyless_provider::upstream::{self, read_bounded, transport_error};
+use keyless_provider::upstream::{self, read_bounded, retry_after_header, throttling, transport_error};
 use serde::Deserialize;
 use serde_json::json;
 use url::Url;
@@ -119,9 +119,11 @@ impl GcpExchange {
             .await
             .map_err(|e| transport_error(&self.sts_name(), CA_KEY, &e))?;
         let status = response.status();
+        let retry_after = retry_after_header(response.headers());
         let body = read_bounded(&self.sts_name(), CA_KEY, response).await?;
         if !status.is_success() {
-            return Err(rejection::sts(status, &body, &self.attempt(token)));
+            let err = rejection::sts(status, &body, &self.attempt(token));
+            return Err(throttling(err, status.as_u16(), retry_after.as_deref(), self.clock.now()));
         }
         let parsed: StsResponse = serde_json::from_slice(&body)
             .map_err(|_| ExchangeError::retryable("STS answered 200 with a body that is not a token response"))?;
@@ -201,8 +203,13 @@ impl GcpExchange {
             .await
             .map_err(|e| transport_error(&iam_name(imp), CA_KEY, &e))?;
         let status = response.status();
+        let retry_after = retry_after_header(response.headers());
         let answer = read_bounded(&iam_name(imp), CA_KEY, response).await?;
-        if status.is_success() { Ok(answer) } else { Err(rejection::iam(call, status, &answer, &self.attempt(token))) }
+        if status.is_success() {
+            return Ok(answer);
+        }
+        let err = rejection::iam(call, status, &answer, &self.attempt(token));
+        Err(throttling(err, status.as_u16(), retry_after.as_deref(), self.clock.now()))
     }
 
     /// STS as errors name it.

@@ -51,8 +51,10 @@ struct OAuthError {
 }
 
 /// A non-2xx answer of STS `/v1/token` (`{"error","error_description"}`, docs/protocols.md 3.1).
+/// Over quota, STS answers in Google's API error shape instead (`{"error":{"status":
+/// "RESOURCE_EXHAUSTED"}}`, docs/protocols.md 9): its `status` is the code then.
 pub(crate) fn sts(status: StatusCode, body: &[u8], attempt: &Attempt<'_>) -> ExchangeError {
-    let parsed: OAuthError = serde_json::from_slice(body).unwrap_or_default();
+    let parsed: OAuthError = serde_json::from_slice(body).unwrap_or_else(|_| google_error(body));
     let code = parsed.error.unwrap_or_else(|| status.as_u16().to_string());
     let description = clip(parsed.error_description.as_deref().unwrap_or(""));
     let message = format!("STS token exchange failed with {status} {code}: {description}");
@@ -114,6 +116,14 @@ struct GoogleError {
 struct GoogleErrorBody {
     message: Option<String>,
     status: Option<String>,
+}
+
+/// A Google API error body read as an OAuth one: its `status` as the error, its `message` as
+/// the description.
+fn google_error(body: &[u8]) -> OAuthError {
+    let parsed: GoogleError = serde_json::from_slice(body).unwrap_or_default();
+    let (error, error_description) = parsed.error.map(|e| (e.status, e.message)).unwrap_or_default();
+    OAuthError { error, error_description }
 }
 
 /// Which IAM Credentials method failed.
@@ -273,5 +283,26 @@ mod tests {
             "--member=\"principal://iam.googleapis.com/projects/42/locations/global/workloadIdentityPools/pool/subject/system:serviceaccount:ns:app\""
         ), "{hint}");
         assert!(hint.contains("roles/iam.workloadIdentityUser"));
+    }
+
+    /// Google's API error shape over quota (docs/protocols.md 9; the body as Google APIs send it,
+    /// e.g. github.com/google-gemini/gemini-cli/issues/1906), for STS and IAM Credentials alike.
+    #[test]
+    fn resource_exhausted_is_throttled_with_its_retry_after() {
+        let now = SystemTime::UNIX_EPOCH;
+        let (p, c) = (provider(), claims(600, now));
+        let a = attempt(&p, &c, now);
+        let body = br#"{"error":{"code":429,"message":"Quota exceeded for quota metric 'Token exchange requests' and limit 'Token exchange requests per minute' of service 'sts.googleapis.com' for consumer 'project_number:42'.","status":"RESOURCE_EXHAUSTED"}}"#;
+        let throttled = |err| keyless_provider::upstream::throttling(err, 429, Some("7"), now);
+        for err in [
+            sts(StatusCode::TOO_MANY_REQUESTS, body, &a),
+            iam(IamCall::AccessToken, StatusCode::TOO_MANY_REQUESTS, body, &a),
+        ] {
+            let err = throttled(err);
+            assert_eq!(err.class, ErrorClass::Throttled);
+            assert_eq!(err.code.as_deref(), Some("RESOURCE_EXHAUSTED"));
+            assert_eq!(err.retry_after, Some(Duration::from_secs(7)));
+            assert!(err.message.contains("Quota exceeded"), "{}", err.message);
+        }
     }
 }

@@ -6,12 +6,14 @@
 //!   `HTTPS_PROXY`; other endpoints honour `HTTPS_PROXY`/`NO_PROXY` as the clouds' SDKs do;
 //! - response bodies are read up to [`MAX_BODY`];
 //! - a failure without an HTTP answer is classified by [`transport_error`], and an HTTP status
-//!   as transient by [`is_transient_status`], the same way for every cloud.
+//!   as transient by [`is_transient_status`], the same way for every cloud;
+//! - a throttling answer (any 429, AWS `Throttling`, Google `RESOURCE_EXHAUSTED`) becomes
+//!   [`ErrorClass::Throttled`](keyless_core::ErrorClass) with its `Retry-After` by [`throttling`].
 
 use std::error::Error;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use keyless_core::{CachePolicy, ExchangeError};
+use keyless_core::{CachePolicy, ErrorClass, ExchangeError};
 
 /// Longest wait for a TCP/TLS connection, within the exchange timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,6 +90,62 @@ pub async fn read_bounded(
 /// HTTP statuses worth retrying: timeouts, throttling and server errors.
 pub fn is_transient_status(status: u16) -> bool {
     status == 408 || status == 429 || (500..600).contains(&status)
+}
+
+/// Error codes that mean "too many requests" whatever the HTTP status (docs/protocols.md 9): AWS
+/// answers `Throttling` with HTTP 400 (STS; its SDKs also know the other three), Google
+/// `RESOURCE_EXHAUSTED` with 429.
+const THROTTLING_CODES: &[&str] =
+    &["Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "RESOURCE_EXHAUSTED"];
+
+/// Longest `Retry-After` honoured: a larger one (or a date far ahead) from a misbehaving proxy
+/// must not stop refreshes for longer than a credential lives.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// Whether an answer with `status` and the cloud's error `code` is throttling.
+pub fn is_throttling(status: u16, code: Option<&str>) -> bool {
+    status == 429 || code.is_some_and(|c| THROTTLING_CODES.contains(&c))
+}
+
+/// A `Retry-After` header's value (RFC 9110 10.2.3: delay-seconds or an HTTP-date) as a delay
+/// from `now`, at most [`MAX_RETRY_AFTER`]; `None` when absent or unreadable.
+pub fn retry_after(value: Option<&str>, now: SystemTime) -> Option<Duration> {
+    let value = value?.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(value).ok()?.duration_since(now).unwrap_or(Duration::ZERO),
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// The `Retry-After` header of a reqwest response, for [`throttling`] (read before the body
+/// consumes the response).
+pub fn retry_after_header(headers: &http::HeaderMap) -> Option<String> {
+    headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// `err`, an adapter's classification of a non-success answer with `status` and the header
+/// `Retry-After` value `retry_after_header`, turned into a throttled error when the answer is
+/// throttling: the next attempt waits at least the `Retry-After`, and is counted as
+/// `keyless_exchanges_total{outcome="throttled"}`. Other answers are returned as they are.
+pub fn throttling(err: ExchangeError, status: u16, retry_after_header: Option<&str>, now: SystemTime) -> ExchangeError {
+    if !is_throttling(status, err.code.as_deref()) {
+        return err;
+    }
+    let wait = retry_after(retry_after_header, now);
+    let after = wait.map_or_else(
+        || "with backoff".to_owned(),
+        |d| format!("no sooner than its Retry-After ({})", humantime::format_duration(d)),
+    );
+    ExchangeError {
+        class: ErrorClass::Throttled,
+        retry_after: wait,
+        hint: Some(format!(
+            "the token service is throttling this identity: keyless retries {after} and serves the credential it \
+             holds meanwhile; across a fleet, see docs/fleet.md (cache.refresh_jitter, the clouds' quotas)"
+        )),
+        ..err
+    }
 }
 
 /// A call that got no HTTP answer (DNS, connect, TLS, timeout, reset), classified the same for
@@ -186,6 +244,56 @@ mod tests {
         }
         let e = transport_error("x", "gcp.ca_file", &chain("a", "bad certificate"));
         assert!(e.hint.as_deref().is_some_and(|h| h.contains("gcp.ca_file")));
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        // 1994-11-06T08:49:37Z, RFC 9110's own example date.
+        let now = at(784_111_777);
+        assert_eq!(retry_after(Some("60"), now), Some(Duration::from_secs(60)));
+        assert_eq!(retry_after(Some(" 0 "), now), Some(Duration::ZERO));
+        assert_eq!(retry_after(Some("Sun, 06 Nov 1994 08:50:07 GMT"), now), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after(Some("Sun, 06 Nov 1994 08:49:00 GMT"), now), Some(Duration::ZERO), "a past date");
+        assert_eq!(retry_after(Some("86400"), now), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after(Some("Fri, 31 Dec 9999 23:59:59 GMT"), now), Some(MAX_RETRY_AFTER));
+        for bad in ["", "-1", "1.5", "soon", "99999999999999999999999"] {
+            assert_eq!(retry_after(Some(bad), now), None, "{bad:?}");
+        }
+        assert_eq!(retry_after(None, now), None);
+    }
+
+    #[test]
+    fn throttling_answers_of_every_cloud_are_throttled_with_their_retry_after() {
+        let cases = [
+            // AWS STS: HTTP 400 <Code>Throttling</Code>, no Retry-After (docs/protocols.md 9).
+            (400, Some("Throttling"), None, None),
+            // Google: 429 RESOURCE_EXHAUSTED.
+            (429, Some("RESOURCE_EXHAUSTED"), Some("30"), Some(30)),
+            // Entra ID: 429 with Retry-After: 60, perhaps a plain-text body (no code).
+            (429, None, Some("60"), Some(60)),
+        ];
+        for (status, code, header, wait) in cases {
+            let mut err = ExchangeError::retryable("answered with an error");
+            if let Some(code) = code {
+                err = err.with_code(code);
+            }
+            let e = throttling(err, status, header, at(0));
+            assert_eq!(e.class, ErrorClass::Throttled, "{status} {code:?}");
+            assert_eq!(e.retry_after, wait.map(Duration::from_secs));
+            assert_eq!(e.code.as_deref(), code, "the cloud's code is kept");
+            assert!(e.hint.as_deref().is_some_and(|h| h.contains("throttling")), "{e}");
+        }
+        for (status, code) in [(400, Some("ValidationError")), (503, None), (403, Some("PERMISSION_DENIED"))] {
+            let mut err = ExchangeError::terminal("no");
+            if let Some(code) = code {
+                err = err.with_code(code);
+            }
+            assert_eq!(throttling(err.clone(), status, Some("60"), at(0)), err, "{status} {code:?}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use keyless_core::{Metrics, Readiness};
+use keyless_core::{ErrorClass, ExchangeError, Metrics, Readiness};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -62,18 +62,20 @@ async fn readyz(State(state): State<AdminState>, request: Request) -> impl IntoR
     let mut body = String::new();
     for s in &statuses {
         match (s.valid_until, &s.last_error) {
-            (Some(until), _) => {
+            (Some(until), last) => {
                 let _ = writeln!(
                     body,
-                    "ready {} {} {}: valid until {}",
+                    "ready {} {} {}: valid until {}{}",
                     s.provider,
                     s.identity,
                     s.key,
-                    humantime::format_rfc3339_seconds(until)
+                    humantime::format_rfc3339_seconds(until),
+                    throttled_refresh(last.as_ref())
                 );
             }
             (None, Some(err)) => {
-                let _ = writeln!(body, "not ready {} {} {}: {err}", s.provider, s.identity, s.key);
+                let throttled = if err.class == ErrorClass::Throttled { "throttled: " } else { "" };
+                let _ = writeln!(body, "not ready {} {} {}: {throttled}{err}", s.provider, s.identity, s.key);
             }
             (None, None) => {
                 let _ = writeln!(body, "not ready {} {} {}: first exchange in progress", s.provider, s.identity, s.key);
@@ -88,6 +90,15 @@ async fn readyz(State(state): State<AdminState>, request: Request) -> impl IntoR
     (status, body)
 }
 
+/// A ready identity whose refresh the token service throttles says so: a fleet-wide problem
+/// shows on every pod before any credential runs out.
+fn throttled_refresh(last: Option<&ExchangeError>) -> String {
+    match last {
+        Some(err) if err.class == ErrorClass::Throttled => format!(" (refresh throttled, retrying: {err})"),
+        _ => String::new(),
+    }
+}
+
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
 }
@@ -97,7 +108,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use std::time::{Duration, UNIX_EPOCH};
 
-    use keyless_core::{ExchangeError, IdentityStatus};
+    use keyless_core::IdentityStatus;
     use tower::ServiceExt as _;
 
     use super::*;
@@ -166,5 +177,42 @@ mod tests {
                 assert!(body.contains(detail), "{peer}: {body}");
             }
         }
+    }
+
+    struct Throttled;
+
+    impl Readiness for Throttled {
+        fn statuses(&self) -> Vec<IdentityStatus> {
+            let throttled = || ExchangeError::throttled("HTTP 429 Too Many Requests", Some(Duration::from_secs(60)));
+            let status = |identity: &str, valid_until| IdentityStatus {
+                provider: "azure",
+                identity: identity.to_owned(),
+                key: "()".to_owned(),
+                valid_until,
+                last_error: Some(throttled()),
+            };
+            vec![status("held", Some(UNIX_EPOCH + Duration::from_secs(4_000_000_000))), status("starting", None)]
+        }
+    }
+
+    #[tokio::test]
+    async fn readyz_shows_throttling_of_ready_and_unready_identities() {
+        let router = router(AdminState {
+            readiness: vec![Arc::new(Throttled)],
+            metrics: Metrics::new(),
+            gate: Arc::new(AtomicBool::new(true)),
+        });
+        let mut request = axum::http::Request::get("/readyz").body(axum::body::Body::empty()).unwrap();
+        request.extensions_mut().insert(ConnectInfo("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
+        let response = router.oneshot(request).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            body.contains(
+                "ready azure held (): valid until 2096-10-02T07:06:40Z (refresh throttled, retrying: HTTP 429"
+            ),
+            "{body}"
+        );
+        assert!(body.contains("not ready azure starting (): throttled: HTTP 429"), "{body}");
     }
 }

@@ -201,7 +201,7 @@ async fn check_provider(
                 .item("exchange", &format!("ok: {}: valid until {}", attempt.what, describe_time(*expires_at, now))),
             Err(e) => {
                 let code = e.code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
-                report.item("exchange", &format!("PROBLEM: {} failed{code}", attempt.what));
+                report.item("exchange", &format!("PROBLEM: {} failed{code}{}", attempt.what, throttled(e)));
                 report.more(&e.message);
                 if let Some(hint) = &e.hint {
                     report.more(&format!("fix: {hint}"));
@@ -211,6 +211,20 @@ async fn check_provider(
         }
     }
     print_binding(report, d, Some(claims), &binding_audience);
+}
+
+/// How a throttled exchange is told apart: nothing is wrong with the configuration, the token
+/// service is busy (docs/fleet.md).
+fn throttled(e: &ExchangeError) -> String {
+    if e.class != keyless_core::ErrorClass::Throttled {
+        return String::new();
+    }
+    match e.retry_after {
+        Some(wait) => {
+            format!(": throttled by the token service, which asks to retry after {}", humantime::format_duration(wait))
+        }
+        None => ": throttled by the token service".to_owned(),
+    }
 }
 
 /// Problems the claims show before any cloud is asked.
@@ -298,5 +312,21 @@ fn describe_time(t: SystemTime, now: SystemTime) -> String {
     match t.duration_since(now) {
         Ok(left) => format!("{stamp} (in {})", whole(left)),
         Err(e) => format!("{stamp} ({} ago)", whole(e.duration())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_throttled_exchange_is_told_apart_from_a_configuration_problem() {
+        let with = ExchangeError::throttled("HTTP 429", Some(Duration::from_secs(60)));
+        assert_eq!(throttled(&with), ": throttled by the token service, which asks to retry after 1m");
+        let without = ExchangeError::throttled("Rate exceeded", None);
+        assert_eq!(throttled(&without), ": throttled by the token service");
+        assert_eq!(throttled(&ExchangeError::terminal("AccessDenied")), "");
     }
 }

@@ -59,6 +59,9 @@ pub enum LogFormat {
 pub struct CacheSection {
     #[serde(default = "default_refresh_at")]
     pub refresh_at: f64,
+    /// Refreshes spread over this fraction of the lifetime before `refresh_at` (docs/fleet.md).
+    #[serde(default = "default_refresh_jitter")]
+    pub refresh_jitter: f64,
     #[serde(default = "default_retry_min", with = "humantime_serde")]
     pub retry_min: Duration,
     #[serde(default = "default_retry_max", with = "humantime_serde")]
@@ -96,6 +99,9 @@ fn default_admin_listen() -> SocketAddr {
 fn default_refresh_at() -> f64 {
     CachePolicy::default().refresh_at
 }
+fn default_refresh_jitter() -> f64 {
+    CachePolicy::default().refresh_jitter
+}
 fn default_retry_min() -> Duration {
     CachePolicy::default().retry_min
 }
@@ -128,6 +134,7 @@ impl Default for CacheSection {
     fn default() -> Self {
         Self {
             refresh_at: default_refresh_at(),
+            refresh_jitter: default_refresh_jitter(),
             retry_min: default_retry_min(),
             retry_max: default_retry_max(),
             exchange_timeout: default_exchange_timeout(),
@@ -298,6 +305,7 @@ impl Config {
                 reason: "must be a fraction of the credential lifetime between 0 and 1 (default 0.5)".to_owned(),
             });
         }
+        check_refresh_jitter(c)?;
         // A timer computes `now + value`: an absurd duration would overflow and abort keyless.
         // Within the bounds, every value still means something for a sidecar.
         let t = &self.token;
@@ -357,6 +365,8 @@ impl Config {
         let c = &self.cache;
         CachePolicy {
             refresh_at: c.refresh_at,
+            refresh_jitter: c.refresh_jitter,
+            rng_seed: None,
             retry_min: c.retry_min,
             retry_max: c.retry_max,
             exchange_timeout: c.exchange_timeout,
@@ -374,6 +384,23 @@ impl Config {
             ..WatchOptions::default()
         }
     }
+}
+
+/// `cache.refresh_jitter` moves refreshes only earlier than `cache.refresh_at`, and never to the
+/// moment a credential is issued (docs/fleet.md).
+fn check_refresh_jitter(c: &CacheSection) -> Result<(), ConfigError> {
+    if c.refresh_jitter >= 0.0 && c.refresh_jitter < 1.0 {
+        return Ok(());
+    }
+    Err(ConfigError::Value {
+        key: "cache.refresh_jitter",
+        value: c.refresh_jitter.to_string(),
+        reason: format!(
+            "must be at least 0 (no spreading) and below 1: refreshes spread over this share of the time to \
+             cache.refresh_at, just before it (default {}: between 20% and 50% of the lifetime)",
+            default_refresh_jitter()
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -536,5 +563,18 @@ mod tests {
         }
         let err = load_str("[cache]\nadhoc_burst = -1\n", &[]).unwrap_err().to_string();
         assert!(err.contains("adhoc_burst"), "{err}");
+    }
+
+    #[test]
+    fn refresh_jitter_reaches_the_policy_and_is_range_checked() {
+        assert_eq!(load_str("", &[]).unwrap().cache_policy().refresh_jitter, 0.6);
+        let c = load_str("[cache]\nrefresh_jitter = 0\n", &[]).unwrap();
+        assert_eq!(c.cache_policy().refresh_jitter, 0.0, "0: no spreading");
+        let c = load_str("", &[("KEYLESS_CACHE__REFRESH_JITTER", "0.9")]).unwrap();
+        assert_eq!(c.cache_policy().refresh_jitter, 0.9);
+        for bad in ["1", "1.5", "-0.1", "nan"] {
+            let err = load_str(&format!("[cache]\nrefresh_jitter = {bad}\n"), &[]).unwrap_err().to_string();
+            assert!(err.contains("cache.refresh_jitter") && err.contains("below 1"), "{bad}: {err}");
+        }
     }
 }

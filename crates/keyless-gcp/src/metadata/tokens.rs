@@ -91,7 +91,7 @@ pub(super) async fn identity(account: &AccountTokens, query: &Query) -> Response
 /// failures are 503, which every client retries; a refusal by Google is 502.
 fn exchange_failure(err: &ExchangeError) -> Response {
     let status = match err.class {
-        ErrorClass::Retryable | ErrorClass::RereadToken => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorClass::Retryable | ErrorClass::Throttled | ErrorClass::RereadToken => StatusCode::SERVICE_UNAVAILABLE,
         ErrorClass::Terminal => StatusCode::BAD_GATEWAY,
     };
     text(status, format!("keyless: no Google credential available: {err}\n"))

@@ -1,0 +1,298 @@
+//! `keyless-bench fleet`: a rollout of many pods against token services with a quota, simulated
+//! with the real `keyless-core` cache (its refresh schedule, jitter, backoff and throttling
+//! rules: one `CredentialCache` per pod) on tokio's paused clock, so 10,000 pods over six hours
+//! of virtual time run in seconds. Only the token service is a model: a token bucket of
+//! `quota` exchanges per second answering what the cloud answers over quota (docs/fleet.md).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use keyless_core::clock::{SharedClock, TokioClock};
+use keyless_core::{
+    CachePolicy, CredentialCache, Exchange, ExchangeError, Expiring, Issued, Metrics, SubjectToken, TokenSource,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How long an exchange takes (the clouds answer in tens of milliseconds).
+const LATENCY: Duration = Duration::from_millis(50);
+/// How often each pod's app asks for its credential (often enough to catch one served past its
+/// expiry: a 1 h credential refreshed at 30-50% of its lifetime has 30 minutes of retries left).
+const APP_PERIOD: Duration = Duration::from_secs(600);
+/// The width of the bins the steady-state peak is measured in.
+const BIN: usize = 10;
+
+/// The simulated fleet.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FleetOptions {
+    /// Pods, started evenly over --rollout.
+    #[arg(long, default_value_t = 10_000)]
+    pub pods: usize,
+    /// Exchanges per second each cloud's token service answers (and its burst).
+    #[arg(long, default_value_t = 50.0)]
+    pub quota: f64,
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub rollout: Duration,
+    /// Lifetime of the credentials the clouds issue.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub lifetime: Duration,
+    /// Virtual time simulated.
+    #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Write exchanges per second (CSV per cloud) here, for scripts/fleet-plot.
+    #[arg(long, value_name = "DIR")]
+    pub csv: Option<PathBuf>,
+    /// The jittered schedule's `cache.refresh_jitter` [default: keyless's default].
+    #[arg(long)]
+    pub jitter: Option<f64>,
+    /// The clouds whose throttling answers to simulate [default: all three].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub clouds: Vec<Cloud>,
+}
+
+/// Which cloud's answer over quota the token service gives (docs/protocols.md 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Cloud {
+    /// STS: 400 `Throttling`, no `Retry-After`.
+    Aws,
+    /// 429 `RESOURCE_EXHAUSTED` with `Retry-After` (when the next call fits).
+    Gcp,
+    /// 429 with `Retry-After` (when the next call fits).
+    Azure,
+}
+
+impl Cloud {
+    pub const ALL: [Self; 3] = [Self::Aws, Self::Gcp, Self::Azure];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Aws => "aws",
+            Self::Gcp => "gcp",
+            Self::Azure => "azure",
+        }
+    }
+
+    fn sends_retry_after(self) -> bool {
+        self != Self::Aws
+    }
+}
+
+/// Today's schedule (every refresh at `refresh_at`) or the new one (jittered, the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    Fixed,
+    Jittered,
+}
+
+impl Schedule {
+    fn policy(self, seed: u64, jitter: Option<f64>) -> CachePolicy {
+        let defaults = CachePolicy::default();
+        let jitter = if self == Self::Fixed { 0.0 } else { jitter.unwrap_or(defaults.refresh_jitter) };
+        CachePolicy { refresh_jitter: jitter, rng_seed: Some(seed), ..defaults }
+    }
+}
+
+/// A token bucket with the cloud's answer over quota; counts every call per second.
+struct TokenService {
+    cloud: Cloud,
+    quota: f64,
+    start: Instant,
+    bucket: Mutex<(f64, Instant)>,
+    /// Per second since `start`: (calls, throttled calls).
+    per_second: Mutex<Vec<(u32, u32)>>,
+}
+
+impl TokenService {
+    fn new(cloud: Cloud, quota: f64, duration: Duration) -> Self {
+        let start = Instant::now();
+        let seconds = usize::try_from(duration.as_secs()).unwrap_or(usize::MAX).saturating_add(1);
+        Self { cloud, quota, start, bucket: Mutex::new((quota, start)), per_second: Mutex::new(vec![(0, 0); seconds]) }
+    }
+
+    /// `Ok` within the quota; else the throttling error the adapter would make of the answer.
+    fn call(&self) -> Result<(), ExchangeError> {
+        let now = Instant::now();
+        let admitted = {
+            let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
+            let (tokens, at) = *bucket;
+            let tokens = (tokens + now.saturating_duration_since(at).as_secs_f64() * self.quota).min(self.quota);
+            let admitted = if tokens >= 1.0 { Ok(tokens - 1.0) } else { Err((1.0 - tokens) / self.quota) };
+            *bucket = (admitted.unwrap_or(tokens), now);
+            admitted
+        };
+        let second = usize::try_from(now.saturating_duration_since(self.start).as_secs()).unwrap_or(usize::MAX);
+        if let Some(count) = self.per_second.lock().unwrap_or_else(PoisonError::into_inner).get_mut(second) {
+            count.0 += 1;
+            count.1 += u32::from(admitted.is_err());
+        }
+        admitted.map(drop).map_err(|wait| {
+            let retry_after = self.cloud.sends_retry_after().then(|| Duration::from_secs(wait.ceil().max(1.0) as u64));
+            ExchangeError::throttled("throttled by the simulated token service", retry_after)
+        })
+    }
+}
+
+/// One pod's exchange with the shared token service. Its first success is the instant the pod
+/// turns ready (the cache publishes a credential as soon as it has one).
+struct PodExchange {
+    service: Arc<TokenService>,
+    clock: SharedClock,
+    lifetime: Duration,
+    ready: Arc<Notify>,
+}
+
+impl Exchange for PodExchange {
+    type Key = ();
+    type Credential = ();
+
+    fn provider(&self) -> &'static str {
+        self.service.cloud.name()
+    }
+
+    fn identity(&self, _key: &()) -> String {
+        "pod".to_owned()
+    }
+
+    async fn exchange(&self, _key: &(), _token: &SubjectToken) -> Result<Issued<()>, ExchangeError> {
+        tokio::time::sleep(LATENCY).await;
+        self.service.call()?;
+        self.ready.notify_one();
+        Ok(Issued::new(Expiring::new((), self.clock.now() + self.lifetime)))
+    }
+}
+
+/// What the apps saw.
+#[derive(Debug, Default)]
+struct Apps {
+    expired_served: AtomicU64,
+    failed_after_ready: AtomicU64,
+    /// When each pod first held a valid credential, since the rollout started.
+    ready: Mutex<Vec<Duration>>,
+}
+
+/// The measurements of one cloud under one schedule.
+#[derive(Debug, Clone)]
+pub struct FleetRun {
+    pub cloud: Cloud,
+    /// The `refresh_jitter` the pods ran with (0: [`Schedule::Fixed`]).
+    pub jitter: f64,
+    /// When the last pod was ready (`None`: some never were).
+    pub all_ready: Option<Duration>,
+    /// N / Q: no schedule can be faster.
+    pub floor: Duration,
+    pub calls: u64,
+    pub throttled: u64,
+    /// The highest 10-second exchange rate after three refresh cycles, over its mean.
+    pub steady_peak_over_mean: f64,
+    pub expired_served: u64,
+    pub failed_after_ready: u64,
+    /// Per second: (calls, throttled calls).
+    pub per_second: Vec<(u32, u32)>,
+}
+
+impl FleetRun {
+    pub fn ready_ratio(&self) -> Option<f64> {
+        self.all_ready.map(|at| at.as_secs_f64() / self.floor.as_secs_f64())
+    }
+
+    pub fn throttled_share(&self) -> f64 {
+        if self.calls == 0 { 0.0 } else { self.throttled as f64 / self.calls as f64 }
+    }
+}
+
+/// Runs one cloud under one schedule on a fresh paused-clock runtime.
+pub fn simulate(options: &FleetOptions, cloud: Cloud, schedule: Schedule) -> std::io::Result<FleetRun> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?;
+    Ok(runtime.block_on(run(options, cloud, schedule)))
+}
+
+async fn run(options: &FleetOptions, cloud: Cloud, schedule: Schedule) -> FleetRun {
+    let start = Instant::now();
+    let end = start + options.duration;
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let clock: SharedClock = Arc::new(TokioClock::new(wall));
+    let service = Arc::new(TokenService::new(cloud, options.quota, options.duration));
+    let apps = Arc::new(Apps::default());
+    let tokens = TokenSource::fixed(subject_token(wall + options.duration * 2));
+    let metrics = Metrics::new();
+    let jitter = options.jitter;
+    let mut pods = tokio::task::JoinSet::new();
+    for i in 0..options.pods {
+        let starts_at = start + options.rollout.mul_f64(i as f64 / options.pods.max(1) as f64);
+        let ready = Arc::new(Notify::new());
+        let exchange = PodExchange {
+            service: service.clone(),
+            clock: clock.clone(),
+            lifetime: options.lifetime,
+            ready: ready.clone(),
+        };
+        let (tokens, clock, metrics, apps) = (tokens.clone(), clock.clone(), metrics.clone(), apps.clone());
+        pods.spawn(async move {
+            tokio::time::sleep_until(starts_at).await;
+            let policy = schedule.policy(i as u64, jitter);
+            let cache = CredentialCache::new(exchange, tokens, policy, clock.clone(), metrics);
+            cache.pin(());
+            ready.notified().await;
+            apps.ready.lock().unwrap_or_else(PoisonError::into_inner).push(Instant::now() - start);
+            app(&cache, end, &apps, &clock).await;
+        });
+    }
+    tokio::time::sleep_until(end).await;
+    pods.abort_all();
+    let per_second = std::mem::take(&mut *service.per_second.lock().unwrap_or_else(PoisonError::into_inner));
+    let ready = apps.ready.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let steady_from = options.lifetime.mul_f64(3.0 * CachePolicy::default().refresh_at);
+    FleetRun {
+        cloud,
+        jitter: schedule.policy(0, jitter).refresh_jitter,
+        all_ready: (ready.len() == options.pods).then(|| ready.iter().copied().max().unwrap_or_default()),
+        floor: Duration::from_secs_f64(options.pods as f64 / options.quota),
+        calls: per_second.iter().map(|c| u64::from(c.0)).sum(),
+        throttled: per_second.iter().map(|c| u64::from(c.1)).sum(),
+        steady_peak_over_mean: peak_over_mean(&per_second, steady_from),
+        expired_served: apps.expired_served.load(Ordering::Relaxed),
+        failed_after_ready: apps.failed_after_ready.load(Ordering::Relaxed),
+        per_second,
+    }
+}
+
+/// A ready pod's app: asks for its credential every [`APP_PERIOD`] until `end`.
+async fn app<E: Exchange<Key = ()>>(cache: &CredentialCache<E>, end: Instant, apps: &Apps, clock: &SharedClock) {
+    while Instant::now() < end {
+        match cache.get(&()).await {
+            Ok(credential) if !credential.is_valid_at(clock.now()) => {
+                apps.expired_served.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                apps.failed_after_ready.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tokio::time::sleep(APP_PERIOD).await;
+    }
+}
+
+/// The highest [`BIN`]-second call count from `from` on, over the mean of those bins.
+fn peak_over_mean(per_second: &[(u32, u32)], from: Duration) -> f64 {
+    let from = usize::try_from(from.as_secs()).unwrap_or(usize::MAX).min(per_second.len());
+    let bins: Vec<u64> =
+        per_second[from..].chunks_exact(BIN).map(|bin| bin.iter().map(|c| u64::from(c.0)).sum()).collect();
+    let mean = bins.iter().sum::<u64>() as f64 / bins.len().max(1) as f64;
+    let peak = bins.iter().copied().max().unwrap_or(0) as f64;
+    if mean > 0.0 { peak / mean } else { 0.0 }
+}
+
+/// An unsigned projected-token-shaped JWT: the simulated token services do not look at it.
+fn subject_token(exp: SystemTime) -> SubjectToken {
+    use base64::Engine as _;
+    let b64 = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let exp = exp.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let header = b64(&serde_json::json!({ "alg": "RS256", "typ": "JWT" }));
+    let claims = b64(&serde_json::json!({
+        "iss": "https://fleet.invalid", "sub": "system:serviceaccount:fleet:pod", "aud": ["fleet"], "exp": exp
+    }));
+    #[allow(clippy::expect_used)] // a well-formed JWT built just above
+    SubjectToken::parse(&format!("{header}.{claims}.c2ln")).expect("the simulation's JWT parses")
+}

@@ -1,0 +1,143 @@
+//! The fleet benchmark's report: a Markdown table per run against the goals (issue 17,
+//! docs/fleet.md), and exchanges per second as CSV for `scripts/fleet-plot`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::BenchError;
+use crate::fleet::{Cloud, FleetOptions, FleetRun, Schedule, simulate};
+
+/// Ready within this many times the floor N/Q.
+pub const READY_GOAL: f64 = 1.3;
+/// Throttled calls under this share of all calls.
+pub const THROTTLED_GOAL: f64 = 0.2;
+/// Steady-state 10-second peak under this many times the mean.
+pub const PEAK_GOAL: f64 = 1.5;
+
+/// Every cloud under both schedules: the table on stdout, the CSVs into `--csv`.
+#[allow(clippy::print_stdout)] // the report is the output
+pub fn report(options: &FleetOptions) -> Result<(), BenchError> {
+    println!(
+        "fleet: {} pods started evenly over {}, credentials of {}, quota {}/s per cloud, {} of virtual time\n",
+        options.pods,
+        humantime::format_duration(options.rollout),
+        humantime::format_duration(options.lifetime),
+        options.quota,
+        humantime::format_duration(options.duration),
+    );
+    println!("{}", header());
+    let clouds = if options.clouds.is_empty() { Cloud::ALL.to_vec() } else { options.clouds.clone() };
+    for cloud in clouds {
+        let mut runs = Vec::new();
+        for schedule in [Schedule::Fixed, Schedule::Jittered] {
+            #[allow(clippy::disallowed_methods)] // how long the simulation took on this machine, not its clock
+            let started = std::time::Instant::now();
+            let run = simulate(options, cloud, schedule).map_err(|e| BenchError::Request(e.to_string()))?;
+            println!("{} | {:.1}s", row(&run), started.elapsed().as_secs_f64());
+            runs.push(run);
+        }
+        if let Some(dir) = &options.csv {
+            write_csv(dir, cloud, &runs)?;
+        }
+    }
+    Ok(())
+}
+
+fn header() -> String {
+    "| cloud | schedule | all ready (x floor N/Q) | calls | throttled | steady 10 s peak / mean | expired served | \
+     failed after ready | wall time |\n|---|---|---|---|---|---|---|---|---|"
+        .to_owned()
+}
+
+fn row(run: &FleetRun) -> String {
+    let ready = match (run.all_ready, run.ready_ratio()) {
+        (Some(at), Some(ratio)) => {
+            format!("{}s ({ratio:.2}x of {}s){}", at.as_secs(), run.floor.as_secs(), goal(ratio <= READY_GOAL))
+        }
+        _ => "never".to_owned(),
+    };
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "| {} | refresh_jitter = {} | {ready} | {} | {} ({:.1}%){} | {:.2}{} | {}{} | {}",
+        run.cloud.name(),
+        run.jitter,
+        run.calls,
+        run.throttled,
+        100.0 * run.throttled_share(),
+        goal(run.throttled_share() < THROTTLED_GOAL),
+        run.steady_peak_over_mean,
+        goal(run.steady_peak_over_mean < PEAK_GOAL),
+        run.expired_served,
+        goal(run.expired_served == 0),
+        run.failed_after_ready,
+    );
+    out
+}
+
+fn goal(met: bool) -> &'static str {
+    if met { "" } else { " (goal missed)" }
+}
+
+/// `DIR/fleet-CLOUD.csv`: second, then calls and throttled calls of each schedule.
+fn write_csv(dir: &Path, cloud: Cloud, runs: &[FleetRun]) -> Result<(), BenchError> {
+    let file_error = |source| BenchError::File { path: dir.to_owned(), source };
+    std::fs::create_dir_all(dir).map_err(file_error)?;
+    let mut csv = String::from("second,fixed_calls,fixed_throttled,jittered_calls,jittered_throttled\n");
+    let seconds = runs.iter().map(|r| r.per_second.len()).min().unwrap_or(0);
+    for second in 0..seconds {
+        let _ = write!(csv, "{second}");
+        for run in runs {
+            let (calls, throttled) = run.per_second[second];
+            let _ = write!(csv, ",{calls},{throttled}");
+        }
+        csv.push('\n');
+    }
+    let path = dir.join(format!("fleet-{}.csv", cloud.name()));
+    std::fs::write(&path, csv).map_err(|source| BenchError::File { path, source })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The benchmark's small configuration, so it cannot rot: 200 pods at 1 exchange/s (the
+    /// 10,000 pods at 50/s, scaled down), two hours of virtual time.
+    fn small() -> FleetOptions {
+        FleetOptions {
+            pods: 200,
+            quota: 1.0,
+            rollout: Duration::from_secs(60),
+            lifetime: Duration::from_secs(3600),
+            duration: Duration::from_secs(2 * 3600),
+            csv: None,
+            clouds: Vec::new(),
+            jitter: None,
+        }
+    }
+
+    #[test]
+    fn a_small_fleet_gets_ready_and_is_never_served_an_expired_credential() {
+        for cloud in Cloud::ALL {
+            for schedule in [Schedule::Fixed, Schedule::Jittered] {
+                let run = simulate(&small(), cloud, schedule).unwrap();
+                let row = row(&run);
+                assert!(run.all_ready.is_some(), "{row}");
+                assert_eq!(run.expired_served, 0, "{row}");
+                assert_eq!(run.failed_after_ready, 0, "{row}");
+                assert!(run.throttled > 0, "a rollout 3x over quota is throttled: {row}");
+                assert!(run.calls >= 200 * 3, "every pod refreshed at least twice in two hours: {row}");
+            }
+        }
+    }
+
+    #[test]
+    fn jitter_flattens_the_refresh_waves_of_a_fleet_started_together() {
+        let fixed = simulate(&small(), Cloud::Gcp, Schedule::Fixed).unwrap();
+        let jittered = simulate(&small(), Cloud::Gcp, Schedule::Jittered).unwrap();
+        assert!(jittered.steady_peak_over_mean < fixed.steady_peak_over_mean, "{}\n{}", row(&fixed), row(&jittered));
+    }
+}
