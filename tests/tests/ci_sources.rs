@@ -2,7 +2,7 @@
 //! github-actions` with the real SDK clients, each token source against `keyless emulate`, and an
 //! Actions token endpoint that fails (401, 503, garbage): native errors while nothing valid is
 //! held, recovery when it comes back, the request token never logged.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::path::Path;
 use std::process::Output;
@@ -153,6 +153,77 @@ async fn exec_gives_boto3_google_auth_and_azure_identity_credentials_from_github
     assert!(stderr.contains("sub=repo:keyless-dev/app:ref:refs/heads/main"), "{stderr}");
     let request_token = &env[1].1;
     assert!(!stderr.contains(request_token.as_str()), "the Actions request token was logged");
+}
+
+/// The same three clouds through the pinned Node clients (AWS SDK v3's default chain,
+/// google-auth-library, @azure/identity), with nothing but the environment `keyless exec` gives.
+const NODE_ALL_CLOUDS: &str = r#"
+const { fromNodeProviderChain } = require("@aws-sdk/credential-providers");
+const { GoogleAuth } = require("google-auth-library");
+const { ManagedIdentityCredential } = require("@azure/identity");
+(async () => {
+  const aws = await fromNodeProviderChain()();
+  console.log("aws", aws.accessKeyId.startsWith("ASIA"));
+  const auth = new GoogleAuth();
+  const token = await auth.getAccessToken();
+  console.log("gcp", await auth.getProjectId(), Boolean(token));
+  const azure = await new ManagedIdentityCredential().getToken("https://management.azure.com/.default");
+  console.log("azure", Boolean(azure.token));
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+#[tokio::test]
+async fn exec_gives_the_node_clients_credentials_from_github_actions_tokens() {
+    let Some(node) = tools::node_clients() else { return };
+    let emulator = EmulatorProcess::start().await;
+    let gh = github_actions_source(&emulator);
+    let toml = config(&emulator, [gh.clone(), gh.clone(), gh]).await;
+    let mut env = actions_env(&emulator).to_vec();
+    env.push(("NODE_PATH".to_owned(), node.modules.to_str().unwrap().to_owned()));
+    let out = exec(&toml, &env, &["node", "-e", NODE_ALL_CLOUDS]).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "exec failed: {stdout}\n{stderr}");
+    assert_eq!(stdout, "aws true\ngcp keyless-dev true\nazure true\n", "{stderr}");
+    assert!(!stderr.contains(env[1].1.as_str()), "the Actions request token was logged");
+}
+
+#[tokio::test]
+async fn exec_gives_the_rust_clients_credentials_from_github_actions_tokens() {
+    let emulator = EmulatorProcess::start().await;
+    let gh = github_actions_source(&emulator);
+    let toml = config(&emulator, [gh.clone(), gh.clone(), gh]).await;
+    let mut env = actions_env(&emulator).to_vec();
+    // This test binary as the command, running only the child test below (test-support's `child`).
+    env.push(("KEYLESS_TEST_CHILD".to_owned(), "child_rust_all_clouds".to_owned()));
+    let exe = std::env::current_exe().unwrap();
+    let args =
+        [exe.to_str().unwrap(), "--exact", "child_rust_all_clouds", "--ignored", "--nocapture", "--test-threads=1"];
+    let out = exec(&toml, &env, &args).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "exec failed: {stdout}\n{stderr}");
+    assert!(stdout.contains("aws ASIA gcp true azure true"), "{stdout}\n{stderr}");
+}
+
+/// aws-config's default chain, google-cloud-auth's application-default credentials and
+/// azure_identity's ManagedIdentityCredential, with only the environment `keyless exec` gives.
+#[tokio::test]
+#[ignore = "a child test: runs only when its parent re-executes this binary"]
+async fn child_rust_all_clouds() {
+    use aws_sdk_sts::config::ProvideCredentials as _;
+    use azure_core::credentials::TokenCredential as _;
+    keyless_test_support::child::expect_child("child_rust_all_clouds");
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let aws = aws.credentials_provider().unwrap().provide_credentials().await.unwrap();
+    let gcp = google_cloud_auth::credentials::Builder::default().build_access_token_credentials().unwrap();
+    let gcp = gcp.access_token().await.unwrap();
+    let azure = azure_identity::ManagedIdentityCredential::new(None).unwrap();
+    let azure = azure.get_token(&["https://management.azure.com/.default"], None).await.unwrap();
+    println!(
+        "aws {} gcp {} azure {}",
+        &aws.access_key_id()[..4],
+        !gcp.token.is_empty(),
+        !azure.token.secret().is_empty()
+    );
 }
 
 #[tokio::test]
