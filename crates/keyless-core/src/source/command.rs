@@ -161,14 +161,7 @@ impl TokenOrigin for CommandOrigin {
     }
 
     fn schedule(&self) -> Schedule {
-        Schedule {
-            debounce: Duration::ZERO,
-            poll: Duration::from_secs(300),
-            before_exp: Duration::from_secs(120),
-            near_exp: Duration::from_secs(5),
-            after_failure: Duration::from_secs(10),
-            read_timeout: self.spec.timeout,
-        }
+        Schedule::fetching(Duration::from_secs(300), Duration::from_secs(10), self.spec.timeout)
     }
 
     fn changes(&mut self) -> NoChanges {

@@ -118,16 +118,12 @@ impl TokenOrigin for GithubActionsOrigin {
     }
 
     fn schedule(&self) -> Schedule {
-        Schedule {
-            debounce: Duration::ZERO,
-            // The exp-driven re-fetch does the work; this only backs it up.
-            poll: Duration::from_secs(240),
-            // A 5-minute token is replaced at 3 minutes, so the one held always has 2 minutes left.
-            before_exp: Duration::from_secs(120),
-            near_exp: Duration::from_secs(5),
-            after_failure: Duration::from_secs(5),
-            read_timeout: http::FETCH_TIMEOUT + Duration::from_secs(1),
-        }
+        // The exp-driven re-fetch does the work; the poll only backs it up.
+        Schedule::fetching(
+            Duration::from_secs(240),
+            Duration::from_secs(5),
+            http::FETCH_TIMEOUT + Duration::from_secs(1),
+        )
     }
 
     fn changes(&mut self) -> NoChanges {

@@ -193,6 +193,22 @@ pub struct Schedule {
     pub read_timeout: Duration,
 }
 
+impl Schedule {
+    /// A source that learns of a new token only by fetching one (a URL, a command, GitHub Actions):
+    /// a new token 2 minutes before the held one's `exp`, so the one held always has 2 minutes left,
+    /// then every 5 s until it arrives; `poll` as a backstop.
+    pub fn fetching(poll: Duration, after_failure: Duration, read_timeout: Duration) -> Self {
+        Self {
+            debounce: Duration::ZERO,
+            poll,
+            before_exp: Duration::from_secs(120),
+            near_exp: Duration::from_secs(5),
+            after_failure,
+            read_timeout,
+        }
+    }
+}
+
 /// Resolves when a source's token may have changed. Dropped and called again whenever another
 /// event wins the driver's `select!`, so `changed` must be cancel-safe.
 pub trait ChangeFeed: Send + 'static {

@@ -105,14 +105,11 @@ impl TokenOrigin for UrlOrigin {
     }
 
     fn schedule(&self) -> Schedule {
-        Schedule {
-            debounce: Duration::ZERO,
-            poll: Duration::from_secs(300),
-            before_exp: Duration::from_secs(120),
-            near_exp: Duration::from_secs(5),
-            after_failure: Duration::from_secs(5),
-            read_timeout: http::FETCH_TIMEOUT + Duration::from_secs(1),
-        }
+        Schedule::fetching(
+            Duration::from_secs(300),
+            Duration::from_secs(5),
+            http::FETCH_TIMEOUT + Duration::from_secs(1),
+        )
     }
 
     fn changes(&mut self) -> NoChanges {
