@@ -10,9 +10,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use super::http::{self, FetchError};
+use super::url_origin::{Fetch, FetchFailure, TokenFormat};
 use super::{NoChanges, Schedule, SourceId, SourceKind, TokenOrigin};
 use crate::secret::Secret;
 use crate::token::{SubjectToken, TokenError};
@@ -32,31 +31,21 @@ pub struct ActionsEndpoint {
     pub ca_file: Option<PathBuf>,
 }
 
-/// Fetches a fresh GitHub Actions OIDC token for one audience on every read.
+/// Fetches a fresh GitHub Actions OIDC token for one audience on every read: a URL fetch
+/// (`GET` with `Authorization: Bearer REQUEST_TOKEN`, the token in the JSON field `value`) with
+/// the Actions-specific errors.
 #[derive(Debug)]
 pub struct GithubActionsOrigin {
     id: SourceId,
     /// The ready request, or why there cannot be one (reported on every read).
-    request: Result<Request, String>,
-}
-
-#[derive(Debug)]
-struct Request {
-    url: url::Url,
-    token: Secret<String>,
-    client: reqwest::Client,
-}
-
-#[derive(Deserialize)]
-struct IdTokenResponse {
-    value: Option<String>,
+    fetch: Result<Fetch, String>,
 }
 
 impl GithubActionsOrigin {
     /// The source for `audience`, with the endpoint from `endpoint` or the environment `env`.
     pub fn new(audience: &str, endpoint: &ActionsEndpoint, env: &dyn Fn(&str) -> Option<String>) -> Self {
         let id = SourceId::new(SourceKind::GithubActions, format!("audience={audience}"));
-        Self { id, request: Request::resolve(audience, endpoint, env) }
+        Self { id, fetch: resolve(audience, endpoint, env) }
     }
 }
 
@@ -68,23 +57,19 @@ fn missing_permission(var: &str) -> String {
     )
 }
 
-impl Request {
-    fn resolve(
-        audience: &str,
-        endpoint: &ActionsEndpoint,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
-        let non_empty = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
-        let raw_url = non_empty(endpoint.request_url.clone().or_else(|| env(REQUEST_URL_VAR)))
-            .ok_or_else(|| missing_permission(REQUEST_URL_VAR))?;
-        let token = match &endpoint.request_token_file {
-            Some(path) => read_token_file(path)?,
-            None => non_empty(env(REQUEST_TOKEN_VAR)).ok_or_else(|| missing_permission(REQUEST_TOKEN_VAR))?,
-        };
-        let url = with_audience(&raw_url, audience)?;
-        let client = http::client(&url, endpoint.ca_file.as_ref())?;
-        Ok(Self { url, token: Secret::new(token.trim().to_owned()), client })
-    }
+/// The fetch of `audience`'s token from the endpoint.
+fn resolve(audience: &str, endpoint: &ActionsEndpoint, env: &dyn Fn(&str) -> Option<String>) -> Result<Fetch, String> {
+    let non_empty = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+    let raw_url = non_empty(endpoint.request_url.clone().or_else(|| env(REQUEST_URL_VAR)))
+        .ok_or_else(|| missing_permission(REQUEST_URL_VAR))?;
+    let token = match &endpoint.request_token_file {
+        Some(path) => read_token_file(path)?,
+        None => non_empty(env(REQUEST_TOKEN_VAR)).ok_or_else(|| missing_permission(REQUEST_TOKEN_VAR))?,
+    };
+    let url = with_audience(&raw_url, audience)?;
+    let bearer = Secret::new(format!("Bearer {}", token.trim()));
+    let format = TokenFormat::Json { field: "value".to_owned() };
+    Fetch::new(url, vec![("authorization".to_owned(), bearer)], format, endpoint.ca_file.as_ref())
 }
 
 fn read_token_file(path: &std::path::Path) -> Result<String, String> {
@@ -136,21 +121,19 @@ impl TokenOrigin for GithubActionsOrigin {
 
     async fn read(&mut self) -> Result<SubjectToken, TokenError> {
         let unavailable = |reason: String| TokenError::Unavailable { from: self.id.clone(), reason };
-        let request = self.request.as_ref().map_err(|e| unavailable(e.clone()))?;
-        let bearer = Secret::new(format!("Bearer {}", request.token.expose()));
-        let headers = [("authorization".to_owned(), bearer)];
-        let body = http::get(&request.client, &request.url, &headers).await.map_err(|e| {
-            let shown = http::display_url(&request.url);
-            unavailable(match e {
-                FetchError::Status(401 | 403, _) => format!(
+        let fetch = self.fetch.as_ref().map_err(|e| unavailable(e.clone()))?;
+        let value = fetch.token().await.map_err(|failure| {
+            let shown = fetch.shown();
+            unavailable(match failure {
+                FetchFailure::Request(e @ FetchError::Status(401 | 403, _)) => format!(
                     "the Actions token endpoint {shown} refused the request token ({e}): it is valid only while \
                      its job runs, and only with `permissions: id-token: write`"
                 ),
-                e => format!("the Actions token endpoint {shown}: {e}"),
+                FetchFailure::Request(e) => format!("the Actions token endpoint {shown}: {e}"),
+                FetchFailure::Answer(_) => {
+                    "the Actions token endpoint's answer has no ID token (expected JSON {\"value\": JWT})".to_owned()
+                }
             })
-        })?;
-        let value = serde_json::from_slice::<IdTokenResponse>(&body).ok().and_then(|r| r.value).ok_or_else(|| {
-            unavailable("the Actions token endpoint's answer has no ID token (expected JSON {\"value\": JWT})".into())
         })?;
         SubjectToken::parse(&value).map_err(|shape| TokenError::Invalid { from: self.id.clone(), shape })
     }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::http::{self, Header};
+use super::http::{self, FetchError, Header};
 use super::{NoChanges, Schedule, SourceId, SourceKind, TokenOrigin};
 use crate::token::{SubjectToken, TokenError};
 
@@ -76,24 +76,64 @@ impl UrlSpec {
     }
 }
 
+/// A ready `GET`: the URL, its headers (values secret), the client, how the answer holds the
+/// token. The URL source is one; the GitHub Actions source is one with a bearer header and the
+/// JSON field `value`.
+#[derive(Debug)]
+pub(super) struct Fetch {
+    url: url::Url,
+    headers: Vec<Header>,
+    client: reqwest::Client,
+    format: TokenFormat,
+}
+
+/// Why a [`Fetch`] gave no token.
+pub(super) enum FetchFailure {
+    /// No answer, or not a 200.
+    Request(FetchError),
+    /// A 200 whose body does not hold the token as [`TokenFormat`] says (never quoting the body).
+    Answer(String),
+}
+
+impl Fetch {
+    pub(super) fn new(
+        url: url::Url,
+        headers: Vec<Header>,
+        format: TokenFormat,
+        ca_file: Option<&PathBuf>,
+    ) -> Result<Self, String> {
+        let client = http::client(&url, ca_file)?;
+        Ok(Self { url, headers, client, format })
+    }
+
+    /// `https://host/path`, as errors show it.
+    pub(super) fn shown(&self) -> String {
+        http::display_url(&self.url)
+    }
+
+    /// Fetches once: the token as the answer holds it.
+    pub(super) async fn token(&self) -> Result<String, FetchFailure> {
+        let body = http::get(&self.client, &self.url, &self.headers).await.map_err(FetchFailure::Request)?;
+        self.format.extract(&body).map_err(FetchFailure::Answer)
+    }
+}
+
 /// Fetches the token from a URL on every read.
 #[derive(Debug)]
 pub struct UrlOrigin {
     id: SourceId,
-    format: TokenFormat,
-    request: Result<(url::Url, Vec<Header>, reqwest::Client), String>,
+    fetch: Result<Fetch, String>,
 }
 
 impl UrlOrigin {
     pub fn new(spec: &UrlSpec) -> Self {
         let id = SourceId::new(SourceKind::Url, spec.shown());
-        let request = spec.validate().and_then(|()| {
+        let fetch = spec.validate().and_then(|()| {
             let url = http::source_url("url", &spec.url)?;
-            let client = http::client(&url, spec.ca_file.as_ref())?;
             let headers = spec.headers.iter().map(|(n, v)| (n.clone(), v.clone().into())).collect();
-            Ok((url, headers, client))
+            Fetch::new(url, headers, spec.format.clone(), spec.ca_file.as_ref())
         });
-        Self { id, format: spec.format.clone(), request }
+        Self { id, fetch }
     }
 }
 
@@ -122,9 +162,11 @@ impl TokenOrigin for UrlOrigin {
 
     async fn read(&mut self) -> Result<SubjectToken, TokenError> {
         let unavailable = |reason: String| TokenError::Unavailable { from: self.id.clone(), reason };
-        let (url, headers, client) = self.request.as_ref().map_err(|e| unavailable(e.clone()))?;
-        let body = http::get(client, url, headers).await.map_err(|e| unavailable(e.to_string()))?;
-        let token = self.format.extract(&body).map_err(unavailable)?;
+        let fetch = self.fetch.as_ref().map_err(|e| unavailable(e.clone()))?;
+        let token = fetch.token().await.map_err(|failure| match failure {
+            FetchFailure::Request(e) => unavailable(e.to_string()),
+            FetchFailure::Answer(why) => unavailable(why),
+        })?;
         SubjectToken::parse(&token).map_err(|shape| TokenError::Invalid { from: self.id.clone(), shape })
     }
 }
