@@ -12,7 +12,7 @@ use keyless_test_support::clock::wall_clock;
 use keyless_test_support::dev::Dev;
 use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::load::Load;
-use keyless_test_support::sidecar::{AZURE_RESOURCE, CONTAINER_AUTHORIZATION, IDENTITY_HEADER, Sidecar};
+use keyless_test_support::sidecar::{CONTAINER_AUTHORIZATION, Sidecar, all_clouds_config};
 use keyless_test_support::tools;
 use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 
@@ -56,50 +56,16 @@ async fn config(emulator: &EmulatorProcess, sources: [String; 3]) -> String {
 
 /// [`config`] with `cache` as the `[cache]` section.
 async fn config_with_cache(emulator: &EmulatorProcess, sources: [String; 3], cache: &str) -> String {
-    let ids = emulator.control.identities().await;
-    let id = |key: &str| toml_string(ids[key].as_str().unwrap());
     let [aws, gcp, azure] = sources;
-    format!(
-        r#"log = "debug"
-
-[cache]
-{cache}
-
-[aws]
-source = {aws}
-role_arn = {role}
-region = "us-east-1"
-sts_endpoint = {url}
-ca_file = {ca}
-authorization_token = "{CONTAINER_AUTHORIZATION}"
-
-[gcp]
-source = {gcp}
-audience = {gcp_audience}
-service_account = {gcp_sa}
-project_id = {gcp_project}
-sts_endpoint = {url}
-iam_endpoint = {url}
-ca_file = {ca}
-
-[azure]
-source = {azure}
-tenant_id = {tenant}
-client_id = {client}
-authority_host = {url}
-ca_file = {ca}
-resources = ["{AZURE_RESOURCE}"]
-identity_header = "{IDENTITY_HEADER}"
-"#,
-        role = id("aws_role_arn"),
-        url = toml_string(&emulator.url),
-        ca = path_str(&emulator.ca),
-        gcp_audience = toml_string(ids["audiences"]["gcp"].as_str().unwrap()),
-        gcp_sa = id("gcp_service_account"),
-        gcp_project = id("gcp_project_id"),
-        tenant = id("azure_tenant_id"),
-        client = id("azure_client_id"),
-    )
+    let source = |cloud: &str| {
+        let table = match cloud {
+            "aws" => &aws,
+            "gcp" => &gcp,
+            _ => &azure,
+        };
+        format!("source = {table}")
+    };
+    all_clouds_config(emulator, &emulator.url, cache, "debug", &source).await
 }
 
 /// `{ type = "github-actions", ca_file = ... }`: the job's env vars, the cloud's default audience.

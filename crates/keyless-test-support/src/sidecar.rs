@@ -73,7 +73,7 @@ impl Sidecar {
     /// `keyless serve` with all three providers against `upstream` (the emulator, or a proxy to it),
     /// `cache` as the lines of its `[cache]` section, logging at `log`; waits until it is ready.
     pub async fn all_clouds(emulator: &EmulatorProcess, upstream: &str, cache: &str, log: &str) -> Self {
-        let projected = |cloud: &str| emulator.token_file(cloud);
+        let projected = |cloud: &str| token_file_line(&emulator.token_file(cloud));
         let sidecar = Self::spawn(&all_clouds_config(emulator, upstream, cache, log, &projected).await, &[]);
         sidecar.wait_ready().await;
         sidecar
@@ -87,7 +87,8 @@ impl Sidecar {
         log: &str,
         token_file: &dyn Fn(&str) -> PathBuf,
     ) -> Self {
-        let sidecar = Self::spawn(&all_clouds_config(emulator, upstream, "", log, token_file).await, &[]);
+        let token = |cloud: &str| token_file_line(&token_file(cloud));
+        let sidecar = Self::spawn(&all_clouds_config(emulator, upstream, "", log, &token).await, &[]);
         sidecar.wait_ready().await;
         sidecar
     }
@@ -142,17 +143,24 @@ fn toml_string(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
 
-/// The configuration of the all-clouds sidecar: every provider on the emulator's dev identities.
-async fn all_clouds_config(
+/// `token_file = "PATH"`, a line of a cloud's section.
+fn token_file_line(path: &std::path::Path) -> String {
+    format!("token_file = {}", toml_string(path.to_str().expect("a UTF-8 path")))
+}
+
+/// The configuration of the all-clouds sidecar: every provider on the emulator's dev identities
+/// against `upstream`, `cache` as the lines of `[cache]`, logging at `log`; each cloud's (`aws`,
+/// `gcp`, `azure`) subject token as the line `token(cloud)` gives (`token_file = "..."` or
+/// `source = { ... }`).
+pub async fn all_clouds_config(
     emulator: &EmulatorProcess,
     upstream: &str,
     cache: &str,
     log: &str,
-    token_file: &dyn Fn(&str) -> PathBuf,
+    token: &dyn Fn(&str) -> String,
 ) -> String {
     let ids = emulator.control.identities().await;
     let id = |key: &str| toml_string(ids[key].as_str().expect("a dev identity"));
-    let token = |cloud: &str| toml_string(token_file(cloud).to_str().expect("a UTF-8 path"));
     let (upstream, ca) = (toml_string(upstream), toml_string(emulator.ca.to_str().expect("a UTF-8 path")));
     format!(
         r#"log = {log}
@@ -161,7 +169,7 @@ async fn all_clouds_config(
 {cache}
 
 [aws]
-token_file = {aws_token}
+{aws_token}
 role_arn = {role}
 region = "us-east-1"
 sts_endpoint = {upstream}
@@ -169,7 +177,7 @@ ca_file = {ca}
 authorization_token = "{CONTAINER_AUTHORIZATION}"
 
 [gcp]
-token_file = {gcp_token}
+{gcp_token}
 audience = {gcp_audience}
 service_account = {gcp_sa}
 project_id = {gcp_project}
@@ -179,7 +187,7 @@ iam_endpoint = {upstream}
 ca_file = {ca}
 
 [azure]
-token_file = {azure_token}
+{azure_token}
 tenant_id = {tenant}
 client_id = {client}
 authority_host = {upstream}
