@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::{NoChanges, Schedule, SourceId, SourceKind, TokenOrigin};
+use crate::secret::Secret;
 use crate::token::{MAX_SUBJECT_TOKEN_BYTES, SubjectToken, TokenError};
 
 /// A subject token in an environment variable of this process.
@@ -12,13 +13,14 @@ use crate::token::{MAX_SUBJECT_TOKEN_BYTES, SubjectToken, TokenError};
 pub struct EnvOrigin {
     id: SourceId,
     var: String,
-    value: Option<String>,
+    /// The token itself: never in `Debug`.
+    value: Option<Secret<String>>,
 }
 
 impl EnvOrigin {
     /// The variable `var`, as `env` holds it.
     pub fn new(var: &str, env: &dyn Fn(&str) -> Option<String>) -> Self {
-        Self { id: SourceId::new(SourceKind::Env, var), var: var.to_owned(), value: env(var) }
+        Self { id: SourceId::new(SourceKind::Env, var), var: var.to_owned(), value: env(var).map(Secret::new) }
     }
 }
 
@@ -47,7 +49,8 @@ impl TokenOrigin for EnvOrigin {
 
     async fn read(&mut self) -> Result<SubjectToken, TokenError> {
         let unavailable = |reason: String| TokenError::Unavailable { from: self.id.clone(), reason };
-        let value = self.value.as_deref().filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+        let value = self.value.as_ref().map(|v| v.expose().as_str()).filter(|v| !v.trim().is_empty());
+        let value = value.ok_or_else(|| {
             unavailable(format!(
                 "environment variable {} is not set (in GitLab CI, declare it under `id_tokens:` with the `aud:` \
                  this cloud expects)",
@@ -58,5 +61,19 @@ impl TokenOrigin for EnvOrigin {
             return Err(unavailable(format!("its value is larger than {MAX_SUBJECT_TOKEN_BYTES} bytes")));
         }
         SubjectToken::parse(value).map_err(|shape| TokenError::Invalid { from: self.id.clone(), shape })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_token_is_read_but_never_in_debug() {
+        let payload = "eyJzdWIiOiJzZWNyZXQifQ";
+        let token = format!("eyJhbGciOiJub25lIn0.{payload}.c2ln");
+        let mut origin = EnvOrigin::new("CI_ID_TOKEN", &|_| Some(token.clone()));
+        assert!(!format!("{origin:?}").contains(payload), "{origin:?}");
+        assert!(origin.read().await.is_ok());
     }
 }
