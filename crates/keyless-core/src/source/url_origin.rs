@@ -78,13 +78,23 @@ impl UrlSpec {
 
 /// A ready `GET`: the URL, its headers (values secret), the client, how the answer holds the
 /// token. The URL source is one; the GitHub Actions source is one with a bearer header and the
-/// JSON field `value`.
-#[derive(Debug)]
+/// JSON field `value`. `Debug` shows neither the URL's query nor the header values.
 pub(super) struct Fetch {
     url: url::Url,
     headers: Vec<Header>,
     client: reqwest::Client,
     format: TokenFormat,
+}
+
+impl std::fmt::Debug for Fetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Fetch")
+            .field("url", &self.shown())
+            .field("headers", &names)
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a [`Fetch`] gave no token.
@@ -195,5 +205,8 @@ mod tests {
         let shown = format!("{spec:?}");
         assert!(!shown.contains("SECRET"), "{shown}");
         assert!(shown.contains("Authorization"));
+        let origin = format!("{:?}", UrlOrigin::new(&spec));
+        assert!(!origin.contains("SECRET"), "{origin}");
+        assert!(origin.contains("https://h.example/t"), "{origin}");
     }
 }
