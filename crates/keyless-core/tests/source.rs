@@ -39,6 +39,8 @@ enum Step {
     Token,
     Fail,
     Hang,
+    /// [`Step::Token`] after 5 s.
+    Slow,
 }
 
 /// Announcements the test makes by hand.
@@ -58,6 +60,7 @@ struct Scripted {
     script: fn(usize) -> Step,
     reads: usize,
     announcements: Option<watch::Receiver<()>>,
+    first_read_wait: Option<Duration>,
 }
 
 impl TokenOrigin for Scripted {
@@ -75,10 +78,18 @@ impl TokenOrigin for Scripted {
         Announced(self.announcements.take().unwrap())
     }
 
+    fn first_read_wait(&self) -> Option<Duration> {
+        self.first_read_wait
+    }
+
     async fn read(&mut self) -> Result<SubjectToken, TokenError> {
         self.reads += 1;
-        match (self.script)(self.reads) {
-            Step::Token => {
+        let step = (self.script)(self.reads);
+        if let Step::Slow = step {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        match step {
+            Step::Token | Step::Slow => {
                 let jwt = unsigned_jwt(&format!("fetch-{}", self.reads), self.clock.now() + LIFETIME);
                 Ok(SubjectToken::parse(&jwt).unwrap())
             }
@@ -97,10 +108,22 @@ struct Harness {
 
 impl Harness {
     async fn start(script: fn(usize) -> Step) -> Self {
+        Self::start_waiting(script, None).await
+    }
+
+    /// [`Harness::start`] with an origin whose first read is waited for at most `first_read_wait`.
+    async fn start_waiting(script: fn(usize) -> Step, first_read_wait: Option<Duration>) -> Self {
         let clock: SharedClock = Arc::new(TokioClock::new(start()));
         let (announce, announcements) = watch::channel(());
         let id = SourceId::new(SourceKind::Fixed, "scripted");
-        let origin = Scripted { id, clock: clock.clone(), script, reads: 0, announcements: Some(announcements) };
+        let origin = Scripted {
+            id,
+            clock: clock.clone(),
+            script,
+            reads: 0,
+            announcements: Some(announcements),
+            first_read_wait,
+        };
         let metrics = Metrics::new();
         let source = TokenSource::start(origin, clock.clone(), metrics.clone()).await;
         Self { source, clock, announce, metrics }
@@ -190,6 +213,17 @@ async fn a_first_fetch_that_hangs_does_not_hang_the_start() {
     assert_eq!(started.elapsed(), schedule().read_timeout);
     assert!(matches!(h.source.current(), Err(TokenError::TimedOut { .. })));
     h.wait_for("fetch-2").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_read_waits_for_a_first_fetch_that_outlasts_the_start() {
+    let h = Harness::start_waiting(|_| Step::Slow, Some(Duration::from_secs(1))).await;
+    assert_eq!(h.elapsed(), Duration::from_secs(1), "the start waits only first_read_wait");
+    assert!(h.source.current().is_err(), "nothing was read yet");
+    let token = h.source.first_read().await.unwrap();
+    assert_eq!(token.claims().sub.as_deref(), Some("fetch-1"));
+    assert_eq!(h.elapsed(), Duration::from_secs(5));
+    assert_eq!(h.source.reads(), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -153,7 +153,8 @@ async fn check_provider(
     if !matches!(source, SourceSpec::File(_)) {
         report.more("fetched once for this check (nothing of the token itself is shown)");
     }
-    let token = match ctx.token_source(&source).await.current() {
+    // A fetch (a slow command, an Actions endpoint) may outlast what opening the source waits for.
+    let token = match ctx.token_source(&source).await.first_read().await {
         Ok(token) => token,
         Err(e) => {
             report.problem(name, "token", &e.to_string(), None);

@@ -1,7 +1,6 @@
 //! The one loop that keeps any [`TokenOrigin`] fresh and publishes what it reads.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -96,11 +95,12 @@ impl<O: TokenOrigin> Driver<O> {
             Err(_) => Err(TokenError::TimedOut { from: self.origin.id().clone(), after: timeout }),
         };
         self.last_read = Instant::now();
-        self.state.reads.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(token) => self.publish(token),
             Err(e) => self.keep_last_good(e),
         }
+        // Counted once its outcome is held: whoever waits for a read then finds it.
+        self.state.reads.send_modify(|n| *n += 1);
     }
 
     fn publish(&mut self, token: SubjectToken) {

@@ -19,7 +19,6 @@ mod url_origin;
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -256,12 +255,13 @@ type Held = Option<Arc<SubjectToken>>;
 struct State {
     token: watch::Sender<Held>,
     last_error: Mutex<Option<TokenError>>,
-    reads: AtomicU64,
+    /// How many reads have finished, failed ones included (watched: [`TokenSource::first_read`]).
+    reads: watch::Sender<u64>,
 }
 
 impl State {
     fn new(token: Held) -> Arc<Self> {
-        Arc::new(Self { token: watch::channel(token).0, last_error: Mutex::new(None), reads: AtomicU64::new(0) })
+        Arc::new(Self { token: watch::channel(token).0, last_error: Mutex::new(None), reads: watch::channel(0).0 })
     }
 
     fn last_error(&self) -> Option<TokenError> {
@@ -378,7 +378,17 @@ impl TokenSource {
 
     /// How many reads (or fetches) the source has made, failed ones included.
     pub fn reads(&self) -> u64 {
-        self.inner.state.reads.load(Ordering::Relaxed)
+        *self.inner.state.reads.borrow()
+    }
+
+    /// [`TokenSource::current`] once the source has been read at least once. [`TokenSource::open`]
+    /// waits only a few seconds for a fetching source's first fetch, which may take up to its read
+    /// timeout; a one-shot caller (`keyless check`) must not take "nothing was read yet" for an answer.
+    pub async fn first_read(&self) -> Result<Arc<SubjectToken>, TokenError> {
+        if self.inner.rereads.is_some() {
+            let _ = self.inner.state.reads.subscribe().wait_for(|n| *n > 0).await;
+        }
+        self.current()
     }
 
     /// Notified whenever a different good token is read.
