@@ -11,10 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::http::{self, FetchError};
-use super::url_origin::{Fetch, FetchFailure, TokenFormat};
-use super::{NoChanges, Schedule, SourceId, SourceKind, TokenOrigin};
+use super::url_origin::{Fetch, FetchFailure, TokenFormat, UrlOrigin};
+use super::{SourceId, SourceKind};
 use crate::secret::Secret;
-use crate::token::{SubjectToken, TokenError};
 
 pub const REQUEST_URL_VAR: &str = "ACTIONS_ID_TOKEN_REQUEST_URL";
 pub const REQUEST_TOKEN_VAR: &str = "ACTIONS_ID_TOKEN_REQUEST_TOKEN";
@@ -31,22 +30,13 @@ pub struct ActionsEndpoint {
     pub ca_file: Option<PathBuf>,
 }
 
-/// Fetches a fresh GitHub Actions OIDC token for one audience on every read: a URL fetch
-/// (`GET` with `Authorization: Bearer REQUEST_TOKEN`, the token in the JSON field `value`) with
-/// the Actions-specific errors.
-#[derive(Debug)]
-pub struct GithubActionsOrigin {
-    id: SourceId,
-    /// The ready request, or why there cannot be one (reported on every read).
-    fetch: Result<Fetch, String>,
-}
-
-impl GithubActionsOrigin {
-    /// The source for `audience`, with the endpoint from `endpoint` or the environment `env`.
-    pub fn new(audience: &str, endpoint: &ActionsEndpoint, env: &dyn Fn(&str) -> Option<String>) -> Self {
-        let id = SourceId::new(SourceKind::GithubActions, format!("audience={audience}"));
-        Self { id, fetch: resolve(audience, endpoint, env) }
-    }
+/// A fresh GitHub Actions OIDC token for `audience` on every read, with the endpoint from
+/// `endpoint` or the environment `env`: a URL origin (`GET` with `Authorization: Bearer
+/// REQUEST_TOKEN`, the token in the JSON field `value`) with the Actions-specific errors.
+pub fn origin(audience: &str, endpoint: &ActionsEndpoint, env: &dyn Fn(&str) -> Option<String>) -> UrlOrigin {
+    let id = SourceId::new(SourceKind::GithubActions, format!("audience={audience}"));
+    // The exp-driven re-fetch does the work; the poll only backs it up.
+    UrlOrigin::fetching(id, Duration::from_secs(240), resolve(audience, endpoint, env), explain)
 }
 
 /// The error of a job whose token cannot be requested: the variables appear only with the permission.
@@ -95,53 +85,25 @@ pub fn with_audience(request_url: &str, audience: &str) -> Result<url::Url, Stri
     Ok(url)
 }
 
-impl TokenOrigin for GithubActionsOrigin {
-    type Changes = NoChanges;
-
-    fn id(&self) -> &SourceId {
-        &self.id
-    }
-
-    fn schedule(&self) -> Schedule {
-        // The exp-driven re-fetch does the work; the poll only backs it up.
-        Schedule::fetching(
-            Duration::from_secs(240),
-            Duration::from_secs(5),
-            http::FETCH_TIMEOUT + Duration::from_secs(1),
-        )
-    }
-
-    fn changes(&mut self) -> NoChanges {
-        NoChanges
-    }
-
-    fn first_read_wait(&self) -> Option<Duration> {
-        Some(super::FIRST_FETCH_WAIT)
-    }
-
-    async fn read(&mut self) -> Result<SubjectToken, TokenError> {
-        let unavailable = |reason: String| TokenError::Unavailable { from: self.id.clone(), reason };
-        let fetch = self.fetch.as_ref().map_err(|e| unavailable(e.clone()))?;
-        let value = fetch.token().await.map_err(|failure| {
-            let shown = fetch.shown();
-            unavailable(match failure {
-                FetchFailure::Request(e @ FetchError::Status(401 | 403, _)) => format!(
-                    "the Actions token endpoint {shown} refused the request token ({e}): it is valid only while \
-                     its job runs, and only with `permissions: id-token: write`"
-                ),
-                FetchFailure::Request(e) => format!("the Actions token endpoint {shown}: {e}"),
-                FetchFailure::Answer(_) => {
-                    "the Actions token endpoint's answer has no ID token (expected JSON {\"value\": JWT})".to_owned()
-                }
-            })
-        })?;
-        SubjectToken::parse(&value).map_err(|shape| TokenError::Invalid { from: self.id.clone(), shape })
+/// A failed fetch as the job's author can act on it.
+fn explain(fetch: &Fetch, failure: FetchFailure) -> String {
+    let shown = fetch.shown();
+    match failure {
+        FetchFailure::Request(e @ FetchError::Status(401 | 403, _)) => format!(
+            "the Actions token endpoint {shown} refused the request token ({e}): it is valid only while its job \
+             runs, and only with `permissions: id-token: write`"
+        ),
+        FetchFailure::Request(e) => format!("the Actions token endpoint {shown}: {e}"),
+        FetchFailure::Answer(_) => {
+            "the Actions token endpoint's answer has no ID token (expected JSON {\"value\": JWT})".to_owned()
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::TokenOrigin as _;
 
     #[test]
     fn the_audience_is_set_in_a_url_that_already_has_a_query() {
@@ -157,8 +119,8 @@ mod tests {
 
     #[tokio::test]
     async fn missing_variables_name_the_permission_to_add() {
-        let mut origin = GithubActionsOrigin::new("sts.amazonaws.com", &ActionsEndpoint::default(), &|_| None);
-        let err = origin.read().await.expect_err("no endpoint").to_string();
+        let mut actions = origin("sts.amazonaws.com", &ActionsEndpoint::default(), &|_| None);
+        let err = actions.read().await.expect_err("no endpoint").to_string();
         assert!(err.contains("permissions: id-token: write"), "{err}");
         assert!(err.contains(REQUEST_URL_VAR), "{err}");
     }
@@ -170,9 +132,9 @@ mod tests {
             REQUEST_TOKEN_VAR => Some("request-token-SECRET".to_owned()),
             _ => None,
         };
-        let mut origin = GithubActionsOrigin::new("aud", &ActionsEndpoint::default(), &env);
-        let err = origin.read().await.expect_err("nothing listens on port 9");
+        let mut actions = origin("aud", &ActionsEndpoint::default(), &env);
+        let err = actions.read().await.expect_err("nothing listens on port 9");
         assert!(!err.to_string().contains("SECRET"), "{err}");
-        assert!(!format!("{origin:?}").contains("SECRET"));
+        assert!(!format!("{actions:?}").contains("SECRET"));
     }
 }

@@ -34,7 +34,7 @@ pub use command::{ALLOW_COMMANDS_VAR, CommandFormat, CommandOrigin, CommandSpec,
 pub use config::{SourceConfig, SourceDefaults, detected, in_github_actions, require_command_opt_in};
 pub use env::EnvOrigin;
 pub use file::{DirChanges, FileOrigin};
-pub use github_actions::{ActionsEndpoint, GithubActionsOrigin, REQUEST_TOKEN_VAR, REQUEST_URL_VAR, with_audience};
+pub use github_actions::{ActionsEndpoint, REQUEST_TOKEN_VAR, REQUEST_URL_VAR, with_audience};
 pub use url_origin::{TokenFormat, UrlOrigin, UrlSpec};
 
 /// Where a provider's subject token comes from, as configured. Equal specs share one source.
@@ -302,7 +302,7 @@ impl TokenSource {
         match spec {
             SourceSpec::File(path) => Self::start(FileOrigin::new(path.clone(), options), clock, metrics).await,
             SourceSpec::GithubActions { audience, endpoint } => {
-                let origin = GithubActionsOrigin::new(audience, endpoint, &|k| std::env::var(k).ok());
+                let origin = github_actions::origin(audience, endpoint, &|k| std::env::var(k).ok());
                 Self::start(origin, clock, metrics).await
             }
             SourceSpec::Env(var) => Self::start(EnvOrigin::new(var, &|k| std::env::var(k).ok()), clock, metrics).await,

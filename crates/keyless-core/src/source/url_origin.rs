@@ -128,11 +128,17 @@ impl Fetch {
     }
 }
 
-/// Fetches the token from a URL on every read.
+/// Fetches the token from a URL on every read. The GitHub Actions source is one too
+/// ([`super::github_actions::origin`]), with its own name, poll and error wording.
 #[derive(Debug)]
 pub struct UrlOrigin {
     id: SourceId,
+    /// The backstop poll (the fetch before `exp` does the work).
+    poll: Duration,
+    /// The ready request, or why there cannot be one (reported on every read).
     fetch: Result<Fetch, String>,
+    /// What a failed fetch is reported as.
+    explain: fn(&Fetch, FetchFailure) -> String,
 }
 
 impl UrlOrigin {
@@ -143,7 +149,20 @@ impl UrlOrigin {
             let headers = spec.headers.iter().map(|(n, v)| (n.clone(), v.clone().into())).collect();
             Fetch::new(url, headers, spec.format.clone(), spec.ca_file.as_ref())
         });
-        Self { id, fetch }
+        Self::fetching(id, Duration::from_secs(300), fetch, |_, failure| match failure {
+            FetchFailure::Request(e) => e.to_string(),
+            FetchFailure::Answer(why) => why,
+        })
+    }
+
+    /// An origin named `id` that runs `fetch` on every read, polled every `poll` at least.
+    pub(super) fn fetching(
+        id: SourceId,
+        poll: Duration,
+        fetch: Result<Fetch, String>,
+        explain: fn(&Fetch, FetchFailure) -> String,
+    ) -> Self {
+        Self { id, poll, fetch, explain }
     }
 }
 
@@ -155,11 +174,7 @@ impl TokenOrigin for UrlOrigin {
     }
 
     fn schedule(&self) -> Schedule {
-        Schedule::fetching(
-            Duration::from_secs(300),
-            Duration::from_secs(5),
-            http::FETCH_TIMEOUT + Duration::from_secs(1),
-        )
+        Schedule::fetching(self.poll, Duration::from_secs(5), http::FETCH_TIMEOUT + Duration::from_secs(1))
     }
 
     fn changes(&mut self) -> NoChanges {
@@ -173,10 +188,7 @@ impl TokenOrigin for UrlOrigin {
     async fn read(&mut self) -> Result<SubjectToken, TokenError> {
         let unavailable = |reason: String| TokenError::Unavailable { from: self.id.clone(), reason };
         let fetch = self.fetch.as_ref().map_err(|e| unavailable(e.clone()))?;
-        let token = fetch.token().await.map_err(|failure| match failure {
-            FetchFailure::Request(e) => unavailable(e.to_string()),
-            FetchFailure::Answer(why) => unavailable(why),
-        })?;
+        let token = fetch.token().await.map_err(|failure| unavailable((self.explain)(fetch, failure)))?;
         SubjectToken::parse(&token).map_err(|shape| TokenError::Invalid { from: self.id.clone(), shape })
     }
 }
