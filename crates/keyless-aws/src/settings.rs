@@ -252,7 +252,7 @@ const GITHUB_ACTIONS_AUDIENCE: &str = "sts.amazonaws.com";
 fn token_source(config: &Config, host: &Host<'_>) -> Result<keyless_core::SourceSpec, ConfigError> {
     let defaults = keyless_core::SourceDefaults { audience: GITHUB_ACTIONS_AUDIENCE.to_owned() };
     if let Some(source) = &config.source {
-        return source.resolve("aws.source", &defaults, host.env).map_err(|m| ConfigError::invalid("source", m));
+        return source.resolve(&defaults, host.env).map_err(|m| ConfigError::invalid("source", m));
     }
     if !config.token_file.as_os_str().is_empty() {
         return Ok(keyless_core::SourceSpec::File(config.token_file.clone()));

@@ -175,3 +175,13 @@ fn every_duration_and_number_is_bounded_and_the_error_names_key_and_range() {
         }
     }
 }
+
+#[test]
+fn a_source_mistake_names_the_table_once() {
+    let mut config = base();
+    let table = serde_json::json!({"type": "command", "command": ["/usr/bin/get-token"]});
+    config.source = Some(serde_json::from_value(table).expect("a command table"));
+    let err = resolve(&config, &host(&[]), None).expect_err("no opt-in").to_string();
+    assert!(err.starts_with("aws.source: type = \"command\" runs a program"), "{err}");
+    assert_eq!(err.matches("aws.source").count(), 1, "{err}");
+}

@@ -223,7 +223,7 @@ impl Config {
     fn token_source(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<keyless_core::SourceSpec, ConfigError> {
         let defaults = keyless_core::SourceDefaults { audience: FEDERATION_AUDIENCE.to_owned() };
         if let Some(source) = &self.source {
-            return source.resolve("azure.source", &defaults, env).map_err(|m| ConfigError::invalid("azure.source", m));
+            return source.resolve(&defaults, env).map_err(|m| ConfigError::invalid("azure.source", m));
         }
         if !self.token_file.as_os_str().is_empty() {
             return Ok(keyless_core::SourceSpec::File(self.token_file.clone()));

@@ -22,7 +22,7 @@ pub(crate) fn token_source(
 ) -> Result<SourceSpec, ConfigError> {
     let defaults = SourceDefaults { audience: audience.trim().to_owned() };
     if let Some(source) = &config.source {
-        return source.resolve("gcp.source", &defaults, env).map_err(|m| ConfigError::invalid("gcp.source", m));
+        return source.resolve(&defaults, env).map_err(|m| ConfigError::invalid("gcp.source", m));
     }
     if let Some(path) = config.token_file.clone().or(file.token_file.clone()) {
         return Ok(SourceSpec::File(path));
@@ -51,7 +51,7 @@ fn executable_source(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<SourceSpec, ConfigError> {
     // Google's own gate, or keyless's.
-    require_command_opt_in("gcp.credentials_file credential_source.executable", env, GOOGLE_ALLOW_EXECUTABLES_VAR)
+    require_command_opt_in("credential_source.executable", env, GOOGLE_ALLOW_EXECUTABLES_VAR)
         .or_else(|e| require_command_opt_in("", env, ALLOW_COMMANDS_VAR).map_err(|_| e))
         .map_err(|m| ConfigError::invalid("gcp.credentials_file", m))?;
     let mut vars = vec![

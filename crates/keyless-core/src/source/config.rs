@@ -85,15 +85,15 @@ pub struct SourceDefaults {
 }
 
 impl SourceConfig {
-    /// The spec, validated; errors name the key (`key` is the table, `aws.source`) and the fix.
+    /// The spec, validated. Errors name the key within the table and the fix (`path is empty`);
+    /// the caller names the table (`aws.source: path is empty`).
     pub fn resolve(
         &self,
-        key: &str,
         defaults: &SourceDefaults,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<SourceSpec, String> {
         match self {
-            Self::File { path } if path.as_os_str().is_empty() => Err(format!("{key}.path is empty")),
+            Self::File { path } if path.as_os_str().is_empty() => Err("path is empty".to_owned()),
             Self::File { path } => Ok(SourceSpec::File(path.clone())),
             Self::GithubActions { audience, request_url, request_token_file, ca_file } => {
                 let audience = audience.clone().unwrap_or_else(|| defaults.audience.clone());
@@ -104,56 +104,56 @@ impl SourceConfig {
                 };
                 Ok(SourceSpec::GithubActions { audience, endpoint })
             }
-            Self::Env { var } if var.trim().is_empty() => Err(format!("{key}.var is empty: name the variable")),
+            Self::Env { var } if var.trim().is_empty() => Err("var is empty: name the variable".to_owned()),
             Self::Env { var } => Ok(SourceSpec::Env(var.trim().to_owned())),
             Self::Url { url, headers, format, field, ca_file } => {
-                let format = token_format(key, *format, field.as_deref())?;
+                let format = token_format(*format, field.as_deref())?;
                 let spec = UrlSpec {
                     url: url.clone(),
                     headers: headers.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     format,
                     ca_file: ca_file.clone(),
                 };
-                spec.validate().map_err(|e| format!("{key}: {e}"))?;
+                spec.validate()?;
                 Ok(SourceSpec::Url(spec))
             }
             Self::Command { command, format, field, timeout } => {
-                require_command_opt_in(key, env, ALLOW_COMMANDS_VAR)?;
+                require_command_opt_in("type = \"command\"", env, ALLOW_COMMANDS_VAR)?;
                 let format = match format {
                     FormatName::GoogleExecutable => CommandFormat::GoogleExecutable,
-                    other => CommandFormat::Token(token_format(key, *other, field.as_deref())?),
+                    other => CommandFormat::Token(token_format(*other, field.as_deref())?),
                 };
                 let timeout = match timeout {
-                    Some(t) => humantime::parse_duration(t).map_err(|e| format!("{key}.timeout {t:?}: {e}"))?,
+                    Some(t) => humantime::parse_duration(t).map_err(|e| format!("timeout {t:?}: {e}"))?,
                     None => DEFAULT_TIMEOUT,
                 };
                 let spec = CommandSpec { argv: command.clone(), timeout, format, env: Vec::new() };
-                spec.validate().map_err(|e| format!("{key}: {e}"))?;
+                spec.validate()?;
                 Ok(SourceSpec::Command(spec))
             }
         }
     }
 }
 
-/// Running a program is opt-in: `var` must be `1`.
-pub fn require_command_opt_in(key: &str, env: &dyn Fn(&str) -> Option<String>, var: &str) -> Result<(), String> {
+/// Running a program is opt-in: `var` must be `1`. `what` names the setting that would run one.
+pub fn require_command_opt_in(what: &str, env: &dyn Fn(&str) -> Option<String>, var: &str) -> Result<(), String> {
     if env(var).as_deref().map(str::trim) == Some("1") {
         return Ok(());
     }
     Err(format!(
-        "{key} runs a program to get the subject token, which keyless does only when {var}=1 is set in its \
+        "{what} runs a program to get the subject token, which keyless does only when {var}=1 is set in its \
          environment (an explicit opt-in: the configuration then decides what keyless executes)"
     ))
 }
 
-fn token_format(key: &str, format: FormatName, field: Option<&str>) -> Result<TokenFormat, String> {
+fn token_format(format: FormatName, field: Option<&str>) -> Result<TokenFormat, String> {
     match (format, field) {
         (FormatName::Text, None) => Ok(TokenFormat::Text),
-        (FormatName::Text, Some(_)) => Err(format!("{key}.field is set but format is text: set format = \"json\"")),
+        (FormatName::Text, Some(_)) => Err("field is set but format is text: set format = \"json\"".to_owned()),
         (FormatName::Json, Some(f)) if !f.is_empty() => Ok(TokenFormat::Json { field: f.to_owned() }),
-        (FormatName::Json, _) => Err(format!("{key}: format = \"json\" needs field, the JSON field holding the token")),
+        (FormatName::Json, _) => Err("format = \"json\" needs field, the JSON field holding the token".to_owned()),
         (FormatName::GoogleExecutable, _) => {
-            Err(format!("{key}: format = \"google-executable\" is for command sources only"))
+            Err("format = \"google-executable\" is for command sources only".to_owned())
         }
     }
 }
@@ -180,7 +180,7 @@ mod tests {
     fn parse(toml_table: serde_json::Value) -> Result<SourceSpec, String> {
         let config: SourceConfig = serde_json::from_value(toml_table).map_err(|e| e.to_string())?;
         let defaults = SourceDefaults { audience: "sts.amazonaws.com".into() };
-        config.resolve("aws.source", &defaults, &|k| (k == ALLOW_COMMANDS_VAR).then(|| "1".to_owned()))
+        config.resolve(&defaults, &|k| (k == ALLOW_COMMANDS_VAR).then(|| "1".to_owned()))
     }
 
     #[test]
@@ -210,7 +210,7 @@ mod tests {
         let config: SourceConfig =
             serde_json::from_value(serde_json::json!({"type": "command", "command": ["x"]})).expect("a command table");
         let defaults = SourceDefaults { audience: String::new() };
-        let err = config.resolve("gcp.source", &defaults, &|_| None).expect_err("no opt-in");
+        let err = config.resolve(&defaults, &|_| None).expect_err("no opt-in");
         assert!(err.contains(ALLOW_COMMANDS_VAR), "{err}");
     }
 
