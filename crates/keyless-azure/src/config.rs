@@ -209,7 +209,7 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    /// Where the subject token comes from: the one place the configured file becomes a source.
+    /// Where the subject token comes from, as resolved when the section was validated.
     pub(crate) fn token_source(&self) -> keyless_core::SourceSpec {
         self.source.clone()
     }
