@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Output;
 
 use keyless_test_support::binary::keyless_bin;
+use keyless_test_support::clients;
 use keyless_test_support::clock::wall_clock;
 use keyless_test_support::dev::Dev;
 use keyless_test_support::emulate::EmulatorProcess;
@@ -354,7 +355,7 @@ async fn a_failing_actions_endpoint_gives_native_errors_then_recovers() {
         let gh = github_actions_source(&emulator);
         let sidecar = Sidecar::spawn(&config(&emulator, [gh.clone(), gh.clone(), gh]).await, &env_refs);
         // Nothing valid held: the AWS SDKs' container endpoint answers with its native error.
-        let client = reqwest::Client::new();
+        let client = clients::loopback();
         let credentials = sidecar.url("/v1/credentials");
         let answer = std::sync::Mutex::new(String::new());
         wait_until(&format!("a native error while the endpoint is {fault}"), STARTUP_DEADLINE, || {
@@ -484,7 +485,7 @@ async fn a_hung_actions_endpoint_holds_nothing_up_and_recovers() {
     wait_until("/readyz to answer", STARTUP_DEADLINE, || async { sidecar.readyz().await == 503 }).await;
     let took = started.elapsed();
     assert!(took < std::time::Duration::from_secs(40), "keyless took {took:?} to listen");
-    let client = reqwest::Client::new();
+    let client = clients::loopback();
     let credentials = sidecar.url("/v1/credentials");
     wait_until("a native error naming the source", STARTUP_DEADLINE, || {
         let request = client.get(&credentials).header("authorization", CONTAINER_AUTHORIZATION).send();
