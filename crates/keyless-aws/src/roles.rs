@@ -67,22 +67,6 @@ pub(crate) struct NamedRole {
     pub(crate) path: String,
 }
 
-impl NamedRole {
-    /// The default's settings with this role's identity: what its exchange is built from.
-    pub(crate) fn settings(&self, default: &Settings) -> Settings {
-        Settings {
-            role: self.role.clone(),
-            session_name: self.session_name.clone(),
-            duration: self.duration,
-            policy: self.policy.clone(),
-            policy_arns: self.policy_arns.clone(),
-            account_id: self.role.account().to_owned(),
-            roles: Vec::new(),
-            ..default.clone()
-        }
-    }
-}
-
 /// The path of `name` when its entry names none: under the default container path, so it can
 /// only collide where the default path already would.
 pub(crate) fn default_path(container_path: &str, name: &str) -> String {
@@ -179,9 +163,8 @@ mod tests {
         assert_eq!((writer.session_name.as_str(), writer.duration), ("pod-1", Duration::from_secs(7200)));
         assert_eq!(reader.duration, settings.duration);
         assert!(writer.policy_arns.is_empty());
-        let exchange_settings = writer.settings(&settings);
         assert_eq!(
-            (exchange_settings.role.as_str(), exchange_settings.account_id.as_str()),
+            (writer.role.as_str(), writer.role.account()),
             ("arn:aws:iam::210987654321:role/writer", "210987654321")
         );
     }

@@ -59,15 +59,22 @@ impl StsExchange {
         })
     }
 
-    /// The exchange of the named role `named` (its settings over the default's).
-    pub(crate) fn for_role(
-        default: &Settings,
-        named: &crate::roles::NamedRole,
-        ctx: &Context,
-    ) -> Result<Self, ConfigError> {
-        let mut exchange = Self::new(&named.settings(default), ctx)?;
-        exchange.name = Some(named.name.clone());
-        Ok(exchange)
+    /// The exchange of the named role `named`, over this (the default role's) exchange's STS
+    /// client: region, endpoint and CA certificates are the section's, so every role shares one
+    /// client and its connection pool.
+    pub(crate) fn for_role(&self, named: &crate::roles::NamedRole) -> Self {
+        Self {
+            client: self.client.clone(),
+            role: named.role.clone(),
+            session_name: named.session_name.clone(),
+            duration: named.duration,
+            policy: named.policy.clone(),
+            policy_arns: named.policy_arns.clone(),
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            clock: self.clock.clone(),
+            name: Some(named.name.clone()),
+        }
     }
 
     async fn call(&self, token: &SubjectToken) -> Result<AssumeRoleWithWebIdentityOutput, StsError> {
