@@ -32,7 +32,7 @@ use keyless_provider::{
 pub use crate::config::Config;
 pub use crate::credentials::{AwsCredentials, credential_process_json, timestamp};
 pub use crate::error::ConfigError;
-pub use crate::roles::RoleConfig;
+pub use crate::roles::{RoleConfig, is_role_name};
 pub use crate::sts::StsExchange;
 
 use crate::container::{ContainerAuth, ContainerState};

@@ -121,12 +121,16 @@ fn resolve_one(entry: &RoleConfig, default: &Settings, container_path: &str) -> 
     Ok(NamedRole { name, role, session_name, duration, policy, policy_arns, path })
 }
 
-/// A name that is safe in a URL path segment and in a shell profile line.
-fn validate_name(name: &str) -> Result<String, ConfigError> {
-    let ok = (1..=64).contains(&name.len())
+/// Whether `name` can name a role (`[[aws.roles]]`, `credential-process --role`): safe in a URL
+/// path segment and in a shell profile line.
+pub fn is_role_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        && !name.starts_with('.');
-    if !ok {
+        && !name.starts_with('.')
+}
+
+fn validate_name(name: &str) -> Result<String, ConfigError> {
+    if !is_role_name(name) {
         return Err(ConfigError::invalid(
             "roles",
             format!("the name {name:?} must be 1 to 64 letters, digits, '_', '.' or '-' (not starting with '.')"),
