@@ -109,8 +109,9 @@ fn resolve_one(entry: &RoleConfig, default: &Settings, container_path: &str) -> 
         .as_deref()
         .map(crate::settings::validate_policy)
         .transpose()
-        .map_err(|e| invalid(e.to_string()))?;
-    let policy_arns = crate::settings::validate_policy_arns(&entry.policy_arns).map_err(|e| invalid(e.to_string()))?;
+        .map_err(|m| invalid(format!("policy {m}")))?;
+    let policy_arns =
+        crate::settings::validate_policy_arns(&entry.policy_arns).map_err(|m| invalid(format!("policy_arns {m}")))?;
     let path = match &entry.container_path {
         Some(path) => {
             keyless_provider::routes::plain_path(path).map_err(|m| invalid(format!("container_path {m}")))?;
@@ -198,6 +199,15 @@ mod tests {
         let err =
             resolve_with(vec![RoleConfig::new("writer", "not-an-arn-but-long-enough")]).expect_err("arn").to_string();
         assert!(err.contains("role \"writer\": role_arn") && err.contains("is not an IAM ARN"), "{err}");
+        // A named role's policies are its own: the error names the role, not `aws.policy`.
+        let mut bad = RoleConfig::new("writer", "arn:aws:iam::123456789012:role/w");
+        bad.policy = Some("not json".into());
+        let err = resolve_with(vec![bad]).expect_err("policy").to_string();
+        assert!(err.starts_with("aws.roles: role \"writer\": policy is not a JSON policy document"), "{err}");
+        let mut bad = RoleConfig::new("writer", "arn:aws:iam::123456789012:role/w");
+        bad.policy_arns = vec!["nope".into()];
+        let err = resolve_with(vec![bad]).expect_err("policy_arns").to_string();
+        assert!(err.starts_with("aws.roles: role \"writer\": policy_arns \"nope\" is not a policy ARN"), "{err}");
         let mut bad = RoleConfig::new("writer", "arn:aws:iam::123456789012:role/w");
         bad.container_path = Some("no-slash".into());
         let err = resolve_with(vec![bad]).expect_err("path").to_string();
