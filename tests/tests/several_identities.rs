@@ -9,8 +9,7 @@ use keyless_test_support::binary::keyless_bin;
 use keyless_test_support::clients;
 use keyless_test_support::dev::Dev;
 use keyless_test_support::emulate::EmulatorProcess;
-use keyless_test_support::process::free_port;
-use keyless_test_support::sidecar::Sidecar;
+use keyless_test_support::sidecar::{Sidecar, serve_refuses};
 use keyless_test_support::tools::node_clients;
 use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 use serde_json::Value;
@@ -346,28 +345,6 @@ email = "stranger@keyless-dev.iam.gserviceaccount.com"
     assert!(body.lines().any(|l| l.starts_with("ready aws") && l.contains(ids["aws_role_arn"].as_str().unwrap())));
     assert!(sidecar.process.stop().await.success());
     assert!(emulator.stop().await.success());
-}
-
-/// `keyless serve` with `config` exits 1 before listening; its stderr.
-async fn serve_refuses(config: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keyless.toml");
-    std::fs::write(&path, config).unwrap();
-    let (listen, admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let output = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        tokio::process::Command::new(keyless_bin())
-            .args(["serve", "--config", path.to_str().unwrap(), "--listen", &listen, "--admin-listen", &admin])
-            .env_remove("KEYLESS_CONFIG")
-            .output(),
-    )
-    .await
-    .expect("serve exits at once")
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
 }
 
 #[tokio::test]

@@ -31,8 +31,7 @@ impl AwsDiagnosis {
             let file = container.token_file.clone().filter(|f| f.exists());
             ContainerAuth::resolve(container.token.clone(), file)?;
         }
-        let named =
-            settings.roles.iter().map(|r| StsExchange::for_role(&settings, r, ctx)).collect::<Result<_, _>>()?;
+        let named = settings.roles.iter().map(|r| exchange.for_role(r)).collect();
         Ok(Self { settings, exchange, named })
     }
 }

@@ -32,7 +32,7 @@ use keyless_provider::{
 pub use crate::config::Config;
 pub use crate::credentials::{AwsCredentials, credential_process_json, timestamp};
 pub use crate::error::ConfigError;
-pub use crate::roles::RoleConfig;
+pub use crate::roles::{RoleConfig, is_role_name};
 pub use crate::sts::StsExchange;
 
 use crate::container::{ContainerAuth, ContainerState};
@@ -137,6 +137,11 @@ impl Running {
             .as_ref()
             .map(|c| ContainerAuth::resolve(c.token.clone(), c.token_file.clone()))
             .transpose()?;
+        // Named roles are served on container paths only.
+        let named = match &container {
+            Some(auth) => start_named(&settings, &exchange, auth, ctx).await,
+            None => Vec::new(),
+        };
         let tokens = ctx.token_source(&settings.token_source()).await;
         let cache = ctx.cache(exchange, tokens);
         cache.pin(());
@@ -145,10 +150,6 @@ impl Running {
             role: settings.role.clone(),
             region: settings.region.clone(),
             account_id: settings.account_id.clone(),
-        };
-        let named = match &container {
-            Some(auth) => start_named(&settings, auth, ctx).await?,
-            None => Vec::new(),
         };
         let container = container.map(|auth| Arc::new(ContainerState { served: served.clone(), auth }));
         let imds = settings.imds.as_ref().map(|imds| ImdsState {
@@ -175,17 +176,18 @@ impl Running {
     }
 }
 
-/// One cache per named role, pinned (pre-warmed) like the default's, over the same token source,
-/// served with the default's authorization token.
+/// One cache per named role, pinned (pre-warmed) like the default's, over the same token source
+/// and the default exchange's STS client, served with the default's authorization token.
 async fn start_named(
     settings: &Settings,
+    default: &StsExchange,
     auth: &ContainerAuth,
     ctx: &Context,
-) -> Result<Vec<(String, Arc<ContainerState>)>, ConfigError> {
+) -> Vec<(String, Arc<ContainerState>)> {
+    let tokens = ctx.token_source(&settings.token_source()).await;
     let mut named = Vec::with_capacity(settings.roles.len());
     for role in &settings.roles {
-        let exchange = StsExchange::for_role(settings, role, ctx)?;
-        let cache = ctx.cache(exchange, ctx.token_source(&settings.token_source()).await);
+        let cache = ctx.cache(default.for_role(role), tokens.clone());
         cache.pin(());
         let served = Served {
             cache,
@@ -196,7 +198,7 @@ async fn start_named(
         tracing::info!(name = role.name.as_str(), role = %role.role, path = role.path.as_str(), "aws named role");
         named.push((role.path.clone(), Arc::new(ContainerState { served, auth: auth.clone() })));
     }
-    Ok(named)
+    named
 }
 
 impl Started for Running {
@@ -264,11 +266,12 @@ pub async fn fetch_role_once(
 ) -> Result<Issued<AwsCredentials>, ConfigError> {
     use keyless_core::Exchange as _;
     let settings = Settings::resolve(config, &Host::process())?;
+    let exchange = StsExchange::new(&settings, ctx)?;
     let exchange = match role {
-        None => StsExchange::new(&settings, ctx)?,
+        None => exchange,
         Some(name) => {
             let named = settings.roles.iter().find(|r| r.name == name).ok_or_else(|| unknown_role(&settings, name))?;
-            StsExchange::for_role(&settings, named, ctx)?
+            exchange.for_role(named)
         }
     };
     let tokens = ctx.token_source(&settings.token_source()).await;

@@ -67,22 +67,6 @@ pub(crate) struct NamedRole {
     pub(crate) path: String,
 }
 
-impl NamedRole {
-    /// The default's settings with this role's identity: what its exchange is built from.
-    pub(crate) fn settings(&self, default: &Settings) -> Settings {
-        Settings {
-            role: self.role.clone(),
-            session_name: self.session_name.clone(),
-            duration: self.duration,
-            policy: self.policy.clone(),
-            policy_arns: self.policy_arns.clone(),
-            account_id: self.role.account().to_owned(),
-            roles: Vec::new(),
-            ..default.clone()
-        }
-    }
-}
-
 /// The path of `name` when its entry names none: under the default container path, so it can
 /// only collide where the default path already would.
 pub(crate) fn default_path(container_path: &str, name: &str) -> String {
@@ -125,8 +109,9 @@ fn resolve_one(entry: &RoleConfig, default: &Settings, container_path: &str) -> 
         .as_deref()
         .map(crate::settings::validate_policy)
         .transpose()
-        .map_err(|e| invalid(e.to_string()))?;
-    let policy_arns = crate::settings::validate_policy_arns(&entry.policy_arns).map_err(|e| invalid(e.to_string()))?;
+        .map_err(|m| invalid(format!("policy {m}")))?;
+    let policy_arns =
+        crate::settings::validate_policy_arns(&entry.policy_arns).map_err(|m| invalid(format!("policy_arns {m}")))?;
     let path = match &entry.container_path {
         Some(path) => {
             keyless_provider::routes::plain_path(path).map_err(|m| invalid(format!("container_path {m}")))?;
@@ -137,12 +122,16 @@ fn resolve_one(entry: &RoleConfig, default: &Settings, container_path: &str) -> 
     Ok(NamedRole { name, role, session_name, duration, policy, policy_arns, path })
 }
 
-/// A name that is safe in a URL path segment and in a shell profile line.
-fn validate_name(name: &str) -> Result<String, ConfigError> {
-    let ok = (1..=64).contains(&name.len())
+/// Whether `name` can name a role (`[[aws.roles]]`, `credential-process --role`): safe in a URL
+/// path segment and in a shell profile line.
+pub fn is_role_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        && !name.starts_with('.');
-    if !ok {
+        && !name.starts_with('.')
+}
+
+fn validate_name(name: &str) -> Result<String, ConfigError> {
+    if !is_role_name(name) {
         return Err(ConfigError::invalid(
             "roles",
             format!("the name {name:?} must be 1 to 64 letters, digits, '_', '.' or '-' (not starting with '.')"),
@@ -179,9 +168,8 @@ mod tests {
         assert_eq!((writer.session_name.as_str(), writer.duration), ("pod-1", Duration::from_secs(7200)));
         assert_eq!(reader.duration, settings.duration);
         assert!(writer.policy_arns.is_empty());
-        let exchange_settings = writer.settings(&settings);
         assert_eq!(
-            (exchange_settings.role.as_str(), exchange_settings.account_id.as_str()),
+            (writer.role.as_str(), writer.role.account()),
             ("arn:aws:iam::210987654321:role/writer", "210987654321")
         );
     }
@@ -211,6 +199,15 @@ mod tests {
         let err =
             resolve_with(vec![RoleConfig::new("writer", "not-an-arn-but-long-enough")]).expect_err("arn").to_string();
         assert!(err.contains("role \"writer\": role_arn") && err.contains("is not an IAM ARN"), "{err}");
+        // A named role's policies are its own: the error names the role, not `aws.policy`.
+        let mut bad = RoleConfig::new("writer", "arn:aws:iam::123456789012:role/w");
+        bad.policy = Some("not json".into());
+        let err = resolve_with(vec![bad]).expect_err("policy").to_string();
+        assert!(err.starts_with("aws.roles: role \"writer\": policy is not a JSON policy document"), "{err}");
+        let mut bad = RoleConfig::new("writer", "arn:aws:iam::123456789012:role/w");
+        bad.policy_arns = vec!["nope".into()];
+        let err = resolve_with(vec![bad]).expect_err("policy_arns").to_string();
+        assert!(err.starts_with("aws.roles: role \"writer\": policy_arns \"nope\" is not a policy ARN"), "{err}");
         let mut bad = RoleConfig::new("writer", "arn:aws:iam::123456789012:role/w");
         bad.container_path = Some("no-slash".into());
         let err = resolve_with(vec![bad]).expect_err("path").to_string();

@@ -188,8 +188,10 @@ impl Settings {
             None => RoleSessionName::from_host(host.var("HOSTNAME").or_else(|| host.hostname_file.clone()).as_deref()),
         };
         validate_duration(config.duration).map_err(|m| ConfigError::invalid("duration", m))?;
-        let policy = config.policy.as_deref().map(validate_policy).transpose()?;
-        let policy_arns = validate_policy_arns(&config.policy_arns)?;
+        let policy =
+            config.policy.as_deref().map(validate_policy).transpose().map_err(|m| ConfigError::invalid("policy", m))?;
+        let policy_arns =
+            validate_policy_arns(&config.policy_arns).map_err(|m| ConfigError::invalid("policy_arns", m))?;
         let region = region(config, host)?;
         let sts_endpoint =
             config.sts_endpoint.as_deref().map(|v| upstream::endpoint("aws.sts_endpoint", v)).transpose()?;
@@ -266,26 +268,23 @@ fn token_source(config: &Config, host: &Host<'_>) -> Result<keyless_core::Source
     })
 }
 
-pub(crate) fn validate_policy(policy: &str) -> Result<String, ConfigError> {
+/// The message says what is wrong with the value; the caller names its key (`aws.policy`, or a
+/// named role's).
+pub(crate) fn validate_policy(policy: &str) -> Result<String, String> {
     // docs/protocols.md 2.1: Policy <= 2048 characters. A syntax error is caught here rather than as a
     // MalformedPolicyDocument on every exchange.
     if policy.chars().count() > 2048 {
-        return Err(ConfigError::invalid(
-            "policy",
-            "is longer than the 2048 characters STS accepts: use policy_arns for larger policies",
-        ));
+        return Err("is longer than the 2048 characters STS accepts: use policy_arns for larger policies".to_owned());
     }
     serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(policy)
-        .map_err(|e| ConfigError::invalid("policy", format!("is not a JSON policy document: {e}")))?;
+        .map_err(|e| format!("is not a JSON policy document: {e}"))?;
     Ok(policy.to_owned())
 }
 
-pub(crate) fn validate_policy_arns(arns: &[String]) -> Result<Vec<String>, ConfigError> {
+/// As [`validate_policy`], for `policy_arns`.
+pub(crate) fn validate_policy_arns(arns: &[String]) -> Result<Vec<String>, String> {
     if arns.len() > 10 {
-        return Err(ConfigError::invalid(
-            "policy_arns",
-            format!("lists {} policies; STS accepts at most 10", arns.len()),
-        ));
+        return Err(format!("lists {} policies; STS accepts at most 10", arns.len()));
     }
     arns.iter()
         .map(|arn| {
@@ -293,10 +292,7 @@ pub(crate) fn validate_policy_arns(arns: &[String]) -> Result<Vec<String>, Confi
             if arn.starts_with("arn:") && (20..=2048).contains(&arn.len()) {
                 Ok(arn.to_owned())
             } else {
-                Err(ConfigError::invalid(
-                    "policy_arns",
-                    format!("{arn:?} is not a policy ARN (arn:aws:iam::aws:policy/NAME)"),
-                ))
+                Err(format!("{arn:?} is not a policy ARN (arn:aws:iam::aws:policy/NAME)"))
             }
         })
         .collect()

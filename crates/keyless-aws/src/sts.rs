@@ -59,15 +59,22 @@ impl StsExchange {
         })
     }
 
-    /// The exchange of the named role `named` (its settings over the default's).
-    pub(crate) fn for_role(
-        default: &Settings,
-        named: &crate::roles::NamedRole,
-        ctx: &Context,
-    ) -> Result<Self, ConfigError> {
-        let mut exchange = Self::new(&named.settings(default), ctx)?;
-        exchange.name = Some(named.name.clone());
-        Ok(exchange)
+    /// The exchange of the named role `named`, over this (the default role's) exchange's STS
+    /// client: region, endpoint and CA certificates are the section's, so every role shares one
+    /// client and its connection pool.
+    pub(crate) fn for_role(&self, named: &crate::roles::NamedRole) -> Self {
+        Self {
+            client: self.client.clone(),
+            role: named.role.clone(),
+            session_name: named.session_name.clone(),
+            duration: named.duration,
+            policy: named.policy.clone(),
+            policy_arns: named.policy_arns.clone(),
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            clock: self.clock.clone(),
+            name: Some(named.name.clone()),
+        }
     }
 
     async fn call(&self, token: &SubjectToken) -> Result<AssumeRoleWithWebIdentityOutput, StsError> {
@@ -172,6 +179,15 @@ impl StsExchange {
         }
     }
 
+    /// The config key of this role's `what`: `aws.policy`, or `aws.roles[NAME].policy` for a named
+    /// role (whose policies are its own, and whose other keys override the default role's).
+    fn key(&self, what: &str) -> String {
+        match &self.name {
+            Some(name) => format!("aws.roles[{name}].{what}"),
+            None => format!("aws.{what}"),
+        }
+    }
+
     fn hint(&self, code: &str, status: u16, claims: &Claims) -> Option<String> {
         let role = &self.role;
         let issuer = claims
@@ -206,12 +222,13 @@ impl StsExchange {
                  check that the issuer's discovery document and JWKS are publicly reachable"
             ),
             "MalformedPolicyDocument" => {
-                "STS rejected aws.policy: fix the session policy document (or remove it)".to_owned()
+                format!("STS rejected {}: fix the session policy document (or remove it)", self.key("policy"))
             }
-            "PackedPolicyTooLarge" => {
-                "aws.policy and aws.policy_arns together are too large: shorten the policy or list fewer ARNs"
-                    .to_owned()
-            }
+            "PackedPolicyTooLarge" => format!(
+                "{} and {} together are too large: shorten the policy or list fewer ARNs",
+                self.key("policy"),
+                self.key("policy_arns")
+            ),
             "RegionDisabledException" => format!(
                 "STS is not activated in {} for account {}: activate the region in the IAM account settings, or set \
                  aws.region to an active region",
@@ -219,8 +236,11 @@ impl StsExchange {
                 role.account()
             ),
             "ValidationError" | "InvalidParameterValue" | "InvalidParameterCombination" => format!(
-                "STS rejected a request parameter: check aws.role_arn, aws.session_name and aws.duration ({}), which \
-                 must not exceed the role's maximum session duration",
+                "STS rejected a request parameter: check {}, {} and {} ({}), which must not exceed the role's \
+                 maximum session duration",
+                self.key("role_arn"),
+                self.key("session_name"),
+                self.key("duration"),
                 humantime::format_duration(self.duration)
             ),
             _ if is_transient_status(status) => {
@@ -261,5 +281,31 @@ impl Exchange for StsExchange {
                 Err(self.classify(&err, token.claims()).with_request_id(request_id))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::roles::RoleConfig;
+    use crate::settings::Host;
+
+    #[test]
+    fn a_named_roles_hints_name_its_own_keys() {
+        let mut config = Config::new("/t", "arn:aws:iam::123456789012:role/app");
+        config.roles = vec![RoleConfig::new("writer", "arn:aws:iam::123456789012:role/writer")];
+        let settings = Settings::resolve(&config, &Host { env: &|_| None, hostname_file: None }).expect("valid");
+        let ctx = keyless_test_support::context::context(keyless_core::CachePolicy::default());
+        let default = StsExchange::new(&settings, &ctx).expect("a client");
+        let named = default.for_role(&settings.roles[0]);
+        let hint = |exchange: &StsExchange, code| exchange.hint(code, 400, &Claims::default()).expect("a hint");
+        assert!(hint(&default, "MalformedPolicyDocument").contains("STS rejected aws.policy:"));
+        assert!(hint(&named, "MalformedPolicyDocument").contains("STS rejected aws.roles[writer].policy:"));
+        let packed = hint(&named, "PackedPolicyTooLarge");
+        assert!(packed.starts_with("aws.roles[writer].policy and aws.roles[writer].policy_arns"), "{packed}");
+        let invalid = hint(&named, "ValidationError");
+        assert!(invalid.contains("check aws.roles[writer].role_arn, aws.roles[writer].session_name"), "{invalid}");
+        assert_eq!(named.identity(&()), "writer (arn:aws:iam::123456789012:role/writer)");
     }
 }

@@ -10,12 +10,12 @@ use keyless_provider::Request;
 
 use crate::serve::{Refusal, Serving, TokenQuery, body_fields, json_ok};
 
-pub(crate) const PATH: &str = "/metadata/identity/oauth2/token";
-/// msal-node lower-cases the URL and appends a `/` before the query (docs/protocols.md 4.2).
-pub(crate) const PATH_SLASH: &str = "/metadata/identity/oauth2/token/";
-/// MSAL4J (azure-identity for Java) joins `AZURE_POD_IDENTITY_AUTHORITY_HOST` and the path with a
-/// second slash (docs/protocols.md 8): its requests arrive at `//metadata/identity/oauth2/token`.
-pub(crate) const PATH_DOUBLE_SLASH: &str = "//metadata/identity/oauth2/token";
+/// Every path the endpoint answers on, as clients ask for it: `/metadata/identity/oauth2/token`;
+/// with a trailing `/` (msal-node lower-cases the URL and appends one before the query,
+/// docs/protocols.md 4.2); with a leading `//` (MSAL4J, azure-identity for Java, joins
+/// `AZURE_POD_IDENTITY_AUTHORITY_HOST` and the path with a second slash, docs/protocols.md 8).
+pub(crate) const PATHS: [&str; 3] =
+    ["/metadata/identity/oauth2/token", "/metadata/identity/oauth2/token/", "//metadata/identity/oauth2/token"];
 
 /// The oldest api-version of the identity endpoint; every later dated version is accepted.
 const OLDEST_API_VERSION: &str = "2018-02-01";

@@ -95,9 +95,7 @@ impl Configured for AzureConfigured {
     fn routes(&self) -> Vec<RouteClaim> {
         let mut claims = Vec::new();
         if self.settings.imds {
-            claims.extend(
-                [imds::PATH, imds::PATH_SLASH, imds::PATH_DOUBLE_SLASH].map(|path| RouteClaim::new(path, "azure.imds")),
-            );
+            claims.extend(imds::PATHS.map(|path| RouteClaim::new(path, "azure.imds")));
         }
         if self.settings.app_service {
             claims.push(RouteClaim::new(self.settings.app_service_path.clone(), "azure.app_service_path"));
@@ -153,13 +151,12 @@ impl Running {
 }
 
 impl Started for Running {
-    /// IMDS at `/metadata/identity/oauth2/token` (with and without a trailing slash, and with
-    /// MSAL4J's leading double slash) and App
-    /// Service at `app_service_path`, as enabled.
+    /// IMDS at `/metadata/identity/oauth2/token` (and the variants clients ask for:
+    /// `imds::PATHS`) and App Service at `app_service_path`, as enabled.
     fn routes(&self) -> Vec<NativeRoute> {
         let mut routes = Vec::new();
         if self.imds {
-            for path in [imds::PATH, imds::PATH_SLASH, imds::PATH_DOUBLE_SLASH] {
+            for path in imds::PATHS {
                 routes.push(NativeRoute::get(path, Handler::new(self.serving.clone(), imds::token)));
             }
         }

@@ -50,10 +50,10 @@ use crate::keys::RsaKey;
 use crate::projector::Projector;
 use crate::store::Issued;
 
-/// How to run the emulator. [`EmulatorConfig::new`] gives the defaults.
 /// Where the emulated GitHub Actions job's request token is written, below the state directory.
 const ACTIONS_REQUEST_TOKEN_FILE: &str = "github-actions-request-token";
 
+/// How to run the emulator. [`EmulatorConfig::new`] gives the defaults.
 #[derive(Clone, Debug)]
 pub struct EmulatorConfig {
     /// Where to listen; port 0 picks a free port. Default `127.0.0.1:0`.

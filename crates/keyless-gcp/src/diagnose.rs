@@ -61,9 +61,10 @@ impl GcpDiagnosis {
             .iter()
             .map(|a| {
                 let s = a.settings(&settings);
-                GcpExchange::new(&s, ctx).map(|e| (s, e))
+                let e = exchange.for_account(&s);
+                (s, e)
             })
-            .collect::<Result<_, _>>()?;
+            .collect();
         Ok(Self { settings, exchange, extra })
     }
 }

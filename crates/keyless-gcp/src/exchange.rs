@@ -69,9 +69,21 @@ pub(crate) struct GcpExchange {
 impl GcpExchange {
     pub(crate) fn new(settings: &Settings, ctx: &Context) -> Result<Self, ConfigError> {
         let endpoints = [&settings.sts_endpoint, &settings.iam_endpoint];
-        Ok(Self {
-            http: upstream::http_client(settings.ca_pem.as_deref(), CA_KEY, &ctx.cache_policy, &endpoints)
-                .map_err(|e| ConfigError::HttpClient(e.to_string()))?,
+        let http = upstream::http_client(settings.ca_pem.as_deref(), CA_KEY, &ctx.cache_policy, &endpoints)
+            .map_err(|e| ConfigError::HttpClient(e.to_string()))?;
+        Ok(Self::with_client(settings, http, ctx.clock.clone()))
+    }
+
+    /// The exchange of `account` (another service account of this exchange's section, as
+    /// `Account::settings` gives it) over this exchange's HTTP client: endpoints and CA
+    /// certificates are the section's, so every account shares one client and its connection pool.
+    pub(crate) fn for_account(&self, account: &Settings) -> Self {
+        Self::with_client(account, self.http.clone(), self.clock.clone())
+    }
+
+    fn with_client(settings: &Settings, http: reqwest::Client, clock: SharedClock) -> Self {
+        Self {
+            http,
             sts_endpoint: settings.sts_endpoint.clone(),
             provider: settings.provider.clone(),
             subject_token_type: settings.subject_token_type.clone(),
@@ -81,8 +93,8 @@ impl GcpExchange {
                 delegates: settings.delegates.clone(),
                 lifetime: settings.token_lifetime,
             }),
-            clock: ctx.clock.clone(),
-        })
+            clock,
+        }
     }
 
     fn attempt<'a>(&'a self, token: &'a SubjectToken) -> Attempt<'a> {

@@ -87,12 +87,14 @@ impl Running {
     /// ID-token audience (pre-warm). Does not wait for the exchanges.
     async fn start(settings: Settings, ctx: &Context) -> Result<Running, ConfigError> {
         let exchange = GcpExchange::new(&settings, ctx)?;
-        let tokens = ctx.token_source(&settings.token_source()).await;
-        let cache = ctx.cache(exchange, tokens);
-        cache.pin(TokenKey::AccessToken(settings.scopes.clone()));
-        for audience in &settings.id_token_audiences {
-            cache.pin(TokenKey::IdToken { audience: audience.clone() });
+        // The extra accounts' exchanges share the default's HTTP client.
+        let mut extra = Vec::with_capacity(settings.accounts.len());
+        for account in &settings.accounts {
+            let account_settings = account.settings(&settings);
+            extra.push(start_account(&account_settings, exchange.for_account(&account_settings), ctx).await);
+            tracing::info!(service_account = account.email.as_str(), "gcp service account configured");
         }
+        let cache = start_account(&settings, exchange, ctx).await;
         // Without a service account the token belongs to the pool's federated identity; GKE's
         // metadata server names it PROJECT_ID.svc.id.goog, and clients need some e-mail
         // (google-auth puts it in the token path).
@@ -126,27 +128,23 @@ impl Running {
         );
         let mut accounts =
             vec![AccountTokens::new(cache.clone(), settings.scopes.clone(), settings.service_account.is_some())];
-        let mut extra = Vec::with_capacity(settings.accounts.len());
-        for account in &settings.accounts {
-            let cache = start_account(&account.settings(&settings), ctx).await?;
-            tracing::info!(service_account = account.email.as_str(), "gcp service account configured");
+        for (account, cache) in settings.accounts.iter().zip(&extra) {
             accounts.push(AccountTokens::new(cache.clone(), account.scopes.clone(), true));
-            extra.push(cache);
         }
         let metadata = Arc::new(MetadataServer::new(&description, accounts, ctx.clock.clone()));
         Ok(Running { cache, extra, metadata, project_id: settings.project_id })
     }
 }
 
-/// An extra service account's cache, its default scopes and ID-token audiences pinned
-/// (pre-warmed) like the default account's, over the same token source.
-async fn start_account(settings: &Settings, ctx: &Context) -> Result<CredentialCache<GcpExchange>, ConfigError> {
-    let cache = ctx.cache(GcpExchange::new(settings, ctx)?, ctx.token_source(&settings.token_source()).await);
+/// A service account's cache (the default's or an extra one's, over the same token source), its
+/// default scopes and ID-token audiences pinned (pre-warmed).
+async fn start_account(settings: &Settings, exchange: GcpExchange, ctx: &Context) -> CredentialCache<GcpExchange> {
+    let cache = ctx.cache(exchange, ctx.token_source(&settings.token_source()).await);
     cache.pin(TokenKey::AccessToken(settings.scopes.clone()));
     for audience in &settings.id_token_audiences {
         cache.pin(TokenKey::IdToken { audience: audience.clone() });
     }
-    Ok(cache)
+    cache
 }
 
 impl Started for Running {

@@ -16,6 +16,34 @@ pub const IDENTITY_HEADER: &str = "e2e-faults-identity-header-8a4e6c0f13d5";
 /// The resource the all-clouds sidecar pre-warms for Azure.
 pub const AZURE_RESOURCE: &str = "https://management.azure.com/";
 
+/// `keyless serve --config FILE` with `toml` as the file, for a configuration it must refuse at
+/// load: waits for it to exit (at most 30 s), asserts it exited 1 without panicking and without
+/// ever binding its two ports, and returns its stderr.
+pub async fn serve_refuses(toml: &str) -> String {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("keyless.toml");
+    std::fs::write(&path, toml).expect("writing the config");
+    let (listen, admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::process::Command::new(crate::binary::keyless_bin())
+            .args(["serve", "--config", path.to_str().expect("a UTF-8 path")])
+            .args(["--listen", &listen, "--admin-listen", &admin])
+            .env_remove("KEYLESS_CONFIG")
+            .output(),
+    )
+    .await
+    .expect("serve exits at once")
+    .expect("running keyless");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for addr in [&listen, &admin] {
+        assert!(std::net::TcpListener::bind(addr.as_str()).is_ok(), "{addr} was bound: {stderr}");
+    }
+    stderr
+}
+
 /// A running `keyless serve`.
 #[derive(Debug)]
 pub struct Sidecar {

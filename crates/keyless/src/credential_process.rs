@@ -59,10 +59,7 @@ impl Source {
     /// or its own exchange.
     pub fn for_role(self, role: Option<String>) -> Result<Self, String> {
         let Some(role) = role else { return Ok(self) };
-        let valid = (1..=64).contains(&role.len())
-            && role.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-            && !role.starts_with('.');
-        if !valid {
+        if !keyless_aws::is_role_name(&role) {
             return Err(format!(
                 "--role {role:?} is not a role name: names are 1 to 64 letters, digits, '_', '.' or '-', as in \
                  the name of an [[aws.roles]] entry"

@@ -58,11 +58,16 @@ impl Query {
     }
 }
 
-/// `+` is a space in form encoding, but a raw audience URL (Node's) may hold a literal `+`. An
-/// audience with no percent-escape is raw; one with any was form-encoded (Go's `url.Values`
-/// writes `https%3A%2F%2F...` and a space as `+`: docs/protocols.md 8), so its `+` is a space.
+/// `+` is a space in form encoding, but a raw audience URL (Node's) may hold a literal `+`.
+///
+/// Form encoding (Go's `url.Values`, Python's `urlencode`: docs/protocols.md 8) leaves only
+/// `[A-Za-z0-9_.~-]` unescaped and writes a space as `+`; an audience holding any other byte (the
+/// `:` and `/` of a URL) was sent raw. Node's raw audience does hold percent-escapes: the URL
+/// parser escapes a space as `%20`, and a URL audience may carry its own. An audience of form
+/// characters only is read as form-encoded when it holds a percent-escape, else as raw.
 fn is_raw(audience: &str) -> bool {
-    !audience.contains('%')
+    let form_escaped = |b: u8| !(b.is_ascii_alphanumeric() || b"_.~-%+".contains(&b));
+    !audience.contains('%') || audience.bytes().any(form_escaped)
 }
 
 fn decode(s: &str) -> String {
@@ -98,6 +103,16 @@ mod tests {
         assert_eq!(q.get("audience"), Some("https://example.com/run?service=a b&v=1"));
         let q = Query::parse(Some("audience=https%3A%2F%2Fexample.com%2F%3Fx%3Da%2Bb&format=full"));
         assert_eq!(q.get("audience"), Some("https://example.com/?x=a+b"));
+    }
+
+    #[test]
+    fn keeps_a_plus_literal_in_a_raw_audience_that_holds_percent_escapes() {
+        // Node's `?format=full&audience=${audience}` for `https://svc.example/run?q=a b+c`: its URL
+        // parser escapes the space, not the `+`.
+        let q = Query::parse(Some("format=full&audience=https://svc.example/run?q=a%20b+c"));
+        assert_eq!(q.get("audience"), Some("https://svc.example/run?q=a b+c"));
+        let q = Query::parse(Some("format=full&audience=https://svc.example/a%2Fb?x=1+2"));
+        assert_eq!(q.get("audience"), Some("https://svc.example/a/b?x=1+2"));
     }
 
     #[test]
