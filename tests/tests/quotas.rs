@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use keyless_test_support::emulate::EmulatorProcess;
+use keyless_test_support::emulate::{EmulatorProcess, SERVICES};
 use keyless_test_support::load::Load;
 use keyless_test_support::metrics;
 use keyless_test_support::sidecar::Sidecar;
@@ -24,19 +24,10 @@ exchange_timeout = "2s"
 request_wait = "2s""#;
 /// One call per 10 s per service: every second refresh is throttled, Retry-After up to 10 s.
 const PER_SECOND: f64 = 0.1;
-const SERVICES: [&str; 4] = ["aws-sts", "gcp-sts", "gcp-iam", "azure-token"];
 const PROVIDERS: [&str; 3] = ["aws", "gcp", "azure"];
 
 fn outcome(text: &str, provider: &str, outcome: &str) -> u64 {
     metrics::sum(text, "keyless_exchanges_total", &[("provider", provider), ("outcome", outcome)])
-}
-
-async fn set_quota(emulator: &EmulatorProcess, per_second: f64) {
-    for service in SERVICES {
-        let body = json!({ "service": service, "per_second": per_second, "burst": 1 });
-        let r = emulator.control.client().post(emulator.control.url("/_emulator/quotas")).json(&body).send().await;
-        assert_eq!(r.unwrap().status(), 204, "{service}: quota refused");
-    }
 }
 
 #[tokio::test]
@@ -45,12 +36,12 @@ async fn under_a_quota_keyless_is_throttled_honours_retry_after_and_no_request_f
     emulator.control.fault_all(json!({ "lifetime_secs": LIFETIME_SECS })).await;
     let sidecar = Sidecar::all_clouds(&emulator, &emulator.url, CACHE, "info").await;
     let load = Load::start(&sidecar, 1, Duration::from_millis(20));
-    set_quota(&emulator, PER_SECOND).await;
+    emulator.control.quota_all(PER_SECOND, 1).await;
     let before = emulator.control.counters().await;
 
     // Throttled, then refreshed again within the quota (twice), for every provider.
     let phase = tokio::time::Instant::now();
-    wait_until("every provider to be throttled and to refresh twice since", Duration::from_secs(120), || async {
+    wait_until("every provider to be throttled", Duration::from_secs(120), || async {
         let text = sidecar.metrics().await;
         PROVIDERS.iter().all(|p| outcome(&text, p, "throttled") >= 1)
     })
@@ -78,16 +69,7 @@ async fn under_a_quota_keyless_is_throttled_honours_retry_after_and_no_request_f
 
     // The emulator throttled every service keyless called, and Google's and Entra's Retry-After
     // (up to 10 s) was a floor: far fewer calls than the 1 s backoff alone would make.
-    let quotas: serde_json::Value = emulator
-        .control
-        .client()
-        .get(emulator.control.url("/_emulator/quotas"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let quotas = emulator.control.quotas().await;
     let after = emulator.control.counters().await;
     for service in SERVICES {
         let calls = after[service].as_u64().unwrap() - before[service].as_u64().unwrap();

@@ -1,8 +1,9 @@
 //! `keyless-bench fleet`: a rollout of many pods against token services with a quota, simulated
 //! with the real `keyless-core` cache (its refresh schedule, jitter, backoff and throttling
 //! rules: one `CredentialCache` per pod) on tokio's paused clock, so 10,000 pods over six hours
-//! of virtual time run in seconds. Only the token service is a model: a token bucket of
-//! `quota` exchanges per second answering what the cloud answers over quota (docs/fleet.md).
+//! of virtual time run in seconds. Only the token service is a model: the emulator's quota (a
+//! token bucket of `quota` exchanges per second, `keyless_emulator::Quotas`) answering what the
+//! cloud answers over quota (docs/fleet.md).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +14,7 @@ use keyless_core::clock::{SharedClock, TokioClock};
 use keyless_core::{
     CachePolicy, CredentialCache, Exchange, ExchangeError, Expiring, Issued, Metrics, SubjectToken, TokenSource,
 };
+use keyless_emulator::{Quota, Quotas, Service};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -77,6 +79,15 @@ impl Cloud {
     fn sends_retry_after(self) -> bool {
         self != Self::Aws
     }
+
+    /// The emulated token service whose quota the simulated one is.
+    fn service(self) -> Service {
+        match self {
+            Self::Aws => Service::AwsSts,
+            Self::Gcp => Service::GcpSts,
+            Self::Azure => Service::AzureToken,
+        }
+    }
 }
 
 /// Today's schedule (every refresh at `refresh_at`) or the new one (jittered, the default).
@@ -94,41 +105,34 @@ impl Schedule {
     }
 }
 
-/// A token bucket with the cloud's answer over quota; counts every call per second.
+/// The emulator's quota of the cloud's token service, with the cloud's answer over it; counts
+/// every call per second.
 struct TokenService {
     cloud: Cloud,
-    quota: f64,
+    quotas: Quotas,
     start: Instant,
-    bucket: Mutex<(f64, Instant)>,
     /// Per second since `start`: (calls, throttled calls).
     per_second: Mutex<Vec<(u32, u32)>>,
 }
 
 impl TokenService {
     fn new(cloud: Cloud, quota: f64, duration: Duration) -> Self {
-        let start = Instant::now();
+        let quotas = Quotas::default();
+        quotas.set(cloud.service(), Some(Quota::per_second(quota)));
         let seconds = usize::try_from(duration.as_secs()).unwrap_or(usize::MAX).saturating_add(1);
-        Self { cloud, quota, start, bucket: Mutex::new((quota, start)), per_second: Mutex::new(vec![(0, 0); seconds]) }
+        Self { cloud, quotas, start: Instant::now(), per_second: Mutex::new(vec![(0, 0); seconds]) }
     }
 
     /// `Ok` within the quota; else the throttling error the adapter would make of the answer.
     fn call(&self) -> Result<(), ExchangeError> {
-        let now = Instant::now();
-        let admitted = {
-            let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
-            let (tokens, at) = *bucket;
-            let tokens = (tokens + now.saturating_duration_since(at).as_secs_f64() * self.quota).min(self.quota);
-            let admitted = if tokens >= 1.0 { Ok(tokens - 1.0) } else { Err((1.0 - tokens) / self.quota) };
-            *bucket = (admitted.unwrap_or(tokens), now);
-            admitted
-        };
-        let second = usize::try_from(now.saturating_duration_since(self.start).as_secs()).unwrap_or(usize::MAX);
+        let admitted = self.quotas.admit(self.cloud.service());
+        let second = usize::try_from(self.start.elapsed().as_secs()).unwrap_or(usize::MAX);
         if let Some(count) = self.per_second.lock().unwrap_or_else(PoisonError::into_inner).get_mut(second) {
             count.0 += 1;
             count.1 += u32::from(admitted.is_err());
         }
-        admitted.map(drop).map_err(|wait| {
-            let retry_after = self.cloud.sends_retry_after().then(|| Duration::from_secs(wait.ceil().max(1.0) as u64));
+        admitted.map_err(|retry_after| {
+            let retry_after = self.cloud.sends_retry_after().then_some(retry_after);
             ExchangeError::throttled("throttled by the simulated token service", retry_after)
         })
     }
@@ -295,4 +299,36 @@ fn subject_token(exp: SystemTime) -> SubjectToken {
     }));
     #[allow(clippy::expect_used)] // a well-formed JWT built just above
     SubjectToken::parse(&format!("{header}.{claims}.c2ln")).expect("the simulation's JWT parses")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A quota below one exchange a second still admits one at a time: the burst is at least one
+    /// (the simulation's own bucket once held at most `quota` tokens, so below 1 never a whole one).
+    #[test]
+    fn a_quota_below_one_exchange_a_second_admits_exchanges() {
+        let options = FleetOptions {
+            pods: 10,
+            quota: 0.5,
+            rollout: Duration::from_secs(10),
+            lifetime: Duration::from_secs(3600),
+            duration: Duration::from_secs(600),
+            csv: None,
+            jitter: None,
+            clouds: Vec::new(),
+        };
+        for cloud in Cloud::ALL {
+            let run = simulate(&options, cloud, Schedule::Jittered).unwrap();
+            assert!(
+                run.all_ready.is_some(),
+                "{cloud:?}: never ready ({} calls, {} throttled)",
+                run.calls,
+                run.throttled
+            );
+            assert!(run.throttled > 0, "{cloud:?}: 10 pods in 10 s over a quota of 0.5/s are throttled");
+        }
+    }
 }

@@ -24,6 +24,17 @@ pub struct Quota {
     pub burst: u32,
 }
 
+impl Quota {
+    /// `per_second` with the default burst: a second's worth of calls, at least one.
+    pub fn per_second(per_second: f64) -> Self {
+        Self { per_second, burst: default_burst(per_second) }
+    }
+}
+
+fn default_burst(per_second: f64) -> u32 {
+    (per_second.ceil() as u32).max(1)
+}
+
 #[derive(Debug)]
 struct Bucket {
     quota: Quota,
@@ -61,7 +72,7 @@ impl Quotas {
 
     /// `Ok` when a call to `service` is within its quota; else the `Retry-After` to answer with
     /// (whole seconds, at least one: what the header can say).
-    pub(crate) fn admit(&self, service: Service) -> Result<(), Duration> {
+    pub fn admit(&self, service: Service) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(bucket) = buckets[service as usize].as_mut() else { return Ok(()) };
         bucket.take(Instant::now()).map_err(|wait| {
@@ -147,7 +158,7 @@ pub(crate) async fn set_quota(State(state): State<SharedState>, Json(request): J
     if !(request.per_second.is_finite() && (0.0..=1_000_000.0).contains(&request.per_second)) {
         return bad(format!("per_second must be between 0 (no quota) and 1000000, not {}", request.per_second));
     }
-    let burst = request.burst.unwrap_or(request.per_second.ceil() as u32).max(1);
+    let burst = request.burst.unwrap_or_else(|| default_burst(request.per_second)).max(1);
     let quota = (request.per_second > 0.0).then_some(Quota { per_second: request.per_second, burst });
     state.gate.quotas.set(service, quota);
     StatusCode::NO_CONTENT.into_response()
@@ -183,6 +194,13 @@ mod tests {
         assert_eq!(quotas.throttled(Service::GcpSts), 3);
         quotas.set(Service::GcpSts, None);
         assert_eq!(quotas.admit(Service::GcpSts), Ok(()));
+    }
+
+    #[test]
+    fn the_default_burst_is_a_seconds_worth_and_at_least_one() {
+        assert_eq!(Quota::per_second(50.0).burst, 50);
+        assert_eq!(Quota::per_second(2.5).burst, 3);
+        assert_eq!(Quota::per_second(0.1).burst, 1, "else no call would ever be answered");
     }
 
     #[tokio::test(start_paused = true)]

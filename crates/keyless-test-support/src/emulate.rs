@@ -10,7 +10,10 @@ use crate::clients;
 use crate::process::{Process, free_port};
 use crate::wait::{STARTUP_DEADLINE, wait_until};
 
-/// The emulator's control API: faults, counters, rotation, minting, identities.
+/// The emulated token services, as the control API names them.
+pub const SERVICES: [&str; 4] = ["aws-sts", "gcp-sts", "gcp-iam", "azure-token"];
+
+/// The emulator's control API: faults, quotas, counters, rotation, minting, identities.
 #[derive(Debug, Clone)]
 pub struct ControlApi {
     base: String,
@@ -41,11 +44,27 @@ impl ControlApi {
 
     /// The same fault settings for every token service (`service` is added to `body`).
     pub async fn fault_all(&self, body: Value) {
-        for service in ["aws-sts", "gcp-sts", "gcp-iam", "azure-token"] {
+        for service in SERVICES {
             let mut body = body.clone();
             body["service"] = service.into();
             self.fault(body).await;
         }
+    }
+
+    /// `POST /_emulator/quotas` for every token service: `per_second` calls on average, `burst` at
+    /// once; calls over it are throttled as the cloud does (`per_second` 0: no quota).
+    pub async fn quota_all(&self, per_second: f64, burst: u32) {
+        for service in SERVICES {
+            let body = serde_json::json!({ "service": service, "per_second": per_second, "burst": burst });
+            let r =
+                self.client.post(self.url("/_emulator/quotas")).json(&body).send().await.expect("the emulator answers");
+            assert!(r.status().is_success(), "{service}: quota refused: {}", r.text().await.unwrap_or_default());
+        }
+    }
+
+    /// `GET /_emulator/quotas`: each service's quota and how many calls it throttled.
+    pub async fn quotas(&self) -> Value {
+        self.get_json("/_emulator/quotas").await
     }
 
     /// Removes every fault and latency (lifetime caps stay).
