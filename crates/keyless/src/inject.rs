@@ -25,13 +25,13 @@ pub struct InjectArgs {
     #[arg(long)]
     pub azure_tenant_id: Option<String>,
     /// The sidecar's CPU request.
-    #[arg(long, default_value = "10m")]
+    #[arg(long, default_value = Resources::DEFAULT_CPU_REQUEST)]
     pub sidecar_cpu_request: String,
     /// The sidecar's memory request.
-    #[arg(long, default_value = "16Mi")]
+    #[arg(long, default_value = Resources::DEFAULT_MEMORY_REQUEST)]
     pub sidecar_memory_request: String,
     /// The sidecar's memory limit.
-    #[arg(long, default_value = "64Mi")]
+    #[arg(long, default_value = Resources::DEFAULT_MEMORY_LIMIT)]
     pub sidecar_memory_limit: String,
     /// A variable for every sidecar, NAME=VALUE (repeatable), e.g. KEYLESS_LOG_FORMAT=json.
     #[arg(long = "sidecar-env", value_name = "NAME=VALUE", value_parser = parse_env)]
@@ -92,4 +92,23 @@ fn read_input(file: Option<&Path>) -> Result<String, String> {
         return Err(format!("{name} is larger than {} MiB: split it", MAX_INPUT / 1024 / 1024));
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        inject: InjectArgs,
+    }
+
+    #[test]
+    fn without_flags_the_options_are_the_librarys_defaults() {
+        let cli = Cli::try_parse_from(["keyless"]).expect("parses");
+        assert_eq!(cli.inject.options(), Options::default());
+    }
 }
