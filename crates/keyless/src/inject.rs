@@ -120,7 +120,8 @@ mod tests {
 
     /// keyless-inject names keyless's settings (`KEYLESS_<SECTION>__<KEY>`) as strings: the
     /// sidecar it injects for every cloud, with every optional setting, must start with exactly
-    /// those variables (none skipped, none unknown to its provider, no route collision).
+    /// those variables (none skipped, none unknown to its provider, no route collision), and its
+    /// probes must find keyless's admin listener.
     #[test]
     fn the_injected_sidecars_environment_is_a_configuration_keyless_accepts() {
         let annotations: Annotations = [
@@ -164,6 +165,9 @@ mod tests {
         assert!(skipped.is_empty(), "not keyless settings: {skipped:?}");
         let (config, sections) = crate::config::load(None, settings).expect("keyless loads the settings");
         let config = config.finish(&crate::config::Overrides::default()).expect("a valid configuration");
+        // The probes reach the admin listener on the port the sidecar declares; keyless's default.
+        let probe_port = sidecar["ports"][0]["containerPort"].as_u64().expect("the admin port");
+        assert_eq!(u64::from(config.admin_listen.port()), probe_port, "{sidecar}");
         let names: Vec<&str> = sections.0.keys().copied().collect();
         assert_eq!(names, ["aws", "azure", "gcp"]);
         let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
