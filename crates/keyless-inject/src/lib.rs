@@ -62,9 +62,20 @@ pub struct Resources {
     pub memory_limit: String,
 }
 
+impl Resources {
+    /// The defaults, as `keyless inject`'s and `keyless webhook`'s flags default to them.
+    pub const DEFAULT_CPU_REQUEST: &str = "10m";
+    pub const DEFAULT_MEMORY_REQUEST: &str = "16Mi";
+    pub const DEFAULT_MEMORY_LIMIT: &str = "64Mi";
+}
+
 impl Default for Resources {
     fn default() -> Self {
-        Self { cpu_request: "10m".to_owned(), memory_request: "16Mi".to_owned(), memory_limit: "64Mi".to_owned() }
+        Self {
+            cpu_request: Self::DEFAULT_CPU_REQUEST.to_owned(),
+            memory_request: Self::DEFAULT_MEMORY_REQUEST.to_owned(),
+            memory_limit: Self::DEFAULT_MEMORY_LIMIT.to_owned(),
+        }
     }
 }
 

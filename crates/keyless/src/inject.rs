@@ -25,13 +25,13 @@ pub struct InjectArgs {
     #[arg(long)]
     pub azure_tenant_id: Option<String>,
     /// The sidecar's CPU request.
-    #[arg(long, default_value = "10m")]
+    #[arg(long, default_value = Resources::DEFAULT_CPU_REQUEST)]
     pub sidecar_cpu_request: String,
     /// The sidecar's memory request.
-    #[arg(long, default_value = "16Mi")]
+    #[arg(long, default_value = Resources::DEFAULT_MEMORY_REQUEST)]
     pub sidecar_memory_request: String,
     /// The sidecar's memory limit.
-    #[arg(long, default_value = "64Mi")]
+    #[arg(long, default_value = Resources::DEFAULT_MEMORY_LIMIT)]
     pub sidecar_memory_limit: String,
     /// A variable for every sidecar, NAME=VALUE (repeatable), e.g. KEYLESS_LOG_FORMAT=json.
     #[arg(long = "sidecar-env", value_name = "NAME=VALUE", value_parser = parse_env)]
@@ -92,4 +92,92 @@ fn read_input(file: Option<&Path>) -> Result<String, String> {
         return Err(format!("{name} is larger than {} MiB: split it", MAX_INPUT / 1024 / 1024));
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use clap::Parser;
+    use keyless_core::clock::SystemClock;
+    use keyless_core::{Context, Metrics};
+    use keyless_inject::{Annotations, Namespace, Outcome};
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        inject: InjectArgs,
+    }
+
+    #[test]
+    fn without_flags_the_options_are_the_librarys_defaults() {
+        let cli = Cli::try_parse_from(["keyless"]).expect("parses");
+        assert_eq!(cli.inject.options(), Options::default());
+    }
+
+    /// keyless-inject names keyless's settings (`KEYLESS_<SECTION>__<KEY>`) as strings: the
+    /// sidecar it injects for every cloud, with every optional setting, must start with exactly
+    /// those variables (none skipped, none unknown to its provider, no route collision), and its
+    /// probes must find keyless's admin listener.
+    #[test]
+    fn the_injected_sidecars_environment_is_a_configuration_keyless_accepts() {
+        let annotations: Annotations = [
+            (keyless_inject::AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/app"),
+            (keyless_inject::AWS_STS_REGIONAL_ENDPOINTS, "legacy"),
+            (keyless_inject::GCP_SERVICE_ACCOUNT, "app@project.iam.gserviceaccount.com"),
+            (keyless_inject::GCP_PROVIDER, "projects/123/locations/global/workloadIdentityPools/pool/providers/k8s"),
+            (keyless_inject::GCP_PROJECT_ID, "my-project"),
+            (keyless_inject::AZURE_CLIENT_ID, "11111111-1111-1111-1111-111111111111"),
+            (keyless_inject::AZURE_TENANT_ID, "00000000-0000-0000-0000-000000000000"),
+            (keyless_inject::AZURE_IDENTITY_HEADER_SECRET, "app-identity-header"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let pod = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": "app", "labels": { keyless_inject::INJECT_LABEL: "true" } },
+            "spec": { "containers": [{ "name": "app", "image": "app:1" }] },
+        });
+        let options = Options { aws_region: Some("eu-west-1".to_owned()), ..Options::default() };
+        let (injected, outcome) =
+            keyless_inject::inject_pod_json(&pod, &annotations, Namespace::Unknown, &options).expect("injects");
+        assert!(matches!(outcome, Outcome::Injected { .. }), "{outcome:?}");
+        let sidecar = &injected["spec"]["initContainers"][0];
+        assert_eq!(sidecar["name"], keyless_inject::CONTAINER);
+        // A variable from a Secret gets a stand-in value: only its name matters here.
+        let env: HashMap<String, String> = sidecar["env"]
+            .as_array()
+            .expect("an env list")
+            .iter()
+            .map(|var| {
+                let value = var["value"].as_str().unwrap_or("a-value-from-a-secret-0123456789");
+                (var["name"].as_str().expect("a name").to_owned(), value.to_owned())
+            })
+            .collect();
+        assert!(env.contains_key("KEYLESS_AZURE__IDENTITY_HEADER"), "{env:?}");
+
+        let (settings, skipped) = crate::config::settings_from_env(&env);
+        assert!(skipped.is_empty(), "not keyless settings: {skipped:?}");
+        let (config, sections) = crate::config::load(None, settings).expect("keyless loads the settings");
+        let config = config.finish(&crate::config::Overrides::default()).expect("a valid configuration");
+        // The probes reach the admin listener on the port the sidecar declares; keyless's default.
+        let probe_port = sidecar["ports"][0]["containerPort"].as_u64().expect("the admin port");
+        assert_eq!(u64::from(config.admin_listen.port()), probe_port, "{sidecar}");
+        let names: Vec<&str> = sections.0.keys().copied().collect();
+        assert_eq!(names, ["aws", "azure", "gcp"]);
+        let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
+        let configured = crate::providers::configure_all(sections, &ctx, &|_| None);
+        let mut accepted = Vec::new();
+        for provider in configured {
+            let configured = provider.configured.unwrap_or_else(|e| panic!("[{}]: {e}", provider.name));
+            accepted.push(configured);
+        }
+        assert_eq!(accepted.len(), 3);
+        crate::providers::check_routes(accepted.iter().map(|c| c.as_ref())).expect("no route collision");
+    }
 }

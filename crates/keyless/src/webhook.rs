@@ -8,6 +8,7 @@ mod metrics;
 mod review;
 mod tls;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,8 +22,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use keyless_inject::Namespace;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
@@ -36,6 +39,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; the API server keeps a few open per replica.
 const MAX_CONNECTIONS: usize = 256;
+/// At termination, the reviews in progress get this long to be answered (the API server waits
+/// `timeoutSeconds`, at most 30 s, for one).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Pause after an accept error such as EMFILE, so a full descriptor table does not spin the loop.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebhookArgs {
@@ -97,10 +105,8 @@ pub async fn run(args: WebhookArgs) -> Result<(), String> {
     let mut server_config = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(cert);
     server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
-    tokio::select! {
-        () = serve_tls(listener, acceptor, review_router(app)) => Ok(()),
-        () = crate::serve::termination() => Ok(()),
-    }
+    serve_tls(listener, acceptor, review_router(app), crate::serve::termination()).await;
+    Ok(())
 }
 
 async fn bind(address: SocketAddr, flag: &str) -> Result<TcpListener, String> {
@@ -150,19 +156,26 @@ fn admin_router(accounts: accounts::ServiceAccounts, metrics: metrics::WebhookMe
         )
 }
 
-/// Accepts TLS connections and serves HTTP/1.1 on each (the API server's admission client).
-async fn serve_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, router: Router) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+/// Accepts TLS connections and serves HTTP/1.1 on each (the API server's admission client) until
+/// `shutdown` resolves; then stops accepting, answers the reviews in progress (for at most
+/// [`SHUTDOWN_GRACE`]) and closes idle keep-alive connections, so a rolling update of the webhook
+/// does not cut a review short (with `failurePolicy: Fail`, that pod's creation would fail).
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
     loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { return };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                warn!(error = %e, "accepting a connection failed");
-                continue;
-            }
+        let accepted = tokio::select! {
+            () = &mut shutdown => None,
+            accepted = accept(&listener, &permits) => accepted,
         };
-        let (acceptor, router) = (acceptor.clone(), router.clone());
+        let Some((permit, tcp, peer)) = accepted else { break };
+        let (acceptor, router, watcher) = (acceptor.clone(), router.clone(), graceful.watcher());
         tokio::spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -176,9 +189,106 @@ async fn serve_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, r
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = connection.await {
+            if let Err(e) = watcher.watch(connection).await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+    drop(listener);
+    info!("shutting down: answering the reviews in progress");
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        warn!(grace = ?SHUTDOWN_GRACE, "reviews still in progress after the shutdown grace period; closing them");
+    }
+}
+
+/// The next connection, once one of the [`MAX_CONNECTIONS`] permits is free (`None`: the
+/// semaphore was closed, which nothing does).
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    loop {
+        let permit = Arc::clone(permits).acquire_owned().await.ok()?;
+        match listener.accept().await {
+            Ok((tcp, peer)) => return Some((permit, tcp, peer)),
+            Err(e) => {
+                // EMFILE/ENFILE/ECONNABORTED: the listener itself is fine; try again shortly.
+                warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn at_termination_a_review_in_progress_is_answered_before_the_server_returns() {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["webhook.test".to_owned()]).expect("generates a certificate");
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("protocol versions")
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der().clone()], key)
+                .expect("a usable pair");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let router = Router::new().route(
+            "/mutate",
+            post({
+                let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+                move || async move {
+                    started.notify_one();
+                    release.notified().await;
+                    "answered"
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let address = listener.local_addr().expect("bound");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_tls(listener, acceptor, router, async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).expect("PEM"))
+            .resolve("webhook.test", address)
+            .build()
+            .expect("client");
+        let url = format!("https://webhook.test:{}/mutate", address.port());
+        let review = tokio::spawn({
+            let (client, url) = (client.clone(), url.clone());
+            async move { client.post(url).send().await?.text().await }
+        });
+        started.notified().await;
+
+        stop.send(()).expect("the server listens for shutdown");
+        // The listener closes at once; the review in progress holds the server open.
+        wait_until_refused(address).await;
+        let mut server = server;
+        let returned = tokio::time::timeout(Duration::from_millis(200), &mut server).await;
+        assert!(returned.is_err(), "the server returned with a review in progress");
+        release.notify_one();
+        let answer = tokio::time::timeout(Duration::from_secs(5), review).await.expect("answered in time");
+        assert_eq!(answer.expect("joins").expect("the review is answered"), "answered");
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("returns once answered").expect("joins");
+    }
+
+    /// Waits until a new connection is refused (the accept loop has stopped and closed the listener).
+    async fn wait_until_refused(address: SocketAddr) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(address).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "the listener still accepts after shutdown");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
