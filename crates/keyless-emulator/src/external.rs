@@ -17,7 +17,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 
 /// An external issuer and its published keys.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct External {
     url: String,
     keys: JwkSet,
@@ -37,8 +37,7 @@ impl ExternalIssuers {
 
     /// Whether `token` is signed (RS256 or ES256) by one of `iss`'s published keys.
     pub(crate) fn signed(&self, iss: &str, token: &str) -> bool {
-        let keys = self.lock().iter().find(|e| e.url == iss).map(|e| e.keys.clone());
-        keys.is_some_and(|keys| signed_by(&keys, token))
+        self.lock().iter().find(|e| e.url == iss).is_some_and(|e| signed_by(&e.keys, token))
     }
 
     /// Adds (or refreshes) `issuer` with `keys`.
