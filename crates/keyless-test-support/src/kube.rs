@@ -20,6 +20,7 @@ use tokio::process::{Child, Command};
 use crate::binary::workspace_root;
 use crate::process::free_port;
 use crate::tools::{self, Missing};
+use crate::wait::holds_within;
 
 /// How long etcd and the API server may take to turn ready (a loaded 2-core machine is slow).
 const START_DEADLINE: Duration = Duration::from_secs(180);
@@ -327,18 +328,12 @@ fn write_kubeconfig(dir: &Path, server: &str, ca: &Path) -> PathBuf {
 async fn wait_ready(what: &str, url: &str, client: Option<&reqwest::Client>, log: &Path) {
     let plain = crate::clients::loopback();
     let client = client.unwrap_or(&plain);
-    let give_up = tokio::time::Instant::now() + START_DEADLINE;
-    loop {
-        let answer = client.get(url).bearer_auth(ADMIN_TOKEN).send().await;
-        if answer.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        if tokio::time::Instant::now() >= give_up {
-            let logs = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: String =
-                logs.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-            panic!("{what} did not turn ready at {url} within {START_DEADLINE:?}; its log ends:\n{tail}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let answers =
+        || async { client.get(url).bearer_auth(ADMIN_TOKEN).send().await.is_ok_and(|r| r.status().is_success()) };
+    if !holds_within(START_DEADLINE, answers).await {
+        let logs = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: String =
+            logs.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        panic!("{what} did not turn ready at {url} within {START_DEADLINE:?}; its log ends:\n{tail}");
     }
 }
