@@ -17,7 +17,6 @@ use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa
 use tokio::io::AsyncWriteExt as _;
 use tokio::process::{Child, Command};
 
-use crate::binary::workspace_root;
 use crate::process::free_port;
 use crate::tools::{self, Missing};
 use crate::wait::holds_within;
@@ -44,9 +43,7 @@ impl KubeBinaries {
 /// The binaries `scripts/kube` builds (`KEYLESS_TEST_KUBE_BIN`, else `target/kube/bin`), or a skip
 /// (a failure under `CI=true`, see [`tools::or_skip`]).
 pub fn binaries() -> Option<KubeBinaries> {
-    let dir = std::env::var_os("KEYLESS_TEST_KUBE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/kube/bin"));
+    let dir = tools::path_from_env("KEYLESS_TEST_KUBE_BIN", "target/kube/bin");
     let found = ["kube-apiserver", "kubectl", "etcd"].iter().all(|b| dir.join(b).is_file());
     tools::or_skip(
         found.then_some(KubeBinaries { dir }),

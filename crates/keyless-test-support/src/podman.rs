@@ -9,7 +9,6 @@
 //! bind-mounts, read-only, the host's libraries and the test venv's Python, or the keyless binary
 //! under test (the emulation, which the sidecar image leaves out).
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -40,13 +39,12 @@ pub struct Podman {
 
 /// podman, runc and root; or a skip (a failure under `CI=true`, see [`tools::or_skip`]).
 pub fn podman() -> Option<Podman> {
-    let is_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    let has = |tool: &str| std::process::Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
-    let found = (is_root && has("podman") && has("runc")).then(|| {
-        let conf_dir = tempfile::tempdir().expect("a temporary directory");
-        std::fs::write(conf_dir.path().join("containers.conf"), CONTAINERS_CONF).expect("containers.conf");
-        Podman { conf_dir }
-    });
+    let found =
+        (tools::is_root() && tools::runs("podman", "--version") && tools::runs("runc", "--version")).then(|| {
+            let conf_dir = tempfile::tempdir().expect("a temporary directory");
+            std::fs::write(conf_dir.path().join("containers.conf"), CONTAINERS_CONF).expect("containers.conf");
+            Podman { conf_dir }
+        });
     tools::or_skip(
         found,
         Missing {
