@@ -106,6 +106,11 @@ impl App {
     }
 }
 
+/// A client's stdout as the JSON it printed; the test fails, showing it, if it is not JSON.
+pub fn json_of(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
 /// `out`'s stdout; if it failed, the test fails with its stderr and `context`.
 pub fn stdout_of_success(what: &str, out: Output, context: impl FnOnce() -> String) -> String {
     assert!(
