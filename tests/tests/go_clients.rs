@@ -9,45 +9,25 @@
 //! Without the built clients the tests skip, saying so; under `CI=true` they fail (`tools::go_clients`).
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
-use keyless_test_support::clock::{parse_rfc3339_utc, wall_clock};
-use keyless_test_support::dev::Dev;
+use keyless_test_support::dev::{AWS_CONTAINER_VARS, Dev};
+use keyless_test_support::sdk::{App, json_of};
 use keyless_test_support::tools::go_clients;
 use keyless_test_support::verify;
-use serde_json::Value;
-
-fn json(out: &str) -> Value {
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-const CONTAINER_VARS: &[&str] = &[
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-];
 
 #[tokio::test]
 async fn aws_sdk_go_v2_gets_credentials_from_the_container_endpoint_with_the_token_file_and_from_imdsv2() {
     let Some(go) = go_clients() else { return };
     let dev = Dev::start().await;
-    let role = dev.var("KEYLESS_AWS_ROLE_ARN").rsplit('/').next().unwrap().to_owned();
 
     // The container endpoint, the token read from the file alone (Go re-reads it on every call).
     let env = dev.env_without(&["AWS_CONTAINER_AUTHORIZATION_TOKEN"]);
-    let out = json(&dev.go_ok_in(&go, "aws", &[], &env).await);
-    assert!(verify::aws_caller_arn(&dev, &out).await.contains(&format!("assumed-role/{role}/")), "{out}");
-    let expiration = parse_rfc3339_utc(out["expiration"].as_str().unwrap()).unwrap();
-    assert!(expiration > wall_clock() + Duration::from_secs(15 * 60), "served with too little left: {out}");
-    assert!(dev.requests_counted("aws", "/v1/credentials", 200).await >= 1);
-    assert_eq!(dev.requests_counted("aws", "/latest/api/token", 200).await, 0);
+    let out = json_of(&dev.run_ok_in(App::go(&go, "aws", &[]), &env).await);
+    verify::aws_from_container_endpoint(&dev, &out).await;
 
     // Without the container variables: IMDSv2 at AWS_EC2_METADATA_SERVICE_ENDPOINT.
-    let env = dev.env_without(CONTAINER_VARS);
-    let out = json(&dev.go_ok_in(&go, "aws", &[], &env).await);
-    assert!(verify::aws_caller_arn(&dev, &out).await.contains(&format!("assumed-role/{role}/")), "{out}");
-    assert!(dev.requests_counted("aws", "/latest/api/token", 200).await >= 1);
-    assert!(dev.requests_counted("aws", "/latest/meta-data/iam/security-credentials/{role}", 200).await >= 1);
+    let env = dev.env_without(AWS_CONTAINER_VARS);
+    let out = json_of(&dev.run_ok_in(App::go(&go, "aws", &[]), &env).await);
+    verify::aws_from_imdsv2(&dev, &out).await;
 }
 
 #[tokio::test]
@@ -63,7 +43,7 @@ async fn aws_sdk_go_v2_refuses_a_token_file_ending_in_a_newline_so_keyless_write
     std::fs::write(&with_newline, format!("{token}\n")).unwrap();
     let mut env = dev.env_without(&["AWS_CONTAINER_AUTHORIZATION_TOKEN"]);
     env.insert("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE".into(), with_newline.display().to_string());
-    let out = dev.go_in(&go, "aws", &[], &env).await;
+    let out = dev.run_in(App::go(&go, "aws", &[]), &env).await;
     assert!(!out.status.success(), "Go accepted a token with a newline");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("invalid newline sequence"), "{stderr}");
@@ -74,18 +54,13 @@ async fn aws_sdk_go_v2_refuses_a_token_file_ending_in_a_newline_so_keyless_write
 async fn google_go_clients_get_a_verified_access_token_and_id_token_from_the_metadata_server() {
     let Some(go) = go_clients() else { return };
     let dev = Dev::start().await;
-    let account = dev.var("KEYLESS_GCP_SERVICE_ACCOUNT");
     // Characters a URL-encoder changes: idtoken encodes the query, keyless must decode it.
-    let audience = "https://example.com/run?service=a b&v=1";
-    let out = json(&dev.go_ok_in(&go, "gcp", &[audience], &dev.env).await);
+    let audience = verify::AWKWARD_AUDIENCE;
+    let out = json_of(&dev.run_ok_in(App::go(&go, "gcp", &[audience]), &dev.env).await);
     assert_eq!(out["on_gce"], true, "GCE_METADATA_HOST set means on GCE, without a probe: {out}");
     assert_eq!(out["project"], dev.var("KEYLESS_GCP_PROJECT_ID"), "{out}");
     assert_eq!(out["adc_project"], dev.var("KEYLESS_GCP_PROJECT_ID"), "{out}");
-    assert_eq!(out["email"], account, "{out}");
-    let info = verify::google_tokeninfo(&dev, out["access_token"].as_str().unwrap()).await;
-    assert_eq!(info["email"], account, "{info}");
-    let claims = verify::google_id_token(&dev, out["id_token"].as_str().unwrap(), audience).await;
-    assert_eq!(claims["email"], account, "{claims}");
+    verify::google_tokens(&dev, &out, audience).await;
     assert!(dev.requests_counted("gcp", "/computeMetadata/{*path}", 200).await >= 4);
 }
 
@@ -97,9 +72,8 @@ async fn azidentity_gets_tokens_on_app_service_and_cannot_reach_keyless_imds_fro
     // App Service variables present: both credentials use them.
     for (which, resource) in [("managed", "https://vault.azure.net"), ("default", "https://management.azure.com")] {
         let scope = format!("{resource}/.default");
-        let out = json(&dev.go_ok_in(&go, "azure", &[which, &scope], &dev.env).await);
-        verify::entra_token(&dev, out["token"].as_str().unwrap(), resource).await;
-        assert!(out["left_s"].as_i64().unwrap() > 55 * 60, "{out}");
+        let out = json_of(&dev.run_ok_in(App::go(&go, "azure", &[which, &scope]), &dev.env).await);
+        verify::entra_output(&dev, &out, resource).await;
     }
     assert!(dev.requests_counted("azure", "/msi/token", 200).await >= 2);
 
@@ -107,7 +81,7 @@ async fn azidentity_gets_tokens_on_app_service_and_cannot_reach_keyless_imds_fro
     // probes the hard-coded 169.254.169.254 (here through a closed loopback proxy: nothing leaves
     // the machine). Go reaches keyless's IMDS only where that address is routed to it.
     let env = dev.env_without(&["IDENTITY_ENDPOINT", "IDENTITY_HEADER"]);
-    let out = dev.go_in(&go, "azure", &["default", "https://vault.azure.net/.default"], &env).await;
+    let out = dev.run_in(App::go(&go, "azure", &["default", "https://vault.azure.net/.default"]), &env).await;
     assert!(!out.status.success(), "Go got an Azure token without the App Service variables");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("http://169.254.169.254/metadata/identity/oauth2/token"), "{stderr}");

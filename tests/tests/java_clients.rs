@@ -11,46 +11,26 @@
 //! (`tools::java_clients`).
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
 use keyless_test_support::clients;
-use keyless_test_support::clock::{parse_rfc3339_utc, wall_clock};
-use keyless_test_support::dev::Dev;
+use keyless_test_support::dev::{AWS_CONTAINER_VARS, Dev};
+use keyless_test_support::sdk::{App, json_of};
 use keyless_test_support::tools::java_clients;
 use keyless_test_support::verify;
-use serde_json::Value;
-
-fn json(out: &str) -> Value {
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-const CONTAINER_VARS: &[&str] = &[
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-];
 
 #[tokio::test]
 async fn aws_sdk_java_v2_default_chain_gets_credentials_from_the_container_endpoint_then_imdsv2() {
     let Some(java) = java_clients() else { return };
     let dev = Dev::start().await;
-    let role = dev.var("KEYLESS_AWS_ROLE_ARN").rsplit('/').next().unwrap().to_owned();
 
     // The container provider, the token read from AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE alone.
     let env = dev.env_without(&["AWS_CONTAINER_AUTHORIZATION_TOKEN"]);
-    let out = json(&dev.java_ok_in(&java, "AwsCredentials", &[], &env).await);
-    assert!(verify::aws_caller_arn(&dev, &out).await.contains(&format!("assumed-role/{role}/")), "{out}");
-    let expiration = parse_rfc3339_utc(out["expiration"].as_str().unwrap()).unwrap();
-    assert!(expiration > wall_clock() + Duration::from_secs(15 * 60), "served with too little left: {out}");
-    assert!(dev.requests_counted("aws", "/v1/credentials", 200).await >= 1);
-    assert_eq!(dev.requests_counted("aws", "/latest/api/token", 200).await, 0);
+    let out = json_of(&dev.run_ok_in(App::java(&java, "AwsCredentials", &[]), &env).await);
+    verify::aws_from_container_endpoint(&dev, &out).await;
 
     // Without the container variables: the instance profile over IMDSv2.
-    let env = dev.env_without(CONTAINER_VARS);
-    let out = json(&dev.java_ok_in(&java, "AwsCredentials", &[], &env).await);
-    assert!(verify::aws_caller_arn(&dev, &out).await.contains(&format!("assumed-role/{role}/")), "{out}");
-    assert!(dev.requests_counted("aws", "/latest/api/token", 200).await >= 1);
-    assert!(dev.requests_counted("aws", "/latest/meta-data/iam/security-credentials/{role}", 200).await >= 1);
+    let env = dev.env_without(AWS_CONTAINER_VARS);
+    let out = json_of(&dev.run_ok_in(App::java(&java, "AwsCredentials", &[]), &env).await);
+    verify::aws_from_imdsv2(&dev, &out).await;
     // 2.57.8 asks for no `security-credentials-extended/` path (it would be counted as a 404 here).
     assert_eq!(dev.requests_counted("aws", "/latest/{*path}", 404).await, 0);
 }
@@ -84,15 +64,10 @@ async fn the_security_credentials_extended_path_answers_404_the_one_status_java_
 async fn google_auth_library_java_detects_the_metadata_server_and_gets_verified_access_and_id_tokens() {
     let Some(java) = java_clients() else { return };
     let dev = Dev::start().await;
-    let account = dev.var("KEYLESS_GCP_SERVICE_ACCOUNT");
-    let audience = "https://example.com/run?service=a b&v=1";
-    let out = json(&dev.java_ok_in(&java, "GcpCredentials", &[audience], &dev.env).await);
+    let audience = verify::AWKWARD_AUDIENCE;
+    let out = json_of(&dev.run_ok_in(App::java(&java, "GcpCredentials", &[audience]), &dev.env).await);
     assert_eq!(out["client"], "ComputeEngineCredentials", "{out}");
-    assert_eq!(out["email"], account, "{out}");
-    let info = verify::google_tokeninfo(&dev, out["access_token"].as_str().unwrap()).await;
-    assert_eq!(info["email"], account, "{info}");
-    let claims = verify::google_id_token(&dev, out["id_token"].as_str().unwrap(), audience).await;
-    assert_eq!(claims["email"], account, "{claims}");
+    verify::google_tokens(&dev, &out, audience).await;
     // Its detection: `GET /` whose response must carry `Metadata-Flavor: Google`.
     assert!(dev.requests_counted("gcp", "/", 200).await >= 1);
     assert!(dev.requests_counted("gcp", "/computeMetadata/{*path}", 200).await >= 2);
@@ -104,19 +79,16 @@ async fn azure_identity_java_gets_tokens_on_app_service_and_on_imds_through_msal
     let dev = Dev::start().await;
 
     // App Service variables present: ManagedIdentityCredential uses them.
-    let out = json(
-        &dev.java_ok_in(&java, "AzureCredentials", &["managed", "https://vault.azure.net/.default"], &dev.env).await,
-    );
-    verify::entra_token(&dev, out["token"].as_str().unwrap(), "https://vault.azure.net").await;
-    assert!(out["left_s"].as_i64().unwrap() > 55 * 60, "{out}");
+    let managed = App::java(&java, "AzureCredentials", &["managed", "https://vault.azure.net/.default"]);
+    let out = json_of(&dev.run_ok_in(managed, &dev.env).await);
+    verify::entra_output(&dev, &out, "https://vault.azure.net").await;
     assert!(dev.requests_counted("azure", "/msi/token", 200).await >= 1);
 
     // Without them: DefaultAzureCredential probes and asks IMDS at AZURE_POD_IDENTITY_AUTHORITY_HOST,
     // MSAL4J with a second slash before the path.
     let env = dev.env_without(&["IDENTITY_ENDPOINT", "IDENTITY_HEADER"]);
-    let out = json(
-        &dev.java_ok_in(&java, "AzureCredentials", &["default", "https://management.azure.com/.default"], &env).await,
-    );
-    verify::entra_token(&dev, out["token"].as_str().unwrap(), "https://management.azure.com").await;
+    let default = App::java(&java, "AzureCredentials", &["default", "https://management.azure.com/.default"]);
+    let out = json_of(&dev.run_ok_in(default, &env).await);
+    verify::entra_output(&dev, &out, "https://management.azure.com").await;
     assert!(dev.requests_counted("azure", "//metadata/identity/oauth2/token", 200).await >= 1);
 }

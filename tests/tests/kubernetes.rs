@@ -20,12 +20,28 @@ use serde_json::Value;
 /// What TokenRequest is asked for (the kubelet's default projection is one hour too).
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// `(namespace, service account)` of the emulator's dev subject `system:serviceaccount:NS:SA`.
-fn dev_service_account(ids: &Value) -> (String, String) {
-    let subject = ids["subject"].as_str().unwrap();
-    let rest = subject.strip_prefix("system:serviceaccount:").unwrap();
-    let (namespace, name) = rest.split_once(':').unwrap();
-    (namespace.to_owned(), name.to_owned())
+/// A real cluster holding the emulator's dev service account (its subject
+/// `system:serviceaccount:NS:SA`), and the emulator; `None` when the cluster's binaries are missing.
+struct Setting {
+    cluster: Cluster,
+    emulator: EmulatorProcess,
+    /// The emulator's dev identities.
+    ids: Value,
+    namespace: String,
+    name: String,
+}
+
+impl Setting {
+    async fn start() -> Option<Self> {
+        let cluster = Cluster::start().await?;
+        let emulator = EmulatorProcess::start().await;
+        let ids = emulator.control.identities().await;
+        let subject = ids["subject"].as_str().unwrap();
+        let rest = subject.strip_prefix("system:serviceaccount:").unwrap();
+        let (namespace, name) = rest.split_once(':').map(|(ns, sa)| (ns.to_owned(), sa.to_owned())).unwrap();
+        cluster.create_service_account(&namespace, &name).await;
+        Some(Self { cluster, emulator, ids, namespace, name })
+    }
 }
 
 /// `POST /` AssumeRoleWithWebIdentity to the emulator's STS with `token`: `(status, body)`.
@@ -41,13 +57,6 @@ async fn assume_role(emulator: &EmulatorProcess, role_arn: &str, token: &str) ->
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-/// `POST /_emulator/trusted-issuers` with `body`: `(status, body)`.
-async fn register(emulator: &EmulatorProcess, body: &Value) -> (u16, String) {
-    let url = emulator.control.url("/_emulator/trusted-issuers");
-    let response = emulator.control.client().post(url).json(body).send().await.unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
 /// The example app `examples/{name}` (an unmodified SDK app) with `env`; its stdout.
 async fn run_example(name: &str, env: &[(&str, &str)], home: &Path, context: impl FnOnce() -> String) -> String {
     let script = std::fs::read_to_string(workspace_root().join("examples").join(name)).unwrap();
@@ -56,11 +65,7 @@ async fn run_example(name: &str, env: &[(&str, &str)], home: &Path, context: imp
 
 #[tokio::test]
 async fn the_emulator_trusts_a_real_api_servers_issuer_only_once_registered_and_checks_its_subject() {
-    let Some(cluster) = Cluster::start().await else { return };
-    let emulator = EmulatorProcess::start().await;
-    let ids = emulator.control.identities().await;
-    let (namespace, name) = dev_service_account(&ids);
-    cluster.create_service_account(&namespace, &name).await;
+    let Some(Setting { cluster, emulator, ids, namespace, name }) = Setting::start().await else { return };
     cluster.create_service_account(&namespace, "someone-else").await;
     let (role, audience) = (ids["aws_role_arn"].as_str().unwrap(), ids["audiences"]["aws"].as_str().unwrap());
     let token = cluster.token(&namespace, &name, audience, TOKEN_LIFETIME).await;
@@ -73,11 +78,11 @@ async fn the_emulator_trusts_a_real_api_servers_issuer_only_once_registered_and_
     // Registration fails, saying why, when the discovery document names another issuer (as the
     // clouds refuse it) or the issuer's certificate is not trusted.
     let with_slash = format!("{}/", cluster.issuer());
-    let (status, body) =
-        register(&emulator, &serde_json::json!({ "issuer": with_slash, "ca_pem": cluster.ca_pem_text() })).await;
+    let wrong_issuer = serde_json::json!({ "issuer": with_slash, "ca_pem": cluster.ca_pem_text() });
+    let (status, body) = emulator.control.register_issuer(&wrong_issuer).await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("names the issuer"), "{body}");
-    let (status, body) = register(&emulator, &serde_json::json!({ "issuer": cluster.issuer() })).await;
+    let (status, body) = emulator.control.register_issuer(&serde_json::json!({ "issuer": cluster.issuer() })).await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("/.well-known/openid-configuration"), "{body}");
     assert_eq!(assume_role(&emulator, role, &token).await.0, 400, "nothing was registered");
@@ -98,11 +103,7 @@ async fn the_emulator_trusts_a_real_api_servers_issuer_only_once_registered_and_
 
 #[tokio::test]
 async fn real_token_request_tokens_are_exchanged_and_every_example_app_gets_its_identity() {
-    let Some(cluster) = Cluster::start().await else { return };
-    let emulator = EmulatorProcess::start().await;
-    let ids = emulator.control.identities().await;
-    let (namespace, name) = dev_service_account(&ids);
-    cluster.create_service_account(&namespace, &name).await;
+    let Some(Setting { cluster, emulator, ids, namespace, name }) = Setting::start().await else { return };
     emulator.control.trust_issuer(cluster.issuer(), &cluster.ca_pem_text()).await;
 
     let tokens = tempfile::tempdir().unwrap();
@@ -171,7 +172,7 @@ fn assert_real_claims(claims: &Value, cluster: &Cluster, audience: &str, service
     assert!(claims["kubernetes.io"].get("pod").is_none(), "a TokenRequest without a pod binding: {claims}");
     let (iat, nbf, exp) = (claims["iat"].as_i64().unwrap(), claims["nbf"].as_i64().unwrap(), claims["exp"].as_i64());
     assert_eq!(nbf, iat, "{claims}");
-    assert_eq!(exp, Some(iat + 3600), "{claims}");
+    assert_eq!(exp, Some(iat + TOKEN_LIFETIME.as_secs() as i64), "{claims}");
 }
 
 fn manifests() -> Vec<PathBuf> {
@@ -205,8 +206,12 @@ async fn every_manifest_under_examples_kubernetes_is_accepted_by_the_real_api_se
         let shown = manifest.file_name().unwrap().to_string_lossy().into_owned();
         let applied = cluster.apply_server_side(&manifest).await;
         let applied = applied.unwrap_or_else(|e| panic!("{shown} does not validate against the API server:\n{e}"));
-        for line in applied.lines().filter(|l| l.starts_with("job.batch/")) {
-            let job_name = line.trim_start_matches("job.batch/").split_whitespace().next().unwrap();
+        let jobs: Vec<&str> = applied.lines().filter_map(|l| l.strip_prefix("job.batch/")).collect();
+        // Else a change of kubectl's output would leave every Job below unchecked.
+        let has_job = std::fs::read_to_string(&manifest).unwrap().contains("kind: Job");
+        assert_eq!(!jobs.is_empty(), has_job, "{shown}: the Jobs kubectl applied: {applied}");
+        for line in jobs {
+            let job_name = line.split_whitespace().next().unwrap();
             let job = cluster.get_json("default", "job", job_name).await;
             // The native sidecar survived validation as written (a field the server dropped would not).
             let init = &job["spec"]["template"]["spec"]["initContainers"];

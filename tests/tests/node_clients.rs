@@ -9,44 +9,25 @@
 //! Without Node.js the tests skip, saying so; under `CI=true` they fail (`tools::node_clients`).
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
-use keyless_test_support::clock::{parse_rfc3339_utc, wall_clock};
-use keyless_test_support::dev::Dev;
+use keyless_test_support::dev::{AWS_CONTAINER_VARS, Dev};
+use keyless_test_support::sdk::json_of;
 use keyless_test_support::tools::node_clients;
-use serde_json::Value;
-
-fn json(out: &str) -> Value {
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-const CONTAINER_VARS: &[&str] = &[
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-];
+use keyless_test_support::verify;
 
 #[tokio::test]
 async fn aws_sdk_js_signs_with_credentials_from_the_container_endpoint_and_from_imdsv2() {
     let Some(node) = node_clients() else { return };
     let dev = Dev::start().await;
-    let role = dev.var("KEYLESS_AWS_ROLE_ARN").rsplit('/').next().unwrap().to_owned();
 
     // The default chain with the container variables: `fromHttp`, token from the file.
-    let out = json(&dev.node_ok_in(&node, "aws.cjs", &[], &dev.env).await);
-    assert!(out["arn"].as_str().unwrap().contains(&format!("assumed-role/{role}/")), "{out}");
-    let expiration = parse_rfc3339_utc(out["expiration"].as_str().unwrap()).unwrap();
-    assert!(expiration > wall_clock() + Duration::from_secs(15 * 60), "served with too little left: {out}");
-    assert!(dev.requests_counted("aws", "/v1/credentials", 200).await >= 1);
-    assert_eq!(dev.requests_counted("aws", "/latest/api/token", 200).await, 0);
+    let out = json_of(&dev.node_ok_in(&node, "aws.cjs", &[], &dev.env).await);
+    verify::aws_from_container_endpoint(&dev, &out).await;
 
     // Without them: the JS IMDS client, IMDSv2 only, at the root of the listener.
-    let mut env = dev.env_without(CONTAINER_VARS);
+    let mut env = dev.env_without(AWS_CONTAINER_VARS);
     env.insert("AWS_EC2_METADATA_V1_DISABLED".into(), "true".into());
-    let out = json(&dev.node_ok_in(&node, "aws.cjs", &[], &env).await);
-    assert!(out["arn"].as_str().unwrap().contains(&format!("assumed-role/{role}/")), "{out}");
-    assert!(dev.requests_counted("aws", "/latest/api/token", 200).await >= 1);
-    assert!(dev.requests_counted("aws", "/latest/meta-data/iam/security-credentials/{role}", 200).await >= 1);
+    let out = json_of(&dev.node_ok_in(&node, "aws.cjs", &[], &env).await);
+    verify::aws_from_imdsv2(&dev, &out).await;
 }
 
 #[tokio::test]
@@ -54,8 +35,8 @@ async fn google_auth_library_finds_the_metadata_server_and_gets_verified_access_
     let Some(node) = node_clients() else { return };
     let dev = Dev::start().await;
     // Characters a URL-encoder would change: the ID token must carry the audience as given.
-    let audience = "https://example.com/run?service=a b&v=1";
-    let out = json(&dev.node_ok_in(&node, "gcp.cjs", &[audience], &dev.env).await);
+    let audience = verify::AWKWARD_AUDIENCE;
+    let out = json_of(&dev.node_ok_in(&node, "gcp.cjs", &[audience], &dev.env).await);
     let account = dev.var("KEYLESS_GCP_SERVICE_ACCOUNT");
     assert_eq!(out["client"], "Compute", "{out}");
     assert_eq!(out["tokeninfo"], 200, "the emulator's tokeninfo refused the access token: {out}");
@@ -74,7 +55,7 @@ async fn azure_identity_js_gets_tokens_on_app_service_and_on_imds_with_msal_node
 
     // App Service variables present: ManagedIdentityCredential uses them.
     let out =
-        json(&dev.node_ok_in(&node, "azure.cjs", &["managed", "https://vault.azure.net/.default"], &dev.env).await);
+        json_of(&dev.node_ok_in(&node, "azure.cjs", &["managed", "https://vault.azure.net/.default"], &dev.env).await);
     assert_eq!(out["aud"], "https://vault.azure.net", "{out}");
     assert_eq!(out["appid"], client_id, "{out}");
     assert!(out["left_s"].as_i64().unwrap() > 55 * 60, "{out}");
@@ -84,7 +65,7 @@ async fn azure_identity_js_gets_tokens_on_app_service_and_on_imds_with_msal_node
     // and msal-node asks for the path with a slash before the query.
     let env = dev.env_without(&["IDENTITY_ENDPOINT", "IDENTITY_HEADER"]);
     let out =
-        json(&dev.node_ok_in(&node, "azure.cjs", &["default", "https://management.azure.com/.default"], &env).await);
+        json_of(&dev.node_ok_in(&node, "azure.cjs", &["default", "https://management.azure.com/.default"], &env).await);
     assert_eq!(out["aud"], "https://management.azure.com", "{out}");
     assert_eq!(out["appid"], client_id, "{out}");
     assert!(dev.requests_counted("azure", "/metadata/identity/oauth2/token/", 200).await >= 1);

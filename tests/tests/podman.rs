@@ -13,12 +13,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use keyless_test_support::binary::{keyless_bin, workspace_root};
 use keyless_test_support::podman::{self, HOST_IMAGE, Pod, Podman, SIDECAR_IMAGE};
 use keyless_test_support::tools::python;
-use keyless_test_support::wait::STARTUP_DEADLINE;
+use keyless_test_support::wait::{STARTUP_DEADLINE, holds_within};
 use serde_json::Value;
 
 /// The user every container runs as.
@@ -133,15 +132,8 @@ async fn wait_healthy(podman: &Podman, pod: &Pod, project: &Project, name: &str,
     args.extend(["--entrypoint".to_owned(), test[1].clone(), SIDECAR_IMAGE.to_owned()]);
     args.extend(test[2..].iter().cloned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let give_up = tokio::time::Instant::now() + STARTUP_DEADLINE;
-    loop {
-        if podman.run(&args).await.status.success() {
-            return;
-        }
-        if tokio::time::Instant::now() >= give_up {
-            panic!("{name} never turned healthy:\n{}", container_logs(podman, logs_of).await);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if !holds_within(STARTUP_DEADLINE, || async { podman.run(&args).await.status.success() }).await {
+        panic!("{name} never turned healthy:\n{}", container_logs(podman, logs_of).await);
     }
 }
 

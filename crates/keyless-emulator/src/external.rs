@@ -17,7 +17,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 
 /// An external issuer and its published keys.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct External {
     url: String,
     keys: JwkSet,
@@ -37,8 +37,7 @@ impl ExternalIssuers {
 
     /// Whether `token` is signed (RS256 or ES256) by one of `iss`'s published keys.
     pub(crate) fn signed(&self, iss: &str, token: &str) -> bool {
-        let keys = self.lock().iter().find(|e| e.url == iss).map(|e| e.keys.clone());
-        keys.is_some_and(|keys| signed_by(&keys, token))
+        self.lock().iter().find(|e| e.url == iss).is_some_and(|e| signed_by(&e.keys, token))
     }
 
     /// Adds (or refreshes) `issuer` with `keys`.
@@ -92,19 +91,20 @@ fn https_client(ca_pem: Option<&str>) -> Result<reqwest::Client, String> {
     builder.build().map_err(|e| format!("building the HTTPS client: {e}"))
 }
 
-/// `GET url` as JSON, bounded in time and size.
+/// `GET url` as JSON, bounded in time and size (read chunk by chunk: a chunked answer names no
+/// length, and is never held beyond [`MAX_DOCUMENT_BYTES`]).
 async fn fetch_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: &str) -> Result<T, String> {
-    let response = client.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+    let mut response = client.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
     let status = response.status();
     if !status.is_success() {
         return Err(format!("GET {url}: {status} (is the issuer's discovery public?)"));
     }
-    if response.content_length().is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64) {
-        return Err(format!("GET {url}: the document is over {MAX_DOCUMENT_BYTES} bytes"));
-    }
-    let body = response.bytes().await.map_err(|e| format!("GET {url}: reading the body: {e}"))?;
-    if body.len() > MAX_DOCUMENT_BYTES {
-        return Err(format!("GET {url}: the document is over {MAX_DOCUMENT_BYTES} bytes"));
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| format!("GET {url}: reading the body: {e}"))? {
+        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+            return Err(format!("GET {url}: the document is over {MAX_DOCUMENT_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
     }
     serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not the expected JSON document: {e}"))
 }
@@ -130,4 +130,51 @@ fn signed_by(keys: &JwkSet, token: &str) -> bool {
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
     jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).is_ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A one-shot HTTP/1.1 server answering 200 with `body` sent chunked (no Content-Length), then,
+    /// if `endless`, more chunks until the client hangs up.
+    async fn chunked_server(body: &'static [u8], endless: bool) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+            socket.write_all(head.as_bytes()).await.unwrap();
+            let chunk = |piece: &[u8]| {
+                [format!("{:x}\r\n", piece.len()).into_bytes(), piece.to_vec(), b"\r\n".to_vec()].concat()
+            };
+            socket.write_all(&chunk(body)).await.unwrap();
+            let padding = chunk(&[b' '; 8192]);
+            while endless && socket.write_all(&padding).await.is_ok() {}
+            let _ = socket.write_all(b"0\r\n\r\n").await;
+        });
+        format!("http://{addr}/jwks")
+    }
+
+    #[tokio::test]
+    async fn a_chunked_document_is_refused_once_over_the_bound_not_read_to_its_end() {
+        let url = chunked_server(b"{\"keys\":[]}", true).await;
+        let client = https_client(None).unwrap();
+        let fetch = fetch_json::<serde_json::Value>(&client, &url);
+        // Reading it whole would last until the fetch timeout (10 s), then fail on the timeout.
+        let err = tokio::time::timeout(Duration::from_secs(5), fetch).await.expect("refused at once").unwrap_err();
+        assert!(err.contains(&format!("is over {MAX_DOCUMENT_BYTES} bytes")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_chunked_document_within_the_bound_is_read() {
+        let url = chunked_server(br#"{"keys":[]}"#, false).await;
+        let keys: JwkSet = fetch_json(&https_client(None).unwrap(), &url).await.unwrap();
+        assert!(keys.keys.is_empty());
+    }
 }

@@ -11,9 +11,16 @@ use crate::clients::{self, status_of};
 use crate::emulate::ControlApi;
 use crate::metrics;
 use crate::process::stop_child;
-use crate::sdk::{App, stdout_of_success};
-use crate::tools::{GoClients, JavaClients, NodeClients};
+use crate::sdk::App;
+use crate::tools::NodeClients;
 use crate::wait::{STARTUP_DEADLINE, wait_until};
+
+/// The app env's variables of AWS's container provider: without them an SDK turns to IMDS.
+pub const AWS_CONTAINER_VARS: &[&str] = &[
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+];
 
 /// A running `keyless dev` and the app env it wrote.
 #[derive(Debug)]
@@ -101,9 +108,20 @@ impl Dev {
         self.env.iter().filter(|(k, _)| !names.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
+    /// `app` (an SDK client: [`App::python`], [`App::node`], [`App::go`], [`App::java`]) with
+    /// exactly `env` (and PATH, HOME), like an unmodified app: its output, success or not.
+    pub async fn run_in(&self, app: App, env: &BTreeMap<String, String>) -> Output {
+        app.env(env).home(self.dir.path()).output().await
+    }
+
+    /// [`Dev::run_in`]'s stdout, or the test fails with its stderr and keyless's logs.
+    pub async fn run_ok_in(&self, app: App, env: &BTreeMap<String, String>) -> String {
+        app.env(env).home(self.dir.path()).stdout_ok(|| self.logs()).await
+    }
+
     /// A Python snippet with exactly `env` (and PATH, HOME), like an unmodified app.
     pub async fn python_in(&self, script: &str, env: &BTreeMap<String, String>) -> Output {
-        App::python(script).env(env).home(self.dir.path()).output().await
+        self.run_in(App::python(script), env).await
     }
 
     /// A Python snippet with the app's env: its stdout, or the test fails with its stderr and
@@ -113,7 +131,7 @@ impl Dev {
     }
 
     pub async fn python_ok_in(&self, script: &str, env: &BTreeMap<String, String>) -> String {
-        stdout_of_success("python", self.python_in(script, env).await, || self.logs())
+        self.run_ok_in(App::python(script), env).await
     }
 
     /// `tests/node/SCRIPT args` with exactly `env` (and PATH, HOME, the Node clients): its stdout,
@@ -125,41 +143,7 @@ impl Dev {
         args: &[&str],
         env: &BTreeMap<String, String>,
     ) -> String {
-        App::node(clients, script, args).env(env).home(self.dir.path()).stdout_ok(|| self.logs()).await
-    }
-
-    /// `tests/go`'s `program args` with exactly `env` (and PATH, HOME): its output, success or not.
-    pub async fn go_in(
-        &self,
-        clients: &GoClients,
-        program: &str,
-        args: &[&str],
-        env: &BTreeMap<String, String>,
-    ) -> Output {
-        App::go(clients, program, args).env(env).home(self.dir.path()).output().await
-    }
-
-    /// [`Dev::go_in`]'s stdout, or the test fails with its stderr and keyless's logs.
-    pub async fn go_ok_in(
-        &self,
-        clients: &GoClients,
-        program: &str,
-        args: &[&str],
-        env: &BTreeMap<String, String>,
-    ) -> String {
-        App::go(clients, program, args).env(env).home(self.dir.path()).stdout_ok(|| self.logs()).await
-    }
-
-    /// `java keyless.CLASS args` with exactly `env` (and PATH, HOME): its stdout, or the test fails
-    /// with its stderr and keyless's logs.
-    pub async fn java_ok_in(
-        &self,
-        clients: &JavaClients,
-        class: &str,
-        args: &[&str],
-        env: &BTreeMap<String, String>,
-    ) -> String {
-        App::java(clients, class, args).env(env).home(self.dir.path()).stdout_ok(|| self.logs()).await
+        self.run_ok_in(App::node(clients, script, args), env).await
     }
 
     pub async fn metrics(&self) -> String {

@@ -102,15 +102,16 @@ impl ControlApi {
     /// JWKS (trusting `ca_pem` for HTTPS) and accepts its tokens from then on, as the clouds do with
     /// a registered OIDC provider.
     pub async fn trust_issuer(&self, issuer: &str, ca_pem: &str) {
-        let body = serde_json::json!({ "issuer": issuer, "ca_pem": ca_pem });
-        let r = self
-            .client
-            .post(self.url("/_emulator/trusted-issuers"))
-            .json(&body)
-            .send()
-            .await
-            .expect("the emulator answers");
-        assert!(r.status().is_success(), "trusting {issuer} refused: {}", r.text().await.unwrap_or_default());
+        let (status, body) = self.register_issuer(&serde_json::json!({ "issuer": issuer, "ca_pem": ca_pem })).await;
+        assert!((200..300).contains(&status), "trusting {issuer} refused ({status}): {body}");
+    }
+
+    /// `POST /_emulator/trusted-issuers` with `body` (`issuer`, optional `ca_pem`), accepted or
+    /// not: `(status, body)`.
+    pub async fn register_issuer(&self, body: &Value) -> (u16, String) {
+        let url = self.url("/_emulator/trusted-issuers");
+        let r = self.client.post(url).json(body).send().await.expect("the emulator answers");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
 
     /// The dev identities (`aws_role_arn`, `gcp_service_account`, `audiences`...).

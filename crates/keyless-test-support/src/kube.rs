@@ -17,9 +17,9 @@ use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa
 use tokio::io::AsyncWriteExt as _;
 use tokio::process::{Child, Command};
 
-use crate::binary::workspace_root;
 use crate::process::free_port;
 use crate::tools::{self, Missing};
+use crate::wait::holds_within;
 
 /// How long etcd and the API server may take to turn ready (a loaded 2-core machine is slow).
 const START_DEADLINE: Duration = Duration::from_secs(180);
@@ -43,9 +43,7 @@ impl KubeBinaries {
 /// The binaries `scripts/kube` builds (`KEYLESS_TEST_KUBE_BIN`, else `target/kube/bin`), or a skip
 /// (a failure under `CI=true`, see [`tools::or_skip`]).
 pub fn binaries() -> Option<KubeBinaries> {
-    let dir = std::env::var_os("KEYLESS_TEST_KUBE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/kube/bin"));
+    let dir = tools::path_from_env("KEYLESS_TEST_KUBE_BIN", "target/kube/bin");
     let found = ["kube-apiserver", "kubectl", "etcd"].iter().all(|b| dir.join(b).is_file());
     tools::or_skip(
         found.then_some(KubeBinaries { dir }),
@@ -327,18 +325,12 @@ fn write_kubeconfig(dir: &Path, server: &str, ca: &Path) -> PathBuf {
 async fn wait_ready(what: &str, url: &str, client: Option<&reqwest::Client>, log: &Path) {
     let plain = crate::clients::loopback();
     let client = client.unwrap_or(&plain);
-    let give_up = tokio::time::Instant::now() + START_DEADLINE;
-    loop {
-        let answer = client.get(url).bearer_auth(ADMIN_TOKEN).send().await;
-        if answer.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        if tokio::time::Instant::now() >= give_up {
-            let logs = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: String =
-                logs.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-            panic!("{what} did not turn ready at {url} within {START_DEADLINE:?}; its log ends:\n{tail}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let answers =
+        || async { client.get(url).bearer_auth(ADMIN_TOKEN).send().await.is_ok_and(|r| r.status().is_success()) };
+    if !holds_within(START_DEADLINE, answers).await {
+        let logs = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: String =
+            logs.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        panic!("{what} did not turn ready at {url} within {START_DEADLINE:?}; its log ends:\n{tail}");
     }
 }

@@ -9,7 +9,6 @@
 //! bind-mounts, read-only, the host's libraries and the test venv's Python, or the keyless binary
 //! under test (the emulation, which the sidecar image leaves out).
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -40,13 +39,12 @@ pub struct Podman {
 
 /// podman, runc and root; or a skip (a failure under `CI=true`, see [`tools::or_skip`]).
 pub fn podman() -> Option<Podman> {
-    let is_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    let has = |tool: &str| std::process::Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
-    let found = (is_root && has("podman") && has("runc")).then(|| {
-        let conf_dir = tempfile::tempdir().expect("a temporary directory");
-        std::fs::write(conf_dir.path().join("containers.conf"), CONTAINERS_CONF).expect("containers.conf");
-        Podman { conf_dir }
-    });
+    let found =
+        (tools::is_root() && tools::runs("podman", "--version") && tools::runs("runc", "--version")).then(|| {
+            let conf_dir = tempfile::tempdir().expect("a temporary directory");
+            std::fs::write(conf_dir.path().join("containers.conf"), CONTAINERS_CONF).expect("containers.conf");
+            Podman { conf_dir }
+        });
     tools::or_skip(
         found,
         Missing {
@@ -57,57 +55,35 @@ pub fn podman() -> Option<Podman> {
 }
 
 impl Podman {
-    /// `podman ARGS` with the harness's configuration; output captured.
-    pub async fn run(&self, args: &[&str]) -> Output {
-        let mut command = Command::new("podman");
+    /// `program` with the harness's `containers.conf`, no stdin, killed when dropped.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
         command
-            .args(args)
             .env("CONTAINERS_CONF", self.conf_dir.path().join("containers.conf"))
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        tokio::time::timeout(PODMAN_DEADLINE, command.output())
-            .await
-            .unwrap_or_else(|_| panic!("podman {args:?} did not finish in {PODMAN_DEADLINE:?}"))
-            .expect("running podman")
+        command
+    }
+
+    /// `podman ARGS` with the harness's configuration; output captured.
+    pub async fn run(&self, args: &[&str]) -> Output {
+        let mut command = self.command("podman");
+        command.args(args);
+        output_within(command, PODMAN_DEADLINE, &format!("podman {args:?}")).await
     }
 
     /// `podman ARGS`' stdout; fails the test with its stderr if it failed.
     pub async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        assert!(
-            out.status.success(),
-            "podman {args:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(&format!("podman {args:?}"), self.run(args).await)
     }
 
     /// Builds [`SIDECAR_IMAGE`] with `scripts/image` (warm after the first build: the release
     /// build and the image layers are cached), one build at a time on the machine.
     pub async fn build_sidecar_image(&self) {
         let root = workspace_root();
-        let lock = root.join("target/image.lock");
-        let mut command = Command::new("flock");
-        command
-            .arg(&lock)
-            .arg(root.join("scripts/image"))
-            .current_dir(&root)
-            .env("CONTAINERS_CONF", self.conf_dir.path().join("containers.conf"))
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let out = tokio::time::timeout(IMAGE_DEADLINE, command.output())
-            .await
-            .unwrap_or_else(|_| panic!("scripts/image did not finish in {IMAGE_DEADLINE:?}"))
-            .expect("running scripts/image");
-        assert!(
-            out.status.success(),
-            "scripts/image failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut command = self.command("flock");
+        command.arg(root.join("target/image.lock")).arg(root.join("scripts/image")).current_dir(&root);
+        succeeded("scripts/image", output_within(command, IMAGE_DEADLINE, "scripts/image").await);
     }
 
     /// Builds [`HOST_IMAGE`]: an empty root (merged-/usr links, mount points, `hosts: files`).
@@ -167,6 +143,26 @@ impl Drop for Pod {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// `command`'s output; the test fails if it takes longer than `deadline`.
+async fn output_within(mut command: Command, deadline: Duration, what: &str) -> Output {
+    tokio::time::timeout(deadline, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish in {deadline:?}"))
+        .unwrap_or_else(|e| panic!("running {what}: {e}"))
+}
+
+/// `out`'s stdout; the test fails with its output if `what` failed.
+fn succeeded(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `-v` options that mount, read-only at the same paths, what a [`HOST_IMAGE`] container needs to

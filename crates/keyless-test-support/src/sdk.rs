@@ -10,6 +10,7 @@ use std::process::{Output, Stdio};
 use tokio::process::{Child, Command};
 
 use crate::binary::workspace_root;
+use crate::process::free_port;
 use crate::tools::{self, GoClients, JavaClients, NodeClients};
 
 /// A client process about to run.
@@ -44,7 +45,8 @@ impl App {
         let mut command = Command::new(clients.bin.join(program));
         command.args(args);
         let mut app = Self::new(command, format!("go {program}"));
-        let proxy = format!("http://{}", closed_loopback_port());
+        // A port bound and released: nothing listens on it.
+        let proxy = format!("http://127.0.0.1:{}", free_port());
         app.command.env("HTTP_PROXY", &proxy).env("HTTPS_PROXY", &proxy);
         app
     }
@@ -104,10 +106,9 @@ impl App {
     }
 }
 
-/// A loopback address nothing listens on (bound, then released).
-fn closed_loopback_port() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    listener.local_addr().expect("its address")
+/// A client's stdout as the JSON it printed; the test fails, showing it, if it is not JSON.
+pub fn json_of(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
 /// `out`'s stdout; if it failed, the test fails with its stderr and `context`.

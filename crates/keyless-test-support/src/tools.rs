@@ -45,6 +45,22 @@ pub fn or_skip<T>(found: Option<T>, missing: Missing) -> Option<T> {
     found
 }
 
+/// The path the env var `var` names, else `default` under the workspace root (where
+/// `scripts/test` puts it).
+pub(crate) fn path_from_env(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| workspace_root().join(default))
+}
+
+/// Whether `tool version_arg` runs and succeeds: the tool is on PATH and works.
+pub(crate) fn runs(tool: &str, version_arg: &str) -> bool {
+    std::process::Command::new(tool).arg(version_arg).output().is_ok_and(|o| o.status.success())
+}
+
+/// Whether this process runs as root (/proc/self belongs to the effective user of its reader).
+pub(crate) fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
 /// The pinned Node SDK clients (`tests/node/package-lock.json`).
 #[derive(Debug, Clone)]
 pub struct NodeClients {
@@ -54,11 +70,8 @@ pub struct NodeClients {
 
 /// The Node clients and a `node` to run them, or a skip (see [`or_skip`]).
 pub fn node_clients() -> Option<NodeClients> {
-    let modules = std::env::var_os("KEYLESS_TEST_NODE_MODULES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/node/node_modules"));
-    let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-    let found = (node && modules.is_dir()).then_some(NodeClients { modules });
+    let modules = path_from_env("KEYLESS_TEST_NODE_MODULES", "target/node/node_modules");
+    let found = (runs("node", "--version") && modules.is_dir()).then_some(NodeClients { modules });
     or_skip(
         found,
         Missing {
@@ -77,9 +90,7 @@ pub struct GoClients {
 
 /// The built Go clients, or a skip (see [`or_skip`]).
 pub fn go_clients() -> Option<GoClients> {
-    let bin = std::env::var_os("KEYLESS_TEST_GO_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/go/bin"));
+    let bin = path_from_env("KEYLESS_TEST_GO_BIN", "target/go/bin");
     let built = ["aws", "gcp", "azure"].iter().all(|program| bin.join(program).is_file());
     or_skip(
         built.then_some(GoClients { bin }),
@@ -99,14 +110,11 @@ pub struct JavaClients {
 
 /// The compiled Java clients and a `java` to run them, or a skip (see [`or_skip`]).
 pub fn java_clients() -> Option<JavaClients> {
-    let dir = std::env::var_os("KEYLESS_TEST_JAVA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/java"));
-    let java = std::process::Command::new("java").arg("-version").output().is_ok_and(|o| o.status.success());
-    let jars = std::fs::read_to_string(dir.join("classpath.txt")).ok().filter(|_| dir.join("classes/keyless").is_dir());
-    let found = jars
-        .filter(|_| java)
-        .map(|jars| JavaClients { classpath: format!("{}:{}", dir.join("classes").display(), jars.trim()) });
+    let dir = path_from_env("KEYLESS_TEST_JAVA_DIR", "target/java");
+    let compiled = dir.join("classes/keyless").is_dir() && runs("java", "-version");
+    let jars = std::fs::read_to_string(dir.join("classpath.txt")).ok().filter(|_| compiled);
+    let found =
+        jars.map(|jars| JavaClients { classpath: format!("{}:{}", dir.join("classes").display(), jars.trim()) });
     or_skip(
         found,
         Missing {
@@ -118,19 +126,15 @@ pub fn java_clients() -> Option<JavaClients> {
 
 /// Root, to start keyless as another user (the image's); or a skip (see [`or_skip`]).
 pub fn root() -> Option<()> {
-    // /proc/self belongs to the effective user of the process reading it.
-    let is_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
     or_skip(
-        is_root.then_some(()),
+        is_root().then_some(()),
         Missing { what: "root", fix: "run the suite as root, as CI does (scripts/image needs it too)" },
     )
 }
 
 /// The venv Python with the pinned SDK clients (`tests/requirements.txt`); required everywhere.
 pub fn python() -> PathBuf {
-    let path = std::env::var_os("KEYLESS_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/venv/bin/python"));
+    let path = path_from_env("KEYLESS_TEST_PYTHON", "target/venv/bin/python");
     if !path.exists() {
         Missing {
             what: "the Python SDK clients (target/venv)",

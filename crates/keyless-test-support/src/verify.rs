@@ -1,14 +1,71 @@
 //! Proof that a credential an SDK client got from keyless is one the emulated cloud accepts: AWS
 //! keys sign a `GetCallerIdentity` the emulator verifies (SigV4), a Google access token passes its
 //! `tokeninfo`, ID tokens and Entra tokens verify against its published keys. For clients (Go,
-//! Java) that print what they got for the test to check.
+//! Java) that print what they got for the test to check; the checks each SDK matrix (Go, Java,
+//! Node) makes of the same route are here once.
+
+use std::time::Duration;
 
 use aws_sdk_sts::config::{Credentials, SharedCredentialsProvider};
 use serde_json::Value;
 
 use crate::clients;
+use crate::clock::{parse_rfc3339_utc, wall_clock};
 use crate::dev::Dev;
 use crate::jwt::Jwks;
+
+/// An ID-token audience with characters a URL encoder changes: a client that encodes the query
+/// must get it back as given.
+pub const AWKWARD_AUDIENCE: &str = "https://example.com/run?service=a b&v=1";
+
+/// That an AWS client's output (`expiration`, and `arn` if the client signed a call itself, else
+/// the keys [`aws_caller_arn`] checks) is the dev role's, served by the container endpoint with
+/// more than 15 minutes left, and that no IMDS token was asked for.
+pub async fn aws_from_container_endpoint(dev: &Dev, out: &Value) {
+    assert_dev_role(dev, out).await;
+    let expiration = out["expiration"].as_str().and_then(parse_rfc3339_utc);
+    let expiration = expiration.unwrap_or_else(|| panic!("no RFC 3339 expiration: {out}"));
+    assert!(expiration > wall_clock() + Duration::from_secs(15 * 60), "served with too little left: {out}");
+    assert!(dev.requests_counted("aws", "/v1/credentials", 200).await >= 1);
+    assert_eq!(dev.requests_counted("aws", "/latest/api/token", 200).await, 0);
+}
+
+/// That an AWS client's output is the dev role's, served by IMDSv2 (a session token, then the
+/// role's credentials).
+pub async fn aws_from_imdsv2(dev: &Dev, out: &Value) {
+    assert_dev_role(dev, out).await;
+    assert!(dev.requests_counted("aws", "/latest/api/token", 200).await >= 1);
+    assert!(dev.requests_counted("aws", "/latest/meta-data/iam/security-credentials/{role}", 200).await >= 1);
+}
+
+async fn assert_dev_role(dev: &Dev, out: &Value) {
+    let role = dev.var("KEYLESS_AWS_ROLE_ARN").rsplit('/').next().unwrap_or_default();
+    let arn = match out["arn"].as_str() {
+        Some(arn) => arn.to_owned(),
+        None => aws_caller_arn(dev, out).await,
+    };
+    assert!(arn.contains(&format!("assumed-role/{role}/")), "not the dev role's: {arn}\n{out}");
+}
+
+/// That a Google client's output (`email`, `access_token`, `id_token` for `audience`) is the dev
+/// service account's, each token accepted by the emulated Google.
+pub async fn google_tokens(dev: &Dev, out: &Value, audience: &str) {
+    let account = dev.var("KEYLESS_GCP_SERVICE_ACCOUNT");
+    let field = |name: &str| out[name].as_str().unwrap_or_else(|| panic!("{name} missing: {out}")).to_owned();
+    assert_eq!(field("email"), account, "{out}");
+    let info = google_tokeninfo(dev, &field("access_token")).await;
+    assert_eq!(info["email"], account, "{info}");
+    let claims = google_id_token(dev, &field("id_token"), audience).await;
+    assert_eq!(claims["email"], account, "{claims}");
+}
+
+/// That an Azure client's output (`token`, `left_s`) is an Entra token of the identity for
+/// `resource` with more than 55 minutes left.
+pub async fn entra_output(dev: &Dev, out: &Value, resource: &str) {
+    let token = out["token"].as_str().unwrap_or_else(|| panic!("token missing: {out}"));
+    entra_token(dev, token, resource).await;
+    assert!(out["left_s"].as_i64().is_some_and(|left| left > 55 * 60), "served with too little left: {out}");
+}
 
 /// The ARN `GetCallerIdentity` names when signed with `credentials` (JSON with `access_key_id`,
 /// `secret_access_key`, `session_token`); the test fails if the emulator refuses the signature.

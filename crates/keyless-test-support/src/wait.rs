@@ -10,14 +10,29 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 ///
 /// On tokio's paused clock the checks and the deadline are virtual time: the condition must then
 /// depend on what the runtime drives (its timers, its own tasks), not on other processes.
-pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(holds_within(deadline, condition).await, "timed out after {deadline:?} waiting for {what}");
+}
+
+/// Whether `condition` came to hold within `deadline` (checked every 20 ms, as [`wait_until`]):
+/// for a caller whose failure must say more than what it waited for (a component's log).
+pub async fn holds_within<F, Fut>(deadline: Duration, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let give_up = tokio::time::Instant::now() + deadline;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < give_up, "timed out after {deadline:?} waiting for {what}");
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= give_up {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
