@@ -1,9 +1,10 @@
-//! Request parsing of every native route, through the adapters' routers as the binary serves them
-//! (`keyless_provider::router`: the shared request rules in front of each provider's routes): a
-//! fuzzed request line and headers go to the merged AWS, GCP and Azure routers, serving real
-//! cached credentials from an in-process emulator. Besides not panicking and answering in time, a
-//! 200 from a credential route must carry that route's required header and break none of the
-//! shared rules (an allowed `Host`, no forwarding header, no security header twice).
+//! Request parsing of every native route, through the routes as the binary serves them
+//! (`keyless_provider::Routes`: one table over every provider's routes, each behind its shared
+//! request rules): a fuzzed request line and headers go to the AWS, GCP and Azure routes together,
+//! serving real cached credentials from an in-process emulator. Besides not panicking and
+//! answering in time, a 200 from a credential route must carry that route's required header and
+//! break none of the shared rules (an allowed `Host`, no forwarding header, no security header
+//! twice).
 //!
 //! Input: `METHOD TARGET\nName: value\n...` (what hyper would hand over after parsing a head).
 #![no_main]
@@ -11,19 +12,17 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use keyless_emulator::{Cloud, Emulator, EmulatorConfig};
-use keyless_provider::Started as _;
+use keyless_provider::{Routes, Started};
 use libfuzzer_sys::fuzz_target;
-use tower::ServiceExt as _;
 
 const AUTHORIZATION: &str = "fuzz-container-authorization-value";
 const IDENTITY_HEADER: &str = "fuzz-app-service-identity-header";
 
 struct Harness {
-    router: Router,
+    routes: Routes,
     _emulator: Emulator,
     _state: tempfile::TempDir,
 }
@@ -67,11 +66,11 @@ async fn start() -> Harness {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let router = Router::new()
-        .merge(keyless_provider::router("aws", &aws).expect("aws routes"))
-        .merge(keyless_provider::router("gcp", &gcp).expect("gcp routes"))
-        .merge(keyless_provider::router("azure", &azure).expect("azure routes"));
-    Harness { router, _emulator: emulator, _state: state }
+    // Not `keyless_provider::router` per provider, merged: each such router answers through a
+    // fallback service, and axum refuses to merge two fallbacks (it panics).
+    let providers: [(&'static str, &dyn Started); 3] = [("aws", &aws), ("gcp", &gcp), ("azure", &azure)];
+    let routes = Routes::new(providers, None).expect("the providers' routes");
+    Harness { routes, _emulator: emulator, _state: state }
 }
 
 /// The request a fuzzed head describes, or `None` when hyper would have refused it already.
@@ -132,9 +131,9 @@ fuzz_target!(|data: &[u8]| {
     let harness = harness();
     let (path, headers) = (request.uri().path().to_owned(), request.headers().clone());
     let response = keyless_fuzz::runtime().block_on(async {
-        tokio::time::timeout(Duration::from_secs(5), harness.router.clone().oneshot(request)).await
+        tokio::time::timeout(Duration::from_secs(5), harness.routes.serve(request)).await
     });
-    let response = response.expect("a request hung for 5 s").expect("routers are infallible");
+    let response = response.expect("a request hung for 5 s").expect("the routes are infallible");
     if response.status().is_success() {
         check_authorized(&path, &headers);
     }

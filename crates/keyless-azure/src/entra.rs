@@ -11,6 +11,7 @@
 //! a nested error. A plain POST meets every requirement: custom authority host and CA, our
 //! classification, our timeouts, no cache but ours.
 
+use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use keyless_core::clock::SharedClock;
@@ -28,10 +29,20 @@ const CA_KEY: &str = "azure.ca_file";
 /// What is asked for within one provider: an app (client id) and the scope of one resource.
 /// Tenant and authority are fixed per provider, so this is the (authority, tenant, client id,
 /// scope) key of docs/protocols.md 4.1.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TokenKey {
     pub client_id: ClientId,
     pub scope: Scope,
+}
+
+/// The scope alone, as `/readyz`, `keyless exec` and the cache's log lines print a key: each
+/// prints it beside the identity ([`EntraExchange`]'s is the client id), so
+/// `ready azure <client id> https://vault.azure.net/.default` rather than the derived
+/// `TokenKey { client_id: ClientId("..."), scope: Scope("...") }`.
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.scope.as_str())
+    }
 }
 
 /// An Entra ID access token, as cached and served.

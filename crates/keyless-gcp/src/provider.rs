@@ -67,9 +67,7 @@ pub async fn start(config: Config, ctx: &Context) -> Result<Running, ConfigError
 /// Google Cloud through keyless: STS (+ impersonation) behind the GCE metadata server.
 #[derive(Debug)]
 pub struct Running {
-    cache: CredentialCache<GcpExchange>,
-    /// The extra service accounts' caches (`[[gcp.service_accounts]]`), for readiness.
-    extra: Vec<CredentialCache<GcpExchange>>,
+    /// Every account's tokens (the default one first); its caches are what `/readyz` reports.
     metadata: Arc<MetadataServer>,
     project_id: Option<String>,
 }
@@ -87,13 +85,16 @@ impl Running {
     /// ID-token audience (pre-warm). Does not wait for the exchanges.
     async fn start(settings: Settings, ctx: &Context) -> Result<Running, ConfigError> {
         let exchange = GcpExchange::new(&settings, ctx)?;
-        // The extra accounts' exchanges share the default's HTTP client.
-        let mut extra = Vec::with_capacity(settings.accounts.len());
-        for account in &settings.accounts {
-            let account_settings = account.settings(&settings);
-            extra.push(start_account(&account_settings, exchange.for_account(&account_settings), ctx).await);
-            tracing::info!(service_account = account.email.as_str(), "gcp service account configured");
-        }
+        // The extra accounts' exchanges share the default's HTTP client (and its connection pool).
+        let extra: Vec<(Settings, GcpExchange)> = settings
+            .accounts
+            .iter()
+            .map(|account| {
+                let account_settings = account.settings(&settings);
+                let exchange = exchange.for_account(&account_settings);
+                (account_settings, exchange)
+            })
+            .collect();
         let cache = start_account(&settings, exchange, ctx).await;
         // Without a service account the token belongs to the pool's federated identity; GKE's
         // metadata server names it PROJECT_ID.svc.id.goog, and clients need some e-mail
@@ -126,18 +127,19 @@ impl Running {
             iam = %settings.iam_endpoint,
             "gcp provider configured"
         );
-        let mut accounts =
-            vec![AccountTokens::new(cache.clone(), settings.scopes.clone(), settings.service_account.is_some())];
-        for (account, cache) in settings.accounts.iter().zip(&extra) {
-            accounts.push(AccountTokens::new(cache.clone(), account.scopes.clone(), true));
+        let mut accounts = vec![AccountTokens::new(cache, settings.scopes.clone(), settings.service_account.is_some())];
+        for (account, (account_settings, exchange)) in settings.accounts.iter().zip(extra) {
+            let cache = start_account(&account_settings, exchange, ctx).await;
+            tracing::info!(service_account = account.email.as_str(), "gcp service account configured");
+            accounts.push(AccountTokens::new(cache, account.scopes.clone(), true));
         }
         let metadata = Arc::new(MetadataServer::new(&description, accounts, ctx.clock.clone()));
-        Ok(Running { cache, extra, metadata, project_id: settings.project_id })
+        Ok(Running { metadata, project_id: settings.project_id })
     }
 }
 
-/// A service account's cache (the default's or an extra one's, over the same token source), its
-/// default scopes and ID-token audiences pinned (pre-warmed).
+/// One service account's cache (the default one's or an extra one's), its default scopes and
+/// ID-token audiences pinned (pre-warmed). Every account shares the one token source.
 async fn start_account(settings: &Settings, exchange: GcpExchange, ctx: &Context) -> CredentialCache<GcpExchange> {
     let cache = ctx.cache(exchange, ctx.token_source(&settings.token_source()).await);
     cache.pin(TokenKey::AccessToken(settings.scopes.clone()));
@@ -159,9 +161,7 @@ impl Started for Running {
 
     /// Every account's cache: `/readyz` names each service account.
     fn readiness(&self) -> Vec<Arc<dyn Readiness>> {
-        let mut caches: Vec<Arc<dyn Readiness>> = vec![Arc::new(self.cache.clone())];
-        caches.extend(self.extra.iter().map(|c| Arc::new(c.clone()) as Arc<dyn Readiness>));
-        caches
+        self.metadata.caches().map(|c| Arc::new(c.clone()) as Arc<dyn Readiness>).collect()
     }
 
     /// `GCE_METADATA_HOST`/`_IP`/`_ROOT` as `127.0.0.1:PORT` (Python, Go, Node, gcloud each read a

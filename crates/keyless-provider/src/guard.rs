@@ -1,6 +1,7 @@
-//! The request rules every native route shares, applied once by one tower layer in front of each
-//! provider's routes (and, for `Host`, of the admin routes), answered in each route's native
-//! error shape (the security rules, docs/reliability.md; docs/reliability.md "hostile input" lists every case):
+//! The request rules every native route shares, checked once in front of each provider's routes
+//! (by the credential listener's route table, [`crate::dispatch`]) and, for `Host`, of the admin
+//! routes (by [`GuardLayer`]), answered in each route's native error shape (the security rules,
+//! docs/reliability.md; docs/reliability.md "hostile input" lists every case):
 //!
 //! | violation | status | why |
 //! |---|---|---|
@@ -10,7 +11,7 @@
 //! | a request body (`Content-Length` other than 0, or `Transfer-Encoding`) | 400 | no native route takes one |
 //! | a query string over 4 KiB | 400 | the longest legitimate one (an ID-token audience) is far shorter |
 //!
-//! The layer allocates nothing for an accepted request: its future wraps the route's own.
+//! The check allocates nothing for an accepted request; the layer's future wraps the route's own.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -252,7 +253,8 @@ fn is_port(text: &[u8]) -> bool {
     !text.is_empty() && text.len() <= 5 && text.iter().all(u8::is_ascii_digit)
 }
 
-/// The layer applying [`Rules`] in front of a provider's routes.
+/// The layer applying [`Rules`] in front of an axum router's routes (the admin listener's; the
+/// credential routes get theirs from [`crate::Routes`]).
 #[derive(Debug, Clone)]
 pub struct GuardLayer {
     rules: Rules,

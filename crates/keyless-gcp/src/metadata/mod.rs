@@ -80,6 +80,11 @@ impl MetadataServer {
     pub(crate) fn new(description: &Description, accounts: Vec<AccountTokens>, clock: SharedClock) -> Self {
         Self { tree: build_tree(description), accounts, clock }
     }
+
+    /// Every account's cache, the default one's first.
+    pub(crate) fn caches(&self) -> impl Iterator<Item = &CredentialCache<GcpExchange>> {
+        self.accounts.iter().map(|a| &a.cache)
+    }
 }
 
 /// An account's directory; `account` indexes [`MetadataServer::accounts`].
