@@ -109,8 +109,9 @@ async fn no_matching_federated_credential_hint_names_the_tokens_actual_claims() 
 /// On the paused clock: the refresh, its retries and their backoff run in virtual time.
 #[tokio::test(start_paused = true)]
 async fn server_errors_are_retried_while_the_cached_token_keeps_being_served() {
-    // Refresh after 360 s (10% of the emulator's 3599 s tokens), so a refresh meets the storm.
-    let policy = patient(CachePolicy { refresh_at: 0.1, ..fast_retries() });
+    // Refresh after 360 s (10% of the emulator's 3599 s tokens), so a refresh meets the storm;
+    // no refresh jitter, which would move it anywhere from 144 s on.
+    let policy = patient(CachePolicy { refresh_at: 0.1, refresh_jitter: 0.0, ..fast_retries() });
     let h = Harness::start_with(paused_context(policy), |_, _| {}).await;
     let (status, first) = json(h.imds(ARM).await).await;
     assert_eq!(status, 200);
