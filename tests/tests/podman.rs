@@ -1,153 +1,167 @@
-//! keyless under a real container engine (podman; keyless-test-support's podman.rs): the image
-//! `scripts/image` builds runs as uid 65532 on a read-only root filesystem in a podman pod (one
-//! network namespace, as a Kubernetes pod), next to unmodified example apps, with the topology of
-//! `docker/compose.yaml` read from the file itself: each service's command, environment, user,
-//! read-only root, capabilities, volumes, config and health check.
+//! keyless under a real container engine (podman; keyless-test-support's podman.rs), with the
+//! topology of `docker/compose.yaml` run by a real compose tool (podman-compose, pinned in
+//! `tests/requirements.txt`) from the file itself: the sidecar image `scripts/image` builds runs
+//! as uid 65532 on a read-only root filesystem, the emulator beside it, and the unmodified example
+//! apps in the sidecar's network namespace (`network_mode: service:keyless`, the shape of a
+//! Kubernetes pod) print the identities they got.
 //!
-//! What differs from `docker compose up`, because nothing can be pulled or built from a base image
-//! here: the emulator service (the dev image) and the apps (`keyless-examples:dev`) run in an
-//! empty image with the host's libraries mounted read-only, the first with the keyless binary
-//! under test, the second with the test venv's Python and `examples/` at `/app`; and the health
-//! checks run in the sidecar image (the same binary path) with the service's volumes.
+//! What differs from `docker compose up`, and why:
+//! - Nothing can be pulled or built from a base image here, so an override file (compose's own
+//!   `-f` merging) runs the emulator (the dev image) and the apps (`keyless-examples:dev`) in an
+//!   empty image with the host's libraries mounted read-only: the emulator with the keyless binary
+//!   under test (its health check the same command at that binary's path), the apps with the test
+//!   venv's Python and `examples/` at `/app`. The sidecar is the real image, unchanged.
+//! - Debian's podman (4.3) has no `podman wait --condition=healthy`, so podman-compose ignores
+//!   `depends_on: condition: service_healthy`, and without systemd podman schedules no health
+//!   checks. The test therefore brings the services up in compose's dependency order and runs each
+//!   service's own compose health check (`podman healthcheck run`) until it passes, as the engine
+//!   would before starting the next.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use keyless_test_support::binary::{keyless_bin, workspace_root};
-use keyless_test_support::podman::{self, HOST_IMAGE, Pod, Podman, SIDECAR_IMAGE};
-use keyless_test_support::tools::python;
+use keyless_test_support::podman::{self, HOST_IMAGE, Podman};
 use keyless_test_support::wait::{STARTUP_DEADLINE, holds_within};
-use serde_json::Value;
 
 /// The user every container runs as.
 const RUNTIME_UID: u32 = 65532;
+/// The example apps and what each prints once it has its cloud's credentials.
+const APPS: [(&str, &str); 3] = [
+    ("aws-app", "aws: arn:aws:sts::123456789012:assumed-role/keyless-dev/"),
+    ("gcp-app", "access token for keyless-dev@keyless-dev.iam.gserviceaccount.com"),
+    ("azure-app", "token for app 3f6e8d1c-9b2a-4e7f-8c5d-6a1b2c3d4e5f"),
+];
 
-/// `docker/compose.yaml` as compose reads it (anchors and merge keys resolved).
-fn compose() -> Value {
-    let script = "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))";
-    let out = std::process::Command::new(python())
-        .args(["-c", script])
-        .arg(workspace_root().join("docker/compose.yaml"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn strings(value: &Value) -> Vec<String> {
-    value.as_array().map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect()).unwrap_or_default()
-}
-
-/// The compose project's named volumes and configs, as host paths.
-struct Project {
-    compose: Value,
+/// The compose project: `docker/compose.yaml` plus the test's override, under a name unique on
+/// the machine; taken down with its volumes and network when dropped.
+struct Project<'a> {
+    podman: &'a Podman,
+    name: String,
     dir: tempfile::TempDir,
 }
 
-impl Project {
-    fn new() -> Self {
-        let project = Self { compose: compose(), dir: tempfile::tempdir().unwrap() };
-        for volume in project.compose["volumes"].as_object().unwrap().keys() {
-            let path = project.volume(volume);
-            std::fs::create_dir_all(&path).unwrap();
-            std::os::unix::fs::chown(&path, Some(RUNTIME_UID), Some(RUNTIME_UID)).unwrap();
-        }
-        std::fs::set_permissions(project.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+impl<'a> Project<'a> {
+    fn new(podman: &'a Podman) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let unique = dir.path().file_name().unwrap().to_string_lossy().replace('.', "").to_lowercase();
+        let project = Self { podman, name: format!("keyless-test-{unique}"), dir };
+        std::fs::write(project.override_file(), override_yaml()).unwrap();
         project
     }
 
-    fn volume(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+    fn override_file(&self) -> PathBuf {
+        self.dir.path().join("compose.override.yaml")
     }
 
-    fn service(&self, name: &str) -> &Value {
-        &self.compose["services"][name]
+    /// The `-f`, `-p` options every podman-compose call starts with.
+    fn files(&self) -> Vec<String> {
+        let compose = workspace_root().join("docker/compose.yaml");
+        vec![
+            "-f".into(),
+            compose.display().to_string(),
+            "-f".into(),
+            self.override_file().display().to_string(),
+            "-p".into(),
+            self.name.clone(),
+        ]
     }
 
-    /// `podman run` options for the hardening, volumes, tmpfs and configs of `service`.
-    fn options(&self, service: &Value) -> Vec<String> {
-        let mut options = Vec::new();
-        if let Some(user) = service["user"].as_str() {
-            options.extend(["--user".to_owned(), user.to_owned()]);
-        }
-        if service["read_only"] == true {
-            options.push("--read-only".to_owned());
-        }
-        for cap in strings(&service["cap_drop"]) {
-            options.extend(["--cap-drop".to_owned(), cap]);
-        }
-        for opt in strings(&service["security_opt"]) {
-            options.extend(["--security-opt".to_owned(), opt.replace(":true", "")]);
-        }
-        for tmpfs in strings(&service["tmpfs"]) {
-            options.extend(["--tmpfs".to_owned(), tmpfs]);
-        }
-        for volume in strings(&service["volumes"]) {
-            let (source, rest) = volume.split_once(':').unwrap();
-            options.extend(["-v".to_owned(), format!("{}:{rest}", self.volume(source).display())]);
-        }
-        for config in service["configs"].as_array().cloned().unwrap_or_default() {
-            let file = self.compose["configs"][config["source"].as_str().unwrap()]["file"].as_str().unwrap();
-            let host = workspace_root().join("docker").join(file);
-            options.extend(["-v".to_owned(), format!("{}:{}:ro", host.display(), config["target"].as_str().unwrap())]);
-        }
-        options
+    /// `podman-compose -f ... -p ... ARGS`; fails the test with its output if it failed.
+    async fn compose(&self, args: &[&str]) -> String {
+        let mut all = self.files();
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = self.podman.compose(&all).await;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "podman-compose {args:?} failed ({}):\n{text}", out.status);
+        text
     }
 
-    /// The `-e` options of `service`'s environment, plus `extra`.
-    fn env(service: &Value, extra: &[(&str, String)]) -> Vec<String> {
-        let mut env: BTreeMap<String, String> = service["environment"]
-            .as_object()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect())
-            .unwrap_or_default();
-        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-        env.into_iter().flat_map(|(k, v)| ["-e".to_owned(), format!("{k}={v}")]).collect()
+    /// The container podman-compose names for `service`.
+    fn container(&self, service: &str) -> String {
+        format!("{}_{service}_1", self.name)
     }
-}
 
-/// `podman run -d` of compose service `name` in `pod`, with `image_options` (image, entrypoint).
-async fn start_service(podman: &Podman, pod: &Pod, project: &Project, name: &str, image_options: &[String]) -> String {
-    let service = project.service(name);
-    let container = format!("{}-{name}", pod.name);
-    let mut args = vec!["run".to_owned(), "-d".to_owned(), "--name".to_owned(), container.clone()];
-    args.extend(pod.run_options());
-    args.extend(project.options(service));
-    args.extend(Project::env(service, &[]));
-    args.extend(image_options.iter().cloned());
-    args.extend(strings(&service["command"]));
-    podman.ok(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    container
-}
+    /// Starts `services` (already-running dependencies are left as they are).
+    async fn up(&self, services: &[&str]) {
+        let mut args = vec!["up", "-d", "--no-build", "--no-deps"];
+        args.extend(services);
+        self.compose(&args).await;
+    }
 
-/// Waits until `name`'s compose health check passes, run in the sidecar image in the pod with the
-/// service's volumes (compose runs it inside the container; the binary path is the same).
-async fn wait_healthy(podman: &Podman, pod: &Pod, project: &Project, name: &str, logs_of: &[String]) {
-    let service = project.service(name);
-    let test = strings(&service["healthcheck"]["test"]);
-    assert_eq!(test[0], "CMD", "{name}: a health check in exec form");
-    let mut args = vec!["run".to_owned(), "--rm".to_owned()];
-    args.extend(pod.run_options());
-    args.extend(project.options(service));
-    args.extend(["--entrypoint".to_owned(), test[1].clone(), SIDECAR_IMAGE.to_owned()]);
-    args.extend(test[2..].iter().cloned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    if !holds_within(STARTUP_DEADLINE, || async { podman.run(&args).await.status.success() }).await {
-        panic!("{name} never turned healthy:\n{}", container_logs(podman, logs_of).await);
+    /// Runs `service`'s compose health check until it passes.
+    async fn wait_healthy(&self, service: &str) {
+        let container = self.container(service);
+        let healthy = holds_within(STARTUP_DEADLINE, || async {
+            self.podman.run(&["healthcheck", "run", &container]).await.status.success()
+        })
+        .await;
+        if !healthy {
+            panic!("{service} never turned healthy:\n{}", self.logs(&["emulator", "keyless"]).await);
+        }
+    }
+
+    async fn logs(&self, services: &[&str]) -> String {
+        let mut all = String::new();
+        for service in services {
+            let out = self.podman.run(&["logs", &self.container(service)]).await;
+            all += &format!(
+                "--- {service}\n{}{}\n",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        all
+    }
+
+    /// The host path of the project's named volume `name`.
+    async fn volume(&self, name: &str) -> PathBuf {
+        let volume = format!("{}_{name}", self.name);
+        PathBuf::from(self.podman.ok(&["volume", "inspect", "--format", "{{.Mountpoint}}", &volume]).await.trim())
     }
 }
 
-async fn container_logs(podman: &Podman, containers: &[String]) -> String {
-    let mut all = String::new();
-    for container in containers {
-        let out = podman.run(&["logs", container]).await;
-        all += &format!(
-            "--- {container}\n{}{}\n",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+impl Drop for Project<'_> {
+    fn drop(&mut self) {
+        let mut command = std::process::Command::new(keyless_test_support::tools::python());
+        command.args(["-m", "podman_compose"]).args(self.files()).args(["down", "--volumes", "--timeout", "5"]);
+        let _ = command
+            .env("CONTAINERS_CONF", self.podman.containers_conf())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
-    all
+}
+
+/// The override: the emulator and the apps in [`HOST_IMAGE`] with the host's files they need.
+fn override_yaml() -> String {
+    let mounts = |extra: &[String]| {
+        let mut lines: Vec<String> =
+            podman::host_mounts().chunks(2).map(|pair| format!("      - {}\n", pair[1])).collect();
+        lines.extend(extra.iter().map(|m| format!("      - {m}\n")));
+        lines.concat()
+    };
+    let bin = keyless_bin().display().to_string();
+    let emulator = format!(
+        "  emulator:\n    image: {HOST_IMAGE}\n    entrypoint: [\"{bin}\"]\n    volumes:\n{}    healthcheck:\n      \
+         test: !override [\"CMD\", \"{bin}\", \"probe\", \"--ca-file\", \"/var/lib/keyless-emulator/ca.pem\", \
+         \"https://emulator:9813/.well-known/openid-configuration\"]\n",
+        mounts(&[])
+    );
+    let examples = workspace_root().join("examples");
+    let app_mounts = mounts(&[format!("{}:/app:ro", examples.display())]);
+    let path = format!("{}:/usr/local/bin:/usr/bin:/bin", podman::venv_bin().display());
+    let apps: String = APPS
+        .iter()
+        .map(|(app, _)| {
+            format!(
+                "  {app}:\n    image: {HOST_IMAGE}\n    working_dir: /app\n    volumes:\n{app_mounts}    environment:\n      \
+                 PATH: \"{path}\"\n      HOME: /tmp\n"
+            )
+        })
+        .collect();
+    format!("services:\n{emulator}{apps}")
 }
 
 /// The host process of `container`: its uid, and whether its root is mounted read-only.
@@ -159,74 +173,41 @@ async fn process_uid(podman: &Podman, container: &str) -> (u32, bool) {
     (uid.parse().unwrap(), read_only.trim() == "true")
 }
 
-fn binary_entrypoint() -> Vec<String> {
-    let mut options = podman::host_mounts();
-    options.extend(["--entrypoint".to_owned(), keyless_bin().to_string_lossy().into_owned(), HOST_IMAGE.to_owned()]);
-    options
-}
-
-fn app_options() -> Vec<String> {
-    let mut options = podman::host_mounts();
-    let examples = workspace_root().join("examples");
-    let path = format!("PATH={}:/usr/local/bin:/usr/bin:/bin", podman::venv_bin().display());
-    options.extend(["-v".to_owned(), format!("{}:/app:ro", examples.display())]);
-    options.extend([
-        "-e".to_owned(),
-        path,
-        "-e".to_owned(),
-        "HOME=/tmp".to_owned(),
-        "-w".to_owned(),
-        "/app".to_owned(),
-    ]);
-    options.push(HOST_IMAGE.to_owned());
-    options
-}
-
-/// Runs compose app `name` to completion in `pod`; its output.
-async fn run_app(podman: &Podman, pod: &Pod, project: &Project, name: &str) -> (bool, String) {
-    let service = project.service(name);
-    let mut args = vec!["run".to_owned(), "--rm".to_owned()];
-    args.extend(pod.run_options());
-    args.extend(project.options(service));
-    args.extend(Project::env(service, &[]));
-    args.extend(app_options());
-    args.extend(strings(&service["command"]));
-    let out = podman.run(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-
 #[tokio::test]
-async fn the_image_runs_as_uid_65532_read_only_in_a_podman_pod_and_the_compose_apps_get_their_identities() {
+async fn podman_compose_runs_the_compose_file_and_the_apps_get_their_identities_from_the_read_only_uid_65532_image() {
     let Some(podman) = podman::podman() else { return };
     podman.build_sidecar_image().await;
     podman.build_host_image().await;
-    let project = Project::new();
-    let pod = podman.pod(&["emulator", "keyless"]).await;
+    let project = Project::new(&podman);
 
-    let emulator = start_service(&podman, &pod, &project, "emulator", &binary_entrypoint()).await;
-    wait_healthy(&podman, &pod, &project, "emulator", std::slice::from_ref(&emulator)).await;
-    let sidecar = start_service(&podman, &pod, &project, "keyless", &[SIDECAR_IMAGE.to_owned()]).await;
-    let containers = [emulator.clone(), sidecar.clone()];
-    wait_healthy(&podman, &pod, &project, "keyless", &containers).await;
+    project.up(&["emulator"]).await;
+    project.wait_healthy("emulator").await;
+    project.up(&["keyless"]).await;
+    project.wait_healthy("keyless").await;
 
-    // The shipped image as shipped: its numeric user, a read-only root, next to the apps.
+    // The shipped image as shipped (compose's `image: keyless:dev`, which `scripts/image` tags):
+    // its numeric user and a read-only root, as the compose file's hardening asks.
+    let sidecar = project.container("keyless");
+    let image = podman.ok(&["inspect", "--format", "{{.ImageName}}", &sidecar]).await;
+    assert!(image.trim().ends_with("keyless:dev"), "the sidecar runs {image}");
     assert_eq!(process_uid(&podman, &sidecar).await, (RUNTIME_UID, true));
-    assert_eq!(process_uid(&podman, &emulator).await, (RUNTIME_UID, true));
+    assert_eq!(process_uid(&podman, &project.container("emulator")).await, (RUNTIME_UID, true));
 
-    let expected = [
-        ("aws-app", "aws: arn:aws:sts::123456789012:assumed-role/keyless-dev/"),
-        ("gcp-app", "access token for keyless-dev@keyless-dev.iam.gserviceaccount.com"),
-        ("azure-app", "token for app 3f6e8d1c-9b2a-4e7f-8c5d-6a1b2c3d4e5f"),
-    ];
-    for (app, identity) in expected {
-        let (ok, output) = run_app(&podman, &pod, &project, app).await;
-        if !(ok && output.contains(identity)) {
-            panic!("{app} did not print {identity:?}:\n{output}\n{}", container_logs(&podman, &containers).await);
+    let apps: Vec<&str> = APPS.iter().map(|(app, _)| *app).collect();
+    project.up(&apps).await;
+    for (app, identity) in APPS {
+        let container = project.container(app);
+        let code = podman.ok(&["wait", &container]).await;
+        let output = project.logs(&[app]).await;
+        if !(code.trim() == "0" && output.contains(identity)) {
+            panic!(
+                "{app} exited with {} without printing {identity:?}:\n{output}\n{}",
+                code.trim(),
+                project.logs(&["emulator", "keyless"]).await
+            );
         }
     }
-    drop(pod);
-    assert_run_volume_holds_the_authorization_token(&project.volume("keyless-run"));
+    assert_run_volume_holds_the_authorization_token(&project.volume("keyless-run").await);
 }
 
 /// The sidecar (uid 65532, read-only root) wrote the AWS authorization token file the apps read

@@ -164,7 +164,7 @@ fn compose_services_are_hardened_and_apps_share_the_sidecars_network() {
 
 /// The compose topology on one machine without containers: each service's command, environment
 /// and health check, as compose would run them, mapped onto loopback: the fixed ports become free
-/// ones, service host names become `localhost`, volume and config mount points become directories.
+/// ones, service host names become `localhost`, named volumes become directories, bind-mounted files copies.
 #[derive(Debug)]
 struct Topology {
     dir: tempfile::TempDir,
@@ -194,10 +194,15 @@ impl Topology {
         rewrites.push(("/app/".to_owned(), format!("{}/", repo().join("examples").display())));
 
         let mut mounts = BTreeMap::new();
+        let mut bind_files = Vec::new();
         for (name, service) in services(compose) {
             for volume in service.get("volumes").map(strings).unwrap_or_default() {
                 let mut parts = volume.split(':');
                 let (source, target) = (parts.next().unwrap(), parts.next().unwrap());
+                if source.starts_with('.') || source.starts_with('/') {
+                    bind_files.push((name.clone(), source.to_owned(), target.to_owned()));
+                    continue;
+                }
                 let host = dir.path().join("volumes").join(source);
                 std::fs::create_dir_all(&host).unwrap();
                 let previous = mounts.insert(target.to_owned(), host.clone());
@@ -208,18 +213,17 @@ impl Topology {
         for (target, host) in mounts {
             topology.rewrites.push((target, host.to_string_lossy().into_owned()));
         }
-        // Configs: the file compose would mount, with the same mapping applied to its content.
-        for (name, service) in services(compose) {
-            for config in service.get("configs").and_then(Value::as_array).cloned().unwrap_or_default() {
-                let source = str_of(&config["source"]);
-                let file = repo().join("docker").join(str_of(&compose["configs"][source]["file"]));
-                let text = topology.rewrite(&std::fs::read_to_string(&file).unwrap());
-                let host = topology.dir.path().join("configs").join(source);
-                std::fs::create_dir_all(host.parent().unwrap()).unwrap();
-                std::fs::write(&host, text).unwrap();
-                topology.rewrites.push((str_of(&config["target"]).to_owned(), host.to_string_lossy().into_owned()));
-                assert!(strings(&service["command"]).iter().any(|a| a == str_of(&config["target"])), "{name}");
-            }
+        // Bind-mounted files (the sidecar's config), relative to the compose file as compose reads
+        // them: the file compose would mount, with the same mapping applied to its content.
+        for (name, source, target) in bind_files {
+            let file = repo().join("docker").join(&source);
+            let text = topology.rewrite(&std::fs::read_to_string(&file).unwrap());
+            let host = topology.dir.path().join("binds").join(file.file_name().unwrap());
+            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+            std::fs::write(&host, text).unwrap();
+            let service = &services(compose)[&name];
+            assert!(strings(&service["command"]).contains(&target), "{name}: {target} unused");
+            topology.rewrites.push((target, host.to_string_lossy().into_owned()));
         }
         topology
     }
@@ -444,6 +448,18 @@ fn app_env_names(env: &BTreeMap<String, String>) -> BTreeSet<String> {
     env.keys().filter(|k| !k.starts_with("KEYLESS_") && !EMULATOR_ONLY.contains(&k.as_str())).cloned().collect()
 }
 
+/// The sidecar's config file, relative to the compose file: the source of the bind mount at the
+/// path its command passes to `--config`.
+fn sidecar_config(compose: &Value) -> String {
+    let sidecar = &services(compose)["keyless"];
+    let command = strings(&sidecar["command"]);
+    let target = command.iter().skip_while(|a| *a != "--config").nth(1).expect("the sidecar's --config");
+    strings(&sidecar["volumes"])
+        .iter()
+        .find_map(|v| v.strip_suffix(":ro").unwrap_or(v).strip_suffix(&format!(":{target}")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("no volume mounts the sidecar's config at {target}"))
+}
+
 fn by_name<'a>(list: &'a Value, name: &str) -> &'a Value {
     list.as_array().unwrap().iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no {name} in {list}"))
 }
@@ -451,10 +467,8 @@ fn by_name<'a>(list: &'a Value, name: &str) -> &'a Value {
 #[test]
 fn kubernetes_pods_run_keyless_as_a_hardened_native_sidecar_wired_like_compose() {
     let compose = compose();
-    let compose_config = toml_value(
-        &std::fs::read_to_string(repo().join("docker").join(str_of(&compose["configs"]["keyless-config"]["file"])))
-            .unwrap(),
-    );
+    let compose_config =
+        toml_value(&std::fs::read_to_string(repo().join("docker").join(sidecar_config(&compose))).unwrap());
     let compose_app_env = |cloud: &str| app_env_names(&compose_env(&services(&compose)[&format!("{cloud}-app")]));
     let mut clouds_seen = BTreeSet::new();
 

@@ -72,6 +72,20 @@ impl Podman {
         output_within(command, PODMAN_DEADLINE, &format!("podman {args:?}")).await
     }
 
+    /// `podman-compose ARGS` with the harness's configuration; output captured. podman-compose is
+    /// the test venv's (pinned in `tests/requirements.txt`, installed by `scripts/test`), run as a
+    /// module of the venv's Python (a venv's scripts break when the venv moves).
+    pub async fn compose(&self, args: &[&str]) -> Output {
+        let mut command = self.command(tools::python());
+        command.args(["-m", "podman_compose"]).args(args);
+        output_within(command, PODMAN_DEADLINE, &format!("podman-compose {args:?}")).await
+    }
+
+    /// The harness's `containers.conf` (for a clean-up that cannot be async).
+    pub fn containers_conf(&self) -> PathBuf {
+        self.conf_dir.path().join("containers.conf")
+    }
+
     /// `podman ARGS`' stdout; fails the test with its stderr if it failed.
     pub async fn ok(&self, args: &[&str]) -> String {
         succeeded(&format!("podman {args:?}"), self.run(args).await)
@@ -86,7 +100,8 @@ impl Podman {
         succeeded("scripts/image", output_within(command, IMAGE_DEADLINE, "scripts/image").await);
     }
 
-    /// Builds [`HOST_IMAGE`]: an empty root (merged-/usr links, mount points, `hosts: files`).
+    /// Builds [`HOST_IMAGE`]: an empty root (merged-/usr links, mount points, and `hosts: files dns`
+    /// for a compose network's DNS).
     pub async fn build_host_image(&self) {
         let context = tempfile::tempdir().expect("a temporary directory");
         let rootfs = context.path().join("rootfs");
@@ -97,51 +112,10 @@ impl Podman {
             std::os::unix::fs::symlink(format!("usr/{link}"), rootfs.join(link)).expect("a merged-/usr link");
         }
         std::os::unix::fs::symlink("usr/lib64", rootfs.join("lib64")).expect("the lib64 link");
-        std::fs::write(rootfs.join("etc/nsswitch.conf"), "hosts: files\n").expect("nsswitch.conf");
+        std::fs::write(rootfs.join("etc/nsswitch.conf"), "hosts: files dns\n").expect("nsswitch.conf");
         std::fs::write(context.path().join("Containerfile"), "FROM scratch\nCOPY rootfs/ /\n").expect("Containerfile");
         let context = context.path().to_str().expect("a UTF-8 path");
         self.ok(&["build", "--quiet", "--pull=never", "-t", HOST_IMAGE, context]).await;
-    }
-
-    /// A new pod, its own network namespace with loopback only (`--network none`), in which every
-    /// name of `hosts` resolves to 127.0.0.1; removed with its containers when dropped.
-    pub async fn pod(&self, hosts: &[&str]) -> Pod {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let hosts_file = dir.path().join("hosts");
-        std::fs::write(&hosts_file, format!("127.0.0.1 localhost {}\n", hosts.join(" "))).expect("the hosts file");
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-        // The temporary directory's random name makes the pod's unique on the machine.
-        let unique = dir.path().file_name().expect("a directory name").to_string_lossy().replace('.', "");
-        let name = format!("keyless-test-{unique}");
-        self.ok(&["pod", "create", "--name", &name, "--network", "none"]).await;
-        Pod { name, hosts_file, conf: self.conf_dir.path().join("containers.conf"), _dir: dir }
-    }
-}
-
-/// A podman pod: the shape of a Kubernetes pod (one network namespace, several containers).
-#[derive(Debug)]
-pub struct Pod {
-    pub name: String,
-    hosts_file: PathBuf,
-    conf: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Pod {
-    /// The `podman run` options that put a container in this pod.
-    pub fn run_options(&self) -> Vec<String> {
-        vec!["--pod".into(), self.name.clone(), "-v".into(), format!("{}:/etc/hosts:ro", self.hosts_file.display())]
-    }
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("podman")
-            .args(["pod", "rm", "--force", "--time", "5", &self.name])
-            .env("CONTAINERS_CONF", &self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
