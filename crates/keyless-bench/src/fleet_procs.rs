@@ -178,9 +178,10 @@ fn raise_nofile() -> String {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+    let show = |n: Option<u64>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
     match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => format!("open files: {:?} (soft raised to the hard limit)", limit.maximum),
-        Err(e) => format!("open files: {:?} (cannot raise to {:?}: {e})", limit.current, limit.maximum),
+        Ok(()) => format!("open files: {} (the soft limit raised to the hard one)", show(limit.maximum)),
+        Err(e) => format!("open files: {} (cannot raise it to {}: {e})", show(limit.current), show(limit.maximum)),
     }
 }
 
@@ -446,8 +447,7 @@ impl PodSpec {
     }
 
     fn spawn(&self, config: &Path, attempt: u32) -> Result<Process, BenchError> {
-        let listen = procs::free_port()?;
-        let admin = procs::free_port()?;
+        let (listen, admin) = procs::free_ports()?;
         let mut command = stack::command(&Launcher::default(), &self.keyless, &self.log(attempt))?;
         command
             .arg("serve")

@@ -90,6 +90,16 @@ pub fn free_port() -> Result<SocketAddr, BenchError> {
     TcpListener::bind(any).and_then(|l| l.local_addr()).map_err(|e| BenchError::Connect { addr: any, source: e })
 }
 
+/// Two distinct loopback ports free right now (both held while the second is picked, so they
+/// differ; released for the child to bind).
+pub fn free_ports() -> Result<(SocketAddr, SocketAddr), BenchError> {
+    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let bind = || TcpListener::bind(any).map_err(|e| BenchError::Connect { addr: any, source: e });
+    let (first, second) = (bind()?, bind()?);
+    let addr = |l: &TcpListener| l.local_addr().map_err(|e| BenchError::Connect { addr: any, source: e });
+    Ok((addr(&first)?, addr(&second)?))
+}
+
 /// The 1-minute load average and the runnable/total task counts, as `/proc/loadavg` says.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
