@@ -125,7 +125,7 @@ fn per_pod(pods: &[PodResult]) -> String {
         let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
         let median = values.get(values.len() / 2).copied().unwrap_or(0.0);
         let max = values.last().copied().unwrap_or(0.0);
-        format!("{mean:.2} | {median:.2} | {max:.2}")
+        format!("{mean:.3} | {median:.3} | {max:.3}")
     };
     let mib = |kib: u64| kib as f64 / 1024.0;
     let mut out = format!(
