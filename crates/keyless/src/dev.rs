@@ -62,6 +62,12 @@ pub async fn emulate(options: EmulateOptions) -> Result<(), String> {
              hosts must reach the emulator (as in docker/compose.yaml)"
         ));
     }
+    if let Some(lifetime) = credential_lifetime.filter(|l| *l < Duration::from_secs(1)) {
+        return Err(format!(
+            "--credential-lifetime {} is too short: the clouds issue credentials of at least a second",
+            humantime::format_duration(lifetime)
+        ));
+    }
     let emulator = start_emulator(listen, &state_dir, hostnames, credential_lifetime).await?;
     let bundle = write_ca_bundle(&state_dir, emulator.ca_pem_path())?;
     info!(url = %emulator.url(), ca = %emulator.ca_pem_path().display(), ca_bundle = %bundle.display(), "emulator ready");
