@@ -421,7 +421,7 @@ impl PodSpec {
                     }
                     Err(e) => {
                         if stats.failed[cloud].fetch_add(1, Ordering::Relaxed) < 5 {
-                            tracing_line(&format!("pod {}: {name}: {e}", self.index));
+                            print_failure(&format!("pod {}: {name}: {e}", self.index));
                         }
                     }
                 }
@@ -470,7 +470,7 @@ impl PodSpec {
 }
 
 #[allow(clippy::print_stderr)] // a pod's first failures, as they happen
-fn tracing_line(line: &str) {
+fn print_failure(line: &str) {
     eprintln!("fleet-procs: {line}");
 }
 
