@@ -10,6 +10,8 @@ mod callgrind;
 mod cold;
 mod endpoints;
 mod fleet;
+mod fleet_procs;
+mod fleet_procs_report;
 mod fleet_report;
 mod load;
 mod procs;
@@ -63,6 +65,9 @@ enum Mode {
     /// A rollout of many pods against token services with a quota (docs/fleet.md): the real
     /// keyless-core cache per pod on tokio's paused clock, today's schedule and the jittered one.
     Fleet(fleet::FleetOptions),
+    /// The fleet with real processes: one `keyless serve` per pod against `keyless emulate` with
+    /// quotas, credentials capped short so three refresh cycles take minutes (docs/benchmarks.md).
+    FleetProcs(fleet_procs::FleetProcsOptions),
     /// The baseline server (started by the benchmark itself).
     #[command(hide = true)]
     BareServer {
@@ -137,6 +142,16 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
             };
             return match runtime.block_on(callgrind::callgrind(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            };
+        }
+        Some(Mode::FleetProcs(options)) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+            };
+            return match runtime.block_on(fleet_procs_report::report(&options)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e.to_string()),
             };

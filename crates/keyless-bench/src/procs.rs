@@ -1,7 +1,9 @@
 //! What the kernel says about a process and the machine: memory (`/proc/PID/status`), CPU time
 //! (`/proc/PID/stat`), load, CPU model.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::BenchError;
@@ -88,6 +90,30 @@ pub fn ticks_per_second() -> u64 {
 pub fn free_port() -> Result<SocketAddr, BenchError> {
     let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     TcpListener::bind(any).and_then(|l| l.local_addr()).map_err(|e| BenchError::Connect { addr: any, source: e })
+}
+
+/// Two loopback ports free right now, never handed out before by this process: the kernel may
+/// give a port just released to the next `bind(0)`, before the child it was picked for binds it
+/// (released for the child to bind; another program may still take one, rarely).
+pub fn free_ports() -> Result<(SocketAddr, SocketAddr), BenchError> {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let error = |e| BenchError::Connect { addr: any, source: e };
+    let mut held = Vec::new();
+    let mut picked = Vec::new();
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    while picked.len() < 2 {
+        if held.len() > 1000 {
+            return Err(error(std::io::Error::other("no loopback port left that was not handed out already")));
+        }
+        let listener = TcpListener::bind(any).map_err(error)?;
+        let addr = listener.local_addr().map_err(error)?;
+        if handed_out.insert(addr.port()) {
+            picked.push(addr);
+        }
+        held.push(listener);
+    }
+    Ok((picked[0], picked[1]))
 }
 
 /// The 1-minute load average and the runnable/total task counts, as `/proc/loadavg` says.

@@ -42,7 +42,7 @@ impl Launcher {
     }
 }
 
-fn command(launcher: &Launcher, keyless: &Path, log: &Path) -> Result<Command, BenchError> {
+pub(crate) fn command(launcher: &Launcher, keyless: &Path, log: &Path) -> Result<Command, BenchError> {
     let file_error = |e| BenchError::File { path: log.to_owned(), source: e };
     let stdout = std::fs::File::create(log).map_err(file_error)?;
     let stderr = stdout.try_clone().map_err(file_error)?;
@@ -58,13 +58,14 @@ fn command(launcher: &Launcher, keyless: &Path, log: &Path) -> Result<Command, B
     Ok(command)
 }
 
-fn spawn(mut command: Command, keyless: &Path) -> Result<Child, BenchError> {
+pub(crate) fn spawn(mut command: Command, keyless: &Path) -> Result<Child, BenchError> {
     command.spawn().map_err(|e| BenchError::Spawn { path: keyless.to_owned(), source: e })
 }
 
 /// A running `keyless emulate`.
 pub struct Emulator {
     _child: Child,
+    pub pid: u32,
     pub url: String,
     pub state_dir: PathBuf,
     client: reqwest::Client,
@@ -73,11 +74,16 @@ pub struct Emulator {
 
 impl Emulator {
     pub async fn start(keyless: &Path, dir: &Path) -> Result<Self, BenchError> {
+        Self::start_with(keyless, dir, &[]).await
+    }
+
+    /// `keyless emulate` with further arguments (e.g. `--credential-lifetime`).
+    pub async fn start_with(keyless: &Path, dir: &Path, args: &[String]) -> Result<Self, BenchError> {
         let addr = free_port()?;
         let state_dir = dir.join("emulator");
         let log = dir.join("emulator.log");
         let mut command = command(&Launcher::default(), keyless, &log)?;
-        command.arg("emulate").arg("--listen").arg(addr.to_string()).arg("--state-dir").arg(&state_dir);
+        command.arg("emulate").arg("--listen").arg(addr.to_string()).arg("--state-dir").arg(&state_dir).args(args);
         let mut child = spawn(command, keyless)?;
         let url = format!("https://{addr}");
         let ca_path = state_dir.join("ca.pem");
@@ -87,7 +93,8 @@ impl Emulator {
                 let identities = client.get(format!("{url}/_emulator/identities")).send().await;
                 if let Ok(response) = identities.and_then(reqwest::Response::error_for_status) {
                     let identities = response.json().await.map_err(|e| BenchError::Emulator(e.to_string()))?;
-                    return Ok(Self { _child: child, url, state_dir, client, identities });
+                    let pid = child.id().unwrap_or(0);
+                    return Ok(Self { _child: child, pid, url, state_dir, client, identities });
                 }
             }
             if child.try_wait().ok().flatten().is_some() || Instant::now() > give_up {
@@ -111,14 +118,38 @@ impl Emulator {
 
     /// Calls that reached each emulated service so far (`/_emulator/counters`).
     pub async fn counters(&self) -> Result<Value, BenchError> {
+        self.get("counters").await
+    }
+
+    /// `GET /_emulator/{path}`'s JSON.
+    pub async fn get(&self, path: &str) -> Result<Value, BenchError> {
         let response = self
             .client
-            .get(format!("{}/_emulator/counters", self.url))
+            .get(format!("{}/_emulator/{path}", self.url))
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
             .map_err(|e| BenchError::Emulator(e.to_string()))?;
         response.json().await.map_err(|e| BenchError::Emulator(e.to_string()))
+    }
+}
+
+impl Emulator {
+    /// `POST /_emulator/{path}` with a JSON body; fails unless it answers 2xx.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<(), BenchError> {
+        let response = self
+            .client
+            .post(format!("{}/_emulator/{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| BenchError::Emulator(format!("POST /_emulator/{path}: {e}")))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            return Err(BenchError::Emulator(format!("POST /_emulator/{path} {body} answered {status}: {text}")));
+        }
+        Ok(())
     }
 }
 

@@ -426,7 +426,7 @@ fn generate_id_token(
         azp: &unique_id,
         email: request.include_email.then_some(email),
         email_verified: request.include_email.then_some(true),
-        exp: iat + 3600,
+        exp: iat.saturating_add_unsigned(state.gate.faults.lifetime(Service::GcpIam, TOKEN_LIFETIME).as_secs()),
         iat,
         iss: "https://accounts.google.com",
         sub: &unique_id,

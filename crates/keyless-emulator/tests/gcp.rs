@@ -193,3 +193,30 @@ async fn tokeninfo_rejects_tokens_it_did_not_issue() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body, json!({"error": "invalid_token", "error_description": "Invalid Value"}));
 }
+
+/// `EmulatorConfig::credential_lifetime` (`keyless emulate --credential-lifetime`) caps every
+/// Google credential, ID tokens included, from the start.
+#[tokio::test]
+async fn a_credential_lifetime_caps_federated_access_and_id_tokens() {
+    let env = EmulatorEnv::start_with(|c| c.credential_lifetime = Some(std::time::Duration::from_secs(90))).await;
+    let audience = env.emulator.identities().gcp_audience();
+    let (status, body) = exchange(&env, &audience, &env.projected(Cloud::Gcp)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expires_in"], 90, "{body}");
+    let federated = body["access_token"].as_str().unwrap().to_owned();
+    let (status, body) = iam(&env, SA, "generateAccessToken", &federated, scope_body()).await;
+    assert_eq!(status, 200, "{body}");
+    let expire_time = humantime::parse_rfc3339_weak(body["expireTime"].as_str().unwrap()).unwrap();
+    let left = expire_time.duration_since(keyless_test_support::clock::wall_clock()).unwrap_or_default();
+    assert!(left.as_secs() <= 90 && left.as_secs() >= 85, "{left:?}");
+    let request = json!({"audience": "https://service.example"});
+    let (status, body) = iam(&env, SA, "generateIdToken", &federated, request).await;
+    assert_eq!(status, 200, "{body}");
+    let certs = env.get_json("/oauth2/v3/certs").await;
+    let claims = Jwks::from_json(&certs).verify(
+        body["token"].as_str().unwrap(),
+        "https://service.example",
+        "https://accounts.google.com",
+    );
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 90);
+}

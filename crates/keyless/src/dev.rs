@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use keyless_core::clock::SystemClock;
 use keyless_core::{AppEnvVar, Context, Metrics, files};
@@ -38,14 +39,21 @@ pub enum DevSource {
     GithubActions,
 }
 
-/// `keyless emulate`: the emulator and projector until SIGTERM/Ctrl-C. `hostnames` are the names
-/// other containers reach it by (the first one is the issuer); apps get `STATE/ca-bundle.pem`.
-pub async fn emulate(
-    listen: SocketAddr,
-    state_dir: PathBuf,
-    hostnames: Vec<String>,
-    allow_remote_control: bool,
-) -> Result<(), String> {
+/// `keyless emulate`'s options.
+pub struct EmulateOptions {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    /// The names other containers reach it by (the first one is the issuer).
+    pub hostnames: Vec<String>,
+    pub allow_remote_control: bool,
+    /// Caps the lifetime of every credential the emulated clouds issue.
+    pub credential_lifetime: Option<Duration>,
+}
+
+/// `keyless emulate`: the emulator and projector until SIGTERM/Ctrl-C; apps get
+/// `STATE/ca-bundle.pem`.
+pub async fn emulate(options: EmulateOptions) -> Result<(), String> {
+    let EmulateOptions { listen, state_dir, hostnames, allow_remote_control, credential_lifetime } = options;
     if !listen.ip().is_loopback() && !allow_remote_control {
         return Err(format!(
             "--listen {listen} is not a loopback address, and the emulator's control API (/_emulator/: it \
@@ -54,7 +62,13 @@ pub async fn emulate(
              hosts must reach the emulator (as in docker/compose.yaml)"
         ));
     }
-    let emulator = start_emulator(listen, &state_dir, hostnames).await?;
+    if let Some(lifetime) = credential_lifetime.filter(|l| *l < Duration::from_secs(1)) {
+        return Err(format!(
+            "--credential-lifetime {} is too short: the clouds issue credentials of at least a second",
+            humantime::format_duration(lifetime)
+        ));
+    }
+    let emulator = start_emulator(listen, &state_dir, hostnames, credential_lifetime).await?;
     let bundle = write_ca_bundle(&state_dir, emulator.ca_pem_path())?;
     info!(url = %emulator.url(), ca = %emulator.ca_pem_path().display(), ca_bundle = %bundle.display(), "emulator ready");
     info!(
@@ -67,10 +81,16 @@ pub async fn emulate(
     Ok(())
 }
 
-async fn start_emulator(listen: SocketAddr, state_dir: &Path, hostnames: Vec<String>) -> Result<Emulator, String> {
+async fn start_emulator(
+    listen: SocketAddr,
+    state_dir: &Path,
+    hostnames: Vec<String>,
+    credential_lifetime: Option<Duration>,
+) -> Result<Emulator, String> {
     let mut config = EmulatorConfig::new(state_dir);
     config.listen = listen;
     config.hostnames = hostnames;
+    config.credential_lifetime = credential_lifetime;
     keyless_emulator::start(config).await.map_err(|e| format!("cannot start the emulator: {e}"))
 }
 
@@ -175,7 +195,7 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     // The env file is read from other directories (apps, compose): every path in it is absolute.
     opts.state_dir = std::path::absolute(&opts.state_dir)
         .map_err(|e| format!("cannot resolve the state dir {}: {e}", opts.state_dir.display()))?;
-    let emulator = start_emulator(opts.emulator_listen, &opts.state_dir, Vec::new()).await?;
+    let emulator = start_emulator(opts.emulator_listen, &opts.state_dir, Vec::new(), None).await?;
     let bundle = write_ca_bundle(&opts.state_dir, emulator.ca_pem_path())?;
 
     let config_path = opts.state_dir.join("keyless.toml");
