@@ -257,3 +257,57 @@ async fn claims_with_line_breaks_and_escapes_cannot_forge_log_lines() {
     assert!(logs.contains(r"sub=x\n2026-01-01T00:00:00.000000Z  INFO keyless: forged line\r\u{1b}[2K"), "{logs}");
     assert!(!logs.trim_end_matches('\n').chars().any(char::is_control), "{logs:?}");
 }
+
+/// The process's inotify instances (`/proc/self/fd` entries that are one).
+fn inotify_instances() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy() == "anon_inode:inotify")
+        .count()
+}
+
+/// Writes `payload` to `path` the way a person's tool would: a temporary file renamed over it.
+fn write_renamed(path: &Path, payload: &str) {
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, payload).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+/// The kernel allows 128 inotify instances per user by default and every keyless on a node runs
+/// as the same uid: one instance per token directory ran out at about 40 three-cloud pods on a
+/// node (the 300-process fleet run, docs/benchmarks.md). Every source shares one.
+#[tokio::test]
+async fn token_directories_share_one_inotify_instance_and_each_follows_its_own_changes() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut sources = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        kubelet::atomic_write(dir.path(), &unsigned_jwt(&format!("dir-{i}-0"), in_an_hour()), 0);
+        sources.push(open(dir.path(), options()).await);
+    }
+    // Two files of one directory: two subscribers of one watch.
+    let shared = tempfile::tempdir().unwrap();
+    let (first, second) = (shared.path().join("first"), shared.path().join("second"));
+    write_renamed(&first, &unsigned_jwt("first-0", in_an_hour()));
+    write_renamed(&second, &unsigned_jwt("second-0", in_an_hour()));
+    let first_source = open_file(&first, options(), Metrics::new()).await;
+    let second_source = open_file(&second, options(), Metrics::new()).await;
+    assert_eq!(inotify_instances(), 1, "six sources in five directories, one inotify instance");
+
+    // Each directory's events reach its own sources (polling is an hour: only events explain it).
+    for (i, (dir, source)) in dirs.iter().zip(&sources).enumerate() {
+        let next = unsigned_jwt(&format!("dir-{i}-1"), in_an_hour());
+        kubelet::atomic_write(dir.path(), &next, 1);
+        wait_until_held(source, &next).await;
+    }
+    let next = unsigned_jwt("second-1", in_an_hour());
+    write_renamed(&second, &next);
+    wait_until_held(&second_source, &next).await;
+
+    // One subscriber of a directory leaving does not end the other's watch.
+    drop(first_source);
+    let last = unsigned_jwt("second-2", in_an_hour());
+    write_renamed(&second, &last);
+    wait_until_held(&second_source, &last).await;
+    assert_eq!(inotify_instances(), 1);
+}

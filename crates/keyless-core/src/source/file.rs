@@ -5,9 +5,10 @@
 //! silent after the first rotation, so we watch the *directory*, treat every event that can change
 //! a file as "maybe changed", and re-read through the `token` path.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
@@ -158,11 +159,12 @@ impl ChangeFeed for DirChanges {
     }
 }
 
-/// The inotify (or platform) watch on the token's directory, remembering which directory it
-/// watches so a removed-and-recreated directory is noticed and watched anew.
+/// A subscription to the events of the token's directory, through the process's one watcher
+/// ([`SharedWatcher`]), remembering which directory it watches so a removed-and-recreated
+/// directory is noticed and watched anew.
 #[derive(Debug)]
 struct DirWatch {
-    _watcher: notify::RecommendedWatcher,
+    id: u64,
     dir: PathBuf,
     identity: (u64, u64),
     /// Marked changed on every event that may change the token: a burst coalesces into one.
@@ -180,22 +182,156 @@ impl DirWatch {
         let identity = dir_identity(dir).ok_or_else(|| notify::Error::path_not_found().add_path(dir.to_owned()))?;
         let (tx, signals) = watch::channel(());
         let failed = Arc::new(AtomicBool::new(false));
-        let failed_in_callback = failed.clone();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(event) if !may_change_content(&event.kind) => {}
-            Ok(_) => tx.send_replace(()),
-            Err(_) => {
-                failed_in_callback.store(true, Ordering::Relaxed);
-                tx.send_replace(());
-            }
-        })?;
-        watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
-        Ok(Self { _watcher: watcher, dir: dir.to_owned(), identity, signals, failed })
+        let id = SharedWatcher::get().subscribe(dir, identity, Subscriber { tx, failed: failed.clone() })?;
+        Ok(Self { id, dir: dir.to_owned(), identity, signals, failed })
     }
 
     fn is_current(&self) -> bool {
         !self.failed.load(Ordering::Relaxed) && dir_identity(&self.dir) == Some(self.identity)
     }
+}
+
+impl Drop for DirWatch {
+    fn drop(&mut self) {
+        SharedWatcher::get().unsubscribe(&self.dir, self.id);
+    }
+}
+
+/// One subscriber of a directory's events.
+#[derive(Debug)]
+struct Subscriber {
+    tx: watch::Sender<()>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Subscriber {
+    fn signal(&self) {
+        self.tx.send_replace(());
+    }
+
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+        self.tx.send_replace(());
+    }
+}
+
+/// The watched directories: the directory's identity when it was watched, and its subscribers.
+type Subscriptions = HashMap<PathBuf, ((u64, u64), Vec<(u64, Subscriber)>)>;
+
+/// The process's one inotify (or platform) watcher, shared by every token directory. The kernel
+/// allows few inotify instances per user (`fs.inotify.max_user_instances`, 128 by default) and
+/// every keyless on a node runs as the same uid: one instance per token directory ran out at
+/// about 40 three-cloud pods on a node (docs/fleet.md); one per process, at 128 pods.
+///
+/// Two locks: `watcher` serialises (un)subscribing and the watcher's calls; `subscriptions` is all
+/// the event callback takes, never while a watcher call waits on notify's event thread (which
+/// runs the callback), so the two cannot deadlock.
+struct SharedWatcher {
+    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    subscriptions: Arc<Mutex<Subscriptions>>,
+    /// Set by the callback on an error naming no path: the watcher is replaced by a new one.
+    broken: Arc<AtomicBool>,
+    next_id: AtomicU64,
+}
+
+impl SharedWatcher {
+    fn get() -> &'static SharedWatcher {
+        static SHARED: OnceLock<SharedWatcher> = OnceLock::new();
+        SHARED.get_or_init(|| SharedWatcher {
+            watcher: Mutex::new(None),
+            subscriptions: Arc::default(),
+            broken: Arc::default(),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// Subscribes to `dir`'s events, watching it (anew, if it is another directory by now).
+    fn subscribe(&self, dir: &Path, identity: (u64, u64), subscriber: Subscriber) -> notify::Result<u64> {
+        let mut slot = lock(&self.watcher);
+        if self.broken.swap(false, Ordering::Relaxed) {
+            *slot = None;
+        }
+        let watcher = match &mut *slot {
+            Some(watcher) => watcher,
+            empty @ None => empty.insert(notify::recommended_watcher(dispatcher(
+                Arc::clone(&self.subscriptions),
+                Arc::clone(&self.broken),
+            ))?),
+        };
+        let watched = lock(&self.subscriptions).get(dir).map(|(watched, _)| *watched);
+        if watched != Some(identity) {
+            if watched.is_some() {
+                // Removed and recreated: the old watch is silent (or gone with its directory).
+                let _ = watcher.unwatch(dir);
+            }
+            watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut subscriptions = lock(&self.subscriptions);
+        let entry = subscriptions.entry(dir.to_owned()).or_insert_with(|| (identity, Vec::new()));
+        entry.0 = identity;
+        entry.1.push((id, subscriber));
+        Ok(id)
+    }
+
+    /// Ends subscription `id`; the directory's watch ends with its last subscriber.
+    fn unsubscribe(&self, dir: &Path, id: u64) {
+        let mut watcher = lock(&self.watcher);
+        let last = {
+            let mut subscriptions = lock(&self.subscriptions);
+            let Some((_, subscribers)) = subscriptions.get_mut(dir) else { return };
+            subscribers.retain(|(other, _)| *other != id);
+            let last = subscribers.is_empty();
+            if last {
+                subscriptions.remove(dir);
+            }
+            last
+        };
+        if let (true, Some(watcher)) = (last, watcher.as_mut()) {
+            // Fails when the directory (and so its watch) is gone already: nothing left to end.
+            let _ = watcher.unwatch(dir);
+        }
+    }
+}
+
+/// The watcher's event handler: an event that may change a file signals the subscribers of its
+/// directory (an event on the directory itself, its own). An error fails the subscribers of the
+/// paths it names and forgets those directories, so each subscriber watches anew; an error naming
+/// no path fails every subscriber and marks the watcher broken, to be replaced.
+fn dispatcher(subscriptions: Arc<Mutex<Subscriptions>>, broken: Arc<AtomicBool>) -> impl notify::EventHandler {
+    move |res: notify::Result<notify::Event>| {
+        let mut subscriptions = lock(&subscriptions);
+        match res {
+            Ok(event) if !may_change_content(&event.kind) => {}
+            Ok(event) if event.paths.is_empty() => {
+                subscriptions.values().flat_map(|(_, s)| s).for_each(|(_, s)| s.signal());
+            }
+            Ok(event) => {
+                for dir in event.paths.iter().flat_map(|p| [Some(p.as_path()), p.parent()]).flatten() {
+                    if let Some((_, subscribers)) = subscriptions.get(dir) {
+                        subscribers.iter().for_each(|(_, s)| s.signal());
+                    }
+                }
+            }
+            Err(e) if e.paths.is_empty() => {
+                broken.store(true, Ordering::Relaxed);
+                subscriptions.drain().flat_map(|(_, (_, s))| s).for_each(|(_, s)| s.fail());
+            }
+            Err(e) => {
+                for dir in e.paths.iter().flat_map(|p| [Some(p.as_path()), p.parent()]).flatten() {
+                    if let Some((_, subscribers)) = subscriptions.remove(dir) {
+                        subscribers.iter().for_each(|(_, s)| s.fail());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A lock whose holder panicked still guards consistent data here (every update is one insert or
+/// removal), so poisoning is ignored rather than spread.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
