@@ -15,7 +15,7 @@ use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::kube::Cluster;
 use keyless_test_support::process::{Process, free_port};
 use keyless_test_support::sdk::App;
-use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
+use keyless_test_support::wait::{STARTUP_DEADLINE, holds_within, wait_until};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 use serde_json::{Value, json};
 
@@ -98,10 +98,15 @@ impl Webhook {
         let webhook = Self { process, admin };
         let client = reqwest::Client::new();
         let readyz = format!("http://{admin_listen}/readyz");
-        wait_until("the webhook's /readyz", STARTUP_DEADLINE, || async {
+        let ready = holds_within(STARTUP_DEADLINE, || async {
             client.get(&readyz).send().await.is_ok_and(|r| r.status().is_success())
         })
         .await;
+        assert!(
+            ready,
+            "the webhook's /readyz never turned ready in {STARTUP_DEADLINE:?}; its log:\n{}",
+            webhook.process.logs()
+        );
         webhook
     }
 

@@ -11,9 +11,24 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use keyless_inject::Annotations;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tracing::warn;
+
+/// The watch's retry delays after a failure: from 200 ms, doubling, jittered, at most 5 s; back to
+/// 200 ms after two minutes without one. kube-rs's default (client-go's: up to 30 s) is kind to a
+/// struggling API server, but readiness waits for the first full list, and with `failurePolicy:
+/// Fail` an unready webhook refuses pods: one list and watch per replica is little load, and
+/// readiness should follow the API server back within seconds.
+fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
+    let delays = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(delays.into(), Duration::from_secs(120))
+}
 
 /// A live read of a ServiceAccount missing from the cache gives up after this long.
 const LIVE_READ_TIMEOUT: Duration = Duration::from_secs(3);
@@ -37,8 +52,10 @@ impl ServiceAccounts {
         // An `Api` of `PartialObjectMeta` lists and watches metadata only.
         let api: Api<PartialObjectMeta<ServiceAccount>> = Api::all(client.clone());
         let (store, writer) = reflector::store();
-        let stream =
-            watcher::watcher(api, watcher::Config::default()).default_backoff().reflect(writer).applied_objects();
+        let stream = watcher::watcher(api, watcher::Config::default())
+            .backoff(watch_backoff())
+            .reflect(writer)
+            .applied_objects();
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
@@ -83,4 +100,19 @@ impl ServiceAccounts {
 
 fn to_annotations(metadata: &kube::core::ObjectMeta) -> Annotations {
     metadata.annotations.clone().unwrap_or_default().into_iter().collect()
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    /// Readiness follows the API server back within seconds: no retry waits anywhere near kube-rs's
+    /// default 30 s (backon's jitter adds up to one more delay).
+    #[test]
+    fn the_watch_retries_within_seconds_however_long_the_api_server_was_away() {
+        let delays: Vec<Duration> = watch_backoff().take(50).collect();
+        assert_eq!(delays.len(), 50, "the watch never gives up");
+        assert!(delays[0] <= Duration::from_millis(400), "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(10)), "{delays:?}");
+    }
 }
