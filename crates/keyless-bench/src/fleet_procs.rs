@@ -155,11 +155,16 @@ impl FleetProcsRun {
         self.per_second.iter().fold((0, 0), |(c, t), s| (c + s[service].0, t + s[service].1))
     }
 
+    /// The seconds of the steady state.
+    fn steady(&self) -> &[[(u64, u64); 4]] {
+        let from = usize::try_from(self.steady_from.as_secs()).unwrap_or(usize::MAX).min(self.per_second.len());
+        &self.per_second[from..]
+    }
+
     /// The highest [`BIN`]-second call count of a service in the steady state, over its mean.
     pub fn steady_peak_over_mean(&self, service: usize) -> f64 {
-        let from = usize::try_from(self.steady_from.as_secs()).unwrap_or(usize::MAX).min(self.per_second.len());
         let bins: Vec<u64> =
-            self.per_second[from..].chunks_exact(BIN).map(|bin| bin.iter().map(|s| s[service].0).sum()).collect();
+            self.steady().chunks_exact(BIN).map(|bin| bin.iter().map(|s| s[service].0).sum()).collect();
         let mean = bins.iter().sum::<u64>() as f64 / bins.len().max(1) as f64;
         let peak = bins.iter().copied().max().unwrap_or(0) as f64;
         if mean > 0.0 { peak / mean } else { 0.0 }
@@ -167,8 +172,7 @@ impl FleetProcsRun {
 
     /// Mean steady-state calls per second of a service.
     pub fn steady_rate(&self, service: usize) -> f64 {
-        let from = usize::try_from(self.steady_from.as_secs()).unwrap_or(usize::MAX).min(self.per_second.len());
-        let steady = &self.per_second[from..];
+        let steady = self.steady();
         steady.iter().map(|s| s[service].0).sum::<u64>() as f64 / steady.len().max(1) as f64
     }
 }
@@ -280,7 +284,7 @@ pub async fn run(options: &FleetProcsOptions, progress: &(dyn Fn(&str) + Sync)) 
         }
         last = now;
         if second.is_multiple_of(10) {
-            load.push(load_1m());
+            load.push(procs::load_1m());
         }
         if second.is_multiple_of(60) {
             let totals: Vec<String> = SERVICES
@@ -324,13 +328,6 @@ pub async fn run(options: &FleetProcsOptions, progress: &(dyn Fn(&str) + Sync)) 
         emulator_rss_kib,
         wall: start.elapsed(),
     })
-}
-
-fn load_1m() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(f64::NAN)
 }
 
 /// Cumulative (calls, throttled) of every service in [`SERVICES`] order.
@@ -402,7 +399,7 @@ impl PodSpec {
         }
 
         // The app: each endpoint every `app_period`, from a random phase.
-        let secrets = self.secrets(&auth_file);
+        let aws_authorization = self.aws_authorization(&auth_file);
         let phase = self.app_period.mul_f64(rand::rng().random::<f64>());
         tokio::time::sleep_until((Instant::now() + phase).min(self.end)).await;
         while Instant::now() < self.end {
@@ -412,7 +409,7 @@ impl PodSpec {
             }
             for (cloud, name) in CLOUDS.iter().enumerate() {
                 stats.requests[cloud].fetch_add(1, Ordering::Relaxed);
-                match ask(http, process.listen, cloud, &secrets).await {
+                match ask(http, process.listen, cloud, &aws_authorization).await {
                     Ok((left, expired)) => {
                         stats.min_left_secs[cloud].fetch_min(left, Ordering::Relaxed);
                         if expired {
@@ -448,23 +445,17 @@ impl PodSpec {
 
     fn spawn(&self, config: &Path, attempt: u32) -> Result<Process, BenchError> {
         let (listen, admin) = procs::free_ports()?;
-        let mut command = stack::command(&Launcher::default(), &self.keyless, &self.log(attempt))?;
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .arg("--listen")
-            .arg(listen.to_string())
-            .arg("--admin-listen")
-            .arg(admin.to_string())
-            .env("KEYLESS_AZURE__IDENTITY_HEADER", &self.identity_header);
+        let mut command =
+            stack::serve_command(&Launcher::default(), &self.keyless, &self.log(attempt), config, listen, admin)?;
+        command.env("KEYLESS_AZURE__IDENTITY_HEADER", &self.identity_header);
         let spawned = Instant::now();
         let child = stack::spawn(command, &self.keyless)?;
         let pid = child.id().ok_or_else(|| BenchError::NotReady { what: "keyless serve", log: self.log(attempt) })?;
         Ok(Process { child, pid, listen, admin, spawned })
     }
 
-    fn secrets(&self, auth_file: &Path) -> String {
+    /// The AWS container authorization token keyless wrote for this pod (empty until written).
+    fn aws_authorization(&self, auth_file: &Path) -> String {
         std::fs::read_to_string(auth_file).map(|s| s.trim().to_owned()).unwrap_or_default()
     }
 }
@@ -512,11 +503,15 @@ async fn ask(
     if !status.is_success() {
         return Err(format!("{status}: {}", text.trim()));
     }
-    let body: Value = serde_json::from_str(&text).map_err(|e| format!("{status}, not JSON ({e}): {text}"))?;
+    // A 200's body is a credential: an error names what is wrong with it, never what it holds.
+    let body: Value = serde_json::from_str(&text).map_err(|e| format!("{status}, not JSON ({e})"))?;
     // The wall clock the served expiry is compared with: the apps' own (the bench's), not a test clock.
     #[allow(clippy::disallowed_methods)]
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    let missing = || format!("no expiry in {body}");
+    let missing = || {
+        let fields: Vec<&str> = body.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+        format!("no expiry among the fields {fields:?}")
+    };
     let (left, expired) = match cloud {
         0 => {
             let expiration = body.get("Expiration").and_then(Value::as_str).ok_or_else(missing)?;

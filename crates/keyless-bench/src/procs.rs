@@ -116,6 +116,14 @@ pub fn free_ports() -> Result<(SocketAddr, SocketAddr), BenchError> {
     Ok((picked[0], picked[1]))
 }
 
+/// The 1-minute load average (NaN where `/proc/loadavg` cannot be read).
+pub fn load_1m() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
 /// The 1-minute load average and the runnable/total task counts, as `/proc/loadavg` says.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")

@@ -58,6 +58,27 @@ pub(crate) fn command(launcher: &Launcher, keyless: &Path, log: &Path) -> Result
     Ok(command)
 }
 
+/// `keyless serve --config CONFIG --listen LISTEN --admin-listen ADMIN`, as [`command`] prepares it.
+pub(crate) fn serve_command(
+    launcher: &Launcher,
+    keyless: &Path,
+    log: &Path,
+    config: &Path,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> Result<Command, BenchError> {
+    let mut command = command(launcher, keyless, log)?;
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin-listen")
+        .arg(admin.to_string());
+    Ok(command)
+}
+
 pub(crate) fn spawn(mut command: Command, keyless: &Path) -> Result<Child, BenchError> {
     command.spawn().map_err(|e| BenchError::Spawn { path: keyless.to_owned(), source: e })
 }
@@ -219,16 +240,8 @@ impl Sidecar {
             .build()
             .map_err(|e| BenchError::Request(e.to_string()))?;
         let readyz = format!("http://{admin}/readyz");
-        let mut command = command(launcher, keyless, log)?;
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .arg("--listen")
-            .arg(listen.to_string())
-            .arg("--admin-listen")
-            .arg(admin.to_string())
-            .envs(env.iter().copied());
+        let mut command = serve_command(launcher, keyless, log, config, listen, admin)?;
+        command.envs(env.iter().copied());
         let spawned = Instant::now();
         let mut child = spawn(command, keyless)?;
         let give_up = spawned + launcher.deadline();
