@@ -56,15 +56,7 @@ pub(crate) struct GcpDiagnosis {
 impl GcpDiagnosis {
     pub(crate) fn new(settings: Settings, ctx: &Context) -> Result<Self, ConfigError> {
         let exchange = GcpExchange::new(&settings, ctx)?;
-        let extra = settings
-            .accounts
-            .iter()
-            .map(|a| {
-                let s = a.settings(&settings);
-                let e = exchange.for_account(&s);
-                (s, e)
-            })
-            .collect();
+        let extra = exchange.for_accounts(&settings);
         Ok(Self { settings, exchange, extra })
     }
 }

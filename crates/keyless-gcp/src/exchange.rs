@@ -77,8 +77,22 @@ impl GcpExchange {
     /// The exchange of `account` (another service account of this exchange's section, as
     /// `Account::settings` gives it) over this exchange's HTTP client: endpoints and CA
     /// certificates are the section's, so every account shares one client and its connection pool.
-    pub(crate) fn for_account(&self, account: &Settings) -> Self {
+    fn for_account(&self, account: &Settings) -> Self {
         Self::with_client(account, self.http.clone(), self.clock.clone())
+    }
+
+    /// The exchanges of `settings`' extra service accounts, each with its settings, in order: one
+    /// HTTP client for all ([`Self::for_account`]).
+    pub(crate) fn for_accounts(&self, settings: &Settings) -> Vec<(Settings, Self)> {
+        settings
+            .accounts
+            .iter()
+            .map(|account| {
+                let account_settings = account.settings(settings);
+                let exchange = self.for_account(&account_settings);
+                (account_settings, exchange)
+            })
+            .collect()
     }
 
     fn with_client(settings: &Settings, http: reqwest::Client, clock: SharedClock) -> Self {

@@ -85,16 +85,7 @@ impl Running {
     /// ID-token audience (pre-warm). Does not wait for the exchanges.
     async fn start(settings: Settings, ctx: &Context) -> Result<Running, ConfigError> {
         let exchange = GcpExchange::new(&settings, ctx)?;
-        // The extra accounts' exchanges share the default's HTTP client (and its connection pool).
-        let extra: Vec<(Settings, GcpExchange)> = settings
-            .accounts
-            .iter()
-            .map(|account| {
-                let account_settings = account.settings(&settings);
-                let exchange = exchange.for_account(&account_settings);
-                (account_settings, exchange)
-            })
-            .collect();
+        let extra = exchange.for_accounts(&settings);
         let cache = start_account(&settings, exchange, ctx).await;
         // Without a service account the token belongs to the pool's federated identity; GKE's
         // metadata server names it PROJECT_ID.svc.id.goog, and clients need some e-mail
