@@ -307,7 +307,7 @@ fn dispatcher(subscriptions: Arc<Mutex<Subscriptions>>, broken: Arc<AtomicBool>)
                 subscriptions.values().flat_map(|(_, s)| s).for_each(|(_, s)| s.signal());
             }
             Ok(event) => {
-                for dir in event.paths.iter().flat_map(|p| [Some(p.as_path()), p.parent()]).flatten() {
+                for dir in dirs_of(&event.paths) {
                     if let Some((_, subscribers)) = subscriptions.get(dir) {
                         subscribers.iter().for_each(|(_, s)| s.signal());
                     }
@@ -318,7 +318,7 @@ fn dispatcher(subscriptions: Arc<Mutex<Subscriptions>>, broken: Arc<AtomicBool>)
                 subscriptions.drain().flat_map(|(_, (_, s))| s).for_each(|(_, s)| s.fail());
             }
             Err(e) => {
-                for dir in e.paths.iter().flat_map(|p| [Some(p.as_path()), p.parent()]).flatten() {
+                for dir in dirs_of(&e.paths) {
                     if let Some((_, subscribers)) = subscriptions.remove(dir) {
                         subscribers.iter().for_each(|(_, s)| s.fail());
                     }
@@ -326,6 +326,12 @@ fn dispatcher(subscriptions: Arc<Mutex<Subscriptions>>, broken: Arc<AtomicBool>)
             }
         }
     }
+}
+
+/// The directories an event on `paths` concerns: each path's own (an event on a watched
+/// directory itself) and its parent's (an event on a file in one).
+fn dirs_of(paths: &[PathBuf]) -> impl Iterator<Item = &Path> {
+    paths.iter().flat_map(|p| [Some(p.as_path()), p.parent()]).flatten()
 }
 
 /// A lock whose holder panicked still guards consistent data here (every update is one insert or
