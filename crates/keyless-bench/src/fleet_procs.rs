@@ -178,7 +178,7 @@ impl FleetProcsRun {
 }
 
 /// Raises the soft limit of open files to the hard one: the bench holds connections to every pod.
-fn raise_nofile() -> String {
+pub fn raise_nofile() -> String {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };

@@ -17,6 +17,7 @@ mod load;
 mod procs;
 mod report;
 mod stack;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +69,12 @@ enum Mode {
     /// The fleet with real processes: one `keyless serve` per pod against `keyless emulate` with
     /// quotas, credentials capped short so three refresh cycles take minutes (docs/benchmarks.md).
     FleetProcs(fleet_procs::FleetProcsOptions),
+    /// `keyless webhook` with 1 000 hostile connections open (stalled bodies, silent TLS, slow
+    /// heads): a review's latency, alone and under them (docs/benchmarks.md, "Webhook").
+    WebhookHostile(webhook::WebhookOptions),
+    /// `keyless webhook`'s peak RSS under the largest review the API server accepts (3 MiB), alone
+    /// and 16 at once (docs/benchmarks.md, "Webhook").
+    WebhookMemory(webhook::WebhookOptions),
     /// The baseline server (started by the benchmark itself).
     #[command(hide = true)]
     BareServer {
@@ -156,6 +163,12 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             };
         }
+        Some(Mode::WebhookHostile(options)) => {
+            return block_on_multi_thread(webhook::hostile_report(&options));
+        }
+        Some(Mode::WebhookMemory(options)) => {
+            return block_on_multi_thread(webhook::memory_report(&options));
+        }
         Some(Mode::Fleet(options)) => {
             return match fleet_report::report(&options) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -174,6 +187,17 @@ fn main() -> ExitCode {
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
     match runtime.block_on(bench::bench(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn block_on_multi_thread(run: impl std::future::Future<Output = Result<(), BenchError>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }

@@ -11,6 +11,7 @@ mod dev;
 mod exec;
 #[cfg(feature = "inject")]
 mod inject;
+mod listener;
 mod logging;
 mod probe;
 mod providers;

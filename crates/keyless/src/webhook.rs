@@ -4,6 +4,7 @@
 //! in plain HTTP on `--admin-listen`. The injection is keyless-inject's, as `keyless inject`'s.
 
 mod accounts;
+mod intake;
 mod metrics;
 mod review;
 mod tls;
@@ -15,35 +16,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use keyless_inject::Namespace;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::ServiceExt;
-use tracing::{debug, info, warn};
+use tokio::sync::watch;
+use tracing::{info, warn};
 
 pub use review::FailurePolicy;
 
 use crate::inject::InjectArgs;
+use crate::listener::{Handshake, Limits, Listener};
 
-/// An AdmissionReview holds the object and the old one, each at most the API server's ~3 MiB.
-const MAX_BODY: usize = 8 * 1024 * 1024;
+/// From accept to the end of the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// From the moment a connection waits for a request (handshake done, or the previous answer
+/// written) to the end of the request's head: also how long a keep-alive connection may idle.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; the API server keeps a few open per replica.
-const MAX_CONNECTIONS: usize = 256;
+/// From that same moment to the end of the request's body. The API server sends a whole review at
+/// once, inside its own `timeoutSeconds` (10 s by default).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The API server's requests carry a short head (a few hundred bytes).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
 /// At termination, the reviews in progress get this long to be answered (the API server waits
 /// `timeoutSeconds`, at most 30 s, for one).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Pause after an accept error such as EMFILE, so a full descriptor table does not spin the loop.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebhookArgs {
@@ -67,13 +67,46 @@ pub struct WebhookArgs {
     /// MutatingWebhookConfiguration's failurePolicy (the chart does).
     #[arg(long, value_enum, default_value = "fail")]
     pub failure_policy: FailurePolicy,
+    /// Open connections at most. At the limit a new connection displaces the oldest one not being
+    /// answered (handshaking, idle, or still sending its request).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_connections: u16,
+    /// Open connections from one source address at most (the API server needs a few per
+    /// replica). Beyond it, a peer's new connection displaces its own oldest one not being
+    /// answered, or is closed.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_connections_per_peer: u16,
+    /// Reviews parsed and answered at once (each holds its pod in memory); others wait up to 2 s,
+    /// then get 429 with Retry-After, which the API server retries.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_concurrent_reviews: u16,
     #[command(flatten)]
     pub inject: InjectArgs,
+}
+
+impl WebhookArgs {
+    fn limits(&self) -> Limits {
+        limits(usize::from(self.max_connections), usize::from(self.max_connections_per_peer))
+    }
+}
+
+fn limits(connections: usize, per_peer: usize) -> Limits {
+    Limits {
+        connections,
+        per_peer,
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        request_timeout: REQUEST_TIMEOUT,
+        max_head_bytes: MAX_HEAD_BYTES,
+        max_headers: MAX_HEADERS,
+        shutdown_grace: SHUTDOWN_GRACE,
+    }
 }
 
 #[derive(Clone)]
 struct App {
     reviewer: Arc<review::Reviewer>,
+    intake: intake::Intake,
 }
 
 pub async fn run(args: WebhookArgs) -> Result<(), String> {
@@ -92,7 +125,10 @@ pub async fn run(args: WebhookArgs) -> Result<(), String> {
         policy: args.failure_policy,
         metrics: metrics.clone(),
     };
-    let app = App { reviewer: Arc::new(reviewer) };
+    let app = App {
+        reviewer: Arc::new(reviewer),
+        intake: intake::Intake::new(usize::from(args.max_concurrent_reviews)),
+    };
     let listener = bind(args.listen, "--listen").await?;
     let admin = bind(args.admin_listen, "--admin-listen").await?;
     info!(listen = %args.listen, admin = %args.admin_listen, "keyless webhook listening");
@@ -105,7 +141,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), String> {
     let mut server_config = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(cert);
     server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
-    serve_tls(listener, acceptor, review_router(app), crate::serve::termination()).await;
+    serve_tls(listener, acceptor, review_router(app), args.limits(), crate::serve::termination()).await;
     Ok(())
 }
 
@@ -115,14 +151,20 @@ async fn bind(address: SocketAddr, flag: &str) -> Result<TcpListener, String> {
 
 fn review_router(app: App) -> Router {
     Router::new()
-        .route("/mutate", post(|state, body| mutate(state, body, Namespace::Unknown)))
-        .route("/mutate-namespace", post(|state, body| mutate(state, body, Namespace::OptedIn)))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route("/mutate", post(|state, request| mutate(state, request, Namespace::Unknown)))
+        .route("/mutate-namespace", post(|state, request| mutate(state, request, Namespace::OptedIn)))
         .with_state(app)
 }
 
-async fn mutate(State(app): State<App>, body: Bytes, namespace: Namespace) -> Response {
-    match app.reviewer.review(&body, namespace).await {
+async fn mutate(State(app): State<App>, request: Request, namespace: Namespace) -> Response {
+    let mut turn = match app.intake.admit(request).await {
+        Ok(turn) => turn,
+        Err(refusal) => {
+            app.reviewer.metrics.error(refusal.reason());
+            return refusal.into_response();
+        }
+    };
+    match app.reviewer.review(turn.take_body(), namespace).await {
         Ok(review) => axum::Json(review).into_response(),
         Err(e) => {
             app.reviewer.metrics.error("bad_request");
@@ -156,7 +198,20 @@ fn admin_router(accounts: accounts::ServiceAccounts, metrics: metrics::WebhookMe
         )
 }
 
-/// Accepts TLS connections and serves HTTP/1.1 on each (the API server's admission client) until
+/// The TLS handshake of the API server's connections.
+#[derive(Clone)]
+struct Tls(tokio_rustls::TlsAcceptor);
+
+impl Handshake for Tls {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Error = std::io::Error;
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = Result<Self::Io, std::io::Error>> + Send {
+        self.0.accept(tcp)
+    }
+}
+
+/// Accepts TLS connections and serves HTTP/1.1 on each (the API server's admission client) through
+/// the shared listener (`crate::listener`: deadlines, connection limits, displacement) until
 /// `shutdown` resolves; then stops accepting, answers the reviews in progress (for at most
 /// [`SHUTDOWN_GRACE`]) and closes idle keep-alive connections, so a rolling update of the webhook
 /// does not cut a review short (with `failurePolicy: Fail`, that pod's creation would fail).
@@ -164,60 +219,19 @@ async fn serve_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     router: Router,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            () = &mut shutdown => None,
-            accepted = accept(&listener, &permits) => accepted,
-        };
-        let Some((permit, tcp, peer)) = accepted else { break };
-        let (acceptor, router, watcher) = (acceptor.clone(), router.clone(), graceful.watcher());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return debug!(%peer, "TLS handshake timed out"),
-            };
-            let service =
-                hyper::service::service_fn(move |request: hyper::Request<Incoming>| router.clone().oneshot(request));
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(connection).await {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+    let (stop, stopped) = watch::channel(false);
+    let serving = Listener::new("webhook listener", limits).serve(listener, Tls(acceptor), router, stopped);
+    tokio::pin!(serving);
+    tokio::select! {
+        () = &mut serving => return,
+        () = shutdown => {}
     }
-    drop(listener);
     info!("shutting down: answering the reviews in progress");
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
-        warn!(grace = ?SHUTDOWN_GRACE, "reviews still in progress after the shutdown grace period; closing them");
-    }
-}
-
-/// The next connection, once one of the [`MAX_CONNECTIONS`] permits is free (`None`: the
-/// semaphore was closed, which nothing does).
-async fn accept(
-    listener: &TcpListener,
-    permits: &Arc<Semaphore>,
-) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
-    loop {
-        let permit = Arc::clone(permits).acquire_owned().await.ok()?;
-        match listener.accept().await {
-            Ok((tcp, peer)) => return Some((permit, tcp, peer)),
-            Err(e) => {
-                // EMFILE/ENFILE/ECONNABORTED: the listener itself is fine; try again shortly.
-                warn!(error = %e, "accepting a connection failed");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-            }
-        }
-    }
+    let _ = stop.send(true);
+    serving.await;
 }
 
 #[cfg(test)]
@@ -256,7 +270,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let address = listener.local_addr().expect("bound");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_tls(listener, acceptor, router, async {
+        let limits = limits(16, 16);
+        let server = tokio::spawn(serve_tls(listener, acceptor, router, limits, async {
             let _ = stopped.await;
         }));
         let client = reqwest::Client::builder()

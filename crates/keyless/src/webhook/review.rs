@@ -36,9 +36,11 @@ struct Failure {
 
 impl Reviewer {
     /// Answers one review body; `Err` is a request that is not an AdmissionReview (HTTP 400).
-    pub async fn review(&self, body: &[u8], namespace: Namespace) -> Result<AdmissionReview<DynamicObject>, String> {
+    /// The body is dropped once parsed: the review then holds the parsed pod only.
+    pub async fn review(&self, body: Vec<u8>, namespace: Namespace) -> Result<AdmissionReview<DynamicObject>, String> {
         let review: AdmissionReview<DynamicObject> =
-            serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
+            serde_json::from_slice(&body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
+        drop(body);
         let request: AdmissionRequest<DynamicObject> =
             review.try_into().map_err(|e| format!("not an AdmissionReview request: {e}"))?;
         Ok(self.answer(&request, namespace).await.into_review())
@@ -72,7 +74,12 @@ impl Reviewer {
                 self.metrics.skipped(skip.reason());
                 match skip.warning() {
                     Some(warning) => {
-                        info!(namespace = %pod_namespace, pod = %pod_name(request), %warning, "pod not injected");
+                        info!(
+                            namespace = %shown(&pod_namespace),
+                            pod = %shown(&pod_name(request)),
+                            warning = %shown(&warning),
+                            "pod not injected"
+                        );
                         with_warning(allowed, warning)
                     }
                     None => allowed,
@@ -123,7 +130,14 @@ impl Reviewer {
         self.metrics.error(failure.reason);
         let namespace = request.namespace.as_deref().unwrap_or_default();
         let message = format!("keyless not injected: {}", failure.message);
-        warn!(namespace, pod = %pod_name(request), reason = failure.reason, policy = ?self.policy, "{message}");
+        warn!(
+            namespace = %shown(namespace),
+            pod = %shown(&pod_name(request)),
+            reason = failure.reason,
+            policy = ?self.policy,
+            "{}",
+            shown(&message)
+        );
         match self.policy {
             FailurePolicy::Fail => allowed.deny(message),
             FailurePolicy::Ignore => with_warning(allowed, message),
@@ -151,6 +165,15 @@ fn service_account_name(pod: &serde_json::Value) -> String {
         .unwrap_or("default")
         .to_owned()
 }
+
+/// What a log line shows of text the API server's client chose (names, `generateName`, messages
+/// naming them): escaped and bounded (keyless-core's `printable`), so a name cannot forge lines
+/// or rewrite a terminal. A Kubernetes name is at most 253 bytes; a message names a few of them.
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    keyless_core::printable::printable(text, MAX_LOGGED_BYTES)
+}
+
+const MAX_LOGGED_BYTES: usize = 1024;
 
 /// Pods of controllers have no name yet: their `generateName` then.
 fn pod_name(request: &AdmissionRequest<DynamicObject>) -> String {
