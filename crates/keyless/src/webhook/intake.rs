@@ -211,7 +211,7 @@ mod tests {
         assert_eq!(response.status(), 413);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_review_waits_briefly_for_a_slot_then_is_asked_to_retry() {
         let intake = Intake::new(1);
         let first = intake.admit(request(b"{}")).await.unwrap();
