@@ -17,6 +17,7 @@ use std::time::Duration;
 use keyless_test_support::process::{Process, free_port};
 use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 use rustls_pki_types::ServerName;
+use rustls_pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
