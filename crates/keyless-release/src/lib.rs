@@ -149,10 +149,7 @@ pub fn gitlab_job(pipeline: &str, name: &str) -> Result<GitlabJob, String> {
 
 fn string_map(value: Option<&serde_yaml::Value>) -> BTreeMap<String, String> {
     let Some(mapping) = value.and_then(|v| v.as_mapping()) else { return BTreeMap::new() };
-    mapping
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
-        .collect()
+    mapping.iter().filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned()))).collect()
 }
 
 /// A release version a text names.

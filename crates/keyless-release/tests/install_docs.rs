@@ -127,13 +127,21 @@ fn the_readme_install_commands_work_on_the_release() {
             continue;
         }
         // The README's commands run from a checkout with dist/ in it; dist/ may be elsewhere.
-        let script = block.code.replace("dist/", &format!("{}/", dist.display())).replace("cd dist\n", &format!("cd {}\n", dist.display()));
+        let script = block
+            .code
+            .replace("dist/", &format!("{}/", dist.display()))
+            .replace("cd dist\n", &format!("cd {}\n", dist.display()));
         // The release build's environment, so that `cargo install` finds that build fresh.
         let script = format!(". '{}/scripts/release-env'\n{script}", repo.display());
         eprintln!("== README.md:{}\n{}", block.line, block.code);
         let output = scratch.run(&["bash", "-e", "-o", "pipefail", "-c"], &script, &repo, &[]);
         let (stdout, stderr) = text(&output);
-        assert!(output.status.success(), "README.md:{} failed:\n{}\nstdout:\n{stdout}\nstderr:\n{stderr}", block.line, block.code);
+        assert!(
+            output.status.success(),
+            "README.md:{} failed:\n{}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            block.line,
+            block.code
+        );
         // Each block shows the release's version: `keyless --version`, the image's label, the chart.
         assert!(stdout.contains(&version), "README.md:{} printed no {version}:\n{stdout}", block.line);
         if block.code.contains("keyless --version") {

@@ -89,7 +89,10 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) {
         let path = entry.unwrap().path();
         if path.is_dir() {
             collect(&path, files);
-        } else if path.extension().is_some_and(|e| ["md", "yaml", "yml", "toml", "rs", "tpl", "txt"].iter().any(|x| e == *x)) {
+        } else if path
+            .extension()
+            .is_some_and(|e| ["md", "yaml", "yml", "toml", "rs", "tpl", "txt"].iter().any(|x| e == *x))
+        {
             files.push(path);
         }
     }
