@@ -208,6 +208,8 @@ fn leading_version(text: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     const MARKDOWN: &str = "# t\n\n## Install\n\ntext\n\n```sh\ncd dist\n## not a heading\n```\n\n```yaml\na: 1\n```\n\n```sh\n# needs your cluster\nhelm install\n```\n\n## Next\n\n```sh\nnot in the section\n```\n";
