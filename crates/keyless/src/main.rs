@@ -33,10 +33,22 @@ use tracing::{error, warn};
 use crate::config::{Config, Overrides};
 use crate::serve::Sidecar;
 
+/// `keyless --version`: the workspace version (Cargo.toml, the one place it is written), the
+/// source revision and the compiled features (build.rs), e.g.
+/// `keyless 0.1.0 (revision 781920b..., features: emulator, inject, webhook)`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("KEYLESS_REVISION"),
+    ", features: ",
+    env!("KEYLESS_FEATURES"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "keyless",
-    version,
+    version = VERSION,
     about = "Short-lived AWS, Google Cloud and Azure credentials for a pod, from its projected service-account token, served on localhost in each cloud's native format"
 )]
 struct Cli {

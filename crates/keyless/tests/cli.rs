@@ -27,7 +27,23 @@ fn serve_with(config: &str, extra: &[&str]) -> (bool, String) {
 fn version_is_printed() {
     let out = keyless().arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("keyless "));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The workspace version, the revision (a commit, or `unknown` outside git) and the features.
+    let expected = format!("keyless {} (revision ", env!("CARGO_PKG_VERSION"));
+    assert!(stdout.starts_with(&expected), "{stdout}");
+    let features = ["emulator", "inject", "webhook"].into_iter().filter(|f| match *f {
+        "emulator" => cfg!(feature = "emulator"),
+        "inject" => cfg!(feature = "inject"),
+        _ => cfg!(feature = "webhook"),
+    });
+    let features = features.collect::<Vec<_>>().join(", ");
+    let features = if features.is_empty() { "none".to_owned() } else { features };
+    assert!(stdout.trim_end().ends_with(&format!(", features: {features})")), "{stdout}");
+    let revision = stdout.split("(revision ").nth(1).and_then(|r| r.split(',').next()).unwrap_or_default();
+    assert!(
+        revision == "unknown" || (revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit())),
+        "{stdout}"
+    );
 }
 
 #[test]
