@@ -4,6 +4,9 @@
 //! Each listener is a hyper HTTP/1.1 accept loop with bounds (the security rules, docs/reliability.md): a deadline for a
 //! request's headers (slowloris), a size bound on them (431), and a bounded number of connections
 //! where idle ones give way to new clients, so a connection flood cannot starve a real client.
+//! With the peer check on (`keyless exec`; `listen_uid_check`), the credential listener asks the
+//! kernel once per connection which user the peer is (`crate::peer_user`) and answers every request
+//! of another user's connection with its route's native 403.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -28,10 +31,11 @@ use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
 use keyless_provider::dispatch::Answer;
-use keyless_provider::guard::GuardLayer;
+use keyless_provider::guard::{GuardLayer, Violation};
 use keyless_provider::{AppHost, RouteCollision, Routes, Rules};
 
 use crate::admin::{self, AdminState};
+use crate::peer_user::{OwnUser, Peer};
 use crate::providers::Running;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +56,10 @@ pub struct Sidecar {
     admin_router: Router,
     providers: Vec<Running>,
     gate: Arc<AtomicBool>,
+    /// Set: the credential listener serves only this user's processes. On unless turned off
+    /// ([`Sidecar::with_uid_check`]): `keyless exec` and `keyless dev` keep it, `keyless serve`
+    /// follows `listen_uid_check`.
+    own_user: Option<OwnUser>,
 }
 
 impl Sidecar {
@@ -85,7 +93,16 @@ impl Sidecar {
         })
         // The Host rule (DNS rebinding) holds on the admin routes too.
         .route_layer(GuardLayer::new(Rules::admin()));
-        Ok(Self { credentials, admin, routes, admin_router, providers, gate })
+        Ok(Self { credentials, admin, routes, admin_router, providers, gate, own_user: Some(OwnUser::current()) })
+    }
+
+    /// With `on` (the default), credentials are served only to processes of the user keyless runs
+    /// as: any other user's connection gets each route's native 403. `keyless serve` sets it from
+    /// `listen_uid_check`; in a pod only the pod's containers reach loopback, and they may run as
+    /// other users.
+    pub fn with_uid_check(mut self, on: bool) -> Self {
+        self.own_user = on.then(OwnUser::current);
+        self
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -120,8 +137,11 @@ impl Sidecar {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         info!(listen = %self.listen_addr(), admin = %self.admin_addr(), "keyless is serving");
-        let credentials = Listener::new("credential listener", MAX_CONNECTIONS);
-        let admin = Listener::new("admin listener", MAX_ADMIN_CONNECTIONS);
+        if let Some(own) = self.own_user {
+            info!(uid = own.uid(), "serving credentials only to processes of this user (listen_uid_check)");
+        }
+        let credentials = Listener::new("credential listener", MAX_CONNECTIONS, self.own_user);
+        let admin = Listener::new("admin listener", MAX_ADMIN_CONNECTIONS, None);
         let credentials = tokio::spawn(credentials.serve(self.credentials, self.routes, stop_rx.clone()));
         let admin = tokio::spawn(admin.serve(self.admin, self.admin_router, stop_rx));
         shutdown.await;
@@ -182,12 +202,18 @@ trait Respond: Clone + Send + Sync + 'static {
     type Future: Future<Output = Result<Response, Infallible>> + Send + 'static;
     /// Answers `request` from `peer`.
     fn respond(&self, request: hyper::Request<Incoming>, peer: SocketAddr) -> Self::Future;
+    /// Refuses `request` for `violation`, in the shape its route's clients parse.
+    fn refuse(&self, request: hyper::Request<Incoming>, violation: &Violation) -> Self::Future;
 }
 
 impl Respond for Routes {
     type Future = Answer;
     fn respond(&self, request: hyper::Request<Incoming>, _peer: SocketAddr) -> Answer {
         self.serve(request)
+    }
+
+    fn refuse(&self, request: hyper::Request<Incoming>, violation: &Violation) -> Answer {
+        Routes::refuse(self, request, violation)
     }
 }
 
@@ -198,6 +224,13 @@ impl Respond for Router {
     fn respond(&self, mut request: hyper::Request<Incoming>, peer: SocketAddr) -> Self::Future {
         request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         self.clone().oneshot(request)
+    }
+
+    /// Plain text, as the admin routes' other refusals (the admin listener has no peer check
+    /// today; this keeps the trait whole).
+    fn refuse(&self, request: hyper::Request<Incoming>, violation: &Violation) -> Self::Future {
+        let (status, message) = (violation.status(), format!("{}\n", violation.message()));
+        Router::new().fallback(move || std::future::ready((status, message.clone()))).oneshot(request)
     }
 }
 
@@ -211,6 +244,11 @@ struct Listener {
     changed: Notify,
     /// Set while at the limit, so an overload is logged once rather than once per connection.
     saturated: AtomicBool,
+    /// Set: connections from other users' processes are refused.
+    own_user: Option<OwnUser>,
+    /// Set once a refused connection was logged as a warning; later ones are logged at debug, so
+    /// a local user cannot flood the log.
+    refusal_logged: AtomicBool,
 }
 
 /// What the accept loop knows about one open connection.
@@ -295,7 +333,7 @@ impl hyper::body::Body for CountedBody {
 }
 
 impl Listener {
-    fn new(what: &'static str, limit: usize) -> Arc<Self> {
+    fn new(what: &'static str, limit: usize, own_user: Option<OwnUser>) -> Arc<Self> {
         Arc::new(Self {
             what,
             limit,
@@ -303,7 +341,36 @@ impl Listener {
             open: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
             saturated: AtomicBool::new(false),
+            own_user,
+            refusal_logged: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the connection `tcp` from `peer` is refused by the peer check: once per
+    /// connection, before its first request is read.
+    fn refuses(&self, tcp: &TcpStream, peer: SocketAddr) -> bool {
+        let Some(own) = self.own_user else { return false };
+        let verdict = match tcp.local_addr() {
+            Ok(local) => own.judge(local, peer),
+            Err(e) => Peer::Unknown { why: format!("the connection's own address is unknown: {e}") },
+        };
+        let why = match verdict {
+            Peer::Own => return false,
+            Peer::Other { uid } => format!("its process runs as uid {uid}, keyless as uid {}", own.uid()),
+            Peer::Unknown { why } => why,
+        };
+        if self.refusal_logged.swap(true, Ordering::Relaxed) {
+            debug!(listener = self.what, %peer, reason = %why, "refused a connection of another user");
+        } else {
+            warn!(
+                listener = self.what,
+                %peer,
+                reason = %why,
+                "refused a connection of another user: credentials are served only to processes of keyless's own \
+                 user (listen_uid_check); further refusals are logged at debug level"
+            );
+        }
+        true
     }
 
     fn open(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Connection>>> {
@@ -402,10 +469,12 @@ impl Listener {
         peer: SocketAddr,
         router: impl Respond,
     ) {
+        let refused = self.refuses(&tcp, peer);
         let (listener, counted) = (self.clone(), state.clone());
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_request = InRequest::new(listener.clone(), counted.clone());
-            let response = router.respond(request, peer);
+            let response =
+                if refused { router.refuse(request, &Violation::OtherUser) } else { router.respond(request, peer) };
             async move {
                 let response = response.await?;
                 Ok::<_, Infallible>(response.map(|inner| CountedBody { inner, _in_request: in_request }))
@@ -458,7 +527,7 @@ mod tests {
 
     #[test]
     fn at_the_limit_a_new_connection_displaces_the_oldest_idle_one_and_never_a_busy_one() {
-        let listener = Listener::new("test", 2);
+        let listener = Listener::new("test", 2, None);
         let (first, first_state) = listener.admit().unwrap();
         let (_, second_state) = listener.admit().unwrap();
         // The oldest is busy with a request: the second (idle) one gives way.
@@ -476,7 +545,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_displaced_connection_is_told_to_close() {
-        let listener = Listener::new("test", 1);
+        let listener = Listener::new("test", 1, None);
         let (_, idle) = listener.admit().unwrap();
         let waiting = tokio::spawn({
             let idle = idle.clone();
