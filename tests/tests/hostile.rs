@@ -385,7 +385,10 @@ async fn an_sts_error_echoing_a_forged_issuer_forges_no_log_or_readyz_line() {
         let echoes: Vec<&str> = text.lines().filter(|l| l.contains(ECHO)).collect();
         assert!(!echoes.is_empty(), "{what} does not show STS's answer:\n{text}");
         for line in echoes {
-            assert!(line.contains(&format!("{ECHO} {escaped}")), "{what}: STS's answer is not one escaped line: {line}");
+            assert!(
+                line.contains(&format!("{ECHO} {escaped}")),
+                "{what}: STS's answer is not one escaped line: {line}"
+            );
         }
     }
 }

@@ -90,7 +90,8 @@ const MAX_TOKEN_FILE_BYTES: u64 = 4097;
 /// The authorization value in `file`, read as the sidecar reads token files: a FIFO, a device or a
 /// huge file is refused at once instead of hanging or filling memory.
 fn read_token_file(file: &str) -> Result<String, String> {
-    let cannot = |why: &dyn std::fmt::Display| format!("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={file}: {why}");
+    let cannot =
+        |why: &dyn std::fmt::Display| format!("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={file}: {why}");
     let bytes = keyless_core::read_regular_file(Path::new(file), MAX_TOKEN_FILE_BYTES).map_err(|e| cannot(&e))?;
     String::from_utf8(bytes).map_err(|_| cannot(&"it is not UTF-8 text"))
 }

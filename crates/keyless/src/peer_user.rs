@@ -105,13 +105,14 @@ fn socket_owner(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<u32>
     message.serialize(&mut bytes);
 
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
     socket.connect(&NetlinkAddr::new(0, 0))?;
     // The kernel answers within the send itself (sock_diag runs in the sender's context), so the
     // answer is queued before `send` returns: a non-blocking read never stalls the runtime.
     socket.set_non_blocking(true)?;
     socket.send(&bytes, 0)?;
-    let mut answer = Vec::with_capacity(ANSWER_BYTES);
-    let read = socket.recv(&mut answer, 0)?;
+    let mut answer = [0u8; ANSWER_BYTES];
+    let read = socket.recv(&mut &mut answer[..], 0)?;
     let answer = answer.get(..read).unwrap_or_default();
     let reply = NetlinkMessage::<SockDiagMessage>::deserialize(answer)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("unreadable sock_diag answer: {e}")))?;
