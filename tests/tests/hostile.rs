@@ -14,6 +14,7 @@ use keyless_test_support::binary::keyless_bin;
 use keyless_test_support::clients::status_of;
 use keyless_test_support::clock::wall_clock;
 use keyless_test_support::dev::Dev;
+use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::jwt::unsigned_jwt;
 use keyless_test_support::kubelet::{mkfifo, replace_with, token_dir};
 use keyless_test_support::load::Tally;
@@ -333,5 +334,61 @@ async fn claims_with_line_breaks_and_escapes_forge_no_log_line() {
             text.contains(&format!(r"app\r\n{forged}\u{{1b}}[2K")),
             "{what} does not show the escaped sub:\n{text}"
         );
+    }
+}
+
+/// An unsigned JWT for AWS with `iss` as its issuer.
+fn jwt_with_issuer(iss: &str, exp: std::time::SystemTime) -> String {
+    use base64::Engine as _;
+    let encode = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let exp = exp.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({"iss": iss, "sub": "system:serviceaccount:ns:app", "aud": ["sts.amazonaws.com"], "exp": exp});
+    format!("{}.{}.{}", encode(r#"{"alg":"RS256","kid":"test"}"#), encode(&claims.to_string()), encode("signature"))
+}
+
+#[tokio::test]
+async fn an_sts_error_echoing_a_forged_issuer_forges_no_log_or_readyz_line() {
+    // AWS STS answers an unknown issuer with "No OpenIDConnect provider found in your account for
+    // ISS", the issuer as the token has it; the emulator does the same.
+    let emulator = EmulatorProcess::start().await;
+    let (_root, dir) = token_dir();
+    let token = dir.join("token");
+    let forged = "2026-01-01T00:00:00.000000Z  INFO keyless: forged";
+    std::fs::write(&token, jwt_with_issuer(&format!("https://issuer.example/\n{forged}"), in_an_hour())).unwrap();
+    let ids = emulator.control.identities().await;
+    let text = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+    let toml = format!(
+        "log = \"info\"\n\n[aws]\ntoken_file = {}\nrole_arn = {}\nregion = \"us-east-1\"\nsts_endpoint = {}\n\
+         ca_file = {}\n",
+        text(token.to_str().unwrap()),
+        text(ids["aws_role_arn"].as_str().unwrap()),
+        text(&emulator.url),
+        text(emulator.ca.to_str().unwrap()),
+    );
+    let sidecar = Sidecar::spawn(&toml, &[]);
+    const ECHO: &str = "No OpenIDConnect provider found in your account for";
+    sidecar.wait_logged(ECHO).await;
+    let readyz = keyless_test_support::clients::loopback()
+        .get(sidecar.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let logs = sidecar.logs();
+    terminate(sidecar).await;
+
+    let escaped = format!(r"https://issuer.example/\n{forged}");
+    for (what, text) in [("the log", &logs), ("/readyz", &readyz)] {
+        assert!(!text.lines().any(|l| l.starts_with(forged)), "{what} has a forged line:\n{text}");
+        let echoes: Vec<&str> = text.lines().filter(|l| l.contains(ECHO)).collect();
+        assert!(!echoes.is_empty(), "{what} does not show STS's answer:\n{text}");
+        for line in echoes {
+            assert!(
+                line.contains(&format!("{ECHO} {escaped}")),
+                "{what}: STS's answer is not one escaped line: {line}"
+            );
+        }
     }
 }

@@ -68,7 +68,10 @@ authorization_token = "{AUTHORIZATION}"
         sts = emulator.url,
         ca = ca.display(),
     );
-    let sidecar = Sidecar::spawn_as(IMAGE_UID, &config, &[("KEYLESS_LOG", "info")]);
+    // In the pod this models, the kubelet sets KUBERNETES_SERVICE_HOST: the peer-uid check is off
+    // there (the test's client runs as root, keyless as the image user, as two containers may).
+    let pod = [("KEYLESS_LOG", "info"), ("KUBERNETES_SERVICE_HOST", "10.96.0.1")];
+    let sidecar = Sidecar::spawn_as(IMAGE_UID, &config, &pod);
     let logs = || sidecar.logs();
 
     wait_until("keyless to report the unreadable token", STARTUP_DEADLINE, || {

@@ -10,6 +10,7 @@ use aws_sdk_sts::operation::assume_role_with_web_identity::{
 };
 use aws_sdk_sts::types::PolicyDescriptorType;
 use keyless_core::clock::SharedClock;
+use keyless_core::printable::upstream;
 use keyless_core::token::Claims;
 use keyless_core::{Context, Exchange, ExchangeError, Expiring, Issued, Secret, SubjectToken};
 use keyless_provider::Provider as _;
@@ -138,8 +139,9 @@ impl StsExchange {
         match err {
             SdkError::ServiceError(service) => {
                 let status = service.raw().status().as_u16();
-                let code = err.code().unwrap_or("Unknown").to_owned();
-                let text = err.message().unwrap_or("no message");
+                // Both from STS's answer, which echoes the token's claims: escaped and capped.
+                let code = upstream(err.code().unwrap_or("Unknown")).into_owned();
+                let text = upstream(err.message().unwrap_or("no message"));
                 let message =
                     format!("STS AssumeRoleWithWebIdentity for {role} failed with HTTP {status} {code}: {text}");
                 let e = match code.as_str() {
@@ -167,7 +169,7 @@ impl StsExchange {
             SdkError::ResponseError(_) => ExchangeError::retryable(format!(
                 "STS at {} sent a response keyless could not read: {}",
                 self.endpoint,
-                DisplayErrorContext(err)
+                upstream(&DisplayErrorContext(err).to_string())
             ))
             .with_code("ResponseError")
             .with_hint("is aws.sts_endpoint an STS endpoint (not a proxy's error page)?"),

@@ -12,6 +12,12 @@ use crate::identity::{ClientId, Scope, TenantId};
 /// AADSTS text; the rest is trace ids and timestamps that the request id already covers).
 const MAX_DESCRIPTION: usize = 400;
 
+/// Text from Entra's answer as it may be printed: escaped and capped as claims are (Entra quotes
+/// the token's claims back).
+fn shown(text: &str) -> String {
+    keyless_core::printable::upstream(text).into_owned()
+}
+
 /// What the failed request was about, for the hints.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Attempt<'a> {
@@ -43,24 +49,24 @@ pub(crate) fn classify(
     let is_json = parsed.is_some();
     let body = parsed.unwrap_or_default();
     let code = body.error_codes.first().copied().or_else(|| body.error_description.as_deref().and_then(aadsts_code));
-    let request_id = header_request_id.or_else(|| body.trace_id.clone());
+    let request_id = header_request_id.or_else(|| body.trace_id.as_deref().map(shown));
 
     let mut message = format!(
         "Entra ID refused the token request of client {} for scope {} (HTTP {status}",
         attempt.client_id, attempt.scope
     );
     match (&body.error, is_json) {
-        (Some(error), _) => message.push_str(&format!(", {error}")),
+        (Some(error), _) => message.push_str(&format!(", {}", shown(error))),
         (None, false) => message.push_str(", body is not Entra ID's JSON error"),
         (None, true) => {}
     }
     message.push(')');
     if let Some(description) = body.error_description.as_deref().map(first_line) {
         message.push_str(": ");
-        message.push_str(description);
+        message.push_str(&shown(description));
     }
     if let Some(correlation) = &body.correlation_id {
-        message.push_str(&format!(" [correlation id {correlation}]"));
+        message.push_str(&format!(" [correlation id {}]", shown(correlation)));
     }
 
     let transient = status == 408 || status == 429 || status >= 500;
@@ -76,7 +82,7 @@ pub(crate) fn classify(
     let err = match code {
         Some(c) => err.with_code(format!("AADSTS{c}")),
         None => match body.error {
-            Some(e) => err.with_code(e),
+            Some(e) => err.with_code(shown(&e)),
             None => err,
         },
     };

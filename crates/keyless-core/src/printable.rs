@@ -34,6 +34,18 @@ pub fn printable(text: &str, max_bytes: usize) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Longest text kept from a service's answer (an error's message, description, code or id): a
+/// claim's cap, since the services quote claims back in their errors.
+pub const MAX_UPSTREAM_TEXT_BYTES: usize = crate::token::MAX_CLAIM_BYTES;
+
+/// Text from an upstream answer (a token service's error body, a token endpoint's reply), made
+/// printable as a claim is. AWS STS and Google STS echo the token's `iss` and `aud` in their
+/// messages: a token with a newline in `iss` would otherwise forge log and `/readyz` lines.
+/// Applied where the error is built, so no later reader has to remember it.
+pub fn upstream(text: &str) -> Cow<'_, str> {
+    printable(text, MAX_UPSTREAM_TEXT_BYTES)
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{2028}' | '\u{2029}' | '\u{061c}' | '\u{200e}' | '\u{200f}')
@@ -59,6 +71,14 @@ mod tests {
         assert_eq!(printable("del\u{7f} c1\u{85}", 1024), r"del\u{7f} c1\u{85}");
         assert_eq!(printable("a\u{2028}b\u{202e}c\u{2066}d", 1024), r"a\u{2028}b\u{202e}c\u{2066}d");
         assert!(!printable("x\ny\u{1b}", 1024).chars().any(char::is_control));
+    }
+
+    #[test]
+    fn upstream_text_is_escaped_and_capped_like_a_claim() {
+        let forged = "Incorrect token audience\nlevel=INFO msg=\"credential refreshed\"";
+        assert_eq!(upstream(forged), r#"Incorrect token audience\nlevel=INFO msg="credential refreshed""#);
+        let long = "x".repeat(5000);
+        assert_eq!(upstream(&long), printable(&long, crate::token::MAX_CLAIM_BYTES));
     }
 
     #[test]

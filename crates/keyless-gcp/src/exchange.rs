@@ -180,7 +180,7 @@ impl GcpExchange {
         let expires_at = humantime::parse_rfc3339_weak(&parsed.expire_time).map_err(|_| {
             ExchangeError::retryable(format!(
                 "IAM generateAccessToken answered an expireTime that is not RFC 3339: {:?}",
-                parsed.expire_time
+                keyless_core::printable::upstream(&parsed.expire_time)
             ))
         })?;
         expiring(parsed.access_token, expires_at, self.clock.now())

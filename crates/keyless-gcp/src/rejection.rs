@@ -29,15 +29,10 @@ impl Attempt<'_> {
     }
 }
 
-/// Longest upstream error description kept (they are short; this bounds a misbehaving proxy).
-const MAX_DESCRIPTION: usize = 400;
-
+/// An upstream error description or code as it may be printed: Google STS echoes the token's
+/// claims in its descriptions, so they are escaped and capped as claims are.
 fn clip(text: &str) -> String {
-    let mut clipped: String = text.chars().take(MAX_DESCRIPTION).collect();
-    if clipped.len() < text.len() {
-        clipped.push_str("...");
-    }
-    clipped
+    keyless_core::printable::upstream(text).into_owned()
 }
 
 fn transient(status: StatusCode) -> bool {
@@ -55,7 +50,7 @@ struct OAuthError {
 /// "RESOURCE_EXHAUSTED"}}`, docs/protocols.md 9): its `status` is the code then.
 pub(crate) fn sts(status: StatusCode, body: &[u8], attempt: &Attempt<'_>) -> ExchangeError {
     let parsed: OAuthError = serde_json::from_slice(body).unwrap_or_else(|_| google_error(body));
-    let code = parsed.error.unwrap_or_else(|| status.as_u16().to_string());
+    let code = parsed.error.map_or_else(|| status.as_u16().to_string(), |c| clip(&c));
     let description = clip(parsed.error_description.as_deref().unwrap_or(""));
     let message = format!("STS token exchange failed with {status} {code}: {description}");
     let provider = attempt.provider;
@@ -146,7 +141,7 @@ impl IamCall {
 pub(crate) fn iam(call: IamCall, status: StatusCode, body: &[u8], attempt: &Attempt<'_>) -> ExchangeError {
     let parsed: GoogleError = serde_json::from_slice(body).unwrap_or_default();
     let (google_status, description) = parsed.error.map(|e| (e.status, e.message)).unwrap_or_default();
-    let code = google_status.unwrap_or_else(|| status.as_u16().to_string());
+    let code = google_status.map_or_else(|| status.as_u16().to_string(), |c| clip(&c));
     let account = attempt.service_account.unwrap_or("the service account");
     let message = format!(
         "IAM Credentials {} for {account} failed with {status} {code}: {}",

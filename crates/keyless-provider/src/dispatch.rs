@@ -27,7 +27,7 @@ use keyless_core::Metrics;
 use keyless_core::metrics::RouteRequests;
 
 use crate::contract::{BoxFuture, RouteMethod, Started};
-use crate::guard::Rules;
+use crate::guard::{Rules, Violation};
 use crate::routes::{self, RouteClaim, RouteCollision};
 
 /// What a handler is given: the request line and headers. No native route takes a body (the
@@ -177,6 +177,24 @@ impl Routes {
         };
         Answer { state, route: Some(route), head }
     }
+
+    /// Refuses `request` for `violation` in its route's native error shape, counted and with the
+    /// provider's response headers as any answer of the route; a path no route matches gets the
+    /// same empty 404 as in [`Routes::serve`].
+    pub fn refuse<B>(&self, request: http::Request<B>, violation: &Violation) -> Answer {
+        let (parts, _body) = request.into_parts();
+        let Ok(found) = self.table.at(parts.uri.path()) else {
+            return Answer {
+                state: State::Ready(Some(StatusCode::NOT_FOUND.into_response())),
+                route: None,
+                head: false,
+            };
+        };
+        let route = found.value.clone();
+        let head = parts.method == Method::HEAD;
+        let refused = route.rules.errors.refuse(parts.uri.path(), violation);
+        Answer { state: State::Ready(Some(refused)), route: Some(route), head }
+    }
 }
 
 impl<B> tower::Service<http::Request<B>> for Routes {
@@ -319,6 +337,23 @@ mod tests {
         assert_eq!(count(&metrics, &format!(r#"{route},status="200""#)).as_deref(), Some("1"));
         assert_eq!(count(&metrics, &format!(r#"{route},status="403""#)).as_deref(), Some("1"));
         assert_eq!(count(&metrics, &format!(r#"{route},status="405""#)).as_deref(), Some("1"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_gets_its_routes_native_refusal_counted() {
+        let metrics = Metrics::new();
+        let routes = Routes::new([("fake", &Fake as &dyn Started)], Some(&metrics)).expect("routes");
+        let request = http::Request::get("/creds/app").header("host", "127.0.0.1").body(()).expect("request");
+        let response = routes.refuse(request, &Violation::OtherUser).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(response.headers().contains_key("x-flavor"), "refusals carry the provider's headers");
+        let body = to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        assert!(String::from_utf8_lossy(&body).contains("another user"));
+        let route = r#"provider="fake",route="/creds/{name}",status="403""#;
+        assert_eq!(count(&metrics, route).as_deref(), Some("1"));
+        let request = http::Request::get("/elsewhere").body(()).expect("request");
+        let response = routes.refuse(request, &Violation::OtherUser).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 //! | `X-Forwarded-For`, `Forwarded` or `X-Real-IP` present | 403 | the request came through a proxy: the GCE metadata server's rule, applied to every route |
 //! | a request body (`Content-Length` other than 0, or `Transfer-Encoding`) | 400 | no native route takes one |
 //! | a query string over 4 KiB | 400 | the longest legitimate one (an ID-token audience) is far shorter |
+//! | the connection comes from another user's process (`keyless exec`; `listen_uid_check`) | 403 | IMDSv2, the GCE metadata server and Azure IMDS need no secret: on a shared host any local user could read them |
 //!
 //! The check allocates nothing for an accepted request; the layer's future wraps the route's own.
 
@@ -55,12 +56,15 @@ pub enum Violation {
     Forwarded,
     Body,
     QueryTooLong,
+    /// The connection's peer socket belongs to another user (or cannot be told): checked once per
+    /// connection by the credential listener, not by [`Rules::check`].
+    OtherUser,
 }
 
 impl Violation {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::HostNotAllowed | Self::Forwarded => StatusCode::FORBIDDEN,
+            Self::HostNotAllowed | Self::Forwarded | Self::OtherUser => StatusCode::FORBIDDEN,
             Self::DuplicateHeader(_) | Self::Body | Self::QueryTooLong => StatusCode::BAD_REQUEST,
         }
     }
@@ -80,6 +84,10 @@ impl Violation {
             ),
             Self::Body => Cow::Borrowed("this endpoint takes no request body"),
             Self::QueryTooLong => Cow::Borrowed("the query string is longer than 4096 bytes"),
+            Self::OtherUser => Cow::Borrowed(
+                "the connection comes from a process of another user: this keyless serves credentials only to \
+                 processes of its own user (listen_uid_check, docs/configuration.md)",
+            ),
         }
     }
 
@@ -91,6 +99,7 @@ impl Violation {
             Self::Forwarded => "ForwardedRequest",
             Self::Body => "RequestBodyNotAccepted",
             Self::QueryTooLong => "QueryTooLong",
+            Self::OtherUser => "OtherUser",
         }
     }
 }

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use crate::providers::Sections;
 
 /// Top-level keys; a `KEYLESS_<KEY>` env var sets one, `KEYLESS_<SECTION>__<KEY>` a section's key.
-const TOP_LEVEL_KEYS: &[&str] = &["listen", "admin_listen", "allow_non_loopback", "log", "log_format"];
+const TOP_LEVEL_KEYS: &[&str] =
+    &["listen", "admin_listen", "allow_non_loopback", "listen_uid_check", "log", "log_format"];
 /// The sections besides the providers' own (`crate::providers::names`).
 const SECTIONS: &[&str] = &["cache", "token"];
 
@@ -33,6 +34,9 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     #[serde(default)]
     pub allow_non_loopback: bool,
+    /// Serve credentials only to processes of keyless's own user; unset: on outside Kubernetes
+    /// ([`Config::uid_check`]).
+    pub listen_uid_check: Option<bool>,
     /// Log filter (`info`, `keyless=debug`...); `RUST_LOG` is used when this is not set.
     pub log: Option<String>,
     #[serde(default)]
@@ -361,6 +365,13 @@ impl Config {
         Ok(self)
     }
 
+    /// Whether the credential listener serves only keyless's own user (`listen_uid_check`): as
+    /// set, else on outside Kubernetes. In a pod (`KUBERNETES_SERVICE_HOST`, which the kubelet sets
+    /// in every container) loopback is the pod's own and its containers may run as other users.
+    pub fn uid_check(&self, env: &dyn Fn(&str) -> Option<String>) -> bool {
+        self.listen_uid_check.unwrap_or_else(|| env("KUBERNETES_SERVICE_HOST").is_none())
+    }
+
     pub fn cache_policy(&self) -> CachePolicy {
         let c = &self.cache;
         CachePolicy {
@@ -472,6 +483,19 @@ mod tests {
         ]));
         assert_eq!(settings.len(), 1);
         assert_eq!(skipped, vec!["KEYLESS_AWS_ROLE_ARN".to_owned()]);
+    }
+
+    #[test]
+    fn the_uid_check_is_on_outside_kubernetes_unless_set() {
+        let outside = |_: &str| None;
+        let in_a_pod = |name: &str| (name == "KUBERNETES_SERVICE_HOST").then(|| "10.96.0.1".to_owned());
+        let default = load_str("", &[]).unwrap();
+        assert!(default.uid_check(&outside));
+        assert!(!default.uid_check(&in_a_pod));
+        let off = load_str("listen_uid_check = false\n", &[]).unwrap();
+        assert!(!off.uid_check(&outside));
+        let on = load_str("", &[("KEYLESS_LISTEN_UID_CHECK", "true")]).unwrap();
+        assert!(on.uid_check(&in_a_pod));
     }
 
     #[test]

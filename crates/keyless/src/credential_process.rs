@@ -38,8 +38,7 @@ impl Source {
             let url = container_endpoint(&url)?;
             let authorization =
                 match (env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"), env("AWS_CONTAINER_AUTHORIZATION_TOKEN")) {
-                    (Some(file), _) => std::fs::read_to_string(&file)
-                        .map_err(|e| format!("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={file}: {e}"))?,
+                    (Some(file), _) => read_token_file(&file)?,
                     (None, Some(value)) => value,
                     (None, None) => {
                         return Err(
@@ -82,6 +81,19 @@ pub async fn run(source: Source) -> Result<String, String> {
         Source::Endpoint { url, authorization } => from_endpoint(&url, &authorization).await,
         Source::Exchange { config_file, role } => from_exchange(config_file.as_deref(), role.as_deref()).await,
     }
+}
+
+/// Longest authorization value read from `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`: keyless's own
+/// endpoint accepts at most 4096 bytes (it travels as one header), plus a trailing newline.
+const MAX_TOKEN_FILE_BYTES: u64 = 4097;
+
+/// The authorization value in `file`, read as the sidecar reads token files: a FIFO, a device or a
+/// huge file is refused at once instead of hanging or filling memory.
+fn read_token_file(file: &str) -> Result<String, String> {
+    let cannot =
+        |why: &dyn std::fmt::Display| format!("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={file}: {why}");
+    let bytes = keyless_core::read_regular_file(Path::new(file), MAX_TOKEN_FILE_BYTES).map_err(|e| cannot(&e))?;
+    String::from_utf8(bytes).map_err(|_| cannot(&"it is not UTF-8 text"))
 }
 
 /// The link-local hosts the AWS SDKs accept for a plain-http container endpoint: ECS (IPv4), EKS
@@ -140,9 +152,6 @@ fn endpoint_client(url: &Url) -> Result<reqwest::Client, String> {
     builder.build().map_err(|e| format!("cannot build an HTTP client: {e}"))
 }
 
-/// Longest part of an error answer quoted back (an endpoint chooses what it answers).
-const MAX_QUOTED_BODY: usize = 512;
-
 async fn from_endpoint(url: &Url, authorization: &str) -> Result<String, String> {
     let client = endpoint_client(url)?;
     let response = client
@@ -165,8 +174,8 @@ async fn from_endpoint(url: &Url, authorization: &str) -> Result<String, String>
     }
     let body = response.text().await.map_err(|e| format!("reading the answer of {url}: {e}"))?;
     if !status.is_success() {
-        let quoted: String = body.chars().take(MAX_QUOTED_BODY).collect();
-        return Err(format!("keyless at {url} answered {status}: {quoted}"));
+        // An endpoint chooses what it answers: escaped and capped as any upstream text.
+        return Err(format!("keyless at {url} answered {status}: {}", keyless_core::printable::upstream(&body)));
     }
     let credentials = keyless_aws::AwsCredentials::from_container_json(&body)
         .map_err(|e| format!("keyless at {url} answered something that is not AWS credentials: {e}"))?;
@@ -251,6 +260,54 @@ mod tests {
             let err = Source::Exchange { config_file: None, role: None }.for_role(Some(bad.into())).unwrap_err();
             assert!(err.contains("--role"), "{err}");
         }
+    }
+
+    /// `Source::choose` with the endpoint set and the token file at `path`.
+    fn choose_with_token_file(path: &Path) -> Result<Source, String> {
+        let path = path.to_str().unwrap().to_owned();
+        let env = move |name: &str| match name {
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI" => Some("http://127.0.0.1:9811/v1/credentials".to_owned()),
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE" => Some(path.clone()),
+            _ => None,
+        };
+        Source::choose(None, &env)
+    }
+
+    #[test]
+    fn the_token_file_is_read_with_its_trailing_newline_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "secret-value\n").unwrap();
+        match choose_with_token_file(&path).unwrap() {
+            Source::Endpoint { authorization, .. } => assert_eq!(authorization, "secret-value"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_fifo_as_the_token_file_is_refused_without_blocking() {
+        // Opening a FIFO without a writer blocks forever: on the old code this test hangs.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&path).status().unwrap().success());
+        let err = choose_with_token_file(&path).unwrap_err();
+        assert!(err.contains("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=") && err.contains("FIFO"), "{err}");
+    }
+
+    #[test]
+    fn dev_zero_as_the_token_file_is_refused_without_reading_it() {
+        let err = choose_with_token_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.contains("/dev/zero") && err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_huge_token_file_is_refused_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge");
+        // Sparse: a gigabyte on paper that the old code read whole.
+        std::fs::File::create(&path).unwrap().set_len(1 << 30).unwrap();
+        let err = choose_with_token_file(&path).unwrap_err();
+        assert!(err.contains("larger than 4097 bytes"), "{err}");
     }
 
     #[test]

@@ -34,6 +34,10 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
+use keyless_provider::guard::Violation;
+
+use crate::peer_user::{OwnUser, Peer};
+
 /// Pause after an accept error such as EMFILE, so a full descriptor table does not spin the loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -85,6 +89,8 @@ pub trait Respond: Clone + Send + Sync + 'static {
     type Future: Future<Output = Result<Response, Infallible>> + Send + 'static;
     /// Answers `request` from `peer`.
     fn respond(&self, request: hyper::Request<RequestBody>, peer: SocketAddr) -> Self::Future;
+    /// Refuses `request` for `violation`, in the shape its route's clients parse.
+    fn refuse(&self, request: hyper::Request<RequestBody>, violation: &Violation) -> Self::Future;
 }
 
 impl Respond for Router {
@@ -96,6 +102,13 @@ impl Respond for Router {
         request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         request.extensions_mut().insert(deadline);
         self.clone().oneshot(request)
+    }
+
+    /// Plain text, as the admin routes' other refusals (no admin or webhook listener has a peer
+    /// check today; this keeps the trait whole).
+    fn refuse(&self, request: hyper::Request<RequestBody>, violation: &Violation) -> Self::Future {
+        let (status, message) = (violation.status(), format!("{}\n", violation.message()));
+        Router::new().fallback(move || std::future::ready((status, message.clone()))).oneshot(request)
     }
 }
 
@@ -112,6 +125,12 @@ pub struct Listener {
     saturated: AtomicBool,
     /// Set once a peer reached its cap, so that is logged once per overload too.
     peer_saturated: AtomicBool,
+    /// Set: connections from other users' processes are refused (`keyless exec`,
+    /// `listen_uid_check`).
+    own_user: Option<OwnUser>,
+    /// Set once a refused connection was logged as a warning; later ones are logged at debug, so
+    /// a local user cannot flood the log.
+    refusal_logged: AtomicBool,
 }
 
 /// The open connections, oldest first, and how many each peer holds.
@@ -366,7 +385,15 @@ enum Admission {
 
 impl Listener {
     pub fn new(what: &'static str, limits: Limits) -> Arc<Self> {
+        Self::serving_only(what, limits, None)
+    }
+
+    /// A listener whose connections from processes of users other than `own_user` (when set) get
+    /// every request refused with [`Violation::OtherUser`].
+    pub fn serving_only(what: &'static str, limits: Limits, own_user: Option<OwnUser>) -> Arc<Self> {
         Arc::new(Self {
+            own_user,
+            refusal_logged: AtomicBool::new(false),
             what,
             limits,
             next_id: AtomicU64::new(0),
@@ -495,6 +522,33 @@ impl Listener {
         }
     }
 
+    /// Whether the connection `tcp` from `peer` is refused by the peer check: once per
+    /// connection, before its first request is read.
+    fn refuses(&self, tcp: &TcpStream, peer: SocketAddr) -> bool {
+        let Some(own) = self.own_user else { return false };
+        let verdict = match tcp.local_addr() {
+            Ok(local) => own.judge(local, peer),
+            Err(e) => Peer::Unknown { why: format!("the connection's own address is unknown: {e}") },
+        };
+        let why = match verdict {
+            Peer::Own => return false,
+            Peer::Other { uid } => format!("its process runs as uid {uid}, keyless as uid {}", own.uid()),
+            Peer::Unknown { why } => why,
+        };
+        if self.refusal_logged.swap(true, Ordering::Relaxed) {
+            debug!(listener = self.what, %peer, reason = %why, "refused a connection of another user");
+        } else {
+            warn!(
+                listener = self.what,
+                %peer,
+                reason = %why,
+                "refused a connection of another user: credentials are served only to processes of keyless's own \
+                 user (listen_uid_check); further refusals are logged at debug level"
+            );
+        }
+        true
+    }
+
     /// Serves one connection until the peer closes it, it is displaced, a deadline passes, or
     /// shutdown closes it (at once when idle, after its response when a request is in progress).
     async fn connection(
@@ -506,6 +560,7 @@ impl Listener {
         handshake: impl Handshake,
         router: impl Respond,
     ) {
+        let refused = self.refuses(&tcp, peer);
         let handshaken = tokio::select! {
             biased;
             () = state.close_asked() => None,
@@ -523,7 +578,7 @@ impl Listener {
         };
         if let Some(io) = handshaken {
             state.ready_now();
-            self.clone().http(&state, io, peer, router).await;
+            self.clone().http(&state, io, peer, router, refused).await;
         }
         self.close(id);
     }
@@ -534,12 +589,14 @@ impl Listener {
         io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
         peer: SocketAddr,
         router: impl Respond,
+        refused: bool,
     ) {
         let (listener, counted, timeout) = (self.clone(), state.clone(), self.limits.request_timeout);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_request = InRequest::new(listener.clone(), counted.clone());
             let request = request.map(|body| RequestBody::new(body, &counted, timeout));
-            let response = router.respond(request, peer);
+            let response =
+                if refused { router.refuse(request, &Violation::OtherUser) } else { router.respond(request, peer) };
             async move {
                 let response = response.await?;
                 Ok::<_, Infallible>(response.map(|inner| CountedBody { inner, _in_request: in_request }))

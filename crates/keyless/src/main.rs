@@ -13,6 +13,7 @@ mod exec;
 mod inject;
 mod listener;
 mod logging;
+mod peer_user;
 mod probe;
 mod providers;
 mod serve;
@@ -324,7 +325,7 @@ async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
         }
     };
     let sidecar = match Sidecar::bind(config.listen, config.admin_listen, providers, &ctx, false).await {
-        Ok(s) => s,
+        Ok(s) => s.with_uid_check(config.uid_check(&|name| std::env::var(name).ok())),
         Err(e) => return fail(&e.to_string()),
     };
     match sidecar.run(serve::termination()).await {

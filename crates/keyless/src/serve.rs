@@ -5,6 +5,9 @@
 //! security rules, docs/reliability.md): a deadline for a request's headers (slowloris), a size
 //! bound on them (431), and a bounded number of connections where idle ones give way to new
 //! clients, so a connection flood cannot starve a real client.
+//! With the peer check on (`keyless exec`; `listen_uid_check`), the credential listener asks the
+//! kernel once per connection which user the peer is (`crate::peer_user`) and answers every request
+//! of another user's connection with its route's native 403.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,11 +22,12 @@ use tokio::sync::watch;
 use tracing::info;
 
 use keyless_provider::dispatch::Answer;
-use keyless_provider::guard::GuardLayer;
+use keyless_provider::guard::{GuardLayer, Violation};
 use keyless_provider::{AppHost, RouteCollision, Routes, Rules};
 
 use crate::admin::{self, AdminState};
 use crate::listener::{Limits, Listener, PlainTcp, RequestBody, Respond};
+use crate::peer_user::OwnUser;
 use crate::providers::Running;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,10 @@ pub struct Sidecar {
     admin_router: Router,
     providers: Vec<Running>,
     gate: Arc<AtomicBool>,
+    /// Set: the credential listener serves only this user's processes. On unless turned off
+    /// ([`Sidecar::with_uid_check`]): `keyless exec` and `keyless dev` keep it, `keyless serve`
+    /// follows `listen_uid_check`.
+    own_user: Option<OwnUser>,
 }
 
 impl Sidecar {
@@ -77,7 +85,16 @@ impl Sidecar {
         })
         // The Host rule (DNS rebinding) holds on the admin routes too.
         .route_layer(GuardLayer::new(Rules::admin()));
-        Ok(Self { credentials, admin, routes, admin_router, providers, gate })
+        Ok(Self { credentials, admin, routes, admin_router, providers, gate, own_user: Some(OwnUser::current()) })
+    }
+
+    /// With `on` (the default), credentials are served only to processes of the user keyless runs
+    /// as: any other user's connection gets each route's native 403. `keyless serve` sets it from
+    /// `listen_uid_check`; in a pod only the pod's containers reach loopback, and they may run as
+    /// other users.
+    pub fn with_uid_check(mut self, on: bool) -> Self {
+        self.own_user = on.then(OwnUser::current);
+        self
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -112,7 +129,10 @@ impl Sidecar {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         info!(listen = %self.listen_addr(), admin = %self.admin_addr(), "keyless is serving");
-        let credentials = Listener::new("credential listener", limits(MAX_CONNECTIONS));
+        if let Some(own) = self.own_user {
+            info!(uid = own.uid(), "serving credentials only to processes of this user (listen_uid_check)");
+        }
+        let credentials = Listener::serving_only("credential listener", limits(MAX_CONNECTIONS), self.own_user);
         let admin = Listener::new("admin listener", limits(MAX_ADMIN_CONNECTIONS));
         let credentials = tokio::spawn(credentials.serve(self.credentials, PlainTcp, self.routes, stop_rx.clone()));
         let admin = tokio::spawn(admin.serve(self.admin, PlainTcp, self.admin_router, stop_rx));
@@ -187,6 +207,10 @@ impl Respond for Routes {
     type Future = Answer;
     fn respond(&self, request: hyper::Request<RequestBody>, _peer: SocketAddr) -> Answer {
         self.serve(request)
+    }
+
+    fn refuse(&self, request: hyper::Request<RequestBody>, violation: &Violation) -> Answer {
+        Routes::refuse(self, request, violation)
     }
 }
 

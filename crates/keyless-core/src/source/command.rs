@@ -3,9 +3,12 @@
 //! gates it with `GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1`; keyless with
 //! [`ALLOW_COMMANDS_VAR`]), checked where the configuration is resolved.
 //!
-//! Bounded: the program is killed after its timeout (the driver drops the read; `kill_on_drop`),
-//! its output read up to [`MAX_SUBJECT_TOKEN_BYTES`] plus a JSON wrapper. Its stderr is discarded:
-//! Google's library mixes it into stdout, which breaks the JSON and can leak what the program logs.
+//! Bounded: the program runs in a process group of its own, killed as a whole when the read ends
+//! (after its timeout the driver drops the read), so a helper's own children (a shell pipeline, a
+//! browser login) cannot outlive it. Its output is read up to [`MAX_SUBJECT_TOKEN_BYTES`] plus a
+//! JSON wrapper. Its stderr is discarded: Google's library mixes it into stdout, which breaks the
+//! JSON and can leak what the program logs. It never sees keyless's own settings (`KEYLESS_*`,
+//! secrets among them: `KEYLESS_AWS__AUTHORIZATION_TOKEN`, `KEYLESS_AZURE__IDENTITY_HEADER`).
 
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -80,15 +83,24 @@ impl CommandOrigin {
 
     async fn run(&self) -> Result<Vec<u8>, String> {
         self.spec.validate()?;
-        let mut child = tokio::process::Command::new(&self.spec.argv[0])
+        let mut command = tokio::process::Command::new(&self.spec.argv[0]);
+        command
             .args(&self.spec.argv[1..])
-            .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start it: {e}"))?;
+            .process_group(0)
+            .kill_on_drop(true);
+        // keyless's settings configure keyless, not a token helper; some are secrets. Removing the
+        // whole prefix keeps a setting added later from leaking by default.
+        for (name, _) in std::env::vars_os() {
+            if name.as_encoded_bytes().starts_with(KEYLESS_PREFIX.as_bytes()) {
+                command.env_remove(name);
+            }
+        }
+        command.envs(self.spec.env.iter().map(|(k, v)| (k, v)));
+        let mut child = ProcessGroup::spawn(&mut command).map_err(|e| format!("cannot start it: {e}"))?;
+        let child = &mut child.leader;
         let mut stdout = Vec::new();
         if let Some(out) = child.stdout.take() {
             out.take(MAX_OUTPUT_BYTES + 1).read_to_end(&mut stdout).await.map_err(|e| e.to_string())?;
@@ -107,6 +119,35 @@ impl CommandOrigin {
         match &self.spec.format {
             CommandFormat::Token(format) => format.extract(output),
             CommandFormat::GoogleExecutable => google_executable_token(output, self.clock.now()),
+        }
+    }
+}
+
+/// The prefix of keyless's own settings, none of which a command source sees.
+const KEYLESS_PREFIX: &str = "KEYLESS_";
+
+/// A command started as the leader of its own process group. Dropping it (the read finished, or
+/// was dropped at its timeout) kills the whole group: the leader alone would leave its children
+/// running, holding whatever they opened.
+struct ProcessGroup {
+    leader: tokio::process::Child,
+    id: Option<rustix::process::Pid>,
+}
+
+impl ProcessGroup {
+    fn spawn(command: &mut tokio::process::Command) -> std::io::Result<Self> {
+        let leader = command.spawn()?;
+        let id = leader.id().and_then(|id| i32::try_from(id).ok()).and_then(rustix::process::Pid::from_raw);
+        Ok(Self { leader, id })
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // The group's id stays the leader's pid while any member lives (or the leader is an
+        // unreaped zombie), so this cannot reach an unrelated group. ESRCH: nobody left.
+        if let Some(id) = self.id {
+            let _ = rustix::process::kill_process_group(id, rustix::process::Signal::KILL);
         }
     }
 }

@@ -69,9 +69,18 @@ fn read_token_file(path: &std::path::Path) -> Result<String, String> {
 }
 
 /// The request URL with its `audience` query parameter set to `audience` (replacing any), the
-/// rest of its query kept: `...?api-version=2.0&audience=sts.amazonaws.com`.
+/// rest of its query kept: `...?api-version=2.0&audience=sts.amazonaws.com`. Only https, or plain
+/// http to loopback (the emulator): the request carries the job's bearer token, and GitHub's
+/// endpoint is never a link-local metadata address.
 pub fn with_audience(request_url: &str, audience: &str) -> Result<url::Url, String> {
     let mut url = http::source_url(REQUEST_URL_VAR, request_url)?;
+    if url.scheme() == "http" && !crate::upstream::is_loopback_host(&url) {
+        return Err(format!(
+            "{REQUEST_URL_VAR} {} uses plain http to a host that is not loopback: the request token would be \
+             sent unencrypted; GitHub's endpoint is https",
+            http::display_url(&url)
+        ));
+    }
     let kept: Vec<(String, String)> =
         url.query_pairs().filter(|(k, _)| k != "audience").map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     {
@@ -115,6 +124,16 @@ mod tests {
             .expect("a valid URL");
         let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
         assert_eq!(pairs, [("api-version".into(), "2.0".into()), ("audience".into(), google.to_owned())]);
+    }
+
+    #[test]
+    fn the_request_url_is_https_or_loopback_http_only() {
+        assert!(with_audience("http://127.0.0.1:9/idtoken?api-version=2.0", "a").is_ok());
+        assert!(with_audience("https://169.254.169.254/idtoken", "a").is_ok());
+        for plain in ["http://169.254.169.254/idtoken", "http://[fe80::1]/idtoken", "http://10.0.0.1/idtoken"] {
+            let err = with_audience(plain, "a").expect_err(plain);
+            assert!(err.contains(REQUEST_URL_VAR) && err.contains("plain http"), "{err}");
+        }
     }
 
     #[tokio::test]

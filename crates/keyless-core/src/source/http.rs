@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::printable::printable;
+use crate::printable;
 use crate::secret::Secret;
 use crate::token::MAX_SUBJECT_TOKEN_BYTES;
 use crate::upstream;
@@ -15,21 +15,20 @@ pub(super) const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 /// The largest response body read: a JSON wrapper around at most one subject token.
 const MAX_BODY_BYTES: usize = (MAX_SUBJECT_TOKEN_BYTES as usize) + 4096;
 
-/// How much of an error body is shown (escaped): enough for the service's message.
-const ERROR_EXCERPT_BYTES: usize = 300;
-
 /// One header of a request, its value secret (an `Authorization`, an API key).
 pub(super) type Header = (String, Secret<String>);
 
 /// A reqwest client: no redirects (one would carry the bearer token elsewhere), bounded time,
-/// no proxy for a loopback URL, `ca_file` added to the system roots.
+/// no proxy for a loopback or link-local URL (a proxy would see the request's headers, bearer
+/// tokens included, and a link-local metadata address means this host's own, never the proxy's),
+/// `ca_file` added to the system roots.
 pub(super) fn client(url: &url::Url, ca_file: Option<&PathBuf>) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(FETCH_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("keyless/", env!("CARGO_PKG_VERSION")));
-    if upstream::is_loopback_host(url) {
+    if upstream::is_loopback_host(url) || is_link_local_host(url) {
         builder = builder.no_proxy();
     }
     if let Some(path) = ca_file {
@@ -78,7 +77,7 @@ pub(super) async fn get(client: &reqwest::Client, url: &url::Url, headers: &[Hea
     }
     if status != 200 {
         let text = String::from_utf8_lossy(&body);
-        return Err(FetchError::Status(status, printable(text.trim(), ERROR_EXCERPT_BYTES).into_owned()));
+        return Err(FetchError::Status(status, printable::upstream(text.trim()).into_owned()));
     }
     Ok(body)
 }
@@ -112,20 +111,28 @@ pub(super) fn display_url(url: &url::Url) -> String {
 /// credentials use on Azure VMs).
 pub(super) fn source_url(key: &str, value: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(value.trim()).map_err(|e| format!("{key} is not a URL: {e}"))?;
-    let link_local = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_link_local(),
-        Some(url::Host::Ipv6(ip)) => (ip.segments()[0] & 0xffc0) == 0xfe80,
-        _ => false,
-    };
     match url.scheme() {
         "https" => Ok(url),
-        "http" if upstream::is_loopback_host(&url) || link_local => Ok(url),
+        "http" if upstream::is_loopback_host(&url) || is_link_local_host(&url) => Ok(url),
         "http" => Err(format!(
             "{key} {} uses plain http to a host that is neither loopback nor link-local: the token would cross \
              the network unencrypted; use https",
             display_url(&url)
         )),
         other => Err(format!("{key} has scheme {other:?}: use https")),
+    }
+}
+
+/// Whether `url`'s host is a link-local address (169.254.0.0/16, fe80::/10): the clouds' instance
+/// metadata, reached on this host's own link.
+pub(super) fn is_link_local_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_link_local(),
+        Some(url::Host::Ipv6(ip)) => match ip.to_ipv4_mapped() {
+            Some(v4) => v4.is_link_local(),
+            None => (ip.segments()[0] & 0xffc0) == 0xfe80,
+        },
+        _ => false,
     }
 }
 
@@ -141,6 +148,17 @@ mod tests {
         assert!(source_url("k", "http://[fe80::1]/t").is_ok());
         assert!(source_url("k", "http://10.0.0.1/t").expect_err("off-host http").contains("plain http"));
         assert!(source_url("k", "ftp://example.com/t").expect_err("ftp").contains("scheme"));
+    }
+
+    #[test]
+    fn link_local_hosts_are_recognised() {
+        let url = |s: &str| url::Url::parse(s).expect("a URL");
+        for local in ["http://169.254.169.254/x", "https://169.254.0.1/", "http://[fe80::1]/", "http://[febf::1]/"] {
+            assert!(is_link_local_host(&url(local)), "{local}");
+        }
+        for other in ["http://169.253.0.1/", "http://127.0.0.1/", "http://[fec0::1]/", "http://metadata.internal/"] {
+            assert!(!is_link_local_host(&url(other)), "{other}");
+        }
     }
 
     #[test]

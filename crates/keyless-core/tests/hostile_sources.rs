@@ -1,0 +1,186 @@
+//! The fetching and command token sources against a hostile or careless environment: a command
+//! that hangs with children of its own is killed as a whole group at its timeout and never sees
+//! keyless's own secrets; a proxy in `HTTP_PROXY` never sees a link-local request (bearer headers
+//! included). Each runs as a child test with the environment it needs (edition 2024 makes
+//! `set_var` unsafe; test-support's `child`); the proxy test in a network namespace of its own,
+//! where a link-local address is unreachable, so nothing leaves this machine.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use keyless_core::clock::SystemClock;
+use keyless_core::source::{ActionsEndpoint, CommandFormat, CommandSpec, TokenFormat, UrlSpec};
+use keyless_core::{Metrics, SourceSpec, TokenSource, WatchOptions};
+use keyless_test_support::child::{ChildTest, expect_child};
+use keyless_test_support::wait::wait_until;
+
+/// keyless's secrets as the sidecar's env would hold them.
+const SECRETS: [(&str, &str); 2] = [
+    ("KEYLESS_AWS__AUTHORIZATION_TOKEN", "aws-authorization-SECRET-2b7e"),
+    ("KEYLESS_AZURE__IDENTITY_HEADER", "azure-identity-header-SECRET-9c1d"),
+];
+
+async fn open(spec: SourceSpec) -> TokenSource {
+    TokenSource::open(&spec, &WatchOptions::default(), Arc::new(SystemClock), Metrics::new()).await
+}
+
+/// Whether process `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.to_owned()))
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+#[tokio::test]
+async fn a_command_that_hangs_is_killed_with_its_children_and_never_sees_keyless_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    ChildTest::new("child_command_group_and_env")
+        .envs(SECRETS)
+        .env("KEYLESS_TEST_DIR", dir.path())
+        .run(String::new)
+        .await;
+}
+
+#[tokio::test]
+#[ignore = "a child test: runs only when its parent re-executes this binary"]
+async fn child_command_group_and_env() {
+    expect_child("child_command_group_and_env");
+    let dir = std::path::PathBuf::from(std::env::var("KEYLESS_TEST_DIR").unwrap());
+    let (pids, env) = (dir.join("pids"), dir.join("env"));
+    // Two grandchildren that would sleep for minutes, the shell waiting on them: only the
+    // timeout ends it.
+    let script = format!(
+        "env > {env}; sleep 300 & echo $! >> {pids}; sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; wait",
+        env = env.display(),
+        pids = pids.display()
+    );
+    let spec = CommandSpec {
+        argv: vec!["sh".into(), "-c".into(), script],
+        timeout: Duration::from_secs(1),
+        format: CommandFormat::Token(TokenFormat::Text),
+        env: vec![("GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE".into(), "aud".into())],
+    };
+    let source = open(SourceSpec::Command(spec)).await;
+    let err = source.first_read().await.expect_err("the command never prints a token").to_string();
+    // No retry may start the command again while its first run is checked.
+    drop(source);
+    assert!(err.contains("timed out") || err.contains("did not answer"), "{err}");
+
+    let started: Vec<String> = std::fs::read_to_string(&pids).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(started.len(), 3, "{started:?}");
+    wait_until("every process of the command to end", Duration::from_secs(10), || {
+        let left = started.iter().any(|pid| running(pid));
+        async move { !left }
+    })
+    .await;
+
+    let seen = std::fs::read_to_string(&env).unwrap();
+    for (name, value) in SECRETS {
+        assert!(!seen.contains(name) && !seen.contains(value), "the command saw {name}:\n{seen}");
+    }
+    assert!(!seen.contains("KEYLESS_TEST_DIR"), "a KEYLESS_ setting reached the command");
+    assert!(seen.contains("GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE=aud"), "the command's own env is missing:\n{seen}");
+    assert!(seen.contains("PATH="), "the rest of the environment is inherited:\n{seen}");
+}
+
+/// The proxy every child's `HTTP_PROXY` and `HTTPS_PROXY` name, inside the child's namespace.
+const PROXY: &str = "127.0.0.1:3128";
+
+/// This test binary, about to run only the child test `name` in a new network namespace with
+/// only loopback up (`unshare --net`, root).
+async fn run_in_own_network(name: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let proxy = format!("http://{PROXY}");
+    let out = tokio::process::Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .arg(exe)
+        .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
+        .env("KEYLESS_TEST_CHILD", name)
+        .envs(["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"].map(|v| (v, proxy.as_str())))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("unshare runs (util-linux; a network namespace needs root)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "child test {name} ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_never_sees_a_link_local_request_of_the_url_or_actions_source() {
+    run_in_own_network("child_link_local_requests_bypass_the_proxy").await;
+}
+
+/// A proxy that only counts the connections it gets (and closes them).
+async fn recording_proxy() -> Arc<AtomicUsize> {
+    let listener = tokio::net::TcpListener::bind(PROXY).await.unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(connection);
+        }
+    });
+    seen
+}
+
+fn url_source(url: &str) -> SourceSpec {
+    SourceSpec::Url(UrlSpec {
+        url: url.to_owned(),
+        headers: vec![("Authorization".into(), "Bearer SECRET-bearer".into())],
+        format: TokenFormat::Text,
+        ca_file: None,
+    })
+}
+
+fn actions_source(request_url: &str, token_file: &Path) -> SourceSpec {
+    SourceSpec::GithubActions {
+        audience: "sts.amazonaws.com".into(),
+        endpoint: ActionsEndpoint {
+            request_url: Some(request_url.to_owned()),
+            request_token_file: Some(token_file.to_owned()),
+            ca_file: None,
+        },
+    }
+}
+
+#[tokio::test]
+#[ignore = "a child test: runs only when its parent re-executes this binary"]
+async fn child_link_local_requests_bypass_the_proxy() {
+    expect_child("child_link_local_requests_bypass_the_proxy");
+    let seen = recording_proxy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("request-token");
+    std::fs::write(&token_file, "SECRET-request-token").unwrap();
+
+    // The proxy is in force: a request to an ordinary host goes to it.
+    let err = open(url_source("https://token.example/t")).await.first_read().await.unwrap_err();
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the proxy is not in force, the test proves nothing: {err}");
+
+    // Link-local, plain http or https: straight to the (here unreachable) address.
+    for url in ["http://169.254.169.254/metadata/identity/oauth2/token?resource=x", "https://169.254.169.254/t"] {
+        let err = open(url_source(url)).await.first_read().await.unwrap_err().to_string();
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "{url} went through the proxy: {err}");
+        assert!(!err.contains("SECRET"), "{err}");
+    }
+    // The Actions source refuses plain http outside loopback before sending anything.
+    let err = open(actions_source("http://169.254.169.254/idtoken?api-version=2.0", &token_file))
+        .await
+        .first_read()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("plain http"), "{err}");
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the Actions request went through the proxy: {err}");
+}
