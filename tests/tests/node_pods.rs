@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use keyless_test_support::binary::workspace_root;
 use keyless_test_support::clock::parse_rfc3339_utc;
-use keyless_test_support::node::{APPS_IMAGE, Node, NodeEmulator, NodeImages};
+use keyless_test_support::node::{self, APPS_IMAGE, Node, NodeEmulator, NodeImages};
 use keyless_test_support::wait::holds_within;
 use keyless_test_support::{clients, metrics, podman};
 use serde_json::{Value, json};
@@ -67,6 +67,75 @@ async fn the_examples_run_as_real_pods_with_the_keyless_sidecar() {
         the_security_context_holds_under_the_real_runtime_and_deletion_stops_the_app_first(&setting).await;
     });
     setting.node.stop().await;
+}
+
+/// The harness's own promise: a pod runs on the node, and the machine's own network namespace
+/// gains no address, link or iptables rule of the node's meanwhile; once the node is stopped no
+/// namespace, mount, cgroup or process of it is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_runs_pods_inside_its_own_network_namespace_and_leaves_nothing_behind() {
+    let Some(_) = node::tools() else { return };
+    let apps = NodeImages::apps().await;
+    let Some(node) = Node::start().await else { return };
+    apps.import(&node).await;
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "waits", "namespace": "default" },
+        "spec": {
+            "automountServiceAccountToken": false,
+            "containers": [{ "name": "app", "image": APPS_IMAGE, "command": ["/usr/local/bin/wait"] }],
+        },
+    });
+    let created = node.cluster.kubectl_with_input(&["create", "-f", "-"], Some(&pod.to_string())).await;
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let ready = holds_within(POD_DEADLINE, || async {
+        node.cluster.kubectl(&["wait", "--for=condition=Ready", "pod/waits", "--timeout=5s"]).await.status.success()
+    })
+    .await;
+    assert!(ready, "the pod did not turn ready:\n{}", node.logs_tail(40));
+    let pod = node.cluster.get_json("default", "pod", "waits").await;
+    let ip = pod["status"]["podIP"].as_str().unwrap();
+    assert!(ip.starts_with("10.201.0."), "the pod's address is on the node's pod network: {pod}");
+    assert_eq!(pod["spec"]["nodeName"], node::NODE_NAME, "the scheduler bound it to the node");
+    let netns = node.netns.clone();
+    assert_machine_has_nothing_of_the_node();
+    node.stop().await;
+    assert_machine_has_nothing_of_the_node();
+    assert!(!Path::new("/run/netns").join(&netns).exists(), "{netns} is left");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains("keyless-test-node")).collect();
+    assert!(left.is_empty(), "mounts left: {left:#?}");
+    assert!(!Path::new("/sys/fs/cgroup/pids/kubepods").exists(), "the kubepods cgroups are left");
+    assert!(!Path::new("/run/keyless-test-node").exists(), "the node's state is left");
+    let processes = std::fs::read_dir("/proc").unwrap().flatten().filter(|e| {
+        std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("keyless-test-node"))
+    });
+    let processes: Vec<String> = processes.map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(processes.is_empty(), "processes of the node are left: {processes:?}");
+}
+
+/// No address of the node's networks, no link of its, and no rule of the kubelet's or the CNI
+/// plugin's in the machine's own network namespace (the test runs in it).
+fn assert_machine_has_nothing_of_the_node() {
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let addresses = run("ip", &["-o", "addr", "show"]);
+    for line in addresses.lines() {
+        assert!(!line.contains(" 10.200.") && !line.contains(" 10.201."), "the node's address is outside: {line}");
+        assert!(!line.contains("knode0") && !line.contains("kpod0"), "the node's link is outside: {line}");
+    }
+    for table in ["filter", "nat", "mangle"] {
+        let rules = run("iptables", &["-t", table, "-S"]);
+        for line in rules.lines() {
+            assert!(
+                !line.contains("KUBE") && !line.contains("CNI") && !line.contains("10.201.") && !line.contains("10.200."),
+                "an iptables rule of the node's in the machine's namespace: {line}"
+            );
+        }
+    }
 }
 
 /// `examples/kubernetes/aws.yaml` applied as written but for images, app command, identities and
