@@ -10,15 +10,17 @@
 //!
 //! What differs from `kubectl apply -f examples/kubernetes/aws.yaml` on a real cluster, and why:
 //! the images (no registry: the local builds), the app's command (the Go client instead of the
-//! Python example), the identities (the emulator trusts one service account and one role), and
-//! the STS endpoint and its CA (the emulator's), added to the example's own ConfigMap.
+//! Python example; the image has no Python), the identities (the emulator trusts one service
+//! account, one role, one Google service account and one Entra application), and the token
+//! services' endpoints and their CA (the emulator's), added to the example's own ConfigMap.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use keyless_test_support::binary::workspace_root;
-use keyless_test_support::clock::parse_rfc3339_utc;
+use keyless_test_support::clock::{parse_rfc3339_utc, wall_clock};
+use keyless_test_support::jwt::Jwks;
 use keyless_test_support::node::{self, APPS_IMAGE, Node, NodeEmulator, NodeImages};
 use keyless_test_support::wait::holds_within;
 use keyless_test_support::{clients, metrics, podman};
@@ -33,6 +35,10 @@ const POD_DEADLINE: Duration = Duration::from_secs(180);
 const STS_LATENCY: Duration = Duration::from_secs(3);
 /// The projected token's lifetime in the rotation scenario; the kubelet rewrites it after 80%.
 const SHORT_TOKEN_SECONDS: u64 = 600;
+/// The audience the Google example's Go client asks an ID token for.
+const ID_TOKEN_AUDIENCE: &str = "https://keyless.test/node-pods";
+/// The resource the Azure example's Go client asks a token for.
+const AZURE_RESOURCE: &str = "https://management.azure.com";
 
 /// The node, the emulator in its namespace trusting the cluster's issuer, and the dev identities.
 struct Setting {
@@ -65,6 +71,7 @@ async fn the_examples_run_as_real_pods_with_the_keyless_sidecar() {
     // The kubelet's rotation takes minutes: the other scenarios run meanwhile.
     tokio::join!(the_kubelets_token_rotation_is_picked_up(&setting), async {
         the_security_context_holds_under_the_real_runtime_and_deletion_stops_the_app_first(&setting).await;
+        gcp_and_azure_examples_run_as_written(&setting).await;
     });
     setting.node.stop().await;
 }
@@ -131,7 +138,10 @@ fn assert_machine_has_nothing_of_the_node() {
         let rules = run("iptables", &["-t", table, "-S"]);
         for line in rules.lines() {
             assert!(
-                !line.contains("KUBE") && !line.contains("CNI") && !line.contains("10.201.") && !line.contains("10.200."),
+                !line.contains("KUBE")
+                    && !line.contains("CNI")
+                    && !line.contains("10.201.")
+                    && !line.contains("10.200."),
                 "an iptables rule of the node's in the machine's namespace: {line}"
             );
         }
@@ -145,7 +155,7 @@ async fn aws_example_runs_as_written(setting: &Setting) {
     let cluster = &setting.node.cluster;
     let control = &setting.emulator.control;
     control.fault(json!({ "service": "aws-sts", "latency_ms": STS_LATENCY.as_millis() as u64 })).await;
-    let manifest = aws_manifest(setting);
+    let manifest = example_manifest(setting, "aws");
     let applied = cluster.kubectl_with_input(&["apply", "-f", "-"], Some(&manifest)).await;
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     let job = "keyless-example-aws";
@@ -172,6 +182,56 @@ async fn aws_example_runs_as_written(setting: &Setting) {
     assert!(gap >= STS_LATENCY - Duration::from_secs(1), "the app started {gap:?} after keyless: not gated\n{pod}");
     assert_eq!(app["state"]["terminated"]["exitCode"], 0, "{app}");
     assert_eq!(keyless["state"]["terminated"]["exitCode"], 0, "keyless stopped after the app: {keyless}");
+}
+
+/// `examples/kubernetes/gcp.yaml` and `azure.yaml`, applied the same way: each Job completes, the
+/// app's Google access token passes the emulated `tokeninfo`, its ID token and the Entra token
+/// verify against the emulated clouds' keys, keyless exited 0 after the app.
+async fn gcp_and_azure_examples_run_as_written(setting: &Setting) {
+    let cluster = &setting.node.cluster;
+    for cloud in ["gcp", "azure"] {
+        let manifest = example_manifest(setting, cloud);
+        let applied = cluster.kubectl_with_input(&["apply", "-f", "-"], Some(&manifest)).await;
+        assert!(applied.status.success(), "{cloud}: {}", String::from_utf8_lossy(&applied.stderr));
+    }
+    let control = &setting.emulator.control;
+    for cloud in ["gcp", "azure"] {
+        let job = format!("keyless-example-{cloud}");
+        let done =
+            wait_for(setting, &["wait", "--for=condition=complete", &format!("job/{job}"), "--timeout=5s"]).await;
+        let pod = job_pod(setting, &job).await;
+        assert!(done, "{job} did not complete:\n{}", describe(setting, &pod).await);
+        let pod_name = pod["metadata"]["name"].as_str().unwrap();
+        let out = cluster.kubectl_ok(&["logs", pod_name, "-c", "app"]).await;
+        let out: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        if cloud == "gcp" {
+            let account = setting.ids["gcp_service_account"].as_str().unwrap();
+            assert_eq!(out["email"], account, "{out}");
+            let access_token = out["access_token"].as_str().unwrap();
+            let info = control.client().get(control.url("/tokeninfo")).query(&[("access_token", access_token)]);
+            let info = info.send().await.unwrap();
+            assert_eq!(info.status().as_u16(), 200, "tokeninfo refused the pod's access token");
+            let info: Value = info.json().await.unwrap();
+            assert_eq!(info["email"], account, "{info}");
+            let jwks = Jwks::fetch(control.client(), &control.url("/oauth2/v3/certs")).await;
+            let claims =
+                jwks.verify(out["id_token"].as_str().unwrap(), ID_TOKEN_AUDIENCE, "https://accounts.google.com");
+            assert_eq!(claims["email"], account, "{claims}");
+        } else {
+            let tenant = setting.ids["azure_tenant_id"].as_str().unwrap();
+            let jwks = Jwks::fetch(control.client(), &control.url(&format!("/{tenant}/discovery/v2.0/keys"))).await;
+            let claims = jwks.verify(
+                out["token"].as_str().unwrap(),
+                AZURE_RESOURCE,
+                &format!("https://sts.windows.net/{tenant}/"),
+            );
+            assert_eq!(claims["appid"], setting.ids["azure_client_id"], "{claims}");
+        }
+        let keyless = container_status(&pod, "initContainerStatuses", "keyless");
+        let app = container_status(&pod, "containerStatuses", "app");
+        assert_eq!(app["state"]["terminated"]["exitCode"], 0, "{app}");
+        assert_eq!(keyless["state"]["terminated"]["exitCode"], 0, "keyless stopped after the app: {keyless}");
+    }
 }
 
 /// A long-running variant of the AWS example's pod (the app `wait`s for SIGTERM): keyless and
@@ -222,7 +282,7 @@ async fn the_security_context_holds_under_the_real_runtime_and_deletion_stops_th
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let deleted_at = SystemTime::now();
+    let deleted_at = wall_clock();
     setting.node.cluster.kubectl_ok(&["delete", "pod", name, "--wait=true", "--timeout=90s"]).await;
     let _ = events.start_kill();
     let out = events.wait_with_output().await.unwrap();
@@ -240,7 +300,8 @@ async fn the_security_context_holds_under_the_real_runtime_and_deletion_stops_th
     assert!(app_exit < keyless_exit, "keyless stopped before the app:\n{text}");
     assert_eq!(exits[keyless_exit]["exit_status"].as_u64().unwrap_or(0), 0, "keyless's exit:\n{text}");
     // containerd's time has nanoseconds: its whole seconds, rounded down.
-    let exited = exits[keyless_exit]["exited_at"].as_str().and_then(|t| parse_rfc3339_utc(&format!("{}Z", t.get(..19)?)));
+    let exited =
+        exits[keyless_exit]["exited_at"].as_str().and_then(|t| parse_rfc3339_utc(&format!("{}Z", t.get(..19)?)));
     let exited = exited.unwrap_or_else(|| panic!("no exit time of keyless: {}", exits[keyless_exit]));
     let took = exited.duration_since(deleted_at).unwrap_or_default();
     assert!(took < Duration::from_secs(30), "keyless exited {took:?} after the deletion (grace period 30 s)");
@@ -267,37 +328,79 @@ async fn the_kubelets_token_rotation_is_picked_up(setting: &Setting) {
     let second = expiry().await;
     assert!(moved, "the expiry stayed at {first} for {SHORT_TOKEN_SECONDS} s:\n{}", describe(setting, &pod).await);
     assert!(second >= first + 300, "the new token's expiry {second} is not a later token's (was {first})");
-    let out =
-        setting.node.cluster.kubectl_ok(&["exec", name, "-c", "app", "--", "/usr/local/bin/aws"]).await;
+    let out = setting.node.cluster.kubectl_ok(&["exec", name, "-c", "app", "--", "/usr/local/bin/aws"]).await;
     let credentials: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     let arn = caller_arn(setting, &credentials).await;
     assert!(arn.contains("assumed-role/"), "{arn}");
     setting.node.cluster.kubectl_ok(&["delete", "pod", name, "--wait=false"]).await;
 }
 
-/// `examples/kubernetes/aws.yaml` with what must differ here (the module's documentation).
-fn aws_manifest(setting: &Setting) -> String {
-    let text = std::fs::read_to_string(workspace_root().join("examples/kubernetes/aws.yaml")).unwrap();
-    let role = setting.ids["aws_role_arn"].as_str().unwrap();
-    let subject = setting.ids["subject"].as_str().unwrap();
-    let account = subject.rsplit(':').next().unwrap();
+/// `examples/kubernetes/{cloud}.yaml` with what must differ here (the module's documentation):
+/// each substitution names how often its text occurs, so a changed example fails loudly.
+fn example_manifest(setting: &Setting, cloud: &str) -> String {
+    let text = std::fs::read_to_string(workspace_root().join(format!("examples/kubernetes/{cloud}.yaml"))).unwrap();
+    let ids = &setting.ids;
+    let id = |name: &str| ids[name].as_str().unwrap().to_owned();
+    let account = id("subject").rsplit(':').next().unwrap().to_owned();
+    let url = &setting.emulator.inside_url;
+    let ca_file = "ca_file = \"/etc/keyless/emulator-ca.pem\"";
     let ca: String = setting.emulator.ca_pem().lines().map(|l| format!("    {l}\n")).collect();
-    let endpoints = format!(
-        "region = \"us-east-1\"\n    sts_endpoint = \"{}\"\n    ca_file = \"/etc/keyless/emulator-ca.pem\"\n",
-        setting.emulator.inside_url
-    );
-    let substitutions = [
-        ("image: ghcr.io/keyless-dev/keyless:0.1.0", format!("image: {KEYLESS_IMAGE}")),
-        ("image: ghcr.io/keyless-dev/keyless-examples:0.1.0", format!("image: {APPS_IMAGE}")),
-        (r#"command: ["python", "/app/aws_app.py"]"#, r#"command: ["/usr/local/bin/aws"]"#.to_owned()),
-        ("serviceAccountName: keyless-example-aws", format!("serviceAccountName: {account}")),
-        ("arn:aws:iam::111122223333:role/keyless-example", role.to_owned()),
-        ("region = \"us-east-1\"\n", endpoints),
-        ("data:\n", format!("data:\n  emulator-ca.pem: |\n{ca}")),
+    let mut substitutions: Vec<(String, String, usize)> = vec![
+        ("image: ghcr.io/keyless-dev/keyless:0.1.0".into(), format!("image: {KEYLESS_IMAGE}"), 1),
+        ("image: ghcr.io/keyless-dev/keyless-examples:0.1.0".into(), format!("image: {APPS_IMAGE}"), 1),
+        (format!("serviceAccountName: keyless-example-{cloud}"), format!("serviceAccountName: {account}"), 1),
+        ("\ndata:\n".into(), format!("\ndata:\n  emulator-ca.pem: |\n{ca}"), 1),
     ];
-    substitutions.iter().fold(text, |text, (from, to)| {
-        assert_eq!(text.matches(from).count(), 1, "aws.yaml no longer has exactly one {from:?}");
-        text.replace(from, to)
+    match cloud {
+        "aws" => substitutions.extend([
+            (r#"command: ["python", "/app/aws_app.py"]"#.into(), r#"command: ["/usr/local/bin/aws"]"#.into(), 1),
+            ("arn:aws:iam::111122223333:role/keyless-example".into(), id("aws_role_arn"), 1),
+            (
+                "region = \"us-east-1\"\n".into(),
+                format!("region = \"us-east-1\"\n    sts_endpoint = \"{url}\"\n    {ca_file}\n"),
+                1,
+            ),
+        ]),
+        "gcp" => substitutions.extend([
+            (
+                r#"command: ["python", "/app/gcp_app.py"]"#.into(),
+                format!(r#"command: ["/usr/local/bin/gcp", "{ID_TOKEN_AUDIENCE}"]"#),
+                1,
+            ),
+            ("keyless-example@my-project.iam.gserviceaccount.com".into(), id("gcp_service_account"), 1),
+            (
+                "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/keyless-example/providers/my-cluster".into(),
+                ids["audiences"]["gcp"].as_str().unwrap().to_owned(),
+                3,
+            ),
+            ("\"my-project\"".into(), format!("\"{}\"", id("gcp_project_id")), 2),
+            (
+                "project_number = \"123456789012\"\n".into(),
+                format!(
+                    "project_number = \"{}\"\n    sts_endpoint = \"{url}\"\n    iam_endpoint = \"{url}\"\n    {ca_file}\n",
+                    id("gcp_project_number")
+                ),
+                1,
+            ),
+        ]),
+        "azure" => substitutions.extend([
+            (
+                r#"command: ["python", "/app/azure_app.py"]"#.into(),
+                format!(r#"command: ["/usr/local/bin/azure", "managed", "{AZURE_RESOURCE}/.default"]"#),
+                1,
+            ),
+            ("\"00000000-0000-0000-0000-000000000000\"".into(), format!("\"{}\"", id("azure_tenant_id")), 1),
+            (
+                "client_id = \"11111111-1111-1111-1111-111111111111\"\n".into(),
+                format!("client_id = \"{}\"\n    authority_host = \"{url}\"\n    {ca_file}\n", id("azure_client_id")),
+                1,
+            ),
+        ]),
+        other => panic!("no example for {other}"),
+    }
+    substitutions.iter().fold(text, |text, (from, to, count)| {
+        assert_eq!(text.matches(from.as_str()).count(), *count, "{cloud}.yaml no longer has {count} of {from:?}");
+        text.replace(from.as_str(), to)
     })
 }
 
@@ -350,7 +453,8 @@ fn container_id(status: &Value) -> String {
 async fn caller_arn(setting: &Setting, credentials: &Value) -> String {
     use aws_sdk_sts::config::{Credentials, SharedCredentialsProvider};
     let field = |name: &str| credentials[name].as_str().unwrap_or_else(|| panic!("{name}: {credentials}")).to_owned();
-    let keys = Credentials::new(field("access_key_id"), field("secret_access_key"), Some(field("session_token")), None, "pod");
+    let keys =
+        Credentials::new(field("access_key_id"), field("secret_access_key"), Some(field("session_token")), None, "pod");
     let sts = clients::aws_sts(
         &setting.emulator.url,
         &setting.emulator.ca,

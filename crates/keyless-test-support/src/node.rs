@@ -400,7 +400,9 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        for relay in self.relays.lock().map(|r| r.iter().map(|h| h.abort_handle()).collect()).unwrap_or_else(|_| Vec::new()) {
+        for relay in
+            self.relays.lock().map(|r| r.iter().map(|h| h.abort_handle()).collect()).unwrap_or_else(|_| Vec::new())
+        {
             relay.abort();
         }
         // The kubelet first (it would restart what is killed), then the controllers; containerd's
@@ -729,11 +731,8 @@ impl Dialer {
         let (entered, entered_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let entered_result = std::fs::File::open(&path).and_then(|ns| {
-                rustix::thread::move_into_link_name_space(
-                    ns.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .map_err(std::io::Error::from)
+                rustix::thread::move_into_link_name_space(ns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+                    .map_err(std::io::Error::from)
             });
             let ok = entered_result.is_ok();
             let _ = entered.send(entered_result);
@@ -925,10 +924,8 @@ fn run_status(program: &str, args: &[&str]) -> bool {
 }
 
 fn run_checked(program: &str, args: &[&str]) {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    let out =
+        std::process::Command::new(program).args(args).output().unwrap_or_else(|e| panic!("running {program}: {e}"));
     assert!(
         out.status.success(),
         "{program} {args:?} failed ({}): {}",
