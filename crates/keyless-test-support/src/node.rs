@@ -491,8 +491,13 @@ fn prepare_machine(netns: &str) {
 /// runtime state. Called under the lock only.
 fn clean_leftovers() {
     if let Ok(pids) = std::fs::read_to_string(Path::new(STATE).join("pids")) {
+        // A recorded pid is killed only while its command line still names the node's state
+        // (every component's does): after a reboot the number may be another process's.
         for pid in pids.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-            kill(pid);
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(STATE) {
+                kill(pid);
+            }
         }
     }
     kill_cgroup_tasks();
