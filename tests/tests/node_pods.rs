@@ -12,7 +12,10 @@
 //! the images (no registry: the local builds), the app's command (the Go client instead of the
 //! Python example; the image has no Python), the identities (the emulator trusts one service
 //! account, one role, one Google service account and one Entra application), and the token
-//! services' endpoints and their CA (the emulator's), added to the example's own ConfigMap.
+//! services' endpoints and their CA (the emulator's), added to the example's own ConfigMap. For
+//! Azure, the app gets the App Service endpoint (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`) instead
+//! of `AZURE_POD_IDENTITY_AUTHORITY_HOST`: Go's azidentity (v1.15, MSAL Go v1.10) ignores that
+//! variable and asks 169.254.169.254, which this test found (the Python app reads it).
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -37,6 +40,8 @@ const STS_LATENCY: Duration = Duration::from_secs(3);
 const SHORT_TOKEN_SECONDS: u64 = 600;
 /// The audience the Google example's Go client asks an ID token for.
 const ID_TOKEN_AUDIENCE: &str = "https://keyless.test/node-pods";
+/// The App Service endpoint's secret in the Azure example (a test's: it sits in the ConfigMap).
+const AZURE_IDENTITY_HEADER: &str = "keyless-node-test-identity-header";
 /// The resource the Azure example's Go client asks a token for.
 const AZURE_RESOURCE: &str = "https://management.azure.com";
 
@@ -108,8 +113,13 @@ async fn a_node_runs_pods_inside_its_own_network_namespace_and_leaves_nothing_be
     let netns = node.netns.clone();
     assert_machine_has_nothing_of_the_node();
     node.stop().await;
+    // Another test's node may start as soon as this one released the lock: checked under it.
+    let _lock = node::lock_machine().await;
     assert_machine_has_nothing_of_the_node();
     assert!(!Path::new("/run/netns").join(&netns).exists(), "{netns} is left");
+    let namespaces = std::fs::read_dir("/run/netns").unwrap().flatten();
+    let left: Vec<String> = namespaces.map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(!left.iter().any(|n| n.starts_with("keyless-node-")), "namespaces of nodes are left: {left:?}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let left: Vec<&str> = mounts.lines().filter(|l| l.contains("keyless-test-node")).collect();
     assert!(left.is_empty(), "mounts left: {left:#?}");
@@ -392,7 +402,21 @@ fn example_manifest(setting: &Setting, cloud: &str) -> String {
             ("\"00000000-0000-0000-0000-000000000000\"".into(), format!("\"{}\"", id("azure_tenant_id")), 1),
             (
                 "client_id = \"11111111-1111-1111-1111-111111111111\"\n".into(),
-                format!("client_id = \"{}\"\n    authority_host = \"{url}\"\n    {ca_file}\n", id("azure_client_id")),
+                format!(
+                    "client_id = \"{}\"\n    authority_host = \"{url}\"\n    {ca_file}\n    identity_header = \"{AZURE_IDENTITY_HEADER}\"\n",
+                    id("azure_client_id")
+                ),
+                1,
+            ),
+            // Go's azidentity (MSAL Go) ignores AZURE_POD_IDENTITY_AUTHORITY_HOST and asks
+            // 169.254.169.254: the Go app uses the App Service endpoint, as the example's comment
+            // says for Rust (the secret in the ConfigMap: a test's only).
+            (
+                "- name: AZURE_POD_IDENTITY_AUTHORITY_HOST\n              value: \"http://127.0.0.1:9811\"\n".into(),
+                format!(
+                    "- name: IDENTITY_ENDPOINT\n              value: \"http://127.0.0.1:9811/msi/token\"\n            \
+                     - name: IDENTITY_HEADER\n              value: \"{AZURE_IDENTITY_HEADER}\"\n"
+                ),
                 1,
             ),
         ]),

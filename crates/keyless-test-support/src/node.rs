@@ -3,7 +3,7 @@
 //! `kube-root-ca.crt`, Jobs, Deployments) and kube-scheduler, on the harness's own etcd and
 //! kube-apiserver ([`crate::kube`]).
 //!
-//! **Everything lives in a network namespace the harness creates** (`keyless-node-<pid>`): the
+//! **Everything lives in a network namespace the harness creates** (`keyless-node-<pid>-<n>`): the
 //! control plane on the namespace's loopback, the node's address on a bridge of its own
 //! ([`NODE_IP`]), the pods on the CNI bridge's subnet. The machine's own namespace gains no address
 //! and no iptables rule (the kubelet's iptables chains are off, the CNI bridge masquerades
@@ -159,7 +159,9 @@ impl Node {
         let lock = tokio::task::spawn_blocking(take_lock).await.expect("the lock task");
         clean_leftovers();
         let cleanup = Cleanup;
-        let netns = format!("{NETNS_PREFIX}{}", std::process::id());
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nth = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let netns = format!("{NETNS_PREFIX}{}-{nth}", std::process::id());
         prepare_machine(&netns);
         let dialer = Dialer::enter(&netns);
 
@@ -446,6 +448,18 @@ impl NodeEmulator {
     pub fn ca_pem(&self) -> String {
         std::fs::read_to_string(&self.ca).expect("the emulator's CA")
     }
+}
+
+/// The machine's node lock, held: no node runs while it is (for a test checking that a stopped
+/// node left nothing).
+#[derive(Debug)]
+pub struct MachineLock {
+    _file: std::fs::File,
+}
+
+/// Waits for [`LOCK`] (another test's node to stop) and holds it.
+pub async fn lock_machine() -> MachineLock {
+    MachineLock { _file: tokio::task::spawn_blocking(take_lock).await.expect("the lock task") }
 }
 
 /// Takes [`LOCK`] (blocking): one node on the machine at a time.
