@@ -19,6 +19,7 @@ pub struct NodeImages {
 impl NodeImages {
     /// [`PAUSE_IMAGE`]: a static Go program that waits for SIGTERM (the sandbox's process).
     pub async fn pause() -> Self {
+        let _lock = lock_images().await;
         let rootfs = images_dir().join("pause-rootfs");
         std::fs::create_dir_all(&rootfs).expect("the pause root");
         go_build_static(&pause_source(), ".", &rootfs.join("pause")).await;
@@ -29,6 +30,7 @@ impl NodeImages {
     /// `/usr/local/bin/{aws,gcp,azure}`, and `/usr/local/bin/wait` (the pause program: a
     /// long-running app that stops on SIGTERM), a `/tmp`, running as 65532.
     pub async fn apps() -> Self {
+        let _lock = lock_images().await;
         let dir = images_dir();
         let rootfs = dir.join("apps-rootfs");
         let bin = rootfs.join("usr/local/bin");
@@ -45,6 +47,7 @@ impl NodeImages {
     /// The keyless image `scripts/image` builds (`localhost/keyless:dev`, static).
     pub async fn keyless(podman: &crate::podman::Podman) -> Self {
         podman.build_sidecar_image().await;
+        let _lock = lock_images().await;
         Self::save(crate::podman::SIDECAR_IMAGE, "keyless").await
     }
 
@@ -74,6 +77,9 @@ impl NodeImages {
 
     /// Imports the image into the node's containerd (namespace `k8s.io`, where the kubelet looks).
     pub async fn import(&self, node: &Node) {
+        // Another test may be rewriting the archive meanwhile (never waits for the node's lock
+        // while holding this one: no deadlock).
+        let _lock = lock_images().await;
         let archive = self.archive.display().to_string();
         node.ctr(&["images", "import", &archive]).await;
         let listed = node.ctr(&["images", "list", "--quiet"]).await;
@@ -97,6 +103,25 @@ fn pause_source() -> PathBuf {
     )
     .expect("main.go");
     source
+}
+
+/// Holds `target/node-images/.lock`: one build of the node's images at a time (tests of one
+/// binary, or of several processes, share the directory, its archives and the tags).
+async fn lock_images() -> std::fs::File {
+    let path = images_dir().join(".lock");
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
+        file
+    })
+    .await
+    .expect("the lock task")
 }
 
 fn images_dir() -> PathBuf {
