@@ -35,7 +35,7 @@ pub struct KubeBinaries {
 }
 
 impl KubeBinaries {
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 }
@@ -54,6 +54,24 @@ pub fn binaries() -> Option<KubeBinaries> {
     )
 }
 
+/// How [`Cluster::start_with`] starts the control plane: [`Cluster::start`] uses the defaults
+/// (loopback of the test's own network namespace, no nodes); the node harness (`node.rs`) starts
+/// it inside the node's namespace, on a port relayed to the test's loopback.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterOptions {
+    /// The network namespace (`/run/netns/NAME`) etcd and the API server run in.
+    pub netns: Option<String>,
+    /// The API server's port (the caller reserved it); else a free one.
+    pub port: Option<u16>,
+    /// Lines added to the API server's static token file (`token,user,uid,"group"`).
+    pub extra_tokens: Vec<String>,
+    /// The node's authorizer and admission plugin (`Node,RBAC`, `NodeRestriction`) and the
+    /// kubelet address type, for a cluster with a kubelet.
+    pub with_nodes: bool,
+    /// Where the cluster's files go (else a temporary directory).
+    pub dir_in: Option<PathBuf>,
+}
+
 /// A running etcd + kube-apiserver, stopped (killed) when dropped.
 #[derive(Debug)]
 pub struct Cluster {
@@ -63,6 +81,7 @@ pub struct Cluster {
     pub ca_pem: PathBuf,
     /// A kubeconfig for the cluster admin.
     pub kubeconfig: PathBuf,
+    sa_key: PathBuf,
     kubectl: PathBuf,
     apiserver: Child,
     etcd: Child,
@@ -83,20 +102,44 @@ impl Cluster {
     /// ready and its issuer discovery is public; `None` when the binaries are missing (skip).
     pub async fn start() -> Option<Self> {
         let binaries = binaries()?;
-        let dir = tempfile::tempdir().expect("a temporary directory");
+        Some(Self::start_with(&binaries, ClusterOptions::default()).await)
+    }
+
+    /// [`Cluster::start`] with `options`.
+    pub(crate) async fn start_with(binaries: &KubeBinaries, options: ClusterOptions) -> Self {
+        let dir = match &options.dir_in {
+            Some(parent) => tempfile::tempdir_in(parent),
+            None => tempfile::tempdir(),
+        }
+        .expect("a temporary directory");
+        let netns = options.netns.as_deref();
         let pki = write_pki(dir.path());
-        let etcd_url = format!("http://127.0.0.1:{}", free_port());
-        let etcd = start_etcd(&binaries, dir.path(), &etcd_url);
-        wait_ready("etcd", &format!("{etcd_url}/health"), None, &dir.path().join("etcd.log")).await;
-        let port = free_port();
+        let port = options.port.unwrap_or_else(free_port);
+        let (etcd_url, etcd_peer) = match netns {
+            // A namespace of the harness's own: every port is free.
+            Some(_) => ("http://127.0.0.1:2379".to_owned(), "http://127.0.0.1:2380".to_owned()),
+            None => (format!("http://127.0.0.1:{}", free_port()), format!("http://127.0.0.1:{}", free_port())),
+        };
+        let etcd = start_etcd(binaries, netns, dir.path(), &etcd_url, &etcd_peer);
+        if netns.is_none() {
+            wait_ready("etcd", &format!("{etcd_url}/health"), None, &dir.path().join("etcd.log")).await;
+        }
         let server = format!("https://127.0.0.1:{port}");
-        let apiserver = start_apiserver(&binaries, dir.path(), &pki, &etcd_url, port);
+        let apiserver = start_apiserver(binaries, &options, dir.path(), &pki, &etcd_url, port);
         let client = crate::clients::trusting(&pki.ca_pem);
         wait_ready("kube-apiserver", &format!("{server}/readyz"), Some(&client), &dir.path().join("apiserver.log"))
             .await;
         let kubeconfig = write_kubeconfig(dir.path(), &server, &pki.ca_pem);
-        let cluster =
-            Self { server, ca_pem: pki.ca_pem, kubeconfig, kubectl: binaries.path("kubectl"), apiserver, etcd, dir };
+        let cluster = Self {
+            server,
+            ca_pem: pki.ca_pem,
+            sa_key: pki.sa_private,
+            kubeconfig,
+            kubectl: binaries.path("kubectl"),
+            apiserver,
+            etcd,
+            dir,
+        };
         cluster
             .kubectl_ok(&[
                 "create",
@@ -106,7 +149,22 @@ impl Cluster {
                 "--group=system:unauthenticated",
             ])
             .await;
-        Some(cluster)
+        cluster
+    }
+
+    /// The directory of the cluster's files and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The service-account signing key (PEM file; the controller-manager's token controller).
+    pub(crate) fn sa_key(&self) -> &Path {
+        &self.sa_key
+    }
+
+    /// The process ids of etcd and the API server (for the node harness's leftover record).
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        [self.apiserver.id(), self.etcd.id()].into_iter().flatten().collect()
     }
 
     /// The service-account issuer (`iss` of its tokens): the API server's URL.
@@ -249,10 +307,19 @@ fn write_pki(dir: &Path) -> Pki {
     }
 }
 
-/// `binary ARGS` with output to `log`, killed when dropped.
-fn spawn_logged(binary: &Path, args: &[String], log: &Path) -> Child {
+/// `binary ARGS` with output to `log`, in the network namespace `netns` when given (`nsenter`
+/// enters it and then execs the binary: the child's pid is the binary's), killed when dropped.
+pub(crate) fn spawn_logged(netns: Option<&str>, binary: &Path, args: &[String], log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("a log file");
-    Command::new(binary)
+    let mut command = match netns {
+        Some(netns) => {
+            let mut command = Command::new("nsenter");
+            command.arg(format!("--net=/run/netns/{netns}")).arg("--").arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("the log file"))
@@ -262,8 +329,7 @@ fn spawn_logged(binary: &Path, args: &[String], log: &Path) -> Child {
         .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()))
 }
 
-fn start_etcd(binaries: &KubeBinaries, dir: &Path, client_url: &str) -> Child {
-    let peer_url = format!("http://127.0.0.1:{}", free_port());
+fn start_etcd(binaries: &KubeBinaries, netns: Option<&str>, dir: &Path, client_url: &str, peer_url: &str) -> Child {
     let args = [
         format!("--data-dir={}", dir.join("etcd").display()),
         format!("--listen-client-urls={client_url}"),
@@ -275,16 +341,28 @@ fn start_etcd(binaries: &KubeBinaries, dir: &Path, client_url: &str) -> Child {
         "--unsafe-no-fsync".to_owned(),
         "--log-level=warn".to_owned(),
     ];
-    spawn_logged(&binaries.path("etcd"), &args, &dir.join("etcd.log"))
+    spawn_logged(netns, &binaries.path("etcd"), &args, &dir.join("etcd.log"))
 }
 
-fn start_apiserver(binaries: &KubeBinaries, dir: &Path, pki: &Pki, etcd_url: &str, port: u16) -> Child {
+fn start_apiserver(
+    binaries: &KubeBinaries,
+    options: &ClusterOptions,
+    dir: &Path,
+    pki: &Pki,
+    etcd_url: &str,
+    port: u16,
+) -> Child {
     let issuer = format!("https://127.0.0.1:{port}");
     let tokens = dir.join("tokens.csv");
-    std::fs::write(&tokens, format!("{ADMIN_TOKEN},keyless-test-admin,keyless-test-admin,\"system:masters\"\n"))
-        .expect("the token file");
+    let mut token_lines = format!("{ADMIN_TOKEN},keyless-test-admin,keyless-test-admin,\"system:masters\"\n");
+    for line in &options.extra_tokens {
+        token_lines.push_str(line);
+        token_lines.push('\n');
+    }
+    std::fs::write(&tokens, token_lines).expect("the token file");
     let path = |p: &Path| p.display().to_string();
-    let args = [
+    let mut admission = "NamespaceLifecycle,ServiceAccount,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,ResourceQuota".to_owned();
+    let mut args = vec![
         format!("--etcd-servers={etcd_url}"),
         "--bind-address=127.0.0.1".to_owned(),
         "--advertise-address=127.0.0.1".to_owned(),
@@ -293,19 +371,24 @@ fn start_apiserver(binaries: &KubeBinaries, dir: &Path, pki: &Pki, etcd_url: &st
         format!("--tls-private-key-file={}", path(&pki.serving_key)),
         format!("--cert-dir={}", dir.join("certs").display()),
         format!("--token-auth-file={}", path(&tokens)),
-        "--authorization-mode=RBAC".to_owned(),
+        format!("--authorization-mode={}", if options.with_nodes { "Node,RBAC" } else { "RBAC" }),
         format!("--service-account-issuer={issuer}"),
         format!("--service-account-key-file={}", path(&pki.sa_public)),
         format!("--service-account-signing-key-file={}", path(&pki.sa_private)),
         format!("--api-audiences={issuer}"),
         "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
-        // No kubelet, no nodes: the `kubernetes` Service's endpoints stay unreconciled.
+        // The `kubernetes` Service's endpoints stay unreconciled (nothing in a test pod calls it).
         "--endpoint-reconciler-type=none".to_owned(),
-        // The default chain, with the webhook admission plugins named so that a change of defaults shows.
-        "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,ResourceQuota".to_owned(),
         "--v=1".to_owned(),
     ];
-    spawn_logged(&binaries.path("kube-apiserver"), &args, &dir.join("apiserver.log"))
+    if options.with_nodes {
+        // The kubelet's credential may touch its own Node and its pods only, as on a real cluster.
+        admission.push_str(",NodeRestriction");
+        args.push("--kubelet-preferred-address-types=InternalIP".to_owned());
+    }
+    // The default chain, with the webhook admission plugins named so that a change of defaults shows.
+    args.push(format!("--enable-admission-plugins={admission}"));
+    spawn_logged(options.netns.as_deref(), &binaries.path("kube-apiserver"), &args, &dir.join("apiserver.log"))
 }
 
 fn write_kubeconfig(dir: &Path, server: &str, ca: &Path) -> PathBuf {

@@ -24,6 +24,8 @@
 //! - [`tools`]: the tools some tests need; a missing one fails under `CI=true`, skips elsewhere.
 //! - [`load`]: continuous load on the five native endpoints, and latency tallies.
 //! - [`kube`]: a real etcd + kube-apiserver on loopback (`scripts/kube`), kubectl, TokenRequest.
+//! - [`node`]: a real node (containerd + kubelet, controller-manager, scheduler) in a network
+//!   namespace of its own, images without a registry, relays into the namespace.
 //! - [`podman`]: podman with the harness's runtime settings, pods, the sidecar and host images.
 //! - [`metrics`], [`clock`], [`wait`]: `/metrics` text, wall-clock formats, bounded waits.
 #![forbid(unsafe_code)]
@@ -42,6 +44,7 @@ pub mod kubelet;
 pub mod load;
 pub mod logs;
 pub mod metrics;
+pub mod node;
 pub mod podman;
 pub mod process;
 pub mod proxy;

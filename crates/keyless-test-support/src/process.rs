@@ -41,10 +41,23 @@ impl Process {
 
     /// [`Process::spawn`] as user and group `uid` (needs root), like a container's `USER`.
     pub fn spawn_as(uid: Option<u32>, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_in(None, uid, args, env)
+    }
+
+    /// [`Process::spawn_as`] in the network namespace `/run/netns/NETNS` when given (`nsenter`
+    /// enters it, then execs keyless: the pid is keyless's).
+    pub fn spawn_in(netns: Option<&str>, uid: Option<u32>, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let log_path = dir.path().join("keyless.log");
         let log = std::fs::File::create(&log_path).expect("the log file");
-        let mut command = Command::new(keyless_bin());
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net=/run/netns/{netns}")).arg("--").arg(keyless_bin());
+                command
+            }
+            None => Command::new(keyless_bin()),
+        };
         if let Some(uid) = uid {
             command.uid(uid).gid(uid);
         }

@@ -1,0 +1,542 @@
+//! A real Kubernetes node in the test loop: containerd (Debian's, with runc and the CNI plugins)
+//! and a kubelet built by `scripts/kube`, with kube-controller-manager (ServiceAccounts,
+//! `kube-root-ca.crt`, Jobs, Deployments) and kube-scheduler, on the harness's own etcd and
+//! kube-apiserver ([`crate::kube`]).
+//!
+//! **Everything lives in a network namespace the harness creates** (`keyless-node-<pid>-<n>`): the
+//! control plane on the namespace's loopback, the node's address on a bridge of its own
+//! ([`NODE_IP`]), the pods on the CNI bridge's subnet. The machine's own namespace gains no address
+//! and no iptables rule (the kubelet's iptables chains are off, the CNI bridge masquerades
+//! nothing); the test reaches the API server, the emulator and the pods through relays: a listener
+//! on the test's loopback whose connections are made from inside the namespace (a thread of the
+//! test process that entered it, [`Node::forward`]). The API server's port is the same on both
+//! sides, so its URL (and its service-account issuer) is one URL everywhere.
+//!
+//! One node per machine (fixed kubelet ports, the `kubepods` cgroups, one containerd state): a
+//! file lock ([`LOCK`]) serializes node tests across processes, and whoever takes it first
+//! removes what a killed run left (processes recorded in a pid file, shims of the node's
+//! containerd, mounts under the node's directories, pod network namespaces, cgroups, the
+//! namespace itself). The same clean-up runs when a [`Node`] is dropped, so a failing test
+//! leaves nothing either.
+//!
+//! What this machine kind needs (`../shared/kubelet-notes.md` in the team's notes): cgroup v1
+//! allowed (`failCgroupV1: false`), no negative `oom_score_adj` for sandboxes
+//! (`restrict_oom_score_adj`), no AppArmor, `/run/netns` a shared mount, `makeIPTablesUtilChains:
+//! false`. Images come from no registry: [`NodeImages`] builds them with podman (`FROM scratch`)
+//! and imports them with `ctr images import`.
+
+mod cleanup;
+mod config;
+mod images;
+mod relay;
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use self::cleanup::{clean_leftovers, kill, kill_cgroup_tasks, kill_shims};
+use self::config::{cni_config, containerd_config, kubelet_config};
+pub use self::images::{NodeImages, is_static};
+use self::relay::Dialer;
+use crate::kube::{self, Cluster, ClusterOptions, KubeBinaries};
+use crate::tools::{self, Missing};
+use crate::wait::holds_within;
+
+/// The node's name (`spec.nodeName`).
+pub const NODE_NAME: &str = "keyless-node";
+/// The node's address, on a bridge inside the namespace: pods reach what runs in the namespace
+/// (the emulator) there.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+/// The pod subnet (the CNI bridge's; its gateway is `.1`).
+pub const POD_SUBNET: &str = "10.201.0.0/24";
+/// The sandbox ("pause") image, built from a static Go program by [`NodeImages`].
+pub const PAUSE_IMAGE: &str = "localhost/keyless-test-pause:dev";
+/// The app image: the static Go SDK clients of `tests/go` at `/usr/local/bin/{aws,gcp,azure}`.
+pub const APPS_IMAGE: &str = "localhost/keyless-test-apps:dev";
+/// The prefix of the harness's network namespaces (a leftover of a killed run is removed).
+const NETNS_PREFIX: &str = "keyless-node-";
+/// The machine-wide lock serializing node tests (flock; released when its process dies).
+pub const LOCK: &str = "/run/keyless-test-node.lock";
+/// Runtime state (sockets, configuration, pid file, CNI IPAM): emptied at every start.
+const STATE: &str = "/run/keyless-test-node";
+/// containerd's root (images survive runs: an import of an unchanged image is quick) and the
+/// kubelet's root.
+const PERSISTENT: &str = "/var/lib/keyless-test-node";
+/// How long the node may take to turn Ready (a loaded 2-core machine).
+const READY_DEADLINE: Duration = Duration::from_secs(180);
+/// How long one `ctr` or `podman` call may take.
+const TOOL_DEADLINE: Duration = Duration::from_secs(300);
+/// The node's bearer token (`system:node:NAME` in `system:nodes`), on the namespace's loopback only.
+const NODE_TOKEN: &str = "keyless-test-node-token";
+
+/// Everything the node needs on the machine, found.
+#[derive(Debug, Clone)]
+pub struct NodeTools {
+    pub kube: KubeBinaries,
+}
+
+/// Root, containerd, runc, the CNI plugins, nsenter, ip, podman, Go, and the kubelet,
+/// controller-manager and scheduler from `scripts/kube`; or a skip (a failure under `CI=true`,
+/// naming what is missing).
+pub fn tools() -> Option<NodeTools> {
+    let kube = kube::binaries()?;
+    let mut missing = Vec::new();
+    if !tools::is_root() {
+        missing.push("root".to_owned());
+    }
+    for (tool, arg) in [("containerd", "--version"), ("ctr", "--version"), ("nsenter", "--version"), ("ip", "-V")] {
+        if !tools::runs(tool, arg) {
+            missing.push(tool.to_owned());
+        }
+    }
+    for (tool, arg) in [("podman", "--version"), ("go", "version")] {
+        if !tools::runs(tool, arg) {
+            missing.push(tool.to_owned());
+        }
+    }
+    if !Path::new("/usr/sbin/runc").is_file() {
+        missing.push("/usr/sbin/runc".to_owned());
+    }
+    for plugin in ["bridge", "host-local", "loopback"] {
+        if !Path::new("/usr/lib/cni").join(plugin).is_file() {
+            missing.push(format!("/usr/lib/cni/{plugin}"));
+        }
+    }
+    for binary in ["kubelet", "kube-controller-manager", "kube-scheduler"] {
+        if !kube.path(binary).is_file() {
+            missing.push(format!("{} (scripts/kube builds it)", kube.path(binary).display()));
+        }
+    }
+    let found = missing.is_empty().then_some(NodeTools { kube });
+    if found.is_none() {
+        // The reason, whatever or_skip then does with it.
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("the node harness is missing: {}", missing.join(", "));
+        }
+    }
+    tools::or_skip(
+        found,
+        Missing {
+            what: "a node's tools: root, containerd, ctr, runc, CNI plugins (/usr/lib/cni), nsenter, ip, podman, go, and kubelet, kube-controller-manager, kube-scheduler in target/kube/bin (the line above names what is missing)",
+            fix: "as root: apt-get install --no-install-recommends containerd runc containernetworking-plugins podman, then ./scripts/kube (./scripts/test does both)",
+        },
+    )
+}
+
+/// A running node and its control plane. Dropped: every process killed, every mount, cgroup,
+/// network namespace and link it made removed.
+#[derive(Debug)]
+pub struct Node {
+    pub cluster: Cluster,
+    /// The network namespace everything runs in.
+    pub netns: String,
+    dialer: Dialer,
+    relays: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    children: Vec<(&'static str, Child)>,
+    tools: NodeTools,
+    // Dropped after every process was killed and before the lock is released.
+    _cleanup: Cleanup,
+    _lock: std::fs::File,
+}
+
+/// Removes what the node made when dropped: also when its start failed midway.
+#[derive(Debug)]
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        clean_leftovers();
+    }
+}
+
+impl Node {
+    /// Takes the machine's node lock (waiting for another test's node to stop), removes what a
+    /// killed run left, and starts the namespace, the control plane, containerd, the
+    /// controller-manager, the scheduler and the kubelet; returns once the node is Ready and the
+    /// `default` ServiceAccount exists. `None` when a tool is missing (skip; CI fails).
+    pub async fn start() -> Option<Self> {
+        let tools = tools()?;
+        let lock = tokio::task::spawn_blocking(take_lock).await.expect("the lock task");
+        clean_leftovers();
+        let cleanup = Cleanup;
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nth = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let netns = format!("{NETNS_PREFIX}{}-{nth}", std::process::id());
+        prepare_machine(&netns);
+        let dialer = Dialer::enter(&netns);
+
+        // The API server's port: reserved on the test's loopback by the relay's own listener, and
+        // the same number inside the namespace (where every port is free).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let port = listener.local_addr().expect("the relay's address").port();
+        let relays = vec![dialer.relay(listener, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))];
+        let options = ClusterOptions {
+            netns: Some(netns.clone()),
+            port: Some(port),
+            extra_tokens: vec![format!("{NODE_TOKEN},system:node:{NODE_NAME},keyless-test-node,\"system:nodes\"")],
+            with_nodes: true,
+            dir_in: Some(PathBuf::from(STATE)),
+        };
+        let cluster = Cluster::start_with(&tools.kube, options).await;
+        let mut node = Self {
+            cluster,
+            netns,
+            dialer,
+            relays: std::sync::Mutex::new(relays),
+            children: Vec::new(),
+            tools,
+            _cleanup: cleanup,
+            _lock: lock,
+        };
+        node.record_pids(&node.cluster.pids());
+
+        node.start_containerd().await;
+        NodeImages::pause().await.import(&node).await;
+        node.start_controllers();
+        node.start_kubelet();
+        node.wait_ready().await;
+        Some(node)
+    }
+
+    /// `binary ARGS` inside the namespace, logged to `STATE/NAME.log`, recorded in the pid file.
+    fn spawn(&mut self, name: &'static str, binary: &Path, args: &[String]) {
+        let log = Path::new(STATE).join(format!("{name}.log"));
+        let child = kube::spawn_logged(Some(&self.netns), binary, args, &log);
+        self.record_pids(&child.id().into_iter().collect::<Vec<_>>());
+        self.children.push((name, child));
+    }
+
+    fn record_pids(&self, pids: &[u32]) {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Path::new(STATE).join("pids"))
+            .expect("the pid file");
+        for pid in pids {
+            writeln!(file, "{pid}").expect("writing the pid file");
+        }
+    }
+
+    /// What component `name` (`containerd`, `kubelet`, `kube-controller-manager`,
+    /// `kube-scheduler`) logged so far.
+    pub fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(Path::new(STATE).join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of every component's log (for a failure message).
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for name in ["containerd", "kubelet", "kube-controller-manager", "kube-scheduler"] {
+            let log = self.log_of(name);
+            let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+            out.push_str(&format!("--- {name} (last {lines} lines)\n"));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out.push_str(&format!("--- kube-apiserver (last {lines} lines)\n"));
+        let log = self.cluster.apiserver_logs();
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        out.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        out
+    }
+
+    async fn start_containerd(&mut self) {
+        let config = Path::new(STATE).join("containerd.toml");
+        std::fs::write(&config, containerd_config()).expect("containerd's configuration");
+        let cni = Path::new(STATE).join("cni");
+        std::fs::create_dir_all(&cni).expect("the CNI configuration directory");
+        std::fs::write(cni.join("10-keyless-test.conflist"), cni_config()).expect("the CNI configuration");
+        let args = vec![format!("--config={}", config.display())];
+        self.spawn("containerd", Path::new("/usr/bin/containerd"), &args);
+        let ready = holds_within(READY_DEADLINE, || async {
+            Command::new("ctr")
+                .args(["--address", &socket(), "version"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .is_ok_and(|s| s.success())
+        })
+        .await;
+        assert!(ready, "containerd did not answer within {READY_DEADLINE:?}:\n{}", self.logs_tail(40));
+    }
+
+    fn start_controllers(&mut self) {
+        let kubeconfig = self.cluster.kubeconfig.display().to_string();
+        let controller_manager = vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--authentication-kubeconfig={kubeconfig}"),
+            format!("--authorization-kubeconfig={kubeconfig}"),
+            "--leader-elect=false".to_owned(),
+            // kube-root-ca.crt in every namespace holds the cluster's CA.
+            format!("--root-ca-file={}", self.cluster.ca_pem.display()),
+            format!("--service-account-private-key-file={}", self.cluster.sa_key().display()),
+            "--use-service-account-credentials=false".to_owned(),
+            "--bind-address=127.0.0.1".to_owned(),
+            "--v=1".to_owned(),
+        ];
+        let binary = self.tools.kube.path("kube-controller-manager");
+        self.spawn("kube-controller-manager", &binary, &controller_manager);
+        let scheduler = vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--authentication-kubeconfig={kubeconfig}"),
+            format!("--authorization-kubeconfig={kubeconfig}"),
+            "--leader-elect=false".to_owned(),
+            "--bind-address=127.0.0.1".to_owned(),
+            "--v=1".to_owned(),
+        ];
+        let binary = self.tools.kube.path("kube-scheduler");
+        self.spawn("kube-scheduler", &binary, &scheduler);
+    }
+
+    fn start_kubelet(&mut self) {
+        let dir = Path::new(STATE);
+        let kubeconfig = dir.join("kubelet.kubeconfig");
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: keyless-test\n  cluster:\n    server: {}\n    \
+             certificate-authority: {}\nusers:\n- name: node\n  user:\n    token: {NODE_TOKEN}\ncontexts:\n\
+             - name: node\n  context:\n    cluster: keyless-test\n    user: node\ncurrent-context: node\n",
+            self.cluster.server,
+            self.cluster.ca_pem.display()
+        );
+        std::fs::write(&kubeconfig, config).expect("the kubelet's kubeconfig");
+        let config_file = dir.join("kubelet.yaml");
+        std::fs::write(&config_file, kubelet_config()).expect("the kubelet's configuration");
+        let root = Path::new(PERSISTENT).join("kubelet");
+        std::fs::create_dir_all(&root).expect("the kubelet's root");
+        let args = vec![
+            format!("--config={}", config_file.display()),
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--root-dir={}", root.display()),
+            format!("--cert-dir={}", dir.join("kubelet-pki").display()),
+            format!("--hostname-override={NODE_NAME}"),
+            format!("--node-ip={NODE_IP}"),
+            "--v=1".to_owned(),
+        ];
+        let binary = self.tools.kube.path("kubelet");
+        self.spawn("kubelet", &binary, &args);
+    }
+
+    /// Waits until the node is Ready and the controller-manager made the `default` ServiceAccount.
+    async fn wait_ready(&self) {
+        let args = ["get", "node", NODE_NAME, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"];
+        let ready = holds_within(READY_DEADLINE, || async {
+            let out = self.cluster.kubectl(&args).await;
+            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "True"
+        })
+        .await;
+        assert!(ready, "the node did not turn Ready within {READY_DEADLINE:?}:\n{}", self.logs_tail(40));
+        let account = holds_within(READY_DEADLINE, || async {
+            self.cluster.kubectl(&["get", "serviceaccount", "default", "-n", "default"]).await.status.success()
+        })
+        .await;
+        assert!(account, "no default ServiceAccount within {READY_DEADLINE:?}:\n{}", self.logs_tail(40));
+    }
+
+    /// A listener on the test's loopback relaying every connection to `inside` (an address in the
+    /// node's namespace: the emulator, a pod's IP); its address.
+    pub async fn forward(&self, inside: SocketAddr) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let addr = listener.local_addr().expect("the relay's address");
+        let relay = self.dialer.relay(listener, inside);
+        self.relays.lock().expect("the relays").push(relay);
+        addr
+    }
+
+    /// `keyless emulate` inside the namespace on [`NODE_IP`] (pods reach it there; its
+    /// certificate names that address), relayed to the test's loopback for the control API.
+    pub async fn start_emulator(&self) -> NodeEmulator {
+        let state = tempfile::tempdir_in(STATE).expect("the emulator's directory");
+        let inside = SocketAddr::from((NODE_IP, EMULATOR_PORT));
+        let state_dir = state.path().to_str().expect("a UTF-8 path").to_owned();
+        let process = crate::process::Process::spawn_in(
+            Some(&self.netns),
+            None,
+            &[
+                "emulate",
+                "--listen",
+                &inside.to_string(),
+                "--hostname",
+                &NODE_IP.to_string(),
+                "--allow-remote-control",
+                "--state-dir",
+                &state_dir,
+            ],
+            &[("KEYLESS_LOG", "info")],
+        );
+        self.record_pids(&process.pid().into_iter().collect::<Vec<_>>());
+        let ca = state.path().join("ca.pem");
+        let relayed = self.forward(inside).await;
+        let url = format!("https://{relayed}");
+        crate::wait::wait_until("the emulator's CA", crate::wait::STARTUP_DEADLINE, || {
+            let exists = ca.exists();
+            async move { exists }
+        })
+        .await;
+        let control = crate::emulate::ControlApi::new(&url, &ca);
+        let answers = holds_within(crate::wait::STARTUP_DEADLINE, || async {
+            control.client().get(control.url("/_emulator/counters")).send().await.is_ok()
+        })
+        .await;
+        assert!(answers, "the emulator in the node's namespace never answered:\n{}", process.logs());
+        NodeEmulator { process, url, inside_url: format!("https://{inside}"), ca, control, _state: state }
+    }
+
+    /// `ctr -n k8s.io ARGS` against the node's containerd; stdout, or the test fails.
+    pub async fn ctr(&self, args: &[&str]) -> String {
+        let mut command = Command::new("ctr");
+        command.args(["--address", &socket(), "--namespace", "k8s.io"]).args(args);
+        run_ok(command, &format!("ctr {args:?}")).await
+    }
+
+    /// Deletes every pod (so that the CNI plugin releases their networks) and stops the node;
+    /// [`Drop`] then removes what is left. A test that fails midway gets the same clean-up from
+    /// [`Drop`], without the graceful pod deletion.
+    pub async fn stop(self) {
+        let args = ["delete", "pods", "--all", "--all-namespaces", "--grace-period=5", "--wait=true", "--timeout=60s"];
+        let _ = self.cluster.kubectl(&args).await;
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for relay in
+            self.relays.lock().map(|r| r.iter().map(|h| h.abort_handle()).collect()).unwrap_or_else(|_| Vec::new())
+        {
+            relay.abort();
+        }
+        // The kubelet first (it would restart what is killed), then the controllers; containerd's
+        // tasks are killed through their cgroups, containerd, then the control plane.
+        for name in ["kubelet", "kube-scheduler", "kube-controller-manager"] {
+            for (_, child) in self.children.iter_mut().filter(|(n, _)| *n == name) {
+                let _ = child.start_kill();
+            }
+        }
+        kill_cgroup_tasks();
+        kill_shims();
+        for (_, child) in &mut self.children {
+            let _ = child.start_kill();
+        }
+        for pid in self.cluster.pids() {
+            kill(pid);
+        }
+        // `_cleanup` removes the rest once the fields drop.
+    }
+}
+
+/// The emulator's port on [`NODE_IP`].
+const EMULATOR_PORT: u16 = 9813;
+
+/// `keyless emulate` in the node's namespace.
+#[derive(Debug)]
+pub struct NodeEmulator {
+    pub process: crate::process::Process,
+    /// Its URL from the test (through a relay).
+    pub url: String,
+    /// Its URL from the pods and the node (`https://NODE_IP:PORT`).
+    pub inside_url: String,
+    /// Its CA (PEM file).
+    pub ca: PathBuf,
+    pub control: crate::emulate::ControlApi,
+    _state: tempfile::TempDir,
+}
+
+impl NodeEmulator {
+    /// Its CA certificate (PEM text).
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(&self.ca).expect("the emulator's CA")
+    }
+}
+
+/// The machine's node lock, held: no node runs while it is (for a test checking that a stopped
+/// node left nothing).
+#[derive(Debug)]
+pub struct MachineLock {
+    _file: std::fs::File,
+}
+
+/// Waits for [`LOCK`] (another test's node to stop) and holds it.
+pub async fn lock_machine() -> MachineLock {
+    MachineLock { _file: tokio::task::spawn_blocking(take_lock).await.expect("the lock task") }
+}
+
+/// Takes [`LOCK`] (blocking): one node on the machine at a time.
+fn take_lock() -> std::fs::File {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK)
+        .unwrap_or_else(|e| panic!("opening {LOCK}: {e}"));
+    if rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("waiting for {LOCK}: another test's node is running");
+        }
+        rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::LockExclusive)
+            .unwrap_or_else(|e| panic!("locking {LOCK}: {e}"));
+    }
+    file
+}
+
+/// The machine as the node needs it: `/run/netns` a shared mount (else a pod's network namespace
+/// cannot be removed once another tool bind-mounted `/run/netns` over itself), the namespace with
+/// its loopback up and the node's bridge and address, fresh state directories.
+fn prepare_machine(netns: &str) {
+    std::fs::create_dir_all("/run/netns").expect("/run/netns");
+    if !run_status("mountpoint", &["-q", "/run/netns"]) {
+        run_checked("mount", &["--bind", "/run/netns", "/run/netns"]);
+    }
+    run_checked("mount", &["--make-shared", "/run/netns"]);
+    std::fs::create_dir_all(STATE).expect("the node's state directory");
+    std::fs::create_dir_all(PERSISTENT).expect("the node's persistent directory");
+    run_checked("ip", &["netns", "add", netns]);
+    run_checked("ip", &["-n", netns, "link", "set", "lo", "up"]);
+    run_checked("ip", &["-n", netns, "link", "add", "knode0", "type", "bridge"]);
+    run_checked("ip", &["-n", netns, "addr", "add", &format!("{NODE_IP}/24"), "dev", "knode0"]);
+    run_checked("ip", &["-n", netns, "link", "set", "knode0", "up"]);
+}
+
+pub(super) fn socket() -> String {
+    format!("{STATE}/containerd.sock")
+}
+
+/// Runs `command`; its stdout, or the test fails with its output.
+async fn run_ok(mut command: Command, what: &str) -> String {
+    command.stdin(Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(TOOL_DEADLINE, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish in {TOOL_DEADLINE:?}"))
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn run_status(program: &str, args: &[&str]) -> bool {
+    std::process::Command::new(program).args(args).status().is_ok_and(|s| s.success())
+}
+
+fn run_checked(program: &str, args: &[&str]) {
+    let out =
+        std::process::Command::new(program).args(args).output().unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
