@@ -1,5 +1,5 @@
 //! The credential sources AWS SDKs try before the container endpoint and IMDS that keyless
-//! serves (docs/protocols.md 2.6): environment keys, web identity, the ECS relative URI, and the
+//! serves (docs/protocols.md 10.1): environment keys, web identity, the ECS relative URI, and the
 //! shared files' credential, SSO, `credential_process` and role profiles. Each SDK's order:
 //! botocore `create_credential_resolver`, aws-sdk-go-v2 `resolveCredentialChain`, the JS v3
 //! `defaultProvider`, Java v2 `DefaultCredentialsProvider`, Rust `DefaultCredentialsChain`.

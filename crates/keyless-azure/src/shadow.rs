@@ -1,5 +1,5 @@
 //! The credential sources Azure SDKs try before the managed identity endpoints keyless serves
-//! (docs/protocols.md 4.6). `DefaultAzureCredential` (Python, Go, JS, Java, .NET) tries the
+//! (docs/protocols.md 10.3). `DefaultAzureCredential` (Python, Go, JS, Java, .NET) tries the
 //! environment credential (secret, certificate, username/password) and workload identity before
 //! managed identity, and managed identity picks its protocol from the variables present (Service
 //! Fabric, Azure Arc, Azure ML, Cloud Shell before App Service and IMDS). Developer credentials

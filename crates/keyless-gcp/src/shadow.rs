@@ -1,5 +1,5 @@
 //! The credential sources Google's auth libraries try before the metadata server keyless serves
-//! (docs/protocols.md 3.5): `GOOGLE_APPLICATION_CREDENTIALS`, then gcloud's application-default
+//! (docs/protocols.md 10.2): `GOOGLE_APPLICATION_CREDENTIALS`, then gcloud's application-default
 //! credentials file. Python google-auth and Java read it from `CLOUDSDK_CONFIG` when set (else
 //! `~/.config/gcloud`); Go (`golang.org/x/oauth2/google`, `cloud.google.com/go/auth`), Node
 //! (`google-auth-library`) and Rust (`google-cloud-auth`) read `$HOME/.config/gcloud` only.

@@ -1,5 +1,5 @@
 //! What makes a cloud SDK ignore a provider's endpoints: the local credential sources each SDK
-//! ranks above them (docs/protocols.md, "Credential sources ranked above keyless"). Each adapter
+//! ranks above them (docs/protocols.md 10). Each adapter
 //! declares its own ([`crate::Provider::SHADOWING`]); `keyless exec` and `keyless dev` set them
 //! aside for the program they run, and injection removes the variables from the containers it
 //! changes.
