@@ -19,20 +19,20 @@ const REQUIRED: &[&str] = &[
     "IDENTITY_ENDPOINT",
     "IDENTITY_HEADER",
     "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-    "KEYLESS_EMULATOR_URL",
-    "KEYLESS_EMULATOR_CA",
+    "KEYLESS_DEV_EMULATOR_URL",
+    "KEYLESS_DEV_EMULATOR_CA",
     "REQUESTS_CA_BUNDLE",
     "SSL_CERT_FILE",
     "NODE_EXTRA_CA_CERTS",
-    "KEYLESS_AWS_ROLE_ARN",
-    "KEYLESS_GCP_SERVICE_ACCOUNT",
-    "KEYLESS_GCP_PROJECT_ID",
-    "KEYLESS_AZURE_CLIENT_ID",
-    "KEYLESS_AZURE_TENANT_ID",
-    "KEYLESS_AWS_SECOND_ROLE_NAME",
-    "KEYLESS_AWS_SECOND_ROLE_ARN",
-    "KEYLESS_GCP_SECOND_SERVICE_ACCOUNT",
-    "KEYLESS_AZURE_SECOND_CLIENT_ID",
+    "KEYLESS_DEV_AWS_ROLE_ARN",
+    "KEYLESS_DEV_GCP_SERVICE_ACCOUNT",
+    "KEYLESS_DEV_GCP_PROJECT_ID",
+    "KEYLESS_DEV_AZURE_CLIENT_ID",
+    "KEYLESS_DEV_AZURE_TENANT_ID",
+    "KEYLESS_DEV_AWS_SECOND_ROLE_NAME",
+    "KEYLESS_DEV_AWS_SECOND_ROLE_ARN",
+    "KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT",
+    "KEYLESS_DEV_AZURE_SECOND_CLIENT_ID",
 ];
 
 #[tokio::test]
@@ -60,7 +60,7 @@ async fn writes_the_app_env_file_that_spec_section_4_promises() {
 
     // The bundle apps get in SSL_CERT_FILE trusts the emulator and the system's CAs alike.
     let bundle = std::fs::read_to_string(dev.var("SSL_CERT_FILE")).unwrap();
-    let emulator_ca = std::fs::read_to_string(dev.var("KEYLESS_EMULATOR_CA")).unwrap();
+    let emulator_ca = std::fs::read_to_string(dev.var("KEYLESS_DEV_EMULATOR_CA")).unwrap();
     assert!(bundle.contains(emulator_ca.trim()));
     assert!(bundle.matches("BEGIN CERTIFICATE").count() > 1, "no system CA in the bundle");
 }

@@ -160,7 +160,7 @@ ca_file = {ca}
     )
 }
 
-/// The `[[aws.roles]]` name of the emulator's second role (`KEYLESS_AWS_SECOND_ROLE_NAME`).
+/// The `[[aws.roles]]` name of the emulator's second role (`KEYLESS_DEV_AWS_SECOND_ROLE_NAME`).
 const DEV_SECOND_ROLE_NAME: &str = "writer";
 
 /// The keys of a cloud section that say where its subject token comes from: the projected file,
@@ -267,19 +267,19 @@ fn emulator_env(emulator: &Emulator, bundle: &Path, admin: SocketAddr) -> Vec<Ap
         AppEnvVar::plain("SSL_CERT_FILE", &bundle),
         // Node adds this file to its built-in store (it ignores SSL_CERT_FILE).
         AppEnvVar::plain("NODE_EXTRA_CA_CERTS", &ca),
-        AppEnvVar::plain("KEYLESS_EMULATOR_URL", emulator.url()),
-        AppEnvVar::plain("KEYLESS_EMULATOR_CA", &ca),
-        AppEnvVar::plain("KEYLESS_ADMIN_URL", format!("http://{admin_host}")),
-        AppEnvVar::plain("KEYLESS_AWS_ROLE_ARN", &ids.aws_role_arn),
-        AppEnvVar::plain("KEYLESS_GCP_SERVICE_ACCOUNT", &ids.gcp_service_account),
-        AppEnvVar::plain("KEYLESS_GCP_PROJECT_ID", &ids.gcp_project_id),
-        AppEnvVar::plain("KEYLESS_AZURE_CLIENT_ID", &ids.azure_client_id),
-        AppEnvVar::plain("KEYLESS_AZURE_TENANT_ID", &ids.azure_tenant_id),
+        AppEnvVar::plain("KEYLESS_DEV_EMULATOR_URL", emulator.url()),
+        AppEnvVar::plain("KEYLESS_DEV_EMULATOR_CA", &ca),
+        AppEnvVar::plain("KEYLESS_DEV_ADMIN_URL", format!("http://{admin_host}")),
+        AppEnvVar::plain("KEYLESS_DEV_AWS_ROLE_ARN", &ids.aws_role_arn),
+        AppEnvVar::plain("KEYLESS_DEV_GCP_SERVICE_ACCOUNT", &ids.gcp_service_account),
+        AppEnvVar::plain("KEYLESS_DEV_GCP_PROJECT_ID", &ids.gcp_project_id),
+        AppEnvVar::plain("KEYLESS_DEV_AZURE_CLIENT_ID", &ids.azure_client_id),
+        AppEnvVar::plain("KEYLESS_DEV_AZURE_TENANT_ID", &ids.azure_tenant_id),
         // The second identity per cloud (env-file contract, docs/configuration.md).
-        AppEnvVar::plain("KEYLESS_AWS_SECOND_ROLE_NAME", DEV_SECOND_ROLE_NAME),
-        AppEnvVar::plain("KEYLESS_AWS_SECOND_ROLE_ARN", &ids.aws_second_role_arn),
-        AppEnvVar::plain("KEYLESS_GCP_SECOND_SERVICE_ACCOUNT", &ids.gcp_second_service_account),
-        AppEnvVar::plain("KEYLESS_AZURE_SECOND_CLIENT_ID", &ids.azure_second_client_id),
+        AppEnvVar::plain("KEYLESS_DEV_AWS_SECOND_ROLE_NAME", DEV_SECOND_ROLE_NAME),
+        AppEnvVar::plain("KEYLESS_DEV_AWS_SECOND_ROLE_ARN", &ids.aws_second_role_arn),
+        AppEnvVar::plain("KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT", &ids.gcp_second_service_account),
+        AppEnvVar::plain("KEYLESS_DEV_AZURE_SECOND_CLIENT_ID", &ids.azure_second_client_id),
     ]
 }
 
