@@ -207,7 +207,7 @@ async fn exec_sets_aside_every_local_credential_python_sees_keyless() {
     for cloud in ["aws", "gcp", "azure"] {
         assert_eq!(ids[cloud], expected[cloud], "{cloud}: {ids}\n{stderr}");
     }
-    assert_eq!(ids["aws_max_attempts"], "7", "the config file's settings stay: {ids}");
+    assert_eq!(ids["aws_max_attempts"], 7, "the config file's settings stay: {ids}");
     assert!(
         stderr.contains(
             "keyless exec: set aside ~/.aws/credentials [default], ~/.aws/config [default], \

@@ -34,7 +34,7 @@ use crate::setaside::{self, SetAside};
 const READY_POLL: Duration = Duration::from_millis(50);
 
 /// An identity still without a credential after this long gets one progress line.
-const PROGRESS_AFTER: Duration = Duration::from_secs(2);
+pub const PROGRESS_AFTER: Duration = Duration::from_secs(2);
 
 /// keyless's own failure (`env`, `timeout`, `docker run`).
 pub const EXIT_OWN_FAILURE: u8 = 125;
@@ -200,19 +200,18 @@ pub async fn wait_until_ready(readiness: &[Arc<dyn Readiness>], timeout: Duratio
     }
 }
 
-#[allow(clippy::print_stderr)] // the user waits and reads stderr
 fn progress(who: &str, s: &IdentityStatus, since: SystemTime) {
     let why = match &s.last_error {
         Some(e) => format!("the last attempt failed: {}", e.message),
         None => "the exchange has not answered yet".to_owned(),
     };
-    eprintln!(
-        "{who}: waiting for {} {} {} since {} ({why})",
-        s.provider,
-        s.identity,
-        s.key,
-        humantime::format_rfc3339_seconds(since)
-    );
+    progress_line(who, &format!("{} {} {} ({why})", s.provider, s.identity, s.key), since);
+}
+
+/// `WHO: waiting for WHAT since TIME`: one line per identity whose exchange is slow.
+#[allow(clippy::print_stderr)] // the user waits and reads stderr
+pub fn progress_line(who: &str, what: &str, since: SystemTime) {
+    eprintln!("{who}: waiting for {what} since {}", humantime::format_rfc3339_seconds(since));
 }
 
 /// One identity's reason, with the adapter's fix.
