@@ -16,11 +16,7 @@ pub trait Registered: Sync {
     fn name(&self) -> &'static str;
     /// Configures the provider from its section, or from the environment when there is none.
     /// `None`: neither is there, the provider is off.
-    fn configure(&self, section: Option<config::Value>, env: Env<'_>, ctx: &Context) -> Option<ProviderConfig> {
-        self.configure_choosing(section, env, ctx, None)
-    }
-    /// [`Registered::configure`] with `default` (`keyless exec --aws-role` and its siblings) made
-    /// the default identity.
+    /// `default` (`keyless exec --aws-role` and its siblings) is made the default identity.
     fn configure_choosing(
         &self,
         section: Option<config::Value>,

@@ -46,12 +46,6 @@ impl SetAside {
         }
         Ok(self.dir.as_ref().map(tempfile::TempDir::path).unwrap_or(Path::new("/")))
     }
-
-    /// Keeps the private directory beyond this value (`keyless dev`'s env file points into it
-    /// for as long as dev runs): the caller removes it.
-    pub fn into_dir(mut self) -> Option<tempfile::TempDir> {
-        self.dir.take()
-    }
 }
 
 /// Where this process's environment and files come from (tests give others).
@@ -145,6 +139,7 @@ pub fn plan(shadowing: &[(&'static str, &'static Shadowing)], host: &Host<'_>, k
                 out.report.push(format!("{var}={value}"));
             }
         }
+    }
     Ok(out)
 }
 
