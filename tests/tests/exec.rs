@@ -51,7 +51,10 @@ impl Setup {
         let token = |cloud: &str| format!("token_file = {}", toml_string(emulator.token_file(cloud).to_str().unwrap()));
         let mut toml = all_clouds_config(&emulator, &emulator.url, "", "warn", &token).await;
         // [azure] is the last section: this line is its.
-        toml.push_str(&format!("additional_client_ids = [{}]\n", toml_string(ids["azure_second_client_id"].as_str().unwrap())));
+        toml.push_str(&format!(
+            "additional_client_ids = [{}]\n",
+            toml_string(ids["azure_second_client_id"].as_str().unwrap())
+        ));
         toml.push_str(&format!(
             "\n[[aws.roles]]\nname = \"writer\"\nrole_arn = {}\n\n[[gcp.service_accounts]]\nemail = {}\ndelegates = [{}]\n",
             toml_string(ids["aws_second_role_arn"].as_str().unwrap()),
@@ -196,7 +199,10 @@ async fn exec_sets_aside_every_local_credential_python_sees_keyless() {
     let setup = Setup::start().await;
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
-    write(&h.join(".aws/credentials"), "[default]\naws_access_key_id = AKIALAPTOPKEY\naws_secret_access_key = laptop\n");
+    write(
+        &h.join(".aws/credentials"),
+        "[default]\naws_access_key_id = AKIALAPTOPKEY\naws_secret_access_key = laptop\n",
+    );
     write(
         &h.join(".aws/config"),
         "[default]\nmax_attempts = 7\ncredential_process = /bin/false\n[profile other]\nregion = eu-west-1\n",
@@ -250,8 +256,9 @@ async fn exec_sets_aside_identity_variables_python_sees_keyless() {
         "{stderr}"
     );
     // --keep-env keeps one on purpose: boto3 then assumes the other role itself.
-    let (ids, stderr) =
-        setup.python_identities(h, &["--keep-env", "AWS_ROLE_ARN", "--keep-env", "AWS_WEB_IDENTITY_TOKEN_FILE"], &vars).await;
+    let (ids, stderr) = setup
+        .python_identities(h, &["--keep-env", "AWS_ROLE_ARN", "--keep-env", "AWS_WEB_IDENTITY_TOKEN_FILE"], &vars)
+        .await;
     assert_eq!(ids["aws"], role_name(setup.id("aws_second_role_arn")), "{ids}\n{stderr}");
     assert!(!stderr.contains("AWS_ROLE_ARN/"), "{stderr}");
 }
@@ -289,7 +296,10 @@ async fn exec_sets_aside_local_credentials_go_sees_keyless() {
     let setup = Setup::start().await;
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
-    write(&h.join(".aws/credentials"), "[default]\naws_access_key_id = AKIALAPTOPKEY\naws_secret_access_key = laptop\n");
+    write(
+        &h.join(".aws/credentials"),
+        "[default]\naws_access_key_id = AKIALAPTOPKEY\naws_secret_access_key = laptop\n",
+    );
     let adc = write(&h.join("adc.json"), &external_account(&setup));
     let aws_token = setup.emulator.token_file("aws");
     let azure_token = setup.emulator.token_file("azure");
@@ -313,7 +323,8 @@ async fn exec_sets_aside_local_credentials_go_sees_keyless() {
     let gcp: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(tokeninfo_email(&setup, gcp["access_token"].as_str().unwrap()).await, setup.id("gcp_service_account"));
 
-    let (out, _) = setup.exec(h, &[], &vars, &[&run("azure"), "default", "https://management.azure.com/.default"]).await;
+    let (out, _) =
+        setup.exec(h, &[], &vars, &[&run("azure"), "default", "https://management.azure.com/.default"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let azure: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(jwt_claims(azure["token"].as_str().unwrap())["appid"], setup.id("azure_client_id"));
@@ -457,7 +468,9 @@ async fn exec_fails_fast_on_invalid_target_and_entra_rejections() {
     let stranger = setup
         .emulator
         .control
-        .mint(serde_json::json!({ "aud": ["api://AzureADTokenExchange"], "sub": "system:serviceaccount:other:stranger" }))
+        .mint(
+            serde_json::json!({ "aud": ["api://AzureADTokenExchange"], "sub": "system:serviceaccount:other:stranger" }),
+        )
         .await;
     let dir = tempfile::tempdir().unwrap();
     let token = write(&dir.path().join("token"), &stranger);
@@ -469,7 +482,10 @@ async fn exec_fails_fast_on_invalid_target_and_entra_rejections() {
 #[tokio::test]
 async fn exec_fails_fast_without_the_actions_variables_or_an_env_sources_variable() {
     let setup = Setup::start().await;
-    let actions = format!("source = {{ type = \"github-actions\", ca_file = {} }}", toml_string(setup.emulator.ca.to_str().unwrap()));
+    let actions = format!(
+        "source = {{ type = \"github-actions\", ca_file = {} }}",
+        toml_string(setup.emulator.ca.to_str().unwrap())
+    );
     let aws_token = format!("token_file = {}", toml_string(setup.emulator.token_file("aws").to_str().unwrap()));
     let with_actions = Setup { toml: setup.toml.replacen(&aws_token, &actions, 1), ..setup };
     assert_fails_fast(&with_actions, &[], "permissions: id-token: write").await;
@@ -488,14 +504,21 @@ async fn exec_fails_fast_without_the_actions_variables_or_an_env_sources_variabl
 #[tokio::test]
 async fn exec_retries_transient_errors_until_the_ready_timeout_and_says_it_waits() {
     let setup = Setup::start().await;
-    setup.emulator.control.fault(serde_json::json!({ "service": "aws-sts", "status": 503 })).await;
+    setup
+        .emulator
+        .control
+        .fault(serde_json::json!({ "service": "aws-sts", "fail_next": 100_000, "status": 503 }))
+        .await;
     let home = tempfile::tempdir().unwrap();
     let (out, took) = setup.exec(home.path(), &["--ready-timeout", "4s"], &[], &["true"]).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{stderr}");
     assert!(stderr.contains("not every credential was ready within 4s"), "{stderr}");
     assert!(took >= Duration::from_secs(4), "gave up before the timeout: {took:?} {stderr}");
-    assert_eq!(stderr.matches("keyless exec: waiting for aws").count(), 1, "{stderr}");
+    // One line per waiting identity: the default role and `writer`.
+    let waiting = format!("keyless exec: waiting for aws {} ", setup.id("aws_role_arn"));
+    assert_eq!(stderr.matches(&waiting).count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("keyless exec: waiting for aws").count(), 2, "{stderr}");
     assert!(setup.emulator.control.counter("aws-sts").await >= 2, "no retry");
 }
 

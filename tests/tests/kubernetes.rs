@@ -118,7 +118,8 @@ async fn real_token_request_tokens_are_exchanged_and_every_example_app_gets_its_
 
     let home = tempfile::tempdir().unwrap();
     let (listen, ca) = (sidecar.listen.to_string(), emulator.ca.to_str().unwrap());
-    let common = [("KEYLESS_DEV_EMULATOR_URL", emulator.url.as_str()), ("REQUESTS_CA_BUNDLE", ca), ("SSL_CERT_FILE", ca)];
+    let common =
+        [("KEYLESS_DEV_EMULATOR_URL", emulator.url.as_str()), ("REQUESTS_CA_BUNDLE", ca), ("SSL_CERT_FILE", ca)];
     let context = || format!("--- keyless\n{}\n--- emulator\n{}", sidecar.logs(), emulator.logs());
 
     let aws_uri = sidecar.url("/v1/credentials");

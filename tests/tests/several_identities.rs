@@ -141,7 +141,8 @@ async fn the_metadata_server_lists_every_account() {
             response.text().await.unwrap()
         }
     };
-    let (first, second) = (dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT"), dev.var("KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT"));
+    let (first, second) =
+        (dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT"), dev.var("KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT"));
     let mut listing: Vec<String> = get(String::new()).await.lines().map(str::to_owned).collect();
     listing.sort();
     let mut expected = vec!["default/".to_owned(), format!("{first}/"), format!("{second}/")];

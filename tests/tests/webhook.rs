@@ -515,7 +515,10 @@ async fn the_injected_pods_tokens_are_exchanged_for_credentials_the_sdks_accept(
     assert!(gcp.contains(&format!("access token for {}", id("gcp_service_account"))), "{gcp}");
     let azure = example(
         "azure_app.py",
-        vec![("KEYLESS_DEV_AZURE_TENANT_ID", id("azure_tenant_id")), ("KEYLESS_DEV_AZURE_CLIENT_ID", id("azure_client_id"))],
+        vec![
+            ("KEYLESS_DEV_AZURE_TENANT_ID", id("azure_tenant_id")),
+            ("KEYLESS_DEV_AZURE_CLIENT_ID", id("azure_client_id")),
+        ],
     )
     .stdout_ok(context)
     .await;

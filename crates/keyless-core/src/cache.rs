@@ -659,11 +659,7 @@ async fn attempt<E: Exchange>(shared: &Shared<E>, key: &E::Key) -> Result<Issued
     let token = shared.tokens.current().map_err(token_unavailable)?;
     match exchange_once(shared, key, &token).await {
         Err(e) if e.class == ErrorClass::RereadToken => {
-            let fresh = shared
-                .tokens
-                .reread()
-                .await
-                .map_err(token_unavailable)?;
+            let fresh = shared.tokens.reread().await.map_err(token_unavailable)?;
             exchange_once(shared, key, &fresh).await
         }
         other => other,

@@ -47,7 +47,11 @@ impl keyless_provider::Provider for Gcp {
         let chosen = config.service_accounts.remove(at);
         if let Some(former) = config.service_account.take() {
             let delegates = std::mem::take(&mut config.delegates).unwrap_or_default();
-            config.service_accounts.push(crate::accounts::AccountConfig { email: former, delegates, ..Default::default() });
+            config.service_accounts.push(crate::accounts::AccountConfig {
+                email: former,
+                delegates,
+                ..Default::default()
+            });
         }
         config.service_account = Some(chosen.email);
         config.delegates = Some(chosen.delegates);

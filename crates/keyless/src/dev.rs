@@ -244,7 +244,8 @@ fn set_aside_env(set_aside: &SetAside, env: &[AppEnvVar]) -> Vec<AppEnvVar> {
 
 #[allow(clippy::print_stderr)] // said once at start, whatever the log level
 fn report_set_aside(set_aside: &SetAside) {
-    if let Some(line) = set_aside.line("keyless dev", "in the env file (apps that read it use the emulated identities)") {
+    if let Some(line) = set_aside.line("keyless dev", "in the env file (apps that read it use the emulated identities)")
+    {
         eprintln!("{line}");
     }
     for warning in &set_aside.warnings {

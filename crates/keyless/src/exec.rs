@@ -101,12 +101,10 @@ impl InProcess {
         crate::logging::init(Some(config.log.as_deref().unwrap_or("warn")), config.log_format)?;
         let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
         let process_env = |name: &str| std::env::var(name).ok();
-        let started =
-            providers::start_chosen(sections, &ctx, &process_env, choice).await.map_err(|e| e.to_string())?;
+        let started = providers::start_chosen(sections, &ctx, &process_env, choice).await.map_err(|e| e.to_string())?;
         let served = started.iter().map(|p| p.name).collect();
-        let sidecar = Sidecar::bind(config.listen, config.admin_listen, started, &ctx, false)
-            .await
-            .map_err(|e| e.to_string())?;
+        let sidecar =
+            Sidecar::bind(config.listen, config.admin_listen, started, &ctx, false).await.map_err(|e| e.to_string())?;
         let readiness = sidecar.readiness();
         let env = sidecar.app_env();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -230,8 +228,8 @@ fn reason(s: &IdentityStatus) -> String {
 }
 
 fn cannot_heal(statuses: &[&IdentityStatus]) -> String {
-    let mut text = "an identity cannot get a credential until its configuration changes; the command was not run:"
-        .to_owned();
+    let mut text =
+        "an identity cannot get a credential until its configuration changes; the command was not run:".to_owned();
     for s in statuses {
         text.push_str(&reason(s));
     }

@@ -276,9 +276,15 @@ fn main() -> ExitCode {
         Command::Inject { file, options } => inject(file.as_deref(), &options),
         #[cfg(feature = "webhook")]
         Command::Webhook { args } => runtime.block_on(run_logged(webhook::run(args))),
-        Command::Exec { config, ready_timeout, choice, keep_env, command } => runtime.block_on(exec::exec(
-            exec::ExecOptions { config, ready_timeout, command, keep_env, choice: choice.choice() },
-        )),
+        Command::Exec { config, ready_timeout, choice, keep_env, command } => {
+            runtime.block_on(exec::exec(exec::ExecOptions {
+                config,
+                ready_timeout,
+                command,
+                keep_env,
+                choice: choice.choice(),
+            }))
+        }
         Command::Token { cloud, config, role, audience, scopes, resource, format, ready_timeout } => {
             let options =
                 token::TokenOptions { cloud, config, role, audience, scopes, resource, format, ready_timeout };

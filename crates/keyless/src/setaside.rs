@@ -70,7 +70,11 @@ impl Host<'_> {
 
 /// The plan for the providers in `shadowing`, keeping the variables (or file variables) named
 /// in `keep`.
-pub fn plan(shadowing: &[(&'static str, &'static Shadowing)], host: &Host<'_>, keep: &[String]) -> Result<SetAside, String> {
+pub fn plan(
+    shadowing: &[(&'static str, &'static Shadowing)],
+    host: &Host<'_>,
+    keep: &[String],
+) -> Result<SetAside, String> {
     let mut out = SetAside::default();
     let kept = |name: &str| keep.iter().any(|k| k == name);
     for (_, shadowing) in shadowing {

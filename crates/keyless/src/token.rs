@@ -90,9 +90,13 @@ async fn fetch(opts: &TokenOptions) -> Result<String, String> {
 /// Flags that belong to another cloud are refused rather than ignored.
 fn check_flags(opts: &TokenOptions) -> Result<(), String> {
     let misplaced = match opts.cloud {
-        Cloud::Aws => [("--audience", opts.audience.is_some()), ("--scope", !opts.scopes.is_empty()), ("--resource", opts.resource.is_some())]
-            .into_iter()
-            .find(|(_, set)| *set),
+        Cloud::Aws => [
+            ("--audience", opts.audience.is_some()),
+            ("--scope", !opts.scopes.is_empty()),
+            ("--resource", opts.resource.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, set)| *set),
         Cloud::Gcp => [("--resource", opts.resource.is_some())].into_iter().find(|(_, set)| *set),
         Cloud::Azure => [("--audience", opts.audience.is_some()), ("--scope", !opts.scopes.is_empty())]
             .into_iter()
@@ -112,11 +116,8 @@ fn need<'a>(keyless: &'a InProcess, var: &str) -> Result<&'a str, String> {
 }
 
 async fn get(url: &str, headers: &[(&str, &str)]) -> Result<Value, String> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let client =
+        reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().map_err(|e| e.to_string())?;
     let mut request = client.get(url);
     for (k, v) in headers {
         request = request.header(*k, *v);
@@ -171,8 +172,11 @@ async fn gcp(keyless: &InProcess, opts: &TokenOptions) -> Result<String, String>
         if !opts.scopes.is_empty() {
             return Err("--scope applies to access tokens, not to an ID token (--audience)".to_owned());
         }
-        let url = url::Url::parse_with_params(&format!("{base}/identity"), [("audience", audience.as_str()), ("format", "full")])
-            .map_err(|e| e.to_string())?;
+        let url = url::Url::parse_with_params(
+            &format!("{base}/identity"),
+            [("audience", audience.as_str()), ("format", "full")],
+        )
+        .map_err(|e| e.to_string())?;
         let token = get(url.as_str(), &flavor).await?;
         let token = token.as_str().ok_or("the ID token answer is not a JWT")?.trim().to_owned();
         return Ok(match format {
