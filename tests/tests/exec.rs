@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use keyless_test_support::binary::keyless_bin;
@@ -107,7 +107,7 @@ impl Setup {
             .envs(self.emulator_env())
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .kill_on_drop(true);
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         let out = tokio::time::timeout(STARTUP_DEADLINE * 2, command.output()).await.expect("exec finishes").unwrap();
         (out, started.elapsed())
     }

@@ -25,7 +25,7 @@ use crate::providers::{self, Origin, Sections, StartError};
 /// `serve`; this bounds the whole diagnosis (a GCP exchange is two requests) as a backstop.
 /// An exchange slower than [`crate::exec::PROGRESS_AFTER`] gets one progress line on stderr.
 async fn exchange_once(d: &dyn Diagnosis, token: &SubjectToken, limit: Duration) -> Vec<Attempt> {
-    let since = std::time::SystemTime::now();
+    let since = keyless_core::clock::Clock::now(&SystemClock);
     let exchange = tokio::time::timeout(limit.saturating_mul(3), d.exchange_once(token));
     tokio::pin!(exchange);
     let outcome = tokio::select! {

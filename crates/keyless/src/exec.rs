@@ -166,7 +166,7 @@ fn report(set_aside: &SetAside) {
 /// identity still waiting after [`PROGRESS_AFTER`] gets one progress line on stderr.
 pub async fn wait_until_ready(readiness: &[Arc<dyn Readiness>], timeout: Duration, who: &str) -> Result<(), String> {
     let started = tokio::time::Instant::now();
-    let since = SystemTime::now();
+    let since = keyless_core::clock::Clock::now(&SystemClock);
     let deadline = started + timeout;
     let mut announced: Vec<(String, String)> = Vec::new();
     loop {
