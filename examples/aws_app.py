@@ -6,7 +6,7 @@ AWS_EC2_METADATA_SERVICE_ENDPOINT, the region in AWS_DEFAULT_REGION, and, agains
 in AWS_ENDPOINT_URL_STS with its CA in AWS_CA_BUNDLE. GetCallerIdentity is signed with SigV4 using
 the served keys, so a success proves the credentials are real (the emulator verifies the signature).
 
-Optional: KEYLESS_AWS_ROLE_ARN, the role the credentials must belong to.
+Optional: KEYLESS_DEV_AWS_ROLE_ARN, the role the credentials must belong to.
 """
 
 import os
@@ -23,7 +23,7 @@ def main() -> int:
         return 1
     arn = session.client("sts").get_caller_identity()["Arn"]
     print(f"aws: {arn} (credentials from {credentials.method})")
-    expected = os.environ.get("KEYLESS_AWS_ROLE_ARN")
+    expected = os.environ.get("KEYLESS_DEV_AWS_ROLE_ARN")
     if expected:
         # arn:aws:iam::ACCOUNT:role/NAME becomes arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION.
         account, role = expected.split(":")[4], expected.rsplit("/", 1)[-1]

@@ -3,9 +3,9 @@
 Configured only by the environment: DefaultAzureCredential finds the managed-identity endpoint that
 keyless serves on 127.0.0.1 through AZURE_POD_IDENTITY_AUTHORITY_HOST (IMDS) or IDENTITY_ENDPOINT +
 IDENTITY_HEADER (App Service). The token's signature is checked against Entra ID's published keys;
-against the emulator they live at KEYLESS_EMULATOR_URL (trusted through REQUESTS_CA_BUNDLE).
+against the emulator they live at KEYLESS_DEV_EMULATOR_URL (trusted through REQUESTS_CA_BUNDLE).
 
-Optional: KEYLESS_AZURE_TENANT_ID and KEYLESS_AZURE_CLIENT_ID, the identity the token must carry.
+Optional: KEYLESS_DEV_AZURE_TENANT_ID and KEYLESS_DEV_AZURE_CLIENT_ID, the identity the token must carry.
 """
 
 import os
@@ -23,7 +23,7 @@ def main() -> int:
 
     unverified = jwt.decode(token, options={"verify_signature": False})
     tenant = unverified["tid"]
-    authority = os.environ.get("KEYLESS_EMULATOR_URL", "https://login.microsoftonline.com")
+    authority = os.environ.get("KEYLESS_DEV_EMULATOR_URL", "https://login.microsoftonline.com")
     keys = requests.get(f"{authority}/{tenant}/discovery/v2.0/keys", timeout=10)
     keys.raise_for_status()
     kid = jwt.get_unverified_header(token)["kid"]
@@ -34,7 +34,7 @@ def main() -> int:
     claims = jwt.decode(token, key.key, algorithms=["RS256"], audience=[RESOURCE, f"{RESOURCE}/"])
     print(f"azure: token for app {claims['appid']} in tenant {claims['tid']}, audience {claims['aud']}, signature verified")
 
-    for claim, variable in (("tid", "KEYLESS_AZURE_TENANT_ID"), ("appid", "KEYLESS_AZURE_CLIENT_ID")):
+    for claim, variable in (("tid", "KEYLESS_DEV_AZURE_TENANT_ID"), ("appid", "KEYLESS_DEV_AZURE_CLIENT_ID")):
         expected = os.environ.get(variable)
         if expected and claims[claim] != expected:
             print(f"azure: expected {claim} {expected}, got {claims[claim]}", file=sys.stderr)

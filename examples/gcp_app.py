@@ -3,10 +3,10 @@
 Configured only by the environment: google-auth finds the metadata server through
 GCE_METADATA_HOST / GCE_METADATA_IP (keyless serves it on 127.0.0.1) and the project in
 GOOGLE_CLOUD_PROJECT. The access token is checked with Google's tokeninfo endpoint, the ID token's
-signature with Google's certificates; against the emulator both live at KEYLESS_EMULATOR_URL
+signature with Google's certificates; against the emulator both live at KEYLESS_DEV_EMULATOR_URL
 (trusted through REQUESTS_CA_BUNDLE).
 
-Optional: KEYLESS_GCP_SERVICE_ACCOUNT, the service account the token must belong to.
+Optional: KEYLESS_DEV_GCP_SERVICE_ACCOUNT, the service account the token must belong to.
 """
 
 import os
@@ -21,7 +21,7 @@ AUDIENCE = "https://example.com/keyless-example"
 
 
 def main() -> int:
-    emulator = os.environ.get("KEYLESS_EMULATOR_URL")
+    emulator = os.environ.get("KEYLESS_DEV_EMULATOR_URL")
     tokeninfo_url = f"{emulator}/tokeninfo" if emulator else "https://oauth2.googleapis.com/tokeninfo"
     certs_url = f"{emulator}/oauth2/v3/certs" if emulator else "https://www.googleapis.com/oauth2/v3/certs"
 
@@ -39,7 +39,7 @@ def main() -> int:
     claims = google.oauth2.id_token.verify_token(id_token, request, audience=AUDIENCE, certs_url=certs_url)
     print(f"gcp: ID token for {claims.get('email', claims['sub'])}, audience {claims['aud']}, signature verified")
 
-    expected = os.environ.get("KEYLESS_GCP_SERVICE_ACCOUNT")
+    expected = os.environ.get("KEYLESS_DEV_GCP_SERVICE_ACCOUNT")
     if expected and (email != expected or claims.get("email") != expected):
         print(f"gcp: expected tokens of {expected}, got {email} / {claims.get('email')}", file=sys.stderr)
         return 1

@@ -5,7 +5,7 @@ const crypto = require("node:crypto");
 const { GoogleAuth, OAuth2Client } = require("google-auth-library");
 
 async function main() {
-  const emulator = process.env.KEYLESS_EMULATOR_URL;
+  const emulator = process.env.KEYLESS_DEV_EMULATOR_URL;
   const auth = new GoogleAuth({ scopes: ["https://www.googleapis.com/auth/cloud-platform"] });
   const client = await auth.getClient();
   const { token } = await client.getAccessToken();

@@ -7,7 +7,7 @@ async function main() {
   const email = process.argv[2];
   const client = new Compute({ serviceAccountEmail: email });
   const { token } = await client.getAccessToken();
-  const info = await fetch(`${process.env.KEYLESS_EMULATOR_URL}/tokeninfo?access_token=${encodeURIComponent(token)}`);
+  const info = await fetch(`${process.env.KEYLESS_DEV_EMULATOR_URL}/tokeninfo?access_token=${encodeURIComponent(token)}`);
   console.log(JSON.stringify({ tokeninfo: info.status, tokeninfo_email: (await info.json()).email }));
 }
 

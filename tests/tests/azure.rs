@@ -26,10 +26,10 @@ import os, ssl, sys, time
 import jwt
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
-TENANT = os.environ["KEYLESS_AZURE_TENANT_ID"]
-CLIENT_ID = os.environ["KEYLESS_AZURE_CLIENT_ID"]
+TENANT = os.environ["KEYLESS_DEV_AZURE_TENANT_ID"]
+CLIENT_ID = os.environ["KEYLESS_DEV_AZURE_CLIENT_ID"]
 _ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-_jwks = jwt.PyJWKClient(f"{os.environ['KEYLESS_EMULATOR_URL']}/{TENANT}/discovery/v2.0/keys", ssl_context=_ctx)
+_jwks = jwt.PyJWKClient(f"{os.environ['KEYLESS_DEV_EMULATOR_URL']}/{TENANT}/discovery/v2.0/keys", ssl_context=_ctx)
 
 def route(credential):
     inner = getattr(credential, "_successful_credential", None) or credential
@@ -90,7 +90,7 @@ claims = verify(token, "https://management.azure.com")
 print(route(credential), claims["aud"], claims["appid"])
 "#;
     let out = dev.python_ok_in(&script(body), &imds_env(&dev)).await;
-    let client_id = dev.var("KEYLESS_AZURE_CLIENT_ID");
+    let client_id = dev.var("KEYLESS_DEV_AZURE_CLIENT_ID");
     assert_eq!(out.trim(), format!("ImdsCredential {MANAGEMENT} {client_id}"));
 }
 
@@ -104,7 +104,7 @@ claims = verify(token, "https://management.azure.com")
 print(route(credential), claims["aud"], claims["appid"])
 "#;
     let out = dev.python_ok(&script(body)).await;
-    let client_id = dev.var("KEYLESS_AZURE_CLIENT_ID");
+    let client_id = dev.var("KEYLESS_DEV_AZURE_CLIENT_ID");
     assert_eq!(out.trim(), format!("AppServiceCredential {MANAGEMENT} {client_id}"));
 }
 
@@ -137,7 +137,7 @@ for drop in ([], ["IDENTITY_ENDPOINT", "IDENTITY_HEADER"]):
     print(route(credential), claims["appid"])
 "#;
     let out = dev.python_ok(&script(body)).await;
-    let client_id = dev.var("KEYLESS_AZURE_CLIENT_ID");
+    let client_id = dev.var("KEYLESS_DEV_AZURE_CLIENT_ID");
     assert_eq!(out.trim(), format!("AppServiceCredential {client_id}\nImdsCredential {client_id}"));
 }
 
@@ -163,7 +163,7 @@ async fn an_unknown_client_id_is_a_clear_error_through_imds() {
     assert!(out.starts_with("CredentialUnavailableError "), "{out}");
     // The credential's message carries keyless' explanation: which id, which ids it serves.
     assert!(out.contains(&format!("client_id {UNKNOWN_CLIENT_ID} is not served by keyless")), "{out}");
-    assert!(out.contains(dev.var("KEYLESS_AZURE_CLIENT_ID")), "{out}");
+    assert!(out.contains(dev.var("KEYLESS_DEV_AZURE_CLIENT_ID")), "{out}");
     assert_eq!(entra_calls(&dev).await, before, "an unknown client id must not reach Entra ID");
 }
 
@@ -208,7 +208,7 @@ async fn concurrent_first_requests_for_a_new_resource_make_one_exchange() {
         assert_eq!(status, reqwest::StatusCode::OK, "{body}");
         assert_eq!(body["resource"], resource, "{body}");
         assert_eq!(body["token_type"], "Bearer", "{body}");
-        assert_eq!(body["client_id"], dev.var("KEYLESS_AZURE_CLIENT_ID"), "{body}");
+        assert_eq!(body["client_id"], dev.var("KEYLESS_DEV_AZURE_CLIENT_ID"), "{body}");
         let expires_on = body["expires_on"].as_str().unwrap_or_else(|| panic!("expires_on not a string: {body}"));
         assert!(expires_on.parse::<u64>().is_ok(), "expires_on is not integer epoch seconds: {body}");
         tokens.insert(body["access_token"].as_str().unwrap().to_owned());

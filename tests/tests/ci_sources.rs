@@ -238,7 +238,8 @@ async fn a_command_source_needs_the_explicit_opt_in() {
     let gh = github_actions_source(&emulator);
     let toml = config(&emulator, [gh.clone(), gh, azure]).await;
     let out = exec(&toml, &actions_env(&emulator), &["true"]).await;
-    assert_eq!(out.status.code(), Some(1));
+    // keyless's own failure: 125, as `env` and `docker run` report theirs.
+    assert_eq!(out.status.code(), Some(125));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("KEYLESS_ALLOW_COMMAND_SOURCES=1"), "{stderr}");
 }
@@ -318,7 +319,7 @@ async fn without_the_id_token_permission_exec_names_it_and_runs_nothing() {
         .output()
         .await
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(125));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("permissions: id-token: write"), "{stderr}");
     assert!(!marker.exists(), "the command ran without credentials");

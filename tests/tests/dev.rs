@@ -19,20 +19,20 @@ const REQUIRED: &[&str] = &[
     "IDENTITY_ENDPOINT",
     "IDENTITY_HEADER",
     "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-    "KEYLESS_EMULATOR_URL",
-    "KEYLESS_EMULATOR_CA",
+    "KEYLESS_DEV_EMULATOR_URL",
+    "KEYLESS_DEV_EMULATOR_CA",
     "REQUESTS_CA_BUNDLE",
     "SSL_CERT_FILE",
     "NODE_EXTRA_CA_CERTS",
-    "KEYLESS_AWS_ROLE_ARN",
-    "KEYLESS_GCP_SERVICE_ACCOUNT",
-    "KEYLESS_GCP_PROJECT_ID",
-    "KEYLESS_AZURE_CLIENT_ID",
-    "KEYLESS_AZURE_TENANT_ID",
-    "KEYLESS_AWS_SECOND_ROLE_NAME",
-    "KEYLESS_AWS_SECOND_ROLE_ARN",
-    "KEYLESS_GCP_SECOND_SERVICE_ACCOUNT",
-    "KEYLESS_AZURE_SECOND_CLIENT_ID",
+    "KEYLESS_DEV_AWS_ROLE_ARN",
+    "KEYLESS_DEV_GCP_SERVICE_ACCOUNT",
+    "KEYLESS_DEV_GCP_PROJECT_ID",
+    "KEYLESS_DEV_AZURE_CLIENT_ID",
+    "KEYLESS_DEV_AZURE_TENANT_ID",
+    "KEYLESS_DEV_AWS_SECOND_ROLE_NAME",
+    "KEYLESS_DEV_AWS_SECOND_ROLE_ARN",
+    "KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT",
+    "KEYLESS_DEV_AZURE_SECOND_CLIENT_ID",
 ];
 
 #[tokio::test]
@@ -60,7 +60,7 @@ async fn writes_the_app_env_file_that_spec_section_4_promises() {
 
     // The bundle apps get in SSL_CERT_FILE trusts the emulator and the system's CAs alike.
     let bundle = std::fs::read_to_string(dev.var("SSL_CERT_FILE")).unwrap();
-    let emulator_ca = std::fs::read_to_string(dev.var("KEYLESS_EMULATOR_CA")).unwrap();
+    let emulator_ca = std::fs::read_to_string(dev.var("KEYLESS_DEV_EMULATOR_CA")).unwrap();
     assert!(bundle.contains(emulator_ca.trim()));
     assert!(bundle.matches("BEGIN CERTIFICATE").count() > 1, "no system CA in the bundle");
 }
@@ -114,4 +114,52 @@ async fn every_answered_request_is_counted_by_provider_route_and_status() {
     assert_eq!(dev.requests_counted("aws", container_path, 403).await, 1);
     assert_eq!(dev.requests_counted("azure", "/metadata/identity/oauth2/token", 400).await, 1);
     assert_eq!(dev.requests_counted("aws", container_path, 200).await, 0, "a request that was not made is counted");
+}
+
+/// A laptop with its own AWS keys, a credentials file and a Google credential file: the app that
+/// sourced the env file still gets the emulated identities, `keyless dev` says what it set aside,
+/// and `keyless check` in that shell has no note about the env file's variables (issue 23).
+#[tokio::test]
+async fn the_env_file_sets_aside_the_laptops_own_credentials() {
+    let laptop = tempfile::tempdir().unwrap();
+    let credentials = laptop.path().join("credentials");
+    std::fs::write(&credentials, "[default]\naws_access_key_id = AKIALAPTOPKEY\naws_secret_access_key = laptop\n")
+        .unwrap();
+    let laptop_env = [
+        ("HOME", laptop.path().to_str().unwrap()),
+        ("AWS_SHARED_CREDENTIALS_FILE", credentials.to_str().unwrap()),
+        ("AWS_ACCESS_KEY_ID", "AKIASTATICKEY"),
+        ("AWS_SECRET_ACCESS_KEY", "static"),
+        ("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/adc.json"),
+    ];
+    let dev = Dev::start_with_args(&[], &laptop_env).await;
+    assert!(
+        dev.logs().contains(
+            "keyless dev: set aside AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/credentials [default], \
+             GOOGLE_APPLICATION_CREDENTIALS in the env file"
+        ),
+        "{}",
+        dev.logs()
+    );
+    // The shell that sourced the env file: the laptop's variables, the file's on top.
+    let mut shell: std::collections::BTreeMap<String, String> =
+        laptop_env.iter().filter(|(k, _)| *k != "HOME").map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    shell.extend(dev.env.clone());
+    let out = dev
+        .python_ok_in(
+            "import boto3, google.auth\nprint(boto3.client('sts').get_caller_identity()['Arn'])\nprint(google.auth.default()[1])",
+            &shell,
+        )
+        .await;
+    let role = dev.var("KEYLESS_DEV_AWS_ROLE_ARN").rsplit('/').next().unwrap().to_owned();
+    assert!(out.contains(&format!("assumed-role/{role}/")), "{out}");
+    assert!(out.contains(dev.var("KEYLESS_DEV_GCP_PROJECT_ID")), "{out}");
+    let check = std::process::Command::new(keyless_test_support::binary::keyless_bin())
+        .arg("check")
+        .env_clear()
+        .envs(&shell)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&check.stdout);
+    assert!(!printed.contains("is not a keyless setting"), "{printed}");
 }

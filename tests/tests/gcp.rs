@@ -133,12 +133,12 @@ async fn google_auth_default_picks_the_metadata_server_and_detects_the_project()
     // come from the metadata server.
     let env = dev.env_without(&["GOOGLE_CLOUD_PROJECT"]);
     let out = parse_json(&dev.python_ok_in(DEFAULT_CREDENTIALS, &env).await);
-    assert_eq!(out["project"], dev.var("KEYLESS_GCP_PROJECT_ID"), "{out}");
-    assert_eq!(out["email"], dev.var("KEYLESS_GCP_SERVICE_ACCOUNT"), "{out}");
+    assert_eq!(out["project"], dev.var("KEYLESS_DEV_GCP_PROJECT_ID"), "{out}");
+    assert_eq!(out["email"], dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT"), "{out}");
     assert!(out["token"].as_str().unwrap().starts_with("ya29."), "{out}");
 
     let with_project = parse_json(&dev.python_ok(DEFAULT_CREDENTIALS).await);
-    assert_eq!(with_project["project"], dev.var("KEYLESS_GCP_PROJECT_ID"));
+    assert_eq!(with_project["project"], dev.var("KEYLESS_DEV_GCP_PROJECT_ID"));
     assert_eq!(with_project["token"], out["token"], "one cached token for the default scopes");
 }
 
@@ -152,7 +152,7 @@ from google.auth import _helpers, compute_engine
 from google.auth.transport.requests import Request
 credentials = compute_engine.Credentials()
 credentials.refresh(Request())
-info = requests.get(os.environ["KEYLESS_EMULATOR_URL"] + "/tokeninfo",
+info = requests.get(os.environ["KEYLESS_DEV_EMULATOR_URL"] + "/tokeninfo",
                     params={"access_token": credentials.token}, timeout=10)
 print(json.dumps({
     "token": credentials.token,
@@ -165,7 +165,7 @@ print(json.dumps({
 }))
 "#;
     let out = parse_json(&dev.python_ok(script).await);
-    let service_account = dev.var("KEYLESS_GCP_SERVICE_ACCOUNT");
+    let service_account = dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT");
     assert!(!out["token"].as_str().unwrap().is_empty(), "{out}");
     let seconds_left = out["seconds_left"].as_f64().unwrap();
     // Served well over google-auth's 3m45s refresh margin (docs/protocols.md section 5).
@@ -192,7 +192,7 @@ from google.auth.transport.requests import Request
 from google.oauth2 import id_token
 request = Request()
 audience = os.environ["E2E_AUDIENCE"]
-certs_url = os.environ["KEYLESS_EMULATOR_URL"] + "/oauth2/v3/certs"
+certs_url = os.environ["KEYLESS_DEV_EMULATOR_URL"] + "/oauth2/v3/certs"
 credentials = compute_engine.IDTokenCredentials(request, target_audience=audience, use_metadata_identity_endpoint=True)
 credentials.refresh(request)
 claims = id_token.verify_token(credentials.token, request, audience=audience, certs_url=certs_url)
@@ -207,7 +207,7 @@ print(json.dumps({"token": credentials.token, "claims": claims, "other_audience"
     let out = parse_json(&dev.python_ok_in(script, &with_vars(&dev.env, &[("E2E_AUDIENCE", audience)])).await);
     let claims = &out["claims"];
     assert_eq!(claims["aud"], audience, "{out}");
-    assert_eq!(claims["email"], dev.var("KEYLESS_GCP_SERVICE_ACCOUNT"), "{out}");
+    assert_eq!(claims["email"], dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT"), "{out}");
     assert_eq!(claims["email_verified"], true, "{out}");
     assert_eq!(claims["iss"], "https://accounts.google.com", "{out}");
     // The check above is a real one: the same token does not verify for another audience.
@@ -216,7 +216,7 @@ print(json.dumps({"token": credentials.token, "claims": claims, "other_audience"
 
     // The audience's token is cached: the raw endpoint (either name of the account) serves the same one.
     let query = format!("identity?audience={audience}&format=full");
-    let email = dev.var("KEYLESS_GCP_SERVICE_ACCOUNT");
+    let email = dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT");
     for account in ["default", email] {
         let reply = Metadata::of(&dev).get(&format!("instance/service-accounts/{account}/{query}")).await.ok();
         assert_eq!(reply.body, out["token"].as_str().unwrap(), "{account}");
@@ -286,7 +286,7 @@ print(json.dumps({
     ] {
         let info = tokeninfo(&dev, token).await;
         assert_eq!(scope_set(info["scope"].as_str().unwrap()), scopes, "{info}");
-        assert_eq!(info["email"], dev.var("KEYLESS_GCP_SERVICE_ACCOUNT"));
+        assert_eq!(info["email"], dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT"));
     }
 }
 
@@ -311,7 +311,7 @@ async fn the_root_answers_bare_and_metadata_paths_need_the_flavor_header_and_no_
     }
 
     let ok = metadata.raw(project_id, &[("Metadata-Flavor", "Google")]).await.ok();
-    assert_eq!(ok.body, dev.var("KEYLESS_GCP_PROJECT_ID"));
+    assert_eq!(ok.body, dev.var("KEYLESS_DEV_GCP_PROJECT_ID"));
     assert_eq!(metadata.get("instance/no-such-thing").await.status, StatusCode::NOT_FOUND);
 }
 
@@ -321,14 +321,14 @@ async fn project_and_universe_values_are_plain_text() {
     let metadata = Metadata::of(&dev);
     let identities = dev.emulator.identities().await;
 
-    assert_eq!(metadata.get("project/project-id").await.ok().body, dev.var("KEYLESS_GCP_PROJECT_ID"));
+    assert_eq!(metadata.get("project/project-id").await.ok().body, dev.var("KEYLESS_DEV_GCP_PROJECT_ID"));
     let number = metadata.get("project/numeric-project-id").await.ok();
     assert_eq!(number.body, identities["gcp_project_number"].as_str().unwrap());
     assert!(number.body.bytes().all(|b| b.is_ascii_digit()), "{number:?}");
     assert_eq!(metadata.get("universe/universe-domain").await.ok().body, "googleapis.com");
     assert_eq!(
         metadata.get("project/?recursive=true").await.ok().json(),
-        json!({"projectId": dev.var("KEYLESS_GCP_PROJECT_ID"), "numericProjectId": number.body.parse::<u64>().unwrap()})
+        json!({"projectId": dev.var("KEYLESS_DEV_GCP_PROJECT_ID"), "numericProjectId": number.body.parse::<u64>().unwrap()})
     );
 }
 
@@ -336,10 +336,10 @@ async fn project_and_universe_values_are_plain_text() {
 async fn service_accounts_are_listed_and_reachable_as_default_and_by_email() {
     let dev = Dev::start().await;
     let metadata = Metadata::of(&dev);
-    let email = dev.var("KEYLESS_GCP_SERVICE_ACCOUNT");
+    let email = dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT");
 
     // `keyless dev` configures a second account too (`several_identities.rs`): listed by e-mail only.
-    let second = dev.var("KEYLESS_GCP_SECOND_SERVICE_ACCOUNT");
+    let second = dev.var("KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT");
     let listing = metadata.get("instance/service-accounts/").await.ok();
     let mut names = listing.body.lines().collect::<Vec<_>>();
     names.sort_unstable();
@@ -377,7 +377,7 @@ async fn service_accounts_are_listed_and_reachable_as_default_and_by_email() {
 async fn token_is_json_with_the_remaining_seconds_as_an_integer() {
     let dev = Dev::start().await;
     let metadata = Metadata::of(&dev);
-    let email = dev.var("KEYLESS_GCP_SERVICE_ACCOUNT");
+    let email = dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT");
 
     let reply = metadata.get(TOKEN).await.ok();
     let body = reply.json();
@@ -408,7 +408,7 @@ async fn identity_needs_an_audience_and_keeps_a_raw_one_whole() {
     let token = metadata.get(&format!("{identity}?audience=https://a.example")).await.ok().body;
     assert_eq!(token.split('.').count(), 3, "{token}");
     assert_eq!(claims_of(&token)["aud"], "https://a.example");
-    assert_eq!(claims_of(&token)["email"], dev.var("KEYLESS_GCP_SERVICE_ACCOUNT"));
+    assert_eq!(claims_of(&token)["email"], dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT"));
     let full = metadata.get(&format!("{identity}?audience=https%3A%2F%2Fa.example&format=full&licenses=FALSE")).await;
     assert_eq!(full.ok().body, token, "one cached token per audience, whatever the format or encoding");
 

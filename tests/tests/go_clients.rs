@@ -58,8 +58,8 @@ async fn google_go_clients_get_a_verified_access_token_and_id_token_from_the_met
     let audience = verify::AWKWARD_AUDIENCE;
     let out = json_of(&dev.run_ok_in(App::go(&go, "gcp", &[audience]), &dev.env).await);
     assert_eq!(out["on_gce"], true, "GCE_METADATA_HOST set means on GCE, without a probe: {out}");
-    assert_eq!(out["project"], dev.var("KEYLESS_GCP_PROJECT_ID"), "{out}");
-    assert_eq!(out["adc_project"], dev.var("KEYLESS_GCP_PROJECT_ID"), "{out}");
+    assert_eq!(out["project"], dev.var("KEYLESS_DEV_GCP_PROJECT_ID"), "{out}");
+    assert_eq!(out["adc_project"], dev.var("KEYLESS_DEV_GCP_PROJECT_ID"), "{out}");
     verify::google_tokens(&dev, &out, audience).await;
     assert!(dev.requests_counted("gcp", "/computeMetadata/{*path}", 200).await >= 4);
 }

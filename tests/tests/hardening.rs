@@ -254,7 +254,7 @@ async fn dev_writes_its_files_fresh_and_never_through_a_planted_symlink() {
     let mut exited = false;
     wait_until("keyless dev to write its env file", STARTUP_DEADLINE, || {
         exited = dev.has_exited();
-        let written = std::fs::read_to_string(&env_file).is_ok_and(|t| t.contains("KEYLESS_ADMIN_URL="));
+        let written = std::fs::read_to_string(&env_file).is_ok_and(|t| t.contains("KEYLESS_DEV_ADMIN_URL="));
         async move { written || exited }
     })
     .await;
@@ -301,7 +301,7 @@ async fn emulate_off_loopback_needs_the_remote_control_flag() {
 async fn readyz_details_still_reach_a_loopback_peer() {
     let dev = Dev::start().await;
     let body = reqwest::get(format!("{}/readyz", dev.admin_url())).await.unwrap().text().await.unwrap();
-    assert!(body.contains(dev.var("KEYLESS_AWS_ROLE_ARN")), "{body}");
-    assert!(body.contains(dev.var("KEYLESS_GCP_SERVICE_ACCOUNT")), "{body}");
+    assert!(body.contains(dev.var("KEYLESS_DEV_AWS_ROLE_ARN")), "{body}");
+    assert!(body.contains(dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT")), "{body}");
     assert!(dev.stop().await.success());
 }

@@ -52,7 +52,7 @@ async fn the_security_credentials_extended_path_answers_404_the_one_status_java_
         .text()
         .await
         .unwrap();
-    let role = dev.var("KEYLESS_AWS_ROLE_ARN").rsplit('/').next().unwrap().to_owned();
+    let role = dev.var("KEYLESS_DEV_AWS_ROLE_ARN").rsplit('/').next().unwrap().to_owned();
     for path in ["", role.as_str()] {
         let url = format!("{base}/latest/meta-data/iam/security-credentials-extended/{path}");
         let response = http.get(url).header("x-aws-ec2-metadata-token", &token).send().await.unwrap();

@@ -118,7 +118,8 @@ async fn real_token_request_tokens_are_exchanged_and_every_example_app_gets_its_
 
     let home = tempfile::tempdir().unwrap();
     let (listen, ca) = (sidecar.listen.to_string(), emulator.ca.to_str().unwrap());
-    let common = [("KEYLESS_EMULATOR_URL", emulator.url.as_str()), ("REQUESTS_CA_BUNDLE", ca), ("SSL_CERT_FILE", ca)];
+    let common =
+        [("KEYLESS_DEV_EMULATOR_URL", emulator.url.as_str()), ("REQUESTS_CA_BUNDLE", ca), ("SSL_CERT_FILE", ca)];
     let context = || format!("--- keyless\n{}\n--- emulator\n{}", sidecar.logs(), emulator.logs());
 
     let aws_uri = sidecar.url("/v1/credentials");
@@ -128,7 +129,7 @@ async fn real_token_request_tokens_are_exchanged_and_every_example_app_gets_its_
         ("AWS_DEFAULT_REGION", "us-east-1"),
         ("AWS_ENDPOINT_URL_STS", emulator.url.as_str()),
         ("AWS_CA_BUNDLE", ca),
-        ("KEYLESS_AWS_ROLE_ARN", ids["aws_role_arn"].as_str().unwrap()),
+        ("KEYLESS_DEV_AWS_ROLE_ARN", ids["aws_role_arn"].as_str().unwrap()),
     ];
     let aws = run_example("aws_app.py", &[&common[..], &aws_env].concat(), home.path(), context).await;
     assert!(aws.contains("aws: arn:aws:sts::123456789012:assumed-role/keyless-dev/"), "{aws}");
@@ -139,7 +140,7 @@ async fn real_token_request_tokens_are_exchanged_and_every_example_app_gets_its_
         ("GCE_METADATA_IP", listen.as_str()),
         ("METADATA_SERVER_DETECTION", "assume-present"),
         ("GOOGLE_CLOUD_PROJECT", ids["gcp_project_id"].as_str().unwrap()),
-        ("KEYLESS_GCP_SERVICE_ACCOUNT", gcp_sa),
+        ("KEYLESS_DEV_GCP_SERVICE_ACCOUNT", gcp_sa),
     ];
     let gcp = run_example("gcp_app.py", &[&common[..], &gcp_env].concat(), home.path(), context).await;
     assert!(gcp.contains(&format!("access token for {gcp_sa}")) && gcp.contains("signature verified"), "{gcp}");
@@ -148,8 +149,8 @@ async fn real_token_request_tokens_are_exchanged_and_every_example_app_gets_its_
     let authority = format!("http://{listen}");
     let azure_env = [
         ("AZURE_POD_IDENTITY_AUTHORITY_HOST", authority.as_str()),
-        ("KEYLESS_AZURE_TENANT_ID", ids["azure_tenant_id"].as_str().unwrap()),
-        ("KEYLESS_AZURE_CLIENT_ID", client_id),
+        ("KEYLESS_DEV_AZURE_TENANT_ID", ids["azure_tenant_id"].as_str().unwrap()),
+        ("KEYLESS_DEV_AZURE_CLIENT_ID", client_id),
     ];
     let azure = run_example("azure_app.py", &[&common[..], &azure_env].concat(), home.path(), context).await;
     assert!(azure.contains(&format!("token for app {client_id}")) && azure.contains("signature verified"), "{azure}");

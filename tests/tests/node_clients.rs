@@ -37,11 +37,11 @@ async fn google_auth_library_finds_the_metadata_server_and_gets_verified_access_
     // Characters a URL-encoder would change: the ID token must carry the audience as given.
     let audience = verify::AWKWARD_AUDIENCE;
     let out = json_of(&dev.node_ok_in(&node, "gcp.cjs", &[audience], &dev.env).await);
-    let account = dev.var("KEYLESS_GCP_SERVICE_ACCOUNT");
+    let account = dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT");
     assert_eq!(out["client"], "Compute", "{out}");
     assert_eq!(out["tokeninfo"], 200, "the emulator's tokeninfo refused the access token: {out}");
     assert_eq!(out["tokeninfo_email"], account, "{out}");
-    assert_eq!(out["project"], dev.var("KEYLESS_GCP_PROJECT_ID"), "{out}");
+    assert_eq!(out["project"], dev.var("KEYLESS_DEV_GCP_PROJECT_ID"), "{out}");
     assert_eq!(out["email"], account, "{out}");
     assert_eq!(out["id_token_aud"], audience, "{out}");
     assert_eq!(out["id_token_email"], account, "{out}");
@@ -51,7 +51,7 @@ async fn google_auth_library_finds_the_metadata_server_and_gets_verified_access_
 async fn azure_identity_js_gets_tokens_on_app_service_and_on_imds_with_msal_nodes_trailing_slash() {
     let Some(node) = node_clients() else { return };
     let dev = Dev::start().await;
-    let client_id = dev.var("KEYLESS_AZURE_CLIENT_ID");
+    let client_id = dev.var("KEYLESS_DEV_AZURE_CLIENT_ID");
 
     // App Service variables present: ManagedIdentityCredential uses them.
     let out =

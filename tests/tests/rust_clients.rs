@@ -71,7 +71,7 @@ const GOOGLE_AUDIENCE: &str = "https://example.com/rust?a=1&b=2";
 async fn google_cloud_auth_default_credentials_use_the_metadata_server_for_access_and_id_tokens() {
     let dev = Dev::start().await;
     let out = run_child(&dev, "child_google_tokens", &dev.env).await;
-    let account = dev.var("KEYLESS_GCP_SERVICE_ACCOUNT");
+    let account = dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT");
     assert!(out.contains(&format!("tokeninfo 200 {account}")), "{out}");
     assert!(out.contains(&format!("id token for {GOOGLE_AUDIENCE} verified, email {account}")), "{out}");
 }
@@ -84,8 +84,8 @@ async fn child_google_tokens() {
     // HOME, so the metadata server.
     let credentials = google_cloud_auth::credentials::Builder::default().build_access_token_credentials().unwrap();
     let token = credentials.access_token().await.unwrap();
-    let emulator = std::env::var("KEYLESS_EMULATOR_URL").unwrap();
-    let ca = std::fs::read(std::env::var("KEYLESS_EMULATOR_CA").unwrap()).unwrap();
+    let emulator = std::env::var("KEYLESS_DEV_EMULATOR_URL").unwrap();
+    let ca = std::fs::read(std::env::var("KEYLESS_DEV_EMULATOR_CA").unwrap()).unwrap();
     let http =
         reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()]).build().unwrap();
     let info = http.get(format!("{emulator}/tokeninfo")).query(&[("access_token", &token.token)]).send().await.unwrap();

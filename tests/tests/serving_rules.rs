@@ -38,7 +38,7 @@ async fn valid(dev: &Dev, http: &reqwest::Client, endpoint: Endpoint) -> Valid {
                 .await
                 .unwrap();
             assert_eq!(session.status(), 200);
-            let role = dev.var("KEYLESS_AWS_ROLE_ARN").rsplit('/').next().unwrap().to_owned();
+            let role = dev.var("KEYLESS_DEV_AWS_ROLE_ARN").rsplit('/').next().unwrap().to_owned();
             Valid {
                 put: false,
                 url: format!("{base}/latest/meta-data/iam/security-credentials/{role}"),

@@ -38,9 +38,9 @@ fn whoami_lines(out: &str) -> (String, String) {
 #[tokio::test]
 async fn boto3_selects_a_named_role_with_credential_process_and_with_its_container_path() {
     let dev = Dev::start().await;
-    let name = dev.var("KEYLESS_AWS_SECOND_ROLE_NAME").to_owned();
-    let second = assumed_role_prefix(dev.var("KEYLESS_AWS_SECOND_ROLE_ARN"));
-    let default = assumed_role_prefix(dev.var("KEYLESS_AWS_ROLE_ARN"));
+    let name = dev.var("KEYLESS_DEV_AWS_SECOND_ROLE_NAME").to_owned();
+    let second = assumed_role_prefix(dev.var("KEYLESS_DEV_AWS_SECOND_ROLE_ARN"));
+    let default = assumed_role_prefix(dev.var("KEYLESS_DEV_AWS_ROLE_ARN"));
     assert_ne!(second, default);
 
     // A `credential_process` profile per source: the running sidecar's endpoint, and an exchange.
@@ -101,13 +101,13 @@ from google.auth import compute_engine
 from google.auth.compute_engine import _metadata
 from google.oauth2 import id_token
 request = google.auth.transport.requests.Request()
-email = os.environ["KEYLESS_GCP_SECOND_SERVICE_ACCOUNT"]
+email = os.environ["KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT"]
 def tokeninfo(token):
-    return requests.get(os.environ["KEYLESS_EMULATOR_URL"] + "/tokeninfo", params={"access_token": token}, timeout=10).json()
+    return requests.get(os.environ["KEYLESS_DEV_EMULATOR_URL"] + "/tokeninfo", params={"access_token": token}, timeout=10).json()
 token, _ = _metadata.get_service_account_token(request, service_account=email)
 raw = _metadata.get(request, f"instance/service-accounts/{email}/identity?audience=https://deploy.example.com")
 claims = id_token.verify_token(raw, request, audience="https://deploy.example.com",
-                               certs_url=os.environ["KEYLESS_EMULATOR_URL"] + "/oauth2/v3/certs")
+                               certs_url=os.environ["KEYLESS_DEV_EMULATOR_URL"] + "/oauth2/v3/certs")
 credentials = compute_engine.Credentials(service_account_email=email)
 credentials.refresh(request)
 print(json.dumps({"tokeninfo": tokeninfo(token), "id_email": claims.get("email"),
@@ -115,13 +115,13 @@ print(json.dumps({"tokeninfo": tokeninfo(token), "id_email": claims.get("email")
                   "credentials_token_email": tokeninfo(credentials.token).get("email")}))
 "#;
     let out: Value = serde_json::from_str(dev.python_ok(script).await.trim()).unwrap();
-    let second = dev.var("KEYLESS_GCP_SECOND_SERVICE_ACCOUNT");
+    let second = dev.var("KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT");
     assert_eq!(out["tokeninfo"]["email"], second, "{out}");
     assert_eq!(out["id_email"], second, "{out}");
     assert_eq!(out["credentials_email"], second, "{out}");
     assert_eq!(
         out["credentials_token_email"],
-        dev.var("KEYLESS_GCP_SERVICE_ACCOUNT"),
+        dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT"),
         "google-auth fetched by e-mail: {out}"
     );
 }
@@ -141,7 +141,8 @@ async fn the_metadata_server_lists_every_account() {
             response.text().await.unwrap()
         }
     };
-    let (first, second) = (dev.var("KEYLESS_GCP_SERVICE_ACCOUNT"), dev.var("KEYLESS_GCP_SECOND_SERVICE_ACCOUNT"));
+    let (first, second) =
+        (dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT"), dev.var("KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT"));
     let mut listing: Vec<String> = get(String::new()).await.lines().map(str::to_owned).collect();
     listing.sort();
     let mut expected = vec!["default/".to_owned(), format!("{first}/"), format!("{second}/")];
@@ -165,7 +166,7 @@ async fn the_metadata_server_lists_every_account() {
 async fn google_auth_library_selects_a_service_account_by_email() {
     let Some(node) = node_clients() else { return };
     let dev = Dev::start().await;
-    let second = dev.var("KEYLESS_GCP_SECOND_SERVICE_ACCOUNT");
+    let second = dev.var("KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT");
     let out = dev.node_ok_in(&node, "gcp_account.cjs", &[second], &dev.env).await;
     let out: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(out["tokeninfo"], 200, "{out}");
@@ -181,10 +182,10 @@ async fn azure_identity_selects_the_second_client_id_on_imds_and_app_service() {
 import os, ssl
 import jwt
 from azure.identity import ManagedIdentityCredential
-TENANT = os.environ["KEYLESS_AZURE_TENANT_ID"]
-SECOND = os.environ["KEYLESS_AZURE_SECOND_CLIENT_ID"]
+TENANT = os.environ["KEYLESS_DEV_AZURE_TENANT_ID"]
+SECOND = os.environ["KEYLESS_DEV_AZURE_SECOND_CLIENT_ID"]
 ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-jwks = jwt.PyJWKClient(f"{os.environ['KEYLESS_EMULATOR_URL']}/{TENANT}/discovery/v2.0/keys", ssl_context=ctx)
+jwks = jwt.PyJWKClient(f"{os.environ['KEYLESS_DEV_EMULATOR_URL']}/{TENANT}/discovery/v2.0/keys", ssl_context=ctx)
 for drop in ([], ["IDENTITY_ENDPOINT", "IDENTITY_HEADER"]):
     for name in drop:
         os.environ.pop(name)
@@ -233,7 +234,7 @@ async fn imds_and_app_service_refuse_selectors_keyless_cannot_map_in_their_nativ
         assert_eq!(body["statusCode"], 400, "{body}");
         assert!(body["message"].as_str().unwrap().contains(selector), "{body}");
     }
-    let second = dev.var("KEYLESS_AZURE_SECOND_CLIENT_ID").to_uppercase();
+    let second = dev.var("KEYLESS_DEV_AZURE_SECOND_CLIENT_ID").to_uppercase();
     let answer = http
         .get(&imds)
         .query(&[("api-version", "2018-02-01"), resource, ("client_id", second.as_str())])
@@ -254,12 +255,12 @@ async fn readiness_and_metrics_name_every_identity() {
     let readyz = clients::loopback().get(format!("{}/readyz", dev.admin_url())).send().await.unwrap();
     let body = readyz.text().await.unwrap();
     let metrics = dev.metrics().await;
-    let name = dev.var("KEYLESS_AWS_SECOND_ROLE_NAME");
+    let name = dev.var("KEYLESS_DEV_AWS_SECOND_ROLE_NAME");
     for identity in [
-        dev.var("KEYLESS_AWS_ROLE_ARN").to_owned(),
-        format!("{name} ({})", dev.var("KEYLESS_AWS_SECOND_ROLE_ARN")),
-        dev.var("KEYLESS_GCP_SERVICE_ACCOUNT").to_owned(),
-        dev.var("KEYLESS_GCP_SECOND_SERVICE_ACCOUNT").to_owned(),
+        dev.var("KEYLESS_DEV_AWS_ROLE_ARN").to_owned(),
+        format!("{name} ({})", dev.var("KEYLESS_DEV_AWS_SECOND_ROLE_ARN")),
+        dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT").to_owned(),
+        dev.var("KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT").to_owned(),
     ] {
         assert!(body.lines().any(|l| l.starts_with("ready ") && l.contains(&identity)), "{identity}: {body}");
         let series = format!("identity=\"{identity}\"");
@@ -270,7 +271,7 @@ async fn readiness_and_metrics_name_every_identity() {
             "{identity}: {metrics}"
         );
     }
-    assert!(body.contains(dev.var("KEYLESS_AZURE_SECOND_CLIENT_ID")), "{body}");
+    assert!(body.contains(dev.var("KEYLESS_DEV_AZURE_SECOND_CLIENT_ID")), "{body}");
 }
 
 /// A second AWS role and a second service account the clouds refuse: the default identities
@@ -408,15 +409,15 @@ async fn check_reports_every_identity() {
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
-    let name = dev.var("KEYLESS_AWS_SECOND_ROLE_NAME");
+    let name = dev.var("KEYLESS_DEV_AWS_SECOND_ROLE_NAME");
     for needle in [
-        format!("AssumeRoleWithWebIdentity for {}", dev.var("KEYLESS_AWS_ROLE_ARN")),
-        format!("AssumeRoleWithWebIdentity for {name} ({})", dev.var("KEYLESS_AWS_SECOND_ROLE_ARN")),
-        format!("role {name} {}", dev.var("KEYLESS_AWS_SECOND_ROLE_ARN")),
-        format!("access token for {}", dev.var("KEYLESS_GCP_SERVICE_ACCOUNT")),
-        format!("access token for {}", dev.var("KEYLESS_GCP_SECOND_SERVICE_ACCOUNT")),
-        format!("service account {}", dev.var("KEYLESS_GCP_SECOND_SERVICE_ACCOUNT")),
-        format!("access token for client {}", dev.var("KEYLESS_AZURE_SECOND_CLIENT_ID")),
+        format!("AssumeRoleWithWebIdentity for {}", dev.var("KEYLESS_DEV_AWS_ROLE_ARN")),
+        format!("AssumeRoleWithWebIdentity for {name} ({})", dev.var("KEYLESS_DEV_AWS_SECOND_ROLE_ARN")),
+        format!("role {name} {}", dev.var("KEYLESS_DEV_AWS_SECOND_ROLE_ARN")),
+        format!("access token for {}", dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT")),
+        format!("access token for {}", dev.var("KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT")),
+        format!("service account {}", dev.var("KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT")),
+        format!("access token for client {}", dev.var("KEYLESS_DEV_AZURE_SECOND_CLIENT_ID")),
     ] {
         assert!(report.contains(&needle), "{needle:?} missing:\n{report}");
     }

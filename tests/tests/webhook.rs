@@ -488,7 +488,7 @@ async fn the_injected_pods_tokens_are_exchanged_for_credentials_the_sdks_accept(
     let app_env: BTreeMap<String, String> =
         env_of(&pod["spec"]["containers"][0]).into_iter().map(|(k, v)| (k, moved(&v))).collect();
     let common = [
-        ("KEYLESS_EMULATOR_URL", emulator.url.as_str()),
+        ("KEYLESS_DEV_EMULATOR_URL", emulator.url.as_str()),
         ("REQUESTS_CA_BUNDLE", ca.as_str()),
         ("SSL_CERT_FILE", ca.as_str()),
     ];
@@ -503,19 +503,22 @@ async fn the_injected_pods_tokens_are_exchanged_for_credentials_the_sdks_accept(
         vec![
             ("AWS_ENDPOINT_URL_STS", emulator.url.clone()),
             ("AWS_CA_BUNDLE", ca.clone()),
-            ("KEYLESS_AWS_ROLE_ARN", id("aws_role_arn")),
+            ("KEYLESS_DEV_AWS_ROLE_ARN", id("aws_role_arn")),
         ],
     )
     .stdout_ok(context)
     .await;
     assert!(aws.contains("aws: arn:aws:sts::123456789012:assumed-role/"), "{aws}");
-    let gcp = example("gcp_app.py", vec![("KEYLESS_GCP_SERVICE_ACCOUNT", id("gcp_service_account"))])
+    let gcp = example("gcp_app.py", vec![("KEYLESS_DEV_GCP_SERVICE_ACCOUNT", id("gcp_service_account"))])
         .stdout_ok(context)
         .await;
     assert!(gcp.contains(&format!("access token for {}", id("gcp_service_account"))), "{gcp}");
     let azure = example(
         "azure_app.py",
-        vec![("KEYLESS_AZURE_TENANT_ID", id("azure_tenant_id")), ("KEYLESS_AZURE_CLIENT_ID", id("azure_client_id"))],
+        vec![
+            ("KEYLESS_DEV_AZURE_TENANT_ID", id("azure_tenant_id")),
+            ("KEYLESS_DEV_AZURE_CLIENT_ID", id("azure_client_id")),
+        ],
     )
     .stdout_ok(context)
     .await;

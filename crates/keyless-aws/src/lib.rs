@@ -20,6 +20,7 @@ mod imds;
 mod roles;
 mod serve;
 mod settings;
+mod shadow;
 mod sts;
 
 use std::sync::Arc;
@@ -51,6 +52,27 @@ impl keyless_provider::Provider for Aws {
 
     fn from_env(env: Env<'_>) -> Result<Option<Config>, ProviderError> {
         Ok(Config::from_env(env)?)
+    }
+
+    const SHADOWING: keyless_provider::Shadowing = shadow::SHADOWING;
+
+    /// The named role `name` (`[[aws.roles]]`) as the default role too: served on the default
+    /// container path and IMDS as well as on its own path.
+    fn select_default(mut config: Config, name: &str) -> Result<Config, ProviderError> {
+        let Some(role) = config.roles.iter().find(|r| r.name == name).cloned() else {
+            let names: Vec<&str> = config.roles.iter().map(|r| r.name.as_str()).collect();
+            return Err(ConfigError::invalid(
+                "roles",
+                format!("no [[aws.roles]] entry is named {name:?} (configured: {names:?})"),
+            )
+            .into());
+        };
+        config.role_arn = role.role_arn;
+        config.session_name = role.session_name.or(config.session_name);
+        config.duration = role.duration.unwrap_or(config.duration);
+        config.policy = role.policy;
+        config.policy_arns = role.policy_arns;
+        Ok(config)
     }
 
     fn configure(config: Config, _ctx: &Context) -> Result<Box<dyn Configured>, ProviderError> {

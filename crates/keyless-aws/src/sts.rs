@@ -145,6 +145,11 @@ impl StsExchange {
                 let message =
                     format!("STS AssumeRoleWithWebIdentity for {role} failed with HTTP {status} {code}: {text}");
                 let e = match code.as_str() {
+                    // The account has no provider for the token's issuer: another token from the
+                    // same issuer cannot change that.
+                    "InvalidIdentityToken" if text.contains("No OpenIDConnect provider found") => {
+                        ExchangeError::terminal(message)
+                    }
                     "InvalidIdentityToken" | "ExpiredTokenException" | "ExpiredToken" => {
                         ExchangeError::reread_token(message)
                     }

@@ -14,6 +14,7 @@ mod identity;
 mod imds;
 mod rendered;
 mod serve;
+mod shadow;
 
 use std::sync::Arc;
 
@@ -39,6 +40,28 @@ impl keyless_provider::Provider for Azure {
 
     fn from_env(env: Env<'_>) -> Result<Option<Config>, ProviderError> {
         Ok(Config::from_env(env)?)
+    }
+
+    const SHADOWING: keyless_provider::Shadowing = shadow::SHADOWING;
+
+    /// The client id `client_id` (one of `additional_client_ids`) swapped with `client_id`: served
+    /// to requests that name none, the former default still served when named.
+    fn select_default(mut config: Config, client_id: &str) -> Result<Config, ProviderError> {
+        if config.client_id.eq_ignore_ascii_case(client_id) {
+            return Ok(config);
+        }
+        let Some(at) = config.additional_client_ids.iter().position(|c| c.eq_ignore_ascii_case(client_id)) else {
+            return Err(ConfigError::Invalid {
+                key: "azure.additional_client_ids".to_owned(),
+                reason: format!(
+                    "{client_id:?} is not a configured client id (configured: {:?} and {:?})",
+                    config.client_id, config.additional_client_ids
+                ),
+            }
+            .into());
+        };
+        std::mem::swap(&mut config.client_id, &mut config.additional_client_ids[at]);
+        Ok(config)
     }
 
     fn configure(config: Config, ctx: &Context) -> Result<Box<dyn Configured>, ProviderError> {

@@ -30,7 +30,7 @@ use crate::exchange::{ErrorClass, Exchange, ExchangeError, Expiring, Issued};
 use crate::metrics::{Lookup, LookupCounter, Metrics};
 use crate::source::TokenSource;
 use crate::task::AbortOnDrop;
-use crate::token::SubjectToken;
+use crate::token::{SubjectToken, TokenError};
 
 mod budget;
 use budget::{AdhocBudget, Spent};
@@ -648,19 +648,18 @@ async fn wait_for_adhoc_budget<E: Exchange>(shared: &Shared<E>, key: &E::Key, tx
     tokio::time::sleep_until(start_at).await;
 }
 
+/// No subject token: retryable, unless the source cannot give one without a change.
+fn token_unavailable(e: TokenError) -> ExchangeError {
+    let err = if e.heals() { ExchangeError::retryable(e.to_string()) } else { ExchangeError::terminal(e.to_string()) };
+    err.with_code("SubjectTokenUnavailable")
+}
+
 /// One exchange, and on a token-rejected error one retry with a freshly read token.
 async fn attempt<E: Exchange>(shared: &Shared<E>, key: &E::Key) -> Result<Issued<E::Credential>, ExchangeError> {
-    let token = shared
-        .tokens
-        .current()
-        .map_err(|e| ExchangeError::retryable(e.to_string()).with_code("SubjectTokenUnavailable"))?;
+    let token = shared.tokens.current().map_err(token_unavailable)?;
     match exchange_once(shared, key, &token).await {
         Err(e) if e.class == ErrorClass::RereadToken => {
-            let fresh = shared
-                .tokens
-                .reread()
-                .await
-                .map_err(|te| ExchangeError::retryable(te.to_string()).with_code("SubjectTokenUnavailable"))?;
+            let fresh = shared.tokens.reread().await.map_err(token_unavailable)?;
             exchange_once(shared, key, &fresh).await
         }
         other => other,

@@ -210,6 +210,10 @@ pub enum TokenError {
     Malformed { path: PathBuf, shape: TokenShapeError },
     #[error("no subject token from {from}: {reason}")]
     Unavailable { from: SourceId, reason: String },
+    /// The source cannot give a token without a change of configuration or environment (a
+    /// variable that is unset in this process): retrying cannot help.
+    #[error("no subject token from {from}: {reason}")]
+    Unconfigured { from: SourceId, reason: String },
     #[error("the subject token from {from} is unusable: {shape}")]
     Invalid { from: SourceId, shape: TokenShapeError },
     #[error("no subject token from {from}: it did not answer within {}", humantime::format_duration(*.after))]
@@ -217,6 +221,12 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// Whether trying again later may succeed: false for a source missing its configuration
+    /// (`keyless exec` then stops at once instead of waiting out its ready timeout).
+    pub fn heals(&self) -> bool {
+        !matches!(self, Self::Unconfigured { .. })
+    }
+
     /// The error of reading the token file at `path` with [`crate::read_regular_file`].
     pub(crate) fn from_file_read(path: PathBuf, err: RegularFileError) -> Self {
         match err {

@@ -19,6 +19,7 @@ mod identity;
 mod metadata;
 mod provider;
 mod rejection;
+mod shadow;
 mod sources;
 
 pub use accounts::AccountConfig;

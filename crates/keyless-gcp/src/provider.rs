@@ -27,6 +27,40 @@ impl keyless_provider::Provider for Gcp {
         Ok(Config::from_env(env)?)
     }
 
+    const SHADOWING: keyless_provider::Shadowing = crate::shadow::SHADOWING;
+
+    /// The `[[gcp.service_accounts]]` entry `email` swapped with the default service account:
+    /// the metadata server's `default` is then `email`, and the former default is served by its
+    /// own e-mail.
+    fn select_default(mut config: Config, email: &str) -> Result<Config, ProviderError> {
+        let Some(at) = config.service_accounts.iter().position(|a| a.email.eq_ignore_ascii_case(email)) else {
+            if config.service_account.as_deref().is_some_and(|d| d.eq_ignore_ascii_case(email)) {
+                return Ok(config);
+            }
+            let emails: Vec<&str> = config.service_accounts.iter().map(|a| a.email.as_str()).collect();
+            return Err(crate::ConfigError::invalid(
+                "gcp.service_accounts",
+                format!("{email:?} is not a configured service account (configured besides the default: {emails:?})"),
+            )
+            .into());
+        };
+        let chosen = config.service_accounts.remove(at);
+        if let Some(former) = config.service_account.take() {
+            let delegates = std::mem::take(&mut config.delegates).unwrap_or_default();
+            config.service_accounts.push(crate::accounts::AccountConfig {
+                email: former,
+                delegates,
+                ..Default::default()
+            });
+        }
+        config.service_account = Some(chosen.email);
+        config.delegates = Some(chosen.delegates);
+        config.scopes = chosen.scopes.or(config.scopes);
+        config.token_lifetime = chosen.token_lifetime.or(config.token_lifetime);
+        config.id_token_audiences.extend(chosen.id_token_audiences);
+        Ok(config)
+    }
+
     fn configure(config: Config, _ctx: &Context) -> Result<Box<dyn Configured>, ProviderError> {
         Ok(Box::new(GcpConfigured { settings: config.resolve()? }))
     }

@@ -21,6 +21,7 @@ use crate::dispatch::Handler;
 use crate::guard::Rules;
 use crate::listen::AppHost;
 use crate::routes::RouteClaim;
+use crate::shadow::Shadowing;
 
 /// A boxed, sendable future (the contract is object-safe: the binary holds `Box<dyn ...>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -63,6 +64,21 @@ pub trait Provider: 'static {
     /// The section built from the env vars a workload-identity webhook injects, used when the
     /// config has no section; `None` when those variables are absent.
     fn from_env(env: Env<'_>) -> Result<Option<Self::Config>, ProviderError>;
+
+    /// The local credential sources cloud SDKs rank above this provider's endpoints: what
+    /// `keyless exec` and `keyless dev` set aside for the program they serve.
+    const SHADOWING: Shadowing = Shadowing::NONE;
+
+    /// The section with `identity` (a named role, a service account, a client id: whatever
+    /// `keyless exec --aws-role` and its siblings take) made the default identity, the one an SDK gets without
+    /// naming one. An identity the section does not configure is an error naming those it does.
+    fn select_default(config: Self::Config, identity: &str) -> Result<Self::Config, ProviderError> {
+        let _ = config;
+        Err(ProviderError::from(std::io::Error::other(format!(
+            "{identity:?}: {} has no other identity to choose from",
+            Self::NAME
+        ))))
+    }
 
     /// Validates the section (errors name the key and the fix). Writes nothing, starts nothing.
     fn configure(config: Self::Config, ctx: &Context) -> Result<Box<dyn Configured>, ProviderError>;

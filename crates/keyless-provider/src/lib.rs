@@ -5,6 +5,7 @@
 //!   with [`Configured`] (the routes it will claim, a diagnosis for `keyless check`, start) and
 //!   [`Started`] (its native routes, readiness, the app's environment). The binary iterates
 //!   providers through this contract; it lists none of their methods by hand.
+//! - [`shadow`]: the local credential sources SDKs rank above each provider's endpoints.
 //! - [`routes`]: route claims, checked for collisions before anything listens.
 //! - [`dispatch`]: the credential listener's request path: every provider's routes in one table,
 //!   each behind its provider's rules, with the request counter.
@@ -25,6 +26,7 @@ pub mod dispatch;
 pub mod guard;
 mod listen;
 pub mod routes;
+pub mod shadow;
 pub mod upstream;
 
 use axum::Router;
@@ -34,6 +36,7 @@ pub use dispatch::{Handler, Request, Routes};
 pub use guard::{NativeErrors, Rules, Violation};
 pub use listen::AppHost;
 pub use routes::{RouteClaim, RouteCollision};
+pub use shadow::{Filtered, ShadowFile, ShadowFileKind, ShadowVar, Shadowing};
 
 /// One provider's native routes behind the shared request rules, as the credential listener
 /// serves them ([`Routes`]), as an axum `Router` (the adapters' tests serve it with

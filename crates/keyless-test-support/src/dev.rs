@@ -79,7 +79,7 @@ impl Dev {
         assert!(!exited, "keyless dev exited early:\n{}{}", read(&stdout_path), read(&stderr_path));
         let env = parse_env_file(&std::fs::read_to_string(&env_file).expect("the env file"));
         let var = |name: &str| env.get(name).unwrap_or_else(|| panic!("{name} missing from the env file"));
-        let emulator = ControlApi::new(var("KEYLESS_EMULATOR_URL"), Path::new(var("KEYLESS_EMULATOR_CA")));
+        let emulator = ControlApi::new(var("KEYLESS_DEV_EMULATOR_URL"), Path::new(var("KEYLESS_DEV_EMULATOR_CA")));
         let dev = Self { child, dir, env, stdout_path, stderr_path, emulator };
         dev.wait_ready().await;
         dev
@@ -91,7 +91,7 @@ impl Dev {
     }
 
     pub fn admin_url(&self) -> &str {
-        self.var("KEYLESS_ADMIN_URL")
+        self.var("KEYLESS_DEV_ADMIN_URL")
     }
 
     /// `/readyz`'s status (599: nothing answers).

@@ -39,7 +39,7 @@ pub async fn aws_from_imdsv2(dev: &Dev, out: &Value) {
 }
 
 async fn assert_dev_role(dev: &Dev, out: &Value) {
-    let role = dev.var("KEYLESS_AWS_ROLE_ARN").rsplit('/').next().unwrap_or_default();
+    let role = dev.var("KEYLESS_DEV_AWS_ROLE_ARN").rsplit('/').next().unwrap_or_default();
     let arn = match out["arn"].as_str() {
         Some(arn) => arn.to_owned(),
         None => aws_caller_arn(dev, out).await,
@@ -50,7 +50,7 @@ async fn assert_dev_role(dev: &Dev, out: &Value) {
 /// That a Google client's output (`email`, `access_token`, `id_token` for `audience`) is the dev
 /// service account's, each token accepted by the emulated Google.
 pub async fn google_tokens(dev: &Dev, out: &Value, audience: &str) {
-    let account = dev.var("KEYLESS_GCP_SERVICE_ACCOUNT");
+    let account = dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT");
     let field = |name: &str| out[name].as_str().unwrap_or_else(|| panic!("{name} missing: {out}")).to_owned();
     assert_eq!(field("email"), account, "{out}");
     let info = google_tokeninfo(dev, &field("access_token")).await;
@@ -82,7 +82,7 @@ pub async fn aws_caller_arn(dev: &Dev, credentials: &Value) -> String {
     );
     let sts = clients::aws_sts(
         dev.var("AWS_ENDPOINT_URL_STS"),
-        std::path::Path::new(dev.var("KEYLESS_EMULATOR_CA")),
+        std::path::Path::new(dev.var("KEYLESS_DEV_EMULATOR_CA")),
         dev.var("AWS_REGION"),
         Some(SharedCredentialsProvider::new(keys)),
     );
@@ -115,9 +115,9 @@ pub async fn google_id_token(dev: &Dev, id_token: &str, audience: &str) -> Value
 /// (signature, expiry, `aud` exactly, issuer `https://sts.windows.net/{tenant}/`), with the
 /// identity's `appid`.
 pub async fn entra_token(dev: &Dev, token: &str, resource: &str) -> Value {
-    let tenant = dev.var("KEYLESS_AZURE_TENANT_ID");
+    let tenant = dev.var("KEYLESS_DEV_AZURE_TENANT_ID");
     let jwks = Jwks::fetch(dev.emulator.client(), &dev.emulator.url(&format!("/{tenant}/discovery/v2.0/keys"))).await;
     let claims = jwks.verify(token, resource, &format!("https://sts.windows.net/{tenant}/"));
-    assert_eq!(claims["appid"], dev.var("KEYLESS_AZURE_CLIENT_ID"), "the token is not the identity's: {claims}");
+    assert_eq!(claims["appid"], dev.var("KEYLESS_DEV_AZURE_CLIENT_ID"), "the token is not the identity's: {claims}");
     claims
 }

@@ -23,8 +23,19 @@ use crate::providers::{self, Origin, Sections, StartError};
 /// One exchange per configured credential. Each upstream request is bounded by
 /// `cache.exchange_timeout` in the provider's own client (`keyless_provider::upstream`), as in
 /// `serve`; this bounds the whole diagnosis (a GCP exchange is two requests) as a backstop.
+/// An exchange slower than [`crate::exec::PROGRESS_AFTER`] gets one progress line on stderr.
 async fn exchange_once(d: &dyn Diagnosis, token: &SubjectToken, limit: Duration) -> Vec<Attempt> {
-    match tokio::time::timeout(limit.saturating_mul(3), d.exchange_once(token)).await {
+    let since = keyless_core::clock::Clock::now(&SystemClock);
+    let exchange = tokio::time::timeout(limit.saturating_mul(3), d.exchange_once(token));
+    tokio::pin!(exchange);
+    let outcome = tokio::select! {
+        outcome = &mut exchange => outcome,
+        () = tokio::time::sleep(crate::exec::PROGRESS_AFTER) => {
+            crate::exec::progress_line("keyless check", &d.identity(), since);
+            exchange.await
+        }
+    };
+    match outcome {
         Ok(attempts) => attempts,
         Err(_) => vec![Attempt {
             what: "the exchange".to_owned(),

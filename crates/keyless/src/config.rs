@@ -181,14 +181,19 @@ pub struct Overrides {
     pub admin_listen: Option<SocketAddr>,
 }
 
-/// The `KEYLESS_*` variables that are settings. Others (like the `KEYLESS_AWS_ROLE_ARN` that
-/// `keyless dev` writes for apps) are not ours to reject: they are skipped with a warning.
+/// The `KEYLESS_*` variables that are settings. `KEYLESS_DEV_*` are `keyless dev`'s env file for
+/// apps (no setting or section is named `dev`): ignored without a word, so a shell that sourced
+/// the env file runs keyless without notes. Others are not ours to reject: they are skipped with
+/// a warning.
+/// The prefix (after `KEYLESS_`) of the variables `keyless dev` writes for apps.
+pub const DEV_APP_PREFIX: &str = "DEV_";
+
 pub fn settings_from_env(env: &HashMap<String, String>) -> (HashMap<String, String>, Vec<String>) {
     let mut settings = HashMap::new();
     let mut skipped = Vec::new();
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("KEYLESS_") else { continue };
-        if rest == "CONFIG" {
+        if rest == "CONFIG" || rest.starts_with(DEV_APP_PREFIX) {
             continue;
         }
         let key = rest.to_ascii_lowercase();
@@ -480,6 +485,9 @@ mod tests {
             ("KEYLESS_AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
             ("KEYLESS_LOG", "debug"),
             ("KEYLESS_CONFIG", "/etc/keyless.toml"),
+            // keyless dev's env file, sourced into the shell: not a setting, and no note.
+            ("KEYLESS_DEV_AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+            ("KEYLESS_DEV_EMULATOR_URL", "https://127.0.0.1:9813"),
         ]));
         assert_eq!(settings.len(), 1);
         assert_eq!(skipped, vec!["KEYLESS_AWS_ROLE_ARN".to_owned()]);

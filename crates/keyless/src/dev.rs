@@ -19,6 +19,7 @@ use tracing::info;
 use crate::config::{self, Config, Overrides};
 use crate::providers;
 use crate::serve::{self, Sidecar};
+use crate::setaside::{self, SetAside};
 
 #[derive(Debug, Clone)]
 pub struct DevOptions {
@@ -159,7 +160,7 @@ ca_file = {ca}
     )
 }
 
-/// The `[[aws.roles]]` name of the emulator's second role (`KEYLESS_AWS_SECOND_ROLE_NAME`).
+/// The `[[aws.roles]]` name of the emulator's second role (`KEYLESS_DEV_AWS_SECOND_ROLE_NAME`).
 const DEV_SECOND_ROLE_NAME: &str = "writer";
 
 /// The keys of a cloud section that say where its subject token comes from: the projected file,
@@ -207,20 +208,49 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     // The emulated identities only: the host's own cloud env vars must not leak into dev.
     let no_env = |_: &str| None;
     let started = providers::start_all(sections, &ctx, &no_env).await.map_err(|e| e.to_string())?;
+    let served: Vec<&'static str> = started.iter().map(|p| p.name).collect();
     let sidecar =
         Sidecar::bind(config.listen, config.admin_listen, started, &ctx, true).await.map_err(|e| e.to_string())?;
 
     let mut env = sidecar.app_env();
     env.extend(emulator_env(&emulator, &bundle, sidecar.admin_addr()));
+    // The laptop's own credentials must not win over the emulated identities in an app that
+    // sourced the env file; kept (the private copies) until dev ends.
+    let set_aside = setaside::plan(&providers::shadowing(served.iter().copied()), &setaside::Host::process(), &[])?;
+    env.extend(set_aside_env(&set_aside, &env));
     write_env_file(&opts.env_file, &env)?;
     print_env(&opts.env_file, &env);
+    report_set_aside(&set_aside);
     let gate = sidecar.gate();
     let serving = tokio::spawn(sidecar.run(serve::termination()));
     // The env file is in place: /readyz may turn green once every identity holds a credential.
     gate.store(true, Ordering::Release);
     let result = serving.await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
     emulator.shutdown().await;
+    drop(set_aside);
     result
+}
+
+/// The env file's lines for what was set aside: an empty value for each variable found in this
+/// environment (SDKs take an empty value as unset; an env file cannot unset), the private copies
+/// for the file variables. Variables keyless sets itself keep keyless's value.
+fn set_aside_env(set_aside: &SetAside, env: &[AppEnvVar]) -> Vec<AppEnvVar> {
+    let ours = |name: &str| env.iter().any(|v| v.name == name);
+    let mut lines: Vec<AppEnvVar> =
+        set_aside.remove.iter().filter(|name| !ours(name)).map(|name| AppEnvVar::plain(*name, "")).collect();
+    lines.extend(set_aside.set.iter().map(|(name, value)| AppEnvVar::plain(*name, value.as_str())));
+    lines
+}
+
+#[allow(clippy::print_stderr)] // said once at start, whatever the log level
+fn report_set_aside(set_aside: &SetAside) {
+    if let Some(line) = set_aside.line("keyless dev", "in the env file (apps that read it use the emulated identities)")
+    {
+        eprintln!("{line}");
+    }
+    for warning in &set_aside.warnings {
+        eprintln!("keyless dev: could not set aside {warning}");
+    }
 }
 
 /// What an app needs besides each provider's own variables: where the emulated clouds are, the
@@ -238,19 +268,19 @@ fn emulator_env(emulator: &Emulator, bundle: &Path, admin: SocketAddr) -> Vec<Ap
         AppEnvVar::plain("SSL_CERT_FILE", &bundle),
         // Node adds this file to its built-in store (it ignores SSL_CERT_FILE).
         AppEnvVar::plain("NODE_EXTRA_CA_CERTS", &ca),
-        AppEnvVar::plain("KEYLESS_EMULATOR_URL", emulator.url()),
-        AppEnvVar::plain("KEYLESS_EMULATOR_CA", &ca),
-        AppEnvVar::plain("KEYLESS_ADMIN_URL", format!("http://{admin_host}")),
-        AppEnvVar::plain("KEYLESS_AWS_ROLE_ARN", &ids.aws_role_arn),
-        AppEnvVar::plain("KEYLESS_GCP_SERVICE_ACCOUNT", &ids.gcp_service_account),
-        AppEnvVar::plain("KEYLESS_GCP_PROJECT_ID", &ids.gcp_project_id),
-        AppEnvVar::plain("KEYLESS_AZURE_CLIENT_ID", &ids.azure_client_id),
-        AppEnvVar::plain("KEYLESS_AZURE_TENANT_ID", &ids.azure_tenant_id),
+        AppEnvVar::plain("KEYLESS_DEV_EMULATOR_URL", emulator.url()),
+        AppEnvVar::plain("KEYLESS_DEV_EMULATOR_CA", &ca),
+        AppEnvVar::plain("KEYLESS_DEV_ADMIN_URL", format!("http://{admin_host}")),
+        AppEnvVar::plain("KEYLESS_DEV_AWS_ROLE_ARN", &ids.aws_role_arn),
+        AppEnvVar::plain("KEYLESS_DEV_GCP_SERVICE_ACCOUNT", &ids.gcp_service_account),
+        AppEnvVar::plain("KEYLESS_DEV_GCP_PROJECT_ID", &ids.gcp_project_id),
+        AppEnvVar::plain("KEYLESS_DEV_AZURE_CLIENT_ID", &ids.azure_client_id),
+        AppEnvVar::plain("KEYLESS_DEV_AZURE_TENANT_ID", &ids.azure_tenant_id),
         // The second identity per cloud (env-file contract, docs/configuration.md).
-        AppEnvVar::plain("KEYLESS_AWS_SECOND_ROLE_NAME", DEV_SECOND_ROLE_NAME),
-        AppEnvVar::plain("KEYLESS_AWS_SECOND_ROLE_ARN", &ids.aws_second_role_arn),
-        AppEnvVar::plain("KEYLESS_GCP_SECOND_SERVICE_ACCOUNT", &ids.gcp_second_service_account),
-        AppEnvVar::plain("KEYLESS_AZURE_SECOND_CLIENT_ID", &ids.azure_second_client_id),
+        AppEnvVar::plain("KEYLESS_DEV_AWS_SECOND_ROLE_NAME", DEV_SECOND_ROLE_NAME),
+        AppEnvVar::plain("KEYLESS_DEV_AWS_SECOND_ROLE_ARN", &ids.aws_second_role_arn),
+        AppEnvVar::plain("KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT", &ids.gcp_second_service_account),
+        AppEnvVar::plain("KEYLESS_DEV_AZURE_SECOND_CLIENT_ID", &ids.azure_second_client_id),
     ]
 }
 

@@ -1,37 +1,59 @@
 //! `keyless exec [--config FILE] -- CMD [ARGS...]`: keyless in-process on ephemeral loopback ports
 //! for the length of one command (a CI step, a script on a laptop). CMD starts once every
-//! configured identity holds a credential, with each enabled cloud's native environment (the same
-//! variables `keyless dev` writes to its env file); SIGINT and SIGTERM are passed on to it; keyless
-//! exits with CMD's status (128+N when a signal N ended it) and stops.
+//! configured identity holds a credential, with each served cloud's native environment (the same
+//! variables `keyless dev` writes to its env file) and without the local credentials its SDKs
+//! would rank above them ([`crate::setaside`]).
+//!
+//! Conventions of `env`, `timeout` and `docker run`: exit 125 for keyless's own failures (an
+//! identity that cannot get a credential ends it at once, one that keeps failing transiently at
+//! `--ready-timeout`), 126 when CMD cannot run, 127 when it is not found, otherwise CMD's status
+//! (128+N when signal N ended it). SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are
+//! passed on to CMD, and CMD dies with keyless: it is started through `keyless exec-supervised`,
+//! which asks the kernel for SIGKILL when keyless ends (`PR_SET_PDEATHSIG`, a safe call on the
+//! calling process) and then replaces itself with CMD (`execve` keeps that setting). No `unsafe`
+//! `pre_exec` hook is needed.
 
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use keyless_core::clock::SystemClock;
-use keyless_core::{AppEnvVar, Context, IdentityStatus, Metrics, Readiness};
+use keyless_core::{AppEnvVar, Context, ErrorClass, IdentityStatus, Metrics, Readiness};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 use crate::config::Overrides;
-use crate::providers;
+use crate::providers::{self, Choice};
 use crate::serve::Sidecar;
+use crate::setaside::{self, SetAside};
 
 /// How often readiness is looked at while CMD waits to start.
 const READY_POLL: Duration = Duration::from_millis(50);
 
-/// Variables that would make an SDK ignore what keyless serves (static keys come first in every
-/// AWS SDK's chain; a credentials file first in Google's), removed from CMD's environment when
-/// the cloud they shadow is served.
-const SHADOWING: [(&str, &[&str]); 2] = [
-    (
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"],
-    ),
-    ("GCE_METADATA_HOST", &["GOOGLE_APPLICATION_CREDENTIALS"]),
+/// An identity still without a credential after this long gets one progress line.
+pub const PROGRESS_AFTER: Duration = Duration::from_secs(2);
+
+/// keyless's own failure (`env`, `timeout`, `docker run`).
+pub const EXIT_OWN_FAILURE: u8 = 125;
+/// CMD was found but cannot be run.
+pub const EXIT_CANNOT_RUN: u8 = 126;
+/// CMD was not found.
+pub const EXIT_NOT_FOUND: u8 = 127;
+
+/// The longest `--ready-timeout` (a day): beyond it the deadline arithmetic would overflow.
+pub const MAX_READY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Signals passed on to CMD.
+const FORWARDED: [(fn() -> SignalKind, rustix::process::Signal); 6] = [
+    (SignalKind::interrupt, rustix::process::Signal::INT),
+    (SignalKind::terminate, rustix::process::Signal::TERM),
+    (SignalKind::hangup, rustix::process::Signal::HUP),
+    (SignalKind::quit, rustix::process::Signal::QUIT),
+    (SignalKind::user_defined1, rustix::process::Signal::USR1),
+    (SignalKind::user_defined2, rustix::process::Signal::USR2),
 ];
 
 #[derive(Debug)]
@@ -39,55 +61,180 @@ pub struct ExecOptions {
     pub config: Option<PathBuf>,
     pub ready_timeout: Duration,
     pub command: Vec<String>,
+    /// Variables (or file variables) the command keeps although they shadow keyless.
+    pub keep_env: Vec<String>,
+    pub choice: Choice,
 }
 
 pub async fn exec(opts: ExecOptions) -> ExitCode {
     match run(opts).await {
         Ok(code) => code,
-        Err(e) => crate::fail(&e),
+        Err(e) => own_failure("keyless exec", &e),
+    }
+}
+
+/// Exit 125 with `message` on stderr.
+#[allow(clippy::print_stderr)] // CMD owns stdout; this is keyless's own last word
+pub fn own_failure(who: &str, message: &str) -> ExitCode {
+    eprintln!("{who}: {message}");
+    ExitCode::from(EXIT_OWN_FAILURE)
+}
+
+/// keyless serving in this process on loopback ports, for `exec` and `token`.
+pub struct InProcess {
+    /// The command's environment: each served cloud's variables.
+    pub env: Vec<AppEnvVar>,
+    /// The providers served.
+    pub served: Vec<&'static str>,
+    readiness: Vec<Arc<dyn Readiness>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Result<(), crate::serve::ServeError>>,
+}
+
+impl InProcess {
+    /// Loads the configuration, starts the chosen providers and serves them on ephemeral
+    /// loopback ports. Logs warnings and errors to stderr unless the config says otherwise.
+    pub async fn start(config: Option<&Path>, choice: &Choice) -> Result<Self, String> {
+        let loopback = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let overrides = Overrides { listen: loopback, admin_listen: loopback };
+        let (config, sections, _skipped) = crate::load_config(config, &overrides)?;
+        crate::logging::init(Some(config.log.as_deref().unwrap_or("warn")), config.log_format)?;
+        let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
+        let process_env = |name: &str| std::env::var(name).ok();
+        let started = providers::start_chosen(sections, &ctx, &process_env, choice).await.map_err(|e| e.to_string())?;
+        let served = started.iter().map(|p| p.name).collect();
+        let sidecar =
+            Sidecar::bind(config.listen, config.admin_listen, started, &ctx, false).await.map_err(|e| e.to_string())?;
+        let readiness = sidecar.readiness();
+        let env = sidecar.app_env();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(sidecar.run(async move {
+            let _ = stop_rx.await;
+        }));
+        Ok(Self { env, served, readiness, stop, serving })
+    }
+
+    /// Waits until every configured identity holds a credential (see [`wait_until_ready`]).
+    pub async fn ready(&self, timeout: Duration, who: &str) -> Result<(), String> {
+        wait_until_ready(&self.readiness, timeout, who).await
+    }
+
+    /// The value of one of the command's variables.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.env.iter().find(|v| v.name == name).map(AppEnvVar::file_value)
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.serving.await;
     }
 }
 
 async fn run(opts: ExecOptions) -> Result<ExitCode, String> {
-    let loopback = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    let overrides = Overrides { listen: loopback, admin_listen: loopback };
-    let (config, sections, _skipped) = crate::load_config(opts.config.as_deref(), &overrides)?;
-    // CMD owns stdout; keyless logs warnings and errors to stderr unless told otherwise.
-    crate::logging::init(Some(config.log.as_deref().unwrap_or("warn")), config.log_format)?;
-    let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
-    let process_env = |name: &str| std::env::var(name).ok();
-    let started = providers::start_all(sections, &ctx, &process_env).await.map_err(|e| e.to_string())?;
-    let sidecar =
-        Sidecar::bind(config.listen, config.admin_listen, started, &ctx, false).await.map_err(|e| e.to_string())?;
-    let readiness = sidecar.readiness();
-    let env = sidecar.app_env();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(sidecar.run(async move {
-        let _ = stop_rx.await;
-    }));
-    let outcome = match wait_until_ready(&readiness, opts.ready_timeout).await {
-        Ok(()) => run_command(&opts.command, &env).await,
-        Err(e) => Err(e),
-    };
-    let _ = stop_tx.send(());
-    let _ = serving.await;
+    if opts.command.is_empty() {
+        return Err("no command given: keyless exec -- CMD [ARGS...]".to_owned());
+    }
+    let keyless = InProcess::start(opts.config.as_deref(), &opts.choice).await?;
+    let outcome = async {
+        let set_aside = setaside::plan(
+            &providers::shadowing(keyless.served.iter().copied()),
+            &setaside::Host::process(),
+            &opts.keep_env,
+        )?;
+        report(&set_aside);
+        keyless.ready(opts.ready_timeout, "keyless exec").await?;
+        run_command(&opts.command, &keyless.env, &set_aside).await
+    }
+    .await;
+    keyless.stop().await;
     outcome.map(exit_code)
 }
 
-/// Waits until every configured identity holds a credential, or says which do not and why.
-async fn wait_until_ready(readiness: &[Arc<dyn Readiness>], timeout: Duration) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + timeout;
+#[allow(clippy::print_stderr)] // one line per run, whatever the log level
+fn report(set_aside: &SetAside) {
+    if let Some(line) = set_aside.line("keyless exec", "for the command (--keep-env NAME keeps one)") {
+        eprintln!("{line}");
+    }
+    for warning in &set_aside.warnings {
+        eprintln!("keyless exec: could not set aside {warning}");
+    }
+}
+
+/// Waits until every configured identity holds a credential. Ends at once when one failed in a
+/// way that cannot heal (access denied, an untrusted issuer, an unset token variable: the
+/// adapters class these as terminal); transient failures are retried until `timeout`. An
+/// identity still waiting after [`PROGRESS_AFTER`] gets one progress line on stderr.
+pub async fn wait_until_ready(readiness: &[Arc<dyn Readiness>], timeout: Duration, who: &str) -> Result<(), String> {
+    let started = tokio::time::Instant::now();
+    let since = keyless_core::clock::Clock::now(&SystemClock);
+    let deadline = started + timeout;
+    let mut announced: Vec<(String, String)> = Vec::new();
     loop {
         let statuses: Vec<IdentityStatus> = readiness.iter().flat_map(|r| r.statuses()).collect();
         if statuses.iter().all(IdentityStatus::ready) {
             info!(identities = statuses.len(), "every identity holds a credential; starting the command");
             return Ok(());
         }
+        let hopeless: Vec<&IdentityStatus> = statuses
+            .iter()
+            .filter(|s| !s.ready() && s.last_error.as_ref().is_some_and(|e| e.class == ErrorClass::Terminal))
+            .collect();
+        if !hopeless.is_empty() {
+            return Err(cannot_heal(&hopeless));
+        }
         if tokio::time::Instant::now() >= deadline {
             return Err(not_ready(&statuses, timeout));
         }
+        if started.elapsed() >= PROGRESS_AFTER {
+            for s in statuses.iter().filter(|s| !s.ready()) {
+                let id = (s.identity.clone(), s.key.clone());
+                if !announced.contains(&id) {
+                    progress(who, s, since);
+                    announced.push(id);
+                }
+            }
+        }
         tokio::time::sleep(READY_POLL).await;
     }
+}
+
+fn progress(who: &str, s: &IdentityStatus, since: SystemTime) {
+    let why = match &s.last_error {
+        Some(e) => format!("the last attempt failed: {}", e.message),
+        None => "the exchange has not answered yet".to_owned(),
+    };
+    progress_line(who, &format!("{} {} {} ({why})", s.provider, s.identity, s.key), since);
+}
+
+/// `WHO: waiting for WHAT since TIME`: one line per identity whose exchange is slow.
+#[allow(clippy::print_stderr)] // the user waits and reads stderr
+pub fn progress_line(who: &str, what: &str, since: SystemTime) {
+    eprintln!("{who}: waiting for {what} since {}", humantime::format_rfc3339_seconds(since));
+}
+
+/// One identity's reason, with the adapter's fix.
+fn reason(s: &IdentityStatus) -> String {
+    let mut text = format!("\n  {} {} {}: ", s.provider, s.identity, s.key);
+    match &s.last_error {
+        Some(e) => {
+            text.push_str(&e.message);
+            if let Some(hint) = &e.hint {
+                text.push_str(&format!(" (fix: {hint})"));
+            }
+        }
+        None => text.push_str("still fetching"),
+    }
+    text
+}
+
+fn cannot_heal(statuses: &[&IdentityStatus]) -> String {
+    let mut text =
+        "an identity cannot get a credential until its configuration changes; the command was not run:".to_owned();
+    for s in statuses {
+        text.push_str(&reason(s));
+    }
+    text.push_str("\nrun `keyless check` with the same configuration for a full diagnosis");
+    text
 }
 
 fn not_ready(statuses: &[IdentityStatus], timeout: Duration) -> String {
@@ -96,46 +243,50 @@ fn not_ready(statuses: &[IdentityStatus], timeout: Duration) -> String {
         humantime::format_duration(timeout)
     );
     for s in statuses.iter().filter(|s| !s.ready()) {
-        text.push_str(&format!("\n  {} {} {}: ", s.provider, s.identity, s.key));
-        match &s.last_error {
-            Some(e) => {
-                text.push_str(&e.message);
-                if let Some(hint) = &e.hint {
-                    text.push_str(&format!(" (fix: {hint})"));
-                }
-            }
-            None => text.push_str("still fetching"),
-        }
+        text.push_str(&reason(s));
     }
     text.push_str("\nrun `keyless check` with the same configuration for a full diagnosis");
     text
 }
 
-/// Runs CMD with the app environment, passing SIGINT and SIGTERM on, until it exits.
-async fn run_command(command: &[String], env: &[AppEnvVar]) -> Result<ExitStatus, String> {
-    let (program, args) = command.split_first().ok_or("no command given: keyless exec -- CMD [ARGS...]")?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args).envs(env.iter().map(|v| (v.name.as_str(), v.file_value())));
-    for (served, shadows) in SHADOWING {
-        if env.iter().any(|v| v.name == served) {
-            for var in shadows {
-                cmd.env_remove(var);
-            }
-        }
+/// Runs CMD (through `keyless exec-supervised`) with the app environment and without what was
+/// set aside, passing the [`FORWARDED`] signals on, until it exits.
+async fn run_command(command: &[String], env: &[AppEnvVar], set_aside: &SetAside) -> Result<ExitStatus, String> {
+    let supervisor = std::env::current_exe().map_err(|e| format!("cannot find the keyless binary to run: {e}"))?;
+    let mut cmd = tokio::process::Command::new(supervisor);
+    cmd.arg("exec-supervised").arg("--parent").arg(std::process::id().to_string()).arg("--").args(command);
+    for var in &set_aside.remove {
+        cmd.env_remove(var);
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {program}: {e}"))?;
+    cmd.envs(set_aside.set.iter().map(|(k, v)| (*k, v.as_str())));
+    cmd.envs(env.iter().map(|v| (v.name.as_str(), v.file_value())));
+    let program = &command[0];
+    let mut listeners = Vec::new();
+    for (kind, forward) in FORWARDED {
+        listeners.push((signal(kind()).map_err(|e| e.to_string())?, forward));
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {program}: {e}"))?;
     let pid = child.id().and_then(|id| i32::try_from(id).ok()).and_then(rustix::process::Pid::from_raw);
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (mut listener, forward) in listeners {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while listener.recv().await.is_some() {
+                if tx.send(forward).is_err() {
+                    break;
+                }
+            }
+        });
+    }
     loop {
-        let forward = tokio::select! {
+        tokio::select! {
             status = child.wait() => return status.map_err(|e| format!("waiting for {program}: {e}")),
-            _ = interrupt.recv() => rustix::process::Signal::INT,
-            _ = terminate.recv() => rustix::process::Signal::TERM,
-        };
-        if let Some(pid) = pid {
-            info!(signal = ?forward, "passing the signal on to the command");
-            let _ = rustix::process::kill_process(pid, forward);
+            Some(forward) = rx.recv() => {
+                if let Some(pid) = pid {
+                    info!(signal = ?forward, "passing the signal on to the command");
+                    let _ = rustix::process::kill_process(pid, forward);
+                }
+            }
         }
     }
 }
@@ -144,4 +295,26 @@ async fn run_command(command: &[String], env: &[AppEnvVar]) -> Result<ExitStatus
 fn exit_code(status: ExitStatus) -> ExitCode {
     let code = status.code().or_else(|| status.signal().map(|n| 128 + n)).unwrap_or(1);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// `keyless exec-supervised --parent PID -- CMD`: the process `keyless exec` starts. It asks
+/// the kernel to SIGKILL it when its parent ends, checks the parent is still `parent` (it may
+/// have ended before the request), then becomes CMD, which keeps the request. Exits 127 when CMD
+/// is not found, 126 when it cannot run.
+#[allow(clippy::print_stderr)]
+pub fn supervised(parent: i32, command: &[String]) -> ExitCode {
+    use std::os::unix::process::CommandExt as _;
+    let Some((program, args)) = command.split_first() else {
+        return own_failure("keyless exec", "no command given");
+    };
+    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)) {
+        return own_failure("keyless exec", &format!("cannot tie {program} to keyless's lifetime: {e}"));
+    }
+    let parent_alive = rustix::process::getppid().is_some_and(|p| p.as_raw_nonzero().get() == parent);
+    if !parent_alive {
+        return own_failure("keyless exec", "keyless ended before the command started");
+    }
+    let err = std::process::Command::new(program).args(args).exec();
+    eprintln!("keyless exec: cannot run {program}: {err}");
+    ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_RUN })
 }

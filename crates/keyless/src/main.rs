@@ -8,6 +8,7 @@ mod config;
 mod credential_process;
 #[cfg(feature = "emulator")]
 mod dev;
+mod durations;
 mod exec;
 #[cfg(feature = "inject")]
 mod inject;
@@ -17,6 +18,8 @@ mod peer_user;
 mod probe;
 mod providers;
 mod serve;
+mod setaside;
+mod token;
 #[cfg(feature = "webhook")]
 mod webhook;
 
@@ -115,8 +118,8 @@ enum Command {
         /// PEM CA certificates to trust (only these) for an https URL.
         #[arg(long)]
         ca_file: Option<PathBuf>,
-        /// Give up after this long.
-        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        /// Give up after this long (at most 1h).
+        #[arg(long, default_value = "3s", value_parser = durations::probe_timeout)]
         timeout: std::time::Duration,
     },
     /// Check the configuration, each subject token and each exchange once; print what to fix and
@@ -144,17 +147,67 @@ enum Command {
         args: webhook::WebhookArgs,
     },
     /// Run CMD with credentials: keyless in-process on ephemeral loopback ports, CMD started once
-    /// every configured identity holds a credential, with each cloud's native environment; exits
-    /// with CMD's status.
+    /// every configured identity holds a credential, with each cloud's native environment and
+    /// without the local credentials its SDKs would use instead (named on stderr).
+    ///
+    /// Exit status: CMD's (128+N when signal N ended it); 125 when keyless fails (an identity
+    /// that cannot get a credential ends it at once; transient failures are retried until
+    /// --ready-timeout); 126 when CMD cannot run; 127 when it is not found. SIGINT, SIGTERM,
+    /// SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to CMD; CMD is killed if keyless dies.
     Exec {
         /// TOML config file (see docs/configuration.md).
         #[arg(long, env = "KEYLESS_CONFIG")]
         config: Option<PathBuf>,
-        /// Give up (without running CMD) if a credential is not ready by then.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        /// Give up (exit 125, without running CMD) if a credential is not ready by then (at most 1 day).
+        #[arg(long, default_value = "60s", value_parser = durations::ready_timeout)]
         ready_timeout: std::time::Duration,
+        #[command(flatten)]
+        choice: ChoiceArgs,
+        /// Keep this variable (or the file a file variable like AWS_CONFIG_FILE or CLOUDSDK_CONFIG
+        /// points to) for CMD although it would make an SDK ignore keyless. Repeatable.
+        #[arg(long = "keep-env", value_name = "NAME")]
+        keep_env: Vec<String>,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Print one credential on stdout (for scripts), from the same configuration and sources as
+    /// `keyless exec`: AWS as `export` lines or credential_process JSON, a Google access or ID
+    /// token, an Entra access token. Exit 125 when it cannot be had.
+    Token {
+        /// Which cloud's credential.
+        #[arg(value_enum)]
+        cloud: token::Cloud,
+        /// TOML config file (see docs/configuration.md).
+        #[arg(long, env = "KEYLESS_CONFIG")]
+        config: Option<PathBuf>,
+        /// A configured identity other than the default: an [[aws.roles]] name, a
+        /// [[gcp.service_accounts]] e-mail, an azure.additional_client_ids client id.
+        #[arg(long, value_name = "NAME")]
+        role: Option<String>,
+        /// GCP: an ID token for this audience instead of an access token.
+        #[arg(long, value_name = "AUD")]
+        audience: Option<String>,
+        /// GCP: the access token's scopes (repeatable; default: the configured scopes).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Azure: the resource the token is for [default: https://management.azure.com/].
+        #[arg(long, value_name = "RESOURCE")]
+        resource: Option<String>,
+        /// env: `export NAME=value` lines (default for aws); json: the JSON document; raw: the
+        /// token alone (default for gcp and azure).
+        #[arg(long, value_enum)]
+        format: Option<token::Format>,
+        /// Give up (exit 125) if the credential is not ready by then (at most 1 day).
+        #[arg(long, default_value = "60s", value_parser = durations::ready_timeout)]
+        ready_timeout: std::time::Duration,
+    },
+    /// `keyless exec`'s own: become CMD, killed when process PID (keyless exec) ends.
+    #[command(hide = true)]
+    ExecSupervised {
+        #[arg(long)]
+        parent: i32,
+        #[arg(last = true, required = true)]
         command: Vec<String>,
     },
     /// Run the emulated clouds and the token projector alone (for docker compose).
@@ -176,13 +229,44 @@ enum Command {
         /// Cap the lifetime of every cloud credential the emulator issues (AWS sessions, Google
         /// access and ID tokens, Entra tokens), e.g. `10m`: refresh cycles in minutes, not half an
         /// hour (the fleet benchmark). Default: each cloud's own (one hour).
-        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        #[arg(long, value_parser = durations::credential_lifetime, value_name = "DURATION")]
         credential_lifetime: Option<std::time::Duration>,
     },
 }
 
+/// `keyless exec`'s choice of providers and default identities.
+#[derive(Debug, clap::Args)]
+struct ChoiceArgs {
+    /// Serve only these clouds (comma-separated), the others' configuration is ignored.
+    #[arg(long, value_delimiter = ',', value_parser = ["aws", "gcp", "azure"], value_name = "CLOUDS")]
+    only: Option<Vec<String>>,
+    /// The [[aws.roles]] entry CMD gets as its default AWS credentials.
+    #[arg(long, value_name = "NAME")]
+    aws_role: Option<String>,
+    /// The [[gcp.service_accounts]] entry CMD gets as the metadata server's default account.
+    #[arg(long, value_name = "EMAIL")]
+    gcp_service_account: Option<String>,
+    /// The azure.additional_client_ids entry CMD gets when it names no client id.
+    #[arg(long, value_name = "CLIENT_ID")]
+    azure_client_id: Option<String>,
+}
+
+impl ChoiceArgs {
+    fn choice(self) -> providers::Choice {
+        let defaults = [("aws", self.aws_role), ("gcp", self.gcp_service_account), ("azure", self.azure_client_id)]
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| (name, v)))
+            .collect();
+        providers::Choice { only: self.only, defaults }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread exists: this process becomes CMD.
+    if let Command::ExecSupervised { parent, command } = &cli.command {
+        return exec::supervised(*parent, command);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
@@ -206,9 +290,21 @@ fn main() -> ExitCode {
         Command::Inject { file, options } => inject(file.as_deref(), &options),
         #[cfg(feature = "webhook")]
         Command::Webhook { args } => runtime.block_on(run_logged(webhook::run(args))),
-        Command::Exec { config, ready_timeout, command } => {
-            runtime.block_on(exec::exec(exec::ExecOptions { config, ready_timeout, command }))
+        Command::Exec { config, ready_timeout, choice, keep_env, command } => {
+            runtime.block_on(exec::exec(exec::ExecOptions {
+                config,
+                ready_timeout,
+                command,
+                keep_env,
+                choice: choice.choice(),
+            }))
         }
+        Command::Token { cloud, config, role, audience, scopes, resource, format, ready_timeout } => {
+            let options =
+                token::TokenOptions { cloud, config, role, audience, scopes, resource, format, ready_timeout };
+            runtime.block_on(token::run(options))
+        }
+        Command::ExecSupervised { .. } => ExitCode::from(exec::EXIT_OWN_FAILURE),
         Command::Probe { url, ca_file, timeout } => {
             match runtime.block_on(probe::probe(&url, ca_file.as_deref(), timeout)) {
                 Ok(()) => ExitCode::SUCCESS,

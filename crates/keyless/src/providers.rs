@@ -8,7 +8,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use keyless_core::Context;
-use keyless_provider::{Configured, Env, Provider, RouteClaim, RouteCollision, Routes, Started};
+use keyless_provider::{Configured, Env, Provider, RouteClaim, RouteCollision, Routes, Shadowing, Started};
 
 /// One provider as the binary sees it: a name, and how to configure it. Implemented once, for
 /// every [`Provider`], by [`Entry`].
@@ -16,7 +16,16 @@ pub trait Registered: Sync {
     fn name(&self) -> &'static str;
     /// Configures the provider from its section, or from the environment when there is none.
     /// `None`: neither is there, the provider is off.
-    fn configure(&self, section: Option<config::Value>, env: Env<'_>, ctx: &Context) -> Option<ProviderConfig>;
+    /// `default` (`keyless exec --aws-role` and its siblings) is made the default identity.
+    fn configure_choosing(
+        &self,
+        section: Option<config::Value>,
+        env: Env<'_>,
+        ctx: &Context,
+        default: Option<&str>,
+    ) -> Option<ProviderConfig>;
+    /// The local credential sources SDKs rank above this provider's endpoints.
+    fn shadowing(&self) -> &'static Shadowing;
 }
 
 /// Adapts a [`Provider`] type to [`Registered`].
@@ -27,7 +36,17 @@ impl<P: Provider> Registered for Entry<P> {
         P::NAME
     }
 
-    fn configure(&self, section: Option<config::Value>, env: Env<'_>, ctx: &Context) -> Option<ProviderConfig> {
+    fn shadowing(&self) -> &'static Shadowing {
+        &P::SHADOWING
+    }
+
+    fn configure_choosing(
+        &self,
+        section: Option<config::Value>,
+        env: Env<'_>,
+        ctx: &Context,
+        default: Option<&str>,
+    ) -> Option<ProviderConfig> {
         let (origin, config) = match section {
             Some(value) => {
                 let config = value
@@ -40,6 +59,10 @@ impl<P: Provider> Registered for Entry<P> {
                 Ok(Some(config)) => (Origin::Env(P::ENV_ORIGIN), Ok(config)),
                 Err(e) => (Origin::Env(P::ENV_ORIGIN), Err(e.to_string())),
             },
+        };
+        let config = match default {
+            Some(identity) => config.and_then(|c| P::select_default(c, identity).map_err(|e| e.to_string())),
+            None => config,
         };
         let configured = config.and_then(|c| P::configure(c, ctx).map_err(|e| e.to_string()));
         Some(ProviderConfig { name: P::NAME, origin, configured })
@@ -90,8 +113,43 @@ pub struct ProviderConfig {
 
 /// Every provider whose section is present, or whose webhook env vars are set when it is absent
 /// (`env` reads the process environment; `keyless dev` passes one that reads nothing).
-pub fn configure_all(mut sections: Sections, ctx: &Context, env: Env<'_>) -> Vec<ProviderConfig> {
-    PROVIDERS.iter().filter_map(|p| p.configure(sections.0.remove(p.name()), env, ctx)).collect()
+pub fn configure_all(sections: Sections, ctx: &Context, env: Env<'_>) -> Vec<ProviderConfig> {
+    configure_chosen(sections, ctx, env, &Choice::default())
+}
+
+/// Which providers to serve and which identity each serves by default (`keyless exec --only`,
+/// `--aws-role`, `--gcp-service-account`, `--azure-client-id`; `keyless token`).
+#[derive(Debug, Default, Clone)]
+pub struct Choice {
+    /// Only these providers, by name; `None`: every configured one.
+    pub only: Option<Vec<String>>,
+    /// The default identity of a provider, by provider name.
+    pub defaults: BTreeMap<&'static str, String>,
+}
+
+impl Choice {
+    pub fn serves(&self, name: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.iter().any(|o| o == name))
+    }
+}
+
+/// [`configure_all`], narrowed and with defaults chosen by `choice`. A provider `choice` names
+/// that is not configured is an error.
+pub fn configure_chosen(mut sections: Sections, ctx: &Context, env: Env<'_>, choice: &Choice) -> Vec<ProviderConfig> {
+    PROVIDERS
+        .iter()
+        .filter(|p| choice.serves(p.name()))
+        .filter_map(|p| {
+            let default = choice.defaults.get(p.name()).map(String::as_str);
+            p.configure_choosing(sections.0.remove(p.name()), env, ctx, default)
+        })
+        .collect()
+}
+
+/// The shadowing declarations of the providers named `names`.
+pub fn shadowing<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<(&'static str, &'static Shadowing)> {
+    let names: Vec<&str> = names.into_iter().collect();
+    PROVIDERS.iter().filter(|p| names.contains(&p.name())).map(|p| (p.name(), p.shadowing())).collect()
 }
 
 /// Every route every configured provider claims, checked as one set.
@@ -111,6 +169,11 @@ pub enum StartError {
     NothingConfigured,
     #[error("{name} (from {origin}): {message}")]
     Provider { name: &'static str, origin: Origin, message: String },
+    #[error(
+        "{name} is not configured: add an [{name}] section to the config file (--config), or leave it out of \
+         --only and of the identity flags"
+    )]
+    NotConfigured { name: String },
     #[error("{0}")]
     Routes(#[from] RouteCollision),
 }
@@ -124,8 +187,26 @@ pub struct Running {
 /// Configures every provider, checks their routes, then starts them (pre-warm begins; nothing
 /// waits for it). Any configuration error stops everything before anything is started.
 pub async fn start_all(sections: Sections, ctx: &Context, env: Env<'_>) -> Result<Vec<Running>, StartError> {
+    start_chosen(sections, ctx, env, &Choice::default()).await
+}
+
+/// [`start_all`] narrowed and with defaults chosen by `choice`; a provider it names that is not
+/// configured is an error.
+pub async fn start_chosen(
+    sections: Sections,
+    ctx: &Context,
+    env: Env<'_>,
+    choice: &Choice,
+) -> Result<Vec<Running>, StartError> {
     let mut configured = Vec::new();
-    for p in configure_all(sections, ctx, env) {
+    let chosen = configure_chosen(sections, ctx, env, choice);
+    let named = choice.only.iter().flatten().map(String::as_str).chain(choice.defaults.keys().copied());
+    for name in named {
+        if !chosen.iter().any(|p| p.name == name) {
+            return Err(StartError::NotConfigured { name: name.to_owned() });
+        }
+    }
+    for p in chosen {
         match p.configured {
             Ok(c) => configured.push((p.name, p.origin, c)),
             Err(message) => return Err(StartError::Provider { name: p.name, origin: p.origin, message }),

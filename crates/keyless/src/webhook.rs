@@ -59,8 +59,8 @@ pub struct WebhookArgs {
     /// PEM private key of that certificate.
     #[arg(long)]
     pub tls_key: PathBuf,
-    /// How often the certificate files are checked for a renewal.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How often the certificate files are checked for a renewal (1s to 1 day).
+    #[arg(long, default_value = "10s", value_parser = crate::durations::reload_interval)]
     pub tls_reload_interval: Duration,
     /// An opted-in pod keyless cannot inject (malformed annotation, unreadable ServiceAccount):
     /// refused (Fail) or admitted without keyless with a warning (Ignore). Give the

@@ -50,12 +50,13 @@ impl TokenOrigin for EnvOrigin {
     async fn read(&mut self) -> Result<SubjectToken, TokenError> {
         let unavailable = |reason: String| TokenError::Unavailable { from: self.id.clone(), reason };
         let value = self.value.as_ref().map(|v| v.expose().as_str()).filter(|v| !v.trim().is_empty());
-        let value = value.ok_or_else(|| {
-            unavailable(format!(
+        let value = value.ok_or_else(|| TokenError::Unconfigured {
+            from: self.id.clone(),
+            reason: format!(
                 "environment variable {} is not set (in GitLab CI, declare it under `id_tokens:` with the `aud:` \
                  this cloud expects)",
                 self.var
-            ))
+            ),
         })?;
         if value.len() as u64 > MAX_SUBJECT_TOKEN_BYTES {
             return Err(unavailable(format!("its value is larger than {MAX_SUBJECT_TOKEN_BYTES} bytes")));

@@ -187,7 +187,9 @@ impl TokenOrigin for UrlOrigin {
 
     async fn read(&mut self) -> Result<SubjectToken, TokenError> {
         let unavailable = |reason: String| TokenError::Unavailable { from: self.id.clone(), reason };
-        let fetch = self.fetch.as_ref().map_err(|e| unavailable(e.clone()))?;
+        // The fetch could not be built (a variable unset, a malformed URL): no retry changes that.
+        let fetch =
+            self.fetch.as_ref().map_err(|e| TokenError::Unconfigured { from: self.id.clone(), reason: e.clone() })?;
         let token = fetch.token().await.map_err(|failure| unavailable((self.explain)(fetch, failure)))?;
         SubjectToken::parse(&token).map_err(|shape| TokenError::Invalid { from: self.id.clone(), shape })
     }

@@ -1,0 +1,632 @@
+//! `keyless exec` and `keyless token` as a laptop or CI runner uses them (issue 23): the command
+//! sees keyless's identity although the machine holds other credentials its SDKs rank higher
+//! (each case through the real SDKs, the identity proven by the emulator's caller-identity and
+//! tokeninfo answers or the Entra token's `appid`), errors that cannot heal end at once with 125,
+//! transient ones are retried, exit codes, `--only`, the identity flags, signals, and the child's
+//! death with keyless.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use base64::Engine as _;
+use keyless_test_support::binary::keyless_bin;
+use keyless_test_support::emulate::EmulatorProcess;
+use keyless_test_support::sidecar::all_clouds_config;
+use keyless_test_support::tools;
+use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
+use serde_json::Value;
+
+/// A bound no fail-fast case comes near (they end in about a second) and every "wait out the
+/// ready timeout" case exceeds: `--ready-timeout` is set to twice this.
+const FAIL_FAST_BOUND: Duration = Duration::from_secs(30);
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The emulator, its identities, and a config for the three clouds (token files from its
+/// projector) with a second identity per cloud: `writer`, the second service account, the second
+/// client id.
+struct Setup {
+    emulator: EmulatorProcess,
+    ids: Value,
+    toml: String,
+}
+
+impl Setup {
+    async fn start() -> Self {
+        Self::with(|_, toml| toml).await
+    }
+
+    /// With `edit` applied to the generated config.
+    async fn with(edit: impl FnOnce(&Value, String) -> String) -> Self {
+        let emulator = EmulatorProcess::start().await;
+        let ids = emulator.control.identities().await;
+        let token = |cloud: &str| format!("token_file = {}", toml_string(emulator.token_file(cloud).to_str().unwrap()));
+        let mut toml = all_clouds_config(&emulator, &emulator.url, "", "warn", &token).await;
+        // [azure] is the last section: this line is its.
+        toml.push_str(&format!(
+            "additional_client_ids = [{}]\n",
+            toml_string(ids["azure_second_client_id"].as_str().unwrap())
+        ));
+        toml.push_str(&format!(
+            "\n[[aws.roles]]\nname = \"writer\"\nrole_arn = {}\n\n[[gcp.service_accounts]]\nemail = {}\ndelegates = [{}]\n",
+            toml_string(ids["aws_second_role_arn"].as_str().unwrap()),
+            toml_string(ids["gcp_second_service_account"].as_str().unwrap()),
+            toml_string(ids["gcp_service_account"].as_str().unwrap()),
+        ));
+        let toml = edit(&ids, toml);
+        Self { emulator, ids, toml }
+    }
+
+    fn id(&self, key: &str) -> &str {
+        self.ids[key].as_str().unwrap()
+    }
+
+    /// What every SDK needs to reach the emulator itself (not keyless): STS and Entra endpoints
+    /// and its CA. None of these shadow keyless.
+    fn emulator_env(&self) -> Vec<(String, String)> {
+        let ca = self.emulator.ca.to_str().unwrap().to_owned();
+        [
+            ("AWS_ENDPOINT_URL_STS", self.emulator.url.clone()),
+            ("AWS_CA_BUNDLE", ca.clone()),
+            ("REQUESTS_CA_BUNDLE", ca.clone()),
+            ("SSL_CERT_FILE", ca.clone()),
+            ("NODE_EXTRA_CA_CERTS", ca.clone()),
+            ("AZURE_AUTHORITY_HOST", self.emulator.url.clone()),
+            ("KX_EMULATOR", self.emulator.url.clone()),
+            ("KX_CA", ca),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// `keyless exec --config FILE FLAGS -- ARGS` with exactly `env` (plus PATH, HOME = `home`,
+    /// and what reaches the emulator), and how long it took.
+    async fn exec(&self, home: &Path, flags: &[&str], env: &[(String, String)], args: &[&str]) -> (Output, Duration) {
+        let file = home.join("keyless.toml");
+        std::fs::write(&file, &self.toml).unwrap();
+        let mut command = tokio::process::Command::new(keyless_bin());
+        command
+            .arg("exec")
+            .arg("--config")
+            .arg(&file)
+            .args(flags)
+            .arg("--")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", home)
+            .envs(self.emulator_env())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .kill_on_drop(true);
+        let started = tokio::time::Instant::now();
+        let out = tokio::time::timeout(STARTUP_DEADLINE * 2, command.output()).await.expect("exec finishes").unwrap();
+        (out, started.elapsed())
+    }
+
+    /// [`Setup::exec`] of the identity probe in Python: the identity each cloud's SDK ends up with.
+    async fn python_identities(&self, home: &Path, flags: &[&str], env: &[(String, String)]) -> (Value, String) {
+        let python = tools::python();
+        let (out, _) = self.exec(home, flags, env, &[python.to_str().unwrap(), "-c", PYTHON_IDENTITIES]).await;
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "exec failed: {stdout}\n{stderr}");
+        let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+        (json, stderr)
+    }
+
+    /// The identities keyless serves by default.
+    fn keyless_identities(&self) -> Value {
+        serde_json::json!({
+            "aws": role_name(self.id("aws_role_arn")),
+            "gcp": self.id("gcp_service_account"),
+            "azure": self.id("azure_client_id"),
+        })
+    }
+}
+
+/// `role/NAME` of a role ARN, as it appears in an assumed-role ARN (`assumed-role/NAME/...`).
+fn role_name(arn: &str) -> String {
+    arn.rsplit('/').next().unwrap().to_owned()
+}
+
+/// boto3's, google-auth's and azure-identity's default credentials, each proven with the
+/// emulated cloud: STS GetCallerIdentity (the role name), tokeninfo (the e-mail), the Entra
+/// token's `appid`. A failure prints `error: ...` for that cloud instead.
+const PYTHON_IDENTITIES: &str = r#"
+import base64, json, os
+out = {}
+try:
+    import boto3
+    arn = boto3.client("sts").get_caller_identity()["Arn"]
+    out["aws"] = arn.split("/")[1]
+    out["aws_max_attempts"] = boto3.Session()._session.get_config_variable("max_attempts")
+except Exception as e:
+    out["aws"] = "error: %s" % e
+try:
+    import google.auth, google.auth.transport.requests as tr, requests
+    creds, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    creds.refresh(tr.Request())
+    info = requests.get(os.environ["KX_EMULATOR"] + "/tokeninfo", params={"access_token": creds.token}, verify=os.environ["KX_CA"]).json()
+    out["gcp"] = info.get("email", "no e-mail: %s" % info.get("sub"))
+except Exception as e:
+    out["gcp"] = "error: %s" % e
+try:
+    from azure.identity import DefaultAzureCredential
+    token = DefaultAzureCredential().get_token("https://management.azure.com/.default").token
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    out["azure"] = claims["appid"]
+except Exception as e:
+    out["azure"] = "error: %s" % str(e)[:300]
+print(json.dumps(out))
+"#;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+fn write(path: &Path, content: &str) -> PathBuf {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+    path.to_owned()
+}
+
+/// A Google `external_account` credential file that exchanges the emulator's GCP token itself
+/// (no impersonation): a federated principal, not keyless's service account.
+fn external_account(setup: &Setup) -> String {
+    serde_json::json!({
+        "type": "external_account",
+        "audience": setup.ids["audiences"]["gcp"],
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "token_url": format!("{}/v1/token", setup.emulator.url),
+        "credential_source": { "file": setup.emulator.token_file("gcp") },
+    })
+    .to_string()
+}
+
+/// The laptop: static AWS keys in `~/.aws/credentials`, a credential_process profile and a
+/// retry setting in `~/.aws/config`, gcloud's application-default credentials; and a CI runner on
+/// EKS/AKS: web identity for another role, workload identity for another app, a client secret.
+#[tokio::test]
+async fn exec_sets_aside_every_local_credential_python_sees_keyless() {
+    let setup = Setup::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    write(
+        &h.join(".aws/credentials"),
+        "[default]\naws_access_key_id = AKIALAPTOPKEY\naws_secret_access_key = laptop\n",
+    );
+    write(
+        &h.join(".aws/config"),
+        "[default]\nmax_attempts = 7\ncredential_process = /bin/false\n[profile other]\nregion = eu-west-1\n",
+    );
+    write(&h.join(".config/gcloud/application_default_credentials.json"), &external_account(&setup));
+    let (ids, stderr) = setup.python_identities(h, &[], &[]).await;
+    let expected = setup.keyless_identities();
+    for cloud in ["aws", "gcp", "azure"] {
+        assert_eq!(ids[cloud], expected[cloud], "{cloud}: {ids}\n{stderr}");
+    }
+    assert_eq!(ids["aws_max_attempts"], 7, "the config file's settings stay: {ids}");
+    assert!(
+        stderr.contains(
+            "keyless exec: set aside ~/.aws/credentials [default], ~/.aws/config [default], \
+             ~/.config/gcloud/application_default_credentials.json for the command"
+        ),
+        "{stderr}"
+    );
+    // The user's files are untouched.
+    assert!(std::fs::read_to_string(h.join(".aws/credentials")).unwrap().contains("AKIALAPTOPKEY"));
+}
+
+#[tokio::test]
+async fn exec_sets_aside_identity_variables_python_sees_keyless() {
+    let setup = Setup::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let adc = write(&h.join("adc.json"), &external_account(&setup));
+    let azure_token = setup.emulator.token_file("azure");
+    let aws_token = setup.emulator.token_file("aws");
+    let vars = env(&[
+        // IRSA for the other role: boto3 would assume it itself.
+        ("AWS_ROLE_ARN", setup.id("aws_second_role_arn")),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", aws_token.to_str().unwrap()),
+        ("GOOGLE_APPLICATION_CREDENTIALS", adc.to_str().unwrap()),
+        // AKS workload identity for the other app.
+        ("AZURE_CLIENT_ID", setup.id("azure_second_client_id")),
+        ("AZURE_TENANT_ID", setup.id("azure_tenant_id")),
+        ("AZURE_FEDERATED_TOKEN_FILE", azure_token.to_str().unwrap()),
+    ]);
+    let (ids, stderr) = setup.python_identities(h, &[], &vars).await;
+    let expected = setup.keyless_identities();
+    for cloud in ["aws", "gcp", "azure"] {
+        assert_eq!(ids[cloud], expected[cloud], "{cloud}: {ids}\n{stderr}");
+    }
+    assert!(
+        stderr.contains(
+            "keyless exec: set aside AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE, GOOGLE_APPLICATION_CREDENTIALS, \
+             AZURE_FEDERATED_TOKEN_FILE, AZURE_CLIENT_ID for the command"
+        ),
+        "{stderr}"
+    );
+    // --keep-env keeps one on purpose: boto3 then assumes the other role itself.
+    let (ids, stderr) = setup
+        .python_identities(h, &["--keep-env", "AWS_ROLE_ARN", "--keep-env", "AWS_WEB_IDENTITY_TOKEN_FILE"], &vars)
+        .await;
+    assert_eq!(ids["aws"], role_name(setup.id("aws_second_role_arn")), "{ids}\n{stderr}");
+    assert!(!stderr.contains("AWS_ROLE_ARN/"), "{stderr}");
+}
+
+#[tokio::test]
+async fn exec_sets_aside_static_keys_a_client_secret_and_a_username_python_sees_keyless() {
+    let setup = Setup::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let vars = env(&[
+        ("AWS_ACCESS_KEY_ID", "AKIASTATICKEY"),
+        ("AWS_SECRET_ACCESS_KEY", "static"),
+        ("AWS_PROFILE", "nowhere"),
+        ("AZURE_CLIENT_ID", setup.id("azure_second_client_id")),
+        ("AZURE_TENANT_ID", setup.id("azure_tenant_id")),
+        ("AZURE_CLIENT_SECRET", "a-secret"),
+        ("AZURE_USERNAME", "user@example.com"),
+        ("AZURE_PASSWORD", "a-password"),
+    ]);
+    let (ids, stderr) = setup.python_identities(home.path(), &[], &vars).await;
+    let expected = setup.keyless_identities();
+    for cloud in ["aws", "azure"] {
+        assert_eq!(ids[cloud], expected[cloud], "{cloud}: {ids}\n{stderr}");
+    }
+    assert!(stderr.contains("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"), "{stderr}");
+    assert!(stderr.contains("AWS_PROFILE=nowhere"), "{stderr}");
+    assert!(stderr.contains("AZURE_CLIENT_SECRET, AZURE_USERNAME/AZURE_PASSWORD, AZURE_CLIENT_ID"), "{stderr}");
+    assert!(!stderr.contains("a-secret") && !stderr.contains("a-password"), "a secret was printed: {stderr}");
+}
+
+/// The same shadowing cases through the Go SDKs (aws-sdk-go-v2's LoadDefaultConfig,
+/// x/oauth2's FindDefaultCredentials, azidentity's DefaultAzureCredential).
+#[tokio::test]
+async fn exec_sets_aside_local_credentials_go_sees_keyless() {
+    let Some(go) = tools::go_clients() else { return };
+    let setup = Setup::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    write(
+        &h.join(".aws/credentials"),
+        "[default]\naws_access_key_id = AKIALAPTOPKEY\naws_secret_access_key = laptop\n",
+    );
+    let adc = write(&h.join("adc.json"), &external_account(&setup));
+    let aws_token = setup.emulator.token_file("aws");
+    let azure_token = setup.emulator.token_file("azure");
+    let vars = env(&[
+        ("AWS_ROLE_ARN", setup.id("aws_second_role_arn")),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", aws_token.to_str().unwrap()),
+        ("GOOGLE_APPLICATION_CREDENTIALS", adc.to_str().unwrap()),
+        ("AZURE_CLIENT_ID", setup.id("azure_second_client_id")),
+        ("AZURE_TENANT_ID", setup.id("azure_tenant_id")),
+        ("AZURE_FEDERATED_TOKEN_FILE", azure_token.to_str().unwrap()),
+    ]);
+    let run = |program: &str| go.bin.join(program).to_str().unwrap().to_owned();
+
+    let (out, _) = setup.exec(h, &[], &vars, &[&run("aws")]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let creds: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(aws_caller(&setup, &creds).await, role_name(setup.id("aws_role_arn")), "{creds}");
+
+    let (out, _) = setup.exec(h, &[], &vars, &[&run("gcp"), "https://example.com/aud"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let gcp: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tokeninfo_email(&setup, gcp["access_token"].as_str().unwrap()).await, setup.id("gcp_service_account"));
+
+    let (out, _) =
+        setup.exec(h, &[], &vars, &[&run("azure"), "default", "https://management.azure.com/.default"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let azure: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jwt_claims(azure["token"].as_str().unwrap())["appid"], setup.id("azure_client_id"));
+}
+
+/// The role name GetCallerIdentity names for AWS keys (JSON `access_key_id`, ...).
+async fn aws_caller(setup: &Setup, creds: &Value) -> String {
+    use aws_sdk_sts::config::{Credentials, SharedCredentialsProvider};
+    let field = |k: &str| creds[k].as_str().unwrap_or_else(|| panic!("{k} missing: {creds}")).to_owned();
+    let keys =
+        Credentials::new(field("access_key_id"), field("secret_access_key"), Some(field("session_token")), None, "t");
+    let sts = keyless_test_support::clients::aws_sts(
+        &setup.emulator.url,
+        &setup.emulator.ca,
+        "us-east-1",
+        Some(SharedCredentialsProvider::new(keys)),
+    );
+    let arn = sts.get_caller_identity().send().await.unwrap().arn().unwrap_or_default().to_owned();
+    arn.split('/').nth(1).unwrap_or_default().to_owned()
+}
+
+async fn tokeninfo_email(setup: &Setup, token: &str) -> String {
+    let response = setup
+        .emulator
+        .control
+        .client()
+        .get(setup.emulator.control.url("/tokeninfo"))
+        .query(&[("access_token", token)])
+        .send()
+        .await
+        .unwrap();
+    let info: Value = response.json().await.unwrap();
+    info["email"].as_str().unwrap_or_default().to_owned()
+}
+
+fn jwt_claims(jwt: &str) -> Value {
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+/// Exit codes: 127 not found, 126 not runnable, the command's own, 128+N.
+#[tokio::test]
+async fn exec_exits_125_126_127_or_the_commands_status() {
+    let setup = Setup::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let (out, _) = setup.exec(h, &[], &[], &["/nonexistent/keyless-test-command"]).await;
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cannot run /nonexistent/keyless-test-command"), "{}", text(&out.stderr));
+    let not_executable = write(&h.join("script.sh"), "#!/bin/sh\nexit 0\n");
+    let (out, _) = setup.exec(h, &[], &[], &[not_executable.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+    let (out, _) = setup.exec(h, &[], &[], &["sh", "-c", "exit 3"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let (out, _) = setup.exec(h, &[], &[], &["sh", "-c", "kill -USR1 $$"]).await;
+    assert_eq!(out.status.code(), Some(128 + 10));
+    // keyless's own failure: a config it cannot use.
+    let (out, _) = setup.exec(h, &["--only", "aws", "--aws-role", "nobody"], &[], &["true"]).await;
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no [[aws.roles]] entry is named \"nobody\""), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn only_serves_the_clouds_named_and_the_identity_flags_choose_the_default() {
+    let setup = Setup::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let (out, _) = setup.exec(home.path(), &["--only", "aws,azure"], &[], &["sh", "-c", "env"]).await;
+    let printed = text(&out.stdout);
+    assert!(printed.contains("AWS_CONTAINER_CREDENTIALS_FULL_URI="), "{printed}");
+    assert!(printed.contains("IDENTITY_ENDPOINT="), "{printed}");
+    assert!(!printed.contains("GCE_METADATA_HOST="), "gcp is served although not asked for: {printed}");
+
+    let flags = [
+        "--aws-role",
+        "writer",
+        "--gcp-service-account",
+        setup.id("gcp_second_service_account"),
+        "--azure-client-id",
+        setup.id("azure_second_client_id"),
+    ];
+    let (ids, stderr) = setup.python_identities(home.path(), &flags, &[]).await;
+    assert_eq!(ids["aws"], role_name(setup.id("aws_second_role_arn")), "{ids}\n{stderr}");
+    assert_eq!(ids["gcp"], setup.id("gcp_second_service_account"), "{ids}\n{stderr}");
+    assert_eq!(ids["azure"], setup.id("azure_second_client_id"), "{ids}\n{stderr}");
+}
+
+/// One fail-fast case: exit 125 long before `--ready-timeout`, `expected` in the message, the
+/// command not run.
+async fn assert_fails_fast(setup: &Setup, env: &[(String, String)], expected: &str) {
+    let home = tempfile::tempdir().unwrap();
+    let marker = home.path().join("ran");
+    let timeout = format!("{}s", FAIL_FAST_BOUND.as_secs() * 2);
+    let (out, took) =
+        setup.exec(home.path(), &["--ready-timeout", &timeout], env, &["touch", marker.to_str().unwrap()]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+    assert!(stderr.contains("cannot get a credential until its configuration changes"), "{stderr}");
+    assert!(took < FAIL_FAST_BOUND, "waited {took:?}: {stderr}");
+    assert!(!marker.exists(), "the command ran");
+}
+
+#[tokio::test]
+async fn exec_fails_fast_on_access_denied_and_an_unknown_oidc_provider() {
+    let setup = Setup::with(|ids, toml| {
+        let role = ids["aws_role_arn"].as_str().unwrap();
+        toml.replace(role, &role.replace(":role/", ":role/not-trusting-"))
+    })
+    .await;
+    assert_fails_fast(&setup, &[], "AccessDenied").await;
+
+    let setup = Setup::start().await;
+    let untrusted = setup
+        .emulator
+        .control
+        .mint(serde_json::json!({ "aud": ["sts.amazonaws.com"], "iss": "https://untrusted.example" }))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = write(&dir.path().join("token"), &untrusted);
+    let aws_token = setup.emulator.token_file("aws");
+    let setup = Setup { toml: setup.toml.replacen(aws_token.to_str().unwrap(), token.to_str().unwrap(), 1), ..setup };
+    assert_fails_fast(&setup, &[], "No OpenIDConnect provider found").await;
+}
+
+#[tokio::test]
+async fn exec_fails_fast_on_invalid_target_and_entra_rejections() {
+    let setup = Setup::with(|ids, toml| {
+        let audience = ids["audiences"]["gcp"].as_str().unwrap();
+        toml.replace(audience, &audience.replace("/providers/", "/providers/gone-"))
+    })
+    .await;
+    assert_fails_fast(&setup, &[], "invalid_target").await;
+
+    let setup = Setup::with(|ids, toml| {
+        toml.replace(ids["azure_client_id"].as_str().unwrap(), "00000000-0000-0000-0000-00000000dead")
+    })
+    .await;
+    assert_fails_fast(&setup, &[], "AADSTS700016").await;
+
+    let setup = Setup::start().await;
+    let stranger = setup
+        .emulator
+        .control
+        .mint(
+            serde_json::json!({ "aud": ["api://AzureADTokenExchange"], "sub": "system:serviceaccount:other:stranger" }),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = write(&dir.path().join("token"), &stranger);
+    let azure_token = setup.emulator.token_file("azure");
+    let setup = Setup { toml: setup.toml.replacen(azure_token.to_str().unwrap(), token.to_str().unwrap(), 1), ..setup };
+    assert_fails_fast(&setup, &[], "AADSTS70021").await;
+}
+
+#[tokio::test]
+async fn exec_fails_fast_without_the_actions_variables_or_an_env_sources_variable() {
+    let setup = Setup::start().await;
+    let actions = format!(
+        "source = {{ type = \"github-actions\", ca_file = {} }}",
+        toml_string(setup.emulator.ca.to_str().unwrap())
+    );
+    let aws_token = format!("token_file = {}", toml_string(setup.emulator.token_file("aws").to_str().unwrap()));
+    let with_actions = Setup { toml: setup.toml.replacen(&aws_token, &actions, 1), ..setup };
+    assert_fails_fast(&with_actions, &[], "permissions: id-token: write").await;
+
+    let setup = Setup::start().await;
+    let gcp_token = format!("token_file = {}", toml_string(setup.emulator.token_file("gcp").to_str().unwrap()));
+    let with_env = Setup {
+        toml: setup.toml.replacen(&gcp_token, "source = { type = \"env\", var = \"CI_GCP_ID_TOKEN\" }", 1),
+        ..setup
+    };
+    assert_fails_fast(&with_env, &[], "environment variable CI_GCP_ID_TOKEN is not set").await;
+}
+
+/// A transient failure (STS answering 503) is retried until --ready-timeout, with one progress
+/// line for the identity that waits.
+#[tokio::test]
+async fn exec_retries_transient_errors_until_the_ready_timeout_and_says_it_waits() {
+    let setup = Setup::start().await;
+    setup
+        .emulator
+        .control
+        .fault(serde_json::json!({ "service": "aws-sts", "fail_next": 100_000, "status": 503 }))
+        .await;
+    let home = tempfile::tempdir().unwrap();
+    let (out, took) = setup.exec(home.path(), &["--ready-timeout", "4s"], &[], &["true"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("not every credential was ready within 4s"), "{stderr}");
+    assert!(took >= Duration::from_secs(4), "gave up before the timeout: {took:?} {stderr}");
+    // One line per waiting identity: the default role and `writer`.
+    let waiting = format!("keyless exec: waiting for aws {} ", setup.id("aws_role_arn"));
+    assert_eq!(stderr.matches(&waiting).count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("keyless exec: waiting for aws").count(), 2, "{stderr}");
+    assert!(setup.emulator.control.counter("aws-sts").await >= 2, "no retry");
+}
+
+#[tokio::test]
+async fn absurd_durations_are_refused_by_the_parser() {
+    let out = std::process::Command::new(keyless_bin())
+        .args(["exec", "--ready-timeout", "400000000000y", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("must be between 0s and 1day"), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn token_prints_one_credential_per_cloud() {
+    let setup = Setup::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir.path().join("keyless.toml"), &setup.toml);
+    let token = |args: &[&str]| {
+        let mut command = std::process::Command::new(keyless_bin());
+        command.arg("token").args(args).arg("--config").arg(&file).env_clear().env("HOME", dir.path());
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "keyless token {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let exports = token(&["aws", "--role", "writer"]);
+    let value = |name: &str| {
+        exports
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .unwrap_or_else(|| panic!("{name} missing: {exports}"))
+            .to_owned()
+    };
+    let creds = serde_json::json!({
+        "access_key_id": value("AWS_ACCESS_KEY_ID"),
+        "secret_access_key": value("AWS_SECRET_ACCESS_KEY"),
+        "session_token": value("AWS_SESSION_TOKEN"),
+    });
+    assert_eq!(aws_caller(&setup, &creds).await, role_name(setup.id("aws_second_role_arn")));
+    let json: Value = serde_json::from_str(&token(&["aws", "--format", "json"])).unwrap();
+    assert_eq!(json["Version"], 1);
+
+    let access = token(&["gcp"]);
+    assert_eq!(tokeninfo_email(&setup, access.trim()).await, setup.id("gcp_service_account"));
+    let id_token = token(&["gcp", "--audience", "https://example.com/aud"]);
+    assert_eq!(jwt_claims(id_token.trim())["aud"], "https://example.com/aud");
+
+    let entra = token(&["azure", "--role", setup.id("azure_second_client_id")]);
+    assert_eq!(jwt_claims(entra.trim())["appid"], setup.id("azure_second_client_id"));
+
+    let out = std::process::Command::new(keyless_bin())
+        .args(["token", "aws", "--audience", "x", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("--audience does not apply to aws"), "{}", text(&out.stderr));
+}
+
+/// SIGHUP reaches the command, and the command dies with keyless (SIGKILLed).
+#[tokio::test]
+async fn exec_forwards_sighup_and_its_command_dies_with_it() {
+    let setup = Setup::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let file = write(&home.path().join("keyless.toml"), &setup.toml);
+    let pid_file = home.path().join("pid");
+    let spawn = |script: String| {
+        tokio::process::Command::new(keyless_bin())
+            .arg("exec")
+            .arg("--config")
+            .arg(&file)
+            .args(["--", "sh", "-c", &script])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let started = |child: &tokio::process::Child| {
+        rustix::process::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()).unwrap()
+    };
+    let script = format!("trap 'exit 43' HUP; echo $$ > {}; while :; do sleep 0.1; done", pid_file.display());
+    let mut child = spawn(script.clone());
+    wait_until("the command to start", STARTUP_DEADLINE, || {
+        let exists = pid_file.exists();
+        async move { exists }
+    })
+    .await;
+    rustix::process::kill_process(started(&child), rustix::process::Signal::HUP).unwrap();
+    let status = tokio::time::timeout(STARTUP_DEADLINE, child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(43));
+
+    std::fs::remove_file(&pid_file).unwrap();
+    let mut child = spawn(script);
+    wait_until("the command to start", STARTUP_DEADLINE, || {
+        let written = std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'));
+        async move { written }
+    })
+    .await;
+    let command_pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    rustix::process::kill_process(started(&child), rustix::process::Signal::KILL).unwrap();
+    let _ = child.wait().await;
+    let proc = PathBuf::from(format!("/proc/{command_pid}/stat"));
+    wait_until("the command to die with keyless", STARTUP_DEADLINE, || {
+        // Gone, or a zombie waiting for its new parent to reap it.
+        let dead = std::fs::read_to_string(&proc).map_or(true, |stat| stat.contains(") Z "));
+        async move { dead }
+    })
+    .await;
+}
