@@ -364,7 +364,8 @@ async fn inject_and_helm_template_output_is_accepted_by_the_real_api_server() {
     cluster.create_namespace("shop").await;
     for name in ["every-kind", "overrides"] {
         let input = workspace_root().join(format!("crates/keyless-inject/tests/golden/{name}.in.yaml"));
-        let injected = inject_file(&input, &["--aws-region", "us-east-1"]).await;
+        // `overrides` holds a hostNetwork pod that is opted in but left alone.
+        let injected = inject_file(&input, &["--aws-region", "us-east-1", "--allow-uninjected"]).await;
         let path = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, &injected).unwrap();
         let applied = cluster.apply_server_side(&path).await.unwrap_or_else(|e| panic!("{name}: {e}\n{injected}"));

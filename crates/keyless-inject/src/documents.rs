@@ -62,12 +62,14 @@ pub struct WorkloadRef {
     pub service_account: String,
 }
 
+#[derive(Debug)]
 struct Document {
     index: usize,
     value: Value,
 }
 
 /// Parsed input documents, ready to inject.
+#[derive(Debug)]
 pub struct Documents {
     documents: Vec<Document>,
     service_accounts: Vec<ServiceAccount>,

@@ -72,25 +72,37 @@ impl Tree for serde_json::Value {
     }
 }
 
-/// Whether `actual` holds everything `desired` says: every key of a mapping (more keys are fine:
-/// the API server fills in defaults such as a probe's `scheme` or a port's `protocol`), every item
-/// of a list in order (more items are fine: the ServiceAccount admission plugin adds its token
-/// mount to every container), scalars equal.
+/// Whether `actual` is what `desired` says, give or take what others add: every key of a mapping
+/// (more keys are fine: the API server fills in defaults such as a probe's `scheme` or a port's
+/// `protocol`), the items of a list one for one (a list keyless writes is keyless's: an item more
+/// or less is a difference), except `volumeMounts`, where more items are fine (the ServiceAccount
+/// admission plugin mounts its token into every container), scalars equal.
 pub fn covers<T: Tree>(actual: &T, desired: &Yaml) -> bool {
+    covers_in(actual, desired, false)
+}
+
+fn covers_in<T: Tree>(actual: &T, desired: &Yaml, extra_items: bool) -> bool {
     match desired {
         Yaml::Mapping(map) => {
             actual.is_map()
-                && map.iter().all(|(k, v)| k.as_str().and_then(|k| actual.get(k)).is_some_and(|a| covers(a, v)))
+                && map.iter().all(|(k, v)| {
+                    k.as_str().is_some_and(|k| actual.get(k).is_some_and(|a| covers_in(a, v, k == "volumeMounts")))
+                })
         }
         Yaml::Sequence(items) => {
-            let Some(mut actual) = actual.as_list().map(<[T]>::iter) else { return false };
-            items.iter().all(|want| actual.any(|a| covers(a, want)))
+            let Some(actual) = actual.as_list() else { return false };
+            if extra_items {
+                let mut actual = actual.iter();
+                items.iter().all(|want| actual.any(|a| covers_in(a, want, false)))
+            } else {
+                actual.len() == items.len() && actual.iter().zip(items).all(|(a, want)| covers_in(a, want, false))
+            }
         }
         Yaml::String(s) => actual.as_str() == Some(s.as_str()),
         Yaml::Bool(b) => actual.as_bool() == Some(*b),
         Yaml::Number(n) => n.as_i64().is_some_and(|n| actual.as_i64() == Some(n)),
         Yaml::Null => actual.is_null(),
-        Yaml::Tagged(tagged) => covers(actual, &tagged.value),
+        Yaml::Tagged(tagged) => covers_in(actual, &tagged.value, extra_items),
     }
 }
 
@@ -220,15 +232,23 @@ mod tests {
 
     #[test]
     fn defaults_and_extra_items_still_cover_what_was_injected() {
-        let desired: Yaml =
-            serde_yaml::from_str("{name: k, ports: [{containerPort: 9812}], probe: {path: /readyz}}").unwrap();
+        let desired: Yaml = serde_yaml::from_str(
+            "{name: k, ports: [{containerPort: 9812}], probe: {path: /readyz}, env: [{name: A}], volumeMounts: [{name: t}]}",
+        )
+        .unwrap();
         let stored = serde_json::json!({
             "name": "k", "imagePullPolicy": "IfNotPresent",
             "ports": [{ "containerPort": 9812, "protocol": "TCP" }],
             "probe": { "path": "/readyz", "scheme": "HTTP" },
+            "env": [{ "name": "A" }],
+            "volumeMounts": [{ "name": "t" }, { "name": "kube-api-access-x" }],
         });
         assert!(covers(&stored, &desired));
-        let changed = serde_json::json!({ "name": "k", "ports": [{ "containerPort": 9813 }], "probe": { "path": "/readyz" } });
+        let mut changed = stored.clone();
+        changed["ports"][0]["containerPort"] = 9813.into();
         assert!(!covers(&changed, &desired));
+        let mut stale = stored.clone();
+        stale["env"] = serde_json::json!([{ "name": "A" }, { "name": "KEYLESS_AZURE__CLIENT_ID" }]);
+        assert!(!covers(&stale, &desired), "a variable more in keyless's own list is a difference");
     }
 }
