@@ -169,7 +169,11 @@ async fn the_readmes_roll_out_commands_inject_a_deployment_on_a_real_api_server(
         link(helm, "helm");
     }
     let home = tempfile::tempdir().unwrap();
-    let manifest = format!("{}\n---\n{}", account("billing", json!({})), deployment("billing", "billing", json!({ "app": "billing" })));
+    let manifest = format!(
+        "{}\n---\n{}",
+        account("billing", json!({})),
+        deployment("billing", "billing", json!({ "app": "billing" }))
+    );
     let created = cluster.kubectl_with_input(&["create", "-f", "-"], Some(&manifest)).await;
     assert!(created.status.success(), "{}", text(&created.stderr));
 

@@ -666,13 +666,17 @@ async fn stored_pods_replayed_get_no_patch_and_the_pod_is_no_authority() {
     // A record of its own beside its own `keyless` container: nothing of the pod's is removed.
     let mut own = pod("own-record", "billing", opted_in());
     own["metadata"]["annotations"] = json!({ "keyless.dev/injected": "{\"app\":[\"AWS_REGION\",\"MINE\"]}" });
-    own["spec"]["containers"][0]["env"] = json!([{ "name": "MINE", "value": "1" }, { "name": "AWS_REGION", "value": "r" }]);
+    own["spec"]["containers"][0]["env"] =
+        json!([{ "name": "MINE", "value": "1" }, { "name": "AWS_REGION", "value": "r" }]);
     own["spec"]["initContainers"] = json!([{ "name": "keyless", "image": "example/own:1", "restartPolicy": "Always" }]);
     create(&cluster, &own).await.unwrap_or_else(|e| panic!("{e}\n{}", context()));
     let stored = cluster.get_json(NAMESPACE, "pod", "own-record").await;
     assert_eq!(stored["spec"]["initContainers"][0]["image"], "example/own:1", "{stored}");
     let env = env_of(&stored["spec"]["containers"][0]);
-    assert_eq!((env.get("MINE").map(String::as_str), env.get("AWS_REGION").map(String::as_str)), (Some("1"), Some("r")));
+    assert_eq!(
+        (env.get("MINE").map(String::as_str), env.get("AWS_REGION").map(String::as_str)),
+        (Some("1"), Some("r"))
+    );
 
     // An annotation the sidecar would refuse at start: refused at admission, naming it.
     let refused = create(&cluster, &pod("gke", "gke", opted_in())).await.unwrap_err();

@@ -167,9 +167,7 @@ fn flow_depth(input: &str, limit: usize) -> usize {
                 }
             }
             ']' | '}' => depth = depth.saturating_sub(1),
-            '#' if previous.is_whitespace() => {
-                while chars.next_if(|c| *c != '\n').is_some() {}
-            }
+            '#' if previous.is_whitespace() => while chars.next_if(|c| *c != '\n').is_some() {},
             '"' if !previous.is_alphanumeric() => {
                 while let Some(c) = chars.next() {
                     match c {
@@ -383,7 +381,7 @@ mod tests {
     #[test]
     fn nesting_beyond_the_limit_is_refused_before_parsing() {
         let input = "[".repeat(200_000);
-        let err = inject_documents(&input, &Options::default()).err().expect("refused");
+        let err = inject_documents(&input, &Options::default()).expect_err("refused");
         assert!(err.reason.contains("nested deeper than 100 levels"), "{err}");
         let deep_but_fine = format!("a: {}1{}\n", "[".repeat(MAX_NESTING), "]".repeat(MAX_NESTING));
         inject_documents(&deep_but_fine, &Options::default()).expect("within the limit");

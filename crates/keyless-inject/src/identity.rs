@@ -71,7 +71,11 @@ pub fn pod_annotation_warning(pod: &Annotations) -> Option<String> {
     (!found.is_empty()).then(|| {
         format!(
             "the pod's own {} ignored: identities come from the ServiceAccount only (annotate it instead)",
-            if found.len() == 1 { format!("annotation {} is", found[0]) } else { format!("annotations {} are", found.join(", ")) }
+            if found.len() == 1 {
+                format!("annotation {} is", found[0])
+            } else {
+                format!("annotations {} are", found.join(", "))
+            }
         )
     })
 }
@@ -345,11 +349,11 @@ mod tests {
     #[test]
     fn reads_every_cloud_from_the_service_account_with_the_irsa_defaults() {
         let ids = read(&[
-                (AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/app"),
-                (GCP_SERVICE_ACCOUNT, "app@p.iam.gserviceaccount.com"),
-                (GCP_PROVIDER, "projects/123/locations/global/workloadIdentityPools/pool/providers/k8s"),
-                (AZURE_CLIENT_ID, "11111111-1111-1111-1111-111111111111"),
-                (AZURE_TENANT_ID, "00000000-0000-0000-0000-000000000000"),
+            (AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/app"),
+            (GCP_SERVICE_ACCOUNT, "app@p.iam.gserviceaccount.com"),
+            (GCP_PROVIDER, "projects/123/locations/global/workloadIdentityPools/pool/providers/k8s"),
+            (AZURE_CLIENT_ID, "11111111-1111-1111-1111-111111111111"),
+            (AZURE_TENANT_ID, "00000000-0000-0000-0000-000000000000"),
         ])
         .expect("valid");
         let aws = ids.aws.expect("aws");
@@ -363,8 +367,8 @@ mod tests {
 
     #[test]
     fn a_short_expiration_is_raised_to_the_irsa_floor() {
-        let ids = read(&[(AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/sa"), (AWS_TOKEN_EXPIRATION, "600")])
-            .expect("valid");
+        let ids =
+            read(&[(AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/sa"), (AWS_TOKEN_EXPIRATION, "600")]).expect("valid");
         assert_eq!(ids.aws.expect("aws").expiration_seconds, 3600, "raised to the IRSA webhook's floor");
     }
 

@@ -25,8 +25,8 @@ pub use pod::{
     INJECT_LABEL, INJECTED_ANNOTATION, Namespace, Plan, TemplateError, annotations_of, inject_pod_json,
     inject_template, opted_in, plan,
 };
-pub use tree::{Op, Step, Tree, json_patch, pointer};
 pub use sidecar::{CONTAINER, IDENTITY_HEADER_KEY};
+pub use tree::{Op, Step, Tree, json_patch, pointer};
 
 /// The sidecar image of this keyless version.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/keyless-dev/keyless:", env!("CARGO_PKG_VERSION"));
@@ -49,8 +49,11 @@ pub struct Options {
 }
 
 /// A check of the sidecar's variables (name, value): `Err` says what keyless would refuse at start.
+pub type CheckFn = fn(&[(String, String)]) -> Result<(), String>;
+
+/// The [`CheckFn`] the injection runs (a newtype, to compare and print [`Options`]).
 #[derive(Clone, Copy)]
-pub struct SidecarCheck(pub fn(&[(String, String)]) -> Result<(), String>);
+pub struct SidecarCheck(pub CheckFn);
 
 impl std::fmt::Debug for SidecarCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -133,7 +133,9 @@ pub fn plan<T: Tree>(
     check_shape(template)?;
     let spec = spec.ok_or_else(|| field("spec", "missing"))?;
     let record: Record = match previous {
-        Some(_) => pod_annotations.get(INJECTED_ANNOTATION).and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default(),
+        Some(_) => {
+            pod_annotations.get(INJECTED_ANNOTATION).and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default()
+        }
         None => Record::new(),
     };
     let planner = Planner { template, spec, init, previous, record: &record };
@@ -145,7 +147,11 @@ pub fn plan<T: Tree>(
         (check.0)(&sidecar::sidecar_env_pairs(&identities, options)).map_err(TemplateError::Sidecar)?;
     }
     let ops = planner.ops(Some(&identities), options);
-    Ok(Plan { outcome: Outcome::Injected { identities: Box::new(identities), warnings }, ops, first: previous.is_none() })
+    Ok(Plan {
+        outcome: Outcome::Injected { identities: Box::new(identities), warnings },
+        ops,
+        first: previous.is_none(),
+    })
 }
 
 /// The environment variables added per app container, by container name.
@@ -199,7 +205,9 @@ impl<T: Tree> Planner<'_, T> {
         for (name, want) in wanted {
             let found = volumes.and_then(|v| v.iter().position(|x| named(x, name)));
             match (found, want) {
-                (Some(i), Some(want)) if !covers(&volumes.unwrap_or_default()[i], &want) => edits.replaces.push((i, want)),
+                (Some(i), Some(want)) if !covers(&volumes.unwrap_or_default()[i], &want) => {
+                    edits.replaces.push((i, want))
+                }
                 (Some(_), Some(_)) => {}
                 (None, Some(want)) => edits.appends.push(want),
                 (Some(i), None) if self.previous.is_some() => edits.removes.push(i),
@@ -323,7 +331,9 @@ impl<T: Tree> Planner<'_, T> {
         if current == Some(text.as_str()) {
             return Vec::new();
         }
-        let entry = |text: String| Value::Mapping([(Value::from(INJECTED_ANNOTATION), Value::from(text))].into_iter().collect());
+        let entry = |text: String| {
+            Value::Mapping([(Value::from(INJECTED_ANNOTATION), Value::from(text))].into_iter().collect())
+        };
         if annotations.is_some_and(Tree::is_map) {
             vec![Op::Add(key, text.into())]
         } else if self.template.get("metadata").is_some_and(Tree::is_map) {
@@ -375,9 +385,8 @@ impl ListEdits {
 /// injection points the apps, with the token volume. A hand-written `keyless` container (the
 /// examples' use a config file) does not carry it and is left alone.
 fn looks_injected<T: Tree>(container: &T) -> bool {
-    let args_serve = container.get("args").and_then(Tree::as_list).is_some_and(|a| {
-        a.len() == 1 && a[0].as_str() == Some("serve")
-    });
+    let args_serve =
+        container.get("args").and_then(Tree::as_list).is_some_and(|a| a.len() == 1 && a[0].as_str() == Some("serve"));
     let env = container.get("env").and_then(Tree::as_list).unwrap_or_default();
     let listens = env.iter().any(|e| named(e, "KEYLESS_LISTEN") && str_at(e, &["value"]) == Some(LISTEN_ADDRESS));
     let mounts = container.get("volumeMounts").and_then(Tree::as_list).unwrap_or_default();
@@ -569,7 +578,10 @@ mod tests {
             }
         }
         stored["spec"]["volumes"][0]["projected"]["defaultMode"] = 420.into();
-        stored["spec"]["volumes"].as_array_mut().expect("volumes").push(serde_json::json!({ "name": "kube-api-access-x", "projected": { "sources": [] } }));
+        stored["spec"]["volumes"]
+            .as_array_mut()
+            .expect("volumes")
+            .push(serde_json::json!({ "name": "kube-api-access-x", "projected": { "sources": [] } }));
         let plan = plan(&stored, &sa, Namespace::Unknown, &options).expect("plans");
         assert_eq!(plan.ops, Vec::new());
         assert!(matches!(plan.outcome, Outcome::Injected { .. }) && !plan.first);
@@ -580,7 +592,9 @@ mod tests {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|e| (e["name"].as_str().unwrap_or_default().to_owned(), e["value"].as_str().unwrap_or("<from>").to_owned()))
+            .map(|e| {
+                (e["name"].as_str().unwrap_or_default().to_owned(), e["value"].as_str().unwrap_or("<from>").to_owned())
+            })
             .collect()
     }
 
@@ -615,7 +629,10 @@ mod tests {
         assert_eq!(identities.aws.expect("aws").role_arn, "arn:aws:iam::111122223333:role/a");
         assert!(warnings.iter().any(|w| w.contains("ignored")), "{warnings:?}");
         let plan = plan_of(&pod, &Annotations::new());
-        assert!(matches!(plan.outcome, Outcome::Skipped(Skip::NoIdentity { .. })), "the pod's annotation alone is nothing");
+        assert!(
+            matches!(plan.outcome, Outcome::Skipped(Skip::NoIdentity { .. })),
+            "the pod's annotation alone is nothing"
+        );
     }
 
     fn plan_of(pod: &serde_json::Value, sa: &Annotations) -> Plan {
@@ -630,17 +647,23 @@ mod tests {
         let record = serde_json::json!({ "app": ["MINE", "AWS_REGION"] }).to_string();
         let mut pod = pod();
         pod["metadata"]["annotations"] = serde_json::json!({ INJECTED_ANNOTATION: record });
-        pod["spec"]["containers"][0]["env"] = serde_json::json!([{ "name": "MINE", "value": "1" }, { "name": "AWS_REGION", "value": "r" }]);
+        pod["spec"]["containers"][0]["env"] =
+            serde_json::json!([{ "name": "MINE", "value": "1" }, { "name": "AWS_REGION", "value": "r" }]);
         // With its own `keyless` container: a hand-written setup, left exactly as it is.
         let mut hand_written = pod.clone();
-        hand_written["spec"]["initContainers"] = serde_json::json!([{ "name": "keyless", "image": "mine", "restartPolicy": "Always" }]);
+        hand_written["spec"]["initContainers"] =
+            serde_json::json!([{ "name": "keyless", "image": "mine", "restartPolicy": "Always" }]);
         let plan = plan_of(&hand_written, &sa);
         assert_eq!(plan.outcome, Outcome::Skipped(Skip::KeylessContainer));
         assert!(plan.ops.is_empty());
         // Without: injected, its variables kept, the record replaced by keyless's.
         let (injected, _) = inject_pod_json(&pod, &sa, Namespace::Unknown, &Options::default()).expect("injects");
         let env = env_names(&injected, 0);
-        assert!(env.contains(&("MINE".to_owned(), "1".to_owned())) && env.contains(&("AWS_REGION".to_owned(), "r".to_owned())), "{env:?}");
+        assert!(
+            env.contains(&("MINE".to_owned(), "1".to_owned()))
+                && env.contains(&("AWS_REGION".to_owned(), "r".to_owned())),
+            "{env:?}"
+        );
         let record = injected["metadata"]["annotations"][INJECTED_ANNOTATION].as_str().expect("a record");
         assert!(!record.contains("MINE"), "{record}");
     }

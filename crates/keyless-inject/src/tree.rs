@@ -235,7 +235,7 @@ mod tests {
         let desired: Yaml = serde_yaml::from_str(
             "{name: k, ports: [{containerPort: 9812}], probe: {path: /readyz}, env: [{name: A}], volumeMounts: [{name: t}]}",
         )
-        .unwrap();
+        .expect("YAML");
         let stored = serde_json::json!({
             "name": "k", "imagePullPolicy": "IfNotPresent",
             "ports": [{ "containerPort": 9812, "protocol": "TCP" }],

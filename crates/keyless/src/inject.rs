@@ -86,7 +86,8 @@ pub struct CliArgs {
 fn check_sidecar(env: &[(String, String)]) -> Result<(), String> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    static CHECKED: OnceLock<Mutex<HashMap<Vec<(String, String)>, Result<(), String>>>> = OnceLock::new();
+    type Checked = HashMap<Vec<(String, String)>, Result<(), String>>;
+    static CHECKED: OnceLock<Mutex<Checked>> = OnceLock::new();
     const REMEMBERED: usize = 1024;
     let checked = CHECKED.get_or_init(Default::default);
     if let Some(result) = checked.lock().ok().and_then(|c| c.get(env).cloned()) {
@@ -128,8 +129,7 @@ pub type Output = keyless_inject::Injected;
 /// injects.
 pub async fn run(file: Option<&Path>, cli: &CliArgs, args: &InjectArgs) -> Result<Output, String> {
     let input = read_input(file)?;
-    let source =
-        file.filter(|f| *f != Path::new("-")).map_or_else(|| "stdin".to_owned(), |f| f.display().to_string());
+    let source = file.filter(|f| *f != Path::new("-")).map_or_else(|| "stdin".to_owned(), |f| f.display().to_string());
     let documents = keyless_inject::parse_documents(&input).map_err(|e| format!("{source}: {e}"))?;
     let cluster = if cli.from_cluster {
         Some(cluster::service_accounts(&documents.missing_service_accounts()).await?)
@@ -157,9 +157,9 @@ mod cluster {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
-        let config = Config::infer().await.map_err(|e| {
-            format!("--from-cluster: cannot load a kubeconfig: {e} (set KUBECONFIG or ~/.kube/config)")
-        })?;
+        let config = Config::infer()
+            .await
+            .map_err(|e| format!("--from-cluster: cannot load a kubeconfig: {e} (set KUBECONFIG or ~/.kube/config)"))?;
         let default_namespace = config.default_namespace.clone();
         let client = Client::try_from(config).map_err(|e| format!("--from-cluster: {e}"))?;
         let mut found = Vec::new();
@@ -224,7 +224,31 @@ mod tests {
     #[test]
     fn without_flags_the_options_are_the_librarys_defaults() {
         let cli = Cli::try_parse_from(["keyless"]).expect("parses");
-        assert_eq!(cli.inject.options(), Options::default());
+        let checked = Options { check_sidecar: Some(SidecarCheck(check_sidecar)), ..Options::default() };
+        assert_eq!(cli.inject.options(), checked);
+    }
+
+    /// The check is `keyless serve`'s own loading: a service account e-mail the GCP adapter refuses
+    /// at start is refused, naming the setting; the injection's usual variables pass.
+    #[test]
+    fn the_sidecar_check_refuses_what_the_sidecar_would_refuse_at_start() {
+        let env = |account: &str| -> Vec<(String, String)> {
+            [
+                ("KEYLESS_LISTEN", "127.0.0.1:9811"),
+                ("KEYLESS_GCP__TOKEN_FILE", "/var/run/secrets/keyless/gcp-token"),
+                (
+                    "KEYLESS_GCP__AUDIENCE",
+                    "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k",
+                ),
+                ("KEYLESS_GCP__SERVICE_ACCOUNT", account),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+        };
+        check_sidecar(&env("app@p.iam.gserviceaccount.com")).expect("accepted");
+        let err = check_sidecar(&env("a@b.c/../../x?y#z")).expect_err("refused at start");
+        assert!(err.contains("service_account"), "{err}");
     }
 
     /// keyless-inject names keyless's settings (`KEYLESS_<SECTION>__<KEY>`) as strings: the
