@@ -194,6 +194,18 @@ async fn the_readmes_roll_out_commands_inject_a_deployment_on_a_real_api_server(
     let env = template["spec"]["initContainers"][0]["env"].as_array().unwrap();
     assert!(env.iter().any(|e| e["name"] == "KEYLESS_AWS__ROLE_ARN"), "{stored}");
 
+    // A ServiceAccount in the input wins over the cluster's.
+    let other_role = "arn:aws:iam::111122223333:role/from-input";
+    let input = format!(
+        "{}\n---\n{}",
+        account("billing", json!({ "eks.amazonaws.com/role-arn": other_role })),
+        deployment("billing", "billing", json!({ "app": "billing", "keyless.dev/inject": "true" }))
+    );
+    let kubeconfig = cluster.kubeconfig.to_str().unwrap();
+    let out = inject(&["-f", "-", "--from-cluster"], &input, &[("KUBECONFIG", kubeconfig)]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(other_role) && !text(&out.stdout).contains(ROLE), "{}", text(&out.stdout));
+
     // The same pipeline for a workload whose ServiceAccount has no identity: it fails and applies
     // nothing (the stored Deployment keeps its generation).
     let manifest = format!(
