@@ -378,7 +378,7 @@ async fn inject_and_helm_template_output_is_accepted_by_the_real_api_server() {
 
     if let Some(helm) = keyless_test_support::tools::helm() {
         let chart = workspace_root().join("charts/keyless");
-        let out = std::process::Command::new(helm)
+        let out = std::process::Command::new(&helm)
             .args(["template", "keyless", chart.to_str().unwrap(), "--namespace", "keyless-system"])
             .output()
             .unwrap();
@@ -391,6 +391,28 @@ async fn inject_and_helm_template_output_is_accepted_by_the_real_api_server() {
             applied.contains("mutatingwebhookconfiguration.admissionregistration.k8s.io/keyless-webhook"),
             "{applied}"
         );
+
+        // With a cluster to look in, the NetworkPolicy admits the API server's own addresses (the
+        // `kubernetes` Service's endpoints; this test API server reconciles none, so one is made).
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": { "name": "kubernetes-test", "namespace": "default", "labels": { "kubernetes.io/service-name": "kubernetes" } },
+            "addressType": "IPv4",
+            "endpoints": [{ "addresses": ["127.0.0.1"] }],
+            "ports": [{ "name": "https", "port": 6443, "protocol": "TCP" }],
+        });
+        apply(&cluster, &slice).await.unwrap();
+        let out = std::process::Command::new(&helm)
+            .args(["template", "keyless", chart.to_str().unwrap(), "--namespace", "keyless-system", "--dry-run=server"])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        let rendered = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let policy = rendered.split("\n---\n").find(|d| d.contains("kind: NetworkPolicy")).unwrap();
+        assert!(policy.contains("cidr: 127.0.0.1/32") && !policy.contains("0.0.0.0/0"), "{policy}");
     }
     cluster.stop().await;
 }
