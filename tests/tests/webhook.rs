@@ -399,7 +399,7 @@ async fn inject_and_helm_template_output_is_accepted_by_the_real_api_server() {
             "kind": "EndpointSlice",
             "metadata": { "name": "kubernetes-test", "namespace": "default", "labels": { "kubernetes.io/service-name": "kubernetes" } },
             "addressType": "IPv4",
-            "endpoints": [{ "addresses": ["127.0.0.1"] }],
+            "endpoints": [{ "addresses": ["10.0.0.1"] }],
             "ports": [{ "name": "https", "port": 6443, "protocol": "TCP" }],
         });
         apply(&cluster, &slice).await.unwrap();
@@ -412,7 +412,7 @@ async fn inject_and_helm_template_output_is_accepted_by_the_real_api_server() {
         let rendered = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let policy = rendered.split("\n---\n").find(|d| d.contains("kind: NetworkPolicy")).unwrap();
-        assert!(policy.contains("cidr: 127.0.0.1/32") && !policy.contains("0.0.0.0/0"), "{policy}");
+        assert!(policy.contains("cidr: 10.0.0.1/32") && !policy.contains("0.0.0.0/0"), "{policy}");
     }
     cluster.stop().await;
 }
