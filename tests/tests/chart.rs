@@ -45,13 +45,14 @@ fn template_renders_the_webhook_with_a_generated_ca_by_default() {
         "podAntiAffinity:",
         "kind: Service",
         "kind: MutatingWebhookConfiguration",
-        "failurePolicy: Fail",
+        "failurePolicy: \"Fail\"",
         "reinvocationPolicy: IfNeeded",
         "sideEffects: None",
         "kind: Secret",
         "caBundle: ",
-        "- --failure-policy=fail",
-        "- --image=ghcr.io/keyless-dev/keyless:0.1.0",
+        "- \"--failure-policy=fail\"",
+        "- \"--image=ghcr.io/keyless-dev/keyless:0.1.0\"",
+        "kind: NetworkPolicy",
         "resources: [\"serviceaccounts\"]",
         "verbs: [\"get\", \"list\", \"watch\"]",
     ] {
@@ -74,7 +75,7 @@ fn template_uses_cert_manager_when_its_api_is_installed() {
         "{out}"
     );
     assert!(!out.contains("caBundle: "), "cert-manager injects the CA");
-    assert!(out.contains("failurePolicy: Ignore") && out.contains("- --failure-policy=ignore"), "{out}");
+    assert!(out.contains("failurePolicy: \"Ignore\"") && out.contains("- \"--failure-policy=ignore\""), "{out}");
 }
 
 #[test]
@@ -84,4 +85,70 @@ fn template_refuses_an_unknown_tls_source() {
     let (ok, text) =
         helm(&helm_bin, &["template", "k", chart.to_str().expect("utf-8 path"), "--set", "tls.source=vault"]);
     assert!(!ok && text.contains("tls.source must be auto, certManager or generated"), "{text}");
+}
+
+/// The rendered documents of `helm template` with `values` (a values file: no `--set` escaping).
+fn rendered(helm_bin: &Path, values: &str) -> Vec<serde_yaml::Value> {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, values).expect("writes the values");
+    let out = template(helm_bin, &["--values", file.to_str().expect("utf-8 path")]);
+    let mut documents = Vec::new();
+    for document in out.split("\n---\n") {
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(document).unwrap_or_else(|e| panic!("helm rendered invalid YAML: {e}\n{document}"));
+        if !value.is_null() {
+            documents.push(value);
+        }
+    }
+    documents
+}
+
+fn of_kind<'a>(documents: &'a [serde_yaml::Value], kind: &str) -> Vec<&'a serde_yaml::Value> {
+    documents.iter().filter(|d| d["kind"].as_str() == Some(kind)).collect()
+}
+
+/// A value with ` #` (a YAML comment when unquoted) or `: ` (a mapping) reaches the webhook as it
+/// is, and the Deployment stays valid.
+#[test]
+fn values_with_yaml_syntax_reach_the_webhook_as_given() {
+    let Some(helm_bin) = tools::helm() else { return };
+    let values = "sidecar:\n  env:\n    HTTPS_PROXY: 'http://proxy:3128 #c'\n    NO_PROXY: 'a: b'\naws:\n  region: 'eu-west-1 #x'\n";
+    let documents = rendered(&helm_bin, values);
+    let deployment = of_kind(&documents, "Deployment");
+    let args: Vec<&str> = deployment[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .expect("args is a list")
+        .iter()
+        .map(|a| a.as_str().expect("every argument is a string"))
+        .collect();
+    for expected in
+        ["--sidecar-env=HTTPS_PROXY=http://proxy:3128 #c", "--sidecar-env=NO_PROXY=a: b", "--aws-region=eu-west-1 #x"]
+    {
+        assert!(args.contains(&expected), "{expected:?} not in {args:?}");
+    }
+}
+
+/// On by default; the admission port admits only the configured peers (the API server), and a
+/// value turns it off.
+#[test]
+fn a_network_policy_admits_only_the_api_server_to_the_admission_port() {
+    let Some(helm_bin) = tools::helm() else { return };
+    let peers = "networkPolicy:\n  apiServer:\n    - ipBlock:\n        cidr: 10.0.0.0/28\n";
+    let documents = rendered(&helm_bin, peers);
+    let policies = of_kind(&documents, "NetworkPolicy");
+    assert_eq!(policies.len(), 1, "{documents:?}");
+    let spec = &policies[0]["spec"];
+    assert_eq!(spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(), Some("keyless-webhook"));
+    let ingress = spec["ingress"].as_sequence().expect("ingress rules");
+    let https = ingress.iter().find(|r| r["ports"][0]["port"].as_str() == Some("https")).expect("the admission port");
+    let from = https["from"].as_sequence().expect("peers");
+    assert_eq!(from.len(), 1);
+    assert_eq!(from[0]["ipBlock"]["cidr"].as_str(), Some("10.0.0.0/28"));
+    // Without a cluster to look the API server up in, the documented fallback.
+    let documents = rendered(&helm_bin, "");
+    let https = &of_kind(&documents, "NetworkPolicy")[0]["spec"]["ingress"][0];
+    assert_eq!(https["from"][0]["ipBlock"]["cidr"].as_str(), Some("0.0.0.0/0"));
+    let documents = rendered(&helm_bin, "networkPolicy:\n  enabled: false\n");
+    assert!(of_kind(&documents, "NetworkPolicy").is_empty());
 }

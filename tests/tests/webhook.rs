@@ -252,7 +252,7 @@ async fn the_webhook_injects_pods_stored_by_a_real_api_server_and_respects_the_f
     let app = env_of(&stored["spec"]["containers"][0]);
     assert_eq!(app["AWS_CONTAINER_CREDENTIALS_FULL_URI"], "http://127.0.0.1:9811/v1/credentials");
     assert_eq!(app["AWS_REGION"], "mine", "the user's value wins");
-    assert_eq!(app["AWS_DEFAULT_REGION"], "eu-west-1");
+    assert_eq!(app["AWS_DEFAULT_REGION"], "mine", "for both region variables");
     let volumes = stored["spec"]["volumes"].as_array().unwrap();
     let tokens = volumes.iter().find(|v| v["name"] == "keyless-tokens").unwrap();
     let sources = &tokens["projected"]["sources"];
@@ -364,7 +364,8 @@ async fn inject_and_helm_template_output_is_accepted_by_the_real_api_server() {
     cluster.create_namespace("shop").await;
     for name in ["every-kind", "overrides"] {
         let input = workspace_root().join(format!("crates/keyless-inject/tests/golden/{name}.in.yaml"));
-        let injected = inject_file(&input, &["--aws-region", "us-east-1"]).await;
+        // `overrides` holds a hostNetwork pod that is opted in but left alone.
+        let injected = inject_file(&input, &["--aws-region", "us-east-1", "--allow-uninjected"]).await;
         let path = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, &injected).unwrap();
         let applied = cluster.apply_server_side(&path).await.unwrap_or_else(|e| panic!("{name}: {e}\n{injected}"));
@@ -377,7 +378,7 @@ async fn inject_and_helm_template_output_is_accepted_by_the_real_api_server() {
 
     if let Some(helm) = keyless_test_support::tools::helm() {
         let chart = workspace_root().join("charts/keyless");
-        let out = std::process::Command::new(helm)
+        let out = std::process::Command::new(&helm)
             .args(["template", "keyless", chart.to_str().unwrap(), "--namespace", "keyless-system"])
             .output()
             .unwrap();
@@ -390,6 +391,28 @@ async fn inject_and_helm_template_output_is_accepted_by_the_real_api_server() {
             applied.contains("mutatingwebhookconfiguration.admissionregistration.k8s.io/keyless-webhook"),
             "{applied}"
         );
+
+        // With a cluster to look in, the NetworkPolicy admits the API server's own addresses (the
+        // `kubernetes` Service's endpoints; this test API server reconciles none, so one is made).
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": { "name": "kubernetes-test", "namespace": "default", "labels": { "kubernetes.io/service-name": "kubernetes" } },
+            "addressType": "IPv4",
+            "endpoints": [{ "addresses": ["10.0.0.1"] }],
+            "ports": [{ "name": "https", "port": 6443, "protocol": "TCP" }],
+        });
+        apply(&cluster, &slice).await.unwrap();
+        let out = std::process::Command::new(&helm)
+            .args(["template", "keyless", chart.to_str().unwrap(), "--namespace", "keyless-system", "--dry-run=server"])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        let rendered = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let policy = rendered.split("\n---\n").find(|d| d.contains("kind: NetworkPolicy")).unwrap();
+        assert!(policy.contains("cidr: 10.0.0.1/32") && !policy.contains("0.0.0.0/0"), "{policy}");
     }
     cluster.stop().await;
 }
@@ -524,5 +547,209 @@ async fn the_injected_pods_tokens_are_exchanged_for_credentials_the_sdks_accept(
     .await;
     assert!(azure.contains(&format!("token for app {}", id("azure_client_id"))), "{azure}");
     keyless.stop().await;
+    cluster.stop().await;
+}
+
+/// An AdmissionReview of a Pod CREATE in `shop`, as the API server sends it.
+fn review_of(pod: &Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "00000000-0000-0000-0000-000000000001",
+            "kind": { "group": "", "version": "v1", "kind": "Pod" },
+            "resource": { "group": "", "version": "v1", "resource": "pods" },
+            "namespace": NAMESPACE,
+            "operation": "CREATE",
+            "userInfo": { "username": "keyless-tests" },
+            "object": pod,
+            "oldObject": null,
+            "dryRun": false,
+        },
+    })
+}
+
+/// Posts `review` to the webhook directly (as any client reaching its port can): the raw JSON
+/// response.
+async fn post_review(client: &reqwest::Client, port: u16, review: &Value) -> Value {
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    let response = client.post(url).json(review).send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+}
+
+fn webhook_client(pki: &WebhookPki) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// The API server's count of GETs of ServiceAccounts (its own /metrics).
+async fn service_account_gets(cluster: &Cluster) -> u64 {
+    let metrics = cluster.kubectl_ok(&["get", "--raw", "/metrics"]).await;
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains("resource=\"serviceaccounts\"")
+                && l.contains("verb=\"GET\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Pods read back from the real API server (stored and defaulted: probe schemes and thresholds,
+/// port protocols, pull policies, termination-message fields, its token volume mounted into every
+/// container) replayed as reviews: no patch, counted as already injected. A new pod's patch is
+/// the documented base64 JSON Patch. The pod's own annotations are no authority: identity
+/// annotations on the pod and a `keyless.dev/injected` record it brings change nothing of its own.
+/// A ServiceAccount annotation the sidecar would refuse at start is refused at admission.
+#[tokio::test]
+async fn stored_pods_replayed_get_no_patch_and_the_pod_is_no_authority() {
+    let Some(cluster) = Cluster::start().await else { return };
+    cluster.create_namespace(NAMESPACE).await;
+    service_account(&cluster, "billing", json!({ "eks.amazonaws.com/role-arn": ROLE })).await;
+    service_account(&cluster, "plain", json!({})).await;
+    let provider = "projects/123/locations/global/workloadIdentityPools/pool/providers/k8s";
+    service_account(
+        &cluster,
+        "gke",
+        json!({ "iam.gke.io/gcp-service-account": "a@b.c/../../x?y#z", "keyless.dev/gcp-workload-identity-provider": provider }),
+    )
+    .await;
+    let pki = WebhookPki::new();
+    let port = free_port();
+    let webhook = Webhook::start(&cluster, &pki, "fail", port).await;
+    register(&cluster, &pki, port, "Fail").await;
+    let context = || format!("--- webhook\n{}", webhook.process.logs());
+    wait_admitted(&cluster, "the webhook's registration", &pod("probe", "billing", opted_in()), true).await;
+    let client = webhook_client(&pki);
+
+    // A new pod: the patch is a base64 string (not kube-rs's array of numbers) of a JSON Patch.
+    let answer = post_review(&client, port, &review_of(&pod("fresh", "billing", opted_in()))).await;
+    let response = &answer["response"];
+    assert_eq!(response["allowed"], true, "{answer}");
+    assert_eq!(response["patchType"], "JSONPatch", "{answer}");
+    use base64::Engine as _;
+    let patch = response["patch"].as_str().unwrap_or_else(|| panic!("patch is not a string: {answer}"));
+    let ops: Value = serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(patch).unwrap()).unwrap();
+    assert!(
+        ops.as_array().unwrap().iter().any(|op| op["op"] == "add" && op["path"] == "/spec/initContainers"),
+        "{ops}"
+    );
+
+    // Stored pods, injected by the webhook at creation, replayed: nothing to change.
+    let mut bare = pod("stored", "billing", opted_in());
+    bare["spec"]["containers"][0]["ports"] = json!([{ "containerPort": 8080 }]);
+    bare["spec"]["containers"][0]["readinessProbe"] = json!({ "httpGet": { "path": "/", "port": 8080 } });
+    create(&cluster, &bare).await.unwrap_or_else(|e| panic!("{e}\n{}", context()));
+    let mut workloads = vec![cluster.get_json(NAMESPACE, "pod", "stored").await];
+    // A pod stored from `keyless inject`'s output (not through the webhook: the pod is not opted
+    // in at creation, then replayed as opted in).
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("pod.yaml");
+    let manifest = json!({
+        "apiVersion": "v1", "kind": "List",
+        "items": [
+            { "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "billing", "namespace": NAMESPACE, "annotations": { "eks.amazonaws.com/role-arn": ROLE } } },
+            pod("from-inject", "billing", json!({ "keyless.dev/inject": "true", "stage": "x" })),
+        ],
+    });
+    std::fs::write(&input, manifest.to_string()).unwrap();
+    let injected = inject_file(&input, &["--aws-region", "eu-west-1"]).await;
+    let injected = injected.replace("keyless.dev/inject: 'true'", "keyless.dev/inject: 'false'");
+    let path = dir.path().join("injected.yaml");
+    std::fs::write(&path, &injected).unwrap();
+    cluster.apply_server_side(&path).await.unwrap();
+    let mut from_inject = cluster.get_json(NAMESPACE, "pod", "from-inject").await;
+    from_inject["metadata"]["labels"]["keyless.dev/inject"] = "true".into();
+    workloads.push(from_inject);
+    let before = webhook.metrics().await;
+    for stored in &workloads {
+        assert_eq!(init_names(stored), ["keyless"], "{stored}");
+        let answer = post_review(&client, port, &review_of(stored)).await;
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+        assert!(answer["response"].get("patch").is_none(), "a stored pod got a patch: {answer}\n{stored}");
+    }
+    let after = webhook.metrics().await;
+    let skips = "keyless_webhook_skips_total{reason=\"already_injected\"}";
+    assert_eq!(counter(&after, skips), counter(&before, skips) + 2, "{after}");
+    assert_eq!(
+        counter(&after, "keyless_webhook_injections_total"),
+        counter(&before, "keyless_webhook_injections_total"),
+        "{after}"
+    );
+
+    // The pod's own identity annotation is not read: its ServiceAccount has none.
+    let mut annotated = pod("annotated", "plain", opted_in());
+    annotated["metadata"]["annotations"] = json!({ "eks.amazonaws.com/role-arn": ROLE });
+    let warning = create(&cluster, &annotated).await.unwrap();
+    assert!(warning.contains("ignored"), "{warning}");
+    assert!(init_names(&cluster.get_json(NAMESPACE, "pod", "annotated").await).is_empty());
+
+    // A record of its own beside its own `keyless` container: nothing of the pod's is removed.
+    let mut own = pod("own-record", "billing", opted_in());
+    own["metadata"]["annotations"] = json!({ "keyless.dev/injected": "{\"app\":[\"AWS_REGION\",\"MINE\"]}" });
+    own["spec"]["containers"][0]["env"] =
+        json!([{ "name": "MINE", "value": "1" }, { "name": "AWS_REGION", "value": "r" }]);
+    own["spec"]["initContainers"] = json!([{ "name": "keyless", "image": "example/own:1", "restartPolicy": "Always" }]);
+    create(&cluster, &own).await.unwrap_or_else(|e| panic!("{e}\n{}", context()));
+    let stored = cluster.get_json(NAMESPACE, "pod", "own-record").await;
+    assert_eq!(stored["spec"]["initContainers"][0]["image"], "example/own:1", "{stored}");
+    let env = env_of(&stored["spec"]["containers"][0]);
+    assert_eq!(
+        (env.get("MINE").map(String::as_str), env.get("AWS_REGION").map(String::as_str)),
+        (Some("1"), Some("r"))
+    );
+
+    // An annotation the sidecar would refuse at start: refused at admission, naming it.
+    let refused = create(&cluster, &pod("gke", "gke", opted_in())).await.unwrap_err();
+    assert!(refused.contains("iam.gke.io/gcp-service-account"), "{refused}");
+
+    // The container's AWS_REGION is the region of both variables.
+    let stored = cluster.get_json(NAMESPACE, "pod", "stored").await;
+    let env = env_of(&stored["spec"]["containers"][0]);
+    assert_eq!((env["AWS_REGION"].as_str(), env["AWS_DEFAULT_REGION"].as_str()), ("mine", "mine"), "{stored}");
+    webhook.process.stop().await;
+    cluster.stop().await;
+}
+
+/// Reviews sent straight to the webhook's port: a ServiceAccount name Kubernetes would refuse is
+/// never looked up, and 300 reviews naming ServiceAccounts that do not exist cost a bounded
+/// number of API reads (a negative cache per name, a budget for all), counted by the API server.
+#[tokio::test]
+async fn reviews_naming_unknown_service_accounts_cost_bounded_api_reads() {
+    let Some(cluster) = Cluster::start().await else { return };
+    cluster.create_namespace(NAMESPACE).await;
+    let pki = WebhookPki::new();
+    let port = free_port();
+    let webhook = Webhook::start(&cluster, &pki, "fail", port).await;
+    let client = webhook_client(&pki);
+
+    let answer = post_review(&client, port, &review_of(&pod("p", "../../../api/v1/secrets", opted_in()))).await;
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    let message = answer["response"]["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not a valid ServiceAccount name"), "{answer}");
+
+    // The bounds: one read per name per 10 s; 10 at once, then one per 200 ms (accounts.rs).
+    let before = service_account_gets(&cluster).await;
+    let started = std::time::Instant::now();
+    for _ in 0..300 {
+        post_review(&client, port, &review_of(&pod("p", "ghost", opted_in()))).await;
+    }
+    let one_name = service_account_gets(&cluster).await - before;
+    let bound = 1 + started.elapsed().as_secs() / 10;
+    assert!(one_name <= bound, "300 reviews of one unknown ServiceAccount cost {one_name} GETs (bound {bound})");
+    let before = service_account_gets(&cluster).await;
+    let started = std::time::Instant::now();
+    for i in 0..300 {
+        post_review(&client, port, &review_of(&pod("p", &format!("ghost-{i}"), opted_in()))).await;
+    }
+    let many = service_account_gets(&cluster).await - before;
+    let bound = 10 + 1 + (started.elapsed().as_millis() / 200) as u64;
+    assert!(many <= bound, "300 reviews of unknown ServiceAccounts cost {many} GETs (bound {bound})");
+    assert!(many < 300, "{many}");
+    webhook.process.stop().await;
     cluster.stop().await;
 }

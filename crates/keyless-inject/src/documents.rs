@@ -1,11 +1,12 @@
 //! `keyless inject`: multi-document YAML in, the same documents out, each opted-in workload's pod
-//! template injected with the ServiceAccounts found in the input. Other documents pass through.
+//! template injected with the ServiceAccounts found in the input (or read from the cluster by the
+//! caller). Other documents pass through. An opted-in workload that gets nothing is reported.
 
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use crate::identity::Annotations;
-use crate::pod::{Namespace, TemplateError, annotations_of, inject_template};
+use crate::identity::{AWS_ROLE_ARN, Annotations};
+use crate::pod::{INJECT_LABEL, Namespace as PodNamespace, TemplateError, annotations_of, opted_in, plan};
 use crate::{Options, Outcome, Skip};
 
 /// Where a workload kind keeps its pod template.
@@ -35,31 +36,174 @@ pub struct DocumentError {
 pub struct Injected {
     pub yaml: String,
     pub notes: Vec<String>,
+    /// One line per opted-in workload that got nothing, naming it, why, and the fix.
+    pub uninjected: Vec<String>,
 }
 
+/// The deepest nesting of flow collections (`[`, `{`) read. The YAML parser's own limit is 128
+/// levels, but it reaches it only after scanning the whole document, in time quadratic in the
+/// depth (200 KB of `[` took 24-36 s of CPU): the input is refused before it is parsed. A Kubernetes
+/// manifest nests about 10 levels.
+pub const MAX_NESTING: usize = 100;
+
+/// A ServiceAccount: its namespace (empty when unset), name and annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccount {
+    pub namespace: String,
+    pub name: String,
+    pub annotations: Annotations,
+}
+
+/// An opted-in workload's ServiceAccount that is not in the input.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WorkloadRef {
+    /// The workload's namespace; empty when the document names none.
+    pub namespace: String,
+    pub service_account: String,
+}
+
+#[derive(Debug)]
 struct Document {
     index: usize,
     value: Value,
 }
 
+/// Parsed input documents, ready to inject.
+#[derive(Debug)]
+pub struct Documents {
+    documents: Vec<Document>,
+    service_accounts: Vec<ServiceAccount>,
+}
+
 /// Injects every opted-in workload of `input` (documents separated by `---`; a `List` counts its
-/// items). The output has the input's documents in order, key order kept (comments are not).
+/// items) with the ServiceAccounts of the input. The output has the input's documents in order,
+/// key order kept (comments are not).
 pub fn inject_documents(input: &str, options: &Options) -> Result<Injected, DocumentError> {
+    parse_documents(input)?.inject(None, options)
+}
+
+/// Parses `input` (refusing nesting beyond [`MAX_NESTING`] first) and reads its ServiceAccounts.
+pub fn parse_documents(input: &str) -> Result<Documents, DocumentError> {
     let documents = parse(input)?;
     let service_accounts = service_accounts(&documents)?;
-    let mut notes = Vec::new();
-    let mut out = Vec::new();
-    for Document { index, mut value } in documents {
-        let object = describe(&value);
-        let mut note = |line: String| notes.push(format!("document {index}{object}: {line}"));
-        let error = |reason: String| DocumentError { index, object: object.clone(), reason };
-        inject_object(&mut value, &service_accounts, options, &mut note).map_err(error)?;
-        out.push(serde_yaml::to_string(&value).map_err(|e| error(format!("cannot write it back as YAML: {e}")))?);
+    Ok(Documents { documents, service_accounts })
+}
+
+impl Documents {
+    /// The ServiceAccounts opted-in workloads name that the input does not hold (to read them from
+    /// the cluster), each once.
+    pub fn missing_service_accounts(&self) -> Vec<WorkloadRef> {
+        let mut missing = Vec::new();
+        for Document { value, .. } in &self.documents {
+            for object in objects(value) {
+                let Some(path) = template_path(object) else { continue };
+                let Some(template) = path.iter().try_fold(object, |v, key| v.get(*key)) else { continue };
+                let label = template.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.get(INJECT_LABEL));
+                if !opted_in(label.and_then(Value::as_str), PodNamespace::Unknown) {
+                    continue;
+                }
+                let namespace = metadata_str(object, "namespace");
+                let account = service_account_name(template);
+                if find(&self.service_accounts, &namespace, &account).is_none() {
+                    missing.push(WorkloadRef { namespace, service_account: account });
+                }
+            }
+        }
+        missing.sort();
+        missing.dedup();
+        missing
     }
-    Ok(Injected { yaml: out.join("---\n"), notes })
+
+    /// Injects with the input's ServiceAccounts, then `cluster`'s (`Some` when the cluster was
+    /// asked: what it did not have does not exist there).
+    pub fn inject(self, cluster: Option<&[ServiceAccount]>, options: &Options) -> Result<Injected, DocumentError> {
+        let mut notes = Vec::new();
+        let mut uninjected = Vec::new();
+        let mut out = Vec::new();
+        let accounts = Accounts { input: &self.service_accounts, cluster };
+        for Document { index, mut value } in self.documents {
+            let object = describe(&value);
+            let mut report = |report: Report| match report {
+                Report::Note(line) => notes.push(format!("document {index}{object}: {line}")),
+                Report::Uninjected(line) => uninjected.push(format!("document {index}{object}: {line}")),
+            };
+            let error = |reason: String| DocumentError { index, object: object.clone(), reason };
+            inject_object(&mut value, &accounts, options, &mut report).map_err(error)?;
+            out.push(serde_yaml::to_string(&value).map_err(|e| error(format!("cannot write it back as YAML: {e}")))?);
+        }
+        Ok(Injected { yaml: out.join("---\n"), notes, uninjected })
+    }
+}
+
+enum Report {
+    Note(String),
+    Uninjected(String),
+}
+
+struct Accounts<'a> {
+    input: &'a [ServiceAccount],
+    cluster: Option<&'a [ServiceAccount]>,
+}
+
+fn find<'a>(accounts: &'a [ServiceAccount], namespace: &str, name: &str) -> Option<&'a ServiceAccount> {
+    accounts
+        .iter()
+        .find(|sa| sa.name == name && (sa.namespace == namespace || sa.namespace.is_empty() || namespace.is_empty()))
+}
+
+/// The deepest flow-collection nesting of `input`, outside quoted scalars and comments; stops
+/// counting past `limit`.
+fn flow_depth(input: &str, limit: usize) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut chars = input.chars().peekable();
+    let mut previous = '\n';
+    while let Some(c) = chars.next() {
+        match c {
+            '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > limit {
+                    return deepest;
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            '#' if previous.is_whitespace() => while chars.next_if(|c| *c != '\n').is_some() {},
+            '"' if !previous.is_alphanumeric() => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '\'' if !previous.is_alphanumeric() => {
+                while let Some(c) = chars.next() {
+                    if c == '\'' && chars.next_if_eq(&'\'').is_none() {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+        previous = c;
+    }
+    deepest
 }
 
 fn parse(input: &str) -> Result<Vec<Document>, DocumentError> {
+    if flow_depth(input, MAX_NESTING) > MAX_NESTING {
+        return Err(DocumentError {
+            index: 1,
+            object: String::new(),
+            reason: format!(
+                "nested deeper than {MAX_NESTING} levels of [ ] or {{ }}: refused before parsing (a Kubernetes \
+                 manifest nests about 10 levels; check what produced this input)"
+            ),
+        });
+    }
     let mut documents = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(input).enumerate() {
         let index = i + 1;
@@ -87,9 +231,6 @@ fn describe(value: &Value) -> String {
     }
 }
 
-/// A ServiceAccount of the input: namespace (empty when unset), name, annotations.
-type ServiceAccount = (String, String, Annotations);
-
 fn service_accounts(documents: &[Document]) -> Result<Vec<ServiceAccount>, DocumentError> {
     let mut found = Vec::new();
     for Document { index, value } in documents {
@@ -102,7 +243,11 @@ fn service_accounts(documents: &[Document]) -> Result<Vec<ServiceAccount>, Docum
                 object: describe(object),
                 reason: e.to_string(),
             })?;
-            found.push((metadata_str(object, "namespace"), metadata_str(object, "name"), annotations));
+            found.push(ServiceAccount {
+                namespace: metadata_str(object, "namespace"),
+                name: metadata_str(object, "name"),
+                annotations,
+            });
         }
     }
     Ok(found)
@@ -126,16 +271,21 @@ fn metadata_str(object: &Value, key: &str) -> String {
 
 fn inject_object(
     value: &mut Value,
-    service_accounts: &[ServiceAccount],
+    accounts: &Accounts<'_>,
     options: &Options,
-    note: &mut dyn FnMut(String),
+    report: &mut dyn FnMut(Report),
 ) -> Result<(), String> {
     if is_list(value) {
         if let Some(Value::Sequence(items)) = value.get_mut("items") {
             for (i, item) in items.iter_mut().enumerate() {
                 let object = describe(item);
-                let mut item_note = |line: String| note(format!("items[{i}]{object}: {line}"));
-                inject_object(item, service_accounts, options, &mut item_note)
+                let mut item_report = |r: Report| {
+                    report(match r {
+                        Report::Note(line) => Report::Note(format!("items[{i}]{object}: {line}")),
+                        Report::Uninjected(line) => Report::Uninjected(format!("items[{i}]{object}: {line}")),
+                    })
+                };
+                inject_object(item, accounts, options, &mut item_report)
                     .map_err(|e| format!("items[{i}]{object}: {e}"))?;
             }
         }
@@ -148,30 +298,60 @@ fn inject_object(
         return Err(format!("{}: missing: a workload needs a pod template", prefix.trim_end_matches('.')));
     };
     let account = service_account_name(template);
-    let known = service_accounts
-        .iter()
-        .find(|(ns, name, _)| *name == account && (*ns == namespace || ns.is_empty() || namespace.is_empty()));
+    let from_input = find(accounts.input, &namespace, &account);
+    let from_cluster = accounts.cluster.and_then(|c| find(c, &namespace, &account));
+    let known = from_input.or(from_cluster);
     let empty = Annotations::new();
-    let annotations = known.map_or(&empty, |(_, _, a)| a);
-    let outcome = inject_template(template, annotations, Namespace::Unknown, options).map_err(|e| match e {
+    let annotations = known.map_or(&empty, |sa| &sa.annotations);
+    let plan = plan(&*template, annotations, PodNamespace::Unknown, options).map_err(|e| match e {
         TemplateError::Field { path, reason } => format!("{prefix}{path}: {reason}"),
-        TemplateError::Annotation(e) if e.origin == crate::Origin::Pod => format!("{prefix}metadata.annotations: {e}"),
         TemplateError::Annotation(e) => format!("ServiceAccount {account}: metadata.annotations: {e}"),
+        e @ TemplateError::Sidecar(_) => format!("ServiceAccount {account}: {e}"),
     })?;
-    if outcome != Outcome::Skipped(Skip::NotOptedIn) && known.is_none() {
-        note(format!("ServiceAccount {account:?} is not in the input: only the pod's annotations were read"));
-    }
-    match outcome {
+    crate::tree::apply(template, &plan.ops).map_err(|e| format!("{prefix}: {e}"))?;
+    let unknown = || match accounts.cluster {
+        None => format!(
+            "its ServiceAccount {account:?} is not in the input; fix: add the ServiceAccount to the input, or pass \
+             --from-cluster to read it from the cluster"
+        ),
+        Some(_) => format!(
+            "its ServiceAccount {account:?} is neither in the input nor in the cluster{}; fix: create it with \
+             its identity annotation (kubectl create serviceaccount {account}; kubectl annotate serviceaccount \
+             {account} {AWS_ROLE_ARN}=...)",
+            if namespace.is_empty() { String::new() } else { format!(" (namespace {namespace})") }
+        ),
+    };
+    match plan.outcome {
         Outcome::Injected { identities, warnings } => {
             let clouds: Vec<&str> = [("aws", identities.aws.is_some()), ("gcp", identities.gcp.is_some())]
                 .into_iter()
                 .chain([("azure", identities.azure.is_some())])
                 .filter_map(|(name, on)| on.then_some(name))
                 .collect();
-            note(format!("injected keyless for {}", clouds.join(", ")));
-            warnings.into_iter().for_each(&mut *note);
+            let what = if plan.ops.is_empty() { "already injected, unchanged" } else { "injected keyless" };
+            report(Report::Note(format!("{what} for {}", clouds.join(", "))));
+            warnings.into_iter().for_each(|w| report(Report::Note(w)));
         }
-        Outcome::Skipped(skip) => skip.warning().into_iter().for_each(&mut *note),
+        Outcome::Skipped(Skip::NotOptedIn | Skip::KeylessContainer) => {}
+        Outcome::Skipped(Skip::NoIdentity { .. }) if known.is_none() => {
+            report(Report::Uninjected(format!("opted in but not injected: {}", unknown())));
+        }
+        Outcome::Skipped(skip @ Skip::NoIdentity { .. }) => {
+            let warning = skip.warning().unwrap_or_default();
+            report(Report::Uninjected(format!(
+                "opted in but not injected: {}; fix: annotate ServiceAccount {account} with an identity (kubectl \
+                 annotate serviceaccount {account} {AWS_ROLE_ARN}=arn:aws:iam::ACCOUNT:role/NAME), or remove the \
+                 {INJECT_LABEL} label",
+                warning.trim_start_matches("keyless not injected: ")
+            )));
+        }
+        Outcome::Skipped(skip @ Skip::HostNetwork) => {
+            let warning = skip.warning().unwrap_or_default();
+            report(Report::Uninjected(format!(
+                "opted in but not injected: {}; fix: remove hostNetwork or the {INJECT_LABEL} label",
+                warning.trim_start_matches("keyless not injected: ")
+            )));
+        }
     }
     Ok(())
 }
@@ -192,4 +372,24 @@ fn service_account_name(template: &Value) -> String {
         .find_map(|key| spec?.get(*key)?.as_str().filter(|s| !s.is_empty()))
         .unwrap_or("default")
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_beyond_the_limit_is_refused_before_parsing() {
+        let input = "[".repeat(200_000);
+        let err = inject_documents(&input, &Options::default()).expect_err("refused");
+        assert!(err.reason.contains("nested deeper than 100 levels"), "{err}");
+        let deep_but_fine = format!("a: {}1{}\n", "[".repeat(MAX_NESTING), "]".repeat(MAX_NESTING));
+        inject_documents(&deep_but_fine, &Options::default()).expect("within the limit");
+    }
+
+    #[test]
+    fn brackets_in_strings_and_comments_are_not_nesting() {
+        let text = "a: \"[[[[\" # [[[[\nb: '[[''[['\nc: [x, {y: z}]\nd: it's [1]\n";
+        assert_eq!(flow_depth(text, 100), 2);
+    }
 }

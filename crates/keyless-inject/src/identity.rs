@@ -1,6 +1,8 @@
-//! The identities of a pod, read from the annotations the clouds' own webhooks read
-//! (docs/protocols.md 7), the pod's overriding its ServiceAccount's. Each value is checked here,
-//! where it is read, so a malformed annotation is refused with its name before any pod runs.
+//! The identities of a pod, read from its ServiceAccount's annotations, the ones the clouds' own
+//! webhooks read (docs/protocols.md 7). The ServiceAccount is the authority, as for those webhooks:
+//! whoever may create a pod may not pick another identity by annotating the pod. Each value is
+//! checked here, where it is read, so a malformed annotation is refused with its name before any
+//! pod runs.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,20 +37,47 @@ const AZURE_AUDIENCE: &str = "api://AzureADTokenExchange";
 const GCP_PROVIDER_PREFIX: &str = "//iam.googleapis.com/";
 const MAX_VALUE_LEN: usize = 2048;
 
-/// Where an annotation was read.
+/// Where an annotation was read: always the ServiceAccount (kept in errors, which say so).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    Pod,
     ServiceAccount,
 }
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Origin::Pod => "the pod",
             Origin::ServiceAccount => "the ServiceAccount",
         })
     }
+}
+
+/// Every identity annotation keyless reads: on a pod they are ignored (with a warning).
+pub const IDENTITY_ANNOTATIONS: &[&str] = &[
+    AWS_ROLE_ARN,
+    AWS_AUDIENCE,
+    AWS_TOKEN_EXPIRATION,
+    AWS_STS_REGIONAL_ENDPOINTS,
+    GCP_SERVICE_ACCOUNT,
+    GCP_PROVIDER,
+    GCP_PROJECT_ID,
+    AZURE_CLIENT_ID,
+    AZURE_TENANT_ID,
+    AZURE_IDENTITY_HEADER_SECRET,
+];
+
+/// The warning for identity annotations found on the pod itself, if any.
+pub fn pod_annotation_warning(pod: &Annotations) -> Option<String> {
+    let found: Vec<&str> = IDENTITY_ANNOTATIONS.iter().copied().filter(|k| pod.contains_key(*k)).collect();
+    (!found.is_empty()).then(|| {
+        format!(
+            "the pod's own {} ignored: identities come from the ServiceAccount only (annotate it instead)",
+            if found.len() == 1 {
+                format!("annotation {} is", found[0])
+            } else {
+                format!("annotations {} are", found.join(", "))
+            }
+        )
+    })
 }
 
 /// An annotation keyless cannot use: its key, where it was, and how to fix it. The value is shown
@@ -116,10 +145,9 @@ impl Identities {
     }
 }
 
-/// The annotations of a pod and of its ServiceAccount; the pod's win.
+/// The annotations of a pod's ServiceAccount.
 #[derive(Debug, Clone, Copy)]
 pub struct AnnotationSources<'a> {
-    pub pod: &'a Annotations,
     pub service_account: &'a Annotations,
 }
 
@@ -142,7 +170,7 @@ impl<'a> AnnotationSources<'a> {
         let found = |map: &'a Annotations, origin| {
             map.get(key).map(|v| v.trim()).filter(|v| !v.is_empty()).map(|value| Found { key, origin, value })
         };
-        found(self.pod, Origin::Pod).or_else(|| found(self.service_account, Origin::ServiceAccount))
+        found(self.service_account, Origin::ServiceAccount)
     }
 
     /// Reads every cloud's identity. `default_tenant` is the cluster's Entra tenant (the Azure
@@ -245,8 +273,12 @@ fn check_role_arn(found: &Found<'_>) -> Result<String, AnnotationError> {
 
 fn check_service_account(found: &Found<'_>) -> Result<String, AnnotationError> {
     let value = printable(found)?;
+    // The sidecar's own rule at start (keyless-gcp `validate_email`), and a dot in the domain.
+    let charset = value.len() <= 254 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"@.-_+".contains(&b));
     match value.split_once('@') {
-        Some((name, domain)) if !name.is_empty() && domain.contains('.') => Ok(value.to_owned()),
+        Some((name, domain)) if charset && !name.is_empty() && domain.contains('.') && !domain.contains('@') => {
+            Ok(value.to_owned())
+        }
         _ => Err(found.invalid("not a service account e-mail: use NAME@PROJECT.iam.gserviceaccount.com")),
     }
 }
@@ -309,23 +341,20 @@ mod tests {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
-    fn read(pod: &[(&str, &str)], sa: &[(&str, &str)]) -> Result<Identities, AnnotationError> {
-        let (pod, sa) = (annotations(pod), annotations(sa));
-        AnnotationSources { pod: &pod, service_account: &sa }.identities(None).map(|(ids, _)| ids)
+    fn read(sa: &[(&str, &str)]) -> Result<Identities, AnnotationError> {
+        let sa = annotations(sa);
+        AnnotationSources { service_account: &sa }.identities(None).map(|(ids, _)| ids)
     }
 
     #[test]
     fn reads_every_cloud_from_the_service_account_with_the_irsa_defaults() {
-        let ids = read(
-            &[],
-            &[
-                (AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/app"),
-                (GCP_SERVICE_ACCOUNT, "app@p.iam.gserviceaccount.com"),
-                (GCP_PROVIDER, "projects/123/locations/global/workloadIdentityPools/pool/providers/k8s"),
-                (AZURE_CLIENT_ID, "11111111-1111-1111-1111-111111111111"),
-                (AZURE_TENANT_ID, "00000000-0000-0000-0000-000000000000"),
-            ],
-        )
+        let ids = read(&[
+            (AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/app"),
+            (GCP_SERVICE_ACCOUNT, "app@p.iam.gserviceaccount.com"),
+            (GCP_PROVIDER, "projects/123/locations/global/workloadIdentityPools/pool/providers/k8s"),
+            (AZURE_CLIENT_ID, "11111111-1111-1111-1111-111111111111"),
+            (AZURE_TENANT_ID, "00000000-0000-0000-0000-000000000000"),
+        ])
         .expect("valid");
         let aws = ids.aws.expect("aws");
         assert_eq!((aws.audience.as_str(), aws.expiration_seconds), ("sts.amazonaws.com", 86_400));
@@ -337,31 +366,45 @@ mod tests {
     }
 
     #[test]
-    fn the_pods_annotation_overrides_the_service_accounts() {
-        let ids = read(
-            &[(AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/pod")],
-            &[(AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/sa"), (AWS_TOKEN_EXPIRATION, "600")],
-        )
-        .expect("valid");
-        let aws = ids.aws.expect("aws");
-        assert_eq!(aws.role_arn, "arn:aws:iam::111122223333:role/pod");
-        assert_eq!(aws.expiration_seconds, 3600, "raised to the IRSA webhook's floor");
+    fn a_short_expiration_is_raised_to_the_irsa_floor() {
+        let ids =
+            read(&[(AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/sa"), (AWS_TOKEN_EXPIRATION, "600")]).expect("valid");
+        assert_eq!(ids.aws.expect("aws").expiration_seconds, 3600, "raised to the IRSA webhook's floor");
+    }
+
+    #[test]
+    fn identity_annotations_on_the_pod_are_named_in_a_warning() {
+        let pod = annotations(&[(AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/pod"), ("app", "x")]);
+        let warning = pod_annotation_warning(&pod).expect("a warning");
+        assert!(warning.contains("annotation eks.amazonaws.com/role-arn is ignored"), "{warning}");
+        assert_eq!(pod_annotation_warning(&annotations(&[("app", "x")])), None);
+    }
+
+    /// The sidecar refuses this e-mail at start (keyless-gcp's rule): refused here, naming the
+    /// annotation, instead of a sidecar that never turns ready.
+    #[test]
+    fn a_service_account_email_with_a_path_or_query_is_refused() {
+        let provider = (GCP_PROVIDER, "projects/1/locations/global/workloadIdentityPools/p/providers/k");
+        for bad in ["a@b.c/../../x?y#z", "a@b@c.d", "a b@c.d"] {
+            let err = read(&[(GCP_SERVICE_ACCOUNT, bad), provider]).expect_err(bad);
+            assert_eq!(err.key, GCP_SERVICE_ACCOUNT, "{bad}");
+        }
+        read(&[(GCP_SERVICE_ACCOUNT, "app+x@p-1.iam.gserviceaccount.com"), provider]).expect("valid");
     }
 
     #[test]
     fn a_malformed_annotation_is_named_with_where_it_was() {
-        let err = read(&[], &[(AWS_ROLE_ARN, "my-role")]).expect_err("not an ARN");
+        let err = read(&[(AWS_ROLE_ARN, "my-role")]).expect_err("not an ARN");
         assert_eq!((err.key, err.origin), (AWS_ROLE_ARN, Origin::ServiceAccount));
         assert!(err.to_string().contains("arn:aws:iam::123456789012:role/NAME"), "{err}");
-        let err = read(&[(GCP_SERVICE_ACCOUNT, "a@b.c"), (GCP_PROVIDER, "pools/x")], &[]).expect_err("bad provider");
-        assert_eq!((err.key, err.origin), (GCP_PROVIDER, Origin::Pod));
+        let err = read(&[(GCP_SERVICE_ACCOUNT, "a@b.c"), (GCP_PROVIDER, "pools/x")]).expect_err("bad provider");
+        assert_eq!(err.key, GCP_PROVIDER);
     }
 
     #[test]
     fn azure_without_a_tenant_is_an_error_unless_the_cluster_has_one() {
         let sa = annotations(&[(AZURE_CLIENT_ID, "11111111-1111-1111-1111-111111111111")]);
-        let pod = Annotations::new();
-        let sources = AnnotationSources { pod: &pod, service_account: &sa };
+        let sources = AnnotationSources { service_account: &sa };
         assert_eq!(sources.identities(None).expect_err("no tenant").key, AZURE_CLIENT_ID);
         let (ids, _) = sources.identities(Some("contoso.onmicrosoft.com")).expect("default tenant");
         assert_eq!(ids.azure.expect("azure").tenant_id, "contoso.onmicrosoft.com");
@@ -370,18 +413,15 @@ mod tests {
     #[test]
     fn a_gke_only_annotation_is_left_to_gke_with_a_warning() {
         let sa = annotations(&[(GCP_SERVICE_ACCOUNT, "app@p.iam.gserviceaccount.com")]);
-        let pod = Annotations::new();
-        let (ids, warnings) =
-            AnnotationSources { pod: &pod, service_account: &sa }.identities(None).expect("not an error");
+        let (ids, warnings) = AnnotationSources { service_account: &sa }.identities(None).expect("not an error");
         assert!(ids.is_empty());
         assert!(warnings[0].contains(GCP_PROVIDER), "{warnings:?}");
     }
 
     #[test]
     fn legacy_sts_endpoints_select_the_global_endpoint() {
-        let ids =
-            read(&[], &[(AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/app"), (AWS_STS_REGIONAL_ENDPOINTS, "legacy")])
-                .expect("valid");
+        let ids = read(&[(AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/app"), (AWS_STS_REGIONAL_ENDPOINTS, "legacy")])
+            .expect("valid");
         assert_eq!(ids.aws.expect("aws").sts_endpoint.as_deref(), Some("https://sts.amazonaws.com"));
     }
 }

@@ -2,26 +2,31 @@
 //! from a pod template and its ServiceAccount's annotations, the native sidecar, one projected
 //! token per cloud audience, and the clouds' own variables on every app container.
 //!
-//! Architecture invariant: pure functions over Kubernetes objects as YAML values (unknown fields
-//! pass through untouched); no I/O, no Kubernetes client, no clock.
+//! Architecture invariant: pure functions over Kubernetes objects as YAML values (`keyless inject`)
+//! or JSON values (the webhook's review), read through one [`Tree`] trait and changed through one
+//! list of [`Op`]s (unknown fields pass through untouched); no I/O, no Kubernetes client, no clock.
 #![forbid(unsafe_code)]
 
 mod documents;
 mod identity;
 mod pod;
 mod sidecar;
+mod tree;
 
-pub use documents::{DocumentError, Injected, inject_documents};
+pub use documents::{
+    DocumentError, Documents, Injected, MAX_NESTING, ServiceAccount, WorkloadRef, inject_documents, parse_documents,
+};
 pub use identity::{
     AWS_AUDIENCE, AWS_ROLE_ARN, AWS_STS_REGIONAL_ENDPOINTS, AWS_TOKEN_EXPIRATION, AZURE_CLIENT_ID,
     AZURE_IDENTITY_HEADER_SECRET, AZURE_TENANT_ID, AnnotationError, Annotations, GCP_PROJECT_ID, GCP_PROVIDER,
-    GCP_SERVICE_ACCOUNT, Identities, Origin,
+    GCP_SERVICE_ACCOUNT, IDENTITY_ANNOTATIONS, Identities, Origin,
 };
 pub use pod::{
-    INJECT_LABEL, INJECTED_ANNOTATION, Namespace, TemplateError, annotations_of, inject_pod_json, inject_template,
-    opted_in,
+    INJECT_LABEL, INJECTED_ANNOTATION, Namespace, Plan, TemplateError, annotations_of, inject_pod_json,
+    inject_template, opted_in, plan,
 };
 pub use sidecar::{CONTAINER, IDENTITY_HEADER_KEY};
+pub use tree::{Op, Step, Tree, json_patch, pointer};
 
 /// The sidecar image of this keyless version.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/keyless-dev/keyless:", env!("CARGO_PKG_VERSION"));
@@ -38,7 +43,31 @@ pub struct Options {
     pub azure_tenant_id: Option<String>,
     /// More `KEYLESS_*` (or proxy) variables for every sidecar, e.g. `KEYLESS_LOG_FORMAT=json`.
     pub sidecar_env: Vec<(String, String)>,
+    /// The sidecar's own configuration check at start, run on the sidecar's variables before
+    /// anything is injected (the keyless binary passes it; this crate cannot depend on the clouds').
+    pub check_sidecar: Option<SidecarCheck>,
 }
+
+/// A check of the sidecar's variables (name, value): `Err` says what keyless would refuse at start.
+pub type CheckFn = fn(&[(String, String)]) -> Result<(), String>;
+
+/// The [`CheckFn`] the injection runs (a newtype, to compare and print [`Options`]).
+#[derive(Clone, Copy)]
+pub struct SidecarCheck(pub CheckFn);
+
+impl std::fmt::Debug for SidecarCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SidecarCheck")
+    }
+}
+
+impl PartialEq for SidecarCheck {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::fn_addr_eq(self.0, other.0)
+    }
+}
+
+impl Eq for SidecarCheck {}
 
 impl Default for Options {
     fn default() -> Self {
@@ -49,6 +78,7 @@ impl Default for Options {
             aws_region: None,
             azure_tenant_id: None,
             sidecar_env: Vec::new(),
+            check_sidecar: None,
         }
     }
 }
@@ -123,9 +153,8 @@ impl Skip {
             Skip::NoIdentity { warnings } => Some(match warnings.first() {
                 Some(w) => format!("keyless not injected: {w}"),
                 None => format!(
-                    "keyless not injected: opted in with {INJECT_LABEL}, but neither the pod nor its ServiceAccount \
-                     has an identity annotation ({AWS_ROLE_ARN}, {GCP_SERVICE_ACCOUNT} with {GCP_PROVIDER}, \
-                     {AZURE_CLIENT_ID})"
+                    "keyless not injected: opted in with {INJECT_LABEL}, but its ServiceAccount has no identity \
+                     annotation ({AWS_ROLE_ARN}, {GCP_SERVICE_ACCOUNT} with {GCP_PROVIDER}, {AZURE_CLIENT_ID})"
                 ),
             }),
         }

@@ -1,19 +1,28 @@
-//! The injection on one pod template (`metadata` + `spec`): decide, remove a previous injection,
-//! apply the current one. Removing exactly what was added and adding it again at the same places
-//! makes the injection idempotent, and a changed annotation re-injects.
+//! The injection on one pod template (`metadata` + `spec`): decide, then plan the changes as
+//! [`Op`]s against the template as it is (JSON or YAML, read through [`Tree`]). What is already
+//! there as keyless would inject it is left alone, so an injected pod, even as the API server stored
+//! and defaulted it, gets no change; a previous injection that differs (changed annotations) is
+//! replaced in place, and what it added but is no longer wanted is removed.
+//!
+//! The `keyless.dev/injected` record is keyless's own: it is read only beside a sidecar that
+//! carries the signature of keyless's injection, and it can only make keyless change the variables
+//! keyless itself adds. A pod cannot use it to have its own containers or variables removed.
 
 use std::collections::BTreeMap;
 
-use serde_yaml::{Mapping, Value};
+use serde_yaml::Value;
 
-use crate::identity::{AnnotationError, AnnotationSources, Annotations, Identities};
-use crate::sidecar::{self, BYPASSING_WEBHOOK_ENV, CONTAINER, RUN_VOLUME, TOKENS_VOLUME};
+use crate::identity::{AnnotationError, AnnotationSources, Annotations, Identities, pod_annotation_warning};
+use crate::sidecar::{
+    self, APP_ENV_NAMES, BYPASSING_WEBHOOK_ENV, CONTAINER, LISTEN_ADDRESS, REGION_VARS, RUN_VOLUME, TOKENS_VOLUME,
+};
+use crate::tree::{self, Op, Step, Tree, covers, path, with};
 use crate::{Options, Outcome, Skip};
 
 /// The opt-in label, on the pod (template) or (webhook) on the namespace.
 pub const INJECT_LABEL: &str = "keyless.dev/inject";
 /// Set on an injected pod: per app container, the variables keyless added (JSON), so a later
-/// injection removes exactly those and a user's own stay.
+/// injection replaces or removes exactly those and a user's own stay.
 pub const INJECTED_ANNOTATION: &str = "keyless.dev/injected";
 
 /// A field of the template that is not what Kubernetes allows, by its path under the template.
@@ -23,6 +32,9 @@ pub enum TemplateError {
     Field { path: String, reason: String },
     #[error("metadata.annotations: {0}")]
     Annotation(#[from] AnnotationError),
+    /// The sidecar the annotations make would be refused by keyless at start.
+    #[error("the ServiceAccount's annotations make a sidecar keyless refuses at start: {0}")]
+    Sidecar(String),
 }
 
 fn field(path: &str, reason: &str) -> TemplateError {
@@ -46,93 +58,411 @@ pub fn opted_in(label: Option<&str>, namespace: Namespace) -> bool {
     }
 }
 
-/// Injects into `template` (a Pod, or a workload's `spec.template`).
+/// What the injection does to one template: the outcome and the changes (none: leave it as it is).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub outcome: Outcome,
+    pub ops: Vec<Op>,
+    /// The sidecar is added now (not kept or replaced): a first injection.
+    pub first: bool,
+}
+
+impl Plan {
+    fn skip(skip: Skip) -> Self {
+        Self { outcome: Outcome::Skipped(skip), ops: Vec::new(), first: false }
+    }
+}
+
+/// Injects into `template` (a Pod, or a workload's `spec.template`) in place.
 pub fn inject_template(
     template: &mut Value,
     service_account: &Annotations,
     namespace: Namespace,
     options: &Options,
 ) -> Result<Outcome, TemplateError> {
-    let label = string_at(template, &["metadata", "labels", INJECT_LABEL]);
-    if !opted_in(label.as_deref(), namespace) {
-        return Ok(Outcome::Skipped(Skip::NotOptedIn));
+    let plan = plan(&*template, service_account, namespace, options)?;
+    tree::apply(template, &plan.ops).map_err(|e| field("", &e))?;
+    Ok(plan.outcome)
+}
+
+/// The injection on a Pod as JSON, applied: the injected pod and what was done. For tools and
+/// tests; the webhook sends [`plan`]'s ops as a JSON Patch instead.
+pub fn inject_pod_json(
+    pod: &serde_json::Value,
+    service_account: &Annotations,
+    namespace: Namespace,
+    options: &Options,
+) -> Result<(serde_json::Value, Outcome), TemplateError> {
+    let plan = plan(pod, service_account, namespace, options)?;
+    let mut yaml = serde_yaml::to_value(pod).map_err(|e| field("", &format!("not a Kubernetes object: {e}")))?;
+    tree::apply(&mut yaml, &plan.ops).map_err(|e| field("", &e))?;
+    let injected = serde_json::to_value(&yaml).map_err(|e| field("", &format!("cannot write it as JSON: {e}")))?;
+    Ok((injected, plan.outcome))
+}
+
+/// Decides and plans the injection of `template` with its ServiceAccount's annotations.
+pub fn plan<T: Tree>(
+    template: &T,
+    service_account: &Annotations,
+    namespace: Namespace,
+    options: &Options,
+) -> Result<Plan, TemplateError> {
+    let label = str_at(template, &["metadata", "labels", INJECT_LABEL]);
+    if !opted_in(label, namespace) {
+        return Ok(Plan::skip(Skip::NotOptedIn));
     }
-    if template.get("spec").and_then(|s| s.get("hostNetwork")).and_then(Value::as_bool) == Some(true) {
-        return Ok(Outcome::Skipped(Skip::HostNetwork));
-    }
-    let injected_before = string_at(template, &["metadata", "annotations", INJECTED_ANNOTATION]);
-    if injected_before.is_none() && has_keyless_container(template) {
-        return Ok(Outcome::Skipped(Skip::KeylessContainer));
+    if template.get("spec").and_then(|s| s.get("hostNetwork")).and_then(Tree::as_bool) == Some(true) {
+        return Ok(Plan::skip(Skip::HostNetwork));
     }
     let pod_annotations = annotations_of(template, "metadata.annotations")?;
-    let sources = AnnotationSources { pod: &pod_annotations, service_account };
-    let (identities, warnings) = sources.identities(options.azure_tenant_id.as_deref())?;
+    let spec = template.get("spec");
+    let list = |key: &str| spec.and_then(|s| s.get(key)).and_then(Tree::as_list);
+    if list("containers").unwrap_or_default().iter().any(|c| named(c, CONTAINER)) {
+        return Ok(Plan::skip(Skip::KeylessContainer));
+    }
+    let init = list("initContainers");
+    let previous = match init.and_then(|list| list.iter().position(|c| named(c, CONTAINER))) {
+        Some(i) if looks_injected(&init.unwrap_or_default()[i]) => Some(i),
+        // A container named `keyless` keyless did not inject: a hand-written setup, left alone.
+        Some(_) => return Ok(Plan::skip(Skip::KeylessContainer)),
+        None => None,
+    };
+    let (identities, mut warnings) =
+        AnnotationSources { service_account }.identities(options.azure_tenant_id.as_deref())?;
+    warnings.extend(pod_annotation_warning(&pod_annotations));
     check_shape(template)?;
-    let Value::Mapping(template) = template else { return Err(field("", "expected a mapping")) };
-    if let Some(record) = injected_before {
-        remove(template, &record);
-    }
+    let spec = spec.ok_or_else(|| field("spec", "missing"))?;
+    let record: Record = match previous {
+        Some(_) => {
+            pod_annotations.get(INJECTED_ANNOTATION).and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default()
+        }
+        None => Record::new(),
+    };
+    let planner = Planner { template, spec, init, previous, record: &record };
     if identities.is_empty() {
-        return Ok(Outcome::Skipped(Skip::NoIdentity { warnings }));
+        let ops = planner.ops(None, options);
+        return Ok(Plan { outcome: Outcome::Skipped(Skip::NoIdentity { warnings }), ops, first: false });
     }
-    apply(template, &identities, options)?;
-    Ok(Outcome::Injected { identities: Box::new(identities), warnings })
+    if let Some(check) = options.check_sidecar {
+        (check.0)(&sidecar::sidecar_env_pairs(&identities, options)).map_err(TemplateError::Sidecar)?;
+    }
+    let ops = planner.ops(Some(&identities), options);
+    Ok(Plan {
+        outcome: Outcome::Injected { identities: Box::new(identities), warnings },
+        ops,
+        first: previous.is_none(),
+    })
+}
+
+/// The environment variables added per app container, by container name.
+type Record = BTreeMap<String, Vec<String>>;
+
+struct Planner<'a, T> {
+    template: &'a T,
+    spec: &'a T,
+    init: Option<&'a [T]>,
+    /// The index of keyless's sidecar from a previous injection.
+    previous: Option<usize>,
+    /// What the previous injection added (empty without one).
+    record: &'a Record,
+}
+
+impl<T: Tree> Planner<'_, T> {
+    /// The changes from the template as it is to the injection of `identities` (`None`: to no
+    /// injection at all).
+    fn ops(&self, identities: Option<&Identities>, options: &Options) -> Vec<Op> {
+        let mut ops = Vec::new();
+        let aws = identities.is_some_and(|ids| ids.aws.is_some());
+        // The sidecar, first of the init containers: the user's own then already have credentials.
+        let base = path(&["spec", "initContainers"]);
+        let mut edits = ListEdits::default();
+        match (identities, self.previous) {
+            (Some(ids), Some(i)) => {
+                let run_as = sidecar_user(self.spec);
+                let wanted = sidecar::container(ids, options, run_as.as_ref());
+                if !covers(&self.init.unwrap_or_default()[i], &wanted) {
+                    edits.replaces.push((i, wanted));
+                }
+            }
+            (Some(ids), None) => {
+                let run_as = sidecar_user(self.spec);
+                edits.prepend = Some(sidecar::container(ids, options, run_as.as_ref()));
+            }
+            (None, Some(i)) => edits.removes.push(i),
+            (None, None) => return ops,
+        }
+        ops.extend(edits.ops(&base, self.init));
+
+        let volumes = self.spec.get("volumes").and_then(Tree::as_list);
+        let mut edits = ListEdits::default();
+        let mut wanted = Vec::new();
+        if let Some(ids) = identities {
+            wanted.push((TOKENS_VOLUME, Some(sidecar::tokens_volume(ids))));
+        } else {
+            wanted.push((TOKENS_VOLUME, None));
+        }
+        wanted.push((RUN_VOLUME, aws.then(sidecar::run_volume)));
+        for (name, want) in wanted {
+            let found = volumes.and_then(|v| v.iter().position(|x| named(x, name)));
+            match (found, want) {
+                (Some(i), Some(want)) if !covers(&volumes.unwrap_or_default()[i], &want) => {
+                    edits.replaces.push((i, want))
+                }
+                (Some(_), Some(_)) => {}
+                (None, Some(want)) => edits.appends.push(want),
+                (Some(i), None) if self.previous.is_some() => edits.removes.push(i),
+                _ => {}
+            }
+        }
+        ops.extend(edits.ops(&path(&["spec", "volumes"]), volumes));
+
+        let mut record = Record::new();
+        let containers = self.spec.get("containers").and_then(Tree::as_list).unwrap_or_default();
+        for (i, container) in containers.iter().enumerate() {
+            let name = str_at(container, &["name"]).unwrap_or_default().to_owned();
+            let base = with(&path(&["spec", "containers"]), [Step::Index(i)]);
+            let (env_ops, added) = self.env_ops(container, &base, identities, options);
+            ops.extend(env_ops);
+            let mounts = container.get("volumeMounts").and_then(Tree::as_list);
+            let mut edits = ListEdits::default();
+            match (mounts.and_then(|m| m.iter().position(|x| named(x, RUN_VOLUME))), aws) {
+                (None, true) => edits.appends.push(sidecar::app_mount()),
+                (Some(j), false) if self.previous.is_some() => edits.removes.push(j),
+                _ => {}
+            }
+            ops.extend(edits.ops(&with(&base, [Step::Key("volumeMounts".into())]), mounts));
+            if identities.is_some() {
+                record.insert(name, added);
+            }
+        }
+        ops.extend(self.record_ops(identities.map(|_| record)));
+        ops
+    }
+
+    /// The changes to one app container's `env`, and the variables keyless added to it.
+    fn env_ops(
+        &self,
+        container: &T,
+        base: &[Step],
+        identities: Option<&Identities>,
+        options: &Options,
+    ) -> (Vec<Op>, Vec<String>) {
+        let env = container.get("env").and_then(Tree::as_list);
+        let entries = env.unwrap_or_default();
+        let position = |name: &str| entries.iter().position(|e| named(e, name));
+        let empty = Vec::new();
+        let recorded: Vec<&String> = self
+            .record
+            .get(str_at(container, &["name"]).unwrap_or_default())
+            .unwrap_or(&empty)
+            .iter()
+            .filter(|n| APP_ENV_NAMES.contains(&n.as_str()))
+            .collect();
+        let is_recorded = |name: &str| recorded.iter().any(|r| *r == name);
+        let mut wanted = identities.map(|ids| sidecar::app_env(ids, options)).unwrap_or_default();
+        if identities.is_some_and(|ids| ids.aws.is_some()) {
+            // A region the user set, in either variable, is the region of both.
+            let users = REGION_VARS.iter().find_map(|var| {
+                let i = position(var).filter(|_| !is_recorded(var))?;
+                Some(match str_at(&entries[i], &["value"]) {
+                    Some(value) => value.to_owned(),
+                    None => format!("$({var})"),
+                })
+            });
+            if let Some(region) = users {
+                wanted.retain(|w| !REGION_VARS.contains(&var_name(w)));
+                wanted.extend(REGION_VARS.iter().map(|var| sidecar::env_value(var, &region)));
+            }
+        }
+        let mut edits = ListEdits::default();
+        // The IRSA and Azure webhooks' variables that would make the SDKs bypass keyless.
+        for (cloud, name, webhook_value) in BYPASSING_WEBHOOK_ENV {
+            let serves = match *cloud {
+                "aws" => identities.is_some_and(|ids| ids.aws.is_some()),
+                _ => identities.is_some_and(|ids| ids.azure.is_some()),
+            };
+            let Some(i) = position(name) else { continue };
+            if !serves || str_at(&entries[i], &["value"]) != Some(*webhook_value) {
+                continue;
+            }
+            edits.removes.push(i);
+            if *cloud == "aws"
+                && let Some(j) = position("AWS_ROLE_ARN")
+            {
+                edits.removes.push(j);
+            }
+        }
+        let mut added = Vec::new();
+        for name in &recorded {
+            let Some(i) = position(name) else { continue };
+            match wanted.iter().find(|w| var_name(w) == name.as_str()) {
+                None => edits.removes.push(i),
+                Some(want) => {
+                    if !covers(&entries[i], want) {
+                        edits.replaces.push((i, want.clone()));
+                    }
+                    added.push((*name).clone());
+                }
+            }
+        }
+        for want in wanted {
+            let name = var_name(&want);
+            if position(name).is_none() {
+                added.push(name.to_owned());
+                edits.appends.push(want);
+            }
+        }
+        (edits.ops(&with(base, [Step::Key("env".into())]), env), added)
+    }
+
+    /// Writes (or, with no injection, removes) the record, unless it already says the same.
+    fn record_ops(&self, record: Option<Record>) -> Vec<Op> {
+        let annotations = self.template.get("metadata").and_then(|m| m.get("annotations"));
+        let current = annotations.and_then(|a| a.get(INJECTED_ANNOTATION)).and_then(Tree::as_str);
+        let key = with(&path(&["metadata", "annotations"]), [Step::Key(INJECTED_ANNOTATION.into())]);
+        let Some(record) = record else {
+            if current.is_none() || self.previous.is_none() {
+                return Vec::new();
+            }
+            let only = annotations.and_then(Tree::entries).is_some_and(|e| e.len() == 1);
+            return vec![Op::Remove(if only { path(&["metadata", "annotations"]) } else { key })];
+        };
+        let text = serde_json::to_string(&record).unwrap_or_default();
+        if current == Some(text.as_str()) {
+            return Vec::new();
+        }
+        let entry = |text: String| {
+            Value::Mapping([(Value::from(INJECTED_ANNOTATION), Value::from(text))].into_iter().collect())
+        };
+        if annotations.is_some_and(Tree::is_map) {
+            vec![Op::Add(key, text.into())]
+        } else if self.template.get("metadata").is_some_and(Tree::is_map) {
+            vec![Op::Add(path(&["metadata", "annotations"]), entry(text))]
+        } else {
+            let metadata = [(Value::from("annotations"), entry(text))].into_iter().collect();
+            vec![Op::Add(path(&["metadata"]), Value::Mapping(metadata))]
+        }
+    }
+}
+
+fn var_name(var: &Value) -> &str {
+    var.get("name").and_then(Value::as_str).unwrap_or_default()
+}
+
+/// The changes to one list, as ops that apply in order: replacements (at the original indices),
+/// removals from the last, then the sidecar's insertion at the front and appends. A list that
+/// would end up empty is removed, as the injection would never have written it.
+#[derive(Default)]
+struct ListEdits {
+    replaces: Vec<(usize, Value)>,
+    removes: Vec<usize>,
+    prepend: Option<Value>,
+    appends: Vec<Value>,
+}
+
+impl ListEdits {
+    fn ops<T: Tree>(mut self, base: &[Step], list: Option<&[T]>) -> Vec<Op> {
+        let Some(list) = list else {
+            let items: Vec<Value> = self.prepend.into_iter().chain(self.appends).collect();
+            return if items.is_empty() { Vec::new() } else { vec![Op::Add(base.to_vec(), Value::Sequence(items))] };
+        };
+        self.removes.sort_unstable();
+        self.removes.dedup();
+        let added = self.appends.len() + usize::from(self.prepend.is_some());
+        if !list.is_empty() && list.len() == self.removes.len() && added == 0 {
+            return vec![Op::Remove(base.to_vec())];
+        }
+        let at = |i: usize| with(base, [Step::Index(i)]);
+        let mut ops: Vec<Op> = self.replaces.into_iter().map(|(i, v)| Op::Replace(at(i), v)).collect();
+        ops.extend(self.removes.into_iter().rev().map(|i| Op::Remove(at(i))));
+        ops.extend(self.prepend.map(|v| Op::Add(at(0), v)));
+        ops.extend(self.appends.into_iter().map(|v| Op::Add(with(base, [Step::End]), v)));
+        ops
+    }
+}
+
+/// The signature of the sidecar keyless injects: `serve` as a native sidecar, listening where the
+/// injection points the apps, with the token volume. A hand-written `keyless` container (the
+/// examples' use a config file) does not carry it and is left alone.
+fn looks_injected<T: Tree>(container: &T) -> bool {
+    let args_serve =
+        container.get("args").and_then(Tree::as_list).is_some_and(|a| a.len() == 1 && a[0].as_str() == Some("serve"));
+    let env = container.get("env").and_then(Tree::as_list).unwrap_or_default();
+    let listens = env.iter().any(|e| named(e, "KEYLESS_LISTEN") && str_at(e, &["value"]) == Some(LISTEN_ADDRESS));
+    let mounts = container.get("volumeMounts").and_then(Tree::as_list).unwrap_or_default();
+    args_serve
+        && str_at(container, &["restartPolicy"]) == Some("Always")
+        && listens
+        && mounts.iter().any(|m| named(m, TOKENS_VOLUME))
 }
 
 /// The lists the injection edits must be lists (of maps) when present.
-fn check_shape(template: &Value) -> Result<(), TemplateError> {
+fn check_shape<T: Tree>(template: &T) -> Result<(), TemplateError> {
     let Some(spec) = template.get("spec") else { return Err(field("spec", "missing: a pod template needs a spec")) };
-    if !spec.is_mapping() {
+    if !spec.is_map() {
         return Err(field("spec", "expected a mapping"));
+    }
+    if let Some(metadata) = template.get("metadata")
+        && !metadata.is_map()
+        && !metadata.is_null()
+    {
+        return Err(field("metadata", "expected a mapping"));
     }
     for key in ["containers", "initContainers", "volumes"] {
         match spec.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::Sequence(items)) => {
-                if let Some(i) = items.iter().position(|c| !c.is_mapping()) {
-                    return Err(field(&format!("spec.{key}[{i}]"), "expected a mapping"));
+            None => {}
+            Some(v) if v.is_null() => {}
+            Some(v) => match v.as_list() {
+                Some(items) => {
+                    if let Some(i) = items.iter().position(|c| !c.is_map()) {
+                        return Err(field(&format!("spec.{key}[{i}]"), "expected a mapping"));
+                    }
                 }
-            }
-            Some(_) => return Err(field(&format!("spec.{key}"), "expected a list")),
+                None => return Err(field(&format!("spec.{key}"), "expected a list")),
+            },
         }
     }
-    let containers = spec.get("containers").and_then(Value::as_sequence);
+    let containers = spec.get("containers").and_then(Tree::as_list);
     for (i, container) in containers.into_iter().flatten().enumerate() {
         for key in ["env", "volumeMounts"] {
-            if !matches!(container.get(key), None | Some(Value::Null) | Some(Value::Sequence(_))) {
-                return Err(field(&format!("spec.containers[{i}].{key}"), "expected a list"));
+            match container.get(key) {
+                None => {}
+                Some(v) if v.is_null() => {}
+                Some(v) => match v.as_list() {
+                    Some(items) => {
+                        if let Some(j) = items.iter().position(|e| !e.is_map()) {
+                            return Err(field(&format!("spec.containers[{i}].{key}[{j}]"), "expected a mapping"));
+                        }
+                    }
+                    None => return Err(field(&format!("spec.containers[{i}].{key}"), "expected a list")),
+                },
             }
         }
     }
-    if containers.is_none_or(|c| c.is_empty()) {
+    if containers.is_none_or(<[T]>::is_empty) {
         return Err(field("spec.containers", "missing: a pod template needs at least one container"));
     }
     Ok(())
 }
 
-fn string_at(value: &Value, path: &[&str]) -> Option<String> {
-    path.iter().try_fold(value, |v, key| v.get(*key))?.as_str().map(str::to_owned)
+fn str_at<'a, T: Tree>(value: &'a T, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(value, |v, key| v.get(key))?.as_str()
 }
 
-fn has_keyless_container(template: &Value) -> bool {
-    ["containers", "initContainers"].iter().any(|list| {
-        let items = template.get("spec").and_then(|s| s.get(*list)).and_then(Value::as_sequence);
-        items.into_iter().flatten().any(|c| c.get("name").and_then(Value::as_str) == Some(CONTAINER))
-    })
+fn named<T: Tree>(value: &T, name: &str) -> bool {
+    str_at(value, &["name"]) == Some(name)
 }
 
 /// The string annotations of an object (`path` names the field in errors).
-pub fn annotations_of(object: &Value, path: &str) -> Result<Annotations, TemplateError> {
+pub fn annotations_of<T: Tree>(object: &T, path: &str) -> Result<Annotations, TemplateError> {
     let Some(found) = object.get("metadata").and_then(|m| m.get("annotations")) else { return Ok(Annotations::new()) };
-    let Value::Mapping(mapping) = found else {
-        return match found {
-            Value::Null => Ok(Annotations::new()),
-            _ => Err(field(path, "expected a mapping of strings")),
-        };
-    };
+    if found.is_null() {
+        return Ok(Annotations::new());
+    }
+    let Some(entries) = found.entries() else { return Err(field(path, "expected a mapping of strings")) };
     let mut annotations = Annotations::new();
-    for (key, value) in mapping {
-        match (key.as_str(), value.as_str()) {
+    for (key, value) in entries {
+        match (key, value.as_str()) {
             (Some(k), Some(v)) => annotations.insert(k.to_owned(), v.to_owned()),
             (Some(k), None) => return Err(field(&format!("{path}[{k}]"), "expected a string (quote the value)")),
             (None, _) => return Err(field(path, "expected string keys")),
@@ -141,154 +471,16 @@ pub fn annotations_of(object: &Value, path: &str) -> Result<Annotations, Templat
     Ok(annotations)
 }
 
-/// The environment variables added per app container, by container name.
-type Record = BTreeMap<String, Vec<String>>;
-
-fn apply(template: &mut Mapping, identities: &Identities, options: &Options) -> Result<(), TemplateError> {
-    let run_as = template.get("spec").and_then(sidecar_user);
-    let sidecar = sidecar::container(identities, options, run_as.as_ref());
-    let app_env = sidecar::app_env(identities, options);
-    let spec = mapping_mut(template, "spec");
-    list_mut(spec, "initContainers").insert(0, sidecar);
-    let volumes = list_mut(spec, "volumes");
-    volumes.push(sidecar::tokens_volume(identities));
-    if identities.aws.is_some() {
-        volumes.push(sidecar::run_volume());
-    }
-    let mut record = Record::new();
-    for container in list_mut(spec, "containers").iter_mut().filter_map(Value::as_mapping_mut) {
-        let name = container.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
-        take_over(container, identities);
-        let env = list_mut(container, "env");
-        let mut added = Vec::new();
-        for var in &app_env {
-            let var_name = var.get("name").and_then(Value::as_str).unwrap_or_default();
-            if !env.iter().any(|e| e.get("name").and_then(Value::as_str) == Some(var_name)) {
-                added.push(var_name.to_owned());
-                env.push(var.clone());
-            }
-        }
-        if identities.aws.is_some() {
-            list_mut(container, "volumeMounts").push(sidecar::app_mount());
-        }
-        record.insert(name, added);
-    }
-    let record = serde_json::to_string(&record).unwrap_or_default();
-    let metadata = mapping_mut(template, "metadata");
-    mapping_mut(metadata, "annotations").insert(INJECTED_ANNOTATION.into(), record.into());
-    Ok(())
-}
-
 /// The user the sidecar runs as: the pod's when it sets one (then nothing is needed), else the
 /// one non-root user every app container that names one agrees on.
-fn sidecar_user(spec: &Value) -> Option<Value> {
+fn sidecar_user<T: Tree>(spec: &T) -> Option<Value> {
     if spec.get("securityContext").and_then(|c| c.get("runAsUser")).is_some() {
         return None;
     }
-    let mut users = spec
-        .get("containers")?
-        .as_sequence()?
-        .iter()
-        .filter_map(|c| c.get("securityContext")?.get("runAsUser")?.as_i64());
+    let containers = spec.get("containers")?.as_list()?;
+    let mut users = containers.iter().filter_map(|c| c.get("securityContext")?.get("runAsUser")?.as_i64());
     let first = users.next()?;
     (first != 0 && users.all(|u| u == first)).then(|| first.into())
-}
-
-/// Removes the IRSA / Azure webhook variables that would make the SDKs bypass keyless for a
-/// cloud keyless serves (with `AWS_ROLE_ARN`, which only means something beside the token file).
-fn take_over(container: &mut Mapping, identities: &Identities) {
-    let Some(Value::Sequence(env)) = container.get_mut("env") else { return };
-    let value_of = |env: &[Value], name: &str| {
-        env.iter()
-            .find(|e| e.get("name").and_then(Value::as_str) == Some(name))?
-            .get("value")?
-            .as_str()
-            .map(str::to_owned)
-    };
-    for (cloud, name, webhook_value) in BYPASSING_WEBHOOK_ENV {
-        let serves = match *cloud {
-            "aws" => identities.aws.is_some(),
-            _ => identities.azure.is_some(),
-        };
-        if !serves || value_of(env, name).as_deref() != Some(*webhook_value) {
-            continue;
-        }
-        let also = if *cloud == "aws" { "AWS_ROLE_ARN" } else { *name };
-        env.retain(|e| !matches!(e.get("name").and_then(Value::as_str), Some(n) if n == *name || n == also));
-    }
-}
-
-/// Undoes [`apply`]: the sidecar, keyless's volumes and mounts, and the recorded variables.
-fn named(value: &Value, name: &str) -> bool {
-    value.get("name").and_then(Value::as_str) == Some(name)
-}
-
-fn remove(template: &mut Mapping, record: &str) {
-    let record: Record = serde_json::from_str(record).unwrap_or_default();
-    let spec = mapping_mut(template, "spec");
-    retain_in(spec, "initContainers", |c| !named(c, CONTAINER));
-    retain_in(spec, "volumes", |v| !named(v, TOKENS_VOLUME) && !named(v, RUN_VOLUME));
-    if let Some(Value::Sequence(containers)) = spec.get_mut("containers") {
-        for container in containers.iter_mut().filter_map(Value::as_mapping_mut) {
-            let name = container.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
-            retain_in(container, "volumeMounts", |m| !named(m, RUN_VOLUME));
-            let added = record.get(&name).cloned().unwrap_or_default();
-            retain_in(container, "env", |e| {
-                !e.get("name").and_then(Value::as_str).is_some_and(|n| added.iter().any(|a| a == n))
-            });
-        }
-    }
-    if let Some(Value::Mapping(metadata)) = template.get_mut("metadata")
-        && let Some(Value::Mapping(annotations)) = metadata.get_mut("annotations")
-    {
-        annotations.remove(INJECTED_ANNOTATION);
-        if annotations.is_empty() {
-            metadata.remove("annotations");
-        }
-    }
-}
-
-/// Keeps the items of list `key` that pass; drops the key when that empties it.
-fn retain_in(map: &mut Mapping, key: &str, keep: impl Fn(&Value) -> bool) {
-    if let Some(Value::Sequence(items)) = map.get_mut(key) {
-        items.retain(keep);
-        if items.is_empty() {
-            map.remove(key);
-        }
-    }
-}
-
-/// The mapping at `key`, created (or replacing a null) when absent. Shapes were checked before.
-fn mapping_mut<'a>(map: &'a mut Mapping, key: &str) -> &'a mut Mapping {
-    let slot = map.entry(key.into()).or_insert(Value::Null);
-    if !slot.is_mapping() {
-        *slot = Value::Mapping(Mapping::new());
-    }
-    slot.as_mapping_mut().expect("a mapping was just put there")
-}
-
-/// The list at `key`, created (or replacing a null) when absent.
-fn list_mut<'a>(map: &'a mut Mapping, key: &str) -> &'a mut Vec<Value> {
-    let slot = map.entry(key.into()).or_insert(Value::Null);
-    if !slot.is_sequence() {
-        *slot = Value::Sequence(Vec::new());
-    }
-    slot.as_sequence_mut().expect("a list was just put there")
-}
-
-/// The injection on a Pod as JSON (an admission request's object): the injected pod and what was
-/// done. JSON goes through the YAML value losslessly (strings stay strings, integers integers).
-pub fn inject_pod_json(
-    pod: &serde_json::Value,
-    service_account: &Annotations,
-    namespace: Namespace,
-    options: &Options,
-) -> Result<(serde_json::Value, Outcome), TemplateError> {
-    let mut template = serde_yaml::to_value(pod).map_err(|e| field("", &format!("not a Kubernetes object: {e}")))?;
-    let outcome = inject_template(&mut template, service_account, namespace, options)?;
-    let injected =
-        serde_json::to_value(&template).map_err(|e| field("", &format!("cannot write the pod back as JSON: {e}")))?;
-    Ok((injected, outcome))
 }
 
 #[cfg(test)]
@@ -329,6 +521,151 @@ mod tests {
         let (again, _) = inject_pod_json(&once, &b, Namespace::Unknown, &options).expect("re-injects");
         let (fresh, _) = inject_pod_json(&pod(), &b, Namespace::Unknown, &options).expect("injects");
         assert_eq!(again, fresh);
+    }
+
+    /// The JSON Patch the webhook sends, applied as the API server applies it, gives the pod
+    /// `keyless inject` writes.
+    #[test]
+    fn the_webhooks_patch_and_the_in_place_injection_give_the_same_pod() {
+        let options = Options { aws_region: Some("eu-west-1".to_owned()), ..Options::default() };
+        let mut pod = pod();
+        pod["spec"]["containers"][0]["env"] = serde_json::json!([
+            { "name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token" },
+            { "name": "AWS_ROLE_ARN", "value": "arn:aws:iam::111122223333:role/irsa" },
+            { "name": "MINE", "value": "1" },
+        ]);
+        let sa = account("arn:aws:iam::111122223333:role/a");
+        let (injected, _) = inject_pod_json(&pod, &sa, Namespace::Unknown, &options).expect("injects");
+        let plan = plan(&pod, &sa, Namespace::Unknown, &options).expect("plans");
+        let patch: json_patch::Patch = serde_json::from_value(crate::json_patch(&plan.ops)).expect("a JSON Patch");
+        let mut patched = pod.clone();
+        json_patch::patch(&mut patched, &patch).expect("applies");
+        assert_eq!(patched, injected);
+        let env: Vec<&str> = injected["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|e| e["name"].as_str().expect("name"))
+            .collect();
+        assert!(env.starts_with(&["MINE", "AWS_CONTAINER_CREDENTIALS_FULL_URI"]), "{env:?}");
+    }
+
+    /// What the API server stores: defaults filled in (probe scheme and thresholds, port protocol,
+    /// pull policy, termination message, the projected volume's mode) and its own token volume
+    /// mounted into every container, the sidecar too. Replayed, it needs no change.
+    #[test]
+    fn an_injected_pod_as_the_api_server_stores_it_gets_no_change() {
+        let options = Options::default();
+        let sa = account("arn:aws:iam::111122223333:role/a");
+        let (mut stored, _) = inject_pod_json(&pod(), &sa, Namespace::Unknown, &options).expect("injects");
+        let mount = serde_json::json!({ "name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true });
+        for list in ["initContainers", "containers"] {
+            for c in stored["spec"][list].as_array_mut().expect("containers") {
+                c["imagePullPolicy"] = "IfNotPresent".into();
+                c["terminationMessagePath"] = "/dev/termination-log".into();
+                c["terminationMessagePolicy"] = "File".into();
+                c["volumeMounts"].as_array_mut().expect("mounts").push(mount.clone());
+                for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                    if c[probe].is_object() {
+                        c[probe]["httpGet"]["scheme"] = "HTTP".into();
+                        c[probe]["timeoutSeconds"] = 1.into();
+                        c[probe]["successThreshold"] = 1.into();
+                    }
+                }
+                if let Some(ports) = c["ports"].as_array_mut() {
+                    ports[0]["protocol"] = "TCP".into();
+                }
+            }
+        }
+        stored["spec"]["volumes"][0]["projected"]["defaultMode"] = 420.into();
+        stored["spec"]["volumes"]
+            .as_array_mut()
+            .expect("volumes")
+            .push(serde_json::json!({ "name": "kube-api-access-x", "projected": { "sources": [] } }));
+        let plan = plan(&stored, &sa, Namespace::Unknown, &options).expect("plans");
+        assert_eq!(plan.ops, Vec::new());
+        assert!(matches!(plan.outcome, Outcome::Injected { .. }) && !plan.first);
+    }
+
+    fn env_names(pod: &serde_json::Value, i: usize) -> Vec<(String, String)> {
+        pod["spec"]["containers"][i]["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (e["name"].as_str().unwrap_or_default().to_owned(), e["value"].as_str().unwrap_or("<from>").to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_region_the_container_sets_in_either_variable_is_the_region_of_both() {
+        let options = Options { aws_region: Some("eu-west-1".to_owned()), ..Options::default() };
+        let sa = account("arn:aws:iam::111122223333:role/a");
+        for (set, other) in [("AWS_REGION", "AWS_DEFAULT_REGION"), ("AWS_DEFAULT_REGION", "AWS_REGION")] {
+            let mut pod = pod();
+            pod["spec"]["containers"][0]["env"] = serde_json::json!([{ "name": set, "value": "eu-central-1" }]);
+            let (injected, _) = inject_pod_json(&pod, &sa, Namespace::Unknown, &options).expect("injects");
+            let env = env_names(&injected, 0);
+            assert!(env.contains(&(set.to_owned(), "eu-central-1".to_owned())), "{env:?}");
+            assert!(env.contains(&(other.to_owned(), "eu-central-1".to_owned())), "{env:?}");
+            let (again, _) = inject_pod_json(&injected, &sa, Namespace::Unknown, &options).expect("again");
+            assert_eq!(again, injected, "idempotent");
+        }
+        // From a ConfigMap: the other refers to it.
+        let mut pod = pod();
+        pod["spec"]["containers"][0]["env"] = serde_json::json!([{ "name": "AWS_REGION", "valueFrom": { "configMapKeyRef": { "name": "c", "key": "r" } } }]);
+        let (injected, _) = inject_pod_json(&pod, &sa, Namespace::Unknown, &options).expect("injects");
+        assert!(env_names(&injected, 0).contains(&("AWS_DEFAULT_REGION".to_owned(), "$(AWS_REGION)".to_owned())));
+    }
+
+    #[test]
+    fn identities_come_from_the_service_account_only() {
+        let mut pod = pod();
+        pod["metadata"]["annotations"] = serde_json::json!({ AWS_ROLE_ARN: "arn:aws:iam::999999999999:role/mine" });
+        let sa = account("arn:aws:iam::111122223333:role/a");
+        let plan = plan(&pod, &sa, Namespace::Unknown, &Options::default()).expect("plans");
+        let Outcome::Injected { identities, warnings } = plan.outcome else { panic!("{:?}", plan.outcome) };
+        assert_eq!(identities.aws.expect("aws").role_arn, "arn:aws:iam::111122223333:role/a");
+        assert!(warnings.iter().any(|w| w.contains("ignored")), "{warnings:?}");
+        let plan = plan_of(&pod, &Annotations::new());
+        assert!(
+            matches!(plan.outcome, Outcome::Skipped(Skip::NoIdentity { .. })),
+            "the pod's annotation alone is nothing"
+        );
+    }
+
+    fn plan_of(pod: &serde_json::Value, sa: &Annotations) -> Plan {
+        plan(pod, sa, Namespace::Unknown, &Options::default()).expect("plans")
+    }
+
+    /// A pod cannot make keyless remove its own containers or variables with a
+    /// `keyless.dev/injected` record of its own.
+    #[test]
+    fn a_record_the_pod_brings_removes_nothing_of_the_pods() {
+        let sa = account("arn:aws:iam::111122223333:role/a");
+        let record = serde_json::json!({ "app": ["MINE", "AWS_REGION"] }).to_string();
+        let mut pod = pod();
+        pod["metadata"]["annotations"] = serde_json::json!({ INJECTED_ANNOTATION: record });
+        pod["spec"]["containers"][0]["env"] =
+            serde_json::json!([{ "name": "MINE", "value": "1" }, { "name": "AWS_REGION", "value": "r" }]);
+        // With its own `keyless` container: a hand-written setup, left exactly as it is.
+        let mut hand_written = pod.clone();
+        hand_written["spec"]["initContainers"] =
+            serde_json::json!([{ "name": "keyless", "image": "mine", "restartPolicy": "Always" }]);
+        let plan = plan_of(&hand_written, &sa);
+        assert_eq!(plan.outcome, Outcome::Skipped(Skip::KeylessContainer));
+        assert!(plan.ops.is_empty());
+        // Without: injected, its variables kept, the record replaced by keyless's.
+        let (injected, _) = inject_pod_json(&pod, &sa, Namespace::Unknown, &Options::default()).expect("injects");
+        let env = env_names(&injected, 0);
+        assert!(
+            env.contains(&("MINE".to_owned(), "1".to_owned()))
+                && env.contains(&("AWS_REGION".to_owned(), "r".to_owned())),
+            "{env:?}"
+        );
+        let record = injected["metadata"]["annotations"][INJECTED_ANNOTATION].as_str().expect("a record");
+        assert!(!record.contains("MINE"), "{record}");
     }
 
     #[test]

@@ -23,6 +23,9 @@ const LISTEN: &str = "127.0.0.1:9811";
 /// The Secret key an Azure identity header Secret holds (`keyless.dev/azure-identity-header-secret`).
 pub const IDENTITY_HEADER_KEY: &str = "identity-header";
 
+/// Where the injected sidecar listens (its `KEYLESS_LISTEN`: part of the signature of an injected sidecar).
+pub(crate) const LISTEN_ADDRESS: &str = LISTEN;
+
 /// An ordered mapping from literal pairs (the output keeps the order Kubernetes users read).
 pub(crate) fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
     Value::Mapping(entries.into_iter().map(|(k, v)| (Value::from(k), v)).collect::<Mapping>())
@@ -32,7 +35,7 @@ fn list<const N: usize>(items: [Value; N]) -> Value {
     Value::Sequence(items.into())
 }
 
-fn env_value(name: &str, value: &str) -> Value {
+pub(crate) fn env_value(name: &str, value: &str) -> Value {
     map([("name", name.into()), ("value", value.into())])
 }
 
@@ -168,6 +171,40 @@ pub(crate) fn run_volume() -> Value {
 
 pub(crate) fn app_mount() -> Value {
     map([("name", RUN_VOLUME.into()), ("mountPath", RUN_DIR.into()), ("readOnly", true.into())])
+}
+
+/// Every variable [`app_env`] can add: the only names a previous injection's record may make keyless
+/// replace or remove (a record naming anything else is not keyless's).
+pub(crate) const APP_ENV_NAMES: &[&str] = &[
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "GCE_METADATA_HOST",
+    "GCE_METADATA_IP",
+    "GCE_METADATA_ROOT",
+    "METADATA_SERVER_DETECTION",
+    "GOOGLE_CLOUD_PROJECT",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+];
+
+/// The two AWS region variables: SDKs differ in which they read (boto3 `AWS_DEFAULT_REGION`, the
+/// others `AWS_REGION`), so they must agree.
+pub(crate) const REGION_VARS: [&str; 2] = ["AWS_REGION", "AWS_DEFAULT_REGION"];
+
+/// The sidecar's variables as name and value; a variable from a Secret gets a stand-in value of
+/// the length the sidecar requires (only its presence matters to a configuration check).
+pub(crate) fn sidecar_env_pairs(identities: &Identities, options: &Options) -> Vec<(String, String)> {
+    sidecar_env(identities, options)
+        .iter()
+        .map(|var| {
+            let name = var.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let value = var.get("value").and_then(Value::as_str).unwrap_or("a-value-from-a-secret-0123456789");
+            (name, value.to_owned())
+        })
+        .collect()
 }
 
 /// Each configured cloud's native variables, pointing the SDKs at keyless (docs/configuration.md

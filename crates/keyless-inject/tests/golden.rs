@@ -19,7 +19,10 @@ fn read(name: &str) -> String {
 
 fn check_golden(name: &str) -> String {
     let injected = inject_documents(&read(&format!("{name}.in.yaml")), &options()).expect("injects");
-    let actual = format!("{}\n# notes:\n{}", injected.yaml, comment(&injected.notes));
+    let mut actual = format!("{}\n# notes:\n{}", injected.yaml, comment(&injected.notes));
+    if !injected.uninjected.is_empty() {
+        actual.push_str(&format!("# uninjected:\n{}", comment(&injected.uninjected)));
+    }
     let path = golden_dir().join(format!("{name}.out.yaml"));
     if std::env::var_os("KEYLESS_UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &actual).expect("writes the golden file");
@@ -40,7 +43,7 @@ fn injects_every_workload_kind_and_passes_other_documents_through() {
 }
 
 #[test]
-fn pod_annotations_override_user_variables_win_and_unsafe_pods_are_left_alone() {
+fn pod_annotations_are_ignored_user_variables_win_and_unsafe_pods_are_left_alone() {
     check_golden("overrides");
 }
 

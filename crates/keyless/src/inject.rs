@@ -1,10 +1,11 @@
 //! `keyless inject`: the injection of keyless-inject on YAML from a file or stdin, to stdout
-//! (docs/injection.md). What it did and warnings go to stderr.
+//! (docs/injection.md). What it did and warnings go to stderr; an opted-in workload that gets
+//! nothing is an error unless `--allow-uninjected`.
 
 use std::io::Read;
 use std::path::Path;
 
-use keyless_inject::{Options, Resources};
+use keyless_inject::{Options, Resources, SidecarCheck};
 
 /// Largest input read: far above any manifest set, and a bound on what a pipe can make keyless hold.
 const MAX_INPUT: u64 = 64 * 1024 * 1024;
@@ -60,18 +61,126 @@ impl InjectArgs {
             aws_region: self.aws_region.clone(),
             azure_tenant_id: self.azure_tenant_id.clone(),
             sidecar_env: self.sidecar_env.clone(),
+            check_sidecar: Some(SidecarCheck(check_sidecar)),
         }
     }
 }
 
-/// Reads `file` (`-` or none: stdin), injects, returns the YAML and the notes for stderr.
-pub fn run(file: Option<&Path>, args: &InjectArgs) -> Result<keyless_inject::Injected, String> {
+/// `keyless inject`'s own flags (the webhook has no use for them).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CliArgs {
+    /// Read the ServiceAccounts the input does not hold from the cluster of the current kubeconfig
+    /// context (`get serviceaccounts`, read-only); one in the input wins.
+    #[arg(long)]
+    pub from_cluster: bool,
+    /// Write the documents even when an opted-in workload gets nothing (by default that is an
+    /// error: one line per workload on stderr, nothing on stdout).
+    #[arg(long)]
+    pub allow_uninjected: bool,
+}
+
+/// The variables of an injected sidecar, loaded as `keyless serve` loads its environment at start
+/// (the same settings, provider validators and route check): what the sidecar would refuse, the
+/// injection refuses now, instead of a sidecar that never turns ready. Results are remembered (a
+/// webhook sees the same few ServiceAccounts again and again; building the providers is not free).
+fn check_sidecar(env: &[(String, String)]) -> Result<(), String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Checked = HashMap<Vec<(String, String)>, Result<(), String>>;
+    static CHECKED: OnceLock<Mutex<Checked>> = OnceLock::new();
+    const REMEMBERED: usize = 1024;
+    let checked = CHECKED.get_or_init(Default::default);
+    if let Some(result) = checked.lock().ok().and_then(|c| c.get(env).cloned()) {
+        return result;
+    }
+    let result = load_sidecar(env);
+    if let Ok(mut checked) = checked.lock() {
+        if checked.len() >= REMEMBERED {
+            checked.clear();
+        }
+        checked.insert(env.to_vec(), result.clone());
+    }
+    result
+}
+
+fn load_sidecar(env: &[(String, String)]) -> Result<(), String> {
+    let env: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+    let (settings, _) = crate::config::settings_from_env(&env);
+    let (config, sections) = crate::config::load(None, settings).map_err(|e| e.to_string())?;
+    let config = config.finish(&crate::config::Overrides::default()).map_err(|e| e.to_string())?;
+    let ctx = keyless_core::Context::new(
+        std::sync::Arc::new(keyless_core::clock::SystemClock),
+        keyless_core::Metrics::new(),
+        config.cache_policy(),
+        config.watch_options(),
+    );
+    let mut accepted = Vec::new();
+    for provider in crate::providers::configure_all(sections, &ctx, &|_| None) {
+        accepted.push(provider.configured.map_err(|e| format!("[{}] {e}", provider.name))?);
+    }
+    crate::providers::check_routes(accepted.iter().map(|c| c.as_ref())).map_err(|e| e.to_string())
+}
+
+/// What `keyless inject` writes: the documents for stdout, the notes and the workloads left
+/// uninjected for stderr.
+pub type Output = keyless_inject::Injected;
+
+/// Reads `file` (`-` or none: stdin), reads missing ServiceAccounts from the cluster when asked,
+/// injects.
+pub async fn run(file: Option<&Path>, cli: &CliArgs, args: &InjectArgs) -> Result<Output, String> {
     let input = read_input(file)?;
-    keyless_inject::inject_documents(&input, &args.options()).map_err(|e| {
-        let source =
-            file.filter(|f| *f != Path::new("-")).map_or_else(|| "stdin".to_owned(), |f| f.display().to_string());
-        format!("{source}: {e}")
-    })
+    let source = file.filter(|f| *f != Path::new("-")).map_or_else(|| "stdin".to_owned(), |f| f.display().to_string());
+    let documents = keyless_inject::parse_documents(&input).map_err(|e| format!("{source}: {e}"))?;
+    let cluster = if cli.from_cluster {
+        Some(cluster::service_accounts(&documents.missing_service_accounts()).await?)
+    } else {
+        None
+    };
+    documents.inject(cluster.as_deref(), &args.options()).map_err(|e| format!("{source}: {e}"))
+}
+
+mod cluster {
+    //! `--from-cluster`: the ServiceAccounts the input lacks, read with the user's kubeconfig.
+
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use keyless_inject::WorkloadRef;
+    use kube::{Api, Client, Config};
+
+    /// One read may take this long (a kubeconfig pointing at a cluster that is not there).
+    const READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+    /// Reads each of `wanted` (a workload without a namespace: the context's namespace); those the
+    /// cluster does not have are left out. An error (no kubeconfig, no access) is an error.
+    pub async fn service_accounts(wanted: &[WorkloadRef]) -> Result<Vec<keyless_inject::ServiceAccount>, String> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let config = Config::infer()
+            .await
+            .map_err(|e| format!("--from-cluster: cannot load a kubeconfig: {e} (set KUBECONFIG or ~/.kube/config)"))?;
+        let default_namespace = config.default_namespace.clone();
+        let client = Client::try_from(config).map_err(|e| format!("--from-cluster: {e}"))?;
+        let mut found = Vec::new();
+        for WorkloadRef { namespace, service_account } in wanted {
+            let namespace = if namespace.is_empty() { default_namespace.as_str() } else { namespace.as_str() };
+            let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+            let read = tokio::time::timeout(READ_TIMEOUT, api.get_metadata_opt(service_account)).await;
+            let what = || format!("--from-cluster: cannot read ServiceAccount {namespace}/{service_account}");
+            match read {
+                Ok(Ok(Some(account))) => found.push(keyless_inject::ServiceAccount {
+                    namespace: namespace.to_owned(),
+                    name: service_account.clone(),
+                    annotations: account.metadata.annotations.unwrap_or_default().into_iter().collect(),
+                }),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return Err(format!("{}: {e} (inject needs get on serviceaccounts)", what())),
+                Err(_) => return Err(format!("{}: no answer within {}s", what(), READ_TIMEOUT.as_secs())),
+            }
+        }
+        Ok(found)
+    }
 }
 
 fn read_input(file: Option<&Path>) -> Result<String, String> {
@@ -115,7 +224,31 @@ mod tests {
     #[test]
     fn without_flags_the_options_are_the_librarys_defaults() {
         let cli = Cli::try_parse_from(["keyless"]).expect("parses");
-        assert_eq!(cli.inject.options(), Options::default());
+        let checked = Options { check_sidecar: Some(SidecarCheck(check_sidecar)), ..Options::default() };
+        assert_eq!(cli.inject.options(), checked);
+    }
+
+    /// The check is `keyless serve`'s own loading: a service account e-mail the GCP adapter refuses
+    /// at start is refused, naming the setting; the injection's usual variables pass.
+    #[test]
+    fn the_sidecar_check_refuses_what_the_sidecar_would_refuse_at_start() {
+        let env = |account: &str| -> Vec<(String, String)> {
+            [
+                ("KEYLESS_LISTEN", "127.0.0.1:9811"),
+                ("KEYLESS_GCP__TOKEN_FILE", "/var/run/secrets/keyless/gcp-token"),
+                (
+                    "KEYLESS_GCP__AUDIENCE",
+                    "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k",
+                ),
+                ("KEYLESS_GCP__SERVICE_ACCOUNT", account),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+        };
+        check_sidecar(&env("app@p.iam.gserviceaccount.com")).expect("accepted");
+        let err = check_sidecar(&env("a@b.c/../../x?y#z")).expect_err("refused at start");
+        assert!(err.contains("service_account"), "{err}");
     }
 
     /// keyless-inject names keyless's settings (`KEYLESS_<SECTION>__<KEY>`) as strings: the

@@ -131,11 +131,17 @@ enum Command {
     },
     #[cfg(feature = "inject")]
     /// Inject keyless into the opted-in workloads of multi-document YAML (label keyless.dev/inject:
-    /// "true"; identities from ServiceAccount annotations in the input) and write it to stdout.
+    /// "true"; identities from ServiceAccount annotations in the input, or the cluster's with
+    /// --from-cluster) and write it to stdout. An opted-in workload that gets nothing is an error.
     Inject {
         /// The YAML to read; `-` or none: stdin.
-        #[arg(short = 'f', long = "filename")]
+        #[arg(short = 'f', long = "filename", conflicts_with = "input")]
         file: Option<PathBuf>,
+        /// The YAML to read, as -f (`-`: stdin).
+        #[arg(value_name = "FILE")]
+        input: Option<PathBuf>,
+        #[command(flatten)]
+        cli: inject::CliArgs,
         #[command(flatten)]
         options: inject::InjectArgs,
     },
@@ -287,7 +293,9 @@ fn main() -> ExitCode {
         Command::CredentialProcess { config, role } => runtime.block_on(credential_process(config, role)),
         Command::Check { config } => runtime.block_on(check::run(config)),
         #[cfg(feature = "inject")]
-        Command::Inject { file, options } => inject(file.as_deref(), &options),
+        Command::Inject { file, input, cli, options } => {
+            runtime.block_on(inject(file.or(input).as_deref(), &cli, &options))
+        }
         #[cfg(feature = "webhook")]
         Command::Webhook { args } => runtime.block_on(run_logged(webhook::run(args))),
         Command::Exec { config, ready_timeout, choice, keep_env, command } => {
@@ -354,14 +362,29 @@ async fn credential_process(config: Option<PathBuf>, role: Option<String>) -> Ex
     }
 }
 
-/// `inject`: the documents on stdout, what was done on stderr.
+/// `inject`: the documents on stdout, what was done on stderr. An opted-in workload that got
+/// nothing fails the command with nothing on stdout (a pipe into `kubectl apply` applies nothing).
 #[cfg(feature = "inject")]
 #[allow(clippy::print_stdout, clippy::print_stderr)]
-fn inject(file: Option<&std::path::Path>, options: &inject::InjectArgs) -> ExitCode {
-    match inject::run(file, options) {
+async fn inject(file: Option<&std::path::Path>, cli: &inject::CliArgs, options: &inject::InjectArgs) -> ExitCode {
+    match inject::run(file, cli, options).await {
         Ok(injected) => {
             for note in &injected.notes {
                 eprintln!("keyless inject: {note}");
+            }
+            if !injected.uninjected.is_empty() && !cli.allow_uninjected {
+                for line in &injected.uninjected {
+                    eprintln!("keyless inject: {line}");
+                }
+                let n = injected.uninjected.len();
+                return fail(&format!(
+                    "{n} opted-in workload{} would run without keyless: nothing written (--allow-uninjected writes \
+                     the documents anyway)",
+                    if n == 1 { "" } else { "s" }
+                ));
+            }
+            for line in &injected.uninjected {
+                eprintln!("keyless inject: {line}");
             }
             print!("{}", injected.yaml);
             ExitCode::SUCCESS
