@@ -99,6 +99,10 @@ impl Exchange for EntraExchange {
         key.client_id.to_string()
     }
 
+    fn describe_key(&self, key: &TokenKey) -> String {
+        format!("resource {}", key.scope.resource())
+    }
+
     async fn exchange(&self, key: &TokenKey, token: &SubjectToken) -> Result<Issued<AccessToken>, ExchangeError> {
         // Expiry counts from before the request, so it never overstates the token's life.
         let asked_at = self.clock.now();

@@ -178,7 +178,7 @@ async fn from_exchange(config_file: Option<&Path>, role: Option<&str>) -> Result
     let (settings, _) = config::settings_from_env(&env);
     let (config, mut sections) = config::load(config_file, settings).map_err(|e| e.to_string())?;
     let process_env = |name: &str| std::env::var(name).ok();
-    let section = sections.0.remove(<keyless_aws::Aws as keyless_provider::Provider>::NAME);
+    let section = sections.values.remove(<keyless_aws::Aws as keyless_provider::Provider>::NAME);
     let aws = match section {
         Some(section) => section
             .try_deserialize::<keyless_aws::Config>()

@@ -96,7 +96,7 @@ fn not_ready(statuses: &[IdentityStatus], timeout: Duration) -> String {
         humantime::format_duration(timeout)
     );
     for s in statuses.iter().filter(|s| !s.ready()) {
-        text.push_str(&format!("\n  {} {} {}: ", s.provider, s.identity, s.key));
+        text.push_str(&format!("\n  {}: ", s.name()));
         match &s.last_error {
             Some(e) => {
                 text.push_str(&e.message);

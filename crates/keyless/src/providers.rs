@@ -79,7 +79,11 @@ impl fmt::Display for Origin {
 /// The provider sections of the configuration, by provider name (split off the rest of the
 /// config by `config::load`).
 #[derive(Debug, Default)]
-pub struct Sections(pub BTreeMap<&'static str, config::Value>);
+pub struct Sections {
+    pub values: BTreeMap<&'static str, config::Value>,
+    /// Keys only a `KEYLESS_<SECTION>__<KEY>` variable set: a section's error names it.
+    pub env_keys: crate::config::EnvKeys,
+}
 
 /// One provider's configuration outcome.
 pub struct ProviderConfig {
@@ -91,7 +95,14 @@ pub struct ProviderConfig {
 /// Every provider whose section is present, or whose webhook env vars are set when it is absent
 /// (`env` reads the process environment; `keyless dev` passes one that reads nothing).
 pub fn configure_all(mut sections: Sections, ctx: &Context, env: Env<'_>) -> Vec<ProviderConfig> {
-    PROVIDERS.iter().filter_map(|p| p.configure(sections.0.remove(p.name()), env, ctx)).collect()
+    PROVIDERS
+        .iter()
+        .filter_map(|p| p.configure(sections.values.remove(p.name()), env, ctx))
+        .map(|mut p| {
+            p.configured = p.configured.map_err(|e| sections.env_keys.name_in(&e));
+            p
+        })
+        .collect()
 }
 
 /// Every route every configured provider claims, checked as one set.

@@ -36,12 +36,31 @@ use crate::providers::Running;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr} ({what}): {source}; pick a free address with {flag}")]
+    #[error("cannot listen on {addr} ({what}): {source}; {}", bind_hint(source, *addr, flag))]
     Bind { addr: SocketAddr, what: &'static str, flag: &'static str, source: std::io::Error },
     #[error("{0}")]
     Routes(#[from] RouteCollision),
     #[error("{0}")]
     Server(std::io::Error),
+}
+
+/// What to do about a listener that could not bind, by cause.
+pub fn bind_hint(error: &std::io::Error, addr: SocketAddr, flag: &str) -> String {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            "ports below 1024 need root or the CAP_NET_BIND_SERVICE capability: pick a port above 1023 with {flag}"
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("the system refused this address to this user (a security policy?): pick another with {flag}")
+        }
+        std::io::ErrorKind::AddrInUse => {
+            format!("another process (another keyless?) listens there: stop it, or pick a free port with {flag}")
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("no network interface of this machine has that address: pick a local address with {flag}")
+        }
+        _ => format!("pick another address with {flag}"),
+    }
 }
 
 /// Bound listeners with their routes, not yet serving.
@@ -472,6 +491,27 @@ mod tests {
         assert!(listener.admit().is_none());
         drop(_busy);
         assert!(listener.admit().is_some(), "a finished request makes its connection displaceable");
+    }
+
+    #[test]
+    fn a_bind_error_says_what_to_do_about_its_cause() {
+        use std::io::{Error, ErrorKind};
+        let addr = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        let err = ServeError::Bind {
+            addr: addr(443),
+            what: "admin listener",
+            flag: "--admin-listen",
+            source: Error::from(ErrorKind::PermissionDenied),
+        };
+        assert_eq!(
+            err.to_string(),
+            "cannot listen on 0.0.0.0:443 (admin listener): permission denied; ports below 1024 need root or the \
+             CAP_NET_BIND_SERVICE capability: pick a port above 1023 with --admin-listen"
+        );
+        let in_use = bind_hint(&Error::from(ErrorKind::AddrInUse), addr(9811), "--listen");
+        assert_eq!(in_use, "another process (another keyless?) listens there: stop it, or pick a free port with --listen");
+        let foreign = bind_hint(&Error::from(ErrorKind::AddrNotAvailable), addr(9811), "--listen");
+        assert!(foreign.starts_with("no network interface of this machine has that address"), "{foreign}");
     }
 
     #[tokio::test]
