@@ -164,8 +164,18 @@ async fn from_endpoint(url: &Url, authorization: &str) -> Result<String, String>
         ));
     }
     let body = response.text().await.map_err(|e| format!("reading the answer of {url}: {e}"))?;
+    if status == reqwest::StatusCode::NOT_FOUND
+        && let Some((_, role)) = url.path().rsplit_once("/roles/")
+    {
+        return Err(format!(
+            "keyless at {url} serves no role named {role:?} (404): --role names one of the [[aws.roles]] entries \
+             of the running keyless's configuration (`keyless check` with that configuration lists them, one \
+             AssumeRoleWithWebIdentity line per role), served at AWS_CONTAINER_CREDENTIALS_FULL_URI/roles/NAME"
+        ));
+    }
     if !status.is_success() {
         let quoted: String = body.chars().take(MAX_QUOTED_BODY).collect();
+        let quoted = if quoted.is_empty() { "(no message)".to_owned() } else { quoted };
         return Err(format!("keyless at {url} answered {status}: {quoted}"));
     }
     let credentials = keyless_aws::AwsCredentials::from_container_json(&body)

@@ -105,7 +105,7 @@ async fn start_emulator(
 /// A second `keyless dev` beside a running one collides on every port and on the state dir: the
 /// error names every flag that moves it.
 const SECOND_DEV: &str = ". To run a second keyless dev beside another, give it other ports and its own files: \
-     --listen, --admin-listen, --emulator-listen, --state-dir and --env-file"
+     --listen, --admin-listen, --emulator-listen, --state-dir and --env-file";
 
 /// The sidecar's configuration for the emulator: one section per adapter, endpoints and CA of the
 /// emulator, tokens from its projector.
