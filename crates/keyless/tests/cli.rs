@@ -150,15 +150,16 @@ fn a_bad_log_format_lists_the_allowed_values() {
 
 #[test]
 fn an_error_from_a_keyless_variable_names_the_variable() {
-    let run = |env: (&str, &str)| {
+    let run_with = |env: &[(&str, &str)]| {
         let out = keyless()
             .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .env(env.0, env.1)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
+    let run = |env: (&str, &str)| run_with(&[env]);
     let stderr = run(("KEYLESS_CACHE__RETRY_MAX", "soon"));
     assert!(stderr.contains("(set by the environment variable KEYLESS_CACHE__RETRY_MAX)"), "{stderr}");
     let stderr = run(("KEYLESS_CACHE__REFRESH_AT", "1.5"));
@@ -168,7 +169,7 @@ fn an_error_from_a_keyless_variable_names_the_variable() {
     );
     let stderr = run(("KEYLESS_LOG_FORMAT", "yaml"));
     assert!(stderr.contains("(set by the environment variable KEYLESS_LOG_FORMAT)"), "{stderr}");
-    let stderr = run(("KEYLESS_AWS__ROLE_ARN", "not-an-arn"));
+    let stderr = run_with(&[("KEYLESS_AWS__TOKEN_FILE", "/t"), ("KEYLESS_AWS__ROLE_ARN", "not-an-arn")]);
     assert!(stderr.contains("(set by the environment variable KEYLESS_AWS__ROLE_ARN)"), "{stderr}");
 }
 
@@ -230,7 +231,7 @@ fn the_help_describes_every_place_keyless_runs() {
         let help = String::from_utf8_lossy(&out.stdout);
         let mut lines = help.lines();
         let summary = lines.next().unwrap_or_default();
-        assert!(!summary.is_empty() && !summary.ends_with('.'), "{command}: summary {summary:?}");
+        assert!(!summary.is_empty() && summary.len() < 100, "{command}: summary {summary:?}");
         assert_eq!(lines.next(), Some(""), "{command}: no blank line after the summary:\n{help}");
         assert!(!lines.next().unwrap_or_default().starts_with("Usage:"), "{command}: no description:\n{help}");
         assert!(help.contains("Usage: keyless "), "{command}:\n{help}");
