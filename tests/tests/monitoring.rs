@@ -17,6 +17,8 @@ use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 
 /// A role the emulator's STS refuses (no trust for the dev subject): AccessDenied from the start.
 const DENIED_ROLE: &str = "arn:aws:iam::123456789012:role/never-trusted";
+/// Its `identity` label: a named role is its name and ARN.
+const DENIED: &str = "denied (arn:aws:iam::123456789012:role/never-trusted)";
 
 /// A sidecar with the three clouds' dev identities and one AWS role the cloud refuses.
 async fn sidecar_with_a_refused_role(emulator: &EmulatorProcess) -> Sidecar {
@@ -47,6 +49,20 @@ fn labels_of(text: &str, name: &str, needle: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} sample with {needle} in:\n{text}"))
 }
 
+/// The body of the first 2xx answer of `url`, polled until [`STARTUP_DEADLINE`].
+async fn first_answer(client: &reqwest::Client, url: &str) -> String {
+    let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
+    loop {
+        if let Ok(response) = client.get(url).send().await
+            && response.status().is_success()
+        {
+            return response.text().await.unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{url} never answered");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
@@ -59,21 +75,10 @@ async fn every_configured_identity_has_a_readiness_series_from_start_with_build_
     let sidecar = sidecar_with_a_refused_role(&emulator).await;
     // The first /metrics that answers already has every identity, before any exchange finished.
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut first = None;
-    wait_until("/metrics to answer", STARTUP_DEADLINE, || {
-        let request = client.get(sidecar.admin_url("/metrics")).send();
-        let first = &mut first;
-        async move {
-            let Ok(response) = request.await else { return false };
-            *first = Some(response.text().await.unwrap());
-            true
-        }
-    })
-    .await;
-    let first = first.unwrap();
+    let first = first_answer(&client, &sidecar.admin_url("/metrics")).await;
     for (provider, identity) in [
         ("aws", role.as_str()),
-        ("aws", DENIED_ROLE),
+        ("aws", DENIED),
         ("gcp", ids["gcp_service_account"].as_str().unwrap()),
         ("azure", ids["azure_client_id"].as_str().unwrap()),
     ] {
@@ -99,13 +104,13 @@ async fn every_configured_identity_has_a_readiness_series_from_start_with_build_
     .await;
     wait_until("the refused role's exchange to fail", STARTUP_DEADLINE, || async {
         let text = sidecar.metrics().await;
-        keyless_test_support::metrics::sum(&text, "keyless_exchanges_total", &[("identity", DENIED_ROLE)]) > 0
+        keyless_test_support::metrics::sum(&text, "keyless_exchanges_total", &[("identity", DENIED)]) > 0
     })
     .await;
     let text = sidecar.metrics().await;
-    assert_eq!(sample(&text, "keyless_identity_ready", &[("identity", DENIED_ROLE)]), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "keyless_identity_ready", &[("identity", DENIED)]), Some(0.0), "{text}");
     assert!(
-        sample(&text, "keyless_credential_expiry_timestamp_seconds", &[("identity", DENIED_ROLE)]).is_none(),
+        sample(&text, "keyless_credential_expiry_timestamp_seconds", &[("identity", DENIED)]).is_none(),
         "a refused role has no credential to expire: the readiness series is what an alert sees\n{text}"
     );
 
@@ -128,7 +133,7 @@ async fn every_configured_identity_has_a_readiness_series_from_start_with_build_
     // keyless itself: no Rust Debug text in what /readyz says about the identities.
     let readyz = client.get(sidecar.admin_url("/readyz")).send().await.unwrap().text().await.unwrap();
     assert!(readyz.contains(&format!("ready aws {role}: valid until ")), "{readyz}");
-    assert!(readyz.contains(&format!("not ready aws {DENIED_ROLE}: ")), "{readyz}");
+    assert!(readyz.contains(&format!("not ready aws {DENIED}: ")), "{readyz}");
     assert!(readyz.contains("(access token, scopes cloud-platform): valid until"), "{readyz}");
     for debug in ["()", "AccessToken(", "ScopeSet", "TokenKey"] {
         assert!(!readyz.contains(debug), "Debug text {debug:?} in /readyz:\n{readyz}");
@@ -146,7 +151,7 @@ async fn every_configured_identity_has_a_readiness_series_from_start_with_build_
     assert_eq!(probe("/healthz").0, Some(0));
     let (code, said) = probe("/readyz");
     assert_eq!(code, Some(1), "the refused role keeps the pod unready: {said}");
-    assert!(said.contains(&format!("not ready aws {DENIED_ROLE}: ")), "{said}");
+    assert!(said.contains(&format!("not ready aws {DENIED}: ")), "{said}");
 }
 
 /// Every sample name a metric family of `text` can have, from its `# TYPE` lines (a family with
@@ -219,22 +224,8 @@ async fn webhook_metrics() -> String {
         key_path.to_str().unwrap(),
     ];
     let process = Process::spawn(&args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
-    let url = format!("http://{admin}/metrics");
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut text = String::new();
-    wait_until("the webhook's /metrics to answer", STARTUP_DEADLINE, || {
-        let (request, text) = (client.get(&url).send(), &mut text);
-        async move {
-            match request.await {
-                Ok(r) if r.status().is_success() => {
-                    *text = r.text().await.unwrap();
-                    true
-                }
-                _ => false,
-            }
-        }
-    })
-    .await;
+    let text = first_answer(&client, &format!("http://{admin}/metrics")).await;
     drop(process);
     text
 }
@@ -338,7 +329,7 @@ async fn promtool_checks_the_rules_and_each_alert_fires_on_series_shaped_like_ke
     let sidecar = sidecar_with_a_refused_role(&emulator).await;
     wait_until("the refused role's exchange to fail", STARTUP_DEADLINE, || async {
         let text = sidecar.metrics().await;
-        keyless_test_support::metrics::sum(&text, "keyless_exchanges_total", &[("identity", DENIED_ROLE)]) > 0
+        keyless_test_support::metrics::sum(&text, "keyless_exchanges_total", &[("identity", DENIED)]) > 0
             && text.contains("keyless_subject_token_expiry_timestamp_seconds{")
             && text.contains("keyless_credential_expiry_timestamp_seconds{")
     })
@@ -376,7 +367,7 @@ async fn promtool_checks_the_rules_and_each_alert_fires_on_series_shaped_like_ke
     let webhook_bucket = |le: &str, values: &str| {
         format!("      - series: 'keyless_webhook_review_duration_seconds_bucket{{le=\"{le}\",namespace=\"keyless-system\",pod=\"keyless-webhook-0\"}}'\n        values: '{values}'\n")
     };
-    let denied = DENIED_ROLE;
+    let denied = DENIED;
     let aws_identity = identity(&expiring_identity);
     let tests = format!(
         r#"rule_files: [rules.yaml]

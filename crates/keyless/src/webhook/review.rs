@@ -21,6 +21,16 @@ pub enum FailurePolicy {
     Ignore,
 }
 
+impl FailurePolicy {
+    /// As the flag spells it (`fail`, `ignore`), for the log.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Fail => "fail",
+            Self::Ignore => "ignore",
+        }
+    }
+}
+
 pub struct Reviewer {
     pub options: Options,
     pub accounts: ServiceAccounts,
@@ -134,7 +144,7 @@ impl Reviewer {
         self.metrics.error(failure.reason);
         let namespace = request.namespace.as_deref().unwrap_or_default();
         let message = format!("keyless not injected: {}", failure.message);
-        warn!(namespace, pod = %pod_name(request), reason = failure.reason, policy = ?self.policy, "{message}");
+        warn!(namespace, pod = %pod_name(request), reason = failure.reason, policy = self.policy.name(), "{message}");
         match self.policy {
             FailurePolicy::Fail => allowed.deny(message),
             FailurePolicy::Ignore => with_warning(allowed, message),
