@@ -63,6 +63,15 @@ async fn first_answer(client: &reqwest::Client, url: &str) -> String {
     }
 }
 
+/// `/metrics` of `sidecar`, or nothing while it does not answer yet.
+async fn scrape(sidecar: &Sidecar) -> String {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    match client.get(sidecar.admin_url("/metrics")).send().await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
@@ -90,7 +99,7 @@ async fn every_configured_identity_has_a_readiness_series_from_start_with_build_
 
     // The trusted identities turn ready; the refused one stays 0, with its failures counted.
     wait_until("the trusted identities to turn ready", STARTUP_DEADLINE, || async {
-        let text = sidecar.metrics().await;
+        let text = scrape(&sidecar).await;
         ["aws", "gcp", "azure"].iter().all(|p| {
             let ready = |identity: &str| sample(&text, "keyless_identity_ready", &[("provider", p), ("identity", identity)]);
             let identity = match *p {
@@ -103,7 +112,7 @@ async fn every_configured_identity_has_a_readiness_series_from_start_with_build_
     })
     .await;
     wait_until("the refused role's exchange to fail", STARTUP_DEADLINE, || async {
-        let text = sidecar.metrics().await;
+        let text = scrape(&sidecar).await;
         keyless_test_support::metrics::sum(&text, "keyless_exchanges_total", &[("identity", DENIED)]) > 0
     })
     .await;
@@ -225,6 +234,31 @@ async fn webhook_metrics() -> String {
     ];
     let process = Process::spawn(&args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    first_answer(&client, &format!("http://{admin}/healthz")).await;
+    // Reviews, so that the families with labels have series: a pod not opted in (a skip) and a
+    // body that is no AdmissionReview (an error).
+    let https = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", listen.parse().unwrap())
+        .build()
+        .unwrap();
+    let mutate = format!("https://localhost:{}/mutate", listen.rsplit(':').next().unwrap());
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "0b6a2f3c", "operation": "CREATE", "userInfo": {},
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+                       "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+        }
+    });
+    let skipped = https.post(&mutate).json(&review).send().await.unwrap();
+    assert!(skipped.status().is_success(), "{}", skipped.text().await.unwrap());
+    let refused = https.post(&mutate).body("not a review").send().await.unwrap();
+    assert_eq!(refused.status(), 400);
     let text = first_answer(&client, &format!("http://{admin}/metrics")).await;
     drop(process);
     text
@@ -265,10 +299,16 @@ async fn the_dashboard_and_the_alerts_query_only_metrics_a_live_keyless_exports(
     let Some(helm) = tools::helm() else { return };
     let emulator = EmulatorProcess::start().await;
     let sidecar = sidecar_with_a_refused_role(&emulator).await;
-    wait_until("/metrics to answer", STARTUP_DEADLINE, || async {
-        keyless_test_support::clients::status_of(&sidecar.admin_url("/metrics")).await == 200
-    })
-    .await;
+    // One credential request, so that the request and lookup families have series.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    first_answer(&client, &sidecar.admin_url("/healthz")).await;
+    let answer = client
+        .get(sidecar.url("/v1/credentials"))
+        .header("Authorization", keyless_test_support::sidecar::CONTAINER_AUTHORIZATION)
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{}", answer.text().await.unwrap());
     let mut exported = exported_names(&sidecar.metrics().await);
     exported.extend(exported_names(&webhook_metrics().await));
     for expected in ["keyless_identity_ready", "keyless_webhook_review_duration_seconds_bucket", "process_cpu_seconds_total"]
@@ -328,7 +368,7 @@ async fn promtool_checks_the_rules_and_each_alert_fires_on_series_shaped_like_ke
     let emulator = EmulatorProcess::start().await;
     let sidecar = sidecar_with_a_refused_role(&emulator).await;
     wait_until("the refused role's exchange to fail", STARTUP_DEADLINE, || async {
-        let text = sidecar.metrics().await;
+        let text = scrape(&sidecar).await;
         keyless_test_support::metrics::sum(&text, "keyless_exchanges_total", &[("identity", DENIED)]) > 0
             && text.contains("keyless_subject_token_expiry_timestamp_seconds{")
             && text.contains("keyless_credential_expiry_timestamp_seconds{")
