@@ -502,7 +502,8 @@ async fn an_aws_token_under_azure_never_gets_its_audience_trusted() {
          sts.amazonaws.com, which a token for this cloud must not carry)",
         "\"audiences\":[\"api://AzureADTokenExchange\"]",
     ]);
-    for widening in ["\"audiences\":[\"sts.amazonaws.com\"]", "--audiences sts.amazonaws.com", "to the token's audience"]
+    for widening in
+        ["\"audiences\":[\"sts.amazonaws.com\"]", "--audiences sts.amazonaws.com", "to the token's audience"]
     {
         assert!(!checked.report.contains(widening), "proposes {widening}:\n{}", checked.report);
     }

@@ -101,7 +101,8 @@ async fn every_configured_identity_has_a_readiness_series_from_start_with_build_
     wait_until("the trusted identities to turn ready", STARTUP_DEADLINE, || async {
         let text = scrape(&sidecar).await;
         ["aws", "gcp", "azure"].iter().all(|p| {
-            let ready = |identity: &str| sample(&text, "keyless_identity_ready", &[("provider", p), ("identity", identity)]);
+            let ready =
+                |identity: &str| sample(&text, "keyless_identity_ready", &[("provider", p), ("identity", identity)]);
             let identity = match *p {
                 "aws" => role.clone(),
                 "gcp" => ids["gcp_service_account"].as_str().unwrap().to_owned(),
@@ -311,21 +312,24 @@ async fn the_dashboard_and_the_alerts_query_only_metrics_a_live_keyless_exports(
     assert!(answer.status().is_success(), "{}", answer.text().await.unwrap());
     let mut exported = exported_names(&sidecar.metrics().await);
     exported.extend(exported_names(&webhook_metrics().await));
-    for expected in ["keyless_identity_ready", "keyless_webhook_review_duration_seconds_bucket", "process_cpu_seconds_total"]
+    for expected in
+        ["keyless_identity_ready", "keyless_webhook_review_duration_seconds_bucket", "process_cpu_seconds_total"]
     {
         assert!(exported.contains(expected), "{expected} not exported: {exported:?}");
     }
 
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(workspace_root().join("charts/keyless/dashboards/keyless.json")).unwrap())
-            .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace_root().join("charts/keyless/dashboards/keyless.json")).unwrap(),
+    )
+    .unwrap();
     let mut queried = BTreeSet::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
             queried.extend(queried_names(target["expr"].as_str().unwrap()));
         }
     }
-    let rendered = helm_template(&helm, &["monitoring.prometheusRule.enabled=true", "monitoring.grafanaDashboard.enabled=true"]);
+    let rendered =
+        helm_template(&helm, &["monitoring.prometheusRule.enabled=true", "monitoring.grafanaDashboard.enabled=true"]);
     for expr in rule_exprs(&document(&rendered, "PrometheusRule")) {
         queried.extend(queried_names(&expr));
     }
@@ -357,7 +361,10 @@ fn promtool() -> Option<PathBuf> {
 
 fn run(tool: &Path, args: &[&str]) -> (bool, String) {
     let output = Command::new(tool).args(args).output().unwrap();
-    (output.status.success(), format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+    (
+        output.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+    )
 }
 
 #[tokio::test]
@@ -399,13 +406,17 @@ async fn promtool_checks_the_rules_and_each_alert_fires_on_series_shaped_like_ke
     let rule = document(&rendered, "PrometheusRule");
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.yaml");
-    let groups = serde_yaml::to_string(&serde_yaml::Mapping::from_iter([("groups".into(), rule["spec"]["groups"].clone())])).unwrap();
+    let groups =
+        serde_yaml::to_string(&serde_yaml::Mapping::from_iter([("groups".into(), rule["spec"]["groups"].clone())]))
+            .unwrap();
     std::fs::write(&rules, groups).unwrap();
     let (ok, out) = run(&promtool, &["check", "rules", rules.to_str().unwrap()]);
     assert!(ok && out.contains("SUCCESS: 6 rules found"), "promtool check rules:\n{out}");
 
     let webhook_bucket = |le: &str, values: &str| {
-        format!("      - series: 'keyless_webhook_review_duration_seconds_bucket{{le=\"{le}\",namespace=\"keyless-system\",pod=\"keyless-webhook-0\"}}'\n        values: '{values}'\n")
+        format!(
+            "      - series: 'keyless_webhook_review_duration_seconds_bucket{{le=\"{le}\",namespace=\"keyless-system\",pod=\"keyless-webhook-0\"}}'\n        values: '{values}'\n"
+        )
     };
     let denied = DENIED;
     let aws_identity = identity(&expiring_identity);

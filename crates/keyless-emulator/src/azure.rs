@@ -256,8 +256,7 @@ fn check_assertion(state: &SharedState, assertion: &str, now: SystemTime) -> Res
             ),
         ));
     }
-    let matches = ids.trusts_subject(&claims.sub)
-        && claims.aud.iter().any(|a| a == ids.azure_audience());
+    let matches = ids.trusts_subject(&claims.sub) && claims.aud.iter().any(|a| a == ids.azure_audience());
     if !matches {
         return Err(EntraError::bad_request(
             "invalid_request",

@@ -206,8 +206,14 @@ mod tests {
         let response = router.oneshot(request).await.unwrap();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
         let text = String::from_utf8(body.to_vec()).unwrap();
-        assert!(text.contains(&format!("keyless_identity_ready{{provider=\"aws\",identity=\"{ROLE}\"}} 1\n")), "{text}");
-        assert!(text.contains(&format!("keyless_identity_ready{{provider=\"gcp\",identity=\"{EMAIL}\"}} 0\n")), "{text}");
+        assert!(
+            text.contains(&format!("keyless_identity_ready{{provider=\"aws\",identity=\"{ROLE}\"}} 1\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("keyless_identity_ready{{provider=\"gcp\",identity=\"{EMAIL}\"}} 0\n")),
+            "{text}"
+        );
     }
 
     struct Throttled;

@@ -201,7 +201,12 @@ fn print_json(value: &serde_json::Value) {
 }
 
 async fn check_config(report: &mut Report, config: Config, sections: Sections, skipped: &[String]) {
-    report.item("keyless", "config", "ok", &format!("ok: listen {}, admin_listen {}", config.listen, config.admin_listen));
+    report.item(
+        "keyless",
+        "config",
+        "ok",
+        &format!("ok: listen {}, admin_listen {}", config.listen, config.admin_listen),
+    );
     for name in skipped {
         report.more(&format!("note: {name} is not a keyless setting and is ignored"));
     }
@@ -291,7 +296,8 @@ async fn check_provider(
             &format!("{name} expects {expected}, {audience_source}; the token has {has}"),
             Some(&fix),
         );
-        flagged.audiences = claims.aud.iter().filter(|a| !d.accepts_audience(std::slice::from_ref(a))).cloned().collect();
+        flagged.audiences =
+            claims.aud.iter().filter(|a| !d.accepts_audience(std::slice::from_ref(a))).cloned().collect();
         expected.clone()
     };
     let issuer_rejected = attempts.iter().any(|a| a.result.as_ref().is_err_and(|e| d.untrusted_issuer(e)));
@@ -314,7 +320,12 @@ async fn check_provider(
             ),
             Err(e) => {
                 let code = e.code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
-                report.item(name, "exchange", "problem", &format!("PROBLEM: {} failed{code}{}", attempt.what, throttled(e)));
+                report.item(
+                    name,
+                    "exchange",
+                    "problem",
+                    &format!("PROBLEM: {} failed{code}{}", attempt.what, throttled(e)),
+                );
                 report.more(&e.message);
                 if let Some(hint) = &e.hint {
                     report.fix(&flagged.vet(hint));

@@ -687,7 +687,8 @@ mod tests {
     fn an_error_names_the_variable_only_when_the_file_did_not_set_the_key() {
         let err = load_str("", &[("KEYLESS_CACHE__RETRY_MAX", "soon")]).unwrap_err().to_string();
         assert!(err.contains("(set by the environment variable KEYLESS_CACHE__RETRY_MAX)"), "{err}");
-        let err = load_str("[cache]\nretry_max = \"soon\"\n", &[("KEYLESS_CACHE__RETRY_MAX", "1s")]).unwrap_err().to_string();
+        let err =
+            load_str("[cache]\nretry_max = \"soon\"\n", &[("KEYLESS_CACHE__RETRY_MAX", "1s")]).unwrap_err().to_string();
         assert!(!err.contains("KEYLESS_CACHE__RETRY_MAX"), "the file's value is the one refused: {err}");
         let err = load_str("", &[("KEYLESS_LOG", "x"), ("KEYLESS_LOG_FORMAT", "yaml")]).unwrap_err().to_string();
         assert!(err.contains("KEYLESS_LOG_FORMAT") && !err.contains("KEYLESS_LOG)"), "{err}");

@@ -220,12 +220,13 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     // The emulated identities only: the host's own cloud env vars must not leak into dev.
     let no_env = |_: &str| None;
     let started = providers::start_all(sections, &ctx, &no_env).await.map_err(|e| e.to_string())?;
-    let sidecar = Sidecar::bind(config.listen, config.admin_listen, started, &ctx, true).await.map_err(|e| match &e {
-        serve::ServeError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
-            format!("{e}{SECOND_DEV}")
-        }
-        _ => e.to_string(),
-    })?;
+    let sidecar =
+        Sidecar::bind(config.listen, config.admin_listen, started, &ctx, true).await.map_err(|e| match &e {
+            serve::ServeError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
+                format!("{e}{SECOND_DEV}")
+            }
+            _ => e.to_string(),
+        })?;
 
     let mut env = sidecar.app_env();
     env.extend(emulator_env(&emulator, &bundle, sidecar.admin_addr()));

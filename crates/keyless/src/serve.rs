@@ -509,7 +509,10 @@ mod tests {
              CAP_NET_BIND_SERVICE capability: pick a port above 1023 with --admin-listen"
         );
         let in_use = bind_hint(&Error::from(ErrorKind::AddrInUse), addr(9811), "--listen");
-        assert_eq!(in_use, "another process (another keyless?) listens there: stop it, or pick a free port with --listen");
+        assert_eq!(
+            in_use,
+            "another process (another keyless?) listens there: stop it, or pick a free port with --listen"
+        );
         let foreign = bind_hint(&Error::from(ErrorKind::AddrNotAvailable), addr(9811), "--listen");
         assert!(foreign.starts_with("no network interface of this machine has that address"), "{foreign}");
     }

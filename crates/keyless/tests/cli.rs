@@ -113,7 +113,8 @@ fn a_startup_error_is_printed_once() {
     let (ok, stderr) = serve_with("", &["--listen", "127.0.0.1:0"]);
     assert!(!ok);
     printed_once(&stderr, "no cloud provider is configured");
-    let (ok, stderr) = serve_with("[aws]\nrole_arn = \"not-an-arn\"\ntoken_file = \"/t\"\n", &["--listen", "127.0.0.1:0"]);
+    let (ok, stderr) =
+        serve_with("[aws]\nrole_arn = \"not-an-arn\"\ntoken_file = \"/t\"\n", &["--listen", "127.0.0.1:0"]);
     assert!(!ok);
     printed_once(&stderr, "not-an-arn");
 }
@@ -164,7 +165,8 @@ fn an_error_from_a_keyless_variable_names_the_variable() {
     assert!(stderr.contains("(set by the environment variable KEYLESS_CACHE__RETRY_MAX)"), "{stderr}");
     let stderr = run(("KEYLESS_CACHE__REFRESH_AT", "1.5"));
     assert!(
-        stderr.contains("cache.refresh_at = 1.5: ") && stderr.contains("(set by the environment variable KEYLESS_CACHE__REFRESH_AT)"),
+        stderr.contains("cache.refresh_at = 1.5: ")
+            && stderr.contains("(set by the environment variable KEYLESS_CACHE__REFRESH_AT)"),
         "{stderr}"
     );
     let stderr = run(("KEYLESS_LOG_FORMAT", "yaml"));
@@ -188,10 +190,7 @@ fn a_second_keyless_dev_names_the_flags_that_move_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     printed_once(&stderr, "cannot start the emulator");
-    assert!(
-        stderr.contains("--listen, --admin-listen, --emulator-listen, --state-dir and --env-file"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("--listen, --admin-listen, --emulator-listen, --state-dir and --env-file"), "{stderr}");
 }
 
 #[test]

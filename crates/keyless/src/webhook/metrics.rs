@@ -33,7 +33,8 @@ impl WebhookMetrics {
         let errors = Family::<Reason, Counter>::default();
         // The API server waits `timeoutSeconds` (the chart: 10 s) for an answer; most take
         // milliseconds (a cached ServiceAccount, one JSON patch).
-        let review_duration = Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        let review_duration =
+            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         registry.register("keyless_webhook_injections", "Pods injected (dry runs not counted)", injections.clone());
         registry.register("keyless_webhook_skips", "Pods admitted unchanged, by reason", skips.clone());
         registry.register(

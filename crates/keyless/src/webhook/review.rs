@@ -53,11 +53,7 @@ impl Reviewer {
         answered
     }
 
-    async fn review_body(
-        &self,
-        body: &[u8],
-        namespace: Namespace,
-    ) -> Result<AdmissionReview<DynamicObject>, String> {
+    async fn review_body(&self, body: &[u8], namespace: Namespace) -> Result<AdmissionReview<DynamicObject>, String> {
         let review: AdmissionReview<DynamicObject> =
             serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
         let request: AdmissionRequest<DynamicObject> =
