@@ -73,6 +73,8 @@ pub(crate) struct ProcessCollector {
 }
 
 impl ProcessCollector {
+    // The OS's wall clock, not keyless's `Clock`: uptime and the start tick are the kernel's.
+    #[allow(clippy::disallowed_methods)]
     fn start_time(&self, stat: &Stat, ticks: f64) -> Option<f64> {
         *self.start_time.get_or_init(|| {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
@@ -162,6 +164,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // compared with the kernel's clock, as the collector is
     fn this_process_reports_plausible_values() {
         if !std::path::Path::new("/proc/self/stat").exists() {
             return; // not Linux: the metrics are absent, which the encoder test covers
