@@ -47,7 +47,7 @@ struct Failure {
 impl Reviewer {
     /// Answers one review body; `Err` is a request that is not an AdmissionReview (HTTP 400).
     pub async fn review(&self, body: &[u8], namespace: Namespace) -> Result<AdmissionReview<DynamicObject>, String> {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let answered = self.review_body(body, namespace).await;
         self.metrics.reviewed(started.elapsed());
         answered
