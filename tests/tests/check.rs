@@ -485,3 +485,136 @@ async fn every_provider_honours_the_exchange_timeout_and_reports_it_alike() {
     assert_eq!(checked.report.matches("(UpstreamTimeout)").count(), 3, "{}", checked.report);
     assert!(started.elapsed() < std::time::Duration::from_secs(9), "took {:?}", started.elapsed());
 }
+
+/// A token minted for AWS under `[azure]`: the audience line says to project the right audience,
+/// and nothing proposes making Entra accept `sts.amazonaws.com` (the AADSTS70021 hint would have
+/// said `"audiences":["sts.amazonaws.com"]`).
+#[tokio::test]
+async fn an_aws_token_under_azure_never_gets_its_audience_trusted() {
+    let emu = Emulator::start().await;
+    let (token, _) = emu.minted("token", json!({"aud": ["sts.amazonaws.com"]})).await;
+    let checked = emu.check(&emu.azure(&token, &emu.shared.url, Some(&emu.ca()))).await;
+    checked.fails_with(&[
+        "  audience    PROBLEM: azure expects api://AzureADTokenExchange",
+        "fix: project the token for Azure with audience api://AzureADTokenExchange (serviceAccountToken.audience in \
+         the pod's projected volume)\n",
+        "fix: fix the audience problem above first (this exchange's usual advice would trust the token's audience \
+         sts.amazonaws.com, which a token for this cloud must not carry)",
+        "\"audiences\":[\"api://AzureADTokenExchange\"]",
+    ]);
+    for widening in
+        ["\"audiences\":[\"sts.amazonaws.com\"]", "--audiences sts.amazonaws.com", "to the token's audience"]
+    {
+        assert!(!checked.report.contains(widening), "proposes {widening}:\n{}", checked.report);
+    }
+}
+
+/// The same for AWS and Google: a token of another cloud's audience is never to be trusted.
+#[tokio::test]
+async fn no_cloud_proposes_trusting_an_audience_the_audience_check_flagged() {
+    let emu = Emulator::start().await;
+    let (aws, _) = emu.minted("aws", json!({"aud": [emu.audience("azure")]})).await;
+    let (gcp, _) = emu.minted("gcp", json!({"aud": ["sts.amazonaws.com"]})).await;
+    let ca = emu.ca();
+    let config = [emu.aws(&aws, &emu.shared.url, Some(&ca)), emu.gcp(&gcp, &emu.shared.url, Some(&ca))].join("\n");
+    let checked = emu.check(&config).await;
+    checked.fails_with(&["aws audience, aws exchange, gcp audience, gcp exchange"]);
+    for widening in [
+        "add-client-id-to-open-id-connect-provider",
+        "--client-id-list api://AzureADTokenExchange",
+        "allowed-audiences=sts.amazonaws.com",
+        "allowed audiences (gcloud",
+        "whose audiences include api://AzureADTokenExchange",
+    ] {
+        assert!(!checked.report.contains(widening), "proposes {widening}:\n{}", checked.report);
+    }
+}
+
+/// A token from an issuer no cloud knows: each cloud first asks whether it is the cluster's
+/// issuer at all, and no command registers the foreign issuer.
+#[tokio::test]
+async fn a_foreign_issuer_is_questioned_first_and_never_registered() {
+    let emu = Emulator::start().await;
+    let evil = "https://evil.example.com";
+    let foreign = |aud: String| json!({"aud": [aud], "iss": evil});
+    let (aws, _) = emu.minted("aws", foreign(emu.audience("aws"))).await;
+    let (gcp, _) = emu.minted("gcp", foreign(emu.audience("gcp"))).await;
+    let (azure, _) = emu.minted("azure", foreign(emu.audience("azure"))).await;
+    let ca = emu.ca();
+    let config = [
+        emu.aws(&aws, &emu.shared.url, Some(&ca)),
+        emu.gcp(&gcp, &emu.shared.url, Some(&ca)),
+        emu.azure(&azure, &emu.shared.url, Some(&ca)),
+    ]
+    .join("\n");
+    let checked = emu.check(&config).await;
+    let question = format!(
+        "fix: if this is not your cluster's issuer (kubectl get --raw /.well-known/openid-configuration shows it), \
+         token_file ({}) points at the wrong token",
+        aws.display()
+    );
+    checked.fails_with(&[
+        &format!("  issuer      PROBLEM: aws trusts no identity provider for the token's issuer {evil}"),
+        &format!("  issuer      PROBLEM: gcp trusts no identity provider for the token's issuer {evil}"),
+        &format!("  issuer      PROBLEM: azure trusts no identity provider for the token's issuer {evil}"),
+        &question,
+        "(AADSTS700211)",
+        "aws issuer, aws exchange, gcp issuer, gcp exchange, azure issuer, azure exchange",
+        // The binding keeps the issuer a placeholder.
+        "create-open-id-connect-provider --url https://ISSUER_HOST/PATH",
+        "--issuer-uri=ISSUER_URL",
+        "\"issuer\":\"ISSUER_URL\"",
+    ]);
+    for trusting in [
+        "create-open-id-connect-provider --url https://evil.example.com",
+        "oidc-provider/evil.example.com",
+        "--issuer-uri=https://evil.example.com",
+        "\"issuer\":\"https://evil.example.com\"",
+        "--issuer https://evil.example.com",
+    ] {
+        assert!(!checked.report.contains(trusting), "proposes {trusting}:\n{}", checked.report);
+    }
+    // The question comes before the exchange's own lines.
+    let (issuer, exchange) = (checked.report.find("  issuer  ").unwrap(), checked.report.find("  exchange  ").unwrap());
+    assert!(issuer < exchange, "{}", checked.report);
+}
+
+/// `--output json`: one JSON object (schema in docs/troubleshooting.md), the same outcome and exit
+/// code as the text report.
+#[tokio::test]
+async fn json_output_has_the_documented_schema() {
+    let emu = Emulator::start().await;
+    let (token, _) = emu.minted("token", json!({"aud": ["sts.amazonaws.com"]})).await;
+    let path = emu.write("keyless.toml", &emu.azure(&token, &emu.shared.url, Some(&emu.ca())));
+    let checked = check(&["--config", path.to_str().unwrap(), "--output", "json"]).await;
+    assert_eq!(checked.code, Some(1), "{}", checked.report);
+    let report: Value = serde_json::from_str(&checked.report).unwrap_or_else(|e| panic!("{e}:\n{}", checked.report));
+    assert_eq!(report["schema_version"], 1);
+    assert_eq!(report["config"], path.to_str().unwrap());
+    assert_eq!(report["outcome"], "problems");
+    assert_eq!(report["problems"], json!(["azure audience", "azure exchange"]));
+    let checks = report["checks"].as_array().unwrap();
+    let audience = checks.iter().find(|c| c["check"] == "audience").unwrap();
+    assert_eq!(audience["provider"], "azure");
+    assert_eq!(audience["status"], "problem");
+    assert!(audience["message"].as_str().unwrap().starts_with("azure expects api://AzureADTokenExchange"));
+    assert!(audience["fix"].as_str().unwrap().starts_with("project the token for Azure"));
+    let binding = checks.iter().find(|c| c["check"] == "binding").unwrap();
+    assert_eq!(binding["status"], "info");
+    assert!(binding["details"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("az ad app")));
+    for c in checks {
+        for field in ["provider", "check", "status", "message", "details", "fix"] {
+            assert!(c.get(field).is_some(), "{field} missing from {c}");
+        }
+    }
+    let fixes = report["fixes"].as_array().unwrap();
+    assert!(fixes.iter().any(|f| f["provider"] == "azure" && f["check"] == "audience"), "{fixes:?}");
+    assert!(!checked.report.contains("eyJ"));
+
+    let working = emu.write("working.toml", &emu.working());
+    let checked = check(&["--config", working.to_str().unwrap(), "--output", "json"]).await;
+    assert_eq!(checked.code, Some(0), "{}", checked.report);
+    let report: Value = serde_json::from_str(&checked.report).unwrap();
+    assert_eq!((report["outcome"].as_str(), report["problems"].as_array().map(Vec::len)), (Some("ok"), Some(0)));
+    assert!(report["checks"].as_array().unwrap().iter().all(|c| c["status"] != "problem"));
+}

@@ -24,3 +24,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "keyless.tlsSecret" -}}{{ include "keyless.name" . }}-tls{{- end -}}
+
+{{- /* A duration value (90s, 5m, 1h) in seconds, for an alert threshold. */ -}}
+{{- define "keyless.seconds" -}}
+{{- $d := toString . -}}
+{{- if hasSuffix "h" $d -}}{{ mul (trimSuffix "h" $d | int) 3600 }}
+{{- else if hasSuffix "m" $d -}}{{ mul (trimSuffix "m" $d | int) 60 }}
+{{- else if hasSuffix "s" $d -}}{{ trimSuffix "s" $d | int }}
+{{- else -}}{{ fail (printf "%q is not a duration like 90s, 15m or 1h" $d) }}
+{{- end -}}
+{{- end -}}

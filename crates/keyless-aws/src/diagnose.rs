@@ -57,13 +57,16 @@ impl Diagnosis for AwsDiagnosis {
         aud.iter().any(|a| a == AUDIENCE)
     }
 
-    fn audience_fix(&self, claims: &Claims) -> String {
-        let issuer = issuer_host(claims);
+    fn audience_fix(&self, _claims: &Claims) -> String {
         format!(
             "project the token for AWS with audience {AUDIENCE} (serviceAccountToken.audience: {AUDIENCE} in the \
-             pod's projected volume), or add the token's audience to the client ids of the IAM OIDC provider \
-             {issuer} (aws iam add-client-id-to-open-id-connect-provider)"
+             pod's projected volume)"
         )
+    }
+
+    /// STS names the issuer it has no OIDC provider for.
+    fn untrusted_issuer(&self, error: &keyless_core::ExchangeError) -> bool {
+        error.code.as_deref() == Some("InvalidIdentityToken") && error.message.contains("No OpenIDConnect provider")
     }
 
     /// One `AssumeRoleWithWebIdentity` with `token` per role: the default, then each named one.

@@ -65,8 +65,13 @@ impl Diagnosis for AzureDiagnosis {
         let expected = self.expected_audience();
         format!(
             "project the token for Azure with audience {expected} (serviceAccountToken.audience in the pod's \
-             projected volume), or set the federated identity credential's audience to the token's audience"
+             projected volume)"
         )
+    }
+
+    /// AADSTS700211: no federated identity credential of the app names the token's issuer.
+    fn untrusted_issuer(&self, error: &keyless_core::ExchangeError) -> bool {
+        error.code.as_deref() == Some("AADSTS700211")
     }
 
     /// One token request per client id and pre-warmed resource: what `serve` needs for readiness.

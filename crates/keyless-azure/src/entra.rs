@@ -35,10 +35,9 @@ pub struct TokenKey {
     pub scope: Scope,
 }
 
-/// The scope alone, as `/readyz`, `keyless exec` and the cache's log lines print a key: each
-/// prints it beside the identity ([`EntraExchange`]'s is the client id), so
-/// `ready azure <client id> https://vault.azure.net/.default` rather than the derived
-/// `TokenKey { client_id: ClientId("..."), scope: Scope("...") }`.
+/// The scope alone, shorter than the derived `TokenKey { client_id: ClientId("..."), scope: ... }`
+/// in a test's assertion. What people read (`/readyz`, `keyless exec`, log lines) is
+/// [`EntraExchange`]'s `describe_key`: `resource https://vault.azure.net`.
 impl fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.scope.as_str())
@@ -97,6 +96,10 @@ impl Exchange for EntraExchange {
 
     fn identity(&self, key: &TokenKey) -> String {
         key.client_id.to_string()
+    }
+
+    fn describe_key(&self, key: &TokenKey) -> String {
+        format!("resource {}", key.scope.resource())
     }
 
     async fn exchange(&self, key: &TokenKey, token: &SubjectToken) -> Result<Issued<AccessToken>, ExchangeError> {

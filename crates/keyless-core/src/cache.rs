@@ -403,7 +403,8 @@ impl<E: Exchange> CredentialCache<E> {
         let err = shared.adhoc.spent(provider, Some(spent.ready_at.saturating_duration_since(now)));
         if spent.first {
             let identity = shared.exchange.identity(key);
-            warn!(provider, %identity, ?key, outcome = "rate_limited", error = %err,
+            let key = described(&shared.exchange, key);
+            warn!(provider, %identity, key = key.as_deref(), outcome = "rate_limited", error = %err,
                 "exchange refused (further refusals and delays are not logged until the budget suffices again)");
         }
         err
@@ -432,7 +433,7 @@ impl<E: Exchange> CredentialCache<E> {
                 IdentityStatus {
                     provider: shared.exchange.provider(),
                     identity: shared.exchange.identity(key),
-                    key: format!("{key:?}"),
+                    key: shared.exchange.describe_key(key),
                     valid_until: s.valid(now).map(|c| c.expires_at),
                     last_error: s.error.clone(),
                 }
@@ -456,11 +457,19 @@ fn evict_least_recently_used<K: Clone + Eq + std::hash::Hash, C>(
     }
 }
 
+/// A key as a log field: its description, or no field at all when there is nothing to say
+/// (an identity with one credential), never `key=()`.
+fn described<E: Exchange>(exchange: &E, key: &E::Key) -> Option<String> {
+    Some(exchange.describe_key(key)).filter(|d| !d.is_empty())
+}
+
 /// Whether one configured identity holds a valid credential, and if not, why.
 #[derive(Debug, Clone)]
 pub struct IdentityStatus {
     pub provider: &'static str,
     pub identity: String,
+    /// What the credential is for within the identity ([`Exchange::describe_key`]); empty when
+    /// the identity has one credential.
     pub key: String,
     pub valid_until: Option<SystemTime>,
     pub last_error: Option<ExchangeError>,
@@ -469,6 +478,16 @@ pub struct IdentityStatus {
 impl IdentityStatus {
     pub fn ready(&self) -> bool {
         self.valid_until.is_some()
+    }
+
+    /// `aws arn:aws:iam::1:role/app`, `gcp app@p.iam.gserviceaccount.com (access token, scopes
+    /// cloud-platform)`: the credential as a person reads it in `/readyz` and `keyless exec`.
+    pub fn name(&self) -> String {
+        if self.key.is_empty() {
+            format!("{} {}", self.provider, self.identity)
+        } else {
+            format!("{} {} ({})", self.provider, self.identity, self.key)
+        }
     }
 }
 
@@ -632,8 +651,9 @@ async fn wait_for_adhoc_budget<E: Exchange>(shared: &Shared<E>, key: &E::Key, tx
     let mut err = shared.adhoc.spent(provider, None);
     if spent.first {
         let identity = shared.exchange.identity(key);
+        let key = described(&shared.exchange, key);
         let wait = humantime::format_duration(Duration::from_secs(start_at.saturating_duration_since(now).as_secs()));
-        warn!(provider, %identity, ?key, outcome = "rate_limited", error = %err, %wait,
+        warn!(provider, %identity, key = key.as_deref(), outcome = "rate_limited", error = %err, %wait,
             "exchange delayed (further delays and refusals are not logged until the budget suffices again)");
     }
     tx.send_modify(|s| {
@@ -673,6 +693,7 @@ async fn exchange_once<E: Exchange>(
 ) -> Result<Issued<E::Credential>, ExchangeError> {
     let provider = shared.exchange.provider();
     let identity = shared.exchange.identity(key);
+    let described_key = described(&shared.exchange, key);
     let subject = token.claims().sub.as_deref().unwrap_or("<no sub claim>");
     let started = Instant::now();
     let timeout = shared.policy.exchange_timeout;
@@ -687,13 +708,13 @@ async fn exchange_once<E: Exchange>(
     match &result {
         Ok(issued) => {
             let expires = loggable_time(issued.credential.expires_at);
-            info!(provider, %identity, subject, ?key, outcome = "success", %expires,
+            info!(provider, %identity, subject, key = described_key.as_deref(), outcome = "success", %expires,
                 duration_ms = elapsed.as_millis() as u64, request_id = issued.request_id.as_deref().unwrap_or("-"),
                 "exchange");
             shared.metrics.record_exchange(provider, &identity, "success", elapsed.as_secs_f64());
         }
         Err(e) => {
-            warn!(provider, %identity, subject, ?key, outcome = e.class.label(), error = %e,
+            warn!(provider, %identity, subject, key = described_key.as_deref(), outcome = e.class.label(), error = %e,
                 duration_ms = elapsed.as_millis() as u64, request_id = e.request_id.as_deref().unwrap_or("-"),
                 "exchange");
             shared.metrics.record_exchange(provider, &identity, e.class.label(), elapsed.as_secs_f64());

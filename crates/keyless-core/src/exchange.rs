@@ -145,6 +145,13 @@ pub trait Exchange: Send + Sync + 'static {
     /// label of logs and metrics. Must not be secret.
     fn identity(&self, key: &Self::Key) -> String;
 
+    /// What `key` asks for within its identity, in words a person reads beside the identity
+    /// (`/readyz`, `keyless exec`, log lines): `access token, scopes cloud-platform`. Empty when
+    /// the identity has one credential (`Key = ()`). Never Rust `Debug` text.
+    fn describe_key(&self, _key: &Self::Key) -> String {
+        String::new()
+    }
+
     fn exchange(
         &self,
         key: &Self::Key,

@@ -14,6 +14,32 @@ use prometheus_client::registry::Registry;
 
 use crate::clock::unix_seconds;
 
+mod process;
+
+/// The version and revision `keyless_build_info` reports. The revision is the git commit the
+/// binary was built from, given at build time as `KEYLESS_REVISION` (docker/Dockerfile passes
+/// it); `unknown` in a build without it.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const REVISION: &str = match option_env!("KEYLESS_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    revision: &'static str,
+}
+
+/// Registers what every keyless process exports, the sidecar and the webhook alike:
+/// `keyless_build_info{version,revision} 1` and the standard `process_*` metrics.
+pub fn register_process_metrics(registry: &mut Registry) {
+    let build_info = Family::<BuildLabels, Gauge>::default();
+    build_info.get_or_create(&BuildLabels { version: VERSION, revision: REVISION }).set(1);
+    registry.register("keyless_build_info", "The keyless version and git revision running (always 1)", build_info);
+    registry.register_collector(Box::new(process::ProcessCollector::default()));
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExchangeLabels {
     provider: &'static str,
@@ -102,6 +128,7 @@ struct Families {
     request_counters: RwLock<RequestCounters>,
     lookups: Family<LookupLabels, Counter>,
     credential_expiry: Family<IdentityLabels, Gauge>,
+    identity_ready: Family<IdentityLabels, Gauge>,
     subject_token_expiry: Family<SourceLabels, Gauge>,
 }
 
@@ -121,6 +148,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let lookups = Family::<LookupLabels, Counter>::default();
         let credential_expiry = Family::<IdentityLabels, Gauge>::default();
+        let identity_ready = Family::<IdentityLabels, Gauge>::default();
         let subject_token_expiry = Family::<SourceLabels, Gauge>::default();
         registry.register(
             "keyless_exchanges",
@@ -144,10 +172,17 @@ impl Metrics {
             credential_expiry.clone(),
         );
         registry.register(
+            "keyless_identity_ready",
+            "1 when every configured credential of the identity is held and valid, else 0; one series per \
+             configured identity from start",
+            identity_ready.clone(),
+        );
+        registry.register(
             "keyless_subject_token_expiry_timestamp_seconds",
             "The exp claim (Unix seconds) of the subject token now held, per source (kind; path for a file)",
             subject_token_expiry.clone(),
         );
+        register_process_metrics(&mut registry);
         Self {
             inner: Arc::new(Families {
                 registry,
@@ -157,6 +192,7 @@ impl Metrics {
                 request_counters: RwLock::default(),
                 lookups,
                 credential_expiry,
+                identity_ready,
                 subject_token_expiry,
             }),
         }
@@ -206,6 +242,22 @@ impl Metrics {
             .credential_expiry
             .get_or_create(&IdentityLabels { provider, identity: identity.to_owned() })
             .set(i64::try_from(unix_seconds(expiry)).unwrap_or(i64::MAX));
+    }
+
+    /// Sets `keyless_identity_ready` of every configured identity from `statuses` (one per
+    /// configured credential): 1 when all of the identity's are ready. Called on each scrape, so
+    /// the series exists from start even for an identity that never got a credential.
+    pub fn set_identity_readiness(&self, statuses: &[crate::IdentityStatus]) {
+        let mut identities: HashMap<(&'static str, &str), bool> = HashMap::new();
+        for s in statuses {
+            *identities.entry((s.provider, s.identity.as_str())).or_insert(true) &= s.ready();
+        }
+        for ((provider, identity), ready) in identities {
+            self.inner
+                .identity_ready
+                .get_or_create(&IdentityLabels { provider, identity: identity.to_owned() })
+                .set(i64::from(ready));
+        }
     }
 
     /// `source` is the source's kind (`file`), `path` the file's path for a file source, else empty.
@@ -280,6 +332,48 @@ mod tests {
             text.contains(r#"keyless_subject_token_expiry_timestamp_seconds{source="file",path="/var/run/token"} 0"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_identity_is_ready_when_every_configured_credential_of_it_is() {
+        use crate::{ExchangeError, IdentityStatus};
+        let status = |identity: &str, key: &str, ready: bool| IdentityStatus {
+            provider: "gcp",
+            identity: identity.to_owned(),
+            key: key.to_owned(),
+            valid_until: ready.then_some(SystemTime::UNIX_EPOCH),
+            last_error: (!ready).then(|| ExchangeError::terminal("PERMISSION_DENIED")),
+        };
+        let m = Metrics::new();
+        m.set_identity_readiness(&[
+            status("a@p.iam.gserviceaccount.com", "access token, scopes cloud-platform", true),
+            status("a@p.iam.gserviceaccount.com", "ID token for audience https://x", false),
+            status("b@p.iam.gserviceaccount.com", "access token, scopes cloud-platform", true),
+        ]);
+        let text = m.encode();
+        assert!(text.contains("keyless_identity_ready{provider=\"gcp\",identity=\"a@p.iam.gserviceaccount.com\"} 0\n"));
+        assert!(text.contains("keyless_identity_ready{provider=\"gcp\",identity=\"b@p.iam.gserviceaccount.com\"} 1\n"));
+    }
+
+    #[test]
+    fn build_info_and_the_process_metrics_are_exported() {
+        let text = Metrics::new().encode();
+        let build = format!("keyless_build_info{{version=\"{VERSION}\",revision=\"{REVISION}\"}} 1\n");
+        assert!(text.contains(&build), "{text}");
+        if std::path::Path::new("/proc/self/stat").exists() {
+            for name in [
+                "# TYPE process_cpu_seconds counter",
+                "process_cpu_seconds_total ",
+                "process_resident_memory_bytes ",
+                "process_virtual_memory_bytes ",
+                "process_open_fds ",
+                "process_max_fds ",
+                "process_threads ",
+                "process_start_time_seconds ",
+            ] {
+                assert!(text.contains(name), "{name} missing from:\n{text}");
+            }
+        }
     }
 
     /// The value of the `keyless_requests_total` series whose labels contain `labels`.

@@ -243,9 +243,20 @@ fn check_assertion(state: &SharedState, assertion: &str, now: SystemTime) -> Res
     let ids = &state.identities;
     let claims = SubjectClaims::peek(assertion)
         .map_err(|_| EntraError::bad_request("invalid_request", 50_027, "JWT token is invalid or malformed."))?;
-    let matches = crate::actions::is_trusted_issuer(state, &claims.iss)
-        && ids.trusts_subject(&claims.sub)
-        && claims.aud.iter().any(|a| a == ids.azure_audience());
+    // No credential of the app names the issuer at all: Entra's own code for it.
+    if !crate::actions::is_trusted_issuer(state, &claims.iss) {
+        return Err(EntraError::bad_request(
+            "invalid_request",
+            700_211,
+            format!(
+                "No matching federated identity record found for presented assertion issuer '{}'. Please check your \
+                 federated identity credential Subject, Audience and Issuer against the presented assertion. \
+                 https://learn.microsoft.com/entra/workload-id/workload-identity-federation",
+                claims.iss
+            ),
+        ));
+    }
+    let matches = ids.trusts_subject(&claims.sub) && claims.aud.iter().any(|a| a == ids.azure_audience());
     if !matches {
         return Err(EntraError::bad_request(
             "invalid_request",

@@ -72,6 +72,16 @@ async fn entra_rejects_an_assertion_for_another_audience_naming_its_claims() {
 }
 
 #[tokio::test]
+async fn entra_rejects_an_assertion_from_an_issuer_no_credential_names_with_700211() {
+    let env = EmulatorEnv::start().await;
+    let token = env.mint("api://AzureADTokenExchange", |c| c.iss = Some("https://evil.example.com".into()));
+    let (status, body) = dev_request(&env, &token).await;
+    assert_aadsts(status, &body, 400, "invalid_request", 700211);
+    let description = body["error_description"].as_str().unwrap();
+    assert!(description.contains("presented assertion issuer 'https://evil.example.com'"), "{description}");
+}
+
+#[tokio::test]
 async fn entra_rejects_an_untrusted_subject() {
     let env = EmulatorEnv::start().await;
     let token = env.mint("api://AzureADTokenExchange", |c| c.sub = Some("system:serviceaccount:x:y".into()));

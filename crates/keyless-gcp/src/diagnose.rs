@@ -89,14 +89,15 @@ impl Diagnosis for GcpDiagnosis {
         let p = &self.settings.provider;
         format!(
             "project the token for Google Cloud with audience {aud} (serviceAccountToken.audience in the pod's \
-             projected volume), or list the token's audience in the provider's allowed audiences (gcloud iam \
-             workload-identity-pools providers update-oidc {prov} --workload-identity-pool={pool} --location=global \
-             --project={num} --allowed-audiences=AUDIENCE)",
+             projected volume)",
             aud = p.audience(),
-            prov = p.provider(),
-            pool = p.pool(),
-            num = p.project_number(),
         )
+    }
+
+    /// STS says the pool provider's issuer is not the token's.
+    fn untrusted_issuer(&self, error: &keyless_core::ExchangeError) -> bool {
+        let message = error.message.to_ascii_lowercase();
+        error.code.as_deref() == Some("invalid_grant") && message.contains("issuer") && message.contains("not match")
     }
 
     /// Per account (the default, then each extra one): its access token, then each of its

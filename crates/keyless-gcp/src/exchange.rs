@@ -266,6 +266,17 @@ impl Exchange for GcpExchange {
         }
     }
 
+    fn describe_key(&self, key: &TokenKey) -> String {
+        match key {
+            TokenKey::AccessToken(scopes) => {
+                // The common scope by its short name, as gcloud prints it.
+                let short = |s: &str| s.strip_prefix("https://www.googleapis.com/auth/").unwrap_or(s).to_owned();
+                format!("access token, scopes {}", scopes.iter().map(short).collect::<Vec<_>>().join(" "))
+            }
+            TokenKey::IdToken { audience } => format!("ID token for audience {audience}"),
+        }
+    }
+
     async fn exchange(&self, key: &TokenKey, token: &SubjectToken) -> Result<Issued<GcpToken>, ExchangeError> {
         let credential = match (key, &self.impersonation) {
             (TokenKey::AccessToken(scopes), None) => self.federated_token(token, scopes).await?,

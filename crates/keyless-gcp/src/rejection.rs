@@ -73,7 +73,7 @@ pub(crate) fn sts(status: StatusCode, body: &[u8], attempt: &Attempt<'_>) -> Exc
                         "STS rejected the subject token for provider {aud}: the token has {claims}; the provider accepts \
                          only tokens whose aud is one of its allowed audiences (by default {aud} itself), whose iss is \
                          its issuer URI, and that pass its attribute condition: project the token with audience \
-                         {aud:?} (or add its aud to the provider's allowed audiences) and compare the issuer and \
+                         {aud:?} and compare the issuer and \
                          attribute condition with these claims (gcloud iam workload-identity-pools providers describe \
                          {prov} --workload-identity-pool={pool} --location=global --project={num})",
                         aud = provider.audience(),

@@ -65,20 +65,18 @@ async fn readyz(State(state): State<AdminState>, request: Request) -> impl IntoR
             (Some(until), last) => {
                 let _ = writeln!(
                     body,
-                    "ready {} {} {}: valid until {}{}",
-                    s.provider,
-                    s.identity,
-                    s.key,
+                    "ready {}: valid until {}{}",
+                    s.name(),
                     humantime::format_rfc3339_seconds(until),
                     throttled_refresh(last.as_ref())
                 );
             }
             (None, Some(err)) => {
                 let throttled = if err.class == ErrorClass::Throttled { "throttled: " } else { "" };
-                let _ = writeln!(body, "not ready {} {} {}: {throttled}{err}", s.provider, s.identity, s.key);
+                let _ = writeln!(body, "not ready {}: {throttled}{err}", s.name());
             }
             (None, None) => {
-                let _ = writeln!(body, "not ready {} {} {}: first exchange in progress", s.provider, s.identity, s.key);
+                let _ = writeln!(body, "not ready {}: first exchange in progress", s.name());
             }
         }
     }
@@ -99,7 +97,10 @@ fn throttled_refresh(last: Option<&ExchangeError>) -> String {
     }
 }
 
+/// The metrics, with `keyless_identity_ready` brought up to date first.
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let statuses: Vec<_> = state.readiness.iter().flat_map(|r| r.statuses()).collect();
+    state.metrics.set_identity_readiness(&statuses);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
 }
 
@@ -125,14 +126,14 @@ mod tests {
                 IdentityStatus {
                     provider: "aws",
                     identity: ROLE.to_owned(),
-                    key: "token /var/run/secrets/tokens/aws".to_owned(),
+                    key: String::new(),
                     valid_until: Some(UNIX_EPOCH + Duration::from_secs(4_000_000_000)),
                     last_error: None,
                 },
                 IdentityStatus {
                     provider: "gcp",
                     identity: EMAIL.to_owned(),
-                    key: "AccessToken(ScopeSet([\"cloud-platform\"]))".to_owned(),
+                    key: "access token, scopes cloud-platform".to_owned(),
                     valid_until: None,
                     last_error: Some(ExchangeError::retryable(UPSTREAM_ERROR)),
                 },
@@ -162,7 +163,7 @@ mod tests {
             let (status, body) = readyz_from(peer).await;
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
             assert!(body.starts_with("not ready: 1/2 identities hold a valid credential"), "{body}");
-            for detail in [ROLE, EMAIL, UPSTREAM_ERROR, "/var/run/secrets", "ScopeSet"] {
+            for detail in [ROLE, EMAIL, UPSTREAM_ERROR, "cloud-platform"] {
                 assert!(!body.contains(detail), "{peer:?} was told {detail}: {body}");
             }
         }
@@ -179,6 +180,42 @@ mod tests {
         }
     }
 
+    /// What a person reads on the pod's loopback: each credential in words, never Rust Debug
+    /// text (`()`, `AccessToken([...])`).
+    #[tokio::test]
+    async fn readyz_on_loopback_reads_as_text_for_people() {
+        let (_, body) = readyz_from(Some("127.0.0.1:40000")).await;
+        assert_eq!(
+            body,
+            "ready aws arn:aws:iam::123456789012:role/payments: valid until 2096-10-02T07:06:40Z\n\
+             not ready gcp reader@project.iam.gserviceaccount.com (access token, scopes cloud-platform): \
+             AccessDenied: not authorized to assume payments\n"
+        );
+    }
+
+    /// `keyless_identity_ready` has a series for every configured identity at every scrape, 0 for
+    /// one that never got a credential (it has no expiry series an alert could watch).
+    #[tokio::test]
+    async fn metrics_have_a_readiness_series_for_every_identity() {
+        let router = router(AdminState {
+            readiness: vec![Arc::new(Identities)],
+            metrics: Metrics::new(),
+            gate: Arc::new(AtomicBool::new(true)),
+        });
+        let request = axum::http::Request::get("/metrics").body(axum::body::Body::empty()).unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            text.contains(&format!("keyless_identity_ready{{provider=\"aws\",identity=\"{ROLE}\"}} 1\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("keyless_identity_ready{{provider=\"gcp\",identity=\"{EMAIL}\"}} 0\n")),
+            "{text}"
+        );
+    }
+
     struct Throttled;
 
     impl Readiness for Throttled {
@@ -187,7 +224,7 @@ mod tests {
             let status = |identity: &str, valid_until| IdentityStatus {
                 provider: "azure",
                 identity: identity.to_owned(),
-                key: "()".to_owned(),
+                key: "resource https://vault.azure.net".to_owned(),
                 valid_until,
                 last_error: Some(throttled()),
             };
@@ -209,10 +246,14 @@ mod tests {
         let body = String::from_utf8(body.to_vec()).unwrap();
         assert!(
             body.contains(
-                "ready azure held (): valid until 2096-10-02T07:06:40Z (refresh throttled, retrying: HTTP 429"
+                "ready azure held (resource https://vault.azure.net): valid until 2096-10-02T07:06:40Z (refresh \
+                 throttled, retrying: HTTP 429"
             ),
             "{body}"
         );
-        assert!(body.contains("not ready azure starting (): throttled: HTTP 429"), "{body}");
+        assert!(
+            body.contains("not ready azure starting (resource https://vault.azure.net): throttled: HTTP 429"),
+            "{body}"
+        );
     }
 }

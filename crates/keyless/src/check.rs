@@ -48,51 +48,135 @@ async fn exchange_once(d: &dyn Diagnosis, token: &SubjectToken, limit: Duration)
     }
 }
 
-/// The report, printed as it is built; counts the problems.
+/// How the report is written: for a person (`text`, printed as it is built) or for a script
+/// (`json`, one object at the end; its schema is documented in docs/troubleshooting.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The version of the JSON report's schema: raised on any change a script could trip on.
+const SCHEMA_VERSION: u32 = 1;
+
+/// One check as the JSON report lists it.
+#[derive(Debug, serde::Serialize)]
+struct CheckEntry {
+    /// `keyless` for the configuration as a whole, else the provider (`aws`, `gcp`, `azure`).
+    provider: String,
+    /// `config`, `providers`, `routes`, `token`, `claims`, `expiry`, `audience`, `issuer`,
+    /// `exchange`, `binding`.
+    check: String,
+    /// `ok`, `problem`, `note` (worth knowing, not a problem) or `info` (what was found).
+    status: &'static str,
+    message: String,
+    /// Further lines: an upstream error, the binding's commands.
+    details: Vec<String>,
+    fix: Option<String>,
+}
+
+/// The report, printed as it is built (text) or kept for the end (JSON); counts the problems.
 struct Report {
+    output: Output,
     problems: Vec<String>,
+    checks: Vec<CheckEntry>,
 }
 
 /// Width of the label column.
 const LABEL: usize = 12;
 
+/// Status words a text line starts with, left out of the JSON message (the status says it).
+const PREFIXES: [&str; 3] = ["ok: ", "note: ", "PROBLEM: "];
+
 impl Report {
+    fn new(output: Output) -> Self {
+        Self { output, problems: Vec::new(), checks: Vec::new() }
+    }
+
     #[allow(clippy::print_stdout)] // the report is the command's output
     fn line(&self, text: &str) {
-        println!("{text}");
+        if self.output == Output::Text {
+            println!("{text}");
+        }
     }
 
     /// `label` then `text`; further lines of `text` (TOML errors have several) stay in its column.
-    fn item(&self, label: &str, text: &str) {
+    fn print_item(&self, label: &str, text: &str) {
         for (i, line) in text.lines().enumerate() {
             let label = if i == 0 { label } else { "" };
             self.line(format!("  {label:<LABEL$}{line}").trim_end());
         }
     }
 
+    /// One check: printed under its label, recorded for the JSON report.
+    fn item(&mut self, provider: &str, check: &str, status: &'static str, text: &str) {
+        self.print_item(check, text);
+        let message = PREFIXES.iter().find_map(|p| text.strip_prefix(p)).unwrap_or(text).to_owned();
+        self.checks.push(CheckEntry {
+            provider: provider.to_owned(),
+            check: check.to_owned(),
+            status,
+            message,
+            details: Vec::new(),
+            fix: None,
+        });
+    }
+
     /// A continuation line under the last item.
-    fn more(&self, text: &str) {
-        self.item("", text);
+    fn more(&mut self, text: &str) {
+        self.print_item("", text);
+        if let Some(last) = self.checks.last_mut() {
+            last.details.extend(text.lines().map(str::to_owned));
+        }
+    }
+
+    /// The fix of the last item.
+    fn fix(&mut self, fix: &str) {
+        self.print_item("", &format!("fix: {fix}"));
+        if let Some(last) = self.checks.last_mut() {
+            last.fix = Some(fix.to_owned());
+        }
     }
 
     fn problem(&mut self, provider: &str, label: &str, text: &str, fix: Option<&str>) {
-        self.item(label, &format!("PROBLEM: {text}"));
+        self.item(provider, label, "problem", &format!("PROBLEM: {text}"));
         if let Some(fix) = fix {
-            self.more(&format!("fix: {fix}"));
+            self.fix(fix);
         }
         self.problems.push(format!("{provider} {label}"));
+    }
+
+    /// The JSON report (schema: docs/troubleshooting.md, "keyless check --output json").
+    fn json(&self, config: Option<&std::path::Path>) -> serde_json::Value {
+        let fixes: Vec<_> = self
+            .checks
+            .iter()
+            .filter_map(|c| {
+                let fix = c.fix.as_ref()?;
+                Some(serde_json::json!({ "provider": c.provider, "check": c.check, "fix": fix }))
+            })
+            .collect();
+        serde_json::json!({
+            "schema_version": SCHEMA_VERSION,
+            "config": config.map(|p| p.display().to_string()),
+            "outcome": if self.problems.is_empty() { "ok" } else { "problems" },
+            "problems": self.problems,
+            "checks": self.checks,
+            "fixes": fixes,
+        })
     }
 }
 
 /// Runs the check; exit 0 when everything works, 1 on any problem.
-pub async fn run(file: Option<PathBuf>) -> ExitCode {
+pub async fn run(file: Option<PathBuf>, output: Output) -> ExitCode {
     // Logs would interleave with the report: only on request.
     if let Ok(filter) = std::env::var("KEYLESS_LOG")
         && let Err(e) = crate::logging::init(Some(&filter), crate::config::LogFormat::Text)
     {
         return crate::fail(&e);
     }
-    let mut report = Report { problems: Vec::new() };
+    let mut report = Report::new(output);
     match &file {
         Some(path) => report.line(&format!("keyless check: {}", path.display())),
         None => report.line("keyless check: no --config; KEYLESS_* and the clouds' environment variables"),
@@ -103,7 +187,7 @@ pub async fn run(file: Option<PathBuf>) -> ExitCode {
         Err(e) => report.problem("keyless", "config", &e, None),
     }
     report.line("");
-    if report.problems.is_empty() {
+    let code = if report.problems.is_empty() {
         report.line("result: ok: every configured identity got a credential");
         ExitCode::SUCCESS
     } else {
@@ -115,11 +199,25 @@ pub async fn run(file: Option<PathBuf>) -> ExitCode {
             if n == 1 { "it" } else { "them" }
         ));
         ExitCode::from(1)
+    };
+    if output == Output::Json {
+        print_json(&report.json(file.as_deref()));
     }
+    code
+}
+
+#[allow(clippy::print_stdout)] // the report is the command's output
+fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
 async fn check_config(report: &mut Report, config: Config, sections: Sections, skipped: &[String]) {
-    report.item("config", &format!("ok: listen {}, admin_listen {}", config.listen, config.admin_listen));
+    report.item(
+        "keyless",
+        "config",
+        "ok",
+        &format!("ok: listen {}, admin_listen {}", config.listen, config.admin_listen),
+    );
     for name in skipped {
         report.more(&format!("note: {name} is not a keyless setting and is ignored"));
     }
@@ -158,9 +256,9 @@ async fn check_provider(
     limit: Duration,
 ) {
     report.line(&format!("{name}: {}", d.identity()));
-    report.item("config", &format!("ok (from {origin})"));
+    report.item(name, "config", "ok", &format!("ok (from {origin})"));
     let source = d.token_source();
-    report.item("token", &source.to_string());
+    report.item(name, "token", "info", &source.to_string());
     if !matches!(source, SourceSpec::File(_)) {
         report.more("fetched once for this check (nothing of the token itself is shown)");
     }
@@ -169,28 +267,32 @@ async fn check_provider(
         Ok(token) => token,
         Err(e) => {
             report.problem(name, "token", &e.to_string(), None);
-            report.item("exchange", "not tried: there is no token to exchange");
-            print_binding(report, d, None, d.expected_audience());
+            report.item(name, "exchange", "info", "not tried: there is no token to exchange");
+            print_binding(report, name, d, None, d.expected_audience(), false);
             return;
         }
     };
     let claims = token.claims();
     let now = ctx.clock.now();
-    report.item("claims", &describe_claims(claims, now));
+    report.item(name, "claims", "info", &describe_claims(claims, now));
     check_claims(report, name, claims, now, &source);
 
     let attempts = exchange_once(d, &token, limit).await;
     let all_ok = attempts.iter().all(|a| a.result.is_ok());
+    // What an earlier check flagged: no fix below may propose trusting it.
+    let mut flagged = Flagged::default();
     let expected = d.expected_audience().to_owned();
-    let source = d.audience_source();
+    let audience_source = d.audience_source();
     let binding_audience = if d.accepts_audience(&claims.aud) {
-        report.item("audience", &format!("ok: the token has {expected}, {source}"));
+        report.item(name, "audience", "ok", &format!("ok: the token has {expected}, {audience_source}"));
         expected.clone()
     } else if all_ok && !claims.aud.is_empty() {
         report.item(
+            name,
             "audience",
+            "note",
             &format!(
-                "note: the token has [{}], not {expected} ({source}), and the cloud accepted it",
+                "note: the token has [{}], not {expected} ({audience_source}), and the cloud accepted it",
                 claims.aud.join(", ")
             ),
         );
@@ -202,27 +304,98 @@ async fn check_provider(
         report.problem(
             name,
             "audience",
-            &format!("{name} expects {expected}, {source}; the token has {has}"),
+            &format!("{name} expects {expected}, {audience_source}; the token has {has}"),
             Some(&fix),
         );
+        flagged.audiences =
+            claims.aud.iter().filter(|a| !d.accepts_audience(std::slice::from_ref(a))).cloned().collect();
         expected.clone()
     };
+    let issuer_rejected = attempts.iter().any(|a| a.result.as_ref().is_err_and(|e| d.untrusted_issuer(e)));
+    if let (true, Some(iss)) = (issuer_rejected, &claims.iss) {
+        report.problem(
+            name,
+            "issuer",
+            &format!("{name} trusts no identity provider for the token's issuer {iss}"),
+            Some(&issuer_fix(&source)),
+        );
+        flagged.issuer = Some(iss.clone());
+    }
     for attempt in &attempts {
         match &attempt.result {
-            Ok(expires_at) => report
-                .item("exchange", &format!("ok: {}: valid until {}", attempt.what, describe_time(*expires_at, now))),
+            Ok(expires_at) => report.item(
+                name,
+                "exchange",
+                "ok",
+                &format!("ok: {}: valid until {}", attempt.what, describe_time(*expires_at, now)),
+            ),
             Err(e) => {
                 let code = e.code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
-                report.item("exchange", &format!("PROBLEM: {} failed{code}{}", attempt.what, throttled(e)));
+                report.item(
+                    name,
+                    "exchange",
+                    "problem",
+                    &format!("PROBLEM: {} failed{code}{}", attempt.what, throttled(e)),
+                );
                 report.more(&e.message);
                 if let Some(hint) = &e.hint {
-                    report.more(&format!("fix: {hint}"));
+                    report.fix(&flagged.vet(hint));
                 }
                 report.problems.push(format!("{name} exchange"));
             }
         }
     }
-    print_binding(report, d, Some(claims), &binding_audience);
+    // The binding for an issuer nobody trusts yet names it by placeholder: whether to trust it is
+    // the question the issuer line asks.
+    let mut shown = claims.clone();
+    if flagged.issuer.is_some() {
+        shown.iss = None;
+    }
+    print_binding(report, name, d, Some(&shown), &binding_audience, flagged.issuer.is_some());
+}
+
+/// The audiences and issuer an earlier check found wrong. A fix that names one would make the
+/// cloud trust a token minted for someone else (an AWS token in Entra, a foreign cluster's
+/// tokens in IAM): it is withheld and the earlier problem pointed at instead.
+#[derive(Default)]
+struct Flagged {
+    audiences: Vec<String>,
+    issuer: Option<String>,
+}
+
+impl Flagged {
+    fn vet(&self, hint: &str) -> String {
+        if let Some(aud) = self.audiences.iter().find(|a| hint.contains(a.as_str())) {
+            return format!(
+                "fix the audience problem above first (this exchange's usual advice would trust the token's audience \
+                 {aud}, which a token for this cloud must not carry)"
+            );
+        }
+        let bare = |iss: &str| iss.trim_start_matches("https://").trim_end_matches('/').to_owned();
+        if let Some(iss) = self.issuer.as_deref().filter(|iss| hint.contains(&bare(iss))) {
+            return format!(
+                "fix the issuer problem above first (this exchange's usual advice names the token's issuer {iss}, \
+                 which is only to be trusted if it is your cluster's)"
+            );
+        }
+        hint.to_owned()
+    }
+}
+
+/// What to do about a token whose issuer the cloud does not know: first doubt the token, then
+/// (only if the issuer is the cluster's own) register it.
+fn issuer_fix(source: &SourceSpec) -> String {
+    let wrong = match source {
+        SourceSpec::File(path) => format!(
+            "token_file ({}) points at the wrong token: point it at the projected serviceAccountToken volume",
+            path.display()
+        ),
+        other => format!("the token source ({other}) gives the wrong token"),
+    };
+    format!(
+        "if this is not your cluster's issuer (kubectl get --raw /.well-known/openid-configuration shows it), {wrong}. \
+         If it is, register it with the cloud as the binding below shows, with your issuer in place of the placeholder"
+    )
 }
 
 /// How a throttled exchange is told apart: nothing is wrong with the configuration, the token
@@ -294,12 +467,23 @@ fn expiry_fix(source: &SourceSpec) -> String {
     }
 }
 
-fn print_binding(report: &Report, d: &dyn Diagnosis, claims: Option<&Claims>, audience: &str) {
+/// `issuer_withheld`: the token's issuer is replaced by a placeholder (the issuer problem).
+fn print_binding(
+    report: &mut Report,
+    name: &str,
+    d: &dyn Diagnosis,
+    claims: Option<&Claims>,
+    audience: &str,
+    issuer_withheld: bool,
+) {
     let intro = match claims {
+        Some(_) if issuer_withheld => {
+            "what the cloud must hold for this token, once you know its issuer is yours (see the issuer problem):"
+        }
         Some(_) => "what the cloud must hold for this token:",
         None => "what the cloud must hold (placeholders in capitals: the token could not be read):",
     };
-    report.item("binding", intro);
+    report.item(name, "binding", "info", intro);
     for line in d.binding(claims, audience) {
         report.more(&format!("  {line}"));
     }

@@ -45,16 +45,36 @@ pub struct Config {
     pub cache: CacheSection,
     #[serde(default)]
     pub token: TokenSection,
+    /// The keys only a `KEYLESS_*` variable set, to name the variable in an error.
+    #[serde(skip)]
+    pub env_keys: EnvKeys,
     // The provider sections (`[aws]`, `[gcp]`, `[azure]`) are split off by `load` and
     // deserialized by each provider (`crate::providers`).
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// Parsed by hand: serde's own error for an unknown variant reads "enum LogFormat does not have
+/// variant constructor yaml" through the config crate.
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!(
+                "log_format = {:?}: must be \"text\" (the default) or \"json\" (one JSON object per line)",
+                keyless_core::printable::printable(other, 64)
+            )),
+        }
+    }
 }
 
 /// `[cache]`: refresh and retry timing shared by every provider.
@@ -211,36 +231,105 @@ pub fn settings_from_env(env: &HashMap<String, String>) -> (HashMap<String, Stri
     (settings, skipped)
 }
 
+/// The settings a `KEYLESS_*` variable gave and the file did not (the file wins): an error about
+/// one names the variable, since the key appears in no file the user could look at.
+#[derive(Debug, Default, Clone)]
+pub struct EnvKeys(Vec<(String, String)>);
+
+impl EnvKeys {
+    fn new(env_settings: &HashMap<String, String>, file: Option<&toml::Table>) -> Self {
+        let in_file = |dotted: &str| {
+            let mut table = file;
+            let mut parts = dotted.split('.').peekable();
+            while let Some(part) = parts.next() {
+                let Some(value) = table.and_then(|t| t.get(part)) else { return false };
+                if parts.peek().is_none() {
+                    return true;
+                }
+                table = value.as_table();
+            }
+            false
+        };
+        let mut keys: Vec<(String, String)> = env_settings
+            .keys()
+            .filter_map(|var| {
+                let dotted = var.strip_prefix("KEYLESS_")?.to_ascii_lowercase().replace("__", ".");
+                (!in_file(&dotted)).then(|| (dotted, var.clone()))
+            })
+            .collect();
+        // Longest first: `cache.retry_max` is named before a top-level key it contains.
+        keys.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Self(keys)
+    }
+
+    /// `message` with the variable named when it is about a key only a variable set.
+    pub fn name_in(&self, message: &str) -> String {
+        let Some((_, var)) = self.0.iter().find(|(key, _)| mentions(message, key)) else {
+            return message.to_owned();
+        };
+        let message = message.replace(" in the environment", "");
+        format!("{message} (set by the environment variable {var})")
+    }
+}
+
+/// Whether `message` names `key` as a whole word (`log` is not in `log_format`).
+fn mentions(message: &str, key: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+    message.match_indices(key).any(|(at, _)| {
+        let before = message[..at].chars().next_back();
+        let after = message[at + key.len()..].chars().next();
+        !before.is_some_and(word) && !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
 /// Loads the config: file (if any) over `KEYLESS_*` env settings. The provider sections are split
 /// off, for each provider to deserialize its own; the rest is keyless's [`Config`], where an
 /// unknown key (a misspelt section too) is an error naming it.
 pub fn load(file: Option<&Path>, env_settings: HashMap<String, String>) -> Result<(Config, Sections), ConfigError> {
+    let mut file_table = None;
+    let env_for_keys = env_settings.clone();
     let mut builder = config::Config::builder().add_source(
         config::Environment::with_prefix("KEYLESS").prefix_separator("_").separator("__").source(Some(env_settings)),
     );
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            path: path.to_owned(),
-            reason: format!("{e} (pass an existing file with --config, or omit --config)"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::File { path: path.to_owned(), reason: unreadable(&e) })?;
         // Parse with `toml` first: its errors carry the position.
-        toml::from_str::<toml::Table>(&text)
+        let table = toml::from_str::<toml::Table>(&text)
             .map_err(|e| ConfigError::File { path: path.to_owned(), reason: syntax_error(&text, &e) })?;
+        file_table = Some(table);
         builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
     }
-    let merged = builder.build().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let env_keys = EnvKeys::new(&env_for_keys, file_table.as_ref());
+    let invalid = |message: String| ConfigError::Invalid(env_keys.name_in(&message));
+    let merged = builder.build().map_err(|e| invalid(e.to_string()))?;
     let mut table: config::Map<String, config::Value> =
-        merged.try_deserialize().map_err(|e| ConfigError::Invalid(explain(&e.to_string())))?;
-    let mut sections = Sections::default();
+        merged.try_deserialize().map_err(|e| invalid(explain(&e.to_string())))?;
+    let mut sections = Sections { env_keys: env_keys.clone(), ..Sections::default() };
     for name in crate::providers::names() {
         if let Some(section) = table.remove(name) {
-            sections.0.insert(name, section);
+            sections.values.insert(name, section);
         }
     }
-    let config = config::Value::new(None, config::ValueKind::Table(table))
+    let mut config: Config = config::Value::new(None, config::ValueKind::Table(table))
         .try_deserialize()
-        .map_err(|e| ConfigError::Invalid(explain(&e.to_string())))?;
+        .map_err(|e| invalid(explain(&top_level(&e.to_string()))))?;
+    config.env_keys = env_keys;
     Ok((config, sections))
+}
+
+/// Why the config file could not be read, and what to do about it.
+fn unreadable(e: &std::io::Error) -> String {
+    let hint = match e.kind() {
+        std::io::ErrorKind::NotFound => "pass an existing file with --config (or KEYLESS_CONFIG), or omit it",
+        std::io::ErrorKind::PermissionDenied => {
+            "keyless runs as a user that may not read it: make it readable to that user (in a pod: the \
+             container's runAsUser, or a ConfigMap's defaultMode), or run keyless as a user that may"
+        }
+        std::io::ErrorKind::IsADirectory => "--config names a directory: name the TOML file in it",
+        _ => "pass a readable TOML file with --config",
+    };
+    format!("{e} ({hint})")
 }
 
 /// A TOML syntax error by its position and, when it can be told, the key. Never the line itself
@@ -278,6 +367,24 @@ fn syntax_error(text: &str, error: &toml::de::Error) -> String {
     )
 }
 
+/// serde's "unknown field `x`, expected one of ..." at the top level lists only [`Config`]'s own
+/// fields: the provider sections were split off before. This lists every key and section.
+fn top_level(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else { return message.to_owned() };
+    let Some((name, list)) = rest.split_once("`, expected one of ") else { return message.to_owned() };
+    if !list.contains("`admin_listen`") {
+        return message.to_owned();
+    }
+    let sections: Vec<String> =
+        SECTIONS.iter().copied().chain(crate::providers::names()).map(|s| format!("[{s}]")).collect();
+    format!(
+        "unknown field `{}`: the top level has the keys {} and the sections {}",
+        keyless_core::printable::printable(name, 64),
+        TOP_LEVEL_KEYS.join(", "),
+        sections.join(", ")
+    )
+}
+
 /// Turns serde's wording into one that says where to look.
 pub(crate) fn explain(message: &str) -> String {
     if message.contains("unknown field") {
@@ -288,8 +395,27 @@ pub(crate) fn explain(message: &str) -> String {
 }
 
 impl Config {
-    /// Applies flags and checks what serde cannot.
+    /// Applies flags and checks what serde cannot; an error about a key only a `KEYLESS_*`
+    /// variable set names the variable.
     pub fn finish(mut self, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let env_keys = std::mem::take(&mut self.env_keys);
+        match self.checked(overrides) {
+            Ok(mut config) => {
+                config.env_keys = env_keys;
+                Ok(config)
+            }
+            Err(ConfigError::Value { key, value, reason }) => {
+                let reason = match env_keys.0.iter().find(|(k, _)| k == key) {
+                    Some((_, var)) => format!("{reason} (set by the environment variable {var})"),
+                    None => reason,
+                };
+                Err(ConfigError::Value { key, value, reason })
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn checked(mut self, overrides: &Overrides) -> Result<Self, ConfigError> {
         if let Some(listen) = overrides.listen {
             self.listen = listen;
         }
@@ -569,6 +695,35 @@ mod tests {
                 assert!(err.contains(&format!("(key {key})")), "{toml:?}: {err}");
             }
         }
+    }
+
+    #[test]
+    fn an_unreadable_config_file_gets_the_hint_of_its_cause() {
+        use std::io::{Error, ErrorKind};
+        assert_eq!(
+            unreadable(&Error::from(ErrorKind::PermissionDenied)),
+            "permission denied (keyless runs as a user that may not read it: make it readable to that user (in a pod: \
+             the container's runAsUser, or a ConfigMap's defaultMode), or run keyless as a user that may)"
+        );
+        assert!(unreadable(&Error::from(ErrorKind::NotFound)).contains("pass an existing file with --config"));
+    }
+
+    #[test]
+    fn log_format_says_its_allowed_values() {
+        let err = load_str("log_format = \"yaml\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains(r#"log_format = "yaml": must be "text" (the default) or "json""#), "{err}");
+        assert_eq!(load_str("log_format = \"json\"\n", &[]).unwrap().log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn an_error_names_the_variable_only_when_the_file_did_not_set_the_key() {
+        let err = load_str("", &[("KEYLESS_CACHE__RETRY_MAX", "soon")]).unwrap_err().to_string();
+        assert!(err.contains("(set by the environment variable KEYLESS_CACHE__RETRY_MAX)"), "{err}");
+        let err =
+            load_str("[cache]\nretry_max = \"soon\"\n", &[("KEYLESS_CACHE__RETRY_MAX", "1s")]).unwrap_err().to_string();
+        assert!(!err.contains("KEYLESS_CACHE__RETRY_MAX"), "the file's value is the one refused: {err}");
+        let err = load_str("", &[("KEYLESS_LOG", "x"), ("KEYLESS_LOG_FORMAT", "yaml")]).unwrap_err().to_string();
+        assert!(err.contains("KEYLESS_LOG_FORMAT") && !err.contains("KEYLESS_LOG)"), "{err}");
     }
 
     #[test]

@@ -173,9 +173,19 @@ async fn from_endpoint(url: &Url, authorization: &str) -> Result<String, String>
         ));
     }
     let body = response.text().await.map_err(|e| format!("reading the answer of {url}: {e}"))?;
+    if status == reqwest::StatusCode::NOT_FOUND
+        && let Some((_, role)) = url.path().rsplit_once("/roles/")
+    {
+        return Err(format!(
+            "keyless at {url} serves no role named {role:?} (404): --role names one of the [[aws.roles]] entries \
+             of the running keyless's configuration (`keyless check` with that configuration lists them, one \
+             AssumeRoleWithWebIdentity line per role), served at AWS_CONTAINER_CREDENTIALS_FULL_URI/roles/NAME"
+        ));
+    }
     if !status.is_success() {
         // An endpoint chooses what it answers: escaped and capped as any upstream text.
-        return Err(format!("keyless at {url} answered {status}: {}", keyless_core::printable::upstream(&body)));
+        let quoted = if body.is_empty() { "(no message)".into() } else { keyless_core::printable::upstream(&body) };
+        return Err(format!("keyless at {url} answered {status}: {quoted}"));
     }
     let credentials = keyless_aws::AwsCredentials::from_container_json(&body)
         .map_err(|e| format!("keyless at {url} answered something that is not AWS credentials: {e}"))?;
@@ -187,7 +197,7 @@ async fn from_exchange(config_file: Option<&Path>, role: Option<&str>) -> Result
     let (settings, _) = config::settings_from_env(&env);
     let (config, mut sections) = config::load(config_file, settings).map_err(|e| e.to_string())?;
     let process_env = |name: &str| std::env::var(name).ok();
-    let section = sections.0.remove(<keyless_aws::Aws as keyless_provider::Provider>::NAME);
+    let section = sections.values.remove(<keyless_aws::Aws as keyless_provider::Provider>::NAME);
     let aws = match section {
         Some(section) => section
             .try_deserialize::<keyless_aws::Config>()

@@ -69,7 +69,7 @@ pub async fn emulate(options: EmulateOptions) -> Result<(), String> {
             humantime::format_duration(lifetime)
         ));
     }
-    let emulator = start_emulator(listen, &state_dir, hostnames, credential_lifetime).await?;
+    let emulator = start_emulator(listen, &state_dir, hostnames, credential_lifetime, "--listen").await?;
     let bundle = write_ca_bundle(&state_dir, emulator.ca_pem_path())?;
     info!(url = %emulator.url(), ca = %emulator.ca_pem_path().display(), ca_bundle = %bundle.display(), "emulator ready");
     info!(
@@ -87,13 +87,26 @@ async fn start_emulator(
     state_dir: &Path,
     hostnames: Vec<String>,
     credential_lifetime: Option<Duration>,
+    flag: &'static str,
 ) -> Result<Emulator, String> {
     let mut config = EmulatorConfig::new(state_dir);
     config.listen = listen;
     config.hostnames = hostnames;
     config.credential_lifetime = credential_lifetime;
-    keyless_emulator::start(config).await.map_err(|e| format!("cannot start the emulator: {e}"))
+    keyless_emulator::start(config).await.map_err(|e| match &e {
+        keyless_emulator::EmulatorError::Bind { addr, source } => {
+            let in_use = source.kind() == std::io::ErrorKind::AddrInUse;
+            format!("cannot start the emulator: {e}; {}", crate::serve::bind_hint(source, *addr, flag))
+                + if in_use && flag == "--emulator-listen" { SECOND_DEV } else { "" }
+        }
+        _ => format!("cannot start the emulator: {e}"),
+    })
 }
+
+/// A second `keyless dev` beside a running one collides on every port and on the state dir: the
+/// error names every flag that moves it.
+const SECOND_DEV: &str = ". To run a second keyless dev beside another, give it other ports and its own files: \
+     --listen, --admin-listen, --emulator-listen, --state-dir and --env-file";
 
 /// The sidecar's configuration for the emulator: one section per adapter, endpoints and CA of the
 /// emulator, tokens from its projector.
@@ -196,7 +209,7 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     // The env file is read from other directories (apps, compose): every path in it is absolute.
     opts.state_dir = std::path::absolute(&opts.state_dir)
         .map_err(|e| format!("cannot resolve the state dir {}: {e}", opts.state_dir.display()))?;
-    let emulator = start_emulator(opts.emulator_listen, &opts.state_dir, Vec::new(), None).await?;
+    let emulator = start_emulator(opts.emulator_listen, &opts.state_dir, Vec::new(), None, "--emulator-listen").await?;
     let bundle = write_ca_bundle(&opts.state_dir, emulator.ca_pem_path())?;
 
     let config_path = opts.state_dir.join("keyless.toml");
@@ -210,7 +223,12 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     let started = providers::start_all(sections, &ctx, &no_env).await.map_err(|e| e.to_string())?;
     let served: Vec<&'static str> = started.iter().map(|p| p.name).collect();
     let sidecar =
-        Sidecar::bind(config.listen, config.admin_listen, started, &ctx, true).await.map_err(|e| e.to_string())?;
+        Sidecar::bind(config.listen, config.admin_listen, started, &ctx, true).await.map_err(|e| match &e {
+            serve::ServeError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
+                format!("{e}{SECOND_DEV}")
+            }
+            _ => e.to_string(),
+        })?;
 
     let mut env = sidecar.app_env();
     env.extend(emulator_env(&emulator, &bundle, sidecar.admin_addr()));

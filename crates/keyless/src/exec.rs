@@ -214,7 +214,7 @@ pub fn progress_line(who: &str, what: &str, since: SystemTime) {
 
 /// One identity's reason, with the adapter's fix.
 fn reason(s: &IdentityStatus) -> String {
-    let mut text = format!("\n  {} {} {}: ", s.provider, s.identity, s.key);
+    let mut text = format!("\n  {}: ", s.name());
     match &s.last_error {
         Some(e) => {
             text.push_str(&e.message);

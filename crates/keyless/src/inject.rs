@@ -301,7 +301,7 @@ mod tests {
         // The probes reach the admin listener on the port the sidecar declares; keyless's default.
         let probe_port = sidecar["ports"][0]["containerPort"].as_u64().expect("the admin port");
         assert_eq!(u64::from(config.admin_listen.port()), probe_port, "{sidecar}");
-        let names: Vec<&str> = sections.0.keys().copied().collect();
+        let names: Vec<&str> = sections.values.keys().copied().collect();
         assert_eq!(names, ["aws", "azure", "gcp"]);
         let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
         let configured = crate::providers::configure_all(sections, &ctx, &|_| None);

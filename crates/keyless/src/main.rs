@@ -49,12 +49,27 @@ const VERSION: &str = concat!(
     ")"
 );
 
+const ABOUT: &str = "Short-lived AWS, Google Cloud and Azure credentials from a workload's OIDC token, served on \
+     localhost in each cloud's native format";
+
+/// `keyless --help`: what keyless is, where it runs, which subcommand does what there.
+const LONG_ABOUT: &str = "Short-lived AWS, Google Cloud and Azure credentials from a workload's OIDC token, served on \
+localhost in each cloud's native format (AWS container endpoint and IMDSv2, the GCE metadata server, Azure IMDS and \
+App Service): unmodified SDKs in any language pick them up, and no static key exists anywhere.
+
+Where it runs:
+  a pod           keyless serve, a native sidecar beside the app, with the pod's projected
+                  service-account token (examples/kubernetes)
+  injected pods   keyless webhook adds that sidecar to every pod labelled keyless.dev/inject=true
+                  (the Helm chart, charts/keyless); keyless inject does the same to YAML
+  a CI job        keyless exec -- CMD, with the job's OIDC token (GitHub Actions, GitLab id_tokens)
+  a laptop        keyless dev: the three clouds emulated locally, keyless against them
+  a VM or node    keyless serve or keyless exec with a token source: a file, a URL, a command
+
+keyless check tries each token and exchange once and prints what to fix (docs/troubleshooting.md).";
+
 #[derive(Debug, Parser)]
-#[command(
-    name = "keyless",
-    version = VERSION,
-    about = "Short-lived AWS, Google Cloud and Azure credentials for a pod, from its projected service-account token, served on localhost in each cloud's native format"
-)]
+#[command(name = "keyless", version = VERSION, about = ABOUT, long_about = LONG_ABOUT)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,7 +77,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the sidecar.
+    /// Serve credentials: the sidecar.
+    ///
+    /// Exchanges each configured identity's token, keeps the credentials fresh and serves them on
+    /// the credential listener in each cloud's native format; /healthz, /readyz and /metrics on
+    /// the admin listener.
     Serve {
         /// TOML config file (see docs/configuration.md).
         #[arg(long, env = "KEYLESS_CONFIG")]
@@ -74,7 +93,9 @@ enum Command {
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
     },
-    /// Run the emulated clouds, the token projector and the sidecar in one process, and write
+    /// Develop locally: the three clouds emulated, keyless against them.
+    ///
+    /// Runs the emulated clouds, the token projector and the sidecar in one process, and writes
     /// the app's environment to --env-file.
     Dev {
         /// Where to write the app's env file (KEY=VALUE lines, mode 0600).
@@ -98,9 +119,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "file")]
         source: dev::DevSource,
     },
-    /// Print AWS credential_process JSON (Version 1) on stdout: from a running keyless's container
-    /// endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI + its token), or, with --config or the IRSA env
-    /// vars, from one STS exchange.
+    /// Print AWS credential_process JSON for an AWS profile.
+    ///
+    /// Prints credential_process JSON (Version 1) on stdout: from a running keyless's container
+    /// endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI and its token), or, with --config or the IRSA
+    /// env vars, from one STS exchange.
     CredentialProcess {
         /// Exchange from this config's [aws] section instead of asking a running keyless.
         #[arg(long, env = "KEYLESS_CONFIG")]
@@ -110,8 +133,10 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         role: Option<String>,
     },
-    /// Exit 0 when URL answers 2xx: a health check for containers without curl (e.g. compose's
-    /// `healthcheck` on /readyz).
+    /// Check a URL answers 2xx: a health check for images without curl.
+    ///
+    /// Exits 0 when URL answers 2xx, else prints the answer and exits 1: compose's healthcheck,
+    /// or an exec probe of an admin listener kept on loopback (docs/configuration.md).
     Probe {
         /// The URL to GET, e.g. http://127.0.0.1:9812/readyz.
         url: String,
@@ -122,17 +147,26 @@ enum Command {
         #[arg(long, default_value = "3s", value_parser = durations::probe_timeout)]
         timeout: std::time::Duration,
     },
-    /// Check the configuration, each subject token and each exchange once; print what to fix and
-    /// the cloud-side bindings to create. Exit 1 on any problem.
+    /// Diagnose: the configuration, each token and exchange tried once, the fixes printed.
+    ///
+    /// Checks the configuration, each subject token and each exchange once, and prints what to fix
+    /// and the cloud-side bindings to create. Exits 1 on any problem.
     Check {
         /// TOML config file (see docs/configuration.md).
         #[arg(long, env = "KEYLESS_CONFIG")]
         config: Option<PathBuf>,
+        /// `text` for a person; `json` for scripts and CI gates (one object: schema_version,
+        /// outcome, problems, checks, fixes; docs/troubleshooting.md).
+        #[arg(long, value_enum, default_value = "text")]
+        output: check::Output,
     },
     #[cfg(feature = "inject")]
-    /// Inject keyless into the opted-in workloads of multi-document YAML (label keyless.dev/inject:
-    /// "true"; identities from ServiceAccount annotations in the input, or the cluster's with
-    /// --from-cluster) and write it to stdout. An opted-in workload that gets nothing is an error.
+    /// Inject the sidecar into Kubernetes YAML (stdin or -f) and print it.
+    ///
+    /// Injects keyless into the opted-in workloads of multi-document YAML (label
+    /// keyless.dev/inject: "true"; identities from ServiceAccount annotations in the input, or the
+    /// cluster's with --from-cluster) and writes it to stdout. An opted-in workload that gets
+    /// nothing is an error.
     Inject {
         /// The YAML to read; `-` or none: stdin.
         #[arg(short = 'f', long = "filename", conflicts_with = "input")]
@@ -145,14 +179,18 @@ enum Command {
         #[command(flatten)]
         options: inject::InjectArgs,
     },
-    /// Run the mutating admission webhook that injects keyless into opted-in pods (AdmissionReview
-    /// v1 over TLS; docs/injection.md).
+    /// Run the admission webhook that injects the sidecar into opted-in pods.
+    ///
+    /// The mutating admission webhook (AdmissionReview v1 over TLS) that injects keyless into
+    /// opted-in pods; /healthz, /readyz and /metrics on the admin listener (docs/injection.md).
     #[cfg(feature = "webhook")]
     Webhook {
         #[command(flatten)]
         args: webhook::WebhookArgs,
     },
-    /// Run CMD with credentials: keyless in-process on ephemeral loopback ports, CMD started once
+    /// Run a command with credentials: CI jobs, VMs, laptops.
+    ///
+    /// Runs keyless in-process on ephemeral loopback ports, CMD started once
     /// every configured identity holds a credential, with each cloud's native environment and
     /// without the local credentials its SDKs would use instead (named on stderr).
     ///
@@ -216,7 +254,9 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Run the emulated clouds and the token projector alone (for docker compose).
+    /// Run the emulated clouds alone, for docker compose.
+    ///
+    /// Runs the emulated clouds and the token projector, without a sidecar.
     Emulate {
         /// The emulated clouds' HTTPS listener.
         #[arg(long, default_value = "127.0.0.1:9813")]
@@ -291,7 +331,7 @@ fn main() -> ExitCode {
         #[cfg(not(feature = "emulator"))]
         Command::Dev { .. } => fail(WITHOUT_EMULATOR),
         Command::CredentialProcess { config, role } => runtime.block_on(credential_process(config, role)),
-        Command::Check { config } => runtime.block_on(check::run(config)),
+        Command::Check { config, output } => runtime.block_on(check::run(config, output)),
         #[cfg(feature = "inject")]
         Command::Inject { file, input, cli, options } => {
             runtime.block_on(inject(file.or(input).as_deref(), &cli, &options))
@@ -339,6 +379,19 @@ const WITHOUT_EMULATOR: &str = "this keyless is the sidecar build, without the c
 fn fail(message: &str) -> ExitCode {
     eprintln!("keyless: {message}");
     ExitCode::FAILURE
+}
+
+/// A fatal error once logging is up, printed once in the format the operator chose: a JSON log
+/// line for a log pipeline, else the plain `keyless: ...` line (not a log line and then the same
+/// words again).
+fn fatal(format: config::LogFormat, message: &str) -> ExitCode {
+    match format {
+        config::LogFormat::Json => {
+            error!("{message}");
+            ExitCode::FAILURE
+        }
+        config::LogFormat::Text => fail(message),
+    }
 }
 
 /// `credential_process`: only the JSON on stdout (botocore parses it), the reason on stderr.
@@ -402,10 +455,7 @@ async fn run_logged(command: impl std::future::Future<Output = Result<(), String
     }
     match command.await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e}");
-            fail(&e)
-        }
+        Err(e) => fail(&e),
     }
 }
 
@@ -436,19 +486,17 @@ async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
     }
     let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
     let process_env = |name: &str| std::env::var(name).ok();
+    let format = config.log_format;
     let providers = match providers::start_all(sections, &ctx, &process_env).await {
         Ok(p) => p,
-        Err(e) => {
-            error!("{e}");
-            return fail(&e.to_string());
-        }
+        Err(e) => return fatal(format, &e.to_string()),
     };
     let sidecar = match Sidecar::bind(config.listen, config.admin_listen, providers, &ctx, false).await {
         Ok(s) => s.with_uid_check(config.uid_check(&|name| std::env::var(name).ok())),
-        Err(e) => return fail(&e.to_string()),
+        Err(e) => return fatal(format, &e.to_string()),
     };
     match sidecar.run(serve::termination()).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e.to_string()),
+        Err(e) => fatal(format, &e.to_string()),
     }
 }

@@ -102,7 +102,11 @@ impl fmt::Display for Origin {
 /// The provider sections of the configuration, by provider name (split off the rest of the
 /// config by `config::load`).
 #[derive(Debug, Default)]
-pub struct Sections(pub BTreeMap<&'static str, config::Value>);
+pub struct Sections {
+    pub values: BTreeMap<&'static str, config::Value>,
+    /// Keys only a `KEYLESS_<SECTION>__<KEY>` variable set: a section's error names it.
+    pub env_keys: crate::config::EnvKeys,
+}
 
 /// One provider's configuration outcome.
 pub struct ProviderConfig {
@@ -141,7 +145,12 @@ pub fn configure_chosen(mut sections: Sections, ctx: &Context, env: Env<'_>, cho
         .filter(|p| choice.serves(p.name()))
         .filter_map(|p| {
             let default = choice.defaults.get(p.name()).map(String::as_str);
-            p.configure_choosing(sections.0.remove(p.name()), env, ctx, default)
+            p.configure_choosing(sections.values.remove(p.name()), env, ctx, default)
+        })
+        .map(|mut p| {
+            // An error from a KEYLESS_<SECTION>__<KEY> variable names the variable.
+            p.configured = p.configured.map_err(|e| sections.env_keys.name_in(&e));
+            p
         })
         .collect()
 }

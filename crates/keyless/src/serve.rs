@@ -32,12 +32,31 @@ use crate::providers::Running;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr} ({what}): {source}; pick a free address with {flag}")]
+    #[error("cannot listen on {addr} ({what}): {source}; {}", bind_hint(source, *addr, flag))]
     Bind { addr: SocketAddr, what: &'static str, flag: &'static str, source: std::io::Error },
     #[error("{0}")]
     Routes(#[from] RouteCollision),
     #[error("{0}")]
     Server(std::io::Error),
+}
+
+/// What to do about a listener that could not bind, by cause.
+pub fn bind_hint(error: &std::io::Error, addr: SocketAddr, flag: &str) -> String {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            "ports below 1024 need root or the CAP_NET_BIND_SERVICE capability: pick a port above 1023 with {flag}"
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("the system refused this address to this user (a security policy?): pick another with {flag}")
+        }
+        std::io::ErrorKind::AddrInUse => {
+            format!("another process (another keyless?) listens there: stop it, or pick a free port with {flag}")
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("no network interface of this machine has that address: pick a local address with {flag}")
+        }
+        _ => format!("pick another address with {flag}"),
+    }
 }
 
 /// Bound listeners with their routes, not yet serving.

@@ -116,3 +116,139 @@ fn json_logs_are_one_json_object_per_line() {
     assert!(!json_lines.is_empty(), "{stderr}");
     assert!(json_lines.iter().any(|l| l["level"] == "ERROR"), "{stderr}");
 }
+
+/// Every line of a text-mode failure: the error once, as `keyless: ...`, no log line repeating it.
+fn printed_once(stderr: &str, needle: &str) {
+    assert_eq!(stderr.matches(needle).count(), 1, "{needle:?} not printed exactly once:\n{stderr}");
+    let line = stderr.lines().find(|l| l.contains(needle)).unwrap();
+    assert!(line.starts_with("keyless: "), "{line}");
+}
+
+#[test]
+fn a_startup_error_is_printed_once() {
+    let (ok, stderr) = serve_with("", &["--listen", "127.0.0.1:0"]);
+    assert!(!ok);
+    printed_once(&stderr, "no cloud provider is configured");
+    let (ok, stderr) =
+        serve_with("[aws]\nrole_arn = \"not-an-arn\"\ntoken_file = \"/t\"\n", &["--listen", "127.0.0.1:0"]);
+    assert!(!ok);
+    printed_once(&stderr, "not-an-arn");
+}
+
+#[test]
+fn with_json_logs_a_startup_error_is_one_json_line_only() {
+    let (ok, stderr) = serve_with("log_format = \"json\"\n", &["--listen", "127.0.0.1:0"]);
+    assert!(!ok);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.iter().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "not all JSON:\n{stderr}");
+    assert_eq!(stderr.matches("no cloud provider is configured").count(), 1, "{stderr}");
+}
+
+#[test]
+fn an_unknown_section_lists_every_section() {
+    let (ok, stderr) = serve_with("[awz]\nrole_arn = \"x\"\n", &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "unknown field `awz`: the top level has the keys listen, admin_listen, allow_non_loopback, log, log_format \
+             and the sections [cache], [token], [aws], [gcp], [azure]"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_log_format_lists_the_allowed_values() {
+    let (ok, stderr) = serve_with("log_format = \"yaml\"\n", &[]);
+    assert!(!ok);
+    assert!(stderr.contains(r#"log_format = "yaml": must be "text" (the default) or "json""#), "{stderr}");
+    assert!(!stderr.contains("variant"), "{stderr}");
+}
+
+#[test]
+fn an_error_from_a_keyless_variable_names_the_variable() {
+    let run_with = |env: &[(&str, &str)]| {
+        let out = keyless()
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let run = |env: (&str, &str)| run_with(&[env]);
+    let stderr = run(("KEYLESS_CACHE__RETRY_MAX", "soon"));
+    assert!(stderr.contains("(set by the environment variable KEYLESS_CACHE__RETRY_MAX)"), "{stderr}");
+    let stderr = run(("KEYLESS_CACHE__REFRESH_AT", "1.5"));
+    assert!(
+        stderr.contains("cache.refresh_at = 1.5: ")
+            && stderr.contains("(set by the environment variable KEYLESS_CACHE__REFRESH_AT)"),
+        "{stderr}"
+    );
+    let stderr = run(("KEYLESS_LOG_FORMAT", "yaml"));
+    assert!(stderr.contains("(set by the environment variable KEYLESS_LOG_FORMAT)"), "{stderr}");
+    let stderr = run_with(&[("KEYLESS_AWS__TOKEN_FILE", "/t"), ("KEYLESS_AWS__ROLE_ARN", "not-an-arn")]);
+    assert!(stderr.contains("(set by the environment variable KEYLESS_AWS__ROLE_ARN)"), "{stderr}");
+}
+
+#[test]
+fn a_second_keyless_dev_names_the_flags_that_move_it() {
+    // The first keyless dev's emulator port, taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = keyless()
+        .args(["dev", "--emulator-listen", &format!("127.0.0.1:{port}")])
+        .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
+        .args(["--env-file", dir.path().join("app.env").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    printed_once(&stderr, "cannot start the emulator");
+    assert!(stderr.contains("--listen, --admin-listen, --emulator-listen, --state-dir and --env-file"), "{stderr}");
+}
+
+#[test]
+fn the_webhook_names_the_flag_of_a_file_it_cannot_read() {
+    let out = keyless()
+        .args(["webhook", "--tls-cert", "/nonexistent/tls.crt", "--tls-key", "/nonexistent/tls.key"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    printed_once(&stderr, "cannot read --tls-cert /nonexistent/tls.crt");
+}
+
+/// The top-level help says what keyless is now, and every subcommand's help has the same layout:
+/// a one-line summary, then what it does.
+#[test]
+fn the_help_describes_every_place_keyless_runs() {
+    let out = keyless().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for place in ["a pod ", "injected pods ", "a CI job ", "a laptop ", "a VM or node "] {
+        assert!(help.contains(place), "{place:?} missing from:\n{help}");
+    }
+    let short = keyless().arg("-h").output().unwrap();
+    let short = String::from_utf8_lossy(&short.stdout);
+    let commands: Vec<&str> = short
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 8, "{short}");
+    for command in commands {
+        let out = keyless().args([command, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        let mut lines = help.lines();
+        let summary = lines.next().unwrap_or_default();
+        assert!(!summary.is_empty() && summary.len() < 100, "{command}: summary {summary:?}");
+        assert_eq!(lines.next(), Some(""), "{command}: no blank line after the summary:\n{help}");
+        assert!(!lines.next().unwrap_or_default().starts_with("Usage:"), "{command}: no description:\n{help}");
+        assert!(help.contains("Usage: keyless "), "{command}:\n{help}");
+    }
+}

@@ -53,7 +53,17 @@ pub(super) enum FetchError {
 impl std::fmt::Display for FetchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Transport(e) => write!(f, "no answer: {e}"),
+            Self::Transport(e) => {
+                write!(f, "no answer: {e}")?;
+                let lower = e.to_ascii_lowercase();
+                if lower.contains("certificate") || lower.contains("unknownissuer") {
+                    f.write_str(
+                        " (the server's certificate is not trusted here: set the source's ca_file to a PEM bundle of \
+                         its CA, or SSL_CERT_FILE to a bundle that holds it)",
+                    )?;
+                }
+                Ok(())
+            }
             Self::Status(status, body) => write!(f, "it answered HTTP {status}: {body}"),
             Self::TooLarge => write!(f, "it answered with more than {MAX_BODY_BYTES} bytes"),
         }
@@ -166,5 +176,14 @@ mod tests {
         let url = url::Url::parse("https://user:pw@host.example/p/idtoken?sig=SECRET&api-version=2.0").expect("a URL");
         let shown = display_url(&url);
         assert_eq!(shown, "https://host.example/p/idtoken");
+    }
+
+    #[test]
+    fn an_untrusted_certificate_names_ca_file_and_ssl_cert_file() {
+        let untrusted = FetchError::Transport("error sending request: invalid peer certificate: UnknownIssuer".into());
+        let text = untrusted.to_string();
+        assert!(text.contains("set the source's ca_file") && text.contains("SSL_CERT_FILE"), "{text}");
+        let refused = FetchError::Transport("error sending request: connection refused".into()).to_string();
+        assert!(!refused.contains("ca_file"), "{refused}");
     }
 }

@@ -45,6 +45,16 @@ pub struct Answer {
     patch: Option<String>,
 }
 
+impl FailurePolicy {
+    /// As the flag spells it (`fail`, `ignore`), for the log.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Fail => "fail",
+            Self::Ignore => "ignore",
+        }
+    }
+}
+
 impl Serialize for Answer {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut value = serde_json::to_value(&self.review).map_err(serde::ser::Error::custom)?;
@@ -68,6 +78,13 @@ impl Reviewer {
     /// Answers one review body; `Err` is a request that is not an AdmissionReview (HTTP 400).
     /// The body is dropped once parsed: the review then holds the parsed pod only.
     pub async fn review(&self, body: Vec<u8>, namespace: Namespace) -> Result<Answer, String> {
+        let started = tokio::time::Instant::now();
+        let answered = self.review_body(body, namespace).await;
+        self.metrics.reviewed(started.elapsed());
+        answered
+    }
+
+    async fn review_body(&self, body: Vec<u8>, namespace: Namespace) -> Result<Answer, String> {
         let review: AdmissionReview<DynamicObject> =
             serde_json::from_slice(&body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
         drop(body);
@@ -168,7 +185,7 @@ impl Reviewer {
             namespace = %shown(&ctx.namespace),
             pod = %shown(&ctx.pod),
             reason = failure.reason,
-            policy = ?self.policy,
+            policy = self.policy.name(),
             "{}",
             shown(&message)
         );

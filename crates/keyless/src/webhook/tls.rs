@@ -75,8 +75,10 @@ impl ResolvesServerCert for ReloadingCert {
 }
 
 fn read(cert_file: &Path, key_file: &Path) -> Result<Loaded, String> {
-    let read = |path: &Path| std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()));
-    Ok((read(cert_file)?, read(key_file)?))
+    let read = |path: &Path, flag: &str| {
+        std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
+    };
+    Ok((read(cert_file, "--tls-cert")?, read(key_file, "--tls-key")?))
 }
 
 fn certified_key(files: &Loaded, cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, String> {
