@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use keyless_test_support::binary::workspace_root;
 use keyless_test_support::emulate::EmulatorProcess;
-use keyless_test_support::kube::Cluster;
+use keyless_test_support::kube::{self, Cluster};
+use keyless_test_support::tools;
 use keyless_test_support::process::{Process, free_port};
 use keyless_test_support::sdk::App;
 use keyless_test_support::wait::{STARTUP_DEADLINE, holds_within, wait_until};
@@ -229,8 +230,9 @@ fn counter(metrics: &str, series: &str) -> u64 {
 }
 
 #[tokio::test]
+#[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25")]
 async fn the_webhook_injects_pods_stored_by_a_real_api_server_and_respects_the_failure_policy() {
-    let Some(cluster) = Cluster::start().await else { return };
+    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     cluster.create_namespace(NAMESPACE).await;
     service_account(&cluster, "billing", json!({ "eks.amazonaws.com/role-arn": ROLE })).await;
     service_account(&cluster, "plain", json!({})).await;
@@ -358,8 +360,9 @@ async fn the_webhook_injects_pods_stored_by_a_real_api_server_and_respects_the_f
 /// `keyless inject`'s output for the golden inputs, and the chart's `helm template`, are valid
 /// against the real API server (server-side apply validates every field).
 #[tokio::test]
+#[cfg_attr(not(all(keyless_tools_helm, keyless_tools_kube)), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm; needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25")]
 async fn inject_and_helm_template_output_is_accepted_by_the_real_api_server() {
-    let Some(cluster) = Cluster::start().await else { return };
+    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     let dir = tempfile::tempdir().unwrap();
     cluster.create_namespace("shop").await;
     for name in ["every-kind", "overrides"] {
@@ -375,7 +378,8 @@ async fn inject_and_helm_template_output_is_accepted_by_the_real_api_server() {
     assert_eq!(init_names(&stored["spec"]["template"]), ["keyless", "migrate"], "{stored}");
     assert_eq!(stored["spec"]["template"]["spec"]["initContainers"][0]["restartPolicy"], "Always");
 
-    if let Some(helm) = keyless_test_support::tools::helm() {
+    {
+        let helm = tools::need(tools::find_helm());
         let chart = workspace_root().join("charts/keyless");
         let out = std::process::Command::new(helm)
             .args(["template", "keyless", chart.to_str().unwrap(), "--namespace", "keyless-system"])
@@ -411,8 +415,9 @@ async fn inject_file(input: &Path, args: &[&str]) -> String {
 /// and ports moved to the test's, the clouds' endpoints to the emulator), and the example apps with
 /// exactly the app container's.
 #[tokio::test]
+#[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25")]
 async fn the_injected_pods_tokens_are_exchanged_for_credentials_the_sdks_accept() {
-    let Some(cluster) = Cluster::start().await else { return };
+    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     let emulator = EmulatorProcess::start().await;
     let ids = emulator.control.identities().await;
     let subject = ids["subject"].as_str().unwrap().strip_prefix("system:serviceaccount:").unwrap().to_owned();

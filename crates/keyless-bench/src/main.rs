@@ -13,6 +13,7 @@ mod fleet;
 mod fleet_procs;
 mod fleet_procs_report;
 mod fleet_report;
+mod hostile;
 mod load;
 mod procs;
 mod report;
@@ -68,6 +69,9 @@ enum Mode {
     /// The fleet with real processes: one `keyless serve` per pod against `keyless emulate` with
     /// quotas, credentials capped short so three refresh cycles take minutes (docs/benchmarks.md).
     FleetProcs(fleet_procs::FleetProcsOptions),
+    /// Normal clients' latency while the credential listener is attacked (oversized heads,
+    /// slowloris, a connection flood), beside none (docs/benchmarks.md).
+    Hostile(hostile::HostileOptions),
     /// The baseline server (started by the benchmark itself).
     #[command(hide = true)]
     BareServer {
@@ -152,6 +156,16 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
             };
             return match runtime.block_on(fleet_procs_report::report(&options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            };
+        }
+        Some(Mode::Hostile(options)) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+            };
+            return match runtime.block_on(hostile::report(&options)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e.to_string()),
             };

@@ -21,7 +21,9 @@
 //! - [`proxy`]: a TCP relay whose failures the test chooses.
 //! - [`sdk`]: Python, Node, Go and Java SDK clients run as unmodified apps.
 //! - [`verify`]: proof that a credential an SDK client got is one the emulated cloud accepts.
-//! - [`tools`]: the tools some tests need; a missing one fails under `CI=true`, skips elsewhere.
+//! - [`tools`]: the tools some tests need; a missing one fails under `CI=true`, and elsewhere the
+//!   test is reported `ignored` (gated by `tests/build.rs`'s cfgs, see [`tools`]).
+//! - [`probe`]: whether each tool is there; shared with `tests/build.rs`.
 //! - [`load`]: continuous load on the five native endpoints, and latency tallies.
 //! - [`kube`]: a real etcd + kube-apiserver on loopback (`scripts/kube`), kubectl, TokenRequest.
 //! - [`podman`]: podman with the harness's runtime settings, pods, the sidecar and host images.
@@ -43,6 +45,7 @@ pub mod load;
 pub mod logs;
 pub mod metrics;
 pub mod podman;
+pub mod probe;
 pub mod process;
 pub mod proxy;
 pub mod sdk;
