@@ -141,7 +141,10 @@ const { ManagedIdentityCredential } = require("@azure/identity");
 "#;
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_node), ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them")]
+#[cfg_attr(
+    not(keyless_tools_node),
+    ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them"
+)]
 async fn exec_gives_the_node_clients_credentials_from_github_actions_tokens() {
     let node = tools::need(tools::find_node_clients());
     let emulator = EmulatorProcess::start().await;

@@ -15,7 +15,10 @@ use keyless_test_support::tools;
 use keyless_test_support::verify;
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_go), ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26")]
+#[cfg_attr(
+    not(keyless_tools_go),
+    ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26"
+)]
 async fn aws_sdk_go_v2_gets_credentials_from_the_container_endpoint_with_the_token_file_and_from_imdsv2() {
     let go = tools::need(tools::find_go_clients());
     let dev = Dev::start().await;
@@ -32,7 +35,10 @@ async fn aws_sdk_go_v2_gets_credentials_from_the_container_endpoint_with_the_tok
 }
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_go), ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26")]
+#[cfg_attr(
+    not(keyless_tools_go),
+    ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26"
+)]
 async fn aws_sdk_go_v2_refuses_a_token_file_ending_in_a_newline_so_keyless_writes_none() {
     let go = tools::need(tools::find_go_clients());
     let dev = Dev::start().await;
@@ -53,7 +59,10 @@ async fn aws_sdk_go_v2_refuses_a_token_file_ending_in_a_newline_so_keyless_write
 }
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_go), ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26")]
+#[cfg_attr(
+    not(keyless_tools_go),
+    ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26"
+)]
 async fn google_go_clients_get_a_verified_access_token_and_id_token_from_the_metadata_server() {
     let go = tools::need(tools::find_go_clients());
     let dev = Dev::start().await;
@@ -68,7 +77,10 @@ async fn google_go_clients_get_a_verified_access_token_and_id_token_from_the_met
 }
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_go), ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26")]
+#[cfg_attr(
+    not(keyless_tools_go),
+    ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26"
+)]
 async fn azidentity_gets_tokens_on_app_service_and_cannot_reach_keyless_imds_from_go() {
     let go = tools::need(tools::find_go_clients());
     let dev = Dev::start().await;

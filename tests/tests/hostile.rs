@@ -145,7 +145,9 @@ async fn oversized_request_heads_get_431_and_a_closed_connection_and_others_are_
         assert_eq!(answered(attacker.await.unwrap()), too_large, "a 1 MiB head");
         refused += 1;
     }
-    eprintln!("hostile: {refused} clients sending 1 MiB heads were refused with 431; meanwhile normal clients: {normal}");
+    eprintln!(
+        "hostile: {refused} clients sending 1 MiB heads were refused with 431; meanwhile normal clients: {normal}"
+    );
 }
 
 /// Sends `request` and reads until the end of the first answer's head.

@@ -18,7 +18,10 @@ use keyless_test_support::tools;
 use keyless_test_support::verify;
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_java), ignore = "needs Java >= 17 and the pinned Java SDK clients (target/java): ./scripts/test compiles them with mvn")]
+#[cfg_attr(
+    not(keyless_tools_java),
+    ignore = "needs Java >= 17 and the pinned Java SDK clients (target/java): ./scripts/test compiles them with mvn"
+)]
 async fn aws_sdk_java_v2_default_chain_gets_credentials_from_the_container_endpoint_then_imdsv2() {
     let java = tools::need(tools::find_java_clients());
     let dev = Dev::start().await;
@@ -62,7 +65,10 @@ async fn the_security_credentials_extended_path_answers_404_the_one_status_java_
 }
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_java), ignore = "needs Java >= 17 and the pinned Java SDK clients (target/java): ./scripts/test compiles them with mvn")]
+#[cfg_attr(
+    not(keyless_tools_java),
+    ignore = "needs Java >= 17 and the pinned Java SDK clients (target/java): ./scripts/test compiles them with mvn"
+)]
 async fn google_auth_library_java_detects_the_metadata_server_and_gets_verified_access_and_id_tokens() {
     let java = tools::need(tools::find_java_clients());
     let dev = Dev::start().await;
@@ -76,7 +82,10 @@ async fn google_auth_library_java_detects_the_metadata_server_and_gets_verified_
 }
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_java), ignore = "needs Java >= 17 and the pinned Java SDK clients (target/java): ./scripts/test compiles them with mvn")]
+#[cfg_attr(
+    not(keyless_tools_java),
+    ignore = "needs Java >= 17 and the pinned Java SDK clients (target/java): ./scripts/test compiles them with mvn"
+)]
 async fn azure_identity_java_gets_tokens_on_app_service_and_on_imds_through_msal4js_double_slash() {
     let java = tools::need(tools::find_java_clients());
     let dev = Dev::start().await;

@@ -13,9 +13,9 @@ use keyless_test_support::binary::workspace_root;
 use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::jwt::claims_of;
 use keyless_test_support::kube::{self, Cluster};
-use keyless_test_support::tools;
 use keyless_test_support::sdk::App;
 use keyless_test_support::sidecar::{CONTAINER_AUTHORIZATION, Sidecar};
+use keyless_test_support::tools;
 use serde_json::Value;
 
 /// What TokenRequest is asked for (the kubelet's default projection is one hour too).
@@ -65,7 +65,10 @@ async fn run_example(name: &str, env: &[(&str, &str)], home: &Path, context: imp
 }
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25")]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
 async fn the_emulator_trusts_a_real_api_servers_issuer_only_once_registered_and_checks_its_subject() {
     let Setting { cluster, emulator, ids, namespace, name } = Setting::start().await;
     cluster.create_service_account(&namespace, "someone-else").await;
@@ -104,7 +107,10 @@ async fn the_emulator_trusts_a_real_api_servers_issuer_only_once_registered_and_
 }
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25")]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
 async fn real_token_request_tokens_are_exchanged_and_every_example_app_gets_its_identity() {
     let Setting { cluster, emulator, ids, namespace, name } = Setting::start().await;
     emulator.control.trust_issuer(cluster.issuer(), &cluster.ca_pem_text()).await;
@@ -203,7 +209,10 @@ fn pod_of(job: &Value) -> String {
 }
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25")]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
 async fn every_manifest_under_examples_kubernetes_is_accepted_by_the_real_api_server() {
     let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     for manifest in manifests() {
@@ -230,7 +239,10 @@ async fn every_manifest_under_examples_kubernetes_is_accepted_by_the_real_api_se
 }
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25")]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
 async fn a_manifest_that_breaks_the_native_sidecar_rules_is_refused() {
     let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     let manifest = manifests().into_iter().find(|m| m.ends_with("aws.yaml")).unwrap();

@@ -15,7 +15,10 @@ use keyless_test_support::tools;
 use keyless_test_support::verify;
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_node), ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them")]
+#[cfg_attr(
+    not(keyless_tools_node),
+    ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them"
+)]
 async fn aws_sdk_js_signs_with_credentials_from_the_container_endpoint_and_from_imdsv2() {
     let node = tools::need(tools::find_node_clients());
     let dev = Dev::start().await;
@@ -32,7 +35,10 @@ async fn aws_sdk_js_signs_with_credentials_from_the_container_endpoint_and_from_
 }
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_node), ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them")]
+#[cfg_attr(
+    not(keyless_tools_node),
+    ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them"
+)]
 async fn google_auth_library_finds_the_metadata_server_and_gets_verified_access_and_id_tokens() {
     let node = tools::need(tools::find_node_clients());
     let dev = Dev::start().await;
@@ -50,7 +56,10 @@ async fn google_auth_library_finds_the_metadata_server_and_gets_verified_access_
 }
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_node), ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them")]
+#[cfg_attr(
+    not(keyless_tools_node),
+    ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them"
+)]
 async fn azure_identity_js_gets_tokens_on_app_service_and_on_imds_with_msal_nodes_trailing_slash() {
     let node = tools::need(tools::find_node_clients());
     let dev = Dev::start().await;

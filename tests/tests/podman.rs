@@ -175,7 +175,10 @@ async fn process_uid(podman: &Podman, container: &str) -> (u32, bool) {
 }
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_podman), ignore = "needs root, podman and runc: ./scripts/test installs them when run as root")]
+#[cfg_attr(
+    not(keyless_tools_podman),
+    ignore = "needs root, podman and runc: ./scripts/test installs them when run as root"
+)]
 async fn podman_compose_runs_the_compose_file_and_the_apps_get_their_identities_from_the_read_only_uid_65532_image() {
     let podman = tools::need(podman::find_podman());
     podman.build_sidecar_image().await;

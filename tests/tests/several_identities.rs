@@ -162,7 +162,10 @@ async fn the_metadata_server_lists_every_account() {
 
 /// Node google-auth-library's `Compute` client with `serviceAccountEmail`.
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_node), ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them")]
+#[cfg_attr(
+    not(keyless_tools_node),
+    ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them"
+)]
 async fn google_auth_library_selects_a_service_account_by_email() {
     let node = tools::need(tools::find_node_clients());
     let dev = Dev::start().await;

@@ -13,9 +13,9 @@ use std::time::Duration;
 use keyless_test_support::binary::workspace_root;
 use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::kube::{self, Cluster};
-use keyless_test_support::tools;
 use keyless_test_support::process::{Process, free_port};
 use keyless_test_support::sdk::App;
+use keyless_test_support::tools;
 use keyless_test_support::wait::{STARTUP_DEADLINE, holds_within, wait_until};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 use serde_json::{Value, json};
@@ -230,7 +230,10 @@ fn counter(metrics: &str, series: &str) -> u64 {
 }
 
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25")]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
 async fn the_webhook_injects_pods_stored_by_a_real_api_server_and_respects_the_failure_policy() {
     let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     cluster.create_namespace(NAMESPACE).await;
@@ -360,8 +363,12 @@ async fn the_webhook_injects_pods_stored_by_a_real_api_server_and_respects_the_f
 /// `keyless inject`'s output for the golden inputs, and the chart's `helm template`, are valid
 /// against the real API server (server-side apply validates every field).
 #[tokio::test]
-#[cfg_attr(not(all(keyless_tools_helm, keyless_tools_kube)), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm; needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25")]
+#[cfg_attr(
+    not(all(keyless_tools_helm, keyless_tools_kube)),
+    ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm; needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
 async fn inject_and_helm_template_output_is_accepted_by_the_real_api_server() {
+    let helm = tools::need(tools::find_helm());
     let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     let dir = tempfile::tempdir().unwrap();
     cluster.create_namespace("shop").await;
@@ -378,23 +385,17 @@ async fn inject_and_helm_template_output_is_accepted_by_the_real_api_server() {
     assert_eq!(init_names(&stored["spec"]["template"]), ["keyless", "migrate"], "{stored}");
     assert_eq!(stored["spec"]["template"]["spec"]["initContainers"][0]["restartPolicy"], "Always");
 
-    {
-        let helm = tools::need(tools::find_helm());
-        let chart = workspace_root().join("charts/keyless");
-        let out = std::process::Command::new(helm)
-            .args(["template", "keyless", chart.to_str().unwrap(), "--namespace", "keyless-system"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        cluster.create_namespace("keyless-system").await;
-        let path = dir.path().join("chart.yaml");
-        std::fs::write(&path, &out.stdout).unwrap();
-        let applied = cluster.apply_server_side(&path).await.unwrap_or_else(|e| panic!("helm template: {e}"));
-        assert!(
-            applied.contains("mutatingwebhookconfiguration.admissionregistration.k8s.io/keyless-webhook"),
-            "{applied}"
-        );
-    }
+    let chart = workspace_root().join("charts/keyless");
+    let out = std::process::Command::new(helm)
+        .args(["template", "keyless", chart.to_str().unwrap(), "--namespace", "keyless-system"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cluster.create_namespace("keyless-system").await;
+    let path = dir.path().join("chart.yaml");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let applied = cluster.apply_server_side(&path).await.unwrap_or_else(|e| panic!("helm template: {e}"));
+    assert!(applied.contains("mutatingwebhookconfiguration.admissionregistration.k8s.io/keyless-webhook"), "{applied}");
     cluster.stop().await;
 }
 
@@ -415,7 +416,10 @@ async fn inject_file(input: &Path, args: &[&str]) -> String {
 /// and ports moved to the test's, the clouds' endpoints to the emulator), and the example apps with
 /// exactly the app container's.
 #[tokio::test]
-#[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25")]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
 async fn the_injected_pods_tokens_are_exchanged_for_credentials_the_sdks_accept() {
     let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     let emulator = EmulatorProcess::start().await;

@@ -75,7 +75,11 @@ impl Attack {
             }
             Attack::Flood => {
                 for _ in 0..1500 {
-                    held.push(TcpStream::connect(listen).await.map_err(|e| BenchError::Connect { addr: listen, source: e })?);
+                    held.push(
+                        TcpStream::connect(listen)
+                            .await
+                            .map_err(|e| BenchError::Connect { addr: listen, source: e })?,
+                    );
                 }
             }
         }
@@ -149,7 +153,12 @@ fn quantile(latencies: &[Duration], q: f64) -> Duration {
 pub async fn report(opts: &HostileOptions) -> Result<(), BenchError> {
     let keyless = opts.keyless.clone().unwrap_or_else(default_keyless);
     println!("# Normal clients under hostile load\n");
-    println!("keyless: {}; {}; load average before: {}\n", keyless.display(), crate::procs::machine(), crate::procs::load_average());
+    println!(
+        "keyless: {}; {}; load average before: {}\n",
+        keyless.display(),
+        crate::procs::machine(),
+        crate::procs::load_average()
+    );
     let stack = Stack::prepare(&keyless).await?;
     let log = stack.dir.path().join("keyless.log");
     let (sidecar, _) = Sidecar::start(&Launcher::default(), &keyless, &stack.config, &stack.env(), &log).await?;

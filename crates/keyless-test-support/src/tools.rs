@@ -94,16 +94,6 @@ pub(crate) fn path_from_env(var: &str, default: &str) -> PathBuf {
     probe::path_from_env(&workspace_root(), var, default)
 }
 
-/// Whether `tool version_arg` runs and succeeds: the tool is on PATH and works.
-pub(crate) fn runs(tool: &str, version_arg: &str) -> bool {
-    probe::runs(tool, version_arg)
-}
-
-/// Whether this process runs as root.
-pub(crate) fn is_root() -> bool {
-    probe::is_root()
-}
-
 /// The pinned Node SDK clients (`tests/node/package-lock.json`).
 #[derive(Debug, Clone)]
 pub struct NodeClients {
@@ -179,7 +169,7 @@ pub const ROOT: Missing =
 
 /// Root, to start keyless as another user (the image's) (cfg `keyless_tools_root`).
 pub fn find_root() -> Result<(), Missing> {
-    if is_root() { Ok(()) } else { Err(ROOT) }
+    if probe::is_root() { Ok(()) } else { Err(ROOT) }
 }
 
 /// The older form of [`find_root`] (see [`or_skip`]).
