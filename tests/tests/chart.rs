@@ -27,16 +27,18 @@ fn template(helm_bin: &Path, extra: &[&str]) -> String {
 }
 
 #[test]
+#[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 fn the_chart_lints_strictly_clean() {
-    let Some(helm_bin) = tools::helm() else { return };
+    let helm_bin = tools::need(tools::find_helm());
     let chart = chart();
     let (ok, text) = helm(&helm_bin, &["lint", "--strict", chart.to_str().expect("utf-8 path")]);
     assert!(ok && text.contains("0 chart(s) failed"), "helm lint --strict:\n{text}");
 }
 
 #[test]
+#[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 fn template_renders_the_webhook_with_a_generated_ca_by_default() {
-    let Some(helm_bin) = tools::helm() else { return };
+    let helm_bin = tools::need(tools::find_helm());
     let out = template(&helm_bin, &[]);
     for expected in [
         "kind: Deployment",
@@ -66,8 +68,9 @@ fn template_renders_the_webhook_with_a_generated_ca_by_default() {
 }
 
 #[test]
+#[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 fn template_uses_cert_manager_when_its_api_is_installed() {
-    let Some(helm_bin) = tools::helm() else { return };
+    let helm_bin = tools::need(tools::find_helm());
     let out = template(&helm_bin, &["--api-versions", "cert-manager.io/v1", "--set", "failurePolicy=Ignore"]);
     assert!(
         out.contains("kind: Certificate")
@@ -79,8 +82,9 @@ fn template_uses_cert_manager_when_its_api_is_installed() {
 }
 
 #[test]
+#[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 fn template_refuses_an_unknown_tls_source() {
-    let Some(helm_bin) = tools::helm() else { return };
+    let helm_bin = tools::need(tools::find_helm());
     let chart = chart();
     let (ok, text) =
         helm(&helm_bin, &["template", "k", chart.to_str().expect("utf-8 path"), "--set", "tls.source=vault"]);

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Output;
 
 use keyless_test_support::binary::keyless_bin;
+use keyless_test_support::child;
 use keyless_test_support::clients;
 use keyless_test_support::clock::wall_clock;
 use keyless_test_support::dev::Dev;
@@ -140,8 +141,12 @@ const { ManagedIdentityCredential } = require("@azure/identity");
 "#;
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_node),
+    ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them"
+)]
 async fn exec_gives_the_node_clients_credentials_from_github_actions_tokens() {
-    let Some(node) = tools::node_clients() else { return };
+    let node = tools::need(tools::find_node_clients());
     let emulator = EmulatorProcess::start().await;
     let gh = github_actions_source(&emulator);
     let toml = config(&emulator, [gh.clone(), gh.clone(), gh]).await;
@@ -156,29 +161,29 @@ async fn exec_gives_the_node_clients_credentials_from_github_actions_tokens() {
 
 #[tokio::test]
 async fn exec_gives_the_rust_clients_credentials_from_github_actions_tokens() {
+    const NAME: &str = "exec_gives_the_rust_clients_credentials_from_github_actions_tokens";
+    if child::is_child(NAME) {
+        return rust_all_clouds().await;
+    }
     let emulator = EmulatorProcess::start().await;
     let gh = github_actions_source(&emulator);
     let toml = config(&emulator, [gh.clone(), gh.clone(), gh]).await;
     let mut env = actions_env(&emulator).to_vec();
-    // This test binary as the command, running only the child test below (test-support's `child`).
-    env.push(("KEYLESS_TEST_CHILD".to_owned(), "child_rust_all_clouds".to_owned()));
+    // This test binary as the command, running this test as its child (test-support's `child`).
+    env.push((child::CHILD.to_owned(), NAME.to_owned()));
     let exe = std::env::current_exe().unwrap();
-    let args =
-        [exe.to_str().unwrap(), "--exact", "child_rust_all_clouds", "--ignored", "--nocapture", "--test-threads=1"];
+    let args: Vec<&str> = [exe.to_str().unwrap()].into_iter().chain(child::CHILD_ARGS).chain([NAME]).collect();
     let out = exec(&toml, &env, &args).await;
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let (stdout, stderr) = (child::quoted(&text(&out.stdout)), child::quoted(&text(&out.stderr)));
     assert!(out.status.success(), "exec failed: {stdout}\n{stderr}");
     assert!(stdout.contains("aws ASIA gcp true azure true"), "{stdout}\n{stderr}");
 }
 
 /// aws-config's default chain, google-cloud-auth's application-default credentials and
 /// azure_identity's ManagedIdentityCredential, with only the environment `keyless exec` gives.
-#[tokio::test]
-#[ignore = "a child test: runs only when its parent re-executes this binary"]
-async fn child_rust_all_clouds() {
+async fn rust_all_clouds() {
     use aws_sdk_sts::config::ProvideCredentials as _;
     use azure_core::credentials::TokenCredential as _;
-    keyless_test_support::child::expect_child("child_rust_all_clouds");
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let aws = aws.credentials_provider().unwrap().provide_credentials().await.unwrap();
     let gcp = google_cloud_auth::credentials::Builder::default().build_access_token_credentials().unwrap();

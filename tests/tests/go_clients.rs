@@ -11,12 +11,16 @@
 
 use keyless_test_support::dev::{AWS_CONTAINER_VARS, Dev};
 use keyless_test_support::sdk::{App, json_of};
-use keyless_test_support::tools::go_clients;
+use keyless_test_support::tools;
 use keyless_test_support::verify;
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_go),
+    ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26"
+)]
 async fn aws_sdk_go_v2_gets_credentials_from_the_container_endpoint_with_the_token_file_and_from_imdsv2() {
-    let Some(go) = go_clients() else { return };
+    let go = tools::need(tools::find_go_clients());
     let dev = Dev::start().await;
 
     // The container endpoint, the token read from the file alone (Go re-reads it on every call).
@@ -31,8 +35,12 @@ async fn aws_sdk_go_v2_gets_credentials_from_the_container_endpoint_with_the_tok
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_go),
+    ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26"
+)]
 async fn aws_sdk_go_v2_refuses_a_token_file_ending_in_a_newline_so_keyless_writes_none() {
-    let Some(go) = go_clients() else { return };
+    let go = tools::need(tools::find_go_clients());
     let dev = Dev::start().await;
     let file = dev.var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE");
     let token = std::fs::read_to_string(file).unwrap();
@@ -51,8 +59,12 @@ async fn aws_sdk_go_v2_refuses_a_token_file_ending_in_a_newline_so_keyless_write
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_go),
+    ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26"
+)]
 async fn google_go_clients_get_a_verified_access_token_and_id_token_from_the_metadata_server() {
-    let Some(go) = go_clients() else { return };
+    let go = tools::need(tools::find_go_clients());
     let dev = Dev::start().await;
     // Characters a URL-encoder changes: idtoken encodes the query, keyless must decode it.
     let audience = verify::AWKWARD_AUDIENCE;
@@ -65,8 +77,12 @@ async fn google_go_clients_get_a_verified_access_token_and_id_token_from_the_met
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_go),
+    ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26"
+)]
 async fn azidentity_gets_tokens_on_app_service_and_cannot_reach_keyless_imds_from_go() {
-    let Some(go) = go_clients() else { return };
+    let go = tools::need(tools::find_go_clients());
     let dev = Dev::start().await;
 
     // App Service variables present: both credentials use them.

@@ -1,9 +1,11 @@
 //! Hostile input (the security rules, docs/reliability.md, "bounded everything"). On the credential listener: oversized
-//! request heads get 431 or a closed connection, slowloris connections are cut off at the header
-//! deadline, and a flood of idle connections beyond the limit is bounded; none of them keeps a
-//! normal client from being served quickly. In the token file: a FIFO, `/dev/zero` or a huge file is
-//! reported while keyless keeps serving, with bounded memory, and still ends on SIGTERM; claims
-//! cannot forge log lines. Figures are printed for docs/reliability.md.
+//! request heads get 431 and the connection is closed, slowloris connections are cut off at the
+//! header deadline, and a flood of idle connections beyond the limit is bounded; none of them
+//! keeps a normal client from being served. In the token file: a FIFO, `/dev/zero` or a huge file
+//! is reported while keyless keeps serving, with bounded memory, and still ends on SIGTERM; claims
+//! cannot forge log lines. How fast normal clients are served meanwhile is a benchmark's question
+//! (`scripts/bench hostile`, docs/benchmarks.md), not these tests': the figures they print are
+//! for reading, not asserted.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::net::SocketAddr;
@@ -56,15 +58,48 @@ async fn normal_requests(listen: SocketAddr, n: usize) -> Tally {
     Tally::of_latencies(latencies)
 }
 
-/// Sends `request` and reads the answer until the server closes (or 5 s pass).
-async fn raw(listen: SocketAddr, request: Vec<u8>) -> String {
-    let mut tcp = TcpStream::connect(listen).await.unwrap();
-    // The server may answer and close before all of an oversized head is written.
-    let _ = tcp.write_all(&request).await;
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).into_owned()
+/// How the server ended a connection [`raw`] opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// It closed the connection (FIN), or reset it (RST: it closed with bytes of ours unread).
+    Closed,
+    /// It kept the connection open, saying nothing more, for [`HANG`].
+    Open,
 }
+
+/// How long [`raw`] waits for the server to end the connection: far beyond the moment keyless
+/// answers, so `End::Open` means it never would.
+const HANG: Duration = Duration::from_secs(30);
+
+/// Sends `request` while reading the answer (the server may answer and close before all of an
+/// oversized head is written), until the server ends the connection or [`HANG`] passes.
+async fn raw(listen: SocketAddr, request: Vec<u8>) -> (String, End) {
+    let (mut rx, mut tx) = TcpStream::connect(listen).await.unwrap().into_split();
+    // The write half stays open while reading: closing it would end the request early.
+    let writer = tokio::spawn(async move {
+        let _ = tx.write_all(&request).await;
+        tx
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        match tokio::time::timeout(HANG, rx.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break End::Closed,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => break End::Open,
+        }
+    };
+    drop(writer.await.unwrap());
+    (String::from_utf8_lossy(&answer).into_owned(), end)
+}
+
+/// The status line of an answer.
+fn status_line(answer: &str) -> &str {
+    answer.lines().next().unwrap_or_default()
+}
+
+/// What keyless answers a request head over its bound, before it closes the connection.
+const TOO_LARGE: (&str, End) = ("HTTP/1.1 431 Request Header Fields Too Large", End::Closed);
 
 /// Server-side established connections on `port` (from /proc/net/tcp: local port, state 01).
 fn established_on(port: u16) -> usize {
@@ -81,7 +116,7 @@ fn established_on(port: u16) -> usize {
 }
 
 #[tokio::test]
-async fn oversized_request_heads_get_431_or_a_closed_connection_and_others_are_served() {
+async fn oversized_request_heads_get_431_and_a_closed_connection_and_others_are_served() {
     let dev = Dev::start().await;
     let listen = listen(&dev);
     let big_header = |size: usize| {
@@ -95,25 +130,39 @@ async fn oversized_request_heads_get_431_or_a_closed_connection_and_others_are_s
         let headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
         format!("GET {TOKEN_PATH} HTTP/1.1\r\nHost: {listen}\r\nMetadata-Flavor: Google\r\n{headers}\r\n").into_bytes()
     };
-    assert!(raw(listen, many_headers).await.starts_with("HTTP/1.1 431"), "200 headers are not refused with 431");
-    let answer = raw(listen, big_header(20 * 1024)).await;
-    assert!(answer.starts_with("HTTP/1.1 431") || answer.is_empty(), "a 20 KiB header: {answer:.200}");
-    // Just under the bound is still a normal request.
-    assert!(raw(listen, big_header(12 * 1024)).await.starts_with("HTTP/1.1 200"));
+    let answered = |(answer, end): (String, End)| (status_line(&answer).to_owned(), end);
+    let too_large = (TOO_LARGE.0.to_owned(), TOO_LARGE.1);
+    assert_eq!(answered(raw(listen, many_headers).await), too_large, "200 headers");
+    assert_eq!(answered(raw(listen, big_header(20 * 1024)).await), too_large, "a 20 KiB header");
+    // Just under the bound is still a normal request (answered; the connection stays open).
+    let (answer, _) = raw_first_answer(listen, big_header(12 * 1024)).await;
+    assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "a 12 KiB header");
 
     // 100 clients sending 1 MiB heads while normal clients keep asking.
     let attackers: Vec<_> = (0..100).map(|_| tokio::spawn(raw(listen, big_header(1024 * 1024)))).collect();
     let normal = normal_requests(listen, 100).await;
     let mut refused = 0;
     for attacker in attackers {
-        let answer = attacker.await.unwrap();
-        assert!(answer.starts_with("HTTP/1.1 431") || answer.is_empty(), "a 1 MiB head was answered: {answer:.200}");
+        assert_eq!(answered(attacker.await.unwrap()), too_large, "a 1 MiB head");
         refused += 1;
     }
     eprintln!(
-        "hostile: {refused} clients sending 1 MiB heads were refused (431 or closed); meanwhile normal clients: {normal}"
+        "hostile: {refused} clients sending 1 MiB heads were refused with 431; meanwhile normal clients: {normal}"
     );
-    assert!(normal.max < Duration::from_secs(1), "normal clients were slowed down: {normal}");
+}
+
+/// Sends `request` and reads until the end of the first answer's head.
+async fn raw_first_answer(listen: SocketAddr, request: Vec<u8>) -> (String, TcpStream) {
+    let mut tcp = TcpStream::connect(listen).await.unwrap();
+    tcp.write_all(&request).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(HANG, tcp.read(&mut buf)).await.expect("an answer").unwrap();
+        assert_ne!(n, 0, "closed without an answer: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    (String::from_utf8_lossy(&answer).into_owned(), tcp)
 }
 
 #[tokio::test]
@@ -144,7 +193,6 @@ async fn slowloris_connections_are_cut_at_the_header_deadline_and_do_not_starve_
         }));
     }
     let normal = normal_requests(listen, 50).await;
-    assert!(normal.max < Duration::from_secs(1), "normal clients waited behind slowloris connections: {normal}");
     let open_meanwhile = slow.iter().filter(|t| !t.is_finished()).count();
     assert_eq!(open_meanwhile, SLOW, "slowloris connections were cut before their deadline");
 
@@ -203,7 +251,6 @@ async fn a_connection_flood_beyond_the_limit_is_bounded_and_new_clients_still_ge
     );
     assert!(held <= MAX_CONNECTIONS && held_after <= MAX_CONNECTIONS, "{held} / {held_after} connections held");
     assert!(closed >= FLOOD - MAX_CONNECTIONS, "only {closed} flood connections were closed");
-    assert!(normal.max < Duration::from_secs(1), "new clients waited behind the flood: {normal}");
 }
 
 /// `keyless serve` with only AWS, its token at `token_file`, and an STS nobody listens on: the

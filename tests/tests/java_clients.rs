@@ -14,12 +14,16 @@
 use keyless_test_support::clients;
 use keyless_test_support::dev::{AWS_CONTAINER_VARS, Dev};
 use keyless_test_support::sdk::{App, json_of};
-use keyless_test_support::tools::java_clients;
+use keyless_test_support::tools;
 use keyless_test_support::verify;
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_java),
+    ignore = "needs Java >= 17 and the pinned Java SDK clients (target/java): ./scripts/test compiles them with mvn"
+)]
 async fn aws_sdk_java_v2_default_chain_gets_credentials_from_the_container_endpoint_then_imdsv2() {
-    let Some(java) = java_clients() else { return };
+    let java = tools::need(tools::find_java_clients());
     let dev = Dev::start().await;
 
     // The container provider, the token read from AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE alone.
@@ -61,8 +65,12 @@ async fn the_security_credentials_extended_path_answers_404_the_one_status_java_
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_java),
+    ignore = "needs Java >= 17 and the pinned Java SDK clients (target/java): ./scripts/test compiles them with mvn"
+)]
 async fn google_auth_library_java_detects_the_metadata_server_and_gets_verified_access_and_id_tokens() {
-    let Some(java) = java_clients() else { return };
+    let java = tools::need(tools::find_java_clients());
     let dev = Dev::start().await;
     let audience = verify::AWKWARD_AUDIENCE;
     let out = json_of(&dev.run_ok_in(App::java(&java, "GcpCredentials", &[audience]), &dev.env).await);
@@ -74,8 +82,12 @@ async fn google_auth_library_java_detects_the_metadata_server_and_gets_verified_
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_java),
+    ignore = "needs Java >= 17 and the pinned Java SDK clients (target/java): ./scripts/test compiles them with mvn"
+)]
 async fn azure_identity_java_gets_tokens_on_app_service_and_on_imds_through_msal4js_double_slash() {
-    let Some(java) = java_clients() else { return };
+    let java = tools::need(tools::find_java_clients());
     let dev = Dev::start().await;
 
     // App Service variables present: ManagedIdentityCredential uses them.

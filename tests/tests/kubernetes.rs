@@ -12,16 +12,17 @@ use std::time::Duration;
 use keyless_test_support::binary::workspace_root;
 use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::jwt::claims_of;
-use keyless_test_support::kube::Cluster;
+use keyless_test_support::kube::{self, Cluster};
 use keyless_test_support::sdk::App;
 use keyless_test_support::sidecar::{CONTAINER_AUTHORIZATION, Sidecar};
+use keyless_test_support::tools;
 use serde_json::Value;
 
 /// What TokenRequest is asked for (the kubelet's default projection is one hour too).
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// A real cluster holding the emulator's dev service account (its subject
-/// `system:serviceaccount:NS:SA`), and the emulator; `None` when the cluster's binaries are missing.
+/// `system:serviceaccount:NS:SA`), and the emulator (the tests using it are gated on `keyless_tools_kube`).
 struct Setting {
     cluster: Cluster,
     emulator: EmulatorProcess,
@@ -32,15 +33,15 @@ struct Setting {
 }
 
 impl Setting {
-    async fn start() -> Option<Self> {
-        let cluster = Cluster::start().await?;
+    async fn start() -> Self {
+        let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
         let emulator = EmulatorProcess::start().await;
         let ids = emulator.control.identities().await;
         let subject = ids["subject"].as_str().unwrap();
         let rest = subject.strip_prefix("system:serviceaccount:").unwrap();
         let (namespace, name) = rest.split_once(':').map(|(ns, sa)| (ns.to_owned(), sa.to_owned())).unwrap();
         cluster.create_service_account(&namespace, &name).await;
-        Some(Self { cluster, emulator, ids, namespace, name })
+        Self { cluster, emulator, ids, namespace, name }
     }
 }
 
@@ -64,8 +65,12 @@ async fn run_example(name: &str, env: &[(&str, &str)], home: &Path, context: imp
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
 async fn the_emulator_trusts_a_real_api_servers_issuer_only_once_registered_and_checks_its_subject() {
-    let Some(Setting { cluster, emulator, ids, namespace, name }) = Setting::start().await else { return };
+    let Setting { cluster, emulator, ids, namespace, name } = Setting::start().await;
     cluster.create_service_account(&namespace, "someone-else").await;
     let (role, audience) = (ids["aws_role_arn"].as_str().unwrap(), ids["audiences"]["aws"].as_str().unwrap());
     let token = cluster.token(&namespace, &name, audience, TOKEN_LIFETIME).await;
@@ -102,8 +107,12 @@ async fn the_emulator_trusts_a_real_api_servers_issuer_only_once_registered_and_
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
 async fn real_token_request_tokens_are_exchanged_and_every_example_app_gets_its_identity() {
-    let Some(Setting { cluster, emulator, ids, namespace, name }) = Setting::start().await else { return };
+    let Setting { cluster, emulator, ids, namespace, name } = Setting::start().await;
     emulator.control.trust_issuer(cluster.issuer(), &cluster.ca_pem_text()).await;
 
     let tokens = tempfile::tempdir().unwrap();
@@ -201,8 +210,12 @@ fn pod_of(job: &Value) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
 async fn every_manifest_under_examples_kubernetes_is_accepted_by_the_real_api_server() {
-    let Some(cluster) = Cluster::start().await else { return };
+    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     for manifest in manifests() {
         let shown = manifest.file_name().unwrap().to_string_lossy().into_owned();
         let applied = cluster.apply_server_side(&manifest).await;
@@ -227,8 +240,12 @@ async fn every_manifest_under_examples_kubernetes_is_accepted_by_the_real_api_se
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
 async fn a_manifest_that_breaks_the_native_sidecar_rules_is_refused() {
-    let Some(cluster) = Cluster::start().await else { return };
+    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     let manifest = manifests().into_iter().find(|m| m.ends_with("aws.yaml")).unwrap();
     let text = std::fs::read_to_string(&manifest).unwrap();
     assert!(text.contains("restartPolicy: Always"), "aws.yaml runs keyless as a native sidecar");

@@ -11,12 +11,16 @@
 
 use keyless_test_support::dev::{AWS_CONTAINER_VARS, Dev};
 use keyless_test_support::sdk::json_of;
-use keyless_test_support::tools::node_clients;
+use keyless_test_support::tools;
 use keyless_test_support::verify;
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_node),
+    ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them"
+)]
 async fn aws_sdk_js_signs_with_credentials_from_the_container_endpoint_and_from_imdsv2() {
-    let Some(node) = node_clients() else { return };
+    let node = tools::need(tools::find_node_clients());
     let dev = Dev::start().await;
 
     // The default chain with the container variables: `fromHttp`, token from the file.
@@ -31,8 +35,12 @@ async fn aws_sdk_js_signs_with_credentials_from_the_container_endpoint_and_from_
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_node),
+    ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them"
+)]
 async fn google_auth_library_finds_the_metadata_server_and_gets_verified_access_and_id_tokens() {
-    let Some(node) = node_clients() else { return };
+    let node = tools::need(tools::find_node_clients());
     let dev = Dev::start().await;
     // Characters a URL-encoder would change: the ID token must carry the audience as given.
     let audience = verify::AWKWARD_AUDIENCE;
@@ -48,8 +56,12 @@ async fn google_auth_library_finds_the_metadata_server_and_gets_verified_access_
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_node),
+    ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them"
+)]
 async fn azure_identity_js_gets_tokens_on_app_service_and_on_imds_with_msal_nodes_trailing_slash() {
-    let Some(node) = node_clients() else { return };
+    let node = tools::need(tools::find_node_clients());
     let dev = Dev::start().await;
     let client_id = dev.var("KEYLESS_DEV_AZURE_CLIENT_ID");
 

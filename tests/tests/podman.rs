@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use keyless_test_support::binary::{keyless_bin, workspace_root};
 use keyless_test_support::podman::{self, HOST_IMAGE, Podman};
+use keyless_test_support::tools;
 use keyless_test_support::wait::{STARTUP_DEADLINE, holds_within};
 
 /// The user every container runs as.
@@ -174,8 +175,12 @@ async fn process_uid(podman: &Podman, container: &str) -> (u32, bool) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_podman),
+    ignore = "needs root, podman and runc: ./scripts/test installs them when run as root"
+)]
 async fn podman_compose_runs_the_compose_file_and_the_apps_get_their_identities_from_the_read_only_uid_65532_image() {
-    let Some(podman) = podman::podman() else { return };
+    let podman = tools::need(podman::find_podman());
     podman.build_sidecar_image().await;
     podman.build_host_image().await;
     let project = Project::new(&podman);

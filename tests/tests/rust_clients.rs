@@ -6,23 +6,27 @@
 //!
 //! These SDKs read the process environment, which a test cannot set, so each client runs in a
 //! child process (test-support's `child`): this test binary re-executed with exactly the app's
-//! env, running one ignored `child_*` test.
+//! env, running the same test, which then plays the app (`is_child`).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
 
-use keyless_test_support::child::{ChildTest, expect_child};
+use keyless_test_support::child::{ChildTest, is_child};
 use keyless_test_support::dev::Dev;
 
-/// Runs child test `name` with exactly `env` (and PATH, HOME); returns its stdout.
+/// Runs test `name` as its child with exactly `env` (and PATH, HOME); returns its stdout.
 async fn run_child(dev: &Dev, name: &str, env: &BTreeMap<String, String>) -> String {
     ChildTest::new(name).clean_env(dev.dir.path()).envs(env).run(|| dev.logs()).await
 }
 
 #[tokio::test]
 async fn aws_config_default_chain_uses_the_container_endpoint_then_imds() {
+    const NAME: &str = "aws_config_default_chain_uses_the_container_endpoint_then_imds";
+    if is_child(NAME) {
+        return aws_whoami().await;
+    }
     let dev = Dev::start().await;
-    let out = run_child(&dev, "child_aws_whoami", &dev.env).await;
+    let out = run_child(&dev, NAME, &dev.env).await;
     assert!(out.contains("arn:aws:sts::123456789012:assumed-role/keyless-dev/"), "{out}");
 
     let imds_only = dev.env_without(&[
@@ -30,14 +34,12 @@ async fn aws_config_default_chain_uses_the_container_endpoint_then_imds() {
         "AWS_CONTAINER_AUTHORIZATION_TOKEN",
         "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
     ]);
-    let out = run_child(&dev, "child_aws_whoami", &imds_only).await;
+    let out = run_child(&dev, NAME, &imds_only).await;
     assert!(out.contains("arn:aws:sts::123456789012:assumed-role/keyless-dev/"), "{out}");
 }
 
-#[tokio::test]
-#[ignore = "a child test: runs only when its parent re-executes this binary"]
-async fn child_aws_whoami() {
-    expect_child("child_aws_whoami");
+/// The app: aws-config's default chain, configured by the env alone.
+async fn aws_whoami() {
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let sts = aws_sdk_sts::Client::new(&config);
     let me = sts.get_caller_identity().send().await.unwrap();
@@ -46,16 +48,18 @@ async fn child_aws_whoami() {
 
 #[tokio::test]
 async fn azure_identity_managed_identity_credential_uses_the_app_service_endpoint() {
+    const NAME: &str = "azure_identity_managed_identity_credential_uses_the_app_service_endpoint";
+    if is_child(NAME) {
+        return azure_token().await;
+    }
     let dev = Dev::start().await;
-    let out = run_child(&dev, "child_azure_token", &dev.env).await;
+    let out = run_child(&dev, NAME, &dev.env).await;
     assert!(out.contains("azure token with more than 30 minutes left"), "{out}");
 }
 
-#[tokio::test]
-#[ignore = "a child test: runs only when its parent re-executes this binary"]
-async fn child_azure_token() {
+/// The app: azure_identity's ManagedIdentityCredential, configured by the env alone.
+async fn azure_token() {
     use azure_core::credentials::TokenCredential as _;
-    expect_child("child_azure_token");
     let credential = azure_identity::ManagedIdentityCredential::new(None).unwrap();
     let token = credential.get_token(&["https://management.azure.com/.default"], None).await.unwrap();
     assert!(!token.token.secret().is_empty());
@@ -69,17 +73,19 @@ const GOOGLE_AUDIENCE: &str = "https://example.com/rust?a=1&b=2";
 
 #[tokio::test]
 async fn google_cloud_auth_default_credentials_use_the_metadata_server_for_access_and_id_tokens() {
+    const NAME: &str = "google_cloud_auth_default_credentials_use_the_metadata_server_for_access_and_id_tokens";
+    if is_child(NAME) {
+        return google_tokens().await;
+    }
     let dev = Dev::start().await;
-    let out = run_child(&dev, "child_google_tokens", &dev.env).await;
+    let out = run_child(&dev, NAME, &dev.env).await;
     let account = dev.var("KEYLESS_DEV_GCP_SERVICE_ACCOUNT");
     assert!(out.contains(&format!("tokeninfo 200 {account}")), "{out}");
     assert!(out.contains(&format!("id token for {GOOGLE_AUDIENCE} verified, email {account}")), "{out}");
 }
 
-#[tokio::test]
-#[ignore = "a child test: runs only when its parent re-executes this binary"]
-async fn child_google_tokens() {
-    expect_child("child_google_tokens");
+/// The app: google-cloud-auth's application-default credentials, configured by the env alone.
+async fn google_tokens() {
     // Application-default credentials: no GOOGLE_APPLICATION_CREDENTIALS and no gcloud file in
     // HOME, so the metadata server.
     let credentials = google_cloud_auth::credentials::Builder::default().build_access_token_credentials().unwrap();

@@ -10,7 +10,7 @@ use keyless_test_support::clients;
 use keyless_test_support::dev::Dev;
 use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::sidecar::{Sidecar, serve_refuses};
-use keyless_test_support::tools::node_clients;
+use keyless_test_support::tools;
 use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 use serde_json::Value;
 
@@ -163,8 +163,12 @@ async fn the_metadata_server_lists_every_account() {
 
 /// Node google-auth-library's `Compute` client with `serviceAccountEmail`.
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_node),
+    ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them"
+)]
 async fn google_auth_library_selects_a_service_account_by_email() {
-    let Some(node) = node_clients() else { return };
+    let node = tools::need(tools::find_node_clients());
     let dev = Dev::start().await;
     let second = dev.var("KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT");
     let out = dev.node_ok_in(&node, "gcp_account.cjs", &[second], &dev.env).await;

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use keyless_test_support::binary::workspace_root;
 use keyless_test_support::emulate::EmulatorProcess;
-use keyless_test_support::kube::Cluster;
+use keyless_test_support::kube::{self, Cluster};
 use keyless_test_support::process::{Process, free_port};
 use keyless_test_support::sdk::App;
+use keyless_test_support::tools;
 use keyless_test_support::wait::{STARTUP_DEADLINE, holds_within, wait_until};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 use serde_json::{Value, json};
@@ -229,8 +230,12 @@ fn counter(metrics: &str, series: &str) -> u64 {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
 async fn the_webhook_injects_pods_stored_by_a_real_api_server_and_respects_the_failure_policy() {
-    let Some(cluster) = Cluster::start().await else { return };
+    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     cluster.create_namespace(NAMESPACE).await;
     service_account(&cluster, "billing", json!({ "eks.amazonaws.com/role-arn": ROLE })).await;
     service_account(&cluster, "plain", json!({})).await;
@@ -358,8 +363,13 @@ async fn the_webhook_injects_pods_stored_by_a_real_api_server_and_respects_the_f
 /// `keyless inject`'s output for the golden inputs, and the chart's `helm template`, are valid
 /// against the real API server (server-side apply validates every field).
 #[tokio::test]
+#[cfg_attr(
+    not(all(keyless_tools_helm, keyless_tools_kube)),
+    ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm; needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
 async fn inject_and_helm_template_output_is_accepted_by_the_real_api_server() {
-    let Some(cluster) = Cluster::start().await else { return };
+    let helm = tools::need(tools::find_helm());
+    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     let dir = tempfile::tempdir().unwrap();
     cluster.create_namespace("shop").await;
     for name in ["every-kind", "overrides"] {
@@ -376,44 +386,39 @@ async fn inject_and_helm_template_output_is_accepted_by_the_real_api_server() {
     assert_eq!(init_names(&stored["spec"]["template"]), ["keyless", "migrate"], "{stored}");
     assert_eq!(stored["spec"]["template"]["spec"]["initContainers"][0]["restartPolicy"], "Always");
 
-    if let Some(helm) = keyless_test_support::tools::helm() {
-        let chart = workspace_root().join("charts/keyless");
-        let out = std::process::Command::new(&helm)
-            .args(["template", "keyless", chart.to_str().unwrap(), "--namespace", "keyless-system"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        cluster.create_namespace("keyless-system").await;
-        let path = dir.path().join("chart.yaml");
-        std::fs::write(&path, &out.stdout).unwrap();
-        let applied = cluster.apply_server_side(&path).await.unwrap_or_else(|e| panic!("helm template: {e}"));
-        assert!(
-            applied.contains("mutatingwebhookconfiguration.admissionregistration.k8s.io/keyless-webhook"),
-            "{applied}"
-        );
+    let chart = workspace_root().join("charts/keyless");
+    let out = std::process::Command::new(&helm)
+        .args(["template", "keyless", chart.to_str().unwrap(), "--namespace", "keyless-system"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cluster.create_namespace("keyless-system").await;
+    let path = dir.path().join("chart.yaml");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let applied = cluster.apply_server_side(&path).await.unwrap_or_else(|e| panic!("helm template: {e}"));
+    assert!(applied.contains("mutatingwebhookconfiguration.admissionregistration.k8s.io/keyless-webhook"), "{applied}");
 
-        // With a cluster to look in, the NetworkPolicy admits the API server's own addresses (the
-        // `kubernetes` Service's endpoints; this test API server reconciles none, so one is made).
-        let slice = json!({
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": { "name": "kubernetes-test", "namespace": "default", "labels": { "kubernetes.io/service-name": "kubernetes" } },
-            "addressType": "IPv4",
-            "endpoints": [{ "addresses": ["10.0.0.1"] }],
-            "ports": [{ "name": "https", "port": 6443, "protocol": "TCP" }],
-        });
-        apply(&cluster, &slice).await.unwrap();
-        let out = std::process::Command::new(&helm)
-            .args(["template", "keyless", chart.to_str().unwrap(), "--namespace", "keyless-system", "--dry-run=server"])
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("HOME", dir.path())
-            .output()
-            .unwrap();
-        let rendered = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let policy = rendered.split("\n---\n").find(|d| d.contains("kind: NetworkPolicy")).unwrap();
-        assert!(policy.contains("cidr: 10.0.0.1/32") && !policy.contains("0.0.0.0/0"), "{policy}");
-    }
+    // With a cluster to look in, the NetworkPolicy admits the API server's own addresses (the
+    // `kubernetes` Service's endpoints; this test API server reconciles none, so one is made).
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": { "name": "kubernetes-test", "namespace": "default", "labels": { "kubernetes.io/service-name": "kubernetes" } },
+        "addressType": "IPv4",
+        "endpoints": [{ "addresses": ["10.0.0.1"] }],
+        "ports": [{ "name": "https", "port": 6443, "protocol": "TCP" }],
+    });
+    apply(&cluster, &slice).await.unwrap();
+    let out = std::process::Command::new(&helm)
+        .args(["template", "keyless", chart.to_str().unwrap(), "--namespace", "keyless-system", "--dry-run=server"])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let policy = rendered.split("\n---\n").find(|d| d.contains("kind: NetworkPolicy")).unwrap();
+    assert!(policy.contains("cidr: 10.0.0.1/32") && !policy.contains("0.0.0.0/0"), "{policy}");
     cluster.stop().await;
 }
 
@@ -434,8 +439,12 @@ async fn inject_file(input: &Path, args: &[&str]) -> String {
 /// and ports moved to the test's, the clouds' endpoints to the emulator), and the example apps with
 /// exactly the app container's.
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
 async fn the_injected_pods_tokens_are_exchanged_for_credentials_the_sdks_accept() {
-    let Some(cluster) = Cluster::start().await else { return };
+    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     let emulator = EmulatorProcess::start().await;
     let ids = emulator.control.identities().await;
     let subject = ids["subject"].as_str().unwrap().strip_prefix("system:serviceaccount:").unwrap().to_owned();

@@ -14,7 +14,7 @@ use common::{AwsDev as _, serving};
 use keyless_aws::Config;
 use keyless_core::{AppEnvValue, CachePolicy};
 use keyless_provider::Started as _;
-use keyless_test_support::child::{ChildTest, child_env};
+use keyless_test_support::child::{ChildTest, child_env, is_child};
 use keyless_test_support::clients;
 use keyless_test_support::clock::is_whole_second_utc;
 use keyless_test_support::context::{context, fast_retries};
@@ -24,11 +24,14 @@ use keyless_test_support::serving::serve;
 
 #[tokio::test]
 async fn the_rust_sdk_ecs_provider_loads_credentials_that_sign_get_caller_identity() {
+    if is_child(ECS_PROVIDER_TEST) {
+        return ecs_provider_child().await;
+    }
     let h = serving(|_| {}).await;
     // aws-config reads the container-credentials variables from the process env only (its
     // env injection is crate-private): run the SDK in a child with exactly the app_env.
     let app_env = h.provider.app_env(&keyless_provider::AppHost::for_listener(h.served.addr));
-    let stdout = ChildTest::new("ecs_provider_child")
+    let stdout = ChildTest::new(ECS_PROVIDER_TEST)
         .env("KEYLESS_TEST_EMULATOR_URL", h.env.emulator.url())
         .env("KEYLESS_TEST_EMULATOR_CA", h.env.ca())
         .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
@@ -38,13 +41,13 @@ async fn the_rust_sdk_ecs_provider_loads_credentials_that_sign_get_caller_identi
     assert!(stdout.contains("arn=arn:aws:sts::123456789012:assumed-role/keyless-dev/keyless-test\n"), "{stdout}");
 }
 
+const ECS_PROVIDER_TEST: &str = "the_rust_sdk_ecs_provider_loads_credentials_that_sign_get_caller_identity";
+
 /// The child of the test above: the SDK's ECS provider, configured by the env alone.
-#[tokio::test]
-#[ignore = "a child test: runs only when its parent re-executes this binary"]
 #[allow(clippy::print_stdout)] // the child's report to its parent
 async fn ecs_provider_child() {
-    let url = child_env("ecs_provider_child", "KEYLESS_TEST_EMULATOR_URL");
-    let ca = child_env("ecs_provider_child", "KEYLESS_TEST_EMULATOR_CA");
+    let url = child_env(ECS_PROVIDER_TEST, "KEYLESS_TEST_EMULATOR_URL");
+    let ca = child_env(ECS_PROVIDER_TEST, "KEYLESS_TEST_EMULATOR_CA");
     let credentials = SharedCredentialsProvider::new(EcsCredentialsProvider::builder().build());
     let client = clients::aws_sts(&url, Path::new(&ca), common::REGION, Some(credentials));
     let identity = client.get_caller_identity().send().await.expect("GetCallerIdentity");

@@ -11,7 +11,7 @@ use keyless_aws::{AwsCredentials, credential_process_json, fetch_once};
 use keyless_core::{CachePolicy, ErrorClass};
 use keyless_emulator::{Fault, Service};
 use keyless_provider::Started as _;
-use keyless_test_support::child::{ChildTest, child_env};
+use keyless_test_support::child::{ChildTest, child_env, is_child};
 use keyless_test_support::clients;
 use keyless_test_support::clock::is_whole_second_utc;
 use keyless_test_support::context::{context, fast_retries, patient, paused_context};
@@ -197,10 +197,13 @@ async fn fetch_once_prints_credential_process_json() {
 
 #[tokio::test]
 async fn a_loopback_sts_endpoint_is_reached_directly_even_with_https_proxy_set() {
+    if is_child(PROXIED_TEST) {
+        return proxied_fetch_child().await;
+    }
     let env = EmulatorEnv::start().await;
     let dead_proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     // The proxy settings come from the process env only: run the exchange in a child process.
-    let stdout = ChildTest::new("proxied_fetch_child")
+    let stdout = ChildTest::new(PROXIED_TEST)
         .env("HTTPS_PROXY", format!("http://{dead_proxy}"))
         .env("https_proxy", format!("http://{dead_proxy}"))
         .env_remove("NO_PROXY")
@@ -214,12 +217,12 @@ async fn a_loopback_sts_endpoint_is_reached_directly_even_with_https_proxy_set()
     assert!(stdout.contains("exchanged: ASIA"), "{stdout}");
 }
 
+const PROXIED_TEST: &str = "a_loopback_sts_endpoint_is_reached_directly_even_with_https_proxy_set";
+
 /// The child of the test above: one exchange with the proxy variables set.
-#[tokio::test]
-#[ignore = "a child test: runs only when its parent re-executes this binary"]
 #[allow(clippy::print_stdout)] // the child's report to its parent
 async fn proxied_fetch_child() {
-    let var = |name: &str| child_env("proxied_fetch_child", name);
+    let var = |name: &str| child_env(PROXIED_TEST, name);
     let mut config = keyless_aws::Config::new(var("KEYLESS_TEST_TOKEN_FILE"), var("KEYLESS_TEST_ROLE_ARN"));
     config.sts_endpoint = Some(var("KEYLESS_TEST_EMULATOR_URL"));
     config.ca_file = Some(var("KEYLESS_TEST_EMULATOR_CA").into());

@@ -12,14 +12,17 @@ use azure_core::credentials::TokenCredential;
 use azure_identity::ManagedIdentityCredential;
 use common::{Harness, verify_access_token};
 use keyless_provider::Started as _;
-use keyless_test_support::child::{ChildTest, child_env};
+use keyless_test_support::child::{ChildTest, child_env, is_child};
 use keyless_test_support::clients;
 
-const CHILD: &str = "child_asks_managed_identity_credential_for_a_token";
+const CHILD: &str = "rust_managed_identity_credential_gets_a_token_that_verifies";
 const RESOURCE: &str = "https://management.azure.com";
 
 #[tokio::test]
 async fn rust_managed_identity_credential_gets_a_token_that_verifies() {
+    if is_child(CHILD) {
+        return asks_managed_identity_credential_for_a_token().await;
+    }
     let h = Harness::start().await;
     let ids = h.env.emulator.identities();
     let app_env = h.provider.app_env(&keyless_provider::AppHost::for_listener(h.served.addr));
@@ -41,10 +44,8 @@ async fn rust_managed_identity_credential_gets_a_token_that_verifies() {
 
 /// The child: a plain azure_identity client, configured by env alone like an unmodified app.
 /// It reports to the parent on stdout.
-#[tokio::test]
-#[ignore = "a child test: runs only when its parent re-executes this binary"]
 #[allow(clippy::print_stdout)]
-async fn child_asks_managed_identity_credential_for_a_token() {
+async fn asks_managed_identity_credential_for_a_token() {
     let var = |name: &str| child_env(CHILD, name);
     let credential = ManagedIdentityCredential::new(None).expect("App Service source from env");
     let token = credential

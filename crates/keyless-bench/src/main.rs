@@ -13,6 +13,7 @@ mod fleet;
 mod fleet_procs;
 mod fleet_procs_report;
 mod fleet_report;
+mod hostile;
 mod load;
 mod procs;
 mod report;
@@ -75,6 +76,9 @@ enum Mode {
     /// `keyless webhook`'s peak RSS under the largest review the API server accepts (3 MiB), alone
     /// and 16 at once (docs/benchmarks.md, "Webhook").
     WebhookMemory(webhook::WebhookOptions),
+    /// Normal clients' latency while the credential listener is attacked (oversized heads,
+    /// slowloris, a connection flood), beside none (docs/benchmarks.md).
+    Hostile(hostile::HostileOptions),
     /// The baseline server (started by the benchmark itself).
     #[command(hide = true)]
     BareServer {
@@ -168,6 +172,16 @@ fn main() -> ExitCode {
         }
         Some(Mode::WebhookMemory(options)) => {
             return block_on_multi_thread(webhook::memory_report(&options));
+        }
+        Some(Mode::Hostile(options)) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+            };
+            return match runtime.block_on(hostile::report(&options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            };
         }
         Some(Mode::Fleet(options)) => {
             return match fleet_report::report(&options) {

@@ -3,17 +3,37 @@
 //! be configured from a test: edition 2024 makes `set_var` unsafe and unsafe code is forbidden. So
 //! the test re-executes its own binary to run one *child test* with the env it chose.
 //!
-//! A child test is `#[ignore]`d, so that a normal run lists it as ignored instead of passing it
-//! without testing, and it starts with [`child_env`], which fails it when run by hand.
+//! The test is its own child, so the runner counts one test that ran: it starts with
+//! `if is_child(NAME) { return the_child().await; }` and runs `ChildTest::new(NAME)`; in the
+//! child, [`is_child`] is true and the test runs only the child's part (an ordinary function, not
+//! a test), whose report the parent reads on stdout. No `#[ignore]`d child tests, so `ignored` in
+//! the runner's counts means only a test that could not run (keyless-test-support's `tools`).
+//!
+//! The older form, an `#[ignore]`d child test that starts with [`expect_child`] or [`child_env`],
+//! still works; it shows as `ignored` in every run.
 
 use std::process::Stdio;
 
 use tokio::process::Command;
 
-/// Set in the child to the name of the child test it runs.
-const CHILD: &str = "KEYLESS_TEST_CHILD";
+/// Set in the child to the name of the test it runs.
+pub const CHILD: &str = "KEYLESS_TEST_CHILD";
 
-/// This test binary, about to run only the (ignored) test `name`.
+/// The test binary's arguments before the test's name: that test alone (both a test of that name
+/// and an older `#[ignore]`d child test), its output shown.
+pub const CHILD_ARGS: [&str; 5] = ["--include-ignored", "--nocapture", "--test-threads=1", "--exact", "--"];
+
+/// Whether this process is the child that `test` started: its env names `test`. Panics when it
+/// names another test (a child runs one test only, `--exact`).
+pub fn is_child(test: &str) -> bool {
+    match std::env::var(CHILD) {
+        Ok(name) if name == test => true,
+        Ok(name) => panic!("{test} ran in the child process of {name}"),
+        Err(_) => false,
+    }
+}
+
+/// This test binary, about to run only the test `name`, as the child (see [`is_child`]).
 #[derive(Debug)]
 pub struct ChildTest {
     name: String,
@@ -24,7 +44,7 @@ impl ChildTest {
     pub fn new(name: &str) -> Self {
         let exe = std::env::current_exe().expect("the test binary's path");
         let mut command = Command::new(exe);
-        command.args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"]).stdin(Stdio::null());
+        command.args(CHILD_ARGS).arg(name).stdin(Stdio::null());
         let child = Self { name: name.to_owned(), command };
         child.marked()
     }
@@ -59,29 +79,36 @@ impl ChildTest {
         self
     }
 
-    /// Runs it; returns its stdout. Fails the test if the child failed, with its output and
-    /// `context` (e.g. keyless's logs), or if it did not run exactly its one test.
+    /// Runs it; returns its stdout, [`quoted`]. Fails the test if the child failed, with its
+    /// output and `context` (e.g. keyless's logs), or if it did not run exactly its one test.
     pub async fn run(mut self, context: impl FnOnce() -> String) -> String {
         let out = self.command.output().await.expect("re-running the test binary");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let report = || {
             format!(
-                "child test {} ({}):\n--- stdout\n{stdout}\n--- stderr\n{}\n--- context\n{}",
+                "child test {} ({}):\n--- stdout\n{}\n--- stderr\n{}\n--- context\n{}",
                 self.name,
                 out.status,
-                String::from_utf8_lossy(&out.stderr),
+                quoted(&stdout),
+                quoted(&String::from_utf8_lossy(&out.stderr)),
                 context()
             )
         };
         assert!(out.status.success(), "{}", report());
         // A renamed child would otherwise be filtered out and "pass" with 0 tests run.
         assert!(stdout.contains("test result: ok. 1 passed"), "did not run exactly one test: {}", report());
-        stdout
+        quoted(&stdout)
     }
 }
 
-/// In a child test: the env var `name`. Panics unless this process is the child running `test`
-/// (a child test run by hand, e.g. with `--include-ignored`, has nothing to test).
+/// A child's output, every line indented: in a parent's report (a failure message), the child's
+/// `test result:` line is then never read as a test binary's summary (`scripts/test` counts those
+/// lines, at the start of a line).
+pub fn quoted(output: &str) -> String {
+    output.lines().map(|line| format!("    {line}\n")).collect()
+}
+
+/// In a child: the env var `name`. Panics unless this process is the child running `test`.
 pub fn child_env(test: &str, name: &str) -> String {
     expect_child(test);
     std::env::var(name).unwrap_or_else(|_| panic!("{test}: {name} is not set"))

@@ -40,18 +40,22 @@ impl KubeBinaries {
     }
 }
 
-/// The binaries `scripts/kube` builds (`KEYLESS_TEST_KUBE_BIN`, else `target/kube/bin`), or a skip
-/// (a failure under `CI=true`, see [`tools::or_skip`]).
+/// What a Kubernetes test misses without the binaries.
+pub const KUBE: Missing = Missing {
+    what: "kube-apiserver, kubectl and etcd (target/kube/bin)",
+    fix: "run ./scripts/kube (needs Go >= 1.25 and the Go module proxy); ./scripts/test runs it",
+};
+
+/// The binaries `scripts/kube` builds (`KEYLESS_TEST_KUBE_BIN`, else `target/kube/bin`)
+/// (cfg `keyless_tools_kube`, see [`tools`]).
+pub fn find_binaries() -> Result<KubeBinaries, Missing> {
+    crate::probe::kube_bin(&crate::binary::workspace_root()).map(|dir| KubeBinaries { dir }).ok_or(KUBE)
+}
+
+/// The older form of [`find_binaries`]: a skip where they are missing (a failure under
+/// `CI=true`, see [`tools::or_skip`]).
 pub fn binaries() -> Option<KubeBinaries> {
-    let dir = tools::path_from_env("KEYLESS_TEST_KUBE_BIN", "target/kube/bin");
-    let found = ["kube-apiserver", "kubectl", "etcd"].iter().all(|b| dir.join(b).is_file());
-    tools::or_skip(
-        found.then_some(KubeBinaries { dir }),
-        Missing {
-            what: "kube-apiserver, kubectl and etcd (target/kube/bin)",
-            fix: "run ./scripts/kube (needs Go >= 1.25 and the Go module proxy); ./scripts/test runs it",
-        },
-    )
+    find_binaries().map_or_else(|missing| tools::or_skip(None, missing), Some)
 }
 
 /// How [`Cluster::start_with`] starts the control plane: [`Cluster::start`] uses the defaults
@@ -98,15 +102,21 @@ struct Pki {
 }
 
 impl Cluster {
-    /// Starts etcd and kube-apiserver on free loopback ports and waits until the API server is
-    /// ready and its issuer discovery is public; `None` when the binaries are missing (skip).
+    /// The older form of [`Cluster::start_with`] (see [`tools::or_skip`]): `None` when the
+    /// binaries are missing (a skip; a failure under `CI=true`).
     pub async fn start() -> Option<Self> {
-        let binaries = binaries()?;
-        Some(Self::start_with(&binaries, ClusterOptions::default()).await)
+        Some(Self::start_with(binaries()?).await)
     }
 
-    /// [`Cluster::start`] with `options`.
-    pub(crate) async fn start_with(binaries: &KubeBinaries, options: ClusterOptions) -> Self {
+    /// Starts etcd and kube-apiserver from `binaries` on free loopback ports and waits until the
+    /// API server is ready and its issuer discovery is public. A gated test (cfg
+    /// `keyless_tools_kube`): `Cluster::start_with(tools::need(kube::find_binaries()))`.
+    pub async fn start_with(binaries: KubeBinaries) -> Self {
+        Self::start_with_options(&binaries, ClusterOptions::default()).await
+    }
+
+    /// [`Cluster::start_with`] with `options`.
+    pub(crate) async fn start_with_options(binaries: &KubeBinaries, options: ClusterOptions) -> Self {
         let dir = match &options.dir_in {
             Some(parent) => tempfile::tempdir_in(parent),
             None => tempfile::tempdir(),

@@ -21,7 +21,9 @@
 //! - [`proxy`]: a TCP relay whose failures the test chooses.
 //! - [`sdk`]: Python, Node, Go and Java SDK clients run as unmodified apps.
 //! - [`verify`]: proof that a credential an SDK client got is one the emulated cloud accepts.
-//! - [`tools`]: the tools some tests need; a missing one fails under `CI=true`, skips elsewhere.
+//! - [`tools`]: the tools some tests need; a missing one fails under `CI=true`, and elsewhere the
+//!   test is reported `ignored` (gated by `tests/build.rs`'s cfgs, see [`tools`]).
+//! - [`probe`]: whether each tool is there; shared with `tests/build.rs`.
 //! - [`load`]: continuous load on the five native endpoints, and latency tallies.
 //! - [`kube`]: a real etcd + kube-apiserver on loopback (`scripts/kube`), kubectl, TokenRequest.
 //! - [`node`]: a real node (containerd + kubelet, controller-manager, scheduler) in a network
@@ -46,6 +48,7 @@ pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod podman;
+pub mod probe;
 pub mod process;
 pub mod proxy;
 pub mod sdk;

@@ -86,16 +86,16 @@ pub struct NodeTools {
 pub fn tools() -> Option<NodeTools> {
     let kube = kube::binaries()?;
     let mut missing = Vec::new();
-    if !tools::is_root() {
+    if !crate::probe::is_root() {
         missing.push("root".to_owned());
     }
     for (tool, arg) in [("containerd", "--version"), ("ctr", "--version"), ("nsenter", "--version"), ("ip", "-V")] {
-        if !tools::runs(tool, arg) {
+        if !crate::probe::runs(tool, arg) {
             missing.push(tool.to_owned());
         }
     }
     for (tool, arg) in [("podman", "--version"), ("go", "version")] {
-        if !tools::runs(tool, arg) {
+        if !crate::probe::runs(tool, arg) {
             missing.push(tool.to_owned());
         }
     }
@@ -183,7 +183,7 @@ impl Node {
             with_nodes: true,
             dir_in: Some(PathBuf::from(STATE)),
         };
-        let cluster = Cluster::start_with(&tools.kube, options).await;
+        let cluster = Cluster::start_with_options(&tools.kube, options).await;
         let mut node = Self {
             cluster,
             netns,

@@ -37,21 +37,26 @@ pub struct Podman {
     conf_dir: tempfile::TempDir,
 }
 
-/// podman, runc and root; or a skip (a failure under `CI=true`, see [`tools::or_skip`]).
+/// What a container test misses without podman, runc and root.
+pub const PODMAN: Missing = Missing {
+    what: "root with podman and runc",
+    fix: "apt-get install podman runc catatonit (scripts/test installs them when apt-get is there), and run as root",
+};
+
+/// podman, runc and root (cfg `keyless_tools_podman`, see [`tools`]).
+pub fn find_podman() -> Result<Podman, Missing> {
+    if !crate::probe::podman() {
+        return Err(PODMAN);
+    }
+    let conf_dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::write(conf_dir.path().join("containers.conf"), CONTAINERS_CONF).expect("containers.conf");
+    Ok(Podman { conf_dir })
+}
+
+/// The older form of [`find_podman`]: a skip where they are missing (a failure under `CI=true`,
+/// see [`tools::or_skip`]).
 pub fn podman() -> Option<Podman> {
-    let found =
-        (tools::is_root() && tools::runs("podman", "--version") && tools::runs("runc", "--version")).then(|| {
-            let conf_dir = tempfile::tempdir().expect("a temporary directory");
-            std::fs::write(conf_dir.path().join("containers.conf"), CONTAINERS_CONF).expect("containers.conf");
-            Podman { conf_dir }
-        });
-    tools::or_skip(
-        found,
-        Missing {
-            what: "root with podman and runc",
-            fix: "apt-get install podman runc catatonit (scripts/test installs them when apt-get is there), and run as root",
-        },
-    )
+    find_podman().map_or_else(|missing| tools::or_skip(None, missing), Some)
 }
 
 impl Podman {

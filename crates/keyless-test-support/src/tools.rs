@@ -1,16 +1,42 @@
-//! The tools some tests need beyond cargo: the pinned Python, Node, Go and Java SDK clients, root.
+//! The tools some tests need beyond cargo: the pinned Node, Go and Java SDK clients, helm, the
+//! Kubernetes binaries, podman, root; and the pinned Python clients, which every machine has.
 //!
-//! One rule decides what a missing tool does to a test: under `CI=true` the test fails, saying
-//! what is missing and how `scripts/test` provides it; anywhere else it prints that it skipped and
-//! passes without testing. The Python clients are not optional anywhere: `scripts/test` installs
-//! them on any machine with python3, so a missing venv is a setup error and fails every test that
-//! needs it.
-#![allow(clippy::print_stderr)] // a skip says so where the test runner shows it
+//! # How a test that needs a tool is written
+//!
+//! The runner's own counts show what ran. `tests/build.rs` probes for each tool when it builds the
+//! end-to-end suite ([`crate::probe`], the same checks as here, the same env vars and paths
+//! `scripts/test` sets) and sets a cfg for each one it finds: `keyless_tools_node`,
+//! `keyless_tools_go`, `keyless_tools_java`, `keyless_tools_helm`, `keyless_tools_kube`,
+//! `keyless_tools_podman`, `keyless_tools_root`. A test that needs a tool is ignored, with the
+//! reason, where its cfg is missing, and takes the tool with [`need`]:
+//!
+//! ```text
+//! #[tokio::test]
+//! #[cfg_attr(not(keyless_tools_node), ignore = "needs Node.js >= 20 and the pinned Node clients: ./scripts/test")]
+//! async fn the_node_sdks_get_credentials() {
+//!     let node = tools::need(tools::find_node_clients());
+//! ```
+//!
+//! So `cargo test` reports it `ignored` where the tool is missing, and `scripts/test` counts it
+//! as skipped. Under `CI=true` the build script sets every cfg: the test runs, and [`need`] fails
+//! it, saying what is missing and how `scripts/test` provides it. Where the tool is there the test
+//! runs. Only the suite's package recompiles when a tool appears (the build script reruns when
+//! `scripts/test`'s env vars or PATH change, or a tool it found is removed); a tool installed by
+//! hand without `scripts/test` is seen after `touch tests/build.rs`.
+//!
+//! The older form, `let Some(node) = node_clients() else { return };` (through [`or_skip`]), still
+//! works: under `CI=true` it fails the same way, elsewhere it prints `SKIPPED` to the test's
+//! captured stderr and the test reports `ok`, which the counts cannot tell from a pass. Convert
+//! such a test to the form above (add the `cfg_attr`, call [`need`] on the `find_` function).
+//!
+//! The Python clients are not optional anywhere: `scripts/test` installs them on any machine with
+//! python3, so a missing venv is a setup error and fails every test that needs it ([`python`]).
+#![allow(clippy::print_stderr)] // a skip of the older form says so where the test runner shows it
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 
 use crate::binary::workspace_root;
+use crate::probe;
 
 /// A tool a test cannot run without.
 #[derive(Debug, Clone, Copy)]
@@ -22,18 +48,27 @@ pub struct Missing {
 }
 
 impl Missing {
-    fn fail(self) -> ! {
+    /// Fails the test, naming what is missing and how to get it.
+    pub fn fail(self) -> ! {
         panic!("missing: {}. {}", self.what, self.fix)
     }
 }
 
 /// Whether this is a CI run (`CI=true`, as CI services set it).
 pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+    probe::in_ci()
 }
 
-/// `found`, or, when it is `None`: under `CI=true` a failure naming what is missing; elsewhere a
-/// printed skip and `None` (the test then returns).
+/// The tool, for a test its tool's cfg gates (see the module documentation); a failure naming
+/// what is missing otherwise (the build found the tool, or this is `CI=true`: either way, its
+/// absence is a failure).
+pub fn need<T>(found: Result<T, Missing>) -> T {
+    found.unwrap_or_else(|missing| missing.fail())
+}
+
+/// The older form (see the module documentation): `found`, or, when it is `None`: under
+/// `CI=true` a failure naming what is missing; elsewhere a printed skip and `None` (the test then
+/// returns, and reports `ok`).
 pub fn or_skip<T>(found: Option<T>, missing: Missing) -> Option<T> {
     if found.is_none() {
         if in_ci() {
@@ -45,20 +80,18 @@ pub fn or_skip<T>(found: Option<T>, missing: Missing) -> Option<T> {
     found
 }
 
+/// [`or_skip`] of a `find_` function's answer.
+fn skip_if_missing<T>(found: Result<T, Missing>) -> Option<T> {
+    match found {
+        Ok(found) => Some(found),
+        Err(missing) => or_skip(None, missing),
+    }
+}
+
 /// The path the env var `var` names, else `default` under the workspace root (where
 /// `scripts/test` puts it).
 pub(crate) fn path_from_env(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| workspace_root().join(default))
-}
-
-/// Whether `tool version_arg` runs and succeeds: the tool is on PATH and works.
-pub(crate) fn runs(tool: &str, version_arg: &str) -> bool {
-    std::process::Command::new(tool).arg(version_arg).output().is_ok_and(|o| o.status.success())
-}
-
-/// Whether this process runs as root (/proc/self belongs to the effective user of its reader).
-pub(crate) fn is_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    probe::path_from_env(&workspace_root(), var, default)
 }
 
 /// The pinned Node SDK clients (`tests/node/package-lock.json`).
@@ -68,17 +101,20 @@ pub struct NodeClients {
     pub modules: PathBuf,
 }
 
-/// The Node clients and a `node` to run them, or a skip (see [`or_skip`]).
+/// What a test needing the Node clients misses without them.
+pub const NODE: Missing = Missing {
+    what: "Node.js >= 20 with the pinned Node SDK clients",
+    fix: "scripts/test installs the clients into target/node when node and npm (Node.js >= 20) are on PATH",
+};
+
+/// The Node clients and a `node` to run them (cfg `keyless_tools_node`).
+pub fn find_node_clients() -> Result<NodeClients, Missing> {
+    probe::node_modules(&workspace_root()).map(|modules| NodeClients { modules }).ok_or(NODE)
+}
+
+/// The older form of [`find_node_clients`] (see [`or_skip`]).
 pub fn node_clients() -> Option<NodeClients> {
-    let modules = path_from_env("KEYLESS_TEST_NODE_MODULES", "target/node/node_modules");
-    let found = (runs("node", "--version") && modules.is_dir()).then_some(NodeClients { modules });
-    or_skip(
-        found,
-        Missing {
-            what: "Node.js >= 20 with the pinned Node SDK clients",
-            fix: "scripts/test installs the clients into target/node when node and npm (Node.js >= 20) are on PATH",
-        },
-    )
+    skip_if_missing(find_node_clients())
 }
 
 /// The pinned Go SDK clients (`tests/go`), built by `scripts/test`: one program per cloud.
@@ -88,17 +124,20 @@ pub struct GoClients {
     pub bin: PathBuf,
 }
 
-/// The built Go clients, or a skip (see [`or_skip`]).
+/// What a test needing the Go clients misses without them.
+pub const GO: Missing = Missing {
+    what: "the pinned Go SDK clients (target/go/bin)",
+    fix: "scripts/test builds tests/go into target/go/bin when go (>= 1.26) is on PATH",
+};
+
+/// The built Go clients (cfg `keyless_tools_go`).
+pub fn find_go_clients() -> Result<GoClients, Missing> {
+    probe::go_bin(&workspace_root()).map(|bin| GoClients { bin }).ok_or(GO)
+}
+
+/// The older form of [`find_go_clients`] (see [`or_skip`]).
 pub fn go_clients() -> Option<GoClients> {
-    let bin = path_from_env("KEYLESS_TEST_GO_BIN", "target/go/bin");
-    let built = ["aws", "gcp", "azure"].iter().all(|program| bin.join(program).is_file());
-    or_skip(
-        built.then_some(GoClients { bin }),
-        Missing {
-            what: "the pinned Go SDK clients (target/go/bin)",
-            fix: "scripts/test builds tests/go into target/go/bin when go (>= 1.26) is on PATH",
-        },
-    )
+    skip_if_missing(find_go_clients())
 }
 
 /// The pinned Java SDK clients (`tests/java/pom.xml`), compiled by `scripts/test`.
@@ -108,28 +147,34 @@ pub struct JavaClients {
     pub classpath: String,
 }
 
-/// The compiled Java clients and a `java` to run them, or a skip (see [`or_skip`]).
-pub fn java_clients() -> Option<JavaClients> {
-    let dir = path_from_env("KEYLESS_TEST_JAVA_DIR", "target/java");
-    let compiled = dir.join("classes/keyless").is_dir() && runs("java", "-version");
-    let jars = std::fs::read_to_string(dir.join("classpath.txt")).ok().filter(|_| compiled);
-    let found =
-        jars.map(|jars| JavaClients { classpath: format!("{}:{}", dir.join("classes").display(), jars.trim()) });
-    or_skip(
-        found,
-        Missing {
-            what: "Java (>= 17) with the pinned Java SDK clients (target/java)",
-            fix: "scripts/test compiles tests/java into target/java when java and mvn are on PATH",
-        },
-    )
+/// What a test needing the Java clients misses without them.
+pub const JAVA: Missing = Missing {
+    what: "Java (>= 17) with the pinned Java SDK clients (target/java)",
+    fix: "scripts/test compiles tests/java into target/java when java and mvn are on PATH",
+};
+
+/// The compiled Java clients and a `java` to run them (cfg `keyless_tools_java`).
+pub fn find_java_clients() -> Result<JavaClients, Missing> {
+    probe::java_classpath(&workspace_root()).map(|classpath| JavaClients { classpath }).ok_or(JAVA)
 }
 
-/// Root, to start keyless as another user (the image's); or a skip (see [`or_skip`]).
+/// The older form of [`find_java_clients`] (see [`or_skip`]).
+pub fn java_clients() -> Option<JavaClients> {
+    skip_if_missing(find_java_clients())
+}
+
+/// What a test needing root misses without it.
+pub const ROOT: Missing =
+    Missing { what: "root", fix: "run the suite as root, as CI does (scripts/image needs it too)" };
+
+/// Root, to start keyless as another user (the image's) (cfg `keyless_tools_root`).
+pub fn find_root() -> Result<(), Missing> {
+    if probe::is_root() { Ok(()) } else { Err(ROOT) }
+}
+
+/// The older form of [`find_root`] (see [`or_skip`]).
 pub fn root() -> Option<()> {
-    or_skip(
-        is_root().then_some(()),
-        Missing { what: "root", fix: "run the suite as root, as CI does (scripts/image needs it too)" },
-    )
+    skip_if_missing(find_root())
 }
 
 /// The venv Python with the pinned SDK clients (`tests/requirements.txt`); required everywhere.
@@ -150,20 +195,24 @@ pub fn venv_tool(name: &str) -> PathBuf {
     python().with_file_name(name)
 }
 
-/// Helm, built once by `scripts/helm` (pinned, from the Go module proxy) into target/tools/bin;
-/// or a skip (see [`or_skip`]) where Go is missing.
-pub fn helm() -> Option<PathBuf> {
+/// What a test needing helm misses without it.
+pub const HELM: Missing = Missing {
+    what: "helm (scripts/helm builds it with Go)",
+    fix: "install Go >= 1.24; scripts/helm then builds helm v3.22.0 from the Go module proxy",
+};
+
+/// Helm, built once by `scripts/helm` (pinned, from the Go module proxy) into target/tools/bin
+/// (cfg `keyless_tools_helm`: helm is there, or Go is, to build it).
+pub fn find_helm() -> Result<PathBuf, Missing> {
     let output = std::process::Command::new(workspace_root().join("scripts/helm"))
         .stderr(std::process::Stdio::inherit())
         .output()
         .ok()
         .filter(|o| o.status.success());
-    let found = output.map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    or_skip(
-        found,
-        Missing {
-            what: "helm (scripts/helm builds it with Go)",
-            fix: "install Go >= 1.24; scripts/helm then builds helm v3.22.0 from the Go module proxy",
-        },
-    )
+    output.map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())).ok_or(HELM)
+}
+
+/// The older form of [`find_helm`] (see [`or_skip`]).
+pub fn helm() -> Option<PathBuf> {
+    skip_if_missing(find_helm())
 }

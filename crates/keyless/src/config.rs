@@ -12,10 +12,10 @@ use serde::Deserialize;
 use crate::providers::Sections;
 
 /// Top-level keys; a `KEYLESS_<KEY>` env var sets one, `KEYLESS_<SECTION>__<KEY>` a section's key.
-const TOP_LEVEL_KEYS: &[&str] =
+pub(crate) const TOP_LEVEL_KEYS: &[&str] =
     &["listen", "admin_listen", "allow_non_loopback", "listen_uid_check", "log", "log_format"];
 /// The sections besides the providers' own (`crate::providers::names`).
-const SECTIONS: &[&str] = &["cache", "token"];
+pub(crate) const SECTIONS: &[&str] = &["cache", "token"];
 
 /// Bounds of `cache.adhoc_burst` and `cache.adhoc_interval`. A burst beyond this many exchanges
 /// is no limit any cloud's quota would notice; an interval beyond a day would let no refresh of

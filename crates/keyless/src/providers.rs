@@ -243,13 +243,33 @@ pub fn routes(running: &[Running], metrics: &keyless_core::Metrics) -> Result<Ro
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
+    /// The first name `names` holds a second time.
+    fn first_repeated<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+        let mut seen = BTreeSet::new();
+        names.into_iter().find(|name| !seen.insert(*name))
+    }
+
     #[test]
-    fn provider_names_are_distinct_and_are_the_config_sections() {
-        let mut names: Vec<_> = names().collect();
-        assert_eq!(names, ["aws", "gcp", "azure"]);
-        names.dedup();
-        assert_eq!(names.len(), PROVIDERS.len());
+    fn first_repeated_finds_a_name_given_twice_anywhere() {
+        assert_eq!(first_repeated(["aws", "gcp", "azure"]), None);
+        assert_eq!(first_repeated(["aws", "gcp", "aws"]), Some("aws"));
+        assert_eq!(first_repeated(["gcp", "gcp"]), Some("gcp"));
+    }
+
+    /// A provider's name is its config section and the prefix of its `KEYLESS_<NAME>__*` env
+    /// vars: one shared with another provider, or with a section or key of the config's own,
+    /// would hand one's settings to the other.
+    #[test]
+    fn provider_names_are_distinct_from_each_other_and_from_the_configs_own_keys() {
+        let own = crate::config::SECTIONS.iter().chain(crate::config::TOP_LEVEL_KEYS).copied();
+        assert_eq!(first_repeated(names().chain(own)), None);
+        assert_eq!(names().count(), PROVIDERS.len());
+        for name in names() {
+            assert!(!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase()), "{name:?}");
+        }
     }
 }

@@ -1,0 +1,113 @@
+//! Whether each tool beyond cargo is on this machine, where `scripts/test` puts or finds it. The
+//! standard library only: `tests/build.rs` includes this file (`#[path]`) to gate the tests that
+//! need a tool at build time, and [`crate::tools`] uses it when those tests run, so the two never
+//! disagree on what "present" means.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+/// The env vars the probes read (a build script reruns when one changes). `KEYLESS_TEST_TOOLS`
+/// is read by no probe: `scripts/test` sets it to the tools it provided, so that installing one
+/// (podman, say, which changes no other variable) reruns the probes.
+pub const ENV_VARS: &[&str] = &[
+    "KEYLESS_TEST_NODE_MODULES",
+    "KEYLESS_TEST_GO_BIN",
+    "KEYLESS_TEST_JAVA_DIR",
+    "KEYLESS_TEST_KUBE_BIN",
+    "KEYLESS_TEST_TOOLS",
+    "PATH",
+    "CI",
+];
+
+/// Whether this is a CI run (`CI=true`, as CI services set it).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The path the env var `var` names, else `default` under the workspace `root` (where
+/// `scripts/test` puts it).
+pub fn path_from_env(root: &Path, var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| root.join(default))
+}
+
+/// Whether `tool version_arg` runs and succeeds: the tool is on PATH and works.
+pub fn runs(tool: &str, version_arg: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg(version_arg)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Whether this process runs as root (/proc/self belongs to the effective user of its reader).
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// The pinned Node clients' `node_modules`, when it is there and a `node` runs.
+pub fn node_modules(root: &Path) -> Option<PathBuf> {
+    let modules = path_from_env(root, "KEYLESS_TEST_NODE_MODULES", "target/node/node_modules");
+    (modules.is_dir() && runs("node", "--version")).then_some(modules)
+}
+
+/// The directory of the built Go clients (`aws`, `gcp`, `azure`), when all three are there.
+pub fn go_bin(root: &Path) -> Option<PathBuf> {
+    let bin = path_from_env(root, "KEYLESS_TEST_GO_BIN", "target/go/bin");
+    GO_PROGRAMS.iter().all(|program| bin.join(program).is_file()).then_some(bin)
+}
+
+/// The programs `scripts/test` builds from `tests/go`.
+pub const GO_PROGRAMS: [&str; 3] = ["aws", "gcp", "azure"];
+
+/// The compiled Java clients' classpath (their classes, then the jars), when they are compiled
+/// and a `java` runs.
+pub fn java_classpath(root: &Path) -> Option<String> {
+    let dir = path_from_env(root, "KEYLESS_TEST_JAVA_DIR", "target/java");
+    let compiled = dir.join("classes/keyless").is_dir();
+    let jars = std::fs::read_to_string(dir.join("classpath.txt")).ok().filter(|_| compiled);
+    let jars = jars.filter(|_| runs("java", "-version"))?;
+    Some(format!("{}:{}", dir.join("classes").display(), jars.trim()))
+}
+
+/// The directory of kube-apiserver, kubectl and etcd (`scripts/kube`), when all three are there.
+pub fn kube_bin(root: &Path) -> Option<PathBuf> {
+    let dir = path_from_env(root, "KEYLESS_TEST_KUBE_BIN", "target/kube/bin");
+    KUBE_PROGRAMS.iter().all(|b| dir.join(b).is_file()).then_some(dir)
+}
+
+/// The programs `scripts/kube` builds.
+pub const KUBE_PROGRAMS: [&str; 3] = ["kube-apiserver", "kubectl", "etcd"];
+
+/// Root, podman and runc: what the container tests need.
+pub fn podman() -> bool {
+    is_root() && runs("podman", "--version") && runs("runc", "--version")
+}
+
+/// Where `scripts/helm` puts helm.
+pub const HELM: &str = "target/tools/bin/helm";
+
+/// Whether helm is built (`scripts/helm`), or can be: Go is on PATH.
+pub fn helm_available(root: &Path) -> bool {
+    root.join(HELM).is_file() || runs("go", "version")
+}
+
+/// The files whose removal makes a probe's answer change from present to missing, for a build
+/// script to watch (`rerun-if-changed`): only files that exist (cargo reruns a build script on
+/// every build while a file it watches is missing).
+pub fn present_markers(root: &Path) -> Vec<PathBuf> {
+    let mut markers = Vec::new();
+    if let Some(modules) = node_modules(root) {
+        markers.push(modules.join(".package-lock.json"));
+    }
+    if let Some(bin) = go_bin(root) {
+        markers.extend(GO_PROGRAMS.iter().map(|p| bin.join(p)));
+    }
+    let java = path_from_env(root, "KEYLESS_TEST_JAVA_DIR", "target/java");
+    markers.push(java.join("classpath.txt"));
+    if let Some(dir) = kube_bin(root) {
+        markers.extend(KUBE_PROGRAMS.iter().map(|p| dir.join(p)));
+    }
+    markers.push(root.join(HELM));
+    markers.retain(|m| m.is_file());
+    markers
+}
