@@ -151,6 +151,7 @@ async fn run_script(cluster: &Cluster, script: &str, tools: &Path, home: &Path) 
 /// ServiceAccount annotated, the Deployment opted in, and the pipeline without a webhook,
 /// `kubectl get deploy billing -o yaml | keyless inject ... | kubectl apply -f -`, stores the
 /// injected template.
+#[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, etcd and kubectl: ./scripts/test (scripts/kube)")]
 #[tokio::test]
 async fn the_readmes_roll_out_commands_inject_a_deployment_on_a_real_api_server() {
     let scripts = roll_out_scripts();

@@ -52,6 +52,10 @@ struct Setting {
     ids: Value,
 }
 
+#[cfg_attr(
+    not(all(keyless_tools_root, keyless_tools_kube, keyless_tools_podman)),
+    ignore = "needs root, podman, containerd and the node binaries: ./scripts/test"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_examples_run_as_real_pods_with_the_keyless_sidecar() {
     let Some(podman) = podman::podman() else { return };
@@ -84,6 +88,10 @@ async fn the_examples_run_as_real_pods_with_the_keyless_sidecar() {
 /// The harness's own promise: a pod runs on the node, and the machine's own network namespace
 /// gains no address, link or iptables rule of the node's meanwhile; once the node is stopped no
 /// namespace, mount, cgroup or process of it is left.
+#[cfg_attr(
+    not(all(keyless_tools_root, keyless_tools_kube, keyless_tools_podman)),
+    ignore = "needs root, podman, containerd and the node binaries: ./scripts/test"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_runs_pods_inside_its_own_network_namespace_and_leaves_nothing_behind() {
     let Some(_) = node::tools() else { return };

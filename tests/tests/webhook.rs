@@ -614,6 +614,7 @@ async fn service_account_gets(cluster: &Cluster) -> u64 {
 /// the documented base64 JSON Patch. The pod's own annotations are no authority: identity
 /// annotations on the pod and a `keyless.dev/injected` record it brings change nothing of its own.
 /// A ServiceAccount annotation the sidecar would refuse at start is refused at admission.
+#[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, etcd and kubectl: ./scripts/test (scripts/kube)")]
 #[tokio::test]
 async fn stored_pods_replayed_get_no_patch_and_the_pod_is_no_authority() {
     let Some(cluster) = Cluster::start().await else { return };
@@ -727,6 +728,7 @@ async fn stored_pods_replayed_get_no_patch_and_the_pod_is_no_authority() {
 /// Reviews sent straight to the webhook's port: a ServiceAccount name Kubernetes would refuse is
 /// never looked up, and 300 reviews naming ServiceAccounts that do not exist cost a bounded
 /// number of API reads (a negative cache per name, a budget for all), counted by the API server.
+#[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, etcd and kubectl: ./scripts/test (scripts/kube)")]
 #[tokio::test]
 async fn reviews_naming_unknown_service_accounts_cost_bounded_api_reads() {
     let Some(cluster) = Cluster::start().await else { return };
