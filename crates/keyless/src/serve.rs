@@ -189,4 +189,3 @@ impl Respond for Routes {
         self.serve(request)
     }
 }
-
