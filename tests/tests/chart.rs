@@ -53,6 +53,7 @@ fn template_renders_the_webhook_with_a_generated_ca_by_default() {
         "kind: Secret",
         "caBundle: ",
         "- \"--failure-policy=fail\"",
+        "- \"--max-concurrent-reviews=4\"",
         "- \"--image=ghcr.io/keyless-dev/keyless:0.1.0\"",
         "kind: NetworkPolicy",
         "resources: [\"serviceaccounts\"]",

@@ -143,10 +143,7 @@ struct Table {
 impl Table {
     /// The oldest connection of `peer` (of anyone: `None`) that is not busy.
     fn oldest_displaceable(&self, peer: Option<IpAddr>) -> Option<u64> {
-        self.open
-            .iter()
-            .find(|(_, c)| peer.is_none_or(|p| c.peer == p) && c.displaceable())
-            .map(|(id, _)| *id)
+        self.open.iter().find(|(_, c)| peer.is_none_or(|p| c.peer == p) && c.displaceable()).map(|(id, _)| *id)
     }
 
     fn remove(&mut self, id: u64) -> Option<Arc<Connection>> {
@@ -281,7 +278,10 @@ impl hyper::body::Body for CountedBody {
 /// When the request's body must have arrived (a request extension, for a handler that waits on
 /// something else while it reads the body).
 #[derive(Debug, Clone, Copy)]
-pub struct RequestDeadline(pub Instant);
+pub struct RequestDeadline(
+    #[cfg_attr(not(feature = "webhook"), expect(dead_code, reason = "only the webhook's reviews read a body"))]
+    pub  Instant,
+);
 
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -518,7 +518,11 @@ impl Listener {
         };
         let grace = self.limits.shutdown_grace;
         if tokio::time::timeout(grace, drained).await.is_err() {
-            warn!(listener = self.what, ?grace, "requests still in progress after the shutdown grace period; closing them");
+            warn!(
+                listener = self.what,
+                ?grace,
+                "requests still in progress after the shutdown grace period; closing them"
+            );
         }
     }
 
@@ -692,7 +696,10 @@ mod tests {
         let _busy_too = InRequest::new(listener.clone(), third_state);
         assert!(matches!(listener.admit(A), Admission::Full));
         drop(_busy);
-        assert!(matches!(listener.admit(A), Admission::Admitted(..)), "a finished request makes its connection displaceable");
+        assert!(
+            matches!(listener.admit(A), Admission::Admitted(..)),
+            "a finished request makes its connection displaceable"
+        );
     }
 
     #[test]

@@ -232,4 +232,3 @@ impl Respond for Routes {
         Routes::refuse(self, request, violation)
     }
 }
-

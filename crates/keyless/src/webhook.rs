@@ -125,10 +125,8 @@ pub async fn run(args: WebhookArgs) -> Result<(), String> {
         policy: args.failure_policy,
         metrics: metrics.clone(),
     };
-    let app = App {
-        reviewer: Arc::new(reviewer),
-        intake: intake::Intake::new(usize::from(args.max_concurrent_reviews)),
-    };
+    let app =
+        App { reviewer: Arc::new(reviewer), intake: intake::Intake::new(usize::from(args.max_concurrent_reviews)) };
     let listener = bind(args.listen, "--listen").await?;
     let admin = bind(args.admin_listen, "--admin-listen").await?;
     info!(listen = %args.listen, admin = %args.admin_listen, "keyless webhook listening");

@@ -113,19 +113,19 @@ impl Intake {
         Ok(Turn { body, _slot: slot, _bytes: held })
     }
 
-    /// Room for `bytes` more of body in the budget, by the request deadline.
+    /// Room for `bytes` more of body in the budget: waited for as a review slot is (at most
+    /// [`REVIEW_QUEUE_WAIT`], and never past the request deadline), then the review is asked to
+    /// come back (429): the budget is full of other reviews, not of this sender's slowness.
     async fn room(&self, bytes: usize, deadline: Option<Instant>) -> Result<OwnedSemaphorePermit, Refusal> {
         // A chunk is at most hyper's read buffer, far below u32::MAX.
         let bytes = u32::try_from(bytes).map_err(|_| Refusal::TooLarge { bytes: None })?;
-        let wanted = Arc::clone(&self.bodies).acquire_many_owned(bytes);
-        let acquired = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, wanted).await,
-            None => Ok(wanted.await),
-        };
-        match acquired {
+        let queue_end = Instant::now() + REVIEW_QUEUE_WAIT;
+        let until = deadline.map_or(queue_end, |deadline| deadline.min(queue_end));
+        match tokio::time::timeout_at(until, Arc::clone(&self.bodies).acquire_many_owned(bytes)).await {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_)) => Err(Refusal::Busy),
-            Err(_) => Err(Refusal::TimedOut),
+            Err(_) if deadline.is_some_and(|deadline| deadline <= Instant::now()) => Err(Refusal::TimedOut),
+            Err(_) => Err(Refusal::Busy),
         }
     }
 }
