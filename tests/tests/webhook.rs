@@ -745,7 +745,7 @@ async fn reviews_naming_unknown_service_accounts_cost_bounded_api_reads() {
 
     // The bounds: one read per name per 10 s; 10 at once, then one per 200 ms (accounts.rs).
     let before = service_account_gets(&cluster).await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     for _ in 0..300 {
         post_review(&client, port, &review_of(&pod("p", "ghost", opted_in()))).await;
     }
@@ -753,7 +753,7 @@ async fn reviews_naming_unknown_service_accounts_cost_bounded_api_reads() {
     let bound = 1 + started.elapsed().as_secs() / 10;
     assert!(one_name <= bound, "300 reviews of one unknown ServiceAccount cost {one_name} GETs (bound {bound})");
     let before = service_account_gets(&cluster).await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     for i in 0..300 {
         post_review(&client, port, &review_of(&pod("p", &format!("ghost-{i}"), opted_in()))).await;
     }
