@@ -190,9 +190,9 @@ enum Command {
     },
     /// Run a command with credentials: CI jobs, VMs, laptops.
     ///
-    /// Runs keyless in-process on ephemeral loopback ports, CMD started once
-    /// every configured identity holds a credential, with each cloud's native environment and
-    /// without the local credentials its SDKs would use instead (named on stderr).
+    /// Runs keyless in-process on ephemeral loopback ports and starts CMD once every configured
+    /// identity holds a credential, with each cloud's native environment and without the local
+    /// credentials its SDKs would use instead (named on stderr). Only CMD's own user is served.
     ///
     /// Exit status: CMD's (128+N when signal N ended it); 125 when keyless fails (an identity
     /// that cannot get a credential ends it at once; transient failures are retried until
@@ -215,9 +215,11 @@ enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
-    /// Print one credential on stdout (for scripts), from the same configuration and sources as
-    /// `keyless exec`: AWS as `export` lines or credential_process JSON, a Google access or ID
-    /// token, an Entra access token. Exit 125 when it cannot be had.
+    /// Print one credential on stdout, for scripts.
+    ///
+    /// From the same configuration and sources as `keyless exec`: AWS as `export` lines or
+    /// credential_process JSON, a Google access or ID token, an Entra access token. Exit 125 when
+    /// it cannot be had.
     Token {
         /// Which cloud's credential.
         #[arg(value_enum)]

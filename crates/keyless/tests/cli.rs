@@ -150,8 +150,8 @@ fn an_unknown_section_lists_every_section() {
     assert!(!ok);
     assert!(
         stderr.contains(
-            "unknown field `awz`: the top level has the keys listen, admin_listen, allow_non_loopback, log, log_format \
-             and the sections [cache], [token], [aws], [gcp], [azure]"
+            "unknown field `awz`: the top level has the keys listen, admin_listen, allow_non_loopback, \
+             listen_uid_check, log, log_format and the sections [cache], [token], [aws], [gcp], [azure]"
         ),
         "{stderr}"
     );
