@@ -35,8 +35,8 @@ async fn prewarmed_resource_is_served_without_an_exchange() {
     assert_eq!(statuses.len(), 1);
     assert!(statuses[0].ready());
     assert_eq!(statuses[0].identity, h.env.emulator.identities().azure_client_id);
-    // What `/readyz` and `keyless exec` print after the identity: the scope, not a Debug struct.
-    assert_eq!(statuses[0].key, format!("{ARM}/.default"));
+    // What `/readyz` and `keyless exec` print after the identity: the resource, not a Debug struct.
+    assert_eq!(statuses[0].key, format!("resource {ARM}"));
     let before = h.exchanges();
     assert_eq!(before, 1, "the pre-warm exchange");
     assert_eq!(h.imds(ARM).await.status(), 200);
