@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use keyless_core::clock::SystemClock;
 use keyless_core::{AppEnvVar, Context, ErrorClass, IdentityStatus, Metrics, Readiness};
+use rustix::process::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
@@ -46,14 +47,14 @@ pub const EXIT_NOT_FOUND: u8 = 127;
 /// The longest `--ready-timeout` (a day): beyond it the deadline arithmetic would overflow.
 pub const MAX_READY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
-/// Signals passed on to CMD.
-const FORWARDED: [(fn() -> SignalKind, rustix::process::Signal); 6] = [
-    (SignalKind::interrupt, rustix::process::Signal::INT),
-    (SignalKind::terminate, rustix::process::Signal::TERM),
-    (SignalKind::hangup, rustix::process::Signal::HUP),
-    (SignalKind::quit, rustix::process::Signal::QUIT),
-    (SignalKind::user_defined1, rustix::process::Signal::USR1),
-    (SignalKind::user_defined2, rustix::process::Signal::USR2),
+/// Signals passed on to CMD, with the name logs give them.
+const FORWARDED: [(&str, Signal); 6] = [
+    ("SIGINT", Signal::INT),
+    ("SIGTERM", Signal::TERM),
+    ("SIGHUP", Signal::HUP),
+    ("SIGQUIT", Signal::QUIT),
+    ("SIGUSR1", Signal::USR1),
+    ("SIGUSR2", Signal::USR2),
 ];
 
 #[derive(Debug)]
@@ -262,8 +263,9 @@ async fn run_command(command: &[String], env: &[AppEnvVar], set_aside: &SetAside
     cmd.envs(env.iter().map(|v| (v.name.as_str(), v.file_value())));
     let program = &command[0];
     let mut listeners = Vec::new();
-    for (kind, forward) in FORWARDED {
-        listeners.push((signal(kind()).map_err(|e| e.to_string())?, forward));
+    for (name, forward) in FORWARDED {
+        let kind = SignalKind::from_raw(forward.as_raw());
+        listeners.push((signal(kind).map_err(|e| format!("cannot listen for {name}: {e}"))?, (name, forward)));
     }
     let mut child = cmd.spawn().map_err(|e| format!("cannot start {program}: {e}"))?;
     let pid = child.id().and_then(|id| i32::try_from(id).ok()).and_then(rustix::process::Pid::from_raw);
@@ -281,9 +283,9 @@ async fn run_command(command: &[String], env: &[AppEnvVar], set_aside: &SetAside
     loop {
         tokio::select! {
             status = child.wait() => return status.map_err(|e| format!("waiting for {program}: {e}")),
-            Some(forward) = rx.recv() => {
+            Some((name, forward)) = rx.recv() => {
                 if let Some(pid) = pid {
-                    info!(signal = ?forward, "passing the signal on to the command");
+                    info!(signal = name, "passing the signal on to the command");
                     let _ = rustix::process::kill_process(pid, forward);
                 }
             }
