@@ -1,9 +1,9 @@
 //! The fetching and command token sources against a hostile or careless environment: a command
 //! that hangs with children of its own is killed as a whole group at its timeout and never sees
 //! keyless's own secrets; a proxy in `HTTP_PROXY` never sees a link-local request (bearer headers
-//! included). Each runs as a child test with the environment it needs (edition 2024 makes
-//! `set_var` unsafe; test-support's `child`); the proxy test in a network namespace of its own,
-//! where a link-local address is unreachable, so nothing leaves this machine.
+//! included). Each test re-runs itself as a child with the environment it needs (edition 2024
+//! makes `set_var` unsafe; test-support's `child`); the proxy test's child in a network namespace
+//! of its own, where a link-local address is unreachable, so nothing leaves this machine.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use keyless_core::clock::SystemClock;
 use keyless_core::source::{ActionsEndpoint, CommandFormat, CommandSpec, TokenFormat, UrlSpec};
 use keyless_core::{Metrics, SourceSpec, TokenSource, WatchOptions};
-use keyless_test_support::child::{ChildTest, expect_child};
+use keyless_test_support::child::{CHILD, CHILD_ARGS, ChildTest, is_child, quoted};
 use keyless_test_support::wait::wait_until;
 
 /// keyless's secrets as the sidecar's env would hold them.
@@ -35,20 +35,19 @@ fn running(pid: &str) -> bool {
         .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
 }
 
-#[tokio::test]
-async fn a_command_that_hangs_is_killed_with_its_children_and_never_sees_keyless_secrets() {
-    let dir = tempfile::tempdir().unwrap();
-    ChildTest::new("child_command_group_and_env")
-        .envs(SECRETS)
-        .env("KEYLESS_TEST_DIR", dir.path())
-        .run(String::new)
-        .await;
-}
+const COMMAND_TEST: &str = "a_command_that_hangs_is_killed_with_its_children_and_never_sees_keyless_secrets";
 
 #[tokio::test]
-#[ignore = "a child test: runs only when its parent re-executes this binary"]
-async fn child_command_group_and_env() {
-    expect_child("child_command_group_and_env");
+async fn a_command_that_hangs_is_killed_with_its_children_and_never_sees_keyless_secrets() {
+    if is_child(COMMAND_TEST) {
+        return command_group_and_env_child().await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    ChildTest::new(COMMAND_TEST).envs(SECRETS).env("KEYLESS_TEST_DIR", dir.path()).run(String::new).await;
+}
+
+/// The child of the test above: keyless's secrets are in its environment.
+async fn command_group_and_env_child() {
     let dir = std::path::PathBuf::from(std::env::var("KEYLESS_TEST_DIR").unwrap());
     let (pids, env) = (dir.join("pids"), dir.join("env"));
     // Two grandchildren that would sleep for minutes, the shell waiting on them: only the
@@ -90,16 +89,17 @@ async fn child_command_group_and_env() {
 /// The proxy every child's `HTTP_PROXY` and `HTTPS_PROXY` name, inside the child's namespace.
 const PROXY: &str = "127.0.0.1:3128";
 
-/// This test binary, about to run only the child test `name` in a new network namespace with
-/// only loopback up (`unshare --net`, root).
+/// This test binary, running only the test `name` as its child (test-support's `is_child`) in a
+/// new network namespace with only loopback up (`unshare --net`, root).
 async fn run_in_own_network(name: &str) {
     let exe = std::env::current_exe().unwrap();
     let proxy = format!("http://{PROXY}");
     let out = tokio::process::Command::new("unshare")
         .args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
         .arg(exe)
-        .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
-        .env("KEYLESS_TEST_CHILD", name)
+        .args(CHILD_ARGS)
+        .arg(name)
+        .env(CHILD, name)
         .envs(["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"].map(|v| (v, proxy.as_str())))
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")
@@ -110,15 +110,21 @@ async fn run_in_own_network(name: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("test result: ok. 1 passed"),
-        "child test {name} ({}):\n{stdout}\n{}",
+        "child test {name} ({}):\n--- stdout\n{}\n--- stderr\n{}",
         out.status,
-        String::from_utf8_lossy(&out.stderr)
+        quoted(&stdout),
+        quoted(&String::from_utf8_lossy(&out.stderr))
     );
 }
 
+const PROXY_TEST: &str = "a_proxy_never_sees_a_link_local_request_of_the_url_or_actions_source";
+
 #[tokio::test]
 async fn a_proxy_never_sees_a_link_local_request_of_the_url_or_actions_source() {
-    run_in_own_network("child_link_local_requests_bypass_the_proxy").await;
+    if is_child(PROXY_TEST) {
+        return link_local_requests_bypass_the_proxy_child().await;
+    }
+    run_in_own_network(PROXY_TEST).await;
 }
 
 /// A proxy that only counts the connections it gets (and closes them).
@@ -155,10 +161,8 @@ fn actions_source(request_url: &str, token_file: &Path) -> SourceSpec {
     }
 }
 
-#[tokio::test]
-#[ignore = "a child test: runs only when its parent re-executes this binary"]
-async fn child_link_local_requests_bypass_the_proxy() {
-    expect_child("child_link_local_requests_bypass_the_proxy");
+/// The child of the test above: every proxy variable names [`PROXY`], in a network of its own.
+async fn link_local_requests_bypass_the_proxy_child() {
     let seen = recording_proxy().await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("request-token");

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyless_core::clock::SystemClock;
+use keyless_core::printable::upstream;
 use keyless_core::{Context, Metrics};
 use url::Url;
 
@@ -162,17 +163,22 @@ async fn from_endpoint(url: &Url, authorization: &str) -> Result<String, String>
         .map_err(|e| format!("keyless at {url} did not answer: {e} (is the sidecar running?)"))?;
     let status = response.status();
     if status.is_redirection() {
-        let to = response
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
+        let to = response.headers().get(reqwest::header::LOCATION).map_or_else(
+            || "(no Location)".to_owned(),
+            |l| upstream(&String::from_utf8_lossy(l.as_bytes())).into_owned(),
+        );
         return Err(format!(
-            "the endpoint at {url} answered {status}, a redirect to {to:?}: keyless credential-process follows no \
+            "the endpoint at {url} answered {status}, a redirect to {to}: keyless credential-process follows no \
              redirect (the authorization token would be sent on); set AWS_CONTAINER_CREDENTIALS_FULL_URI to the \
              credentials endpoint itself"
         ));
     }
-    let body = response.text().await.map_err(|e| format!("reading the answer of {url}: {e}"))?;
+    // Bounded as every answer of a token service is: an endpoint that streams without end must not
+    // fill this process's memory within the request's timeout.
+    let body = keyless_provider::upstream::read_bounded(&format!("keyless at {url}"), "SSL_CERT_FILE", response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = String::from_utf8_lossy(&body);
     if status == reqwest::StatusCode::NOT_FOUND
         && let Some((_, role)) = url.path().rsplit_once("/roles/")
     {
@@ -184,7 +190,7 @@ async fn from_endpoint(url: &Url, authorization: &str) -> Result<String, String>
     }
     if !status.is_success() {
         // An endpoint chooses what it answers: escaped and capped as any upstream text.
-        let quoted = if body.is_empty() { "(no message)".into() } else { keyless_core::printable::upstream(&body) };
+        let quoted = if body.is_empty() { "(no message)".into() } else { upstream(&body) };
         return Err(format!("keyless at {url} answered {status}: {quoted}"));
     }
     let credentials = keyless_aws::AwsCredentials::from_container_json(&body)
@@ -318,6 +324,48 @@ mod tests {
         std::fs::File::create(&path).unwrap().set_len(1 << 30).unwrap();
         let err = choose_with_token_file(&path).unwrap_err();
         assert!(err.contains("larger than 4097 bytes"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_endless_answer_is_read_no_further_than_the_bound() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/v1/credentials", listener.local_addr().unwrap())).unwrap();
+        // A 200 with no length that goes on (up to 1 GiB) while the client reads.
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 4096];
+            let _ = tcp.read(&mut head).await;
+            tcp.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").await.unwrap();
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0usize;
+            while sent < 1 << 30 && tcp.write_all(&chunk).await.is_ok() {
+                sent += chunk.len();
+            }
+            sent
+        });
+        let err = from_endpoint(&url, "a").await.unwrap_err();
+        assert!(err.contains("more than 262144 bytes"), "{err}");
+        let sent = server.await.unwrap();
+        assert!(sent < 16 << 20, "the client read {sent} bytes before giving up");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_quoted_escaped_and_capped() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/v1/credentials", listener.local_addr().unwrap())).unwrap();
+        let location = format!("http://elsewhere.example/\u{202e}{}", "a".repeat(64 * 1024));
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 4096];
+            let _ = tcp.read(&mut head).await;
+            let answer = format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n");
+            tcp.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let err = from_endpoint(&url, "a").await.unwrap_err();
+        assert!(err.contains(r"elsewhere.example/\u{202e}aaa"), "{err}");
+        assert!(err.len() < 8 * 1024, "{} bytes quoted", err.len());
     }
 
     #[test]
