@@ -33,6 +33,7 @@ fn main() {
         ("keyless_tools_java", probe::java_classpath(root).is_some()),
         ("keyless_tools_kube", probe::kube_bin(root).is_some()),
         ("keyless_tools_helm", probe::helm_available(root)),
+        ("keyless_tools_promtool", probe::promtool_available(root)),
         ("keyless_tools_podman", probe::podman()),
         ("keyless_tools_root", probe::is_root()),
     ];

@@ -10,6 +10,9 @@ use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::process::free_port;
 use serde_json::{Value, json};
 
+/// The clouds in the order of [`Emulator::all_clouds`].
+const CLOUDS: [&str; 3] = ["aws", "gcp", "azure"];
+
 /// A running `keyless emulate` and a directory for configs and token files.
 struct Emulator {
     shared: EmulatorProcess,
@@ -87,15 +90,30 @@ impl Emulator {
         )
     }
 
+    /// `[aws]`, `[gcp]` and `[azure]`, reading `tokens` (in that order).
+    fn all_clouds(&self, tokens: &[PathBuf; 3], endpoint: &str, ca: Option<&Path>) -> String {
+        let [aws, gcp, azure] = tokens;
+        [self.aws(aws, endpoint, ca), self.gcp(gcp, endpoint, ca), self.azure(azure, endpoint, ca)].join("\n")
+    }
+
+    /// The projected token of each cloud, in [`Emulator::all_clouds`]' order.
+    fn projected_all(&self) -> [PathBuf; 3] {
+        CLOUDS.map(|cloud| self.projected(cloud))
+    }
+
+    /// A token per cloud minted with `claims(that cloud's audience)`, in [`Emulator::all_clouds`]'
+    /// order.
+    async fn minted_for_each_cloud(&self, claims: impl Fn(String) -> Value) -> [PathBuf; 3] {
+        let mut tokens = Vec::new();
+        for cloud in CLOUDS {
+            tokens.push(self.minted(cloud, claims(self.audience(cloud))).await.0);
+        }
+        tokens.try_into().unwrap()
+    }
+
     /// The three sections as `keyless dev` would write them: everything works.
     fn working(&self) -> String {
-        let ca = self.ca();
-        [
-            self.aws(&self.projected("aws"), &self.shared.url, Some(&ca)),
-            self.gcp(&self.projected("gcp"), &self.shared.url, Some(&ca)),
-            self.azure(&self.projected("azure"), &self.shared.url, Some(&ca)),
-        ]
-        .join("\n")
+        self.all_clouds(&self.projected_all(), &self.shared.url, Some(&self.ca()))
     }
 
     /// Runs `keyless check --config FILE` with `toml` as the file.
@@ -234,16 +252,8 @@ async fn azure_with_a_token_for_another_audience_names_api_azureadtokenexchange(
 async fn a_subject_without_a_binding_gets_the_exact_binding_to_create() {
     let emu = Emulator::start().await;
     let sub = "system:serviceaccount:payments:api";
-    let (aws, _) = emu.minted("aws", json!({"aud": ["sts.amazonaws.com"], "sub": sub})).await;
-    let (gcp, _) = emu.minted("gcp", json!({"aud": [emu.audience("gcp")], "sub": sub})).await;
-    let (azure, _) = emu.minted("azure", json!({"aud": [emu.audience("azure")], "sub": sub})).await;
-    let ca = emu.ca();
-    let config = [
-        emu.aws(&aws, &emu.shared.url, Some(&ca)),
-        emu.gcp(&gcp, &emu.shared.url, Some(&ca)),
-        emu.azure(&azure, &emu.shared.url, Some(&ca)),
-    ]
-    .join("\n");
+    let tokens = emu.minted_for_each_cloud(|aud| json!({"aud": [aud], "sub": sub})).await;
+    let config = emu.all_clouds(&tokens, &emu.shared.url, Some(&emu.ca()));
     let checked = emu.check(&config).await;
     let issuer = emu.id("issuer");
     let host = issuer.trim_start_matches("https://");
@@ -298,17 +308,9 @@ async fn a_garbage_token_file_is_not_a_projected_token() {
 #[tokio::test]
 async fn an_expired_token_is_named_and_every_cloud_refuses_it() {
     let emu = Emulator::start().await;
-    let expired = |aud: String| json!({"aud": [aud], "iat_offset_secs": -7200, "exp_offset_secs": -60});
-    let (aws, _) = emu.minted("aws", expired(emu.audience("aws"))).await;
-    let (gcp, _) = emu.minted("gcp", expired(emu.audience("gcp"))).await;
-    let (azure, _) = emu.minted("azure", expired(emu.audience("azure"))).await;
-    let ca = emu.ca();
-    let config = [
-        emu.aws(&aws, &emu.shared.url, Some(&ca)),
-        emu.gcp(&gcp, &emu.shared.url, Some(&ca)),
-        emu.azure(&azure, &emu.shared.url, Some(&ca)),
-    ]
-    .join("\n");
+    let expired = |aud| json!({"aud": [aud], "iat_offset_secs": -7200, "exp_offset_secs": -60});
+    let tokens = emu.minted_for_each_cloud(expired).await;
+    let config = emu.all_clouds(&tokens, &emu.shared.url, Some(&emu.ca()));
     let checked = emu.check(&config).await;
     checked.fails_with(&[
         "PROBLEM: the token expired at",
@@ -334,13 +336,7 @@ async fn unreachable_endpoints_say_what_to_check() {
     let emu = Emulator::start().await;
     // A port nothing listens on.
     let closed = format!("https://127.0.0.1:{}", free_port());
-    let ca = emu.ca();
-    let config = [
-        emu.aws(&emu.projected("aws"), &closed, Some(&ca)),
-        emu.gcp(&emu.projected("gcp"), &closed, Some(&ca)),
-        emu.azure(&emu.projected("azure"), &closed, Some(&ca)),
-    ]
-    .join("\n");
+    let config = emu.all_clouds(&emu.projected_all(), &closed, Some(&emu.ca()));
     let checked = emu.check(&config).await;
     checked.fails_with(&[
         // One classification of transport failures for every provider (keyless_provider::upstream).
@@ -356,12 +352,7 @@ async fn unreachable_endpoints_say_what_to_check() {
 async fn a_ca_file_that_holds_no_certificate_is_a_config_problem() {
     let emu = Emulator::start().await;
     let not_pem = emu.write("ca.pem", "not a certificate\n");
-    let config = [
-        emu.aws(&emu.projected("aws"), &emu.shared.url, Some(&not_pem)),
-        emu.gcp(&emu.projected("gcp"), &emu.shared.url, Some(&not_pem)),
-        emu.azure(&emu.projected("azure"), &emu.shared.url, Some(&not_pem)),
-    ]
-    .join("\n");
+    let config = emu.all_clouds(&emu.projected_all(), &emu.shared.url, Some(&not_pem));
     let checked = emu.check(&config).await;
     checked.fails_with(&[
         "aws.ca_file = ",
@@ -375,12 +366,7 @@ async fn a_ca_file_that_holds_no_certificate_is_a_config_problem() {
 #[tokio::test]
 async fn without_the_ca_file_the_untrusted_endpoint_points_at_ca_file() {
     let emu = Emulator::start().await;
-    let config = [
-        emu.aws(&emu.projected("aws"), &emu.shared.url, None),
-        emu.gcp(&emu.projected("gcp"), &emu.shared.url, None),
-        emu.azure(&emu.projected("azure"), &emu.shared.url, None),
-    ]
-    .join("\n");
+    let config = emu.all_clouds(&emu.projected_all(), &emu.shared.url, None);
     let checked = emu.check(&config).await;
     checked.fails_with(&[
         "set aws.ca_file to a PEM bundle",
@@ -536,22 +522,13 @@ async fn no_cloud_proposes_trusting_an_audience_the_audience_check_flagged() {
 async fn a_foreign_issuer_is_questioned_first_and_never_registered() {
     let emu = Emulator::start().await;
     let evil = "https://evil.example.com";
-    let foreign = |aud: String| json!({"aud": [aud], "iss": evil});
-    let (aws, _) = emu.minted("aws", foreign(emu.audience("aws"))).await;
-    let (gcp, _) = emu.minted("gcp", foreign(emu.audience("gcp"))).await;
-    let (azure, _) = emu.minted("azure", foreign(emu.audience("azure"))).await;
-    let ca = emu.ca();
-    let config = [
-        emu.aws(&aws, &emu.shared.url, Some(&ca)),
-        emu.gcp(&gcp, &emu.shared.url, Some(&ca)),
-        emu.azure(&azure, &emu.shared.url, Some(&ca)),
-    ]
-    .join("\n");
+    let tokens = emu.minted_for_each_cloud(|aud| json!({"aud": [aud], "iss": evil})).await;
+    let config = emu.all_clouds(&tokens, &emu.shared.url, Some(&emu.ca()));
     let checked = emu.check(&config).await;
     let question = format!(
         "fix: if this is not your cluster's issuer (kubectl get --raw /.well-known/openid-configuration shows it), \
          token_file ({}) points at the wrong token",
-        aws.display()
+        tokens[0].display()
     );
     checked.fails_with(&[
         &format!("  issuer      PROBLEM: aws trusts no identity provider for the token's issuer {evil}"),

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,7 @@ use keyless_test_support::binary::workspace_root;
 use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::process::{Process, free_port};
 use keyless_test_support::sidecar::{Sidecar, all_clouds_config};
-use keyless_test_support::tools::{self, Missing};
+use keyless_test_support::tools;
 use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 
 /// A role the emulator's STS refuses (no trust for the dev subject): AccessDenied from the start.
@@ -297,8 +297,9 @@ fn rule_exprs(rule: &serde_yaml::Value) -> Vec<String> {
 }
 
 #[tokio::test]
+#[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 async fn the_dashboard_and_the_alerts_query_only_metrics_a_live_keyless_exports() {
-    let Some(helm) = tools::helm() else { return };
+    let helm = tools::need(tools::find_helm());
     let emulator = EmulatorProcess::start().await;
     let sidecar = sidecar_with_a_refused_role(&emulator).await;
     // One credential request, so that the request and lookup families have series.
@@ -343,23 +344,6 @@ async fn the_dashboard_and_the_alerts_query_only_metrics_a_live_keyless_exports(
     assert_eq!(shipped, dashboard);
 }
 
-/// promtool (scripts/promtool builds it pinned from the Go module proxy), or a skip.
-fn promtool() -> Option<PathBuf> {
-    let output = Command::new(workspace_root().join("scripts/promtool"))
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .ok()
-        .filter(|o| o.status.success());
-    let found = output.map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    tools::or_skip(
-        found,
-        Missing {
-            what: "promtool (scripts/promtool builds it with Go)",
-            fix: "install Go >= 1.26; scripts/promtool then builds promtool from the Go module proxy",
-        },
-    )
-}
-
 fn run(tool: &Path, args: &[&str]) -> (bool, String) {
     let output = Command::new(tool).args(args).output().unwrap();
     (
@@ -369,8 +353,12 @@ fn run(tool: &Path, args: &[&str]) -> (bool, String) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(all(keyless_tools_helm, keyless_tools_promtool)),
+    ignore = "needs helm and promtool (target/tools/bin) or Go to build them: ./scripts/helm, ./scripts/promtool"
+)]
 async fn promtool_checks_the_rules_and_each_alert_fires_on_series_shaped_like_keyless_output() {
-    let (Some(helm), Some(promtool)) = (tools::helm(), promtool()) else { return };
+    let (helm, promtool) = (tools::need(tools::find_helm()), tools::need(tools::find_promtool()));
     // The label sets of a live keyless, as Prometheus stores them (plus the scrape's namespace
     // and pod).
     let emulator = EmulatorProcess::start().await;

@@ -91,6 +91,14 @@ pub fn helm_available(root: &Path) -> bool {
     root.join(HELM).is_file() || runs("go", "version")
 }
 
+/// Where `scripts/promtool` puts promtool.
+pub const PROMTOOL: &str = "target/tools/bin/promtool";
+
+/// Whether promtool is built (`scripts/promtool`), or can be: Go is on PATH.
+pub fn promtool_available(root: &Path) -> bool {
+    root.join(PROMTOOL).is_file() || runs("go", "version")
+}
+
 /// The files whose removal makes a probe's answer change from present to missing, for a build
 /// script to watch (`rerun-if-changed`): only files that exist (cargo reruns a build script on
 /// every build while a file it watches is missing).
@@ -108,6 +116,7 @@ pub fn present_markers(root: &Path) -> Vec<PathBuf> {
         markers.extend(KUBE_PROGRAMS.iter().map(|p| dir.join(p)));
     }
     markers.push(root.join(HELM));
+    markers.push(root.join(PROMTOOL));
     markers.retain(|m| m.is_file());
     markers
 }

@@ -6,8 +6,8 @@
 //! The runner's own counts show what ran. `tests/build.rs` probes for each tool when it builds the
 //! end-to-end suite ([`crate::probe`], the same checks as here, the same env vars and paths
 //! `scripts/test` sets) and sets a cfg for each one it finds: `keyless_tools_node`,
-//! `keyless_tools_go`, `keyless_tools_java`, `keyless_tools_helm`, `keyless_tools_kube`,
-//! `keyless_tools_podman`, `keyless_tools_root`. A test that needs a tool is ignored, with the
+//! `keyless_tools_go`, `keyless_tools_java`, `keyless_tools_helm`, `keyless_tools_promtool`,
+//! `keyless_tools_kube`, `keyless_tools_podman`, `keyless_tools_root`. A test that needs a tool is ignored, with the
 //! reason, where its cfg is missing, and takes the tool with [`need`]:
 //!
 //! ```text
@@ -204,12 +204,30 @@ pub const HELM: Missing = Missing {
 /// Helm, built once by `scripts/helm` (pinned, from the Go module proxy) into target/tools/bin
 /// (cfg `keyless_tools_helm`: helm is there, or Go is, to build it).
 pub fn find_helm() -> Result<PathBuf, Missing> {
-    let output = std::process::Command::new(workspace_root().join("scripts/helm"))
+    built_by("scripts/helm").ok_or(HELM)
+}
+
+/// What a test needing promtool misses without it.
+pub const PROMTOOL: Missing = Missing {
+    what: "promtool (scripts/promtool builds it with Go)",
+    fix: "install Go >= 1.26; scripts/promtool then builds promtool from the Go module proxy",
+};
+
+/// promtool, Prometheus's rule checker, built once by `scripts/promtool` (pinned, from the Go
+/// module proxy) into target/tools/bin (cfg `keyless_tools_promtool`: promtool is there, or Go
+/// is, to build it).
+pub fn find_promtool() -> Result<PathBuf, Missing> {
+    built_by("scripts/promtool").ok_or(PROMTOOL)
+}
+
+/// The binary a `scripts/` builder prints the path of (building it first if needed).
+fn built_by(script: &str) -> Option<PathBuf> {
+    let output = std::process::Command::new(workspace_root().join(script))
         .stderr(std::process::Stdio::inherit())
         .output()
         .ok()
-        .filter(|o| o.status.success());
-    output.map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())).ok_or(HELM)
+        .filter(|o| o.status.success())?;
+    Some(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
 }
 
 /// The older form of [`find_helm`] (see [`or_skip`]).
