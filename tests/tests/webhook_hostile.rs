@@ -34,6 +34,7 @@ const GUARD: Duration = Duration::from_secs(60);
 struct Webhook {
     process: Process,
     address: SocketAddr,
+    admin: SocketAddr,
     ca_pem: String,
     _dir: tempfile::TempDir,
 }
@@ -84,7 +85,13 @@ impl Webhook {
             http.get(&healthz).send().await.is_ok_and(|r| r.status().is_success())
         })
         .await;
-        Self { process, address: listen.parse().unwrap(), ca_pem: cert.pem(), _dir: dir }
+        Self {
+            process,
+            address: listen.parse().unwrap(),
+            admin: admin_listen.parse().unwrap(),
+            ca_pem: cert.pem(),
+            _dir: dir,
+        }
     }
 
     /// A TCP connection from `source` (any 127.0.0.0/8 address is this host's).
@@ -358,6 +365,14 @@ async fn one_source_address_holds_at_most_its_cap_and_displaces_only_its_own() {
             "a connection beyond the address's cap was kept"
         );
     }
+}
+
+#[tokio::test]
+async fn the_admin_listener_cuts_a_silent_connection_at_its_header_deadline() {
+    let webhook = Webhook::start().await;
+    let silent = TcpStream::connect(webhook.admin).await.unwrap();
+    assert!(still_open(&silent), "closed before its deadline");
+    assert_eq!(until_closed(silent).await, "", "a silent client of the admin port gets no answer");
 }
 
 #[tokio::test]
