@@ -10,10 +10,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use keyless_test_support::binary::workspace_root;
 use keyless_test_support::emulate::EmulatorProcess;
-use keyless_test_support::process::{Process, free_port};
+use keyless_test_support::process::free_port;
 use keyless_test_support::sidecar::{Sidecar, all_clouds_config};
 use keyless_test_support::tools;
 use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
+use keyless_test_support::webhook::{
+    WebhookFiles, WebhookProcess, kubeconfig_of_no_api_server, pod_review, self_signed_pair,
+};
 
 /// A role the emulator's STS refuses (no trust for the dev subject): AccessDenied from the start.
 const DENIED_ROLE: &str = "arn:aws:iam::123456789012:role/never-trusted";
@@ -206,64 +209,27 @@ fn queried_names(promql: &str) -> BTreeSet<String> {
 /// listens leaves it unready, but its /metrics answers.
 async fn webhook_metrics() -> String {
     let dir = tempfile::tempdir().unwrap();
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert_path, key_path, kubeconfig) =
-        (dir.path().join("tls.crt"), dir.path().join("tls.key"), dir.path().join("kubeconfig"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: none, cluster: {{server: \"http://127.0.0.1:{}\"}}}}]\n\
-             users: [{{name: none, user: {{token: none}}}}]\ncontexts: [{{name: none, context: {{cluster: none, user: none}}}}]\n\
-             current-context: none\n",
-            free_port()
-        ),
-    )
-    .unwrap();
-    let (listen, admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let args = [
-        "webhook",
-        "--listen",
-        &listen,
-        "--admin-listen",
-        &admin,
-        "--tls-cert",
-        cert_path.to_str().unwrap(),
-        "--tls-key",
-        key_path.to_str().unwrap(),
-    ];
-    let process = Process::spawn(&args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    first_answer(&client, &format!("http://{admin}/healthz")).await;
+    let (cert, key, ca_pem) = self_signed_pair(dir.path());
+    let kubeconfig = kubeconfig_of_no_api_server(dir.path());
+    let files = WebhookFiles { cert: &cert, key: &key, kubeconfig: &kubeconfig };
+    let webhook = WebhookProcess::start(free_port(), &files, &[], "/healthz").await;
     // Reviews, so that the families with labels have series: a pod not opted in (a skip) and a
     // body that is no AdmissionReview (an error).
     let https = reqwest::Client::builder()
         .no_proxy()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
-        .resolve("localhost", listen.parse().unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
         .build()
         .unwrap();
-    let mutate = format!("https://localhost:{}/mutate", listen.rsplit(':').next().unwrap());
-    let review = serde_json::json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": "0b6a2f3c", "operation": "CREATE", "userInfo": {},
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "shop",
-            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
-                       "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
-        }
+    let mutate = format!("https://{}/mutate", webhook.listen);
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]}
     });
-    let skipped = https.post(&mutate).json(&review).send().await.unwrap();
+    let skipped = https.post(&mutate).json(&pod_review("0b6a2f3c", "shop", &pod)).send().await.unwrap();
     assert!(skipped.status().is_success(), "{}", skipped.text().await.unwrap());
     let refused = https.post(&mutate).body("not a review").send().await.unwrap();
     assert_eq!(refused.status(), 400);
-    let text = first_answer(&client, &format!("http://{admin}/metrics")).await;
-    drop(process);
-    text
+    webhook.metrics().await
 }
 
 fn helm_template(helm: &Path, set: &[&str]) -> String {

@@ -16,7 +16,8 @@ use keyless_test_support::kube::{self, Cluster};
 use keyless_test_support::process::{Process, free_port};
 use keyless_test_support::sdk::App;
 use keyless_test_support::tools;
-use keyless_test_support::wait::{STARTUP_DEADLINE, holds_within, wait_until};
+use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
+use keyless_test_support::webhook::{WebhookFiles, WebhookProcess, pod_review};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 use serde_json::{Value, json};
 
@@ -66,55 +67,13 @@ impl WebhookPki {
     }
 }
 
-/// `keyless webhook` on free loopback ports, reading ServiceAccounts from `cluster`.
-struct Webhook {
-    process: Process,
-    admin: u16,
-}
-
-impl Webhook {
-    async fn start(cluster: &Cluster, pki: &WebhookPki, policy: &str, port: u16) -> Self {
-        let admin = free_port();
-        let (listen, admin_listen) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{admin}"));
-        let (cert, key) = (pki.cert(), pki.key());
-        let args = [
-            "webhook",
-            "--listen",
-            &listen,
-            "--admin-listen",
-            &admin_listen,
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--tls-reload-interval",
-            "200ms",
-            "--failure-policy",
-            policy,
-            "--aws-region",
-            "eu-west-1",
-        ];
-        let kubeconfig = cluster.kubeconfig.to_str().unwrap();
-        let process = Process::spawn(&args, &[("KUBECONFIG", kubeconfig), ("KEYLESS_LOG", "info")]);
-        let webhook = Self { process, admin };
-        let client = reqwest::Client::new();
-        let readyz = format!("http://{admin_listen}/readyz");
-        let ready = holds_within(STARTUP_DEADLINE, || async {
-            client.get(&readyz).send().await.is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        assert!(
-            ready,
-            "the webhook's /readyz never turned ready in {STARTUP_DEADLINE:?}; its log:\n{}",
-            webhook.process.logs()
-        );
-        webhook
-    }
-
-    async fn metrics(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/metrics", self.admin);
-        reqwest::get(url).await.unwrap().text().await.unwrap()
-    }
+/// `keyless webhook` on `port` with `pki`'s pair, reading ServiceAccounts from `cluster`, once its
+/// cache is synced.
+async fn start_webhook(cluster: &Cluster, pki: &WebhookPki, policy: &str, port: u16) -> WebhookProcess {
+    let (cert, key) = (pki.cert(), pki.key());
+    let files = WebhookFiles { cert: &cert, key: &key, kubeconfig: &cluster.kubeconfig };
+    let extra = ["--tls-reload-interval", "200ms", "--failure-policy", policy, "--aws-region", "eu-west-1"];
+    WebhookProcess::start(port, &files, &extra, "/readyz").await
 }
 
 /// The MutatingWebhookConfiguration the chart renders, pointed at the webhook by URL (no Service
@@ -242,7 +201,7 @@ async fn the_webhook_injects_pods_stored_by_a_real_api_server_and_respects_the_f
     service_account(&cluster, "broken", json!({ "eks.amazonaws.com/role-arn": "billing-role" })).await;
     let pki = WebhookPki::new();
     let port = free_port();
-    let webhook = Webhook::start(&cluster, &pki, "fail", port).await;
+    let webhook = start_webhook(&cluster, &pki, "fail", port).await;
     register(&cluster, &pki, port, "Fail").await;
     let context = || format!("--- webhook\n{}", webhook.process.logs());
     wait_admitted(&cluster, "the webhook's registration", &pod("probe", "billing", opted_in()), true).await;
@@ -344,7 +303,7 @@ async fn the_webhook_injects_pods_stored_by_a_real_api_server_and_respects_the_f
     wait_admitted(&cluster, "failurePolicy Ignore", &pod("probe", "billing", opted_in()), false).await;
     create(&cluster, &pod("down-ignored", "billing", opted_in())).await.unwrap();
     assert!(init_names(&cluster.get_json(NAMESPACE, "pod", "down-ignored").await).is_empty());
-    let webhook = Webhook::start(&cluster, &pki, "ignore", port).await;
+    let webhook = start_webhook(&cluster, &pki, "ignore", port).await;
     let warning = create(&cluster, &pod("broken-ignored", "broken", opted_in())).await.unwrap();
     assert!(warning.contains("eks.amazonaws.com/role-arn"), "{warning}");
     assert!(init_names(&cluster.get_json(NAMESPACE, "pod", "broken-ignored").await).is_empty());
@@ -561,21 +520,7 @@ async fn the_injected_pods_tokens_are_exchanged_for_credentials_the_sdks_accept(
 
 /// An AdmissionReview of a Pod CREATE in `shop`, as the API server sends it.
 fn review_of(pod: &Value) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "00000000-0000-0000-0000-000000000001",
-            "kind": { "group": "", "version": "v1", "kind": "Pod" },
-            "resource": { "group": "", "version": "v1", "resource": "pods" },
-            "namespace": NAMESPACE,
-            "operation": "CREATE",
-            "userInfo": { "username": "keyless-tests" },
-            "object": pod,
-            "oldObject": null,
-            "dryRun": false,
-        },
-    })
+    pod_review("00000000-0000-0000-0000-000000000001", NAMESPACE, pod)
 }
 
 /// Posts `review` to the webhook directly (as any client reaching its port can): the raw JSON
@@ -630,7 +575,7 @@ async fn stored_pods_replayed_get_no_patch_and_the_pod_is_no_authority() {
     .await;
     let pki = WebhookPki::new();
     let port = free_port();
-    let webhook = Webhook::start(&cluster, &pki, "fail", port).await;
+    let webhook = start_webhook(&cluster, &pki, "fail", port).await;
     register(&cluster, &pki, port, "Fail").await;
     let context = || format!("--- webhook\n{}", webhook.process.logs());
     wait_admitted(&cluster, "the webhook's registration", &pod("probe", "billing", opted_in()), true).await;
@@ -735,7 +680,7 @@ async fn reviews_naming_unknown_service_accounts_cost_bounded_api_reads() {
     cluster.create_namespace(NAMESPACE).await;
     let pki = WebhookPki::new();
     let port = free_port();
-    let webhook = Webhook::start(&cluster, &pki, "fail", port).await;
+    let webhook = start_webhook(&cluster, &pki, "fail", port).await;
     let client = webhook_client(&pki);
 
     let answer = post_review(&client, port, &review_of(&pod("p", "../../../api/v1/secrets", opted_in()))).await;

@@ -14,8 +14,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyless_test_support::process::{Process, free_port};
-use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
+use keyless_test_support::process::free_port;
+use keyless_test_support::wait::wait_until;
+use keyless_test_support::webhook::{
+    WebhookFiles, WebhookProcess, kubeconfig_of_no_api_server, pod_review, self_signed_pair,
+};
 use rustls_pki_types::ServerName;
 use rustls_pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
@@ -32,8 +35,7 @@ const GUARD: Duration = Duration::from_secs(60);
 
 /// `keyless webhook` on loopback with a self-signed certificate for 127.0.0.1.
 struct Webhook {
-    process: Process,
-    address: SocketAddr,
+    running: WebhookProcess,
     ca_pem: String,
     _dir: tempfile::TempDir,
 }
@@ -41,57 +43,21 @@ struct Webhook {
 impl Webhook {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let rcgen::CertifiedKey { cert, signing_key } =
-            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-        let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
-        // An API server that is not there: nothing listens on the port.
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: https://127.0.0.1:{}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: gone\n    user: u\ncurrent-context: c\n",
-                free_port()
-            ),
-        )
-        .unwrap();
-        let (port, admin) = (free_port(), free_port());
-        let (listen, admin_listen) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{admin}"));
+        let (cert, key, ca_pem) = self_signed_pair(dir.path());
+        let kubeconfig = kubeconfig_of_no_api_server(dir.path());
+        let files = WebhookFiles { cert: &cert, key: &key, kubeconfig: &kubeconfig };
         let (max, per_peer) = (MAX_CONNECTIONS.to_string(), PER_PEER.to_string());
-        let args = [
-            "webhook",
-            "--listen",
-            &listen,
-            "--admin-listen",
-            &admin_listen,
-            "--tls-cert",
-            cert_path.to_str().unwrap(),
-            "--tls-key",
-            key_path.to_str().unwrap(),
-            "--max-connections",
-            &max,
-            "--max-connections-per-peer",
-            &per_peer,
-            "--aws-region",
-            "eu-west-1",
-        ];
-        let process = Process::spawn(&args, &[("KUBECONFIG", kubeconfig.to_str().unwrap()), ("KEYLESS_LOG", "info")]);
+        let extra = ["--max-connections", &max, "--max-connections-per-peer", &per_peer, "--aws-region", "eu-west-1"];
         // /healthz answers once both listeners are bound (the review listener is bound first).
-        let healthz = format!("http://{admin_listen}/healthz");
-        let http = reqwest::Client::new();
-        wait_until("the webhook's /healthz", STARTUP_DEADLINE, || async {
-            http.get(&healthz).send().await.is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        Self { process, address: listen.parse().unwrap(), ca_pem: cert.pem(), _dir: dir }
+        let running = WebhookProcess::start(free_port(), &files, &extra, "/healthz").await;
+        Self { running, ca_pem, _dir: dir }
     }
 
     /// A TCP connection from `source` (any 127.0.0.0/8 address is this host's).
     async fn tcp_from(&self, source: Ipv4Addr) -> TcpStream {
         let socket = TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).unwrap();
-        socket.connect(self.address).await.unwrap()
+        socket.connect(self.running.listen).await.unwrap()
     }
 
     /// A TLS connection from `source`, handshake done.
@@ -123,11 +89,11 @@ impl Webhook {
             .unwrap();
         let uid = "4e1c5b0a-legit";
         let response = http
-            .post(format!("https://{}/mutate", self.address))
+            .post(format!("https://{}/mutate", self.running.listen))
             .json(&review(uid, &pod(json!({ "name": "legit" }))))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("the review was not answered: {e}\n{}", self.process.logs()));
+            .unwrap_or_else(|e| panic!("the review was not answered: {e}\n{}", self.running.process.logs()));
         assert_eq!(response.status(), 200);
         let answer: Value = response.json().await.unwrap();
         assert_eq!(answer["kind"], "AdmissionReview");
@@ -166,20 +132,7 @@ fn pod(metadata: Value) -> Value {
 }
 
 fn review(uid: &str, pod: &Value) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": { "group": "", "version": "v1", "kind": "Pod" },
-            "resource": { "group": "", "version": "v1", "resource": "pods" },
-            "namespace": "shop",
-            "operation": "CREATE",
-            "userInfo": { "username": "system:serviceaccount:kube-system:replicaset-controller" },
-            "object": pod,
-            "dryRun": false,
-        },
-    })
+    pod_review(uid, "shop", pod)
 }
 
 /// Everything the server sends until it closes the connection (with or without TLS's
@@ -361,6 +314,14 @@ async fn one_source_address_holds_at_most_its_cap_and_displaces_only_its_own() {
 }
 
 #[tokio::test]
+async fn the_admin_listener_cuts_a_silent_connection_at_its_header_deadline() {
+    let webhook = Webhook::start().await;
+    let silent = TcpStream::connect(webhook.running.admin).await.unwrap();
+    assert!(still_open(&silent), "closed before its deadline");
+    assert_eq!(until_closed(silent).await, "", "a silent client of the admin port gets no answer");
+}
+
+#[tokio::test]
 async fn names_the_api_servers_client_chose_are_logged_escaped_on_one_line() {
     let webhook = Webhook::start().await;
     let http = reqwest::Client::builder()
@@ -372,7 +333,7 @@ async fn names_the_api_servers_client_chose_are_logged_escaped_on_one_line() {
     let generate_name = "web-\n2026-12-07T04:00:00Z ERROR FORGED line \u{1b}[31mred-";
     let metadata = json!({ "generateName": generate_name, "labels": { "keyless.dev/inject": "true" } });
     let answer: Value = http
-        .post(format!("https://{}/mutate", webhook.address))
+        .post(format!("https://{}/mutate", webhook.running.listen))
         .json(&review("escape", &pod(metadata)))
         .send()
         .await
@@ -382,9 +343,11 @@ async fn names_the_api_servers_client_chose_are_logged_escaped_on_one_line() {
         .unwrap();
     assert_eq!(answer["response"]["allowed"], false, "{answer}");
 
-    wait_until("the refusal's log line", GUARD, || async { webhook.process.logs().contains("keyless not injected") })
-        .await;
-    let logs = webhook.process.logs();
+    wait_until("the refusal's log line", GUARD, || async {
+        webhook.running.process.logs().contains("keyless not injected")
+    })
+    .await;
+    let logs = webhook.running.process.logs();
     let lines: Vec<&str> = logs.lines().filter(|l| l.contains("FORGED")).collect();
     assert_eq!(lines.len(), 1, "{logs}");
     assert!(lines[0].contains(r"web-\n2026-12-07T04:00:00Z ERROR FORGED line \u{1b}[31mred-"), "{logs}");

@@ -155,6 +155,19 @@ impl Routes {
 
     /// Answers `request` (its body is dropped unread: the rules refuse any).
     pub fn serve<B>(&self, request: http::Request<B>) -> Answer {
+        self.answer(request, None)
+    }
+
+    /// Refuses `request` for `violation` in its route's native error shape, counted and with the
+    /// provider's response headers as any answer of the route; a path no route matches gets the
+    /// same empty 404 as in [`Routes::serve`].
+    pub fn refuse<B>(&self, request: http::Request<B>, violation: &Violation) -> Answer {
+        self.answer(request, Some(violation))
+    }
+
+    /// `request`'s answer: refused for `refused` (a rule of the connection), else for the first
+    /// rule it breaks, else its route's handler's.
+    fn answer<B>(&self, request: http::Request<B>, refused: Option<&Violation>) -> Answer {
         let (parts, _body) = request.into_parts();
         let Ok(found) = self.table.at(parts.uri.path()) else {
             return Answer {
@@ -166,7 +179,11 @@ impl Routes {
         let route = found.value.clone();
         let request = Request::from_parts(parts, ());
         let head = request.method() == Method::HEAD;
-        let state = if let Some(violation) = route.rules.check(&request) {
+        let violation = match refused {
+            Some(violation) => Some(violation.clone()),
+            None => route.rules.check(&request),
+        };
+        let state = if let Some(violation) = violation {
             State::Ready(Some(route.rules.errors.refuse(request.uri().path(), &violation)))
         } else if route.method.answers(request.method()) {
             State::Handling(route.handler.call(request))
@@ -176,24 +193,6 @@ impl Routes {
             State::Ready(Some(refused))
         };
         Answer { state, route: Some(route), head }
-    }
-
-    /// Refuses `request` for `violation` in its route's native error shape, counted and with the
-    /// provider's response headers as any answer of the route; a path no route matches gets the
-    /// same empty 404 as in [`Routes::serve`].
-    pub fn refuse<B>(&self, request: http::Request<B>, violation: &Violation) -> Answer {
-        let (parts, _body) = request.into_parts();
-        let Ok(found) = self.table.at(parts.uri.path()) else {
-            return Answer {
-                state: State::Ready(Some(StatusCode::NOT_FOUND.into_response())),
-                route: None,
-                head: false,
-            };
-        };
-        let route = found.value.clone();
-        let head = parts.method == Method::HEAD;
-        let refused = route.rules.errors.refuse(parts.uri.path(), violation);
-        Answer { state: State::Ready(Some(refused)), route: Some(route), head }
     }
 }
 

@@ -26,6 +26,7 @@
 //! - [`probe`]: whether each tool is there; shared with `tests/build.rs`.
 //! - [`load`]: continuous load on the five native endpoints, and latency tallies.
 //! - [`kube`]: a real etcd + kube-apiserver on loopback (`scripts/kube`), kubectl, TokenRequest.
+//! - [`webhook`]: `keyless webhook` on loopback, its certificate, and the AdmissionReviews it gets.
 //! - [`node`]: a real node (containerd + kubelet, controller-manager, scheduler) in a network
 //!   namespace of its own, images without a registry, relays into the namespace.
 //! - [`podman`]: podman with the harness's runtime settings, pods, the sidecar and host images.
@@ -57,3 +58,4 @@ pub mod sidecar;
 pub mod tools;
 pub mod verify;
 pub mod wait;
+pub mod webhook;

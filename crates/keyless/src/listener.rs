@@ -1,5 +1,6 @@
 //! The accept loop keyless's HTTP/1.1 servers share: the sidecar's credential and admin listeners
-//! (plain TCP on loopback) and the admission webhook's listener (TLS, called by the API server).
+//! and the admission webhook's admin listener (plain TCP), and the webhook's review listener (TLS,
+//! called by the API server).
 //!
 //! Every listener is on someone's critical path, so each bounds what a peer can hold
 //! (docs/reliability.md): the TLS handshake, the request head and the whole request (head and
@@ -527,11 +528,16 @@ impl Listener {
     }
 
     /// Whether the connection `tcp` from `peer` is refused by the peer check: once per
-    /// connection, before its first request is read.
-    fn refuses(&self, tcp: &TcpStream, peer: SocketAddr) -> bool {
+    /// connection, before its first request is read. The kernel is asked on the blocking pool:
+    /// sock_diag does its lookup inside the `send`, which can wait (for `modprobe` of inet_diag
+    /// and tcp_diag on a host's first lookup; for sock_diag's lock, held by any user's `ss`, on
+    /// kernels before 6.9), and a runtime worker must not.
+    async fn refuses(&self, tcp: &TcpStream, peer: SocketAddr) -> bool {
         let Some(own) = self.own_user else { return false };
         let verdict = match tcp.local_addr() {
-            Ok(local) => own.judge(local, peer),
+            Ok(local) => tokio::task::spawn_blocking(move || own.judge(local, peer))
+                .await
+                .unwrap_or_else(|e| Peer::Unknown { why: format!("the lookup failed: {e}") }),
             Err(e) => Peer::Unknown { why: format!("the connection's own address is unknown: {e}") },
         };
         let why = match verdict {
@@ -564,7 +570,11 @@ impl Listener {
         handshake: impl Handshake,
         router: impl Respond,
     ) {
-        let refused = self.refuses(&tcp, peer);
+        let refused = tokio::select! {
+            biased;
+            () = state.close_asked() => return self.close(id),
+            refused = self.refuses(&tcp, peer) => refused,
+        };
         let handshaken = tokio::select! {
             biased;
             () = state.close_asked() => None,

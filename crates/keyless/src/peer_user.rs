@@ -47,7 +47,8 @@ impl OwnUser {
         self.uid
     }
 
-    /// Who is at the other end of the accepted connection `local` <- `peer`.
+    /// Who is at the other end of the accepted connection `local` <- `peer`. Blocking: a few
+    /// system calls, one of which can wait in the kernel (see [`socket_owner`]).
     pub fn judge(self, local: SocketAddr, peer: SocketAddr) -> Peer {
         match socket_owner(peer, local) {
             Ok(Some(uid)) if uid == self.uid => Peer::Own,
@@ -108,7 +109,9 @@ fn socket_owner(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<u32>
     socket.bind_auto()?;
     socket.connect(&NetlinkAddr::new(0, 0))?;
     // The kernel answers within the send itself (sock_diag runs in the sender's context), so the
-    // answer is queued before `send` returns: a non-blocking read never stalls the runtime.
+    // answer is queued before `send` returns and a non-blocking read finds it. The send itself can
+    // wait (a module load, sock_diag's lock): callers on an async runtime run this on its blocking
+    // pool (`crate::listener`).
     socket.set_non_blocking(true)?;
     socket.send(&bytes, 0)?;
     let mut answer = [0u8; ANSWER_BYTES];

@@ -23,12 +23,12 @@ use axum::routing::{get, post};
 use keyless_inject::Namespace;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
 pub use review::FailurePolicy;
 
 use crate::inject::InjectArgs;
-use crate::listener::{Handshake, Limits, Listener};
+use crate::listener::{Handshake, Limits, Listener, PlainTcp};
 
 /// From accept to the end of the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,6 +44,9 @@ const MAX_HEADERS: usize = 64;
 /// At termination, the reviews in progress get this long to be answered (the API server waits
 /// `timeoutSeconds`, at most 30 s, for one).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Open connections to the admin listener at most (the kubelet's probes, a scraper or two); at the
+/// limit a new one displaces the oldest not being answered.
+const MAX_ADMIN_CONNECTIONS: usize = 128;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebhookArgs {
@@ -130,16 +133,19 @@ pub async fn run(args: WebhookArgs) -> Result<(), String> {
     let listener = bind(args.listen, "--listen").await?;
     let admin = bind(args.admin_listen, "--admin-listen").await?;
     info!(listen = %args.listen, admin = %args.admin_listen, "keyless webhook listening");
-    let admin_router = admin_router(accounts, metrics);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(admin, admin_router).await {
-            warn!(error = %e, "the admin listener stopped");
-        }
-    });
+    // The probes and the scrapes go through the shared listener too: the admin port is reachable
+    // from the whole cluster, and a flood of connections held open there would spend the
+    // descriptors the review listener needs.
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let admin_limits = limits(MAX_ADMIN_CONNECTIONS, MAX_ADMIN_CONNECTIONS);
+    let admin_listener = Listener::new("webhook admin listener", admin_limits);
+    let admin = tokio::spawn(admin_listener.serve(admin, PlainTcp, admin_router(accounts, metrics), admin_stopped));
     let mut server_config = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(cert);
     server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
     serve_tls(listener, acceptor, review_router(app), args.limits(), crate::serve::termination()).await;
+    let _ = stop_admin.send(true);
+    let _ = admin.await;
     Ok(())
 }
 
