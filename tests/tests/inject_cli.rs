@@ -94,6 +94,20 @@ async fn an_opted_in_workload_that_gets_nothing_fails_the_command_with_nothing_o
     assert!(out.status.success(), "not opted in is no error: {}", text(&out.stderr));
 }
 
+/// Names from the input reach stderr escaped: a workload or ServiceAccount name with an escape
+/// sequence or a line break neither rewrites the terminal nor forges a line of its own.
+#[tokio::test]
+async fn names_from_the_input_are_escaped_on_stderr() {
+    let name = "billing\u{1b}[2J\nkeyless inject: forged";
+    let input = deployment(name, name, json!({ "app": "billing", "keyless.dev/inject": "true" })).to_string();
+    let out = inject(&["-f", "-"], &input, &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+    assert!(stderr.contains("billing\\u{1b}[2J\\nkeyless inject: forged"), "{stderr:?}");
+    assert!(stderr.lines().all(|l| !l.starts_with("keyless inject: forged")), "{stderr}");
+}
+
 /// 200 KB of `[`: refused with a clear error before the parser sees it (it took the parser 24-36 s
 /// of CPU; docs/reliability.md has the measured times).
 #[tokio::test]

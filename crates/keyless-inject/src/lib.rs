@@ -9,6 +9,7 @@
 
 mod documents;
 mod identity;
+mod nesting;
 mod pod;
 mod sidecar;
 mod tree;

@@ -10,6 +10,9 @@ use keyless_inject::{Options, Resources, SidecarCheck};
 /// Largest input read: far above any manifest set, and a bound on what a pipe can make keyless hold.
 const MAX_INPUT: u64 = 64 * 1024 * 1024;
 
+/// Longest line `keyless inject` prints on stderr (each quotes the input, escaped).
+pub const MAX_SHOWN_BYTES: usize = 4096;
+
 /// The platform team's choices, shared by `inject` and `webhook` (the chart's values).
 #[derive(Debug, Clone, clap::Args)]
 pub struct InjectArgs {

@@ -422,14 +422,17 @@ async fn credential_process(config: Option<PathBuf>, role: Option<String>) -> Ex
 #[cfg(feature = "inject")]
 #[allow(clippy::print_stdout, clippy::print_stderr)]
 async fn inject(file: Option<&std::path::Path>, cli: &inject::CliArgs, options: &inject::InjectArgs) -> ExitCode {
+    // Every line quotes the input (kinds, names, annotation keys, parser errors) or the cluster's
+    // answer: escaped and bounded here, where all of them are printed.
+    let shown = |line: &str| keyless_core::printable::printable(line, inject::MAX_SHOWN_BYTES).into_owned();
     match inject::run(file, cli, options).await {
         Ok(injected) => {
             for note in &injected.notes {
-                eprintln!("keyless inject: {note}");
+                eprintln!("keyless inject: {}", shown(note));
             }
             if !injected.uninjected.is_empty() && !cli.allow_uninjected {
                 for line in &injected.uninjected {
-                    eprintln!("keyless inject: {line}");
+                    eprintln!("keyless inject: {}", shown(line));
                 }
                 let n = injected.uninjected.len();
                 return fail(&format!(
@@ -439,12 +442,12 @@ async fn inject(file: Option<&std::path::Path>, cli: &inject::CliArgs, options: 
                 ));
             }
             for line in &injected.uninjected {
-                eprintln!("keyless inject: {line}");
+                eprintln!("keyless inject: {}", shown(line));
             }
             print!("{}", injected.yaml);
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(&shown(&e)),
     }
 }
 
