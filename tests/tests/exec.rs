@@ -411,6 +411,26 @@ async fn only_serves_the_clouds_named_and_the_identity_flags_choose_the_default(
     assert_eq!(ids["azure"], setup.id("azure_second_client_id"), "{ids}\n{stderr}");
 }
 
+/// keyless's own settings configure keyless, and some are secrets: the command sees none of them
+/// (what it needs from keyless it gets as each cloud's native variables).
+#[tokio::test]
+async fn the_command_never_sees_keyless_settings() {
+    let setup = Setup::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let (header, token) = ("identity-header-of-another-keyless-0123456789", "authorization-token-of-another-keyless");
+    let vars = env(&[
+        ("KEYLESS_AZURE__IDENTITY_HEADER", header),
+        ("KEYLESS_AWS__AUTHORIZATION_TOKEN", token),
+        ("KEYLESS_CACHE__RETRY_MAX", "30s"),
+    ]);
+    let (out, _) = setup.exec(home.path(), &["--only", "gcp"], &vars, &["env"]).await;
+    let printed = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(printed.contains("GCE_METADATA_HOST="), "the command got no app environment: {printed}");
+    assert!(!printed.contains("KEYLESS_"), "a keyless setting reached the command: {printed}");
+    assert!(!printed.contains(header) && !printed.contains(token), "a secret reached the command: {printed}");
+}
+
 /// One fail-fast case: exit 125 long before `--ready-timeout`, `expected` in the message, the
 /// command not run.
 async fn assert_fails_fast(setup: &Setup, env: &[(String, String)], expected: &str) {

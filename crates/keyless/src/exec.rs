@@ -250,12 +250,15 @@ fn not_ready(statuses: &[IdentityStatus], timeout: Duration) -> String {
     text
 }
 
-/// Runs CMD (through `keyless exec-supervised`) with the app environment and without what was
-/// set aside, passing the [`FORWARDED`] signals on, until it exits.
+/// Runs CMD (through `keyless exec-supervised`) with the app environment, without what was set
+/// aside and without keyless's own `KEYLESS_*` settings, passing the [`FORWARDED`] signals on, until it exits.
 async fn run_command(command: &[String], env: &[AppEnvVar], set_aside: &SetAside) -> Result<ExitStatus, String> {
     let supervisor = std::env::current_exe().map_err(|e| format!("cannot find the keyless binary to run: {e}"))?;
     let mut cmd = tokio::process::Command::new(supervisor);
     cmd.arg("exec-supervised").arg("--parent").arg(std::process::id().to_string()).arg("--").args(command);
+    // CMD gets keyless's secrets only as the native variables it needs (AWS_CONTAINER_AUTHORIZATION_TOKEN,
+    // IDENTITY_HEADER), never as keyless's own settings.
+    keyless_core::appenv::remove_keyless_settings(&mut cmd);
     for var in &set_aside.remove {
         cmd.env_remove(var);
     }
