@@ -89,8 +89,8 @@ impl Setup {
     }
 
     /// `keyless exec --config FILE FLAGS -- ARGS` with exactly `env` (plus PATH, HOME = `home`,
-    /// and what reaches the emulator), and how long it took.
-    async fn exec(&self, home: &Path, flags: &[&str], env: &[(String, String)], args: &[&str]) -> (Output, Duration) {
+    /// and what reaches the emulator), killed when dropped.
+    fn command(&self, home: &Path, flags: &[&str], env: &[(String, String)], args: &[&str]) -> tokio::process::Command {
         let file = home.join("keyless.toml");
         std::fs::write(&file, &self.toml).unwrap();
         let mut command = tokio::process::Command::new(keyless_bin());
@@ -107,6 +107,12 @@ impl Setup {
             .envs(self.emulator_env())
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .kill_on_drop(true);
+        command
+    }
+
+    /// [`Setup::command`] run to its end, and how long it took.
+    async fn exec(&self, home: &Path, flags: &[&str], env: &[(String, String)], args: &[&str]) -> (Output, Duration) {
+        let mut command = self.command(home, flags, env, args);
         let started = tokio::time::Instant::now();
         let out = tokio::time::timeout(STARTUP_DEADLINE * 2, command.output()).await.expect("exec finishes").unwrap();
         (out, started.elapsed())
@@ -411,6 +417,26 @@ async fn only_serves_the_clouds_named_and_the_identity_flags_choose_the_default(
     assert_eq!(ids["azure"], setup.id("azure_second_client_id"), "{ids}\n{stderr}");
 }
 
+/// keyless's own settings configure keyless, and some are secrets: the command sees none of them
+/// (what it needs from keyless it gets as each cloud's native variables).
+#[tokio::test]
+async fn the_command_never_sees_keyless_settings() {
+    let setup = Setup::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let (header, token) = ("identity-header-of-another-keyless-0123456789", "authorization-token-of-another-keyless");
+    let vars = env(&[
+        ("KEYLESS_AZURE__IDENTITY_HEADER", header),
+        ("KEYLESS_AWS__AUTHORIZATION_TOKEN", token),
+        ("KEYLESS_CACHE__RETRY_MAX", "30s"),
+    ]);
+    let (out, _) = setup.exec(home.path(), &["--only", "gcp"], &vars, &["env"]).await;
+    let printed = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(printed.contains("GCE_METADATA_HOST="), "the command got no app environment: {printed}");
+    assert!(!printed.contains("KEYLESS_"), "a keyless setting reached the command: {printed}");
+    assert!(!printed.contains(header) && !printed.contains(token), "a secret reached the command: {printed}");
+}
+
 /// One fail-fast case: exit 125 long before `--ready-timeout`, `expected` in the message, the
 /// command not run.
 async fn assert_fails_fast(setup: &Setup, env: &[(String, String)], expected: &str) {
@@ -583,26 +609,13 @@ async fn token_prints_one_credential_per_cloud() {
 async fn exec_forwards_sighup_and_its_command_dies_with_it() {
     let setup = Setup::start().await;
     let home = tempfile::tempdir().unwrap();
-    let file = write(&home.path().join("keyless.toml"), &setup.toml);
     let pid_file = home.path().join("pid");
-    let spawn = |script: String| {
-        tokio::process::Command::new(keyless_bin())
-            .arg("exec")
-            .arg("--config")
-            .arg(&file)
-            .args(["--", "sh", "-c", &script])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", home.path())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |script: &str| setup.command(home.path(), &[], &[], &["sh", "-c", script]).spawn().unwrap();
     let started = |child: &tokio::process::Child| {
         rustix::process::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()).unwrap()
     };
     let script = format!("trap 'exit 43' HUP; echo $$ > {}; while :; do sleep 0.1; done", pid_file.display());
-    let mut child = spawn(script.clone());
+    let mut child = spawn(&script);
     wait_until("the command to start", STARTUP_DEADLINE, || {
         let exists = pid_file.exists();
         async move { exists }
@@ -613,7 +626,7 @@ async fn exec_forwards_sighup_and_its_command_dies_with_it() {
     assert_eq!(status.code(), Some(43));
 
     std::fs::remove_file(&pid_file).unwrap();
-    let mut child = spawn(script);
+    let mut child = spawn(&script);
     wait_until("the command to start", STARTUP_DEADLINE, || {
         let written = std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'));
         async move { written }
@@ -629,4 +642,52 @@ async fn exec_forwards_sighup_and_its_command_dies_with_it() {
         async move { dead }
     })
     .await;
+}
+
+/// A signal while the command waits for its credentials ends keyless in order: 128+N, the command
+/// not run, and the private directory holding the filtered AWS files (0700, files 0600) removed.
+#[tokio::test]
+async fn a_signal_before_the_command_starts_removes_the_private_directory() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let setup = Setup::start().await;
+    // AWS never gets a credential: the command waits.
+    setup
+        .emulator
+        .control
+        .fault(serde_json::json!({ "service": "aws-sts", "fail_next": 100_000, "status": 503 }))
+        .await;
+    let home = tempfile::tempdir().unwrap();
+    write(
+        &home.path().join(".aws/credentials"),
+        "[default]\naws_access_key_id = AKIALAPTOPKEY\naws_secret_access_key = laptop\n",
+    );
+    let tmp = home.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let marker = home.path().join("ran");
+    let vars = env(&[("TMPDIR", tmp.to_str().unwrap())]);
+    let mut command =
+        setup.command(home.path(), &["--ready-timeout", "1h"], &vars, &["touch", marker.to_str().unwrap()]);
+    let child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let copy = || {
+        let dir = std::fs::read_dir(&tmp).unwrap().next()?.unwrap().path();
+        let file = std::fs::read_dir(&dir).unwrap().next()?.unwrap().path();
+        Some((dir, file))
+    };
+    wait_until("the filtered copy of ~/.aws/credentials", STARTUP_DEADLINE, || {
+        let written = copy().is_some_and(|(_, file)| std::fs::read_to_string(file).is_ok_and(|t| t == "[default]\n"));
+        async move { written }
+    })
+    .await;
+    let (dir, file) = copy().unwrap();
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700, "{}", dir.display());
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "{}", file.display());
+
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = tokio::time::timeout(STARTUP_DEADLINE, child.wait_with_output()).await.unwrap().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 15), "{stderr}");
+    assert!(stderr.contains("keyless exec: SIGTERM before the command started; it was not run"), "{stderr}");
+    assert!(!dir.exists(), "the private directory is left behind: {}", dir.display());
+    assert!(!marker.exists(), "the command ran");
 }

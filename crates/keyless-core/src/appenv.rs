@@ -1,4 +1,5 @@
-//! The environment an app needs to find keyless (`keyless dev` writes it; docs show it).
+//! The environment an app needs to find keyless (`keyless dev` writes it; docs show it), and
+//! what a program keyless starts must not inherit ([`remove_keyless_settings`]).
 
 use std::fmt;
 
@@ -49,5 +50,22 @@ impl fmt::Display for AppEnvVar {
 impl fmt::Debug for AppEnvVar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
+    }
+}
+
+/// The prefix of keyless's own settings: `KEYLESS_CONFIG`, `KEYLESS_<KEY>`,
+/// `KEYLESS_<SECTION>__<KEY>`.
+const KEYLESS_PREFIX: &str = "KEYLESS_";
+
+/// Keeps every `KEYLESS_*` variable of this process from `command` (a command token source,
+/// `keyless exec`'s command). keyless's settings configure keyless, and some are secrets
+/// (`KEYLESS_AWS__AUTHORIZATION_TOKEN`, `KEYLESS_AZURE__IDENTITY_HEADER`); what a program needs
+/// from keyless it gets through each cloud's native variables. The whole prefix, so a setting
+/// added later does not leak by default.
+pub fn remove_keyless_settings(command: &mut tokio::process::Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.as_encoded_bytes().starts_with(KEYLESS_PREFIX.as_bytes()) {
+            command.env_remove(name);
+        }
     }
 }

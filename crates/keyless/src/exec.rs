@@ -135,6 +135,8 @@ async fn run(opts: ExecOptions) -> Result<ExitCode, String> {
     if opts.command.is_empty() {
         return Err("no command given: keyless exec -- CMD [ARGS...]".to_owned());
     }
+    // Before anything needs cleaning up: a signal while CMD waits ends keyless in order.
+    let mut signals = Signals::listen()?;
     let keyless = InProcess::start(opts.config.as_deref(), &opts.choice).await?;
     let outcome = async {
         let set_aside = setaside::plan(
@@ -143,12 +145,51 @@ async fn run(opts: ExecOptions) -> Result<ExitCode, String> {
             &opts.keep_env,
         )?;
         report(&set_aside);
-        keyless.ready(opts.ready_timeout, "keyless exec").await?;
-        run_command(&opts.command, &keyless.env, &set_aside).await
+        tokio::select! {
+            ready = keyless.ready(opts.ready_timeout, "keyless exec") => ready?,
+            Some((name, signal)) = signals.next() => return Ok(not_started(name, signal)),
+        }
+        run_command(&opts.command, &keyless.env, &set_aside, &mut signals).await.map(exit_code)
     }
     .await;
     keyless.stop().await;
-    outcome.map(exit_code)
+    outcome
+}
+
+/// The [`FORWARDED`] signals as they arrive, listened for from the start of `keyless exec`: one
+/// that comes before CMD runs ends keyless in order (the private directory of [`SetAside`]
+/// removed) instead of killing it where it stands; afterwards each is passed on to CMD.
+struct Signals(tokio::sync::mpsc::Receiver<(&'static str, Signal)>);
+
+impl Signals {
+    fn listen() -> Result<Self, String> {
+        let (tx, rx) = tokio::sync::mpsc::channel(FORWARDED.len());
+        for (name, forward) in FORWARDED {
+            let kind = SignalKind::from_raw(forward.as_raw());
+            let mut listener = signal(kind).map_err(|e| format!("cannot listen for {name}: {e}"))?;
+            let tx = tx.clone();
+            // While the channel is full, tokio coalesces further deliveries of this signal.
+            tokio::spawn(async move {
+                while listener.recv().await.is_some() {
+                    if tx.send((name, forward)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Self(rx))
+    }
+
+    async fn next(&mut self) -> Option<(&'static str, Signal)> {
+        self.0.recv().await
+    }
+}
+
+/// A signal ended `keyless exec` before CMD started: 128+N, as if it had ended CMD.
+#[allow(clippy::print_stderr)] // keyless's own last word
+fn not_started(name: &str, signal: Signal) -> ExitCode {
+    eprintln!("keyless exec: {name} before the command started; it was not run");
+    ExitCode::from(u8::try_from(128 + signal.as_raw()).unwrap_or(EXIT_OWN_FAILURE))
 }
 
 #[allow(clippy::print_stderr)] // one line per run, whatever the log level
@@ -250,40 +291,32 @@ fn not_ready(statuses: &[IdentityStatus], timeout: Duration) -> String {
     text
 }
 
-/// Runs CMD (through `keyless exec-supervised`) with the app environment and without what was
-/// set aside, passing the [`FORWARDED`] signals on, until it exits.
-async fn run_command(command: &[String], env: &[AppEnvVar], set_aside: &SetAside) -> Result<ExitStatus, String> {
+/// Runs CMD (through `keyless exec-supervised`) with the app environment, without what was set
+/// aside and without keyless's own `KEYLESS_*` settings, passing `signals` on, until it exits.
+async fn run_command(
+    command: &[String],
+    env: &[AppEnvVar],
+    set_aside: &SetAside,
+    signals: &mut Signals,
+) -> Result<ExitStatus, String> {
     let supervisor = std::env::current_exe().map_err(|e| format!("cannot find the keyless binary to run: {e}"))?;
     let mut cmd = tokio::process::Command::new(supervisor);
     cmd.arg("exec-supervised").arg("--parent").arg(std::process::id().to_string()).arg("--").args(command);
+    // CMD gets keyless's secrets only as the native variables it needs (AWS_CONTAINER_AUTHORIZATION_TOKEN,
+    // IDENTITY_HEADER), never as keyless's own settings.
+    keyless_core::appenv::remove_keyless_settings(&mut cmd);
     for var in &set_aside.remove {
         cmd.env_remove(var);
     }
     cmd.envs(set_aside.set.iter().map(|(k, v)| (*k, v.as_str())));
     cmd.envs(env.iter().map(|v| (v.name.as_str(), v.file_value())));
     let program = &command[0];
-    let mut listeners = Vec::new();
-    for (name, forward) in FORWARDED {
-        let kind = SignalKind::from_raw(forward.as_raw());
-        listeners.push((signal(kind).map_err(|e| format!("cannot listen for {name}: {e}"))?, (name, forward)));
-    }
     let mut child = cmd.spawn().map_err(|e| format!("cannot start {program}: {e}"))?;
     let pid = child.id().and_then(|id| i32::try_from(id).ok()).and_then(rustix::process::Pid::from_raw);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    for (mut listener, forward) in listeners {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while listener.recv().await.is_some() {
-                if tx.send(forward).is_err() {
-                    break;
-                }
-            }
-        });
-    }
     loop {
         tokio::select! {
             status = child.wait() => return status.map_err(|e| format!("waiting for {program}: {e}")),
-            Some((name, forward)) = rx.recv() => {
+            Some((name, forward)) = signals.next() => {
                 if let Some(pid) = pid {
                     info!(signal = name, "passing the signal on to the command");
                     let _ = rustix::process::kill_process(pid, forward);

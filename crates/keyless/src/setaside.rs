@@ -35,11 +35,13 @@ impl SetAside {
         (!self.report.is_empty()).then(|| format!("{who}: set aside {} {where}", self.report.join(", ")))
     }
 
-    /// The private directory, created on first use.
+    /// The private directory (0700: tempfile's default mode is the umask's), created on first use.
     fn dir(&mut self) -> Result<&Path, String> {
+        use std::os::unix::fs::PermissionsExt as _;
         if self.dir.is_none() {
             let dir = tempfile::Builder::new()
                 .prefix("keyless-exec-")
+                .permissions(std::fs::Permissions::from_mode(0o700))
                 .tempdir()
                 .map_err(|e| format!("cannot create a private directory for the command's settings: {e}"))?;
             self.dir = Some(dir);
@@ -194,10 +196,20 @@ mod tests {
         let (var, copy) = &plan.set[0];
         assert_eq!(*var, "AWS_SHARED_CREDENTIALS_FILE");
         assert_eq!(std::fs::read_to_string(copy).expect("copy"), "[default]\n");
+        assert_private(Path::new(copy));
         let line = plan.line("keyless exec", "for the command").expect("a line");
         assert!(line.starts_with("keyless exec: set aside AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "), "{line}");
         let kept = plan_with_keep(&host);
         assert!(!kept.remove.contains(&"AWS_ROLE_ARN"), "{:?}", kept.remove);
+    }
+
+    /// Only the user reads the copy and its directory: 0600 in 0700.
+    fn assert_private(copy: &Path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(copy), 0o600, "{}", copy.display());
+        let dir = copy.parent().expect("the private directory");
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
     }
 
     fn plan_with_keep(host: &Host<'_>) -> SetAside {

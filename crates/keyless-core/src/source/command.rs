@@ -91,13 +91,7 @@ impl CommandOrigin {
             .stderr(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
-        // keyless's settings configure keyless, not a token helper; some are secrets. Removing the
-        // whole prefix keeps a setting added later from leaking by default.
-        for (name, _) in std::env::vars_os() {
-            if name.as_encoded_bytes().starts_with(KEYLESS_PREFIX.as_bytes()) {
-                command.env_remove(name);
-            }
-        }
+        crate::appenv::remove_keyless_settings(&mut command);
         command.envs(self.spec.env.iter().map(|(k, v)| (k, v)));
         let mut child = ProcessGroup::spawn(&mut command).map_err(|e| format!("cannot start it: {e}"))?;
         let child = &mut child.leader;
@@ -122,9 +116,6 @@ impl CommandOrigin {
         }
     }
 }
-
-/// The prefix of keyless's own settings, none of which a command source sees.
-const KEYLESS_PREFIX: &str = "KEYLESS_";
 
 /// A command started as the leader of its own process group. Dropping it (the read finished, or
 /// was dropped at its timeout) kills the whole group: the leader alone would leave its children
