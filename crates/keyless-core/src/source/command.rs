@@ -211,10 +211,6 @@ impl TokenOrigin for CommandOrigin {
         NoChanges
     }
 
-    fn first_read_wait(&self) -> Option<Duration> {
-        Some(super::FIRST_FETCH_WAIT)
-    }
-
     async fn read(&mut self) -> Result<SubjectToken, TokenError> {
         let unavailable = |reason: String| TokenError::Unavailable { from: self.id.clone(), reason };
         let output = self.run().await.map_err(unavailable)?;
