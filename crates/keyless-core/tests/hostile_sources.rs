@@ -27,12 +27,23 @@ async fn open(spec: SourceSpec) -> TokenSource {
     TokenSource::open(&spec, &WatchOptions::default(), Arc::new(SystemClock), Metrics::new()).await
 }
 
+/// Process `pid`'s state and parent (`/proc/PID/stat`), or `None` when there is no such process.
+fn state(pid: &str) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
 /// Whether process `pid` still runs (a zombie waiting for its reaper does not).
 fn running(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.to_owned()))
-        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+    state(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+}
+
+/// Whether `pid` is a child of this process that ended and was never reaped.
+fn our_zombie(pid: &str) -> bool {
+    state(pid).is_some_and(|(state, parent)| state == 'Z' && parent == std::process::id())
 }
 
 const COMMAND_TEST: &str = "a_command_that_hangs_is_killed_with_its_children_and_never_sees_keyless_secrets";
@@ -74,6 +85,13 @@ async fn command_group_and_env_child() {
     wait_until("every process of the command to end", Duration::from_secs(10), || {
         let left = started.iter().any(|pid| running(pid));
         async move { !left }
+    })
+    .await;
+    // The shell, keyless's own child, is reaped too (its children are their new parent's).
+    let leader = started.last().unwrap();
+    wait_until("the command's process to be reaped", Duration::from_secs(10), || {
+        let zombie = our_zombie(leader);
+        async move { !zombie }
     })
     .await;
 
