@@ -1,7 +1,8 @@
 //! The fetching and command token sources against a hostile or careless environment: a command
-//! that hangs with children of its own is killed as a whole group at its timeout and never sees
-//! keyless's own secrets; a proxy in `HTTP_PROXY` never sees a link-local request (bearer headers
-//! included). Each test re-runs itself as a child with the environment it needs (edition 2024
+//! that hangs with children of its own is killed as a whole group at its timeout (one that prints
+//! without end, at its output bound), reaped, and never sees keyless's own secrets; a proxy in
+//! `HTTP_PROXY` never sees a link-local request (bearer headers included). The tests that need an
+//! environment of their own re-run themselves as a child with it (edition 2024
 //! makes `set_var` unsafe; test-support's `child`); the proxy test's child in a network namespace
 //! of its own, where a link-local address is unreachable, so nothing leaves this machine.
 #![allow(clippy::unwrap_used)]
@@ -102,6 +103,30 @@ async fn command_group_and_env_child() {
     assert!(!seen.contains("KEYLESS_TEST_DIR"), "a KEYLESS_ setting reached the command");
     assert!(seen.contains("GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE=aud"), "the command's own env is missing:\n{seen}");
     assert!(seen.contains("PATH="), "the rest of the environment is inherited:\n{seen}");
+}
+
+#[tokio::test]
+async fn a_command_that_prints_without_end_is_cut_off_and_killed_with_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let script = format!("sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; exec yes", pids = pids.display());
+    let spec = CommandSpec {
+        argv: vec!["sh".into(), "-c".into(), script],
+        timeout: Duration::from_secs(120),
+        format: CommandFormat::Token(TokenFormat::Text),
+        env: Vec::new(),
+    };
+    let source = open(SourceSpec::Command(spec)).await;
+    let err = source.first_read().await.expect_err("no token in endless output").to_string();
+    drop(source);
+    assert!(err.contains("printed more than"), "cut off at the bound, not at the timeout: {err}");
+    let started: Vec<String> = std::fs::read_to_string(&pids).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(started.len(), 2, "{started:?}");
+    wait_until("every process of the command to end and be reaped", Duration::from_secs(10), || {
+        let left = started.iter().any(|pid| running(pid) || our_zombie(pid));
+        async move { !left }
+    })
+    .await;
 }
 
 /// The proxy every child's `HTTP_PROXY` and `HTTPS_PROXY` name, inside the child's namespace.
