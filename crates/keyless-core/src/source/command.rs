@@ -145,7 +145,10 @@ impl ProcessGroup {
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
         // The group's id stays the leader's pid while any member lives (or the leader is an
-        // unreaped zombie), so this cannot reach an unrelated group. ESRCH: nobody left.
+        // unreaped zombie), so this cannot reach an unrelated group then. ESRCH: nobody left.
+        // Once a leader that left no member is reaped (a run that ended well), its pid is free
+        // again: reuse between that wait and this kill needs the kernel to cycle through every pid
+        // in between, and the new process to lead a group of its own.
         if let Some(id) = self.id {
             let _ = rustix::process::kill_process_group(id, rustix::process::Signal::KILL);
         }
