@@ -49,7 +49,8 @@ pub(crate) fn classify(
     let is_json = parsed.is_some();
     let body = parsed.unwrap_or_default();
     let code = body.error_codes.first().copied().or_else(|| body.error_description.as_deref().and_then(aadsts_code));
-    let request_id = header_request_id.or_else(|| body.trace_id.as_deref().map(shown));
+    // Escaped once, by `with_request_id`.
+    let request_id = header_request_id.or_else(|| body.trace_id.clone());
 
     let mut message = format!(
         "Entra ID refused the token request of client {} for scope {} (HTTP {status}",

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::time::{Duration, SystemTime};
 
+use crate::printable::upstream;
 use crate::token::SubjectToken;
 
 /// A value that stops being valid at a wall-clock instant set by the cloud.
@@ -28,7 +29,7 @@ impl<T> Expiring<T> {
 #[derive(Debug, Clone)]
 pub struct Issued<C> {
     pub credential: Expiring<C>,
-    /// The upstream's request id, for the exchange log line.
+    /// The upstream's request id, for the exchange log line ([`request_id`]).
     pub request_id: Option<String>,
 }
 
@@ -38,9 +39,15 @@ impl<C> Issued<C> {
     }
 
     pub fn with_request_id(mut self, id: Option<String>) -> Self {
-        self.request_id = id;
+        self.request_id = request_id(id);
         self
     }
+}
+
+/// A request id as an upstream's answer carries it (a header, a body's `trace_id`), escaped and
+/// capped with [`upstream`] once, here: every adapter's ids reach the log lines through it.
+fn request_id(id: Option<String>) -> Option<String> {
+    id.map(|id| upstream(&id).into_owned())
 }
 
 /// One exchange tried outside the cache (`keyless check`): what was asked for (no secret), and
@@ -125,7 +132,7 @@ impl ExchangeError {
     }
 
     pub fn with_request_id(mut self, id: Option<String>) -> Self {
-        self.request_id = id;
+        self.request_id = request_id(id);
         self
     }
 }
@@ -157,4 +164,20 @@ pub trait Exchange: Send + Sync + 'static {
         key: &Self::Key,
         token: &SubjectToken,
     ) -> impl Future<Output = Result<Issued<Self::Credential>, ExchangeError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_id_is_escaped_and_capped_once_where_it_is_set() {
+        let forged = Some("req-1\nlevel=INFO msg=\"credential refreshed\"".to_owned());
+        let err = ExchangeError::retryable("x").with_request_id(forged.clone());
+        assert_eq!(err.request_id.as_deref(), Some(r#"req-1\nlevel=INFO msg="credential refreshed""#));
+        let issued =
+            Issued::new(Expiring::new((), SystemTime::UNIX_EPOCH)).with_request_id(Some("r".repeat(64 * 1024)));
+        assert!(issued.request_id.is_some_and(|id| id.len() < 2 * crate::printable::MAX_UPSTREAM_TEXT_BYTES));
+        assert_eq!(ExchangeError::retryable("x").with_request_id(None).request_id, None);
+    }
 }

@@ -1,6 +1,7 @@
 //! Rules every adapter applies to the upstream endpoints it is configured with (the security rules, docs/reliability.md:
 //! upstream TLS only, except loopback endpoints named explicitly in config).
 
+use std::error::Error;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,30 @@ pub fn is_loopback_host(url: &url::Url) -> bool {
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
         None => false,
     }
+}
+
+/// `err: cause: cause...`, each distinct message once (clients often repeat their cause): a
+/// transport error as errors show it, for the token services and the fetching sources alike.
+pub fn cause_chain(err: &(dyn Error + 'static)) -> String {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !chain.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
+        source = cause.source();
+    }
+    chain
+}
+
+/// Whether a transport error's [`cause_chain`] says the server's certificate is not trusted
+/// here (rustls: `invalid peer certificate: UnknownIssuer`): the one reading of it, so a token
+/// service and a token source name the same fix for the same failure.
+pub fn is_untrusted_certificate(chain: &str) -> bool {
+    let lower = chain.to_ascii_lowercase();
+    lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("invalid peer")
 }
 
 /// Reads a PEM CA bundle named by config key `key` (for TLS-intercepting proxies and the

@@ -1,7 +1,8 @@
 //! The fetching and command token sources against a hostile or careless environment: a command
-//! that hangs with children of its own is killed as a whole group at its timeout and never sees
-//! keyless's own secrets; a proxy in `HTTP_PROXY` never sees a link-local request (bearer headers
-//! included). Each test re-runs itself as a child with the environment it needs (edition 2024
+//! that hangs with children of its own is killed as a whole group at its timeout (one that prints
+//! without end, at its output bound), reaped, and never sees keyless's own secrets; a proxy in
+//! `HTTP_PROXY` never sees a link-local request (bearer headers included). The tests that need an
+//! environment of their own re-run themselves as a child with it (edition 2024
 //! makes `set_var` unsafe; test-support's `child`); the proxy test's child in a network namespace
 //! of its own, where a link-local address is unreachable, so nothing leaves this machine.
 #![allow(clippy::unwrap_used)]
@@ -27,12 +28,23 @@ async fn open(spec: SourceSpec) -> TokenSource {
     TokenSource::open(&spec, &WatchOptions::default(), Arc::new(SystemClock), Metrics::new()).await
 }
 
+/// Process `pid`'s state and parent (`/proc/PID/stat`), or `None` when there is no such process.
+fn state(pid: &str) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
 /// Whether process `pid` still runs (a zombie waiting for its reaper does not).
 fn running(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.to_owned()))
-        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+    state(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+}
+
+/// Whether `pid` is a child of this process that ended and was never reaped.
+fn our_zombie(pid: &str) -> bool {
+    state(pid).is_some_and(|(state, parent)| state == 'Z' && parent == std::process::id())
 }
 
 const COMMAND_TEST: &str = "a_command_that_hangs_is_killed_with_its_children_and_never_sees_keyless_secrets";
@@ -76,6 +88,13 @@ async fn command_group_and_env_child() {
         async move { !left }
     })
     .await;
+    // The shell, keyless's own child, is reaped too (its children are their new parent's).
+    let leader = started.last().unwrap();
+    wait_until("the command's process to be reaped", Duration::from_secs(10), || {
+        let zombie = our_zombie(leader);
+        async move { !zombie }
+    })
+    .await;
 
     let seen = std::fs::read_to_string(&env).unwrap();
     for (name, value) in SECRETS {
@@ -84,6 +103,30 @@ async fn command_group_and_env_child() {
     assert!(!seen.contains("KEYLESS_TEST_DIR"), "a KEYLESS_ setting reached the command");
     assert!(seen.contains("GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE=aud"), "the command's own env is missing:\n{seen}");
     assert!(seen.contains("PATH="), "the rest of the environment is inherited:\n{seen}");
+}
+
+#[tokio::test]
+async fn a_command_that_prints_without_end_is_cut_off_and_killed_with_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let script = format!("sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; exec yes", pids = pids.display());
+    let spec = CommandSpec {
+        argv: vec!["sh".into(), "-c".into(), script],
+        timeout: Duration::from_secs(120),
+        format: CommandFormat::Token(TokenFormat::Text),
+        env: Vec::new(),
+    };
+    let source = open(SourceSpec::Command(spec)).await;
+    let err = source.first_read().await.expect_err("no token in endless output").to_string();
+    drop(source);
+    assert!(err.contains("printed more than"), "cut off at the bound, not at the timeout: {err}");
+    let started: Vec<String> = std::fs::read_to_string(&pids).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(started.len(), 2, "{started:?}");
+    wait_until("every process of the command to end and be reaped", Duration::from_secs(10), || {
+        let left = started.iter().any(|pid| running(pid) || our_zombie(pid));
+        async move { !left }
+    })
+    .await;
 }
 
 /// The proxy every child's `HTTP_PROXY` and `HTTPS_PROXY` name, inside the child's namespace.

@@ -30,6 +30,7 @@ fn schedule() -> Schedule {
         near_exp: Duration::from_secs(5),
         after_failure: Duration::from_secs(5),
         read_timeout: Duration::from_secs(10),
+        first_read_wait: None,
     }
 }
 
@@ -71,15 +72,11 @@ impl TokenOrigin for Scripted {
     }
 
     fn schedule(&self) -> Schedule {
-        schedule()
+        Schedule { first_read_wait: self.first_read_wait, ..schedule() }
     }
 
     fn changes(&mut self) -> Announced {
         Announced(self.announcements.take().unwrap())
-    }
-
-    fn first_read_wait(&self) -> Option<Duration> {
-        self.first_read_wait
     }
 
     async fn read(&mut self) -> Result<SubjectToken, TokenError> {

@@ -177,13 +177,7 @@ impl GcpExchange {
         let answer = self.iam_call(imp, IamCall::AccessToken, federated, &body, token).await?;
         let parsed: AccessTokenResponse = serde_json::from_slice(&answer)
             .map_err(|_| ExchangeError::retryable("IAM generateAccessToken answered 200 with an unexpected body"))?;
-        let expires_at = humantime::parse_rfc3339_weak(&parsed.expire_time).map_err(|_| {
-            ExchangeError::retryable(format!(
-                "IAM generateAccessToken answered an expireTime that is not RFC 3339: {:?}",
-                keyless_core::printable::upstream(&parsed.expire_time)
-            ))
-        })?;
-        expiring(parsed.access_token, expires_at, self.clock.now())
+        expiring(parsed.access_token, expire_time(&parsed.expire_time)?, self.clock.now())
     }
 
     async fn generate_id_token(
@@ -215,11 +209,7 @@ impl GcpExchange {
         body: &serde_json::Value,
         token: &SubjectToken,
     ) -> Result<Vec<u8>, ExchangeError> {
-        let method = match call {
-            IamCall::AccessToken => "generateAccessToken",
-            IamCall::IdToken => "generateIdToken",
-        };
-        let path = format!("/v1/projects/-/serviceAccounts/{}:{method}", imp.email);
+        let path = format!("/v1/projects/-/serviceAccounts/{}:{}", imp.email, call.method());
         let response = self
             .http
             .post(join(&imp.iam_endpoint, &path)?)
@@ -306,6 +296,17 @@ fn join(base: &Url, path: &str) -> Result<Url, ExchangeError> {
     Url::parse(&joined).map_err(|e| ExchangeError::terminal(format!("bad upstream URL {joined:?}: {e}")))
 }
 
+/// generateAccessToken's `expireTime`. Quoted escaped once, by `upstream` alone (`{:?}` on top
+/// would escape its escapes again).
+fn expire_time(text: &str) -> Result<SystemTime, ExchangeError> {
+    humantime::parse_rfc3339_weak(text).map_err(|_| {
+        ExchangeError::retryable(format!(
+            "IAM generateAccessToken answered an expireTime that is not RFC 3339: \"{}\"",
+            keyless_core::printable::upstream(text)
+        ))
+    })
+}
+
 /// A token that is still valid now (an already-expired answer would make the cache refresh in
 /// a tight loop).
 fn expiring(token: String, expires_at: SystemTime, now: SystemTime) -> Result<Expiring<GcpToken>, ExchangeError> {
@@ -366,6 +367,14 @@ mod tests {
         assert_eq!(parse("3599.7"), Some(Duration::from_secs(3599)));
         assert_eq!(parse("0"), None);
         assert_eq!(parse("\"soon\""), None);
+    }
+
+    #[test]
+    fn an_unreadable_expire_time_is_quoted_escaped_once() {
+        let at = expire_time("2030-01-01T00:00:00Z").expect("RFC 3339");
+        assert_eq!(at, humantime::parse_rfc3339("2030-01-01T00:00:00Z").expect("a time"));
+        let err = expire_time("soon\nlevel=INFO").expect_err("not RFC 3339").to_string();
+        assert!(err.ends_with(r#": "soon\nlevel=INFO""#), "{err}");
     }
 
     #[test]

@@ -129,7 +129,8 @@ pub(crate) enum IamCall {
 }
 
 impl IamCall {
-    fn method(self) -> &'static str {
+    /// The method's name in IAM Credentials' URL (`...:generateAccessToken`) and in errors.
+    pub(crate) fn method(self) -> &'static str {
         match self {
             Self::AccessToken => "generateAccessToken",
             Self::IdToken => "generateIdToken",

@@ -33,6 +33,7 @@ pub fn all_loopback<'a>(endpoints: impl IntoIterator<Item = &'a url::Url>) -> bo
 }
 
 pub use keyless_core::upstream::is_loopback_host as is_loopback;
+use keyless_core::upstream::{cause_chain, is_untrusted_certificate};
 
 /// Why an HTTPS client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -161,8 +162,7 @@ pub fn throttling(err: ExchangeError, status: u16, retry_after_header: Option<&s
 /// `service` names the token service and where it is ("STS at https://sts.amazonaws.com").
 pub fn transport_error(service: &str, ca_key: &str, err: &(dyn Error + 'static)) -> ExchangeError {
     let chain = cause_chain(err);
-    let lower = chain.to_ascii_lowercase();
-    if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("invalid peer") {
+    if is_untrusted_certificate(&chain) {
         return ExchangeError::terminal(format!("TLS to {service} failed: {chain}"))
             .with_code("UntrustedCertificate")
             .with_hint(format!(
@@ -170,6 +170,7 @@ pub fn transport_error(service: &str, ca_key: &str, err: &(dyn Error + 'static))
                  endpoint or the keyless emulator, set {ca_key} to a PEM bundle of its CA"
             ));
     }
+    let lower = chain.to_ascii_lowercase();
     if lower.contains("timed out") || lower.contains("timeout") || lower.contains("deadline") {
         return ExchangeError::retryable(format!("{service} did not answer in time: {chain}"))
             .with_code("UpstreamTimeout")
@@ -178,21 +179,6 @@ pub fn transport_error(service: &str, ca_key: &str, err: &(dyn Error + 'static))
     ExchangeError::retryable(format!("could not reach {service}: {chain}")).with_code("UpstreamUnreachable").with_hint(
         "check DNS, egress network policy and HTTPS_PROXY/NO_PROXY from this pod; keyless retries with backoff",
     )
-}
-
-/// `err: cause: cause...`, each distinct message once (clients often repeat their cause).
-fn cause_chain(err: &(dyn Error + 'static)) -> String {
-    let mut chain = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !chain.contains(&text) {
-            chain.push_str(": ");
-            chain.push_str(&text);
-        }
-        source = cause.source();
-    }
-    chain
 }
 
 #[cfg(test)]

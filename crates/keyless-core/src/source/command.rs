@@ -19,7 +19,7 @@ use tokio::io::AsyncReadExt as _;
 use super::url_origin::TokenFormat;
 use super::{NoChanges, Schedule, SourceId, SourceKind, TokenOrigin};
 use crate::clock::SharedClock;
-use crate::printable::printable;
+use crate::printable::upstream;
 use crate::token::{MAX_SUBJECT_TOKEN_BYTES, SubjectToken, TokenError};
 
 /// Set to `1` to let keyless run command sources.
@@ -136,7 +136,10 @@ impl ProcessGroup {
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
         // The group's id stays the leader's pid while any member lives (or the leader is an
-        // unreaped zombie), so this cannot reach an unrelated group. ESRCH: nobody left.
+        // unreaped zombie), so this cannot reach an unrelated group then. ESRCH: nobody left.
+        // Once a leader that left no member is reaped (a run that ended well), its pid is free
+        // again: reuse between that wait and this kill needs the kernel to cycle through every pid
+        // in between, and the new process to lead a group of its own.
         if let Some(id) = self.id {
             let _ = rustix::process::kill_process_group(id, rustix::process::Signal::KILL);
         }
@@ -165,16 +168,18 @@ fn google_executable_token(output: &[u8], now: SystemTime) -> Result<String, Str
     if r.version != Some(1) {
         return Err(format!("its output has version {:?}; only version 1 is supported", r.version));
     }
+    // The program's own words: escaped and capped once, as any answer from outside, and quoted
+    // without `{:?}` (which would escape the escapes again).
     if r.success != Some(true) {
-        let shown = |v: Option<String>| printable(&v.unwrap_or_default(), 200).into_owned();
-        return Err(format!("it reported failure: code {:?}, message {:?}", shown(r.code), shown(r.message)));
+        let shown = |v: Option<String>| upstream(&v.unwrap_or_default()).into_owned();
+        return Err(format!("it reported failure: code \"{}\", message \"{}\"", shown(r.code), shown(r.message)));
     }
     if r.saml_response.is_some() {
         return Err("it returned a SAML response; keyless exchanges OIDC tokens only".into());
     }
     let token_type = r.token_type.unwrap_or_default();
     if !ID_TOKEN_TYPES.contains(&token_type.as_str()) {
-        return Err(format!("its token_type {:?} is not one of {ID_TOKEN_TYPES:?}", printable(&token_type, 100)));
+        return Err(format!("its token_type \"{}\" is not one of {ID_TOKEN_TYPES:?}", upstream(&token_type)));
     }
     if let Some(exp) = r.expiration_time {
         let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -200,10 +205,6 @@ impl TokenOrigin for CommandOrigin {
         NoChanges
     }
 
-    fn first_read_wait(&self) -> Option<Duration> {
-        Some(super::FIRST_FETCH_WAIT)
-    }
-
     async fn read(&mut self) -> Result<SubjectToken, TokenError> {
         let unavailable = |reason: String| TokenError::Unavailable { from: self.id.clone(), reason };
         let output = self.run().await.map_err(unavailable)?;
@@ -225,8 +226,9 @@ mod tests {
         let ok = br#"{"version":1,"success":true,"token_type":"urn:ietf:params:oauth:token-type:id_token","id_token":"a.b.c","expiration_time":2000}"#;
         assert_eq!(google_executable_token(ok, at(1000)).as_deref(), Ok("a.b.c"));
         assert!(google_executable_token(ok, at(2000)).expect_err("expired").contains("expired"));
-        let failed = br#"{"version":1,"success":false,"code":"401","message":"no session"}"#;
-        assert!(google_executable_token(failed, at(0)).expect_err("failure").contains("no session"));
+        let failed = br#"{"version":1,"success":false,"code":"401","message":"no session\nlevel=INFO"}"#;
+        let err = google_executable_token(failed, at(0)).expect_err("failure");
+        assert!(err.ends_with(r#"code "401", message "no session\nlevel=INFO""#), "escaped once: {err}");
         let saml = br#"{"version":1,"success":true,"token_type":"urn:ietf:params:oauth:token-type:saml2","saml_response":"x"}"#;
         assert!(google_executable_token(saml, at(0)).expect_err("saml").contains("SAML"));
         assert!(google_executable_token(b"a.b.c\n", at(0)).expect_err("not JSON").contains("not the executable"));

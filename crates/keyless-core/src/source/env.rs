@@ -40,6 +40,7 @@ impl TokenOrigin for EnvOrigin {
             near_exp: Duration::from_secs(3600),
             after_failure: Duration::from_secs(3600),
             read_timeout: Duration::from_secs(1),
+            first_read_wait: None,
         }
     }
 

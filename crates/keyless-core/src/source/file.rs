@@ -48,6 +48,7 @@ impl FileOrigin {
             // A fixed file announces itself through directory events; polling is the backstop.
             after_failure: options.poll_interval,
             read_timeout: FILE_READ_TIMEOUT,
+            first_read_wait: None,
         };
         Self { id: SourceId::file(&path), path, schedule, in_flight: None }
     }

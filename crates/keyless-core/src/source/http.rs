@@ -55,8 +55,7 @@ impl std::fmt::Display for FetchError {
         match self {
             Self::Transport(e) => {
                 write!(f, "no answer: {e}")?;
-                let lower = e.to_ascii_lowercase();
-                if lower.contains("certificate") || lower.contains("unknownissuer") {
+                if upstream::is_untrusted_certificate(e) {
                     f.write_str(
                         " (the server's certificate is not trusted here: set the source's ca_file to a PEM bundle of \
                          its CA, or SSL_CERT_FILE to a bundle that holds it)",
@@ -70,16 +69,24 @@ impl std::fmt::Display for FetchError {
     }
 }
 
+impl FetchError {
+    /// No answer: the error and its causes, without the URL reqwest puts in its own message (its
+    /// query may be secret).
+    fn transport(err: reqwest::Error) -> Self {
+        Self::Transport(upstream::cause_chain(&err.without_url()))
+    }
+}
+
 /// `GET url` with `headers`; the body of a 200 answer, at most [`MAX_BODY_BYTES`].
 pub(super) async fn get(client: &reqwest::Client, url: &url::Url, headers: &[Header]) -> Result<Vec<u8>, FetchError> {
     let mut request = client.get(url.clone());
     for (name, value) in headers {
         request = request.header(name.as_str(), value.expose().as_str());
     }
-    let mut response = request.send().await.map_err(|e| FetchError::Transport(cause_chain(e)))?;
+    let mut response = request.send().await.map_err(FetchError::transport)?;
     let status = response.status().as_u16();
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| FetchError::Transport(cause_chain(e)))? {
+    while let Some(chunk) = response.chunk().await.map_err(FetchError::transport)? {
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(FetchError::TooLarge);
         }
@@ -90,20 +97,6 @@ pub(super) async fn get(client: &reqwest::Client, url: &url::Url, headers: &[Hea
         return Err(FetchError::Status(status, printable::upstream(text.trim()).into_owned()));
     }
     Ok(body)
-}
-
-/// The error and its causes, without the URL reqwest puts in its own message (its query may be
-/// secret).
-fn cause_chain(err: reqwest::Error) -> String {
-    let err = err.without_url();
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// `url` as shown in logs and reports: scheme, host, port and path; never the query or userinfo.

@@ -190,12 +190,17 @@ pub struct Schedule {
     pub after_failure: Duration,
     /// A read that has not finished by then fails with [`TokenError::TimedOut`].
     pub read_timeout: Duration,
+    /// How long [`TokenSource::start`] waits for the first read before returning (the read goes on
+    /// in the background). `None`: until it is done, as a local file's read is quick. A fetching
+    /// source bounds it, so a hung endpoint delays nothing else's start.
+    pub first_read_wait: Option<Duration>,
 }
 
 impl Schedule {
     /// A source that learns of a new token only by fetching one (a URL, a command, GitHub Actions):
     /// a new token 2 minutes before the held one's `exp`, so the one held always has 2 minutes left,
-    /// then every 5 s until it arrives; `poll` as a backstop.
+    /// then every 5 s until it arrives; `poll` as a backstop. Its start waits for the first fetch
+    /// at most 3 s.
     pub fn fetching(poll: Duration, after_failure: Duration, read_timeout: Duration) -> Self {
         Self {
             debounce: Duration::ZERO,
@@ -204,6 +209,7 @@ impl Schedule {
             near_exp: Duration::from_secs(5),
             after_failure,
             read_timeout,
+            first_read_wait: Some(FIRST_FETCH_WAIT),
         }
     }
 }
@@ -240,13 +246,6 @@ pub trait TokenOrigin: Send + 'static {
     /// time (the driver gives up after [`Schedule::read_timeout`], dropping this future). A fetching
     /// origin must fetch anew on every call: that is how a cloud's "token expired" gets a fresh one.
     fn read(&mut self) -> impl Future<Output = Result<SubjectToken, TokenError>> + Send;
-
-    /// How long [`TokenSource::start`] waits for the first read before returning (the read goes on
-    /// in the background). `None`: until it is done, as a local file's read is quick. A fetching
-    /// origin bounds it, so a hung endpoint delays nothing else's start.
-    fn first_read_wait(&self) -> Option<Duration> {
-        None
-    }
 }
 
 type Held = Option<Arc<SubjectToken>>;
@@ -317,7 +316,7 @@ impl TokenSource {
     /// Runs `origin` under the generic driver: reads it once, then keeps it fresh in the background.
     pub async fn start<O: TokenOrigin>(origin: O, clock: SharedClock, metrics: Metrics) -> Self {
         let id = origin.id().clone();
-        let first_read_wait = origin.first_read_wait();
+        let first_read_wait = origin.schedule().first_read_wait;
         let state = State::new(None);
         let (tx, rx) = mpsc::channel(16);
         let task = match first_read_wait {

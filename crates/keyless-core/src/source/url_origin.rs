@@ -181,10 +181,6 @@ impl TokenOrigin for UrlOrigin {
         NoChanges
     }
 
-    fn first_read_wait(&self) -> Option<Duration> {
-        Some(super::FIRST_FETCH_WAIT)
-    }
-
     async fn read(&mut self) -> Result<SubjectToken, TokenError> {
         let unavailable = |reason: String| TokenError::Unavailable { from: self.id.clone(), reason };
         // The fetch could not be built (a variable unset, a malformed URL): no retry changes that.
