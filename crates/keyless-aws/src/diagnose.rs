@@ -64,11 +64,6 @@ impl Diagnosis for AwsDiagnosis {
         )
     }
 
-    /// STS names the issuer it has no OIDC provider for.
-    fn untrusted_issuer(&self, error: &keyless_core::ExchangeError) -> bool {
-        error.code.as_deref() == Some("InvalidIdentityToken") && error.message.contains("No OpenIDConnect provider")
-    }
-
     /// One `AssumeRoleWithWebIdentity` with `token` per role: the default, then each named one.
     fn exchange_once<'a>(&'a self, token: &'a SubjectToken) -> BoxFuture<'a, Vec<Attempt>> {
         Box::pin(async move {

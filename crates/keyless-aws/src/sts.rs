@@ -148,7 +148,7 @@ impl StsExchange {
                     // The account has no provider for the token's issuer: another token from the
                     // same issuer cannot change that.
                     "InvalidIdentityToken" if text.contains("No OpenIDConnect provider found") => {
-                        ExchangeError::terminal(message)
+                        ExchangeError::terminal(message).with_untrusted_issuer()
                     }
                     "InvalidIdentityToken" | "ExpiredTokenException" | "ExpiredToken" => {
                         ExchangeError::reread_token(message)

@@ -66,6 +66,7 @@ async fn access_denied_is_terminal_and_its_hint_shows_the_tokens_actual_sub() {
     let err = provider.cache().get(&()).await.expect_err("the trust policy refuses this subject");
     assert_eq!(err.class, ErrorClass::Terminal);
     assert_eq!(err.code.as_deref(), Some("AccessDenied"));
+    assert!(!err.untrusted_issuer, "the issuer is trusted, the subject is not");
     assert!(err.request_id.is_some(), "the upstream request id is kept");
     let hint = err.hint.clone().expect("a hint");
     let issuer = env.emulator.url().trim_start_matches("https://").to_owned();
@@ -90,6 +91,21 @@ async fn a_wrong_audience_is_reported_with_the_tokens_audience() {
     assert!(shown.contains("InvalidIdentityToken"), "{shown}");
     assert!(shown.contains("aud=[api://AzureADTokenExchange]"), "{shown}");
     assert_eq!(env.emulator.counters().aws_sts, 2, "re-read once, then give up");
+}
+
+/// STS has no OIDC provider for the token's issuer: the classifier marks it (what `keyless check`
+/// questions before proposing to trust that issuer), and it is terminal.
+#[tokio::test]
+async fn an_issuer_without_an_oidc_provider_is_marked_untrusted() {
+    let env = EmulatorEnv::start().await;
+    let mut config = env.config();
+    config.token_file =
+        env.minted_token_file("foreign-token", &env.audience(), |c| c.iss = Some("https://evil.example.com".into()));
+    let provider = keyless_aws::start(config, &context(fast_retries())).await.unwrap();
+    let err = provider.cache().get(&()).await.expect_err("no OIDC provider for this issuer");
+    assert!(err.message.contains("No OpenIDConnect provider found"), "{err:?}");
+    assert!(err.untrusted_issuer, "{err:?}");
+    assert_eq!(err.class, ErrorClass::Terminal);
 }
 
 /// On the paused clock: refreshes, retries and their backoff run in virtual time, the emulator and

@@ -72,6 +72,10 @@ pub(crate) fn classify(
 
     let transient = status == 408 || status == 429 || status >= 500;
     let err = match code.and_then(|c| known_code(c, attempt)) {
+        // AADSTS700211: no federated identity credential of the app names the token's issuer.
+        Some((class, hint)) if code == Some(700211) => {
+            ExchangeError::new(class, message).with_hint(hint).with_untrusted_issuer()
+        }
         Some((class, hint)) => ExchangeError::new(class, message).with_hint(hint),
         None if transient => ExchangeError::retryable(message),
         None => ExchangeError::terminal(message).with_hint(format!(
@@ -258,6 +262,8 @@ mod tests {
             let err = f.classify(400, &entra(code, "invalid_request"));
             assert_eq!(err.class, ErrorClass::Terminal, "{code}");
             assert!(err.hint.as_deref().unwrap_or_default().contains(needle), "{code}: {err}");
+            // Only AADSTS700211 says no credential names the token's issuer.
+            assert_eq!(err.untrusted_issuer, code == 700211, "{code}");
         }
     }
 

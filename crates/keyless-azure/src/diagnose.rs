@@ -69,11 +69,6 @@ impl Diagnosis for AzureDiagnosis {
         )
     }
 
-    /// AADSTS700211: no federated identity credential of the app names the token's issuer.
-    fn untrusted_issuer(&self, error: &keyless_core::ExchangeError) -> bool {
-        error.code.as_deref() == Some("AADSTS700211")
-    }
-
     /// One token request per client id and pre-warmed resource: what `serve` needs for readiness.
     fn exchange_once<'a>(&'a self, token: &'a SubjectToken) -> BoxFuture<'a, Vec<Attempt>> {
         Box::pin(async move {

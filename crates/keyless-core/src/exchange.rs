@@ -97,11 +97,24 @@ pub struct ExchangeError {
     pub request_id: Option<String>,
     /// The upstream's `Retry-After`: the next attempt waits at least this long.
     pub retry_after: Option<Duration>,
+    /// The cloud trusts no identity provider for the token's `iss` (no IAM OIDC provider, no
+    /// pool provider, no federated credential names it). Set where the adapter classifies the
+    /// answer, the one place that reads its text: `keyless check` then questions the token
+    /// before anything proposes trusting that issuer.
+    pub untrusted_issuer: bool,
 }
 
 impl ExchangeError {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        Self { class, code: None, message: message.into(), hint: None, request_id: None, retry_after: None }
+        Self {
+            class,
+            code: None,
+            message: message.into(),
+            hint: None,
+            request_id: None,
+            retry_after: None,
+            untrusted_issuer: false,
+        }
     }
 
     /// Throttled by the token service; `retry_after` is its `Retry-After`, if it sent one.
@@ -128,6 +141,12 @@ impl ExchangeError {
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+
+    /// Marks the error as the cloud trusting no identity provider for the token's issuer.
+    pub fn with_untrusted_issuer(mut self) -> Self {
+        self.untrusted_issuer = true;
         self
     }
 

@@ -94,12 +94,6 @@ impl Diagnosis for GcpDiagnosis {
         )
     }
 
-    /// STS says the pool provider's issuer is not the token's.
-    fn untrusted_issuer(&self, error: &keyless_core::ExchangeError) -> bool {
-        let message = error.message.to_ascii_lowercase();
-        error.code.as_deref() == Some("invalid_grant") && message.contains("issuer") && message.contains("not match")
-    }
-
     /// Per account (the default, then each extra one): its access token, then each of its
     /// ID-token audiences, once each.
     fn exchange_once<'a>(&'a self, token: &'a SubjectToken) -> BoxFuture<'a, Vec<Attempt>> {

@@ -84,6 +84,10 @@ pub(crate) fn sts(status: StatusCode, body: &[u8], attempt: &Attempt<'_>) -> Exc
                     )
                 };
                 let err = if stale { ExchangeError::reread_token(message) } else { ExchangeError::terminal(message) };
+                // "The issuer in ID Token ... does not match the expected ISSUER": no pool
+                // provider of the audience trusts the token's issuer.
+                let untrusted_issuer = lower.contains("issuer") && lower.contains("not match");
+                let err = if untrusted_issuer { err.with_untrusted_issuer() } else { err };
                 err.with_hint(hint)
             }
             "invalid_target" => ExchangeError::terminal(message).with_hint(format!(
@@ -233,6 +237,17 @@ mod tests {
         assert!(hint.contains("aud=[wrong-audience]"), "{hint}");
         assert!(hint.contains("sub=system:serviceaccount:ns:app"), "{hint}");
         assert!(hint.contains(p.audience()), "{hint}");
+        assert!(!err.untrusted_issuer, "the audience, not the issuer, was refused");
+    }
+
+    #[test]
+    fn invalid_grant_for_a_foreign_issuer_marks_it_untrusted() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let (p, c) = (provider(), claims(600, now));
+        let body = br#"{"error":"invalid_grant","error_description":"The issuer in ID Token https://evil.example.com does not match the expected ISSUER."}"#;
+        let err = sts(StatusCode::BAD_REQUEST, body, &attempt(&p, &c, now));
+        assert_eq!(err.class, ErrorClass::Terminal);
+        assert!(err.untrusted_issuer, "{err:?}");
     }
 
     #[test]

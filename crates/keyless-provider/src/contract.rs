@@ -166,12 +166,6 @@ pub trait Diagnosis: Send + Sync {
     /// What to change when the token's audience is not the expected one. Never "trust the
     /// token's audience": a token minted for another cloud must not become one this cloud takes.
     fn audience_fix(&self, claims: &Claims) -> String;
-    /// Whether `error` says the cloud trusts no issuer of the token's `iss` (no OIDC provider,
-    /// no pool provider or federated credential names it). `keyless check` then questions the
-    /// token before it proposes trusting that issuer.
-    fn untrusted_issuer(&self, _error: &keyless_core::ExchangeError) -> bool {
-        false
-    }
     /// One exchange per configured credential, outside any cache.
     fn exchange_once<'a>(&'a self, token: &'a SubjectToken) -> BoxFuture<'a, Vec<Attempt>>;
     /// The cloud-side objects a token with `claims` needs (placeholders without claims), accepted

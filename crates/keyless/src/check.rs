@@ -311,7 +311,7 @@ async fn check_provider(
             claims.aud.iter().filter(|a| !d.accepts_audience(std::slice::from_ref(a))).cloned().collect();
         expected.clone()
     };
-    let issuer_rejected = attempts.iter().any(|a| a.result.as_ref().is_err_and(|e| d.untrusted_issuer(e)));
+    let issuer_rejected = attempts.iter().any(|a| a.result.as_ref().is_err_and(|e| e.untrusted_issuer));
     if let (true, Some(iss)) = (issuer_rejected, &claims.iss) {
         report.problem(
             name,
