@@ -1,4 +1,6 @@
 //! Tells `keyless --version` what it was built from: the source revision and the compiled features.
+//! The one place the revision is determined: `keyless_build_info{revision}` is the same value
+//! (main.rs's `BUILD`, handed to keyless-core's metrics).
 //!
 //! The revision is `KEYLESS_REVISION` when the build sets it (scripts/release does, so a build from
 //! an exported tree without `.git` still names its commit), else the commit of the git checkout
@@ -17,6 +19,11 @@ fn main() {
         Ok(set) if !set.trim().is_empty() => set.trim().to_owned(),
         _ => git_revision().unwrap_or_else(|| "unknown".to_owned()),
     };
+    // It becomes a Prometheus label value and a line of `--version`: a commit, maybe `-dirty`.
+    assert!(
+        revision.len() <= 80 && revision.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c)),
+        "KEYLESS_REVISION={revision:?}: a revision is letters, digits and . _ + - (a commit id), at most 80"
+    );
     println!("cargo::rustc-env=KEYLESS_REVISION={revision}");
 
     // Cargo sets CARGO_FEATURE_<NAME> for each enabled feature of this crate.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use keyless_test_support::binary::workspace_root;
+use keyless_test_support::binary::{keyless_bin, workspace_root};
 use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::process::free_port;
 use keyless_test_support::sidecar::{Sidecar, all_clouds_config};
@@ -128,9 +128,12 @@ async fn every_configured_identity_has_a_readiness_series_from_start_with_build_
         "a refused role has no credential to expire: the readiness series is what an alert sees\n{text}"
     );
 
-    let version = env!("CARGO_PKG_VERSION");
-    assert_eq!(sample(&text, "keyless_build_info", &[("version", version)]), Some(1.0), "{text}");
-    assert!(labels_of(&text, "keyless_build_info", "revision=").contains("revision=\""), "{text}");
+    // The version and revision `keyless --version` prints (build.rs determines the revision once).
+    let printed = Command::new(keyless_bin()).arg("--version").output().unwrap();
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    let revision = printed.split_once("(revision ").and_then(|(_, rest)| rest.split_once(',')).unwrap().0;
+    let build = [("version", env!("CARGO_PKG_VERSION")), ("revision", revision)];
+    assert_eq!(sample(&text, "keyless_build_info", &build), Some(1.0), "keyless --version: {printed}\n{text}");
     let positive = |name: &str| sample(&text, name, &[]).is_some_and(|v| v > 0.0);
     for name in [
         "process_resident_memory_bytes",

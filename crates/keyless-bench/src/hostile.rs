@@ -89,11 +89,21 @@ impl Attack {
     }
 }
 
+/// An attacker's connection; after a refusal (keyless gone, no file descriptor left) a pause, so
+/// that a hundred attackers do not spin on the machine the normal clients are measured on.
+async fn connect(listen: SocketAddr) -> std::io::Result<TcpStream> {
+    let connected = TcpStream::connect(listen).await;
+    if connected.is_err() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    connected
+}
+
 /// Sends a 1 MiB request head and reads until the server closes; again.
 async fn oversized_heads(listen: SocketAddr) {
     let head = format!("GET / HTTP/1.1\r\nHost: {listen}\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20)).into_bytes();
     loop {
-        let Ok(tcp) = TcpStream::connect(listen).await else { continue };
+        let Ok(tcp) = connect(listen).await else { continue };
         let (mut rx, mut tx) = tcp.into_split();
         let head = head.clone();
         let writer = tokio::spawn(async move {
@@ -114,7 +124,7 @@ async fn oversized_heads(listen: SocketAddr) {
 /// cut off.
 async fn slowloris(listen: SocketAddr) {
     loop {
-        let Ok(mut tcp) = TcpStream::connect(listen).await else { continue };
+        let Ok(mut tcp) = connect(listen).await else { continue };
         let mut line: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n";
         while tcp.write_all(line).await.is_ok() {
             line = b"X-Slow: 1\r\n";
@@ -153,6 +163,8 @@ fn quantile(latencies: &[Duration], q: f64) -> Duration {
 pub async fn report(opts: &HostileOptions) -> Result<(), BenchError> {
     let keyless = opts.keyless.clone().unwrap_or_else(default_keyless);
     println!("# Normal clients under hostile load\n");
+    // The flood alone holds 1500 connections, over the usual soft limit of 1024.
+    println!("{}\n", crate::fleet_procs::raise_nofile());
     println!(
         "keyless: {}; {}; load average before: {}\n",
         keyless.display(),
@@ -190,4 +202,18 @@ pub async fn report(opts: &HostileOptions) -> Result<(), BenchError> {
     }
     println!("\nload average after: {}", crate::procs::load_average());
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attacker_pauses_after_a_refused_connection() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap();
+        let started = Instant::now();
+        assert!(connect(closed).await.is_err());
+        assert!(started.elapsed() >= Duration::from_millis(100), "{:?}", started.elapsed());
+    }
 }

@@ -137,14 +137,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Mode::BareServer { listen, body_len }) => {
             // The runtime keyless uses: multi-threaded, one worker per core.
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
-            };
-            return match runtime.block_on(bare::serve(listen, body_len)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e.to_string()),
-            };
+            return block_on_multi_thread(bare::serve(listen, body_len));
         }
         Some(Mode::Callgrind(options)) => {
             // One connection at a time: the client needs one thread.
@@ -158,14 +151,7 @@ fn main() -> ExitCode {
             };
         }
         Some(Mode::FleetProcs(options)) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
-            };
-            return match runtime.block_on(fleet_procs_report::report(&options)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e.to_string()),
-            };
+            return block_on_multi_thread(fleet_procs_report::report(&options));
         }
         Some(Mode::WebhookHostile(options)) => {
             return block_on_multi_thread(webhook::hostile_report(&options));
@@ -174,14 +160,7 @@ fn main() -> ExitCode {
             return block_on_multi_thread(webhook::memory_report(&options));
         }
         Some(Mode::Hostile(options)) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
-            };
-            return match runtime.block_on(hostile::report(&options)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e.to_string()),
-            };
+            return block_on_multi_thread(hostile::report(&options));
         }
         Some(Mode::Fleet(options)) => {
             return match fleet_report::report(&options) {

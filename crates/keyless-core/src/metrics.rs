@@ -16,14 +16,14 @@ use crate::clock::unix_seconds;
 
 mod process;
 
-/// The version and revision `keyless_build_info` reports. The revision is the git commit the
-/// binary was built from, given at build time as `KEYLESS_REVISION` (docker/Dockerfile passes
-/// it); `unknown` in a build without it.
-const VERSION: &str = env!("CARGO_PKG_VERSION");
-const REVISION: &str = match option_env!("KEYLESS_REVISION") {
-    Some(r) => r,
-    None => "unknown",
-};
+/// What `keyless_build_info` reports: the binary's version and the source revision it was built
+/// from. Only the binary knows them (its build script determines the revision, the same one
+/// `keyless --version` prints: crates/keyless/build.rs); this library only reports what it is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildInfo {
+    pub version: &'static str,
+    pub revision: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
@@ -32,10 +32,10 @@ struct BuildLabels {
 }
 
 /// Registers what every keyless process exports, the sidecar and the webhook alike:
-/// `keyless_build_info{version,revision} 1` and the standard `process_*` metrics.
-pub fn register_process_metrics(registry: &mut Registry) {
+/// `keyless_build_info{version,revision} 1` (of `build`) and the standard `process_*` metrics.
+pub fn register_process_metrics(registry: &mut Registry, build: BuildInfo) {
     let build_info = Family::<BuildLabels, Gauge>::default();
-    build_info.get_or_create(&BuildLabels { version: VERSION, revision: REVISION }).set(1);
+    build_info.get_or_create(&BuildLabels { version: build.version, revision: build.revision }).set(1);
     registry.register("keyless_build_info", "The keyless version and git revision running (always 1)", build_info);
     registry.register_collector(Box::new(process::ProcessCollector::default()));
 }
@@ -139,8 +139,22 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The families keyless-core records, without what only a binary knows of itself
+    /// (`keyless_build_info`, `process_*`): for tests and benchmarks.
     pub fn new() -> Self {
+        Self::with_registry(Registry::default())
+    }
+
+    /// The metrics a keyless process serves: also `keyless_build_info` of `build` and the
+    /// `process_*` metrics.
+    pub fn with_build_info(build: BuildInfo) -> Self {
         let mut registry = Registry::default();
+        register_process_metrics(&mut registry, build);
+        Self::with_registry(registry)
+    }
+
+    /// The families, registered in `registry` beside what it already has.
+    fn with_registry(mut registry: Registry) -> Self {
         let exchanges = Family::<ExchangeLabels, Counter>::default();
         let exchange_duration = Family::<ProviderLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
@@ -182,7 +196,6 @@ impl Metrics {
             "The exp claim (Unix seconds) of the subject token now held, per source (kind; path for a file)",
             subject_token_expiry.clone(),
         );
-        register_process_metrics(&mut registry);
         Self {
             inner: Arc::new(Families {
                 registry,
@@ -356,11 +369,12 @@ mod tests {
     }
 
     #[test]
-    fn build_info_and_the_process_metrics_are_exported() {
-        let text = Metrics::new().encode();
-        let build = format!("keyless_build_info{{version=\"{VERSION}\",revision=\"{REVISION}\"}} 1\n");
-        assert!(text.contains(&build), "{text}");
-        // Elsewhere there is no /proc: the process metrics are absent.
+    fn the_build_info_given_and_the_process_metrics_are_exported() {
+        let text = Metrics::with_build_info(BuildInfo { version: "9.8.7", revision: "0123abc" }).encode();
+        assert!(text.contains("keyless_build_info{version=\"9.8.7\",revision=\"0123abc\"} 1\n"), "{text}");
+        // Without a binary's build info, no invented one.
+        assert!(!Metrics::new().encode().contains("keyless_build_info"));
+        // keyless runs on Linux, where /proc always exists: the process metrics must be there.
         if cfg!(target_os = "linux") {
             for name in [
                 "# TYPE process_cpu_seconds counter",

@@ -17,12 +17,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use keyless_release::{github_step, gitlab_job, line_of, section, shell_blocks, workspace_root, workspace_version};
 
 const FULL_FEATURES: &str = "features: emulator, inject, webhook)";
 const SIDECAR_FEATURES: &str = "features: none)";
 const GITHUB_RELEASES: &str = "https://github.com/keyless-dev/keyless/releases/download/v";
+/// The longest one block or install step may take: a `cargo install` that finds the release
+/// build fresh takes seconds, one that compiles it about ten minutes on a small machine.
+const SCRIPT_LIMIT: Duration = Duration::from_secs(20 * 60);
 
 fn dist(root: &Path) -> PathBuf {
     let dist = std::env::var_os("KEYLESS_RELEASE_DIST").map(PathBuf::from).unwrap_or_else(|| root.join("dist"));
@@ -77,14 +81,16 @@ impl Scratch {
         Scratch { _dir: dir, root, home, path }
     }
 
-    /// `shell -c script` in `cwd` on the scratch machine, with `env` on top.
+    /// `shell -c script` in `cwd` on the scratch machine, with `env` on top, killed with all it
+    /// started after [`SCRIPT_LIMIT`] (coreutils' `timeout` signals its process group).
     fn run(&self, shell: &[&str], script: &str, cwd: &Path, env: &[(&str, String)]) -> Output {
         let real_home = PathBuf::from(std::env::var_os("HOME").unwrap());
         let cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or(real_home.join(".cargo"));
         let rustup_home = std::env::var_os("RUSTUP_HOME").map(PathBuf::from).unwrap_or(real_home.join(".rustup"));
-        let mut command = Command::new(shell[0]);
+        let mut command = Command::new("timeout");
         command
-            .args(&shell[1..])
+            .args(["--kill-after=10s", &format!("{}s", SCRIPT_LIMIT.as_secs())])
+            .args(shell)
             .arg(script)
             .current_dir(cwd)
             .env_clear()
@@ -100,8 +106,22 @@ impl Scratch {
         for (key, value) in env {
             command.env(key, value);
         }
-        command.output().unwrap()
+        let output = command.output().unwrap();
+        // timeout's status when it had to end the script.
+        assert!(
+            !matches!(output.status.code(), Some(124 | 137)),
+            "killed after {} s:\n{script}\nstdout:\n{}\nstderr:\n{}",
+            SCRIPT_LIMIT.as_secs(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
     }
+}
+
+/// `path` as one shell word.
+fn quoted(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
 }
 
 fn text(output: &Output) -> (String, String) {
@@ -129,10 +149,10 @@ fn the_readme_install_commands_work_on_the_release() {
         // The README's commands run from a checkout with dist/ in it; dist/ may be elsewhere.
         let script = block
             .code
-            .replace("dist/", &format!("{}/", dist.display()))
-            .replace("cd dist\n", &format!("cd {}\n", dist.display()));
+            .replace("dist/", &format!("{}/", quoted(&dist)))
+            .replace("cd dist\n", &format!("cd {}\n", quoted(&dist)));
         // The release build's environment, so that `cargo install` finds that build fresh.
-        let script = format!(". '{}/scripts/release-env'\n{script}", repo.display());
+        let script = format!(". {}\n{script}", quoted(&repo.join("scripts/release-env")));
         eprintln!("== README.md:{}\n{}", block.line, block.code);
         let output = scratch.run(&["bash", "-e", "-o", "pipefail", "-c"], &script, &repo, &[]);
         let (stdout, stderr) = text(&output);
@@ -158,59 +178,63 @@ fn the_readme_install_commands_work_on_the_release() {
     assert!(installed.is_file(), "the release's block installs {}", installed.display());
 }
 
-#[test]
-#[ignore = "needs a dist/ from ./scripts/release; .ci/run runs it after the release"]
-fn the_github_actions_install_step_works_on_the_release() {
+/// A CI example's install run on a scratch machine against `dist/`: `release` is what the example
+/// sets `KEYLESS_RELEASE` to (the release's download URL, checked); `install` runs the example's
+/// install with `KEYLESS_RELEASE` at `dist/` (a `file://` URL) and then, as the job's next
+/// command would, `command -v keyless` and `keyless --version`, and returns that output. The
+/// `keyless` the job then finds must be the release's full CLI, installed into `~/.local/bin`.
+fn check_ci_install(example: &str, release: Option<&String>, install: impl FnOnce(&Scratch, (&str, String)) -> Output) {
     let repo = workspace_root();
     let dist = dist(&repo);
     let version = workspace_version(&repo).unwrap();
-    let workflow = std::fs::read_to_string(repo.join("examples/ci/github-actions.yml")).unwrap();
-    let step = github_step(&workflow, "Install keyless").unwrap();
-    assert_eq!(step.env.get("KEYLESS_RELEASE"), Some(&format!("{GITHUB_RELEASES}{version}")));
-
+    assert_eq!(release, Some(&format!("{GITHUB_RELEASES}{version}")), "{example}: KEYLESS_RELEASE");
     let scratch = Scratch::new(&repo);
-    let runner_temp = scratch.root.join("runner-temp");
-    std::fs::create_dir_all(&runner_temp).unwrap();
-    let github_path = scratch.root.join("github-path");
-    std::fs::write(&github_path, "").unwrap();
-    let env = [
-        ("KEYLESS_RELEASE", format!("file://{}", dist.display())),
-        ("RUNNER_TEMP", runner_temp.display().to_string()),
-        ("GITHUB_PATH", github_path.display().to_string()),
-    ];
-    // GitHub's `run` shell on Linux: bash --noprofile --norc -eo pipefail.
-    let output = scratch.run(&["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"], &step.run, &repo, &env);
+    let output = install(&scratch, ("KEYLESS_RELEASE", format!("file://{}", dist.display())));
     let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "the install step failed:\n{}\nstdout:\n{stdout}\nstderr:\n{stderr}", step.run);
-
-    // The next step: GITHUB_PATH's lines come first on its PATH.
-    let added: Vec<String> = std::fs::read_to_string(&github_path).unwrap().lines().map(str::to_owned).collect();
-    assert!(!added.is_empty(), "the step puts nothing on GITHUB_PATH");
-    let next = format!("export PATH=\"{}:$PATH\"; command -v keyless; keyless --version", added.join(":"));
-    let output = scratch.run(&["bash", "-e", "-c"], &next, &repo, &[]);
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "{stderr}");
-    assert!(stdout.starts_with(&format!("{}\n", scratch.home.join(".local/bin/keyless").display())), "{stdout}");
+    assert!(output.status.success(), "{example}'s install failed:\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let installed = scratch.home.join(".local/bin/keyless").display().to_string();
+    assert!(stdout.lines().any(|line| line == installed), "{example}: not the keyless on PATH:\n{stdout}");
     assert!(stdout.contains(&format!("keyless {version} (revision ")) && stdout.contains(FULL_FEATURES), "{stdout}");
 }
 
 #[test]
 #[ignore = "needs a dist/ from ./scripts/release; .ci/run runs it after the release"]
-fn the_gitlab_install_step_works_on_the_release() {
-    let repo = workspace_root();
-    let dist = dist(&repo);
-    let version = workspace_version(&repo).unwrap();
-    let pipeline = std::fs::read_to_string(repo.join("examples/ci/gitlab-ci.yml")).unwrap();
-    let job = gitlab_job(&pipeline, "deploy").unwrap();
-    assert_eq!(job.variables.get("KEYLESS_RELEASE"), Some(&format!("{GITHUB_RELEASES}{version}")));
+fn the_github_actions_install_step_works_on_the_release() {
+    let example = "examples/ci/github-actions.yml";
+    let step =
+        github_step(&std::fs::read_to_string(workspace_root().join(example)).unwrap(), "Install keyless").unwrap();
+    check_ci_install(example, step.env.get("KEYLESS_RELEASE"), |scratch, release| {
+        let runner_temp = scratch.root.join("runner-temp");
+        std::fs::create_dir_all(&runner_temp).unwrap();
+        let github_path = scratch.root.join("github-path");
+        std::fs::write(&github_path, "").unwrap();
+        let env = [
+            release,
+            ("RUNNER_TEMP", runner_temp.display().to_string()),
+            ("GITHUB_PATH", github_path.display().to_string()),
+        ];
+        // GitHub's `run` shell on Linux: bash --noprofile --norc -eo pipefail.
+        let shell = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"];
+        let output = scratch.run(&shell, &step.run, &scratch.root, &env);
+        if !output.status.success() {
+            return output;
+        }
+        // The next step: GITHUB_PATH's lines come first on its PATH.
+        let added: Vec<String> = std::fs::read_to_string(&github_path).unwrap().lines().map(str::to_owned).collect();
+        assert!(!added.is_empty(), "the step puts nothing on GITHUB_PATH");
+        let next = format!("export PATH=\"{}:$PATH\"; command -v keyless; keyless --version", added.join(":"));
+        scratch.run(&shell, &next, &scratch.root, &[])
+    });
+}
 
-    // GitLab runs before_script and script in one shell: the PATH it sets holds for the script.
-    let scratch = Scratch::new(&repo);
-    let script = format!("{}\ncommand -v keyless\n", job.before_script.join("\n"));
-    let env = [("KEYLESS_RELEASE", format!("file://{}", dist.display()))];
-    let output = scratch.run(&["sh", "-e", "-c"], &script, &repo, &env);
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "before_script failed:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains(&format!("keyless {version} (revision ")) && stdout.contains(FULL_FEATURES), "{stdout}");
-    assert!(stdout.trim_end().ends_with(&scratch.home.join(".local/bin/keyless").display().to_string()), "{stdout}");
+#[test]
+#[ignore = "needs a dist/ from ./scripts/release; .ci/run runs it after the release"]
+fn the_gitlab_install_step_works_on_the_release() {
+    let example = "examples/ci/gitlab-ci.yml";
+    let job = gitlab_job(&std::fs::read_to_string(workspace_root().join(example)).unwrap(), "deploy").unwrap();
+    check_ci_install(example, job.variables.get("KEYLESS_RELEASE"), |scratch, release| {
+        // GitLab runs before_script and script in one shell: the PATH it sets holds for the script.
+        let script = format!("{}\ncommand -v keyless\nkeyless --version\n", job.before_script.join("\n"));
+        scratch.run(&["sh", "-e", "-c"], &script, &scratch.root, &[release])
+    });
 }

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keyless_core::Context;
 use keyless_core::clock::SystemClock;
 use keyless_core::printable::upstream;
-use keyless_core::{Context, Metrics};
 use url::Url;
 
 use crate::config;
@@ -214,7 +214,7 @@ async fn from_exchange(config_file: Option<&Path>, role: Option<&str>) -> Result
                 .to_owned()
         })?,
     };
-    let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
+    let ctx = Context::new(Arc::new(SystemClock), crate::metrics(), config.cache_policy(), config.watch_options());
     let issued = keyless_aws::fetch_role_once(&aws, role, &ctx).await.map_err(|e| e.to_string())?;
     Ok(keyless_aws::credential_process_json(&issued.credential.value))
 }

@@ -31,14 +31,24 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use keyless_core::clock::SystemClock;
+use keyless_core::metrics::BuildInfo;
 use keyless_core::{Context, Metrics};
 use tracing::{error, warn};
 
 use crate::config::{Config, Overrides};
 use crate::serve::Sidecar;
 
-/// `keyless --version`: the workspace version (Cargo.toml, the one place it is written), the
-/// source revision and the compiled features (build.rs), e.g.
+/// What this binary was built from: the workspace version (Cargo.toml, the one place it is
+/// written) and the source revision (build.rs, the one place it is determined). `--version` and
+/// every `keyless_build_info` this binary exports say these.
+const BUILD: BuildInfo = BuildInfo { version: env!("CARGO_PKG_VERSION"), revision: env!("KEYLESS_REVISION") };
+
+/// A fresh set of this process's metrics, its `keyless_build_info` being [`BUILD`].
+fn metrics() -> Metrics {
+    Metrics::with_build_info(BUILD)
+}
+
+/// `keyless --version`: [`BUILD`] and the compiled features (build.rs), e.g.
 /// `keyless 0.1.0 (revision 781920b..., features: emulator, inject, webhook)`.
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -489,7 +499,7 @@ async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
         warn!(variable = %name, "ignoring an environment variable that is not a keyless setting \
             (settings are KEYLESS_<KEY>, or KEYLESS_<SECTION>__<KEY> for a section's key)");
     }
-    let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
+    let ctx = Context::new(Arc::new(SystemClock), metrics(), config.cache_policy(), config.watch_options());
     let process_env = |name: &str| std::env::var(name).ok();
     let format = config.log_format;
     let providers = match providers::start_all(sections, &ctx, &process_env).await {
@@ -503,5 +513,22 @@ async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
     match sidecar.run(serve::termination()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fatal(format, &e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_report_the_version_and_revision_version_prints() {
+        let revision = VERSION.split_once("(revision ").and_then(|(_, rest)| rest.split_once(',')).map(|(r, _)| r);
+        let expected = format!(
+            "keyless_build_info{{version=\"{}\",revision=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION"),
+            revision.unwrap_or("(none in --version)")
+        );
+        let text = metrics().encode();
+        assert!(text.contains(&expected), "--version says {VERSION:?}; /metrics:\n{text}");
     }
 }

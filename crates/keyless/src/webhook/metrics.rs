@@ -47,7 +47,7 @@ impl WebhookMetrics {
             "Time to answer one AdmissionReview (every review, whatever its outcome)",
             review_duration.clone(),
         );
-        keyless_core::metrics::register_process_metrics(&mut registry);
+        keyless_core::metrics::register_process_metrics(&mut registry, crate::BUILD);
         Self { registry: Arc::new(registry), injections, skips, errors, review_duration }
     }
 
