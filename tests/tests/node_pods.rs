@@ -1,8 +1,8 @@
 //! keyless in real pods: a kubelet and containerd (keyless-test-support's node.rs) run the
 //! example manifests, with the sidecar image `scripts/image` builds and the static Go SDK clients
 //! of `tests/go` as the apps; the emulator runs in the node's network namespace, where the pods
-//! reach it. Without root, containerd, the CNI plugins, podman or the kubelet the test skips, and
-//! fails under `CI=true` saying what is missing.
+//! reach it. Without root, containerd, the CNI plugins, podman or the kubelet the tests are
+//! reported ignored (cfg `keyless_tools_kubelet`), and fail under `CI=true` saying what is missing.
 //!
 //! One node serves every scenario (one node per machine; starting one costs seconds, and the
 //! token rotation takes eight minutes of the kubelet's own clock): the rotation runs beside the
@@ -25,6 +25,7 @@ use keyless_test_support::binary::workspace_root;
 use keyless_test_support::clock::{parse_rfc3339_utc, wall_clock};
 use keyless_test_support::jwt::Jwks;
 use keyless_test_support::node::{self, APPS_IMAGE, Node, NodeEmulator, NodeImages};
+use keyless_test_support::tools::need;
 use keyless_test_support::wait::holds_within;
 use keyless_test_support::{clients, metrics, podman};
 use serde_json::{Value, json};
@@ -53,17 +54,16 @@ struct Setting {
 }
 
 #[cfg_attr(
-    not(all(keyless_tools_root, keyless_tools_kube, keyless_tools_podman)),
-    ignore = "needs root, podman, containerd and the node binaries: ./scripts/test"
+    not(keyless_tools_kubelet),
+    ignore = "needs root, containerd, runc, the CNI plugins, podman, go and the node binaries: ./scripts/test"
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_examples_run_as_real_pods_with_the_keyless_sidecar() {
-    let Some(podman) = podman::podman() else { return };
-    let Some(tools) = keyless_test_support::node::tools() else { return };
-    drop(tools);
+    let tools = need(node::find_tools());
+    let podman = need(podman::find_podman());
     // The images first: building them must not hold the machine's node lock.
     let images = [NodeImages::pause().await, NodeImages::apps().await, NodeImages::keyless(&podman).await];
-    let Some(node) = Node::start().await else { return };
+    let node = Node::start(tools).await;
     for image in &images {
         image.import(&node).await;
     }
@@ -89,14 +89,14 @@ async fn the_examples_run_as_real_pods_with_the_keyless_sidecar() {
 /// gains no address, link or iptables rule of the node's meanwhile; once the node is stopped no
 /// namespace, mount, cgroup or process of it is left.
 #[cfg_attr(
-    not(all(keyless_tools_root, keyless_tools_kube, keyless_tools_podman)),
-    ignore = "needs root, podman, containerd and the node binaries: ./scripts/test"
+    not(keyless_tools_kubelet),
+    ignore = "needs root, containerd, runc, the CNI plugins, podman, go and the node binaries: ./scripts/test"
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_runs_pods_inside_its_own_network_namespace_and_leaves_nothing_behind() {
-    let Some(_) = node::tools() else { return };
+    let tools = need(node::find_tools());
     let apps = NodeImages::apps().await;
-    let Some(node) = Node::start().await else { return };
+    let node = Node::start(tools).await;
     apps.import(&node).await;
     let pod = json!({
         "apiVersion": "v1",

@@ -44,7 +44,7 @@ use self::config::{cni_config, containerd_config, kubelet_config};
 pub use self::images::{NodeImages, is_static};
 use self::relay::Dialer;
 use crate::kube::{self, Cluster, ClusterOptions, KubeBinaries};
-use crate::tools::{self, Missing};
+use crate::tools::Missing;
 use crate::wait::holds_within;
 
 /// The node's name (`spec.nodeName`).
@@ -80,53 +80,26 @@ pub struct NodeTools {
     pub kube: KubeBinaries,
 }
 
-/// Root, containerd, runc, the CNI plugins, nsenter, ip, podman, Go, and the kubelet,
-/// controller-manager and scheduler from `scripts/kube`; or a skip (a failure under `CI=true`,
-/// naming what is missing).
-pub fn tools() -> Option<NodeTools> {
-    let kube = kube::binaries()?;
-    let mut missing = Vec::new();
-    if !crate::probe::is_root() {
-        missing.push("root".to_owned());
-    }
-    for (tool, arg) in [("containerd", "--version"), ("ctr", "--version"), ("nsenter", "--version"), ("ip", "-V")] {
-        if !crate::probe::runs(tool, arg) {
-            missing.push(tool.to_owned());
-        }
-    }
-    for (tool, arg) in [("podman", "--version"), ("go", "version")] {
-        if !crate::probe::runs(tool, arg) {
-            missing.push(tool.to_owned());
-        }
-    }
-    if !Path::new("/usr/sbin/runc").is_file() {
-        missing.push("/usr/sbin/runc".to_owned());
-    }
-    for plugin in ["bridge", "host-local", "loopback"] {
-        if !Path::new("/usr/lib/cni").join(plugin).is_file() {
-            missing.push(format!("/usr/lib/cni/{plugin}"));
-        }
-    }
-    for binary in ["kubelet", "kube-controller-manager", "kube-scheduler"] {
-        if !kube.path(binary).is_file() {
-            missing.push(format!("{} (scripts/kube builds it)", kube.path(binary).display()));
-        }
-    }
-    let found = missing.is_empty().then_some(NodeTools { kube });
-    if found.is_none() {
-        // The reason, whatever or_skip then does with it.
+/// What a node test misses without the node's tools.
+pub const NODE_TOOLS: Missing = Missing {
+    what: "a node's tools: root, containerd, ctr, runc, CNI plugins (/usr/lib/cni), nsenter, ip, podman, go, and kubelet, kube-controller-manager, kube-scheduler beside the control plane in target/kube/bin (the line above names what is missing)",
+    fix: "as root: apt-get install --no-install-recommends containerd runc containernetworking-plugins podman, then ./scripts/kube (./scripts/test does both)",
+};
+
+/// Root, containerd, runc, the CNI plugins, nsenter, ip, podman, Go, and the control plane's and
+/// node's binaries from `scripts/kube` (cfg `keyless_tools_kubelet`, see [`tools`]): a gated
+/// test takes them with `tools::need(node::find_tools())`.
+pub fn find_tools() -> Result<NodeTools, Missing> {
+    let missing = crate::probe::node_missing(&crate::binary::workspace_root());
+    if !missing.is_empty() {
+        // The details, printed where the test's failure shows them.
         #[allow(clippy::print_stderr)]
         {
             eprintln!("the node harness is missing: {}", missing.join(", "));
         }
+        return Err(NODE_TOOLS);
     }
-    tools::or_skip(
-        found,
-        Missing {
-            what: "a node's tools: root, containerd, ctr, runc, CNI plugins (/usr/lib/cni), nsenter, ip, podman, go, and kubelet, kube-controller-manager, kube-scheduler in target/kube/bin (the line above names what is missing)",
-            fix: "as root: apt-get install --no-install-recommends containerd runc containernetworking-plugins podman, then ./scripts/kube (./scripts/test does both)",
-        },
-    )
+    Ok(NodeTools { kube: kube::find_binaries()? })
 }
 
 /// A running node and its control plane. Dropped: every process killed, every mount, cgroup,
@@ -159,9 +132,8 @@ impl Node {
     /// Takes the machine's node lock (waiting for another test's node to stop), removes what a
     /// killed run left, and starts the namespace, the control plane, containerd, the
     /// controller-manager, the scheduler and the kubelet; returns once the node is Ready and the
-    /// `default` ServiceAccount exists. `None` when a tool is missing (skip; CI fails).
-    pub async fn start() -> Option<Self> {
-        let tools = tools()?;
+    /// `default` ServiceAccount exists.
+    pub async fn start(tools: NodeTools) -> Self {
         let lock = tokio::task::spawn_blocking(take_lock).await.expect("the lock task");
         clean_leftovers();
         let cleanup = Cleanup;
@@ -201,7 +173,7 @@ impl Node {
         node.start_controllers();
         node.start_kubelet();
         node.wait_ready().await;
-        Some(node)
+        node
     }
 
     /// `binary ARGS` inside the namespace, logged to `STATE/NAME.log`, recorded in the pid file.
