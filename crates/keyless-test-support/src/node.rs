@@ -481,21 +481,11 @@ pub(super) fn socket() -> String {
     format!("{STATE}/containerd.sock")
 }
 
-/// Runs `command`; its stdout, or the test fails with its output.
+/// Runs `command` (no stdin, killed when dropped) within [`TOOL_DEADLINE`]; its stdout, or the
+/// test fails with its output.
 async fn run_ok(mut command: Command, what: &str) -> String {
     command.stdin(Stdio::null()).kill_on_drop(true);
-    let out = tokio::time::timeout(TOOL_DEADLINE, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish in {TOOL_DEADLINE:?}"))
-        .unwrap_or_else(|e| panic!("running {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    crate::process::succeeded(what, crate::process::output_within(command, TOOL_DEADLINE, what).await)
 }
 
 fn run_status(program: &str, args: &[&str]) -> bool {
