@@ -110,7 +110,8 @@ pub struct Node {
     /// The network namespace everything runs in.
     pub netns: String,
     dialer: Dialer,
-    relays: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The relays into the namespace (aborted, with their connections, when dropped).
+    relays: std::sync::Mutex<tokio::task::JoinSet<()>>,
     children: Vec<(&'static str, Child)>,
     tools: NodeTools,
     // Dropped after every process was killed and before the lock is released.
@@ -147,7 +148,8 @@ impl Node {
         // the same number inside the namespace (where every port is free).
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
         let port = listener.local_addr().expect("the relay's address").port();
-        let relays = vec![dialer.relay(listener, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))];
+        let mut relays = tokio::task::JoinSet::new();
+        relays.spawn(dialer.clone().relay(listener, SocketAddr::from((Ipv4Addr::LOCALHOST, port))));
         let options = ClusterOptions {
             netns: Some(netns.clone()),
             port: Some(port),
@@ -318,8 +320,7 @@ impl Node {
     pub async fn forward(&self, inside: SocketAddr) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
         let addr = listener.local_addr().expect("the relay's address");
-        let relay = self.dialer.relay(listener, inside);
-        self.relays.lock().expect("the relays").push(relay);
+        self.relays.lock().expect("the relays").spawn(self.dialer.clone().relay(listener, inside));
         addr
     }
 
@@ -380,11 +381,6 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        for relay in
-            self.relays.lock().map(|r| r.iter().map(|h| h.abort_handle()).collect()).unwrap_or_else(|_| Vec::new())
-        {
-            relay.abort();
-        }
         // The kubelet first (it would restart what is killed), then the controllers; containerd's
         // tasks are killed through their cgroups, containerd, then the control plane.
         for name in ["kubelet", "kube-scheduler", "kube-controller-manager"] {
