@@ -14,8 +14,9 @@
 //!
 //! One node per machine (fixed kubelet ports, the `kubepods` cgroups, one containerd state): a
 //! file lock ([`LOCK`]) serializes node tests across processes, and whoever takes it first
-//! removes what a killed run left (processes recorded in a pid file, shims of the node's
-//! containerd, mounts under the node's directories, pod network namespaces, cgroups, the
+//! removes what a killed run left (processes in another network namespace whose command line
+//! names the node's state, the shims of its containerd among them; the pods' processes in the
+//! `kubepods` cgroups; mounts under the node's directories, pod network namespaces, cgroups, the
 //! namespace itself). The same clean-up runs when a [`Node`] is dropped, so a failing test
 //! leaves nothing either.
 //!
@@ -30,7 +31,6 @@ mod config;
 mod images;
 mod relay;
 
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use self::cleanup::{clean_leftovers, kill, kill_cgroup_tasks, kill_shims};
+use self::cleanup::{clean_leftovers, kill_cgroup_tasks, kill_node_processes};
 use self::config::{cni_config, containerd_config, kubelet_config};
 pub use self::images::{NodeImages, is_static};
 use self::relay::Dialer;
@@ -62,7 +62,8 @@ pub const APPS_IMAGE: &str = "localhost/keyless-test-apps:dev";
 const NETNS_PREFIX: &str = "keyless-node-";
 /// The machine-wide lock serializing node tests (flock; released when its process dies).
 pub const LOCK: &str = "/run/keyless-test-node.lock";
-/// Runtime state (sockets, configuration, pid file, CNI IPAM): emptied at every start.
+/// Runtime state (sockets, configuration, logs, the control plane's files, CNI IPAM): emptied at
+/// every start. Every process of the node names it on its command line.
 const STATE: &str = "/run/keyless-test-node";
 /// containerd's root (images survive runs: an import of an unchanged image is quick) and the
 /// kubelet's root.
@@ -168,7 +169,6 @@ impl Node {
             _cleanup: cleanup,
             _lock: lock,
         };
-        node.record_pids(&node.cluster.pids());
 
         node.start_containerd().await;
         NodeImages::pause().await.import(&node).await;
@@ -178,23 +178,12 @@ impl Node {
         node
     }
 
-    /// `binary ARGS` inside the namespace, logged to `STATE/NAME.log`, recorded in the pid file.
+    /// `binary ARGS` inside the namespace, logged to `STATE/NAME.log` (the command line names
+    /// the node's state: a run that is killed leaves it to the next one's clean-up).
     fn spawn(&mut self, name: &'static str, binary: &Path, args: &[String]) {
         let log = Path::new(STATE).join(format!("{name}.log"));
         let child = kube::spawn_logged(Some(&self.netns), binary, args, &log);
-        self.record_pids(&child.id().into_iter().collect::<Vec<_>>());
         self.children.push((name, child));
-    }
-
-    fn record_pids(&self, pids: &[u32]) {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(Path::new(STATE).join("pids"))
-            .expect("the pid file");
-        for pid in pids {
-            writeln!(file, "{pid}").expect("writing the pid file");
-        }
     }
 
     /// What component `name` (`containerd`, `kubelet`, `kube-controller-manager`,
@@ -345,7 +334,6 @@ impl Node {
             ],
             &[("KEYLESS_LOG", "info")],
         );
-        self.record_pids(&process.pid().into_iter().collect::<Vec<_>>());
         let ca = state.path().join("ca.pem");
         let relayed = self.forward(inside).await;
         let url = format!("https://{relayed}");
@@ -382,20 +370,15 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         // The kubelet first (it would restart what is killed), then the controllers; containerd's
-        // tasks are killed through their cgroups, containerd, then the control plane.
+        // tasks are killed through their cgroups, then every other process of the node (the shims,
+        // containerd, the emulator, the control plane).
         for name in ["kubelet", "kube-scheduler", "kube-controller-manager"] {
             for (_, child) in self.children.iter_mut().filter(|(n, _)| *n == name) {
                 let _ = child.start_kill();
             }
         }
         kill_cgroup_tasks();
-        kill_shims();
-        for (_, child) in &mut self.children {
-            let _ = child.start_kill();
-        }
-        for pid in self.cluster.pids() {
-            kill(pid);
-        }
+        kill_node_processes();
         // `_cleanup` removes the rest once the fields drop.
     }
 }
