@@ -115,9 +115,10 @@ fn of_kind<'a>(documents: &'a [serde_yaml::Value], kind: &str) -> Vec<&'a serde_
 
 /// A value with ` #` (a YAML comment when unquoted) or `: ` (a mapping) reaches the webhook as it
 /// is, and the Deployment stays valid.
+#[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 #[test]
 fn values_with_yaml_syntax_reach_the_webhook_as_given() {
-    let Some(helm_bin) = tools::helm() else { return };
+    let helm_bin = tools::need(tools::find_helm());
     let values = "sidecar:\n  env:\n    HTTPS_PROXY: 'http://proxy:3128 #c'\n    NO_PROXY: 'a: b'\naws:\n  region: 'eu-west-1 #x'\n";
     let documents = rendered(&helm_bin, values);
     let deployment = of_kind(&documents, "Deployment");
@@ -136,9 +137,10 @@ fn values_with_yaml_syntax_reach_the_webhook_as_given() {
 
 /// On by default; the admission port admits only the configured peers (the API server), and a
 /// value turns it off.
+#[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 #[test]
 fn a_network_policy_admits_only_the_api_server_to_the_admission_port() {
-    let Some(helm_bin) = tools::helm() else { return };
+    let helm_bin = tools::need(tools::find_helm());
     let peers = "networkPolicy:\n  apiServer:\n    - ipBlock:\n        cidr: 10.0.0.0/28\n";
     let documents = rendered(&helm_bin, peers);
     let policies = of_kind(&documents, "NetworkPolicy");

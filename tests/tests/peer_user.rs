@@ -4,8 +4,8 @@
 //! them. The other user is a real process (curl, started as uid 65534); keyless and the owner's
 //! client run as root, as the suite does.
 //!
-//! Needs root to start a client as another user: without it the tests skip, saying so; under
-//! `CI=true` they fail (`tools::root`).
+//! Needs root to start a client as another user: without it the tests are reported ignored (cfg
+//! `keyless_tools_root`); under `CI=true` they fail (`tools::need`).
 #![allow(clippy::unwrap_used)]
 
 use keyless_test_support::binary::keyless_bin;
@@ -69,17 +69,19 @@ fn token_files(emulator: &EmulatorProcess) -> impl Fn(&str) -> String + '_ {
     |cloud| format!("token_file = {}", serde_json::Value::String(emulator.token_file(cloud).display().to_string()))
 }
 
+#[cfg_attr(not(keyless_tools_root), ignore = "needs root: run the suite as root, as CI does")]
 #[tokio::test]
 async fn serve_outside_kubernetes_answers_another_users_process_with_each_routes_native_refusal() {
-    let Some(()) = tools::root() else { return };
+    tools::need(tools::find_root());
     let emulator = EmulatorProcess::start().await;
     let sidecar = Sidecar::all_clouds(&emulator, &emulator.url, "", "info").await;
     only_the_owner_is_served(&sidecar.url(""), &|| sidecar.logs()).await;
 }
 
+#[cfg_attr(not(keyless_tools_root), ignore = "needs root: run the suite as root, as CI does")]
 #[tokio::test]
 async fn serve_with_listen_uid_check_off_serves_every_local_user() {
-    let Some(()) = tools::root() else { return };
+    tools::need(tools::find_root());
     let emulator = EmulatorProcess::start().await;
     let toml = all_clouds_config(&emulator, &emulator.url, "", "info", &token_files(&emulator)).await;
     let sidecar = Sidecar::spawn(&format!("listen_uid_check = false\n{toml}"), &[]);
@@ -89,9 +91,10 @@ async fn serve_with_listen_uid_check_off_serves_every_local_user() {
     assert_eq!(status, 200, "{body}\n{}", sidecar.logs());
 }
 
+#[cfg_attr(not(keyless_tools_root), ignore = "needs root: run the suite as root, as CI does")]
 #[tokio::test]
 async fn exec_serves_only_its_own_user() {
-    let Some(()) = tools::root() else { return };
+    tools::need(tools::find_root());
     let emulator = EmulatorProcess::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("keyless.toml");
