@@ -14,7 +14,7 @@ use std::time::Duration;
 use keyless_core::clock::SystemClock;
 use keyless_core::source::{ActionsEndpoint, CommandFormat, CommandSpec, TokenFormat, UrlSpec};
 use keyless_core::{Metrics, SourceSpec, TokenSource, WatchOptions};
-use keyless_test_support::child::{ChildTest, expect_child};
+use keyless_test_support::child::{CHILD, CHILD_ARGS, ChildTest, is_child, quoted};
 use keyless_test_support::wait::wait_until;
 
 /// keyless's secrets as the sidecar's env would hold them.
@@ -37,18 +37,16 @@ fn running(pid: &str) -> bool {
 
 #[tokio::test]
 async fn a_command_that_hangs_is_killed_with_its_children_and_never_sees_keyless_secrets() {
+    const NAME: &str = "a_command_that_hangs_is_killed_with_its_children_and_never_sees_keyless_secrets";
+    if is_child(NAME) {
+        return child_command_group_and_env().await;
+    }
     let dir = tempfile::tempdir().unwrap();
-    ChildTest::new("child_command_group_and_env")
-        .envs(SECRETS)
-        .env("KEYLESS_TEST_DIR", dir.path())
-        .run(String::new)
-        .await;
+    ChildTest::new(NAME).envs(SECRETS).env("KEYLESS_TEST_DIR", dir.path()).run(String::new).await;
 }
 
-#[tokio::test]
-#[ignore = "a child test: runs only when its parent re-executes this binary"]
+/// The child's part: its env holds keyless's secrets.
 async fn child_command_group_and_env() {
-    expect_child("child_command_group_and_env");
     let dir = std::path::PathBuf::from(std::env::var("KEYLESS_TEST_DIR").unwrap());
     let (pids, env) = (dir.join("pids"), dir.join("env"));
     // Two grandchildren that would sleep for minutes, the shell waiting on them: only the
@@ -90,35 +88,48 @@ async fn child_command_group_and_env() {
 /// The proxy every child's `HTTP_PROXY` and `HTTPS_PROXY` name, inside the child's namespace.
 const PROXY: &str = "127.0.0.1:3128";
 
-/// This test binary, about to run only the child test `name` in a new network namespace with
-/// only loopback up (`unshare --net`, root).
+/// How long the child in its own network namespace may run before it is killed.
+const CHILD_DEADLINE: Duration = Duration::from_secs(120);
+
+/// This test binary, about to run only the test `name` as its own child (test-support's
+/// `child`) in a new network namespace with only loopback up (`unshare --net`, root).
 async fn run_in_own_network(name: &str) {
     let exe = std::env::current_exe().unwrap();
     let proxy = format!("http://{PROXY}");
-    let out = tokio::process::Command::new("unshare")
+    let mut command = tokio::process::Command::new("unshare");
+    command
         .args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
         .arg(exe)
-        .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
-        .env("KEYLESS_TEST_CHILD", name)
+        .args(CHILD_ARGS)
+        .arg(name)
+        .env(CHILD, name)
         .envs(["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"].map(|v| (v, proxy.as_str())))
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")
         .stdin(std::process::Stdio::null())
-        .output()
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(CHILD_DEADLINE, command.output())
         .await
+        .unwrap_or_else(|_| panic!("child test {name} did not finish in {CHILD_DEADLINE:?} (killed)"))
         .expect("unshare runs (util-linux; a network namespace needs root)");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    // Quoted: the child's own `test result:` line is not read as this binary's (scripts/test).
     assert!(
         out.status.success() && stdout.contains("test result: ok. 1 passed"),
-        "child test {name} ({}):\n{stdout}\n{}",
+        "child test {name} ({}):\n{}\n{}",
         out.status,
-        String::from_utf8_lossy(&out.stderr)
+        quoted(&stdout),
+        quoted(&String::from_utf8_lossy(&out.stderr))
     );
 }
 
 #[tokio::test]
 async fn a_proxy_never_sees_a_link_local_request_of_the_url_or_actions_source() {
-    run_in_own_network("child_link_local_requests_bypass_the_proxy").await;
+    const NAME: &str = "a_proxy_never_sees_a_link_local_request_of_the_url_or_actions_source";
+    if is_child(NAME) {
+        return child_link_local_requests_bypass_the_proxy().await;
+    }
+    run_in_own_network(NAME).await;
 }
 
 /// A proxy that only counts the connections it gets (and closes them).
@@ -155,10 +166,8 @@ fn actions_source(request_url: &str, token_file: &Path) -> SourceSpec {
     }
 }
 
-#[tokio::test]
-#[ignore = "a child test: runs only when its parent re-executes this binary"]
+/// The child's part, in a network namespace of its own with the proxy in its env.
 async fn child_link_local_requests_bypass_the_proxy() {
-    expect_child("child_link_local_requests_bypass_the_proxy");
     let seen = recording_proxy().await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("request-token");
