@@ -36,6 +36,7 @@ fn main() {
         ("keyless_tools_promtool", probe::promtool_available(root)),
         ("keyless_tools_podman", probe::podman()),
         ("keyless_tools_root", probe::is_root()),
+        ("keyless_tools_kubelet", probe::node_missing(root).is_empty()),
     ];
     for (cfg, found) in tools {
         println!("cargo::rustc-check-cfg=cfg({cfg})");

@@ -115,6 +115,7 @@ fn of_kind<'a>(documents: &'a [serde_yaml::Value], kind: &str) -> Vec<&'a serde_
 
 /// A value with ` #` (a YAML comment when unquoted) or `: ` (a mapping) reaches the webhook as it
 /// is, and the Deployment stays valid.
+#[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 #[test]
 #[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 fn values_with_yaml_syntax_reach_the_webhook_as_given() {
@@ -137,6 +138,7 @@ fn values_with_yaml_syntax_reach_the_webhook_as_given() {
 
 /// On by default; the admission port admits only the configured peers (the API server), and a
 /// value turns it off.
+#[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 #[test]
 #[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 fn a_network_policy_admits_only_the_api_server_to_the_admission_port() {

@@ -297,8 +297,12 @@ async fn exec_sets_aside_static_keys_a_client_secret_and_a_username_python_sees_
 /// The same shadowing cases through the Go SDKs (aws-sdk-go-v2's LoadDefaultConfig,
 /// x/oauth2's FindDefaultCredentials, azidentity's DefaultAzureCredential).
 #[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_go),
+    ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26"
+)]
 async fn exec_sets_aside_local_credentials_go_sees_keyless() {
-    let Some(go) = tools::go_clients() else { return };
+    let go = tools::need(tools::find_go_clients());
     let setup = Setup::start().await;
     let home = tempfile::tempdir().unwrap();
     let h = home.path();

@@ -69,6 +69,7 @@ fn token_files(emulator: &EmulatorProcess) -> impl Fn(&str) -> String + '_ {
     |cloud| format!("token_file = {}", serde_json::Value::String(emulator.token_file(cloud).display().to_string()))
 }
 
+#[cfg_attr(not(keyless_tools_root), ignore = "needs root: run the suite as root, as CI does")]
 #[tokio::test]
 #[cfg_attr(
     not(keyless_tools_root),
@@ -81,6 +82,7 @@ async fn serve_outside_kubernetes_answers_another_users_process_with_each_routes
     only_the_owner_is_served(&sidecar.url(""), &|| sidecar.logs()).await;
 }
 
+#[cfg_attr(not(keyless_tools_root), ignore = "needs root: run the suite as root, as CI does")]
 #[tokio::test]
 #[cfg_attr(
     not(keyless_tools_root),
@@ -97,6 +99,7 @@ async fn serve_with_listen_uid_check_off_serves_every_local_user() {
     assert_eq!(status, 200, "{body}\n{}", sidecar.logs());
 }
 
+#[cfg_attr(not(keyless_tools_root), ignore = "needs root: run the suite as root, as CI does")]
 #[tokio::test]
 #[cfg_attr(
     not(keyless_tools_root),

@@ -3,7 +3,7 @@
 //! missing annotations, a webhook that is down and a renewed certificate behave as
 //! docs/injection.md says; the injected pod's tokens, minted through TokenRequest, are exchanged
 //! by keyless for credentials boto3, google-auth and azure-identity accept. Without the cluster's
-//! binaries the tests skip, and fail under `CI=true`.
+//! binaries the tests are reported ignored (cfg `keyless_tools_kube`), and fail under `CI=true`.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -562,7 +562,7 @@ async fn service_account_gets(cluster: &Cluster) -> u64 {
 #[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, etcd and kubectl: ./scripts/test (scripts/kube)")]
 #[tokio::test]
 async fn stored_pods_replayed_get_no_patch_and_the_pod_is_no_authority() {
-    let Some(cluster) = Cluster::start().await else { return };
+    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     cluster.create_namespace(NAMESPACE).await;
     service_account(&cluster, "billing", json!({ "eks.amazonaws.com/role-arn": ROLE })).await;
     service_account(&cluster, "plain", json!({})).await;
@@ -676,7 +676,7 @@ async fn stored_pods_replayed_get_no_patch_and_the_pod_is_no_authority() {
 #[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, etcd and kubectl: ./scripts/test (scripts/kube)")]
 #[tokio::test]
 async fn reviews_naming_unknown_service_accounts_cost_bounded_api_reads() {
-    let Some(cluster) = Cluster::start().await else { return };
+    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
     cluster.create_namespace(NAMESPACE).await;
     let pki = WebhookPki::new();
     let port = free_port();

@@ -134,10 +134,14 @@ const PROXY: &str = "127.0.0.1:3128";
 
 /// This test binary, running only the test `name` as its child (test-support's `is_child`) in a
 /// new network namespace with only loopback up (`unshare --net`, root).
+/// How long the child in its own network namespace may run before it is killed.
+const CHILD_DEADLINE: Duration = Duration::from_secs(120);
+
 async fn run_in_own_network(name: &str) {
     let exe = std::env::current_exe().unwrap();
     let proxy = format!("http://{PROXY}");
-    let out = tokio::process::Command::new("unshare")
+    let mut command = tokio::process::Command::new("unshare");
+    command
         .args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
         .arg(exe)
         .args(CHILD_ARGS)
@@ -147,8 +151,10 @@ async fn run_in_own_network(name: &str) {
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")
         .stdin(std::process::Stdio::null())
-        .output()
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(CHILD_DEADLINE, command.output())
         .await
+        .unwrap_or_else(|_| panic!("child test {name} did not finish in {CHILD_DEADLINE:?} (killed)"))
         .expect("unshare runs (util-linux; a network namespace needs root)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -13,8 +13,12 @@
 //! still works; it shows as `ignored` in every run.
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use tokio::process::Command;
+
+/// How long a child test may run (an SDK's retries included) before the parent fails it, killing it.
+const CHILD_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Set in the child to the name of the test it runs.
 pub const CHILD: &str = "KEYLESS_TEST_CHILD";
@@ -44,7 +48,7 @@ impl ChildTest {
     pub fn new(name: &str) -> Self {
         let exe = std::env::current_exe().expect("the test binary's path");
         let mut command = Command::new(exe);
-        command.args(CHILD_ARGS).arg(name).stdin(Stdio::null());
+        command.args(CHILD_ARGS).arg(name).stdin(Stdio::null()).kill_on_drop(true);
         let child = Self { name: name.to_owned(), command };
         child.marked()
     }
@@ -80,9 +84,13 @@ impl ChildTest {
     }
 
     /// Runs it; returns its stdout, [`quoted`]. Fails the test if the child failed, with its
-    /// output and `context` (e.g. keyless's logs), or if it did not run exactly its one test.
+    /// output and `context` (e.g. keyless's logs), if it did not run exactly its one test, or if
+    /// it did not finish within [`CHILD_DEADLINE`] (it is then killed).
     pub async fn run(mut self, context: impl FnOnce() -> String) -> String {
-        let out = self.command.output().await.expect("re-running the test binary");
+        let Ok(out) = tokio::time::timeout(CHILD_DEADLINE, self.command.output()).await else {
+            panic!("child test {} did not finish in {CHILD_DEADLINE:?} (killed)\n--- context\n{}", self.name, context())
+        };
+        let out = out.expect("re-running the test binary");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let report = || {
             format!(

@@ -172,11 +172,6 @@ impl Cluster {
         &self.sa_key
     }
 
-    /// The process ids of etcd and the API server (for the node harness's leftover record).
-    pub(crate) fn pids(&self) -> Vec<u32> {
-        [self.apiserver.id(), self.etcd.id()].into_iter().flatten().collect()
-    }
-
     /// The service-account issuer (`iss` of its tokens): the API server's URL.
     pub fn issuer(&self) -> &str {
         &self.server

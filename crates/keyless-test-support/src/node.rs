@@ -14,8 +14,9 @@
 //!
 //! One node per machine (fixed kubelet ports, the `kubepods` cgroups, one containerd state): a
 //! file lock ([`LOCK`]) serializes node tests across processes, and whoever takes it first
-//! removes what a killed run left (processes recorded in a pid file, shims of the node's
-//! containerd, mounts under the node's directories, pod network namespaces, cgroups, the
+//! removes what a killed run left (processes in another network namespace whose command line
+//! names the node's state, the shims of its containerd among them; the pods' processes in the
+//! `kubepods` cgroups; mounts under the node's directories, pod network namespaces, cgroups, the
 //! namespace itself). The same clean-up runs when a [`Node`] is dropped, so a failing test
 //! leaves nothing either.
 //!
@@ -30,7 +31,6 @@ mod config;
 mod images;
 mod relay;
 
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
@@ -39,12 +39,12 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use self::cleanup::{clean_leftovers, kill, kill_cgroup_tasks, kill_shims};
+use self::cleanup::{clean_leftovers, kill_cgroup_tasks, kill_node_processes};
 use self::config::{cni_config, containerd_config, kubelet_config};
 pub use self::images::{NodeImages, is_static};
 use self::relay::Dialer;
 use crate::kube::{self, Cluster, ClusterOptions, KubeBinaries};
-use crate::tools::{self, Missing};
+use crate::tools::Missing;
 use crate::wait::holds_within;
 
 /// The node's name (`spec.nodeName`).
@@ -62,7 +62,8 @@ pub const APPS_IMAGE: &str = "localhost/keyless-test-apps:dev";
 const NETNS_PREFIX: &str = "keyless-node-";
 /// The machine-wide lock serializing node tests (flock; released when its process dies).
 pub const LOCK: &str = "/run/keyless-test-node.lock";
-/// Runtime state (sockets, configuration, pid file, CNI IPAM): emptied at every start.
+/// Runtime state (sockets, configuration, logs, the control plane's files, CNI IPAM): emptied at
+/// every start. Every process of the node names it on its command line.
 const STATE: &str = "/run/keyless-test-node";
 /// containerd's root (images survive runs: an import of an unchanged image is quick) and the
 /// kubelet's root.
@@ -80,53 +81,26 @@ pub struct NodeTools {
     pub kube: KubeBinaries,
 }
 
-/// Root, containerd, runc, the CNI plugins, nsenter, ip, podman, Go, and the kubelet,
-/// controller-manager and scheduler from `scripts/kube`; or a skip (a failure under `CI=true`,
-/// naming what is missing).
-pub fn tools() -> Option<NodeTools> {
-    let kube = kube::binaries()?;
-    let mut missing = Vec::new();
-    if !crate::probe::is_root() {
-        missing.push("root".to_owned());
-    }
-    for (tool, arg) in [("containerd", "--version"), ("ctr", "--version"), ("nsenter", "--version"), ("ip", "-V")] {
-        if !crate::probe::runs(tool, arg) {
-            missing.push(tool.to_owned());
-        }
-    }
-    for (tool, arg) in [("podman", "--version"), ("go", "version")] {
-        if !crate::probe::runs(tool, arg) {
-            missing.push(tool.to_owned());
-        }
-    }
-    if !Path::new("/usr/sbin/runc").is_file() {
-        missing.push("/usr/sbin/runc".to_owned());
-    }
-    for plugin in ["bridge", "host-local", "loopback"] {
-        if !Path::new("/usr/lib/cni").join(plugin).is_file() {
-            missing.push(format!("/usr/lib/cni/{plugin}"));
-        }
-    }
-    for binary in ["kubelet", "kube-controller-manager", "kube-scheduler"] {
-        if !kube.path(binary).is_file() {
-            missing.push(format!("{} (scripts/kube builds it)", kube.path(binary).display()));
-        }
-    }
-    let found = missing.is_empty().then_some(NodeTools { kube });
-    if found.is_none() {
-        // The reason, whatever or_skip then does with it.
+/// What a node test misses without the node's tools.
+pub const NODE_TOOLS: Missing = Missing {
+    what: "a node's tools: root, containerd, ctr, runc, CNI plugins (/usr/lib/cni), nsenter, ip, podman, go, and kubelet, kube-controller-manager, kube-scheduler beside the control plane in target/kube/bin (the line above names what is missing)",
+    fix: "as root: apt-get install --no-install-recommends containerd runc containernetworking-plugins podman, then ./scripts/kube (./scripts/test does both)",
+};
+
+/// Root, containerd, runc, the CNI plugins, nsenter, ip, podman, Go, and the control plane's and
+/// node's binaries from `scripts/kube` (cfg `keyless_tools_kubelet`, see [`tools`]): a gated
+/// test takes them with `tools::need(node::find_tools())`.
+pub fn find_tools() -> Result<NodeTools, Missing> {
+    let missing = crate::probe::node_missing(&crate::binary::workspace_root());
+    if !missing.is_empty() {
+        // The details, printed where the test's failure shows them.
         #[allow(clippy::print_stderr)]
         {
             eprintln!("the node harness is missing: {}", missing.join(", "));
         }
+        return Err(NODE_TOOLS);
     }
-    tools::or_skip(
-        found,
-        Missing {
-            what: "a node's tools: root, containerd, ctr, runc, CNI plugins (/usr/lib/cni), nsenter, ip, podman, go, and kubelet, kube-controller-manager, kube-scheduler in target/kube/bin (the line above names what is missing)",
-            fix: "as root: apt-get install --no-install-recommends containerd runc containernetworking-plugins podman, then ./scripts/kube (./scripts/test does both)",
-        },
-    )
+    Ok(NodeTools { kube: kube::find_binaries()? })
 }
 
 /// A running node and its control plane. Dropped: every process killed, every mount, cgroup,
@@ -137,7 +111,8 @@ pub struct Node {
     /// The network namespace everything runs in.
     pub netns: String,
     dialer: Dialer,
-    relays: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The relays into the namespace (aborted, with their connections, when dropped).
+    relays: std::sync::Mutex<tokio::task::JoinSet<()>>,
     children: Vec<(&'static str, Child)>,
     tools: NodeTools,
     // Dropped after every process was killed and before the lock is released.
@@ -159,9 +134,8 @@ impl Node {
     /// Takes the machine's node lock (waiting for another test's node to stop), removes what a
     /// killed run left, and starts the namespace, the control plane, containerd, the
     /// controller-manager, the scheduler and the kubelet; returns once the node is Ready and the
-    /// `default` ServiceAccount exists. `None` when a tool is missing (skip; CI fails).
-    pub async fn start() -> Option<Self> {
-        let tools = tools()?;
+    /// `default` ServiceAccount exists.
+    pub async fn start(tools: NodeTools) -> Self {
         let lock = tokio::task::spawn_blocking(take_lock).await.expect("the lock task");
         clean_leftovers();
         let cleanup = Cleanup;
@@ -175,7 +149,8 @@ impl Node {
         // the same number inside the namespace (where every port is free).
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
         let port = listener.local_addr().expect("the relay's address").port();
-        let relays = vec![dialer.relay(listener, SocketAddr::from((Ipv4Addr::LOCALHOST, port)))];
+        let mut relays = tokio::task::JoinSet::new();
+        relays.spawn(dialer.clone().relay(listener, SocketAddr::from((Ipv4Addr::LOCALHOST, port))));
         let options = ClusterOptions {
             netns: Some(netns.clone()),
             port: Some(port),
@@ -194,33 +169,21 @@ impl Node {
             _cleanup: cleanup,
             _lock: lock,
         };
-        node.record_pids(&node.cluster.pids());
 
         node.start_containerd().await;
         NodeImages::pause().await.import(&node).await;
         node.start_controllers();
         node.start_kubelet();
         node.wait_ready().await;
-        Some(node)
+        node
     }
 
-    /// `binary ARGS` inside the namespace, logged to `STATE/NAME.log`, recorded in the pid file.
+    /// `binary ARGS` inside the namespace, logged to `STATE/NAME.log` (the command line names
+    /// the node's state: a run that is killed leaves it to the next one's clean-up).
     fn spawn(&mut self, name: &'static str, binary: &Path, args: &[String]) {
         let log = Path::new(STATE).join(format!("{name}.log"));
         let child = kube::spawn_logged(Some(&self.netns), binary, args, &log);
-        self.record_pids(&child.id().into_iter().collect::<Vec<_>>());
         self.children.push((name, child));
-    }
-
-    fn record_pids(&self, pids: &[u32]) {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(Path::new(STATE).join("pids"))
-            .expect("the pid file");
-        for pid in pids {
-            writeln!(file, "{pid}").expect("writing the pid file");
-        }
     }
 
     /// What component `name` (`containerd`, `kubelet`, `kube-controller-manager`,
@@ -346,8 +309,7 @@ impl Node {
     pub async fn forward(&self, inside: SocketAddr) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
         let addr = listener.local_addr().expect("the relay's address");
-        let relay = self.dialer.relay(listener, inside);
-        self.relays.lock().expect("the relays").push(relay);
+        self.relays.lock().expect("the relays").spawn(self.dialer.clone().relay(listener, inside));
         addr
     }
 
@@ -372,7 +334,6 @@ impl Node {
             ],
             &[("KEYLESS_LOG", "info")],
         );
-        self.record_pids(&process.pid().into_iter().collect::<Vec<_>>());
         let ca = state.path().join("ca.pem");
         let relayed = self.forward(inside).await;
         let url = format!("https://{relayed}");
@@ -408,26 +369,16 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        for relay in
-            self.relays.lock().map(|r| r.iter().map(|h| h.abort_handle()).collect()).unwrap_or_else(|_| Vec::new())
-        {
-            relay.abort();
-        }
         // The kubelet first (it would restart what is killed), then the controllers; containerd's
-        // tasks are killed through their cgroups, containerd, then the control plane.
+        // tasks are killed through their cgroups, then every other process of the node (the shims,
+        // containerd, the emulator, the control plane).
         for name in ["kubelet", "kube-scheduler", "kube-controller-manager"] {
             for (_, child) in self.children.iter_mut().filter(|(n, _)| *n == name) {
                 let _ = child.start_kill();
             }
         }
         kill_cgroup_tasks();
-        kill_shims();
-        for (_, child) in &mut self.children {
-            let _ = child.start_kill();
-        }
-        for pid in self.cluster.pids() {
-            kill(pid);
-        }
+        kill_node_processes();
         // `_cleanup` removes the rest once the fields drop.
     }
 }
@@ -509,21 +460,11 @@ pub(super) fn socket() -> String {
     format!("{STATE}/containerd.sock")
 }
 
-/// Runs `command`; its stdout, or the test fails with its output.
+/// Runs `command` (no stdin, killed when dropped) within [`TOOL_DEADLINE`]; its stdout, or the
+/// test fails with its output.
 async fn run_ok(mut command: Command, what: &str) -> String {
     command.stdin(Stdio::null()).kill_on_drop(true);
-    let out = tokio::time::timeout(TOOL_DEADLINE, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish in {TOOL_DEADLINE:?}"))
-        .unwrap_or_else(|e| panic!("running {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    crate::process::succeeded(what, crate::process::output_within(command, TOOL_DEADLINE, what).await)
 }
 
 fn run_status(program: &str, args: &[&str]) -> bool {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use crate::binary::{keyless_bin, workspace_root};
+use crate::process::{output_within, succeeded};
 use crate::tools::{self, Missing};
 
 /// The sidecar image, as `scripts/image` tags it.
@@ -122,26 +123,6 @@ impl Podman {
         let context = context.path().to_str().expect("a UTF-8 path");
         self.ok(&["build", "--quiet", "--pull=never", "-t", HOST_IMAGE, context]).await;
     }
-}
-
-/// `command`'s output; the test fails if it takes longer than `deadline`.
-async fn output_within(mut command: Command, deadline: Duration, what: &str) -> Output {
-    tokio::time::timeout(deadline, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish in {deadline:?}"))
-        .unwrap_or_else(|e| panic!("running {what}: {e}"))
-}
-
-/// `out`'s stdout; the test fails with its output if `what` failed.
-fn succeeded(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `-v` options that mount, read-only at the same paths, what a [`HOST_IMAGE`] container needs to

@@ -78,6 +78,37 @@ pub fn kube_bin(root: &Path) -> Option<PathBuf> {
 /// The programs `scripts/kube` builds.
 pub const KUBE_PROGRAMS: [&str; 3] = ["kube-apiserver", "kubectl", "etcd"];
 
+/// The programs `scripts/kube` builds for the node harness beside [`KUBE_PROGRAMS`].
+pub const NODE_PROGRAMS: [&str; 3] = ["kubelet", "kube-controller-manager", "kube-scheduler"];
+/// The runtime the node's containerd runs containers with (Debian's `runc`).
+pub const RUNC: &str = "/usr/sbin/runc";
+/// The CNI plugins the node's pod network uses (Debian's `containernetworking-plugins`).
+pub const CNI_PLUGINS: [&str; 3] = ["/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/loopback"];
+
+/// What the node harness (keyless-test-support's `node.rs`) misses on this machine, each named:
+/// root, containerd, ctr, nsenter, ip, podman and go on PATH, runc and the CNI plugins, and the
+/// Kubernetes binaries of `scripts/kube` (the control plane's and the node's). Empty: all there.
+pub fn node_missing(root: &Path) -> Vec<String> {
+    let mut missing = Vec::new();
+    if !is_root() {
+        missing.push("root".to_owned());
+    }
+    let on_path = [
+        ("containerd", "--version"),
+        ("ctr", "--version"),
+        ("nsenter", "--version"),
+        ("ip", "-V"),
+        ("podman", "--version"),
+        ("go", "version"),
+    ];
+    missing.extend(on_path.iter().filter(|(tool, arg)| !runs(tool, arg)).map(|(tool, _)| (*tool).to_owned()));
+    missing.extend([RUNC].iter().chain(&CNI_PLUGINS).filter(|f| !Path::new(f).is_file()).map(|f| (*f).to_owned()));
+    let dir = path_from_env(root, "KEYLESS_TEST_KUBE_BIN", "target/kube/bin");
+    let programs = KUBE_PROGRAMS.iter().chain(&NODE_PROGRAMS);
+    missing.extend(programs.map(|p| dir.join(p)).filter(|p| !p.is_file()).map(|p| p.display().to_string()));
+    missing
+}
+
 /// Root, podman and runc: what the container tests need.
 pub fn podman() -> bool {
     is_root() && runs("podman", "--version") && runs("runc", "--version")
@@ -114,6 +145,11 @@ pub fn present_markers(root: &Path) -> Vec<PathBuf> {
     markers.push(java.join("classpath.txt"));
     if let Some(dir) = kube_bin(root) {
         markers.extend(KUBE_PROGRAMS.iter().map(|p| dir.join(p)));
+    }
+    if node_missing(root).is_empty() {
+        let dir = path_from_env(root, "KEYLESS_TEST_KUBE_BIN", "target/kube/bin");
+        markers.extend(NODE_PROGRAMS.iter().map(|p| dir.join(p)));
+        markers.extend([RUNC].iter().chain(&CNI_PLUGINS).map(PathBuf::from));
     }
     markers.push(root.join(HELM));
     markers.push(root.join(PROMTOOL));

@@ -2,7 +2,7 @@
 //! to a file the test reads, SIGTERM as Kubernetes sends it.
 
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::{ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
@@ -110,4 +110,24 @@ impl Process {
 pub async fn stop_child(mut child: Child) -> ExitStatus {
     terminate(&child);
     tokio::time::timeout(EXIT_DEADLINE, child.wait()).await.expect("the process exits").expect("its status")
+}
+
+/// `command`'s output; the test fails if it takes longer than `deadline`.
+pub(crate) async fn output_within(mut command: Command, deadline: Duration, what: &str) -> Output {
+    tokio::time::timeout(deadline, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish in {deadline:?}"))
+        .unwrap_or_else(|e| panic!("running {what}: {e}"))
+}
+
+/// `out`'s stdout; the test fails with its output if `what` failed.
+pub(crate) fn succeeded(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

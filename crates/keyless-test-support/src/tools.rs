@@ -7,7 +7,8 @@
 //! end-to-end suite ([`crate::probe`], the same checks as here, the same env vars and paths
 //! `scripts/test` sets) and sets a cfg for each one it finds: `keyless_tools_node`,
 //! `keyless_tools_go`, `keyless_tools_java`, `keyless_tools_helm`, `keyless_tools_promtool`,
-//! `keyless_tools_kube`, `keyless_tools_podman`, `keyless_tools_root`. A test that needs a tool is ignored, with the
+//! `keyless_tools_kube`, `keyless_tools_podman`, `keyless_tools_root`, `keyless_tools_kubelet` (the
+//! node harness's tools, [`crate::node::find_tools`]). A test that needs a tool is ignored, with the
 //! reason, where its cfg is missing, and takes the tool with [`need`]:
 //!
 //! ```text

@@ -4,31 +4,21 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{NETNS_PREFIX, PERSISTENT, STATE, socket};
+use super::{NETNS_PREFIX, PERSISTENT, STATE};
 
 /// The cgroup controllers (v1) the kubelet's `kubepods` hierarchy is created in.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// Removes what a node left: its processes (the pid file, the shims of its containerd, the tasks
-/// in the `kubepods` cgroups), mounts under its directories (the pods' volumes, root filesystems
-/// and network namespaces), cgroups, the harness's namespaces (with the links in them), the
-/// runtime state. Called under the lock only.
+/// Removes what a node left: its processes ([`node_pids`], and the tasks in the `kubepods`
+/// cgroups), mounts under its directories (the pods' volumes, root filesystems and network
+/// namespaces), cgroups, the harness's namespaces (with the links in them), the runtime state.
+/// Called under the lock only.
 pub(super) fn clean_leftovers() {
-    if let Ok(pids) = std::fs::read_to_string(Path::new(STATE).join("pids")) {
-        // A recorded pid is killed only while its command line still names the node's state
-        // (every component's does): after a reboot the number may be another process's.
-        for pid in pids.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(STATE) {
-                kill(pid);
-            }
-        }
-    }
     kill_cgroup_tasks();
-    kill_shims();
+    kill_node_processes();
     // Give the killed processes a moment to exit, so that their mounts and cgroups can go.
     for _ in 0..50 {
-        if cgroup_tasks().is_empty() && shim_pids().is_empty() {
+        if cgroup_tasks().is_empty() && node_pids().is_empty() {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -52,7 +42,7 @@ pub(super) fn clean_leftovers() {
     let _ = std::fs::remove_dir_all(Path::new(PERSISTENT).join("pod-logs"));
 }
 
-pub(super) fn kill(pid: u32) {
+fn kill(pid: u32) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
@@ -79,24 +69,27 @@ pub(super) fn kill_cgroup_tasks() {
     }
 }
 
-/// The containerd shims serving the node's containerd (their command line names its socket).
-fn shim_pids() -> Vec<u32> {
-    let socket = socket();
+/// The node's processes, also those of a run that was killed: every process whose command line
+/// names the node's state directory (each component's does: its configuration, data directory or
+/// socket is there, a shim's too) and that runs in another network namespace than this test (the
+/// node's; a process of the machine's own namespace that merely names the directory, a `tail -f`
+/// of a log, is left alone). Zombies have no command line: nothing to kill.
+fn node_pids() -> Vec<u32> {
+    let own = std::fs::read_link("/proc/self/ns/net").ok();
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-                let text = String::from_utf8_lossy(&cmdline);
-                text.contains("containerd-shim") && text.contains(&socket)
-            })
+            let names_state = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(STATE));
+            names_state && std::fs::read_link(format!("/proc/{pid}/ns/net")).ok().is_some_and(|net| Some(net) != own)
         })
         .collect()
 }
 
-pub(super) fn kill_shims() {
-    for pid in shim_pids() {
+pub(super) fn kill_node_processes() {
+    for pid in node_pids() {
         kill(pid);
     }
 }

@@ -7,6 +7,12 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd as _;
 use std::time::Duration;
 
+/// At most this many connections through one relay at a time (a test opens a handful; a client
+/// that leaks them waits instead of growing the test process without bound).
+const MAX_CONNECTIONS: usize = 64;
+/// How long opening a connection inside the namespace may take.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+
 /// A thread of the test process inside the node's namespace that opens connections there.
 #[derive(Debug, Clone)]
 pub(super) struct Dialer {
@@ -35,7 +41,7 @@ impl Dialer {
             }
             while let Ok((addr, reply)) = receiver.recv() {
                 std::thread::spawn(move || {
-                    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10));
+                    let stream = std::net::TcpStream::connect_timeout(&addr, CONNECT_DEADLINE);
                     let _ = reply.send(stream);
                 });
             }
@@ -44,25 +50,36 @@ impl Dialer {
         Self { requests }
     }
 
-    /// A task relaying each connection `listener` accepts to `inside`.
-    pub(super) fn relay(&self, listener: tokio::net::TcpListener, inside: SocketAddr) -> tokio::task::JoinHandle<()> {
-        let dialer = self.clone();
-        tokio::spawn(async move {
-            while let Ok((mut outside, _)) = listener.accept().await {
-                let dialer = dialer.clone();
-                tokio::spawn(async move {
-                    let (reply, answer) = tokio::sync::oneshot::channel();
-                    if dialer.requests.send((inside, reply)).is_err() {
-                        return;
-                    }
-                    let Ok(Ok(stream)) = answer.await else { return };
-                    if stream.set_nonblocking(true).is_err() {
-                        return;
-                    }
-                    let Ok(mut stream) = tokio::net::TcpStream::from_std(stream) else { return };
-                    let _ = tokio::io::copy_bidirectional(&mut outside, &mut stream).await;
-                });
+    /// Relays each connection `listener` accepts to `inside`, at most [`MAX_CONNECTIONS`] at a
+    /// time; the connections are this future's own (a `JoinSet`), so dropping or aborting it ends
+    /// them too, and with them their hold on the dialer (whose thread then ends, releasing the
+    /// namespace).
+    pub(super) async fn relay(self, listener: tokio::net::TcpListener, inside: SocketAddr) {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            while connections.try_join_next().is_some() {}
+            if connections.len() >= MAX_CONNECTIONS {
+                connections.join_next().await;
+                continue;
             }
-        })
+            let Ok((outside, _)) = listener.accept().await else { return };
+            connections.spawn(self.clone().carry(outside, inside));
+        }
+    }
+
+    /// A connection to `inside` opened in the namespace, and `outside`'s bytes carried both ways
+    /// until either side closes.
+    async fn carry(self, mut outside: tokio::net::TcpStream, inside: SocketAddr) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.requests.send((inside, reply)).is_err() {
+            return;
+        }
+        drop(self);
+        let Ok(Ok(stream)) = answer.await else { return };
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let Ok(mut stream) = tokio::net::TcpStream::from_std(stream) else { return };
+        let _ = tokio::io::copy_bidirectional(&mut outside, &mut stream).await;
     }
 }
