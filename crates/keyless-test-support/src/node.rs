@@ -70,6 +70,9 @@ const STATE: &str = "/run/keyless-test-node";
 const PERSISTENT: &str = "/var/lib/keyless-test-node";
 /// How long the node may take to turn Ready (a loaded 2-core machine).
 const READY_DEADLINE: Duration = Duration::from_secs(180);
+/// How long a test waits for another's node to stop (the examples' test holds it for the
+/// kubelet's token rotation, about ten minutes).
+const LOCK_DEADLINE: Duration = Duration::from_secs(30 * 60);
 /// How long one `ctr` or `podman` call may take.
 const TOOL_DEADLINE: Duration = Duration::from_secs(300);
 /// The node's bearer token (`system:node:NAME` in `system:nodes`), on the namespace's loopback only.
@@ -136,7 +139,7 @@ impl Node {
     /// controller-manager, the scheduler and the kubelet; returns once the node is Ready and the
     /// `default` ServiceAccount exists.
     pub async fn start(tools: NodeTools) -> Self {
-        let lock = tokio::task::spawn_blocking(take_lock).await.expect("the lock task");
+        let lock = take_lock().await;
         clean_leftovers();
         let cleanup = Cleanup;
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -416,24 +419,35 @@ pub struct MachineLock {
 
 /// Waits for [`LOCK`] (another test's node to stop) and holds it.
 pub async fn lock_machine() -> MachineLock {
-    MachineLock { _file: tokio::task::spawn_blocking(take_lock).await.expect("the lock task") }
+    MachineLock { _file: take_lock().await }
 }
 
-/// Takes [`LOCK`] (blocking): one node on the machine at a time.
-fn take_lock() -> std::fs::File {
+/// Takes [`LOCK`]: one node on the machine at a time.
+async fn take_lock() -> std::fs::File {
+    lock_within(Path::new(LOCK), LOCK_DEADLINE, "another test's node is running").await
+}
+
+/// An exclusive flock on `path` (created if missing), taken within `deadline` or the test fails:
+/// tried at once, then again while `held_by` says (once) why it waits.
+pub(super) async fn lock_within(path: &Path, deadline: Duration, held_by: &str) -> std::fs::File {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(LOCK)
-        .unwrap_or_else(|e| panic!("opening {LOCK}: {e}"));
-    if rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let try_lock = || rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
+    if !try_lock() {
         #[allow(clippy::print_stderr)]
         {
-            eprintln!("waiting for {LOCK}: another test's node is running");
+            eprintln!("waiting for {}: {held_by}", path.display());
         }
-        rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::LockExclusive)
-            .unwrap_or_else(|e| panic!("locking {LOCK}: {e}"));
+        let taken = holds_within(deadline, || {
+            let taken = try_lock();
+            async move { taken }
+        })
+        .await;
+        assert!(taken, "{} was not free within {deadline:?}: {held_by}", path.display());
     }
     file
 }
@@ -480,4 +494,28 @@ fn run_checked(program: &str, args: &[&str]) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A lock another holder keeps fails the wait at its deadline, naming why it waited; once
+    /// released it is taken.
+    #[tokio::test]
+    async fn a_lock_held_elsewhere_fails_the_wait_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let held = lock_within(&path, Duration::from_secs(1), "nobody").await;
+        let waiting = tokio::spawn({
+            let path = path.clone();
+            async move { lock_within(&path, Duration::from_millis(300), "the test holds it").await }
+        });
+        let failure = waiting.await.unwrap_err().into_panic();
+        let message = failure.downcast_ref::<String>().unwrap();
+        assert!(message.contains("was not free within 300ms: the test holds it"), "{message}");
+        drop(held);
+        let _taken = lock_within(&path, Duration::from_secs(1), "nobody").await;
+    }
 }

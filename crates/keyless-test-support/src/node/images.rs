@@ -2,10 +2,11 @@
 //! them as archives, `ctr images import` loads them into the node's containerd.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::{APPS_IMAGE, Node, PAUSE_IMAGE, run_checked, run_ok};
+use super::{APPS_IMAGE, Node, PAUSE_IMAGE, lock_within, run_checked, run_ok};
 use crate::binary::workspace_root;
 
 /// An image built without a registry (podman, `FROM scratch`), saved as an archive for
@@ -106,23 +107,15 @@ fn pause_source() -> PathBuf {
 }
 
 /// Holds `target/node-images/.lock`: one build of the node's images at a time (tests of one
-/// binary, or of several processes, share the directory, its archives and the tags).
+/// binary, or of several processes, share the directory, its archives and the tags); waits at
+/// most [`IMAGES_LOCK_DEADLINE`].
 async fn lock_images() -> std::fs::File {
-    let path = images_dir().join(".lock");
-    tokio::task::spawn_blocking(move || {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
-        file
-    })
-    .await
-    .expect("the lock task")
+    lock_within(&images_dir().join(".lock"), IMAGES_LOCK_DEADLINE, "another test builds the node's images").await
 }
+
+/// How long a test waits for another's image builds (the keyless image's cold release build
+/// has a bound of its own, outside this lock).
+const IMAGES_LOCK_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 fn images_dir() -> PathBuf {
     let dir = workspace_root().join("target/node-images");
