@@ -128,6 +128,45 @@ impl Setup {
         (json, stderr)
     }
 
+    /// The config with `cloud`'s `token_file = ...` line replaced by `keys`.
+    fn with_token_keys(self, cloud: &str, keys: &str) -> Self {
+        let line = format!("token_file = {}", toml_string(self.emulator.token_file(cloud).to_str().unwrap()));
+        assert!(self.toml.contains(&line), "{line} is not in the config");
+        Self { toml: self.toml.replacen(&line, keys, 1), ..self }
+    }
+
+    /// The config with `cloud`'s subject token replaced by one the emulator mints with `claims`
+    /// (written in `dir`).
+    async fn with_minted_token(self, cloud: &str, claims: Value, dir: &Path) -> Self {
+        let jwt = self.emulator.control.mint(claims).await;
+        let file = write(&dir.join(format!("{cloud}-token")), &jwt);
+        self.with_token_keys(cloud, &format!("token_file = {}", toml_string(file.to_str().unwrap())))
+    }
+
+    /// What a CI runner on EKS/AKS holds besides: web identity for the second role, an
+    /// `external_account` file (written in `dir`), workload identity for the second app. Each SDK
+    /// ranks these above keyless.
+    fn other_identities_env(&self, dir: &Path) -> Vec<(String, String)> {
+        let adc = write(&dir.join("adc.json"), &external_account(self));
+        let (aws_token, azure_token) = (self.emulator.token_file("aws"), self.emulator.token_file("azure"));
+        env(&[
+            ("AWS_ROLE_ARN", self.id("aws_second_role_arn")),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", aws_token.to_str().unwrap()),
+            ("GOOGLE_APPLICATION_CREDENTIALS", adc.to_str().unwrap()),
+            ("AZURE_CLIENT_ID", self.id("azure_second_client_id")),
+            ("AZURE_TENANT_ID", self.id("azure_tenant_id")),
+            ("AZURE_FEDERATED_TOKEN_FILE", azure_token.to_str().unwrap()),
+        ])
+    }
+
+    /// Python's SDKs got the identities keyless serves by default in `clouds`.
+    fn assert_keyless_identities(&self, ids: &Value, clouds: &[&str], stderr: &str) {
+        let expected = self.keyless_identities();
+        for cloud in clouds {
+            assert_eq!(ids[cloud], expected[cloud], "{cloud}: {ids}\n{stderr}");
+        }
+    }
+
     /// The identities keyless serves by default.
     fn keyless_identities(&self) -> Value {
         serde_json::json!({
@@ -215,10 +254,7 @@ async fn exec_sets_aside_every_local_credential_python_sees_keyless() {
     );
     write(&h.join(".config/gcloud/application_default_credentials.json"), &external_account(&setup));
     let (ids, stderr) = setup.python_identities(h, &[], &[]).await;
-    let expected = setup.keyless_identities();
-    for cloud in ["aws", "gcp", "azure"] {
-        assert_eq!(ids[cloud], expected[cloud], "{cloud}: {ids}\n{stderr}");
-    }
+    setup.assert_keyless_identities(&ids, &["aws", "gcp", "azure"], &stderr);
     assert_eq!(ids["aws_max_attempts"], 7, "the config file's settings stay: {ids}");
     assert!(
         stderr.contains(
@@ -236,24 +272,9 @@ async fn exec_sets_aside_identity_variables_python_sees_keyless() {
     let setup = Setup::start().await;
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
-    let adc = write(&h.join("adc.json"), &external_account(&setup));
-    let azure_token = setup.emulator.token_file("azure");
-    let aws_token = setup.emulator.token_file("aws");
-    let vars = env(&[
-        // IRSA for the other role: boto3 would assume it itself.
-        ("AWS_ROLE_ARN", setup.id("aws_second_role_arn")),
-        ("AWS_WEB_IDENTITY_TOKEN_FILE", aws_token.to_str().unwrap()),
-        ("GOOGLE_APPLICATION_CREDENTIALS", adc.to_str().unwrap()),
-        // AKS workload identity for the other app.
-        ("AZURE_CLIENT_ID", setup.id("azure_second_client_id")),
-        ("AZURE_TENANT_ID", setup.id("azure_tenant_id")),
-        ("AZURE_FEDERATED_TOKEN_FILE", azure_token.to_str().unwrap()),
-    ]);
+    let vars = setup.other_identities_env(h);
     let (ids, stderr) = setup.python_identities(h, &[], &vars).await;
-    let expected = setup.keyless_identities();
-    for cloud in ["aws", "gcp", "azure"] {
-        assert_eq!(ids[cloud], expected[cloud], "{cloud}: {ids}\n{stderr}");
-    }
+    setup.assert_keyless_identities(&ids, &["aws", "gcp", "azure"], &stderr);
     assert!(
         stderr.contains(
             "keyless exec: set aside AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE, GOOGLE_APPLICATION_CREDENTIALS, \
@@ -284,10 +305,7 @@ async fn exec_sets_aside_static_keys_a_client_secret_and_a_username_python_sees_
         ("AZURE_PASSWORD", "a-password"),
     ]);
     let (ids, stderr) = setup.python_identities(home.path(), &[], &vars).await;
-    let expected = setup.keyless_identities();
-    for cloud in ["aws", "azure"] {
-        assert_eq!(ids[cloud], expected[cloud], "{cloud}: {ids}\n{stderr}");
-    }
+    setup.assert_keyless_identities(&ids, &["aws", "azure"], &stderr);
     assert!(stderr.contains("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"), "{stderr}");
     assert!(stderr.contains("AWS_PROFILE=nowhere"), "{stderr}");
     assert!(stderr.contains("AZURE_CLIENT_SECRET, AZURE_USERNAME/AZURE_PASSWORD, AZURE_CLIENT_ID"), "{stderr}");
@@ -310,17 +328,7 @@ async fn exec_sets_aside_local_credentials_go_sees_keyless() {
         &h.join(".aws/credentials"),
         "[default]\naws_access_key_id = AKIALAPTOPKEY\naws_secret_access_key = laptop\n",
     );
-    let adc = write(&h.join("adc.json"), &external_account(&setup));
-    let aws_token = setup.emulator.token_file("aws");
-    let azure_token = setup.emulator.token_file("azure");
-    let vars = env(&[
-        ("AWS_ROLE_ARN", setup.id("aws_second_role_arn")),
-        ("AWS_WEB_IDENTITY_TOKEN_FILE", aws_token.to_str().unwrap()),
-        ("GOOGLE_APPLICATION_CREDENTIALS", adc.to_str().unwrap()),
-        ("AZURE_CLIENT_ID", setup.id("azure_second_client_id")),
-        ("AZURE_TENANT_ID", setup.id("azure_tenant_id")),
-        ("AZURE_FEDERATED_TOKEN_FILE", azure_token.to_str().unwrap()),
-    ]);
+    let vars = setup.other_identities_env(h);
     let run = |program: &str| go.bin.join(program).to_str().unwrap().to_owned();
 
     let (out, _) = setup.exec(h, &[], &vars, &[&run("aws")]).await;
@@ -466,16 +474,9 @@ async fn exec_fails_fast_on_access_denied_and_an_unknown_oidc_provider() {
     .await;
     assert_fails_fast(&setup, &[], "AccessDenied").await;
 
-    let setup = Setup::start().await;
-    let untrusted = setup
-        .emulator
-        .control
-        .mint(serde_json::json!({ "aud": ["sts.amazonaws.com"], "iss": "https://untrusted.example" }))
-        .await;
     let dir = tempfile::tempdir().unwrap();
-    let token = write(&dir.path().join("token"), &untrusted);
-    let aws_token = setup.emulator.token_file("aws");
-    let setup = Setup { toml: setup.toml.replacen(aws_token.to_str().unwrap(), token.to_str().unwrap(), 1), ..setup };
+    let untrusted = serde_json::json!({ "aud": ["sts.amazonaws.com"], "iss": "https://untrusted.example" });
+    let setup = Setup::start().await.with_minted_token("aws", untrusted, dir.path()).await;
     assert_fails_fast(&setup, &[], "No OpenIDConnect provider found").await;
 }
 
@@ -494,18 +495,10 @@ async fn exec_fails_fast_on_invalid_target_and_entra_rejections() {
     .await;
     assert_fails_fast(&setup, &[], "AADSTS700016").await;
 
-    let setup = Setup::start().await;
-    let stranger = setup
-        .emulator
-        .control
-        .mint(
-            serde_json::json!({ "aud": ["api://AzureADTokenExchange"], "sub": "system:serviceaccount:other:stranger" }),
-        )
-        .await;
     let dir = tempfile::tempdir().unwrap();
-    let token = write(&dir.path().join("token"), &stranger);
-    let azure_token = setup.emulator.token_file("azure");
-    let setup = Setup { toml: setup.toml.replacen(azure_token.to_str().unwrap(), token.to_str().unwrap(), 1), ..setup };
+    let stranger =
+        serde_json::json!({ "aud": ["api://AzureADTokenExchange"], "sub": "system:serviceaccount:other:stranger" });
+    let setup = Setup::start().await.with_minted_token("azure", stranger, dir.path()).await;
     assert_fails_fast(&setup, &[], "AADSTS70021").await;
 }
 
@@ -516,16 +509,11 @@ async fn exec_fails_fast_without_the_actions_variables_or_an_env_sources_variabl
         "source = {{ type = \"github-actions\", ca_file = {} }}",
         toml_string(setup.emulator.ca.to_str().unwrap())
     );
-    let aws_token = format!("token_file = {}", toml_string(setup.emulator.token_file("aws").to_str().unwrap()));
-    let with_actions = Setup { toml: setup.toml.replacen(&aws_token, &actions, 1), ..setup };
+    let with_actions = setup.with_token_keys("aws", &actions);
     assert_fails_fast(&with_actions, &[], "permissions: id-token: write").await;
 
-    let setup = Setup::start().await;
-    let gcp_token = format!("token_file = {}", toml_string(setup.emulator.token_file("gcp").to_str().unwrap()));
-    let with_env = Setup {
-        toml: setup.toml.replacen(&gcp_token, "source = { type = \"env\", var = \"CI_GCP_ID_TOKEN\" }", 1),
-        ..setup
-    };
+    let with_env =
+        Setup::start().await.with_token_keys("gcp", "source = { type = \"env\", var = \"CI_GCP_ID_TOKEN\" }");
     assert_fails_fast(&with_env, &[], "environment variable CI_GCP_ID_TOKEN is not set").await;
 }
 

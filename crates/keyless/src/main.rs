@@ -296,7 +296,8 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct ChoiceArgs {
     /// Serve only these clouds (comma-separated), the others' configuration is ignored.
-    #[arg(long, value_delimiter = ',', value_parser = ["aws", "gcp", "azure"], value_name = "CLOUDS")]
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(providers::names()),
+        value_name = "CLOUDS")]
     only: Option<Vec<String>>,
     /// The [[aws.roles]] entry CMD gets as its default AWS credentials.
     #[arg(long, value_name = "NAME")]

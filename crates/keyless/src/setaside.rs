@@ -14,6 +14,15 @@ use keyless_provider::{ShadowFileKind, Shadowing};
 /// Settings files larger than this are left alone (and reported): a credentials file is a few KB.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
+/// The longest path, section list or value one item of the report shows.
+const MAX_SHOWN_BYTES: usize = 512;
+
+/// Text from the environment or a settings file as the user reads it on stderr: escaped (a
+/// profile name with an ESC in it must not rewrite the terminal) and bounded.
+fn shown(text: &str) -> String {
+    keyless_core::printable::printable(text, MAX_SHOWN_BYTES).into_owned()
+}
+
 /// What to change in the program's environment.
 #[derive(Debug, Default)]
 pub struct SetAside {
@@ -64,8 +73,8 @@ impl Host<'_> {
     /// `~/x` for a path under the home directory, as users write it.
     fn shown(&self, path: &Path) -> String {
         match self.home.as_deref().and_then(|h| path.strip_prefix(h).ok()) {
-            Some(rest) => format!("~/{}", rest.display()),
-            None => path.display().to_string(),
+            Some(rest) => shown(&format!("~/{}", rest.display())),
+            None => shown(&path.display().to_string()),
         }
     }
 }
@@ -120,7 +129,7 @@ pub fn plan(
                     files::write_atomically(&copy, filtered.text.as_bytes(), 0o600)
                         .map_err(|e| format!("cannot write {}: {e}", copy.display()))?;
                     out.set.push((file.var, copy.display().to_string()));
-                    out.report.push(format!("{} {}", host.shown(&path), filtered.removed.join(" ")));
+                    out.report.push(format!("{} {}", host.shown(&path), shown(&filtered.removed.join(" "))));
                 }
                 ShadowFileKind::DirWith { file: inner } => {
                     let held = path.join(inner);
@@ -142,7 +151,7 @@ pub fn plan(
             let Some(value) = (host.env)(var).filter(|v| !v.is_empty()) else { continue };
             if !profiles.iter().any(|(v, names)| *v == var && names.contains(&value)) {
                 out.remove.push(var);
-                out.report.push(format!("{var}={value}"));
+                out.report.push(format!("{var}={}", shown(&value)));
             }
         }
     }
@@ -225,6 +234,20 @@ mod tests {
         let plan = plan(&aws(), &host, &[]).expect("plan");
         assert_eq!(plan.report, ["AWS_PROFILE=gone"]);
         assert_eq!(plan.remove, ["AWS_PROFILE"]);
+    }
+
+    /// The report is read on a terminal: a value or a section name cannot rewrite it.
+    #[test]
+    fn the_report_escapes_what_the_environment_and_the_files_hold() {
+        let home = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(home.path().join(".aws")).expect("mkdir");
+        std::fs::write(home.path().join(".aws/credentials"), "[x\u{1b}[2J]\naws_access_key_id = AKIA\n")
+            .expect("write");
+        let env: HashMap<&str, &str> = [("AWS_PROFILE", "gone\u{1b}[2J")].into();
+        let lookup = |n: &str| env.get(n).map(|v| (*v).to_owned());
+        let host = Host { env: &lookup, home: Some(home.path().to_owned()) };
+        let plan = plan(&aws(), &host, &[]).expect("plan");
+        assert_eq!(plan.report, ["~/.aws/credentials [x\\u{1b}[2J]", "AWS_PROFILE=gone\\u{1b}[2J"]);
     }
 
     #[test]

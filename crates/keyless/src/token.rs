@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use keyless_provider::Provider as _;
 use serde_json::Value;
 
 use crate::exec::{InProcess, own_failure};
@@ -22,11 +23,12 @@ pub enum Cloud {
 }
 
 impl Cloud {
+    /// The provider's name, as the provider states it (the `--only` and config section it is).
     fn name(self) -> &'static str {
         match self {
-            Cloud::Aws => "aws",
-            Cloud::Gcp => "gcp",
-            Cloud::Azure => "azure",
+            Cloud::Aws => keyless_aws::Aws::NAME,
+            Cloud::Gcp => keyless_gcp::Gcp::NAME,
+            Cloud::Azure => keyless_azure::Azure::NAME,
         }
     }
 }
@@ -105,6 +107,9 @@ fn check_flags(opts: &TokenOptions) -> Result<(), String> {
     if let Some((flag, _)) = misplaced {
         return Err(format!("{flag} does not apply to {}", opts.cloud.name()));
     }
+    if opts.audience.is_some() && !opts.scopes.is_empty() {
+        return Err("--scope applies to access tokens, not to an ID token (--audience)".to_owned());
+    }
     if opts.cloud == Cloud::Aws && opts.format == Some(Format::Raw) {
         return Err("an AWS credential is three values: use --format env or json".to_owned());
     }
@@ -169,9 +174,6 @@ async fn gcp(keyless: &InProcess, opts: &TokenOptions) -> Result<String, String>
     let flavor = [("metadata-flavor", "Google")];
     let format = opts.format.unwrap_or(Format::Raw);
     if let Some(audience) = &opts.audience {
-        if !opts.scopes.is_empty() {
-            return Err("--scope applies to access tokens, not to an ID token (--audience)".to_owned());
-        }
         let url = url::Url::parse_with_params(
             &format!("{base}/identity"),
             [("audience", audience.as_str()), ("format", "full")],
@@ -223,4 +225,41 @@ async fn azure(keyless: &InProcess, opts: &TokenOptions) -> Result<String, Strin
         Format::Json => json.to_string(),
         Format::Env => format!("export AZURE_ACCESS_TOKEN={token}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum as _;
+
+    use super::*;
+
+    /// `keyless token CLOUD` takes each provider by its own name, and only those.
+    #[test]
+    fn each_cloud_is_a_provider_by_its_name() {
+        for cloud in Cloud::value_variants() {
+            let value = cloud.to_possible_value().expect("no cloud is hidden");
+            assert_eq!(value.get_name(), cloud.name());
+        }
+        let names: Vec<&str> = Cloud::value_variants().iter().map(|c| c.name()).collect();
+        assert_eq!(names, crate::providers::names().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn flags_of_another_kind_of_token_are_refused_before_keyless_starts() {
+        let opts = |cloud, audience: Option<&str>, scopes: &[&str]| TokenOptions {
+            cloud,
+            config: None,
+            role: None,
+            audience: audience.map(str::to_owned),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            resource: None,
+            format: None,
+            ready_timeout: Duration::ZERO,
+        };
+        let err = check_flags(&opts(Cloud::Gcp, Some("https://a"), &["s"])).expect_err("an ID token has no scopes");
+        assert!(err.contains("--scope applies to access tokens"), "{err}");
+        assert!(check_flags(&opts(Cloud::Gcp, Some("https://a"), &[])).is_ok());
+        let err = check_flags(&opts(Cloud::Azure, None, &["s"])).expect_err("Entra takes a resource");
+        assert!(err.contains("--scope does not apply to azure"), "{err}");
+    }
 }
