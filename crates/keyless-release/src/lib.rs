@@ -3,6 +3,8 @@
 //! examples, and every place a text names a release's version. Its tests check that the version
 //! is the same everywhere (`tests/version.rs`), that the revision crates/keyless/build.rs gives
 //! `keyless --version` follows commits without rebuilding keyless otherwise (`tests/revision.rs`),
+//! that the release build's environment hides the commit time from the compilers
+//! (`tests/release_env.rs`),
 //! and run the install commands against a `dist/` written by `scripts/release`
 //! (`tests/install_docs.rs`).
 #![forbid(unsafe_code)]
