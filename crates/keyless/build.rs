@@ -45,10 +45,13 @@ fn git_revision() -> Option<String> {
     if Path::new(&top_level).canonicalize().ok()? != workspace.canonicalize().ok()? {
         return None;
     }
-    // Rerun when HEAD moves: HEAD itself (a checkout), the branch it points to (a commit), and
-    // packed-refs (where a branch lives after `git gc`). In a worktree these are in different
-    // directories, which `--git-path` resolves.
-    for path in ["HEAD", "packed-refs"] {
+    // Rerun when HEAD moves: HEAD itself (a checkout), the branch it points to (a commit),
+    // packed-refs (where a branch lives after `git gc`) and HEAD's reflog, which every commit and
+    // checkout appends to (the one file that sees a commit on a packed branch: the loose ref it
+    // writes did not exist to be watched). In a worktree these are in different directories, which
+    // `--git-path` resolves. Nothing else: a build after any other change to the repository does
+    // not run this script, and so does not rebuild keyless.
+    for path in ["HEAD", "packed-refs", "logs/HEAD"] {
         rerun_if_changed(&workspace, path);
     }
     if let Some(branch) = git(&workspace, &["symbolic-ref", "-q", "HEAD"]) {

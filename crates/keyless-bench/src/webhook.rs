@@ -97,7 +97,11 @@ impl ServiceAccountApi {
         let address = listener.local_addr().map_err(|e| BenchError::Connect { addr: any, source: e })?;
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    // Out of descriptors, most likely: a pause rather than a spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
                         Ok::<_, Infallible>(Self::answer(&request))

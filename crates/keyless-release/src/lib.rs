@@ -1,8 +1,12 @@
 //! What a release ships, read from the repository: the workspace version (Cargo.toml, the one place
 //! it is written), the shell blocks of the README's Install section, the install steps of the CI
 //! examples, and every place a text names a release's version. Its tests check that the version
-//! is the same everywhere (`tests/version.rs`) and run the install commands against a `dist/`
-//! written by `scripts/release` (`tests/install_docs.rs`).
+//! is the same everywhere (`tests/version.rs`), that the revision crates/keyless/build.rs gives
+//! `keyless --version` follows commits without rebuilding keyless otherwise (`tests/revision.rs`),
+//! that the release build's environment hides the commit time from the compilers
+//! (`tests/release_env.rs`),
+//! and run the install commands against a `dist/` written by `scripts/release`
+//! (`tests/install_docs.rs`).
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
