@@ -20,8 +20,10 @@ use tokio::process::Command;
 /// How long a child test may run (an SDK's retries included) before the parent fails it, killing it.
 const CHILD_DEADLINE: Duration = Duration::from_secs(300);
 
-/// Set in the child to the name of the test it runs.
-pub const CHILD: &str = "KEYLESS_TEST_CHILD";
+/// Set in the child to the name of the test it runs. Not a `KEYLESS_*` name: `keyless exec` and
+/// command sources keep every `KEYLESS_*` variable from the programs they start, so a child run
+/// as exec's command would not see it and would run the parent's half again.
+pub const CHILD: &str = "TEST_SUPPORT_CHILD";
 
 /// The test binary's arguments before the test's name: that test alone (both a test of that name
 /// and an older `#[ignore]`d child test), its output shown.

@@ -138,7 +138,7 @@ impl Choice {
 }
 
 /// [`configure_all`], narrowed and with defaults chosen by `choice`. A provider `choice` names
-/// that is not configured is an error.
+/// that is not configured is simply absent ([`start_chosen`] makes it an error).
 pub fn configure_chosen(mut sections: Sections, ctx: &Context, env: Env<'_>, choice: &Choice) -> Vec<ProviderConfig> {
     PROVIDERS
         .iter()
@@ -183,6 +183,10 @@ pub enum StartError {
          --only and of the identity flags"
     )]
     NotConfigured { name: String },
+    #[error(
+        "an identity flag chooses the default {name} identity, but --only leaves {name} out: add it to --only, or drop the flag"
+    )]
+    LeftOut { name: &'static str },
     #[error("{0}")]
     Routes(#[from] RouteCollision),
 }
@@ -207,6 +211,9 @@ pub async fn start_chosen(
     env: Env<'_>,
     choice: &Choice,
 ) -> Result<Vec<Running>, StartError> {
+    if let Some(name) = choice.defaults.keys().find(|name| !choice.serves(name)) {
+        return Err(StartError::LeftOut { name });
+    }
     let mut configured = Vec::new();
     let chosen = configure_chosen(sections, ctx, env, choice);
     let named = choice.only.iter().flatten().map(String::as_str).chain(choice.defaults.keys().copied());
@@ -251,6 +258,21 @@ mod tests {
     fn first_repeated<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
         let mut seen = BTreeSet::new();
         names.into_iter().find(|name| !seen.insert(*name))
+    }
+
+    /// `--only gcp --aws-role writer`: the flag names a cloud --only leaves out, whether or not
+    /// it is configured.
+    #[tokio::test]
+    async fn an_identity_flag_for_a_cloud_only_leaves_out_is_refused_as_such() {
+        let ctx = Context::new(
+            std::sync::Arc::new(keyless_core::clock::SystemClock),
+            keyless_core::Metrics::new(),
+            keyless_core::CachePolicy::default(),
+            Default::default(),
+        );
+        let choice = Choice { only: Some(vec!["gcp".to_owned()]), defaults: [("aws", "writer".to_owned())].into() };
+        let err = start_chosen(Sections::default(), &ctx, &|_| None, &choice).await.err().expect("refused");
+        assert!(err.to_string().contains("--only leaves aws out"), "{err}");
     }
 
     #[test]

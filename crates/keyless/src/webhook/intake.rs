@@ -211,16 +211,35 @@ mod tests {
         assert_eq!(response.status(), 413);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_review_waits_briefly_for_a_slot_then_is_asked_to_retry() {
         let intake = Intake::new(1);
         let first = intake.admit(request(b"{}")).await.unwrap();
+        let asked = Instant::now();
         assert!(matches!(intake.admit(request(b"{}")).await, Err(Refusal::Busy)));
+        assert_eq!(asked.elapsed(), REVIEW_QUEUE_WAIT, "it waited for a slot, then no longer");
         let response = Refusal::Busy.into_response();
         assert_eq!(response.status(), 429);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         drop(first);
         assert!(intake.admit(request(b"{}")).await.is_ok(), "a finished review frees its slot");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_waits_for_room_in_the_budget_as_long_as_its_deadline_allows() {
+        let intake = Intake::new(1);
+        let budget = u32::try_from(BODY_BUDGET_BYTES).unwrap();
+        let full = Arc::clone(&intake.bodies).acquire_many_owned(budget).await.unwrap();
+        let asked = Instant::now();
+        assert!(matches!(intake.admit(request(b"{}")).await, Err(Refusal::Busy)), "the budget stayed full");
+        assert_eq!(asked.elapsed(), REVIEW_QUEUE_WAIT);
+        let mut late = request(b"{}");
+        late.extensions_mut().insert(RequestDeadline(Instant::now() + Duration::from_millis(500)));
+        let asked = Instant::now();
+        assert!(matches!(intake.admit(late).await, Err(Refusal::TimedOut)), "its deadline came first");
+        assert_eq!(asked.elapsed(), Duration::from_millis(500));
+        drop(full);
+        assert!(intake.admit(request(b"{}")).await.is_ok(), "room again");
     }
 
     #[tokio::test]
