@@ -642,6 +642,17 @@ async fn stored_pods_replayed_get_no_patch_and_the_pod_is_no_authority() {
     let warning = create(&cluster, &annotated).await.unwrap();
     assert!(warning.contains("ignored"), "{warning}");
     assert!(init_names(&cluster.get_json(NAMESPACE, "pod", "annotated").await).is_empty());
+    // Injected, the pod still hears what it should know: its own annotation ignored, and a static
+    // key of its own that AWS SDKs use before keyless (escaped: the container name is the pod's).
+    let mut keyed = pod("keyed", "billing", opted_in());
+    keyed["metadata"]["annotations"] = json!({ "eks.amazonaws.com/role-arn": ROLE });
+    keyed["spec"]["containers"][0]["name"] = json!("app\u{1b}[2J");
+    keyed["spec"]["containers"][0]["env"] = json!([{ "name": "AWS_SECRET_ACCESS_KEY", "value": "x" }]);
+    let answer = post_review(&client, port, &review_of(&keyed)).await;
+    assert!(answer["response"]["patch"].is_string(), "{answer}");
+    let warnings = answer["response"]["warnings"].to_string();
+    assert!(warnings.contains("ignored") && warnings.contains("AWS_SECRET_ACCESS_KEY"), "{answer}");
+    assert!(!warnings.contains('\u{1b}'), "{answer}");
 
     // A record of its own beside its own `keyless` container: nothing of the pod's is removed.
     let mut own = pod("own-record", "billing", opted_in());

@@ -129,6 +129,16 @@ impl Identities {
         self.aws.is_none() && self.gcp.is_none() && self.azure.is_none()
     }
 
+    /// Whether keyless serves the cloud of that provider name.
+    pub fn serves(&self, cloud: &str) -> bool {
+        match cloud {
+            "aws" => self.aws.is_some(),
+            "gcp" => self.gcp.is_some(),
+            "azure" => self.azure.is_some(),
+            _ => false,
+        }
+    }
+
     /// The audience of each cloud's projected token, with its file name and lifetime.
     pub fn tokens(&self) -> Vec<(&'static str, &str, i64)> {
         let mut tokens = Vec::new();

@@ -47,6 +47,22 @@ pub struct Options {
     /// The sidecar's own configuration check at start, run on the sidecar's variables before
     /// anything is injected (the keyless binary passes it; this crate cannot depend on the clouds').
     pub check_sidecar: Option<SidecarCheck>,
+    /// The variables that make each cloud's SDKs use another source before keyless, as the clouds'
+    /// adapters declare them (the keyless binary passes every adapter's, the list `keyless exec`
+    /// sets aside). In the app containers of a cloud keyless serves, another webhook's are taken
+    /// over and a user's own are named in a warning (docs/injection.md).
+    pub shadowing: Vec<ShadowingVar>,
+}
+
+/// One variable that shadows keyless for a cloud's SDKs (keyless-provider's `ShadowVar`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowingVar {
+    /// The provider's name: `aws`, `gcp`, `azure`.
+    pub cloud: &'static str,
+    pub name: &'static str,
+    /// The source it selects, shared by the variables that select it together
+    /// (`AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE`).
+    pub group: &'static str,
 }
 
 /// A check of the sidecar's variables (name, value): `Err` says what keyless would refuse at start.
@@ -80,6 +96,7 @@ impl Default for Options {
             azure_tenant_id: None,
             sidecar_env: Vec::new(),
             check_sidecar: None,
+            shadowing: Vec::new(),
         }
     }
 }

@@ -14,10 +14,10 @@ use serde_yaml::Value;
 
 use crate::identity::{AnnotationError, AnnotationSources, Annotations, Identities, pod_annotation_warning};
 use crate::sidecar::{
-    self, APP_ENV_NAMES, BYPASSING_WEBHOOK_ENV, CONTAINER, LISTEN_ADDRESS, REGION_VARS, RUN_VOLUME, TOKENS_VOLUME,
+    self, APP_ENV_NAMES, CONTAINER, LISTEN_ADDRESS, OTHER_WEBHOOKS_VALUES, REGION_VARS, RUN_VOLUME, TOKENS_VOLUME,
 };
 use crate::tree::{self, Op, Step, Tree, covers, path, with};
-use crate::{Options, Outcome, Skip};
+use crate::{Options, Outcome, ShadowingVar, Skip};
 
 /// The opt-in label, on the pod (template) or (webhook) on the namespace.
 pub const INJECT_LABEL: &str = "keyless.dev/inject";
@@ -140,13 +140,13 @@ pub fn plan<T: Tree>(
     };
     let planner = Planner { template, spec, init, previous, record: &record };
     if identities.is_empty() {
-        let ops = planner.ops(None, options);
+        let ops = planner.ops(None, options, &mut Vec::new());
         return Ok(Plan { outcome: Outcome::Skipped(Skip::NoIdentity { warnings }), ops, first: false });
     }
     if let Some(check) = options.check_sidecar {
         (check.0)(&sidecar::sidecar_env_pairs(&identities, options)).map_err(TemplateError::Sidecar)?;
     }
-    let ops = planner.ops(Some(&identities), options);
+    let ops = planner.ops(Some(&identities), options, &mut warnings);
     Ok(Plan {
         outcome: Outcome::Injected { identities: Box::new(identities), warnings },
         ops,
@@ -169,8 +169,8 @@ struct Planner<'a, T> {
 
 impl<T: Tree> Planner<'_, T> {
     /// The changes from the template as it is to the injection of `identities` (`None`: to no
-    /// injection at all).
-    fn ops(&self, identities: Option<&Identities>, options: &Options) -> Vec<Op> {
+    /// injection at all), and what to tell the user about it.
+    fn ops(&self, identities: Option<&Identities>, options: &Options, warnings: &mut Vec<String>) -> Vec<Op> {
         let mut ops = Vec::new();
         let aws = identities.is_some_and(|ids| ids.aws.is_some());
         // The sidecar, first of the init containers: the user's own then already have credentials.
@@ -221,7 +221,7 @@ impl<T: Tree> Planner<'_, T> {
         for (i, container) in containers.iter().enumerate() {
             let name = str_at(container, &["name"]).unwrap_or_default().to_owned();
             let base = with(&path(&["spec", "containers"]), [Step::Index(i)]);
-            let (env_ops, added) = self.env_ops(container, &base, identities, options);
+            let (env_ops, added) = self.env_ops(container, &base, identities, options, warnings);
             ops.extend(env_ops);
             let mounts = container.get("volumeMounts").and_then(Tree::as_list);
             let mut edits = ListEdits::default();
@@ -246,6 +246,7 @@ impl<T: Tree> Planner<'_, T> {
         base: &[Step],
         identities: Option<&Identities>,
         options: &Options,
+        warnings: &mut Vec<String>,
     ) -> (Vec<Op>, Vec<String>) {
         let env = container.get("env").and_then(Tree::as_list);
         let entries = env.unwrap_or_default();
@@ -275,21 +276,28 @@ impl<T: Tree> Planner<'_, T> {
             }
         }
         let mut edits = ListEdits::default();
-        // The IRSA and Azure webhooks' variables that would make the SDKs bypass keyless.
-        for (cloud, name, webhook_value) in BYPASSING_WEBHOOK_ENV {
-            let serves = match *cloud {
-                "aws" => identities.is_some_and(|ids| ids.aws.is_some()),
-                _ => identities.is_some_and(|ids| ids.azure.is_some()),
-            };
-            let Some(i) = position(name) else { continue };
-            if !serves || str_at(&entries[i], &["value"]) != Some(*webhook_value) {
-                continue;
+        // What the SDKs of a served cloud use before keyless, as its adapter declares it: another
+        // webhook's variables are taken over (with their group), a user's own named in a warning.
+        if let Some(ids) = identities {
+            let served = || options.shadowing.iter().filter(|v| ids.serves(v.cloud) && !is_recorded(v.name));
+            let mut taken_over = Vec::new();
+            let mut users = Vec::new();
+            for var in served() {
+                let Some(i) = position(var.name) else { continue };
+                let value = str_at(&entries[i], &["value"]);
+                if value.is_some_and(|v| OTHER_WEBHOOKS_VALUES.contains(&(var.name, v))) {
+                    taken_over.push((var.cloud, var.group));
+                } else if !is_keyless_own(var.name, value, ids, &wanted) {
+                    users.push(var);
+                }
             }
-            edits.removes.push(i);
-            if *cloud == "aws"
-                && let Some(j) = position("AWS_ROLE_ARN")
-            {
-                edits.removes.push(j);
+            for var in served().filter(|v| taken_over.contains(&(v.cloud, v.group))) {
+                edits.removes.extend(position(var.name));
+            }
+            users.retain(|v| !taken_over.contains(&(v.cloud, v.group)));
+            if !users.is_empty() {
+                let container = str_at(container, &["name"]).unwrap_or_default();
+                warnings.push(shadowing_warning(container, &users));
             }
         }
         let mut added = Vec::new();
@@ -343,6 +351,26 @@ impl<T: Tree> Planner<'_, T> {
             vec![Op::Add(path(&["metadata"]), Value::Mapping(metadata))]
         }
     }
+}
+
+/// Whether a shadowing variable the container sets holds what keyless itself would set, or names
+/// the identity keyless serves (the Azure webhook's `AZURE_CLIENT_ID`): then it shadows nothing.
+fn is_keyless_own(name: &str, value: Option<&str>, identities: &Identities, wanted: &[Value]) -> bool {
+    let Some(value) = value else { return false };
+    wanted.iter().any(|w| var_name(w) == name && w.get("value").and_then(Value::as_str) == Some(value))
+        || (name == "AZURE_CLIENT_ID" && identities.azure.as_ref().is_some_and(|a| a.client_id == value))
+}
+
+fn shadowing_warning(container: &str, vars: &[&ShadowingVar]) -> String {
+    let names: Vec<&str> = vars.iter().map(|v| v.name).collect();
+    let mut clouds: Vec<&str> = vars.iter().map(|v| v.cloud).collect();
+    clouds.dedup();
+    format!(
+        "container {container:?} sets {}, which the {} SDKs use before keyless: the app does not get keyless's \
+         credentials while it is set (remove it for the app to use keyless)",
+        names.join(", "),
+        clouds.join(" and "),
+    )
 }
 
 fn var_name(var: &Value) -> &str {
@@ -501,6 +529,27 @@ mod tests {
         [(AWS_ROLE_ARN.to_owned(), role.to_owned())].into()
     }
 
+    /// Part of what the adapters declare (the keyless binary passes all of it; its tests check
+    /// the real declarations).
+    fn shadowing() -> Vec<ShadowingVar> {
+        let web_identity = "AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE";
+        let keys = "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY";
+        let container = "AWS_CONTAINER_CREDENTIALS_FULL_URI/AWS_CONTAINER_AUTHORIZATION_TOKEN";
+        [
+            ("aws", "AWS_ACCESS_KEY_ID", keys),
+            ("aws", "AWS_SECRET_ACCESS_KEY", keys),
+            ("aws", "AWS_ROLE_ARN", web_identity),
+            ("aws", "AWS_WEB_IDENTITY_TOKEN_FILE", web_identity),
+            ("aws", "AWS_CONTAINER_CREDENTIALS_FULL_URI", container),
+            ("aws", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", container),
+            ("azure", "AZURE_CLIENT_ID", "AZURE_CLIENT_ID"),
+            ("azure", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_FEDERATED_TOKEN_FILE"),
+        ]
+        .into_iter()
+        .map(|(cloud, name, group)| ShadowingVar { cloud, name, group })
+        .collect()
+    }
+
     #[test]
     fn a_reinvoked_webhook_changes_nothing_in_an_injected_pod() {
         let options = Options::default();
@@ -527,7 +576,8 @@ mod tests {
     /// `keyless inject` writes.
     #[test]
     fn the_webhooks_patch_and_the_in_place_injection_give_the_same_pod() {
-        let options = Options { aws_region: Some("eu-west-1".to_owned()), ..Options::default() };
+        let options =
+            Options { aws_region: Some("eu-west-1".to_owned()), shadowing: shadowing(), ..Options::default() };
         let mut pod = pod();
         pod["spec"]["containers"][0]["env"] = serde_json::json!([
             { "name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token" },
@@ -674,5 +724,56 @@ mod tests {
         assert!(!opted_in(Some("false"), Namespace::OptedIn));
         assert!(!opted_in(None, Namespace::Unknown));
         assert!(opted_in(Some("true"), Namespace::Unknown));
+    }
+
+    /// Where keyless serves a cloud, what its SDKs use first (the adapters' declarations): the IRSA
+    /// and Azure webhooks' variables are taken over with their group; a user's own stay, named in
+    /// a warning; keyless's own values and the served Azure client id are no such thing.
+    #[test]
+    fn variables_that_shadow_keyless_are_taken_over_or_named() {
+        let options = Options { shadowing: shadowing(), ..Options::default() };
+        let sa = account("arn:aws:iam::111122223333:role/a");
+        let mut pod = pod();
+        pod["spec"]["containers"][0]["env"] = serde_json::json!([
+            { "name": "AWS_ROLE_ARN", "value": "arn:aws:iam::111122223333:role/irsa" },
+            { "name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token" },
+            { "name": "AZURE_FEDERATED_TOKEN_FILE", "value": "/var/run/secrets/azure/tokens/azure-identity-token" },
+        ]);
+        pod["spec"]["containers"].as_array_mut().expect("containers").push(
+            serde_json::json!({ "name": "worker", "image": "w:1", "env": [
+                { "name": "AWS_ACCESS_KEY_ID", "value": "AKIA" },
+                { "name": "AWS_SECRET_ACCESS_KEY", "valueFrom": { "secretKeyRef": { "name": "s", "key": "k" } } },
+                { "name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://127.0.0.1:9811/v1/credentials" },
+            ] }),
+        );
+        let (injected, outcome) = inject_pod_json(&pod, &sa, Namespace::Unknown, &options).expect("injects");
+        let names = |i| env_names(&injected, i).into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        // AWS is served: IRSA's pair is gone; Azure is not: its webhook's variable stays.
+        assert!(!names(0).iter().any(|n| n.starts_with("AWS_ROLE") || n.starts_with("AWS_WEB")), "{:?}", names(0));
+        assert!(names(0).contains(&"AZURE_FEDERATED_TOKEN_FILE".to_owned()), "{:?}", names(0));
+        assert!(names(1).contains(&"AWS_ACCESS_KEY_ID".to_owned()), "the user's own stays: {:?}", names(1));
+        let Outcome::Injected { warnings, .. } = outcome else { panic!("{outcome:?}") };
+        assert_eq!(
+            warnings,
+            ["container \"worker\" sets AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, which the aws SDKs use before \
+                 keyless: the app does not get keyless's credentials while it is set (remove it for the app to use \
+                 keyless)"]
+        );
+        let (_, again) = inject_pod_json(&injected, &sa, Namespace::Unknown, &options).expect("again");
+        assert!(matches!(again, Outcome::Injected { warnings, .. } if warnings.len() == 1));
+
+        // Served Azure: the Azure webhook's client id names the same identity; another one does not.
+        let sa: Annotations = [
+            (crate::AZURE_CLIENT_ID.to_owned(), "11111111-1111-1111-1111-111111111111".to_owned()),
+            (crate::AZURE_TENANT_ID.to_owned(), "contoso.onmicrosoft.com".to_owned()),
+        ]
+        .into();
+        for (client, warned) in [("11111111-1111-1111-1111-111111111111", false), ("22222222", true)] {
+            let mut azure = self::pod();
+            azure["spec"]["containers"][0]["env"] = serde_json::json!([{ "name": "AZURE_CLIENT_ID", "value": client }]);
+            let plan = plan(&azure, &sa, Namespace::Unknown, &options).expect("plans");
+            let Outcome::Injected { warnings, .. } = plan.outcome else { panic!("{:?}", plan.outcome) };
+            assert_eq!(warnings.len() == 1, warned, "{client}: {warnings:?}");
+        }
     }
 }

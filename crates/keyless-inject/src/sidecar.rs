@@ -238,11 +238,12 @@ pub(crate) fn app_env(identities: &Identities, options: &Options) -> Vec<Value> 
     env
 }
 
-/// The variables the IRSA and Azure workload identity webhooks inject that would make SDKs bypass
-/// keyless (web identity precedes the container and IMDS providers in their chains), with the
-/// value each webhook writes. Removed when keyless serves that cloud; a user's own value (any
-/// other) stays (docs/injection.md).
-pub(crate) const BYPASSING_WEBHOOK_ENV: &[(&str, &str, &str)] = &[
-    ("aws", "AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"),
-    ("azure", "AZURE_FEDERATED_TOKEN_FILE", "/var/run/secrets/azure/tokens/azure-identity-token"),
+/// The values the IRSA and Azure workload identity webhooks write into variables that shadow
+/// keyless (web identity precedes the container and IMDS providers in the SDKs' chains). A
+/// shadowing variable holding one of these is that webhook's: where keyless serves the cloud it
+/// is removed, with the rest of its group (`AWS_ROLE_ARN`). Any other value is the user's and
+/// stays (docs/injection.md).
+pub(crate) const OTHER_WEBHOOKS_VALUES: &[(&str, &str)] = &[
+    ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"),
+    ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/secrets/azure/tokens/azure-identity-token"),
 ];

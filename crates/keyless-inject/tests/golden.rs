@@ -3,14 +3,21 @@
 
 use std::path::PathBuf;
 
-use keyless_inject::{Options, inject_documents};
+use keyless_inject::{Options, ShadowingVar, inject_documents};
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
+/// With the part of the adapters' shadowing declarations the inputs exercise (the keyless binary
+/// passes all of it).
 fn options() -> Options {
-    Options { aws_region: Some("us-east-1".to_owned()), ..Options::default() }
+    let web_identity = "AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE";
+    let shadowing = [("AWS_ROLE_ARN", web_identity), ("AWS_WEB_IDENTITY_TOKEN_FILE", web_identity)]
+        .into_iter()
+        .map(|(name, group)| ShadowingVar { cloud: "aws", name, group })
+        .collect();
+    Options { aws_region: Some("us-east-1".to_owned()), shadowing, ..Options::default() }
 }
 
 fn read(name: &str) -> String {

@@ -1,8 +1,8 @@
 //! What makes a cloud SDK ignore a provider's endpoints: the local credential sources each SDK
 //! ranks above them (docs/protocols.md 10). Each adapter
 //! declares its own ([`crate::Provider::SHADOWING`]); `keyless exec` and `keyless dev` set them
-//! aside for the program they run, and injection removes the variables from the containers it
-//! changes.
+//! aside for the program they run, and injection takes over the variables another webhook wrote
+//! into the containers it changes and names the others in a warning.
 
 /// The sources one provider's endpoints can be shadowed by.
 #[derive(Debug, Clone, Copy)]
@@ -17,11 +17,6 @@ pub struct Shadowing {
 impl Shadowing {
     /// Nothing shadows the provider.
     pub const NONE: Self = Self { vars: &[], files: &[] };
-
-    /// Every variable name, for callers that only remove variables (injection).
-    pub fn var_names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.vars.iter().map(|v| v.name)
-    }
 }
 
 /// One variable that shadows the endpoints.

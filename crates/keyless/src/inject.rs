@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use keyless_inject::{Options, Resources, SidecarCheck};
+use keyless_inject::{Options, Resources, ShadowingVar, SidecarCheck};
 
 /// Largest input read: far above any manifest set, and a bound on what a pipe can make keyless hold.
 const MAX_INPUT: u64 = 64 * 1024 * 1024;
@@ -65,8 +65,19 @@ impl InjectArgs {
             azure_tenant_id: self.azure_tenant_id.clone(),
             sidecar_env: self.sidecar_env.clone(),
             check_sidecar: Some(SidecarCheck(check_sidecar)),
+            shadowing: shadowing(),
         }
     }
+}
+
+/// Every adapter's shadowing variables (what `keyless exec` sets aside), for the injection.
+fn shadowing() -> Vec<ShadowingVar> {
+    crate::providers::shadowing(crate::providers::names())
+        .into_iter()
+        .flat_map(|(cloud, shadowing)| {
+            shadowing.vars.iter().map(move |var| ShadowingVar { cloud, name: var.name, group: var.group })
+        })
+        .collect()
 }
 
 /// `keyless inject`'s own flags (the webhook has no use for them).
@@ -227,8 +238,61 @@ mod tests {
     #[test]
     fn without_flags_the_options_are_the_librarys_defaults() {
         let cli = Cli::try_parse_from(["keyless"]).expect("parses");
-        let checked = Options { check_sidecar: Some(SidecarCheck(check_sidecar)), ..Options::default() };
+        let checked =
+            Options { check_sidecar: Some(SidecarCheck(check_sidecar)), shadowing: shadowing(), ..Options::default() };
         assert_eq!(cli.inject.options(), checked);
+    }
+
+    /// The variables injection looks for are the adapters' own declarations, `keyless exec`'s list:
+    /// with the options the binary passes, the IRSA webhook's pair is taken over and a static key
+    /// or a Google credentials file the container sets itself is named.
+    #[test]
+    fn injection_takes_over_or_names_what_each_adapter_declares_as_shadowing() {
+        let declared: Vec<&str> = crate::providers::shadowing(crate::providers::names())
+            .iter()
+            .flat_map(|(_, s)| s.vars.iter().map(|v| v.name))
+            .collect();
+        let options = Cli::try_parse_from(["keyless"]).expect("parses").inject.options();
+        let names: Vec<&str> = options.shadowing.iter().map(|v| v.name).collect();
+        assert_eq!(names, declared);
+        assert!(names.contains(&"GOOGLE_APPLICATION_CREDENTIALS") && names.contains(&"AZURE_CLIENT_SECRET"));
+
+        let annotations: Annotations = [
+            (keyless_inject::AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/app"),
+            (keyless_inject::GCP_SERVICE_ACCOUNT, "app@project.iam.gserviceaccount.com"),
+            (keyless_inject::GCP_PROVIDER, "projects/123/locations/global/workloadIdentityPools/pool/providers/k8s"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let pod = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": "app", "labels": { keyless_inject::INJECT_LABEL: "true" } },
+            "spec": { "containers": [{ "name": "app", "image": "app:1", "env": [
+                { "name": "AWS_ROLE_ARN", "value": "arn:aws:iam::111122223333:role/irsa" },
+                { "name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token" },
+                { "name": "AWS_SECRET_ACCESS_KEY", "value": "x" },
+                { "name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/key.json" },
+            ] }] },
+        });
+        let (injected, outcome) =
+            keyless_inject::inject_pod_json(&pod, &annotations, Namespace::Unknown, &options).expect("injects");
+        let env: Vec<&str> = injected["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        assert!(!env.contains(&"AWS_ROLE_ARN") && !env.contains(&"AWS_WEB_IDENTITY_TOKEN_FILE"), "{env:?}");
+        assert!(env.contains(&"AWS_SECRET_ACCESS_KEY") && env.contains(&"GOOGLE_APPLICATION_CREDENTIALS"), "{env:?}");
+        let Outcome::Injected { warnings, .. } = outcome else { panic!("{outcome:?}") };
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS")
+                && warnings[0].contains("aws and gcp SDKs"),
+            "{warnings:?}"
+        );
     }
 
     /// The check is `keyless serve`'s own loading: a service account e-mail the GCP adapter refuses

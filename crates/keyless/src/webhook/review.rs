@@ -135,7 +135,7 @@ impl Reviewer {
                                 warning = %shown(&warning),
                                 "pod not injected"
                             );
-                            Answer::plain(with_warning(allowed, warning))
+                            Answer::plain(with_warning(allowed, &warning))
                         }
                         None => Answer::plain(allowed),
                     }
@@ -160,7 +160,14 @@ impl Reviewer {
     /// The plan's changes as the response's JSON Patch. A pod already injected (reinvoked, or as
     /// the API server stored and defaulted it) has none and counts as `already_injected`; a
     /// reinvocation that only takes over another webhook's variables is not a new injection either.
-    fn patched(&self, ctx: &Ctx, allowed: AdmissionResponse, plan: &keyless_inject::Plan) -> Answer {
+    fn patched(&self, ctx: &Ctx, mut allowed: AdmissionResponse, plan: &keyless_inject::Plan) -> Answer {
+        // What the user should know of an injected pod (its own identity annotations ignored, a
+        // variable that makes the app bypass keyless): admission warnings, as for a skipped pod.
+        if let Outcome::Injected { warnings, .. } = &plan.outcome {
+            for warning in warnings {
+                allowed = with_warning(allowed, warning);
+            }
+        }
         if !plan.first {
             self.metrics.skipped("already_injected");
         } else if !ctx.dry_run {
@@ -190,8 +197,8 @@ impl Reviewer {
             shown(&message)
         );
         Answer::plain(match self.policy {
-            FailurePolicy::Fail => allowed.deny(message),
-            FailurePolicy::Ignore => with_warning(allowed, message),
+            FailurePolicy::Fail => allowed.deny(shown(&message)),
+            FailurePolicy::Ignore => with_warning(allowed, &message),
         })
     }
 }
@@ -229,8 +236,9 @@ fn shown(text: &str) -> std::borrow::Cow<'_, str> {
 
 const MAX_LOGGED_BYTES: usize = 1024;
 
-fn with_warning(mut response: AdmissionResponse, warning: String) -> AdmissionResponse {
-    response.warnings.get_or_insert_with(Vec::new).push(warning);
+/// Adds `warning` (it may quote the pod: escaped, as in the log) to what `kubectl` prints.
+fn with_warning(mut response: AdmissionResponse, warning: &str) -> AdmissionResponse {
+    response.warnings.get_or_insert_with(Vec::new).push(shown(warning).into_owned());
     response
 }
 
