@@ -161,23 +161,36 @@ impl Setup {
     }
 
     /// A laptop's files in `home`: static keys in `~/.aws/credentials`, a credential_process
-    /// profile and a retry setting in `~/.aws/config`, gcloud's application-default credentials
-    /// (an `external_account` exchanging for itself).
+    /// profile (a program printing other keys) and a retry setting in `~/.aws/config`, gcloud's
+    /// application-default credentials (an `external_account` exchanging for itself).
     fn laptop_files(&self, home: &Path) {
+        use std::os::unix::fs::PermissionsExt as _;
         write(&home.join(".aws/credentials"), LAPTOP_CREDENTIALS);
+        let process = write(
+            &home.join("laptop-credentials"),
+            "#!/bin/sh\necho '{\"Version\": 1, \"AccessKeyId\": \"AKIAPROCESSKEY\", \"SecretAccessKey\": \"process\"}'\n",
+        );
+        std::fs::set_permissions(&process, std::fs::Permissions::from_mode(0o755)).unwrap();
         write(
             &home.join(".aws/config"),
-            "[default]\nmax_attempts = 7\ncredential_process = /bin/false\n[profile other]\nregion = eu-west-1\n",
+            &format!(
+                "[default]\nmax_attempts = 7\ncredential_process = {}\n[profile other]\nregion = eu-west-1\n",
+                process.display()
+            ),
         );
         write(&home.join(".config/gcloud/application_default_credentials.json"), &external_account(self));
     }
 
-    /// Static keys and a profile no file has; Azure's environment credential for another app (a
-    /// client secret, a certificate, a username) and Service Fabric's variable, which makes
-    /// managed identity (Rust's too) choose that protocol over App Service. Files in `dir`.
+    /// Static keys and a profile no file has; Azure's environment credential (a client secret, a
+    /// certificate, a username), a workload identity token file, and Service Fabric's variable,
+    /// which makes managed identity (Rust's too) choose that protocol over App Service. Files in
+    /// `dir`. Run with [`KEEP_AZURE_CLIENT_ID`]: without `AZURE_CLIENT_ID` the SDKs would skip
+    /// the environment and workload identity credentials whatever keyless does, and the test
+    /// could not fail.
     fn static_secrets_env(&self, dir: &Path) -> Vec<(String, String)> {
         let certificate =
             write(&dir.join("client.pem"), "-----BEGIN CERTIFICATE-----\nnot one\n-----END CERTIFICATE-----\n");
+        let token = write(&dir.join("federated-token"), "not-a-token");
         env(&[
             ("AWS_ACCESS_KEY_ID", "AKIASTATICKEY"),
             ("AWS_SECRET_ACCESS_KEY", "static"),
@@ -188,6 +201,7 @@ impl Setup {
             ("AZURE_CLIENT_CERTIFICATE_PATH", certificate.to_str().unwrap()),
             ("AZURE_USERNAME", "user@example.com"),
             ("AZURE_PASSWORD", "a-password"),
+            ("AZURE_FEDERATED_TOKEN_FILE", token.to_str().unwrap()),
             ("IDENTITY_SERVER_THUMBPRINT", "0123456789abcdef0123456789abcdef01234567"),
         ])
     }
@@ -195,13 +209,19 @@ impl Setup {
     /// Each cloud's credential as `sdk`'s programs get it under `keyless exec` (with `vars` and
     /// HOME = `home`): `{"aws": {keys}, "gcp": access token, "azure": Entra token}`, `error: ...`
     /// for a cloud whose SDK failed; and keyless's stderr.
-    async fn credentials_through(&self, sdk: &Sdk, home: &Path, vars: &[(String, String)]) -> (Value, String) {
+    async fn credentials_through(
+        &self,
+        sdk: &Sdk,
+        home: &Path,
+        flags: &[&str],
+        vars: &[(String, String)],
+    ) -> (Value, String) {
         let mut env = vars.to_vec();
         env.extend(sdk.env());
         let (mut creds, mut stderr) = (serde_json::Map::new(), String::new());
         for (cloud, args) in sdk.programs(home) {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (out, _) = self.exec(home, &[], &env, &args).await;
+            let (out, _) = self.exec(home, flags, &env, &args).await;
             let (stdout, err) = (text(&out.stdout), text(&out.stderr));
             stderr.push_str(&err);
             // A Rust child's line follows the test runner's `test NAME ... `.
@@ -241,8 +261,14 @@ impl Setup {
     }
 
     /// [`Setup::credentials_through`]'s identities.
-    async fn identities_through(&self, sdk: &Sdk, home: &Path, vars: &[(String, String)]) -> (Value, String) {
-        let (creds, stderr) = self.credentials_through(sdk, home, vars).await;
+    async fn identities_through(
+        &self,
+        sdk: &Sdk,
+        home: &Path,
+        flags: &[&str],
+        vars: &[(String, String)],
+    ) -> (Value, String) {
+        let (creds, stderr) = self.credentials_through(sdk, home, flags, vars).await;
         (self.identities_of(&creds).await, stderr)
     }
 
@@ -443,7 +469,7 @@ async fn assert_each_case_sees_keyless(sdk: &Sdk) {
 
     let h = homes[0].path();
     setup.laptop_files(h);
-    let (ids, stderr) = setup.identities_through(sdk, h, &[]).await;
+    let (ids, stderr) = setup.identities_through(sdk, h, &[], &[]).await;
     setup.assert_keyless_identities(&ids, &["aws", "azure"], &stderr);
     assert!(stderr.contains(LAPTOP_FILES_SET_ASIDE), "{stderr}");
     assert!(stderr.contains(HOME_ADC_STAYS), "{stderr}");
@@ -456,21 +482,28 @@ async fn assert_each_case_sees_keyless(sdk: &Sdk) {
 
     let h = homes[1].path();
     let vars = setup.other_identities_env(h);
-    let (ids, stderr) = setup.identities_through(sdk, h, &vars).await;
+    let (ids, stderr) = setup.identities_through(sdk, h, &[], &vars).await;
     setup.assert_keyless_identities(&ids, &["aws", "gcp", "azure"], &stderr);
     assert!(stderr.contains(IDENTITY_VARS_SET_ASIDE), "{stderr}");
 
     let h = homes[2].path();
     let vars = setup.static_secrets_env(h);
-    let (ids, stderr) = setup.identities_through(sdk, h, &vars).await;
-    setup.assert_keyless_identities(&ids, &["aws", "gcp", "azure"], &stderr);
+    let (ids, stderr) = setup.identities_through(sdk, h, &KEEP_AZURE_CLIENT_ID, &vars).await;
+    setup.assert_keyless_identities(&ids, &["aws", "gcp"], &stderr);
+    // Managed identity asks keyless for the client id kept (keyless serves it too); Rust's
+    // reads none from the environment.
+    let app = if let Sdk::Rust(_) = sdk { "azure_client_id" } else { "azure_second_client_id" };
+    assert_eq!(ids["azure"], setup.id(app), "{ids}\n{stderr}");
     assert!(stderr.contains(STATIC_SECRETS_SET_ASIDE), "{stderr}");
 }
 
 /// The line for [`Setup::static_secrets_env`].
 const STATIC_SECRETS_SET_ASIDE: &str = "keyless exec: set aside AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE=nowhere, \
                                         AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_USERNAME/AZURE_PASSWORD, \
-                                        AZURE_CLIENT_ID, IDENTITY_SERVER_THUMBPRINT for the command";
+                                        AZURE_FEDERATED_TOKEN_FILE, IDENTITY_SERVER_THUMBPRINT for the command";
+
+/// The flags [`Setup::static_secrets_env`] runs with.
+const KEEP_AZURE_CLIENT_ID: [&str; 2] = ["--keep-env", "AZURE_CLIENT_ID"];
 
 /// A Google `external_account` credential file that exchanges the emulator's GCP token itself
 /// (no impersonation): a federated principal, not keyless's service account.
@@ -524,8 +557,9 @@ async fn exec_sets_aside_static_keys_client_secrets_and_a_username_python_sees_k
     let setup = Setup::start().await;
     let home = tempfile::tempdir().unwrap();
     let vars = setup.static_secrets_env(home.path());
-    let (ids, stderr) = setup.python_identities(home.path(), &[], &vars).await;
-    setup.assert_keyless_identities(&ids, &["aws", "azure"], &stderr);
+    let (ids, stderr) = setup.python_identities(home.path(), &KEEP_AZURE_CLIENT_ID, &vars).await;
+    setup.assert_keyless_identities(&ids, &["aws"], &stderr);
+    assert_eq!(ids["azure"], setup.id("azure_second_client_id"), "{ids}\n{stderr}");
     assert!(stderr.contains(STATIC_SECRETS_SET_ASIDE), "{stderr}");
     assert!(!stderr.contains("a-secret") && !stderr.contains("a-password"), "a secret was printed: {stderr}");
 }
