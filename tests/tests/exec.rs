@@ -188,8 +188,11 @@ impl Setup {
     /// the environment and workload identity credentials whatever keyless does, and the test
     /// could not fail.
     fn static_secrets_env(&self, dir: &Path) -> Vec<(String, String)> {
-        let certificate =
-            write(&dir.join("client.pem"), "-----BEGIN CERTIFICATE-----\nnot one\n-----END CERTIFICATE-----\n");
+        // A certificate the SDKs can load (RSA, as Entra wants): one they cannot is skipped by
+        // Go's DefaultAzureCredential whatever keyless does.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["laptop".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let certificate = write(&dir.join("client.pem"), &format!("{}{}", cert.pem(), key.serialize_pem()));
         let token = write(&dir.join("federated-token"), "not-a-token");
         env(&[
             ("AWS_ACCESS_KEY_ID", "AKIASTATICKEY"),
