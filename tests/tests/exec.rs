@@ -1,7 +1,8 @@
 //! `keyless exec` and `keyless token` as a laptop or CI runner uses them (issue 23): the command
 //! sees keyless's identity although the machine holds other credentials its SDKs rank higher
-//! (each case through the real SDKs, the identity proven by the emulator's caller-identity and
-//! tokeninfo answers or the Entra token's `appid`), errors that cannot heal end at once with 125,
+//! (each case through the real SDKs of Python, Go, Node, Java and Rust, the identity proven by the
+//! emulator's caller-identity and tokeninfo answers or the Entra token's `appid`; where no
+//! variable can set a source aside, keyless says so), errors that cannot heal end at once with 125,
 //! transient ones are retried, exit codes, `--only`, the identity flags, signals, and the child's
 //! death with keyless.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -275,7 +276,7 @@ impl Setup {
         (self.identities_of(&creds).await, stderr)
     }
 
-    /// Python's SDKs got the identities keyless serves by default in `clouds`.
+    /// The SDKs got the identities keyless serves by default in `clouds`.
     fn assert_keyless_identities(&self, ids: &Value, clouds: &[&str], stderr: &str) {
         let expected = self.keyless_identities();
         for cloud in clouds {
