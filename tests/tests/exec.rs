@@ -182,10 +182,11 @@ impl Setup {
         write(&home.join(".config/gcloud/application_default_credentials.json"), &external_account(self));
     }
 
-    /// Static keys and a profile no file has; Azure's environment credential (a client secret, a
-    /// certificate, a username), a workload identity token file, and Service Fabric's variable,
-    /// which makes managed identity (Rust's too) choose that protocol over App Service. Files in
-    /// `dir`. Run with [`KEEP_AZURE_CLIENT_ID`]: without `AZURE_CLIENT_ID` the SDKs would skip
+    /// Static keys, a profile no file has, another container endpoint's token file (SDKs prefer
+    /// it to the token keyless sets); Azure's environment credential (a client secret, a
+    /// certificate, a username), a workload identity token file, `AZURE_TOKEN_CREDENTIALS=dev`
+    /// (no managed identity), and Service Fabric's variable, which makes managed identity (Rust's
+    /// too) choose that protocol over App Service. Files in `dir`. Run with [`KEEP_AZURE_CLIENT_ID`]: without `AZURE_CLIENT_ID` the SDKs would skip
     /// the environment and workload identity credentials whatever keyless does, and the test
     /// could not fail.
     fn static_secrets_env(&self, dir: &Path) -> Vec<(String, String)> {
@@ -195,10 +196,13 @@ impl Setup {
         let cert = rcgen::CertificateParams::new(vec!["laptop".to_owned()]).unwrap().self_signed(&key).unwrap();
         let certificate = write(&dir.join("client.pem"), &format!("{}{}", cert.pem(), key.serialize_pem()));
         let token = write(&dir.join("federated-token"), "not-a-token");
+        let container_token = write(&dir.join("container-token"), "another-endpoints-token");
         env(&[
             ("AWS_ACCESS_KEY_ID", "AKIASTATICKEY"),
             ("AWS_SECRET_ACCESS_KEY", "static"),
             ("AWS_PROFILE", "nowhere"),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:9/another-endpoint"),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", container_token.to_str().unwrap()),
             ("AZURE_CLIENT_ID", self.id("azure_second_client_id")),
             ("AZURE_TENANT_ID", self.id("azure_tenant_id")),
             ("AZURE_CLIENT_SECRET", "a-secret"),
@@ -206,6 +210,7 @@ impl Setup {
             ("AZURE_USERNAME", "user@example.com"),
             ("AZURE_PASSWORD", "a-password"),
             ("AZURE_FEDERATED_TOKEN_FILE", token.to_str().unwrap()),
+            ("AZURE_TOKEN_CREDENTIALS", "dev"),
             ("IDENTITY_SERVER_THUMBPRINT", "0123456789abcdef0123456789abcdef01234567"),
         ])
     }
@@ -502,9 +507,11 @@ async fn assert_each_case_sees_keyless(sdk: &Sdk) {
 }
 
 /// The line for [`Setup::static_secrets_env`].
-const STATIC_SECRETS_SET_ASIDE: &str = "keyless exec: set aside AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE=nowhere, \
+const STATIC_SECRETS_SET_ASIDE: &str = "keyless exec: set aside AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+                                        AWS_CONTAINER_CREDENTIALS_FULL_URI/AWS_CONTAINER_AUTHORIZATION_TOKEN, AWS_PROFILE=nowhere, \
                                         AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_USERNAME/AZURE_PASSWORD, \
-                                        AZURE_FEDERATED_TOKEN_FILE, IDENTITY_SERVER_THUMBPRINT for the command";
+                                        AZURE_FEDERATED_TOKEN_FILE, AZURE_TOKEN_CREDENTIALS, IDENTITY_SERVER_THUMBPRINT \
+                                        for the command";
 
 /// The flags [`Setup::static_secrets_env`] runs with.
 const KEEP_AZURE_CLIENT_ID: [&str; 2] = ["--keep-env", "AZURE_CLIENT_ID"];
