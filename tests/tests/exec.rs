@@ -1,7 +1,8 @@
 //! `keyless exec` and `keyless token` as a laptop or CI runner uses them (issue 23): the command
 //! sees keyless's identity although the machine holds other credentials its SDKs rank higher
-//! (each case through the real SDKs, the identity proven by the emulator's caller-identity and
-//! tokeninfo answers or the Entra token's `appid`), errors that cannot heal end at once with 125,
+//! (each case through the real SDKs of Python, Go, Node, Java and Rust, the identity proven by the
+//! emulator's caller-identity and tokeninfo answers or the Entra token's `appid`; where no
+//! variable can set a source aside, keyless says so), errors that cannot heal end at once with 125,
 //! transient ones are retried, exit codes, `--only`, the identity flags, signals, and the child's
 //! death with keyless.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use keyless_test_support::binary::keyless_bin;
+use keyless_test_support::child;
 use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::sidecar::all_clouds_config;
 use keyless_test_support::tools;
@@ -159,7 +161,127 @@ impl Setup {
         ])
     }
 
-    /// Python's SDKs got the identities keyless serves by default in `clouds`.
+    /// A laptop's files in `home`: static keys in `~/.aws/credentials`, a credential_process
+    /// profile (a program printing other keys) and a retry setting in `~/.aws/config`, gcloud's
+    /// application-default credentials (an `external_account` exchanging for itself).
+    fn laptop_files(&self, home: &Path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        write(&home.join(".aws/credentials"), LAPTOP_CREDENTIALS);
+        let process = write(
+            &home.join("laptop-credentials"),
+            "#!/bin/sh\necho '{\"Version\": 1, \"AccessKeyId\": \"AKIAPROCESSKEY\", \"SecretAccessKey\": \"process\"}'\n",
+        );
+        std::fs::set_permissions(&process, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write(
+            &home.join(".aws/config"),
+            &format!(
+                "[default]\nmax_attempts = 7\ncredential_process = {}\n[profile other]\nregion = eu-west-1\n",
+                process.display()
+            ),
+        );
+        write(&home.join(".config/gcloud/application_default_credentials.json"), &external_account(self));
+    }
+
+    /// Static keys, a profile no file has, another container endpoint's token file (SDKs prefer
+    /// it to the token keyless sets); Azure's environment credential (a client secret, a
+    /// certificate, a username), a workload identity token file, `AZURE_TOKEN_CREDENTIALS=dev`
+    /// (no managed identity), and Service Fabric's variable, which makes managed identity (Rust's
+    /// too) choose that protocol over App Service. Files in `dir`. Run with [`KEEP_AZURE_CLIENT_ID`]: without `AZURE_CLIENT_ID` the SDKs would skip
+    /// the environment and workload identity credentials whatever keyless does, and the test
+    /// could not fail.
+    fn static_secrets_env(&self, dir: &Path) -> Vec<(String, String)> {
+        // A certificate the SDKs can load (RSA, as Entra wants): one they cannot is skipped by
+        // Go's DefaultAzureCredential whatever keyless does.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["laptop".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let certificate = write(&dir.join("client.pem"), &format!("{}{}", cert.pem(), key.serialize_pem()));
+        let token = write(&dir.join("federated-token"), "not-a-token");
+        let container_token = write(&dir.join("container-token"), "another-endpoints-token");
+        env(&[
+            ("AWS_ACCESS_KEY_ID", "AKIASTATICKEY"),
+            ("AWS_SECRET_ACCESS_KEY", "static"),
+            ("AWS_PROFILE", "nowhere"),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:9/another-endpoint"),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", container_token.to_str().unwrap()),
+            ("AZURE_CLIENT_ID", self.id("azure_second_client_id")),
+            ("AZURE_TENANT_ID", self.id("azure_tenant_id")),
+            ("AZURE_CLIENT_SECRET", "a-secret"),
+            ("AZURE_CLIENT_CERTIFICATE_PATH", certificate.to_str().unwrap()),
+            ("AZURE_USERNAME", "user@example.com"),
+            ("AZURE_PASSWORD", "a-password"),
+            ("AZURE_FEDERATED_TOKEN_FILE", token.to_str().unwrap()),
+            ("AZURE_TOKEN_CREDENTIALS", "dev"),
+            ("IDENTITY_SERVER_THUMBPRINT", "0123456789abcdef0123456789abcdef01234567"),
+        ])
+    }
+
+    /// Each cloud's credential as `sdk`'s programs get it under `keyless exec` (with `vars` and
+    /// HOME = `home`): `{"aws": {keys}, "gcp": access token, "azure": Entra token}`, `error: ...`
+    /// for a cloud whose SDK failed; and keyless's stderr.
+    async fn credentials_through(
+        &self,
+        sdk: &Sdk,
+        home: &Path,
+        flags: &[&str],
+        vars: &[(String, String)],
+    ) -> (Value, String) {
+        let mut env = vars.to_vec();
+        env.extend(sdk.env());
+        let (mut creds, mut stderr) = (serde_json::Map::new(), String::new());
+        for (cloud, args) in sdk.programs(home) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (out, _) = self.exec(home, flags, &env, &args).await;
+            let (stdout, err) = (text(&out.stdout), text(&out.stderr));
+            stderr.push_str(&err);
+            // A Rust child's line follows the test runner's `test NAME ... `.
+            let json = stdout.lines().find_map(|l| serde_json::from_str::<Value>(&l[l.find('{')?..]).ok());
+            match (cloud, json) {
+                (None, Some(Value::Object(all))) if out.status.success() => creds.extend(all),
+                (Some(cloud), Some(one)) if out.status.success() => {
+                    creds.insert(cloud.to_owned(), Sdk::go_credential(cloud, one));
+                }
+                (Some(cloud), _) => {
+                    creds.insert(cloud.to_owned(), format!("error: {}", err.trim()).into());
+                }
+                (None, _) => panic!("{args:?} failed ({}):\n{stdout}\n{err}", out.status),
+            }
+        }
+        (Value::Object(creds), stderr)
+    }
+
+    /// Whose credentials `creds` ([`Setup::credentials_through`]) are, as the emulated clouds
+    /// answer: the role GetCallerIdentity names, the e-mail tokeninfo names, the Entra token's
+    /// `appid`; an error passed on as it is.
+    async fn identities_of(&self, creds: &Value) -> Value {
+        let token = |cloud: &str| creds[cloud].as_str().filter(|t| !t.starts_with("error: "));
+        let aws = match &creds["aws"] {
+            keys @ Value::Object(_) => aws_caller(self, keys).await.into(),
+            other => other.clone(),
+        };
+        let gcp = match token("gcp") {
+            Some(access) => tokeninfo_email(self, access).await.into(),
+            None => creds["gcp"].clone(),
+        };
+        let azure = match token("azure") {
+            Some(entra) => jwt_claims(entra)["appid"].clone(),
+            None => creds["azure"].clone(),
+        };
+        serde_json::json!({ "aws": aws, "gcp": gcp, "azure": azure })
+    }
+
+    /// [`Setup::credentials_through`]'s identities.
+    async fn identities_through(
+        &self,
+        sdk: &Sdk,
+        home: &Path,
+        flags: &[&str],
+        vars: &[(String, String)],
+    ) -> (Value, String) {
+        let (creds, stderr) = self.credentials_through(sdk, home, flags, vars).await;
+        (self.identities_of(&creds).await, stderr)
+    }
+
+    /// The SDKs got the identities keyless serves by default in `clouds`.
     fn assert_keyless_identities(&self, ids: &Value, clouds: &[&str], stderr: &str) {
         let expected = self.keyless_identities();
         for cloud in clouds {
@@ -223,6 +345,177 @@ fn write(path: &Path, content: &str) -> PathBuf {
     path.to_owned()
 }
 
+/// A laptop's `~/.aws/credentials`: a `[default]` profile with static keys.
+const LAPTOP_CREDENTIALS: &str = "[default]\naws_access_key_id = AKIALAPTOPKEY\naws_secret_access_key = laptop\n";
+
+/// The line for [`Setup::laptop_files`].
+const LAPTOP_FILES_SET_ASIDE: &str = "keyless exec: set aside ~/.aws/credentials [default], ~/.aws/config [default], \
+                                      ~/.config/gcloud/application_default_credentials.json for the command";
+
+/// The line for [`Setup::other_identities_env`].
+const IDENTITY_VARS_SET_ASIDE: &str = "keyless exec: set aside AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE, \
+                                       GOOGLE_APPLICATION_CREDENTIALS, AZURE_FEDERATED_TOKEN_FILE, AZURE_CLIENT_ID for the command";
+
+/// What `exec` says of gcloud's file under `$HOME`, which no variable moves for Go, Node and Rust.
+const HOME_ADC_STAYS: &str = "keyless exec: could not set aside ~/.config/gcloud/application_default_credentials.json \
+                              for Go, Node and Rust programs, which read it under $HOME";
+
+/// One SDK family's programs, run as `keyless exec`'s command, each printing the credentials its
+/// default chains got.
+enum Sdk {
+    /// `tests/node/credentials.cjs`: the three clouds in one process.
+    Node(tools::NodeClients),
+    /// `tests/go`'s `aws`, `gcp` and `azure` programs, one `exec` each.
+    Go(tools::GoClients),
+    /// `tests/java`'s `keyless.Credentials`: the three clouds in one JVM.
+    Java(tools::JavaClients),
+    /// This test binary re-executed as the command, running the test of this name as its child
+    /// ([`rust_credentials`]).
+    Rust(&'static str),
+}
+
+impl Sdk {
+    /// The commands, each with the cloud it prints (`None`: every cloud, in one JSON object).
+    fn programs(&self, home: &Path) -> Vec<(Option<&'static str>, Vec<String>)> {
+        let owned = |args: &[&str]| args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+        match self {
+            Self::Node(_) => {
+                let script = keyless_test_support::binary::workspace_root().join("tests/node/credentials.cjs");
+                vec![(None, owned(&["node", script.to_str().unwrap()]))]
+            }
+            // Through `env` with a closed loopback port as their proxy (as test-support's
+            // `App::go`): Go never proxies loopback, so keyless and the emulator are reached,
+            // while a request to a real cloud (an ID token for another principal asks Google's
+            // IAM) fails at once and nothing leaves the machine. keyless itself never sees it.
+            Self::Go(go) => {
+                let proxy = format!("http://127.0.0.1:{}", keyless_test_support::process::free_port());
+                let run = |program: &str, args: &[&str]| {
+                    let mut run = owned(&["env", &format!("HTTP_PROXY={proxy}"), &format!("HTTPS_PROXY={proxy}")]);
+                    run.push(go.bin.join(program).to_str().unwrap().to_owned());
+                    run.extend(owned(args));
+                    run
+                };
+                vec![
+                    (Some("aws"), run("aws", &[])),
+                    (Some("gcp"), run("gcp", &["https://example.com/aud"])),
+                    (Some("azure"), run("azure", &["default", "https://management.azure.com/.default"])),
+                ]
+            }
+            // `user.home` is the account's home directory, not $HOME: google-auth-java reads
+            // gcloud's file under it. On a laptop they are the same; here HOME is the test's.
+            Self::Java(java) => {
+                let home_property = format!("-Duser.home={}", home.display());
+                let trust = format!("-Djavax.net.ssl.trustStore={}", home.join(JAVA_TRUST_STORE).display());
+                let args = ["java", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", &home_property, &trust];
+                let mut args = owned(&args);
+                args.extend(owned(&[
+                    "-Djavax.net.ssl.trustStorePassword=changeit",
+                    "-cp",
+                    &java.classpath,
+                    "keyless.Credentials",
+                ]));
+                vec![(None, args)]
+            }
+            Self::Rust(name) => {
+                let exe = std::env::current_exe().unwrap();
+                let args = [exe.to_str().unwrap()].into_iter().chain(child::CHILD_ARGS).chain([*name]);
+                vec![(None, args.map(str::to_owned).collect())]
+            }
+        }
+    }
+
+    /// What its programs need besides the scenario's variables.
+    fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Self::Node(node) => env(&[("NODE_PATH", node.modules.to_str().unwrap())]),
+            Self::Rust(name) => env(&[(child::CHILD, name)]),
+            Self::Go(_) | Self::Java(_) => Vec::new(),
+        }
+    }
+
+    /// The credential in what a Go program printed for `cloud`.
+    fn go_credential(cloud: &str, printed: Value) -> Value {
+        match cloud {
+            "gcp" => printed["access_token"].clone(),
+            "azure" => printed["token"].clone(),
+            _ => printed,
+        }
+    }
+
+    /// Whether its Google library reads gcloud's file from `CLOUDSDK_CONFIG` (Go's, Node's and
+    /// Rust's read it under `$HOME` only: docs/protocols.md 10.2).
+    fn reads_cloudsdk_config(&self) -> bool {
+        matches!(self, Self::Java(_))
+    }
+}
+
+/// The Java clients' trust store in HOME: the emulator's CA (so an SDK that is not kept from the
+/// emulator's STS or Entra reaches it and gets the other identity, rather than a TLS error).
+const JAVA_TRUST_STORE: &str = "emulator-ca.p12";
+
+fn java_trust_store(setup: &Setup, home: &Path) {
+    let out = std::process::Command::new("keytool")
+        .args(["-importcert", "-noprompt", "-storetype", "PKCS12", "-storepass", "changeit", "-alias", "emulator"])
+        .arg("-file")
+        .arg(&setup.emulator.ca)
+        .arg("-keystore")
+        .arg(home.join(JAVA_TRUST_STORE))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keytool: {}", text(&out.stderr));
+}
+
+/// Each shadowing case through `sdk`: the laptop's files, a CI runner's identity variables,
+/// static keys and secrets. The programs get keyless's identity, and stderr says what was set
+/// aside; gcloud's file under `$HOME` stays for Go, Node and Rust, and `exec` says so.
+async fn assert_each_case_sees_keyless(sdk: &Sdk) {
+    let setup = Setup::start().await;
+    let homes = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    if let Sdk::Java(_) = sdk {
+        homes.iter().for_each(|home| java_trust_store(&setup, home.path()));
+    }
+    let keyless = setup.keyless_identities();
+
+    let h = homes[0].path();
+    setup.laptop_files(h);
+    let (ids, stderr) = setup.identities_through(sdk, h, &[], &[]).await;
+    setup.assert_keyless_identities(&ids, &["aws", "azure"], &stderr);
+    assert!(stderr.contains(LAPTOP_FILES_SET_ASIDE), "{stderr}");
+    assert!(stderr.contains(HOME_ADC_STAYS), "{stderr}");
+    if sdk.reads_cloudsdk_config() {
+        setup.assert_keyless_identities(&ids, &["gcp"], &stderr);
+    } else {
+        // The gap docs/protocols.md 10.2 and the line above name: if this changes, update them.
+        assert_ne!(ids["gcp"], keyless["gcp"], "gcloud's file under $HOME is no longer read? {ids}\n{stderr}");
+    }
+
+    let h = homes[1].path();
+    let vars = setup.other_identities_env(h);
+    let (ids, stderr) = setup.identities_through(sdk, h, &[], &vars).await;
+    setup.assert_keyless_identities(&ids, &["aws", "gcp", "azure"], &stderr);
+    assert!(stderr.contains(IDENTITY_VARS_SET_ASIDE), "{stderr}");
+
+    let h = homes[2].path();
+    let vars = setup.static_secrets_env(h);
+    let (ids, stderr) = setup.identities_through(sdk, h, &KEEP_AZURE_CLIENT_ID, &vars).await;
+    setup.assert_keyless_identities(&ids, &["aws", "gcp"], &stderr);
+    // Managed identity asks keyless for the client id kept (keyless serves it too); Rust's
+    // reads none from the environment.
+    let app = if let Sdk::Rust(_) = sdk { "azure_client_id" } else { "azure_second_client_id" };
+    assert_eq!(ids["azure"], setup.id(app), "{ids}\n{stderr}");
+    assert!(stderr.contains(STATIC_SECRETS_SET_ASIDE), "{stderr}");
+}
+
+/// The line for [`Setup::static_secrets_env`].
+const STATIC_SECRETS_SET_ASIDE: &str = "keyless exec: set aside AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+                                        AWS_CONTAINER_CREDENTIALS_FULL_URI/AWS_CONTAINER_AUTHORIZATION_TOKEN, AWS_PROFILE=nowhere, \
+                                        AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_USERNAME/AZURE_PASSWORD, \
+                                        AZURE_FEDERATED_TOKEN_FILE, AZURE_TOKEN_CREDENTIALS, IDENTITY_SERVER_THUMBPRINT \
+                                        for the command";
+
+/// The flags [`Setup::static_secrets_env`] runs with.
+const KEEP_AZURE_CLIENT_ID: [&str; 2] = ["--keep-env", "AZURE_CLIENT_ID"];
+
 /// A Google `external_account` credential file that exchanges the emulator's GCP token itself
 /// (no impersonation): a federated principal, not keyless's service account.
 fn external_account(setup: &Setup) -> String {
@@ -244,25 +537,11 @@ async fn exec_sets_aside_every_local_credential_python_sees_keyless() {
     let setup = Setup::start().await;
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
-    write(
-        &h.join(".aws/credentials"),
-        "[default]\naws_access_key_id = AKIALAPTOPKEY\naws_secret_access_key = laptop\n",
-    );
-    write(
-        &h.join(".aws/config"),
-        "[default]\nmax_attempts = 7\ncredential_process = /bin/false\n[profile other]\nregion = eu-west-1\n",
-    );
-    write(&h.join(".config/gcloud/application_default_credentials.json"), &external_account(&setup));
+    setup.laptop_files(h);
     let (ids, stderr) = setup.python_identities(h, &[], &[]).await;
     setup.assert_keyless_identities(&ids, &["aws", "gcp", "azure"], &stderr);
     assert_eq!(ids["aws_max_attempts"], 7, "the config file's settings stay: {ids}");
-    assert!(
-        stderr.contains(
-            "keyless exec: set aside ~/.aws/credentials [default], ~/.aws/config [default], \
-             ~/.config/gcloud/application_default_credentials.json for the command"
-        ),
-        "{stderr}"
-    );
+    assert!(stderr.contains(LAPTOP_FILES_SET_ASIDE), "{stderr}");
     // The user's files are untouched.
     assert!(std::fs::read_to_string(h.join(".aws/credentials")).unwrap().contains("AKIALAPTOPKEY"));
 }
@@ -275,13 +554,7 @@ async fn exec_sets_aside_identity_variables_python_sees_keyless() {
     let vars = setup.other_identities_env(h);
     let (ids, stderr) = setup.python_identities(h, &[], &vars).await;
     setup.assert_keyless_identities(&ids, &["aws", "gcp", "azure"], &stderr);
-    assert!(
-        stderr.contains(
-            "keyless exec: set aside AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE, GOOGLE_APPLICATION_CREDENTIALS, \
-             AZURE_FEDERATED_TOKEN_FILE, AZURE_CLIENT_ID for the command"
-        ),
-        "{stderr}"
-    );
+    assert!(stderr.contains(IDENTITY_VARS_SET_ASIDE), "{stderr}");
     // --keep-env keeps one on purpose: boto3 then assumes the other role itself.
     let (ids, stderr) = setup
         .python_identities(h, &["--keep-env", "AWS_ROLE_ARN", "--keep-env", "AWS_WEB_IDENTITY_TOKEN_FILE"], &vars)
@@ -291,24 +564,14 @@ async fn exec_sets_aside_identity_variables_python_sees_keyless() {
 }
 
 #[tokio::test]
-async fn exec_sets_aside_static_keys_a_client_secret_and_a_username_python_sees_keyless() {
+async fn exec_sets_aside_static_keys_client_secrets_and_a_username_python_sees_keyless() {
     let setup = Setup::start().await;
     let home = tempfile::tempdir().unwrap();
-    let vars = env(&[
-        ("AWS_ACCESS_KEY_ID", "AKIASTATICKEY"),
-        ("AWS_SECRET_ACCESS_KEY", "static"),
-        ("AWS_PROFILE", "nowhere"),
-        ("AZURE_CLIENT_ID", setup.id("azure_second_client_id")),
-        ("AZURE_TENANT_ID", setup.id("azure_tenant_id")),
-        ("AZURE_CLIENT_SECRET", "a-secret"),
-        ("AZURE_USERNAME", "user@example.com"),
-        ("AZURE_PASSWORD", "a-password"),
-    ]);
-    let (ids, stderr) = setup.python_identities(home.path(), &[], &vars).await;
-    setup.assert_keyless_identities(&ids, &["aws", "azure"], &stderr);
-    assert!(stderr.contains("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"), "{stderr}");
-    assert!(stderr.contains("AWS_PROFILE=nowhere"), "{stderr}");
-    assert!(stderr.contains("AZURE_CLIENT_SECRET, AZURE_USERNAME/AZURE_PASSWORD, AZURE_CLIENT_ID"), "{stderr}");
+    let vars = setup.static_secrets_env(home.path());
+    let (ids, stderr) = setup.python_identities(home.path(), &KEEP_AZURE_CLIENT_ID, &vars).await;
+    setup.assert_keyless_identities(&ids, &["aws"], &stderr);
+    assert_eq!(ids["azure"], setup.id("azure_second_client_id"), "{ids}\n{stderr}");
+    assert!(stderr.contains(STATIC_SECRETS_SET_ASIDE), "{stderr}");
     assert!(!stderr.contains("a-secret") && !stderr.contains("a-password"), "a secret was printed: {stderr}");
 }
 
@@ -320,35 +583,77 @@ async fn exec_sets_aside_static_keys_a_client_secret_and_a_username_python_sees_
     ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26"
 )]
 async fn exec_sets_aside_local_credentials_go_sees_keyless() {
-    let go = tools::need(tools::find_go_clients());
-    let setup = Setup::start().await;
-    let home = tempfile::tempdir().unwrap();
-    let h = home.path();
-    write(
-        &h.join(".aws/credentials"),
-        "[default]\naws_access_key_id = AKIALAPTOPKEY\naws_secret_access_key = laptop\n",
-    );
-    let vars = setup.other_identities_env(h);
-    let run = |program: &str| go.bin.join(program).to_str().unwrap().to_owned();
-
-    let (out, _) = setup.exec(h, &[], &vars, &[&run("aws")]).await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let creds: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(aws_caller(&setup, &creds).await, role_name(setup.id("aws_role_arn")), "{creds}");
-
-    let (out, _) = setup.exec(h, &[], &vars, &[&run("gcp"), "https://example.com/aud"]).await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let gcp: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(tokeninfo_email(&setup, gcp["access_token"].as_str().unwrap()).await, setup.id("gcp_service_account"));
-
-    let (out, _) =
-        setup.exec(h, &[], &vars, &[&run("azure"), "default", "https://management.azure.com/.default"]).await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let azure: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(jwt_claims(azure["token"].as_str().unwrap())["appid"], setup.id("azure_client_id"));
+    assert_each_case_sees_keyless(&Sdk::Go(tools::need(tools::find_go_clients()))).await;
 }
 
-/// The role name GetCallerIdentity names for AWS keys (JSON `access_key_id`, ...).
+/// Through the Node SDKs: the AWS SDK for JavaScript v3's default chain, google-auth-library's
+/// application-default credentials, @azure/identity's DefaultAzureCredential.
+#[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_node),
+    ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them"
+)]
+async fn exec_sets_aside_local_credentials_node_sees_keyless() {
+    assert_each_case_sees_keyless(&Sdk::Node(tools::need(tools::find_node_clients()))).await;
+}
+
+/// Through the Java SDKs: the AWS SDK for Java v2's DefaultCredentialsProvider,
+/// google-auth-library-java's application-default credentials, azure-identity's
+/// DefaultAzureCredential.
+#[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_java),
+    ignore = "needs Java >= 17 and the pinned Java SDK clients (target/java): ./scripts/test compiles them with mvn"
+)]
+async fn exec_sets_aside_local_credentials_java_sees_keyless() {
+    assert_each_case_sees_keyless(&Sdk::Java(tools::need(tools::find_java_clients()))).await;
+}
+
+/// Through the Rust SDKs, this test run again as exec's command ([`rust_credentials`]).
+#[tokio::test]
+async fn exec_sets_aside_local_credentials_rust_sees_keyless() {
+    const NAME: &str = "exec_sets_aside_local_credentials_rust_sees_keyless";
+    if child::is_child(NAME) {
+        return rust_credentials().await;
+    }
+    assert_each_case_sees_keyless(&Sdk::Rust(NAME)).await;
+}
+
+/// The child: aws-config's default chain (environment keys, the shared files' profile, web
+/// identity, then the container endpoint), google-cloud-auth's application-default credentials
+/// (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's file under `$HOME`, then the metadata server), and
+/// azure_identity's ManagedIdentityCredential. azure_identity for Rust has no environment
+/// credential chain (no DefaultAzureCredential) and its managed identity takes no client id from
+/// `AZURE_CLIENT_ID`: what shadows keyless for it is the variables that choose another managed
+/// identity protocol (`IDENTITY_SERVER_THUMBPRINT`: Service Fabric, before App Service).
+async fn rust_credentials() {
+    use aws_sdk_sts::config::ProvideCredentials as _;
+    use azure_core::credentials::TokenCredential as _;
+    let error = |e: &dyn std::fmt::Display| Value::from(format!("error: {e}"));
+    let aws_config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let aws = match aws_config.credentials_provider().unwrap().provide_credentials().await {
+        Ok(keys) => serde_json::json!({
+            "access_key_id": keys.access_key_id(),
+            "secret_access_key": keys.secret_access_key(),
+            "session_token": keys.session_token().unwrap_or_default(),
+        }),
+        Err(e) => error(&aws_sdk_sts::error::DisplayErrorContext(e)),
+    };
+    let gcp = match google_cloud_auth::credentials::Builder::default().build_access_token_credentials() {
+        Ok(credentials) => credentials.access_token().await.map_or_else(|e| error(&e), |t| t.token.into()),
+        Err(e) => error(&e),
+    };
+    let azure = match azure_identity::ManagedIdentityCredential::new(None) {
+        Ok(credential) => credential
+            .get_token(&["https://management.azure.com/.default"], None)
+            .await
+            .map_or_else(|e| error(&e), |t| t.token.secret().into()),
+        Err(e) => error(&e),
+    };
+    println!("{}", serde_json::json!({ "aws": aws, "gcp": gcp, "azure": azure }));
+}
+
+/// The role name GetCallerIdentity names for AWS keys (JSON `access_key_id`, ...), or its error.
 async fn aws_caller(setup: &Setup, creds: &Value) -> String {
     use aws_sdk_sts::config::{Credentials, SharedCredentialsProvider};
     let field = |k: &str| creds[k].as_str().unwrap_or_else(|| panic!("{k} missing: {creds}")).to_owned();
@@ -360,8 +665,10 @@ async fn aws_caller(setup: &Setup, creds: &Value) -> String {
         "us-east-1",
         Some(SharedCredentialsProvider::new(keys)),
     );
-    let arn = sts.get_caller_identity().send().await.unwrap().arn().unwrap_or_default().to_owned();
-    arn.split('/').nth(1).unwrap_or_default().to_owned()
+    match sts.get_caller_identity().send().await {
+        Ok(me) => me.arn().unwrap_or_default().split('/').nth(1).unwrap_or_default().to_owned(),
+        Err(e) => format!("error: {}", aws_sdk_sts::error::DisplayErrorContext(e)),
+    }
 }
 
 async fn tokeninfo_email(setup: &Setup, token: &str) -> String {
@@ -649,10 +956,7 @@ async fn a_signal_before_the_command_starts_removes_the_private_directory() {
         .fault(serde_json::json!({ "service": "aws-sts", "fail_next": 100_000, "status": 503 }))
         .await;
     let home = tempfile::tempdir().unwrap();
-    write(
-        &home.path().join(".aws/credentials"),
-        "[default]\naws_access_key_id = AKIALAPTOPKEY\naws_secret_access_key = laptop\n",
-    );
+    write(&home.path().join(".aws/credentials"), LAPTOP_CREDENTIALS);
     let tmp = home.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
     let marker = home.path().join("ran");

@@ -11,7 +11,13 @@ pub(crate) const SHADOWING: Shadowing = Shadowing {
     files: &[ShadowFile {
         var: "CLOUDSDK_CONFIG",
         default: ".config/gcloud",
-        kind: ShadowFileKind::DirWith { file: "application_default_credentials.json" },
+        kind: ShadowFileKind::DirWith {
+            file: "application_default_credentials.json",
+            read_at_default_by: Some(
+                "Go, Node and Rust programs, which read it under $HOME whatever CLOUDSDK_CONFIG says: \
+                 move it or run `gcloud auth application-default revoke` for them to get keyless's identity",
+            ),
+        },
         profile_var: None,
     }],
 };

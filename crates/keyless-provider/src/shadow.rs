@@ -62,7 +62,13 @@ pub enum ShadowFileKind {
     Filtered { filter: fn(text: &str) -> Filtered },
     /// A directory holding `file` (a credential file): when `file` exists in it, the variable
     /// points the program at an empty private directory instead.
-    DirWith { file: &'static str },
+    DirWith {
+        file: &'static str,
+        /// The libraries that read `file` at its default place whatever the variable says, and
+        /// what the user can do about it: when it is there, the program is told (a variable
+        /// cannot move it for them, and keyless never changes `HOME` nor the user's files).
+        read_at_default_by: Option<&'static str>,
+    },
 }
 
 /// A settings file with its credentials removed.

@@ -131,7 +131,15 @@ pub fn plan(
                     out.set.push((file.var, copy.display().to_string()));
                     out.report.push(format!("{} {}", host.shown(&path), shown(&filtered.removed.join(" "))));
                 }
-                ShadowFileKind::DirWith { file: inner } => {
+                ShadowFileKind::DirWith { file: inner, read_at_default_by } => {
+                    // No variable moves the file for libraries that read it under HOME: they
+                    // are told, since the report below speaks for the others only.
+                    if let (Some(who), Some(home)) = (read_at_default_by, &host.home) {
+                        let at_default = home.join(file.default).join(inner);
+                        if at_default.exists() {
+                            out.warnings.push(format!("{} for {who}", host.shown(&at_default)));
+                        }
+                    }
                     let held = path.join(inner);
                     if !held.exists() {
                         continue;
@@ -259,11 +267,39 @@ mod tests {
         let host = Host { env: &lookup, home: Some(home.path().to_owned()) };
         let plan = plan(&crate::providers::shadowing(["gcp"]), &host, &[]).expect("plan");
         assert_eq!(plan.report, ["~/.config/gcloud/application_default_credentials.json"]);
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+        assert!(
+            plan.warnings[0].starts_with("~/.config/gcloud/application_default_credentials.json for Go, Node and Rust"),
+            "{:?}",
+            plan.warnings
+        );
         let (var, dir) = &plan.set[0];
         assert_eq!(*var, "CLOUDSDK_CONFIG");
         let dir = PathBuf::from(dir);
         assert_eq!(std::fs::read_dir(&dir).expect("empty dir").count(), 0);
         drop(plan);
         assert!(!dir.exists(), "the private directory is removed with the plan");
+    }
+
+    /// Go, Node and Rust read gcloud's file under HOME whatever CLOUDSDK_CONFIG names: an empty
+    /// CLOUDSDK_CONFIG directory does not set it aside for them, and the user is told.
+    #[test]
+    fn gcloud_adc_file_under_home_is_reported_whatever_cloudsdk_config_names() {
+        let home = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(home.path().join(".config/gcloud")).expect("mkdir");
+        std::fs::write(home.path().join(".config/gcloud/application_default_credentials.json"), "{}").expect("write");
+        let elsewhere = tempfile::tempdir().expect("tempdir");
+        let elsewhere_path = elsewhere.path().display().to_string();
+        let lookup = |n: &str| (n == "CLOUDSDK_CONFIG").then(|| elsewhere_path.clone());
+        let host = Host { env: &lookup, home: Some(home.path().to_owned()) };
+        let plan = plan(&crate::providers::shadowing(["gcp"]), &host, &[]).expect("plan");
+        assert!(plan.report.is_empty(), "nothing in CLOUDSDK_CONFIG to set aside: {:?}", plan.report);
+        assert!(plan.set.is_empty(), "{:?}", plan.set);
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+        assert!(plan.warnings[0].contains("revoke"), "{:?}", plan.warnings);
+        // Kept on purpose: no word about it.
+        let kept =
+            super::plan(&crate::providers::shadowing(["gcp"]), &host, &["CLOUDSDK_CONFIG".to_owned()]).expect("plan");
+        assert!(kept.warnings.is_empty(), "{:?}", kept.warnings);
     }
 }

@@ -3,18 +3,25 @@ package keyless;
 import java.util.Map;
 import java.util.stream.Collectors;
 
-/** One flat JSON object on stdout, for the test to read (values: strings, numbers, booleans). */
+/** One JSON object on stdout, for the test to read (values: strings, numbers, booleans, objects of them). */
 final class Json {
     private Json() {}
 
     static void print(Map<String, Object> fields) {
+        System.out.println(object(fields));
+    }
+
+    private static String object(Map<?, ?> fields) {
         String body = fields.entrySet().stream()
-            .map(e -> quote(e.getKey()) + ":" + value(e.getValue()))
+            .map(e -> quote(String.valueOf(e.getKey())) + ":" + value(e.getValue()))
             .collect(Collectors.joining(","));
-        System.out.println("{" + body + "}");
+        return "{" + body + "}";
     }
 
     private static String value(Object v) {
+        if (v instanceof Map<?, ?> fields) {
+            return object(fields);
+        }
         return v instanceof Number || v instanceof Boolean ? v.toString() : quote(String.valueOf(v));
     }
 
