@@ -115,7 +115,6 @@ fn of_kind<'a>(documents: &'a [serde_yaml::Value], kind: &str) -> Vec<&'a serde_
 
 /// A value with ` #` (a YAML comment when unquoted) or `: ` (a mapping) reaches the webhook as it
 /// is, and the Deployment stays valid.
-#[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 #[test]
 #[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 fn values_with_yaml_syntax_reach_the_webhook_as_given() {
@@ -138,7 +137,6 @@ fn values_with_yaml_syntax_reach_the_webhook_as_given() {
 
 /// On by default; the admission port admits only the configured peers (the API server), and a
 /// value turns it off.
-#[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 #[test]
 #[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
 fn a_network_policy_admits_only_the_api_server_to_the_admission_port() {
@@ -160,4 +158,47 @@ fn a_network_policy_admits_only_the_api_server_to_the_admission_port() {
     assert_eq!(https["from"][0]["ipBlock"]["cidr"].as_str(), Some("0.0.0.0/0"));
     let documents = rendered(&helm_bin, "networkPolicy:\n  enabled: false\n");
     assert!(of_kind(&documents, "NetworkPolicy").is_empty());
+}
+
+/// `sidecar.adminOnLoopback` reaches the webhook as the flag the keyless binary takes (the sidecar
+/// it injects then keeps its admin listener on loopback, probed by exec probes: keyless's own
+/// tests), is off by default, and refuses to render with a PodMonitor of the sidecars, which would
+/// scrape a port the sidecars no longer have.
+#[test]
+#[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
+fn the_hardened_admin_listener_is_one_value_and_excludes_scraping_the_sidecars() {
+    let helm_bin = tools::need(tools::find_helm());
+    let args = |values: &str| -> Vec<String> {
+        let documents = rendered(&helm_bin, values);
+        let deployment = of_kind(&documents, "Deployment");
+        deployment[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_sequence()
+            .expect("args is a list")
+            .iter()
+            .map(|a| a.as_str().expect("a string").to_owned())
+            .collect()
+    };
+    const FLAG: &str = "--sidecar-admin-on-loopback";
+    assert!(!args("{}\n").iter().any(|a| a == FLAG));
+    assert!(args("sidecar:\n  adminOnLoopback: true\n").iter().any(|a| a == FLAG));
+    let help = Command::new(keyless_test_support::binary::keyless_bin())
+        .args(["webhook", "--help"])
+        .output()
+        .expect("runs keyless");
+    assert!(String::from_utf8_lossy(&help.stdout).contains(FLAG), "keyless webhook takes no {FLAG}");
+
+    let chart = chart();
+    let (ok, text) = helm(
+        &helm_bin,
+        &[
+            "template",
+            "k",
+            chart.to_str().expect("utf-8 path"),
+            "--set",
+            "sidecar.adminOnLoopback=true",
+            "--set",
+            "monitoring.podMonitor.enabled=true",
+        ],
+    );
+    assert!(!ok && text.contains("sidecar.adminOnLoopback removes"), "{text}");
 }

@@ -52,6 +52,11 @@ pub struct Options {
     /// sets aside). In the app containers of a cloud keyless serves, another webhook's are taken
     /// over and a user's own are named in a warning (docs/injection.md).
     pub shadowing: Vec<ShadowingVar>,
+    /// The hardened admin listener: the sidecar's probes, `/readyz` details and `/metrics` on the
+    /// pod's loopback only (`KEYLESS_ADMIN_LISTEN=127.0.0.1:9812`), probed with `keyless probe` as
+    /// exec probes, no admin port. `/metrics` names the pod's identities; with this, nothing outside
+    /// the pod reads them, and nothing scrapes the sidecar either (docs/configuration.md).
+    pub admin_on_loopback: bool,
 }
 
 /// One variable that shadows keyless for a cloud's SDKs (keyless-provider's `ShadowVar`).
@@ -97,6 +102,7 @@ impl Default for Options {
             sidecar_env: Vec::new(),
             check_sidecar: None,
             shadowing: Vec::new(),
+            admin_on_loopback: false,
         }
     }
 }

@@ -560,6 +560,38 @@ mod tests {
         assert_eq!(once, twice);
     }
 
+    /// The hardened admin listener: the sidecar keeps its admin listener on loopback, probed from
+    /// inside (exec probes), with no port; injecting again changes nothing, and turning the option
+    /// off gives the default sidecar back.
+    #[test]
+    fn the_admin_listener_on_loopback_is_probed_from_inside_and_stays_so() {
+        let hardened = Options { admin_on_loopback: true, ..Options::default() };
+        let sa = account("arn:aws:iam::111122223333:role/a");
+        let (once, _) = inject_pod_json(&pod(), &sa, Namespace::Unknown, &hardened).expect("injects");
+        let sidecar = &once["spec"]["initContainers"][0];
+        assert!(sidecar.get("ports").is_none(), "{sidecar}");
+        assert_eq!(
+            sidecar["startupProbe"]["exec"]["command"],
+            serde_json::json!(["/usr/local/bin/keyless", "probe", "http://127.0.0.1:9812/readyz"])
+        );
+        assert_eq!(
+            sidecar["livenessProbe"]["exec"]["command"],
+            serde_json::json!(["/usr/local/bin/keyless", "probe", "http://127.0.0.1:9812/healthz"])
+        );
+        assert!(
+            sidecar["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .any(|v| v["name"] == "KEYLESS_ADMIN_LISTEN" && v["value"] == "127.0.0.1:9812")
+        );
+        let (twice, _) = inject_pod_json(&once, &sa, Namespace::Unknown, &hardened).expect("injects again");
+        assert_eq!(once, twice);
+        let (back, _) = inject_pod_json(&once, &sa, Namespace::Unknown, &Options::default()).expect("re-injects");
+        let (plain, _) = inject_pod_json(&pod(), &sa, Namespace::Unknown, &Options::default()).expect("injects");
+        assert_eq!(back, plain);
+    }
+
     #[test]
     fn a_changed_service_account_re_injects_an_injected_pod() {
         let options = Options::default();

@@ -20,6 +20,10 @@ const TOKENS_DIR: &str = "/var/run/secrets/keyless";
 pub const RUN_DIR: &str = "/run/keyless";
 const AWS_AUTHORIZATION_TOKEN_FILE: &str = "/run/keyless/aws-container-authorization-token";
 const LISTEN: &str = "127.0.0.1:9811";
+/// The admin listener of the hardened setup ([`Options::admin_on_loopback`]), and the binary its
+/// exec probes run (the image's entrypoint).
+const ADMIN_LOOPBACK: &str = "127.0.0.1:9812";
+const KEYLESS_BINARY: &str = "/usr/local/bin/keyless";
 /// The Secret key an Azure identity header Secret holds (`keyless.dev/azure-identity-header-secret`).
 pub const IDENTITY_HEADER_KEY: &str = "identity-header";
 
@@ -47,22 +51,32 @@ fn env_secret(name: &str, secret: &str, key: &str) -> Value {
 /// The keyless container: a native sidecar (an init container with `restartPolicy: Always`)
 /// whose startup probe holds the app back until every identity holds a credential.
 pub(crate) fn container(identities: &Identities, options: &Options, run_as: Option<&Value>) -> Value {
+    // The kubelet's HTTP probes come from the node to the pod IP, never to the pod's loopback: a
+    // loopback admin listener is probed from inside the container.
     let probe = |path: &str, period: i64| {
-        map([
-            ("httpGet", map([("path", path.into()), ("port", ADMIN_PORT_NAME.into())])),
-            ("periodSeconds", period.into()),
-        ])
+        let check = if options.admin_on_loopback {
+            let command = [KEYLESS_BINARY.into(), "probe".into(), format!("http://{ADMIN_LOOPBACK}{path}").into()];
+            ("exec", map([("command", list(command))]))
+        } else {
+            ("httpGet", map([("path", path.into()), ("port", ADMIN_PORT_NAME.into())]))
+        };
+        map([check, ("periodSeconds", period.into())])
     };
     let mut startup = probe("/readyz", 1);
     if let Value::Mapping(m) = &mut startup {
         m.insert("failureThreshold".into(), 120.into());
     }
-    let mut container = map([
+    let mut entries: Vec<(&str, Value)> = vec![
         ("name", CONTAINER.into()),
         ("image", options.image.as_str().into()),
         ("args", list(["serve".into()])),
         ("restartPolicy", "Always".into()),
-        ("ports", list([map([("name", ADMIN_PORT_NAME.into()), ("containerPort", ADMIN_PORT.into())])])),
+    ];
+    if !options.admin_on_loopback {
+        let port = map([("name", ADMIN_PORT_NAME.into()), ("containerPort", ADMIN_PORT.into())]);
+        entries.push(("ports", list([port])));
+    }
+    entries.extend([
         ("env", Value::Sequence(sidecar_env(identities, options))),
         ("startupProbe", startup),
         ("readinessProbe", probe("/readyz", 10)),
@@ -71,6 +85,7 @@ pub(crate) fn container(identities: &Identities, options: &Options, run_as: Opti
         ("securityContext", security_context(run_as)),
         ("volumeMounts", Value::Sequence(sidecar_mounts(identities))),
     ]);
+    let mut container = Value::Mapping(entries.into_iter().map(|(k, v)| (Value::from(k), v)).collect::<Mapping>());
     if let (Some(policy), Value::Mapping(m)) = (&options.image_pull_policy, &mut container) {
         m.insert("imagePullPolicy".into(), policy.as_str().into());
     }
@@ -115,6 +130,9 @@ fn sidecar_mounts(identities: &Identities) -> Vec<Value> {
 /// per workload is needed. Nothing secret: the AWS authorization token is a file keyless creates.
 fn sidecar_env(identities: &Identities, options: &Options) -> Vec<Value> {
     let mut env = vec![env_value("KEYLESS_LISTEN", LISTEN)];
+    if options.admin_on_loopback {
+        env.push(env_value("KEYLESS_ADMIN_LISTEN", ADMIN_LOOPBACK));
+    }
     let token = |name: &str| format!("{TOKENS_DIR}/{name}");
     if let Some(aws) = &identities.aws {
         env.push(env_value("KEYLESS_AWS__TOKEN_FILE", &token("aws-token")));

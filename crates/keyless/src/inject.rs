@@ -40,6 +40,11 @@ pub struct InjectArgs {
     /// A variable for every sidecar, NAME=VALUE (repeatable), e.g. KEYLESS_LOG_FORMAT=json.
     #[arg(long = "sidecar-env", value_name = "NAME=VALUE", value_parser = parse_env)]
     pub sidecar_env: Vec<(String, String)>,
+    /// Keep the sidecar's admin listener (probes, /readyz details, /metrics, which names the
+    /// pod's identities) on the pod's loopback, probed with `keyless probe` exec probes; no admin
+    /// port, nothing scrapes the sidecar (docs/configuration.md, "Keeping /metrics inside the pod").
+    #[arg(long)]
+    pub sidecar_admin_on_loopback: bool,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -66,6 +71,7 @@ impl InjectArgs {
             sidecar_env: self.sidecar_env.clone(),
             check_sidecar: Some(SidecarCheck(check_sidecar)),
             shadowing: shadowing(),
+            admin_on_loopback: self.sidecar_admin_on_loopback,
         }
     }
 }
@@ -343,11 +349,16 @@ mod tests {
             "metadata": { "name": "app", "labels": { keyless_inject::INJECT_LABEL: "true" } },
             "spec": { "containers": [{ "name": "app", "image": "app:1" }] },
         });
-        let options = Options { aws_region: Some("eu-west-1".to_owned()), ..Options::default() };
-        let (injected, outcome) =
-            keyless_inject::inject_pod_json(&pod, &annotations, Namespace::Unknown, &options).expect("injects");
-        assert!(matches!(outcome, Outcome::Injected { .. }), "{outcome:?}");
-        let sidecar = &injected["spec"]["initContainers"][0];
+        for admin_on_loopback in [false, true] {
+            let options = Options { aws_region: Some("eu-west-1".to_owned()), admin_on_loopback, ..Options::default() };
+            let (injected, outcome) =
+                keyless_inject::inject_pod_json(&pod, &annotations, Namespace::Unknown, &options).expect("injects");
+            assert!(matches!(outcome, Outcome::Injected { .. }), "{outcome:?}");
+            sidecar_starts_and_is_probed(&injected["spec"]["initContainers"][0], admin_on_loopback);
+        }
+    }
+
+    fn sidecar_starts_and_is_probed(sidecar: &serde_json::Value, admin_on_loopback: bool) {
         assert_eq!(sidecar["name"], keyless_inject::CONTAINER);
         // A variable from a Secret gets a stand-in value: only its name matters here.
         let env: HashMap<String, String> = sidecar["env"]
@@ -365,9 +376,31 @@ mod tests {
         assert!(skipped.is_empty(), "not keyless settings: {skipped:?}");
         let (config, sections) = crate::config::load(None, settings).expect("keyless loads the settings");
         let config = config.finish(&crate::config::Overrides::default()).expect("a valid configuration");
-        // The probes reach the admin listener on the port the sidecar declares; keyless's default.
-        let probe_port = sidecar["ports"][0]["containerPort"].as_u64().expect("the admin port");
-        assert_eq!(u64::from(config.admin_listen.port()), probe_port, "{sidecar}");
+        if admin_on_loopback {
+            // The hardened setup: no admin port; every probe is `keyless probe` of the admin
+            // listener keyless binds, on loopback (the kubelet's HTTP probes could not reach it).
+            assert!(config.admin_listen.ip().is_loopback(), "{}", config.admin_listen);
+            assert!(sidecar.get("ports").is_none(), "{sidecar}");
+            for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                let command: Vec<&str> = sidecar[probe]["exec"]["command"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{probe} is no exec probe: {sidecar}"))
+                    .iter()
+                    .map(|a| a.as_str().expect("a string"))
+                    .collect();
+                assert_eq!(command[0], "/usr/local/bin/keyless", "the image's binary");
+                let cli = crate::Cli::try_parse_from(&command).unwrap_or_else(|e| panic!("{command:?}: {e}"));
+                let crate::Command::Probe { url, .. } = cli.command else { panic!("{command:?} is no probe") };
+                let url = url::Url::parse(&url).expect("a URL");
+                let host: std::net::IpAddr = url.host_str().expect("a host").parse().expect("an address");
+                assert_eq!((host, url.port()), (config.admin_listen.ip(), Some(config.admin_listen.port())), "{url}");
+            }
+        } else {
+            // The probes reach the admin listener on the port the sidecar declares; keyless's default.
+            let probe_port = sidecar["ports"][0]["containerPort"].as_u64().expect("the admin port");
+            assert_eq!(u64::from(config.admin_listen.port()), probe_port, "{sidecar}");
+            assert!(sidecar["startupProbe"]["httpGet"].is_object(), "{sidecar}");
+        }
         let names: Vec<&str> = sections.values.keys().copied().collect();
         assert_eq!(names, ["aws", "azure", "gcp"]);
         let ctx = Context::new(Arc::new(SystemClock), Metrics::new(), config.cache_policy(), config.watch_options());
