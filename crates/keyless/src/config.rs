@@ -264,7 +264,19 @@ impl EnvKeys {
 
     /// `message` with the variable named when it is about a key only a variable set.
     pub fn name_in(&self, message: &str) -> String {
-        let Some((_, var)) = self.0.iter().find(|(key, _)| mentions(message, key)) else {
+        self.name_in_section(None, message)
+    }
+
+    /// [`Self::name_in`] for an error of section `section` (a provider's), which names its keys
+    /// without the section (serde's "unknown field `session_duration`", "for key `duration`").
+    pub fn name_in_section(&self, section: Option<&str>, message: &str) -> String {
+        let in_section = |key: &str| {
+            section
+                .and_then(|s| key.strip_prefix(s))
+                .and_then(|k| k.strip_prefix('.'))
+                .is_some_and(|k| mentions(message, k))
+        };
+        let Some((_, var)) = self.0.iter().find(|(key, _)| mentions(message, key) || in_section(key)) else {
             return message.to_owned();
         };
         let message = message.replace(" in the environment", "");

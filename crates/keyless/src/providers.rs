@@ -149,7 +149,7 @@ pub fn configure_chosen(mut sections: Sections, ctx: &Context, env: Env<'_>, cho
         })
         .map(|mut p| {
             // An error from a KEYLESS_<SECTION>__<KEY> variable names the variable.
-            p.configured = p.configured.map_err(|e| sections.env_keys.name_in(&e));
+            p.configured = p.configured.map_err(|e| sections.env_keys.name_in_section(Some(p.name), &e));
             p
         })
         .collect()

@@ -189,6 +189,16 @@ fn an_error_from_a_keyless_variable_names_the_variable() {
     assert!(stderr.contains("(set by the environment variable KEYLESS_LOG_FORMAT)"), "{stderr}");
     let stderr = run_with(&[("KEYLESS_AWS__TOKEN_FILE", "/t"), ("KEYLESS_AWS__ROLE_ARN", "not-an-arn")]);
     assert!(stderr.contains("(set by the environment variable KEYLESS_AWS__ROLE_ARN)"), "{stderr}");
+    // A provider section's own errors (serde's) name its keys without the section.
+    let aws = [("KEYLESS_AWS__TOKEN_FILE", "/t"), ("KEYLESS_AWS__ROLE_ARN", "arn:aws:iam::123456789012:role/a")];
+    let stderr = run_with(&[aws[0], aws[1], ("KEYLESS_AWS__DURATION", "soon")]);
+    assert!(stderr.contains("(set by the environment variable KEYLESS_AWS__DURATION)"), "{stderr}");
+    let stderr = run_with(&[aws[0], aws[1], ("KEYLESS_AWS__SESSION_DURATION", "1h")]);
+    assert!(
+        stderr.contains("unknown field `session_duration`")
+            && stderr.contains("(set by the environment variable KEYLESS_AWS__SESSION_DURATION)"),
+        "{stderr}"
+    );
 }
 
 #[test]
