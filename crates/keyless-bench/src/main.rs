@@ -45,6 +45,8 @@ pub enum BenchError {
     Proc { path: String, source: std::io::Error },
     #[error("cannot use {}: {source}", path.display())]
     File { path: PathBuf, source: std::io::Error },
+    #[error("goals missed: {0}")]
+    Goals(String),
 }
 
 #[derive(Debug, Parser)]
