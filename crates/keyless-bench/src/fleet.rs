@@ -189,6 +189,7 @@ impl Layout {
         Self { units: (0..pods).map(|i| vec![rollout.mul_f64(i as f64 / pods.max(1) as f64)]).collect() }
     }
 
+    #[cfg(test)]
     pub fn pods(&self) -> usize {
         self.units.iter().map(Vec::len).sum()
     }
@@ -200,7 +201,6 @@ pub struct FleetRun {
     pub cloud: Cloud,
     /// The `refresh_jitter` the pods ran with (0: [`Schedule::Fixed`]).
     pub jitter: f64,
-    pub pods: usize,
     /// Credential caches that exchange (pods in sidecar mode).
     pub units: usize,
     /// When the last pod held a valid credential (`None`: some never did).
@@ -302,7 +302,6 @@ async fn run(options: &FleetOptions, cloud: Cloud, schedule: Schedule, layout: &
     FleetRun {
         cloud,
         jitter: schedule.policy(0, jitter).refresh_jitter,
-        pods: layout.pods(),
         units,
         all_ready,
         floor: Duration::from_secs_f64(units as f64 / options.quota),
