@@ -44,7 +44,7 @@ def before(k, rng, retry_after):
 def now(k, rng, retry_after, scale=60.0):
     """keyless-core's `throttled_delay` without a held credential."""
     low, high = (0.75, 1.5) if k == 1 else (0.5, 1.0)
-    return retry_after + scale * (low + (high - low) * rng.random())
+    return max(retry_after, scale * low) + scale * (high - low) * rng.random()
 
 
 def doubling(k, rng, retry_after):

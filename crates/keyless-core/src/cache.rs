@@ -52,9 +52,10 @@ pub struct CachePolicy {
     pub retry_min: Duration,
     /// Cap of the retry delay; also the retry period of terminal errors.
     pub retry_max: Duration,
-    /// The scale of the wait after a throttling answer, on top of its `Retry-After`: a random
-    /// delay between 0.75x and 1.5x of this after the first throttle in a row, then between 0.5x
-    /// and 1x, but never past half the time a held credential has left ([`throttled_delay`]).
+    /// The scale of the wait after a throttling answer: a random delay between 0.75x and 1.5x of
+    /// this after the first throttle in a row, then between 0.5x and 1x; a longer `Retry-After`
+    /// moves the window's start to it; never past half the time a held credential has left
+    /// ([`throttled_delay`]).
     pub throttle_retry: Duration,
     /// How long one exchange may take before it counts as a retryable failure.
     pub exchange_timeout: Duration,
@@ -559,11 +560,15 @@ impl RetryDelays {
 /// answers. Retrying on a request's time scale (the 1 s full-jitter backoff) keeps thousands of
 /// pods asking several times a second while the quota drains their backlog, about ten throttled
 /// calls per pod that waits (docs/fleet.md). So the first retry after a throttle waits on a
-/// fleet's time scale, spread over 0.75-1.5x `throttle_retry` (45-90 s by default), so that the
-/// pods throttled together come back spread over the minutes the quota needs for them; each
-/// further throttle in a row retries after 0.5-1x of it (30-60 s): those pods are the backlog's
-/// tail, and a longer wait would keep them unready after the quota is free again (measured,
-/// docs/benchmarks.md "Fleet"). The answer's `Retry-After` is a floor added below the spread.
+/// fleet's time scale, 0.75-1.5x `throttle_retry` (45-90 s by default), so that the pods
+/// throttled together come back spread over the minutes the quota needs for them; each further
+/// throttle in a row retries after 0.5-1x of it (30-60 s): those pods are the backlog's tail, and
+/// a longer wait would keep them unready after the quota is free again (measured,
+/// docs/benchmarks.md "Fleet").
+///
+/// The answer's `Retry-After` is a floor: a longer one moves the window's start to it, keeping
+/// the window's width (Entra answers `Retry-After: 60` to every pod: they come back over 60-105 s,
+/// not all at 60 s).
 ///
 /// A held credential must not expire for lack of retries: the wait is at most half the time it
 /// has left (at least `retry_min`), never less than `Retry-After`.
@@ -576,10 +581,10 @@ fn throttled_delay(
 ) -> Duration {
     let (low, high) = if consecutive <= 1 { (0.75, 1.5) } else { (0.5, 1.0) };
     let scale = policy.throttle_retry.min(FOREVER).as_secs_f64();
-    let spread = scale * (low + (high - low) * unit.clamp(0.0, 1.0));
-    let spread = Duration::try_from_secs_f64(spread).unwrap_or(FOREVER);
+    let seconds = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(FOREVER);
     let floor = retry_after.unwrap_or_default();
-    let delay = floor.saturating_add(spread);
+    let start = floor.max(seconds(scale * low));
+    let delay = start.saturating_add(seconds(scale * (high - low) * unit.clamp(0.0, 1.0)));
     match left {
         Some(left) => delay.min((left / 2).max(policy.retry_min)).max(floor),
         None => delay,
