@@ -3,8 +3,8 @@ retried (docs/fleet.md, "Retries under throttling"): N pods started evenly over 
 exchanging once against a token bucket of Q calls per second (burst Q), 50 ms per call, Google's
 and Entra's `Retry-After` (seconds until the bucket has a token again, at least 1) or AWS's none.
 Only the first exchange of each pod is modelled (no refreshes, no caches): it reproduces the
-simulation's rollout within about 1% (74,263 throttled calls before issue 28: 73,895 here; 11,727
-after: 11,724 here) in a second, where the simulation takes a minute.
+simulation's rollout within about 1% (Google's answers: 74,263 throttled calls before issue 28,
+73,895 here; 11,931 after, 11,944 here) in a second, where the simulation takes a minute.
 
     python3 scripts/fleet_retry_model.py [N Q T]
 """
