@@ -38,7 +38,7 @@ def main(csv_dir, cloud, quota, out):
                     fontsize=8, va="top")
         ax.axhline(quota, color="red", linewidth=0.8, linestyle="--", label=f"quota {quota:g}/s")
         ax.set_title(f"{name}: {int(info['caches']):,} caches exchanging, {int(info['per_hour']):,} exchanges/hour "
-                     f"(steady), memory {info['memory_gib']} GiB", fontsize=10)
+                     f"(steady), memory {info['memory']}", fontsize=10)
         ax.set_ylabel("exchanges/s (10 s bins)")
         ax.legend(loc="upper right", fontsize=8)
     axes[-1].set_xlabel("hours since the rollout started")

@@ -37,6 +37,9 @@ pub struct FleetNodeOptions {
     /// Memory of one keyless sidecar (MiB). Default: `VmRSS` of run P1 (docs/benchmarks.md).
     #[arg(long, default_value_t = 12.6)]
     pub sidecar_mib: f64,
+    /// The same by PSS (MiB): the binary's pages split between the sidecars of a node (run P1).
+    #[arg(long, default_value_t = 2.7)]
+    pub sidecar_pss_mib: f64,
     /// Memory of one node agent before any pod (MiB). Default: a sidecar's RSS (the same binary)
     /// plus 4 MiB for its Kubernetes client and watch (an estimate, not measured).
     #[arg(long, default_value_t = 16.6)]
@@ -45,10 +48,15 @@ pub struct FleetNodeOptions {
     /// per cloud (an estimate, not measured).
     #[arg(long, default_value_t = 32.0)]
     pub per_pod_kib: f64,
-    /// A node agent's memory per (ServiceAccount, identity) it exchanges for (KiB): a cached
-    /// credential, its driver task (an estimate, not measured).
+    /// The least a node agent's set of providers per ServiceAccount on its node can cost, per
+    /// identity (KiB): a cached credential, its driver task (an estimate, not measured).
     #[arg(long, default_value_t = 8.0)]
     pub per_key_kib: f64,
+    /// The most a node agent's set of providers per ServiceAccount can cost (MiB): node mode runs
+    /// a sidecar's providers per ServiceAccount, and a sidecar's whole anonymous memory, runtime
+    /// included, is 2.5 MiB (`RssAnon` of run P1).
+    #[arg(long, default_value_t = 2.5)]
+    pub per_set_mib: f64,
     /// Identities per pod the memory is counted for (the runs of P1: one per cloud).
     #[arg(long, default_value_t = 3)]
     pub identities: usize,
@@ -145,7 +153,8 @@ impl Fleet {
 struct ModeRun {
     mode: String,
     run: FleetRun,
-    memory_gib: f64,
+    /// Total memory, as a person reads it (sidecars: by RSS and PSS; nodes: the least and most).
+    memory: String,
 }
 
 /// Sidecar mode and node mode under both placements, per cloud: the table on stdout, the CSVs
@@ -193,8 +202,8 @@ pub fn report(options: &FleetNodeOptions) -> Result<(), BenchError> {
             let started = std::time::Instant::now();
             let run = simulate_layout(fleet_options, cloud, Schedule::Jittered, layout)
                 .map_err(|e| BenchError::Request(e.to_string()))?;
-            let memory_gib = if i == 0 { sidecar_memory_gib(options) } else { node_memory_gib(options, run.units) };
-            let mode_run = ModeRun { mode: mode.clone(), run, memory_gib };
+            let memory = if i == 0 { sidecar_memory(options) } else { node_memory(options, run.units) };
+            let mode_run = ModeRun { mode: mode.clone(), run, memory };
             println!("{} | {:.1}s", row(&mode_run), started.elapsed().as_secs_f64());
             runs.push(mode_run);
         }
@@ -207,18 +216,23 @@ pub fn report(options: &FleetNodeOptions) -> Result<(), BenchError> {
 
 const MIB_PER_GIB: f64 = 1024.0;
 
-fn sidecar_memory_gib(options: &FleetNodeOptions) -> f64 {
-    options.fleet.pods as f64 * options.sidecar_mib / MIB_PER_GIB
+/// Every pod's sidecar, by RSS (what each container shows) and by PSS (what the node spends).
+fn sidecar_memory(options: &FleetNodeOptions) -> String {
+    let pods = options.fleet.pods as f64;
+    format!(
+        "{:.1} GiB by RSS, {:.1} GiB by PSS",
+        pods * options.sidecar_mib / MIB_PER_GIB,
+        pods * options.sidecar_pss_mib / MIB_PER_GIB
+    )
 }
 
-/// Every node's agent, plus its state per pod and per (ServiceAccount, identity) it serves.
-fn node_memory_gib(options: &FleetNodeOptions, units: usize) -> f64 {
-    let per_pod = options.per_pod_kib / 1024.0;
-    let per_key = options.per_key_kib / 1024.0;
-    (options.nodes as f64 * options.agent_mib
-        + options.fleet.pods as f64 * per_pod
-        + (units * options.identities) as f64 * per_key)
-        / MIB_PER_GIB
+/// Every node's agent, its state per pod, and per (node, ServiceAccount) a set of providers
+/// costing between a credential per identity and a sidecar's anonymous memory.
+fn node_memory(options: &FleetNodeOptions, units: usize) -> String {
+    let base = options.nodes as f64 * options.agent_mib + options.fleet.pods as f64 * options.per_pod_kib / 1024.0;
+    let least = base + (units * options.identities) as f64 * options.per_key_kib / 1024.0;
+    let most = base + units as f64 * options.per_set_mib;
+    format!("{:.1}-{:.1} GiB", least / MIB_PER_GIB, most / MIB_PER_GIB)
 }
 
 fn row(mode_run: &ModeRun) -> String {
@@ -234,12 +248,12 @@ fn row(mode_run: &ModeRun) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
-        "| {} | {} | {} | {ready} | {throttled} | {:.0} | {:.1} GiB | {}",
+        "| {} | {} | {} | {ready} | {throttled} | {:.0} | {} | {}",
         run.cloud.name(),
         mode_run.mode,
         run.units,
         run.steady_per_hour,
-        mode_run.memory_gib,
+        mode_run.memory,
         run.expired_served,
     );
     out
@@ -255,8 +269,8 @@ fn write_csv(dir: &Path, cloud: Cloud, runs: &[ModeRun]) -> Result<(), BenchErro
         let _ = write!(csv, ",m{i}_calls,m{i}_throttled");
         let _ = write!(
             meta,
-            "m{i}={};caches={};per_hour={:.0};memory_gib={:.1}|",
-            mode_run.mode, mode_run.run.units, mode_run.run.steady_per_hour, mode_run.memory_gib
+            "m{i}={};caches={};per_hour={:.0};memory={}|",
+            mode_run.mode, mode_run.run.units, mode_run.run.steady_per_hour, mode_run.memory
         );
     }
     csv.push('\n');
