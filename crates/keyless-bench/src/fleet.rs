@@ -49,6 +49,9 @@ pub struct FleetOptions {
     /// The jittered schedule's `cache.refresh_jitter` [default: keyless's default].
     #[arg(long)]
     pub jitter: Option<f64>,
+    /// `cache.throttle_retry` of every pod [default: keyless's default].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub throttle_retry: Option<Duration>,
     /// The clouds whose throttling answers to simulate [default: all three].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub clouds: Vec<Cloud>,
@@ -98,10 +101,11 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    fn policy(self, seed: u64, jitter: Option<f64>) -> CachePolicy {
+    fn policy(self, seed: u64, options: &FleetOptions) -> CachePolicy {
         let defaults = CachePolicy::default();
-        let jitter = if self == Self::Fixed { 0.0 } else { jitter.unwrap_or(defaults.refresh_jitter) };
-        CachePolicy { refresh_jitter: jitter, rng_seed: Some(seed), ..defaults }
+        let jitter = if self == Self::Fixed { 0.0 } else { options.jitter.unwrap_or(defaults.refresh_jitter) };
+        let throttle_retry = options.throttle_retry.unwrap_or(defaults.throttle_retry);
+        CachePolicy { refresh_jitter: jitter, throttle_retry, rng_seed: Some(seed), ..defaults }
     }
 }
 
@@ -262,7 +266,7 @@ async fn run(options: &FleetOptions, cloud: Cloud, schedule: Schedule, layout: &
     let apps = Arc::new(Apps::default());
     let tokens = TokenSource::fixed(subject_token(wall + options.duration * 2));
     let metrics = Metrics::new();
-    let jitter = options.jitter;
+    let policy_options = Arc::new(options.clone());
     // When each unit first held a credential, since the rollout started.
     let ready_at: Arc<Mutex<Vec<Option<Duration>>>> = Arc::new(Mutex::new(vec![None; layout.units.len()]));
     let mut units = tokio::task::JoinSet::new();
@@ -275,11 +279,11 @@ async fn run(options: &FleetOptions, cloud: Cloud, schedule: Schedule, layout: &
             lifetime: options.lifetime,
             ready: ready.clone(),
         };
-        let (tokens, clock, metrics, apps, ready_at) =
-            (tokens.clone(), clock.clone(), metrics.clone(), apps.clone(), ready_at.clone());
+        let (tokens, clock, metrics, apps, ready_at, policy_options) =
+            (tokens.clone(), clock.clone(), metrics.clone(), apps.clone(), ready_at.clone(), policy_options.clone());
         units.spawn(async move {
             tokio::time::sleep_until(starts_at).await;
-            let policy = schedule.policy(i as u64, jitter);
+            let policy = schedule.policy(i as u64, &policy_options);
             let cache = CredentialCache::new(exchange, tokens, policy, clock.clone(), metrics);
             cache.pin(());
             ready.notified().await;
@@ -301,7 +305,7 @@ async fn run(options: &FleetOptions, cloud: Cloud, schedule: Schedule, layout: &
     let admitted_during_rollout = (options.quota * options.rollout.as_secs_f64()).floor() as u64;
     FleetRun {
         cloud,
-        jitter: schedule.policy(0, jitter).refresh_jitter,
+        jitter: schedule.policy(0, options).refresh_jitter,
         units,
         all_ready,
         floor: Duration::from_secs_f64(units as f64 / options.quota),
@@ -380,6 +384,7 @@ mod tests {
             duration: Duration::from_secs(600),
             csv: None,
             jitter: None,
+            throttle_retry: None,
             clouds: Vec::new(),
         };
         for cloud in Cloud::ALL {

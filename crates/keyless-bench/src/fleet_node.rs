@@ -320,6 +320,7 @@ mod tests {
             duration: Duration::from_secs(3600),
             csv: None,
             jitter: None,
+            throttle_retry: None,
             clouds: Vec::new(),
         };
         let fleet = Fleet { deployments: vec![20], starts: (0..20).map(|i| Duration::from_millis(i * 500)).collect() };

@@ -146,6 +146,7 @@ mod tests {
             csv: None,
             clouds: Vec::new(),
             jitter: None,
+            throttle_retry: None,
         }
     }
 
