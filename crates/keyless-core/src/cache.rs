@@ -50,7 +50,8 @@ pub struct CachePolicy {
     pub rng_seed: Option<u64>,
     /// First retry delay after a failed exchange (full jitter: a random delay up to this).
     pub retry_min: Duration,
-    /// Cap of the retry delay; also the retry period of terminal errors.
+    /// Cap of the retry delay (throttled exchanges wait by `throttle_retry` instead); also the
+    /// retry period of terminal errors.
     pub retry_max: Duration,
     /// The scale of the wait after a throttling answer: a random delay between 0.75x and 1.5x of
     /// this after the first throttle in a row, then between 0.5x and 1x; a longer `Retry-After`
