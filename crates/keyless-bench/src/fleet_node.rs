@@ -195,6 +195,7 @@ pub fn report(options: &FleetNodeOptions) -> Result<(), BenchError> {
         ),
     ];
     let clouds = if fleet_options.clouds.is_empty() { Cloud::ALL.to_vec() } else { fleet_options.clouds.clone() };
+    let mut expired = Vec::new();
     for cloud in clouds {
         let mut runs = Vec::new();
         for (i, (mode, layout)) in layouts.iter().enumerate() {
@@ -205,13 +206,21 @@ pub fn report(options: &FleetNodeOptions) -> Result<(), BenchError> {
             let memory = if i == 0 { sidecar_memory(options) } else { node_memory(options, run.units) };
             let mode_run = ModeRun { mode: mode.clone(), run, memory };
             println!("{} | {:.1}s", row(&mode_run), started.elapsed().as_secs_f64());
+            if mode_run.run.expired_served > 0 {
+                expired.push(format!(
+                    "{} {}: {} expired credentials served",
+                    cloud.name(),
+                    mode,
+                    mode_run.run.expired_served
+                ));
+            }
             runs.push(mode_run);
         }
         if let Some(dir) = &fleet_options.csv {
             write_csv(dir, cloud, &runs)?;
         }
     }
-    Ok(())
+    if expired.is_empty() { Ok(()) } else { Err(BenchError::Goals(expired.join("; "))) }
 }
 
 const MIB_PER_GIB: f64 = 1024.0;
