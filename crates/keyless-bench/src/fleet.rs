@@ -49,6 +49,9 @@ pub struct FleetOptions {
     /// The jittered schedule's `cache.refresh_jitter` [default: keyless's default].
     #[arg(long)]
     pub jitter: Option<f64>,
+    /// `cache.throttle_retry` of every pod [default: keyless's default].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub throttle_retry: Option<Duration>,
     /// The clouds whose throttling answers to simulate [default: all three].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub clouds: Vec<Cloud>,
@@ -98,10 +101,11 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    fn policy(self, seed: u64, jitter: Option<f64>) -> CachePolicy {
+    fn policy(self, seed: u64, options: &FleetOptions) -> CachePolicy {
         let defaults = CachePolicy::default();
-        let jitter = if self == Self::Fixed { 0.0 } else { jitter.unwrap_or(defaults.refresh_jitter) };
-        CachePolicy { refresh_jitter: jitter, rng_seed: Some(seed), ..defaults }
+        let jitter = if self == Self::Fixed { 0.0 } else { options.jitter.unwrap_or(defaults.refresh_jitter) };
+        let throttle_retry = options.throttle_retry.unwrap_or(defaults.throttle_retry);
+        CachePolicy { refresh_jitter: jitter, throttle_retry, rng_seed: Some(seed), ..defaults }
     }
 }
 
@@ -172,8 +176,27 @@ impl Exchange for PodExchange {
 struct Apps {
     expired_served: AtomicU64,
     failed_after_ready: AtomicU64,
-    /// When each pod first held a valid credential, since the rollout started.
-    ready: Mutex<Vec<Duration>>,
+}
+
+/// Who exchanges: one credential cache per unit, started when the unit's first pod starts; every
+/// pod of a unit is served by its cache. A sidecar is a unit of one pod; in node mode the unit is
+/// the pods of one ServiceAccount on one node (fleet_node.rs).
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Per unit, when each of its pods starts after the rollout began (ascending).
+    pub units: Vec<Vec<Duration>>,
+}
+
+impl Layout {
+    /// One sidecar per pod, the pods started evenly over `rollout`.
+    pub fn sidecars(pods: usize, rollout: Duration) -> Self {
+        Self { units: (0..pods).map(|i| vec![rollout.mul_f64(i as f64 / pods.max(1) as f64)]).collect() }
+    }
+
+    #[cfg(test)]
+    pub fn pods(&self) -> usize {
+        self.units.iter().map(Vec::len).sum()
+    }
 }
 
 /// The measurements of one cloud under one schedule.
@@ -182,12 +205,19 @@ pub struct FleetRun {
     pub cloud: Cloud,
     /// The `refresh_jitter` the pods ran with (0: [`Schedule::Fixed`]).
     pub jitter: f64,
-    /// When the last pod was ready (`None`: some never were).
+    /// Credential caches that exchange (pods in sidecar mode).
+    pub units: usize,
+    /// When the last pod held a valid credential (`None`: some never did).
     pub all_ready: Option<Duration>,
-    /// N / Q: no schedule can be faster.
+    /// units / Q: no schedule can be faster.
     pub floor: Duration,
+    /// `units - Q * T` over a rollout of `T` seconds: first exchanges no retry policy can keep
+    /// from being throttled once (the quota admits `Q * T` of them while the rollout lasts).
+    pub unavoidable: u64,
     pub calls: u64,
     pub throttled: u64,
+    /// Mean exchanges per hour after three refresh cycles (the steady state).
+    pub steady_per_hour: f64,
     /// The highest 10-second exchange rate after three refresh cycles, over its mean.
     pub steady_peak_over_mean: f64,
     pub expired_served: u64,
@@ -204,15 +234,30 @@ impl FleetRun {
     pub fn throttled_share(&self) -> f64 {
         if self.calls == 0 { 0.0 } else { self.throttled as f64 / self.calls as f64 }
     }
+
+    /// Throttled calls over the unavoidable ones (`None` when none are unavoidable).
+    pub fn throttled_ratio(&self) -> Option<f64> {
+        (self.unavoidable > 0).then(|| self.throttled as f64 / self.unavoidable as f64)
+    }
 }
 
-/// Runs one cloud under one schedule on a fresh paused-clock runtime.
+/// Runs one cloud under one schedule on a fresh paused-clock runtime, one sidecar per pod.
 pub fn simulate(options: &FleetOptions, cloud: Cloud, schedule: Schedule) -> std::io::Result<FleetRun> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?;
-    Ok(runtime.block_on(run(options, cloud, schedule)))
+    simulate_layout(options, cloud, schedule, &Layout::sidecars(options.pods, options.rollout))
 }
 
-async fn run(options: &FleetOptions, cloud: Cloud, schedule: Schedule) -> FleetRun {
+/// Runs one cloud under one schedule with the caches of `layout`.
+pub fn simulate_layout(
+    options: &FleetOptions,
+    cloud: Cloud,
+    schedule: Schedule,
+    layout: &Layout,
+) -> std::io::Result<FleetRun> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?;
+    Ok(runtime.block_on(run(options, cloud, schedule, layout)))
+}
+
+async fn run(options: &FleetOptions, cloud: Cloud, schedule: Schedule, layout: &Layout) -> FleetRun {
     let start = Instant::now();
     let end = start + options.duration;
     let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
@@ -221,10 +266,12 @@ async fn run(options: &FleetOptions, cloud: Cloud, schedule: Schedule) -> FleetR
     let apps = Arc::new(Apps::default());
     let tokens = TokenSource::fixed(subject_token(wall + options.duration * 2));
     let metrics = Metrics::new();
-    let jitter = options.jitter;
-    let mut pods = tokio::task::JoinSet::new();
-    for i in 0..options.pods {
-        let starts_at = start + options.rollout.mul_f64(i as f64 / options.pods.max(1) as f64);
+    let policy_options = Arc::new(options.clone());
+    // When each unit first held a credential, since the rollout started.
+    let ready_at: Arc<Mutex<Vec<Option<Duration>>>> = Arc::new(Mutex::new(vec![None; layout.units.len()]));
+    let mut units = tokio::task::JoinSet::new();
+    for (i, pods) in layout.units.iter().enumerate() {
+        let starts_at = start + pods.first().copied().unwrap_or_default();
         let ready = Arc::new(Notify::new());
         let exchange = PodExchange {
             service: service.clone(),
@@ -232,29 +279,40 @@ async fn run(options: &FleetOptions, cloud: Cloud, schedule: Schedule) -> FleetR
             lifetime: options.lifetime,
             ready: ready.clone(),
         };
-        let (tokens, clock, metrics, apps) = (tokens.clone(), clock.clone(), metrics.clone(), apps.clone());
-        pods.spawn(async move {
+        let (tokens, clock, metrics, apps, ready_at, policy_options) =
+            (tokens.clone(), clock.clone(), metrics.clone(), apps.clone(), ready_at.clone(), policy_options.clone());
+        units.spawn(async move {
             tokio::time::sleep_until(starts_at).await;
-            let policy = schedule.policy(i as u64, jitter);
+            let policy = schedule.policy(i as u64, &policy_options);
             let cache = CredentialCache::new(exchange, tokens, policy, clock.clone(), metrics);
             cache.pin(());
             ready.notified().await;
-            apps.ready.lock().unwrap_or_else(PoisonError::into_inner).push(Instant::now() - start);
+            ready_at.lock().unwrap_or_else(PoisonError::into_inner)[i] = Some(Instant::now() - start);
             app(&cache, end, &apps, &clock).await;
         });
     }
     tokio::time::sleep_until(end).await;
-    pods.abort_all();
+    units.abort_all();
     let per_second = std::mem::take(&mut *service.per_second.lock().unwrap_or_else(PoisonError::into_inner));
-    let ready = apps.ready.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let ready_at = ready_at.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    // A pod is ready once it has started and its unit holds a credential.
+    let all_ready = layout.units.iter().zip(&ready_at).try_fold(Duration::ZERO, |latest, (pods, ready)| {
+        let ready = (*ready)?;
+        Some(pods.iter().map(|&started| started.max(ready)).fold(latest, Duration::max))
+    });
     let steady_from = options.lifetime.mul_f64(3.0 * CachePolicy::default().refresh_at);
+    let units = layout.units.len();
+    let admitted_during_rollout = (options.quota * options.rollout.as_secs_f64()).floor() as u64;
     FleetRun {
         cloud,
-        jitter: schedule.policy(0, jitter).refresh_jitter,
-        all_ready: (ready.len() == options.pods).then(|| ready.iter().copied().max().unwrap_or_default()),
-        floor: Duration::from_secs_f64(options.pods as f64 / options.quota),
+        jitter: schedule.policy(0, options).refresh_jitter,
+        units,
+        all_ready,
+        floor: Duration::from_secs_f64(units as f64 / options.quota),
+        unavoidable: (units as u64).saturating_sub(admitted_during_rollout),
         calls: per_second.iter().map(|c| u64::from(c.0)).sum(),
         throttled: per_second.iter().map(|c| u64::from(c.1)).sum(),
+        steady_per_hour: per_hour(&per_second, steady_from),
         steady_peak_over_mean: peak_over_mean(&per_second, steady_from),
         expired_served: apps.expired_served.load(Ordering::Relaxed),
         failed_after_ready: apps.failed_after_ready.load(Ordering::Relaxed),
@@ -276,6 +334,14 @@ async fn app<E: Exchange<Key = ()>>(cache: &CredentialCache<E>, end: Instant, ap
         }
         tokio::time::sleep(APP_PERIOD).await;
     }
+}
+
+/// Mean calls per hour from `from` on.
+fn per_hour(per_second: &[(u32, u32)], from: Duration) -> f64 {
+    let from = usize::try_from(from.as_secs()).unwrap_or(usize::MAX).min(per_second.len());
+    let steady = &per_second[from..];
+    let calls: u64 = steady.iter().map(|c| u64::from(c.0)).sum();
+    if steady.is_empty() { 0.0 } else { calls as f64 * 3600.0 / steady.len() as f64 }
 }
 
 /// The highest [`BIN`]-second call count from `from` on, over the mean of those bins.
@@ -318,6 +384,7 @@ mod tests {
             duration: Duration::from_secs(600),
             csv: None,
             jitter: None,
+            throttle_retry: None,
             clouds: Vec::new(),
         };
         for cloud in Cloud::ALL {

@@ -1,5 +1,6 @@
-//! The fleet benchmark's report: a Markdown table per run against the goals (issue 17,
-//! docs/fleet.md), and exchanges per second as CSV for `scripts/fleet-plot`.
+//! The fleet benchmark's report: a Markdown table per run against the goals (issues 17 and 28,
+//! docs/fleet.md), and exchanges per second as CSV for `scripts/fleet-plot`. The default schedule
+//! missing a goal of issue 28 (ready, throttled, expired) fails the command: a regression shows.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -9,8 +10,8 @@ use crate::fleet::{Cloud, FleetOptions, FleetRun, Schedule, simulate};
 
 /// Ready within this many times the floor N/Q.
 pub const READY_GOAL: f64 = 1.3;
-/// Throttled calls under this share of all calls.
-pub const THROTTLED_GOAL: f64 = 0.2;
+/// Throttled calls at most this many times the unavoidable ones (`N - Q*T`, issue 28).
+pub const THROTTLED_GOAL: f64 = 2.0;
 /// Steady-state 10-second peak under this many times the mean.
 pub const PEAK_GOAL: f64 = 1.5;
 
@@ -27,6 +28,7 @@ pub fn report(options: &FleetOptions) -> Result<(), BenchError> {
     );
     println!("{}", header());
     let clouds = if options.clouds.is_empty() { Cloud::ALL.to_vec() } else { options.clouds.clone() };
+    let mut missed = Vec::new();
     for cloud in clouds {
         let mut runs = Vec::new();
         for schedule in [Schedule::Fixed, Schedule::Jittered] {
@@ -34,38 +36,66 @@ pub fn report(options: &FleetOptions) -> Result<(), BenchError> {
             let started = std::time::Instant::now();
             let run = simulate(options, cloud, schedule).map_err(|e| BenchError::Request(e.to_string()))?;
             println!("{} | {:.1}s", row(&run), started.elapsed().as_secs_f64());
+            if schedule == Schedule::Jittered {
+                missed.extend(missed_goals(&run).into_iter().map(|goal| format!("{}: {goal}", cloud.name())));
+            }
             runs.push(run);
         }
         if let Some(dir) = &options.csv {
             write_csv(dir, cloud, &runs)?;
         }
     }
-    Ok(())
+    if missed.is_empty() { Ok(()) } else { Err(BenchError::Goals(missed.join("; "))) }
+}
+
+/// The goals of issue 28 a run of the default schedule misses: every pod ready within
+/// [`READY_GOAL`] of the floor, throttled calls at most [`THROTTLED_GOAL`] times the unavoidable
+/// ones, no expired credential served.
+pub fn missed_goals(run: &FleetRun) -> Vec<String> {
+    let mut missed = Vec::new();
+    match run.ready_ratio() {
+        Some(ratio) if ratio <= READY_GOAL => {}
+        Some(ratio) => missed.push(format!("all ready at {ratio:.2}x the floor N/Q (goal {READY_GOAL}x)")),
+        None => missed.push("some pods never got a credential".to_owned()),
+    }
+    if let Some(ratio) = run.throttled_ratio().filter(|ratio| *ratio > THROTTLED_GOAL) {
+        missed.push(format!("{ratio:.2}x the unavoidable throttled calls (goal {THROTTLED_GOAL}x)"));
+    }
+    if run.unavoidable == 0 && run.throttled > run.units as u64 {
+        missed.push(format!("{} throttled calls where none are unavoidable", run.throttled));
+    }
+    if run.expired_served > 0 {
+        missed.push(format!("{} expired credentials served", run.expired_served));
+    }
+    missed
 }
 
 fn header() -> String {
-    "| cloud | schedule | all ready (x floor N/Q) | calls | throttled | steady 10 s peak / mean | expired served | \
-     failed after ready | wall time |\n|---|---|---|---|---|---|---|---|---|"
+    "| cloud | schedule | all ready (x floor N/Q) | calls | throttled (x unavoidable N-QT; share of calls) | \
+     steady 10 s peak / mean | expired served | failed after ready | wall time |\n|---|---|---|---|---|---|---|---|---|"
         .to_owned()
 }
 
-fn row(run: &FleetRun) -> String {
+pub fn row(run: &FleetRun) -> String {
     let ready = match (run.all_ready, run.ready_ratio()) {
         (Some(at), Some(ratio)) => {
             format!("{}s ({ratio:.2}x of {}s){}", at.as_secs(), run.floor.as_secs(), goal(ratio <= READY_GOAL))
         }
-        _ => "never".to_owned(),
+        _ => "never (goal missed)".to_owned(),
+    };
+    let throttled = match run.throttled_ratio() {
+        Some(ratio) => format!("{ratio:.2}x of {}{}", run.unavoidable, goal(ratio <= THROTTLED_GOAL)),
+        None => "none unavoidable".to_owned(),
     };
     let mut out = String::new();
     let _ = write!(
         out,
-        "| {} | refresh_jitter = {} | {ready} | {} | {} ({:.1}%){} | {:.2}{} | {}{} | {}",
+        "| {} | refresh_jitter = {} | {ready} | {} | {} ({throttled}; {:.1}%) | {:.2}{} | {}{} | {}",
         run.cloud.name(),
         run.jitter,
         run.calls,
         run.throttled,
         100.0 * run.throttled_share(),
-        goal(run.throttled_share() < THROTTLED_GOAL),
         run.steady_peak_over_mean,
         goal(run.steady_peak_over_mean < PEAK_GOAL),
         run.expired_served,
@@ -116,6 +146,7 @@ mod tests {
             csv: None,
             clouds: Vec::new(),
             jitter: None,
+            throttle_retry: None,
         }
     }
 
@@ -129,8 +160,22 @@ mod tests {
                 assert_eq!(run.expired_served, 0, "{row}");
                 assert_eq!(run.failed_after_ready, 0, "{row}");
                 assert!(run.throttled > 0, "a rollout 3x over quota is throttled: {row}");
+
                 assert!(run.calls >= 200 * 3, "every pod refreshed at least twice in two hours: {row}");
             }
+        }
+    }
+
+    /// Issue 28's rollout scaled down by five: 2,000 pods over 60 s against 10 exchanges a second
+    /// (7,000 and 50/s; at 1/s the bucket's burst of one throttles random arrivals far more often
+    /// than a burst of 50 does, so the 200-pod configuration is not the same shape).
+    #[test]
+    fn a_rollout_over_quota_meets_the_goals_of_issue_28() {
+        let options = FleetOptions { pods: 2000, quota: 10.0, duration: Duration::from_secs(3600), ..small() };
+        for cloud in Cloud::ALL {
+            let run = simulate(&options, cloud, Schedule::Jittered).unwrap();
+            assert_eq!(run.unavoidable, 1400);
+            assert_eq!(missed_goals(&run), Vec::<String>::new(), "{}", row(&run));
         }
     }
 

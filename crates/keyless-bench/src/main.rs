@@ -10,6 +10,7 @@ mod callgrind;
 mod cold;
 mod endpoints;
 mod fleet;
+mod fleet_node;
 mod fleet_procs;
 mod fleet_procs_report;
 mod fleet_report;
@@ -45,6 +46,8 @@ pub enum BenchError {
     Proc { path: String, source: std::io::Error },
     #[error("cannot use {}: {source}", path.display())]
     File { path: PathBuf, source: std::io::Error },
+    #[error("goals missed: {0}")]
+    Goals(String),
 }
 
 #[derive(Debug, Parser)]
@@ -67,6 +70,9 @@ enum Mode {
     /// A rollout of many pods against token services with a quota (docs/fleet.md): the real
     /// keyless-core cache per pod on tokio's paused clock, today's schedule and the jittered one.
     Fleet(fleet::FleetOptions),
+    /// The simulated fleet with one keyless per pod (sidecars) against one per node (node mode):
+    /// exchanges per hour and memory (docs/fleet.md, "Sidecar or node mode").
+    FleetNode(fleet_node::FleetNodeOptions),
     /// The fleet with real processes: one `keyless serve` per pod against `keyless emulate` with
     /// quotas, credentials capped short so three refresh cycles take minutes (docs/benchmarks.md).
     FleetProcs(fleet_procs::FleetProcsOptions),
@@ -164,6 +170,12 @@ fn main() -> ExitCode {
         }
         Some(Mode::Fleet(options)) => {
             return match fleet_report::report(&options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            };
+        }
+        Some(Mode::FleetNode(options)) => {
+            return match fleet_node::report(&options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e.to_string()),
             };

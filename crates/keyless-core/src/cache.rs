@@ -50,8 +50,14 @@ pub struct CachePolicy {
     pub rng_seed: Option<u64>,
     /// First retry delay after a failed exchange (full jitter: a random delay up to this).
     pub retry_min: Duration,
-    /// Cap of the retry delay; also the retry period of terminal errors.
+    /// Cap of the retry delay (throttled exchanges wait by `throttle_retry` instead); also the
+    /// retry period of terminal errors.
     pub retry_max: Duration,
+    /// The scale of the wait after a throttling answer: a random delay between 0.75x and 1.5x of
+    /// this after the first throttle in a row, then between 0.5x and 1x; a longer `Retry-After`
+    /// moves the window's start to it; never past half the time a held credential has left
+    /// ([`throttled_delay`]).
+    pub throttle_retry: Duration,
     /// How long one exchange may take before it counts as a retryable failure.
     pub exchange_timeout: Duration,
     /// How long a request waits for an exchange when nothing valid is cached.
@@ -78,6 +84,10 @@ impl Default for CachePolicy {
             rng_seed: None,
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
+            // Measured (docs/benchmarks.md, "Fleet", run G): 10,000 pods rolled out in 60 s against
+            // a quota of 50/s make under 2x the throttled calls no retry policy can avoid, and
+            // are all ready within 1.3x of the time the quota needs (docs/fleet.md).
+            throttle_retry: Duration::from_secs(60),
             exchange_timeout: Duration::from_secs(30),
             request_wait: Duration::from_secs(10),
             max_entries: 64,
@@ -543,6 +553,45 @@ impl RetryDelays {
     }
 }
 
+/// The wait after a throttling answer, the `consecutive`-th in a row (1: the first); `unit` is a
+/// uniform draw in [0, 1), `left` how long the credential this key holds is still valid.
+///
+/// A throttled call says the token service is over its quota, which a fleet reaches together:
+/// every pod of a rollout is throttled in the same seconds, and each one sees only its own
+/// answers. Retrying on a request's time scale (the 1 s full-jitter backoff) keeps thousands of
+/// pods asking several times a second while the quota drains their backlog, about ten throttled
+/// calls per pod that waits (docs/fleet.md). So the first retry after a throttle waits on a
+/// fleet's time scale, 0.75-1.5x `throttle_retry` (45-90 s by default), so that the pods
+/// throttled together come back spread over the minutes the quota needs for them; each further
+/// throttle in a row retries after 0.5-1x of it (30-60 s): those pods are the backlog's tail, and
+/// a longer wait would keep them unready after the quota is free again (measured,
+/// docs/benchmarks.md "Fleet").
+///
+/// The answer's `Retry-After` is a floor: a longer one moves the window's start to it, keeping
+/// the window's width (Entra answers `Retry-After: 60` to every pod: they come back over 60-105 s,
+/// not all at 60 s).
+///
+/// A held credential must not expire for lack of retries: the wait is at most half the time it
+/// has left (at least `retry_min`), never less than `Retry-After`.
+fn throttled_delay(
+    policy: &CachePolicy,
+    consecutive: u32,
+    retry_after: Option<Duration>,
+    left: Option<Duration>,
+    unit: f64,
+) -> Duration {
+    let (low, high) = if consecutive <= 1 { (0.75, 1.5) } else { (0.5, 1.0) };
+    let scale = policy.throttle_retry.min(FOREVER).as_secs_f64();
+    let seconds = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(FOREVER);
+    let floor = retry_after.unwrap_or_default();
+    let start = floor.max(seconds(scale * low));
+    let delay = start.saturating_add(seconds(scale * (high - low) * unit.clamp(0.0, 1.0)));
+    match left {
+        Some(left) => delay.min((left / 2).max(policy.retry_min)).max(floor),
+        None => delay,
+    }
+}
+
 async fn drive<E: Exchange>(
     shared: Arc<Shared<E>>,
     key: E::Key,
@@ -553,6 +602,8 @@ async fn drive<E: Exchange>(
     let clock = shared.clock.clone();
     let mut tokens = shared.tokens.subscribe();
     let mut delays = RetryDelays::new(policy);
+    // Throttling answers since the last success.
+    let mut throttles: u32 = 0;
     // The first exchange of a key nobody configured was paid for when its entry was created.
     let mut paid = true;
     loop {
@@ -568,6 +619,7 @@ async fn drive<E: Exchange>(
         match attempt(&shared, &key).await {
             Ok(issued) => {
                 delays = RetryDelays::new(policy);
+                throttles = 0;
                 let credential = Arc::new(issued.credential);
                 let expires_at = credential.expires_at;
                 let lifetime = expires_at.duration_since(clock.now()).unwrap_or(Duration::ZERO);
@@ -586,10 +638,13 @@ async fn drive<E: Exchange>(
                 let delay = match err.class {
                     ErrorClass::Terminal => policy.retry_max,
                     ErrorClass::Retryable | ErrorClass::RereadToken => delays.next_delay(shared.draws.unit()),
-                    // The service's `Retry-After` is a floor; the jittered backoff on top of it
-                    // keeps pods throttled together from all coming back in the same second.
                     ErrorClass::Throttled => {
-                        err.retry_after.unwrap_or_default().saturating_add(delays.next_delay(shared.draws.unit()))
+                        throttles = throttles.saturating_add(1);
+                        let left = tx
+                            .borrow()
+                            .valid(clock.now())
+                            .map(|c| c.expires_at.duration_since(clock.now()).unwrap_or(Duration::ZERO));
+                        throttled_delay(policy, throttles, err.retry_after, left, shared.draws.unit())
                     }
                 };
                 let next = after(Instant::now(), delay);

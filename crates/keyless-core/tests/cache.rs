@@ -652,8 +652,10 @@ fn throttled_for_a_minute(n: usize, _: &SubjectToken) -> Result<(), ExchangeErro
 
 #[tokio::test(start_paused = true)]
 async fn a_throttled_exchange_is_retried_no_sooner_than_retry_after() {
+    // A spread of 1 s above the floor, so that the floor is what this test sees (the default
+    // spread is on a fleet's time scale: the tests below).
     let mut h = Harness::new(
-        CachePolicy { rng_seed: Some(3), ..CachePolicy::default() },
+        CachePolicy { rng_seed: Some(3), throttle_retry: Duration::from_secs(1), ..CachePolicy::default() },
         Duration::ZERO,
         throttled_for_a_minute,
     );
@@ -662,7 +664,7 @@ async fn a_throttled_exchange_is_retried_no_sooner_than_retry_after() {
     let at: Vec<Duration> = h.calls().iter().map(|c| h.elapsed(c.at)).collect();
     for pair in at.windows(2) {
         let gap = pair[1] - pair[0];
-        // The floor, plus at most the full-jitter backoff's ceiling (1 s, then 2 s).
+        // The floor, plus at most the window's width (0.75x `throttle_retry`, then 0.5x).
         assert!((Duration::from_secs(60)..=Duration::from_secs(62)).contains(&gap), "retried after {gap:?}");
     }
     assert!(h.cache.statuses()[0].ready());
@@ -705,4 +707,97 @@ async fn a_new_token_does_not_bring_a_throttled_retry_forward() {
     assert_eq!(h.calls().len(), 1, "retried 20 s after a Retry-After of 60 s");
     h.wait_for_calls(2).await;
     assert!(h.elapsed(h.calls()[1].at) >= Duration::from_secs(60));
+}
+
+/// The gaps between the exchanges made so far.
+fn gaps(h: &Harness) -> Vec<Duration> {
+    let at: Vec<Duration> = h.calls().iter().map(|c| h.elapsed(c.at)).collect();
+    at.windows(2).map(|pair| pair[1] - pair[0]).collect()
+}
+
+/// Throttled four times without `Retry-After` (AWS STS's answer), then issued.
+fn throttled_four_times(n: usize, _: &SubjectToken) -> Result<(), ExchangeError> {
+    if n <= 4 { Err(ExchangeError::throttled("Throttling: Rate exceeded", None)) } else { Ok(()) }
+}
+
+/// A fleet throttled together must not come back together within seconds (issue 28): ten
+/// thousand pods retrying on a 1 s backoff made ten throttled calls per waiting pod. The first
+/// retry waits 45-90 s, each further one 30-60 s (the default `throttle_retry` of 60 s).
+#[tokio::test(start_paused = true)]
+async fn throttled_retries_wait_on_a_fleets_time_scale() {
+    for seed in 0..20 {
+        let mut h = Harness::new(
+            CachePolicy { rng_seed: Some(seed), ..CachePolicy::default() },
+            Duration::ZERO,
+            throttled_four_times,
+        );
+        h.cache.pin("k");
+        h.wait_for_calls(5).await;
+        let gaps = gaps(&h);
+        let secs = |s| Duration::from_secs(s);
+        assert!((secs(45)..=secs(90)).contains(&gaps[0]), "seed {seed}: first retry after {gaps:?}");
+        for gap in &gaps[1..] {
+            assert!((secs(30)..=secs(60)).contains(gap), "seed {seed}: further retries after {gaps:?}");
+        }
+        assert!(h.cache.statuses()[0].ready());
+    }
+}
+
+/// A `Retry-After` longer than the window's start moves it there, and the window keeps its
+/// width: pods told the same `Retry-After` (Entra sends 60 s) do not all return in its second.
+#[tokio::test(start_paused = true)]
+async fn a_longer_retry_after_moves_the_throttled_window_and_keeps_its_spread() {
+    let mut firsts = Vec::new();
+    for seed in 0..10 {
+        let mut h = Harness::new(
+            CachePolicy { rng_seed: Some(seed), ..CachePolicy::default() },
+            Duration::ZERO,
+            throttled_for_a_minute,
+        );
+        h.cache.pin("k");
+        h.wait_for_calls(3).await;
+        let gaps = gaps(&h);
+        let secs = |s| Duration::from_secs(s);
+        assert!((secs(60)..=secs(60 + 45)).contains(&gaps[0]), "seed {seed}: {gaps:?}");
+        assert!((secs(60)..=secs(60 + 30)).contains(&gaps[1]), "seed {seed}: {gaps:?}");
+        firsts.push(gaps[0]);
+    }
+    firsts.sort();
+    firsts.dedup_by(|a, b| a.as_secs() == b.as_secs());
+    assert!(firsts.len() >= 5, "ten pods throttled together came back in {} distinct seconds", firsts.len());
+}
+
+/// Issued once, then throttled without `Retry-After` for good.
+fn throttled_after_the_first(n: usize, _: &SubjectToken) -> Result<(), ExchangeError> {
+    if n == 1 { Ok(()) } else { Err(ExchangeError::throttled("HTTP 429 Too Many Requests", None)) }
+}
+
+/// The fleet-scale wait never outlasts a held credential: a throttled refresh retries within
+/// half the time the credential has left, so a credential of a few minutes (quotas.rs runs 30 s
+/// ones) is retried several times before it expires, and it is served until then.
+#[tokio::test(start_paused = true)]
+async fn a_throttled_refresh_retries_within_half_the_time_the_credential_has_left() {
+    let mut h = Harness::with_lifetimes(
+        CachePolicy { refresh_jitter: 0.0, rng_seed: Some(5), ..CachePolicy::default() },
+        Duration::ZERO,
+        throttled_after_the_first,
+        |_| Duration::from_secs(120),
+    );
+    h.cache.pin("k");
+    // Refreshed at 60 s (half the lifetime), then throttled; the credential expires at 120 s.
+    h.wait_for_calls(4).await;
+    let expiry = Duration::from_secs(120);
+    let at: Vec<Duration> = h.calls().iter().map(|c| h.elapsed(c.at)).collect();
+    assert_eq!(at[1], Duration::from_secs(60), "{at:?}");
+    for pair in at[1..].windows(2) {
+        let left = expiry - pair[0];
+        assert!(
+            pair[1] - pair[0] <= left / 2,
+            "retried {:?} after a throttle with {left:?} left: {at:?}",
+            pair[1] - pair[0]
+        );
+    }
+    // Served to its end.
+    tokio::time::sleep_until(tokio::time::Instant::now() + (expiry - at[3]) - Duration::from_secs(1)).await;
+    assert_eq!(h.cache.get(&"k").await.unwrap().value, 1);
 }

@@ -18,11 +18,12 @@ pub fn paused_context(policy: CachePolicy) -> Context {
     Context::new(Arc::new(TokioClock::new(SystemClock.now())), Metrics::new(), policy, WatchOptions::default())
 }
 
-/// Quick retries (20 to 200 ms), so failure stories finish in moments.
+/// Quick retries (20 to 200 ms, after a throttle too), so failure stories finish in moments.
 pub fn fast_retries() -> CachePolicy {
     CachePolicy {
         retry_min: Duration::from_millis(20),
         retry_max: Duration::from_millis(200),
+        throttle_retry: Duration::from_millis(200),
         ..CachePolicy::default()
     }
 }

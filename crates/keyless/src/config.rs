@@ -90,6 +90,9 @@ pub struct CacheSection {
     pub retry_min: Duration,
     #[serde(default = "default_retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
+    /// The scale of the wait after a throttling answer (docs/fleet.md).
+    #[serde(default = "default_throttle_retry", with = "humantime_serde")]
+    pub throttle_retry: Duration,
     #[serde(default = "default_exchange_timeout", with = "humantime_serde")]
     pub exchange_timeout: Duration,
     #[serde(default = "default_request_wait", with = "humantime_serde")]
@@ -132,6 +135,9 @@ fn default_retry_min() -> Duration {
 fn default_retry_max() -> Duration {
     CachePolicy::default().retry_max
 }
+fn default_throttle_retry() -> Duration {
+    CachePolicy::default().throttle_retry
+}
 fn default_exchange_timeout() -> Duration {
     CachePolicy::default().exchange_timeout
 }
@@ -161,6 +167,7 @@ impl Default for CacheSection {
             refresh_jitter: default_refresh_jitter(),
             retry_min: default_retry_min(),
             retry_max: default_retry_max(),
+            throttle_retry: default_throttle_retry(),
             exchange_timeout: default_exchange_timeout(),
             request_wait: default_request_wait(),
             max_entries: default_max_entries(),
@@ -459,6 +466,7 @@ impl Config {
         for (key, value, (min, max)) in [
             ("cache.retry_max", c.retry_max, RETRY),
             ("cache.retry_min", c.retry_min, (RETRY.0, RETRY.1.min(c.retry_max))),
+            ("cache.throttle_retry", c.throttle_retry, RETRY),
             ("cache.exchange_timeout", c.exchange_timeout, EXCHANGE_TIMEOUT),
             ("cache.request_wait", c.request_wait, REQUEST_WAIT),
             ("token.poll_interval", t.poll_interval, POLL_INTERVAL),
@@ -523,6 +531,7 @@ impl Config {
             rng_seed: None,
             retry_min: c.retry_min,
             retry_max: c.retry_max,
+            throttle_retry: c.throttle_retry,
             exchange_timeout: c.exchange_timeout,
             request_wait: c.request_wait,
             max_entries: c.max_entries,
@@ -657,6 +666,7 @@ mod tests {
         let table = [
             ("cache", "", "retry_min", Some("9ms"), "10ms", "30s", "2h"),
             ("cache", "retry_min = \"10ms\"", "retry_max", Some("9ms"), "10ms", "1h", "1h 1ms"),
+            ("cache", "", "throttle_retry", Some("9ms"), "10ms", "1h", "1h 1ms"),
             ("cache", "", "exchange_timeout", Some("99ms"), "100ms", "5m", "400000000000y"),
             ("cache", "", "request_wait", None, "0s", "5m", "400000000000y"),
             ("cache", "", "max_entries", Some("0"), "1", "10000", "10001"),
