@@ -19,14 +19,14 @@ pub use documents::{
 };
 pub use identity::{
     AWS_AUDIENCE, AWS_ROLE_ARN, AWS_STS_REGIONAL_ENDPOINTS, AWS_TOKEN_EXPIRATION, AZURE_CLIENT_ID,
-    AZURE_IDENTITY_HEADER_SECRET, AZURE_TENANT_ID, AnnotationError, Annotations, GCP_PROJECT_ID, GCP_PROVIDER,
-    GCP_SERVICE_ACCOUNT, IDENTITY_ANNOTATIONS, Identities, Origin,
+    AZURE_IDENTITY_HEADER_SECRET, AZURE_TENANT_ID, AnnotationError, AnnotationSources, Annotations, GCP_PROJECT_ID,
+    GCP_PROVIDER, GCP_SERVICE_ACCOUNT, IDENTITY_ANNOTATIONS, Identities, Origin,
 };
 pub use pod::{
     INJECT_LABEL, INJECTED_ANNOTATION, Namespace, Plan, TemplateError, annotations_of, inject_pod_json,
     inject_template, opted_in, plan,
 };
-pub use sidecar::{CONTAINER, IDENTITY_HEADER_KEY};
+pub use sidecar::{CONTAINER, IDENTITY_HEADER_KEY, TOKENS_DIR, sidecar_env_pairs};
 pub use tree::{Op, Step, Tree, json_patch, pointer};
 
 /// The sidecar image of this keyless version.

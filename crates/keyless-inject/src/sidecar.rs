@@ -14,7 +14,7 @@ pub const RUN_VOLUME: &str = "keyless-run";
 const ADMIN_PORT_NAME: &str = "keyless-admin";
 const ADMIN_PORT: i64 = 9812;
 /// Where the sidecar reads the projected tokens; only it mounts them.
-const TOKENS_DIR: &str = "/var/run/secrets/keyless";
+pub const TOKENS_DIR: &str = "/var/run/secrets/keyless";
 /// The memory `emptyDir` keyless writes the AWS container authorization token into; the app
 /// mounts it read-only.
 pub const RUN_DIR: &str = "/run/keyless";
@@ -196,7 +196,7 @@ pub(crate) const REGION_VARS: [&str; 2] = ["AWS_REGION", "AWS_DEFAULT_REGION"];
 
 /// The sidecar's variables as name and value; a variable from a Secret gets a stand-in value of
 /// the length the sidecar requires (only its presence matters to a configuration check).
-pub(crate) fn sidecar_env_pairs(identities: &Identities, options: &Options) -> Vec<(String, String)> {
+pub fn sidecar_env_pairs(identities: &Identities, options: &Options) -> Vec<(String, String)> {
     sidecar_env(identities, options)
         .iter()
         .map(|var| {

@@ -42,7 +42,7 @@ pub struct InjectArgs {
     pub sidecar_env: Vec<(String, String)>,
 }
 
-fn parse_env(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((name, value)) if !name.is_empty() && !name.contains(char::is_whitespace) => {
             Ok((name.to_owned(), value.to_owned()))

@@ -14,6 +14,8 @@ mod exec;
 mod inject;
 mod listener;
 mod logging;
+#[cfg(feature = "node")]
+mod node;
 mod peer_user;
 mod probe;
 mod providers;
@@ -49,7 +51,7 @@ fn metrics() -> Metrics {
 }
 
 /// `keyless --version`: [`BUILD`] and the compiled features (build.rs), e.g.
-/// `keyless 0.1.0 (revision 781920b..., features: emulator, inject, webhook)`.
+/// `keyless 0.1.0 (revision 781920b..., features: emulator, inject, node, webhook)`.
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (revision ",
@@ -75,6 +77,8 @@ Where it runs:
   a CI job        keyless exec -- CMD, with the job's OIDC token (GitHub Actions, GitLab id_tokens)
   a laptop        keyless dev: the three clouds emulated locally, keyless against them
   a VM or node    keyless serve or keyless exec with a token source: a file, a URL, a command
+  every pod of a  keyless node, one per node (a hostNetwork DaemonSet) instead of a sidecar per
+  node           pod (the Helm chart's mode: node)
 
 keyless check tries each token and exchange once and prints what to fix (docs/troubleshooting.md).";
 
@@ -197,6 +201,12 @@ enum Command {
     Webhook {
         #[command(flatten)]
         args: webhook::WebhookArgs,
+    },
+    /// Serve every opted-in pod of this node: one keyless per node (DaemonSet).
+    #[cfg(feature = "node")]
+    Node {
+        #[command(flatten)]
+        args: node::NodeArgs,
     },
     /// Run a command with credentials: CI jobs, VMs, laptops.
     ///
@@ -351,6 +361,8 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "webhook")]
         Command::Webhook { args } => runtime.block_on(run_logged(webhook::run(args))),
+        #[cfg(feature = "node")]
+        Command::Node { args } => runtime.block_on(run_logged(node::run(args))),
         Command::Exec { config, ready_timeout, choice, keep_env, command } => {
             runtime.block_on(exec::exec(exec::ExecOptions {
                 config,
