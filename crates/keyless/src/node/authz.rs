@@ -14,13 +14,14 @@
 //! nobody can spoof; the token makes the AWS endpoint's authorization hold even where a pod can
 //! spoof its source address (NET_RAW), as the protocol expects (docs/protocols.md).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use kube::Client;
 use serde::Deserialize;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use super::pods::Caller;
 

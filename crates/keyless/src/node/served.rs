@@ -350,7 +350,8 @@ async fn issue(shared: &Shared, account: &AccountRef, tokens: &TokenFiles) -> Re
         write_token(path, &token)?;
         earliest = Some(earliest.map_or(expires, |e| e.min(expires)));
     }
-    let left = earliest.and_then(|e| e.duration_since(SystemTime::now()).ok()).unwrap_or_default();
+    let now = keyless_core::clock::Clock::now(&SystemClock);
+    let left = earliest.and_then(|e| e.duration_since(now).ok()).unwrap_or_default();
     Ok((pod.uid, Instant::now() + left.mul_f64(REFRESH_FRACTION)))
 }
 
