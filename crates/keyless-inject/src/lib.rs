@@ -26,7 +26,7 @@ pub use pod::{
     INJECT_LABEL, INJECTED_ANNOTATION, Namespace, Plan, TemplateError, annotations_of, inject_pod_json,
     inject_template, opted_in, plan,
 };
-pub use sidecar::{CONTAINER, IDENTITY_HEADER_KEY, TOKENS_DIR, sidecar_env_pairs};
+pub use sidecar::{CONTAINER, IDENTITY_HEADER_KEY, NODE_TOKEN_FILE, NODE_TOKEN_VOLUME, TOKENS_DIR, sidecar_env_pairs};
 pub use tree::{Op, Step, Tree, json_patch, pointer};
 
 /// The sidecar image of this keyless version.
@@ -47,6 +47,28 @@ pub struct Options {
     /// The sidecar's own configuration check at start, run on the sidecar's variables before
     /// anything is injected (the keyless binary passes it; this crate cannot depend on the clouds').
     pub check_sidecar: Option<SidecarCheck>,
+    /// Node mode (`keyless node` serves the pods): no sidecar, only the apps' env pointing at the
+    /// node agent, and the AWS endpoint's authorization token projected into the pod.
+    pub node: Option<NodeEndpoints>,
+}
+
+/// Where the node agent (`keyless node`) serves each cloud, as the apps dial it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEndpoints {
+    /// `HOST:PORT` of the AWS container endpoint (EKS Pod Identity's `169.254.170.23:80`).
+    pub aws: String,
+    /// `HOST:PORT` of the GCE metadata server (`None`: the AWS address serves it too).
+    pub gcp: Option<String>,
+    /// `HOST:PORT` of Azure IMDS (`None`: the AWS address serves it too).
+    pub azure: Option<String>,
+    /// The audience of the pod's projected token that authorizes the AWS container endpoint.
+    pub audience: String,
+}
+
+impl NodeEndpoints {
+    /// `keyless node`'s defaults.
+    pub const DEFAULT_AWS: &str = "169.254.170.23:80";
+    pub const DEFAULT_AUDIENCE: &str = "keyless.dev/node";
 }
 
 /// A check of the sidecar's variables (name, value): `Err` says what keyless would refuse at start.
@@ -80,6 +102,7 @@ impl Default for Options {
             azure_tenant_id: None,
             sidecar_env: Vec::new(),
             check_sidecar: None,
+            node: None,
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use keyless_inject::{Options, Resources, SidecarCheck};
+use keyless_inject::{NodeEndpoints, Options, Resources, SidecarCheck};
 
 /// Largest input read: far above any manifest set, and a bound on what a pipe can make keyless hold.
 const MAX_INPUT: u64 = 64 * 1024 * 1024;
@@ -40,6 +40,30 @@ pub struct InjectArgs {
     /// A variable for every sidecar, NAME=VALUE (repeatable), e.g. KEYLESS_LOG_FORMAT=json.
     #[arg(long = "sidecar-env", value_name = "NAME=VALUE", value_parser = parse_env)]
     pub sidecar_env: Vec<(String, String)>,
+    /// `sidecar`: a keyless sidecar in every opted-in pod. `node`: `keyless node` (one per node)
+    /// serves the pods: only the apps' env and the pod's token for the AWS endpoint are injected.
+    #[arg(long, value_enum, default_value = "sidecar")]
+    pub mode: Mode,
+    /// Node mode: HOST:PORT of keyless node's AWS container endpoint.
+    #[arg(long, default_value = NodeEndpoints::DEFAULT_AWS)]
+    pub node_aws_address: String,
+    /// Node mode: HOST:PORT of keyless node's GCE metadata server (default: the AWS address).
+    #[arg(long)]
+    pub node_gcp_address: Option<String>,
+    /// Node mode: HOST:PORT of keyless node's Azure IMDS (default: the AWS address).
+    #[arg(long)]
+    pub node_azure_address: Option<String>,
+    /// Node mode: the audience of the pod's token that authorizes the AWS endpoint (keyless node's
+    /// --authorization-audience).
+    #[arg(long, default_value = NodeEndpoints::DEFAULT_AUDIENCE)]
+    pub node_authorization_audience: String,
+}
+
+/// Who serves the injected pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Sidecar,
+    Node,
 }
 
 pub(crate) fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -65,6 +89,12 @@ impl InjectArgs {
             azure_tenant_id: self.azure_tenant_id.clone(),
             sidecar_env: self.sidecar_env.clone(),
             check_sidecar: Some(SidecarCheck(check_sidecar)),
+            node: (self.mode == Mode::Node).then(|| NodeEndpoints {
+                aws: self.node_aws_address.clone(),
+                gcp: self.node_gcp_address.clone(),
+                azure: self.node_azure_address.clone(),
+                audience: self.node_authorization_audience.clone(),
+            }),
         }
     }
 }
