@@ -10,7 +10,9 @@
 //! - `respond`: the listeners' request path.
 
 mod authz;
+mod link;
 mod pods;
+mod ready;
 mod respond;
 mod served;
 mod tokens;
@@ -95,6 +97,19 @@ pub struct NodeArgs {
     /// Entra tenant of ServiceAccounts whose annotations name a client id but no tenant id.
     #[arg(long)]
     pub azure_tenant_id: Option<String>,
+    /// Put the listen addresses on the node's loopback link first (link-local and unique-local
+    /// addresses only; needs CAP_NET_ADMIN): pods reach 169.254.170.23 only where a link of the
+    /// node has it.
+    #[arg(long)]
+    pub add_addresses: bool,
+    /// Only put the addresses on the loopback link, then exit (the chart's init container, the one
+    /// with CAP_NET_ADMIN).
+    #[arg(long, requires = "add_addresses")]
+    pub setup_only: bool,
+    /// Once serving, label this Node LABEL=true, a readiness gate for workloads (node affinity);
+    /// needs patch on nodes.
+    #[arg(long, value_name = "LABEL")]
+    pub ready_label: Option<String>,
     /// A setting for every ServiceAccount's providers, NAME=VALUE (repeatable), e.g.
     /// KEYLESS_AWS__STS_ENDPOINT=https://sts.eu-west-1.amazonaws.com; a cloud's settings apply to
     /// the ServiceAccounts with an identity of that cloud.
@@ -128,6 +143,30 @@ fn token_lifetime(text: &str) -> Result<Duration, String> {
 
 /// Runs `keyless node` until SIGTERM or SIGINT.
 pub async fn run(args: NodeArgs) -> Result<(), String> {
+    let mut addresses = vec![args.aws_listen];
+    for addr in [args.gcp_listen, args.azure_listen].into_iter().flatten() {
+        if !addresses.contains(&addr) {
+            addresses.push(addr);
+        }
+    }
+    if args.add_addresses {
+        for addr in &addresses {
+            let ip = addr.ip();
+            if !link::may_add(ip) {
+                return Err(format!(
+                    "--add-addresses adds link-local (169.254.0.0/16) and unique-local IPv6 addresses only, not {ip}"
+                ));
+            }
+            match link::add_to_loopback(ip) {
+                Ok(true) => info!(address = %ip, "added the address to the loopback link"),
+                Ok(false) => info!(address = %ip, "the loopback link has the address already"),
+                Err(e) => return Err(format!("cannot add {ip} to the loopback link: {e} (needs CAP_NET_ADMIN)")),
+            }
+        }
+        if args.setup_only {
+            return Ok(());
+        }
+    }
     let client = kube::Client::try_default().await.map_err(|e| {
         format!("cannot reach the Kubernetes API: {e} (in a pod: its ServiceAccount token; elsewhere: KUBECONFIG)")
     })?;
@@ -149,17 +188,11 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot read the API server's service-account issuer and keys: {e}"))?;
     let pods = pods::NodePods::watch(client.clone(), &args.node_name);
     let accounts = crate::webhook::accounts::ServiceAccounts::watch(client.clone());
-    let requester = tokens::Requester::new(client, args.token_lifetime);
+    let requester = tokens::Requester::new(client.clone(), args.token_lifetime);
     let shared = Arc::new(served::Shared::new(pods.clone(), accounts.clone(), requester, settings, metrics.clone()));
     let registry = served::Registry::new(shared);
     let reconciler = AbortOnDrop::new(tokio::spawn(registry.clone().run_reconciler(RECONCILE_PERIOD)));
 
-    let mut addresses = vec![args.aws_listen];
-    for addr in [args.gcp_listen, args.azure_listen].into_iter().flatten() {
-        if !addresses.contains(&addr) {
-            addresses.push(addr);
-        }
-    }
     let mut listeners = Vec::new();
     for addr in &addresses {
         let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -184,6 +217,11 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         refusals,
         refusal_logged: Arc::new(AtomicBool::new(false)),
     };
+    let _labeller = args.ready_label.clone().map(|label| {
+        let (pods, accounts) = (pods.clone(), accounts.clone());
+        let ready = move || pods.is_synced() && accounts.is_synced();
+        AbortOnDrop::new(tokio::spawn(ready::label_when_ready(client.clone(), args.node_name.clone(), label, ready)))
+    });
     let admin_router = admin_router(NodeAdmin { pods, accounts, metrics, registry });
 
     let (stop_tx, stop_rx) = watch::channel(false);
