@@ -49,9 +49,23 @@ struct Account {
     azure: String,
 }
 
+/// How keyless node reaches the API server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// As the cluster's admin.
+    Admin,
+    /// As the chart's node-mode ServiceAccount, with the chart's RBAC only (`helm template` of
+    /// `mode: node`, applied server-side: every object validated by the API server).
+    ChartRbac,
+}
+
 impl Setting {
-    async fn start() -> Self {
+    async fn start(access: Access) -> Self {
         let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
+        let kubeconfig = match access {
+            Access::Admin => cluster.kubeconfig.clone(),
+            Access::ChartRbac => chart_kubeconfig(&cluster).await,
+        };
         let emulator = EmulatorProcess::start().await;
         emulator.control.trust_issuer(cluster.issuer(), &cluster.ca_pem_text()).await;
         let ids = emulator.control.identities().await;
@@ -115,7 +129,7 @@ impl Setting {
         for setting in &settings {
             args.extend(["--provider-setting", setting.as_str()]);
         }
-        let kubeconfig = cluster.kubeconfig.to_str().unwrap().to_owned();
+        let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
         let node = Process::spawn(&args, &[("KUBECONFIG", kubeconfig.as_str()), ("KEYLESS_LOG", "info,keyless=debug")]);
         let setting = Self { cluster, emulator, ids, node, listen, admin, _state: state };
         let ready = || async { status(&format!("http://{}/readyz", setting.admin)).await == 200 };
@@ -291,6 +305,36 @@ impl Account {
     }
 }
 
+/// A kubeconfig of the chart's node-mode ServiceAccount, after applying what the chart renders
+/// in node mode.
+async fn chart_kubeconfig(cluster: &Cluster) -> std::path::PathBuf {
+    let helm = tools::need(tools::find_helm());
+    let chart = keyless_test_support::binary::workspace_root().join("charts/keyless");
+    let out = std::process::Command::new(&helm)
+        .args(["template", "keyless", chart.to_str().unwrap(), "--namespace", "keyless-system", "--set", "mode=node"])
+        .args(["--show-only", "templates/node.yaml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cluster.create_namespace("keyless-system").await;
+    let path = cluster.dir().join("node-mode.yaml");
+    std::fs::write(&path, &out.stdout).unwrap();
+    cluster.apply_server_side(&path).await.unwrap_or_else(|e| panic!("the chart's node mode: {e}"));
+    let token =
+        cluster.kubectl_ok(&["create", "token", "keyless-node", "-n", "keyless-system", "--duration", "1h"]).await;
+    let kubeconfig = cluster.dir().join("keyless-node.kubeconfig");
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+         users:\n- name: keyless-node\n  user:\n    token: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    \
+         user: keyless-node\ncurrent-context: c\n",
+        cluster.server,
+        cluster.ca_pem.display(),
+        token.trim()
+    );
+    std::fs::write(&kubeconfig, config).unwrap();
+    kubeconfig
+}
+
 async fn status(url: &str) -> u16 {
     keyless_test_support::clients::status_of(url).await
 }
@@ -301,13 +345,14 @@ fn assert_refused(what: &str, (status, body): &(u16, String), code: u16, shape: 
     assert!(body.contains(shape), "{what}: not the endpoint's own error shape: {body}");
 }
 
+/// keyless node runs with the chart's RBAC only: what it needs is exactly what the chart grants.
 #[tokio::test]
 #[cfg_attr(
-    not(keyless_tools_kube),
-    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+    not(all(keyless_tools_kube, keyless_tools_helm)),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25; needs helm: ./scripts/helm"
 )]
 async fn pods_of_two_service_accounts_get_their_own_identities_and_the_rest_are_refused_in_each_endpoints_shape() {
-    let s = Setting::start().await;
+    let s = Setting::start(Access::ChartRbac).await;
     let (first, second) = (Account::first(&s.ids), Account::second(&s.ids));
     let uid_a = s.pod("app-a", &first.name, "127.0.0.11", false).await;
     let uid_b = s.pod("app-b", &second.name, "127.0.0.12", false).await;
@@ -359,7 +404,7 @@ async fn pods_of_two_service_accounts_get_their_own_identities_and_the_rest_are_
     ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
 )]
 async fn an_address_reused_by_a_pod_of_another_service_account_never_gets_the_old_pods_credentials() {
-    let s = Setting::start().await;
+    let s = Setting::start(Access::Admin).await;
     let (first, second) = (Account::first(&s.ids), Account::second(&s.ids));
     let ip = "127.0.0.21";
     let uid_old = s.pod("old", &first.name, ip, false).await;
@@ -405,7 +450,7 @@ async fn an_address_reused_by_a_pod_of_another_service_account_never_gets_the_ol
     ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
 )]
 async fn twenty_pods_of_one_service_account_cost_one_exchange_per_identity() {
-    let s = Setting::start().await;
+    let s = Setting::start(Access::Admin).await;
     let first = Account::first(&s.ids);
     let before: Vec<u64> = {
         let mut counts = Vec::new();
