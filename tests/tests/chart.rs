@@ -202,8 +202,12 @@ fn node_mode_renders_the_daemonset_its_least_privilege_rbac_and_env_only_injecti
     {
         assert!(args.contains(&expected), "{expected:?} not in {args:?}");
     }
-    let node_name =
-        main["env"].as_sequence().unwrap().iter().find(|e| e["name"].as_str() == Some("NODE_NAME")).unwrap();
+    let node_name = main["env"]
+        .as_sequence()
+        .expect("rendered")
+        .iter()
+        .find(|e| e["name"].as_str() == Some("NODE_NAME"))
+        .expect("rendered");
     assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"].as_str(), Some("spec.nodeName"));
     let context = &main["securityContext"];
     assert_eq!(strings(&context["capabilities"]["drop"]), ["ALL"]);
@@ -213,15 +217,24 @@ fn node_mode_renders_the_daemonset_its_least_privilege_rbac_and_env_only_injecti
     let init = &spec["initContainers"][0];
     assert_eq!(strings(&init["securityContext"]["capabilities"]["add"]), ["NET_ADMIN"]);
     assert!(strings(&init["args"]).contains(&"--setup-only"));
-    let state = spec["volumes"].as_sequence().unwrap().iter().find(|v| v["name"].as_str() == Some("state")).unwrap();
+    let state = spec["volumes"]
+        .as_sequence()
+        .expect("rendered")
+        .iter()
+        .find(|v| v["name"].as_str() == Some("state"))
+        .expect("rendered");
     assert_eq!(state["emptyDir"]["medium"].as_str(), Some("Memory"), "tokens never on the node's disk");
 
     let role = of_kind(&documents, "ClusterRole")
         .into_iter()
         .find(|r| r["metadata"]["name"].as_str() == Some("keyless-node"))
-        .unwrap();
-    let rules: Vec<(Vec<&str>, Vec<&str>)> =
-        role["rules"].as_sequence().unwrap().iter().map(|r| (strings(&r["resources"]), strings(&r["verbs"]))).collect();
+        .expect("rendered");
+    let rules: Vec<(Vec<&str>, Vec<&str>)> = role["rules"]
+        .as_sequence()
+        .expect("rendered")
+        .iter()
+        .map(|r| (strings(&r["resources"]), strings(&r["verbs"])))
+        .collect();
     assert_eq!(
         rules,
         [
@@ -258,8 +271,8 @@ fn node_mode_options_render_and_mistakes_are_refused() {
     let role = of_kind(&documents, "ClusterRole")
         .into_iter()
         .find(|r| r["metadata"]["name"].as_str() == Some("keyless-node"))
-        .unwrap();
-    let last = role["rules"].as_sequence().unwrap().last().unwrap();
+        .expect("rendered");
+    let last = role["rules"].as_sequence().expect("rendered").last().expect("rendered");
     assert_eq!((strings(&last["resources"]), strings(&last["verbs"])), (vec!["nodes"], vec!["get", "patch"]));
     let args = strings(&of_kind(&documents, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0]["args"]);
     for expected in
