@@ -203,6 +203,18 @@ enum Command {
         args: webhook::WebhookArgs,
     },
     /// Serve every opted-in pod of this node: one keyless per node (DaemonSet).
+    ///
+    /// One keyless per node (a hostNetwork DaemonSet) serves every opted-in pod of the node the
+    /// identities of its own ServiceAccount's annotations (the ones injection reads), on the native
+    /// endpoints the sidecar serves. The caller is the Running pod of this node holding the
+    /// connection's source address (a watch of this node's pods; hostNetwork pods, unknown
+    /// addresses, pods not Running and ServiceAccounts without identities are refused in each
+    /// endpoint's error shape). Subject tokens come from the TokenRequest API, bound to a live pod
+    /// of the ServiceAccount; pods of one ServiceAccount share one exchange per identity. The AWS
+    /// container endpoint also wants the pod's own projected token (--authorization-audience) as
+    /// AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE. Injection in node mode sets the apps' env only
+    /// (keyless webhook --mode node). RBAC: create serviceaccounts/token; get, list, watch pods and
+    /// serviceaccounts. When to choose it over the sidecar, and its trust model: docs/node-mode.md.
     #[cfg(feature = "node")]
     Node {
         #[command(flatten)]

@@ -50,18 +50,8 @@ const MAX_PER_POD: usize = 64;
 /// ServiceAccount annotations are looked at again this often even when no pod changes.
 const RECONCILE_PERIOD: Duration = Duration::from_secs(30);
 
-const LONG_ABOUT: &str = "One keyless per node (a hostNetwork DaemonSet): serves every opted-in pod of the node \
-the identities of its own ServiceAccount's annotations (the ones injection reads), on the native endpoints the sidecar \
-serves. The caller is the Running pod of this node holding the connection's source address (a watch of this node's \
-pods); its subject tokens come from the TokenRequest API, bound to a live pod of its ServiceAccount; pods of one \
-ServiceAccount share one exchange per identity. The AWS container endpoint also wants the pod's own projected token \
-(audience --authorization-audience) as AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE. Injection in node mode sets the apps' \
-env only (keyless webhook --mode node). RBAC: create serviceaccounts/token; get, list, watch pods and serviceaccounts. \
-README \"Node mode\" tells when to choose it over the sidecar and the trust model.";
-
 /// `keyless node`'s flags.
 #[derive(Debug, Clone, clap::Args)]
-#[command(long_about = LONG_ABOUT)]
 pub struct NodeArgs {
     /// This node's name (the pods served are those with spec.nodeName = it): the downward API's
     /// spec.nodeName.
