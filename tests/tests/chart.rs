@@ -194,6 +194,13 @@ fn node_mode_renders_the_daemonset_its_least_privilege_rbac_and_env_only_injecti
     assert_eq!(daemonsets.len(), 1);
     let spec = &daemonsets[0]["spec"]["template"]["spec"];
     assert_eq!(spec["hostNetwork"].as_bool(), Some(true));
+    // An update starts the new agent beside the old one (they share the addresses): no host port
+    // may stand in the way.
+    let update = &daemonsets[0]["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!((update["maxSurge"].as_i64(), update["maxUnavailable"].as_i64()), (Some(1), Some(0)));
+    assert!(spec["containers"][0].get("ports").is_none(), "a port on the host network is a host port");
+    let probe = strings(&spec["containers"][0]["readinessProbe"]["exec"]["command"]);
+    assert!(probe.contains(&"--check-ready"), "readiness from the agent's own state, not the shared port: {probe:?}");
     assert_eq!(spec["serviceAccountName"].as_str(), Some("keyless-node"));
     let main = &spec["containers"][0];
     let args = strings(&main["args"]);

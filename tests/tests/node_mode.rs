@@ -40,12 +40,19 @@ struct Setting {
     node: Node,
     emulator: NodeEmulator,
     ids: Value,
-    state: tempfile::TempDir,
+}
+
+/// A keyless node and its state directory.
+struct Agent {
+    process: Process,
+    _state: tempfile::TempDir,
 }
 
 impl Setting {
-    /// `keyless node` in the node's namespace, ready; its admin listener relayed to the test.
-    async fn agent(&self) -> Process {
+    /// `keyless node` in the node's namespace, serving (its own `--check-ready`: during an update
+    /// two agents share the admin port, so /readyz could be the other's).
+    async fn agent(&self) -> Agent {
+        let state = tempfile::tempdir().unwrap();
         let ca = self.emulator.ca.to_str().unwrap().to_owned();
         let url = self.emulator.inside_url.clone();
         let admin = SocketAddr::from((NODE_IP, 9815)).to_string();
@@ -63,7 +70,7 @@ impl Setting {
             "--admin-listen",
             &admin,
             "--state-dir",
-            self.state.path().to_str().unwrap(),
+            state.path().to_str().unwrap(),
             "--aws-region",
             "us-east-1",
         ]
@@ -90,13 +97,17 @@ impl Setting {
             &args,
             &[("KUBECONFIG", &kubeconfig), ("KEYLESS_LOG", "info")],
         );
-        let relayed = self.node.forward(admin.parse().unwrap()).await;
+        let state_dir = state.path().to_str().unwrap().to_owned();
         let ready = holds_within(Duration::from_secs(60), || async {
-            clients::status_of(&format!("http://{relayed}/readyz")).await == 200
+            let check = tokio::process::Command::new(keyless_bin())
+                .args(["node", "--check-ready", "--state-dir", &state_dir])
+                .output()
+                .await;
+            check.is_ok_and(|out| out.status.success())
         })
         .await;
         assert!(ready, "keyless node did not turn ready:\n{}", agent.logs());
-        agent
+        Agent { process: agent, _state: state }
     }
 
     /// A long-running pod of `account` labelled for injection, injected by `keyless inject --mode
@@ -245,8 +256,7 @@ async fn keyless_node_serves_two_service_accounts_pods_through_unmodified_sdks_a
     let emulator = node.start_emulator().await;
     emulator.control.trust_issuer(node.cluster.issuer(), &node.cluster.ca_pem_text()).await;
     let ids = emulator.control.identities().await;
-    let state = tempfile::tempdir().unwrap();
-    let setting = Setting { node, emulator, ids, state };
+    let setting = Setting { node, emulator, ids };
     let ids = &setting.ids;
     let name_of = |subject: &str| ids[subject].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
     let first = account(ids, &name_of("subject"), "aws_role_arn", "gcp_service_account", "azure_client_id");
@@ -262,8 +272,8 @@ async fn keyless_node_serves_two_service_accounts_pods_through_unmodified_sdks_a
     let agent = setting.agent().await;
     setting.pod("app-a", &first, json!({})).await;
     setting.pod("app-b", &second, json!({})).await;
-    let logs = |agent: &Process| {
-        format!("--- keyless node\n{}\n--- emulator\n{}", agent.logs(), setting.emulator.process.logs())
+    let logs = |agent: &Agent| {
+        format!("--- keyless node\n{}\n--- emulator\n{}", agent.process.logs(), setting.emulator.process.logs())
     };
 
     let role = |key: &str| format!("assumed-role/{}/", ids[key].as_str().unwrap().rsplit('/').next().unwrap());
@@ -308,13 +318,26 @@ async fn keyless_node_serves_two_service_accounts_pods_through_unmodified_sdks_a
         assert!(codes.iter().any(|c| error.contains(c)), "{pod}: not keyless node's refusal: {error}");
     }
 
-    // The agent restarts (SIGTERM, then a new one, as the kubelet restarts a DaemonSet's pod) while
-    // the SDK asks: the SDK's retries carry its request over the gap.
+    // A rolling update (the chart's maxSurge: 1): the new agent starts beside the old one, sharing
+    // its addresses, then the old one stops, while the SDK asks. No request fails.
     let old = agent;
-    old.terminate();
+    let new = setting.agent().await;
+    old.process.terminate();
+    let (answer, _) = tokio::join!(setting.exec("app-b", &["/usr/local/bin/aws"]), old.process.wait());
+    let credentials =
+        answer.unwrap_or_else(|e| panic!("the SDK's request failed across the update: {e}\n{}", logs(&new)));
+    let arn = setting.caller_arn(&serde_json::from_str(credentials.trim()).unwrap()).await;
+    assert!(arn.contains(&role("aws_second_role_arn")), "{arn}");
+    let after = setting.exec("app-b", &["/usr/local/bin/aws"]).await;
+    after.unwrap_or_else(|e| panic!("the new agent alone: {e}\n{}", logs(&new)));
+
+    // The agent restarts (SIGTERM, then a new one, as the kubelet restarts a crashed agent) while
+    // the SDK asks: the SDK's retries carry its request over the gap.
+    let old = new;
+    old.process.terminate();
     let asked = async { setting.exec("app-a", &["/usr/local/bin/aws"]).await };
     let restarted = async {
-        let _ = old.wait().await;
+        let _ = old.process.wait().await;
         setting.agent().await
     };
     let (answer, agent) = tokio::join!(asked, restarted);

@@ -47,6 +47,10 @@ pub const DEFAULT_AUTHORIZATION_AUDIENCE: &str = "keyless.dev/node";
 /// Open connections per listener, and from one pod: a node runs at most a few hundred pods.
 const MAX_CONNECTIONS: usize = 4096;
 const MAX_PER_POD: usize = 64;
+/// In --state-dir while the credential listeners are open (`--check-ready`).
+const READY_FILE: &str = "serving";
+/// How often the start checks whether the watches have listed.
+const SYNC_POLL: Duration = Duration::from_millis(50);
 /// ServiceAccount annotations are looked at again this often even when no pod changes.
 const RECONCILE_PERIOD: Duration = Duration::from_secs(30);
 
@@ -55,7 +59,7 @@ const RECONCILE_PERIOD: Duration = Duration::from_secs(30);
 pub struct NodeArgs {
     /// This node's name (the pods served are those with spec.nodeName = it): the downward API's
     /// spec.nodeName.
-    #[arg(long, env = "NODE_NAME")]
+    #[arg(long, env = "NODE_NAME", required_unless_present = "check_ready", default_value = "")]
     pub node_name: String,
     /// The AWS container endpoint (the address must be on a link of the node; AWS SDKs accept
     /// plain HTTP to 169.254.170.23, 169.254.170.2, [fd00:ec2::23] and loopback only).
@@ -96,6 +100,11 @@ pub struct NodeArgs {
     /// with CAP_NET_ADMIN).
     #[arg(long, requires = "add_addresses")]
     pub setup_only: bool,
+    /// Exit 0 if the keyless node of --state-dir serves (its credential listeners are open), else
+    /// 1: the DaemonSet's readiness probe. An HTTP probe cannot tell two agents apart while an
+    /// update runs them side by side on one port; each has its own state directory.
+    #[arg(long)]
+    pub check_ready: bool,
     /// Once serving, label this Node LABEL=true, a readiness gate for workloads (node affinity);
     /// needs patch on nodes.
     #[arg(long, value_name = "LABEL")]
@@ -133,6 +142,14 @@ fn token_lifetime(text: &str) -> Result<Duration, String> {
 
 /// Runs `keyless node` until SIGTERM or SIGINT.
 pub async fn run(args: NodeArgs) -> Result<(), String> {
+    let ready_file = args.state_dir.join(READY_FILE);
+    if args.check_ready {
+        return if ready_file.exists() {
+            Ok(())
+        } else {
+            Err(format!("not serving yet ({} is missing)", ready_file.display()))
+        };
+    }
     let mut addresses = vec![args.aws_listen];
     for addr in [args.gcp_listen, args.azure_listen].into_iter().flatten() {
         if !addresses.contains(&addr) {
@@ -172,6 +189,7 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     };
     std::fs::create_dir_all(&args.state_dir)
         .map_err(|e| format!("cannot create --state-dir {}: {e}", args.state_dir.display()))?;
+    let _ = std::fs::remove_file(&ready_file);
     let refusals = refusal_routes(&settings.options, &metrics)?;
     let tokens = authz::PodTokens::discover(client.clone(), args.authorization_audience.clone())
         .await
@@ -183,23 +201,6 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     let registry = served::Registry::new(shared);
     let reconciler = AbortOnDrop::new(tokio::spawn(registry.clone().run_reconciler(RECONCILE_PERIOD)));
 
-    let mut listeners = Vec::new();
-    for addr in &addresses {
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            format!(
-                "cannot listen on {addr}: {e}; {}",
-                bind_hint(&e, *addr, "--aws-listen/--gcp-listen/--azure-listen")
-            )
-        })?;
-        listeners.push(listener);
-    }
-    let admin = TcpListener::bind(args.admin_listen).await.map_err(|e| {
-        format!(
-            "cannot listen on {} (admin): {e}; {}",
-            args.admin_listen,
-            bind_hint(&e, args.admin_listen, "--admin-listen")
-        )
-    })?;
     let service = respond::NodeService {
         pods: pods.clone(),
         registry: registry.clone(),
@@ -212,19 +213,54 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         let ready = move || pods.is_synced() && accounts.is_synced();
         AbortOnDrop::new(tokio::spawn(ready::label_when_ready(client.clone(), args.node_name.clone(), label, ready)))
     });
+    let synced = {
+        let (pods, accounts) = (pods.clone(), accounts.clone());
+        move || pods.is_synced() && accounts.is_synced()
+    };
     let admin_router = admin_router(NodeAdmin { pods, accounts, metrics, registry });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
-    for (addr, listener) in addresses.iter().zip(listeners) {
+    let admin = bind_shared(args.admin_listen).map_err(|e| {
+        format!(
+            "cannot listen on {} (admin): {e}; {}",
+            args.admin_listen,
+            bind_hint(&e, args.admin_listen, "--admin-listen")
+        )
+    })?;
+    let admin_server = Listener::new("admin listener", crate::serve::limits(128));
+    servers.push(tokio::spawn(admin_server.serve(admin, PlainTcp, admin_router, stop_rx.clone())));
+
+    // The credential listeners open once the watches have listed: a pod's request before that
+    // would be refused as unknown (a 403, which SDKs do not retry); a closed port is retried.
+    let terminated = crate::serve::termination();
+    tokio::pin!(terminated);
+    let mut waited = Duration::ZERO;
+    while !synced() {
+        tokio::select! {
+            () = &mut terminated => return Ok(()),
+            () = tokio::time::sleep(SYNC_POLL) => {}
+        }
+        waited += SYNC_POLL;
+        if waited.as_secs() > 0 && waited.as_millis().is_multiple_of(30_000) {
+            warn!(waited = ?waited, "still listing this node's pods and the ServiceAccounts (check the API server and keyless node's RBAC)");
+        }
+    }
+    for addr in &addresses {
+        let listener = bind_shared(*addr).map_err(|e| {
+            format!(
+                "cannot listen on {addr}: {e}; {}",
+                bind_hint(&e, *addr, "--aws-listen/--gcp-listen/--azure-listen")
+            )
+        })?;
         info!(listen = %addr, node = %args.node_name, "keyless node is serving");
         let limits = Limits { per_peer: MAX_PER_POD, ..crate::serve::limits(MAX_CONNECTIONS) };
         let server = Listener::new("node credential listener", limits);
         servers.push(tokio::spawn(server.serve(listener, PlainTcp, service.clone(), stop_rx.clone())));
     }
-    let admin_server = Listener::new("admin listener", crate::serve::limits(128));
-    servers.push(tokio::spawn(admin_server.serve(admin, PlainTcp, admin_router, stop_rx)));
-    crate::serve::termination().await;
+    std::fs::write(&ready_file, b"serving\n").map_err(|e| format!("cannot write {}: {e}", ready_file.display()))?;
+    (&mut terminated).await;
+    let _ = std::fs::remove_file(&ready_file);
     info!("shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
     for server in servers {
@@ -232,6 +268,17 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     }
     drop(reconciler);
     Ok(())
+}
+
+/// A listener on `addr` that a second keyless node may share (SO_REUSEPORT): the DaemonSet's
+/// rolling update starts the new agent beside the old one (`maxSurge: 1`), so the addresses are
+/// never without a listener. Only processes of the same user can share it (the kernel's rule).
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// The admin routes' state.
