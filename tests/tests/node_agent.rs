@@ -368,6 +368,8 @@ async fn pods_of_two_service_accounts_get_their_own_identities_and_the_rest_are_
         assert_eq!(aws.0, 200, "{ip}: {}\n{}", aws.1, s.context());
         let arn = s.aws_caller(&aws.1).await;
         assert!(arn.starts_with(&account.assumed_role()), "{ip}: {arn}");
+        // CloudTrail names the ServiceAccount: the session is named after it.
+        assert!(arn.ends_with(&format!("/keyless-{NAMESPACE}-{}", account.name)), "{ip}: {arn}");
         let gcp = s.gcp_token(ip).await;
         assert_eq!(gcp.0, 200, "{ip}: {}\n{}", gcp.1, s.context());
         assert_eq!(s.gcp_email(&gcp.1).await, account.gcp, "{ip}");

@@ -366,7 +366,8 @@ fn refusal_routes(options: &Options, metrics: &Metrics) -> Result<Routes, String
     let (identities, _) = AnnotationSources { service_account: &annotations }
         .identities(None)
         .map_err(|e| format!("the placeholder identities: {e}"))?;
-    let env = served::provider_env(&identities, options, std::path::Path::new("/nonexistent"));
+    let account = pods::AccountRef { namespace: "keyless-node".to_owned(), name: "refusals".to_owned() };
+    let env = served::provider_env(&identities, options, std::path::Path::new("/nonexistent"), &account);
     let (settings, _) = crate::config::settings_from_env(&env);
     let (config, sections) = crate::config::load(None, settings).map_err(|e| e.to_string())?;
     let config = config.finish(&crate::config::Overrides::default()).map_err(|e| e.to_string())?;

@@ -246,7 +246,7 @@ async fn start_in(
     let tokens: TokenFiles =
         identities.tokens().into_iter().map(|(file, audience, _)| (dir.join(file), audience.to_owned())).collect();
     let bound = issue(shared, account, &tokens).await?;
-    let env = provider_env(identities, &shared.settings.options, dir);
+    let env = provider_env(identities, &shared.settings.options, dir, account);
     let (settings, _) = crate::config::settings_from_env(&env);
     let (config, sections) = crate::config::load(None, settings).map_err(|e| e.to_string())?;
     let config = config.finish(&crate::config::Overrides::default()).map_err(|e| e.to_string())?;
@@ -288,7 +288,14 @@ async fn start_providers(sections: crate::providers::Sections, ctx: &Context) ->
 /// it would trust: the container endpoint is AWS's way on a node) and no App Service endpoint (its
 /// header would have to be shared with every pod). Further settings of a cloud the ServiceAccount
 /// has no identity for are left out (a section with nothing but an endpoint is not a configuration).
-pub fn provider_env(identities: &Identities, options: &Options, dir: &Path) -> HashMap<String, String> {
+/// The AWS session is named after the ServiceAccount (CloudTrail shows whose it is):
+/// `keyless-NAMESPACE-NAME`, cut to STS's 64 characters (Kubernetes names are already in its set).
+pub fn provider_env(
+    identities: &Identities,
+    options: &Options,
+    dir: &Path,
+    account: &AccountRef,
+) -> HashMap<String, String> {
     let serves = |name: &str| match name.split_once("__").map(|(section, _)| section) {
         Some("KEYLESS_AWS") => identities.aws.is_some(),
         Some("KEYLESS_GCP") => identities.gcp.is_some(),
@@ -318,6 +325,8 @@ pub fn provider_env(identities: &Identities, options: &Options, dir: &Path) -> H
         .collect();
     if identities.aws.is_some() {
         env.insert("KEYLESS_AWS__IMDS".to_owned(), "false".to_owned());
+        let session: String = format!("keyless-{}-{}", account.namespace, account.name).chars().take(64).collect();
+        env.entry("KEYLESS_AWS__SESSION_NAME".to_owned()).or_insert(session);
     }
     if identities.azure.is_some() {
         env.insert("KEYLESS_AZURE__APP_SERVICE".to_owned(), "false".to_owned());
@@ -417,7 +426,9 @@ mod tests {
             ],
             ..Options::default()
         };
-        let env = provider_env(&identities, &options, Path::new("/run/keyless-node/sa-3"));
+        let account = AccountRef { namespace: "shop".to_owned(), name: "billing".to_owned() };
+        let env = provider_env(&identities, &options, Path::new("/run/keyless-node/sa-3"), &account);
+        assert_eq!(env.get("KEYLESS_AWS__SESSION_NAME").map(String::as_str), Some("keyless-shop-billing"));
         assert_eq!(env.get("KEYLESS_AWS__TOKEN_FILE").map(String::as_str), Some("/run/keyless-node/sa-3/aws-token"));
         assert_eq!(
             env.get("KEYLESS_AZURE__TOKEN_FILE").map(String::as_str),
