@@ -38,7 +38,7 @@ struct Setting {
     node: Process,
     listen: SocketAddr,
     admin: SocketAddr,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
 }
 
 /// One of the two annotated ServiceAccounts and the identities its annotations name.
@@ -131,7 +131,7 @@ impl Setting {
         }
         let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
         let node = Process::spawn(&args, &[("KUBECONFIG", kubeconfig.as_str()), ("KEYLESS_LOG", "info,keyless=debug")]);
-        let setting = Self { cluster, emulator, ids, node, listen, admin, _state: state };
+        let setting = Self { cluster, emulator, ids, node, listen, admin, state };
         let ready = || async { status(&format!("http://{}/readyz", setting.admin)).await == 200 };
         if !keyless_test_support::wait::holds_within(STARTUP_DEADLINE, ready).await {
             panic!("keyless node did not turn ready:\n{}", setting.node.logs());
@@ -270,6 +270,12 @@ impl Setting {
     async fn served(&self) -> String {
         let url = format!("http://{}/service-accounts", self.admin);
         keyless_test_support::clients::loopback().get(url).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// The ServiceAccounts' token directories keyless node holds now.
+    fn token_dirs(&self) -> Vec<std::path::PathBuf> {
+        let entries = std::fs::read_dir(self.state.path()).unwrap().map(|e| e.unwrap().path());
+        entries.filter(|p| p.is_dir()).collect()
     }
 
     async fn counter(&self, service: &str) -> u64 {
@@ -423,6 +429,7 @@ async fn an_address_reused_by_a_pod_of_another_service_account_never_gets_the_ol
         !s.served().await.contains(&first.name)
     })
     .await;
+    assert!(s.token_dirs().is_empty(), "its token files are gone too: {:?}", s.token_dirs());
     let dropped = s.gcp_token(ip).await;
     assert_refused("the deleted pod's address", &dropped, 403, "Request denied: ");
 
@@ -477,5 +484,43 @@ async fn twenty_pods_of_one_service_account_cost_one_exchange_per_identity() {
         let spent = s.counter(service).await - before;
         assert_eq!(spent, 1, "{service}: {spent} exchanges for 20 pods of one ServiceAccount\n{}", s.context());
     }
+    s.cluster.stop().await;
+}
+
+/// The ServiceAccount's tokens are bound to one of its pods; when that pod is deleted, the next
+/// tokens are bound to another live pod of the ServiceAccount at once (the API server invalidates
+/// tokens bound to a deleted pod), and its other pods keep being served.
+#[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
+async fn a_deleted_pods_tokens_are_bound_again_to_a_live_pod_of_its_service_account() {
+    let s = Setting::start(Access::Admin).await;
+    let first = Account::first(&s.ids);
+    let uid_one = s.pod("one", &first.name, "127.0.0.31", false).await;
+    let uid_two = s.pod("two", &first.name, "127.0.0.32", false).await;
+    let token_two = s.pod_token("two", &first.name, &uid_two).await;
+    let aws = s.aws("127.0.0.32", &token_two).await;
+    assert_eq!(aws.0, 200, "{}\n{}", aws.1, s.context());
+    let bound = || {
+        let dirs = s.token_dirs();
+        let [dir] = dirs.as_slice() else { return None };
+        let token = std::fs::read_to_string(dir.join("aws-token")).ok()?;
+        claims_of(&token)["kubernetes.io"]["pod"]["uid"].as_str().map(str::to_owned)
+    };
+    let before = bound().unwrap_or_else(|| panic!("no token file in {:?}", s.token_dirs()));
+    assert!(before == uid_one || before == uid_two, "bound to a pod of the ServiceAccount: {before}");
+    let (gone, stays, stays_ip) =
+        if before == uid_one { ("one", uid_two.clone(), "127.0.0.32") } else { ("two", uid_one.clone(), "127.0.0.31") };
+    s.delete_pod(gone).await;
+    wait_until("the tokens to be bound to the remaining pod", STARTUP_DEADLINE, || {
+        let now = bound();
+        let stays = stays.clone();
+        async move { now.as_deref() == Some(stays.as_str()) }
+    })
+    .await;
+    let gcp = s.gcp_token(stays_ip).await;
+    assert_eq!(gcp.0, 200, "{}\n{}", gcp.1, s.context());
     s.cluster.stop().await;
 }
