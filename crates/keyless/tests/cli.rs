@@ -31,9 +31,10 @@ fn version_is_printed() {
     // The workspace version, the revision (a commit, or `unknown` outside git) and the features.
     let expected = format!("keyless {} (revision ", env!("CARGO_PKG_VERSION"));
     assert!(stdout.starts_with(&expected), "{stdout}");
-    let features = ["emulator", "inject", "webhook"].into_iter().filter(|f| match *f {
+    let features = ["emulator", "inject", "node", "webhook"].into_iter().filter(|f| match *f {
         "emulator" => cfg!(feature = "emulator"),
         "inject" => cfg!(feature = "inject"),
+        "node" => cfg!(feature = "node"),
         _ => cfg!(feature = "webhook"),
     });
     let features = features.collect::<Vec<_>>().join(", ");
