@@ -1,33 +1,38 @@
-//! `keyless node` on a real node (keyless-test-support's node.rs: a kubelet and containerd in a
-//! network namespace of the test's): pods of two ServiceAccounts, injected by `keyless inject
-//! --mode node` (env only), get their own identities through the unmodified Go SDKs of the apps
-//! image; a pod of a ServiceAccount without identities and a `hostNetwork` pod are refused; the
-//! agent restarting does not fail the SDK's request. Without root, containerd, the CNI plugins,
-//! podman or the kubelet the test is reported ignored (cfg `keyless_tools_kubelet`), and fails
-//! under `CI=true` saying what is missing.
+//! `keyless node` on a real node (keyless-test-support's node.rs: a kubelet, containerd and the
+//! controllers in a network namespace of the test's), deployed as the chart renders it in node mode
+//! (the DaemonSet with its init container, RBAC and probes, run by the DaemonSet controller and the
+//! kubelet): pods of two ServiceAccounts, injected by `keyless inject --mode node` (env only), get
+//! their own identities through the unmodified Go SDKs of the apps image; a pod of a ServiceAccount
+//! without identities and a `hostNetwork` pod are refused; an SDK request survives a rolling update
+//! of the DaemonSet and the agent's pod being deleted. Without root, containerd, the CNI plugins,
+//! podman, helm or the kubelet the test is reported ignored (cfg `keyless_tools_kubelet`,
+//! `keyless_tools_helm`), and fails under `CI=true` saying what is missing.
 //!
-//! What differs from the chart's DaemonSet, and why: keyless node runs as a process in the node's
-//! network namespace (the host network of the node's pods: where a `hostNetwork` pod runs), not as
-//! a pod: no registry, and the node-feature image would be one more static release build per run.
-//! It puts its addresses on the namespace's loopback link itself (`--add-addresses`), as the
-//! chart's init container does. Azure's Go SDK asks 169.254.169.254 whatever
-//! `AZURE_POD_IDENTITY_AUTHORITY_HOST` says (tests/tests/node_pods.rs), so in this namespace of the
-//! test's keyless node is explicitly given that address for Azure IMDS.
+//! What differs from the chart's DaemonSet, and why: the image (no registry, and a node-feature
+//! image would be one more static release build per run: the agent's pod runs the test's own
+//! keyless build from the host, with the host's C libraries, in the apps image); the API server's
+//! address (no Service proxy on this node: `KUBERNETES_SERVICE_HOST` is its address on the node's
+//! loopback); the CA bundle (the host's, as docker/rootfs.sh copies it into the image); the token services' endpoints and CA (the emulator's); and Azure IMDS on
+//! 169.254.169.254 (Azure's Go SDK asks that address whatever `AZURE_POD_IDENTITY_AUTHORITY_HOST`
+//! says, tests/tests/node_pods.rs; the chart refuses it, so it is added to the rendered arguments:
+//! the node is the test's own namespace).
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use keyless_test_support::binary::keyless_bin;
+use keyless_test_support::binary::{keyless_bin, workspace_root};
 use keyless_test_support::clients;
 use keyless_test_support::jwt::claims_of;
-use keyless_test_support::node::{self, APPS_IMAGE, NODE_IP, Node, NodeEmulator, NodeImages};
-use keyless_test_support::process::Process;
-use keyless_test_support::tools::need;
+use keyless_test_support::node::{self, APPS_IMAGE, Node, NodeEmulator, NodeImages};
+use keyless_test_support::tools::{self, need};
 use keyless_test_support::wait::holds_within;
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "default";
+/// Where the chart is installed.
+const AGENT_NAMESPACE: &str = "keyless-system";
+/// Where the agent's pod finds the emulator's CA.
+const EMULATOR_CA: &str = "/etc/keyless/emulator-ca.pem";
 const AWS_ADDRESS: &str = "169.254.170.23:80";
 const GCP_ADDRESS: &str = "169.254.170.24:80";
 const AZURE_ADDRESS: &str = "169.254.169.254:80";
@@ -42,72 +47,85 @@ struct Setting {
     ids: Value,
 }
 
-/// A keyless node and its state directory.
-struct Agent {
-    process: Process,
-    _state: tempfile::TempDir,
-}
-
 impl Setting {
-    /// `keyless node` in the node's namespace, serving (its own `--check-ready`: during an update
-    /// two agents share the admin port, so /readyz could be the other's).
-    async fn agent(&self) -> Agent {
-        let state = tempfile::tempdir().unwrap();
-        let ca = self.emulator.ca.to_str().unwrap().to_owned();
-        let url = self.emulator.inside_url.clone();
-        let admin = SocketAddr::from((NODE_IP, 9815)).to_string();
-        let mut args: Vec<String> = [
-            "node",
-            "--node-name",
-            node::NODE_NAME,
-            "--add-addresses",
-            "--aws-listen",
-            AWS_ADDRESS,
-            "--gcp-listen",
-            GCP_ADDRESS,
-            "--azure-listen",
-            AZURE_ADDRESS,
-            "--admin-listen",
-            &admin,
-            "--state-dir",
-            state.path().to_str().unwrap(),
-            "--aws-region",
-            "us-east-1",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        for (name, value) in [
-            ("KEYLESS_AWS__STS_ENDPOINT", &url),
-            ("KEYLESS_AWS__CA_FILE", &ca),
-            ("KEYLESS_GCP__STS_ENDPOINT", &url),
-            ("KEYLESS_GCP__IAM_ENDPOINT", &url),
-            ("KEYLESS_GCP__CA_FILE", &ca),
-            ("KEYLESS_AZURE__AUTHORITY_HOST", &url),
-            ("KEYLESS_AZURE__CA_FILE", &ca),
-        ] {
-            args.push("--provider-setting".to_owned());
-            args.push(format!("{name}={value}"));
+    /// The chart's node mode applied (changed as the module says), and its agent's pod Ready.
+    async fn deploy(&self) {
+        let url = &self.emulator.inside_url;
+        let values = json!({
+            "mode": "node",
+            "aws": { "region": "us-east-1" },
+            "node": { "gcpAddress": "169.254.170.24", "logLevel": "info,keyless=debug" },
+            "sidecar": { "env": {
+                "KEYLESS_AWS__STS_ENDPOINT": url,
+                "KEYLESS_AWS__CA_FILE": EMULATOR_CA,
+                "KEYLESS_GCP__STS_ENDPOINT": url,
+                "KEYLESS_GCP__IAM_ENDPOINT": url,
+                "KEYLESS_GCP__CA_FILE": EMULATOR_CA,
+                "KEYLESS_AZURE__AUTHORITY_HOST": url,
+                "KEYLESS_AZURE__CA_FILE": EMULATOR_CA,
+            } },
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let values_file = dir.path().join("values.yaml");
+        std::fs::write(&values_file, serde_yaml::to_string(&values).unwrap()).unwrap();
+        let helm = need(tools::find_helm());
+        let chart = workspace_root().join("charts/keyless");
+        let out = std::process::Command::new(&helm)
+            .args(["template", "keyless", chart.to_str().unwrap(), "--namespace", AGENT_NAMESPACE])
+            .args(["--values", values_file.to_str().unwrap(), "--show-only", "templates/node.yaml"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
+        let rendered = String::from_utf8(out.stdout).unwrap();
+        let port = self.node.cluster.server.rsplit(':').next().unwrap().to_owned();
+        let mut documents = Vec::new();
+        for text in rendered.split("\n---\n") {
+            let mut document: Value = serde_yaml::from_str(text).unwrap();
+            if document.is_null() {
+                continue;
+            }
+            if document["kind"] == "DaemonSet" {
+                run_from_host(&mut document["spec"]["template"]["spec"], &self.emulator.ca, &port);
+            }
+            documents.push(serde_json::to_string(&document).unwrap());
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let kubeconfig = self.node.cluster.kubeconfig.to_str().unwrap().to_owned();
-        let agent = Process::spawn_in(
-            Some(&self.node.netns),
-            None,
-            &args,
-            &[("KUBECONFIG", &kubeconfig), ("KEYLESS_LOG", "info")],
-        );
-        let state_dir = state.path().to_str().unwrap().to_owned();
-        let ready = holds_within(Duration::from_secs(60), || async {
-            let check = tokio::process::Command::new(keyless_bin())
-                .args(["node", "--check-ready", "--state-dir", &state_dir])
-                .output()
-                .await;
-            check.is_ok_and(|out| out.status.success())
+        self.node.cluster.create_namespace(AGENT_NAMESPACE).await;
+        let applied = self.node.cluster.kubectl_with_input(&["apply", "-f", "-"], Some(&documents.join("\n"))).await;
+        assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+        self.wait_agent_ready().await;
+    }
+
+    /// The DaemonSet's pod on the node, Ready (its own `--check-ready`).
+    async fn wait_agent_ready(&self) {
+        let ready = holds_within(POD_DEADLINE, || async {
+            let args = ["rollout", "status", "daemonset/keyless-node", "-n", AGENT_NAMESPACE, "--timeout=5s"];
+            self.node.cluster.kubectl(&args).await.status.success()
         })
         .await;
-        assert!(ready, "keyless node did not turn ready:\n{}", agent.logs());
-        Agent { process: agent, _state: state }
+        assert!(ready, "keyless node's DaemonSet did not roll out:\n{}", self.agent_logs().await);
+    }
+
+    /// What the agent's pods logged, and the node's components.
+    async fn agent_logs(&self) -> String {
+        let args = [
+            "logs",
+            "-n",
+            AGENT_NAMESPACE,
+            "-l",
+            "app.kubernetes.io/name=keyless-node",
+            "--all-containers",
+            "--tail=200",
+        ];
+        let logs = self.node.cluster.kubectl(&args).await;
+        let pods = self.node.cluster.kubectl(&["get", "pods", "-A", "-o", "wide"]).await;
+        format!(
+            "--- keyless node\n{}{}\n--- pods\n{}\n--- emulator\n{}\n{}",
+            String::from_utf8_lossy(&logs.stdout),
+            String::from_utf8_lossy(&logs.stderr),
+            String::from_utf8_lossy(&pods.stdout),
+            self.emulator.process.logs(),
+            self.node.logs_tail(30)
+        )
     }
 
     /// A long-running pod of `account` labelled for injection, injected by `keyless inject --mode
@@ -243,11 +261,11 @@ fn account(ids: &Value, name: &str, role: &str, gcp: &str, azure: &str) -> Value
 }
 
 #[cfg_attr(
-    not(keyless_tools_kubelet),
-    ignore = "needs root, containerd, runc, the CNI plugins, podman, go and the node binaries: ./scripts/test"
+    not(all(keyless_tools_kubelet, keyless_tools_helm)),
+    ignore = "needs root, containerd, runc, the CNI plugins, podman, go and the node binaries: ./scripts/test; needs helm: ./scripts/helm"
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keyless_node_serves_two_service_accounts_pods_through_unmodified_sdks_and_survives_its_restart() {
+async fn the_charts_daemonset_serves_two_service_accounts_pods_through_unmodified_sdks_across_its_restarts() {
     let tools = need(node::find_tools());
     // The image first: building it must not hold the machine's node lock.
     let apps = NodeImages::apps().await;
@@ -269,19 +287,18 @@ async fn keyless_node_serves_two_service_accounts_pods_through_unmodified_sdks_a
     );
     let plain = json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "plain", "namespace": NAMESPACE } });
 
-    let agent = setting.agent().await;
+    setting.deploy().await;
     setting.pod("app-a", &first, json!({})).await;
     setting.pod("app-b", &second, json!({})).await;
-    let logs = |agent: &Agent| {
-        format!("--- keyless node\n{}\n--- emulator\n{}", agent.process.logs(), setting.emulator.process.logs())
-    };
+    let logs = || async { setting.agent_logs().await };
 
     let role = |key: &str| format!("assumed-role/{}/", ids[key].as_str().unwrap().rsplit('/').next().unwrap());
     for (pod, role_key, gcp_key, azure_key) in [
         ("app-a", "aws_role_arn", "gcp_service_account", "azure_client_id"),
         ("app-b", "aws_second_role_arn", "gcp_second_service_account", "azure_second_client_id"),
     ] {
-        let (arn, email, appid) = setting.identities_of(pod, &|| logs(&agent)).await;
+        let context = logs().await;
+        let (arn, email, appid) = setting.identities_of(pod, &|| context.clone()).await;
         assert!(arn.contains(&role(role_key)), "{pod}: {arn}");
         assert_eq!(email, ids[gcp_key].as_str().unwrap(), "{pod}");
         assert_eq!(appid, ids[azure_key].as_str().unwrap(), "{pod}");
@@ -314,37 +331,84 @@ async fn keyless_node_serves_two_service_accounts_pods_through_unmodified_sdks_a
         [("app-plain", &["NotOptedIn"][..]), ("host-agent", &["HostNetworkCaller", "UnknownCaller"][..])]
     {
         let refused = setting.exec(pod, &["/usr/local/bin/aws"]).await;
-        let error = refused.err().unwrap_or_else(|| panic!("{pod} got credentials\n{}", logs(&agent)));
+        let error = refused.err().unwrap_or_else(|| panic!("{pod} got credentials"));
         assert!(codes.iter().any(|c| error.contains(c)), "{pod}: not keyless node's refusal: {error}");
     }
 
-    // A rolling update (the chart's maxSurge: 1): the new agent starts beside the old one, sharing
-    // its addresses, then the old one stops, while the SDK asks. No request fails.
-    let old = agent;
-    let new = setting.agent().await;
-    old.process.terminate();
-    let (answer, _) = tokio::join!(setting.exec("app-b", &["/usr/local/bin/aws"]), old.process.wait());
-    let credentials =
-        answer.unwrap_or_else(|e| panic!("the SDK's request failed across the update: {e}\n{}", logs(&new)));
-    let arn = setting.caller_arn(&serde_json::from_str(credentials.trim()).unwrap()).await;
-    assert!(arn.contains(&role("aws_second_role_arn")), "{arn}");
-    let after = setting.exec("app-b", &["/usr/local/bin/aws"]).await;
-    after.unwrap_or_else(|e| panic!("the new agent alone: {e}\n{}", logs(&new)));
-
-    // The agent restarts (SIGTERM, then a new one, as the kubelet restarts a crashed agent) while
-    // the SDK asks: the SDK's retries carry its request over the gap.
-    let old = new;
-    old.process.terminate();
-    let asked = async { setting.exec("app-a", &["/usr/local/bin/aws"]).await };
-    let restarted = async {
-        let _ = old.process.wait().await;
-        setting.agent().await
+    // A rolling update of the DaemonSet (the chart's maxSurge: 1): the new agent starts beside the
+    // old one, sharing its addresses; the old one stops once the new one is Ready. SDK requests all
+    // along succeed.
+    let cluster = &setting.node.cluster;
+    cluster.kubectl_ok(&["rollout", "restart", "daemonset/keyless-node", "-n", AGENT_NAMESPACE]).await;
+    let rolled = async {
+        setting.wait_agent_ready().await;
     };
-    let (answer, agent) = tokio::join!(asked, restarted);
-    let credentials =
-        answer.unwrap_or_else(|e| panic!("the SDK's request failed across the restart: {e}\n{}", logs(&agent)));
+    let asking = async {
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.push(setting.exec("app-b", &["/usr/local/bin/aws"]).await);
+        }
+        answers
+    };
+    let ((), answers) = tokio::join!(rolled, asking);
+    for answer in answers {
+        let credentials = answer.unwrap_or_else(|e| panic!("an SDK request failed during the update: {e}"));
+        let arn = setting.caller_arn(&serde_json::from_str(credentials.trim()).unwrap()).await;
+        assert!(arn.contains(&role("aws_second_role_arn")), "{arn}");
+    }
+
+    // The agent's pod deleted (as a crash or an eviction): the DaemonSet makes a new one while the
+    // SDK asks; the SDK's retries carry its request over the gap.
+    let selector = "app.kubernetes.io/name=keyless-node";
+    let deleted = async {
+        cluster.kubectl_ok(&["delete", "pod", "-n", AGENT_NAMESPACE, "-l", selector, "--wait=false"]).await;
+    };
+    let asked = async { setting.exec("app-a", &["/usr/local/bin/aws"]).await };
+    let ((), answer) = tokio::join!(deleted, asked);
+    let context = logs().await;
+    let credentials = answer.unwrap_or_else(|e| panic!("the SDK's request failed across the restart: {e}\n{context}"));
     let arn = setting.caller_arn(&serde_json::from_str(credentials.trim()).unwrap()).await;
     assert!(arn.contains(&role("aws_role_arn")), "{arn}");
-    drop(agent);
+    setting.wait_agent_ready().await;
     setting.node.stop().await;
+}
+
+/// The rendered DaemonSet's pod changed to run the test's keyless build from the host (see the
+/// module's documentation), against the API server on the node's loopback.
+fn run_from_host(spec: &mut Value, emulator_ca: &std::path::Path, api_port: &str) {
+    let binary = keyless_bin();
+    let host_path =
+        |name: &str, path: &str, kind: &str| json!({ "name": name, "hostPath": { "path": path, "type": kind } });
+    let volumes = spec["volumes"].as_array_mut().unwrap();
+    volumes.push(host_path("keyless-binary", binary.to_str().unwrap(), "File"));
+    volumes.push(host_path("host-lib", "/usr/lib", "Directory"));
+    volumes.push(host_path("host-lib64", "/usr/lib64", "Directory"));
+    volumes.push(host_path("emulator-ca", emulator_ca.to_str().unwrap(), "File"));
+    // The image's CA bundle (docker/rootfs.sh puts the system's there): the AWS SDK's HTTPS client
+    // wants system roots even beside a configured CA file.
+    volumes.push(host_path("host-certs", "/etc/ssl/certs", "Directory"));
+    let mounts = [
+        ("keyless-binary", "/usr/local/bin/keyless"),
+        ("host-lib", "/lib"),
+        ("host-lib64", "/lib64"),
+        ("emulator-ca", EMULATOR_CA),
+        ("host-certs", "/etc/ssl/certs"),
+    ];
+    for list in ["initContainers", "containers"] {
+        for container in spec[list].as_array_mut().unwrap() {
+            container["image"] = APPS_IMAGE.into();
+            container["imagePullPolicy"] = "Never".into();
+            container["command"] = json!(["/usr/local/bin/keyless"]);
+            let args = container["args"].as_array_mut().unwrap();
+            args.push("--azure-listen=169.254.169.254:80".into());
+            let existing = container["volumeMounts"].as_array().cloned().unwrap_or_default();
+            let mut all = existing;
+            all.extend(mounts.iter().map(|(name, path)| json!({ "name": name, "mountPath": path, "readOnly": true })));
+            container["volumeMounts"] = Value::Array(all);
+            let mut env = container["env"].as_array().cloned().unwrap_or_default();
+            env.push(json!({ "name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1" }));
+            env.push(json!({ "name": "KUBERNETES_SERVICE_PORT", "value": api_port }));
+            container["env"] = Value::Array(env);
+        }
+    }
 }
