@@ -298,6 +298,10 @@ fn node_mode_options_render_and_mistakes_are_refused() {
     let (ok, text) =
         helm(&helm_bin, &["template", "k", chart, "--set", "mode=node", "--set", "node.gcpAddress=169.254.169.254"]);
     assert!(!ok && text.contains("169.254.169.254 is a cloud node's own metadata server"), "{text}");
+    let take_over = ["mode=node", "node.azureAddress=169.254.169.254", "node.takeOverMetadataServerAddress=true"];
+    let documents = rendered_with(&helm_bin, &take_over);
+    let args = strings(&of_kind(&documents, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert!(args.contains(&"--azure-listen=169.254.169.254:80"), "explicitly configured: {args:?}");
     let (ok, text) =
         helm(&helm_bin, &["lint", "--strict", chart, "--set", "mode=node", "--set", "node.readyLabel=x/ready"]);
     assert!(ok && text.contains("0 chart(s) failed"), "helm lint --strict in node mode:\n{text}");

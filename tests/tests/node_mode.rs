@@ -12,10 +12,10 @@
 //! image would be one more static release build per run: the agent's pod runs the test's own
 //! keyless build from the host, with the host's C libraries, in the apps image); the API server's
 //! address (no Service proxy on this node: `KUBERNETES_SERVICE_HOST` is its address on the node's
-//! loopback); the CA bundle (the host's, as docker/rootfs.sh copies it into the image); the token services' endpoints and CA (the emulator's); and Azure IMDS on
-//! 169.254.169.254 (Azure's Go SDK asks that address whatever `AZURE_POD_IDENTITY_AUTHORITY_HOST`
-//! says, tests/tests/node_pods.rs; the chart refuses it, so it is added to the rendered arguments:
-//! the node is the test's own namespace).
+//! loopback); the CA bundle (the host's, as docker/rootfs.sh copies it into the image); and the
+//! token services' endpoints and CA (the emulator's). Azure IMDS is on 169.254.169.254 (the
+//! chart's `node.takeOverMetadataServerAddress`): Azure's Go SDK asks that address whatever
+//! `AZURE_POD_IDENTITY_AUTHORITY_HOST` says (tests/tests/node_pods.rs).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -54,7 +54,12 @@ impl Setting {
         let values = json!({
             "mode": "node",
             "aws": { "region": "us-east-1" },
-            "node": { "gcpAddress": "169.254.170.24", "logLevel": "info,keyless=debug" },
+            "node": {
+                "gcpAddress": "169.254.170.24",
+                "azureAddress": "169.254.169.254",
+                "takeOverMetadataServerAddress": true,
+                "logLevel": "info,keyless=debug",
+            },
             "sidecar": { "env": {
                 "KEYLESS_AWS__STS_ENDPOINT": url,
                 "KEYLESS_AWS__CA_FILE": EMULATOR_CA,
@@ -399,8 +404,6 @@ fn run_from_host(spec: &mut Value, emulator_ca: &std::path::Path, api_port: &str
             container["image"] = APPS_IMAGE.into();
             container["imagePullPolicy"] = "Never".into();
             container["command"] = json!(["/usr/local/bin/keyless"]);
-            let args = container["args"].as_array_mut().unwrap();
-            args.push("--azure-listen=169.254.169.254:80".into());
             let existing = container["volumeMounts"].as_array().cloned().unwrap_or_default();
             let mut all = existing;
             all.extend(mounts.iter().map(|(name, path)| json!({ "name": name, "mountPath": path, "readOnly": true })));
