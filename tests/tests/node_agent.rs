@@ -28,6 +28,8 @@ const NODE_AUDIENCE: &str = "keyless.dev/node";
 const AZURE_RESOURCE: &str = "https://management.azure.com";
 /// A ServiceAccount without identity annotations.
 const PLAIN: &str = "plain";
+/// The readiness gate's label (the chart's `node.readyLabel`), with the chart's RBAC.
+const READY_LABEL: &str = "keyless.dev/node-ready";
 
 /// A cluster, the emulator trusting its issuer, two annotated ServiceAccounts and a plain one, the
 /// test's node, and keyless node serving it.
@@ -128,6 +130,9 @@ impl Setting {
         ];
         for setting in &settings {
             args.extend(["--provider-setting", setting.as_str()]);
+        }
+        if access == Access::ChartRbac {
+            args.extend(["--ready-label", READY_LABEL]);
         }
         let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
         let node = Process::spawn(&args, &[("KUBECONFIG", kubeconfig.as_str()), ("KEYLESS_LOG", "info,keyless=debug")]);
@@ -318,6 +323,7 @@ async fn chart_kubeconfig(cluster: &Cluster) -> std::path::PathBuf {
     let chart = keyless_test_support::binary::workspace_root().join("charts/keyless");
     let out = std::process::Command::new(&helm)
         .args(["template", "keyless", chart.to_str().unwrap(), "--namespace", "keyless-system", "--set", "mode=node"])
+        .args(["--set", &format!("node.readyLabel={READY_LABEL}")])
         .args(["--show-only", "templates/node.yaml"])
         .output()
         .unwrap();
@@ -360,6 +366,13 @@ fn assert_refused(what: &str, (status, body): &(u16, String), code: u16, shape: 
 async fn pods_of_two_service_accounts_get_their_own_identities_and_the_rest_are_refused_in_each_endpoints_shape() {
     let s = Setting::start(Access::ChartRbac).await;
     let (first, second) = (Account::first(&s.ids), Account::second(&s.ids));
+    // The readiness gate: serving, keyless node labelled its Node (with the chart's RBAC for it).
+    wait_until("the node's readiness label", STARTUP_DEADLINE, || async {
+        let node = s.cluster.kubectl_ok(&["get", "node", NODE, "-o", "json"]).await;
+        let node: Value = serde_json::from_str(&node).unwrap();
+        node["metadata"]["labels"][READY_LABEL] == "true"
+    })
+    .await;
     let uid_a = s.pod("app-a", &first.name, "127.0.0.11", false).await;
     let uid_b = s.pod("app-b", &second.name, "127.0.0.12", false).await;
     s.pod("app-plain", PLAIN, "127.0.0.13", false).await;
@@ -450,6 +463,16 @@ async fn an_address_reused_by_a_pod_of_another_service_account_never_gets_the_ol
     let azure = s.azure_token(ip).await;
     assert_eq!(Setting::azure_app(&azure.1), second.azure);
     assert_eq!(s.served().await, format!("{NAMESPACE}/{}\n", second.name));
+
+    // A completed pod keeps its podIP in the API after its address went to a new pod (a Job's pod,
+    // kept until deleted): the new pod is served its own credentials.
+    let reused = "127.0.0.22";
+    s.pod("done", &first.name, reused, false).await;
+    s.set_status("done", "Succeeded", reused).await;
+    s.pod("next", &second.name, reused, false).await;
+    let gcp = s.gcp_token(reused).await;
+    assert_eq!(gcp.0, 200, "{}\n{}", gcp.1, s.context());
+    assert_eq!(s.gcp_email(&gcp.1).await, second.gcp);
     s.cluster.stop().await;
 }
 

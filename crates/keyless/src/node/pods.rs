@@ -54,6 +54,9 @@ pub struct PodView {
     pub account: AccountRef,
     pub host_network: bool,
     pub running: bool,
+    /// Succeeded or Failed: its containers are gone and its address released (the API keeps the
+    /// pod, and its `podIP`, until it is deleted: a completed Job's pod, say).
+    pub finished: bool,
     /// Being deleted (a deletion timestamp is set): no token is bound to it any more.
     pub terminating: bool,
     pub ips: Vec<IpAddr>,
@@ -85,6 +88,7 @@ impl PodView {
             },
             host_network: spec.host_network == Some(true),
             running: status.and_then(|s| s.phase.as_deref()) == Some("Running"),
+            finished: matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")),
             terminating: meta.deletion_timestamp.is_some(),
             ips,
         })
@@ -92,7 +96,7 @@ impl PodView {
 
     /// Whether the pod counts for its ServiceAccount's credentials: on the pod network, not done.
     pub fn live(&self) -> bool {
-        !self.host_network && !self.terminating
+        !self.host_network && !self.terminating && !self.finished
     }
 }
 
@@ -101,7 +105,8 @@ pub fn caller_among(pods: impl IntoIterator<Item = PodView>, ip: IpAddr) -> Resu
     let ip = ip.to_canonical();
     let mut host_network = false;
     let mut found: Option<PodView> = None;
-    for pod in pods.into_iter().filter(|p| p.ips.contains(&ip)) {
+    // A finished pod released its address: the CNI may have given it to a new pod already.
+    for pod in pods.into_iter().filter(|p| p.ips.contains(&ip) && !p.finished) {
         if pod.host_network {
             host_network = true;
             continue;
@@ -199,6 +204,7 @@ mod tests {
             account: AccountRef { namespace: "ns".to_owned(), name: account.to_owned() },
             host_network: false,
             running: true,
+            finished: false,
             terminating: false,
             ips: vec![ip.parse().expect("an IP")],
         }
@@ -231,6 +237,17 @@ mod tests {
         assert_eq!(caller_among(pods.clone(), ip("192.168.1.10")), Err(CallerRefusal::HostNetwork));
         assert_eq!(caller_among(pods.clone(), ip("10.0.0.7")), Err(CallerRefusal::NotRunning));
         assert_eq!(caller_among(pods, ip("10.0.0.8")), Err(CallerRefusal::NotRunning));
+    }
+
+    /// A completed Job's pod keeps its `podIP` in the API; the address is another pod's now.
+    #[test]
+    fn a_finished_pod_does_not_hold_its_old_address() {
+        let mut done = pod("done", "one", "10.0.0.5");
+        (done.running, done.finished) = (false, true);
+        let pods = vec![done.clone(), pod("new", "two", "10.0.0.5")];
+        assert_eq!(caller_among(pods, ip("10.0.0.5")).map(|c| c.uid), Ok("new".to_owned()));
+        assert_eq!(caller_among(vec![done.clone()], ip("10.0.0.5")), Err(CallerRefusal::UnknownAddress));
+        assert!(!done.live(), "no token is bound to a finished pod");
     }
 
     /// The old pod's delete not seen yet, the new pod's IP already: neither is served.
