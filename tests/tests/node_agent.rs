@@ -277,10 +277,13 @@ impl Setting {
         keyless_test_support::clients::loopback().get(url).send().await.unwrap().text().await.unwrap()
     }
 
-    /// The ServiceAccounts' token directories keyless node holds now.
+    /// The ServiceAccounts' token directories keyless node holds now (`STATE/NAMESPACE/NAME`).
     fn token_dirs(&self) -> Vec<std::path::PathBuf> {
-        let entries = std::fs::read_dir(self.state.path()).unwrap().map(|e| e.unwrap().path());
-        entries.filter(|p| p.is_dir()).collect()
+        let dirs = |path: &std::path::Path| -> Vec<std::path::PathBuf> {
+            let entries = std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| e.path());
+            entries.filter(|p| p.is_dir()).collect()
+        };
+        dirs(self.state.path()).iter().flat_map(|namespace| dirs(namespace)).collect()
     }
 
     async fn counter(&self, service: &str) -> u64 {

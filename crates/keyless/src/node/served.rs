@@ -16,7 +16,6 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -57,7 +56,6 @@ pub struct Shared {
     pub requester: Requester,
     pub settings: Settings,
     pub metrics: Metrics,
-    next_dir: AtomicU64,
 }
 
 impl Shared {
@@ -68,7 +66,7 @@ impl Shared {
         settings: Settings,
         metrics: Metrics,
     ) -> Self {
-        Self { pods, accounts, requester, settings, metrics, next_dir: AtomicU64::new(0) }
+        Self { pods, accounts, requester, settings, metrics }
     }
 }
 
@@ -80,13 +78,6 @@ pub struct Served {
     pub aws_authorization: Option<Secret<String>>,
     _providers: Vec<Running>,
     _binder: AbortOnDrop,
-    dir: PathBuf,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 struct Slot {
@@ -189,6 +180,9 @@ impl Registry {
             for account in &gone {
                 slots.remove(account);
             }
+            // Under the lock: a set starting now has its slot already, so its directory stays.
+            let keep: HashSet<AccountRef> = slots.keys().cloned().collect();
+            remove_stale_dirs(&self.shared.settings.state_dir, &keep);
             gone
         };
         for account in dropped {
@@ -222,17 +216,15 @@ type TokenFiles = Vec<(PathBuf, String)>;
 
 /// Starts `account`'s set: its tokens first, then its providers.
 async fn start(shared: Arc<Shared>, account: AccountRef, identities: Identities) -> Result<Arc<Served>, String> {
-    let n = shared.next_dir.fetch_add(1, Ordering::Relaxed);
-    let dir = shared.settings.state_dir.join(format!("sa-{n}"));
+    // One directory per ServiceAccount, the same for every set it gets: the token files' paths are
+    // label values of keyless_subject_token_expiry_timestamp_seconds, which must not grow with the
+    // sets that come and go. The reconciler removes it once the ServiceAccount has no set.
+    let dir = account_dir(&shared.settings.state_dir, &account);
     create_private_dir(&dir)?;
-    let started = start_in(&shared, &account, &identities, &dir).await;
-    if started.is_err() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    let (providers, routes, aws_authorization, tokens, bound) = started?;
+    let (providers, routes, aws_authorization, tokens, bound) = start_in(&shared, &account, &identities, &dir).await?;
     let binder = AbortOnDrop::new(tokio::spawn(bind(Arc::clone(&shared), account.clone(), tokens, bound)));
     info!(account = %account, providers = ?providers.iter().map(|p| p.name).collect::<Vec<_>>(), "serving the ServiceAccount's pods on this node");
-    Ok(Arc::new(Served { routes, aws_authorization, _providers: providers, _binder: binder, dir }))
+    Ok(Arc::new(Served { routes, aws_authorization, _providers: providers, _binder: binder }))
 }
 
 type Started = (Vec<Running>, Routes, Option<Secret<String>>, TokenFiles, Bound);
@@ -334,6 +326,29 @@ pub fn provider_env(
     env
 }
 
+/// `STATE/NAMESPACE/NAME`: both are DNS-1123 names (no `/`, never `.` or `..`).
+fn account_dir(state: &Path, account: &AccountRef) -> PathBuf {
+    state.join(&account.namespace).join(&account.name)
+}
+
+/// Removes the token directories of ServiceAccounts without a set (`keep`); empty namespace
+/// directories go too. Files of the state directory itself (the readiness file) stay.
+fn remove_stale_dirs(state: &Path, keep: &HashSet<AccountRef>) {
+    let Ok(namespaces) = std::fs::read_dir(state) else { return };
+    for namespace in namespaces.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+        let ns = namespace.file_name().to_string_lossy().into_owned();
+        let Ok(accounts) = std::fs::read_dir(namespace.path()) else { continue };
+        for account in accounts.flatten() {
+            let name = account.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&AccountRef { namespace: ns.clone(), name }) {
+                let _ = std::fs::remove_dir_all(account.path());
+            }
+        }
+        // Only if empty.
+        let _ = std::fs::remove_dir(namespace.path());
+    }
+}
+
 fn create_private_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt as _;
     std::fs::DirBuilder::new()
@@ -427,12 +442,15 @@ mod tests {
             ..Options::default()
         };
         let account = AccountRef { namespace: "shop".to_owned(), name: "billing".to_owned() };
-        let env = provider_env(&identities, &options, Path::new("/run/keyless-node/sa-3"), &account);
+        let env = provider_env(&identities, &options, Path::new("/run/keyless-node/shop/billing"), &account);
         assert_eq!(env.get("KEYLESS_AWS__SESSION_NAME").map(String::as_str), Some("keyless-shop-billing"));
-        assert_eq!(env.get("KEYLESS_AWS__TOKEN_FILE").map(String::as_str), Some("/run/keyless-node/sa-3/aws-token"));
+        assert_eq!(
+            env.get("KEYLESS_AWS__TOKEN_FILE").map(String::as_str),
+            Some("/run/keyless-node/shop/billing/aws-token")
+        );
         assert_eq!(
             env.get("KEYLESS_AZURE__TOKEN_FILE").map(String::as_str),
-            Some("/run/keyless-node/sa-3/azure-token")
+            Some("/run/keyless-node/shop/billing/azure-token")
         );
         assert_eq!(env.get("KEYLESS_AWS__IMDS").map(String::as_str), Some("false"));
         assert_eq!(env.get("KEYLESS_AZURE__APP_SERVICE").map(String::as_str), Some("false"));
@@ -445,5 +463,28 @@ mod tests {
         ] {
             assert!(!env.contains_key(absent), "{absent}: {env:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod dir_tests {
+    use super::*;
+
+    #[test]
+    fn the_directories_of_service_accounts_without_a_set_are_removed_and_nothing_else() {
+        let state = tempfile::tempdir().expect("a directory");
+        let keep = AccountRef { namespace: "shop".to_owned(), name: "billing".to_owned() };
+        let gone = AccountRef { namespace: "shop".to_owned(), name: "old".to_owned() };
+        let gone_too = AccountRef { namespace: "jobs".to_owned(), name: "nightly".to_owned() };
+        for account in [&keep, &gone, &gone_too] {
+            create_private_dir(&account_dir(state.path(), account)).expect("created");
+            std::fs::write(account_dir(state.path(), account).join("aws-token"), "t").expect("written");
+        }
+        std::fs::write(state.path().join("serving"), "serving").expect("written");
+        remove_stale_dirs(state.path(), &HashSet::from([keep.clone()]));
+        assert!(account_dir(state.path(), &keep).join("aws-token").exists());
+        assert!(!account_dir(state.path(), &gone).exists());
+        assert!(!state.path().join("jobs").exists(), "an empty namespace directory goes too");
+        assert!(state.path().join("serving").exists());
     }
 }
