@@ -286,6 +286,19 @@ impl Setting {
         dirs(self.state.path()).iter().flat_map(|namespace| dirs(namespace)).collect()
     }
 
+    /// keyless node's /metrics.
+    async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.admin);
+        keyless_test_support::clients::loopback().get(url).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// keyless node's successful AWS exchanges of `role`.
+    async fn exchanges(&self, role: &str) -> u64 {
+        let text = self.metrics().await;
+        let labels = [("provider", "aws"), ("identity", role), ("outcome", "success")];
+        keyless_test_support::metrics::sum(&text, "keyless_exchanges_total", &labels)
+    }
+
     async fn counter(&self, service: &str) -> u64 {
         self.emulator.control.counter(service).await
     }
@@ -548,5 +561,42 @@ async fn a_deleted_pods_tokens_are_bound_again_to_a_live_pod_of_its_service_acco
     .await;
     let gcp = s.gcp_token(stays_ip).await;
     assert_eq!(gcp.0, 200, "{}\n{}", gcp.1, s.context());
+    s.cluster.stop().await;
+}
+
+/// A ServiceAccount whose last pod left the node is never refreshed again, while one that stays is
+/// (the emulated STS issues 20 s sessions: a refresh every few seconds). The clouds' own node agents
+/// were seen renewing dead pods' credentials into 429s.
+#[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
+async fn a_service_account_that_left_the_node_is_never_refreshed_again() {
+    let s = Setting::start(Access::Admin).await;
+    let (first, second) = (Account::first(&s.ids), Account::second(&s.ids));
+    s.emulator.control.fault(json!({ "service": "aws-sts", "lifetime_secs": 20 })).await;
+    let uid_leaves = s.pod("leaves", &first.name, "127.0.0.41", false).await;
+    let uid_stays = s.pod("stays", &second.name, "127.0.0.42", false).await;
+    for (ip, name, account, uid) in
+        [("127.0.0.41", "leaves", &first, &uid_leaves), ("127.0.0.42", "stays", &second, &uid_stays)]
+    {
+        let token = s.pod_token(name, &account.name, uid).await;
+        let aws = s.aws(ip, &token).await;
+        assert_eq!(aws.0, 200, "{ip}: {}\n{}", aws.1, s.context());
+    }
+    s.delete_pod("leaves").await;
+    wait_until("the leaving ServiceAccount's set to be dropped", STARTUP_DEADLINE, || async {
+        !s.served().await.contains(&format!("/{}\n", first.name))
+    })
+    .await;
+    let (left, stayed) = (s.exchanges(&first.role).await, s.exchanges(&second.role).await);
+    // Two refreshes of the one that stayed: more than a refresh period went by.
+    wait_until("two refreshes of the ServiceAccount that stayed", STARTUP_DEADLINE, || async {
+        s.exchanges(&second.role).await >= stayed + 2
+    })
+    .await;
+    let after = s.exchanges(&first.role).await;
+    assert_eq!(after, left, "a ServiceAccount with no pod left was refreshed\n{}", s.context());
     s.cluster.stop().await;
 }
