@@ -90,7 +90,13 @@ struct Slot {
 pub struct Registry {
     shared: Arc<Shared>,
     slots: Mutex<HashMap<AccountRef, Arc<Slot>>>,
+    /// The problems already logged as warnings: a pod asking again and again (or every pod event)
+    /// logs each once; repeats go to debug.
+    logged: Mutex<HashSet<(AccountRef, String)>>,
 }
+
+/// Problems remembered as logged at most (then forgotten, and logged once more).
+const MAX_LOGGED: usize = 1024;
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,11 +106,30 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     pub fn new(shared: Arc<Shared>) -> Arc<Self> {
-        Arc::new(Self { shared, slots: Mutex::new(HashMap::new()) })
+        Arc::new(Self { shared, slots: Mutex::new(HashMap::new()), logged: Mutex::new(HashSet::new()) })
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<AccountRef, Arc<Slot>>> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Logs `problem` of `account` as a warning the first time, at debug level after that. It may
+    /// quote an annotation (anyone who may annotate a ServiceAccount wrote it): escaped, bounded.
+    fn log_once(&self, account: &AccountRef, problem: &str) {
+        let problem = keyless_core::printable::printable(problem, 1024);
+        let problem = problem.as_ref();
+        let first = {
+            let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
+            if logged.len() >= MAX_LOGGED {
+                logged.clear();
+            }
+            logged.insert((account.clone(), problem.to_owned()))
+        };
+        if first {
+            warn!(account = %account, "{problem}");
+        } else {
+            tracing::debug!(account = %account, "{problem}");
+        }
     }
 
     /// The ServiceAccounts with a set now (started or starting).
@@ -117,7 +142,7 @@ impl Registry {
     /// The identities `account`'s annotations name; refused when none (or a malformed one).
     async fn identities(&self, account: &AccountRef) -> Result<Identities, CallerRefusal> {
         let annotations = self.shared.accounts.annotations(&account.namespace, &account.name).await.map_err(|e| {
-            warn!(account = %account, error = ?e, "cannot read the ServiceAccount's annotations");
+            self.log_once(account, &format!("cannot read the ServiceAccount's annotations: {e:?}"));
             CallerRefusal::Unavailable
         })?;
         let tenant = self.shared.settings.options.azure_tenant_id.as_deref();
@@ -125,7 +150,10 @@ impl Registry {
             Ok((identities, _)) if !identities.is_empty() => Ok(identities),
             Ok(_) => Err(CallerRefusal::NotOptedIn),
             Err(e) => {
-                warn!(account = %account, error = %e, "the ServiceAccount's identity annotation is malformed: its pods are not served");
+                self.log_once(
+                    account,
+                    &format!("the ServiceAccount's identity annotation is malformed, its pods are not served: {e}"),
+                );
                 Err(CallerRefusal::NotOptedIn)
             }
         }
@@ -163,7 +191,7 @@ impl Registry {
         match started {
             Ok(served) => Ok(Arc::clone(served)),
             Err(e) => {
-                warn!(account = %account, error = %e, "cannot serve the ServiceAccount's pods");
+                self.log_once(account, &format!("cannot serve the ServiceAccount's pods: {e}"));
                 Err(CallerRefusal::Unavailable)
             }
         }
