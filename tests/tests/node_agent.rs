@@ -63,6 +63,11 @@ enum Access {
 
 impl Setting {
     async fn start(access: Access) -> Self {
+        Self::start_logged(access, "info,keyless=debug").await
+    }
+
+    /// [`Setting::start`] with keyless node's log filter `log`.
+    async fn start_logged(access: Access, log: &str) -> Self {
         let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
         let kubeconfig = match access {
             Access::Admin => cluster.kubeconfig.clone(),
@@ -135,7 +140,7 @@ impl Setting {
             args.extend(["--ready-label", READY_LABEL]);
         }
         let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
-        let node = Process::spawn(&args, &[("KUBECONFIG", kubeconfig.as_str()), ("KEYLESS_LOG", "info,keyless=debug")]);
+        let node = Process::spawn(&args, &[("KUBECONFIG", kubeconfig.as_str()), ("KEYLESS_LOG", log)]);
         let setting = Self { cluster, emulator, ids, node, listen, admin, state };
         let ready = || async { status(&format!("http://{}/readyz", setting.admin)).await == 200 };
         if !keyless_test_support::wait::holds_within(STARTUP_DEADLINE, ready).await {
@@ -498,7 +503,8 @@ async fn an_address_reused_by_a_pod_of_another_service_account_never_gets_the_ol
     ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
 )]
 async fn twenty_pods_of_one_service_account_cost_one_exchange_per_identity() {
-    let s = Setting::start(Access::Admin).await;
+    // Logging everything: no secret it handled may be in it (checked at the end).
+    let s = Setting::start_logged(Access::Admin, "trace").await;
     let first = Account::first(&s.ids);
     let before: Vec<u64> = {
         let mut counts = Vec::new();
@@ -522,6 +528,31 @@ async fn twenty_pods_of_one_service_account_cost_one_exchange_per_identity() {
     for (service, before) in ["aws-sts", "gcp-sts", "azure-token"].into_iter().zip(before) {
         let spent = s.counter(service).await - before;
         assert_eq!(spent, 1, "{service}: {spent} exchanges for 20 pods of one ServiceAccount\n{}", s.context());
+    }
+    // The secrets keyless node held: the pods' tokens, the ServiceAccount's subject tokens, the
+    // credentials it served, the API server credential of its kubeconfig.
+    let mut secrets: Vec<String> = pods.iter().map(|(_, token)| token.clone()).collect();
+    for dir in s.token_dirs() {
+        for file in ["aws-token", "gcp-token", "azure-token"] {
+            secrets.push(std::fs::read_to_string(dir.join(file)).unwrap());
+        }
+    }
+    let (ip, token) = &pods[0];
+    let aws: Value = serde_json::from_str(&s.aws(ip, token).await.1).unwrap();
+    secrets.push(aws["SecretAccessKey"].as_str().unwrap().to_owned());
+    secrets.push(aws["Token"].as_str().unwrap().to_owned());
+    let gcp: Value = serde_json::from_str(&s.gcp_token(ip).await.1).unwrap();
+    secrets.push(gcp["access_token"].as_str().unwrap().to_owned());
+    let azure: Value = serde_json::from_str(&s.azure_token(ip).await.1).unwrap();
+    secrets.push(azure["access_token"].as_str().unwrap().to_owned());
+    secrets.push("keyless-test-admin-token".to_owned());
+    let logs = s.node.logs();
+    assert!(logs.lines().count() > 100, "trace logging is on: {} lines", logs.lines().count());
+    for secret in &secrets {
+        // A JWT's signature alone identifies it; the first 32 characters of an opaque secret.
+        let needle = secret.rsplit('.').next().unwrap_or(secret);
+        let needle = &needle[..needle.len().min(32)];
+        assert!(!logs.contains(needle), "a secret is in keyless node's trace log: {needle}");
     }
     s.cluster.stop().await;
 }
