@@ -202,3 +202,148 @@ fn the_hardened_admin_listener_is_one_value_and_excludes_scraping_the_sidecars()
     );
     assert!(!ok && text.contains("sidecar.adminOnLoopback removes"), "{text}");
 }
+
+/// The documents of `helm template` with `--set` pairs.
+fn rendered_with(helm_bin: &Path, set: &[&str]) -> Vec<serde_yaml::Value> {
+    let mut extra = Vec::new();
+    for pair in set {
+        extra.extend(["--set", pair]);
+    }
+    let out = template(helm_bin, &extra);
+    out.split("\n---\n")
+        .map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).unwrap_or_else(|e| panic!("invalid YAML: {e}\n{d}")))
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn strings(value: &serde_yaml::Value) -> Vec<&str> {
+    value.as_sequence().map(|s| s.iter().filter_map(serde_yaml::Value::as_str).collect()).unwrap_or_default()
+}
+
+/// `mode: node`: keyless node as a hostNetwork DaemonSet with its node's name from the downward
+/// API, one capability per container (NET_ADMIN for the address setup, NET_BIND_SERVICE to bind
+/// port 80), the least-privilege RBAC, and the webhook injecting the apps' env only.
+#[test]
+#[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
+fn node_mode_renders_the_daemonset_its_least_privilege_rbac_and_env_only_injection() {
+    let helm_bin = tools::need(tools::find_helm());
+    let sidecar = rendered_with(&helm_bin, &[]);
+    assert!(of_kind(&sidecar, "DaemonSet").is_empty(), "no node agent in sidecar mode");
+
+    let documents = rendered_with(&helm_bin, &["mode=node", "aws.region=eu-west-1"]);
+    let daemonsets = of_kind(&documents, "DaemonSet");
+    assert_eq!(daemonsets.len(), 1);
+    let spec = &daemonsets[0]["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"].as_bool(), Some(true));
+    // An update starts the new agent beside the old one (they share the addresses): no host port
+    // may stand in the way.
+    let update = &daemonsets[0]["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!((update["maxSurge"].as_i64(), update["maxUnavailable"].as_i64()), (Some(1), Some(0)));
+    assert!(spec["containers"][0].get("ports").is_none(), "a port on the host network is a host port");
+    let probe = strings(&spec["containers"][0]["readinessProbe"]["exec"]["command"]);
+    assert!(probe.contains(&"--check-ready"), "readiness from the agent's own state, not the shared port: {probe:?}");
+    assert_eq!(spec["serviceAccountName"].as_str(), Some("keyless-node"));
+    let main = &spec["containers"][0];
+    let args = strings(&main["args"]);
+    for expected in
+        ["node", "--aws-listen=169.254.170.23:80", "--state-dir=/run/keyless-node", "--aws-region=eu-west-1"]
+    {
+        assert!(args.contains(&expected), "{expected:?} not in {args:?}");
+    }
+    let node_name = main["env"]
+        .as_sequence()
+        .expect("rendered")
+        .iter()
+        .find(|e| e["name"].as_str() == Some("NODE_NAME"))
+        .expect("rendered");
+    assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"].as_str(), Some("spec.nodeName"));
+    let context = &main["securityContext"];
+    assert_eq!(strings(&context["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(strings(&context["capabilities"]["add"]), ["NET_BIND_SERVICE"]);
+    assert_eq!(context["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(context["readOnlyRootFilesystem"].as_bool(), Some(true));
+    let init = &spec["initContainers"][0];
+    assert_eq!(strings(&init["securityContext"]["capabilities"]["add"]), ["NET_ADMIN"]);
+    assert!(strings(&init["args"]).contains(&"--setup-only"));
+    let state = spec["volumes"]
+        .as_sequence()
+        .expect("rendered")
+        .iter()
+        .find(|v| v["name"].as_str() == Some("state"))
+        .expect("rendered");
+    assert_eq!(state["emptyDir"]["medium"].as_str(), Some("Memory"), "tokens never on the node's disk");
+
+    let role = of_kind(&documents, "ClusterRole")
+        .into_iter()
+        .find(|r| r["metadata"]["name"].as_str() == Some("keyless-node"))
+        .expect("rendered");
+    let rules: Vec<(Vec<&str>, Vec<&str>)> = role["rules"]
+        .as_sequence()
+        .expect("rendered")
+        .iter()
+        .map(|r| (strings(&r["resources"]), strings(&r["verbs"])))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            (vec!["serviceaccounts/token"], vec!["create"]),
+            (vec!["pods"], vec!["get", "list", "watch"]),
+            (vec!["serviceaccounts"], vec!["get", "list", "watch"]),
+        ],
+        "exactly the least privilege of docs: nothing else"
+    );
+
+    let webhook = of_kind(&documents, "Deployment");
+    let webhook_args = strings(&webhook[0]["spec"]["template"]["spec"]["containers"][0]["args"]);
+    for expected in
+        ["--mode=node", "--node-aws-address=169.254.170.23:80", "--node-authorization-audience=keyless.dev/node"]
+    {
+        assert!(webhook_args.contains(&expected), "{expected:?} not in {webhook_args:?}");
+    }
+}
+
+/// The readiness gate adds exactly what it needs (its node's label: get and patch nodes), and
+/// only when asked for; addresses of their own for Google and Azure reach both the agent and the
+/// injection; a wrong mode and the clouds' own metadata address are refused.
+#[test]
+#[cfg_attr(not(keyless_tools_helm), ignore = "needs helm (target/tools/bin) or Go to build it: ./scripts/helm")]
+fn node_mode_options_render_and_mistakes_are_refused() {
+    let helm_bin = tools::need(tools::find_helm());
+    let set = [
+        "mode=node",
+        "node.readyLabel=keyless.dev/node-ready",
+        "node.gcpAddress=169.254.170.24",
+        "node.azureAddress=fd00:ec2::24",
+    ];
+    let documents = rendered_with(&helm_bin, &set);
+    let role = of_kind(&documents, "ClusterRole")
+        .into_iter()
+        .find(|r| r["metadata"]["name"].as_str() == Some("keyless-node"))
+        .expect("rendered");
+    let last = role["rules"].as_sequence().expect("rendered").last().expect("rendered");
+    assert_eq!((strings(&last["resources"]), strings(&last["verbs"])), (vec!["nodes"], vec!["get", "patch"]));
+    let args = strings(&of_kind(&documents, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0]["args"]);
+    for expected in
+        ["--ready-label=keyless.dev/node-ready", "--gcp-listen=169.254.170.24:80", "--azure-listen=[fd00:ec2::24]:80"]
+    {
+        assert!(args.contains(&expected), "{expected:?} not in {args:?}");
+    }
+    let webhook_args =
+        strings(&of_kind(&documents, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert!(webhook_args.contains(&"--node-gcp-address=169.254.170.24:80"), "{webhook_args:?}");
+
+    let chart = chart();
+    let chart = chart.to_str().expect("utf-8 path");
+    let (ok, text) = helm(&helm_bin, &["template", "k", chart, "--set", "mode=daemon"]);
+    assert!(!ok && text.contains("mode must be sidecar or node"), "{text}");
+    let (ok, text) =
+        helm(&helm_bin, &["template", "k", chart, "--set", "mode=node", "--set", "node.gcpAddress=169.254.169.254"]);
+    assert!(!ok && text.contains("169.254.169.254 is a cloud node's own metadata server"), "{text}");
+    let take_over = ["mode=node", "node.azureAddress=169.254.169.254", "node.takeOverMetadataServerAddress=true"];
+    let documents = rendered_with(&helm_bin, &take_over);
+    let args = strings(&of_kind(&documents, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert!(args.contains(&"--azure-listen=169.254.169.254:80"), "explicitly configured: {args:?}");
+    let (ok, text) =
+        helm(&helm_bin, &["lint", "--strict", chart, "--set", "mode=node", "--set", "node.readyLabel=x/ready"]);
+    assert!(ok && text.contains("0 chart(s) failed"), "helm lint --strict in node mode:\n{text}");
+}

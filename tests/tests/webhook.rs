@@ -720,3 +720,53 @@ async fn reviews_naming_unknown_service_accounts_cost_bounded_api_reads() {
     webhook.process.stop().await;
     cluster.stop().await;
 }
+
+/// `keyless webhook --mode node` (the chart's `mode: node`): an opted-in pod is stored with no
+/// container of keyless's, its apps' env pointing at keyless node, and its own projected token for
+/// keyless node's AWS endpoint; a pod of a ServiceAccount without identities is left alone.
+#[tokio::test]
+#[cfg_attr(
+    not(keyless_tools_kube),
+    ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
+)]
+async fn in_node_mode_the_webhook_injects_the_apps_env_and_the_pods_token_only() {
+    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
+    cluster.create_namespace(NAMESPACE).await;
+    service_account(&cluster, "billing", json!({ "eks.amazonaws.com/role-arn": ROLE })).await;
+    service_account(&cluster, "plain", json!({})).await;
+    let pki = WebhookPki::new();
+    let port = free_port();
+    let (cert, key) = (pki.cert(), pki.key());
+    let files = WebhookFiles { cert: &cert, key: &key, kubeconfig: &cluster.kubeconfig };
+    let extra = ["--failure-policy", "fail", "--aws-region", "eu-west-1", "--mode", "node"];
+    let webhook = WebhookProcess::start(port, &files, &extra, "/readyz").await;
+    register(&cluster, &pki, port, "Fail").await;
+    let probe = pod("probe", "billing", opted_in()).to_string();
+    wait_until("the webhook's registration", STARTUP_DEADLINE, || async {
+        let admitted = cluster.create_dry_run(&probe).await;
+        admitted.is_ok_and(|out| out.contains("keyless-node-token"))
+    })
+    .await;
+
+    create(&cluster, &pod("node-mode", "billing", opted_in()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", webhook.process.logs()));
+    let stored = cluster.get_json(NAMESPACE, "pod", "node-mode").await;
+    assert!(init_names(&stored).is_empty(), "no sidecar in node mode: {stored}");
+    let app = &stored["spec"]["containers"][0];
+    let env = env_of(app);
+    assert_eq!(env["AWS_CONTAINER_CREDENTIALS_FULL_URI"], "http://169.254.170.23/v1/credentials", "{stored}");
+    assert_eq!(env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"], "/var/run/secrets/keyless/node/token");
+    assert!(!env.keys().any(|k| k.starts_with("KEYLESS_")), "{env:?}");
+    let volumes = stored["spec"]["volumes"].as_array().unwrap();
+    let token = volumes.iter().find(|v| v["name"] == "keyless-node-token").unwrap_or_else(|| panic!("{stored}"));
+    assert_eq!(token["projected"]["sources"][0]["serviceAccountToken"]["audience"], "keyless.dev/node");
+    assert!(!volumes.iter().any(|v| v["name"] == "keyless-tokens"), "no cloud token reaches the pod: {stored}");
+    let mounts = app["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().any(|m| m["name"] == "keyless-node-token" && m["readOnly"] == true), "{stored}");
+
+    create(&cluster, &pod("plain-node-mode", "plain", opted_in())).await.unwrap();
+    let plain = cluster.get_json(NAMESPACE, "pod", "plain-node-mode").await;
+    assert!(!plain.to_string().contains("keyless-node-token"), "{plain}");
+    cluster.stop().await;
+}

@@ -34,3 +34,36 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- else -}}{{ fail (printf "%q is not a duration like 90s, 15m or 1h" $d) }}
 {{- end -}}
 {{- end -}}
+
+{{- define "keyless.nodeName" -}}
+{{- printf "%s-node" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "keyless.nodeSelectorLabels" -}}
+app.kubernetes.io/name: keyless-node
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- /* HOST:PORT of a node address (IPv6 in brackets), from (list ADDRESS PORT). */ -}}
+{{- define "keyless.nodeAddress" -}}
+{{- $address := index . 0 -}}
+{{- $port := index . 1 -}}
+{{- if contains ":" $address -}}[{{ $address }}]:{{ $port }}{{- else -}}{{ $address }}:{{ $port }}{{- end -}}
+{{- end -}}
+
+{{- define "keyless.checkMode" -}}
+{{- if not (has .Values.mode (list "sidecar" "node")) -}}
+{{- fail (printf "mode must be sidecar or node, not %q" .Values.mode) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* keyless node's listen flags, one list item a line. */ -}}
+{{- define "keyless.nodeListenArgs" -}}
+- {{ printf "--aws-listen=%s" (include "keyless.nodeAddress" (list .Values.node.awsAddress .Values.node.port)) | quote }}
+{{- with .Values.node.gcpAddress }}
+- {{ printf "--gcp-listen=%s" (include "keyless.nodeAddress" (list . $.Values.node.port)) | quote }}
+{{- end }}
+{{- with .Values.node.azureAddress }}
+- {{ printf "--azure-listen=%s" (include "keyless.nodeAddress" (list . $.Values.node.port)) | quote }}
+{{- end }}
+{{- end -}}

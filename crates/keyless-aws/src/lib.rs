@@ -95,6 +95,10 @@ impl Configured for AwsConfigured {
         claims(&self.settings)
     }
 
+    fn rules(&self) -> Rules {
+        Rules::credentials(AwsErrors)
+    }
+
     fn diagnosis(&self, ctx: &Context) -> Result<Box<dyn Diagnosis>, ProviderError> {
         Ok(Box::new(diagnose::AwsDiagnosis::new(self.settings.clone(), ctx)?))
     }

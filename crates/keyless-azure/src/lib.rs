@@ -126,6 +126,11 @@ impl Configured for AzureConfigured {
         claims
     }
 
+    fn rules(&self) -> Rules {
+        let app_service_path = self.settings.app_service.then(|| self.settings.app_service_path.clone());
+        Rules::credentials(AzureErrors { app_service_path })
+    }
+
     fn diagnosis(&self, ctx: &Context) -> Result<Box<dyn Diagnosis>, ProviderError> {
         let exchange = exchange(&self.settings, ctx)?;
         Ok(Box::new(diagnose::AzureDiagnosis::new(self.settings.clone(), exchange)))

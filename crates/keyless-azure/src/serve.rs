@@ -256,6 +256,8 @@ impl NativeErrors for AzureErrors {
     fn refuse(&self, path: &str, violation: &Violation) -> Response {
         let error = match violation.status() {
             StatusCode::FORBIDDEN => "forbidden",
+            // keyless node cannot have the caller's tokens right now: OAuth's retryable error.
+            StatusCode::SERVICE_UNAVAILABLE => "temporarily_unavailable",
             _ => "invalid_request",
         };
         let refusal = Refusal::new(violation.status(), error, violation.message());

@@ -393,6 +393,7 @@ pub(crate) async fn identities(State(state): State<SharedState>) -> Json<serde_j
     Json(serde_json::json!({
         "issuer": state.issuer.url(),
         "subject": ids.subject(),
+        "other_subject": ids.other_subject(),
         "audiences": {
             "aws": ids.aws_audience(),
             "gcp": ids.gcp_audience(),

@@ -102,6 +102,9 @@ pub struct DevIdentities {
     pub namespace: String,
     /// Kubernetes service account name.
     pub service_account: String,
+    /// A second service account of the same namespace the dev identities trust as well (two
+    /// ServiceAccounts on one node, each with its own identities: `keyless node`'s tests).
+    pub other_service_account: String,
     /// AWS account that owns the role.
     pub aws_account_id: String,
     /// The role that may be assumed, by the dev subject only.
@@ -135,6 +138,7 @@ impl Default for DevIdentities {
         Self {
             namespace: "default".into(),
             service_account: "keyless-dev".into(),
+            other_service_account: "keyless-dev-other".into(),
             aws_account_id: "123456789012".into(),
             aws_role_arn: "arn:aws:iam::123456789012:role/keyless-dev".into(),
             aws_second_role_arn: "arn:aws:iam::123456789012:role/keyless-dev-writer".into(),
@@ -178,10 +182,15 @@ impl DevIdentities {
         format!("system:serviceaccount:{}:{}", self.namespace, self.service_account)
     }
 
-    /// Whether the dev identities trust `sub`: the dev service account, or the emulated GitHub
-    /// Actions job (its issuer is checked by the token's signature).
+    /// `system:serviceaccount:NAMESPACE:OTHER`: the second trusted service account.
+    pub fn other_subject(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.namespace, self.other_service_account)
+    }
+
+    /// Whether the dev identities trust `sub`: the dev service account (or the other one), or the
+    /// emulated GitHub Actions job (its issuer is checked by the token's signature).
     pub fn trusts_subject(&self, sub: &str) -> bool {
-        sub == self.subject() || sub == actions::ActionsIssuer::SUBJECT
+        sub == self.subject() || sub == self.other_subject() || sub == actions::ActionsIssuer::SUBJECT
     }
 
     /// The audience of the AWS token: `sts.amazonaws.com`.

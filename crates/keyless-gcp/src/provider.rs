@@ -80,6 +80,10 @@ impl Configured for GcpConfigured {
         metadata::ROUTES.iter().map(|route| RouteClaim::new(*route, "gcp")).collect()
     }
 
+    fn rules(&self) -> Rules {
+        Rules { host_names: HOST_NAMES, response_headers: &FLAVOR, ..Rules::credentials(GcpErrors) }
+    }
+
     fn diagnosis(&self, ctx: &Context) -> Result<Box<dyn Diagnosis>, ProviderError> {
         Ok(Box::new(GcpDiagnosis::new(self.settings.clone(), ctx)?))
     }

@@ -19,14 +19,14 @@ pub use documents::{
 };
 pub use identity::{
     AWS_AUDIENCE, AWS_ROLE_ARN, AWS_STS_REGIONAL_ENDPOINTS, AWS_TOKEN_EXPIRATION, AZURE_CLIENT_ID,
-    AZURE_IDENTITY_HEADER_SECRET, AZURE_TENANT_ID, AnnotationError, Annotations, GCP_PROJECT_ID, GCP_PROVIDER,
-    GCP_SERVICE_ACCOUNT, IDENTITY_ANNOTATIONS, Identities, Origin,
+    AZURE_IDENTITY_HEADER_SECRET, AZURE_TENANT_ID, AnnotationError, AnnotationSources, Annotations, GCP_PROJECT_ID,
+    GCP_PROVIDER, GCP_SERVICE_ACCOUNT, IDENTITY_ANNOTATIONS, Identities, Origin,
 };
 pub use pod::{
     INJECT_LABEL, INJECTED_ANNOTATION, Namespace, Plan, TemplateError, annotations_of, inject_pod_json,
     inject_template, opted_in, plan,
 };
-pub use sidecar::{CONTAINER, IDENTITY_HEADER_KEY};
+pub use sidecar::{CONTAINER, IDENTITY_HEADER_KEY, NODE_TOKEN_FILE, NODE_TOKEN_VOLUME, TOKENS_DIR, sidecar_env_pairs};
 pub use tree::{Op, Step, Tree, json_patch, pointer};
 
 /// The sidecar image of this keyless version.
@@ -57,6 +57,9 @@ pub struct Options {
     /// exec probes, no admin port. `/metrics` names the pod's identities; with this, nothing outside
     /// the pod reads them, and nothing scrapes the sidecar either (docs/configuration.md).
     pub admin_on_loopback: bool,
+    /// Node mode (`keyless node` serves the pods): no sidecar, only the apps' env pointing at the
+    /// node agent, and the AWS endpoint's authorization token projected into the pod.
+    pub node: Option<NodeEndpoints>,
 }
 
 /// One variable that shadows keyless for a cloud's SDKs (keyless-provider's `ShadowVar`).
@@ -68,6 +71,25 @@ pub struct ShadowingVar {
     /// The source it selects, shared by the variables that select it together
     /// (`AWS_ROLE_ARN/AWS_WEB_IDENTITY_TOKEN_FILE`).
     pub group: &'static str,
+}
+
+/// Where the node agent (`keyless node`) serves each cloud, as the apps dial it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEndpoints {
+    /// `HOST:PORT` of the AWS container endpoint (EKS Pod Identity's `169.254.170.23:80`).
+    pub aws: String,
+    /// `HOST:PORT` of the GCE metadata server (`None`: the AWS address serves it too).
+    pub gcp: Option<String>,
+    /// `HOST:PORT` of Azure IMDS (`None`: the AWS address serves it too).
+    pub azure: Option<String>,
+    /// The audience of the pod's projected token that authorizes the AWS container endpoint.
+    pub audience: String,
+}
+
+impl NodeEndpoints {
+    /// `keyless node`'s defaults.
+    pub const DEFAULT_AWS: &str = "169.254.170.23:80";
+    pub const DEFAULT_AUDIENCE: &str = "keyless.dev/node";
 }
 
 /// A check of the sidecar's variables (name, value): `Err` says what keyless would refuse at start.
@@ -103,6 +125,7 @@ impl Default for Options {
             check_sidecar: None,
             shadowing: Vec::new(),
             admin_on_loopback: false,
+            node: None,
         }
     }
 }

@@ -14,7 +14,8 @@ use serde_yaml::Value;
 
 use crate::identity::{AnnotationError, AnnotationSources, Annotations, Identities, pod_annotation_warning};
 use crate::sidecar::{
-    self, APP_ENV_NAMES, CONTAINER, LISTEN_ADDRESS, OTHER_WEBHOOKS_VALUES, REGION_VARS, RUN_VOLUME, TOKENS_VOLUME,
+    self, APP_ENV_NAMES, CONTAINER, LISTEN_ADDRESS, NODE_TOKEN_VOLUME, OTHER_WEBHOOKS_VALUES, REGION_VARS, RUN_VOLUME,
+    TOKENS_VOLUME,
 };
 use crate::tree::{self, Op, Step, Tree, covers, path, with};
 use crate::{Options, Outcome, ShadowingVar, Skip};
@@ -132,13 +133,15 @@ pub fn plan<T: Tree>(
     warnings.extend(pod_annotation_warning(&pod_annotations));
     check_shape(template)?;
     let spec = spec.ok_or_else(|| field("spec", "missing"))?;
-    let record: Record = match previous {
-        Some(_) => {
-            pod_annotations.get(INJECTED_ANNOTATION).and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default()
-        }
-        None => Record::new(),
+    // Injected before: a sidecar of keyless's, or in node mode (no sidecar) keyless's record.
+    let injected_before =
+        previous.is_some() || (options.node.is_some() && pod_annotations.contains_key(INJECTED_ANNOTATION));
+    let record: Record = if injected_before {
+        pod_annotations.get(INJECTED_ANNOTATION).and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default()
+    } else {
+        Record::new()
     };
-    let planner = Planner { template, spec, init, previous, record: &record };
+    let planner = Planner { template, spec, init, previous, injected_before, record: &record };
     if identities.is_empty() {
         let ops = planner.ops(None, options, &mut Vec::new());
         return Ok(Plan { outcome: Outcome::Skipped(Skip::NoIdentity { warnings }), ops, first: false });
@@ -163,6 +166,8 @@ struct Planner<'a, T> {
     init: Option<&'a [T]>,
     /// The index of keyless's sidecar from a previous injection.
     previous: Option<usize>,
+    /// A previous injection exists (its sidecar, or in node mode its record).
+    injected_before: bool,
     /// What the previous injection added (empty without one).
     record: &'a Record,
 }
@@ -172,11 +177,15 @@ impl<T: Tree> Planner<'_, T> {
     /// injection at all), and what to tell the user about it.
     fn ops(&self, identities: Option<&Identities>, options: &Options, warnings: &mut Vec<String>) -> Vec<Op> {
         let mut ops = Vec::new();
-        let aws = identities.is_some_and(|ids| ids.aws.is_some());
+        let node = options.node.as_ref();
+        // Node mode: the node agent serves the pod; no sidecar, no volume of its.
+        let sidecar = identities.filter(|_| node.is_none());
+        let aws = sidecar.is_some_and(|ids| ids.aws.is_some());
+        let node_aws = node.filter(|_| identities.is_some_and(|ids| ids.aws.is_some()));
         // The sidecar, first of the init containers: the user's own then already have credentials.
         let base = path(&["spec", "initContainers"]);
         let mut edits = ListEdits::default();
-        match (identities, self.previous) {
+        match (sidecar, self.previous) {
             (Some(ids), Some(i)) => {
                 let run_as = sidecar_user(self.spec);
                 let wanted = sidecar::container(ids, options, run_as.as_ref());
@@ -189,19 +198,21 @@ impl<T: Tree> Planner<'_, T> {
                 edits.prepend = Some(sidecar::container(ids, options, run_as.as_ref()));
             }
             (None, Some(i)) => edits.removes.push(i),
-            (None, None) => return ops,
+            (None, None) if identities.is_none() => return ops,
+            (None, None) => {}
         }
         ops.extend(edits.ops(&base, self.init));
 
         let volumes = self.spec.get("volumes").and_then(Tree::as_list);
         let mut edits = ListEdits::default();
         let mut wanted = Vec::new();
-        if let Some(ids) = identities {
+        if let Some(ids) = sidecar {
             wanted.push((TOKENS_VOLUME, Some(sidecar::tokens_volume(ids))));
         } else {
             wanted.push((TOKENS_VOLUME, None));
         }
         wanted.push((RUN_VOLUME, aws.then(sidecar::run_volume)));
+        wanted.push((NODE_TOKEN_VOLUME, node_aws.map(sidecar::node_token_volume)));
         for (name, want) in wanted {
             let found = volumes.and_then(|v| v.iter().position(|x| named(x, name)));
             match (found, want) {
@@ -210,7 +221,7 @@ impl<T: Tree> Planner<'_, T> {
                 }
                 (Some(_), Some(_)) => {}
                 (None, Some(want)) => edits.appends.push(want),
-                (Some(i), None) if self.previous.is_some() => edits.removes.push(i),
+                (Some(i), None) if self.injected_before => edits.removes.push(i),
                 _ => {}
             }
         }
@@ -227,7 +238,12 @@ impl<T: Tree> Planner<'_, T> {
             let mut edits = ListEdits::default();
             match (mounts.and_then(|m| m.iter().position(|x| named(x, RUN_VOLUME))), aws) {
                 (None, true) => edits.appends.push(sidecar::app_mount()),
-                (Some(j), false) if self.previous.is_some() => edits.removes.push(j),
+                (Some(j), false) if self.injected_before => edits.removes.push(j),
+                _ => {}
+            }
+            match (mounts.and_then(|m| m.iter().position(|x| named(x, NODE_TOKEN_VOLUME))), node_aws.is_some()) {
+                (None, true) => edits.appends.push(sidecar::node_token_mount()),
+                (Some(j), false) if self.injected_before => edits.removes.push(j),
                 _ => {}
             }
             ops.extend(edits.ops(&with(&base, [Step::Key("volumeMounts".into())]), mounts));
@@ -329,7 +345,7 @@ impl<T: Tree> Planner<'_, T> {
         let current = annotations.and_then(|a| a.get(INJECTED_ANNOTATION)).and_then(Tree::as_str);
         let key = with(&path(&["metadata", "annotations"]), [Step::Key(INJECTED_ANNOTATION.into())]);
         let Some(record) = record else {
-            if current.is_none() || self.previous.is_none() {
+            if current.is_none() || !self.injected_before {
                 return Vec::new();
             }
             let only = annotations.and_then(Tree::entries).is_some_and(|e| e.len() == 1);
@@ -699,6 +715,52 @@ mod tests {
         pod["spec"]["containers"][0]["env"] = serde_json::json!([{ "name": "AWS_REGION", "valueFrom": { "configMapKeyRef": { "name": "c", "key": "r" } } }]);
         let (injected, _) = inject_pod_json(&pod, &sa, Namespace::Unknown, &options).expect("injects");
         assert!(env_names(&injected, 0).contains(&("AWS_DEFAULT_REGION".to_owned(), "$(AWS_REGION)".to_owned())));
+    }
+
+    /// Node mode: no sidecar and no volume of its; the apps' env points at the node agent, and the
+    /// AWS endpoint's authorization is the pod's own projected token; injecting again changes nothing.
+    #[test]
+    fn node_mode_injects_the_apps_env_and_the_pods_token_only() {
+        let node = crate::NodeEndpoints {
+            aws: crate::NodeEndpoints::DEFAULT_AWS.to_owned(),
+            gcp: Some("169.254.170.24:80".to_owned()),
+            azure: None,
+            audience: crate::NodeEndpoints::DEFAULT_AUDIENCE.to_owned(),
+        };
+        let options = Options { aws_region: Some("eu-west-1".to_owned()), node: Some(node), ..Options::default() };
+        let mut sa = account("arn:aws:iam::111122223333:role/a");
+        sa.insert(crate::identity::GCP_SERVICE_ACCOUNT.to_owned(), "app@p.iam.gserviceaccount.com".to_owned());
+        sa.insert(
+            crate::identity::GCP_PROVIDER.to_owned(),
+            "projects/1/locations/global/workloadIdentityPools/p/providers/k".to_owned(),
+        );
+        sa.insert(crate::identity::AZURE_CLIENT_ID.to_owned(), "11111111-1111-1111-1111-111111111111".to_owned());
+        sa.insert(crate::identity::AZURE_TENANT_ID.to_owned(), "22222222-2222-2222-2222-222222222222".to_owned());
+        let (injected, outcome) = inject_pod_json(&pod(), &sa, Namespace::Unknown, &options).expect("injects");
+        assert!(matches!(outcome, Outcome::Injected { .. }), "{outcome:?}");
+        assert!(injected["spec"].get("initContainers").is_none(), "no sidecar: {injected}");
+        let volumes = injected["spec"]["volumes"].as_array().expect("volumes");
+        assert_eq!(volumes.len(), 1, "{volumes:?}");
+        let token = &volumes[0]["projected"]["sources"][0]["serviceAccountToken"];
+        assert_eq!(
+            (volumes[0]["name"].as_str(), token["audience"].as_str()),
+            (Some("keyless-node-token"), Some("keyless.dev/node"))
+        );
+        let mounts = &injected["spec"]["containers"][0]["volumeMounts"];
+        assert_eq!(mounts[0]["mountPath"], "/var/run/secrets/keyless/node");
+        let env = env_names(&injected, 0);
+        for (name, value) in [
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://169.254.170.23/v1/credentials"),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", crate::NODE_TOKEN_FILE),
+            ("AWS_REGION", "eu-west-1"),
+            ("GCE_METADATA_HOST", "169.254.170.24:80"),
+            ("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://169.254.170.23"),
+        ] {
+            assert!(env.contains(&(name.to_owned(), value.to_owned())), "{name}: {env:?}");
+        }
+        assert!(!env.iter().any(|(name, _)| name.starts_with("KEYLESS_") || name == "IDENTITY_HEADER"), "{env:?}");
+        let (again, _) = inject_pod_json(&injected, &sa, Namespace::Unknown, &options).expect("again");
+        assert_eq!(again, injected, "idempotent");
     }
 
     #[test]

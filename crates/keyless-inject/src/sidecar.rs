@@ -14,7 +14,7 @@ pub const RUN_VOLUME: &str = "keyless-run";
 const ADMIN_PORT_NAME: &str = "keyless-admin";
 const ADMIN_PORT: i64 = 9812;
 /// Where the sidecar reads the projected tokens; only it mounts them.
-const TOKENS_DIR: &str = "/var/run/secrets/keyless";
+pub const TOKENS_DIR: &str = "/var/run/secrets/keyless";
 /// The memory `emptyDir` keyless writes the AWS container authorization token into; the app
 /// mounts it read-only.
 pub const RUN_DIR: &str = "/run/keyless";
@@ -26,6 +26,14 @@ const ADMIN_LOOPBACK: &str = "127.0.0.1:9812";
 const KEYLESS_BINARY: &str = "/usr/local/bin/keyless";
 /// The Secret key an Azure identity header Secret holds (`keyless.dev/azure-identity-header-secret`).
 pub const IDENTITY_HEADER_KEY: &str = "identity-header";
+
+/// Node mode: the projected volume of the pod's own token that authorizes the AWS container
+/// endpoint of `keyless node`, and where the apps read it.
+pub const NODE_TOKEN_VOLUME: &str = "keyless-node-token";
+const NODE_TOKEN_DIR: &str = "/var/run/secrets/keyless/node";
+pub const NODE_TOKEN_FILE: &str = "/var/run/secrets/keyless/node/token";
+/// The kubelet rotates it at 80% of this; AWS SDKs read the file at each credential fetch.
+const NODE_TOKEN_EXPIRATION: i64 = 3_600;
 
 /// Where the injected sidecar listens (its `KEYLESS_LISTEN`: part of the signature of an injected sidecar).
 pub(crate) const LISTEN_ADDRESS: &str = LISTEN;
@@ -191,6 +199,55 @@ pub(crate) fn app_mount() -> Value {
     map([("name", RUN_VOLUME.into()), ("mountPath", RUN_DIR.into()), ("readOnly", true.into())])
 }
 
+/// Node mode: the projected token of the pod for `keyless node`'s AWS container endpoint.
+pub(crate) fn node_token_volume(node: &crate::NodeEndpoints) -> Value {
+    let token = map([
+        ("audience", node.audience.as_str().into()),
+        ("expirationSeconds", NODE_TOKEN_EXPIRATION.into()),
+        ("path", "token".into()),
+    ]);
+    let sources = Value::Sequence(vec![map([("serviceAccountToken", token)])]);
+    map([("name", NODE_TOKEN_VOLUME.into()), ("projected", map([("sources", sources)]))])
+}
+
+pub(crate) fn node_token_mount() -> Value {
+    map([("name", NODE_TOKEN_VOLUME.into()), ("mountPath", NODE_TOKEN_DIR.into()), ("readOnly", true.into())])
+}
+
+/// `http://HOST` for `HOST:80`, else `http://HOST:PORT`: the form the SDKs compare with their
+/// allowed container hosts.
+fn http_base(authority: &str) -> String {
+    format!("http://{}", authority.strip_suffix(":80").unwrap_or(authority))
+}
+
+/// Node mode: each configured cloud's native variables, pointing at `keyless node`.
+fn node_app_env(identities: &Identities, options: &Options, node: &crate::NodeEndpoints) -> Vec<Value> {
+    let mut env = Vec::new();
+    if identities.aws.is_some() {
+        env.push(env_value("AWS_CONTAINER_CREDENTIALS_FULL_URI", &format!("{}/v1/credentials", http_base(&node.aws))));
+        env.push(env_value("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", NODE_TOKEN_FILE));
+        if let Some(region) = &options.aws_region {
+            env.push(env_value("AWS_REGION", region));
+            env.push(env_value("AWS_DEFAULT_REGION", region));
+        }
+    }
+    if let Some(gcp) = &identities.gcp {
+        let host = node.gcp.as_deref().unwrap_or(&node.aws);
+        for name in ["GCE_METADATA_HOST", "GCE_METADATA_IP", "GCE_METADATA_ROOT"] {
+            env.push(env_value(name, host));
+        }
+        env.push(env_value("METADATA_SERVER_DETECTION", "assume-present"));
+        if let Some(project) = &gcp.project_id {
+            env.push(env_value("GOOGLE_CLOUD_PROJECT", project));
+        }
+    }
+    if identities.azure.is_some() {
+        let host = node.azure.as_deref().unwrap_or(&node.aws);
+        env.push(env_value("AZURE_POD_IDENTITY_AUTHORITY_HOST", &http_base(host)));
+    }
+    env
+}
+
 /// Every variable [`app_env`] can add: the only names a previous injection's record may make keyless
 /// replace or remove (a record naming anything else is not keyless's).
 pub(crate) const APP_ENV_NAMES: &[&str] = &[
@@ -214,7 +271,7 @@ pub(crate) const REGION_VARS: [&str; 2] = ["AWS_REGION", "AWS_DEFAULT_REGION"];
 
 /// The sidecar's variables as name and value; a variable from a Secret gets a stand-in value of
 /// the length the sidecar requires (only its presence matters to a configuration check).
-pub(crate) fn sidecar_env_pairs(identities: &Identities, options: &Options) -> Vec<(String, String)> {
+pub fn sidecar_env_pairs(identities: &Identities, options: &Options) -> Vec<(String, String)> {
     sidecar_env(identities, options)
         .iter()
         .map(|var| {
@@ -228,6 +285,9 @@ pub(crate) fn sidecar_env_pairs(identities: &Identities, options: &Options) -> V
 /// Each configured cloud's native variables, pointing the SDKs at keyless (docs/configuration.md
 /// "What keyless gives the app"). Nothing keyless-specific.
 pub(crate) fn app_env(identities: &Identities, options: &Options) -> Vec<Value> {
+    if let Some(node) = &options.node {
+        return node_app_env(identities, options, node);
+    }
     let mut env = Vec::new();
     if identities.aws.is_some() {
         env.push(env_value("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:9811/v1/credentials"));

@@ -92,6 +92,10 @@ pub trait Configured: Send + Sync {
     /// Every route [`Started::routes`] will serve, with the config key that sets its path.
     fn routes(&self) -> Vec<RouteClaim>;
 
+    /// The request rules [`Started::rules`] will apply, known before start: `keyless node`
+    /// refuses callers in each route's native shape before any identity is started.
+    fn rules(&self) -> Rules;
+
     /// What `keyless check` examines: the same settings, one exchange, the cloud-side binding.
     fn diagnosis(&self, ctx: &Context) -> Result<Box<dyn Diagnosis>, ProviderError>;
 

@@ -11,6 +11,7 @@
 //! | a request body (`Content-Length` other than 0, or `Transfer-Encoding`) | 400 | no native route takes one |
 //! | a query string over 4 KiB | 400 | the longest legitimate one (an ID-token audience) is far shorter |
 //! | the connection comes from another user's process (`keyless exec`; `listen_uid_check`) | 403 | IMDSv2, the GCE metadata server and Azure IMDS need no secret: on a shared host any local user could read them |
+//! | `keyless node`: the source address is no Running pod of the node that is opted in, or the AWS authorization token is not that pod's ([`CallerRefusal`]) | 403 (503 while its ServiceAccount's tokens cannot be had) | the node agent serves each pod its own ServiceAccount's identities only |
 //!
 //! The check allocates nothing for an accepted request; the layer's future wraps the route's own.
 
@@ -59,12 +60,71 @@ pub enum Violation {
     /// The connection's peer socket belongs to another user (or cannot be told): checked once per
     /// connection by the credential listener, not by [`Rules::check`].
     OtherUser,
+    /// `keyless node`: the caller (the pod holding the connection's source address) is not served.
+    Caller(CallerRefusal),
+}
+
+/// Why `keyless node` serves nothing to a caller. The messages never name the pod or echo what the
+/// client sent: the caller learns the rule it broke, the node's log has the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerRefusal {
+    /// No pod of this node holds the source address (or more than one claims it).
+    UnknownAddress,
+    /// The address is the node's own, shared by every `hostNetwork` pod and process of the node.
+    HostNetwork,
+    /// The pod holding the address is not Running.
+    NotRunning,
+    /// The pod's ServiceAccount has no identity annotation keyless serves.
+    NotOptedIn,
+    /// The AWS authorization token is not a valid token of the pod holding the address.
+    BadAuthorization,
+    /// The ServiceAccount's tokens cannot be had right now (TokenRequest failed): retry.
+    Unavailable,
+}
+
+impl CallerRefusal {
+    fn message(self) -> &'static str {
+        match self {
+            Self::UnknownAddress => {
+                "keyless node knows no Running pod of this node at the connection's source address (a pod that \
+                 just started is served once the node's watch has seen it)"
+            }
+            Self::HostNetwork => {
+                "the connection comes from the node's own address (a hostNetwork pod or a process of the node): \
+                 keyless node serves pods on the pod network only"
+            }
+            Self::NotRunning => "the pod at the connection's source address is not Running",
+            Self::NotOptedIn => {
+                "the pod's ServiceAccount has no identity annotation keyless serves (eks.amazonaws.com/role-arn, \
+                 iam.gke.io/gcp-service-account with keyless.dev/gcp-workload-identity-provider, \
+                 azure.workload.identity/client-id)"
+            }
+            Self::BadAuthorization => {
+                "the Authorization header is not a valid keyless node token of the pod at the connection's source \
+                 address: point AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE at the pod's projected keyless token"
+            }
+            Self::Unavailable => "keyless node cannot get the ServiceAccount's tokens right now; retry",
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Self::UnknownAddress => "UnknownCaller",
+            Self::HostNetwork => "HostNetworkCaller",
+            Self::NotRunning => "CallerNotRunning",
+            Self::NotOptedIn => "NotOptedIn",
+            Self::BadAuthorization => "AccessDenied",
+            Self::Unavailable => "ServiceUnavailable",
+        }
+    }
 }
 
 impl Violation {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::HostNotAllowed | Self::Forwarded | Self::OtherUser => StatusCode::FORBIDDEN,
+            Self::Caller(CallerRefusal::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Caller(_) => StatusCode::FORBIDDEN,
             Self::DuplicateHeader(_) | Self::Body | Self::QueryTooLong => StatusCode::BAD_REQUEST,
         }
     }
@@ -88,6 +148,7 @@ impl Violation {
                 "the connection comes from a process of another user: this keyless serves credentials only to \
                  processes of its own user (listen_uid_check, docs/configuration.md)",
             ),
+            Self::Caller(refusal) => Cow::Borrowed(refusal.message()),
         }
     }
 
@@ -100,6 +161,7 @@ impl Violation {
             Self::Body => "RequestBodyNotAccepted",
             Self::QueryTooLong => "QueryTooLong",
             Self::OtherUser => "OtherUser",
+            Self::Caller(refusal) => refusal.code(),
         }
     }
 }

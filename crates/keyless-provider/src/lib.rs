@@ -33,7 +33,7 @@ use axum::Router;
 
 pub use contract::{BoxFuture, Configured, Diagnosis, Env, NativeRoute, Provider, ProviderError, RouteMethod, Started};
 pub use dispatch::{Handler, Request, Routes};
-pub use guard::{NativeErrors, Rules, Violation};
+pub use guard::{CallerRefusal, NativeErrors, Rules, Violation};
 pub use listen::AppHost;
 pub use routes::{RouteClaim, RouteCollision};
 pub use shadow::{Filtered, ShadowFile, ShadowFileKind, ShadowVar, Shadowing};

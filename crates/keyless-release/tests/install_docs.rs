@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use keyless_release::{github_step, gitlab_job, line_of, section, shell_blocks, workspace_root, workspace_version};
 
-const FULL_FEATURES: &str = "features: emulator, inject, webhook)";
+const FULL_FEATURES: &str = "features: emulator, inject, node, webhook)";
 const SIDECAR_FEATURES: &str = "features: none)";
 const GITHUB_RELEASES: &str = "https://github.com/keyless-dev/keyless/releases/download/v";
 /// The longest one block or install step may take: a `cargo install` that finds the release

@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use keyless_inject::{Options, Resources, ShadowingVar, SidecarCheck};
+use keyless_inject::{NodeEndpoints, Options, Resources, ShadowingVar, SidecarCheck};
 
 /// Largest input read: far above any manifest set, and a bound on what a pipe can make keyless hold.
 const MAX_INPUT: u64 = 64 * 1024 * 1024;
@@ -45,9 +45,33 @@ pub struct InjectArgs {
     /// port, nothing scrapes the sidecar (docs/configuration.md, "Keeping /metrics inside the pod").
     #[arg(long)]
     pub sidecar_admin_on_loopback: bool,
+    /// `sidecar`: a keyless sidecar in every opted-in pod. `node`: `keyless node` (one per node)
+    /// serves the pods: only the apps' env and the pod's token for the AWS endpoint are injected.
+    #[arg(long, value_enum, default_value = "sidecar")]
+    pub mode: Mode,
+    /// Node mode: HOST:PORT of keyless node's AWS container endpoint.
+    #[arg(long, default_value = NodeEndpoints::DEFAULT_AWS)]
+    pub node_aws_address: String,
+    /// Node mode: HOST:PORT of keyless node's GCE metadata server (default: the AWS address).
+    #[arg(long)]
+    pub node_gcp_address: Option<String>,
+    /// Node mode: HOST:PORT of keyless node's Azure IMDS (default: the AWS address).
+    #[arg(long)]
+    pub node_azure_address: Option<String>,
+    /// Node mode: the audience of the pod's token that authorizes the AWS endpoint (keyless node's
+    /// --authorization-audience).
+    #[arg(long, default_value = NodeEndpoints::DEFAULT_AUDIENCE)]
+    pub node_authorization_audience: String,
 }
 
-fn parse_env(text: &str) -> Result<(String, String), String> {
+/// Who serves the injected pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Sidecar,
+    Node,
+}
+
+pub(crate) fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((name, value)) if !name.is_empty() && !name.contains(char::is_whitespace) => {
             Ok((name.to_owned(), value.to_owned()))
@@ -72,6 +96,12 @@ impl InjectArgs {
             check_sidecar: Some(SidecarCheck(check_sidecar)),
             shadowing: shadowing(),
             admin_on_loopback: self.sidecar_admin_on_loopback,
+            node: (self.mode == Mode::Node).then(|| NodeEndpoints {
+                aws: self.node_aws_address.clone(),
+                gcp: self.node_gcp_address.clone(),
+                azure: self.node_azure_address.clone(),
+                audience: self.node_authorization_audience.clone(),
+            }),
         }
     }
 }

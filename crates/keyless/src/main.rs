@@ -14,6 +14,8 @@ mod exec;
 mod inject;
 mod listener;
 mod logging;
+#[cfg(feature = "node")]
+mod node;
 mod peer_user;
 mod probe;
 mod providers;
@@ -49,7 +51,7 @@ fn metrics() -> Metrics {
 }
 
 /// `keyless --version`: [`BUILD`] and the compiled features (build.rs), e.g.
-/// `keyless 0.1.0 (revision 781920b..., features: emulator, inject, webhook)`.
+/// `keyless 0.1.0 (revision 781920b..., features: emulator, inject, node, webhook)`.
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (revision ",
@@ -75,6 +77,8 @@ Where it runs:
   a CI job        keyless exec -- CMD, with the job's OIDC token (GitHub Actions, GitLab id_tokens)
   a laptop        keyless dev: the three clouds emulated locally, keyless against them
   a VM or node    keyless serve or keyless exec with a token source: a file, a URL, a command
+  every pod of a  keyless node, one per node (a hostNetwork DaemonSet) instead of a sidecar per
+  node           pod (the Helm chart's mode: node)
 
 keyless check tries each token and exchange once and prints what to fix (docs/troubleshooting.md).";
 
@@ -197,6 +201,24 @@ enum Command {
     Webhook {
         #[command(flatten)]
         args: webhook::WebhookArgs,
+    },
+    /// Serve every opted-in pod of this node: one keyless per node (DaemonSet).
+    ///
+    /// One keyless per node (a hostNetwork DaemonSet) serves every opted-in pod of the node the
+    /// identities of its own ServiceAccount's annotations (the ones injection reads), on the native
+    /// endpoints the sidecar serves. The caller is the Running pod of this node holding the
+    /// connection's source address (a watch of this node's pods; hostNetwork pods, unknown
+    /// addresses, pods not Running and ServiceAccounts without identities are refused in each
+    /// endpoint's error shape). Subject tokens come from the TokenRequest API, bound to a live pod
+    /// of the ServiceAccount; pods of one ServiceAccount share one exchange per identity. The AWS
+    /// container endpoint also wants the pod's own projected token (--authorization-audience) as
+    /// AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE. Injection in node mode sets the apps' env only
+    /// (keyless webhook --mode node). RBAC: create serviceaccounts/token; get, list, watch pods and
+    /// serviceaccounts. When to choose it over the sidecar, and its trust model: docs/node-mode.md.
+    #[cfg(feature = "node")]
+    Node {
+        #[command(flatten)]
+        args: node::NodeArgs,
     },
     /// Run a command with credentials: CI jobs, VMs, laptops.
     ///
@@ -351,6 +373,8 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "webhook")]
         Command::Webhook { args } => runtime.block_on(run_logged(webhook::run(args))),
+        #[cfg(feature = "node")]
+        Command::Node { args } => runtime.block_on(run_logged(node::run(args))),
         Command::Exec { config, ready_timeout, choice, keep_env, command } => {
             runtime.block_on(exec::exec(exec::ExecOptions {
                 config,

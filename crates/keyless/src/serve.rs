@@ -208,7 +208,7 @@ const MAX_ADMIN_CONNECTIONS: usize = 128;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// The bounds of a sidecar listener holding at most `connections`.
-fn limits(connections: usize) -> Limits {
+pub(crate) fn limits(connections: usize) -> Limits {
     Limits {
         connections,
         per_peer: connections,

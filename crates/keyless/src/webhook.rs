@@ -3,7 +3,7 @@
 //! pods of namespaces labelled `keyless.dev/inject: enabled`), `/healthz`, `/readyz`, `/metrics`
 //! in plain HTTP on `--admin-listen`. The injection is keyless-inject's, as `keyless inject`'s.
 
-mod accounts;
+pub(crate) mod accounts;
 mod intake;
 mod metrics;
 mod review;

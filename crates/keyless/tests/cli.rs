@@ -31,9 +31,10 @@ fn version_is_printed() {
     // The workspace version, the revision (a commit, or `unknown` outside git) and the features.
     let expected = format!("keyless {} (revision ", env!("CARGO_PKG_VERSION"));
     assert!(stdout.starts_with(&expected), "{stdout}");
-    let features = ["emulator", "inject", "webhook"].into_iter().filter(|f| match *f {
+    let features = ["emulator", "inject", "node", "webhook"].into_iter().filter(|f| match *f {
         "emulator" => cfg!(feature = "emulator"),
         "inject" => cfg!(feature = "inject"),
+        "node" => cfg!(feature = "node"),
         _ => cfg!(feature = "webhook"),
     });
     let features = features.collect::<Vec<_>>().join(", ");
@@ -261,4 +262,30 @@ fn the_help_describes_every_place_keyless_runs() {
         assert!(!lines.next().unwrap_or_default().starts_with("Usage:"), "{command}: no description:\n{help}");
         assert!(help.contains("Usage: keyless "), "{command}:\n{help}");
     }
+}
+
+/// `keyless node` says what is missing or refused before it reaches any API server.
+#[cfg(feature = "node")]
+#[test]
+fn keyless_node_names_what_it_needs() {
+    let out = keyless().args(["node"]).env_remove("NODE_NAME").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--node-name"), "{stderr}");
+    // Only link-local and unique-local addresses are put on the node's loopback link.
+    let out = keyless()
+        .args(["node", "--node-name", "n", "--add-addresses", "--setup-only", "--aws-listen", "10.0.0.1:80"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("link-local (169.254.0.0/16)"), "{stderr}");
+    let out = keyless().args(["node", "--node-name", "n", "--token-lifetime", "1m"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("between 10m"), "{stderr}");
+    // The readiness probe of a keyless node that is not serving.
+    let dir = tempfile::tempdir().unwrap();
+    let out = keyless().args(["node", "--check-ready", "--state-dir", dir.path().to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(dir.path().join("serving"), "serving\n").unwrap();
+    let out = keyless().args(["node", "--check-ready", "--state-dir", dir.path().to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

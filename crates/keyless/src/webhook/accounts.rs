@@ -27,7 +27,7 @@ use tracing::warn;
 /// struggling API server, but readiness waits for the first full list, and with `failurePolicy:
 /// Fail` an unready webhook refuses pods: one list and watch per replica is little load, and
 /// readiness should follow the API server back within seconds.
-fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
+pub(crate) fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
     let delays = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(5))
