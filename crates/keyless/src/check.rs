@@ -221,7 +221,8 @@ async fn check_config(report: &mut Report, config: Config, sections: Sections, s
     for name in skipped {
         report.more(&format!("note: {name} is not a keyless setting and is ignored"));
     }
-    let ctx = Context::new(Arc::new(SystemClock), crate::metrics(), config.cache_policy(), config.watch_options());
+    let ctx =
+        Context::new(Arc::new(SystemClock), crate::metrics(), config.one_client_cache_policy(), config.watch_options());
     let limit = config.cache.exchange_timeout;
     let env = |name: &str| std::env::var(name).ok();
     let configured = providers::configure_all(sections, &ctx, &env);

@@ -90,9 +90,11 @@ pub struct CacheSection {
     pub retry_min: Duration,
     #[serde(default = "default_retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
-    /// The scale of the wait after a throttling answer (docs/fleet.md).
-    #[serde(default = "default_throttle_retry", with = "humantime_serde")]
-    pub throttle_retry: Duration,
+    /// The scale of the wait after a throttling answer (docs/fleet.md). Unset: a fleet's (60 s)
+    /// for `serve` and `node`, a single client's ([`ONE_CLIENT_THROTTLE_RETRY`]) for `exec`,
+    /// `token`, `dev`, `check` and `credential-process`.
+    #[serde(default, with = "humantime_serde::option")]
+    pub throttle_retry: Option<Duration>,
     #[serde(default = "default_exchange_timeout", with = "humantime_serde")]
     pub exchange_timeout: Duration,
     #[serde(default = "default_request_wait", with = "humantime_serde")]
@@ -135,9 +137,11 @@ fn default_retry_min() -> Duration {
 fn default_retry_max() -> Duration {
     CachePolicy::default().retry_max
 }
-fn default_throttle_retry() -> Duration {
-    CachePolicy::default().throttle_retry
-}
+/// The throttled-retry scale of a command that is one client of the token services, not one of a
+/// fleet's pods (`exec`, `token`, `dev`, `check`, `credential-process`): a laptop or a CI job
+/// throttled at its start waits seconds, not the minute a fleet's rollout needs (which would
+/// outlast exec's 60 s ready timeout).
+pub const ONE_CLIENT_THROTTLE_RETRY: Duration = Duration::from_secs(2);
 fn default_exchange_timeout() -> Duration {
     CachePolicy::default().exchange_timeout
 }
@@ -167,7 +171,7 @@ impl Default for CacheSection {
             refresh_jitter: default_refresh_jitter(),
             retry_min: default_retry_min(),
             retry_max: default_retry_max(),
-            throttle_retry: default_throttle_retry(),
+            throttle_retry: None,
             exchange_timeout: default_exchange_timeout(),
             request_wait: default_request_wait(),
             max_entries: default_max_entries(),
@@ -466,7 +470,7 @@ impl Config {
         for (key, value, (min, max)) in [
             ("cache.retry_max", c.retry_max, RETRY),
             ("cache.retry_min", c.retry_min, (RETRY.0, RETRY.1.min(c.retry_max))),
-            ("cache.throttle_retry", c.throttle_retry, RETRY),
+            ("cache.throttle_retry", c.throttle_retry.unwrap_or(RETRY.0), RETRY),
             ("cache.exchange_timeout", c.exchange_timeout, EXCHANGE_TIMEOUT),
             ("cache.request_wait", c.request_wait, REQUEST_WAIT),
             ("token.poll_interval", t.poll_interval, POLL_INTERVAL),
@@ -531,13 +535,20 @@ impl Config {
             rng_seed: None,
             retry_min: c.retry_min,
             retry_max: c.retry_max,
-            throttle_retry: c.throttle_retry,
+            throttle_retry: c.throttle_retry.unwrap_or(CachePolicy::default().throttle_retry),
             exchange_timeout: c.exchange_timeout,
             request_wait: c.request_wait,
             max_entries: c.max_entries,
             adhoc_burst: c.adhoc_burst,
             adhoc_interval: c.adhoc_interval,
         }
+    }
+
+    /// [`Self::cache_policy`] for a command that is one client, not a fleet's pod: throttled
+    /// retries on a client's time scale unless `cache.throttle_retry` says otherwise.
+    pub fn one_client_cache_policy(&self) -> CachePolicy {
+        let throttle_retry = self.cache.throttle_retry.unwrap_or(ONE_CLIENT_THROTTLE_RETRY);
+        CachePolicy { throttle_retry, ..self.cache_policy() }
     }
 
     pub fn watch_options(&self) -> WatchOptions {
@@ -772,6 +783,19 @@ mod tests {
         }
         let err = load_str("[cache]\nadhoc_burst = -1\n", &[]).unwrap_err().to_string();
         assert!(err.contains("adhoc_burst"), "{err}");
+    }
+
+    /// A fleet's pods (serve, node) retry a throttled exchange on a rollout's time scale; a
+    /// command that is one client (exec, token, dev, check) on a client's, unless the file says.
+    #[test]
+    fn throttled_retries_wait_on_a_fleets_scale_for_serve_and_a_clients_for_exec() {
+        let unset = load_str("", &[]).unwrap();
+        assert_eq!(unset.cache_policy().throttle_retry, CachePolicy::default().throttle_retry);
+        assert_eq!(unset.one_client_cache_policy().throttle_retry, ONE_CLIENT_THROTTLE_RETRY);
+        assert!(ONE_CLIENT_THROTTLE_RETRY * 10 < CachePolicy::default().throttle_retry);
+        let set = load_str("[cache]\nthrottle_retry = \"20s\"\n", &[]).unwrap();
+        assert_eq!(set.cache_policy().throttle_retry, Duration::from_secs(20));
+        assert_eq!(set.one_client_cache_policy().throttle_retry, Duration::from_secs(20));
     }
 
     #[test]

@@ -214,7 +214,8 @@ async fn from_exchange(config_file: Option<&Path>, role: Option<&str>) -> Result
                 .to_owned()
         })?,
     };
-    let ctx = Context::new(Arc::new(SystemClock), crate::metrics(), config.cache_policy(), config.watch_options());
+    let ctx =
+        Context::new(Arc::new(SystemClock), crate::metrics(), config.one_client_cache_policy(), config.watch_options());
     let issued = keyless_aws::fetch_role_once(&aws, role, &ctx).await.map_err(|e| e.to_string())?;
     Ok(keyless_aws::credential_process_json(&issued.credential.value))
 }

@@ -217,7 +217,8 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let (config, sections) = config::load(Some(&config_path), Default::default()).map_err(|e| e.to_string())?;
     let config: Config = config.finish(&Overrides::default()).map_err(|e| e.to_string())?;
-    let ctx = Context::new(Arc::new(SystemClock), crate::metrics(), config.cache_policy(), config.watch_options());
+    let ctx =
+        Context::new(Arc::new(SystemClock), crate::metrics(), config.one_client_cache_policy(), config.watch_options());
     // The emulated identities only: the host's own cloud env vars must not leak into dev.
     let no_env = |_: &str| None;
     let started = providers::start_all(sections, &ctx, &no_env).await.map_err(|e| e.to_string())?;

@@ -100,7 +100,12 @@ impl InProcess {
         let overrides = Overrides { listen: loopback, admin_listen: loopback };
         let (config, sections, _skipped) = crate::load_config(config, &overrides)?;
         crate::logging::init(Some(config.log.as_deref().unwrap_or("warn")), config.log_format)?;
-        let ctx = Context::new(Arc::new(SystemClock), crate::metrics(), config.cache_policy(), config.watch_options());
+        let ctx = Context::new(
+            Arc::new(SystemClock),
+            crate::metrics(),
+            config.one_client_cache_policy(),
+            config.watch_options(),
+        );
         let process_env = |name: &str| std::env::var(name).ok();
         let started = providers::start_chosen(sections, &ctx, &process_env, choice).await.map_err(|e| e.to_string())?;
         let served = started.iter().map(|p| p.name).collect();
