@@ -68,6 +68,11 @@ fn the_release_script_tags_the_images_the_chart_and_inject_use() {
     let values = yaml(&root.join("charts/keyless/values.yaml"));
     assert_eq!(str_at(&values, &["sidecar", "image", "repository"]), format!("{registry}/keyless"));
     assert_eq!(str_at(&values, &["webhook", "image", "repository"]), format!("{registry}/keyless-webhook"));
+    // Node mode's DaemonSet runs the full CLI's image too: the release builds no other with
+    // `keyless node`, and the full build must have the feature.
+    assert_eq!(str_at(&values, &["node", "image", "repository"]), format!("{registry}/keyless-webhook"));
+    let full = script.lines().find(|l| l.starts_with("build full ")).expect("scripts/release builds the full CLI");
+    assert!(full.contains("node"), "the full CLI is built without keyless node: {full}");
     for tagged in ["image sidecar \"$registry/keyless\"", "image full \"$registry/keyless-webhook\""] {
         assert!(script.contains(tagged), "scripts/release no longer builds {tagged:?}");
     }
