@@ -364,6 +364,7 @@ fn report(readings: &[Reading]) {
             r.anon_kib as f64 / 1024.0
         );
     }
+    slopes(readings);
     let with_pods: Vec<&Reading> = readings.iter().filter(|r| r.pods_each > 0).collect();
     let idle: Vec<&Reading> = readings.iter().filter(|r| r.pods_each == 0).collect();
     for (what, value) in
@@ -388,6 +389,39 @@ fn report(readings: &[Reading]) {
                 per_pod
             ),
             None => println!("{what}: idle {:.1} MiB; too few readings with pods for a fit", base / 1024.0),
+        }
+    }
+}
+
+/// The slopes read directly, in `RssAnon` (VmRSS adds the file pages a process happens to have
+/// faulted in, which differ by about half a MiB between two processes of the same binary): per pod
+/// over P at each S, and per set over S at the least P (less that many pods at the per-pod slope of
+/// the larger S).
+fn slopes(readings: &[Reading]) {
+    let anon = |s: usize, p: usize| {
+        readings.iter().find(|r| r.accounts == s && r.pods_each == p).map(|r| r.anon_kib as f64)
+    };
+    let mut counts: Vec<usize> = readings.iter().map(|r| r.accounts).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let least = readings.iter().map(|r| r.pods_each).filter(|&p| p > 0).min().unwrap_or(1);
+    let most = readings.iter().map(|r| r.pods_each).max().unwrap_or(1);
+    let mut per_pod = Vec::new();
+    for &s in &counts {
+        if let (Some(a), Some(b)) = (anon(s, least), anon(s, most))
+            && most > least
+        {
+            let slope = (b - a) / (s * (most - least)) as f64;
+            per_pod.push((s, slope));
+            println!("RssAnon per pod at S={s} (P {least} to {most}): {slope:.1} KiB");
+        }
+    }
+    for pair in counts.windows(2) {
+        let (s1, s2) = (pair[0], pair[1]);
+        let pod = per_pod.iter().find(|(s, _)| *s == s2).map_or(0.0, |(_, k)| *k);
+        if let (Some(a), Some(b)) = (anon(s1, least), anon(s2, least)) {
+            let per_set = (b - a - pod * ((s2 - s1) * least) as f64) / (s2 - s1) as f64;
+            println!("RssAnon per ServiceAccount set, S {s1} to {s2} at P={least}: {:.2} MiB", per_set / 1024.0);
         }
     }
 }
