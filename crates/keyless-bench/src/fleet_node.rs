@@ -42,13 +42,13 @@ pub struct FleetNodeOptions {
     pub sidecar_pss_mib: f64,
     /// Memory of one node agent serving pods (MiB), before the per-pod and per-ServiceAccount
     /// costs. Default: run P1's sidecar RSS (12.6) plus what `keyless node` with its first set of
-    /// providers measured over a ready sidecar of the same build (5.4 MiB: 46.2 against 40.8, debug
+    /// providers measured over a ready sidecar of the same build (5.1 MiB: 45.4 against 40.3, debug
     /// build; run NM1, `cargo run -p keyless-bench --example node-memory`, docs/benchmarks.md).
-    #[arg(long, default_value_t = 18.0)]
+    #[arg(long, default_value_t = 17.7)]
     pub agent_mib: f64,
     /// A node agent's memory per pod on its node (KiB). Default: measured (run NM1: the slope of
-    /// `RssAnon` over 50 to 1,000 pods, 13.3 KiB; the pod in the watch, its address and state).
-    #[arg(long, default_value_t = 13.0)]
+    /// `RssAnon` and `VmRSS` over 1 to 1,000 pods: 13.9 and 14.0 KiB).
+    #[arg(long, default_value_t = 14.0)]
     pub per_pod_kib: f64,
     /// The least a set of providers per (node, ServiceAccount) costs, per identity (KiB). Unset
     /// (the default): every set costs `--per-set-mib`, measured; given: the memory is a range from
@@ -57,9 +57,9 @@ pub struct FleetNodeOptions {
     #[arg(long)]
     pub per_key_kib: Option<f64>,
     /// A node agent's set of providers per ServiceAccount on its node (MiB; three identities).
-    /// Default: measured (run NM1: `RssAnon` of a second set holding credentials, 0.65 MiB; the
-    /// fit over 1 to 50 sets, most holding a refusal, gives 0.51).
-    #[arg(long, default_value_t = 0.65)]
+    /// Default: measured (run NM1: `RssAnon` of a second set holding credentials, 0.68 MiB; sets
+    /// whose exchanges were refused cost 0.52-0.54).
+    #[arg(long, default_value_t = 0.68)]
     pub per_set_mib: f64,
     /// Identities per pod the memory is counted for (the runs of P1: one per cloud).
     #[arg(long, default_value_t = 3)]
