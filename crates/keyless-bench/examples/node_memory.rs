@@ -2,7 +2,7 @@
 //! figures of `keyless-bench fleet-node`). Run by hand, never as a test:
 //!
 //! ```sh
-//! source /work/tools-env.sh   # or KEYLESS_TEST_KUBE_BIN=DIR of kube-apiserver, kubectl, etcd
+//! ./scripts/kube   # once: etcd, kube-apiserver, kubectl into target/kube/bin (or KEYLESS_TEST_KUBE_BIN)
 //! cargo run -p keyless-bench --example node-memory -- --accounts 1,10,50 --pods 1,5,20
 //! ```
 //!
