@@ -367,14 +367,13 @@ fn report(readings: &[Reading]) {
     slopes(readings);
     let with_pods: Vec<&Reading> = readings.iter().filter(|r| r.pods_each > 0).collect();
     let idle: Vec<&Reading> = readings.iter().filter(|r| r.pods_each == 0).collect();
-    for (what, value) in
-        [("VmRSS", (|r: &Reading| r.rss_kib as f64) as fn(&Reading) -> f64), ("RssAnon", |r: &Reading| r.anon_kib as f64)]
-    {
+    for (what, value) in [
+        ("VmRSS", (|r: &Reading| r.rss_kib as f64) as fn(&Reading) -> f64),
+        ("RssAnon", |r: &Reading| r.anon_kib as f64),
+    ] {
         let base = idle.iter().map(|r| value(r)).sum::<f64>() / idle.len().max(1) as f64;
-        let rows: Vec<[f64; 3]> = with_pods
-            .iter()
-            .map(|r| [1.0, r.accounts as f64, (r.accounts * r.pods_each) as f64])
-            .collect();
+        let rows: Vec<[f64; 3]> =
+            with_pods.iter().map(|r| [1.0, r.accounts as f64, (r.accounts * r.pods_each) as f64]).collect();
         let ys: Vec<f64> = with_pods.iter().map(|r| value(r)).collect();
         match least_squares(&rows, &ys) {
             Some([fit_base, per_set, per_pod]) => println!(
@@ -398,9 +397,8 @@ fn report(readings: &[Reading]) {
 /// over P at each S, and per set over S at the least P (less that many pods at the per-pod slope of
 /// the larger S).
 fn slopes(readings: &[Reading]) {
-    let anon = |s: usize, p: usize| {
-        readings.iter().find(|r| r.accounts == s && r.pods_each == p).map(|r| r.anon_kib as f64)
-    };
+    let anon =
+        |s: usize, p: usize| readings.iter().find(|r| r.accounts == s && r.pods_each == p).map(|r| r.anon_kib as f64);
     let mut counts: Vec<usize> = readings.iter().map(|r| r.accounts).collect();
     counts.sort_unstable();
     counts.dedup();
