@@ -326,6 +326,23 @@ mod tests {
         assert!(random.units.iter().all(|starts| starts.windows(2).all(|w| w[0] <= w[1])));
     }
 
+    /// With the per-set cost measured, node mode's memory is one figure (agents, pods' state, sets);
+    /// `--per-key-kib` gives the earlier model's range.
+    #[test]
+    fn node_memory_is_one_figure_unless_a_least_per_identity_is_given() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: FleetNodeOptions,
+        }
+        let mut options = Cli::parse_from(["fleet-node"]).options;
+        // 100 agents of 17.7 MiB, 10,000 pods of 14 KiB, 10,000 sets of 0.68 MiB: 8,506.7 MiB.
+        assert_eq!(node_memory(&options, 10_000), "8.5 GiB");
+        options.per_key_kib = Some(8.0);
+        assert_eq!(node_memory(&options, 10_000), "2.1-8.5 GiB");
+    }
+
     /// A node agent exchanges once per ServiceAccount on its node: 20 pods of one Deployment on
     /// one node are one unit, ready when their one exchange is.
     #[test]
