@@ -6,8 +6,8 @@
 //! service). They differ only in who exchanges: a sidecar exchanges for its own pod; a node agent
 //! exchanges once per ServiceAccount and identity on its node and serves every pod of that
 //! ServiceAccount there, so its unit is (node, ServiceAccount). A Deployment is one
-//! ServiceAccount. Memory is a model over figures measured elsewhere (docs/benchmarks.md): the
-//! simulation has no processes.
+//! ServiceAccount. Memory is a model over figures measured elsewhere (docs/benchmarks.md: run P1
+//! for the sidecar, run NM1 for the node agent): the simulation has no processes.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -40,22 +40,26 @@ pub struct FleetNodeOptions {
     /// The same by PSS (MiB): the binary's pages split between the sidecars of a node (run P1).
     #[arg(long, default_value_t = 2.7)]
     pub sidecar_pss_mib: f64,
-    /// Memory of one node agent before any pod (MiB). Default: a sidecar's RSS (the same binary)
-    /// plus 4 MiB for its Kubernetes client and watch (an estimate, not measured).
-    #[arg(long, default_value_t = 16.6)]
+    /// Memory of one node agent serving pods (MiB), before the per-pod and per-ServiceAccount
+    /// costs. Default: run P1's sidecar RSS (12.6) plus what `keyless node` with its first set of
+    /// providers measured over a ready sidecar of the same build (5.1 MiB: 45.4 against 40.3, debug
+    /// build; run NM1, `cargo run -p keyless-bench --example node-memory`, docs/benchmarks.md).
+    #[arg(long, default_value_t = 17.7)]
     pub agent_mib: f64,
-    /// A node agent's memory per pod on its node (KiB): the pod in its watch, one projected token
-    /// per cloud (an estimate, not measured).
-    #[arg(long, default_value_t = 32.0)]
+    /// A node agent's memory per pod on its node (KiB). Default: measured (run NM1: the slope of
+    /// `RssAnon` and `VmRSS` over 1 to 1,000 pods: 13.9 and 14.0 KiB).
+    #[arg(long, default_value_t = 14.0)]
     pub per_pod_kib: f64,
-    /// The least a node agent's set of providers per ServiceAccount on its node can cost, per
-    /// identity (KiB): a cached credential, its driver task (an estimate, not measured).
-    #[arg(long, default_value_t = 8.0)]
-    pub per_key_kib: f64,
-    /// The most a node agent's set of providers per ServiceAccount can cost (MiB): node mode runs
-    /// a sidecar's providers per ServiceAccount, and a sidecar's whole anonymous memory, runtime
-    /// included, is 2.5 MiB (`RssAnon` of run P1).
-    #[arg(long, default_value_t = 2.5)]
+    /// The least a set of providers per (node, ServiceAccount) costs, per identity (KiB). Unset
+    /// (the default): every set costs `--per-set-mib`, measured; given: the memory is a range from
+    /// this (a cached credential and its task) to `--per-set-mib` (the model before node mode
+    /// could be measured, with 8 KiB).
+    #[arg(long)]
+    pub per_key_kib: Option<f64>,
+    /// A node agent's set of providers per ServiceAccount on its node (MiB; three identities).
+    /// Default: measured (run NM1: `RssAnon` of a second set holding credentials, 0.68 MiB; sets
+    /// whose exchanges were refused cost 0.52-0.54).
+    #[arg(long, default_value_t = 0.68)]
     pub per_set_mib: f64,
     /// Identities per pod the memory is counted for (the runs of P1: one per cloud).
     #[arg(long, default_value_t = 3)]
@@ -235,13 +239,18 @@ fn sidecar_memory(options: &FleetNodeOptions) -> String {
     )
 }
 
-/// Every node's agent, its state per pod, and per (node, ServiceAccount) a set of providers
-/// costing between a credential per identity and a sidecar's anonymous memory.
+/// Every node's agent, its state per pod, and per (node, ServiceAccount) a set of providers: the
+/// measured cost, or with `--per-key-kib` a range from a credential per identity to it.
 fn node_memory(options: &FleetNodeOptions, units: usize) -> String {
     let base = options.nodes as f64 * options.agent_mib + options.fleet.pods as f64 * options.per_pod_kib / 1024.0;
-    let least = base + (units * options.identities) as f64 * options.per_key_kib / 1024.0;
     let most = base + units as f64 * options.per_set_mib;
-    format!("{:.1}-{:.1} GiB", least / MIB_PER_GIB, most / MIB_PER_GIB)
+    match options.per_key_kib {
+        Some(per_key_kib) => {
+            let least = base + (units * options.identities) as f64 * per_key_kib / 1024.0;
+            format!("{:.1}-{:.1} GiB", least / MIB_PER_GIB, most / MIB_PER_GIB)
+        }
+        None => format!("{:.1} GiB", most / MIB_PER_GIB),
+    }
 }
 
 fn row(mode_run: &ModeRun) -> String {
@@ -315,6 +324,23 @@ mod tests {
         assert_eq!(random.pods(), 10_000);
         assert!(random.units.len() < 9_000, "{} units", random.units.len());
         assert!(random.units.iter().all(|starts| starts.windows(2).all(|w| w[0] <= w[1])));
+    }
+
+    /// With the per-set cost measured, node mode's memory is one figure (agents, pods' state, sets);
+    /// `--per-key-kib` gives the earlier model's range.
+    #[test]
+    fn node_memory_is_one_figure_unless_a_least_per_identity_is_given() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: FleetNodeOptions,
+        }
+        let mut options = Cli::parse_from(["fleet-node"]).options;
+        // 100 agents of 17.7 MiB, 10,000 pods of 14 KiB, 10,000 sets of 0.68 MiB: 8,506.7 MiB.
+        assert_eq!(node_memory(&options, 10_000), "8.5 GiB");
+        options.per_key_kib = Some(8.0);
+        assert_eq!(node_memory(&options, 10_000), "2.1-8.5 GiB");
     }
 
     /// A node agent exchanges once per ServiceAccount on its node: 20 pods of one Deployment on
