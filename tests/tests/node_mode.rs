@@ -8,8 +8,8 @@
 //! podman, helm or the kubelet the test is reported ignored (cfg `keyless_tools_kubelet`,
 //! `keyless_tools_helm`), and fails under `CI=true` saying what is missing.
 //!
-//! What differs from the chart's DaemonSet, and why: the image (no registry, and a node-feature
-//! image would be one more static release build per run: the agent's pod runs the test's own
+//! What differs from the chart's DaemonSet, and why: the image (no registry, and the chart's
+//! full-CLI image would be one more static release build per run: the agent's pod runs the test's own
 //! keyless build from the host, with the host's C libraries, in the apps image); the API server's
 //! address (no Service proxy on this node: `KUBERNETES_SERVICE_HOST` is its address on the node's
 //! loopback); the CA bundle (the host's, as docker/rootfs.sh copies it into the image); and the
