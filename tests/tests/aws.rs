@@ -148,6 +148,32 @@ async fn with_nothing_valid_clients_get_the_native_error_and_readiness_recovers(
     assert!(emulator.stop().await.success());
 }
 
+/// On a machine without a CA bundle (a minimal image, `SSL_CERT_FILE` and `SSL_CERT_DIR` empty),
+/// keyless trusts `ca_file` alone and exchanges: aws-smithy-http-client's assertion that the
+/// system store is not empty aborted the exchange's task in debug builds, and the sidecar never
+/// turned ready.
+#[tokio::test]
+async fn without_system_roots_the_ca_file_alone_is_trusted() {
+    let emulator = EmulatorProcess::start().await;
+    let empty = tempfile::tempdir().unwrap();
+    let bundle = empty.path().join("no-certificates.pem");
+    std::fs::write(&bundle, "").unwrap();
+    let config = format!(
+        "[aws]\ntoken_file = {:?}\nrole_arn = \"arn:aws:iam::123456789012:role/keyless-dev\"\nsts_endpoint = {:?}\n\
+         ca_file = {:?}\nauthorization_token = \"e2e-authorization-token-value\"\n",
+        emulator.token_file("aws"),
+        emulator.url,
+        emulator.ca
+    );
+    let env = [("SSL_CERT_FILE", bundle.to_str().unwrap()), ("SSL_CERT_DIR", empty.path().to_str().unwrap())];
+    let sidecar = Sidecar::spawn(&config, &env);
+    wait_until("the exchange with ca_file's roots alone", STARTUP_DEADLINE, || async { sidecar.readyz().await == 200 })
+        .await;
+    assert!(!sidecar.logs().contains("panicked"), "{}", sidecar.logs());
+    assert!(sidecar.process.stop().await.success());
+    assert!(emulator.stop().await.success());
+}
+
 /// botocore's `credential_process` provider running `keyless credential-process`, both from the
 /// running sidecar's endpoint and from its own exchange with the config.
 #[tokio::test]

@@ -44,7 +44,8 @@ pub(crate) fn sts_client(settings: &Settings, policy: &CachePolicy) -> Result<aw
 }
 
 fn https_client(ca_certs: &[String], proxy: ProxyConfig) -> Result<SharedHttpClient, ConfigError> {
-    let trust = ca_certs.iter().fold(TrustStore::default(), |trust, pem| trust.with_pem_certificate(pem.as_bytes()));
+    let system = TrustStore::default().with_native_roots(system_roots_present());
+    let trust = ca_certs.iter().fold(system, |trust, pem| trust.with_pem_certificate(pem.as_bytes()));
     let tls = TlsContext::builder()
         .with_trust_store(trust)
         .build()
@@ -67,4 +68,15 @@ fn https_client(ca_certs: &[String], proxy: ProxyConfig) -> Result<SharedHttpCli
             })
             .clone()
     }))
+}
+
+/// Whether the system store (what rustls-native-certs loads: `SSL_CERT_FILE`, `SSL_CERT_DIR` or
+/// the platform's bundle) holds any certificate. aws-smithy-http-client asserts that an enabled
+/// native store is not empty, a `debug_assert!` that aborted the exchange's task in debug builds
+/// on a machine without a CA bundle, `ca_file` or not (the exchange then never finished). Without
+/// system roots keyless trusts only `ca_file`'s, and an unknown certificate is a TLS error that
+/// says so. Loaded once: the store does not change under a running keyless.
+fn system_roots_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    *PRESENT.get_or_init(|| !rustls_native_certs::load_native_certs().certs.is_empty())
 }
