@@ -15,7 +15,8 @@ use std::time::Duration;
 use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::jwt::claims_of;
 use keyless_test_support::kube::{self, Cluster};
-use keyless_test_support::process::{Process, free_port};
+use keyless_test_support::node_agent::{self, NodeAgent};
+use keyless_test_support::process::Process;
 use keyless_test_support::tools;
 use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 use serde_json::{Value, json};
@@ -78,75 +79,15 @@ impl Setting {
         let ids = emulator.control.identities().await;
         let node_object = json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": NODE } });
         cluster.kubectl_with_input(&["create", "-f", "-"], Some(&node_object.to_string())).await;
-        let setting_ids = ids.clone();
-        let first = Account::first(&setting_ids);
-        let second = Account::second(&setting_ids);
-        for account in [&first, &second] {
-            cluster.create_service_account(NAMESPACE, &account.name).await;
-            let provider = format!(
-                "projects/{}/locations/global/workloadIdentityPools/keyless-dev/providers/kubernetes",
-                ids["gcp_project_number"].as_str().unwrap()
-            );
-            let annotations = [
-                format!("eks.amazonaws.com/role-arn={}", account.role),
-                format!("iam.gke.io/gcp-service-account={}", account.gcp),
-                format!("keyless.dev/gcp-workload-identity-provider={provider}"),
-                format!("azure.workload.identity/client-id={}", account.azure),
-                format!("azure.workload.identity/tenant-id={}", ids["azure_tenant_id"].as_str().unwrap()),
-            ];
-            let mut args = vec!["annotate", "serviceaccount", account.name.as_str(), "-n", NAMESPACE];
-            args.extend(annotations.iter().map(String::as_str));
-            cluster.kubectl_ok(&args).await;
+        for account in [Account::first(&ids), Account::second(&ids)] {
+            let named = [account.role, account.gcp, account.azure];
+            node_agent::annotated_service_account(&cluster, &ids, NAMESPACE, &account.name, &named).await;
         }
         cluster.create_service_account(NAMESPACE, PLAIN).await;
-
-        let state = tempfile::tempdir().unwrap();
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (listen_arg, admin_arg) = (listen.to_string(), admin.to_string());
-        let ca = emulator.ca.to_str().unwrap().to_owned();
-        let upstream = emulator.url.clone();
-        let settings: Vec<String> = [
-            ("KEYLESS_AWS__STS_ENDPOINT", upstream.as_str()),
-            ("KEYLESS_AWS__CA_FILE", ca.as_str()),
-            ("KEYLESS_GCP__STS_ENDPOINT", upstream.as_str()),
-            ("KEYLESS_GCP__IAM_ENDPOINT", upstream.as_str()),
-            ("KEYLESS_GCP__CA_FILE", ca.as_str()),
-            ("KEYLESS_AZURE__AUTHORITY_HOST", upstream.as_str()),
-            ("KEYLESS_AZURE__CA_FILE", ca.as_str()),
-        ]
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-        let mut args = vec![
-            "node",
-            "--node-name",
-            NODE,
-            "--aws-listen",
-            &listen_arg,
-            "--admin-listen",
-            &admin_arg,
-            "--state-dir",
-            state.path().to_str().unwrap(),
-            "--token-lifetime",
-            "10m",
-            "--aws-region",
-            "us-east-1",
-        ];
-        for setting in &settings {
-            args.extend(["--provider-setting", setting.as_str()]);
-        }
-        if access == Access::ChartRbac {
-            args.extend(["--ready-label", READY_LABEL]);
-        }
-        let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
-        let node = Process::spawn(&args, &[("KUBECONFIG", kubeconfig.as_str()), ("KEYLESS_LOG", log)]);
-        let setting = Self { cluster, emulator, ids, node, listen, admin, state };
-        let ready = || async { status(&format!("http://{}/readyz", setting.admin)).await == 200 };
-        if !keyless_test_support::wait::holds_within(STARTUP_DEADLINE, ready).await {
-            panic!("keyless node did not turn ready:\n{}", setting.node.logs());
-        }
-        setting
+        let extra: &[&str] = if access == Access::ChartRbac { &["--ready-label", READY_LABEL] } else { &[] };
+        let NodeAgent { process: node, listen, admin, state } =
+            NodeAgent::start(&emulator, NODE, &kubeconfig, log, extra).await;
+        Self { cluster, emulator, ids, node, listen, admin, state }
     }
 
     fn context(&self) -> String {
@@ -311,23 +252,18 @@ impl Setting {
 
 impl Account {
     fn first(ids: &Value) -> Self {
-        let name = ids["subject"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
-        Self {
-            name,
-            role: ids["aws_role_arn"].as_str().unwrap().to_owned(),
-            gcp: ids["gcp_service_account"].as_str().unwrap().to_owned(),
-            azure: ids["azure_client_id"].as_str().unwrap().to_owned(),
-        }
+        Self::nth(ids, 0, "subject")
     }
 
     fn second(ids: &Value) -> Self {
-        let name = ids["other_subject"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
-        Self {
-            name,
-            role: ids["aws_second_role_arn"].as_str().unwrap().to_owned(),
-            gcp: ids["gcp_second_service_account"].as_str().unwrap().to_owned(),
-            azure: ids["azure_second_client_id"].as_str().unwrap().to_owned(),
-        }
+        Self::nth(ids, 1, "other_subject")
+    }
+
+    /// The emulator's `n`-th trusted ServiceAccount (its `subject_key`'s name) and identities.
+    fn nth(ids: &Value, n: usize, subject_key: &str) -> Self {
+        let name = ids[subject_key].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
+        let [role, gcp, azure] = node_agent::identities(ids, n);
+        Self { name, role, gcp, azure }
     }
 
     /// `arn:aws:sts::ACCOUNT:assumed-role/NAME/`: how GetCallerIdentity names the role's sessions.
@@ -366,10 +302,6 @@ async fn chart_kubeconfig(cluster: &Cluster) -> std::path::PathBuf {
     );
     std::fs::write(&kubeconfig, config).unwrap();
     kubeconfig
-}
-
-async fn status(url: &str) -> u16 {
-    keyless_test_support::clients::status_of(url).await
 }
 
 /// Whether `body` is the refusal `code` in the shape of the endpoint asked.

@@ -33,9 +33,10 @@ use std::time::Duration;
 use clap::Parser;
 use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::kube::{self, Cluster};
-use keyless_test_support::process::{Process, free_port};
+use keyless_test_support::node_agent::{self, NodeAgent};
+use keyless_test_support::process::Process;
 use keyless_test_support::sidecar::Sidecar;
-use keyless_test_support::wait::{STARTUP_DEADLINE, holds_within, wait_until};
+use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "default";
@@ -217,35 +218,17 @@ fn account_names(ids: &Value, count: usize) -> Vec<String> {
     trusted.into_iter().chain((2..).map(|n| format!("bench-{n}"))).take(count).collect()
 }
 
-/// Creates the ServiceAccounts with the annotations node_agent.rs gives its two: an AWS role, a
-/// Google service account and workload identity provider, an Azure application and tenant
-/// (alternating the emulator's first and second identities).
+/// Creates the ServiceAccounts with the annotations node_agent.rs gives its two, alternating the
+/// emulator's first and second identities (keyless-test-support's node_agent).
 async fn annotate(cluster: &Cluster, ids: &Value, accounts: &[String]) {
-    let provider = format!(
-        "projects/{}/locations/global/workloadIdentityPools/keyless-dev/providers/kubernetes",
-        ids["gcp_project_number"].as_str().unwrap()
-    );
     for (n, account) in accounts.iter().enumerate() {
-        cluster.create_service_account(NAMESPACE, account).await;
-        let (role, gcp, azure) = if n % 2 == 0 {
-            ("aws_role_arn", "gcp_service_account", "azure_client_id")
-        } else {
-            ("aws_second_role_arn", "gcp_second_service_account", "azure_second_client_id")
-        };
-        let annotations = [
-            format!("eks.amazonaws.com/role-arn={}", ids[role].as_str().unwrap()),
-            format!("iam.gke.io/gcp-service-account={}", ids[gcp].as_str().unwrap()),
-            format!("keyless.dev/gcp-workload-identity-provider={provider}"),
-            format!("azure.workload.identity/client-id={}", ids[azure].as_str().unwrap()),
-            format!("azure.workload.identity/tenant-id={}", ids["azure_tenant_id"].as_str().unwrap()),
-        ];
-        let mut args = vec!["annotate", "serviceaccount", account.as_str(), "-n", NAMESPACE];
-        args.extend(annotations.iter().map(String::as_str));
-        cluster.kubectl_ok(&args).await;
+        let named = node_agent::identities(ids, n);
+        node_agent::annotated_service_account(cluster, ids, NAMESPACE, account, &named).await;
     }
 }
 
-/// `keyless node` for one node, started as node_agent.rs starts it (the chart's flags).
+/// `keyless node` for one node, started as node_agent.rs starts it (keyless-test-support's
+/// node_agent: the chart's flags).
 struct Agent {
     process: Process,
     listen: SocketAddr,
@@ -255,52 +238,9 @@ struct Agent {
 
 impl Agent {
     async fn start(cluster: &Cluster, emulator: &EmulatorProcess, node: &str) -> Self {
-        let state = tempfile::tempdir().unwrap();
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (listen_arg, admin_arg) = (listen.to_string(), admin.to_string());
-        let ca = emulator.ca.to_str().unwrap().to_owned();
-        let upstream = emulator.url.clone();
-        let settings: Vec<String> = [
-            ("KEYLESS_AWS__STS_ENDPOINT", upstream.as_str()),
-            ("KEYLESS_AWS__CA_FILE", ca.as_str()),
-            ("KEYLESS_GCP__STS_ENDPOINT", upstream.as_str()),
-            ("KEYLESS_GCP__IAM_ENDPOINT", upstream.as_str()),
-            ("KEYLESS_GCP__CA_FILE", ca.as_str()),
-            ("KEYLESS_AZURE__AUTHORITY_HOST", upstream.as_str()),
-            ("KEYLESS_AZURE__CA_FILE", ca.as_str()),
-        ]
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-        let mut args = vec![
-            "node",
-            "--node-name",
-            node,
-            "--aws-listen",
-            &listen_arg,
-            "--admin-listen",
-            &admin_arg,
-            "--state-dir",
-            state.path().to_str().unwrap(),
-            "--token-lifetime",
-            "10m",
-            "--aws-region",
-            "us-east-1",
-        ];
-        for setting in &settings {
-            args.extend(["--provider-setting", setting.as_str()]);
-        }
-        let kubeconfig = cluster.kubeconfig.to_str().unwrap().to_owned();
-        let process = Process::spawn(&args, &[("KUBECONFIG", kubeconfig.as_str()), ("KEYLESS_LOG", "info")]);
-        let agent = Self { process, listen, admin, _state: state };
-        let ready = || async {
-            keyless_test_support::clients::status_of(&format!("http://{}/readyz", agent.admin)).await == 200
-        };
-        if !holds_within(STARTUP_DEADLINE, ready).await {
-            panic!("keyless node did not turn ready:\n{}", agent.process.logs());
-        }
-        agent
+        let NodeAgent { process, listen, admin, state } =
+            NodeAgent::start(emulator, node, &cluster.kubeconfig, "info", &[]).await;
+        Self { process, listen, admin, _state: state }
     }
 
     async fn served(&self) -> String {

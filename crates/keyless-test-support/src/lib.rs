@@ -48,6 +48,7 @@ pub mod load;
 pub mod logs;
 pub mod metrics;
 pub mod node;
+pub mod node_agent;
 pub mod podman;
 pub mod probe;
 pub mod process;
