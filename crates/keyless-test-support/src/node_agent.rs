@@ -16,7 +16,7 @@ use crate::wait::{STARTUP_DEADLINE, holds_within};
 /// The identities the emulator's `n`-th ServiceAccount is annotated with: its first identities
 /// for even `n`, its second for odd (`aws_role_arn` / `aws_second_role_arn`, ...).
 pub fn identities(ids: &Value, n: usize) -> [String; 3] {
-    let keys = if n % 2 == 0 {
+    let keys = if n.is_multiple_of(2) {
         ["aws_role_arn", "gcp_service_account", "azure_client_id"]
     } else {
         ["aws_second_role_arn", "gcp_second_service_account", "azure_second_client_id"]
