@@ -28,6 +28,9 @@ use super::pods::Caller;
 /// The keys are fetched again for an unknown key id at most this often (a flood of forged key ids
 /// does not become a flood of API reads).
 const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a read of the issuer or its keys may take (a request waiting for a refetch waits this
+/// at most).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest token considered (a projected token is about 1 KiB).
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 
@@ -76,7 +79,10 @@ impl std::fmt::Debug for PodTokens {
 
 async fn get_json<T: serde::de::DeserializeOwned>(client: &Client, path: &str) -> Result<T, String> {
     let request = axum::http::Request::get(path).body(Vec::new()).map_err(|e| e.to_string())?;
-    let text = client.request_text(request).await.map_err(|e| format!("GET {path}: {e}"))?;
+    let text = tokio::time::timeout(FETCH_TIMEOUT, client.request_text(request))
+        .await
+        .map_err(|_| format!("GET {path}: no answer within {FETCH_TIMEOUT:?}"))?
+        .map_err(|e| format!("GET {path}: {e}"))?;
     serde_json::from_str(&text).map_err(|e| format!("GET {path}: not the expected JSON: {e}"))
 }
 

@@ -125,6 +125,13 @@ pub fn caller_among(pods: impl IntoIterator<Item = PodView>, ip: IpAddr) -> Resu
     }
 }
 
+/// Whether `pod`'s status names `ip` (canonical) among its addresses.
+fn names_address(pod: &Pod, ip: IpAddr) -> bool {
+    let Some(status) = pod.status.as_ref() else { return false };
+    let is = |text: &str| text.parse::<IpAddr>().is_ok_and(|a| a.to_canonical() == ip);
+    status.pod_ip.as_deref().is_some_and(is) || status.pod_ips.iter().flatten().any(|p| is(&p.ip))
+}
+
 /// This node's pods, kept by a watch.
 #[derive(Clone)]
 pub struct NodePods {
@@ -182,9 +189,12 @@ impl NodePods {
         self.store.state().iter().filter_map(|p| PodView::of(p)).collect()
     }
 
-    /// Who holds `ip` now.
+    /// Who holds `ip` now. On every request: only the pods naming the address become views (not
+    /// every pod of the node).
     pub fn caller(&self, ip: IpAddr) -> Result<Caller, CallerRefusal> {
-        caller_among(self.views(), ip)
+        let ip = ip.to_canonical();
+        let pods = self.store.state();
+        caller_among(pods.iter().filter(|p| names_address(p, ip)).filter_map(|p| PodView::of(p)), ip)
     }
 
     /// A receiver that changes whenever the watch saw a change.
