@@ -45,9 +45,12 @@ const NODE_AUDIENCE: &str = "keyless.dev/node";
 const AZURE_RESOURCE: &str = "https://management.azure.com";
 /// The cluster admin's bearer token (keyless-test-support's kube.rs; loopback only).
 const ADMIN_TOKEN: &str = "keyless-test-admin-token";
-/// How long the memory is left to settle after the requests before it is read (background tasks
-/// that the first requests started: token binding, refresh scheduling).
-const SETTLE: Duration = Duration::from_secs(3);
+/// The memory is read once it settled (the background tasks the first requests started: token
+/// binding, refresh scheduling): two readings this far apart whose `RssAnon` differs by at most
+/// [`SETTLED_KIB`], within [`SETTLE_DEADLINE`] (else the last reading, said on stderr).
+const SETTLE_STEP: Duration = Duration::from_millis(500);
+const SETTLED_KIB: u64 = 16;
+const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Parser)]
 #[command(name = "node-memory", about = "keyless node's VmRSS and RssAnon by ServiceAccounts and pods on its node")]
@@ -155,8 +158,7 @@ async fn run(options: Options) {
     // The same build's sidecar, ready (its three credentials held), for the comparison with run P1's
     // release sidecar (docs/benchmarks.md) and with the node agent.
     let sidecar = Sidecar::all_clouds(&emulator, &emulator.url, "", "info").await;
-    tokio::time::sleep(SETTLE).await;
-    let reference = read(sidecar.process.pid().unwrap(), 0, 0, 1);
+    let reference = settled(sidecar.process.pid().unwrap(), 0, 0, 1).await;
     sidecar.process.stop().await;
     eprintln!("sidecar: {reference:?}");
 
@@ -196,8 +198,7 @@ async fn run(options: Options) {
                 let token = api.pod_token(name, account, uid).await;
                 holding += usize::from(agent.fetch(&pods[a][0], &token).await);
             }
-            tokio::time::sleep(SETTLE).await;
-            readings.push(read(pid, count, each, holding));
+            readings.push(settled(pid, count, each, holding).await);
             eprintln!("S={count} P={each}: {:?}", readings.last().unwrap());
         }
         agent.process.stop().await;
@@ -276,6 +277,24 @@ impl Agent {
             all &= status == 200;
         }
         all
+    }
+}
+
+/// [`read`] once the process's memory stopped moving (see [`SETTLE_STEP`]).
+async fn settled(pid: u32, accounts: usize, pods_each: usize, holding: usize) -> Reading {
+    let deadline = tokio::time::Instant::now() + SETTLE_DEADLINE;
+    let mut last = read(pid, accounts, pods_each, holding);
+    loop {
+        tokio::time::sleep(SETTLE_STEP).await;
+        let now = read(pid, accounts, pods_each, holding);
+        if now.anon_kib.abs_diff(last.anon_kib) <= SETTLED_KIB {
+            return now;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("the memory did not settle within {SETTLE_DEADLINE:?}: the last reading");
+            return now;
+        }
+        last = now;
     }
 }
 
