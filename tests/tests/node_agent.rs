@@ -97,25 +97,14 @@ impl Setting {
     /// Creates pod `name` of `account` on the node, Running at `ip` (`host_network`: on the node's
     /// network); returns its UID.
     async fn pod(&self, name: &str, account: &str, ip: &str, host_network: bool) -> String {
-        let pod = json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": { "name": name, "namespace": NAMESPACE },
-            "spec": {
-                "nodeName": NODE,
-                "serviceAccountName": account,
-                "automountServiceAccountToken": false,
-                "hostNetwork": host_network,
-                "containers": [{ "name": "app", "image": "registry.invalid/app:1" }],
-            },
-        });
+        let pod = node_agent::pod_manifest(NAMESPACE, NODE, name, account, host_network);
         self.cluster.kubectl_with_input(&["create", "-f", "-"], Some(&pod.to_string())).await;
         self.set_status(name, "Running", ip).await;
         self.cluster.get_json(NAMESPACE, "pod", name).await["metadata"]["uid"].as_str().unwrap().to_owned()
     }
 
     async fn set_status(&self, name: &str, phase: &str, ip: &str) {
-        let status = json!({ "status": { "phase": phase, "podIP": ip, "podIPs": [{ "ip": ip }] } }).to_string();
+        let status = node_agent::pod_status(phase, ip).to_string();
         let args = ["patch", "pod", name, "-n", NAMESPACE, "--subresource=status", "--type=merge", "-p", &status];
         self.cluster.kubectl_ok(&args).await;
     }

@@ -102,20 +102,10 @@ impl Api {
 
     /// Pod `name` of `account` on `node`, Running at `ip`; its UID.
     async fn pod(&self, node: &str, name: &str, account: &str, ip: &str) -> String {
-        let pod = json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": { "name": name, "namespace": NAMESPACE },
-            "spec": {
-                "nodeName": node,
-                "serviceAccountName": account,
-                "automountServiceAccountToken": false,
-                "containers": [{ "name": "app", "image": "registry.invalid/app:1" }],
-            },
-        });
+        let pod = node_agent::pod_manifest(NAMESPACE, node, name, account, false);
         let path = format!("/api/v1/namespaces/{NAMESPACE}/pods");
         let created = self.send(self.client.post(self.url(&path)).json(&pod), "creating a pod").await;
-        let status = json!({ "status": { "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }] } });
+        let status = node_agent::pod_status("Running", ip);
         let request = self
             .client
             .patch(self.url(&format!("{path}/{name}/status")))

@@ -52,6 +52,27 @@ pub async fn annotated_service_account(
     cluster.kubectl_ok(&args).await;
 }
 
+/// A Pod object of `account` bound to `node` (no kubelet runs it: a test gives it a status).
+pub fn pod_manifest(namespace: &str, node: &str, name: &str, account: &str, host_network: bool) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": account,
+            "automountServiceAccountToken": false,
+            "hostNetwork": host_network,
+            "containers": [{ "name": "app", "image": "registry.invalid/app:1" }],
+        },
+    })
+}
+
+/// The status patch that makes a pod `phase` at `ip` (its `podIP` and `podIPs`).
+pub fn pod_status(phase: &str, ip: &str) -> Value {
+    serde_json::json!({ "status": { "phase": phase, "podIP": ip, "podIPs": [{ "ip": ip }] } })
+}
+
 /// `keyless node` serving `node` on loopback: the chart's flags, every provider's token service
 /// the emulator's, the API server through `kubeconfig`; started and ready.
 #[derive(Debug)]
