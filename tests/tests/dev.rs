@@ -122,6 +122,10 @@ async fn every_answered_request_is_counted_by_provider_route_and_status() {
 #[tokio::test]
 async fn the_env_file_sets_aside_the_laptops_own_credentials() {
     let laptop = tempfile::tempdir().unwrap();
+    // gcloud's own file, which Go, Node and Rust read under HOME whatever CLOUDSDK_CONFIG says.
+    let gcloud = laptop.path().join(".config/gcloud");
+    std::fs::create_dir_all(&gcloud).unwrap();
+    std::fs::write(gcloud.join("application_default_credentials.json"), r#"{"type":"authorized_user"}"#).unwrap();
     let credentials = laptop.path().join("credentials");
     std::fs::write(&credentials, "[default]\naws_access_key_id = AKIALAPTOPKEY\naws_secret_access_key = laptop\n")
         .unwrap();
@@ -136,7 +140,9 @@ async fn the_env_file_sets_aside_the_laptops_own_credentials() {
     assert!(
         dev.logs().contains(
             "keyless dev: set aside AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/credentials [default], \
-             GOOGLE_APPLICATION_CREDENTIALS in the env file"
+             GOOGLE_APPLICATION_CREDENTIALS, ~/.config/gcloud/application_default_credentials.json \
+             (GOOGLE_APPLICATION_CREDENTIALS set to keyless's stand-in; Java programs refuse it and need it unset: \
+             exec --keep-env GOOGLE_APPLICATION_CREDENTIALS) in the env file"
         ),
         "{}",
         dev.logs()
@@ -147,13 +153,18 @@ async fn the_env_file_sets_aside_the_laptops_own_credentials() {
     shell.extend(dev.env.clone());
     let out = dev
         .python_ok_in(
-            "import boto3, google.auth\nprint(boto3.client('sts').get_caller_identity()['Arn'])\nprint(google.auth.default()[1])",
+            "import boto3, google.auth, google.auth.transport.requests as tr\n\
+             print(boto3.client('sts').get_caller_identity()['Arn'])\n\
+             creds, project = google.auth.default(scopes=['https://www.googleapis.com/auth/cloud-platform'])\n\
+             creds.refresh(tr.Request())\nprint(project, type(creds).__module__, len(creds.token))",
             &shell,
         )
         .await;
     let role = dev.var("KEYLESS_DEV_AWS_ROLE_ARN").rsplit('/').next().unwrap().to_owned();
     assert!(out.contains(&format!("assumed-role/{role}/")), "{out}");
     assert!(out.contains(dev.var("KEYLESS_DEV_GCP_PROJECT_ID")), "{out}");
+    // The stand-in, not gcloud's file: keyless's token through its own token URL.
+    assert!(out.contains("google.auth.identity_pool"), "{out}");
     let check = std::process::Command::new(keyless_test_support::binary::keyless_bin())
         .arg("check")
         .env_clear()

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod accounts;
+mod bridge;
 mod config;
 mod diagnose;
 mod exchange;

@@ -1,14 +1,16 @@
 //! The provider contract for Google Cloud: one exchange, one cache, the metadata routes.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::http::{HeaderName, HeaderValue};
 use keyless_core::{AppEnvVar, Context, CredentialCache, Readiness};
 use keyless_provider::{
-    AppHost, BoxFuture, Configured, Diagnosis, Env, NativeRoute, ProviderError, RouteClaim, Rules, Started,
+    AppHost, BoxFuture, Configured, Diagnosis, Env, NativeRoute, ProviderError, RouteClaim, Rules, StandIn, Started,
 };
 
 use crate::ConfigError;
+use crate::bridge::{self, Bridge};
 use crate::config::{Config, Settings};
 use crate::diagnose::{GcpDiagnosis, identity};
 use crate::exchange::{GcpExchange, TokenKey};
@@ -77,7 +79,7 @@ impl Configured for GcpConfigured {
     }
 
     fn routes(&self) -> Vec<RouteClaim> {
-        metadata::ROUTES.iter().map(|route| RouteClaim::new(*route, "gcp")).collect()
+        metadata::ROUTES.iter().chain([&bridge::ROUTE]).map(|route| RouteClaim::new(*route, "gcp")).collect()
     }
 
     fn rules(&self) -> Rules {
@@ -107,6 +109,8 @@ pub async fn start(config: Config, ctx: &Context) -> Result<Running, ConfigError
 pub struct Running {
     /// Every account's tokens (the default one first); its caches are what `/readyz` reports.
     metadata: Arc<MetadataServer>,
+    /// The stand-in for gcloud's application-default credentials ([`bridge`]).
+    bridge: Arc<Bridge>,
     project_id: Option<String>,
 }
 
@@ -163,7 +167,8 @@ impl Running {
             accounts.push(AccountTokens::new(cache, account.scopes.clone(), true));
         }
         let metadata = Arc::new(MetadataServer::new(&description, accounts, ctx.clock.clone()));
-        Ok(Running { metadata, project_id: settings.project_id })
+        let bridge = Bridge::new(metadata.clone());
+        Ok(Running { metadata, bridge, project_id: settings.project_id })
     }
 }
 
@@ -179,9 +184,12 @@ async fn start_account(settings: &Settings, exchange: GcpExchange, ctx: &Context
 }
 
 impl Started for Running {
-    /// The GCE metadata server: `GET /` and everything under `/computeMetadata/`.
+    /// The GCE metadata server (`GET /` and everything under `/computeMetadata/`), and the token
+    /// endpoint of the stand-in for gcloud's application-default credentials.
     fn routes(&self) -> Vec<NativeRoute> {
-        metadata::routes(self.metadata.clone())
+        let mut routes = metadata::routes(self.metadata.clone());
+        routes.push(self.bridge.route());
+        routes
     }
 
     fn rules(&self) -> Rules {
@@ -208,5 +216,12 @@ impl Started for Running {
             env.push(AppEnvVar::plain("GOOGLE_CLOUD_PROJECT", project.clone()));
         }
         env
+    }
+
+    /// An `external_account` file whose token URL is keyless's ([`bridge`]): Go, Node and Rust
+    /// programs read gcloud's application-default credentials under `$HOME` whatever
+    /// `CLOUDSDK_CONFIG` says, and every SDK ranks `GOOGLE_APPLICATION_CREDENTIALS` above them.
+    fn stand_in(&self, app: &AppHost, dir: &Path) -> Result<Option<StandIn>, ProviderError> {
+        self.bridge.write(app, dir).map(Some)
     }
 }

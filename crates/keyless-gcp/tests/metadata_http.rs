@@ -247,3 +247,68 @@ async fn app_env_points_every_client_at_the_listener() {
         ]
     );
 }
+
+/// The stand-in for gcloud's application-default credentials (docs/protocols.md 10.4): an
+/// `external_account` file, private, whose token URL is keyless's and whose subject token only
+/// that file's directory holds. Posting that subject token gets the default account's token in
+/// STS's shape; another subject, another grant or an over-long form gets nothing.
+#[tokio::test]
+async fn the_stand_in_file_gets_the_default_accounts_token_and_nothing_else() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let h = Harness::start(|_, _| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = keyless_provider::AppHost::for_listener(h.served.addr);
+    let stand_in = h.provider.stand_in(&app, dir.path()).unwrap().expect("gcp has a stand-in");
+    assert_eq!(stand_in.var, "GOOGLE_APPLICATION_CREDENTIALS");
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&stand_in.path).unwrap()).unwrap();
+    assert_eq!(file["type"], "external_account");
+    assert!(file.get("service_account_impersonation_url").is_none(), "nothing leaves the machine: {file}");
+    assert!(!file["audience"].as_str().unwrap().contains("/projects/"), "no project for Python to look up: {file}");
+    let token_url = file["token_url"].as_str().unwrap();
+    assert_eq!(token_url, h.url("/keyless/v1/external-account/token"));
+    let subject_path = std::path::PathBuf::from(file["credential_source"]["file"].as_str().unwrap());
+    for path in [&stand_in.path, &subject_path] {
+        assert_eq!(std::fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o600, "{}", path.display());
+    }
+    let subject = std::fs::read_to_string(&subject_path).unwrap();
+    assert!(subject.len() >= 64, "256 random bits");
+
+    let post = |form: Vec<(&'static str, String)>| {
+        let request = h.http.post(token_url).form(&form);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let exchange = |subject: &str, scope: &str| {
+        vec![
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange".to_owned()),
+            ("audience", file["audience"].as_str().unwrap().to_owned()),
+            ("requested_token_type", "urn:ietf:params:oauth:token-type:access_token".to_owned()),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt".to_owned()),
+            ("subject_token", subject.to_owned()),
+            ("scope", scope.to_owned()),
+        ]
+    };
+    let (status, body) = post(exchange(&subject, CLOUD_PLATFORM)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["issued_token_type"], "urn:ietf:params:oauth:token-type:access_token");
+    assert!(body["expires_in"].as_u64().unwrap() > 0, "{body}");
+    let (_, info) = h.tokeninfo(body["access_token"].as_str().unwrap()).await;
+    assert_eq!(info["email"], SA, "the default account's token: {info}");
+    // The same token the metadata server serves: one cache.
+    assert_eq!(body["access_token"].as_str().unwrap(), h.access_token("").await);
+
+    let (status, body) = post(exchange(&"0".repeat(subject.len()), CLOUD_PLATFORM)).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_grant")), "{body}");
+    let mut wrong_grant = exchange(&subject, CLOUD_PLATFORM);
+    wrong_grant[0].1 = "refresh_token".to_owned();
+    let (status, body) = post(wrong_grant).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("unsupported_grant_type")), "{body}");
+    let long = h.http.post(token_url).body("x".repeat(keyless_provider::MAX_FORM_BODY + 1)).send().await.unwrap();
+    assert_eq!(long.status(), 413);
+    // The Host rule (DNS rebinding) holds here as on every metadata route.
+    let rebound = h.http.post(token_url).header("host", "evil.example").form(&exchange(&subject, "")).send().await;
+    assert_eq!(rebound.unwrap().status(), 403);
+}

@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -118,7 +119,18 @@ pub enum RouteMethod {
     /// `GET`, and `HEAD` with the same headers and no body.
     Get,
     Put,
+    /// `POST` with a form body of at most [`MAX_FORM_BODY`] bytes, read before the handler runs
+    /// and handed to it as the request's [`FormBody`] extension (an OAuth token endpoint).
+    Post,
 }
+
+/// The largest request body a [`RouteMethod::Post`] route reads: an OAuth token request's form
+/// (grant type, a subject token, scopes) is far shorter.
+pub const MAX_FORM_BODY: usize = 16 * 1024;
+
+/// The body of a [`RouteMethod::Post`] request, complete and within [`MAX_FORM_BODY`].
+#[derive(Debug, Clone)]
+pub struct FormBody(pub bytes::Bytes);
 
 impl NativeRoute {
     /// A `GET` (and `HEAD`) route.
@@ -129,6 +141,11 @@ impl NativeRoute {
     /// A `PUT` route.
     pub fn put(path: impl Into<String>, handler: Handler) -> Self {
         Self { path: path.into(), method: RouteMethod::Put, handler }
+    }
+
+    /// A `POST` route reading a bounded form body ([`FormBody`]).
+    pub fn post(path: impl Into<String>, handler: Handler) -> Self {
+        Self { path: path.into(), method: RouteMethod::Post, handler }
     }
 }
 
@@ -153,6 +170,25 @@ pub trait Started: Send + Sync {
     /// What an app needs to reach this provider through keyless at `app` (the `keyless dev` env
     /// file, `keyless exec`'s environment).
     fn app_env(&self, app: &AppHost) -> Vec<AppEnvVar>;
+
+    /// A credential file for a program `keyless exec` runs (or `keyless dev`'s env file), standing
+    /// in for a local credential file its SDKs would read instead of this provider's endpoints and
+    /// that no variable moves for all of them ([`crate::ShadowFileKind::DirWith`]'s
+    /// `read_at_default_by`): the SDKs rank the stand-in's variable above that file, and the
+    /// stand-in leads them back to keyless. Written into `dir` (private, 0700; removed with the
+    /// program's settings), files 0600. `None` (the default): the provider has no stand-in.
+    fn stand_in(&self, _app: &AppHost, _dir: &Path) -> Result<Option<StandIn>, ProviderError> {
+        Ok(None)
+    }
+}
+
+/// A credential file written by [`Started::stand_in`]: the program gets `var=path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandIn {
+    pub var: &'static str,
+    pub path: std::path::PathBuf,
+    /// What the user must know: the programs that refuse the stand-in, and what to do for them.
+    pub note: Option<&'static str>,
 }
 
 /// What `keyless check` asks of one provider. Never returns a secret: claims, audiences and

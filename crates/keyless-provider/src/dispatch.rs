@@ -30,8 +30,9 @@ use crate::contract::{BoxFuture, RouteMethod, Started};
 use crate::guard::{Rules, Violation};
 use crate::routes::{self, RouteClaim, RouteCollision};
 
-/// What a handler is given: the request line and headers. No native route takes a body (the
-/// shared rules refuse one), so none is passed on.
+/// What a handler is given: the request line and headers. Only a `POST` route takes a body: it
+/// is read (bounded) before the handler runs and given as the [`crate::FormBody`] extension; the
+/// shared rules refuse one on every other route.
 pub type Request = http::Request<()>;
 
 /// A route's handler with its state.
@@ -65,6 +66,7 @@ impl RouteMethod {
         match self {
             Self::Get => method == Method::GET || method == Method::HEAD,
             Self::Put => method == Method::PUT,
+            Self::Post => method == Method::POST,
         }
     }
 
@@ -73,6 +75,7 @@ impl RouteMethod {
         HeaderValue::from_static(match self {
             Self::Get => "GET,HEAD",
             Self::Put => "PUT",
+            Self::Post => "POST",
         })
     }
 }
@@ -153,22 +156,23 @@ impl Routes {
         Ok(Self { table: Arc::new(table) })
     }
 
-    /// Answers `request` (its body is dropped unread: the rules refuse any).
-    pub fn serve<B>(&self, request: http::Request<B>) -> Answer {
+    /// Answers `request` (its body is read only for a `POST` route, and dropped unread otherwise:
+    /// the rules refuse any there).
+    pub fn serve<B: RequestBody>(&self, request: http::Request<B>) -> Answer {
         self.answer(request, None)
     }
 
     /// Refuses `request` for `violation` in its route's native error shape, counted and with the
     /// provider's response headers as any answer of the route; a path no route matches gets the
     /// same empty 404 as in [`Routes::serve`].
-    pub fn refuse<B>(&self, request: http::Request<B>, violation: &Violation) -> Answer {
+    pub fn refuse<B: RequestBody>(&self, request: http::Request<B>, violation: &Violation) -> Answer {
         self.answer(request, Some(violation))
     }
 
     /// `request`'s answer: refused for `refused` (a rule of the connection), else for the first
     /// rule it breaks, else its route's handler's.
-    fn answer<B>(&self, request: http::Request<B>, refused: Option<&Violation>) -> Answer {
-        let (parts, _body) = request.into_parts();
+    fn answer<B: RequestBody>(&self, request: http::Request<B>, refused: Option<&Violation>) -> Answer {
+        let (parts, body) = request.into_parts();
         let Ok(found) = self.table.at(parts.uri.path()) else {
             return Answer {
                 state: State::Ready(Some(StatusCode::NOT_FOUND.into_response())),
@@ -179,14 +183,19 @@ impl Routes {
         let route = found.value.clone();
         let request = Request::from_parts(parts, ());
         let head = request.method() == Method::HEAD;
+        let takes_body = route.method == RouteMethod::Post;
         let violation = match refused {
             Some(violation) => Some(violation.clone()),
-            None => route.rules.check(&request),
+            None => route.rules.check_route(&request, takes_body),
         };
         let state = if let Some(violation) = violation {
             State::Ready(Some(route.rules.errors.refuse(request.uri().path(), &violation)))
         } else if route.method.answers(request.method()) {
-            State::Handling(route.handler.call(request))
+            if takes_body {
+                State::Handling(Box::pin(with_form_body(route.clone(), request, body)))
+            } else {
+                State::Handling(route.handler.call(request))
+            }
         } else {
             let mut refused = StatusCode::METHOD_NOT_ALLOWED.into_response();
             refused.headers_mut().insert(header::ALLOW, route.method.allow());
@@ -196,7 +205,33 @@ impl Routes {
     }
 }
 
-impl<B> tower::Service<http::Request<B>> for Routes {
+/// A request body [`Routes`] can read for a `POST` route (the listener's, axum's).
+pub trait RequestBody: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static {}
+
+impl<B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static> RequestBody for B {}
+
+/// Reads a `POST` route's body, at most [`crate::MAX_FORM_BODY`] bytes (the listener bounds the
+/// time), then runs its handler with it; a longer body, or one that fails, gets the route's
+/// native 413.
+async fn with_form_body<B: RequestBody>(route: Arc<Served>, mut request: Request, body: B) -> Response {
+    use http_body_util::BodyExt as _;
+    let mut body = std::pin::pin!(body);
+    let mut form = bytes::BytesMut::new();
+    while let Some(frame) = body.as_mut().frame().await {
+        let data = match frame {
+            Ok(frame) => frame.into_data().unwrap_or_default(),
+            Err(_) => return route.rules.errors.refuse(request.uri().path(), &Violation::BodyTooLarge),
+        };
+        if form.len() + data.len() > crate::MAX_FORM_BODY {
+            return route.rules.errors.refuse(request.uri().path(), &Violation::BodyTooLarge);
+        }
+        form.extend_from_slice(&data);
+    }
+    request.extensions_mut().insert(crate::FormBody(form.freeze()));
+    route.handler.call(request).await
+}
+
+impl<B: RequestBody> tower::Service<http::Request<B>> for Routes {
     type Response = Response;
     type Error = Infallible;
     type Future = Answer;
@@ -278,6 +313,15 @@ mod tests {
                     }),
                 ),
                 NativeRoute::put("/session", Handler::new((), |(), _| async { "opened".into_response() })),
+                NativeRoute::post(
+                    "/token",
+                    Handler::new((), |(), request: Request| async move {
+                        match request.extensions().get::<crate::FormBody>() {
+                            Some(form) => format!("form {}", String::from_utf8_lossy(&form.0)).into_response(),
+                            None => "no form".into_response(),
+                        }
+                    }),
+                ),
             ]
         }
 
@@ -295,7 +339,8 @@ mod tests {
     }
 
     async fn ask(routes: &Routes, method: Method, uri: &str, host: &str) -> (StatusCode, http::HeaderMap, String) {
-        let request = http::Request::builder().method(method).uri(uri).header("host", host).body(()).expect("request");
+        let request =
+            http::Request::builder().method(method).uri(uri).header("host", host).body(Body::empty()).expect("request");
         let response = routes.serve(request).await.expect("infallible");
         let (parts, body) = response.into_parts();
         let body = to_bytes(body, usize::MAX).await.expect("body");
@@ -342,7 +387,8 @@ mod tests {
     async fn a_refused_connection_gets_its_routes_native_refusal_counted() {
         let metrics = Metrics::new();
         let routes = Routes::new([("fake", &Fake as &dyn Started)], Some(&metrics)).expect("routes");
-        let request = http::Request::get("/creds/app").header("host", "127.0.0.1").body(()).expect("request");
+        let request =
+            http::Request::get("/creds/app").header("host", "127.0.0.1").body(Body::empty()).expect("request");
         let response = routes.refuse(request, &Violation::OtherUser).await.expect("infallible");
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert!(response.headers().contains_key("x-flavor"), "refusals carry the provider's headers");
@@ -350,7 +396,7 @@ mod tests {
         assert!(String::from_utf8_lossy(&body).contains("another user"));
         let route = r#"provider="fake",route="/creds/{name}",status="403""#;
         assert_eq!(count(&metrics, route).as_deref(), Some("1"));
-        let request = http::Request::get("/elsewhere").body(()).expect("request");
+        let request = http::Request::get("/elsewhere").body(Body::empty()).expect("request");
         let response = routes.refuse(request, &Violation::OtherUser).await.expect("infallible");
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
     }
@@ -374,6 +420,48 @@ mod tests {
             assert!(!headers.contains_key("x-flavor"));
         }
         assert!(!metrics.encode().contains("keyless_requests_total{"));
+    }
+
+    async fn post(routes: &Routes, body: Body, length: Option<usize>) -> (StatusCode, String) {
+        let mut request = http::Request::post("/token").header("host", "127.0.0.1");
+        if let Some(length) = length {
+            request = request.header(header::CONTENT_LENGTH, length);
+        }
+        let response = routes.serve(request.body(body).expect("request")).await.expect("infallible");
+        let status = response.status();
+        let body = to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        (status, String::from_utf8(body.to_vec()).expect("text"))
+    }
+
+    /// A POST route gets its form, whole; a body over the bound is refused before the handler
+    /// runs, whether it says so in `Content-Length` or only as it arrives. Other routes still
+    /// refuse every body.
+    #[tokio::test]
+    async fn a_post_route_reads_a_bounded_form_and_only_it_takes_a_body() {
+        let routes = Routes::new([("fake", &Fake as &dyn Started)], None).expect("routes");
+        assert_eq!(post(&routes, Body::from("a=1&b=2"), Some(7)).await, (StatusCode::OK, "form a=1&b=2".to_owned()));
+        let big = "x".repeat(crate::MAX_FORM_BODY + 1);
+        let (status, body) = post(&routes, Body::from(big.clone()), Some(big.len())).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        // Chunked (no length): bounded as it is read.
+        let chunks = futures_util::stream::iter(
+            big.into_bytes()
+                .chunks(1000)
+                .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        );
+        let (status, body) = post(&routes, Body::from_stream(chunks), None).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        let exact = "y".repeat(crate::MAX_FORM_BODY);
+        assert_eq!(post(&routes, Body::from(exact.clone()), Some(exact.len())).await.0, StatusCode::OK);
+
+        let request = http::Request::put("/session")
+            .header("host", "127.0.0.1")
+            .header(header::CONTENT_LENGTH, 3)
+            .body(Body::from("abc"))
+            .expect("request");
+        let response = routes.serve(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "a body on a route that takes none");
     }
 
     #[test]

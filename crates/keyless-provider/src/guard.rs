@@ -8,7 +8,8 @@
 //! | `Host` not an IP literal, `localhost` or a name the cloud's own clients use | 403 | a DNS-rebinding web page sends its own name |
 //! | a security header given twice (`Host`, `Authorization`, `Metadata`, `Metadata-Flavor`, `X-IDENTITY-HEADER`, the IMDSv2 token and TTL headers) | 400 | first-wins would let a proxy or a confused client pick the value |
 //! | `X-Forwarded-For`, `Forwarded` or `X-Real-IP` present | 403 | the request came through a proxy: the GCE metadata server's rule, applied to every route |
-//! | a request body (`Content-Length` other than 0, or `Transfer-Encoding`) | 400 | no native route takes one |
+//! | a request body (`Content-Length` other than 0, or `Transfer-Encoding`) | 400 | no native route takes one, but a `POST` route ([`crate::RouteMethod::Post`]) |
+//! | a `POST` route's body over [`crate::MAX_FORM_BODY`] (by `Content-Length`, or as it arrives) | 413 | a token request's form is far shorter |
 //! | a query string over 4 KiB | 400 | the longest legitimate one (an ID-token audience) is far shorter |
 //! | the connection comes from another user's process (`keyless exec`; `listen_uid_check`) | 403 | IMDSv2, the GCE metadata server and Azure IMDS need no secret: on a shared host any local user could read them |
 //! | `keyless node`: the source address is no Running pod of the node that is opted in, or the AWS authorization token is not that pod's ([`CallerRefusal`]) | 403 (503 while its ServiceAccount's tokens cannot be had) | the node agent serves each pod its own ServiceAccount's identities only |
@@ -56,6 +57,8 @@ pub enum Violation {
     DuplicateHeader(HeaderName),
     Forwarded,
     Body,
+    /// A `POST` route's body is over [`crate::MAX_FORM_BODY`], or could not be read whole.
+    BodyTooLarge,
     QueryTooLong,
     /// The connection's peer socket belongs to another user (or cannot be told): checked once per
     /// connection by the credential listener, not by [`Rules::check`].
@@ -126,6 +129,7 @@ impl Violation {
             Self::Caller(CallerRefusal::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Caller(_) => StatusCode::FORBIDDEN,
             Self::DuplicateHeader(_) | Self::Body | Self::QueryTooLong => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -143,6 +147,7 @@ impl Violation {
                  clients, not requests relayed by a proxy",
             ),
             Self::Body => Cow::Borrowed("this endpoint takes no request body"),
+            Self::BodyTooLarge => Cow::Borrowed("the request body is larger than 16384 bytes, or was not sent whole"),
             Self::QueryTooLong => Cow::Borrowed("the query string is longer than 4096 bytes"),
             Self::OtherUser => Cow::Borrowed(
                 "the connection comes from a process of another user: this keyless serves credentials only to \
@@ -159,6 +164,7 @@ impl Violation {
             Self::DuplicateHeader(_) => "DuplicateHeader",
             Self::Forwarded => "ForwardedRequest",
             Self::Body => "RequestBodyNotAccepted",
+            Self::BodyTooLarge => "RequestBodyTooLarge",
             Self::QueryTooLong => "QueryTooLong",
             Self::OtherUser => "OtherUser",
             Self::Caller(refusal) => refusal.code(),
@@ -227,6 +233,12 @@ impl Rules {
 
     /// The first rule `request` breaks, if any.
     pub fn check<B>(&self, request: &http::Request<B>) -> Option<Violation> {
+        self.check_route(request, false)
+    }
+
+    /// [`Rules::check`] for a route that reads a body of at most [`crate::MAX_FORM_BODY`] bytes
+    /// (`takes_body`) or none.
+    pub fn check_route<B>(&self, request: &http::Request<B>, takes_body: bool) -> Option<Violation> {
         let headers = request.headers();
         let host_ok = headers.get(header::HOST).is_none_or(|h| host_allowed(h.as_bytes(), self.host_names))
             && request.uri().authority().is_none_or(|a| host_allowed(a.as_str().as_bytes(), self.host_names));
@@ -261,7 +273,13 @@ impl Rules {
         if forwarded {
             return Some(Violation::Forwarded);
         }
-        if transfer_encoding || content_length.is_some_and(|v| v.as_bytes() != b"0") {
+        if takes_body {
+            // A chunked body is bounded as it is read.
+            let declared = content_length.map(|v| v.to_str().ok().and_then(|v| v.parse::<usize>().ok()));
+            if declared.is_some_and(|n| n.is_none_or(|n| n > crate::MAX_FORM_BODY)) {
+                return Some(Violation::BodyTooLarge);
+            }
+        } else if transfer_encoding || content_length.is_some_and(|v| v.as_bytes() != b"0") {
             return Some(Violation::Body);
         }
         if request.uri().query().is_some_and(|q| q.len() > MAX_QUERY) {

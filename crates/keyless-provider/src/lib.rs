@@ -31,7 +31,10 @@ pub mod upstream;
 
 use axum::Router;
 
-pub use contract::{BoxFuture, Configured, Diagnosis, Env, NativeRoute, Provider, ProviderError, RouteMethod, Started};
+pub use contract::{
+    BoxFuture, Configured, Diagnosis, Env, FormBody, MAX_FORM_BODY, NativeRoute, Provider, ProviderError, RouteMethod,
+    StandIn, Started,
+};
 pub use dispatch::{Handler, Request, Routes};
 pub use guard::{CallerRefusal, NativeErrors, Rules, Violation};
 pub use listen::AppHost;

@@ -235,7 +235,12 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     env.extend(emulator_env(&emulator, &bundle, sidecar.admin_addr()));
     // The laptop's own credentials must not win over the emulated identities in an app that
     // sourced the env file; kept (the private copies) until dev ends.
-    let set_aside = setaside::plan(&providers::shadowing(served.iter().copied()), &setaside::Host::process(), &[])?;
+    let set_aside = setaside::plan(
+        &providers::shadowing(served.iter().copied()),
+        &setaside::Host::process(),
+        &[],
+        &|provider, dir| sidecar.stand_in(provider, dir),
+    )?;
     env.extend(set_aside_env(&set_aside, &env));
     write_env_file(&opts.env_file, &env)?;
     print_env(&opts.env_file, &env);
@@ -254,7 +259,8 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
 /// environment (SDKs take an empty value as unset; an env file cannot unset), the private copies
 /// for the file variables. Variables keyless sets itself keep keyless's value.
 fn set_aside_env(set_aside: &SetAside, env: &[AppEnvVar]) -> Vec<AppEnvVar> {
-    let ours = |name: &str| env.iter().any(|v| v.name == name);
+    // A variable set to a private copy (or a stand-in) gets that value, not an empty one first.
+    let ours = |name: &str| env.iter().any(|v| v.name == name) || set_aside.set.iter().any(|(n, _)| *n == name);
     let mut lines: Vec<AppEnvVar> =
         set_aside.remove.iter().filter(|name| !ours(name)).map(|name| AppEnvVar::plain(*name, "")).collect();
     lines.extend(set_aside.set.iter().map(|(name, value)| AppEnvVar::plain(*name, value.as_str())));

@@ -85,8 +85,8 @@ pub fn own_failure(who: &str, message: &str) -> ExitCode {
 pub struct InProcess {
     /// The command's environment: each served cloud's variables.
     pub env: Vec<AppEnvVar>,
-    /// The providers served.
-    pub served: Vec<&'static str>,
+    /// What was set aside for the command ([`InProcess::start`]'s `keep`).
+    pub set_aside: Option<SetAside>,
     readiness: Vec<Arc<dyn Readiness>>,
     stop: tokio::sync::oneshot::Sender<()>,
     serving: tokio::task::JoinHandle<Result<(), crate::serve::ServeError>>,
@@ -94,8 +94,10 @@ pub struct InProcess {
 
 impl InProcess {
     /// Loads the configuration, starts the chosen providers and serves them on ephemeral
-    /// loopback ports. Logs warnings and errors to stderr unless the config says otherwise.
-    pub async fn start(config: Option<&Path>, choice: &Choice) -> Result<Self, String> {
+    /// loopback ports. Logs warnings and errors to stderr unless the config says otherwise. With
+    /// `keep`, also sets aside the local credentials the served clouds' SDKs would rank above
+    /// keyless for a command ([`setaside::plan`]), but the variables `keep` names.
+    pub async fn start(config: Option<&Path>, choice: &Choice, keep: Option<&[String]>) -> Result<Self, String> {
         let loopback = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         let overrides = Overrides { listen: loopback, admin_listen: loopback };
         let (config, sections, _skipped) = crate::load_config(config, &overrides)?;
@@ -108,16 +110,25 @@ impl InProcess {
         );
         let process_env = |name: &str| std::env::var(name).ok();
         let started = providers::start_chosen(sections, &ctx, &process_env, choice).await.map_err(|e| e.to_string())?;
-        let served = started.iter().map(|p| p.name).collect();
+        let served: Vec<&'static str> = started.iter().map(|p| p.name).collect();
         let sidecar =
             Sidecar::bind(config.listen, config.admin_listen, started, &ctx, false).await.map_err(|e| e.to_string())?;
         let readiness = sidecar.readiness();
         let env = sidecar.app_env();
+        let set_aside = match keep {
+            Some(keep) => Some(setaside::plan(
+                &providers::shadowing(served.iter().copied()),
+                &setaside::Host::process(),
+                keep,
+                &|provider, dir| sidecar.stand_in(provider, dir),
+            )?),
+            None => None,
+        };
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(sidecar.run(async move {
             let _ = stop_rx.await;
         }));
-        Ok(Self { env, served, readiness, stop, serving })
+        Ok(Self { env, set_aside, readiness, stop, serving })
     }
 
     /// Waits until every configured identity holds a credential (see [`wait_until_ready`]).
@@ -142,13 +153,9 @@ async fn run(opts: ExecOptions) -> Result<ExitCode, String> {
     }
     // Before anything needs cleaning up: a signal while CMD waits ends keyless in order.
     let mut signals = Signals::listen()?;
-    let keyless = InProcess::start(opts.config.as_deref(), &opts.choice).await?;
+    let mut keyless = InProcess::start(opts.config.as_deref(), &opts.choice, Some(&opts.keep_env)).await?;
+    let set_aside = keyless.set_aside.take().unwrap_or_default();
     let outcome = async {
-        let set_aside = setaside::plan(
-            &providers::shadowing(keyless.served.iter().copied()),
-            &setaside::Host::process(),
-            &opts.keep_env,
-        )?;
         report(&set_aside);
         tokio::select! {
             ready = keyless.ready(opts.ready_timeout, "keyless exec") => ready?,

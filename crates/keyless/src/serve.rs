@@ -23,7 +23,7 @@ use tracing::info;
 
 use keyless_provider::dispatch::Answer;
 use keyless_provider::guard::{GuardLayer, Violation};
-use keyless_provider::{AppHost, RouteCollision, Routes, Rules};
+use keyless_provider::{AppHost, RouteCollision, Routes, Rules, StandIn};
 
 use crate::admin::{self, AdminState};
 use crate::listener::{Limits, Listener, PlainTcp, RequestBody, Respond};
@@ -128,6 +128,16 @@ impl Sidecar {
     pub fn app_env(&self) -> Vec<AppEnvVar> {
         let app = AppHost::for_listener(self.listen_addr());
         self.providers.iter().flat_map(|p| p.started.app_env(&app)).collect()
+    }
+
+    /// Writes `provider`'s stand-in credential file into `dir` ([`Started::stand_in`]), for a
+    /// program that reaches this sidecar; `None` when it has none or is not served.
+    pub fn stand_in(&self, provider: &str, dir: &std::path::Path) -> Result<Option<StandIn>, String> {
+        let app = AppHost::for_listener(self.listen_addr());
+        match self.providers.iter().find(|p| p.name == provider) {
+            Some(p) => p.started.stand_in(&app, dir).map_err(|e| format!("{provider}: {e}")),
+            None => Ok(None),
+        }
     }
 
     /// Every configured identity's readiness (what `/readyz` reports; `keyless exec` waits on it).

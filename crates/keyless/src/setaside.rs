@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use keyless_core::files;
-use keyless_provider::{ShadowFileKind, Shadowing};
+use keyless_provider::{ShadowFileKind, Shadowing, StandIn};
 
 /// Settings files larger than this are left alone (and reported): a credentials file is a few KB.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -79,16 +79,28 @@ impl Host<'_> {
     }
 }
 
+/// Writes a provider's stand-in credential file into a directory
+/// ([`keyless_provider::Started::stand_in`]): `(provider, dir)`.
+pub type StandIns<'a> = &'a dyn Fn(&'static str, &Path) -> Result<Option<StandIn>, String>;
+
+/// No provider has a stand-in.
+#[cfg(test)]
+pub fn no_stand_ins(_: &'static str, _: &Path) -> Result<Option<StandIn>, String> {
+    Ok(None)
+}
+
 /// The plan for the providers in `shadowing`, keeping the variables (or file variables) named
-/// in `keep`.
+/// in `keep`. A credential file that SDKs read at its default place whatever a variable says is
+/// met by the provider's stand-in (`stand_ins`), when it has one.
 pub fn plan(
     shadowing: &[(&'static str, &'static Shadowing)],
     host: &Host<'_>,
     keep: &[String],
+    stand_ins: StandIns<'_>,
 ) -> Result<SetAside, String> {
     let mut out = SetAside::default();
     let kept = |name: &str| keep.iter().any(|k| k == name);
-    for (_, shadowing) in shadowing {
+    for (provider, shadowing) in shadowing {
         let mut groups: Vec<&'static str> = Vec::new();
         for var in shadowing.vars.iter().filter(|v| !kept(v.name)) {
             let Some(value) = (host.env)(var.name) else { continue };
@@ -132,12 +144,27 @@ pub fn plan(
                     out.report.push(format!("{} {}", host.shown(&path), shown(&filtered.removed.join(" "))));
                 }
                 ShadowFileKind::DirWith { file: inner, read_at_default_by } => {
-                    // No variable moves the file for libraries that read it under HOME: they
-                    // are told, since the report below speaks for the others only.
+                    // No variable moves the file for libraries that read it under HOME: the
+                    // provider's stand-in, which they rank above it, leads them back to keyless;
+                    // without one they are told.
+                    let mut stood_in = None;
                     if let (Some(who), Some(home)) = (read_at_default_by, &host.home) {
                         let at_default = home.join(file.default).join(inner);
                         if at_default.exists() {
-                            out.warnings.push(format!("{} for {who}", host.shown(&at_default)));
+                            let dir = out.dir()?.to_owned();
+                            match stand_ins(provider, &dir)? {
+                                Some(stand_in) if !kept(stand_in.var) => {
+                                    let note = stand_in.note.map(|n| format!("; {n}")).unwrap_or_default();
+                                    out.report.push(format!(
+                                        "{} ({} set to keyless's stand-in{note})",
+                                        host.shown(&at_default),
+                                        stand_in.var
+                                    ));
+                                    out.set.push((stand_in.var, stand_in.path.display().to_string()));
+                                    stood_in = Some(at_default);
+                                }
+                                _ => out.warnings.push(format!("{} for {who}", host.shown(&at_default))),
+                            }
                         }
                     }
                     let held = path.join(inner);
@@ -147,7 +174,9 @@ pub fn plan(
                     let empty = out.dir()?.join(file.var.to_ascii_lowercase());
                     std::fs::create_dir_all(&empty).map_err(|e| format!("cannot create {}: {e}", empty.display()))?;
                     out.set.push((file.var, empty.display().to_string()));
-                    out.report.push(host.shown(&held));
+                    if stood_in.as_ref() != Some(&held) {
+                        out.report.push(host.shown(&held));
+                    }
                 }
             }
         }
@@ -200,7 +229,7 @@ mod tests {
         .into();
         let lookup = |n: &str| env.get(n).map(|v| (*v).to_owned());
         let host = Host { env: &lookup, home: Some(home.path().to_owned()) };
-        let plan = plan(&aws(), &host, &[]).expect("plan");
+        let plan = plan(&aws(), &host, &[], &no_stand_ins).expect("plan");
         assert_eq!(
             plan.report,
             [
@@ -230,7 +259,8 @@ mod tests {
     }
 
     fn plan_with_keep(host: &Host<'_>) -> SetAside {
-        plan(&aws(), host, &["AWS_ROLE_ARN".to_owned(), "AWS_WEB_IDENTITY_TOKEN_FILE".to_owned()]).expect("plan")
+        plan(&aws(), host, &["AWS_ROLE_ARN".to_owned(), "AWS_WEB_IDENTITY_TOKEN_FILE".to_owned()], &no_stand_ins)
+            .expect("plan")
     }
 
     #[test]
@@ -239,7 +269,7 @@ mod tests {
         let lookup = |n: &str| env.get(n).map(|v| (*v).to_owned());
         let home = tempfile::tempdir().expect("tempdir");
         let host = Host { env: &lookup, home: Some(home.path().to_owned()) };
-        let plan = plan(&aws(), &host, &[]).expect("plan");
+        let plan = plan(&aws(), &host, &[], &no_stand_ins).expect("plan");
         assert_eq!(plan.report, ["AWS_PROFILE=gone"]);
         assert_eq!(plan.remove, ["AWS_PROFILE"]);
     }
@@ -254,7 +284,7 @@ mod tests {
         let env: HashMap<&str, &str> = [("AWS_PROFILE", "gone\u{1b}[2J")].into();
         let lookup = |n: &str| env.get(n).map(|v| (*v).to_owned());
         let host = Host { env: &lookup, home: Some(home.path().to_owned()) };
-        let plan = plan(&aws(), &host, &[]).expect("plan");
+        let plan = plan(&aws(), &host, &[], &no_stand_ins).expect("plan");
         assert_eq!(plan.report, ["~/.aws/credentials [x\\u{1b}[2J]", "AWS_PROFILE=gone\\u{1b}[2J"]);
     }
 
@@ -265,7 +295,7 @@ mod tests {
         std::fs::write(home.path().join(".config/gcloud/application_default_credentials.json"), "{}").expect("write");
         let lookup = |_: &str| None;
         let host = Host { env: &lookup, home: Some(home.path().to_owned()) };
-        let plan = plan(&crate::providers::shadowing(["gcp"]), &host, &[]).expect("plan");
+        let plan = plan(&crate::providers::shadowing(["gcp"]), &host, &[], &no_stand_ins).expect("plan");
         assert_eq!(plan.report, ["~/.config/gcloud/application_default_credentials.json"]);
         assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
         assert!(
@@ -292,14 +322,58 @@ mod tests {
         let elsewhere_path = elsewhere.path().display().to_string();
         let lookup = |n: &str| (n == "CLOUDSDK_CONFIG").then(|| elsewhere_path.clone());
         let host = Host { env: &lookup, home: Some(home.path().to_owned()) };
-        let plan = plan(&crate::providers::shadowing(["gcp"]), &host, &[]).expect("plan");
+        let plan = plan(&crate::providers::shadowing(["gcp"]), &host, &[], &no_stand_ins).expect("plan");
         assert!(plan.report.is_empty(), "nothing in CLOUDSDK_CONFIG to set aside: {:?}", plan.report);
         assert!(plan.set.is_empty(), "{:?}", plan.set);
         assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
         assert!(plan.warnings[0].contains("revoke"), "{:?}", plan.warnings);
         // Kept on purpose: no word about it.
         let kept =
-            super::plan(&crate::providers::shadowing(["gcp"]), &host, &["CLOUDSDK_CONFIG".to_owned()]).expect("plan");
+            super::plan(&crate::providers::shadowing(["gcp"]), &host, &["CLOUDSDK_CONFIG".to_owned()], &no_stand_ins)
+                .expect("plan");
         assert!(kept.warnings.is_empty(), "{:?}", kept.warnings);
+    }
+
+    /// A stand-in written by the provider into the private directory.
+    fn gcp_stand_in(provider: &'static str, dir: &Path) -> Result<Option<StandIn>, String> {
+        assert_eq!(provider, "gcp");
+        let path = dir.join("stand-in.json");
+        std::fs::write(&path, "{}").map_err(|e| e.to_string())?;
+        Ok(Some(StandIn { var: "GOOGLE_APPLICATION_CREDENTIALS", path, note: Some("a note") }))
+    }
+
+    /// With the provider's stand-in, the file under HOME is met for every SDK: the stand-in's
+    /// variable, which they rank above it, points into the private directory; one report item,
+    /// no warning. A user keeping that variable keeps their own, and is told about the file.
+    #[test]
+    fn gcloud_adc_file_under_home_is_met_by_the_providers_stand_in() {
+        let home = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(home.path().join(".config/gcloud")).expect("mkdir");
+        std::fs::write(home.path().join(".config/gcloud/application_default_credentials.json"), "{}").expect("write");
+        let lookup = |_: &str| None;
+        let host = Host { env: &lookup, home: Some(home.path().to_owned()) };
+        let plan = plan(&crate::providers::shadowing(["gcp"]), &host, &[], &gcp_stand_in).expect("plan");
+        assert_eq!(
+            plan.report,
+            ["~/.config/gcloud/application_default_credentials.json (GOOGLE_APPLICATION_CREDENTIALS set to keyless's \
+              stand-in; a note)"]
+        );
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        let vars: Vec<&str> = plan.set.iter().map(|(k, _)| *k).collect();
+        assert_eq!(vars, ["GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG"]);
+        let stand_in = PathBuf::from(&plan.set[0].1);
+        assert!(stand_in.exists());
+        drop(plan);
+        assert!(!stand_in.exists(), "the stand-in goes with the private directory");
+
+        let kept = super::plan(
+            &crate::providers::shadowing(["gcp"]),
+            &host,
+            &["GOOGLE_APPLICATION_CREDENTIALS".to_owned()],
+            &gcp_stand_in,
+        )
+        .expect("plan");
+        assert!(!kept.set.iter().any(|(k, _)| *k == "GOOGLE_APPLICATION_CREDENTIALS"), "{:?}", kept.set);
+        assert_eq!(kept.warnings.len(), 1, "{:?}", kept.warnings);
     }
 }

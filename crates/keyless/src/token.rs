@@ -75,7 +75,7 @@ async fn fetch(opts: &TokenOptions) -> Result<String, String> {
     if let Some(role) = &opts.role {
         choice.defaults.insert(name, role.clone());
     }
-    let keyless = InProcess::start(opts.config.as_deref(), &choice).await?;
+    let keyless = InProcess::start(opts.config.as_deref(), &choice, None).await?;
     let result = async {
         keyless.ready(opts.ready_timeout, "keyless token").await?;
         match opts.cloud {

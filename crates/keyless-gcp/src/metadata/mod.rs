@@ -81,6 +81,15 @@ impl MetadataServer {
         Self { tree: build_tree(description), accounts, clock }
     }
 
+    /// The default account's tokens.
+    pub(crate) fn default_account(&self) -> Option<&AccountTokens> {
+        self.accounts.first()
+    }
+
+    pub(crate) fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
     /// Every account's cache, the default one's first.
     pub(crate) fn caches(&self) -> impl Iterator<Item = &CredentialCache<GcpExchange>> {
         self.accounts.iter().map(|a| &a.cache)

@@ -400,7 +400,10 @@ mod tests {
     async fn callers_are_refused_in_each_endpoints_native_shape() {
         let routes = refusal_routes(&Options::default(), &Metrics::new()).expect("the refusal routes");
         let ask = |path: &'static str| {
-            let request = axum::http::Request::get(path).header("host", "169.254.170.23").body(()).expect("a request");
+            let request = axum::http::Request::get(path)
+                .header("host", "169.254.170.23")
+                .body(axum::body::Body::empty())
+                .expect("a request");
             routes.refuse(request, &keyless_provider::Violation::Caller(keyless_provider::CallerRefusal::NotOptedIn))
         };
         for (path, shape) in [
