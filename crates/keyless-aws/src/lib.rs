@@ -39,7 +39,7 @@ pub use crate::sts::StsExchange;
 use crate::container::{ContainerAuth, ContainerState};
 use crate::imds::{ImdsSessions, ImdsState};
 use crate::serve::{AwsErrors, Served};
-use crate::settings::{Host, Settings};
+use crate::settings::Settings;
 
 /// The AWS provider (`[aws]`).
 #[derive(Debug, Clone, Copy)]
@@ -75,8 +75,8 @@ impl keyless_provider::Provider for Aws {
         Ok(config)
     }
 
-    fn configure(config: Config, _ctx: &Context) -> Result<Box<dyn Configured>, ProviderError> {
-        Ok(Box::new(AwsConfigured { settings: Settings::resolve(&config, &Host::process())? }))
+    fn configure(config: Config, ctx: &Context) -> Result<Box<dyn Configured>, ProviderError> {
+        Ok(Box::new(AwsConfigured { settings: Settings::resolve_in(&config, ctx)? }))
     }
 }
 
@@ -139,7 +139,7 @@ fn claims(settings: &Settings) -> Vec<RouteClaim> {
 /// Validates `config` and starts the provider: [`Aws`]'s `configure` then `start`, for callers
 /// that hold the concrete type (tests).
 pub async fn start(config: Config, ctx: &Context) -> Result<Running, ConfigError> {
-    Running::start(Settings::resolve(&config, &Host::process())?, ctx).await
+    Running::start(Settings::resolve_in(&config, ctx)?, ctx).await
 }
 
 /// The running AWS provider: one role's credential cache and the routes serving it.
@@ -291,7 +291,7 @@ pub async fn fetch_role_once(
     ctx: &Context,
 ) -> Result<Issued<AwsCredentials>, ConfigError> {
     use keyless_core::Exchange as _;
-    let settings = Settings::resolve(config, &Host::process())?;
+    let settings = Settings::resolve_in(config, ctx)?;
     let exchange = StsExchange::new(&settings, ctx)?;
     let exchange = match role {
         None => exchange,
@@ -326,6 +326,7 @@ fn unknown_role(settings: &Settings, name: &str) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::Host;
 
     fn settings(change: impl FnOnce(&mut Config)) -> Settings {
         let mut config = Config::new("/t", "arn:aws:iam::123456789012:role/app");

@@ -166,10 +166,6 @@ pub(crate) struct Host<'a> {
 }
 
 impl Host<'_> {
-    pub(crate) fn process() -> Host<'static> {
-        Host { env: &|k| std::env::var(k).ok(), hostname_file: std::fs::read_to_string("/etc/hostname").ok() }
-    }
-
     fn var(&self, name: &str) -> Option<String> {
         (self.env)(name).filter(|v| !v.trim().is_empty())
     }
@@ -180,6 +176,12 @@ const DURATION_MAX: Duration = Duration::from_secs(43_200);
 const IMDS_TTL_MAX: Duration = Duration::from_secs(21_600);
 
 impl Settings {
+    /// [`Settings::resolve`] with the context's environment and host name.
+    pub(crate) fn resolve_in(config: &Config, ctx: &keyless_core::Context) -> Result<Self, ConfigError> {
+        let env = ctx.env();
+        Self::resolve(config, &Host { env: &env, hostname_file: ctx.host.hostname().map(str::to_owned) })
+    }
+
     pub(crate) fn resolve(config: &Config, host: &Host<'_>) -> Result<Self, ConfigError> {
         let source = token_source(config, host)?;
         let role = RoleArn::parse(config.role_arn.trim()).map_err(|m| ConfigError::invalid("role_arn", m))?;

@@ -38,6 +38,8 @@ pub struct StsExchange {
     clock: SharedClock,
     /// The `[[aws.roles]]` name of a named role (`None` for the default role).
     name: Option<String>,
+    /// What to check when STS says the token expired, for the section's source.
+    stale_hint: String,
 }
 
 impl StsExchange {
@@ -57,6 +59,7 @@ impl StsExchange {
             endpoint,
             clock: ctx.clock.clone(),
             name: None,
+            stale_hint: settings.source.stale_token_hint("aws.token_file"),
         })
     }
 
@@ -75,6 +78,7 @@ impl StsExchange {
             endpoint: self.endpoint.clone(),
             clock: self.clock.clone(),
             name: Some(named.name.clone()),
+            stale_hint: self.stale_hint.clone(),
         }
     }
 
@@ -220,10 +224,9 @@ impl StsExchange {
                  audiences include {aud}, that {issuer}/.well-known/openid-configuration and its JWKS are reachable \
                  from AWS, and that aws.token_file is the projected token (keyless re-reads it and retries)"
             ),
-            "ExpiredTokenException" | "ExpiredToken" => format!(
-                "the token has expired ({claims}): aws.token_file must be the kubelet-projected token, which is \
-                 rotated; a copied token file goes stale"
-            ),
+            "ExpiredTokenException" | "ExpiredToken" => {
+                format!("the token has expired ({claims}): {}", self.stale_hint)
+            }
             "IDPCommunicationError" => format!(
                 "AWS could not reach the issuer {issuer} to fetch its signing keys; it is retried. If it persists, \
                  check that the issuer's discovery document and JWKS are publicly reachable"

@@ -26,6 +26,8 @@ pub(crate) struct Attempt<'a> {
     pub client_id: &'a ClientId,
     pub scope: &'a Scope,
     pub claims: &'a Claims,
+    /// What to check for a stale token, for the source ([`keyless_core::SourceSpec::stale_token_hint`]).
+    pub stale_hint: &'a str,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,10 +142,9 @@ fn known_code(code: u64, a: Attempt<'_>) -> Option<(ErrorClass, String)> {
             a.tenant
         ),
         700024 => format!(
-            "the subject token was outside its validity window when Entra ID checked it ({}): the \
-             token file held a stale token; keyless re-reads it and retries; if this repeats, check \
-             that the kubelet refreshes the projected token and that the node clock is in sync",
-            a.claims
+            "the subject token was outside its validity window when Entra ID checked it ({}): keyless re-reads it \
+             and retries; {}",
+            a.claims, a.stale_hint
         ),
         90061 => format!(
             "Entra ID could not reach issuer {iss} to fetch its signing keys: its \
@@ -211,6 +212,7 @@ mod tests {
                     client_id: &self.client,
                     scope: &self.scope,
                     claims: &self.claims,
+                    stale_hint: "the token file must be fresh",
                 },
             )
         }

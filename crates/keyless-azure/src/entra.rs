@@ -15,7 +15,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use keyless_core::clock::SharedClock;
-use keyless_core::{Exchange, ExchangeError, Expiring, Issued, Secret, SubjectToken};
+use keyless_core::{Exchange, ExchangeError, Expiring, Issued, Secret, SourceSpec, SubjectToken};
 use keyless_provider::Provider as _;
 use keyless_provider::upstream::{read_bounded, retry_after_header, throttling, transport_error};
 
@@ -64,6 +64,8 @@ pub struct EntraExchange {
     tenant: TenantId,
     token_url: url::Url,
     clock: SharedClock,
+    /// What to check when Entra says the token is stale, for the section's source.
+    stale_hint: String,
 }
 
 impl EntraExchange {
@@ -77,7 +79,14 @@ impl EntraExchange {
         // `url::Url` renders a bare host with a trailing slash: trim before joining (docs/protocols.md 4.1).
         let authority = authority.as_str().trim_end_matches('/').to_owned();
         let token_url = url::Url::parse(&format!("{authority}/{tenant}/oauth2/v2.0/token"))?;
-        Ok(Self { http, authority, tenant, token_url, clock })
+        let stale_hint = SourceSpec::File(std::path::PathBuf::new()).stale_token_hint("azure.token_file");
+        Ok(Self { http, authority, tenant, token_url, clock, stale_hint })
+    }
+
+    /// Its hints for a stale token name what to check for `source`.
+    #[must_use]
+    pub fn for_source(self, source: &SourceSpec) -> Self {
+        Self { stale_hint: source.stale_token_hint("azure.token_file"), ..self }
     }
 
     /// The token endpoint as errors name it.
@@ -136,6 +145,7 @@ impl Exchange for EntraExchange {
                     client_id: &key.client_id,
                     scope: &key.scope,
                     claims: token.claims(),
+                    stale_hint: &self.stale_hint,
                 },
             );
             // Entra throttles with 429 and `Retry-After`, its body perhaps not JSON (docs/protocols.md 9).

@@ -71,7 +71,7 @@ impl keyless_provider::Provider for Azure {
 
 /// The section's own checks, then the one that depends on the cache's size.
 fn validate(config: Config, ctx: &Context) -> Result<Settings, ConfigError> {
-    let settings = config.validate()?;
+    let settings = config.validate_in(&ctx.env())?;
     let pinned = settings.clients.len() * settings.prewarm.len();
     if pinned >= ctx.cache_policy.max_entries {
         return Err(ConfigError::Invalid {
@@ -97,12 +97,12 @@ fn exchange(settings: &Settings, ctx: &Context) -> Result<EntraExchange, ConfigE
         &[&settings.authority],
     )
     .map_err(|e| ConfigError::HttpClient(e.to_string()))?;
-    EntraExchange::new(http, &settings.authority, settings.tenant.clone(), ctx.clock.clone()).map_err(|e| {
-        ConfigError::Invalid {
+    EntraExchange::new(http, &settings.authority, settings.tenant.clone(), ctx.clock.clone())
+        .map(|exchange| exchange.for_source(&settings.token_source()))
+        .map_err(|e| ConfigError::Invalid {
             key: "azure.tenant_id".to_owned(),
             reason: format!("does not make a token URL with azure.authority_host: {e}"),
-        }
-    })
+        })
 }
 
 #[derive(Debug)]

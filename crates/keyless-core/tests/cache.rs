@@ -235,7 +235,7 @@ async fn a_rejected_token_is_re_read_from_the_file_and_retried_once() {
         keyless_core::WatchOptions { debounce: HOUR, poll_interval: HOUR, ..keyless_core::WatchOptions::default() };
     let clock: SharedClock = Arc::new(keyless_core::clock::SystemClock);
     let spec = keyless_core::SourceSpec::File(dir.path().join("token"));
-    let tokens = TokenSource::open(&spec, &options, clock.clone(), Metrics::new()).await;
+    let tokens = TokenSource::open(&spec, &options, &|_| None, clock.clone(), Metrics::new()).await;
     let calls = Arc::new(Mutex::new(Vec::new()));
     let dir_path = dir.path().to_owned();
     let exchange = Scripted {

@@ -38,7 +38,7 @@ async fn open(dir: &Path, options: WatchOptions) -> TokenSource {
 
 async fn open_file(path: &Path, options: WatchOptions, metrics: Metrics) -> TokenSource {
     let spec = SourceSpec::File(path.to_owned());
-    let opened = TokenSource::open(&spec, &options, Arc::new(SystemClock), metrics);
+    let opened = TokenSource::open(&spec, &options, &|_| None, Arc::new(SystemClock), metrics);
     tokio::time::timeout(WAIT, opened).await.expect("opening the source blocked")
 }
 

@@ -25,7 +25,14 @@ const SECRETS: [(&str, &str); 2] = [
 ];
 
 async fn open(spec: SourceSpec) -> TokenSource {
-    TokenSource::open(&spec, &WatchOptions::default(), Arc::new(SystemClock), Metrics::new()).await
+    TokenSource::open(
+        &spec,
+        &WatchOptions::default(),
+        &|k| std::env::var(k).ok(),
+        Arc::new(SystemClock),
+        Metrics::new(),
+    )
+    .await
 }
 
 /// Process `pid`'s state and parent (`/proc/PID/stat`), or `None` when there is no such process.

@@ -102,9 +102,11 @@ impl Config {
         }))
     }
 
-    /// Merges the section with its credential file and the defaults, validating every value.
+    /// Merges the section with its credential file and the defaults, validating every value, in
+    /// an empty environment (tests).
+    #[cfg(test)]
     pub(crate) fn resolve(&self) -> Result<Settings, ConfigError> {
-        self.resolve_in(&|k| std::env::var(k).ok())
+        self.resolve_in(&|_| None)
     }
 
     /// [`Config::resolve`] with the process environment `env` (GitHub Actions detection, the

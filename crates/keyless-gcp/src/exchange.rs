@@ -64,6 +64,8 @@ pub(crate) struct GcpExchange {
     subject_token_type: String,
     impersonation: Option<Impersonation>,
     clock: SharedClock,
+    /// What to check when STS says the token is stale, for the section's source.
+    stale_hint: String,
 }
 
 impl GcpExchange {
@@ -108,6 +110,7 @@ impl GcpExchange {
                 lifetime: settings.token_lifetime,
             }),
             clock,
+            stale_hint: settings.source.stale_token_hint("gcp.token_file"),
         }
     }
 
@@ -118,6 +121,7 @@ impl GcpExchange {
             now: self.clock.now(),
             service_account: self.impersonation.as_ref().map(|i| i.email.as_str()),
             delegates: self.impersonation.as_ref().map_or(&[], |i| i.delegates.as_slice()),
+            stale_hint: &self.stale_hint,
         }
     }
 

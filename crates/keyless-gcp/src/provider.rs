@@ -63,8 +63,8 @@ impl keyless_provider::Provider for Gcp {
         Ok(config)
     }
 
-    fn configure(config: Config, _ctx: &Context) -> Result<Box<dyn Configured>, ProviderError> {
-        Ok(Box::new(GcpConfigured { settings: config.resolve()? }))
+    fn configure(config: Config, ctx: &Context) -> Result<Box<dyn Configured>, ProviderError> {
+        Ok(Box::new(GcpConfigured { settings: config.resolve_in(&ctx.env())? }))
     }
 }
 
@@ -101,7 +101,7 @@ impl Configured for GcpConfigured {
 /// Validates `config` and starts the provider ([`Gcp`]'s `configure` then `start`), for callers
 /// that hold the concrete type (tests).
 pub async fn start(config: Config, ctx: &Context) -> Result<Running, ConfigError> {
-    Running::start(config.resolve()?, ctx).await
+    Running::start(config.resolve_in(&ctx.env())?, ctx).await
 }
 
 /// Google Cloud through keyless: STS (+ impersonation) behind the GCE metadata server.

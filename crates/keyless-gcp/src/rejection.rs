@@ -17,6 +17,8 @@ pub(crate) struct Attempt<'a> {
     pub(crate) now: SystemTime,
     pub(crate) service_account: Option<&'a str>,
     pub(crate) delegates: &'a [String],
+    /// What to check for a stale token, for the source ([`keyless_core::SourceSpec::stale_token_hint`]).
+    pub(crate) stale_hint: &'a str,
 }
 
 impl Attempt<'_> {
@@ -64,9 +66,8 @@ pub(crate) fn sts(status: StatusCode, body: &[u8], attempt: &Attempt<'_>) -> Exc
                     || ["expired", "stale", "too old", "not yet valid"].iter().any(|w| lower.contains(w));
                 let hint = if stale {
                     format!(
-                        "the subject token ({}) is expired or not yet valid: keyless re-reads the token file; if this \
-                         persists, check the kubelet refreshes the projected token and the node clock",
-                        attempt.claims
+                        "the subject token ({}) is expired or not yet valid: keyless re-reads it and retries; {}",
+                        attempt.claims, attempt.stale_hint
                     )
                 } else {
                     format!(
@@ -222,7 +223,14 @@ mod tests {
     }
 
     fn attempt<'a>(provider: &'a PoolProvider, claims: &'a Claims, now: SystemTime) -> Attempt<'a> {
-        Attempt { provider, claims, now, service_account: Some("app@p.iam.gserviceaccount.com"), delegates: &[] }
+        Attempt {
+            provider,
+            claims,
+            now,
+            service_account: Some("app@p.iam.gserviceaccount.com"),
+            delegates: &[],
+            stale_hint: "the token file must be fresh",
+        }
     }
 
     #[test]
@@ -257,6 +265,15 @@ mod tests {
         let body = br#"{"error":"invalid_grant","error_description":"The token is invalid."}"#;
         let err = sts(StatusCode::BAD_REQUEST, body, &attempt(&p, &c, now));
         assert_eq!(err.class, ErrorClass::RereadToken);
+        // What to check is the source's: a GitHub Actions job has no kubelet.
+        let actions = keyless_core::SourceSpec::GithubActions {
+            audience: "aud".to_owned(),
+            endpoint: keyless_core::source::ActionsEndpoint::default(),
+        };
+        let hint = actions.stale_token_hint("gcp.token_file");
+        let err = sts(StatusCode::BAD_REQUEST, body, &Attempt { stale_hint: &hint, ..attempt(&p, &c, now) });
+        let shown = err.hint.expect("hint");
+        assert!(shown.contains("GitHub Actions") && !shown.contains("kubelet"), "{shown}");
     }
 
     #[test]

@@ -224,8 +224,7 @@ async fn check_config(report: &mut Report, config: Config, sections: Sections, s
     let ctx =
         Context::new(Arc::new(SystemClock), crate::metrics(), config.one_client_cache_policy(), config.watch_options());
     let limit = config.cache.exchange_timeout;
-    let env = |name: &str| std::env::var(name).ok();
-    let configured = providers::configure_all(sections, &ctx, &env);
+    let configured = providers::configure_all(sections, &ctx, &ctx.env());
     if configured.is_empty() {
         report.line("");
         report.problem("keyless", "providers", &StartError::NothingConfigured.to_string(), None);

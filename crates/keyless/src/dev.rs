@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keyless_core::clock::SystemClock;
-use keyless_core::{AppEnvVar, Context, files};
+use keyless_core::{AppEnvVar, Context, Host, files};
 use keyless_emulator::{Cloud, Emulator, EmulatorConfig};
 use tracing::info;
 
@@ -217,11 +217,12 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let (config, sections) = config::load(Some(&config_path), Default::default()).map_err(|e| e.to_string())?;
     let config: Config = config.finish(&Overrides::default()).map_err(|e| e.to_string())?;
+    // The emulated identities only: the host's own cloud env vars (IRSA, azwi, GitHub Actions)
+    // must not leak into dev, in zero-config detection or in a section's defaults.
     let ctx =
-        Context::new(Arc::new(SystemClock), crate::metrics(), config.one_client_cache_policy(), config.watch_options());
-    // The emulated identities only: the host's own cloud env vars must not leak into dev.
-    let no_env = |_: &str| None;
-    let started = providers::start_all(sections, &ctx, &no_env).await.map_err(|e| e.to_string())?;
+        Context::new(Arc::new(SystemClock), crate::metrics(), config.one_client_cache_policy(), config.watch_options())
+            .with_host(Host::empty());
+    let started = providers::start_all(sections, &ctx, &ctx.env()).await.map_err(|e| e.to_string())?;
     let served: Vec<&'static str> = started.iter().map(|p| p.name).collect();
     let sidecar =
         Sidecar::bind(config.listen, config.admin_listen, started, &ctx, true).await.map_err(|e| match &e {

@@ -108,8 +108,7 @@ impl InProcess {
             config.one_client_cache_policy(),
             config.watch_options(),
         );
-        let process_env = |name: &str| std::env::var(name).ok();
-        let started = providers::start_chosen(sections, &ctx, &process_env, choice).await.map_err(|e| e.to_string())?;
+        let started = providers::start_chosen(sections, &ctx, &ctx.env(), choice).await.map_err(|e| e.to_string())?;
         let served: Vec<&'static str> = started.iter().map(|p| p.name).collect();
         let sidecar =
             Sidecar::bind(config.listen, config.admin_listen, started, &ctx, false).await.map_err(|e| e.to_string())?;

@@ -525,14 +525,13 @@ async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
             (settings are KEYLESS_<KEY>, or KEYLESS_<SECTION>__<KEY> for a section's key)");
     }
     let ctx = Context::new(Arc::new(SystemClock), metrics(), config.cache_policy(), config.watch_options());
-    let process_env = |name: &str| std::env::var(name).ok();
     let format = config.log_format;
-    let providers = match providers::start_all(sections, &ctx, &process_env).await {
+    let providers = match providers::start_all(sections, &ctx, &ctx.env()).await {
         Ok(p) => p,
         Err(e) => return fatal(format, &e.to_string()),
     };
     let sidecar = match Sidecar::bind(config.listen, config.admin_listen, providers, &ctx, false).await {
-        Ok(s) => s.with_uid_check(config.uid_check(&|name| std::env::var(name).ok())),
+        Ok(s) => s.with_uid_check(config.uid_check(&ctx.env())),
         Err(e) => return fatal(format, &e.to_string()),
     };
     match sidecar.run(serve::termination()).await {

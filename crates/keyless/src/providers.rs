@@ -275,6 +275,46 @@ mod tests {
         assert!(err.to_string().contains("--only leaves aws out"), "{err}");
     }
 
+    /// Zero-config detection reads the context's environment, not the process's: the IRSA and
+    /// Azure workload identity webhooks' variables in a made-up environment configure both
+    /// clouds; the same configuration in an empty one (`keyless dev`'s) configures nothing.
+    #[test]
+    fn detection_reads_the_contexts_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "x").expect("write");
+        let token = token.to_str().expect("utf-8").to_owned();
+        let vars = [
+            ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/from-irsa"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", &token),
+            ("AZURE_CLIENT_ID", "0f0e0d0c-0b0a-0908-0706-050403020100"),
+            ("AZURE_TENANT_ID", "00010203-0405-0607-0809-0a0b0c0d0e0f"),
+            ("AZURE_FEDERATED_TOKEN_FILE", &token),
+        ];
+        let host = keyless_core::Host::from_vars(
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            Some("pod-7\n".to_owned()),
+        );
+        let ctx = Context::new(
+            std::sync::Arc::new(keyless_core::clock::SystemClock),
+            keyless_core::Metrics::new(),
+            keyless_core::CachePolicy::default(),
+            Default::default(),
+        )
+        .with_host(host);
+        let configured = configure_all(Sections::default(), &ctx, &ctx.env());
+        let found: Vec<(&str, String)> = configured
+            .iter()
+            .map(|p| (p.name, p.configured.as_ref().map(|c| c.identity()).unwrap_or_else(Clone::clone)))
+            .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].0 == "aws" && found[0].1.contains("role/from-irsa"), "{found:?}");
+        assert!(found[1].0 == "azure" && found[1].1.contains("0f0e0d0c-0b0a-0908-0706-050403020100"), "{found:?}");
+
+        let empty = ctx.with_host(keyless_core::Host::empty());
+        assert!(configure_all(Sections::default(), &empty, &empty.env()).is_empty());
+    }
+
     #[test]
     fn first_repeated_finds_a_name_given_twice_anywhere() {
         assert_eq!(first_repeated(["aws", "gcp", "azure"]), None);

@@ -66,6 +66,29 @@ impl std::fmt::Display for SourceSpec {
 }
 
 impl SourceSpec {
+    /// What to check when a token service says the subject token is expired or not yet valid, for
+    /// this kind of source (`key`: the setting naming a token file, `aws.token_file`). keyless
+    /// re-reads the source and retries either way.
+    pub fn stale_token_hint(&self, key: &str) -> String {
+        match self {
+            Self::File(_) => format!(
+                "{key} must be a token its issuer keeps fresh (the kubelet rotates a projected token; a copied token \
+                 file goes stale), and the clock in sync"
+            ),
+            Self::GithubActions { .. } => "the GitHub Actions token is requested anew for each read and lives \
+                                           minutes: check the runner's clock"
+                .to_owned(),
+            Self::Env(var) => format!(
+                "{var} holds one token for as long as keyless runs: a token that expires needs a source keyless can \
+                 read again (a file, a url or a command)"
+            ),
+            Self::Url(_) => "the URL must serve a fresh token on each request, and the clock be in sync".to_owned(),
+            Self::Command(_) => {
+                "the command must print a fresh token each time it runs, and the clock be in sync".to_owned()
+            }
+        }
+    }
+
     /// The same spec in the form that compares equal for the same source (absolute paths).
     pub(crate) fn normalized(&self) -> Self {
         match self {
@@ -295,16 +318,23 @@ pub struct TokenSource {
 }
 
 impl TokenSource {
-    /// The source `spec` describes. Reads it once before returning; never fails: if that read
-    /// fails, the error is kept (see [`TokenSource::current`]) and the driver keeps trying.
-    pub async fn open(spec: &SourceSpec, options: &WatchOptions, clock: SharedClock, metrics: Metrics) -> Self {
+    /// The source `spec` describes, its variables read through `env` (the context's
+    /// [`crate::Host`]). Reads it once before returning; never fails: if that read fails, the
+    /// error is kept (see [`TokenSource::current`]) and the driver keeps trying.
+    pub async fn open(
+        spec: &SourceSpec,
+        options: &WatchOptions,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
+        clock: SharedClock,
+        metrics: Metrics,
+    ) -> Self {
         match spec {
             SourceSpec::File(path) => Self::start(FileOrigin::new(path.clone(), options), clock, metrics).await,
             SourceSpec::GithubActions { audience, endpoint } => {
-                let origin = github_actions::origin(audience, endpoint, &|k| std::env::var(k).ok());
+                let origin = github_actions::origin(audience, endpoint, env);
                 Self::start(origin, clock, metrics).await
             }
-            SourceSpec::Env(var) => Self::start(EnvOrigin::new(var, &|k| std::env::var(k).ok()), clock, metrics).await,
+            SourceSpec::Env(var) => Self::start(EnvOrigin::new(var, env), clock, metrics).await,
             SourceSpec::Url(spec) => Self::start(UrlOrigin::new(spec), clock, metrics).await,
             SourceSpec::Command(spec) => {
                 let origin = CommandOrigin::new(spec.clone(), clock.clone());
@@ -406,5 +436,26 @@ impl TokenSource {
             }
         }
         self.current()
+    }
+}
+
+#[cfg(test)]
+mod stale_hint_tests {
+    use super::*;
+
+    /// Each kind of source gets its own advice: only a file is the kubelet's business.
+    #[test]
+    fn the_stale_token_hint_names_what_the_source_can_do() {
+        let file = SourceSpec::File(PathBuf::from("/t")).stale_token_hint("aws.token_file");
+        assert!(file.starts_with("aws.token_file must be") && file.contains("kubelet"), "{file}");
+        let others = [
+            SourceSpec::GithubActions { audience: "a".to_owned(), endpoint: ActionsEndpoint::default() },
+            SourceSpec::Env("CI_TOKEN".to_owned()),
+        ];
+        for spec in others {
+            let hint = spec.stale_token_hint("aws.token_file");
+            assert!(!hint.contains("kubelet") && !hint.contains("token_file"), "{spec}: {hint}");
+        }
+        assert!(SourceSpec::Env("CI_TOKEN".to_owned()).stale_token_hint("k").starts_with("CI_TOKEN holds one token"));
     }
 }
