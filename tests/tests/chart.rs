@@ -93,15 +93,15 @@ fn template_refuses_an_unknown_tls_source() {
 }
 
 /// The rendered documents of `helm template` with `values` (a values file: no `--set` escaping).
-fn rendered(helm_bin: &Path, values: &str) -> Vec<serde_yaml::Value> {
+fn rendered(helm_bin: &Path, values: &str) -> Vec<yaml_serde::Value> {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let file = dir.path().join("values.yaml");
     std::fs::write(&file, values).expect("writes the values");
     let out = template(helm_bin, &["--values", file.to_str().expect("utf-8 path")]);
     let mut documents = Vec::new();
     for document in out.split("\n---\n") {
-        let value: serde_yaml::Value =
-            serde_yaml::from_str(document).unwrap_or_else(|e| panic!("helm rendered invalid YAML: {e}\n{document}"));
+        let value: yaml_serde::Value =
+            yaml_serde::from_str(document).unwrap_or_else(|e| panic!("helm rendered invalid YAML: {e}\n{document}"));
         if !value.is_null() {
             documents.push(value);
         }
@@ -109,7 +109,7 @@ fn rendered(helm_bin: &Path, values: &str) -> Vec<serde_yaml::Value> {
     documents
 }
 
-fn of_kind<'a>(documents: &'a [serde_yaml::Value], kind: &str) -> Vec<&'a serde_yaml::Value> {
+fn of_kind<'a>(documents: &'a [yaml_serde::Value], kind: &str) -> Vec<&'a yaml_serde::Value> {
     documents.iter().filter(|d| d["kind"].as_str() == Some(kind)).collect()
 }
 
@@ -204,20 +204,20 @@ fn the_hardened_admin_listener_is_one_value_and_excludes_scraping_the_sidecars()
 }
 
 /// The documents of `helm template` with `--set` pairs.
-fn rendered_with(helm_bin: &Path, set: &[&str]) -> Vec<serde_yaml::Value> {
+fn rendered_with(helm_bin: &Path, set: &[&str]) -> Vec<yaml_serde::Value> {
     let mut extra = Vec::new();
     for pair in set {
         extra.extend(["--set", pair]);
     }
     let out = template(helm_bin, &extra);
     out.split("\n---\n")
-        .map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).unwrap_or_else(|e| panic!("invalid YAML: {e}\n{d}")))
+        .map(|d| yaml_serde::from_str::<yaml_serde::Value>(d).unwrap_or_else(|e| panic!("invalid YAML: {e}\n{d}")))
         .filter(|d| !d.is_null())
         .collect()
 }
 
-fn strings(value: &serde_yaml::Value) -> Vec<&str> {
-    value.as_sequence().map(|s| s.iter().filter_map(serde_yaml::Value::as_str).collect()).unwrap_or_default()
+fn strings(value: &yaml_serde::Value) -> Vec<&str> {
+    value.as_sequence().map(|s| s.iter().filter_map(yaml_serde::Value::as_str).collect()).unwrap_or_default()
 }
 
 /// `mode: node`: keyless node as a hostNetwork DaemonSet with its node's name from the downward

@@ -248,16 +248,16 @@ fn helm_template(helm: &Path, set: &[&str]) -> String {
 }
 
 /// The rendered document of `kind`.
-fn document(rendered: &str, kind: &str) -> serde_yaml::Value {
+fn document(rendered: &str, kind: &str) -> yaml_serde::Value {
     rendered
         .split("\n---")
-        .filter_map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).ok())
+        .filter_map(|doc| yaml_serde::from_str::<yaml_serde::Value>(doc).ok())
         .find(|doc| doc["kind"].as_str() == Some(kind))
         .unwrap_or_else(|| panic!("no {kind} in:\n{rendered}"))
 }
 
 /// Every `expr` of the PrometheusRule's alerts.
-fn rule_exprs(rule: &serde_yaml::Value) -> Vec<String> {
+fn rule_exprs(rule: &yaml_serde::Value) -> Vec<String> {
     let groups = rule["spec"]["groups"].as_sequence().unwrap();
     groups
         .iter()
@@ -365,7 +365,7 @@ async fn promtool_checks_the_rules_and_each_alert_fires_on_series_shaped_like_ke
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.yaml");
     let groups =
-        serde_yaml::to_string(&serde_yaml::Mapping::from_iter([("groups".into(), rule["spec"]["groups"].clone())]))
+        yaml_serde::to_string(&yaml_serde::Mapping::from_iter([("groups".into(), rule["spec"]["groups"].clone())]))
             .unwrap();
     std::fs::write(&rules, groups).unwrap();
     let (ok, out) = run(&promtool, &["check", "rules", rules.to_str().unwrap()]);

@@ -72,7 +72,7 @@ impl Setting {
         });
         let dir = tempfile::tempdir().unwrap();
         let values_file = dir.path().join("values.yaml");
-        std::fs::write(&values_file, serde_yaml::to_string(&values).unwrap()).unwrap();
+        std::fs::write(&values_file, yaml_serde::to_string(&values).unwrap()).unwrap();
         let helm = need(tools::find_helm());
         let chart = workspace_root().join("charts/keyless");
         let out = std::process::Command::new(&helm)
@@ -85,7 +85,7 @@ impl Setting {
         let port = self.node.cluster.server.rsplit(':').next().unwrap().to_owned();
         let mut documents = Vec::new();
         for text in rendered.split("\n---\n") {
-            let mut document: Value = serde_yaml::from_str(text).unwrap();
+            let mut document: Value = yaml_serde::from_str(text).unwrap();
             if document.is_null() {
                 continue;
             }

@@ -3,7 +3,7 @@
 //! caller). Other documents pass through. An opted-in workload that gets nothing is reported.
 
 use serde::Deserialize;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use crate::identity::{AWS_ROLE_ARN, Annotations};
 use crate::pod::{INJECT_LABEL, Namespace as PodNamespace, TemplateError, annotations_of, opted_in, plan};
@@ -130,7 +130,7 @@ impl Documents {
             };
             let error = |reason: String| DocumentError { index, object: object.clone(), reason };
             inject_object(&mut value, &accounts, options, &mut report).map_err(error)?;
-            out.push(serde_yaml::to_string(&value).map_err(|e| error(format!("cannot write it back as YAML: {e}")))?);
+            out.push(yaml_serde::to_string(&value).map_err(|e| error(format!("cannot write it back as YAML: {e}")))?);
         }
         Ok(Injected { yaml: out.join("---\n"), notes, uninjected })
     }
@@ -164,7 +164,7 @@ fn parse(input: &str) -> Result<Vec<Document>, DocumentError> {
         });
     }
     let mut documents = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_str(input).enumerate() {
+    for (i, document) in yaml_serde::Deserializer::from_str(input).enumerate() {
         let index = i + 1;
         let value = Value::deserialize(document).map_err(|e| DocumentError {
             index,

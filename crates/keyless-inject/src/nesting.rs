@@ -1,6 +1,6 @@
 //! The flow-collection depth of YAML text, bounded from above before the YAML parser sees it.
 //!
-//! The parser (libyaml, through serde_yaml) spends time quadratic in the depth of `[` / `{` before
+//! The parser (libyaml, through yaml_serde) spends time quadratic in the depth of `[` / `{` before
 //! its own depth limit stops it, so the depth is checked first, by a scan that must never see less
 //! nesting than the parser will. Brackets inside quoted scalars and comments are not nesting, but
 //! a scan that merely guesses where those start can be led to skip real brackets (a `"` inside a

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use crate::identity::{AnnotationError, AnnotationSources, Annotations, Identities, pod_annotation_warning};
 use crate::sidecar::{
@@ -95,7 +95,7 @@ pub fn inject_pod_json(
     options: &Options,
 ) -> Result<(serde_json::Value, Outcome), TemplateError> {
     let plan = plan(pod, service_account, namespace, options)?;
-    let mut yaml = serde_yaml::to_value(pod).map_err(|e| field("", &format!("not a Kubernetes object: {e}")))?;
+    let mut yaml = yaml_serde::to_value(pod).map_err(|e| field("", &format!("not a Kubernetes object: {e}")))?;
     tree::apply(&mut yaml, &plan.ops).map_err(|e| field("", &e))?;
     let injected = serde_json::to_value(&yaml).map_err(|e| field("", &format!("cannot write it as JSON: {e}")))?;
     Ok((injected, plan.outcome))

@@ -2,7 +2,7 @@
 //! container's environment. The same shape as the hand-written pods in examples/kubernetes/,
 //! configured through `KEYLESS_*` variables instead of a per-workload ConfigMap.
 
-use serde_yaml::{Mapping, Value};
+use yaml_serde::{Mapping, Value};
 
 use crate::Options;
 use crate::identity::Identities;

@@ -3,7 +3,7 @@
 //! change as [`Op`]s: applied in place to the YAML, or sent as the JSON Patch of the admission
 //! response. So the webhook never copies the pod into another shape, and nothing diffs documents.
 
-use serde_yaml::Value as Yaml;
+use yaml_serde::Value as Yaml;
 
 /// Read access to a JSON or YAML value, as much as the injection needs.
 pub trait Tree: Sized {
@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn defaults_and_extra_items_still_cover_what_was_injected() {
-        let desired: Yaml = serde_yaml::from_str(
+        let desired: Yaml = yaml_serde::from_str(
             "{name: k, ports: [{containerPort: 9812}], probe: {path: /readyz}, env: [{name: A}], volumeMounts: [{name: t}]}",
         )
         .expect("YAML");

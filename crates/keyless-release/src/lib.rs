@@ -115,7 +115,7 @@ pub struct WorkflowStep {
 
 /// The step named `name` of any job of a GitHub Actions workflow.
 pub fn github_step(workflow: &str, name: &str) -> Result<WorkflowStep, String> {
-    let doc: serde_yaml::Value = serde_yaml::from_str(workflow).map_err(|e| e.to_string())?;
+    let doc: yaml_serde::Value = yaml_serde::from_str(workflow).map_err(|e| e.to_string())?;
     let jobs = doc.get("jobs").and_then(|j| j.as_mapping()).ok_or("no jobs")?;
     for job in jobs.values() {
         let Some(steps) = job.get("steps").and_then(|s| s.as_sequence()) else { continue };
@@ -139,7 +139,7 @@ pub struct GitlabJob {
 
 /// The job `name` of a GitLab CI pipeline.
 pub fn gitlab_job(pipeline: &str, name: &str) -> Result<GitlabJob, String> {
-    let doc: serde_yaml::Value = serde_yaml::from_str(pipeline).map_err(|e| e.to_string())?;
+    let doc: yaml_serde::Value = yaml_serde::from_str(pipeline).map_err(|e| e.to_string())?;
     let job = doc.get(name).ok_or_else(|| format!("no job {name:?}"))?;
     let before_script = job
         .get("before_script")
@@ -151,7 +151,7 @@ pub fn gitlab_job(pipeline: &str, name: &str) -> Result<GitlabJob, String> {
     Ok(GitlabJob { before_script, variables: string_map(job.get("variables")) })
 }
 
-fn string_map(value: Option<&serde_yaml::Value>) -> BTreeMap<String, String> {
+fn string_map(value: Option<&yaml_serde::Value>) -> BTreeMap<String, String> {
     let Some(mapping) = value.and_then(|v| v.as_mapping()) else { return BTreeMap::new() };
     mapping.iter().filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned()))).collect()
 }

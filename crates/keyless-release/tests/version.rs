@@ -16,11 +16,11 @@ fn version() -> String {
     workspace_version(&workspace_root()).unwrap()
 }
 
-fn yaml(path: &Path) -> serde_yaml::Value {
-    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+fn yaml(path: &Path) -> yaml_serde::Value {
+    yaml_serde::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn str_at<'a>(value: &'a serde_yaml::Value, keys: &[&str]) -> &'a str {
+fn str_at<'a>(value: &'a yaml_serde::Value, keys: &[&str]) -> &'a str {
     let mut at = value;
     for key in keys {
         at = at.get(*key).unwrap_or_else(|| panic!("no {keys:?}"));

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{CachePolicy, FOREVER, after};
+use super::CachePolicy;
+use super::policy::{FOREVER, after};
 use crate::exchange::ExchangeError;
 
 /// The budget of exchanges of keys nobody configured, shared by every such key of one cache: a
