@@ -232,6 +232,75 @@ fn the_webhook_names_the_flag_of_a_file_it_cannot_read() {
     printed_once(&stderr, "cannot read --tls-cert /nonexistent/tls.crt");
 }
 
+/// A user that is not root, for what root is never refused: reading a file whatever its mode,
+/// binding a port below 1024. As root the binary runs as the image's user (65532); otherwise as
+/// the user running the tests, who is refused the same.
+fn as_a_user(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::fs::MetadataExt as _;
+    use std::os::unix::process::CommandExt as _;
+    if std::fs::metadata("/proc/self").unwrap().uid() == 0 {
+        cmd.uid(65532).gid(65532);
+    }
+    cmd
+}
+
+#[test]
+fn an_unreadable_config_file_gets_its_own_hint() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("keyless.toml");
+    std::fs::write(&path, "log = \"info\"\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let out = as_a_user(keyless().args(["serve", "--config", path.to_str().unwrap()]))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    printed_once(
+        &stderr,
+        &format!(
+            "keyless: config file {}: Permission denied (os error 13) (keyless runs as a user that may not read it: \
+             make it readable to that user (in a pod: the container's runAsUser, or a ConfigMap's defaultMode), or \
+             run keyless as a user that may)",
+            path.display()
+        ),
+    );
+}
+
+#[test]
+fn a_privileged_port_gets_its_own_hint() {
+    // Where the kernel lets every user bind every port, there is no EACCES to produce.
+    let unprivileged_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
+    assert!(
+        unprivileged_from.trim().parse::<u16>().unwrap() > 80,
+        "net.ipv4.ip_unprivileged_port_start is {unprivileged_from}: port 80 is not privileged on this host"
+    );
+    let aws = [
+        ("KEYLESS_AWS__ROLE_ARN", "arn:aws:iam::123456789012:role/app"),
+        ("KEYLESS_AWS__TOKEN_FILE", "/nonexistent/token"),
+        ("KEYLESS_AWS__REGION", "us-east-1"),
+    ];
+    for (flags, flag) in [
+        (["--listen", "127.0.0.1:80", "--admin-listen", "127.0.0.1:0"], "--listen"),
+        (["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:80"], "--admin-listen"),
+    ] {
+        let out = as_a_user(keyless().arg("serve").args(flags)).envs(aws).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        let line = stderr.lines().find(|l| l.contains("cannot listen on 127.0.0.1:80")).unwrap_or_default();
+        assert!(
+            line.starts_with("keyless: cannot listen on 127.0.0.1:80 (")
+                && line.ends_with(&format!(
+                    "): Permission denied (os error 13); ports below 1024 need root or the CAP_NET_BIND_SERVICE \
+                     capability: pick a port above 1023 with {flag}"
+                )),
+            "{stderr}"
+        );
+    }
+}
+
 /// The top-level help says what keyless is now, and every subcommand's help has the same layout:
 /// a one-line summary, then what it does.
 #[test]
