@@ -77,8 +77,8 @@ Where it runs:
   a CI job        keyless exec -- CMD, with the job's OIDC token (GitHub Actions, GitLab id_tokens)
   a laptop        keyless dev: the three clouds emulated locally, keyless against them
   a VM or node    keyless serve or keyless exec with a token source: a file, a URL, a command
-  every pod of a  keyless node, one per node (a hostNetwork DaemonSet) instead of a sidecar per
-  node           pod (the Helm chart's mode: node)
+  a node's pods   keyless node, one per node (a hostNetwork DaemonSet) instead of a sidecar per
+                  pod (the Helm chart's mode: node)
 
 keyless check tries each token and exchange once and prints what to fix (docs/troubleshooting.md).";
 

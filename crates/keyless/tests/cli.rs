@@ -301,35 +301,56 @@ fn a_privileged_port_gets_its_own_hint() {
     }
 }
 
-/// The top-level help says what keyless is now, and every subcommand's help has the same layout:
-/// a one-line summary, then what it does.
+/// The top-level help says what keyless is now, in a table whose every line keeps its columns,
+/// and every subcommand's help has the same layout: its summary (the one `-h` lists), a blank
+/// line, what it does, `Usage:`, then `Arguments:` if it takes any and `Options:` last, ending
+/// with `-h, --help`.
 #[test]
 fn the_help_describes_every_place_keyless_runs() {
     let out = keyless().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for place in ["a pod ", "injected pods ", "a CI job ", "a laptop ", "a VM or node "] {
+    for place in ["a pod ", "injected pods ", "a CI job ", "a laptop ", "a VM or node ", "a node's pods "] {
         assert!(help.contains(place), "{place:?} missing from:\n{help}");
     }
+    let table = help.lines().skip_while(|l| *l != "Where it runs:").skip(1).take_while(|l| !l.is_empty());
+    let mut rows = 0;
+    for line in table {
+        // The label column is 18 wide: a label and at least two spaces, or a continuation.
+        let (label, text) = line.split_at_checked(18).unwrap_or((line, ""));
+        assert!(label.ends_with("  ") && !text.starts_with(' ') && !text.is_empty(), "misaligned: {line:?}\n{help}");
+        rows += usize::from(!label.trim().is_empty());
+    }
+    assert_eq!(rows, 6, "{help}");
     let short = keyless().arg("-h").output().unwrap();
     let short = String::from_utf8_lossy(&short.stdout);
-    let commands: Vec<&str> = short
+    let commands: Vec<(&str, String)> = short
         .lines()
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
         .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| *c != "help")
+        .filter_map(|l| l.trim().split_once(' ').map(|(c, about)| (c, about.trim().to_owned())))
+        .filter(|(c, _)| *c != "help")
         .collect();
-    assert!(commands.len() >= 8, "{short}");
-    for command in commands {
+    assert!(commands.len() >= 11, "{short}");
+    assert!(commands.iter().any(|(c, _)| *c == "node") || !cfg!(feature = "node"), "{short}");
+    for (command, about) in commands {
         let out = keyless().args([command, "--help"]).output().unwrap();
         let help = String::from_utf8_lossy(&out.stdout);
         let mut lines = help.lines();
-        let summary = lines.next().unwrap_or_default();
-        assert!(!summary.is_empty() && summary.len() < 100, "{command}: summary {summary:?}");
+        assert_eq!(lines.next(), Some(format!("{about}.").as_str()), "{command}: summary:\n{help}");
         assert_eq!(lines.next(), Some(""), "{command}: no blank line after the summary:\n{help}");
         assert!(!lines.next().unwrap_or_default().starts_with("Usage:"), "{command}: no description:\n{help}");
-        assert!(help.contains("Usage: keyless "), "{command}:\n{help}");
+        assert!(help.contains(&format!("\nUsage: keyless {command} ")), "{command}:\n{help}");
+        let after_usage = help.split("\nUsage: ").nth(1).unwrap_or_default();
+        let sections: Vec<&str> =
+            after_usage.lines().filter(|l| l.ends_with(':') && !l.starts_with(' ') && !l.contains(' ')).collect();
+        assert!(
+            sections == ["Options:"] || sections == ["Arguments:", "Options:"],
+            "{command}: sections {sections:?}:\n{help}"
+        );
+        let last_option = after_usage.lines().rev().find(|l| l.trim_start().starts_with('-')).unwrap_or_default();
+        assert_eq!(last_option.trim(), "-h, --help", "{command}:\n{help}");
+        assert!(!help.contains("[default: \"\"]"), "{command}: an empty default shown:\n{help}");
     }
 }
 
