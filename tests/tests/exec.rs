@@ -841,7 +841,8 @@ async fn exec_retries_transient_errors_until_the_ready_timeout_and_says_it_waits
     assert!(stderr.contains("not every credential was ready within 4s"), "{stderr}");
     assert!(took >= Duration::from_secs(4), "gave up before the timeout: {took:?} {stderr}");
     // One line per waiting identity: the default role and `writer`.
-    let waiting = format!("keyless exec: waiting for aws {} ", setup.id("aws_role_arn"));
+    // The identity as /readyz names it, then why (it said `aws ARN  (...)`, with an empty key).
+    let waiting = format!("keyless exec: waiting for aws {} (the last attempt failed: ", setup.id("aws_role_arn"));
     assert_eq!(stderr.matches(&waiting).count(), 1, "{stderr}");
     assert_eq!(stderr.matches("keyless exec: waiting for aws").count(), 2, "{stderr}");
     assert!(setup.emulator.control.counter("aws-sts").await >= 2, "no retry");
