@@ -155,6 +155,12 @@ async fn every_configured_identity_has_a_readiness_series_from_start_with_build_
     for debug in ["()", "AccessToken(", "ScopeSet", "TokenKey"] {
         assert!(!readyz.contains(debug), "Debug text {debug:?} in /readyz:\n{readyz}");
     }
+    // Nor in its logs: an identity with one credential has no `key` field (it said `key=()`).
+    let logs = sidecar.logs();
+    assert!(logs.contains(&format!("identity={role} ")) && logs.contains("key=\"access token, scopes"), "{logs}");
+    for debug in ["key=()", "AccessToken(", "ScopeSet", "TokenKey"] {
+        assert!(!logs.contains(debug), "Debug text {debug:?} in the logs:\n{logs}");
+    }
 
     // The hardened setup (docs/configuration.md): the admin listener on loopback (as here), the
     // kubelet's probes as exec probes of `keyless probe` inside the container.
