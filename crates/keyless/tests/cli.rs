@@ -230,6 +230,41 @@ fn the_webhook_names_the_flag_of_a_file_it_cannot_read() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     printed_once(&stderr, "cannot read --tls-cert /nonexistent/tls.crt");
+    // A file it can read but not use: named by its flag too.
+    let dir = tempfile::tempdir().unwrap();
+    let pair = rcgen::generate_simple_self_signed(vec!["keyless-webhook".to_owned()]).unwrap();
+    let (cert, garbage) = (dir.path().join("tls.crt"), dir.path().join("garbage"));
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&garbage, "not PEM\n").unwrap();
+    for (cert, key, expected) in [
+        (&garbage, &garbage, format!("--tls-cert {}: no certificate in it", garbage.display())),
+        (&cert, &garbage, format!("--tls-key {}: not a PEM private key", garbage.display())),
+    ] {
+        let out = keyless()
+            .args(["webhook", "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        printed_once(&stderr, &expected);
+    }
+}
+
+#[test]
+fn a_dev_state_dir_it_cannot_create_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let state = file.join("state");
+    let out = keyless()
+        .args(["dev", "--state-dir", state.to_str().unwrap()])
+        .args(["--env-file", dir.path().join("app.env").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    printed_once(&stderr, &format!("cannot create the state dir {}", state.display()));
 }
 
 /// A user that is not root, for what root is never refused: reading a file whatever its mode,
