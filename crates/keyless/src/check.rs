@@ -172,7 +172,7 @@ impl Report {
 pub async fn run(file: Option<PathBuf>, output: Output) -> ExitCode {
     // Logs would interleave with the report: only on request.
     if let Ok(filter) = std::env::var("KEYLESS_LOG")
-        && let Err(e) = crate::logging::init(Some(&filter), crate::config::LogFormat::Text)
+        && let Err(e) = crate::logging::init_from_variable(Some(&filter), crate::config::LogFormat::Text)
     {
         return crate::fail(&e);
     }

@@ -99,7 +99,8 @@ impl InProcess {
         let loopback = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         let overrides = Overrides { listen: loopback, admin_listen: loopback };
         let (config, sections, _skipped) = crate::load_config(config, &overrides)?;
-        crate::logging::init(Some(config.log.as_deref().unwrap_or("warn")), config.log_format)?;
+        crate::logging::init(Some(config.log.as_deref().unwrap_or("warn")), config.log_format)
+            .map_err(|e| config.env_keys.name_in(&e))?;
         let ctx = Context::new(
             Arc::new(SystemClock),
             crate::metrics(),

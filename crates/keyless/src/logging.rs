@@ -23,6 +23,14 @@ fn quiet_verifier(filter: &str) -> String {
     }
 }
 
+/// [`init`] with `KEYLESS_LOG`'s value: a filter it refuses names the variable.
+pub fn init_from_variable(filter: Option<&str>, format: LogFormat) -> Result<(), String> {
+    init(filter, format).map_err(|e| match filter {
+        Some(_) => format!("{e} (set by the environment variable KEYLESS_LOG)"),
+        None => e,
+    })
+}
+
 pub fn init(filter: Option<&str>, format: LogFormat) -> Result<(), String> {
     let filter = match filter {
         Some(f) => {

@@ -188,6 +188,22 @@ fn an_error_from_a_keyless_variable_names_the_variable() {
     );
     let stderr = run(("KEYLESS_LOG_FORMAT", "yaml"));
     assert!(stderr.contains("(set by the environment variable KEYLESS_LOG_FORMAT)"), "{stderr}");
+    let stderr = run(("KEYLESS_LOG", "info["));
+    printed_once(
+        &stderr,
+        "keyless: log = \"info[\" is not a valid log filter: invalid filter directive (set by the environment variable \
+         KEYLESS_LOG)",
+    );
+    // Where KEYLESS_LOG is the only filter there is (check, webhook, credential-process).
+    for command in [&["check"][..], &["webhook", "--tls-cert", "/c", "--tls-key", "/k"], &["credential-process"]] {
+        let out = keyless().args(command).env("KEYLESS_LOG", "info[").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        printed_once(
+            &stderr,
+            "is not a valid log filter: invalid filter directive (set by the environment variable KEYLESS_LOG)",
+        );
+    }
     let stderr = run_with(&[("KEYLESS_AWS__TOKEN_FILE", "/t"), ("KEYLESS_AWS__ROLE_ARN", "not-an-arn")]);
     assert!(stderr.contains("(set by the environment variable KEYLESS_AWS__ROLE_ARN)"), "{stderr}");
     // A provider section's own errors (serde's) name its keys without the section.
