@@ -710,6 +710,18 @@ async fn exec_exits_125_126_127_or_the_commands_status() {
     let (out, _) = setup.exec(h, &["--only", "aws", "--aws-role", "nobody"], &[], &["true"]).await;
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("no [[aws.roles]] entry is named \"nobody\""), "{}", text(&out.stderr));
+    // Each cloud lists what is configured as words, not a Rust list (`["writer"]`).
+    for (flag, expected) in [
+        ("--aws-role", "no [[aws.roles]] entry is named \"nobody\" (configured: "),
+        ("--gcp-service-account", "\"nobody@p.iam.gserviceaccount.com\" is not a configured service account"),
+        ("--azure-client-id", "\"00000000-0000-0000-0000-000000000000\" is not a configured client id (configured: "),
+    ] {
+        let value = expected.split('"').nth(1).unwrap();
+        let (out, _) = setup.exec(h, &[flag, value], &[], &["true"]).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
+        assert!(stderr.contains(expected) && !stderr.contains("[\""), "{flag}: {stderr}");
+    }
 }
 
 #[tokio::test]

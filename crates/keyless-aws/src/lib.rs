@@ -63,7 +63,10 @@ impl keyless_provider::Provider for Aws {
             let names: Vec<&str> = config.roles.iter().map(|r| r.name.as_str()).collect();
             return Err(ConfigError::invalid(
                 "roles",
-                format!("no [[aws.roles]] entry is named {name:?} (configured: {names:?})"),
+                format!(
+                    "no [[aws.roles]] entry is named {name:?} (configured: {})",
+                    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                ),
             )
             .into());
         };
