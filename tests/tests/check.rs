@@ -472,9 +472,9 @@ async fn every_provider_honours_the_exchange_timeout_and_reports_it_alike() {
     assert!(started.elapsed() < std::time::Duration::from_secs(9), "took {:?}", started.elapsed());
 }
 
-/// A token minted for AWS under `[azure]`: the audience line says to project the right audience,
-/// and nothing proposes making Entra accept `sts.amazonaws.com` (the AADSTS70021 hint would have
-/// said `"audiences":["sts.amazonaws.com"]`).
+/// A token minted for AWS under `[azure]`: the audience line and the AADSTS70021 hint say to
+/// project the right audience, and nothing proposes making Entra accept `sts.amazonaws.com` (the
+/// hint used to say `"audiences":["sts.amazonaws.com"]`).
 #[tokio::test]
 async fn an_aws_token_under_azure_never_gets_its_audience_trusted() {
     let emu = Emulator::start().await;
@@ -484,8 +484,8 @@ async fn an_aws_token_under_azure_never_gets_its_audience_trusted() {
         "  audience    PROBLEM: azure expects api://AzureADTokenExchange",
         "fix: project the token for Azure with audience api://AzureADTokenExchange (serviceAccountToken.audience in \
          the pod's projected volume)\n",
-        "fix: fix the audience problem above first (this exchange's usual advice would trust the token's audience \
-         sts.amazonaws.com, which a token for this cloud must not carry)",
+        "audience sts.amazonaws.com: project the token with audience api://AzureADTokenExchange \
+         (serviceAccountToken.audience), and create one with issuer",
         "\"audiences\":[\"api://AzureADTokenExchange\"]",
     ]);
     for widening in
@@ -504,7 +504,11 @@ async fn no_cloud_proposes_trusting_an_audience_the_audience_check_flagged() {
     let ca = emu.ca();
     let config = [emu.aws(&aws, &emu.shared.url, Some(&ca)), emu.gcp(&gcp, &emu.shared.url, Some(&ca))].join("\n");
     let checked = emu.check(&config).await;
-    checked.fails_with(&["aws audience, aws exchange, gcp audience, gcp exchange"]);
+    checked.fails_with(&[
+        "aws audience, aws exchange, gcp audience, gcp exchange",
+        "project the token with audience sts.amazonaws.com (serviceAccountToken.audience), not \
+         api://AzureADTokenExchange; then check that IAM has an OIDC provider",
+    ]);
     for widening in [
         "add-client-id-to-open-id-connect-provider",
         "--client-id-list api://AzureADTokenExchange",
@@ -525,16 +529,7 @@ async fn a_foreign_issuer_is_questioned_first_and_never_registered() {
     let tokens = emu.minted_for_each_cloud(|aud| json!({"aud": [aud], "iss": evil})).await;
     let config = emu.all_clouds(&tokens, &emu.shared.url, Some(&emu.ca()));
     let checked = emu.check(&config).await;
-    let question = format!(
-        "fix: if this is not your cluster's issuer (kubectl get --raw /.well-known/openid-configuration shows it), \
-         token_file ({}) points at the wrong token",
-        tokens[0].display()
-    );
     checked.fails_with(&[
-        &format!("  issuer      PROBLEM: aws trusts no identity provider for the token's issuer {evil}"),
-        &format!("  issuer      PROBLEM: gcp trusts no identity provider for the token's issuer {evil}"),
-        &format!("  issuer      PROBLEM: azure trusts no identity provider for the token's issuer {evil}"),
-        &question,
         "(AADSTS700211)",
         "aws issuer, aws exchange, gcp issuer, gcp exchange, azure issuer, azure exchange",
         // The binding keeps the issuer a placeholder.
@@ -551,9 +546,24 @@ async fn a_foreign_issuer_is_questioned_first_and_never_registered() {
     ] {
         assert!(!checked.report.contains(trusting), "proposes {trusting}:\n{}", checked.report);
     }
-    // The question comes before the exchange's own lines.
-    let (issuer, exchange) = (checked.report.find("  issuer  ").unwrap(), checked.report.find("  exchange  ").unwrap());
-    assert!(issuer < exchange, "{}", checked.report);
+    // Each cloud's issuer problem, then at once the question naming that cloud's token file, both
+    // before the cloud's exchange lines.
+    let report = &checked.report;
+    for (cloud, token) in ["aws", "gcp", "azure"].into_iter().zip(&tokens) {
+        let problem =
+            format!("  issuer      PROBLEM: {cloud} trusts no identity provider for the token's issuer {evil}\n");
+        let question = format!(
+            "fix: if this is not your cluster's issuer (kubectl get --raw /.well-known/openid-configuration shows \
+             it), token_file ({}) points at the wrong token",
+            token.display()
+        );
+        let at = report.find(&problem).unwrap_or_else(|| panic!("{cloud}: no issuer problem in:\n{report}"));
+        let after = &report[at + problem.len()..];
+        let fix = after.lines().find(|l| l.trim_start().starts_with("fix:")).unwrap_or_default();
+        assert!(fix.trim_start().starts_with(&question), "{cloud}: the first fix is {fix:?}:\n{report}");
+        let exchange = after.find("  exchange  ").unwrap_or(after.len());
+        assert!(after.find(&question).is_some_and(|q| q < exchange), "{cloud}: question after the exchange:\n{report}");
+    }
 }
 
 /// `--output json`: one JSON object (schema in docs/troubleshooting.md), the same outcome and exit

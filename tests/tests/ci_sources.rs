@@ -14,6 +14,7 @@ use keyless_test_support::clock::wall_clock;
 use keyless_test_support::dev::Dev;
 use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::load::Load;
+use keyless_test_support::proxy::{Proxy, ProxyMode};
 use keyless_test_support::sidecar::{CONTAINER_AUTHORIZATION, Sidecar, all_clouds_config};
 use keyless_test_support::tools;
 use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
@@ -504,4 +505,41 @@ async fn a_hung_actions_endpoint_holds_nothing_up_and_recovers() {
     .await;
     set_actions_fault(&emulator, "none").await;
     sidecar.wait_ready().await;
+}
+
+/// An Actions token endpoint whose CA this host does not trust (no `ca_file`): the error says to
+/// set the source's `ca_file` or `SSL_CERT_FILE`, and it is logged once however often the fetch is
+/// retried (every 5 s). The TLS verifier's own ERROR line came at each retry before.
+#[tokio::test]
+async fn an_untrusted_token_endpoint_is_hinted_and_logged_once() {
+    let emulator = EmulatorProcess::start().await;
+    // Counts the fetches: each failed TLS handshake is a connection of its own.
+    let relay = Proxy::start(ProxyMode::Forward(emulator.addr)).await;
+    let [(_, _), (token_var, token)] = actions_env(&emulator);
+    let url = format!("{}/_github/idtoken?api-version=2.0", relay.url());
+    let role = emulator.control.identities().await["aws_role_arn"].as_str().unwrap().to_owned();
+    let toml = format!(
+        "log = \"info\"\n[aws]\nrole_arn = {}\nregion = \"us-east-1\"\nsts_endpoint = {}\n\
+         source = {{ type = \"github-actions\" }}\n",
+        toml_string(&role),
+        toml_string(&emulator.url),
+    );
+    let env = [("ACTIONS_ID_TOKEN_REQUEST_URL", url.as_str()), (token_var.as_str(), token.as_str())];
+    let sidecar = Sidecar::spawn(&toml, &env);
+    wait_until("four fetches of the token", std::time::Duration::from_secs(60), || {
+        let fetched = relay.accepted();
+        async move { fetched >= 4 }
+    })
+    .await;
+    let logs = sidecar.logs();
+    assert!(
+        logs.contains(
+            "(the server's certificate is not trusted here: set the source's ca_file to a PEM bundle of its \
+             CA, or SSL_CERT_FILE to a bundle that holds it)"
+        ),
+        "{logs}"
+    );
+    assert_eq!(logs.matches("subject token source unusable").count(), 1, "{logs}");
+    assert_eq!(logs.matches("invalid peer certificate").count(), 1, "the cause repeated:\n{logs}");
+    assert!(!logs.contains(&token), "the request token was logged");
 }

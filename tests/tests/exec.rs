@@ -709,6 +709,18 @@ async fn exec_exits_125_126_127_or_the_commands_status() {
     let (out, _) = setup.exec(h, &["--only", "aws", "--aws-role", "nobody"], &[], &["true"]).await;
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("no [[aws.roles]] entry is named \"nobody\""), "{}", text(&out.stderr));
+    // Each cloud lists what is configured as words, not a Rust list (`["writer"]`).
+    for (flag, expected) in [
+        ("--aws-role", "no [[aws.roles]] entry is named \"nobody\" (configured: "),
+        ("--gcp-service-account", "\"nobody@p.iam.gserviceaccount.com\" is not a configured service account"),
+        ("--azure-client-id", "\"00000000-0000-0000-0000-000000000000\" is not a configured client id (configured: "),
+    ] {
+        let value = expected.split('"').nth(1).unwrap();
+        let (out, _) = setup.exec(h, &[flag, value], &[], &["true"]).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
+        assert!(stderr.contains(expected) && !stderr.contains("[\""), "{flag}: {stderr}");
+    }
 }
 
 #[tokio::test]
@@ -840,7 +852,8 @@ async fn exec_retries_transient_errors_until_the_ready_timeout_and_says_it_waits
     assert!(stderr.contains("not every credential was ready within 4s"), "{stderr}");
     assert!(took >= Duration::from_secs(4), "gave up before the timeout: {took:?} {stderr}");
     // One line per waiting identity: the default role and `writer`.
-    let waiting = format!("keyless exec: waiting for aws {} ", setup.id("aws_role_arn"));
+    // The identity as /readyz names it, then why (it said `aws ARN  (...)`, with an empty key).
+    let waiting = format!("keyless exec: waiting for aws {} (the last attempt failed: ", setup.id("aws_role_arn"));
     assert_eq!(stderr.matches(&waiting).count(), 1, "{stderr}");
     assert_eq!(stderr.matches("keyless exec: waiting for aws").count(), 2, "{stderr}");
     assert!(setup.emulator.control.counter("aws-sts").await >= 2, "no retry");

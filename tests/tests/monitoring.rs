@@ -155,6 +155,12 @@ async fn every_configured_identity_has_a_readiness_series_from_start_with_build_
     for debug in ["()", "AccessToken(", "ScopeSet", "TokenKey"] {
         assert!(!readyz.contains(debug), "Debug text {debug:?} in /readyz:\n{readyz}");
     }
+    // Nor in its logs: an identity with one credential has no `key` field (it said `key=()`).
+    let logs = sidecar.logs();
+    assert!(logs.contains(&format!("identity={role} ")) && logs.contains("key=\"access token, scopes"), "{logs}");
+    for debug in ["key=()", "AccessToken(", "ScopeSet", "TokenKey"] {
+        assert!(!logs.contains(debug), "Debug text {debug:?} in the logs:\n{logs}");
+    }
 
     // The hardened setup (docs/configuration.md): the admin listener on loopback (as here), the
     // kubelet's probes as exec probes of `keyless probe` inside the container.
@@ -453,4 +459,109 @@ tests:
     std::fs::write(&test_file, tests).unwrap();
     let (ok, out) = run(&promtool, &["test", "rules", test_file.to_str().unwrap()]);
     assert!(ok && out.contains("SUCCESS"), "promtool test rules:\n{out}");
+}
+
+/// The README's Observability section, up to the next top-level section.
+fn readme_observability() -> String {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let start = readme.find("### Observability").expect("the README's Observability section");
+    let rest = &readme[start..];
+    rest[..rest.find("\n## ").unwrap_or(rest.len())].to_owned()
+}
+
+/// The backquoted words of `cell`.
+fn quoted(cell: &str) -> Vec<&str> {
+    cell.split('`').skip(1).step_by(2).collect()
+}
+
+/// The sample names of each family a `/metrics` text declares, as a person names the family: a
+/// counter by its `_total` sample, a histogram by its base name, anything else by its name.
+fn family_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|rest| match rest.split_once(' ').unwrap() {
+            (name, "counter") => format!("{name}_total"),
+            (name, _) => name.to_owned(),
+        })
+        .collect()
+}
+
+/// The README's metrics table names exactly the families a live sidecar and webhook export, each
+/// with labels their samples carry; its table of the chart's monitoring values names every value
+/// under `monitoring` in charts/keyless/values.yaml with its default.
+#[tokio::test]
+async fn the_readme_lists_every_metric_a_live_keyless_exports_and_the_charts_monitoring_values() {
+    let section = readme_observability();
+    let emulator = EmulatorProcess::start().await;
+    let sidecar = sidecar_with_a_refused_role(&emulator).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    first_answer(&client, &sidecar.admin_url("/metrics")).await;
+    // An exchange and a subject token read, so that those families have series with labels.
+    wait_until("an exchange", STARTUP_DEADLINE, || async {
+        keyless_test_support::metrics::sum(&scrape(&sidecar).await, "keyless_exchanges_total", &[]) > 0
+    })
+    .await;
+    // A credential request, so that the request and lookup families have series.
+    let answer = client
+        .get(sidecar.url("/v1/credentials"))
+        .header("Authorization", keyless_test_support::sidecar::CONTAINER_AUTHORIZATION)
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{}", answer.text().await.unwrap());
+    let live = format!("{}\n{}", sidecar.metrics().await, webhook_metrics().await);
+
+    let mut documented = BTreeSet::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")).filter(|l| !l.starts_with("| `monitoring.")) {
+        let cells: Vec<&str> = row.split('|').collect();
+        for quoted_name in quoted(cells[1]) {
+            let (name, inline) = quoted_name.split_once('{').unwrap_or((quoted_name, ""));
+            documented.insert(name.to_owned());
+            let labels =
+                quoted(cells[2]).into_iter().chain(inline.trim_end_matches('}').split(',').filter(|l| !l.is_empty()));
+            for label in labels {
+                let carried = live.lines().any(|l| l.starts_with(name) && l.contains(&format!("{label}=\"")));
+                assert!(carried, "README: {name} has label {label}, no live sample carries it:\n{live}");
+            }
+        }
+    }
+    let exported = family_names(&live);
+    assert_eq!(
+        documented, exported,
+        "README's metrics table (left) vs a live sidecar's and webhook's /metrics (right)"
+    );
+
+    // Every value under `monitoring`, in the row of its group, with its default.
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(workspace_root().join("charts/keyless/values.yaml")).unwrap())
+            .unwrap();
+    let monitoring = values["monitoring"].as_mapping().unwrap();
+    assert!(monitoring.len() >= 3, "{monitoring:?}");
+    for (group, settings) in monitoring {
+        let group = group.as_str().unwrap();
+        let row = section
+            .lines()
+            .find(|l| l.starts_with(&format!("| `monitoring.{group}.enabled` | `false` |")))
+            .unwrap_or_else(|| panic!("README: no row for monitoring.{group}.enabled (default false):\n{section}"));
+        for (key, value) in settings.as_mapping().unwrap() {
+            let key = key.as_str().unwrap();
+            if key == "enabled" {
+                assert_eq!(value.as_bool(), Some(false), "monitoring.{group}.enabled");
+                continue;
+            }
+            assert!(row.contains(&format!("`{key}`")), "README: monitoring.{group}.{key} not named in:\n{row}");
+            let default = match value {
+                serde_yaml::Value::Mapping(map) if map.is_empty() => continue,
+                serde_yaml::Value::Mapping(map) => {
+                    map.iter().map(|(k, v)| format!("{}: {:?}", k.as_str().unwrap(), v.as_str().unwrap())).collect()
+                }
+                serde_yaml::Value::String(s) => s.clone(),
+                other => serde_yaml::to_string(other).unwrap().trim().to_owned(),
+            };
+            assert!(
+                row.contains(&format!("`{key}`, `{default}`")) || row.contains(&format!("`{key}` (`{default}`)")),
+                "README: monitoring.{group}.{key} without its default {default:?} in:\n{row}"
+            );
+        }
+    }
 }

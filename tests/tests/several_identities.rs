@@ -83,6 +83,34 @@ async fn an_unknown_role_name_is_a_clear_credential_process_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && out.stdout.is_empty(), "{stderr}");
     assert!(stderr.contains("no role named \"nobody\"") && stderr.contains("writer"), "{stderr}");
+
+    // From the running sidecar (AWS_CONTAINER_CREDENTIALS_FULL_URI): it names the roles it serves.
+    let name = dev.var("KEYLESS_DEV_AWS_SECOND_ROLE_NAME").to_owned();
+    let out = tokio::process::Command::new(keyless_bin())
+        .args(["credential-process", "--role", "nobody"])
+        .env_clear()
+        .envs(&dev.env)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{stderr}");
+    let served = format!("{}/roles/{name}", dev.var(CONTAINER_URI));
+    let path =
+        served.split_once("://").and_then(|(_, rest)| rest.split_once('/')).map(|(_, p)| format!("/{p}")).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "serves no role named \"nobody\" (404): no role named \"nobody\" is served here; named roles: {name} (on \
+             {path})"
+        )),
+        "{stderr}"
+    );
+    // Anyone else learns nothing: the names are told only with the authorization token.
+    let anonymous = reqwest::Client::builder().no_proxy().build().unwrap();
+    let unknown = format!("{}/roles/nobody", dev.var(CONTAINER_URI));
+    let refused = anonymous.get(&unknown).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(!refused.text().await.unwrap().contains(&name));
 }
 
 /// google-auth selecting the second account by e-mail: its metadata client's token for that

@@ -107,6 +107,58 @@ fn write_new(path: &Path, token: &Secret<String>) -> Result<(), ConfigError> {
         .map_err(|e| ConfigError::token_file(path, format!("cannot be written: {e}")))
 }
 
+/// The refusal of a request without the configured authorization token, in the endpoint's shape.
+fn unauthorized(auth: &ContainerAuth, request: &Request) -> Option<Response> {
+    let Some(given) = request.headers().get(header::AUTHORIZATION) else {
+        return Some(error_json(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "missing Authorization header: set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE (or \
+             AWS_CONTAINER_AUTHORIZATION_TOKEN) to what keyless was configured with",
+        ));
+    };
+    (!auth.token.matches(given.as_bytes())).then(|| {
+        error_json(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "the Authorization header does not match keyless's authorization token",
+        )
+    })
+}
+
+/// What answers `{container path}/roles/NAME` when no role is served there: the named roles,
+/// told only to a client holding the authorization token (which may fetch any of them anyway).
+#[derive(Debug)]
+pub(crate) struct UnknownRole {
+    pub(crate) auth: ContainerAuth,
+    /// Each named role's name and container path.
+    pub(crate) roles: Vec<(String, String)>,
+}
+
+/// The longest role name quoted back (names are at most 64 characters).
+const MAX_QUOTED_NAME: usize = 80;
+
+/// `GET {container path}/roles/NAME` for a NAME no role is served on: 404 naming the roles that
+/// are (`keyless credential-process --role NAME` prints it).
+pub(crate) async fn unknown_role(state: Arc<UnknownRole>, request: Request) -> Response {
+    if let Some(refused) = unauthorized(&state.auth, &request) {
+        return refused;
+    }
+    let asked = request.uri().path().rsplit_once("/roles/").map_or("", |(_, name)| name);
+    let asked = keyless_core::printable::printable(asked, MAX_QUOTED_NAME);
+    let known = if state.roles.is_empty() {
+        "none is configured ([[aws.roles]])".to_owned()
+    } else {
+        let roles: Vec<String> = state.roles.iter().map(|(name, path)| format!("{name} (on {path})")).collect();
+        roles.join(", ")
+    };
+    error_json(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("no role named \"{asked}\" is served here; named roles: {known}"),
+    )
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct ContainerState {
     pub(crate) served: Served,
@@ -118,23 +170,52 @@ pub(crate) struct ContainerState {
 /// The hot path of the endpoint: the state is shared (not cloned per request), the headers are
 /// read in place and the body is the credential's pre-rendered JSON.
 pub(crate) async fn credentials(state: Arc<ContainerState>, request: Request) -> Response {
-    let Some(given) = request.headers().get(header::AUTHORIZATION) else {
-        return error_json(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "missing Authorization header: set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE (or \
-             AWS_CONTAINER_AUTHORIZATION_TOKEN) to what keyless was configured with",
-        );
-    };
-    if !state.auth.token.matches(given.as_bytes()) {
-        return error_json(
-            StatusCode::FORBIDDEN,
-            "AccessDenied",
-            "the Authorization header does not match keyless's authorization token",
-        );
+    if let Some(refused) = unauthorized(&state.auth, &request) {
+        return refused;
     }
     match state.served.credential().await {
         Ok(c) => json_bytes(c.value.container_body(state.served.role.as_str())),
         Err(response) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn asked(path: &str, authorization: Option<&str>) -> (StatusCode, String) {
+        let state = Arc::new(UnknownRole {
+            auth: ContainerAuth { token: Secret::new("t0ken".to_owned()), file: None },
+            roles: vec![("writer".to_owned(), "/v1/credentials/roles/writer".to_owned())],
+        });
+        let mut request = Request::new(());
+        *request.uri_mut() = path.parse().expect("a path");
+        if let Some(value) = authorization {
+            request.headers_mut().insert(header::AUTHORIZATION, value.parse().expect("a header"));
+        }
+        let response = unknown_role(state, request).await;
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.expect("a body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn an_unknown_role_is_told_the_named_roles_only_with_the_token() {
+        let (status, body) = asked("/v1/credentials/roles/nobody", Some("t0ken")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(
+            body.contains(
+                r#"no role named \"nobody\" is served here; named roles: writer (on /v1/credentials/roles/writer)"#
+            ),
+            "{body}"
+        );
+        for refused in [None, Some("wrong")] {
+            let (status, body) = asked("/v1/credentials/roles/nobody", refused).await;
+            assert!(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN, "{status}");
+            assert!(!body.contains("writer"), "{body}");
+        }
+        // The name asked for is the client's text: bounded when quoted back.
+        let (_, body) = asked(&format!("/v1/credentials/roles/{}", "x".repeat(4096)), Some("t0ken")).await;
+        assert!(body.len() < 1024, "{} bytes", body.len());
     }
 }

@@ -8,10 +8,7 @@ use keyless_provider::{BoxFuture, Diagnosis};
 use crate::container::ContainerAuth;
 use crate::error::ConfigError;
 use crate::settings::Settings;
-use crate::sts::StsExchange;
-
-/// The audience IRSA projects and registers as the OIDC provider's client id.
-const AUDIENCE: &str = "sts.amazonaws.com";
+use crate::sts::{AUDIENCE, StsExchange};
 
 /// The `[aws]` section as `keyless check` examines it: the settings `keyless serve` would run
 /// with, without creating files or starting anything.

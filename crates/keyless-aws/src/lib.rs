@@ -63,7 +63,10 @@ impl keyless_provider::Provider for Aws {
             let names: Vec<&str> = config.roles.iter().map(|r| r.name.as_str()).collect();
             return Err(ConfigError::invalid(
                 "roles",
-                format!("no [[aws.roles]] entry is named {name:?} (configured: {names:?})"),
+                format!(
+                    "no [[aws.roles]] entry is named {name:?} (configured: {})",
+                    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                ),
             )
             .into());
         };
@@ -232,6 +235,14 @@ impl Started for Running {
         let mut routes = Vec::new();
         if let (Some(state), Some(settings)) = (&self.container, &self.settings.container) {
             routes.push(NativeRoute::get(settings.path.clone(), Handler::new(state.clone(), container::credentials)));
+            // A name no role is served on gets the names that are (a role's own path, static,
+            // is routed before this catch-all).
+            let unknown = Arc::new(container::UnknownRole {
+                auth: state.auth.clone(),
+                roles: self.settings.roles.iter().map(|r| (r.name.clone(), r.path.clone())).collect(),
+            });
+            let under = format!("{}/roles/{{*name}}", settings.path.trim_end_matches('/'));
+            routes.push(NativeRoute::get(under, Handler::new(unknown, container::unknown_role)));
         }
         for (path, state) in &self.named {
             routes.push(NativeRoute::get(path.clone(), Handler::new(state.clone(), container::credentials)));

@@ -21,6 +21,9 @@ use crate::credentials::AwsCredentials;
 use crate::error::ConfigError;
 use crate::settings::{RoleArn, RoleSessionName, Settings};
 
+/// The audience IRSA projects and registers as the OIDC provider's client id.
+pub(crate) const AUDIENCE: &str = "sts.amazonaws.com";
+
 type StsError = SdkError<AssumeRoleWithWebIdentityError, aws_smithy_runtime_api::client::orchestrator::HttpResponse>;
 
 /// AssumeRoleWithWebIdentity for one role. One credential per role: `Key = ()`.
@@ -208,10 +211,18 @@ impl StsExchange {
             .unwrap_or("<no iss claim>");
         let sub = claims.sub.as_deref().unwrap_or("<no sub claim>");
         let aud = if claims.aud.is_empty() { "<no aud claim>".to_owned() } else { claims.aud.join(",") };
+        // The cloud side is only ever told to trust AUDIENCE: another audience of the token is
+        // one minted for someone else (another cloud's), never one to make AWS accept.
+        let project = if claims.aud.iter().any(|a| a == AUDIENCE) {
+            String::new()
+        } else {
+            format!("project the token with audience {AUDIENCE} (serviceAccountToken.audience), not {aud}; then ")
+        };
         let trust = format!(
-            "check the trust policy of {role}: Principal.Federated arn:{}:iam::{}:oidc-provider/{issuer}, Action \
-             sts:AssumeRoleWithWebIdentity, Condition StringEquals \"{issuer}:sub\": \"{sub}\" and \"{issuer}:aud\": \
-             \"{aud}\"; and that the OIDC provider {issuer} is registered in IAM with client id (audience) {aud}",
+            "{project}check the trust policy of {role}: Principal.Federated arn:{}:iam::{}:oidc-provider/{issuer}, \
+             Action sts:AssumeRoleWithWebIdentity, Condition StringEquals \"{issuer}:sub\": \"{sub}\" and \
+             \"{issuer}:aud\": \"{AUDIENCE}\"; and that the OIDC provider {issuer} is registered in IAM with client id \
+             (audience) {AUDIENCE}",
             role.partition(),
             role.account(),
         );
@@ -220,9 +231,10 @@ impl StsExchange {
                 format!("the token claims sub={sub} aud={aud} iss={issuer}: {trust}")
             }
             "InvalidIdentityToken" => format!(
-                "STS could not validate the token ({claims}): check that IAM has an OIDC provider for {issuer} whose \
-                 audiences include {aud}, that {issuer}/.well-known/openid-configuration and its JWKS are reachable \
-                 from AWS, and that aws.token_file is the projected token (keyless re-reads it and retries)"
+                "STS could not validate the token ({claims}): {project}check that IAM has an OIDC provider for \
+                 {issuer} whose audiences include {AUDIENCE}, that {issuer}/.well-known/openid-configuration and its \
+                 JWKS are reachable from AWS, and that aws.token_file is the projected token (keyless re-reads it and \
+                 retries)"
             ),
             "ExpiredTokenException" | "ExpiredToken" => {
                 format!("the token has expired ({claims}): {}", self.stale_hint)
@@ -317,5 +329,31 @@ mod tests {
         let invalid = hint(&named, "ValidationError");
         assert!(invalid.contains("check aws.roles[writer].role_arn, aws.roles[writer].session_name"), "{invalid}");
         assert_eq!(named.identity(&()), "writer (arn:aws:iam::123456789012:role/writer)");
+    }
+
+    /// A token minted for another cloud (Azure's audience): the hints tell to project
+    /// sts.amazonaws.com and name only it on the IAM side, never the token's audience.
+    #[test]
+    fn a_foreign_audience_is_never_proposed_for_iam() {
+        let config = Config::new("/t", "arn:aws:iam::123456789012:role/app");
+        let settings = Settings::resolve(&config, &Host { env: &|_| None, hostname_file: None }).expect("valid");
+        let ctx = keyless_test_support::context::context(keyless_core::CachePolicy::default());
+        let exchange = StsExchange::new(&settings, &ctx).expect("a client");
+        let claims = |aud: &str| Claims {
+            iss: Some("https://issuer.example".to_owned()),
+            sub: Some("system:serviceaccount:ns:app".to_owned()),
+            aud: vec![aud.to_owned()],
+            ..Claims::default()
+        };
+        let foreign = claims("api://AzureADTokenExchange");
+        for code in ["InvalidIdentityToken", "AccessDenied"] {
+            let hint = exchange.hint(code, 400, &foreign).expect("a hint");
+            assert!(hint.contains("project the token with audience sts.amazonaws.com"), "{code}: {hint}");
+            for widening in ["include api://", "(audience) api://", ":aud\": \"api://"] {
+                assert!(!hint.contains(widening), "{code} proposes {widening}: {hint}");
+            }
+        }
+        let own = exchange.hint("AccessDenied", 403, &claims(AUDIENCE)).expect("a hint");
+        assert!(!own.contains("project the token"), "the token has the expected audience: {own}");
     }
 }

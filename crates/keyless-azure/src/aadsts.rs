@@ -18,6 +18,18 @@ fn shown(text: &str) -> String {
     keyless_core::printable::upstream(text).into_owned()
 }
 
+/// The audience Entra ID recommends for federated identity credentials in `authority`'s cloud:
+/// the only one a hint tells the cloud side to accept (another audience of the token is one
+/// minted for someone else, another cloud's, never one to make Entra ID take).
+pub(crate) fn federation_audience(authority: &str) -> &'static str {
+    let url = url::Url::parse(authority).ok();
+    match url.as_ref().and_then(|u| u.host_str()) {
+        Some(h) if h.ends_with(".microsoftonline.us") => "api://AzureADTokenExchangeUSGov",
+        Some(h) if h.ends_with(".chinacloudapi.cn") => "api://AzureADTokenExchangeChina",
+        _ => "api://AzureADTokenExchange",
+    }
+}
+
 /// What the failed request was about, for the hints.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Attempt<'a> {
@@ -102,25 +114,24 @@ fn known_code(code: u64, a: Attempt<'_>) -> Option<(ErrorClass, String)> {
     let iss = a.claims.iss.clone().unwrap_or_else(|| "<no iss claim>".to_owned());
     let sub = a.claims.sub.clone().unwrap_or_else(|| "<no sub claim>".to_owned());
     let aud = if a.claims.aud.is_empty() { "<no aud claim>".to_owned() } else { a.claims.aud.join(",") };
+    let expected = federation_audience(a.authority);
+    let project = format!("project the token with audience {expected} (serviceAccountToken.audience)");
     let hint: String = match code {
         70021 => format!(
             "no federated identity credential on app {client} matches issuer {iss}, subject {sub}, \
-             audience {aud}: create one with exactly these values, e.g. `az ad app federated-credential \
-             create --id {client} --parameters '{{\"name\":\"keyless\",\"issuer\":\"{iss}\",\"subject\":\
-             \"{sub}\",\"audiences\":[\"{aud}\"]}}'` (for a user-assigned managed identity: `az identity \
-             federated-credential create --identity-name NAME --resource-group RG --name keyless \
-             --issuer {iss} --subject {sub} --audiences {aud}`)"
+             audience {aud}: {}create one with issuer {iss}, subject {sub} and audience {expected}, e.g. \
+             `az ad app federated-credential create --id {client} --parameters '{{\"name\":\"keyless\",\
+             \"issuer\":\"{iss}\",\"subject\":\"{sub}\",\"audiences\":[\"{expected}\"]}}'` (for a \
+             user-assigned managed identity: `az identity federated-credential create --identity-name NAME \
+             --resource-group RG --name keyless --issuer {iss} --subject {sub} --audiences {expected}`)",
+            if a.claims.aud.iter().any(|x| x == expected) { String::new() } else { format!("{project}, and ") },
         ),
         700211 => format!(
             "no federated identity credential on app {client} has issuer {iss} (the token's iss claim): \
              the credential's issuer must equal the cluster's OIDC issuer URL exactly, trailing slash \
              included (AKS: `az aks show --query oidcIssuerProfile.issuerUrl`)"
         ),
-        700212 => format!(
-            "no federated identity credential on app {client} accepts audience {aud}: project the \
-             token with audience api://AzureADTokenExchange (serviceAccountToken.audience) or add \
-             {aud} to the credential's audiences"
-        ),
+        700212 => format!("no federated identity credential on app {client} accepts audience {aud}: {project}"),
         700213 => format!(
             "no federated identity credential on app {client} with issuer {iss} has subject {sub}: \
              create one for subject {sub} (system:serviceaccount:NAMESPACE:SERVICEACCOUNT of this pod)"
@@ -184,11 +195,13 @@ mod tests {
         client: ClientId,
         scope: Scope,
         claims: Claims,
+        authority: &'static str,
     }
 
     impl Fixture {
         fn new() -> Self {
             Self {
+                authority: "https://login.microsoftonline.com",
                 tenant: TenantId::parse("tenant-1").expect("tenant"),
                 client: ClientId::parse("client-1").expect("client"),
                 scope: Scope::for_resource("https://management.azure.com/").expect("scope"),
@@ -207,7 +220,7 @@ mod tests {
                 body.as_bytes(),
                 None,
                 Attempt {
-                    authority: "https://login.microsoftonline.com",
+                    authority: self.authority,
                     tenant: &self.tenant,
                     client_id: &self.client,
                     scope: &self.scope,
@@ -242,6 +255,25 @@ mod tests {
         ));
         assert!(err.message.contains("corr-1"));
         assert!(!err.message.contains("Trace ID"));
+    }
+
+    /// A token minted for another cloud (AWS's audience) under Azure: the hints name the audience
+    /// Entra ID expects, in the authority's cloud, and never propose accepting the token's.
+    #[test]
+    fn a_foreign_audience_is_never_proposed_for_the_credential() {
+        let mut f = Fixture::new();
+        f.claims.aud = vec!["sts.amazonaws.com".to_owned()];
+        f.authority = "https://login.microsoftonline.us";
+        for code in [70021, 700212] {
+            let hint = f.classify(400, &entra(code, "invalid_request")).hint.expect("hint");
+            assert!(hint.contains("project the token with audience api://AzureADTokenExchangeUSGov"), "{code}: {hint}");
+            for widening in ["[\"sts.amazonaws.com\"]", "--audiences sts.amazonaws.com", "add sts.amazonaws.com"] {
+                assert!(!hint.contains(widening), "{code} proposes {widening}: {hint}");
+            }
+        }
+        let matching = Fixture::new().classify(400, &entra(70021, "invalid_request")).hint.expect("hint");
+        assert!(!matching.contains("project the token"), "the token has the expected audience: {matching}");
+        assert!(matching.contains("\"audiences\":[\"api://AzureADTokenExchange\"]"), "{matching}");
     }
 
     #[test]

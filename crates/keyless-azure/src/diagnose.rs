@@ -29,11 +29,7 @@ impl AzureDiagnosis {
 
     /// The audience Entra ID recommends for federated credentials in the authority's cloud.
     fn recommended_audience(&self) -> &'static str {
-        match self.settings.authority.host_str() {
-            Some(h) if h.ends_with(".microsoftonline.us") => "api://AzureADTokenExchangeUSGov",
-            Some(h) if h.ends_with(".chinacloudapi.cn") => "api://AzureADTokenExchangeChina",
-            _ => "api://AzureADTokenExchange",
-        }
+        crate::aadsts::federation_audience(self.settings.authority.as_str())
     }
 }
 

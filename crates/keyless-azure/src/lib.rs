@@ -54,8 +54,12 @@ impl keyless_provider::Provider for Azure {
             return Err(ConfigError::Invalid {
                 key: "azure.additional_client_ids".to_owned(),
                 reason: format!(
-                    "{client_id:?} is not a configured client id (configured: {:?} and {:?})",
-                    config.client_id, config.additional_client_ids
+                    "{client_id:?} is not a configured client id (configured: {})",
+                    std::iter::once(&config.client_id)
+                        .chain(&config.additional_client_ids)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             }
             .into());

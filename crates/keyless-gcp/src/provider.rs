@@ -42,7 +42,10 @@ impl keyless_provider::Provider for Gcp {
             let emails: Vec<&str> = config.service_accounts.iter().map(|a| a.email.as_str()).collect();
             return Err(crate::ConfigError::invalid(
                 "gcp.service_accounts",
-                format!("{email:?} is not a configured service account (configured besides the default: {emails:?})"),
+                format!(
+                    "{email:?} is not a configured service account (configured besides the default: {})",
+                    if emails.is_empty() { "none".to_owned() } else { emails.join(", ") }
+                ),
             )
             .into());
         };

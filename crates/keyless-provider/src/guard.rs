@@ -110,7 +110,8 @@ impl CallerRefusal {
         }
     }
 
-    fn code(self) -> &'static str {
+    /// The code of the refusal's answer, also what `keyless node` logs it as.
+    pub fn code(self) -> &'static str {
         match self {
             Self::UnknownAddress => "UnknownCaller",
             Self::HostNetwork => "HostNetworkCaller",

@@ -1,6 +1,8 @@
 //! A TCP relay between keyless and its upstream whose failures the test chooses.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use keyless_core::AbortOnDrop;
 
@@ -19,6 +21,7 @@ pub enum ProxyMode {
 pub struct Proxy {
     pub addr: SocketAddr,
     mode: tokio::sync::watch::Sender<ProxyMode>,
+    accepted: Arc<AtomicU64>,
     _task: AbortOnDrop,
 }
 
@@ -27,8 +30,11 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
         let addr = listener.local_addr().expect("the bound address");
         let (tx, rx) = tokio::sync::watch::channel(mode);
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = accepted.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
                 let mut rx = rx.clone();
                 let mode = *rx.borrow_and_update();
                 tokio::spawn(async move {
@@ -41,11 +47,17 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, mode: tx, _task: AbortOnDrop::new(task) }
+        Self { addr, mode: tx, accepted, _task: AbortOnDrop::new(task) }
     }
 
     pub fn set(&self, mode: ProxyMode) {
         self.mode.send_replace(mode);
+    }
+
+    /// How many connections it accepted so far (a client's attempts, one connection each when
+    /// none is kept alive).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// The upstream URL keyless is configured with.

@@ -172,7 +172,7 @@ impl Report {
 pub async fn run(file: Option<PathBuf>, output: Output) -> ExitCode {
     // Logs would interleave with the report: only on request.
     if let Ok(filter) = std::env::var("KEYLESS_LOG")
-        && let Err(e) = crate::logging::init(Some(&filter), crate::config::LogFormat::Text)
+        && let Err(e) = crate::logging::init_from_variable(Some(&filter), crate::config::LogFormat::Text)
     {
         return crate::fail(&e);
     }
@@ -279,8 +279,6 @@ async fn check_provider(
 
     let attempts = exchange_once(d, &token, limit).await;
     let all_ok = attempts.iter().all(|a| a.result.is_ok());
-    // What an earlier check flagged: no fix below may propose trusting it.
-    let mut flagged = Flagged::default();
     let expected = d.expected_audience().to_owned();
     let audience_source = d.audience_source();
     let binding_audience = if d.accepts_audience(&claims.aud) {
@@ -307,19 +305,19 @@ async fn check_provider(
             &format!("{name} expects {expected}, {audience_source}; the token has {has}"),
             Some(&fix),
         );
-        flagged.audiences =
-            claims.aud.iter().filter(|a| !d.accepts_audience(std::slice::from_ref(a))).cloned().collect();
         expected.clone()
     };
+    // The issuer no provider trusts: no fix below may propose registering it before the
+    // issuer problem has been answered.
     let issuer_rejected = attempts.iter().any(|a| a.result.as_ref().is_err_and(|e| e.untrusted_issuer));
-    if let (true, Some(iss)) = (issuer_rejected, &claims.iss) {
+    let flagged_issuer = claims.iss.as_deref().filter(|_| issuer_rejected);
+    if let Some(iss) = flagged_issuer {
         report.problem(
             name,
             "issuer",
             &format!("{name} trusts no identity provider for the token's issuer {iss}"),
             Some(&issuer_fix(&source)),
         );
-        flagged.issuer = Some(iss.clone());
     }
     for attempt in &attempts {
         match &attempt.result {
@@ -339,7 +337,13 @@ async fn check_provider(
                 );
                 report.more(&e.message);
                 if let Some(hint) = &e.hint {
-                    report.fix(&flagged.vet(hint));
+                    match flagged_issuer.filter(|_| e.untrusted_issuer) {
+                        Some(iss) => report.fix(&format!(
+                            "fix the issuer problem above first (this exchange's usual advice names the token's \
+                             issuer {iss}, which is only to be trusted if it is your cluster's)"
+                        )),
+                        None => report.fix(hint),
+                    }
                 }
                 report.problems.push(format!("{name} exchange"));
             }
@@ -348,38 +352,10 @@ async fn check_provider(
     // The binding for an issuer nobody trusts yet names it by placeholder: whether to trust it is
     // the question the issuer line asks.
     let mut shown = claims.clone();
-    if flagged.issuer.is_some() {
+    if flagged_issuer.is_some() {
         shown.iss = None;
     }
-    print_binding(report, name, d, Some(&shown), &binding_audience, flagged.issuer.is_some());
-}
-
-/// The audiences and issuer an earlier check found wrong. A fix that names one would make the
-/// cloud trust a token minted for someone else (an AWS token in Entra, a foreign cluster's
-/// tokens in IAM): it is withheld and the earlier problem pointed at instead.
-#[derive(Default)]
-struct Flagged {
-    audiences: Vec<String>,
-    issuer: Option<String>,
-}
-
-impl Flagged {
-    fn vet(&self, hint: &str) -> String {
-        if let Some(aud) = self.audiences.iter().find(|a| hint.contains(a.as_str())) {
-            return format!(
-                "fix the audience problem above first (this exchange's usual advice would trust the token's audience \
-                 {aud}, which a token for this cloud must not carry)"
-            );
-        }
-        let bare = |iss: &str| iss.trim_start_matches("https://").trim_end_matches('/').to_owned();
-        if let Some(iss) = self.issuer.as_deref().filter(|iss| hint.contains(&bare(iss))) {
-            return format!(
-                "fix the issuer problem above first (this exchange's usual advice names the token's issuer {iss}, \
-                 which is only to be trusted if it is your cluster's)"
-            );
-        }
-        hint.to_owned()
-    }
+    print_binding(report, name, d, Some(&shown), &binding_audience, flagged_issuer.is_some());
 }
 
 /// What to do about a token whose issuer the cloud does not know: first doubt the token, then

@@ -182,11 +182,23 @@ async fn from_endpoint(url: &Url, authorization: &str) -> Result<String, String>
     if status == reqwest::StatusCode::NOT_FOUND
         && let Some((_, role)) = url.path().rsplit_once("/roles/")
     {
-        return Err(format!(
-            "keyless at {url} serves no role named {role:?} (404): --role names one of the [[aws.roles]] entries \
-             of the running keyless's configuration (`keyless check` with that configuration lists them, one \
-             AssumeRoleWithWebIdentity line per role), served at AWS_CONTAINER_CREDENTIALS_FULL_URI/roles/NAME"
-        ));
+        // keyless answers which roles it serves (its 404's Message); an older one answers nothing.
+        let message = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| match &v["Message"] {
+            serde_json::Value::String(m) => Some(upstream(m).into_owned()),
+            _ => None,
+        });
+        return Err(match message {
+            Some(said) => format!(
+                "keyless at {url} serves no role named \"{role}\" (404): {said}; --role names one of them (an \
+                 [[aws.roles]] entry of the running keyless's configuration)"
+            ),
+            None => format!(
+                "keyless at {url} serves no role named \"{role}\" (404): --role names one of the [[aws.roles]] \
+                 entries of the running keyless's configuration (`keyless check` with that configuration lists \
+                 them, one AssumeRoleWithWebIdentity line per role), served at \
+                 AWS_CONTAINER_CREDENTIALS_FULL_URI/roles/NAME"
+            ),
+        });
     }
     if !status.is_success() {
         // An endpoint chooses what it answers: escaped and capped as any upstream text.

@@ -96,8 +96,11 @@ async fn start_emulator(
     keyless_emulator::start(config).await.map_err(|e| match &e {
         keyless_emulator::EmulatorError::Bind { addr, source } => {
             let in_use = source.kind() == std::io::ErrorKind::AddrInUse;
-            format!("cannot start the emulator: {e}; {}", crate::serve::bind_hint(source, *addr, flag))
-                + if in_use && flag == "--emulator-listen" { SECOND_DEV } else { "" }
+            // The cause's own hint only (the emulator's error adds a generic one).
+            format!(
+                "cannot start the emulator: cannot listen on {addr}: {source}; {}",
+                crate::serve::bind_hint(source, *addr, flag)
+            ) + if in_use && flag == "--emulator-listen" { SECOND_DEV } else { "" }
         }
         _ => format!("cannot start the emulator: {e}"),
     })

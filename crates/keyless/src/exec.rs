@@ -101,7 +101,8 @@ impl InProcess {
         let loopback = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         let overrides = Overrides { listen: loopback, admin_listen: loopback };
         let (config, sections, _skipped) = crate::load_config(config, &overrides)?;
-        crate::logging::init(Some(config.log.as_deref().unwrap_or("warn")), config.log_format)?;
+        crate::logging::init(Some(config.log.as_deref().unwrap_or("warn")), config.log_format)
+            .map_err(|e| config.env_keys.name_in(&e))?;
         let ctx = Context::new(
             Arc::new(SystemClock),
             crate::metrics(),
@@ -252,11 +253,16 @@ pub async fn wait_until_ready(readiness: &[Arc<dyn Readiness>], timeout: Duratio
 }
 
 fn progress(who: &str, s: &IdentityStatus, since: SystemTime) {
+    progress_line(who, &waiting_for(s), since);
+}
+
+/// What a progress line waits for: the credential as `/readyz` names it, and why.
+fn waiting_for(s: &IdentityStatus) -> String {
     let why = match &s.last_error {
         Some(e) => format!("the last attempt failed: {}", e.message),
         None => "the exchange has not answered yet".to_owned(),
     };
-    progress_line(who, &format!("{} {} {} ({why})", s.provider, s.identity, s.key), since);
+    format!("{} ({why})", s.name())
 }
 
 /// `WHO: waiting for WHAT since TIME`: one line per identity whose exchange is slow.
@@ -363,4 +369,26 @@ pub fn supervised(parent: i32, command: &[String]) -> ExitCode {
     let err = std::process::Command::new(program).args(args).exec();
     eprintln!("keyless exec: cannot run {program}: {err}");
     ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_RUN })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The credential as `/readyz` names it: no empty key (`aws ARN  (...)`), a key in parentheses.
+    #[test]
+    fn a_progress_line_names_the_credential_as_readyz_does() {
+        let status = |key: &str| IdentityStatus {
+            provider: "gcp",
+            identity: "app@p.iam.gserviceaccount.com".to_owned(),
+            key: key.to_owned(),
+            valid_until: None,
+            last_error: None,
+        };
+        assert_eq!(waiting_for(&status("")), "gcp app@p.iam.gserviceaccount.com (the exchange has not answered yet)");
+        assert_eq!(
+            waiting_for(&status("access token, scopes cloud-platform")),
+            "gcp app@p.iam.gserviceaccount.com (access token, scopes cloud-platform) (the exchange has not answered yet)"
+        );
+    }
 }

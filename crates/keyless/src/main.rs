@@ -77,8 +77,8 @@ Where it runs:
   a CI job        keyless exec -- CMD, with the job's OIDC token (GitHub Actions, GitLab id_tokens)
   a laptop        keyless dev: the three clouds emulated locally, keyless against them
   a VM or node    keyless serve or keyless exec with a token source: a file, a URL, a command
-  every pod of a  keyless node, one per node (a hostNetwork DaemonSet) instead of a sidecar per
-  node           pod (the Helm chart's mode: node)
+  a node's pods   keyless node, one per node (a hostNetwork DaemonSet) instead of a sidecar per
+                  pod (the Helm chart's mode: node)
 
 keyless check tries each token and exchange once and prints what to fix (docs/troubleshooting.md).";
 
@@ -435,7 +435,7 @@ fn fatal(format: config::LogFormat, message: &str) -> ExitCode {
 #[allow(clippy::print_stdout)]
 async fn credential_process(config: Option<PathBuf>, role: Option<String>) -> ExitCode {
     let filter = std::env::var("KEYLESS_LOG").unwrap_or_else(|_| "warn".to_owned());
-    if let Err(e) = logging::init(Some(&filter), config::LogFormat::Text) {
+    if let Err(e) = logging::init_from_variable(Some(&filter), config::LogFormat::Text) {
         return fail(&e);
     }
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
@@ -490,7 +490,7 @@ async fn inject(file: Option<&std::path::Path>, cli: &inject::CliArgs, options: 
 #[cfg(any(feature = "emulator", feature = "webhook"))]
 async fn run_logged(command: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     let filter = std::env::var("KEYLESS_LOG").ok();
-    if let Err(e) = logging::init(filter.as_deref(), config::LogFormat::Text) {
+    if let Err(e) = logging::init_from_variable(filter.as_deref(), config::LogFormat::Text) {
         return fail(&e);
     }
     match command.await {
@@ -518,7 +518,7 @@ async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
         Err(e) => return fail(&e),
     };
     if let Err(e) = logging::init(config.log.as_deref(), config.log_format) {
-        return fail(&e);
+        return fail(&config.env_keys.name_in(&e));
     }
     for name in skipped {
         warn!(variable = %name, "ignoring an environment variable that is not a keyless setting \

@@ -188,6 +188,22 @@ fn an_error_from_a_keyless_variable_names_the_variable() {
     );
     let stderr = run(("KEYLESS_LOG_FORMAT", "yaml"));
     assert!(stderr.contains("(set by the environment variable KEYLESS_LOG_FORMAT)"), "{stderr}");
+    let stderr = run(("KEYLESS_LOG", "info["));
+    printed_once(
+        &stderr,
+        "keyless: log = \"info[\" is not a valid log filter: invalid filter directive (set by the environment variable \
+         KEYLESS_LOG)",
+    );
+    // Where KEYLESS_LOG is the only filter there is (check, webhook, credential-process).
+    for command in [&["check"][..], &["webhook", "--tls-cert", "/c", "--tls-key", "/k"], &["credential-process"]] {
+        let out = keyless().args(command).env("KEYLESS_LOG", "info[").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        printed_once(
+            &stderr,
+            "is not a valid log filter: invalid filter directive (set by the environment variable KEYLESS_LOG)",
+        );
+    }
     let stderr = run_with(&[("KEYLESS_AWS__TOKEN_FILE", "/t"), ("KEYLESS_AWS__ROLE_ARN", "not-an-arn")]);
     assert!(stderr.contains("(set by the environment variable KEYLESS_AWS__ROLE_ARN)"), "{stderr}");
     // A provider section's own errors (serde's) name its keys without the section.
@@ -216,8 +232,16 @@ fn a_second_keyless_dev_names_the_flags_that_move_it() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    printed_once(&stderr, "cannot start the emulator");
-    assert!(stderr.contains("--listen, --admin-listen, --emulator-listen, --state-dir and --env-file"), "{stderr}");
+    // One hint, the cause's (the emulator's generic "if the port is in use..." came before it).
+    printed_once(
+        &stderr,
+        &format!(
+            "keyless: cannot start the emulator: cannot listen on 127.0.0.1:{port}: Address already in use (os error \
+             98); another process (another keyless?) listens there: stop it, or pick a free port with \
+             --emulator-listen. To run a second keyless dev beside another, give it other ports and its own files: \
+             --listen, --admin-listen, --emulator-listen, --state-dir and --env-file"
+        ),
+    );
 }
 
 #[test]
@@ -230,37 +254,162 @@ fn the_webhook_names_the_flag_of_a_file_it_cannot_read() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     printed_once(&stderr, "cannot read --tls-cert /nonexistent/tls.crt");
+    // A file it can read but not use: named by its flag too.
+    let dir = tempfile::tempdir().unwrap();
+    let pair = rcgen::generate_simple_self_signed(vec!["keyless-webhook".to_owned()]).unwrap();
+    let (cert, garbage) = (dir.path().join("tls.crt"), dir.path().join("garbage"));
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&garbage, "not PEM\n").unwrap();
+    for (cert, key, expected) in [
+        (&garbage, &garbage, format!("--tls-cert {}: no certificate in it", garbage.display())),
+        (&cert, &garbage, format!("--tls-key {}: not a PEM private key", garbage.display())),
+    ] {
+        let out = keyless()
+            .args(["webhook", "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        printed_once(&stderr, &expected);
+    }
 }
 
-/// The top-level help says what keyless is now, and every subcommand's help has the same layout:
-/// a one-line summary, then what it does.
+#[test]
+fn a_dev_state_dir_it_cannot_create_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let state = file.join("state");
+    let out = keyless()
+        .args(["dev", "--state-dir", state.to_str().unwrap()])
+        .args(["--env-file", dir.path().join("app.env").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    printed_once(&stderr, &format!("cannot create the state dir {}", state.display()));
+}
+
+/// A user that is not root, for what root is never refused: reading a file whatever its mode,
+/// binding a port below 1024. As root the binary runs as the image's user (65532); otherwise as
+/// the user running the tests, who is refused the same.
+fn as_a_user(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::fs::MetadataExt as _;
+    use std::os::unix::process::CommandExt as _;
+    if std::fs::metadata("/proc/self").unwrap().uid() == 0 {
+        cmd.uid(65532).gid(65532);
+    }
+    cmd
+}
+
+#[test]
+fn an_unreadable_config_file_gets_its_own_hint() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("keyless.toml");
+    std::fs::write(&path, "log = \"info\"\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let out = as_a_user(keyless().args(["serve", "--config", path.to_str().unwrap()]))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    printed_once(
+        &stderr,
+        &format!(
+            "keyless: config file {}: Permission denied (os error 13) (keyless runs as a user that may not read it: \
+             make it readable to that user (in a pod: the container's runAsUser, or a ConfigMap's defaultMode), or \
+             run keyless as a user that may)",
+            path.display()
+        ),
+    );
+}
+
+#[test]
+fn a_privileged_port_gets_its_own_hint() {
+    // Where the kernel lets every user bind every port, there is no EACCES to produce.
+    let unprivileged_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
+    assert!(
+        unprivileged_from.trim().parse::<u16>().unwrap() > 80,
+        "net.ipv4.ip_unprivileged_port_start is {unprivileged_from}: port 80 is not privileged on this host"
+    );
+    let aws = [
+        ("KEYLESS_AWS__ROLE_ARN", "arn:aws:iam::123456789012:role/app"),
+        ("KEYLESS_AWS__TOKEN_FILE", "/nonexistent/token"),
+        ("KEYLESS_AWS__REGION", "us-east-1"),
+    ];
+    for (flags, flag) in [
+        (["--listen", "127.0.0.1:80", "--admin-listen", "127.0.0.1:0"], "--listen"),
+        (["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:80"], "--admin-listen"),
+    ] {
+        let out = as_a_user(keyless().arg("serve").args(flags)).envs(aws).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        let line = stderr.lines().find(|l| l.contains("cannot listen on 127.0.0.1:80")).unwrap_or_default();
+        assert!(
+            line.starts_with("keyless: cannot listen on 127.0.0.1:80 (")
+                && line.ends_with(&format!(
+                    "): Permission denied (os error 13); ports below 1024 need root or the CAP_NET_BIND_SERVICE \
+                     capability: pick a port above 1023 with {flag}"
+                )),
+            "{stderr}"
+        );
+    }
+}
+
+/// The top-level help says what keyless is now, in a table whose every line keeps its columns,
+/// and every subcommand's help has the same layout: its summary (the one `-h` lists), a blank
+/// line, what it does, `Usage:`, then `Arguments:` if it takes any and `Options:` last, ending
+/// with `-h, --help`.
 #[test]
 fn the_help_describes_every_place_keyless_runs() {
     let out = keyless().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for place in ["a pod ", "injected pods ", "a CI job ", "a laptop ", "a VM or node "] {
+    for place in ["a pod ", "injected pods ", "a CI job ", "a laptop ", "a VM or node ", "a node's pods "] {
         assert!(help.contains(place), "{place:?} missing from:\n{help}");
     }
+    let table = help.lines().skip_while(|l| *l != "Where it runs:").skip(1).take_while(|l| !l.is_empty());
+    let mut rows = 0;
+    for line in table {
+        // The label column is 18 wide: a label and at least two spaces, or a continuation.
+        let (label, text) = line.split_at_checked(18).unwrap_or((line, ""));
+        assert!(label.ends_with("  ") && !text.starts_with(' ') && !text.is_empty(), "misaligned: {line:?}\n{help}");
+        rows += usize::from(!label.trim().is_empty());
+    }
+    assert_eq!(rows, 6, "{help}");
     let short = keyless().arg("-h").output().unwrap();
     let short = String::from_utf8_lossy(&short.stdout);
-    let commands: Vec<&str> = short
+    let commands: Vec<(&str, String)> = short
         .lines()
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
         .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| *c != "help")
+        .filter_map(|l| l.trim().split_once(' ').map(|(c, about)| (c, about.trim().to_owned())))
+        .filter(|(c, _)| *c != "help")
         .collect();
-    assert!(commands.len() >= 8, "{short}");
-    for command in commands {
+    assert!(commands.len() >= 11, "{short}");
+    assert!(commands.iter().any(|(c, _)| *c == "node") || !cfg!(feature = "node"), "{short}");
+    for (command, about) in commands {
         let out = keyless().args([command, "--help"]).output().unwrap();
         let help = String::from_utf8_lossy(&out.stdout);
         let mut lines = help.lines();
-        let summary = lines.next().unwrap_or_default();
-        assert!(!summary.is_empty() && summary.len() < 100, "{command}: summary {summary:?}");
+        assert_eq!(lines.next(), Some(format!("{about}.").as_str()), "{command}: summary:\n{help}");
         assert_eq!(lines.next(), Some(""), "{command}: no blank line after the summary:\n{help}");
         assert!(!lines.next().unwrap_or_default().starts_with("Usage:"), "{command}: no description:\n{help}");
-        assert!(help.contains("Usage: keyless "), "{command}:\n{help}");
+        assert!(help.contains(&format!("\nUsage: keyless {command} ")), "{command}:\n{help}");
+        let after_usage = help.split("\nUsage: ").nth(1).unwrap_or_default();
+        let sections: Vec<&str> =
+            after_usage.lines().filter(|l| l.ends_with(':') && !l.starts_with(' ') && !l.contains(' ')).collect();
+        assert!(
+            sections == ["Options:"] || sections == ["Arguments:", "Options:"],
+            "{command}: sections {sections:?}:\n{help}"
+        );
+        let last_option = after_usage.lines().rev().find(|l| l.trim_start().starts_with('-')).unwrap_or_default();
+        assert_eq!(last_option.trim(), "-h, --help", "{command}:\n{help}");
+        assert!(!help.contains("[default: \"\"]"), "{command}: an empty default shown:\n{help}");
     }
 }
 

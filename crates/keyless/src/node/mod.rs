@@ -59,7 +59,13 @@ const RECONCILE_PERIOD: Duration = Duration::from_secs(30);
 pub struct NodeArgs {
     /// This node's name (the pods served are those with spec.nodeName = it): the downward API's
     /// spec.nodeName.
-    #[arg(long, env = "NODE_NAME", required_unless_present = "check_ready", default_value = "")]
+    #[arg(
+        long,
+        env = "NODE_NAME",
+        required_unless_present = "check_ready",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub node_name: String,
     /// The AWS container endpoint (the address must be on a link of the node; AWS SDKs accept
     /// plain HTTP to 169.254.170.23, 169.254.170.2, [fd00:ec2::23] and loopback only).

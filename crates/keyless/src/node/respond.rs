@@ -42,9 +42,9 @@ type Request = axum::http::Request<RequestBody>;
 impl NodeService {
     async fn refuse_caller(&self, request: Request, refusal: CallerRefusal, peer: IpAddr, why: &str) -> Response {
         if self.refusal_logged.swap(true, Ordering::Relaxed) {
-            debug!(%peer, ?refusal, why, "refused a caller");
+            debug!(%peer, refusal = refusal.code(), why, "refused a caller");
         } else {
-            warn!(%peer, ?refusal, why, "refused a caller (further refusals are logged at debug level)");
+            warn!(%peer, refusal = refusal.code(), why, "refused a caller (further refusals are logged at debug level)");
         }
         let answer = self.refusals.refuse(request, &Violation::Caller(refusal));
         answer.await.unwrap_or_else(|never: Infallible| match never {})

@@ -142,7 +142,7 @@ impl Registry {
     /// The identities `account`'s annotations name; refused when none (or a malformed one).
     async fn identities(&self, account: &AccountRef) -> Result<Identities, CallerRefusal> {
         let annotations = self.shared.accounts.annotations(&account.namespace, &account.name).await.map_err(|e| {
-            self.log_once(account, &format!("cannot read the ServiceAccount's annotations: {e:?}"));
+            self.log_once(account, &format!("cannot read the ServiceAccount's annotations: {e}"));
             CallerRefusal::Unavailable
         })?;
         let tenant = self.shared.settings.options.azure_tenant_id.as_deref();

@@ -49,11 +49,13 @@ const LIVE_READ_BURST: u32 = 10;
 const LIVE_READ_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Why no annotations could be had for a review.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {
     /// A namespace or name Kubernetes would not accept: never looked up.
+    #[error("{0}")]
     Invalid(String),
     /// The API could not be asked (or not now).
+    #[error("{0}")]
     Unavailable(String),
 }
 
@@ -283,5 +285,18 @@ mod backoff_tests {
         assert_eq!(delays.len(), 50, "the watch never gives up");
         assert!(delays[0] <= Duration::from_millis(400), "{delays:?}");
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(10)), "{delays:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `keyless node` logs it: its text, not `Unavailable("...")`.
+    #[test]
+    fn a_lookup_error_reads_as_its_message() {
+        let e = LookupError::Unavailable("the API server did not answer".to_owned());
+        assert_eq!(e.to_string(), "the API server did not answer");
+        assert_eq!(LookupError::Invalid("bad name".to_owned()).to_string(), "bad name");
     }
 }

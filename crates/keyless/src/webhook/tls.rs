@@ -84,21 +84,21 @@ fn read(cert_file: &Path, key_file: &Path) -> Result<Loaded, String> {
 fn certified_key(files: &Loaded, cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&files.0)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not PEM certificates: {e}", cert_file.display()))?;
+        .map_err(|e| format!("--tls-cert {}: not PEM certificates: {e}", cert_file.display()))?;
     if chain.is_empty() {
-        return Err(format!("{}: no certificate in it", cert_file.display()));
+        return Err(format!("--tls-cert {}: no certificate in it", cert_file.display()));
     }
     let key = PrivateKeyDer::from_pem_slice(&files.1)
-        .map_err(|e| format!("{}: not a PEM private key: {e}", key_file.display()))?;
+        .map_err(|e| format!("--tls-key {}: not a PEM private key: {e}", key_file.display()))?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let signing = provider
         .key_provider
         .load_private_key(key)
-        .map_err(|e| format!("{}: unusable private key: {e}", key_file.display()))?;
+        .map_err(|e| format!("--tls-key {}: unusable private key: {e}", key_file.display()))?;
     let certified = CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|e| format!("{} and {} do not belong together: {e}", cert_file.display(), key_file.display()))?;
+    certified.keys_match().map_err(|e| {
+        format!("--tls-cert {} and --tls-key {} do not belong together: {e}", cert_file.display(), key_file.display())
+    })?;
     Ok(Arc::new(certified))
 }
 
