@@ -532,8 +532,8 @@ async fn the_readme_lists_every_metric_a_live_keyless_exports_and_the_charts_mon
     );
 
     // Every value under `monitoring`, in the row of its group, with its default.
-    let values: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(workspace_root().join("charts/keyless/values.yaml")).unwrap())
+    let values: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(workspace_root().join("charts/keyless/values.yaml")).unwrap())
             .unwrap();
     let monitoring = values["monitoring"].as_mapping().unwrap();
     assert!(monitoring.len() >= 3, "{monitoring:?}");
@@ -551,12 +551,12 @@ async fn the_readme_lists_every_metric_a_live_keyless_exports_and_the_charts_mon
             }
             assert!(row.contains(&format!("`{key}`")), "README: monitoring.{group}.{key} not named in:\n{row}");
             let default = match value {
-                serde_yaml::Value::Mapping(map) if map.is_empty() => continue,
-                serde_yaml::Value::Mapping(map) => {
+                yaml_serde::Value::Mapping(map) if map.is_empty() => continue,
+                yaml_serde::Value::Mapping(map) => {
                     map.iter().map(|(k, v)| format!("{}: {:?}", k.as_str().unwrap(), v.as_str().unwrap())).collect()
                 }
-                serde_yaml::Value::String(s) => s.clone(),
-                other => serde_yaml::to_string(other).unwrap().trim().to_owned(),
+                yaml_serde::Value::String(s) => s.clone(),
+                other => yaml_serde::to_string(other).unwrap().trim().to_owned(),
             };
             assert!(
                 row.contains(&format!("`{key}`, `{default}`")) || row.contains(&format!("`{key}` (`{default}`)")),
