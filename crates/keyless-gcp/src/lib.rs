@@ -12,6 +12,7 @@
 
 mod accounts;
 mod config;
+mod dev;
 mod diagnose;
 mod exchange;
 mod external_account;
