@@ -4,7 +4,8 @@
 //! - redirects are never followed (one would carry the subject token or a bearer token elsewhere);
 //! - a loopback endpoint (the emulator, moto, a local proxy) is never reached through
 //!   `HTTPS_PROXY`; other endpoints honour `HTTPS_PROXY`/`NO_PROXY` as the clouds' SDKs do;
-//! - response bodies are read up to [`MAX_BODY`];
+//! - response bodies are read up to [`MAX_BODY`] (reqwest: [`read_bounded`]; the AWS SDK through
+//!   a limited body, recognised by [`is_too_large`]), a larger one refused by [`too_large`];
 //! - a failure without an HTTP answer is classified by [`transport_error`], and an HTTP status
 //!   as transient by [`is_transient_status`], the same way for every cloud;
 //! - a throttling answer (any 429, AWS `Throttling`, Google `RESOURCE_EXHAUSTED`) becomes
@@ -79,13 +80,31 @@ pub async fn read_bounded(
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(service, ca_key, &e))? {
         if body.len() + chunk.len() > MAX_BODY {
-            return Err(ExchangeError::retryable(format!("{service} answered with more than {MAX_BODY} bytes"))
-                .with_code("UpstreamResponseTooLarge")
-                .with_hint("is the endpoint a token service, and not a proxy's error page?"));
+            return Err(too_large(service));
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// A token service's answer over [`MAX_BODY`], refused unread, the same for every client.
+pub fn too_large(service: &str) -> ExchangeError {
+    ExchangeError::retryable(format!("{service} answered with more than {MAX_BODY} bytes"))
+        .with_code("UpstreamResponseTooLarge")
+        .with_hint("is the endpoint a token service, and not a proxy's error page?")
+}
+
+/// Whether `err` or one of its causes is `http_body_util::Limited`'s refusal of a body over its
+/// bound (clients that read the body themselves, as the AWS SDK does, through a limited body).
+pub fn is_too_large(err: &(dyn Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// HTTP statuses worth retrying: timeouts, throttling and server errors.
