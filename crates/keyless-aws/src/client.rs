@@ -25,10 +25,11 @@ use crate::settings::Settings;
 
 /// An STS client for `settings`' region, endpoint and CA certificates, with the upstream rules
 /// every provider follows (`keyless_provider::upstream`): timeouts from `cache.exchange_timeout`,
-/// no proxy for a loopback endpoint (the emulator, moto, a local proxy).
+/// no proxy for a loopback or link-local endpoint (`upstream::bypasses_proxy`), the response body
+/// bounded by `upstream::MAX_BODY` ([`BoundedBody`]).
 pub(crate) fn sts_client(settings: &Settings, policy: &CachePolicy) -> Result<aws_sdk_sts::Client, ConfigError> {
     let proxy = match settings.sts_endpoint.as_ref() {
-        Some(url) if upstream::is_loopback(url) => ProxyConfig::disabled(),
+        Some(url) if upstream::bypasses_proxy(url) => ProxyConfig::disabled(),
         _ => ProxyConfig::from_env(),
     };
     let (connect, request) = upstream::timeouts(policy);
