@@ -15,7 +15,7 @@ use base64::Engine as _;
 use keyless_test_support::binary::keyless_bin;
 use keyless_test_support::child;
 use keyless_test_support::emulate::EmulatorProcess;
-use keyless_test_support::sidecar::all_clouds_config;
+use keyless_test_support::sidecar::all_clouds_dev_config;
 use keyless_test_support::tools;
 use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 use serde_json::Value;
@@ -51,18 +51,8 @@ impl Setup {
         let emulator = EmulatorProcess::start().await;
         let ids = emulator.control.identities().await;
         let token = |cloud: &str| format!("token_file = {}", toml_string(emulator.token_file(cloud).to_str().unwrap()));
-        let mut toml = all_clouds_config(&emulator, &emulator.url, "", "warn", &token).await;
-        // [azure] is the last section: this line is its.
-        toml.push_str(&format!(
-            "additional_client_ids = [{}]\n",
-            toml_string(ids["azure_second_client_id"].as_str().unwrap())
-        ));
-        toml.push_str(&format!(
-            "\n[[aws.roles]]\nname = \"writer\"\nrole_arn = {}\n\n[[gcp.service_accounts]]\nemail = {}\ndelegates = [{}]\n",
-            toml_string(ids["aws_second_role_arn"].as_str().unwrap()),
-            toml_string(ids["gcp_second_service_account"].as_str().unwrap()),
-            toml_string(ids["gcp_service_account"].as_str().unwrap()),
-        ));
+        // The second identities too, as `keyless dev` has them.
+        let toml = all_clouds_dev_config(&emulator, &emulator.url, "warn", &token, true).await.to_toml();
         let toml = edit(&ids, toml);
         Self { emulator, ids, toml }
     }

@@ -11,7 +11,11 @@ use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
 use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore};
 use aws_smithy_http_client::{Connector, ConnectorBuilder};
-use aws_smithy_runtime_api::client::http::{SharedHttpClient, SharedHttpConnector, http_client_fn};
+use aws_smithy_runtime_api::client::http::{
+    HttpConnector, HttpConnectorFuture, SharedHttpClient, SharedHttpConnector, http_client_fn,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_types::body::SdkBody;
 
 use keyless_core::CachePolicy;
 use keyless_provider::upstream;
@@ -21,10 +25,11 @@ use crate::settings::Settings;
 
 /// An STS client for `settings`' region, endpoint and CA certificates, with the upstream rules
 /// every provider follows (`keyless_provider::upstream`): timeouts from `cache.exchange_timeout`,
-/// no proxy for a loopback endpoint (the emulator, moto, a local proxy).
+/// no proxy for a loopback or link-local endpoint (`upstream::bypasses_proxy`), the response body
+/// bounded by `upstream::MAX_BODY` ([`BoundedBody`]).
 pub(crate) fn sts_client(settings: &Settings, policy: &CachePolicy) -> Result<aws_sdk_sts::Client, ConfigError> {
     let proxy = match settings.sts_endpoint.as_ref() {
-        Some(url) if upstream::is_loopback(url) => ProxyConfig::disabled(),
+        Some(url) if upstream::bypasses_proxy(url) => ProxyConfig::disabled(),
         _ => ProxyConfig::from_env(),
     };
     let (connect, request) = upstream::timeouts(policy);
@@ -64,10 +69,26 @@ fn https_client(ca_certs: &[String], proxy: ProxyConfig) -> Result<SharedHttpCli
                 // As the SDK's own default client does: honour HTTPS_PROXY / NO_PROXY.
                 builder.set_proxy_config(Some(proxy.clone()));
                 let connector: Connector = builder.build();
-                SharedHttpConnector::new(connector)
+                SharedHttpConnector::new(BoundedBody(SharedHttpConnector::new(connector)))
             })
             .clone()
     }))
+}
+
+/// A connector whose responses' bodies end in an error past `upstream::MAX_BODY` bytes: the SDK
+/// reads STS's answer itself, and would otherwise hold whatever a misbehaving endpoint or proxy
+/// sends. The error is recognised by `upstream::is_too_large` when the exchange is classified.
+#[derive(Debug)]
+struct BoundedBody(SharedHttpConnector);
+
+impl HttpConnector for BoundedBody {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let call = self.0.call(request);
+        HttpConnectorFuture::new(async move {
+            let response = call.await?;
+            Ok(response.map(|body| SdkBody::from_body_1_x(http_body_util::Limited::new(body, upstream::MAX_BODY))))
+        })
+    }
 }
 
 /// Whether the system store (what rustls-native-certs loads: `SSL_CERT_FILE`, `SSL_CERT_DIR` or

@@ -14,6 +14,7 @@ mod client;
 mod config;
 mod container;
 mod credentials;
+mod dev;
 mod diagnose;
 mod error;
 mod imds;
@@ -32,6 +33,7 @@ use keyless_provider::{
 
 pub use crate::config::Config;
 pub use crate::credentials::{AwsCredentials, credential_process_json, timestamp};
+pub use crate::dev::DEV_SECOND_ROLE_NAME;
 pub use crate::error::ConfigError;
 pub use crate::roles::{RoleConfig, is_role_name};
 pub use crate::sts::StsExchange;
@@ -52,6 +54,10 @@ impl keyless_provider::Provider for Aws {
 
     fn from_env(env: Env<'_>) -> Result<Option<Config>, ProviderError> {
         Ok(Config::from_env(env)?)
+    }
+
+    fn dev_section(emulator: &keyless_provider::DevEmulator<'_>) -> Result<keyless_provider::DevTable, ProviderError> {
+        crate::dev::section(emulator)
     }
 
     const SHADOWING: keyless_provider::Shadowing = shadow::SHADOWING;

@@ -143,6 +143,9 @@ impl StsExchange {
     /// What went wrong, and what to check (never the token: only its claims).
     fn classify(&self, err: &StsError, claims: &Claims) -> ExchangeError {
         let role = &self.role;
+        if keyless_provider::upstream::is_too_large(err) {
+            return keyless_provider::upstream::too_large(&format!("STS at {}", self.endpoint));
+        }
         match err {
             SdkError::ServiceError(service) => {
                 let status = service.raw().status().as_u16();

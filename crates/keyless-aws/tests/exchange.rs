@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use futures_util::StreamExt as _;
 use keyless_aws::{AwsCredentials, credential_process_json, fetch_once};
 use keyless_core::{CachePolicy, ErrorClass};
 use keyless_emulator::{Fault, Service};
@@ -186,6 +187,46 @@ async fn an_unreachable_sts_is_retryable_with_a_network_hint() {
     assert_eq!(err.class, ErrorClass::Retryable);
     assert_eq!(err.code.as_deref(), Some("UpstreamUnreachable"), "{err}");
     assert!(err.hint.as_deref().unwrap_or_default().contains("HTTPS_PROXY"), "{err}");
+}
+
+/// An STS endpoint (a misbehaving proxy) answering 200 with a body of 32 MiB: the SDK's read
+/// stops at `keyless_provider::upstream::MAX_BODY` with the same error the other clouds give,
+/// instead of holding the whole body in memory. A hand-written server: the emulator cannot send
+/// an answer that large.
+#[tokio::test]
+async fn an_sts_answer_larger_than_the_body_bound_is_refused_unread() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 512;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&sent);
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move || {
+            let counted = Arc::clone(&counted);
+            let chunks = futures_util::stream::iter(0..CHUNKS).map(move |_| {
+                counted.fetch_add(CHUNK, Ordering::Relaxed);
+                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(vec![b' '; CHUNK]))
+            });
+            async move { ([("content-type", "text/xml")], axum::body::Body::from_stream(chunks)) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let env = EmulatorEnv::start().await;
+    let mut config = env.config();
+    config.sts_endpoint = Some(format!("http://{addr}"));
+    let err = fetch_once(&config, &context(fast_retries())).await.expect_err("an answer over the bound");
+    let keyless_aws::ConfigError::Exchange(err) = err else { panic!("{err}") };
+    assert_eq!(err.code.as_deref(), Some("UpstreamResponseTooLarge"), "{err}");
+    assert_eq!(err.class, ErrorClass::Retryable, "{err}");
+    assert!(err.message.contains(&format!("more than {} bytes", keyless_provider::upstream::MAX_BODY)), "{err}");
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(sent < CHUNK * CHUNKS / 4, "the server produced {sent} bytes: the answer was read on");
 }
 
 #[tokio::test]

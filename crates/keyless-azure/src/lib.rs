@@ -8,6 +8,7 @@
 mod aadsts;
 mod app_service;
 mod config;
+mod dev;
 mod diagnose;
 mod entra;
 mod identity;
@@ -40,6 +41,10 @@ impl keyless_provider::Provider for Azure {
 
     fn from_env(env: Env<'_>) -> Result<Option<Config>, ProviderError> {
         Ok(Config::from_env(env)?)
+    }
+
+    fn dev_section(emulator: &keyless_provider::DevEmulator<'_>) -> Result<keyless_provider::DevTable, ProviderError> {
+        crate::dev::section(emulator)
     }
 
     const SHADOWING: keyless_provider::Shadowing = shadow::SHADOWING;

@@ -41,7 +41,7 @@ impl Stack {
         let emulator = Emulator::start(emulator_bin, dir.path()).await?;
         let auth_file = dir.path().join("aws-authorization-token");
         let config = dir.path().join("keyless.toml");
-        std::fs::write(&config, sidecar_toml(&emulator, &auth_file))
+        std::fs::write(&config, sidecar_toml(&emulator, &auth_file)?)
             .map_err(|e| BenchError::File { path: config.clone(), source: e })?;
         Ok(Self { dir, emulator, config, auth_file, identity_header: random_hex() })
     }

@@ -372,7 +372,7 @@ impl PodSpec {
         std::fs::create_dir_all(&self.dir).map_err(file_error(&self.dir))?;
         let auth_file = self.dir.join("aws-authorization-token");
         let config = self.dir.join("keyless.toml");
-        std::fs::write(&config, sidecar_toml(emulator, &auth_file)).map_err(file_error(&config))?;
+        std::fs::write(&config, sidecar_toml(emulator, &auth_file)?).map_err(file_error(&config))?;
         tokio::time::sleep_until(self.starts_at).await;
 
         let mut result = PodResult::default();

@@ -10,6 +10,8 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+use keyless_provider::{DevEmulator, DevToken};
+
 use crate::BenchError;
 use crate::procs::free_port;
 
@@ -179,30 +181,22 @@ fn https_client(ca_pem: &[u8]) -> Option<reqwest::Client> {
     reqwest::Client::builder().tls_certs_only([ca]).no_proxy().build().ok()
 }
 
-/// `keyless serve`'s configuration for the emulator: the three clouds, every native endpoint.
-pub fn sidecar_toml(emulator: &Emulator, aws_authorization_file: &Path) -> String {
-    let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
-    let path = |p: PathBuf| q(&p.to_string_lossy());
-    let url = q(&emulator.url);
-    let ca = path(emulator.ca_path());
-    format!(
-        "[aws]\ntoken_file = {}\nrole_arn = {}\nregion = \"us-east-1\"\nsts_endpoint = {url}\nca_file = {ca}\n\
-         authorization_token_file = {}\n\n\
-         [gcp]\ntoken_file = {}\naudience = {}\nservice_account = {}\nproject_id = {}\nproject_number = {}\n\
-         sts_endpoint = {url}\niam_endpoint = {url}\nca_file = {ca}\n\n\
-         [azure]\ntoken_file = {}\ntenant_id = {}\nclient_id = {}\nauthority_host = {url}\nca_file = {ca}\n",
-        path(emulator.token_path("aws")),
-        q(&emulator.identity("aws_role_arn")),
-        path(aws_authorization_file.to_owned()),
-        path(emulator.token_path("gcp")),
-        q(emulator.identities.pointer("/audiences/gcp").and_then(Value::as_str).unwrap_or_default()),
-        q(&emulator.identity("gcp_service_account")),
-        q(&emulator.identity("gcp_project_id")),
-        q(&emulator.identity("gcp_project_number")),
-        path(emulator.token_path("azure")),
-        q(&emulator.identity("azure_tenant_id")),
-        q(&emulator.identity("azure_client_id")),
-    )
+/// `keyless serve`'s configuration for the emulator: every provider, every native endpoint, AWS's
+/// authorization token in `aws_authorization_file`.
+pub fn sidecar_toml(emulator: &Emulator, aws_authorization_file: &Path) -> Result<String, BenchError> {
+    let ca_file = emulator.ca_path();
+    let dev = DevEmulator {
+        endpoint: &emulator.url,
+        ca_file: &ca_file,
+        identities: &emulator.identities,
+        state_dir: None,
+        second_identities: false,
+    };
+    let config = keyless_registry::dev_config(&dev, &|cloud| DevToken::File(emulator.token_path(cloud)))
+        .map_err(|e| BenchError::Emulator(format!("the sidecar's configuration: {e}")))?;
+    Ok(config
+        .set_in("aws", "authorization_token_file", aws_authorization_file.to_string_lossy().into_owned())
+        .to_toml())
 }
 
 /// Times from spawning `keyless serve`.

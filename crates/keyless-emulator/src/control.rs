@@ -389,27 +389,7 @@ pub(crate) async fn trust_issuer(
 
 /// `GET /_emulator/identities`: what the emulator trusts, for scripts and compose files.
 pub(crate) async fn identities(State(state): State<SharedState>) -> Json<serde_json::Value> {
-    let ids = &state.identities;
-    Json(serde_json::json!({
-        "issuer": state.issuer.url(),
-        "subject": ids.subject(),
-        "other_subject": ids.other_subject(),
-        "audiences": {
-            "aws": ids.aws_audience(),
-            "gcp": ids.gcp_audience(),
-            "azure": ids.azure_audience(),
-        },
-        "aws_role_arn": ids.aws_role_arn,
-        "aws_second_role_arn": ids.aws_second_role_arn,
-        "aws_account_id": ids.aws_account_id,
-        "gcp_project_id": ids.gcp_project_id,
-        "gcp_project_number": ids.gcp_project_number,
-        "gcp_service_account": ids.gcp_service_account,
-        "gcp_second_service_account": ids.gcp_second_service_account,
-        "azure_tenant_id": ids.azure_tenant_id,
-        "azure_client_id": ids.azure_client_id,
-        "azure_second_client_id": ids.azure_second_client_id,
-    }))
+    Json(state.identities.document(state.issuer.url()))
 }
 
 #[cfg(test)]

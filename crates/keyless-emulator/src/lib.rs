@@ -210,6 +210,31 @@ impl DevIdentities {
     pub fn azure_audience(&self) -> &str {
         "api://AzureADTokenExchange"
     }
+
+    /// The identities as `GET /_emulator/identities` publishes them (the document each
+    /// adapter's dev section reads), with `issuer` the issuer's URL.
+    pub fn document(&self, issuer: &str) -> serde_json::Value {
+        serde_json::json!({
+            "issuer": issuer,
+            "subject": self.subject(),
+            "other_subject": self.other_subject(),
+            "audiences": {
+                "aws": self.aws_audience(),
+                "gcp": self.gcp_audience(),
+                "azure": self.azure_audience(),
+            },
+            "aws_role_arn": self.aws_role_arn,
+            "aws_second_role_arn": self.aws_second_role_arn,
+            "aws_account_id": self.aws_account_id,
+            "gcp_project_id": self.gcp_project_id,
+            "gcp_project_number": self.gcp_project_number,
+            "gcp_service_account": self.gcp_service_account,
+            "gcp_second_service_account": self.gcp_second_service_account,
+            "azure_tenant_id": self.azure_tenant_id,
+            "azure_client_id": self.azure_client_id,
+            "azure_second_client_id": self.azure_second_client_id,
+        })
+    }
 }
 
 /// The cloud a projected token is for.
@@ -406,12 +431,22 @@ impl Emulator {
 
     /// `STATE/tokens/{aws,gcp,azure}/token`: the user-visible symlink of the projected token.
     pub fn token_path(&self, cloud: Cloud) -> PathBuf {
-        self.state_dir.join("tokens").join(cloud.dir_name()).join(projector::TOKEN_FILE)
+        self.token_path_named(cloud.dir_name())
+    }
+
+    /// [`Emulator::token_path`] by the cloud's name (a provider's name: `aws`, `gcp`, `azure`).
+    pub fn token_path_named(&self, name: &str) -> PathBuf {
+        self.state_dir.join("tokens").join(name).join(projector::TOKEN_FILE)
     }
 
     /// The identities every service trusts.
     pub fn identities(&self) -> &DevIdentities {
         &self.shared.identities
+    }
+
+    /// [`Emulator::identities`] as `GET /_emulator/identities` publishes them.
+    pub fn identities_document(&self) -> serde_json::Value {
+        self.shared.identities.document(self.shared.issuer.url())
     }
 
     /// Signs any JWT with the issuer's key (or an untrusted one): wrong audiences, expired

@@ -13,6 +13,7 @@
 mod accounts;
 mod bridge;
 mod config;
+mod dev;
 mod diagnose;
 mod exchange;
 mod external_account;

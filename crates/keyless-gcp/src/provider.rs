@@ -29,6 +29,10 @@ impl keyless_provider::Provider for Gcp {
         Ok(Config::from_env(env)?)
     }
 
+    fn dev_section(emulator: &keyless_provider::DevEmulator<'_>) -> Result<keyless_provider::DevTable, ProviderError> {
+        crate::dev::section(emulator)
+    }
+
     const SHADOWING: keyless_provider::Shadowing = crate::shadow::SHADOWING;
 
     /// The `[[gcp.service_accounts]]` entry `email` swapped with the default service account:

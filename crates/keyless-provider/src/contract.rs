@@ -18,6 +18,7 @@ use std::sync::Arc;
 use keyless_core::{AppEnvVar, Attempt, Claims, Context, Readiness, SubjectToken};
 use serde::de::DeserializeOwned;
 
+use crate::dev::DevEmulator;
 use crate::dispatch::Handler;
 use crate::guard::Rules;
 use crate::listen::AppHost;
@@ -80,6 +81,11 @@ pub trait Provider: 'static {
             Self::NAME
         ))))
     }
+
+    /// This provider's section against the local emulator (`keyless dev`, tests, benchmarks): its
+    /// endpoints and CA, the emulator's identities for this cloud (and its second identities when
+    /// asked), everything but the subject token's keys, which [`crate::DevConfig`] adds.
+    fn dev_section(emulator: &DevEmulator<'_>) -> Result<crate::DevTable, ProviderError>;
 
     /// Validates the section (errors name the key and the fix). Writes nothing, starts nothing.
     fn configure(config: Self::Config, ctx: &Context) -> Result<Box<dyn Configured>, ProviderError>;

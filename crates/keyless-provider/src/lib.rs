@@ -15,6 +15,8 @@
 //!   `cache.exchange_timeout`, no redirects, loopback without proxy, bounded bodies) and one
 //!   classification of transport failures and transient statuses.
 //! - [`body`]: credential bodies rendered once, with per-second countdowns.
+//! - [`dev`]: each provider's section of a configuration against the local emulator, assembled
+//!   into one typed configuration.
 //! - [`AppHost`]: the address an app in the pod dials for a listen address.
 //!
 //! Core stays free of HTTP; this crate holds the HTTP the adapters would otherwise each repeat.
@@ -22,6 +24,7 @@
 
 pub mod body;
 mod contract;
+pub mod dev;
 pub mod dispatch;
 pub mod guard;
 mod listen;
@@ -35,6 +38,7 @@ pub use contract::{
     BoxFuture, Configured, Diagnosis, Env, FormBody, MAX_FORM_BODY, NativeRoute, Provider, ProviderError, RouteMethod,
     StandIn, Started,
 };
+pub use dev::{DevConfig, DevEmulator, DevSection, DevTable, DevToken};
 pub use dispatch::{Handler, Request, Routes};
 pub use guard::{CallerRefusal, NativeErrors, Rules, Violation};
 pub use listen::AppHost;

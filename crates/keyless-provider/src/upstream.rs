@@ -2,9 +2,10 @@
 //!
 //! - timeouts come from `cache.exchange_timeout` (connect: at most [`CONNECT_TIMEOUT`]);
 //! - redirects are never followed (one would carry the subject token or a bearer token elsewhere);
-//! - a loopback endpoint (the emulator, moto, a local proxy) is never reached through
-//!   `HTTPS_PROXY`; other endpoints honour `HTTPS_PROXY`/`NO_PROXY` as the clouds' SDKs do;
-//! - response bodies are read up to [`MAX_BODY`];
+//! - a loopback or link-local endpoint is never reached through `HTTPS_PROXY`
+//!   ([`bypasses_proxy`]); other endpoints honour `HTTPS_PROXY`/`NO_PROXY` as the clouds' SDKs do;
+//! - response bodies are read up to [`MAX_BODY`] (reqwest: [`read_bounded`]; the AWS SDK through
+//!   a limited body, recognised by [`is_too_large`]), a larger one refused by [`too_large`];
 //! - a failure without an HTTP answer is classified by [`transport_error`], and an HTTP status
 //!   as transient by [`is_transient_status`], the same way for every cloud;
 //! - a throttling answer (any 429, AWS `Throttling`, Google `RESOURCE_EXHAUSTED`) becomes
@@ -15,8 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use keyless_core::{CachePolicy, ErrorClass, ExchangeError};
 
-/// Longest wait for a TCP/TLS connection, within the exchange timeout.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub use keyless_core::upstream::client::CONNECT_TIMEOUT;
+pub use keyless_core::upstream::{ClientError, bypasses_proxy};
 
 /// Largest response body read from a token service. Token responses are a few KiB (an Entra
 /// token with many group claims is the largest); this bounds a misbehaving proxy.
@@ -27,65 +28,47 @@ pub fn timeouts(policy: &CachePolicy) -> (Duration, Duration) {
     (CONNECT_TIMEOUT.min(policy.exchange_timeout), policy.exchange_timeout)
 }
 
-/// Whether every endpoint is on loopback (then no proxy is used).
-pub fn all_loopback<'a>(endpoints: impl IntoIterator<Item = &'a url::Url>) -> bool {
-    endpoints.into_iter().all(is_loopback)
-}
+use keyless_core::upstream::{BodyError, ClientRules, cause_chain, is_untrusted_certificate};
 
-pub use keyless_core::upstream::is_loopback_host as is_loopback;
-use keyless_core::upstream::{cause_chain, is_untrusted_certificate};
-
-/// Why an HTTPS client could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("{key} holds a certificate that cannot be parsed: {reason}")]
-    CaFile { key: String, reason: String },
-    #[error("cannot build the HTTPS client for the token service: {0}")]
-    Build(String),
-}
-
-/// The reqwest client of a provider: the system roots plus `ca_pem` (named by config key
-/// `ca_key` in errors), the policy's timeouts, no redirects, no proxy when every endpoint is
-/// loopback.
+/// The reqwest client of a provider (core's one client stack, `keyless_core::upstream::client`):
+/// the system roots plus `ca_pem` (named by config key `ca_key` in errors), the whole request
+/// bounded by `cache.exchange_timeout`, no redirects, no proxy when every endpoint is loopback or
+/// link-local.
 pub fn http_client(
     ca_pem: Option<&[u8]>,
     ca_key: &str,
     policy: &CachePolicy,
     endpoints: &[&url::Url],
 ) -> Result<reqwest::Client, ClientError> {
-    let (connect, request) = timeouts(policy);
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(connect)
-        .timeout(request)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("keyless/", env!("CARGO_PKG_VERSION")));
-    if all_loopback(endpoints.iter().copied()) {
-        builder = builder.no_proxy();
-    }
-    if let Some(pem) = ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| ClientError::CaFile { key: ca_key.to_owned(), reason: e.to_string() })?;
-        builder = builder.tls_certs_merge(certs);
-    }
-    builder.build().map_err(|e| ClientError::Build(e.to_string()))
+    keyless_core::upstream::client::client(&ClientRules { endpoints, timeout: policy.exchange_timeout, ca_pem, ca_key })
 }
 
 /// Reads a response body up to [`MAX_BODY`] bytes. `service` names the token service in errors.
-pub async fn read_bounded(
-    service: &str,
-    ca_key: &str,
-    mut response: reqwest::Response,
-) -> Result<Vec<u8>, ExchangeError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(service, ca_key, &e))? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(ExchangeError::retryable(format!("{service} answered with more than {MAX_BODY} bytes"))
-                .with_code("UpstreamResponseTooLarge")
-                .with_hint("is the endpoint a token service, and not a proxy's error page?"));
+pub async fn read_bounded(service: &str, ca_key: &str, response: reqwest::Response) -> Result<Vec<u8>, ExchangeError> {
+    keyless_core::upstream::read_bounded(response, MAX_BODY).await.map_err(|e| match e {
+        BodyError::TooLarge => too_large(service),
+        BodyError::Transport(e) => transport_error(service, ca_key, &e),
+    })
+}
+
+/// A token service's answer over [`MAX_BODY`], refused unread, the same for every client.
+pub fn too_large(service: &str) -> ExchangeError {
+    ExchangeError::retryable(format!("{service} answered with more than {MAX_BODY} bytes"))
+        .with_code("UpstreamResponseTooLarge")
+        .with_hint("is the endpoint a token service, and not a proxy's error page?")
+}
+
+/// Whether `err` or one of its causes is `http_body_util::Limited`'s refusal of a body over its
+/// bound (clients that read the body themselves, as the AWS SDK does, through a limited body).
+pub fn is_too_large(err: &(dyn Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
         }
-        body.extend_from_slice(&chunk);
+        cause = e.source();
     }
-    Ok(body)
+    false
 }
 
 /// HTTP statuses worth retrying: timeouts, throttling and server errors.
@@ -297,12 +280,5 @@ mod tests {
         let policy = CachePolicy { exchange_timeout: Duration::from_secs(2), ..CachePolicy::default() };
         assert_eq!(timeouts(&policy), (Duration::from_secs(2), Duration::from_secs(2)));
         assert_eq!(timeouts(&CachePolicy::default()).0, CONNECT_TIMEOUT);
-    }
-
-    #[test]
-    fn loopback_endpoints_are_recognised() {
-        let url = |s: &str| url::Url::parse(s).expect("url");
-        assert!(all_loopback([&url("https://127.0.0.1:1"), &url("https://localhost/x"), &url("http://[::1]:2")]));
-        assert!(!all_loopback([&url("https://127.0.0.1:1"), &url("https://sts.amazonaws.com")]));
     }
 }

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 
+use keyless_provider::{DevConfig, DevEmulator, DevToken};
+
 use crate::clients::{self, status_of};
 use crate::emulate::EmulatorProcess;
 use crate::metrics;
@@ -168,7 +170,7 @@ impl Sidecar {
 }
 
 fn toml_string(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
+    toml::Value::String(s.to_owned()).to_string()
 }
 
 /// `token_file = "PATH"`, a line of a cloud's section.
@@ -187,52 +189,41 @@ pub async fn all_clouds_config(
     log: &str,
     token: &dyn Fn(&str) -> String,
 ) -> String {
-    let ids = emulator.control.identities().await;
-    let id = |key: &str| toml_string(ids[key].as_str().expect("a dev identity"));
-    let (upstream, ca) = (toml_string(upstream), toml_string(emulator.ca.to_str().expect("a UTF-8 path")));
-    format!(
-        r#"log = {log}
+    let cache: toml::Table = cache.parse().expect("the [cache] lines are TOML");
+    all_clouds_dev_config(emulator, upstream, log, token, false).await.set("cache", cache).to_toml()
+}
 
-[cache]
-{cache}
+/// [`all_clouds_config`] without `[cache]`, as a [`DevConfig`] to add settings to, with the
+/// emulator's second identities too when `second_identities` (as `keyless dev` has them).
+pub async fn all_clouds_dev_config(
+    emulator: &EmulatorProcess,
+    upstream: &str,
+    log: &str,
+    token: &dyn Fn(&str) -> String,
+    second_identities: bool,
+) -> DevConfig {
+    let identities = emulator.control.identities().await;
+    let dev = DevEmulator {
+        endpoint: upstream,
+        ca_file: &emulator.ca,
+        identities: &identities,
+        state_dir: None,
+        second_identities,
+    };
+    keyless_registry::dev_config(&dev, &|cloud| dev_token(&token(cloud)))
+        .expect("every provider's dev section")
+        .set("log", log)
+        .set_in("aws", "authorization_token", CONTAINER_AUTHORIZATION)
+        .set_in("azure", "resources", vec![AZURE_RESOURCE])
+        .set_in("azure", "identity_header", IDENTITY_HEADER)
+}
 
-[aws]
-{aws_token}
-role_arn = {role}
-region = "us-east-1"
-sts_endpoint = {upstream}
-ca_file = {ca}
-authorization_token = "{CONTAINER_AUTHORIZATION}"
-
-[gcp]
-{gcp_token}
-audience = {gcp_audience}
-service_account = {gcp_sa}
-project_id = {gcp_project}
-project_number = {gcp_number}
-sts_endpoint = {upstream}
-iam_endpoint = {upstream}
-ca_file = {ca}
-
-[azure]
-{azure_token}
-tenant_id = {tenant}
-client_id = {client}
-authority_host = {upstream}
-ca_file = {ca}
-resources = ["{AZURE_RESOURCE}"]
-identity_header = "{IDENTITY_HEADER}"
-"#,
-        log = toml_string(log),
-        aws_token = token("aws"),
-        role = id("aws_role_arn"),
-        gcp_token = token("gcp"),
-        gcp_audience = toml_string(ids["audiences"]["gcp"].as_str().expect("the GCP audience")),
-        gcp_sa = id("gcp_service_account"),
-        gcp_project = id("gcp_project_id"),
-        gcp_number = id("gcp_project_number"),
-        azure_token = token("azure"),
-        tenant = id("azure_tenant_id"),
-        client = id("azure_client_id"),
-    )
+/// A cloud section's token line (`token_file = "..."` or `source = { ... }`) as the keys it sets.
+fn dev_token(line: &str) -> DevToken {
+    let mut keys: toml::Table = line.parse().unwrap_or_else(|e| panic!("{line:?} is not a TOML line: {e}"));
+    match (keys.remove("token_file"), keys.remove("source")) {
+        (Some(toml::Value::String(path)), None) => DevToken::File(path.into()),
+        (None, Some(toml::Value::Table(source))) => DevToken::Source(source),
+        _ => panic!("{line:?} sets neither token_file nor source"),
+    }
 }

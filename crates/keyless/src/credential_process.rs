@@ -10,6 +10,8 @@ use std::time::Duration;
 use keyless_core::Context;
 use keyless_core::clock::SystemClock;
 use keyless_core::printable::upstream;
+use keyless_core::upstream::ClientRules;
+use keyless_core::upstream::client::client_builder;
 use url::Url;
 
 use crate::config;
@@ -135,12 +137,14 @@ fn is_local_container_host(url: &Url) -> bool {
     }
 }
 
-/// The client for the container endpoint: no proxy for the local hosts (a proxy would see the
-/// authorization token and could answer credentials of its choosing), `localhost` resolved to
-/// loopback only, and no redirect followed (the token would be re-sent to the next hop).
+/// The client for the container endpoint: the upstream client stack (`keyless_core::upstream::
+/// client`: no redirect followed, as the token would be re-sent to the next hop; bounded time), no
+/// proxy for the local hosts (a proxy would see the authorization token and could answer
+/// credentials of its choosing), `localhost` resolved to loopback only.
 fn endpoint_client(url: &Url) -> Result<reqwest::Client, String> {
-    let mut builder =
-        reqwest::Client::builder().timeout(Duration::from_secs(10)).redirect(reqwest::redirect::Policy::none());
+    let rules =
+        ClientRules { endpoints: &[url], timeout: Duration::from_secs(10), ca_pem: None, ca_key: "SSL_CERT_FILE" };
+    let mut builder = client_builder(&rules).map_err(|e| e.to_string())?;
     if is_local_container_host(url) {
         builder = builder.no_proxy();
         if let Some(url::Host::Domain(name)) = url.host() {

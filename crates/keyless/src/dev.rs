@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use keyless_core::clock::SystemClock;
 use keyless_core::{AppEnvVar, Context, Host, files};
-use keyless_emulator::{Cloud, Emulator, EmulatorConfig};
+use keyless_emulator::{Emulator, EmulatorConfig};
+use keyless_provider::{DevEmulator, DevToken};
 use tracing::info;
 
 use crate::config::{self, Config, Overrides};
@@ -111,91 +112,31 @@ async fn start_emulator(
 const SECOND_DEV: &str = ". To run a second keyless dev beside another, give it other ports and its own files: \
      --listen, --admin-listen, --emulator-listen, --state-dir and --env-file";
 
-/// The sidecar's configuration for the emulator: one section per adapter, endpoints and CA of the
-/// emulator, tokens from its projector.
-fn sidecar_toml(emulator: &Emulator, opts: &DevOptions) -> String {
-    let ids = emulator.identities();
-    let url = toml_str(&emulator.url());
-    let ca = toml_str(&emulator.ca_pem_path().to_string_lossy());
-    let token = |cloud| token_keys(emulator, opts.source, cloud);
-    format!(
-        r#"listen = {listen}
-admin_listen = {admin}
-
-[aws]
-{aws_token}
-role_arn = {role}
-region = "us-east-1"
-sts_endpoint = {url}
-ca_file = {ca}
-authorization_token_file = {auth_file}
-
-[[aws.roles]]
-name = {second_role_name}
-role_arn = {second_role}
-
-[gcp]
-{gcp_token}
-audience = {gcp_audience}
-service_account = {gcp_sa}
-project_id = {gcp_project}
-project_number = {gcp_number}
-sts_endpoint = {url}
-iam_endpoint = {url}
-ca_file = {ca}
-
-[[gcp.service_accounts]]
-email = {gcp_second_sa}
-delegates = [{gcp_sa}]
-
-[azure]
-{azure_token}
-tenant_id = {tenant}
-client_id = {client}
-additional_client_ids = [{second_client}]
-authority_host = {url}
-ca_file = {ca}
-"#,
-        listen = toml_str(&opts.listen.to_string()),
-        admin = toml_str(&opts.admin_listen.to_string()),
-        aws_token = token(Cloud::Aws),
-        role = toml_str(&ids.aws_role_arn),
-        second_role_name = toml_str(DEV_SECOND_ROLE_NAME),
-        second_role = toml_str(&ids.aws_second_role_arn),
-        gcp_second_sa = toml_str(&ids.gcp_second_service_account),
-        second_client = toml_str(&ids.azure_second_client_id),
-        auth_file = toml_str(&opts.state_dir.join("aws-container-authorization-token").to_string_lossy()),
-        gcp_token = token(Cloud::Gcp),
-        gcp_audience = toml_str(&ids.gcp_audience()),
-        gcp_sa = toml_str(&ids.gcp_service_account),
-        gcp_project = toml_str(&ids.gcp_project_id),
-        gcp_number = toml_str(&ids.gcp_project_number),
-        azure_token = token(Cloud::Azure),
-        tenant = toml_str(&ids.azure_tenant_id),
-        client = toml_str(&ids.azure_client_id),
-    )
+/// The sidecar's configuration for the emulator: every registered provider's section with its
+/// second identities, endpoints and CA of the emulator, tokens from its projector.
+fn sidecar_toml(emulator: &Emulator, opts: &DevOptions) -> Result<String, String> {
+    let identities = emulator.identities_document();
+    let dev = DevEmulator {
+        endpoint: &emulator.url(),
+        ca_file: emulator.ca_pem_path(),
+        identities: &identities,
+        state_dir: Some(&opts.state_dir),
+        second_identities: true,
+    };
+    let token = |name: &'static str| match opts.source {
+        DevSource::File => DevToken::File(emulator.token_path_named(name)),
+        DevSource::GithubActions => DevToken::github_actions(
+            &emulator.github_actions_request_url(),
+            &emulator.github_actions_request_token_path(),
+            emulator.ca_pem_path(),
+        ),
+    };
+    let config = keyless_registry::dev_config(&dev, &token).map_err(|e| format!("the dev configuration: {e}"))?;
+    Ok(config.set("listen", opts.listen.to_string()).set("admin_listen", opts.admin_listen.to_string()).to_toml())
 }
 
 /// The `[[aws.roles]]` name of the emulator's second role (`KEYLESS_DEV_AWS_SECOND_ROLE_NAME`).
-const DEV_SECOND_ROLE_NAME: &str = "writer";
-
-/// The keys of a cloud section that say where its subject token comes from: the projected file,
-/// or a `source` inline table for the emulated GitHub Actions job (with each cloud's default audience).
-fn token_keys(emulator: &Emulator, source: DevSource, cloud: Cloud) -> String {
-    match source {
-        DevSource::File => format!("token_file = {}", toml_str(&emulator.token_path(cloud).to_string_lossy())),
-        DevSource::GithubActions => format!(
-            "source = {{ type = \"github-actions\", request_url = {}, request_token_file = {}, ca_file = {} }}",
-            toml_str(&emulator.github_actions_request_url()),
-            toml_str(&emulator.github_actions_request_token_path().to_string_lossy()),
-            toml_str(&emulator.ca_pem_path().to_string_lossy()),
-        ),
-    }
-}
-
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
-}
+const DEV_SECOND_ROLE_NAME: &str = keyless_aws::DEV_SECOND_ROLE_NAME;
 
 /// `keyless dev`: emulator, projector and sidecar in one process; writes the app's env file.
 pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
@@ -216,7 +157,7 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     let bundle = write_ca_bundle(&opts.state_dir, emulator.ca_pem_path())?;
 
     let config_path = opts.state_dir.join("keyless.toml");
-    files::write_atomically(&config_path, sidecar_toml(&emulator, &opts).as_bytes(), 0o600)
+    files::write_atomically(&config_path, sidecar_toml(&emulator, &opts)?.as_bytes(), 0o600)
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let (config, sections) = config::load(Some(&config_path), Default::default()).map_err(|e| e.to_string())?;
     let config: Config = config.finish(&Overrides::default()).map_err(|e| e.to_string())?;

@@ -1,4 +1,4 @@
-//! The providers this binary serves, listed once ([`PROVIDERS`]), and their composition through
+//! The providers this binary serves (`keyless-registry`'s list, as [`PROVIDERS`]), and their composition through
 //! the contract of `keyless-provider`: configure each from its config section (or, when the
 //! section is absent, from the env vars a workload-identity webhook injects), check their routes
 //! against each other before anything listens, start them, merge their routes.
@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::LazyLock;
 
 use keyless_core::Context;
 use keyless_provider::{Configured, Env, Provider, RouteClaim, RouteCollision, Routes, Shadowing, Started};
@@ -69,13 +70,19 @@ impl<P: Provider> Registered for Entry<P> {
     }
 }
 
-/// Every provider, in the order they are configured, started and reported. Adding a provider is
-/// one line here (ARCHITECTURE.md, "Adding a provider").
-pub const PROVIDERS: [&dyn Registered; 3] = [
-    &Entry::<keyless_aws::Aws>(PhantomData),
-    &Entry::<keyless_gcp::Gcp>(PhantomData),
-    &Entry::<keyless_azure::Azure>(PhantomData),
-];
+/// Every provider, in the order they are configured, started and reported: the list of
+/// `keyless-registry` (ARCHITECTURE.md, "Adding a provider").
+pub static PROVIDERS: LazyLock<Vec<&'static dyn Registered>> = LazyLock::new(|| {
+    struct Entries(Vec<&'static dyn Registered>);
+    impl keyless_registry::Visit for Entries {
+        fn provider<P: Provider>(&mut self) {
+            self.0.push(&Entry::<P>(PhantomData));
+        }
+    }
+    let mut entries = Entries(Vec::new());
+    keyless_registry::visit(&mut entries);
+    entries.0
+});
 
 /// The names of the provider sections.
 pub fn names() -> impl Iterator<Item = &'static str> {

@@ -8,8 +8,7 @@ use crate::secret::Secret;
 use crate::token::MAX_SUBJECT_TOKEN_BYTES;
 use crate::upstream;
 
-/// Longest wait for a connection, and for a whole fetch.
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a whole fetch (the connection's: `upstream::client::CONNECT_TIMEOUT`).
 pub(super) const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The largest response body read: a JSON wrapper around at most one subject token.
@@ -18,26 +17,19 @@ const MAX_BODY_BYTES: usize = (MAX_SUBJECT_TOKEN_BYTES as usize) + 4096;
 /// One header of a request, its value secret (an `Authorization`, an API key).
 pub(super) type Header = (String, Secret<String>);
 
-/// A reqwest client: no redirects (one would carry the bearer token elsewhere), bounded time,
-/// no proxy for a loopback or link-local URL (a proxy would see the request's headers, bearer
-/// tokens included, and a link-local metadata address means this host's own, never the proxy's),
-/// `ca_file` added to the system roots.
+/// The upstream client (`upstream::client`: no redirects, bounded time, no proxy for a loopback
+/// or link-local URL) for `url`, `ca_file` added to the system roots.
 pub(super) fn client(url: &url::Url, ca_file: Option<&PathBuf>) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(FETCH_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("keyless/", env!("CARGO_PKG_VERSION")));
-    if upstream::is_loopback_host(url) || is_link_local_host(url) {
-        builder = builder.no_proxy();
-    }
-    if let Some(path) = ca_file {
-        let pem = upstream::ca_bundle("ca_file", path).map_err(|e| e.to_string())?;
-        let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-        builder = builder.tls_certs_merge(certs);
-    }
-    builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
+    let pem = match ca_file {
+        Some(path) => Some(upstream::ca_bundle("ca_file", path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let rules =
+        upstream::ClientRules { endpoints: &[url], timeout: FETCH_TIMEOUT, ca_pem: pem.as_deref(), ca_key: "ca_file" };
+    upstream::client::client(&rules).map_err(|e| match ca_file {
+        Some(path) => format!("{e} ({})", path.display()),
+        None => e.to_string(),
+    })
 }
 
 /// Why a fetch gave no body. Never holds a header value or the URL's query.
@@ -83,15 +75,12 @@ pub(super) async fn get(client: &reqwest::Client, url: &url::Url, headers: &[Hea
     for (name, value) in headers {
         request = request.header(name.as_str(), value.expose().as_str());
     }
-    let mut response = request.send().await.map_err(FetchError::transport)?;
+    let response = request.send().await.map_err(FetchError::transport)?;
     let status = response.status().as_u16();
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(FetchError::transport)? {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(FetchError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = upstream::read_bounded(response, MAX_BODY_BYTES).await.map_err(|e| match e {
+        upstream::BodyError::TooLarge => FetchError::TooLarge,
+        upstream::BodyError::Transport(e) => FetchError::transport(e),
+    })?;
     if status != 200 {
         let text = String::from_utf8_lossy(&body);
         return Err(FetchError::Status(status, printable::upstream(text.trim()).into_owned()));
@@ -116,26 +105,13 @@ pub(super) fn source_url(key: &str, value: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(value.trim()).map_err(|e| format!("{key} is not a URL: {e}"))?;
     match url.scheme() {
         "https" => Ok(url),
-        "http" if upstream::is_loopback_host(&url) || is_link_local_host(&url) => Ok(url),
+        "http" if upstream::is_loopback_host(&url) || upstream::is_link_local_host(&url) => Ok(url),
         "http" => Err(format!(
             "{key} {} uses plain http to a host that is neither loopback nor link-local: the token would cross \
              the network unencrypted; use https",
             display_url(&url)
         )),
         other => Err(format!("{key} has scheme {other:?}: use https")),
-    }
-}
-
-/// Whether `url`'s host is a link-local address (169.254.0.0/16, fe80::/10): the clouds' instance
-/// metadata, reached on this host's own link.
-pub(super) fn is_link_local_host(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_link_local(),
-        Some(url::Host::Ipv6(ip)) => match ip.to_ipv4_mapped() {
-            Some(v4) => v4.is_link_local(),
-            None => (ip.segments()[0] & 0xffc0) == 0xfe80,
-        },
-        _ => false,
     }
 }
 
@@ -157,10 +133,10 @@ mod tests {
     fn link_local_hosts_are_recognised() {
         let url = |s: &str| url::Url::parse(s).expect("a URL");
         for local in ["http://169.254.169.254/x", "https://169.254.0.1/", "http://[fe80::1]/", "http://[febf::1]/"] {
-            assert!(is_link_local_host(&url(local)), "{local}");
+            assert!(upstream::is_link_local_host(&url(local)), "{local}");
         }
         for other in ["http://169.253.0.1/", "http://127.0.0.1/", "http://[fec0::1]/", "http://metadata.internal/"] {
-            assert!(!is_link_local_host(&url(other)), "{other}");
+            assert!(!upstream::is_link_local_host(&url(other)), "{other}");
         }
     }
 

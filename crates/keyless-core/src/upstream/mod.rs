@@ -1,6 +1,10 @@
 //! Rules every adapter applies to the upstream endpoints it is configured with (the security rules, docs/reliability.md:
 //! upstream TLS only, except loopback endpoints named explicitly in config).
 
+pub mod client;
+
+pub use client::{BodyError, ClientError, ClientRules, bypasses_proxy, read_bounded};
+
 use std::error::Error;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -47,6 +51,19 @@ pub fn is_loopback_host(url: &url::Url) -> bool {
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
         None => false,
+    }
+}
+
+/// Whether `url`'s host is a link-local address (169.254.0.0/16, fe80::/10): the clouds' instance
+/// metadata, reached on this host's own link.
+pub fn is_link_local_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_link_local(),
+        Some(url::Host::Ipv6(ip)) => match ip.to_ipv4_mapped() {
+            Some(v4) => v4.is_link_local(),
+            None => (ip.segments()[0] & 0xffc0) == 0xfe80,
+        },
+        _ => false,
     }
 }
 
