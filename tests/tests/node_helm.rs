@@ -23,11 +23,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use keyless_test_support::binary::workspace_root;
-use keyless_test_support::clock::parse_rfc3339_utc;
 use keyless_test_support::jwt::claims_of;
 use keyless_test_support::node::{self, APPS_IMAGE, Node, NodeEmulator, NodeImages};
 use keyless_test_support::tools::{self, need};
@@ -207,33 +205,8 @@ async fn deletion_fails_no_request_made_before_the_apps_sigterm(setting: &Settin
     records.sort();
     assert_eq!(records.len(), 2, "a record per pod (the first replaced by the rollout): {records:?}");
     for record in records {
-        assert_no_request_failed_before_sigterm(&record);
+        node::assert_no_request_failed_before_sigterm(&record);
     }
-}
-
-/// The record of one app: every request before the `sigterm` line succeeded, the last of them
-/// less than a second before it.
-fn assert_no_request_failed_before_sigterm(record: &Path) {
-    let text = std::fs::read_to_string(record).unwrap();
-    let lines: Vec<Value> =
-        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
-    let at = |line: &Value| -> SystemTime {
-        let text = line["at"].as_str().unwrap();
-        // RFC 3339 with nanoseconds: whole seconds from the parser, the fraction added.
-        let (whole, fraction) = text.trim_end_matches('Z').split_once('.').unwrap_or((text.trim_end_matches('Z'), ""));
-        let nanos: u32 = format!("{fraction:0<9}").get(..9).unwrap().parse().unwrap();
-        parse_rfc3339_utc(&format!("{whole}Z")).unwrap() + Duration::from_nanos(nanos.into())
-    };
-    let shown = record.display();
-    let sigterm = lines.iter().position(|l| l["sigterm"] == true);
-    let sigterm = sigterm.unwrap_or_else(|| panic!("{shown}: the app never got SIGTERM (killed?):\n{text}"));
-    let before = &lines[..sigterm];
-    assert!(before.len() >= 10, "{shown}: the app made few requests ({}):\n{text}", before.len());
-    let failed: Vec<&Value> = before.iter().filter(|l| l["ok"] != true).collect();
-    assert!(failed.is_empty(), "{shown}: requests before the app's SIGTERM failed: {failed:#?}");
-    let last = at(before.last().unwrap());
-    let gap = at(&lines[sigterm]).duration_since(last).unwrap_or_default();
-    assert!(gap < Duration::from_secs(1), "{shown}: no request in the last second before SIGTERM ({gap:?})");
 }
 
 /// `helm uninstall`: once the webhook's pods are gone, no object of any kind the chart renders

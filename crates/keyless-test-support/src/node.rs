@@ -29,6 +29,7 @@
 mod cleanup;
 mod config;
 mod images;
+mod record;
 mod relay;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -42,6 +43,7 @@ use tokio::process::{Child, Command};
 use self::cleanup::{clean_leftovers, kill_cgroup_tasks, kill_node_processes};
 use self::config::{cni_config, containerd_config, kubelet_config};
 pub use self::images::{NodeImages, is_static};
+pub use self::record::assert_no_request_failed_before_sigterm;
 use self::relay::Dialer;
 use crate::kube::{self, Cluster, ClusterOptions, KubeBinaries};
 use crate::tools::Missing;
