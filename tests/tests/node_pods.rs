@@ -258,10 +258,13 @@ async fn gcp_and_azure_examples_run_as_written(setting: &Setting) {
 /// A long-running variant of the AWS example's pod (the app `wait`s for SIGTERM): keyless and
 /// the app run as 65532 with no capabilities, no new privileges and a read-only root; the
 /// authorization-token file is the app's user's alone. Then the pod is deleted: the app stops
-/// first, keyless after it, exiting 0 within its grace period.
+/// first, keyless after it, exiting 0 within its grace period, and no request the app made before
+/// its own SIGTERM failed (the app is the AWS Go client's `loop`: a request every 100 ms, each
+/// recorded in a hostPath of the node's, read once the pod is gone).
 async fn the_security_context_holds_under_the_real_runtime_and_deletion_stops_the_app_first(setting: &Setting) {
     let name = "keyless-security";
-    let pod = run_long_pod(setting, name, None).await;
+    let records = setting.node.shared_dir("security-records");
+    let pod = run_long_pod_with(setting, name, None, Some(&records)).await;
     let keyless_id = container_id(&container_status(&pod, "initContainerStatuses", "keyless"));
     let app_id = container_id(&container_status(&pod, "containerStatuses", "app"));
     let tasks = setting.node.ctr(&["tasks", "list"]).await;
@@ -326,6 +329,7 @@ async fn the_security_context_holds_under_the_real_runtime_and_deletion_stops_th
     let exited = exited.unwrap_or_else(|| panic!("no exit time of keyless: {}", exits[keyless_exit]));
     let took = exited.duration_since(deleted_at).unwrap_or_default();
     assert!(took < Duration::from_secs(30), "keyless exited {took:?} after the deletion (grace period 30 s)");
+    node::assert_no_request_failed_before_sigterm(&records.join(format!("{name}.jsonl")));
 }
 
 /// A pod whose projected token lives 600 s: the kubelet rewrites it after about 480 s; keyless
@@ -442,10 +446,28 @@ fn example_manifest(setting: &Setting, cloud: &str) -> String {
 /// A bare pod from the AWS Job's template whose app waits for SIGTERM (a long-running app), the
 /// token's lifetime `expiration_seconds` when given; its JSON once every container is ready.
 async fn run_long_pod(setting: &Setting, name: &str, expiration_seconds: Option<u64>) -> Value {
+    run_long_pod_with(setting, name, expiration_seconds, None).await
+}
+
+/// [`run_long_pod`], its app the AWS Go client's credential `loop` recording into
+/// `records/NAME.jsonl` (a hostPath of the node's) when `records` is given.
+async fn run_long_pod_with(
+    setting: &Setting,
+    name: &str,
+    expiration_seconds: Option<u64>,
+    records: Option<&Path>,
+) -> Value {
     let cluster = &setting.node.cluster;
     let job = cluster.get_json("default", "job", "keyless-example-aws").await;
     let mut spec = job["spec"]["template"]["spec"].clone();
     spec["containers"][0]["command"] = json!(["/usr/local/bin/wait"]);
+    if let Some(records) = records {
+        spec["containers"][0]["command"] = json!(["/usr/local/bin/aws", "loop", format!("/records/{name}.jsonl")]);
+        let mounts = spec["containers"][0]["volumeMounts"].as_array_mut().unwrap();
+        mounts.push(json!({ "name": "records", "mountPath": "/records" }));
+        let volume = json!({ "name": "records", "hostPath": { "path": records, "type": "Directory" } });
+        spec["volumes"].as_array_mut().unwrap().push(volume);
+    }
     if let Some(seconds) = expiration_seconds {
         let volumes = spec["volumes"].as_array_mut().unwrap();
         let tokens = volumes.iter_mut().find(|v| v["name"] == "tokens").unwrap();

@@ -281,7 +281,13 @@ fn result_of(out: Output) -> Result<String, String> {
     }
 }
 
-/// A CA, the API server's serving certificate for 127.0.0.1, and an RSA service-account key.
+/// The ClusterIP of the `kubernetes` Service (the first address of `--service-cluster-ip-range`):
+/// pods reach the API server there (`KUBERNETES_SERVICE_HOST`), on a node of the harness through
+/// the rule [`crate::node`] adds in its namespace in place of kube-proxy.
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+
+/// A CA, the API server's serving certificate for 127.0.0.1 and the `kubernetes` Service's
+/// ClusterIP (what in-cluster clients dial), and an RSA service-account key.
 fn write_pki(dir: &Path) -> Pki {
     let ca_key = KeyPair::generate().expect("a CA key");
     let mut ca_params = CertificateParams::default();
@@ -295,6 +301,7 @@ fn write_pki(dir: &Path) -> Pki {
     let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("serving certificate names");
     params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
     params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(KUBERNETES_SERVICE_IP)));
     let serving_cert = params.signed_by(&serving_key, &ca).expect("the serving certificate");
 
     let sa_key = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("an RSA service-account key");
@@ -369,7 +376,9 @@ fn start_apiserver(
     let mut admission = "NamespaceLifecycle,ServiceAccount,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,ResourceQuota".to_owned();
     let mut args = vec![
         format!("--etcd-servers={etcd_url}"),
-        "--bind-address=127.0.0.1".to_owned(),
+        // With a node, pods reach the API server too (the webhook's ServiceAccount cache): every
+        // address of the node's own namespace (the harness's, private), not only its loopback.
+        format!("--bind-address={}", if options.with_nodes { "0.0.0.0" } else { "127.0.0.1" }),
         "--advertise-address=127.0.0.1".to_owned(),
         format!("--secure-port={port}"),
         format!("--tls-cert-file={}", path(&pki.serving_cert)),
@@ -390,6 +399,11 @@ fn start_apiserver(
         // The kubelet's credential may touch its own Node and its pods only, as on a real cluster.
         admission.push_str(",NodeRestriction");
         args.push("--kubelet-preferred-address-types=InternalIP".to_owned());
+        // No kube-proxy on the node: the API server calls an admission webhook's Service at one of
+        // its endpoints (a pod IP, routable from the node's namespace) instead of its ClusterIP
+        // (kube-apiserver's buildServiceResolver: NewEndpointServiceResolver with this flag,
+        // NewClusterIPServiceResolver without).
+        args.push("--enable-aggregator-routing=true".to_owned());
     }
     // The default chain, with the webhook admission plugins named so that a change of defaults shows.
     args.push(format!("--enable-admission-plugins={admission}"));

@@ -29,6 +29,7 @@
 mod cleanup;
 mod config;
 mod images;
+mod record;
 mod relay;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -42,6 +43,7 @@ use tokio::process::{Child, Command};
 use self::cleanup::{clean_leftovers, kill_cgroup_tasks, kill_node_processes};
 use self::config::{cni_config, containerd_config, kubelet_config};
 pub use self::images::{NodeImages, is_static};
+pub use self::record::assert_no_request_failed_before_sigterm;
 use self::relay::Dialer;
 use crate::kube::{self, Cluster, ClusterOptions, KubeBinaries};
 use crate::tools::Missing;
@@ -162,6 +164,7 @@ impl Node {
             dir_in: Some(PathBuf::from(STATE)),
         };
         let cluster = Cluster::start_with_options(&tools.kube, options).await;
+        route_kubernetes_service(&netns, port);
         let mut node = Self {
             cluster,
             netns,
@@ -354,6 +357,24 @@ impl Node {
         NodeEmulator { process, url, inside_url: format!("https://{inside}"), ca, control, _state: state }
     }
 
+    /// A TCP connection opened from inside the node's namespace (as the node, the kubelet or the
+    /// API server would open it): to a pod's IP, say; the error as the namespace saw it
+    /// (`ConnectionRefused` when nothing listens on that address).
+    pub async fn connect(&self, inside: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+        self.dialer.connect(inside).await
+    }
+
+    /// A directory of the node's state (`STATE/shared/NAME`, emptied at every start), writable by
+    /// every user: a pod mounts it as a `hostPath` to leave a record the test reads after the pod
+    /// is gone.
+    pub fn shared_dir(&self, name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = Path::new(STATE).join("shared").join(name);
+        std::fs::create_dir_all(&dir).expect("a shared directory");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).expect("its mode");
+        dir
+    }
+
     /// `ctr -n k8s.io ARGS` against the node's containerd; stdout, or the test fails.
     pub async fn ctr(&self, args: &[&str]) -> String {
         let mut command = Command::new("ctr");
@@ -450,6 +471,20 @@ pub(super) async fn lock_within(path: &Path, deadline: Duration, held_by: &str) 
         assert!(taken, "{} was not free within {deadline:?}: {held_by}", path.display());
     }
     file
+}
+
+/// kube-proxy's part for the one Service pods call here, `kubernetes` (the webhook's
+/// ServiceAccount cache, in-cluster clients): its ClusterIP's port 443 forwarded to the API
+/// server, on the node's address. A rule of the node's own namespace (gone with it); the
+/// machine's namespace gains none.
+fn route_kubernetes_service(netns: &str, port: u16) {
+    let service = format!("{}/32", kube::KUBERNETES_SERVICE_IP);
+    let to = format!("{NODE_IP}:{port}");
+    let rule = ["-t", "nat", "-A", "PREROUTING", "-d", &service, "-p", "tcp", "--dport", "443", "-j", "DNAT"];
+    let mut args = vec!["netns", "exec", netns, "iptables"];
+    args.extend(rule);
+    args.extend(["--to-destination", &to]);
+    run_checked("ip", &args);
 }
 
 /// The machine as the node needs it: `/run/netns` a shared mount (else a pod's network namespace

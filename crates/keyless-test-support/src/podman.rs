@@ -21,6 +21,9 @@ use crate::tools::{self, Missing};
 
 /// The sidecar image, as `scripts/image` tags it.
 pub const SIDECAR_IMAGE: &str = "localhost/keyless:dev";
+/// The release's full-CLI image (`keyless webhook`, `keyless node`), as `scripts/image --full`
+/// tags it.
+pub const WEBHOOK_IMAGE: &str = "localhost/keyless-webhook:dev";
 /// The empty image the host's files are mounted into.
 pub const HOST_IMAGE: &str = "localhost/keyless-test-host:dev";
 /// How long one podman command may take (`scripts/image`'s release build has its own bound).
@@ -104,6 +107,15 @@ impl Podman {
         let mut command = self.command("flock");
         command.arg(root.join("target/image.lock")).arg(root.join("scripts/image")).current_dir(&root);
         succeeded("scripts/image", output_within(command, IMAGE_DEADLINE, "scripts/image").await);
+    }
+
+    /// Builds [`WEBHOOK_IMAGE`] with `scripts/image --full` (the full CLI's static release build:
+    /// warm after the first), one image build at a time on the machine.
+    pub async fn build_webhook_image(&self) {
+        let root = workspace_root();
+        let mut command = self.command("flock");
+        command.arg(root.join("target/image.lock")).arg(root.join("scripts/image")).arg("--full").current_dir(&root);
+        succeeded("scripts/image --full", output_within(command, IMAGE_DEADLINE, "scripts/image --full").await);
     }
 
     /// Builds [`HOST_IMAGE`]: an empty root (merged-/usr links, mount points, and `hosts: files dns`

@@ -98,6 +98,7 @@ pub fn node_missing(root: &Path) -> Vec<String> {
         ("ctr", "--version"),
         ("nsenter", "--version"),
         ("ip", "-V"),
+        ("iptables", "--version"),
         ("podman", "--version"),
         ("go", "version"),
     ];

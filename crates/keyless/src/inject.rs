@@ -154,7 +154,12 @@ fn check_sidecar(env: &[(String, String)]) -> Result<(), String> {
 }
 
 fn load_sidecar(env: &[(String, String)]) -> Result<(), String> {
-    let env: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+    // A CA file (`KEYLESS_<SECTION>__CA_FILE`, from the chart's `sidecar.env`) is a path in the
+    // sidecar's container (its image or a volume), not where the injection runs: the webhook's
+    // container has no such file, and reading it there refused every pod (found on a real node,
+    // tests/tests/node_helm.rs). The sidecar reads and checks it at start.
+    let env: std::collections::HashMap<String, String> =
+        env.iter().filter(|(name, _)| !name.ends_with("__CA_FILE")).cloned().collect();
     let (settings, _) = crate::config::settings_from_env(&env);
     let (config, sections) = crate::config::load(None, settings).map_err(|e| e.to_string())?;
     let config = config.finish(&crate::config::Overrides::default()).map_err(|e| e.to_string())?;
@@ -351,6 +356,31 @@ mod tests {
         };
         check_sidecar(&env("app@p.iam.gserviceaccount.com")).expect("accepted");
         let err = check_sidecar(&env("a@b.c/../../x?y#z")).expect_err("refused at start");
+        assert!(err.contains("service_account"), "{err}");
+    }
+
+    /// A CA file names a path in the sidecar's container (a private CA baked into its image), which
+    /// the webhook's container does not have: the check does not read it (the sidecar does, at
+    /// start), and still refuses what is wrong beside it.
+    #[test]
+    fn the_sidecar_check_leaves_the_sidecars_ca_file_to_the_sidecar() {
+        let env = |account: &str| -> Vec<(String, String)> {
+            [
+                ("KEYLESS_LISTEN", "127.0.0.1:9811"),
+                ("KEYLESS_GCP__TOKEN_FILE", "/var/run/secrets/keyless/gcp-token"),
+                (
+                    "KEYLESS_GCP__AUDIENCE",
+                    "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k",
+                ),
+                ("KEYLESS_GCP__SERVICE_ACCOUNT", account),
+                ("KEYLESS_GCP__CA_FILE", "/etc/keyless/only-in-the-sidecar-image/ca.pem"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+        };
+        check_sidecar(&env("ca-file@p.iam.gserviceaccount.com")).expect("accepted: the file is the sidecar's");
+        let err = check_sidecar(&env("a@b.c/../../ca?y#z")).expect_err("refused at start");
         assert!(err.contains("service_account"), "{err}");
     }
 

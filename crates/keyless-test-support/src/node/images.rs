@@ -52,6 +52,37 @@ impl NodeImages {
         Self::save(crate::podman::SIDECAR_IMAGE, "keyless").await
     }
 
+    /// The release's full-CLI image `scripts/image --full` builds (`localhost/keyless-webhook:dev`,
+    /// static): what the chart's webhook and `keyless node` run.
+    pub async fn webhook(podman: &crate::podman::Podman) -> Self {
+        podman.build_webhook_image().await;
+        let _lock = lock_images().await;
+        Self::save(crate::podman::WEBHOOK_IMAGE, "keyless-webhook").await
+    }
+
+    /// `tag`: image `base` with `files` (path in the image, contents; mode 0644, root's) added: a
+    /// real image with a test's CA in it, say (the pods' only way to a file without a volume).
+    pub async fn with_files(base: &str, tag: &str, files: &[(&str, &str)]) -> Self {
+        let _lock = lock_images().await;
+        let name = tag.rsplit('/').next().unwrap_or(tag).replace(':', "-");
+        let dir = images_dir();
+        let context = dir.join(format!("{name}-context"));
+        let _ = std::fs::remove_dir_all(&context);
+        let mut containerfile = format!("FROM {base}\n");
+        for (i, (path, contents)) in files.iter().enumerate() {
+            std::fs::create_dir_all(&context).expect("a build context");
+            std::fs::write(context.join(format!("file-{i}")), contents).expect("a file of the image");
+            containerfile.push_str(&format!("COPY file-{i} {path}\n"));
+        }
+        std::fs::create_dir_all(&context).expect("a build context");
+        let path = dir.join(format!("{name}.Containerfile"));
+        std::fs::write(&path, containerfile).expect("a Containerfile");
+        let mut command = Command::new("podman");
+        command.args(["build", "--quiet", "--pull=never", "-f"]).arg(&path).args(["-t", tag]).arg(&context);
+        run_ok(command, &format!("podman build {tag}")).await;
+        Self::save(tag, &name).await
+    }
+
     async fn build(tag: &str, rootfs: &Path, instructions: &str, name: &str) -> Self {
         let dir = images_dir();
         let containerfile = dir.join(format!("{name}.Containerfile"));

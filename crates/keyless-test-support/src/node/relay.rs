@@ -67,6 +67,13 @@ impl Dialer {
         }
     }
 
+    /// A connection to `inside` opened in the namespace (its error as the namespace saw it).
+    pub(super) async fn connect(&self, inside: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.requests.send((inside, reply)).map_err(|_| std::io::Error::other("the dialer thread ended"))?;
+        answer.await.map_err(|_| std::io::Error::other("the dialer thread ended"))?
+    }
+
     /// A connection to `inside` opened in the namespace, and `outside`'s bytes carried both ways
     /// until either side closes.
     async fn carry(self, mut outside: tokio::net::TcpStream, inside: SocketAddr) {
