@@ -284,7 +284,7 @@ impl Setting {
             "aws": { "region": "us-east-1" },
         });
         let path = self.dir.path().join("values.yaml");
-        std::fs::write(&path, serde_yaml::to_string(&values).unwrap()).unwrap();
+        std::fs::write(&path, yaml_serde::to_string(&values).unwrap()).unwrap();
         path
     }
 
