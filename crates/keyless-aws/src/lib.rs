@@ -135,6 +135,7 @@ fn claims(settings: &Settings) -> Vec<RouteClaim> {
     let mut claims = Vec::new();
     if let Some(container) = &settings.container {
         claims.push(RouteClaim::new(container.path.clone(), "aws.container_path"));
+        claims.push(RouteClaim::fallback(unknown_role_route(&container.path), "aws.container_path"));
         for named in &settings.roles {
             claims.push(RouteClaim::new(named.path.clone(), format!("aws.roles[{}].container_path", named.name)));
         }
@@ -143,6 +144,12 @@ fn claims(settings: &Settings) -> Vec<RouteClaim> {
         claims.extend(imds::ROUTES.iter().map(|route| RouteClaim::new(*route, "aws.imds")));
     }
     claims
+}
+
+/// `{container path}/roles/{*name}`: what answers a role name no role is served on (a named
+/// role's own path, static, is routed before it).
+fn unknown_role_route(container_path: &str) -> String {
+    format!("{}/roles/{{*name}}", container_path.trim_end_matches('/'))
 }
 
 /// Validates `config` and starts the provider: [`Aws`]'s `configure` then `start`, for callers
@@ -247,8 +254,10 @@ impl Started for Running {
                 auth: state.auth.clone(),
                 roles: self.settings.roles.iter().map(|r| (r.name.clone(), r.path.clone())).collect(),
             });
-            let under = format!("{}/roles/{{*name}}", settings.path.trim_end_matches('/'));
-            routes.push(NativeRoute::get(under, Handler::new(unknown, container::unknown_role)));
+            routes.push(NativeRoute::get(
+                unknown_role_route(&settings.path),
+                Handler::new(unknown, container::unknown_role),
+            ));
         }
         for (path, state) in &self.named {
             routes.push(NativeRoute::get(path.clone(), Handler::new(state.clone(), container::credentials)));

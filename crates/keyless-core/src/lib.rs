@@ -1,7 +1,8 @@
 //! keyless-core: everything keyless does that does not depend on a cloud or an HTTP route.
 //!
-//! - [`TokenSource`]: the subject token from its source (a file surviving the kubelet's rotations;
-//!   [`TokenOrigin`] is the seam for other kinds), bounded and escaped where it is hostile;
+//! - [`TokenSource`]: the subject token from its source (a file surviving the kubelet's rotations,
+//!   GitHub Actions, a variable, a URL, a command: each a [`TokenOrigin`]), bounded and escaped
+//!   where it is hostile;
 //! - [`Exchange`]: what a cloud adapter implements, with [`ExchangeError`] classification;
 //! - [`CredentialCache`]: pre-warm, refresh-ahead, single-flight, backoff, serve-while-valid;
 //! - [`Secret`], [`Clock`](clock::Clock), [`Metrics`].

@@ -19,7 +19,8 @@
 //!   into one typed configuration.
 //! - [`AppHost`]: the address an app in the pod dials for a listen address.
 //!
-//! Core stays free of HTTP; this crate holds the HTTP the adapters would otherwise each repeat.
+//! Core serves no HTTP (it holds only the one upstream client stack); this crate holds the serving
+//! side the adapters would otherwise each repeat.
 #![forbid(unsafe_code)]
 
 pub mod body;

@@ -13,11 +13,20 @@ pub struct RouteClaim {
     /// Who claims it, as a user can find it in the config: a key (`aws.container_path`) or, for
     /// a fixed route, the setting that turns it on (`aws.imds`).
     pub key: String,
+    /// A catch-all that answers only what no other route does (every more specific route is
+    /// matched before it): another claim under it is no collision, the same path still is.
+    pub fallback: bool,
 }
 
 impl RouteClaim {
     pub fn new(route: impl Into<String>, key: impl Into<String>) -> Self {
-        Self { route: route.into(), key: key.into() }
+        Self { route: route.into(), key: key.into(), fallback: false }
+    }
+
+    /// A [`RouteClaim::fallback`] catch-all (`/v1/credentials/roles/{*name}`: the role names no
+    /// role is served on).
+    pub fn fallback(route: impl Into<String>, key: impl Into<String>) -> Self {
+        Self { fallback: true, ..Self::new(route, key) }
     }
 
     /// The literal part of the route: everything before the first `{`.
@@ -69,7 +78,9 @@ pub fn check(claims: &[RouteClaim]) -> Result<(), RouteCollision> {
             if first.key == second.key {
                 continue;
             }
-            if first.covers(second.literal()) || second.covers(first.literal()) {
+            let overlaps =
+                |a: &RouteClaim, b: &RouteClaim| a.covers(b.literal()) && !(a.fallback && a.route != b.route);
+            if overlaps(first, second) || overlaps(second, first) {
                 let reason = if first.route == second.route {
                     "claim the same path"
                 } else {
@@ -181,6 +192,24 @@ mod tests {
             let message = err.to_string();
             assert!(message.contains(key) && message.contains(other), "{key} = {path}: {message}");
         }
+    }
+
+    /// A fallback catch-all yields to every more specific route, another provider's too; the
+    /// same path is still a collision, and a plain catch-all still collides with what lies under it.
+    #[test]
+    fn a_fallback_catch_all_yields_to_the_routes_under_it() {
+        let mut claims = defaults();
+        claims.push(RouteClaim::fallback("/v1/credentials/roles/{*name}", "aws.container_path"));
+        claims.push(RouteClaim::new("/v1/credentials/roles/writer", "aws.roles[writer].container_path"));
+        claims.push(RouteClaim::new("/v1/credentials/roles/x", "azure.app_service_path"));
+        assert_eq!(check(&claims), Ok(()));
+        claims.push(RouteClaim::new("/v1/credentials/roles/{*name}", "gcp.other"));
+        assert!(check(&claims).is_err(), "the same path");
+        let plain = vec![
+            RouteClaim::new("/v1/credentials/roles/{*name}", "aws.container_path"),
+            RouteClaim::new("/v1/credentials/roles/writer", "aws.roles[writer].container_path"),
+        ];
+        assert!(check(&plain).is_err(), "a plain catch-all still collides");
     }
 
     #[test]

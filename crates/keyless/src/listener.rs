@@ -1,6 +1,6 @@
-//! The accept loop keyless's HTTP/1.1 servers share: the sidecar's credential and admin listeners
-//! and the admission webhook's admin listener (plain TCP), and the webhook's review listener (TLS,
-//! called by the API server).
+//! The accept loop keyless's HTTP/1.1 servers share: the sidecar's credential and admin listeners,
+//! the admission webhook's admin listener and `keyless node`'s credential and admin listeners
+//! (plain TCP), and the webhook's review listener (TLS, called by the API server).
 //!
 //! Every listener is on someone's critical path, so each bounds what a peer can hold
 //! (docs/reliability.md): the TLS handshake, the request head and the whole request (head and

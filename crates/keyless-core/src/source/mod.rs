@@ -1,7 +1,7 @@
 //! Subject-token sources: where a workload's OIDC token comes from, kept fresh in the background.
 //!
-//! A [`TokenOrigin`] is one *kind* of source (a file today; a later change adds GitHub Actions, an
-//! environment variable, a URL, a command): it names itself ([`SourceId`]), reads or fetches the
+//! A [`TokenOrigin`] is one *kind* of source (a file, GitHub Actions, an environment variable, a
+//! URL, a command): it names itself ([`SourceId`]), reads or fetches the
 //! token once, bounded, and may announce changes. One generic driver (`driver.rs`) runs any kind:
 //! debounced change events, the poll timer, re-reads near `exp`, explicit re-reads, the last good
 //! token kept through failures, each distinct problem logged once. [`TokenSource`] is the cheap
