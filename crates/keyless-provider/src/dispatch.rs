@@ -148,8 +148,8 @@ impl Routes {
         let mut table = matchit::Router::new();
         for ((path, entry), claim) in served.into_iter().zip(&claims) {
             table.insert(path, entry).map_err(|e| RouteCollision {
-                first: claim.clone(),
-                second: claim.clone(),
+                first: Box::new(claim.clone()),
+                second: Box::new(claim.clone()),
                 reason: format!("cannot be routed ({e})"),
             })?;
         }

@@ -52,8 +52,8 @@ impl RouteClaim {
 /// Two claims that cannot both be served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct RouteCollision {
-    pub first: RouteClaim,
-    pub second: RouteClaim,
+    pub first: Box<RouteClaim>,
+    pub second: Box<RouteClaim>,
     pub reason: String,
 }
 
@@ -86,7 +86,11 @@ pub fn check(claims: &[RouteClaim]) -> Result<(), RouteCollision> {
                 } else {
                     "overlap: one path lies under the other's catch-all"
                 };
-                return Err(RouteCollision { first: first.clone(), second: second.clone(), reason: reason.to_owned() });
+                return Err(RouteCollision {
+                    first: Box::new(first.clone()),
+                    second: Box::new(second.clone()),
+                    reason: reason.to_owned(),
+                });
             }
         }
     }
@@ -100,12 +104,12 @@ pub fn check_servable(routes: &[RouteClaim]) -> Result<(), RouteCollision> {
     let mut router = matchit::Router::new();
     for (i, claim) in routes.iter().enumerate() {
         if let Some(reason) = malformed(&claim.route) {
-            return Err(RouteCollision { first: claim.clone(), second: claim.clone(), reason });
+            return Err(RouteCollision { first: Box::new(claim.clone()), second: Box::new(claim.clone()), reason });
         }
         if let Some(first) = routes[..i].iter().find(|c| c.route == claim.route) {
             return Err(RouteCollision {
-                first: first.clone(),
-                second: claim.clone(),
+                first: Box::new(first.clone()),
+                second: Box::new(claim.clone()),
                 reason: "claim the same path".to_owned(),
             });
         }
@@ -115,8 +119,8 @@ pub fn check_servable(routes: &[RouteClaim]) -> Result<(), RouteCollision> {
                 _ => None,
             };
             return Err(RouteCollision {
-                first: other.unwrap_or(claim).clone(),
-                second: claim.clone(),
+                first: Box::new(other.unwrap_or(claim).clone()),
+                second: Box::new(claim.clone()),
                 reason: format!("cannot be routed together ({e})"),
             });
         }
