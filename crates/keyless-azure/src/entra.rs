@@ -69,24 +69,20 @@ pub struct EntraExchange {
 }
 
 impl EntraExchange {
-    /// `authority` is already validated and has no trailing slash.
+    /// `authority` is already validated and has no trailing slash; `source` is where the subject
+    /// token comes from (what a stale-token hint tells to check).
     pub fn new(
         http: reqwest::Client,
         authority: &url::Url,
         tenant: TenantId,
+        source: &SourceSpec,
         clock: SharedClock,
     ) -> Result<Self, url::ParseError> {
         // `url::Url` renders a bare host with a trailing slash: trim before joining (docs/protocols.md 4.1).
         let authority = authority.as_str().trim_end_matches('/').to_owned();
         let token_url = url::Url::parse(&format!("{authority}/{tenant}/oauth2/v2.0/token"))?;
-        let stale_hint = SourceSpec::File(std::path::PathBuf::new()).stale_token_hint("azure.token_file");
+        let stale_hint = source.stale_token_hint("azure.token_file");
         Ok(Self { http, authority, tenant, token_url, clock, stale_hint })
-    }
-
-    /// Its hints for a stale token name what to check for `source`.
-    #[must_use]
-    pub fn for_source(self, source: &SourceSpec) -> Self {
-        Self { stale_hint: source.stale_token_hint("azure.token_file"), ..self }
     }
 
     /// The token endpoint as errors name it.

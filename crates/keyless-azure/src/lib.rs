@@ -106,8 +106,7 @@ fn exchange(settings: &Settings, ctx: &Context) -> Result<EntraExchange, ConfigE
         &[&settings.authority],
     )
     .map_err(|e| ConfigError::HttpClient(e.to_string()))?;
-    EntraExchange::new(http, &settings.authority, settings.tenant.clone(), ctx.clock.clone())
-        .map(|exchange| exchange.for_source(&settings.token_source()))
+    EntraExchange::new(http, &settings.authority, settings.tenant.clone(), &settings.token_source(), ctx.clock.clone())
         .map_err(|e| ConfigError::Invalid {
             key: "azure.tenant_id".to_owned(),
             reason: format!("does not make a token URL with azure.authority_host: {e}"),
