@@ -145,8 +145,10 @@ impl ScopeSet {
             if scope.len() > MAX_SCOPE_LEN
                 || scope.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b',')
             {
+                // The client's text, quoted back: escaped and bounded.
+                let shown = keyless_core::printable::printable(scope, 100);
                 return Err(format!(
-                    "{scope:?} is not an OAuth scope (a URL such as {CLOUD_PLATFORM}, at most {MAX_SCOPE_LEN} characters)"
+                    "\"{shown}\" is not an OAuth scope (a URL such as {CLOUD_PLATFORM}, at most {MAX_SCOPE_LEN} characters)"
                 ));
             }
             set.insert(scope.to_owned());
