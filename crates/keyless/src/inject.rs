@@ -163,14 +163,17 @@ fn load_sidecar(env: &[(String, String)]) -> Result<(), String> {
     let (settings, _) = crate::config::settings_from_env(&env);
     let (config, sections) = crate::config::load(None, settings).map_err(|e| e.to_string())?;
     let config = config.finish(&crate::config::Overrides::default()).map_err(|e| e.to_string())?;
+    // The sidecar's environment, not the injection's own: the webhook's variables (a GitHub
+    // Actions job's, an IRSA webhook's) must not change what the sidecar is judged to run.
     let ctx = keyless_core::Context::new(
         std::sync::Arc::new(keyless_core::clock::SystemClock),
         keyless_core::Metrics::new(),
         config.cache_policy(),
         config.watch_options(),
-    );
+    )
+    .with_host(keyless_core::Host::from_vars(env, None));
     let mut accepted = Vec::new();
-    for provider in crate::providers::configure_all(sections, &ctx, &|_| None) {
+    for provider in crate::providers::configure_all(sections, &ctx, &ctx.env()) {
         accepted.push(provider.configured.map_err(|e| format!("[{}] {e}", provider.name))?);
     }
     crate::providers::check_routes(accepted.iter().map(|c| c.as_ref())).map_err(|e| e.to_string())
@@ -338,24 +341,27 @@ mod tests {
 
     /// The check is `keyless serve`'s own loading: a service account e-mail the GCP adapter refuses
     /// at start is refused, naming the setting; the injection's usual variables pass.
+    /// A GCP sidecar's variables for `account`, and `extra`.
+    fn gcp_sidecar_env(account: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        [
+            ("KEYLESS_LISTEN", "127.0.0.1:9811"),
+            ("KEYLESS_GCP__TOKEN_FILE", "/var/run/secrets/keyless/gcp-token"),
+            (
+                "KEYLESS_GCP__AUDIENCE",
+                "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k",
+            ),
+            ("KEYLESS_GCP__SERVICE_ACCOUNT", account),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+    }
+
     #[test]
     fn the_sidecar_check_refuses_what_the_sidecar_would_refuse_at_start() {
-        let env = |account: &str| -> Vec<(String, String)> {
-            [
-                ("KEYLESS_LISTEN", "127.0.0.1:9811"),
-                ("KEYLESS_GCP__TOKEN_FILE", "/var/run/secrets/keyless/gcp-token"),
-                (
-                    "KEYLESS_GCP__AUDIENCE",
-                    "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k",
-                ),
-                ("KEYLESS_GCP__SERVICE_ACCOUNT", account),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
-        };
-        check_sidecar(&env("app@p.iam.gserviceaccount.com")).expect("accepted");
-        let err = check_sidecar(&env("a@b.c/../../x?y#z")).expect_err("refused at start");
+        check_sidecar(&gcp_sidecar_env("app@p.iam.gserviceaccount.com", &[])).expect("accepted");
+        let err = check_sidecar(&gcp_sidecar_env("a@b.c/../../x?y#z", &[])).expect_err("refused at start");
         assert!(err.contains("service_account"), "{err}");
     }
 
@@ -364,21 +370,8 @@ mod tests {
     /// start), and still refuses what is wrong beside it.
     #[test]
     fn the_sidecar_check_leaves_the_sidecars_ca_file_to_the_sidecar() {
-        let env = |account: &str| -> Vec<(String, String)> {
-            [
-                ("KEYLESS_LISTEN", "127.0.0.1:9811"),
-                ("KEYLESS_GCP__TOKEN_FILE", "/var/run/secrets/keyless/gcp-token"),
-                (
-                    "KEYLESS_GCP__AUDIENCE",
-                    "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k",
-                ),
-                ("KEYLESS_GCP__SERVICE_ACCOUNT", account),
-                ("KEYLESS_GCP__CA_FILE", "/etc/keyless/only-in-the-sidecar-image/ca.pem"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
-        };
+        let ca = [("KEYLESS_GCP__CA_FILE", "/etc/keyless/only-in-the-sidecar-image/ca.pem")];
+        let env = |account: &str| gcp_sidecar_env(account, &ca);
         check_sidecar(&env("ca-file@p.iam.gserviceaccount.com")).expect("accepted: the file is the sidecar's");
         let err = check_sidecar(&env("a@b.c/../../ca?y#z")).expect_err("refused at start");
         assert!(err.contains("service_account"), "{err}");
