@@ -217,6 +217,38 @@ async fn slowloris_connections_are_cut_at_the_header_deadline_and_do_not_starve_
     assert!(*latest <= HEADER_READ_TIMEOUT + Duration::from_secs(10), "a slowloris connection lived {latest:?}");
 }
 
+/// The one route that reads a body (the GCP stand-in's token endpoint, a POST) is bounded in time
+/// as a head is: a body that never arrives ends at the request deadline, with the route's 413 or
+/// a closed connection, never a credential and never an open connection.
+#[tokio::test]
+async fn a_post_body_that_never_arrives_is_cut_at_the_request_deadline() {
+    let dev = Dev::start().await;
+    let listen = listen(&dev);
+    let mut tcp = TcpStream::connect(listen).await.unwrap();
+    let started = Instant::now();
+    let head = format!(
+        "POST /keyless/v1/external-account/token HTTP/1.1\r\nHost: {listen}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant_type="
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let ended = tokio::time::timeout(HEADER_READ_TIMEOUT * 3, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(ended.is_ok(), "the connection outlived three request deadlines: {answer}");
+    assert!(elapsed >= HEADER_READ_TIMEOUT - Duration::from_secs(1), "cut before the deadline: {elapsed:?}");
+    assert!(answer.is_empty() || status_line(&answer).starts_with("HTTP/1.1 413"), "{answer}");
+}
+
 #[tokio::test]
 async fn a_connection_flood_beyond_the_limit_is_bounded_and_new_clients_still_get_in() {
     let dev = Dev::start().await;

@@ -224,7 +224,9 @@ pub(crate) fn limits(connections: usize) -> Limits {
         per_peer: connections,
         handshake_timeout: HEADER_READ_TIMEOUT,
         header_read_timeout: HEADER_READ_TIMEOUT,
-        // No route reads a body (the request rules refuse one): a request ends with its head.
+        // Head and body together: only the one POST route reads a body (a form of at most
+        // `keyless_provider::MAX_FORM_BODY`, which arrives with its head); the rules refuse one
+        // everywhere else.
         request_timeout: HEADER_READ_TIMEOUT,
         max_head_bytes: MAX_HEAD_BYTES,
         max_headers: MAX_HEADERS,
