@@ -67,6 +67,17 @@ async fn first_answer(client: &reqwest::Client, url: &str) -> String {
 }
 
 /// `/metrics` of `sidecar`, or nothing while it does not answer yet.
+/// One AWS credential request, answered: the request and lookup families get series.
+async fn credential_request(client: &reqwest::Client, sidecar: &Sidecar) {
+    let answer = client
+        .get(sidecar.url("/v1/credentials"))
+        .header("Authorization", keyless_test_support::sidecar::CONTAINER_AUTHORIZATION)
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{}", answer.text().await.unwrap());
+}
+
 async fn scrape(sidecar: &Sidecar) -> String {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     match client.get(sidecar.admin_url("/metrics")).send().await {
@@ -280,13 +291,7 @@ async fn the_dashboard_and_the_alerts_query_only_metrics_a_live_keyless_exports(
     // One credential request, so that the request and lookup families have series.
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     first_answer(&client, &sidecar.admin_url("/healthz")).await;
-    let answer = client
-        .get(sidecar.url("/v1/credentials"))
-        .header("Authorization", keyless_test_support::sidecar::CONTAINER_AUTHORIZATION)
-        .send()
-        .await
-        .unwrap();
-    assert!(answer.status().is_success(), "{}", answer.text().await.unwrap());
+    credential_request(&client, &sidecar).await;
     let mut exported = exported_names(&sidecar.metrics().await);
     exported.extend(exported_names(&webhook_metrics().await));
     for expected in
@@ -502,13 +507,7 @@ async fn the_readme_lists_every_metric_a_live_keyless_exports_and_the_charts_mon
     })
     .await;
     // A credential request, so that the request and lookup families have series.
-    let answer = client
-        .get(sidecar.url("/v1/credentials"))
-        .header("Authorization", keyless_test_support::sidecar::CONTAINER_AUTHORIZATION)
-        .send()
-        .await
-        .unwrap();
-    assert!(answer.status().is_success(), "{}", answer.text().await.unwrap());
+    credential_request(&client, &sidecar).await;
     let live = format!("{}\n{}", sidecar.metrics().await, webhook_metrics().await);
 
     let mut documented = BTreeSet::new();

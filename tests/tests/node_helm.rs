@@ -42,7 +42,6 @@ const NAMESPACE: &str = "default";
 const APP: &str = "keyless-helm-app";
 /// The sidecar image with the emulator's CA in it.
 const SIDECAR_TEST_IMAGE: &str = "localhost/keyless-test-sidecar:dev";
-const EMULATOR_CA: &str = "/etc/keyless/emulator-ca.pem";
 /// Where the app's loop (tests/go/aws `loop`) writes its record, a hostPath of the node's.
 const RECORDS: &str = "/records";
 const ID_TOKEN_AUDIENCE: &str = "https://keyless.test/node-helm";
@@ -82,8 +81,12 @@ async fn the_chart_installed_with_helm_injects_a_deployment_on_a_real_node_and_u
     }
     let emulator = node.start_emulator().await;
     emulator.control.trust_issuer(node.cluster.issuer(), &node.cluster.ca_pem_text()).await;
-    let sidecar =
-        NodeImages::with_files(podman::SIDECAR_IMAGE, SIDECAR_TEST_IMAGE, &[(EMULATOR_CA, &emulator.ca_pem())]).await;
+    let sidecar = NodeImages::with_files(
+        podman::SIDECAR_IMAGE,
+        SIDECAR_TEST_IMAGE,
+        &[(node::EMULATOR_CA_IN_IMAGE, &emulator.ca_pem())],
+    )
+    .await;
     sidecar.import(&node).await;
     let ids = emulator.control.identities().await;
     let records = node.shared_dir("records");
@@ -261,7 +264,6 @@ impl Setting {
 
     /// The chart's values: the local images, the region, the emulator's endpoints and CA.
     fn values_file(&self) -> std::path::PathBuf {
-        let url = &self.emulator.inside_url;
         let (sidecar_repository, sidecar_tag) = SIDECAR_TEST_IMAGE.rsplit_once(':').unwrap();
         let (webhook_repository, webhook_tag) = podman::WEBHOOK_IMAGE.rsplit_once(':').unwrap();
         let values = json!({
@@ -271,15 +273,7 @@ impl Setting {
             },
             "sidecar": {
                 "image": { "repository": sidecar_repository, "tag": sidecar_tag, "pullPolicy": "Never" },
-                "env": {
-                    "KEYLESS_AWS__STS_ENDPOINT": url,
-                    "KEYLESS_AWS__CA_FILE": EMULATOR_CA,
-                    "KEYLESS_GCP__STS_ENDPOINT": url,
-                    "KEYLESS_GCP__IAM_ENDPOINT": url,
-                    "KEYLESS_GCP__CA_FILE": EMULATOR_CA,
-                    "KEYLESS_AZURE__AUTHORITY_HOST": url,
-                    "KEYLESS_AZURE__CA_FILE": EMULATOR_CA,
-                },
+                "env": self.emulator.sidecar_env(),
             },
             "aws": { "region": "us-east-1" },
         });

@@ -32,7 +32,6 @@ const NAMESPACE: &str = "default";
 /// Where the chart is installed.
 const AGENT_NAMESPACE: &str = "keyless-system";
 /// Where the agent's pod finds the emulator's CA.
-const EMULATOR_CA: &str = "/etc/keyless/emulator-ca.pem";
 const AWS_ADDRESS: &str = "169.254.170.23:80";
 const GCP_ADDRESS: &str = "169.254.170.24:80";
 const AZURE_ADDRESS: &str = "169.254.169.254:80";
@@ -50,7 +49,6 @@ struct Setting {
 impl Setting {
     /// The chart's node mode applied (changed as the module says), and its agent's pod Ready.
     async fn deploy(&self) {
-        let url = &self.emulator.inside_url;
         let values = json!({
             "mode": "node",
             "aws": { "region": "us-east-1" },
@@ -60,15 +58,7 @@ impl Setting {
                 "takeOverMetadataServerAddress": true,
                 "logLevel": "info,keyless=debug",
             },
-            "sidecar": { "env": {
-                "KEYLESS_AWS__STS_ENDPOINT": url,
-                "KEYLESS_AWS__CA_FILE": EMULATOR_CA,
-                "KEYLESS_GCP__STS_ENDPOINT": url,
-                "KEYLESS_GCP__IAM_ENDPOINT": url,
-                "KEYLESS_GCP__CA_FILE": EMULATOR_CA,
-                "KEYLESS_AZURE__AUTHORITY_HOST": url,
-                "KEYLESS_AZURE__CA_FILE": EMULATOR_CA,
-            } },
+            "sidecar": { "env": self.emulator.sidecar_env() },
         });
         let dir = tempfile::tempdir().unwrap();
         let values_file = dir.path().join("values.yaml");
@@ -396,7 +386,7 @@ fn run_from_host(spec: &mut Value, emulator_ca: &std::path::Path, api_port: &str
         ("keyless-binary", "/usr/local/bin/keyless"),
         ("host-lib", "/lib"),
         ("host-lib64", "/lib64"),
-        ("emulator-ca", EMULATOR_CA),
+        ("emulator-ca", node::EMULATOR_CA_IN_IMAGE),
         ("host-certs", "/etc/ssl/certs"),
     ];
     for list in ["initContainers", "containers"] {

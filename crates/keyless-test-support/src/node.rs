@@ -424,10 +424,28 @@ pub struct NodeEmulator {
     _state: tempfile::TempDir,
 }
 
+/// Where the node tests' images hold the emulator's CA (what the chart's `sidecar.env` names).
+pub const EMULATOR_CA_IN_IMAGE: &str = "/etc/keyless/emulator-ca.pem";
+
 impl NodeEmulator {
     /// Its CA certificate (PEM text).
     pub fn ca_pem(&self) -> String {
         std::fs::read_to_string(&self.ca).expect("the emulator's CA")
+    }
+
+    /// The chart's `sidecar.env` pointing every cloud's token service at this emulator, its CA at
+    /// [`EMULATOR_CA_IN_IMAGE`].
+    pub fn sidecar_env(&self) -> serde_json::Value {
+        let (url, ca) = (&self.inside_url, EMULATOR_CA_IN_IMAGE);
+        serde_json::json!({
+            "KEYLESS_AWS__STS_ENDPOINT": url,
+            "KEYLESS_AWS__CA_FILE": ca,
+            "KEYLESS_GCP__STS_ENDPOINT": url,
+            "KEYLESS_GCP__IAM_ENDPOINT": url,
+            "KEYLESS_GCP__CA_FILE": ca,
+            "KEYLESS_AZURE__AUTHORITY_HOST": url,
+            "KEYLESS_AZURE__CA_FILE": ca,
+        })
     }
 }
 
