@@ -98,6 +98,8 @@ async fn the_chart_installed_with_helm_injects_a_deployment_on_a_real_node_and_u
     deletion_fails_no_request_made_before_the_apps_sigterm(&setting).await;
     helm_uninstall_leaves_nothing_of_the_release(&setting).await;
     setting.node.stop().await;
+    // The API server's wider listen address and the ClusterIP rule lived in the node's namespace.
+    node::assert_machine_holds_nothing_of_a_node();
 }
 
 /// `helm install` with the images and the emulator's endpoints: the webhook's replicas run on the

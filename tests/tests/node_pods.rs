@@ -119,11 +119,11 @@ async fn a_node_runs_pods_inside_its_own_network_namespace_and_leaves_nothing_be
     assert!(ip.starts_with("10.201.0."), "the pod's address is on the node's pod network: {pod}");
     assert_eq!(pod["spec"]["nodeName"], node::NODE_NAME, "the scheduler bound it to the node");
     let netns = node.netns.clone();
-    assert_machine_has_nothing_of_the_node();
+    node::assert_machine_holds_nothing_of_a_node();
     node.stop().await;
     // Another test's node may start as soon as this one released the lock: checked under it.
     let _lock = node::lock_machine().await;
-    assert_machine_has_nothing_of_the_node();
+    node::assert_machine_holds_nothing_of_a_node();
     assert!(!Path::new("/run/netns").join(&netns).exists(), "{netns} is left");
     let namespaces = std::fs::read_dir("/run/netns").unwrap().flatten();
     let left: Vec<String> = namespaces.map(|e| e.file_name().to_string_lossy().into_owned()).collect();
@@ -138,35 +138,6 @@ async fn a_node_runs_pods_inside_its_own_network_namespace_and_leaves_nothing_be
     });
     let processes: Vec<String> = processes.map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert!(processes.is_empty(), "processes of the node are left: {processes:?}");
-}
-
-/// No address of the node's networks, no link of its, and no rule of the kubelet's or one naming
-/// the node's networks in the machine's own network namespace (the test runs in it), in either
-/// iptables back end. Rules of others (podman's CNI chains, say, which its firewall plugin leaves
-/// for good) are not the node's: only what names the node counts.
-fn assert_machine_has_nothing_of_the_node() {
-    let run = |program: &str, args: &[&str]| {
-        // iptables-legacy may be missing: then it holds no rule either.
-        let out = std::process::Command::new(program).args(args).output();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
-    };
-    let node_networks = [" 10.200.", " 10.201.", "knode0", "kpod0"];
-    let addresses = run("ip", &["-o", "addr", "show"]);
-    assert!(addresses.contains("127.0.0.1"), "`ip -o addr show` listed nothing: {addresses}");
-    for line in addresses.lines() {
-        assert!(!node_networks.iter().any(|n| line.contains(n)), "the node's address or link is outside: {line}");
-    }
-    for iptables in ["iptables", "iptables-legacy"] {
-        for table in ["filter", "nat", "mangle"] {
-            let rules = run(iptables, &["-t", table, "-S"]);
-            for line in rules.lines() {
-                assert!(
-                    !line.contains("KUBE") && !line.contains("10.201.") && !line.contains("10.200."),
-                    "a rule of the node's in the machine's namespace ({iptables} -t {table}): {line}"
-                );
-            }
-        }
-    }
 }
 
 /// `examples/kubernetes/aws.yaml` applied as written but for images, app command, identities and

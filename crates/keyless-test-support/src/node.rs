@@ -491,6 +491,35 @@ pub(super) async fn lock_within(path: &Path, deadline: Duration, held_by: &str) 
     file
 }
 
+/// No address of the node's networks, no link of its, and no rule of the kubelet's or one naming
+/// the node's networks in the machine's own network namespace (the test runs in it), in either
+/// iptables back end (the `kubernetes` Service's ClusterIP rule included). Rules of others (podman's CNI chains, say, which its firewall plugin leaves
+/// for good) are not the node's: only what names the node counts.
+pub fn assert_machine_holds_nothing_of_a_node() {
+    let run = |program: &str, args: &[&str]| {
+        // iptables-legacy may be missing: then it holds no rule either.
+        let out = std::process::Command::new(program).args(args).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    };
+    let node_networks = [" 10.200.", " 10.201.", " 10.96.", "knode0", "kpod0"];
+    let addresses = run("ip", &["-o", "addr", "show"]);
+    assert!(addresses.contains("127.0.0.1"), "`ip -o addr show` listed nothing: {addresses}");
+    for line in addresses.lines() {
+        assert!(!node_networks.iter().any(|n| line.contains(n)), "the node's address or link is outside: {line}");
+    }
+    for iptables in ["iptables", "iptables-legacy"] {
+        for table in ["filter", "nat", "mangle"] {
+            let rules = run(iptables, &["-t", table, "-S"]);
+            for line in rules.lines() {
+                assert!(
+                    !line.contains("KUBE") && !["10.201.", "10.200.", "10.96."].iter().any(|n| line.contains(n)),
+                    "a rule of the node's in the machine's namespace ({iptables} -t {table}): {line}"
+                );
+            }
+        }
+    }
+}
+
 /// kube-proxy's part for the one Service pods call here, `kubernetes` (the webhook's
 /// ServiceAccount cache, in-cluster clients): its ClusterIP's port 443 forwarded to the API
 /// server, on the node's address. A rule of the node's own namespace (gone with it); the
