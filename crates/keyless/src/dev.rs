@@ -70,6 +70,8 @@ pub async fn emulate(options: EmulateOptions) -> Result<(), String> {
             humantime::format_duration(lifetime)
         ));
     }
+    // Before the emulator is seen: a stop the moment it is ready is a clean one.
+    let terminated = serve::termination();
     let emulator = start_emulator(listen, &state_dir, hostnames, credential_lifetime, "--listen").await?;
     let bundle = write_ca_bundle(&state_dir, emulator.ca_pem_path())?;
     info!(url = %emulator.url(), ca = %emulator.ca_pem_path().display(), ca_bundle = %bundle.display(), "emulator ready");
@@ -78,7 +80,7 @@ pub async fn emulate(options: EmulateOptions) -> Result<(), String> {
         request_token_file = %emulator.github_actions_request_token_path().display(),
         "emulated GitHub Actions OIDC endpoint: ACTIONS_ID_TOKEN_REQUEST_URL and the content of ACTIONS_ID_TOKEN_REQUEST_TOKEN"
     );
-    serve::termination().await;
+    terminated.await;
     emulator.shutdown().await;
     Ok(())
 }
@@ -153,6 +155,8 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     // The env file is read from other directories (apps, compose): every path in it is absolute.
     opts.state_dir = std::path::absolute(&opts.state_dir)
         .map_err(|e| format!("cannot resolve the state dir {}: {e}", opts.state_dir.display()))?;
+    // Before the emulator or the env file is seen: a stop the moment either appears is a clean one.
+    let terminated = serve::termination();
     let emulator = start_emulator(opts.emulator_listen, &opts.state_dir, Vec::new(), None, "--emulator-listen").await?;
     let bundle = write_ca_bundle(&opts.state_dir, emulator.ca_pem_path())?;
 
@@ -191,7 +195,7 @@ pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     print_env(&opts.env_file, &env);
     report_set_aside(&set_aside);
     let gate = sidecar.gate();
-    let serving = tokio::spawn(sidecar.run(serve::termination()));
+    let serving = tokio::spawn(sidecar.run(terminated));
     // The env file is in place: /readyz may turn green once every identity holds a credential.
     gate.store(true, Ordering::Release);
     let result = serving.await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));

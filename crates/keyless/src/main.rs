@@ -530,11 +530,13 @@ async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fatal(format, &e.to_string()),
     };
+    // Before any port is bound: a stop the moment the sidecar answers is a clean one.
+    let terminated = serve::termination();
     let sidecar = match Sidecar::bind(config.listen, config.admin_listen, providers, &ctx, false).await {
         Ok(s) => s.with_uid_check(config.uid_check(&ctx.env())),
         Err(e) => return fatal(format, &e.to_string()),
     };
-    match sidecar.run(serve::termination()).await {
+    match sidecar.run(terminated).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fatal(format, &e.to_string()),
     }

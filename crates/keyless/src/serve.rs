@@ -177,25 +177,36 @@ impl Sidecar {
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn termination() {
-    let ctrl_c = tokio::signal::ctrl_c();
+///
+/// The handlers are installed by this call, not when the future is first polled: a command calls
+/// it before anyone can see it started (a port bound, a file written), so a signal sent the moment
+/// it looks ready is a clean stop, never the default action (death with the signal).
+pub fn termination() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let (term, interrupt) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+        async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                    one.recv().await;
+                }
+                // Neither could be installed: the signals keep their default action.
+                (Err(_), Err(_)) => std::future::pending().await,
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -242,5 +253,21 @@ impl Respond for Routes {
 
     fn refuse(&self, request: hyper::Request<RequestBody>, violation: &Violation) -> Answer {
         Routes::refuse(self, request, violation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SIGTERM between the call and the first poll is caught. Before the handlers were installed
+    /// by the call, a `keyless dev` stopped the moment its env file appeared died of the signal
+    /// (the default action) instead of exiting 0; here the test process itself would die.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_signal_before_the_first_poll_is_a_clean_stop() {
+        let terminated = termination();
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM).expect("kill(self, SIGTERM)");
+        tokio::time::timeout(Duration::from_secs(30), terminated).await.expect("the SIGTERM was not seen");
     }
 }

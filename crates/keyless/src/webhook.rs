@@ -113,6 +113,8 @@ struct App {
 }
 
 pub async fn run(args: WebhookArgs) -> Result<(), String> {
+    // Before any port is bound: a stop the moment the webhook answers is a clean one.
+    let terminated = crate::serve::termination();
     let cert = tls::ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
     cert.reload_every(args.tls_reload_interval);
     let client = kube::Client::try_default().await.map_err(|e| {
@@ -143,7 +145,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), String> {
     let mut server_config = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(cert);
     server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
-    serve_tls(listener, acceptor, review_router(app), args.limits(), crate::serve::termination()).await;
+    serve_tls(listener, acceptor, review_router(app), args.limits(), terminated).await;
     let _ = stop_admin.send(true);
     let _ = admin.await;
     Ok(())

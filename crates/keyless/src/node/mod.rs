@@ -156,6 +156,8 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
             Err(format!("not serving yet ({} is missing)", ready_file.display()))
         };
     }
+    // Before any port is bound: a stop the moment keyless node answers is a clean one.
+    let terminated = crate::serve::termination();
     let mut addresses = vec![args.aws_listen];
     for addr in [args.gcp_listen, args.azure_listen].into_iter().flatten() {
         if !addresses.contains(&addr) {
@@ -239,7 +241,6 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
 
     // The credential listeners open once the watches have listed: a pod's request before that
     // would be refused as unknown (a 403, which SDKs do not retry); a closed port is retried.
-    let terminated = crate::serve::termination();
     tokio::pin!(terminated);
     let mut waited = Duration::ZERO;
     while !synced() {
