@@ -181,7 +181,7 @@ async fn process_uid(podman: &Podman, container: &str) -> (u32, bool) {
 )]
 async fn podman_compose_runs_the_compose_file_and_the_apps_get_their_identities_from_the_read_only_uid_65532_image() {
     let podman = tools::need(podman::find_podman());
-    podman.build_sidecar_image().await;
+    podman.need_sidecar_image().await;
     podman.build_host_image().await;
     let project = Project::new(&podman);
 

@@ -26,10 +26,11 @@ pub const SIDECAR_IMAGE: &str = "localhost/keyless:dev";
 pub const WEBHOOK_IMAGE: &str = "localhost/keyless-webhook:dev";
 /// The empty image the host's files are mounted into.
 pub const HOST_IMAGE: &str = "localhost/keyless-test-host:dev";
-/// How long one podman command may take (`scripts/image`'s release build has its own bound).
+/// How long one podman command may take.
 const PODMAN_DEADLINE: Duration = Duration::from_secs(300);
-/// How long `scripts/image` may take (a cold static release build on 2 cores).
-const IMAGE_DEADLINE: Duration = Duration::from_secs(45 * 60);
+/// The label `scripts/image` gives its images: the revision they were built from
+/// (`KEYLESS_REVISION`, scripts/release-env).
+const REVISION_LABEL_FORMAT: &str = "{{index .Labels \"org.opencontainers.image.revision\"}}";
 
 /// The harness's runtime settings (see the module documentation).
 const CONTAINERS_CONF: &str =
@@ -100,22 +101,31 @@ impl Podman {
         succeeded(&format!("podman {args:?}"), self.run(args).await)
     }
 
-    /// Builds [`SIDECAR_IMAGE`] with `scripts/image` (warm after the first build: the release
-    /// build and the image layers are cached), one build at a time on the machine.
-    pub async fn build_sidecar_image(&self) {
-        let root = workspace_root();
-        let mut command = self.command("flock");
-        command.arg(root.join("target/image.lock")).arg(root.join("scripts/image")).current_dir(&root);
-        succeeded("scripts/image", output_within(command, IMAGE_DEADLINE, "scripts/image").await);
+    /// Asserts that [`SIDECAR_IMAGE`] is there and of this tree's revision. The tests never build
+    /// it: `scripts/test` runs `scripts/image` before them (a static release build, minutes cold).
+    pub async fn need_sidecar_image(&self) {
+        self.need_image(SIDECAR_IMAGE, "./scripts/image").await;
     }
 
-    /// Builds [`WEBHOOK_IMAGE`] with `scripts/image --full` (the full CLI's static release build:
-    /// warm after the first), one image build at a time on the machine.
-    pub async fn build_webhook_image(&self) {
-        let root = workspace_root();
-        let mut command = self.command("flock");
-        command.arg(root.join("target/image.lock")).arg(root.join("scripts/image")).arg("--full").current_dir(&root);
-        succeeded("scripts/image --full", output_within(command, IMAGE_DEADLINE, "scripts/image --full").await);
+    /// Asserts that [`WEBHOOK_IMAGE`] is there and of this tree's revision (`scripts/test` runs
+    /// `scripts/image --full` before the tests).
+    pub async fn need_webhook_image(&self) {
+        self.need_image(WEBHOOK_IMAGE, "./scripts/image --full").await;
+    }
+
+    /// The image `tag`, labelled by `built_by` (`scripts/image`) with the revision it was built
+    /// from: a missing image or one of another commit fails the test, naming the command to run.
+    async fn need_image(&self, tag: &str, built_by: &str) {
+        let fix = format!("run {built_by} (./scripts/test builds it before the tests)");
+        let inspected = self.run(&["image", "inspect", "--format", REVISION_LABEL_FORMAT, tag]).await;
+        assert!(
+            inspected.status.success(),
+            "missing: the image {tag}: {fix}\n{}",
+            String::from_utf8_lossy(&inspected.stderr).trim()
+        );
+        let image = String::from_utf8_lossy(&inspected.stdout).trim().to_owned();
+        let tree = tree_revision();
+        assert_eq!(image, tree, "the image {tag} was built from revision {image:?}, this tree is {tree:?}: {fix}");
     }
 
     /// Builds [`HOST_IMAGE`]: an empty root (merged-/usr links, mount points, and `hosts: files dns`
@@ -159,4 +169,30 @@ pub fn host_mounts() -> Vec<String> {
 /// The venv's `bin` directory (for a container's `PATH`, so that `python` is the venv's).
 pub fn venv_bin() -> PathBuf {
     tools::python().parent().expect("the venv's bin directory").to_path_buf()
+}
+
+/// This tree's revision as `scripts/release-env` names it for `scripts/image`: `KEYLESS_REVISION`
+/// when set, else the commit, `-dirty` when the work tree has changes (a change made after the
+/// image was built, on a tree already dirty, goes unseen), `unknown` outside git.
+fn tree_revision() -> String {
+    if let Some(set) = std::env::var("KEYLESS_REVISION").ok().filter(|r| !r.trim().is_empty()) {
+        return set.trim().to_owned();
+    }
+    let root = workspace_root();
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(&root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let Some(commit) = git(&["rev-parse", "HEAD"]) else {
+        return "unknown".to_owned();
+    };
+    match git(&["status", "--porcelain", "--untracked-files=normal"]) {
+        Some(changes) if !changes.is_empty() => format!("{commit}-dirty"),
+        _ => commit,
+    }
 }

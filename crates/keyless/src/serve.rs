@@ -267,7 +267,8 @@ mod tests {
     #[tokio::test]
     async fn a_signal_before_the_first_poll_is_a_clean_stop() {
         let terminated = termination();
-        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM).expect("kill(self, SIGTERM)");
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM)
+            .expect("kill(self, SIGTERM)");
         tokio::time::timeout(Duration::from_secs(30), terminated).await.expect("the SIGTERM was not seen");
     }
 }

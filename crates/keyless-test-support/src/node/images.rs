@@ -45,17 +45,17 @@ impl NodeImages {
         Self::build(APPS_IMAGE, &rootfs, "USER 65532:65532\n", "apps").await
     }
 
-    /// The keyless image `scripts/image` builds (`localhost/keyless:dev`, static).
+    /// The keyless image `scripts/image` builds (`localhost/keyless:dev`, static), before the tests.
     pub async fn keyless(podman: &crate::podman::Podman) -> Self {
-        podman.build_sidecar_image().await;
+        podman.need_sidecar_image().await;
         let _lock = lock_images().await;
         Self::save(crate::podman::SIDECAR_IMAGE, "keyless").await
     }
 
     /// The release's full-CLI image `scripts/image --full` builds (`localhost/keyless-webhook:dev`,
-    /// static): what the chart's webhook and `keyless node` run.
+    /// static), before the tests: what the chart's webhook and `keyless node` run.
     pub async fn webhook(podman: &crate::podman::Podman) -> Self {
-        podman.build_webhook_image().await;
+        podman.need_webhook_image().await;
         let _lock = lock_images().await;
         Self::save(crate::podman::WEBHOOK_IMAGE, "keyless-webhook").await
     }
