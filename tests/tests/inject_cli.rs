@@ -162,11 +162,14 @@ async fn run_script(cluster: &Cluster, script: &str, tools: &Path, home: &Path) 
 }
 
 /// The README's "Roll out" commands, as a new user runs them on a cluster holding a `billing`
-/// Deployment and ServiceAccount: the webhook installed (when helm is at hand), the
+/// Deployment and ServiceAccount: the webhook installed with helm, the
 /// ServiceAccount annotated, the Deployment opted in, and the pipeline without a webhook,
 /// `kubectl get deploy billing -o yaml | keyless inject ... | kubectl apply -f -`, stores the
 /// injected template.
-#[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, etcd and kubectl: ./scripts/test (scripts/kube)")]
+#[cfg_attr(
+    not(all(keyless_tools_kube, keyless_tools_helm)),
+    ignore = "needs kube-apiserver, etcd, kubectl and helm: ./scripts/test (scripts/kube, scripts/helm)"
+)]
 #[tokio::test]
 async fn the_readmes_roll_out_commands_inject_a_deployment_on_a_real_api_server() {
     let scripts = roll_out_scripts();
@@ -178,10 +181,7 @@ async fn the_readmes_roll_out_commands_inject_a_deployment_on_a_real_api_server(
     let link = |target: &Path, name: &str| std::os::unix::fs::symlink(target, tools.path().join(name)).unwrap();
     link(&binaries.dir.join("kubectl"), "kubectl");
     link(&keyless_bin(), "keyless");
-    let helm = keyless_test_support::tools::helm();
-    if let Some(helm) = &helm {
-        link(helm, "helm");
-    }
+    link(&need(keyless_test_support::tools::find_helm()), "helm");
     let home = tempfile::tempdir().unwrap();
     let manifest = format!(
         "{}\n---\n{}",
@@ -192,13 +192,7 @@ async fn the_readmes_roll_out_commands_inject_a_deployment_on_a_real_api_server(
     assert!(created.status.success(), "{}", text(&created.stderr));
 
     for script in &scripts {
-        // Without helm, the webhook's install is the one step left out (the pipeline needs none).
-        let script: String = script
-            .lines()
-            .filter(|l| helm.is_some() || !l.trim_start().starts_with("helm "))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let out = run_script(&cluster, &script, tools.path(), home.path()).await;
+        let out = run_script(&cluster, script, tools.path(), home.path()).await;
         assert!(out.status.success(), "{script}\n--- stdout\n{}\n--- stderr\n{}", text(&out.stdout), text(&out.stderr));
     }
     let stored = cluster.get_json("default", "deployment", "billing").await;

@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::process::{Child, Command};
 
 use crate::process::free_port;
-use crate::tools::{self, Missing};
+use crate::tools::Missing;
 use crate::wait::holds_within;
 
 /// How long etcd and the API server may take to turn ready (a loaded 2-core machine is slow).
@@ -50,12 +50,6 @@ pub const KUBE: Missing = Missing {
 /// (cfg `keyless_tools_kube`, see [`tools`]).
 pub fn find_binaries() -> Result<KubeBinaries, Missing> {
     crate::probe::kube_bin(&crate::binary::workspace_root()).map(|dir| KubeBinaries { dir }).ok_or(KUBE)
-}
-
-/// The older form of [`find_binaries`]: a skip where they are missing (a failure under
-/// `CI=true`, see [`tools::or_skip`]).
-pub fn binaries() -> Option<KubeBinaries> {
-    find_binaries().map_or_else(|missing| tools::or_skip(None, missing), Some)
 }
 
 /// How [`Cluster::start_with`] starts the control plane: [`Cluster::start`] uses the defaults
@@ -102,12 +96,6 @@ struct Pki {
 }
 
 impl Cluster {
-    /// The older form of [`Cluster::start_with`] (see [`tools::or_skip`]): `None` when the
-    /// binaries are missing (a skip; a failure under `CI=true`).
-    pub async fn start() -> Option<Self> {
-        Some(Self::start_with(binaries()?).await)
-    }
-
     /// Starts etcd and kube-apiserver from `binaries` on free loopback ports and waits until the
     /// API server is ready and its issuer discovery is public. A gated test (cfg
     /// `keyless_tools_kube`): `Cluster::start_with(tools::need(kube::find_binaries()))`.

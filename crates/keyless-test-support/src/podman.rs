@@ -58,12 +58,6 @@ pub fn find_podman() -> Result<Podman, Missing> {
     Ok(Podman { conf_dir })
 }
 
-/// The older form of [`find_podman`]: a skip where they are missing (a failure under `CI=true`,
-/// see [`tools::or_skip`]).
-pub fn podman() -> Option<Podman> {
-    find_podman().map_or_else(|missing| tools::or_skip(None, missing), Some)
-}
-
 impl Podman {
     /// `program` with the harness's `containers.conf`, no stdin, killed when dropped.
     fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {

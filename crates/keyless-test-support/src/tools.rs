@@ -25,14 +25,11 @@
 //! `scripts/test`'s env vars or PATH change, or a tool it found is removed); a tool installed by
 //! hand without `scripts/test` is seen after `touch tests/build.rs`.
 //!
-//! The older form, `let Some(node) = node_clients() else { return };` (through [`or_skip`]), still
-//! works: under `CI=true` it fails the same way, elsewhere it prints `SKIPPED` to the test's
-//! captured stderr and the test reports `ok`, which the counts cannot tell from a pass. Convert
-//! such a test to the form above (add the `cfg_attr`, call [`need`] on the `find_` function).
+//! There is no other form: a test that printed a skip and returned would report `ok`, which the
+//! counts cannot tell from a pass.
 //!
 //! The Python clients are not optional anywhere: `scripts/test` installs them on any machine with
 //! python3, so a missing venv is a setup error and fails every test that needs it ([`python`]).
-#![allow(clippy::print_stderr)] // a skip of the older form says so where the test runner shows it
 
 use std::path::PathBuf;
 
@@ -67,28 +64,6 @@ pub fn need<T>(found: Result<T, Missing>) -> T {
     found.unwrap_or_else(|missing| missing.fail())
 }
 
-/// The older form (see the module documentation): `found`, or, when it is `None`: under
-/// `CI=true` a failure naming what is missing; elsewhere a printed skip and `None` (the test then
-/// returns, and reports `ok`).
-pub fn or_skip<T>(found: Option<T>, missing: Missing) -> Option<T> {
-    if found.is_none() {
-        if in_ci() {
-            missing.fail();
-        }
-        let test = std::thread::current().name().unwrap_or("a test").to_owned();
-        eprintln!("SKIPPED {test}: missing {} ({}). Under CI=true this fails.", missing.what, missing.fix);
-    }
-    found
-}
-
-/// [`or_skip`] of a `find_` function's answer.
-fn skip_if_missing<T>(found: Result<T, Missing>) -> Option<T> {
-    match found {
-        Ok(found) => Some(found),
-        Err(missing) => or_skip(None, missing),
-    }
-}
-
 /// The path the env var `var` names, else `default` under the workspace root (where
 /// `scripts/test` puts it).
 pub(crate) fn path_from_env(var: &str, default: &str) -> PathBuf {
@@ -113,11 +88,6 @@ pub fn find_node_clients() -> Result<NodeClients, Missing> {
     probe::node_modules(&workspace_root()).map(|modules| NodeClients { modules }).ok_or(NODE)
 }
 
-/// The older form of [`find_node_clients`] (see [`or_skip`]).
-pub fn node_clients() -> Option<NodeClients> {
-    skip_if_missing(find_node_clients())
-}
-
 /// The pinned Go SDK clients (`tests/go`), built by `scripts/test`: one program per cloud.
 #[derive(Debug, Clone)]
 pub struct GoClients {
@@ -134,11 +104,6 @@ pub const GO: Missing = Missing {
 /// The built Go clients (cfg `keyless_tools_go`).
 pub fn find_go_clients() -> Result<GoClients, Missing> {
     probe::go_bin(&workspace_root()).map(|bin| GoClients { bin }).ok_or(GO)
-}
-
-/// The older form of [`find_go_clients`] (see [`or_skip`]).
-pub fn go_clients() -> Option<GoClients> {
-    skip_if_missing(find_go_clients())
 }
 
 /// The pinned Java SDK clients (`tests/java/pom.xml`), compiled by `scripts/test`.
@@ -159,11 +124,6 @@ pub fn find_java_clients() -> Result<JavaClients, Missing> {
     probe::java_classpath(&workspace_root()).map(|classpath| JavaClients { classpath }).ok_or(JAVA)
 }
 
-/// The older form of [`find_java_clients`] (see [`or_skip`]).
-pub fn java_clients() -> Option<JavaClients> {
-    skip_if_missing(find_java_clients())
-}
-
 /// What a test needing root misses without it.
 pub const ROOT: Missing =
     Missing { what: "root", fix: "run the suite as root, as CI does (scripts/image needs it too)" };
@@ -171,11 +131,6 @@ pub const ROOT: Missing =
 /// Root, to start keyless as another user (the image's) (cfg `keyless_tools_root`).
 pub fn find_root() -> Result<(), Missing> {
     if probe::is_root() { Ok(()) } else { Err(ROOT) }
-}
-
-/// The older form of [`find_root`] (see [`or_skip`]).
-pub fn root() -> Option<()> {
-    skip_if_missing(find_root())
 }
 
 /// The venv Python with the pinned SDK clients (`tests/requirements.txt`); required everywhere.
@@ -229,9 +184,4 @@ fn built_by(script: &str) -> Option<PathBuf> {
         .ok()
         .filter(|o| o.status.success())?;
     Some(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
-}
-
-/// The older form of [`find_helm`] (see [`or_skip`]).
-pub fn helm() -> Option<PathBuf> {
-    skip_if_missing(find_helm())
 }
