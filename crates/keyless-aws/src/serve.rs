@@ -62,4 +62,10 @@ impl NativeErrors for AwsErrors {
             error_json(violation.status(), violation.code(), &violation.message())
         }
     }
+
+    /// The container endpoint's `{"Code","Message"}`, on IMDS too (what [`Served::credential`]
+    /// answers on every route).
+    fn unavailable(&self, _path: &str, err: &ExchangeError) -> Response {
+        unavailable(err)
+    }
 }

@@ -260,7 +260,17 @@ impl NativeErrors for AzureErrors {
             StatusCode::SERVICE_UNAVAILABLE => "temporarily_unavailable",
             _ => "invalid_request",
         };
-        let refusal = Refusal::new(violation.status(), error, violation.message());
+        self.shaped(path, Refusal::new(violation.status(), error, violation.message()))
+    }
+
+    fn unavailable(&self, path: &str, err: &ExchangeError) -> Response {
+        self.shaped(path, Refusal::exchange_failed(err))
+    }
+}
+
+impl AzureErrors {
+    /// App Service's shape on its path, IMDS' elsewhere.
+    fn shaped(&self, path: &str, refusal: Refusal) -> Response {
         if self.app_service_path.as_deref() == Some(path) {
             refusal.into_app_service_response()
         } else {

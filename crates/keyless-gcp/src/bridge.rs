@@ -137,16 +137,18 @@ async fn token(bridge: Arc<Bridge>, request: Request) -> Response {
             });
             json_response(StatusCode::OK, &body)
         }
-        Err(err) => {
-            let status = match err.class {
-                ErrorClass::Retryable | ErrorClass::Throttled | ErrorClass::RereadToken => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                ErrorClass::Terminal => StatusCode::BAD_GATEWAY,
-            };
-            oauth_error(status, "temporarily_unavailable", &format!("keyless: no Google credential available: {err}"))
-        }
+        Err(err) => unavailable(&err),
     }
+}
+
+/// No valid credential: 503 while the failure may pass, 502 for a refusal by Google (as the
+/// metadata server answers), in the token-exchange error shape.
+pub(crate) fn unavailable(err: &keyless_core::ExchangeError) -> Response {
+    let status = match err.class {
+        ErrorClass::Retryable | ErrorClass::Throttled | ErrorClass::RereadToken => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorClass::Terminal => StatusCode::BAD_GATEWAY,
+    };
+    oauth_error(status, "temporarily_unavailable", &format!("keyless: no Google credential available: {err}"))
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {

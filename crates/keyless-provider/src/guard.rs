@@ -173,10 +173,19 @@ impl Violation {
     }
 }
 
-/// Renders a refusal in the shape a route's clients parse (AWS `{"Code","Message"}`, the GCE
-/// metadata server's text, Entra's `{"error","error_description"}`...).
+/// A provider's error answers, in the shape a route's clients parse (AWS `{"Code","Message"}`, the
+/// GCE metadata server's text, Entra's `{"error","error_description"}`...).
 pub trait NativeErrors: Send + Sync + 'static {
+    /// A request the shared rules refuse.
     fn refuse(&self, path: &str, violation: &Violation) -> Response;
+
+    /// The answer to a credential request while no valid credential is held (the exchange
+    /// failed), with the exchange's message and hint. The contract, checked over every registered
+    /// provider by keyless-registry's conformance test: a failure that may pass (retryable,
+    /// throttled, a token to re-read) is 503, which every SDK retries; a terminal one is never 503
+    /// nor a success, but the status the cloud's SDKs surface at once (AWS 500, Google 502, Entra
+    /// 403, or 400 where Entra's own answer is "invalid resource").
+    fn unavailable(&self, path: &str, err: &keyless_core::ExchangeError) -> Response;
 }
 
 /// Plain-text refusals (the admin listener).
@@ -186,6 +195,14 @@ pub struct PlainText;
 impl NativeErrors for PlainText {
     fn refuse(&self, _path: &str, violation: &Violation) -> Response {
         (violation.status(), format!("{}\n", violation.message())).into_response()
+    }
+
+    fn unavailable(&self, _path: &str, err: &keyless_core::ExchangeError) -> Response {
+        let status = match err.class {
+            keyless_core::ErrorClass::Terminal => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (status, format!("{err}\n")).into_response()
     }
 }
 

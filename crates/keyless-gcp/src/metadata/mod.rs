@@ -144,6 +144,11 @@ impl NativeErrors for GcpErrors {
     fn refuse(&self, _path: &str, violation: &Violation) -> Response {
         text(violation.status(), format!("Request denied: {}.\n", violation.message()))
     }
+
+    /// The metadata server's text, or the token-exchange JSON on the stand-in's route.
+    fn unavailable(&self, path: &str, err: &keyless_core::ExchangeError) -> Response {
+        if path == crate::bridge::ROUTE { crate::bridge::unavailable(err) } else { tokens::exchange_failure(err) }
+    }
 }
 
 async fn root((): (), _: Request) -> Response {

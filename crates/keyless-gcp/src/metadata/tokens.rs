@@ -89,7 +89,7 @@ pub(super) async fn identity(account: &AccountTokens, query: &Query) -> Response
 
 /// Nothing valid is cached: the exchange's message and hint (never a secret). Transient
 /// failures are 503, which every client retries; a refusal by Google is 502.
-fn exchange_failure(err: &ExchangeError) -> Response {
+pub(crate) fn exchange_failure(err: &ExchangeError) -> Response {
     let status = match err.class {
         ErrorClass::Retryable | ErrorClass::Throttled | ErrorClass::RereadToken => StatusCode::SERVICE_UNAVAILABLE,
         ErrorClass::Terminal => StatusCode::BAD_GATEWAY,
