@@ -475,20 +475,7 @@ impl NodeEmulator {
     /// The ARN the emulated STS names for `credentials` (the JSON of AWS keys an SDK got:
     /// `access_key_id`, ...), from a SigV4-signed GetCallerIdentity; the test fails if STS refuses.
     pub async fn caller_arn(&self, credentials: &serde_json::Value) -> String {
-        use aws_sdk_sts::config::{Credentials, SharedCredentialsProvider};
-        let field = |name: &str| {
-            credentials[name].as_str().unwrap_or_else(|| panic!("{name} missing: {credentials}")).to_owned()
-        };
-        let keys = Credentials::new(
-            field("access_key_id"),
-            field("secret_access_key"),
-            Some(field("session_token")),
-            None,
-            "pod",
-        );
-        let sts = crate::clients::aws_sts(&self.url, &self.ca, "us-east-1", Some(SharedCredentialsProvider::new(keys)));
-        let who = sts.get_caller_identity().send().await.unwrap_or_else(|e| panic!("GetCallerIdentity refused: {e:?}"));
-        who.arn().unwrap_or_default().to_owned()
+        crate::verify::aws_caller_arn_at(&self.url, &self.ca, "us-east-1", credentials).await
     }
 
     /// The chart's `sidecar.env` pointing every cloud's token service at this emulator, its CA at
