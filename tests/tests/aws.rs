@@ -10,26 +10,18 @@ use keyless_test_support::dev::Dev;
 use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::jwt::unsigned_jwt;
 use keyless_test_support::process::free_port;
-use keyless_test_support::sdk::App;
+use keyless_test_support::sdk::{App, BOTO3_WHOAMI, boto3_whoami};
 use keyless_test_support::sidecar::Sidecar;
 use keyless_test_support::tools::venv_tool;
 use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 
-/// Prints how botocore found its credentials, then who STS says we are.
-const WHOAMI: &str = r#"
-import boto3
-session = boto3.Session()
-print(session.get_credentials().method)
-print(session.client("sts").get_caller_identity()["Arn"])
-"#;
-
 #[tokio::test]
 async fn boto3_uses_the_container_endpoint_and_the_emulator_verifies_the_signature() {
     let dev = Dev::start().await;
-    let out = dev.python_ok(WHOAMI).await;
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "container-role", "{out}");
-    assert!(lines[1].starts_with("arn:aws:sts::123456789012:assumed-role/keyless-dev/"), "{out}");
+    let out = dev.python_ok(BOTO3_WHOAMI).await;
+    let (method, arn) = boto3_whoami(&out);
+    assert_eq!(method, "container-role", "{out}");
+    assert!(arn.starts_with("arn:aws:sts::123456789012:assumed-role/keyless-dev/"), "{out}");
 }
 
 #[tokio::test]
@@ -41,10 +33,10 @@ async fn boto3_uses_imdsv2_with_v1_disabled() {
         "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
     ]);
     env.insert("AWS_EC2_METADATA_V1_DISABLED".into(), "true".into());
-    let out = dev.python_ok_in(WHOAMI, &env).await;
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "iam-role", "{out}");
-    assert!(lines[1].starts_with("arn:aws:sts::123456789012:assumed-role/keyless-dev/"), "{out}");
+    let out = dev.python_ok_in(BOTO3_WHOAMI, &env).await;
+    let (method, arn) = boto3_whoami(&out);
+    assert_eq!(method, "iam-role", "{out}");
+    assert!(arn.starts_with("arn:aws:sts::123456789012:assumed-role/keyless-dev/"), "{out}");
 }
 
 #[tokio::test]
@@ -95,7 +87,7 @@ async fn zero_config_from_irsa_env_vars_against_moto() {
     ]);
     sidecar.wait_ready().await;
 
-    let stdout = App::python(WHOAMI)
+    let stdout = App::python(BOTO3_WHOAMI)
         .vars(&[
             ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &sidecar.url("")),
             ("AWS_EC2_METADATA_V1_DISABLED", "true"),
@@ -105,9 +97,9 @@ async fn zero_config_from_irsa_env_vars_against_moto() {
         .home(dir.path())
         .stdout_ok(|| sidecar.logs())
         .await;
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines[0], "iam-role");
-    assert!(lines[1].starts_with("arn:aws:sts::123456789012:assumed-role/billing/"), "{stdout}");
+    let (method, arn) = boto3_whoami(&stdout);
+    assert_eq!(method, "iam-role");
+    assert!(arn.starts_with("arn:aws:sts::123456789012:assumed-role/billing/"), "{stdout}");
     assert!(sidecar.process.stop().await.success());
     let _ = moto.kill().await;
 }
@@ -189,10 +181,10 @@ async fn boto3_credential_process_from_the_endpoint_and_from_an_exchange() {
         std::fs::write(&profile, format!("[default]\ncredential_process = {command}\n")).unwrap();
         let mut env = dev.env.clone();
         env.insert("AWS_CONFIG_FILE".into(), profile.to_string_lossy().into_owned());
-        let out = dev.python_ok_in(WHOAMI, &env).await;
-        let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "custom-process", "{name}: {out}");
-        assert!(lines[1].starts_with("arn:aws:sts::123456789012:assumed-role/keyless-dev/"), "{name}: {out}");
+        let out = dev.python_ok_in(BOTO3_WHOAMI, &env).await;
+        let (method, arn) = boto3_whoami(&out);
+        assert_eq!(method, "custom-process", "{name}: {out}");
+        assert!(arn.starts_with("arn:aws:sts::123456789012:assumed-role/keyless-dev/"), "{name}: {out}");
     }
 }
 

@@ -80,32 +80,30 @@ async fn app_service_get(dev: &Dev, client: &reqwest::Client, resource: &str) ->
         .unwrap()
 }
 
-#[tokio::test]
-async fn managed_identity_credential_through_imds_gets_a_verified_token() {
-    let dev = Dev::start().await;
+/// `ManagedIdentityCredential` for the management API with the app env `env`: azure-identity
+/// picks `route`, and the token it gets verifies, for the management API and keyless dev's app.
+async fn assert_managed_identity_gets_a_verified_token(dev: &Dev, env: &BTreeMap<String, String>, route: &str) {
     let body = r#"
 credential = ManagedIdentityCredential()
 token = credential.get_token("https://management.azure.com/.default")
 claims = verify(token, "https://management.azure.com")
 print(route(credential), claims["aud"], claims["appid"])
 "#;
-    let out = dev.python_ok_in(&script(body), &imds_env(&dev)).await;
+    let out = dev.python_ok_in(&script(body), env).await;
     let client_id = dev.var("KEYLESS_DEV_AZURE_CLIENT_ID");
-    assert_eq!(out.trim(), format!("ImdsCredential {MANAGEMENT} {client_id}"));
+    assert_eq!(out.trim(), format!("{route} {MANAGEMENT} {client_id}"));
+}
+
+#[tokio::test]
+async fn managed_identity_credential_through_imds_gets_a_verified_token() {
+    let dev = Dev::start().await;
+    assert_managed_identity_gets_a_verified_token(&dev, &imds_env(&dev), "ImdsCredential").await;
 }
 
 #[tokio::test]
 async fn managed_identity_credential_through_app_service_gets_a_verified_token() {
     let dev = Dev::start().await;
-    let body = r#"
-credential = ManagedIdentityCredential()
-token = credential.get_token("https://management.azure.com/.default")
-claims = verify(token, "https://management.azure.com")
-print(route(credential), claims["aud"], claims["appid"])
-"#;
-    let out = dev.python_ok(&script(body)).await;
-    let client_id = dev.var("KEYLESS_DEV_AZURE_CLIENT_ID");
-    assert_eq!(out.trim(), format!("AppServiceCredential {MANAGEMENT} {client_id}"));
+    assert_managed_identity_gets_a_verified_token(&dev, &dev.env, "AppServiceCredential").await;
 }
 
 /// `DefaultAzureCredential` with nothing but the env `keyless dev` writes: the chain lands on

@@ -61,6 +61,13 @@ impl Setup {
         self.ids[key].as_str().unwrap()
     }
 
+    /// From now on the emulated STS answers 503 (a transient error, retried) to every call: AWS
+    /// never gets a credential.
+    async fn aws_sts_unavailable(&self) {
+        let fault = serde_json::json!({ "service": "aws-sts", "fail_next": 100_000, "status": 503 });
+        self.emulator.control.fault(fault).await;
+    }
+
     /// What every SDK needs to reach the emulator itself (not keyless): STS and Entra endpoints
     /// and its CA. None of these shadow keyless.
     fn emulator_env(&self) -> Vec<(String, String)> {
@@ -205,10 +212,11 @@ impl Setup {
         ])
     }
 
-    /// Each cloud's credential as `sdk`'s programs get it under `keyless exec` (with `vars` and
-    /// HOME = `home`): `{"aws": {keys}, "gcp": access token, "azure": Entra token}`, `error: ...`
-    /// for a cloud whose SDK failed; and keyless's stderr.
-    async fn credentials_through(
+    /// Whose credentials `sdk`'s programs get under `keyless exec` (with `vars` and HOME =
+    /// `home`), as [`Setup::identities_of`] names them, and keyless's stderr. The programs print
+    /// `{"aws": {keys}, "gcp": access token, "azure": Entra token}`, `error: ...` for a cloud
+    /// whose SDK failed.
+    async fn identities_through(
         &self,
         sdk: &Sdk,
         home: &Path,
@@ -236,10 +244,10 @@ impl Setup {
                 (None, _) => panic!("{args:?} failed ({}):\n{stdout}\n{err}", out.status),
             }
         }
-        (Value::Object(creds), stderr)
+        (self.identities_of(&Value::Object(creds)).await, stderr)
     }
 
-    /// Whose credentials `creds` ([`Setup::credentials_through`]) are, as the emulated clouds
+    /// Whose credentials `creds` (as the SDK programs print them) are, as the emulated clouds
     /// answer: the role GetCallerIdentity names, the e-mail tokeninfo names, the Entra token's
     /// `appid`; an error passed on as it is.
     async fn identities_of(&self, creds: &Value) -> Value {
@@ -257,18 +265,6 @@ impl Setup {
             None => creds["azure"].clone(),
         };
         serde_json::json!({ "aws": aws, "gcp": gcp, "azure": azure })
-    }
-
-    /// [`Setup::credentials_through`]'s identities.
-    async fn identities_through(
-        &self,
-        sdk: &Sdk,
-        home: &Path,
-        flags: &[&str],
-        vars: &[(String, String)],
-    ) -> (Value, String) {
-        let (creds, stderr) = self.credentials_through(sdk, home, flags, vars).await;
-        (self.identities_of(&creds).await, stderr)
     }
 
     /// The SDKs got the identities keyless serves by default in `clouds`.
@@ -564,38 +560,34 @@ async fn exec_sets_aside_static_keys_client_secrets_and_a_username_python_sees_k
     assert!(!stderr.contains("a-secret") && !stderr.contains("a-password"), "a secret was printed: {stderr}");
 }
 
-/// The same shadowing cases through the Go SDKs (aws-sdk-go-v2's LoadDefaultConfig,
-/// x/oauth2's FindDefaultCredentials, azidentity's DefaultAzureCredential).
-#[tokio::test]
-#[cfg_attr(
-    not(keyless_tools_go),
-    ignore = "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26"
-)]
-async fn exec_sets_aside_local_credentials_go_sees_keyless() {
-    assert_each_case_sees_keyless(&Sdk::Go(tools::need(tools::find_go_clients()))).await;
+/// A test of [`assert_each_case_sees_keyless`] through the SDK `$sdk` (with the attributes before
+/// it), reported ignored with `$why` where the cfg `$tools` (tests/build.rs) says its pinned
+/// clients are not built.
+macro_rules! each_case_through {
+    ($($(#[$meta:meta])* $name:ident($tools:ident, $why:literal) => $sdk:expr;)*) => {$(
+        $(#[$meta])*
+        #[tokio::test]
+        #[cfg_attr(not($tools), ignore = $why)]
+        async fn $name() {
+            assert_each_case_sees_keyless(&$sdk).await;
+        }
+    )*};
 }
 
-/// Through the Node SDKs: the AWS SDK for JavaScript v3's default chain, google-auth-library's
-/// application-default credentials, @azure/identity's DefaultAzureCredential.
-#[tokio::test]
-#[cfg_attr(
-    not(keyless_tools_node),
-    ignore = "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them"
-)]
-async fn exec_sets_aside_local_credentials_node_sees_keyless() {
-    assert_each_case_sees_keyless(&Sdk::Node(tools::need(tools::find_node_clients()))).await;
-}
-
-/// Through the Java SDKs: the AWS SDK for Java v2's DefaultCredentialsProvider,
-/// google-auth-library-java's application-default credentials, azure-identity's
-/// DefaultAzureCredential.
-#[tokio::test]
-#[cfg_attr(
-    not(keyless_tools_java),
-    ignore = "needs Java >= 17 and the pinned Java SDK clients (target/java): ./scripts/test compiles them with mvn"
-)]
-async fn exec_sets_aside_local_credentials_java_sees_keyless() {
-    assert_each_case_sees_keyless(&Sdk::Java(tools::need(tools::find_java_clients()))).await;
+each_case_through! {
+    /// The same shadowing cases through the Go SDKs (aws-sdk-go-v2's LoadDefaultConfig,
+    /// x/oauth2's FindDefaultCredentials, azidentity's DefaultAzureCredential).
+    exec_sets_aside_local_credentials_go_sees_keyless(keyless_tools_go, "needs the pinned Go SDK clients (target/go/bin): ./scripts/test builds them with go >= 1.26")
+        => Sdk::Go(tools::need(tools::find_go_clients()));
+    /// Through the Node SDKs: the AWS SDK for JavaScript v3's default chain, google-auth-library's
+    /// application-default credentials, @azure/identity's DefaultAzureCredential.
+    exec_sets_aside_local_credentials_node_sees_keyless(keyless_tools_node, "needs Node.js >= 20 and the pinned Node SDK clients (target/node): ./scripts/test installs them")
+        => Sdk::Node(tools::need(tools::find_node_clients()));
+    /// Through the Java SDKs: the AWS SDK for Java v2's DefaultCredentialsProvider,
+    /// google-auth-library-java's application-default credentials, azure-identity's
+    /// DefaultAzureCredential.
+    exec_sets_aside_local_credentials_java_sees_keyless(keyless_tools_java, "needs Java >= 17 and the pinned Java SDK clients (target/java): ./scripts/test compiles them with mvn")
+        => Sdk::Java(tools::need(tools::find_java_clients()));
 }
 
 /// Through the Rust SDKs, this test run again as exec's command ([`rust_credentials`]).
@@ -830,11 +822,7 @@ async fn exec_fails_fast_without_the_actions_variables_or_an_env_sources_variabl
 #[tokio::test]
 async fn exec_retries_transient_errors_until_the_ready_timeout_and_says_it_waits() {
     let setup = Setup::start().await;
-    setup
-        .emulator
-        .control
-        .fault(serde_json::json!({ "service": "aws-sts", "fail_next": 100_000, "status": 503 }))
-        .await;
+    setup.aws_sts_unavailable().await;
     let home = tempfile::tempdir().unwrap();
     let (out, took) = setup.exec(home.path(), &["--ready-timeout", "4s"], &[], &["true"]).await;
     let stderr = text(&out.stderr);
@@ -952,11 +940,7 @@ async fn a_signal_before_the_command_starts_removes_the_private_directory() {
     use std::os::unix::fs::PermissionsExt as _;
     let setup = Setup::start().await;
     // AWS never gets a credential: the command waits.
-    setup
-        .emulator
-        .control
-        .fault(serde_json::json!({ "service": "aws-sts", "fail_next": 100_000, "status": 503 }))
-        .await;
+    setup.aws_sts_unavailable().await;
     let home = tempfile::tempdir().unwrap();
     write(&home.path().join(".aws/credentials"), LAPTOP_CREDENTIALS);
     let tmp = home.path().join("tmp");

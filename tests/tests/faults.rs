@@ -17,23 +17,22 @@ use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::load::{Endpoint, Load, LoadReport, Sample, Tally};
 use keyless_test_support::logs::assert_holds_no_secret;
 use keyless_test_support::proxy::{Proxy, ProxyMode};
-use keyless_test_support::sidecar::{CONTAINER_AUTHORIZATION, IDENTITY_HEADER, Sidecar};
+use keyless_test_support::sidecar::{CONTAINER_AUTHORIZATION, IDENTITY_HEADER, Sidecar, quick_refresh_cache};
 use keyless_test_support::wait::wait_until;
 use serde_json::json;
 
 /// Credential lifetime the emulator grants in these tests.
 const LIFETIME_SECS: u64 = 20;
-/// Fast refreshes (every 5 s at a 20 s lifetime) and quick retries: faults meet refreshes within
-/// seconds. Exchanges time out after 1 s (the slow-upstream case).
-const FAST_CACHE: &str = r#"refresh_at = 0.25
-retry_min = "100ms"
-retry_max = "1s"
-exchange_timeout = "1s"
-request_wait = "2s""#;
 const PROVIDERS: [&str; 3] = ["aws", "gcp", "azure"];
 /// One request every 5 ms per client: about 1000 requests a second over the five endpoints.
 const PACE: Duration = Duration::from_millis(5);
 const PHASE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Fast refreshes (every 5 s at a 20 s lifetime) and quick retries: faults meet refreshes within
+/// seconds. Exchanges time out after 1 s (the slow-upstream case).
+fn fast_cache() -> String {
+    quick_refresh_cache("1s")
+}
 
 /// A running emulator whose services issue short-lived credentials.
 async fn short_lived_emulator() -> EmulatorProcess {
@@ -134,7 +133,7 @@ async fn every_endpoint_is_served_through_storms_timeouts_garbage_and_tls_failur
     // Same address family and port space, a CA keyless does not trust: a TLS-intercepting proxy
     // that nobody configured, or a spoofed endpoint.
     let proxy = Proxy::start(ProxyMode::Forward(emulator.addr)).await;
-    let sidecar = Sidecar::all_clouds(&emulator, &proxy.url(), FAST_CACHE, "trace").await;
+    let sidecar = Sidecar::all_clouds(&emulator, &proxy.url(), &fast_cache(), "trace").await;
     let load = Load::start(&sidecar, 1, PACE);
     let test_started = wall_clock();
 
@@ -270,7 +269,7 @@ async fn each_credential_is_served_to_its_end_then_errors_are_native_and_recover
 #[tokio::test]
 async fn token_file_deleted_emptied_garbage_and_rotated_hundreds_of_times_under_load() {
     let emulator = short_lived_emulator().await;
-    let sidecar = Sidecar::all_clouds(&emulator, &emulator.url, FAST_CACHE, "trace").await;
+    let sidecar = Sidecar::all_clouds(&emulator, &emulator.url, &fast_cache(), "trace").await;
     let load = Load::start(&sidecar, 1, PACE);
     let before = exchange_counts(&sidecar).await;
     let started = wall_clock();

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyless_test_support::binary::keyless_bin;
-use keyless_test_support::clients::status_of;
+use keyless_test_support::clients::{answer_text, status_of};
 use keyless_test_support::clock::wall_clock;
 use keyless_test_support::dev::Dev;
 use keyless_test_support::emulate::EmulatorProcess;
@@ -447,14 +447,7 @@ async fn an_sts_error_echoing_a_forged_issuer_forges_no_log_or_readyz_line() {
     let sidecar = Sidecar::spawn(&toml, &[]);
     const ECHO: &str = "No OpenIDConnect provider found in your account for";
     sidecar.wait_logged(ECHO).await;
-    let readyz = keyless_test_support::clients::loopback()
-        .get(sidecar.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let readyz = answer_text(keyless_test_support::clients::loopback().get(sidecar.admin_url("/readyz"))).await;
     let logs = sidecar.logs();
     terminate(sidecar).await;
 

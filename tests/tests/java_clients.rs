@@ -47,15 +47,8 @@ async fn the_security_credentials_extended_path_answers_404_the_one_status_java_
     let dev = Dev::start().await;
     let base = dev.var("AWS_EC2_METADATA_SERVICE_ENDPOINT");
     let http = clients::loopback();
-    let token = http
-        .put(format!("{base}/latest/api/token"))
-        .header("x-aws-ec2-metadata-token-ttl-seconds", "21600")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let token_request = http.put(format!("{base}/latest/api/token"));
+    let token = clients::answer_text(token_request.header("x-aws-ec2-metadata-token-ttl-seconds", "21600")).await;
     let role = dev.var("KEYLESS_DEV_AWS_ROLE_ARN").rsplit('/').next().unwrap().to_owned();
     for path in ["", role.as_str()] {
         let url = format!("{base}/latest/meta-data/iam/security-credentials-extended/{path}");

@@ -186,17 +186,8 @@ impl Setting {
     /// The service account the emulated Google says a metadata-server token body is for.
     async fn gcp_email(&self, body: &str) -> String {
         let token: Value = serde_json::from_str(body).unwrap();
-        let response = self
-            .emulator
-            .control
-            .client()
-            .get(self.emulator.control.url("/tokeninfo"))
-            .query(&[("access_token", token["access_token"].as_str().unwrap())])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-        let info: Value = response.json().await.unwrap();
+        let info =
+            self.emulator.control.tokeninfo(token["access_token"].as_str().unwrap(), "the pod's access token").await;
         info["email"].as_str().unwrap_or_default().to_owned()
     }
 

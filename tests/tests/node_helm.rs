@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use keyless_test_support::binary::workspace_root;
 use keyless_test_support::jwt::claims_of;
-use keyless_test_support::node::{self, APPS_IMAGE, Node, NodeEmulator, NodeImages};
+use keyless_test_support::node::{self, APPS_IMAGE, Node, NodeEmulator, NodeImages, NodeWithEmulator};
 use keyless_test_support::tools::{self, need};
 use keyless_test_support::wait::holds_within;
 use keyless_test_support::{clients, podman};
@@ -70,17 +70,11 @@ struct Setting {
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_installed_with_helm_injects_a_deployment_on_a_real_node_and_uninstalls_without_a_trace() {
-    let tools = need(node::find_tools());
     let helm = need(tools::find_helm());
     let podman = need(podman::find_podman());
-    // The images first: building them must not hold the machine's node lock.
-    let images = [NodeImages::apps().await, NodeImages::keyless(&podman).await, NodeImages::webhook(&podman).await];
-    let node = Node::start(tools).await;
-    for image in &images {
-        image.import(&node).await;
-    }
-    let emulator = node.start_emulator().await;
-    emulator.control.trust_issuer(node.cluster.issuer(), &node.cluster.ca_pem_text()).await;
+    let images =
+        async { [NodeImages::apps().await, NodeImages::keyless(&podman).await, NodeImages::webhook(&podman).await] };
+    let NodeWithEmulator { node, emulator, ids } = NodeWithEmulator::start(images).await;
     let sidecar = NodeImages::with_files(
         podman::SIDECAR_IMAGE,
         SIDECAR_TEST_IMAGE,
@@ -88,7 +82,6 @@ async fn the_chart_installed_with_helm_injects_a_deployment_on_a_real_node_and_u
     )
     .await;
     sidecar.import(&node).await;
-    let ids = emulator.control.identities().await;
     let records = node.shared_dir("records");
     let setting = Setting { node, emulator, ids, helm, dir: tempfile::tempdir().unwrap(), records };
 
@@ -181,7 +174,7 @@ async fn the_hardened_admin_listener_is_probed_by_the_kubelet_and_closed_to_the_
     assert_eq!((&keyless["started"], &keyless["ready"]), (&json!(true), &json!(true)), "{keyless}");
     let name = pod["metadata"]["name"].as_str().unwrap();
     let aws = setting.exec(name, &["/usr/local/bin/aws"]).await.unwrap_or_else(|e| panic!("aws: {e}"));
-    let arn = setting.caller_arn(&serde_json::from_str(aws.trim()).unwrap()).await;
+    let arn = setting.emulator.caller_arn(&serde_json::from_str(aws.trim()).unwrap()).await;
     assert!(arn.contains(&setting.role("aws_role_arn")), "{arn}");
 
     let ip = pod["status"]["podIP"].as_str().unwrap();
@@ -287,27 +280,11 @@ impl Setting {
     /// The ServiceAccount the emulator trusts, annotated with its three identities, and the Secret
     /// holding the App Service endpoint's header.
     async fn create_identity(&self) {
-        let ids = &self.ids;
-        let id = |key: &str| ids[key].as_str().unwrap().to_owned();
-        let name = id("subject").rsplit(':').next().unwrap().to_owned();
-        let provider = ids["audiences"]["gcp"].as_str().unwrap().trim_start_matches("//iam.googleapis.com/").to_owned();
-        let account = json!({
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {
-                "name": name,
-                "namespace": NAMESPACE,
-                "annotations": {
-                    "eks.amazonaws.com/role-arn": id("aws_role_arn"),
-                    "iam.gke.io/gcp-service-account": id("gcp_service_account"),
-                    "keyless.dev/gcp-workload-identity-provider": provider,
-                    "keyless.dev/gcp-project-id": id("gcp_project_id"),
-                    "azure.workload.identity/client-id": id("azure_client_id"),
-                    "azure.workload.identity/tenant-id": id("azure_tenant_id"),
-                    "keyless.dev/azure-identity-header-secret": "keyless-identity-header",
-                },
-            },
-        });
+        let name = self.ids["subject"].as_str().unwrap().rsplit(':').next().unwrap();
+        let identities = ["aws_role_arn", "gcp_service_account", "azure_client_id"];
+        let mut account = node::service_account(&self.ids, NAMESPACE, name, identities);
+        account["metadata"]["annotations"]["keyless.dev/azure-identity-header-secret"] =
+            json!("keyless-identity-header");
         let secret = json!({
             "apiVersion": "v1",
             "kind": "Secret",
@@ -444,13 +421,9 @@ impl Setting {
         found
     }
 
-    /// `kubectl exec POD -c app -- ARGS`: its stdout, or its stderr as the error.
+    /// `kubectl exec POD -c app -- ARGS`: its stdout, or (as the error) its output.
     async fn exec(&self, pod: &str, args: &[&str]) -> Result<String, String> {
-        let mut full = vec!["exec", pod, "-n", NAMESPACE, "-c", "app", "--"];
-        full.extend_from_slice(args);
-        let out = self.node.cluster.kubectl(&full).await;
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        if out.status.success() { Ok(stdout.into_owned()) } else { Err(format!("{stderr}{stdout}")) }
+        self.node.cluster.exec(NAMESPACE, pod, "app", args).await
     }
 
     /// `assumed-role/NAME/` of the role `ids[key]`.
@@ -464,42 +437,17 @@ impl Setting {
         let ids = &self.ids;
         let aws = self.exec(pod, &["/usr/local/bin/aws"]).await;
         let aws = aws.unwrap_or_else(|e| panic!("{pod}: aws: {e}"));
-        let arn = self.caller_arn(&serde_json::from_str(aws.trim()).unwrap()).await;
+        let arn = self.emulator.caller_arn(&serde_json::from_str(aws.trim()).unwrap()).await;
         assert!(arn.contains(&self.role("aws_role_arn")), "{pod}: {arn}");
         let gcp = self.exec(pod, &["/usr/local/bin/gcp", ID_TOKEN_AUDIENCE]).await;
         let gcp: Value = serde_json::from_str(gcp.unwrap_or_else(|e| panic!("{pod}: gcp: {e}")).trim()).unwrap();
-        let control = &self.emulator.control;
-        let info = control.client().get(control.url("/tokeninfo"));
-        let info = info.query(&[("access_token", gcp["access_token"].as_str().unwrap())]).send().await.unwrap();
-        assert_eq!(info.status().as_u16(), 200, "{pod}: tokeninfo refused the access token");
-        let info: Value = info.json().await.unwrap();
+        let access_token = gcp["access_token"].as_str().unwrap();
+        let info = self.emulator.control.tokeninfo(access_token, &format!("{pod}'s access token")).await;
         assert_eq!(info["email"], ids["gcp_service_account"], "{pod}: {info}");
         let azure = self.exec(pod, &["/usr/local/bin/azure", "managed", AZURE_SCOPE]).await;
         let azure: Value = serde_json::from_str(azure.unwrap_or_else(|e| panic!("{pod}: azure: {e}")).trim()).unwrap();
         let claims = claims_of(azure["token"].as_str().unwrap());
         assert_eq!(claims["appid"], ids["azure_client_id"], "{pod}: {claims}");
-    }
-
-    /// The ARN the emulated STS names for `credentials` (a SigV4-signed GetCallerIdentity).
-    async fn caller_arn(&self, credentials: &Value) -> String {
-        use aws_sdk_sts::config::{Credentials, SharedCredentialsProvider};
-        let field =
-            |name: &str| credentials[name].as_str().unwrap_or_else(|| panic!("{name}: {credentials}")).to_owned();
-        let keys = Credentials::new(
-            field("access_key_id"),
-            field("secret_access_key"),
-            Some(field("session_token")),
-            None,
-            "pod",
-        );
-        let sts = clients::aws_sts(
-            &self.emulator.url,
-            &self.emulator.ca,
-            "us-east-1",
-            Some(SharedCredentialsProvider::new(keys)),
-        );
-        let who = sts.get_caller_identity().send().await.unwrap_or_else(|e| panic!("GetCallerIdentity refused: {e:?}"));
-        who.arn().unwrap_or_default().to_owned()
     }
 
     /// What a failure shows: the pods, the webhook's and the app's logs, the events, the node.

@@ -21,9 +21,8 @@
 use std::time::Duration;
 
 use keyless_test_support::binary::{keyless_bin, workspace_root};
-use keyless_test_support::clients;
 use keyless_test_support::jwt::claims_of;
-use keyless_test_support::node::{self, APPS_IMAGE, Node, NodeEmulator, NodeImages};
+use keyless_test_support::node::{self, APPS_IMAGE, Node, NodeEmulator, NodeImages, NodeWithEmulator};
 use keyless_test_support::tools::{self, need};
 use keyless_test_support::wait::holds_within;
 use serde_json::{Value, json};
@@ -159,51 +158,23 @@ impl Setting {
         assert!(ready, "{name} did not turn ready:\n{}", self.node.logs_tail(40));
     }
 
-    /// `kubectl exec POD -c app -- ARGS`: its stdout, or its stderr as the error.
+    /// `kubectl exec POD -c app -- ARGS`: its stdout, or (as the error) its output.
     async fn exec(&self, pod: &str, args: &[&str]) -> Result<String, String> {
-        let mut full = vec!["exec", pod, "-c", "app", "--"];
-        full.extend_from_slice(args);
-        let out = self.node.cluster.kubectl(&full).await;
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        if out.status.success() { Ok(stdout.into_owned()) } else { Err(format!("{stderr}{stdout}")) }
-    }
-
-    async fn caller_arn(&self, credentials: &Value) -> String {
-        use aws_sdk_sts::config::{Credentials, SharedCredentialsProvider};
-        let field =
-            |name: &str| credentials[name].as_str().unwrap_or_else(|| panic!("{name}: {credentials}")).to_owned();
-        let keys = Credentials::new(
-            field("access_key_id"),
-            field("secret_access_key"),
-            Some(field("session_token")),
-            None,
-            "pod",
-        );
-        let sts = clients::aws_sts(
-            &self.emulator.url,
-            &self.emulator.ca,
-            "us-east-1",
-            Some(SharedCredentialsProvider::new(keys)),
-        );
-        let who = sts.get_caller_identity().send().await.unwrap_or_else(|e| panic!("GetCallerIdentity refused: {e:?}"));
-        who.arn().unwrap_or_default().to_owned()
+        self.node.cluster.exec(NAMESPACE, pod, "app", args).await
     }
 
     /// The three clouds' SDKs in `pod`: the role, the Google service account and the Entra app.
     async fn identities_of(&self, pod: &str, context: &dyn Fn() -> String) -> (String, String, String) {
         let aws =
             self.exec(pod, &["/usr/local/bin/aws"]).await.unwrap_or_else(|e| panic!("{pod}: aws: {e}\n{}", context()));
-        let arn = self.caller_arn(&serde_json::from_str(aws.trim()).unwrap()).await;
+        let arn = self.emulator.caller_arn(&serde_json::from_str(aws.trim()).unwrap()).await;
         let gcp = self
             .exec(pod, &["/usr/local/bin/gcp", ID_TOKEN_AUDIENCE])
             .await
             .unwrap_or_else(|e| panic!("{pod}: gcp: {e}\n{}", context()));
         let gcp: Value = serde_json::from_str(gcp.trim()).unwrap();
-        let control = &self.emulator.control;
-        let info = control.client().get(control.url("/tokeninfo"));
-        let info = info.query(&[("access_token", gcp["access_token"].as_str().unwrap())]).send().await.unwrap();
-        assert_eq!(info.status().as_u16(), 200, "{pod}: tokeninfo refused the access token");
-        let info: Value = info.json().await.unwrap();
+        let access_token = gcp["access_token"].as_str().unwrap();
+        let info = self.emulator.control.tokeninfo(access_token, &format!("{pod}'s access token")).await;
         assert_eq!(info["email"], gcp["email"], "{pod}: {info}");
         let azure = self
             .exec(pod, &["/usr/local/bin/azure", "managed", AZURE_SCOPE])
@@ -235,24 +206,7 @@ async fn inject(input: &str) -> String {
 
 /// A ServiceAccount named `name` with the identities `ids[role]`, `ids[gcp]`, `ids[azure]`.
 fn account(ids: &Value, name: &str, role: &str, gcp: &str, azure: &str) -> Value {
-    let id = |key: &str| ids[key].as_str().unwrap().to_owned();
-    let provider = ids["audiences"]["gcp"].as_str().unwrap().trim_start_matches("//iam.googleapis.com/").to_owned();
-    json!({
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": {
-            "name": name,
-            "namespace": NAMESPACE,
-            "annotations": {
-                "eks.amazonaws.com/role-arn": id(role),
-                "iam.gke.io/gcp-service-account": id(gcp),
-                "keyless.dev/gcp-workload-identity-provider": provider,
-                "keyless.dev/gcp-project-id": id("gcp_project_id"),
-                "azure.workload.identity/client-id": id(azure),
-                "azure.workload.identity/tenant-id": id("azure_tenant_id"),
-            },
-        },
-    })
+    node::service_account(ids, NAMESPACE, name, [role, gcp, azure])
 }
 
 #[cfg_attr(
@@ -261,14 +215,7 @@ fn account(ids: &Value, name: &str, role: &str, gcp: &str, azure: &str) -> Value
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_daemonset_serves_two_service_accounts_pods_through_unmodified_sdks_across_its_restarts() {
-    let tools = need(node::find_tools());
-    // The image first: building it must not hold the machine's node lock.
-    let apps = NodeImages::apps().await;
-    let node = Node::start(tools).await;
-    apps.import(&node).await;
-    let emulator = node.start_emulator().await;
-    emulator.control.trust_issuer(node.cluster.issuer(), &node.cluster.ca_pem_text()).await;
-    let ids = emulator.control.identities().await;
+    let NodeWithEmulator { node, emulator, ids } = NodeWithEmulator::start(async { [NodeImages::apps().await] }).await;
     let setting = Setting { node, emulator, ids };
     let ids = &setting.ids;
     let name_of = |subject: &str| ids[subject].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
@@ -348,7 +295,7 @@ async fn the_charts_daemonset_serves_two_service_accounts_pods_through_unmodifie
     let ((), answers) = tokio::join!(rolled, asking);
     for answer in answers {
         let credentials = answer.unwrap_or_else(|e| panic!("an SDK request failed during the update: {e}"));
-        let arn = setting.caller_arn(&serde_json::from_str(credentials.trim()).unwrap()).await;
+        let arn = setting.emulator.caller_arn(&serde_json::from_str(credentials.trim()).unwrap()).await;
         assert!(arn.contains(&role("aws_second_role_arn")), "{arn}");
     }
 
@@ -362,7 +309,7 @@ async fn the_charts_daemonset_serves_two_service_accounts_pods_through_unmodifie
     let ((), answer) = tokio::join!(deleted, asked);
     let context = logs().await;
     let credentials = answer.unwrap_or_else(|e| panic!("the SDK's request failed across the restart: {e}\n{context}"));
-    let arn = setting.caller_arn(&serde_json::from_str(credentials.trim()).unwrap()).await;
+    let arn = setting.emulator.caller_arn(&serde_json::from_str(credentials.trim()).unwrap()).await;
     assert!(arn.contains(&role("aws_role_arn")), "{arn}");
     setting.wait_agent_ready().await;
     setting.node.stop().await;

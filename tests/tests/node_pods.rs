@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use keyless_test_support::binary::workspace_root;
 use keyless_test_support::clock::{parse_rfc3339_utc, wall_clock};
 use keyless_test_support::jwt::Jwks;
-use keyless_test_support::node::{self, APPS_IMAGE, Node, NodeEmulator, NodeImages};
+use keyless_test_support::node::{self, APPS_IMAGE, Node, NodeImages, NodeWithEmulator};
 use keyless_test_support::tools::need;
 use keyless_test_support::wait::holds_within;
 use keyless_test_support::{clients, metrics, podman};
@@ -47,11 +47,7 @@ const AZURE_IDENTITY_HEADER: &str = "keyless-node-test-identity-header";
 const AZURE_RESOURCE: &str = "https://management.azure.com";
 
 /// The node, the emulator in its namespace trusting the cluster's issuer, and the dev identities.
-struct Setting {
-    node: Node,
-    emulator: NodeEmulator,
-    ids: Value,
-}
+type Setting = NodeWithEmulator;
 
 #[cfg_attr(
     not(keyless_tools_kubelet),
@@ -59,22 +55,13 @@ struct Setting {
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_examples_run_as_real_pods_with_the_keyless_sidecar() {
-    let tools = need(node::find_tools());
     let podman = need(podman::find_podman());
-    // The images first: building them must not hold the machine's node lock.
-    let images = [NodeImages::pause().await, NodeImages::apps().await, NodeImages::keyless(&podman).await];
-    let node = Node::start(tools).await;
-    for image in &images {
-        image.import(&node).await;
-    }
-    let emulator = node.start_emulator().await;
-    emulator.control.trust_issuer(node.cluster.issuer(), &node.cluster.ca_pem_text()).await;
-    let ids = emulator.control.identities().await;
-    let subject = ids["subject"].as_str().unwrap();
+    let images = async { [NodeImages::pause().await, NodeImages::apps().await, NodeImages::keyless(&podman).await] };
+    let setting = Setting::start(images).await;
+    let subject = setting.ids["subject"].as_str().unwrap();
     let (namespace, name) = subject.strip_prefix("system:serviceaccount:").unwrap().split_once(':').unwrap();
     assert_eq!(namespace, "default", "the examples run in the default namespace");
-    node.cluster.create_service_account(namespace, name).await;
-    let setting = Setting { node, emulator, ids };
+    setting.node.cluster.create_service_account(namespace, name).await;
 
     aws_example_runs_as_written(&setting).await;
     // The kubelet's rotation takes minutes: the other scenarios run meanwhile.
@@ -94,10 +81,7 @@ async fn the_examples_run_as_real_pods_with_the_keyless_sidecar() {
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_runs_pods_inside_its_own_network_namespace_and_leaves_nothing_behind() {
-    let tools = need(node::find_tools());
-    let apps = NodeImages::apps().await;
-    let node = Node::start(tools).await;
-    apps.import(&node).await;
+    let node = Node::start_with_images(async { [NodeImages::apps().await] }).await;
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -159,7 +143,7 @@ async fn aws_example_runs_as_written(setting: &Setting) {
 
     let out = cluster.kubectl_ok(&["logs", pod_name, "-c", "app"]).await;
     let credentials: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
-    let arn = caller_arn(setting, &credentials).await;
+    let arn = setting.emulator.caller_arn(&credentials).await;
     let role = setting.ids["aws_role_arn"].as_str().unwrap().rsplit('/').next().unwrap();
     assert!(arn.contains(&format!("assumed-role/{role}/")), "{arn}");
 
@@ -200,10 +184,7 @@ async fn gcp_and_azure_examples_run_as_written(setting: &Setting) {
             let account = setting.ids["gcp_service_account"].as_str().unwrap();
             assert_eq!(out["email"], account, "{out}");
             let access_token = out["access_token"].as_str().unwrap();
-            let info = control.client().get(control.url("/tokeninfo")).query(&[("access_token", access_token)]);
-            let info = info.send().await.unwrap();
-            assert_eq!(info.status().as_u16(), 200, "tokeninfo refused the pod's access token");
-            let info: Value = info.json().await.unwrap();
+            let info = control.tokeninfo(access_token, "the pod's access token").await;
             assert_eq!(info["email"], account, "{info}");
             let jwks = Jwks::fetch(control.client(), &control.url("/oauth2/v3/certs")).await;
             let claims =
@@ -326,7 +307,7 @@ async fn the_kubelets_token_rotation_is_picked_up(setting: &Setting) {
     assert!(second >= first + 300, "the new token's expiry {second} is not a later token's (was {first})");
     let out = setting.node.cluster.kubectl_ok(&["exec", name, "-c", "app", "--", "/usr/local/bin/aws"]).await;
     let credentials: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
-    let arn = caller_arn(setting, &credentials).await;
+    let arn = setting.emulator.caller_arn(&credentials).await;
     assert!(arn.contains("assumed-role/"), "{arn}");
     setting.node.cluster.kubectl_ok(&["delete", "pod", name, "--wait=false"]).await;
 }
@@ -475,22 +456,6 @@ fn container_status(pod: &Value, list: &str, name: &str) -> Value {
 /// The containerd id of a container status (`containerd://ID`).
 fn container_id(status: &Value) -> String {
     status["containerID"].as_str().unwrap().trim_start_matches("containerd://").to_owned()
-}
-
-/// The ARN the emulated STS names for `credentials` (a SigV4-signed GetCallerIdentity).
-async fn caller_arn(setting: &Setting, credentials: &Value) -> String {
-    use aws_sdk_sts::config::{Credentials, SharedCredentialsProvider};
-    let field = |name: &str| credentials[name].as_str().unwrap_or_else(|| panic!("{name}: {credentials}")).to_owned();
-    let keys =
-        Credentials::new(field("access_key_id"), field("secret_access_key"), Some(field("session_token")), None, "pod");
-    let sts = clients::aws_sts(
-        &setting.emulator.url,
-        &setting.emulator.ca,
-        "us-east-1",
-        Some(SharedCredentialsProvider::new(keys)),
-    );
-    let who = sts.get_caller_identity().send().await.unwrap_or_else(|e| panic!("GetCallerIdentity refused: {e:?}"));
-    who.arn().unwrap_or_default().to_owned()
 }
 
 /// What a failure shows: the pod, its containers' logs, the node's components' logs.

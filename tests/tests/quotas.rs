@@ -10,21 +10,21 @@ use std::time::Duration;
 use keyless_test_support::emulate::{EmulatorProcess, SERVICES};
 use keyless_test_support::load::Load;
 use keyless_test_support::metrics;
-use keyless_test_support::sidecar::Sidecar;
+use keyless_test_support::sidecar::{Sidecar, quick_refresh_cache};
 use keyless_test_support::wait::wait_until;
 use serde_json::json;
 
 /// Credentials live 30 s; refreshes start between 3 s and 7.5 s (refresh_at 0.25, the default
 /// jitter) and retry fast: without the quota every key would call its service every ~6 s.
 const LIFETIME_SECS: u64 = 30;
-const CACHE: &str = r#"refresh_at = 0.25
-retry_min = "100ms"
-retry_max = "1s"
-exchange_timeout = "2s"
-request_wait = "2s""#;
 /// One call per 10 s per service: every second refresh is throttled, Retry-After up to 10 s.
 const PER_SECOND: f64 = 0.1;
 const PROVIDERS: [&str; 3] = ["aws", "gcp", "azure"];
+
+/// The `[cache]` of the fast refreshes and retries above; an exchange times out after 2 s.
+fn cache() -> String {
+    quick_refresh_cache("2s")
+}
 
 fn outcome(text: &str, provider: &str, outcome: &str) -> u64 {
     metrics::sum(text, "keyless_exchanges_total", &[("provider", provider), ("outcome", outcome)])
@@ -34,7 +34,7 @@ fn outcome(text: &str, provider: &str, outcome: &str) -> u64 {
 async fn under_a_quota_keyless_is_throttled_honours_retry_after_and_no_request_fails() {
     let emulator = EmulatorProcess::start().await;
     emulator.control.fault_all(json!({ "lifetime_secs": LIFETIME_SECS })).await;
-    let sidecar = Sidecar::all_clouds(&emulator, &emulator.url, CACHE, "info").await;
+    let sidecar = Sidecar::all_clouds(&emulator, &emulator.url, &cache(), "info").await;
     let load = Load::start(&sidecar, 1, Duration::from_millis(20));
     emulator.control.quota_all(PER_SECOND, 1).await;
     let before = emulator.control.counters().await;

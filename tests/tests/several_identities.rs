@@ -9,18 +9,11 @@ use keyless_test_support::binary::keyless_bin;
 use keyless_test_support::clients;
 use keyless_test_support::dev::Dev;
 use keyless_test_support::emulate::EmulatorProcess;
+use keyless_test_support::sdk::{BOTO3_WHOAMI, boto3_whoami};
 use keyless_test_support::sidecar::{Sidecar, serve_refuses};
 use keyless_test_support::tools;
 use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 use serde_json::Value;
-
-/// How botocore found its credentials, then who STS says we are.
-const WHOAMI: &str = r#"
-import boto3
-session = boto3.Session()
-print(session.get_credentials().method)
-print(session.client("sts").get_caller_identity()["Arn"])
-"#;
 
 const CONTAINER_URI: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
 
@@ -28,11 +21,6 @@ const CONTAINER_URI: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
 fn assumed_role_prefix(role_arn: &str) -> String {
     let (account, name) = (role_arn.split(':').nth(4).unwrap(), role_arn.rsplit('/').next().unwrap());
     format!("arn:aws:sts::{account}:assumed-role/{name}/")
-}
-
-fn whoami_lines(out: &str) -> (String, String) {
-    let mut lines = out.lines().map(str::to_owned);
-    (lines.next().unwrap_or_default(), lines.next().unwrap_or_default())
 }
 
 #[tokio::test]
@@ -55,7 +43,7 @@ async fn boto3_selects_a_named_role_with_credential_process_and_with_its_contain
         let mut env = dev.env.clone();
         env.insert("AWS_CONFIG_FILE".into(), profile.to_string_lossy().into_owned());
         env.insert("AWS_PROFILE".into(), "writer".into());
-        let (method, arn) = whoami_lines(&dev.python_ok_in(WHOAMI, &env).await);
+        let (method, arn) = boto3_whoami(&dev.python_ok_in(BOTO3_WHOAMI, &env).await);
         assert_eq!(method, "custom-process", "{source}");
         assert!(arn.starts_with(&second), "{source}: {arn}");
     }
@@ -63,11 +51,11 @@ async fn boto3_selects_a_named_role_with_credential_process_and_with_its_contain
     // The named role's own container path: `{container path}/roles/NAME`.
     let mut env = dev.env.clone();
     env.insert(CONTAINER_URI.into(), format!("{}/roles/{name}", dev.var(CONTAINER_URI)));
-    let (method, arn) = whoami_lines(&dev.python_ok_in(WHOAMI, &env).await);
+    let (method, arn) = boto3_whoami(&dev.python_ok_in(BOTO3_WHOAMI, &env).await);
     assert_eq!((method.as_str(), arn.starts_with(&second)), ("container-role", true), "{arn}");
 
     // The default is untouched.
-    let (_, arn) = whoami_lines(&dev.python_ok(WHOAMI).await);
+    let (_, arn) = boto3_whoami(&dev.python_ok(BOTO3_WHOAMI).await);
     assert!(arn.starts_with(&default), "{arn}");
 }
 

@@ -70,10 +70,37 @@ impl WebhookPki {
 /// `keyless webhook` on `port` with `pki`'s pair, reading ServiceAccounts from `cluster`, once its
 /// cache is synced.
 async fn start_webhook(cluster: &Cluster, pki: &WebhookPki, policy: &str, port: u16) -> WebhookProcess {
+    let extra = ["--tls-reload-interval", "200ms", "--failure-policy", policy, "--aws-region", "eu-west-1"];
+    start_webhook_with(cluster, pki, port, &extra).await
+}
+
+/// `keyless webhook` on `port` with `pki`'s pair and the flags `extra`, reading ServiceAccounts
+/// from `cluster`, once its cache is synced.
+async fn start_webhook_with(cluster: &Cluster, pki: &WebhookPki, port: u16, extra: &[&str]) -> WebhookProcess {
     let (cert, key) = (pki.cert(), pki.key());
     let files = WebhookFiles { cert: &cert, key: &key, kubeconfig: &cluster.kubeconfig };
-    let extra = ["--tls-reload-interval", "200ms", "--failure-policy", policy, "--aws-region", "eu-west-1"];
-    WebhookProcess::start(port, &files, &extra, "/readyz").await
+    WebhookProcess::start(port, &files, extra, "/readyz").await
+}
+
+/// A cluster with the namespace [`NAMESPACE`] and its ServiceAccounts `billing` (annotated with
+/// [`ROLE`]) and `plain` (no annotation).
+async fn cluster_with_billing_and_plain() -> Cluster {
+    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
+    cluster.create_namespace(NAMESPACE).await;
+    service_account(&cluster, "billing", json!({ "eks.amazonaws.com/role-arn": ROLE })).await;
+    service_account(&cluster, "plain", json!({})).await;
+    cluster
+}
+
+/// The webhook (failure policy `fail`) on a fresh port, registered with `cluster` (`Fail`), once
+/// the API server has it inject a pod of `billing`.
+async fn registered_webhook(cluster: &Cluster) -> (WebhookPki, u16, WebhookProcess) {
+    let pki = WebhookPki::new();
+    let port = free_port();
+    let webhook = start_webhook(cluster, &pki, "fail", port).await;
+    register(cluster, &pki, port, "Fail").await;
+    wait_admitted(cluster, "the webhook's registration", &pod("probe", "billing", opted_in()), true).await;
+    (pki, port, webhook)
 }
 
 /// The MutatingWebhookConfiguration the chart renders, pointed at the webhook by URL (no Service
@@ -194,17 +221,10 @@ fn counter(metrics: &str, series: &str) -> u64 {
     ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
 )]
 async fn the_webhook_injects_pods_stored_by_a_real_api_server_and_respects_the_failure_policy() {
-    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
-    cluster.create_namespace(NAMESPACE).await;
-    service_account(&cluster, "billing", json!({ "eks.amazonaws.com/role-arn": ROLE })).await;
-    service_account(&cluster, "plain", json!({})).await;
+    let cluster = cluster_with_billing_and_plain().await;
     service_account(&cluster, "broken", json!({ "eks.amazonaws.com/role-arn": "billing-role" })).await;
-    let pki = WebhookPki::new();
-    let port = free_port();
-    let webhook = start_webhook(&cluster, &pki, "fail", port).await;
-    register(&cluster, &pki, port, "Fail").await;
+    let (pki, port, webhook) = registered_webhook(&cluster).await;
     let context = || format!("--- webhook\n{}", webhook.process.logs());
-    wait_admitted(&cluster, "the webhook's registration", &pod("probe", "billing", opted_in()), true).await;
 
     // A bare pod: stored with the sidecar, the token volume and the app's variables (its own win).
     create(&cluster, &pod("bare", "billing", opted_in())).await.unwrap_or_else(|e| panic!("{e}\n{}", context()));
@@ -562,10 +582,7 @@ async fn service_account_gets(cluster: &Cluster) -> u64 {
 #[cfg_attr(not(keyless_tools_kube), ignore = "needs kube-apiserver, etcd and kubectl: ./scripts/test (scripts/kube)")]
 #[tokio::test]
 async fn stored_pods_replayed_get_no_patch_and_the_pod_is_no_authority() {
-    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
-    cluster.create_namespace(NAMESPACE).await;
-    service_account(&cluster, "billing", json!({ "eks.amazonaws.com/role-arn": ROLE })).await;
-    service_account(&cluster, "plain", json!({})).await;
+    let cluster = cluster_with_billing_and_plain().await;
     let provider = "projects/123/locations/global/workloadIdentityPools/pool/providers/k8s";
     service_account(
         &cluster,
@@ -573,12 +590,8 @@ async fn stored_pods_replayed_get_no_patch_and_the_pod_is_no_authority() {
         json!({ "iam.gke.io/gcp-service-account": "a@b.c/../../x?y#z", "keyless.dev/gcp-workload-identity-provider": provider }),
     )
     .await;
-    let pki = WebhookPki::new();
-    let port = free_port();
-    let webhook = start_webhook(&cluster, &pki, "fail", port).await;
-    register(&cluster, &pki, port, "Fail").await;
+    let (pki, port, webhook) = registered_webhook(&cluster).await;
     let context = || format!("--- webhook\n{}", webhook.process.logs());
-    wait_admitted(&cluster, "the webhook's registration", &pod("probe", "billing", opted_in()), true).await;
     let client = webhook_client(&pki);
 
     // A new pod: the patch is a base64 string (not kube-rs's array of numbers) of a JSON Patch.
@@ -730,16 +743,11 @@ async fn reviews_naming_unknown_service_accounts_cost_bounded_api_reads() {
     ignore = "needs kube-apiserver, kubectl and etcd (target/kube/bin): ./scripts/kube, with Go >= 1.25"
 )]
 async fn in_node_mode_the_webhook_injects_the_apps_env_and_the_pods_token_only() {
-    let cluster = Cluster::start_with(tools::need(kube::find_binaries())).await;
-    cluster.create_namespace(NAMESPACE).await;
-    service_account(&cluster, "billing", json!({ "eks.amazonaws.com/role-arn": ROLE })).await;
-    service_account(&cluster, "plain", json!({})).await;
+    let cluster = cluster_with_billing_and_plain().await;
     let pki = WebhookPki::new();
     let port = free_port();
-    let (cert, key) = (pki.cert(), pki.key());
-    let files = WebhookFiles { cert: &cert, key: &key, kubeconfig: &cluster.kubeconfig };
     let extra = ["--failure-policy", "fail", "--aws-region", "eu-west-1", "--mode", "node"];
-    let webhook = WebhookProcess::start(port, &files, &extra, "/readyz").await;
+    let webhook = start_webhook_with(&cluster, &pki, port, &extra).await;
     register(&cluster, &pki, port, "Fail").await;
     let probe = pod("probe", "billing", opted_in()).to_string();
     wait_until("the webhook's registration", STARTUP_DEADLINE, || async {

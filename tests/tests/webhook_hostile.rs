@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use keyless_test_support::clients::answer_json;
 use keyless_test_support::process::free_port;
 use keyless_test_support::wait::wait_until;
 use keyless_test_support::webhook::{
@@ -332,15 +333,8 @@ async fn names_the_api_servers_client_chose_are_logged_escaped_on_one_line() {
     // An opted-in pod whose ServiceAccount cannot be read (no API server): refused, and logged.
     let generate_name = "web-\n2026-12-07T04:00:00Z ERROR FORGED line \u{1b}[31mred-";
     let metadata = json!({ "generateName": generate_name, "labels": { "keyless.dev/inject": "true" } });
-    let answer: Value = http
-        .post(format!("https://{}/mutate", webhook.running.listen))
-        .json(&review("escape", &pod(metadata)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mutate = http.post(format!("https://{}/mutate", webhook.running.listen));
+    let answer = answer_json(mutate.json(&review("escape", &pod(metadata)))).await;
     assert_eq!(answer["response"]["allowed"], false, "{answer}");
 
     wait_until("the refusal's log line", GUARD, || async {

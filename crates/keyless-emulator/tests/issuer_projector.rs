@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use keyless_emulator::Cloud;
+use keyless_test_support::clients::answer_json;
 use keyless_test_support::emulator::EmulatorEnv;
 use keyless_test_support::jwt::Jwks;
 use keyless_test_support::wait::wait_until;
@@ -154,14 +155,7 @@ async fn a_public_host_name_is_the_issuer_and_is_in_the_certificate() {
         .resolve("emulator.test", env.emulator.local_addr())
         .build()
         .unwrap();
-    let discovery: serde_json::Value = client
-        .get(format!("{}/.well-known/openid-configuration", env.emulator.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let discovery = answer_json(client.get(format!("{}/.well-known/openid-configuration", env.emulator.url()))).await;
     assert_eq!(discovery["issuer"], env.emulator.url());
     assert_eq!(discovery["jwks_uri"], format!("https://emulator.test:{port}/openid/v1/jwks"));
 

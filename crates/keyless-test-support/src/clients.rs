@@ -25,6 +25,19 @@ pub async fn status_of(url: &str) -> u16 {
     loopback().get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(599)
 }
 
+/// Sends `request` and reads the answer's body as JSON, whatever its status (no answer, or a body
+/// that is not JSON, fails the test).
+pub async fn answer_json(request: reqwest::RequestBuilder) -> serde_json::Value {
+    let response = request.send().await.expect("an answer");
+    response.json().await.expect("a JSON body")
+}
+
+/// Sends `request` and reads the answer's body as text, whatever its status.
+pub async fn answer_text(request: reqwest::RequestBuilder) -> String {
+    let response = request.send().await.expect("an answer");
+    response.text().await.expect("a body")
+}
+
 /// An STS client of the AWS SDK against `endpoint` (the emulator), trusting only `ca_pem`, signing
 /// with `credentials` (none: unsigned calls such as AssumeRoleWithWebIdentity).
 pub fn aws_sts(

@@ -114,6 +114,15 @@ impl ControlApi {
         (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
 
+    /// The emulated Google's `/tokeninfo` of `access_token` (`email`, `sub`, ...); the test fails,
+    /// naming `what` (the token), if the emulator refuses it.
+    pub async fn tokeninfo(&self, access_token: &str, what: &str) -> Value {
+        let request = self.client.get(self.url("/tokeninfo")).query(&[("access_token", access_token)]);
+        let r = request.send().await.expect("the emulator answers");
+        assert_eq!(r.status().as_u16(), 200, "tokeninfo refused {what}");
+        r.json().await.expect("a JSON body")
+    }
+
     /// The dev identities (`aws_role_arn`, `gcp_service_account`, `audiences`...).
     pub async fn identities(&self) -> Value {
         self.get_json("/_emulator/identities").await

@@ -238,6 +238,14 @@ impl Cluster {
         result_of(self.kubectl_with_input(&args, Some(manifest)).await)
     }
 
+    /// `kubectl exec POD -n NAMESPACE -c CONTAINER -- ARGS`: its stdout; `Err` holds its exit
+    /// status, stdout and stderr.
+    pub async fn exec(&self, namespace: &str, pod: &str, container: &str, args: &[&str]) -> Result<String, String> {
+        let mut full = vec!["exec", pod, "-n", namespace, "-c", container, "--"];
+        full.extend_from_slice(args);
+        result_of(self.kubectl(&full).await)
+    }
+
     /// `kubectl get KIND NAME -n NAMESPACE -o json`.
     pub async fn get_json(&self, namespace: &str, kind: &str, name: &str) -> serde_json::Value {
         let out = self.kubectl_ok(&["get", kind, name, "-n", namespace, "-o", "json"]).await;

@@ -136,6 +136,22 @@ impl Drop for Cleanup {
 }
 
 impl Node {
+    /// A node running `images`: the node's tools found first (or the test reported as
+    /// [`crate::tools::need`] says), then the images built (before the node starts: building them
+    /// must not hold the machine's node lock), then [`Node::start`] and each image imported.
+    pub async fn start_with_images<I>(images: impl std::future::Future<Output = I>) -> Self
+    where
+        I: IntoIterator<Item = NodeImages>,
+    {
+        let tools = crate::tools::need(find_tools());
+        let images = images.await;
+        let node = Self::start(tools).await;
+        for image in images {
+            image.import(&node).await;
+        }
+        node
+    }
+
     /// Takes the machine's node lock (waiting for another test's node to stop), removes what a
     /// killed run left, and starts the namespace, the control plane, containerd, the
     /// controller-manager, the scheduler and the kubelet; returns once the node is Ready and the
@@ -407,6 +423,29 @@ impl Drop for Node {
     }
 }
 
+/// A node, `keyless emulate` in its namespace trusting the cluster's issuer, and the emulator's
+/// dev identities: where the node tests running the SDKs start.
+#[derive(Debug)]
+pub struct NodeWithEmulator {
+    pub node: Node,
+    pub emulator: NodeEmulator,
+    pub ids: serde_json::Value,
+}
+
+impl NodeWithEmulator {
+    /// [`Node::start_with_images`], then [`Node::start_emulator`], trusting the cluster's issuer.
+    pub async fn start<I>(images: impl std::future::Future<Output = I>) -> Self
+    where
+        I: IntoIterator<Item = NodeImages>,
+    {
+        let node = Node::start_with_images(images).await;
+        let emulator = node.start_emulator().await;
+        emulator.control.trust_issuer(node.cluster.issuer(), &node.cluster.ca_pem_text()).await;
+        let ids = emulator.control.identities().await;
+        Self { node, emulator, ids }
+    }
+}
+
 /// The emulator's port on [`NODE_IP`].
 const EMULATOR_PORT: u16 = 9813;
 
@@ -433,6 +472,12 @@ impl NodeEmulator {
         std::fs::read_to_string(&self.ca).expect("the emulator's CA")
     }
 
+    /// The ARN the emulated STS names for `credentials` (the JSON of AWS keys an SDK got:
+    /// `access_key_id`, ...), from a SigV4-signed GetCallerIdentity; the test fails if STS refuses.
+    pub async fn caller_arn(&self, credentials: &serde_json::Value) -> String {
+        crate::verify::aws_caller_arn_at(&self.url, &self.ca, "us-east-1", credentials).await
+    }
+
     /// The chart's `sidecar.env` pointing every cloud's token service at this emulator, its CA at
     /// [`EMULATOR_CA_IN_IMAGE`].
     pub fn sidecar_env(&self) -> serde_json::Value {
@@ -447,6 +492,34 @@ impl NodeEmulator {
             "KEYLESS_AZURE__CA_FILE": ca,
         })
     }
+}
+
+/// The ServiceAccount `namespace/name` annotated (as injection reads it) with the emulator's
+/// identities `ids[role]`, `ids[gcp]`, `ids[azure]` (keys of its identities document).
+pub fn service_account(
+    ids: &serde_json::Value,
+    namespace: &str,
+    name: &str,
+    [role, gcp, azure]: [&str; 3],
+) -> serde_json::Value {
+    let id = |key: &str| ids[key].as_str().unwrap_or_else(|| panic!("the emulator names no {key}")).to_owned();
+    let provider = ids["audiences"]["gcp"].as_str().expect("the GCP audience");
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": {
+                "eks.amazonaws.com/role-arn": id(role),
+                "iam.gke.io/gcp-service-account": id(gcp),
+                "keyless.dev/gcp-workload-identity-provider": provider.trim_start_matches("//iam.googleapis.com/"),
+                "keyless.dev/gcp-project-id": id("gcp_project_id"),
+                "azure.workload.identity/client-id": id(azure),
+                "azure.workload.identity/tenant-id": id("azure_tenant_id"),
+            },
+        },
+    })
 }
 
 /// The machine's node lock, held: no node runs while it is (for a test checking that a stopped

@@ -13,6 +13,21 @@ use crate::binary::workspace_root;
 use crate::process::free_port;
 use crate::tools::{self, GoClients, JavaClients, NodeClients};
 
+/// A Python snippet printing how botocore found its credentials (`container-role`, `iam-role`,
+/// `custom-process`, ...), then the ARN GetCallerIdentity names: read by [`boto3_whoami`].
+pub const BOTO3_WHOAMI: &str = r#"
+import boto3
+session = boto3.Session()
+print(session.get_credentials().method)
+print(session.client("sts").get_caller_identity()["Arn"])
+"#;
+
+/// The two lines [`BOTO3_WHOAMI`] prints: (credential method, caller ARN), empty where missing.
+pub fn boto3_whoami(out: &str) -> (String, String) {
+    let mut lines = out.lines().map(str::to_owned);
+    (lines.next().unwrap_or_default(), lines.next().unwrap_or_default())
+}
+
 /// A client process about to run.
 #[derive(Debug)]
 pub struct App {

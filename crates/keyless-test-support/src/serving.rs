@@ -49,6 +49,25 @@ pub async fn wait_ready(provider: &dyn Started) {
     .await;
 }
 
+/// `pub struct NAME(ProviderEnv<PROVIDER>)`, dereferencing to its [`ProviderEnv`]: an adapter's
+/// test harness, to which the adapter's tests add the requests its protocol makes (a type of their
+/// own, since they cannot add methods to `ProviderEnv`).
+#[macro_export]
+macro_rules! provider_harness {
+    ($(#[$meta:meta])* $name:ident, $provider:ty) => {
+        $(#[$meta])*
+        pub struct $name($crate::serving::ProviderEnv<$provider>);
+
+        impl ::std::ops::Deref for $name {
+            type Target = $crate::serving::ProviderEnv<$provider>;
+
+            fn deref(&self) -> &Self::Target {
+                &self.0
+            }
+        }
+    };
+}
+
 /// An adapter's test setting: the emulator, the provider started against it, its routes served on
 /// loopback, and a plain client for them.
 #[derive(Debug)]

@@ -227,3 +227,13 @@ fn dev_token(line: &str) -> DevToken {
         _ => panic!("{line:?} sets neither token_file nor source"),
     }
 }
+
+/// `[cache]` lines (for [`Sidecar::all_clouds`]) of the tests that watch refreshes within seconds:
+/// a refresh from a quarter of a credential's lifetime, retries from 100 ms to 1 s, an exchange
+/// timing out after `exchange_timeout`, a request waiting at most 2 s for one.
+pub fn quick_refresh_cache(exchange_timeout: &str) -> String {
+    format!(
+        "refresh_at = 0.25\nretry_min = \"100ms\"\nretry_max = \"1s\"\nexchange_timeout = {}\nrequest_wait = \"2s\"",
+        toml_string(exchange_timeout)
+    )
+}

@@ -70,6 +70,12 @@ pub async fn entra_output(dev: &Dev, out: &Value, resource: &str) {
 /// The ARN `GetCallerIdentity` names when signed with `credentials` (JSON with `access_key_id`,
 /// `secret_access_key`, `session_token`); the test fails if the emulator refuses the signature.
 pub async fn aws_caller_arn(dev: &Dev, credentials: &Value) -> String {
+    let ca = std::path::Path::new(dev.var("KEYLESS_DEV_EMULATOR_CA"));
+    aws_caller_arn_at(dev.var("AWS_ENDPOINT_URL_STS"), ca, dev.var("AWS_REGION"), credentials).await
+}
+
+/// [`aws_caller_arn`] against the STS at `endpoint` (trusting `ca`) in `region`.
+pub async fn aws_caller_arn_at(endpoint: &str, ca: &std::path::Path, region: &str, credentials: &Value) -> String {
     let field = |name: &str| {
         credentials[name].as_str().unwrap_or_else(|| panic!("{name} missing from the client's output")).to_owned()
     };
@@ -80,28 +86,14 @@ pub async fn aws_caller_arn(dev: &Dev, credentials: &Value) -> String {
         None,
         "sdk-client",
     );
-    let sts = clients::aws_sts(
-        dev.var("AWS_ENDPOINT_URL_STS"),
-        std::path::Path::new(dev.var("KEYLESS_DEV_EMULATOR_CA")),
-        dev.var("AWS_REGION"),
-        Some(SharedCredentialsProvider::new(keys)),
-    );
+    let sts = clients::aws_sts(endpoint, ca, region, Some(SharedCredentialsProvider::new(keys)));
     let who = sts.get_caller_identity().send().await.unwrap_or_else(|e| panic!("GetCallerIdentity refused: {e:?}"));
     who.arn().unwrap_or_default().to_owned()
 }
 
 /// The emulator's `tokeninfo` for a Google access token; the test fails unless it answers 200.
 pub async fn google_tokeninfo(dev: &Dev, access_token: &str) -> Value {
-    let response = dev
-        .emulator
-        .client()
-        .get(dev.emulator.url("/tokeninfo"))
-        .query(&[("access_token", access_token)])
-        .send()
-        .await
-        .expect("tokeninfo answers");
-    assert_eq!(response.status().as_u16(), 200, "tokeninfo refused the access token");
-    response.json().await.expect("tokeninfo's JSON")
+    dev.emulator.tokeninfo(access_token, "the access token").await
 }
 
 /// The claims of a Google ID token for `audience`, verified against the emulator's

@@ -11,16 +11,20 @@ fn keyless() -> Command {
     cmd
 }
 
-fn serve_with(config: &str, extra: &[&str]) -> (bool, String) {
+/// Runs `cmd`, which must fail: its stderr.
+fn refused(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{cmd:?} did not fail:\n{stderr}");
+    stderr
+}
+
+/// `keyless serve` with the config file `config` and the flags `extra`, which must fail: its stderr.
+fn serve_refused(config: &str, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keyless.toml");
     std::fs::write(&path, config).unwrap();
-    let out = keyless()
-        .args(["serve", "--config", path.to_str().unwrap(), "--admin-listen", "127.0.0.1:0"])
-        .args(extra)
-        .output()
-        .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    refused(keyless().args(["serve", "--config", path.to_str().unwrap(), "--admin-listen", "127.0.0.1:0"]).args(extra))
 }
 
 #[test]
@@ -49,56 +53,44 @@ fn version_is_printed() {
 
 #[test]
 fn an_unknown_key_is_refused_by_name() {
-    let (ok, stderr) = serve_with("listne = \"127.0.0.1:9811\"\n", &[]);
-    assert!(!ok);
+    let stderr = serve_refused("listne = \"127.0.0.1:9811\"\n", &[]);
     assert!(stderr.contains("listne"), "{stderr}");
 }
 
 #[test]
 fn a_bad_duration_is_refused_with_key_and_value() {
-    let (ok, stderr) = serve_with("[cache]\nretry_max = \"a while\"\n", &[]);
-    assert!(!ok);
+    let stderr = serve_refused("[cache]\nretry_max = \"a while\"\n", &[]);
     assert!(stderr.contains("retry_max") && stderr.contains("a while"), "{stderr}");
 }
 
 #[test]
 fn a_toml_syntax_error_names_the_file_and_line() {
-    let (ok, stderr) = serve_with("listen = \n", &[]);
-    assert!(!ok);
+    let stderr = serve_refused("listen = \n", &[]);
     assert!(stderr.contains("keyless.toml") && stderr.contains("line 1"), "{stderr}");
 }
 
 #[test]
 fn a_non_loopback_credential_listener_is_refused() {
-    let (ok, stderr) = serve_with("", &["--listen", "0.0.0.0:0"]);
-    assert!(!ok);
+    let stderr = serve_refused("", &["--listen", "0.0.0.0:0"]);
     assert!(stderr.contains("not a loopback address") && stderr.contains("allow_non_loopback"), "{stderr}");
 }
 
 #[test]
 fn a_non_loopback_listener_from_the_environment_is_refused_too() {
-    let out = keyless()
-        .args(["serve", "--admin-listen", "127.0.0.1:0"])
-        .env("KEYLESS_LISTEN", "10.1.2.3:9811")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr =
+        refused(keyless().args(["serve", "--admin-listen", "127.0.0.1:0"]).env("KEYLESS_LISTEN", "10.1.2.3:9811"));
     assert!(stderr.contains("listen = 10.1.2.3:9811"), "{stderr}");
 }
 
 #[test]
 fn a_missing_config_file_is_named() {
-    let out = keyless().args(["serve", "--config", "/nonexistent/keyless.toml"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(keyless().args(["serve", "--config", "/nonexistent/keyless.toml"]));
     assert!(stderr.contains("/nonexistent/keyless.toml"), "{stderr}");
 }
 
 #[test]
 fn nothing_configured_says_how_to_configure_a_provider() {
-    let (ok, stderr) = serve_with("", &["--listen", "127.0.0.1:0"]);
-    assert!(!ok);
+    let stderr = serve_refused("", &["--listen", "127.0.0.1:0"]);
     assert!(stderr.contains("no cloud provider is configured") && stderr.contains("[aws]"), "{stderr}");
 }
 
@@ -127,19 +119,15 @@ fn printed_once(stderr: &str, needle: &str) {
 
 #[test]
 fn a_startup_error_is_printed_once() {
-    let (ok, stderr) = serve_with("", &["--listen", "127.0.0.1:0"]);
-    assert!(!ok);
+    let stderr = serve_refused("", &["--listen", "127.0.0.1:0"]);
     printed_once(&stderr, "no cloud provider is configured");
-    let (ok, stderr) =
-        serve_with("[aws]\nrole_arn = \"not-an-arn\"\ntoken_file = \"/t\"\n", &["--listen", "127.0.0.1:0"]);
-    assert!(!ok);
+    let stderr = serve_refused("[aws]\nrole_arn = \"not-an-arn\"\ntoken_file = \"/t\"\n", &["--listen", "127.0.0.1:0"]);
     printed_once(&stderr, "not-an-arn");
 }
 
 #[test]
 fn with_json_logs_a_startup_error_is_one_json_line_only() {
-    let (ok, stderr) = serve_with("log_format = \"json\"\n", &["--listen", "127.0.0.1:0"]);
-    assert!(!ok);
+    let stderr = serve_refused("log_format = \"json\"\n", &["--listen", "127.0.0.1:0"]);
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(lines.iter().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "not all JSON:\n{stderr}");
     assert_eq!(stderr.matches("no cloud provider is configured").count(), 1, "{stderr}");
@@ -147,8 +135,7 @@ fn with_json_logs_a_startup_error_is_one_json_line_only() {
 
 #[test]
 fn an_unknown_section_lists_every_section() {
-    let (ok, stderr) = serve_with("[awz]\nrole_arn = \"x\"\n", &[]);
-    assert!(!ok);
+    let stderr = serve_refused("[awz]\nrole_arn = \"x\"\n", &[]);
     assert!(
         stderr.contains(
             "unknown field `awz`: the top level has the keys listen, admin_listen, allow_non_loopback, \
@@ -160,8 +147,7 @@ fn an_unknown_section_lists_every_section() {
 
 #[test]
 fn a_bad_log_format_lists_the_allowed_values() {
-    let (ok, stderr) = serve_with("log_format = \"yaml\"\n", &[]);
-    assert!(!ok);
+    let stderr = serve_refused("log_format = \"yaml\"\n", &[]);
     assert!(stderr.contains(r#"log_format = "yaml": must be "text" (the default) or "json""#), "{stderr}");
     assert!(!stderr.contains("variant"), "{stderr}");
 }
@@ -169,13 +155,11 @@ fn a_bad_log_format_lists_the_allowed_values() {
 #[test]
 fn an_error_from_a_keyless_variable_names_the_variable() {
     let run_with = |env: &[(&str, &str)]| {
-        let out = keyless()
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        refused(
+            keyless()
+                .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+                .envs(env.iter().copied()),
+        )
     };
     let run = |env: (&str, &str)| run_with(&[env]);
     let stderr = run(("KEYLESS_CACHE__RETRY_MAX", "soon"));
@@ -196,9 +180,7 @@ fn an_error_from_a_keyless_variable_names_the_variable() {
     );
     // Where KEYLESS_LOG is the only filter there is (check, webhook, credential-process).
     for command in [&["check"][..], &["webhook", "--tls-cert", "/c", "--tls-key", "/k"], &["credential-process"]] {
-        let out = keyless().args(command).env("KEYLESS_LOG", "info[").output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
+        let stderr = refused(keyless().args(command).env("KEYLESS_LOG", "info["));
         printed_once(
             &stderr,
             "is not a valid log filter: invalid filter directive (set by the environment variable KEYLESS_LOG)",
@@ -224,14 +206,12 @@ fn a_second_keyless_dev_names_the_flags_that_move_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let out = keyless()
-        .args(["dev", "--emulator-listen", &format!("127.0.0.1:{port}")])
-        .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
-        .args(["--env-file", dir.path().join("app.env").to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(
+        keyless()
+            .args(["dev", "--emulator-listen", &format!("127.0.0.1:{port}")])
+            .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
+            .args(["--env-file", dir.path().join("app.env").to_str().unwrap()]),
+    );
     // One hint, the cause's (the emulator's generic "if the port is in use..." came before it).
     printed_once(
         &stderr,
@@ -246,13 +226,12 @@ fn a_second_keyless_dev_names_the_flags_that_move_it() {
 
 #[test]
 fn the_webhook_names_the_flag_of_a_file_it_cannot_read() {
-    let out = keyless()
-        .args(["webhook", "--tls-cert", "/nonexistent/tls.crt", "--tls-key", "/nonexistent/tls.key"])
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr =
+        refused(
+            keyless()
+                .args(["webhook", "--tls-cert", "/nonexistent/tls.crt", "--tls-key", "/nonexistent/tls.key"])
+                .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]),
+        );
     printed_once(&stderr, "cannot read --tls-cert /nonexistent/tls.crt");
     // A file it can read but not use: named by its flag too.
     let dir = tempfile::tempdir().unwrap();
@@ -264,13 +243,11 @@ fn the_webhook_names_the_flag_of_a_file_it_cannot_read() {
         (&garbage, &garbage, format!("--tls-cert {}: no certificate in it", garbage.display())),
         (&cert, &garbage, format!("--tls-key {}: not a PEM private key", garbage.display())),
     ] {
-        let out = keyless()
-            .args(["webhook", "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
+        let stderr = refused(
+            keyless()
+                .args(["webhook", "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
+                .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]),
+        );
         printed_once(&stderr, &expected);
     }
 }
@@ -281,13 +258,11 @@ fn a_dev_state_dir_it_cannot_create_is_printed_once() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, "").unwrap();
     let state = file.join("state");
-    let out = keyless()
-        .args(["dev", "--state-dir", state.to_str().unwrap()])
-        .args(["--env-file", dir.path().join("app.env").to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(
+        keyless()
+            .args(["dev", "--state-dir", state.to_str().unwrap()])
+            .args(["--env-file", dir.path().join("app.env").to_str().unwrap()]),
+    );
     printed_once(&stderr, &format!("cannot create the state dir {}", state.display()));
 }
 
@@ -311,12 +286,12 @@ fn an_unreadable_config_file_gets_its_own_hint() {
     let path = dir.path().join("keyless.toml");
     std::fs::write(&path, "log = \"info\"\n").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
-    let out = as_a_user(keyless().args(["serve", "--config", path.to_str().unwrap()]))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(as_a_user(keyless().args(["serve", "--config", path.to_str().unwrap()])).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]));
     printed_once(
         &stderr,
         &format!(
@@ -345,9 +320,7 @@ fn a_privileged_port_gets_its_own_hint() {
         (["--listen", "127.0.0.1:80", "--admin-listen", "127.0.0.1:0"], "--listen"),
         (["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:80"], "--admin-listen"),
     ] {
-        let out = as_a_user(keyless().arg("serve").args(flags)).envs(aws).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
+        let stderr = refused(as_a_user(keyless().arg("serve").args(flags)).envs(aws));
         let line = stderr.lines().find(|l| l.contains("cannot listen on 127.0.0.1:80")).unwrap_or_default();
         assert!(
             line.starts_with("keyless: cannot listen on 127.0.0.1:80 (")

@@ -16,17 +16,6 @@ pub const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
 pub const ARM: &str = "https://management.azure.com/";
 pub const IDENTITY_HEADER: &str = "test-identity-header-0123456789";
 
-/// The emulator, keyless-azure started against it, its routes on loopback.
-pub struct Harness(ProviderEnv<Provider>);
-
-impl std::ops::Deref for Harness {
-    type Target = ProviderEnv<Provider>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
 /// The emulator's dev identity, as `keyless dev` would configure it.
 pub fn dev_config(env: &EmulatorEnv) -> Config {
     let ids = env.emulator.identities();
@@ -45,6 +34,12 @@ pub fn dev_config(env: &EmulatorEnv) -> Config {
         source: None,
     }
 }
+
+keyless_test_support::provider_harness!(
+    /// The emulator, keyless-azure started against it, its routes on loopback.
+    Harness,
+    Provider
+);
 
 impl Harness {
     /// The dev configuration, quick retries, the real clock.

@@ -12,17 +12,6 @@ use keyless_test_support::jwt::Jwks;
 use keyless_test_support::serving::ProviderEnv;
 use serde_json::Value;
 
-/// The emulator, keyless-gcp started against it, the metadata server on loopback.
-pub struct Harness(ProviderEnv<Provider>);
-
-impl std::ops::Deref for Harness {
-    type Target = ProviderEnv<Provider>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
 /// The `[gcp]` section `keyless dev` would write for this emulator, with the service account.
 pub fn dev_config(env: &EmulatorEnv) -> Config {
     let ids = env.emulator.identities();
@@ -42,6 +31,12 @@ pub fn dev_config(env: &EmulatorEnv) -> Config {
 pub fn paused() -> Context {
     paused_context(patient(CachePolicy::default()))
 }
+
+keyless_test_support::provider_harness!(
+    /// The emulator, keyless-gcp started against it, the metadata server on loopback.
+    Harness,
+    Provider
+);
 
 impl Harness {
     /// Quick retries on the real clock; `configure` may change the section.
