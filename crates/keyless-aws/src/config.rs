@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use keyless_core::Secret;
+use keyless_provider::{DevEmulator, DevTable, Env, ProviderError, Section};
 use serde::{Deserialize, Deserializer};
 
 use crate::error::ConfigError;
@@ -131,12 +132,16 @@ impl Config {
             roles: Vec::new(),
         }
     }
+}
+
+impl Section for Config {
+    type Error = ConfigError;
 
     /// Zero config: the section built from the env vars the IRSA webhook injects
     /// (`AWS_ROLE_ARN`, `AWS_WEB_IDENTITY_TOKEN_FILE`, `AWS_ROLE_SESSION_NAME`, `AWS_REGION` /
     /// `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL_STS` / `AWS_ENDPOINT_URL`, `AWS_CA_BUNDLE`,
     /// `AWS_STS_REGIONAL_ENDPOINTS`). `Ok(None)` when neither of the first two is set.
-    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Config>, ConfigError> {
+    fn from_env(env: Env<'_>) -> Result<Option<Config>, ConfigError> {
         let var = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let (role_arn, token_file) = match (var("AWS_ROLE_ARN"), var("AWS_WEB_IDENTITY_TOKEN_FILE")) {
             (None, None) => return Ok(None),
@@ -178,6 +183,10 @@ impl Config {
             }
         }
         Ok(Some(config))
+    }
+
+    fn dev(emulator: &DevEmulator<'_>) -> Result<DevTable, ProviderError> {
+        crate::dev::section(emulator)
     }
 }
 

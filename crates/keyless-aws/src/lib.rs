@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use keyless_core::{AppEnvVar, Context, CredentialCache, ErrorClass, Issued, Readiness};
 use keyless_provider::{
-    AppHost, BoxFuture, Configured, Diagnosis, Env, Handler, NativeRoute, ProviderError, RouteClaim, Rules, Started,
+    AppHost, BoxFuture, Configured, Diagnosis, Handler, NativeRoute, ProviderError, RouteClaim, Rules, Started,
 };
 
 pub use crate::config::Config;
@@ -51,14 +51,6 @@ impl keyless_provider::Provider for Aws {
     const NAME: &'static str = "aws";
     const ENV_ORIGIN: &'static str = "AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE";
     type Config = Config;
-
-    fn from_env(env: Env<'_>) -> Result<Option<Config>, ProviderError> {
-        Ok(Config::from_env(env)?)
-    }
-
-    fn dev_section(emulator: &keyless_provider::DevEmulator<'_>) -> Result<keyless_provider::DevTable, ProviderError> {
-        crate::dev::section(emulator)
-    }
 
     const SHADOWING: keyless_provider::Shadowing = shadow::SHADOWING;
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use keyless_core::Secret;
 use keyless_core::upstream::{self, UpstreamError};
+use keyless_provider::{DevEmulator, DevTable, Env, ProviderError, Section};
 use serde::{Deserialize, Deserializer};
 
 use crate::identity::{ClientId, Scope, TenantId};
@@ -95,38 +96,6 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Zero config from the env vars the Azure workload identity webhook injects. `Ok(None)` when
-    /// `AZURE_FEDERATED_TOKEN_FILE` is absent (without it there is nothing to exchange; a lone
-    /// `AZURE_CLIENT_ID` is common in pods that use other credentials).
-    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Config>, ConfigError> {
-        let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-        let Some(token_file) = var("AZURE_FEDERATED_TOKEN_FILE") else {
-            return Ok(None);
-        };
-        let missing: Vec<&str> =
-            ["AZURE_CLIENT_ID", "AZURE_TENANT_ID"].into_iter().filter(|name| var(name).is_none()).collect();
-        let (Some(client_id), Some(tenant_id)) = (var("AZURE_CLIENT_ID"), var("AZURE_TENANT_ID")) else {
-            return Err(ConfigError::IncompleteEnv {
-                var: "AZURE_FEDERATED_TOKEN_FILE",
-                missing: missing.join(" and "),
-            });
-        };
-        Ok(Some(Config {
-            token_file: PathBuf::from(token_file),
-            tenant_id,
-            client_id,
-            additional_client_ids: Vec::new(),
-            authority_host: var("AZURE_AUTHORITY_HOST").unwrap_or_else(default_authority_host),
-            ca_file: None,
-            resources: None,
-            imds: true,
-            app_service: true,
-            app_service_path: default_app_service_path(),
-            identity_header: None,
-            source: None,
-        }))
-    }
-
     /// Checks every key, in an empty environment (tests); the first problem found is reported
     /// with its key.
     #[cfg(test)]
@@ -190,6 +159,46 @@ impl Config {
             app_service_path: self.app_service_path,
             identity_header,
         })
+    }
+}
+
+impl Section for Config {
+    type Error = ConfigError;
+
+    /// Zero config from the env vars the Azure workload identity webhook injects. `Ok(None)` when
+    /// `AZURE_FEDERATED_TOKEN_FILE` is absent (without it there is nothing to exchange; a lone
+    /// `AZURE_CLIENT_ID` is common in pods that use other credentials).
+    fn from_env(env: Env<'_>) -> Result<Option<Config>, ConfigError> {
+        let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let Some(token_file) = var("AZURE_FEDERATED_TOKEN_FILE") else {
+            return Ok(None);
+        };
+        let missing: Vec<&str> =
+            ["AZURE_CLIENT_ID", "AZURE_TENANT_ID"].into_iter().filter(|name| var(name).is_none()).collect();
+        let (Some(client_id), Some(tenant_id)) = (var("AZURE_CLIENT_ID"), var("AZURE_TENANT_ID")) else {
+            return Err(ConfigError::IncompleteEnv {
+                var: "AZURE_FEDERATED_TOKEN_FILE",
+                missing: missing.join(" and "),
+            });
+        };
+        Ok(Some(Config {
+            token_file: PathBuf::from(token_file),
+            tenant_id,
+            client_id,
+            additional_client_ids: Vec::new(),
+            authority_host: var("AZURE_AUTHORITY_HOST").unwrap_or_else(default_authority_host),
+            ca_file: None,
+            resources: None,
+            imds: true,
+            app_service: true,
+            app_service_path: default_app_service_path(),
+            identity_header: None,
+            source: None,
+        }))
+    }
+
+    fn dev(emulator: &DevEmulator<'_>) -> Result<DevTable, ProviderError> {
+        crate::dev::section(emulator)
     }
 }
 

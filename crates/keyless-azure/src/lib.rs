@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use keyless_core::{AppEnvVar, Context, Readiness};
 use keyless_provider::{
-    AppHost, BoxFuture, Configured, Diagnosis, Env, Handler, NativeRoute, ProviderError, RouteClaim, Rules, Started,
+    AppHost, BoxFuture, Configured, Diagnosis, Handler, NativeRoute, ProviderError, RouteClaim, Rules, Started,
 };
 
 pub use config::{Config, ConfigError, DEFAULT_APP_SERVICE_PATH};
@@ -38,14 +38,6 @@ impl keyless_provider::Provider for Azure {
     const NAME: &'static str = "azure";
     const ENV_ORIGIN: &'static str = "AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE";
     type Config = Config;
-
-    fn from_env(env: Env<'_>) -> Result<Option<Config>, ProviderError> {
-        Ok(Config::from_env(env)?)
-    }
-
-    fn dev_section(emulator: &keyless_provider::DevEmulator<'_>) -> Result<keyless_provider::DevTable, ProviderError> {
-        crate::dev::section(emulator)
-    }
 
     const SHADOWING: keyless_provider::Shadowing = shadow::SHADOWING;
 

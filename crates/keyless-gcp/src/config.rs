@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use keyless_provider::{DevEmulator, DevTable, Env, ProviderError, Section};
 use serde::Deserialize;
 use url::Url;
 
@@ -85,23 +86,6 @@ const MIN_LIFETIME: Duration = Duration::from_secs(60);
 const MAX_AUDIENCE_LEN: usize = 2048;
 
 impl Config {
-    /// Zero config from `GOOGLE_APPLICATION_CREDENTIALS` naming an `external_account` file, with
-    /// the project id from `GOOGLE_CLOUD_PROJECT` or `CLOUDSDK_CORE_PROJECT`. `Ok(None)` without
-    /// `GOOGLE_APPLICATION_CREDENTIALS`; an error when it names another kind of credential.
-    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Config>, ConfigError> {
-        let non_empty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-        let Some(path) = non_empty("GOOGLE_APPLICATION_CREDENTIALS") else {
-            return Ok(None);
-        };
-        let path = PathBuf::from(path);
-        ExternalAccount::load("GOOGLE_APPLICATION_CREDENTIALS", &path)?;
-        Ok(Some(Config {
-            credentials_file: Some(path),
-            project_id: non_empty("GOOGLE_CLOUD_PROJECT").or_else(|| non_empty("CLOUDSDK_CORE_PROJECT")),
-            ..Config::default()
-        }))
-    }
-
     /// Merges the section with its credential file and the defaults, validating every value, in
     /// an empty environment (tests).
     #[cfg(test)]
@@ -178,6 +162,31 @@ impl Config {
         };
         settings.accounts = crate::accounts::resolve(&self.service_accounts, &settings, self.allow_long_lifetime)?;
         Ok(settings)
+    }
+}
+
+impl Section for Config {
+    type Error = ConfigError;
+
+    /// Zero config from `GOOGLE_APPLICATION_CREDENTIALS` naming an `external_account` file, with
+    /// the project id from `GOOGLE_CLOUD_PROJECT` or `CLOUDSDK_CORE_PROJECT`. `Ok(None)` without
+    /// `GOOGLE_APPLICATION_CREDENTIALS`; an error when it names another kind of credential.
+    fn from_env(env: Env<'_>) -> Result<Option<Config>, ConfigError> {
+        let non_empty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let Some(path) = non_empty("GOOGLE_APPLICATION_CREDENTIALS") else {
+            return Ok(None);
+        };
+        let path = PathBuf::from(path);
+        ExternalAccount::load("GOOGLE_APPLICATION_CREDENTIALS", &path)?;
+        Ok(Some(Config {
+            credentials_file: Some(path),
+            project_id: non_empty("GOOGLE_CLOUD_PROJECT").or_else(|| non_empty("CLOUDSDK_CORE_PROJECT")),
+            ..Config::default()
+        }))
+    }
+
+    fn dev(emulator: &DevEmulator<'_>) -> Result<DevTable, ProviderError> {
+        crate::dev::section(emulator)
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::http::{HeaderName, HeaderValue};
 use keyless_core::{AppEnvVar, Context, CredentialCache, Readiness};
 use keyless_provider::{
-    AppHost, BoxFuture, Configured, Diagnosis, Env, NativeRoute, ProviderError, RouteClaim, Rules, StandIn, Started,
+    AppHost, BoxFuture, Configured, Diagnosis, NativeRoute, ProviderError, RouteClaim, Rules, StandIn, Started,
 };
 
 use crate::ConfigError;
@@ -24,14 +24,6 @@ impl keyless_provider::Provider for Gcp {
     const NAME: &'static str = "gcp";
     const ENV_ORIGIN: &'static str = "GOOGLE_APPLICATION_CREDENTIALS";
     type Config = Config;
-
-    fn from_env(env: Env<'_>) -> Result<Option<Config>, ProviderError> {
-        Ok(Config::from_env(env)?)
-    }
-
-    fn dev_section(emulator: &keyless_provider::DevEmulator<'_>) -> Result<keyless_provider::DevTable, ProviderError> {
-        crate::dev::section(emulator)
-    }
 
     const SHADOWING: keyless_provider::Shadowing = crate::shadow::SHADOWING;
 

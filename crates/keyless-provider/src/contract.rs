@@ -61,11 +61,13 @@ pub trait Provider: 'static {
     /// What [`Provider::from_env`] reads, for reports: "AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE".
     const ENV_ORIGIN: &'static str;
     /// The section's settings as written (TOML or `KEYLESS_<NAME>__<KEY>` env vars).
-    type Config: DeserializeOwned + Send + 'static;
+    type Config: Section;
 
     /// The section built from the env vars a workload-identity webhook injects, used when the
-    /// config has no section; `None` when those variables are absent.
-    fn from_env(env: Env<'_>) -> Result<Option<Self::Config>, ProviderError>;
+    /// config has no section; `None` when those variables are absent ([`Section::from_env`]).
+    fn from_env(env: Env<'_>) -> Result<Option<Self::Config>, ProviderError> {
+        Ok(Self::Config::from_env(env)?)
+    }
 
     /// The local credential sources cloud SDKs rank above this provider's endpoints: what
     /// `keyless exec` and `keyless dev` set aside for the program they serve.
@@ -84,11 +86,29 @@ pub trait Provider: 'static {
 
     /// This provider's section against the local emulator (`keyless dev`, tests, benchmarks): its
     /// endpoints and CA, the emulator's identities for this cloud (and its second identities when
-    /// asked), everything but the subject token's keys, which [`crate::DevConfig`] adds.
-    fn dev_section(emulator: &DevEmulator<'_>) -> Result<crate::DevTable, ProviderError>;
+    /// asked), everything but the subject token's keys, which [`crate::DevConfig`] adds
+    /// ([`Section::dev`]).
+    fn dev_section(emulator: &DevEmulator<'_>) -> Result<crate::DevTable, ProviderError> {
+        Self::Config::dev(emulator)
+    }
 
     /// Validates the section (errors name the key and the fix). Writes nothing, starts nothing.
     fn configure(config: Self::Config, ctx: &Context) -> Result<Box<dyn Configured>, ProviderError>;
+}
+
+/// A provider's section as written ([`Provider::Config`]: TOML or `KEYLESS_<NAME>__<KEY>` env
+/// vars), and the two ways it is built without a config file. The adapter writes these on its
+/// config type; [`Provider::from_env`] and [`Provider::dev_section`] are them.
+pub trait Section: DeserializeOwned + Send + 'static {
+    /// The adapter's configuration error: its message names the key (or env var) and the fix.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The section from the env vars a workload-identity webhook injects; `None` when they are
+    /// absent.
+    fn from_env(env: Env<'_>) -> Result<Option<Self>, Self::Error>;
+
+    /// The section against the local emulator (see [`Provider::dev_section`]).
+    fn dev(emulator: &DevEmulator<'_>) -> Result<crate::DevTable, ProviderError>;
 }
 
 /// A validated provider, not started.

@@ -37,7 +37,7 @@ use axum::Router;
 
 pub use contract::{
     BoxFuture, Configured, Diagnosis, Env, FormBody, MAX_FORM_BODY, NativeRoute, Provider, ProviderError, RouteMethod,
-    StandIn, Started,
+    Section, StandIn, Started,
 };
 pub use dev::{DevConfig, DevEmulator, DevSection, DevTable, DevToken};
 pub use dispatch::{Handler, Request, Routes};

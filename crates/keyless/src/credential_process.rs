@@ -12,6 +12,7 @@ use keyless_core::clock::SystemClock;
 use keyless_core::printable::upstream;
 use keyless_core::upstream::ClientRules;
 use keyless_core::upstream::client::client_builder;
+use keyless_provider::Section as _;
 use url::Url;
 
 use crate::config;

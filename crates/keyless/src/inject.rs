@@ -28,15 +28,8 @@ pub struct InjectArgs {
     /// Entra tenant of pods whose annotations name a client id but no tenant id.
     #[arg(long)]
     pub azure_tenant_id: Option<String>,
-    /// The sidecar's CPU request.
-    #[arg(long, default_value = Resources::DEFAULT_CPU_REQUEST)]
-    pub sidecar_cpu_request: String,
-    /// The sidecar's memory request.
-    #[arg(long, default_value = Resources::DEFAULT_MEMORY_REQUEST)]
-    pub sidecar_memory_request: String,
-    /// The sidecar's memory limit.
-    #[arg(long, default_value = Resources::DEFAULT_MEMORY_LIMIT)]
-    pub sidecar_memory_limit: String,
+    #[command(flatten)]
+    pub resources: ResourceArgs,
     /// A variable for every sidecar, NAME=VALUE (repeatable), e.g. KEYLESS_LOG_FORMAT=json.
     #[arg(long = "sidecar-env", value_name = "NAME=VALUE", value_parser = parse_env)]
     pub sidecar_env: Vec<(String, String)>,
@@ -49,19 +42,40 @@ pub struct InjectArgs {
     /// serves the pods: only the apps' env and the pod's token for the AWS endpoint are injected.
     #[arg(long, value_enum, default_value = "sidecar")]
     pub mode: Mode,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// The sidecar's resources (`--sidecar-cpu-request` ...), as [`Resources`] holds them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ResourceArgs {
+    /// The sidecar's CPU request.
+    #[arg(long = "sidecar-cpu-request", default_value = Resources::DEFAULT_CPU_REQUEST)]
+    pub cpu_request: String,
+    /// The sidecar's memory request.
+    #[arg(long = "sidecar-memory-request", default_value = Resources::DEFAULT_MEMORY_REQUEST)]
+    pub memory_request: String,
+    /// The sidecar's memory limit.
+    #[arg(long = "sidecar-memory-limit", default_value = Resources::DEFAULT_MEMORY_LIMIT)]
+    pub memory_limit: String,
+}
+
+/// Where `keyless node` serves the pods (`--node-aws-address` ...), as [`NodeEndpoints`] holds it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
     /// Node mode: HOST:PORT of keyless node's AWS container endpoint.
-    #[arg(long, default_value = NodeEndpoints::DEFAULT_AWS)]
-    pub node_aws_address: String,
+    #[arg(long = "node-aws-address", default_value = NodeEndpoints::DEFAULT_AWS)]
+    pub aws: String,
     /// Node mode: HOST:PORT of keyless node's GCE metadata server (default: the AWS address).
-    #[arg(long)]
-    pub node_gcp_address: Option<String>,
+    #[arg(long = "node-gcp-address")]
+    pub gcp: Option<String>,
     /// Node mode: HOST:PORT of keyless node's Azure IMDS (default: the AWS address).
-    #[arg(long)]
-    pub node_azure_address: Option<String>,
+    #[arg(long = "node-azure-address")]
+    pub azure: Option<String>,
     /// Node mode: the audience of the pod's token that authorizes the AWS endpoint (keyless node's
     /// --authorization-audience).
-    #[arg(long, default_value = NodeEndpoints::DEFAULT_AUDIENCE)]
-    pub node_authorization_audience: String,
+    #[arg(long = "node-authorization-audience", default_value = NodeEndpoints::DEFAULT_AUDIENCE)]
+    pub audience: String,
 }
 
 /// Who serves the injected pods.
@@ -86,9 +100,9 @@ impl InjectArgs {
             image: self.image.clone(),
             image_pull_policy: self.image_pull_policy.clone(),
             resources: Resources {
-                cpu_request: self.sidecar_cpu_request.clone(),
-                memory_request: self.sidecar_memory_request.clone(),
-                memory_limit: self.sidecar_memory_limit.clone(),
+                cpu_request: self.resources.cpu_request.clone(),
+                memory_request: self.resources.memory_request.clone(),
+                memory_limit: self.resources.memory_limit.clone(),
             },
             aws_region: self.aws_region.clone(),
             azure_tenant_id: self.azure_tenant_id.clone(),
@@ -97,10 +111,10 @@ impl InjectArgs {
             shadowing: shadowing(),
             admin_on_loopback: self.sidecar_admin_on_loopback,
             node: (self.mode == Mode::Node).then(|| NodeEndpoints {
-                aws: self.node_aws_address.clone(),
-                gcp: self.node_gcp_address.clone(),
-                azure: self.node_azure_address.clone(),
-                audience: self.node_authorization_audience.clone(),
+                aws: self.node.aws.clone(),
+                gcp: self.node.gcp.clone(),
+                azure: self.node.azure.clone(),
+                audience: self.node.audience.clone(),
             }),
         }
     }
@@ -287,6 +301,20 @@ mod tests {
         assert_eq!(cli.inject.options(), checked);
     }
 
+    fn annotations(pairs: &[(&str, &str)]) -> Annotations {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    /// A pod opted in by its label, one container `app` with the variables `env`.
+    fn opted_in_pod(env: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": "app", "labels": { keyless_inject::INJECT_LABEL: "true" } },
+            "spec": { "containers": [{ "name": "app", "image": "app:1", "env": env }] },
+        })
+    }
+
     /// The variables injection looks for are the adapters' own declarations, `keyless exec`'s list:
     /// with the options the binary passes, the IRSA webhook's pair is taken over and a static key
     /// or a Google credentials file the container sets itself is named.
@@ -301,25 +329,17 @@ mod tests {
         assert_eq!(names, declared);
         assert!(names.contains(&"GOOGLE_APPLICATION_CREDENTIALS") && names.contains(&"AZURE_CLIENT_SECRET"));
 
-        let annotations: Annotations = [
+        let annotations = annotations(&[
             (keyless_inject::AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/app"),
             (keyless_inject::GCP_SERVICE_ACCOUNT, "app@project.iam.gserviceaccount.com"),
             (keyless_inject::GCP_PROVIDER, "projects/123/locations/global/workloadIdentityPools/pool/providers/k8s"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        let pod = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": { "name": "app", "labels": { keyless_inject::INJECT_LABEL: "true" } },
-            "spec": { "containers": [{ "name": "app", "image": "app:1", "env": [
-                { "name": "AWS_ROLE_ARN", "value": "arn:aws:iam::111122223333:role/irsa" },
-                { "name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token" },
-                { "name": "AWS_SECRET_ACCESS_KEY", "value": "x" },
-                { "name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/key.json" },
-            ] }] },
-        });
+        ]);
+        let pod = opted_in_pod(serde_json::json!([
+            { "name": "AWS_ROLE_ARN", "value": "arn:aws:iam::111122223333:role/irsa" },
+            { "name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token" },
+            { "name": "AWS_SECRET_ACCESS_KEY", "value": "x" },
+            { "name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/key.json" },
+        ]));
         let (injected, outcome) =
             keyless_inject::inject_pod_json(&pod, &annotations, Namespace::Unknown, &options).expect("injects");
         let env: Vec<&str> = injected["spec"]["containers"][0]["env"]
@@ -383,7 +403,7 @@ mod tests {
     /// probes must find keyless's admin listener.
     #[test]
     fn the_injected_sidecars_environment_is_a_configuration_keyless_accepts() {
-        let annotations: Annotations = [
+        let annotations = annotations(&[
             (keyless_inject::AWS_ROLE_ARN, "arn:aws:iam::111122223333:role/app"),
             (keyless_inject::AWS_STS_REGIONAL_ENDPOINTS, "legacy"),
             (keyless_inject::GCP_SERVICE_ACCOUNT, "app@project.iam.gserviceaccount.com"),
@@ -392,16 +412,8 @@ mod tests {
             (keyless_inject::AZURE_CLIENT_ID, "11111111-1111-1111-1111-111111111111"),
             (keyless_inject::AZURE_TENANT_ID, "00000000-0000-0000-0000-000000000000"),
             (keyless_inject::AZURE_IDENTITY_HEADER_SECRET, "app-identity-header"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        let pod = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": { "name": "app", "labels": { keyless_inject::INJECT_LABEL: "true" } },
-            "spec": { "containers": [{ "name": "app", "image": "app:1" }] },
-        });
+        ]);
+        let pod = opted_in_pod(serde_json::json!([]));
         for admin_on_loopback in [false, true] {
             let options = Options { aws_region: Some("eu-west-1".to_owned()), admin_on_loopback, ..Options::default() };
             let (injected, outcome) =

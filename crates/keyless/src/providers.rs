@@ -15,18 +15,20 @@ use keyless_provider::{Configured, Env, Provider, RouteClaim, RouteCollision, Ro
 /// every [`Provider`], by [`Entry`].
 pub trait Registered: Sync {
     fn name(&self) -> &'static str;
-    /// Configures the provider from its section, or from the environment when there is none.
+    /// Configures the provider from its section, or from `with.env` when there is none.
     /// `None`: neither is there, the provider is off.
-    /// `default` (`keyless exec --aws-role` and its siblings) is made the default identity.
-    fn configure_choosing(
-        &self,
-        section: Option<config::Value>,
-        env: Env<'_>,
-        ctx: &Context,
-        default: Option<&str>,
-    ) -> Option<ProviderConfig>;
+    fn configure_choosing(&self, section: Option<config::Value>, with: &ConfigureWith<'_>) -> Option<ProviderConfig>;
     /// The local credential sources SDKs rank above this provider's endpoints.
     fn shadowing(&self) -> &'static Shadowing;
+}
+
+/// What every provider is configured with besides its own section: the same for each.
+pub struct ConfigureWith<'a> {
+    /// Reads the process environment (`keyless dev` passes one that reads nothing).
+    pub env: Env<'a>,
+    pub ctx: &'a Context,
+    /// The default identity chosen for a provider (`keyless exec --aws-role` and its siblings).
+    pub choice: &'a Choice,
 }
 
 /// Adapts a [`Provider`] type to [`Registered`].
@@ -41,13 +43,7 @@ impl<P: Provider> Registered for Entry<P> {
         &P::SHADOWING
     }
 
-    fn configure_choosing(
-        &self,
-        section: Option<config::Value>,
-        env: Env<'_>,
-        ctx: &Context,
-        default: Option<&str>,
-    ) -> Option<ProviderConfig> {
+    fn configure_choosing(&self, section: Option<config::Value>, with: &ConfigureWith<'_>) -> Option<ProviderConfig> {
         let (origin, config) = match section {
             Some(value) => {
                 let config = value
@@ -55,17 +51,17 @@ impl<P: Provider> Registered for Entry<P> {
                     .map_err(|e| crate::config::explain(&format!("[{}] section: {e}", P::NAME)));
                 (Origin::File, config)
             }
-            None => match P::from_env(env) {
+            None => match P::from_env(with.env) {
                 Ok(None) => return None,
                 Ok(Some(config)) => (Origin::Env(P::ENV_ORIGIN), Ok(config)),
                 Err(e) => (Origin::Env(P::ENV_ORIGIN), Err(e.to_string())),
             },
         };
-        let config = match default {
+        let config = match with.choice.defaults.get(P::NAME) {
             Some(identity) => config.and_then(|c| P::select_default(c, identity).map_err(|e| e.to_string())),
             None => config,
         };
-        let configured = config.and_then(|c| P::configure(c, ctx).map_err(|e| e.to_string()));
+        let configured = config.and_then(|c| P::configure(c, with.ctx).map_err(|e| e.to_string()));
         Some(ProviderConfig { name: P::NAME, origin, configured })
     }
 }
@@ -147,13 +143,11 @@ impl Choice {
 /// [`configure_all`], narrowed and with defaults chosen by `choice`. A provider `choice` names
 /// that is not configured is simply absent ([`start_chosen`] makes it an error).
 pub fn configure_chosen(mut sections: Sections, ctx: &Context, env: Env<'_>, choice: &Choice) -> Vec<ProviderConfig> {
+    let with = ConfigureWith { env, ctx, choice };
     PROVIDERS
         .iter()
         .filter(|p| choice.serves(p.name()))
-        .filter_map(|p| {
-            let default = choice.defaults.get(p.name()).map(String::as_str);
-            p.configure_choosing(sections.values.remove(p.name()), env, ctx, default)
-        })
+        .filter_map(|p| p.configure_choosing(sections.values.remove(p.name()), &with))
         .map(|mut p| {
             // An error from a KEYLESS_<SECTION>__<KEY> variable names the variable.
             p.configured = p.configured.map_err(|e| sections.env_keys.name_in_section(Some(p.name), &e));
