@@ -391,8 +391,6 @@ mod tests {
         );
     }
 
-    /// The check is `keyless serve`'s own loading: a service account e-mail the GCP adapter refuses
-    /// at start is refused, naming the setting; the injection's usual variables pass.
     /// A GCP sidecar's variables for `account`, and `extra`.
     fn gcp_sidecar_env(account: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         [
@@ -410,6 +408,8 @@ mod tests {
         .collect()
     }
 
+    /// The check is `keyless serve`'s own loading: a service account e-mail the GCP adapter refuses
+    /// at start is refused, naming the setting; the injection's usual variables pass.
     #[test]
     fn the_sidecar_check_refuses_what_the_sidecar_would_refuse_at_start() {
         check_sidecar(&gcp_sidecar_env("app@p.iam.gserviceaccount.com", &[])).expect("accepted");
