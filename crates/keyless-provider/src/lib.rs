@@ -9,6 +9,9 @@
 //! - [`routes`]: route claims, checked for collisions before anything listens.
 //! - [`dispatch`]: the credential listener's request path: every provider's routes in one table,
 //!   each behind its provider's rules, with the request counter.
+//! - [`listener`]: the accept loop every keyless HTTP/1.1 server shares (the credential, admin,
+//!   webhook and node listeners), each with its own [`listener::Limits`]; with [`peer_user`], the
+//!   kernel's answer to which user a loopback connection comes from.
 //! - [`guard`]: the request rules of every native route (Host, forwarding headers, duplicated
 //!   security headers, request bodies, query length), answered in each route's native shape.
 //! - [`upstream`]: the HTTPS client rules of every token-service call (timeouts from
@@ -20,7 +23,8 @@
 //! - [`AppHost`]: the address an app in the pod dials for a listen address.
 //!
 //! Core serves no HTTP (it holds only the one upstream client stack); this crate holds the serving
-//! side the adapters would otherwise each repeat.
+//! side the adapters would otherwise each repeat, and the listener that serves it: the binary only
+//! wires commands.
 #![forbid(unsafe_code)]
 
 pub mod body;
@@ -29,6 +33,8 @@ pub mod dev;
 pub mod dispatch;
 pub mod guard;
 mod listen;
+pub mod listener;
+pub mod peer_user;
 pub mod routes;
 pub mod shadow;
 pub mod upstream;

@@ -301,6 +301,38 @@ mod tests {
         assert_eq!(cli.inject.options(), checked);
     }
 
+    /// The flags of the sidecar's resources and of node mode keep their names (the chart passes
+    /// them) and land in the library's `Resources` and `NodeEndpoints`.
+    #[test]
+    fn the_resource_and_node_flags_fill_the_librarys_structures() {
+        let cli = Cli::try_parse_from([
+            "keyless",
+            "--sidecar-cpu-request=5m",
+            "--sidecar-memory-request=6Mi",
+            "--sidecar-memory-limit=7Mi",
+            "--mode=node",
+            "--node-aws-address=169.254.170.23:80",
+            "--node-gcp-address=169.254.169.254:80",
+            "--node-azure-address=169.254.169.253:80",
+            "--node-authorization-audience=keyless.dev/node",
+        ])
+        .expect("parses");
+        let options = cli.inject.options();
+        assert_eq!(
+            options.resources,
+            Resources { cpu_request: "5m".into(), memory_request: "6Mi".into(), memory_limit: "7Mi".into() }
+        );
+        assert_eq!(
+            options.node,
+            Some(NodeEndpoints {
+                aws: "169.254.170.23:80".into(),
+                gcp: Some("169.254.169.254:80".into()),
+                azure: Some("169.254.169.253:80".into()),
+                audience: "keyless.dev/node".into(),
+            })
+        );
+    }
+
     fn annotations(pairs: &[(&str, &str)]) -> Annotations {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
@@ -359,8 +391,6 @@ mod tests {
         );
     }
 
-    /// The check is `keyless serve`'s own loading: a service account e-mail the GCP adapter refuses
-    /// at start is refused, naming the setting; the injection's usual variables pass.
     /// A GCP sidecar's variables for `account`, and `extra`.
     fn gcp_sidecar_env(account: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         [
@@ -378,6 +408,8 @@ mod tests {
         .collect()
     }
 
+    /// The check is `keyless serve`'s own loading: a service account e-mail the GCP adapter refuses
+    /// at start is refused, naming the setting; the injection's usual variables pass.
     #[test]
     fn the_sidecar_check_refuses_what_the_sidecar_would_refuse_at_start() {
         check_sidecar(&gcp_sidecar_env("app@p.iam.gserviceaccount.com", &[])).expect("accepted");

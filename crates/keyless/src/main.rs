@@ -12,11 +12,9 @@ mod durations;
 mod exec;
 #[cfg(feature = "inject")]
 mod inject;
-mod listener;
 mod logging;
 #[cfg(feature = "node")]
 mod node;
-mod peer_user;
 mod probe;
 mod providers;
 mod serve;

@@ -1,13 +1,13 @@
 //! `keyless serve`: the credential listener (every enabled adapter's routes on one loopback
 //! address) and the admin listener, with graceful shutdown.
 //!
-//! Each listener is the shared accept loop (`crate::listener`) with the sidecar's bounds (the
-//! security rules, docs/reliability.md): a deadline for a request's headers (slowloris), a size
-//! bound on them (431), and a bounded number of connections where idle ones give way to new
-//! clients, so a connection flood cannot starve a real client.
+//! Each listener is the shared accept loop (`keyless_provider::listener`) with the sidecar's
+//! bounds (the security rules, docs/reliability.md): a deadline for a request's headers
+//! (slowloris), a size bound on them (431), and a bounded number of connections where idle ones
+//! give way to new clients, so a connection flood cannot starve a real client.
 //! With the peer check on (`keyless exec`; `listen_uid_check`), the credential listener asks the
-//! kernel once per connection which user the peer is (`crate::peer_user`) and answers every request
-//! of another user's connection with its route's native 403.
+//! kernel once per connection which user the peer is (`keyless_provider::peer_user`) and answers
+//! every request of another user's connection with its route's native 403.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,13 +21,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
-use keyless_provider::dispatch::Answer;
-use keyless_provider::guard::{GuardLayer, Violation};
+use keyless_provider::guard::GuardLayer;
+use keyless_provider::listener::{Limits, Listener, PlainTcp};
+use keyless_provider::peer_user::OwnUser;
 use keyless_provider::{AppHost, RouteCollision, Routes, Rules, StandIn};
 
 use crate::admin::{self, AdminState};
-use crate::listener::{Limits, Listener, PlainTcp, RequestBody, Respond};
-use crate::peer_user::OwnUser;
 use crate::providers::Running;
 
 #[derive(Debug, thiserror::Error)]
@@ -242,17 +241,6 @@ pub(crate) fn limits(connections: usize) -> Limits {
         max_head_bytes: MAX_HEAD_BYTES,
         max_headers: MAX_HEADERS,
         shutdown_grace: SHUTDOWN_GRACE,
-    }
-}
-
-impl Respond for Routes {
-    type Future = Answer;
-    fn respond(&self, request: hyper::Request<RequestBody>, _peer: SocketAddr) -> Answer {
-        self.serve(request)
-    }
-
-    fn refuse(&self, request: hyper::Request<RequestBody>, violation: &Violation) -> Answer {
-        Routes::refuse(self, request, violation)
     }
 }
 

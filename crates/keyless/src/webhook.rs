@@ -28,7 +28,7 @@ use tracing::info;
 pub use review::FailurePolicy;
 
 use crate::inject::InjectArgs;
-use crate::listener::{Handshake, Limits, Listener, PlainTcp};
+use keyless_provider::listener::{Handshake, Limits, Listener, PlainTcp};
 
 /// From accept to the end of the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -217,8 +217,8 @@ impl Handshake for Tls {
 }
 
 /// Accepts TLS connections and serves HTTP/1.1 on each (the API server's admission client) through
-/// the shared listener (`crate::listener`: deadlines, connection limits, displacement) until
-/// `shutdown` resolves; then stops accepting, answers the reviews in progress (for at most
+/// the shared listener (`keyless_provider::listener`: deadlines, connection limits, displacement)
+/// until `shutdown` resolves; then stops accepting, answers the reviews in progress (for at most
 /// [`SHUTDOWN_GRACE`]) and closes idle keep-alive connections, so a rolling update of the webhook
 /// does not cut a review short (with `failurePolicy: Fail`, that pod's creation would fail).
 async fn serve_tls(

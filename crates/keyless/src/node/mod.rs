@@ -36,8 +36,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::listener::{Limits, Listener, PlainTcp};
 use crate::serve::bind_hint;
+use keyless_provider::listener::{Limits, Listener, PlainTcp};
 
 /// EKS Pod Identity's container endpoint address: AWS SDKs accept it (with 127.0.0.1, the ECS
 /// address and `[fd00:ec2::23]`) as a plain-HTTP `AWS_CONTAINER_CREDENTIALS_FULL_URI`.

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 use super::authz::PodTokens;
 use super::pods::NodePods;
 use super::served::Registry;
-use crate::listener::{RequestBody, Respond};
+use keyless_provider::listener::{RequestBody, Respond};
 
 /// What every node credential listener answers with.
 #[derive(Clone)]

@@ -18,7 +18,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::listener::{BodyError, RequestDeadline};
+use keyless_provider::listener::{BodyError, RequestDeadline};
 
 /// The largest AdmissionReview read. The API server accepts request bodies of at most 3 MiB (and
 /// etcd stores objects of at most 1.5 MiB); the review wraps the pod, as JSON with its defaults

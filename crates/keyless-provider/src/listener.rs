@@ -1,6 +1,8 @@
 //! The accept loop keyless's HTTP/1.1 servers share: the sidecar's credential and admin listeners,
 //! the admission webhook's admin listener and `keyless node`'s credential and admin listeners
-//! (plain TCP), and the webhook's review listener (TLS, called by the API server).
+//! (plain TCP), and the webhook's review listener (TLS, called by the API server). It lives beside
+//! [`crate::Routes`], which it serves on the credential listeners; the binary only wires each
+//! command's listeners (their [`Limits`], their [`Respond`]er).
 //!
 //! Every listener is on someone's critical path, so each bounds what a peer can hold
 //! (docs/reliability.md): the TLS handshake, the request head and the whole request (head and
@@ -35,8 +37,8 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
-use keyless_provider::guard::Violation;
-
+use crate::dispatch::{Answer, Routes};
+use crate::guard::Violation;
 use crate::peer_user::{OwnUser, Peer};
 
 /// Pause after an accept error such as EMFILE, so a full descriptor table does not spin the loop.
@@ -110,6 +112,18 @@ impl Respond for Router {
     fn refuse(&self, request: hyper::Request<RequestBody>, violation: &Violation) -> Self::Future {
         let (status, message) = (violation.status(), format!("{}\n", violation.message()));
         Router::new().fallback(move || std::future::ready((status, message.clone()))).oneshot(request)
+    }
+}
+
+/// The credential listener's answer: every provider's routes, each behind its rules.
+impl Respond for Routes {
+    type Future = Answer;
+    fn respond(&self, request: hyper::Request<RequestBody>, _peer: SocketAddr) -> Answer {
+        self.serve(request)
+    }
+
+    fn refuse(&self, request: hyper::Request<RequestBody>, violation: &Violation) -> Answer {
+        Routes::refuse(self, request, violation)
     }
 }
 
@@ -279,10 +293,7 @@ impl hyper::body::Body for CountedBody {
 /// When the request's body must have arrived (a request extension, for a handler that waits on
 /// something else while it reads the body).
 #[derive(Debug, Clone, Copy)]
-pub struct RequestDeadline(
-    #[cfg_attr(not(feature = "webhook"), expect(dead_code, reason = "only the webhook's reviews read a body"))]
-    pub  Instant,
-);
+pub struct RequestDeadline(pub Instant);
 
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]
