@@ -13,9 +13,11 @@
 
 use std::sync::Arc;
 
+use http::HeaderValue;
 use keyless_core::clock::SystemClock;
 use keyless_core::{CachePolicy, Context, Metrics};
 use keyless_provider::{Configured, DevEmulator, DevToken, Provider, Routes, Started};
+use keyless_registry::endpoints::{Endpoint, Presented};
 use keyless_registry::{Visit, dev_config, visit};
 
 /// Every provider configured from its section of `table`, with what it declares.
@@ -145,6 +147,48 @@ async fn every_provider_s_declared_headers_and_throttling_codes_are_applied() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The registry's endpoints (what the tests and benchmarks ask): each is a route of its
+    // provider (a request relayed by a proxy is refused there, 403, where a path no route
+    // matches gets an empty 404), authenticated by a header the rules refuse twice, and every
+    // provider has one.
+    let presented = Presented {
+        aws_authorization: HeaderValue::from_static("a"),
+        imds_session: HeaderValue::from_static("s"),
+        identity_header: HeaderValue::from_static("i"),
+        role_name: emulator.identities().aws_role_arn.rsplit('/').next().unwrap().to_owned(),
+        azure_resource: "https%3A%2F%2Fmanagement.azure.com%2F".to_owned(),
+    };
+    for endpoint in Endpoint::ALL {
+        let declared = configure.declared.iter().find(|d| d.name == endpoint.provider());
+        let declared =
+            declared.unwrap_or_else(|| panic!("{endpoint:?}: no registered provider {}", endpoint.provider()));
+        let request = endpoint.request(&presented);
+        for (name, _) in &request.headers {
+            let generic = keyless_provider::guard::SINGLE_HEADERS.contains(name);
+            assert!(
+                generic || declared.single_headers.contains(&name.as_str()),
+                "{endpoint:?} is authenticated by {name}, which {} does not declare",
+                declared.name
+            );
+        }
+        let mut relayed = http::Request::builder().method(request.method).uri(request.path_and_query.as_str());
+        for (name, value) in request.headers {
+            relayed = relayed.header(name, value);
+        }
+        let relayed = relayed.header("host", "127.0.0.1").header("x-forwarded-for", "10.0.0.1");
+        let response = routes.serve(relayed.body(axum::body::Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(
+            response.status(),
+            403,
+            "{endpoint:?} ({}) is no route of {}",
+            request.path_and_query,
+            declared.name
+        );
+    }
+    for declared in &configure.declared {
+        assert!(Endpoint::ALL.iter().any(|e| e.provider() == declared.name), "{} has no endpoint", declared.name);
+    }
 
     // Each provider's first exchange was throttled, and counted as such.
     let throttled = |name: &str| {
