@@ -14,12 +14,12 @@ use crate::load::{self, Target};
 /// The Resource Manager resource keyless pre-warms for Azure, as the SDKs ask for it.
 pub const AZURE_RESOURCE: &str = "https%3A%2F%2Fmanagement.azure.com";
 
-/// `--only`'s values: an [`Endpoint::id`].
-pub fn parse(id: &str) -> Result<Endpoint, String> {
-    Endpoint::from_id(id).ok_or_else(|| {
-        let ids: Vec<&str> = Endpoint::ALL.iter().map(|e| e.id()).collect();
-        format!("not an endpoint: {id} (one of {})", ids.join(", "))
-    })
+/// `--only`'s values: the [`Endpoint::id`]s, listed in `--help`.
+pub fn parser() -> impl clap::builder::TypedValueParser<Value = Endpoint> {
+    use clap::builder::TypedValueParser as _;
+    // Only the listed ids get through, each an endpoint's.
+    clap::builder::PossibleValuesParser::new(Endpoint::ALL.map(Endpoint::id))
+        .map(|id| Endpoint::from_id(&id).unwrap_or(Endpoint::AwsContainer))
 }
 
 fn at(addr: SocketAddr, request: ClientRequest) -> Target {

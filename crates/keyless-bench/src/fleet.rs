@@ -53,7 +53,7 @@ pub struct FleetOptions {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub throttle_retry: Option<Duration>,
     /// The clouds whose throttling answers to simulate [default: all three].
-    #[arg(long, value_delimiter = ',', value_parser = parse_cloud)]
+    #[arg(long, value_delimiter = ',', value_parser = cloud_parser())]
     pub clouds: Vec<Cloud>,
 }
 
@@ -62,12 +62,12 @@ pub struct FleetOptions {
 /// `Retry-After` (when the next call fits). The emulator's clouds, whose quotas these are.
 pub use keyless_emulator::Cloud;
 
-/// `--clouds`'s values: `aws`, `gcp`, `azure`.
-pub fn parse_cloud(name: &str) -> Result<Cloud, String> {
-    Cloud::ALL
-        .into_iter()
-        .find(|c| c.dir_name() == name)
-        .ok_or_else(|| format!("not a cloud: {name} (aws, gcp, azure)"))
+/// `--clouds`'s values: each cloud's name (`aws`, `gcp`, `azure`), listed in `--help`.
+pub fn cloud_parser() -> impl clap::builder::TypedValueParser<Value = Cloud> {
+    use clap::builder::TypedValueParser as _;
+    // Only the listed names get through, each a cloud's.
+    clap::builder::PossibleValuesParser::new(Cloud::ALL.map(Cloud::dir_name))
+        .map(|name| Cloud::ALL.into_iter().find(|c| c.dir_name() == name).unwrap_or(Cloud::Aws))
 }
 
 fn sends_retry_after(cloud: Cloud) -> bool {
