@@ -133,11 +133,23 @@ impl Routes {
         providers: impl IntoIterator<Item = (&'static str, &'a dyn Started)>,
         metrics: Option<&Metrics>,
     ) -> Result<Self, RouteCollision> {
+        Self::refusing_twice(providers, metrics, &[])
+    }
+
+    /// [`Routes::new`], every route also refusing each of `also` given twice: the security
+    /// headers of providers the listener does not serve (`keyless_registry::single_headers()`
+    /// gives every registered provider's), for a listener whose rules do not depend on which
+    /// providers are configured.
+    pub fn refusing_twice<'a>(
+        providers: impl IntoIterator<Item = (&'static str, &'a dyn Started)>,
+        metrics: Option<&Metrics>,
+        also: &[&'static str],
+    ) -> Result<Self, RouteCollision> {
         let providers: Vec<_> = providers.into_iter().map(|(name, started)| (name, started, started.rules())).collect();
         // Every route refuses twice what any of the listener's providers declares
         // ([`Rules::single_headers`] says why).
         let mut single_headers: Vec<&'static str> = Vec::new();
-        for name in providers.iter().flat_map(|(_, _, rules)| rules.single_headers.iter()) {
+        for name in providers.iter().flat_map(|(_, _, rules)| rules.single_headers.iter()).chain(also) {
             if !single_headers.iter().any(|n| n.eq_ignore_ascii_case(name)) {
                 single_headers.push(name);
             }
@@ -517,11 +529,15 @@ mod tests {
                 assert_eq!(response.status(), expected, "{path} with {name} {times} times");
             }
         }
-        // A provider's own router (one provider) refuses its own declaration only.
+        // A provider's own router (one provider) refuses its own declaration only, unless told
+        // the others'.
         let alone = Routes::new([("one", &one as &dyn Started)], None).expect("routes");
-        let request = http::Request::get("/one").header("x-two", "a").header("x-two", "b").body(Body::empty());
-        let response = alone.serve(request.expect("request")).await.expect("infallible");
-        assert_eq!(response.status(), StatusCode::OK);
+        let told = Routes::refusing_twice([("one", &one as &dyn Started)], None, TWO).expect("routes");
+        for (routes, expected) in [(alone, StatusCode::OK), (told, StatusCode::BAD_REQUEST)] {
+            let request = http::Request::get("/one").header("x-two", "a").header("x-two", "b").body(Body::empty());
+            let response = routes.serve(request.expect("request")).await.expect("infallible");
+            assert_eq!(response.status(), expected);
+        }
     }
 
     #[test]

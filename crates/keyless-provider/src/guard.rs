@@ -213,7 +213,8 @@ pub struct Rules {
     /// was closed (the serving-rules table and the routes fuzz target check that no credential
     /// route answers any of these twice), and a request carrying a cloud's security header twice
     /// is malformed or crafted whichever route it asks. A cloud the listener does not serve
-    /// declares nothing there: its header means nothing on that listener.
+    /// declares nothing there (its header means nothing on that listener) unless the listener is
+    /// built with every registered provider's ([`crate::Routes::refusing_twice`]).
     pub single_headers: Cow<'static, [&'static str]>,
 }
 
