@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use keyless_test_support::dev::Dev;
-use keyless_test_support::load::Endpoint;
+use keyless_test_support::load::{self, Endpoint};
 use reqwest::header::{HOST, HeaderName};
 
 const ARM: &str = "https%3A%2F%2Fmanagement.azure.com%2F";
@@ -71,11 +71,14 @@ async fn valid(dev: &Dev, http: &reqwest::Client, endpoint: Endpoint) -> Valid {
 }
 
 /// One rule broken on purpose, and the status every endpoint answers it with.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Breach {
     None,
     ForeignHost,
-    DuplicateAuth,
+    /// A header every route refuses twice (`load::single_headers`: `Authorization` and each
+    /// registered provider's declared security headers), given twice: with the endpoint's own
+    /// value when it is the one that authenticates it, else with `x`.
+    Duplicate(String),
     DuplicateHost,
     XForwardedFor,
     Forwarded,
@@ -85,28 +88,33 @@ enum Breach {
 }
 
 impl Breach {
-    const ALL: [Self; 9] = [
-        Self::None,
-        Self::ForeignHost,
-        Self::DuplicateAuth,
-        Self::DuplicateHost,
-        Self::XForwardedFor,
-        Self::Forwarded,
-        Self::XRealIp,
-        Self::Body,
-        Self::LongQuery,
-    ];
+    /// Every breach: the fixed ones, and each header every route refuses twice but `Host` (which
+    /// [`Breach::DuplicateHost`] gives with the listener's own authority).
+    fn all() -> Vec<Self> {
+        let mut all = vec![
+            Self::None,
+            Self::ForeignHost,
+            Self::DuplicateHost,
+            Self::XForwardedFor,
+            Self::Forwarded,
+            Self::XRealIp,
+            Self::Body,
+            Self::LongQuery,
+        ];
+        all.extend(load::single_headers().into_iter().filter(|h| h != "host").map(Self::Duplicate));
+        all
+    }
 
-    fn status(self) -> u16 {
+    fn status(&self) -> u16 {
         match self {
             Self::None => 200,
             Self::ForeignHost | Self::XForwardedFor | Self::Forwarded | Self::XRealIp => 403,
-            Self::DuplicateAuth | Self::DuplicateHost | Self::Body | Self::LongQuery => 400,
+            Self::Duplicate(_) | Self::DuplicateHost | Self::Body | Self::LongQuery => 400,
         }
     }
 }
 
-async fn send(http: &reqwest::Client, valid: &Valid, breach: Breach) -> (u16, reqwest::header::HeaderMap, String) {
+async fn send(http: &reqwest::Client, valid: &Valid, breach: &Breach) -> (u16, reqwest::header::HeaderMap, String) {
     let mut url = valid.url.clone();
     if let Breach::LongQuery = breach {
         url.push(if url.contains('?') { '&' } else { '?' });
@@ -118,7 +126,8 @@ async fn send(http: &reqwest::Client, valid: &Valid, breach: Breach) -> (u16, re
     request = match breach {
         Breach::None | Breach::LongQuery => request,
         Breach::ForeignHost => request.header(HOST, format!("rebind.evil.example:{}", port(&valid.authority))),
-        Breach::DuplicateAuth => request.header(auth, &valid.auth.1),
+        Breach::Duplicate(name) if name == valid.auth.0 => request.header(auth, &valid.auth.1),
+        Breach::Duplicate(name) => request.header(name.as_str(), "x").header(name.as_str(), "x"),
         Breach::DuplicateHost => request.header(HOST, &valid.authority).header(HOST, &valid.authority),
         Breach::XForwardedFor => request.header("x-forwarded-for", "203.0.113.7"),
         Breach::Forwarded => request.header("forwarded", "for=203.0.113.7"),
@@ -155,9 +164,15 @@ async fn every_endpoint_answers_every_shared_rule_alike_in_its_native_shape() {
     let dev = Dev::start().await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut failures = Vec::new();
+    let breaches = Breach::all();
     for endpoint in Endpoint::ALL {
         let valid = valid(&dev, &http, endpoint).await;
-        for breach in Breach::ALL {
+        assert!(
+            load::single_headers().iter().any(|h| h == valid.auth.0),
+            "{endpoint:?} authenticates by {}, which no provider declares a security header",
+            valid.auth.0
+        );
+        for breach in &breaches {
             let (status, headers, body) = send(&http, &valid, breach).await;
             let shaped = breach.status() == 200 || native_refusal(endpoint, status, &headers, &body);
             if status != breach.status() || !shaped {

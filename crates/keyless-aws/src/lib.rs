@@ -43,6 +43,14 @@ use crate::imds::{ImdsSessions, ImdsState};
 use crate::serve::{AwsErrors, Served};
 use crate::settings::Settings;
 
+/// The request rules of every AWS route, before and after start.
+fn rules() -> Rules {
+    Rules {
+        single_headers: <Aws as keyless_provider::Provider>::SINGLE_HEADERS.into(),
+        ..Rules::credentials(AwsErrors)
+    }
+}
+
 /// The AWS provider (`[aws]`).
 #[derive(Debug, Clone, Copy)]
 pub struct Aws;
@@ -53,6 +61,13 @@ impl keyless_provider::Provider for Aws {
     type Config = Config;
 
     const SHADOWING: keyless_provider::Shadowing = shadow::SHADOWING;
+
+    const THROTTLING_CODES: &'static [&'static str] = sts::THROTTLING_CODES;
+
+    /// IMDSv2's session token and its TTL request. The container endpoint's `Authorization` is
+    /// every cloud's.
+    const SINGLE_HEADERS: &'static [&'static str] =
+        &["x-aws-ec2-metadata-token", "x-aws-ec2-metadata-token-ttl-seconds"];
 
     /// The named role `name` (`[[aws.roles]]`) as the default role too: served on the default
     /// container path and IMDS as well as on its own path.
@@ -97,7 +112,7 @@ impl Configured for AwsConfigured {
     }
 
     fn rules(&self) -> Rules {
-        Rules::credentials(AwsErrors)
+        rules()
     }
 
     fn diagnosis(&self, ctx: &Context) -> Result<Box<dyn Diagnosis>, ProviderError> {
@@ -261,7 +276,7 @@ impl Started for Running {
     }
 
     fn rules(&self) -> Rules {
-        Rules::credentials(AwsErrors)
+        rules()
     }
 
     /// Every role's cache (the default and the named ones): ready when each holds a valid

@@ -24,6 +24,11 @@ use crate::settings::{RoleArn, RoleSessionName, Settings};
 /// The audience IRSA projects and registers as the OIDC provider's client id.
 pub(crate) const AUDIENCE: &str = "sts.amazonaws.com";
 
+/// The error codes AWS means "too many requests" by whatever the HTTP status: STS answers
+/// `Throttling` with 400 (docs/protocols.md 9); its SDKs also know the other three.
+pub(crate) const THROTTLING_CODES: &[&str] =
+    &["Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"];
+
 type StsError = SdkError<AssumeRoleWithWebIdentityError, aws_smithy_runtime_api::client::orchestrator::HttpResponse>;
 
 /// AssumeRoleWithWebIdentity for one role. One credential per role: `Key = ()`.
@@ -174,7 +179,7 @@ impl StsExchange {
                 };
                 // STS throttles with HTTP 400 `Throttling` (docs/protocols.md 9).
                 let retry_after = service.raw().headers().get("retry-after");
-                throttling(e, status, retry_after, self.clock.now())
+                throttling(e, THROTTLING_CODES, status, retry_after, self.clock.now())
             }
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => transport_error(
                 &format!("STS at {} (AssumeRoleWithWebIdentity for {role})", self.endpoint),

@@ -331,6 +331,7 @@ mod tests {
         ] {
             let err = keyless_provider::upstream::throttling(
                 f.classify(429, body),
+                <crate::Azure as keyless_provider::Provider>::THROTTLING_CODES,
                 429,
                 Some("60"),
                 std::time::SystemTime::UNIX_EPOCH,

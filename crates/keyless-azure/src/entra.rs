@@ -145,7 +145,13 @@ impl Exchange for EntraExchange {
                 },
             );
             // Entra throttles with 429 and `Retry-After`, its body perhaps not JSON (docs/protocols.md 9).
-            return Err(throttling(err, status.as_u16(), retry_after.as_deref(), self.clock.now()));
+            return Err(throttling(
+                err,
+                crate::Azure::THROTTLING_CODES,
+                status.as_u16(),
+                retry_after.as_deref(),
+                self.clock.now(),
+            ));
         }
         let granted = Granted::parse(&body).map_err(|what| {
             ExchangeError::retryable(format!(

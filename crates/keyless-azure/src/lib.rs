@@ -30,6 +30,15 @@ use crate::config::Settings;
 use crate::entra::{EntraExchange, TokenKey};
 use crate::serve::{AzureErrors, Serving};
 
+/// The request rules of every Azure route (App Service's at `app_service_path`), before and after
+/// start.
+fn rules(app_service_path: Option<String>) -> Rules {
+    Rules {
+        single_headers: <Azure as keyless_provider::Provider>::SINGLE_HEADERS.into(),
+        ..Rules::credentials(AzureErrors { app_service_path })
+    }
+}
+
 /// The Azure provider (`[azure]`).
 #[derive(Debug, Clone, Copy)]
 pub struct Azure;
@@ -40,6 +49,10 @@ impl keyless_provider::Provider for Azure {
     type Config = Config;
 
     const SHADOWING: keyless_provider::Shadowing = shadow::SHADOWING;
+
+    /// `Metadata` (IMDS clients' claim to be local) and App Service's `X-IDENTITY-HEADER`. Entra
+    /// throttles with 429 only: no `THROTTLING_CODES`.
+    const SINGLE_HEADERS: &'static [&'static str] = &["metadata", "x-identity-header"];
 
     /// The client id `client_id` (one of `additional_client_ids`) swapped with `client_id`: served
     /// to requests that name none, the former default still served when named.
@@ -128,7 +141,7 @@ impl Configured for AzureConfigured {
 
     fn rules(&self) -> Rules {
         let app_service_path = self.settings.app_service.then(|| self.settings.app_service_path.clone());
-        Rules::credentials(AzureErrors { app_service_path })
+        rules(app_service_path)
     }
 
     fn diagnosis(&self, ctx: &Context) -> Result<Box<dyn Diagnosis>, ProviderError> {
@@ -195,7 +208,7 @@ impl Started for Running {
     }
 
     fn rules(&self) -> Rules {
-        Rules::credentials(AzureErrors { app_service_path: self.app_service_path.clone() })
+        rules(self.app_service_path.clone())
     }
 
     fn readiness(&self) -> Vec<Arc<dyn Readiness>> {

@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use crate::cold::{self, Burst};
-use crate::endpoints::{self, ClientSecrets, Endpoint};
+use crate::endpoints::{self, Endpoint, Presented};
 use crate::load::{self, Run, Target};
 use crate::procs::{self, Memory};
 use crate::report::{self, ColdRequests, EndpointResult, Measured, Pair, Results};
@@ -188,18 +188,19 @@ pub async fn client_secrets(
     sidecar: &Sidecar,
     auth_file: &Path,
     identity_header: &str,
-) -> Result<ClientSecrets, BenchError> {
+) -> Result<Presented, BenchError> {
     let auth =
         std::fs::read_to_string(auth_file).map_err(|e| BenchError::File { path: auth_file.to_owned(), source: e })?;
     let header = |v: &str, what: &str| {
         HeaderValue::from_str(v).map_err(|_| BenchError::Request(format!("{what} is not a header value")))
     };
     let role_arn = emulator.identity("aws_role_arn");
-    Ok(ClientSecrets {
+    Ok(Presented {
         aws_authorization: header(&auth, "the AWS authorization token")?,
         imds_session: endpoints::imds_session(sidecar.listen).await?,
         identity_header: header(identity_header, "the identity header")?,
         role_name: role_arn.rsplit('/').next().unwrap_or_default().to_owned(),
+        azure_resource: endpoints::AZURE_RESOURCE.to_owned(),
     })
 }
 

@@ -45,7 +45,7 @@ pub struct CallgrindOptions {
     #[arg(long, default_value_t = 200)]
     pub warmup_requests: usize,
     /// Endpoints to measure (all five when absent).
-    #[arg(long, value_enum, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = endpoints::parser())]
     pub only: Vec<Endpoint>,
     /// Where callgrind writes its dumps and logs (one dump per endpoint and server, for
     /// `callgrind_annotate`).

@@ -3,94 +3,36 @@
 
 use std::net::SocketAddr;
 
-use hyper::header::{AUTHORIZATION, HeaderName, HeaderValue};
-use hyper::{Method, StatusCode};
+use hyper::StatusCode;
+use hyper::header::HeaderValue;
+use keyless_registry::endpoints::{ClientRequest, imds_session_request};
+pub use keyless_registry::endpoints::{Endpoint, Presented};
 
 use crate::BenchError;
 use crate::load::{self, Target};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Endpoint {
-    /// AWS container endpoint (`AWS_CONTAINER_CREDENTIALS_FULL_URI`) with `Authorization`.
-    AwsContainer,
-    /// AWS IMDSv2 role credentials with a session token.
-    AwsImds,
-    /// GCE metadata server `.../service-accounts/default/token` with `Metadata-Flavor: Google`.
-    GceToken,
-    /// Azure IMDS token endpoint with `Metadata: true`.
-    AzureImds,
-    /// Azure App Service endpoint with `X-IDENTITY-HEADER`.
-    AzureAppService,
-}
-
-impl Endpoint {
-    pub const ALL: [Self; 5] =
-        [Self::AwsContainer, Self::AwsImds, Self::GceToken, Self::AzureImds, Self::AzureAppService];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::AwsContainer => "AWS container endpoint",
-            Self::AwsImds => "AWS IMDSv2 credentials",
-            Self::GceToken => "GCE metadata token",
-            Self::AzureImds => "Azure IMDS token",
-            Self::AzureAppService => "Azure App Service token",
-        }
-    }
-}
-
-/// The values clients present: read from where an app would read them.
-#[derive(Debug, Clone)]
-pub struct ClientSecrets {
-    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`'s content.
-    pub aws_authorization: HeaderValue,
-    /// An IMDSv2 session token from `PUT /latest/api/token`.
-    pub imds_session: HeaderValue,
-    /// `IDENTITY_HEADER`.
-    pub identity_header: HeaderValue,
-    /// The last segment of the role ARN (IMDS serves credentials under it).
-    pub role_name: String,
-}
-
 /// The Resource Manager resource keyless pre-warms for Azure, as the SDKs ask for it.
-const AZURE_RESOURCE: &str = "https%3A%2F%2Fmanagement.azure.com";
+pub const AZURE_RESOURCE: &str = "https%3A%2F%2Fmanagement.azure.com";
 
-fn header(name: &'static str, value: HeaderValue) -> (HeaderName, HeaderValue) {
-    (HeaderName::from_static(name), value)
+/// `--only`'s values: the [`Endpoint::id`]s, listed in `--help`.
+pub fn parser() -> impl clap::builder::TypedValueParser<Value = Endpoint> {
+    use clap::builder::TypedValueParser as _;
+    // Only the listed ids get through, each an endpoint's.
+    clap::builder::PossibleValuesParser::new(Endpoint::ALL.map(Endpoint::id))
+        .map(|id| Endpoint::from_id(&id).unwrap_or(Endpoint::AwsContainer))
 }
 
-pub fn target(endpoint: Endpoint, addr: SocketAddr, secrets: &ClientSecrets) -> Target {
-    let get = |path: String, headers| Target { addr, method: Method::GET, path_and_query: path, headers };
-    match endpoint {
-        Endpoint::AwsContainer => {
-            get("/v1/credentials".into(), vec![(AUTHORIZATION, secrets.aws_authorization.clone())])
-        }
-        Endpoint::AwsImds => get(
-            format!("/latest/meta-data/iam/security-credentials/{}", secrets.role_name),
-            vec![header("x-aws-ec2-metadata-token", secrets.imds_session.clone())],
-        ),
-        Endpoint::GceToken => get(
-            "/computeMetadata/v1/instance/service-accounts/default/token".into(),
-            vec![header("metadata-flavor", HeaderValue::from_static("Google"))],
-        ),
-        Endpoint::AzureImds => get(
-            format!("/metadata/identity/oauth2/token?api-version=2018-02-01&resource={AZURE_RESOURCE}"),
-            vec![header("metadata", HeaderValue::from_static("true"))],
-        ),
-        Endpoint::AzureAppService => get(
-            format!("/msi/token?api-version=2019-08-01&resource={AZURE_RESOURCE}"),
-            vec![header("x-identity-header", secrets.identity_header.clone())],
-        ),
-    }
+fn at(addr: SocketAddr, request: ClientRequest) -> Target {
+    Target { addr, method: request.method, path_and_query: request.path_and_query, headers: request.headers }
+}
+
+pub fn target(endpoint: Endpoint, addr: SocketAddr, presented: &Presented) -> Target {
+    at(addr, endpoint.request(presented))
 }
 
 /// `PUT /latest/api/token` as the SDKs send it (the Rust SDK always asks for the maximum TTL).
 pub async fn imds_session(addr: SocketAddr) -> Result<HeaderValue, BenchError> {
-    let put = Target {
-        addr,
-        method: Method::PUT,
-        path_and_query: "/latest/api/token".into(),
-        headers: vec![header("x-aws-ec2-metadata-token-ttl-seconds", HeaderValue::from_static("21600"))],
-    };
+    let put = at(addr, imds_session_request(21600));
     let client = reqwest::Client::builder().no_proxy().build().map_err(|e| BenchError::Request(e.to_string()))?;
     let response = client
         .put(format!("http://{addr}{}", put.path_and_query))

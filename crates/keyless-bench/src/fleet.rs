@@ -53,44 +53,33 @@ pub struct FleetOptions {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub throttle_retry: Option<Duration>,
     /// The clouds whose throttling answers to simulate [default: all three].
-    #[arg(long, value_enum, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = cloud_parser())]
     pub clouds: Vec<Cloud>,
 }
 
-/// Which cloud's answer over quota the token service gives (docs/protocols.md 9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Cloud {
-    /// STS: 400 `Throttling`, no `Retry-After`.
-    Aws,
-    /// 429 `RESOURCE_EXHAUSTED` with `Retry-After` (when the next call fits).
-    Gcp,
-    /// 429 with `Retry-After` (when the next call fits).
-    Azure,
+/// Which cloud's answer over quota the token service gives (docs/protocols.md 9): AWS STS 400
+/// `Throttling` without `Retry-After`, Google 429 `RESOURCE_EXHAUSTED` and Entra 429 with
+/// `Retry-After` (when the next call fits). The emulator's clouds, whose quotas these are.
+pub use keyless_emulator::Cloud;
+
+/// `--clouds`'s values: each cloud's name (`aws`, `gcp`, `azure`), listed in `--help`.
+pub fn cloud_parser() -> impl clap::builder::TypedValueParser<Value = Cloud> {
+    use clap::builder::TypedValueParser as _;
+    // Only the listed names get through, each a cloud's.
+    clap::builder::PossibleValuesParser::new(Cloud::ALL.map(Cloud::dir_name))
+        .map(|name| Cloud::ALL.into_iter().find(|c| c.dir_name() == name).unwrap_or(Cloud::Aws))
 }
 
-impl Cloud {
-    pub const ALL: [Self; 3] = [Self::Aws, Self::Gcp, Self::Azure];
+fn sends_retry_after(cloud: Cloud) -> bool {
+    cloud != Cloud::Aws
+}
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Aws => "aws",
-            Self::Gcp => "gcp",
-            Self::Azure => "azure",
-        }
-    }
-
-    fn sends_retry_after(self) -> bool {
-        self != Self::Aws
-    }
-
-    /// The emulated token service whose quota the simulated one is.
-    fn service(self) -> Service {
-        match self {
-            Self::Aws => Service::AwsSts,
-            Self::Gcp => Service::GcpSts,
-            Self::Azure => Service::AzureToken,
-        }
-    }
+/// The emulated token service whose quota the simulated one is: the cloud's first service in the
+/// emulator's order (`aws-sts`, `gcp-sts`, `azure-token`; Google's IAM Credentials comes after its
+/// STS), found by the emulator's names rather than listed again here.
+fn service(cloud: Cloud) -> Service {
+    let prefix = format!("{}-", cloud.dir_name());
+    Service::ALL.into_iter().find(|s| s.name().starts_with(&prefix)).unwrap_or(Service::AwsSts)
 }
 
 /// Today's schedule (every refresh at `refresh_at`) or the new one (jittered, the default).
@@ -122,21 +111,21 @@ struct TokenService {
 impl TokenService {
     fn new(cloud: Cloud, quota: f64, duration: Duration) -> Self {
         let quotas = Quotas::default();
-        quotas.set(cloud.service(), Some(Quota::per_second(quota)));
+        quotas.set(service(cloud), Some(Quota::per_second(quota)));
         let seconds = usize::try_from(duration.as_secs()).unwrap_or(usize::MAX).saturating_add(1);
         Self { cloud, quotas, start: Instant::now(), per_second: Mutex::new(vec![(0, 0); seconds]) }
     }
 
     /// `Ok` within the quota; else the throttling error the adapter would make of the answer.
     fn call(&self) -> Result<(), ExchangeError> {
-        let admitted = self.quotas.admit(self.cloud.service());
+        let admitted = self.quotas.admit(service(self.cloud));
         let second = usize::try_from(self.start.elapsed().as_secs()).unwrap_or(usize::MAX);
         if let Some(count) = self.per_second.lock().unwrap_or_else(PoisonError::into_inner).get_mut(second) {
             count.0 += 1;
             count.1 += u32::from(admitted.is_err());
         }
         admitted.map_err(|retry_after| {
-            let retry_after = self.cloud.sends_retry_after().then_some(retry_after);
+            let retry_after = sends_retry_after(self.cloud).then_some(retry_after);
             ExchangeError::throttled("throttled by the simulated token service", retry_after)
         })
     }
@@ -156,7 +145,7 @@ impl Exchange for PodExchange {
     type Credential = ();
 
     fn provider(&self) -> &'static str {
-        self.service.cloud.name()
+        self.service.cloud.dir_name()
     }
 
     fn identity(&self, _key: &()) -> String {

@@ -213,7 +213,7 @@ pub fn report(options: &FleetNodeOptions) -> Result<(), BenchError> {
             if mode_run.run.expired_served > 0 {
                 expired.push(format!(
                     "{} {}: {} expired credentials served",
-                    cloud.name(),
+                    cloud.dir_name(),
                     mode,
                     mode_run.run.expired_served
                 ));
@@ -263,18 +263,16 @@ fn row(mode_run: &ModeRun) -> String {
         Some(ratio) => format!("{} ({ratio:.2}x of {})", run.throttled, run.unavoidable),
         None => format!("{} (none unavoidable)", run.throttled),
     };
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "| {} | {} | {} | {ready} | {throttled} | {:.0} | {} | {}",
-        run.cloud.name(),
-        mode_run.mode,
-        run.units,
-        run.steady_per_hour,
-        mode_run.memory,
-        run.expired_served,
-    );
-    out
+    crate::fleet_report::table_row(&[
+        &run.cloud.dir_name(),
+        &mode_run.mode,
+        &run.units,
+        &ready,
+        &throttled,
+        &format_args!("{:.0}", run.steady_per_hour),
+        &mode_run.memory,
+        &run.expired_served,
+    ])
 }
 
 /// `DIR/fleet-node-CLOUD.csv`: second, then calls and throttled calls of each mode.
@@ -301,7 +299,7 @@ fn write_csv(dir: &Path, cloud: Cloud, runs: &[ModeRun]) -> Result<(), BenchErro
         }
         csv.push('\n');
     }
-    let path = dir.join(format!("fleet-node-{}.csv", cloud.name()));
+    let path = dir.join(format!("fleet-node-{}.csv", cloud.dir_name()));
     std::fs::write(&path, format!("{}\n{csv}", meta.trim_end_matches('|')))
         .map_err(|source| BenchError::File { path, source })
 }

@@ -11,11 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use hyper::header::HeaderValue;
+use keyless_registry::endpoints::{ClientRequest, Endpoint, Presented};
 use rand::Rng as _;
 use serde_json::{Value, json};
 use tokio::process::Child;
 use tokio::time::Instant;
 
+use crate::endpoints::AZURE_RESOURCE;
 use crate::stack::{self, Emulator, Launcher, sidecar_toml};
 use crate::{BenchError, procs};
 
@@ -33,7 +36,6 @@ const BIN: usize = 10;
 /// How often a pod not yet ready is asked `/readyz` (the resolution of the ready times).
 const READY_POLL: Duration = Duration::from_millis(1000);
 /// The Azure resource keyless pre-warms, as the SDKs ask for it.
-const AZURE_RESOURCE: &str = "https%3A%2F%2Fmanagement.azure.com";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FleetProcsOptions {
@@ -486,17 +488,17 @@ async fn ask(
     cloud: usize,
     aws_authorization: &str,
 ) -> Result<(i64, bool), String> {
-    let request = match cloud {
-        0 => http.get(format!("http://{listen}/v1/credentials")).header("authorization", aws_authorization),
-        1 => http
-            .get(format!("http://{listen}/computeMetadata/v1/instance/service-accounts/default/token"))
-            .header("metadata-flavor", "Google"),
-        _ => http
-            .get(format!(
-                "http://{listen}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={AZURE_RESOURCE}"
-            ))
-            .header("metadata", "true"),
+    let endpoint = [Endpoint::AwsContainer, Endpoint::GceToken, Endpoint::AzureImds][cloud.min(2)];
+    let presented = Presented {
+        aws_authorization: HeaderValue::from_str(aws_authorization).map_err(|e| format!("authorization: {e}"))?,
+        imds_session: HeaderValue::from_static(""),
+        identity_header: HeaderValue::from_static(""),
+        role_name: String::new(),
+        azure_resource: AZURE_RESOURCE.to_owned(),
     };
+    let ClientRequest { method, path_and_query, headers } = endpoint.request(&presented);
+    let request =
+        http.request(method, format!("http://{listen}{path_and_query}")).headers(headers.into_iter().collect());
     let response = request.send().await.map_err(|e| format!("request: {e}"))?;
     let status = response.status();
     let text = response.text().await.map_err(|e| format!("{status}, body: {e}"))?;

@@ -37,7 +37,7 @@ pub fn report(options: &FleetOptions) -> Result<(), BenchError> {
             let run = simulate(options, cloud, schedule).map_err(|e| BenchError::Request(e.to_string()))?;
             println!("{} | {:.1}s", row(&run), started.elapsed().as_secs_f64());
             if schedule == Schedule::Jittered {
-                missed.extend(missed_goals(&run).into_iter().map(|goal| format!("{}: {goal}", cloud.name())));
+                missed.extend(missed_goals(&run).into_iter().map(|goal| format!("{}: {goal}", cloud.dir_name())));
             }
             runs.push(run);
         }
@@ -87,21 +87,26 @@ pub fn row(run: &FleetRun) -> String {
         Some(ratio) => format!("{ratio:.2}x of {}{}", run.unavoidable, goal(ratio <= THROTTLED_GOAL)),
         None => "none unavoidable".to_owned(),
     };
+    table_row(&[
+        &run.cloud.dir_name(),
+        &format_args!("refresh_jitter = {}", run.jitter),
+        &ready,
+        &run.calls,
+        &format_args!("{} ({throttled}; {:.1}%)", run.throttled, 100.0 * run.throttled_share()),
+        &format_args!("{:.2}{}", run.steady_peak_over_mean, goal(run.steady_peak_over_mean < PEAK_GOAL)),
+        &format_args!("{}{}", run.expired_served, goal(run.expired_served == 0)),
+        &run.failed_after_ready,
+    ])
+}
+
+/// A row of a markdown table, `| a | b | c` (the wall time cell is appended by the caller), the
+/// fleet reports' and the node report's.
+pub fn table_row(cells: &[&dyn std::fmt::Display]) -> String {
     let mut out = String::new();
-    let _ = write!(
-        out,
-        "| {} | refresh_jitter = {} | {ready} | {} | {} ({throttled}; {:.1}%) | {:.2}{} | {}{} | {}",
-        run.cloud.name(),
-        run.jitter,
-        run.calls,
-        run.throttled,
-        100.0 * run.throttled_share(),
-        run.steady_peak_over_mean,
-        goal(run.steady_peak_over_mean < PEAK_GOAL),
-        run.expired_served,
-        goal(run.expired_served == 0),
-        run.failed_after_ready,
-    );
+    for cell in cells {
+        let _ = write!(out, "| {cell} ");
+    }
+    out.pop();
     out
 }
 
@@ -123,7 +128,7 @@ fn write_csv(dir: &Path, cloud: Cloud, runs: &[FleetRun]) -> Result<(), BenchErr
         }
         csv.push('\n');
     }
-    let path = dir.join(format!("fleet-{}.csv", cloud.name()));
+    let path = dir.join(format!("fleet-{}.csv", cloud.dir_name()));
     std::fs::write(&path, csv).map_err(|source| BenchError::File { path, source })
 }
 
@@ -133,6 +138,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_table_row_is_its_cells_between_pipes() {
+        assert_eq!(table_row(&[&"aws", &3, &format_args!("{:.1}", 2.0)]), "| aws | 3 | 2.0");
+        assert_eq!(table_row(&[]), "");
+    }
 
     /// The benchmark's small configuration, so it cannot rot: 200 pods at 1 exchange/s (the
     /// 10,000 pods at 50/s, scaled down), two hours of virtual time.

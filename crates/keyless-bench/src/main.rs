@@ -126,7 +126,7 @@ pub struct Options {
     #[arg(long, default_value_t = 1000)]
     cold_requests: usize,
     /// Endpoints to load (all five when absent).
-    #[arg(long, value_enum, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = endpoints::parser())]
     only: Vec<endpoints::Endpoint>,
     /// Record a `perf` CPU profile of each server during its first run on each endpoint, into
     /// DIR/<endpoint>.{keyless,bare}.perf.data (needs `perf`; build with symbols to read them).

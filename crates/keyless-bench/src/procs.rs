@@ -1,10 +1,10 @@
 //! What the kernel says about a process and the machine: memory (`/proc/PID/status`), CPU time
 //! (`/proc/PID/stat`), load, CPU model.
 
-use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::sync::{Mutex, PoisonError};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
+
+use keyless_test_support::ports;
 
 use crate::BenchError;
 
@@ -86,34 +86,20 @@ pub fn ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
-/// A loopback port free right now (the OS picks it; it is released for the child to bind).
+/// A loopback port free right now, never handed out before by this process
+/// (`keyless_test_support::ports`, the tests' own).
 pub fn free_port() -> Result<SocketAddr, BenchError> {
-    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    TcpListener::bind(any).and_then(|l| l.local_addr()).map_err(|e| BenchError::Connect { addr: any, source: e })
+    ports::free_port().map_err(port_error)
 }
 
-/// Two loopback ports free right now, never handed out before by this process: the kernel may
-/// give a port just released to the next `bind(0)`, before the child it was picked for binds it
-/// (released for the child to bind; another program may still take one, rarely).
+/// Two such ports.
 pub fn free_ports() -> Result<(SocketAddr, SocketAddr), BenchError> {
-    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let error = |e| BenchError::Connect { addr: any, source: e };
-    let mut held = Vec::new();
-    let mut picked = Vec::new();
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
-    while picked.len() < 2 {
-        if held.len() > 1000 {
-            return Err(error(std::io::Error::other("no loopback port left that was not handed out already")));
-        }
-        let listener = TcpListener::bind(any).map_err(error)?;
-        let addr = listener.local_addr().map_err(error)?;
-        if handed_out.insert(addr.port()) {
-            picked.push(addr);
-        }
-        held.push(listener);
-    }
-    Ok((picked[0], picked[1]))
+    let [a, b] = ports::free_ports::<2>().map_err(port_error)?;
+    Ok((a, b))
+}
+
+fn port_error(source: std::io::Error) -> BenchError {
+    BenchError::Connect { addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), source }
 }
 
 /// The 1-minute load average (NaN where `/proc/loadavg` cannot be read).

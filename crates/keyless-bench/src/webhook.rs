@@ -256,21 +256,11 @@ impl Webhook {
     }
 }
 
+/// A Pod CREATE review of `pod`, as the tests send it (`keyless_test_support::webhook`), as a dry
+/// run: the benchmark's thousands of reviews are not counted as injections.
 fn review(pod: Value) -> Bytes {
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "0f5b2c4e-bench",
-            "kind": { "group": "", "version": "v1", "kind": "Pod" },
-            "resource": { "group": "", "version": "v1", "resource": "pods" },
-            "namespace": NAMESPACE,
-            "operation": "CREATE",
-            "userInfo": { "username": "system:serviceaccount:kube-system:replicaset-controller" },
-            "object": pod,
-            "dryRun": true,
-        },
-    });
+    let mut review = keyless_test_support::webhook::pod_review("0f5b2c4e-bench", NAMESPACE, &pod);
+    review["request"]["dryRun"] = json!(true);
     Bytes::from(review.to_string())
 }
 

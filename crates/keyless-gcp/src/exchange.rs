@@ -153,7 +153,13 @@ impl GcpExchange {
         let body = read_bounded(&self.sts_name(), CA_KEY, response).await?;
         if !status.is_success() {
             let err = rejection::sts(status, &body, &self.attempt(token));
-            return Err(throttling(err, status.as_u16(), retry_after.as_deref(), self.clock.now()));
+            return Err(throttling(
+                err,
+                rejection::THROTTLING_CODES,
+                status.as_u16(),
+                retry_after.as_deref(),
+                self.clock.now(),
+            ));
         }
         let parsed: StsResponse = serde_json::from_slice(&body)
             .map_err(|_| ExchangeError::retryable("STS answered 200 with a body that is not a token response"))?;
@@ -229,7 +235,7 @@ impl GcpExchange {
             return Ok(answer);
         }
         let err = rejection::iam(call, status, &answer, &self.attempt(token));
-        Err(throttling(err, status.as_u16(), retry_after.as_deref(), self.clock.now()))
+        Err(throttling(err, rejection::THROTTLING_CODES, status.as_u16(), retry_after.as_deref(), self.clock.now()))
     }
 
     /// STS as errors name it.

@@ -27,6 +27,11 @@ impl keyless_provider::Provider for Gcp {
 
     const SHADOWING: keyless_provider::Shadowing = crate::shadow::SHADOWING;
 
+    const THROTTLING_CODES: &'static [&'static str] = crate::rejection::THROTTLING_CODES;
+
+    /// `Metadata-Flavor`, the clients' claim to be local.
+    const SINGLE_HEADERS: &'static [&'static str] = &["metadata-flavor"];
+
     /// The `[[gcp.service_accounts]]` entry `email` swapped with the default service account:
     /// the metadata server's `default` is then `email`, and the former default is served by its
     /// own e-mail.
@@ -82,7 +87,7 @@ impl Configured for GcpConfigured {
     }
 
     fn rules(&self) -> Rules {
-        Rules { host_names: HOST_NAMES, response_headers: &FLAVOR, ..Rules::credentials(GcpErrors) }
+        rules()
     }
 
     fn diagnosis(&self, ctx: &Context) -> Result<Box<dyn Diagnosis>, ProviderError> {
@@ -120,6 +125,16 @@ static FLAVOR: [(HeaderName, HeaderValue); 1] =
 
 /// The names Google's clients use for the metadata server (accepted as `Host`).
 const HOST_NAMES: &[&str] = &["metadata.google.internal", "metadata"];
+
+/// The request rules of every metadata route, before and after start.
+fn rules() -> Rules {
+    Rules {
+        host_names: HOST_NAMES,
+        response_headers: &FLAVOR,
+        single_headers: <Gcp as keyless_provider::Provider>::SINGLE_HEADERS.into(),
+        ..Rules::credentials(GcpErrors)
+    }
+}
 
 impl Running {
     /// Builds the exchange and its cache, and pins the default scope set and every configured
@@ -192,7 +207,7 @@ impl Started for Running {
     }
 
     fn rules(&self) -> Rules {
-        Rules { host_names: HOST_NAMES, response_headers: &FLAVOR, ..Rules::credentials(GcpErrors) }
+        rules()
     }
 
     /// Every account's cache: `/readyz` names each service account.

@@ -47,6 +47,10 @@ struct OAuthError {
     error_description: Option<String>,
 }
 
+/// The error code Google's APIs mean "too many requests" by (STS and IAM Credentials over quota:
+/// 429 `RESOURCE_EXHAUSTED`, docs/protocols.md 9), the code [`sts`] and [`iam`] give then.
+pub(crate) const THROTTLING_CODES: &[&str] = &["RESOURCE_EXHAUSTED"];
+
 /// A non-2xx answer of STS `/v1/token` (`{"error","error_description"}`, docs/protocols.md 3.1).
 /// Over quota, STS answers in Google's API error shape instead (`{"error":{"status":
 /// "RESOURCE_EXHAUSTED"}}`, docs/protocols.md 9): its `status` is the code then.
@@ -321,7 +325,7 @@ mod tests {
         let (p, c) = (provider(), claims(600, now));
         let a = attempt(&p, &c, now);
         let body = br#"{"error":{"code":429,"message":"Quota exceeded for quota metric 'Token exchange requests' and limit 'Token exchange requests per minute' of service 'sts.googleapis.com' for consumer 'project_number:42'.","status":"RESOURCE_EXHAUSTED"}}"#;
-        let throttled = |err| keyless_provider::upstream::throttling(err, 429, Some("7"), now);
+        let throttled = |err| keyless_provider::upstream::throttling(err, THROTTLING_CODES, 429, Some("7"), now);
         for err in [
             sts(StatusCode::TOO_MANY_REQUESTS, body, &a),
             iam(IamCall::AccessToken, StatusCode::TOO_MANY_REQUESTS, body, &a),

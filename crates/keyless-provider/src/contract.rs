@@ -73,6 +73,17 @@ pub trait Provider: 'static {
     /// `keyless exec` and `keyless dev` set aside for the program they serve.
     const SHADOWING: Shadowing = Shadowing::NONE;
 
+    /// The error codes the cloud's token services mean "too many requests" by, whatever the HTTP
+    /// status (docs/protocols.md 9: AWS STS answers `Throttling` with 400): the adapter passes them
+    /// to [`crate::upstream::throttling`], which treats any 429 as throttling besides.
+    const THROTTLING_CODES: &'static [&'static str] = &[];
+
+    /// The cloud's own security headers: what its clients send to claim they are local
+    /// (`Metadata-Flavor`) or to carry a session token (IMDSv2's), refused when given twice
+    /// ([`crate::Rules::single_headers`], where the provider's rules carry them; `Host` and
+    /// `Authorization` are every cloud's, [`crate::guard::SINGLE_HEADERS`]).
+    const SINGLE_HEADERS: &'static [&'static str] = &[];
+
     /// The section with `identity` (a named role, a service account, a client id: whatever
     /// `keyless exec --aws-role` and its siblings take) made the default identity, the one an SDK gets without
     /// naming one. An identity the section does not configure is an error naming those it does.

@@ -133,10 +133,31 @@ impl Routes {
         providers: impl IntoIterator<Item = (&'static str, &'a dyn Started)>,
         metrics: Option<&Metrics>,
     ) -> Result<Self, RouteCollision> {
+        Self::refusing_twice(providers, metrics, &[])
+    }
+
+    /// [`Routes::new`], every route also refusing each of `also` given twice: the security
+    /// headers of providers the listener does not serve (`keyless_registry::single_headers()`
+    /// gives every registered provider's), for a listener whose rules do not depend on which
+    /// providers are configured.
+    pub fn refusing_twice<'a>(
+        providers: impl IntoIterator<Item = (&'static str, &'a dyn Started)>,
+        metrics: Option<&Metrics>,
+        also: &[&'static str],
+    ) -> Result<Self, RouteCollision> {
+        let providers: Vec<_> = providers.into_iter().map(|(name, started)| (name, started, started.rules())).collect();
+        // Every route refuses twice what any of the listener's providers declares
+        // ([`Rules::single_headers`] says why).
+        let mut single_headers: Vec<&'static str> = Vec::new();
+        for name in providers.iter().flat_map(|(_, _, rules)| rules.single_headers.iter()).chain(also) {
+            if !single_headers.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                single_headers.push(name);
+            }
+        }
         let mut claims = Vec::new();
         let mut served = Vec::new();
-        for (name, started) in providers {
-            let rules = started.rules();
+        for (name, started, rules) in providers {
+            let rules = Rules { single_headers: single_headers.clone().into(), ..rules };
             for route in started.routes() {
                 claims.push(RouteClaim::new(route.path.clone(), format!("{name} routes")));
                 let requests = metrics.map(|m| m.route_requests(name, &route.path));
@@ -462,6 +483,61 @@ mod tests {
             .expect("request");
         let response = routes.serve(request).await.expect("infallible");
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "a body on a route that takes none");
+    }
+
+    /// A provider with one route, `GET {0}`, declaring the security header `{1}`.
+    struct Declaring(&'static str, &'static [&'static str]);
+
+    impl Started for Declaring {
+        fn routes(&self) -> Vec<NativeRoute> {
+            vec![NativeRoute::get(self.0, Handler::new((), |(), _| async { "served".into_response() }))]
+        }
+
+        fn rules(&self) -> Rules {
+            Rules { single_headers: self.1.into(), ..Rules::credentials(PlainText) }
+        }
+
+        fn readiness(&self) -> Vec<Arc<dyn keyless_core::Readiness>> {
+            Vec::new()
+        }
+
+        fn app_env(&self, _app: &AppHost) -> Vec<keyless_core::AppEnvVar> {
+            Vec::new()
+        }
+    }
+
+    /// A security header one provider declares is refused twice on every route of the listener,
+    /// the other provider's included; given once, or undeclared, it is served.
+    #[tokio::test]
+    async fn a_declared_header_twice_is_refused_on_every_route_of_the_listener() {
+        const ONE: &[&str] = &["x-one"];
+        const TWO: &[&str] = &["X-Two"];
+        let (one, two) = (Declaring("/one", ONE), Declaring("/two", TWO));
+        let routes = Routes::new([("one", &one as &dyn Started), ("two", &two)], None).expect("routes");
+        for path in ["/one", "/two"] {
+            for (name, times, expected) in [
+                ("x-one", 2, StatusCode::BAD_REQUEST),
+                ("x-two", 2, StatusCode::BAD_REQUEST),
+                ("x-one", 1, StatusCode::OK),
+                ("x-three", 2, StatusCode::OK),
+            ] {
+                let mut request = http::Request::get(path).header("host", "127.0.0.1");
+                for _ in 0..times {
+                    request = request.header(name, "v");
+                }
+                let response = routes.serve(request.body(Body::empty()).expect("request")).await.expect("infallible");
+                assert_eq!(response.status(), expected, "{path} with {name} {times} times");
+            }
+        }
+        // A provider's own router (one provider) refuses its own declaration only, unless told
+        // the others'.
+        let alone = Routes::new([("one", &one as &dyn Started)], None).expect("routes");
+        let told = Routes::refusing_twice([("one", &one as &dyn Started)], None, TWO).expect("routes");
+        for (routes, expected) in [(alone, StatusCode::OK), (told, StatusCode::BAD_REQUEST)] {
+            let request = http::Request::get("/one").header("x-two", "a").header("x-two", "b").body(Body::empty());
+            let response = routes.serve(request.expect("request")).await.expect("infallible");
+            assert_eq!(response.status(), expected);
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! | violation | status | why |
 //! |---|---|---|
 //! | `Host` not an IP literal, `localhost` or a name the cloud's own clients use | 403 | a DNS-rebinding web page sends its own name |
-//! | a security header given twice (`Host`, `Authorization`, `Metadata`, `Metadata-Flavor`, `X-IDENTITY-HEADER`, the IMDSv2 token and TTL headers) | 400 | first-wins would let a proxy or a confused client pick the value |
+//! | a security header given twice (`Host`, `Authorization`, and each header a provider declares in its [`Rules::single_headers`]: `Metadata`, `Metadata-Flavor`, `X-IDENTITY-HEADER`, the IMDSv2 token and TTL headers) | 400 | first-wins would let a proxy or a confused client pick the value |
 //! | `X-Forwarded-For`, `Forwarded` or `X-Real-IP` present | 403 | the request came through a proxy: the GCE metadata server's rule, applied to every route |
 //! | a request body (`Content-Length` other than 0, or `Transfer-Encoding`) | 400 | no native route takes one, but a `POST` route ([`crate::RouteMethod::Post`]) |
 //! | a `POST` route's body over [`crate::MAX_FORM_BODY`] (by `Content-Length`, or as it arrives) | 413 | a token request's form is far shorter |
@@ -31,17 +31,11 @@ use tower::{Layer, Service};
 /// Longest query string accepted.
 pub const MAX_QUERY: usize = 4096;
 
-/// The headers a request may carry at most once: each carries a credential, a client's claim to
-/// be local, or the target host.
-pub const SINGLE_HEADERS: [HeaderName; 7] = [
-    header::HOST,
-    header::AUTHORIZATION,
-    HeaderName::from_static("metadata"),
-    HeaderName::from_static("metadata-flavor"),
-    HeaderName::from_static("x-identity-header"),
-    HeaderName::from_static("x-aws-ec2-metadata-token"),
-    HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds"),
-];
+/// The headers any request may carry at most once, whichever cloud it asks: the target host (the
+/// admin routes check only this one) and a credential. The headers a cloud's own clients send to
+/// claim they are local or to carry its session token are the provider's to declare
+/// ([`Rules::single_headers`]).
+pub const SINGLE_HEADERS: [HeaderName; 2] = [header::HOST, header::AUTHORIZATION];
 
 /// Headers a forwarding proxy adds.
 const FORWARDING_HEADERS: [HeaderName; 3] = [
@@ -227,6 +221,18 @@ pub struct Rules {
     /// Headers every response of these routes carries (the GCE metadata server's
     /// `Metadata-Flavor: Google`).
     pub response_headers: &'static [(HeaderName, HeaderValue)],
+    /// The cloud's own security headers ([`crate::Provider::SINGLE_HEADERS`], lowercase), refused
+    /// when given twice besides [`SINGLE_HEADERS`].
+    ///
+    /// A provider's rules carry its own declaration; the credential listener ([`crate::Routes`]) refuses the
+    /// union of what its providers declare on **every** route, not only on the declaring cloud's:
+    /// the listener keeps one rule set whichever route a request names, as it did when the list
+    /// was closed (the serving-rules table and the routes fuzz target check that no credential
+    /// route answers any of these twice), and a request carrying a cloud's security header twice
+    /// is malformed or crafted whichever route it asks. A cloud the listener does not serve
+    /// declares nothing there (its header means nothing on that listener) unless the listener is
+    /// built with every registered provider's ([`crate::Routes::refusing_twice`]).
+    pub single_headers: Cow<'static, [&'static str]>,
 }
 
 impl std::fmt::Debug for Rules {
@@ -234,6 +240,7 @@ impl std::fmt::Debug for Rules {
         f.debug_struct("Rules")
             .field("scope", &self.scope)
             .field("host_names", &self.host_names)
+            .field("single_headers", &self.single_headers)
             .finish_non_exhaustive()
     }
 }
@@ -241,12 +248,24 @@ impl std::fmt::Debug for Rules {
 impl Rules {
     /// The credential-route rules with `errors` and nothing else.
     pub fn credentials(errors: impl NativeErrors) -> Self {
-        Self { scope: Scope::Credentials, errors: Arc::new(errors), host_names: &[], response_headers: &[] }
+        Self {
+            scope: Scope::Credentials,
+            errors: Arc::new(errors),
+            host_names: &[],
+            response_headers: &[],
+            single_headers: Cow::Borrowed(&[]),
+        }
     }
 
     /// The admin listener's rules.
     pub fn admin() -> Self {
-        Self { scope: Scope::Admin, errors: Arc::new(PlainText), host_names: &[], response_headers: &[] }
+        Self {
+            scope: Scope::Admin,
+            errors: Arc::new(PlainText),
+            host_names: &[],
+            response_headers: &[],
+            single_headers: Cow::Borrowed(&[]),
+        }
     }
 
     /// The first rule `request` breaks, if any.
@@ -266,12 +285,17 @@ impl Rules {
         // A map whose every name appears once has as many keys as values: the usual case costs
         // one comparison.
         if headers.keys_len() != headers.len() {
-            let single = match self.scope {
-                Scope::Credentials => &SINGLE_HEADERS[..],
-                Scope::Admin => &SINGLE_HEADERS[..1],
+            let (generic, declared) = match self.scope {
+                Scope::Credentials => (&SINGLE_HEADERS[..], &self.single_headers[..]),
+                Scope::Admin => (&SINGLE_HEADERS[..1], &[][..]),
             };
-            if let Some(name) = single.iter().find(|name| headers.get_all(*name).iter().nth(1).is_some()) {
+            if let Some(name) = generic.iter().find(|name| headers.get_all(*name).iter().nth(1).is_some()) {
                 return Some(Violation::DuplicateHeader(name.clone()));
+            }
+            // By name: a name that is no valid header name is in no request.
+            let twice = declared.iter().find(|name| headers.get_all(**name).iter().nth(1).is_some());
+            if let Some(name) = twice.and_then(|name| HeaderName::from_bytes(name.as_bytes()).ok()) {
+                return Some(Violation::DuplicateHeader(name));
             }
         }
         if self.scope == Scope::Admin {
@@ -503,7 +527,8 @@ mod tests {
 
     #[test]
     fn each_rule_is_found_and_the_admin_scope_checks_only_the_host() {
-        let credentials = Rules::credentials(PlainText);
+        const DECLARED: &[&str] = &["metadata-flavor"];
+        let credentials = Rules { single_headers: Cow::Borrowed(DECLARED), ..Rules::credentials(PlainText) };
         let admin = Rules::admin();
         let cases: Vec<(Request, Option<Violation>, Option<Violation>)> = vec![
             (request(|r| r.header("host", "127.0.0.1:1")), None, None),
@@ -538,6 +563,8 @@ mod tests {
                 Some(Violation::DuplicateHeader(HeaderName::from_static("metadata-flavor"))),
                 None,
             ),
+            // A header no provider of these rules declares.
+            (request(|r| r.header("metadata", "true").header("metadata", "true")), None, None),
             (request(|r| r.header("accept", "a").header("accept", "b")), None, None),
             (request(|r| r.header("x-forwarded-for", "1.2.3.4")), Some(Violation::Forwarded), None),
             (request(|r| r.header("forwarded", "for=1.2.3.4")), Some(Violation::Forwarded), None),

@@ -8,7 +8,8 @@
 //!   a limited body, recognised by [`is_too_large`]), a larger one refused by [`too_large`];
 //! - a failure without an HTTP answer is classified by [`transport_error`], and an HTTP status
 //!   as transient by [`is_transient_status`], the same way for every cloud;
-//! - a throttling answer (any 429, AWS `Throttling`, Google `RESOURCE_EXHAUSTED`) becomes
+//! - a throttling answer (any 429, or an error code the provider declares in
+//!   [`crate::Provider::THROTTLING_CODES`]: AWS `Throttling`, Google `RESOURCE_EXHAUSTED`) becomes
 //!   [`ErrorClass::Throttled`](keyless_core::ErrorClass) with its `Retry-After` by [`throttling`].
 
 use std::error::Error;
@@ -76,19 +77,15 @@ pub fn is_transient_status(status: u16) -> bool {
     status == 408 || status == 429 || (500..600).contains(&status)
 }
 
-/// Error codes that mean "too many requests" whatever the HTTP status (docs/protocols.md 9): AWS
-/// answers `Throttling` with HTTP 400 (STS; its SDKs also know the other three), Google
-/// `RESOURCE_EXHAUSTED` with 429.
-const THROTTLING_CODES: &[&str] =
-    &["Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "RESOURCE_EXHAUSTED"];
-
 /// Longest `Retry-After` honoured: a larger one (or a date far ahead) from a misbehaving proxy
 /// must not stop refreshes for longer than a credential lives.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
-/// Whether an answer with `status` and the cloud's error `code` is throttling.
-pub fn is_throttling(status: u16, code: Option<&str>) -> bool {
-    status == 429 || code.is_some_and(|c| THROTTLING_CODES.contains(&c))
+/// Whether an answer with `status` and the cloud's error `code` is throttling: any 429, whatever
+/// the cloud, or one of `codes`, the error codes the cloud means "too many requests" by whatever
+/// the status ([`crate::Provider::THROTTLING_CODES`]).
+pub fn is_throttling(status: u16, code: Option<&str>, codes: &[&str]) -> bool {
+    status == 429 || code.is_some_and(|c| codes.contains(&c))
 }
 
 /// A `Retry-After` header's value (RFC 9110 10.2.3: delay-seconds or an HTTP-date) as a delay
@@ -110,10 +107,17 @@ pub fn retry_after_header(headers: &http::HeaderMap) -> Option<String> {
 
 /// `err`, an adapter's classification of a non-success answer with `status` and the header
 /// `Retry-After` value `retry_after_header`, turned into a throttled error when the answer is
-/// throttling: the next attempt waits at least the `Retry-After`, and is counted as
-/// `keyless_exchanges_total{outcome="throttled"}`. Other answers are returned as they are.
-pub fn throttling(err: ExchangeError, status: u16, retry_after_header: Option<&str>, now: SystemTime) -> ExchangeError {
-    if !is_throttling(status, err.code.as_deref()) {
+/// throttling ([`is_throttling`] with the adapter's `codes`): the next attempt waits at least the
+/// `Retry-After`, and is counted as `keyless_exchanges_total{outcome="throttled"}`. Other answers
+/// are returned as they are.
+pub fn throttling(
+    err: ExchangeError,
+    codes: &[&str],
+    status: u16,
+    retry_after_header: Option<&str>,
+    now: SystemTime,
+) -> ExchangeError {
+    if !is_throttling(status, err.code.as_deref(), codes) {
         return err;
     }
     let wait = retry_after(retry_after_header, now);
@@ -237,31 +241,41 @@ mod tests {
 
     #[test]
     fn throttling_answers_of_every_cloud_are_throttled_with_their_retry_after() {
+        // The codes each adapter declares are its own (the registry's conformance test runs them
+        // through each provider's declaration); these are examples.
+        const AWS: &[&str] = &["Throttling"];
+        const GOOGLE: &[&str] = &["RESOURCE_EXHAUSTED"];
         let cases = [
             // AWS STS: HTTP 400 <Code>Throttling</Code>, no Retry-After (docs/protocols.md 9).
-            (400, Some("Throttling"), None, None),
+            (AWS, 400, Some("Throttling"), None, None),
             // Google: 429 RESOURCE_EXHAUSTED.
-            (429, Some("RESOURCE_EXHAUSTED"), Some("30"), Some(30)),
-            // Entra ID: 429 with Retry-After: 60, perhaps a plain-text body (no code).
-            (429, None, Some("60"), Some(60)),
+            (GOOGLE, 429, Some("RESOURCE_EXHAUSTED"), Some("30"), Some(30)),
+            // Entra ID: 429 with Retry-After: 60, perhaps a plain-text body (no code), no codes.
+            (&[], 429, None, Some("60"), Some(60)),
         ];
-        for (status, code, header, wait) in cases {
+        for (codes, status, code, header, wait) in cases {
             let mut err = ExchangeError::retryable("answered with an error");
             if let Some(code) = code {
                 err = err.with_code(code);
             }
-            let e = throttling(err, status, header, at(0));
+            let e = throttling(err, codes, status, header, at(0));
             assert_eq!(e.class, ErrorClass::Throttled, "{status} {code:?}");
             assert_eq!(e.retry_after, wait.map(Duration::from_secs));
             assert_eq!(e.code.as_deref(), code, "the cloud's code is kept");
             assert!(e.hint.as_deref().is_some_and(|h| h.contains("throttling")), "{e}");
         }
-        for (status, code) in [(400, Some("ValidationError")), (503, None), (403, Some("PERMISSION_DENIED"))] {
+        for (status, code) in [
+            (400, Some("ValidationError")),
+            (503, None),
+            (403, Some("PERMISSION_DENIED")),
+            // Another cloud's throttling code is no throttling here.
+            (400, Some("RESOURCE_EXHAUSTED")),
+        ] {
             let mut err = ExchangeError::terminal("no");
             if let Some(code) = code {
                 err = err.with_code(code);
             }
-            assert_eq!(throttling(err.clone(), status, Some("60"), at(0)), err, "{status} {code:?}");
+            assert_eq!(throttling(err.clone(), AWS, status, Some("60"), at(0)), err, "{status} {code:?}");
         }
     }
 

@@ -1,11 +1,14 @@
 //! keyless-registry: the one list of the cloud providers keyless serves ([`visit`]), and what is
 //! derived from it for every provider at once: the binary's registry (`crates/keyless/src/
-//! providers.rs`), and the configuration against the local emulator ([`dev_config`]) that
-//! `keyless dev`, the end-to-end tests and the benchmarks run.
+//! providers.rs`), the configuration against the local emulator ([`dev_config`]) that
+//! `keyless dev`, the end-to-end tests and the benchmarks run, and the native endpoints those
+//! tests and benchmarks ask ([`endpoints`]).
 //!
 //! Architecture invariant: nothing else lists the providers; whatever needs each of them asks
 //! this crate, and each provider answers through the `keyless-provider` contract.
 #![forbid(unsafe_code)]
+
+pub mod endpoints;
 
 use keyless_provider::{DevConfig, DevEmulator, DevSection, DevToken, Provider, ProviderError};
 
@@ -32,6 +35,25 @@ fn dev_sections() -> Vec<(&'static str, DevSection)> {
     let mut sections = Sections(Vec::new());
     visit(&mut sections);
     sections.0
+}
+
+/// Every provider's own security headers ([`Provider::SINGLE_HEADERS`]), each once, in
+/// registration order: what a listener serving every provider refuses twice on each route besides
+/// `Host` and `Authorization` (`keyless_provider::guard::SINGLE_HEADERS`).
+pub fn single_headers() -> Vec<&'static str> {
+    struct Headers(Vec<&'static str>);
+    impl Visit for Headers {
+        fn provider<P: Provider>(&mut self) {
+            for header in P::SINGLE_HEADERS {
+                if !self.0.contains(header) {
+                    self.0.push(header);
+                }
+            }
+        }
+    }
+    let mut headers = Headers(Vec::new());
+    visit(&mut headers);
+    headers.0
 }
 
 /// Every provider's section against `emulator`, each taking its subject token as `token(name)`

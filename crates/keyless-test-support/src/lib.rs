@@ -24,7 +24,9 @@
 //! - [`tools`]: the tools some tests need; a missing one fails under `CI=true`, and elsewhere the
 //!   test is reported `ignored` (gated by `tests/build.rs`'s cfgs, see [`tools`]).
 //! - [`probe`]: whether each tool is there; shared with `tests/build.rs`.
-//! - [`load`]: continuous load on the five native endpoints, and latency tallies.
+//! - [`load`]: continuous load on the native endpoints (the registry's list), and latency tallies.
+//! - [`ports`]: loopback ports never handed out twice, for processes told theirs up front (also
+//!   keyless-bench's).
 //! - [`kube`]: a real etcd + kube-apiserver on loopback (`scripts/kube`), kubectl, TokenRequest.
 //! - [`webhook`]: `keyless webhook` on loopback, its certificate, and the AdmissionReviews it gets.
 //! - [`node`]: a real node (containerd + kubelet, controller-manager, scheduler) in a network
@@ -50,6 +52,7 @@ pub mod metrics;
 pub mod node;
 pub mod node_agent;
 pub mod podman;
+pub mod ports;
 pub mod probe;
 pub mod process;
 pub mod proxy;

@@ -6,35 +6,20 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use reqwest::header::HeaderValue;
+
 use crate::clock::{parse_rfc3339_utc, wall_clock};
 use crate::sidecar::{AZURE_RESOURCE, CONTAINER_AUTHORIZATION, IDENTITY_HEADER, Sidecar};
 
-/// The five native endpoints keyless serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Endpoint {
-    AwsContainer,
-    AwsImds,
-    GceToken,
-    AzureImds,
-    AzureAppService,
-}
+/// The native endpoints keyless serves: the registry's one list, shared with the benchmarks.
+pub use keyless_registry::endpoints::{ClientRequest, Endpoint, Presented, imds_session_request};
 
-impl Endpoint {
-    pub const ALL: [Self; 5] =
-        [Self::AwsContainer, Self::AwsImds, Self::GceToken, Self::AzureImds, Self::AzureAppService];
-
-    /// Whether a failure answer has the endpoint's native error shape (what its SDKs parse).
-    pub fn is_native_error(self, status: u16, body: &str) -> bool {
-        let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        let string = |key: &str| json[key].as_str().is_some_and(|s| !s.is_empty());
-        status >= 400
-            && match self {
-                Self::AwsContainer | Self::AwsImds => string("Code") && string("Message"),
-                Self::GceToken => body.starts_with("keyless: no Google credential available"),
-                Self::AzureImds => string("error") && string("error_description"),
-                Self::AzureAppService => json["statusCode"].as_u64() == Some(u64::from(status)) && string("message"),
-            }
-    }
+/// The headers every credential route of a sidecar serving every provider refuses when given
+/// twice: `Host`, `Authorization`, and each registered provider's declared security headers
+/// (`keyless_registry::single_headers`), lowercase.
+pub fn single_headers() -> Vec<String> {
+    let generic = keyless_provider::guard::SINGLE_HEADERS.iter().map(|h| h.as_str().to_owned());
+    generic.chain(keyless_registry::single_headers().into_iter().map(str::to_owned)).collect()
 }
 
 /// One request of the load: when it was sent, how long it took, and what came back.
@@ -125,6 +110,12 @@ impl Load {
 
 type Outcome = (Result<SystemTime, (u16, String)>, Vec<String>);
 
+/// `request` on `base` as a reqwest request.
+fn send(http: &reqwest::Client, base: &str, request: ClientRequest) -> reqwest::RequestBuilder {
+    let headers = request.headers.into_iter().collect();
+    http.request(request.method, format!("{base}{}", request.path_and_query)).headers(headers)
+}
+
 /// One request as the endpoint's SDKs make it: the expiry served (and the secrets in the
 /// answer), or the failure.
 async fn request(
@@ -135,37 +126,24 @@ async fn request(
     sent: SystemTime,
 ) -> Outcome {
     let base = format!("http://{listen}");
-    let resource = AZURE_RESOURCE.replace(':', "%3A").replace('/', "%2F");
-    let request = match endpoint {
-        Endpoint::AwsContainer => {
-            http.get(format!("{base}/v1/credentials")).header("Authorization", CONTAINER_AUTHORIZATION)
+    if endpoint == Endpoint::AwsImds && imds_session.is_none() {
+        match send(http, &base, imds_session_request(21600)).send().await {
+            Ok(r) if r.status().is_success() => *imds_session = Some(r.text().await.unwrap_or_default()),
+            Ok(r) => return (Err((r.status().as_u16(), r.text().await.unwrap_or_default())), Vec::new()),
+            Err(e) => return (Err((0, e.to_string())), Vec::new()),
         }
-        Endpoint::AwsImds => {
-            if imds_session.is_none() {
-                let put = http
-                    .put(format!("{base}/latest/api/token"))
-                    .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
-                    .send()
-                    .await;
-                match put {
-                    Ok(r) if r.status().is_success() => *imds_session = Some(r.text().await.unwrap_or_default()),
-                    Ok(r) => return (Err((r.status().as_u16(), r.text().await.unwrap_or_default())), Vec::new()),
-                    Err(e) => return (Err((0, e.to_string())), Vec::new()),
-                }
-            }
-            http.get(format!("{base}/latest/meta-data/iam/security-credentials/keyless-dev"))
-                .header("X-aws-ec2-metadata-token", imds_session.clone().unwrap_or_default())
-        }
-        Endpoint::GceToken => http
-            .get(format!("{base}/computeMetadata/v1/instance/service-accounts/default/token"))
-            .header("Metadata-Flavor", "Google"),
-        Endpoint::AzureImds => http
-            .get(format!("{base}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={resource}"))
-            .header("Metadata", "true"),
-        Endpoint::AzureAppService => http
-            .get(format!("{base}/msi/token?api-version=2019-08-01&resource={resource}"))
-            .header("X-IDENTITY-HEADER", IDENTITY_HEADER),
+    }
+    let presented = Presented {
+        aws_authorization: HeaderValue::from_static(CONTAINER_AUTHORIZATION),
+        imds_session: imds_session
+            .as_deref()
+            .and_then(|s| HeaderValue::from_str(s).ok())
+            .unwrap_or(HeaderValue::from_static("")),
+        identity_header: HeaderValue::from_static(IDENTITY_HEADER),
+        role_name: "keyless-dev".to_owned(),
+        azure_resource: AZURE_RESOURCE.replace(':', "%3A").replace('/', "%2F"),
     };
+    let request = send(http, &base, endpoint.request(&presented));
     let response = match request.send().await {
         Ok(r) => r,
         Err(e) => return (Err((0, e.to_string())), Vec::new()),

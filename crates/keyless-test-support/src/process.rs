@@ -12,10 +12,10 @@ use crate::binary::keyless_bin;
 /// How long a process may take to exit once told to.
 const EXIT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A free loopback port (bound and released: for processes that need a fixed port up front).
+/// A free loopback port (bound and released: for processes that need a fixed port up front),
+/// never one this process handed out before ([`crate::ports`]).
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    listener.local_addr().expect("the bound address").port()
+    crate::ports::free_port().expect("a loopback port").port()
 }
 
 /// Sends SIGTERM (graceful shutdown), as Kubernetes does.

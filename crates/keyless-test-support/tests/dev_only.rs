@@ -16,6 +16,11 @@ fn no_manifest_depends_on_test_support_outside_dev_dependencies() {
     assert!(manifests.len() >= 9, "too few manifests found: {manifests:?}");
     let mut users = 0;
     for manifest in &manifests {
+        // keyless-bench measures keyless with what the tests drive it with (ports, endpoints,
+        // AdmissionReviews); a tool run by hand, never built into what users run.
+        if manifest.ends_with("crates/keyless-bench/Cargo.toml") {
+            continue;
+        }
         let toml: toml::Table = std::fs::read_to_string(manifest).unwrap().parse().unwrap();
         for section in ["dependencies", "build-dependencies"] {
             let deps = toml.get(section).and_then(|d| d.as_table());
@@ -33,5 +38,5 @@ fn no_manifest_depends_on_test_support_outside_dev_dependencies() {
         let dev = toml.get("dev-dependencies").and_then(|d| d.as_table());
         users += usize::from(dev.is_some_and(|d| d.contains_key("keyless-test-support")));
     }
-    assert!(users >= 6, "the crates' tests share test-support: only {users} manifests use it");
+    assert!(users >= 5, "the crates' tests share test-support: only {users} manifests use it");
 }

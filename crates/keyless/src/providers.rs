@@ -244,9 +244,11 @@ pub async fn start_chosen(
 /// The credential listener's routes: each provider's behind its shared request rules, each
 /// answer counted in `keyless_requests_total`. The routes were checked as claims before start;
 /// they are checked again as served, so a provider serving other paths than it claimed is an
-/// error, not a panic.
+/// error, not a panic. Every registered provider's security headers are refused twice on every
+/// route, whichever are configured: the rules do not change with the configuration.
 pub fn routes(running: &[Running], metrics: &keyless_core::Metrics) -> Result<Routes, RouteCollision> {
-    Routes::new(running.iter().map(|p| (p.name, p.started.as_ref())), Some(metrics))
+    let every_cloud = keyless_registry::single_headers();
+    Routes::refusing_twice(running.iter().map(|p| (p.name, p.started.as_ref())), Some(metrics), &every_cloud)
 }
 
 #[cfg(test)]

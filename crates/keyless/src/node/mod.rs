@@ -396,7 +396,10 @@ fn refusal_routes(options: &Options, metrics: &Metrics) -> Result<Routes, String
             }
         }
     }
-    Routes::new(refusing.iter().map(|(name, r)| (*name, r as &dyn Started)), None).map_err(|e| e.to_string())
+    // Every registered provider's security headers refused twice, whichever are configured.
+    let every_cloud = keyless_registry::single_headers();
+    Routes::refusing_twice(refusing.iter().map(|(name, r)| (*name, r as &dyn Started)), None, &every_cloud)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
