@@ -230,3 +230,42 @@ async fn the_admin_listener_answers_only_requests_addressed_to_it() {
     let scraped = http.get(format!("{}/metrics", dev.admin_url())).header("x-forwarded-for", "10.0.0.9").send().await;
     assert_eq!(scraped.unwrap().status(), 200);
 }
+
+/// A listener serving AWS alone refuses every registered cloud's security header given twice, as
+/// one serving all three does: the rules do not change with which clouds are configured (the
+/// binary builds its routes with `Routes::refusing_twice` over the registry's headers).
+#[tokio::test]
+async fn a_listener_serving_one_cloud_refuses_every_clouds_security_headers_twice() {
+    let emulator = keyless_test_support::emulate::EmulatorProcess::start().await;
+    let token = |cloud: &str| {
+        format!("token_file = {}", serde_json::Value::String(emulator.token_file(cloud).display().to_string()))
+    };
+    let config = keyless_test_support::sidecar::all_clouds_config(&emulator, &emulator.url, "", "info", &token).await;
+    let mut config: toml::Table = config.parse().unwrap();
+    config.retain(|key, _| key != "gcp" && key != "azure");
+    let sidecar = keyless_test_support::sidecar::Sidecar::spawn(&toml::to_string(&config).unwrap(), &[]);
+    sidecar.wait_ready().await;
+    let http = reqwest::Client::new();
+    for header in keyless_registry::single_headers() {
+        let response = http
+            .put(sidecar.url("/latest/api/token"))
+            .header("x-aws-ec2-metadata-token-ttl-seconds", "60")
+            .header(header, "a")
+            .header(header, "b")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert_eq!((status, body.contains("more than once")), (400, true), "{header} twice: {body}");
+    }
+    // The same request with each header once is served: the refusals above are the duplicates'.
+    let session = http
+        .put(sidecar.url("/latest/api/token"))
+        .header("x-aws-ec2-metadata-token-ttl-seconds", "60")
+        .header("metadata-flavor", "Google")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(session.status(), 200, "{}", session.text().await.unwrap());
+}
