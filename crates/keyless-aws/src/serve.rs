@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keyless_core::{CredentialCache, ErrorClass, ExchangeError, Expiring};
+use keyless_core::{CredentialCache, ExchangeError, Expiring};
 use keyless_provider::{NativeErrors, Violation};
 use serde_json::json;
 
@@ -42,10 +42,7 @@ pub(crate) fn error_json(status: StatusCode, code: &str, message: &str) -> Respo
 
 /// No valid credential: 503 while the failure may pass (clients retry), 500 when it needs a fix.
 fn unavailable(err: &ExchangeError) -> Response {
-    let status = match err.class {
-        ErrorClass::Terminal => StatusCode::INTERNAL_SERVER_ERROR,
-        ErrorClass::Retryable | ErrorClass::Throttled | ErrorClass::RereadToken => StatusCode::SERVICE_UNAVAILABLE,
-    };
+    let status = keyless_provider::guard::unavailable_status(err.class, StatusCode::INTERNAL_SERVER_ERROR);
     error_json(status, err.code.as_deref().unwrap_or("CredentialsUnavailable"), &err.to_string())
 }
 

@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyless_core::clock::SharedClock;
 use keyless_core::{CredentialCache, ErrorClass, ExchangeError, Expiring, Secret};
+use keyless_provider::guard::unavailable_status;
 use keyless_provider::{NativeErrors, Violation};
 
 use crate::entra::{AccessToken, EntraExchange, TokenKey};
@@ -60,9 +61,7 @@ impl Refusal {
             // Not 400: Python and Rust read a 400 as "identity not assigned" and drop the body;
             // a 403 surfaces our hint at once instead of after ~70 s of 5xx retries.
             (ErrorClass::Terminal, _) => (StatusCode::FORBIDDEN, "unauthorized_client"),
-            (ErrorClass::Retryable | ErrorClass::Throttled | ErrorClass::RereadToken, _) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
-            }
+            _ => (unavailable_status(err.class, StatusCode::FORBIDDEN), "temporarily_unavailable"),
         };
         Self::new(status, error, description)
     }

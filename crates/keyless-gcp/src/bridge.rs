@@ -22,7 +22,7 @@ use std::sync::Arc;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyless_core::clock::until;
-use keyless_core::{ErrorClass, Secret, files};
+use keyless_core::{Secret, files};
 use keyless_provider::{AppHost, FormBody, Handler, NativeRoute, ProviderError, Request, StandIn};
 use serde_json::json;
 
@@ -144,10 +144,7 @@ async fn token(bridge: Arc<Bridge>, request: Request) -> Response {
 /// No valid credential: 503 while the failure may pass, 502 for a refusal by Google (as the
 /// metadata server answers), in the token-exchange error shape.
 pub(crate) fn unavailable(err: &keyless_core::ExchangeError) -> Response {
-    let status = match err.class {
-        ErrorClass::Retryable | ErrorClass::Throttled | ErrorClass::RereadToken => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorClass::Terminal => StatusCode::BAD_GATEWAY,
-    };
+    let status = keyless_provider::guard::unavailable_status(err.class, StatusCode::BAD_GATEWAY);
     oauth_error(status, "temporarily_unavailable", &format!("keyless: no Google credential available: {err}"))
 }
 

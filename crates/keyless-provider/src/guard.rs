@@ -182,6 +182,18 @@ pub trait NativeErrors: Send + Sync + 'static {
     fn unavailable(&self, path: &str, err: &keyless_core::ExchangeError) -> Response;
 }
 
+/// The status of a [`NativeErrors::unavailable`] answer: 503 while the failure may pass (retryable,
+/// throttled, a token to re-read), which every SDK retries; `terminal`, the cloud's own status for
+/// a refused identity, when it will not.
+pub fn unavailable_status(class: keyless_core::ErrorClass, terminal: StatusCode) -> StatusCode {
+    match class {
+        keyless_core::ErrorClass::Terminal => terminal,
+        keyless_core::ErrorClass::Retryable
+        | keyless_core::ErrorClass::Throttled
+        | keyless_core::ErrorClass::RereadToken => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
 /// Plain-text refusals (the admin listener).
 #[derive(Debug, Clone, Copy)]
 pub struct PlainText;
@@ -192,11 +204,7 @@ impl NativeErrors for PlainText {
     }
 
     fn unavailable(&self, _path: &str, err: &keyless_core::ExchangeError) -> Response {
-        let status = match err.class {
-            keyless_core::ErrorClass::Terminal => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        (status, format!("{err}\n")).into_response()
+        (unavailable_status(err.class, StatusCode::INTERNAL_SERVER_ERROR), format!("{err}\n")).into_response()
     }
 }
 

@@ -4,8 +4,8 @@
 use axum::body::Bytes;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use keyless_core::ExchangeError;
 use keyless_core::clock::until;
-use keyless_core::{ErrorClass, ExchangeError};
 use keyless_provider::body::json_string;
 
 use super::query::Query;
@@ -90,9 +90,6 @@ pub(super) async fn identity(account: &AccountTokens, query: &Query) -> Response
 /// Nothing valid is cached: the exchange's message and hint (never a secret). Transient
 /// failures are 503, which every client retries; a refusal by Google is 502.
 pub(crate) fn exchange_failure(err: &ExchangeError) -> Response {
-    let status = match err.class {
-        ErrorClass::Retryable | ErrorClass::Throttled | ErrorClass::RereadToken => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorClass::Terminal => StatusCode::BAD_GATEWAY,
-    };
+    let status = keyless_provider::guard::unavailable_status(err.class, StatusCode::BAD_GATEWAY);
     text(status, format!("keyless: no Google credential available: {err}\n"))
 }
