@@ -146,7 +146,14 @@ pub struct Listener {
     /// Set once a refused connection was logged as a warning; later ones are logged at debug, so
     /// a local user cannot flood the log.
     refusal_logged: AtomicBool,
+    /// Peer-check lookups running on the blocking pool, at most [`MAX_PEER_LOOKUPS`]: a lookup
+    /// that outlives its connection (displaced, or past the handshake deadline) keeps its thread
+    /// until the kernel answers, so without a cap a stalled sock_diag would pile threads up.
+    peer_lookups: Arc<tokio::sync::Semaphore>,
 }
+
+/// Peer-check lookups at once per listener (each a blocking-pool thread while the kernel answers).
+const MAX_PEER_LOOKUPS: usize = 16;
 
 /// The open connections, oldest first, and how many each peer holds.
 #[derive(Debug, Default)]
@@ -406,6 +413,7 @@ impl Listener {
         Arc::new(Self {
             own_user,
             refusal_logged: AtomicBool::new(false),
+            peer_lookups: Arc::new(tokio::sync::Semaphore::new(MAX_PEER_LOOKUPS)),
             what,
             limits,
             next_id: AtomicU64::new(0),
@@ -542,13 +550,26 @@ impl Listener {
     /// connection, before its first request is read. The kernel is asked on the blocking pool:
     /// sock_diag does its lookup inside the `send`, which can wait (for `modprobe` of inet_diag
     /// and tcp_diag on a host's first lookup; for sock_diag's lock, held by any user's `ss`, on
-    /// kernels before 6.9), and a runtime worker must not.
+    /// kernels before 6.9), and a runtime worker must not. At most [`MAX_PEER_LOOKUPS`] run at
+    /// once, and a verdict not had within the handshake deadline is a refusal (fail closed).
     async fn refuses(&self, tcp: &TcpStream, peer: SocketAddr) -> bool {
         let Some(own) = self.own_user else { return false };
         let verdict = match tcp.local_addr() {
-            Ok(local) => tokio::task::spawn_blocking(move || own.judge(local, peer))
-                .await
-                .unwrap_or_else(|e| Peer::Unknown { why: format!("the lookup failed: {e}") }),
+            Ok(local) => {
+                let lookup = async {
+                    let permit = self.peer_lookups.clone().acquire_owned().await;
+                    tokio::task::spawn_blocking(move || {
+                        let _running = permit;
+                        own.judge(local, peer)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Peer::Unknown { why: format!("the lookup failed: {e}") })
+                };
+                let deadline = self.limits.handshake_timeout;
+                tokio::time::timeout(deadline, lookup).await.unwrap_or_else(|_| Peer::Unknown {
+                    why: format!("the kernel's socket table did not answer within {deadline:?}"),
+                })
+            }
             Err(e) => Peer::Unknown { why: format!("the connection's own address is unknown: {e}") },
         };
         let why = match verdict {
