@@ -9,7 +9,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyless_core::clock::SharedClock;
 use keyless_core::{CredentialCache, ErrorClass, ExchangeError, Expiring, Secret};
-use keyless_provider::guard::unavailable_status;
 use keyless_provider::{NativeErrors, Violation};
 
 use crate::entra::{AccessToken, EntraExchange, TokenKey};
@@ -61,7 +60,7 @@ impl Refusal {
             // Not 400: Python and Rust read a 400 as "identity not assigned" and drop the body;
             // a 403 surfaces our hint at once instead of after ~70 s of 5xx retries.
             (ErrorClass::Terminal, _) => (StatusCode::FORBIDDEN, "unauthorized_client"),
-            _ => (unavailable_status(err.class, StatusCode::FORBIDDEN), "temporarily_unavailable"),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
         };
         Self::new(status, error, description)
     }

@@ -15,7 +15,7 @@
 //! - [`guard`]: the request rules of every native route (Host, forwarding headers, duplicated
 //!   security headers, request bodies, query length), answered in each route's native shape.
 //! - [`upstream`]: the HTTPS client rules of every token-service call (timeouts from
-//!   `cache.exchange_timeout`, no redirects, loopback without proxy, bounded bodies) and one
+//!   `cache.exchange_timeout`, no redirects, loopback and link-local without proxy, bounded bodies) and one
 //!   classification of transport failures and transient statuses.
 //! - [`body`]: credential bodies rendered once, with per-second countdowns.
 //! - [`dev`]: each provider's section of a configuration against the local emulator, assembled

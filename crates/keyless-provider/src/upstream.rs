@@ -26,7 +26,7 @@ pub const MAX_BODY: usize = 256 * 1024;
 
 /// The timeouts of one upstream request: connect, and the whole request.
 pub fn timeouts(policy: &CachePolicy) -> (Duration, Duration) {
-    (CONNECT_TIMEOUT.min(policy.exchange_timeout), policy.exchange_timeout)
+    (keyless_core::upstream::client::connect_timeout(policy.exchange_timeout), policy.exchange_timeout)
 }
 
 use keyless_core::upstream::{BodyError, ClientRules, cause_chain, is_untrusted_certificate};

@@ -46,11 +46,17 @@ pub fn bypasses_proxy(url: &url::Url) -> bool {
     is_loopback_host(url) || is_link_local_host(url)
 }
 
+/// The connection's timeout within a request's `total`: [`CONNECT_TIMEOUT`], or the whole
+/// request's when that is shorter (the rule reqwest and the AWS SDK's client are both given).
+pub fn connect_timeout(total: Duration) -> Duration {
+    CONNECT_TIMEOUT.min(total)
+}
+
 /// A reqwest builder with every rule of this module, for a caller that adds its own (a resolver
 /// override); [`client`] builds it as it is.
 pub fn client_builder(rules: &ClientRules<'_>) -> Result<reqwest::ClientBuilder, ClientError> {
     let mut builder = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT.min(rules.timeout))
+        .connect_timeout(connect_timeout(rules.timeout))
         .timeout(rules.timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("keyless/", env!("CARGO_PKG_VERSION")));
