@@ -66,7 +66,7 @@ struct Setting {
 
 #[cfg_attr(
     not(all(keyless_tools_kubelet, keyless_tools_helm)),
-    ignore = "needs root, containerd, runc, the CNI plugins, podman, go and the node binaries: ./scripts/test; needs helm: ./scripts/helm"
+    ignore = "needs root, containerd, runc, the CNI plugins, iptables, podman, go and the node binaries: ./scripts/test; needs helm: ./scripts/helm"
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_installed_with_helm_injects_a_deployment_on_a_real_node_and_uninstalls_without_a_trace() {

@@ -30,7 +30,6 @@ use serde_json::{Value, json};
 const NAMESPACE: &str = "default";
 /// Where the chart is installed.
 const AGENT_NAMESPACE: &str = "keyless-system";
-/// Where the agent's pod finds the emulator's CA.
 const AWS_ADDRESS: &str = "169.254.170.23:80";
 const GCP_ADDRESS: &str = "169.254.170.24:80";
 const AZURE_ADDRESS: &str = "169.254.169.254:80";
@@ -211,7 +210,7 @@ fn account(ids: &Value, name: &str, role: &str, gcp: &str, azure: &str) -> Value
 
 #[cfg_attr(
     not(all(keyless_tools_kubelet, keyless_tools_helm)),
-    ignore = "needs root, containerd, runc, the CNI plugins, podman, go and the node binaries: ./scripts/test; needs helm: ./scripts/helm"
+    ignore = "needs root, containerd, runc, the CNI plugins, iptables, podman, go and the node binaries: ./scripts/test; needs helm: ./scripts/helm"
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_daemonset_serves_two_service_accounts_pods_through_unmodified_sdks_across_its_restarts() {

@@ -51,7 +51,7 @@ type Setting = NodeWithEmulator;
 
 #[cfg_attr(
     not(keyless_tools_kubelet),
-    ignore = "needs root, containerd, runc, the CNI plugins, podman, go and the node binaries: ./scripts/test"
+    ignore = "needs root, containerd, runc, the CNI plugins, iptables, podman, go and the node binaries: ./scripts/test"
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_examples_run_as_real_pods_with_the_keyless_sidecar() {
@@ -77,7 +77,7 @@ async fn the_examples_run_as_real_pods_with_the_keyless_sidecar() {
 /// namespace, mount, cgroup or process of it is left.
 #[cfg_attr(
     not(keyless_tools_kubelet),
-    ignore = "needs root, containerd, runc, the CNI plugins, podman, go and the node binaries: ./scripts/test"
+    ignore = "needs root, containerd, runc, the CNI plugins, iptables, podman, go and the node binaries: ./scripts/test"
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_runs_pods_inside_its_own_network_namespace_and_leaves_nothing_behind() {

@@ -374,7 +374,11 @@ fn start_apiserver(
         format!("--etcd-servers={etcd_url}"),
         // With a node, pods reach the API server too (the webhook's ServiceAccount cache): every
         // address of the node's own namespace (the harness's, private), not only its loopback.
-        format!("--bind-address={}", if options.with_nodes { "0.0.0.0" } else { "127.0.0.1" }),
+        // Only inside such a namespace: in the machine's own it stays on loopback.
+        format!(
+            "--bind-address={}",
+            if options.with_nodes && options.netns.is_some() { "0.0.0.0" } else { "127.0.0.1" }
+        ),
         "--advertise-address=127.0.0.1".to_owned(),
         format!("--secure-port={port}"),
         format!("--tls-cert-file={}", path(&pki.serving_cert)),

@@ -88,7 +88,7 @@ pub struct NodeTools {
 
 /// What a node test misses without the node's tools.
 pub const NODE_TOOLS: Missing = Missing {
-    what: "a node's tools: root, containerd, ctr, runc, CNI plugins (/usr/lib/cni), nsenter, ip, podman, go, and kubelet, kube-controller-manager, kube-scheduler beside the control plane in target/kube/bin (the line above names what is missing)",
+    what: "a node's tools: root, containerd, ctr, runc, CNI plugins (/usr/lib/cni), nsenter, ip, iptables, podman, go, and kubelet, kube-controller-manager, kube-scheduler beside the control plane in target/kube/bin (the line above names what is missing)",
     fix: "as root: apt-get install --no-install-recommends containerd runc containernetworking-plugins podman, then ./scripts/kube (./scripts/test does both)",
 };
 
@@ -463,7 +463,8 @@ pub struct NodeEmulator {
     _state: tempfile::TempDir,
 }
 
-/// Where the node tests' images hold the emulator's CA (what the chart's `sidecar.env` names).
+/// Where the node tests' sidecars read the emulator's CA (what the chart's `sidecar.env` names): a
+/// file of the image in `node_helm`, a hostPath mounted there in `node_mode`.
 pub const EMULATOR_CA_IN_IMAGE: &str = "/etc/keyless/emulator-ca.pem";
 
 impl NodeEmulator {
@@ -569,10 +570,17 @@ pub(super) async fn lock_within(path: &Path, deadline: Duration, held_by: &str) 
 /// iptables back end (the `kubernetes` Service's ClusterIP rule included). Rules of others (podman's CNI chains, say, which its firewall plugin leaves
 /// for good) are not the node's: only what names the node counts.
 pub fn assert_machine_holds_nothing_of_a_node() {
-    let run = |program: &str, args: &[&str]| {
-        // iptables-legacy may be missing: then it holds no rule either.
-        let out = std::process::Command::new(program).args(args).output();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    // A listing that failed would hide what it should show: only iptables-legacy may fail (not
+    // installed, or its tables never loaded: then it holds no rule either); any other failure
+    // fails the check.
+    let run = |program: &str, args: &[&str]| match std::process::Command::new(program).args(args).output() {
+        Ok(out) if program == "iptables-legacy" && !out.status.success() => String::new(),
+        Err(_) if program == "iptables-legacy" => String::new(),
+        Err(e) => panic!("{program} {args:?} could not run: {e}"),
+        Ok(out) => {
+            assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
     };
     let node_networks = [" 10.200.", " 10.201.", " 10.96.", "knode0", "kpod0"];
     let addresses = run("ip", &["-o", "addr", "show"]);
@@ -583,6 +591,9 @@ pub fn assert_machine_holds_nothing_of_a_node() {
     for iptables in ["iptables", "iptables-legacy"] {
         for table in ["filter", "nat", "mangle"] {
             let rules = run(iptables, &["-t", table, "-S"]);
+            // A listing of a table holds its chains' policies (`-P ...`) at least.
+            let legacy_absent = iptables == "iptables-legacy" && rules.is_empty();
+            assert!(legacy_absent || rules.contains("-P "), "{iptables} -t {table} -S listed nothing: {rules}");
             for line in rules.lines() {
                 assert!(
                     !line.contains("KUBE") && !["10.201.", "10.200.", "10.96."].iter().any(|n| line.contains(n)),
