@@ -15,7 +15,7 @@ use keyless_test_support::dev::Dev;
 use keyless_test_support::emulate::EmulatorProcess;
 use keyless_test_support::load::Load;
 use keyless_test_support::proxy::{Proxy, ProxyMode};
-use keyless_test_support::sidecar::{CONTAINER_AUTHORIZATION, Sidecar, all_clouds_config};
+use keyless_test_support::sidecar::{CONTAINER_AUTHORIZATION, Sidecar, all_clouds_config, quick_refresh_cache};
 use keyless_test_support::tools;
 use keyless_test_support::wait::{STARTUP_DEADLINE, wait_until};
 
@@ -393,11 +393,9 @@ async fn a_failing_actions_endpoint_gives_native_errors_then_recovers() {
 }
 
 /// Refreshes as fast as the faults suite's: credentials are exchanged again every few seconds.
-const FAST_CACHE: &str = r#"refresh_at = 0.25
-retry_min = "100ms"
-retry_max = "1s"
-exchange_timeout = "2s"
-request_wait = "2s""#;
+fn fast_cache() -> String {
+    quick_refresh_cache("2s")
+}
 
 /// GitHub's tokens live 5 minutes and keyless fetches a new one from 2 minutes before `exp`; here
 /// they live 30 s (so every fetch is already inside that window: a new token every 5 s) and the
@@ -412,7 +410,7 @@ async fn expiring_actions_tokens_are_fetched_again_under_load_with_no_failed_req
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let gh = github_actions_source(&emulator);
     let sidecar =
-        Sidecar::spawn(&config_with_cache(&emulator, [gh.clone(), gh.clone(), gh], FAST_CACHE).await, &env_refs);
+        Sidecar::spawn(&config_with_cache(&emulator, [gh.clone(), gh.clone(), gh], &fast_cache()).await, &env_refs);
     sidecar.wait_ready().await;
     let mut before = Vec::new();
     for provider in ["aws", "gcp", "azure"] {
@@ -487,7 +485,7 @@ async fn a_hung_actions_endpoint_holds_nothing_up_and_recovers() {
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let gh = github_actions_source(&emulator);
     let started = tokio::time::Instant::now();
-    let toml = config_with_cache(&emulator, [gh.clone(), gh.clone(), gh], FAST_CACHE).await;
+    let toml = config_with_cache(&emulator, [gh.clone(), gh.clone(), gh], &fast_cache()).await;
     let sidecar = Sidecar::spawn(&toml, &env_refs);
     wait_until("/readyz to answer", STARTUP_DEADLINE, || async { sidecar.readyz().await == 503 }).await;
     let took = started.elapsed();

@@ -66,7 +66,6 @@ async fn first_answer(client: &reqwest::Client, url: &str) -> String {
     }
 }
 
-/// `/metrics` of `sidecar`, or nothing while it does not answer yet.
 /// One AWS credential request, answered: the request and lookup families get series.
 async fn credential_request(client: &reqwest::Client, sidecar: &Sidecar) {
     let answer = client
@@ -78,6 +77,7 @@ async fn credential_request(client: &reqwest::Client, sidecar: &Sidecar) {
     assert!(answer.status().is_success(), "{}", answer.text().await.unwrap());
 }
 
+/// `/metrics` of `sidecar`, or nothing while it does not answer yet.
 async fn scrape(sidecar: &Sidecar) -> String {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     match client.get(sidecar.admin_url("/metrics")).send().await {

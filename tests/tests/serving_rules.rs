@@ -237,16 +237,16 @@ async fn the_admin_listener_answers_only_requests_addressed_to_it() {
 #[tokio::test]
 async fn a_listener_serving_one_cloud_refuses_every_clouds_security_headers_twice() {
     let emulator = keyless_test_support::emulate::EmulatorProcess::start().await;
-    let token = |cloud: &str| {
-        format!("token_file = {}", serde_json::Value::String(emulator.token_file(cloud).display().to_string()))
-    };
+    let token = |cloud: &str| keyless_test_support::sidecar::token_file_line(&emulator.token_file(cloud));
     let config = keyless_test_support::sidecar::all_clouds_config(&emulator, &emulator.url, "", "info", &token).await;
     let mut config: toml::Table = config.parse().unwrap();
     config.retain(|key, _| key != "gcp" && key != "azure");
     let sidecar = keyless_test_support::sidecar::Sidecar::spawn(&toml::to_string(&config).unwrap(), &[]);
     sidecar.wait_ready().await;
-    let http = reqwest::Client::new();
-    for header in keyless_registry::single_headers() {
+    let http = keyless_test_support::clients::loopback();
+    let every_cloud = keyless_registry::single_headers();
+    assert!(every_cloud.len() >= 3, "the registry declares no security headers: {every_cloud:?}");
+    for header in every_cloud {
         let response = http
             .put(sidecar.url("/latest/api/token"))
             .header("x-aws-ec2-metadata-token-ttl-seconds", "60")

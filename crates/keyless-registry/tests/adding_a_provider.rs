@@ -3,7 +3,8 @@
 //! exactly true, so a file that starts naming them fails until the list (and so the cost of a
 //! new provider) says so.
 //!
-//! A file names the clouds when it is a tracked `.rs` or `.toml` file (docs describe the clouds by
+//! A file names the clouds when it is a `.rs` or `.toml` file git knows (tracked, or new and not
+//! ignored) (docs describe the clouds by
 //! nature, lock files are generated) outside `crates/keyless-{aws,gcp,azure}` and
 //! `crates/keyless-emulator`, and either
 //! - names a provider crate (`keyless_aws`, `keyless-gcp`, ...): it links a provider's code, so a

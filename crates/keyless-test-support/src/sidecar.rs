@@ -174,7 +174,7 @@ fn toml_string(s: &str) -> String {
 }
 
 /// `token_file = "PATH"`, a line of a cloud's section.
-fn token_file_line(path: &std::path::Path) -> String {
+pub fn token_file_line(path: &std::path::Path) -> String {
     format!("token_file = {}", toml_string(path.to_str().expect("a UTF-8 path")))
 }
 

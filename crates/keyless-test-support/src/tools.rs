@@ -52,11 +52,6 @@ impl Missing {
     }
 }
 
-/// Whether this is a CI run (`CI=true`, as CI services set it).
-pub fn in_ci() -> bool {
-    probe::in_ci()
-}
-
 /// The tool, for a test its tool's cfg gates (see the module documentation); a failure naming
 /// what is missing otherwise (the build found the tool, or this is `CI=true`: either way, its
 /// absence is a failure).

@@ -16,7 +16,8 @@ pub const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
 pub const ARM: &str = "https://management.azure.com/";
 pub const IDENTITY_HEADER: &str = "test-identity-header-0123456789";
 
-/// The emulator's dev identity, as `keyless dev` would configure it.
+/// The emulator's dev identity, configured for these tests (with their resources and identity
+/// header; keyless dev's own section is the adapter's `dev_section`).
 pub fn dev_config(env: &EmulatorEnv) -> Config {
     let ids = env.emulator.identities();
     Config {

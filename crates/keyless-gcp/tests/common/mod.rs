@@ -12,7 +12,8 @@ use keyless_test_support::jwt::Jwks;
 use keyless_test_support::serving::ProviderEnv;
 use serde_json::Value;
 
-/// The `[gcp]` section `keyless dev` would write for this emulator, with the service account.
+/// A `[gcp]` section for the emulator's dev identity, with the service account (written for these
+/// tests; keyless dev's own is the adapter's `dev_section`, which also sets `project_number`).
 pub fn dev_config(env: &EmulatorEnv) -> Config {
     let ids = env.emulator.identities();
     Config {
