@@ -137,9 +137,6 @@ fn sidecar_toml(emulator: &Emulator, opts: &DevOptions) -> Result<String, String
     Ok(config.set("listen", opts.listen.to_string()).set("admin_listen", opts.admin_listen.to_string()).to_toml())
 }
 
-/// The `[[aws.roles]]` name of the emulator's second role (`KEYLESS_DEV_AWS_SECOND_ROLE_NAME`).
-const DEV_SECOND_ROLE_NAME: &str = keyless_aws::DEV_SECOND_ROLE_NAME;
-
 /// `keyless dev`: emulator, projector and sidecar in one process; writes the app's env file.
 pub async fn dev(mut opts: DevOptions) -> Result<(), String> {
     if !opts.emulator_listen.ip().is_loopback() {
@@ -251,7 +248,7 @@ fn emulator_env(emulator: &Emulator, bundle: &Path, admin: SocketAddr) -> Vec<Ap
         AppEnvVar::plain("KEYLESS_DEV_AZURE_CLIENT_ID", &ids.azure_client_id),
         AppEnvVar::plain("KEYLESS_DEV_AZURE_TENANT_ID", &ids.azure_tenant_id),
         // The second identity per cloud (env-file contract, docs/configuration.md).
-        AppEnvVar::plain("KEYLESS_DEV_AWS_SECOND_ROLE_NAME", DEV_SECOND_ROLE_NAME),
+        AppEnvVar::plain("KEYLESS_DEV_AWS_SECOND_ROLE_NAME", keyless_aws::DEV_SECOND_ROLE_NAME),
         AppEnvVar::plain("KEYLESS_DEV_AWS_SECOND_ROLE_ARN", &ids.aws_second_role_arn),
         AppEnvVar::plain("KEYLESS_DEV_GCP_SECOND_SERVICE_ACCOUNT", &ids.gcp_second_service_account),
         AppEnvVar::plain("KEYLESS_DEV_AZURE_SECOND_CLIENT_ID", &ids.azure_second_client_id),

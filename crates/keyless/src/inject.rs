@@ -43,7 +43,7 @@ pub struct InjectArgs {
     #[arg(long, value_enum, default_value = "sidecar")]
     pub mode: Mode,
     #[command(flatten)]
-    pub node: NodeArgs,
+    pub node: NodeModeArgs,
 }
 
 /// The sidecar's resources (`--sidecar-cpu-request` ...), as [`Resources`] holds them.
@@ -62,7 +62,7 @@ pub struct ResourceArgs {
 
 /// Where `keyless node` serves the pods (`--node-aws-address` ...), as [`NodeEndpoints`] holds it.
 #[derive(Debug, Clone, clap::Args)]
-pub struct NodeArgs {
+pub struct NodeModeArgs {
     /// Node mode: HOST:PORT of keyless node's AWS container endpoint.
     #[arg(long = "node-aws-address", default_value = NodeEndpoints::DEFAULT_AWS)]
     pub aws: String,
@@ -173,7 +173,7 @@ fn load_sidecar(env: &[(String, String)]) -> Result<(), String> {
     // container has no such file, and reading it there refused every pod (found on a real node,
     // tests/tests/node_helm.rs). The sidecar reads and checks it at start.
     let env: std::collections::HashMap<String, String> =
-        env.iter().filter(|(name, _)| !name.ends_with("__CA_FILE")).cloned().collect();
+        env.iter().filter(|(name, _)| !name.to_ascii_uppercase().ends_with("__CA_FILE")).cloned().collect();
     let (settings, _) = crate::config::settings_from_env(&env);
     let (config, sections) = crate::config::load(None, settings).map_err(|e| e.to_string())?;
     let config = config.finish(&crate::config::Overrides::default()).map_err(|e| e.to_string())?;
@@ -425,6 +425,9 @@ mod tests {
         let ca = [("KEYLESS_GCP__CA_FILE", "/etc/keyless/only-in-the-sidecar-image/ca.pem")];
         let env = |account: &str| gcp_sidecar_env(account, &ca);
         check_sidecar(&env("ca-file@p.iam.gserviceaccount.com")).expect("accepted: the file is the sidecar's");
+        // Keys are case-insensitive (settings_from_env lowercases them): so is what is left out.
+        let lower = [("KEYLESS_GCP__ca_file", "/etc/keyless/only-in-the-sidecar-image/ca.pem")];
+        check_sidecar(&gcp_sidecar_env("ca-lower@p.iam.gserviceaccount.com", &lower)).expect("accepted, lowercase key");
         let err = check_sidecar(&env("a@b.c/../../ca?y#z")).expect_err("refused at start");
         assert!(err.contains("service_account"), "{err}");
     }

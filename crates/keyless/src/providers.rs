@@ -24,7 +24,8 @@ pub trait Registered: Sync {
 
 /// What every provider is configured with besides its own section: the same for each.
 pub struct ConfigureWith<'a> {
-    /// Reads the process environment (`keyless dev` passes one that reads nothing).
+    /// The environment detection reads: the context's (`keyless dev`'s is empty; the webhook's
+    /// sidecar check passes the sidecar's variables).
     pub env: Env<'a>,
     pub ctx: &'a Context,
     /// The default identity chosen for a provider (`keyless exec --aws-role` and its siblings).
@@ -244,11 +245,19 @@ pub async fn start_chosen(
 /// The credential listener's routes: each provider's behind its shared request rules, each
 /// answer counted in `keyless_requests_total`. The routes were checked as claims before start;
 /// they are checked again as served, so a provider serving other paths than it claimed is an
-/// error, not a panic. Every registered provider's security headers are refused twice on every
-/// route, whichever are configured: the rules do not change with the configuration.
+/// error, not a panic.
 pub fn routes(running: &[Running], metrics: &keyless_core::Metrics) -> Result<Routes, RouteCollision> {
-    let every_cloud = keyless_registry::single_headers();
-    Routes::refusing_twice(running.iter().map(|p| (p.name, p.started.as_ref())), Some(metrics), &every_cloud)
+    routes_of(running.iter().map(|p| (p.name, p.started.as_ref())), Some(metrics))
+}
+
+/// A credential listener's routes of `providers` (the sidecar's, `keyless node`'s): every
+/// registered provider's security headers refused twice on every route, whichever are
+/// configured, so the rules do not change with the configuration.
+pub fn routes_of<'a>(
+    providers: impl IntoIterator<Item = (&'static str, &'a dyn keyless_provider::Started)>,
+    metrics: Option<&keyless_core::Metrics>,
+) -> Result<Routes, RouteCollision> {
+    Routes::refusing_twice(providers, metrics, &keyless_registry::single_headers())
 }
 
 #[cfg(test)]

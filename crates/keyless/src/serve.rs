@@ -177,7 +177,8 @@ impl Sidecar {
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 ///
-/// The handlers are installed by this call, not when the future is first polled: a command calls
+/// On unix the handlers are installed by this call, not when the future is first polled (elsewhere
+/// Ctrl-C's is, at the first poll): a command calls
 /// it before anyone can see it started (a port bound, a file written), so a signal sent the moment
 /// it looks ready is a clean stop, never the default action (death with the signal).
 pub fn termination() -> impl std::future::Future<Output = ()> + Send + 'static {

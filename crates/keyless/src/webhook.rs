@@ -113,8 +113,6 @@ struct App {
 }
 
 pub async fn run(args: WebhookArgs) -> Result<(), String> {
-    // Before any port is bound: a stop the moment the webhook answers is a clean one.
-    let terminated = crate::serve::termination();
     let cert = tls::ReloadingCert::load(&args.tls_cert, &args.tls_key)?;
     cert.reload_every(args.tls_reload_interval);
     let client = kube::Client::try_default().await.map_err(|e| {
@@ -132,6 +130,8 @@ pub async fn run(args: WebhookArgs) -> Result<(), String> {
     };
     let app =
         App { reviewer: Arc::new(reviewer), intake: intake::Intake::new(usize::from(args.max_concurrent_reviews)) };
+    // Before any port is bound: a stop the moment the webhook answers is a clean one.
+    let terminated = crate::serve::termination();
     let listener = bind(args.listen, "--listen").await?;
     let admin = bind(args.admin_listen, "--admin-listen").await?;
     info!(listen = %args.listen, admin = %args.admin_listen, "keyless webhook listening");

@@ -156,8 +156,6 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
             Err(format!("not serving yet ({} is missing)", ready_file.display()))
         };
     }
-    // Before any port is bound: a stop the moment keyless node answers is a clean one.
-    let terminated = crate::serve::termination();
     let mut addresses = vec![args.aws_listen];
     for addr in [args.gcp_listen, args.azure_listen].into_iter().flatten() {
         if !addresses.contains(&addr) {
@@ -227,6 +225,10 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     };
     let admin_router = admin_router(NodeAdmin { pods, accounts, metrics, registry });
 
+    // Before any port is bound: a stop the moment keyless node answers is a clean one. Not
+    // earlier: until here a SIGTERM (the API server slow to answer the discovery) ends the
+    // process at once, as it should.
+    let terminated = crate::serve::termination();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
     let admin = bind_shared(args.admin_listen).map_err(|e| {
@@ -396,9 +398,7 @@ fn refusal_routes(options: &Options, metrics: &Metrics) -> Result<Routes, String
             }
         }
     }
-    // Every registered provider's security headers refused twice, whichever are configured.
-    let every_cloud = keyless_registry::single_headers();
-    Routes::refusing_twice(refusing.iter().map(|(name, r)| (*name, r as &dyn Started)), None, &every_cloud)
+    crate::providers::routes_of(refusing.iter().map(|(name, r)| (*name, r as &dyn Started)), None)
         .map_err(|e| e.to_string())
 }
 
