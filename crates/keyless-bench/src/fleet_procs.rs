@@ -35,7 +35,6 @@ const REFRESH_AT: f64 = 0.5;
 const BIN: usize = 10;
 /// How often a pod not yet ready is asked `/readyz` (the resolution of the ready times).
 const READY_POLL: Duration = Duration::from_millis(1000);
-/// The Azure resource keyless pre-warms, as the SDKs ask for it.
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FleetProcsOptions {
