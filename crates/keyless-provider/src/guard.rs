@@ -174,7 +174,8 @@ pub trait NativeErrors: Send + Sync + 'static {
     fn refuse(&self, path: &str, violation: &Violation) -> Response;
 
     /// The answer to a credential request while no valid credential is held (the exchange
-    /// failed), with the exchange's message and hint. The contract, checked over every registered
+    /// failed), with the exchange's message and hint: an adapter's handlers answer with the
+    /// functions its implementation delegates to. The contract, checked over every registered
     /// provider by keyless-registry's conformance test: a failure that may pass (retryable,
     /// throttled, a token to re-read) is 503, which every SDK retries; a terminal one is never 503
     /// nor a success, but the status the cloud's SDKs surface at once (AWS 500, Google 502, Entra
