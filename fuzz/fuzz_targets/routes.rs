@@ -23,6 +23,8 @@ const IDENTITY_HEADER: &str = "fuzz-app-service-identity-header";
 
 struct Harness {
     routes: Routes,
+    /// Every registered cloud's security headers: what the routes refuse twice, as the binary's do.
+    single_headers: Vec<&'static str>,
     _emulator: Emulator,
     _state: tempfile::TempDir,
 }
@@ -69,8 +71,10 @@ async fn start() -> Harness {
     // Not `keyless_provider::router` per provider, merged: each such router answers through a
     // fallback service, and axum refuses to merge two fallbacks (it panics).
     let providers: [(&'static str, &dyn Started); 3] = [("aws", &aws), ("gcp", &gcp), ("azure", &azure)];
-    let routes = Routes::new(providers, None).expect("the providers' routes");
-    Harness { routes, _emulator: emulator, _state: state }
+    // Built as the binary builds its listener's (keyless's `providers::routes_of`).
+    let single_headers = keyless_registry::single_headers();
+    let routes = Routes::refusing_twice(providers, None, &single_headers).expect("the providers' routes");
+    Harness { routes, single_headers, _emulator: emulator, _state: state }
 }
 
 /// The request a fuzzed head describes, or `None` when hyper would have refused it already.
@@ -99,7 +103,7 @@ fn header_is(headers: &HeaderMap, name: &str, expected: &str) -> bool {
 }
 
 /// Security rules of the security rules, docs/reliability.md that a 200 must respect.
-fn check_authorized(path: &str, headers: &HeaderMap) {
+fn check_authorized(path: &str, headers: &HeaderMap, single_headers: &[&'static str]) {
     if path == "/v1/credentials" {
         assert_eq!(headers.get("authorization").map(|v| v.as_bytes()), Some(AUTHORIZATION.as_bytes()));
     }
@@ -119,8 +123,7 @@ fn check_authorized(path: &str, headers: &HeaderMap) {
         assert!(!headers.contains_key(name), "a credential route answered a request relayed by a proxy ({name})");
     }
     // Host and Authorization, and every registered cloud's own (as the binary's routes refuse).
-    let every_cloud = keyless_registry::single_headers();
-    for name in keyless_provider::guard::SINGLE_HEADERS.iter().map(|h| h.as_str()).chain(every_cloud) {
+    for name in keyless_provider::guard::SINGLE_HEADERS.iter().map(|h| h.as_str()).chain(single_headers.iter().copied()) {
         assert!(headers.get_all(name).iter().count() <= 1, "answered with {name} given twice");
     }
     if let Some(host) = headers.get("host") {
@@ -137,6 +140,6 @@ fuzz_target!(|data: &[u8]| {
     });
     let response = response.expect("a request hung for 5 s").expect("the routes are infallible");
     if response.status().is_success() {
-        check_authorized(&path, &headers);
+        check_authorized(&path, &headers, &harness.single_headers);
     }
 });
